@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on any machine, no camera or broker needed: set up .venv, then run maskd end to end
+# on a demo clip rendered from a photo that ships with scikit-image (bare face, then a drawn mask).
+# Prints the violation events as JSON lines and writes an annotated clip to out/demo/.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+deploy/bootstrap.sh demo
+exec .venv/bin/maskd run --source demo --exit-at-end --jsonl - --annotate out/demo "$@"

@@ -1,0 +1,3 @@
+from maskd.cli import main
+
+raise SystemExit(main())

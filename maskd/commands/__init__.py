@@ -1,0 +1,1 @@
+"""One module per `maskd` sub-command; each exposes ``main(args) -> int``."""

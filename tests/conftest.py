@@ -1,0 +1,49 @@
+"""Shared fixtures: where ../shared lives, and skips with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MASKD_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(rel: str) -> Path:
+    """A file under ../shared, or skip the test naming what is missing."""
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"needs {p} (the team's shared data, not in git)")
+    return p
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"needs {SHARED} (the team's shared data, not in git)")
+    return SHARED
+
+
+@pytest.fixture
+def yunet_model() -> Path:
+    return shared_path("models/face_detection_yunet_2026may.onnx")
+
+
+@pytest.fixture
+def facemask_dir() -> Path:
+    return shared_path("data/facemask-4095")
+
+
+@pytest.fixture
+def scenes_dir() -> Path:
+    return shared_path("data/scenes-dev")
+
+
+@pytest.fixture
+def default_model() -> Path:
+    p = REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    if not p.exists():
+        pytest.skip(f"{p} not built yet (tools/train.py + tools/convert.py)")
+    return p

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv with the train/dev extras, a local mosquitto, then lint + pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+deploy/bootstrap.sh "train,demo,dev"
+if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients) >/dev/null 2>&1 \
+        || echo "warning: could not install mosquitto; MQTT tests will skip" >&2
+fi
+.venv/bin/ruff check maskd tools tests
+exec .venv/bin/python -m pytest -q -ra "$@"
