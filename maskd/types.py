@@ -97,3 +97,20 @@ class EventSink(Protocol):
 
     def close(self) -> None:
         """Release resources; accepted-but-undelivered events must not be lost."""
+
+
+@dataclass
+class RunControl:
+    """Run-time switches shared between the loop and remote control (MQTT ``detect/set``)."""
+
+    detect_enabled: bool = True
+
+
+class FrameObserver(Protocol):
+    """Something that watches frames go by (systemd watchdog, preview); must never block the loop."""
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        """Called after every processed frame; ``stats`` holds fps, per-stage ms, active count."""
+
+    def close(self) -> None:
+        """Called once when the loop stops."""

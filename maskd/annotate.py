@@ -1,0 +1,56 @@
+"""Drawing boxes the way the seeds do: green for mask, red for no mask, label and probability.
+
+Pure functions on numpy images, shared by `scan --annotate`, `run --annotate` and the preview.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from maskd.types import Verdict
+
+GREEN = (0, 200, 0)  # BGR
+RED = (0, 0, 230)
+GREY = (160, 160, 160)
+
+
+def color_for(no_mask: float | None, threshold: float = 0.5) -> tuple[int, int, int]:
+    if no_mask is None:
+        return GREY
+    return RED if no_mask >= threshold else GREEN
+
+
+def caption_for(no_mask: float | None, threshold: float = 0.5) -> str:
+    """'Mask: 97.1%' / 'No Mask: 88.0%' as the seeds write it; '?' for faces too small to judge."""
+    if no_mask is None:
+        return "?"
+    if no_mask >= threshold:
+        return f"No Mask: {no_mask * 100:.1f}%"
+    return f"Mask: {(1 - no_mask) * 100:.1f}%"
+
+
+def draw_verdicts(
+    image: np.ndarray,
+    verdicts: list[Verdict],
+    threshold: float = 0.5,
+    header: str | None = None,
+) -> np.ndarray:
+    """Return a copy of a BGR image with one box and caption per verdict and an optional header line."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    thick = max(1, round(min(h, w) / 320))
+    scale = max(0.35, min(h, w) / 900)
+    for v in verdicts:
+        x0, y0, x1, y1 = (int(round(c)) for c in v.face.box)
+        color = color_for(v.no_mask, threshold)
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, thick)
+        text = caption_for(v.no_mask, threshold)
+        ty = y0 - 4 if y0 - 4 > 10 else y1 + int(14 * scale / 0.45)
+        cv2.putText(out, text, (x0, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    if header:
+        (tw, th), base = cv2.getTextSize(header, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        cv2.rectangle(out, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
+        cv2.putText(out, header, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thick, cv2.LINE_AA)
+    return out
