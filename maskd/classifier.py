@@ -1,0 +1,230 @@
+"""Mask / no-mask classifier: a TFLite MobileNetV2 that gives P(no_mask) per face crop.
+
+The model file never stands alone: a sidecar JSON next to it (``model.tflite`` ->
+``model.json``, written by tools/convert.py) says the labels, the input size and the
+normalisation, so the runtime never guesses them. ``preprocess`` is the one function
+that turns a crop into network input; tools/train.py and tools/evaluate.py import it
+too, which is what makes training and the device agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
+MODEL_DIR_ENV = "MASKD_MODEL_DIR"
+EDGETPU_LIB = "libedgetpu.so.1"
+SIDECAR_FORMAT = "maskd-classifier/1"
+
+# MobileNetV2's own normalisation: pixel / 127.5 - 1 -> [-1, 1].
+DEFAULT_SCALE = 1.0 / 127.5
+DEFAULT_OFFSET = -1.0
+
+
+class ModelError(Exception):
+    """The model cannot be used (missing, unreadable, no sidecar, no EdgeTPU); says what to do."""
+
+
+def default_model_path() -> Path:
+    """The shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` or ``models/<name>`` of this checkout."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    folder = Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    return folder / DEFAULT_MODEL_NAME
+
+
+def preprocess(
+    rgb: np.ndarray, size: int, scale: float = DEFAULT_SCALE, offset: float = DEFAULT_OFFSET
+) -> np.ndarray:
+    """RGB uint8 crop of any size -> float32 (size, size, 3) network input.
+
+    Squashes to a square (face crops are square already; training images are not and
+    were squashed the same way), area-averaging when shrinking so small text/noise does
+    not alias, bilinear when enlarging a small face.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    if (h, w) != (size, size):
+        shrinking = h * w > size * size
+        interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        rgb = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
+    return rgb.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the sidecar JSON says about a model."""
+
+    labels: list[str]
+    input_size: int
+    scale: float
+    offset: float
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str) -> ModelInfo:
+        try:
+            labels = [str(x) for x in d["labels"]]
+            size = int(d["input_size"])
+            norm = d.get("normalization", {})
+            scale = float(norm.get("scale", DEFAULT_SCALE))
+            offset = float(norm.get("offset", DEFAULT_OFFSET))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{source}: bad model sidecar ({err!r})") from None
+        if "no_mask" not in labels or "mask" not in labels:
+            raise ModelError(f"{source}: labels must include 'mask' and 'no_mask', got {labels}")
+        return cls(labels, size, scale, offset, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.raw)
+        d.update(
+            format=SIDECAR_FORMAT,
+            labels=self.labels,
+            input_size=self.input_size,
+            normalization={"scale": self.scale, "offset": self.offset, "color": "RGB"},
+            positive="no_mask",
+        )
+        return d
+
+
+def sidecar_path(model: Path) -> Path:
+    """``x.tflite`` -> ``x.json`` (the EdgeTPU compiler's ``x_edgetpu.tflite`` falls back to ``x.json``)."""
+    own = model.with_suffix(".json")
+    if own.exists() or not model.stem.endswith("_edgetpu"):
+        return own
+    return model.with_name(model.stem[: -len("_edgetpu")] + ".json")
+
+
+def read_sidecar(model: Path) -> ModelInfo:
+    p = sidecar_path(model)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"{model}: its sidecar {p.name} (labels, input size, normalisation) is missing; "
+            "models made by tools/convert.py come with one"
+        ) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{p}: cannot read model sidecar: {err}") from None
+    return ModelInfo.from_dict(d, str(p))
+
+
+def _import_runtime() -> tuple[Any, Any, str]:
+    """(Interpreter, load_delegate, name): ai-edge-litert, else tflite-runtime, else TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "tflite_runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow"
+    except ImportError:
+        raise ModelError(
+            "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime, or tensorflow)"
+        ) from None
+
+
+def edgetpu_delegate(load_delegate: Any) -> Any:
+    """The Coral delegate, or ModelError saying whether the library or the device is missing."""
+    try:
+        ctypes.CDLL(EDGETPU_LIB)
+    except OSError:
+        raise ModelError(
+            f"EdgeTPU requested but {EDGETPU_LIB} is not installed: install the Coral runtime "
+            "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
+            "coral-edgetpu-stable), or run without --edgetpu on the CPU"
+        ) from None
+    try:
+        return load_delegate(EDGETPU_LIB)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise ModelError(
+            f"EdgeTPU requested but no Coral device could be opened ({err}): plug in the "
+            "USB Accelerator (or check the PCIe/M.2 driver and permissions), or run without --edgetpu"
+        ) from None
+
+
+class Classifier:
+    """A loaded TFLite classifier; ``predict`` gives P(no_mask) per RGB crop."""
+
+    def __init__(self, interpreter: Any, info: ModelInfo, path: Path, runtime: str) -> None:
+        self._interp = interpreter
+        self.info = info
+        self.path = path
+        self.runtime = runtime
+        self.labels = info.labels
+        self.input_size = info.input_size
+        self._no_mask = info.labels.index("no_mask")
+        self._in = interpreter.get_input_details()[0]
+        self._out = interpreter.get_output_details()[0]
+        shape = tuple(int(v) for v in self._in["shape"])
+        if shape[1:] != (info.input_size, info.input_size, 3):
+            raise ModelError(
+                f"{path}: model input {shape} does not match the sidecar's input_size "
+                f"{info.input_size}"
+            )
+
+    @classmethod
+    def open(cls, path: Path | None = None, threads: int = 2, edgetpu: bool = False) -> Classifier:
+        """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
+        p = Path(path) if path is not None else default_model_path()
+        if not p.is_file():
+            hint = "" if path is not None else f" (set {MODEL_DIR_ENV} to the folder holding it)"
+            raise ModelError(f"{p}: model file not found{hint}")
+        info = read_sidecar(p)
+        interpreter_cls, load_delegate, runtime = _import_runtime()
+        kwargs: dict[str, Any] = {"model_path": str(p)}
+        if edgetpu:
+            kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
+            runtime += "+edgetpu"
+        else:
+            kwargs["num_threads"] = max(1, int(threads))
+        try:
+            interp = interpreter_cls(**kwargs)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError, OSError) as err:
+            raise ModelError(f"{p}: cannot load TFLite model: {err}") from None
+        return cls(interp, info, p, runtime)
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self._in["dtype"]
+        if dtype == np.float32:
+            return x
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(dtype)
+        q = np.round(x / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if y.dtype == np.float32:
+            return y
+        scale, zero = self._out["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size)."""
+        out = np.empty(len(crops_rgb), dtype=np.float32)
+        for i, crop in enumerate(crops_rgb):
+            x = preprocess(crop, self.input_size, self.info.scale, self.info.offset)
+            self._interp.set_tensor(self._in["index"], self._quantize(x[None]))
+            self._interp.invoke()
+            y = self._dequantize(self._interp.get_tensor(self._out["index"]))[0]
+            out[i] = y[self._no_mask]
+        return np.clip(out, 0.0, 1.0)

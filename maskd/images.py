@@ -1,0 +1,85 @@
+"""Read any image file the way training and the runtime both expect: RGB uint8, upright.
+
+One reader for every stage so that a palette PNG, an RGBA screenshot, a WEBP or a PNG that
+was saved with a ``.jpg`` name all look the same to the classifier in training and on the
+device. PIL decides the format from the file's bytes, never from its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Transparent pixels are composited onto white: cut-out faces in the training set were
+# made to be seen on a white page, and their RGB under alpha=0 is arbitrary (often black).
+_BACKGROUND = (255, 255, 255)
+
+# Suffixes worth opening when a folder is searched; ``.jpg_1088wx1632h`` style names (a
+# web download with the size glued on) count too, by prefix.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ImageError(Exception):
+    """An image that cannot be read; the message names the file and the reason."""
+
+
+def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) uint8 RGB array with its EXIF orientation applied."""
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now so a truncated file fails here, not later
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im)
+    except FileNotFoundError:
+        raise ImageError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{p}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{p}: not an image PIL can read (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{p}: refused, too many pixels ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{p}: cannot decode image: {err}") from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{p}: decoded to an unusable shape {arr.shape}")
+    return arr
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency (RGBA, LA, palette with tRNS) goes onto white."""
+    if im.mode == "RGB":
+        return im
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bit instead of clipping to white.
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() if a.size and a.max() > 0 else 1.0
+        return Image.fromarray((a * (255.0 / hi)).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def is_image_name(path: Path) -> bool:
+    """True when the name looks like an image (used when searching folders)."""
+    suffix = path.suffix.lower()
+    return any(suffix.startswith(s) for s in IMAGE_SUFFIXES)
+
+
+def find_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted, hidden files skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not name.startswith(".") and is_image_name(p):
+                out.append(p)
+    return out
