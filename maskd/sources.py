@@ -1,0 +1,549 @@
+"""Frame sources: the Pi camera (picamera2), anything OpenCV opens, and folders of images.
+
+Every source hands out ``maskd.types.Frame`` records (BGR uint8, ``seq`` from 0, capture timestamp)
+through one small interface (``Source``). Two behaviours matter on a building entrance:
+
+* A live source (camera, stream) must survive the real world: an unplugged USB camera, a dropped
+  RTSP stream or a corrupt frame is logged, counted and the device reopened with exponential
+  backoff, without ever raising out of ``read()``.
+* The detection loop must never fall behind a live camera, so live sources are wrapped in
+  ``LatestFrame``: a grabber thread keeps only the newest frame and counts the ones it dropped.
+
+File sources (a video file, a folder of images) instead deliver every frame in order, once or in
+a loop; their timestamps advance by 1/fps per frame from the start time, so tracking time-outs
+behave the same whether a clip is processed faster or slower than real time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from maskd.config import SourceConfig
+from maskd.types import Frame
+
+log = logging.getLogger("maskd.sources")
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg"})
+MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
+
+
+class SourceError(Exception):
+    """A permanent source problem (missing file, empty folder, picamera2 not installed)."""
+
+
+class Source(Protocol):
+    """What the run loop reads frames from."""
+
+    name: str
+    is_live: bool
+    stats: dict
+
+    def read(self) -> Frame | None:
+        """The next frame; None when a file source has ended (or the source was closed)."""
+
+    def close(self) -> None:
+        """Stop and release the device; safe to call from another thread and more than once."""
+
+
+class Capture(Protocol):
+    """The low-level device interface a live source reopens (cv2.VideoCapture has this shape)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+Opener = Callable[[], Capture]  # opens the device or raises (SourceError/OSError/RuntimeError)
+
+
+def _new_stats() -> dict:
+    return {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
+
+
+def as_bgr(image: object) -> np.ndarray | None:
+    """A usable BGR uint8 image from what a device returned, or None when it is corrupt/empty.
+
+    Grey and BGRA frames (some USB cameras, PNG files) are converted rather than rejected.
+    """
+    import cv2
+
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.dtype != np.uint8:
+        return None
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[0] < 2 or image.shape[1] < 2:
+        return None
+    if image.shape[2] == 3:
+        return image
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return None
+
+
+class Backoff:
+    """Exponential delay between reopen attempts, interruptible by a stop event."""
+
+    def __init__(self, min_s: float, max_s: float, stop: threading.Event):
+        self.min_s = min_s
+        self.max_s = max(max_s, min_s)
+        self.next_s = min_s
+        self._stop = stop
+
+    def wait(self) -> bool:
+        """Sleep the current delay (then double it); False when stopped meanwhile."""
+        delay = self.next_s
+        self.next_s = min(self.next_s * 2.0, self.max_s)
+        return not self._stop.wait(delay)
+
+    def reset(self) -> None:
+        self.next_s = self.min_s
+
+
+class LiveSource:
+    """A camera or stream that is reopened with backoff whenever it fails.
+
+    ``opener`` builds a fresh ``Capture``; it is called lazily on the first ``read()`` and after
+    every failure, so a camera that is absent at start is waited for, not fatal.
+    """
+
+    is_live = True
+
+    def __init__(self, name: str, opener: Opener, reopen_min_s: float = 1.0,
+                 reopen_max_s: float = 30.0):
+        self.name = name
+        self.stats = _new_stats()
+        self._opener = opener
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards the capture against close() from another thread
+        self._cap: Capture | None = None
+        self._backoff = Backoff(reopen_min_s, reopen_max_s, self._stop)
+        self._seq = 0
+        self._bad_in_a_row = 0
+        self._failed_before = False  # the next successful open counts as a reopen
+
+    def read(self) -> Frame | None:
+        while not self._stop.is_set():
+            cap = self._cap
+            if cap is None:
+                cap = self._open()
+                if cap is None:
+                    continue
+            with self._lock:
+                if self._stop.is_set():
+                    break
+                try:
+                    ok, raw = cap.read()
+                except Exception as err:  # noqa: BLE001 - a device driver can raise anything
+                    ok, raw = False, None
+                    log.warning("%s: read raised %s: %s", self.name, type(err).__name__, err)
+            ts = time.time()
+            if not ok:
+                self.stats["read_errors"] += 1
+                log.warning("%s: read failed (device unplugged or stream dropped); reopening",
+                            self.name)
+                self._drop(cap)
+                continue
+            image = as_bgr(raw)
+            if image is None:
+                self.stats["corrupt"] += 1
+                self._bad_in_a_row += 1
+                log.warning("%s: corrupt or empty frame skipped (%d in a row)", self.name,
+                            self._bad_in_a_row)
+                if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
+                    self._drop(cap)
+                continue
+            self._bad_in_a_row = 0
+            self._backoff.reset()
+            frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name)
+            self._seq += 1
+            self.stats["frames"] += 1
+            return frame
+        self._release()
+        return None
+
+    def _open(self) -> Capture | None:
+        """Open the device once; on failure log, wait the backoff delay and return None."""
+        if self._failed_before:
+            self.stats["reopens"] += 1
+        try:
+            cap = self._opener()
+        except Exception as err:  # noqa: BLE001 - report any open failure and keep trying
+            self._failed_before = True
+            log.warning("%s: cannot open (%s); retrying in %.1f s", self.name, err,
+                        self._backoff.next_s)
+            self._backoff.wait()
+            return None
+        if self._failed_before:
+            log.info("%s: reopened", self.name)
+        self._failed_before = False
+        with self._lock:
+            if self._stop.is_set():
+                _safe_release(cap)
+                return None
+            self._cap = cap
+        return cap
+
+    def _drop(self, cap: Capture) -> None:
+        with self._lock:
+            if self._cap is cap:
+                self._cap = None
+            _safe_release(cap)
+        self._bad_in_a_row = 0
+        self._failed_before = True
+        self._backoff.wait()
+
+    def _release(self) -> None:
+        with self._lock:
+            cap, self._cap = self._cap, None
+        if cap is not None:
+            _safe_release(cap)
+
+    def close(self) -> None:
+        self._stop.set()
+        # A read blocked inside the driver keeps the lock; it releases the device itself then.
+        if self._lock.acquire(timeout=5.0):
+            try:
+                cap, self._cap = self._cap, None
+            finally:
+                self._lock.release()
+            if cap is not None:
+                _safe_release(cap)
+
+
+def _safe_release(cap: Capture) -> None:
+    try:
+        cap.release()
+    except Exception as err:  # noqa: BLE001 - releasing a dead device must not crash shutdown
+        log.debug("release failed: %s", err)
+
+
+class LatestFrame:
+    """Wraps a live source: a grabber thread reads continuously and keeps only the newest frame.
+
+    The consumer never sees a stale frame queued behind others; every frame overwritten before
+    it was read counts in ``stats["skipped"]``.
+    """
+
+    is_live = True
+
+    def __init__(self, inner: Source, poll_s: float = 0.5):
+        self.inner = inner
+        self.name = inner.name
+        self._poll_s = poll_s
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._skipped = 0
+        self._ended = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._grab, name=f"grab-{self.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def stats(self) -> dict:
+        s = dict(self.inner.stats)
+        s["skipped"] = s.get("skipped", 0) + self._skipped
+        return s
+
+    def _grab(self) -> None:
+        try:
+            while not self._closed:
+                frame = self.inner.read()
+                with self._cond:
+                    if frame is None:
+                        self._ended = True
+                        self._cond.notify_all()
+                        return
+                    if self._latest is not None:
+                        self._skipped += 1
+                    self._latest = frame
+                    self._cond.notify_all()
+        except Exception:  # noqa: BLE001 - never die silently: end the source loudly instead
+            log.exception("%s: frame grabber crashed", self.name)
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def read(self) -> Frame | None:
+        with self._cond:
+            while self._latest is None and not self._ended and not self._closed:
+                self._cond.wait(self._poll_s)  # slices keep signal handlers responsive
+            if self._closed:
+                return None
+            frame, self._latest = self._latest, None
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.inner.close()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10.0)
+
+
+class VideoFileSource:
+    """A video file read with OpenCV: every frame in order, once or looping."""
+
+    is_live = False
+
+    def __init__(self, path: Path, loop: bool = False, fps: float | None = None):
+        import cv2
+
+        self.path = path
+        self.name = str(path)
+        self.loop = loop
+        self.stats = _new_stats()
+        self._cap = self._open()
+        file_fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
+        self._t0 = time.time()
+        self._seq = 0
+        self._this_pass = 0
+        self._closed = False
+
+    def _open(self):
+        import cv2
+
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: no such video file")
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.path}: OpenCV cannot open this video file")
+        return cap
+
+    def read(self) -> Frame | None:
+        bad = 0
+        restarted = False
+        while not self._closed:
+            ok, raw = self._cap.read()
+            if ok:
+                image = as_bgr(raw)
+                if image is not None:
+                    frame = Frame(image=image, seq=self._seq,
+                                  timestamp=self._t0 + self._seq / self.fps, source=self.name)
+                    self._seq += 1
+                    self._this_pass += 1
+                    self.stats["frames"] += 1
+                    return frame
+                self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
+                bad += 1
+                log.warning("%s: corrupt frame skipped", self.name)
+                if bad < MAX_CORRUPT_IN_A_ROW:
+                    continue
+            # The end (or a run of broken frames): stop, or start again when looping. A pass
+            # without a single good frame ends the source instead of spinning forever.
+            if not self.loop or restarted or self._this_pass == 0:
+                return None
+            self._cap.release()
+            try:
+                self._cap = self._open()
+            except SourceError as err:
+                log.error("%s: cannot loop: %s", self.name, err)
+                return None
+            self.stats["reopens"] += 1
+            self._this_pass = 0
+            restarted = True
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._cap.release()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by path, hidden files left out."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+class ImageFolderSource:
+    """A folder of images (sorted, recursive), once or looping.
+
+    A broken or vanished image is logged, counted in ``stats["corrupt"]`` and skipped. For this
+    source ``Frame.source`` is the image's path, so reports can name the file.
+    """
+
+    is_live = False
+
+    def __init__(self, folder: Path, loop: bool = False, fps: float = 15.0):
+        if not folder.is_dir():
+            raise SourceError(f"{folder}: not a folder")
+        self.folder = folder
+        self.name = str(folder)
+        self.loop = loop
+        self.fps = fps
+        self.stats = _new_stats()
+        self.paths = list_images(folder)
+        if not self.paths:
+            raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self._iter: Iterator[Path] = iter(self.paths)
+        self._t0 = time.time()
+        self._seq = 0
+        self._good_this_pass = 0
+        self._closed = False
+
+    def read(self) -> Frame | None:
+        import cv2
+
+        while not self._closed:
+            path = next(self._iter, None)
+            if path is None:
+                if not self.loop or self._good_this_pass == 0:
+                    return None
+                self._iter = iter(self.paths)
+                self._good_this_pass = 0
+                continue
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image = as_bgr(image)
+            if image is None:
+                self.stats["corrupt"] += 1
+                log.warning("%s: unreadable or broken image skipped", path)
+                continue
+            frame = Frame(image=image, seq=self._seq, timestamp=self._t0 + self._seq / self.fps,
+                          source=str(path))
+            self._seq += 1
+            self._good_this_pass += 1
+            self.stats["frames"] += 1
+            return frame
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _is_device(uri: str) -> bool:
+    return uri.isdigit() or uri.startswith("/dev/")
+
+
+def _is_stream(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
+    """An opener for a camera (index or /dev/videoN) or a network stream through OpenCV."""
+
+    def open_capture() -> Capture:
+        import cv2
+
+        if _is_device(uri):
+            if uri.startswith("/dev/") and not Path(uri).exists():
+                raise SourceError(f"{uri} does not exist (camera unplugged?)")
+            target: int | str = int(uri) if uri.isdigit() else uri
+            cap = cv2.VideoCapture(target)
+            if cap.isOpened():
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+                cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        else:  # a stream: bounded open/read time so a dead server does not hang the grabber
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10_000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10_000]
+            cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"OpenCV cannot open {uri}")
+        return cap
+
+    return open_capture
+
+
+class _Picamera2Capture:
+    """picamera2 behind the ``Capture`` interface (its RGB888 format is B,G,R in memory)."""
+
+    def __init__(self, cfg: SourceConfig):
+        from picamera2 import Picamera2  # apt package on the Pi; imported only when used
+
+        self._cam = Picamera2()
+        try:
+            config = self._cam.create_video_configuration(
+                main={"size": (cfg.width, cfg.height), "format": "RGB888"},
+                controls={"FrameRate": cfg.fps},
+            )
+            self._cam.configure(config)
+            self._cam.start()
+        except Exception:
+            self._cam.close()
+            raise
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        return True, self._cam.capture_array("main")
+
+    def release(self) -> None:
+        try:
+            self._cam.stop()
+        finally:
+            self._cam.close()
+
+
+def picamera2_available() -> bool:
+    """True when picamera2 imports and reports at least one camera."""
+    try:
+        from picamera2 import Picamera2
+    except Exception:  # noqa: BLE001 - ImportError, or libcamera missing underneath
+        return False
+    try:
+        return len(Picamera2.global_camera_info()) > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _live(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
+    return LatestFrame(LiveSource(name, opener, cfg.reopen_min_s, cfg.reopen_max_s))
+
+
+def _open_uri(uri: str, cfg: SourceConfig) -> Source:
+    """Dispatch on what ``uri`` looks like: camera, stream, folder or video file."""
+    if _is_device(uri) or _is_stream(uri):
+        return _live(uri, opencv_opener(uri, cfg), cfg)
+    path = Path(uri.removeprefix("file://"))
+    if path.is_dir():
+        return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file, folder or device")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise SourceError(f"{uri}: a single image is not a source; give its folder")
+    return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    """The source ``cfg`` describes; raises SourceError only for permanent problems."""
+    if cfg.kind == "demo":
+        from maskd.demo import open_demo_source
+
+        return open_demo_source(cfg)
+    if cfg.kind == "picamera2":
+        try:
+            import picamera2  # noqa: F401
+        except Exception as err:  # noqa: BLE001
+            raise SourceError(
+                f"source kind picamera2: cannot import picamera2 ({err}); on Raspberry Pi OS "
+                "install it with 'sudo apt install python3-picamera2' and create the venv with "
+                "--system-site-packages") from None
+        return _live("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+    if cfg.kind == "images":
+        if not cfg.uri:
+            raise SourceError("source kind images needs uri: a folder of images")
+        return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps)
+    if cfg.kind == "opencv":
+        return _open_uri(cfg.uri or "0", cfg)
+    # auto
+    if cfg.uri:
+        return _open_uri(cfg.uri, cfg)
+    if picamera2_available():
+        log.info("source auto: using the Pi camera (picamera2)")
+        return _live("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+    log.info("source auto: no Pi camera; using /dev/video0")
+    return _live("/dev/video0", opencv_opener("/dev/video0", cfg), cfg)

@@ -1,0 +1,234 @@
+"""Frame sources: file order, loop vs once, broken images, a live device that dies and comes back."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskd.config import SourceConfig
+from maskd.sources import (
+    ImageFolderSource,
+    LatestFrame,
+    LiveSource,
+    SourceError,
+    VideoFileSource,
+    list_images,
+    open_source,
+)
+
+
+def _scene_images(scenes_dir: Path, n: int) -> list[Path]:
+    return sorted((scenes_dir / "images").glob("*.jpg"))[:n]
+
+
+def _write_clip(path: Path, images: list[np.ndarray], size=(320, 240), fps=10.0) -> None:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert w.isOpened()
+    for im in images:
+        w.write(cv2.resize(im, size))
+    w.release()
+
+
+@pytest.fixture
+def clip(tmp_path: Path, scenes_dir: Path) -> Path:
+    """A 6-frame clip made from real scene photos."""
+    images = [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 6)]
+    path = tmp_path / "clip.avi"
+    _write_clip(path, images)
+    return path
+
+
+def _drain(src, limit: int = 1000) -> list:
+    out = []
+    while len(out) < limit:
+        f = src.read()
+        if f is None:
+            break
+        out.append(f)
+    return out
+
+
+def test_video_file_once_delivers_every_frame_in_order(clip: Path):
+    src = open_source(SourceConfig(kind="auto", uri=str(clip)))
+    assert isinstance(src, VideoFileSource) and not src.is_live
+    frames = _drain(src)
+    assert [f.seq for f in frames] == list(range(6))
+    assert all(f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8 for f in frames)
+    # Timestamps follow the file's frame rate, not the decode speed.
+    assert np.allclose(np.diff([f.timestamp for f in frames]), 0.1, atol=1e-6)
+    assert src.read() is None
+    src.close()
+
+
+def test_video_file_loop_starts_again(clip: Path):
+    src = open_source(SourceConfig(kind="opencv", uri=str(clip), loop=True))
+    frames = _drain(src, limit=15)
+    assert len(frames) == 15 and [f.seq for f in frames] == list(range(15))
+    # The 7th frame is the first one again.
+    assert np.array_equal(frames[6].image, frames[0].image)
+    assert src.stats["reopens"] == 2
+    src.close()
+
+
+def test_image_folder_sorted_recursive_skips_broken(tmp_path: Path, scenes_dir: Path, caplog):
+    srcs = _scene_images(scenes_dir, 3)
+    (tmp_path / "b").mkdir()
+    shutil.copy(srcs[0], tmp_path / "a0.png")
+    shutil.copy(srcs[1], tmp_path / "b" / "c1.png")
+    (tmp_path / "a5_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    shutil.copy(srcs[2], tmp_path / "z2.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.name for p in list_images(tmp_path)] == ["a0.png", "a5_broken.jpg", "c1.png",
+                                                       "z2.jpg"]
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        src = open_source(SourceConfig(kind="images", uri=str(tmp_path)))
+        frames = _drain(src)
+    assert [Path(f.source).name for f in frames] == ["a0.png", "c1.png", "z2.jpg"]
+    assert src.stats["corrupt"] == 1 and src.stats["frames"] == 3
+    assert "a5_broken.jpg" in caplog.text
+
+
+def test_image_folder_loop_and_all_broken(tmp_path: Path, scenes_dir: Path):
+    shutil.copy(_scene_images(scenes_dir, 1)[0], tmp_path / "x.png")
+    src = ImageFolderSource(tmp_path, loop=True)
+    assert len(_drain(src, limit=4)) == 4
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "y.png").write_bytes(b"garbage")
+    # Looping over nothing readable ends instead of spinning forever.
+    assert ImageFolderSource(bad, loop=True).read() is None
+
+
+def test_permanent_problems_raise_source_error(tmp_path: Path):
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(SourceConfig(uri=str(tmp_path / "missing.mp4")))
+    with pytest.raises(SourceError, match="no images"):
+        open_source(SourceConfig(kind="images", uri=str(tmp_path)))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(SourceError, match="cannot open"):
+        open_source(SourceConfig(uri=str(bad)))
+
+
+class FlakyCamera:
+    """A capture that works, then is 'unplugged' (reads fail, opens fail), then comes back."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self.plan: list[str] = []  # per read: "ok", "corrupt", "fail"
+        self.open_failures = 0
+        self.opens = 0
+        self.released = 0
+
+    def opener(self):
+        if self.open_failures > 0:
+            self.open_failures -= 1
+            raise OSError("No such device")
+        self.opens += 1
+        return self
+
+    def read(self):
+        step = self.plan.pop(0) if self.plan else "ok"
+        if step == "fail":
+            return False, None
+        if step == "corrupt":
+            return True, np.zeros((0, 0, 3), np.uint8)
+        return True, self.image.copy()
+
+    def release(self):
+        self.released += 1
+
+
+def test_live_source_survives_unplug_and_corrupt_frames(caplog):
+    cam = FlakyCamera(np.full((48, 64, 3), 7, np.uint8))
+    cam.plan = ["ok", "corrupt", "ok", "fail"]
+    cam.open_failures = 0
+    src = LiveSource("usbcam", cam.opener, reopen_min_s=0.01, reopen_max_s=0.04)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert src.read().seq == 0
+        assert src.read().seq == 1  # the corrupt frame was skipped
+        cam.open_failures = 3  # unplugged: the next read fails, then three opens fail
+        t0 = time.monotonic()
+        f = src.read()
+        waited = time.monotonic() - t0
+    assert f is not None and f.seq == 2 and f.image.shape == (48, 64, 3)
+    assert src.stats["corrupt"] == 1 and src.stats["read_errors"] == 1
+    assert src.stats["reopens"] == 4 and cam.opens == 2
+    # Backoff grew: 0.01 + 0.02 + 0.04 + 0.04 at least.
+    assert waited >= 0.1
+    assert "cannot open" in caplog.text and "reopened" in caplog.text
+    src.close()
+    assert src.read() is None
+
+
+def test_close_interrupts_the_backoff_wait():
+    cam = FlakyCamera(np.zeros((8, 8, 3), np.uint8))
+    cam.open_failures = 10**6
+    src = LiveSource("gone", cam.opener, reopen_min_s=30.0, reopen_max_s=30.0)
+    result = []
+    t = threading.Thread(target=lambda: result.append(src.read()))
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    src.close()
+    t.join(timeout=5)
+    assert not t.is_alive() and result == [None]
+    assert time.monotonic() - t0 < 2
+
+
+class SlowCamera:
+    """A camera producing numbered frames at a fixed rate."""
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self.n = 0
+
+    def read(self):
+        time.sleep(self.period_s)
+        self.n += 1
+        return True, np.full((4, 4, 3), self.n % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_latest_frame_skips_old_frames_and_counts_them():
+    cam = SlowCamera(0.005)
+    src = LatestFrame(LiveSource("fast", lambda: cam, 0.01, 0.01))
+    first = src.read()
+    time.sleep(0.3)  # a slow consumer: the camera produced many frames meanwhile
+    second = src.read()
+    src.close()
+    assert second.seq > first.seq + 5
+    # Everything between the two reads was dropped and counted, not queued.
+    assert src.stats["skipped"] >= second.seq - first.seq - 2
+    assert src.stats["frames"] >= second.seq + 1
+    assert src.read() is None
+
+
+def test_open_source_live_kinds_use_latest_frame(tmp_path: Path):
+    src = open_source(SourceConfig(kind="opencv", uri="/dev/video97", reopen_min_s=0.01,
+                                   reopen_max_s=0.01))
+    try:
+        assert isinstance(src, LatestFrame) and src.is_live
+        time.sleep(0.1)
+        assert src.stats["reopens"] >= 1 and src.stats["frames"] == 0
+    finally:
+        src.close()
+
+
+def test_picamera2_missing_is_a_clear_error():
+    try:
+        import picamera2  # noqa: F401
+        pytest.skip("picamera2 is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SourceError, match="python3-picamera2"):
+        open_source(SourceConfig(kind="picamera2"))
