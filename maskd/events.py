@@ -1,0 +1,232 @@
+"""Turn violating tracks into violation events: one start, rate-limited updates, one end.
+
+A person without a mask must become ONE violation with a stable ``event_id``, not an alarm
+per frame. The lifecycle, all driven by frame timestamps (so it is deterministic and tested
+on scripted tracks):
+
+- ``start``: a track is confirmed violating (see maskd.tracking) and no event is open for it.
+- ``update``: at most every ``update_interval_s``, and only when the best score rose or the
+  event moved to another track; carries the best score so far and the best face crop.
+- ``end``: ``masked`` (the track's smoothed score fell below the release threshold),
+  ``gone`` (its track not seen for ``end_after_s``; end_time is when it was last seen) or
+  ``shutdown``.
+- Re-attach: while an event's track is missing (before it ends as gone), a newly confirmed
+  violating track near its last position takes the event over (same event_id, no new start),
+  so a person briefly lost by the tracker stays one violation.
+- Cooldown: for ``cooldown_s`` after an event ends, a violation confirmed near the same place
+  does not start a new event yet; it starts when the cooldown is over if it still holds. This
+  keeps a person fiddling with a mask from producing a start/end pair every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from maskd.config import TrackingConfig
+from maskd.tracking import Track
+from maskd.types import Box, EndReason, EventType, ViolationEvent
+
+log = logging.getLogger(__name__)
+
+
+def near(a: Box, b: Box) -> bool:
+    """Two boxes are 'the same place' when their centres are within the larger box side."""
+    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
+    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    side = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    return (ca[0] - cb[0]) ** 2 + (ca[1] - cb[1]) ** 2 <= side**2
+
+
+@dataclass
+class _Violation:
+    event_id: str
+    track_id: int
+    start_time: float
+    box: Box  # pixels, last seen
+    last_seen: float
+    score: float
+    top_score: float
+    best_seq: int
+    best_crop: np.ndarray | None
+    last_msg_time: float
+    next_seq: int = 0
+    dirty: bool = False  # something worth an update happened since the last message
+
+
+@dataclass
+class _Ended:
+    box: Box
+    end_time: float
+
+
+class Violations:
+    """The open violations of one camera; feed it the tracker's tracks every frame."""
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        camera: str,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self._new_id = new_id
+        self._open: list[_Violation] = []
+        self._recent: list[_Ended] = []  # ended events still in their cooldown
+        self._size = (1, 1)
+        self.started = 0
+        self.ended = 0
+
+    @property
+    def active(self) -> int:
+        """Open violations (including ones whose track is briefly missing)."""
+        return len(self._open)
+
+    def update(
+        self,
+        tracks: list[Track],
+        now: float,
+        frame_seq: int,
+        frame_size: tuple[int, int],
+        crops: dict[int, np.ndarray] | None = None,
+    ) -> list[ViolationEvent]:
+        """Advance the lifecycle to time ``now``; returns the events to emit, in order.
+
+        ``tracks`` are all the tracker's tracks (seen or briefly missed); ``crops`` maps a
+        track id to the face crop classified in this frame, kept as the event's best crop.
+        """
+        self._size = frame_size
+        crops = crops or {}
+        out: list[ViolationEvent] = []
+        self._recent = [r for r in self._recent if now - r.end_time < self.cfg.cooldown_s]
+        by_id = {t.track_id: t for t in tracks}
+        owned = {v.track_id for v in self._open}
+
+        # Re-attach newly confirmed tracks to events whose own track went missing.
+        for t in tracks:
+            if not (t.violating and t.seen_now) or t.track_id in owned:
+                continue
+            lost = [
+                v for v in self._open
+                if not (v.track_id in by_id and by_id[v.track_id].seen_now) and near(v.box, t.box)
+            ]
+            if lost:
+                v = max(lost, key=lambda v: v.last_seen)
+                log.info("violation %s: re-attached from track %d to %d", v.event_id,
+                         v.track_id, t.track_id)
+                owned.discard(v.track_id)
+                v.track_id = t.track_id
+                v.dirty = True
+                owned.add(t.track_id)
+
+        for v in list(self._open):
+            t = by_id.get(v.track_id)
+            if t is not None and t.seen_now:
+                v.box, v.last_seen = t.box, t.last_seen
+                if t.smoothed is not None:
+                    v.score = t.smoothed
+                if not t.violating:
+                    out.append(self._end(v, "masked", now, frame_seq))
+                    continue
+                if v.score > v.top_score:
+                    v.top_score, v.best_seq, v.dirty = v.score, frame_seq, True
+                    if t.track_id in crops:
+                        v.best_crop = crops[t.track_id]
+            elif now - v.last_seen >= self.cfg.end_after_s:
+                out.append(self._end(v, "gone", v.last_seen, frame_seq))
+                continue
+            if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:
+                out.append(self._message(v, "update", now, frame_seq))
+
+        owned = {v.track_id for v in self._open}
+        for t in tracks:
+            if not (t.violating and t.seen_now) or t.track_id in owned:
+                continue
+            if any(near(r.box, t.box) for r in self._recent):
+                continue  # cooldown: starts later if it still holds
+            score = t.smoothed if t.smoothed is not None else 0.0
+            v = _Violation(
+                event_id=self._new_id(), track_id=t.track_id, start_time=now, box=t.box,
+                last_seen=now, score=score, top_score=score, best_seq=frame_seq,
+                best_crop=crops.get(t.track_id), last_msg_time=now,
+            )
+            self._open.append(v)
+            self.started += 1
+            out.append(self._message(v, "start", now, frame_seq))
+        return out
+
+    def close_all(self, now: float, frame_seq: int | None = None) -> list[ViolationEvent]:
+        """End every open violation with reason ``shutdown`` (the loop is stopping)."""
+        return [self._end(v, "shutdown", now, frame_seq) for v in list(self._open)]
+
+    def _end(self, v: _Violation, reason: EndReason, end_time: float,
+             frame_seq: int | None) -> ViolationEvent:
+        self._open.remove(v)
+        self._recent.append(_Ended(v.box, end_time))
+        self.ended += 1
+        ev = self._message(v, "end", end_time, frame_seq)
+        ev.end_time, ev.end_reason = end_time, reason
+        return ev
+
+    def _message(self, v: _Violation, kind: EventType, now: float,
+                 frame_seq: int | None) -> ViolationEvent:
+        w, h = self._size
+        x0, y0, x1, y1 = v.box
+        norm = (
+            min(max(x0 / w, 0.0), 1.0), min(max(y0 / h, 0.0), 1.0),
+            min(max(x1 / w, 0.0), 1.0), min(max(y1 / h, 0.0), 1.0),
+        )
+        ev = ViolationEvent(
+            event_type=kind, event_id=v.event_id, seq=v.next_seq, camera=self.camera,
+            track_id=v.track_id, start_time=v.start_time, score=v.score, top_score=v.top_score,
+            box=norm, frame_seq=v.best_seq, best_crop=v.best_crop,
+        )
+        v.next_seq += 1
+        v.last_msg_time = now
+        v.dirty = False
+        return ev
+
+
+class JsonlSink:
+    """Events as JSON lines on stdout (``-``) or appended to a file, flushed per line.
+
+    A consumer tailing the file or reading the pipe sees each event as soon as it happens;
+    nothing waits in a buffer when the process is killed.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.failed = 0
+        if target == "-":
+            self._fh: IO[str] = sys.stdout
+            self._owns = False
+        else:
+            p = Path(target)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = p.open("a", encoding="utf-8")
+            self._owns = True
+
+    def emit(self, event: ViolationEvent) -> None:
+        try:
+            self._fh.write(json.dumps(event.to_dict()) + "\n")
+            self._fh.flush()
+        except (OSError, ValueError) as err:  # disk full, closed pipe: report, keep the loop up
+            self.failed += 1
+            log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id, err)
+
+    def flush(self, timeout: float) -> bool:
+        """Lines are flushed as written; True unless a write failed."""
+        return self.failed == 0
+
+    def close(self) -> None:
+        if self._owns:
+            self._fh.close()

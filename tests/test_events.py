@@ -1,0 +1,194 @@
+"""Violation lifecycle on scripted detections: start, rate-limited update, the three end
+reasons, re-attach after a brief loss, cooldown; and the JSON-lines sink."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from maskd.config import TrackingConfig
+from maskd.events import JsonlSink, Violations
+from maskd.tracking import Tracker
+from maskd.types import Face, Verdict
+
+FPS = 10.0
+CFG = TrackingConfig(window=3, min_frames=3, start_threshold=0.7, release_threshold=0.4,
+                     max_missed_frames=5, update_interval_s=1.0, end_after_s=2.0, cooldown_s=5.0)
+
+
+class Scene:
+    """Tracker + Violations driven by scripted frames at 10 fps."""
+
+    def __init__(self, cfg: TrackingConfig = CFG) -> None:
+        counter = itertools.count(1)
+        self.tracker = Tracker(cfg)
+        self.violations = Violations(cfg, "door", new_id=lambda: f"ev{next(counter)}")
+        self.events = []
+        self.sent_at = []  # frame time each event was emitted at
+        self.seq = 0
+
+    def frame(self, *faces):
+        """faces: (box, no_mask) pairs."""
+        t = self.seq / FPS
+        verdicts = [Verdict(Face(tuple(map(float, b)), 0.9), s) for b, s in faces]
+        tracks = self.tracker.update(verdicts, self.seq, t)
+        crops = {tr.track_id: np.full((8, 8, 3), self.seq, np.uint8) for tr in tracks}
+        new = self.violations.update(self.tracker.tracks, t, self.seq, (640, 480), crops)
+        self.events += new
+        self.sent_at += [t] * len(new)
+        self.seq += 1
+
+    def frames(self, n, *faces):
+        for _ in range(n):
+            self.frame(*faces)
+
+    def kinds(self):
+        return [(e.event_type, e.event_id, e.end_reason) for e in self.events]
+
+
+BOX = (100, 100, 200, 200)
+
+
+def test_one_violation_start_updates_then_masked_end():
+    s = Scene()
+    s.frames(2, (BOX, 0.2))
+    s.frames(30, (BOX, 0.8))  # median 0.8 from frame 3, confirmed on frame 5
+    s.frames(5, (BOX, 0.95))  # best score rises -> one update (rate limited)
+    s.frames(10, (BOX, 0.05))  # masked up
+    k = s.kinds()
+    assert k[0] == ("start", "ev1", None)
+    assert k[-1] == ("end", "ev1", "masked")
+    assert [e for e in k if e[0] == "start"] == [("start", "ev1", None)]
+    starts = s.events[0]
+    assert starts.seq == 0 and starts.start_time == 0.5 and starts.frame_seq == 5
+    assert starts.box == (100 / 640, 100 / 480, 200 / 640, 200 / 480)
+    assert [e.seq for e in s.events] == list(range(len(s.events)))
+    end = s.events[-1]
+    assert end.top_score == 0.95 and end.end_reason == "masked"
+    # The best crop is the one from the frame where the best score was reached.
+    assert int(end.best_crop[0, 0, 0]) == end.frame_seq
+    assert s.violations.active == 0
+
+
+def test_updates_are_rate_limited():
+    s = Scene()
+    for i in range(40):  # score creeps up every frame: an update would be due every frame
+        s.frame((BOX, 0.71 + i * 0.005))
+    updates = [e for e in s.events if e.event_type == "update"]
+    assert len(updates) >= 3, "a rising score must produce updates"
+    # No two messages closer than update_interval_s, though news came every frame.
+    gaps = [b - a for a, b in zip(s.sent_at, s.sent_at[1:], strict=False)]
+    assert all(g >= CFG.update_interval_s - 1e-9 for g in gaps), gaps
+    assert len(updates) <= 4
+    assert all(u.top_score >= p.top_score for p, u in zip(s.events, s.events[1:], strict=False))
+
+
+def test_no_update_without_news():
+    s = Scene()
+    s.frames(50, (BOX, 0.9))
+    assert [e.event_type for e in s.events] == ["start"]
+
+
+def test_gone_end_after_end_after_s_with_last_seen_time():
+    s = Scene()
+    s.frames(10, (BOX, 0.9))  # seen until t=0.9
+    s.frames(19)  # t=1.0 .. 2.8: still open
+    assert s.violations.active == 1 and s.kinds()[-1][0] == "start"
+    s.frames(1)  # t=2.9: lost for 2.0 s
+    end = s.events[-1]
+    assert (end.event_type, end.end_reason, end.end_time) == ("end", "gone", 0.9)
+
+
+def test_flickering_detection_is_one_event():
+    s = Scene()
+    for i in range(60):
+        s.frame(*([] if i % 4 == 3 else [(BOX, 0.9)]))
+    assert [e.event_type for e in s.events] == ["start"]
+
+
+def test_brief_loss_reattaches_to_the_same_event():
+    """The tracker drops the person (8 frames > max_missed_frames) and starts a new track:
+    the new track takes over the open event instead of opening a new one."""
+    s = Scene()
+    s.frames(10, (BOX, 0.9))
+    s.frames(8)
+    moved = (110, 105, 210, 205)
+    s.frames(10, (moved, 0.9))
+    assert [(e.event_type, e.event_id) for e in s.events] == [("start", "ev1"), ("update", "ev1")]
+    assert s.events[1].track_id != s.events[0].track_id
+    assert s.violations.active == 1
+    s.frames(25)
+    assert s.kinds()[-1] == ("end", "ev1", "gone")
+
+
+def test_cooldown_delays_a_new_event_at_the_same_place():
+    s = Scene()
+    s.frames(10, (BOX, 0.9))
+    s.frames(5, (BOX, 0.0))  # masked: end at t=1.1 (window 3: median drops on 2nd frame)
+    end = s.events[-1]
+    assert end.end_reason == "masked"
+    s.frames(20, (BOX, 0.9))  # mask off again right away: still in the cooldown
+    assert [e.event_type for e in s.events] == ["start", "end"]
+    s.frames(30, (BOX, 0.9))
+    starts = [e for e in s.events if e.event_type == "start"]
+    assert len(starts) == 2 and starts[1].event_id == "ev2"
+    assert starts[1].start_time - end.end_time >= CFG.cooldown_s - 1e-9
+
+
+def test_cooldown_is_per_place():
+    s = Scene()
+    s.frames(10, (BOX, 0.9))
+    s.frames(5, (BOX, 0.0))
+    other = (400, 100, 500, 200)
+    s.frames(5, (BOX, 0.0), (other, 0.9))
+    assert [e.event_type for e in s.events] == ["start", "end", "start"]
+
+
+def test_two_people_two_events_and_shutdown_ends_both():
+    s = Scene()
+    s.frames(10, (BOX, 0.9), ((400, 100, 500, 200), 0.85))
+    assert sorted(e.event_id for e in s.events) == ["ev1", "ev2"]
+    ends = s.violations.close_all(5.0, 99)
+    assert [(e.event_type, e.end_reason, e.end_time) for e in ends] == [("end", "shutdown", 5.0)] * 2
+    assert s.violations.active == 0
+
+
+def test_masked_people_produce_nothing():
+    s = Scene()
+    s.frames(100, (BOX, 0.1), ((300, 50, 380, 130), 0.3))
+    assert s.events == []
+
+
+def test_jsonl_file_sink_writes_one_flushed_line_per_event(tmp_path):
+    s = Scene()
+    s.frames(10, (BOX, 0.9))
+    s.events += s.violations.close_all(1.0)
+    path = tmp_path / "sub" / "events.jsonl"
+    sink = JsonlSink(str(path))
+    sink.emit(s.events[0])
+    # Flushed per line: readable before close.
+    assert json.loads(path.read_text())["event_type"] == "start"
+    sink.emit(s.events[1])
+    assert sink.flush(1.0) is True
+    sink.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [d["event_type"] for d in lines] == ["start", "end"]
+    assert lines[1]["end_reason"] == "shutdown" and lines[0]["event_id"] == lines[1]["event_id"]
+    assert set(lines[0]) >= {"event_id", "seq", "camera", "track_id", "start_time", "score",
+                             "top_score", "box", "end_reason", "frame_seq"}
+
+
+def test_jsonl_stdout_sink():
+    code = (
+        "from maskd.events import JsonlSink\n"
+        "from maskd.types import ViolationEvent\n"
+        "s = JsonlSink('-')\n"
+        "s.emit(ViolationEvent('start', 'x', 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"
+        "s.close()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["event_id"] == "x"
