@@ -96,6 +96,8 @@ class MqttConfig(Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(1.0, gt=0)  # backoff between connection attempts
+    reconnect_max_s: float = Field(30.0, gt=0)
     snapshots: bool = False  # opt-in: no image leaves the device by default
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
