@@ -1,0 +1,179 @@
+"""Per-frame processing: detect faces, crop, classify (one call per frame), track.
+
+``crop_face`` is the one crop function of the project: a square around the face box with a
+margin, padded where it runs off the image, so the classifier always sees a whole,
+undistorted face the way it was trained.
+
+On a Pi the classifier is the expensive stage, and a person standing at a door is in view
+for hundreds of frames. ``Pipeline`` therefore keeps, per track, the last classification and
+reuses it while the track is confident (score far from 0.5) and still (box barely moved),
+re-checking every ``tracking.recheck_every`` frames. What that saves is counted in
+``Pipeline.stats``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from maskd.config import Config
+from maskd.tracking import Track, Tracker, iou
+from maskd.types import Box, Face, Frame, Verdict
+
+# A cached score is reused only while |p - 0.5| >= CONFIDENT_MARGIN (p <= 0.2 or p >= 0.8) ...
+CONFIDENT_MARGIN = 0.3
+# ... and the box overlaps the box it was classified at by at least this much.
+STILL_IOU = 0.7
+
+
+class FaceDetector(Protocol):
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in a BGR image, boxes in its pixels."""
+
+
+class MaskClassifier(Protocol):
+    input_size: int
+
+    def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """P(no_mask) per RGB uint8 crop."""
+
+
+def crop_face(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
+    """Square crop centred on ``box``, side = longer box side * (1 + 2 * margin).
+
+    Parts outside the image are filled by repeating the edge pixels (no black bars the
+    classifier never saw in training). Same channel order and dtype as ``image``; at least
+    1x1 even for a degenerate box.
+    """
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    side = max(1, int(round(max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin))))
+    left = int(round((x0 + x1) / 2 - side / 2))
+    top = int(round((y0 + y1) / 2 - side / 2))
+    cx0, cy0 = min(max(left, 0), w), min(max(top, 0), h)
+    cx1, cy1 = min(max(left + side, 0), w), min(max(top + side, 0), h)
+    if cx1 <= cx0 or cy1 <= cy0:  # entirely outside: nothing to repeat
+        return np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
+    inner = image[cy0:cy1, cx0:cx1]
+    pad = (cy0 - top, top + side - cy1, cx0 - left, left + side - cx1)
+    if any(pad):
+        inner = cv2.copyMakeBorder(inner, *pad, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(inner)
+
+
+def judgeable(face: Face, min_face_px: int) -> bool:
+    """Faces whose shorter side is below ``min_face_px`` are too small to judge reliably."""
+    x0, y0, x1, y1 = face.box
+    return min(x1 - x0, y1 - y0) >= min_face_px
+
+
+def classify_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray]) -> list[float]:
+    """P(no_mask) per BGR crop, all in one classifier call."""
+    if not crops_bgr:
+        return []
+    rgb = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_bgr]
+    return [float(p) for p in classifier.predict(rgb)]
+
+
+def judge_faces(
+    image: np.ndarray, faces: list[Face], classifier: MaskClassifier, margin: float,
+    min_face_px: int,
+) -> list[Verdict]:
+    """Verdicts for every face of one image, no tracking (``maskd scan``)."""
+    idx = [i for i, f in enumerate(faces) if judgeable(f, min_face_px)]
+    scores = classify_crops(classifier, [crop_face(image, faces[i].box, margin) for i in idx])
+    by_idx = dict(zip(idx, scores, strict=True))
+    return [Verdict(f, by_idx.get(i)) for i, f in enumerate(faces)]
+
+
+@dataclass
+class _Cached:
+    score: float
+    box: Box
+    seq: int
+
+
+@dataclass
+class FrameResult:
+    """What one frame turned into."""
+
+    frame: Frame
+    verdicts: list[Verdict]
+    tracks: list[Track]  # the track of each verdict, same order
+    crops: dict[int, np.ndarray]  # track id -> BGR crop classified in this frame
+    timings_ms: dict[str, float] = field(default_factory=dict)  # detect, classify, track
+
+
+class Pipeline:
+    """detect -> crop -> classify (cached per track) -> track, one frame at a time."""
+
+    def __init__(self, cfg: Config, detector: FaceDetector, classifier: MaskClassifier) -> None:
+        self.cfg = cfg
+        self.detector = detector
+        self.classifier = classifier
+        self.tracker = Tracker(cfg.tracking)
+        self._cache: dict[int, _Cached] = {}
+        self.stats = {"frames": 0, "faces": 0, "small_faces": 0, "classified": 0, "cached": 0}
+
+    def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
+        """The cached score of this track when it may stand in for a fresh classification."""
+        c = self._cache.get(track.track_id)
+        if c is None:
+            return None
+        if seq - c.seq >= self.cfg.tracking.recheck_every:
+            return None
+        if abs(c.score - 0.5) < CONFIDENT_MARGIN or iou(c.box, box) < STILL_IOU:
+            return None
+        return c.score
+
+    def process(self, frame: Frame, detect: bool = True) -> FrameResult:
+        """Run one frame through every stage; ``detect=False`` skips detection (paused)."""
+        ccfg = self.cfg.classifier
+        t0 = time.perf_counter()
+        faces = self.detector.detect(frame.image) if detect else []
+        t1 = time.perf_counter()
+        tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
+        scores: list[float | None] = [None] * len(faces)
+        todo: list[int] = []
+        for i, (f, t) in enumerate(zip(faces, tracks, strict=True)):
+            if not judgeable(f, ccfg.min_face_px):
+                self.stats["small_faces"] += 1
+                continue
+            cached = self._reuse(t, f.box, frame.seq)
+            if cached is None:
+                todo.append(i)
+            else:
+                scores[i] = cached
+                self.stats["cached"] += 1
+        t2 = time.perf_counter()
+        crops = {tracks[i].track_id: crop_face(frame.image, faces[i].box, ccfg.margin) for i in todo}
+        fresh = classify_crops(self.classifier, [crops[tracks[i].track_id] for i in todo])
+        t3 = time.perf_counter()
+        for i, p in zip(todo, fresh, strict=True):
+            scores[i] = p
+            self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq)
+        self.stats["classified"] += len(todo)
+        for t, s in zip(tracks, scores, strict=True):
+            self.tracker.record(t, s)
+        alive = {t.track_id for t in self.tracker.tracks}
+        for tid in [k for k in self._cache if k not in alive]:
+            del self._cache[tid]
+        t4 = time.perf_counter()
+        self.stats["frames"] += 1
+        self.stats["faces"] += len(faces)
+        return FrameResult(
+            frame=frame,
+            verdicts=[Verdict(f, s) for f, s in zip(faces, scores, strict=True)],
+            tracks=tracks,
+            crops=crops,
+            timings_ms={
+                "detect": (t1 - t0) * 1e3,
+                "classify": (t3 - t2) * 1e3,
+                "track": ((t2 - t1) + (t4 - t3)) * 1e3,
+            },
+        )

@@ -1,0 +1,150 @@
+"""crop_face geometry, per-frame judging, and the per-track classification cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskd.config import Config
+from maskd.pipeline import Pipeline, crop_face, judge_faces
+from maskd.types import Face, Frame
+
+
+def ramp(h=100, w=160):
+    """An image whose pixel (y, x) holds (y, x, 7) so crops can be checked by value."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 0] = np.arange(h)[:, None]
+    img[:, :, 1] = np.arange(w)[None, :]
+    img[:, :, 2] = 7
+    return img
+
+
+def test_crop_is_square_with_margin_and_centred():
+    img = ramp()
+    c = crop_face(img, (40, 30, 60, 50), 0.25)  # 20x20 box, side 30
+    assert c.shape == (30, 30, 3)
+    assert (c[0, 0, 0], c[0, 0, 1]) == (25, 35)
+    assert (c[-1, -1, 0], c[-1, -1, 1]) == (54, 64)
+
+
+def test_crop_of_a_tall_box_uses_the_longer_side():
+    c = crop_face(ramp(), (70, 20, 80, 60), 0.0)
+    assert c.shape == (40, 40, 3)
+    assert (c[0, 0, 0], c[0, 0, 1]) == (20, 55)
+
+
+def test_crop_off_the_edge_is_padded_by_repeating_edge_pixels():
+    img = ramp()
+    c = crop_face(img, (-10, -10, 10, 10), 0.0)
+    assert c.shape == (20, 20, 3)
+    assert (c[0, 0, 0], c[0, 0, 1]) == (0, 0)  # padded corner repeats pixel (0, 0)
+    assert (c[15, 15, 0], c[15, 15, 1]) == (5, 5)
+    c = crop_face(img, (150, 90, 170, 110), 0.5)  # bottom-right corner
+    assert c.shape == (40, 40, 3)
+    assert (c[-1, -1, 0], c[-1, -1, 1]) == (99, 159)
+
+
+def test_crop_outside_or_degenerate_never_fails():
+    img = ramp()
+    assert crop_face(img, (500, 500, 520, 520), 0.1).shape == (24, 24, 3)
+    assert crop_face(img, (10, 10, 10, 10), 0.1).shape == (1, 1, 3)
+    grey = img[:, :, 0]
+    assert crop_face(grey, (10, 10, 30, 30), 0.0).shape == (20, 20)
+
+
+class ScriptedDetector:
+    """Returns the faces given for each call in turn (scripted detections)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+
+    def detect(self, image):
+        return [Face(tuple(map(float, b)), 0.9) for b in self.script.pop(0)]
+
+
+class RedClassifier:
+    """P(no_mask) = mean red of the crop / 255; counts crops so the cache can be measured."""
+
+    input_size = 32
+
+    def __init__(self):
+        self.crops = 0
+        self.calls = 0
+
+    def predict(self, crops_rgb):
+        self.calls += 1
+        self.crops += len(crops_rgb)
+        return np.array([c[:, :, 0].mean() / 255.0 for c in crops_rgb], np.float32)
+
+
+def frame(seq, red=230):
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[:, :, 2] = red  # BGR: red channel
+    return Frame(img, seq, seq / 10.0)
+
+
+def test_still_confident_track_is_rechecked_every_k_frames():
+    cfg = Config()
+    cfg.tracking.recheck_every = 5
+    det = ScriptedDetector([[(100, 100, 160, 160)]] * 20)
+    clf = RedClassifier()
+    pipe = Pipeline(cfg, det, clf)
+    results = [pipe.process(frame(i)) for i in range(20)]
+    assert clf.crops == 4  # frames 0, 5, 10, 15
+    assert pipe.stats["classified"] == 4 and pipe.stats["cached"] == 16
+    assert all(r.verdicts[0].no_mask == pytest.approx(230 / 255) for r in results)
+    assert results[-1].tracks[0].violating
+    # Crops are handed out only for frames that were classified (the event's best crop).
+    assert [bool(r.crops) for r in results[:6]] == [True, False, False, False, False, True]
+
+
+def test_moving_or_uncertain_tracks_are_classified_every_frame():
+    cfg = Config()
+    moving = [[(100 + 12 * i, 100, 160 + 12 * i, 160)] for i in range(10)]
+    clf = RedClassifier()
+    pipe = Pipeline(cfg, ScriptedDetector(moving), clf)
+    for i in range(10):
+        pipe.process(frame(i))
+    assert clf.crops == 10 and pipe.stats["cached"] == 0
+
+    clf = RedClassifier()
+    pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 10), clf)
+    for i in range(10):
+        pipe.process(frame(i, red=128))  # p = 0.5: not confident
+    assert clf.crops == 10
+
+
+def test_small_faces_are_counted_not_judged_and_one_call_per_frame():
+    cfg = Config()
+    cfg.classifier.min_face_px = 24
+    faces = [[(10, 10, 30, 30), (100, 100, 160, 160), (200, 20, 250, 70)]] * 3
+    clf = RedClassifier()
+    pipe = Pipeline(cfg, ScriptedDetector(faces), clf)
+    r = pipe.process(frame(0))
+    assert [v.no_mask is None for v in r.verdicts] == [True, False, False]
+    assert r.verdicts[0].label is None
+    assert clf.calls == 1 and clf.crops == 2
+    pipe.process(frame(1))
+    assert pipe.stats["small_faces"] == 2 and pipe.stats["faces"] == 6
+
+
+def test_detect_disabled_skips_detector_and_ages_tracks():
+    cfg = Config()
+    cfg.tracking.max_missed_frames = 2
+    det = ScriptedDetector([[(100, 100, 160, 160)]])
+    pipe = Pipeline(cfg, det, RedClassifier())
+    pipe.process(frame(0))
+    for i in range(1, 4):
+        r = pipe.process(frame(i), detect=False)
+        assert r.verdicts == []
+    assert pipe.tracker.tracks == []
+
+
+def test_judge_faces_matches_crops():
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:50, :, 2] = 255  # top half red
+    faces = [Face((10, 5, 40, 35), 0.9), Face((10, 60, 40, 90), 0.8), Face((0, 0, 5, 5), 0.7)]
+    v = judge_faces(img, faces, RedClassifier(), margin=0.0, min_face_px=10)
+    assert v[0].no_mask == pytest.approx(1.0) and v[1].no_mask == pytest.approx(0.0)
+    assert v[2].no_mask is None
+    assert [x.face for x in v] == faces
