@@ -1,0 +1,147 @@
+"""systemd notifications (sd_notify) over a plain AF_UNIX datagram socket.
+
+No libsystemd binding: the protocol is one datagram of ``KEY=value`` lines to the socket
+named in ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). The
+:class:`SystemdNotifier` frame observer turns the loop's progress into READY / WATCHDOG /
+STATUS, so a stalled loop (not merely a live process) is what systemd's watchdog sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from maskd.types import Frame, Verdict
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
+
+
+def socket_address(value: str) -> str | bytes:
+    """The connect() address for a $NOTIFY_SOCKET value; '@name' is Linux's abstract namespace."""
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode()
+    return value
+
+
+def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
+    """Seconds between watchdog deadlines from $WATCHDOG_USEC, or None when not ours / not set.
+
+    $WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
+    environment must not ping on the parent's behalf.
+    """
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC=%r: not an integer", usec)
+        return None
+    return value / 1e6 if value > 0 else None
+
+
+class Notifier:
+    """Sends sd_notify datagrams; a no-op when there is no socket (not run by systemd)."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        if address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifier:
+        env = os.environ if env is None else env
+        return cls(env.get("NOTIFY_SOCKET") or None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def send(self, *lines: str) -> bool:
+        """Send ``KEY=value`` lines as one datagram; False (logged once per failure) when it failed."""
+        if self._sock is None or self.address is None:
+            return False
+        try:
+            self._sock.sendto("\n".join(lines).encode(), socket_address(self.address))
+            return True
+        except OSError as err:
+            # systemd gone or socket path wrong: never let that take the loop down.
+            log.warning("sd_notify to %s failed: %s", self.address, err)
+            return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def status_text(stats: Mapping[str, object]) -> str:
+    """One human line for `systemctl status`: fps and active violations."""
+    fps = stats.get("fps")
+    parts = [f"{float(fps):.1f} fps" if isinstance(fps, int | float) else "running"]
+    active = stats.get("active")
+    if isinstance(active, int):
+        parts.append(f"{active} active violation{'s' if active != 1 else ''}")
+    return ", ".join(parts)
+
+
+class SystemdNotifier:
+    """A FrameObserver that tells systemd the loop is alive, only while frames go through.
+
+    READY=1 after the first processed frame (so `systemctl start` returns once the camera and
+    models really work); WATCHDOG=1 from on_frame at most every half WATCHDOG_USEC, so if
+    frames stop the pings stop and systemd restarts the service; STATUS= with fps.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        env = os.environ if env is None else env
+        self._notifier = Notifier.from_env(env)
+        interval = watchdog_interval_s(env)
+        self.watchdog_every_s = interval / 2 if interval else None
+        self._clock = clock
+        self._ready = False
+        self._last_ping: float | None = None
+        self._last_status: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._notifier.enabled
+
+    def status(self, text: str) -> None:
+        """Free-form STATUS= (e.g. 'opening camera') before frames flow."""
+        self._notifier.send(f"STATUS={text}")
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        if not self._notifier.enabled:
+            return
+        now = self._clock()
+        lines: list[str] = []
+        if not self._ready:
+            lines.append("READY=1")
+            self._ready = True
+        if self.watchdog_every_s is not None and (
+            self._last_ping is None or now - self._last_ping >= self.watchdog_every_s
+        ):
+            lines.append("WATCHDOG=1")
+            self._last_ping = now
+        if lines or self._last_status is None or now - self._last_status >= STATUS_INTERVAL_S:
+            lines.append(f"STATUS={status_text(stats)}")
+            self._last_status = now
+        self._notifier.send(*lines)
+
+    def close(self) -> None:
+        self._notifier.send("STOPPING=1", "STATUS=stopping")
+        self._notifier.close()

@@ -1,0 +1,541 @@
+"""Local live views of the annotated camera feed: Linux framebuffer (HDMI console), OpenCV
+window, and an HTTP page with an MJPEG stream.
+
+Every preview is a FrameObserver whose on_frame only drops the newest frame into a one-slot
+mailbox; rendering and output happen in the preview's own thread. A slow screen or browser
+therefore loses frames, never slows the detection loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from maskd.annotate import draw_verdicts
+from maskd.config import Config, PreviewConfig
+from maskd.types import Frame, FrameObserver, Verdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FB = Path("/dev/fb0")
+
+
+class PreviewUnavailable(RuntimeError):
+    """A configured preview cannot work here; the message says why and what to use instead."""
+
+
+# ---------------------------------------------------------------- rendering (pure)
+
+
+def header_text(stats: dict) -> str:
+    """'12.3 fps | 1 active violation' from the loop's stats."""
+    fps = stats.get("fps")
+    active = int(stats.get("active") or 0)
+    fps_txt = f"{float(fps):.1f} fps" if isinstance(fps, int | float) else "-- fps"
+    return f"{fps_txt} | {active} active violation{'s' if active != 1 else ''}"
+
+
+def render(
+    frame: Frame,
+    verdicts: list[Verdict],
+    stats: dict,
+    threshold: float = 0.5,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The annotated BGR image every preview shows.
+
+    With ``size`` (width, height) the frame is letterboxed to it first and the boxes are drawn
+    at that resolution, so lines and text stay crisp on a big screen.
+    """
+    image = frame.image
+    if size is not None:
+        h, w = image.shape[:2]
+        scale, x0, y0, _, _ = _fit(w, h, *size)
+        image = letterbox(image, *size)
+        verdicts = [
+            replace(v, face=replace(v.face, box=(v.face.box[0] * scale + x0, v.face.box[1] * scale + y0,
+                                                 v.face.box[2] * scale + x0, v.face.box[3] * scale + y0)))
+            for v in verdicts
+        ]
+    return draw_verdicts(image, verdicts, threshold=threshold, header=header_text(stats))
+
+
+# ---------------------------------------------------------------- framebuffer (pure part)
+
+PixelFormat = Literal["RGB565", "XRGB8888", "BGR888"]
+
+
+@dataclass(frozen=True)
+class FbGeometry:
+    """Visible size, memory layout and pixel format of a Linux framebuffer."""
+
+    width: int
+    height: int
+    bits_per_pixel: int
+    stride: int  # bytes per row in memory (>= width * bytes per pixel)
+
+    @property
+    def pixel_format(self) -> PixelFormat:
+        """The Pi's fbdev formats: 16 bpp is RGB565, 32 bpp is XRGB8888 (bytes B,G,R,X), 24 is BGR."""
+        fmt = {16: "RGB565", 24: "BGR888", 32: "XRGB8888"}.get(self.bits_per_pixel)
+        if fmt is None:
+            raise PreviewUnavailable(f"framebuffer: {self.bits_per_pixel} bits per pixel is not supported "
+                                     "(allowed: 16, 24, 32)")
+        return fmt  # type: ignore[return-value]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.stride * self.height
+
+
+def _read_sys(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise PreviewUnavailable(f"framebuffer: cannot read {path}: {err.strerror or err}") from None
+
+
+def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbGeometry:
+    """Geometry of /dev/fbN from /sys/class/graphics/fbN/{virtual_size,bits_per_pixel,stride}.
+
+    The visible size comes from the first of ``modes`` ("U:1920x1080p-0") when present, since
+    the virtual size may be taller for double buffering; we draw at pan offset 0.
+    """
+    d = sysfs / fb.name
+    vw, vh = (int(v) for v in _read_sys(d / "virtual_size").split(","))
+    bpp = int(_read_sys(d / "bits_per_pixel"))
+    stride = int(_read_sys(d / "stride"))
+    w, h = vw, vh
+    try:
+        first = (d / "modes").read_text().split("\n", 1)[0]
+        m = re.search(r"(\d+)x(\d+)", first)
+        if m and int(m.group(1)) <= vw and int(m.group(2)) <= vh:
+            w, h = int(m.group(1)), int(m.group(2))
+    except OSError:
+        pass
+    return FbGeometry(width=w, height=h, bits_per_pixel=bpp, stride=stride)
+
+
+def _fit(w: int, h: int, width: int, height: int) -> tuple[float, int, int, int, int]:
+    """Scale, top-left offset and new size that fit a w x h image centred in width x height."""
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return scale, (width - nw) // 2, (height - nh) // 2, nw, nh
+
+
+def letterbox(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale to fit width x height keeping the aspect ratio, centred on black."""
+    h, w = bgr.shape[:2]
+    if (w, h) == (width, height):
+        return bgr
+    scale, x0, y0, nw, nh = _fit(w, h, width, height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.zeros((height, width, 3), np.uint8)
+    out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=interp)
+    return out
+
+
+def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
+    """A BGR image, letterboxed to the screen, in the framebuffer's memory layout (rows of ``stride``)."""
+    img = letterbox(bgr, geometry.width, geometry.height)
+    fmt = geometry.pixel_format
+    if fmt == "RGB565":
+        b, g, r = (img[..., i].astype(np.uint16) for i in range(3))
+        pixels = (((r >> 3) << 11) | ((g >> 2) << 5) | (b >> 3)).astype("<u2").view(np.uint8)
+        pixels = pixels.reshape(geometry.height, geometry.width * 2)
+    elif fmt == "XRGB8888":
+        pixels = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA).reshape(geometry.height, geometry.width * 4)
+    else:
+        pixels = img.reshape(geometry.height, geometry.width * 3)
+    row = pixels.shape[1]
+    if geometry.stride < row:
+        raise PreviewUnavailable(f"framebuffer: stride {geometry.stride} < row of {row} bytes")
+    if geometry.stride == row:
+        return pixels.tobytes()
+    padded = np.zeros((geometry.height, geometry.stride), np.uint8)
+    padded[:, :row] = pixels
+    return padded.tobytes()
+
+
+# ---------------------------------------------------------------- threading base
+
+
+class LatestFrame:
+    """A one-slot mailbox: put() overwrites, so the consumer always gets the newest item."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: tuple | None = None
+        self._closed = False
+        self.dropped = 0  # items overwritten before the consumer took them
+
+    def put(self, item: tuple) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> tuple | None:
+        """The newest item, or None on timeout / after close()."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ThreadedPreview:
+    """Base for previews: on_frame hands over the frame without copying or waiting.
+
+    The loop's sources hand out a fresh array per frame, so keeping a reference is safe.
+    """
+
+    name = "preview"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self._box = LatestFrame()
+        self.output_size: tuple[int, int] | None = None  # render at this (width, height)
+        self.shown = 0
+        self._thread = threading.Thread(target=self._run, name=f"maskd-{self.name}", daemon=True)
+
+    def start(self) -> ThreadedPreview:
+        self._thread.start()
+        return self
+
+    @property
+    def dropped(self) -> int:
+        return self._box.dropped
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        self._box.put((frame, list(verdicts), dict(stats)))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._box.get()
+                if item is None:
+                    if self._box.closed:
+                        return
+                    continue
+                self.show(render(*item, threshold=self.threshold, size=self.output_size))
+                self.shown += 1
+        except Exception:  # a broken preview must not take the daemon down
+            log.exception("%s preview stopped", self.name)
+        finally:
+            self.teardown()
+
+    def show(self, image: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release the output; runs in the preview thread."""
+
+    def close(self) -> None:
+        self._box.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- framebuffer
+
+
+class FramebufferPreview(ThreadedPreview):
+    """Writes annotated frames to a Linux framebuffer (HDMI console without a desktop)."""
+
+    name = "framebuffer"
+
+    def __init__(self, path: Path, geometry: FbGeometry | None = None, threshold: float = 0.5) -> None:
+        super().__init__(threshold)
+        if not path.exists():
+            raise PreviewUnavailable(f"preview.framebuffer: {path} does not exist (no HDMI framebuffer; "
+                                     "use preview.http instead)")
+        self.path = path
+        self.geometry = geometry or read_fb_geometry(path)
+        self.geometry.pixel_format  # noqa: B018 - fail now, not in the thread, on odd formats
+        self.output_size = (self.geometry.width, self.geometry.height)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise PreviewUnavailable(f"preview.framebuffer: cannot open {path}: {err.strerror} "
+                                     "(the maskd user needs the 'video' group)") from None
+
+    def show(self, image: np.ndarray) -> None:
+        os.pwrite(self._fd, to_fb_bytes(image, self.geometry), 0)
+
+    def teardown(self) -> None:
+        os.close(self._fd)
+
+
+# ---------------------------------------------------------------- window
+
+
+def opencv_gui_backend(build_info: str | None = None) -> str | None:
+    """The HighGUI backend compiled into this OpenCV (e.g. 'GTK3', 'QT5'), None for headless builds.
+
+    opencv-python-headless reports 'GUI: NONE'; older builds list 'GTK+: YES' under 'GUI:'.
+    """
+    info = cv2.getBuildInformation() if build_info is None else build_info
+    lines = info.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"(\s*)GUI:\s*(.*)$", line)
+        if not m:
+            continue
+        value = m.group(2).strip()
+        if value:
+            return None if value.upper() == "NONE" else value
+        indent = len(m.group(1))
+        for sub in lines[i + 1:]:
+            if len(sub) - len(sub.lstrip()) <= indent:  # the next section starts
+                break
+            sm = re.match(r"\s+(GTK\+?\w*|QT\w*|Win32 UI|Cocoa|Wayland)\s*:\s*YES", sub, re.IGNORECASE)
+            if sm:
+                return sm.group(1).strip()
+        return None
+    return None
+
+
+class WindowPreview(ThreadedPreview):
+    """An OpenCV HighGUI window; all GUI calls stay in the preview thread."""
+
+    name = "window"
+    title = "maskd"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__(threshold)
+        backend = opencv_gui_backend()
+        if backend is None:
+            raise PreviewUnavailable(
+                "preview.window: the installed OpenCV has no GUI support (opencv-python-headless); "
+                "install opencv-python or apt python3-opencv, or use preview.framebuffer / preview.http")
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise PreviewUnavailable("preview.window: no desktop session ($DISPLAY / $WAYLAND_DISPLAY "
+                                     "unset); use preview.framebuffer or preview.http")
+
+    def show(self, image: np.ndarray) -> None:
+        cv2.imshow(self.title, image)
+        cv2.waitKey(1)
+
+    def teardown(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+# ---------------------------------------------------------------- HTTP / MJPEG
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>maskd preview</title>
+<style>html,body{margin:0;padding:0;background:#000}img{display:block}</style></head>
+<body><img id="live" src="/stream.mjpg" alt="maskd live view"></body></html>
+"""
+BOUNDARY = "maskdframe"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'8080' or ':8080' -> ('127.0.0.1', 8080); 'HOST:PORT' and '[v6]:PORT' as given."""
+    host, _, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or int(port) > 65535 or (":" in host and not value.strip().startswith("[")):
+        raise PreviewUnavailable(f"preview.http: {value!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host or "127.0.0.1", int(port)
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class HttpPreview(ThreadedPreview):
+    """Serves / (a page) and /stream.mjpg (multipart JPEG) and /frame.jpg (one JPEG).
+
+    The preview thread encodes a JPEG only while someone is watching; each client sends the
+    newest JPEG when it is ready, so a slow client skips frames instead of queueing them.
+    """
+
+    name = "http"
+
+    def __init__(self, listen: str, threshold: float = 0.5, jpeg_quality: int = 80) -> None:
+        super().__init__(threshold)
+        self.host, port = parse_listen(listen)
+        self.jpeg_quality = jpeg_quality
+        self._cond = threading.Condition()
+        self._jpeg: bytes | None = None
+        self._seq = 0
+        self._watchers = 0
+        self._stopping = False
+        server_cls = _V6Server if ":" in self.host else ThreadingHTTPServer
+        try:
+            self._server = server_cls((self.host, port), self._make_handler())
+        except OSError as err:
+            raise PreviewUnavailable(f"preview.http: cannot listen on {listen}: {err.strerror or err}") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._http_thread = threading.Thread(target=self._server.serve_forever, name="maskd-http",
+                                             daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> HttpPreview:
+        self._http_thread.start()
+        super().start()
+        log.info("preview at %s", self.url)
+        return self
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        if self._watchers:  # nobody watching: don't even hand the frame over
+            super().on_frame(frame, verdicts, stats)
+
+    def show(self, image: np.ndarray) -> None:
+        # 4:4:4: chroma subsampling would smear the 1-px red/green box lines into grey.
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality,
+                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        if not ok:
+            return
+        with self._cond:
+            self._jpeg = buf.tobytes()
+            self._seq += 1
+            self._cond.notify_all()
+
+    def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+        """The first JPEG newer than sequence ``after``, waiting up to ``timeout`` s."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > after or self._stopping, timeout)
+            if self._seq > after and self._jpeg is not None:
+                return self._seq, self._jpeg
+            return None
+
+    def _watch(self, delta: int) -> None:
+        with self._cond:
+            self._watchers += delta
+
+    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
+        preview = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "maskd-preview"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                log.debug("http %s: " + format, self.client_address[0], *args)
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
+                elif path == "/frame.jpg":
+                    preview._watch(+1)
+                    try:
+                        got = preview.next_jpeg(0, timeout=5.0)
+                    finally:
+                        preview._watch(-1)
+                    if got is None:
+                        self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+                    else:
+                        self._send(200, "image/jpeg", got[1])
+                elif path == "/stream.mjpg":
+                    self._stream()
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                preview._watch(+1)
+                seq = 0
+                try:
+                    while not preview._stopping:
+                        got = preview.next_jpeg(seq, timeout=1.0)
+                        if got is None:
+                            continue
+                        seq, jpeg = got
+                        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode())
+                        self.wfile.write(jpeg)
+                        self.wfile.write(b"\r\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    pass  # the browser went away
+                finally:
+                    preview._watch(-1)
+
+        return Handler
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        super().close()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# ---------------------------------------------------------------- construction
+
+
+def resolve_preview_flag(preview: PreviewConfig, fb: Path = DEFAULT_FB) -> PreviewConfig:
+    """What `maskd run --preview` means: the framebuffer when it exists, else a window when
+    OpenCV has GUI support, else an error telling the user about preview.http."""
+    if fb.exists():
+        return preview.model_copy(update={"framebuffer": fb})
+    if opencv_gui_backend() is not None:
+        return preview.model_copy(update={"window": True})
+    raise PreviewUnavailable(
+        f"--preview: no framebuffer at {fb} and the installed OpenCV has no GUI support; "
+        "set preview.http: 127.0.0.1:8080 in the config and open http://127.0.0.1:8080/ in a browser")
+
+
+def make_observers(cfg: Config) -> list[FrameObserver]:
+    """Start every preview that cfg.preview asks for (raises PreviewUnavailable with the reason).
+
+    preview.annotate_dir is not a live view; the run loop writes that clip itself.
+    """
+    p = cfg.preview
+    threshold = cfg.classifier.threshold
+    started: list[ThreadedPreview] = []
+    try:
+        if p.framebuffer is not None:
+            started.append(FramebufferPreview(p.framebuffer, threshold=threshold).start())
+        if p.window:
+            started.append(WindowPreview(threshold=threshold).start())
+        if p.http:
+            started.append(HttpPreview(p.http, threshold=threshold).start())
+    except Exception:
+        for obs in started:
+            obs.close()
+        raise
+    return list(started)
+
