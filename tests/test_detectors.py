@@ -1,0 +1,289 @@
+"""Face detectors: pure geometry without models, then every detector on real scene photos."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskd.config import DetectorConfig
+from maskd.detectors import (
+    BLAZEFACE_ANCHORS,
+    DetectorError,
+    Letterbox,
+    Tiled,
+    box_iou,
+    decode_blazeface,
+    decode_ssd_postprocess,
+    find_yunet_model,
+    inner_edge_mask,
+    letterbox,
+    make_detector,
+    nms,
+    postprocess_output_order,
+    ssd_anchors,
+    tile_grid,
+    weighted_nms,
+)
+from maskd.types import Face
+
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_box_iou_known_values():
+    a = np.array([[0, 0, 10, 10], [0, 0, 2, 2]])
+    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
+    iou = box_iou(a, b)
+    assert iou.shape == (2, 3)
+    assert iou[0, 0] == pytest.approx(50 / 150)
+    assert iou[0, 1] == 0 and iou[0, 2] == 1
+    assert iou[1, 2] == pytest.approx(4 / 100)
+    assert box_iou(np.zeros((0, 4)), b).shape == (0, 3)
+
+
+def test_nms_keeps_best_of_each_cluster():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 9]])
+    scores = np.array([0.7, 0.9, 0.8, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert sorted(nms(boxes, scores, 0.99).tolist()) == [0, 1, 2, 3]
+
+
+def test_weighted_nms_averages_cluster_by_score():
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [100, 100, 110, 110]], float)
+    scores = np.array([0.75, 0.25, 0.5])
+    pts = np.array([[[1, 1]], [[3, 1]], [[105, 105]]], float)
+    b, s, p = weighted_nms(boxes, scores, 0.3, pts)
+    assert s.tolist() == [0.75, 0.5]
+    assert b[0].tolist() == pytest.approx([0.5, 0, 10.5, 10])
+    assert p[0, 0].tolist() == pytest.approx([1.5, 1])
+    assert b[1].tolist() == [100, 100, 110, 110]
+
+
+def test_letterbox_maps_back():
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[100:150, 200:240] = 255
+    boxed, lb = letterbox(img, 128, 128)
+    assert boxed.shape == (128, 128, 3) and lb.scale == pytest.approx(0.32)
+    assert (boxed[96:] == 0).all()  # padding at the bottom
+    ys, xs = np.nonzero(boxed[..., 0] > 127)
+    back = lb.to_original(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]))
+    assert back[0] == pytest.approx([200, 100, 240, 150], abs=4)
+
+
+def test_blazeface_anchor_layout():
+    short = ssd_anchors(BLAZEFACE_ANCHORS["short"])
+    full = ssd_anchors(BLAZEFACE_ANCHORS["full"])
+    assert short.shape == (896, 2) and full.shape == (2304, 2)
+    # Stride 8: 16x16 cells, 2 anchors each, same centre; then stride 16: 8x8 cells, 6 each.
+    assert short[0].tolist() == short[1].tolist() == [0.5 / 16, 0.5 / 16]
+    assert short[2].tolist() == pytest.approx([1.5 / 16, 0.5 / 16])
+    assert short[512].tolist() == short[517].tolist() == [0.5 / 8, 0.5 / 8]
+    assert short[-1].tolist() == pytest.approx([7.5 / 8, 7.5 / 8])
+    assert full[48].tolist() == pytest.approx([0.5 / 48, 1.5 / 48])
+
+
+def test_decode_blazeface_offsets_relative_to_anchor():
+    anchors = np.array([[0.5, 0.5], [0.25, 0.75]])
+    raw = np.zeros((2, 16))
+    raw[0, :4] = [12.8, -12.8, 25.6, 51.2]  # 128 px input: +0.1, -0.1, w 0.2, h 0.4
+    raw[0, 4:6] = [0, 6.4]
+    logits = np.array([3.0, -3.0])
+    boxes, scores, kps = decode_blazeface(raw, logits, anchors, 128, 0.5)
+    assert len(boxes) == 1 and scores[0] == pytest.approx(1 / (1 + np.exp(-3)))
+    assert boxes[0].tolist() == pytest.approx([0.5, 0.2, 0.7, 0.6])
+    assert kps[0, 0].tolist() == pytest.approx([0.5, 0.55])
+    assert kps.shape == (1, 6, 2)
+
+
+def test_decode_ssd_postprocess():
+    boxes = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.9], [0, 0, 1, 1], [0, 0, 0, 0]])
+    classes = np.array([0, 0, 1, 0])
+    scores = np.array([0.9, 0.4, 0.95, 0.99])
+    lb = Letterbox(scale=0.5, width=320, height=160)
+    b, s = decode_ssd_postprocess(boxes, classes, scores, 3, 0.5, lb, 320, 320)
+    # Row 3 is past count, row 2 is another class, row 1 under threshold.
+    assert s.tolist() == [0.9]
+    assert b[0].tolist() == pytest.approx([0.2 * 640, 0.1 * 640, 0.4 * 640, 0.3 * 640])
+
+
+def test_postprocess_output_order_by_name():
+    names = ["TFLite_Detection_PostProcess:2", "TFLite_Detection_PostProcess",
+             "TFLite_Detection_PostProcess:3", "TFLite_Detection_PostProcess:1"]
+    assert postprocess_output_order([{"name": n} for n in names]) == (1, 3, 0, 2)
+    assert postprocess_output_order([{"name": f"out{i}"} for i in range(4)]) == (0, 1, 2, 3)
+    with pytest.raises(DetectorError, match="4 outputs"):
+        postprocess_output_order([{"name": "a"}, {"name": "b"}])
+
+
+def test_tile_grid_covers_with_overlap():
+    tiles = tile_grid(400, 300, 2, overlap=0.25)
+    assert len(tiles) == 4
+    assert tiles[0] == (0, 0, 250, 188) and tiles[-1] == (150, 112, 400, 300)
+    cover = np.zeros((300, 400), bool)
+    for x0, y0, x1, y1 in tiles:
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
+    assert tile_grid(400, 300, 1) == [(0, 0, 400, 300)]
+
+
+def test_inner_edge_mask_drops_cut_faces_only():
+    boxes = np.array([[10, 10, 30, 30], [230, 10, 250, 30], [0, 0, 20, 20]])
+    keep = inner_edge_mask(boxes, (0, 0, 250, 188), 400, 300)
+    assert keep.tolist() == [True, False, True]  # the image border is not a cut
+
+
+class ScriptedDetector:
+    """Stands in for a network: shrinks its input to 100x100 and finds bright blobs >= 6 px there."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def detect(self, image_bgr):
+        self.calls.append(image_bgr.shape[:2])
+        small, lb = letterbox(image_bgr, 100, 100)
+        n, _, stats, _ = cv2.connectedComponentsWithStats((small[..., 0] > 60).astype(np.uint8))
+        out = []
+        for x, y, w, h, _ in stats[1:n]:
+            if min(w, h) >= 6:
+                box = lb.to_original(np.array([x, y, x + w, y + h], float))
+                out.append(Face(box=tuple(box), score=min(1.0, w / 100),
+                                landmarks=np.array([box[:2]], np.float32)))
+        return out
+
+
+def test_tiles_find_small_faces_and_map_them_back():
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[20:32, 40:52] = 255  # 12 px: 4 px at the network's scale, only found in a tile
+    img[100:180, 120:200] = 255  # bigger than any tile's overlap: found by the whole-frame pass
+    inner = ScriptedDetector()
+    assert len(inner.detect(img)) == 1
+    det = Tiled(inner, tiles=2, nms_threshold=0.3)
+    faces = sorted(det.detect(img), key=lambda f: f.box)
+    assert det.name == "scripted+tiles2"
+    assert len(inner.calls) == 1 + 5 and inner.calls[2] == (125, 188)
+    assert len(faces) == 2
+    assert faces[0].box == pytest.approx((40, 20, 52, 32), abs=2)
+    assert faces[1].box == pytest.approx((120, 100, 200, 180), abs=3)
+    assert faces[0].landmarks[0].tolist() == pytest.approx(faces[0].box[:2])
+
+
+# ----------------------------------------------------------------------------- real models
+
+
+def _scene(scenes_dir: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    img = cv2.imread(str(scenes_dir / "images" / f"{stem}.jpg"))
+    root = ET.parse(scenes_dir / "annotations" / f"{stem}.xml").getroot()
+    gt = [[float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+          for o in root.iter("object")]
+    return img, np.array(gt)
+
+
+def _recall(faces: list[Face], gt: np.ndarray, iou: float = 0.3) -> float:
+    if not faces:
+        return 0.0
+    return float((box_iou(gt, np.array([f.box for f in faces])).max(1) >= iou).mean())
+
+
+@pytest.fixture
+def astronaut_bgr() -> np.ndarray:
+    data = pytest.importorskip("skimage.data")
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+ASTRONAUT_FACE = np.array([[180, 60, 270, 172]])  # measured by hand on skimage's astronaut
+
+
+@pytest.mark.parametrize("variant", ["short", "full"])
+def test_blazeface_from_wheel_finds_real_face(variant: str, astronaut_bgr: np.ndarray):
+    det = make_detector(DetectorConfig(kind="blazeface", variant=variant))
+    faces = det.detect(astronaut_bgr)
+    assert len(faces) == 1 and faces[0].score > 0.8
+    assert box_iou(ASTRONAUT_FACE, np.array([faces[0].box]))[0, 0] > 0.6
+    # Six keypoints; the right eye (image left) is left of the left eye.
+    assert faces[0].landmarks.shape == (6, 2) and faces[0].landmarks[0, 0] < faces[0].landmarks[1, 0]
+    assert det.detect(np.zeros((240, 320, 3), np.uint8)) == []
+
+
+def test_detectors_find_annotated_faces_in_scenes(scenes_dir: Path, yunet_model: Path):
+    img, gt = _scene(scenes_dir, "maksssksksss0")
+    yunet = make_detector(DetectorConfig(kind="yunet", model=yunet_model, input_width=640,
+                                         input_height=480))
+    faces = yunet.detect(img)
+    assert _recall(faces, gt) == 1.0
+    assert all(0 <= f.box[0] < f.box[2] <= img.shape[1] for f in faces)
+    assert faces[0].landmarks.shape == (5, 2)
+    blaze = make_detector(DetectorConfig(kind="blazeface", variant="full", score_threshold=0.5))
+    assert _recall(blaze.detect(img), gt) >= 2 / 3
+
+
+def test_opencv_ssd_baseline(scenes_dir: Path):
+    pb = SHARED_MODELS / "opencv_face_detector_uint8.pb"
+    if not pb.is_file():
+        pytest.skip(f"needs {pb}")
+    img, gt = _scene(scenes_dir, "maksssksksss0")
+    det = make_detector(DetectorConfig(kind="ssd", model=pb, score_threshold=0.3))
+    assert det.name == "opencv-ssd"
+    assert _recall(det.detect(img), gt) >= 2 / 3
+
+
+def test_upscale_finds_more_small_faces(scenes_dir: Path, yunet_model: Path):
+    """Over a few crowded scenes, YuNet at 320x240 misses small faces that x2 input recovers."""
+    stems = sorted(p.stem for p in (scenes_dir / "annotations").glob("*.xml"))[:40]
+    base = make_detector(DetectorConfig(kind="yunet", model=yunet_model))
+    up = make_detector(DetectorConfig(kind="yunet", model=yunet_model, upscale=2.0))
+    hits_base = hits_up = total = 0
+    for stem in stems:
+        img, gt = _scene(scenes_dir, stem)
+        small = gt[np.minimum(gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]) < 24]
+        if not len(small):
+            continue
+        total += len(small)
+        hits_base += _recall(base.detect(img), small) * len(small)
+        hits_up += _recall(up.detect(img), small) * len(small)
+    assert total >= 20
+    assert hits_up >= hits_base + 0.1 * total
+
+
+def test_auto_prefers_yunet_then_blazeface(monkeypatch, yunet_model: Path, tmp_path: Path):
+    monkeypatch.setenv("MASKD_YUNET", str(yunet_model))
+    assert find_yunet_model() == yunet_model
+    assert make_detector(DetectorConfig(kind="auto")).name == "yunet"
+    assert make_detector(DetectorConfig(kind="auto", model=yunet_model)).name == "yunet"
+    monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "none.onnx"))
+    monkeypatch.setattr("maskd.detectors.REPO_MODELS", tmp_path)
+    monkeypatch.setattr("maskd.detectors.SYSTEM_MODELS", tmp_path)
+    assert make_detector(DetectorConfig(kind="auto")).name.startswith("blazeface")
+
+
+def test_missing_models_are_clear_errors(tmp_path: Path):
+    with pytest.raises(DetectorError, match="YuNet model not found"):
+        make_detector(DetectorConfig(kind="yunet", model=tmp_path / "nope.onnx"))
+    with pytest.raises(DetectorError, match="needs model"):
+        make_detector(DetectorConfig(kind="ssd"))
+    with pytest.raises(DetectorError, match="not found"):
+        make_detector(DetectorConfig(kind="ssd", model=tmp_path / "face.tflite"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(DetectorError, match="cannot load"):
+        make_detector(DetectorConfig(kind="yunet", model=bad))
+
+
+def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
+    model = tmp_path / "face_edgetpu.tflite"
+    model.write_bytes(b"x")
+    try:
+        import ctypes
+
+        ctypes.CDLL("libedgetpu.so.1")
+        pytest.skip("libedgetpu is installed here")
+    except OSError:
+        pass
+    with pytest.raises(DetectorError, match="libedgetpu"):
+        make_detector(DetectorConfig(kind="ssd", model=model, edgetpu=True))
