@@ -41,23 +41,32 @@ def default_model_path() -> Path:
     return folder / DEFAULT_MODEL_NAME
 
 
-def preprocess(
-    rgb: np.ndarray, size: int, scale: float = DEFAULT_SCALE, offset: float = DEFAULT_OFFSET
-) -> np.ndarray:
-    """RGB uint8 crop of any size -> float32 (size, size, 3) network input.
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 of any size -> (size, size, 3) uint8, the geometry step of ``preprocess``.
 
-    Squashes to a square (face crops are square already; training images are not and
-    were squashed the same way), area-averaging when shrinking so small text/noise does
-    not alias, bilinear when enlarging a small face.
+    Squashes to a square (face crops are square already; training images are not and were
+    squashed the same way), area-averaging when shrinking so fine noise does not alias,
+    bilinear when enlarging a small face.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
     h, w = rgb.shape[:2]
-    if (h, w) != (size, size):
-        shrinking = h * w > size * size
-        interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        rgb = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
-    return rgb.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    if (h, w) == (size, size):
+        return rgb
+    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
+
+
+def normalize(x: np.ndarray, scale: float = DEFAULT_SCALE, offset: float = DEFAULT_OFFSET) -> np.ndarray:
+    """Pixel values (uint8 or float 0..255) -> float32 network values (default [-1, 1])."""
+    return x.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+def preprocess(
+    rgb: np.ndarray, size: int, scale: float = DEFAULT_SCALE, offset: float = DEFAULT_OFFSET
+) -> np.ndarray:
+    """RGB uint8 crop of any size -> float32 (size, size, 3) network input, as in training."""
+    return normalize(resize_square(rgb, size), scale, offset)
 
 
 @dataclass(frozen=True)

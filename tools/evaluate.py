@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Score a classifier model (Keras .keras, TFLite float/int8, EdgeTPU) on labelled images.
+
+no_mask is the positive class. TFLite models run through maskd.classifier.Classifier, the
+device's own code path, so these numbers are what the device computes.
+
+    python tools/evaluate.py --model models/maskd_mobilenetv2_int8.tflite --split runs/m224/split.json
+    python tools/evaluate.py --model runs/m224/model.keras --model2 models/maskd_mobilenetv2_int8.tflite \
+        --split runs/m224/split.json --out runs/m224/eval_int8
+    python tools/evaluate.py --model models/maskd_mobilenetv2_int8.tflite --data path/to/class_folders
+
+--split scores one part (default: test) of a split saved by train.py; --data scores every
+file of a folder with one sub-folder per class. --out writes metrics.json, predictions.csv
+and confusion.png (one set per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dataset  # noqa: E402
+
+from maskd.images import ImageError, load_image_rgb  # noqa: E402
+
+NO_MASK = dataset.LABELS.index("no_mask")
+
+
+def binary_metrics(y_true: np.ndarray, p_no_mask: np.ndarray, threshold: float = 0.5) -> dict:
+    """Accuracy, precision, recall/sensitivity, F1, specificity with no_mask positive."""
+    y = np.asarray(y_true) == NO_MASK
+    pred = np.asarray(p_no_mask) >= threshold
+    tp = int(np.sum(pred & y))
+    fp = int(np.sum(pred & ~y))
+    tn = int(np.sum(~pred & ~y))
+    fn = int(np.sum(~pred & y))
+    n = tp + fp + tn + fn
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "n": n,
+        "threshold": threshold,
+        "accuracy": ratio(tp + tn, n),
+        "precision": precision,
+        "recall": recall,
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": recall,
+        "specificity": ratio(tn, tn + fp),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        # rows: true mask / no_mask; columns: predicted mask / no_mask
+        "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+class KerasModel:
+    """A .keras model fed by the runtime's own preprocess()."""
+
+    def __init__(self, path: Path):
+        import keras
+
+        self.model = keras.models.load_model(path, compile=False)
+        self.input_size = int(self.model.input_shape[1])
+        self.name = f"{path.name} (keras)"
+
+    def predict(self, crops: list[np.ndarray]) -> np.ndarray:
+        from maskd.classifier import preprocess
+
+        x = np.stack([preprocess(c, self.input_size) for c in crops])
+        return self.model.predict(x, batch_size=32, verbose=0)[:, NO_MASK]
+
+
+class TfliteModel:
+    """A .tflite model through the device's Classifier."""
+
+    def __init__(self, path: Path, threads: int, edgetpu: bool):
+        from maskd.classifier import Classifier
+
+        self.clf = Classifier.open(path, threads=threads, edgetpu=edgetpu)
+        self.input_size = self.clf.input_size
+        self.name = f"{path.name} ({self.clf.runtime})"
+
+    def predict(self, crops: list[np.ndarray]) -> np.ndarray:
+        return self.clf.predict(crops)
+
+
+def open_model(path: Path, threads: int = 2, edgetpu: bool = False):
+    if not path.exists():
+        raise SystemExit(f"model not found: {path}")
+    if path.suffix == ".keras":
+        return KerasModel(path)
+    if path.suffix == ".tflite":
+        return TfliteModel(path, threads, edgetpu)
+    raise SystemExit(f"{path}: unknown model type (expected .keras or .tflite)")
+
+
+def run_models(models: list, paths: list[Path], chunk: int = 64) -> tuple[list[np.ndarray], list[str], list[float]]:
+    """P(no_mask) per model per readable file; unreadable files are reported and skipped."""
+    probs: list[list[float]] = [[] for _ in models]
+    seconds = [0.0 for _ in models]
+    errors: list[str] = []
+    keep = np.ones(len(paths), dtype=bool)
+    for start in range(0, len(paths), chunk):
+        crops = []
+        for i in range(start, min(start + chunk, len(paths))):
+            try:
+                crops.append(load_image_rgb(paths[i]))
+            except ImageError as err:
+                errors.append(str(err))
+                keep[i] = False
+        if not crops:
+            continue
+        for k, m in enumerate(models):
+            t = time.perf_counter()
+            probs[k] += list(m.predict(crops))
+            seconds[k] += time.perf_counter() - t
+    n = int(keep.sum())
+    ms = [1000.0 * s / max(n, 1) for s in seconds]
+    return [np.asarray(p, dtype=np.float64) for p in probs], errors, ms, keep
+
+
+def format_confusion(m: dict) -> str:
+    (tn, fp), (fn, tp) = m["confusion"]
+    return (
+        "                 pred mask  pred no_mask\n"
+        f"  true mask     {tn:10d}  {fp:12d}\n"
+        f"  true no_mask  {fn:10d}  {tp:12d}"
+    )
+
+
+def plot_confusion(m: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(m["confusion"])
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    for (r, c), v in np.ndenumerate(cm):
+        ax.text(c, r, str(v), ha="center", va="center",
+                color="white" if v > cm.max() / 2 else "black", fontsize=14)
+    ax.set_xticks([0, 1], ["mask", "no_mask"])
+    ax.set_yticks([0, 1], ["mask", "no_mask"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\naccuracy {m['accuracy']:.4f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def agreement(a: np.ndarray, b: np.ndarray, threshold: float) -> dict:
+    same = (a >= threshold) == (b >= threshold)
+    diff = np.abs(a - b)
+    return {
+        "label_agreement": float(same.mean()) if len(a) else float("nan"),
+        "disagreements": int((~same).sum()),
+        "mean_abs_prob_diff": float(diff.mean()) if len(a) else float("nan"),
+        "max_abs_prob_diff": float(diff.max()) if len(a) else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help=".keras or .tflite")
+    p.add_argument("--model2", type=Path, help="second model: also report agreement with --model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--split", type=Path, help="split.json saved by train.py")
+    src.add_argument("--data", type=Path, help="folder with one sub-folder per class")
+    p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--data-root", type=Path, help="with --split: where the dataset lives now")
+    p.add_argument("--threshold", type=float, default=0.5, help="no_mask when P(no_mask) >= this")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--edgetpu", action="store_true", help="run .tflite models on a Coral")
+    p.add_argument("--out", type=Path, help="write metrics.json, predictions.csv, confusion.png")
+    args = p.parse_args(argv)
+
+    if args.split:
+        split = dataset.load_split(args.split)
+        paths, labels = dataset.subset_files(split, args.subset, args.data_root)
+        where = f"{args.split} [{args.subset}] fingerprint {split['fingerprint'][:12]}"
+    else:
+        paths, labels = dataset.folder_files(args.data)
+        where = str(args.data)
+
+    from maskd.classifier import ModelError
+
+    try:
+        models = [open_model(m, args.threads, args.edgetpu) for m in (args.model, args.model2) if m]
+    except ModelError as err:
+        raise SystemExit(f"evaluate: {err}") from None
+    probs, errors, ms, keep = run_models(models, paths)
+    for e in errors:
+        print(f"warning: skipped unreadable {e}", file=sys.stderr)
+    labels = labels[keep]
+    kept_paths = [p for p, k in zip(paths, keep, strict=True) if k]
+
+    print(f"data: {where}: {len(kept_paths)} images ({int((labels == NO_MASK).sum())} no_mask)")
+    report = {"data": where, "n_images": len(kept_paths), "unreadable": errors, "models": []}
+    for k, (m, path) in enumerate(zip(models, [args.model, args.model2], strict=False)):
+        met = binary_metrics(labels, probs[k], args.threshold)
+        met["ms_per_image"] = ms[k]
+        report["models"].append({"model": str(path), "name": m.name, "metrics": met})
+        print(f"\nmodel: {m.name}")
+        print(f"  accuracy {met['accuracy']:.4f}  precision {met['precision']:.4f}  "
+              f"recall {met['recall']:.4f}  f1 {met['f1']:.4f}")
+        print(f"  sensitivity {met['sensitivity']:.4f}  specificity {met['specificity']:.4f}  "
+              f"{ms[k]:.1f} ms/image (batch 1 for TFLite, incl. preprocessing)")
+        print(format_confusion(met))
+    if len(models) == 2:
+        report["agreement"] = agreement(probs[0], probs[1], args.threshold)
+        a = report["agreement"]
+        print(f"\nagreement: {a['label_agreement']:.4f} of labels equal ({a['disagreements']} differ); "
+              f"P(no_mask) diff mean {a['mean_abs_prob_diff']:.4f} max {a['max_abs_prob_diff']:.4f}")
+
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        with (args.out / "predictions.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "true"] + [f"p_no_mask_{k + 1}" for k in range(len(models))]
+                       + [f"pred_{k + 1}" for k in range(len(models))])
+            for i, path in enumerate(kept_paths):
+                ps = [float(pr[i]) for pr in probs]
+                w.writerow([str(path), dataset.LABELS[labels[i]]] + [f"{x:.6f}" for x in ps]
+                           + ["no_mask" if x >= args.threshold else "mask" for x in ps])
+        for k, rec in enumerate(report["models"]):
+            suffix = "" if k == 0 else "_2"
+            plot_confusion(rec["metrics"], rec["name"], args.out / f"confusion{suffix}.png")
+        print(f"\nwrote {args.out}/metrics.json, predictions.csv, confusion*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
