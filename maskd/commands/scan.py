@@ -1,0 +1,131 @@
+"""`maskd scan PATH... [--json] [--annotate OUTDIR]`: faces and mask verdicts in images and videos.
+
+Contract (scripts depend on it), one line per image or per video frame; with --json:
+
+    {"path": str, "frame": int (videos only), "width": W, "height": H,
+     "faces": [{"box": [x0, y0, x1, y1], "score": float, "label": "mask"|"no_mask"|null,
+                "no_mask": float|null}]}
+
+``box`` is in pixels of the original image, ``score`` the detector's confidence. A face
+smaller than ``classifier.min_face_px`` (shorter side) is reported but not judged: its
+``label`` and ``no_mask`` are null. An unreadable file gives ``{"path", "error"}`` and the
+scan goes on. No tracking: every image/frame is judged on its own.
+
+Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
+detector or classifier cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskd.annotate import draw_verdicts
+from maskd.config import Config, ConfigError, load_config
+from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.pipeline import judge_faces
+from maskd.sources import VIDEO_SUFFIXES, SourceError, VideoFileSource
+from maskd.types import Verdict
+
+EX_SETUP = 2
+
+
+def _items(paths: list[Path]) -> Iterator[tuple[Path, Path, int | None, np.ndarray | str]]:
+    """(path, annotate name, frame or None, BGR image or error text) for every image/frame."""
+    for root in paths:
+        if root.is_dir():
+            for p in find_images(root):
+                yield from _image(p, p.relative_to(root.parent))
+        elif root.suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                video = VideoFileSource(root)
+            except SourceError as err:
+                yield root, Path(root.name), None, str(err)
+                continue
+            try:
+                while (frame := video.read()) is not None:
+                    yield root, Path(root.stem) / f"{frame.seq:06d}.jpg", frame.seq, frame.image
+            finally:
+                video.close()
+        else:
+            yield from _image(root, Path(root.name))
+
+
+def _image(p: Path, name: Path) -> Iterator[tuple[Path, Path, None, np.ndarray | str]]:
+    try:
+        rgb = load_image_rgb(p)
+    except ImageError as err:
+        yield p, name, None, str(err)
+        return
+    yield p, name, None, np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def record(path: Path, frame: int | None, image: np.ndarray, verdicts: list[Verdict],
+           threshold: float) -> dict:
+    """The JSON object of one image/frame (see the module docstring)."""
+    rec: dict = {"path": str(path)}
+    if frame is not None:
+        rec["frame"] = frame
+    rec["height"], rec["width"] = (int(v) for v in image.shape[:2])
+    rec["faces"] = [
+        {
+            "box": [round(float(c), 1) for c in v.face.box],
+            "score": round(float(v.face.score), 4),
+            "label": None if v.no_mask is None else ("no_mask" if v.no_mask >= threshold else "mask"),
+            "no_mask": None if v.no_mask is None else round(float(v.no_mask), 4),
+        }
+        for v in verdicts
+    ]
+    return rec
+
+
+def _human(rec: dict) -> str:
+    if "error" in rec:
+        return f"{rec['path']}\tERROR\t{rec['error']}"
+    labels = [f["label"] for f in rec["faces"]]
+    where = rec["path"] + (f"#{rec['frame']}" if "frame" in rec else "")
+    return (f"{where}\t{len(labels)} faces\t{labels.count('no_mask')} no_mask\t"
+            f"{labels.count('mask')} mask\t{labels.count(None)} too small")
+
+
+def main(args: argparse.Namespace) -> int:
+    from maskd.classifier import Classifier, ModelError
+    from maskd.commands.run import MODEL_OPTIONS, override
+    from maskd.detectors import DetectorError, make_detector
+
+    try:
+        cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS)
+        ccfg = cfg.classifier
+        classifier = Classifier.open(ccfg.model, ccfg.threads, ccfg.edgetpu)
+        detector = make_detector(cfg.detector)
+    except (ConfigError, ModelError, DetectorError) as err:
+        print(f"maskd scan: {err}", file=sys.stderr)
+        return EX_SETUP
+    scanned = 0
+    for path, name, frame, image in _items(args.paths):
+        if isinstance(image, str):
+            _emit(args.json, {"path": str(path), "error": image})
+            continue
+        faces = detector.detect(image)
+        verdicts = judge_faces(image, faces, classifier, ccfg.margin, ccfg.min_face_px)
+        _emit(args.json, record(path, frame, image, verdicts, ccfg.threshold))
+        scanned += 1
+        if args.annotate is not None:
+            out = (args.annotate / name).with_suffix(".jpg")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(out), draw_verdicts(image, verdicts, ccfg.threshold)):
+                print(f"maskd scan: cannot write {out}", file=sys.stderr)
+    if scanned == 0:
+        print("maskd scan: nothing was scanned", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _emit(as_json: bool, rec: dict) -> None:
+    print(json.dumps(rec) if as_json else _human(rec), flush=True)

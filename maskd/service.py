@@ -1,0 +1,359 @@
+"""The run loop: source -> pipeline -> violations -> sinks, until the file ends or a signal.
+
+Everything is built from the one Config (``build``), then ``Service.run`` takes frames as
+they come. A live source is already wrapped in ``LatestFrame`` by maskd.sources, so the loop
+always gets the newest frame and the ones it had no time for are counted as skipped.
+SIGTERM/SIGINT stop it cleanly: open violations end with reason ``shutdown``, sinks are
+flushed and closed, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import cv2
+
+from maskd.annotate import draw_verdicts
+from maskd.config import Config
+from maskd.events import JsonlSink, Violations
+from maskd.pipeline import FrameResult, Pipeline
+from maskd.sources import Source, open_source
+from maskd.types import EventSink, Frame, FrameObserver, RunControl, Verdict, ViolationEvent
+
+log = logging.getLogger("maskd.service")
+
+EX_OK = 0
+EX_SOFTWARE = 70  # sysexits.h: the loop crashed (systemd restarts it)
+EX_TEMPFAIL = 75  # sysexits.h: events are still in a sink's outbox; try again later
+STATS_EVERY_S = 30.0  # stats log line and sinks' on_stats
+STOP_FLUSH_S = 5.0  # flush budget on a signal stop (the MQTT outbox keeps the rest on disk)
+STAGES = ("capture", "detect", "classify", "track")
+
+
+class ClipWriter:
+    """FrameObserver writing the annotated frames as an mp4v clip in ``outdir``.
+
+    Opened on the first frame (its size is only known then). Encoding runs in the loop, which
+    is acceptable because the clip is an opt-in debugging aid (``run --annotate``).
+    """
+
+    def __init__(self, outdir: Path, name: str, fps: float, threshold: float) -> None:
+        outdir.mkdir(parents=True, exist_ok=True)
+        self.path = outdir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        self.fps = fps
+        self.threshold = threshold
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        h, w = frame.image.shape[:2]
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"),
+                                           self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise OSError(f"{self.path}: OpenCV cannot write an mp4v clip here")
+        header = f"{stats.get('fps', 0.0):.1f} fps | {stats.get('active', 0)} active"
+        self._writer.write(draw_verdicts(frame.image, verdicts, self.threshold, header))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            log.info("annotated clip: %s (%d frames)", self.path, self.frames)
+
+
+@dataclass
+class _Window:
+    """Per-stage time and frame counts since the last stats line."""
+
+    start: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+class Service:
+    """One camera's loop; build it with ``build`` or hand it ready parts (tests)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        source: Source,
+        pipeline: Pipeline,
+        sinks: list[EventSink],
+        observers: list[FrameObserver],
+        control: RunControl,
+        exit_at_end: bool = False,
+        max_frames: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.pipeline = pipeline
+        self.violations = Violations(cfg.tracking, cfg.camera)
+        self.sinks = sinks
+        self.observers = observers
+        self.control = control
+        self.exit_at_end = exit_at_end
+        self.max_frames = max_frames
+        self.frames = 0
+        self.events = 0
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._fps = 0.0
+        self._last_t: float | None = None
+        self._last_frame: Frame | None = None
+        self._started = time.monotonic()
+        self._window = _Window()
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to end; safe from a signal handler or another thread."""
+        if self._stop.is_set():
+            return
+        self.stop_reason = reason
+        self._stop.set()
+        # A live source may be blocked waiting for a camera that is gone: closing it from
+        # another thread makes read() return None at once.
+        if self.source.is_live:
+            threading.Thread(target=self.source.close, name="stop-source", daemon=True).start()
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT -> stop(); returns a function restoring the previous handlers."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            self.stop(signal.Signals(signum).name)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, flush_timeout: float = 30.0) -> int:
+        """Process frames until the end or a stop; returns the exit status (0, 70 or 75)."""
+        failed = False
+        try:
+            self._loop()
+        except Exception:  # noqa: BLE001 - still end events and flush sinks, then report
+            log.exception("run loop failed")
+            self.stop_reason = "error"
+            failed = True
+        code = self._shutdown(flush_timeout)
+        return EX_SOFTWARE if failed else code
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            frame = self.source.read()
+            capture_ms = (time.perf_counter() - t0) * 1e3
+            if frame is None:
+                self._source_ended()
+                return
+            result = self.pipeline.process(frame, detect=self.control.detect_enabled)
+            t1 = time.perf_counter()
+            events = self.violations.update(
+                self.pipeline.tracker.tracks, frame.timestamp, frame.seq,
+                (frame.image.shape[1], frame.image.shape[0]), result.crops)
+            self._emit(events)
+            result.timings_ms["track"] += (time.perf_counter() - t1) * 1e3
+            self._after_frame(result, capture_ms)
+            if time.monotonic() - self._window.start >= STATS_EVERY_S:
+                self._report()
+                self._window = _Window()
+            if self.max_frames is not None and self.frames >= self.max_frames:
+                self.stop_reason = f"--max-frames {self.max_frames} reached"
+                return
+
+    def _source_ended(self) -> None:
+        if self._stop.is_set():
+            return
+        if self.source.is_live:
+            self.stop_reason = "live source closed"
+            return
+        if self.exit_at_end:
+            self.stop_reason = "end of source"
+            return
+        log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
+                 self.source.name)
+        self._stop.wait()
+
+    def _emit(self, events: list[ViolationEvent]) -> None:
+        for ev in events:
+            self.events += 1
+            log.info("violation %s %s track=%d score=%.2f%s", ev.event_type, ev.event_id,
+                     ev.track_id, ev.score, f" reason={ev.end_reason}" if ev.end_reason else "")
+            for sink in self.sinks:
+                try:
+                    sink.emit(ev)
+                except Exception:  # noqa: BLE001 - one broken sink must not stop the others
+                    log.exception("sink %s failed on event %s", type(sink).__name__, ev.event_id)
+
+    def _after_frame(self, result: FrameResult, capture_ms: float) -> None:
+        frame = result.frame
+        self.frames += 1
+        self._last_frame = frame
+        now = time.monotonic()
+        if self._last_t is not None:
+            dt = max(now - self._last_t, 1e-6)
+            self._fps = 1.0 / dt if self._fps == 0.0 else 0.9 * self._fps + 0.1 / dt
+        self._last_t = now
+        window = self._window
+        window.frames += 1
+        window.ms["capture"] += capture_ms
+        for k in ("detect", "classify", "track"):
+            window.ms[k] += result.timings_ms[k]
+        thr = self.cfg.classifier.threshold
+        judged = [v.no_mask for v in result.verdicts if v.no_mask is not None]
+        state = {
+            "faces": len(result.verdicts),
+            "masked": sum(p < thr for p in judged),
+            "unmasked": sum(p >= thr for p in judged),
+            "unjudged": len(result.verdicts) - len(judged),
+            "active": self.violations.active,
+            "detect_enabled": self.control.detect_enabled,
+            "timestamp": frame.timestamp,
+        }
+        for sink in self.sinks:
+            on_state = getattr(sink, "on_state", None)
+            if on_state is not None:
+                on_state(state)
+        stats = {
+            "fps": self._fps,
+            "active": self.violations.active,
+            "frames": self.frames,
+            "skipped": self.source.stats.get("skipped", 0),
+            "ms": dict(result.timings_ms, capture=capture_ms),
+        }
+        for obs in self.observers:
+            try:
+                obs.on_frame(frame, result.verdicts, stats)
+            except Exception:  # noqa: BLE001 - a broken preview must not stop detection
+                log.exception("observer %s failed; removing it", type(obs).__name__)
+                self.observers.remove(obs)
+                obs.close()
+
+    def stats(self) -> dict:
+        """Health numbers for the log and for sinks' ``on_stats`` (MQTT ``stats``)."""
+        window = self._window
+        elapsed = max(time.monotonic() - window.start, 1e-6)
+        n = max(window.frames, 1)
+        src = self.source.stats
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "frames": self.frames,
+            "fps": round(window.frames / elapsed, 2),
+            "ms": {k: round(v / n, 2) for k, v in window.ms.items()},
+            "skipped": src.get("skipped", 0),
+            "reopens": src.get("reopens", 0),
+            "corrupt": src.get("corrupt", 0),
+            **{k: v for k, v in self.pipeline.stats.items() if k != "frames"},
+            "active": self.violations.active,
+            "violations_started": self.violations.started,
+            "events": self.events,
+            "detect_enabled": self.control.detect_enabled,
+        }
+
+    def _report(self) -> None:
+        s = self.stats()
+        ms = s["ms"]
+        log.info(
+            "%.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
+            "skipped %d | faces %d small %d classified %d cached %d | active %d",
+            s["fps"], ms["capture"], ms["detect"], ms["classify"], ms["track"], s["frames"],
+            s["skipped"], s["faces"], s["small_faces"], s["classified"], s["cached"], s["active"],
+        )
+        for sink in self.sinks:
+            on_stats = getattr(sink, "on_stats", None)
+            if on_stats is not None:
+                on_stats(s)
+
+    def _shutdown(self, flush_timeout: float) -> int:
+        log.info("stopping: %s", self.stop_reason or "error")
+        last = self._last_frame
+        now = last.timestamp if last is not None else time.time()
+        self._emit(self.violations.close_all(now, last.seq if last is not None else None))
+        self._report()
+        for obs in self.observers:
+            obs.close()
+        self.source.close()
+        budget = flush_timeout if self.exit_at_end else min(flush_timeout, STOP_FLUSH_S)
+        deadline = time.monotonic() + budget
+        drained = True
+        for sink in self.sinks:
+            ok = sink.flush(max(0.0, deadline - time.monotonic()))
+            if not ok:
+                log.warning("%s: not everything delivered within %.0f s; kept for the next start",
+                            type(sink).__name__, budget)
+            drained = drained and ok
+            sink.close()
+        if self.exit_at_end and not drained:
+            return EX_TEMPFAIL
+        return EX_OK
+
+
+def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
+    """JSON lines and/or MQTT, as the config says."""
+    sinks: list[EventSink] = []
+    if cfg.jsonl.path:
+        sinks.append(JsonlSink(cfg.jsonl.path))
+    if cfg.mqtt.url:
+        from maskd.mqtt import MqttSink
+
+        sinks.append(MqttSink.from_config(cfg, control))
+    return sinks
+
+
+def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
+    """Previews (maskd.preview), the annotated clip, and systemd's watchdog when under systemd."""
+    observers: list[FrameObserver] = []
+    p = cfg.preview
+    if p.framebuffer is not None or p.window or p.http:
+        from maskd.preview import make_observers
+
+        observers += make_observers(cfg)
+    if p.annotate_dir is not None:
+        observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps, cfg.classifier.threshold))
+    if os.environ.get("NOTIFY_SOCKET"):
+        from maskd.notify import SystemdNotifier
+
+        observers.append(SystemdNotifier())
+    return observers
+
+
+def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> Service:
+    """Open every part the config names; models first so a bad path fails before the camera.
+
+    Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
+    message naming the problem; whatever was opened before the failure is closed again.
+    """
+    from maskd.classifier import Classifier
+    from maskd.detectors import make_detector
+
+    control = RunControl()
+    classifier = Classifier.open(cfg.classifier.model, cfg.classifier.threads, cfg.classifier.edgetpu)
+    detector = make_detector(cfg.detector)
+    source = open_source(cfg.source)
+    opened: list = [source]
+    try:
+        sinks = build_sinks(cfg, control)
+        opened += sinks
+        observers = build_observers(cfg, float(getattr(source, "fps", cfg.source.fps)))
+    except BaseException:
+        for part in reversed(opened):
+            part.close()
+        raise
+    pipeline = Pipeline(cfg, detector, classifier)
+    return Service(cfg, source, pipeline, sinks, observers, control, exit_at_end, max_frames)
