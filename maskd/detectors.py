@@ -337,22 +337,26 @@ def decode_ssd_postprocess(boxes: np.ndarray, classes: np.ndarray, scores: np.nd
 def postprocess_output_order(details: list[dict]) -> tuple[int, int, int, int]:
     """Indices of (boxes, classes, scores, count) among a post-process model's outputs.
 
-    The op's outputs are named ``TFLite_Detection_PostProcess``, ``:1``, ``:2``, ``:3`` in that
-    order; converters sometimes list them differently, so go by name suffix, else by position.
+    The op emits them in that order (``name``, ``name:1``, ``:2``, ``:3``), but converters list
+    the outputs in any order, so: boxes are the (1, N, 4) tensor, count the (1,) one, and of the
+    two (1, N) tensors classes come first by name suffix (else by position).
     """
     if len(details) != 4:
         raise DetectorError(f"an SSD post-process model has 4 outputs, this one has {len(details)}")
 
-    def suffix(name: str) -> int:
-        tail = name.rsplit(":", 1)
+    def suffix(d: dict) -> int:
+        tail = str(d.get("name", "")).rsplit(":", 1)
         return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
 
-    names = [d.get("name", "") for d in details]
-    if all("TFLite_Detection_PostProcess" in n for n in names):
-        by = {suffix(n): i for i, n in enumerate(names)}
-        if sorted(by) == [0, 1, 2, 3]:
-            return by[0], by[1], by[2], by[3]
-    return 0, 1, 2, 3
+    shapes = [tuple(int(v) for v in d["shape"]) for d in details]
+    boxes = [i for i, s in enumerate(shapes) if len(s) == 3 and s[-1] == 4]
+    count = [i for i, s in enumerate(shapes) if len(s) == 1]
+    pair = [i for i, s in enumerate(shapes) if len(s) == 2]
+    if len(boxes) != 1 or len(count) != 1 or len(pair) != 2:
+        raise DetectorError(f"outputs {shapes} are not TFLite_Detection_PostProcess's "
+                            "(boxes (1,N,4), classes (1,N), scores (1,N), count (1,))")
+    classes, scores = sorted(pair, key=lambda i: (suffix(details[i]), i))
+    return boxes[0], classes, scores, count[0]
 
 
 class TfliteSsd:

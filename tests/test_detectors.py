@@ -111,13 +111,22 @@ def test_decode_ssd_postprocess():
     assert b[0].tolist() == pytest.approx([0.2 * 640, 0.1 * 640, 0.4 * 640, 0.3 * 640])
 
 
-def test_postprocess_output_order_by_name():
-    names = ["TFLite_Detection_PostProcess:2", "TFLite_Detection_PostProcess",
-             "TFLite_Detection_PostProcess:3", "TFLite_Detection_PostProcess:1"]
-    assert postprocess_output_order([{"name": n} for n in names]) == (1, 3, 0, 2)
-    assert postprocess_output_order([{"name": f"out{i}"} for i in range(4)]) == (0, 1, 2, 3)
+def test_postprocess_output_order_by_shape_and_name():
+    def d(name, shape):
+        return {"name": name, "shape": np.array(shape)}
+
+    # Coral's model: the op's own names, in order.
+    coral = [d("TFLite_Detection_PostProcess", [1, 50, 4]), d("TFLite_Detection_PostProcess:1", [1, 50]),
+             d("TFLite_Detection_PostProcess:2", [1, 50]), d("TFLite_Detection_PostProcess:3", [1])]
+    assert postprocess_output_order(coral) == (0, 1, 2, 3)
+    # What TF 2.x's converter writes: shuffled, named by the calling function.
+    tf2 = [d("PartitionedCall:1", [1, 10]), d("PartitionedCall:3", [1]),
+           d("PartitionedCall:0", [1, 10, 4]), d("PartitionedCall:2", [1, 10])]
+    assert postprocess_output_order(tf2) == (2, 0, 3, 1)
     with pytest.raises(DetectorError, match="4 outputs"):
-        postprocess_output_order([{"name": "a"}, {"name": "b"}])
+        postprocess_output_order(coral[:2])
+    with pytest.raises(DetectorError, match="not TFLite_Detection_PostProcess"):
+        postprocess_output_order([d("a", [1, 896, 16])] * 4)
 
 
 def test_tile_grid_covers_with_overlap():
@@ -287,3 +296,66 @@ def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
         pass
     with pytest.raises(DetectorError, match="libedgetpu"):
         make_detector(DetectorConfig(kind="ssd", model=model, edgetpu=True))
+
+
+# ----------------------------------------------------------------------------- TFLite SSD
+
+
+def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64) -> None:
+    """A tiny float 'face SSD' with the real TFLite_Detection_PostProcess op.
+
+    One anchor per grid cell; a cell's face score is the sigmoid of its mean brightness and box
+    encodings are zero, so a bright cell is detected with exactly its anchor box. Converted the
+    way TF's object-detection exporter does it (a composite function the converter fuses).
+    """
+    tf = pytest.importorskip("tensorflow")
+    n = grid * grid
+    cy, cx = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid,
+                         indexing="ij")
+    anchors = np.stack([cy.ravel(), cx.ravel(), np.full(n, 1 / grid), np.full(n, 1 / grid)],
+                       1).astype(np.float32)
+    attrs = {"max_detections": "i: 10", "max_classes_per_detection": "i: 1",
+             "use_regular_nms": "b: false", "nms_score_threshold": "f: 0.1",
+             "nms_iou_threshold": "f: 0.5", "y_scale": "f: 10.0", "x_scale": "f: 10.0",
+             "h_scale": "f: 5.0", "w_scale": "f: 5.0", "num_classes": "i: 1"}
+    signature = 'name: "TFLite_Detection_PostProcess" ' + " ".join(
+        f'attr {{ key: "{k}" value {{ {v} }} }}' for k, v in attrs.items())
+
+    @tf.function(experimental_implements=signature)
+    def post(box_encodings, class_predictions, anchor_boxes):
+        zero = tf.constant(0.0, dtype=tf.float32)
+        return zero, zero, zero, zero
+
+    @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)])
+    def model(x):
+        cell = tf.nn.avg_pool2d(x[..., :1], size // grid, size // grid, "VALID")
+        face = tf.reshape(tf.sigmoid(8.0 * cell), (1, n, 1))
+        enc = tf.zeros((1, n, 4)) + 0.0 * tf.reduce_mean(x)
+        return post(enc, tf.concat([1 - face, face], -1), tf.constant(anchors))
+
+    module = tf.Module()
+    module.f = model
+    saved = path.parent / "saved"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": model.get_concrete_function()})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.allow_custom_ops = True
+    path.write_bytes(converter.convert())
+
+
+@pytest.mark.slow
+def test_tflite_ssd_with_postprocess_op(tmp_path: Path):
+    model = tmp_path / "face_ssd.tflite"
+    _build_postprocess_ssd(model)
+    det = make_detector(DetectorConfig(kind="ssd", model=model, score_threshold=0.5))
+    assert det.name == "ssd"
+    img = np.zeros((96, 128, 3), np.uint8)  # letterboxed at scale 0.5 into the 64x64 input
+    img[32:64, 64:96] = 255  # exactly grid cell (row 1, col 2) of the input
+    faces = det.detect(img)
+    assert len(faces) == 1 and faces[0].score > 0.99
+    assert faces[0].box == pytest.approx((64, 32, 96, 64), abs=0.5)
+    assert det.detect(np.zeros((96, 128, 3), np.uint8)) == []
+    # Upscale on a fixed-input model becomes tiling: the same face is still found once.
+    tiled = make_detector(DetectorConfig(kind="ssd", model=model, score_threshold=0.5, upscale=2))
+    assert tiled.name == "ssd+tiles2"
+    found = tiled.detect(img)
+    assert len(found) == 1 and found[0].box == pytest.approx((64, 32, 96, 64), abs=0.5)
