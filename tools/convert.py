@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Convert a trained .keras classifier to TFLite: float32, dynamic-range and full-integer int8.
+
+    python tools/convert.py runs/m224/model.keras --out models
+    python tools/convert.py runs/m160/model.keras --out runs/m160/tflite --name maskd_mobilenetv2_160
+
+Each .tflite gets a sidecar JSON (labels, input size, normalisation, provenance) that
+maskd.classifier reads, so the device never guesses. The int8 model has uint8 input and
+output and is calibrated on images of the TRAIN part of the run's split.json. When
+``edgetpu_compiler`` is on PATH the int8 model is also compiled for the Coral EdgeTPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dataset  # noqa: E402
+
+from maskd.classifier import SIDECAR_FORMAT, ModelInfo, preprocess  # noqa: E402
+
+FORMATS = ("float32", "dynamic", "int8")
+EDGETPU_HELP = (
+    "edgetpu_compiler is not on PATH, so no EdgeTPU model was made. It exists only for x86-64 "
+    "Debian/Ubuntu: add the Coral apt repository (https://coral.ai/docs/edgetpu/compiler/: "
+    "'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main'), "
+    "apt-get install edgetpu-compiler, then run: edgetpu_compiler -s -o {out} {int8} "
+    "(the result {stem}_edgetpu.tflite uses {stem}.json as its sidecar)"
+)
+
+
+def representative_images(split: dict, size: int, count: int, seed: int, data_root: Path | None):
+    """``count`` train-split images (seeded choice, both classes), preprocessed as on the device."""
+    paths, _ = dataset.subset_files(split, "train", data_root)
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))]
+    from maskd.images import load_image_rgb
+
+    return [preprocess(load_image_rgb(p), size)[None] for p in chosen], chosen
+
+
+def export_saved_model(model, size: int, folder: Path) -> None:
+    """Keras 3 -> SavedModel with a fixed batch of 1 (what TFLite and the EdgeTPU want)."""
+    import tensorflow as tf
+
+    model.export(str(folder), format="tf_saved_model",
+                 input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)], verbose=False)
+
+
+def convert(saved_model: Path, kind: str, rep: list[np.ndarray] | None) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if kind == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif kind == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x.astype(np.float32)] for x in rep)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.uint8
+    return conv.convert()
+
+
+def op_report(path: Path) -> dict:
+    """Which ops the model uses and whether every op works on integers only (EdgeTPU needs that)."""
+    from maskd.classifier import _import_runtime
+
+    interpreter_cls, _, _ = _import_runtime()
+    interp = interpreter_cls(model_path=str(path))
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    ops: dict[str, int] = {}
+    float_ops: set[str] = set()
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only op listing the runtime offers
+        name = op["op_name"]
+        ops[name] = ops.get(name, 0) + 1
+        tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if any(dtypes.get(i, "").startswith("float") for i in tensors):
+            float_ops.add(name)
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    return {
+        "ops": dict(sorted(ops.items())),
+        "float_ops": sorted(float_ops),
+        "all_integer": not float_ops,
+        "input": {"dtype": np.dtype(inp["dtype"]).name, "shape": [int(v) for v in inp["shape"]],
+                  "quantization": [float(v) for v in inp["quantization"]]},
+        "output": {"dtype": np.dtype(out["dtype"]).name,
+                   "quantization": [float(v) for v in out["quantization"]]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("keras_model", type=Path, help="model.keras from tools/train.py")
+    p.add_argument("--out", type=Path, default=Path("models"), help="output folder")
+    p.add_argument("--name", default="maskd_mobilenetv2", help="file stem: <name>_<format>.tflite")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma list of " + ", ".join(FORMATS))
+    p.add_argument("--split", type=Path, help="split.json for calibration (default: next to the model)")
+    p.add_argument("--data-root", type=Path, help="where the split's dataset lives now")
+    p.add_argument("--calibration-images", type=int, default=300, help="train images for int8 ranges")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        p.error(f"unknown format(s) {bad}; choose from {FORMATS}")
+    if not args.keras_model.is_file():
+        raise SystemExit(f"model not found: {args.keras_model}")
+    split_path = args.split or args.keras_model.parent / "split.json"
+    if "int8" in formats and not split_path.is_file():
+        raise SystemExit(f"int8 needs calibration images: {split_path} not found (pass --split)")
+
+    import keras
+
+    model = keras.models.load_model(args.keras_model, compile=False)
+    size = int(model.input_shape[1])
+    record_path = args.keras_model.parent / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    labels = record.get("labels", dataset.LABELS)
+    norm = record.get("normalization", {})
+    info = ModelInfo.from_dict({"labels": labels, "input_size": size, "normalization": norm},
+                               str(args.keras_model))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rep = calib = None
+    if "int8" in formats:
+        split = dataset.load_split(split_path)
+        rep, calib = representative_images(split, size, args.calibration_images, args.seed,
+                                           args.data_root)
+        print(f"calibration: {len(rep)} train-split images from {split_path}")
+
+    keras_sha = hashlib.sha256(args.keras_model.read_bytes()).hexdigest()
+    int8_path = None
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "saved_model"
+        export_saved_model(model, size, saved)
+        for kind in formats:
+            out = args.out / f"{args.name}_{kind}.tflite"
+            out.write_bytes(convert(saved, kind, rep))
+            ops = op_report(out)
+            side = info.to_dict()
+            side.update(
+                format=SIDECAR_FORMAT,
+                quantization=kind,
+                model_file=out.name,
+                input_dtype=ops["input"]["dtype"],
+                all_integer_ops=ops["all_integer"],
+                source={"keras_model": str(args.keras_model), "keras_sha256": keras_sha,
+                        "data_fingerprint": record.get("data", {}).get("fingerprint"),
+                        "train_params": record.get("params")},
+                calibration=({"split": str(split_path), "images": len(rep), "seed": args.seed}
+                             if kind == "int8" else None),
+            )
+            out.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")
+            kb = out.stat().st_size / 1024
+            print(f"{out}: {kb:.0f} KiB, input {ops['input']['dtype']}, "
+                  f"ops {', '.join(f'{k}x{v}' for k, v in ops['ops'].items())}")
+            if kind == "int8":
+                int8_path = out
+                if ops["all_integer"]:
+                    print("  every op is integer-only (EdgeTPU-compatible types)")
+                else:
+                    print(f"  NOT integer-only: float tensors in {ops['float_ops']}")
+
+    if int8_path is not None:
+        compiler = shutil.which("edgetpu_compiler")
+        stem = int8_path.stem
+        if compiler is None:
+            print(EDGETPU_HELP.format(out=args.out, int8=int8_path, stem=stem))
+        else:
+            res = subprocess.run([compiler, "-s", "-o", str(args.out), str(int8_path)],
+                                 capture_output=True, text=True)
+            print(res.stdout + res.stderr)
+            if res.returncode != 0:
+                print(f"edgetpu_compiler failed with status {res.returncode}", file=sys.stderr)
+                return 1
+            print(f"EdgeTPU model: {args.out / (stem + '_edgetpu.tflite')} (sidecar {stem}.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
