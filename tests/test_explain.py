@@ -1,0 +1,112 @@
+"""tools/explain.py: Grad-CAM / CAM on a small real Keras model whose answer we know."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import explain  # noqa: E402
+
+
+def test_lower_half_share_counts_rows():
+    cam = np.zeros((4, 4))
+    cam[3, 1] = 2.0
+    assert explain.lower_half_share(cam) == 1.0
+    cam[0, 0] = 2.0
+    assert explain.lower_half_share(cam) == 0.5
+    odd = np.ones((3, 5))  # the middle row is split evenly
+    assert explain.lower_half_share(odd) == pytest.approx(0.5)
+    assert np.isnan(explain.lower_half_share(np.zeros((3, 3))))
+
+
+def test_overlay_keeps_image_shape_and_colours_the_hot_spot():
+    rgb = np.full((50, 40, 3), 128, np.uint8)
+    cam = np.zeros((5, 4))
+    cam[4, 3] = 1.0
+    out = explain.overlay(rgb, cam)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    # JET: hot = red, cold = blue
+    assert out[48, 38, 0] > out[48, 38, 2]
+    assert out[2, 2, 2] > out[2, 2, 0]
+
+
+@pytest.fixture(scope="module")
+def bright_model():
+    """input -> nested 'base' (conv, ReLU) -> GAP -> Dense(2, softmax): class 1 = brightness.
+
+    Laid out like maskd's classifier (a nested base model, then the head), with fixed weights,
+    so the class-1 evidence is exactly where the input is bright.
+    """
+    keras = pytest.importorskip("keras")
+    size = 32
+    inner_in = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu", name="conv")
+    base = keras.Model(inner_in, conv(inner_in), name="base")
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inp))
+    out = keras.layers.Dense(2, activation="softmax", name="probs")(x)
+    model = keras.Model(inp, out)
+    k = np.zeros((3, 3, 3, 4), np.float32)
+    k[:, :, :, 0] = 1.0 / 27  # channel 0: local brightness
+    k[:, :, :, 1] = -1.0 / 27  # channel 1: local darkness (ReLU'd: zero on a bright/zero input)
+    conv.set_weights([k, np.zeros(4, np.float32)])
+    w = np.zeros((4, 2), np.float32)
+    w[0] = [-3.0, 3.0]
+    model.get_layer("probs").set_weights([w, np.zeros(2, np.float32)])
+    return model
+
+
+def _square(y: int, x: int, size: int = 32) -> np.ndarray:
+    img = np.zeros((1, size, size, 3), np.float32)
+    img[0, y : y + 8, x : x + 8] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (0, 24), (24, 0), (24, 24)])
+def test_gradcam_follows_the_evidence(bright_model, corner):
+    ex = explain.Explainer(bright_model)
+    assert "base" in ex.layer_name
+    res = ex.explain(_square(*corner), classes=np.array([1]))
+    cam = res["gradcam"][0]
+    assert cam.shape == (8, 8)  # the base's 32/4 feature map
+    y, x = np.unravel_index(np.argmax(cam), cam.shape)
+    assert (y * 4, x * 4) == pytest.approx(corner, abs=4)
+    big = explain.upsample(cam, 32, 32)
+    assert big.shape == (32, 32)
+    by, bx = np.unravel_index(np.argmax(big), big.shape)
+    assert abs(by - (corner[0] + 4)) <= 6 and abs(bx - (corner[1] + 4)) <= 6
+    # Plain CAM applies (GAP -> one Dense) and agrees on where the evidence is.
+    assert ex.why_no_cam is None
+    assert np.argmax(res["cam"][0]) == np.argmax(cam)
+
+
+def test_gradcam_lower_half_and_predicted_class(bright_model):
+    ex = explain.Explainer(bright_model)
+    low = ex.explain(_square(24, 12))
+    assert low["classes"][0] == 1  # bright -> class 1 is predicted
+    assert explain.lower_half_share(low["gradcam"][0]) > 0.9
+    top = ex.explain(_square(0, 12))
+    assert explain.lower_half_share(top["gradcam"][0]) < 0.1
+    # The other class is pushed down by brightness: nothing positive to show for it.
+    other = ex.explain(_square(24, 12), classes=np.array([0]))
+    assert other["gradcam"][0].max() == 0.0
+
+
+def test_seed_head_gets_no_plain_cam():
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((32, 32, 3))
+    base = keras.Model(inp, keras.layers.Conv2D(4, 3, strides=4, padding="same")(inp), name="b")
+    i2 = keras.Input((32, 32, 3))
+    x = keras.layers.AveragePooling2D(8)(base(i2))
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(8, activation="relu")(x)
+    out = keras.layers.Dense(2, activation="softmax")(x)
+    ex = explain.Explainer(keras.Model(i2, out))
+    assert ex.why_no_cam is not None and "Dense" in ex.why_no_cam
+    res = ex.explain(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
+    assert res["gradcam"].shape == (2, 8, 8) and "cam" not in res
