@@ -1,0 +1,641 @@
+"""Violation events, availability and state to the building's MQTT broker (docs/mqtt.md).
+
+Delivery is at-least-once and ordered: every event goes into the durable outbox first
+(maskd.outbox) and leaves it only on the broker's PUBACK. One publisher thread owns the
+order: after every (re)connect it drops what paho still held from the old connection and
+replays the outbox from its oldest row, so a consumer that de-duplicates on
+(event_id, seq) sees each message once, in order. Start-up never waits for the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from maskd import __version__
+from maskd.config import Config, ConfigError, MqttConfig
+from maskd.outbox import Outbox
+from maskd.types import RunControl, ViolationEvent
+
+log = logging.getLogger(__name__)
+
+SCHEMA_ID = "maskd.violation/1"
+SESSION_FILE = "mqtt-session.json"
+WINDOW = 50  # events handed to paho but not yet acknowledged
+MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
+
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+#: JSON Schema of the `<camera>/violation` payload; docs/mqtt.md carries the same text (tested).
+EVENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "maskd violation event",
+    "type": "object",
+    "required": [
+        "schema", "event_type", "event_id", "seq", "device_id", "camera", "track_id",
+        "start_time", "end_time", "score", "top_score", "box", "end_reason", "model",
+        "sw_version", "sent_at", "buffered",
+    ],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "event_type": {"enum": ["start", "update", "end"]},
+        "event_id": {"type": "string"},
+        "seq": {"type": "integer", "minimum": 0},
+        "device_id": {"type": "string"},
+        "camera": {"type": "string"},
+        "track_id": {"type": "integer"},
+        "start_time": _NUM,
+        "end_time": _NUM_OR_NULL,
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_score": {"type": "number", "minimum": 0, "maximum": 1},
+        "box": {"type": "array", "items": _NUM, "minItems": 4, "maxItems": 4},
+        "end_reason": {"enum": ["masked", "gone", "shutdown", None]},
+        "frame_seq": {"type": ["integer", "null"]},
+        "model": {"type": ["string", "null"]},
+        "sw_version": {"type": "string"},
+        "snapshot": {"type": "boolean"},
+        "sent_at": _NUM,
+        "buffered": {"type": "boolean"},
+    },
+}
+
+_TRUE = {"on", "true", "1", "enable", "enabled"}
+_FALSE = {"off", "false", "0", "disable", "disabled"}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"mqtt.url: {url!r} must start with mqtt:// or mqtts://")
+        if parts.username or parts.password:
+            raise ConfigError(
+                "mqtt.url: put no credentials in the URL; use mqtt.username and "
+                "mqtt.password_file / mqtt.password_env"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"mqtt.url: bad port in {url!r}") from None
+        if not parts.hostname:
+            raise ConfigError(f"mqtt.url: no host in {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic maskd uses, derived once from prefix, device id and camera."""
+
+    status: str
+    status_detail: str
+    violation: str
+    active: str
+    snapshot: str
+    state: str
+    stats: str
+    detect_set: str
+    detect_state: str
+    discovery: str
+    ha_status: str
+
+    @classmethod
+    def build(cls, mq: MqttConfig, device_id: str, camera: str) -> Topics:
+        base = f"{mq.prefix}/{device_id}"
+        cam = f"{base}/{camera}"
+        return cls(
+            status=f"{base}/status",
+            status_detail=f"{base}/status/detail",
+            violation=f"{cam}/violation",
+            active=f"{cam}/violation/active",
+            snapshot=f"{cam}/snapshot",
+            state=f"{cam}/state",
+            stats=f"{cam}/stats",
+            detect_set=f"{cam}/detect/set",
+            detect_state=f"{cam}/detect/state",
+            discovery=f"{mq.discovery_prefix}/device/{mq.prefix}_{device_id}_{camera}/config",
+            ha_status=f"{mq.discovery_prefix}/status",
+        )
+
+
+def parse_switch(payload: bytes) -> bool | None:
+    """ON/OFF (and true/false, 1/0) as sent by Home Assistant or a person; None if neither."""
+    text = payload.decode("utf-8", "replace").strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def discovery_config(
+    topics: Topics, device_id: str, camera: str, model: str | None, snapshots: bool
+) -> dict:
+    """Home Assistant device-based discovery: one retained message for all entities."""
+    uid = f"maskd_{device_id}_{camera}"
+
+    def sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, dict]:
+        return f"{uid}_{key}", {
+            "platform": "sensor", "name": name, "unique_id": f"{uid}_{key}",
+            "state_topic": topic, "value_template": template, **extra,
+        }
+
+    cmps = dict([
+        (f"{uid}_violation", {
+            "platform": "binary_sensor", "name": f"{camera} mask violation",
+            "unique_id": f"{uid}_violation", "device_class": "problem",
+            "state_topic": topics.active, "payload_on": "ON", "payload_off": "OFF",
+        }),
+        (f"{uid}_detect", {
+            "platform": "switch", "name": f"{camera} detection", "unique_id": f"{uid}_detect",
+            "command_topic": topics.detect_set, "state_topic": topics.detect_state,
+            "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
+        }),
+        sensor("faces", f"{camera} faces", topics.state, "{{ value_json.faces }}",
+               state_class="measurement"),
+        sensor("masked", f"{camera} masked", topics.state, "{{ value_json.masked }}",
+               state_class="measurement"),
+        sensor("unmasked", f"{camera} unmasked", topics.state, "{{ value_json.unmasked }}",
+               state_class="measurement"),
+        sensor("outbox", f"{camera} outbox depth", topics.stats,
+               "{{ value_json.outbox_depth }}", entity_category="diagnostic"),
+        sensor("fps", f"{camera} fps", topics.stats, "{{ value_json.fps | default(none) }}",
+               entity_category="diagnostic", unit_of_measurement="fps"),
+    ])
+    if snapshots:
+        cmps[f"{uid}_snapshot"] = {
+            "platform": "camera", "name": f"{camera} last violation",
+            "unique_id": f"{uid}_snapshot", "topic": topics.snapshot,
+        }
+    return {
+        "device": {
+            "identifiers": [f"maskd_{device_id}"], "name": f"maskd {device_id}",
+            "manufacturer": "maskd", "model": model or "maskd", "sw_version": __version__,
+        },
+        "origin": {"name": "maskd", "sw_version": __version__},
+        "availability_topic": topics.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "qos": 1,
+        "components": cmps,
+    }
+
+
+def _encode_jpeg(image: Any) -> bytes | None:
+    import cv2  # the run loop already has it; imported here so this module stays light
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return buf.tobytes() if ok else None
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (for the log)."""
+
+    last_error: OSError | None = None
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as err:
+            self.last_error = err
+            raise
+        self.last_error = None
+        return rc
+
+
+class MqttSink:
+    """EventSink publishing to MQTT through the durable outbox; see the module docstring."""
+
+    def __init__(
+        self,
+        mq: MqttConfig,
+        device_id: str,
+        camera: str,
+        state_dir: Path,
+        control: RunControl | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if not mq.url:
+            raise ConfigError("mqtt.url is not set")
+        self._mq = mq
+        self._url = BrokerUrl.parse(mq.url)
+        self._device_id = device_id
+        self._camera = camera
+        self._model = model_name
+        self._control = control if control is not None else RunControl()
+        self.topics = Topics.build(mq, device_id, camera)
+        password = self._password()
+        self._check_tls_files()
+
+        self._outbox = Outbox(state_dir, mq.outbox_max_events, mq.outbox_max_age_s)
+        self._session_path = Path(state_dir) / SESSION_FILE
+        self._previous_stop = self._read_previous_stop()
+        self._started_at = time.time()
+        self._write_session(running=True)
+
+        self._q: queue.SimpleQueue = queue.SimpleQueue()  # ("ack", mid) / ("wake", None)
+        self._conn_lock = threading.Lock()  # orders reconnects against event publishes
+        self._connected = False
+        self._gen = 0  # bumped on every successful connect
+        self._closing = False
+        self._stop = threading.Event()
+        self._open_events: set[str] = set()
+        self._snapshots: OrderedDict[int, bytes] = OrderedDict()
+        self._snap_lock = threading.Lock()
+        self._last_state_t = float("-inf")
+        self._last_state: dict | None = None
+        self._loop_stats: dict = {}
+        self.reconnects = 0
+        self.published = 0
+        self._last_fail_log: tuple[str, float] = ("", 0.0)
+
+        client_id = f"maskd-{device_id}-{camera}"
+        c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        c.enable_logger(logging.getLogger("maskd.mqtt.paho"))
+        c.will_set(self.topics.status, "offline", qos=1, retain=True)
+        if mq.username is not None:
+            c.username_pw_set(mq.username, password)
+        if self._url.tls:
+            self._setup_tls(c)
+        c.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
+        c.max_inflight_messages_set(20)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self._client = c
+
+        self._worker = threading.Thread(target=self._run, name="maskd-mqtt-outbox", daemon=True)
+        self._worker.start()
+        c.connect_async(self._url.host, self._url.port, keepalive=mq.keepalive_s)
+        c.loop_start()
+        log.info(
+            "MQTT: broker %s, client id %s, outbox %s (%d pending)",
+            self._url, client_id, self._outbox.path, self._outbox.depth(),
+        )
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, control: RunControl | None = None, model_name: str | None = None
+    ) -> MqttSink:
+        return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name)
+
+    # ---- configuration checks (clear messages before anything starts) ----
+
+    def _password(self) -> str | None:
+        mq = self._mq
+        try:
+            pw = mq.password()
+        except OSError as err:
+            raise ConfigError(
+                f"mqtt.password_file: cannot read {mq.password_file}: {err.strerror or err}"
+            ) from None
+        if mq.password_env is not None and mq.password_file is None and pw is None:
+            raise ConfigError(f"mqtt.password_env: environment variable {mq.password_env} is not set")
+        if pw is not None and mq.username is None:
+            raise ConfigError("mqtt: a password is configured but mqtt.username is not")
+        return pw
+
+    def _check_tls_files(self) -> None:
+        mq = self._mq
+        files = {"ca_file": mq.ca_file, "cert_file": mq.cert_file, "key_file": mq.key_file}
+        for key, path in files.items():
+            if path is None:
+                continue
+            if not self._url.tls:
+                raise ConfigError(f"mqtt.{key} is set but mqtt.url is mqtt://; use mqtts://")
+            if not path.is_file():
+                raise ConfigError(f"mqtt.{key}: {path} not found")
+        if mq.key_file is not None and mq.cert_file is None:
+            raise ConfigError("mqtt.key_file needs mqtt.cert_file")
+
+    def _setup_tls(self, c: mqtt.Client) -> None:
+        mq = self._mq
+        try:
+            c.tls_set(
+                ca_certs=str(mq.ca_file) if mq.ca_file else None,  # None: the system CAs
+                certfile=str(mq.cert_file) if mq.cert_file else None,
+                keyfile=str(mq.key_file) if mq.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"mqtt TLS (ca_file/cert_file/key_file): {err}") from None
+
+    # ---- clean/unclean stop marker: status/detail tells consumers how the last run ended ----
+
+    def _read_previous_stop(self) -> str:
+        try:
+            data = json.loads(self._session_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return "none"
+        except (OSError, ValueError):
+            return "unknown"
+        return "unclean" if data.get("running") else "clean"
+
+    def _write_session(self, running: bool) -> None:
+        tmp = self._session_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(
+                _dumps({"running": running, "pid": os.getpid(), "time": time.time()}),
+                encoding="utf-8",
+            )
+            os.replace(tmp, self._session_path)
+        except OSError as err:
+            log.warning("cannot write %s: %s", self._session_path, err)
+
+    # ---- EventSink ----
+
+    def emit(self, event: ViolationEvent) -> None:
+        """Store the event durably, then let the publisher thread send it (never blocks on the broker)."""
+        if self._closing:
+            log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id, event.seq)
+            return
+        snapshot = self._mq.snapshots and event.best_crop is not None
+        payload = {
+            "schema": SCHEMA_ID,
+            **event.to_dict(),
+            "device_id": self._device_id,
+            "model": self._model,
+            "sw_version": __version__,
+            "snapshot": snapshot,
+        }
+        jpeg = _encode_jpeg(event.best_crop) if snapshot else None
+        # Held across put + remember, so the publisher finds the snapshot with its row.
+        with self._snap_lock:
+            try:
+                row_id = self._outbox.put(self.topics.violation, payload)
+            except Exception as err:  # disk full, I/O error: still try to deliver it
+                log.error("outbox write failed (%s); publishing event %s without durability",
+                          err, event.event_id)
+                payload.update(sent_at=time.time(), buffered=False)
+                self._client.publish(self.topics.violation, _dumps(payload), qos=1)
+            else:
+                if jpeg is not None:
+                    self._snapshots[row_id] = jpeg
+                    while len(self._snapshots) > MAX_SNAPSHOTS:
+                        self._snapshots.popitem(last=False)
+        was_active = bool(self._open_events)
+        if event.event_type == "end":
+            self._open_events.discard(event.event_id)
+        else:
+            self._open_events.add(event.event_id)
+        if bool(self._open_events) != was_active and self._connected:
+            self._publish_active()
+        self._q.put(("wake", None))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every stored event; False if some remain."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            depth = self._outbox.depth()
+            if depth == 0:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next start",
+                            depth, self._outbox.path)
+                return False
+            self._q.put(("wake", None))
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._connected:
+            detail = {"state": "offline", "clean": True, "time": time.time(),
+                      "pending": self._outbox.depth(), "sw_version": __version__}
+            infos = [
+                self._client.publish(self.topics.status_detail, _dumps(detail), qos=1, retain=True),
+                self._client.publish(self.topics.status, "offline", qos=1, retain=True),
+            ]
+            for info in infos:
+                try:
+                    info.wait_for_publish(timeout=3.0)
+                except (RuntimeError, ValueError):
+                    break
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._stop.set()
+        self._q.put(("wake", None))
+        self._worker.join(timeout=5.0)
+        self._outbox.close()
+        self._write_session(running=False)
+
+    # ---- run loop hooks ----
+
+    def on_state(self, state: dict) -> None:
+        """Counts (faces, masked, unmasked, ...): at most every state_interval_s, and only on change
+        (or once per stats interval as a heartbeat)."""
+        now = time.monotonic()
+        since = now - self._last_state_t
+        if since < self._mq.state_interval_s:
+            return
+        if state == self._last_state and since < self._mq.stats_interval_s:
+            return
+        if not self._connected:
+            return
+        self._last_state, self._last_state_t = dict(state), now
+        self._client.publish(self.topics.state, _dumps({**state, "time": time.time()}), qos=0)
+
+    def on_stats(self, stats: dict) -> None:
+        """Loop health (fps per stage, skipped frames); published with the outbox's own numbers
+        every stats_interval_s by the publisher thread."""
+        self._loop_stats = dict(stats)
+
+    def health(self) -> dict:
+        """The MQTT part of the stats message."""
+        oldest = self._outbox.oldest_age()
+        return {
+            "connected": self._connected,
+            "outbox_depth": self._outbox.depth(),
+            "outbox_oldest_age_s": None if oldest is None else round(oldest, 1),
+            "outbox_dropped": self._outbox.dropped,
+            "reconnects": self.reconnects,
+            "published": self.published,
+            "uptime_s": round(time.time() - self._started_at, 1),
+        }
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ---- paho callbacks (paho's network thread) ----
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            hint = ""
+            if reason_code.value in (4, 5, 134, 135):  # bad user/password, not authorised
+                src = (f"file {self._mq.password_file}" if self._mq.password_file
+                       else f"${self._mq.password_env}" if self._mq.password_env else "none set")
+                hint = (f"; check mqtt.username ({self._mq.username!r}) and the password "
+                        f"({src})")
+            self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
+            return
+        with self._conn_lock:
+            # Whatever paho still holds from the last connection is replayed from the
+            # outbox instead, so it is sent once and in order.
+            client.drop_out_messages()
+            self._gen += 1
+            self._connected = True
+        self._last_fail_log = ("", 0.0)
+        log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
+        detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
+                  "previous_stop": self._previous_stop, "sw_version": __version__,
+                  "model": self._model}
+        client.publish(self.topics.status_detail, _dumps(detail), qos=1, retain=True)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        self._publish_active()
+        self._publish_detect_state()
+        if self._mq.discovery:
+            self._publish_discovery()
+            client.subscribe(self.topics.ha_status, qos=1)
+        client.subscribe(self.topics.detect_set, qos=1)
+        self._q.put(("wake", None))
+
+    def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
+        err = getattr(client, "last_error", None)
+        self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}")
+
+    def _log_fail(self, msg: str) -> None:
+        """Connection problems are retried with backoff; log each distinct one, and again every minute."""
+        last, t = self._last_fail_log
+        now = time.monotonic()
+        if msg != last or now - t >= 60:
+            log.error("%s; retrying (backoff %g-%g s), events are kept in the outbox",
+                      msg, self._mq.reconnect_min_s, self._mq.reconnect_max_s)
+            self._last_fail_log = (msg, now)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        was = self._connected
+        self._connected = False
+        if was and not self._closing:
+            self.reconnects += 1
+            log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the outbox",
+                        self._url, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+        self._q.put(("ack", mid))  # no locks here: paho holds its own while calling us
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        if msg.topic == self.topics.ha_status:
+            if msg.payload.strip() == b"online":
+                log.info("MQTT: Home Assistant restarted; announcing discovery again")
+                self._publish_discovery()
+            return
+        if msg.topic == self.topics.detect_set:
+            if msg.retain:
+                # Delivered because it is retained, not because someone just sent it.
+                log.warning("MQTT: ignoring retained %s (send it without the retain flag)",
+                            msg.topic)
+                return
+            value = parse_switch(msg.payload)
+            if value is None:
+                log.warning("MQTT: %s: expected ON or OFF, got %r", msg.topic, msg.payload[:40])
+                return
+            self._control.detect_enabled = value
+            log.info("MQTT: detection turned %s remotely", "on" if value else "off")
+            self._publish_detect_state()
+
+    # ---- retained state ----
+
+    def _publish_active(self) -> None:
+        self._client.publish(self.topics.active, "ON" if self._open_events else "OFF",
+                             qos=1, retain=True)
+
+    def _publish_detect_state(self) -> None:
+        self._client.publish(self.topics.detect_state,
+                             "ON" if self._control.detect_enabled else "OFF", qos=1, retain=True)
+
+    def _publish_discovery(self) -> None:
+        cfg = discovery_config(self.topics, self._device_id, self._camera, self._model,
+                               self._mq.snapshots)
+        self._client.publish(self.topics.discovery, _dumps(cfg), qos=1, retain=True)
+
+    def _publish_stats(self) -> None:
+        msg = {**self._loop_stats, **self.health(), "time": time.time()}
+        self._client.publish(self.topics.stats, _dumps(msg), qos=0)
+
+    # ---- the publisher thread: the only place events are published ----
+
+    def _run(self) -> None:
+        inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        cursor = 0  # highest row id handed to paho on this connection
+        gen_seen = 0
+        replay_upto = 0  # rows up to here were stored before this connection: buffered
+        next_prune = next_stats = time.monotonic()
+        while True:
+            try:
+                items = [self._q.get(timeout=0.5)]
+            except queue.Empty:
+                items = []
+            while True:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, mid in items:
+                if kind == "ack":
+                    row_id = inflight.pop(mid, None)
+                    if row_id is not None:
+                        self._outbox.remove(row_id)
+            if self._stop.is_set():
+                return
+            with self._conn_lock:
+                if self._connected and not self._closing:
+                    if self._gen != gen_seen:
+                        gen_seen, cursor = self._gen, 0
+                        inflight.clear()
+                        replay_upto = self._outbox.max_id()
+                        next_stats = time.monotonic()
+                    room = WINDOW - len(inflight)
+                    if room > 0:
+                        for row in self._outbox.pending(after_id=cursor, limit=room):
+                            mid = self._publish_row(row, buffered=row.id <= replay_upto)
+                            if mid is None:
+                                break
+                            inflight[mid] = cursor = row.id
+            now = time.monotonic()
+            if now >= next_prune:
+                self._outbox.prune()
+                next_prune = now + 60.0
+            if now >= next_stats and self._connected:
+                self._publish_stats()
+                next_stats = now + self._mq.stats_interval_s
+
+    def _publish_row(self, row: Any, buffered: bool) -> int | None:
+        payload = {**row.payload, "sent_at": round(time.time(), 3), "buffered": buffered}
+        info = self._client.publish(row.topic, _dumps(payload), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None  # connection gone; the next connect replays from the outbox
+        self.published += 1
+        with self._snap_lock:
+            jpeg = self._snapshots.pop(row.id, None)
+        if jpeg is not None:
+            self._client.publish(self.topics.snapshot, jpeg, qos=1)
+        return info.mid

@@ -1,0 +1,348 @@
+"""MqttSink against a real mosquitto on loopback (started and stopped by the tests)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Broker, Subscriber, make_ca
+from mqtt_driver import script
+
+from maskd.config import Config, ConfigError, MqttConfig
+from maskd.mqtt import EVENT_SCHEMA, SCHEMA_ID, BrokerUrl, MqttSink, parse_switch
+from maskd.types import RunControl
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = Path(__file__).with_name("mqtt_driver.py")
+BASE = "maskd/dev1"
+CAM = f"{BASE}/cam1"
+
+
+def check_schema(obj: dict, schema: dict = EVENT_SCHEMA) -> None:
+    """The subset of JSON Schema that EVENT_SCHEMA uses (no extra dependency)."""
+    types = {"object": dict, "string": str, "integer": int, "number": (int, float),
+             "boolean": bool, "array": list, "null": type(None)}
+    for key in schema["required"]:
+        assert key in obj, f"missing {key}"
+    for key, value in obj.items():
+        rule = schema["properties"].get(key)
+        assert rule is not None, f"undocumented field {key}"
+        if "const" in rule:
+            assert value == rule["const"], key
+        if "enum" in rule:
+            assert value in rule["enum"], key
+        if "type" in rule:
+            allowed = rule["type"] if isinstance(rule["type"], list) else [rule["type"]]
+            ok = any(isinstance(value, types[t]) and not (t in ("integer", "number") and
+                     isinstance(value, bool)) for t in allowed)
+            assert ok, f"{key}={value!r} is not {allowed}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert value >= rule.get("minimum", value), key
+            assert value <= rule.get("maximum", value), key
+        if isinstance(value, list):
+            assert rule.get("minItems", 0) <= len(value) <= rule.get("maxItems", len(value)), key
+
+
+def cfg_for(broker: Broker, state_dir: Path, **mqtt) -> Config:
+    return Config(device_id="dev1", camera="cam1", state_dir=state_dir,
+                  mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0,
+                                  **mqtt))
+
+
+def wait_until(pred, timeout: float = 10.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def events(sub: Subscriber) -> list[dict]:
+    return [m.json() for m in sub.on(f"{CAM}/violation")]
+
+
+def dedup(evs: list[dict]) -> list[tuple[str, int]]:
+    seen: dict[tuple[str, int], None] = {}
+    for e in evs:
+        seen.setdefault((e["event_id"], e["seq"]), None)
+    return list(seen)
+
+
+def expected(tag: str, violations: int, updates: int) -> list[tuple[str, int]]:
+    return [(e.event_id, e.seq) for e in script(tag, violations, updates)]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+def start_driver(broker_url: str, state_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), "--url", broker_url, "--state-dir", str(state_dir), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+
+def read_until(proc: subprocess.Popen, line: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = proc.stdout.readline()
+        if got.strip() == line:
+            return
+        if not got and proc.poll() is not None:
+            break
+    raise AssertionError(f"driver never printed {line!r}; stderr: {proc.stderr.read()[-2000:]}")
+
+
+# ---- pure parts ----
+
+
+def test_docs_carry_the_same_versioned_schema():
+    text = (REPO / "docs" / "mqtt.md").read_text()
+    m = re.search(r"<!-- event-schema -->\s*```json\n(.*?)```", text, re.S)
+    assert m, "docs/mqtt.md must hold the event schema after <!-- event-schema -->"
+    assert json.loads(m.group(1)) == json.loads(json.dumps(EVENT_SCHEMA))
+    assert SCHEMA_ID in text
+
+
+def test_url_and_switch_parsing():
+    assert BrokerUrl.parse("mqtt://h") == BrokerUrl("h", 1883, False)
+    assert BrokerUrl.parse("mqtts://h:9") == BrokerUrl("h", 9, True)
+    with pytest.raises(ConfigError, match="no credentials"):
+        BrokerUrl.parse("mqtt://u:secret@h")
+    assert parse_switch(b"ON") is True and parse_switch(b" off\n") is False
+    assert parse_switch(b"maybe") is None
+
+
+def test_config_mistakes_are_named(tmp_path, monkeypatch):
+    base = {"url": "mqtt://127.0.0.1:1", "username": "u"}
+    with pytest.raises(ConfigError, match="password_file: cannot read"):
+        MqttSink(MqttConfig(**base, password_file=tmp_path / "nope"), "d", "c", tmp_path)
+    monkeypatch.delenv("MASKD_NO_SUCH_VAR", raising=False)
+    with pytest.raises(ConfigError, match="MASKD_NO_SUCH_VAR is not set"):
+        MqttSink(MqttConfig(**base, password_env="MASKD_NO_SUCH_VAR"), "d", "c", tmp_path)
+    with pytest.raises(ConfigError, match="use mqtts://"):
+        MqttSink(MqttConfig(url="mqtt://h", ca_file=tmp_path / "ca"), "d", "c", tmp_path)
+    with pytest.raises(ConfigError, match="ca_file: .* not found"):
+        MqttSink(MqttConfig(url="mqtts://h", ca_file=tmp_path / "ca"), "d", "c", tmp_path)
+
+
+def test_start_does_not_block_without_broker(tmp_path):
+    """No broker at all: construction returns at once and events go to the outbox."""
+    t0 = time.monotonic()
+    sink = MqttSink(MqttConfig(url="mqtt://127.0.0.1:9", reconnect_min_s=0.2), "d", "c", tmp_path)
+    for ev in script("x", 2, 0):
+        sink.emit(ev)
+    assert time.monotonic() - t0 < 2.0
+    assert sink.flush(0.3) is False
+    assert sink.health()["outbox_depth"] == 4
+    sink.close()
+
+
+# ---- against mosquitto ----
+
+
+def test_events_state_and_discovery(broker, tmp_path):
+    sub = Subscriber(broker, ["maskd/#", "homeassistant/#"])
+    control = RunControl()
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control, model_name="m1")
+    assert wait_until(lambda: sink.connected)
+    assert sub.wait_topic(f"{BASE}/status")[-1].payload == b"online"
+
+    evs = script("a", 1, 1)  # start, update, end
+    for ev in evs:
+        sink.emit(ev)
+    sink.on_state({"faces": 2, "masked": 1, "unmasked": 1})
+    sink.on_state({"faces": 3, "masked": 2, "unmasked": 1})  # within 1 s: suppressed
+    assert sink.flush(10)
+    got = [m.json() for m in sub.wait_topic(f"{CAM}/violation", 3)]
+    assert [(e["event_type"], e["seq"]) for e in got] == [("start", 0), ("update", 1), ("end", 2)]
+    for e, ev in zip(got, evs, strict=True):
+        check_schema(e)
+        assert e["schema"] == SCHEMA_ID and e["device_id"] == "dev1" and e["camera"] == "cam1"
+        assert e["event_id"] == ev.event_id and e["model"] == "m1" and e["buffered"] is False
+        assert e["box"] == [0.1, 0.2, 0.3, 0.4] and e["snapshot"] is False
+    assert got[-1]["end_reason"] == "gone" and got[-1]["end_time"] is not None
+
+    active = sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/violation/active"]
+                      [-1:] == [b"OFF"] and any(m.payload == b"ON" for m in ms), 5)
+    assert active, [m.payload for m in sub.on(f"{CAM}/violation/active")]
+    states = sub.wait_topic(f"{CAM}/state")
+    assert len(states) == 1 and states[0].json()["faces"] == 2
+    assert sub.wait_topic(f"{CAM}/detect/state")[-1].payload == b"ON"
+    stats = sub.wait_topic(f"{CAM}/stats")[0].json()
+    assert {"outbox_depth", "outbox_oldest_age_s", "reconnects", "outbox_dropped"} <= set(stats)
+
+    disc = sub.wait_topic("homeassistant/device/maskd_dev1_cam1/config")[-1].json()
+    assert disc["availability_topic"] == f"{BASE}/status"
+    platforms = sorted(c["platform"] for c in disc["components"].values())
+    assert platforms.count("binary_sensor") == 1 and "switch" in platforms
+    n = len(sub.on("homeassistant/device/maskd_dev1_cam1/config"))
+    sub.client.publish("homeassistant/status", "online", qos=1)
+    assert len(sub.wait_topic("homeassistant/device/maskd_dev1_cam1/config", n + 1)) == n + 1
+
+    sink.close()
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+                    == [b"offline"], 5)
+    assert sub.on(f"{BASE}/status/detail")[-1].json()["clean"] is True
+    sub.close()
+
+
+def test_snapshots_are_opt_in(broker, tmp_path):
+    import numpy as np
+
+    sub = Subscriber(broker, [f"{CAM}/#"])
+    crop = np.full((40, 30, 3), 128, np.uint8)
+    for snapshots, state in ((False, "s0"), (True, "s1")):
+        sink = MqttSink.from_config(cfg_for(broker, tmp_path / state, snapshots=snapshots))
+        ev = script(state, 1, 0)[0]
+        ev.best_crop = crop
+        sink.emit(ev)
+        assert sink.flush(10)
+        sink.close()
+    snaps = sub.wait_topic(f"{CAM}/snapshot", 1, timeout=3)
+    assert len(snaps) == 1 and snaps[0].payload[:2] == b"\xff\xd8" and not snaps[0].retain
+    flags = {e["event_id"]: e["snapshot"] for e in events(sub)}
+    assert flags == {"s0-0": False, "s1-0": True}
+    sub.close()
+
+
+def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
+    sub = Subscriber(broker, [f"{CAM}/detect/#"])
+    sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1, retain=True).wait_for_publish(5)
+    control = RunControl()
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
+    assert wait_until(lambda: sink.connected)
+    time.sleep(1.0)  # the retained OFF has been delivered by now
+    assert control.detect_enabled is True
+    sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)
+    assert wait_until(lambda: control.detect_enabled is False, 5)
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/detect/state"][-1:]
+                    == [b"OFF"], 5)
+    sub.client.publish(f"{CAM}/detect/set", "on", qos=1)
+    assert wait_until(lambda: control.detect_enabled is True, 5)
+    sink.close()
+    sub.close()
+
+
+def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
+    sub = Subscriber(broker, ["maskd/#"])
+    state = tmp_path / "state"
+    d = start_driver(broker.url, state, "--then", "wait", "--violations", "1", "--updates", "0")
+    read_until(d, "done")
+    assert sub.wait(lambda ms: any(m.topic == f"{CAM}/violation" and m.json()["seq"] == 1
+                                   for m in ms), 10)
+    os.kill(d.pid, signal.SIGKILL)
+    d.wait()
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+                    == [b"offline"], 10), "no last will after SIGKILL"
+
+    d = start_driver(broker.url, state, "--then", "wait")
+    read_until(d, "connected")
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+                    == [b"online"], 10)
+    fresh = Subscriber(broker, ["maskd/#", "homeassistant/#"])  # sees only retained messages
+    assert fresh.wait_topic(f"{BASE}/status/detail")
+    assert fresh.wait_topic("homeassistant/device/maskd_dev1_cam1/config")
+    retained = {m.topic: m.payload for m in fresh.messages if m.retain}
+    assert retained[f"{BASE}/status"] == b"online"
+    assert retained[f"{CAM}/violation/active"] == b"OFF"
+    assert retained[f"{CAM}/detect/state"] == b"ON"
+    assert json.loads(retained[f"{BASE}/status/detail"])["previous_stop"] == "unclean"
+    assert f"{CAM}/violation" not in retained
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(10) == 0
+    assert fresh.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+                      == [b"offline"], 5)
+    fresh.close()
+    sub.close()
+
+
+def test_sigkill_with_pending_events_delivers_after_restart(broker, tmp_path):
+    state = tmp_path / "state"
+    broker.stop()  # events happen while the broker is down
+    d = start_driver(broker.url, state, "--then", "wait", "--violations", "3", "--tag", "k")
+    read_until(d, "done")
+    os.kill(d.pid, signal.SIGKILL)
+    d.wait()
+    broker.start()
+    sub = Subscriber(broker, [f"{CAM}/violation"])
+    d = start_driver(broker.url, state, "--then", "exit", "--flush-timeout", "20")
+    assert d.wait(30) == 0, d.stderr.read()
+    want = expected("k", 3, 1)
+    assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= len(want), 10)
+    got = events(sub)
+    assert dedup(got) == want
+    assert all(e["buffered"] for e in got)
+    sub.close()
+
+
+def test_tls_client_cert_and_password(tmp_path, monkeypatch):
+    tls = make_ca(tmp_path / "ca")
+    with Broker(tmp_path / "b", users={"maskd": "s3cret"}, tls=tls, require_client_cert=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], username="maskd", password="s3cret",
+                         client_cert=True)
+        monkeypatch.setenv("MASKD_TEST_PW", "s3cret")
+        cfg = cfg_for(b, tmp_path / "state", username="maskd", password_env="MASKD_TEST_PW",
+                      ca_file=tls.ca, cert_file=tls.client_cert, key_file=tls.client_key)
+        assert cfg.mqtt.url.startswith("mqtts://")
+        sink = MqttSink.from_config(cfg)
+        for ev in script("t", 1, 0):
+            sink.emit(ev)
+        assert sink.flush(15)
+        sink.close()
+        assert dedup(events(sub)) == expected("t", 1, 0)
+        sub.close()
+
+
+def test_wrong_password_is_a_clear_error_and_retried(tmp_path, caplog):
+    pw = tmp_path / "pw"
+    pw.write_text("wrong-horse\n")
+    with Broker(tmp_path / "b", users={"maskd": "s3cret"}) as b:
+        cfg = cfg_for(b, tmp_path / "state", username="maskd", password_file=pw)
+        with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+            sink = MqttSink.from_config(cfg)
+            sink.emit(script("w", 1, 0)[0])
+            assert wait_until(lambda: b.log().count("not authorised") >= 3, 15), b.log()[-2000:]
+            assert not sink.connected
+            assert sink.health()["outbox_depth"] == 1  # kept for when the password is fixed
+            sink.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("refused the connection" in e and "check mqtt.username" in e and str(pw) in e
+               for e in errors), errors
+    assert len(errors) == 1  # the same failure is logged once, not at every retry
+    assert "wrong-horse" not in caplog.text
+
+
+@pytest.mark.slow
+def test_broker_outage_of_30s_loses_nothing(tmp_path):
+    """Broker stopped 31 s in the middle of violations: all events arrive, in order."""
+    with Broker(tmp_path / "b", persistence=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], client_id="outage-sub", clean=False)
+        d = start_driver(b.url, tmp_path / "state", "--then", "exit", "--violations", "25",
+                         "--updates", "2", "--period", "0.4", "--flush-timeout", "60",
+                         "--reconnect-max", "2")
+        want = expected("v", 25, 2)  # 100 events over ~40 s
+        assert sub.wait(lambda ms: len(ms) >= 10, 20)
+        b.stop()
+        t_down = time.monotonic()
+        time.sleep(31)
+        b.start()
+        assert d.wait(90) == 0, d.stderr.read()[-3000:]
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= len(want), 30)
+        got = events(sub)
+        assert dedup(got) == want
+        assert any(e["buffered"] for e in got) and not got[0]["buffered"]
+        assert time.monotonic() - t_down > 31
+        sub.close()
