@@ -1,0 +1,131 @@
+"""The quick-start demo source: a short clip rendered from a photo that ships with the install.
+
+Nothing is downloaded: scikit-image (the ``demo`` extra) carries NASA's portrait of astronaut
+Eileen Collins (``skimage.data.astronaut()``). The clip shows her bare-faced for the first
+half, then with a surgical mask drawn over nose, mouth and chin, while a slow pan and zoom
+moves and scales the face so detection, tracking and the classification cache all work as
+they do on a camera. With the shipped model it gives exactly one violation: a ``start``
+during the bare-faced half and an ``end`` (``masked``) soon after the mask appears.
+
+The mask outline was measured once on the photo (face box ~(175, 60)-(275, 175), eyes at
+y~100, nose tip (225, 125), mouth y~145, chin y~180) and is fixed here in its pixels.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from maskd.config import SourceConfig
+from maskd.sources import SourceError
+from maskd.types import Frame
+
+FPS = 15.0
+SECONDS_PER_HALF = 4.0
+SIZE = (640, 480)  # width, height
+BACKGROUND = (118, 124, 128)  # BGR: a grey wall around the photo
+
+# Mask outline in astronaut() pixels: over the nose bridge, down the cheeks, under the chin.
+MASK_OUTLINE = np.array(
+    [(177, 113), (200, 108), (225, 104), (250, 108), (273, 113), (272, 135), (266, 155),
+     (252, 172), (236, 181), (214, 181), (198, 172), (184, 155), (178, 135)], np.int32)
+MASK_BGR = (226, 196, 150)  # light surgical blue
+PLEATS = [((181, 128), (269, 128)), ((183, 144), (267, 144)), ((190, 160), (260, 160))]
+LOOPS = [((178, 116), (168, 98)), ((272, 116), (280, 98)),  # ear loops, over the hair
+         ((182, 158), (170, 128)), ((268, 158), (280, 128))]
+
+
+def astronaut_bgr() -> np.ndarray:
+    """The bundled photo as BGR uint8 (512 x 512)."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise SourceError(
+            "source demo needs scikit-image (it ships the demo photo): "
+            "pip install 'maskd[demo]' or pip install scikit-image") from None
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def draw_mask(photo: np.ndarray) -> np.ndarray:
+    """A copy of the astronaut photo wearing a surgical mask (pleats, ear loops, soft edge)."""
+    out = photo.copy()
+    layer = out.copy()
+    cv2.fillPoly(layer, [MASK_OUTLINE], MASK_BGR, cv2.LINE_AA)
+    shade = tuple(int(c * 0.8) for c in MASK_BGR)
+    for a, b in PLEATS:
+        cv2.line(layer, a, b, shade, 2, cv2.LINE_AA)
+    for a, b in LOOPS:
+        cv2.line(layer, a, b, (235, 235, 235), 2, cv2.LINE_AA)
+    cv2.polylines(layer, [MASK_OUTLINE], True, tuple(int(c * 0.7) for c in MASK_BGR), 2,
+                  cv2.LINE_AA)
+    # Feather the edge so it is not a paper cut-out, and take the face's broad shading (not
+    # its features) so the mask follows the shape of the face.
+    alpha = np.zeros(photo.shape[:2], np.float32)
+    cv2.fillPoly(alpha, [MASK_OUTLINE], 1.0, cv2.LINE_AA)
+    for a, b in LOOPS:
+        cv2.line(alpha, a, b, 1.0, 2, cv2.LINE_AA)
+    alpha = cv2.GaussianBlur(alpha, (5, 5), 0)[:, :, None]
+    light = cv2.GaussianBlur(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), (41, 41), 0)
+    cloth = layer.astype(np.float32) * (0.7 + 0.4 * light.astype(np.float32)[:, :, None] / 255.0)
+    out = photo.astype(np.float32) * (1 - alpha) + np.clip(cloth, 0, 255) * alpha
+    return out.astype(np.uint8)
+
+
+def camera_pose(i: int, n: int) -> np.ndarray:
+    """2x3 affine for frame i of n: slow zoom in and a pan, the face drifting across the view."""
+    t = i / max(n - 1, 1)
+    scale = 0.95 + 0.35 * t  # the face grows from ~95 to ~130 px
+    face = np.array([225.0, 120.0])  # face centre in the photo
+    target = np.array([250.0 + 150.0 * t, 170.0 + 25.0 * np.sin(2 * np.pi * t)])
+    m = np.zeros((2, 3), np.float32)
+    m[0, 0] = m[1, 1] = scale
+    m[:, 2] = target - scale * face
+    return m
+
+
+class DemoSource:
+    """The rendered clip behind the Source interface; plays once, or loops with ``loop``.
+
+    Timestamps advance 1/fps per frame (like the file sources), so time-outs in tracking act
+    the same however fast the clip is processed.
+    """
+
+    is_live = False
+
+    def __init__(self, loop: bool = False, fps: float = FPS) -> None:
+        photo = astronaut_bgr()
+        self._photos = (photo, draw_mask(photo))
+        self.name = "demo"
+        self.loop = loop
+        self.fps = fps
+        self.frames_per_pass = 2 * round(SECONDS_PER_HALF * fps)
+        self.stats = {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
+        self._t0 = time.time()
+        self._seq = 0
+        self._closed = False
+
+    def render(self, i: int) -> np.ndarray:
+        """Frame i of one pass: bare-faced for the first half, masked for the second."""
+        n = self.frames_per_pass
+        photo = self._photos[0 if i < n // 2 else 1]
+        return cv2.warpAffine(photo, camera_pose(i, n), SIZE, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=BACKGROUND)
+
+    def read(self) -> Frame | None:
+        if self._closed or (not self.loop and self._seq >= self.frames_per_pass):
+            return None
+        image = self.render(self._seq % self.frames_per_pass)
+        frame = Frame(image, self._seq, self._t0 + self._seq / self.fps, self.name)
+        self._seq += 1
+        self.stats["frames"] += 1
+        return frame
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def open_demo_source(cfg: SourceConfig) -> DemoSource:
+    """The hook maskd.sources calls for ``source.kind: demo``."""
+    return DemoSource(loop=cfg.loop)

@@ -1,0 +1,196 @@
+"""`maskd run` end to end as a subprocess: a clip made of real scene photos, JSON-lines events
+checked against what the photos contain; signals, exit codes and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskd.classifier import Classifier
+from maskd.config import DetectorConfig
+from maskd.demo import DemoSource
+from maskd.detectors import make_detector
+from maskd.pipeline import judge_faces
+from maskd.tracking import iou
+
+FPS = 10
+HOLD = 12  # frames each photo is shown
+GAP = 15  # blank frames between photos: longer than end_after_s, so each violation ends "gone"
+SIZE = (640, 480)
+# Faces must be clearly judged on the clean frame so video compression cannot flip them.
+SURE_NO_MASK, SURE_MASK = 0.85, 0.25
+CONFIG = """\
+camera: entrance
+tracking:
+  end_after_s: 1.0
+  cooldown_s: 0.5
+  window: 5
+  min_frames: 3
+"""
+
+
+def maskd(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def letterbox(img: np.ndarray) -> tuple[np.ndarray, float, int, int]:
+    h, w = img.shape[:2]
+    s = min(SIZE[0] / w, SIZE[1] / h)
+    nw, nh = round(w * s), round(h * s)
+    x0, y0 = (SIZE[0] - nw) // 2, (SIZE[1] - nh) // 2
+    out = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
+    out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out, s, x0, y0
+
+
+def annotations(xml: Path) -> list[tuple[str, tuple[float, ...]]]:
+    root = ET.parse(xml).getroot()
+    return [(o.findtext("name"), tuple(float(o.find("bndbox").findtext(k))
+                                       for k in ("xmin", "ymin", "xmax", "ymax")))
+            for o in root.iter("object")]
+
+
+def build_clip(scenes: Path, yunet: Path, model: Path, out: Path, with_violations: int = 6,
+               without: int = 3, sure: tuple[float, float] = (SURE_MASK, SURE_NO_MASK),
+               ) -> list[list[tuple[float, ...]]]:
+    """Write an mp4v clip of scene photos (each held HOLD frames, then GAP blank frames).
+
+    A photo is used when the pipeline agrees with its annotations and is sure of every face:
+    each face judged no_mask (>= SURE_NO_MASK) overlaps an annotated ``without_mask`` box, and
+    no judged face sits in the uncertain band. Returns, per photo used, the (normalised)
+    ``without_mask`` boxes that must each give exactly one violation.
+    """
+    det = make_detector(DetectorConfig(kind="yunet", model=yunet))
+    clf = Classifier.open(model)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), FPS, SIZE)
+    blank = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
+    expected: list[list[tuple[float, ...]]] = []
+    n_with = n_without = 0
+    for xml in sorted((scenes / "annotations").glob("*.xml")):
+        if n_with >= with_violations and n_without >= without:
+            break
+        img = cv2.imread(str(scenes / "images" / f"{xml.stem}.jpg"))
+        if img is None:
+            continue
+        frame, s, x0, y0 = letterbox(img)
+        gt = [(name, (b[0] * s + x0, b[1] * s + y0, b[2] * s + x0, b[3] * s + y0))
+              for name, b in annotations(xml)]
+        verdicts = [v for v in judge_faces(frame, det.detect(frame), clf, 0.15, 24)
+                    if v.no_mask is not None]
+        if any(sure[0] < v.no_mask < sure[1] for v in verdicts):
+            continue
+        bare = [v.face.box for v in verdicts if v.no_mask >= sure[1]]
+        if not all(any(n == "without_mask" and iou(b, g) >= 0.3 for n, g in gt) for b in bare):
+            continue
+        if bare and n_with < with_violations:
+            n_with += 1
+        elif not bare and verdicts and n_without < without:
+            n_without += 1
+        else:
+            continue
+        expected.append([(b[0] / SIZE[0], b[1] / SIZE[1], b[2] / SIZE[0], b[3] / SIZE[1])
+                         for b in bare])
+        for _ in range(HOLD):
+            writer.write(frame)
+        for _ in range(GAP):
+            writer.write(blank)
+    writer.release()
+    assert (n_with, n_without) == (with_violations, without), "not enough usable scene photos"
+    return expected
+
+
+def test_run_on_a_clip_of_scene_photos_gives_one_violation_per_bare_face(
+        tmp_path, scenes_dir, yunet_model, default_model):
+    clip = tmp_path / "scenes.mp4"
+    expected = build_clip(scenes_dir, yunet_model, default_model, clip)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(CONFIG)
+    events = tmp_path / "events.jsonl"
+    r = maskd("run", "--config", str(cfg), "--source", str(clip), "--exit-at-end",
+              "--jsonl", str(events), "--model", str(default_model), "--detector", "yunet",
+              "--detector-model", str(yunet_model), "--annotate", str(tmp_path / "annotated"))
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    starts = [e for e in lines if e["event_type"] == "start"]
+    ends = [e for e in lines if e["event_type"] == "end"]
+    n_expected = sum(len(b) for b in expected)
+    assert n_expected >= 6
+    assert len(starts) == n_expected, (expected, lines)
+    assert sorted(e["event_id"] for e in ends) == sorted(e["event_id"] for e in starts)
+    assert all(e["end_reason"] == "gone" and e["camera"] == "entrance" for e in ends)
+    # Each violation starts while its photo is shown, at the place of a bare face.
+    for e in starts:
+        photo = e["frame_seq"] // (HOLD + GAP)
+        assert any(iou(tuple(e["box"]), b) >= 0.5 for b in expected[photo]), (e, expected[photo])
+    # The run logged its per-stage timings; the clip was written.
+    assert "ms capture" in r.stderr and "classified" in r.stderr
+    clips = list((tmp_path / "annotated").glob("*.mp4"))
+    assert len(clips) == 1
+    cap = cv2.VideoCapture(str(clips[0]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(expected) * (HOLD + GAP)
+    cap.release()
+
+
+def test_bad_config_is_one_line_and_exit_78(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("tracking:\n  windw: 5\n")
+    r = maskd("run", "--config", str(cfg), "--source", "demo")
+    assert r.returncode == 78
+    assert r.stderr.strip() == f"maskd run: {cfg}: unknown key 'tracking.windw'"
+    r = maskd("run", "--mqtt", "http://broker", "--source", "demo")
+    assert r.returncode == 78 and "mqtt.url" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_missing_model_or_source_is_exit_78(tmp_path):
+    r = maskd("run", "--model", str(tmp_path / "nope.tflite"), "--source", "demo")
+    assert r.returncode == 78 and "nope.tflite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_source_file_is_exit_78(tmp_path, default_model):
+    r = maskd("run", "--model", str(default_model), "--detector", "blazeface",
+              "--source", str(tmp_path / "missing.mp4"), "--exit-at-end")
+    assert r.returncode == 78 and "missing.mp4" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model):
+    """A looping clip of a bare face never ends by itself; SIGTERM must end its violation."""
+    demo = DemoSource()
+    clip = tmp_path / "bare.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    for i in range(demo.frames_per_pass // 2):  # the bare-faced half only
+        writer.write(demo.render(i))
+    writer.release()
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if events.exists() and '"start"' in events.read_text():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM received" in err
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    opened = {e["event_id"] for e in lines if e["event_type"] == "start"}
+    closed = {e["event_id"] for e in lines if e["event_type"] == "end"}
+    assert opened and opened == closed
+    assert lines[-1]["event_type"] == "end" and lines[-1]["end_reason"] == "shutdown"
