@@ -1,0 +1,100 @@
+"""tools/bench.py: it runs, its JSON holds measured positive numbers, and it runs without TF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "tools" / "bench.py"
+sys.path.insert(0, str(REPO / "tools"))
+
+import bench  # noqa: E402
+
+# Runs bench.py in a fresh interpreter where TensorFlow and Keras cannot be imported, as on a Pi.
+NO_TF = (
+    "import sys, runpy; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+    "sys.argv = [{bench!r}] + {args!r}; runpy.run_path({bench!r}, run_name='__main__')"
+)
+
+
+def run_bench(args: list[str], block_tf: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", NO_TF.format(bench=str(BENCH), args=args)] if block_tf else (
+        [sys.executable, str(BENCH), *args])
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cpu_peak_from_this_machine():
+    pk = bench.cpu_peak()
+    assert pk["cores"] >= 1
+    assert pk["int8_macs_per_cycle_per_core"] >= 1
+    if pk["mhz"]:
+        assert pk["peak_int8_gmacs"] == pytest.approx(
+            pk["int8_macs_per_cycle_per_core"] * pk["mhz"] / 1000 * pk["cores"])
+
+
+def test_measure_reports_ordered_positive_times():
+    t = bench.measure(lambda: sum(range(2000)), warmup=1, repeats=9)
+    assert t["n"] == 9
+    assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"]
+
+
+def test_quick_without_tensorflow_writes_json(default_model, tmp_path):
+    """The Pi case: TFLite and MACs measured, Keras rows skipped with a note, numbers positive."""
+    out = tmp_path / "bench.json"
+    r = run_bench(["--quick", "--sections", "face,macs,estimates", "--json", str(out)], block_tf=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert {"machine", "face", "macs", "estimates", "notes"} <= set(res)
+    assert any("Keras rows skipped" in n for n in res["notes"])
+    rows = res["face"]["rows"]
+    assert not any(row["runtime"] == "keras" for row in rows)
+    int8 = {row["threads"]: row for row in rows if row["name"] == "TFLite int8"}
+    assert {1, 2} <= set(int8)
+    for row in rows:
+        assert row["median_ms"] > 0 and row["invoke_median_ms"] > 0 and row["faces_per_s"] > 0
+        assert 0.0 <= row["p_no_mask"] <= 1.0
+    m = res["macs"]["model"]
+    assert m["macs"] == sum(m["by_op"].values()) > 0
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(m["by_op"])
+    for u in res["macs"]["utilisation"]:
+        assert 0 < u["fraction_of_peak"] < 1.5  # a nominal peak can be beaten a little by boost clocks
+    assert all(e["estimate"] is True and e["est_ms_low"] > 0 for e in res["estimates"]["rows"])
+    assert "Per face" in r.stdout and "ESTIMATES" in r.stdout
+
+
+@pytest.mark.slow
+def test_tflite_mac_count_matches_keras_layers(default_model):
+    """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""
+    pytest.importorskip("keras")
+    import train
+
+    t = bench.tflite_macs(default_model)
+    model, _ = train.build_model(t["input_size"], 1.0, None, 0)
+    assert bench.keras_macs(model) == t["macs"]
+    # MobileNetV2-224 is about 300 M MACs in the literature; counted here, not assumed.
+    assert 290e6 < bench.mobilenetv2_macs(224) < 310e6
+
+
+@pytest.mark.slow
+def test_end_to_end_and_frame_sections(default_model, scenes_dir, yunet_model, tmp_path):
+    """Same clip through maskd (cache on/off) and the seed-style Keras pipeline: fps and ratios."""
+    pytest.importorskip("keras")
+    out = tmp_path / "bench.json"
+    r = run_bench(["--quick", "--sections", "frame,e2e", "--frames", "6", "--detectors", "yunet",
+                   "--json", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    frame = res["frame"]["rows"]
+    assert {row["mode"] for row in frame} == {"plain", "upscale x2", "tiles 2x2"}
+    assert all(row["median_ms"] > 0 for row in frame)
+    e2e = res["e2e"]
+    assert e2e["frames"] == 6
+    names = [row["name"] for row in e2e["rows"]]
+    assert names[0].startswith("seed-style") and any("no classification cache" in n for n in names)
+    for row in e2e["rows"]:
+        assert row["fps"] > 0 and row["speedup_vs_seed"] > 0
