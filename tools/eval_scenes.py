@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Score face detectors + the mask classifier on annotated scene photos (PASCAL VOC XML).
+
+For each detector variant it reports face recall for annotated faces >= 24 px and < 24 px
+(size = the shorter side of the annotated box), detection precision, and violation
+precision / recall / F1 on faces >= 24 px and on all faces, plus time per image.
+
+Matching: detections, best score first, each take the unmatched annotated box (any class) with
+the highest IoU, if IoU >= 0.3. Then, with "no_mask" meaning the classifier's P(no_mask) >=
+threshold (the device's label):
+  * a without_mask box matched by a no_mask detection is a true positive; any other
+    without_mask box (missed, or labelled mask) is a false negative;
+  * a no_mask detection matched to a with_mask box, or to no box at all, is a false positive;
+  * a no_mask detection matched to a mask_weared_incorrect box counts neither way.
+A detection belongs to the size bin of the box it matched; an unmatched one to its own size.
+Every detected face is classified (``--min-face-px 1``) unless told otherwise.
+
+    python tools/eval_scenes.py                          # default variants, table
+    python tools/eval_scenes.py --variants yunet-640,blazeface-full --json
+    python tools/eval_scenes.py --variants yunet -o score_threshold=0.5 -o input_width=480
+    python tools/eval_scenes.py --faces-only             # detectors only, no classifier needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from maskd.config import ClassifierConfig, DetectorConfig  # noqa: E402
+from maskd.detectors import DetectorError, box_iou, find_yunet_model, make_detector  # noqa: E402
+from maskd.types import Face  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+DEFAULT_SCENES = SHARED / "data" / "scenes-dev"
+SHARED_YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+SHARED_SSD = SHARED / "models" / "opencv_face_detector_uint8.pb"
+CLASSES = ("with_mask", "without_mask", "mask_weared_incorrect")
+SUBSETS = ("ge", "lt", "all")  # annotated face >= small_px, < small_px, any size
+
+# name -> DetectorConfig fields; "model" None means "find it" (YuNet) or the shared SSD.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "yunet": {"kind": "yunet"},
+    "yunet-640": {"kind": "yunet", "input_width": 640, "input_height": 480},
+    "yunet-640-t2": {"kind": "yunet", "input_width": 640, "input_height": 480, "tiles": 2},
+    "yunet-x3": {"kind": "yunet", "upscale": 3.0},
+    "blazeface-full": {"kind": "blazeface", "variant": "full"},
+    "blazeface-full-t2": {"kind": "blazeface", "variant": "full", "tiles": 2},
+    "blazeface-short": {"kind": "blazeface", "variant": "short"},
+    "opencv-ssd": {"kind": "ssd", "model": str(SHARED_SSD), "input_width": 300,
+                   "input_height": 300},
+}
+DEFAULT_VARIANTS = ["yunet", "yunet-640", "yunet-640-t2", "blazeface-full",
+                    "blazeface-full-t2", "opencv-ssd"]
+
+
+@dataclass
+class Scene:
+    image: Path
+    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
+    labels: list[str]
+
+
+def load_scene(xml_path: Path, images_dir: Path) -> Scene:
+    """One annotation file; the image is found by the XML's stem (its <filename> may be stale)."""
+    root = ET.parse(xml_path).getroot()
+    boxes, labels = [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASSES:
+            raise ValueError(f"{xml_path}: unknown class {name!r}")
+        bb = obj.find("bndbox")
+        boxes.append([float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+        labels.append(name)
+    matches = sorted(images_dir.glob(xml_path.stem + ".*"))
+    if not matches:
+        raise FileNotFoundError(f"{xml_path}: no image {xml_path.stem}.* in {images_dir}")
+    return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
+
+
+def load_scenes(root: Path, limit: int | None = None) -> list[Scene]:
+    xmls = sorted((root / "annotations").glob("*.xml"))[:limit]
+    if not xmls:
+        raise FileNotFoundError(f"{root}/annotations: no .xml files")
+    return [load_scene(x, root / "images") for x in xmls]
+
+
+def min_side(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+
+
+def match(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
+          iou_threshold: float) -> np.ndarray:
+    """For each detection, the index of the annotated box it matched, or -1 (greedy, one-to-one)."""
+    out = np.full(len(det_scores), -1, dtype=np.int64)
+    if not len(det_scores) or not len(gt_boxes):
+        return out
+    iou = box_iou(det_boxes, gt_boxes)
+    taken = np.zeros(len(gt_boxes), bool)
+    for d in np.argsort(-np.asarray(det_scores), kind="stable"):
+        cand = np.where(taken, -1.0, iou[d])
+        g = int(np.argmax(cand))
+        if cand[g] >= iou_threshold:
+            out[d] = g
+            taken[g] = True
+    return out
+
+
+def _zero() -> dict[str, int]:
+    return {"gt": 0, "found": 0, "dets": 0, "dets_matched": 0, "tp": 0, "fp": 0, "fn": 0}
+
+
+@dataclass
+class Counts:
+    """Per-subset counters; added up over images, turned into rates by ``metrics``."""
+
+    by: dict[str, dict[str, int]] = field(default_factory=lambda: {s: _zero() for s in SUBSETS})
+
+    def add(self, other: Counts) -> None:
+        for s in SUBSETS:
+            for k, v in other.by[s].items():
+                self.by[s][k] += v
+
+
+def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarray,
+                det_scores: np.ndarray, det_no_mask: list[bool], iou_threshold: float = 0.3,
+                small_px: float = 24) -> Counts:
+    """Counters for one image (see the module docstring for the rules)."""
+    c = Counts()
+    m = match(det_boxes, det_scores, gt_boxes, iou_threshold)
+    gt_ge = min_side(gt_boxes) >= small_px
+    det_ge = min_side(det_boxes) >= small_px
+
+    def subsets(ge: bool) -> tuple[str, str]:
+        return ("ge" if ge else "lt", "all")
+
+    matched_by_gt = {int(g): d for d, g in enumerate(m) if g >= 0}
+    for g, label in enumerate(gt_labels):
+        d = matched_by_gt.get(g)
+        for s in subsets(bool(gt_ge[g])):
+            c.by[s]["gt"] += 1
+            c.by[s]["found"] += d is not None
+            if label == "without_mask":
+                c.by[s]["tp" if d is not None and det_no_mask[d] else "fn"] += 1
+    for d, g in enumerate(m):
+        ge = bool(gt_ge[g]) if g >= 0 else bool(det_ge[d])
+        for s in subsets(ge):
+            c.by[s]["dets"] += 1
+            c.by[s]["dets_matched"] += g >= 0
+            if det_no_mask[d] and (g < 0 or gt_labels[g] == "with_mask"):
+                c.by[s]["fp"] += 1
+    return c
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def metrics(c: Counts) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in SUBSETS:
+        k = c.by[s]
+        p = _ratio(k["tp"], k["tp"] + k["fp"])
+        r = _ratio(k["tp"], k["tp"] + k["fn"])
+        f1 = round(2 * p * r / (p + r), 4) if p and r else (0.0 if p is not None and r is not None else None)
+        out[s] = {**k, "face_recall": _ratio(k["found"], k["gt"]),
+                  "face_precision": _ratio(k["dets_matched"], k["dets"]),
+                  "violation_precision": p, "violation_recall": r, "violation_f1": f1}
+    return out
+
+
+def variant_config(name: str, overrides: dict[str, str]) -> DetectorConfig:
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    fields = dict(VARIANTS[name])
+    if fields["kind"] == "yunet":
+        fields["model"] = find_yunet_model() or SHARED_YUNET
+    fields.update(overrides)
+    return DetectorConfig(**fields)
+
+
+def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier: Any | None,
+             cls_cfg: ClassifierConfig, iou: float, small_px: float) -> dict[str, Any]:
+    """Run one detector (and the classifier) over every scene; totals and timings."""
+    from maskd.pipeline import judge_faces
+
+    detector = make_detector(det_cfg)
+    total = Counts()
+    det_s = cls_s = 0.0
+    n_faces = 0
+    for sc in scenes:
+        image = cv2.imread(str(sc.image), cv2.IMREAD_COLOR)
+        if image is None:
+            raise RuntimeError(f"{sc.image}: unreadable image")
+        t0 = time.perf_counter()
+        faces: list[Face] = detector.detect(image)
+        t1 = time.perf_counter()
+        no_mask = [False] * len(faces)
+        if classifier is not None and faces:
+            verdicts = judge_faces(image, faces, classifier, cls_cfg.margin, cls_cfg.min_face_px)
+            no_mask = [v.no_mask is not None and v.no_mask >= cls_cfg.threshold for v in verdicts]
+        cls_s += time.perf_counter() - t1
+        det_s += t1 - t0
+        n_faces += len(faces)
+        boxes = np.array([f.box for f in faces], np.float64).reshape(-1, 4)
+        scores = np.array([f.score for f in faces])
+        total.add(score_image(sc.boxes, sc.labels, boxes, scores, no_mask, iou, small_px))
+    res = metrics(total)
+    n = max(1, len(scenes))
+    cfg = det_cfg.model_dump(mode="json")
+    return {"name": name, "detector": detector.name, "config": cfg, "images": len(scenes),
+            "faces_detected": n_faces, "ms_detect": round(1000 * det_s / n, 2),
+            "ms_classify": round(1000 * cls_s / n, 2) if classifier is not None else None,
+            "subsets": res}
+
+
+def _f(v: float | None) -> str:
+    return "  -  " if v is None else f"{v:.3f}"
+
+
+def render(results: list[dict[str, Any]], small_px: float, with_violations: bool) -> str:
+    px = f"{small_px:g}"
+    head = ["variant", f"rec>={px}", f"rec<{px}", f"prec>={px}", "prec all"]
+    if with_violations:
+        head += [f"vP>={px}", f"vR>={px}", f"vF1>={px}", "vP all", "vR all", "vF1 all"]
+    head += ["det ms", "cls ms"]
+    rows = []
+    for r in results:
+        ge, lt, al = (r["subsets"][s] for s in SUBSETS)
+        row = [r["name"], _f(ge["face_recall"]), _f(lt["face_recall"]), _f(ge["face_precision"]),
+               _f(al["face_precision"])]
+        if with_violations:
+            row += [_f(ge["violation_precision"]), _f(ge["violation_recall"]),
+                    _f(ge["violation_f1"]), _f(al["violation_precision"]),
+                    _f(al["violation_recall"]), _f(al["violation_f1"])]
+        row += [f"{r['ms_detect']:.1f}",
+                "-" if r["ms_classify"] is None else f"{r['ms_classify']:.1f}"]
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or key not in DetectorConfig.model_fields:
+            raise SystemExit(f"-o {it!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(DetectorConfig.model_fields)}")
+        out[key] = value
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
+                   help="folder with images/ and annotations/ (default ../shared/data/scenes-dev)")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("-o", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a detector config field for every variant (repeatable)")
+    p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
+    p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
+    p.add_argument("--threshold", type=float, default=ClassifierConfig().threshold,
+                   help="P(no_mask) cut for the no_mask label")
+    p.add_argument("--margin", type=float, default=ClassifierConfig().margin)
+    p.add_argument("--min-face-px", type=int, default=1,
+                   help="classify only detected faces this big (device default: 24)")
+    p.add_argument("--iou", type=float, default=0.3)
+    p.add_argument("--small-px", type=float, default=24.0)
+    p.add_argument("--limit", type=int, help="only the first N scenes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    try:
+        scenes = load_scenes(args.scenes, args.limit)
+    except (OSError, ValueError, ET.ParseError) as err:
+        print(f"eval_scenes: {err}", file=sys.stderr)
+        return 2
+    classifier = None
+    if not args.faces_only:
+        from maskd.classifier import Classifier, ModelError
+
+        try:
+            classifier = Classifier.open(args.model)
+        except ModelError as err:
+            print(f"eval_scenes: {err} (or run with --faces-only)", file=sys.stderr)
+            return 2
+    cls_cfg = ClassifierConfig(margin=args.margin, threshold=args.threshold,
+                               min_face_px=args.min_face_px)
+    results = []
+    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        cfg = variant_config(name, overrides)
+        try:
+            results.append(evaluate(name, cfg, scenes, classifier, cls_cfg, args.iou,
+                                    args.small_px))
+        except DetectorError as err:
+            print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
+    report = {"scenes": str(args.scenes), "images": len(scenes), "iou": args.iou,
+              "small_px": args.small_px,
+              "classifier": None if classifier is None else str(classifier.path),
+              "threshold": args.threshold, "margin": args.margin,
+              "min_face_px": args.min_face_px, "overrides": overrides, "results": results}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        gts = results[0]["subsets"] if results else None
+        if gts:
+            print(f"{len(scenes)} images; annotated faces >= {args.small_px:g} px: "
+                  f"{gts['ge']['gt']}, < {args.small_px:g} px: {gts['lt']['gt']}; IoU >= {args.iou}")
+        print(render(results, args.small_px, classifier is not None))
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
