@@ -295,7 +295,7 @@ class Service:
         for sink in self.sinks:
             ok = sink.flush(max(0.0, deadline - time.monotonic()))
             if not ok:
-                log.warning("%s: not everything delivered within %.0f s; kept for the next start",
+                log.warning("%s: not everything delivered within %.1f s; kept for the next start",
                             type(sink).__name__, budget)
             drained = drained and ok
             sink.close()

@@ -194,3 +194,90 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model):
     closed = {e["event_id"] for e in lines if e["event_type"] == "end"}
     assert opened and opened == closed
     assert lines[-1]["event_type"] == "end" and lines[-1]["end_reason"] == "shutdown"
+
+
+# ----------------------------------------------------------------------------- in-process loop
+
+
+class RecordingSink:
+    """An EventSink that keeps what it got; ``drains`` decides what flush() reports."""
+
+    def __init__(self, drains: bool = True) -> None:
+        self.drains = drains
+        self.events, self.states, self.stats = [], [], []
+        self.flushed: list[float] = []
+        self.closed = False
+
+    def emit(self, event) -> None:
+        self.events.append(event)
+
+    def on_state(self, state: dict) -> None:
+        self.states.append(state)
+
+    def on_stats(self, stats: dict) -> None:
+        self.stats.append(stats)
+
+    def flush(self, timeout: float) -> bool:
+        self.flushed.append(timeout)
+        return self.drains
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, int, dict]] = []
+        self.closed = False
+
+    def on_frame(self, frame, verdicts, stats) -> None:
+        self.frames.append((frame.seq, len(verdicts), stats))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def demo_service(default_model, **kw):
+    from maskd.config import Config
+    from maskd.service import build
+
+    cfg = Config()
+    cfg.source.kind = "demo"
+    cfg.detector.kind = "blazeface"
+    cfg.classifier.model = default_model
+    svc = build(cfg, exit_at_end=True, **kw)
+    sink, obs = RecordingSink(), RecordingObserver()
+    svc.sinks.append(sink)
+    svc.observers.append(obs)
+    return svc, sink, obs
+
+
+def test_loop_feeds_sinks_and_observers_and_flushes(default_model):
+    svc, sink, obs = demo_service(default_model)
+    assert svc.run(flush_timeout=7.0) == 0
+    n = svc.frames
+    assert n == DemoSource().frames_per_pass
+    kinds = [e.event_type for e in sink.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1
+    assert len({e.event_id for e in sink.events}) == 1
+    assert sink.events[-1].end_reason in ("masked", "gone")
+    assert len(sink.states) == n and sum(s["unmasked"] for s in sink.states) > 0
+    assert sink.stats and sink.stats[-1]["frames"] == n and "classify" in sink.stats[-1]["ms"]
+    assert sink.flushed == [7.0] and sink.closed
+    assert [f[0] for f in obs.frames] == list(range(n)) and obs.closed
+    assert max(f[2]["active"] for f in obs.frames) == 1 and obs.frames[-1][2]["fps"] > 0
+
+
+def test_undrained_sink_gives_exit_75(default_model):
+    svc, sink, _ = demo_service(default_model)
+    sink.drains = False
+    assert svc.run(flush_timeout=0.5) == 75
+
+
+def test_detection_switched_off_at_run_time(default_model):
+    svc, sink, obs = demo_service(default_model, max_frames=30)
+    svc.control.detect_enabled = False
+    assert svc.run() == 0
+    assert sink.events == [] and all(f[1] == 0 for f in obs.frames)
+    assert svc.pipeline.stats["faces"] == 0 and svc.frames == 30
+    assert all(s["detect_enabled"] is False for s in sink.states)
