@@ -263,7 +263,7 @@ def test_loop_feeds_sinks_and_observers_and_flushes(default_model):
     assert sink.events[-1].end_reason in ("masked", "gone")
     assert len(sink.states) == n and sum(s["unmasked"] for s in sink.states) > 0
     assert sink.stats and sink.stats[-1]["frames"] == n and "classify" in sink.stats[-1]["ms"]
-    assert sink.flushed == [7.0] and sink.closed
+    assert len(sink.flushed) == 1 and 6.0 < sink.flushed[0] <= 7.0 and sink.closed
     assert [f[0] for f in obs.frames] == list(range(n)) and obs.closed
     assert max(f[2]["active"] for f in obs.frames) == 1 and obs.frames[-1][2]["fps"] > 0
 
