@@ -151,14 +151,14 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
         d = matched_by_gt.get(g)
         for s in subsets(bool(gt_ge[g])):
             c.by[s]["gt"] += 1
-            c.by[s]["found"] += d is not None
+            c.by[s]["found"] += int(d is not None)
             if label == "without_mask":
                 c.by[s]["tp" if d is not None and det_no_mask[d] else "fn"] += 1
     for d, g in enumerate(m):
         ge = bool(gt_ge[g]) if g >= 0 else bool(det_ge[d])
         for s in subsets(ge):
             c.by[s]["dets"] += 1
-            c.by[s]["dets_matched"] += g >= 0
+            c.by[s]["dets_matched"] += int(g >= 0)
             if det_no_mask[d] and (g < 0 or gt_labels[g] == "with_mask"):
                 c.by[s]["fp"] += 1
     return c

@@ -1,0 +1,108 @@
+"""tools/eval_scenes.py: the scoring rules on scripted boxes, then a short real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eval_scenes", REPO / "tools" / "eval_scenes.py")
+ev = importlib.util.module_from_spec(_spec)
+sys.modules["eval_scenes"] = ev  # dataclasses look their module up while being defined
+_spec.loader.exec_module(ev)
+
+
+def test_match_is_greedy_by_score_and_one_to_one():
+    gt = np.array([[0, 0, 30, 30], [100, 100, 110, 110]])
+    dets = np.array([[2, 2, 32, 32], [0, 0, 29, 29], [101, 101, 111, 111], [200, 200, 230, 230]])
+    scores = np.array([0.5, 0.9, 0.8, 0.99])
+    # The 0.9 detection takes box 0 first; the 0.5 one overlapping the same face is left over.
+    assert ev.match(dets, scores, gt, 0.3).tolist() == [-1, 0, 1, -1]
+    assert ev.match(dets[:0], scores[:0], gt, 0.3).tolist() == []
+    assert ev.match(dets, scores, gt[:0], 0.3).tolist() == [-1, -1, -1, -1]
+
+
+def test_score_image_violation_rules():
+    gt = np.array([
+        [0, 0, 40, 40],      # 0 without_mask, big: found + no_mask -> TP
+        [50, 0, 90, 40],     # 1 without_mask, big: found but labelled mask -> FN
+        [100, 0, 140, 40],   # 2 with_mask, big: labelled no_mask -> FP
+        [150, 0, 190, 40],   # 3 incorrect, big: labelled no_mask -> neither
+        [200, 0, 210, 10],   # 4 without_mask, small: missed -> FN (all only)
+        [300, 0, 340, 40],   # 5 without_mask, big: missed -> FN
+    ])
+    labels = ["without_mask", "without_mask", "with_mask", "mask_weared_incorrect",
+              "without_mask", "without_mask"]
+    dets = np.array([[0, 0, 40, 40], [50, 0, 90, 40], [100, 0, 140, 40], [150, 0, 190, 40],
+                     [400, 0, 440, 40],   # unmatched big no_mask -> FP
+                     [500, 0, 510, 10]])  # unmatched small no_mask -> FP in "all" only
+    no_mask = [True, False, True, True, True, True]
+    c = ev.score_image(gt, labels, dets, np.ones(6), no_mask, 0.3, 24)
+    ge, lt, al = (c.by[s] for s in ev.SUBSETS)
+    assert (ge["tp"], ge["fp"], ge["fn"]) == (1, 2, 2)
+    assert (lt["tp"], lt["fp"], lt["fn"]) == (0, 1, 1)
+    assert (al["tp"], al["fp"], al["fn"]) == (1, 3, 3)
+    assert (ge["gt"], ge["found"], lt["gt"], lt["found"]) == (5, 4, 1, 0)
+    assert (ge["dets"], ge["dets_matched"], al["dets"]) == (5, 4, 6)
+    m = ev.metrics(c)
+    assert m["ge"]["violation_precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["ge"]["violation_recall"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["ge"]["violation_f1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["ge"]["face_recall"] == 0.8 and m["lt"]["face_recall"] == 0.0
+
+
+def test_a_small_detection_of_a_big_face_counts_in_the_big_bin():
+    gt = np.array([[0, 0, 40, 40]])
+    c = ev.score_image(gt, ["without_mask"], np.array([[5, 5, 25, 25]]), np.ones(1), [True],
+                       iou_threshold=0.2, small_px=24)
+    assert c.by["ge"]["tp"] == 1 and c.by["lt"]["dets"] == 0
+
+
+def test_load_scene_reads_voc(scenes_dir: Path):
+    sc = ev.load_scene(scenes_dir / "annotations" / "maksssksksss0.xml", scenes_dir / "images")
+    assert sc.image.name == "maksssksksss0.jpg"
+    assert sc.boxes.shape == (len(sc.labels), 4) and sc.labels[:2] == ["without_mask", "with_mask"]
+    assert sc.boxes[0].tolist() == [79, 105, 109, 142]
+
+
+def test_bad_annotation_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "a.xml").write_text(
+        "<annotation><object><name>hat</name></object></annotation>")
+    assert ev.main(["--scenes", str(tmp_path), "--faces-only"]) == 2
+
+
+def test_faces_only_run_on_real_scenes(scenes_dir: Path, yunet_model: Path, capsys):
+    rc = ev.main(["--scenes", str(scenes_dir), "--limit", "8", "--faces-only", "--json",
+                  "--variants", "yunet-640,blazeface-full"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 8 and report["classifier"] is None
+    yunet, blaze = report["results"]
+    assert yunet["detector"] == "yunet" and blaze["detector"] == "blazeface-full"
+    for r in report["results"]:
+        ge = r["subsets"]["ge"]
+        assert ge["gt"] > 0 and r["subsets"]["all"]["gt"] == ge["gt"] + r["subsets"]["lt"]["gt"]
+        assert r["ms_detect"] > 0 and r["ms_classify"] is None
+    # YuNet at 640x480 finds most big faces; BlazeFace is much weaker on these crowds.
+    assert yunet["subsets"]["ge"]["face_recall"] >= 0.8
+    assert yunet["subsets"]["ge"]["face_recall"] > blaze["subsets"]["ge"]["face_recall"]
+
+
+@pytest.mark.slow
+def test_full_run_with_the_shipped_classifier(scenes_dir: Path, yunet_model: Path,
+                                              default_model: Path, capsys):
+    rc = ev.main(["--scenes", str(scenes_dir), "--limit", "20", "--variants", "yunet-640",
+                  "--model", str(default_model)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "vF1>=24" in out and "yunet-640" in out
+    row = [ln for ln in out.splitlines() if ln.startswith("yunet-640")][0].split()
+    f1_ge = float(row[7])
+    assert 0.0 < f1_ge <= 1.0
