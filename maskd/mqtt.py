@@ -262,6 +262,7 @@ class MqttSink:
         self._gen = 0  # bumped on every successful connect
         self._closing = False
         self._stop = threading.Event()
+        self._acked = threading.Condition()  # notified when acknowledged rows leave the outbox
         self._open_events: set[str] = set()
         self._snapshots: OrderedDict[int, bytes] = OrderedDict()
         self._snap_lock = threading.Lock()
@@ -274,7 +275,10 @@ class MqttSink:
 
         client_id = f"maskd-{device_id}-{camera}"
         c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        c.enable_logger(logging.getLogger("maskd.mqtt.paho"))
+        # paho reports every idle loop while disconnected as an error; the meaningful
+        # connection events are logged here, so its own chatter goes to DEBUG.
+        paho_log = logging.getLogger("maskd.mqtt.paho")
+        c.on_log = lambda client, userdata, level, buf: paho_log.debug("%s", buf)
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
             c.username_pw_set(mq.username, password)
@@ -411,16 +415,16 @@ class MqttSink:
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every stored event; False if some remain."""
         deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            depth = self._outbox.depth()
-            if depth == 0:
-                return True
-            if time.monotonic() >= deadline:
-                log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next start",
-                            depth, self._outbox.path)
-                return False
-            self._q.put(("wake", None))
-            time.sleep(0.05)
+        self._q.put(("wake", None))
+        with self._acked:
+            while (depth := self._outbox.depth()) > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next "
+                                "start", depth, self._outbox.path)
+                    return False
+                self._acked.wait(min(left, 0.5))
+        return True
 
     def close(self) -> None:
         """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept."""
@@ -456,11 +460,12 @@ class MqttSink:
         since = now - self._last_state_t
         if since < self._mq.state_interval_s:
             return
-        if state == self._last_state and since < self._mq.stats_interval_s:
+        counts = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
+        if counts == self._last_state and since < self._mq.stats_interval_s:
             return
         if not self._connected:
             return
-        self._last_state, self._last_state_t = dict(state), now
+        self._last_state, self._last_state_t = counts, now
         self._client.publish(self.topics.state, _dumps({**state, "time": time.time()}), qos=0)
 
     def on_stats(self, stats: dict) -> None:
@@ -599,11 +604,12 @@ class MqttSink:
                     items.append(self._q.get_nowait())
                 except queue.Empty:
                     break
-            for kind, mid in items:
-                if kind == "ack":
-                    row_id = inflight.pop(mid, None)
-                    if row_id is not None:
-                        self._outbox.remove(row_id)
+            acked = [inflight.pop(mid) for kind, mid in items if kind == "ack" and mid in inflight]
+            for row_id in acked:
+                self._outbox.remove(row_id)
+            if acked:
+                with self._acked:
+                    self._acked.notify_all()
             if self._stop.is_set():
                 return
             with self._conn_lock:

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite3"
 
 
-class OutboxError(RuntimeError):
-    """The outbox cannot be opened (state dir not writable, already in use)."""
+class OutboxError(OSError):
+    """The outbox cannot be opened (state dir not writable, already in use): a setup problem."""
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,7 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path):
         assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= len(want), 30)
         got = events(sub)
         assert dedup(got) == want
-        assert any(e["buffered"] for e in got) and not got[0]["buffered"]
+        # live before and after the outage, replayed (buffered) across it
+        assert any(e["buffered"] for e in got) and not all(e["buffered"] for e in got)
         assert time.monotonic() - t_down > 31
         sub.close()
