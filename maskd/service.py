@@ -195,11 +195,18 @@ class Service:
             self.events += 1
             log.info("violation %s %s track=%d score=%.2f%s", ev.event_type, ev.event_id,
                      ev.track_id, ev.score, f" reason={ev.end_reason}" if ev.end_reason else "")
-            for sink in self.sinks:
-                try:
-                    sink.emit(ev)
-                except Exception:  # noqa: BLE001 - one broken sink must not stop the others
-                    log.exception("sink %s failed on event %s", type(sink).__name__, ev.event_id)
+            self._to_sinks("emit", ev)
+
+    def _to_sinks(self, method: str, arg: object) -> None:
+        """Call ``method`` on every sink that has it; one broken sink must not stop the rest."""
+        for sink in self.sinks:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(arg)
+            except Exception:  # noqa: BLE001
+                log.exception("sink %s failed in %s", type(sink).__name__, method)
 
     def _after_frame(self, result: FrameResult, capture_ms: float) -> None:
         frame = result.frame
@@ -226,10 +233,7 @@ class Service:
             "detect_enabled": self.control.detect_enabled,
             "timestamp": frame.timestamp,
         }
-        for sink in self.sinks:
-            on_state = getattr(sink, "on_state", None)
-            if on_state is not None:
-                on_state(state)
+        self._to_sinks("on_state", state)
         stats = {
             "fps": self._fps,
             "active": self.violations.active,
@@ -275,10 +279,7 @@ class Service:
             s["fps"], ms["capture"], ms["detect"], ms["classify"], ms["track"], s["frames"],
             s["skipped"], s["faces"], s["small_faces"], s["classified"], s["cached"], s["active"],
         )
-        for sink in self.sinks:
-            on_stats = getattr(sink, "on_stats", None)
-            if on_stats is not None:
-                on_stats(s)
+        self._to_sinks("on_stats", s)
 
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("stopping: %s", self.stop_reason or "error")
