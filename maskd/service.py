@@ -294,12 +294,20 @@ class Service:
         deadline = time.monotonic() + budget
         drained = True
         for sink in self.sinks:
-            ok = sink.flush(max(0.0, deadline - time.monotonic()))
+            name = type(sink).__name__
+            try:
+                ok = sink.flush(max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - still close the others
+                log.exception("sink %s failed to flush", name)
+                ok = False
             if not ok:
                 log.warning("%s: not everything delivered within %.1f s; kept for the next start",
-                            type(sink).__name__, budget)
+                            name, budget)
             drained = drained and ok
-            sink.close()
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001
+                log.exception("sink %s failed to close", name)
         if self.exit_at_end and not drained:
             return EX_TEMPFAIL
         return EX_OK
