@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataset  # noqa: E402
@@ -82,68 +85,68 @@ def build_model(size: int, alpha: float, weights: str | None, seed: int):
     return keras.Model(inputs, outputs, name=f"maskd_mobilenetv2_{size}"), base
 
 
-def make_augmenter(kind: str, size: int, seed: int):
-    """A function (uint8 image batch, labels) -> (normalised float batch, labels)."""
+def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """One random variant of an (S, S, 3) uint8 face image, in OpenCV (fast on a busy CPU).
+
+    seed: flip, rotation +-15 deg, zoom 0.85..1.2, shift +-8 % in ONE affine warp.
+    device: also a small face blown up from 14..S px, brightness/contrast/white balance,
+    grey (IR-like) frames and JPEG compression, which is what the Pi camera path adds.
+    """
+    if kind == "none":
+        return img
+    s = img.shape[0]
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), rng.uniform(-15, 15), rng.uniform(0.85, 1.2))
+    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * s
+    img = cv2.warpAffine(np.ascontiguousarray(img), m, (s, s), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    if kind != "device":
+        return img
+    if rng.random() < 0.4:
+        side = int(round(np.exp(rng.uniform(np.log(14), np.log(s)))))
+        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
+    x = img.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-40, 40)
+    x *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
+    img = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.1:
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    if rng.random() < 0.5:
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 96))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    return img
+
+
+def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int):
+    """A keras PyDataset of augmented, normalised batches; reshuffled and re-drawn each epoch."""
     import keras
-    import tensorflow as tf
-    from keras import layers
 
-    from maskd.classifier import DEFAULT_OFFSET, DEFAULT_SCALE
+    from maskd.classifier import normalize
 
-    geometric = keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.04, fill_mode="reflect", seed=seed + 1),  # about +-15 deg
-            layers.RandomZoom((-0.15, 0.2), fill_mode="reflect", seed=seed + 2),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=seed + 3),
-        ],
-        name="geometric",
-    )
-    photometric = keras.Sequential(
-        [
-            layers.RandomBrightness(0.25, value_range=(0, 255), seed=seed + 4),
-            layers.RandomContrast(0.3, seed=seed + 5),
-        ],
-        name="photometric",
-    )
-    def small_faces(x):
-        """Half the batch: shrink to 16..S px and blow up again, like a far face from the camera."""
-        n = tf.shape(x)[0]
-        side = tf.random.uniform((), 16, size, dtype=tf.int32)
-        low = tf.image.resize(tf.image.resize(x, (side, side), method="area"), (size, size))
-        pick = tf.random.uniform((n, 1, 1, 1)) < 0.5
-        return tf.where(pick, low, x)
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng([seed, 0]).permutation(len(x))
 
-    def jpeg(x):
-        """Camera-like compression on each image (quality 30..95)."""
-        q = tf.random.uniform((), 30, 95, dtype=tf.int32)
-        return tf.map_fn(
-            lambda im: tf.cast(
-                tf.image.adjust_jpeg_quality(tf.cast(im, tf.uint8), q), tf.float32
-            ),
-            x,
-        )
+        def __len__(self):
+            return (len(x) + batch - 1) // batch
 
-    def grey(x):
-        """A few grey frames, as from an IR/night camera."""
-        n = tf.shape(x)[0]
-        g = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-        return tf.where(tf.random.uniform((n, 1, 1, 1)) < 0.1, g, x)
+        def __getitem__(self, i):
+            idx = self.order[i * batch : (i + 1) * batch]
+            rng = np.random.default_rng([seed, self.epoch, i])
+            imgs = np.stack([augment_image(x[j], rng, kind) for j in idx])
+            return normalize(imgs), y[idx]
 
-    def apply(images, labels):
-        x = tf.cast(images, tf.float32)
-        if kind != "none":
-            x = geometric(x, training=True)
-        if kind == "device":
-            x = small_faces(x)
-            x = photometric(x, training=True)
-            x = tf.clip_by_value(x, 0.0, 255.0)
-            x = jpeg(x)
-            x = grey(x)
-        x = tf.clip_by_value(x, 0.0, 255.0)
-        return x * DEFAULT_SCALE + DEFAULT_OFFSET, labels
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(x))
 
-    return apply
+    return Batches()
 
 
 class EpochLog:
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from evaluate import binary_metrics
 
-    from maskd.classifier import DEFAULT_OFFSET, DEFAULT_SCALE
+    from maskd.classifier import DEFAULT_OFFSET, DEFAULT_SCALE, normalize
 
     keras.utils.set_random_seed(args.seed)
 
@@ -243,25 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         paths, labels = dataset.subset_files(split, part)
         data[part] = (dataset.load_resized(paths, args.size, progress=True), labels)
 
-    augment = make_augmenter(args.augment, args.size, args.seed)
-    x_tr, y_tr = data["train"]
-    ds_train = (
-        tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
-        .shuffle(len(x_tr), seed=args.seed, reshuffle_each_iteration=True)
-        .batch(args.batch)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(2)
-    )
-
-    def plain(part):
-        x, y = data[part]
-        return (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .batch(args.batch)
-            .map(lambda a, b: (tf.cast(a, tf.float32) * DEFAULT_SCALE + DEFAULT_OFFSET, b))
-        )
-
-    ds_val = plain("val")
+    ds_train = make_batches(*data["train"], args.batch, args.augment, args.seed)
+    # Validation/test inputs: exactly the runtime's preprocess() (same resize, same formula).
+    plain = {part: normalize(data[part][0]) for part in ("val", "test")}
+    ds_val = (plain["val"], data["val"][1])
 
     weights = None if args.weights.lower() == "none" else args.weights
     if weights and not Path(weights).is_file():
@@ -280,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    model.fit(ds_train, validation_data=ds_val, epochs=args.epochs, callbacks=[log.callback, best],
-              verbose=verbose)
+    model.fit(ds_train, validation_data=ds_val, epochs=args.epochs, validation_batch_size=args.batch,
+              callbacks=[log.callback, best], verbose=verbose)
 
     fine_tune_start = None
     if args.fine_tune_epochs > 0:
@@ -304,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics=["accuracy"],
         )
         model.fit(ds_train, validation_data=ds_val, initial_epoch=args.epochs, epochs=total_epochs,
-                  callbacks=[log.callback, best], verbose=verbose)
+                  validation_batch_size=args.batch, callbacks=[log.callback, best], verbose=verbose)
 
     # Keep the epoch with the lowest validation loss (the test split plays no part in this).
     best_epoch = min(log.rows, key=lambda r: r["val_loss"])["epoch"]
@@ -316,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[4/5] scoring the kept model on val and test", flush=True)
     metrics = {}
     for part in ("val", "test"):
-        probs = model.predict(plain(part), verbose=0)[:, dataset.LABELS.index("no_mask")]
+        probs = model.predict(plain[part], batch_size=args.batch, verbose=0)[:, dataset.LABELS.index("no_mask")]
         metrics[part] = binary_metrics(data[part][1], probs)
         m = metrics[part]
         print(f"      {part}: accuracy {m['accuracy']:.4f} precision {m['precision']:.4f} "
