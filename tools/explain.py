@@ -269,62 +269,61 @@ def explain_files(ex: Explainer, files: list[Path], out: Path) -> list[dict[str,
     return rows
 
 
-def package_faces() -> list[tuple[str, np.ndarray]]:
-    """Face photos that ship inside installed packages (free to render into docs)."""
-    faces = []
-    try:
-        from skimage import data
+def _face_box(det: Any, rgb: np.ndarray) -> tuple[float, float, float, float] | None:
+    faces = det.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not faces:
+        return None
+    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
 
-        faces.append(("astronaut (scikit-image)", data.astronaut()))
-        faces.append(("cameraman (scikit-image)", np.repeat(data.camera()[..., None], 3, axis=2)))
-    except ImportError:
-        pass
+
+def sheet_faces() -> list[tuple[str, np.ndarray]]:
+    """Face crops from photos that ship inside installed packages (free to render into docs).
+
+    The astronaut appears bare and wearing maskd.demo's drawn mask (same box, a paired
+    comparison), each also as a far face of 28 px; Grace Hopper (matplotlib) and the
+    cameraman (scikit-image) are bare faces. Faces are found by YuNet and cut with maskd's
+    crop_face, as on the device.
+    """
+    from maskd.config import ClassifierConfig, DetectorConfig
+    from maskd.demo import astronaut_bgr, draw_mask
+    from maskd.detectors import find_yunet_model, make_detector
+    from maskd.pipeline import crop_face
+
+    model = find_yunet_model() or REPO.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
+    det = make_detector(DetectorConfig(kind="yunet", model=model, input_width=640, input_height=640,
+                                       score_threshold=0.5))
+    margin = ClassifierConfig().margin
+    out: list[tuple[str, np.ndarray]] = []
+    bgr = astronaut_bgr()
+    box = _face_box(det, bgr[:, :, ::-1])
+    if box is not None:
+        bare = crop_face(bgr[:, :, ::-1], box, margin)
+        masked = crop_face(draw_mask(bgr)[:, :, ::-1], box, margin)
+        far = [cv2.resize(c, (28, 28), interpolation=cv2.INTER_AREA) for c in (bare, masked)]
+        out += [("astronaut, bare", bare), ("astronaut, drawn mask", masked),
+                ("astronaut, bare, 28 px", far[0]), ("astronaut, drawn mask, 28 px", far[1])]
+    photos = []
     try:
         import matplotlib
 
         hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
         if hopper.is_file():
-            faces.append(("Grace Hopper (matplotlib)", load_image_rgb(hopper)))
+            photos.append(("Grace Hopper (matplotlib), bare", load_image_rgb(hopper)))
     except ImportError:
         pass
-    return faces
+    try:
+        from skimage import data
 
-
-def face_crops(photos: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, face crop, landmarks in the crop) per photo: YuNet finds the face, crop_face cuts it."""
-    from maskd.config import DetectorConfig
-    from maskd.detectors import make_detector
-    from maskd.pipeline import crop_face
-
-    shared_yunet = REPO.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
-    from maskd.detectors import find_yunet_model
-
-    model = find_yunet_model() or shared_yunet
-    det = make_detector(DetectorConfig(kind="yunet", model=model, input_width=640, input_height=640,
-                                       score_threshold=0.5))
-    margin = 0.15
-    out = []
+        photos.append(("cameraman (scikit-image), bare", np.repeat(data.camera()[..., None], 3, axis=2)))
+    except ImportError:
+        pass
     for name, rgb in photos:
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        faces = det.detect(bgr)
-        if not faces:
+        box = _face_box(det, rgb)
+        if box is None:
             print(f"sheet: no face found in {name}", file=sys.stderr)
             continue
-        f = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        crop = crop_face(rgb, f.box, margin)
-        x0, y0, x1, y1 = f.box
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-        left, top = (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2
-        lm = None if f.landmarks is None else (f.landmarks - [left, top]).astype(np.float32)
-        out.append((name, crop, lm))
+        out.append((name, crop_face(rgb, box, margin)))
     return out
-
-
-def draw_mask(crop: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
-    """A plain surgical-style mask over nose, mouth and chin of a face crop."""
-    from maskd.demo import draw_mask as demo_draw_mask
-
-    return demo_draw_mask(crop, landmarks)
 
 
 def make_sheet(ex: Explainer, dst: Path) -> list[dict[str, Any]]:
@@ -334,29 +333,34 @@ def make_sheet(ex: Explainer, dst: Path) -> list[dict[str, Any]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = []
-    for name, crop, lm in face_crops(package_faces()):
-        items.append((f"{name}, bare", crop))
-        items.append((f"{name}, drawn mask", draw_mask(crop, lm)))
+    items = sheet_faces()
     if not items:
         raise SystemExit("no package face images found (install scikit-image / matplotlib)")
-    cols = 3 if ex.cam_weights is not None else 2
-    fig, axes = plt.subplots(len(items), cols, figsize=(3.0 * cols, 3.0 * len(items)), squeeze=False)
+    panels_per = 3 if ex.cam_weights is not None else 2
+    per_row = 2  # two faces side by side keeps the sheet readable
+    n_rows = (len(items) + per_row - 1) // per_row
+    fig, axes = plt.subplots(n_rows, panels_per * per_row, figsize=(2.6 * panels_per * per_row, 2.9 * n_rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     rows = []
-    for r, (name, crop) in enumerate(items):
+    for k, (name, crop) in enumerate(items):
         res = ex.explain(prepare([crop], ex.size))
-        shown = cv2.resize(crop, (ex.size, ex.size), interpolation=cv2.INTER_AREA)
+        shown = cv2.resize(crop, (ex.size, ex.size), interpolation=cv2.INTER_AREA
+                           if crop.shape[0] > ex.size else cv2.INTER_LINEAR)
         p_no = float(res["probs"][0][LABELS.index("no_mask")])
         label = LABELS[int(res["classes"][0])]
         panels = [(shown, f"{name}\nP(no_mask)={p_no:.2f} -> {label}"),
                   (overlay(shown, res["gradcam"][0]),
-                   f"Grad-CAM ({label}); lower half {lower_half_share(res['gradcam'][0]):.0%}")]
+                   f"Grad-CAM ({label})\nlower half {lower_half_share(res['gradcam'][0]):.0%}")]
         if "cam" in res:
-            panels.append((overlay(shown, res["cam"][0]), f"CAM; lower half {lower_half_share(res['cam'][0]):.0%}"))
+            panels.append((overlay(shown, res["cam"][0]),
+                           f"CAM\nlower half {lower_half_share(res['cam'][0]):.0%}"))
+        r, c0 = divmod(k, per_row)
         for c, (img, title) in enumerate(panels):
-            axes[r][c].imshow(img)
-            axes[r][c].set_title(title, fontsize=8)
-            axes[r][c].axis("off")
+            ax = axes[r][c0 * panels_per + c]
+            ax.imshow(img)
+            ax.set_title(title, fontsize=8)
         rows.append({"image": name, "p_no_mask": p_no, "label": label,
                      "gradcam_lower_half": lower_half_share(res["gradcam"][0])})
     fig.suptitle(f"Grad-CAM on {ex.layer_name}", fontsize=9)
