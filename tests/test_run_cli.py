@@ -14,10 +14,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from maskd.classifier import Classifier
 from maskd.config import DetectorConfig
-from maskd.demo import DemoSource
+from maskd.demo import DemoSource, astronaut_bgr, draw_mask
 from maskd.detectors import make_detector
 from maskd.pipeline import judge_faces
 from maskd.tracking import iou
@@ -281,3 +282,63 @@ def test_detection_switched_off_at_run_time(default_model):
     assert sink.events == [] and all(f[1] == 0 for f in obs.frames)
     assert svc.pipeline.stats["faces"] == 0 and svc.frames == 30
     assert all(s["detect_enabled"] is False for s in sink.states)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_demo_source_plays_the_clip_once_or_looping():
+    from maskd.config import SourceConfig
+    from maskd.sources import open_source
+
+    src = open_source(SourceConfig(kind="demo"))
+    frames = []
+    while (f := src.read()) is not None:
+        frames.append(f)
+    n = src.frames_per_pass
+    assert len(frames) == n == 120 and not src.is_live
+    assert all(f.image.shape == (480, 640, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert [f.seq for f in frames] == list(range(n))
+    assert np.allclose(np.diff([f.timestamp for f in frames]), 1 / src.fps)
+    looped = open_source(SourceConfig(kind="demo", loop=True))
+    seqs = [looped.read().seq for _ in range(n + 5)]
+    assert seqs[-1] == n + 4
+    looped.close()
+    assert looped.read() is None
+
+
+def test_demo_face_is_found_moving_and_growing_and_the_mask_covers_its_lower_half():
+    det = make_detector(DetectorConfig(kind="blazeface"))
+    demo = DemoSource()
+    half = demo.frames_per_pass // 2
+    first, last_bare = det.detect(demo.render(0)), det.detect(demo.render(half - 1))
+    assert len(first) == 1 and len(last_bare) == 1
+    (a,), (b,) = first, last_bare
+    assert (b.box[0] + b.box[2]) / 2 - (a.box[0] + a.box[2]) / 2 > 50  # it moves ...
+    assert (b.box[2] - b.box[0]) > 1.1 * (a.box[2] - a.box[0])  # ... and comes closer
+    photo = astronaut_bgr()
+    (face,) = det.detect(photo)
+    x0, y0, x1, y1 = (int(c) for c in face.box)
+    diff = np.abs(photo.astype(int) - draw_mask(photo).astype(int)).mean(axis=2)
+    h = y1 - y0
+    lower, upper = diff[y0 + h // 2:y1, x0:x1].mean(), diff[y0:y0 + h // 3, x0:x1].mean()
+    assert lower > 40 and upper < 5, (lower, upper)
+
+
+@pytest.mark.parametrize("detector", ["blazeface", "yunet"])
+def test_quickstart_demo_gives_exactly_one_violation(tmp_path, default_model, detector, request):
+    extra = ["--detector", detector]
+    if detector == "yunet":
+        extra += ["--detector-model", str(request.getfixturevalue("yunet_model"))]
+    r = maskd("run", "--source", "demo", "--exit-at-end", "--jsonl", "-", "--annotate",
+              str(tmp_path / "demo"), "--model", str(default_model), *extra)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    kinds = [e["event_type"] for e in lines]
+    assert kinds.count("start") == 1 and kinds.count("end") == 1, lines
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert len({e["event_id"] for e in lines}) == 1
+    half = DemoSource().frames_per_pass // 2
+    assert lines[0]["frame_seq"] < half  # started while bare-faced
+    assert lines[-1]["end_reason"] in ("masked", "gone") and lines[-1]["top_score"] >= 0.7
+    assert len(list((tmp_path / "demo").glob("camera-*.mp4"))) == 1
