@@ -643,12 +643,73 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def plot(res: dict[str, Any], folder: Path) -> list[Path]:
+    """Bar charts of the per-face and end-to-end sections (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    stamp = (f"{res['machine']['cpu']}, {res['machine']['cores']} cores, load "
+             f"{res['machine']['loadavg_start'][0] if res['machine']['loadavg_start'] else '?'}")
+    face = res.get("face")
+    if face and face["rows"]:
+        rows = face["rows"]
+        labels = [f"{r['name']}\n({r['threads']} thr)" if r["runtime"] != "keras" else r["name"]
+                  for r in rows]
+        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+        ax.barh(range(len(rows)), [r["median_ms"] for r in rows], color=[
+            "#c44e52" if r["runtime"] == "keras" else "#4c72b0" for r in rows])
+        for i, r in enumerate(rows):
+            txt = f"{r['median_ms']:.1f} ms"
+            if r.get("speedup_vs_keras_predict"):
+                txt += f"  ({r['speedup_vs_keras_predict']:.1f}x)"
+            ax.text(r["median_ms"] * 1.05, i, txt, va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlim(min(r["median_ms"] for r in rows) / 2, max(r["median_ms"] for r in rows) * 4)
+        ax.set_xlabel("median ms per face (log scale); (speed-up over Keras predict)")
+        ax.set_title(f"Per-face classifier latency, {face['input_size']} px\n{stamp}", fontsize=9)
+        fig.tight_layout()
+        written.append(folder / "bench_face.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    e2e = res.get("e2e")
+    if e2e and e2e.get("rows"):
+        rows = e2e["rows"]
+        fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.4))
+        ax.barh(range(len(rows)), [r["fps"] for r in rows], color=[
+            "#c44e52" if r["name"].startswith("seed") else "#4c72b0" for r in rows])
+        for i, r in enumerate(rows):
+            txt = f"{r['fps']:.1f} fps"
+            if r.get("speedup_vs_seed"):
+                txt += f"  ({r['speedup_vs_seed']:.1f}x)"
+            ax.text(r["fps"] * 1.02, i, txt, va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("frames per second (ratio to the seed-style pipeline)")
+        ax.set_title(f"End to end, {e2e['frames']} frames {e2e['size']}\n{stamp}", fontsize=9)
+        ax.set_xlim(0, max(r["fps"] for r in rows) * 1.3)
+        fig.tight_layout()
+        written.append(folder / "bench_e2e.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sections", default=",".join(ALL_SECTIONS),
                    help=f"comma list of {', '.join(ALL_SECTIONS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="few repeats, 320x240 only, short clip")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' = stdout)")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write bench_face.png / bench_e2e.png here")
     p.add_argument("--model", type=Path, default=INT8_MODEL, help="int8 .tflite")
     p.add_argument("--float-model", type=Path, default=FLOAT_MODEL, help="float32 .tflite")
     p.add_argument("--edgetpu-model", type=Path, default=EDGETPU_MODEL, help="EdgeTPU-compiled .tflite")
@@ -714,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(res, indent=1, default=float) + "\n")
+    if args.plot:
+        try:
+            for p in plot(res, args.plot):
+                print(f"wrote {p}", file=sys.stderr)
+        except ImportError:
+            print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
     return 0
 
 
