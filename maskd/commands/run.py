@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = run_config(args)
-    except ConfigError as err:
+    except startup_errors() as err:
         print(f"maskd run: {err}", file=sys.stderr)
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
