@@ -583,7 +583,7 @@ class MqttSink:
         self._client.publish(self.topics.discovery, _dumps(cfg), qos=1, retain=True)
 
     def _publish_stats(self) -> None:
-        msg = {**self._loop_stats, **self.health(), "time": time.time()}
+        msg = {**self.health(), **self._loop_stats, "time": time.time()}
         self._client.publish(self.topics.stats, _dumps(msg), qos=0)
 
     # ---- the publisher thread: the only place events are published ----

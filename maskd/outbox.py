@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
     created REAL NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created);
 """
 
 
@@ -62,6 +63,8 @@ class Outbox:
         self.max_events = max_events
         self.max_age_s = max_age_s
         self.dropped = 0  # rows discarded by the bounds since this process started
+        self._unlogged_age = self._unlogged_count = 0
+        self._last_drop_log = float("-inf")
         self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
             return db
         except sqlite3.OperationalError as err:
             raise OutboxError(f"outbox {self.path}: {err}") from None
@@ -176,17 +179,28 @@ class Outbox:
                 ).rowcount
                 self._count -= n_count
             self.dropped += n_age + n_count
-        if n_age:
+        self._report_drops(n_age, n_count)
+        return n_age + n_count
+
+    def _report_drops(self, n_age: int, n_count: int) -> None:
+        """One warning per minute at most: a full outbox during a long outage drops on every put."""
+        self._unlogged_age += n_age
+        self._unlogged_count += n_count
+        now = time.monotonic()
+        if not (self._unlogged_age or self._unlogged_count) or now - self._last_drop_log < 60:
+            return
+        if self._unlogged_age:
             log.warning(
                 "outbox: dropped %d event(s) older than %.0f s that the broker never acknowledged",
-                n_age, self.max_age_s,
+                self._unlogged_age, self.max_age_s,
             )
-        if n_count:
+        if self._unlogged_count:
             log.warning(
                 "outbox: full (%d events); dropped the %d oldest unacknowledged event(s)",
-                self.max_events, n_count,
+                self.max_events, self._unlogged_count,
             )
-        return n_age + n_count
+        self._unlogged_age = self._unlogged_count = 0
+        self._last_drop_log = now
 
     def close(self) -> None:
         with self._lock:
