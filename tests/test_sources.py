@@ -232,3 +232,76 @@ def test_picamera2_missing_is_a_clear_error():
         pass
     with pytest.raises(SourceError, match="python3-picamera2"):
         open_source(SourceConfig(kind="picamera2"))
+
+
+def test_real_opencv_capture_that_vanishes_and_comes_back(clip: Path, tmp_path: Path, caplog):
+    """A stream-like OpenCV source (here a clip file) ends, disappears, reappears: frames resume."""
+    from maskd.sources import opencv_opener
+
+    cfg = SourceConfig(uri=str(clip))
+    src = LiveSource("cam", opencv_opener(str(clip), cfg), reopen_min_s=0.01, reopen_max_s=0.05)
+    first = [src.read() for _ in range(6)]
+    assert [f.seq for f in first] == list(range(6))
+    hidden = tmp_path / "hidden.avi"
+    clip.rename(hidden)  # the 'device' is gone: the next read fails, reopening fails
+
+    def bring_back():
+        time.sleep(0.3)
+        hidden.rename(clip)
+
+    t = threading.Thread(target=bring_back)
+    t.start()
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        again = src.read()
+    t.join()
+    src.close()
+    assert again is not None and again.seq == 6
+    assert np.array_equal(again.image, first[0].image)
+    assert src.stats["read_errors"] == 1 and src.stats["reopens"] >= 2
+    assert "cannot open" in caplog.text and "reopened" in caplog.text
+
+
+def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
+    """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
+    import sys
+    import types
+
+    calls = {}
+
+    class FakePicamera2:
+        @staticmethod
+        def global_camera_info():
+            return [{"Model": "imx708"}]
+
+        def create_video_configuration(self, main, controls):
+            calls["main"], calls["controls"] = main, controls
+            return {"main": main}
+
+        def configure(self, config):
+            calls["configured"] = config
+
+        def start(self):
+            calls["started"] = True
+
+        def capture_array(self, stream):
+            time.sleep(0.01)  # blocks until the next frame, like the real one
+            w, h = calls["main"]["size"]
+            return np.full((h, w, 3), 9, np.uint8)
+
+        def stop(self):
+            calls["stopped"] = True
+
+        def close(self):
+            calls["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    src = open_source(SourceConfig(kind="auto", width=320, height=240, fps=10))
+    try:
+        assert src.name == "picamera2"
+        f = src.read()
+        assert f.image.shape == (240, 320, 3) and f.image[0, 0, 0] == 9
+        assert calls["main"] == {"size": (320, 240), "format": "RGB888"}
+        assert calls["controls"] == {"FrameRate": 10.0}
+    finally:
+        src.close()
+    assert calls.get("stopped") and calls.get("closed")
