@@ -95,6 +95,8 @@ def test_gradcam_lower_half_and_predicted_class(bright_model):
     # The other class is pushed down by brightness: nothing positive to show for it.
     other = ex.explain(_square(24, 12), classes=np.array([0]))
     assert other["gradcam"][0].max() == 0.0
+    # Every class's map comes from the same pass; the chosen one is picked from it.
+    assert np.array_equal(other["per_class"][0, 1], low["gradcam"][0])
 
 
 def test_seed_head_gets_no_plain_cam():
