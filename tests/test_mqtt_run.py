@@ -4,6 +4,11 @@ mosquitto, the subscriber's view checked against the same run's JSON lines."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -82,4 +87,52 @@ def test_broker_down_exits_75_and_the_next_start_delivers(tmp_path, scenes_dir, 
         got = [m.json() for m in sub.messages]
         assert dedup(got) == [(e["event_id"], e["seq"]) for e in lines]
         assert all(e["buffered"] for e in got)
+        sub.close()
+
+
+def test_killed_daemon_leaves_last_will_and_restart_restores_retained_state(tmp_path,
+                                                                           default_model):
+    """The real daemon on the looping demo source: SIGKILL -> LWT; restart -> retained state."""
+    state = tmp_path / "state"
+
+    def start(b: Broker) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--device-id", DEVICE,
+             "--camera", "entrance", "--mqtt", b.url, "--state-dir", str(state),
+             "--model", str(default_model), "--detector", "blazeface"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def last(sub: Subscriber, topic: str, payload: bytes, timeout: float = 60) -> bool:
+        return sub.wait(lambda ms: [m.payload for m in ms if m.topic == topic][-1:] == [payload],
+                        timeout)
+
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, ["maskd/#"])
+        proc = start(b)
+        try:
+            assert last(sub, f"{BASE}/status", b"online"), "daemon never came online"
+            assert sub.wait_topic(f"{CAM}/state", timeout=60)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert last(sub, f"{BASE}/status", b"offline", 15), "no last will after SIGKILL"
+            t_restart = time.monotonic()
+            proc = start(b)
+            assert last(sub, f"{BASE}/status", b"online")
+            fresh = Subscriber(b, ["maskd/#"])
+            assert fresh.wait_topic(f"{CAM}/detect/state")
+            retained = {m.topic: m.payload for m in fresh.messages if m.retain}
+            assert retained[f"{BASE}/status"] == b"online"
+            assert retained[f"{CAM}/violation/active"] in (b"ON", b"OFF")
+            assert json.loads(retained[f"{BASE}/status/detail"])["previous_stop"] == "unclean"
+            assert time.monotonic() - t_restart < 60
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert last(fresh, f"{BASE}/status", b"offline", 10)
+            assert fresh.on(f"{BASE}/status/detail")[-1].json()["clean"] is True
+            assert last(fresh, f"{CAM}/violation/active", b"OFF", 10)
+            fresh.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
         sub.close()
