@@ -264,6 +264,7 @@ class MqttSink:
         self._stop = threading.Event()
         self._acked = threading.Condition()  # notified when acknowledged rows leave the outbox
         self._open_events: set[str] = set()
+        self._active_lock = threading.RLock()
         self._snapshots: OrderedDict[int, bytes] = OrderedDict()
         self._snap_lock = threading.Lock()
         self._last_state_t = float("-inf")
@@ -403,13 +404,14 @@ class MqttSink:
                     self._snapshots[row_id] = jpeg
                     while len(self._snapshots) > MAX_SNAPSHOTS:
                         self._snapshots.popitem(last=False)
-        was_active = bool(self._open_events)
-        if event.event_type == "end":
-            self._open_events.discard(event.event_id)
-        else:
-            self._open_events.add(event.event_id)
-        if bool(self._open_events) != was_active and self._connected:
-            self._publish_active()
+        with self._active_lock:  # so a reconnect's re-publish cannot overtake this change
+            was_active = bool(self._open_events)
+            if event.event_type == "end":
+                self._open_events.discard(event.event_id)
+            else:
+                self._open_events.add(event.event_id)
+            if bool(self._open_events) != was_active and self._connected:
+                self._publish_active()
         self._q.put(("wake", None))
 
     def flush(self, timeout: float) -> bool:
@@ -570,8 +572,9 @@ class MqttSink:
     # ---- retained state ----
 
     def _publish_active(self) -> None:
-        self._client.publish(self.topics.active, "ON" if self._open_events else "OFF",
-                             qos=1, retain=True)
+        with self._active_lock:
+            self._client.publish(self.topics.active, "ON" if self._open_events else "OFF",
+                                 qos=1, retain=True)
 
     def _publish_detect_state(self) -> None:
         self._client.publish(self.topics.detect_state,

@@ -306,6 +306,20 @@ def test_tls_client_cert_and_password(tmp_path, monkeypatch):
         sub.close()
 
 
+def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog):
+    tls = make_ca(tmp_path / "ca")
+    other = make_ca(tmp_path / "other-ca")
+    with Broker(tmp_path / "b", tls=tls) as b:
+        cfg = cfg_for(b, tmp_path / "state", ca_file=other.ca)
+        with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+            sink = MqttSink.from_config(cfg)
+            time.sleep(1.5)
+            assert not sink.connected
+            sink.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "certificate verify failed" in errors[0].lower(), errors
+
+
 def test_wrong_password_is_a_clear_error_and_retried(tmp_path, caplog):
     pw = tmp_path / "pw"
     pw.write_text("wrong-horse\n")
