@@ -342,3 +342,31 @@ def test_quickstart_demo_gives_exactly_one_violation(tmp_path, default_model, de
     assert lines[0]["frame_seq"] < half  # started while bare-faced
     assert lines[-1]["end_reason"] in ("masked", "gone") and lines[-1]["top_score"] >= 0.7
     assert len(list((tmp_path / "demo").glob("camera-*.mp4"))) == 1
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_command_line_overrides_the_config_file(tmp_path):
+    from maskd.cli import build_parser
+    from maskd.commands.run import run_config
+    from maskd.config import ConfigError
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("device_id: lobby\nsource:\n  kind: images\n  uri: /srv/in\n  fps: 5\n"
+                        "classifier:\n  threads: 3\n")
+    args = build_parser().parse_args(
+        ["run", "--config", str(cfg_file), "--source", "rtsp://cam/1", "--camera", "door",
+         "--mqtt", "mqtt://broker:1883", "--state-dir", str(tmp_path), "--jsonl", "-",
+         "--annotate", str(tmp_path / "a"), "--loop", "--detector", "blazeface"])
+    cfg = run_config(args)
+    assert (cfg.device_id, cfg.camera) == ("lobby", "door")
+    assert (cfg.source.kind, cfg.source.uri, cfg.source.fps, cfg.source.loop) == (
+        "auto", "rtsp://cam/1", 5.0, True)
+    assert cfg.classifier.threads == 3 and cfg.detector.kind == "blazeface"
+    assert cfg.mqtt.url == "mqtt://broker:1883" and cfg.state_dir == tmp_path
+    assert cfg.jsonl.path == "-" and cfg.preview.annotate_dir == tmp_path / "a"
+    demo = run_config(build_parser().parse_args(["run", "--config", str(cfg_file), "--source", "demo"]))
+    assert (demo.source.kind, demo.source.uri) == ("demo", None)
+    with pytest.raises(ConfigError, match="camera"):
+        run_config(build_parser().parse_args(["run", "--camera", "front door"]))
