@@ -86,15 +86,20 @@ def test_end_to_end_and_frame_sections(default_model, scenes_dir, yunet_model, t
     pytest.importorskip("keras")
     out = tmp_path / "bench.json"
     r = run_bench(["--quick", "--sections", "frame,e2e", "--frames", "6", "--detectors", "yunet",
-                   "--json", str(out)])
+                   "--clips", "scenes,demo", "--json", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     frame = res["frame"]["rows"]
     assert {row["mode"] for row in frame} == {"plain", "upscale x2", "tiles 2x2"}
     assert all(row["median_ms"] > 0 for row in frame)
-    e2e = res["e2e"]
-    assert e2e["frames"] == 6
-    names = [row["name"] for row in e2e["rows"]]
-    assert names[0].startswith("seed-style") and any("no classification cache" in n for n in names)
-    for row in e2e["rows"]:
-        assert row["fps"] > 0 and row["speedup_vs_seed"] > 0
+    clips = res["e2e"]["clips"]
+    assert len(clips) == 2
+    for e2e in clips:
+        assert e2e["frames"] == 6
+        names = [row["name"] for row in e2e["rows"]]
+        assert names[0].startswith("seed-style") and any("no classification cache" in n for n in names)
+        for row in e2e["rows"]:
+            assert row["fps"] > 0 and row["speedup_vs_seed"] > 0
+    # The demo clip is one person in full view: both pipelines see the face in every frame.
+    demo = {row["name"]: row for row in clips[1]["rows"]}
+    assert all(row["faces"] >= 5 for row in demo.values())

@@ -24,7 +24,6 @@ only the TFLite runtime and OpenCV are needed for the maskd parts.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -175,10 +174,19 @@ def demo_frames(n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
 # --------------------------------------------------------------------------- per face
 
 
-def newest_keras_model() -> Path | None:
-    """The most recent Keras model under runs/ (tools/train.py writes them there)."""
-    found = [Path(p) for p in glob.glob(str(REPO / "runs" / "**" / "*.keras"), recursive=True)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+def keras_model_for(tflite: Path) -> Path | None:
+    """The Keras model a .tflite was converted from (its sidecar says), when it is here.
+
+    Same weights on both sides keeps the Keras-vs-TFLite comparison about the runtime only.
+    """
+    try:
+        src = json.loads(tflite.with_suffix(".json").read_text())["source"]["keras_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for p in (Path(src), REPO / src):
+        if p.is_file():
+            return p
+    return None
 
 
 def load_keras(path: Path | None, size: int, notes: list[str]) -> tuple[Any, str] | None:
@@ -194,7 +202,8 @@ def load_keras(path: Path | None, size: int, notes: list[str]) -> tuple[Any, str
     base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
     x = keras.layers.GlobalAveragePooling2D()(base.output)
     out = keras.layers.Dense(2, activation="softmax")(x)
-    notes.append("no Keras model under runs/: Keras rows use an untrained MobileNetV2 of the same shape")
+    notes.append("no Keras model for the int8 model here (its sidecar's source.keras_model): "
+                 "Keras rows use an untrained MobileNetV2 of the same shape")
     return keras.Model(base.input, out), "untrained MobileNetV2 + GAP + Dense(2) (same shape)"
 
 
@@ -235,7 +244,7 @@ def bench_face(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
 
     size = size or 224
     if not args.no_keras:
-        loaded = load_keras(args.keras or newest_keras_model(), size, notes)
+        loaded = load_keras(args.keras or keras_model_for(args.model), size, notes)
         if loaded is not None:
             model, desc = loaded
             from maskd.classifier import preprocess
@@ -396,7 +405,7 @@ def bench_macs(args: argparse.Namespace, face: dict[str, Any] | None, notes: lis
         if ref is not None:
             out["mobilenetv2_224_macs"] = ref
             out["mobilenetv2_224_source"] = "MobileNetV2-224 base (no top), from its Keras layers"
-            keras_model = args.keras or newest_keras_model()
+            keras_model = args.keras or keras_model_for(args.model)
             loaded = load_keras(keras_model, size, []) if keras_model else None
             if loaded is not None:
                 out["keras_count"] = {"model": loaded[1], "macs": keras_macs(loaded[0])}
@@ -487,23 +496,38 @@ def _run_clip(process: Callable[[int, np.ndarray], Any], frames: list[np.ndarray
 
 
 def bench_e2e(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
-    """The same clip through maskd (cache on/off, two detectors) and the seed-style pipeline."""
+    """Each clip through maskd (cache on/off, two detectors) and the seed-style pipeline."""
+    keras_model = None
+    if not args.no_keras:
+        keras_model = load_keras(args.keras or keras_model_for(args.model), 224, notes)
+    return {"clips": [bench_clip(kind, args, keras_model, notes) for kind in args.clips]}
+
+
+def bench_clip(kind: str, args: argparse.Namespace, keras_model: tuple[Any, str] | None,
+               notes: list[str]) -> dict[str, Any]:
+    """One clip, same frames for every pipeline: fps, faces found, faces classified."""
     from maskd.config import Config
-    from maskd.detectors import make_detector
+    from maskd.detectors import find_yunet_model, make_detector
     from maskd.pipeline import Pipeline
     from maskd.types import Frame
 
-    got = clip_or_note((640, 480), args.frames, notes)
+    size = (640, 480)
+    if kind == "demo":
+        try:
+            got: tuple[list[np.ndarray], str] | None = demo_frames(args.frames, size)
+        except Exception as err:  # noqa: BLE001 - no scikit-image
+            notes.append(f"demo clip skipped: {err}")
+            got = None
+    else:
+        got = clip_or_note(size, args.frames, notes)
     if got is None:
-        return {"rows": [], "frames": 0, "size": "640x480", "clip": "none"}
+        return {"rows": [], "frames": 0, "size": "640x480", "clip": kind}
     frames, clip = got
     rows: list[dict[str, Any]] = []
+    result = {"rows": rows, "frames": len(frames), "size": "640x480", "clip": clip}
     if not args.model.is_file():
         notes.append(f"end-to-end maskd rows skipped: {_rel(args.model)} not found")
-        return {"rows": rows, "frames": len(frames), "size": "640x480", "clip": clip}
-
-    from maskd.detectors import find_yunet_model
-
+        return result
     # maskd's own choice: YuNet when its model is around, else BlazeFace (detector kind auto).
     main_det = "yunet" if (find_yunet_model() or YUNET_SHARED.is_file()) else "blazeface"
     label = {"yunet": "YuNet", "blazeface": "BlazeFace"}[main_det]
@@ -528,28 +552,22 @@ def bench_e2e(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
         rows.append({"name": name, "fps": n / seconds, "ms_per_frame": 1000 * seconds / n,
                      "faces": st["faces"], "classified": st["classified"], "cached": st["cached"],
                      "small_faces": st["small_faces"]})
-    seed = _seed_row(args, frames, notes)
+    seed = _seed_row(keras_model, frames, notes) if keras_model is not None else None
     if seed is not None:
         rows.insert(0, seed)
         for r in rows:
             r["speedup_vs_seed"] = r["fps"] / seed["fps"]
-    return {"rows": rows, "frames": len(frames), "size": "640x480", "clip": clip}
+    return result
 
 
-def _seed_row(args: argparse.Namespace, frames: list[np.ndarray], notes: list[str]
+def _seed_row(keras_model: tuple[Any, str], frames: list[np.ndarray], notes: list[str]
               ) -> dict[str, Any] | None:
-    if args.no_keras:
-        notes.append("seed-style pipeline skipped (--no-keras)")
-        return None
     if not SSD_PB.is_file():
         notes.append(f"seed-style pipeline skipped: {SSD_PB} not found")
         return None
-    loaded = load_keras(args.keras or newest_keras_model(), 224, notes)
-    if loaded is None:
-        return None
     from seedstyle import SeedPipeline
 
-    seed = SeedPipeline(loaded[0], SSD_PB)
+    seed = SeedPipeline(keras_model[0], SSD_PB)
     seconds, st = _run_clip(lambda i, f: seed.process(f), frames, seed.stats)
     n = len(frames)
     return {"name": "seed-style (ResNet-10 SSD + Keras predict per face)", "fps": n / seconds,
@@ -651,12 +669,13 @@ def render(res: dict[str, Any]) -> str:
         parts.append(table("Per frame (detector only)", ["detector", "size", "mode", "median ms", "fps", "faces"],
                            [[r["detector"], r["size"], r["mode"], r["median_ms"], r["fps"], r["faces"]]
                             for r in frame["rows"]]))
-    e2e = res.get("e2e")
-    if e2e and e2e.get("rows"):
-        parts.append(table(f"End to end ({e2e['frames']} frames {e2e['size']}, {e2e['clip']})",
-                           ["pipeline", "fps", "ms/frame", "faces", "classified", "x vs seed"],
-                           [[r["name"], r["fps"], r["ms_per_frame"], r["faces"], r.get("classified"),
-                             r.get("speedup_vs_seed")] for r in e2e["rows"]]))
+    for e2e in res.get("e2e", {}).get("clips", []):
+        if e2e["rows"]:
+            parts.append(table(f"End to end ({e2e['frames']} frames {e2e['size']}, {e2e['clip']})",
+                               ["pipeline", "fps", "ms/frame", "faces", "classified", "cached",
+                                "x vs seed"],
+                               [[r["name"], r["fps"], r["ms_per_frame"], r["faces"], r.get("classified"),
+                                 r.get("cached"), r.get("speedup_vs_seed")] for r in e2e["rows"]]))
     est = res.get("estimates")
     if est:
         parts.append(table("ESTIMATES for other devices (published figures, not measured here)",
@@ -707,8 +726,9 @@ def plot(res: dict[str, Any], folder: Path) -> list[Path]:
         written.append(folder / "bench_face.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
-    e2e = res.get("e2e")
-    if e2e and e2e.get("rows"):
+    for k, e2e in enumerate(res.get("e2e", {}).get("clips", [])):
+        if not e2e["rows"]:
+            continue
         rows = e2e["rows"]
         fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.4))
         ax.barh(range(len(rows)), [r["fps"] for r in rows], color=[
@@ -721,10 +741,11 @@ def plot(res: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("frames per second (ratio to the seed-style pipeline)")
-        ax.set_title(f"End to end, {e2e['frames']} frames {e2e['size']}\n{stamp}", fontsize=9)
+        ax.set_title(f"End to end, {e2e['frames']} frames {e2e['size']}: {e2e['clip']}\n{stamp}",
+                     fontsize=9)
         ax.set_xlim(0, max(r["fps"] for r in rows) * 1.3)
         fig.tight_layout()
-        written.append(folder / "bench_e2e.png")
+        written.append(folder / f"bench_e2e_{k + 1}.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     return written
@@ -736,15 +757,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma list of {', '.join(ALL_SECTIONS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="few repeats, 320x240 only, short clip")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' = stdout)")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write bench_face.png / bench_e2e.png here")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write bench_face.png / bench_e2e_N.png here")
     p.add_argument("--model", type=Path, default=INT8_MODEL, help="int8 .tflite")
     p.add_argument("--float-model", type=Path, default=FLOAT_MODEL, help="float32 .tflite")
     p.add_argument("--edgetpu-model", type=Path, default=EDGETPU_MODEL, help="EdgeTPU-compiled .tflite")
-    p.add_argument("--keras", type=Path, default=None, help="Keras model (default: newest runs/**/*.keras)")
+    p.add_argument("--keras", type=Path, default=None,
+                   help="Keras model (default: the one the int8 model's sidecar names, when present)")
     p.add_argument("--no-keras", action="store_true", help="skip Keras rows even when TF is installed")
     p.add_argument("--detectors", default="yunet,blazeface,opencv-ssd",
                    help="comma list for the per-frame section (a .tflite path = a TFLite SSD)")
-    p.add_argument("--frames", type=int, default=None, help="clip length for e2e (default 150, quick 30)")
+    p.add_argument("--frames", type=int, default=None, help="clip length for e2e (default 120, quick 30)")
+    p.add_argument("--clips", default=None,
+                   help="e2e clips: scenes (scenes-dev photos, panned), demo (maskd's demo clip); "
+                        "default scenes,demo (quick: scenes)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     args = p.parse_args(argv)
@@ -756,7 +781,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.repeats = args.repeats if args.repeats is not None else (15 if args.quick else 100)
     args.frame_repeats = max(5, args.repeats // 4)
-    args.frames = args.frames or (30 if args.quick else 150)
+    args.frames = args.frames or (30 if args.quick else 120)
+    args.clips = [c.strip() for c in (args.clips or ("scenes" if args.quick else "scenes,demo")).split(",")
+                  if c.strip()]
+    if set(args.clips) - {"scenes", "demo"}:
+        p.error("--clips takes scenes and/or demo")
     return args
 
 
