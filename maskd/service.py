@@ -25,6 +25,7 @@ from maskd.annotate import draw_verdicts
 from maskd.config import Config
 from maskd.events import JsonlSink, Violations
 from maskd.pipeline import FrameResult, Pipeline
+from maskd.preview import header_text
 from maskd.sources import Source, open_source
 from maskd.types import EventSink, Frame, FrameObserver, RunControl, Verdict, ViolationEvent
 
@@ -60,8 +61,7 @@ class ClipWriter:
                                            self.fps, (w, h))
             if not self._writer.isOpened():
                 raise OSError(f"{self.path}: OpenCV cannot write an mp4v clip here")
-        header = f"{stats.get('fps', 0.0):.1f} fps | {stats.get('active', 0)} active"
-        self._writer.write(draw_verdicts(frame.image, verdicts, self.threshold, header))
+        self._writer.write(draw_verdicts(frame.image, verdicts, self.threshold, header_text(stats)))
         self.frames += 1
 
     def close(self) -> None:
