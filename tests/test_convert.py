@@ -1,0 +1,148 @@
+"""The offline chain on real parts: dedupe/split of the real set, Keras -> TFLite float32/int8
+conversion, pre-processing parity (TFLite via maskd.classifier vs Keras via the training
+pipeline, same real images), and tools/evaluate.py on the converted models.
+
+The model is the real architecture (MobileNetV2 1.0 from the shared ImageNet weights, at
+96 px to stay fast) with an untrained, seeded head: its outputs vary from image to image,
+so a pre-processing mismatch would show.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, shared_path
+
+pytest.importorskip("tensorflow")
+sys.path.insert(0, str(REPO / "tools"))
+
+import convert  # noqa: E402
+import dataset  # noqa: E402
+import evaluate  # noqa: E402
+import train  # noqa: E402
+
+from maskd.classifier import Classifier, preprocess  # noqa: E402
+from maskd.images import load_image_rgb  # noqa: E402
+
+SIZE = 96
+N_PER_CLASS = 12
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> dict:
+    """A run folder as train.py leaves it (model.keras, split.json, record.json), converted."""
+    data = shared_path("data/facemask-4095")
+    weights = shared_path("pretrained/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5")
+    run = tmp_path_factory.mktemp("run")
+    items, _ = dataset.dedupe(dataset.scan(data))
+    items = dataset.limit_per_class(items, N_PER_CLASS, seed=3)
+    parts = dataset.stratified_split(items, val=0.25, test=0.25, seed=3)
+    split = {"root": str(data), "labels": dataset.LABELS, "fingerprint": dataset.fingerprint(items),
+             **{k: [[it.rel, it.label] for it in v] for k, v in parts.items()}}
+    dataset.save_split(split, run / "split.json")
+    model, _ = train.build_model(SIZE, 1.0, str(weights), seed=0)
+    model.save(run / "model.keras")
+    (run / "record.json").write_text(json.dumps({"labels": dataset.LABELS, "data": {
+        "fingerprint": split["fingerprint"]}}))
+    out = run / "tflite"
+    rc = convert.main([str(run / "model.keras"), "--out", str(out), "--formats", "float32,int8",
+                       "--calibration-images", "10", "--name", "tiny"])
+    assert rc == 0
+    paths, labels = dataset.subset_files(split, "test")
+    paths += dataset.subset_files(split, "val")[0]
+    return {"run": run, "out": out, "model": model, "split": split, "paths": paths}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_conversion_writes_models_with_sidecars(tiny_run: dict) -> None:
+    out = tiny_run["out"]
+    for kind in ("float32", "int8"):
+        model = out / f"tiny_{kind}.tflite"
+        side = json.loads((out / f"tiny_{kind}.json").read_text())
+        assert model.stat().st_size > 100_000
+        assert side["labels"] == ["mask", "no_mask"] and side["input_size"] == SIZE
+        assert side["quantization"] == kind
+        assert side["normalization"]["scale"] == pytest.approx(1 / 127.5)
+    int8 = json.loads((out / "tiny_int8.json").read_text())
+    assert int8["input_dtype"] == "uint8" and int8["all_integer_ops"] is True
+    assert int8["calibration"]["images"] == 10
+    report = convert.op_report(out / "tiny_int8.tflite")
+    assert report["all_integer"] and report["output"]["dtype"] == "uint8"
+    assert not convert.op_report(out / "tiny_float32.tflite")["all_integer"]
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_training_pipeline_input_equals_runtime_preprocess(tiny_run: dict) -> None:
+    """What train.py feeds the network (no augmentation) is exactly maskd's preprocess()."""
+    paths = tiny_run["paths"]
+    x = dataset.load_resized(paths, SIZE)
+    batch, _ = train.make_batches(x, np.zeros(len(x), np.int64), len(x), "none", seed=0)[0]
+    order = train.make_batches(x, np.zeros(len(x), np.int64), len(x), "none", seed=0).order
+    runtime = np.stack([preprocess(load_image_rgb(paths[i]), SIZE) for i in order])
+    np.testing.assert_array_equal(batch, runtime)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_tflite_matches_keras_on_real_images(tiny_run: dict) -> None:
+    paths = tiny_run["paths"]
+    keras_p = tiny_run["model"].predict(np.stack([preprocess(load_image_rgb(p), SIZE) for p in paths]),
+                                        verbose=0)[:, 1]
+    assert keras_p.std() > 0.05  # outputs differ per image, so a mismatch would show
+    crops = [load_image_rgb(p) for p in paths]
+    f32 = Classifier.open(tiny_run["out"] / "tiny_float32.tflite").predict(crops)
+    np.testing.assert_allclose(f32, keras_p, atol=1e-4)
+    int8 = Classifier.open(tiny_run["out"] / "tiny_int8.tflite").predict(crops)
+    # int8 of an untrained head on 10 calibration images: close, not equal.
+    assert np.abs(int8 - keras_p).mean() < 0.08
+    assert np.abs(int8 - keras_p).max() < 0.3
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_evaluate_reports_metrics_agreement_and_files(tiny_run: dict, capsys) -> None:
+    out = tiny_run["run"] / "eval"
+    rc = evaluate.main(["--model", str(tiny_run["out"] / "tiny_float32.tflite"),
+                        "--model2", str(tiny_run["run"] / "model.keras"),
+                        "--split", str(tiny_run["run"] / "split.json"), "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "accuracy" in text and "agreement: 1.0000" in text
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n_images"] == len(tiny_run["split"]["test"])
+    m1, m2 = (r["metrics"] for r in report["models"])
+    assert m1["confusion"] == m2["confusion"]
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + report["n_images"]
+    assert (out / "confusion.png").stat().st_size > 1000
+
+
+def test_binary_metrics_no_mask_is_positive() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.4, 0.6])
+    m = evaluate.binary_metrics(y, p)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 1, 2, 1)
+    assert m["precision"] == pytest.approx(0.75) and m["recall"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(5 / 7)
+    assert m["confusion"] == [[2, 1], [1, 3]]
+
+
+@pytest.mark.shared
+def test_dedupe_before_a_stratified_seeded_split(facemask_dir: Path) -> None:
+    items = dataset.scan(facemask_dir)
+    kept, dropped = dataset.dedupe(items)
+    assert len(items) == 4094 and len(dropped) == len(items) - len(kept) > 100
+    assert len({it.sha256 for it in kept}) == len(kept)
+    a = dataset.stratified_split(kept, 0.1, 0.1, seed=42)
+    b = dataset.stratified_split(kept, 0.1, 0.1, seed=42)
+    assert a == b
+    hashes = {k: {it.sha256 for it in v} for k, v in a.items()}
+    assert not (hashes["train"] & hashes["test"]) and not (hashes["train"] & hashes["val"])
+    ratio = {k: sum(it.label for it in v) / len(v) for k, v in a.items()}
+    assert max(ratio.values()) - min(ratio.values()) < 0.01
