@@ -53,8 +53,8 @@ def check_schema(obj: dict, schema: dict = EVENT_SCHEMA) -> None:
 
 def cfg_for(broker: Broker, state_dir: Path, **mqtt) -> Config:
     return Config(device_id="dev1", camera="cam1", state_dir=state_dir,
-                  mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0,
-                                  **mqtt))
+                  mqtt=MqttConfig(**{"url": broker.url, "reconnect_min_s": 0.2,
+                                     "reconnect_max_s": 1.0, **mqtt}))
 
 
 def wait_until(pred, timeout: float = 10.0) -> bool:  # noqa: ANN001
@@ -285,6 +285,43 @@ def test_sigkill_with_pending_events_delivers_after_restart(broker, tmp_path):
     got = events(sub)
     assert dedup(got) == want
     assert all(e["buffered"] for e in got)
+    sub.close()
+
+
+def test_repeated_disconnects_during_a_burst_keep_order_and_completeness(broker, tmp_path):
+    """Kick the sink off the broker (client-id takeover) five times while it publishes."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    sub = Subscriber(broker, [f"{CAM}/violation"])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", reconnect_min_s=0.05,
+                                        reconnect_max_s=0.2))
+    assert wait_until(lambda: sink.connected)
+    evs = script("b", 150, 2)  # 600 messages
+
+    def produce() -> None:
+        for ev in evs:
+            sink.emit(ev)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    for _ in range(5):
+        time.sleep(0.2)
+        intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="maskd-dev1-cam1")
+        intruder.connect("127.0.0.1", broker.port)
+        intruder.loop(0.2)
+        intruder.disconnect()
+    producer.join()
+    assert sink.flush(30)
+    assert sink.health()["reconnects"] >= 3
+    sink.close()
+    want = [(e.event_id, e.seq) for e in evs]
+    assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= len(want), 10)
+    got = events(sub)
+    assert dedup(got) == want
+    assert any(e["buffered"] for e in got)  # some were replayed across a reconnect
     sub.close()
 
 
