@@ -1,0 +1,160 @@
+"""maskd.classifier: pure pre-processing, model/sidecar errors, the EdgeTPU error path, and
+the shipped models on real images of the internal test split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO
+
+import maskd.classifier as C
+from maskd.classifier import Classifier, ModelError, default_model_path, preprocess, sidecar_path
+from maskd.images import load_image_rgb
+
+SPLIT = REPO / "models" / "maskd_mobilenetv2_split.json"
+
+
+def test_preprocess_scales_to_minus_one_one() -> None:
+    img = np.zeros((50, 70, 3), np.uint8)
+    img[:, :, 1] = 255
+    x = preprocess(img, 32)
+    assert x.shape == (32, 32, 3) and x.dtype == np.float32
+    assert np.allclose(x[..., 0], -1.0) and np.allclose(x[..., 1], 1.0)
+    assert preprocess(np.full((32, 32, 3), 127, np.uint8), 32)[0, 0, 0] == pytest.approx(-0.5 / 127.5, abs=1e-6)
+
+
+def test_preprocess_resizes_like_opencv_area_down_linear_up() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    want_big = cv2.resize(big, (96, 96), interpolation=cv2.INTER_AREA)
+    want_small = cv2.resize(small, (96, 96), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(C.resize_square(big, 96), want_big)
+    np.testing.assert_array_equal(C.resize_square(small, 96), want_small)
+    np.testing.assert_allclose(preprocess(big, 96), want_big / 127.5 - 1.0, atol=1e-6)
+
+
+def test_preprocess_rejects_non_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess(np.zeros((10, 10), np.uint8), 32)
+
+
+def test_default_model_path_and_env_override(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(C.MODEL_DIR_ENV, raising=False)
+    assert default_model_path() == REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    monkeypatch.setenv(C.MODEL_DIR_ENV, str(tmp_path))
+    assert default_model_path() == tmp_path / "maskd_mobilenetv2_int8.tflite"
+    with pytest.raises(ModelError, match="not found.*MASKD_MODEL_DIR"):
+        Classifier.open(None)
+
+
+def test_missing_model_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"nope\.tflite: model file not found"):
+        Classifier.open(tmp_path / "nope.tflite")
+
+
+def test_edgetpu_sidecar_falls_back_to_the_int8_one(tmp_path: Path) -> None:
+    (tmp_path / "m_int8.json").write_text("{}")
+    assert sidecar_path(tmp_path / "m_int8_edgetpu.tflite") == tmp_path / "m_int8.json"
+    assert sidecar_path(tmp_path / "m_int8.tflite") == tmp_path / "m_int8.json"
+
+
+def _copy_model(src: Path, dst_dir: Path, sidecar: dict | None) -> Path:
+    dst = dst_dir / src.name
+    shutil.copy(src, dst)
+    if sidecar is not None:
+        dst.with_suffix(".json").write_text(json.dumps(sidecar))
+    return dst
+
+
+def test_missing_or_bad_sidecar(default_model: Path, tmp_path: Path) -> None:
+    good = json.loads(sidecar_path(default_model).read_text())
+    with pytest.raises(ModelError, match="sidecar .* is missing"):
+        Classifier.open(_copy_model(default_model, tmp_path, None))
+    with pytest.raises(ModelError, match="labels must include"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "labels": ["a", "b"]}))
+    with pytest.raises(ModelError, match="does not match the sidecar's input_size"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "input_size": 123}))
+
+
+def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(C.EDGETPU_LIB)
+        pytest.skip("libedgetpu is installed here; the missing-library path cannot be shown")
+    except OSError:
+        pass
+    with pytest.raises(ModelError, match=r"libedgetpu\.so\.1 is not installed.*without --edgetpu"):
+        Classifier.open(default_model, edgetpu=True)
+
+
+def test_edgetpu_library_without_device_is_a_clear_error(monkeypatch) -> None:
+    """The library loads but no Coral is plugged in: load_delegate raises ValueError."""
+    monkeypatch.setattr(C.ctypes, "CDLL", lambda name: object())
+
+    def no_device(name):
+        raise ValueError(f"Failed to load delegate from {name}")
+
+    with pytest.raises(ModelError, match="no Coral device could be opened"):
+        C.edgetpu_delegate(no_device)
+
+
+def test_shipped_sidecar_describes_the_model(default_model: Path) -> None:
+    clf = Classifier.open(default_model)
+    assert clf.labels == ["mask", "no_mask"] and clf.input_size in (96, 128, 160, 224)
+    assert clf.info.raw["quantization"] == "int8" and clf.info.raw["all_integer_ops"] is True
+    assert clf.path == default_model
+
+
+def test_predict_any_crop_size(default_model: Path) -> None:
+    clf = Classifier.open(default_model, threads=1)
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((8, 8, 3), (300, 120, 3), (224, 224, 3))]
+    p = clf.predict(crops)
+    assert p.shape == (3,) and p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
+    assert clf.predict([]).shape == (0,)
+
+
+def _test_split(n_per_class: int | None = None) -> tuple[list[Path], np.ndarray]:
+    if not SPLIT.exists():
+        pytest.skip(f"{SPLIT} not shipped yet")
+    split = json.loads(SPLIT.read_text())
+    root = Path(split["root"])
+    if not root.is_dir():
+        from conftest import shared_path
+
+        root = shared_path("data/facemask-4095")
+    rows = split["test"]
+    if n_per_class:
+        rows = [r for r in rows if r[1] == 0][:n_per_class] + [r for r in rows if r[1] == 1][:n_per_class]
+    return [root / rel for rel, _ in rows], np.array([lab for _, lab in rows])
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_shipped_int8_on_the_internal_test_split(default_model: Path) -> None:
+    """The model card's promise: int8 accuracy >= 0.99 on the held-out split."""
+    paths, labels = _test_split()
+    p = Classifier.open(default_model).predict([load_image_rgb(q) for q in paths])
+    acc = float(((p >= 0.5) == (labels == 1)).mean())
+    assert acc >= 0.99, acc
+
+
+@pytest.mark.shared
+def test_shipped_int8_agrees_with_float32(default_model: Path) -> None:
+    f32 = default_model.with_name("maskd_mobilenetv2_float32.tflite")
+    if not f32.exists():
+        pytest.skip(f"{f32} not shipped")
+    paths, labels = _test_split(n_per_class=20)
+    crops = [load_image_rgb(q) for q in paths]
+    a = Classifier.open(default_model).predict(crops)
+    b = Classifier.open(f32).predict(crops)
+    assert ((a >= 0.5) == (b >= 0.5)).mean() >= 0.95
+    assert np.abs(a - b).mean() < 0.03
+    assert ((b >= 0.5) == (labels == 1)).mean() >= 0.95
