@@ -271,10 +271,12 @@ class MqttSink:
         self._last_state: dict | None = None
         self._loop_stats: dict = {}
         self.reconnects = 0
+        self._connected_at = 0.0
+        self._short_sessions = 0  # consecutive connections that lasted < 5 s
         self.published = 0
         self._last_fail_log: tuple[str, float] = ("", 0.0)
 
-        client_id = f"maskd-{device_id}-{camera}"
+        client_id = self.client_id = f"maskd-{device_id}-{camera}"
         c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         # paho reports every idle loop while disconnected as an error; the meaningful
         # connection events are logged here, so its own chatter goes to DEBUG.
@@ -509,6 +511,7 @@ class MqttSink:
             # outbox instead, so it is sent once and in order.
             client.drop_out_messages()
             self._gen += 1
+            self._connected_at = time.monotonic()
             self._connected = True
         self._last_fail_log = ("", 0.0)
         log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
@@ -543,8 +546,16 @@ class MqttSink:
         self._connected = False
         if was and not self._closing:
             self.reconnects += 1
-            log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the outbox",
-                        self._url, reason_code)
+            # A broker drops the older of two clients with the same id, so two devices
+            # sharing device_id + camera knock each other off in a loop.
+            short = time.monotonic() - self._connected_at < 5.0
+            self._short_sessions = self._short_sessions + 1 if short else 0
+            hint = ""
+            if self._short_sessions == 3:
+                hint = (f"; connections keep dropping right away: is another client using the "
+                        f"client id {self.client_id!r}? (device_id must be unique)")
+            log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the "
+                        "outbox%s", self._url, reason_code, hint)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         self._q.put(("ack", mid))  # no locks here: paho holds its own while calling us

@@ -288,13 +288,15 @@ def test_sigkill_with_pending_events_delivers_after_restart(broker, tmp_path):
     sub.close()
 
 
-def test_repeated_disconnects_during_a_burst_keep_order_and_completeness(broker, tmp_path):
+def test_repeated_disconnects_during_a_burst_keep_order_and_completeness(broker, tmp_path,
+                                                                        caplog):
     """Kick the sink off the broker (client-id takeover) five times while it publishes."""
     import threading
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
     sub = Subscriber(broker, [f"{CAM}/violation"])
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", reconnect_min_s=0.05,
                                         reconnect_max_s=0.2))
@@ -316,6 +318,7 @@ def test_repeated_disconnects_during_a_burst_keep_order_and_completeness(broker,
     producer.join()
     assert sink.flush(30)
     assert sink.health()["reconnects"] >= 3
+    assert "another client using the client id 'maskd-dev1-cam1'" in caplog.text
     sink.close()
     want = [(e.event_id, e.seq) for e in evs]
     assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= len(want), 10)
