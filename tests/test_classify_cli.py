@@ -1,0 +1,81 @@
+"""The `maskd classify` contract, run as a real process on real images and a broken file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _classify(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskd", "classify", *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path, facemask_dir: Path) -> Path:
+    """tmp/{mask/, no_mask/deeper/, broken.jpg, notes.txt} with real images of both classes."""
+    root = tmp_path / "imgs"
+    (root / "mask").mkdir(parents=True)
+    (root / "no_mask" / "deeper").mkdir(parents=True)
+    for src in sorted((facemask_dir / "with_mask").glob("*.jpg"))[:3]:
+        shutil.copy(src, root / "mask" / src.name)
+    for src in sorted((facemask_dir / "without_mask").glob("*.jpg"))[:3]:
+        shutil.copy(src, root / "no_mask" / "deeper" / src.name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("not an image, not even looked at")
+    return root
+
+
+@pytest.mark.shared
+def test_folder_json_lines_with_a_broken_file(default_model: Path, image_tree: Path) -> None:
+    res = _classify(str(image_tree), "--model", str(default_model), "--json")
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(recs) == 7  # 6 images + the broken one; notes.txt is not an image name
+    broken = [r for r in recs if "error" in r]
+    assert len(broken) == 1 and broken[0]["path"] == str(image_tree / "broken.jpg")
+    assert "broken.jpg" in broken[0]["error"]
+    ok = [r for r in recs if "error" not in r]
+    for r in ok:
+        assert set(r) == {"path", "label", "no_mask"}
+        assert 0.0 <= r["no_mask"] <= 1.0
+        assert r["label"] == ("no_mask" if r["no_mask"] >= 0.5 else "mask")
+        assert Path(r["path"]).is_file()
+    truth = {r["path"]: "/no_mask/" in r["path"] for r in ok}
+    correct = sum((r["label"] == "no_mask") == truth[r["path"]] for r in ok)
+    assert correct >= 5, ok  # a trained model gets (nearly) all of six clear faces right
+
+
+@pytest.mark.shared
+def test_default_model_and_paths_as_given(default_model: Path, image_tree: Path) -> None:
+    one = next((image_tree / "mask").iterdir())
+    rel = one.relative_to(image_tree)
+    res = _classify(str(rel), "--json", cwd=image_tree)  # no --model: the shipped default
+    assert res.returncode == 0, res.stderr
+    (rec,) = [json.loads(line) for line in res.stdout.splitlines()]
+    assert rec["path"] == str(rel)
+    explicit = _classify(str(one), "--model", str(default_model), "--json")
+    assert json.loads(explicit.stdout)["no_mask"] == rec["no_mask"]
+
+
+@pytest.mark.shared
+def test_nothing_classified_exits_1(default_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    res = _classify(str(bad), str(tmp_path / "missing.jpg"), "--model", str(default_model), "--json")
+    assert res.returncode == 1
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [set(r) for r in recs] == [{"path", "error"}] * 2
+    assert "no such file" in recs[1]["error"]
+
+
+def test_missing_model_exits_2_with_a_message(tmp_path: Path) -> None:
+    res = _classify(str(tmp_path), "--model", str(tmp_path / "none.tflite"), "--json")
+    assert res.returncode == 2
+    assert "none.tflite: model file not found" in res.stderr
+    assert res.stdout == ""
