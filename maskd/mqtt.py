@@ -309,6 +309,11 @@ class MqttSink:
     def from_config(
         cls, cfg: Config, control: RunControl | None = None, model_name: str | None = None
     ) -> MqttSink:
+        """The run loop's constructor; ``model`` in events defaults to the classifier file's name."""
+        if model_name is None:
+            from maskd.classifier import default_model_path
+
+            model_name = Path(cfg.classifier.model or default_model_path()).name
         return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name)
 
     # ---- configuration checks (clear messages before anything starts) ----

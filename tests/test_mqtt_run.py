@@ -48,6 +48,7 @@ def test_run_on_a_clip_publishes_documented_events(tmp_path, scenes_dir, yunet_m
         for e, line in zip(got, lines, strict=True):
             check_schema(e)
             assert e["device_id"] == DEVICE and e["camera"] == "entrance"
+            assert e["model"] == default_model.name
             for key in ("event_type", "track_id", "start_time", "end_time", "box", "end_reason",
                         "score", "top_score"):
                 assert e[key] == line[key], key
