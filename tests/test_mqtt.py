@@ -81,6 +81,11 @@ def expected(tag: str, violations: int, updates: int) -> list[tuple[str, int]]:
     return [(e.event_id, e.seq) for e in script(tag, violations, updates)]
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
 @pytest.fixture
 def broker(tmp_path):
     with Broker(tmp_path / "broker") as b:
@@ -328,8 +333,7 @@ def test_repeated_disconnects_during_a_burst_keep_order_and_completeness(broker,
     sub.close()
 
 
-def test_tls_client_cert_and_password(tmp_path, monkeypatch):
-    tls = make_ca(tmp_path / "ca")
+def test_tls_client_cert_and_password(tmp_path, monkeypatch, tls):
     with Broker(tmp_path / "b", users={"maskd": "s3cret"}, tls=tls, require_client_cert=True) as b:
         sub = Subscriber(b, [f"{CAM}/violation"], username="maskd", password="s3cret",
                          client_cert=True)
@@ -346,8 +350,7 @@ def test_tls_client_cert_and_password(tmp_path, monkeypatch):
         sub.close()
 
 
-def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog):
-    tls = make_ca(tmp_path / "ca")
+def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog, tls):
     other = make_ca(tmp_path / "other-ca")
     with Broker(tmp_path / "b", tls=tls) as b:
         cfg = cfg_for(b, tmp_path / "state", ca_file=other.ca)
