@@ -68,13 +68,15 @@ class Notifier:
 
     def send(self, *lines: str) -> bool:
         """Send ``KEY=value`` lines as one datagram; False (logged once per failure) when it failed."""
-        if self._sock is None or self.address is None:
+        if self._sock is None or self.address is None or not lines:
             return False
         try:
-            self._sock.sendto("\n".join(lines).encode(), socket_address(self.address))
+            # MSG_DONTWAIT: a full socket queue must not stall the detection loop.
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT,
+                              socket_address(self.address))
             return True
         except OSError as err:
-            # systemd gone or socket path wrong: never let that take the loop down.
+            # systemd gone, queue full or socket path wrong: never let that take the loop down.
             log.warning("sd_notify to %s failed: %s", self.address, err)
             return False
 
@@ -131,16 +133,17 @@ class SystemdNotifier:
         lines: list[str] = []
         if not self._ready:
             lines.append("READY=1")
-            self._ready = True
-        if self.watchdog_every_s is not None and (
-            self._last_ping is None or now - self._last_ping >= self.watchdog_every_s
-        ):
+        ping = self.watchdog_every_s is not None and (
+            self._last_ping is None or now - self._last_ping >= self.watchdog_every_s)
+        if ping:
             lines.append("WATCHDOG=1")
-            self._last_ping = now
         if lines or self._last_status is None or now - self._last_status >= STATUS_INTERVAL_S:
             lines.append(f"STATUS={status_text(stats)}")
-            self._last_status = now
-        self._notifier.send(*lines)
+            if self._notifier.send(*lines):  # on failure, try again with the next frame
+                self._ready = True
+                self._last_status = now
+                if ping:
+                    self._last_ping = now
 
     def close(self) -> None:
         self._notifier.send("STOPPING=1", "STATUS=stopping")

@@ -1,0 +1,160 @@
+"""sd_notify: a test-owned notify socket sees READY, WATCHDOG while frames flow, and no WATCHDOG after."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from maskd.notify import Notifier, SystemdNotifier, socket_address, status_text, watchdog_interval_s
+from maskd.types import Frame
+
+
+class NotifySocket:
+    """What systemd does: a bound AF_UNIX datagram socket; collects the messages."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(socket_address(address))
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self, wait: float = 0.05) -> list[dict[str, str]]:
+        got = []
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            got.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+        self.messages += got
+        return got
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    s = NotifySocket(str(tmp_path / "notify.sock"))
+    yield s
+    s.close()
+
+
+FRAME = Frame(np.zeros((4, 4, 3), np.uint8), 0, 0.0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_socket_address_and_watchdog_env():
+    assert socket_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert socket_address("@abc") == b"\0abc"
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not ours
+    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+    assert watchdog_interval_s({}) is None
+
+
+def test_status_text():
+    assert status_text({"fps": 14.96, "active": 1}) == "15.0 fps, 1 active violation"
+    assert status_text({"fps": 3.0, "active": 0}) == "3.0 fps, 0 active violations"
+    assert status_text({}) == "running"
+
+
+def test_nothing_without_notify_socket():
+    n = SystemdNotifier(env={"WATCHDOG_USEC": "1000000"})
+    assert not n.enabled
+    n.on_frame(FRAME, [], {"fps": 1.0})
+    n.close()
+
+
+def test_ready_watchdog_status_stopping(notify_socket):
+    clock = FakeClock()
+    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"},
+                        clock=clock)
+    assert n.enabled and n.watchdog_every_s == 1.0
+    n.status("opening camera")
+    assert notify_socket.drain() == [{"STATUS": "opening camera"}]
+
+    n.on_frame(FRAME, [], {"fps": 0.0, "active": 0})
+    first = notify_socket.drain()
+    assert first == [{"READY": "1", "WATCHDOG": "1", "STATUS": "0.0 fps, 0 active violations"}]
+
+    # frames flow for 3 s at 10 fps: READY never again, WATCHDOG once per half period
+    for _ in range(30):
+        clock.t += 0.1
+        n.on_frame(FRAME, [], {"fps": 10.0, "active": 1})
+    msgs = notify_socket.drain()
+    assert not any("READY" in m for m in msgs)
+    pings = [m for m in msgs if "WATCHDOG" in m]
+    assert len(pings) == 3
+    assert all(m["STATUS"] == "10.0 fps, 1 active violation" for m in pings)
+
+    # frames stop: the notifier has no timer of its own, so no WATCHDOG until frames come back
+    clock.t += 10.0
+    time.sleep(0.3)
+    assert notify_socket.drain() == []
+    n.on_frame(FRAME, [], {"fps": 2.0})
+    assert notify_socket.drain()[0]["WATCHDOG"] == "1"
+
+    n.close()
+    assert notify_socket.drain() == [{"STOPPING": "1", "STATUS": "stopping"}]
+
+
+def test_status_refresh_without_watchdog(notify_socket):
+    clock = FakeClock()
+    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address}, clock=clock)
+    assert n.watchdog_every_s is None
+    for _ in range(120):  # 12 s at 10 fps
+        clock.t += 0.1
+        n.on_frame(FRAME, [], {"fps": 10.0, "active": 0})
+    msgs = notify_socket.drain()
+    assert msgs[0]["READY"] == "1" and not any("WATCHDOG" in m for m in msgs)
+    assert 2 <= len(msgs) <= 4  # STATUS at most every 5 s, not per frame
+    n.close()
+
+
+def test_abstract_namespace_socket():
+    name = f"@maskd-test-{uuid.uuid4().hex}"
+    s = NotifySocket(name)
+    try:
+        n = SystemdNotifier(env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"})
+        n.on_frame(FRAME, [], {"fps": 5.0})
+        assert s.drain()[0]["READY"] == "1"
+        n.close()
+    finally:
+        s.close()
+
+
+def test_socket_gone_does_not_raise(tmp_path):
+    n = Notifier(str(tmp_path / "missing.sock"))
+    assert n.send("READY=1") is False
+    n.close()
+
+
+def test_full_socket_queue_never_blocks_the_loop(notify_socket):
+    clock = FakeClock()
+    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000"},
+                        clock=clock)
+    t0 = time.perf_counter()
+    for _ in range(2000):  # nobody reads: the datagram queue fills up after a few
+        clock.t += 0.01
+        n.on_frame(FRAME, [], {"fps": 100.0})
+    assert time.perf_counter() - t0 < 5.0
+    assert notify_socket.drain()[0]["READY"] == "1"
+    n.close()
