@@ -54,6 +54,7 @@ class Notifier:
     def __init__(self, address: str | None) -> None:
         self.address = address
         self._sock: socket.socket | None = None
+        self._failing = False  # log a failure once, not per frame
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -67,18 +68,23 @@ class Notifier:
         return self._sock is not None
 
     def send(self, *lines: str) -> bool:
-        """Send ``KEY=value`` lines as one datagram; False (logged once per failure) when it failed."""
+        """Send ``KEY=value`` lines as one datagram; False when it failed (logged once per streak)."""
         if self._sock is None or self.address is None or not lines:
             return False
         try:
             # MSG_DONTWAIT: a full socket queue must not stall the detection loop.
             self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT,
                               socket_address(self.address))
-            return True
         except OSError as err:
             # systemd gone, queue full or socket path wrong: never let that take the loop down.
-            log.warning("sd_notify to %s failed: %s", self.address, err)
+            if not self._failing:
+                log.warning("sd_notify to %s failed: %s", self.address, err)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("sd_notify to %s works again", self.address)
+        self._failing = False
+        return True
 
     def close(self) -> None:
         if self._sock is not None:
