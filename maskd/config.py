@@ -7,6 +7,7 @@ the environment behind its back. Every section forbids unknown keys so a typo in
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -151,14 +152,33 @@ class ConfigError(Exception):
     """A config problem, already phrased as one line per bad key."""
 
 
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the section at ``loc`` (so an error can say what is allowed)."""
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<top>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            allowed = _section_keys(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{source}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
+        elif e["type"] == "model_type":
+            lines.append(f"{source}: '{key}' must be a section with keys: "
+                         f"{', '.join(_section_keys(loc))} (got {e.get('input')!r})")
         else:
-            lines.append(f"{source}: '{key}': {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: '{key}': {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
