@@ -6,6 +6,7 @@ but throw away detail; entrance faces are small anyway (scenes-dev median 22 px)
 question is what a size costs on faces as the device sees them.
 
     # train + convert 160/128/96 one after another with tools/train.py and tools/convert.py
+    mkdir -p runs/tradeoff
     nohup python tools/tradeoff.py train --sizes 160,128,96 > runs/tradeoff/train.log 2>&1 &
     # measure every size (int8 .tflite) and write the table, JSON and the Pareto plot
     python tools/tradeoff.py report --split runs/m224/split.json \\
@@ -62,9 +63,13 @@ def train(args: argparse.Namespace) -> int:
     for size in args.sizes:
         out = run_dir(size)
         if not (out / "model.keras").is_file():
+            # train.py's own defaults are the team's recipe; only what is asked for is overridden.
             cmd = [sys.executable, str(TOOLS / "train.py"), "--size", str(size), "--out", str(out),
-                   "--epochs", str(args.epochs), "--fine-tune-epochs", str(args.fine_tune_epochs),
                    "--quiet"]
+            for flag, value in (("--epochs", args.epochs), ("--views", args.views),
+                                ("--fine-tune-epochs", args.fine_tune_epochs)):
+                if value is not None:
+                    cmd += [flag, str(value)]
             print(f"{time.strftime('%H:%M:%S')} training {size}: {' '.join(cmd)}", flush=True)
             if subprocess.call(cmd) != 0:
                 print(f"training {size} failed", flush=True)
@@ -118,7 +123,9 @@ def measure_model(size: int, path: Path, test: tuple[list[Path], np.ndarray],
     record = path.parent.parent / "record.json"
     if record.is_file():
         rec = json.loads(record.read_text())
-        row["epochs"] = f"{rec['params']['epochs']}+{rec['params']['fine_tune_epochs']} fine-tune"
+        prm = rec["params"]
+        row["epochs"] = (f"{prm['epochs']} (views {prm.get('views', '-')}), "
+                         f"+{prm['fine_tune_epochs']} fine-tune")
         row["split_fingerprint"] = rec["data"]["fingerprint"]
     model = open_model(path, threads=2)
     probs, errors, _, keep = run_models([model], test[0])
@@ -267,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train + convert each size (sequentially)")
     t.add_argument("--sizes", default="160,128,96")
-    t.add_argument("--epochs", type=int, default=20, help="head epochs (train.py default: 20)")
-    t.add_argument("--fine-tune-epochs", type=int, default=5)
+    t.add_argument("--epochs", type=int, default=None, help="head epochs (default: train.py's)")
+    t.add_argument("--views", type=int, default=None, help="augmented views (default: train.py's)")
+    t.add_argument("--fine-tune-epochs", type=int, default=None, help="(default: train.py's)")
     r = sub.add_parser("report", help="measure the models; table, JSON, Pareto plot")
     r.add_argument("--sizes", default="160,128,96", help="sizes found under runs/tradeoff/")
     r.add_argument("--model", action="append", default=[], metavar="SIZE=PATH",
