@@ -205,6 +205,9 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # one line: where and what, not PyYAML's multi-line dump
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{p}: not valid YAML{where}: {what}") from None
     return parse_config(data, str(p))

@@ -1,0 +1,53 @@
+"""`maskd check-config FILE`: validate a config the way `maskd run` would, then exit.
+
+Exit 0 and "OK" when valid, else one line per bad key on stderr and exit 78 (EX_CONFIG), the
+status systemd's RestartPreventExitStatus= keys on. Files the config names but that are not
+readable here are warnings only: the service may run as another user or on another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from maskd.config import EX_CONFIG, Config, ConfigError, load_config
+
+
+def referenced_files(cfg: Config) -> dict[str, Path]:
+    """Every file path in the config, by dotted key."""
+    candidates = {
+        "detector.model": cfg.detector.model,
+        "classifier.model": cfg.classifier.model,
+        "mqtt.password_file": cfg.mqtt.password_file,
+        "mqtt.ca_file": cfg.mqtt.ca_file,
+        "mqtt.cert_file": cfg.mqtt.cert_file,
+        "mqtt.key_file": cfg.mqtt.key_file,
+    }
+    return {k: v for k, v in candidates.items() if v is not None}
+
+
+def file_warnings(cfg: Config) -> list[str]:
+    """One line per named file that this user cannot read, and a missing password variable."""
+    out = []
+    for key, path in referenced_files(cfg).items():
+        if not path.is_file():
+            out.append(f"warning: '{key}': {path} does not exist here")
+        elif not os.access(path, os.R_OK):
+            out.append(f"warning: '{key}': {path} is not readable by this user")
+    if cfg.mqtt.password_env and cfg.mqtt.password_env not in os.environ:
+        out.append(f"warning: 'mqtt.password_env': ${cfg.mqtt.password_env} is not set in this shell")
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EX_CONFIG
+    for line in file_warnings(cfg):
+        print(f"{args.config}: {line}", file=sys.stderr)
+    print(f"OK: {args.config}")
+    return 0
