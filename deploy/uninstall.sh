@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Remove the maskd service that deploy/install.sh installed.
+#
+#   sudo deploy/uninstall.sh [--purge] [--dry-run] [--root DIR]
+#
+# Keeps /etc/maskd (your config) and /var/lib/maskd (the MQTT outbox: events not yet delivered)
+# and the "maskd" user unless --purge is given. apt packages are left alone (other software may
+# use them). Safe to run again: what is already gone is reported, not an error.
+#   --purge      also delete /etc/maskd, /var/lib/maskd and the maskd user
+#   --dry-run    print what would be done, change nothing
+#   --root DIR   remove files under DIR instead of /, and only print the system commands
+set -euo pipefail
+
+PREFIX="${PREFIX:-/opt/maskd}"
+MODELS_ROOT=/usr/share/maskd
+SERVICE_USER=maskd
+DRY=0
+ROOT=""
+PURGE=0
+
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+die() { echo "uninstall.sh: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --purge) PURGE=1 ;;
+        --dry-run) DRY=1 ;;
+        --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+done
+
+sys() {
+    if [ "$DRY" = 1 ] || [ -n "$ROOT" ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi
+}
+say() { echo "uninstall.sh: $*"; }
+
+# remove PATH...: delete files or folders under $ROOT; absent ones are reported, not an error.
+remove() {
+    local p
+    for p in "$@"; do
+        if [ -e "$ROOT$p" ] || [ -L "$ROOT$p" ]; then
+            if [ "$DRY" = 1 ]; then echo "would run: rm -rf $ROOT$p"; else rm -rf -- "$ROOT$p"; say "removed $p"; fi
+        else
+            say "already absent: $p"
+        fi
+    done
+}
+
+if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (sudo deploy/uninstall.sh), or try --dry-run"
+fi
+case "$PREFIX" in
+    /?*/?*) ;;  # at least two levels deep, e.g. /opt/maskd
+    *) die "PREFIX=$PREFIX looks wrong (expected e.g. /opt/maskd); refusing to delete it" ;;
+esac
+
+if [ -e "$ROOT/etc/systemd/system/maskd.service" ]; then
+    sys systemctl disable --now maskd.service
+fi
+remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules \
+    /usr/local/bin/maskd "$PREFIX" "$MODELS_ROOT"
+sys systemctl daemon-reload
+sys udevadm control --reload-rules
+
+if [ "$PURGE" = 1 ]; then
+    remove /etc/maskd /var/lib/maskd
+    if getent passwd "$SERVICE_USER" >/dev/null; then
+        sys userdel "$SERVICE_USER"
+    else
+        say "user $SERVICE_USER already absent"
+    fi
+else
+    say "kept /etc/maskd (config), /var/lib/maskd (undelivered events) and user $SERVICE_USER; --purge removes them"
+fi

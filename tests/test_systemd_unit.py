@@ -1,0 +1,82 @@
+"""The shipped unit: `systemd-analyze verify` clean, and the promises the docs make about it."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "maskd.service"
+ANALYZE = shutil.which("systemd-analyze")
+SYSTEM_UNITS = Path("/usr/lib/systemd/system")
+
+
+def directives() -> dict[str, list[str]]:
+    """'Section.Key' -> values (a key may repeat)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(f"{section}.{key}", []).append(value)
+    return out
+
+
+@pytest.mark.skipif(ANALYZE is None or not SYSTEM_UNITS.is_dir(), reason="needs systemd-analyze")
+def test_systemd_analyze_verify_is_clean(tmp_path):
+    # A throw-away root holding the unit, the system's own units it depends on, and an
+    # executable where install.sh puts maskd, so verify checks everything but the real Pi.
+    root = tmp_path / "root"
+    exe = root / exec_start_path().relative_to("/")
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(UNIT, root / "etc/systemd/system/maskd.service")
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    r = subprocess.run([ANALYZE, "verify", "--man=no", f"--root={root}", "maskd.service"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def exec_start_path() -> Path:
+    return Path(directives()["Service.ExecStart"][0].split()[0])
+
+
+def test_unit_promises():
+    d = directives()
+    one = {k: v[-1] for k, v in d.items()}
+    assert one["Service.Type"] == "notify" and "Service.WatchdogSec" in one
+    assert one["Service.Restart"] == "on-failure"
+    assert "78" in one["Service.RestartPreventExitStatus"].split()
+    assert one["Service.User"] == "maskd"
+    assert set(one["Service.SupplementaryGroups"].split()) == {"video", "plugdev"}
+    assert one["Service.ConfigurationDirectory"] == "maskd" and one["Service.StateDirectory"] == "maskd"
+    for key in ["NoNewPrivileges", "ProtectHome", "PrivateTmp"]:
+        assert one[f"Service.{key}"] == "yes", key
+    assert one["Service.ProtectSystem"] == "strict"
+    assert set(one["Service.RestrictAddressFamilies"].split()) <= {"AF_UNIX", "AF_INET", "AF_INET6",
+                                                                     "AF_NETLINK"}
+    assert "Service.PrivateDevices" not in one, "PrivateDevices hides the camera and the Coral"
+    # the command line the installer lays down
+    assert one["Service.ExecStart"] == "/opt/maskd/.venv/bin/maskd run --config /etc/maskd/config.yaml"
+    install = (REPO / "deploy" / "install.sh").read_text()
+    assert 'VENV="$PREFIX/.venv"' in install and 'PREFIX="${PREFIX:-/opt/maskd}"' in install
+    assert "/etc/maskd/config.yaml" in install
+
+
+def test_unit_parses_as_ini():
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment]
+    cp.read(UNIT)
+    assert cp.sections() == ["Unit", "Service", "Install"]
+    assert cp["Install"]["WantedBy"] == "multi-user.target"
