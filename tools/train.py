@@ -225,7 +225,7 @@ class EpochLog:
         self.rows: list[dict] = []
         self.path = path
         self.total = total_epochs
-        self.t0 = time.time()
+        self.seconds: list[float] = []
         log = self
 
         class _CB(keras.callbacks.Callback):
@@ -252,8 +252,9 @@ class EpochLog:
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in r.items()})
-        elapsed = time.time() - self.t0
-        eta = elapsed / len(self.rows) * (self.total - len(self.rows))
+        self.seconds.append(seconds)
+        recent = self.seconds[-3:]  # fine-tuning epochs are slower than head epochs
+        eta = sum(recent) / len(recent) * (self.total - len(self.rows))
         print(
             f"epoch {epoch:3d}/{self.total}  loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}  {seconds:5.0f}s  "
