@@ -1,0 +1,447 @@
+"""`maskd doctor`: check everything the service needs, one table line per check with a verdict.
+
+Run it as the service user on the device (`sudo -u maskd maskd doctor`) after installing or when
+something is off: it opens the real camera, loads the real models, talks to the real broker and
+times a few frames, so what it says is what the service will meet. Exit 0 when every required
+check passed, 78 when the config is invalid, 1 when another required check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import importlib.metadata
+import logging
+import os
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+
+OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
+CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
+CAMERA_TIMEOUT_S = 15.0
+BROKER_TIMEOUT_S = 8.0
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    detail: str
+    required: bool = True
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == FAIL and self.required
+
+
+def table(checks: list[Check]) -> str:
+    """Fixed-width table: CHECK | RESULT | DETAIL."""
+    w = max(len("CHECK"), *(len(c.name) for c in checks))
+    lines = [f"{'CHECK':<{w}}  RESULT  DETAIL"]
+    lines += [f"{c.name:<{w}}  {c.verdict:<6}  {c.detail}" for c in checks]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def captured_stderr_fd() -> Iterator[list[str]]:
+    """Collect what native code (TFLite's 'Created ... XNNPACK delegate') writes to fd 2."""
+    out: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+class _LastWarning(logging.Handler):
+    """Remembers the last warning a stage logged (e.g. why the camera did not open)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def in_thread(fn: Callable[[], Any], timeout: float) -> tuple[bool, Any]:
+    """(finished, result or exception) of fn() run in a daemon thread for at most timeout s."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as err:  # noqa: BLE001 - reported as the check's detail
+            box["result"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return (not t.is_alive()), box.get("result")
+
+
+def _err(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+# ---------------------------------------------------------------- the checks
+
+
+class Doctor:
+    def __init__(self, cfg: Config, frames: int) -> None:
+        self.cfg = cfg
+        self.frames = max(1, frames)
+        self.checks: list[Check] = []
+        self.detector: Any = None
+        self.classifier: Any = None
+        self.source: Any = None
+        self.first_frame: Any = None
+
+    def add(self, name: str, verdict: str, detail: str, required: bool = True) -> None:
+        self.checks.append(Check(name, verdict, detail, required))
+
+    def run_all(self) -> list[Check]:
+        for step in (self.state_dir, self.runtime, self.classifier_check, self.edgetpu,
+                     self.detector_check, self.camera, self.broker, self.preview, self.timing):
+            try:
+                step()
+            except Exception as err:  # noqa: BLE001 - one broken check must not hide the rest
+                self.add(step.__name__.removesuffix("_check"), FAIL, f"{type(err).__name__}: {_err(err)}")
+        if self.source is not None:
+            self.source.close()
+        return self.checks
+
+    def state_dir(self) -> None:
+        d = self.cfg.state_dir
+        if not d.is_dir():
+            self.add("state dir", FAIL, f"{d} does not exist (the unit's StateDirectory= creates it; "
+                     "or mkdir it, owned by the service user)")
+            return
+        try:
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
+                pass
+        except OSError as err:
+            self.add("state dir", FAIL, f"{d} is not writable by this user: {err.strerror}")
+            return
+        free = shutil.disk_usage(d).free / 2**20
+        verdict = OK if free >= 100 else WARN
+        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free (MQTT outbox)")
+
+    def runtime(self) -> None:
+        from maskd.classifier import ModelError, _import_runtime
+
+        try:
+            _, _, name = _import_runtime()
+        except ModelError as err:
+            self.add("tflite runtime", FAIL, _err(err))
+            return
+        dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(name, name)
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        self.add("tflite runtime", OK, f"{dist} {version}")
+
+    def classifier_check(self) -> None:
+        from maskd.classifier import Classifier, ModelError, default_model_path
+
+        c = self.cfg.classifier
+        path = c.model or default_model_path()
+        try:
+            with captured_stderr_fd() as native:
+                clf = Classifier.open(c.model, c.threads, c.edgetpu)
+                clf.predict([np.zeros((64, 64, 3), np.uint8)])  # delegates apply on first invoke
+        except ModelError as err:
+            self.add("classifier", FAIL, _err(err))
+            return
+        self.classifier = clf
+        dtype = np.dtype(clf._in["dtype"]).name
+        s = clf.input_size
+        self.add("classifier", OK, f"{Path(path).name}: input {s}x{s}x3 {dtype}, labels "
+                 f"{'/'.join(clf.labels)}, on {clf.runtime}")
+        text = "".join(native)
+        if c.edgetpu:
+            self.add("xnnpack", INFO, "not used: the classifier runs on the EdgeTPU", required=False)
+        elif "XNNPACK" in text:
+            self.add("xnnpack", OK, "XNNPACK CPU delegate applied to the classifier", required=False)
+        else:
+            self.add("xnnpack", WARN, "XNNPACK delegate not reported by the runtime: CPU inference "
+                     "may be slower", required=False)
+
+    def edgetpu(self) -> None:
+        wanted = self.cfg.classifier.edgetpu or self.cfg.detector.edgetpu
+        from maskd.classifier import EDGETPU_LIB
+
+        try:
+            ctypes.CDLL(EDGETPU_LIB)
+            self.add("edgetpu library", OK, f"{EDGETPU_LIB} loads", required=wanted)
+        except OSError:
+            self.add("edgetpu library", FAIL if wanted else INFO,
+                     f"{EDGETPU_LIB} not installed" + ("" if wanted else " (not needed: edgetpu off)"),
+                     required=wanted)
+        found = coral_devices()
+        if found:
+            self.add("edgetpu device", OK, "; ".join(found), required=wanted)
+        else:
+            self.add("edgetpu device", FAIL if wanted else INFO,
+                     "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
+                     + ("" if wanted else " (not needed: edgetpu off)"), required=wanted)
+
+    def detector_check(self) -> None:
+        from maskd.detectors import DetectorError, make_detector
+
+        try:
+            with captured_stderr_fd():
+                det = make_detector(self.cfg.detector)
+        except DetectorError as err:
+            self.add("detector", FAIL, _err(err))
+            return
+        self.detector = det
+        self.add("detector", OK, describe_detector(det))
+
+    def camera(self) -> None:
+        from maskd.sources import SourceError, open_source
+
+        src_cfg = self.cfg.source
+        watcher = _LastWarning()
+        logging.getLogger("maskd.sources").addHandler(watcher)
+        try:
+            try:
+                source = open_source(src_cfg)
+            except SourceError as err:
+                self.add("camera", FAIL, _err(err))
+                return
+            self.source = source
+            t0 = time.perf_counter()
+            done, result = in_thread(source.read, CAMERA_TIMEOUT_S)
+            ms = (time.perf_counter() - t0) * 1e3
+        finally:
+            logging.getLogger("maskd.sources").removeHandler(watcher)
+        name = getattr(source, "name", src_cfg.kind)
+        if not done:
+            why = f": {watcher.last}" if watcher.last else ""
+            self.add("camera", FAIL, f"{name}: no frame within {CAMERA_TIMEOUT_S:.0f} s{why}")
+            return
+        if isinstance(result, BaseException) or result is None:
+            why = _err(result) if isinstance(result, BaseException) else (watcher.last or "source ended")
+            self.add("camera", FAIL, f"{name}: no frame ({why})")
+            return
+        self.first_frame = result
+        h, w = result.image.shape[:2]
+        self.add("camera", OK, f"{name}: {w}x{h} first frame in {ms:.0f} ms")
+
+    def broker(self) -> None:
+        mq = self.cfg.mqtt
+        if not mq.url:
+            self.add("broker", INFO, "mqtt.url not set: events go to the log/jsonl only", required=False)
+            return
+        verdict, detail = probe_broker(self.cfg)
+        self.add("broker", verdict, detail)
+
+    def preview(self) -> None:
+        from maskd.preview import (
+            PreviewUnavailable,
+            opencv_gui_backend,
+            parse_listen,
+            read_fb_geometry,
+        )
+
+        p = self.cfg.preview
+        if p.framebuffer is not None:
+            try:
+                geo = read_fb_geometry(p.framebuffer)
+                geo.pixel_format  # noqa: B018 - raises on unsupported depths
+                writable = os.access(p.framebuffer, os.W_OK)
+                self.add("preview fb", OK if writable else FAIL,
+                         f"{p.framebuffer}: {geo.width}x{geo.height} {geo.pixel_format}"
+                         + ("" if writable else " but not writable (video group?)"))
+            except PreviewUnavailable as err:
+                self.add("preview fb", FAIL, _err(err))
+        if p.window:
+            backend = opencv_gui_backend()
+            self.add("preview window", OK if backend else FAIL,
+                     f"OpenCV GUI: {backend}" if backend else "OpenCV has no GUI support (headless)")
+        if p.http:
+            try:
+                host, port = parse_listen(p.http)
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                with socket.socket(fam) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((host, port))
+                self.add("preview http", OK, f"can listen on {p.http}")
+            except (PreviewUnavailable, OSError) as err:
+                self.add("preview http", FAIL, f"{p.http}: {_err(err)}")
+
+    def timing(self) -> None:
+        if self.detector is None or self.classifier is None or self.first_frame is None:
+            self.add("timing", INFO, "skipped: needs camera, detector and classifier", required=False)
+            return
+        from maskd.pipeline import Pipeline
+
+        pipe = Pipeline(self.cfg, self.detector, self.classifier)
+        ms: dict[str, list[float]] = {"capture": [], "detect": [], "classify": [], "track": []}
+        frame, faces = self.first_frame, 0
+        for i in range(self.frames):
+            if i:
+                t0 = time.perf_counter()
+                done, nxt = in_thread(self.source.read, CAMERA_TIMEOUT_S)
+                if not done or nxt is None or isinstance(nxt, BaseException):
+                    break
+                ms["capture"].append((time.perf_counter() - t0) * 1e3)
+                frame = nxt
+            r = pipe.process(frame)
+            faces += len(r.verdicts)
+            for k in ("detect", "classify", "track"):
+                ms[k].append(r.timings_ms[k])
+        n = len(ms["detect"])
+        # one face crop, so the classifier's cost shows even with nobody in front of the camera
+        crop = np.full((112, 112, 3), 128, np.uint8)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            self.classifier.predict([crop])
+        per_face = (time.perf_counter() - t0) / 5 * 1e3
+        mean = {k: (sum(v) / len(v) if v else 0.0) for k, v in ms.items()}
+        loop = mean["detect"] + mean["classify"] + mean["track"]
+        self.add("timing", OK if n else WARN,
+                 f"{n} frames, mean ms: capture {mean['capture']:.1f}, detect {mean['detect']:.1f}, "
+                 f"classify {mean['classify']:.1f} ({faces} faces), track {mean['track']:.1f}; "
+                 f"classifier {per_face:.1f} ms/face; ~{1000 / max(loop, 1e-3):.0f} fps without capture",
+                 required=False)
+
+
+def describe_detector(det: Any) -> str:
+    """'yunet (file.onnx), input 320x240' for any detector, tiled or not."""
+    inner = getattr(det, "inner", det)
+    name = getattr(inner, "name", type(inner).__name__)
+    path = getattr(inner, "path", None)
+    size = getattr(inner, "input_size", None) or getattr(getattr(inner, "opt", None), "input_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    parts = [name + (f" ({Path(path).name})" if path else "")]
+    if size:
+        parts.append(f"input {size[0]}x{size[1]}")
+    tiles = getattr(det, "tiles", 1)
+    if inner is not det and tiles:
+        parts.append(f"{tiles}x{tiles} tiles")
+    return ", ".join(parts)
+
+
+def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
+    """Coral accelerators present, with whether this user may open them."""
+    found = []
+    for d in sorted(sysfs.glob("*")) if sysfs.is_dir() else []:
+        try:
+            ids = ((d / "idVendor").read_text().strip(), (d / "idProduct").read_text().strip())
+        except OSError:
+            continue
+        if ids in CORAL_USB_IDS:
+            node = dev / "bus/usb" / f"{int((d / 'busnum').read_text()):03d}" / f"{int((d / 'devnum').read_text()):03d}"
+            ok = os.access(node, os.R_OK | os.W_OK)
+            found.append(f"USB {ids[0]}:{ids[1]} at {node}"
+                         + ("" if ok else " NOT accessible (udev rule / plugdev group?)"))
+    if (dev / "apex_0").exists():
+        found.append("PCIe /dev/apex_0" + ("" if os.access(dev / "apex_0", os.R_OK | os.W_OK)
+                                           else " NOT accessible (apex group?)"))
+    return found
+
+
+def probe_broker(cfg: Config) -> tuple[str, str]:
+    """Connect once with the service's credentials and TLS settings; (verdict, detail)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from maskd.mqtt import BrokerUrl
+
+    mq = cfg.mqtt
+    try:
+        url = BrokerUrl.parse(mq.url or "")
+        password = mq.password()
+    except ConfigError as err:
+        return FAIL, _err(err)
+    except OSError as err:
+        return FAIL, f"mqtt.password_file: cannot read {mq.password_file}: {err.strerror or err}"
+    if mq.password_env and password is None:
+        return FAIL, f"mqtt.password_env: ${mq.password_env} is not set for this user"
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"maskd-{cfg.device_id}-doctor",
+                    protocol=mqtt.MQTTv311)
+    if mq.username is not None:
+        c.username_pw_set(mq.username, password)
+    if url.tls:
+        try:
+            c.tls_set(ca_certs=str(mq.ca_file) if mq.ca_file else None,
+                      certfile=str(mq.cert_file) if mq.cert_file else None,
+                      keyfile=str(mq.key_file) if mq.key_file else None,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ValueError) as err:
+            return FAIL, f"TLS files (mqtt.ca_file/cert_file/key_file): {_err(err)}"
+
+    def on_connect(client, userdata, flags, reason_code, properties):  # noqa: ANN001
+        result["rc"] = reason_code
+        done.set()
+
+    c.on_connect = on_connect
+    t0 = time.perf_counter()
+    try:
+        c.connect(url.host, url.port, keepalive=max(5, mq.keepalive_s))
+    except (OSError, ssl.SSLError) as err:
+        return FAIL, f"{url}: cannot connect: {_err(err)}"
+    c.loop_start()
+    try:
+        if not done.wait(BROKER_TIMEOUT_S):
+            return FAIL, f"{url}: no answer to CONNECT within {BROKER_TIMEOUT_S:.0f} s"
+        rc = result["rc"]
+        ms = (time.perf_counter() - t0) * 1e3
+        if rc.is_failure:
+            return FAIL, f"{url}: refused: {rc} (check mqtt.username / password)"
+        who = f"as {mq.username!r}" if mq.username else "anonymously"
+        return OK, f"{url}: connected {who}{' over TLS' if url.tls else ''} in {ms:.0f} ms"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    path = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        print(table([Check("config", FAIL, line) for line in str(err).splitlines()]))
+        return EX_CONFIG
+    checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
+                    f"{DEFAULT_CONFIG_PATH})")]
+    checks += Doctor(cfg, args.frames).run_all()
+    print(table(checks))
+    failed = [c.name for c in checks if c.failed]
+    if failed:
+        print(f"\nrequired checks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

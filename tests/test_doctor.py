@@ -1,0 +1,116 @@
+"""`maskd doctor` against real parts: demo camera, real detector/classifier, a real mosquitto."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Broker
+
+from maskd.commands.doctor import Check, coral_devices, describe_detector, table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def doctor(cfg: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskd", "doctor", "--config", str(cfg), "--frames", "3"],
+                          capture_output=True, text=True, timeout=180, cwd=REPO,
+                          env={**os.environ, **env})
+
+
+def rows(stdout: str) -> dict[str, tuple[str, str]]:
+    out = {}
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["CHECK", "RESULT", "DETAIL"]
+    width = lines[0].index("RESULT")
+    for ln in lines[1:]:
+        name, rest = ln[:width].strip(), ln[width:]
+        verdict, _, detail = rest.partition("  ")
+        out[name] = (verdict.strip(), detail.strip())
+    return out
+
+
+def write_cfg(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n" + text)
+    return cfg
+
+
+@pytest.mark.slow
+def test_all_green_with_real_parts(tmp_path, default_model):
+    with Broker(tmp_path / "broker", users={"door": "s3cret"}) as broker:
+        (tmp_path / "pw").write_text("s3cret\n")
+        cfg = write_cfg(tmp_path, f"classifier: {{model: {default_model}}}\n"
+                        "detector: {kind: blazeface}\n"
+                        f"mqtt: {{url: '{broker.url}', username: door, password_file: {tmp_path / 'pw'}}}\n")
+        r = doctor(cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = rows(r.stdout)
+    for name in ["config", "state dir", "tflite runtime", "classifier", "detector", "camera", "broker",
+                 "timing"]:
+        assert got[name][0] == "OK", (name, got[name])
+    assert "as 'door'" in got["broker"][1]
+    assert "input 128x128" in got["detector"][1] or "input 192x192" in got["detector"][1]
+    assert "demo: 640x480" in got["camera"][1]
+    assert "3 frames" in got["timing"][1] and "ms/face" in got["timing"][1]
+
+
+def test_failures_are_named_and_exit_non_zero(tmp_path):
+    with Broker(tmp_path / "broker", users={"door": "s3cret"}) as broker:
+        cfg = write_cfg(tmp_path, f"classifier: {{model: {tmp_path / 'missing.tflite'}}}\n"
+                        "detector: {kind: blazeface}\n"
+                        f"mqtt: {{url: '{broker.url}', username: door, password_env: DOOR_PW}}\n")
+        r = doctor(cfg, DOOR_PW="wrong")
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = rows(r.stdout)
+    assert got["classifier"] == ("FAIL", f"{tmp_path / 'missing.tflite'}: model file not found")
+    assert got["broker"][0] == "FAIL" and "refused" in got["broker"][1]
+    assert got["camera"][0] == "OK" and got["detector"][0] == "OK"
+    assert got["timing"][0] == "--"
+    assert "required checks failed: classifier, broker" in r.stderr
+
+
+def test_broker_down_and_state_dir_missing(tmp_path):
+    from mqtt_broker import free_port
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'nope'}\nsource: {{kind: demo}}\n"
+                   f"mqtt: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\n")
+    got = rows(doctor(cfg).stdout)
+    assert got["broker"][0] == "FAIL" and "Connection refused" in got["broker"][1]
+    assert got["state dir"][0] == "FAIL" and "does not exist" in got["state dir"][1]
+
+
+def test_bad_config_is_exit_78(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sourse: {}\n")
+    r = doctor(cfg)
+    assert r.returncode == 78
+    assert rows(r.stdout)["config"][0] == "FAIL" and "unknown key 'sourse'" in r.stdout
+
+
+def test_table_and_helpers(tmp_path):
+    text = table([Check("camera", "OK", "fine"), Check("edgetpu device", "--", "none", False)])
+    assert text.splitlines() == ["CHECK           RESULT  DETAIL",
+                                 "camera          OK      fine",
+                                 "edgetpu device  --      none"]
+    # a fake sysfs with a Coral USB in its bootloader id
+    d = tmp_path / "sys" / "1-1"
+    d.mkdir(parents=True)
+    for k, v in {"idVendor": "1a6e", "idProduct": "089a", "busnum": "1", "devnum": "4"}.items():
+        (d / k).write_text(v + "\n")
+    found = coral_devices(tmp_path / "sys", tmp_path / "dev")
+    assert len(found) == 1 and "1a6e:089a" in found[0] and "NOT accessible" in found[0]
+
+    class Inner:
+        name, path, input_size = "yunet", Path("/m/y.onnx"), (320, 240)
+
+    class Tiled:
+        inner, tiles = Inner(), 2
+
+    assert describe_detector(Inner()) == "yunet (y.onnx), input 320x240"
+    assert describe_detector(Tiled()) == "yunet (y.onnx), input 320x240, 2x2 tiles"
