@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +162,42 @@ def test_full_socket_queue_never_blocks_the_loop(notify_socket):
     assert time.perf_counter() - t0 < 5.0
     assert notify_socket.drain()[0]["READY"] == "1"
     n.close()
+
+
+@pytest.mark.slow
+def test_real_maskd_run_pings_while_frames_flow_then_stops(tmp_path, default_model):
+    """`maskd run` under a fake systemd: READY after the first frame, WATCHDOG while the demo
+    clip plays, none once it has ended (the process idles, alive), STOPPING=1 on SIGTERM."""
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    log = tmp_path / "stderr.log"
+    env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--model", str(default_model),
+             "--state-dir", str(tmp_path / "state")],
+            stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while "end of source" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the demo clip did not end in 120 s"
+            sock.drain(0.1)
+        sock.drain(0.3)
+        while_flowing = list(sock.messages)
+        assert [m for m in while_flowing if "READY" in m] == [while_flowing[0]], "READY once, first"
+        pings = [m for m in while_flowing if "WATCHDOG" in m]
+        assert len(pings) >= 3, while_flowing
+        assert any(m.get("STATUS", "").endswith(("active violation", "active violations")) for m in pings)
+
+        # frames stopped, process alive: 15 watchdog periods without a single ping
+        quiet = sock.drain(1.5)
+        assert proc.poll() is None
+        assert not [m for m in quiet if "WATCHDOG" in m], quiet
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert {"STOPPING": "1", "STATUS": "stopping"} in sock.drain(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
