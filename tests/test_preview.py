@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -12,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from mqtt_broker import free_port
 
 from maskd.annotate import GREEN, RED
 from maskd.config import Config
@@ -349,3 +353,31 @@ def test_web_preview_in_a_real_headless_browser(http_preview, tmp_path):
         inside = img[y0 + 10:y1 - 10, x0 + 10:x1 - 10].astype(int)
         assert (np.abs(inside - GREY) < 12).all(axis=2).mean() > 0.95
     assert (img[250:, :] < 10).all(), "below the frame is the page's black background"
+
+
+@pytest.mark.slow
+def test_maskd_run_serves_the_live_view(tmp_path, default_model):
+    """The run loop wires the HTTP preview: a browser-style fetch gets the annotated demo frames."""
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source: {{kind: demo, loop: true}}\npreview: {{http: '127.0.0.1:{port}'}}\n"
+                   f"classifier: {{model: {default_model}}}\nstate_dir: {tmp_path}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        jpeg = None
+        deadline = time.monotonic() + 60
+        while jpeg is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=10).read()
+            except OSError:
+                time.sleep(0.2)
+        assert jpeg is not None, proc.stderr.read() if proc.poll() is not None else "no frame in 60 s"
+        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (480, 640, 3)
+        assert (img[0:12, 0:40] < 40).all(axis=2).mean() > 0.5  # the fps / violations header band
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
