@@ -8,9 +8,11 @@ device's own code path, so these numbers are what the device computes.
     python tools/evaluate.py --model runs/m224/model.keras --model2 models/maskd_mobilenetv2_int8.tflite \
         --split runs/m224/split.json --out runs/m224/eval_int8
     python tools/evaluate.py --model models/maskd_mobilenetv2_int8.tflite --data path/to/class_folders
+    python tools/evaluate.py --model models/maskd_mobilenetv2_int8.tflite --voc ../shared/data/scenes-dev
 
 --split scores one part (default: test) of a split saved by train.py; --data scores every
-file of a folder with one sub-folder per class. --out writes metrics.json, predictions.csv
+file of a folder with one sub-folder per class; --voc scores face crops cut from annotated
+scene photos the way the device cuts a detected face (another source than the training set). --out writes metrics.json, predictions.csv
 and confusion.png (one set per model).
 """
 
@@ -21,6 +23,7 @@ import csv
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +107,58 @@ def open_model(path: Path, threads: int = 2, edgetpu: bool = False):
     raise SystemExit(f"{path}: unknown model type (expected .keras or .tflite)")
 
 
-def run_models(models: list, paths: list[Path], chunk: int = 64) -> tuple[list[np.ndarray], list[str], list[float]]:
+@dataclass(frozen=True)
+class Crop:
+    """A face already cut out of a scene photo (``--voc``)."""
+
+    name: str
+    rgb: np.ndarray = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def voc_crops(root: Path, margin: float, min_px: int) -> tuple[list[Crop], np.ndarray, dict]:
+    """with_mask / without_mask boxes of PASCAL VOC scenes, cut like the device cuts a detection.
+
+    The crop is maskd.pipeline.crop_face (square, ``margin`` per side, edge-padded): the
+    classifier sees what it sees behind the detector. Boxes with a shorter side below
+    ``min_px`` and mask_weared_incorrect boxes are counted and left out.
+    """
+    import xml.etree.ElementTree as ET
+
+    from maskd.pipeline import crop_face
+
+    images = {p.stem: p for p in (root / "images").iterdir()}
+    crops, labels = [], []
+    skipped = {"small": 0, "mask_weared_incorrect": 0, "no_image": 0}
+    for xml in sorted((root / "annotations").glob("*.xml")):
+        tree = ET.parse(xml)
+        img_path = images.get(Path(tree.findtext("filename", "")).stem) or images.get(xml.stem)
+        if img_path is None:
+            skipped["no_image"] += 1
+            continue
+        rgb = load_image_rgb(img_path)
+        for k, obj in enumerate(tree.findall("object")):
+            name = obj.findtext("name")
+            if name not in dataset.FOLDER_LABELS:
+                skipped[name] = skipped.get(name, 0) + 1
+                continue
+            bb = obj.find("bndbox")
+            box = tuple(float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            if min(box[2] - box[0], box[3] - box[1]) < min_px:
+                skipped["small"] += 1
+                continue
+            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin)))
+            labels.append(dataset.LABELS.index(dataset.FOLDER_LABELS[name]))
+    return crops, np.array(labels, dtype=np.int64), skipped
+
+
+def _load(item: Path | Crop) -> np.ndarray:
+    return item.rgb if isinstance(item, Crop) else load_image_rgb(item)
+
+
+def run_models(models: list, paths: list, chunk: int = 64):
     """P(no_mask) per model per readable file; unreadable files are reported and skipped."""
     probs: list[list[float]] = [[] for _ in models]
     seconds = [0.0 for _ in models]
@@ -114,7 +168,7 @@ def run_models(models: list, paths: list[Path], chunk: int = 64) -> tuple[list[n
         crops = []
         for i in range(start, min(start + chunk, len(paths))):
             try:
-                crops.append(load_image_rgb(paths[i]))
+                crops.append(_load(paths[i]))
             except ImageError as err:
                 errors.append(str(err))
                 keep[i] = False
@@ -178,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", type=Path, help="split.json saved by train.py")
     src.add_argument("--data", type=Path, help="folder with one sub-folder per class")
+    src.add_argument("--voc", type=Path,
+                     help="scene photos with PASCAL VOC boxes (images/, annotations/): score "
+                          "the classifier on face crops cut as the device cuts them")
+    p.add_argument("--margin", type=float, default=0.15, help="--voc: crop margin per side")
+    p.add_argument("--min-face-px", type=int, default=24, help="--voc: skip smaller boxes")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
     p.add_argument("--data-root", type=Path, help="with --split: where the dataset lives now")
     p.add_argument("--threshold", type=float, default=0.5, help="no_mask when P(no_mask) >= this")
@@ -190,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         split = dataset.load_split(args.split)
         paths, labels = dataset.subset_files(split, args.subset, args.data_root)
         where = f"{args.split} [{args.subset}] fingerprint {split['fingerprint'][:12]}"
+    elif args.voc:
+        paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px)
+        where = (f"{args.voc} face crops (margin {args.margin}, >= {args.min_face_px} px; "
+                 f"left out: {skipped})")
     else:
         paths, labels = dataset.folder_files(args.data)
         where = str(args.data)

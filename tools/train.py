@@ -97,7 +97,7 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
     """One random variant of an (S, S, 3) uint8 face image, in OpenCV (fast on a busy CPU).
 
     seed: flip, rotation +-15 deg, zoom 0.85..1.2, shift +-8 % in ONE affine warp.
-    device: also a small face blown up from 14..S px, brightness/contrast/white balance,
+    device: also (60 %) a small face blown up from 12..0.75*S px, brightness/contrast/white balance,
     grey (IR-like) frames and JPEG compression, which is what the Pi camera path adds.
     """
     if kind == "none":
@@ -111,8 +111,8 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
                          borderMode=cv2.BORDER_REFLECT_101)
     if kind != "device":
         return img
-    if rng.random() < 0.4:
-        side = int(round(np.exp(rng.uniform(np.log(14), np.log(s)))))
+    if rng.random() < 0.6:
+        side = int(round(np.exp(rng.uniform(np.log(12), np.log(0.75 * s)))))
         small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
         img = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
     x = img.astype(np.float32)
@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # keep ImageNet statistics; small data would wreck them
         fine_tune_start = args.epochs + 1
+        model.load_weights(str(out / "best.weights.h5"))
+        model.save(out / "head_only.keras")  # the frozen-base candidate, kept for comparison
         print(f"[3b/5] fine-tuning base from {args.fine_tune_from}: {args.fine_tune_epochs} epochs",
               flush=True)
         model.compile(optimizer=keras.optimizers.Adam(args.fine_tune_lr), **compile_args)
