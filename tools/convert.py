@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataset  # noqa: E402
 
-from maskd.classifier import SIDECAR_FORMAT, ModelInfo, preprocess  # noqa: E402
+from maskd.classifier import SIDECAR_FORMAT, ModelInfo  # noqa: E402
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -39,14 +39,29 @@ EDGETPU_HELP = (
 )
 
 
-def representative_images(split: dict, size: int, count: int, seed: int, data_root: Path | None):
-    """``count`` train-split images (seeded choice, both classes), preprocessed as on the device."""
+def representative_images(split: dict, size: int, count: int, seed: int, data_root: Path | None,
+                          augmented: float = 0.5):
+    """``count`` train-split images (seeded choice), preprocessed as on the device.
+
+    A fraction ``augmented`` goes through train.py's device-like augmentation first (small
+    blurry faces, JPEG, light): int8 ranges must cover what the camera delivers, not only
+    the clean web photos, or out-of-range activations get clipped on real crops.
+    """
+    from train import augment_image
+
+    from maskd.classifier import normalize, resize_square
+    from maskd.images import load_image_rgb
+
     paths, _ = dataset.subset_files(split, "train", data_root)
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))]
-    from maskd.images import load_image_rgb
-
-    return [preprocess(load_image_rgb(p), size)[None] for p in chosen], chosen
+    out = []
+    for p in chosen:
+        img = resize_square(load_image_rgb(p), size)
+        if rng.random() < augmented:
+            img = augment_image(img, rng, "device")
+        out.append(normalize(img)[None])
+    return out, chosen
 
 
 def export_saved_model(model, size: int, folder: Path) -> None:
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, help="split.json for calibration (default: next to the model)")
     p.add_argument("--data-root", type=Path, help="where the split's dataset lives now")
     p.add_argument("--calibration-images", type=int, default=300, help="train images for int8 ranges")
+    p.add_argument("--calibration-augmented", type=float, default=0.5,
+                   help="fraction of calibration images given train.py's device-like augmentation")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if "int8" in formats:
         split = dataset.load_split(split_path)
         rep, calib = representative_images(split, size, args.calibration_images, args.seed,
-                                           args.data_root)
+                                           args.data_root, args.calibration_augmented)
         print(f"calibration: {len(rep)} train-split images from {split_path}")
 
     keras_sha = hashlib.sha256(args.keras_model.read_bytes()).hexdigest()
@@ -160,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 source={"keras_model": str(args.keras_model), "keras_sha256": keras_sha,
                         "data_fingerprint": record.get("data", {}).get("fingerprint"),
                         "train_params": record.get("params")},
-                calibration=({"split": str(split_path), "images": len(rep), "seed": args.seed}
+                calibration=({"split": str(split_path), "subset": "train", "images": len(rep),
+                              "augmented_fraction": args.calibration_augmented, "seed": args.seed}
                              if kind == "int8" else None),
             )
             out.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")
