@@ -47,6 +47,7 @@ def test_score_image_violation_rules():
     assert (ge["tp"], ge["fp"], ge["fn"]) == (1, 2, 2)
     assert (lt["tp"], lt["fp"], lt["fn"]) == (0, 1, 1)
     assert (al["tp"], al["fp"], al["fn"]) == (1, 3, 3)
+    assert (ge["fp_masked"], ge["fp_unmatched"], ge["fn_missed"]) == (1, 1, 1)
     assert (ge["gt"], ge["found"], lt["gt"], lt["found"]) == (5, 4, 1, 0)
     assert (ge["dets"], ge["dets_matched"], al["dets"]) == (5, 4, 6)
     m = ev.metrics(c)

@@ -19,6 +19,7 @@ Every detected face is classified (``--min-face-px 1``) unless told otherwise.
     python tools/eval_scenes.py --variants yunet-640,blazeface-full --json
     python tools/eval_scenes.py --variants yunet -o score_threshold=0.5 -o input_width=480
     python tools/eval_scenes.py --faces-only             # detectors only, no classifier needed
+    python tools/eval_scenes.py --variants yunet-640 --thresholds 0.5,0.7,0.9   # no_mask cut sweep
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def match(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
 
 
 def _zero() -> dict[str, int]:
-    return {"gt": 0, "found": 0, "dets": 0, "dets_matched": 0, "tp": 0, "fp": 0, "fn": 0}
+    return {"gt": 0, "found": 0, "dets": 0, "dets_matched": 0, "tp": 0, "fp": 0, "fn": 0,
+            "fp_masked": 0, "fp_unmatched": 0, "fn_missed": 0}
 
 
 @dataclass
@@ -154,6 +156,7 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
             c.by[s]["found"] += int(d is not None)
             if label == "without_mask":
                 c.by[s]["tp" if d is not None and det_no_mask[d] else "fn"] += 1
+                c.by[s]["fn_missed"] += int(d is None)
     for d, g in enumerate(m):
         ge = bool(gt_ge[g]) if g >= 0 else bool(det_ge[d])
         for s in subsets(ge):
@@ -161,6 +164,7 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
             c.by[s]["dets_matched"] += int(g >= 0)
             if det_no_mask[d] and (g < 0 or gt_labels[g] == "with_mask"):
                 c.by[s]["fp"] += 1
+                c.by[s]["fp_unmatched" if g < 0 else "fp_masked"] += 1
     return c
 
 
@@ -192,14 +196,18 @@ def variant_config(name: str, overrides: dict[str, str]) -> DetectorConfig:
 
 
 def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier: Any | None,
-             cls_cfg: ClassifierConfig, iou: float, small_px: float) -> dict[str, Any]:
-    """Run one detector (and the classifier) over every scene; totals and timings."""
+             cls_cfg: ClassifierConfig, iou: float, small_px: float,
+             thresholds: list[float] | None = None) -> dict[str, Any]:
+    """Run one detector (and the classifier) over every scene; totals and timings.
+
+    The detections and P(no_mask) are computed once; ``thresholds`` re-score them at other
+    no_mask cuts (``sweep`` in the result) without running the networks again.
+    """
     from maskd.pipeline import judge_faces
 
     detector = make_detector(det_cfg)
-    total = Counts()
+    runs = []  # per image: boxes, detector scores, P(no_mask) (nan when not judged)
     det_s = cls_s = 0.0
-    n_faces = 0
     for sc in scenes:
         image = cv2.imread(str(sc.image), cv2.IMREAD_COLOR)
         if image is None:
@@ -207,23 +215,47 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
         t0 = time.perf_counter()
         faces: list[Face] = detector.detect(image)
         t1 = time.perf_counter()
-        no_mask = [False] * len(faces)
+        p = np.full(len(faces), np.nan)
         if classifier is not None and faces:
             verdicts = judge_faces(image, faces, classifier, cls_cfg.margin, cls_cfg.min_face_px)
-            no_mask = [v.no_mask is not None and v.no_mask >= cls_cfg.threshold for v in verdicts]
+            p = np.array([np.nan if v.no_mask is None else v.no_mask for v in verdicts])
         cls_s += time.perf_counter() - t1
         det_s += t1 - t0
-        n_faces += len(faces)
-        boxes = np.array([f.box for f in faces], np.float64).reshape(-1, 4)
-        scores = np.array([f.score for f in faces])
-        total.add(score_image(sc.boxes, sc.labels, boxes, scores, no_mask, iou, small_px))
-    res = metrics(total)
+        runs.append((np.array([f.box for f in faces], np.float64).reshape(-1, 4),
+                     np.array([f.score for f in faces]), p))
+
+    def score_all(threshold: float) -> dict[str, Any]:
+        total = Counts()
+        for sc, (boxes, scores, p) in zip(scenes, runs, strict=True):
+            no_mask = [bool(v >= threshold) for v in p]  # nan (not judged) is never no_mask
+            total.add(score_image(sc.boxes, sc.labels, boxes, scores, no_mask, iou, small_px))
+        return metrics(total)
+
     n = max(1, len(scenes))
-    cfg = det_cfg.model_dump(mode="json")
-    return {"name": name, "detector": detector.name, "config": cfg, "images": len(scenes),
-            "faces_detected": n_faces, "ms_detect": round(1000 * det_s / n, 2),
-            "ms_classify": round(1000 * cls_s / n, 2) if classifier is not None else None,
-            "subsets": res}
+    out = {"name": name, "detector": detector.name, "config": det_cfg.model_dump(mode="json"),
+           "images": len(scenes), "faces_detected": int(sum(len(r[1]) for r in runs)),
+           "ms_detect": round(1000 * det_s / n, 2),
+           "ms_classify": round(1000 * cls_s / n, 2) if classifier is not None else None,
+           "threshold": cls_cfg.threshold, "subsets": score_all(cls_cfg.threshold)}
+    if classifier is not None and thresholds:
+        out["sweep"] = {f"{t:g}": {s: {k: v for k, v in m.items()
+                                       if k.startswith(("violation", "tp", "fp", "fn"))}
+                                   for s, m in score_all(t).items() if s != "lt"}
+                        for t in thresholds}
+    return out
+
+
+def render_sweep(results: list[dict[str, Any]], small_px: float) -> str:
+    px = f"{small_px:g}"
+    lines = [f"{'variant':<18} {'P(no_mask)>=':>12}  vP>={px}  vR>={px}  vF1>={px}  vP all  vR all  vF1 all"]
+    for r in results:
+        for t, m in r.get("sweep", {}).items():
+            ge, al = m["ge"], m["all"]
+            lines.append(f"{r['name']:<18} {t:>12}  {_f(ge['violation_precision'])}   "
+                         f"{_f(ge['violation_recall'])}   {_f(ge['violation_f1'])}    "
+                         f"{_f(al['violation_precision'])}   {_f(al['violation_recall'])}   "
+                         f"{_f(al['violation_f1'])}")
+    return "\n".join(lines)
 
 
 def _f(v: float | None) -> str:
@@ -278,6 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
     p.add_argument("--threshold", type=float, default=ClassifierConfig().threshold,
                    help="P(no_mask) cut for the no_mask label")
+    p.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")],
+                   help="also score violations at these P(no_mask) cuts, e.g. 0.5,0.7,0.9")
     p.add_argument("--margin", type=float, default=ClassifierConfig().margin)
     p.add_argument("--min-face-px", type=int, default=1,
                    help="classify only detected faces this big (device default: 24)")
@@ -312,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = variant_config(name, overrides)
         try:
             results.append(evaluate(name, cfg, scenes, classifier, cls_cfg, args.iou,
-                                    args.small_px))
+                                    args.small_px, args.thresholds))
         except DetectorError as err:
             print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
     report = {"scenes": str(args.scenes), "images": len(scenes), "iou": args.iou,
@@ -328,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(scenes)} images; annotated faces >= {args.small_px:g} px: "
                   f"{gts['ge']['gt']}, < {args.small_px:g} px: {gts['lt']['gt']}; IoU >= {args.iou}")
         print(render(results, args.small_px, classifier is not None))
+        if any("sweep" in r for r in results):
+            print()
+            print(render_sweep(results, args.small_px))
     return 0 if results else 1
 
 
