@@ -148,3 +148,35 @@ def test_judge_faces_matches_crops():
     assert v[0].no_mask == pytest.approx(1.0) and v[1].no_mask == pytest.approx(0.0)
     assert v[2].no_mask is None
     assert [x.face for x in v] == faces
+
+
+def test_cache_on_the_demo_clip_saves_work_without_changing_the_outcome(default_model, yunet_model):
+    """Real detector and classifier: caching saves most classifications, and the tracks
+    become violating and are released at (almost) the same frames as without the cache."""
+    from maskd.classifier import Classifier
+    from maskd.demo import DemoSource
+    from maskd.detectors import make_detector
+
+    det = make_detector(Config().detector.model_copy(update={"kind": "yunet", "model": yunet_model}))
+    clf = Classifier.open(default_model)
+    timelines, stats = [], []
+    for k in (1, 5):
+        cfg = Config()
+        cfg.tracking.recheck_every = k
+        pipe, demo = Pipeline(cfg, det, clf), DemoSource()
+        line = []
+        while (f := demo.read()) is not None:
+            r = pipe.process(f)
+            line.append(any(t.violating for t in r.tracks))
+        timelines.append(line)
+        stats.append(pipe.stats)
+    uncached, cached = stats
+    assert uncached["cached"] == 0 and uncached["classified"] == uncached["faces"] > 50
+    assert cached["classified"] + cached["cached"] == cached["faces"] == uncached["faces"]
+    assert cached["cached"] >= cached["faces"] // 2
+    # Violating in the bare-faced half, released in the masked half, with and without cache;
+    # the cache may notice the mask up to recheck_every frames later.
+    half = len(timelines[0]) // 2
+    for line in timelines:
+        assert sum(line[:half]) >= half - 5 and not any(line[half + 10:])
+    assert sum(a != b for a, b in zip(*timelines, strict=True)) <= 5
