@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ from maskd.types import Frame, FrameObserver, Verdict
 log = logging.getLogger(__name__)
 
 DEFAULT_FB = Path("/dev/fb0")
+DEFAULT_MAX_FPS = 10.0  # preview frame rate cap; the loop itself is not capped
 
 
 class PreviewUnavailable(RuntimeError):
@@ -141,9 +143,10 @@ def letterbox(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
         return bgr
     scale, x0, y0, nw, nh = _fit(w, h, width, height)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out = np.zeros((height, width, 3), np.uint8)
-    out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=interp)
-    return out
+    resized = cv2.resize(bgr, (nw, nh), interpolation=interp)
+    # OpenCV, not numpy: it releases the GIL, so the loop thread is not held up meanwhile.
+    return cv2.copyMakeBorder(resized, y0, height - nh - y0, x0, width - nw - x0,
+                              cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
 def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
@@ -151,9 +154,8 @@ def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
     img = letterbox(bgr, geometry.width, geometry.height)
     fmt = geometry.pixel_format
     if fmt == "RGB565":
-        b, g, r = (img[..., i].astype(np.uint16) for i in range(3))
-        pixels = (((r >> 3) << 11) | ((g >> 2) << 5) | (b >> 3)).astype("<u2").view(np.uint8)
-        pixels = pixels.reshape(geometry.height, geometry.width * 2)
+        # OpenCV's "BGR565" is the 16-bit value R<<11 | G<<5 | B stored little-endian: fbdev RGB565.
+        pixels = cv2.cvtColor(img, cv2.COLOR_BGR2BGR565).reshape(geometry.height, geometry.width * 2)
     elif fmt == "XRGB8888":
         pixels = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA).reshape(geometry.height, geometry.width * 4)
     else:
@@ -212,11 +214,15 @@ class ThreadedPreview:
 
     name = "preview"
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         self.threshold = threshold
+        # Rendering and encoding cost CPU the loop could use: a person watching needs no more.
+        self.min_interval_s = 1.0 / max_fps if max_fps else 0.0
         self._box = LatestFrame()
+        self._closing = threading.Event()
         self.output_size: tuple[int, int] | None = None  # render at this (width, height)
         self.shown = 0
+        self.cpu_s = 0.0  # CPU time this preview's thread spent rendering and showing
         self._thread = threading.Thread(target=self._run, name=f"maskd-{self.name}", daemon=True)
 
     def start(self) -> ThreadedPreview:
@@ -238,8 +244,13 @@ class ThreadedPreview:
                     if self._box.closed:
                         return
                     continue
+                t0, c0 = time.monotonic(), time.thread_time()
                 self.show(render(*item, threshold=self.threshold, size=self.output_size))
                 self.shown += 1
+                self.cpu_s += time.thread_time() - c0
+                rest = self.min_interval_s - (time.monotonic() - t0)
+                if rest > 0 and self._closing.wait(rest):
+                    return
         except Exception:  # a broken preview must not take the daemon down
             log.exception("%s preview stopped", self.name)
         finally:
@@ -252,6 +263,7 @@ class ThreadedPreview:
         """Release the output; runs in the preview thread."""
 
     def close(self) -> None:
+        self._closing.set()
         self._box.close()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
@@ -265,8 +277,9 @@ class FramebufferPreview(ThreadedPreview):
 
     name = "framebuffer"
 
-    def __init__(self, path: Path, geometry: FbGeometry | None = None, threshold: float = 0.5) -> None:
-        super().__init__(threshold)
+    def __init__(self, path: Path, geometry: FbGeometry | None = None, threshold: float = 0.5,
+                 max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+        super().__init__(threshold, max_fps)
         if not path.exists():
             raise PreviewUnavailable(f"preview.framebuffer: {path} does not exist (no HDMI framebuffer; "
                                      "use preview.http instead)")
@@ -321,8 +334,8 @@ class WindowPreview(ThreadedPreview):
     name = "window"
     title = "maskd"
 
-    def __init__(self, threshold: float = 0.5) -> None:
-        super().__init__(threshold)
+    def __init__(self, threshold: float = 0.5, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+        super().__init__(threshold, max_fps)
         backend = opencv_gui_backend()
         if backend is None:
             raise PreviewUnavailable(
@@ -375,8 +388,9 @@ class HttpPreview(ThreadedPreview):
 
     name = "http"
 
-    def __init__(self, listen: str, threshold: float = 0.5, jpeg_quality: int = 80) -> None:
-        super().__init__(threshold)
+    def __init__(self, listen: str, threshold: float = 0.5, jpeg_quality: int = 80,
+                 max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+        super().__init__(threshold, max_fps)
         self.host, port = parse_listen(listen)
         self.jpeg_quality = jpeg_quality
         self._cond = threading.Condition()

@@ -199,6 +199,21 @@ def test_slow_preview_drops_frames_not_the_loop():
     assert preview.dropped >= 190 and preview.shown <= 3
 
 
+def test_preview_frame_rate_is_capped():
+    class Counting(ThreadedPreview):
+        def show(self, image):
+            pass
+
+    frame, verdicts = scene()
+    preview = Counting(max_fps=5).start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        preview.on_frame(frame, verdicts, STATS)
+        time.sleep(0.01)
+    preview.close()
+    assert 3 <= preview.shown <= 6, preview.shown
+
+
 def test_latest_frame_mailbox():
     box = LatestFrame()
     box.put((1,))
