@@ -37,6 +37,8 @@ from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
 
+CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
+
 
 def near(a: Box, b: Box) -> bool:
     """Two boxes are 'the same place' when their centres are within the larger box side."""
@@ -83,6 +85,7 @@ class Violations:
         self._open: list[_Violation] = []
         self._recent: list[_Ended] = []  # ended events still in their cooldown
         self._size = (1, 1)
+        self._last_now: float | None = None
         self.started = 0
         self.ended = 0
 
@@ -106,6 +109,7 @@ class Violations:
         """
         self._size = frame_size
         crops = crops or {}
+        self._follow_clock(now)
         out: list[ViolationEvent] = []
         self._recent = [r for r in self._recent if now - r.end_time < self.cfg.cooldown_s]
         by_id = {t.track_id: t for t in tracks}
@@ -163,6 +167,23 @@ class Violations:
             self.started += 1
             out.append(self._message(v, "start", now, frame_seq))
         return out
+
+    def _follow_clock(self, now: float) -> None:
+        """Keep time-outs sane when the wall clock steps back (a Pi without RTC, NTP fixing it).
+
+        Forward steps need nothing (missing tracks end as gone, cooldowns expire); a step back
+        would freeze them, so the remembered times are moved back by the same step.
+        """
+        last, self._last_now = self._last_now, now
+        if last is None or now >= last - CLOCK_STEP_S:
+            return
+        step = now - last
+        log.warning("clock stepped back %.1f s; shifting violation time-outs with it", -step)
+        for v in self._open:
+            v.last_seen += step
+            v.last_msg_time += step
+        for r in self._recent:
+            r.end_time += step
 
     def close_all(self, now: float, frame_seq: int | None = None) -> list[ViolationEvent]:
         """End every open violation with reason ``shutdown`` (the loop is stopping)."""

@@ -192,3 +192,14 @@ def test_jsonl_stdout_sink():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["event_id"] == "x"
+
+
+def test_clock_stepping_back_does_not_freeze_the_gone_timeout():
+    s = Scene()
+    s.frames(10, (BOX, 0.9))  # t = 0.0 .. 0.9, start at 0.2
+    s.seq = -3600 * 10  # the wall clock steps back an hour (frame times are seq / 10)
+    s.frames(19)  # 1.9 s without the face: still open
+    assert s.violations.active == 1
+    s.frames(2)
+    end = s.events[-1]
+    assert (end.event_type, end.end_reason) == ("end", "gone")
