@@ -371,3 +371,25 @@ def test_command_line_overrides_the_config_file(tmp_path):
     assert (demo.source.kind, demo.source.uri) == ("demo", None)
     with pytest.raises(ConfigError, match="camera"):
         run_config(build_parser().parse_args(["run", "--camera", "front door"]))
+
+
+def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_model):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", "demo", "--model", str(default_model),
+         "--detector", "blazeface"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        err = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "end of source; idle" not in err:
+            line = proc.stderr.readline()
+            assert line, "maskd run exited before the end of the demo"
+            err += line
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting
+        os.kill(proc.pid, signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err + rest
+    assert "SIGINT received" in rest
