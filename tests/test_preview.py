@@ -396,3 +396,13 @@ def test_maskd_run_serves_the_live_view(tmp_path, default_model):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.skipif(opencv_gui_backend() is not None or Path("/dev/fb0").exists(),
+                    reason="this machine has a framebuffer or a GUI OpenCV")
+def test_run_preview_flag_without_screen_is_exit_78():
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--preview", "--source", "demo"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78
+    assert r.stderr.strip().startswith("maskd run: --preview: no framebuffer at /dev/fb0")
+    assert "preview.http: 127.0.0.1:8080" in r.stderr
