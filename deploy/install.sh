@@ -177,6 +177,8 @@ fi
 
 # ---------------------------------------------------------------- config, unit, udev, docs
 act install -d -m 0750 "$ROOT$CONF_DIR"
+# The unit's StateDirectory= creates it too; made here so `maskd doctor` works before the first start.
+[ -d "$ROOT/var/lib/maskd" ] || sys install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/maskd
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.example.yaml" 0644
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.yaml" 0640 keep
 sys chown root:"$SERVICE_USER" "$CONF_DIR" "$CONF_DIR/config.yaml"
