@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from maskd.preview import header_text  # the same line the preview shows on screen
 from maskd.types import Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,6 @@ class Notifier:
             self._sock = None
 
 
-def status_text(stats: Mapping[str, object]) -> str:
-    """One human line for `systemctl status`: fps and active violations."""
-    fps = stats.get("fps")
-    parts = [f"{float(fps):.1f} fps" if isinstance(fps, int | float) else "running"]
-    active = stats.get("active")
-    if isinstance(active, int):
-        parts.append(f"{active} active violation{'s' if active != 1 else ''}")
-    return ", ".join(parts)
-
-
 class SystemdNotifier:
     """A FrameObserver that tells systemd the loop is alive, only while frames go through.
 
@@ -144,7 +135,7 @@ class SystemdNotifier:
         if ping:
             lines.append("WATCHDOG=1")
         if lines or self._last_status is None or now - self._last_status >= STATUS_INTERVAL_S:
-            lines.append(f"STATUS={status_text(stats)}")
+            lines.append(f"STATUS={header_text(stats)}")
             if self._notifier.send(*lines):  # on failure, try again with the next frame
                 self._ready = True
                 self._last_status = now

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskd.notify import Notifier, SystemdNotifier, socket_address, status_text, watchdog_interval_s
+from maskd.notify import Notifier, SystemdNotifier, socket_address, watchdog_interval_s
 from maskd.types import Frame
 
 
@@ -74,12 +74,6 @@ def test_socket_address_and_watchdog_env():
     assert watchdog_interval_s({}) is None
 
 
-def test_status_text():
-    assert status_text({"fps": 14.96, "active": 1}) == "15.0 fps, 1 active violation"
-    assert status_text({"fps": 3.0, "active": 0}) == "3.0 fps, 0 active violations"
-    assert status_text({}) == "running"
-
-
 def test_nothing_without_notify_socket():
     n = SystemdNotifier(env={"WATCHDOG_USEC": "1000000"})
     assert not n.enabled
@@ -97,7 +91,7 @@ def test_ready_watchdog_status_stopping(notify_socket):
 
     n.on_frame(FRAME, [], {"fps": 0.0, "active": 0})
     first = notify_socket.drain()
-    assert first == [{"READY": "1", "WATCHDOG": "1", "STATUS": "0.0 fps, 0 active violations"}]
+    assert first == [{"READY": "1", "WATCHDOG": "1", "STATUS": "0.0 fps | 0 active violations"}]
 
     # frames flow for 3 s at 10 fps: READY never again, WATCHDOG once per half period
     for _ in range(30):
@@ -107,7 +101,7 @@ def test_ready_watchdog_status_stopping(notify_socket):
     assert not any("READY" in m for m in msgs)
     pings = [m for m in msgs if "WATCHDOG" in m]
     assert len(pings) == 3
-    assert all(m["STATUS"] == "10.0 fps, 1 active violation" for m in pings)
+    assert all(m["STATUS"] == "10.0 fps | 1 active violation" for m in pings)
 
     # frames stop: the notifier has no timer of its own, so no WATCHDOG until frames come back
     clock.t += 10.0
