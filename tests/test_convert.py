@@ -146,3 +146,19 @@ def test_dedupe_before_a_stratified_seeded_split(facemask_dir: Path) -> None:
     assert not (hashes["train"] & hashes["test"]) and not (hashes["train"] & hashes["val"])
     ratio = {k: sum(it.label for it in v) / len(v) for k, v in a.items()}
     assert max(ratio.values()) - min(ratio.values()) < 0.01
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_evaluate_on_scene_crops_cut_like_the_device(tiny_run: dict, scenes_dir: Path) -> None:
+    crops, labels, skipped = evaluate.voc_crops(scenes_dir, margin=0.15, min_px=80)
+    assert len(crops) == len(labels) > 50 and skipped["small"] > 0
+    assert all(c.rgb.shape[0] == c.rgb.shape[1] >= 80 for c in crops)  # square, with margin
+    assert set(labels.tolist()) == {0, 1}
+    out = tiny_run["run"] / "eval_voc"
+    rc = evaluate.main(["--model", str(tiny_run["out"] / "tiny_int8.tflite"), "--voc", str(scenes_dir),
+                        "--min-face-px", "80", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n_images"] == len(crops)
+    assert "#" in (out / "predictions.csv").read_text().splitlines()[1]

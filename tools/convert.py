@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of " + ", ".join(FORMATS))
     p.add_argument("--split", type=Path, help="split.json for calibration (default: next to the model)")
     p.add_argument("--data-root", type=Path, help="where the split's dataset lives now")
-    p.add_argument("--calibration-images", type=int, default=300, help="train images for int8 ranges")
+    p.add_argument("--calibration-images", type=int, default=1000, help="train images for int8 ranges")
     p.add_argument("--calibration-augmented", type=float, default=0.5,
                    help="fraction of calibration images given train.py's device-like augmentation")
     p.add_argument("--seed", type=int, default=0)
