@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskd.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_scenes", REPO / "tools" / "eval_scenes.py")
 ev = importlib.util.module_from_spec(_spec)
@@ -107,3 +109,25 @@ def test_full_run_with_the_shipped_classifier(scenes_dir: Path, yunet_model: Pat
     row = [ln for ln in out.splitlines() if ln.startswith("yunet-640")][0].split()
     f1_ge = float(row[7])
     assert 0.0 < f1_ge <= 1.0
+
+
+def test_config_file_is_scored_as_the_device_applies_it(scenes_dir: Path, yunet_model: Path,
+                                                        tmp_path: Path, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"detector:\n  kind: yunet\n  model: {yunet_model}\n  score_threshold: 0.8\n"
+                   "  input_width: 480\n  input_height: 360\nclassifier:\n  min_face_px: 30\n"
+                   "  threshold: 0.7\n")
+    rc = ev.main(["--scenes", str(scenes_dir), "--limit", "3", "--faces-only", "--json",
+                  "--config", str(cfg)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    (res,) = report["results"]
+    assert res["name"] == "config" and res["config"]["score_threshold"] == 0.8
+    assert res["config"]["input_width"] == 480
+    assert report["threshold"] == 0.7 and report["min_face_px"] == 30
+    # A preset keeps the file's tuning but its own kind and input size.
+    blaze = ev.variant_config("blazeface-full", {}, load_config(cfg).detector)
+    assert blaze.kind == "blazeface" and blaze.score_threshold == 0.8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detector:\n  scroe_threshold: 0.8\n")
+    assert ev.main(["--scenes", str(scenes_dir), "--faces-only", "--config", str(bad)]) == 2

@@ -13,13 +13,16 @@ threshold (the device's label):
   * a no_mask detection matched to a with_mask box, or to no box at all, is a false positive;
   * a no_mask detection matched to a mask_weared_incorrect box counts neither way.
 A detection belongs to the size bin of the box it matched; an unmatched one to its own size.
-Every detected face is classified (``--min-face-px 1``) unless told otherwise.
+Every detected face is classified (``--min-face-px 1``) unless told otherwise; ``--config`` scores
+a maskd YAML config's detector and classifier settings (its min_face_px included) as the device
+applies them.
 
     python tools/eval_scenes.py                          # default variants, table
     python tools/eval_scenes.py --variants yunet-640,blazeface-full --json
     python tools/eval_scenes.py --variants yunet -o score_threshold=0.5 -o input_width=480
     python tools/eval_scenes.py --faces-only             # detectors only, no classifier needed
     python tools/eval_scenes.py --variants yunet-640 --thresholds 0.5,0.7,0.9   # no_mask cut sweep
+    python tools/eval_scenes.py --config /etc/maskd/config.yaml   # exactly what a device labels
 """
 
 from __future__ import annotations
@@ -185,11 +188,21 @@ def metrics(c: Counts) -> dict[str, Any]:
     return out
 
 
-def variant_config(name: str, overrides: dict[str, str]) -> DetectorConfig:
-    if name not in VARIANTS:
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-    fields = dict(VARIANTS[name])
-    if fields["kind"] == "yunet":
+def variant_config(name: str, overrides: dict[str, Any],
+                   base: DetectorConfig | None = None) -> DetectorConfig:
+    """A variant's DetectorConfig: config defaults < ``base`` (a --config file) < preset < -o.
+
+    The variant ``config`` is the --config file's detector section itself.
+    """
+    base_fields = {} if base is None else base.model_dump(exclude_unset=True)
+    if name == "config":
+        fields = dict(base_fields)
+    elif name in VARIANTS:
+        keep = {k: v for k, v in base_fields.items() if k not in ("kind", "model", "variant")}
+        fields = {**keep, **VARIANTS[name]}
+    else:
+        raise SystemExit(f"unknown variant {name!r}; known: config, {', '.join(VARIANTS)}")
+    if fields.get("kind", "auto") in ("yunet", "auto") and not fields.get("model"):
         fields["model"] = find_yunet_model() or SHARED_YUNET
     fields.update(overrides)
     return DetectorConfig(**fields)
@@ -302,19 +315,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
                    help="folder with images/ and annotations/ (default ../shared/data/scenes-dev)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=None,
+                   help=f"comma-separated, from: config, {', '.join(VARIANTS)} (default: "
+                        f"{','.join(DEFAULT_VARIANTS)}; with --config: config)")
+    p.add_argument("--config", type=Path,
+                   help="a maskd YAML config: score its detector and classifier settings as the "
+                        "device would apply them")
     p.add_argument("-o", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a detector config field for every variant (repeatable)")
     p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
-    p.add_argument("--threshold", type=float, default=ClassifierConfig().threshold,
-                   help="P(no_mask) cut for the no_mask label")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="P(no_mask) cut for the no_mask label (default: classifier.threshold)")
     p.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")],
                    help="also score violations at these P(no_mask) cuts, e.g. 0.5,0.7,0.9")
-    p.add_argument("--margin", type=float, default=ClassifierConfig().margin)
-    p.add_argument("--min-face-px", type=int, default=1,
-                   help="classify only detected faces this big (device default: 24)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="crop margin (default: classifier.margin)")
+    p.add_argument("--min-face-px", type=int, default=None,
+                   help="classify only detected faces this big (default: 1, every face; with "
+                        "--config: its classifier.min_face_px)")
     p.add_argument("--iou", type=float, default=0.3)
     p.add_argument("--small-px", type=float, default=24.0)
     p.add_argument("--limit", type=int, help="only the first N scenes")
@@ -325,6 +344,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    base_det, base_cls = None, ClassifierConfig(min_face_px=1)
+    if args.config is not None:
+        from maskd.config import ConfigError, load_config
+
+        try:
+            cfg_file = load_config(args.config)
+        except ConfigError as err:
+            print(f"eval_scenes: {err}", file=sys.stderr)
+            return 2
+        base_det, base_cls = cfg_file.detector, cfg_file.classifier
+    cls_cfg = ClassifierConfig(
+        model=args.model or base_cls.model, threads=base_cls.threads,
+        margin=base_cls.margin if args.margin is None else args.margin,
+        threshold=base_cls.threshold if args.threshold is None else args.threshold,
+        min_face_px=base_cls.min_face_px if args.min_face_px is None else args.min_face_px)
+    variants = args.variants or ("config" if args.config else ",".join(DEFAULT_VARIANTS))
     try:
         scenes = load_scenes(args.scenes, args.limit)
     except (OSError, ValueError, ET.ParseError) as err:
@@ -335,15 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         from maskd.classifier import Classifier, ModelError
 
         try:
-            classifier = Classifier.open(args.model)
+            classifier = Classifier.open(cls_cfg.model, threads=cls_cfg.threads)
         except ModelError as err:
             print(f"eval_scenes: {err} (or run with --faces-only)", file=sys.stderr)
             return 2
-    cls_cfg = ClassifierConfig(margin=args.margin, threshold=args.threshold,
-                               min_face_px=args.min_face_px)
     results = []
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        cfg = variant_config(name, overrides)
+    for name in [v.strip() for v in variants.split(",") if v.strip()]:
+        cfg = variant_config(name, overrides, base_det)
         try:
             results.append(evaluate(name, cfg, scenes, classifier, cls_cfg, args.iou,
                                     args.small_px, args.thresholds))
@@ -352,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"scenes": str(args.scenes), "images": len(scenes), "iou": args.iou,
               "small_px": args.small_px,
               "classifier": None if classifier is None else str(classifier.path),
-              "threshold": args.threshold, "margin": args.margin,
-              "min_face_px": args.min_face_px, "overrides": overrides, "results": results}
+              "config": None if args.config is None else str(args.config),
+              "threshold": cls_cfg.threshold, "margin": cls_cfg.margin,
+              "min_face_px": cls_cfg.min_face_px, "overrides": overrides, "results": results}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
