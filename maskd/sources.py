@@ -143,7 +143,7 @@ class LiveSource:
                     break
                 try:
                     ok, raw = cap.read()
-                except Exception as err:  # noqa: BLE001 - a device driver can raise anything
+                except Exception as err:  # a device driver can raise anything
                     ok, raw = False, None
                     log.warning("%s: read raised %s: %s", self.name, type(err).__name__, err)
             ts = time.time()
@@ -177,7 +177,7 @@ class LiveSource:
             self.stats["reopens"] += 1
         try:
             cap = self._opener()
-        except Exception as err:  # noqa: BLE001 - report any open failure and keep trying
+        except Exception as err:  # report any open failure and keep trying
             self._failed_before = True
             log.warning("%s: cannot open (%s); retrying in %.1f s", self.name, err,
                         self._backoff.next_s)
@@ -223,7 +223,7 @@ class LiveSource:
 def _safe_release(cap: Capture) -> None:
     try:
         cap.release()
-    except Exception as err:  # noqa: BLE001 - releasing a dead device must not crash shutdown
+    except Exception as err:  # releasing a dead device must not crash shutdown
         log.debug("release failed: %s", err)
 
 
@@ -267,7 +267,7 @@ class LatestFrame:
                         self._skipped += 1
                     self._latest = frame
                     self._cond.notify_all()
-        except Exception:  # noqa: BLE001 - never die silently: end the source loudly instead
+        except Exception:  # never die silently: end the source loudly instead
             log.exception("%s: frame grabber crashed", self.name)
             with self._cond:
                 self._ended = True
@@ -492,11 +492,11 @@ def picamera2_available() -> bool:
     """True when picamera2 imports and reports at least one camera."""
     try:
         from picamera2 import Picamera2
-    except Exception:  # noqa: BLE001 - ImportError, or libcamera missing underneath
+    except Exception:  # ImportError, or libcamera missing underneath
         return False
     try:
         return len(Picamera2.global_camera_info()) > 0
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -527,7 +527,7 @@ def open_source(cfg: SourceConfig) -> Source:
     if cfg.kind == "picamera2":
         try:
             import picamera2  # noqa: F401
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise SourceError(
                 f"source kind picamera2: cannot import picamera2 ({err}); on Raspberry Pi OS "
                 "install it with 'sudo apt install python3-picamera2' and create the venv with "
