@@ -47,7 +47,10 @@ class DetectorConfig(Section):
     variant: Literal["short", "full"] = "full"  # blazeface range
     input_width: int = Field(320, ge=32, le=4096)
     input_height: int = Field(240, ge=32, le=4096)
-    score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # None: the detector's own default (DEFAULT_SCORE_THRESHOLD in maskd/detectors.py): YuNet 0.8,
+    # chosen on scenes-dev because low-score YuNet faces are mostly blurred crowd faces the
+    # classifier misjudges (docs/detectors.md); 0.6 for the others.
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
     # Small faces: run the detector on an upscaled frame (upscale > 1) or on tiles.
     upscale: float = Field(1.0, ge=1.0, le=4.0)
@@ -62,8 +65,12 @@ class ClassifierConfig(Section):
     threads: int = Field(2, ge=1, le=64)
     edgetpu: bool = False
     margin: float = Field(0.15, ge=0.0, le=1.0)  # crop margin around the face box, per side
-    min_face_px: int = Field(24, ge=1)  # faces smaller than this are counted, not judged
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # per-frame label cut on P(no_mask)
+    # Faces smaller than this (shorter side of the detected box) are counted, not judged. 20, not
+    # 24: detected boxes run a little under the annotated size (docs/detectors.md).
+    min_face_px: int = Field(20, ge=1)
+    # Per-frame label cut on P(no_mask); 0.7 = the tracker's start_threshold, best violation F1
+    # on scenes-dev (docs/detectors.md).
+    threshold: float = Field(0.7, gt=0.0, lt=1.0)
 
 
 class TrackingConfig(Section):

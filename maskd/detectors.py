@@ -569,6 +569,20 @@ def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
     return None
 
 
+DEFAULT_SCORE_THRESHOLD = {"yunet": 0.8, "blazeface": 0.6, "ssd": 0.6}
+
+
+def score_threshold(cfg: DetectorConfig, kind: str) -> float:
+    """The configured face score cut, or the detector's own default when unset.
+
+    YuNet's default is higher because its low-score faces are mostly blurred crowd faces that
+    the classifier misjudges (measured on scenes-dev, docs/detectors.md).
+    """
+    if cfg.score_threshold is not None:
+        return cfg.score_threshold
+    return DEFAULT_SCORE_THRESHOLD[kind]
+
+
 def make_detector(cfg: DetectorConfig) -> FaceDetector:
     """The detector ``cfg`` asks for.
 
@@ -583,6 +597,7 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
     if kind == "auto":
         kind = "yunet" if find_yunet_model(cfg.model) is not None else "blazeface"
     det: FaceDetector
+    cfg = cfg.model_copy(update={"score_threshold": score_threshold(cfg, kind)})
     if kind == "yunet":
         model = find_yunet_model(cfg.model)
         if model is None:

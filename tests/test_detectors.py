@@ -223,7 +223,7 @@ def test_blazeface_from_wheel_finds_real_face(variant: str, astronaut_bgr: np.nd
 def test_detectors_find_annotated_faces_in_scenes(scenes_dir: Path, yunet_model: Path):
     img, gt = _scene(scenes_dir, "maksssksksss0")
     yunet = make_detector(DetectorConfig(kind="yunet", model=yunet_model, input_width=640,
-                                         input_height=480))
+                                         input_height=480, score_threshold=0.6))
     faces = yunet.detect(img)
     assert _recall(faces, gt) == 1.0
     assert all(0 <= f.box[0] < f.box[2] <= img.shape[1] for f in faces)

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from maskd.config import ClassifierConfig
 from maskd.tracking import iou
 
 N_PHOTOS = 12
@@ -28,6 +29,9 @@ def gt_boxes(xml: Path) -> list[tuple[str, tuple[float, ...]]]:
     return [(o.findtext("name"), tuple(float(o.find("bndbox").findtext(k))
                                        for k in ("xmin", "ymin", "xmax", "ymax")))
             for o in root.iter("object")]
+
+
+CLS = ClassifierConfig()  # scan judges with the config defaults
 
 
 @pytest.fixture
@@ -60,11 +64,11 @@ def test_json_contract_on_scene_photos(photos, model_args, scenes_dir):
             n_faces += 1
             side = min(x1 - x0, y1 - y0)  # boxes are rounded to 0.1 px in the JSON
             if f["no_mask"] is None:  # below classifier.min_face_px: counted, not judged
-                assert f["label"] is None and side < 24.2
+                assert f["label"] is None and side < CLS.min_face_px + 0.2
                 n_small += 1
                 continue
-            assert side > 23.8 and 0.0 <= f["no_mask"] <= 1.0
-            assert f["label"] == ("no_mask" if f["no_mask"] >= 0.5 else "mask")
+            assert side > CLS.min_face_px - 0.2 and 0.0 <= f["no_mask"] <= 1.0
+            assert f["label"] == ("no_mask" if f["no_mask"] >= CLS.threshold else "mask")
             match = [(n, iou(tuple(f["box"]), g)) for n, g in gt]
             name, best = max(match, key=lambda m: m[1], default=(None, 0.0))
             if best >= 0.3 and name in ("with_mask", "without_mask"):

@@ -13,9 +13,10 @@ threshold (the device's label):
   * a no_mask detection matched to a with_mask box, or to no box at all, is a false positive;
   * a no_mask detection matched to a mask_weared_incorrect box counts neither way.
 A detection belongs to the size bin of the box it matched; an unmatched one to its own size.
-Every detected face is classified (``--min-face-px 1``) unless told otherwise; ``--config`` scores
-a maskd YAML config's detector and classifier settings (its min_face_px included) as the device
-applies them.
+Faces are judged as the device judges them: the classifier config's defaults (threshold,
+min_face_px: a detected face below it is not judged) unless told otherwise (``--min-face-px 1``
+classifies every face); ``--config`` scores a maskd YAML config's detector and classifier
+settings as the device applies them.
 
     python tools/eval_scenes.py                          # default variants, table
     python tools/eval_scenes.py --variants yunet-640,blazeface-full --json
@@ -332,8 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=None,
                    help="crop margin (default: classifier.margin)")
     p.add_argument("--min-face-px", type=int, default=None,
-                   help="classify only detected faces this big (default: 1, every face; with "
-                        "--config: its classifier.min_face_px)")
+                   help="classify only detected faces this big (default: classifier.min_face_px, "
+                        "as the device does; 1 classifies every face)")
     p.add_argument("--iou", type=float, default=0.3)
     p.add_argument("--small-px", type=float, default=24.0)
     p.add_argument("--limit", type=int, help="only the first N scenes")
@@ -344,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = parse_overrides(args.overrides)
-    base_det, base_cls = None, ClassifierConfig(min_face_px=1)
+    base_det, base_cls = None, ClassifierConfig()
     if args.config is not None:
         from maskd.config import ConfigError, load_config
 
