@@ -87,9 +87,13 @@ def build_model(size: int, alpha: float, weights: str | None, seed: int):
     x = base(inputs, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     x = layers.AveragePooling2D(pool_size=(size // 32, size // 32), name="head_pool")(x)
     x = layers.Flatten(name="head_flatten")(x)
-    x = layers.Dense(128, activation="relu", name="head_dense")(x)
+    # Seeded initialisers: the same seed gives the same head, whatever ran before in the process.
+    glorot = keras.initializers.GlorotUniform
+    x = layers.Dense(128, activation="relu", kernel_initializer=glorot(seed=seed),
+                     name="head_dense")(x)
     x = layers.Dropout(0.5, seed=seed, name="head_dropout")(x)
-    outputs = layers.Dense(2, activation="softmax", name="probs")(x)
+    outputs = layers.Dense(2, activation="softmax", kernel_initializer=glorot(seed=seed + 1),
+                           name="probs")(x)
     return keras.Model(inputs, outputs, name=f"maskd_mobilenetv2_{size}"), base
 
 
