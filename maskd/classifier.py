@@ -127,7 +127,7 @@ def read_sidecar(model: Path) -> ModelInfo:
     return ModelInfo.from_dict(d, str(p))
 
 
-def _import_runtime() -> tuple[Any, Any, str]:
+def import_runtime() -> tuple[Any, Any, str]:
     """(Interpreter, load_delegate, name): ai-edge-litert, else tflite-runtime, else TensorFlow."""
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -170,11 +170,29 @@ def edgetpu_delegate(load_delegate: Any) -> Any:
         ) from None
 
 
+def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tuple[Any, str]:
+    """(allocated interpreter, runtime name) for any .tflite: the one loader the classifier and
+    the TFLite detectors share, so runtime choice and EdgeTPU errors are the same everywhere."""
+    interpreter_cls, load_delegate, runtime = import_runtime()
+    kwargs: dict[str, Any] = {"model_path": str(path)}
+    if edgetpu:
+        kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
+        runtime += "+edgetpu"
+    else:
+        kwargs["num_threads"] = max(1, int(threads))
+    try:
+        interp = interpreter_cls(**kwargs)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError, OSError) as err:
+        raise ModelError(f"{path}: cannot load TFLite model: {err}") from None
+    return interp, runtime
+
+
 class Classifier:
     """A loaded TFLite classifier; ``predict`` gives P(no_mask) per RGB crop."""
 
     def __init__(self, interpreter: Any, info: ModelInfo, path: Path, runtime: str) -> None:
-        self._interp = interpreter
+        self.interpreter = interpreter
         self.info = info
         self.path = path
         self.runtime = runtime
@@ -198,18 +216,7 @@ class Classifier:
             hint = "" if path is not None else f" (set {MODEL_DIR_ENV} to the folder holding it)"
             raise ModelError(f"{p}: model file not found{hint}")
         info = read_sidecar(p)
-        interpreter_cls, load_delegate, runtime = _import_runtime()
-        kwargs: dict[str, Any] = {"model_path": str(p)}
-        if edgetpu:
-            kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
-            runtime += "+edgetpu"
-        else:
-            kwargs["num_threads"] = max(1, int(threads))
-        try:
-            interp = interpreter_cls(**kwargs)
-            interp.allocate_tensors()
-        except (ValueError, RuntimeError, OSError) as err:
-            raise ModelError(f"{p}: cannot load TFLite model: {err}") from None
+        interp, runtime = open_interpreter(p, threads, edgetpu)
         return cls(interp, info, p, runtime)
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
@@ -232,8 +239,8 @@ class Classifier:
         out = np.empty(len(crops_rgb), dtype=np.float32)
         for i, crop in enumerate(crops_rgb):
             x = preprocess(crop, self.input_size, self.info.scale, self.info.offset)
-            self._interp.set_tensor(self._in["index"], self._quantize(x[None]))
-            self._interp.invoke()
-            y = self._dequantize(self._interp.get_tensor(self._out["index"]))[0]
+            self.interpreter.set_tensor(self._in["index"], self._quantize(x[None]))
+            self.interpreter.invoke()
+            y = self._dequantize(self.interpreter.get_tensor(self._out["index"]))[0]
             out[i] = y[self._no_mask]
         return np.clip(out, 0.0, 1.0)

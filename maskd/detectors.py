@@ -220,34 +220,14 @@ def decode_blazeface(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.
     return boxes, scores, kps
 
 
-def _tflite_runtime() -> tuple[Any, Any]:
-    """(Interpreter, load_delegate) from the classifier's runtime loader (one place for it)."""
-    from maskd.classifier import ModelError, _import_runtime
+def _load_tflite(path: Path, edgetpu: bool = False) -> Any:
+    """The classifier's TFLite loader, with its errors re-raised as DetectorError."""
+    from maskd.classifier import ModelError, open_interpreter
 
     try:
-        interpreter, load_delegate, _ = _import_runtime()
+        interp, _ = open_interpreter(path, min(4, os.cpu_count() or 1), edgetpu)
     except ModelError as err:
         raise DetectorError(str(err)) from None
-    return interpreter, load_delegate
-
-
-def _load_tflite(path: Path, edgetpu: bool = False) -> Any:
-    from maskd.classifier import ModelError, edgetpu_delegate
-
-    interpreter_cls, load_delegate = _tflite_runtime()
-    kwargs: dict[str, Any] = {"model_path": str(path)}
-    if edgetpu:
-        try:
-            kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
-        except ModelError as err:
-            raise DetectorError(str(err)) from None
-    else:
-        kwargs["num_threads"] = max(1, min(4, os.cpu_count() or 1))
-    try:
-        interp = interpreter_cls(**kwargs)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError, OSError) as err:
-        raise DetectorError(f"{path}: cannot load TFLite model: {err}") from None
     return interp
 
 

@@ -269,7 +269,7 @@ def bench_face(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
 def _tflite_row(name: str, clf: Classifier, rgb: np.ndarray, threads: int,
                 args: argparse.Namespace) -> dict[str, Any]:
     """Time the bare interpreter call and maskd's whole per-face ``predict`` (resize included)."""
-    interp = clf._interp  # the bare invoke is what the MAC/peak arithmetic needs
+    interp = clf.interpreter  # the bare invoke is what the MAC/peak arithmetic needs
     inp = interp.get_input_details()[0]
     x = np.zeros(inp["shape"], dtype=inp["dtype"])
 
@@ -294,9 +294,9 @@ def tflite_macs(path: Path) -> dict[str, Any]:
     FULLY_CONNECTED: in*out. Everything else (adds, pooling, activations) is not a MAC.
     Works from the .tflite alone, so it runs on a Pi without TensorFlow.
     """
-    from maskd.classifier import _import_runtime
+    from maskd.classifier import import_runtime
 
-    interpreter_cls, _, _ = _import_runtime()
+    interpreter_cls, _, _ = import_runtime()
     interp = interpreter_cls(model_path=str(path), num_threads=1)
     interp.allocate_tensors()
     shapes = {t["index"]: [int(v) for v in t["shape"]] for t in interp.get_tensor_details()}

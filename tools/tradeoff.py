@@ -143,7 +143,7 @@ def measure_model(size: int, path: Path, test: tuple[list[Path], np.ndarray],
                 "no_mask_recall": m["recall"], "mask_specificity": m["specificity"]}
     for threads in (1, 2):
         clf = Classifier.open(path, threads=threads)
-        interp = clf._interp
+        interp = clf.interpreter
         inp = interp.get_input_details()[0]
         x = np.zeros(inp["shape"], inp["dtype"])
 

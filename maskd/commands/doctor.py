@@ -152,10 +152,10 @@ class Doctor:
         self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free (MQTT outbox)")
 
     def runtime(self) -> None:
-        from maskd.classifier import ModelError, _import_runtime
+        from maskd.classifier import ModelError, import_runtime
 
         try:
-            _, _, name = _import_runtime()
+            _, _, name = import_runtime()
         except ModelError as err:
             self.add("tflite runtime", FAIL, _err(err))
             return
