@@ -226,6 +226,18 @@ class _Client(mqtt.Client):
         return rc
 
 
+def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
+    """TLS as maskd uses it (certificate required; client cert optional): one place for the
+    sink and `maskd doctor`. Raises OSError/ValueError for unreadable or bad files."""
+    c.tls_set(
+        ca_certs=str(mq.ca_file) if mq.ca_file else None,  # None: the system CAs
+        certfile=str(mq.cert_file) if mq.cert_file else None,
+        keyfile=str(mq.key_file) if mq.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
 class MqttSink:
     """EventSink publishing to MQTT through the durable outbox; see the module docstring."""
 
@@ -346,15 +358,8 @@ class MqttSink:
             raise ConfigError("mqtt.key_file needs mqtt.cert_file")
 
     def _setup_tls(self, c: mqtt.Client) -> None:
-        mq = self._mq
         try:
-            c.tls_set(
-                ca_certs=str(mq.ca_file) if mq.ca_file else None,  # None: the system CAs
-                certfile=str(mq.cert_file) if mq.cert_file else None,
-                keyfile=str(mq.key_file) if mq.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            apply_tls(c, self._mq)
         except (OSError, ValueError) as err:
             raise ConfigError(f"mqtt TLS (ca_file/cert_file/key_file): {err}") from None
 

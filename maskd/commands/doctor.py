@@ -374,7 +374,7 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from maskd.mqtt import BrokerUrl
+    from maskd.mqtt import BrokerUrl, apply_tls
 
     mq = cfg.mqtt
     try:
@@ -394,10 +394,7 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
         c.username_pw_set(mq.username, password)
     if url.tls:
         try:
-            c.tls_set(ca_certs=str(mq.ca_file) if mq.ca_file else None,
-                      certfile=str(mq.cert_file) if mq.cert_file else None,
-                      keyfile=str(mq.key_file) if mq.key_file else None,
-                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            apply_tls(c, mq)
         except (OSError, ValueError) as err:
             return FAIL, f"TLS files (mqtt.ca_file/cert_file/key_file): {_err(err)}"
 
