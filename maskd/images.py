@@ -74,12 +74,14 @@ def is_image_name(path: Path) -> bool:
 
 
 def find_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted, hidden files skipped)."""
+    """Image files under ``root``, recursive, sorted by path; hidden files and folders skipped.
+
+    The one folder lister: ``maskd classify``/``scan`` and the images source read the same
+    files in the same order.
+    """
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if not name.startswith(".") and is_image_name(p):
-                out.append(p)
-    return out
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(Path(dirpath) / name for name in filenames
+                   if not name.startswith(".") and is_image_name(Path(name)))
+    return sorted(out)

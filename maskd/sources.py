@@ -26,11 +26,11 @@ from typing import Protocol
 import numpy as np
 
 from maskd.config import SourceConfig
+from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
 from maskd.types import Frame
 
 log = logging.getLogger("maskd.sources")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg"})
 MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
 
@@ -361,17 +361,8 @@ class VideoFileSource:
         self._cap.release()
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by path, hidden files left out."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
 class ImageFolderSource:
-    """A folder of images (sorted, recursive), once or looping.
+    """A folder of images (sorted, recursive), once or looping, decoded as ``maskd classify`` does.
 
     A broken or vanished image is logged, counted in ``stats["corrupt"]`` and skipped. For this
     source ``Frame.source`` is the image's path, so reports can name the file.
@@ -387,9 +378,9 @@ class ImageFolderSource:
         self.loop = loop
         self.fps = fps
         self.stats = _new_stats()
-        self.paths = list_images(folder)
+        self.paths = find_images(folder)
         if not self.paths:
-            raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise SourceError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self._iter: Iterator[Path] = iter(self.paths)
         self._t0 = time.time()
         self._seq = 0
@@ -407,11 +398,11 @@ class ImageFolderSource:
                 self._iter = iter(self.paths)
                 self._good_this_pass = 0
                 continue
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            image = as_bgr(image)
-            if image is None:
+            try:
+                image = cv2.cvtColor(load_image_rgb(path), cv2.COLOR_RGB2BGR)
+            except ImageError as err:
                 self.stats["corrupt"] += 1
-                log.warning("%s: unreadable or broken image skipped", path)
+                log.warning("unreadable or broken image skipped: %s", err)
                 continue
             frame = Frame(image=image, seq=self._seq, timestamp=self._t0 + self._seq / self.fps,
                           source=str(path))
@@ -513,7 +504,7 @@ def _open_uri(uri: str, cfg: SourceConfig) -> Source:
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
     if not path.exists():
         raise SourceError(f"{uri}: no such file, folder or device")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_name(path):
         raise SourceError(f"{uri}: a single image is not a source; give its folder")
     return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)
 

@@ -109,4 +109,4 @@ def test_find_images_recurses_and_keeps_odd_suffixes(tmp_path: Path) -> None:
     for rel in ("x.jpg", "a/y.PNG", "a/b/z.jpg_1088wx1632h", "a/notes.txt", "a/b/box.xml", ".hidden.jpg"):
         (tmp_path / rel).write_bytes(b"")
     found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
-    assert found == ["x.jpg", "a/y.PNG", "a/b/z.jpg_1088wx1632h"]
+    assert found == ["a/b/z.jpg_1088wx1632h", "a/y.PNG", "x.jpg"]  # sorted by path

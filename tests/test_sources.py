@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from maskd.config import SourceConfig
+from maskd.images import find_images
 from maskd.sources import (
     ImageFolderSource,
     LatestFrame,
     LiveSource,
     SourceError,
     VideoFileSource,
-    list_images,
     open_source,
 )
 
@@ -85,7 +85,7 @@ def test_image_folder_sorted_recursive_skips_broken(tmp_path: Path, scenes_dir: 
     (tmp_path / "a5_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     shutil.copy(srcs[2], tmp_path / "z2.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
-    assert [p.name for p in list_images(tmp_path)] == ["a0.png", "a5_broken.jpg", "c1.png",
+    assert [p.name for p in find_images(tmp_path)] == ["a0.png", "a5_broken.jpg", "c1.png",
                                                        "z2.jpg"]
     with caplog.at_level(logging.WARNING, logger="maskd.sources"):
         src = open_source(SourceConfig(kind="images", uri=str(tmp_path)))
