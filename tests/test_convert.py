@@ -155,6 +155,7 @@ def test_evaluate_on_scene_crops_cut_like_the_device(tiny_run: dict, scenes_dir:
     crops, labels, skipped = evaluate.voc_crops(scenes_dir, margin=0.15, min_px=80)
     assert len(crops) == len(labels) > 50 and skipped["small"] > 0
     assert all(c.rgb.shape[0] == c.rgb.shape[1] >= 80 for c in crops)  # square, with margin
+    assert all(c.rgb.shape[0] > c.face_px >= 80 for c in crops)
     assert set(labels.tolist()) == {0, 1}
     out = tiny_run["run"] / "eval_voc"
     rc = evaluate.main(["--model", str(tiny_run["out"] / "tiny_int8.tflite"), "--voc", str(scenes_dir),
@@ -163,3 +164,16 @@ def test_evaluate_on_scene_crops_cut_like_the_device(tiny_run: dict, scenes_dir:
     report = json.loads((out / "metrics.json").read_text())
     assert report["n_images"] == len(crops)
     assert "#" in (out / "predictions.csv").read_text().splitlines()[1]
+    bands = report["models"][0]["metrics"]["by_face_px"]
+    assert bands[">=80"]["n"] == len(crops) and bands["24-32"]["n"] == 0
+
+
+def test_accuracy_by_size_bands() -> None:
+    labels = np.array([0, 1, 1, 0, 1])
+    probs = np.array([0.1, 0.9, 0.2, 0.8, 0.7])
+    sizes = np.array([25, 30, 40, 100, 80])
+    out = evaluate.accuracy_by_size(labels, probs, sizes, 0.5)
+    assert out["24-32"] == {"n": 2, "accuracy": 1.0}
+    assert out["32-48"] == {"n": 1, "accuracy": 0.0}
+    assert out["48-80"]["n"] == 0
+    assert out[">=80"] == {"n": 2, "accuracy": 0.5}

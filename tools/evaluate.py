@@ -113,6 +113,7 @@ class Crop:
 
     name: str
     rgb: np.ndarray = field(repr=False)
+    face_px: int = 0  # the annotated box's shorter side
 
     def __str__(self) -> str:
         return self.name
@@ -149,7 +150,8 @@ def voc_crops(root: Path, margin: float, min_px: int) -> tuple[list[Crop], np.nd
             if min(box[2] - box[0], box[3] - box[1]) < min_px:
                 skipped["small"] += 1
                 continue
-            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin)))
+            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin),
+                              int(min(box[2] - box[0], box[3] - box[1]))))
             labels.append(dataset.LABELS.index(dataset.FOLDER_LABELS[name]))
     return crops, np.array(labels, dtype=np.int64), skipped
 
@@ -212,6 +214,23 @@ def plot_confusion(m: dict, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+SIZE_BANDS = (24, 32, 48, 80)  # --voc: accuracy per band of face size (shorter box side)
+
+
+def accuracy_by_size(labels: np.ndarray, probs: np.ndarray, face_px: np.ndarray,
+                     threshold: float, edges: tuple[int, ...] = SIZE_BANDS) -> dict[str, dict]:
+    """Accuracy per face-size band: small faces are where the classifier fails first."""
+    bounds = list(edges) + [None]
+    out = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        sel = (face_px >= lo) & (face_px < hi if hi is not None else True)
+        name = f"{lo}-{hi}" if hi is not None else f">={lo}"
+        n = int(sel.sum())
+        correct = ((probs[sel] >= threshold).astype(int) == labels[sel]).sum()
+        out[name] = {"n": n, "accuracy": float(correct / n) if n else float("nan")}
+    return out
 
 
 def agreement(a: np.ndarray, b: np.ndarray, threshold: float) -> dict:
@@ -281,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  sensitivity {met['sensitivity']:.4f}  specificity {met['specificity']:.4f}  "
               f"{ms[k]:.1f} ms/image (batch 1 for TFLite, incl. preprocessing)")
         print(format_confusion(met))
+        if args.voc:
+            sizes = np.array([c.face_px for c in kept_paths])
+            met["by_face_px"] = accuracy_by_size(labels, probs[k], sizes, args.threshold)
+            print("  by face size: " + ", ".join(
+                f"{b} px {v['accuracy']:.3f} (n {v['n']})" for b, v in met["by_face_px"].items()))
     if len(models) == 2:
         report["agreement"] = agreement(probs[0], probs[1], args.threshold)
         a = report["agreement"]
