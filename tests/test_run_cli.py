@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from maskd.classifier import Classifier
-from maskd.config import DetectorConfig
+from maskd.config import ClassifierConfig, DetectorConfig
 from maskd.demo import DemoSource, astronaut_bgr, draw_mask
 from maskd.detectors import make_detector
 from maskd.pipeline import judge_faces
@@ -89,6 +89,7 @@ def build_clip(scenes: Path, yunet: Path, model: Path, out: Path, with_violation
     per photo used, the (normalised) ``without_mask`` boxes that must each give one violation.
     """
     det = make_detector(DetectorConfig(kind="yunet", model=yunet))
+    judge = ClassifierConfig()  # crop margin and smallest judged face exactly as `maskd run`
     clf = Classifier.open(model)
     writer = cv2.VideoWriter(str(out), MJPG, FPS, SIZE)
     blank = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
@@ -104,7 +105,8 @@ def build_clip(scenes: Path, yunet: Path, model: Path, out: Path, with_violation
         frame = mjpg_roundtrip(frame, out.with_suffix(".probe.avi"))
         gt = [(name, (b[0] * s + x0, b[1] * s + y0, b[2] * s + x0, b[3] * s + y0))
               for name, b in annotations(xml)]
-        verdicts = [v for v in judge_faces(frame, det.detect(frame), clf, 0.15, 24)
+        verdicts = [v for v in judge_faces(frame, det.detect(frame), clf, judge.margin,
+                                           judge.min_face_px)
                     if v.no_mask is not None]
         if any(sure[0] < v.no_mask < sure[1] for v in verdicts):
             continue
