@@ -25,6 +25,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts
 from maskd.config import Config, PreviewConfig
+from maskd.mailbox import Mailbox
 from maskd.types import Frame, FrameObserver, Verdict
 
 log = logging.getLogger(__name__)
@@ -173,39 +174,6 @@ def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
 # ---------------------------------------------------------------- threading base
 
 
-class LatestFrame:
-    """A one-slot mailbox: put() overwrites, so the consumer always gets the newest item."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: tuple | None = None
-        self._closed = False
-        self.dropped = 0  # items overwritten before the consumer took them
-
-    def put(self, item: tuple) -> None:
-        with self._cond:
-            if self._item is not None:
-                self.dropped += 1
-            self._item = item
-            self._cond.notify()
-
-    def get(self, timeout: float | None = None) -> tuple | None:
-        """The newest item, or None on timeout / after close()."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-
 class ThreadedPreview:
     """Base for previews: on_frame hands over the frame without copying or waiting.
 
@@ -218,7 +186,7 @@ class ThreadedPreview:
         self.threshold = threshold
         # Rendering and encoding cost CPU the loop could use: a person watching needs no more.
         self.min_interval_s = 1.0 / max_fps if max_fps else 0.0
-        self._box = LatestFrame()
+        self._box: Mailbox[tuple] = Mailbox()
         self._closing = threading.Event()
         self.output_size: tuple[int, int] | None = None  # render at this (width, height)
         self.shown = 0

@@ -27,6 +27,7 @@ import numpy as np
 
 from maskd.config import SourceConfig
 from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
+from maskd.mailbox import Mailbox
 from maskd.types import Frame
 
 log = logging.getLogger("maskd.sources")
@@ -240,10 +241,7 @@ class LatestFrame:
         self.inner = inner
         self.name = inner.name
         self._poll_s = poll_s
-        self._cond = threading.Condition()
-        self._latest: Frame | None = None
-        self._skipped = 0
-        self._ended = False
+        self._box: Mailbox[Frame] = Mailbox()  # closed by the grabber when the source ends
         self._closed = False
         self._thread = threading.Thread(target=self._grab, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
@@ -251,41 +249,32 @@ class LatestFrame:
     @property
     def stats(self) -> dict:
         s = dict(self.inner.stats)
-        s["skipped"] = s.get("skipped", 0) + self._skipped
+        s["skipped"] = s.get("skipped", 0) + self._box.dropped
         return s
 
     def _grab(self) -> None:
         try:
             while not self._closed:
                 frame = self.inner.read()
-                with self._cond:
-                    if frame is None:
-                        self._ended = True
-                        self._cond.notify_all()
-                        return
-                    if self._latest is not None:
-                        self._skipped += 1
-                    self._latest = frame
-                    self._cond.notify_all()
+                if frame is None:
+                    return
+                self._box.put(frame)
         except Exception:  # never die silently: end the source loudly instead
             log.exception("%s: frame grabber crashed", self.name)
-            with self._cond:
-                self._ended = True
-                self._cond.notify_all()
+        finally:
+            self._box.close()
 
     def read(self) -> Frame | None:
-        with self._cond:
-            while self._latest is None and not self._ended and not self._closed:
-                self._cond.wait(self._poll_s)  # slices keep signal handlers responsive
+        while True:
+            frame = self._box.get(self._poll_s)  # slices keep signal handlers responsive
             if self._closed:
                 return None
-            frame, self._latest = self._latest, None
-            return frame
+            if frame is not None or self._box.closed:
+                return frame
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._box.close()
         self.inner.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=10.0)

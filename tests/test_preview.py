@@ -19,11 +19,11 @@ from mqtt_broker import free_port
 
 from maskd.annotate import GREEN, RED
 from maskd.config import Config
+from maskd.mailbox import Mailbox
 from maskd.preview import (
     FbGeometry,
     FramebufferPreview,
     HttpPreview,
-    LatestFrame,
     PreviewUnavailable,
     ThreadedPreview,
     WindowPreview,
@@ -214,8 +214,8 @@ def test_preview_frame_rate_is_capped():
     assert 3 <= preview.shown <= 6, preview.shown
 
 
-def test_latest_frame_mailbox():
-    box = LatestFrame()
+def test_mailbox_keeps_the_newest():
+    box: Mailbox[tuple] = Mailbox()
     box.put((1,))
     box.put((2,))
     assert box.get(0.1) == (2,) and box.dropped == 1
