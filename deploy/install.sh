@@ -42,7 +42,8 @@ YUNET=0
 START=1
 
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { echo "install.sh: $*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,14 +61,10 @@ while [ $# -gt 0 ]; do
 done
 [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--yunet-sha256 must be 64 lower-case hex digits"
 
-# System commands run only for a real install; file operations run unless --dry-run.
-sys() {
-    if [ "$DRY" = 1 ] || [ -n "$ROOT" ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi
-}
+# File operations run unless --dry-run (system commands go through sys, deploy/lib.sh).
 act() {
     if [ "$DRY" = 1 ]; then echo "would run: $*"; else "$@"; fi
 }
-say() { echo "install.sh: $*"; }
 
 # install_file SRC DEST MODE [keep]: copy unless DEST already has the same bytes (or exists, with keep).
 install_file() {

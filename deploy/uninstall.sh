@@ -19,7 +19,8 @@ ROOT=""
 PURGE=0
 
 usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { echo "uninstall.sh: $*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -31,11 +32,6 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-
-sys() {
-    if [ "$DRY" = 1 ] || [ -n "$ROOT" ]; then echo "would run: $*"; else echo "+ $*"; "$@"; fi
-}
-say() { echo "uninstall.sh: $*"; }
 
 # remove PATH...: delete files or folders under $ROOT; absent ones are reported, not an error.
 remove() {

@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
 UNINSTALL = REPO / "deploy" / "uninstall.sh"
-SCRIPTS = [INSTALL, UNINSTALL, REPO / "deploy" / "bootstrap.sh", REPO / "deploy" / "quickstart.sh"]
+SCRIPTS = [INSTALL, UNINSTALL, REPO / "deploy" / "lib.sh", REPO / "deploy" / "bootstrap.sh",
+           REPO / "deploy" / "quickstart.sh"]
 
 
 def sh(*args: str | Path) -> subprocess.CompletedProcess:
