@@ -113,7 +113,7 @@ class Crop:
 
     name: str
     rgb: np.ndarray = field(repr=False)
-    face_px: int = 0  # the annotated box's shorter side
+    face_px: int  # the annotated box's shorter side
 
     def __str__(self) -> str:
         return self.name
@@ -147,11 +147,11 @@ def voc_crops(root: Path, margin: float, min_px: int) -> tuple[list[Crop], np.nd
                 continue
             bb = obj.find("bndbox")
             box = tuple(float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
-            if min(box[2] - box[0], box[3] - box[1]) < min_px:
+            side = min(box[2] - box[0], box[3] - box[1])
+            if side < min_px:
                 skipped["small"] += 1
                 continue
-            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin),
-                              int(min(box[2] - box[0], box[3] - box[1]))))
+            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin), int(side)))
             labels.append(dataset.LABELS.index(dataset.FOLDER_LABELS[name]))
     return crops, np.array(labels, dtype=np.int64), skipped
 
