@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -78,14 +85,22 @@ class TrackingConfig(Section):
 
     iou_threshold: float = Field(0.3, ge=0.0, le=1.0)
     max_missed_frames: int = Field(10, ge=0)
-    window: int = Field(5, ge=1, le=100)  # median of the last N no-mask scores
+    window: int = Field(5, ge=1, le=100)  # median of the last N fresh no-mask scores
     start_threshold: float = Field(0.7, ge=0.0, le=1.0)
     release_threshold: float = Field(0.4, ge=0.0, le=1.0)
-    min_frames: int = Field(3, ge=1)  # frames above start_threshold to confirm
+    # Evidence to confirm a violation: at least min_votes fresh classifications in a row with the
+    # smoothed score >= start_threshold, the first and last of them at least min_span_s apart. A
+    # cached score (recheck_every) never counts as a vote. (min_frames is the old name.)
+    min_votes: int = Field(3, ge=1, validation_alias=AliasChoices("min_votes", "min_frames"))
+    min_span_s: float = Field(0.0, ge=0.0, le=60.0)
     recheck_every: int = Field(5, ge=1)  # re-classify a still, confident track every K frames
     update_interval_s: float = Field(5.0, ge=0.0)
     end_after_s: float = Field(3.0, ge=0.0)  # track gone this long ends the event
     cooldown_s: float = Field(10.0, ge=0.0)
+    # Re-attach and cooldown apply only to the same person: a new track near the old box, of a
+    # similar size, whose appearance (maskd.tracking.appearance) is at least this similar (0..1;
+    # 0 = any face at the same place is the same person, the old rule).
+    same_person_similarity: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class JsonlConfig(Section):

@@ -11,11 +11,16 @@ on scripted tracks):
   ``gone`` (its track not seen for ``end_after_s``; end_time is when it was last seen) or
   ``shutdown``.
 - Re-attach: while an event's track is missing (before it ends as gone), a newly confirmed
-  violating track near its last position takes the event over (same event_id, no new start),
-  so a person briefly lost by the tracker stays one violation.
-- Cooldown: for ``cooldown_s`` after an event ends, a violation confirmed near the same place
+  violating track of the same person takes the event over (same event_id, no new start), so a
+  person briefly lost by the tracker stays one violation.
+- Cooldown: for ``cooldown_s`` after an event ends, a violation confirmed for the same person
   does not start a new event yet; it starts when the cooldown is over if it still holds. This
   keeps a person fiddling with a mask from producing a start/end pair every few seconds.
+
+"The same person" is not "the same place": at a door everyone stands at the same spot, one
+after the other. A track is the same person as an event when its box is near the event's last
+box, of a similar size, and its appearance is at least ``same_person_similarity`` alike
+(maskd.tracking.appearance); without appearance on either side, place and size decide.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from typing import IO
 import numpy as np
 
 from maskd.config import TrackingConfig
-from maskd.tracking import Track
+from maskd.tracking import Track, similarity
 from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
 
 CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
+SAME_SIZE_RATIO = 2.0  # a lost face that comes back is at most this much larger or smaller
 
 
 def near(a: Box, b: Box) -> bool:
@@ -48,12 +54,19 @@ def near(a: Box, b: Box) -> bool:
     return (ca[0] - cb[0]) ** 2 + (ca[1] - cb[1]) ** 2 <= side**2
 
 
+def same_size(a: Box, b: Box, ratio: float = SAME_SIZE_RATIO) -> bool:
+    """The longer sides of two boxes differ by at most ``ratio`` (either way)."""
+    sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
+    return max(sa, sb) <= ratio * max(min(sa, sb), 1e-9)
+
+
 @dataclass
 class _Violation:
     event_id: str
     track_id: int
     start_time: float
     box: Box  # pixels, last seen
+    appearance: np.ndarray | None  # the track's appearance when last seen
     last_seen: float
     score: float
     top_score: float
@@ -68,6 +81,7 @@ class _Violation:
 class _Ended:
     box: Box
     end_time: float
+    appearance: np.ndarray | None
 
 
 class Violations:
@@ -88,6 +102,13 @@ class Violations:
         self._last_now: float | None = None
         self.started = 0
         self.ended = 0
+
+    def _same_person(self, box: Box, look: np.ndarray | None, t: Track) -> bool:
+        """``t`` is the person last seen at ``box`` looking like ``look`` (module docstring)."""
+        if not (near(box, t.box) and same_size(box, t.box)):
+            return False
+        sim = similarity(look, t.appearance)
+        return sim is None or sim >= self.cfg.same_person_similarity
 
     @property
     def active(self) -> int:
@@ -121,7 +142,8 @@ class Violations:
                 continue
             lost = [
                 v for v in self._open
-                if not (v.track_id in by_id and by_id[v.track_id].seen_now) and near(v.box, t.box)
+                if not (v.track_id in by_id and by_id[v.track_id].seen_now)
+                and self._same_person(v.box, v.appearance, t)
             ]
             if lost:
                 v = max(lost, key=lambda v: v.last_seen)
@@ -136,6 +158,8 @@ class Violations:
             t = by_id.get(v.track_id)
             if t is not None and t.seen_now:
                 v.box, v.last_seen = t.box, t.last_seen
+                if t.appearance is not None:
+                    v.appearance = t.appearance
                 if t.smoothed is not None:
                     v.score = t.smoothed
                 if not t.violating:
@@ -155,12 +179,12 @@ class Violations:
         for t in tracks:
             if not (t.violating and t.seen_now) or t.track_id in owned:
                 continue
-            if any(near(r.box, t.box) for r in self._recent):
+            if any(self._same_person(r.box, r.appearance, t) for r in self._recent):
                 continue  # cooldown: starts later if it still holds
             score = t.smoothed if t.smoothed is not None else 0.0
             v = _Violation(
                 event_id=self._new_id(), track_id=t.track_id, start_time=now, box=t.box,
-                last_seen=now, score=score, top_score=score, best_seq=frame_seq,
+                appearance=t.appearance, last_seen=now, score=score, top_score=score, best_seq=frame_seq,
                 best_crop=crops.get(t.track_id), last_msg_time=now,
             )
             self._open.append(v)
@@ -192,7 +216,7 @@ class Violations:
     def _end(self, v: _Violation, reason: EndReason, end_time: float,
              frame_seq: int | None) -> ViolationEvent:
         self._open.remove(v)
-        self._recent.append(_Ended(v.box, end_time))
+        self._recent.append(_Ended(v.box, end_time, v.appearance))
         self.ended += 1
         ev = self._message(v, "end", end_time, frame_seq)
         ev.end_time, ev.end_reason = end_time, reason

@@ -6,9 +6,11 @@ undistorted face the way it was trained.
 
 On a Pi the classifier is the expensive stage, and a person standing at a door is in view
 for hundreds of frames. ``Pipeline`` therefore keeps, per track, the last classification and
-reuses it while the track is confident (score far from 0.5) and still (box barely moved),
+reuses it while the track is confident (score far from 0.5), settled (the score agrees with
+the track's violating state, so no decision waits on it) and still (box barely moved),
 re-checking every ``tracking.recheck_every`` frames. What that saves is counted in
-``Pipeline.stats``.
+``Pipeline.stats``. A reused score is shown, but it is never a vote (maskd.tracking): the
+cache saves CPU, it adds no evidence.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class Pipeline:
             return None
         if abs(c.score - 0.5) < CONFIDENT_MARGIN or iou(c.box, box) < STILL_IOU:
             return None
+        if (c.score >= 0.5) != track.violating:
+            return None  # evidence is being gathered for a change of state: votes must be fresh
         return c.score
 
     def process(self, frame: Frame, detect: bool = True) -> FrameResult:
@@ -157,9 +161,11 @@ class Pipeline:
         for i, p in zip(todo, fresh, strict=True):
             scores[i] = p
             self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq)
+            self.tracker.observe(tracks[i], crops[tracks[i].track_id])
         self.stats["classified"] += len(todo)
-        for t, s in zip(tracks, scores, strict=True):
-            self.tracker.record(t, s)
+        voted = set(todo)
+        for i, (t, s) in enumerate(zip(tracks, scores, strict=True)):
+            self.tracker.record(t, s, fresh=i in voted)
         alive = {t.track_id for t in self.tracker.tracks}
         for tid in [k for k in self._cache if k not in alive]:
             del self._cache[tid]

@@ -1,11 +1,18 @@
-"""Follow faces across frames and smooth each one's no-mask score.
+"""Follow faces across frames, weigh the evidence on each one, and say who looks like whom.
 
 Per-frame classifier output flickers (motion blur, a hand in front of the face, a detector
-box that jitters); alarms must not. Each face becomes a track by greedy IoU matching; its
-no-mask score is the median of its last N scores, and it only counts as *violating* after
-``min_frames`` consecutive frames at or above ``start_threshold``; it stops only when the
-smoothed score falls below the lower ``release_threshold`` (hysteresis). Pure and
-deterministic: no clocks, no randomness, so it is tested on scripted detections.
+box that jitters); alarms must not. Each face becomes a track by greedy IoU matching. Only a
+*fresh* classification is a vote: a score the pipeline reused from its cache saves CPU but
+adds no evidence. The track's no-mask score is the median of its last ``window`` votes, and
+it only counts as *violating* after ``min_votes`` votes in a row with that median at or above
+``start_threshold``, the first and last of them at least ``min_span_s`` apart (one bad run of
+frames is not enough); it stops only when the median falls below the lower
+``release_threshold`` (hysteresis).
+
+A track also carries an appearance descriptor (``appearance``: colour layout of its face
+crops), so the violation lifecycle can tell a person who was briefly lost from the next person
+standing at the same spot. Pure and deterministic: no clocks, no randomness, so it is tested on
+scripted detections.
 """
 
 from __future__ import annotations
@@ -14,8 +21,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from statistics import median
 
+import cv2
+import numpy as np
+
 from maskd.config import TrackingConfig
 from maskd.types import Box, Verdict
+
+# Appearance descriptor: hue x saturation x value histograms of three horizontal bands of the crop
+# (hair/forehead, eyes, mouth/chin), so two people with similar colours but a different layout
+# still differ. Hellinger-normalised: the dot product of two descriptors is their
+# Bhattacharyya coefficient, 1 for identical colour layouts.
+APPEARANCE_SIZE = 48
+APPEARANCE_BANDS = 3
+APPEARANCE_BINS = (8, 3, 3)  # hue, saturation, value
+APPEARANCE_MOMENTUM = 0.7  # running mean over fresh crops: weight of what the track had
 
 
 def iou(a: Box, b: Box) -> float:
@@ -41,10 +60,13 @@ class Track:
     window: int
     hits: int = 1
     missed: int = 0  # consecutive frames without a match
-    scores: deque[float] = field(default_factory=deque)
-    smoothed: float | None = None  # median of the last `window` scores; None until judged
-    above: int = 0  # consecutive judged frames with smoothed >= start_threshold
+    scores: deque[float] = field(default_factory=deque)  # the last `window` votes
+    smoothed: float | None = None  # median of the last `window` votes; None until judged
+    above: int = 0  # consecutive votes with smoothed >= start_threshold
+    above_since: float | None = None  # time of the first of those votes
+    votes: int = 0  # fresh classifications so far
     violating: bool = False
+    appearance: np.ndarray | None = field(default=None, repr=False)  # see appearance()
 
     def __post_init__(self) -> None:
         self.scores = deque(self.scores, maxlen=self.window)
@@ -106,23 +128,41 @@ class Tracker:
         self.tracks = kept
         return [t for t in assigned if t is not None]
 
-    def record(self, track: Track, no_mask: float | None) -> None:
-        """Add this frame's no-mask score (None: face too small to judge) and apply hysteresis."""
-        if no_mask is None:
+    def record(self, track: Track, no_mask: float | None, fresh: bool = True) -> None:
+        """Add this frame's no-mask score and apply the evidence rule and hysteresis.
+
+        ``None`` (face too small to judge) and a reused cached score (``fresh=False``) change
+        nothing: only a fresh classification is a vote. The vote's time is the frame the track
+        was last matched in.
+        """
+        if no_mask is None or not fresh:
             return
+        track.votes += 1
         track.scores.append(float(no_mask))
         track.smoothed = float(median(track.scores))
         cfg = self.cfg
         if track.violating:
             if track.smoothed < cfg.release_threshold:
                 track.violating = False
-                track.above = 0
+                track.above, track.above_since = 0, None
         elif track.smoothed >= cfg.start_threshold:
+            if track.above == 0:
+                track.above_since = track.last_seen
             track.above += 1
-            if track.above >= cfg.min_frames:
+            span = track.last_seen - (track.above_since or track.last_seen)
+            if track.above >= cfg.min_votes and span >= cfg.min_span_s - 1e-9:
                 track.violating = True
         else:
-            track.above = 0
+            track.above, track.above_since = 0, None
+
+    def observe(self, track: Track, crop_bgr: np.ndarray) -> None:
+        """Fold a freshly classified face crop into the track's appearance."""
+        desc = appearance(crop_bgr)
+        if track.appearance is None:
+            track.appearance = desc
+            return
+        mixed = APPEARANCE_MOMENTUM * track.appearance + (1 - APPEARANCE_MOMENTUM) * desc
+        track.appearance = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
 
     def update(self, verdicts: list[Verdict], seq: int, timestamp: float) -> list[Track]:
         """Match and record a whole frame of verdicts at once; returns each verdict's track."""
@@ -130,3 +170,31 @@ class Tracker:
         for t, v in zip(tracks, verdicts, strict=True):
             self.record(t, v.no_mask)
         return tracks
+
+
+def appearance(crop_bgr: np.ndarray) -> np.ndarray:
+    """A unit-length colour-layout descriptor of a face crop (see APPEARANCE_BINS).
+
+    The crop is the classifier's crop (face box plus margin), so the descriptor follows the
+    face's scale as a person walks up; hair, skin and what is around the face dominate it.
+    """
+    if crop_bgr.ndim != 3 or crop_bgr.shape[2] != 3 or crop_bgr.size == 0:
+        raise ValueError(f"expected an (H, W, 3) BGR crop, got shape {crop_bgr.shape}")
+    small = cv2.resize(np.ascontiguousarray(crop_bgr), (APPEARANCE_SIZE, APPEARANCE_SIZE),
+                       interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    band = APPEARANCE_SIZE // APPEARANCE_BANDS
+    hists = [
+        cv2.calcHist([hsv[i * band:(i + 1) * band]], [0, 1, 2], None, list(APPEARANCE_BINS),
+                     [0, 180, 0, 256, 0, 256]).ravel()
+        for i in range(APPEARANCE_BANDS)
+    ]
+    h = np.sqrt(np.concatenate(hists) / max(float(sum(x.sum() for x in hists)), 1.0))
+    return (h / max(float(np.linalg.norm(h)), 1e-12)).astype(np.float32)
+
+
+def similarity(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Bhattacharyya coefficient of two appearance descriptors; None when one is unknown."""
+    if a is None or b is None:
+        return None
+    return float(np.dot(a, b))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from maskd.config import TrackingConfig
 from maskd.events import JsonlSink, Violations
@@ -32,10 +33,13 @@ class Scene:
         self.seq = 0
 
     def frame(self, *faces):
-        """faces: (box, no_mask) pairs."""
+        """faces: (box, no_mask) pairs, or (box, no_mask, face crop) to give the track a look."""
         t = self.seq / FPS
-        verdicts = [Verdict(Face(tuple(map(float, b)), 0.9), s) for b, s in faces]
+        verdicts = [Verdict(Face(tuple(map(float, f[0])), 0.9), f[1]) for f in faces]
         tracks = self.tracker.update(verdicts, self.seq, t)
+        for tr, f in zip(tracks, faces, strict=True):
+            if len(f) > 2:
+                self.tracker.observe(tr, f[2])
         crops = {tr.track_id: np.full((8, 8, 3), self.seq, np.uint8) for tr in tracks}
         new = self.violations.update(self.tracker.tracks, t, self.seq, (640, 480), crops)
         self.events += new
@@ -203,3 +207,48 @@ def test_clock_stepping_back_does_not_freeze_the_gone_timeout():
     s.frames(2)
     end = s.events[-1]
     assert (end.event_type, end.end_reason) == ("end", "gone")
+
+
+def look(seed):
+    """A face crop of its own colours: hair, skin and chin bands differ from person to person."""
+    rng = np.random.default_rng(seed)
+    crop = np.empty((60, 60, 3), np.uint8)
+    for band in range(3):
+        crop[band * 20:(band + 1) * 20] = rng.integers(0, 256, 3)
+    return crop + rng.integers(0, 12, crop.shape).astype(np.uint8)  # a little sensor noise
+
+
+def test_appearance_tells_people_apart_and_is_stable_for_one_person():
+    from maskd.tracking import appearance, similarity
+
+    a, b = look(1), look(2)
+    assert similarity(appearance(a), appearance(a)) == pytest.approx(1.0, abs=1e-6)
+    jittered = np.roll(a, 2, axis=(0, 1))  # the same face, box a little off
+    assert similarity(appearance(a), appearance(jittered)) > 0.9
+    assert similarity(appearance(a), appearance(b)) < 0.5
+    assert similarity(None, appearance(a)) is None
+
+
+def test_a_queue_at_one_spot_is_one_event_per_person():
+    """Different people, each 2 s at the same place, 1 s apart: one start each, although
+    re-attach and the cooldown would have merged them by place alone."""
+    s = Scene()
+    for person in range(5):
+        s.frames(20, (BOX, 0.9, look(person)))
+        s.frames(10)
+    starts = [e for e in s.events if e.event_type == "start"]
+    assert len(starts) == 5 and len({e.event_id for e in starts}) == 5
+
+
+def test_the_same_person_lost_and_found_stays_one_event():
+    s = Scene()
+    s.frames(20, (BOX, 0.9, look(7)))
+    s.frames(10)  # lost for 1 s (the track is dropped after 5 frames)
+    s.frames(20, (BOX, 0.9, look(7)))
+    assert [e.event_type for e in s.events].count("start") == 1
+    # Place alone (similarity 0) keeps the old rule: different looks, still one event.
+    s = Scene(CFG.model_copy(update={"same_person_similarity": 0.0}))
+    for person in range(3):
+        s.frames(20, (BOX, 0.9, look(person)))
+        s.frames(10)
+    assert [e.event_type for e in s.events].count("start") == 1

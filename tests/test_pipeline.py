@@ -90,12 +90,33 @@ def test_still_confident_track_is_rechecked_every_k_frames():
     clf = RedClassifier()
     pipe = Pipeline(cfg, det, clf)
     results = [pipe.process(frame(i)) for i in range(20)]
-    assert clf.crops == 4  # frames 0, 5, 10, 15
-    assert pipe.stats["classified"] == 4 and pipe.stats["cached"] == 16
+    # Frames 0-2 are the min_votes=3 fresh votes that confirm the violation; once settled the
+    # track is re-checked every 5 frames: 7, 12, 17.
+    assert clf.crops == 6
+    assert pipe.stats["classified"] == 6 and pipe.stats["cached"] == 14
     assert all(r.verdicts[0].no_mask == pytest.approx(230 / 255) for r in results)
     assert results[-1].tracks[0].violating
+    assert results[-1].tracks[0].votes == 6
     # Crops are handed out only for frames that were classified (the event's best crop).
-    assert [bool(r.crops) for r in results[:6]] == [True, False, False, False, False, True]
+    assert [bool(r.crops) for r in results[:8]] == [True] * 3 + [False] * 4 + [True]
+
+
+def test_a_cached_score_is_never_a_vote():
+    """Even when the cache may be used, a track gathering evidence is classified fresh, and
+    a score reused from the cache does not move the track towards a violation."""
+    cfg = Config()
+    cfg.tracking.min_votes, cfg.tracking.min_span_s, cfg.tracking.recheck_every = 4, 0.0, 50
+    pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 6), RedClassifier())
+    seen = [(t.votes, t.violating) for i in range(6) for t in pipe.process(frame(i)).tracks]
+    assert [votes for votes, _ in seen] == [1, 2, 3, 4, 4, 4]
+    assert [violating for _, violating in seen] == [False, False, False, True, True, True]
+    assert pipe.stats["cached"] == 2
+    # Straight to the tracker: cached scores (fresh=False) add nothing.
+    tracker = pipe.tracker
+    (t,) = tracker.match([(400, 10, 460, 70)], 6, 0.6)
+    for _ in range(10):
+        tracker.record(t, 0.99, fresh=False)
+    assert t.votes == 0 and t.smoothed is None and not t.violating
 
 
 def test_moving_or_uncertain_tracks_are_classified_every_frame():

@@ -29,6 +29,7 @@ settings as the device applies them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -94,8 +95,25 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
     return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
 
 
-def load_scenes(root: Path, limit: int | None = None) -> list[Scene]:
-    xmls = sorted((root / "annotations").glob("*.xml"))[:limit]
+# scenes-dev is split by photo into a training part and a selection part: no photo is in both,
+# and models and defaults are chosen on the selection part only. The part follows from the
+# photo's name alone (a hash), so it never changes when photos are added or removed.
+PARTS = ("all", "train", "select")
+SELECT_PERCENT = 40
+
+
+def photo_part(stem: str) -> str:
+    """'select' for about SELECT_PERCENT % of photos, 'train' for the rest (by name hash)."""
+    h = int(hashlib.sha256(stem.encode("utf-8")).hexdigest()[:8], 16) % 100
+    return "select" if h < SELECT_PERCENT else "train"
+
+
+def load_scenes(root: Path, limit: int | None = None, part: str = "all") -> list[Scene]:
+    """The annotated photos of ``root`` (sorted by name), optionally one part of the split."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    xmls = sorted((root / "annotations").glob("*.xml"))
+    xmls = [x for x in xmls if part == "all" or photo_part(x.stem) == part][:limit]
     if not xmls:
         raise FileNotFoundError(f"{root}/annotations: no .xml files")
     return [load_scene(x, root / "images") for x in xmls]
