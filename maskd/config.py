@@ -78,6 +78,9 @@ class ClassifierConfig(Section):
     # Per-frame label cut on P(no_mask); 0.7 = the tracker's start_threshold, best violation F1
     # on scenes-dev (docs/detectors.md).
     threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    # A second, mirrored view for a fresh score within this distance of the label cut; the two
+    # scores are averaged (0 = off). Costs a classification only for the doubtful faces.
+    flip_band: float = Field(0.0, ge=0.0, le=0.5)
 
 
 class TrackingConfig(Section):

@@ -82,6 +82,24 @@ def classify_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray]) -> l
     return [float(p) for p in classifier.predict(rgb)]
 
 
+def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scores: list[float],
+                   cut: float, band: float) -> list[float]:
+    """Scores within ``band`` of ``cut`` averaged with the score of the mirrored crop.
+
+    A face near the cut is the one a single view gets wrong (a hand, a turned head); its mirror
+    image is a second, slightly different look at the same evidence, in one extra call.
+    """
+    doubtful = [i for i, p in enumerate(scores) if abs(p - cut) < band]
+    if not doubtful:
+        return scores
+    mirrored = classify_crops(classifier, [np.ascontiguousarray(crops_bgr[i][:, ::-1])
+                                           for i in doubtful])
+    out = list(scores)
+    for i, q in zip(doubtful, mirrored, strict=True):
+        out[i] = (scores[i] + q) / 2.0
+    return out
+
+
 def judge_faces(
     image: np.ndarray, faces: list[Face], classifier: MaskClassifier, margin: float,
     min_face_px: int,
@@ -156,7 +174,11 @@ class Pipeline:
                 self.stats["cached"] += 1
         t2 = time.perf_counter()
         crops = {tracks[i].track_id: crop_face(frame.image, faces[i].box, ccfg.margin) for i in todo}
-        fresh = classify_crops(self.classifier, [crops[tracks[i].track_id] for i in todo])
+        todo_crops = [crops[tracks[i].track_id] for i in todo]
+        fresh = classify_crops(self.classifier, todo_crops)
+        if ccfg.flip_band > 0:
+            fresh = second_opinion(self.classifier, todo_crops, fresh, ccfg.threshold,
+                                   ccfg.flip_band)
         t3 = time.perf_counter()
         for i, p in zip(todo, fresh, strict=True):
             scores[i] = p

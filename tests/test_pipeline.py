@@ -201,3 +201,26 @@ def test_cache_on_the_demo_clip_saves_work_without_changing_the_outcome(default_
     for line in timelines:
         assert sum(line[:half]) >= half - 5 and not any(line[half + 10:])
     assert sum(a != b for a, b in zip(*timelines, strict=True)) <= 5
+
+
+class LeftRedClassifier(RedClassifier):
+    """P(no_mask) = mean red of the crop's left half: a mirrored crop gets another score."""
+
+    def predict(self, crops_rgb):
+        self.calls += 1
+        self.crops += len(crops_rgb)
+        return np.array([c[:, : c.shape[1] // 2, 0].mean() / 255.0 for c in crops_rgb], np.float32)
+
+
+def test_second_opinion_mirrors_only_doubtful_faces():
+    from maskd.pipeline import second_opinion
+
+    half = np.zeros((40, 40, 3), np.uint8)
+    half[:, :20, 2] = 255  # BGR red on the left half: 1.0 as is, 0.0 mirrored
+    plain = np.zeros((40, 40, 3), np.uint8)
+    clf = LeftRedClassifier()
+    out = second_opinion(clf, [half, plain, half], [0.65, 0.0, 0.99], cut=0.7, band=0.1)
+    assert out == pytest.approx([(0.65 + 0.0) / 2, 0.0, 0.99])
+    assert clf.calls == 1 and clf.crops == 1  # one extra call, for the one doubtful face
+    assert second_opinion(clf, [plain], [0.2], cut=0.7, band=0.1) == [0.2]
+    assert clf.calls == 1
