@@ -5,7 +5,15 @@ MobileNetV2 (alpha 1.0) from ImageNet weights, frozen, with the head
 AveragePooling2D(S/32) -> Flatten -> Dense(128, relu) -> Dropout(0.5) -> Dense(2, softmax),
 trained with augmentation that imitates what the device feeds it: face-detector crops
 (shifted, zoomed, tilted), small faces blown up from few pixels, JPEG artefacts, lighting,
-grey IR-like frames. Optionally the top of the base is fine-tuned afterwards.
+grey IR-like frames; by default (--augment hard) also the hard cases of the scene photos:
+profiles, hands in front of the face, motion blur, faces cut off at the frame edge.
+Optionally the top of the base is fine-tuned afterwards.
+
+--scenes adds the domain: face crops cut from the TRAIN part of annotated scene photos
+exactly as the device cuts them (tools/scene_crops.py). About 15 % of those photos, whole,
+go to the validation set that picks the epoch; the select part is never read. A scene crop
+weighs --scene-weight paper images, and class weights make mask and no_mask weigh the same
+in total (scenes are ~80 % masked), in training and in the val_loss alike.
 
 While the base is frozen it is a fixed function, so by default (--views 4) it runs once on
 4 augmented views of every training image and the 20 head epochs reuse those features
@@ -15,6 +23,7 @@ instead of 20, at a fifth of the CPU. --views 0 pushes every epoch through the b
     python tools/train.py --out runs/m224                     # 224 px, 20 epochs
     python tools/train.py --size 96 --epochs 1 --limit 60 --out runs/tiny
     python tools/train.py --size 160 --fine-tune-epochs 5 --out runs/m160
+    python tools/train.py --size 128 --scenes ../shared/data/scenes-dev --out runs/m128s
 
 The run folder gets: model.keras, split.json, history.csv, curves.png, record.json.
 """
@@ -56,19 +65,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fine-tune-from", default="block_13_expand",
                    help="first base layer to unfreeze when fine-tuning")
     p.add_argument("--fine-tune-lr", type=float, default=1e-5)
-    p.add_argument("--augment", choices=["none", "seed", "device"], default="device",
-                   help="seed: flips/rotation/zoom/shift; device: also small faces, JPEG, light, grey")
+    p.add_argument("--augment", choices=["none", "seed", "device", "hard"], default="hard",
+                   help="seed: flips/rotation/zoom/shift; device: also small faces, JPEG, light, "
+                        "grey; hard: also profiles, hands in front, motion blur, frame edges")
+    p.add_argument("--scenes", type=Path, default=None,
+                   help="annotated scene photos (images/ + annotations/, e.g. "
+                        "../shared/data/scenes-dev): face crops of their train part, cut as the "
+                        "device cuts them, join training; those of 15 %% of its photos join "
+                        "the validation set that picks the epoch")
+    p.add_argument("--scene-weight", type=float, default=3.0,
+                   help="loss weight of one scene crop against one paper image")
+    p.add_argument("--scene-score", type=float, default=None,
+                   help="YuNet score cut when cutting scene crops (default: the device's; lower "
+                        "cuts more hard faces from the detector's box)")
     p.add_argument("--views", type=int, default=4,
                    help="frozen phase: augmented views per image whose base features are computed "
                         "once and reused by the epochs (0 = push every epoch through the base)")
     p.add_argument("--val", type=float, default=0.1, help="validation fraction")
     p.add_argument("--test", type=float, default=0.1, help="test fraction (never trained on)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--limit", type=int, default=None, help="at most N images per class (trials)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N images per class and N scene photos (trials)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
     args = p.parse_args(argv)
     if args.size % 32 or args.size < 32:
         p.error("--size must be a multiple of 32 (the head pools the S/32 feature map)")
+    if args.scene_weight <= 0:
+        p.error("--scene-weight must be > 0")
     return args
 
 
@@ -97,12 +120,93 @@ def build_model(size: int, alpha: float, weights: str | None, seed: int):
     return keras.Model(inputs, outputs, name=f"maskd_mobilenetv2_{size}"), base
 
 
+# --augment hard: how often each hard case is imitated (on top of everything "device" does).
+HARD_P = {"yaw": 0.25, "occlude": 0.3, "blur": 0.25, "edge": 0.15}
+# Skin tones (RGB), light to dark: a hand in front of the face is the commonest occluder.
+SKIN_RGB = np.array([[255, 219, 172], [224, 172, 138], [198, 134, 66], [141, 85, 36],
+                     [94, 54, 33]], np.float32)
+
+
+def yaw_squeeze(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A head turned aside (profile-ish): narrower, and shorter on the far side (perspective)."""
+    s = img.shape[0]
+    dx = (1 - rng.uniform(0.7, 0.95)) * s / 2  # horizontal squeeze, per side
+    dy = (1 - rng.uniform(0.8, 0.97)) * s / 2  # far side shorter, per end
+    src = np.float32([[0, 0], [s, 0], [s, s], [0, s]])
+    dst = np.float32([[dx, dy], [s - dx, 0], [s - dx, s], [dx, s - dy]])  # left side far
+    if rng.random() < 0.5:
+        dst = np.float32([[dx, 0], [s - dx, dy], [s - dx, s - dy], [dx, s]])
+    m = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(np.ascontiguousarray(img), m, (s, s), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+
+
+def occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A hand or object in front of the face: a filled ellipse or rectangle of 8-30 % of the
+    crop. Over the lower half (70 %) it is skin-toned, a hand: a coloured patch over the
+    mouth would be a mask labelled no_mask. Over the upper half half of them are any colour."""
+    s = img.shape[0]
+    out = np.ascontiguousarray(img).copy()
+    area = rng.uniform(0.08, 0.3) * s * s
+    aspect = rng.uniform(0.6, 1.8)  # width / height
+    w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    cx = rng.uniform(0.25, 0.75) * s
+    lower = rng.random() < 0.7
+    cy = (rng.uniform(0.6, 0.85) if lower else rng.uniform(0.15, 0.4)) * s
+    if lower or rng.random() < 0.5:
+        colour = SKIN_RGB[rng.integers(len(SKIN_RGB))] * rng.uniform(0.8, 1.1, 3)
+    else:
+        colour = rng.uniform(0, 255, 3)
+    colour = tuple(float(c) for c in np.clip(colour, 0, 255))
+    if rng.random() < 0.6:  # an ellipse of the same area: axes scaled by 2/sqrt(pi)
+        k = 1 / np.sqrt(np.pi)
+        cv2.ellipse(out, (round(cx), round(cy)), (round(w * k), round(h * k)),
+                    rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA)
+    else:
+        cv2.rectangle(out, (round(cx - w / 2), round(cy - h / 2)),
+                      (round(cx + w / 2), round(cy + h / 2)), colour, -1)
+    return out
+
+
+def edge_cut(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A face at the frame edge: 20-50 % of the crop on one side becomes the last row/column
+    repeated, the way crop_face pads past the image border (cv2.BORDER_REPLICATE)."""
+    s = img.shape[0]
+    k = int(round(rng.uniform(0.2, 0.5) * s))
+    out = np.ascontiguousarray(img).copy()
+    side = int(rng.integers(4))
+    if side == 0:
+        out[:, :k] = out[:, k : k + 1]
+    elif side == 1:
+        out[:, s - k :] = out[:, s - k - 1 : s - k]
+    elif side == 2:
+        out[:k] = out[k : k + 1]
+    else:
+        out[s - k :] = out[s - k - 1 : s - k]
+    return out
+
+
+def motion_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Someone walking past a slow shutter: a line kernel of 3-11 px at a random angle."""
+    k = int(rng.choice([3, 5, 7, 9, 11]))
+    kernel = np.zeros((k, k), np.float32)
+    kernel[k // 2, :] = 1
+    rot = cv2.getRotationMatrix2D(((k - 1) / 2, (k - 1) / 2), rng.uniform(0, 180), 1.0)
+    kernel = cv2.warpAffine(kernel, rot, (k, k))
+    return cv2.filter2D(np.ascontiguousarray(img), -1, kernel / kernel.sum(),
+                        borderType=cv2.BORDER_REFLECT_101)
+
+
 def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
     """One random variant of an (S, S, 3) uint8 face image, in OpenCV (fast on a busy CPU).
 
     seed: flip, rotation +-15 deg, zoom 0.85..1.2, shift +-8 % in ONE affine warp.
     device: also (60 %) a small face blown up from 12..0.75*S px, brightness/contrast/white balance,
     grey (IR-like) frames and JPEG compression, which is what the Pi camera path adds.
+    hard: also the faces the scene photos show the device gets wrong (HARD_P): profiles
+    (yaw_squeeze), hands and objects in front (occlude), motion blur, faces cut off at the
+    frame edge (edge_cut), and smaller faces (70 % shrunk, from 10 px). The "device" sequence
+    of random draws is unchanged, so old runs reproduce.
     """
     if kind == "none":
         return img
@@ -113,12 +217,21 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
     m[:, 2] += rng.uniform(-0.08, 0.08, 2) * s
     img = cv2.warpAffine(np.ascontiguousarray(img), m, (s, s), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT_101)
-    if kind != "device":
+    if kind not in ("device", "hard"):
         return img
-    if rng.random() < 0.6:
-        side = int(round(np.exp(rng.uniform(np.log(12), np.log(0.75 * s)))))
+    hard = kind == "hard"
+    if hard and rng.random() < HARD_P["yaw"]:
+        img = yaw_squeeze(img, rng)
+    if hard and rng.random() < HARD_P["occlude"]:
+        img = occlude(img, rng)
+    if rng.random() < (0.7 if hard else 0.6):
+        side = int(round(np.exp(rng.uniform(np.log(10 if hard else 12), np.log(0.75 * s)))))
         small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
         img = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
+    if hard and rng.random() < HARD_P["blur"]:
+        img = motion_blur(img, rng)
+    if hard and rng.random() < HARD_P["edge"]:
+        img = edge_cut(img, rng)
     x = img.astype(np.float32)
     mean = x.mean()
     x = (x - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-40, 40)
@@ -133,8 +246,12 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
     return img
 
 
-def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int):
-    """A keras PyDataset of augmented, normalised batches; reshuffled and re-drawn each epoch."""
+def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
+                 weights: np.ndarray | None = None):
+    """A keras PyDataset of augmented, normalised batches; reshuffled and re-drawn each epoch.
+
+    With ``weights`` each batch also carries the examples' loss weights.
+    """
     import keras
 
     from maskd.classifier import normalize
@@ -152,7 +269,9 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int)
             idx = self.order[i * batch : (i + 1) * batch]
             rng = np.random.default_rng([seed, self.epoch, i])
             imgs = np.stack([augment_image(x[j], rng, kind) for j in idx])
-            return normalize(imgs), y[idx]
+            if weights is None:
+                return normalize(imgs), y[idx]
+            return normalize(imgs), y[idx], weights[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
@@ -193,7 +312,8 @@ def head_model(model):
     return keras.Model(feat, model.get_layer("probs")(x), name="head")
 
 
-def feature_batches(feats: np.ndarray, y: np.ndarray, batch: int, seed: int):
+def feature_batches(feats: np.ndarray, y: np.ndarray, batch: int, seed: int,
+                    weights: np.ndarray | None = None):
     """Each epoch: every image once, through a randomly chosen one of its augmented views."""
     import keras
 
@@ -212,12 +332,69 @@ def feature_batches(feats: np.ndarray, y: np.ndarray, batch: int, seed: int):
         def __getitem__(self, i):
             order, views = self._draw()
             idx = order[i * batch : (i + 1) * batch]
-            return feats[views[idx], idx], y[idx]
+            if weights is None:
+                return feats[views[idx], idx], y[idx]
+            return feats[views[idx], idx], y[idx], weights[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
 
     return Batches()
+
+
+def example_weights(labels: np.ndarray, source: np.ndarray,
+                    class_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Loss weight per example: its source weight (1 for a paper image, --scene-weight for a
+    scene crop) times its class's weight; returns (weights, class_weight).
+
+    The class weights (unless given: the training set's, reused for validation) make both
+    classes weigh the same in total, so the ~80 % masked scene crops do not swamp no_mask,
+    and are scaled so the training weights average 1 (loss values stay comparable).
+    """
+    source = np.asarray(source, np.float64)
+    if class_weight is None:
+        totals = np.bincount(labels, weights=source, minlength=len(dataset.LABELS))
+        class_weight = totals.sum() / (len(totals) * np.maximum(totals, 1e-9))
+        class_weight /= np.mean(source * class_weight[labels])
+    return (source * class_weight[labels]).astype(np.float32), class_weight
+
+
+def scene_data(args: argparse.Namespace):
+    """Scene crops of the --scenes train part as (scene-train, scene-val), split by photo."""
+    import scene_crops
+
+    crops = scene_crops.scene_crops(args.scenes, "train", args.size,
+                                    score_threshold=args.scene_score, limit=args.limit,
+                                    progress=True)
+    return crops, *scene_crops.split_by_photo(crops)
+
+
+def join_scenes(data: dict, scenes: dict, scene_weight: float
+                ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Append scene-train crops to ``data["train"]`` and scene-val crops to ``data["val"]`` (the
+    epoch-picking set); returns (train weights, val weights, summary for record.json).
+
+    Both get the same weighting (source x class weight, ``example_weights``), so the val_loss
+    that picks the epoch measures the objective training minimises, on unseen photos.
+    """
+    source = {}
+    for part in ("train", "val"):
+        x, y = data[part]
+        sc = scenes[part]
+        data[part] = (np.concatenate([x, sc.images]), np.concatenate([y, sc.labels]))
+        source[part] = np.concatenate([np.ones(len(y)), np.full(len(sc.labels), scene_weight)])
+    w_train, class_weight = example_weights(data["train"][1], source["train"])
+    w_val, _ = example_weights(data["val"][1], source["val"], class_weight)
+    n_scene = len(scenes["train"].labels)
+    share = float(w_train[len(w_train) - n_scene:].sum() / w_train.sum()) if n_scene else 0.0
+    return w_train, w_val, {
+        "photos": {part: len(sc.photos) for part, sc in scenes.items()},
+        "counts": {part: sc.counts() for part, sc in scenes.items()},
+        "scene_weight": scene_weight,
+        "class_weight": {lab: round(float(w), 4)
+                         for lab, w in zip(dataset.LABELS, class_weight, strict=True)},
+        "scene_share_of_training_weight": round(share, 4),
+    }
 
 
 class EpochLog:
@@ -297,12 +474,29 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[1/5] scanning {args.data} (dedupe exact duplicates, then stratified split)", flush=True)
     split = dataset.make_split(args.data, args.val, args.test, args.seed, args.limit)
-    dataset.save_split(split, out / "split.json")
     print(
         f"      {split['files_found']} files, {len(split['unreadable'])} unreadable, "
         f"{len(split['duplicates_dropped'])} duplicates dropped; counts {split['counts']}",
         flush=True,
     )
+    scenes = None
+    if args.scenes is not None:
+        print(f"[1b/5] cutting face crops from the train part of {args.scenes} "
+              f"(the select part is never read)", flush=True)
+        crops, sc_train, sc_val = scene_data(args)
+        scenes = {"train": sc_train, "val": sc_val}
+        split["scenes"] = {
+            "settings": crops.settings, "fingerprint": crops.fingerprint(),
+            "skipped": crops.skipped,
+            "counts": {part: sc.counts() for part, sc in scenes.items()},
+            "photos": {part: sc.photos for part, sc in scenes.items()},
+        }
+        print(f"      {len(crops.photos)} photos, {len(crops.labels)} crops; scene-train "
+              f"{len(sc_train.photos)} photos {sc_train.counts()}, scene-val "
+              f"{len(sc_val.photos)} photos {sc_val.counts()}; left out {crops.skipped}",
+              flush=True)
+        del crops
+    dataset.save_split(split, out / "split.json")
 
     import keras
     import tensorflow as tf
@@ -318,10 +512,26 @@ def main(argv: list[str] | None = None) -> int:
         paths, labels = dataset.subset_files(split, part)
         data[part] = (dataset.load_resized(paths, args.size, progress=True), labels)
 
-    ds_train = make_batches(*data["train"], args.batch, args.augment, args.seed)
+    n_val = len(data["val"][1])
+    w_train = w_pick = scene_summary = None
+    if scenes is not None:
+        w_train, w_pick, scene_summary = join_scenes(data, scenes, args.scene_weight)
+        scene_summary.update(root=split["scenes"]["settings"]["root"], split_file="split.json",
+                             fingerprint=split["scenes"]["fingerprint"],
+                             skipped=split["scenes"]["skipped"])
+        print(f"      with scene crops: train {len(data['train'][1])}, val {len(data['val'][1])}; "
+              f"class weights {scene_summary['class_weight']}, scene share of the training "
+              f"weight {scene_summary['scene_share_of_training_weight']}", flush=True)
+
+    ds_train = make_batches(*data["train"], args.batch, args.augment, args.seed, w_train)
     # Validation/test inputs: exactly the runtime's preprocess() (same resize, same formula).
-    plain = {part: normalize(data[part][0]) for part in ("val", "test")}
-    ds_val = (plain["val"], data["val"][1])
+    # "pick" (paper val + scene-val crops) picks the epoch; its parts are scored separately.
+    pick = normalize(data["val"][0])
+    plain = {"val": pick[:n_val], "test": normalize(data["test"][0])}
+    truth = {"val": data["val"][1][:n_val], "test": data["test"][1]}
+    if scenes is not None:
+        plain["scene_val"], truth["scene_val"] = pick[n_val:], data["val"][1][n_val:]
+    ds_val = (pick, data["val"][1]) if w_pick is None else (pick, data["val"][1], w_pick)
 
     weights = None if args.weights.lower() == "none" else args.weights
     if weights and not Path(weights).is_file():
@@ -341,14 +551,14 @@ def main(argv: list[str] | None = None) -> int:
         # the head on those features (20x cheaper than pushing every epoch through it).
         feat_model = keras.Model(model.input, model.get_layer("head_flatten").output)
         feats = base_features(feat_model, data["train"][0], args)
-        val_feats = np.asarray(feat_model.predict(plain["val"], batch_size=args.batch, verbose=0))
+        val_feats = np.asarray(feat_model.predict(pick, batch_size=args.batch, verbose=0))
         head = head_model(model)
         head.compile(optimizer=keras.optimizers.Adam(args.lr), **compile_args)
         best_head = keras.callbacks.ModelCheckpoint(
             str(out / "best_head.weights.h5"), monitor="val_loss", save_best_only=True,
             save_weights_only=True)
-        head.fit(feature_batches(feats, data["train"][1], args.batch, args.seed),
-                 validation_data=(val_feats, data["val"][1]), epochs=args.epochs,
+        head.fit(feature_batches(feats, data["train"][1], args.batch, args.seed, w_train),
+                 validation_data=(val_feats, *ds_val[1:]), epochs=args.epochs,
                  validation_batch_size=args.batch, callbacks=[log.callback, best_head],
                  verbose=verbose)
         head.load_weights(str(out / "best_head.weights.h5"))  # shared layers: lands in model
@@ -391,11 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     model.save(out / "model.keras")
     plot_curves(log.rows, out / "curves.png", fine_tune_start)
 
-    print("[4/5] scoring the kept model on val and test", flush=True)
+    print(f"[4/5] scoring the kept model on {', '.join(plain)}", flush=True)
     metrics = {}
-    for part in ("val", "test"):
+    for part in plain:
         probs = model.predict(plain[part], batch_size=args.batch, verbose=0)[:, dataset.LABELS.index("no_mask")]
-        metrics[part] = binary_metrics(data[part][1], probs)
+        metrics[part] = binary_metrics(truth[part], probs)
         m = metrics[part]
         print(f"      {part}: accuracy {m['accuracy']:.4f} precision {m['precision']:.4f} "
               f"recall {m['recall']:.4f} f1 {m['f1']:.4f}", flush=True)
@@ -412,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             "duplicates_dropped": len(split["duplicates_dropped"]),
             "split_file": "split.json",
             "counts": split["counts"],
+            "scenes": scene_summary,
         },
         "labels": dataset.LABELS,
         "input_size": args.size,

@@ -1,0 +1,144 @@
+"""Scene crops for training (tools/scene_crops.py) and train.py's scene and hard-case additions.
+
+Pure functions on synthetic images, except one test on three real train-part photos.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import scene_crops  # noqa: E402
+import train  # noqa: E402
+from eval_scenes import photo_part  # noqa: E402
+from scene_crops import SceneCrops  # noqa: E402
+
+from maskd.pipeline import crop_face  # noqa: E402
+
+
+def _image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _crops(stems: list[str], size: int = 8) -> SceneCrops:
+    n = len(stems)
+    return SceneCrops(np.zeros((n, size, size, 3), np.uint8), np.arange(n, dtype=np.int64) % 2,
+                      stems, ["annotated"] * n, np.ones(n), sorted(set(stems)))
+
+
+def test_cut_faces_cuts_annotated_and_detected_boxes_as_the_device_does() -> None:
+    frame = _image()
+    boxes = np.array([[40, 40, 100, 110],     # with_mask, detected
+                      [150, 50, 200, 110],    # without_mask, missed: annotated crop only
+                      [220, 60, 270, 120],    # mask_weared_incorrect: no class
+                      [10, 200, 20, 212]],    # with_mask, 10 px: too small
+                     np.float64)
+    names = ["with_mask", "without_mask", "mask_weared_incorrect", "with_mask"]
+    det = np.array([[44, 36, 104, 108], [280, 150, 310, 190]], np.float64)  # 2nd: no face
+    crops, skipped = scene_crops.cut_faces(frame, boxes, names, det, np.array([0.9, 0.95]),
+                                           margin=0.15)
+    assert [(label, kind) for _, label, kind in crops] == [
+        (0, "annotated"), (0, "detected"), (1, "annotated")]
+    assert np.array_equal(crops[0][0], crop_face(frame, tuple(boxes[0]), 0.15))
+    assert np.array_equal(crops[1][0], crop_face(frame, tuple(det[0]), 0.15))
+    assert np.array_equal(crops[2][0], crop_face(frame, tuple(boxes[1]), 0.15))
+    assert skipped == {"mask_weared_incorrect": 1, "small": 1, "missed": 1}
+
+
+def test_camera_frame_fits_the_device_frame_and_zooms() -> None:
+    photo = _image(300, 400)
+    frame, scale = scene_crops.camera_frame(photo, 1.0, quality=None)
+    assert frame.shape == (480, 640, 3) and scale == pytest.approx(1.6)
+    frame, scale = scene_crops.camera_frame(photo, 2.0)
+    assert frame.shape == (960, 1280, 3) and frame.dtype == np.uint8 and scale == pytest.approx(3.2)
+
+
+def test_split_by_photo_never_puts_a_photo_on_both_sides() -> None:
+    stems = [f"photo{i}" for i in range(300) for _ in range(3)]
+    train_part, val_part = scene_crops.split_by_photo(_crops(stems))
+    assert not set(train_part.stems) & set(val_part.stems)
+    assert not set(train_part.photos) & set(val_part.photos)
+    assert len(train_part.labels) + len(val_part.labels) == len(stems)
+    assert 0.08 < len(val_part.photos) / 300 < 0.22
+    # The side follows from the name alone, pinned here so a run's scene-val set never drifts.
+    assert len(val_part.photos) == 36
+    assert [i for i in range(30) if scene_crops.scene_val_photo(f"maksssksksss{i}")] == [
+        3, 22, 24, 26, 27]
+
+
+def test_example_weights_balance_classes_and_average_one() -> None:
+    labels = np.array([0] * 6 + [1] * 2 + [0] * 8 + [1] * 2)
+    source = np.array([1.0] * 8 + [3.0] * 10)
+    w, class_weight = train.example_weights(labels, source)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[labels == 0].sum() == pytest.approx(w[labels == 1].sum())
+    assert w[10] / w[0] == pytest.approx(3.0)  # a scene crop weighs 3 paper images, same class
+    w_val, again = train.example_weights(np.array([0, 1]), np.array([1.0, 3.0]), class_weight)
+    assert again is class_weight and w_val.tolist() == pytest.approx(
+        [class_weight[0], 3 * class_weight[1]])
+
+
+def test_join_scenes_appends_crops_to_train_and_val() -> None:
+    data = {p: (np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1])) for p in ("train", "val")}
+    scenes = {"train": _crops(["a", "a", "b"]), "val": _crops(["c"])}
+    w_train, w_val, summary = train.join_scenes(data, scenes, 3.0)
+    assert len(data["train"][1]) == len(w_train) == 7 and len(data["val"][1]) == len(w_val) == 5
+    assert data["train"][1][4:].tolist() == scenes["train"].labels.tolist()
+    assert summary["counts"] == {"train": {"mask": 2, "no_mask": 1}, "val": {"mask": 1, "no_mask": 0}}
+    assert 0 < summary["scene_share_of_training_weight"] < 1
+
+
+HARD = [train.yaw_squeeze, train.occlude, train.edge_cut, train.motion_blur]
+
+
+@pytest.mark.parametrize("fn", HARD + ["hard", "device"], ids=lambda f: getattr(f, "__name__", f))
+def test_augmentations_keep_shape_and_dtype_and_are_deterministic_per_seed(fn) -> None:
+    img = _image(96, 96)
+    if isinstance(fn, str):
+        kind = fn
+
+        def fn(im, rng):
+            return train.augment_image(im, rng, kind)
+    for seed in range(5):
+        a = fn(img, np.random.default_rng(seed))
+        b = fn(img, np.random.default_rng(seed))
+        assert a.shape == img.shape and a.dtype == np.uint8
+        assert np.array_equal(a, b)
+    assert not np.array_equal(fn(img, np.random.default_rng(1)), img)
+
+
+def test_edge_cut_repeats_the_edge_row_or_column_over_20_to_50_percent() -> None:
+    img = _image(100, 100)
+    for seed in range(20):
+        out = train.edge_cut(img, np.random.default_rng(seed))
+        changed = np.any(out != img, axis=2)
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        strip = out[:, cols] if len(rows) == 100 else out[rows]  # the padded band
+        axis = 1 if len(rows) == 100 else 0
+        assert 20 <= strip.shape[axis] <= 50
+        assert np.all(strip == np.take(strip, [0], axis=axis))
+
+
+def test_occluder_covers_at_most_about_30_percent() -> None:
+    img = np.full((96, 96, 3), 128, np.uint8)
+    for seed in range(30):
+        covered = np.any(train.occlude(img, np.random.default_rng(seed)) != img, axis=2).mean()
+        assert 0.0 < covered <= 0.33
+
+
+@pytest.mark.shared
+def test_crops_of_three_real_train_photos(scenes_dir: Path, yunet_model: Path) -> None:
+    crops = scene_crops.scene_crops(scenes_dir, "train", size=64, limit=3)
+    assert len(crops.photos) == 3 and all(photo_part(p) == "train" for p in crops.photos)
+    n = len(crops.labels)
+    assert n > 0 and crops.images.shape == (n, 64, 64, 3) and crops.images.dtype == np.uint8
+    assert set(crops.labels.tolist()) <= {0, 1} and len(crops.stems) == n
+    assert set(crops.stems) <= set(crops.photos)
+    assert set(crops.kinds) <= {"annotated", "detected"} and set(crops.zooms) <= {1.0, 2.0}
+    assert crops.settings["part"] == "train" and crops.settings["margin"] == 0.15
