@@ -1,0 +1,295 @@
+"""tools/eval_video.py: clip geometry and the per-person scorer on hand-made cases, then a
+short real run through the maskd loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskd.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eval_video", REPO / "tools" / "eval_video.py")
+ev = importlib.util.module_from_spec(_spec)
+sys.modules["eval_video"] = ev  # dataclasses (and spawned workers) look the module up by name
+_spec.loader.exec_module(ev)
+
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def scene(tmp_path: Path, size: tuple[int, int], boxes: list[list[float]],
+          labels: list[str]) -> ev.Scene:
+    """A photo on disk (its size is read from the file) with annotated boxes."""
+    path = tmp_path / f"photo{len(list(tmp_path.glob('*.jpg')))}.jpg"
+    cv2.imwrite(str(path), np.full((size[1], size[0], 3), 90, np.uint8))
+    return ev.Scene(path, np.array(boxes, np.float64).reshape(-1, 4), labels)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_a_known_window_moves_a_box_to_a_known_place():
+    # A 320x240 window at (100, 50) fills the 640x480 frame: scale 2, shifted by the corner.
+    a = ev.window_affine(np.array([100.0, 50.0, 420.0, 290.0]))
+    assert ev.move_boxes(np.array([[120, 60, 140, 90]]), a).tolist() == [[40, 20, 80, 80]]
+    # A placed face gets the asked size and centre whatever its own.
+    a = ev.place_affine(np.array([10.0, 20.0, 30.0, 60.0]), 96, (320, 192))
+    moved = ev.move_boxes(np.array([[10.0, 20.0, 30.0, 60.0]]), a)[0]
+    assert ev.min_side(moved[None])[0] == pytest.approx(96)
+    assert ((moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2) == pytest.approx((320, 192))
+
+
+def test_visible_fraction_counts_the_frame_edge_and_occluders():
+    view = np.array([0.0, 0.0, 640.0, 480.0])
+    boxes = np.array([[100, 100, 200, 200], [600, 0, 700, 100], [-70, 0, 30, 100]])
+    assert ev.visible_fraction(boxes, view).tolist() == pytest.approx([1.0, 0.4, 0.3])
+    # Two overlapping occluders are not subtracted twice.
+    occ = [np.array([100, 100, 150, 200]), np.array([120, 100, 170, 200])]
+    assert ev.visible_fraction(boxes[:1], view, occ)[0] == pytest.approx(0.3)
+
+
+def test_a_box_less_than_half_in_view_has_no_truth():
+    sc = ev.Scene(Path("unused.jpg"), np.array([[100, 100, 150, 150],     # inside
+                                                [610, 100, 660, 150],     # 60 % in view
+                                                [620, 100, 670, 150],     # 40 % in view
+                                                [300, 300, 350, 350]]),   # under the patch
+                  ["without_mask"] * 4)
+    patch = ev.Scene(Path("unused2.jpg"), np.zeros((0, 4)), [])
+    frames = [[ev.Layer(0, IDENTITY, np.array([0.0, 0.0, 800.0, 600.0]))],
+              [ev.Layer(0, IDENTITY, np.array([0.0, 0.0, 800.0, 600.0])),
+               ev.Layer(1, IDENTITY, np.array([280.0, 280.0, 400.0, 400.0]))]]
+    truth = ev.clip_truth(ev.ClipPlan("test", "t", [sc, patch], frames))
+    assert truth.shape == (2, 4, 4)
+    assert truth[0, 0].tolist() == [100, 100, 150, 150]
+    assert truth[0, 1].tolist() == [610, 100, 640, 150]  # clipped to what is in view
+    assert np.isnan(truth[:, 2]).all()
+    assert not np.isnan(truth[0, 3]).any() and np.isnan(truth[1, 3]).all()
+
+
+def test_walkup_starts_whole_and_ends_zoomed_toward_the_face(tmp_path: Path):
+    # One face near the top-left corner of a 4:3 photo: the last window is clamped to the photo.
+    sc = scene(tmp_path, (400, 300), [[20, 30, 44, 60]], ["without_mask"])
+    plan = ev.walkup_clip(sc, seed=1)
+    assert len(plan.frames) == ev.FRAMES and plan.size == (640, 480)
+    wins = ev.zoom_windows((400, 300), sc.boxes[0])
+    assert wins[0].tolist() == pytest.approx([0, 0, 400, 300])  # the whole photo
+    widths = wins[:, 2] - wins[:, 0]
+    assert widths[0] / widths[-1] == pytest.approx(ev.ZOOM)
+    assert np.diff(np.log(widths)) == pytest.approx(np.full(len(widths) - 1, -np.log(2.2) / 44))
+    assert wins[-1][:2].tolist() == pytest.approx([0, 0])  # clamped, not showing outside
+    truth = ev.clip_truth(plan)
+    assert not np.isnan(truth[:, 0]).any()  # the chosen face is in view in every frame
+    side = ev.min_side(truth[:, 0])
+    assert side[-1] / side[0] == pytest.approx(ev.ZOOM)
+    assert (np.diff(side) > 0).all()  # it grows as a person walking up
+
+
+def test_walkup_letterboxes_a_wide_photo_and_keeps_a_big_face_whole(tmp_path: Path):
+    first = ev.fit_window((400, 225))
+    assert first[2] - first[0] == pytest.approx(400)  # fits by width ...
+    assert first[1] < 0 < 225 < first[3]  # ... with bars above and below
+    big = np.array([150.0, 50.0, 290.0, 200.0])  # too big to zoom 2.2x into
+    last = ev.zoom_windows((400, 225), big)[-1]
+    assert last[0] <= big[0] and last[2] >= big[2] and last[1] <= big[1] and last[3] >= big[3]
+
+
+def test_walkup_face_choice_depends_only_on_seed_and_photo(tmp_path: Path):
+    boxes = [[10 + 40 * i, 10, 40 + 40 * i, 40] for i in range(8)]
+    sc = scene(tmp_path, (400, 300), boxes, ["with_mask"] * 8)
+    lasts = {ev.walkup_clip(sc, seed).frames[-1][0].affine.tobytes() for seed in range(6)}
+    assert len(lasts) > 1  # the seed picks the face ...
+    again = ev.walkup_clip(sc, 3).frames[-1][0].affine
+    assert np.array_equal(again, ev.walkup_clip(sc, 3).frames[-1][0].affine)  # ... repeatably
+
+
+def test_queue_puts_every_face_at_one_spot_with_gaps(tmp_path: Path):
+    people = [(scene(tmp_path, (400, 300), [[50, 60, 80, 100], [200, 50, 230, 90]],
+                     ["with_mask", "without_mask"]), 1),
+              (scene(tmp_path, (300, 400), [[100, 200, 150, 260]], ["without_mask"]), 0)]
+    plan = ev.queue_clip(people, fps=15.0)
+    assert len(plan.frames) == 30 + 15 + 30
+    assert plan.queued == [1, 2]  # person indices run over the photos' boxes in order
+    truth = ev.clip_truth(plan)
+    spot = np.array([truth[0, 1], truth[45, 2]])
+    centres = (spot[:, :2] + spot[:, 2:]) / 2
+    assert centres[0] == pytest.approx(centres[1])  # same place ...
+    assert ev.min_side(spot) == pytest.approx([ev.QUEUE_FACE_PX] * 2)  # ... and size
+    assert np.isnan(truth[30:45]).all()  # nobody in the gap
+    assert np.isnan(truth[45:, :2]).all() and np.isnan(truth[:45, 2]).all()
+
+
+def test_clips_are_mjpg_and_cached_by_what_makes_them(tmp_path: Path):
+    sc = scene(tmp_path, (400, 300), [[20, 30, 44, 60]], ["without_mask"])
+    plan = ev.walkup_clip(sc, seed=0, frames=6)
+    path, rendered = ev.ensure_clip(plan, tmp_path / "clips")
+    cap = cv2.VideoCapture(str(path))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+    assert fourcc == "MJPG" and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (640, 480)
+    cap.release()
+    assert rendered and ev.ensure_clip(plan, tmp_path / "clips") == (path, False)
+    other, rendered = ev.ensure_clip(ev.walkup_clip(sc, seed=0, frames=7), tmp_path / "clips")
+    assert rendered and other != path
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _person(box: list[float], frames: range, n: int = 20) -> np.ndarray:
+    t = np.full((n, 4), np.nan)
+    t[list(frames)] = box
+    return t
+
+
+def test_judged_needs_40_px_for_10_frames():
+    truth = np.stack([_person([0, 0, 40, 40], range(10)),            # exactly: judged
+                      _person([0, 0, 39.9, 60], range(20)),          # too small
+                      _person([0, 0, 60, 60], range(9)),             # too short
+                      _person([0, 0, 60, 60], [*range(5), *range(12, 17)])], axis=1)  # 10 in all
+    assert ev.judged_people(truth).tolist() == [True, False, False, True]
+
+
+def test_score_clip_hand_made_case():
+    labels = ["without_mask", "with_mask", "mask_weared_incorrect", "without_mask",
+              "without_mask", "without_mask", "with_mask"]
+    truth = np.stack([
+        _person([0, 0, 50, 50], range(20)),        # 0 unmasked, judged: TP + a duplicate
+        _person([100, 0, 150, 50], range(20)),     # 1 masked, judged: flagged -> false alarm
+        _person([200, 0, 250, 50], range(20)),     # 2 incorrect: neither way
+        _person([300, 0, 330, 30], range(20)),     # 3 unmasked, 30 px: neither way
+        _person([400, 0, 450, 50], range(9)),      # 4 unmasked, 9 frames: neither way
+        _person([0, 100, 40, 140], range(10, 20)),  # 5 unmasked, 40 px x 10 frames: missed
+        _person([100, 100, 150, 150], range(20)),  # 6 masked, judged, not flagged
+    ], axis=1)
+    starts = [(5, [2, 2, 52, 52]),       # on 0
+              (12, [0, 0, 50, 50]),      # on 0 again: duplicate
+              (3, [100, 0, 150, 50]),    # on 1: false alarm (masked)
+              (4, [200, 0, 250, 50]),    # on 2: neither
+              (6, [300, 0, 330, 30]),    # on 3: neither
+              (2, [400, 0, 450, 50]),    # on 4: neither
+              (15, [400, 0, 450, 50]),   # where 4 was, but 4 has left: nobody
+              (7, [500, 300, 560, 360]),  # on nobody
+              (8, [0, 100, 40, 140])]    # where 5 will be, before it is in view: nobody
+    s = ev.score_clip(truth, labels, [f for f, _ in starts], np.array([b for _, b in starts]),
+                      fps=15.0)
+    assert s["person"] == [0, 0, 1, 2, 3, 4, -1, -1, -1]
+    assert s["verdicts"] == ["tp", "tp", "fa_masked", "incorrect", "small", "small",
+                             "fa_nobody", "fa_nobody", "fa_nobody"]
+    c = s["counts"]
+    assert (c["unmasked"], c["unmasked_hit"], c["masked"], c["masked_hit"]) == (2, 1, 2, 1)
+    assert (c["events"], c["events_unmasked"], c["fa_masked"], c["fa_nobody"]) == (9, 2, 1, 3)
+    assert (c["neutral"], c["duplicates"]) == (3, 1)
+    assert s["latency_s"] == pytest.approx([5 / 15])
+    m = ev.summarize([s])
+    assert m["recall"] == 0.5 and m["precision"] == pytest.approx(2 / 6, abs=1e-4)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3), abs=1e-3)
+    assert m["masked_flagged"] == 0.5 and m["duplicates_per_person"] == 0.5
+    assert m["false_alarms"] == 4 and m["events_per_person"] == 4.5
+
+
+def test_an_event_belongs_to_the_best_overlap_and_needs_iou_0_3():
+    truth = np.stack([_person([0, 0, 100, 100], range(3), 3),
+                      _person([60, 0, 160, 100], range(3), 3)], axis=1)
+    boxes = np.array([[50, 0, 150, 100], [0, 0, 100, 100], [0, 0, 100, 24], [0, 0, 100, 35]])
+    assert ev.assign_starts([1, 1, 1, 1], boxes, truth).tolist() == [1, 0, -1, 0]
+    assert ev.assign_starts([3, -1], boxes[:2], truth).tolist() == [-1, -1]  # frame not in clip
+
+
+def test_summaries_add_clips_and_latency_percentiles():
+    a = ev.score_clip(_person([0, 0, 50, 50], range(20))[:, None], ["without_mask"], [3],
+                      np.array([[0, 0, 50, 50]]))
+    b = ev.score_clip(_person([0, 0, 50, 50], range(5, 20))[:, None], ["without_mask"], [],
+                      np.zeros((0, 4)))
+    m = ev.summarize([a, b])
+    assert (m["clips"], m["unmasked"], m["recall"], m["precision"]) == (2, 2, 0.5, 1.0)
+    assert (m["people"], m["events_per_person"]) == (2, 0.5)
+    # In a queue the events should number the queued people, bystanders aside.
+    two = np.stack([_person([0, 0, 50, 50], range(20)), _person([100, 0, 150, 50], range(20)),
+                    _person([200, 0, 250, 50], range(20))], axis=1)
+    q = ev.score_clip(two, ["without_mask"] * 3, [4, 4, 9], np.array(
+        [[0, 0, 50, 50], [100, 0, 150, 50], [200, 0, 250, 50]]), queued=[0, 2])
+    assert (q["counts"]["queued"], q["counts"]["queued_hit"], q["counts"]["people"]) == (2, 2, 2)
+    assert ev.summarize([q])["events_per_person"] == 1.5
+    assert m["latency_median_s"] == pytest.approx(0.2)
+    empty = ev.summarize([])
+    assert empty["recall"] is None and empty["f1"] is None and empty["latency_p90_s"] is None
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path):
+    cfg = ev.eval_config(None, ["tracking.end_after_s=1", "mqtt.url=mqtt://broker:1883",
+                                "classifier.threshold=0.8"], jobs=2, cores=2)
+    assert cfg.detector.kind == "yunet" and cfg.detector.model == ev.SHARED_YUNET
+    assert cfg.tracking.end_after_s == 1 and cfg.classifier.threshold == 0.8
+    assert cfg.mqtt.url is None and not cfg.preview.window and cfg.preview.http is None
+    assert cfg.classifier.threads == 1  # 2 jobs x 1 thread on 2 cores
+    clip = ev.clip_config(cfg, tmp_path / "c.avi", 15.0, tmp_path)
+    assert clip.source.kind == "opencv" and clip.source.uri == str(tmp_path / "c.avi")
+    assert clip.jsonl.path == str(tmp_path / "events.jsonl")
+    f = tmp_path / "config.yaml"
+    f.write_text("detector:\n  kind: blazeface\nclassifier:\n  threads: 4\n")
+    cfg = ev.eval_config(f, [], jobs=1, cores=8)
+    assert cfg.detector.kind == "blazeface" and cfg.classifier.threads == 4
+    for bad in (["tracking.end_after=1"], ["end_after_s=1"], ["tracking.end_after_s"],
+                ["tracking.end_after_s=-1"], ["camera.x=1"]):
+        with pytest.raises(ConfigError):
+            ev.eval_config(None, bad, jobs=1)
+
+
+def test_unknown_kind_is_refused():
+    assert ev.main(["--kinds", "walkup,parade"]) == 2
+
+
+# --------------------------------------------------------------------------- real run
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_walkups_and_a_queue_through_the_real_loop(scenes_dir: Path, yunet_model: Path,
+                                                   default_model: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report.json"
+    args = ["--scenes", str(scenes_dir), "--kinds", "walkup,queue", "--limit", "2",
+            "--queue-people", "3", "--jobs", "2", "--cache", str(tmp_path / "clips"),
+            "--json", str(out), "--sheet", str(tmp_path / "fa.png")]
+    assert ev.main(args) == 0
+    table = capsys.readouterr().out
+    assert "walkup" in table and "queue" in table and "total" in table
+    report = json.loads(out.read_text())
+    rows = report["summary"]
+    assert (rows["walkup"]["clips"], rows["queue"]["clips"], rows["total"]["clips"]) == (2, 1, 3)
+    assert Path(report["config"]["detector"]["model"]).name == yunet_model.name
+    queue = [c for c in report["clips"] if c["kind"] == "queue"][0]
+    assert len(queue["photos"]) == 3 and queue["frames"] == 3 * 30 + 2 * 15
+    assert rows["queue"]["people"] == 3 and len(queue["queued"]) == 3
+    for p in queue["queued"]:  # each queued face is judged and unmasked
+        assert queue["people"][p]["judged"] and queue["people"][p]["label"] == "without_mask"
+    for c in report["clips"]:
+        assert c["frames_run"] == c["frames"]  # every frame reached the loop, in order
+        assert c["counts"]["events"] == len(c["starts"])
+        for s in c["starts"]:
+            assert 0 <= s["frame"] < c["frames"]
+            assert s["verdict"] in ("tp", "fa_masked", "fa_nobody", "incorrect", "small")
+    for kind, m in rows.items():
+        for key in ("recall", "precision", "f1", "masked_flagged"):
+            assert m[key] is None or 0.0 <= m[key] <= 1.0, (kind, key)
+        assert m["unmasked_hit"] <= m["unmasked"] and m["masked_hit"] <= m["masked"]
+        if m["latency_median_s"] is not None:
+            assert 0.0 <= m["latency_median_s"] <= m["latency_p90_s"] <= m["frames"] / 15
+    total = rows["total"]
+    assert total["events"] == rows["walkup"]["events"] + rows["queue"]["events"]
+    assert total["unmasked"] == rows["walkup"]["unmasked"] + rows["queue"]["unmasked"]
+    assert all(c["rendered"] for c in report["clips"])
+    assert (tmp_path / "fa.png").is_file()
+    # Other settings reuse the rendered clips.
+    assert ev.main([*args, "-o", "tracking.end_after_s=1"]) == 0
+    again = json.loads(out.read_text())
+    assert not any(c["rendered"] for c in again["clips"])
+    assert again["config"]["tracking"]["end_after_s"] == 1
