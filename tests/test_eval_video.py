@@ -293,3 +293,27 @@ def test_walkups_and_a_queue_through_the_real_loop(scenes_dir: Path, yunet_model
     again = json.loads(out.read_text())
     assert not any(c["rendered"] for c in again["clips"])
     assert again["config"]["tracking"]["end_after_s"] == 1
+
+
+def _cand(f1, masked=0.0, dup=0.0, lat=0.2, recall=0.95, queue=(20, 20, 20)):
+    total = {"f1": f1, "masked_flagged": masked, "duplicates_per_person": dup,
+             "latency_median_s": lat, "recall": recall}
+    q = None if queue is None else dict(zip(("events", "queued_hit", "queued"), queue, strict=True))
+    return {"total": total, "queue": q}
+
+
+def test_grid_and_the_selection_rule():
+    assert ev.grid_overrides(["a.b=1,2", "c.d=x"]) == [["a.b=1", "c.d=x"], ["a.b=2", "c.d=x"]]
+    with pytest.raises(ev.ConfigError):
+        ev.grid_overrides(["a.b"])
+    cands = [
+        _cand(0.95, masked=0.02),              # best F1 but flags 2 % of masked people
+        _cand(0.91, lat=0.5),                  # qualifies
+        _cand(0.905, lat=0.3),                 # qualifies, within 0.01: tie -> lower latency
+        _cand(0.93, queue=(19, 12, 20)),       # queue count fine, but 8 queued people missed
+        _cand(0.92, dup=0.1),                  # too many duplicates
+    ]
+    assert ev.pick(cands) == 2
+    # Nobody qualifies: the lowest masked share among recall >= 0.92, else the best F1.
+    assert ev.pick([_cand(0.9, masked=0.05), _cand(0.8, masked=0.03)]) == 1
+    assert ev.pick([_cand(0.9, masked=0.05, recall=0.9), _cand(0.8, masked=0.03, recall=0.8)]) == 0

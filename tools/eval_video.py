@@ -912,6 +912,47 @@ def evaluate(plans: Sequence[ClipPlan], results: Sequence[dict[str, Any]]) -> Ev
 # --------------------------------------------------------------------------- main
 
 
+def grid_overrides(items: Sequence[str]) -> list[list[str]]:
+    """``KEY=V1,V2`` items -> every combination as a list of ``KEY=V`` overrides."""
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid {item!r}: expected SECTION.KEY=V1,V2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def qualifies(row: dict[str, Any], queue: dict[str, Any] | None) -> bool:
+    """Step 2 of the selection rule (docs/eval_video.md)."""
+    ok = ((row["masked_flagged"] or 0.0) <= 0.01 and (row["duplicates_per_person"] or 0.0) <= 0.05)
+    if queue is not None:
+        people = queue["queued"]
+        ok = ok and 0.9 * people <= queue["events"] <= 1.05 * people
+        ok = ok and queue["queued_hit"] >= 0.9 * people
+    return ok
+
+
+def pick(candidates: Sequence[dict[str, Any]]) -> int:
+    """Steps 2-4 of the selection rule over ``{"total": row, "queue": row|None}`` items;
+    returns the index of the pick."""
+    def f1(i: int) -> float:
+        return candidates[i]["total"]["f1"] or 0.0
+
+    def latency(i: int) -> float:
+        return candidates[i]["total"]["latency_median_s"] or 0.0
+
+    good = [i for i, c in enumerate(candidates) if qualifies(c["total"], c["queue"])]
+    if good:
+        best = max(f1(i) for i in good)
+        tied = [i for i in good if f1(i) >= best - 0.01]
+        return min(tied, key=lambda i: (latency(i), -f1(i)))
+    sure = [i for i, c in enumerate(candidates) if (c["total"]["recall"] or 0.0) >= 0.92]
+    if sure:
+        return min(sure, key=lambda i: (candidates[i]["total"]["masked_flagged"] or 0.0, -f1(i)))
+    return max(range(len(candidates)), key=f1)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
@@ -937,6 +978,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memo", action="store_true",
                    help="replay detector and classifier outputs from runs/eval_video/memo for "
                         "fast sweeps of tracking/event settings (same clip, detector and model)")
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                   help="run every combination of these settings (repeatable), print one line "
+                        "each and the pick of the selection rule in docs/eval_video.md")
     p.add_argument("--json", type=Path, help="write every number and per-clip details here")
     p.add_argument("--plot", type=Path, help="save latency.png and kinds.png in this folder")
     p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the false alarms")
@@ -966,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         print("eval_video: no clips to run", file=sys.stderr)
         return 1
     cache = None if args.no_cache else args.cache
+    if args.grid:
+        return run_grid(args, plans, cache, jobs)
     threads = cfg.classifier.threads
     memo = MEMO if args.memo else None
     tasks = [ClipTask(p, cfg.model_dump(mode="json"), cache, args.sheet is not None, memo)
@@ -1007,6 +1053,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.sheet:
         save_sheet(ev.false_alarms, args.sheet)
         print(f"false alarms: {len(ev.false_alarms)} on {args.sheet}")
+    return 0
+
+
+def run_grid(args: argparse.Namespace, plans: Sequence[ClipPlan], cache: Path | None,
+             jobs: int) -> int:
+    """Every --grid combination through the real loop; one line each, then the rule's pick."""
+    try:
+        combos = grid_overrides(args.grid)
+        cfgs = [eval_config(args.config, args.overrides + combo, jobs) for combo in combos]
+    except ConfigError as err:
+        print(f"eval_video: {err}", file=sys.stderr)
+        return 2
+    memo = MEMO if args.memo else None
+    rows = []
+    head = (f"{'setting':48s} {'recall':>6s} {'prec':>6s} {'F1':>6s} {'masked':>7s} "
+            f"{'dup':>5s} {'lat':>5s} {'queue ev/hit/n':>14s}")
+    print(head)
+    for combo, cfg in zip(combos, cfgs, strict=True):
+        tasks = [ClipTask(p, cfg.model_dump(mode="json"), cache, False, memo) for p in plans]
+        ev = evaluate(plans, run_all(tasks, jobs, cfg.classifier.threads))
+        total, queue = ev.rows["total"], ev.rows.get("queue")
+        rows.append({"setting": combo, "total": total, "queue": queue})
+        q = f"{queue['events']}/{queue['queued_hit']}/{queue['queued']}" if queue else "-"
+        print(f"{' '.join(combo):48s} {_fmt(total['recall']):>6s} {_fmt(total['precision']):>6s} "
+              f"{_fmt(total['f1']):>6s} {_fmt(total['masked_flagged'], True):>7s} "
+              f"{_fmt(total['duplicates_per_person']):>5s} {_fmt(total['latency_median_s']):>5s} "
+              f"{q:>14s}{'  ok' if qualifies(total, queue) else ''}", flush=True)
+    best = pick(rows)
+    print(f"pick (docs/eval_video.md rule): {' '.join(rows[best]['setting'])}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"part": args.part, "overrides": args.overrides,
+                                         "memo": args.memo, "grid": rows, "pick": best},
+                                        indent=1), encoding="utf-8")
     return 0
 
 
