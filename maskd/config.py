@@ -75,6 +75,9 @@ class ClassifierConfig(Section):
     # Faces smaller than this (shorter side of the detected box) are counted, not judged. 20, not
     # 24: detected boxes run a little under the annotated size (docs/detectors.md).
     min_face_px: int = Field(20, ge=1)
+    # `run`: a face whose box comes within this many pixels of the frame border is cut off by the
+    # frame; it is counted, not judged (0 = judge it anyway).
+    edge_px: int = Field(0, ge=0)
     # Per-frame label cut on P(no_mask); 0.7 = the tracker's start_threshold, best violation F1
     # on scenes-dev (docs/detectors.md).
     threshold: float = Field(0.7, gt=0.0, lt=1.0)

@@ -74,6 +74,15 @@ def judgeable(face: Face, min_face_px: int) -> bool:
     return min(x1 - x0, y1 - y0) >= min_face_px
 
 
+def cut_off(box: Box, width: int, height: int, edge_px: int) -> bool:
+    """The face box reaches within ``edge_px`` of the frame border: part of the face is
+    outside the picture (someone stepping in), and half a face looks like no mask."""
+    if edge_px <= 0:
+        return False
+    x0, y0, x1, y1 = box
+    return x0 < edge_px or y0 < edge_px or x1 > width - edge_px or y1 > height - edge_px
+
+
 def classify_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray]) -> list[float]:
     """P(no_mask) per BGR crop, all in one classifier call."""
     if not crops_bgr:
@@ -138,7 +147,8 @@ class Pipeline:
         self.classifier = classifier
         self.tracker = Tracker(cfg.tracking)
         self._cache: dict[int, _Cached] = {}
-        self.stats = {"frames": 0, "faces": 0, "small_faces": 0, "classified": 0, "cached": 0}
+        self.stats = {"frames": 0, "faces": 0, "small_faces": 0, "edge_faces": 0, "classified": 0,
+                      "cached": 0}
 
     def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
         """The cached score of this track when it may stand in for a fresh classification."""
@@ -162,9 +172,13 @@ class Pipeline:
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
         scores: list[float | None] = [None] * len(faces)
         todo: list[int] = []
+        h, w = frame.image.shape[:2]
         for i, (f, t) in enumerate(zip(faces, tracks, strict=True)):
             if not judgeable(f, ccfg.min_face_px):
                 self.stats["small_faces"] += 1
+                continue
+            if cut_off(f.box, w, h, ccfg.edge_px):
+                self.stats["edge_faces"] += 1
                 continue
             cached = self._reuse(t, f.box, frame.seq)
             if cached is None:

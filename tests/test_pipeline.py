@@ -224,3 +224,19 @@ def test_second_opinion_mirrors_only_doubtful_faces():
     assert clf.calls == 1 and clf.crops == 1  # one extra call, for the one doubtful face
     assert second_opinion(clf, [plain], [0.2], cut=0.7, band=0.1) == [0.2]
     assert clf.calls == 1
+
+
+def test_faces_cut_off_by_the_frame_border_are_counted_not_judged():
+    from maskd.pipeline import cut_off
+
+    assert not cut_off((0, 0, 50, 50), 320, 240, 0)  # off: the old rule
+    assert cut_off((0, 10, 50, 60), 320, 240, 2) and cut_off((270, 10, 320, 60), 320, 240, 2)
+    assert cut_off((100, 200, 150, 239), 320, 240, 2)
+    assert not cut_off((2, 2, 318, 238), 320, 240, 2)
+    cfg = Config()
+    cfg.classifier.edge_px = 2
+    clf = RedClassifier()
+    pipe = Pipeline(cfg, ScriptedDetector([[(0, 100, 60, 160), (100, 100, 160, 160)]]), clf)
+    r = pipe.process(frame(0))
+    assert [v.no_mask is None for v in r.verdicts] == [True, False]
+    assert pipe.stats["edge_faces"] == 1 and clf.crops == 1
