@@ -13,9 +13,11 @@ on scripted tracks):
 - Re-attach: while an event's track is missing (before it ends as gone), a newly confirmed
   violating track of the same person takes the event over (same event_id, no new start), so a
   person briefly lost by the tracker stays one violation.
-- Cooldown: for ``cooldown_s`` after an event ends, a violation confirmed for the same person
-  does not start a new event yet; it starts when the cooldown is over if it still holds. This
-  keeps a person fiddling with a mask from producing a start/end pair every few seconds.
+- Cooldown: for ``cooldown_s`` after an event ends as ``masked``, a violation confirmed for the
+  same person does not start a new event yet; it starts when the cooldown is over if it still
+  holds. This keeps a person fiddling with a mask from producing a start/end pair every few
+  seconds. After ``gone`` there is no cooldown: that person has left, and at a door the next
+  one steps into the same spot.
 
 "The same person" is not "the same place": at a door everyone stands at the same spot, one
 after the other. A track is the same person as an event when its box is near the event's last
@@ -97,7 +99,7 @@ class Violations:
         self.camera = camera
         self._new_id = new_id
         self._open: list[_Violation] = []
-        self._recent: list[_Ended] = []  # ended events still in their cooldown
+        self._recent: list[_Ended] = []  # events ended as masked, still in their cooldown
         self._size = (1, 1)
         self._last_now: float | None = None
         self.started = 0
@@ -216,7 +218,8 @@ class Violations:
     def _end(self, v: _Violation, reason: EndReason, end_time: float,
              frame_seq: int | None) -> ViolationEvent:
         self._open.remove(v)
-        self._recent.append(_Ended(v.box, end_time, v.appearance))
+        if reason == "masked":  # the cooldown is for a mask put on and taken off again
+            self._recent.append(_Ended(v.box, end_time, v.appearance))
         self.ended += 1
         ev = self._message(v, "end", end_time, frame_seq)
         ev.end_time, ev.end_reason = end_time, reason

@@ -252,3 +252,16 @@ def test_the_same_person_lost_and_found_stays_one_event():
         s.frames(20, (BOX, 0.9, look(person)))
         s.frames(10)
     assert [e.event_type for e in s.events].count("start") == 1
+
+
+def test_no_cooldown_after_gone():
+    """The cooldown is for mask fiddling: after a person has gone, whoever is confirmed at the
+    same spot next starts an event at once."""
+    s = Scene()
+    s.frames(10, (BOX, 0.9))
+    s.frames(25)  # gone: ends 2 s after last seen
+    assert s.kinds()[-1] == ("end", "ev1", "gone")
+    t_end = s.seq / FPS
+    s.frames(10, (BOX, 0.9))
+    starts = [e for e in s.events if e.event_type == "start"]
+    assert len(starts) == 2 and starts[1].start_time - t_end < 1.0
