@@ -356,6 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iou", type=float, default=0.3)
     p.add_argument("--small-px", type=float, default=24.0)
     p.add_argument("--limit", type=int, help="only the first N scenes")
+    p.add_argument("--part", choices=PARTS, default="all",
+                   help="photos of this part of the split by photo (choose on 'select')")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p.parse_args(argv)
 
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         min_face_px=base_cls.min_face_px if args.min_face_px is None else args.min_face_px)
     variants = args.variants or ("config" if args.config else ",".join(DEFAULT_VARIANTS))
     try:
-        scenes = load_scenes(args.scenes, args.limit)
+        scenes = load_scenes(args.scenes, args.limit, args.part)
     except (OSError, ValueError, ET.ParseError) as err:
         print(f"eval_scenes: {err}", file=sys.stderr)
         return 2
