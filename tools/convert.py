@@ -64,6 +64,20 @@ def representative_images(split: dict, size: int, count: int, seed: int, data_ro
     return out, chosen
 
 
+def scene_calibration(scenes: Path, size: int, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` face crops of the scene set's train part, cut as the device cuts them
+    (tools/scene_crops.py), preprocessed as on the device: int8 ranges must cover real camera
+    faces (blur, crowds, small faces), not only the web photos of the paper's set."""
+    import scene_crops
+
+    from maskd.classifier import normalize
+
+    crops = scene_crops.scene_crops(scenes, "train", size)
+    rng = np.random.default_rng([seed, 1])
+    chosen = sorted(rng.choice(len(crops.labels), min(count, len(crops.labels)), replace=False))
+    return [normalize(crops.images[i])[None] for i in chosen]
+
+
 def export_saved_model(model, size: int, folder: Path) -> None:
     """Keras 3 -> SavedModel with a fixed batch of 1 (what TFLite and the EdgeTPU want)."""
     import tensorflow as tf
@@ -126,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=1000, help="train images for int8 ranges")
     p.add_argument("--calibration-augmented", type=float, default=0.5,
                    help="fraction of calibration images given train.py's device-like augmentation")
+    p.add_argument("--calibration-scenes", type=Path,
+                   help="also calibrate on face crops of this scene set's train part "
+                        "(e.g. ../shared/data/scenes-dev)")
+    p.add_argument("--calibration-scene-crops", type=int, default=500,
+                   help="how many scene crops join the calibration images")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -157,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         rep, calib = representative_images(split, size, args.calibration_images, args.seed,
                                            args.data_root, args.calibration_augmented)
         print(f"calibration: {len(rep)} train-split images from {split_path}")
+        if args.calibration_scenes:
+            extra = scene_calibration(args.calibration_scenes, size,
+                                      args.calibration_scene_crops, args.seed)
+            rep += extra
+            print(f"calibration: + {len(extra)} scene crops of {args.calibration_scenes} (train part)")
 
     keras_sha = hashlib.sha256(args.keras_model.read_bytes()).hexdigest()
     int8_path = None
@@ -178,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                         "data_fingerprint": record.get("data", {}).get("fingerprint"),
                         "train_params": record.get("params")},
                 calibration=({"split": str(split_path), "subset": "train", "images": len(rep),
-                              "augmented_fraction": args.calibration_augmented, "seed": args.seed}
+                              "augmented_fraction": args.calibration_augmented, "seed": args.seed,
+                              "scenes": (str(args.calibration_scenes)
+                                         if args.calibration_scenes else None),
+                              "scene_crops": (args.calibration_scene_crops
+                                              if args.calibration_scenes else 0)}
                              if kind == "int8" else None),
             )
             out.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")

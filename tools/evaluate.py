@@ -119,7 +119,8 @@ class Crop:
         return self.name
 
 
-def voc_crops(root: Path, margin: float, min_px: int) -> tuple[list[Crop], np.ndarray, dict]:
+def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
+              ) -> tuple[list[Crop], np.ndarray, dict]:
     """with_mask / without_mask boxes of PASCAL VOC scenes, cut like the device cuts a detection.
 
     The crop is maskd.pipeline.crop_face (square, ``margin`` per side, edge-padded): the
@@ -133,7 +134,11 @@ def voc_crops(root: Path, margin: float, min_px: int) -> tuple[list[Crop], np.nd
     images = {p.stem: p for p in (root / "images").iterdir()}
     crops, labels = [], []
     skipped = {"small": 0, "mask_weared_incorrect": 0, "no_image": 0}
+    from eval_scenes import photo_part
+
     for xml in sorted((root / "annotations").glob("*.xml")):
+        if part != "all" and photo_part(xml.stem) != part:
+            continue
         tree = ET.parse(xml)
         img_path = images.get(Path(tree.findtext("filename", "")).stem) or images.get(xml.stem)
         if img_path is None:
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=0.15, help="--voc: crop margin per side")
     p.add_argument("--min-face-px", type=int, default=24, help="--voc: skip smaller boxes")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
+    p.add_argument("--part", choices=["all", "train", "select"], default="all",
+                   help="--voc: photos of this part of the scenes split (tools/eval_scenes.py)")
     p.add_argument("--data-root", type=Path, help="with --split: where the dataset lives now")
     p.add_argument("--threshold", type=float, default=0.5, help="no_mask when P(no_mask) >= this")
     p.add_argument("--threads", type=int, default=2)
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, labels = dataset.subset_files(split, args.subset, args.data_root)
         where = f"{args.split} [{args.subset}] fingerprint {split['fingerprint'][:12]}"
     elif args.voc:
-        paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px)
+        paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px, args.part)
         where = (f"{args.voc} face crops (margin {args.margin}, >= {args.min_face_px} px; "
                  f"left out: {skipped})")
     else:
