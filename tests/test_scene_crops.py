@@ -142,3 +142,14 @@ def test_crops_of_three_real_train_photos(scenes_dir: Path, yunet_model: Path) -
     assert set(crops.stems) <= set(crops.photos)
     assert set(crops.kinds) <= {"annotated", "detected"} and set(crops.zooms) <= {1.0, 2.0}
     assert crops.settings["part"] == "train" and crops.settings["margin"] == 0.15
+
+
+def test_occluder_on_a_bare_face_leaves_the_mouth_alone() -> None:
+    """No skin-toned patch over a bare mouth: it would teach that a beige mask is skin."""
+    img = np.full((96, 96, 3), 128, np.uint8)
+
+    def mouth_covered(bare: bool) -> float:
+        outs = [train.occlude(img, np.random.default_rng(seed), bare=bare) for seed in range(60)]
+        return float(np.mean([np.any(o[72:] != img[72:], axis=2).mean() for o in outs]))
+
+    assert mouth_covered(bare=True) < 0.03 < 0.1 < mouth_covered(bare=False)

@@ -141,17 +141,20 @@ def yaw_squeeze(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                                borderMode=cv2.BORDER_REFLECT_101)
 
 
-def occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def occlude(img: np.ndarray, rng: np.random.Generator, bare: bool = False) -> np.ndarray:
     """A hand or object in front of the face: a filled ellipse or rectangle of 8-30 % of the
     crop. Over the lower half (70 %) it is skin-toned, a hand: a coloured patch over the
-    mouth would be a mask labelled no_mask. Over the upper half half of them are any colour."""
+    mouth would be a mask labelled no_mask. Over the upper half half of them are any colour.
+
+    ``bare`` (a no_mask face): only the upper half is covered. A skin-toned patch over a bare
+    mouth, labelled no_mask, taught the model that a pink or beige mask is skin."""
     s = img.shape[0]
     out = np.ascontiguousarray(img).copy()
     area = rng.uniform(0.08, 0.3) * s * s
     aspect = rng.uniform(0.6, 1.8)  # width / height
     w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
     cx = rng.uniform(0.25, 0.75) * s
-    lower = rng.random() < 0.7
+    lower = rng.random() < 0.7 and not bare
     cy = (rng.uniform(0.6, 0.85) if lower else rng.uniform(0.15, 0.4)) * s
     if lower or rng.random() < 0.5:
         colour = SKIN_RGB[rng.integers(len(SKIN_RGB))] * rng.uniform(0.8, 1.1, 3)
@@ -197,7 +200,8 @@ def motion_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                         borderType=cv2.BORDER_REFLECT_101)
 
 
-def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
+                  label: int | None = None) -> np.ndarray:
     """One random variant of an (S, S, 3) uint8 face image, in OpenCV (fast on a busy CPU).
 
     seed: flip, rotation +-15 deg, zoom 0.85..1.2, shift +-8 % in ONE affine warp.
@@ -223,7 +227,7 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
     if hard and rng.random() < HARD_P["yaw"]:
         img = yaw_squeeze(img, rng)
     if hard and rng.random() < HARD_P["occlude"]:
-        img = occlude(img, rng)
+        img = occlude(img, rng, bare=label == dataset.LABELS.index("no_mask"))
     if rng.random() < (0.7 if hard else 0.6):
         side = int(round(np.exp(rng.uniform(np.log(10 if hard else 12), np.log(0.75 * s)))))
         small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
@@ -268,7 +272,7 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
         def __getitem__(self, i):
             idx = self.order[i * batch : (i + 1) * batch]
             rng = np.random.default_rng([seed, self.epoch, i])
-            imgs = np.stack([augment_image(x[j], rng, kind) for j in idx])
+            imgs = np.stack([augment_image(x[j], rng, kind, int(y[j])) for j in idx])
             if weights is None:
                 return normalize(imgs), y[idx]
             return normalize(imgs), y[idx], weights[idx]
@@ -280,7 +284,8 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
     return Batches()
 
 
-def base_features(feat_model, images: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+def base_features(feat_model, images: np.ndarray, args: argparse.Namespace,
+                  labels: np.ndarray | None = None) -> np.ndarray:
     """(views, N, D) features of ``args.views`` augmented views of every training image."""
     from maskd.classifier import normalize
 
@@ -291,7 +296,9 @@ def base_features(feat_model, images: np.ndarray, args: argparse.Namespace) -> n
         rng = np.random.default_rng([args.seed, 1000 + v])
         view = []
         for i in range(0, len(images), args.batch):
-            imgs = np.stack([augment_image(im, rng, args.augment) for im in images[i : i + args.batch]])
+            lab = labels[i : i + args.batch] if labels is not None else [None] * len(images)
+            imgs = np.stack([augment_image(im, rng, args.augment, None if y is None else int(y))
+                             for im, y in zip(images[i : i + args.batch], lab, strict=False)])
             view.append(np.asarray(feat_model.predict_on_batch(normalize(imgs))))
             done = v * len(images) + i + len(imgs)
             if (i // args.batch) % 25 == 0 or done == total:
@@ -550,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         # The frozen base is a fixed function: run it once per augmented view, then train
         # the head on those features (20x cheaper than pushing every epoch through it).
         feat_model = keras.Model(model.input, model.get_layer("head_flatten").output)
-        feats = base_features(feat_model, data["train"][0], args)
+        feats = base_features(feat_model, data["train"][0], args, data["train"][1])
         val_feats = np.asarray(feat_model.predict(pick, batch_size=args.batch, verbose=0))
         head = head_model(model)
         head.compile(optimizer=keras.optimizers.Adam(args.lr), **compile_args)
