@@ -1,10 +1,13 @@
 """Violation events, availability and state to the building's MQTT broker (docs/mqtt.md).
 
 Delivery is at-least-once and ordered: every event goes into the durable outbox first
-(maskd.outbox) and leaves it only on the broker's PUBACK. One publisher thread owns the
-order: after every (re)connect it drops what paho still held from the old connection and
-replays the outbox from its oldest row, so a consumer that de-duplicates on
-(event_id, seq) sees each message once, in order. Start-up never waits for the broker.
+(maskd.outbox; in its memory queue while the disk fails) and leaves it only on the broker's
+PUBACK. One publisher thread owns the order: after every (re)connect it drops what paho
+still held from the old connection and replays the outbox from its oldest row, so a
+consumer that de-duplicates on (event_id, seq) sees each message once, in order. MQTT 5
+where the broker speaks it, so a PUBACK can say "refused" (an ACL); refused events stay in
+the outbox and are reported. Start-up never waits for the broker. docs/reliability.md lists
+what is guaranteed and its limits.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,15 +30,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
 from maskd.config import Config, ConfigError, MqttConfig
-from maskd.outbox import Outbox
+from maskd.outbox import Outbox, Row
 from maskd.types import RunControl, ViolationEvent
 
 log = logging.getLogger(__name__)
+_paho_log = logging.getLogger("maskd.mqtt.paho")
 
 SCHEMA_ID = "maskd.violation/1"
 SESSION_FILE = "mqtt-session.json"
 WINDOW = 50  # events handed to paho but not yet acknowledged
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
+REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
+UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -63,7 +69,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
         "top_score": {"type": "number", "minimum": 0, "maximum": 1},
         "box": {"type": "array", "items": _NUM, "minItems": 4, "maxItems": 4},
-        "end_reason": {"enum": ["masked", "gone", "shutdown", None]},
+        "end_reason": {"enum": ["masked", "gone", "shutdown", "restart", None]},
         "frame_seq": {"type": ["integer", "null"]},
         "model": {"type": ["string", "null"]},
         "sw_version": {"type": "string"},
@@ -211,12 +217,35 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+@dataclass
+class _Sending:
+    """The publisher thread's view of the current connection."""
+
+    inflight: dict[int, tuple[int, str]] = field(default_factory=dict)  # mid -> (row id, topic)
+    cursor: int = 0  # highest row id handed to paho on this connection
+    gen: int = 0  # the connection (MqttSink._gen) this is about
+    replay_upto: int = 0  # ids up to here existed before this connection: "buffered"
+    next_stats: float = 0.0
+    next_refused_retry: float = 0.0
+
+
+def use_mqtt311(c: mqtt.Client) -> None:
+    """Speak MQTT 3.1.1 from the next connect on (the broker refused MQTT 5). paho has no public
+    switch; it flips the same field itself when it falls back from 3.1.1 to 3.1."""
+    c._protocol = mqtt.MQTTv311
+    c._clean_session = True
+
+
 class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed (for the log)."""
+    """paho's client, remembering why the last connection attempt failed (for the log) and
+    whether the broker answered its CONNECT."""
 
     last_error: OSError | None = None
+    connack = False  # set by the sink's on_connect
+    socket_error = ""  # paho's last "failed to receive on socket" reason (it only logs it)
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
+        self.connack, self.socket_error = False, ""
         try:
             rc = super().reconnect()
         except OSError as err:
@@ -262,13 +291,16 @@ class MqttSink:
         password = self._password()
         self._check_tls_files()
 
-        self._outbox = Outbox(state_dir, mq.outbox_max_events, mq.outbox_max_age_s)
+        self._outbox = Outbox(state_dir, mq.outbox_max_events, mq.outbox_max_age_s,
+                              memory_max=mq.memory_queue_max,
+                              reserve_bytes=mq.outbox_reserve_kb * 1024)
         self._session_path = Path(state_dir) / SESSION_FILE
         self._previous_stop = self._read_previous_stop()
         self._started_at = time.time()
         self._write_session(running=True)
+        self._end_left_open()
 
-        self._q: queue.SimpleQueue = queue.SimpleQueue()  # ("ack", mid) / ("wake", None)
+        self._q: queue.SimpleQueue = queue.SimpleQueue()  # ("ack", mid, reason) / ("wake", ...)
         self._conn_lock = threading.Lock()  # orders reconnects against event publishes
         self._connected = False
         self._gen = 0  # bumped on every successful connect
@@ -286,14 +318,14 @@ class MqttSink:
         self._connected_at = 0.0
         self._short_sessions = 0  # consecutive connections that lasted < 5 s
         self.published = 0
+        self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         self._last_fail_log: tuple[str, float] = ("", 0.0)
+        self._last_refused_log: dict[str, float] = {}
+        self._last_crash_log = float("-inf")
 
         client_id = self.client_id = f"maskd-{device_id}-{camera}"
-        c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        # paho reports every idle loop while disconnected as an error; the meaningful
-        # connection events are logged here, so its own chatter goes to DEBUG.
-        paho_log = logging.getLogger("maskd.mqtt.paho")
-        c.on_log = lambda client, userdata, level, buf: paho_log.debug("%s", buf)
+        c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.on_log = self._on_log
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
             c.username_pw_set(mq.username, password)
@@ -404,18 +436,13 @@ class MqttSink:
         jpeg = _encode_jpeg(event.best_crop) if snapshot else None
         # Held across put + remember, so the publisher finds the snapshot with its row.
         with self._snap_lock:
-            try:
-                row_id = self._outbox.put(self.topics.violation, payload)
-            except Exception as err:  # disk full, I/O error: still try to deliver it
-                log.error("outbox write failed (%s); publishing event %s without durability",
-                          err, event.event_id)
-                payload.update(sent_at=time.time(), buffered=False)
-                self._client.publish(self.topics.violation, _dumps(payload), qos=1)
-            else:
-                if jpeg is not None:
-                    self._snapshots[row_id] = jpeg
-                    while len(self._snapshots) > MAX_SNAPSHOTS:
-                        self._snapshots.popitem(last=False)
+            # Never raises: on a storage fault the outbox keeps the event in memory.
+            row_id = self._outbox.put(self.topics.violation, payload,
+                                      track=(event.event_id, event.event_type != "end"))
+            if jpeg is not None:
+                self._snapshots[row_id] = jpeg
+                while len(self._snapshots) > MAX_SNAPSHOTS:
+                    self._snapshots.popitem(last=False)
         with self._active_lock:  # so a reconnect's re-publish cannot overtake this change
             was_active = bool(self._open_events)
             if event.event_type == "end":
@@ -424,14 +451,33 @@ class MqttSink:
                 self._open_events.add(event.event_id)
             if bool(self._open_events) != was_active and self._connected:
                 self._publish_active()
-        self._q.put(("wake", None))
+        self._q.put(("wake", None, None))
+
+    def _end_left_open(self) -> None:
+        """End the violations a killed run left open (reason "restart"), after that run's pending
+        messages, so no consumer waits for their `end` forever."""
+        for last in self._outbox.open_events():
+            p = last.payload
+            # end_time: when its last message was stored, the last moment it was known open
+            end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1, "end_reason": "restart",
+                   "end_time": max(last.created, p.get("start_time") or 0.0), "frame_seq": None,
+                   "snapshot": False, "sw_version": __version__}
+            self._outbox.put(last.topic, end, track=(str(p["event_id"]), False))
+            log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
+                        "with reason restart", p["event_id"])
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the broker acknowledged every stored event; False if some remain."""
+        """Wait until the broker acknowledged every event; False if some remain, at once when
+        all that remain were refused by the broker."""
         deadline = time.monotonic() + max(0.0, timeout)
-        self._q.put(("wake", None))
+        self._q.put(("wake", None, None))
         with self._acked:
             while (depth := self._outbox.depth()) > 0:
+                if len(self._refused) >= depth:
+                    reasons = sorted(set(self._refused.copy().values()))
+                    log.error("MQTT: %d event(s) refused by the broker (%s); kept in %s",
+                              depth, ", ".join(reasons), self._outbox.path)
+                    return False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next "
@@ -460,7 +506,7 @@ class MqttSink:
         self._client.disconnect()
         self._client.loop_stop()
         self._stop.set()
-        self._q.put(("wake", None))
+        self._q.put(("wake", None, None))
         self._worker.join(timeout=5.0)
         self._outbox.close()
         self._write_session(running=False)
@@ -489,16 +535,38 @@ class MqttSink:
 
     def health(self) -> dict:
         """The MQTT part of the stats message."""
-        oldest = self._outbox.oldest_age()
+        ob = self._outbox
+        oldest = ob.oldest_age()
+        since = ob.fault_since
         return {
             "connected": self._connected,
-            "outbox_depth": self._outbox.depth(),
+            "mqtt_version": "5" if self._client.protocol == mqtt.MQTTv5 else "3.1.1",
+            "outbox_depth": ob.depth(),
             "outbox_oldest_age_s": None if oldest is None else round(oldest, 1),
-            "outbox_dropped": self._outbox.dropped,
+            "outbox_dropped": ob.dropped,
+            "outbox_error": ob.fault,
+            "outbox_error_since": None if since is None else round(since, 1),
+            "memory_queue": ob.in_memory(),
+            "memory_dropped": ob.memory_dropped,
+            "refused": len(self._refused),
             "reconnects": self.reconnects,
             "published": self.published,
             "uptime_s": round(time.time() - self._started_at, 1),
         }
+
+    def faults(self) -> list[str]:
+        """Short lines for the status text (systemd STATUS, via Service) while delivery is
+        impaired; empty when all is well."""
+        ob = self._outbox
+        out = []
+        if (fault := ob.fault) is not None:
+            held = ob.in_memory()
+            out.append(f"MQTT outbox: {fault}" + (f", {held} event(s) in memory" if held else ""))
+        if ob.memory_dropped:
+            out.append(f"MQTT: {ob.memory_dropped} event(s) lost, memory queue full")
+        if self._refused:
+            out.append(f"MQTT: {len(self._refused)} event(s) refused by the broker")
+        return out
 
     @property
     def connected(self) -> bool:
@@ -507,7 +575,14 @@ class MqttSink:
     # ---- paho callbacks (paho's network thread) ----
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        client.connack = True
         if reason_code.is_failure:
+            if reason_code.value == UNSUPPORTED_PROTOCOL and client.protocol == mqtt.MQTTv5:
+                use_mqtt311(client)
+                log.warning("MQTT: broker %s does not speak MQTT 5; using 3.1.1, where a publish "
+                            "the broker refuses (ACL) looks delivered: `maskd doctor` checks "
+                            "publish rights", self._url)
+                return
             hint = ""
             if reason_code.value in (4, 5, 134, 135):  # bad user/password, not authorised
                 src = (f"file {self._mq.password_file}" if self._mq.password_file
@@ -536,11 +611,23 @@ class MqttSink:
             self._publish_discovery()
             client.subscribe(self.topics.ha_status, qos=1)
         client.subscribe(self.topics.detect_set, qos=1)
-        self._q.put(("wake", None))
+        self._q.put(("wake", None, None))
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         err = getattr(client, "last_error", None)
-        self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}")
+        hint = ""
+        if self._url.tls and (isinstance(err, ConnectionResetError) or
+                              isinstance(err, ssl.SSLError) and "WRONG_VERSION" in str(err)):
+            # A plain listener takes the TLS hello for a broken CONNECT and hangs up.
+            hint = "; is that port a plain (non-TLS) listener? Then use mqtt://"
+        self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}{hint}")
+
+    def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001
+        # paho reports every idle loop while disconnected as an error; the meaningful
+        # connection events are logged here, so its own chatter goes to DEBUG.
+        _paho_log.debug("%s", buf)
+        if buf.startswith("failed to receive on socket: "):
+            client.socket_error = buf.removeprefix("failed to receive on socket: ")
 
     def _log_fail(self, msg: str) -> None:
         """Connection problems are retried with backoff; log each distinct one, and again every minute."""
@@ -554,6 +641,13 @@ class MqttSink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was = self._connected
         self._connected = False
+        if not was and not self._closing and not client.connack:
+            # No CONNACK: typically mqtt:// pointed at a TLS listener, which drops the
+            # plain-text CONNECT without a word (or, elsewhere, never answers: keepalive_s).
+            why = client.socket_error or str(reason_code)
+            hint = ("; is that port a TLS listener? Then use mqtts:// (TLS usually listens on "
+                    "8883)") if not self._url.tls else ""
+            self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
         if was and not self._closing:
             self.reconnects += 1
             # A broker drops the older of two clients with the same id, so two devices
@@ -568,7 +662,8 @@ class MqttSink:
                         "outbox%s", self._url, reason_code, hint)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
-        self._q.put(("ack", mid))  # no locks here: paho holds its own while calling us
+        # MQTT 5: reason_code says whether the broker took it (3.1.1 always says Success).
+        self._q.put(("ack", mid, reason_code))  # no locks here: paho holds its own while calling us
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         if msg.topic == self.topics.ha_status:
@@ -613,52 +708,99 @@ class MqttSink:
     # ---- the publisher thread: the only place events are published ----
 
     def _run(self) -> None:
-        inflight: dict[int, int] = {}  # paho mid -> outbox row id
-        cursor = 0  # highest row id handed to paho on this connection
-        gen_seen = 0
-        replay_upto = 0  # rows up to here were stored before this connection: buffered
-        next_prune = next_stats = time.monotonic()
+        """The publisher thread. Nothing else sends events, so no fault may end it: an
+        unexpected error is logged (once a minute) and the loop goes on."""
+        st = _Sending(next_stats=time.monotonic())
+        while not self._stop.is_set():
+            try:
+                self._step(st)
+            except Exception:  # noqa: BLE001 - see the docstring
+                now = time.monotonic()
+                if now - self._last_crash_log >= 60:
+                    self._last_crash_log = now
+                    log.exception("MQTT publisher: unexpected error; carrying on")
+                self._stop.wait(1.0)
+
+    def _step(self, st: _Sending) -> None:
+        """Take acknowledgements, repair storage, hand pending events to paho, send stats."""
+        try:
+            items = [self._q.get(timeout=0.5)]
+        except queue.Empty:
+            items = []
         while True:
             try:
-                items = [self._q.get(timeout=0.5)]
+                items.append(self._q.get_nowait())
             except queue.Empty:
-                items = []
-            while True:
-                try:
-                    items.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            acked = [inflight.pop(mid) for kind, mid in items if kind == "ack" and mid in inflight]
-            for row_id in acked:
+                break
+        acks = [(st.inflight.pop(mid), reason) for kind, mid, reason in items
+                if kind == "ack" and mid in st.inflight]
+        for (row_id, topic), reason in acks:
+            if reason is not None and reason.is_failure:
+                self._refuse(row_id, topic, str(reason))
+            else:
+                self._refused.pop(row_id, None)
                 self._outbox.remove(row_id)
-            if acked:
-                with self._acked:
-                    self._acked.notify_all()
-            if self._stop.is_set():
-                return
-            with self._conn_lock:
-                if self._connected and not self._closing:
-                    if self._gen != gen_seen:
-                        gen_seen, cursor = self._gen, 0
-                        inflight.clear()
-                        replay_upto = self._outbox.max_id()
-                        next_stats = time.monotonic()
-                    room = WINDOW - len(inflight)
-                    if room > 0:
-                        for row in self._outbox.pending(after_id=cursor, limit=room):
-                            mid = self._publish_row(row, buffered=row.id <= replay_upto)
-                            if mid is None:
-                                break
-                            inflight[mid] = cursor = row.id
-            now = time.monotonic()
-            if now >= next_prune:
-                self._outbox.prune()
-                next_prune = now + 60.0
-            if now >= next_stats and self._connected:
-                self._publish_stats()
-                next_stats = now + self._mq.stats_interval_s
+        if acks:
+            with self._acked:
+                self._acked.notify_all()
+        if self._stop.is_set():
+            return
+        self._outbox.maintain()
+        now = time.monotonic()
+        with self._conn_lock:
+            if self._connected and not self._closing:
+                if self._gen != st.gen:
+                    st.gen, st.cursor = self._gen, 0
+                    st.inflight.clear()
+                    st.replay_upto = self._outbox.max_id()
+                    st.next_stats = now
+                    st.next_refused_retry = now + REFUSED_RETRY_S  # the replay offers them
+                room = WINDOW - len(st.inflight)
+                if room > 0 and self._refused and now >= st.next_refused_retry:
+                    st.next_refused_retry = now + REFUSED_RETRY_S
+                    room -= len(self._send(st, self._refused_to_retry(st)[:room]))
+                if room > 0:
+                    sent = self._send(st, self._outbox.pending(after_id=st.cursor, limit=room))
+                    st.cursor = sent[-1] if sent else st.cursor
+        if now >= st.next_stats and self._connected:
+            self._publish_stats()
+            st.next_stats = now + self._mq.stats_interval_s
 
-    def _publish_row(self, row: Any, buffered: bool) -> int | None:
+    def _send(self, st: _Sending, rows: list[Row]) -> list[int]:
+        """Hand rows to paho in order; the ids it took (it stops taking when the link drops)."""
+        sent = []
+        for row in rows:
+            mid = self._publish_row(row, buffered=row.id <= st.replay_upto)
+            if mid is None:
+                break
+            st.inflight[mid] = (row.id, row.topic)
+            sent.append(row.id)
+        return sent
+
+    def _refused_to_retry(self, st: _Sending) -> list[Row]:
+        """Refused rows already passed on this connection and not in flight (the ones that
+        still exist: the outbox bounds may have dropped some)."""
+        flying = {row_id for row_id, _ in st.inflight.values()}
+        ids = [i for i in self._refused if i <= st.cursor and i not in flying]
+        rows = self._outbox.rows(ids)
+        for gone in set(ids) - {r.id for r in rows}:
+            self._refused.pop(gone, None)
+        return rows
+
+    def _refuse(self, row_id: int, topic: str, reason: str) -> None:
+        """The broker said no (MQTT 5 PUBACK): keep the event, say so once a minute per cause."""
+        self._refused[row_id] = reason
+        now = time.monotonic()
+        key = f"{topic} {reason}"
+        if now - self._last_refused_log.get(key, float("-inf")) >= 60:
+            self._last_refused_log[key] = now
+            who = f"user {self._mq.username!r}" if self._mq.username else "this client"
+            log.error("MQTT: broker %s refused an event on %s: %s; %d event(s) refused so far, "
+                      "kept in the outbox and offered again every %.0f s (does the broker's ACL "
+                      "let %s publish there?)", self._url, topic, reason, len(self._refused),
+                      REFUSED_RETRY_S, who)
+
+    def _publish_row(self, row: Row, buffered: bool) -> int | None:
         payload = {**row.payload, "sent_at": round(time.time(), 3), "buffered": buffered}
         info = self._client.publish(row.topic, _dumps(payload), qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -2,27 +2,49 @@
 
 An event is written here *before* it is published and deleted only when the broker
 acknowledges it (PUBACK), so a broker outage, a Wi-Fi drop, a crash or a power cut
-between the two never loses it. Row ids come from AUTOINCREMENT, so they grow
-monotonically across restarts and give the replay order.
+between the two never loses it. Ids grow monotonically across restarts and give the
+replay order.
 
-Bounded by count and age: what falls off is logged and counted, never silently lost.
+Storage faults (a full disk, I/O errors) never reach the caller. An event that cannot be
+stored waits in a bounded in-memory queue, in order behind the stored ones, until it is
+delivered or can be stored; a delete that failed is retried (``maintain``). A reserve file
+keeps room for the deletes that drain the outbox when something else fills the disk, and
+while it cannot be held new events stay in memory rather than eat that room.
+
+Bounded by count and age (the memory queue by count): what falls off is logged and
+counted, never silently lost. It also keeps the last stored message of every open
+violation, so the next start can end the ones a killed process left open.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
+RESERVE_FILE = "outbox.reserve"
+WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, even on a full disk
+RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
+PRUNE_EVERY_S = 60.0
+LOG_EVERY_S = 60.0  # a repeated warning is logged at most this often
+
+T = TypeVar("T")
+Track = tuple[str, bool]  # (event id, still open after this message)
+_FULL_OR_IO = (13, 10)  # SQLITE_FULL, SQLITE_IOERR (ENOSPC can surface as either)
 
 
 class OutboxError(OSError):
@@ -34,7 +56,7 @@ class Row:
     id: int
     topic: str
     payload: dict
-    created: float
+    created: float  # for open_events(): when the violation's last message was stored
 
 
 _SCHEMA = """
@@ -45,11 +67,34 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created);
+CREATE TABLE IF NOT EXISTS open_events (
+    event_id TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
+def _dumps(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+class _RateLimited:
+    """A warning that may repeat on every call: logged at once, then at most once a minute."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) >= LOG_EVERY_S:
+            self._last[key] = now
+            log.log(level, msg, *args)
+
+
 class Outbox:
-    """A FIFO of (topic, JSON payload) rows that survives crashes; thread-safe."""
+    """A FIFO of (topic, JSON payload) rows that survives crashes and storage faults; thread-safe."""
 
     def __init__(
         self,
@@ -57,15 +102,28 @@ class Outbox:
         max_events: int = 100_000,
         max_age_s: float = 7 * 24 * 3600.0,
         durable: bool = True,
+        memory_max: int = 1000,
+        reserve_bytes: int = 1 << 20,
     ) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / OUTBOX_FILE
         self.max_events = max_events
         self.max_age_s = max_age_s
-        self.dropped = 0  # rows discarded by the bounds since this process started
-        self._unlogged_age = self._unlogged_count = 0
+        self.memory_max = memory_max
+        self.reserve_bytes = reserve_bytes
+        self.dropped = 0  # stored rows discarded by the bounds since this process started
+        self.memory_dropped = 0  # unstored events discarded because the memory queue was full
+        self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
         self._last_drop_log = float("-inf")
+        self._warn = _RateLimited()
         self._lock = threading.Lock()
+        self._memory: OrderedDict[int, tuple[Row, Track | None]] = OrderedDict()
+        self._unremoved: set[int] = set()  # acknowledged, but the delete failed: retried
+        # Storage errors by kind (store / delete / read): (message, since); an operation of
+        # the same kind that succeeds clears its entry.
+        self._errors: dict[str, tuple[str, float]] = {}
+        self._short_since: float | None = None  # since when the reserve is not held
+        self._next_retry = self._next_prune = 0.0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             # One process per outbox: two daemons sharing it would publish each other's rows.
@@ -84,11 +142,20 @@ class Outbox:
             ) from None
         try:
             self._db = self._open(durable)
+            self._reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            os.close(self._lock_fd)
+            raise OutboxError(f"outbox {self.path}: {err.strerror or err}") from None
         except BaseException:
             os.close(self._lock_fd)
             raise
         with self._lock:
             self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            high = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+            self._last_id = max(int(seq[0]) if seq else 0, int(high or 0))
+        self._reserve_held = True  # until _hold_reserve() says otherwise
+        self._set_held(self._hold_reserve())
         if self._count:
             log.info("outbox %s: %d event(s) pending from a previous run", self.path, self._count)
 
@@ -114,80 +181,340 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             db.executescript(_SCHEMA)
             return db
         except sqlite3.OperationalError as err:
             raise OutboxError(f"outbox {self.path}: {err}") from None
 
-    def put(self, topic: str, payload: dict, now: float | None = None) -> int:
-        """Store one message durably (committed on return); returns its id."""
+    # ---- the reserve: room for the deletes that drain a full disk ----
+
+    def _hold_reserve(self) -> bool:
+        """Allocate the reserve file (True when it is whole); a partial one is given back."""
+        if self.reserve_bytes <= 0:
+            return True
+        try:
+            os.posix_fallocate(self._reserve_fd, 0, self.reserve_bytes)
+            return True
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):  # cannot here: do without
+                log.warning("outbox %s: cannot allocate a reserve here (%s); a full disk may "
+                            "then stop acknowledged events from being deleted", self.path, err)
+                self.reserve_bytes = 0
+                return True
+            os.ftruncate(self._reserve_fd, 0)
+            self._warn(logging.ERROR, "reserve",
+                       "outbox %s: cannot reserve %d KiB in the state dir (%s); new events are "
+                       "kept in memory (at most %d) until there is room",
+                       self.path, self.reserve_bytes // 1024, err.strerror or err, self.memory_max)
+            return False
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve back to the file system (so a delete can commit); False if not held."""
+        if self.reserve_bytes <= 0 or not self._reserve_held:
+            return False
+        os.ftruncate(self._reserve_fd, 0)
+        self._set_held(False)
+        return True
+
+    def _set_held(self, held: bool) -> None:
+        if held != self._reserve_held:
+            self._short_since = None if held else time.time()
+        self._reserve_held = held
+
+    def _draining(self, fn: Callable[[], T]) -> T:
+        """Run a write that frees outbox space; when the disk is full use the reserve, retry once."""
+        try:
+            return fn()
+        except sqlite3.Error as err:
+            self._rollback()
+            full = (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _FULL_OR_IO
+            if not (full and self._release_reserve()):
+                raise
+        log.warning("outbox %s: disk full; released the %d KiB reserve so acknowledged events "
+                    "can be deleted; new events are kept in memory until there is room again",
+                    self.path, self.reserve_bytes // 1024)
+        return fn()
+
+    # ---- storage fault bookkeeping ----
+
+    def _failed(self, kind: str, what: str, err: sqlite3.Error) -> None:
+        self._rollback()
+        since = self._errors.get(kind, ("", time.time()))[1]
+        self._errors[kind] = (str(err), since)
+        self._warn(logging.ERROR, f"fail:{what}:{err}",
+                   "outbox %s: cannot %s: %s; retrying, events not stored are kept in memory "
+                   "(at most %d)", self.path, what, err, self.memory_max)
+
+    def _succeeded(self, kind: str) -> None:
+        gone = self._errors.pop(kind, None)
+        if gone is not None and not self._errors and self._reserve_held:
+            log.warning("outbox %s: storage works again (it failed since %s: %s)", self.path,
+                        time.strftime("%H:%M:%S", time.localtime(gone[1])), gone[0])
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    @property
+    def fault(self) -> str | None:
+        """Why new events are not stored durably right now; None when they are."""
+        if self._errors:
+            return next(iter(self._errors.values()))[0]
+        if not self._reserve_held:
+            return f"disk full: less than {self.reserve_bytes // 1024} KiB free"
+        return None
+
+    @property
+    def fault_since(self) -> float | None:
+        times = [t for _, t in self._errors.values()]
+        times += [self._short_since] if self._short_since is not None else []
+        return min(times) if times else None
+
+    # ---- the queue ----
+
+    def put(self, topic: str, payload: dict, now: float | None = None,
+            track: Track | None = None) -> int:
+        """Store one message (committed on return), or keep it in memory when storage fails;
+        returns its id. ``track`` = (event id, still open) keeps the open-violations record."""
         now = time.time() if now is None else now
-        text = json.dumps(payload, separators=(",", ":"))
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", (topic, text, now)
-            )
-            self._count += 1
-            row_id = int(cur.lastrowid)
-        self.prune(now)
-        return row_id
+            self._last_id += 1
+            item = (Row(self._last_id, topic, payload, now), track)
+            # Behind an unstored event nothing may be stored, or it would overtake it.
+            stored = not self._memory and self._reserve_held and self._store([item], "store an event")
+            if not stored:
+                self._keep_in_memory(item)
+        if stored:
+            self.prune(now)
+        self._report_drops(0, 0)
+        return item[0].id
+
+    def _store(self, items: list[tuple[Row, Track | None]], what: str) -> bool:
+        """Insert rows (with their ids) in one transaction; False (and recorded) on failure."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for row, track in items:
+                db.execute("INSERT INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)",
+                           (row.id, row.topic, _dumps(row.payload), row.created))
+                if track is None:
+                    continue
+                event_id, still_open = track
+                if still_open:
+                    db.execute("INSERT OR REPLACE INTO open_events (event_id, topic, payload, "
+                               "updated) VALUES (?, ?, ?, ?)",
+                               (event_id, row.topic, _dumps(row.payload), row.created))
+                else:
+                    db.execute("DELETE FROM open_events WHERE event_id = ?", (event_id,))
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._failed("store", what, err)
+            return False
+        self._count += len(items)
+        self._succeeded("store")
+        return True
+
+    def _keep_in_memory(self, item: tuple[Row, Track | None]) -> None:
+        self._memory[item[0].id] = item
+        while len(self._memory) > self.memory_max:
+            self._memory.popitem(last=False)
+            self.memory_dropped += 1
+            self._unlogged_memory += 1
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Row]:
-        """Rows with id > after_id, oldest first."""
+        """Rows with id > after_id, oldest first (stored ones, then the ones held in memory)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
-        return [Row(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+            ask = limit + len(self._unremoved)
+            try:
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, ask),
+                ).fetchall()
+            except sqlite3.Error as err:
+                self._failed("read", "read events", err)
+                return []  # not the memory ones either: they must not overtake stored rows
+            self._succeeded("read")
+            out = [Row(r[0], r[1], json.loads(r[2]), r[3]) for r in rows
+                   if r[0] not in self._unremoved][:limit]
+            if len(rows) < ask:
+                out += [row for i, (row, _) in self._memory.items() if i > after_id]
+        return out[:limit]
+
+    def rows(self, ids: Collection[int]) -> list[Row]:
+        """The pending rows among ``ids`` (stored or in memory), oldest first."""
+        out: list[Row] = []
+        with self._lock:
+            want = sorted(set(ids) - self._unremoved)
+            stored = [i for i in want if i not in self._memory]
+            try:
+                for k in range(0, len(stored), 500):
+                    chunk = stored[k:k + 500]
+                    out += [Row(r[0], r[1], json.loads(r[2]), r[3]) for r in self._db.execute(
+                        f"SELECT id, topic, payload, created FROM outbox WHERE id IN "
+                        f"({','.join('?' * len(chunk))})", chunk)]
+            except sqlite3.Error as err:
+                self._failed("read", "read events", err)
+            out += [self._memory[i][0] for i in want if i in self._memory]
+        return sorted(out, key=lambda r: r.id)
 
     def remove(self, row_id: int) -> None:
-        """Forget a row the broker acknowledged (a no-op when it was already dropped)."""
+        """Forget a row the broker acknowledged (a no-op when it was already dropped). A delete
+        that fails is retried by maintain(); until then the row is not handed out again."""
         with self._lock:
-            n = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount
-            self._count -= n
+            if self._memory.pop(row_id, None) is None:
+                self._delete([row_id])
+
+    def _delete(self, ids: list[int]) -> None:
+        marks = ",".join("?" * len(ids))
+
+        def delete() -> int:
+            return self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids).rowcount
+
+        try:
+            n = self._draining(delete)
+        except sqlite3.Error as err:
+            self._unremoved.update(ids)
+            self._failed("delete", "delete acknowledged events", err)
+            return
+        self._unremoved.difference_update(ids)
+        self._count -= n
+        self._succeeded("delete")
 
     def depth(self) -> int:
+        """Events waiting for the broker's acknowledgement, stored or in memory."""
         with self._lock:
-            return self._count
+            return self._count - len(self._unremoved) + len(self._memory)
+
+    def in_memory(self) -> int:
+        """Events held only in memory (not stored): lost if the process dies."""
+        with self._lock:
+            return len(self._memory)
 
     def max_id(self) -> int:
+        """The highest id handed out so far."""
         with self._lock:
-            r = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
-        return int(r or 0)
+            return self._last_id
 
     def oldest_age(self, now: float | None = None) -> float | None:
         """Seconds since the oldest pending row was stored, None when empty."""
         now = time.time() if now is None else now
         with self._lock:
-            r = self._db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-        return None if r is None else max(0.0, now - r[0])
+            try:
+                rows = self._db.execute("SELECT id, created FROM outbox ORDER BY id LIMIT ?",
+                                        (len(self._unremoved) + 1,)).fetchall()
+            except sqlite3.Error:
+                rows = []
+            first = next((c for i, c in rows if i not in self._unremoved), None)
+            if first is None and self._memory:
+                first = next(iter(self._memory.values()))[0].created
+        return None if first is None else max(0.0, now - first)
+
+    def open_events(self) -> list[Row]:
+        """The last stored message of each violation with no stored `end` (id 0)."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT topic, payload, updated FROM open_events ORDER BY updated").fetchall()
+            except sqlite3.Error as err:
+                self._failed("read", "read the open violations", err)
+                return []
+        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows]
+
+    # ---- bounds and repairs ----
 
     def prune(self, now: float | None = None) -> int:
         """Apply the bounds (oldest first); returns how many rows were dropped."""
         now = time.time() if now is None else now
-        with self._lock:
-            n_age = self._db.execute(
+
+        def delete_old() -> tuple[int, int]:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            n_age = db.execute(
                 "DELETE FROM outbox WHERE created < ?", (now - self.max_age_s,)
             ).rowcount
-            self._count -= n_age
-            n_count = 0
-            if self._count > self.max_events:
-                n_count = self._db.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                    (self._count - self.max_events,),
-                ).rowcount
-                self._count -= n_count
+            over = self._count - n_age - self.max_events
+            n_count = 0 if over <= 0 else db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
+                (over,),
+            ).rowcount
+            db.execute("COMMIT")
+            return n_age, n_count
+
+        with self._lock:
+            try:
+                n_age, n_count = self._draining(delete_old)
+            except sqlite3.Error as err:
+                self._failed("delete", "drop events beyond the outbox bounds", err)
+                return 0
+            self._succeeded("delete")
+            self._count -= n_age + n_count
             self.dropped += n_age + n_count
+            if (n_age or n_count) and self._unremoved:
+                self._forget_dropped()
         self._report_drops(n_age, n_count)
         return n_age + n_count
+
+    def _forget_dropped(self) -> None:
+        """Undeleted acknowledged rows that the bounds dropped meanwhile are gone for good."""
+        marks = ",".join("?" * len(self._unremoved))
+        try:
+            found = self._db.execute(f"SELECT id FROM outbox WHERE id IN ({marks})",
+                                     list(self._unremoved)).fetchall()
+        except sqlite3.Error:
+            return  # kept; the next successful delete sorts it out
+        self._unremoved = {r[0] for r in found}
+
+    def maintain(self) -> None:
+        """Retry what storage faults left undone (deletes, the reserve, storing events held in
+        memory) at most every RETRY_S, and prune once a minute; the publisher calls it."""
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            self.prune()
+        with self._lock:
+            if now < self._next_retry or not (self._unremoved or self._memory or self._errors
+                                               or not self._reserve_held):
+                return
+            self._next_retry = now + RETRY_S
+            if self._unremoved:
+                self._delete(sorted(self._unremoved))
+            if not self._reserve_held:
+                self._set_held(self._hold_reserve())
+                if self._reserve_held:
+                    log.warning("outbox %s: there is room again; the %d KiB reserve is held",
+                                self.path, self.reserve_bytes // 1024)
+            if self._memory and self._reserve_held:
+                self._store_memory()
+            elif "store" in self._errors and self._reserve_held and self._room():
+                self._succeeded("store")  # nothing to store now; the next put confirms it
+        self._report_drops(0, 0)
+
+    def _room(self) -> bool:
+        """Free space beyond the reserve for a few events (a guess; a put is the proof)."""
+        try:
+            return shutil.disk_usage(self.dir).free >= max(self.reserve_bytes, 64 * 1024)
+        except OSError:
+            return False
+
+    def _store_memory(self) -> None:
+        """Move what waits in memory to disk, in order (under the lock)."""
+        items = list(self._memory.values())
+        if self._store(items, "store events held in memory"):
+            self._memory.clear()
+            log.warning("outbox %s: stored %d event(s) that were held in memory", self.path,
+                        len(items))
 
     def _report_drops(self, n_age: int, n_count: int) -> None:
         """One warning per minute at most: a full outbox during a long outage drops on every put."""
         self._unlogged_age += n_age
         self._unlogged_count += n_count
         now = time.monotonic()
-        if not (self._unlogged_age or self._unlogged_count) or now - self._last_drop_log < 60:
+        if not (self._unlogged_age or self._unlogged_count or self._unlogged_memory) or \
+                now - self._last_drop_log < LOG_EVERY_S:
             return
         if self._unlogged_age:
             log.warning(
@@ -199,12 +526,26 @@ class Outbox:
                 "outbox: full (%d events); dropped the %d oldest unacknowledged event(s)",
                 self.max_events, self._unlogged_count,
             )
-        self._unlogged_age = self._unlogged_count = 0
+        if self._unlogged_memory:
+            log.error(
+                "outbox: memory queue full (%d events, none of them stored: %s); dropped the %d "
+                "oldest", self.memory_max, self.fault, self._unlogged_memory,
+            )
+        self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
         self._last_drop_log = now
 
     def close(self) -> None:
+        """Store what waits in memory if at all possible (the reserve too), then close."""
         with self._lock:
             try:
+                if self._memory:
+                    self._store_memory()
+                if self._memory and self._release_reserve():  # the process ends: use it
+                    self._store_memory()
+                if self._memory:
+                    log.error("outbox %s: %d event(s) held in memory could not be stored (%s) "
+                              "and are lost", self.path, len(self._memory), self.fault)
                 self._db.close()
             finally:
+                os.close(self._reserve_fd)
                 os.close(self._lock_fd)

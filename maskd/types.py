@@ -47,7 +47,7 @@ class Verdict:
 
 
 EventType = Literal["start", "update", "end"]
-EndReason = Literal["masked", "gone", "shutdown"]
+EndReason = Literal["masked", "gone", "shutdown", "restart"]  # restart: left open by a crash
 
 
 @dataclass

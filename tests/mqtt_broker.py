@@ -1,11 +1,15 @@
 """A real mosquitto for tests and benchmarks: free loopback port, generated config, stopped by PID.
 
-Also a recording subscriber and an openssl-made CA, so MQTT tests run against the real
-thing. Skips (pytest) with a clear reason when mosquitto or openssl is not installed.
+Also a recording subscriber, an openssl-made CA, a relay that makes mosquitto look like a
+broker that only speaks MQTT 3.1.1, and a small real tmpfs to fill, so MQTT and outbox tests
+run against the real thing. Skips (pytest) with a clear reason when mosquitto or openssl is
+not installed, or a tmpfs cannot be mounted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +83,7 @@ class Broker:
         tls: Tls | None = None,
         require_client_cert: bool = False,
         persistence: bool = False,
+        acl: str | None = None,
     ) -> None:
         self.exe = require(MOSQUITTO, "mosquitto")
         self.dir = Path(workdir)
@@ -102,6 +108,9 @@ class Broker:
                 subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True,
                                capture_output=True)
             lines.append(f"password_file {pw}")
+        if acl is not None:  # mosquitto's acl_file syntax, e.g. "topic deny a/b\ntopic readwrite #"
+            (self.dir / "acl").write_text(acl + "\n")
+            lines.append(f"acl_file {self.dir / 'acl'}")
         if tls:
             lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
                       f"require_certificate {'true' if require_client_cert else 'false'}"]
@@ -233,3 +242,92 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class Mqtt311Only:
+    """A broker that speaks only MQTT 3.1.1, made of `broker` behind a relay: an MQTT 5 CONNECT
+    gets what the 3.1.1 spec prescribes (CONNACK 0x01 "unacceptable protocol version", then
+    close); everything else is relayed both ways untouched."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.refused = 0  # MQTT 5 connection attempts turned away
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, name="mqtt311-relay", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while len(head) < 12:  # fixed header + remaining length + "\0\4MQTT" + level
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            n_len = next(i for i in range(1, 5) if not head[i] & 0x80)  # remaining-length bytes
+            if head[n_len + 7] == 5:
+                self.refused += 1
+                conn.sendall(b"\x20\x02\x00\x01")
+                return
+            with socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+                up.sendall(head)
+                back = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+                back.start()
+                _pump(conn, up)
+                back.join(5)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `path` (root only), unmounted afterwards."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs at {path} (needs root or CAP_SYS_ADMIN): "
+                    f"{r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        # lazy: it goes once the last file on it is closed, even after a failed test
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill_disk(d: Path) -> Path:
+    """Take every free byte of d's file system into one file; unlink it to give them back."""
+    filler = d / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    return filler

@@ -20,13 +20,14 @@ from maskd.mqtt import MqttSink
 from maskd.types import RunControl, ViolationEvent
 
 
-def script(tag: str, violations: int, updates: int) -> list[ViolationEvent]:
-    """start, `updates` updates, end for each violation, in emit order."""
+def script(tag: str, violations: int, updates: int, left_open: int = 0) -> list[ViolationEvent]:
+    """start, `updates` updates, end for each violation, in emit order; the last `left_open`
+    violations get no end."""
     out = []
     for v in range(violations):
         eid = f"{tag}-{v}"
         t0 = 1_800_000_000.0 + v
-        kinds = ["start"] + ["update"] * updates + ["end"]
+        kinds = ["start"] + ["update"] * updates + ["end"] * (v < violations - left_open)
         for seq, kind in enumerate(kinds):
             out.append(ViolationEvent(
                 event_type=kind, event_id=eid, seq=seq, camera="cam1", track_id=v,
@@ -44,6 +45,7 @@ def main() -> int:
     ap.add_argument("--tag", default="v")
     ap.add_argument("--violations", type=int, default=0)
     ap.add_argument("--updates", type=int, default=1)
+    ap.add_argument("--left-open", type=int, default=0, help="violations that get no end")
     ap.add_argument("--period", type=float, default=0.0)
     ap.add_argument("--then", choices=["exit", "wait"], default="exit")
     ap.add_argument("--flush-timeout", type=float, default=30.0)
@@ -59,7 +61,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     sink = MqttSink.from_config(cfg, RunControl(), model_name="test-model")
     announced = False
-    for ev in script(args.tag, args.violations, args.updates):
+    for ev in script(args.tag, args.violations, args.updates, args.left_open):
         sink.emit(ev)
         print(f"emitted {ev.event_id} {ev.seq}", flush=True)
         if not announced and sink.connected:

@@ -404,3 +404,81 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path):
         assert any(e["buffered"] for e in got) and not all(e["buffered"] for e in got)
         assert time.monotonic() - t_down > 31
         sub.close()
+
+
+# ---- MQTT 5, refused publishes, wrong listeners ----
+
+
+def test_refused_publishes_are_kept_reported_and_offered_again(tmp_path, caplog, monkeypatch):
+    """MQTT 5 PUBACK "Not authorized" (the broker's ACL): kept, reported, retried, delivered
+    once the ACL lets them through. Under 3.1.1 mosquitto acknowledged them like any other."""
+    monkeypatch.setattr("maskd.mqtt.REFUSED_RETRY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
+    with Broker(tmp_path / "b", acl=f"topic deny {CAM}/violation\ntopic readwrite #") as b:
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        for ev in script("r", 1, 1):
+            sink.emit(ev)
+        t0 = time.monotonic()
+        assert sink.flush(20) is False
+        assert time.monotonic() - t0 < 10  # all refused: no point waiting for the timeout
+        h = sink.health()
+        assert h["mqtt_version"] == "5" and h["refused"] == 3 and h["outbox_depth"] == 3
+        assert sink.faults() == ["MQTT: 3 event(s) refused by the broker"]
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        refusals = [e for e in errors if "refused an event" in e]
+        assert len(refusals) == 1 and "Not authorized" in refusals[0] and f"{CAM}/violation" in \
+            refusals[0], errors  # logged once, not once per event or retry
+        assert any("3 event(s) refused by the broker (Not authorized)" in e for e in errors)
+
+        (b.dir / "acl").write_text("topic readwrite #\n")
+        os.kill(b.proc.pid, signal.SIGHUP)  # mosquitto reloads its ACL
+        assert wait_until(lambda: sink.health()["refused"] == 0, 10), b.log()[-1500:]
+        assert sink.flush(10) is True
+        assert sink.health()["refused"] == 0 and sink.faults() == []
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 3, 5)
+        assert dedup(events(sub)) == expected("r", 1, 1)
+        sink.close()
+        sub.close()
+
+
+def test_a_broker_that_speaks_only_mqtt_311_gets_311(tmp_path, caplog):
+    from mqtt_broker import Mqtt311Only
+
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
+    with Broker(tmp_path / "b") as b:
+        relay = Mqtt311Only(b)
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(relay, tmp_path / "state"))  # type: ignore[arg-type]
+        for ev in script("o", 1, 0):
+            sink.emit(ev)
+        assert sink.flush(15)
+        assert relay.refused == 1 and sink.health()["mqtt_version"] == "3.1.1"
+        assert "does not speak MQTT 5; using 3.1.1" in caplog.text
+        assert "maskd doctor" in caplog.text  # where publish rights can still be checked
+        sink.close()
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert dedup(events(sub)) == expected("o", 1, 0)
+        sub.close()
+        relay.close()
+
+
+def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
+    """mqtt:// at a TLS port: the broker drops the connection without a word; say why."""
+    with Broker(tmp_path / "tls", tls=tls) as tls_b, Broker(tmp_path / "plain") as plain_b:
+        cases = [(MqttConfig(url=tls_b.url.replace("mqtts://", "mqtt://")), "TLS listener"),
+                 (MqttConfig(url=plain_b.url.replace("mqtt://", "mqtts://"), ca_file=tls.ca),
+                  "plain (non-TLS) listener")]
+        for mq, hint in cases:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+                mq = mq.model_copy(update={"reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
+                sink = MqttSink(mq, "d", "c", tmp_path / hint.split()[0])
+                sink.emit(script("t", 1, 0)[0])
+                assert wait_until(lambda: any(r.levelno >= logging.ERROR
+                                              for r in caplog.records), 5), hint
+                time.sleep(1.5)  # several more attempts
+                assert not sink.connected
+                sink.close()
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors

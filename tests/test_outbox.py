@@ -112,3 +112,134 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
         bad.mkdir(mode=0o500)
     with pytest.raises(OutboxError, match="state dir"):
         Outbox(bad)
+
+
+# ---- storage faults, on a real full disk (a 256 KiB tmpfs) ----
+
+
+@pytest.fixture
+def disk(tmp_path):
+    from mqtt_broker import small_disk
+
+    with small_disk(tmp_path / "disk") as d:
+        yield d
+
+
+def big(i: int) -> dict:
+    return {"n": i, "pad": "x" * 3000}  # most puts then need a new page: the disk fills fast
+
+
+def retry_until_stored(ob: Outbox) -> None:
+    """maintain() retries at most every RETRY_S; a test waits for it."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while (ob.in_memory() or ob.fault) and time.monotonic() < deadline:
+        ob.maintain()
+        time.sleep(0.1)
+
+
+def test_full_disk_keeps_events_in_memory_in_order_until_they_can_be_stored(disk, caplog):
+    from mqtt_broker import fill_disk
+
+    ob = Outbox(disk, reserve_bytes=32 * 1024)
+    first = [ob.put("t", big(i)) for i in range(2)]
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        later = [ob.put("t", big(i)) for i in range(2, 12)]  # never raises
+    assert ob.in_memory() > 0 and ob.fault == "database or disk is full"
+    assert "cannot store an event: database or disk is full" in caplog.text
+    ids = first + later
+    assert ids == sorted(ids) and ob.depth() == 12
+    assert [r.payload["n"] for r in ob.pending(limit=100)] == list(range(12))
+    assert [r.id for r in ob.pending(after_id=ids[5], limit=3)] == ids[6:9]
+
+    filler.unlink()
+    retry_until_stored(ob)
+    assert ob.in_memory() == 0 and ob.fault is None and ob.depth() == 12
+    ob.close()
+    ob = Outbox(disk)  # everything is on disk now, in order, with its id
+    assert [(r.payload["n"], r.id) for r in ob.pending(limit=100)] == list(enumerate(ids))
+    ob.close()
+
+
+def test_memory_queue_is_bounded_and_what_it_drops_is_counted_and_logged(disk, caplog):
+    from mqtt_broker import fill_disk
+
+    ob = Outbox(disk, reserve_bytes=0, memory_max=3)
+    fill_disk(disk)
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ids = [ob.put("t", big(i)) for i in range(20)]
+    held = ob.in_memory()
+    assert held == 3 and ob.memory_dropped > 0
+    assert ob.depth() == 20 - ob.memory_dropped
+    assert [r.id for r in ob.pending(limit=100)][-3:] == ids[-3:]  # the newest are kept
+    assert "memory queue full (3 events" in caplog.text
+    ob.close()
+
+
+def test_acknowledged_rows_are_deleted_on_a_full_disk_with_the_reserve(disk, caplog):
+    from mqtt_broker import fill_disk
+
+    ob = Outbox(disk, reserve_bytes=32 * 1024)
+    ids = [ob.put("t", big(i)) for i in range(10)]
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        for i in ids:
+            ob.remove(i)  # the bug: sqlite3.OperationalError here ended the publisher thread
+    assert ob.depth() == 0
+    assert "released the 32 KiB reserve" in caplog.text
+    # The released room is for draining: new events wait in memory, not on it.
+    assert ob.fault == "disk full: less than 32 KiB free" and ob.fault_since is not None
+    new = ob.put("t", big(99))
+    assert ob.in_memory() == 1
+    filler.unlink()
+    retry_until_stored(ob)
+    assert ob.in_memory() == 0 and ob.fault is None
+    assert (disk / "outbox.reserve").stat().st_blocks * 512 >= 32 * 1024
+    assert [r.id for r in ob.pending()] == [new]
+    ob.close()
+
+
+def test_a_delete_that_fails_is_retried_and_the_row_is_not_handed_out_again(disk):
+    from mqtt_broker import fill_disk
+
+    ob = Outbox(disk, reserve_bytes=0)  # no reserve: the deletes themselves fail
+    ids = [ob.put("t", big(i)) for i in range(10)]
+    filler = fill_disk(disk)
+    for i in ids:
+        ob.remove(i)
+    assert ob.fault == "database or disk is full"
+    assert ob.depth() == 0 and ob.pending() == []  # acknowledged: not sent again
+    filler.unlink()
+    retry_until_stored(ob)
+    ob.close()
+    ob = Outbox(disk)
+    assert ob.depth() == 0  # deleted for real once there was room
+    ob.close()
+
+
+def test_bounds_apply_on_a_full_disk(disk):
+    from mqtt_broker import fill_disk
+
+    ob = Outbox(disk, max_age_s=60, reserve_bytes=32 * 1024)
+    for i in range(10):
+        ob.put("t", big(i), now=1000.0)
+    fill_disk(disk)
+    assert ob.prune(now=2000.0) == 10  # one transaction over many pages: needs the reserve
+    assert ob.depth() == 0 and ob.dropped == 10
+    ob.close()
+
+
+def test_open_violations_are_remembered_across_restarts(tmp_path):
+    ob = Outbox(tmp_path)
+    ob.put("v", {"event_id": "a", "seq": 0}, track=("a", True))
+    ob.put("v", {"event_id": "b", "seq": 0}, track=("b", True))
+    ob.put("v", {"event_id": "a", "seq": 1}, track=("a", True))
+    ob.put("v", {"event_id": "b", "seq": 1}, track=("b", False))  # b ended
+    ob.put("other", {"n": 1})  # untracked
+    ob.close()
+    ob = Outbox(tmp_path)
+    (last,) = ob.open_events()
+    assert last.topic == "v" and last.payload == {"event_id": "a", "seq": 1}
+    ob.close()

@@ -126,7 +126,8 @@ class Doctor:
 
     def run_all(self) -> list[Check]:
         for step in (self.state_dir, self.runtime, self.classifier_check, self.edgetpu,
-                     self.detector_check, self.camera, self.broker, self.preview, self.timing):
+                     self.detector_check, self.camera, self.broker, self.outbox, self.preview,
+                     self.timing):
             try:
                 step()
             except Exception as err:  # noqa: BLE001 - one broken check must not hide the rest
@@ -262,6 +263,11 @@ class Doctor:
         verdict, detail = probe_broker(self.cfg)
         self.add("broker", verdict, detail)
 
+    def outbox(self) -> None:
+        if self.cfg.mqtt.url:
+            verdict, detail = inspect_outbox(self.cfg)
+            self.add("outbox", verdict, detail, required=verdict != INFO)
+
     def preview(self) -> None:
         from maskd.preview import (
             PreviewUnavailable,
@@ -370,11 +376,11 @@ def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("
 
 
 def probe_broker(cfg: Config) -> tuple[str, str]:
-    """Connect once with the service's credentials and TLS settings; (verdict, detail)."""
+    """Connect once with the service's credentials and TLS settings (MQTT 5, else 3.1.1) and
+    check that maskd may publish; (verdict, detail)."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
-    from maskd.mqtt import BrokerUrl, apply_tls
+    from maskd.mqtt import UNSUPPORTED_PROTOCOL, BrokerUrl
 
     mq = cfg.mqtt
     try:
@@ -386,41 +392,161 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
         return FAIL, f"mqtt.password_file: cannot read {mq.password_file}: {err.strerror or err}"
     if mq.password_env and password is None:
         return FAIL, f"mqtt.password_env: ${mq.password_env} is not set for this user"
-    result: dict[str, Any] = {}
-    done = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"maskd-{cfg.device_id}-doctor",
-                    protocol=mqtt.MQTTv311)
-    if mq.username is not None:
-        c.username_pw_set(mq.username, password)
-    if url.tls:
+    for version in (mqtt.MQTTv5, mqtt.MQTTv311):
+        probe = _Probe(cfg, url, password, version)
         try:
-            apply_tls(c, mq)
-        except (OSError, ValueError) as err:
-            return FAIL, f"TLS files (mqtt.ca_file/cert_file/key_file): {_err(err)}"
+            failed = probe.connect()
+            if failed is not None:
+                return FAIL, failed
+            if probe.reason.value == UNSUPPORTED_PROTOCOL and version == mqtt.MQTTv5:
+                continue  # a 3.1.1-only broker: try again in its language
+            if probe.reason.is_failure:
+                return FAIL, f"{url}: refused: {probe.reason} (check mqtt.username / password)"
+            return probe.publish_rights()
+        finally:
+            probe.close()
+    return FAIL, f"{url}: refused both MQTT 5 and 3.1.1"
 
-    def on_connect(client, userdata, flags, reason_code, properties):  # noqa: ANN001
-        result["rc"] = reason_code
-        done.set()
 
-    c.on_connect = on_connect
-    t0 = time.perf_counter()
-    try:
-        c.connect(url.host, url.port, keepalive=max(5, mq.keepalive_s))
-    except (OSError, ssl.SSLError) as err:
-        return FAIL, f"{url}: cannot connect: {_err(err)}"
-    c.loop_start()
-    try:
-        if not done.wait(BROKER_TIMEOUT_S):
-            return FAIL, f"{url}: no answer to CONNECT within {BROKER_TIMEOUT_S:.0f} s"
-        rc = result["rc"]
-        ms = (time.perf_counter() - t0) * 1e3
-        if rc.is_failure:
-            return FAIL, f"{url}: refused: {rc} (check mqtt.username / password)"
-        who = f"as {mq.username!r}" if mq.username else "anonymously"
-        return OK, f"{url}: connected {who}{' over TLS' if url.tls else ''} in {ms:.0f} ms"
-    finally:
-        c.disconnect()
-        c.loop_stop()
+class _Probe:
+    """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``."""
+
+    def __init__(self, cfg: Config, url: Any, password: str | None, version: Any) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.mq, self.url, self.version = cfg.mqtt, url, version
+        self.topic = f"{cfg.mqtt.prefix}/{cfg.device_id}/{cfg.camera}/doctor"
+        self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
+        self.reason: Any = None
+        self.connected = threading.Event()
+        self.answered = threading.Event()  # PUBACK (MQTT 5) or SUBACK (3.1.1)
+        self.echoed = threading.Event()  # our test message came back (3.1.1)
+        self.answer: Any = None
+        self.started = False
+        self.t0 = 0.0
+        c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
+                                      client_id=f"maskd-{cfg.device_id}-doctor")
+        if self.mq.username is not None:
+            c.username_pw_set(self.mq.username, password)
+        c.on_connect = self._on_connect
+        c.on_publish = self._on_answer
+        c.on_subscribe = self._on_answer
+        c.on_message = self._on_message
+        c.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self.reason = reason_code
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self.connected.set()  # without .reason when it came before any CONNACK
+
+    def _on_answer(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
+        self.answer = reason[0] if isinstance(reason, list) else reason
+        self.answered.set()
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        if msg.payload == self.token:
+            self.echoed.set()
+
+    def connect(self) -> str | None:
+        """None once the broker answered CONNECT (see .reason), else why not."""
+        from maskd.mqtt import apply_tls
+
+        if self.url.tls:
+            try:
+                apply_tls(self.client, self.mq)
+            except (OSError, ValueError) as err:
+                return f"TLS files (mqtt.ca_file/cert_file/key_file): {_err(err)}"
+        self.t0 = time.perf_counter()
+        try:
+            self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))
+        except (OSError, ssl.SSLError) as err:
+            return f"{self.url}: cannot connect: {_err(err)}"
+        self.client.loop_start()
+        self.started = True
+        answered = self.connected.wait(BROKER_TIMEOUT_S)
+        if self.reason is not None:
+            return None
+        hint = "" if self.url.tls else "; is that port a TLS listener? Then use mqtts://"
+        if answered:
+            return f"{self.url}: closed the connection without answering CONNECT{hint}"
+        return f"{self.url}: no answer to CONNECT within {BROKER_TIMEOUT_S:.0f} s{hint}"
+
+    def publish_rights(self) -> tuple[str, str]:
+        """MQTT 5: the PUBACK's reason code. 3.1.1 acknowledges a denied publish like any
+        other, so there: subscribe, publish, and see whether the message comes back."""
+        import paho.mqtt.client as mqtt
+
+        ms = (time.perf_counter() - self.t0) * 1e3
+        who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
+        done = (f"{self.url}: connected {who}{' over TLS' if self.url.tls else ''} in {ms:.0f} ms, "
+                f"MQTT {'5' if self.version == mqtt.MQTTv5 else '3.1.1'}")
+        if self.version == mqtt.MQTTv5:
+            self.client.publish(self.topic, self.token, qos=1)
+            if not self.answered.wait(BROKER_TIMEOUT_S):
+                return FAIL, f"{done}; no PUBACK for a test publish on {self.topic}"
+            if self.answer.is_failure:
+                return FAIL, (f"{done}; publishing refused on {self.topic}: {self.answer} (the "
+                              "broker's ACL must let this user publish under the device's prefix)")
+            return OK, f"{done}; may publish on {self.topic}"
+        self.client.subscribe(self.topic, qos=1)
+        if not self.answered.wait(BROKER_TIMEOUT_S) or self.answer.is_failure:
+            return WARN, (f"{done}; cannot check publish rights: may not subscribe to "
+                          f"{self.topic} ({self.answer})")
+        self.client.publish(self.topic, self.token, qos=1)
+        if not self.echoed.wait(3.0):
+            return FAIL, (f"{done}; a test message on {self.topic} never came back: the broker's "
+                          "ACL probably denies publishing (MQTT 3.1.1 cannot say so)")
+        return OK, f"{done}; publish rights checked by a round trip on {self.topic}"
+
+    def close(self) -> None:
+        if self.started:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def inspect_outbox(cfg: Config) -> tuple[str, str]:
+    """What the MQTT outbox holds and whether it can store events; read-only, so it works while
+    the service runs. (verdict, detail)"""
+    import sqlite3
+
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE
+
+    mq, d = cfg.mqtt, cfg.state_dir
+    if not d.is_dir():
+        return INFO, f"{d} does not exist yet"
+    free = shutil.disk_usage(d).free
+    need = max(mq.outbox_reserve_kb, 64) * 1024
+    parts = []
+    path = d / OUTBOX_FILE
+    if path.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                    timeout=2.0)) as db:
+                n, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+                try:
+                    still_open = db.execute("SELECT COUNT(*) FROM open_events").fetchone()[0]
+                except sqlite3.OperationalError:  # written by an older maskd
+                    still_open = 0
+        except sqlite3.Error as err:
+            return FAIL, f"{path}: unreadable: {err}"
+        age = f" (oldest {time.time() - oldest:,.0f} s)" if oldest is not None else ""
+        parts.append(f"{n} event(s) pending{age}")
+        if still_open:
+            parts.append(f"{still_open} violation(s) open")
+    else:
+        parts.append("empty (created by the first run)")
+    reserve = d / RESERVE_FILE
+    held = reserve.exists() and reserve.stat().st_blocks * 512 >= mq.outbox_reserve_kb * 1024
+    room = f"{free / 2**20:,.0f} MiB" if free >= 10 * 2**20 else f"{free / 1024:,.0f} KiB"
+    parts.append(f"{room} free" + (", reserve held" if held else ""))
+    detail = f"{path}: {', '.join(parts)}"
+    if free < need:
+        return FAIL, (f"{detail}; the disk is full: new events are kept in memory only (at most "
+                      f"{mq.memory_queue_max}) until {need // 1024} KiB are free")
+    return OK, detail
 
 
 def main(args: argparse.Namespace) -> int:

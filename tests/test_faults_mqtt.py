@@ -1,0 +1,184 @@
+"""Fault suite, MQTT side: real mosquitto, real SQLite on a real (tiny) tmpfs, real kills.
+
+Each test is one fault from docs/reliability.md, injected the way it happens on a device:
+the disk fills while the broker is down, the broker's ACL refuses the events, the daemon is
+killed with violations open. Together they run in well under a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from mqtt_broker import Broker, Mqtt311Only, Subscriber, fill_disk, small_disk
+from mqtt_driver import script
+from test_mqtt import (
+    CAM,
+    REPO,
+    cfg_for,
+    check_schema,
+    dedup,
+    events,
+    read_until,
+    start_driver,
+    wait_until,
+)
+
+from maskd.commands.doctor import FAIL, OK, inspect_outbox, probe_broker
+from maskd.mqtt import MqttSink
+from maskd.notify import status_text
+from maskd.outbox import Outbox
+
+
+def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
+    """The issue's reproduction: state dir on a 256 KiB tmpfs, broker down, two events, the
+    tmpfs filled, more events, the broker back. Nothing is lost, the publisher thread lives,
+    the fault shows in stats, faults() (status text) and doctor, and goes when space returns."""
+    caplog.set_level(logging.WARNING)
+    with small_disk(tmp_path / "state") as state, \
+            Broker(tmp_path / "b", persistence=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation", f"{CAM}/stats"], client_id="fault-sub",
+                         clean=False)
+        b.stop()
+        cfg = cfg_for(b, state, outbox_reserve_kb=32, stats_interval_s=1.0)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        evs = script("d", 100, 1)
+        for ev in evs[:2]:
+            sink.emit(ev)
+        filler = fill_disk(state)
+        n = 2
+        while sink.health()["memory_queue"] < 5:  # free pages take a few, then memory
+            sink.emit(evs[n])
+            n += 1
+        evs = evs[:n]
+        h = sink.health()
+        assert h["outbox_depth"] == len(evs) and h["memory_queue"] > 0
+        assert h["outbox_error"] == "database or disk is full"
+        assert sink.faults()[0].startswith("MQTT outbox: database or disk is full, ")
+        status = status_text({"fps": 9.8, "active": 0, "faults": sink.faults()})
+        assert status.startswith("9.8 fps | 0 active violations | MQTT outbox: database or disk")
+        verdict, detail = inspect_outbox(cfg)
+        assert verdict == FAIL and "the disk is full" in detail, detail
+
+        b.start()  # the broker is back; the disk is still full
+        want = [(e.event_id, e.seq) for e in evs]
+        assert sub.wait(lambda ms: len(dedup(violations(ms))) >= len(want), 20)
+        assert dedup(violations(sub.messages)) == want  # all of them, in order
+        assert wait_until(lambda: sink.health()["outbox_depth"] == 0, 10)
+        assert sink._worker.is_alive()  # the bug: an OperationalError in remove() ended it
+        assert sub.wait(lambda ms: any(m.topic == f"{CAM}/stats" and m.json()["outbox_error"]
+                                       for m in ms), 5), "stats never reported the fault"
+
+        filler.unlink()  # space returns
+        assert wait_until(lambda: sink.health()["outbox_error"] is None, 10), sink.health()
+        assert sink.faults() == [] and inspect_outbox(cfg)[0] == OK
+        late = script("late", 1, 0)[0]
+        sink.emit(late)
+        assert sink.health()["memory_queue"] == 0  # stored durably again
+        assert sink.flush(10)
+        assert sub.wait(lambda ms: (late.event_id, 0) in dedup(violations(ms)), 5)
+        sink.close()
+        sub.close()
+    assert "unexpected error" not in caplog.text
+
+
+def violations(ms: list) -> list[dict]:
+    return [m.json() for m in ms if m.topic == f"{CAM}/violation"]
+
+
+def test_acl_denied_publish_is_kept_and_reported_and_exits_75(tmp_path, default_model):
+    """`maskd run --exit-at-end` against a broker whose ACL denies the violation topic: exit 75,
+    the refusal in the log and the systemd status, the events kept for a later start."""
+    device, cam = "door1", "entrance"
+    topic = f"maskd/{device}/{cam}/violation"
+    state = tmp_path / "state"
+    status_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    status_sock.bind(str(tmp_path / "notify"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+    env.pop("WATCHDOG_PID", None)
+    with Broker(tmp_path / "b", acl=f"topic deny {topic}\ntopic readwrite #") as b:
+        r = subprocess.run(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+             "--device-id", device, "--camera", cam, "--mqtt", b.url, "--state-dir", str(state),
+             "--model", str(default_model), "--detector", "blazeface", "--flush-timeout", "30"],
+            capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+    assert r.returncode == 75, r.stderr[-3000:]
+    assert f"refused an event on {topic}: Not authorized" in r.stderr
+    assert "2 event(s) refused by the broker (Not authorized)" in r.stderr
+    status_sock.setblocking(False)
+    statuses = []
+    while True:
+        try:
+            statuses += [ln for ln in status_sock.recv(4096).decode().splitlines()
+                         if ln.startswith("STATUS=")]
+        except BlockingIOError:
+            break
+    status_sock.close()
+    assert any("MQTT: 1 event(s) refused by the broker" in s for s in statuses), statuses[-5:]
+
+    ob = Outbox(state)  # kept, in order
+    assert [r.payload["event_type"] for r in ob.pending()] == ["start", "end"]
+    ob.close()
+    with Broker(tmp_path / "b2") as b2:  # a broker that takes them: the next start delivers
+        sub = Subscriber(b2, [topic])
+        d = start_driver(b2.url, state, "--then", "exit", "--flush-timeout", "20")
+        assert d.wait(30) == 0, d.stderr.read()[-2000:]
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
+        sub.close()
+
+
+def test_doctor_checks_publish_rights_mqtt5_and_by_round_trip_on_311(tmp_path):
+    deny = "topic deny maskd/dev1/cam1/doctor\ntopic readwrite #"
+    with Broker(tmp_path / "open") as open_b, Broker(tmp_path / "acl", acl=deny) as acl_b:
+        for broker, want in ((open_b, OK), (acl_b, FAIL)):
+            relay = Mqtt311Only(broker)
+            for url, version in ((broker.url, "MQTT 5"), (relay.url, "MQTT 3.1.1")):
+                verdict, detail = probe_broker(cfg_for(relay if "3.1.1" in version else broker,
+                                                       tmp_path / "state"))
+                assert verdict == want and version in detail and url in detail, detail
+                if want == OK:
+                    assert ("round trip" if "3.1.1" in version else "may publish") in detail
+                elif version == "MQTT 5":
+                    assert "publishing refused on maskd/dev1/cam1/doctor: Not authorized" in detail
+                else:
+                    assert "never came back" in detail
+            relay.close()
+
+
+def test_kill9_with_open_violations_then_restart_ends_them(tmp_path):
+    """Violations open at a kill -9 get their `end` (reason "restart") from the next start."""
+    state = tmp_path / "state"
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        d = start_driver(b.url, state, "--then", "wait", "--violations", "3", "--updates", "1",
+                         "--left-open", "2", "--tag", "o")
+        read_until(d, "done")
+        first = [(e.event_id, e.seq) for e in script("o", 3, 1, left_open=2)]  # 7 messages
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 7, 10)
+        os.kill(d.pid, signal.SIGKILL)
+        d.wait()
+
+        d = start_driver(b.url, state, "--then", "exit", "--flush-timeout", "20")
+        assert d.wait(30) == 0, d.stderr.read()[-2000:]
+        assert "ending it with reason restart" in d.stderr.read()
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 9, 10)
+        got = events(sub)
+        assert dedup(got) == first + [("o-1", 2), ("o-2", 2)]
+        ends = {e["event_id"]: e for e in got if e["event_type"] == "end"}
+        assert {k: e["end_reason"] for k, e in ends.items()} == {
+            "o-0": "gone", "o-1": "restart", "o-2": "restart"}
+        for k in ("o-1", "o-2"):
+            check_schema(ends[k])
+            assert ends[k]["end_time"] >= ends[k]["start_time"] and ends[k]["buffered"]
+
+        d = start_driver(b.url, state, "--then", "exit")  # nothing is left open now
+        assert d.wait(30) == 0
+        time.sleep(0.5)
+        assert len(dedup(events(sub))) == 9
+        sub.close()
