@@ -8,9 +8,13 @@ the environment behind its back. Every section forbids unknown keys so a typo in
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -21,15 +25,91 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from yaml.composer import ComposerError
+from yaml.events import AliasEvent
+from yaml.nodes import ScalarNode
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
 
+# Bounds on what load_config reads, so a hostile or broken file fails fast with one line instead
+# of hanging or eating memory. A full, commented config is about 7 KB, 3 levels and 150 values.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_YAML_DEPTH = 16
+MAX_YAML_VALUES = 5000  # after expanding aliases: stops "billion laughs"
+MAX_ERROR_LINES = 20
+
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Seconds = Annotated[float, Field(gt=0, le=3600.0)]  # a wait that threading and paho can take
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def check_host(host: str) -> str:
+    """An IP address or an ASCII DNS name; anything else fails only later, at connect or bind."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"has a bad host {_excerpt(host)}: not a host name or IP address") from None
+    return host
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'8080' or ':8080' -> ('127.0.0.1', 8080); 'HOST:PORT' and '[v6]:PORT' as given.
+
+    Raises ValueError; shared by the config model and the HTTP preview so both agree.
+    """
+    text = value.strip()
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535
+            or (":" in host and not bracketed)):
+        raise ValueError("is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return check_host(host or "127.0.0.1"), int(port)
+
+
+def check_topic(value: str) -> str:
+    """A topic paho can publish to: a wildcard kills paho's network thread, and mosquitto
+    disconnects a client for control characters or empty levels it cannot route."""
+    if not value:
+        raise ValueError("must not be empty")
+    for ch in "+#":
+        if ch in value:
+            raise ValueError(f"must not contain '{ch}' (an MQTT wildcard)")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError("must not contain control characters")
+    if value.startswith("$"):
+        raise ValueError("must not start with '$' (reserved for the broker)")
+    if "" in value.split("/"):
+        raise ValueError("must not have an empty level (a leading, trailing or double '/')")
+    if len(value.encode()) > 200:
+        raise ValueError("is longer than 200 bytes")
+    return value
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every section: unknown keys, non-finite numbers and unusable text are errors."""
+
+    # inf/nan pass gt/le checks and then crash a sleep or a comparison at run time.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _usable_text(cls, v: Any) -> Any:
+        """NUL or a lone surrogate in a name or path fails at open()/encode() in `run`, not here."""
+        if isinstance(v, str | Path):
+            text = str(v)
+            if "\0" in text:
+                raise ValueError("must not contain a NUL character")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("is not valid Unicode text") from None
+        return v
 
 
 class SourceConfig(Section):
@@ -42,8 +122,9 @@ class SourceConfig(Section):
     height: int = Field(480, ge=16, le=4320)
     fps: float = Field(15.0, gt=0, le=240)
     loop: bool = False  # file sources: play again from the start at the end
-    reopen_min_s: float = Field(1.0, gt=0)
-    reopen_max_s: float = Field(30.0, gt=0)
+    # Reconnect backoff; under systemd's watchdog it is capped at half WATCHDOG_USEC.
+    reopen_min_s: Seconds = 1.0
+    reopen_max_s: Seconds = 30.0
 
 
 class DetectorConfig(Section):
@@ -120,27 +201,54 @@ class MqttConfig(Section):
     prefix: Id = "maskd"
     username: str | None = None
     password_file: Path | None = None
-    password_env: str | None = None
+    password_env: EnvName | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    reconnect_min_s: float = Field(1.0, gt=0)  # backoff between connection attempts
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_min_s: Seconds = 1.0  # backoff between connection attempts
+    reconnect_max_s: Seconds = 30.0
     snapshots: bool = False  # opt-in: no image leaves the device by default
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
-    state_interval_s: float = Field(1.0, ge=1.0)
-    stats_interval_s: float = Field(60.0, ge=1.0)
+    state_interval_s: float = Field(1.0, ge=1.0, le=3600.0)
+    stats_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
     outbox_max_events: int = Field(100_000, ge=1)
     outbox_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    outbox_reserve_kb: int = Field(1024, ge=0)  # kept free so a full disk can still drain
+    memory_queue_max: int = Field(1000, ge=1)  # events held in memory while they cannot be stored
 
     @field_validator("url")
     @classmethod
-    def _scheme(cls, v: str | None) -> str | None:
-        if v is not None and not (v.startswith("mqtt://") or v.startswith("mqtts://")):
+    def _url(cls, v: str | None) -> str | None:
+        """Everything maskd.mqtt.BrokerUrl would reject or silently change, rejected here."""
+        if v is None:
+            return v
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("must not contain spaces or control characters")
+        if not v.startswith(("mqtt://", "mqtts://")):
             raise ValueError("must start with mqtt:// or mqtts://")
+        try:
+            parts = urlsplit(v)
+            port = parts.port
+        except ValueError as err:
+            raise ValueError(f"is not mqtt(s)://HOST[:PORT] ({err})") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials; use mqtt.username and "
+                             "mqtt.password_file / mqtt.password_env")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        check_host(parts.hostname)
+        if port == 0:
+            raise ValueError("port must be 1-65535")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be only mqtt(s)://HOST[:PORT], without a path or query")
         return v
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _discovery_prefix(cls, v: str) -> str:
+        return check_topic(v)
 
     def password(self) -> str | None:
         """The password from its file or environment variable (never stored in YAML)."""
@@ -158,6 +266,13 @@ class PreviewConfig(Section):
     window: bool = False  # an OpenCV window when the installed OpenCV has GUI support
     http: str | None = None  # "127.0.0.1:8080" serves an MJPEG page
     annotate_dir: Path | None = None  # write annotated frames/clip here
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
 
 
 class Config(Section):
@@ -191,22 +306,41 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = _EXCERPT.maxother = 60
+_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 4
+_EXCERPT.maxlevel = 2
+_EXCERPT.maxlong = 40
+
+
+def _excerpt(value: Any) -> str:
+    """A repr short enough for one line, however big or deep the value is."""
+    return _EXCERPT.repr(value)
+
+
+def _key_name(loc: tuple) -> str:
+    return ".".join(str(p)[:60] for p in loc) or "<top>"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MAX_ERROR_LINES]:
         loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "<top>"
+        key = _key_name(loc)
         if e["type"] == "extra_forbidden":
             allowed = _section_keys(loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            close = difflib.get_close_matches(str(loc[-1])[:60], allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"{source}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
         elif e["type"] == "model_type":
             lines.append(f"{source}: '{key}' must be a section with keys: "
-                         f"{', '.join(_section_keys(loc))} (got {e.get('input')!r})")
+                         f"{', '.join(_section_keys(loc))} (got {_excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: '{key}': {msg} (got {e.get('input')!r})")
+            lines.append(f"{source}: '{key}': {msg} (got {_excerpt(e.get('input'))})")
+    if len(errors) > MAX_ERROR_LINES:
+        lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")
     return "\n".join(lines)
 
 
@@ -222,20 +356,85 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits: nesting depth, values after alias expansion (so a
+    "billion laughs" file fails at once instead of hanging), no recursive aliases, and no
+    duplicate keys (YAML says a mapping's keys are unique; PyYAML keeps the last silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values it expands to, once complete
+
+    def _fail(self, problem: str, mark: Any) -> None:
+        raise ComposerError(None, None, problem, mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:
+                self._fail("an alias refers to the mapping or list it is in", mark)
+            self._count(self._sizes[id(node)], mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            self._fail(f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        before = self._values
+        self._count(1, mark)
+        node = super().compose_node(parent, index)
+        self._sizes[id(node)] = self._values - before
+        self._depth -= 1
+        return node
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._values += n
+        if self._values > MAX_YAML_VALUES:
+            self._fail(f"more than {MAX_YAML_VALUES} values once aliases are expanded", mark)
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], Any] = {}
+        for key, _ in node.value:
+            if not isinstance(key, ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key.tag, key.value), key.start_mark)
+            if first is not key.start_mark:
+                self._fail(f"duplicate key {_excerpt(key.value)} (first at line {first.line + 1})",
+                           key.start_mark)
+        return node
+
+
+def _read_text(p: Path) -> str:
+    """The file as text, refusing what no config can be: too big, or not UTF-8."""
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: not a config: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}") from None
+
+
 def load_config(path: Path | str | None) -> Config:
     """Read and validate a YAML config file; None gives the built-in defaults."""
     if path is None:
         return Config()
     p = Path(path)
+    text = _read_text(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=BoundedLoader)  # a SafeLoader, with limits
     except yaml.YAMLError as err:  # one line: where and what, not PyYAML's multi-line dump
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{p}: not valid YAML{where}: {what}") from None
+        raise ConfigError(f"{p}: not valid YAML{where}: {what[:200]}") from None
+    except (ValueError, RecursionError) as err:  # e.g. an integer with more than 4300 digits
+        raise ConfigError(f"{p}: not a usable config: {_excerpt(str(err))}") from None
     return parse_config(data, str(p))

@@ -3,11 +3,16 @@
 One reader for every stage so that a palette PNG, an RGBA screenshot, a WEBP or a PNG that
 was saved with a ``.jpg`` name all look the same to the classifier in training and on the
 device. PIL decides the format from the file's bytes, never from its name.
+
+Memory is bounded: an image over MAX_PIXELS is never decoded at full size (a 12000x12000 JPEG
+would take ~1.5 GB on a 1 GB Pi). A JPEG is decoded at 1/2, 1/4 or 1/8 scale inside the
+decoder (PIL's draft mode, what cv2.IMREAD_REDUCED_* does); other formats that big are refused.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,10 @@ _BACKGROUND = (255, 255, 255)
 # web download with the size glued on) count too, by prefix.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
+# Largest image decoded at full size: a 16 MP image peaks near 220 MB while decoding. A face
+# needs far fewer pixels; a 12 MP phone photo still decodes untouched.
+MAX_PIXELS = 16_000_000
+
 
 class ImageError(Exception):
     """An image that cannot be read; the message names the file and the reason."""
@@ -30,7 +39,11 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array with its EXIF orientation applied."""
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():  # PIL's bomb warning: we bound the size ourselves
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im_file = Image.open(p)
+        with im_file as im:
+            _decode_reduced(im, p)
             im.load()  # decode now so a truncated file fails here, not later
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
@@ -48,6 +61,21 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{p}: decoded to an unusable shape {arr.shape}")
     return arr
+
+
+def _decode_reduced(im: Image.Image, p: Path) -> None:
+    """Before decoding: shrink a JPEG over MAX_PIXELS in the decoder; refuse other big images."""
+    w, h = im.size
+    if w * h <= MAX_PIXELS:
+        return
+    if im.format == "JPEG":
+        for scale in (2, 4, 8):  # the decoder's scales; it rounds the size up
+            if -(-w // scale) * -(-h // scale) <= MAX_PIXELS:
+                im.draft(im.mode, (max(1, w // scale), max(1, h // scale)))
+                break
+    if im.size[0] * im.size[1] > MAX_PIXELS:
+        raise ImageError(f"{p}: too large to decode within memory bounds ({w}x{h} pixels; "
+                         f"limit {MAX_PIXELS // 1_000_000} MP, or 8x that for a JPEG)")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -4,6 +4,10 @@ No libsystemd binding: the protocol is one datagram of ``KEY=value`` lines to th
 named in ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). The
 :class:`SystemdNotifier` frame observer turns the loop's progress into READY / WATCHDOG /
 STATUS, so a stalled loop (not merely a live process) is what systemd's watchdog sees.
+
+The watchdog guards a hung loop, not a missing camera: while the live source is in a
+controlled reconnect (camera lost, reopen loop alive) the loop keeps pinging and says
+"camera lost since ..." in STATUS; a loop or driver that hangs still stops the pings.
 """
 
 from __future__ import annotations
@@ -20,6 +24,18 @@ from maskd.types import Frame, Verdict
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
+
+
+def status_text(stats: dict) -> str:
+    """The STATUS= line: the preview's header, or the camera outage when there is one; then
+    what keeps events from being delivered (``faults`` from the sinks)."""
+    since = stats.get("camera_lost_since")
+    if since:
+        state = "reconnecting" if stats.get("camera_reconnecting") else "reconnect stalled"
+        text = f"camera lost since {since}; {state}"
+    else:
+        text = header_text(stats)
+    return " | ".join([text, *stats.get("faults", ())])
 
 
 def socket_address(value: str) -> str | bytes:
@@ -98,7 +114,8 @@ class SystemdNotifier:
 
     READY=1 after the first processed frame (so `systemctl start` returns once the camera and
     models really work); WATCHDOG=1 from on_frame at most every half WATCHDOG_USEC, so if
-    frames stop the pings stop and systemd restarts the service; STATUS= with fps.
+    frames stop the pings stop and systemd restarts the service; STATUS= with fps. The one
+    exception is on_wait: the loop, waiting for a camera that the source is reconnecting.
     """
 
     def __init__(
@@ -114,6 +131,7 @@ class SystemdNotifier:
         self._ready = False
         self._last_ping: float | None = None
         self._last_status: float | None = None
+        self._camera = (False, False)  # (lost, reconnecting): a change is told at once
 
     @property
     def enabled(self) -> bool:
@@ -124,21 +142,36 @@ class SystemdNotifier:
         self._notifier.send(f"STATUS={text}")
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+        self._tell(stats, ready=True, alive=True)
+
+    def on_wait(self, stats: dict) -> None:
+        """The loop is waiting for a frame: vouch for it only during a controlled reconnect.
+
+        Called from the loop's own thread, so a hung loop sends nothing; a camera read stuck in
+        the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping.
+        """
+        if stats.get("camera_lost_since"):  # merely a slow camera: frames will say it
+            self._tell(stats, ready=False, alive=bool(stats.get("camera_reconnecting")))
+
+    def _tell(self, stats: dict, ready: bool, alive: bool) -> None:
         if not self._notifier.enabled:
             return
         now = self._clock()
+        camera = (bool(stats.get("camera_lost_since")), bool(stats.get("camera_reconnecting")))
         lines: list[str] = []
-        if not self._ready:
+        if ready and not self._ready:
             lines.append("READY=1")
-        ping = self.watchdog_every_s is not None and (
+        ping = alive and self.watchdog_every_s is not None and (
             self._last_ping is None or now - self._last_ping >= self.watchdog_every_s)
         if ping:
             lines.append("WATCHDOG=1")
-        if lines or self._last_status is None or now - self._last_status >= STATUS_INTERVAL_S:
-            lines.append(f"STATUS={header_text(stats)}")
+        if (lines or camera != self._camera or self._last_status is None
+                or now - self._last_status >= STATUS_INTERVAL_S):
+            lines.append(f"STATUS={status_text(stats)}")
             if self._notifier.send(*lines):  # on failure, try again with the next frame
-                self._ready = True
+                self._ready = self._ready or ready
                 self._last_status = now
+                self._camera = camera
                 if ping:
                     self._last_ping = now
 

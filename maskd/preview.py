@@ -8,6 +8,7 @@ therefore loses frames, never slows the detection loop.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts
 from maskd.config import Config, PreviewConfig
+from maskd.config import parse_listen as _parse_listen
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, FrameObserver, Verdict
 
@@ -334,13 +336,25 @@ PAGE = """<!doctype html>
 BOUNDARY = "maskdframe"
 
 
+IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """'8080' or ':8080' -> ('127.0.0.1', 8080); 'HOST:PORT' and '[v6]:PORT' as given."""
-    host, _, port = value.strip().rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or int(port) > 65535 or (":" in host and not value.strip().startswith("[")):
-        raise PreviewUnavailable(f"preview.http: {value!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-    return host or "127.0.0.1", int(port)
+    try:
+        return _parse_listen(value)
+    except ValueError as err:
+        raise PreviewUnavailable(f"preview.http: {value!r} {err}") from None
+
+
+def is_local(host: str) -> bool:
+    """True when only this machine can connect to ``host``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any interface
 
 
 class _V6Server(ThreadingHTTPServer):
@@ -357,10 +371,12 @@ class HttpPreview(ThreadedPreview):
     name = "http"
 
     def __init__(self, listen: str, threshold: float = 0.5, jpeg_quality: int = 80,
-                 max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+                 max_fps: float | None = DEFAULT_MAX_FPS,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         super().__init__(threshold, max_fps)
         self.host, port = parse_listen(listen)
         self.jpeg_quality = jpeg_quality
+        self.idle_timeout_s = idle_timeout_s
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
@@ -384,7 +400,12 @@ class HttpPreview(ThreadedPreview):
     def start(self) -> HttpPreview:
         self._http_thread.start()
         super().start()
-        log.info("preview at %s", self.url)
+        if is_local(self.host):
+            log.info("preview at %s", self.url)
+        else:  # the camera picture, unauthenticated, for anyone on the network
+            log.warning("preview at %s is reachable from the network without a password; bind "
+                        "preview.http to 127.0.0.1 and use an SSH tunnel unless that is intended",
+                        self.url)
         return self
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
@@ -420,6 +441,10 @@ class HttpPreview(ThreadedPreview):
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "maskd-preview"
+            timeout = preview.idle_timeout_s  # socket timeout: idle clients do not pile up
+
+            def version_string(self) -> str:
+                return self.server_version  # not the Python version: no help to an attacker
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("http %s: " + format, self.client_address[0], *args)

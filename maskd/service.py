@@ -109,8 +109,9 @@ class Service:
         self._fps = 0.0
         self._last_t: float | None = None
         self._last_frame: Frame | None = None
-        self._started = time.monotonic()
         self._window = _Window()
+        if hasattr(source, "on_wait"):  # a live source: hear from it while the camera is away
+            source.on_wait = self._source_waiting
 
     # ------------------------------------------------------------------ control
 
@@ -170,9 +171,7 @@ class Service:
             self._emit(events)
             result.timings_ms["track"] += (time.perf_counter() - t1) * 1e3
             self._after_frame(result, capture_ms)
-            if time.monotonic() - self._window.start >= STATS_EVERY_S:
-                self._report()
-                self._window = _Window()
+            self._maybe_report()
             if self.max_frames is not None and self.frames >= self.max_frames:
                 self.stop_reason = f"--max-frames {self.max_frames} reached"
                 return
@@ -240,14 +239,46 @@ class Service:
             "frames": self.frames,
             "skipped": self.source.stats.get("skipped", 0),
             "ms": dict(result.timings_ms, capture=capture_ms),
+            "faults": self._sink_faults(),
         }
-        for obs in self.observers:
+        self._to_observers("on_frame", frame, result.verdicts, stats)
+
+    def _to_observers(self, method: str, *args: object) -> None:
+        """Call ``method`` on every observer that has it; a broken one is removed, not fatal."""
+        for obs in list(self.observers):
+            fn = getattr(obs, method, None)
+            if fn is None:
+                continue
             try:
-                obs.on_frame(frame, result.verdicts, stats)
+                fn(*args)
             except Exception:  # noqa: BLE001 - a broken preview must not stop detection
                 log.exception("observer %s failed; removing it", type(obs).__name__)
                 self.observers.remove(obs)
                 obs.close()
+
+    def _source_waiting(self) -> None:
+        """The live source has no frame yet (camera lost, reconnecting): the loop is not hung,
+        so observers (systemd's watchdog) and the periodic stats still hear from it."""
+        src = self.source.stats
+        stats = {
+            "fps": 0.0,
+            "active": self.violations.active,
+            "frames": self.frames,
+            "camera_lost_since": src.get("camera_lost_since"),
+            "camera_reconnecting": src.get("camera_reconnecting", False),
+            "faults": self._sink_faults(),
+        }
+        self._to_observers("on_wait", stats)
+        self._maybe_report()
+
+    def _sink_faults(self) -> list[str]:
+        """What keeps sinks from delivering (MqttSink.faults: disk full, refused), for STATUS."""
+        return [f for sink in self.sinks for f in getattr(sink, "faults", list)()]
+
+    def _maybe_report(self) -> None:
+        if time.monotonic() - self._window.start >= STATS_EVERY_S:
+            self._report()
+            self._window = _Window()
 
     def stats(self) -> dict:
         """Health numbers for the log and for sinks' ``on_stats`` (MQTT ``stats``)."""
@@ -255,14 +286,15 @@ class Service:
         elapsed = max(time.monotonic() - window.start, 1e-6)
         n = max(window.frames, 1)
         src = self.source.stats
+        # No uptime_s: sinks add their own, current one (this dict is up to STATS_EVERY_S old).
         return {
-            "uptime_s": round(time.monotonic() - self._started, 1),
             "frames": self.frames,
             "fps": round(window.frames / elapsed, 2),
             "ms": {k: round(v / n, 2) for k, v in window.ms.items()},
             "skipped": src.get("skipped", 0),
             "reopens": src.get("reopens", 0),
             "corrupt": src.get("corrupt", 0),
+            "camera_lost_since": src.get("camera_lost_since"),
             **{k: v for k, v in self.pipeline.stats.items() if k != "frames"},
             "active": self.violations.active,
             "violations_started": self.violations.started,

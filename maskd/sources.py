@@ -17,9 +17,11 @@ behave the same whether a clip is processed faster or slower than real time.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +36,11 @@ log = logging.getLogger("maskd.sources")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg"})
 MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
+# A reconnect that shows no sign of life this long (an open stuck in the driver) is a hang, not
+# an outage: the loop then stops vouching for it to systemd's watchdog. Longer than the 10 s
+# stream open/read timeouts, shorter than the default WatchdogSec=30.
+RECONNECT_STALL_S = 20.0
+BACKOFF_TICK_S = 1.0  # a backoff wait shows a sign of life at least this often
 
 
 class SourceError(Exception):
@@ -92,19 +99,31 @@ def as_bgr(image: object) -> np.ndarray | None:
 
 
 class Backoff:
-    """Exponential delay between reopen attempts, interruptible by a stop event."""
+    """Exponential delay between reopen attempts, interruptible by a stop event.
+
+    ``beat`` (monotonic) moves at least every BACKOFF_TICK_S while waiting, so a controlled wait
+    can be told from a thread stuck in a driver.
+    """
 
     def __init__(self, min_s: float, max_s: float, stop: threading.Event):
         self.min_s = min_s
         self.max_s = max(max_s, min_s)
         self.next_s = min_s
+        self.beat = time.monotonic()
         self._stop = stop
 
     def wait(self) -> bool:
         """Sleep the current delay (then double it); False when stopped meanwhile."""
         delay = self.next_s
         self.next_s = min(self.next_s * 2.0, self.max_s)
-        return not self._stop.wait(delay)
+        deadline = time.monotonic() + delay
+        while True:
+            self.beat = time.monotonic()
+            left = deadline - self.beat
+            if left <= 0:
+                return True
+            if self._stop.wait(min(left, BACKOFF_TICK_S)):
+                return False
 
     def reset(self) -> None:
         self.next_s = self.min_s
@@ -114,7 +133,9 @@ class LiveSource:
     """A camera or stream that is reopened with backoff whenever it fails.
 
     ``opener`` builds a fresh ``Capture``; it is called lazily on the first ``read()`` and after
-    every failure, so a camera that is absent at start is waited for, not fatal.
+    every failure, so a camera that is absent at start is waited for, not fatal. From the first
+    failure until the next good frame, ``stats["camera_lost_since"]`` holds when it went
+    (ISO 8601) and ``reconnecting`` is True while the reopen loop shows signs of life.
     """
 
     is_live = True
@@ -123,6 +144,7 @@ class LiveSource:
                  reopen_max_s: float = 30.0):
         self.name = name
         self.stats = _new_stats()
+        self.stats["camera_lost_since"] = None
         self._opener = opener
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards the capture against close() from another thread
@@ -131,9 +153,30 @@ class LiveSource:
         self._seq = 0
         self._bad_in_a_row = 0
         self._failed_before = False  # the next successful open counts as a reopen
+        self._lost_at: float | None = None  # time.time() of the first failure, None when fine
+        self._beat = time.monotonic()
+
+    @property
+    def reconnecting(self) -> bool:
+        """Camera lost and the reopen loop alive (waiting out a backoff or trying to open)."""
+        beat = max(self._beat, self._backoff.beat)
+        return self._lost_at is not None and time.monotonic() - beat < RECONNECT_STALL_S
+
+    def _lost(self) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.time()
+            self.stats["camera_lost_since"] = (
+                datetime.fromtimestamp(self._lost_at).astimezone().isoformat(timespec="seconds"))
+
+    def _found(self) -> None:
+        if self._lost_at is not None:
+            log.info("%s: frames again after %.1f s", self.name, time.time() - self._lost_at)
+            self._lost_at = None
+            self.stats["camera_lost_since"] = None
 
     def read(self) -> Frame | None:
         while not self._stop.is_set():
+            self._beat = time.monotonic()
             cap = self._cap
             if cap is None:
                 cap = self._open()
@@ -165,6 +208,7 @@ class LiveSource:
                 continue
             self._bad_in_a_row = 0
             self._backoff.reset()
+            self._found()
             frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name)
             self._seq += 1
             self.stats["frames"] += 1
@@ -180,6 +224,7 @@ class LiveSource:
             cap = self._opener()
         except Exception as err:  # report any open failure and keep trying
             self._failed_before = True
+            self._lost()
             log.warning("%s: cannot open (%s); retrying in %.1f s", self.name, err,
                         self._backoff.next_s)
             self._backoff.wait()
@@ -201,6 +246,7 @@ class LiveSource:
             _safe_release(cap)
         self._bad_in_a_row = 0
         self._failed_before = True
+        self._lost()
         self._backoff.wait()
 
     def _release(self) -> None:
@@ -233,6 +279,10 @@ class LatestFrame:
 
     The consumer never sees a stale frame queued behind others; every frame overwritten before
     it was read counts in ``stats["skipped"]``.
+
+    While no frame comes, ``read()`` calls ``on_wait`` (when set) every ``poll_s`` from the
+    consumer's thread, so the run loop can tell systemd it is alive during a camera outage. A
+    grabber that crashes makes ``read()`` raise, never look like a clean end.
     """
 
     is_live = True
@@ -240,9 +290,11 @@ class LatestFrame:
     def __init__(self, inner: Source, poll_s: float = 0.5):
         self.inner = inner
         self.name = inner.name
+        self.on_wait: Callable[[], None] | None = None
         self._poll_s = poll_s
         self._box: Mailbox[Frame] = Mailbox()  # closed by the grabber when the source ends
         self._closed = False
+        self._crash: str | None = None
         self._thread = threading.Thread(target=self._grab, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
 
@@ -250,6 +302,7 @@ class LatestFrame:
     def stats(self) -> dict:
         s = dict(self.inner.stats)
         s["skipped"] = s.get("skipped", 0) + self._box.dropped
+        s["camera_reconnecting"] = bool(getattr(self.inner, "reconnecting", False))
         return s
 
     def _grab(self) -> None:
@@ -259,8 +312,9 @@ class LatestFrame:
                 if frame is None:
                     return
                 self._box.put(frame)
-        except Exception:  # never die silently: end the source loudly instead
+        except Exception as err:  # never die silently: read() raises it in the loop's thread
             log.exception("%s: frame grabber crashed", self.name)
+            self._crash = f"{type(err).__name__}: {err}"
         finally:
             self._box.close()
 
@@ -269,8 +323,14 @@ class LatestFrame:
             frame = self._box.get(self._poll_s)  # slices keep signal handlers responsive
             if self._closed:
                 return None
-            if frame is not None or self._box.closed:
+            if frame is not None:
                 return frame
+            if self._box.closed:
+                if self._crash is not None:  # the loop fails (exit 70), so systemd restarts us
+                    raise SourceError(f"{self.name}: frame grabber crashed: {self._crash}")
+                return None
+            if self.on_wait is not None:
+                self.on_wait()
 
     def close(self) -> None:
         self._closed = True
@@ -480,14 +540,27 @@ def picamera2_available() -> bool:
         return False
 
 
-def _live(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
-    return LatestFrame(LiveSource(name, opener, cfg.reopen_min_s, cfg.reopen_max_s))
+def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
+    """A reopening live source behind a LatestFrame.
+
+    Under systemd's watchdog the backoff is capped at half WATCHDOG_USEC, so a camera that comes
+    back is found well within one watchdog period.
+    """
+    from maskd.notify import watchdog_interval_s
+
+    low, high = cfg.reopen_min_s, cfg.reopen_max_s
+    watchdog = watchdog_interval_s(os.environ)
+    if watchdog is not None and max(low, high) > watchdog / 2:
+        log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
+                 watchdog / 2)
+        low, high = min(low, watchdog / 2), min(high, watchdog / 2)
+    return LatestFrame(LiveSource(name, opener, low, high))
 
 
 def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     """Dispatch on what ``uri`` looks like: camera, stream, folder or video file."""
     if _is_device(uri) or _is_stream(uri):
-        return _live(uri, opencv_opener(uri, cfg), cfg)
+        return live_source(uri, opencv_opener(uri, cfg), cfg)
     path = Path(uri.removeprefix("file://"))
     if path.is_dir():
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
@@ -512,7 +585,7 @@ def open_source(cfg: SourceConfig) -> Source:
                 f"source kind picamera2: cannot import picamera2 ({err}); on Raspberry Pi OS "
                 "install it with 'sudo apt install python3-picamera2' and create the venv with "
                 "--system-site-packages") from None
-        return _live("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg)
     if cfg.kind == "images":
         if not cfg.uri:
             raise SourceError("source kind images needs uri: a folder of images")
@@ -524,6 +597,6 @@ def open_source(cfg: SourceConfig) -> Source:
         return _open_uri(cfg.uri, cfg)
     if picamera2_available():
         log.info("source auto: using the Pi camera (picamera2)")
-        return _live("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg)
     log.info("source auto: no Pi camera; using /dev/video0")
-    return _live("/dev/video0", opencv_opener("/dev/video0", cfg), cfg)
+    return live_source("/dev/video0", opencv_opener("/dev/video0", cfg), cfg)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.images import MAX_PIXELS, ImageError, find_images, load_image_rgb
 
 
 @lru_cache(maxsize=2)
@@ -110,3 +113,41 @@ def test_find_images_recurses_and_keeps_odd_suffixes(tmp_path: Path) -> None:
         (tmp_path / rel).write_bytes(b"")
     found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
     assert found == ["a/b/z.jpg_1088wx1632h", "a/y.PNG", "x.jpg"]  # sorted by path
+
+
+# Run in a fresh process: ru_maxrss is a high-water mark, so the test's own big array must not
+# count. Prints decoded height, width, RSS growth in MB and the pixel at the red block's centre.
+PEAK_RSS = """
+import resource, sys
+from maskd.images import load_image_rgb
+load_image_rgb(sys.argv[2])  # warm up: imports and PIL plugins are not the image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = load_image_rgb(sys.argv[1])
+grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+h, w = img.shape[:2]
+print(h, w, grew_mb, *img[h * 3 // 16, w * 5 // 8])
+"""
+
+
+def test_huge_jpeg_is_decoded_reduced_in_bounded_memory(tmp_path: Path) -> None:
+    """12000x12000 (144 MP, 432 MB as RGB): decoded at 1/4 scale inside the JPEG decoder."""
+    big = np.full((12000, 12000, 3), 90, np.uint8)  # flat: the JPEG is small
+    big[1500:3000, 6000:9000] = (0, 0, 255)  # BGR red block, centre at 3/16 down, 5/8 across
+    assert cv2.imwrite(str(tmp_path / "big.jpg"), big)
+    del big
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "small.jpg")
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / "big.jpg"),
+                        str(tmp_path / "small.jpg")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr  # no DecompressionBombWarning noise: we bound it ourselves
+    h, w, grew_mb, red, green, blue = (int(v) for v in r.stdout.split())
+    assert (h, w) == (3000, 3000) and h * w <= MAX_PIXELS
+    assert grew_mb < 220, f"decoding took {grew_mb} MB"  # full size: about 1.4 GB
+    assert red > 200 and green < 60 and blue < 60  # RGB, and the picture is the same picture
+
+
+def test_huge_image_that_cannot_be_decoded_reduced_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "big.png"
+    assert cv2.imwrite(str(p), np.full((4000, 5000, 3), 90, np.uint8))  # 20 MP
+    with pytest.raises(ImageError, match=r"too large to decode within memory bounds \(5000x4000"):
+        load_image_rgb(p)

@@ -7,14 +7,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from loop_parts import BlankCamera, RecordingSink, service_for
 
+from maskd import service, sources
+from maskd.config import SourceConfig
 from maskd.notify import Notifier, SystemdNotifier, socket_address, watchdog_interval_s
+from maskd.sources import LatestFrame, live_source
 from maskd.types import Frame
 
 
@@ -195,3 +201,138 @@ def test_real_maskd_run_pings_while_frames_flow_then_stops(tmp_path, default_mod
         if proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+# ------------------------------------------------------------- camera outages and the watchdog
+
+
+class LoopRunner:
+    """The real run loop in a thread, with systemd's notify socket recorded on a timeline."""
+
+    def __init__(self, svc, sock: NotifySocket):
+        self.svc, self.sock = svc, sock
+        self.timeline: list[tuple[float, dict[str, str]]] = []  # (monotonic, message)
+        self.codes: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.codes.append(svc.run(1.0)), daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> LoopRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # a failed assertion must not leave it running
+        if self.thread.is_alive():
+            self.stop()
+
+    def watch(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.timeline += [(time.monotonic(), m) for m in self.sock.drain(0.05)]
+
+    def pings(self, after: float = 0.0) -> list[float]:
+        return [t for t, m in self.timeline if "WATCHDOG" in m and t >= after]
+
+    def statuses(self) -> list[str]:
+        return [m["STATUS"] for _, m in self.timeline if "STATUS" in m]
+
+    def stop(self) -> int:
+        self.svc.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+        return self.codes[0]
+
+
+@pytest.fixture
+def under_systemd(notify_socket, monkeypatch):
+    """NOTIFY_SOCKET and WatchdogSec=2 (a ping due every second), as systemd sets them."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.setattr(service, "STATS_EVERY_S", 1.0)
+    return notify_socket
+
+
+def test_camera_away_longer_than_the_watchdog_keeps_pinging_and_says_so(under_systemd):
+    """Issue 15 item 9: the camera is gone for 2.5 watchdog periods; the loop is fine, so systemd
+    must not kill it. Pings go on, STATUS and stats say "camera lost since", and the default
+    backoff (1..30 s) is capped at half the watchdog, so the camera is found again at once."""
+    cam = BlankCamera()
+    src = live_source("cam", cam.opener, SourceConfig())
+    assert src.inner._backoff.max_s == 1.0
+    sink = RecordingSink()
+    with LoopRunner(service_for(src, [SystemdNotifier()], [sink]), under_systemd) as run:
+        run.watch(1.5)
+        frames_before = run.svc.frames
+        assert frames_before > 5 and run.timeline[0][1]["READY"] == "1"
+        cam.present.clear()  # unplugged
+        lost_at, lost_wall = time.monotonic(), time.time()
+        run.watch(5.0)
+        during = [s for s in sink.stats if s.get("camera_lost_since")]
+        assert run.svc.frames - frames_before <= 2
+        cam.present.set()
+        run.watch(2.0)
+        frames_after, end = run.svc.frames, time.monotonic()
+        assert run.stop() == 0
+
+    gaps = np.diff([*run.pings(), end])  # from READY's ping to the end, outage included
+    assert max(gaps) < 2.0, f"a watchdog gap of {max(gaps):.1f} s"
+    assert len(run.pings(after=lost_at)) >= 4
+    lost = [s for s in run.statuses() if s.startswith("camera lost since ")]
+    assert lost and lost[0].endswith("; reconnecting")
+    assert run.statuses()[-2].endswith(("active violation", "active violations"))  # back
+    assert during and during[-1]["fps"] == 0.0  # not the last fps repeated
+    assert abs(datetime.fromisoformat(during[-1]["camera_lost_since"]).timestamp() - lost_wall) < 2
+    assert frames_after > frames_before + 10  # found again within the 2 s
+    assert src.stats["camera_lost_since"] is None and src.stats["reopens"] >= 1
+
+
+@pytest.mark.parametrize("hang", ["read", "open"])
+def test_a_hung_camera_driver_stops_the_pings(under_systemd, monkeypatch, hang):
+    """The watchdog still guards a hang: a read stuck in the driver is no controlled reconnect,
+    nor is a reopen that makes no progress for RECONNECT_STALL_S."""
+    monkeypatch.setattr(sources, "RECONNECT_STALL_S", 1.0)
+    cam = BlankCamera()
+    src = live_source("cam", cam.opener, SourceConfig(reopen_min_s=0.1))
+    with LoopRunner(service_for(src, [SystemdNotifier()]), under_systemd) as run:
+        run.watch(1.5)
+        if hang == "read":
+            cam.hang_read.set()
+        else:
+            cam.hang_open.set()
+            cam.present.clear()  # the read fails, then the reopen hangs
+        hung_at = time.monotonic()
+        run.watch(3.5)
+        cam.hang_read.clear()
+        cam.hang_open.clear()
+        cam.present.set()
+        assert run.stop() == 0
+    assert run.pings(after=hung_at + 1.0 + sources.RECONNECT_STALL_S) == []
+    if hang == "open":
+        assert any(s.endswith("; reconnect stalled") for s in run.statuses())
+
+
+class CrashingCamera:
+    """A source whose read() has a bug: the grabber thread dies on the third frame."""
+
+    name = "buggy"
+    is_live = True
+    stats: dict = {}
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def read(self):
+        self.n += 1
+        if self.n == 3:
+            raise RuntimeError("bug in the capture code")
+        time.sleep(0.05)
+        return Frame(np.full((120, 160, 3), 90, np.uint8), self.n, time.time(), self.name)
+
+    def close(self):
+        pass
+
+
+def test_a_crashed_frame_grabber_fails_the_run_for_a_restart():
+    """Exit 70, not 0: with Restart=on-failure, systemd restarts only a failed service."""
+    svc = service_for(LatestFrame(CrashingCamera()))
+    assert svc.run(flush_timeout=1.0) == 70
+    assert svc.frames == 2 and svc.stop_reason == "error"

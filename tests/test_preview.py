@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ from maskd.preview import (
     ThreadedPreview,
     WindowPreview,
     header_text,
+    is_local,
     letterbox,
     make_observers,
     opencv_gui_backend,
@@ -344,6 +347,34 @@ def test_http_idle_without_watchers(http_preview):
 def test_http_port_in_use_is_clear(http_preview):
     with pytest.raises(PreviewUnavailable, match="cannot listen on"):
         HttpPreview(f"127.0.0.1:{http_preview.port}")
+
+
+def test_http_server_header_hides_the_python_version(http_preview):
+    with urllib.request.urlopen(http_preview.url, timeout=5) as resp:
+        assert resp.headers["Server"] == "maskd-preview"
+
+
+def test_http_idle_connections_time_out():
+    """A client that connects and sends nothing is closed, so idle sockets cannot pile up."""
+    preview = HttpPreview("127.0.0.1:0", idle_timeout_s=0.5).start()
+    try:
+        with socket.create_connection(("127.0.0.1", preview.port), timeout=10) as conn:
+            t0 = time.monotonic()
+            assert conn.recv(1024) == b""  # the server hung up on us
+            assert time.monotonic() - t0 < 5
+    finally:
+        preview.close()
+
+
+@pytest.mark.parametrize(("listen", "level"), [("127.0.0.1:0", "INFO"), ("0.0.0.0:0", "WARNING")])
+def test_http_bound_beyond_localhost_warns(caplog, listen, level):
+    with caplog.at_level(logging.INFO, logger="maskd.preview"):
+        HttpPreview(listen).start().close()
+    (rec,) = [r for r in caplog.records if "preview at" in r.getMessage()]
+    assert rec.levelname == level, rec.getMessage()
+    if level == "WARNING":
+        assert "reachable from the network" in rec.getMessage()
+    assert is_local("localhost") and is_local("::1") and not is_local("192.168.1.2")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from loop_parts import RecordingSink
 
 from maskd.classifier import Classifier
 from maskd.config import ClassifierConfig, DetectorConfig
@@ -222,32 +223,6 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model):
 # ----------------------------------------------------------------------------- in-process loop
 
 
-class RecordingSink:
-    """An EventSink that keeps what it got; ``drains`` decides what flush() reports."""
-
-    def __init__(self, drains: bool = True) -> None:
-        self.drains = drains
-        self.events, self.states, self.stats = [], [], []
-        self.flushed: list[float] = []
-        self.closed = False
-
-    def emit(self, event) -> None:
-        self.events.append(event)
-
-    def on_state(self, state: dict) -> None:
-        self.states.append(state)
-
-    def on_stats(self, stats: dict) -> None:
-        self.stats.append(stats)
-
-    def flush(self, timeout: float) -> bool:
-        self.flushed.append(timeout)
-        return self.drains
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class RecordingObserver:
     def __init__(self) -> None:
         self.frames: list[tuple[int, int, dict]] = []
@@ -304,6 +279,41 @@ def test_detection_switched_off_at_run_time(default_model):
     assert sink.events == [] and all(f[1] == 0 for f in obs.frames)
     assert svc.pipeline.stats["faces"] == 0 and svc.frames == 30
     assert all(s["detect_enabled"] is False for s in sink.states)
+
+
+def test_mqtt_stats_uptime_keeps_counting_between_loop_reports(tmp_path, monkeypatch):
+    """The loop hands its stats to the MQTT sink every STATS_EVERY_S; the sink publishes every
+    stats_interval_s. uptime_s must be the sink's current one, not the loop's stale copy."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+    from mqtt_broker import Broker, Subscriber
+
+    from maskd import service
+    from maskd.config import Config
+    from maskd.mqtt import MqttSink
+    from maskd.sources import live_source
+
+    monkeypatch.setattr(service, "STATS_EVERY_S", 3.0)
+    with Broker(tmp_path / "broker") as broker:
+        sub = Subscriber(broker, ["maskd/+/+/stats"])
+        cfg = Config.model_validate({"state_dir": str(tmp_path / "state"),
+                                     "mqtt": {"url": broker.url, "stats_interval_s": 1.0}})
+        sink = MqttSink.from_config(cfg, model_name="test")
+        cam = BlankCamera()
+        svc = service_for(live_source("cam", cam.opener, cfg.source), sinks=[sink], cfg=cfg)
+        runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 2.0}, daemon=True)
+        runner.start()
+        try:
+            assert sub.wait(lambda ms: len(ms) >= 6, timeout=20)
+        finally:
+            svc.stop()
+            runner.join(timeout=20)
+            sub.close()
+    msgs = [m.json() for m in sub.messages]
+    uptimes = [m["uptime_s"] for m in msgs]
+    assert any("frames" in m for m in msgs[:-1])  # loop stats were merged in
+    assert (np.diff(uptimes) > 0).all(), uptimes
 
 
 # ----------------------------------------------------------------------------- the demo

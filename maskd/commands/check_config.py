@@ -28,14 +28,25 @@ def referenced_files(cfg: Config) -> dict[str, Path]:
     return {k: v for k, v in candidates.items() if v is not None}
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable file here, or None; never raises (a too-long name does)."""
+    try:
+        if not path.is_file():
+            return "does not exist here"
+        if not os.access(path, os.R_OK):
+            return "is not readable by this user"
+    except OSError as err:
+        return f"cannot be checked here ({err.strerror or err})"
+    return None
+
+
 def file_warnings(cfg: Config) -> list[str]:
     """One line per named file that this user cannot read, and a missing password variable."""
     out = []
     for key, path in referenced_files(cfg).items():
-        if not path.is_file():
-            out.append(f"warning: '{key}': {path} does not exist here")
-        elif not os.access(path, os.R_OK):
-            out.append(f"warning: '{key}': {path} is not readable by this user")
+        problem = _file_problem(path)
+        if problem:
+            out.append(f"warning: '{key}': {path} {problem}")
     if cfg.mqtt.password_env and cfg.mqtt.password_env not in os.environ:
         out.append(f"warning: 'mqtt.password_env': ${cfg.mqtt.password_env} is not set in this shell")
     return out
