@@ -133,8 +133,14 @@ class DetectorConfig(Section):
     kind: Literal["auto", "yunet", "blazeface", "ssd"] = "auto"
     model: Path | None = None  # yunet .onnx / ssd .tflite; blazeface reads its wheel
     variant: Literal["short", "full"] = "full"  # blazeface range
+    # `run` (live video: per-frame cost matters; 320x240 beat 640x480 on walk-up clips,
+    # docs/eval_video.md) ...
     input_width: int = Field(320, ge=32, le=4096)
     input_height: int = Field(240, ge=32, le=4096)
+    # ... and `scan` (photos and files judged one by one, offline: finding the small faces
+    # matters more than time; 640x480 found 87 % of faces >= 24 px on scenes-dev, 320x240 68 %).
+    still_input_width: int = Field(640, ge=32, le=4096)
+    still_input_height: int = Field(480, ge=32, le=4096)
     # None: the detector's own default (DEFAULT_SCORE_THRESHOLD in maskd/detectors.py): YuNet 0.8,
     # chosen on scenes-dev because low-score YuNet faces are mostly blurred crowd faces the
     # classifier misjudges (docs/detectors.md); 0.6 for the others.
@@ -144,6 +150,12 @@ class DetectorConfig(Section):
     upscale: float = Field(1.0, ge=1.0, le=4.0)
     tiles: int = Field(1, ge=1, le=4)  # tiles per side (1 = whole frame)
     edgetpu: bool = False
+
+
+def still_detector(cfg: DetectorConfig) -> DetectorConfig:
+    """The detector settings `scan` uses: the still-image input size in place of the video one."""
+    return cfg.model_copy(update={"input_width": cfg.still_input_width,
+                                  "input_height": cfg.still_input_height})
 
 
 class ClassifierConfig(Section):

@@ -135,3 +135,13 @@ def test_example_config_documents_every_key():
                    "#" in lines[i - 1] for i in hits), f"{key} has no comment"
     # the example is the defaults: installing it changes nothing until the user edits it
     assert cfg == Config()
+
+
+def test_scan_detects_stills_at_the_still_input_size():
+    from maskd.config import DetectorConfig, still_detector
+
+    cfg = DetectorConfig(input_width=320, input_height=240, still_input_width=800,
+                         still_input_height=600, score_threshold=0.7)
+    still = still_detector(cfg)
+    assert (still.input_width, still.input_height) == (800, 600)
+    assert still.score_threshold == 0.7 and (cfg.input_width, cfg.input_height) == (320, 240)

@@ -13,7 +13,10 @@ threshold (the device's label):
   * a no_mask detection matched to a with_mask box, or to no box at all, is a false positive;
   * a no_mask detection matched to a mask_weared_incorrect box counts neither way.
 A detection belongs to the size bin of the box it matched; an unmatched one to its own size.
-Faces are judged as the device judges them: the classifier config's defaults (threshold,
+Photos are detected as `maskd scan` detects them: at the detector's still-image input size
+(``detector.still_input_width/height``, 640x480), unless a variant (``yunet-320``: `run`'s
+live-video input) or ``-o`` names the input size; the variant ``config`` (``--config``) uses the
+file's detector section as `maskd run` applies it. Faces are judged as the device judges them: the classifier config's defaults (threshold,
 min_face_px: a detected face below it is not judged) unless told otherwise (``--min-face-px 1``
 classifies every face); ``--config`` scores a maskd YAML config's detector and classifier
 settings as the device applies them.
@@ -44,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskd.config import ClassifierConfig, DetectorConfig  # noqa: E402
+from maskd.config import ClassifierConfig, DetectorConfig, still_detector  # noqa: E402
 from maskd.detectors import DetectorError, box_iou, find_yunet_model, make_detector  # noqa: E402
 from maskd.types import Face  # noqa: E402
 
@@ -58,6 +61,7 @@ SUBSETS = ("ge", "lt", "all")  # annotated face >= small_px, < small_px, any siz
 # name -> DetectorConfig fields; "model" None means "find it" (YuNet) or the shared SSD.
 VARIANTS: dict[str, dict[str, Any]] = {
     "yunet": {"kind": "yunet"},
+    "yunet-320": {"kind": "yunet", "input_width": 320, "input_height": 240},
     "yunet-640": {"kind": "yunet", "input_width": 640, "input_height": 480},
     "yunet-640-t2": {"kind": "yunet", "input_width": 640, "input_height": 480, "tiles": 2},
     "yunet-x3": {"kind": "yunet", "upscale": 3.0},
@@ -224,7 +228,14 @@ def variant_config(name: str, overrides: dict[str, Any],
     if fields.get("kind", "auto") in ("yunet", "auto") and not fields.get("model"):
         fields["model"] = find_yunet_model() or SHARED_YUNET
     fields.update(overrides)
-    return DetectorConfig(**fields)
+    cfg = DetectorConfig(**fields)
+    # Photos are judged as `maskd scan` judges them: at the still-image input size, unless the
+    # preset or -o names an input size itself. The variant ``config`` is the file's detector
+    # section as the device's loop applies it.
+    named = set(VARIANTS.get(name, {})) | set(overrides)
+    if name == "config" or named & {"input_width", "input_height"}:
+        return cfg
+    return still_detector(cfg)
 
 
 def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier: Any | None,

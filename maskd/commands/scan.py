@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.config import Config, ConfigError, load_config
+from maskd.config import Config, ConfigError, load_config, still_detector
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, SourceError, VideoFileSource
@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS)
         ccfg = cfg.classifier
         classifier = Classifier.open(ccfg.model, ccfg.threads, ccfg.edgetpu)
-        detector = make_detector(cfg.detector)
+        detector = make_detector(still_detector(cfg.detector))
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
