@@ -149,7 +149,8 @@ class Tracker:
             if track.above == 0:
                 track.above_since = track.last_seen
             track.above += 1
-            span = track.last_seen - (track.above_since or track.last_seen)
+            since = track.last_seen if track.above_since is None else track.above_since
+            span = track.last_seen - since
             if track.above >= cfg.min_votes and span >= cfg.min_span_s - 1e-9:
                 track.violating = True
         else:
