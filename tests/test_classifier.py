@@ -139,14 +139,18 @@ def _test_split(n_per_class: int | None = None) -> tuple[list[Path], np.ndarray]
 @pytest.mark.shared
 @pytest.mark.slow
 def test_shipped_int8_on_the_internal_test_split(default_model: Path) -> None:
-    """Issue 2's promises on the held-out split: int8 >= 0.99 (model card: 396/399 = 0.9925,
-    float32 0.9950) and int8 within 0.5 points of float32.
+    """The held-out web-photo split: int8 >= 0.985 and within 0.5 points of float32.
+
+    Issue 2 promised >= 0.99 for the web-photo model (m224d: 396/399). The shipped model is
+    trained for the door as well (scene crops, hard cases; issue 10) and gives up two of these
+    399 web photos (394/399 = 0.9875, model card) for event F1 0.705 -> 0.888 on walk-up clips;
+    this bound keeps that trade from sliding further unnoticed.
     """
     paths, labels = _test_split()
     crops = [load_image_rgb(q) for q in paths]
     p = Classifier.open(default_model).predict(crops)
     acc = float(((p >= 0.5) == (labels == 1)).mean())
-    assert acc >= 0.99, acc
+    assert acc >= 0.985, acc
     f32 = default_model.with_name("maskd_mobilenetv2_float32.tflite")
     if f32.exists():
         acc32 = float(((Classifier.open(f32).predict(crops) >= 0.5) == (labels == 1)).mean())

@@ -17,8 +17,9 @@ from maskd.tracking import Tracker
 from maskd.types import Face, Verdict
 
 FPS = 10.0
-CFG = TrackingConfig(window=3, min_frames=3, start_threshold=0.7, release_threshold=0.4,
-                     max_missed_frames=5, update_interval_s=1.0, end_after_s=2.0, cooldown_s=5.0)
+CFG = TrackingConfig(window=3, min_frames=3, min_span_s=0.0, start_threshold=0.7,
+                     release_threshold=0.4, max_missed_frames=5, update_interval_s=1.0,
+                     end_after_s=2.0, cooldown_s=5.0)
 
 
 class Scene:

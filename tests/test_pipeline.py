@@ -85,7 +85,7 @@ def frame(seq, red=230):
 
 def test_still_confident_track_is_rechecked_every_k_frames():
     cfg = Config()
-    cfg.tracking.recheck_every = 5
+    cfg.tracking.recheck_every, cfg.tracking.min_votes, cfg.tracking.min_span_s = 5, 3, 0.0
     det = ScriptedDetector([[(100, 100, 160, 160)]] * 20)
     clf = RedClassifier()
     pipe = Pipeline(cfg, det, clf)
@@ -183,7 +183,7 @@ def test_cache_on_the_demo_clip_saves_work_without_changing_the_outcome(default_
     timelines, stats = [], []
     for k in (1, 5):
         cfg = Config()
-        cfg.tracking.recheck_every = k
+        cfg.tracking.recheck_every, cfg.tracking.min_span_s = k, 0.0  # the cache, not the span
         pipe, demo = Pipeline(cfg, det, clf), DemoSource()
         line = []
         while (f := demo.read()) is not None:

@@ -46,7 +46,7 @@ def test_missing_track_is_dropped_after_max_missed_frames():
 
 def test_detection_flicker_keeps_one_track_and_its_violation():
     """The face is missed every third frame: still one track, confirmed once, never released."""
-    cfg = TrackingConfig(min_frames=3, window=5, max_missed_frames=2)
+    cfg = TrackingConfig(min_frames=3, min_span_s=0.0, window=5, max_missed_frames=2)
     tr = Tracker(cfg)
     box = (100, 100, 160, 160)
     script = [[] if i % 3 == 2 else [(box, 0.95)] for i in range(30)]
@@ -58,7 +58,8 @@ def test_detection_flicker_keeps_one_track_and_its_violation():
 
 def test_score_flicker_is_smoothed_by_the_median_and_hysteresis():
     """A no-mask face whose per-frame score sometimes drops to 0.1 stays violating."""
-    cfg = TrackingConfig(window=5, start_threshold=0.7, release_threshold=0.4, min_frames=3)
+    cfg = TrackingConfig(window=5, start_threshold=0.7, release_threshold=0.4, min_frames=3,
+                         min_span_s=0.0)
     tr = Tracker(cfg)
     box = (50, 50, 100, 100)
     scores = [0.9, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9]
@@ -86,7 +87,7 @@ def test_min_frames_confirmation_and_release_below_lower_threshold():
 
 
 def test_unjudged_faces_do_not_change_the_score():
-    tr = Tracker(TrackingConfig(window=3, min_frames=1))
+    tr = Tracker(TrackingConfig(window=3, min_frames=1, min_span_s=0.0))
     box = (0, 0, 20, 20)
     (t,) = tr.update([v(box, None)], 0, 0.0)
     assert t.smoothed is None and not t.violating
@@ -100,3 +101,17 @@ def test_deterministic():
     a = [[(t.track_id, t.smoothed, t.violating) for t in f] for f in run(Tracker(TrackingConfig()), script)]
     b = [[(t.track_id, t.smoothed, t.violating) for t in f] for f in run(Tracker(TrackingConfig()), script)]
     assert a == b
+
+
+def test_min_span_needs_votes_spread_over_time():
+    """3 votes are not enough when they come from 0.2 s of video: one bad run of frames."""
+    cfg = TrackingConfig(window=3, min_votes=3, min_span_s=0.6, start_threshold=0.7)
+    tr = Tracker(cfg)
+    box = (0, 0, 40, 40)
+    got = [tr.update([v(box, 0.9)], i, i / 10)[0].violating for i in range(10)]
+    assert got.index(True) == 6  # the 7th vote, 0.6 s after the first
+    # A drop below the cut restarts the clock.
+    tr = Tracker(cfg)
+    scores = [0.9] * 5 + [0.1] * 3 + [0.9] * 8
+    got = [tr.update([v(box, s)], i, i / 10)[0].violating for i, s in enumerate(scores)]
+    assert not any(got[:14]) and got[-1]
