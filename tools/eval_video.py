@@ -789,7 +789,7 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
 
 def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]],
                folder: Path) -> list[Path]:
-    """latency.png (seconds to the first event, per kind) and kinds.png (rates per kind)."""
+    """eval_video_latency.png (seconds to the first event, per kind) and eval_video_kinds.png (rates per kind)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -806,7 +806,7 @@ def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]
     ax.set_xlabel("seconds from the face's first frame in view to its start event")
     ax.set_ylabel("judged unmasked people")
     fig.tight_layout()
-    fig.savefig(folder / "latency.png", dpi=120)
+    fig.savefig(folder / "eval_video_latency.png", dpi=120)
     plt.close(fig)
 
     metrics = [("recall", "recall"), ("precision", "precision"), ("f1", "F1"),
@@ -820,9 +820,9 @@ def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "kinds.png", dpi=120)
+    fig.savefig(folder / "eval_video_kinds.png", dpi=120)
     plt.close(fig)
-    return [folder / "latency.png", folder / "kinds.png"]
+    return [folder / "eval_video_latency.png", folder / "eval_video_kinds.png"]
 
 
 def photo_at(plan: ClipPlan, frame: int, box: Sequence[float]) -> str:
@@ -982,7 +982,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run every combination of these settings (repeatable), print one line "
                         "each and the pick of the selection rule in docs/eval_video.md")
     p.add_argument("--json", type=Path, help="write every number and per-clip details here")
-    p.add_argument("--plot", type=Path, help="save latency.png and kinds.png in this folder")
+    p.add_argument("--plot", type=Path, help="save eval_video_latency.png and eval_video_kinds.png in this folder")
     p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the false alarms")
     return p.parse_args(argv)
 
