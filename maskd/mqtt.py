@@ -342,7 +342,11 @@ class MqttSink:
 
         self._worker = threading.Thread(target=self._run, name="maskd-mqtt-outbox", daemon=True)
         self._worker.start()
-        c.connect_async(self._url.host, self._url.port, keepalive=mq.keepalive_s)
+        # A clean session on every connect (MQTT 5's default resumes it after the first): the
+        # outbox replays what was in flight, in order; a resumed session would let paho resend
+        # its own in-flight copies ahead of that replay and reorder the stream.
+        clean = {"clean_start": True} if c.protocol == mqtt.MQTTv5 else {}
+        c.connect_async(self._url.host, self._url.port, keepalive=mq.keepalive_s, **clean)
         c.loop_start()
         log.info(
             "MQTT: broker %s, client id %s, outbox %s (%d pending)",
