@@ -106,6 +106,15 @@ PARTS = ("all", "train", "select")
 SELECT_PERCENT = 40
 
 
+def add_scene_options(p: Any, part: str = "all",
+                      why: str = "models and defaults are chosen on 'select'") -> None:
+    """--scenes and --part, one way for every tool that reads the scene set."""
+    p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
+                   help="folder with images/ and annotations/ (default ../shared/data/scenes-dev)")
+    p.add_argument("--part", choices=PARTS, default=part,
+                   help=f"photos of this part of the split by photo ({why})")
+
+
 def photo_part(stem: str) -> str:
     """'select' for about SELECT_PERCENT % of photos, 'train' for the rest (by name hash)."""
     h = int(hashlib.sha256(stem.encode("utf-8")).hexdigest()[:8], 16) % 100
@@ -343,8 +352,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
-                   help="folder with images/ and annotations/ (default ../shared/data/scenes-dev)")
+    add_scene_options(p)
     p.add_argument("--variants", default=None,
                    help=f"comma-separated, from: config, {', '.join(VARIANTS)} (default: "
                         f"{','.join(DEFAULT_VARIANTS)}; with --config: config)")
@@ -367,8 +375,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iou", type=float, default=0.3)
     p.add_argument("--small-px", type=float, default=24.0)
     p.add_argument("--limit", type=int, help="only the first N scenes")
-    p.add_argument("--part", choices=PARTS, default="all",
-                   help="photos of this part of the split by photo (choose on 'select')")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p.parse_args(argv)
 

@@ -69,7 +69,13 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(TOOLS))  # also lets spawned workers import this module by name
 
-from eval_scenes import DEFAULT_SCENES, PARTS, SHARED_YUNET, Scene, load_scenes, min_side  # noqa: E402
+from eval_scenes import (  # noqa: E402
+    SHARED_YUNET,
+    Scene,
+    add_scene_options,
+    load_scenes,
+    min_side,
+)
 
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config  # noqa: E402
 from maskd.detectors import box_iou  # noqa: E402
@@ -955,10 +961,7 @@ def pick(candidates: Sequence[dict[str, Any]]) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
-                   help="folder with images/ and annotations/ (default ../shared/data/scenes-dev)")
-    p.add_argument("--part", choices=PARTS, default="all",
-                   help="photos of this part of the split (models are chosen on 'select')")
+    add_scene_options(p)
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                    help=f"comma-separated clip kinds from {', '.join(KINDS)} (default: "
                         f"{','.join(DEFAULT_KINDS)})")

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dataset  # noqa: E402
 from eval_scenes import (  # noqa: E402
     DEFAULT_SCENES,
-    PARTS,
     Scene,
+    add_scene_options,
     load_scenes,
     match,
     min_side,
@@ -252,10 +252,7 @@ def contact_sheet(crops: SceneCrops, tile: int = 64, cols: int = 16, count: int 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES,
-                   help="folder with images/ and annotations/")
-    p.add_argument("--part", choices=PARTS, default="train",
-                   help="photo part (select: for looking only, never for training)")
+    add_scene_options(p, "train", "select: for looking only, never for training")
     p.add_argument("--size", type=int, default=96, help="crop side S")
     p.add_argument("--zooms", type=lambda v: tuple(float(x) for x in v.split(",")),
                    default=ZOOMS, help="frame zooms, e.g. 1,2")
