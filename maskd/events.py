@@ -21,7 +21,8 @@ on scripted tracks):
 
 "The same person" is not "the same place": at a door everyone stands at the same spot, one
 after the other. A track is the same person as an event when its box is near the event's last
-box, of a similar size, and its appearance is at least ``same_person_similarity`` alike
+box (or near where that box was heading, for someone hidden while walking past another), of a
+similar size, and its appearance is at least ``same_person_similarity`` alike
 (maskd.tracking.appearance); without appearance on either side, place and size decide.
 """
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
 SAME_SIZE_RATIO = 2.0  # a lost face that comes back is at most this much larger or smaller
+MAX_COAST_S = 2.0  # a lost face is expected to keep moving for at most this long
+VELOCITY_SMOOTHING = 0.7  # weight of the velocity so far against the latest frame's
 
 
 def near(a: Box, b: Box) -> bool:
@@ -77,6 +80,26 @@ class _Violation:
     last_msg_time: float
     next_seq: int = 0
     dirty: bool = False  # something worth an update happened since the last message
+    velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second (smoothed)
+
+    def expected_box(self, now: float) -> Box:
+        """Where the face should be now if it kept moving as it did (someone hidden while
+        walking past another person), at most MAX_COAST_S of motion ahead."""
+        dt = min(max(now - self.last_seen, 0.0), MAX_COAST_S)
+        dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
+        x0, y0, x1, y1 = self.box
+        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+
+    def follow(self, box: Box, seen: float) -> None:
+        """Move to the track's new box, updating the smoothed velocity."""
+        dt = seen - self.last_seen
+        if dt > 0:
+            vx = ((box[0] + box[2]) - (self.box[0] + self.box[2])) / 2 / dt
+            vy = ((box[1] + box[3]) - (self.box[1] + self.box[3])) / 2 / dt
+            a = VELOCITY_SMOOTHING
+            self.velocity = (a * self.velocity[0] + (1 - a) * vx,
+                             a * self.velocity[1] + (1 - a) * vy)
+        self.box, self.last_seen = box, seen
 
 
 @dataclass
@@ -145,7 +168,8 @@ class Violations:
             lost = [
                 v for v in self._open
                 if not (v.track_id in by_id and by_id[v.track_id].seen_now)
-                and self._same_person(v.box, v.appearance, t)
+                and (self._same_person(v.box, v.appearance, t)
+                     or self._same_person(v.expected_box(now), v.appearance, t))
             ]
             if lost:
                 v = max(lost, key=lambda v: v.last_seen)
@@ -159,7 +183,7 @@ class Violations:
         for v in list(self._open):
             t = by_id.get(v.track_id)
             if t is not None and t.seen_now:
-                v.box, v.last_seen = t.box, t.last_seen
+                v.follow(t.box, t.last_seen)
                 if t.appearance is not None:
                     v.appearance = t.appearance
                 if t.smoothed is not None:

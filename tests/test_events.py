@@ -266,3 +266,28 @@ def test_no_cooldown_after_gone():
     s.frames(10, (BOX, 0.9))
     starts = [e for e in s.events if e.event_type == "start"]
     assert len(starts) == 2 and starts[1].start_time - t_end < 1.0
+
+
+def test_a_person_hidden_while_walking_past_keeps_the_event():
+    """Walking right at 100 px/s, hidden for 1.5 s (150 px, 1.5 box widths, too far for 'near'
+    the last box): found again where the walk was heading, so one event, not two."""
+    s = Scene()
+
+    def box_at(i):
+        x = 100 + 10 * i  # 10 px per frame at 10 fps
+        return (x, 100, x + 100, 200)
+
+    for i in range(20):
+        s.frame((box_at(i), 0.9, look(3)))
+    s.frames(15)  # hidden; the track is dropped after 5 frames, the event is kept for 2 s
+    for i in range(35, 50):
+        s.frame((box_at(i), 0.9, look(3)))
+    assert [e.event_type for e in s.events].count("start") == 1
+    # Someone else coming out at that place is still someone else.
+    s2 = Scene()
+    for i in range(20):
+        s2.frame((box_at(i), 0.9, look(3)))
+    s2.frames(15)
+    for i in range(35, 50):
+        s2.frame((box_at(i), 0.9, look(4)))
+    assert [e.event_type for e in s2.events].count("start") == 2
