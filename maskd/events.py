@@ -128,9 +128,10 @@ class Violations:
         self.started = 0
         self.ended = 0
 
-    def _same_person(self, box: Box, look: np.ndarray | None, t: Track) -> bool:
-        """``t`` is the person last seen at ``box`` looking like ``look`` (module docstring)."""
-        if not (near(box, t.box) and same_size(box, t.box)):
+    def _same_person(self, boxes: tuple[Box, ...], look: np.ndarray | None, t: Track) -> bool:
+        """``t`` is the person expected at one of ``boxes``, looking like ``look`` (module
+        docstring)."""
+        if not any(near(b, t.box) and same_size(b, t.box) for b in boxes):
             return False
         sim = similarity(look, t.appearance)
         return sim is None or sim >= self.cfg.same_person_similarity
@@ -168,8 +169,7 @@ class Violations:
             lost = [
                 v for v in self._open
                 if not (v.track_id in by_id and by_id[v.track_id].seen_now)
-                and (self._same_person(v.box, v.appearance, t)
-                     or self._same_person(v.expected_box(now), v.appearance, t))
+                and self._same_person((v.box, v.expected_box(now)), v.appearance, t)
             ]
             if lost:
                 v = max(lost, key=lambda v: v.last_seen)
@@ -205,7 +205,7 @@ class Violations:
         for t in tracks:
             if not (t.violating and t.seen_now) or t.track_id in owned:
                 continue
-            if any(self._same_person(r.box, r.appearance, t) for r in self._recent):
+            if any(self._same_person((r.box,), r.appearance, t) for r in self._recent):
                 continue  # cooldown: starts later if it still holds
             score = t.smoothed if t.smoothed is not None else 0.0
             v = _Violation(
