@@ -40,29 +40,15 @@ from typing import IO
 import numpy as np
 
 from maskd.config import TrackingConfig
+from maskd.geometry import near, same_size
 from maskd.tracking import Track, similarity
 from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
 
 CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
-SAME_SIZE_RATIO = 2.0  # a lost face that comes back is at most this much larger or smaller
 MAX_COAST_S = 2.0  # a lost face is expected to keep moving for at most this long
 VELOCITY_SMOOTHING = 0.7  # weight of the velocity so far against the latest frame's
-
-
-def near(a: Box, b: Box) -> bool:
-    """Two boxes are 'the same place' when their centres are within the larger box side."""
-    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
-    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
-    side = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
-    return (ca[0] - cb[0]) ** 2 + (ca[1] - cb[1]) ** 2 <= side**2
-
-
-def same_size(a: Box, b: Box, ratio: float = SAME_SIZE_RATIO) -> bool:
-    """The longer sides of two boxes differ by at most ``ratio`` (either way)."""
-    sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
-    return max(sa, sb) <= ratio * max(min(sa, sb), 1e-9)
 
 
 @dataclass

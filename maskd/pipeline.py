@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import cv2
 import numpy as np
 
 from maskd.config import Config
-from maskd.tracking import Track, Tracker, iou
+from maskd.geometry import crop_face, iou
+from maskd.tracking import Track, Tracker
 from maskd.types import Box, Face, Frame, Verdict
 
 # A cached score is reused only while |p - 0.5| >= CONFIDENT_MARGIN (p <= 0.2 or p >= 0.8) ...
@@ -43,29 +43,6 @@ class MaskClassifier(Protocol):
 
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         """P(no_mask) per RGB uint8 crop."""
-
-
-def crop_face(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Square crop centred on ``box``, side = longer box side * (1 + 2 * margin).
-
-    Parts outside the image are filled by repeating the edge pixels (no black bars the
-    classifier never saw in training). Same channel order and dtype as ``image``; at least
-    1x1 even for a degenerate box.
-    """
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = box
-    side = max(1, int(round(max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin))))
-    left = int(round((x0 + x1) / 2 - side / 2))
-    top = int(round((y0 + y1) / 2 - side / 2))
-    cx0, cy0 = min(max(left, 0), w), min(max(top, 0), h)
-    cx1, cy1 = min(max(left + side, 0), w), min(max(top + side, 0), h)
-    if cx1 <= cx0 or cy1 <= cy0:  # entirely outside: nothing to repeat
-        return np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
-    inner = image[cy0:cy1, cx0:cx1]
-    pad = (cy0 - top, top + side - cy1, cx0 - left, left + side - cx1)
-    if any(pad):
-        inner = cv2.copyMakeBorder(inner, *pad, cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(inner)
 
 
 def judgeable(face: Face, min_face_px: int) -> bool:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from maskd.config import TrackingConfig
+from maskd.geometry import iou
 from maskd.types import Box, Verdict
 
 # Appearance descriptor: hue x saturation x value histograms of three horizontal bands of the crop
@@ -35,17 +36,6 @@ APPEARANCE_SIZE = 48
 APPEARANCE_BANDS = 3
 APPEARANCE_BINS = (8, 3, 3)  # hue, saturation, value
 APPEARANCE_MOMENTUM = 0.7  # running mean over fresh crops: weight of what the track had
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when either is empty."""
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass

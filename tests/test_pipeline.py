@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from maskd.config import Config
-from maskd.pipeline import Pipeline, crop_face, judge_faces
+from maskd.geometry import crop_face
+from maskd.pipeline import Pipeline, judge_faces
 from maskd.types import Face, Frame
 
 

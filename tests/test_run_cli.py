@@ -21,8 +21,8 @@ from maskd.classifier import Classifier
 from maskd.config import ClassifierConfig, DetectorConfig
 from maskd.demo import DemoSource, astronaut_bgr, draw_mask
 from maskd.detectors import make_detector
+from maskd.geometry import iou
 from maskd.pipeline import judge_faces
-from maskd.tracking import iou
 
 FPS = 10
 HOLD = 12  # frames each photo is shown

@@ -14,7 +14,7 @@ import cv2
 import pytest
 
 from maskd.config import ClassifierConfig
-from maskd.tracking import iou
+from maskd.geometry import iou
 
 N_PHOTOS = 12
 

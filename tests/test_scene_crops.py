@@ -19,7 +19,7 @@ import train  # noqa: E402
 from eval_scenes import photo_part  # noqa: E402
 from scene_crops import SceneCrops  # noqa: E402
 
-from maskd.pipeline import crop_face  # noqa: E402
+from maskd.geometry import crop_face  # noqa: E402
 
 
 def _image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:

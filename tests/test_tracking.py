@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from maskd.config import TrackingConfig
-from maskd.tracking import Tracker, iou
+from maskd.geometry import iou
+from maskd.tracking import Tracker
 from maskd.types import Face, Verdict
 
 

@@ -521,7 +521,7 @@ def read_starts(jsonl: Path, size: tuple[int, int]) -> list[dict[str, Any]]:
 def frame_crops(clip: Path, starts: Sequence[dict[str, Any]], margin: float = 0.3,
                 side: int = 96) -> list[np.ndarray]:
     """The face crop of each start event at its frame (for the false-alarm sheet)."""
-    from maskd.pipeline import crop_face
+    from maskd.geometry import crop_face
 
     cap = cv2.VideoCapture(str(clip))
     out = []

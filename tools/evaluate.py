@@ -129,7 +129,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     """
     import xml.etree.ElementTree as ET
 
-    from maskd.pipeline import crop_face
+    from maskd.geometry import crop_face
 
     images = {p.stem: p for p in (root / "images").iterdir()}
     crops, labels = [], []

@@ -291,7 +291,7 @@ def sheet_faces() -> list[tuple[str, np.ndarray]]:
     from maskd.config import ClassifierConfig, DetectorConfig
     from maskd.demo import astronaut_bgr, draw_mask
     from maskd.detectors import find_yunet_model, make_detector
-    from maskd.pipeline import crop_face
+    from maskd.geometry import crop_face
 
     model = find_yunet_model() or REPO.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
     det = make_detector(DetectorConfig(kind="yunet", model=model, input_width=640, input_height=640,

@@ -52,7 +52,7 @@ from eval_scenes import (  # noqa: E402
 from maskd.classifier import resize_square  # noqa: E402
 from maskd.config import ClassifierConfig, SourceConfig  # noqa: E402
 from maskd.detectors import make_detector  # noqa: E402
-from maskd.pipeline import crop_face  # noqa: E402
+from maskd.geometry import crop_face  # noqa: E402
 
 FRAME = (SourceConfig().width, SourceConfig().height)  # what the device's camera delivers
 ZOOMS = (1.0, 2.0)  # 1: the photo as the whole frame; 2: the same people two times closer

@@ -93,7 +93,7 @@ def scene_faces(root: Path, margin: float) -> tuple[list[np.ndarray], np.ndarray
     """RGB crops (maskd's crop_face), labels and box shorter sides of every annotated face."""
     from eval_scenes import load_scenes, min_side
 
-    from maskd.pipeline import crop_face
+    from maskd.geometry import crop_face
 
     crops, labels, sides = [], [], []
     for scene in load_scenes(root):
