@@ -19,8 +19,7 @@ import cv2
 import numpy as np
 
 from maskd.config import SourceConfig
-from maskd.sources import SourceError
-from maskd.types import Frame
+from maskd.types import Frame, SourceError
 
 FPS = 15.0
 SECONDS_PER_HALF = 4.0

@@ -21,13 +21,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
 from maskd.config import DetectorConfig
-from maskd.types import Face
+from maskd.types import Face, FaceDetector
 
 YUNET_ENV = "MASKD_YUNET"
 YUNET_GLOB = "face_detection_yunet*.onnx"
@@ -40,13 +40,6 @@ BLAZEFACE_FILES = {"short": "face_detection_short_range.tflite",
 
 class DetectorError(Exception):
     """The detector cannot be built (missing model, no runtime, no EdgeTPU); says what to do."""
-
-
-class FaceDetector(Protocol):
-    name: str
-
-    def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        """Faces in a BGR uint8 image, boxes in that image's pixels."""
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -16,33 +16,19 @@ cache saves CPU, it adds no evidence.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from maskd.config import Config
 from maskd.geometry import crop_face, iou
 from maskd.tracking import Track, Tracker
-from maskd.types import Box, Face, Frame, Verdict
+from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict
 
 # A cached score is reused only while |p - 0.5| >= CONFIDENT_MARGIN (p <= 0.2 or p >= 0.8) ...
 CONFIDENT_MARGIN = 0.3
 # ... and the box overlaps the box it was classified at by at least this much.
 STILL_IOU = 0.7
-
-
-class FaceDetector(Protocol):
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in a BGR image, boxes in its pixels."""
-
-
-class MaskClassifier(Protocol):
-    input_size: int
-
-    def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """P(no_mask) per RGB uint8 crop."""
 
 
 def judgeable(face: Face, min_face_px: int) -> bool:

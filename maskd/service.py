@@ -26,8 +26,8 @@ from maskd.config import Config
 from maskd.events import JsonlSink, Violations
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.preview import header_text
-from maskd.sources import Source, open_source
-from maskd.types import EventSink, Frame, FrameObserver, RunControl, Verdict, ViolationEvent
+from maskd.sources import open_source
+from maskd.types import EventSink, Frame, FrameObserver, RunControl, Source, Verdict, ViolationEvent
 
 log = logging.getLogger("maskd.service")
 

@@ -30,7 +30,7 @@ import numpy as np
 from maskd.config import SourceConfig
 from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
 from maskd.mailbox import Mailbox
-from maskd.types import Frame
+from maskd.types import Frame, Source, SourceError
 
 log = logging.getLogger("maskd.sources")
 
@@ -41,24 +41,6 @@ MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row i
 # stream open/read timeouts, shorter than the default WatchdogSec=30.
 RECONNECT_STALL_S = 20.0
 BACKOFF_TICK_S = 1.0  # a backoff wait shows a sign of life at least this often
-
-
-class SourceError(Exception):
-    """A permanent source problem (missing file, empty folder, picamera2 not installed)."""
-
-
-class Source(Protocol):
-    """What the run loop reads frames from."""
-
-    name: str
-    is_live: bool
-    stats: dict
-
-    def read(self) -> Frame | None:
-        """The next frame; None when a file source has ended (or the source was closed)."""
-
-    def close(self) -> None:
-        """Stop and release the device; safe to call from another thread and more than once."""
 
 
 class Capture(Protocol):

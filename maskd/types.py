@@ -5,6 +5,7 @@ Kept in one small module so every stage agrees on them without importing each ot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -114,3 +115,39 @@ class FrameObserver(Protocol):
 
     def close(self) -> None:
         """Called once when the loop stops."""
+
+
+class SourceError(Exception):
+    """A permanent source problem (missing file, empty folder, picamera2 not installed)."""
+
+
+class Source(Protocol):
+    """What the run loop reads frames from."""
+
+    name: str
+    is_live: bool
+    stats: dict
+
+    def read(self) -> Frame | None:
+        """The next frame; None when a file source has ended (or the source was closed)."""
+
+    def close(self) -> None:
+        """Stop and release the device; safe to call from another thread and more than once."""
+
+
+class FaceDetector(Protocol):
+    """Finds faces; every detector in maskd.detectors has this shape."""
+
+    name: str
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """Faces in a BGR uint8 image, boxes in that image's pixels."""
+
+
+class MaskClassifier(Protocol):
+    """Judges face crops; maskd.classifier.Classifier has this shape."""
+
+    input_size: int
+
+    def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """P(no_mask) per RGB uint8 crop."""

@@ -225,7 +225,8 @@ class Doctor:
         self.add("detector", OK, describe_detector(det))
 
     def camera(self) -> None:
-        from maskd.sources import SourceError, open_source
+        from maskd.sources import open_source
+        from maskd.types import SourceError
 
         src_cfg = self.cfg.source
         watcher = _LastWarning()

@@ -81,7 +81,7 @@ def startup_errors() -> tuple[type[BaseException], ...]:
     from maskd.classifier import ModelError
     from maskd.detectors import DetectorError
     from maskd.preview import PreviewUnavailable
-    from maskd.sources import SourceError
+    from maskd.types import SourceError
 
     return (ConfigError, ModelError, DetectorError, SourceError, PreviewUnavailable, OSError)
 

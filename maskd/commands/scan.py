@@ -32,8 +32,8 @@ from maskd.annotate import draw_verdicts
 from maskd.config import Config, ConfigError, load_config, still_detector
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.pipeline import judge_faces
-from maskd.sources import VIDEO_SUFFIXES, SourceError, VideoFileSource
-from maskd.types import Verdict
+from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
+from maskd.types import SourceError, Verdict
 
 EX_SETUP = 2
 
