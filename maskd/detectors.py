@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from maskd.config import DetectorConfig
+from maskd.geometry import Letterbox, clip_boxes, letterbox, nms, tile_grid, weighted_nms
 from maskd.types import Face, FaceDetector
 
 YUNET_ENV = "MASKD_YUNET"
@@ -43,98 +44,6 @@ class DetectorError(Exception):
 
 
 # ----------------------------------------------------------------------------- geometry
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (N, M) between boxes ``a`` (N, 4) and ``b`` (M, 4) given as x0, y0, x1, y1."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        if order.size == 1:
-            break
-        ious = box_iou(boxes[i], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
-                 points: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MediaPipe's weighted NMS: each kept box is the score-weighted mean of its cluster.
-
-    Averaging the overlapping anchors' boxes (and keypoints) gives steadier boxes than plain NMS,
-    which matters for a tracker. Returns (boxes, scores, points) of the clusters, best first.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64)
-    order = np.argsort(-scores, kind="stable")
-    out_b, out_s, out_p = [], [], []
-    while order.size:
-        i = int(order[0])
-        ious = box_iou(boxes[i], boxes[order])[0]
-        cluster = order[ious > iou_threshold]
-        cluster = cluster if cluster.size else order[:1]
-        w = scores[cluster][:, None]
-        out_b.append((boxes[cluster] * w).sum(0) / w.sum())
-        out_s.append(scores[i])
-        if points is not None:
-            out_p.append((points[cluster] * w[:, :, None]).sum(0) / w.sum())
-        order = order[ious <= iou_threshold]
-    pts = np.asarray(out_p) if points is not None else None
-    return np.asarray(out_b).reshape(-1, 4), np.asarray(out_s), pts
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image was fitted into a network input: scaled by ``scale``, top-left aligned.
-
-    Top-left placement (padding right/bottom, as Coral's examples do) makes mapping back a
-    single division.
-    """
-
-    scale: float
-    width: int  # the scaled image inside the input
-    height: int
-
-    def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        return np.asarray(boxes, np.float64) / self.scale
-
-
-def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, Letterbox]:
-    """Fit ``image`` into ``width`` x ``height`` keeping its aspect ratio; pad with black."""
-    h, w = image.shape[:2]
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else image
-    out = np.zeros((height, width, image.shape[2]), dtype=image.dtype)
-    out[:nh, :nw] = resized
-    return out, Letterbox(scale, nw, nh)
-
-
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
-    return b
 
 
 def _faces(boxes: np.ndarray, scores: np.ndarray, width: int, height: int,
@@ -446,23 +355,6 @@ def _pbtxt_for(pb: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- small faces
-
-
-def tile_grid(width: int, height: int, tiles: int, overlap: float = 0.25
-              ) -> list[tuple[int, int, int, int]]:
-    """``tiles`` x ``tiles`` overlapping windows (x0, y0, x1, y1) covering the image.
-
-    Each tile spans 1/tiles of the side plus ``overlap`` of that, so a face cut by one tile's
-    edge lies whole inside its neighbour when it is smaller than the overlap.
-    """
-    def spans(length: int) -> list[tuple[int, int]]:
-        if tiles == 1:
-            return [(0, length)]
-        size = min(length, int(np.ceil(length / tiles * (1 + overlap))))
-        starts = np.linspace(0, length - size, tiles).round().astype(int)
-        return [(int(s), int(s) + size) for s in starts]
-
-    return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
 def inner_edge_mask(boxes: np.ndarray, tile: tuple[int, int, int, int], width: int, height: int,

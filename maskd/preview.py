@@ -27,6 +27,7 @@ import numpy as np
 from maskd.annotate import draw_verdicts
 from maskd.config import Config, PreviewConfig
 from maskd.config import parse_listen as _parse_listen
+from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, FrameObserver, Verdict
 
@@ -65,12 +66,9 @@ def render(
     """
     image = frame.image
     if size is not None:
-        h, w = image.shape[:2]
-        scale, x0, y0, _, _ = _fit(w, h, *size)
-        image = letterbox(image, *size)
+        image, lb = letterbox(image, *size, centre=True)
         verdicts = [
-            replace(v, face=replace(v.face, box=(v.face.box[0] * scale + x0, v.face.box[1] * scale + y0,
-                                                 v.face.box[2] * scale + x0, v.face.box[3] * scale + y0)))
+            replace(v, face=replace(v.face, box=tuple(float(c) for c in lb.to_canvas(v.face.box))))
             for v in verdicts
         ]
     return draw_verdicts(image, verdicts, threshold=threshold, header=header_text(stats))
@@ -132,29 +130,9 @@ def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbG
     return FbGeometry(width=w, height=h, bits_per_pixel=bpp, stride=stride)
 
 
-def _fit(w: int, h: int, width: int, height: int) -> tuple[float, int, int, int, int]:
-    """Scale, top-left offset and new size that fit a w x h image centred in width x height."""
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    return scale, (width - nw) // 2, (height - nh) // 2, nw, nh
-
-
-def letterbox(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale to fit width x height keeping the aspect ratio, centred on black."""
-    h, w = bgr.shape[:2]
-    if (w, h) == (width, height):
-        return bgr
-    scale, x0, y0, nw, nh = _fit(w, h, width, height)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(bgr, (nw, nh), interpolation=interp)
-    # OpenCV, not numpy: it releases the GIL, so the loop thread is not held up meanwhile.
-    return cv2.copyMakeBorder(resized, y0, height - nh - y0, x0, width - nw - x0,
-                              cv2.BORDER_CONSTANT, value=(0, 0, 0))
-
-
 def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
     """A BGR image, letterboxed to the screen, in the framebuffer's memory layout (rows of ``stride``)."""
-    img = letterbox(bgr, geometry.width, geometry.height)
+    img, _ = letterbox(bgr, geometry.width, geometry.height, centre=True)
     fmt = geometry.pixel_format
     if fmt == "RGB565":
         # OpenCV's "BGR565" is the 16-bit value R<<11 | G<<5 | B stored little-endian: fbdev RGB565.

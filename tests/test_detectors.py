@@ -13,21 +13,16 @@ from maskd.config import DetectorConfig
 from maskd.detectors import (
     BLAZEFACE_ANCHORS,
     DetectorError,
-    Letterbox,
     Tiled,
-    box_iou,
     decode_blazeface,
     decode_ssd_postprocess,
     find_yunet_model,
     inner_edge_mask,
-    letterbox,
     make_detector,
-    nms,
     postprocess_output_order,
     ssd_anchors,
-    tile_grid,
-    weighted_nms,
 )
+from maskd.geometry import Letterbox, box_iou, letterbox, nms, tile_grid, weighted_nms
 from maskd.types import Face
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"

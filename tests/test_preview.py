@@ -21,6 +21,7 @@ from mqtt_broker import free_port
 
 from maskd.annotate import GREEN, RED
 from maskd.config import Config
+from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
 from maskd.preview import (
     FbGeometry,
@@ -31,7 +32,6 @@ from maskd.preview import (
     WindowPreview,
     header_text,
     is_local,
-    letterbox,
     make_observers,
     opencv_gui_backend,
     parse_listen,
@@ -112,7 +112,7 @@ def test_render_marks_too_small_faces_grey():
 
 def test_letterbox_centres_on_black():
     img = np.full((32, 32, 3), 255, np.uint8)
-    out = letterbox(img, 64, 48)
+    out, _ = letterbox(img, 64, 48, centre=True)
     assert out.shape == (48, 64, 3)
     assert (out[:, :8] == 0).all() and (out[:, 56:] == 0).all()
     assert (out[:, 8:56] == 255).all()

@@ -48,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from maskd.config import ClassifierConfig, DetectorConfig, still_detector  # noqa: E402
-from maskd.detectors import DetectorError, box_iou, find_yunet_model, make_detector  # noqa: E402
+from maskd.detectors import DetectorError, find_yunet_model, make_detector  # noqa: E402
+from maskd.geometry import box_iou  # noqa: E402
 from maskd.types import Face  # noqa: E402
 
 SHARED = REPO.parent / "shared"

@@ -78,7 +78,7 @@ from eval_scenes import (  # noqa: E402
 )
 
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config  # noqa: E402
-from maskd.detectors import box_iou  # noqa: E402
+from maskd.geometry import box_iou  # noqa: E402
 
 OUT_W, OUT_H = 640, 480
 FPS = 15.0
