@@ -9,7 +9,6 @@ too, which is what makes training and the device agree.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 from collections.abc import Sequence
@@ -20,18 +19,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from maskd.tflite import ModelError, get_output, open_interpreter, set_input
+
 DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
 MODEL_DIR_ENV = "MASKD_MODEL_DIR"
-EDGETPU_LIB = "libedgetpu.so.1"
 SIDECAR_FORMAT = "maskd-classifier/1"
 
 # MobileNetV2's own normalisation: pixel / 127.5 - 1 -> [-1, 1].
 DEFAULT_SCALE = 1.0 / 127.5
 DEFAULT_OFFSET = -1.0
-
-
-class ModelError(Exception):
-    """The model cannot be used (missing, unreadable, no sidecar, no EdgeTPU); says what to do."""
 
 
 def default_model_path() -> Path:
@@ -127,67 +123,6 @@ def read_sidecar(model: Path) -> ModelInfo:
     return ModelInfo.from_dict(d, str(p))
 
 
-def import_runtime() -> tuple[Any, Any, str]:
-    """(Interpreter, load_delegate, name): ai-edge-litert, else tflite-runtime, else TensorFlow."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter, load_delegate
-
-        return Interpreter, load_delegate, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter, load_delegate
-
-        return Interpreter, load_delegate, "tflite_runtime"
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow"
-    except ImportError:
-        raise ModelError(
-            "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime, or tensorflow)"
-        ) from None
-
-
-def edgetpu_delegate(load_delegate: Any) -> Any:
-    """The Coral delegate, or ModelError saying whether the library or the device is missing."""
-    try:
-        ctypes.CDLL(EDGETPU_LIB)
-    except OSError:
-        raise ModelError(
-            f"EdgeTPU requested but {EDGETPU_LIB} is not installed: install the Coral runtime "
-            "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
-            "coral-edgetpu-stable), or run without --edgetpu on the CPU"
-        ) from None
-    try:
-        return load_delegate(EDGETPU_LIB)
-    except (ValueError, OSError, RuntimeError) as err:
-        raise ModelError(
-            f"EdgeTPU requested but no Coral device could be opened ({err}): plug in the "
-            "USB Accelerator (or check the PCIe/M.2 driver and permissions), or run without --edgetpu"
-        ) from None
-
-
-def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tuple[Any, str]:
-    """(allocated interpreter, runtime name) for any .tflite: the one loader the classifier and
-    the TFLite detectors share, so runtime choice and EdgeTPU errors are the same everywhere."""
-    interpreter_cls, load_delegate, runtime = import_runtime()
-    kwargs: dict[str, Any] = {"model_path": str(path)}
-    if edgetpu:
-        kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
-        runtime += "+edgetpu"
-    else:
-        kwargs["num_threads"] = max(1, int(threads))
-    try:
-        interp = interpreter_cls(**kwargs)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError, OSError) as err:
-        raise ModelError(f"{path}: cannot load TFLite model: {err}") from None
-    return interp, runtime
-
-
 class Classifier:
     """A loaded TFLite classifier; ``predict`` gives P(no_mask) per RGB crop."""
 
@@ -200,7 +135,6 @@ class Classifier:
         self.input_size = info.input_size
         self._no_mask = info.labels.index("no_mask")
         self._in = interpreter.get_input_details()[0]
-        self._out = interpreter.get_output_details()[0]
         shape = tuple(int(v) for v in self._in["shape"])
         if shape[1:] != (info.input_size, info.input_size, 3):
             raise ModelError(
@@ -219,28 +153,13 @@ class Classifier:
         interp, runtime = open_interpreter(p, threads, edgetpu)
         return cls(interp, info, p, runtime)
 
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if dtype == np.float32:
-            return x
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(dtype)
-        q = np.round(x / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
-
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if y.dtype == np.float32:
-            return y
-        scale, zero = self._out["quantization"]
-        return (y.astype(np.float32) - zero) * scale
-
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size)."""
         out = np.empty(len(crops_rgb), dtype=np.float32)
         for i, crop in enumerate(crops_rgb):
             x = preprocess(crop, self.input_size, self.info.scale, self.info.offset)
-            self.interpreter.set_tensor(self._in["index"], self._quantize(x[None]))
+            set_input(self.interpreter, x[None])
             self.interpreter.invoke()
-            y = self._dequantize(self.interpreter.get_tensor(self._out["index"]))[0]
+            y = get_output(self.interpreter, 0)[0]
             out[i] = y[self._no_mask]
         return np.clip(out, 0.0, 1.0)

@@ -124,7 +124,7 @@ def decode_blazeface(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.
 
 def _load_tflite(path: Path, edgetpu: bool = False) -> Any:
     """The classifier's TFLite loader, with its errors re-raised as DetectorError."""
-    from maskd.classifier import ModelError, open_interpreter
+    from maskd.tflite import ModelError, open_interpreter
 
     try:
         interp, _ = open_interpreter(path, min(4, os.cpu_count() or 1), edgetpu)

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO
 
 import maskd.classifier as C
+from maskd import tflite
 from maskd.classifier import Classifier, ModelError, default_model_path, preprocess, sidecar_path
 from maskd.images import load_image_rgb
 
@@ -86,7 +87,7 @@ def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(C.EDGETPU_LIB)
+        ctypes.CDLL(tflite.EDGETPU_LIB)
         pytest.skip("libedgetpu is installed here; the missing-library path cannot be shown")
     except OSError:
         pass
@@ -96,13 +97,13 @@ def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
 
 def test_edgetpu_library_without_device_is_a_clear_error(monkeypatch) -> None:
     """The library loads but no Coral is plugged in: load_delegate raises ValueError."""
-    monkeypatch.setattr(C.ctypes, "CDLL", lambda name: object())
+    monkeypatch.setattr(tflite.ctypes, "CDLL", lambda name: object())
 
     def no_device(name):
         raise ValueError(f"Failed to load delegate from {name}")
 
     with pytest.raises(ModelError, match="no Coral device could be opened"):
-        C.edgetpu_delegate(no_device)
+        tflite.edgetpu_delegate(no_device)
 
 
 def test_shipped_sidecar_describes_the_model(default_model: Path) -> None:

@@ -294,7 +294,7 @@ def tflite_macs(path: Path) -> dict[str, Any]:
     FULLY_CONNECTED: in*out. Everything else (adds, pooling, activations) is not a MAC.
     Works from the .tflite alone, so it runs on a Pi without TensorFlow.
     """
-    from maskd.classifier import import_runtime
+    from maskd.tflite import import_runtime
 
     interpreter_cls, _, _ = import_runtime()
     interp = interpreter_cls(model_path=str(path), num_threads=1)

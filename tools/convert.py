@@ -103,7 +103,7 @@ def convert(saved_model: Path, kind: str, rep: list[np.ndarray] | None) -> bytes
 
 def op_report(path: Path) -> dict:
     """Which ops the model uses and whether every op works on integers only (EdgeTPU needs that)."""
-    from maskd.classifier import import_runtime
+    from maskd.tflite import import_runtime
 
     interpreter_cls, _, _ = import_runtime()
     interp = interpreter_cls(model_path=str(path))

@@ -153,7 +153,7 @@ class Doctor:
         self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free (MQTT outbox)")
 
     def runtime(self) -> None:
-        from maskd.classifier import ModelError, import_runtime
+        from maskd.tflite import ModelError, import_runtime
 
         try:
             _, _, name = import_runtime()
@@ -195,7 +195,7 @@ class Doctor:
 
     def edgetpu(self) -> None:
         wanted = self.cfg.classifier.edgetpu or self.cfg.detector.edgetpu
-        from maskd.classifier import EDGETPU_LIB
+        from maskd.tflite import EDGETPU_LIB
 
         try:
             ctypes.CDLL(EDGETPU_LIB)

@@ -1,0 +1,42 @@
+"""maskd.tflite: (de)quantization with each tensor's own scale and zero point, on a real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskd.tflite import dequantize, get_output, open_interpreter, quantize, set_input
+
+
+def test_quantize_uses_the_tensors_scale_and_zero_point() -> None:
+    detail = {"dtype": np.int8, "quantization": (0.5, -3)}
+    q = quantize(np.array([-100.0, -1.0, 0.0, 0.74, 100.0], np.float32), detail)
+    assert q.dtype == np.int8 and q.tolist() == [-128, -5, -3, -2, 127]  # clipped to int8
+    assert dequantize(q, detail).tolist() == [-62.5, -1.0, 0.0, 0.5, 65.0]
+    raw = np.array([0, 200], np.uint8)  # already the tensor's type: taken as quantized
+    assert quantize(raw, {"dtype": np.uint8, "quantization": (0.1, 7)}) is raw
+    f = quantize(np.array([1, 2], np.int64), {"dtype": np.float32, "quantization": (0.0, 0)})
+    assert f.dtype == np.float32 and dequantize(f, {"quantization": (0.0, 0)}) is f
+
+
+def test_set_input_and_get_output_on_the_shipped_int8_model(default_model: Path) -> None:
+    interp, _ = open_interpreter(default_model, threads=1)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    assert np.issubdtype(inp["dtype"], np.integer) and scale > 0
+    x = np.linspace(-1.0, 1.0, int(np.prod(inp["shape"])), dtype=np.float32).reshape(inp["shape"])
+    set_input(interp, x)
+    q = interp.get_tensor(inp["index"])
+    info = np.iinfo(inp["dtype"])
+    assert q.dtype == inp["dtype"]
+    np.testing.assert_array_equal(q, np.clip(np.round(x / scale + zero), info.min, info.max))
+    assert np.abs((q.astype(np.float32) - zero) * scale - x).max() <= scale / 2 + 1e-6
+    interp.invoke()
+    y = get_output(interp, 0)
+    o_scale, o_zero = out["quantization"]
+    raw = interp.get_tensor(out["index"])
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, (raw.astype(np.float32) - o_zero) * o_scale)
+    assert y.sum() == pytest.approx(1.0, abs=0.02)  # softmax over mask / no_mask
