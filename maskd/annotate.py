@@ -8,44 +8,47 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from maskd.types import Verdict
+from maskd.types import LoopStats, Verdict
 
 GREEN = (0, 200, 0)  # BGR
 RED = (0, 0, 230)
 GREY = (160, 160, 160)
 
 
-def color_for(no_mask: float | None, threshold: float = 0.5) -> tuple[int, int, int]:
-    if no_mask is None:
+def header_text(stats: LoopStats) -> str:
+    """'12.3 fps | 1 active violation': the line the previews, the clip and systemd's STATUS show."""
+    n = stats.active
+    fps = "--" if stats.fps is None else f"{stats.fps:.1f}"
+    return f"{fps} fps | {n} active violation{'s' if n != 1 else ''}"
+
+
+def color_for(v: Verdict) -> tuple[int, int, int]:
+    if v.label is None:
         return GREY
-    return RED if no_mask >= threshold else GREEN
+    return RED if v.label == "no_mask" else GREEN
 
 
-def caption_for(no_mask: float | None, threshold: float = 0.5) -> str:
+def caption_for(v: Verdict) -> str:
     """'Mask: 97.1%' / 'No Mask: 88.0%' as the seeds write it; '?' for faces too small to judge."""
-    if no_mask is None:
+    if v.no_mask is None:
         return "?"
-    if no_mask >= threshold:
-        return f"No Mask: {no_mask * 100:.1f}%"
-    return f"Mask: {(1 - no_mask) * 100:.1f}%"
+    if v.label == "no_mask":
+        return f"No Mask: {v.no_mask * 100:.1f}%"
+    return f"Mask: {(1 - v.no_mask) * 100:.1f}%"
 
 
-def draw_verdicts(
-    image: np.ndarray,
-    verdicts: list[Verdict],
-    threshold: float = 0.5,
-    header: str | None = None,
-) -> np.ndarray:
-    """Return a copy of a BGR image with one box and caption per verdict and an optional header line."""
+def draw_verdicts(image: np.ndarray, verdicts: list[Verdict], header: str | None = None) -> np.ndarray:
+    """Return a copy of a BGR image with one box and caption per verdict and an optional header
+    line; each box is labelled at the cut its verdict was judged with."""
     out = image.copy()
     h, w = out.shape[:2]
     thick = max(1, round(min(h, w) / 320))
     scale = max(0.35, min(h, w) / 900)
     for v in verdicts:
         x0, y0, x1, y1 = (int(round(c)) for c in v.face.box)
-        color = color_for(v.no_mask, threshold)
+        color = color_for(v)
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thick)
-        text = caption_for(v.no_mask, threshold)
+        text = caption_for(v)
         ty = y0 - 4 if y0 - 4 > 10 else y1 + int(14 * scale / 0.45)
         cv2.putText(out, text, (x0, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     if header:

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image or folder (recursive)")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--config", type=Path, help="YAML config (classifier section: model, cut)")
 
     p = sub.add_parser("scan", help="detect faces and masks in images, folders or videos")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")

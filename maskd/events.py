@@ -28,14 +28,10 @@ similar size, and its appearance is at least ``same_person_similarity`` alike
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -112,7 +108,6 @@ class Violations:
         self._size = (1, 1)
         self._last_now: float | None = None
         self.started = 0
-        self.ended = 0
 
     def _same_person(self, boxes: tuple[Box, ...], look: np.ndarray | None, t: Track) -> bool:
         """``t`` is the person expected at one of ``boxes``, looking like ``look`` (module
@@ -230,7 +225,6 @@ class Violations:
         self._open.remove(v)
         if reason == "masked":  # the cooldown is for a mask put on and taken off again
             self._recent.append(_Ended(v.box, end_time, v.appearance))
-        self.ended += 1
         ev = self._message(v, "end", end_time, frame_seq)
         ev.end_time, ev.end_reason = end_time, reason
         return ev
@@ -252,39 +246,3 @@ class Violations:
         v.last_msg_time = now
         v.dirty = False
         return ev
-
-
-class JsonlSink:
-    """Events as JSON lines on stdout (``-``) or appended to a file, flushed per line.
-
-    A consumer tailing the file or reading the pipe sees each event as soon as it happens;
-    nothing waits in a buffer when the process is killed.
-    """
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.failed = 0
-        if target == "-":
-            self._fh: IO[str] = sys.stdout
-            self._owns = False
-        else:
-            p = Path(target)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = p.open("a", encoding="utf-8")
-            self._owns = True
-
-    def emit(self, event: ViolationEvent) -> None:
-        try:
-            self._fh.write(json.dumps(event.to_dict()) + "\n")
-            self._fh.flush()
-        except (OSError, ValueError) as err:  # disk full, closed pipe: report, keep the loop up
-            self.failed += 1
-            log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id, err)
-
-    def flush(self, timeout: float) -> bool:
-        """Lines are flushed as written; True unless a write failed."""
-        return self.failed == 0
-
-    def close(self) -> None:
-        if self._owns:
-            self._fh.close()

@@ -18,24 +18,23 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from maskd.preview import header_text  # the same line the preview shows on screen
-from maskd.types import Frame, Verdict
+from maskd.annotate import header_text  # the same line the preview shows on screen
+from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
 
 
-def status_text(stats: dict) -> str:
+def status_text(stats: LoopStats) -> str:
     """The STATUS= line: the preview's header, or the camera outage when there is one; then
     what keeps events from being delivered (``faults`` from the sinks)."""
-    since = stats.get("camera_lost_since")
-    if since:
-        state = "reconnecting" if stats.get("camera_reconnecting") else "reconnect stalled"
+    if since := stats.camera_lost_since:
+        state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
         text = f"camera lost since {since}; {state}"
     else:
         text = header_text(stats)
-    return " | ".join([text, *stats.get("faults", ())])
+    return " | ".join([text, *stats.faults])
 
 
 def socket_address(value: str) -> str | bytes:
@@ -109,7 +108,7 @@ class Notifier:
             self._sock = None
 
 
-class SystemdNotifier:
+class SystemdNotifier(FrameObserver):
     """A FrameObserver that tells systemd the loop is alive, only while frames go through.
 
     READY=1 after the first processed frame (so `systemctl start` returns once the camera and
@@ -137,27 +136,23 @@ class SystemdNotifier:
     def enabled(self) -> bool:
         return self._notifier.enabled
 
-    def status(self, text: str) -> None:
-        """Free-form STATUS= (e.g. 'opening camera') before frames flow."""
-        self._notifier.send(f"STATUS={text}")
-
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
         self._tell(stats, ready=True, alive=True)
 
-    def on_wait(self, stats: dict) -> None:
+    def on_wait(self, stats: LoopStats) -> None:
         """The loop is waiting for a frame: vouch for it only during a controlled reconnect.
 
         Called from the loop's own thread, so a hung loop sends nothing; a camera read stuck in
         the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping.
         """
-        if stats.get("camera_lost_since"):  # merely a slow camera: frames will say it
-            self._tell(stats, ready=False, alive=bool(stats.get("camera_reconnecting")))
+        if stats.camera_lost_since:  # merely a slow camera: frames will say it
+            self._tell(stats, ready=False, alive=stats.camera_reconnecting)
 
-    def _tell(self, stats: dict, ready: bool, alive: bool) -> None:
+    def _tell(self, stats: LoopStats, ready: bool, alive: bool) -> None:
         if not self._notifier.enabled:
             return
         now = self._clock()
-        camera = (bool(stats.get("camera_lost_since")), bool(stats.get("camera_reconnecting")))
+        camera = (bool(stats.camera_lost_since), stats.camera_reconnecting)
         lines: list[str] = []
         if ready and not self._ready:
             lines.append("READY=1")

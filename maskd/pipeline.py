@@ -1,4 +1,6 @@
-"""Per-frame processing: detect faces, crop, classify (one call per frame), track.
+"""One camera's frame path: detect faces, crop, classify (one call per frame), track, and turn
+violating tracks into events. A frame goes in, a ``FrameResult`` with its verdicts and events
+comes out; nothing flows back.
 
 ``crop_face`` is the one crop function of the project: a square around the face box with a
 margin, padded where it runs off the image, so the classifier always sees a whole,
@@ -16,14 +18,16 @@ cache saves CPU, it adds no evidence.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from maskd.config import Config
+from maskd.config import ClassifierConfig, Config
+from maskd.events import Violations
 from maskd.geometry import crop_face, iou
 from maskd.tracking import Track, Tracker
-from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict
+from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict, ViolationEvent
 
 # A cached score is reused only while |p - 0.5| >= CONFIDENT_MARGIN (p <= 0.2 or p >= 0.8) ...
 CONFIDENT_MARGIN = 0.3
@@ -72,15 +76,13 @@ def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scor
     return out
 
 
-def judge_faces(
-    image: np.ndarray, faces: list[Face], classifier: MaskClassifier, margin: float,
-    min_face_px: int,
-) -> list[Verdict]:
+def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier,
+                cfg: ClassifierConfig) -> list[Verdict]:
     """Verdicts for every face of one image, no tracking (``maskd scan``)."""
-    idx = [i for i, f in enumerate(faces) if judgeable(f, min_face_px)]
-    scores = classify_crops(classifier, [crop_face(image, faces[i].box, margin) for i in idx])
+    idx = [i for i, f in enumerate(faces) if judgeable(f, cfg.min_face_px)]
+    scores = classify_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx])
     by_idx = dict(zip(idx, scores, strict=True))
-    return [Verdict(f, by_idx.get(i)) for i, f in enumerate(faces)]
+    return [Verdict(f, by_idx.get(i), cfg.threshold) for i, f in enumerate(faces)]
 
 
 @dataclass
@@ -91,27 +93,42 @@ class _Cached:
 
 
 @dataclass
+class PipelineCounts:
+    """What the pipeline did since start (part of the loop's stats)."""
+
+    frames: int = 0
+    faces: int = 0
+    small_faces: int = 0  # too small to judge
+    edge_faces: int = 0  # cut off by the frame border (classifier.edge_px)
+    classified: int = 0  # fresh classifier calls, one per face
+    cached: int = 0  # faces that reused their track's cached score
+
+
+@dataclass
 class FrameResult:
     """What one frame turned into."""
 
     frame: Frame
     verdicts: list[Verdict]
-    tracks: list[Track]  # the track of each verdict, same order
+    events: list[ViolationEvent]  # start/update/end messages this frame caused, in order
     crops: dict[int, np.ndarray]  # track id -> BGR crop classified in this frame
     timings_ms: dict[str, float] = field(default_factory=dict)  # detect, classify, track
 
 
 class Pipeline:
-    """detect -> crop -> classify (cached per track) -> track, one frame at a time."""
+    """detect -> crop -> classify (cached per track) -> track -> violations, one frame at a time."""
 
-    def __init__(self, cfg: Config, detector: FaceDetector, classifier: MaskClassifier) -> None:
+    def __init__(self, cfg: Config, detector: FaceDetector, classifier: MaskClassifier,
+                 new_event_id: Callable[[], str] | None = None) -> None:
         self.cfg = cfg
         self.detector = detector
         self.classifier = classifier
         self.tracker = Tracker(cfg.tracking)
+        self.violations = (Violations(cfg.tracking, cfg.camera) if new_event_id is None
+                           else Violations(cfg.tracking, cfg.camera, new_event_id))
         self._cache: dict[int, _Cached] = {}
-        self.stats = {"frames": 0, "faces": 0, "small_faces": 0, "edge_faces": 0, "classified": 0,
-                      "cached": 0}
+        self.counts = PipelineCounts()
+        self._last: Frame | None = None
 
     def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
         """The cached score of this track when it may stand in for a fresh classification."""
@@ -129,6 +146,7 @@ class Pipeline:
     def process(self, frame: Frame, detect: bool = True) -> FrameResult:
         """Run one frame through every stage; ``detect=False`` skips detection (paused)."""
         ccfg = self.cfg.classifier
+        counts = self.counts
         t0 = time.perf_counter()
         faces = self.detector.detect(frame.image) if detect else []
         t1 = time.perf_counter()
@@ -138,17 +156,17 @@ class Pipeline:
         h, w = frame.image.shape[:2]
         for i, (f, t) in enumerate(zip(faces, tracks, strict=True)):
             if not judgeable(f, ccfg.min_face_px):
-                self.stats["small_faces"] += 1
+                counts.small_faces += 1
                 continue
             if cut_off(f.box, w, h, ccfg.edge_px):
-                self.stats["edge_faces"] += 1
+                counts.edge_faces += 1
                 continue
             cached = self._reuse(t, f.box, frame.seq)
             if cached is None:
                 todo.append(i)
             else:
                 scores[i] = cached
-                self.stats["cached"] += 1
+                counts.cached += 1
         t2 = time.perf_counter()
         crops = {tracks[i].track_id: crop_face(frame.image, faces[i].box, ccfg.margin) for i in todo}
         todo_crops = [crops[tracks[i].track_id] for i in todo]
@@ -161,20 +179,22 @@ class Pipeline:
             scores[i] = p
             self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq)
             self.tracker.observe(tracks[i], crops[tracks[i].track_id])
-        self.stats["classified"] += len(todo)
+        counts.classified += len(todo)
         voted = set(todo)
         for i, (t, s) in enumerate(zip(tracks, scores, strict=True)):
-            self.tracker.record(t, s, fresh=i in voted)
+            self.tracker.add_score(t, s, fresh=i in voted)
         alive = {t.track_id for t in self.tracker.tracks}
         for tid in [k for k in self._cache if k not in alive]:
             del self._cache[tid]
+        events = self.violations.update(self.tracker.tracks, frame.timestamp, frame.seq, (w, h), crops)
         t4 = time.perf_counter()
-        self.stats["frames"] += 1
-        self.stats["faces"] += len(faces)
+        counts.frames += 1
+        counts.faces += len(faces)
+        self._last = frame
         return FrameResult(
             frame=frame,
-            verdicts=[Verdict(f, s) for f, s in zip(faces, scores, strict=True)],
-            tracks=tracks,
+            verdicts=[Verdict(f, s, ccfg.threshold) for f, s in zip(faces, scores, strict=True)],
+            events=events,
             crops=crops,
             timings_ms={
                 "detect": (t1 - t0) * 1e3,
@@ -182,3 +202,10 @@ class Pipeline:
                 "track": ((t2 - t1) + (t4 - t3)) * 1e3,
             },
         )
+
+    def close(self) -> list[ViolationEvent]:
+        """End every open violation (reason ``shutdown``) at the last frame's time."""
+        last = self._last
+        if last is None:
+            return self.violations.close_all(time.time(), None)
+        return self.violations.close_all(last.timestamp, last.seq)

@@ -24,12 +24,12 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from maskd.annotate import draw_verdicts
+from maskd.annotate import draw_verdicts, header_text
 from maskd.config import Config, PreviewConfig
 from maskd.config import parse_listen as _parse_listen
 from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
-from maskd.types import Frame, FrameObserver, Verdict
+from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,10 @@ class PreviewUnavailable(RuntimeError):
 # ---------------------------------------------------------------- rendering (pure)
 
 
-def header_text(stats: dict) -> str:
-    """'12.3 fps | 1 active violation' from the loop's stats."""
-    fps = stats.get("fps")
-    active = int(stats.get("active") or 0)
-    fps_txt = f"{float(fps):.1f} fps" if isinstance(fps, int | float) else "-- fps"
-    return f"{fps_txt} | {active} active violation{'s' if active != 1 else ''}"
-
-
 def render(
     frame: Frame,
     verdicts: list[Verdict],
-    stats: dict,
-    threshold: float = 0.5,
+    stats: LoopStats,
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The annotated BGR image every preview shows.
@@ -71,7 +62,7 @@ def render(
             replace(v, face=replace(v.face, box=tuple(float(c) for c in lb.to_canvas(v.face.box))))
             for v in verdicts
         ]
-    return draw_verdicts(image, verdicts, threshold=threshold, header=header_text(stats))
+    return draw_verdicts(image, verdicts, header=header_text(stats))
 
 
 # ---------------------------------------------------------------- framebuffer (pure part)
@@ -154,7 +145,7 @@ def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
 # ---------------------------------------------------------------- threading base
 
 
-class ThreadedPreview:
+class ThreadedPreview(FrameObserver):
     """Base for previews: on_frame hands over the frame without copying or waiting.
 
     The loop's sources hand out a fresh array per frame, so keeping a reference is safe.
@@ -162,8 +153,7 @@ class ThreadedPreview:
 
     name = "preview"
 
-    def __init__(self, threshold: float = 0.5, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
-        self.threshold = threshold
+    def __init__(self, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         # Rendering and encoding cost CPU the loop could use: a person watching needs no more.
         self.min_interval_s = 1.0 / max_fps if max_fps else 0.0
         self._box: Mailbox[tuple] = Mailbox()
@@ -181,8 +171,8 @@ class ThreadedPreview:
     def dropped(self) -> int:
         return self._box.dropped
 
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
-        self._box.put((frame, list(verdicts), dict(stats)))
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        self._box.put((frame, list(verdicts), stats))
 
     def _run(self) -> None:
         try:
@@ -193,7 +183,7 @@ class ThreadedPreview:
                         return
                     continue
                 t0, c0 = time.monotonic(), time.thread_time()
-                self.show(render(*item, threshold=self.threshold, size=self.output_size))
+                self.show(render(*item, size=self.output_size))
                 self.shown += 1
                 self.cpu_s += time.thread_time() - c0
                 rest = self.min_interval_s - (time.monotonic() - t0)
@@ -225,9 +215,9 @@ class FramebufferPreview(ThreadedPreview):
 
     name = "framebuffer"
 
-    def __init__(self, path: Path, geometry: FbGeometry | None = None, threshold: float = 0.5,
+    def __init__(self, path: Path, geometry: FbGeometry | None = None,
                  max_fps: float | None = DEFAULT_MAX_FPS) -> None:
-        super().__init__(threshold, max_fps)
+        super().__init__(max_fps)
         if not path.exists():
             raise PreviewUnavailable(f"preview.framebuffer: {path} does not exist (no HDMI framebuffer; "
                                      "use preview.http instead)")
@@ -282,8 +272,8 @@ class WindowPreview(ThreadedPreview):
     name = "window"
     title = "maskd"
 
-    def __init__(self, threshold: float = 0.5, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
-        super().__init__(threshold, max_fps)
+    def __init__(self, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+        super().__init__(max_fps)
         backend = opencv_gui_backend()
         if backend is None:
             raise PreviewUnavailable(
@@ -348,10 +338,10 @@ class HttpPreview(ThreadedPreview):
 
     name = "http"
 
-    def __init__(self, listen: str, threshold: float = 0.5, jpeg_quality: int = 80,
+    def __init__(self, listen: str, jpeg_quality: int = 80,
                  max_fps: float | None = DEFAULT_MAX_FPS,
                  idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
-        super().__init__(threshold, max_fps)
+        super().__init__(max_fps)
         self.host, port = parse_listen(listen)
         self.jpeg_quality = jpeg_quality
         self.idle_timeout_s = idle_timeout_s
@@ -386,7 +376,7 @@ class HttpPreview(ThreadedPreview):
                         self.url)
         return self
 
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
         if self._watchers:  # nobody watching: don't even hand the frame over
             super().on_frame(frame, verdicts, stats)
 
@@ -509,15 +499,14 @@ def make_observers(cfg: Config) -> list[FrameObserver]:
     preview.annotate_dir is not a live view; the run loop writes that clip itself.
     """
     p = cfg.preview
-    threshold = cfg.classifier.threshold
     started: list[ThreadedPreview] = []
     try:
         if p.framebuffer is not None:
-            started.append(FramebufferPreview(p.framebuffer, threshold=threshold).start())
+            started.append(FramebufferPreview(p.framebuffer).start())
         if p.window:
-            started.append(WindowPreview(threshold=threshold).start())
+            started.append(WindowPreview().start())
         if p.http:
-            started.append(HttpPreview(p.http, threshold=threshold).start())
+            started.append(HttpPreview(p.http).start())
     except Exception:
         for obs in started:
             obs.close()

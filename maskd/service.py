@@ -1,6 +1,7 @@
-"""The run loop: source -> pipeline -> violations -> sinks, until the file ends or a signal.
+"""The run loop: source -> pipeline (detect, classify, track, violations) -> sinks, until the
+file ends or a signal.
 
-Everything is built from the one Config (``build``), then ``Service.run`` takes frames as
+Everything is built from the one Config (``build``), then ``CameraLoop.run`` takes frames as
 they come. A live source is already wrapped in ``LatestFrame`` by maskd.sources, so the loop
 always gets the newest frame and the ones it had no time for are counted as skipped.
 SIGTERM/SIGINT stop it cleanly: open violations end with reason ``shutdown``, sinks are
@@ -21,13 +22,22 @@ from types import FrameType
 
 import cv2
 
-from maskd.annotate import draw_verdicts
+from maskd.annotate import draw_verdicts, header_text
 from maskd.config import Config
-from maskd.events import JsonlSink, Violations
+from maskd.jsonl import JsonlSink
 from maskd.pipeline import FrameResult, Pipeline
-from maskd.preview import header_text
 from maskd.sources import open_source
-from maskd.types import EventSink, Frame, FrameObserver, RunControl, Source, Verdict, ViolationEvent
+from maskd.types import (
+    EventSink,
+    FaceCounts,
+    Frame,
+    FrameObserver,
+    LoopStats,
+    RunControl,
+    Source,
+    Verdict,
+    ViolationEvent,
+)
 
 log = logging.getLogger("maskd.service")
 
@@ -39,29 +49,28 @@ STOP_FLUSH_S = 5.0  # flush budget on a signal stop (the MQTT outbox keeps the r
 STAGES = ("capture", "detect", "classify", "track")
 
 
-class ClipWriter:
+class ClipWriter(FrameObserver):
     """FrameObserver writing the annotated frames as an mp4v clip in ``outdir``.
 
     Opened on the first frame (its size is only known then). Encoding runs in the loop, which
     is acceptable because the clip is an opt-in debugging aid (``run --annotate``).
     """
 
-    def __init__(self, outdir: Path, name: str, fps: float, threshold: float) -> None:
+    def __init__(self, outdir: Path, name: str, fps: float) -> None:
         outdir.mkdir(parents=True, exist_ok=True)
         self.path = outdir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
         self.fps = fps
-        self.threshold = threshold
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
 
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
         h, w = frame.image.shape[:2]
         if self._writer is None:
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"),
                                            self.fps, (w, h))
             if not self._writer.isOpened():
                 raise OSError(f"{self.path}: OpenCV cannot write an mp4v clip here")
-        self._writer.write(draw_verdicts(frame.image, verdicts, self.threshold, header_text(stats)))
+        self._writer.write(draw_verdicts(frame.image, verdicts, header_text(stats)))
         self.frames += 1
 
     def close(self) -> None:
@@ -71,7 +80,7 @@ class ClipWriter:
 
 
 @dataclass
-class _Window:
+class _StatsWindow:
     """Per-stage time and frame counts since the last stats line."""
 
     start: float = field(default_factory=time.monotonic)
@@ -79,8 +88,10 @@ class _Window:
     ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
-class Service:
-    """One camera's loop; build it with ``build`` or hand it ready parts (tests)."""
+class CameraLoop:
+    """One camera's loop: read a frame, let the pipeline turn it into verdicts and events, hand
+    the events to the sinks and the frame to the observers. Build it with ``build`` or hand it
+    ready parts (tests)."""
 
     def __init__(
         self,
@@ -96,7 +107,6 @@ class Service:
         self.cfg = cfg
         self.source = source
         self.pipeline = pipeline
-        self.violations = Violations(cfg.tracking, cfg.camera)
         self.sinks = sinks
         self.observers = observers
         self.control = control
@@ -108,8 +118,7 @@ class Service:
         self._stop = threading.Event()
         self._fps = 0.0
         self._last_t: float | None = None
-        self._last_frame: Frame | None = None
-        self._window = _Window()
+        self._window = _StatsWindow()
         if hasattr(source, "on_wait"):  # a live source: hear from it while the camera is away
             source.on_wait = self._source_waiting
 
@@ -164,12 +173,7 @@ class Service:
                 self._source_ended()
                 return
             result = self.pipeline.process(frame, detect=self.control.detect_enabled)
-            t1 = time.perf_counter()
-            events = self.violations.update(
-                self.pipeline.tracker.tracks, frame.timestamp, frame.seq,
-                (frame.image.shape[1], frame.image.shape[0]), result.crops)
-            self._emit(events)
-            result.timings_ms["track"] += (time.perf_counter() - t1) * 1e3
+            self._emit(result.events)
             self._after_frame(result, capture_ms)
             self._maybe_report()
             if self.max_frames is not None and self.frames >= self.max_frames:
@@ -194,130 +198,103 @@ class Service:
             self.events += 1
             log.info("violation %s %s track=%d score=%.2f%s", ev.event_type, ev.event_id,
                      ev.track_id, ev.score, f" reason={ev.end_reason}" if ev.end_reason else "")
-            self._to_sinks("emit", ev)
+            self._to_sinks(lambda sink, ev=ev: sink.emit(ev), "emit")
 
-    def _to_sinks(self, method: str, arg: object) -> None:
-        """Call ``method`` on every sink that has it; one broken sink must not stop the rest."""
+    def _to_sinks(self, call: Callable[[EventSink], object], what: str) -> None:
+        """Call every sink; one broken sink must not stop the rest."""
         for sink in self.sinks:
-            fn = getattr(sink, method, None)
-            if fn is None:
-                continue
             try:
-                fn(arg)
+                call(sink)
             except Exception:  # noqa: BLE001
-                log.exception("sink %s failed in %s", type(sink).__name__, method)
+                log.exception("sink %s failed in %s", type(sink).__name__, what)
 
-    def _after_frame(self, result: FrameResult, capture_ms: float) -> None:
-        frame = result.frame
-        self.frames += 1
-        self._last_frame = frame
-        now = time.monotonic()
-        if self._last_t is not None:
-            dt = max(now - self._last_t, 1e-6)
-            self._fps = 1.0 / dt if self._fps == 0.0 else 0.9 * self._fps + 0.1 / dt
-        self._last_t = now
-        window = self._window
-        window.frames += 1
-        window.ms["capture"] += capture_ms
-        for k in ("detect", "classify", "track"):
-            window.ms[k] += result.timings_ms[k]
-        thr = self.cfg.classifier.threshold
-        judged = [v.no_mask for v in result.verdicts if v.no_mask is not None]
-        state = {
-            "faces": len(result.verdicts),
-            "masked": sum(p < thr for p in judged),
-            "unmasked": sum(p >= thr for p in judged),
-            "unjudged": len(result.verdicts) - len(judged),
-            "active": self.violations.active,
-            "detect_enabled": self.control.detect_enabled,
-            "timestamp": frame.timestamp,
-        }
-        self._to_sinks("on_state", state)
-        stats = {
-            "fps": self._fps,
-            "active": self.violations.active,
-            "frames": self.frames,
-            "skipped": self.source.stats.get("skipped", 0),
-            "ms": dict(result.timings_ms, capture=capture_ms),
-            "faults": self._sink_faults(),
-        }
-        self._to_observers("on_frame", frame, result.verdicts, stats)
-
-    def _to_observers(self, method: str, *args: object) -> None:
-        """Call ``method`` on every observer that has it; a broken one is removed, not fatal."""
+    def _to_observers(self, call: Callable[[FrameObserver], object]) -> None:
+        """Call every observer; a broken one is removed, not fatal."""
         for obs in list(self.observers):
-            fn = getattr(obs, method, None)
-            if fn is None:
-                continue
             try:
-                fn(*args)
+                call(obs)
             except Exception:  # noqa: BLE001 - a broken preview must not stop detection
                 log.exception("observer %s failed; removing it", type(obs).__name__)
                 self.observers.remove(obs)
                 obs.close()
 
+    def _after_frame(self, result: FrameResult, capture_ms: float) -> None:
+        frame = result.frame
+        self.frames += 1
+        now = time.monotonic()
+        if self._last_t is not None:
+            dt = max(now - self._last_t, 1e-6)
+            self._fps = 1.0 / dt if self._fps == 0.0 else 0.9 * self._fps + 0.1 / dt
+        self._last_t = now
+        ms = dict(result.timings_ms, capture=capture_ms)
+        window = self._window
+        window.frames += 1
+        for k in STAGES:
+            window.ms[k] += ms[k]
+        judged = [v.label for v in result.verdicts if v.label is not None]
+        state = FaceCounts(
+            faces=len(result.verdicts),
+            masked=judged.count("mask"),
+            unmasked=judged.count("no_mask"),
+            unjudged=len(result.verdicts) - len(judged),
+            active=self.pipeline.violations.active,
+            detect_enabled=self.control.detect_enabled,
+            timestamp=frame.timestamp,
+        )
+        self._to_sinks(lambda sink: sink.on_state(state), "on_state")
+        stats = self._stats(fps=self._fps, ms=ms)
+        self._to_observers(lambda obs: obs.on_frame(frame, result.verdicts, stats))
+
     def _source_waiting(self) -> None:
         """The live source has no frame yet (camera lost, reconnecting): the loop is not hung,
         so observers (systemd's watchdog) and the periodic stats still hear from it."""
-        src = self.source.stats
-        stats = {
-            "fps": 0.0,
-            "active": self.violations.active,
-            "frames": self.frames,
-            "camera_lost_since": src.get("camera_lost_since"),
-            "camera_reconnecting": src.get("camera_reconnecting", False),
-            "faults": self._sink_faults(),
-        }
-        self._to_observers("on_wait", stats)
+        stats = self._stats(fps=0.0, ms={})
+        self._to_observers(lambda obs: obs.on_wait(stats))
         self._maybe_report()
 
-    def _sink_faults(self) -> list[str]:
-        """What keeps sinks from delivering (MqttSink.faults: disk full, refused), for STATUS."""
-        return [f for sink in self.sinks for f in getattr(sink, "faults", list)()]
+    def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
+        """The loop's numbers now, with the given rate and stage times."""
+        src = self.source.stats
+        c = self.pipeline.counts
+        return LoopStats(
+            frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
+            skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
+            corrupt=src.get("corrupt", 0), camera_lost_since=src.get("camera_lost_since"),
+            camera_reconnecting=bool(src.get("camera_reconnecting", False)),
+            faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
+            classified=c.classified, cached=c.cached,
+            violations_started=self.pipeline.violations.started, events=self.events,
+            detect_enabled=self.control.detect_enabled,
+            faults=tuple(f for sink in self.sinks for f in sink.faults()),
+        )
 
     def _maybe_report(self) -> None:
         if time.monotonic() - self._window.start >= STATS_EVERY_S:
             self._report()
-            self._window = _Window()
+            self._window = _StatsWindow()
 
-    def stats(self) -> dict:
-        """Health numbers for the log and for sinks' ``on_stats`` (MQTT ``stats``)."""
+    def stats(self) -> LoopStats:
+        """Health numbers over the current stats window, for the log and sinks' ``on_stats``."""
         window = self._window
         elapsed = max(time.monotonic() - window.start, 1e-6)
         n = max(window.frames, 1)
-        src = self.source.stats
-        # No uptime_s: sinks add their own, current one (this dict is up to STATS_EVERY_S old).
-        return {
-            "frames": self.frames,
-            "fps": round(window.frames / elapsed, 2),
-            "ms": {k: round(v / n, 2) for k, v in window.ms.items()},
-            "skipped": src.get("skipped", 0),
-            "reopens": src.get("reopens", 0),
-            "corrupt": src.get("corrupt", 0),
-            "camera_lost_since": src.get("camera_lost_since"),
-            **{k: v for k, v in self.pipeline.stats.items() if k != "frames"},
-            "active": self.violations.active,
-            "violations_started": self.violations.started,
-            "events": self.events,
-            "detect_enabled": self.control.detect_enabled,
-        }
+        return self._stats(fps=round(window.frames / elapsed, 2),
+                           ms={k: round(v / n, 2) for k, v in window.ms.items()})
 
     def _report(self) -> None:
         s = self.stats()
-        ms = s["ms"]
+        ms = s.ms
         log.info(
             "%.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
             "skipped %d | faces %d small %d classified %d cached %d | active %d",
-            s["fps"], ms["capture"], ms["detect"], ms["classify"], ms["track"], s["frames"],
-            s["skipped"], s["faces"], s["small_faces"], s["classified"], s["cached"], s["active"],
+            s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"], s.frames,
+            s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
         )
-        self._to_sinks("on_stats", s)
+        self._to_sinks(lambda sink: sink.on_stats(s), "on_stats")
 
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("stopping: %s", self.stop_reason or "error")
-        last = self._last_frame
-        now = last.timestamp if last is not None else time.time()
-        self._emit(self.violations.close_all(now, last.seq if last is not None else None))
+        self._emit(self.pipeline.close())
         self._report()
         for obs in self.observers:
             obs.close()
@@ -366,7 +343,7 @@ def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
 
         observers += make_observers(cfg)
     if p.annotate_dir is not None:
-        observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps, cfg.classifier.threshold))
+        observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps))
     if os.environ.get("NOTIFY_SOCKET"):
         from maskd.notify import SystemdNotifier
 
@@ -374,7 +351,7 @@ def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
     return observers
 
 
-def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> Service:
+def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> CameraLoop:
     """Open every part the config names; models first so a bad path fails before the camera.
 
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
@@ -397,4 +374,4 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
             part.close()
         raise
     pipeline = Pipeline(cfg, detector, classifier)
-    return Service(cfg, source, pipeline, sinks, observers, control, exit_at_end, max_frames)
+    return CameraLoop(cfg, source, pipeline, sinks, observers, control, exit_at_end, max_frames)

@@ -26,7 +26,7 @@ import numpy as np
 
 from maskd.config import TrackingConfig
 from maskd.geometry import iou
-from maskd.types import Box, Verdict
+from maskd.types import Box
 
 # Appearance descriptor: hue x saturation x value histograms of three horizontal bands of the crop
 # (hair/forehead, eyes, mouth/chin), so two people with similar colours but a different layout
@@ -79,7 +79,7 @@ class Tracker:
         """Assign each box to a track (new ones for unmatched boxes); age and drop the rest.
 
         Returns the track of each box, in the order of ``boxes``. Scores are added
-        separately with :meth:`record` so the caller can decide what to classify.
+        separately with :meth:`add_score` so the caller can decide what to classify.
         """
         pairs = sorted(
             (
@@ -118,7 +118,7 @@ class Tracker:
         self.tracks = kept
         return [t for t in assigned if t is not None]
 
-    def record(self, track: Track, no_mask: float | None, fresh: bool = True) -> None:
+    def add_score(self, track: Track, no_mask: float | None, fresh: bool = True) -> None:
         """Add this frame's no-mask score and apply the evidence rule and hysteresis.
 
         ``None`` (face too small to judge) and a reused cached score (``fresh=False``) change
@@ -154,13 +154,6 @@ class Tracker:
             return
         mixed = APPEARANCE_MOMENTUM * track.appearance + (1 - APPEARANCE_MOMENTUM) * desc
         track.appearance = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
-
-    def update(self, verdicts: list[Verdict], seq: int, timestamp: float) -> list[Track]:
-        """Match and record a whole frame of verdicts at once; returns each verdict's track."""
-        tracks = self.match([v.face.box for v in verdicts], seq, timestamp)
-        for t, v in zip(tracks, verdicts, strict=True):
-            self.record(t, v.no_mask)
-        return tracks
 
 
 def appearance(crop_bgr: np.ndarray) -> np.ndarray:

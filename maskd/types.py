@@ -6,7 +6,7 @@ Kept in one small module so every stage agrees on them without importing each ot
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -33,18 +33,29 @@ class Face:
     landmarks: np.ndarray | None = None  # (N, 2) pixels, when the detector gives them
 
 
+Label = Literal["mask", "no_mask"]
+
+
+def label_for(no_mask: float, cut: float) -> Label:
+    """The one labelling rule: no mask at or above the configured cut (classifier.threshold)."""
+    return "no_mask" if no_mask >= cut else "mask"
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """A face with the classifier's decision; ``no_mask`` is None when the face was too small to judge."""
+    """A face with the classifier's decision; ``no_mask`` is None when the face was too small to judge.
+
+    ``cut`` is the configured label cut (``classifier.threshold``) it was judged with, so every
+    box, caption and label drawn or printed later agrees with the decision that was made.
+    """
 
     face: Face
     no_mask: float | None
+    cut: float
 
     @property
-    def label(self) -> Literal["mask", "no_mask"] | None:
-        if self.no_mask is None:
-            return None
-        return "no_mask" if self.no_mask >= 0.5 else "mask"
+    def label(self) -> Label | None:
+        return None if self.no_mask is None else label_for(self.no_mask, self.cut)
 
 
 EventType = Literal["start", "update", "end"]
@@ -69,29 +80,74 @@ class ViolationEvent:
     frame_seq: int | None = None
     best_crop: np.ndarray | None = field(default=None, repr=False)  # BGR face crop, for opt-in snapshots
 
+
+@dataclass(frozen=True)
+class FaceCounts:
+    """What the latest frame showed; sinks publish it as the camera's live state."""
+
+    faces: int
+    masked: int
+    unmasked: int
+    unjudged: int  # too small or cut off by the frame border
+    active: int  # open violations
+    detect_enabled: bool
+    timestamp: float  # the frame's capture time
+
     def to_dict(self) -> dict:
-        """JSON-ready fields (no image)."""
-        return {
-            "event_type": self.event_type,
-            "event_id": self.event_id,
-            "seq": self.seq,
-            "camera": self.camera,
-            "track_id": self.track_id,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "score": round(float(self.score), 4),
-            "top_score": round(float(self.top_score), 4),
-            "box": [round(float(v), 4) for v in self.box],
-            "end_reason": self.end_reason,
-            "frame_seq": self.frame_seq,
-        }
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """The loop's health: one record for the log line, the sinks, the previews and systemd.
+
+    Observers get it after every frame (``fps`` smoothed, ``ms`` of that frame) and while a
+    live camera is away; sinks get it once per stats interval (``fps`` and ``ms`` averaged over
+    the interval).
+    """
+
+    frames: int = 0  # processed since start
+    fps: float | None = None  # None: not measured yet
+    active: int = 0  # open violations
+    ms: dict[str, float] = field(default_factory=dict)  # capture, detect, classify, track
+    skipped: int = 0  # live frames the loop had no time for
+    reopens: int = 0
+    corrupt: int = 0
+    camera_lost_since: str | None = None  # ISO 8601 while a live camera is away
+    camera_reconnecting: bool = False
+    faces: int = 0
+    small_faces: int = 0
+    edge_faces: int = 0
+    classified: int = 0
+    cached: int = 0
+    violations_started: int = 0
+    events: int = 0
+    detect_enabled: bool = True
+    faults: tuple[str, ...] = ()  # what keeps sinks from delivering (disk full, refused)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "faults": list(self.faults)}
 
 
 class EventSink(Protocol):
-    """Where violation events go (JSON lines, MQTT, ...)."""
+    """Where violation events go (JSON lines, MQTT, ...).
+
+    A sink may subclass this protocol to inherit the no-op ``on_state``, ``on_stats`` and
+    ``faults``; the loop calls every member on every sink.
+    """
 
     def emit(self, event: ViolationEvent) -> None:
         """Accept an event; must not block the detection loop for long."""
+
+    def on_state(self, state: FaceCounts) -> None:
+        """The latest frame's counts, after every frame; a sink rate-limits them itself."""
+
+    def on_stats(self, stats: LoopStats) -> None:
+        """The loop's health, once per stats interval."""
+
+    def faults(self) -> list[str]:
+        """Short lines saying what keeps events from being delivered now; empty when all is well."""
+        return []
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until everything accepted is delivered; True when it was."""
@@ -108,10 +164,16 @@ class RunControl:
 
 
 class FrameObserver(Protocol):
-    """Something that watches frames go by (systemd watchdog, preview); must never block the loop."""
+    """Something that watches frames go by (systemd watchdog, preview); must never block the loop.
 
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: dict) -> None:
-        """Called after every processed frame; ``stats`` holds fps, per-stage ms, active count."""
+    An observer may subclass this protocol to inherit the no-op ``on_wait``.
+    """
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        """Called after every processed frame."""
+
+    def on_wait(self, stats: LoopStats) -> None:
+        """Called while a live source has no frame (camera lost, reconnecting)."""
 
     def close(self) -> None:
         """Called once when the loop stops."""

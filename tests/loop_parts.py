@@ -1,4 +1,4 @@
-"""Real run-loop parts for fault tests that need no classifier model: the real Service, Pipeline
+"""Real run-loop parts for fault tests that need no classifier model: the real CameraLoop, Pipeline
 and BlazeFace detector around a given source, a camera that can be unplugged, a recording sink.
 
 The frames here hold no face, so the classifier is never asked (NoClassifier says so if it is).
@@ -14,11 +14,11 @@ import numpy as np
 from maskd.config import Config, DetectorConfig
 from maskd.detectors import make_detector
 from maskd.pipeline import Pipeline
-from maskd.service import Service
-from maskd.types import RunControl
+from maskd.service import CameraLoop
+from maskd.types import EventSink, FaceCounts, LoopStats, RunControl
 
 
-class RecordingSink:
+class RecordingSink(EventSink):
     """An EventSink that keeps what it got; ``drains`` decides what flush() reports."""
 
     def __init__(self, drains: bool = True) -> None:
@@ -30,11 +30,11 @@ class RecordingSink:
     def emit(self, event) -> None:
         self.events.append(event)
 
-    def on_state(self, state: dict) -> None:
-        self.states.append(state)
+    def on_state(self, state: FaceCounts) -> None:
+        self.states.append(state.to_dict())
 
-    def on_stats(self, stats: dict) -> None:
-        self.stats.append(stats)
+    def on_stats(self, stats: LoopStats) -> None:
+        self.stats.append(stats.to_dict())
 
     def flush(self, timeout: float) -> bool:
         self.flushed.append(timeout)
@@ -51,11 +51,11 @@ class NoClassifier:
         raise AssertionError("these frames hold no face; nothing should be classified")
 
 
-def service_for(source, observers=(), sinks=(), cfg: Config | None = None) -> Service:
+def service_for(source, observers=(), sinks=(), cfg: Config | None = None) -> CameraLoop:
     """The real loop around ``source`` (build() without the classifier model)."""
     cfg = cfg or Config()
     detector = make_detector(DetectorConfig(kind="blazeface"))
-    return Service(cfg, source, Pipeline(cfg, detector, NoClassifier()), list(sinks),
+    return CameraLoop(cfg, source, Pipeline(cfg, detector, NoClassifier()), list(sinks),
                    list(observers), RunControl())
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from maskd.config import TrackingConfig
-from maskd.events import JsonlSink, Violations
+from maskd.events import Violations
+from maskd.jsonl import JsonlSink
 from maskd.tracking import Tracker
-from maskd.types import Face, Verdict
 
 FPS = 10.0
 CFG = TrackingConfig(window=3, min_frames=3, min_span_s=0.0, start_threshold=0.7,
@@ -36,9 +36,9 @@ class Scene:
     def frame(self, *faces):
         """faces: (box, no_mask) pairs, or (box, no_mask, face crop) to give the track a look."""
         t = self.seq / FPS
-        verdicts = [Verdict(Face(tuple(map(float, f[0])), 0.9), f[1]) for f in faces]
-        tracks = self.tracker.update(verdicts, self.seq, t)
+        tracks = self.tracker.match([tuple(map(float, f[0])) for f in faces], self.seq, t)
         for tr, f in zip(tracks, faces, strict=True):
+            self.tracker.add_score(tr, f[1])
             if len(f) > 2:
                 self.tracker.observe(tr, f[2])
         crops = {tr.track_id: np.full((8, 8, 3), self.seq, np.uint8) for tr in tracks}
@@ -189,7 +189,7 @@ def test_jsonl_file_sink_writes_one_flushed_line_per_event(tmp_path):
 
 def test_jsonl_stdout_sink():
     code = (
-        "from maskd.events import JsonlSink\n"
+        "from maskd.jsonl import JsonlSink\n"
         "from maskd.types import ViolationEvent\n"
         "s = JsonlSink('-')\n"
         "s.emit(ViolationEvent('start', 'x', 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"

@@ -33,6 +33,7 @@ from maskd.commands.doctor import FAIL, OK, inspect_outbox, probe_broker
 from maskd.mqtt import MqttSink
 from maskd.notify import status_text
 from maskd.outbox import Outbox
+from maskd.types import LoopStats
 
 
 def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
@@ -60,7 +61,7 @@ def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
         assert h["outbox_depth"] == len(evs) and h["memory_queue"] > 0
         assert h["outbox_error"] == "database or disk is full"
         assert sink.faults()[0].startswith("MQTT outbox: database or disk is full, ")
-        status = status_text({"fps": 9.8, "active": 0, "faults": sink.faults()})
+        status = status_text(LoopStats(fps=9.8, active=0, faults=tuple(sink.faults())))
         assert status.startswith("9.8 fps | 0 active violations | MQTT outbox: database or disk")
         verdict, detail = inspect_outbox(cfg)
         assert verdict == FAIL and "the disk is full" in detail, detail

@@ -21,7 +21,7 @@ from maskd import service, sources
 from maskd.config import SourceConfig
 from maskd.notify import Notifier, SystemdNotifier, socket_address, watchdog_interval_s
 from maskd.sources import LatestFrame, live_source
-from maskd.types import Frame
+from maskd.types import Frame, LoopStats
 
 
 class NotifySocket:
@@ -83,7 +83,7 @@ def test_socket_address_and_watchdog_env():
 def test_nothing_without_notify_socket():
     n = SystemdNotifier(env={"WATCHDOG_USEC": "1000000"})
     assert not n.enabled
-    n.on_frame(FRAME, [], {"fps": 1.0})
+    n.on_frame(FRAME, [], LoopStats(fps=1.0))
     n.close()
 
 
@@ -92,17 +92,14 @@ def test_ready_watchdog_status_stopping(notify_socket):
     n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"},
                         clock=clock)
     assert n.enabled and n.watchdog_every_s == 1.0
-    n.status("opening camera")
-    assert notify_socket.drain() == [{"STATUS": "opening camera"}]
-
-    n.on_frame(FRAME, [], {"fps": 0.0, "active": 0})
+    n.on_frame(FRAME, [], LoopStats(fps=0.0, active=0))
     first = notify_socket.drain()
     assert first == [{"READY": "1", "WATCHDOG": "1", "STATUS": "0.0 fps | 0 active violations"}]
 
     # frames flow for 3 s at 10 fps: READY never again, WATCHDOG once per half period
     for _ in range(30):
         clock.t += 0.1
-        n.on_frame(FRAME, [], {"fps": 10.0, "active": 1})
+        n.on_frame(FRAME, [], LoopStats(fps=10.0, active=1))
     msgs = notify_socket.drain()
     assert not any("READY" in m for m in msgs)
     pings = [m for m in msgs if "WATCHDOG" in m]
@@ -113,7 +110,7 @@ def test_ready_watchdog_status_stopping(notify_socket):
     clock.t += 10.0
     time.sleep(0.3)
     assert notify_socket.drain() == []
-    n.on_frame(FRAME, [], {"fps": 2.0})
+    n.on_frame(FRAME, [], LoopStats(fps=2.0))
     assert notify_socket.drain()[0]["WATCHDOG"] == "1"
 
     n.close()
@@ -126,7 +123,7 @@ def test_status_refresh_without_watchdog(notify_socket):
     assert n.watchdog_every_s is None
     for _ in range(120):  # 12 s at 10 fps
         clock.t += 0.1
-        n.on_frame(FRAME, [], {"fps": 10.0, "active": 0})
+        n.on_frame(FRAME, [], LoopStats(fps=10.0, active=0))
     msgs = notify_socket.drain()
     assert msgs[0]["READY"] == "1" and not any("WATCHDOG" in m for m in msgs)
     assert 2 <= len(msgs) <= 4  # STATUS at most every 5 s, not per frame
@@ -138,7 +135,7 @@ def test_abstract_namespace_socket():
     s = NotifySocket(name)
     try:
         n = SystemdNotifier(env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"})
-        n.on_frame(FRAME, [], {"fps": 5.0})
+        n.on_frame(FRAME, [], LoopStats(fps=5.0))
         assert s.drain()[0]["READY"] == "1"
         n.close()
     finally:
@@ -158,7 +155,7 @@ def test_full_socket_queue_never_blocks_the_loop(notify_socket):
     t0 = time.perf_counter()
     for _ in range(2000):  # nobody reads: the datagram queue fills up after a few
         clock.t += 0.01
-        n.on_frame(FRAME, [], {"fps": 100.0})
+        n.on_frame(FRAME, [], LoopStats(fps=100.0))
     assert time.perf_counter() - t0 < 5.0
     assert notify_socket.drain()[0]["READY"] == "1"
     n.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
-from maskd.config import Config
+from maskd.config import ClassifierConfig, Config
 from maskd.geometry import crop_face
 from maskd.pipeline import Pipeline, judge_faces
 from maskd.types import Face, Frame
@@ -94,10 +96,10 @@ def test_still_confident_track_is_rechecked_every_k_frames():
     # Frames 0-2 are the min_votes=3 fresh votes that confirm the violation; once settled the
     # track is re-checked every 5 frames: 7, 12, 17.
     assert clf.crops == 6
-    assert pipe.stats["classified"] == 6 and pipe.stats["cached"] == 14
+    assert pipe.counts.classified == 6 and pipe.counts.cached == 14
     assert all(r.verdicts[0].no_mask == pytest.approx(230 / 255) for r in results)
-    assert results[-1].tracks[0].violating
-    assert results[-1].tracks[0].votes == 6
+    assert pipe.tracker.tracks[0].violating
+    assert pipe.tracker.tracks[0].votes == 6
     # Crops are handed out only for frames that were classified (the event's best crop).
     assert [bool(r.crops) for r in results[:8]] == [True] * 3 + [False] * 4 + [True]
 
@@ -108,15 +110,18 @@ def test_a_cached_score_is_never_a_vote():
     cfg = Config()
     cfg.tracking.min_votes, cfg.tracking.min_span_s, cfg.tracking.recheck_every = 4, 0.0, 50
     pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 6), RedClassifier())
-    seen = [(t.votes, t.violating) for i in range(6) for t in pipe.process(frame(i)).tracks]
+    seen = []
+    for i in range(6):
+        pipe.process(frame(i))
+        seen += [(t.votes, t.violating) for t in pipe.tracker.tracks]
     assert [votes for votes, _ in seen] == [1, 2, 3, 4, 4, 4]
     assert [violating for _, violating in seen] == [False, False, False, True, True, True]
-    assert pipe.stats["cached"] == 2
+    assert pipe.counts.cached == 2
     # Straight to the tracker: cached scores (fresh=False) add nothing.
     tracker = pipe.tracker
     (t,) = tracker.match([(400, 10, 460, 70)], 6, 0.6)
     for _ in range(10):
-        tracker.record(t, 0.99, fresh=False)
+        tracker.add_score(t, 0.99, fresh=False)
     assert t.votes == 0 and t.smoothed is None and not t.violating
 
 
@@ -127,7 +132,7 @@ def test_moving_or_uncertain_tracks_are_classified_every_frame():
     pipe = Pipeline(cfg, ScriptedDetector(moving), clf)
     for i in range(10):
         pipe.process(frame(i))
-    assert clf.crops == 10 and pipe.stats["cached"] == 0
+    assert clf.crops == 10 and pipe.counts.cached == 0
 
     clf = RedClassifier()
     pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 10), clf)
@@ -147,7 +152,7 @@ def test_small_faces_are_counted_not_judged_and_one_call_per_frame():
     assert r.verdicts[0].label is None
     assert clf.calls == 1 and clf.crops == 2
     pipe.process(frame(1))
-    assert pipe.stats["small_faces"] == 2 and pipe.stats["faces"] == 6
+    assert pipe.counts.small_faces == 2 and pipe.counts.faces == 6
 
 
 def test_detect_disabled_skips_detector_and_ages_tracks():
@@ -166,7 +171,7 @@ def test_judge_faces_matches_crops():
     img = np.zeros((100, 100, 3), np.uint8)
     img[:50, :, 2] = 255  # top half red
     faces = [Face((10, 5, 40, 35), 0.9), Face((10, 60, 40, 90), 0.8), Face((0, 0, 5, 5), 0.7)]
-    v = judge_faces(img, faces, RedClassifier(), margin=0.0, min_face_px=10)
+    v = judge_faces(img, faces, RedClassifier(), ClassifierConfig(margin=0.0, min_face_px=10))
     assert v[0].no_mask == pytest.approx(1.0) and v[1].no_mask == pytest.approx(0.0)
     assert v[2].no_mask is None
     assert [x.face for x in v] == faces
@@ -188,10 +193,10 @@ def test_cache_on_the_demo_clip_saves_work_without_changing_the_outcome(default_
         pipe, demo = Pipeline(cfg, det, clf), DemoSource()
         line = []
         while (f := demo.read()) is not None:
-            r = pipe.process(f)
-            line.append(any(t.violating for t in r.tracks))
+            pipe.process(f)
+            line.append(any(t.violating and t.seen_now for t in pipe.tracker.tracks))
         timelines.append(line)
-        stats.append(pipe.stats)
+        stats.append(asdict(pipe.counts))
     uncached, cached = stats
     assert uncached["cached"] == 0 and uncached["classified"] == uncached["faces"] > 50
     assert cached["classified"] + cached["cached"] == cached["faces"] == uncached["faces"]
@@ -240,4 +245,4 @@ def test_faces_cut_off_by_the_frame_border_are_counted_not_judged():
     pipe = Pipeline(cfg, ScriptedDetector([[(0, 100, 60, 160), (100, 100, 160, 160)]]), clf)
     r = pipe.process(frame(0))
     assert [v.no_mask is None for v in r.verdicts] == [True, False]
-    assert pipe.stats["edge_faces"] == 1 and clf.crops == 1
+    assert pipe.counts.edge_faces == 1 and clf.crops == 1

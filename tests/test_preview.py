@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from mqtt_broker import free_port
 
-from maskd.annotate import GREEN, RED
-from maskd.config import Config
+from maskd.annotate import GREEN, RED, header_text
+from maskd.config import ClassifierConfig, Config
 from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
 from maskd.preview import (
@@ -30,7 +30,6 @@ from maskd.preview import (
     PreviewUnavailable,
     ThreadedPreview,
     WindowPreview,
-    header_text,
     is_local,
     make_observers,
     opencv_gui_backend,
@@ -40,17 +39,18 @@ from maskd.preview import (
     resolve_preview_flag,
     to_fb_bytes,
 )
-from maskd.types import Face, Frame, Verdict
+from maskd.types import Face, Frame, LoopStats, Verdict
 
 GREY = 128
 NO_MASK_BOX = (40, 60, 140, 180)
 MASK_BOX = (180, 60, 280, 180)
-STATS = {"fps": 9.5, "active": 1}
+STATS = LoopStats(fps=9.5, active=1)
+CUT = ClassifierConfig().threshold
 
 
 def scene() -> tuple[Frame, list[Verdict]]:
     img = np.full((240, 320, 3), GREY, np.uint8)
-    verdicts = [Verdict(Face(NO_MASK_BOX, 0.9), 0.9), Verdict(Face(MASK_BOX, 0.95), 0.1)]
+    verdicts = [Verdict(Face(NO_MASK_BOX, 0.9), 0.9, CUT), Verdict(Face(MASK_BOX, 0.95), 0.1, CUT)]
     return Frame(img, 0, time.time(), "test"), verdicts
 
 
@@ -67,9 +67,9 @@ def wait_for(predicate, timeout: float) -> bool:
 
 
 def test_header_text():
-    assert header_text({"fps": 12.345, "active": 1}) == "12.3 fps | 1 active violation"
-    assert header_text({"fps": 3, "active": 2}) == "3.0 fps | 2 active violations"
-    assert header_text({}) == "-- fps | 0 active violations"
+    assert header_text(LoopStats(fps=12.345, active=1)) == "12.3 fps | 1 active violation"
+    assert header_text(LoopStats(fps=3, active=2)) == "3.0 fps | 2 active violations"
+    assert header_text(LoopStats()) == "-- fps | 0 active violations"
 
 
 def test_render_draws_red_and_green_boxes_and_header():
@@ -103,7 +103,7 @@ def test_render_at_screen_size_scales_boxes_not_lines():
 
 def test_render_marks_too_small_faces_grey():
     frame, _ = scene()
-    out = render(frame, [Verdict(Face((10, 100, 30, 120), 0.8), None)], {})
+    out = render(frame, [Verdict(Face((10, 100, 30, 120), 0.8), None, CUT)], LoopStats())
     assert tuple(out[110, 10]) == (160, 160, 160)
 
 

@@ -106,8 +106,7 @@ def build_clip(scenes: Path, yunet: Path, model: Path, out: Path, with_violation
         frame = mjpg_roundtrip(frame, out.with_suffix(".probe.avi"))
         gt = [(name, (b[0] * s + x0, b[1] * s + y0, b[2] * s + x0, b[3] * s + y0))
               for name, b in annotations(xml)]
-        verdicts = [v for v in judge_faces(frame, det.detect(frame), clf, judge.margin,
-                                           judge.min_face_px)
+        verdicts = [v for v in judge_faces(frame, det.detect(frame), clf, judge)
                     if v.no_mask is not None]
         if any(sure[0] < v.no_mask < sure[1] for v in verdicts):
             continue
@@ -229,7 +228,7 @@ class RecordingObserver:
         self.closed = False
 
     def on_frame(self, frame, verdicts, stats) -> None:
-        self.frames.append((frame.seq, len(verdicts), stats))
+        self.frames.append((frame.seq, len(verdicts), stats.to_dict()))
 
     def close(self) -> None:
         self.closed = True
@@ -277,7 +276,7 @@ def test_detection_switched_off_at_run_time(default_model):
     svc.control.detect_enabled = False
     assert svc.run() == 0
     assert sink.events == [] and all(f[1] == 0 for f in obs.frames)
-    assert svc.pipeline.stats["faces"] == 0 and svc.frames == 30
+    assert svc.pipeline.counts.faces == 0 and svc.frames == 30
     assert all(s["detect_enabled"] is False for s in sink.states)
 
 

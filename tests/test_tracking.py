@@ -5,16 +5,24 @@ from __future__ import annotations
 from maskd.config import TrackingConfig
 from maskd.geometry import iou
 from maskd.tracking import Tracker
-from maskd.types import Face, Verdict
 
 
 def v(box, no_mask):
-    return Verdict(Face(tuple(float(c) for c in box), 0.9), no_mask)
+    """One detection: a box and its classifier score."""
+    return tuple(float(c) for c in box), no_mask
+
+
+def update(tracker, dets, seq, timestamp):
+    """Match a frame's detections and add their (fresh) scores; each detection's track."""
+    tracks = tracker.match([box for box, _ in dets], seq, timestamp)
+    for t, (_, s) in zip(tracks, dets, strict=True):
+        tracker.add_score(t, s)
+    return tracks
 
 
 def run(tracker, script, fps=10.0):
     """script: list of frames, each a list of (box, no_mask); returns per-frame track lists."""
-    return [tracker.update([v(b, s) for b, s in frame], i, i / fps) for i, frame in enumerate(script)]
+    return [update(tracker, [v(b, s) for b, s in frame], i, i / fps) for i, frame in enumerate(script)]
 
 
 def test_iou():
@@ -39,10 +47,10 @@ def test_missing_track_is_dropped_after_max_missed_frames():
     box = (100, 100, 150, 150)
     run(tr, [[(box, 0.9)]] + [[]] * 3)
     assert [t.missed for t in tr.tracks] == [3]
-    tr.update([], 4, 0.4)
+    update(tr, [], 4, 0.4)
     assert tr.tracks == []
     # A face at the same place later is a new track.
-    assert tr.update([v(box, 0.9)], 5, 0.5)[0].track_id == 2
+    assert update(tr, [v(box, 0.9)], 5, 0.5)[0].track_id == 2
 
 
 def test_detection_flicker_keeps_one_track_and_its_violation():
@@ -66,7 +74,7 @@ def test_score_flicker_is_smoothed_by_the_median_and_hysteresis():
     scores = [0.9, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9]
     history = []
     for i, s in enumerate(scores):
-        (t,) = tr.update([v(box, s)], i, i / 10)
+        (t,) = update(tr, [v(box, s)], i, i / 10)
         history.append(t.violating)
     # median of [0.9] .. : frames 0,1 above; frame 2 median(0.9,0.9,0.1)=0.9 above -> confirmed
     assert history[:2] == [False, False]
@@ -80,7 +88,7 @@ def test_min_frames_confirmation_and_release_below_lower_threshold():
     seq = [0.8, 0.8, 0.5, 0.8, 0.8, 0.8, 0.6, 0.5, 0.45, 0.39, 0.8]
     got = []
     for i, s in enumerate(seq):
-        (t,) = tr.update([v(box, s)], i, float(i))
+        (t,) = update(tr, [v(box, s)], i, float(i))
         got.append(t.violating)
     # 0.5 breaks the run of two; three in a row confirm; 0.6..0.45 are in the hysteresis band;
     # 0.39 releases; one 0.8 is not enough to confirm again.
@@ -90,10 +98,10 @@ def test_min_frames_confirmation_and_release_below_lower_threshold():
 def test_unjudged_faces_do_not_change_the_score():
     tr = Tracker(TrackingConfig(window=3, min_frames=1, min_span_s=0.0))
     box = (0, 0, 20, 20)
-    (t,) = tr.update([v(box, None)], 0, 0.0)
+    (t,) = update(tr, [v(box, None)], 0, 0.0)
     assert t.smoothed is None and not t.violating
-    tr.update([v(box, 0.9)], 1, 0.1)
-    tr.update([v(box, None)], 2, 0.2)
+    update(tr, [v(box, 0.9)], 1, 0.1)
+    update(tr, [v(box, None)], 2, 0.2)
     assert list(t.scores) == [0.9] and t.violating
 
 
@@ -109,10 +117,10 @@ def test_min_span_needs_votes_spread_over_time():
     cfg = TrackingConfig(window=3, min_votes=3, min_span_s=0.6, start_threshold=0.7)
     tr = Tracker(cfg)
     box = (0, 0, 40, 40)
-    got = [tr.update([v(box, 0.9)], i, i / 10)[0].violating for i in range(10)]
+    got = [update(tr, [v(box, 0.9)], i, i / 10)[0].violating for i in range(10)]
     assert got.index(True) == 6  # the 7th vote, 0.6 s after the first
     # A drop below the cut restarts the clock.
     tr = Tracker(cfg)
     scores = [0.9] * 5 + [0.1] * 3 + [0.9] * 8
-    got = [tr.update([v(box, s)], i, i / 10)[0].violating for i, s in enumerate(scores)]
+    got = [update(tr, [v(box, s)], i, i / 10)[0].violating for i, s in enumerate(scores)]
     assert not any(got[:14]) and got[-1]

@@ -1,4 +1,6 @@
-"""`maskd classify PATH... [--model FILE] [--json]`: P(no_mask) for face images.
+"""`maskd classify PATH... [--model FILE] [--config FILE] [--json]`: P(no_mask) for face images.
+
+The label uses the configured cut (``classifier.threshold``), the same as ``run`` and ``scan``.
 
 Contract (scripts depend on it): one line per image; with --json a JSON object
 ``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image, and the
@@ -15,7 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from maskd.classifier import Classifier, ModelError
+from maskd.commands.run import MODEL_OPTIONS, override
+from maskd.config import ConfigError, load_config
 from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.types import label_for
 
 
 def iter_paths(paths: list[Path]) -> Iterator[Path]:
@@ -29,8 +34,9 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        clf = Classifier.open(args.model, threads=args.threads or 2, edgetpu=args.edgetpu)
-    except ModelError as err:
+        ccfg = override(load_config(args.config), args, MODEL_OPTIONS).classifier
+        clf = Classifier.open(ccfg.model, threads=ccfg.threads, edgetpu=ccfg.edgetpu)
+    except (ConfigError, ModelError) as err:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2
     classified = 0
@@ -41,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
             _emit(args.json, {"path": str(p), "error": str(err)})
             continue
         prob = float(clf.predict([rgb])[0])
-        label = "no_mask" if prob >= 0.5 else "mask"
+        label = label_for(prob, ccfg.threshold)
         _emit(args.json, {"path": str(p), "label": label, "no_mask": round(prob, 6)})
         classified += 1
     if classified == 0:

@@ -68,8 +68,7 @@ def _image(p: Path, name: Path) -> Iterator[tuple[Path, Path, None, np.ndarray |
     yield p, name, None, np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def record(path: Path, frame: int | None, image: np.ndarray, verdicts: list[Verdict],
-           threshold: float) -> dict:
+def record(path: Path, frame: int | None, image: np.ndarray, verdicts: list[Verdict]) -> dict:
     """The JSON object of one image/frame (see the module docstring)."""
     rec: dict = {"path": str(path)}
     if frame is not None:
@@ -79,7 +78,7 @@ def record(path: Path, frame: int | None, image: np.ndarray, verdicts: list[Verd
         {
             "box": [round(float(c), 1) for c in v.face.box],
             "score": round(float(v.face.score), 4),
-            "label": None if v.no_mask is None else ("no_mask" if v.no_mask >= threshold else "mask"),
+            "label": v.label,
             "no_mask": None if v.no_mask is None else round(float(v.no_mask), 4),
         }
         for v in verdicts
@@ -115,13 +114,13 @@ def main(args: argparse.Namespace) -> int:
             _emit(args.json, {"path": str(path), "error": image})
             continue
         faces = detector.detect(image)
-        verdicts = judge_faces(image, faces, classifier, ccfg.margin, ccfg.min_face_px)
-        _emit(args.json, record(path, frame, image, verdicts, ccfg.threshold))
+        verdicts = judge_faces(image, faces, classifier, ccfg)
+        _emit(args.json, record(path, frame, image, verdicts))
         scanned += 1
         if args.annotate is not None:
             out = (args.annotate / name).with_suffix(".jpg")
             out.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(out), draw_verdicts(image, verdicts, ccfg.threshold)):
+            if not cv2.imwrite(str(out), draw_verdicts(image, verdicts)):
                 print(f"maskd scan: cannot write {out}", file=sys.stderr)
     if scanned == 0:
         print("maskd scan: nothing was scanned", file=sys.stderr)
