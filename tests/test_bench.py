@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tools import bench
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "tools" / "bench.py"
-sys.path.insert(0, str(REPO / "tools"))
 
-import bench  # noqa: E402
 
 # Runs bench.py in a fresh interpreter where TensorFlow and Keras cannot be imported, as on a Pi.
 NO_TF = (
@@ -71,7 +71,7 @@ def test_quick_without_tensorflow_writes_json(default_model, tmp_path):
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""
     pytest.importorskip("keras")
-    import train
+    from tools import train
 
     t = bench.tflite_macs(default_model)
     model, _ = train.build_model(t["input_size"], 1.0, None, 0)

@@ -10,23 +10,17 @@ so a pre-processing mismatch would show.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, shared_path
+from conftest import shared_path
 
 pytest.importorskip("tensorflow")
-sys.path.insert(0, str(REPO / "tools"))
-
-import convert  # noqa: E402
-import dataset  # noqa: E402
-import evaluate  # noqa: E402
-import train  # noqa: E402
 
 from maskd.classifier import Classifier, preprocess  # noqa: E402
 from maskd.images import load_image_rgb  # noqa: E402
+from tools import convert, dataset, evaluate, train  # noqa: E402
 
 SIZE = 96
 N_PER_CLASS = 20

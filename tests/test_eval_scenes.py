@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from maskd.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-if "eval_scenes" in sys.modules:  # already imported by another tool (eval_video, scene_crops):
-    ev = sys.modules["eval_scenes"]  # one module, or their pickled Scenes stop matching
-else:
-    _spec = importlib.util.spec_from_file_location("eval_scenes", REPO / "tools" / "eval_scenes.py")
-    ev = importlib.util.module_from_spec(_spec)
-    sys.modules["eval_scenes"] = ev  # dataclasses look their module up while being defined
-    _spec.loader.exec_module(ev)
+from tools import eval_scenes as ev
 
 
 def test_match_is_greedy_by_score_and_one_to_one():

@@ -3,9 +3,7 @@ short real run through the maskd loop."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,12 +11,7 @@ import numpy as np
 import pytest
 
 from maskd.config import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_video", REPO / "tools" / "eval_video.py")
-ev = importlib.util.module_from_spec(_spec)
-sys.modules["eval_video"] = ev  # dataclasses (and spawned workers) look the module up by name
-_spec.loader.exec_module(ev)
+from tools import eval_video as ev
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

@@ -5,21 +5,15 @@ Pure functions on synthetic images, except one test on three real train-part pho
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-import scene_crops  # noqa: E402
-import train  # noqa: E402
-from eval_scenes import photo_part  # noqa: E402
-from scene_crops import SceneCrops  # noqa: E402
-
-from maskd.geometry import crop_face  # noqa: E402
+from maskd.geometry import crop_face
+from tools import scene_crops, train
+from tools.eval_scenes import photo_part
+from tools.scene_crops import SceneCrops
 
 
 def _image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:

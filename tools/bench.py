@@ -37,11 +37,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from maskd.classifier import Classifier, ModelError
 
-from maskd.classifier import Classifier, ModelError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = Path(os.environ.get("MASKD_SHARED", REPO.parent / "shared"))
 MODELS = REPO / "models"
@@ -565,7 +563,7 @@ def _seed_row(keras_model: tuple[Any, str], frames: list[np.ndarray], notes: lis
     if not SSD_PB.is_file():
         notes.append(f"seed-style pipeline skipped: {SSD_PB} not found")
         return None
-    from seedstyle import SeedPipeline
+    from tools.seedstyle import SeedPipeline
 
     seed = SeedPipeline(keras_model[0], SSD_PB)
     seconds, st = _run_clip(lambda i, f: seed.process(f), frames, seed.stats)

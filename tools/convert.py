@@ -23,11 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import dataset  # noqa: E402
-
-from maskd.classifier import SIDECAR_FORMAT, ModelInfo  # noqa: E402
+from maskd.classifier import SIDECAR_FORMAT, ModelInfo
+from tools import dataset
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -47,10 +44,9 @@ def representative_images(split: dict, size: int, count: int, seed: int, data_ro
     blurry faces, JPEG, light): int8 ranges must cover what the camera delivers, not only
     the clean web photos, or out-of-range activations get clipped on real crops.
     """
-    from train import augment_image
-
     from maskd.classifier import normalize, resize_square
     from maskd.images import load_image_rgb
+    from tools.train import augment_image
 
     paths, _ = dataset.subset_files(split, "train", data_root)
     rng = np.random.default_rng(seed)
@@ -68,9 +64,8 @@ def scene_calibration(scenes: Path, size: int, count: int, seed: int) -> list[np
     """``count`` face crops of the scene set's train part, cut as the device cuts them
     (tools/scene_crops.py), preprocessed as on the device: int8 ranges must cover real camera
     faces (blur, crowds, small faces), not only the web photos of the paper's set."""
-    import scene_crops
-
     from maskd.classifier import normalize
+    from tools import scene_crops
 
     crops = scene_crops.scene_crops(scenes, "train", size)
     rng = np.random.default_rng([seed, 1])

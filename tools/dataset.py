@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tools/ run as scripts from a checkout
-    sys.path.insert(0, str(REPO))
+from maskd.images import ImageError, load_image_rgb
 
-from maskd.images import ImageError, load_image_rgb  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LABELS = ["mask", "no_mask"]  # index = class id; no_mask is the positive class
 FOLDER_LABELS = {"with_mask": "mask", "mask": "mask", "without_mask": "no_mask", "no_mask": "no_mask"}

@@ -44,13 +44,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from maskd.config import ClassifierConfig, DetectorConfig, still_detector
+from maskd.detectors import DetectorError, find_yunet_model, make_detector
+from maskd.geometry import box_iou
+from maskd.types import Face
 
-from maskd.config import ClassifierConfig, DetectorConfig, still_detector  # noqa: E402
-from maskd.detectors import DetectorError, find_yunet_model, make_detector  # noqa: E402
-from maskd.geometry import box_iou  # noqa: E402
-from maskd.types import Face  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared"
 DEFAULT_SCENES = SHARED / "data" / "scenes-dev"

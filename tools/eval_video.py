@@ -64,12 +64,9 @@ import cv2
 import numpy as np
 import yaml
 
-TOOLS = Path(__file__).resolve().parent
-REPO = TOOLS.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(TOOLS))  # also lets spawned workers import this module by name
-
-from eval_scenes import (  # noqa: E402
+from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config
+from maskd.geometry import box_iou
+from tools.eval_scenes import (
     SHARED_YUNET,
     Scene,
     add_scene_options,
@@ -77,8 +74,8 @@ from eval_scenes import (  # noqa: E402
     min_side,
 )
 
-from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config  # noqa: E402
-from maskd.geometry import box_iou  # noqa: E402
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
 
 OUT_W, OUT_H = 640, 480
 FPS = 15.0

@@ -28,11 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import dataset  # noqa: E402
-
-from maskd.images import ImageError, load_image_rgb  # noqa: E402
+from maskd.images import ImageError, load_image_rgb
+from tools import dataset
 
 NO_MASK = dataset.LABELS.index("no_mask")
 
@@ -134,7 +131,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     images = {p.stem: p for p in (root / "images").iterdir()}
     crops, labels = [], []
     skipped = {"small": 0, "mask_weared_incorrect": 0, "no_image": 0}
-    from eval_scenes import photo_part
+    from tools.eval_scenes import photo_part
 
     for xml in sorted((root / "annotations").glob("*.xml")):
         if part != "all" and photo_part(xml.stem) != part:

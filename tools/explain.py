@@ -28,11 +28,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from maskd.classifier import preprocess
+from maskd.images import ImageError, load_image_rgb
 
-from maskd.classifier import preprocess  # noqa: E402
-from maskd.images import ImageError, load_image_rgb  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LABELS = ["mask", "no_mask"]  # the classifier's output order (tools/dataset.py LABELS)
 
@@ -198,8 +197,7 @@ def prepare(rgbs: list[np.ndarray], size: int) -> np.ndarray:
 def split_numbers(ex: Explainer, split_path: Path, subset: str, root: Path | None,
                   batch: int = 16, limit: int | None = None) -> dict[str, Any]:
     """Lower-half CAM energy over one part of a saved split, per true class (numbers only)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import dataset
+    from tools import dataset
 
     split = dataset.load_split(split_path)
     paths, labels = dataset.subset_files(split, subset, root)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import dataset  # noqa: E402
-from eval_scenes import (  # noqa: E402
+from maskd.classifier import resize_square
+from maskd.config import ClassifierConfig, SourceConfig
+from maskd.detectors import make_detector
+from maskd.geometry import crop_face
+from tools import dataset
+from tools.eval_scenes import (
     DEFAULT_SCENES,
     Scene,
     add_scene_options,
@@ -48,11 +49,6 @@ from eval_scenes import (  # noqa: E402
     photo_part,
     variant_config,
 )
-
-from maskd.classifier import resize_square  # noqa: E402
-from maskd.config import ClassifierConfig, SourceConfig  # noqa: E402
-from maskd.detectors import make_detector  # noqa: E402
-from maskd.geometry import crop_face  # noqa: E402
 
 FRAME = (SourceConfig().width, SourceConfig().height)  # what the device's camera delivers
 ZOOMS = (1.0, 2.0)  # 1: the photo as the whole frame; 2: the same people two times closer

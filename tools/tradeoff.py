@@ -32,14 +32,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from tools import dataset
+from tools.bench import measure
+from tools.evaluate import binary_metrics, open_model, run_models
+
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(TOOLS))
-
-import dataset  # noqa: E402
-from bench import measure  # noqa: E402
-from evaluate import binary_metrics, open_model, run_models  # noqa: E402
 
 RUNS = REPO / "runs" / "tradeoff"
 SCENES = REPO.parent / "shared" / "data" / "scenes-dev"
@@ -91,9 +89,8 @@ def train(args: argparse.Namespace) -> int:
 
 def scene_faces(root: Path, margin: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """RGB crops (maskd's crop_face), labels and box shorter sides of every annotated face."""
-    from eval_scenes import load_scenes, min_side
-
     from maskd.geometry import crop_face
+    from tools.eval_scenes import load_scenes, min_side
 
     crops, labels, sides = [], [], []
     for scene in load_scenes(root):
@@ -152,7 +149,7 @@ def measure_model(size: int, path: Path, test: tuple[list[Path], np.ndarray],
             i.invoke()
 
         row[f"ms_{threads}t"] = measure(invoke, args.warmup, args.repeats)["median_ms"]
-    from bench import tflite_macs
+    from tools.bench import tflite_macs
 
     row["macs"] = tflite_macs(path)["macs"]
     return row

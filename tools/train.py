@@ -42,9 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import dataset  # noqa: E402
+from tools import dataset
 
 DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
@@ -368,7 +366,7 @@ def example_weights(labels: np.ndarray, source: np.ndarray,
 
 def scene_data(args: argparse.Namespace):
     """Scene crops of the --scenes train part as (scene-train, scene-val), split by photo."""
-    import scene_crops
+    from tools import scene_crops
 
     crops = scene_crops.scene_crops(args.scenes, "train", args.size,
                                     score_threshold=args.scene_score, limit=args.limit,
@@ -507,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
     import tensorflow as tf
-    from evaluate import binary_metrics
 
     from maskd.classifier import DEFAULT_OFFSET, DEFAULT_SCALE, normalize
+    from tools.evaluate import binary_metrics
 
     keras.utils.set_random_seed(args.seed)
 
