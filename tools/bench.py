@@ -545,7 +545,7 @@ def bench_clip(kind: str, args: argparse.Namespace, keras_model: tuple[Any, str]
         clf = Classifier.open(args.model, threads=cfg.classifier.threads)
         pipe = Pipeline(cfg, det, clf)
         seconds, st = _run_clip(lambda i, f, p=pipe: p.process(Frame(f, i + 1, (i + 1) / 15.0)),
-                                frames, pipe.stats)
+                                frames, vars(pipe.counts))  # live PipelineCounts fields
         n = len(frames)
         rows.append({"name": name, "fps": n / seconds, "ms_per_frame": 1000 * seconds / n,
                      "faces": st["faces"], "classified": st["classified"], "cached": st["cached"],

@@ -269,7 +269,7 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
         t1 = time.perf_counter()
         p = np.full(len(faces), np.nan)
         if classifier is not None and faces:
-            verdicts = judge_faces(image, faces, classifier, cls_cfg.margin, cls_cfg.min_face_px)
+            verdicts = judge_faces(image, faces, classifier, cls_cfg)
             p = np.array([np.nan if v.no_mask is None else v.no_mask for v in verdicts])
         cls_s += time.perf_counter() - t1
         det_s += t1 - t0
