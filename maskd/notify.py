@@ -16,9 +16,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from maskd.annotate import header_text  # the same line the preview shows on screen
+from maskd.env import Environment
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,13 @@ def socket_address(value: str) -> str | bytes:
     return value
 
 
-def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
+def watchdog_interval_s(env: Environment) -> float | None:
     """Seconds between watchdog deadlines from $WATCHDOG_USEC, or None when not ours / not set.
 
     $WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
     environment must not ping on the parent's behalf.
     """
-    usec = env.get("WATCHDOG_USEC", "")
-    pid = env.get("WATCHDOG_PID", "")
+    usec, pid = env.watchdog_usec, env.watchdog_pid
     if not usec:
         return None
     if pid and pid != str(os.getpid()):
@@ -73,11 +73,6 @@ class Notifier:
         self._failing = False  # log a failure once, not per frame
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifier:
-        env = os.environ if env is None else env
-        return cls(env.get("NOTIFY_SOCKET") or None)
 
     @property
     def enabled(self) -> bool:
@@ -119,11 +114,11 @@ class SystemdNotifier(FrameObserver):
 
     def __init__(
         self,
-        env: Mapping[str, str] | None = None,
+        env: Environment | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        env = os.environ if env is None else env
-        self._notifier = Notifier.from_env(env)
+        env = Environment.read() if env is None else env
+        self._notifier = Notifier(env.notify_socket)
         interval = watchdog_interval_s(env)
         self.watchdog_every_s = interval / 2 if interval else None
         self._clock = clock

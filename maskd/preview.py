@@ -27,6 +27,7 @@ import numpy as np
 from maskd.annotate import draw_verdicts, header_text
 from maskd.config import Config, PreviewConfig
 from maskd.config import parse_listen as _parse_listen
+from maskd.env import Environment
 from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
@@ -279,7 +280,7 @@ class WindowPreview(ThreadedPreview):
             raise PreviewUnavailable(
                 "preview.window: the installed OpenCV has no GUI support (opencv-python-headless); "
                 "install opencv-python or apt python3-opencv, or use preview.framebuffer / preview.http")
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        if not Environment.read().display:
             raise PreviewUnavailable("preview.window: no desktop session ($DISPLAY / $WAYLAND_DISPLAY "
                                      "unset); use preview.framebuffer or preview.http")
 

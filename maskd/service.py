@@ -11,7 +11,6 @@ flushed and closed, so nothing accepted is lost.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ import cv2
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.config import Config
+from maskd.env import Environment
 from maskd.jsonl import JsonlSink
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.sources import open_source
@@ -344,7 +344,7 @@ def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
         observers += make_observers(cfg)
     if p.annotate_dir is not None:
         observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps))
-    if os.environ.get("NOTIFY_SOCKET"):
+    if Environment.read().notify_socket:
         from maskd.notify import SystemdNotifier
 
         observers.append(SystemdNotifier())

@@ -17,7 +17,6 @@ behave the same whether a clip is processed faster or slower than real time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -528,10 +527,11 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
     Under systemd's watchdog the backoff is capped at half WATCHDOG_USEC, so a camera that comes
     back is found well within one watchdog period.
     """
+    from maskd.env import Environment
     from maskd.notify import watchdog_interval_s
 
     low, high = cfg.reopen_min_s, cfg.reopen_max_s
-    watchdog = watchdog_interval_s(os.environ)
+    watchdog = watchdog_interval_s(Environment.read())
     if watchdog is not None and max(low, high) > watchdog / 2:
         log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
                  watchdog / 2)

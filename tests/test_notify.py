@@ -19,6 +19,7 @@ from loop_parts import BlankCamera, RecordingSink, service_for
 
 from maskd import service, sources
 from maskd.config import SourceConfig
+from maskd.env import Environment
 from maskd.notify import Notifier, SystemdNotifier, socket_address, watchdog_interval_s
 from maskd.sources import LatestFrame, live_source
 from maskd.types import Frame, LoopStats
@@ -73,15 +74,17 @@ class FakeClock:
 def test_socket_address_and_watchdog_env():
     assert socket_address("/run/systemd/notify") == "/run/systemd/notify"
     assert socket_address("@abc") == b"\0abc"
-    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 30.0
-    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
-    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not ours
-    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
-    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000"})) == 30.0
+    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000",
+                                                 "WATCHDOG_PID": str(os.getpid())})) == 30.0
+    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000",
+                                                 "WATCHDOG_PID": "1"})) is None  # not ours
+    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "junk"})) is None
+    assert watchdog_interval_s(Environment.read({})) is None
 
 
 def test_nothing_without_notify_socket():
-    n = SystemdNotifier(env={"WATCHDOG_USEC": "1000000"})
+    n = SystemdNotifier(env=Environment.read({"WATCHDOG_USEC": "1000000"}))
     assert not n.enabled
     n.on_frame(FRAME, [], LoopStats(fps=1.0))
     n.close()
@@ -89,7 +92,7 @@ def test_nothing_without_notify_socket():
 
 def test_ready_watchdog_status_stopping(notify_socket):
     clock = FakeClock()
-    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"},
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000000"}),
                         clock=clock)
     assert n.enabled and n.watchdog_every_s == 1.0
     n.on_frame(FRAME, [], LoopStats(fps=0.0, active=0))
@@ -119,7 +122,7 @@ def test_ready_watchdog_status_stopping(notify_socket):
 
 def test_status_refresh_without_watchdog(notify_socket):
     clock = FakeClock()
-    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address}, clock=clock)
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address}), clock=clock)
     assert n.watchdog_every_s is None
     for _ in range(120):  # 12 s at 10 fps
         clock.t += 0.1
@@ -134,7 +137,7 @@ def test_abstract_namespace_socket():
     name = f"@maskd-test-{uuid.uuid4().hex}"
     s = NotifySocket(name)
     try:
-        n = SystemdNotifier(env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"})
+        n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"}))
         n.on_frame(FRAME, [], LoopStats(fps=5.0))
         assert s.drain()[0]["READY"] == "1"
         n.close()
@@ -150,7 +153,7 @@ def test_socket_gone_does_not_raise(tmp_path):
 
 def test_full_socket_queue_never_blocks_the_loop(notify_socket):
     clock = FakeClock()
-    n = SystemdNotifier(env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000"},
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000"}),
                         clock=clock)
     t0 = time.perf_counter()
     for _ in range(2000):  # nobody reads: the datagram queue fills up after a few
