@@ -261,8 +261,8 @@ def test_auto_prefers_yunet_then_blazeface(monkeypatch, yunet_model: Path, tmp_p
     assert make_detector(DetectorConfig(kind="auto")).name == "yunet"
     assert make_detector(DetectorConfig(kind="auto", model=yunet_model)).name == "yunet"
     monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "none.onnx"))
-    monkeypatch.setattr("maskd.detectors.REPO_MODELS", tmp_path)
-    monkeypatch.setattr("maskd.detectors.SYSTEM_MODELS", tmp_path)
+    monkeypatch.setattr("maskd.detectors.yunet.REPO_MODELS", tmp_path)
+    monkeypatch.setattr("maskd.detectors.yunet.SYSTEM_MODELS", tmp_path)
     assert make_detector(DetectorConfig(kind="auto")).name.startswith("blazeface")
 
 
@@ -296,12 +296,13 @@ def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
 # ----------------------------------------------------------------------------- TFLite SSD
 
 
-def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64) -> None:
+def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64, int8: bool = False) -> None:
     """A tiny float 'face SSD' with the real TFLite_Detection_PostProcess op.
 
     One anchor per grid cell; a cell's face score is the sigmoid of its mean brightness and box
     encodings are zero, so a bright cell is detected with exactly its anchor box. Converted the
     way TF's object-detection exporter does it (a composite function the converter fuses).
+    ``int8``: quantized as for a Coral, with int8 input calibrated on MobileNet's [-1, 1].
     """
     tf = pytest.importorskip("tensorflow")
     n = grid * grid
@@ -334,6 +335,12 @@ def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64) -> None:
     tf.saved_model.save(module, str(saved), signatures={"serving_default": model.get_concrete_function()})
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     converter.allow_custom_ops = True
+    if int8:
+        rng = np.random.default_rng(0)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)] for _ in range(20))
+        converter.inference_input_type = tf.int8
     path.write_bytes(converter.convert())
 
 
@@ -354,3 +361,39 @@ def test_tflite_ssd_with_postprocess_op(tmp_path: Path):
     assert tiled.name == "ssd+tiles2"
     found = tiled.detect(img)
     assert len(found) == 1 and found[0].box == pytest.approx((64, 32, 96, 64), abs=0.5)
+
+
+@pytest.mark.slow
+def test_int8_ssd_input_is_quantized_with_the_tensors_own_params(tmp_path: Path):
+    """An int8-input SSD gets round(x / scale + zero_point) of MobileNet's [-1, 1], read from its
+    input tensor; the fixed shift (pixel - 128) this replaced is one step off for half the pixels."""
+    model = tmp_path / "face_ssd_int8.tflite"
+    _build_postprocess_ssd(model, int8=True)
+    det = make_detector(DetectorConfig(kind="ssd", model=model, score_threshold=0.5))
+    inp = det._interp.get_input_details()[0]
+    assert inp["dtype"] == np.int8
+    scale, zero = inp["quantization"]
+    levels = (np.arange(64 * 64) % 256).reshape(64, 64)  # every level, at the input size
+    img = np.stack([levels, levels[::-1], levels.T], -1).astype(np.uint8)
+    det.detect(img)
+    got = det._interp.get_tensor(inp["index"])[0].astype(int)
+    x = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
+    want = np.clip(np.round(x / scale + zero), -128, 127).astype(int)
+    np.testing.assert_array_equal(got, want)
+    shifted = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(int) - 128
+    assert (got != shifted).mean() > 0.25  # the old shift would fail the line above
+    # The int8 model still finds the bright cell it was built to find.
+    face = np.zeros((64, 64, 3), np.uint8)
+    face[16:32, 32:48] = 255
+    found = det.detect(face)
+    assert len(found) == 1 and found[0].box == pytest.approx((32, 16, 48, 32), abs=1)
+
+
+def test_describe_names_model_input_and_tiles(yunet_model: Path):
+    """What `maskd doctor` prints for the detector (was doctor's describe_detector)."""
+    det = make_detector(DetectorConfig(kind="yunet", model=yunet_model))
+    assert det.describe() == f"yunet ({yunet_model.name}), input 320x240"
+    tiled = make_detector(DetectorConfig(kind="yunet", model=yunet_model, tiles=2))
+    assert tiled.describe() == f"yunet ({yunet_model.name}), input 320x240, 2x2 tiles"
+    blaze = make_detector(DetectorConfig(kind="blazeface", variant="short"))
+    assert blaze.describe() == "blazeface-short (face_detection_short_range.tflite), input 128x128"

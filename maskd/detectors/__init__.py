@@ -1,0 +1,85 @@
+"""Face detectors behind one small interface: ``detect(image_bgr) -> list[Face]``.
+
+* YuNet (yunet.py): accurate, landmarks, the default when its model file is around.
+* BlazeFace short/full range (blazeface.py): model files from a pip wheel, needs nothing extra.
+* SSDs (ssd.py): a TFLite post-process SSD (Coral's EdgeTPU face model drops in) or OpenCV's
+  ResNet-10 SSD, the seeds' baseline.
+
+Faces at an entrance are often small: ``upscale`` enlarges the network input of detectors that
+allow it, and ``Tiled`` (tiled.py) runs any detector on overlapping tiles too and merges the
+results. Each detector class owns its defaults (score cut, fixed input, EdgeTPU) and builds
+itself from the config; ``make_detector`` only looks the kind up here. Every box leaves this
+package in the pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from maskd.config import DetectorConfig
+from maskd.detectors.base import DetectorError
+from maskd.detectors.blazeface import (
+    BLAZEFACE_ANCHORS,
+    BlazeFace,
+    decode_blazeface,
+    ssd_anchors,
+)
+from maskd.detectors.ssd import (
+    OpenCvSsd,
+    Ssd,
+    TfliteSsd,
+    decode_ssd_postprocess,
+    postprocess_output_order,
+)
+from maskd.detectors.tiled import Tiled, inner_edge_mask
+from maskd.detectors.yunet import YuNet, find_yunet_model
+from maskd.tflite import ModelError
+from maskd.types import FaceDetector
+
+__all__ = [
+    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "DetectorError", "OpenCvSsd",
+    "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_ssd_postprocess",
+    "find_yunet_model", "inner_edge_mask", "make_detector", "postprocess_output_order",
+    "ssd_anchors",
+]
+
+
+class Built(FaceDetector, Protocol):
+    """What a kind's ``from_config`` returns: a detector that says whether its input is fixed."""
+
+    FIXED_INPUT: bool
+
+
+class DetectorKind(Protocol):
+    """A registry entry: builds its detector from the config and says whether ``auto`` may pick it."""
+
+    def available(self, cfg: DetectorConfig) -> bool: ...
+
+    def from_config(self, cfg: DetectorConfig) -> Built: ...
+
+
+DETECTORS: dict[str, DetectorKind] = {"yunet": YuNet, "blazeface": BlazeFace, "ssd": Ssd}
+AUTO_ORDER = ("yunet", "blazeface")  # ``auto``: the first whose model is at hand, else the last
+
+
+def make_detector(cfg: DetectorConfig) -> FaceDetector:
+    """The detector ``cfg`` asks for.
+
+    ``upscale`` multiplies the network input size of detectors that have a free one (YuNet, the
+    OpenCV SSD): a 640x480 frame at 320x240 x2 is seen at full resolution, and smaller frames are
+    enlarged. Fixed-input models (BlazeFace, TFLite SSD) can only get more pixels per face from
+    tiles, so for them ``upscale`` u means at least ceil(u) x ceil(u) tiles.
+    """
+    kind = cfg.kind
+    if kind == "auto":
+        kind = next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
+    entry = DETECTORS.get(kind)
+    if entry is None:
+        raise DetectorError(f"unknown detector kind {kind!r}")
+    try:
+        det = entry.from_config(cfg)
+    except ModelError as err:  # the TFLite loader's errors (runtime, EdgeTPU) in detector terms
+        raise DetectorError(str(err)) from None
+    tiles = max(cfg.tiles, math.ceil(cfg.upscale)) if det.FIXED_INPUT else cfg.tiles
+    return Tiled(det, tiles, cfg.nms_threshold) if tiles > 1 else det

@@ -1,0 +1,195 @@
+"""SSD face detectors, both behind kind ``ssd`` and told apart by the model file:
+
+* a TFLite SSD with the standard ``TFLite_Detection_PostProcess`` outputs (boxes, classes,
+  scores, count), so Coral's EdgeTPU face model drops in (``edgetpu: true``);
+* OpenCV's ResNet-10 SSD (``.pb`` + ``.pbtxt``): the seeds' baseline, kept for comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskd.config import DetectorConfig
+from maskd.detectors.base import (
+    TFLITE_THREADS,
+    DetectorError,
+    faces_from_arrays,
+    scaled_input,
+    score_cut,
+)
+from maskd.geometry import Letterbox, letterbox
+from maskd.tflite import get_output, open_interpreter, set_input
+from maskd.types import Face
+
+SSD_DEFAULT_SCORE_THRESHOLD = 0.6
+
+def decode_ssd_postprocess(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                           count: float, score_threshold: float, lb: Letterbox,
+                           input_w: int, input_h: int, face_class: int | None = 0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite_Detection_PostProcess outputs -> boxes (K, 4) in original pixels, scores (K,).
+
+    ``boxes`` are (N, 4) ymin, xmin, ymax, xmax normalised to the network input (which holds the
+    letterboxed image); only the first ``count`` rows are valid.
+    """
+    n = int(count)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)[:n]
+    s = np.asarray(scores, np.float64).reshape(-1)[:n]
+    c = np.asarray(classes, np.float64).reshape(-1)[:n]
+    keep = s >= score_threshold
+    if face_class is not None:
+        keep &= np.round(c) == face_class
+    b, s = b[keep], s[keep]
+    xyxy = np.stack([b[:, 1] * input_w, b[:, 0] * input_h, b[:, 3] * input_w, b[:, 2] * input_h],
+                    axis=1)
+    return lb.to_original(xyxy), s
+
+
+def postprocess_output_order(details: list[dict]) -> tuple[int, int, int, int]:
+    """Indices of (boxes, classes, scores, count) among a post-process model's outputs.
+
+    The op emits them in that order (``name``, ``name:1``, ``:2``, ``:3``), but converters list
+    the outputs in any order, so: boxes are the (1, N, 4) tensor, count the (1,) one, and of the
+    two (1, N) tensors classes come first by name suffix (else by position).
+    """
+    if len(details) != 4:
+        raise DetectorError(f"an SSD post-process model has 4 outputs, this one has {len(details)}")
+
+    def suffix(d: dict) -> int:
+        tail = str(d.get("name", "")).rsplit(":", 1)
+        return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+    shapes = [tuple(int(v) for v in d["shape"]) for d in details]
+    boxes = [i for i, s in enumerate(shapes) if len(s) == 3 and s[-1] == 4]
+    count = [i for i, s in enumerate(shapes) if len(s) == 1]
+    pair = [i for i, s in enumerate(shapes) if len(s) == 2]
+    if len(boxes) != 1 or len(count) != 1 or len(pair) != 2:
+        raise DetectorError(f"outputs {shapes} are not TFLite_Detection_PostProcess's "
+                            "(boxes (1,N,4), classes (1,N), scores (1,N), count (1,))")
+    classes, scores = sorted(pair, key=lambda i: (suffix(details[i]), i))
+    return boxes[0], classes, scores, count[0]
+
+
+class TfliteSsd:
+    """A TFLite SSD face model with TFLite_Detection_PostProcess (e.g. Coral's EdgeTPU face SSD)."""
+
+    DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
+    FIXED_INPUT = True  # the model's own input size: ``upscale`` can only become tiles
+    EDGETPU = True
+
+    def __init__(self, model: Path, score_threshold: float = 0.6, edgetpu: bool = False,
+                 face_class: int | None = 0):
+        if not Path(model).is_file():
+            raise DetectorError(f"{model}: SSD model file not found")
+        self.path = Path(model)
+        self.name = "ssd-edgetpu" if edgetpu else "ssd"
+        self.score_threshold = score_threshold
+        self.face_class = face_class
+        self._interp, _ = open_interpreter(self.path, TFLITE_THREADS, edgetpu)
+        self._in = self._interp.get_input_details()[0]
+        _, self.input_h, self.input_w, _ = (int(v) for v in self._in["shape"])
+        self._outs = postprocess_output_order(self._interp.get_output_details())
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> TfliteSsd:
+        assert cfg.model is not None
+        return cls(Path(cfg.model), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.edgetpu)
+
+    def describe(self) -> str:
+        """'ssd (file.tflite), input 320x320' for `maskd doctor`."""
+        return f"{self.name} ({self.path.name}), input {self.input_w}x{self.input_h}"
+
+    def _input(self, boxed_rgb: np.ndarray) -> np.ndarray:
+        """Network input for ``set_input``: uint8 models (Coral's) take the pixels as they are;
+        the others get MobileNet's [-1, 1], which set_input quantizes with the input tensor's
+        own scale and zero point when the model is int8."""
+        if self._in["dtype"] == np.uint8:
+            return boxed_rgb[None]
+        return (boxed_rgb.astype(np.float32) / 127.5 - 1.0)[None]
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        h, w = image_bgr.shape[:2]
+        boxed, lb = letterbox(image_bgr, self.input_w, self.input_h)
+        set_input(self._interp, self._input(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)))
+        self._interp.invoke()
+        boxes, classes, scores, count = (get_output(self._interp, i) for i in self._outs)
+        b, s = decode_ssd_postprocess(boxes, classes, scores, float(np.ravel(count)[0]),
+                                      self.score_threshold, lb, self.input_w, self.input_h,
+                                      self.face_class)
+        return faces_from_arrays(b, s, w, h)
+
+
+
+class OpenCvSsd:
+    """OpenCV's ResNet-10 SSD face detector (TensorFlow .pb + .pbtxt): the seeds' baseline.
+
+    Trained on stretched 300x300 inputs with BGR mean subtraction, so it is fed exactly that.
+    """
+
+    MEAN = (104.0, 177.0, 123.0)
+    DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
+    FIXED_INPUT = False  # blobFromImage stretches to any size: ``upscale`` enlarges it
+    EDGETPU = False  # OpenCV on the CPU; ``edgetpu`` is left to the classifier
+
+    def __init__(self, model: Path, config: Path | None = None, score_threshold: float = 0.6,
+                 input_size: tuple[int, int] = (300, 300)):
+        model = Path(model)
+        config = config or _pbtxt_for(model)
+        for p in (model, config):
+            if not p.is_file():
+                raise DetectorError(f"{p}: OpenCV SSD model file not found")
+        self.name = "opencv-ssd"
+        self.path = model
+        self.input_size = input_size
+        self.score_threshold = score_threshold
+        try:
+            self._net = cv2.dnn.readNetFromTensorflow(str(model), str(config))
+        except cv2.error as err:
+            raise DetectorError(f"{model}: OpenCV cannot load this SSD: {err}") from None
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> OpenCvSsd:
+        assert cfg.model is not None
+        return cls(Path(cfg.model), score_threshold=score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
+                   input_size=scaled_input(cfg))
+
+    def describe(self) -> str:
+        """'opencv-ssd (file.pb), input 300x300' for `maskd doctor`."""
+        return f"{self.name} ({self.path.name}), input {self.input_size[0]}x{self.input_size[1]}"
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        h, w = image_bgr.shape[:2]
+        blob = cv2.dnn.blobFromImage(image_bgr, 1.0, self.input_size, self.MEAN, swapRB=False)
+        self._net.setInput(blob)
+        out = np.asarray(self._net.forward(), np.float64).reshape(-1, 7)
+        out = out[out[:, 2] >= self.score_threshold]
+        boxes = out[:, 3:7] * np.array([w, h, w, h])
+        return faces_from_arrays(boxes, out[:, 2], w, h)
+
+
+def _pbtxt_for(pb: Path) -> Path:
+    """``opencv_face_detector_uint8.pb`` -> ``opencv_face_detector.pbtxt`` (or same stem)."""
+    same = pb.with_suffix(".pbtxt")
+    return same if same.is_file() else pb.with_name(pb.stem.removesuffix("_uint8") + ".pbtxt")
+
+
+
+class Ssd:
+    """Kind ``ssd``: OpenCV's .pb face SSD or a TFLite post-process SSD, told apart by the file."""
+
+    @staticmethod
+    def available(cfg: DetectorConfig) -> bool:
+        """Only with a configured model file: there is no default SSD to find."""
+        return cfg.model is not None
+
+    @staticmethod
+    def from_config(cfg: DetectorConfig) -> TfliteSsd | OpenCvSsd:
+        if cfg.model is None:
+            raise DetectorError("detector kind ssd needs model: a .tflite SSD with "
+                                "TFLite_Detection_PostProcess (or OpenCV's .pb face SSD)")
+        if Path(cfg.model).suffix == ".pb":
+            return OpenCvSsd.from_config(cfg)
+        return TfliteSsd.from_config(cfg)

@@ -1,0 +1,90 @@
+"""YuNet (``cv2.FaceDetectorYN``, an .onnx file): accurate, with landmarks; the default when its
+model file is around."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskd.config import DetectorConfig
+from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
+from maskd.geometry import letterbox
+from maskd.types import Face
+
+YUNET_ENV = "MASKD_YUNET"
+YUNET_GLOB = "face_detection_yunet*.onnx"
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+SYSTEM_MODELS = Path("/usr/share/maskd/models")
+
+
+def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
+    """The YuNet .onnx: the configured file, else $MASKD_YUNET, models/, /usr/share/maskd/models."""
+    if cfg_model is not None:
+        return Path(cfg_model) if Path(cfg_model).is_file() else None
+    env = os.environ.get(YUNET_ENV)
+    if env and Path(env).is_file():
+        return Path(env)
+    for folder in (REPO_MODELS, SYSTEM_MODELS):
+        if folder.is_dir():
+            found = sorted(folder.glob(YUNET_GLOB))
+            if found:
+                return found[-1]
+    return None
+
+
+class YuNet:
+    """YuNet through cv2.FaceDetectorYN at a fixed input size (the frame is letterboxed into it)."""
+
+    # Higher than the others: YuNet's low-score faces are mostly blurred crowd faces that the
+    # classifier misjudges (measured on scenes-dev, docs/detectors.md).
+    DEFAULT_SCORE_THRESHOLD = 0.8
+    FIXED_INPUT = False  # any input size: ``upscale`` enlarges it
+    EDGETPU = False  # OpenCV on the CPU; ``edgetpu`` is left to the classifier
+
+    def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
+                 score_threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 5000):
+        if not Path(model).is_file():
+            raise DetectorError(f"{model}: YuNet model file not found")
+        self.name = "yunet"
+        self.path = Path(model)
+        self.input_size = input_size
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model), "", input_size, score_threshold,
+                                                  nms_threshold, top_k)
+        except cv2.error as err:
+            raise DetectorError(f"{model}: OpenCV cannot load this YuNet model: {err}") from None
+
+    @classmethod
+    def available(cls, cfg: DetectorConfig) -> bool:
+        """Whether ``auto`` can pick YuNet: its model file is found."""
+        return find_yunet_model(cfg.model) is not None
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> YuNet:
+        model = find_yunet_model(cfg.model)
+        if model is None:
+            where = cfg.model or (f"${YUNET_ENV}, {REPO_MODELS}/{YUNET_GLOB} or "
+                                  f"{SYSTEM_MODELS}/{YUNET_GLOB}")
+            raise DetectorError(
+                f"YuNet model not found ({where}): set detector.model to the "
+                "face_detection_yunet .onnx file, or use detector kind blazeface")
+        return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
+                   cfg.nms_threshold)
+
+    def describe(self) -> str:
+        """'yunet (file.onnx), input 320x240' for `maskd doctor`."""
+        return f"{self.name} ({self.path.name}), input {self.input_size[0]}x{self.input_size[1]}"
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        h, w = image_bgr.shape[:2]
+        boxed, lb = letterbox(image_bgr, *self.input_size)
+        _, out = self._net.detect(boxed)
+        if out is None or not len(out):
+            return []
+        out = np.asarray(out, np.float64)
+        boxes = np.stack([out[:, 0], out[:, 1], out[:, 0] + out[:, 2], out[:, 1] + out[:, 3]], 1)
+        return faces_from_arrays(lb.to_original(boxes), out[:, 14], w, h,
+                                 lb.to_original(out[:, 4:14].reshape(-1, 5, 2)))
