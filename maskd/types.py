@@ -205,6 +205,9 @@ class FaceDetector(Protocol):
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         """Faces in a BGR uint8 image, boxes in that image's pixels."""
 
+    def describe(self) -> str:
+        """One line for `maskd doctor`: model file, input size, tiling."""
+
 
 class MaskClassifier(Protocol):
     """Judges face crops; maskd.classifier.Classifier has this shape."""

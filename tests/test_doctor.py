@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mqtt_broker import Broker
 
-from maskd.commands.doctor import Check, coral_devices, describe_detector, table
+from maskd.commands.doctor import Check, coral_devices, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,12 +105,3 @@ def test_table_and_helpers(tmp_path):
         (d / k).write_text(v + "\n")
     found = coral_devices(tmp_path / "sys", tmp_path / "dev")
     assert len(found) == 1 and "1a6e:089a" in found[0] and "NOT accessible" in found[0]
-
-    class Inner:
-        name, path, input_size = "yunet", Path("/m/y.onnx"), (320, 240)
-
-    class Tiled:
-        inner, tiles = Inner(), 2
-
-    assert describe_detector(Inner()) == "yunet (y.onnx), input 320x240"
-    assert describe_detector(Tiled()) == "yunet (y.onnx), input 320x240, 2x2 tiles"
