@@ -15,6 +15,7 @@ installation put things and what the process runs under:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 
 MODEL_DIR = "MASKD_MODEL_DIR"
 YUNET = "MASKD_YUNET"
+
+log = logging.getLogger(__name__)
 
 
 def _path(value: str | None) -> Path | None:
@@ -38,6 +41,23 @@ class Environment:
     watchdog_usec: str = ""
     watchdog_pid: str = ""
     display: bool = False
+
+    @property
+    def watchdog_s(self) -> float | None:
+        """Seconds between watchdog deadlines from $WATCHDOG_USEC, or None when not ours / not set.
+
+        $WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
+        environment must not ping on the parent's behalf.
+        """
+        usec, pid = self.watchdog_usec, self.watchdog_pid
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            value = int(usec)
+        except ValueError:
+            log.warning("ignoring WATCHDOG_USEC=%r: not an integer", usec)
+            return None
+        return value / 1e6 if value > 0 else None
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:

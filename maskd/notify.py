@@ -13,7 +13,6 @@ controlled reconnect (camera lost, reopen loop alive) the loop keeps pinging and
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -43,25 +42,6 @@ def socket_address(value: str) -> str | bytes:
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
     return value
-
-
-def watchdog_interval_s(env: Environment) -> float | None:
-    """Seconds between watchdog deadlines from $WATCHDOG_USEC, or None when not ours / not set.
-
-    $WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
-    environment must not ping on the parent's behalf.
-    """
-    usec, pid = env.watchdog_usec, env.watchdog_pid
-    if not usec:
-        return None
-    if pid and pid != str(os.getpid()):
-        return None
-    try:
-        value = int(usec)
-    except ValueError:
-        log.warning("ignoring WATCHDOG_USEC=%r: not an integer", usec)
-        return None
-    return value / 1e6 if value > 0 else None
 
 
 class Notifier:
@@ -119,7 +99,7 @@ class SystemdNotifier(FrameObserver):
     ) -> None:
         env = Environment.read() if env is None else env
         self._notifier = Notifier(env.notify_socket)
-        interval = watchdog_interval_s(env)
+        interval = env.watchdog_s
         self.watchdog_every_s = interval / 2 if interval else None
         self._clock = clock
         self._ready = False

@@ -528,10 +528,9 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
     back is found well within one watchdog period.
     """
     from maskd.env import Environment
-    from maskd.notify import watchdog_interval_s
 
     low, high = cfg.reopen_min_s, cfg.reopen_max_s
-    watchdog = watchdog_interval_s(Environment.read())
+    watchdog = Environment.read().watchdog_s
     if watchdog is not None and max(low, high) > watchdog / 2:
         log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
                  watchdog / 2)

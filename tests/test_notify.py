@@ -20,7 +20,7 @@ from loop_parts import BlankCamera, RecordingSink, service_for
 from maskd import service, sources
 from maskd.config import SourceConfig
 from maskd.env import Environment
-from maskd.notify import Notifier, SystemdNotifier, socket_address, watchdog_interval_s
+from maskd.notify import Notifier, SystemdNotifier, socket_address
 from maskd.sources import LatestFrame, live_source
 from maskd.types import Frame, LoopStats
 
@@ -74,13 +74,13 @@ class FakeClock:
 def test_socket_address_and_watchdog_env():
     assert socket_address("/run/systemd/notify") == "/run/systemd/notify"
     assert socket_address("@abc") == b"\0abc"
-    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000"})) == 30.0
-    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000",
-                                                 "WATCHDOG_PID": str(os.getpid())})) == 30.0
-    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "30000000",
-                                                 "WATCHDOG_PID": "1"})) is None  # not ours
-    assert watchdog_interval_s(Environment.read({"WATCHDOG_USEC": "junk"})) is None
-    assert watchdog_interval_s(Environment.read({})) is None
+    assert Environment.read({"WATCHDOG_USEC": "30000000"}).watchdog_s == 30.0
+    ours = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Environment.read(ours).watchdog_s == 30.0
+    not_ours = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}
+    assert Environment.read(not_ours).watchdog_s is None
+    assert Environment.read({"WATCHDOG_USEC": "junk"}).watchdog_s is None
+    assert Environment.read({}).watchdog_s is None
 
 
 def test_nothing_without_notify_socket():
