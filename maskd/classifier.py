@@ -10,7 +10,6 @@ too, which is what makes training and the device agree.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from maskd import env
+from maskd.env import Environment
 from maskd.tflite import ModelError, get_output, open_interpreter, set_input
 
 DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
-MODEL_DIR_ENV = "MASKD_MODEL_DIR"
 SIDECAR_FORMAT = "maskd-classifier/1"
 
 # MobileNetV2's own normalisation: pixel / 127.5 - 1 -> [-1, 1].
@@ -32,8 +32,7 @@ DEFAULT_OFFSET = -1.0
 
 def default_model_path() -> Path:
     """The shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` or ``models/<name>`` of this checkout."""
-    env = os.environ.get(MODEL_DIR_ENV)
-    folder = Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    folder = Environment.read().model_dir or Path(__file__).resolve().parent.parent / "models"
     return folder / DEFAULT_MODEL_NAME
 
 
@@ -147,7 +146,7 @@ class Classifier:
         """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
         p = Path(path) if path is not None else default_model_path()
         if not p.is_file():
-            hint = "" if path is not None else f" (set {MODEL_DIR_ENV} to the folder holding it)"
+            hint = "" if path is not None else f" (set {env.MODEL_DIR} to the folder holding it)"
             raise ModelError(f"{p}: model file not found{hint}")
         info = read_sidecar(p)
         interp, runtime = open_interpreter(p, threads, edgetpu)

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 import maskd.classifier as C
-from maskd import tflite
+from maskd import env, tflite
 from maskd.classifier import Classifier, ModelError, default_model_path, preprocess, sidecar_path
 from maskd.images import load_image_rgb
 
@@ -46,9 +46,9 @@ def test_preprocess_rejects_non_rgb() -> None:
 
 
 def test_default_model_path_and_env_override(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(C.MODEL_DIR_ENV, raising=False)
+    monkeypatch.delenv(env.MODEL_DIR, raising=False)
     assert default_model_path() == REPO / "models" / "maskd_mobilenetv2_int8.tflite"
-    monkeypatch.setenv(C.MODEL_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(env.MODEL_DIR, str(tmp_path))
     assert default_model_path() == tmp_path / "maskd_mobilenetv2_int8.tflite"
     with pytest.raises(ModelError, match="not found.*MASKD_MODEL_DIR"):
         Classifier.open(None)

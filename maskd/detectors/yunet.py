@@ -3,7 +3,6 @@ model file is around."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -11,10 +10,10 @@ import numpy as np
 
 from maskd.config import DetectorConfig
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
+from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
 from maskd.types import Face
 
-YUNET_ENV = "MASKD_YUNET"
 YUNET_GLOB = "face_detection_yunet*.onnx"
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 SYSTEM_MODELS = Path("/usr/share/maskd/models")
@@ -24,9 +23,9 @@ def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
     """The YuNet .onnx: the configured file, else $MASKD_YUNET, models/, /usr/share/maskd/models."""
     if cfg_model is not None:
         return Path(cfg_model) if Path(cfg_model).is_file() else None
-    env = os.environ.get(YUNET_ENV)
-    if env and Path(env).is_file():
-        return Path(env)
+    chosen = Environment.read().yunet
+    if chosen is not None and chosen.is_file():
+        return chosen
     for folder in (REPO_MODELS, SYSTEM_MODELS):
         if folder.is_dir():
             found = sorted(folder.glob(YUNET_GLOB))
@@ -66,7 +65,7 @@ class YuNet:
     def from_config(cls, cfg: DetectorConfig) -> YuNet:
         model = find_yunet_model(cfg.model)
         if model is None:
-            where = cfg.model or (f"${YUNET_ENV}, {REPO_MODELS}/{YUNET_GLOB} or "
+            where = cfg.model or (f"${YUNET}, {REPO_MODELS}/{YUNET_GLOB} or "
                                   f"{SYSTEM_MODELS}/{YUNET_GLOB}")
             raise DetectorError(
                 f"YuNet model not found ({where}): set detector.model to the "
