@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MQTT benchmark: publish latency on loopback and outbox throughput, printed (not a test).
 
-Starts its own mosquitto on a free loopback port (tests/mqtt_broker.py) unless --url is given.
+Starts its own mosquitto on a free loopback port (tools/mosquitto.py) unless --url is given.
   latency:    emit() cost to the detection loop; emit -> broker PUBACK (row leaves the
               outbox); emit -> a subscriber receives it. One event at a time, p50/p99.
   throughput: Outbox.put rate (durable FULL vs NORMAL sync), and the replay rate: events
@@ -11,7 +11,6 @@ Starts its own mosquitto on a free loopback port (tests/mqtt_broker.py) unless -
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
@@ -19,13 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from mqtt_broker import Broker, Subscriber  # noqa: E402
-
-from maskd.config import MqttConfig  # noqa: E402
-from maskd.mqtt import MqttSink  # noqa: E402
-from maskd.outbox import Outbox  # noqa: E402
-from maskd.types import ViolationEvent  # noqa: E402
+from maskd.config import MqttConfig
+from maskd.mqtt import MqttSink
+from maskd.outbox import Outbox
+from maskd.types import ViolationEvent
+from tools.mosquitto import Broker, Subscriber
 
 
 def event(i: int) -> ViolationEvent:

@@ -1,0 +1,223 @@
+"""A real mosquitto on a free loopback port (generated config, stopped by PID) and a recording
+subscriber: for tools/bench_mqtt.py and the MQTT tests (tests/mqtt_broker.py adds the test-only
+parts). Without mosquitto, a test using it skips and a tool exits, both saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+)
+
+
+def require(tool: str | None, name: str) -> str:
+    """``tool``'s path; when it is missing, a skip under pytest and an exit elsewhere."""
+    if tool is None:
+        why = f"{name} is not installed (apt-get install mosquitto mosquitto-clients)"
+        if "pytest" in sys.modules:  # the test suite: skipped with the reason
+            import pytest
+
+            pytest.skip(why)
+        raise SystemExit(f"error: {why}")
+    return tool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+class Broker:
+    """mosquitto on 127.0.0.1:<port>; start/stop/restart keep the port (and persistence)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        tls: Tls | None = None,
+        require_client_cert: bool = False,
+        persistence: bool = False,
+        acl: str | None = None,
+    ) -> None:
+        self.exe = require(MOSQUITTO, "mosquitto")
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        self.proc: subprocess.Popen | None = None
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if users else 'true'}",
+            f"log_dest file {self.dir / 'mosquitto.log'}",
+            "log_type all",
+            "user root" if os.geteuid() == 0 else "",
+        ]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {self.dir}/",
+                      "autosave_interval 1"]
+        if users:
+            pw = self.dir / "passwd"
+            pw.write_text("")
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True,
+                               capture_output=True)
+            lines.append(f"password_file {pw}")
+        if acl is not None:  # mosquitto's acl_file syntax, e.g. "topic deny a/b\ntopic readwrite #"
+            (self.dir / "acl").write_text(acl + "\n")
+            lines.append(f"acl_file {self.dir / 'acl'}")
+        if tls:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
+                      f"require_certificate {'true' if require_client_cert else 'false'}"]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(x for x in lines if x) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> Broker:
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}): {err}\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        """SIGTERM by PID (mosquitto saves persistence), SIGKILL if it hangs."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def log(self) -> str:
+        p = self.dir / "mosquitto.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> dict:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """Records every message on `topics`; clean=False keeps its session across broker restarts."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        topics: list[str] | tuple[str, ...] = ("#",),
+        client_id: str = "",
+        clean: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        client_cert: bool = False,
+    ) -> None:
+        self.messages: list[Msg] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                        protocol=mqtt.MQTTv311)
+        if username:
+            c.username_pw_set(username, password)
+        if broker.tls:
+            t = broker.tls
+            c.tls_set(ca_certs=str(t.ca), certfile=str(t.client_cert) if client_cert else None,
+                      keyfile=str(t.client_key) if client_cert else None)
+        c.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
+
+        def on_connect(client, userdata, flags, rc, props):  # noqa: ANN001
+            if not rc.is_failure:
+                client.subscribe([(t, 1) for t in topics])
+
+        def on_subscribe(*args):  # noqa: ANN002
+            self._subscribed.set()
+
+        def on_message(client, userdata, msg):  # noqa: ANN001
+            with self._cond:
+                self.messages.append(Msg(msg.topic, msg.payload, bool(msg.retain)))
+                self._cond.notify_all()
+
+        c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+        c.connect_async("127.0.0.1", broker.port, keepalive=10)
+        c.loop_start()
+        self.client = c
+        if not self._subscribed.wait(10):
+            c.loop_stop()
+            raise RuntimeError(f"test subscriber could not subscribe on {broker.url}")
+
+    def on(self, topic: str) -> list[Msg]:
+        with self._cond:
+            return [m for m in self.messages if m.topic == topic]
+
+    def wait(self, pred, timeout: float = 10.0) -> bool:  # noqa: ANN001
+        """Wait until pred(messages) is true."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def wait_topic(self, topic: str, n: int = 1, timeout: float = 10.0) -> list[Msg]:
+        self.wait(lambda ms: sum(m.topic == topic for m in ms) >= n, timeout)
+        return self.on(topic)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
