@@ -152,6 +152,11 @@ class Classifier:
         interp, runtime = open_interpreter(p, threads, edgetpu)
         return cls(interp, info, p, runtime)
 
+    def describe(self) -> str:
+        """One line for `maskd doctor`: file, input, labels and where it runs."""
+        s, dtype = self.input_size, np.dtype(self._in["dtype"]).name
+        return f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, on {self.runtime}"
+
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size)."""
         out = np.empty(len(crops_rgb), dtype=np.float32)

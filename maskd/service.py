@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import cv2
 
 from maskd.annotate import draw_verdicts, header_text
-from maskd.config import Config
+from maskd.config import Config, still_detector
 from maskd.env import Environment
 from maskd.jsonl import JsonlSink
 from maskd.pipeline import FrameResult, Pipeline
@@ -30,6 +31,7 @@ from maskd.sources import open_source
 from maskd.types import (
     EventSink,
     FaceCounts,
+    FaceDetector,
     Frame,
     FrameObserver,
     LoopStats,
@@ -38,6 +40,9 @@ from maskd.types import (
     Verdict,
     ViolationEvent,
 )
+
+if TYPE_CHECKING:
+    from maskd.classifier import Classifier
 
 log = logging.getLogger("maskd.service")
 
@@ -351,18 +356,32 @@ def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
     return observers
 
 
+def build_classifier(cfg: Config) -> Classifier:
+    """The classifier as the config says (raises ModelError); `run`, `scan`, `classify` and
+    `doctor` all open it here."""
+    from maskd.classifier import Classifier
+
+    c = cfg.classifier
+    return Classifier.open(c.model, c.threads, c.edgetpu)
+
+
+def build_detector(cfg: Config, still: bool = False) -> FaceDetector:
+    """The face detector as the config says (raises DetectorError); ``still`` for single
+    photos (``detector.still_input_*``)."""
+    from maskd.detectors import make_detector
+
+    return make_detector(still_detector(cfg.detector) if still else cfg.detector)
+
+
 def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> CameraLoop:
     """Open every part the config names; models first so a bad path fails before the camera.
 
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
     message naming the problem; whatever was opened before the failure is closed again.
     """
-    from maskd.classifier import Classifier
-    from maskd.detectors import make_detector
-
     control = RunControl()
-    classifier = Classifier.open(cfg.classifier.model, cfg.classifier.threads, cfg.classifier.edgetpu)
-    detector = make_detector(cfg.detector)
+    classifier = build_classifier(cfg)
+    detector = build_detector(cfg)
     source = open_source(cfg.source)
     opened: list = [source]
     try:

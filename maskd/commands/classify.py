@@ -16,10 +16,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from maskd.classifier import Classifier, ModelError
+from maskd.classifier import ModelError
 from maskd.commands.run import MODEL_OPTIONS, override
 from maskd.config import ConfigError, load_config
 from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.service import build_classifier
 from maskd.types import label_for
 
 
@@ -34,8 +35,9 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        ccfg = override(load_config(args.config), args, MODEL_OPTIONS).classifier
-        clf = Classifier.open(ccfg.model, threads=ccfg.threads, edgetpu=ccfg.edgetpu)
+        cfg = override(load_config(args.config), args, MODEL_OPTIONS)
+        ccfg = cfg.classifier
+        clf = build_classifier(cfg)
     except (ConfigError, ModelError) as err:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2

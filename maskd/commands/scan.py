@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.config import Config, ConfigError, load_config, still_detector
+from maskd.config import Config, ConfigError, load_config
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
@@ -96,15 +96,16 @@ def _human(rec: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from maskd.classifier import Classifier, ModelError
+    from maskd.classifier import ModelError
     from maskd.commands.run import MODEL_OPTIONS, override
-    from maskd.detectors import DetectorError, make_detector
+    from maskd.detectors import DetectorError
+    from maskd.service import build_classifier, build_detector
 
     try:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS)
         ccfg = cfg.classifier
-        classifier = Classifier.open(ccfg.model, ccfg.threads, ccfg.edgetpu)
-        detector = make_detector(still_detector(cfg.detector))
+        classifier = build_classifier(cfg)
+        detector = build_detector(cfg, still=True)
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
