@@ -12,6 +12,8 @@ import ipaddress
 import os
 import re
 import reprlib
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,7 +25,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from yaml.composer import ComposerError
 from yaml.events import AliasEvent
@@ -208,6 +212,66 @@ class JsonlConfig(Section):
     path: str | None = None  # "-" for stdout, a file path, or None for off
 
 
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt.url`` taken apart. Its rules live here only: the config validator uses them, so
+    a URL that loads is one the sink and `maskd doctor` can connect to."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        """Like ``split``, raising ConfigError naming the key (for callers outside the config)."""
+        try:
+            return cls.split(url)
+        except ValueError as err:
+            raise ConfigError(f"mqtt.url: {_excerpt(url)} {err}") from None
+
+    @classmethod
+    def split(cls, url: str) -> BrokerUrl:
+        """Raises ValueError saying what is wrong: everything paho would reject or silently
+        change (a path, a query, credentials in the URL)."""
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError("must not contain spaces or control characters")
+        if not url.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as err:
+            raise ValueError(f"is not mqtt(s)://HOST[:PORT] ({err})") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must contain no credentials; use mqtt.username and "
+                             "mqtt.password_file / mqtt.password_env")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        check_host(parts.hostname)
+        if port == 0:
+            raise ValueError("port must be 1-65535")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be only mqtt(s)://HOST[:PORT], without a path or query")
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def _readable_file(path: Path) -> None:
+    """ValueError unless ``path`` is a file this user can read (what `run` opens it with)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
+
+
+def _refuse_passphrase() -> str:
+    raise ValueError("the key is encrypted; maskd has no passphrase setting")
+
+
 class MqttConfig(Section):
     """Building broker connection; see docs/mqtt.md."""
 
@@ -235,34 +299,75 @@ class MqttConfig(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        """Everything maskd.mqtt.BrokerUrl would reject or silently change, rejected here."""
-        if v is None:
-            return v
-        if any(c.isspace() or not c.isprintable() for c in v):
-            raise ValueError("must not contain spaces or control characters")
-        if not v.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must start with mqtt:// or mqtts://")
-        try:
-            parts = urlsplit(v)
-            port = parts.port
-        except ValueError as err:
-            raise ValueError(f"is not mqtt(s)://HOST[:PORT] ({err})") from None
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not contain credentials; use mqtt.username and "
-                             "mqtt.password_file / mqtt.password_env")
-        if not parts.hostname:
-            raise ValueError("has no host")
-        check_host(parts.hostname)
-        if port == 0:
-            raise ValueError("port must be 1-65535")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("must be only mqtt(s)://HOST[:PORT], without a path or query")
+        if v is not None:
+            BrokerUrl.split(v)
         return v
+
+    # Credentials and TLS: checked here only, when MQTT is on (`run` ignores them without a
+    # url), so `check-config`, `run` and `doctor` reject the same configs with the same words.
+    # Field validators see the fields declared above them; url comes first.
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is not None and info.data.get("url"):
+            _readable_file(v)
+            if info.data.get("username") is None:
+                raise ValueError("a password is configured but mqtt.username is not")
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Read at load time: the config names the variable, and `run` needs it at start."""
+        if v is None or not info.data.get("url") or info.data.get("password_file") is not None:
+            return v
+        if v not in os.environ:
+            raise ValueError(f"environment variable {v} is not set")
+        if info.data.get("username") is None:
+            raise ValueError("a password is configured but mqtt.username is not")
+        return v
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _tls_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")
+        if v is None or not url:
+            return v
+        if not BrokerUrl.split(url).tls:
+            raise ValueError("is set but mqtt.url is mqtt://; use mqtts://")
+        if info.field_name == "key_file" and info.data.get("cert_file") is None:
+            raise ValueError("needs mqtt.cert_file")
+        _readable_file(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> MqttConfig:
+        """The TLS files load as the sink loads them (CA bundle, client cert and its key)."""
+        if not (self.url and BrokerUrl.split(self.url).tls):
+            return self
+        if self.ca_file is None and self.cert_file is None:
+            return self
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            if self.ca_file is not None:
+                ctx.load_verify_locations(str(self.ca_file))
+            if self.cert_file is not None:
+                ctx.load_cert_chain(str(self.cert_file), self.key_file and str(self.key_file),
+                                    password=_refuse_passphrase)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"mqtt.ca_file/cert_file/key_file do not load: {err}") from None
+        return self
 
     @field_validator("discovery_prefix")
     @classmethod
     def _discovery_prefix(cls, v: str) -> str:
         return check_topic(v)
+
+    @property
+    def broker(self) -> BrokerUrl | None:
+        """The validated url taken apart; None when MQTT is off."""
+        return BrokerUrl.split(self.url) if self.url else None
 
     def password(self) -> str | None:
         """The password from its file or environment variable (never stored in YAML)."""

@@ -23,8 +23,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd.commands import check_config
-from maskd.config import EX_CONFIG, MAX_CONFIG_BYTES, Config, Section, load_config
-from maskd.mqtt import BrokerUrl, Topics
+from maskd.config import EX_CONFIG, MAX_CONFIG_BYTES, BrokerUrl, Config, Section, load_config
+from maskd.mqtt import Topics
 from maskd.preview import parse_listen
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,10 @@
 """`maskd check-config FILE`: validate a config the way `maskd run` would, then exit.
 
 Exit 0 and "OK" when valid, else one line per bad key on stderr and exit 78 (EX_CONFIG), the
-status systemd's RestartPreventExitStatus= keys on. Files the config names but that are not
-readable here are warnings only: the service may run as another user or on another machine.
+status systemd's RestartPreventExitStatus= keys on. It loads the config as `run` does, so both
+reject the same configs: with MQTT on, that includes the password file or variable and the TLS
+files (maskd.config.MqttConfig). Model files are warnings only: which file a detector uses is
+decided when it loads (`run`, `maskd doctor`), and the service may run as another user.
 """
 
 from __future__ import annotations
@@ -16,14 +18,10 @@ from maskd.config import EX_CONFIG, Config, ConfigError, load_config
 
 
 def referenced_files(cfg: Config) -> dict[str, Path]:
-    """Every file path in the config, by dotted key."""
+    """The model files in the config, by dotted key (the MQTT files are validated on load)."""
     candidates = {
         "detector.model": cfg.detector.model,
         "classifier.model": cfg.classifier.model,
-        "mqtt.password_file": cfg.mqtt.password_file,
-        "mqtt.ca_file": cfg.mqtt.ca_file,
-        "mqtt.cert_file": cfg.mqtt.cert_file,
-        "mqtt.key_file": cfg.mqtt.key_file,
     }
     return {k: v for k, v in candidates.items() if v is not None}
 
@@ -41,14 +39,12 @@ def _file_problem(path: Path) -> str | None:
 
 
 def file_warnings(cfg: Config) -> list[str]:
-    """One line per named file that this user cannot read, and a missing password variable."""
+    """One line per named model file that this user cannot read."""
     out = []
     for key, path in referenced_files(cfg).items():
         problem = _file_problem(path)
         if problem:
             out.append(f"warning: '{key}': {path} {problem}")
-    if cfg.mqtt.password_env and cfg.mqtt.password_env not in os.environ:
-        out.append(f"warning: 'mqtt.password_env': ${cfg.mqtt.password_env} is not set in this shell")
     return out
 
 

@@ -222,7 +222,7 @@ class Doctor:
             self.add("detector", FAIL, _err(err))
             return
         self.detector = det
-        self.add("detector", OK, det.describe())
+        self.add("detector", OK, describe_detector(det))
 
     def camera(self) -> None:
         from maskd.sources import open_source
@@ -340,6 +340,23 @@ class Doctor:
                  required=False)
 
 
+def describe_detector(det: Any) -> str:
+    """'yunet (file.onnx), input 320x240' for any detector, tiled or not."""
+    inner = getattr(det, "inner", det)
+    name = getattr(inner, "name", type(inner).__name__)
+    path = getattr(inner, "path", None)
+    size = getattr(inner, "input_size", None) or getattr(getattr(inner, "opt", None), "input_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    parts = [name + (f" ({Path(path).name})" if path else "")]
+    if size:
+        parts.append(f"input {size[0]}x{size[1]}")
+    tiles = getattr(det, "tiles", 1)
+    if inner is not det and tiles:
+        parts.append(f"{tiles}x{tiles} tiles")
+    return ", ".join(parts)
+
+
 def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
     """Coral accelerators present, with whether this user may open them."""
     found = []
@@ -361,21 +378,14 @@ def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("
 
 def probe_broker(cfg: Config) -> tuple[str, str]:
     """Connect once with the service's credentials and TLS settings (MQTT 5, else 3.1.1) and
-    check that maskd may publish; (verdict, detail)."""
+    check that maskd may publish; (verdict, detail). The config is validated, so its url,
+    password and TLS files are usable here."""
     import paho.mqtt.client as mqtt
 
-    from maskd.mqtt import UNSUPPORTED_PROTOCOL, BrokerUrl
+    from maskd.mqtt import UNSUPPORTED_PROTOCOL
 
     mq = cfg.mqtt
-    try:
-        url = BrokerUrl.parse(mq.url or "")
-        password = mq.password()
-    except ConfigError as err:
-        return FAIL, _err(err)
-    except OSError as err:
-        return FAIL, f"mqtt.password_file: cannot read {mq.password_file}: {err.strerror or err}"
-    if mq.password_env and password is None:
-        return FAIL, f"mqtt.password_env: ${mq.password_env} is not set for this user"
+    url, password = mq.broker, mq.password()  # validated by the config: url set, files readable
     for version in (mqtt.MQTTv5, mqtt.MQTTv311):
         probe = _Probe(cfg, url, password, version)
         try:
@@ -439,10 +449,7 @@ class _Probe:
         from maskd.mqtt import apply_tls
 
         if self.url.tls:
-            try:
-                apply_tls(self.client, self.mq)
-            except (OSError, ValueError) as err:
-                return f"TLS files (mqtt.ca_file/cert_file/key_file): {_err(err)}"
+            apply_tls(self.client, self.mq)
         self.t0 = time.perf_counter()
         try:
             self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))

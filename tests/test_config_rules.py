@@ -1,0 +1,94 @@
+"""One truth per config rule: `maskd check-config` and `maskd run` refuse the same configs.
+
+The cross-field MQTT rules (credentials, TLS files) live in maskd.config.MqttConfig; each bad
+config below goes through both commands as a subprocess and must be refused by both with exit 78
+and a line naming the key. A good config with the same parts is accepted by both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mqtt_broker import free_port, make_ca
+
+from maskd.config import EX_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+PW_VAR = "MASKD_RULES_TEST_PW"  # set for every subprocess below
+UNSET_VAR = "MASKD_RULES_TEST_UNSET"  # never set
+
+
+def maskd(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != UNSET_VAR}
+    return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**env, PW_VAR: "s3cret"})
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
+    """(name, mqtt section, the key the answer must name)."""
+    plain, secure = "mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"
+    junk = tmp / "junk.pem"
+    junk.write_text("not a certificate\n")
+    pw = tmp / "pw"
+    pw.write_text("s3cret\n")
+    return [
+        ("ca_file with mqtt://", {"url": plain, "ca_file": str(tls.ca)}, "mqtt.ca_file"),
+        ("cert_file with mqtt://", {"url": plain, "cert_file": str(tls.client_cert),
+                                    "key_file": str(tls.client_key)}, "mqtt.cert_file"),
+        ("key_file with mqtt://", {"url": plain, "key_file": str(tls.client_key)}, "mqtt.key_file"),
+        ("key_file without cert_file", {"url": secure, "key_file": str(tls.client_key)},
+         "mqtt.key_file"),
+        ("ca_file missing", {"url": secure, "ca_file": str(tmp / "nope.crt")}, "mqtt.ca_file"),
+        ("ca_file not a certificate", {"url": secure, "ca_file": str(junk)}, "mqtt.ca_file"),
+        ("password_env not set", {"url": plain, "username": "u", "password_env": UNSET_VAR},
+         "mqtt.password_env"),
+        ("password_env without username", {"url": plain, "password_env": PW_VAR},
+         "mqtt.password_env"),
+        ("password_file missing", {"url": plain, "username": "u",
+                                   "password_file": str(tmp / "nope")}, "mqtt.password_file"),
+        ("password_file without username", {"url": plain, "password_file": str(pw)},
+         "mqtt.password_file"),
+    ]
+
+
+def write(path: Path, mqtt: dict, state_dir: Path) -> Path:
+    lines = [f"state_dir: {state_dir}", "mqtt:"] + [f"  {k}: '{v}'" for k, v in mqtt.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(path: Path) -> subprocess.CompletedProcess:
+    return maskd("run", "--config", str(path), "--source", "demo", "--max-frames", "1",
+                 "--flush-timeout", "0")
+
+
+def test_check_config_and_run_refuse_the_same_cross_field_mistakes(tmp_path, tls):
+    cases = bad_configs(tmp_path, tls)
+    for name, mqtt, key in cases:
+        path = write(tmp_path / "bad.yaml", mqtt, tmp_path / "state")
+        for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run(path))):
+            assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
+            assert f"'{key}'" in r.stderr or f"{key}/" in r.stderr, (name, cmd, r.stderr)
+            assert "Traceback" not in r.stderr, (name, cmd, r.stderr)
+
+
+def test_a_good_config_is_accepted_by_both(tmp_path, tls):
+    state = tmp_path / "state"
+    state.mkdir()
+    good = {"url": f"mqtts://127.0.0.1:{free_port()}", "username": "u", "password_env": PW_VAR,
+            "ca_file": str(tls.ca), "cert_file": str(tls.client_cert),
+            "key_file": str(tls.client_key), "reconnect_min_s": 0.1}
+    path = write(tmp_path / "good.yaml", good, state)
+    r = maskd("check-config", str(path))
+    assert r.returncode == 0 and r.stdout == f"OK: {path}\n" and r.stderr == "", r.stderr
+    r = run(path)
+    assert r.returncode == 0, r.stderr[-2000:]
