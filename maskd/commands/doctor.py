@@ -222,7 +222,7 @@ class Doctor:
             self.add("detector", FAIL, _err(err))
             return
         self.detector = det
-        self.add("detector", OK, describe_detector(det))
+        self.add("detector", OK, det.describe())
 
     def camera(self) -> None:
         from maskd.sources import open_source
@@ -338,23 +338,6 @@ class Doctor:
                  f"classify {mean['classify']:.1f} ({faces} faces), track {mean['track']:.1f}; "
                  f"classifier {per_face:.1f} ms/face; ~{1000 / max(loop, 1e-3):.0f} fps without capture",
                  required=False)
-
-
-def describe_detector(det: Any) -> str:
-    """'yunet (file.onnx), input 320x240' for any detector, tiled or not."""
-    inner = getattr(det, "inner", det)
-    name = getattr(inner, "name", type(inner).__name__)
-    path = getattr(inner, "path", None)
-    size = getattr(inner, "input_size", None) or getattr(getattr(inner, "opt", None), "input_size", None)
-    if isinstance(size, int):
-        size = (size, size)
-    parts = [name + (f" ({Path(path).name})" if path else "")]
-    if size:
-        parts.append(f"input {size[0]}x{size[1]}")
-    tiles = getattr(det, "tiles", 1)
-    if inner is not det and tiles:
-        parts.append(f"{tiles}x{tiles} tiles")
-    return ", ".join(parts)
 
 
 def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
