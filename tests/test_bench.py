@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import bench
+from tools.benchlib import common, macs
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "tools" / "bench.py"
@@ -29,7 +29,7 @@ def run_bench(args: list[str], block_tf: bool = False, timeout: int = 300) -> su
 
 
 def test_cpu_peak_from_this_machine():
-    pk = bench.cpu_peak()
+    pk = macs.cpu_peak()
     assert pk["cores"] >= 1
     assert pk["int8_macs_per_cycle_per_core"] >= 1
     if pk["mhz"]:
@@ -38,7 +38,7 @@ def test_cpu_peak_from_this_machine():
 
 
 def test_measure_reports_ordered_positive_times():
-    t = bench.measure(lambda: sum(range(2000)), warmup=1, repeats=9)
+    t = common.measure(lambda: sum(range(2000)), warmup=1, repeats=9)
     assert t["n"] == 9
     assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"]
 
@@ -73,11 +73,11 @@ def test_tflite_mac_count_matches_keras_layers(default_model):
     pytest.importorskip("keras")
     from tools import train
 
-    t = bench.tflite_macs(default_model)
+    t = macs.tflite_macs(default_model)
     model, _ = train.build_model(t["input_size"], 1.0, None, 0)
-    assert bench.keras_macs(model) == t["macs"]
+    assert macs.keras_macs(model) == t["macs"]
     # MobileNetV2-224 is about 300 M MACs in the literature; counted here, not assumed.
-    assert 290e6 < bench.mobilenetv2_macs(224) < 310e6
+    assert 290e6 < macs.mobilenetv2_macs(224) < 310e6
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from tools import dataset
-from tools.bench import measure
+from tools.benchlib.common import measure
 from tools.evaluate import binary_metrics, open_model, run_models
 
 TOOLS = Path(__file__).resolve().parent
@@ -149,7 +149,7 @@ def measure_model(size: int, path: Path, test: tuple[list[Path], np.ndarray],
             i.invoke()
 
         row[f"ms_{threads}t"] = measure(invoke, args.warmup, args.repeats)["median_ms"]
-    from tools.bench import tflite_macs
+    from tools.benchlib.macs import tflite_macs
 
     row["macs"] = tflite_macs(path)["macs"]
     return row
