@@ -17,7 +17,13 @@ from pathlib import Path
 
 from maskd.config import Config, MqttConfig
 from maskd.mqtt import MqttSink
-from maskd.types import RunControl, ViolationEvent
+from maskd.types import FaceCounts, RunControl, ViolationEvent
+
+
+def counts(faces: int, masked: int, unmasked: int) -> FaceCounts:
+    """A frame's counts as the run loop reports them to sinks."""
+    return FaceCounts(faces, masked, unmasked, unjudged=0, active=0, detect_enabled=True,
+                      timestamp=time.time())
 
 
 def script(tag: str, violations: int, updates: int, left_open: int = 0) -> list[ViolationEvent]:
@@ -67,7 +73,7 @@ def main() -> int:
         if not announced and sink.connected:
             print("connected", flush=True)
             announced = True
-        sink.on_state({"faces": 1, "masked": 0, "unmasked": 1})
+        sink.on_state(counts(1, 0, 1))
         time.sleep(args.period)
     print("done", flush=True)
     if args.then == "wait":

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from mqtt_broker import Broker, Subscriber, make_ca
-from mqtt_driver import script
+from mqtt_driver import counts, script
 
-from maskd.config import Config, ConfigError, MqttConfig
-from maskd.mqtt import EVENT_SCHEMA, SCHEMA_ID, BrokerUrl, MqttSink, parse_switch
+from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
+from maskd.mqtt import SCHEMA_ID, MqttSink, ViolationPayload, parse_switch
 from maskd.types import RunControl
+
+EVENT_SCHEMA = ViolationPayload.model_json_schema()
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("mqtt_driver.py")
@@ -131,16 +133,22 @@ def test_url_and_switch_parsing():
 
 
 def test_config_mistakes_are_named(tmp_path, monkeypatch):
+    """Caught where the config is validated, before a sink exists (tests/test_config_rules.py
+    checks that `check-config` and `run` both refuse them)."""
     base = {"url": "mqtt://127.0.0.1:1", "username": "u"}
-    with pytest.raises(ConfigError, match="password_file: cannot read"):
-        MqttSink(MqttConfig(**base, password_file=tmp_path / "nope"), "d", "c", tmp_path)
+
+    def load(**mqtt: object) -> None:
+        parse_config({"mqtt": mqtt})
+
+    with pytest.raises(ConfigError, match="'mqtt.password_file': cannot read .*nope"):
+        load(**base, password_file=str(tmp_path / "nope"))
     monkeypatch.delenv("MASKD_NO_SUCH_VAR", raising=False)
     with pytest.raises(ConfigError, match="MASKD_NO_SUCH_VAR is not set"):
-        MqttSink(MqttConfig(**base, password_env="MASKD_NO_SUCH_VAR"), "d", "c", tmp_path)
-    with pytest.raises(ConfigError, match="use mqtts://"):
-        MqttSink(MqttConfig(url="mqtt://h", ca_file=tmp_path / "ca"), "d", "c", tmp_path)
-    with pytest.raises(ConfigError, match="ca_file: .* not found"):
-        MqttSink(MqttConfig(url="mqtts://h", ca_file=tmp_path / "ca"), "d", "c", tmp_path)
+        load(**base, password_env="MASKD_NO_SUCH_VAR")
+    with pytest.raises(ConfigError, match="'mqtt.ca_file': .*use mqtts://"):
+        load(url="mqtt://h", ca_file=str(tmp_path / "ca"))
+    with pytest.raises(ConfigError, match="'mqtt.ca_file': cannot read .*No such file"):
+        load(url="mqtts://h", ca_file=str(tmp_path / "ca"))
 
 
 def test_start_does_not_block_without_broker(tmp_path):
@@ -168,8 +176,8 @@ def test_events_state_and_discovery(broker, tmp_path):
     evs = script("a", 1, 1)  # start, update, end
     for ev in evs:
         sink.emit(ev)
-    sink.on_state({"faces": 2, "masked": 1, "unmasked": 1})
-    sink.on_state({"faces": 3, "masked": 2, "unmasked": 1})  # within 1 s: suppressed
+    sink.on_state(counts(2, 1, 1))
+    sink.on_state(counts(3, 2, 1))  # within 1 s: suppressed
     assert sink.flush(10)
     got = [m.json() for m in sub.wait_topic(f"{CAM}/violation", 3)]
     assert [(e["event_type"], e["seq"]) for e in got] == [("start", 0), ("update", 1), ("end", 2)]
@@ -412,7 +420,7 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path):
 def test_refused_publishes_are_kept_reported_and_offered_again(tmp_path, caplog, monkeypatch):
     """MQTT 5 PUBACK "Not authorized" (the broker's ACL): kept, reported, retried, delivered
     once the ACL lets them through. Under 3.1.1 mosquitto acknowledged them like any other."""
-    monkeypatch.setattr("maskd.mqtt.REFUSED_RETRY_S", 0.5)
+    monkeypatch.setattr("maskd.mqtt.sink.REFUSED_RETRY_S", 0.5)
     caplog.set_level(logging.INFO, logger="maskd.mqtt")
     with Broker(tmp_path / "b", acl=f"topic deny {CAM}/violation\ntopic readwrite #") as b:
         sub = Subscriber(b, [f"{CAM}/violation"])

@@ -20,6 +20,7 @@ import numpy as np
 
 from maskd.config import MqttConfig
 from maskd.mqtt import MqttSink
+from maskd.mqtt.schema import event_fields
 from maskd.outbox import Outbox
 from maskd.types import ViolationEvent
 from tools.mosquitto import Broker, Subscriber
@@ -77,7 +78,7 @@ def bench_outbox(state: Path, n: int) -> None:
     for durable in (True, False):
         d = state / f"put-{durable}"
         ob = Outbox(d, durable=durable)
-        payload = event(0).to_dict()
+        payload = event_fields(event(0))
         t0 = time.perf_counter()
         for _ in range(n):
             ob.put("t", payload)

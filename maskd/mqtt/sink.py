@@ -1,4 +1,4 @@
-"""Violation events, availability and state to the building's MQTT broker (docs/mqtt.md).
+"""MqttSink: violation events, availability and state to the building's MQTT broker.
 
 Delivery is at-least-once and ordered: every event goes into the durable outbox first
 (maskd.outbox; in its memory queue while the disk fails) and leaves it only on the broker's
@@ -23,188 +23,25 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.config import Config, ConfigError, MqttConfig
+from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig
+from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
+from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
-from maskd.types import RunControl, ViolationEvent
+from maskd.types import EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("maskd.mqtt.paho")
 
-SCHEMA_ID = "maskd.violation/1"
 SESSION_FILE = "mqtt-session.json"
 WINDOW = 50  # events handed to paho but not yet acknowledged
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
-
-_NUM = {"type": "number"}
-_NUM_OR_NULL = {"type": ["number", "null"]}
-#: JSON Schema of the `<camera>/violation` payload; docs/mqtt.md carries the same text (tested).
-EVENT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": SCHEMA_ID,
-    "title": "maskd violation event",
-    "type": "object",
-    "required": [
-        "schema", "event_type", "event_id", "seq", "device_id", "camera", "track_id",
-        "start_time", "end_time", "score", "top_score", "box", "end_reason", "model",
-        "sw_version", "sent_at", "buffered",
-    ],
-    "properties": {
-        "schema": {"const": SCHEMA_ID},
-        "event_type": {"enum": ["start", "update", "end"]},
-        "event_id": {"type": "string"},
-        "seq": {"type": "integer", "minimum": 0},
-        "device_id": {"type": "string"},
-        "camera": {"type": "string"},
-        "track_id": {"type": "integer"},
-        "start_time": _NUM,
-        "end_time": _NUM_OR_NULL,
-        "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "top_score": {"type": "number", "minimum": 0, "maximum": 1},
-        "box": {"type": "array", "items": _NUM, "minItems": 4, "maxItems": 4},
-        "end_reason": {"enum": ["masked", "gone", "shutdown", "restart", None]},
-        "frame_seq": {"type": ["integer", "null"]},
-        "model": {"type": ["string", "null"]},
-        "sw_version": {"type": "string"},
-        "snapshot": {"type": "boolean"},
-        "sent_at": _NUM,
-        "buffered": {"type": "boolean"},
-    },
-}
-
-_TRUE = {"on", "true", "1", "enable", "enabled"}
-_FALSE = {"off", "false", "0", "disable", "disabled"}
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(f"mqtt.url: {url!r} must start with mqtt:// or mqtts://")
-        if parts.username or parts.password:
-            raise ConfigError(
-                "mqtt.url: put no credentials in the URL; use mqtt.username and "
-                "mqtt.password_file / mqtt.password_env"
-            )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(f"mqtt.url: bad port in {url!r}") from None
-        if not parts.hostname:
-            raise ConfigError(f"mqtt.url: no host in {url!r}")
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic maskd uses, derived once from prefix, device id and camera."""
-
-    status: str
-    status_detail: str
-    violation: str
-    active: str
-    snapshot: str
-    state: str
-    stats: str
-    detect_set: str
-    detect_state: str
-    discovery: str
-    ha_status: str
-
-    @classmethod
-    def build(cls, mq: MqttConfig, device_id: str, camera: str) -> Topics:
-        base = f"{mq.prefix}/{device_id}"
-        cam = f"{base}/{camera}"
-        return cls(
-            status=f"{base}/status",
-            status_detail=f"{base}/status/detail",
-            violation=f"{cam}/violation",
-            active=f"{cam}/violation/active",
-            snapshot=f"{cam}/snapshot",
-            state=f"{cam}/state",
-            stats=f"{cam}/stats",
-            detect_set=f"{cam}/detect/set",
-            detect_state=f"{cam}/detect/state",
-            discovery=f"{mq.discovery_prefix}/device/{mq.prefix}_{device_id}_{camera}/config",
-            ha_status=f"{mq.discovery_prefix}/status",
-        )
-
-
-def parse_switch(payload: bytes) -> bool | None:
-    """ON/OFF (and true/false, 1/0) as sent by Home Assistant or a person; None if neither."""
-    text = payload.decode("utf-8", "replace").strip().lower()
-    return True if text in _TRUE else False if text in _FALSE else None
-
-
-def discovery_config(
-    topics: Topics, device_id: str, camera: str, model: str | None, snapshots: bool
-) -> dict:
-    """Home Assistant device-based discovery: one retained message for all entities."""
-    uid = f"maskd_{device_id}_{camera}"
-
-    def sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, dict]:
-        return f"{uid}_{key}", {
-            "platform": "sensor", "name": name, "unique_id": f"{uid}_{key}",
-            "state_topic": topic, "value_template": template, **extra,
-        }
-
-    cmps = dict([
-        (f"{uid}_violation", {
-            "platform": "binary_sensor", "name": f"{camera} mask violation",
-            "unique_id": f"{uid}_violation", "device_class": "problem",
-            "state_topic": topics.active, "payload_on": "ON", "payload_off": "OFF",
-        }),
-        (f"{uid}_detect", {
-            "platform": "switch", "name": f"{camera} detection", "unique_id": f"{uid}_detect",
-            "command_topic": topics.detect_set, "state_topic": topics.detect_state,
-            "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
-        }),
-        sensor("faces", f"{camera} faces", topics.state, "{{ value_json.faces }}",
-               state_class="measurement"),
-        sensor("masked", f"{camera} masked", topics.state, "{{ value_json.masked }}",
-               state_class="measurement"),
-        sensor("unmasked", f"{camera} unmasked", topics.state, "{{ value_json.unmasked }}",
-               state_class="measurement"),
-        sensor("outbox", f"{camera} outbox depth", topics.stats,
-               "{{ value_json.outbox_depth }}", entity_category="diagnostic"),
-        sensor("fps", f"{camera} fps", topics.stats, "{{ value_json.fps | default(none) }}",
-               entity_category="diagnostic", unit_of_measurement="fps"),
-    ])
-    if snapshots:
-        cmps[f"{uid}_snapshot"] = {
-            "platform": "camera", "name": f"{camera} last violation",
-            "unique_id": f"{uid}_snapshot", "topic": topics.snapshot,
-        }
-    return {
-        "device": {
-            "identifiers": [f"maskd_{device_id}"], "name": f"maskd {device_id}",
-            "manufacturer": "maskd", "model": model or "maskd", "sw_version": __version__,
-        },
-        "origin": {"name": "maskd", "sw_version": __version__},
-        "availability_topic": topics.status,
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "qos": 1,
-        "components": cmps,
-    }
-
 
 def _encode_jpeg(image: Any) -> bytes | None:
     import cv2  # the run loop already has it; imported here so this module stays light
@@ -267,7 +104,7 @@ def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
     )
 
 
-class MqttSink:
+class MqttSink(EventSink):
     """EventSink publishing to MQTT through the durable outbox; see the module docstring."""
 
     def __init__(
@@ -288,8 +125,6 @@ class MqttSink:
         self._model = model_name
         self._control = control if control is not None else RunControl()
         self.topics = Topics.build(mq, device_id, camera)
-        password = self._password()
-        self._check_tls_files()
 
         self._outbox = Outbox(state_dir, mq.outbox_max_events, mq.outbox_max_age_s,
                               memory_max=mq.memory_queue_max,
@@ -328,9 +163,9 @@ class MqttSink:
         c.on_log = self._on_log
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
-            c.username_pw_set(mq.username, password)
+            c.username_pw_set(mq.username, mq.password())
         if self._url.tls:
-            self._setup_tls(c)
+            apply_tls(c, mq)
         c.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(20)
         c.on_connect = self._on_connect
@@ -364,41 +199,6 @@ class MqttSink:
             model_name = Path(cfg.classifier.model or default_model_path()).name
         return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name)
 
-    # ---- configuration checks (clear messages before anything starts) ----
-
-    def _password(self) -> str | None:
-        mq = self._mq
-        try:
-            pw = mq.password()
-        except OSError as err:
-            raise ConfigError(
-                f"mqtt.password_file: cannot read {mq.password_file}: {err.strerror or err}"
-            ) from None
-        if mq.password_env is not None and mq.password_file is None and pw is None:
-            raise ConfigError(f"mqtt.password_env: environment variable {mq.password_env} is not set")
-        if pw is not None and mq.username is None:
-            raise ConfigError("mqtt: a password is configured but mqtt.username is not")
-        return pw
-
-    def _check_tls_files(self) -> None:
-        mq = self._mq
-        files = {"ca_file": mq.ca_file, "cert_file": mq.cert_file, "key_file": mq.key_file}
-        for key, path in files.items():
-            if path is None:
-                continue
-            if not self._url.tls:
-                raise ConfigError(f"mqtt.{key} is set but mqtt.url is mqtt://; use mqtts://")
-            if not path.is_file():
-                raise ConfigError(f"mqtt.{key}: {path} not found")
-        if mq.key_file is not None and mq.cert_file is None:
-            raise ConfigError("mqtt.key_file needs mqtt.cert_file")
-
-    def _setup_tls(self, c: mqtt.Client) -> None:
-        try:
-            apply_tls(c, self._mq)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"mqtt TLS (ca_file/cert_file/key_file): {err}") from None
-
     # ---- clean/unclean stop marker: status/detail tells consumers how the last run ended ----
 
     def _read_previous_stop(self) -> str:
@@ -429,14 +229,8 @@ class MqttSink:
             log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id, event.seq)
             return
         snapshot = self._mq.snapshots and event.best_crop is not None
-        payload = {
-            "schema": SCHEMA_ID,
-            **event.to_dict(),
-            "device_id": self._device_id,
-            "model": self._model,
-            "sw_version": __version__,
-            "snapshot": snapshot,
-        }
+        payload = ViolationPayload.build(event, device_id=self._device_id, model=self._model,
+                                         snapshot=snapshot).stored()
         jpeg = _encode_jpeg(event.best_crop) if snapshot else None
         # Held across put + remember, so the publisher finds the snapshot with its row.
         with self._snap_lock:
@@ -517,9 +311,10 @@ class MqttSink:
 
     # ---- run loop hooks ----
 
-    def on_state(self, state: dict) -> None:
+    def on_state(self, counts: FaceCounts) -> None:
         """Counts (faces, masked, unmasked, ...): at most every state_interval_s, and only on change
         (or once per stats interval as a heartbeat)."""
+        state = counts.to_dict()
         now = time.monotonic()
         since = now - self._last_state_t
         if since < self._mq.state_interval_s:
@@ -532,10 +327,10 @@ class MqttSink:
         self._last_state, self._last_state_t = counts, now
         self._client.publish(self.topics.state, _dumps({**state, "time": time.time()}), qos=0)
 
-    def on_stats(self, stats: dict) -> None:
+    def on_stats(self, stats: LoopStats) -> None:
         """Loop health (fps per stage, skipped frames); published with the outbox's own numbers
         every stats_interval_s by the publisher thread."""
-        self._loop_stats = dict(stats)
+        self._loop_stats = stats.to_dict()
 
     def health(self) -> dict:
         """The MQTT part of the stats message."""
@@ -805,8 +600,7 @@ class MqttSink:
                       REFUSED_RETRY_S, who)
 
     def _publish_row(self, row: Row, buffered: bool) -> int | None:
-        payload = {**row.payload, "sent_at": round(time.time(), 3), "buffered": buffered}
-        info = self._client.publish(row.topic, _dumps(payload), qos=1)
+        info = self._client.publish(row.topic, _dumps(on_wire(row.payload, buffered)), qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None  # connection gone; the next connect replays from the outbox
         self.published += 1
