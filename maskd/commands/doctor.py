@@ -168,22 +168,19 @@ class Doctor:
         self.add("tflite runtime", OK, f"{dist} {version}")
 
     def classifier_check(self) -> None:
-        from maskd.classifier import Classifier, ModelError, default_model_path
+        from maskd.classifier import ModelError
+        from maskd.service import build_classifier
 
         c = self.cfg.classifier
-        path = c.model or default_model_path()
         try:
             with captured_stderr_fd() as native:
-                clf = Classifier.open(c.model, c.threads, c.edgetpu)
+                clf = build_classifier(self.cfg)
                 clf.predict([np.zeros((64, 64, 3), np.uint8)])  # delegates apply on first invoke
         except ModelError as err:
             self.add("classifier", FAIL, _err(err))
             return
         self.classifier = clf
-        dtype = np.dtype(clf._in["dtype"]).name
-        s = clf.input_size
-        self.add("classifier", OK, f"{Path(path).name}: input {s}x{s}x3 {dtype}, labels "
-                 f"{'/'.join(clf.labels)}, on {clf.runtime}")
+        self.add("classifier", OK, clf.describe())
         text = "".join(native)
         if c.edgetpu:
             self.add("xnnpack", INFO, "not used: the classifier runs on the EdgeTPU", required=False)
@@ -213,11 +210,12 @@ class Doctor:
                      + ("" if wanted else " (not needed: edgetpu off)"), required=wanted)
 
     def detector_check(self) -> None:
-        from maskd.detectors import DetectorError, make_detector
+        from maskd.detectors import DetectorError
+        from maskd.service import build_detector
 
         try:
             with captured_stderr_fd():
-                det = make_detector(self.cfg.detector)
+                det = build_detector(self.cfg)
         except DetectorError as err:
             self.add("detector", FAIL, _err(err))
             return
