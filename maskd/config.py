@@ -475,6 +475,48 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.rpartition(".")
+    target = data
+    for part in filter(None, section.split(".")):
+        target = target[part]
+    target[key] = value
+
+
+def override(cfg: Config, args: Any, mapping: dict[str, str]) -> Config:
+    """Config with the given command-line options (arg name -> dotted key) applied when set.
+
+    Re-validated as a whole, so a bad value on the command line is reported like one in YAML.
+    """
+    data = cfg.model_dump()
+    for arg, key in mapping.items():
+        value = getattr(args, arg, None)
+        if value is not None and value is not False:
+            _set(data, key, value)
+    return parse_config(data, "command line")
+
+
+# Command-line options (argparse names) and the config keys they set; shared by the commands.
+MODEL_OPTIONS = {
+    "detector": "detector.kind",
+    "detector_model": "detector.model",
+    "model": "classifier.model",
+    "threads": "classifier.threads",
+    "edgetpu": "classifier.edgetpu",
+}
+RUN_OPTIONS = {
+    **MODEL_OPTIONS,
+    "device_id": "device_id",
+    "camera": "camera",
+    "loop": "source.loop",
+    "jsonl": "jsonl.path",
+    "annotate": "preview.annotate_dir",
+    "mqtt": "mqtt.url",
+    "state_dir": "state_dir",
+    "log_level": "log_level",
+}
+
+
 class BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader with limits: nesting depth, values after alias expansion (so a
     "billion laughs" file fails at once instead of hanging), no recursive aliases, and no

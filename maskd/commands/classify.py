@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from maskd.classifier import ModelError
-from maskd.commands.run import MODEL_OPTIONS, override
-from maskd.config import ConfigError, load_config
+from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.service import build_classifier
 from maskd.types import label_for

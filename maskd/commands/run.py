@@ -12,53 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
-from maskd.config import EX_CONFIG, Config, ConfigError, load_config, parse_config
+from maskd.config import (
+    EX_CONFIG,
+    RUN_OPTIONS,
+    Config,
+    ConfigError,
+    load_config,
+    override,
+    parse_config,
+)
 
 log = logging.getLogger("maskd")
-
-
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, key = dotted.rpartition(".")
-    target = data
-    for part in filter(None, section.split(".")):
-        target = target[part]
-    target[key] = value
-
-
-def override(cfg: Config, args: argparse.Namespace, mapping: dict[str, str]) -> Config:
-    """Config with the given command-line options (arg name -> dotted key) applied when set.
-
-    Re-validated as a whole, so a bad value on the command line is reported like one in YAML.
-    """
-    data = cfg.model_dump()
-    for arg, key in mapping.items():
-        value = getattr(args, arg, None)
-        if value is not None and value is not False:
-            _set(data, key, value)
-    return parse_config(data, "command line")
-
-
-# Options shared by `scan` and `run`.
-MODEL_OPTIONS = {
-    "detector": "detector.kind",
-    "detector_model": "detector.model",
-    "model": "classifier.model",
-    "threads": "classifier.threads",
-    "edgetpu": "classifier.edgetpu",
-}
-RUN_OPTIONS = {
-    **MODEL_OPTIONS,
-    "device_id": "device_id",
-    "camera": "camera",
-    "loop": "source.loop",
-    "jsonl": "jsonl.path",
-    "annotate": "preview.annotate_dir",
-    "mqtt": "mqtt.url",
-    "state_dir": "state_dir",
-    "log_level": "log_level",
-}
 
 
 def run_config(args: argparse.Namespace) -> Config:

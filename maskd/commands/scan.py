@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.config import Config, ConfigError, load_config
+from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
@@ -97,7 +97,6 @@ def _human(rec: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from maskd.classifier import ModelError
-    from maskd.commands.run import MODEL_OPTIONS, override
     from maskd.detectors import DetectorError
     from maskd.service import build_classifier, build_detector
 
