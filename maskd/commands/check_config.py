@@ -3,8 +3,10 @@
 Exit 0 and "OK" when valid, else one line per bad key on stderr and exit 78 (EX_CONFIG), the
 status systemd's RestartPreventExitStatus= keys on. It loads the config as `run` does, so both
 reject the same configs: with MQTT on, that includes the password file or variable and the TLS
-files (maskd.config.MqttConfig). Model files are warnings only: which file a detector uses is
-decided when it loads (`run`, `maskd doctor`), and the service may run as another user.
+files (maskd.config.MqttConfig), read when the config is loaded. Model files are warnings
+only: like the camera device and the broker, they are the machine's state rather than the
+config's (the service may run as another user, or on another machine); `maskd doctor` checks
+them, and `run` stops with exit 78 when one is missing.
 """
 
 from __future__ import annotations
