@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,16 @@ DEFAULT_SCALE = 1.0 / 127.5
 DEFAULT_OFFSET = -1.0
 
 
+def packaged_model_path() -> Path:
+    """The int8 model that ships inside the package (``maskd/models/``, package data), with its
+    sidecar next to it; a link to ``models/`` in a checkout, a real file in a wheel."""
+    return Path(str(resources.files("maskd").joinpath("models", DEFAULT_MODEL_NAME)))
+
+
 def default_model_path() -> Path:
-    """The shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` or ``models/<name>`` of this checkout."""
-    folder = Environment.read().model_dir or Path(__file__).resolve().parent.parent / "models"
-    return folder / DEFAULT_MODEL_NAME
+    """The shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` when set, else the packaged one."""
+    folder = Environment.read().model_dir
+    return folder / DEFAULT_MODEL_NAME if folder is not None else packaged_model_path()
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -47,7 +47,11 @@ def test_preprocess_rejects_non_rgb() -> None:
 
 def test_default_model_path_and_env_override(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv(env.MODEL_DIR, raising=False)
-    assert default_model_path() == REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    packaged = default_model_path()
+    assert packaged == REPO / "maskd" / "models" / "maskd_mobilenetv2_int8.tflite"
+    # in the checkout the packaged files are links to models/, so there is one copy in git
+    assert packaged.resolve() == REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    assert sidecar_path(packaged).resolve() == REPO / "models" / "maskd_mobilenetv2_int8.json"
     monkeypatch.setenv(env.MODEL_DIR, str(tmp_path))
     assert default_model_path() == tmp_path / "maskd_mobilenetv2_int8.tflite"
     with pytest.raises(ModelError, match="not found.*MASKD_MODEL_DIR"):
