@@ -4,9 +4,10 @@
 #   sudo deploy/install.sh [options]
 #
 #   --with-mosquitto        also install a local mosquitto broker (apt) for a self-contained test
-#   --yunet                 download the YuNet face detector (opencv_zoo 2023mar), sha256-checked
+#   --yunet                 download the YuNet face detector with `maskd models fetch`, checked
+#                           against the sha256 pinned in maskd/modelfiles.py
 #   --yunet-sha256 HEX      ... expecting this sha256 instead of the pinned one (e.g. --yunet-url)
-#   --yunet-url URL         ... from this URL instead of GitHub
+#   --yunet-url URL         ... from this URL (http(s):// or file://) instead of GitHub
 #   --no-start              install and enable, but do not (re)start the service
 #   --dry-run               print what would be done, change nothing
 #   --root DIR              stage every file under DIR instead of /, and only print the system
@@ -26,12 +27,10 @@ CONF_DIR=/etc/maskd
 UNIT_DIR=/etc/systemd/system
 UDEV_DIR=/etc/udev/rules.d
 SERVICE_USER=maskd
-# opencv_zoo's YuNet 2023mar. The sha256 is the Git LFS object id recorded upstream in
-# opencv/opencv_zoo models/face_detection_yunet/face_detection_yunet_2023mar.onnx (LFS oids are
-# the sha256 of the file content), size 232589 bytes.
-YUNET_NAME=face_detection_yunet_2023mar.onnx
-YUNET_URL="https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/$YUNET_NAME"
-YUNET_SHA256=8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
+# YuNet: URL, pinned sha256 and file name live in maskd/modelfiles.py (the quick start uses the
+# same `maskd models fetch`); empty here means "maskd's default".
+YUNET_URL=""
+YUNET_SHA256=""
 # apt's picamera2 / simplejpeg are built against numpy 1.x; numpy 2 in the venv breaks them.
 PIP_CONSTRAINTS="numpy<2"
 
@@ -59,7 +58,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--yunet-sha256 must be 64 lower-case hex digits"
+[ -z "$YUNET_SHA256" ] || [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] \
+    || die "--yunet-sha256 must be 64 lower-case hex digits"
 
 # File operations run unless --dry-run (system commands go through sys, deploy/lib.sh).
 act() {
@@ -152,23 +152,15 @@ done
 [ "$found_model" = 1 ] || say "WARNING: no classifier model in $SRC/models (train one, see docs/classifier.md)"
 
 if [ "$YUNET" = 1 ]; then
-    dest="$ROOT$MODELS/$YUNET_NAME"
-    if [ -e "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$YUNET_SHA256" ]; then
-        say "unchanged $MODELS/$YUNET_NAME (sha256 ok)"
-    elif [ "$DRY" = 1 ]; then
-        echo "would run: curl -fL $YUNET_URL, check sha256 $YUNET_SHA256, install $MODELS/$YUNET_NAME"
+    # The checkout's maskd with the system python: only the standard library, so it works in a
+    # --root staging run too (no venv there). The file is named after its sha256, not the URL.
+    fetch=(models fetch --dest "$ROOT$MODELS")
+    [ -z "$YUNET_URL" ] || fetch+=(--yunet-url "$YUNET_URL")
+    [ -z "$YUNET_SHA256" ] || fetch+=(--yunet-sha256 "$YUNET_SHA256")
+    if [ "$DRY" = 1 ]; then
+        echo "would run: python3 -m maskd ${fetch[*]}"
     else
-        tmp="$(mktemp)"
-        curl -fsSL --retry 3 -o "$tmp" "$YUNET_URL" || { rm -f "$tmp"; die "download failed: $YUNET_URL"; }
-        got="$(sha256sum "$tmp" | cut -d' ' -f1)"
-        if [ "$got" != "$YUNET_SHA256" ]; then
-            size="$(stat -c %s "$tmp")"
-            rm -f "$tmp"
-            die "YuNet sha256 mismatch: got $got ($size bytes from $YUNET_URL), expected $YUNET_SHA256; nothing installed"
-        fi
-        install -D -m 0644 "$tmp" "$dest"
-        rm -f "$tmp"
-        say "installed $MODELS/$YUNET_NAME (sha256 ok)"
+        PYTHONPATH="$SRC" python3 -m maskd "${fetch[@]}" || die "YuNet not installed (see above)"
     fi
 fi
 

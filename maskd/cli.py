@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from maskd import __version__
+from maskd import __version__, modelfiles
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+
+    p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    p = msub.add_parser("fetch", help="download YuNet, checked against its pinned sha256")
+    p.add_argument("--dest", type=Path, default=None, metavar="DIR",
+                   help="folder to save it in (default: models/ in a checkout, else "
+                        "/usr/share/maskd/models; both are where the detector looks)")
+    p.add_argument("--yunet-url", default=modelfiles.YUNET_URL, metavar="URL",
+                   help="download from here instead (http(s):// or file://; default: %(default)s)")
+    p.add_argument("--yunet-sha256", default=modelfiles.YUNET_SHA256, metavar="HEX",
+                   help="expect this sha256 instead of the pinned one (default: %(default)s); "
+                        "the file is named after its content, never after the URL")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="network time-out in seconds (default: %(default)s)")
 
     p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)")
     p.add_argument("config", type=Path)

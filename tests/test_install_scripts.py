@@ -8,11 +8,14 @@ docs/install-pi.md.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from maskd.modelfiles import YUNET_NAME, YUNET_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -104,29 +107,36 @@ def fake_model(tmp_path: Path) -> tuple[Path, str]:
 def test_yunet_download_is_sha256_checked(tmp_path):
     root = tmp_path / "root"
     model, digest = fake_model(tmp_path)
-    dest = root / "usr/share/maskd/models/face_detection_yunet_2023mar.onnx"
+    models = root / "usr/share/maskd/models"
     # wrong hash: refused, nothing installed
     bad = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
              "--yunet-sha256", "0" * 64)
     assert bad.returncode != 0
     assert f"YuNet sha256 mismatch: got {digest}" in bad.stderr and "nothing installed" in bad.stderr
-    assert not dest.exists()
-    # the hash the user trusts: installed; run again: left alone
+    assert not list(models.glob("*.onnx"))
+    # the URL alone is checked against the pinned sha256: refused too
+    pinned = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}")
+    assert pinned.returncode != 0 and f"expected {YUNET_SHA256}" in pinned.stderr
+    # the hash the user trusts: installed under a name from its content; run again: left alone
     ok = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
             "--yunet-sha256", digest)
     assert ok.returncode == 0, ok.stderr
+    dest = models / f"face_detection_yunet_sha256-{digest[:16]}.onnx"
     assert dest.read_bytes() == model.read_bytes()
+    assert not (models / YUNET_NAME).exists()  # another version never takes the pinned name
     again = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
                "--yunet-sha256", digest)
-    assert "unchanged /usr/share/maskd/models/face_detection_yunet_2023mar.onnx (sha256 ok)" in again.stdout
+    assert f"unchanged {dest} (sha256 ok)" in again.stdout
     # a malformed hash is rejected before anything happens
     r = sh(INSTALL, "--root", root, "--yunet-sha256", "abc")
     assert r.returncode != 0 and "64 lower-case hex digits" in r.stderr
 
 
-def test_pinned_yunet_hash_is_the_upstream_lfs_oid():
+def test_installer_and_quickstart_fetch_yunet_with_the_same_command():
     text = INSTALL.read_text()
-    assert "YUNET_SHA256=8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4" in text
+    assert 'python3 -m maskd "${fetch[@]}"' in text and "fetch=(models fetch" in text
+    assert not re.search(r"[0-9a-f]{64}", text)  # the one pin is maskd/modelfiles.py's
+    assert ".venv/bin/maskd models fetch" in (REPO / "deploy" / "quickstart.sh").read_text()
 
 
 def test_unknown_option_is_an_error(tmp_path):

@@ -12,26 +12,19 @@ from maskd.config import DetectorConfig
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
 from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
+from maskd.modelfiles import REPO_MODELS, SYSTEM_MODELS, YUNET_GLOB, find_yunet
 from maskd.types import Face
-
-YUNET_GLOB = "face_detection_yunet*.onnx"
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
-SYSTEM_MODELS = Path("/usr/share/maskd/models")
 
 
 def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
-    """The YuNet .onnx: the configured file, else $MASKD_YUNET, models/, /usr/share/maskd/models."""
+    """The YuNet .onnx: the configured file, else $MASKD_YUNET, else the one `maskd models fetch`
+    saved in models/ (a checkout) or /usr/share/maskd/models (the pinned version first)."""
     if cfg_model is not None:
         return Path(cfg_model) if Path(cfg_model).is_file() else None
     chosen = Environment.read().yunet
     if chosen is not None and chosen.is_file():
         return chosen
-    for folder in (REPO_MODELS, SYSTEM_MODELS):
-        if folder.is_dir():
-            found = sorted(folder.glob(YUNET_GLOB))
-            if found:
-                return found[-1]
-    return None
+    return find_yunet((REPO_MODELS, SYSTEM_MODELS))
 
 
 class YuNet:
@@ -69,7 +62,8 @@ class YuNet:
                                   f"{SYSTEM_MODELS}/{YUNET_GLOB}")
             raise DetectorError(
                 f"YuNet model not found ({where}): set detector.model to the "
-                "face_detection_yunet .onnx file, or use detector kind blazeface")
+                "face_detection_yunet .onnx file (`maskd models fetch` downloads it), or use "
+                "detector kind blazeface")
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
                    cfg.nms_threshold)
 

@@ -1,0 +1,36 @@
+"""`maskd models fetch`: download the YuNet face detector, checked against its pinned sha256.
+
+Exit status: 0 the checked file is in place (downloaded, or there already); 65 (EX_DATAERR)
+the download's sha256 is not the expected one (nothing saved); 69 (EX_UNAVAILABLE) the URL
+could not be reached; 73 (EX_CANTCREAT) the folder cannot be written; 2 bad arguments.
+Imports only the standard library, so `python3 -m maskd models fetch` works without the venv
+(deploy/install.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from maskd.modelfiles import YUNET_URL, FetchError, default_dest, fetch_yunet
+
+EXIT = {"checksum": 65, "network": 69, "write": 73, "usage": 2}
+
+
+def main(args: argparse.Namespace) -> int:
+    dest = args.dest or default_dest()
+    try:
+        got = fetch_yunet(dest, args.yunet_url, args.yunet_sha256, timeout=args.timeout)
+    except FetchError as err:
+        print(f"maskd models fetch: {err}", file=sys.stderr)
+        if err.kind == "network":
+            print("maskd models fetch: without YuNet, detector kind auto uses BlazeFace, which "
+                  "often loses faces once a mask covers nose and mouth", file=sys.stderr)
+        if err.kind == "network" and args.yunet_url == YUNET_URL:
+            print("maskd models fetch: or download that URL on a machine that can, copy it "
+                  "here and run: maskd models fetch --yunet-url file:///path/to/it (checked the "
+                  "same way)", file=sys.stderr)
+        return EXIT[err.kind]
+    state = "installed" if got.changed else "unchanged"
+    print(f"{state} {got.path} (sha256 ok)")
+    return 0

@@ -1,0 +1,137 @@
+"""Model files that cannot come from git: where maskd looks for them, and ``maskd models fetch``.
+
+YuNet's ``.onnx`` may not be committed, so it is downloaded once and checked against a pinned
+sha256. The saved file's name follows its content, never the URL: the pinned sha256 is saved as
+``YUNET_NAME``, another known one under its own version's name, any other as
+``face_detection_yunet_sha256-<first 16 hex>.onnx``. A ``--yunet-url`` of another version is
+refused unless its own sha256 is given too, and is then never saved under the pinned name.
+
+Standard library only: ``deploy/install.sh`` runs it with the system Python (``python3 -m
+maskd models fetch``) before or without the venv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+# The YuNet the tests use (a copy lives in ../shared/models). Its sha256 was computed here from
+# that file (229,738 bytes). The URL is where opencv_zoo keeps its YuNet versions on GitHub, with
+# this version's name; it could not be opened from the development machines (no GitHub access),
+# so it is an assumption: whatever it serves is only kept if it has this sha256.
+YUNET_NAME = "face_detection_yunet_2026may.onnx"
+YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
+YUNET_URL = ("https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+             + YUNET_NAME)
+# Versions known by content. 2023mar: the Git LFS object id upstream records for
+# face_detection_yunet_2023mar.onnx (232,589 bytes); LFS ids are the sha256 of the content.
+KNOWN_YUNET = {
+    YUNET_SHA256: YUNET_NAME,
+    "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4":
+        "face_detection_yunet_2023mar.onnx",
+}
+YUNET_GLOB = "face_detection_yunet*.onnx"
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+REPO_MODELS = CHECKOUT / "models"  # a checkout's models/ (git-ignored .onnx files)
+SYSTEM_MODELS = Path("/usr/share/maskd/models")  # deploy/install.sh
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    """A download that did not end in a checked file; ``kind`` is network, checksum or write."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    changed: bool  # False: the right file was there already
+
+
+def in_checkout() -> bool:
+    """Whether maskd runs from a source checkout (editable install), not from a wheel."""
+    return (CHECKOUT / "pyproject.toml").is_file() and REPO_MODELS.is_dir()
+
+
+def default_dest() -> Path:
+    """Where ``maskd models fetch`` saves by default: the checkout's models/, else the system
+    folder the installer uses; both are searched by the YuNet lookup."""
+    return REPO_MODELS if in_checkout() else SYSTEM_MODELS
+
+
+def yunet_name(sha256: str) -> str:
+    """The file name for YuNet content with this sha256."""
+    return KNOWN_YUNET.get(sha256, f"face_detection_yunet_sha256-{sha256[:16]}.onnx")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
+                timeout: float = 60.0) -> Fetched:
+    """Download YuNet from ``url`` into ``dest`` if its content has ``sha256``; raises FetchError.
+
+    Written to a temporary file next to the target and renamed only after the check, so a
+    failed or wrong download leaves nothing behind.
+    """
+    if not SHA256_RE.match(sha256):
+        raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
+    target = dest / yunet_name(sha256)
+    if target.is_file() and file_sha256(target) == sha256:
+        return Fetched(target, changed=False)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
+    except OSError as err:
+        raise FetchError("write", f"cannot write in {dest}: {err.strerror or err}") from None
+    tmp = Path(tmp_name)
+    try:
+        h, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(block)
+                    h.update(block)
+                    size += len(block)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise FetchError("network", f"cannot download {url}: {reason}") from None
+        got = h.hexdigest()
+        if got != sha256:
+            raise FetchError("checksum", f"YuNet sha256 mismatch: got {got} ({size} bytes from "
+                                         f"{url}), expected {sha256}; nothing installed")
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Fetched(target, changed=True)
+
+
+def find_yunet(folders: tuple[Path, ...]) -> Path | None:
+    """The YuNet file in the first folder that has one: the pinned version when present, else
+    the last by name."""
+    for folder in folders:
+        if (folder / YUNET_NAME).is_file():
+            return folder / YUNET_NAME
+        if folder.is_dir():
+            found = sorted(folder.glob(YUNET_GLOB))
+            if found:
+                return found[-1]
+    return None

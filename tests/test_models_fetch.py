@@ -1,0 +1,149 @@
+"""`maskd models fetch`: YuNet from a local HTTP server on 127.0.0.1, never the internet.
+
+The server serves a copy of ../shared/models/face_detection_yunet_2026may.onnx (the file whose
+sha256 is pinned) and a different file standing for another YuNet version. Cases: the pinned
+sha256 (saved under the pinned name; a second run leaves it alone), a wrong sha256 (refused,
+nothing saved), another version's URL (refused against the pin; with its own sha256 saved under
+a name from its content, not the pinned one), and no network (connection refused).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from maskd import modelfiles
+from maskd.cli import main
+from maskd.detectors import find_yunet_model
+from maskd.modelfiles import YUNET_NAME, YUNET_SHA256
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_YUNET = REPO.parent / "shared" / "models" / YUNET_NAME
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base URL, folder) of an HTTP server on 127.0.0.1 serving the YuNet copy and another file."""
+    if not SHARED_YUNET.is_file():
+        pytest.skip(f"needs {SHARED_YUNET}")
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(SHARED_YUNET, root / YUNET_NAME)
+    (root / "face_detection_yunet_2023mar.onnx").write_bytes(b"another YuNet version's bytes")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["models", "fetch", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def refused_url() -> str:
+    """A 127.0.0.1 URL on a port nobody listens on (connection refused: no network)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{YUNET_NAME}"
+
+
+@pytest.mark.shared
+def test_pinned_sha256_is_the_shared_files():
+    assert hashlib.sha256(SHARED_YUNET.read_bytes()).hexdigest() == YUNET_SHA256
+
+
+@pytest.mark.shared
+def test_good_sha256_saves_under_the_pinned_name_once(served, tmp_path, capsys, monkeypatch):
+    url, _ = served
+    dest = tmp_path / "models"
+    code, out, err = fetch(capsys, "--dest", str(dest), "--yunet-url", f"{url}/{YUNET_NAME}")
+    assert code == 0, err
+    assert out == f"installed {dest / YUNET_NAME} (sha256 ok)\n"
+    assert (dest / YUNET_NAME).read_bytes() == SHARED_YUNET.read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == [YUNET_NAME]  # no temporary left
+    code, out, _ = fetch(capsys, "--dest", str(dest), "--yunet-url", f"{url}/{YUNET_NAME}")
+    assert code == 0 and out.startswith("unchanged ")
+    # the detector finds what fetch saved, and the file loads
+    monkeypatch.delenv("MASKD_YUNET", raising=False)
+    monkeypatch.setattr("maskd.detectors.yunet.REPO_MODELS", dest)
+    assert find_yunet_model() == dest / YUNET_NAME
+
+
+@pytest.mark.shared
+def test_bad_sha256_saves_nothing(served, tmp_path, capsys):
+    url, _ = served
+    dest = tmp_path / "models"
+    code, out, err = fetch(capsys, "--dest", str(dest), "--yunet-url", f"{url}/{YUNET_NAME}",
+                           "--yunet-sha256", "0" * 64)
+    assert code == 65 and out == ""
+    assert f"YuNet sha256 mismatch: got {YUNET_SHA256} ({SHARED_YUNET.stat().st_size} bytes" in err
+    assert "nothing installed" in err
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+@pytest.mark.shared
+def test_another_version_is_never_saved_under_the_pinned_name(served, tmp_path, capsys):
+    url, root = served
+    dest = tmp_path / "models"
+    other = root / "face_detection_yunet_2023mar.onnx"
+    other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
+    # its URL against the pin: refused
+    code, _, err = fetch(capsys, "--dest", str(dest), "--yunet-url", f"{url}/{other.name}")
+    assert code == 65 and "mismatch" in err and not (dest / YUNET_NAME).exists()
+    # with its own sha256: kept, named after the content (neither the pin nor the URL's name)
+    code, out, err = fetch(capsys, "--dest", str(dest), "--yunet-url", f"{url}/{other.name}",
+                           "--yunet-sha256", other_sha)
+    assert code == 0, err
+    name = f"face_detection_yunet_sha256-{other_sha[:16]}.onnx"
+    assert out == f"installed {dest / name} (sha256 ok)\n"
+    assert sorted(p.name for p in dest.iterdir()) == [name]
+    # the pinned file's content under a misleading URL name is saved under the pinned name
+    (root / "face_detection_yunet_2099jan.onnx").write_bytes(SHARED_YUNET.read_bytes())
+    code, out, _ = fetch(capsys, "--dest", str(dest), "--yunet-url",
+                         f"{url}/face_detection_yunet_2099jan.onnx")
+    assert code == 0 and out == f"installed {dest / YUNET_NAME} (sha256 ok)\n"
+    assert modelfiles.find_yunet((dest,)) == dest / YUNET_NAME  # the pinned version wins
+
+
+def test_no_network_says_what_it_means(tmp_path, capsys):
+    dest = tmp_path / "models"
+    code, out, err = fetch(capsys, "--dest", str(dest), "--yunet-url", refused_url(),
+                           "--timeout", "5")
+    assert code == 69 and out == ""
+    assert "cannot download http://127.0.0.1:" in err and "Connection refused" in err
+    assert "BlazeFace" in err  # what running without YuNet means
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_bad_sha256_argument_and_unwritable_folder(tmp_path, capsys):
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-sha256", "abc")
+    assert code == 2 and "64 lower-case hex digits" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should be")
+    code, _, err = fetch(capsys, "--dest", str(blocker / "models"), "--yunet-url", refused_url())
+    assert code == 73 and "cannot write in" in err
+
+
+def test_runs_with_the_system_python_without_the_venv(tmp_path):
+    """deploy/install.sh runs it this way: the checkout on PYTHONPATH, no maskd dependencies."""
+    r = subprocess.run([sys.executable, "-S", "-m", "maskd", "models", "fetch", "--dest",
+                        str(tmp_path), "--yunet-url", refused_url(), "--timeout", "5"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert r.returncode == 69, r.stderr  # -S: no site-packages, so only the standard library
+    assert "Connection refused" in r.stderr
