@@ -16,10 +16,19 @@ GREY = (160, 160, 160)
 
 
 def header_text(stats: LoopStats) -> str:
-    """'12.3 fps | 1 active violation': the line the previews, the clip and systemd's STATUS show."""
+    """'12.3 fps | 1 active violation': the line the previews, the clip and systemd's STATUS show.
+
+    While an open violation's face is not detected in the frame (it left, or the detector lost
+    it), the line says so, '... (1 face not detected now)', so a frame never shows an active
+    violation without saying where its face went.
+    """
     n = stats.active
     fps = "--" if stats.fps is None else f"{stats.fps:.1f}"
-    return f"{fps} fps | {n} active violation{'s' if n != 1 else ''}"
+    text = f"{fps} fps | {n} active violation{'s' if n != 1 else ''}"
+    lost = 0 if stats.in_view is None else n - min(stats.in_view, n)
+    if lost:
+        text += f" ({lost} face{'s' if lost != 1 else ''} not detected now)"
+    return text
 
 
 def color_for(v: Verdict) -> tuple[int, int, int]:

@@ -89,6 +89,7 @@ class _StatsWindow:
     """Per-stage time and frame counts since the last stats line."""
 
     start: float = field(default_factory=time.monotonic)
+    end: float | None = None  # the source ended: idle time after it is not frame time
     frames: int = 0
     ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
@@ -196,6 +197,7 @@ class CameraLoop:
             return
         log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
                  self.source.name)
+        self._window.end = time.monotonic()
         self._stop.wait()
 
     def _emit(self, events: list[ViolationEvent]) -> None:
@@ -263,6 +265,7 @@ class CameraLoop:
         c = self.pipeline.counts
         return LoopStats(
             frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
+            in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
             skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
             corrupt=src.get("corrupt", 0), camera_lost_since=src.get("camera_lost_since"),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
@@ -281,7 +284,7 @@ class CameraLoop:
     def stats(self) -> LoopStats:
         """Health numbers over the current stats window, for the log and sinks' ``on_stats``."""
         window = self._window
-        elapsed = max(time.monotonic() - window.start, 1e-6)
+        elapsed = max((window.end or time.monotonic()) - window.start, 1e-6)
         n = max(window.frames, 1)
         return self._stats(fps=round(window.frames / elapsed, 2),
                            ms={k: round(v / n, 2) for k, v in window.ms.items()})

@@ -109,6 +109,10 @@ class LoopStats:
     frames: int = 0  # processed since start
     fps: float | None = None  # None: not measured yet
     active: int = 0  # open violations
+    # open violations whose face the detector finds in this frame (a violating track seen now);
+    # None: not known. Fewer than ``active`` while a violator's face is lost (left, or no longer
+    # detected, e.g. a detector that misses masked faces), until the violation ends as gone.
+    in_view: int | None = None
     ms: dict[str, float] = field(default_factory=dict)  # capture, detect, classify, track
     skipped: int = 0  # live frames the loop had no time for
     reopens: int = 0

@@ -98,7 +98,7 @@ def test_killed_daemon_leaves_last_will_and_restart_restores_retained_state(tmp_
 
     def start(b: Broker) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--device-id", DEVICE,
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--loop", "--device-id", DEVICE,
              "--camera", "entrance", "--mqtt", b.url, "--state-dir", str(state),
              "--model", str(default_model), "--detector", "blazeface"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

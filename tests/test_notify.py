@@ -166,14 +166,24 @@ def test_full_socket_queue_never_blocks_the_loop(notify_socket):
 
 @pytest.mark.slow
 def test_real_maskd_run_pings_while_frames_flow_then_stops(tmp_path, default_model):
-    """`maskd run` under a fake systemd: READY after the first frame, WATCHDOG while the demo
-    clip plays, none once it has ended (the process idles, alive), STOPPING=1 on SIGTERM."""
+    """`maskd run` under a fake systemd: READY after the first frame, WATCHDOG while a video
+    file plays, none once it has ended (the process idles, alive), STOPPING=1 on SIGTERM.
+    (The demo source itself exits at its end; a file of its frames idles like any file.)"""
+    import cv2
+
+    from maskd.demo import SIZE, DemoSource
+
+    demo, clip = DemoSource(), tmp_path / "demo.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    while (frame := demo.read()) is not None:
+        writer.write(frame.image)
+    writer.release()
     sock = NotifySocket(str(tmp_path / "notify.sock"))
     log = tmp_path / "stderr.log"
     env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--model", str(default_model),
+            [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--model", str(default_model),
              "--state-dir", str(tmp_path / "state")],
             stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=Path(__file__).resolve().parents[1])
     try:

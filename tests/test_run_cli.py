@@ -404,15 +404,21 @@ def test_command_line_overrides_the_config_file(tmp_path):
 
 
 def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_model):
+    # a file (here the demo's frames) idles at its end; the demo source itself exits there
+    demo, clip = DemoSource(), tmp_path / "demo.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    while (frame := demo.read()) is not None:
+        writer.write(frame.image)
+    writer.release()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", "demo", "--model", str(default_model),
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--model", str(default_model),
          "--detector", "blazeface"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         err = ""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "end of source; idle" not in err:
             line = proc.stderr.readline()
-            assert line, "maskd run exited before the end of the demo"
+            assert line, "maskd run exited before the end of the file"
             err += line
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting
