@@ -208,6 +208,18 @@ class TrackingConfig(Section):
     same_person_similarity: float = Field(0.8, ge=0.0, le=1.0)
 
 
+class MotionConfig(Section):
+    """Motion gating (maskd.motion): while nothing moves and no track is alive, the face detector
+    runs only every ``idle_every`` frames. Measured in docs/performance.md (motion gating)."""
+
+    enabled: bool = True
+    threshold: int = Field(25, ge=1, le=255)  # grey levels a pixel must change to count as moving
+    min_area: float = Field(0.001, ge=0.0, le=1.0)  # share of the shrunk frame that must move
+    frame_height: int = Field(90, ge=16, le=1080)  # rows of the shrunk grey frame compared
+    alpha: float = Field(0.05, gt=0.0, le=1.0)  # how fast the background average follows the scene
+    idle_every: int = Field(15, ge=1, le=300)  # detect every N frames while nothing moves
+
+
 class JsonlConfig(Section):
     path: str | None = None  # "-" for stdout, a file path, or None for off
 
@@ -405,6 +417,7 @@ class Config(Section):
     detector: DetectorConfig = DetectorConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     tracking: TrackingConfig = TrackingConfig()
+    motion: MotionConfig = MotionConfig()
     jsonl: JsonlConfig = JsonlConfig()
     mqtt: MqttConfig = MqttConfig()
     preview: PreviewConfig = PreviewConfig()

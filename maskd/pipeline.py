@@ -26,6 +26,7 @@ import numpy as np
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou
+from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
 from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict, ViolationEvent
 
@@ -102,6 +103,7 @@ class PipelineCounts:
     edge_faces: int = 0  # cut off by the frame border (classifier.edge_px)
     classified: int = 0  # fresh classifier calls, one per face
     cached: int = 0  # faces that reused their track's cached score
+    motion_skipped: int = 0  # frames whose detection the motion gate skipped (maskd.motion)
 
 
 @dataclass
@@ -129,6 +131,9 @@ class Pipeline:
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
         self._last: Frame | None = None
+        m = cfg.motion
+        self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
+                       if m.enabled else None)
 
     def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
         """The cached score of this track when it may stand in for a fresh classification."""
@@ -148,6 +153,9 @@ class Pipeline:
         ccfg = self.cfg.classifier
         counts = self.counts
         t0 = time.perf_counter()
+        if detect and self.motion is not None:
+            detect = self.motion.should_detect(frame.image, tracking=bool(self.tracker.tracks))
+            counts.motion_skipped += not detect
         faces = self.detector.detect(frame.image) if detect else []
         t1 = time.perf_counter()
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)

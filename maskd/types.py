@@ -124,6 +124,7 @@ class LoopStats:
     edge_faces: int = 0
     classified: int = 0
     cached: int = 0
+    motion_skipped: int = 0  # frames whose face detection the motion gate skipped
     violations_started: int = 0
     events: int = 0
     detect_enabled: bool = True

@@ -18,7 +18,7 @@ STAGES: list[tuple[str, ...]] = [
     ("maskd", "maskd.types", "maskd.geometry", "maskd.env", "maskd.mailbox", "maskd.images",
      "maskd.config", "maskd.modelfiles"),
     ("maskd.sources", "maskd.demo"),
-    ("maskd.tflite", "maskd.detectors"),
+    ("maskd.tflite", "maskd.detectors", "maskd.motion"),
     ("maskd.classifier",),
     ("maskd.tracking",),
     ("maskd.events",),

@@ -1,0 +1,112 @@
+"""Motion gating (maskd.motion) and its hook in the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskd.config import Config, ConfigError, load_config
+from maskd.motion import MotionGate, moving_share, prepare
+from maskd.pipeline import Pipeline
+from maskd.types import Face, Frame
+
+
+def scene(person: int | None = None, noise: int = 0, seed: int = 0) -> np.ndarray:
+    """A 640x480 grey doorway; ``person``: x of a 120x300 darker block; ``noise``: sensor noise."""
+    img = np.full((480, 640, 3), 150, np.uint8)
+    img[:, 300:340] = 90  # a door frame
+    if person is not None:
+        img[100:400, person:person + 120] = 40
+    if noise:
+        rng = np.random.default_rng(seed)
+        img = np.clip(img.astype(np.int16) + rng.integers(-noise, noise + 1, img.shape), 0, 255)
+    return img.astype(np.uint8)
+
+
+def test_prepare_shrinks_to_grey_rows():
+    g = prepare(scene(), 90)
+    assert g.shape == (90, 120) and g.dtype == np.float32
+
+
+def test_moving_share_counts_changed_pixels():
+    bg = np.zeros((10, 10), np.float32)
+    grey = bg.copy()
+    grey[:2] = 100
+    assert moving_share(grey, bg, 25) == pytest.approx(0.2)
+    assert moving_share(grey, bg, 150) == 0.0
+
+
+def test_still_noisy_scene_skips_all_but_every_nth():
+    gate = MotionGate(idle_every=15)
+    decisions = [gate.should_detect(scene(noise=8, seed=i), tracking=False) for i in range(60)]
+    # the first frame (no background yet), then every 15th
+    assert [i for i, d in enumerate(decisions) if d] == [0, 15, 30, 45]
+    assert gate.counts.skipped == 56 and gate.counts.frames == 60
+
+
+def test_someone_entering_is_detected_at_once_and_while_tracked():
+    gate = MotionGate(idle_every=15)
+    for i in range(10):
+        gate.should_detect(scene(noise=8, seed=i), tracking=False)
+    assert gate.should_detect(scene(person=0, noise=8, seed=99), tracking=False)
+    # standing still: no motion once learned into the background, but a live track keeps detection on
+    for i in range(100):
+        gate.moving(scene(person=0, noise=8, seed=i))
+    assert not gate.moving(scene(person=0, noise=8, seed=500))
+    assert gate.should_detect(scene(person=0, noise=8, seed=501), tracking=True)
+
+
+def test_config_section_validated(tmp_path):
+    assert Config().motion.enabled is True
+    p = tmp_path / "c.yaml"
+    p.write_text("motion:\n  threshold: 0\n  idle_every: 5\n")
+    with pytest.raises(ConfigError, match="motion.threshold"):
+        load_config(p)
+    p.write_text("motion:\n  enabled: false\n  min_area: 0.01\n")
+    assert load_config(p).motion.min_area == 0.01
+
+
+class CountingDetector:
+    name = "counting"
+
+    def __init__(self, faces_from: int = 10**9) -> None:
+        self.calls = 0
+        self.faces_from = faces_from
+
+    def detect(self, image):
+        self.calls += 1
+        if self.calls >= self.faces_from:
+            return [Face((250.0, 150.0, 350.0, 270.0), 0.9)]
+        return []
+
+    def describe(self) -> str:
+        return self.name
+
+
+class FixedClassifier:
+    def predict(self, crops):
+        return np.full(len(crops), 0.9, np.float32)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_pipeline_skips_detection_on_an_empty_scene(enabled):
+    cfg = Config()
+    cfg.motion.enabled = enabled
+    det = CountingDetector()
+    pipe = Pipeline(cfg, det, FixedClassifier())
+    for i in range(45):
+        pipe.process(Frame(scene(noise=6, seed=i), i + 1, (i + 1) / 15))
+    assert pipe.counts.frames == 45
+    if enabled:
+        assert det.calls == 3 and pipe.counts.motion_skipped == 42
+    else:
+        assert det.calls == 45 and pipe.counts.motion_skipped == 0
+
+
+def test_pipeline_keeps_detecting_while_a_track_lives():
+    cfg = Config()
+    det = CountingDetector(faces_from=1)  # a still face from the first frame on: no motion after it
+    pipe = Pipeline(cfg, det, FixedClassifier())
+    for i in range(30):
+        pipe.process(Frame(scene(noise=6, seed=i), i + 1, (i + 1) / 15))
+    assert det.calls == 30 and pipe.counts.motion_skipped == 0
