@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from mqtt_broker import Broker
 
-from maskd.commands.doctor import Check, coral_devices, table
+from maskd.commands.doctor import Check, coral_devices, missing_video_device, table
+from maskd.config import SourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,3 +107,20 @@ def test_table_and_helpers(tmp_path):
         (d / k).write_text(v + "\n")
     found = coral_devices(tmp_path / "sys", tmp_path / "dev")
     assert len(found) == 1 and "1a6e:089a" in found[0] and "NOT accessible" in found[0]
+
+
+def test_missing_video_device_is_reported_at_once(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "state").mkdir()
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: opencv, uri: /dev/video97}}\n"
+                   "detector: {kind: blazeface}\n")
+    t0 = time.monotonic()
+    got = rows(doctor(cfg).stdout)
+    assert got["camera"] == ("FAIL", "/dev/video97: no such device (camera unplugged, or another "
+                                     "number? ls /dev/video*)")
+    assert time.monotonic() - t0 < 14  # not CAMERA_TIMEOUT_S (15 s) of waiting for a frame
+    assert missing_video_device(SourceConfig(kind="auto", uri="96")) == "/dev/video96"
+    assert missing_video_device(SourceConfig(kind="opencv")) == (
+        None if Path("/dev/video0").exists() else "/dev/video0")
+    assert missing_video_device(SourceConfig(kind="auto")) is None  # may be the Pi camera
+    assert missing_video_device(SourceConfig(kind="auto", uri="rtsp://cam/1")) is None

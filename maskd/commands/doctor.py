@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+from maskd.config import (
+    DEFAULT_CONFIG_PATH,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    SourceConfig,
+    load_config,
+)
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
@@ -86,6 +93,21 @@ class _LastWarning(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.last = record.getMessage()
+
+
+def missing_video_device(src: SourceConfig) -> str | None:
+    """The /dev/videoN the source names (``uri`` N or /dev/videoN; kind opencv without uri: 0)
+    when it does not exist; None when it exists or the source is not a local video device.
+    Kind auto without uri may pick the Pi camera, so it is left to the real open."""
+    if src.kind not in ("auto", "opencv") or not Path("/dev").is_dir():
+        return None
+    uri = src.uri if src.uri else ("0" if src.kind == "opencv" else None)
+    if uri is None:
+        return None
+    dev = f"/dev/video{uri}" if uri.isdigit() else uri
+    if not dev.startswith("/dev/video"):
+        return None
+    return None if Path(dev).exists() else dev
 
 
 def in_thread(fn: Callable[[], Any], timeout: float) -> tuple[bool, Any]:
@@ -227,6 +249,11 @@ class Doctor:
         from maskd.types import SourceError
 
         src_cfg = self.cfg.source
+        missing = missing_video_device(src_cfg)
+        if missing is not None:  # at once, not after CAMERA_TIMEOUT_S of reconnect attempts
+            self.add("camera", FAIL, f"{missing}: no such device (camera unplugged, or another "
+                                     "number? ls /dev/video*)")
+            return
         watcher = _LastWarning()
         logging.getLogger("maskd.sources").addHandler(watcher)
         try:
