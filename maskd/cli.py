@@ -9,6 +9,63 @@ from pathlib import Path
 
 from maskd import __version__, modelfiles
 
+# Each command's --help ends with its exit codes and one example (tests/test_cli_help.py).
+EPILOGS = {
+    "classify": """exit codes:
+  0  at least one image was classified
+  1  none was (every path unreadable or not an image)
+  2  the model or config could not be loaded
+
+example:
+  maskd classify --json photos/""",
+    "scan": """exit codes:
+  0  at least one image or frame was scanned
+  1  none was
+  2  the config, detector or model could not be loaded
+
+example:
+  maskd scan --json --annotate out/scan photos/ door.mp4""",
+    "run": """exit codes:
+  0   clean stop (signal, end of a file with --exit-at-end, end of the demo)
+  70  the loop crashed (systemd restarts it)
+  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout
+  78  bad config or start-up error (model, detector, source, preview), one line on stderr
+
+example:
+  maskd run --source demo --jsonl - --annotate out/demo""",
+    "models": """exit codes: those of the action (maskd models fetch --help)
+
+example:
+  maskd models fetch""",
+    "fetch": """exit codes:
+  0   the checked file is in place (downloaded, or there already)
+  2   bad arguments (e.g. a malformed sha256)
+  65  the download's sha256 is not the expected one; nothing saved
+  69  the URL could not be reached (no network); detector auto then uses BlazeFace
+  73  the folder cannot be written
+
+example:
+  maskd models fetch --dest /usr/share/maskd/models""",
+    "check-config": """exit codes:
+  0   valid ("OK")
+  78  invalid: one line per bad key on stderr
+
+example:
+  maskd check-config /etc/maskd/config.yaml""",
+    "doctor": """exit codes:
+  0   every required check passed
+  1   a required check failed (named on stderr)
+  78  the config is invalid
+
+example:
+  sudo -u maskd maskd doctor --config /etc/maskd/config.yaml""",
+}
+
+
+def _doc(name: str) -> dict:
+    """add_parser keywords for a command: its epilog, printed as written."""
+    return {"epilog": EPILOGS[name], "formatter_class": argparse.RawDescriptionHelpFormatter}
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
@@ -17,34 +74,45 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", choices=["auto", "yunet", "blazeface", "ssd"], default=None)
+    p.add_argument("--detector", choices=["auto", "yunet", "blazeface", "ssd"], default=None,
+                   help="face detector (default: the config's; auto = YuNet when its file is "
+                        "found, else BlazeFace)")
     p.add_argument("--detector-model", type=Path, default=None, help="detector model file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maskd", description="Find people without a face mask in a camera feed; report them."
+        prog="maskd", description="Find people without a face mask in a camera feed; report them.",
+        epilog="exit codes: those of the command (maskd COMMAND --help)\n\nexample:\n"
+               "  maskd run --source demo --jsonl -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"maskd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (maskd COMMAND --help for its options)")
 
-    p = sub.add_parser("classify", help="classify face images as mask / no_mask")
+    p = sub.add_parser("classify", help="classify face images as mask / no_mask", **_doc("classify"))
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image or folder (recursive)")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--config", type=Path, help="YAML config (classifier section: model, cut)")
 
-    p = sub.add_parser("scan", help="detect faces and masks in images, folders or videos")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p = sub.add_parser("scan", help="detect faces and masks in images, folders or videos",
+                       **_doc("scan"))
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="image, video or folder (recursive)")
     _add_detector_args(p)
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--annotate", type=Path, metavar="OUTDIR", help="write annotated images here")
     p.add_argument("--config", type=Path, help="YAML config (detector/classifier sections)")
 
-    p = sub.add_parser("run", help="run the camera loop until SIGTERM/SIGINT")
-    p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
-    p.add_argument("--source", help="override source: index, /dev/videoN, URL, video file or folder")
+    p = sub.add_parser("run", help="run the camera loop until SIGTERM/SIGINT", **_doc("run"))
+    p.add_argument("--config", type=Path,
+                   help="YAML config (default: none, the built-in defaults; the service passes "
+                        "/etc/maskd/config.yaml)")
+    p.add_argument("--source", help="override source: demo (the built-in clip), a camera index, "
+                                    "/dev/videoN, rtsp:// or http:// URL, video file or folder")
     p.add_argument("--device-id", help="override device_id")
     p.add_argument("--camera", help="override camera name")
     _add_detector_args(p)
@@ -58,12 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-timeout", type=float, default=30.0,
                    help="with --exit-at-end: seconds to wait for the outbox to drain")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
+    p.add_argument("--http", metavar="ADDR:PORT",
+                   help="serve the status page (live MJPEG view) here, e.g. 127.0.0.1:8080 "
+                        "(preview.http)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
 
-    p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)")
-    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    p = msub.add_parser("fetch", help="download YuNet, checked against its pinned sha256")
+    p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)",
+                       **_doc("models"))
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION",
+                            help="fetch: download YuNet")
+    p = msub.add_parser("fetch", help="download YuNet, checked against its pinned sha256",
+                        **_doc("fetch"))
     p.add_argument("--dest", type=Path, default=None, metavar="DIR",
                    help="folder to save it in (default: models/ in a checkout, else "
                         "/usr/share/maskd/models; both are where the detector looks)")
@@ -75,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="network time-out in seconds (default: %(default)s)")
 
-    p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)",
+                       **_doc("check-config"))
+    p.add_argument("config", type=Path, help="the YAML config file to check")
 
-    p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir")
+    p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir",
+                       **_doc("doctor"))
     p.add_argument("--config", type=Path, help="YAML config (default: /etc/maskd/config.yaml if present)")
     p.add_argument("--frames", type=int, default=5, help="frames to time per stage")
     return parser

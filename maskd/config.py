@@ -524,6 +524,7 @@ RUN_OPTIONS = {
     "loop": "source.loop",
     "jsonl": "jsonl.path",
     "annotate": "preview.annotate_dir",
+    "http": "preview.http",
     "mqtt": "mqtt.url",
     "state_dir": "state_dir",
     "log_level": "log_level",

@@ -1,0 +1,65 @@
+"""Commands a person can read: every option and positional has a help line, and every command's
+--help ends with its exit codes and one example; `run --http` sets preview.http."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from maskd.cli import build_parser
+from maskd.commands.run import run_config
+
+
+def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """(words, parser) for the top level and every (sub-)command."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from commands(sub, (*prefix, name))
+
+
+ALL = list(commands(build_parser()))
+
+
+def test_every_command_is_covered():
+    names = {" ".join(words) for words, _ in ALL}
+    assert {"", "classify", "scan", "run", "models", "models fetch", "check-config",
+            "doctor"} <= names
+
+
+@pytest.mark.parametrize(("words", "parser"), ALL, ids=lambda w: " ".join(w) if isinstance(w, tuple) else "")
+def test_every_option_and_positional_has_help(words, parser):
+    missing = [a.dest for a in parser._actions if not a.help]
+    assert missing == [], f"maskd {' '.join(words)}: no help for {missing}"
+
+
+@pytest.mark.parametrize(("words", "parser"), ALL, ids=lambda w: " ".join(w) if isinstance(w, tuple) else "")
+def test_help_ends_with_exit_codes_and_one_example(words, parser):
+    text = parser.format_help()
+    tail = text[text.index("exit codes:"):]  # after every option
+    assert "options:" not in tail
+    example = tail[tail.index("\nexample:\n"):].strip().splitlines()
+    assert len(example) == 2 and example[1].strip().split()[0] in ("maskd", "sudo"), example
+    assert text.rstrip().endswith(example[1].strip())
+
+
+def test_help_output_of_the_real_command():
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    flat = " ".join(r.stdout.split())
+    assert "demo (the built-in clip)" in flat  # --source
+    assert "default: none, the built-in defaults; the service passes /etc/maskd/config.yaml" in flat
+    assert "--http ADDR:PORT" in flat
+    assert "78 bad config or start-up error" in flat
+    assert r.stdout.rstrip().endswith("maskd run --source demo --jsonl - --annotate out/demo")
+
+
+def test_run_http_sets_the_status_page():
+    args = build_parser().parse_args(["run", "--http", "127.0.0.1:8089", "--source", "demo"])
+    assert run_config(args).preview.http == "127.0.0.1:8089"
+    assert run_config(build_parser().parse_args(["run"])).preview.http is None
