@@ -8,7 +8,11 @@
 #                           against the sha256 pinned in maskd/modelfiles.py
 #   --yunet-sha256 HEX      ... expecting this sha256 instead of the pinned one (e.g. --yunet-url)
 #   --yunet-url URL         ... from this URL (http(s):// or file://) instead of GitHub
-#   --no-start              install and enable, but do not (re)start the service
+#   --picamera / --no-picamera  install python3-picamera2 (Pi camera) or not; default: only on
+#                           Raspberry Pi OS (/etc/os-release ID=raspbian or debian with a
+#                           Raspberry Pi model in /proc/device-tree/model)
+#   --no-start              install and enable, but do not (re)start the service; it is never
+#                           started while /etc/maskd/config.yaml is still the unedited example
 #   --dry-run               print what would be done, change nothing
 #   --root DIR              stage every file under DIR instead of /, and only print the system
 #                           commands (apt, users, pip, systemctl, udevadm): for packaging and tests
@@ -39,6 +43,7 @@ ROOT=""
 MOSQUITTO=0
 YUNET=0
 START=1
+PICAMERA=auto
 
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
@@ -51,6 +56,8 @@ while [ $# -gt 0 ]; do
         --yunet-sha256) YUNET=1; YUNET_SHA256="${2:?--yunet-sha256 needs a value}"; shift ;;
         --yunet-url) YUNET=1; YUNET_URL="${2:?--yunet-url needs a value}"; shift ;;
         --no-start) START=0 ;;
+        --picamera) PICAMERA=1 ;;
+        --no-picamera) PICAMERA=0 ;;
         --dry-run) DRY=1 ;;
         --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -87,7 +94,19 @@ if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 
 # ---------------------------------------------------------------- packages
-pkgs=(python3-venv python3-picamera2 ca-certificates curl)
+if [ "$PICAMERA" = auto ]; then
+    PICAMERA=0
+    if grep -qs '^ID=raspbian' /etc/os-release \
+        || grep -qas 'Raspberry Pi' /proc/device-tree/model; then
+        PICAMERA=1
+    fi
+fi
+pkgs=(python3-venv ca-certificates curl)
+if [ "$PICAMERA" = 1 ]; then
+    pkgs+=(python3-picamera2)
+else
+    say "not Raspberry Pi OS (or --no-picamera): no python3-picamera2; use a USB/RTSP camera or a file (source.uri)"
+fi
 [ "$MOSQUITTO" = 1 ] && pkgs+=(mosquitto mosquitto-clients)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -144,7 +163,10 @@ install_file "$wrapper" /usr/local/bin/maskd 0755
 
 # ---------------------------------------------------------------- models
 found_model=0
-for f in "$SRC"/models/*.tflite "$SRC"/models/*.json; do
+# Only what the device uses: the int8 classifier, its sidecar, and its EdgeTPU twin when built
+# (not the float32 model or the training split).
+for f in "$SRC"/models/maskd_mobilenetv2_int8.tflite "$SRC"/models/maskd_mobilenetv2_int8.json \
+         "$SRC"/models/maskd_mobilenetv2_int8_edgetpu.tflite; do
     [ -e "$f" ] || continue
     install_file "$f" "$MODELS/$(basename "$f")" 0644
     found_model=1
@@ -188,6 +210,10 @@ sys systemctl enable maskd.service
 
 # ---------------------------------------------------------------- check and start
 sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml"
+if [ "$START" = 1 ] && cmp -s "$SRC/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.yaml"; then
+    START=0
+    say "not configured: $CONF_DIR/config.yaml is the example; the service is enabled but NOT started"
+fi
 if [ "$START" = 1 ]; then
     sys systemctl restart maskd.service || die "maskd did not start; see: journalctl -u maskd -n 50"
     [ "$DRY" = 1 ] || [ -n "$ROOT" ] || say "started; follow it: journalctl -u maskd -f   (systemctl status maskd)"

@@ -166,3 +166,27 @@ def test_uninstall_refuses_a_shallow_prefix(tmp_path):
     r = subprocess.run(["bash", str(UNINSTALL), "--root", str(tmp_path)], capture_output=True,
                        text=True, env={"PATH": "/usr/bin:/bin", "PREFIX": "/opt"})
     assert r.returncode != 0 and "refusing to delete it" in r.stderr
+
+
+def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_path):
+    root = tmp_path / "root"
+    r = sh(INSTALL, "--root", root)
+    assert r.returncode == 0, r.stderr
+    models = sorted(p.name for p in (root / "usr/share/maskd/models").iterdir())
+    assert models == ["maskd_mobilenetv2_int8.json", "maskd_mobilenetv2_int8.tflite"]
+    apt = [ln for ln in r.stdout.splitlines() if "apt-get install" in ln]
+    on_pi = "Raspberry Pi" in (Path("/proc/device-tree/model").read_text(errors="replace")
+                               if Path("/proc/device-tree/model").exists() else "")
+    if not on_pi and "ID=raspbian" not in Path("/etc/os-release").read_text():
+        assert "no python3-picamera2" in r.stdout
+        assert all("python3-picamera2" not in ln for ln in apt)
+    # the config is still the example: enabled, not started, and said so
+    assert "not configured: /etc/maskd/config.yaml is the example" in r.stdout
+    assert "would run: systemctl restart" not in r.stdout
+    # once edited, a re-run starts it; --picamera asks apt for it anywhere
+    (root / "etc/maskd/config.yaml").write_text("device_id: door-1\nmqtt: {url: 'mqtt://broker'}\n")
+    again = sh(INSTALL, "--root", root, "--picamera")
+    assert again.returncode == 0, again.stderr
+    assert "would run: systemctl restart maskd.service" in again.stdout
+    assert "not configured" not in again.stdout
+    assert "python3-picamera2" in again.stdout
