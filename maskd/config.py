@@ -406,14 +406,30 @@ class PreviewConfig(Section):
         return v
 
 
+class CameraConfig(Section):
+    """One camera of a ``cameras:`` map: its own source, tracking and local views.
+
+    Detector, classifier, MQTT and the JSON lines file are the process's, shared by all cameras.
+    """
+
+    source: SourceConfig  # required: two cameras cannot both be "the default camera"
+    tracking: TrackingConfig | None = None  # None: the top-level tracking section
+    preview: PreviewConfig = PreviewConfig()
+
+
 class Config(Section):
-    """The whole maskd configuration."""
+    """The whole maskd configuration.
+
+    One camera (``camera`` + ``source``, the original layout) or several (``cameras``, a map
+    from camera name to its own source); ``cameras_resolved()`` gives one Config per camera.
+    """
 
     device_id: Id = "maskd"
     camera: Id = "camera"
     state_dir: Path = Path("/var/lib/maskd")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: SourceConfig = SourceConfig()
+    cameras: dict[Id, CameraConfig] = Field(default_factory=dict, max_length=16)
     detector: DetectorConfig = DetectorConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -421,6 +437,40 @@ class Config(Section):
     jsonl: JsonlConfig = JsonlConfig()
     mqtt: MqttConfig = MqttConfig()
     preview: PreviewConfig = PreviewConfig()
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> Config:
+        """A `cameras:` map replaces `camera` and `source`; both at once would leave one unused."""
+        if self.cameras:
+            both = sorted({"camera", "source"} & self.model_fields_set)
+            if both:
+                raise ValueError(f"{' and '.join(both)} cannot be used together with cameras: "
+                                 f"put each camera's source under cameras.<name>.source")
+        return self
+
+    @property
+    def multi_camera(self) -> bool:
+        """The `cameras:` layout: the process owns the device-level status."""
+        return bool(self.cameras)
+
+    def cameras_resolved(self) -> list[Config]:
+        """One single-camera Config per camera, in the map's order (the original layout: itself).
+
+        Each has that camera's name, source, tracking and preview, and the shared sections; the
+        top-level preview belongs to the first camera unless that camera has its own.
+        """
+        if not self.cameras:
+            return [self]
+        out = []
+        for i, (name, cam) in enumerate(self.cameras.items()):
+            preview = cam.preview
+            if i == 0 and "preview" not in cam.model_fields_set:
+                preview = self.preview
+            out.append(self.model_copy(update={
+                "camera": name, "source": cam.source, "cameras": {},
+                "tracking": cam.tracking or self.tracking, "preview": preview,
+            }))
+        return out
 
 
 class ConfigError(Exception):

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import cv2
+import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.config import Config, still_detector
@@ -35,6 +36,7 @@ from maskd.types import (
     Frame,
     FrameObserver,
     LoopStats,
+    MaskClassifier,
     RunControl,
     Source,
     Verdict,
@@ -49,7 +51,8 @@ log = logging.getLogger("maskd.service")
 EX_OK = 0
 EX_SOFTWARE = 70  # sysexits.h: the loop crashed (systemd restarts it)
 EX_TEMPFAIL = 75  # sysexits.h: events are still in a sink's outbox; try again later
-STATS_EVERY_S = 30.0  # stats log line and sinks' on_stats
+STATS_EVERY_S = 30.0  # the stats log line
+FIRST_STATS_S = 2.0  # sinks hear the first stats this soon (then every mqtt.stats_interval_s)
 STOP_FLUSH_S = 5.0  # flush budget on a signal stop (the MQTT outbox keeps the rest on disk)
 STAGES = ("capture", "detect", "classify", "track")
 
@@ -93,6 +96,11 @@ class _StatsWindow:
     frames: int = 0
     ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
+    def add(self, ms: dict[str, float]) -> None:
+        self.frames += 1
+        for k in STAGES:
+            self.ms[k] += ms[k]
+
 
 class CameraLoop:
     """One camera's loop: read a frame, let the pipeline turn it into verdicts and events, hand
@@ -124,7 +132,9 @@ class CameraLoop:
         self._stop = threading.Event()
         self._fps = 0.0
         self._last_t: float | None = None
-        self._window = _StatsWindow()
+        self._window = _StatsWindow()  # the log line's
+        self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
+        self._next_sink_stats = time.monotonic() + min(FIRST_STATS_S, cfg.mqtt.stats_interval_s)
         if hasattr(source, "on_wait"):  # a live source: hear from it while the camera is away
             source.on_wait = self._source_waiting
 
@@ -197,7 +207,7 @@ class CameraLoop:
             return
         log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
                  self.source.name)
-        self._window.end = time.monotonic()
+        self._window.end = self._sink_window.end = time.monotonic()
         self._stop.wait()
 
     def _emit(self, events: list[ViolationEvent]) -> None:
@@ -234,10 +244,8 @@ class CameraLoop:
             self._fps = 1.0 / dt if self._fps == 0.0 else 0.9 * self._fps + 0.1 / dt
         self._last_t = now
         ms = dict(result.timings_ms, capture=capture_ms)
-        window = self._window
-        window.frames += 1
-        for k in STAGES:
-            window.ms[k] += ms[k]
+        self._window.add(ms)
+        self._sink_window.add(ms)
         judged = [v.label for v in result.verdicts if v.label is not None]
         state = FaceCounts(
             faces=len(result.verdicts),
@@ -277,20 +285,34 @@ class CameraLoop:
         )
 
     def _maybe_report(self) -> None:
-        if time.monotonic() - self._window.start >= STATS_EVERY_S:
-            self._report()
-            self._window = _StatsWindow()
+        now = time.monotonic()
+        if now - self._window.start >= STATS_EVERY_S:
+            self._log_stats()
+        if now >= self._next_sink_stats:
+            self._sink_stats()
 
-    def stats(self) -> LoopStats:
-        """Health numbers over the current stats window, for the log and sinks' ``on_stats``."""
-        window = self._window
+    def stats(self, window: _StatsWindow | None = None) -> LoopStats:
+        """Health numbers over a stats window (the log line's by default)."""
+        window = window or self._window
         elapsed = max((window.end or time.monotonic()) - window.start, 1e-6)
         n = max(window.frames, 1)
-        return self._stats(fps=round(window.frames / elapsed, 2),
+        lost = self.source.stats.get("camera_lost_since") is not None  # no frames come now
+        return self._stats(fps=0.0 if lost else round(window.frames / elapsed, 2),
                            ms={k: round(v / n, 2) for k, v in window.ms.items()})
 
-    def _report(self) -> None:
+    def _sink_stats(self, final: bool = False) -> None:
+        """Sinks' ``on_stats``: fresh numbers at the configured interval, and the last numbers
+        at the end unless the interval's were sent within the last second."""
+        if final and time.monotonic() - self._sink_window.start < 1.0:
+            return
+        s = self.stats(self._sink_window)
+        self._to_sinks(lambda sink: sink.on_stats(s), "on_stats")
+        self._sink_window = _StatsWindow()
+        self._next_sink_stats = time.monotonic() + self.cfg.mqtt.stats_interval_s
+
+    def _log_stats(self) -> None:
         s = self.stats()
+        self._window = _StatsWindow()
         ms = s.ms
         log.info(
             "%.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
@@ -298,12 +320,12 @@ class CameraLoop:
             s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"], s.frames,
             s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
         )
-        self._to_sinks(lambda sink: sink.on_stats(s), "on_stats")
 
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("stopping: %s", self.stop_reason or "error")
         self._emit(self.pipeline.close())
-        self._report()
+        self._log_stats()
+        self._sink_stats(final=True)
         for obs in self.observers:
             obs.close()
         self.source.close()
@@ -330,6 +352,112 @@ class CameraLoop:
         return EX_OK
 
 
+class Service:
+    """The process: one CameraLoop per camera, each in its own thread, sharing the models.
+
+    A camera that stalls or fails stops only its own loop; the process ends when every loop
+    has ended, with the worst exit status (70 before 75 before 0). One camera runs in the
+    calling thread, exactly as a lone CameraLoop.
+    """
+
+    def __init__(self, loops: list[CameraLoop]) -> None:
+        self.loops = loops
+
+    def stop(self, reason: str = "stop requested") -> None:
+        for loop in self.loops:
+            loop.stop(reason)
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT -> stop() every loop; returns a function restoring the old handlers."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            self.stop(signal.Signals(signum).name)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def run(self, flush_timeout: float = 30.0) -> int:
+        if len(self.loops) == 1:
+            return self.loops[0].run(flush_timeout)
+        codes: dict[str, int] = {}
+
+        def run_one(loop: CameraLoop) -> None:
+            codes[loop.cfg.camera] = loop.run(flush_timeout)
+
+        threads = [threading.Thread(target=run_one, args=(loop,), name=f"camera-{loop.cfg.camera}")
+                   for loop in self.loops]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):  # joined in slices: signals stay deliverable
+            for t in threads:
+                t.join(timeout=0.5)
+        for name, code in codes.items():
+            if code != EX_OK:
+                log.warning("camera %s ended with status %d", name, code)
+        worst = [c for c in (EX_SOFTWARE, EX_TEMPFAIL) if c in codes.values()]
+        return worst[0] if worst else EX_SOFTWARE if len(codes) < len(self.loops) else EX_OK
+
+
+class _Serialized:
+    """A model shared by several camera threads: one call at a time (TFLite interpreters and
+    OpenCV's detectors are not safe to call from two threads at once)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def detect(self, image_bgr: np.ndarray) -> list:
+        with self._lock:
+            return self._inner.detect(image_bgr)  # type: ignore[attr-defined]
+
+    def predict(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        with self._lock:
+            return self._inner.predict(crops_rgb)  # type: ignore[attr-defined]
+
+
+class _Shared(EventSink, FrameObserver):
+    """A sink or observer used by several camera loops (the JSON lines file, systemd's
+    notifier): calls are serialized, and it closes when the last loop closes it."""
+
+    def __init__(self, inner: EventSink | FrameObserver, users: int) -> None:
+        self._inner = inner
+        self._users = users
+        self._lock = threading.Lock()
+
+    def emit(self, event: ViolationEvent) -> None:
+        with self._lock:
+            self._inner.emit(event)  # type: ignore[union-attr]
+
+    def faults(self) -> list[str]:
+        return self._inner.faults()  # type: ignore[union-attr]
+
+    def flush(self, timeout: float) -> bool:
+        return self._inner.flush(timeout)  # type: ignore[union-attr]
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        with self._lock:
+            self._inner.on_frame(frame, verdicts, stats)  # type: ignore[union-attr]
+
+    def on_wait(self, stats: LoopStats) -> None:
+        with self._lock:
+            self._inner.on_wait(stats)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._inner.close()
+
+
 def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     """JSON lines and/or MQTT, as the config says."""
     sinks: list[EventSink] = []
@@ -342,8 +470,18 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     return sinks
 
 
-def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
-    """Previews (maskd.preview), the annotated clip, and systemd's watchdog when under systemd."""
+def _systemd_notifier() -> FrameObserver | None:
+    """systemd's watchdog and status, when systemd started us (one per process)."""
+    if not Environment.read().notify_socket:
+        return None
+    from maskd.notify import SystemdNotifier
+
+    return SystemdNotifier()
+
+
+def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | None = None,
+                    ) -> list[FrameObserver]:
+    """Previews (maskd.preview), the annotated clip, and systemd's ``notifier``."""
     observers: list[FrameObserver] = []
     p = cfg.preview
     if p.framebuffer is not None or p.window or p.http:
@@ -352,10 +490,8 @@ def build_observers(cfg: Config, source_fps: float) -> list[FrameObserver]:
         observers += make_observers(cfg)
     if p.annotate_dir is not None:
         observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps))
-    if Environment.read().notify_socket:
-        from maskd.notify import SystemdNotifier
-
-        observers.append(SystemdNotifier())
+    if notifier is not None:
+        observers.append(notifier)
     return observers
 
 
@@ -376,24 +512,66 @@ def build_detector(cfg: Config, still: bool = False) -> FaceDetector:
     return make_detector(still_detector(cfg.detector) if still else cfg.detector)
 
 
-def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> CameraLoop:
-    """Open every part the config names; models first so a bad path fails before the camera.
+def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> Service:
+    """Open every part the config names; models first so a bad path fails before a camera.
 
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
     message naming the problem; whatever was opened before the failure is closed again.
     """
-    control = RunControl()
-    classifier = build_classifier(cfg)
-    detector = build_detector(cfg)
+    if not cfg.multi_camera:
+        control = RunControl()
+        classifier, detector = build_classifier(cfg), build_detector(cfg)
+        return Service([_camera_loop(cfg, detector, classifier, control, lambda: build_sinks(
+            cfg, control), _systemd_notifier(), exit_at_end, max_frames)])
+    cams = cfg.cameras_resolved()
+    shared_classifier: MaskClassifier = _Serialized(build_classifier(cfg))  # type: ignore[assignment]
+    shared_detector: FaceDetector = _Serialized(build_detector(cfg))  # type: ignore[assignment]
+    controls = {c.camera: RunControl() for c in cams}
+    shared: list[EventSink] = []
+    mqtt = None
+    if cfg.jsonl.path:
+        shared.append(_Shared(JsonlSink(cfg.jsonl.path), len(cams)))
+    if cfg.mqtt.url:
+        from maskd.mqtt import MqttSink
+
+        mqtt = MqttSink.for_cameras(cfg, controls)
+    notifier = _systemd_notifier()
+    if notifier is not None:
+        notifier = _Shared(notifier, len(cams))
+    loops: list[CameraLoop] = []
+    try:
+        for c in cams:
+            def sinks(c: Config = c) -> list[EventSink]:
+                return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
+
+            loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
+                                      notifier, exit_at_end, max_frames))
+    except BaseException:
+        for loop in loops:
+            loop.source.close()
+            for obs in loop.observers:
+                obs.close()
+        for sink in shared + ([mqtt] if mqtt is not None else []):
+            sink.close()
+        raise
+    return Service(loops)
+
+
+def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier,
+                 control: RunControl, sinks: Callable[[], list[EventSink]],
+                 notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
+                 ) -> CameraLoop:
+    """One camera's loop around shared models; its source, sinks and views opened here."""
     source = open_source(cfg.source)
     opened: list = [source]
     try:
-        sinks = build_sinks(cfg, control)
-        opened += sinks
-        observers = build_observers(cfg, float(getattr(source, "fps", cfg.source.fps)))
+        own = sinks()
+        opened += own
+        observers = build_observers(cfg, float(getattr(source, "fps", cfg.source.fps)),
+                                    notifier)
     except BaseException:
         for part in reversed(opened):
             part.close()
         raise
     pipeline = Pipeline(cfg, detector, classifier)
-    return CameraLoop(cfg, source, pipeline, sinks, observers, control, exit_at_end, max_frames)
+    return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames)

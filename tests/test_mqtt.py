@@ -171,7 +171,7 @@ def test_events_state_and_discovery(broker, tmp_path):
     control = RunControl()
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control, model_name="m1")
     assert wait_until(lambda: sink.connected)
-    assert sub.wait_topic(f"{BASE}/status")[-1].payload == b"online"
+    assert sub.wait_topic(f"{CAM}/status")[-1].payload == b"online"
 
     evs = script("a", 1, 1)  # start, update, end
     for ev in evs:
@@ -198,7 +198,10 @@ def test_events_state_and_discovery(broker, tmp_path):
     assert {"outbox_depth", "outbox_oldest_age_s", "reconnects", "outbox_dropped"} <= set(stats)
 
     disc = sub.wait_topic("homeassistant/device/maskd_dev1_cam1/config")[-1].json()
-    assert disc["availability_topic"] == f"{BASE}/status"
+    # One process per camera (the single-camera layout): its last will is the camera's status.
+    assert [a["topic"] for a in disc["availability"]] == [f"{CAM}/status"]
+    assert disc["availability_mode"] == "all" and disc["device"]["model"] == "maskd face-mask detector"
+    assert all(c.get("qos") == 1 for c in disc["components"].values() if c["platform"] != "camera")
     platforms = sorted(c["platform"] for c in disc["components"].values())
     assert platforms.count("binary_sensor") == 1 and "switch" in platforms
     n = len(sub.on("homeassistant/device/maskd_dev1_cam1/config"))
@@ -206,9 +209,9 @@ def test_events_state_and_discovery(broker, tmp_path):
     assert len(sub.wait_topic("homeassistant/device/maskd_dev1_cam1/config", n + 1)) == n + 1
 
     sink.close()
-    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
                     == [b"offline"], 5)
-    assert sub.on(f"{BASE}/status/detail")[-1].json()["clean"] is True
+    assert sub.on(f"{CAM}/status/detail")[-1].json()["clean"] is True
     sub.close()
 
 
@@ -258,25 +261,25 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
                                    for m in ms), 10)
     os.kill(d.pid, signal.SIGKILL)
     d.wait()
-    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
                     == [b"offline"], 10), "no last will after SIGKILL"
 
     d = start_driver(broker.url, state, "--then", "wait")
     read_until(d, "connected")
-    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
                     == [b"online"], 10)
     fresh = Subscriber(broker, ["maskd/#", "homeassistant/#"])  # sees only retained messages
-    assert fresh.wait_topic(f"{BASE}/status/detail")
+    assert fresh.wait_topic(f"{CAM}/status/detail")
     assert fresh.wait_topic("homeassistant/device/maskd_dev1_cam1/config")
     retained = {m.topic: m.payload for m in fresh.messages if m.retain}
-    assert retained[f"{BASE}/status"] == b"online"
+    assert retained[f"{CAM}/status"] == b"online"
     assert retained[f"{CAM}/violation/active"] == b"OFF"
     assert retained[f"{CAM}/detect/state"] == b"ON"
-    assert json.loads(retained[f"{BASE}/status/detail"])["previous_stop"] == "unclean"
+    assert json.loads(retained[f"{CAM}/status/detail"])["previous_stop"] == "unclean"
     assert f"{CAM}/violation" not in retained
     d.send_signal(signal.SIGTERM)
     assert d.wait(10) == 0
-    assert fresh.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/status"][-1:]
+    assert fresh.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
                       == [b"offline"], 5)
     fresh.close()
     sub.close()

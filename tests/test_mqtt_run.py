@@ -55,8 +55,8 @@ def test_run_on_a_clip_publishes_documented_events(tmp_path, scenes_dir, yunet_m
         active = [m.payload for m in sub.on(f"{CAM}/violation/active")]
         assert b"ON" in active and active[-1] == b"OFF"
         assert any(m.json()["faces"] >= 1 for m in sub.on(f"{CAM}/state"))
-        assert sub.on(f"{BASE}/status")[-1].payload == b"offline"
-        assert sub.on(f"{BASE}/status/detail")[-1].json()["clean"] is True
+        assert sub.on(f"{CAM}/status")[-1].payload == b"offline"
+        assert sub.on(f"{CAM}/status/detail")[-1].json()["clean"] is True
         assert sub.on(f"homeassistant/device/maskd_{DEVICE}_entrance/config")
         sub.close()
 
@@ -111,26 +111,26 @@ def test_killed_daemon_leaves_last_will_and_restart_restores_retained_state(tmp_
         sub = Subscriber(b, ["maskd/#"])
         proc = start(b)
         try:
-            assert last(sub, f"{BASE}/status", b"online"), "daemon never came online"
+            assert last(sub, f"{CAM}/status", b"online"), "daemon never came online"
             assert sub.wait_topic(f"{CAM}/state", timeout=60)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            assert last(sub, f"{BASE}/status", b"offline", 15), "no last will after SIGKILL"
+            assert last(sub, f"{CAM}/status", b"offline", 15), "no last will after SIGKILL"
             t_restart = time.monotonic()
             proc = start(b)
-            assert last(sub, f"{BASE}/status", b"online")
+            assert last(sub, f"{CAM}/status", b"online")
             fresh = Subscriber(b, ["maskd/#"])
             assert fresh.wait_topic(f"{CAM}/detect/state")
             retained = {m.topic: m.payload for m in fresh.messages if m.retain}
-            assert retained[f"{BASE}/status"] == b"online"
+            assert retained[f"{CAM}/status"] == b"online"
             assert retained[f"{CAM}/violation/active"] in (b"ON", b"OFF")
-            assert json.loads(retained[f"{BASE}/status/detail"])["previous_stop"] == "unclean"
+            assert json.loads(retained[f"{CAM}/status/detail"])["previous_stop"] == "unclean"
             assert time.monotonic() - t_restart < 60
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
-            assert last(fresh, f"{BASE}/status", b"offline", 10)
-            assert fresh.on(f"{BASE}/status/detail")[-1].json()["clean"] is True
+            assert last(fresh, f"{CAM}/status", b"offline", 10)
+            assert fresh.on(f"{CAM}/status/detail")[-1].json()["clean"] is True
             assert last(fresh, f"{CAM}/violation/active", b"OFF", 10)
             fresh.close()
         finally:

@@ -242,7 +242,7 @@ def demo_service(default_model, **kw):
     cfg.source.kind = "demo"
     cfg.detector.kind = "blazeface"
     cfg.classifier.model = default_model
-    svc = build(cfg, exit_at_end=True, **kw)
+    svc = build(cfg, exit_at_end=True, **kw).loops[0]
     sink, obs = RecordingSink(), RecordingObserver()
     svc.sinks.append(sink)
     svc.observers.append(obs)

@@ -622,7 +622,7 @@ def run_clip(task: ClipTask) -> dict[str, Any]:
         clip, rendered = ensure_clip(plan, task.cache or Path(tmp))
         t1 = time.perf_counter()
         cfg = clip_config(parse_config(task.config), clip, plan.fps, Path(tmp))
-        service = build(cfg, exit_at_end=True)
+        service = build(cfg, exit_at_end=True).loops[0]
         memo = Memo(task.memo, clip, cfg) if task.memo else None
         if memo:
             memo.wrap(service)

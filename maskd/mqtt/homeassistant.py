@@ -16,12 +16,25 @@ _FALSE = {"off", "false", "0", "disable", "disabled"}
 
 @dataclass(frozen=True)
 class Topics:
-    """Every topic maskd uses, derived once from prefix, device id and camera."""
+    """Every topic of one camera, derived once from prefix, device id and camera.
+
+    ``status`` is the process's availability (its last will): the device-level
+    ``<prefix>/<device_id>/status`` for a process that runs a ``cameras:`` map, the camera's own
+    ``<camera>/status`` for a single-camera config, so two single-camera processes on one device
+    never mark each other offline. ``availability`` is the camera's: ``online`` while its loop
+    runs. Home Assistant needs both (``availability_mode: all``); in the single-camera layout
+    they are the same topic.
+    """
 
     status: str
     status_detail: str
+    availability: str
     violation: str
     active: str
+    attributes: str
+    event: str
+    violations: str
+    faces: str
     snapshot: str
     state: str
     stats: str
@@ -31,14 +44,22 @@ class Topics:
     ha_status: str
 
     @classmethod
-    def build(cls, mq: MqttConfig, device_id: str, camera: str) -> Topics:
+    def build(cls, mq: MqttConfig, device_id: str, camera: str, device_status: bool = False
+              ) -> Topics:
+        """``device_status``: the process runs a ``cameras:`` map and owns the device's status."""
         base = f"{mq.prefix}/{device_id}"
         cam = f"{base}/{camera}"
+        status = f"{base}/status" if device_status else f"{cam}/status"
         return cls(
-            status=f"{base}/status",
-            status_detail=f"{base}/status/detail",
+            status=status,
+            status_detail=f"{status}/detail",
+            availability=f"{cam}/status",
             violation=f"{cam}/violation",
             active=f"{cam}/violation/active",
+            attributes=f"{cam}/violation/attributes",
+            event=f"{cam}/violation/event",
+            violations=f"{cam}/violations",
+            faces=f"{cam}/faces",
             snapshot=f"{cam}/snapshot",
             state=f"{cam}/state",
             stats=f"{cam}/stats",
@@ -48,6 +69,14 @@ class Topics:
             ha_status=f"{mq.discovery_prefix}/status",
         )
 
+    def retained(self) -> list[str]:
+        """The camera's retained topics (what ``maskd mqtt-clear`` removes)."""
+        own = [self.availability, self.active, self.attributes, self.violations, self.faces,
+               self.snapshot, self.state, self.stats, self.detect_state, self.discovery]
+        if self.status == self.availability:
+            own.append(self.status_detail)
+        return own
+
 
 def parse_switch(payload: bytes) -> bool | None:
     """ON/OFF (and true/false, 1/0) as sent by Home Assistant or a person; None if neither."""
@@ -55,16 +84,22 @@ def parse_switch(payload: bytes) -> bool | None:
     return True if text in _TRUE else False if text in _FALSE else None
 
 
+PRODUCT = "maskd face-mask detector"
+EVENT_TYPES = ["start", "end"]  # the event entity's types: a violation began / ended
+
+
 def discovery_config(
-    topics: Topics, device_id: str, camera: str, model: str | None, snapshots: bool
+    topics: Topics, device_id: str, camera: str, snapshots: bool,
+    configuration_url: str | None = None,
 ) -> dict:
-    """Home Assistant device-based discovery: one retained message for all entities."""
+    """Home Assistant device-based discovery: one retained message for all of a camera's
+    entities, each available while both the process and the camera are."""
     uid = f"maskd_{device_id}_{camera}"
 
     def sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, dict]:
         return f"{uid}_{key}", {
             "platform": "sensor", "name": name, "unique_id": f"{uid}_{key}",
-            "state_topic": topic, "value_template": template, **extra,
+            "state_topic": topic, "value_template": template, "qos": 1, **extra,
         }
 
     cmps = dict([
@@ -72,12 +107,20 @@ def discovery_config(
             "platform": "binary_sensor", "name": f"{camera} mask violation",
             "unique_id": f"{uid}_violation", "device_class": "problem",
             "state_topic": topics.active, "payload_on": "ON", "payload_off": "OFF",
+            "json_attributes_topic": topics.attributes, "qos": 1,
+        }),
+        (f"{uid}_violation_event", {
+            "platform": "event", "name": f"{camera} violation", "unique_id": f"{uid}_violation_event",
+            "state_topic": topics.event, "event_types": EVENT_TYPES, "qos": 1,
         }),
         (f"{uid}_detect", {
             "platform": "switch", "name": f"{camera} detection", "unique_id": f"{uid}_detect",
             "command_topic": topics.detect_set, "state_topic": topics.detect_state,
             "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
+            "qos": 1,
         }),
+        sensor("violations", f"{camera} people in violation", topics.violations, "{{ value }}",
+               state_class="measurement"),
         sensor("faces", f"{camera} faces", topics.state, "{{ value_json.faces }}",
                state_class="measurement"),
         sensor("masked", f"{camera} masked", topics.state, "{{ value_json.masked }}",
@@ -94,15 +137,19 @@ def discovery_config(
             "platform": "camera", "name": f"{camera} last violation",
             "unique_id": f"{uid}_snapshot", "topic": topics.snapshot,
         }
+    availability = [{"topic": t, "payload_available": "online", "payload_not_available": "offline"}
+                    for t in dict.fromkeys((topics.status, topics.availability))]
+    device: dict[str, Any] = {
+        "identifiers": [f"maskd_{device_id}"], "name": f"maskd {device_id}",
+        "manufacturer": "maskd", "model": PRODUCT, "sw_version": __version__,
+    }
+    if configuration_url:
+        device["configuration_url"] = configuration_url
     return {
-        "device": {
-            "identifiers": [f"maskd_{device_id}"], "name": f"maskd {device_id}",
-            "manufacturer": "maskd", "model": model or "maskd", "sw_version": __version__,
-        },
+        "device": device,
         "origin": {"name": "maskd", "sw_version": __version__},
-        "availability_topic": topics.status,
-        "payload_available": "online",
-        "payload_not_available": "offline",
+        "availability": availability,
+        "availability_mode": "all",
         "qos": 1,
         "components": cmps,
     }

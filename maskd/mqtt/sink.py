@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -28,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig
+from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_listen
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -52,6 +53,22 @@ def _encode_jpeg(image: Any) -> bytes | None:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclass
+class _Camera:
+    """What the sink keeps per camera: its topics, its detection switch, its retained state."""
+
+    name: str
+    topics: Topics
+    control: RunControl
+    open_events: dict[str, dict] = field(default_factory=dict)  # event id -> its attributes
+    last_state: dict | None = None
+    last_state_t: float = float("-inf")
+    counts: tuple[int, int] | None = None  # (people in violation, faces) last published
+    loop_stats: dict = field(default_factory=dict)
+    stats_t: float = float("-inf")  # when its stats were last published
+    running: bool = True  # its loop has not ended
 
 
 @dataclass
@@ -105,7 +122,13 @@ def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
 
 
 class MqttSink(EventSink):
-    """EventSink publishing to MQTT through the durable outbox; see the module docstring."""
+    """EventSink publishing to MQTT through the durable outbox; see the module docstring.
+
+    One connection per process. Built for one camera (``camera``, ``control``) it is that
+    camera's sink; with ``cameras`` (name -> its detection switch; the ``cameras:`` layout)
+    each camera's loop gets its own view from ``for_camera``, and the connection's last will
+    is the device-level status.
+    """
 
     def __init__(
         self,
@@ -115,16 +138,24 @@ class MqttSink(EventSink):
         state_dir: Path,
         control: RunControl | None = None,
         model_name: str | None = None,
+        cameras: dict[str, RunControl] | None = None,
+        configuration_url: str | None = None,
     ) -> None:
         if not mq.url:
             raise ConfigError("mqtt.url is not set")
         self._mq = mq
         self._url = BrokerUrl.parse(mq.url)
         self._device_id = device_id
-        self._camera = camera
         self._model = model_name
-        self._control = control if control is not None else RunControl()
-        self.topics = Topics.build(mq, device_id, camera)
+        self._configuration_url = configuration_url
+        device_status = cameras is not None
+        if cameras is None:
+            cameras = {camera: control if control is not None else RunControl()}
+        self._cams = {name: _Camera(name, Topics.build(mq, device_id, name, device_status), ctl)
+                      for name, ctl in cameras.items()}
+        self._first = next(iter(self._cams.values()))
+        self.topics = self._first.topics  # the single-camera layout's topics
+        self._cam_by_set = {c.topics.detect_set: c for c in self._cams.values()}
 
         self._outbox = Outbox(state_dir, mq.outbox_max_events, mq.outbox_max_age_s,
                               memory_max=mq.memory_queue_max,
@@ -142,13 +173,9 @@ class MqttSink(EventSink):
         self._closing = False
         self._stop = threading.Event()
         self._acked = threading.Condition()  # notified when acknowledged rows leave the outbox
-        self._open_events: set[str] = set()
         self._active_lock = threading.RLock()
-        self._snapshots: OrderedDict[int, bytes] = OrderedDict()
+        self._snapshots: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # row -> topic, jpeg
         self._snap_lock = threading.Lock()
-        self._last_state_t = float("-inf")
-        self._last_state: dict | None = None
-        self._loop_stats: dict = {}
         self.reconnects = 0
         self._connected_at = 0.0
         self._short_sessions = 0  # consecutive connections that lasted < 5 s
@@ -158,7 +185,8 @@ class MqttSink(EventSink):
         self._last_refused_log: dict[str, float] = {}
         self._last_crash_log = float("-inf")
 
-        client_id = self.client_id = f"maskd-{device_id}-{camera}"
+        client_id = self.client_id = (f"maskd-{device_id}" if device_status
+                                      else f"maskd-{device_id}-{camera}")
         c = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.on_log = self._on_log
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
@@ -197,7 +225,23 @@ class MqttSink(EventSink):
             from maskd.classifier import default_model_path
 
             model_name = Path(cfg.classifier.model or default_model_path()).name
-        return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name)
+        return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name,
+                   configuration_url=status_page_url(cfg.preview.http))
+
+    @classmethod
+    def for_cameras(cls, cfg: Config, controls: dict[str, RunControl]) -> MqttSink:
+        """One connection for a ``cameras:`` map; give each loop ``for_camera(name)``."""
+        from maskd.classifier import default_model_path
+
+        model_name = Path(cfg.classifier.model or default_model_path()).name
+        urls = [status_page_url(c.preview.http) for c in cfg.cameras_resolved()]
+        return cls(cfg.mqtt, cfg.device_id, next(iter(controls)), cfg.state_dir,
+                   model_name=model_name, cameras=controls,
+                   configuration_url=next((u for u in urls if u), None))
+
+    def for_camera(self, name: str) -> CameraSink:
+        """The EventSink of one camera; the connection closes when every camera's is closed."""
+        return CameraSink(self, self._cams[name])
 
     # ---- clean/unclean stop marker: status/detail tells consumers how the last run ended ----
 
@@ -228,6 +272,7 @@ class MqttSink(EventSink):
         if self._closing:
             log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id, event.seq)
             return
+        cam = self._cams.get(event.camera, self._first)
         snapshot = self._mq.snapshots and event.best_crop is not None
         payload = ViolationPayload.build(event, device_id=self._device_id, model=self._model,
                                          snapshot=snapshot).stored()
@@ -235,20 +280,26 @@ class MqttSink(EventSink):
         # Held across put + remember, so the publisher finds the snapshot with its row.
         with self._snap_lock:
             # Never raises: on a storage fault the outbox keeps the event in memory.
-            row_id = self._outbox.put(self.topics.violation, payload,
+            row_id = self._outbox.put(cam.topics.violation, payload,
                                       track=(event.event_id, event.event_type != "end"))
             if jpeg is not None:
-                self._snapshots[row_id] = jpeg
+                self._snapshots[row_id] = (cam.topics.snapshot, jpeg)
                 while len(self._snapshots) > MAX_SNAPSHOTS:
                     self._snapshots.popitem(last=False)
         with self._active_lock:  # so a reconnect's re-publish cannot overtake this change
-            was_active = bool(self._open_events)
             if event.event_type == "end":
-                self._open_events.discard(event.event_id)
+                cam.open_events.pop(event.event_id, None)
             else:
-                self._open_events.add(event.event_id)
-            if bool(self._open_events) != was_active and self._connected:
-                self._publish_active()
+                cam.open_events[event.event_id] = {
+                    "event_id": event.event_id, "score": round(float(event.score), 4),
+                    "since": event.start_time, "camera": cam.name}
+            if self._connected:
+                self._publish_active(cam)
+                if event.event_type != "update":  # Home Assistant's event entity: live triggers
+                    self._client.publish(cam.topics.event, _dumps({
+                        "event_type": event.event_type, "event_id": event.event_id,
+                        "score": round(float(event.score), 4), "camera": cam.name,
+                        "end_reason": event.end_reason}), qos=1)
         self._q.put(("wake", None, None))
 
     def _end_left_open(self) -> None:
@@ -292,9 +343,12 @@ class MqttSink(EventSink):
         if self._connected:
             detail = {"state": "offline", "clean": True, "time": time.time(),
                       "pending": self._outbox.depth(), "sw_version": __version__}
+            status = self._first.topics.status
             infos = [
-                self._client.publish(self.topics.status_detail, _dumps(detail), qos=1, retain=True),
-                self._client.publish(self.topics.status, "offline", qos=1, retain=True),
+                self._client.publish(f"{status}/detail", _dumps(detail), qos=1, retain=True),
+                *(self._client.publish(t, "offline", qos=1, retain=True)
+                  for t in dict.fromkeys([*(c.topics.availability for c in self._cams.values()),
+                                          status])),
             ]
             for info in infos:
                 try:
@@ -312,25 +366,50 @@ class MqttSink(EventSink):
     # ---- run loop hooks ----
 
     def on_state(self, counts: FaceCounts) -> None:
-        """Counts (faces, masked, unmasked, ...): at most every state_interval_s, and only on change
-        (or once per stats interval as a heartbeat)."""
-        state = counts.to_dict()
-        now = time.monotonic()
-        since = now - self._last_state_t
-        if since < self._mq.state_interval_s:
-            return
-        counts = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
-        if counts == self._last_state and since < self._mq.stats_interval_s:
-            return
-        if not self._connected:
-            return
-        self._last_state, self._last_state_t = counts, now
-        self._client.publish(self.topics.state, _dumps({**state, "time": time.time()}), qos=0)
+        """The single-camera layout's state (see ``camera_state``)."""
+        self.camera_state(self._first, counts)
 
     def on_stats(self, stats: LoopStats) -> None:
-        """Loop health (fps per stage, skipped frames); published with the outbox's own numbers
-        every stats_interval_s by the publisher thread."""
-        self._loop_stats = stats.to_dict()
+        """The single-camera layout's stats (see ``camera_stats``)."""
+        self.camera_stats(self._first, stats)
+
+    def camera_state(self, cam: _Camera, counts: FaceCounts) -> None:
+        """Counts (faces, masked, unmasked, ...), retained: at most every state_interval_s, and
+        only on change (or once per stats interval as a heartbeat); the people-in-violation and
+        face counts on their own topics when they change."""
+        if not self._connected:
+            return
+        pair = (counts.active, counts.faces)
+        if pair != cam.counts:
+            cam.counts = pair
+            self._client.publish(cam.topics.violations, str(pair[0]), qos=1, retain=True)
+            self._client.publish(cam.topics.faces, str(pair[1]), qos=1, retain=True)
+        state = counts.to_dict()
+        now = time.monotonic()
+        since = now - cam.last_state_t
+        if since < self._mq.state_interval_s:
+            return
+        key = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
+        if key == cam.last_state and since < self._mq.stats_interval_s:
+            return
+        cam.last_state, cam.last_state_t = key, now
+        self._client.publish(cam.topics.state, _dumps({**state, "time": time.time()}), qos=1,
+                             retain=True)
+
+    def camera_stats(self, cam: _Camera, stats: LoopStats) -> None:
+        """Loop health (fps per stage, skipped frames) with the connection's own numbers,
+        published at once (the loop sends it every stats_interval_s), retained."""
+        cam.loop_stats = stats.to_dict()
+        if self._connected:
+            self._publish_stats(cam)
+
+    def camera_closed(self, cam: _Camera) -> None:
+        """A camera's loop ended: its entities go unavailable; the last one closes the sink."""
+        cam.running = False
+        if self._connected and cam.topics.availability != cam.topics.status:
+            self._client.publish(cam.topics.availability, "offline", qos=1, retain=True)
+        if not any(c.running for c in self._cams.values()):
+            self.close()
 
     def health(self) -> dict:
         """The MQTT part of the stats message."""
@@ -402,14 +481,20 @@ class MqttSink(EventSink):
         detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
                   "previous_stop": self._previous_stop, "sw_version": __version__,
                   "model": self._model}
-        client.publish(self.topics.status_detail, _dumps(detail), qos=1, retain=True)
-        client.publish(self.topics.status, "online", qos=1, retain=True)
-        self._publish_active()
-        self._publish_detect_state()
+        status = self._first.topics.status
+        client.publish(f"{status}/detail", _dumps(detail), qos=1, retain=True)
+        client.publish(status, "online", qos=1, retain=True)
+        for cam in self._cams.values():
+            if cam.topics.availability != status:
+                client.publish(cam.topics.availability, "online" if cam.running else "offline",
+                               qos=1, retain=True)
+            self._publish_active(cam)
+            self._publish_detect_state(cam)
+            cam.counts = None  # published again with the next frame
+            client.subscribe(cam.topics.detect_set, qos=1)
         if self._mq.discovery:
             self._publish_discovery()
-            client.subscribe(self.topics.ha_status, qos=1)
-        client.subscribe(self.topics.detect_set, qos=1)
+            client.subscribe(self._first.topics.ha_status, qos=1)
         self._q.put(("wake", None, None))
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
@@ -465,12 +550,13 @@ class MqttSink(EventSink):
         self._q.put(("ack", mid, reason_code))  # no locks here: paho holds its own while calling us
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
-        if msg.topic == self.topics.ha_status:
+        if msg.topic == self._first.topics.ha_status:
             if msg.payload.strip() == b"online":
                 log.info("MQTT: Home Assistant restarted; announcing discovery again")
                 self._publish_discovery()
             return
-        if msg.topic == self.topics.detect_set:
+        cam = self._cam_by_set.get(msg.topic)
+        if cam is not None:
             if msg.retain:
                 # Delivered because it is retained, not because someone just sent it.
                 log.warning("MQTT: ignoring retained %s (send it without the retain flag)",
@@ -480,29 +566,35 @@ class MqttSink(EventSink):
             if value is None:
                 log.warning("MQTT: %s: expected ON or OFF, got %r", msg.topic, msg.payload[:40])
                 return
-            self._control.detect_enabled = value
-            log.info("MQTT: detection turned %s remotely", "on" if value else "off")
-            self._publish_detect_state()
+            cam.control.detect_enabled = value
+            log.info("MQTT: %s: detection turned %s remotely", cam.name, "on" if value else "off")
+            self._publish_detect_state(cam)
 
     # ---- retained state ----
 
-    def _publish_active(self) -> None:
+    def _publish_active(self, cam: _Camera) -> None:
+        """ON/OFF and, for Home Assistant's attributes, the newest open violation (or nulls)."""
         with self._active_lock:
-            self._client.publish(self.topics.active, "ON" if self._open_events else "OFF",
+            newest = list(cam.open_events.values())[-1:] or [
+                {"event_id": None, "score": None, "since": None, "camera": cam.name}]
+            self._client.publish(cam.topics.attributes, _dumps(newest[0]), qos=1, retain=True)
+            self._client.publish(cam.topics.active, "ON" if cam.open_events else "OFF",
                                  qos=1, retain=True)
 
-    def _publish_detect_state(self) -> None:
-        self._client.publish(self.topics.detect_state,
-                             "ON" if self._control.detect_enabled else "OFF", qos=1, retain=True)
+    def _publish_detect_state(self, cam: _Camera) -> None:
+        self._client.publish(cam.topics.detect_state,
+                             "ON" if cam.control.detect_enabled else "OFF", qos=1, retain=True)
 
     def _publish_discovery(self) -> None:
-        cfg = discovery_config(self.topics, self._device_id, self._camera, self._model,
-                               self._mq.snapshots)
-        self._client.publish(self.topics.discovery, _dumps(cfg), qos=1, retain=True)
+        for cam in self._cams.values():
+            cfg = discovery_config(cam.topics, self._device_id, cam.name, self._mq.snapshots,
+                                   self._configuration_url)
+            self._client.publish(cam.topics.discovery, _dumps(cfg), qos=1, retain=True)
 
-    def _publish_stats(self) -> None:
-        msg = {**self.health(), **self._loop_stats, "time": time.time()}
-        self._client.publish(self.topics.stats, _dumps(msg), qos=0)
+    def _publish_stats(self, cam: _Camera) -> None:
+        cam.stats_t = time.monotonic()
+        msg = {**cam.loop_stats, **self.health(), "camera": cam.name, "time": time.time()}
+        self._client.publish(cam.topics.stats, _dumps(msg), qos=1, retain=True)
 
     # ---- the publisher thread: the only place events are published ----
 
@@ -562,7 +654,11 @@ class MqttSink(EventSink):
                     sent = self._send(st, self._outbox.pending(after_id=st.cursor, limit=room))
                     st.cursor = sent[-1] if sent else st.cursor
         if now >= st.next_stats and self._connected:
-            self._publish_stats()
+            # A heartbeat for cameras whose loop sent no stats for two intervals (a sink without
+            # a loop, a stalled loop); a running loop sends them itself, every interval.
+            for cam in self._cams.values():
+                if now - cam.stats_t >= 2 * self._mq.stats_interval_s:
+                    self._publish_stats(cam)
             st.next_stats = now + self._mq.stats_interval_s
 
     def _send(self, st: _Sending, rows: list[Row]) -> list[int]:
@@ -605,7 +701,43 @@ class MqttSink(EventSink):
             return None  # connection gone; the next connect replays from the outbox
         self.published += 1
         with self._snap_lock:
-            jpeg = self._snapshots.pop(row.id, None)
-        if jpeg is not None:
-            self._client.publish(self.topics.snapshot, jpeg, qos=1)
+            snap = self._snapshots.pop(row.id, None)
+        if snap is not None:
+            self._client.publish(snap[0], snap[1], qos=1, retain=True)
         return info.mid
+
+
+class CameraSink(EventSink):
+    """One camera's view of a shared MqttSink (the ``cameras:`` layout)."""
+
+    def __init__(self, link: MqttSink, cam: _Camera) -> None:
+        self._link = link
+        self._cam = cam
+
+    def emit(self, event: ViolationEvent) -> None:
+        self._link.emit(event)
+
+    def on_state(self, state: FaceCounts) -> None:
+        self._link.camera_state(self._cam, state)
+
+    def on_stats(self, stats: LoopStats) -> None:
+        self._link.camera_stats(self._cam, stats)
+
+    def faults(self) -> list[str]:
+        return self._link.faults()
+
+    def flush(self, timeout: float) -> bool:
+        return self._link.flush(timeout)
+
+    def close(self) -> None:
+        self._link.camera_closed(self._cam)
+
+
+def status_page_url(listen: str | None) -> str | None:
+    """Home Assistant's link to the status page, when one is served and reachable by name."""
+    if not listen:
+        return None
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
