@@ -21,7 +21,7 @@ import numpy as np
 
 from maskd import env
 from maskd.env import Environment
-from maskd.tflite import ModelError, get_output, open_interpreter, set_input
+from maskd.tflite import ModelError, get_output, open_interpreter, quantize
 
 DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
 SIDECAR_FORMAT = "maskd-classifier/1"
@@ -29,6 +29,11 @@ SIDECAR_FORMAT = "maskd-classifier/1"
 # MobileNetV2's own normalisation: pixel / 127.5 - 1 -> [-1, 1].
 DEFAULT_SCALE = 1.0 / 127.5
 DEFAULT_OFFSET = -1.0
+
+# Faces per interpreter call. One batched invoke for all the faces of a frame (or a chunk of
+# `classify`'s files) saves the per-call overhead; above this the batch is split. Measured in
+# docs/performance.md (batching).
+MAX_BATCH = 16
 
 
 def packaged_model_path() -> Path:
@@ -69,6 +74,14 @@ def preprocess(
 ) -> np.ndarray:
     """RGB uint8 crop of any size -> float32 (size, size, 3) network input, as in training."""
     return normalize(resize_square(rgb, size), scale, offset)
+
+
+def input_table(detail: dict[str, Any], scale: float = DEFAULT_SCALE,
+                offset: float = DEFAULT_OFFSET) -> np.ndarray:
+    """The input tensor's value for each of the 256 pixel values: ``normalize`` then
+    ``quantize`` with the tensor's own parameters, computed once. ``table[pixels]`` is then the
+    whole per-pixel step in one pass, identical to ``quantize(normalize(pixels), detail)``."""
+    return quantize(normalize(np.arange(256, dtype=np.uint8), scale, offset), detail)
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,10 @@ class Classifier:
         self.input_size = info.input_size
         self._no_mask = info.labels.index("no_mask")
         self._in = interpreter.get_input_details()[0]
+        self._table = input_table(self._in, info.scale, info.offset)
+        self._batch = int(self._in["shape"][0])
+        # An EdgeTPU graph is compiled for batch 1; a CPU interpreter's batch can be resized.
+        self.max_batch = 1 if "edgetpu" in runtime else MAX_BATCH
         shape = tuple(int(v) for v in self._in["shape"])
         if shape[1:] != (info.input_size, info.input_size, 3):
             raise ModelError(
@@ -164,13 +181,26 @@ class Classifier:
         s, dtype = self.input_size, np.dtype(self._in["dtype"]).name
         return f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, on {self.runtime}"
 
+    def _set_batch(self, n: int) -> None:
+        """Resize the input's batch dimension to ``n`` (only when it changes)."""
+        if n != self._batch:
+            s = self.input_size
+            self.interpreter.resize_tensor_input(self._in["index"], [n, s, s, 3])
+            self.interpreter.allocate_tensors()
+            self._batch = n
+
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size)."""
+        """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size), in batched invokes of
+        up to ``max_batch`` crops. Each crop is resized once (``resize_square``) and turned into
+        the input tensor's values by one table look-up (``input_table``)."""
         out = np.empty(len(crops_rgb), dtype=np.float32)
-        for i, crop in enumerate(crops_rgb):
-            x = preprocess(crop, self.input_size, self.info.scale, self.info.offset)
-            set_input(self.interpreter, x[None])
+        size, step = self.input_size, max(1, self.max_batch)
+        for start in range(0, len(crops_rgb), step):
+            chunk = crops_rgb[start:start + step]
+            self._set_batch(len(chunk))
+            x = self._table[np.stack([resize_square(c, size) for c in chunk])]
+            self.interpreter.set_tensor(self._in["index"], x)
             self.interpreter.invoke()
-            y = get_output(self.interpreter, 0)[0]
-            out[i] = y[self._no_mask]
+            y = get_output(self.interpreter, 0)
+            out[start:start + len(chunk)] = y[:, self._no_mask]
         return np.clip(out, 0.0, 1.0)

@@ -11,6 +11,9 @@ Sections (``--sections``, default all):
 - ``frame``: each face detector at 320x240 and 640x480, plain, 2x upscaled and 2x2 tiled.
 - ``e2e``:   a clip through maskd's pipeline (with and without the per-track classification
   cache) and through a seed-style pipeline (tools/seedstyle.py), same frames: fps and ratios.
+- ``goals``: issue 16's ratios against the seeds' way, in one run: ``maskd classify``'s per-file
+  path vs the seeds' Keras ``predict`` loop over the same files (goal >= 30x), and ``maskd
+  scan``'s per-frame path vs the seed-style pipeline on 1280x720 frames (goal >= 12x).
 - ``estimates``: Raspberry Pi 4/5 and Coral figures from published per-model latencies,
   labelled as estimates with their sources (run this tool on the device to replace them).
 
@@ -40,10 +43,11 @@ from tools.benchlib.e2e import bench_e2e
 from tools.benchlib.estimates import bench_estimates
 from tools.benchlib.face import bench_face
 from tools.benchlib.frame import bench_frame
+from tools.benchlib.goals import bench_goals
 from tools.benchlib.macs import bench_macs, cpu_peak
 from tools.benchlib.report import plot, render
 
-ALL_SECTIONS = ("face", "macs", "frame", "e2e", "estimates")
+ALL_SECTIONS = ("face", "macs", "frame", "e2e", "goals", "estimates")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["frame"] = bench_frame(args, notes)
     if "e2e" in args.sections:
         res["e2e"] = bench_e2e(args, notes)
+    if "goals" in args.sections:
+        res["goals"] = bench_goals(args, notes)
     if "estimates" in args.sections:
         res["estimates"] = bench_estimates(res.get("macs"))
     res["machine"]["loadavg_end"] = _loadavg()

@@ -2,6 +2,9 @@
 
 The label uses the configured cut (``classifier.threshold``), the same as ``run`` and ``scan``.
 
+Files are decoded on a worker thread, up to ``DECODE_AHEAD`` files ahead, while the
+interpreter classifies the previous ones in batches of up to ``Classifier.max_batch``.
+
 Contract (scripts depend on it): one line per image; with --json a JSON object
 ``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image, and the
 run goes on. Exit 0 when at least one image was classified, 1 when none was, 2 when the
@@ -13,14 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from maskd.classifier import ModelError
+import numpy as np
+
+from maskd.classifier import Classifier, ModelError
 from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
 from maskd.images import ImageError, find_images, load_image_rgb
 from maskd.service import build_classifier
 from maskd.types import label_for
+
+DECODE_AHEAD = 32  # files decoded ahead of the classifier (memory: ~32 small images)
 
 
 def iter_paths(paths: list[Path]) -> Iterator[Path]:
@@ -32,6 +41,53 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
             yield p
 
 
+def _decode(p: Path) -> np.ndarray | ImageError:
+    try:
+        return load_image_rgb(p)
+    except ImageError as err:
+        return err
+
+
+def decoded(paths: Iterator[Path]) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
+    """(path, RGB image or the error) in the order given, decoded on one worker thread up to
+    ``DECODE_AHEAD`` files ahead, so decoding overlaps the interpreter (both release the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+        ahead: deque[tuple[Path, Future]] = deque()
+        for p in paths:
+            ahead.append((p, pool.submit(_decode, p)))
+            if len(ahead) >= DECODE_AHEAD:
+                q, fut = ahead.popleft()
+                yield q, fut.result()
+        while ahead:
+            q, fut = ahead.popleft()
+            yield q, fut.result()
+
+
+def classify_files(clf: Classifier, paths: Iterable[Path],
+                   decode_thread: bool = True) -> Iterator[tuple[Path, float | ImageError]]:
+    """(path, P(no_mask) or the decode error) per file, in order: files decoded on a worker
+    thread (``decoded``) and classified in batches of ``clf.max_batch``. tools/bench.py times
+    this, the command's whole per-file path."""
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[tuple[Path, float]]:
+        if batch:
+            probs = clf.predict([rgb for _, rgb in batch])
+            yield from ((p, float(prob)) for (p, _), prob in zip(batch, probs, strict=True))
+            batch.clear()
+
+    files = decoded(iter(paths)) if decode_thread else ((p, _decode(p)) for p in paths)
+    for p, got in files:
+        if isinstance(got, ImageError):
+            yield from flush()  # keep the output in the order of the files
+            yield p, got
+            continue
+        batch.append((p, got))
+        if len(batch) >= clf.max_batch:
+            yield from flush()
+    yield from flush()
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = override(load_config(args.config), args, MODEL_OPTIONS)
@@ -41,15 +97,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2
     classified = 0
-    for p in iter_paths(args.paths):
-        try:
-            rgb = load_image_rgb(p)
-        except ImageError as err:
-            _emit(args.json, {"path": str(p), "error": str(err)})
+    for p, got in classify_files(clf, iter_paths(args.paths)):
+        if isinstance(got, ImageError):
+            _emit(args.json, {"path": str(p), "error": str(got)})
             continue
-        prob = float(clf.predict([rgb])[0])
-        label = label_for(prob, ccfg.threshold)
-        _emit(args.json, {"path": str(p), "label": label, "no_mask": round(prob, 6)})
+        _emit(args.json, {"path": str(p), "label": label_for(got, ccfg.threshold),
+                          "no_mask": round(got, 6)})
         classified += 1
     if classified == 0:
         print("maskd classify: no image was classified", file=sys.stderr)

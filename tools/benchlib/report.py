@@ -68,6 +68,22 @@ def render(res: dict[str, Any]) -> str:
                                 "x vs seed"],
                                [[r["name"], r["fps"], r["ms_per_frame"], r["faces"], r.get("classified"),
                                  r.get("cached"), r.get("speedup_vs_seed")] for r in e2e["rows"]]))
+    goals = res.get("goals") or {}
+    pf, pl = goals.get("per_face"), goals.get("pipeline")
+    if pf:
+        parts.append(table(f"Goal per face: maskd classify vs the seeds' predict loop ({pf['files']} "
+                           f"facemask-4095 files, {pf['input_size']} px int8)",
+                           ["path", "ms/face", "faces/s", "x vs seeds"],
+                           [[r["name"], r["ms_per_face"], r["faces_per_s"], r["x_vs_seed"]]
+                            for r in pf["rows"]]))
+    if pl:
+        parts.append(table(f"Goal pipeline: maskd scan vs the seed-style pipeline ({pl['frames']} frames "
+                           f"{pl['size']}, {pl['clip']})", ["pipeline", "fps", "faces", "x vs seed"],
+                           [[r["name"], r["fps"], r["faces"], r["x_vs_seed"]] for r in pl["rows"]]))
+    for what, g in (("per face", pf), ("pipeline", pl)):
+        if g and g.get("ratio"):
+            verdict = "MET" if g["ratio"] >= g["goal"] else "NOT MET"
+            parts.append(f"goal {what}: {g['ratio']:.1f}x (goal >= {g['goal']:.0f}x): {verdict}")
     est = res.get("estimates")
     if est:
         parts.append(table("ESTIMATES for other devices (published figures, not measured here)",
