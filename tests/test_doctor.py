@@ -58,6 +58,8 @@ def test_all_green_with_real_parts(tmp_path, default_model):
     assert "as 'door'" in got["broker"][1]
     assert "input 128x128" in got["detector"][1] or "input 192x192" in got["detector"][1]
     assert "demo: 640x480" in got["camera"][1]
+    # the per-stage budget of docs/performance.md, measured here (OK or WARN: it is timing)
+    assert "640x480 at 15 fps" in got["budget"][1] and "2 faces" in got["budget"][1], got["budget"]
     assert "3 frames" in got["timing"][1] and "ms/face" in got["timing"][1]
 
 

@@ -363,6 +363,36 @@ class Doctor:
                  f"classify {mean['classify']:.1f} ({faces} faces), track {mean['track']:.1f}; "
                  f"classifier {per_face:.1f} ms/face; ~{1000 / max(loop, 1e-3):.0f} fps without capture",
                  required=False)
+        self.budget(frame.image, mean["track"])
+
+    def budget(self, image: np.ndarray, track_ms: float) -> None:
+        """docs/performance.md's per-stage budget (0/1/2/4 faces at the configured fps),
+        measured on this device: the first real Pi replaces the estimate."""
+        from maskd.motion import MotionGate
+
+        def ms(fn: Callable[[], object], n: int = 5) -> float:
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t0) / n * 1e3
+
+        gate = MotionGate()
+        motion = ms(lambda: gate.moving(image))
+        detect = ms(lambda: self.detector.detect(image), 3)
+        crop = np.full((112, 112, 3), 128, np.uint8)
+        h, w = image.shape[:2]
+        fps = self.cfg.source.fps
+        parts = []
+        for faces in (0, 1, 2, 4):
+            clf = ms(lambda k=faces: self.classifier.predict([crop] * k), 3) if faces else 0.0
+            total = motion + detect + clf + track_ms
+            parts.append(f"{faces} face{'' if faces == 1 else 's'} {total:.1f} ms ({1000 / max(total, 1e-3):.0f} fps)")
+        ok = motion + detect + ms(lambda: self.classifier.predict([crop] * 2), 3) + track_ms <= 1000 / fps
+        self.add("budget", OK if ok else WARN,
+                 f"{w}x{h} at {fps:g} fps (budget {1000 / fps:.1f} ms/frame): motion {motion:.2f}, "
+                 f"detect {detect:.1f}, track {track_ms:.1f} ms; frame with " + ", ".join(parts)
+                 + ("" if ok else f"; 2 faces do not fit {fps:g} fps here"), required=False)
 
 
 def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
