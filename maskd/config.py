@@ -542,16 +542,18 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     section, _, key = dotted.rpartition(".")
     target = data
     for part in filter(None, section.split(".")):
-        target = target[part]
+        target = target.setdefault(part, {})
     target[key] = value
 
 
 def override(cfg: Config, args: Any, mapping: dict[str, str]) -> Config:
     """Config with the given command-line options (arg name -> dotted key) applied when set.
 
-    Re-validated as a whole, so a bad value on the command line is reported like one in YAML.
+    Re-validated as a whole, so a bad value on the command line is reported like one in YAML;
+    only what the file set and the options are passed on, so layout rules (``cameras:``) see
+    what the user wrote, not every default.
     """
-    data = cfg.model_dump()
+    data = cfg.model_dump(exclude_unset=True)
     for arg, key in mapping.items():
         value = getattr(args, arg, None)
         if value is not None and value is not False:

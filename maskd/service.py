@@ -134,6 +134,7 @@ class CameraLoop:
         self._last_t: float | None = None
         self._window = _StatsWindow()  # the log line's
         self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
+        self._sink_stats_t = float("-inf")  # when sinks last got stats
         self._next_sink_stats = time.monotonic() + min(FIRST_STATS_S, cfg.mqtt.stats_interval_s)
         if hasattr(source, "on_wait"):  # a live source: hear from it while the camera is away
             source.on_wait = self._source_waiting
@@ -303,12 +304,13 @@ class CameraLoop:
     def _sink_stats(self, final: bool = False) -> None:
         """Sinks' ``on_stats``: fresh numbers at the configured interval, and the last numbers
         at the end unless the interval's were sent within the last second."""
-        if final and time.monotonic() - self._sink_window.start < 1.0:
+        if final and time.monotonic() - self._sink_stats_t < 1.0:
             return
         s = self.stats(self._sink_window)
         self._to_sinks(lambda sink: sink.on_stats(s), "on_stats")
         self._sink_window = _StatsWindow()
-        self._next_sink_stats = time.monotonic() + self.cfg.mqtt.stats_interval_s
+        self._sink_stats_t = time.monotonic()
+        self._next_sink_stats = self._sink_stats_t + self.cfg.mqtt.stats_interval_s
 
     def _log_stats(self) -> None:
         s = self.stats()

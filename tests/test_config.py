@@ -114,7 +114,7 @@ def dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 def flatten(d: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
-        out += flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+        out += flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
     return out
 
 

@@ -32,8 +32,8 @@ def run_config(args: argparse.Namespace) -> Config:
     cfg = override(load_config(args.config), args, RUN_OPTIONS)
     if args.source is not None:
         src = {"kind": "demo", "uri": None} if args.source == "demo" else {"kind": "auto", "uri": args.source}
-        data = cfg.model_dump()
-        data["source"].update(src)
+        data = cfg.model_dump(exclude_unset=True)
+        data.setdefault("source", {}).update(src)
         cfg = parse_config(data, "command line")
     if args.preview:
         from maskd.preview import resolve_preview_flag

@@ -1,0 +1,187 @@
+"""Several cameras, one process (the `cameras:` map), and several processes on one device, with
+a real mosquitto and real `maskd run` processes on the demo clip.
+
+What a building's Home Assistant must see: every camera's events on its own topics, each
+camera's entities available exactly while the process and that camera's loop run, and one
+process stopping (or being killed) never taking another's entities with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Broker, Subscriber
+
+from maskd.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = "dev"
+BASE = f"maskd/{DEV}"
+
+
+def start(config: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    return subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(config), *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def write(path: Path, cfg: dict) -> Path:
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def common(broker: Broker, state: Path, model: Path, **mqtt: object) -> dict:
+    return {"device_id": DEV, "state_dir": str(state), "detector": {"kind": "blazeface"},
+            "classifier": {"model": str(model)},
+            "mqtt": {"url": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, **mqtt}}
+
+
+def last(sub: Subscriber, topic: str) -> bytes | None:
+    got = sub.on(topic)
+    return got[-1].payload if got else None
+
+
+def test_the_cameras_map_is_validated_and_resolved():
+    cfg = parse_config({"cameras": {"front": {"source": {"kind": "demo"}},
+                                    "back": {"source": {"uri": "rtsp://cam/back"},
+                                             "tracking": {"window": 3}}},
+                        "tracking": {"window": 7}, "preview": {"http": "127.0.0.1:8080"}})
+    front, back = cfg.cameras_resolved()
+    assert (front.camera, front.source.kind, front.tracking.window) == ("front", "demo", 7)
+    assert (back.camera, back.source.uri, back.tracking.window) == ("back", "rtsp://cam/back", 3)
+    assert front.preview.http == "127.0.0.1:8080" and back.preview.http is None
+    assert cfg.multi_camera and not front.multi_camera
+    single = parse_config({"camera": "door"})
+    assert single.cameras_resolved() == [single] and not single.multi_camera
+    with pytest.raises(ConfigError, match="source cannot be used together with cameras"):
+        parse_config({"source": {"kind": "demo"}, "cameras": {"a": {"source": {"kind": "demo"}}}})
+    with pytest.raises(ConfigError, match=r"'cameras\.a\.source': Field required"):
+        parse_config({"cameras": {"a": {}}})
+    with pytest.raises(ConfigError, match=r"cameras"):
+        parse_config({"cameras": {"bad name": {"source": {"kind": "demo"}}}})
+
+
+def test_two_cameras_in_one_process_share_one_connection(tmp_path, default_model):
+    """Both cameras' events on their own topics and in the one JSON lines file; the device
+    status is the process's last will; each camera's entities need the process and the camera;
+    stats at the configured interval, the first within seconds."""
+    events = tmp_path / "events.jsonl"
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, ["maskd/#", "homeassistant/#"])
+        cfg = write(tmp_path / "c.yaml", {
+            **common(b, tmp_path / "state", default_model, stats_interval_s=1.0),
+            "jsonl": {"path": str(events)},
+            "cameras": {"front": {"source": {"kind": "demo", "fps": 15}},
+                        "back": {"source": {"kind": "demo", "fps": 15}}}})
+        proc = start(cfg, "--exit-at-end")
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert sub.wait(lambda ms: last(sub, f"{BASE}/status") == b"offline", 10)
+        lines = [json.loads(x) for x in events.read_text().splitlines()]
+        for cam in ("front", "back"):
+            got = [m.json() for m in sub.on(f"{BASE}/{cam}/violation")]
+            mine = [e for e in lines if e["camera"] == cam]
+            assert [e["event_type"] for e in got][:1] == ["start"] and got[-1]["event_type"] == "end"
+            assert {e["camera"] for e in got} == {cam}
+            assert [(e["event_id"], e["seq"]) for e in got] == [(e["event_id"], e["seq"]) for e in mine]
+            disc = sub.on(f"homeassistant/device/maskd_{DEV}_{cam}/config")[-1].json()
+            assert [a["topic"] for a in disc["availability"]] == [f"{BASE}/status",
+                                                                 f"{BASE}/{cam}/status"]
+            assert disc["availability_mode"] == "all"
+            assert [m.payload for m in sub.on(f"{BASE}/{cam}/status")][-1] == b"offline"
+            assert b"online" in [m.payload for m in sub.on(f"{BASE}/{cam}/status")]
+            stats = [m.json() for m in sub.on(f"{BASE}/{cam}/stats")]
+            assert stats and all(s["camera"] == cam for s in stats)
+            assert any(s.get("fps") for s in stats)  # the loop's own numbers, not only health
+            starts = [e for e in got if e["event_type"] == "start"]
+            attrs = [m.json() for m in sub.on(f"{BASE}/{cam}/violation/attributes")]
+            assert any(a["event_id"] == starts[0]["event_id"] for a in attrs)
+            assert attrs[-1]["event_id"] is None  # nothing open at the end
+            kinds = [m.json()["event_type"] for m in sub.on(f"{BASE}/{cam}/violation/event")]
+            assert kinds[0] == "start" and kinds[-1] == "end" and "update" not in kinds
+            assert sub.on(f"{BASE}/{cam}/violations")[-1].payload == b"0"
+        assert b"online" in [m.payload for m in sub.on(f"{BASE}/status")]
+        assert "camera=front" not in err  # one process, one connection: a single client id
+        sub.close()
+
+
+def test_a_dead_camera_never_stalls_the_other(tmp_path, default_model):
+    """Camera `back` is an RTSP stream nobody serves: it keeps reconnecting in its own loop while
+    `front` plays its clip to the end; SIGTERM then stops both cleanly."""
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, ["maskd/#"])
+        cfg = write(tmp_path / "c.yaml", {
+            **common(b, tmp_path / "state", default_model),
+            "cameras": {"front": {"source": {"kind": "demo"}},
+                        "back": {"source": {"uri": "rtsp://127.0.0.1:9/none",
+                                            "reopen_min_s": 0.5, "reopen_max_s": 1.0}}}})
+        proc = start(cfg, "--exit-at-end")
+        try:
+            ended = sub.wait(lambda ms: any(m.topic == f"{BASE}/front/violation" and
+                                            m.json()["event_type"] == "end" for m in ms), 120)
+            assert ended, "front's clip never got its violation through"
+            assert proc.poll() is None  # back is live: the process runs on
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert "back" in err and "reopening" in err or "cannot open" in err
+        assert sub.on(f"{BASE}/back/violation") == []
+        assert sub.wait(lambda ms: last(sub, f"{BASE}/status") == b"offline", 10)
+        sub.close()
+
+
+def test_two_processes_on_one_device_never_mark_each_other_offline(tmp_path, default_model):
+    """The old layout: one process per camera, same device_id. Killing one leaves its last will
+    on its own camera's status; the other's entities stay available."""
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, ["maskd/#", "homeassistant/#"])
+        procs = {}
+        for cam in ("left", "right"):
+            cfg = write(tmp_path / f"{cam}.yaml", {
+                **common(b, tmp_path / f"state-{cam}", default_model), "camera": cam,
+                "source": {"kind": "demo", "loop": True}})
+            procs[cam] = start(cfg)
+        try:
+            for cam in procs:
+                assert sub.wait(lambda ms, cam=cam: last(sub, f"{BASE}/{cam}/status") == b"online",
+                                60), f"{cam} never came online"
+            procs["right"].kill()  # SIGKILL: only the last will speaks for it
+            procs["right"].wait(10)
+            assert sub.wait(lambda ms: last(sub, f"{BASE}/right/status") == b"offline", 30)
+            time.sleep(1.0)
+            assert last(sub, f"{BASE}/left/status") == b"online"
+            assert sub.on(f"{BASE}/status") == []  # no shared device-level status to fight over
+            disc = sub.on(f"homeassistant/device/maskd_{DEV}_left/config")[-1].json()
+            assert [a["topic"] for a in disc["availability"]] == [f"{BASE}/left/status"]
+            # A subscriber that connects later sees the same, retained.
+            fresh = Subscriber(b, [f"{BASE}/+/status", f"{BASE}/left/#"])
+            assert fresh.wait(lambda ms: {m.topic for m in ms if m.retain} >= {
+                f"{BASE}/left/status", f"{BASE}/right/status", f"{BASE}/left/state",
+                f"{BASE}/left/stats", f"{BASE}/left/violation/active",
+                f"{BASE}/left/violation/attributes", f"{BASE}/left/violations",
+                f"{BASE}/left/faces", f"{BASE}/left/detect/state"}, 20)
+            retained = {m.topic: m.payload for m in fresh.messages if m.retain}
+            assert retained[f"{BASE}/left/status"] == b"online"
+            assert retained[f"{BASE}/right/status"] == b"offline"
+            assert "faces" in json.loads(retained[f"{BASE}/left/state"])
+            fresh.close()
+            procs["left"].send_signal(signal.SIGTERM)
+            procs["left"].wait(30)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+        assert procs["left"].returncode == 0
+        assert sub.wait(lambda ms: last(sub, f"{BASE}/left/status") == b"offline", 10)
+        sub.close()
