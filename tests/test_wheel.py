@@ -43,7 +43,7 @@ def wheel_venv(tmp_path_factory) -> Path:
     py = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
                     "--no-index", str(wheel)], check=True, capture_output=True, text=True,
-                   timeout=120)
+                   timeout=120, env=_clean_env())  # no PYTHONPATH: pip must see the fresh venv
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "zz_maskd_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
