@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Remove the maskd service that deploy/install.sh installed.
 #
-#   sudo deploy/uninstall.sh [--purge] [--dry-run] [--root DIR]
+#   sudo deploy/uninstall.sh [--purge] [--mqtt-clear | --no-mqtt-clear] [--dry-run] [--root DIR]
 #
 # Keeps /etc/maskd (your config) and /var/lib/maskd (the MQTT outbox: events not yet delivered)
 # and the "maskd" user unless --purge is given. apt packages are left alone (other software may
 # use them). Safe to run again: what is already gone is reported, not an error.
-#   --purge      also delete /etc/maskd, /var/lib/maskd and the maskd user
-#   --dry-run    print what would be done, change nothing
-#   --root DIR   remove files under DIR instead of /, and only print the system commands
+#   --purge          also delete /etc/maskd, /var/lib/maskd and the maskd user
+#   --mqtt-clear     after stopping maskd, remove its retained topics from the broker (Home
+#                    Assistant's device and entities) with `maskd mqtt-clear`; without this
+#   --no-mqtt-clear  or this, it asks when run on a terminal, and does not otherwise
+#   --dry-run        print what would be done, change nothing
+#   --root DIR       remove files under DIR instead of /, and only print the system commands
 set -euo pipefail
 
 PREFIX="${PREFIX:-/opt/maskd}"
@@ -18,13 +21,17 @@ DRY=0
 ROOT=""
 PURGE=0
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+MQTT_CLEAR=""  # yes / no; empty: ask on a terminal
+
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --purge) PURGE=1 ;;
+        --mqtt-clear) MQTT_CLEAR=yes ;;
+        --no-mqtt-clear) MQTT_CLEAR=no ;;
         --dry-run) DRY=1 ;;
         --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -55,6 +62,26 @@ esac
 
 if [ -e "$ROOT/etc/systemd/system/maskd.service" ]; then
     sys systemctl disable --now maskd.service
+fi
+# Retained MQTT topics (Home Assistant's discovery configs above all) outlive maskd on the
+# broker: offer to clear them while maskd and its config are still here, and the service stopped.
+if [ -x "$ROOT/usr/local/bin/maskd" ] && [ -f "$ROOT/etc/maskd/config.yaml" ]; then
+    if [ -z "$MQTT_CLEAR" ]; then
+        if [ -t 0 ]; then
+            read -r -p "Remove maskd's retained MQTT topics (Home Assistant device and entities) from the broker? [y/N] " answer || answer=""
+            case "$answer" in [yY]*) MQTT_CLEAR=yes ;; *) MQTT_CLEAR=no ;; esac
+        else
+            MQTT_CLEAR=no
+            say "retained MQTT topics left on the broker (no terminal to ask; --mqtt-clear removes them)"
+        fi
+    fi
+    if [ "$MQTT_CLEAR" = yes ]; then
+        if ! sys /usr/local/bin/maskd mqtt-clear --config /etc/maskd/config.yaml; then
+            die "maskd mqtt-clear failed (see above); maskd is stopped but still installed: run this again, or with --no-mqtt-clear to keep the topics"
+        fi
+    fi
+elif [ "$MQTT_CLEAR" = yes ]; then
+    say "cannot clear MQTT topics: /usr/local/bin/maskd or /etc/maskd/config.yaml is already gone"
 fi
 remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules \
     /usr/local/bin/maskd "$PREFIX" "$MODELS_ROOT"

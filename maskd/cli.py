@@ -59,6 +59,14 @@ example:
 
 example:
   sudo -u maskd maskd doctor --config /etc/maskd/config.yaml""",
+    "mqtt-clear": """exit codes:
+  0   done: every retained topic found (and every one maskd's layout names) is empty now
+  1   the broker could not be reached, refused the connection, or a topic is still retained
+  75  the camera (or the process) is online: stop maskd first, or --force
+  78  the config is invalid, or has no mqtt.url
+
+example:
+  maskd mqtt-clear --config /etc/maskd/config.yaml --camera old-door""",
 }
 
 
@@ -157,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
                        **_doc("doctor"))
     p.add_argument("--config", type=Path, help="YAML config (default: /etc/maskd/config.yaml if present)")
     p.add_argument("--frames", type=int, default=5, help="frames to time per stage")
+
+    p = sub.add_parser("mqtt-clear", help="remove a camera's retained topics (Home Assistant "
+                                          "discovery, state) from the broker", **_doc("mqtt-clear"))
+    p.add_argument("--config", type=Path,
+                   help="YAML config: broker, credentials, device_id, cameras (default: "
+                        "/etc/maskd/config.yaml if present)")
+    p.add_argument("--camera", metavar="NAME",
+                   help="only this camera, which need not be in the config any more (renamed "
+                        "or removed); default: every camera in the config and the process status")
+    p.add_argument("--force", action="store_true",
+                   help="clear even when the camera's status says online (maskd is not really "
+                        "running, e.g. it was killed)")
+    p.add_argument("--dry-run", action="store_true", help="list what is retained; clear nothing")
+    p.add_argument("--wait", type=float, default=2.0, metavar="S",
+                   help="listen at most this long for retained messages (default: %(default)s)")
     return parser
 
 

@@ -28,7 +28,7 @@ ALL = list(commands(build_parser()))
 def test_every_command_is_covered():
     names = {" ".join(words) for words, _ in ALL}
     assert {"", "classify", "scan", "run", "models", "models fetch", "check-config",
-            "doctor"} <= names
+            "doctor", "mqtt-clear"} <= names
 
 
 @pytest.mark.parametrize(("words", "parser"), ALL, ids=lambda w: " ".join(w) if isinstance(w, tuple) else "")

@@ -8,6 +8,8 @@ docs/install-pi.md.
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import re
 import shutil
 import subprocess
@@ -25,8 +27,23 @@ SCRIPTS = [INSTALL, UNINSTALL, REPO / "deploy" / "lib.sh", REPO / "deploy" / "bo
 
 
 def sh(*args: str | Path) -> subprocess.CompletedProcess:
+    """Not on a terminal (stdin /dev/null): the uninstaller does not ask."""
     return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=120,
-                          cwd=REPO)
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def on_terminal(*args: str | Path, answer: str) -> subprocess.CompletedProcess:
+    """Run a script with a terminal (a pty) as stdin that types ``answer``."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(["bash", *map(str, args)], stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        os.write(master, answer.encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -160,6 +177,37 @@ def test_uninstall_keeps_config_and_state_unless_purge(tmp_path):
     purge = sh(UNINSTALL, "--root", root, "--purge")
     assert purge.returncode == 0, purge.stderr
     assert not (root / "etc/maskd").exists() and not (root / "var/lib/maskd").exists()
+
+
+CLEAR = "would run: /usr/local/bin/maskd mqtt-clear --config /etc/maskd/config.yaml"
+
+
+def test_uninstall_offers_to_clear_the_retained_mqtt_topics(tmp_path):
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    # not on a terminal and no flag: no question, nothing cleared, and it says how
+    r = sh(UNINSTALL, "--dry-run", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert CLEAR not in r.stdout and "--mqtt-clear removes them" in r.stdout
+    assert sh(UNINSTALL, "--dry-run", "--root", root, "--no-mqtt-clear").stdout.count("mqtt") == 0
+    # on a terminal: asked; Enter (the default) is no, y is yes
+    for answer, cleared in [("\n", False), ("n\n", False), ("y\n", True)]:
+        r = on_terminal(UNINSTALL, "--dry-run", "--root", root, answer=answer)
+        assert r.returncode == 0, r.stderr
+        assert "Remove maskd's retained MQTT topics" in r.stderr and "[y/N]" in r.stderr
+        assert (CLEAR in r.stdout) is cleared, (answer, r.stdout)
+    # --mqtt-clear: no question; after the service stopped, before maskd and its config go
+    r = sh(UNINSTALL, "--root", root, "--mqtt-clear", "--purge")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index(CLEAR)
+    assert lines.index("would run: systemctl disable --now maskd.service") < at
+    assert at < lines.index("uninstall.sh: removed /usr/local/bin/maskd")
+    assert at < lines.index("uninstall.sh: removed /etc/maskd")
+    # run again: nothing left to run it with, said so, not an error
+    again = sh(UNINSTALL, "--root", root, "--mqtt-clear")
+    assert again.returncode == 0, again.stderr
+    assert "cannot clear MQTT topics: /usr/local/bin/maskd or /etc/maskd/config.yaml is already gone" in again.stdout
 
 
 def test_uninstall_refuses_a_shallow_prefix(tmp_path):

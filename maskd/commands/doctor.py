@@ -418,6 +418,19 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
     """Connect once with the service's credentials and TLS settings (MQTT 5, else 3.1.1) and
     check that maskd may publish; (verdict, detail). The config is validated, so its url,
     password and TLS files are usable here."""
+    probe, failed = connect_probe(cfg)
+    if probe is None:
+        return FAIL, failed
+    try:
+        return probe.publish_rights()
+    finally:
+        probe.close()
+
+
+def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | None, str]:
+    """A connected probe (MQTT 5, else 3.1.1 where the broker speaks only that) with the
+    service's credentials and TLS settings, or (None, why not): the one way `maskd doctor` and
+    `maskd mqtt-clear` connect. The caller closes it."""
     import paho.mqtt.client as mqtt
 
     from maskd.mqtt import UNSUPPORTED_PROTOCOL
@@ -425,25 +438,25 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
     mq = cfg.mqtt
     url, password = mq.broker, mq.password()  # validated by the config: url set, files readable
     for version in (mqtt.MQTTv5, mqtt.MQTTv311):
-        probe = _Probe(cfg, url, password, version)
-        try:
-            failed = probe.connect()
-            if failed is not None:
-                return FAIL, failed
-            if probe.reason.value == UNSUPPORTED_PROTOCOL and version == mqtt.MQTTv5:
-                continue  # a 3.1.1-only broker: try again in its language
-            if probe.reason.is_failure:
-                return FAIL, f"{url}: refused: {probe.reason} (check mqtt.username / password)"
-            return probe.publish_rights()
-        finally:
+        probe = _Probe(cfg, url, password, version, client_id)
+        failed = probe.connect()
+        if failed is None and probe.reason.value == UNSUPPORTED_PROTOCOL and version == mqtt.MQTTv5:
             probe.close()
-    return FAIL, f"{url}: refused both MQTT 5 and 3.1.1"
+            continue  # a 3.1.1-only broker: try again in its language
+        if failed is None and probe.reason.is_failure:
+            failed = f"{url}: refused: {probe.reason} (check mqtt.username / password)"
+        if failed is not None:
+            probe.close()
+            return None, failed
+        return probe, ""
+    return None, f"{url}: refused both MQTT 5 and 3.1.1"
 
 
 class _Probe:
     """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``."""
 
-    def __init__(self, cfg: Config, url: Any, password: str | None, version: Any) -> None:
+    def __init__(self, cfg: Config, url: Any, password: str | None, version: Any,
+                 client_id: str | None = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -458,7 +471,7 @@ class _Probe:
         self.started = False
         self.t0 = 0.0
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
-                                      client_id=f"maskd-{cfg.device_id}-doctor")
+                                      client_id=client_id or f"maskd-{cfg.device_id}-doctor")
         if self.mq.username is not None:
             c.username_pw_set(self.mq.username, password)
         c.on_connect = self._on_connect

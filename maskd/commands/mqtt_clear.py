@@ -1,0 +1,247 @@
+"""`maskd mqtt-clear`: remove a camera's retained topics from the broker (docs/mqtt.md).
+
+Retained messages stay on the broker until someone replaces them: a renamed or removed camera
+would otherwise stay in Home Assistant forever (its discovery config) with its last state. This
+sends an empty retained message (QoS 1, waiting for each PUBACK) to every retained topic of the
+camera: those maskd's topic layout names (``Topics.retained()``) and whatever a short
+subscription to ``<prefix>/<device_id>/<camera>/#`` and the camera's discovery topics finds
+(older layouts' leftovers). Then it subscribes again to check that nothing came back.
+
+A running maskd publishes its topics again at once, so a camera whose availability says
+``online`` is refused (exit 75) unless ``--force``. Exit 0 done, 1 the broker could not be
+reached, refused the connection or a topic, 75 a camera is online, 78 the config is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, Id, load_config
+from maskd.mqtt.homeassistant import Topics
+
+EX_BROKER = 1
+EX_ONLINE = 75  # EX_TEMPFAIL: stop maskd, then try again
+ANSWER_TIMEOUT_S = 8.0  # SUBACK / PUBACK
+SETTLE_S = 0.3  # retained messages come right after the SUBACK: this long without one ends a scan
+
+
+@dataclass
+class Plan:
+    """What one run looks at and what it removes."""
+
+    cameras: list[str]
+    known: list[str]  # the layout's retained topics: cleared even when the scan saw nothing
+    patterns: list[str]  # subscribed to find what is really retained
+    device_status: str  # <prefix>/<device_id>/status: the process's, in the cameras: layout
+    clear_device: bool  # without --camera: the process status topics go too
+    topics: dict[str, Topics] = field(default_factory=dict)
+
+    def ours(self, topic: str) -> bool:
+        """A found topic belongs to what is cleared (the device status only without --camera)."""
+        if topic in (self.device_status, f"{self.device_status}/detail"):
+            return self.clear_device
+        return True
+
+
+def plan(cfg: Config, camera: str | None) -> Plan:
+    mq = cfg.mqtt
+    names = [camera] if camera else [c.camera for c in cfg.cameras_resolved()]
+    base = f"{mq.prefix}/{cfg.device_id}"
+    device_status = f"{base}/status"
+    p = Plan(names, [], [device_status, f"{device_status}/detail"], device_status,
+             clear_device=camera is None)
+    for name in names:
+        # The single-camera layout's topics: the camera's status/detail (its process status
+        # there) is a leftover worth removing in either layout.
+        t = p.topics[name] = Topics.build(mq, cfg.device_id, name, device_status=False)
+        p.known += t.retained()
+        p.patterns += [f"{base}/{name}/#",
+                       # device-based discovery and any per-component one under the same id
+                       f"{mq.discovery_prefix}/+/{mq.prefix}_{cfg.device_id}_{name}/#"]
+    if p.clear_device:
+        p.known += [device_status, f"{device_status}/detail"]
+    p.known = list(dict.fromkeys(p.known))
+    return p
+
+
+def online_cameras(p: Plan, found: dict[str, bytes]) -> list[str]:
+    """Which of the plan's cameras (and the process) look alive from their retained status.
+
+    A camera's availability (``<camera>/status``) is the last will in the single-camera layout
+    (its ``status/detail`` sits next to it), so ``online`` there means running. In the
+    ``cameras:`` layout the last will is the device status: a killed process leaves its
+    cameras ``online`` but the device ``offline``.
+    """
+    device = found.get(p.device_status)
+    out = []
+    for name, t in p.topics.items():
+        if found.get(t.availability) != b"online":
+            continue
+        if t.status_detail in found or device != b"offline":
+            out.append(f"camera {name} ({t.availability} = online)")
+    if p.clear_device and device == b"online":
+        out.append(f"the maskd process ({p.device_status} = online)")
+    return out
+
+
+class _Clearer:
+    """Scans and clears over a connected doctor probe's client (maskd.commands.doctor)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cond = threading.Condition()
+        self.retained: dict[str, bytes] = {}
+        self.last_msg = 0.0
+        self.scanning = False
+        self.answers: dict[int, Any] = {}  # mid -> reason code(s) of its SUBACK / PUBACK
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_answer
+        client.on_publish = self._on_answer
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        with self.cond:
+            if self.scanning and msg.retain and msg.payload:
+                self.retained[msg.topic] = msg.payload
+                self.last_msg = time.monotonic()
+
+    def _on_answer(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
+        with self.cond:
+            self.answers[mid] = reason
+            self.cond.notify_all()
+
+    def _wait_answers(self, mids: list[int]) -> bool:
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        with self.cond:
+            return self.cond.wait_for(lambda: all(m in self.answers for m in mids),
+                                      max(0.0, deadline - time.monotonic()))
+
+    def scan(self, patterns: list[str], wait: float) -> tuple[dict[str, bytes], list[str]]:
+        """Retained messages under ``patterns``: (topic -> payload, patterns we may not read)."""
+        with self.cond:
+            self.retained, self.scanning = {}, True
+        rc, mid = self.client.subscribe([(p, 1) for p in patterns])
+        if rc != 0 or not self._wait_answers([mid]):
+            raise ConnectionError("no SUBACK from the broker")
+        reasons = self.answers[mid]
+        denied = [p for p, r in zip(patterns, reasons, strict=False) if r.is_failure]
+        t0 = self.last_msg = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self.cond:
+                quiet = now - self.last_msg
+            if (quiet >= SETTLE_S and now - t0 >= 2 * SETTLE_S) or now - t0 >= wait:
+                break
+            time.sleep(0.05)
+        self.client.unsubscribe(patterns)
+        with self.cond:
+            self.scanning = False
+            return dict(self.retained), denied
+
+    def clear(self, topics: list[str]) -> dict[str, str]:
+        """Empty retained message on each topic, QoS 1; topic -> why it failed (none: all done)."""
+        mids = {}
+        for topic in topics:
+            info = self.client.publish(topic, b"", qos=1, retain=True)
+            if info.rc != 0:
+                return {t: "connection lost" for t in topics if t not in mids.values()}
+            mids[info.mid] = topic
+        self._wait_answers(list(mids))
+        failed = {}
+        for mid, topic in mids.items():
+            reason = self.answers.get(mid)
+            if reason is None:
+                failed[topic] = f"no PUBACK within {ANSWER_TIMEOUT_S:.0f} s"
+            elif getattr(reason, "is_failure", False):
+                failed[topic] = str(reason)
+        return failed
+
+
+def order(topics: list[str], discovery_prefix: str) -> list[str]:
+    """Discovery configs first (Home Assistant removes the entities before their state topics
+    go empty), availability and process status last."""
+    def key(t: str) -> int:
+        if t.startswith(f"{discovery_prefix}/"):
+            return 0
+        return 2 if t.endswith(("/status", "/status/detail")) else 1
+    return sorted(topics, key=key)
+
+
+def main(args: argparse.Namespace) -> int:
+    from maskd.commands.doctor import connect_probe
+
+    path = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    try:
+        cfg = load_config(path)
+        if args.camera is not None:
+            from pydantic import TypeAdapter, ValidationError
+
+            try:
+                TypeAdapter(Id).validate_python(args.camera)
+            except ValidationError:
+                raise ConfigError(f"--camera {args.camera!r}: a camera name is 1-64 of "
+                                  "A-Z a-z 0-9 _ -") from None
+        if not cfg.mqtt.url:
+            raise ConfigError(f"mqtt.url is not set in {path or 'the built-in defaults'}: "
+                              "no broker to clear")
+    except ConfigError as err:
+        for line in str(err).splitlines():
+            print(f"mqtt-clear: {line}", file=sys.stderr)
+        return EX_CONFIG
+
+    p = plan(cfg, args.camera)
+    url = cfg.mqtt.broker
+    probe, failed = connect_probe(cfg, client_id=f"maskd-{cfg.device_id}-mqtt-clear")
+    if probe is None:
+        print(f"mqtt-clear: {failed}", file=sys.stderr)
+        return EX_BROKER
+    try:
+        import paho.mqtt.client as mqtt
+
+        cl = _Clearer(probe.client)
+        version = "5" if probe.version == mqtt.MQTTv5 else "3.1.1"
+        print(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
+              f"camera(s) {', '.join(p.cameras)}")
+        found, denied = cl.scan(p.patterns, args.wait)
+        for pattern in denied:
+            print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
+                  "topics without seeing what is there", file=sys.stderr)
+        alive = online_cameras(p, found)
+        if alive and not args.force:
+            print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
+                  "again. Stop it first (sudo systemctl stop maskd), or use --force if it is "
+                  "not running (e.g. it was killed)", file=sys.stderr)
+            return EX_ONLINE
+        present = [t for t in found if p.ours(t)]
+        todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
+        if args.dry_run:
+            for t in order(present, cfg.mqtt.discovery_prefix):
+                print(f"would clear {t}")
+            print(f"mqtt-clear: dry run: {len(present)} retained topic(s) found, nothing cleared")
+            return 0
+        failures = cl.clear(todo)
+        for t in order(present, cfg.mqtt.discovery_prefix):
+            if t not in failures:
+                print(f"cleared {t}")
+        left, _ = cl.scan(p.patterns, args.wait)
+        for t in left:
+            if p.ours(t) and t not in failures:
+                failures[t] = "still retained afterwards (a running maskd publishes it again?)"
+        for t, why in failures.items():
+            print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
+        if failures:
+            return EX_BROKER
+        print(f"mqtt-clear: {len(present)} retained topic(s) cleared"
+              + ("" if present else " (none were there)"))
+        return 0
+    except ConnectionError as err:
+        print(f"mqtt-clear: {url}: {err}", file=sys.stderr)
+        return EX_BROKER
+    finally:
+        probe.close()

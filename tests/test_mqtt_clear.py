@@ -1,0 +1,208 @@
+"""`maskd mqtt-clear` against a real mosquitto: a camera's retained topics (what MqttSink really
+left, and older layouts' leftovers) are there before and gone after; a removed camera; a camera
+that is online is refused; exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mqtt_broker import Broker, Subscriber
+from mqtt_driver import counts, script
+
+from maskd.cli import main
+from maskd.commands.mqtt_clear import online_cameras, plan
+from maskd.config import Config, MqttConfig, parse_config
+from maskd.mqtt import MqttSink
+from maskd.types import RunControl
+
+REPO = Path(__file__).resolve().parents[1]
+CAM = "maskd/dev1/cam1"
+DISCOVERY = "homeassistant/device/maskd_dev1_cam1/config"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+def write_config(tmp_path: Path, broker: Broker, **extra: object) -> Path:
+    data = {"device_id": "dev1", "state_dir": str(tmp_path / "state"),
+            "mqtt": {"url": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}, **extra}
+    if "cameras" not in data:
+        data.setdefault("camera", "cam1")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def retained(broker: Broker, topics: tuple[str, ...] = ("#",), settle: float = 0.7) -> dict[str, bytes]:
+    """What a new subscriber gets as retained right now."""
+    sub = Subscriber(broker, list(topics))
+    time.sleep(settle)
+    got = {m.topic: m.payload for m in sub.messages if m.retain}
+    sub.close()
+    return got
+
+
+def run_sink(broker: Broker, state: Path, camera: str = "cam1", close: bool = True) -> MqttSink:
+    """A real MqttSink with an event, counts and stats, as the run loop leaves them."""
+    cfg = Config(device_id="dev1", camera=camera, state_dir=state,
+                 mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0,
+                                 stats_interval_s=1))
+    sub = Subscriber(broker, ["homeassistant/#"])
+    sink = MqttSink.from_config(cfg, RunControl(), model_name="m")
+    assert sub.wait_topic(f"homeassistant/device/maskd_dev1_{camera}/config")
+    sub.close()
+    for ev in script("c", 1, 0, left_open=1):
+        sink.emit(dataclasses.replace(ev, camera=camera))
+    sink.on_state(counts(2, 1, 1))
+    assert sink.flush(10)
+    time.sleep(1.2)  # the stats heartbeat
+    if close:
+        sink.close()
+    return sink
+
+
+def clear(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["mqtt-clear", "--wait", "1", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_clears_every_retained_topic_of_the_config_and_nothing_else(broker, tmp_path, capsys):
+    run_sink(broker, tmp_path / "state")
+    pub = Subscriber(broker, ["unused/x"])
+    for topic, payload in [(f"{CAM}/old/leftover", b"1"),  # an older layout's leftover
+                           ("maskd/dev1/status", b"offline"),  # the old device-level status
+                           ("maskd/dev1/cam2/status", b"offline"),  # another camera: kept
+                           ("maskd/dev2/cam1/status", b"online"),  # another device: kept
+                           ("homeassistant/device/maskd_dev2_cam1/config", b"{}")]:
+        pub.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    pub.close()
+    before = retained(broker)
+    mine = {t for t in before if t.startswith(f"{CAM}/") or t == DISCOVERY
+            or t.startswith("maskd/dev1/status")}
+    # what MqttSink really leaves retained for a camera
+    for t in [DISCOVERY, f"{CAM}/status", f"{CAM}/status/detail", f"{CAM}/violation/active",
+              f"{CAM}/violation/attributes", f"{CAM}/violations", f"{CAM}/faces", f"{CAM}/state",
+              f"{CAM}/stats", f"{CAM}/detect/state", f"{CAM}/old/leftover", "maskd/dev1/status"]:
+        assert t in mine, t
+    # a broker-side check that the plan knows the layout's retained topics
+    assert {t for t in mine if t != f"{CAM}/old/leftover"} <= set(
+        plan(parse_config(yaml.safe_load(write_config(tmp_path, broker).read_text())), None).known)
+
+    cfg = write_config(tmp_path, broker)
+    rc, out, err = clear(capsys, "--config", str(cfg), "--dry-run")
+    assert rc == 0, err
+    assert {ln.removeprefix("would clear ") for ln in out.splitlines()
+            if ln.startswith("would clear ")} == mine
+    assert retained(broker).keys() == before.keys()
+
+    rc, out, err = clear(capsys, "--config", str(cfg))
+    assert rc == 0, err
+    cleared = [ln.removeprefix("cleared ") for ln in out.splitlines() if ln.startswith("cleared ")]
+    assert set(cleared) == mine and cleared[0] == DISCOVERY  # Home Assistant's config goes first
+    assert f"{len(mine)} retained topic(s) cleared" in out
+    after = retained(broker)
+    assert not mine & after.keys()
+    assert after.keys() == before.keys() - mine  # other cameras and devices untouched
+
+    rc, out, _ = clear(capsys, "--config", str(cfg))  # again: nothing there, still fine
+    assert rc == 0 and "0 retained topic(s) cleared (none were there)" in out
+
+
+def test_a_removed_camera_by_name(broker, tmp_path, capsys):
+    run_sink(broker, tmp_path / "old", camera="back")
+    run_sink(broker, tmp_path / "new", camera="front")
+    cfg = write_config(tmp_path, broker, cameras={"front": {"source": {"kind": "demo"}}})
+    back = {t for t in retained(broker) if t.startswith("maskd/dev1/back/")
+            or t == "homeassistant/device/maskd_dev1_back/config"}
+    assert len(back) >= 10
+    rc, out, err = clear(capsys, "--config", str(cfg), "--camera", "back")
+    assert rc == 0, err
+    assert {ln.removeprefix("cleared ") for ln in out.splitlines() if ln.startswith("cleared ")} == back
+    after = retained(broker)
+    assert not back & after.keys()
+    assert "homeassistant/device/maskd_dev1_front/config" in after  # the configured camera stays
+    assert "maskd/dev1/front/status" in after
+
+
+def test_an_online_camera_is_refused_unless_forced(broker, tmp_path, capsys):
+    sink = run_sink(broker, tmp_path / "state", close=False)
+    try:
+        cfg = write_config(tmp_path, broker)
+        before = retained(broker)
+        assert before[f"{CAM}/status"] == b"online"
+        rc, _, err = clear(capsys, "--config", str(cfg), "--camera", "cam1")
+        assert rc == 75
+        assert f"camera cam1 ({CAM}/status = online)" in err and "--force" in err
+        assert retained(broker).keys() == before.keys()  # nothing touched
+    finally:
+        sink.close()
+    # stopped: its status says offline, so no --force is needed
+    rc, _, err = clear(capsys, "--config", str(cfg), "--camera", "cam1")
+    assert rc == 0, err
+    assert not [t for t in retained(broker) if t.startswith(f"{CAM}/")]
+
+
+def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys):
+    pub = Subscriber(broker, ["unused/x"])
+    for t, payload in [(f"{CAM}/status", b"online"), (f"{CAM}/status/detail", b'{"state":"online"}'),
+                       (DISCOVERY, b"{}")]:
+        pub.client.publish(t, payload, qos=1, retain=True).wait_for_publish(5)
+    pub.close()
+    cfg = write_config(tmp_path, broker)
+    assert clear(capsys, "--config", str(cfg))[0] == 75
+    rc, out, err = clear(capsys, "--config", str(cfg), "--force")
+    assert rc == 0, err
+    assert not retained(broker)
+
+
+def test_online_rules_per_layout():
+    cfg = Config(device_id="d", cameras={"a": {"source": {"kind": "demo"}},
+                                         "b": {"source": {"kind": "demo"}}})
+    p = plan(cfg, None)
+    assert p.cameras == ["a", "b"] and "maskd/d/status" in p.known
+    assert "maskd/d/status" not in plan(cfg, "a").known  # --camera leaves the process alone
+    # cameras: layout, process killed: its last will set the device offline, cameras stay online
+    killed = {"maskd/d/a/status": b"online", "maskd/d/status": b"offline"}
+    assert online_cameras(p, killed) == []
+    running = {"maskd/d/a/status": b"online", "maskd/d/status": b"online"}
+    assert online_cameras(p, running) == ["camera a (maskd/d/a/status = online)",
+                                          "the maskd process (maskd/d/status = online)"]
+    # single-camera layout: the camera's status is its last will (detail next to it)
+    single = {"maskd/d/a/status": b"online", "maskd/d/a/status/detail": b"{}",
+              "maskd/d/status": b"offline"}
+    assert online_cameras(p, single) == ["camera a (maskd/d/a/status = online)"]
+
+
+def test_exit_codes_without_a_broker_or_url(tmp_path, capsys):
+    class Closed:
+        url = "mqtt://127.0.0.1:1"
+
+    cfg = write_config(tmp_path, Closed)  # type: ignore[arg-type]
+    rc, _, err = clear(capsys, "--config", str(cfg))
+    assert rc == 1 and "mqtt://127.0.0.1:1" in err
+    no_url = tmp_path / "nourl.yaml"
+    no_url.write_text("device_id: dev1\n")
+    rc, _, err = clear(capsys, "--config", str(no_url))
+    assert rc == 78 and "mqtt.url is not set" in err
+    rc, _, err = clear(capsys, "--config", str(no_url), "--camera", "a/b")
+    assert rc == 78 and "--camera 'a/b'" in err
+
+
+def test_the_real_command(broker, tmp_path):
+    run_sink(broker, tmp_path / "state")
+    cfg = write_config(tmp_path, broker)
+    r = subprocess.run([sys.executable, "-m", "maskd", "mqtt-clear", "--config", str(cfg),
+                        "--wait", "1"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert f"cleared {DISCOVERY}" in r.stdout
+    assert not retained(broker)
