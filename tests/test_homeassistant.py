@@ -1,0 +1,163 @@
+"""Every Home Assistant discovery payload maskd publishes passes Home Assistant's own MQTT
+discovery schemas: tools/ha_validate.py, run inside the Home Assistant venv that
+tools/ha_venv.py builds once (pyenv's Python 3.13) and caches outside the checkout.
+
+Two sources of payloads, validated alike and whatever they contain, so a new entity or option
+is checked as soon as maskd publishes it:
+- discovery_config() for the layouts (one camera, snapshots on, the status page served, a
+  ``cameras:`` map's camera);
+- what a real broker holds: every retained ``homeassistant/.../config`` after ``maskd run``
+  on the demo source ran against a real mosquitto (one camera with snapshots on, and a
+  ``cameras:`` map of two).
+
+Skips with the reason when the venv cannot be built here (no Python 3.13, no package index).
+The first build takes about a minute (cold caches), then only a file check. Environment, read
+by tools/ha_venv.py and this test only: MASKD_HA_VENV, MASKD_HA_PYTHON, and here
+MASKD_HA_BUILD_TIMEOUT (seconds for a cold build, default 600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Broker
+
+from maskd.config import MqttConfig
+from maskd.mqtt import Topics, discovery_config
+from tools import ha_venv
+
+# Each camera's device payload has at least these platforms; "camera" when snapshots are on.
+EXPECTED = {"binary_sensor", "switch", "sensor"}
+SNAPSHOT_PLATFORMS = {"camera", "image"}
+
+
+@pytest.fixture(scope="module")
+def ha_python() -> Path:
+    timeout = float(os.environ.get("MASKD_HA_BUILD_TIMEOUT", "600"))
+    try:
+        return ha_venv.ensure(timeout)
+    except ha_venv.Unavailable as e:
+        pytest.skip(f"Home Assistant {ha_venv.HA_VERSION} venv unavailable: {e}")
+
+
+def check(messages: list[dict], python: Path) -> list[dict]:
+    """Validate with Home Assistant's schemas; fail listing every rejected or dropped option.
+    Returns the per-entity results."""
+    assert messages, "no discovery payloads to check"
+    out = ha_venv.validate(messages, python)
+    results = out["results"]
+    failed = [f"{r['topic']} {r['component']} {r['object_id']}: {r['error']}"
+              for r in results if not r["ok"]]
+    assert not failed, f"Home Assistant {out['homeassistant']} rejects:\n" + "\n".join(failed)
+    ignored = [f"{r['topic']} {r['component']} {r['object_id']}: {r['ignored']}"
+               for r in results if r.get("ignored")]
+    assert not ignored, ("options Home Assistant drops without a word (unknown to the "
+                         "platform):\n" + "\n".join(ignored))
+    # Each device payload's components were all validated, as entities, not just the envelope.
+    for i, msg in enumerate(messages):
+        payload = msg["payload"] if isinstance(msg["payload"], dict) else json.loads(msg["payload"])
+        comps = payload.get("components") or payload.get("cmps") or {}
+        mine = [r for r in results if r["message"] == i and r["component"] != "device"]
+        if "/device/" in msg["topic"]:
+            assert len(mine) == len(comps), msg["topic"]
+    return results
+
+
+def platforms(results: list[dict], message: int) -> set[str]:
+    """The platforms of the entities in ``messages[message]``."""
+    return {r["component"] for r in results if r["message"] == message
+            and r["component"] != "device"}
+
+
+def layouts() -> list[tuple[str, dict]]:
+    """(topic, payload) for the layouts discovery_config() serves."""
+    mq = MqttConfig()
+    out = []
+    for camera, device_status, snapshots, url in (
+        ("cam1", False, False, None),  # the original single-camera config
+        ("cam1", False, True, "http://maskd-door.local:8080/"),  # snapshots, status page
+        ("door", True, True, None),  # a camera of a `cameras:` map: device and camera status
+        ("yard", True, False, None),
+    ):
+        topics = Topics.build(mq, "dev1", camera, device_status=device_status)
+        payload = discovery_config(topics, device_id="dev1", camera=camera, snapshots=snapshots,
+                                   configuration_url=url)
+        out.append((topics.discovery, payload))
+    return out
+
+
+def test_discovery_config_passes_home_assistant_schemas(ha_python):
+    cases = layouts()
+    results = check([{"topic": t, "payload": p} for t, p in cases], ha_python)
+    for i, (topic, payload) in enumerate(cases):
+        got = platforms(results, i)
+        assert EXPECTED <= got, (topic, got)
+        comps = payload.get("components") or payload.get("cmps") or {}
+        has_snapshot = any(c.get("topic", "").endswith("/snapshot") for c in comps.values())
+        assert bool(got & SNAPSHOT_PLATFORMS) == has_snapshot, (topic, got)
+
+
+def test_validator_reports_what_home_assistant_rejects(ha_python):
+    """The check itself: abbreviations expanded as Home Assistant does, a bad template and an
+    unknown option caught, a single-component topic understood."""
+    dev = {"ids": ["x"], "name": "x"}
+    messages = [
+        {"topic": "homeassistant/sensor/n1/ok/config", "payload": json.dumps(
+            {"~": "maskd/x", "stat_t": "~/state", "uniq_id": "u1", "dev": dev,
+             "val_tpl": "{{ value_json.faces }}", "o": {"name": "maskd"}})},
+        {"topic": "homeassistant/sensor/n1/bad/config", "payload": json.dumps(
+            {"stat_t": "maskd/x/state", "uniq_id": "u2", "dev": dev, "val_tpl": "{{ value_json."})},
+        {"topic": "homeassistant/binary_sensor/n1/typo/config", "payload": json.dumps(
+            {"stat_t": "maskd/x/a", "uniq_id": "u3", "dev": dev, "json_atributes_topic": "a/b"})},
+        {"topic": "homeassistant/device/d1/config", "payload": {
+            "dev": dev, "o": {"name": "maskd"}, "cmps": {"c": {"p": "nonsense", "uniq_id": "u4"}}}},
+    ]
+    out = ha_venv.validate(messages, ha_python)
+    assert out["homeassistant"] == ha_venv.HA_VERSION
+    by_id = {r["object_id"]: r for r in out["results"]}
+    assert by_id["ok"]["ok"] and not by_id["ok"]["ignored"]
+    assert not by_id["bad"]["ok"] and "invalid template" in by_id["bad"]["error"]
+    assert by_id["typo"]["ok"] and by_id["typo"]["ignored"] == ["json_atributes_topic"]
+    assert not by_id["d1"]["ok"] and "platform" in by_id["d1"]["error"]
+
+
+def run_maskd(config: str, tmp_path: Path) -> list[dict]:
+    """`maskd run --source demo`'s config against a real mosquitto; then every retained
+    discovery config the broker holds, as a restarted Home Assistant would receive them."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config)
+    with Broker(tmp_path / "broker") as b:
+        r = subprocess.run(
+            [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--exit-at-end",
+             "--max-frames", "20", "--mqtt", b.url, "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return ha_venv.retained_configs(b.url)
+
+
+def test_retained_discovery_after_a_real_run_passes(ha_python, tmp_path):
+    """One camera, snapshots on: whatever retained discovery the run leaves passes."""
+    messages = run_maskd("device_id: dev1\ncamera: door\nsource: {kind: demo}\n"
+                         "mqtt: {snapshots: true}\n", tmp_path)
+    topics = [m["topic"] for m in messages]
+    assert "homeassistant/device/maskd_dev1_door/config" in topics, topics
+    results = check(messages, ha_python)
+    got = platforms(results, topics.index("homeassistant/device/maskd_dev1_door/config"))
+    assert EXPECTED <= got and got & SNAPSHOT_PLATFORMS, got
+
+
+def test_retained_discovery_of_a_cameras_map_passes(ha_python, tmp_path):
+    """A `cameras:` map in one process: one retained payload per camera, all pass."""
+    messages = run_maskd("device_id: dev1\ncameras:\n  door: {source: {kind: demo}}\n"
+                         "  yard: {source: {kind: demo}}\n", tmp_path)
+    topics = [m["topic"] for m in messages]
+    want = [f"homeassistant/device/maskd_dev1_{c}/config" for c in ("door", "yard")]
+    assert set(want) <= set(topics), topics
+    results = check(messages, ha_python)
+    for topic in want:
+        assert EXPECTED <= platforms(results, topics.index(topic)), topic
