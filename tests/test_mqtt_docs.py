@@ -1,0 +1,223 @@
+"""docs/mqtt.md's "Event consumers" rules and examples against what maskd really publishes: a real
+MqttSink on a real mosquitto, one violation while connected and one while the broker is down
+(replayed, `buffered`). Every entity, attribute and payload field the Home Assistant
+automations and the Node-RED flow read must be there under that name; the flow's functions run
+under node (when installed) on the real messages with a repeat."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from mqtt_broker import Broker, Subscriber
+from mqtt_driver import counts, script
+
+from maskd.config import Config, MqttConfig
+from maskd.mqtt import MqttSink, ViolationPayload
+from maskd.types import RunControl
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = (REPO / "docs" / "mqtt.md").read_text()
+CAM = "maskd/entrance-1/door"
+
+
+def now_at_door(tag: str) -> list:
+    """A violation's start, update and end from the door camera, starting now."""
+    t0 = time.time()
+    return [dataclasses.replace(e, camera="door", start_time=t0,
+                                end_time=None if e.end_time is None else t0 + e.seq)
+            for e in script(tag, 1, 1)]
+
+
+def block(marker: str, lang: str) -> str:
+    m = re.search(rf"<!-- {marker} -->\s*```{lang}\n(.*?)```", DOC, re.S)
+    assert m, f"docs/mqtt.md must hold a {lang} block after <!-- {marker} -->"
+    return m.group(1)
+
+
+def slug(text: str) -> str:
+    """Home Assistant's slugify for ASCII names (entity ids)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """What a consumer subscribed to everything receives: violation A live, B while the broker
+    was down (stored, then replayed)."""
+    tmp = tmp_path_factory.mktemp("docs")
+    with Broker(tmp / "broker", persistence=True) as broker:
+        sub = Subscriber(broker, ["maskd/#", "homeassistant/#"], client_id="docs-consumer",
+                         clean=False)
+        cfg = Config(device_id="entrance-1", camera="door", state_dir=tmp / "state",
+                     mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=0.5))
+        sink = MqttSink.from_config(cfg, RunControl(), model_name="m")
+        try:
+            assert sub.wait_topic("homeassistant/device/maskd_entrance-1_door/config")
+            live = now_at_door("a")
+            sink.emit(live[0])
+            sink.on_state(counts(1, 0, 1))
+            assert sub.wait_topic(f"{CAM}/violation/event")
+            assert sub.wait(lambda ms: any(m.topic == f"{CAM}/violation/attributes"
+                                           and json.loads(m.payload)["event_id"] for m in ms))
+            for e in live[1:]:
+                sink.emit(e)
+            assert sink.flush(10)
+            assert len(sub.wait_topic(f"{CAM}/violation/event", 2)) == 2
+            broker.stop()
+            for e in now_at_door("b"):
+                sink.emit(e)
+            time.sleep(0.5)
+            broker.start()
+            assert sink.flush(20)
+            assert sub.wait(lambda ms: sum(m.topic == f"{CAM}/violation" for m in ms) >= 6, 20)
+        finally:
+            sink.close()
+            sub.close()
+    by_topic: dict[str, list[bytes]] = {}
+    for m in sub.messages:
+        by_topic.setdefault(m.topic, []).append(m.payload)
+    return by_topic
+
+
+def js(payloads: list[bytes]) -> list[dict]:
+    return [json.loads(p) for p in payloads]
+
+
+def discovery(published) -> dict:
+    return js(published["homeassistant/device/maskd_entrance-1_door/config"])[-1]
+
+
+def entities(published) -> dict[str, dict]:
+    """entity id -> its discovery component, as Home Assistant names them (device + entity name)."""
+    disc = discovery(published)
+    return {f"{c['platform']}.{slug(disc['device']['name'] + ' ' + c['name'])}": c
+            for c in disc["components"].values()}
+
+
+def test_event_consumer_rules_hold(published):
+    evs = js(published[f"{CAM}/violation"])
+    keys = set(ViolationPayload.model_json_schema()["properties"])
+    assert all(set(e) <= keys for e in evs)
+    seen: dict[tuple[str, int], dict] = {}
+    for e in evs:
+        seen.setdefault((e["event_id"], e["seq"]), e)
+    for tag, buffered in (("a-0", False), ("b-0", True)):
+        msgs = [e for k, e in seen.items() if k[0] == tag]
+        # start, update, end; seq up by one; in order after de-duplication
+        assert [(e["event_type"], e["seq"]) for e in msgs] == [("start", 0), ("update", 1), ("end", 2)]
+        assert all(e["buffered"] is buffered for e in msgs), tag
+        for e in msgs:
+            x0, y0, x1, y1 = e["box"]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            assert e["sent_at"] >= e["start_time"]
+    # the Home Assistant event topic: live only, start and end
+    events = js(published[f"{CAM}/violation/event"])
+    assert [(e["event_type"], e["event_id"]) for e in events] == [("start", "a-0"), ("end", "a-0")]
+    assert set(events[0]) == {"event_type", "event_id", "score", "camera", "end_reason"}
+
+
+def test_the_topic_table_names_every_topic_maskd_publishes(published):
+    table = re.search(r"## Topics\n(.*?)\n## ", DOC, re.S).group(1)
+    documented = set(re.findall(r"^\| `([^`]+)`", table, re.M))
+    for topic in published:
+        if topic.startswith("homeassistant/"):
+            name = "<discovery_prefix>/device/<prefix>_<device_id>_<camera>/config"
+        else:
+            name = topic.removeprefix(f"{CAM}/").replace(CAM, "<camera>")
+            name = f"<camera>/{name}" if topic.startswith(f"{CAM}/") else name
+        assert name in documented, topic
+
+
+def test_home_assistant_automations_read_what_maskd_publishes(published):
+    automations = yaml.safe_load(block("ha-automations", "yaml"))
+    assert isinstance(automations, list) and automations
+    ents = entities(published)
+    disc = discovery(published)
+    for a in automations:
+        text = yaml.safe_dump(a)
+        used = set(re.findall(r"\b(?:event|binary_sensor|sensor|switch|camera)\.[a-z0-9_]+", text))
+        assert used <= ents.keys(), (a["alias"], used - ents.keys(), sorted(ents))
+        (trigger,) = a["triggers"]
+        comp = ents[trigger["entity_id"]]
+        # the topic whose JSON Home Assistant turns into the attributes this automation reads
+        topic = comp.get("json_attributes_topic") or comp["state_topic"]
+        payloads = js(published[topic])
+        attrs = set(re.findall(r"trigger\.to_state\.attributes\.(\w+)", text))
+        attrs |= set(re.findall(r"state_attr\([^,]+,\s*'(\w+)'\)", text))
+        assert attrs, a["alias"]
+        for attr in attrs:
+            assert any(attr in p and p[attr] is not None for p in payloads), (a["alias"], attr)
+        for value in re.findall(r"attributes\.event_type == '(\w+)'", text):
+            assert value in comp["event_types"]
+        if "to" in trigger:
+            assert trigger["to"] == "on" and comp["platform"] == "binary_sensor"
+    # the names the prose gives are the ones Home Assistant derives
+    for name in re.findall(r"`((?:event|binary_sensor)\.maskd_[a-z0-9_]+)`", DOC):
+        assert name in ents, name
+    assert disc["availability_mode"] == "all"
+
+
+def flow() -> list[dict]:
+    return json.loads(block("node-red-flow", "json"))
+
+
+def test_node_red_flow_reads_what_maskd_publishes(published):
+    nodes = {n["id"]: n for n in flow()}
+    (mqtt_in,) = [n for n in nodes.values() if n["type"] == "mqtt in"]
+    assert mqtt.topic_matches_sub(mqtt_in["topic"], f"{CAM}/violation")
+    assert not mqtt.topic_matches_sub(mqtt_in["topic"], f"{CAM}/violation/event")
+    assert mqtt_in["datatype"] == "json" and mqtt_in["qos"] == "1"
+    assert nodes[mqtt_in["broker"]]["type"] == "mqtt-broker"
+    chain = [mqtt_in]
+    while chain[-1]["wires"]:
+        (nxt,) = chain[-1]["wires"][0]
+        chain.append(nodes[nxt])
+    assert [n["type"] for n in chain] == ["mqtt in", "function", "function", "debug"]
+    payload = js(published[f"{CAM}/violation"])[0]
+    for fn in chain[1:3]:
+        for field in re.findall(r"\be\.(\w+)", fn["func"]):
+            assert field in payload, (fn["name"], field)
+    assert "e.event_id" in chain[1]["func"] and "e.seq" in chain[1]["func"]
+    assert "e.box" in chain[2]["func"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (Node-RED's runtime) to run "
+                    "the flow's functions")
+def test_node_red_functions_on_the_real_messages(published, tmp_path):
+    nodes = {n["id"]: n for n in flow()}
+    dedup, box = nodes["maskd_dedup"]["func"], nodes["maskd_box"]["func"]
+    raw = published[f"{CAM}/violation"]
+    msgs = [json.loads(p) for p in [*raw, raw[0], raw[-1]]]  # two repeats, as after a reconnect
+    runner = tmp_path / "run.js"
+    runner.write_text(
+        "const msgs = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n"
+        "const store = {};\n"
+        "const context = {get: (k) => store[k], set: (k, v) => { store[k] = v; }};\n"
+        f"const dedup = new Function('msg', 'context', {json.dumps(dedup)});\n"
+        f"const box = new Function('msg', 'context', {json.dumps(box)});\n"
+        "const out = [];\n"
+        "for (const payload of msgs) {\n"
+        "  const m = dedup({payload}, context);\n"
+        "  if (m !== null) out.push(box(m, context).payload);\n"
+        "}\n"
+        "console.log(JSON.stringify(out));\n")
+    r = subprocess.run(["node", str(runner)], input=json.dumps(msgs), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    want = list(dict.fromkeys((e["event_id"], e["seq"]) for e in msgs))
+    assert [(o["id"], o["seq"]) for o in out] == want
+    first = next(e for e in msgs if (e["event_id"], e["seq"]) == want[0])
+    x0, y0, x1, y1 = first["box"]
+    assert out[0]["box_px"] == {"x": round(x0 * 1280), "y": round(y0 * 720),
+                                "w": round((x1 - x0) * 1280), "h": round((y1 - y0) * 720)}
+    assert out[0]["camera"] == "door" and out[0]["late_s"] == 0
+    assert all(o["late_s"] > 0 for o in out if o["id"].startswith("b-"))
