@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import os
 import re
 import reprlib
 import ssl
@@ -32,6 +31,8 @@ from pydantic import (
 from yaml.composer import ComposerError
 from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
+
+from maskd import env, schedule
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -74,6 +75,16 @@ def parse_listen(value: str) -> tuple[str, int]:
             or (":" in host and not bracketed)):
         raise ValueError("is not HOST:PORT (e.g. 127.0.0.1:8080)")
     return check_host(host or "127.0.0.1"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can connect to ``host`` (a host name may be any interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_topic(value: str) -> str:
@@ -206,6 +217,11 @@ class TrackingConfig(Section):
     # similar size, whose appearance (maskd.tracking.appearance) is at least this similar (0..1;
     # 0 = any face at the same place is the same person, the old rule).
     same_person_similarity: float = Field(0.8, ge=0.0, le=1.0)
+    # A face whose box stays within static_tolerance (of its size) for static_after_s is a
+    # picture (a poster, a screen): it raises no event; null = off. Off by default: a person
+    # standing perfectly still for that long would be ignored too (docs/pipeline.md).
+    static_after_s: float | None = Field(None, gt=0.0, le=3600.0)
+    static_tolerance: float = Field(0.05, ge=0.0, le=0.5)
 
 
 class MotionConfig(Section):
@@ -218,6 +234,43 @@ class MotionConfig(Section):
     frame_height: int = Field(90, ge=16, le=1080)  # rows of the shrunk grey frame compared
     alpha: float = Field(0.05, gt=0.0, le=1.0)  # how fast the background average follows the scene
     idle_every: int = Field(15, ge=1, le=300)  # detect every N frames while nothing moves
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ZonesConfig(Section):
+    """Where faces count (maskd.zones): polygons of [x, y] points in 0..1 of the frame."""
+
+    include: list[list[tuple[Fraction, Fraction]]] | None = None  # None: the whole frame
+    ignore: list[list[tuple[Fraction, Fraction]]] = []
+
+    @field_validator("include", "ignore")
+    @classmethod
+    def _polygons(cls, v: list | None) -> list | None:
+        for i, poly in enumerate(v or []):
+            if len(poly) < 3:
+                raise ValueError(f"polygon {i} has {len(poly)} point(s); a zone needs at least 3")
+        return v
+
+
+class ScheduleWindow(Section):
+    """A weekly window in which detection runs (maskd.schedule), in local time."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = \
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    start: str = "00:00"  # HH:MM
+    end: str = "24:00"  # HH:MM; before start: the window runs past midnight
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        schedule.parse_time(v)
+        return v
+
+    def window(self) -> schedule.Window:
+        return schedule.Window(tuple(schedule.DAYS.index(d) for d in self.days),
+                               schedule.parse_time(self.start), schedule.parse_time(self.end))
 
 
 class JsonlConfig(Section):
@@ -334,7 +387,7 @@ class MqttConfig(Section):
         """Read at load time: the config names the variable, and `run` needs it at start."""
         if v is None or not info.data.get("url") or info.data.get("password_file") is not None:
             return v
-        if v not in os.environ:
+        if env.variable(v) is None:
             raise ValueError(f"environment variable {v} is not set")
         if info.data.get("username") is None:
             raise ValueError("a password is configured but mqtt.username is not")
@@ -386,8 +439,24 @@ class MqttConfig(Section):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").strip()
         if self.password_env is not None:
-            return os.environ.get(self.password_env)
+            return env.variable(self.password_env)
         return None
+
+
+def read_secret(path: Path) -> bytes:
+    """A password or token file's content without the trailing newline; ValueError when it
+    cannot be read, is empty or is longer than 4096 bytes."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(4097)
+    except OSError as err:
+        raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
+    secret = data.rstrip(b"\r\n")
+    if not secret:
+        raise ValueError(f"{_excerpt(str(path))} is empty")
+    if len(data) > 4096:
+        raise ValueError(f"{_excerpt(str(path))} is longer than 4096 bytes")
+    return secret
 
 
 class PreviewConfig(Section):
@@ -395,8 +464,17 @@ class PreviewConfig(Section):
 
     framebuffer: Path | None = None  # e.g. /dev/fb0 for HDMI without a desktop
     window: bool = False  # an OpenCV window when the installed OpenCV has GUI support
-    http: str | None = None  # "127.0.0.1:8080" serves an MJPEG page
+    http: str | None = None  # "127.0.0.1:8080" serves the status page (maskd.statuspage)
+    # Needed to bind preview.http beyond loopback: a file holding the basic-auth password (any
+    # user name) and/or a file holding a bearer token. Read at start; check-config reads them too.
+    http_password_file: Path | None = None
+    http_token_file: Path | None = None
     annotate_dir: Path | None = None  # write annotated frames/clip here
+    # The clip (maskd.clip) rotates to a new file after this much video or this size, and this
+    # camera's oldest files in annotate_dir are deleted while they total more than keep_mb.
+    annotate_segment_s: float = Field(600.0, ge=1.0, le=86400.0)
+    annotate_segment_mb: float = Field(100.0, gt=0.0, le=100_000.0)
+    annotate_keep_mb: float = Field(1000.0, gt=0.0, le=10_000_000.0)
 
     @field_validator("http")
     @classmethod
@@ -404,6 +482,44 @@ class PreviewConfig(Section):
         if v is not None:
             parse_listen(v)
         return v
+
+    @field_validator("http_password_file", "http_token_file")
+    @classmethod
+    def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        """Read when the page is served (`run` reads it the same way at start)."""
+        if v is not None and info.data.get("http"):
+            read_secret(v)
+        return v
+
+    @model_validator(mode="after")
+    def _auth_beyond_loopback(self) -> PreviewConfig:
+        if self.http and not (self.http_password_file or self.http_token_file):
+            host, _ = parse_listen(self.http)
+            if not is_loopback(host):
+                raise ValueError(
+                    f"preview.http {self.http} is reachable from other machines: set "
+                    "preview.http_password_file or preview.http_token_file (a file holding the "
+                    "password or token), or bind 127.0.0.1")
+        return self
+
+    @model_validator(mode="after")
+    def _clip_cap(self) -> PreviewConfig:
+        if self.annotate_keep_mb < self.annotate_segment_mb:
+            raise ValueError(f"annotate_keep_mb ({self.annotate_keep_mb:g}) is smaller than "
+                             f"annotate_segment_mb ({self.annotate_segment_mb:g}): one file "
+                             f"would already be over the cap")
+        return self
+
+
+class SnapshotConfig(Section):
+    """Opt-in local snapshots (maskd.snapshots): one JPEG per violation event in ``dir``; off
+    while ``dir`` is unset. Nothing leaves the device through this section (MQTT's is
+    ``mqtt.snapshots``)."""
+
+    dir: Path | None = None  # None = off (the default)
+    what: Literal["crop", "frame"] = "crop"  # the best face crop, or the whole frame with boxes
+    keep_days: float = Field(7.0, gt=0.0, le=3650.0)  # older files are deleted, oldest first
+    keep_mb: float = Field(200.0, gt=0.0, le=10_000_000.0)  # then the oldest while over this
 
 
 class CameraConfig(Section):
@@ -414,6 +530,8 @@ class CameraConfig(Section):
 
     source: SourceConfig  # required: two cameras cannot both be "the default camera"
     tracking: TrackingConfig | None = None  # None: the top-level tracking section
+    zones: ZonesConfig | None = None  # None: the top-level zones
+    schedule: list[ScheduleWindow] | None = None  # None: the top-level schedule
     preview: PreviewConfig = PreviewConfig()
 
 
@@ -433,10 +551,15 @@ class Config(Section):
     detector: DetectorConfig = DetectorConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     tracking: TrackingConfig = TrackingConfig()
+    zones: ZonesConfig = ZonesConfig()
+    # Detection runs only inside these weekly windows (none: always); the MQTT switch can still
+    # turn it off inside them.
+    schedule: list[ScheduleWindow] = Field(default_factory=list, max_length=64)
     motion: MotionConfig = MotionConfig()
     jsonl: JsonlConfig = JsonlConfig()
     mqtt: MqttConfig = MqttConfig()
     preview: PreviewConfig = PreviewConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
 
     @model_validator(mode="after")
     def _one_layout(self) -> Config:
@@ -446,6 +569,22 @@ class Config(Section):
             if both:
                 raise ValueError(f"{' and '.join(both)} cannot be used together with cameras: "
                                  f"put each camera's source under cameras.<name>.source")
+        return self
+
+    @model_validator(mode="after")
+    def _one_page_one_password(self) -> Config:
+        """Cameras with the same preview.http share one status page, so one set of credentials."""
+        seen: dict[str, tuple[str, tuple]] = {}
+        for cam in self.cameras_resolved():
+            p = cam.preview
+            if not p.http:
+                continue
+            auth = (p.http_password_file, p.http_token_file)
+            first = seen.setdefault(str(parse_listen(p.http)), (cam.camera, auth))
+            if first[1] != auth:
+                raise ValueError(
+                    f"cameras {first[0]} and {cam.camera} share preview.http {p.http} (one status "
+                    "page) but not its http_password_file / http_token_file: give both the same")
         return self
 
     @property
@@ -469,6 +608,8 @@ class Config(Section):
             out.append(self.model_copy(update={
                 "camera": name, "source": cam.source, "cameras": {},
                 "tracking": cam.tracking or self.tracking, "preview": preview,
+                "zones": cam.zones or self.zones,
+                "schedule": self.schedule if cam.schedule is None else cam.schedule,
             }))
         return out
 

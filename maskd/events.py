@@ -117,6 +117,12 @@ class Violations:
         sim = similarity(look, t.appearance)
         return sim is None or sim >= self.cfg.same_person_similarity
 
+    def _may_start(self, t: Track) -> bool:
+        """Confirmed violating, and (with static-face suppression on) seen to move: a picture
+        never moves, so it never gets an event; a person who stands perfectly still from the
+        first frame gets one once they move."""
+        return t.violating and (self.cfg.static_after_s is None or t.moved)
+
     @property
     def active(self) -> int:
         """Open violations (including ones whose track is briefly missing)."""
@@ -145,7 +151,7 @@ class Violations:
 
         # Re-attach newly confirmed tracks to events whose own track went missing.
         for t in tracks:
-            if not (t.violating and t.seen_now) or t.track_id in owned:
+            if not (self._may_start(t) and t.seen_now) or t.track_id in owned:
                 continue
             lost = [
                 v for v in self._open
@@ -184,7 +190,7 @@ class Violations:
 
         owned = {v.track_id for v in self._open}
         for t in tracks:
-            if not (t.violating and t.seen_now) or t.track_id in owned:
+            if not (self._may_start(t) and t.seen_now) or t.track_id in owned:
                 continue
             if any(self._same_person((r.box,), r.appearance, t) for r in self._recent):
                 continue  # cooldown: starts later if it still holds

@@ -60,6 +60,13 @@ def near(a: Box, b: Box) -> bool:
     return (ca[0] - cb[0]) ** 2 + (ca[1] - cb[1]) ** 2 <= side**2
 
 
+def same_place(a: Box, b: Box, tolerance: float) -> bool:
+    """Every edge of ``b`` within ``tolerance`` x the larger side of ``a`` of where it is in
+    ``a``: the box has not moved (a picture) beyond detector jitter."""
+    tol = tolerance * max(a[2] - a[0], a[3] - a[1])
+    return all(abs(p - q) <= tol for p, q in zip(a, b, strict=True))
+
+
 def same_size(a: Box, b: Box, ratio: float = SAME_SIZE_RATIO) -> bool:
     """The longer sides of two boxes differ by at most ``ratio`` (either way)."""
     sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])

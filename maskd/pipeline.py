@@ -17,18 +17,22 @@ cache saves CPU, it adds no evidence.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from maskd import zones
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
 from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict, ViolationEvent
+
+log = logging.getLogger(__name__)
 
 # A cached score is reused only while |p - 0.5| >= CONFIDENT_MARGIN (p <= 0.2 or p >= 0.8) ...
 CONFIDENT_MARGIN = 0.3
@@ -104,6 +108,8 @@ class PipelineCounts:
     classified: int = 0  # fresh classifier calls, one per face
     cached: int = 0  # faces that reused their track's cached score
     motion_skipped: int = 0  # frames whose detection the motion gate skipped (maskd.motion)
+    zoned_faces: int = 0  # outside the include zones or inside an ignore zone (maskd.zones)
+    static_faces: int = 0  # tracks found to be pictures (tracking.static_after_s)
 
 
 @dataclass
@@ -157,11 +163,23 @@ class Pipeline:
             detect = self.motion.should_detect(frame.image, tracking=bool(self.tracker.tracks))
             counts.motion_skipped += not detect
         faces = self.detector.detect(frame.image) if detect else []
+        h, w = frame.image.shape[:2]
+        zcfg = self.cfg.zones
+        if faces and (zcfg.include is not None or zcfg.ignore):
+            kept = [f for f in faces if zones.counts(f.box, w, h, zcfg.include, zcfg.ignore)]
+            counts.zoned_faces += len(faces) - len(kept)
+            faces = kept
         t1 = time.perf_counter()
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
+        for t in tracks:
+            if t.static and not t.reported_static:
+                t.reported_static = True
+                counts.static_faces += 1
+                log.info("%s: track %d has not moved for %.0f s: treated as a picture (poster, "
+                         "screen), no event", self.cfg.camera, t.track_id,
+                         self.cfg.tracking.static_after_s)
         scores: list[float | None] = [None] * len(faces)
         todo: list[int] = []
-        h, w = frame.image.shape[:2]
         for i, (f, t) in enumerate(zip(faces, tracks, strict=True)):
             if not judgeable(f, ccfg.min_face_px):
                 counts.small_faces += 1

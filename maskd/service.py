@@ -16,18 +16,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from maskd.annotate import draw_verdicts, header_text
+from maskd import schedule
+from maskd.clip import ClipWriter
 from maskd.config import Config, still_detector
 from maskd.env import Environment
 from maskd.jsonl import JsonlSink
 from maskd.pipeline import FrameResult, Pipeline
+from maskd.snapshots import SnapshotStore
 from maskd.sources import open_source
 from maskd.types import (
     EventSink,
@@ -55,36 +55,6 @@ STATS_EVERY_S = 30.0  # the stats log line
 FIRST_STATS_S = 2.0  # sinks hear the first stats this soon (then every mqtt.stats_interval_s)
 STOP_FLUSH_S = 5.0  # flush budget on a signal stop (the MQTT outbox keeps the rest on disk)
 STAGES = ("capture", "detect", "classify", "track")
-
-
-class ClipWriter(FrameObserver):
-    """FrameObserver writing the annotated frames as an mp4v clip in ``outdir``.
-
-    Opened on the first frame (its size is only known then). Encoding runs in the loop, which
-    is acceptable because the clip is an opt-in debugging aid (``run --annotate``).
-    """
-
-    def __init__(self, outdir: Path, name: str, fps: float) -> None:
-        outdir.mkdir(parents=True, exist_ok=True)
-        self.path = outdir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
-        self.fps = fps
-        self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
-
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        h, w = frame.image.shape[:2]
-        if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"),
-                                           self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise OSError(f"{self.path}: OpenCV cannot write an mp4v clip here")
-        self._writer.write(draw_verdicts(frame.image, verdicts, header_text(stats)))
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            log.info("annotated clip: %s (%d frames)", self.path, self.frames)
 
 
 @dataclass
@@ -132,9 +102,9 @@ class CameraLoop:
         self._stop = threading.Event()
         self._fps = 0.0
         self._last_t: float | None = None
+        self._windows = [w.window() for w in cfg.schedule]
         self._window = _StatsWindow()  # the log line's
         self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
-        self._sink_stats_t = float("-inf")  # when sinks last got stats
         self._next_sink_stats = time.monotonic() + min(FIRST_STATS_S, cfg.mqtt.stats_interval_s)
         if hasattr(source, "on_wait"):  # a live source: hear from it while the camera is away
             source.on_wait = self._source_waiting
@@ -189,6 +159,7 @@ class CameraLoop:
             if frame is None:
                 self._source_ended()
                 return
+            self._follow_schedule(frame.timestamp)
             result = self.pipeline.process(frame, detect=self.control.detect_enabled)
             self._emit(result.events)
             self._after_frame(result, capture_ms)
@@ -196,6 +167,18 @@ class CameraLoop:
             if self.max_frames is not None and self.frames >= self.max_frames:
                 self.stop_reason = f"--max-frames {self.max_frames} reached"
                 return
+
+    def _follow_schedule(self, timestamp: float) -> None:
+        """Detection on or off by the configured weekly windows, at the frame's time."""
+        if not self._windows:
+            return
+        inside = schedule.allows(self._windows, timestamp)
+        if inside != self.control.scheduled:
+            self.control.scheduled = inside
+            nxt = schedule.next_change(self._windows, timestamp)
+            log.info("%s: schedule turns detection %s%s", self.cfg.camera,
+                     "on" if inside else "off",
+                     f" until {time.strftime('%a %H:%M', time.localtime(nxt))}" if nxt else "")
 
     def _source_ended(self) -> None:
         if self._stop.is_set():
@@ -279,7 +262,9 @@ class CameraLoop:
             corrupt=src.get("corrupt", 0), camera_lost_since=src.get("camera_lost_since"),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
             faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
-            classified=c.classified, cached=c.cached,
+            classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
+            zoned_faces=c.zoned_faces, static_faces=c.static_faces,
+            detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
             faults=tuple(f for sink in self.sinks for f in sink.faults()),
@@ -301,16 +286,13 @@ class CameraLoop:
         return self._stats(fps=0.0 if lost else round(window.frames / elapsed, 2),
                            ms={k: round(v / n, 2) for k, v in window.ms.items()})
 
-    def _sink_stats(self, final: bool = False) -> None:
-        """Sinks' ``on_stats``: fresh numbers at the configured interval, and the last numbers
-        at the end unless the interval's were sent within the last second."""
-        if final and time.monotonic() - self._sink_stats_t < 1.0:
-            return
+    def _sink_stats(self) -> None:
+        """Sinks' ``on_stats``: fresh numbers at the configured interval, and the last ones at
+        the end."""
         s = self.stats(self._sink_window)
         self._to_sinks(lambda sink: sink.on_stats(s), "on_stats")
         self._sink_window = _StatsWindow()
-        self._sink_stats_t = time.monotonic()
-        self._next_sink_stats = self._sink_stats_t + self.cfg.mqtt.stats_interval_s
+        self._next_sink_stats = time.monotonic() + self.cfg.mqtt.stats_interval_s
 
     def _log_stats(self) -> None:
         s = self.stats()
@@ -327,7 +309,7 @@ class CameraLoop:
         log.info("stopping: %s", self.stop_reason or "error")
         self._emit(self.pipeline.close())
         self._log_stats()
-        self._sink_stats(final=True)
+        self._sink_stats()
         for obs in self.observers:
             obs.close()
         self.source.close()
@@ -486,12 +468,13 @@ def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | No
     """Previews (maskd.preview), the annotated clip, and systemd's ``notifier``."""
     observers: list[FrameObserver] = []
     p = cfg.preview
-    if p.framebuffer is not None or p.window or p.http:
+    if p.framebuffer is not None or p.window:
         from maskd.preview import make_observers
 
         observers += make_observers(cfg)
     if p.annotate_dir is not None:
-        observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps))
+        observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps, p.annotate_segment_s,
+                                    p.annotate_segment_mb, p.annotate_keep_mb))
     if notifier is not None:
         observers.append(notifier)
     return observers
@@ -523,8 +506,14 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     if not cfg.multi_camera:
         control = RunControl()
         classifier, detector = build_classifier(cfg), build_detector(cfg)
-        return Service([_camera_loop(cfg, detector, classifier, control, lambda: build_sinks(
-            cfg, control), _systemd_notifier(), exit_at_end, max_frames)])
+        store = SnapshotStore.from_config(cfg.snapshots)
+        try:
+            return Service([_camera_loop(cfg, detector, classifier, control, lambda: build_sinks(
+                cfg, control), _systemd_notifier(), exit_at_end, max_frames, store)])
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
     cams = cfg.cameras_resolved()
     shared_classifier: MaskClassifier = _Serialized(build_classifier(cfg))  # type: ignore[assignment]
     shared_detector: FaceDetector = _Serialized(build_detector(cfg))  # type: ignore[assignment]
@@ -540,14 +529,16 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     notifier = _systemd_notifier()
     if notifier is not None:
         notifier = _Shared(notifier, len(cams))
+    store = SnapshotStore.from_config(cfg.snapshots, users=len(cams))  # one folder, files per camera
     loops: list[CameraLoop] = []
+    pages: dict = {}  # status pages by preview.http address (maskd.statuspage)
     try:
         for c in cams:
             def sinks(c: Config = c) -> list[EventSink]:
                 return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
-                                      notifier, exit_at_end, max_frames))
+                                      notifier, exit_at_end, max_frames, store, pages, mqtt))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -555,6 +546,8 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
                 obs.close()
         for sink in shared + ([mqtt] if mqtt is not None else []):
             sink.close()
+        if store is not None:
+            store.close()
         raise
     return Service(loops)
 
@@ -562,8 +555,10 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
 def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier,
                  control: RunControl, sinks: Callable[[], list[EventSink]],
                  notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
-                 ) -> CameraLoop:
-    """One camera's loop around shared models; its source, sinks and views opened here."""
+                 snapshots: SnapshotStore | None = None, pages: dict | None = None,
+                 mqtt: EventSink | None = None) -> CameraLoop:
+    """One camera's loop around shared models; its source, sinks and views opened here, and its
+    snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``."""
     source = open_source(cfg.source)
     opened: list = [source]
     try:
@@ -571,6 +566,16 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         opened += own
         observers = build_observers(cfg, float(getattr(source, "fps", cfg.source.fps)),
                                     notifier)
+        if snapshots is not None:
+            taker = snapshots.taker(cfg.camera, cfg.snapshots.what)
+            own.append(taker)
+            observers.append(taker)
+        if cfg.preview.http:  # the status page: one server per address, shared by its cameras
+            from maskd.statuspage import attach
+
+            view = attach({} if pages is None else pages, cfg, detector, classifier, own, mqtt)
+            own.append(view)
+            observers.append(view)
     except BaseException:
         for part in reversed(opened):
             part.close()

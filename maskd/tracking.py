@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from maskd.config import TrackingConfig
-from maskd.geometry import iou
+from maskd.geometry import iou, same_place
 from maskd.types import Box
 
 # Appearance descriptor: hue x saturation x value histograms of three horizontal bands of the crop
@@ -57,6 +57,11 @@ class Track:
     votes: int = 0  # fresh classifications so far
     violating: bool = False
     appearance: np.ndarray | None = field(default=None, repr=False)  # see appearance()
+    anchor: Box | None = None  # where the box first was (static-face suppression)
+    still_since: float = 0.0  # when it was there
+    moved: bool = False  # its box has moved beyond static_tolerance at least once
+    static: bool = False  # still for static_after_s: a picture, not a person
+    reported_static: bool = False
 
     def __post_init__(self) -> None:
         self.scores = deque(self.scores, maxlen=self.window)
@@ -101,6 +106,7 @@ class Tracker:
             t.box, t.last_seen, t.last_seq = boxes[bi], timestamp, seq
             t.hits += 1
             t.missed = 0
+            self._still(t)
             assigned[bi] = t
         kept: list[Track] = []
         for ti, t in enumerate(self.tracks):
@@ -111,12 +117,28 @@ class Tracker:
             kept.append(t)
         for bi, b in enumerate(boxes):
             if assigned[bi] is None:
-                t = Track(self._next_id, b, timestamp, timestamp, seq, self.cfg.window)
+                t = Track(self._next_id, b, timestamp, timestamp, seq, self.cfg.window,
+                          anchor=b, still_since=timestamp)
                 self._next_id += 1
                 kept.append(t)
                 assigned[bi] = t
         self.tracks = kept
         return [t for t in assigned if t is not None]
+
+    def _still(self, t: Track) -> None:
+        """Follow whether the box has ever left where it first was (beyond static_tolerance of
+        its size): a face that has not for static_after_s is a picture, for good; one that has is
+        a person, for good, however still they stand afterwards."""
+        after = self.cfg.static_after_s
+        if after is None or t.static or t.moved:
+            return
+        if t.anchor is None:
+            t.anchor, t.still_since = t.box, t.last_seen
+        elif not same_place(t.anchor, t.box, self.cfg.static_tolerance):
+            t.moved = True
+        elif t.last_seen - t.still_since >= after:
+            t.static = True
+            t.violating = False
 
     def add_score(self, track: Track, no_mask: float | None, fresh: bool = True) -> None:
         """Add this frame's no-mask score and apply the evidence rule and hysteresis.
@@ -125,7 +147,7 @@ class Tracker:
         nothing: only a fresh classification is a vote. The vote's time is the frame the track
         was last matched in.
         """
-        if no_mask is None or not fresh:
+        if no_mask is None or not fresh or track.static:
             return
         track.votes += 1
         track.scores.append(float(no_mask))

@@ -125,6 +125,9 @@ class LoopStats:
     classified: int = 0
     cached: int = 0
     motion_skipped: int = 0  # frames whose face detection the motion gate skipped
+    zoned_faces: int = 0  # faces outside the include zones or inside an ignore zone
+    static_faces: int = 0  # faces found to be pictures (tracking.static_after_s)
+    detect_in_force: str = "on"  # on, or what keeps detection off: switch or schedule
     violations_started: int = 0
     events: int = 0
     detect_enabled: bool = True
@@ -163,9 +166,26 @@ class EventSink(Protocol):
 
 @dataclass
 class RunControl:
-    """Run-time switches shared between the loop and remote control (MQTT ``detect/set``)."""
+    """Whether detection runs: the switch (MQTT ``detect/set``, Home Assistant) and the
+    configured schedule must both allow it."""
 
-    detect_enabled: bool = True
+    switch: bool = True
+    scheduled: bool = True  # inside a schedule window (or no schedule)
+
+    @property
+    def detect_enabled(self) -> bool:
+        return self.switch and self.scheduled
+
+    @detect_enabled.setter
+    def detect_enabled(self, on: bool) -> None:
+        self.switch = on
+
+    @property
+    def in_force(self) -> Literal["on", "switch", "schedule"]:
+        """What decides now: detection on, or off by the switch, or off by the schedule."""
+        if not self.switch:
+            return "switch"
+        return "on" if self.scheduled else "schedule"
 
 
 class FrameObserver(Protocol):

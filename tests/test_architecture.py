@@ -16,15 +16,15 @@ MASKD = Path(__file__).resolve().parents[1] / "maskd"
 # sit on top; shared records and pure helpers at the bottom.
 STAGES: list[tuple[str, ...]] = [
     ("maskd", "maskd.types", "maskd.geometry", "maskd.env", "maskd.mailbox", "maskd.images",
-     "maskd.config", "maskd.modelfiles"),
+     "maskd.config", "maskd.modelfiles", "maskd.zones", "maskd.schedule"),
     ("maskd.sources", "maskd.demo"),
     ("maskd.tflite", "maskd.detectors", "maskd.motion"),
     ("maskd.classifier",),
     ("maskd.tracking",),
     ("maskd.events",),
     ("maskd.pipeline",),
-    ("maskd.annotate", "maskd.jsonl", "maskd.outbox", "maskd.mqtt", "maskd.preview",
-     "maskd.notify"),
+    ("maskd.annotate", "maskd.jsonl", "maskd.outbox", "maskd.mqtt", "maskd.preview", "maskd.statuspage",
+     "maskd.notify", "maskd.clip", "maskd.snapshots"),
     ("maskd.service",),
     ("maskd.commands", "maskd.cli", "maskd.__main__"),
 ]

@@ -40,6 +40,7 @@ class Topics:
     stats: str
     detect_set: str
     detect_state: str
+    detect_attributes: str
     discovery: str
     ha_status: str
 
@@ -65,6 +66,7 @@ class Topics:
             stats=f"{cam}/stats",
             detect_set=f"{cam}/detect/set",
             detect_state=f"{cam}/detect/state",
+            detect_attributes=f"{cam}/detect/attributes",
             discovery=f"{mq.discovery_prefix}/device/{mq.prefix}_{device_id}_{camera}/config",
             ha_status=f"{mq.discovery_prefix}/status",
         )
@@ -72,7 +74,8 @@ class Topics:
     def retained(self) -> list[str]:
         """The camera's retained topics (what ``maskd mqtt-clear`` removes)."""
         own = [self.availability, self.active, self.attributes, self.violations, self.faces,
-               self.snapshot, self.state, self.stats, self.detect_state, self.discovery]
+               self.snapshot, self.state, self.stats, self.detect_state, self.detect_attributes,
+               self.discovery]
         if self.status == self.availability:
             own.append(self.status_detail)
         return own
@@ -117,7 +120,7 @@ def discovery_config(
             "platform": "switch", "name": f"{camera} detection", "unique_id": f"{uid}_detect",
             "command_topic": topics.detect_set, "state_topic": topics.detect_state,
             "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
-            "qos": 1,
+            "json_attributes_topic": topics.detect_attributes, "qos": 1,
         }),
         sensor("violations", f"{camera} people in violation", topics.violations, "{{ value }}",
                state_class="measurement"),

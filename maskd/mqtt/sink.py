@@ -66,6 +66,7 @@ class _Camera:
     last_state: dict | None = None
     last_state_t: float = float("-inf")
     counts: tuple[int, int] | None = None  # (people in violation, faces) last published
+    detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
     loop_stats: dict = field(default_factory=dict)
     stats_t: float = float("-inf")  # when its stats were last published
     running: bool = True  # its loop has not ended
@@ -379,6 +380,8 @@ class MqttSink(EventSink):
         face counts on their own topics when they change."""
         if not self._connected:
             return
+        if (counts.detect_enabled, cam.control.in_force) != cam.detect:  # the schedule turned
+            self._publish_detect_state(cam)
         pair = (counts.active, counts.faces)
         if pair != cam.counts:
             cam.counts = pair
@@ -429,7 +432,7 @@ class MqttSink(EventSink):
             "refused": len(self._refused),
             "reconnects": self.reconnects,
             "published": self.published,
-            "uptime_s": round(time.time() - self._started_at, 1),
+            "uptime_s": round(time.time() - self._started_at, 3),
         }
 
     def faults(self) -> list[str]:
@@ -566,8 +569,11 @@ class MqttSink(EventSink):
             if value is None:
                 log.warning("MQTT: %s: expected ON or OFF, got %r", msg.topic, msg.payload[:40])
                 return
-            cam.control.detect_enabled = value
-            log.info("MQTT: %s: detection turned %s remotely", cam.name, "on" if value else "off")
+            cam.control.switch = value
+            log.info("MQTT: %s: detection switched %s remotely%s", cam.name,
+                     "on" if value else "off",
+                     " (the schedule keeps it off for now)" if cam.control.in_force == "schedule"
+                     else "")
             self._publish_detect_state(cam)
 
     # ---- retained state ----
@@ -582,8 +588,14 @@ class MqttSink(EventSink):
                                  qos=1, retain=True)
 
     def _publish_detect_state(self, cam: _Camera) -> None:
-        self._client.publish(cam.topics.detect_state,
-                             "ON" if cam.control.detect_enabled else "OFF", qos=1, retain=True)
+        """Whether detection runs, and what decides it: the switch or the schedule."""
+        ctl = cam.control
+        cam.detect = (ctl.detect_enabled, ctl.in_force)
+        attrs = {"switch": "ON" if ctl.switch else "OFF", "schedule": ctl.scheduled,
+                 "in_force": ctl.in_force}
+        self._client.publish(cam.topics.detect_attributes, _dumps(attrs), qos=1, retain=True)
+        self._client.publish(cam.topics.detect_state, "ON" if ctl.detect_enabled else "OFF",
+                             qos=1, retain=True)
 
     def _publish_discovery(self) -> None:
         for cam in self._cams.values():

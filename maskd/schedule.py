@@ -1,0 +1,60 @@
+"""Weekly detection windows: when the schedule lets detection run, pure functions of a time.
+
+Windows are local wall-clock times on given weekdays, e.g. ``{days: [mon, tue, wed, thu, fri],
+start: "07:30", end: "18:00"}``; a window whose end is before its start runs past midnight into
+the next day. No windows: detection runs at all times (the switch alone decides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Window:
+    days: tuple[int, ...]  # 0 = Monday, as datetime.weekday()
+    start: time
+    end: time
+
+    def covers(self, at: datetime) -> bool:
+        t, day = at.time(), at.weekday()
+        if self.start <= self.end:
+            return day in self.days and self.start <= t < self.end
+        # past midnight: the evening part on a listed day, the morning part on the day after
+        return (day in self.days and t >= self.start) or \
+            ((day - 1) % 7 in self.days and t < self.end)
+
+
+def parse_time(text: str) -> time:
+    """'HH:MM' (24 h) -> time; '24:00' is the end of the day."""
+    if text == "24:00":
+        return time.max
+    try:
+        return datetime.strptime(text, "%H:%M").time()
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time HH:MM (00:00-24:00)") from None
+
+
+def allows(windows: Sequence[Window], timestamp: float) -> bool:
+    """Whether detection may run at ``timestamp`` (seconds since the epoch, local time zone)."""
+    if not windows:
+        return True
+    at = datetime.fromtimestamp(timestamp)
+    return any(w.covers(at) for w in windows)
+
+
+def next_change(windows: Sequence[Window], timestamp: float, horizon_days: int = 8) -> float | None:
+    """When ``allows`` next flips (to the minute), for the log and the switch's attributes."""
+    if not windows:
+        return None
+    now = allows(windows, timestamp)
+    at = datetime.fromtimestamp(timestamp).replace(second=0, microsecond=0)
+    for _ in range(horizon_days * 24 * 60):
+        at += timedelta(minutes=1)
+        if allows(windows, at.timestamp()) != now:
+            return at.timestamp()
+    return None

@@ -1,0 +1,40 @@
+"""Where on the picture faces count: include and ignore zones, pure functions on boxes.
+
+A zone is a polygon in normalised 0..1 frame coordinates (so it survives a change of capture
+size). A face counts by its box centre: inside an ``include`` zone when there are any, and in
+no ``ignore`` zone. A face that does not count is dropped right after detection: it is never
+tracked, classified or reported (a poster behind the desk, a monitor showing faces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from maskd.types import Box
+
+Polygon = Sequence[tuple[float, float]]
+
+
+def inside(x: float, y: float, polygon: Polygon) -> bool:
+    """Point in polygon by ray casting (even-odd rule); points on an edge may fall either way.
+
+    Plain Python: zones have a handful of corners, and numpy's per-call overhead would cost
+    more than the arithmetic (tools/bench_site.py).
+    """
+    hit = False
+    px, py = polygon[-1]
+    for qx, qy in polygon:
+        if (qy > y) != (py > y) and x < qx + (y - qy) * (px - qx) / (py - qy):
+            hit = not hit
+        px, py = qx, qy
+    return hit
+
+
+def counts(box: Box, width: int, height: int, include: Sequence[Polygon] | None,
+           ignore: Sequence[Polygon]) -> bool:
+    """Whether a face with this pixel box counts, by its centre (module docstring)."""
+    cx = (box[0] + box[2]) / 2 / max(width, 1)
+    cy = (box[1] + box[3]) / 2 / max(height, 1)
+    if include and not any(inside(cx, cy, p) for p in include):
+        return False
+    return not any(inside(cx, cy, p) for p in ignore)

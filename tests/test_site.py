@@ -1,0 +1,148 @@
+"""What a site sets up around the alarm, on real frames through the real loop, detector and
+classifier: ignore/include zones, pictures of faces (posters), weekly schedules.
+
+The frames are the demo's bare-faced astronaut (maskd.demo, no data set needed) on a grey wall,
+either pasted still (a poster) or walking slowly across (a person); timestamps are scripted,
+so a schedule can be crossed at a chosen wall-clock time.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import cv2
+import numpy as np
+import pytest
+from loop_parts import RecordingSink
+
+from maskd import schedule, zones
+from maskd.config import Config, ScheduleWindow, parse_config
+from maskd.demo import astronaut_bgr
+from maskd.pipeline import Pipeline
+from maskd.service import CameraLoop, build_classifier, build_detector
+from maskd.types import Frame, RunControl
+
+W, H, FPS = 640, 480, 10.0
+FACE = 200  # pasted photo side in pixels
+
+
+class Clip:
+    """A scripted source: the photo at x(i), frame i at start + i / FPS."""
+
+    name, is_live = "clip", False
+
+    def __init__(self, n: int, x, start: float | None = None) -> None:  # noqa: ANN001
+        photo = cv2.resize(astronaut_bgr(), (FACE, FACE), interpolation=cv2.INTER_AREA)
+        self.frames = []
+        for i in range(n):
+            img = np.full((H, W, 3), (118, 124, 128), np.uint8)
+            x0 = int(x(i))
+            img[140:140 + FACE, x0:x0 + FACE] = photo
+            self.frames.append(img)
+        self.start = time.time() if start is None else start
+        self.stats: dict = {}
+        self._i = 0
+
+    def read(self) -> Frame | None:
+        if self._i >= len(self.frames):
+            return None
+        i, self._i = self._i, self._i + 1
+        return Frame(self.frames[i], i, self.start + i / FPS, self.name)
+
+    def close(self) -> None:
+        pass
+
+
+def still(i: int) -> float:
+    return 220
+
+
+def walking(i: int) -> float:
+    return 60 + 6 * i  # 60 px/s: a slow walk past the door
+
+
+def run(clip: Clip, default_model, **cfg) -> tuple[RecordingSink, CameraLoop]:  # noqa: ANN001
+    c = parse_config({"detector": {"kind": "blazeface"}, "classifier": {"model": str(default_model)},
+                      **cfg})
+    sink = RecordingSink()
+    loop = CameraLoop(c, clip, Pipeline(c, build_detector(c), build_classifier(c)), [sink], [],
+                      RunControl(), exit_at_end=True)
+    assert loop.run(flush_timeout=1.0) == 0
+    return sink, loop
+
+
+def starts(sink: RecordingSink) -> int:
+    return sum(e.event_type == "start" for e in sink.events)
+
+
+def test_zone_geometry_and_config():
+    square = [(0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0)]
+    assert zones.inside(0.75, 0.5, square) and not zones.inside(0.25, 0.5, square)
+    tri = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    assert zones.inside(0.2, 0.2, tri) and not zones.inside(0.8, 0.8, tri)
+    box = (400.0, 100.0, 500.0, 200.0)  # centre (450, 150) of 640x480 -> (0.70, 0.31)
+    assert not zones.counts(box, W, H, None, [square])
+    assert zones.counts(box, W, H, [square], [])
+    assert not zones.counts(box, W, H, [tri], [])
+    cfg = parse_config({"cameras": {"a": {"source": {"kind": "demo"}, "zones": {"ignore": [tri]}},
+                                    "b": {"source": {"kind": "demo"}}},
+                        "zones": {"include": [square]}})
+    a, b = cfg.cameras_resolved()
+    assert a.zones.include is None and len(a.zones.ignore) == 1
+    assert b.zones.include == [square] and b.zones.ignore == []
+    with pytest.raises(Exception, match="a zone needs at least 3"):
+        parse_config({"zones": {"ignore": [[[0, 0], [1, 1]]]}})
+
+
+def test_a_walking_bare_face_is_one_event_and_an_ignore_zone_drops_it(default_model):
+    sink, _ = run(Clip(60, walking), default_model)
+    assert starts(sink) == 1
+    # the whole path of the face (centre x 160..520 of 640) lies in the ignore zone
+    zone = [[0.1, 0.2], [0.95, 0.2], [0.95, 0.8], [0.1, 0.8]]
+    sink, loop = run(Clip(60, walking), default_model, zones={"ignore": [zone]})
+    assert sink.events == []
+    assert loop.pipeline.counts.zoned_faces >= 50 and loop.pipeline.counts.faces == 0
+    assert sink.stats[-1]["zoned_faces"] == loop.pipeline.counts.zoned_faces
+    # an include zone elsewhere drops it too; one around it keeps it
+    sink, _ = run(Clip(60, walking), default_model, zones={"include": [[[0, 0], [0.1, 0], [0.1, 0.1]]]})
+    assert sink.events == []
+    sink, _ = run(Clip(60, walking), default_model, zones={"include": [zone]})
+    assert starts(sink) == 1
+
+
+def test_a_poster_raises_no_event_but_a_person_still_does(default_model, caplog):
+    tracking = {"static_after_s": 2.0}
+    caplog.set_level("INFO", logger="maskd.pipeline")
+    sink, loop = run(Clip(80, still), default_model, tracking=tracking)
+    assert loop.pipeline.counts.faces >= 70  # seen all along ...
+    assert sink.events == [] and loop.pipeline.counts.static_faces == 1  # ... and never reported
+    assert "treated as a picture" in caplog.text
+    # the same face walking past is a person: one event, as without the option
+    sink, loop = run(Clip(60, walking), default_model, tracking=tracking)
+    assert starts(sink) == 1 and loop.pipeline.counts.static_faces == 0
+    # without the option the poster is an alarm that never ends by itself (the reason for it)
+    sink, _ = run(Clip(80, still), default_model)
+    assert [e.event_type for e in sink.events][:1] == ["start"]
+
+
+def test_a_schedule_window_turns_detection_off_at_its_end(default_model):
+    end = datetime(2026, 11, 30, 18, 0)  # a Monday, local time
+    start = end.timestamp() - 3.0  # the clip runs 17:59:57 .. 18:00:02.9
+    window = {"days": ["mon"], "start": "08:00", "end": "18:00"}
+    sink, loop = run(Clip(60, walking, start), default_model, schedule=[window])
+    seen = [(s["timestamp"] - start, s["faces"], s["detect_enabled"]) for s in sink.states]
+    assert all(on for t, _, on in seen if t < 3.0) and not any(on for t, _, on in seen if t >= 3.0)
+    assert all(n == 0 for t, n, _ in seen if t >= 3.0) and any(n for t, n, _ in seen if t < 3.0)
+    kinds = [(e.event_type, e.end_reason) for e in sink.events]
+    assert kinds[0] == ("start", None) and kinds[-1] == ("end", "gone")  # no face after 18:00
+    assert sink.stats[-1]["detect_in_force"] == "schedule"
+    assert loop.control.switch and not loop.control.scheduled
+    # the window's arithmetic, past midnight and on the hour
+    night = [ScheduleWindow(days=["fri"], start="22:00", end="06:00").window()]
+    fri_late = datetime(2026, 12, 4, 23, 0).timestamp()
+    assert schedule.allows(night, fri_late)
+    assert schedule.allows(night, datetime(2026, 12, 5, 5, 59).timestamp())
+    assert not schedule.allows(night, datetime(2026, 12, 5, 6, 0).timestamp())
+    assert schedule.next_change(night, fri_late) == datetime(2026, 12, 5, 6, 0).timestamp()
+    assert schedule.allows([], fri_late) and Config().schedule == []
