@@ -1,0 +1,197 @@
+"""The annotated clip (``preview.annotate_dir``, ``run --annotate``): the run recorded as mp4v
+segments that rotate and are capped, and a full disk that pauses the recording, never the loop.
+
+Each segment is ``<camera>-<YYYYmmdd-HHMMSS>.mp4`` (local time when it was opened). A new one
+starts after ``annotate_segment_s`` seconds of video (frame timestamps, so a file source
+rotates by its own clock) or ``annotate_segment_mb``; the oldest closed segments of this camera
+are deleted while they total more than ``annotate_keep_mb``. Files of other cameras or of any
+other name are never touched.
+
+Disk space: while fewer than ``min_free`` bytes are free on the clip's file system (checked
+after every frame: one statvfs), the segment is closed while its index still fits, one ERROR
+line says so, and recording resumes by itself once there is room again, checked every
+``RETRY_S``. Encoding
+runs in the loop, which is acceptable because the clip is an opt-in debugging aid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+
+from maskd.annotate import draw_verdicts, header_text
+from maskd.types import Frame, FrameObserver, LoopStats, Verdict
+
+log = logging.getLogger("maskd.clip")
+
+MB = 1024 * 1024
+MIN_FREE_BYTES = 16 * MB  # kept free: room for the segment's index (moov) and for the rest of the system
+RETRY_S = 30.0  # while paused, how often to look for room again
+
+
+def segment_pattern(camera: str) -> re.Pattern[str]:
+    """The names of one camera's segments (the only files the cap deletes)."""
+    return re.compile(rf"{re.escape(camera)}-\d{{8}}-\d{{6}}(?:_\d+)?\.mp4")
+
+
+class ClipWriter(FrameObserver):
+    """FrameObserver writing the annotated frames as rotating, capped mp4v segments in ``outdir``.
+
+    A segment is opened on the first frame after a rotation (the frame size is only known then).
+    ``paths`` lists this run's segments, oldest first (deleted ones included).
+    """
+
+    def __init__(self, outdir: Path, name: str, fps: float, segment_s: float = 600.0,
+                 segment_mb: float = 100.0, keep_mb: float = 1000.0,
+                 min_free: int = MIN_FREE_BYTES) -> None:
+        self.outdir = outdir
+        self.name = name
+        self.fps = fps
+        self.segment_s = segment_s
+        self.segment_bytes = int(segment_mb * MB)
+        self.keep_bytes = int(keep_mb * MB)
+        self.min_free = min_free
+        self.paths: list[Path] = []
+        self.frames = 0  # written, all segments
+        self.dropped = 0  # frames not recorded while paused
+        self.deleted: list[Path] = []  # removed by the cap
+        self.paused: str | None = None  # why recording is paused now
+        self._pattern = segment_pattern(name)
+        self._writer: cv2.VideoWriter | None = None
+        self._path: Path | None = None
+        self._seg_frames = 0
+        self._seg_t0 = 0.0
+        self._size = 0
+        self._retry_at = 0.0
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self._pause(f"cannot create the folder: {err.strerror or err}")
+        self._cap()
+
+    # ------------------------------------------------------------------ FrameObserver
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        if self._writer is not None and self._segment_full(frame.timestamp):
+            self._close_segment()
+            self._cap()
+        if self._writer is None and not self._open(frame):
+            self.dropped += 1
+            return
+        assert self._writer is not None
+        self._writer.write(draw_verdicts(frame.image, verdicts, header_text(stats)))
+        self.frames += 1
+        self._seg_frames += 1
+        self._check_room()
+
+    def close(self) -> None:
+        self._close_segment()
+        self._cap()
+        if self.dropped:
+            log.warning("annotated clip %s: %d frames not recorded (%s)", self.name,
+                        self.dropped, self.paused or "paused for lack of room")
+
+    # ------------------------------------------------------------------ segments
+
+    def _segment_full(self, timestamp: float) -> bool:
+        age = timestamp - self._seg_t0
+        return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
+
+    def _new_path(self) -> Path:
+        path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        n = 1
+        while path.exists() or path in self.paths:  # two rotations within one second
+            path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}_{n}.mp4"
+            n += 1
+        return path
+
+    def _open(self, frame: Frame) -> bool:
+        now = time.monotonic()
+        if self.paused is not None:
+            if now < self._retry_at:
+                return False
+            free = self._free()
+            if free is None or free < self.min_free:
+                self._retry_at = now + RETRY_S
+                return False
+            log.info("annotated clip %s: recording again (%.0f MB free); %d frames were not "
+                     "recorded", self.name, free / MB, self.dropped)
+            self.paused = None
+        else:
+            free = self._free()
+            if free is not None and free < self.min_free:
+                self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB "
+                            f"kept free")
+                return False
+        h, w = frame.image.shape[:2]
+        path = self._new_path()
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+        if not writer.isOpened():
+            writer.release()
+            self._pause(f"OpenCV cannot write an mp4v clip at {path}")
+            return False
+        self._writer, self._path = writer, path
+        self.paths.append(path)
+        self._seg_frames, self._seg_t0, self._size = 0, frame.timestamp, 0
+        return True
+
+    def _close_segment(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        log.info("annotated clip: %s (%d frames)", self._path, self._seg_frames)
+
+    def _check_room(self) -> None:
+        """After each frame: the segment's size (rotation) and the disk (pause before it is full)."""
+        assert self._path is not None
+        try:
+            self._size = self._path.stat().st_size
+        except OSError:
+            pass
+        free = self._free()
+        if free is not None and free < self.min_free:
+            self._close_segment()
+            self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB kept free")
+
+    def _free(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.outdir).free
+        except OSError:
+            return None
+
+    def _pause(self, why: str) -> None:
+        self.paused = why
+        self._retry_at = time.monotonic() + RETRY_S
+        log.error("annotated clip %s in %s: %s; recording paused (detection goes on), tried "
+                  "again every %.0f s", self.name, self.outdir, why, RETRY_S)
+
+    def _cap(self) -> None:
+        """Delete this camera's oldest closed segments while they total more than the cap."""
+        try:
+            segs = [(e.stat().st_mtime, e.stat().st_size, Path(e.path))
+                    for e in os.scandir(self.outdir)
+                    if self._pattern.fullmatch(e.name) and e.is_file()]
+        except OSError:
+            return
+        total = sum(s for _, s, _ in segs)
+        for _, size, path in sorted(segs):
+            if total <= self.keep_bytes:
+                break
+            if path == self._path and self._writer is not None:
+                continue
+            try:
+                path.unlink()
+            except OSError as err:
+                log.warning("annotated clip: cannot delete %s: %s", path, err.strerror or err)
+                continue
+            total -= size
+            self.deleted.append(path)
+            log.info("annotated clip: deleted %s (the clips of %s were over annotate_keep_mb "
+                     "%.0f MB)", path.name, self.name, self.keep_bytes / MB)

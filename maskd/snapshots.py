@@ -1,0 +1,314 @@
+"""Opt-in local snapshots (the ``snapshots:`` section): one JPEG per violation event, kept by age
+and by size.
+
+``SnapshotStore`` is the process's one folder: a writer thread encodes and writes the files
+(atomically: a temporary file, then a rename), and enforces retention, oldest first: at start,
+after every write (``keep_mb``) and every ``PRUNE_EVERY_S`` (``keep_days``), from an index of
+the folder read at start and re-read every ``RESCAN_S``. Only files named like its own are ever
+counted or deleted.
+
+``SnapshotTaker`` is one camera's EventSink and FrameObserver in one object:
+
+- ``what: crop`` saves the event's best face crop (``ViolationEvent.best_crop``), and saves it
+  again when a later message of the event carries a better one;
+- ``what: frame`` keeps no frame of its own: an event's message is held until the loop shows
+  the observers the frame it was made on (the same frame, right after ``emit``), which is then
+  drawn with every face's box (``maskd.annotate.draw_verdicts``) and saved. That is the frame the
+  violation started on, replaced when a later message comes on the frame of the event's best
+  score; a message whose best frame has already gone by (a rate-limited update, an end) changes
+  nothing.
+
+File names: ``<camera>-<YYYYmmdd-HHMMSS>-<event_id>.jpg``, the event's start in UTC.
+
+Nothing here may stop detection: a full disk or an unwritable folder is logged (once a minute
+per cause), counted and shown in ``faults()`` (the systemd status line, MQTT stats), and the
+snapshot is dropped; a slow disk fills a bounded queue whose overflow is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from maskd.annotate import draw_verdicts
+from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
+
+if TYPE_CHECKING:
+    from maskd.config import SnapshotConfig
+
+log = logging.getLogger("maskd.snapshots")
+
+MB = 1024 * 1024
+DAY_S = 86400.0
+JPEG_QUALITY = 90
+FILE_MODE = 0o640  # faces: the maskd user and its group only
+MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped and counted
+PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
+RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
+LOG_EVERY_S = 60.0  # one log line per cause per minute
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}-\d{8}-\d{6}-[A-Za-z0-9_-]{1,64}\.jpg")
+
+
+def snapshot_name(camera: str, start_time: float, event_id: str) -> str:
+    return f"{camera}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(start_time))}-{event_id}.jpg"
+
+
+class SnapshotStore:
+    """The snapshot folder shared by every camera of the process; ``users`` takers close it."""
+
+    def __init__(self, folder: Path, keep_days: float, keep_mb: float, users: int = 1) -> None:
+        self.dir = folder
+        self.keep_s = keep_days * DAY_S
+        self.keep_bytes = int(keep_mb * MB)
+        self._users = users
+        self.written = self.failed = self.dropped = 0
+        self.deleted: list[Path] = []
+        self._fault: str | None = None
+        self._logged: dict[str, float] = {}
+        self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
+        self._total = 0
+        self._q: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._started = threading.Event()  # the start's retention is done
+        self._thread = threading.Thread(target=self._run, name="maskd-snapshots", daemon=True)
+        self._thread.start()
+        log.info("snapshots: one JPEG per violation event in %s, kept %g days and %g MB at most",
+                 folder, keep_days, keep_mb)
+
+    @classmethod
+    def from_config(cls, cfg: SnapshotConfig, users: int = 1) -> SnapshotStore | None:
+        """The store the config asks for; None when snapshots are off (the default)."""
+        if cfg.dir is None:
+            return None
+        return cls(cfg.dir, cfg.keep_days, cfg.keep_mb, users)
+
+    def taker(self, camera: str, what: str) -> SnapshotTaker:
+        return SnapshotTaker(self, camera, what)
+
+    # ------------------------------------------------------------------ loop side
+
+    def put(self, name: str, image: np.ndarray) -> None:
+        """Queue one image to be saved as ``name``; never blocks the caller."""
+        if self._closed:
+            return
+        try:
+            self._q.put_nowait((name, image))
+        except queue.Full:
+            self.dropped += 1
+            self._report("queue", logging.WARNING, f"snapshots: {MAX_PENDING} snapshots waiting "
+                         f"for the disk; {self.dropped} dropped so far")
+
+    def faults(self) -> list[str]:
+        return [self._fault] if self._fault else []
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the start's retention and the queue to be written (a
+        failed write counts as done)."""
+        deadline = time.monotonic() + timeout
+        self._started.wait(timeout)
+        while self._q.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._started.is_set() and not self._q.unfinished_tasks
+
+    def release(self) -> None:
+        """One taker is done; the last one closes the store."""
+        with self._lock:
+            self._users -= 1
+            last = self._users <= 0
+        if last:
+            self.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        self._thread.join(timeout)
+        log.info("snapshots: %d written, %d failed, %d dropped, %d deleted by retention",
+                 self.written, self.failed, self.dropped, len(self.deleted))
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        try:
+            self.prune(rescan=True)
+        finally:
+            self._started.set()
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        next_scan = time.monotonic() + RESCAN_S
+        while True:
+            try:
+                item = self._q.get(timeout=max(0.0, next_prune - time.monotonic()))
+            except queue.Empty:
+                item = ()
+            try:
+                if item is None:
+                    return
+                if item:
+                    self._write(*item)
+                if time.monotonic() >= next_prune:
+                    now = time.monotonic()
+                    self.prune(rescan=now >= next_scan)
+                    next_prune = now + PRUNE_EVERY_S
+                    if now >= next_scan:
+                        next_scan = now + RESCAN_S
+            except Exception:  # noqa: BLE001 - the writer must outlive any one file
+                log.exception("snapshots: unexpected error")
+            finally:
+                if item != ():
+                    self._q.task_done()
+
+    def _write(self, name: str, image: np.ndarray) -> None:
+        path = self.dir / name
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise ValueError("OpenCV could not encode the image")
+            self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.tobytes())
+            os.replace(tmp, path)
+        except (OSError, ValueError) as err:
+            self.failed += 1
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            why = getattr(err, "strerror", None) or str(err)
+            self._fault = f"snapshots: cannot write to {self.dir}: {why}"
+            self._report(f"write {why}", logging.ERROR,
+                         f"{self._fault}; snapshot {name} dropped ({self.failed} so far; "
+                         f"detection goes on)")
+            return
+        if self._fault is not None:
+            log.info("snapshots: writing to %s again", self.dir)
+        self._fault = None
+        self.written += 1
+        old = self._index.pop(path, None)
+        if old is not None:
+            self._total -= old[1]
+        self._index[path] = (time.time(), len(buf))
+        self._total += len(buf)
+        self._enforce(time.time())
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, rescan: bool = False) -> None:
+        """Apply keep_days and keep_mb now (``rescan``: read the folder first)."""
+        if rescan:
+            self._scan()
+        self._enforce(time.time())
+
+    def _scan(self) -> None:
+        found: list[tuple[float, int, Path]] = []
+        try:
+            with os.scandir(self.dir) as it:
+                for e in it:
+                    if e.name.startswith(".") and e.name.endswith(".jpg.tmp"):
+                        Path(e.path).unlink(missing_ok=True)  # left by a crash mid-write
+                    elif NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        found.append((st.st_mtime, st.st_size, Path(e.path)))
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            self._report("scan", logging.ERROR, f"snapshots: cannot read {self.dir}: "
+                         f"{err.strerror or err}; retention not applied")
+            return
+        found.sort()
+        self._index = OrderedDict((p, (m, s)) for m, s, p in found)
+        self._total = sum(s for _, s, _ in found)
+
+    def _enforce(self, now: float) -> None:
+        """Oldest first: everything older than keep_days, then while over keep_mb."""
+        while self._index:
+            path, (mtime, size) = next(iter(self._index.items()))
+            if now - mtime <= self.keep_s and self._total <= self.keep_bytes:
+                break
+            why = "older than keep_days" if now - mtime > self.keep_s else "over keep_mb"
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                self._report("delete", logging.WARNING, f"snapshots: cannot delete {path}: "
+                             f"{err.strerror or err}")
+                break
+            del self._index[path]
+            self._total -= size
+            self.deleted.append(path)
+            log.debug("snapshots: deleted %s (%s)", path.name, why)
+
+    def _report(self, cause: str, level: int, msg: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(cause, float("-inf")) >= LOG_EVERY_S:
+            self._logged[cause] = now
+            log.log(level, "%s", msg)
+
+
+class SnapshotTaker(EventSink, FrameObserver):
+    """One camera's snapshots: an EventSink (the events) and a FrameObserver (their frames)."""
+
+    def __init__(self, store: SnapshotStore, camera: str, what: str) -> None:
+        self.store = store
+        self.camera = camera
+        self.what = what
+        self._saved: dict[str, object] = {}  # event id -> the crop object or frame seq saved
+        self._pending: list[ViolationEvent] = []  # frame: messages waiting for their frame
+        self._closed = False
+
+    # ------------------------------------------------------------------ EventSink
+
+    def emit(self, event: ViolationEvent) -> None:
+        if self.what == "crop":
+            crop = event.best_crop
+            if crop is not None and self._saved.get(event.event_id) is not crop:
+                self._saved[event.event_id] = crop
+                self.store.put(self._name(event), crop)
+        elif event.frame_seq is not None and self._saved.get(event.event_id) != event.frame_seq:
+            self._pending.append(event)
+        if event.event_type == "end" and not self._pending:
+            self._saved.pop(event.event_id, None)
+
+    def faults(self) -> list[str]:
+        return self.store.faults()
+
+    def flush(self, timeout: float) -> bool:
+        return self.store.flush(timeout)
+
+    # ------------------------------------------------------------------ FrameObserver
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        image = None
+        for ev in pending:
+            if ev.frame_seq == frame.seq:
+                if image is None:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(frame.timestamp))
+                    image = draw_verdicts(frame.image, verdicts, f"{self.camera} {when}")
+                self._saved[ev.event_id] = frame.seq
+                self.store.put(self._name(ev), image)
+            if ev.event_type == "end":
+                self._saved.pop(ev.event_id, None)
+
+    def close(self) -> None:
+        """Called as a sink and as an observer; the first call releases the store."""
+        if not self._closed:
+            self._closed = True
+            self.store.release()
+
+    def _name(self, event: ViolationEvent) -> str:
+        return snapshot_name(self.camera, event.start_time, event.event_id)

@@ -1,0 +1,127 @@
+"""The annotated clip (maskd.clip, `preview.annotate_dir`) on the demo clip's real frames: it
+rotates by video time and by size, the oldest segments of its camera go beyond the cap, and a
+full disk pauses the recording with one clear line, never the loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from mqtt_broker import small_disk
+
+from maskd import clip
+from maskd.clip import MB, ClipWriter
+from maskd.demo import DemoSource
+from maskd.types import LoopStats
+
+
+def feed(writer: ClipWriter, passes: int = 1) -> int:
+    """The demo's frames (15 fps, 120 a pass) through the writer; returns how many."""
+    src = DemoSource(loop=True)
+    n = passes * src.frames_per_pass
+    for _ in range(n):
+        writer.on_frame(src.read(), [], LoopStats(fps=15.0))
+    return n
+
+
+def frames_in(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def test_rotates_by_video_time_and_caps_the_total(tmp_path):
+    other = tmp_path / "hall-20200101-000000.mp4"  # another camera's segment: never touched
+    other.write_bytes(b"x" * 3 * MB)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept")
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=2.0, segment_mb=100, keep_mb=0.8)
+    n = feed(w)
+    w.close()
+    assert len(w.paths) == 4  # 8 s of video in 2 s segments
+    left = sorted(tmp_path.glob("door-*.mp4"), key=lambda p: p.stat().st_mtime)
+    assert w.deleted == w.paths[:len(w.paths) - len(left)] and w.deleted
+    assert sum(p.stat().st_size for p in left) <= 0.8 * MB
+    assert left[-1] == w.paths[-1]
+    assert all(frames_in(p) == 30 for p in left)  # each segment plays: 2 s at 15 fps
+    assert w.frames == n and other.exists() and notes.exists()
+
+
+def test_rotates_by_size(tmp_path):
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=0.25, keep_mb=100)
+    n = feed(w)
+    w.close()
+    sizes = [p.stat().st_size for p in w.paths]
+    assert len(sizes) >= 4, sizes
+    # each full segment ends at the first frame past the limit (plus the muxer's buffer and index)
+    assert all(0.25 * MB <= s < 0.25 * MB + 128 * 1024 for s in sizes[:-1]), sizes
+    assert sum(frames_in(p) for p in w.paths) == n
+
+
+def test_run_rotates_and_caps_the_clip(tmp_path, default_model):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preview:\n  annotate_segment_s: 2\n  annotate_segment_mb: 0.5\n"
+                   "  annotate_keep_mb: 1\n")
+    out = tmp_path / "clips"
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--source",
+                        "demo", "--exit-at-end", "--annotate", str(out), "--detector", "blazeface",
+                        "--model", str(default_model)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    left = list(out.glob("camera-*.mp4"))
+    assert r.stderr.count("annotated clip: /") == 4  # four 2 s segments closed
+    assert "were over annotate_keep_mb 1 MB" in r.stderr
+    assert 1 <= len(left) < 4 and sum(p.stat().st_size for p in left) <= MB
+
+
+def test_bad_clip_limits_are_config_errors(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preview:\n  annotate_segment_mb: 50\n  annotate_keep_mb: 10\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78
+    assert "annotate_keep_mb (10) is smaller than annotate_segment_mb (50)" in r.stderr
+
+
+def test_full_disk_pauses_the_clip_and_resumes(tmp_path, monkeypatch, caplog):
+    with small_disk(tmp_path / "disk", "3m") as disk, caplog.at_level(logging.INFO, "maskd.clip"):
+        w = ClipWriter(disk, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100,
+                       min_free=1 * MB)
+        n = feed(w, passes=2)  # 2.8 MB of clip on a 3 MB disk that keeps 1 MB free
+        assert w.paused and w.dropped > 0 and w.frames + w.dropped == n
+        assert "MB free, under the 1 MB kept free; recording paused (detection goes on)" in caplog.text
+        first = w.paths[0]
+        assert frames_in(first) == w.frames  # the closed segment still plays, index and all
+        # room again: the next try opens a new segment
+        monkeypatch.setattr(clip, "RETRY_S", 0.0)
+        first.unlink()
+        w._retry_at = 0.0
+        feed(w)
+        w.close()
+        assert len(w.paths) == 2 and frames_in(w.paths[1]) > 0
+        assert "recording again" in caplog.text
+
+
+def test_run_survives_a_clip_on_a_full_disk(tmp_path, default_model):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo",
+                            "--exit-at-end", "--jsonl", "-", "--annotate", str(disk),
+                            "--detector", "blazeface", "--model", str(default_model)],
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    kinds = [json.loads(x)["event_type"] for x in r.stdout.splitlines()]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert "recording paused (detection goes on)" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["door-20260101-120000.mp4", "door-20260101-120000_2.mp4"])
+def test_segment_names(name):
+    assert clip.segment_pattern("door").fullmatch(name)
+    assert not clip.segment_pattern("door").fullmatch("hall-20260101-120000.mp4")

@@ -1,0 +1,213 @@
+"""Opt-in local snapshots (maskd.snapshots) on the demo clip's real frames: one JPEG per event
+(the best crop, or the frame with boxes), one folder for several cameras, retention by age and
+by size (oldest first, at start, after writes and periodically), and a full disk or an
+unwritable folder that is logged while detection goes on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from loop_parts import RecordingSink
+from mqtt_broker import fill_disk, small_disk
+
+from maskd import snapshots
+from maskd.annotate import RED
+from maskd.config import parse_config
+from maskd.demo import DemoSource
+from maskd.pipeline import Pipeline
+from maskd.service import CameraLoop, build_classifier, build_detector
+from maskd.snapshots import SnapshotStore, snapshot_name
+from maskd.types import RunControl
+
+DAY = 86400.0
+
+
+def maskd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def run_demo(tmp_path: Path, default_model: Path, what: str) -> tuple[RecordingSink, Path]:
+    """The real loop on the demo clip with a recording sink and a snapshot taker."""
+    folder = tmp_path / "snaps"
+    cfg = parse_config({"camera": "door", "source": {"kind": "demo"},
+                        "detector": {"kind": "blazeface"},
+                        "classifier": {"model": str(default_model)},
+                        "snapshots": {"dir": str(folder), "what": what}}, "test")
+    store = SnapshotStore.from_config(cfg.snapshots)
+    assert store is not None
+    taker = store.taker(cfg.camera, what)
+    sink = RecordingSink()
+    loop = CameraLoop(cfg, DemoSource(), Pipeline(cfg, build_detector(cfg), build_classifier(cfg)),
+                      [sink, taker], [taker], RunControl(), exit_at_end=True)
+    assert loop.run(flush_timeout=5) == 0
+    assert store.written >= 1 and store.failed == 0
+    return sink, folder
+
+
+def started(events: list) -> dict:
+    return {e.event_id: e for e in events if e.event_type == "start"}
+
+
+def test_crop_snapshot_is_the_events_best_crop(tmp_path, default_model):
+    sink, folder = run_demo(tmp_path, default_model, "crop")
+    starts = started(sink.events)
+    assert len(starts) == 1
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(snapshot_name("door", e.start_time, i) for i, e in starts.items())
+    for event_id, start in starts.items():
+        best = [e for e in sink.events if e.event_id == event_id][-1].best_crop
+        path = folder / snapshot_name("door", start.start_time, event_id)
+        assert path.stat().st_mode & 0o777 == 0o640  # faces: not for every user of the Pi
+        img = cv2.imread(str(path))
+        assert img is not None and img.shape == best.shape  # a decodable JPEG of the crop
+        assert img.shape[0] == img.shape[1] >= 40  # crop_face is square
+        assert np.abs(img.astype(int) - best.astype(int)).mean() < 6  # JPEG of the same pixels
+
+
+def test_frame_snapshot_is_the_start_frame_with_its_boxes(tmp_path, default_model):
+    sink, folder = run_demo(tmp_path, default_model, "frame")
+    (event_id, start), = started(sink.events).items()
+    img = cv2.imread(str(folder / snapshot_name("door", start.start_time, event_id)))
+    assert img is not None and img.shape == (480, 640, 3)
+    # the face's red box is drawn where the event's (normalised) box is
+    x0, y0, x1, y1 = (round(v * s) for v, s in zip(start.box, (640, 480, 640, 480), strict=True))
+    edge = img[max(y0 - 4, 0):y0 + 5, x0:x1].reshape(-1, 3).astype(int)
+    red = (np.abs(edge - np.array(RED)) < 60).all(axis=1)
+    assert red.mean() > 0.3, red.mean()
+    # ... on the very frame the violation started on
+    demo = DemoSource()
+    for _ in range(start.frame_seq + 1):
+        frame = demo.read()
+    inside = (slice(y0 + 10, y1 - 10), slice(x0 + 10, x1 - 10))
+    diff = np.abs(img[inside].astype(int) - frame.image[inside].astype(int)).mean()
+    assert diff < 6, diff
+
+
+def test_run_writes_one_file_per_event_per_camera_into_one_folder(tmp_path, default_model):
+    """`maskd run` with a cameras: map: one store, files named per camera; the frame variant."""
+    folder = tmp_path / "snaps"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cameras:\n  door:\n    source: {{kind: demo}}\n  hall:\n    source: {{kind: demo}}\n"
+                   f"detector: {{kind: blazeface}}\nsnapshots:\n  dir: {folder}\n  what: frame\n")
+    events = tmp_path / "events.jsonl"
+    r = maskd("run", "--config", str(cfg), "--exit-at-end", "--jsonl", str(events),
+              "--model", str(default_model))
+    assert r.returncode == 0, r.stderr
+    starts = [e for e in map(json.loads, events.read_text().splitlines())
+              if e["event_type"] == "start"]
+    assert sorted(e["camera"] for e in starts) == ["door", "hall"]
+    want = sorted(snapshot_name(e["camera"], e["start_time"], e["event_id"]) for e in starts)
+    assert sorted(p.name for p in folder.iterdir()) == want
+    for name in want:
+        img = cv2.imread(str(folder / name))
+        assert img is not None and img.shape == (480, 640, 3)
+    assert "snapshots: one JPEG per violation event in" in r.stderr
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def demo_jpeg(i: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", DemoSource().render(i))
+    assert ok
+    return buf.tobytes()
+
+
+def make_files(folder: Path, ages_days: list[float]) -> list[Path]:
+    """Snapshot files of real demo frames, the i-th ages_days[i] old (by mtime)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    out = []
+    for i, age in enumerate(ages_days):
+        p = folder / snapshot_name("door", now - age * DAY, f"ev{i:02d}")
+        p.write_bytes(demo_jpeg(i * 7))
+        os.utime(p, (now - age * DAY, now - age * DAY))
+        out.append(p)
+    return out
+
+
+def test_retention_by_age_at_start_spares_other_files(tmp_path):
+    folder = tmp_path / "snaps"
+    old1, old2, fresh = make_files(folder, [10.0, 7.5, 1.0])
+    foreign = folder / "holiday.jpg"
+    foreign.write_bytes(demo_jpeg(3))
+    os.utime(foreign, (0, 0))
+    (folder / ".door-20200101-000000-ev.jpg.tmp").write_bytes(b"half")  # a crash mid-write
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100)
+    store.close()
+    assert sorted(store.deleted) == sorted([old1, old2])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, foreign.name])
+
+
+def test_retention_by_size_deletes_the_oldest_first(tmp_path):
+    folder = tmp_path / "snaps"
+    files = make_files(folder, [5, 4, 3, 2, 1, 0.5])
+    sizes = [p.stat().st_size for p in files]
+    keep = sum(sizes[-3:]) + 100  # room for the newest three
+    store = SnapshotStore(folder, keep_days=30, keep_mb=keep / snapshots.MB)
+    store.flush(5)
+    assert store.deleted == files[:3]
+    # a new snapshot pushes out the oldest that is left, and the cap holds
+    store.put(snapshot_name("door", time.time(), "new"), DemoSource().render(50))
+    store.close()
+    left = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+    assert files[3] in store.deleted and left[-1].name.endswith("-new.jpg")
+    assert sum(p.stat().st_size for p in left) <= keep
+
+
+def test_retention_runs_periodically_without_new_events(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshots, "PRUNE_EVERY_S", 0.05)
+    monkeypatch.setattr(snapshots, "RESCAN_S", 0.05)
+    folder = tmp_path / "snaps"
+    store = SnapshotStore(folder, keep_days=1, keep_mb=100)
+    try:
+        assert store.flush(5)  # the start's retention is done: what follows is periodic
+        late, = make_files(folder, [3.0])  # appears (by hand, or a copy) after the start
+        deadline = time.monotonic() + 5
+        while late.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not late.exists() and store.deleted == [late]
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_full_disk_is_logged_and_detection_goes_on(tmp_path, default_model):
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        fill_disk(disk)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"snapshots:\n  dir: {disk}\n")
+        r = maskd("run", "--config", str(cfg), "--source", "demo", "--exit-at-end", "--jsonl", "-",
+                  "--detector", "blazeface", "--model", str(default_model))
+    assert r.returncode == 0, r.stderr
+    kinds = [json.loads(x)["event_type"] for x in r.stdout.splitlines()]
+    assert kinds[0] == "start" and kinds[-1] == "end"  # events went on
+    assert f"snapshots: cannot write to {disk}: No space left on device" in r.stderr
+    assert "detection goes on" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unwritable_folder_is_a_fault_not_a_crash(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = SnapshotStore(blocker / "snaps", keep_days=1, keep_mb=1)
+    taker = store.taker("door", "crop")
+    with caplog.at_level(logging.ERROR, "maskd.snapshots"):
+        store.put(snapshot_name("door", time.time(), "ev"), DemoSource().render(0))
+        store.flush(5)
+        assert taker.faults() == [f"snapshots: cannot write to {blocker / 'snaps'}: Not a directory"]
+    assert store.failed == 1 and "detection goes on" in caplog.text
+    taker.close()
+    taker.close()  # as a sink and as an observer: once is enough
+    assert store._closed
