@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --exit-at-end: seconds to wait for the outbox to drain")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
     p.add_argument("--http", metavar="ADDR:PORT",
-                   help="serve the status page (live MJPEG view) here, e.g. 127.0.0.1:8080 "
-                        "(preview.http)")
+                   help="serve the status page (live view, violations, events, health, "
+                        "/api/status, /metrics) here, e.g. 127.0.0.1:8080 (preview.http; another "
+                        "address than loopback needs preview.http_password_file or _token_file)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
 

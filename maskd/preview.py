@@ -1,5 +1,5 @@
 """Local live views of the annotated camera feed: Linux framebuffer (HDMI console), OpenCV
-window, and an HTTP page with an MJPEG stream.
+window, and the JPEG/MJPEG feed that the status page (maskd.statuspage) serves.
 
 Every preview is a FrameObserver whose on_frame only drops the newest frame into a one-slot
 mailbox; rendering and output happen in the preview's own thread. A slow screen or browser
@@ -8,16 +8,12 @@ therefore loses frames, never slows the detection loop.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +21,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
-from maskd.config import Config, PreviewConfig
+from maskd.config import Config, PreviewConfig, is_loopback
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
 from maskd.geometry import letterbox
@@ -295,17 +291,9 @@ class WindowPreview(ThreadedPreview):
             pass
 
 
-# ---------------------------------------------------------------- HTTP / MJPEG
+# ---------------------------------------------------------------- MJPEG (the status page's live view)
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>maskd preview</title>
-<style>html,body{margin:0;padding:0;background:#000}img{display:block}</style></head>
-<body><img id="live" src="/stream.mjpg" alt="maskd live view"></body></html>
-"""
 BOUNDARY = "maskdframe"
-
-
-IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -318,165 +306,104 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def is_local(host: str) -> bool:
     """True when only this machine can connect to ``host``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to any interface
+    return is_loopback(host)
 
 
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes | None:
+    """A BGR image as JPEG bytes; 4:4:4, since chroma subsampling would smear the 1-px red and
+    green box lines into grey."""
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                           cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                           cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    return buf.tobytes() if ok else None
 
 
-class HttpPreview(ThreadedPreview):
-    """Serves / (a page) and /stream.mjpg (multipart JPEG) and /frame.jpg (one JPEG).
+class MjpegFeed(ThreadedPreview):
+    """One camera's annotated frames as JPEGs for HTTP clients (maskd.statuspage serves them).
 
-    The preview thread encodes a JPEG only while someone is watching; each client sends the
-    newest JPEG when it is ready, so a slow client skips frames instead of queueing them.
+    For the MJPEG stream the preview thread encodes only while a stream client is watching
+    (``watching``); each client sends the newest JPEG when it is ready, so a slow client skips
+    frames instead of queueing them. ``frame_jpeg`` (a single picture) renders the newest frame
+    the loop handed over, on request, whether or not a stream is running: it is never older
+    than the loop's latest frame.
     """
 
-    name = "http"
+    name = "mjpeg"
 
-    def __init__(self, listen: str, jpeg_quality: int = 80,
-                 max_fps: float | None = DEFAULT_MAX_FPS,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+    def __init__(self, jpeg_quality: int = 80, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         super().__init__(max_fps)
-        self.host, port = parse_listen(listen)
         self.jpeg_quality = jpeg_quality
-        self.idle_timeout_s = idle_timeout_s
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
         self._watchers = 0
         self._stopping = False
-        server_cls = _V6Server if ":" in self.host else ThreadingHTTPServer
-        try:
-            self._server = server_cls((self.host, port), self._make_handler())
-        except OSError as err:
-            raise PreviewUnavailable(f"preview.http: cannot listen on {listen}: {err.strerror or err}") from None
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._http_thread = threading.Thread(target=self._server.serve_forever, name="maskd-http",
-                                             daemon=True)
+        self._latest: tuple | None = None  # (frame, verdicts, stats): a reference, no copy
+        self._have_frame = threading.Event()
+        self._still: tuple[tuple, bytes] | None = None  # (the item it was made from, JPEG)
+        self._still_lock = threading.Lock()
 
     @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+    def stopping(self) -> bool:
+        return self._stopping
 
-    def start(self) -> HttpPreview:
-        self._http_thread.start()
-        super().start()
-        if is_local(self.host):
-            log.info("preview at %s", self.url)
-        else:  # the camera picture, unauthenticated, for anyone on the network
-            log.warning("preview at %s is reachable from the network without a password; bind "
-                        "preview.http to 127.0.0.1 and use an SSH tunnel unless that is intended",
-                        self.url)
-        return self
+    @property
+    def seq(self) -> int:
+        """How many stream JPEGs were encoded so far."""
+        return self._seq
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        if self._watchers:  # nobody watching: don't even hand the frame over
+        self._latest = (frame, list(verdicts), stats)
+        self._have_frame.set()
+        if self._watchers:  # no stream client: nothing to render in the preview thread
             super().on_frame(frame, verdicts, stats)
 
     def show(self, image: np.ndarray) -> None:
-        # 4:4:4: chroma subsampling would smear the 1-px red/green box lines into grey.
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality,
-                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-        if not ok:
+        jpeg = encode_jpeg(image, self.jpeg_quality)
+        if jpeg is None:
             return
         with self._cond:
-            self._jpeg = buf.tobytes()
+            self._jpeg = jpeg
             self._seq += 1
             self._cond.notify_all()
 
     def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
-        """The first JPEG newer than sequence ``after``, waiting up to ``timeout`` s."""
+        """The first stream JPEG newer than sequence ``after``, waiting up to ``timeout`` s."""
         with self._cond:
             self._cond.wait_for(lambda: self._seq > after or self._stopping, timeout)
             if self._seq > after and self._jpeg is not None:
                 return self._seq, self._jpeg
             return None
 
-    def _watch(self, delta: int) -> None:
+    def watch(self, delta: int) -> None:
+        """A stream client arrives (+1) or leaves (-1)."""
         with self._cond:
             self._watchers += delta
 
-    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
-        preview = self
+    def frame_jpeg(self, timeout: float = 5.0) -> bytes | None:
+        """The newest frame, annotated, as a JPEG (None when no frame came within ``timeout``).
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "maskd-preview"
-            timeout = preview.idle_timeout_s  # socket timeout: idle clients do not pile up
-
-            def version_string(self) -> str:
-                return self.server_version  # not the Python version: no help to an attacker
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                log.debug("http %s: " + format, self.client_address[0], *args)
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:  # noqa: N802
-                path = self.path.split("?", 1)[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
-                elif path == "/frame.jpg":
-                    preview._watch(+1)
-                    try:
-                        got = preview.next_jpeg(0, timeout=5.0)
-                    finally:
-                        preview._watch(-1)
-                    if got is None:
-                        self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", got[1])
-                elif path == "/stream.mjpg":
-                    self._stream()
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _stream(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                preview._watch(+1)
-                seq = 0
-                try:
-                    while not preview._stopping:
-                        got = preview.next_jpeg(seq, timeout=1.0)
-                        if got is None:
-                            continue
-                        seq, jpeg = got
-                        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode())
-                        self.wfile.write(jpeg)
-                        self.wfile.write(b"\r\n")
-                        self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                    pass  # the browser went away
-                finally:
-                    preview._watch(-1)
-
-        return Handler
+        Rendered here, in the caller's thread, from the loop's latest frame; the same frame is
+        encoded only once however often it is asked for (a file source that ended keeps its
+        last frame).
+        """
+        if not self._have_frame.wait(timeout):
+            return None
+        item = self._latest
+        assert item is not None
+        with self._still_lock:
+            if self._still is not None and self._still[0] is item:
+                return self._still[1]
+            jpeg = encode_jpeg(render(*item, size=self.output_size), self.jpeg_quality)
+            if jpeg is not None:
+                self._still = (item, jpeg)
+            return jpeg
 
     def close(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         super().close()
-        self._server.shutdown()
-        self._server.server_close()
 
 
 # ---------------------------------------------------------------- construction
@@ -498,6 +425,7 @@ def make_observers(cfg: Config) -> list[FrameObserver]:
     """Start every preview that cfg.preview asks for (raises PreviewUnavailable with the reason).
 
     preview.annotate_dir is not a live view; the run loop writes that clip itself.
+    preview.http is the status page (maskd.statuspage), wired by the service per address.
     """
     p = cfg.preview
     started: list[ThreadedPreview] = []
@@ -506,8 +434,6 @@ def make_observers(cfg: Config) -> list[FrameObserver]:
             started.append(FramebufferPreview(p.framebuffer).start())
         if p.window:
             started.append(WindowPreview().start())
-        if p.http:
-            started.append(HttpPreview(p.http).start())
     except Exception:
         for obs in started:
             obs.close()

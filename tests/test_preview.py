@@ -1,23 +1,16 @@
-"""Preview: renderer pixels, framebuffer bytes and writer, frame dropping, HTTP page in a real browser."""
+"""Preview: renderer pixels, framebuffer bytes and writer, frame dropping (the HTTP status page:
+tests/test_statuspage.py)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from mqtt_broker import free_port
 
 from maskd.annotate import GREEN, RED, header_text
 from maskd.config import ClassifierConfig, Config
@@ -26,7 +19,6 @@ from maskd.mailbox import Mailbox
 from maskd.preview import (
     FbGeometry,
     FramebufferPreview,
-    HttpPreview,
     PreviewUnavailable,
     ThreadedPreview,
     WindowPreview,
@@ -279,154 +271,13 @@ def test_parse_listen():
 # ------------------------------------------------------------------ HTTP
 
 
-class Feeder:
-    """Plays the loop: hands frames to the observers at ~20 fps in a thread."""
-
-    def __init__(self, observers):
-        self.observers = observers
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        frame, verdicts = scene()
-        seq = 0
-        while not self.stop.is_set():
-            f = Frame(frame.image, seq, time.time(), "test")
-            for obs in self.observers:
-                obs.on_frame(f, verdicts, STATS)
-            seq += 1
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+def test_is_local():
+    assert is_local("localhost") and is_local("::1") and is_local("127.0.0.2")
+    assert not is_local("192.168.1.2") and not is_local("0.0.0.0") and not is_local("maskd.local")
 
 
-@pytest.fixture
-def http_preview():
-    cfg = Config.model_validate({"preview": {"http": "127.0.0.1:0"}})
-    observers = make_observers(cfg)
-    assert len(observers) == 1 and isinstance(observers[0], HttpPreview)
-    yield observers[0]
-    observers[0].close()
-
-
-def test_http_serves_page_frame_and_stream(http_preview):
-    url = http_preview.url
-    assert url.startswith("http://127.0.0.1:")
-    page = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert '<img id="live" src="/stream.mjpg"' in page
-    with Feeder([http_preview]):
-        jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=10).read()
-        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert img.shape == (240, 320, 3)
-        x0, y0, x1, y1 = NO_MASK_BOX
-        assert np.abs(img[(y0 + y1) // 2, x0 - 1:x0 + 2].astype(int) - RED).sum(axis=1).min() < 90
-        with urllib.request.urlopen(url + "stream.mjpg", timeout=10) as resp:
-            assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=")
-            head = resp.read(200)
-        assert head.startswith(b"--maskdframe\r\nContent-Type: image/jpeg\r\n")
-    assert urllib.request.urlopen(url, timeout=5).status == 200
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url + "nope", timeout=5)
-    assert err.value.code == 404
-
-
-def test_http_idle_without_watchers(http_preview):
-    frame, verdicts = scene()
-    for _ in range(5):
-        http_preview.on_frame(frame, verdicts, STATS)
-    time.sleep(0.2)
-    assert http_preview.shown == 0  # nobody watching: nothing rendered or encoded
-
-
-def test_http_port_in_use_is_clear(http_preview):
-    with pytest.raises(PreviewUnavailable, match="cannot listen on"):
-        HttpPreview(f"127.0.0.1:{http_preview.port}")
-
-
-def test_http_server_header_hides_the_python_version(http_preview):
-    with urllib.request.urlopen(http_preview.url, timeout=5) as resp:
-        assert resp.headers["Server"] == "maskd-preview"
-
-
-def test_http_idle_connections_time_out():
-    """A client that connects and sends nothing is closed, so idle sockets cannot pile up."""
-    preview = HttpPreview("127.0.0.1:0", idle_timeout_s=0.5).start()
-    try:
-        with socket.create_connection(("127.0.0.1", preview.port), timeout=10) as conn:
-            t0 = time.monotonic()
-            assert conn.recv(1024) == b""  # the server hung up on us
-            assert time.monotonic() - t0 < 5
-    finally:
-        preview.close()
-
-
-@pytest.mark.parametrize(("listen", "level"), [("127.0.0.1:0", "INFO"), ("0.0.0.0:0", "WARNING")])
-def test_http_bound_beyond_localhost_warns(caplog, listen, level):
-    with caplog.at_level(logging.INFO, logger="maskd.preview"):
-        HttpPreview(listen).start().close()
-    (rec,) = [r for r in caplog.records if "preview at" in r.getMessage()]
-    assert rec.levelname == level, rec.getMessage()
-    if level == "WARNING":
-        assert "reachable from the network" in rec.getMessage()
-    assert is_local("localhost") and is_local("::1") and not is_local("192.168.1.2")
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; tests/run.sh does)")
-def test_web_preview_in_a_real_headless_browser(http_preview, tmp_path):
-    shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=400,300",
-           http_preview.url]
-    with Feeder([http_preview]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.exists(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    img = cv2.imread(str(shot), cv2.IMREAD_COLOR)
-    assert img is not None and img.shape[:2] == (300, 400)
-    # the page shows the frame at 1:1 from the top-left corner
-    for (x0, y0, x1, y1), colour in [(NO_MASK_BOX, RED), (MASK_BOX, GREEN)]:
-        edge = img[y0 + 10:y1 - 10, x0 - 1:x0 + 2].astype(int)
-        assert (np.abs(edge - colour).sum(axis=2).min(axis=1) < 90).mean() > 0.9, colour
-        inside = img[y0 + 10:y1 - 10, x0 + 10:x1 - 10].astype(int)
-        assert (np.abs(inside - GREY) < 12).all(axis=2).mean() > 0.95
-    assert (img[250:, :] < 10).all(), "below the frame is the page's black background"
-
-
-@pytest.mark.slow
-def test_maskd_run_serves_the_live_view(tmp_path, default_model):
-    """The run loop wires the HTTP preview: a browser-style fetch gets the annotated demo frames."""
-    port = free_port()
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"source: {{kind: demo, loop: true}}\npreview: {{http: '127.0.0.1:{port}'}}\n"
-                   f"classifier: {{model: {default_model}}}\nstate_dir: {tmp_path}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        jpeg = None
-        deadline = time.monotonic() + 60
-        while jpeg is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=10).read()
-            except OSError:
-                time.sleep(0.2)
-        assert jpeg is not None, proc.stderr.read() if proc.poll() is not None else "no frame in 60 s"
-        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert img.shape == (480, 640, 3)
-        assert (img[0:12, 0:40] < 40).all(axis=2).mean() > 0.5  # the fps / violations header band
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+def test_make_observers_leaves_http_to_the_status_page():
+    assert make_observers(Config.model_validate({"preview": {"http": "127.0.0.1:0"}})) == []
 
 
 @pytest.mark.skipif(opencv_gui_backend() is not None or Path("/dev/fb0").exists(),

@@ -2,7 +2,7 @@
 
 The loop here is real work (the demo clip through a real face detector); the previews are the
 real ones: the framebuffer writer (to a regular file with a 1920x1080 RGB565 geometry, the
-Pi's HDMI console default) and the HTTP MJPEG server with one client reading the stream.
+Pi's HDMI console default) and the status page's MJPEG stream with one client reading it.
 Previews run in their own threads and drop frames, so on_frame must stay in microseconds; what
 remains is CPU they take from the loop on a busy machine, which this prints as a ratio.
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from maskd.config import DetectorConfig, SourceConfig
 from maskd.demo import open_demo_source
 from maskd.detectors import make_detector
-from maskd.preview import FbGeometry, FramebufferPreview, HttpPreview, render
+from maskd.preview import FbGeometry, FramebufferPreview, MjpegFeed, render
+from maskd.statuspage import StatusServer
 from maskd.types import Verdict
 
 
@@ -51,7 +52,7 @@ def run(frames, detector, observers) -> dict:
     for obs in observers:
         obs.close()  # the preview's CPU count is final once its thread has stopped
     loop_cpu = time.thread_time() - cpu0
-    preview_cpu = sum(getattr(o, "cpu_s", 0.0) for o in observers)
+    preview_cpu = sum(getattr(getattr(o, "feed", o), "cpu_s", 0.0) for o in observers)
     return {"fps": len(frames) / elapsed, "preview_cpu_pct": 100 * preview_cpu / loop_cpu,
             "on_frame_us_mean": statistics.fmean(on_frame_us),
             "on_frame_us_p99": sorted(on_frame_us)[int(0.99 * (len(on_frame_us) - 1))]}
@@ -90,9 +91,10 @@ def main() -> None:
             results["framebuffer"].append(run(frames, detector, [p]))
             shown_fb += p.shown
 
-            h = HttpPreview("127.0.0.1:0", max_fps=args.max_fps).start()
+            srv = StatusServer("127.0.0.1:0").start()
+            h = srv.attach("bench", "-", "-", feed=MjpegFeed(max_fps=args.max_fps))
             stop, got = threading.Event(), [0]
-            reader = threading.Thread(target=mjpeg_reader, args=(h.url + "stream.mjpg", stop, got),
+            reader = threading.Thread(target=mjpeg_reader, args=(srv.url + "stream.mjpg", stop, got),
                                       daemon=True)
             reader.start()
             time.sleep(0.3)

@@ -1,0 +1,668 @@
+"""The status page: a small local web page per ``preview.http`` address, with the live view of
+every camera wired to it, the active violations, the last 50 events and the health numbers.
+
+    /                the page (HTML; it polls the two JSON documents below once a second)
+    /api/status      health and active violations, JSON
+    /api/events      the last 50 events, newest first, JSON
+    /metrics         Prometheus text (prometheus-client, a private registry)
+    /stream.mjpg     a camera's live view, multipart JPEG (``?camera=NAME``; default: the first)
+    /frame.jpg       a camera's newest frame, one JPEG (``?camera=NAME``)
+
+One server per address: cameras whose resolved config has the same ``preview.http`` share it
+(in the ``cameras:`` layout the top-level ``preview`` is the first camera's). Each camera is a
+``CameraView``: an EventSink (events, stats) and a FrameObserver (frames) of that camera's loop,
+cheap on the loop's side; rendering, encoding and HTTP run in the server's threads.
+
+Bound beyond loopback, every request needs the basic-auth password (any user name) or the bearer
+token from ``preview.http_password_file`` / ``preview.http_token_file`` (maskd.config refuses
+a non-loopback address without one). A token may also come as ``?token=`` once; the answer then
+sets an HttpOnly cookie so the page's own requests carry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from maskd import __version__
+from maskd.config import Config, PreviewConfig, read_secret
+from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, is_local, parse_listen
+from maskd.types import (
+    EventSink,
+    FaceCounts,
+    Frame,
+    FrameObserver,
+    LoopStats,
+    Verdict,
+    ViolationEvent,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 50  # the page's event list
+IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
+MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
+COOKIE = "maskd_token"
+
+
+def _iso(t: float | None) -> str | None:
+    """Local time with its UTC offset, to the millisecond."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------- authentication
+
+
+class Credentials:
+    """What a request must carry when the page is bound beyond loopback (none: open)."""
+
+    def __init__(self, password: bytes | None = None, token: bytes | None = None) -> None:
+        # Compared as SHA-256 digests with hmac.compare_digest: constant time, whatever the length.
+        self._password = None if password is None else hashlib.sha256(password).digest()
+        self._token = None if token is None else hashlib.sha256(token).digest()
+
+    @classmethod
+    def from_config(cls, p: PreviewConfig) -> Credentials:
+        def read(path: object, key: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return read_secret(path)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise PreviewUnavailable(f"preview.{key}: {err}") from None
+
+        return cls(read(p.http_password_file, "http_password_file"),
+                   read(p.http_token_file, "http_token_file"))
+
+    @property
+    def required(self) -> bool:
+        return self._password is not None or self._token is not None
+
+    def key(self) -> tuple:
+        return (self._password, self._token)
+
+    @staticmethod
+    def _same(given: bytes, digest: bytes | None) -> bool:
+        return digest is not None and hmac.compare_digest(hashlib.sha256(given).digest(), digest)
+
+    def token_ok(self, token: str | None) -> bool:
+        return token is not None and self._same(token.encode("utf-8", "replace"), self._token)
+
+    def allows(self, authorization: str | None, cookie: str | None, query_token: str | None) -> bool:
+        if not self.required:
+            return True
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "basic" and self._password is not None:
+            try:
+                _user, _, password = base64.b64decode(value, validate=True).partition(b":")
+            except ValueError:
+                return False
+            return self._same(password, self._password)
+        if scheme.lower() == "bearer":
+            return self.token_ok(value)
+        if cookie:
+            jar = SimpleCookie()
+            try:
+                jar.load(cookie)
+            except Exception:  # noqa: BLE001 - a malformed cookie is no credential
+                jar = SimpleCookie()
+            if COOKIE in jar and self.token_ok(jar[COOKIE].value):
+                return True
+        return self.token_ok(query_token)
+
+    def challenge(self) -> str:
+        if self._password is not None:
+            return 'Basic realm="maskd", charset="UTF-8"'
+        return 'Bearer realm="maskd"'
+
+
+# ---------------------------------------------------------------- one camera
+
+
+class CameraView(EventSink, FrameObserver):
+    """One camera on a status page: its events, stats and frames, handed over without waiting."""
+
+    def __init__(self, server: StatusServer, name: str, detector: str, classifier: str,
+                 feed: MjpegFeed) -> None:
+        self.server = server
+        self.name = name
+        self.detector = detector
+        self.classifier = classifier
+        self.feed = feed
+        self.stats = LoopStats()  # the latest frame's (or the wait's)
+        self.ms: dict[str, float] = {}  # smoothed per-stage milliseconds
+        self.counts: FaceCounts | None = None
+        self.last_frame_t: float | None = None  # wall clock of the latest frame handed over
+        self._closed = False
+
+    # EventSink
+    def emit(self, event: ViolationEvent) -> None:
+        self.server.add_event(event)
+
+    def on_state(self, state: FaceCounts) -> None:
+        self.counts = state
+
+    def on_stats(self, stats: LoopStats) -> None:
+        pass  # the page keeps its own per-frame numbers (on_frame)
+
+    def faults(self) -> list[str]:
+        return []
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    # FrameObserver
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        self.feed.on_frame(frame, verdicts, stats)
+        ms = dict(self.ms)
+        for k, v in stats.ms.items():
+            ms[k] = v if k not in ms else ms[k] + MS_SMOOTHING * (v - ms[k])
+        self.ms = ms  # replaced, never changed in place: readers in other threads see a whole dict
+        self.stats = stats
+        self.last_frame_t = time.time()
+
+    def on_wait(self, stats: LoopStats) -> None:
+        self.stats = stats
+
+    def close(self) -> None:
+        """Called by the loop as observer and as sink; the first call counts."""
+        if self._closed:
+            return
+        self._closed = True
+        self.feed.close()
+        self.server.release(self)
+
+    def status(self) -> dict:
+        s = self.stats
+        d = s.to_dict()
+        d.pop("ms", None)
+        return {
+            "camera": self.name,
+            **d,
+            "fps": None if s.fps is None else round(s.fps, 2),
+            "ms": {k: round(v, 2) for k, v in self.ms.items()},
+            "last_frame": _iso(self.last_frame_t),
+            "last_frame_age_s": None if self.last_frame_t is None
+            else round(time.time() - self.last_frame_t, 2),
+            "counts": None if self.counts is None else self.counts.to_dict(),
+            "detector": self.detector,
+            "classifier": self.classifier,
+        }
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+class _Metrics:
+    """Collects the page's numbers at scrape time (registered in the server's own registry)."""
+
+    def __init__(self, server: StatusServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator:
+        srv = self.server
+        info = InfoMetricFamily("maskd", "maskd version, detector and classifier",
+                                labels=["camera"])
+        up = GaugeMetricFamily("maskd_uptime_seconds", "Seconds since the status page started")
+        up.add_metric([], time.time() - srv.started)
+        yield up
+        g = {name: GaugeMetricFamily(f"maskd_{name}", text, labels=["camera"]) for name, text in [
+            ("fps", "Frames per second (smoothed)"),
+            ("active_violations", "Open violations"),
+            ("violations_in_view", "Open violations whose face is detected in the latest frame"),
+            ("detect_enabled", "1 while detection is switched on"),
+            ("camera_up", "0 while a live camera is lost"),
+            ("last_frame_age_seconds", "Seconds since the latest frame"),
+        ]}
+        c = {name: CounterMetricFamily(f"maskd_{name}", text, labels=["camera"]) for name, text in [
+            ("frames", "Frames processed"),
+            ("skipped_frames", "Live frames the loop had no time for"),
+            ("faces", "Faces detected"),
+            ("faces_classified", "Faces classified"),
+            ("faces_cached", "Faces whose cached score was reused"),
+            ("violations", "Violations started"),
+            ("events", "Violation events emitted (start, update, end)"),
+            ("camera_reopens", "Times a live camera was reopened"),
+        ]}
+        stage = GaugeMetricFamily("maskd_stage_seconds", "Time per frame in a stage (smoothed)",
+                                  labels=["camera", "stage"])
+        for view in srv.views():
+            s, cam = view.stats, [view.name]
+            info.add_metric(cam, {"version": __version__, "detector": view.detector,
+                                  "classifier": view.classifier})
+            g["fps"].add_metric(cam, s.fps or 0.0)
+            g["active_violations"].add_metric(cam, s.active)
+            g["violations_in_view"].add_metric(cam, s.active if s.in_view is None else s.in_view)
+            g["detect_enabled"].add_metric(cam, int(s.detect_enabled))
+            g["camera_up"].add_metric(cam, int(s.camera_lost_since is None))
+            if view.last_frame_t is not None:
+                g["last_frame_age_seconds"].add_metric(cam, time.time() - view.last_frame_t)
+            for name, value in [("frames", s.frames), ("skipped_frames", s.skipped),
+                                ("faces", s.faces), ("faces_classified", s.classified),
+                                ("faces_cached", s.cached), ("violations", s.violations_started),
+                                ("events", s.events), ("camera_reopens", s.reopens)]:
+                c[name].add_metric(cam, value)
+            for k, v in view.ms.items():
+                stage.add_metric([view.name, k], v / 1e3)
+        yield info
+        yield from g.values()
+        yield from c.values()
+        yield stage
+        health = srv.mqtt_health()
+        if health is not None:
+            for name, text, value, kind in [
+                ("mqtt_connected", "1 while connected to the broker", int(bool(health.get("connected"))), "g"),
+                ("mqtt_outbox_depth", "Events stored, not yet acknowledged by the broker", health.get("outbox_depth"), "g"),
+                ("mqtt_published", "Messages handed to the broker", health.get("published"), "c"),
+                ("mqtt_reconnects", "Reconnects to the broker", health.get("reconnects"), "c"),
+                ("mqtt_outbox_dropped", "Events dropped from the outbox (limits)", health.get("outbox_dropped"), "c"),
+            ]:
+                if value is None:
+                    continue
+                fam = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(f"maskd_{name}", text)
+                fam.add_metric([], value)
+                yield fam
+
+
+# ---------------------------------------------------------------- the server
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class StatusServer:
+    """One HTTP server: the page, its JSON, /metrics and the live views of its cameras."""
+
+    def __init__(self, listen: str, credentials: Credentials | None = None,
+                 title: str = "maskd", idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        self.listen = listen
+        self.host, port = parse_listen(listen)
+        self.credentials = credentials or Credentials()
+        self.title = title
+        self.idle_timeout_s = idle_timeout_s
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._views: dict[str, CameraView] = {}
+        self._attached = 0
+        self._events: deque[dict] = deque(maxlen=MAX_EVENTS)
+        self._active: dict[str, dict] = {}
+        self._health: Callable[[], dict] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)  # private: no global side effects
+        self.registry.register(_Metrics(self))  # type: ignore[arg-type]
+        server_cls = _V6Server if ":" in self.host else ThreadingHTTPServer
+        try:
+            self._server = server_cls((self.host, port), self._make_handler())
+        except OSError as err:
+            raise PreviewUnavailable(f"preview.http: cannot listen on {listen}: {err.strerror or err}") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="maskd-status",
+                                        daemon=True)
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        if is_local(self.host):
+            log.info("status page at %s", self.url)
+        else:
+            log.info("status page at %s (%s required)", self.url,
+                     "password or token" if self.credentials.required else "nothing")
+            if not self.credentials.required:  # only a hand-built server (tests) gets here
+                log.warning("status page at %s is reachable from the network without a password",
+                            self.url)
+        return self
+
+    # ---- cameras
+
+    def attach(self, name: str, detector: str, classifier: str,
+               health: Callable[[], dict] | None = None, feed: MjpegFeed | None = None) -> CameraView:
+        """A camera's view on this page (started); the server closes with its last view."""
+        view = CameraView(self, name, detector, classifier, (feed or MjpegFeed()).start())
+        with self._lock:
+            self._views[name] = view
+            self._attached += 1
+            if self._health is None:
+                self._health = health
+        return view
+
+    def release(self, view: CameraView) -> None:
+        with self._lock:
+            self._attached -= 1
+            last = self._attached <= 0
+        if last:
+            self.close()
+
+    def views(self) -> list[CameraView]:
+        with self._lock:
+            return list(self._views.values())
+
+    def mqtt_health(self) -> dict | None:
+        if self._health is None:
+            return None
+        try:
+            return self._health()
+        except Exception:  # noqa: BLE001 - the page must answer even if the sink is odd
+            log.exception("MQTT health failed")
+            return None
+
+    # ---- events
+
+    def add_event(self, ev: ViolationEvent) -> None:
+        now = time.time()
+        when = {"start": ev.start_time, "end": ev.end_time}.get(ev.event_type) or now
+        rec = {
+            "time": _iso(when), "timestamp": round(when, 3), "camera": ev.camera,
+            "type": ev.event_type, "event_id": ev.event_id, "seq": ev.seq,
+            "track_id": ev.track_id, "score": round(ev.score, 3), "top_score": round(ev.top_score, 3),
+            "start_time": _iso(ev.start_time),
+            "end_time": _iso(ev.end_time), "end_reason": ev.end_reason,
+        }
+        with self._lock:
+            self._events.appendleft(rec)
+            if ev.event_type == "end":
+                self._active.pop(ev.event_id, None)
+            else:
+                self._active[ev.event_id] = {
+                    "camera": ev.camera, "event_id": ev.event_id, "track_id": ev.track_id,
+                    "since": _iso(ev.start_time), "since_ts": round(ev.start_time, 3),
+                    "score": round(ev.score, 3), "top_score": round(ev.top_score, 3),
+                    "updated": _iso(now),
+                }
+
+    def events(self) -> list[dict]:
+        with self._lock:
+            return list(self._events)
+
+    def status(self) -> dict:
+        with self._lock:
+            active = sorted(self._active.values(), key=lambda a: a["since_ts"])
+        cams = [v.status() for v in self.views()]
+        health = self.mqtt_health()
+        first = cams[0] if cams else {}
+        return {
+            "title": self.title,
+            "version": __version__,
+            "time": _iso(time.time()),
+            "uptime_s": round(time.time() - self.started, 1),
+            "detector": first.get("detector"),
+            "classifier": first.get("classifier"),
+            "broker": "off" if health is None else
+            "connected" if health.get("connected") else "disconnected",
+            "outbox_depth": None if health is None else health.get("outbox_depth"),
+            "mqtt": health,
+            "cameras": cams,
+            "active_violations": active,
+        }
+
+    # ---- HTTP
+
+    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "maskd"
+            timeout = server.idle_timeout_s  # socket timeout: idle clients do not pile up
+
+            def version_string(self) -> str:
+                return self.server_version  # not the Python version: no help to an attacker
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                log.debug("http %s: " + format, self.client_address[0], *args)
+
+            def _send(self, code: int, ctype: str, body: bytes,
+                      headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, data: object) -> None:
+                self._send(200, "application/json", json.dumps(data, indent=1).encode())
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                creds = server.credentials
+                qtoken = query.get("token", [None])[0]
+                if not creds.allows(self.headers.get("Authorization"), self.headers.get("Cookie"),
+                                    qtoken):
+                    self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required\n",
+                               {"WWW-Authenticate": creds.challenge()})
+                    return
+                extra = {}
+                if creds.required and creds.token_ok(qtoken):  # the page's own requests carry it
+                    extra["Set-Cookie"] = f"{COOKIE}={qtoken}; HttpOnly; SameSite=Strict; Path=/"
+                path = parts.path
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE.encode(), extra)
+                elif path == "/api/status":
+                    self._json(server.status())
+                elif path == "/api/events":
+                    self._json({"events": server.events(), "max": MAX_EVENTS})
+                elif path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                elif path in ("/frame.jpg", "/stream.mjpg"):
+                    view = self._camera(query.get("camera", [None])[0])
+                    if view is None:
+                        self._send(404, "text/plain", b"no such camera\n")
+                    elif path == "/frame.jpg":
+                        jpeg = view.feed.frame_jpeg(timeout=5.0)
+                        if jpeg is None:
+                            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+                        else:
+                            self._send(200, "image/jpeg", jpeg)
+                    else:
+                        self._stream(view.feed)
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _camera(self, name: str | None) -> CameraView | None:
+                views = server.views()
+                if name is None:
+                    return views[0] if views else None
+                return next((v for v in views if v.name == name), None)
+
+            def _stream(self, feed: MjpegFeed) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                feed.watch(+1)
+                seq = feed.seq  # from the next encoded frame on ...
+                first = feed.frame_jpeg(timeout=0.0)  # ... after the newest one, right away
+                try:
+                    self.wfile.write(f"--{BOUNDARY}\r\n".encode())
+                    while not feed.stopping:
+                        if first is not None:
+                            jpeg, first = first, None
+                        else:
+                            got = feed.next_jpeg(seq, timeout=1.0)
+                            if got is not None:
+                                seq, jpeg = got
+                            else:  # no new frame (a file that ended, a camera away): the
+                                # newest again, so the browser shows it and a client that
+                                # left is noticed
+                                jpeg = feed.frame_jpeg(timeout=0.0)
+                                if jpeg is None:
+                                    continue
+                        # Each part is followed by the next boundary at once: a browser shows
+                        # a part only once it sees the boundary after it, and a source that
+                        # ended sends no next frame.
+                        self.wfile.write(f"Content-Type: image/jpeg\r\n"
+                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode())
+                        self.wfile.write(jpeg)
+                        self.wfile.write(f"\r\n--{BOUNDARY}\r\n".encode())
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    pass  # the browser went away
+                finally:
+                    feed.watch(-1)
+
+        return Handler
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for view in self.views():
+            view.feed.close()
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+
+# ---------------------------------------------------------------- wiring (maskd.service)
+
+
+def attach(pages: dict[str, StatusServer], cfg: Config, detector: object, classifier: object,
+           sinks: list, mqtt: object | None = None) -> CameraView:
+    """Camera ``cfg.camera`` on the status page at ``cfg.preview.http``: the server for that
+    address is started on first use and kept in ``pages``. Its events and frames reach the view
+    as a sink and an observer of the loop; broker state comes from ``mqtt`` (the shared MQTT
+    connection) or an MQTT sink among ``sinks``."""
+    p = cfg.preview
+    key = str(parse_listen(p.http or ""))
+    creds = Credentials.from_config(p)
+    server = pages.get(key)
+    if server is None:
+        server = pages[key] = StatusServer(p.http or "", creds, title=cfg.device_id).start()
+    elif server.credentials.key() != creds.key():
+        raise PreviewUnavailable(f"preview.http {p.http}: camera {cfg.camera} has other "
+                                 "credentials than the cameras already on this page")
+    health = getattr(mqtt, "health", None) or next(
+        (s.health for s in sinks if callable(getattr(s, "health", None))), None)
+    return server.attach(cfg.camera, _describe(detector), _describe(classifier), health)
+
+
+def _describe(model: object) -> str:
+    try:
+        return str(model.describe())  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a description is not worth failing a start for
+        return type(model).__name__ if model is not None else "none"
+
+
+# ---------------------------------------------------------------- the page
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>maskd status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{margin:0;font:14px/1.35 system-ui,sans-serif;background:#f4f5f7;color:#1d2430}
+header{background:#1d2430;color:#fff;padding:8px 14px;display:flex;gap:18px;align-items:baseline}
+header h1{font-size:17px;margin:0}
+main{display:grid;grid-template-columns:minmax(320px,660px) minmax(300px,1fr);gap:14px;padding:14px}
+section{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px 12px;margin-bottom:14px}
+h2{font-size:15px;margin:2px 0 8px}
+img.live{display:block;width:100%;max-width:640px;background:#000}
+table{border-collapse:collapse;width:100%}
+td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eceef2;white-space:nowrap}
+th{font-weight:600;color:#4a5568}
+.bad{color:#b42318;font-weight:600}.ok{color:#067647;font-weight:600}.muted{color:#6b7280}
+#events{max-height:430px;overflow:auto}
+#health td:last-child{white-space:normal;overflow-wrap:anywhere}
+</style></head>
+<body>
+<header><h1 id="title">maskd</h1><span id="clock" class="muted"></span></header>
+<main>
+<div id="cameras"></div>
+<div>
+<section><h2>Active violations</h2><table id="active"><tr><td class="muted">loading</td></tr></table></section>
+<section><h2>Health</h2><table id="health"></table></section>
+<section><h2>Last events</h2><div id="events"><table id="eventlist"></table></div></section>
+</div>
+</main>
+<noscript>This page needs JavaScript; the data is at /api/status, /api/events and /metrics.</noscript>
+<script>
+"use strict";
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+const hms = iso => iso ? esc(iso.slice(11, 19)) : "";
+const num = (v, d) => (v === null || v === undefined) ? "-" : Number(v).toFixed(d);
+const row = cells => "<tr>" + cells.map(c => "<td>" + c + "</td>").join("") + "</tr>";
+const head = cells => "<tr>" + cells.map(c => "<th>" + c + "</th>").join("") + "</tr>";
+let shown = "";
+function cameras(list) {
+  const names = list.map(c => c.camera).join("\\n");
+  if (names === shown) return;
+  shown = names;
+  document.getElementById("cameras").innerHTML = list.map(c =>
+    '<section><h2>Camera ' + esc(c.camera) + '</h2><img class="live" alt="live view of ' + esc(c.camera) +
+    '" src="/stream.mjpg?camera=' + encodeURIComponent(c.camera) + '"></section>').join("");
+}
+function up(s) {
+  const u = Math.floor(s), d = Math.floor(u / 86400), h = Math.floor(u % 86400 / 3600),
+        m = Math.floor(u % 3600 / 60);
+  return (d ? d + " d " : "") + h + " h " + m + " min " + (u % 60) + " s";
+}
+async function refresh() {
+  try {
+    const [st, ev] = await Promise.all([fetch("/api/status"), fetch("/api/events")]
+      .map(p => p.then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
+    document.getElementById("title").textContent = "maskd status: " + st.title;
+    document.getElementById("clock").textContent = st.time.slice(0, 19).replace("T", " ");
+    cameras(st.cameras);
+    const act = st.active_violations;
+    document.getElementById("active").innerHTML = act.length ?
+      head(["camera", "since", "track", "no-mask score", "top"]) + act.map(a =>
+        row([esc(a.camera), hms(a.since), a.track_id, '<span class="bad">' + num(a.score, 2) + "</span>",
+             num(a.top_score, 2)])).join("") :
+      row(['<span class="ok">none</span>']);
+    const h = [row(["uptime", up(st.uptime_s)]), row(["detector", esc(st.detector)]),
+               row(["classifier", esc(st.classifier)]),
+               row(["broker", st.broker === "connected" ? '<span class="ok">connected</span>' :
+                    st.broker === "off" ? '<span class="muted">off (no MQTT)</span>' :
+                    '<span class="bad">' + esc(st.broker) + "</span>"]),
+               row(["outbox depth", st.outbox_depth ?? "-"])];
+    for (const c of st.cameras) {
+      const ms = ["capture", "detect", "classify", "track"].map(k => k + " " + num(c.ms[k], 1)).join(", ");
+      h.push(row(["<b>" + esc(c.camera) + "</b>", num(c.fps, 1) + " fps, " + c.frames + " frames" +
+                  (c.camera_lost_since ? ', <span class="bad">camera lost</span>' : "") +
+                  (c.detect_enabled ? "" : ', <span class="muted">detection off</span>')]));
+      h.push(row(["ms per stage", ms]));
+      h.push(row(["active", c.active + (c.in_view !== null && c.in_view < c.active ?
+                  " (" + (c.active - c.in_view) + " not detected now)" : "")]));
+    }
+    document.getElementById("health").innerHTML = h.join("");
+    document.getElementById("eventlist").innerHTML = ev.events.length ?
+      head(["time", "camera", "event", "track", "score", "end reason"]) + ev.events.map(e =>
+        row([hms(e.time), esc(e.camera), esc(e.type), e.track_id, num(e.score, 2), esc(e.end_reason)])).join("") :
+      row(['<span class="muted">no events yet</span>']);
+  } catch (err) {
+    document.getElementById("clock").textContent = "not reachable: " + err;
+  }
+}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body></html>
+"""

@@ -1,0 +1,486 @@
+"""The status page (maskd.statuspage): page, JSON, Prometheus text, live view, the /frame.jpg
+freshness bug, authentication beyond loopback, several cameras on one page, and maskd run on the
+demo clip in a real headless Chromium (screenshot with an active violation: docs/img/status-page.png).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from browser import CHROMIUM, BrowserError, Chromium
+from mqtt_broker import free_port
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from maskd.annotate import RED
+from maskd.config import ClassifierConfig, ConfigError, parse_config
+from maskd.demo import SIZE, DemoSource
+from maskd.preview import MjpegFeed, PreviewUnavailable
+from maskd.statuspage import MAX_EVENTS, CameraView, Credentials, StatusServer
+from maskd.types import Face, Frame, LoopStats, Verdict, ViolationEvent
+
+REPO = Path(__file__).resolve().parents[1]
+CUT = ClassifierConfig().threshold
+NO_MASK_BOX = (40, 60, 140, 180)
+DOCS_SHOT = REPO / "docs" / "img" / "status-page.png"
+
+
+def picture(level: int) -> np.ndarray:
+    """A grey frame whose level says which frame it is (survives JPEG within a few units)."""
+    return np.full((240, 320, 3), level, np.uint8)
+
+
+def get(url: str, headers: dict | None = None, timeout: float = 10) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def level_of(jpeg: bytes) -> float:
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return float(np.median(img[60:, :]))  # below the header band
+
+
+@pytest.fixture
+def server():
+    srv = StatusServer("127.0.0.1:0", title="test-device").start()
+    yield srv
+    srv.close()
+
+
+def feed(view: CameraView, level: int, seq: int = 0, stats: LoopStats | None = None) -> None:
+    verdicts = [Verdict(Face(NO_MASK_BOX, 0.9), 0.9, CUT)]
+    view.on_frame(Frame(picture(level), seq, time.time(), "test"), verdicts,
+                  stats or LoopStats(fps=12.0, frames=seq + 1, active=1, in_view=1,
+                                     ms={"capture": 1.0, "detect": 20.0, "classify": 5.0,
+                                         "track": 0.1}))
+
+
+def event(kind: str, eid: str = "e1", t: float = 1_700_000_000.0, camera: str = "front",
+          **kw) -> ViolationEvent:
+    return ViolationEvent(kind, eid, 0 if kind == "start" else 1, camera, 7, t, 0.9, 0.95,
+                          (0.1, 0.1, 0.3, 0.4), end_time=t + 5 if kind == "end" else None,
+                          end_reason="masked" if kind == "end" else None, **kw)
+
+
+# ---------------------------------------------------------------- page, JSON, metrics
+
+
+def test_page_json_and_live_view(server):
+    view = server.attach("front", "det-x", "clf-y")
+    url = server.url
+    status, headers, body = get(url)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert headers["Server"] == "maskd"  # not the Python version
+    page = body.decode()
+    for needle in ("/api/status", "/api/events", "stream.mjpg", "Active violations", "Last events"):
+        assert needle in page
+    feed(view, 90)
+    status, _, body = get(url + "frame.jpg")
+    assert status == 200
+    img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (240, 320, 3)
+    x0, y0, x1, y1 = NO_MASK_BOX
+    assert np.abs(img[(y0 + y1) // 2, x0 - 1:x0 + 2].astype(int) - RED).sum(axis=1).min() < 90
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            feed(view, 100, i)
+            i += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        with urllib.request.urlopen(url + "stream.mjpg?camera=front", timeout=10) as resp:
+            assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=")
+            assert resp.read(200).startswith(b"--maskdframe\r\nContent-Type: image/jpeg\r\n")
+    finally:
+        stop.set()
+        t.join()
+    assert get(url + "frame.jpg?camera=nope")[0] == 404
+    assert get(url + "nope")[0] == 404
+    st = json.loads(get(url + "api/status")[2])
+    assert st["title"] == "test-device" and st["broker"] == "off" and st["outbox_depth"] is None
+    assert st["detector"] == "det-x" and st["classifier"] == "clf-y" and st["uptime_s"] >= 0
+    (cam,) = st["cameras"]
+    assert cam["camera"] == "front" and cam["fps"] == 12.0 and cam["active"] == 1
+    assert cam["ms"] == {"capture": 1.0, "detect": 20.0, "classify": 5.0, "track": 0.1}
+
+
+def test_frame_jpg_is_the_newest_frame_without_a_stream_client(server):
+    """The bug: /frame.jpg handed out the JPEG last encoded for a stream client, however old.
+
+    Frames change while nobody streams; every /frame.jpg must show the newest one."""
+    view = server.attach("front", "d", "c")
+    feed(view, 40)
+    # A stream client watches for a moment, so a JPEG of frame 40 gets encoded and cached ...
+    with urllib.request.urlopen(server.url + "stream.mjpg", timeout=10) as resp:
+        deadline = time.monotonic() + 5
+        while not view.feed._watchers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        feed(view, 40)
+        resp.read(100)
+    deadline = time.monotonic() + 5
+    while view.feed._watchers and time.monotonic() < deadline:
+        feed(view, 40)  # the server notices the client left when it writes the next frame
+        time.sleep(0.05)
+    assert not view.feed._watchers
+    # ... then the video changes with nobody streaming.
+    for level in (80, 120, 160, 200):
+        feed(view, level)
+        status, _, jpeg = get(server.url + "frame.jpg")
+        assert status == 200
+        assert abs(level_of(jpeg) - level) < 6, f"stale frame: wanted {level}, got {level_of(jpeg)}"
+    # The same frame asked for twice is encoded once.
+    assert get(server.url + "frame.jpg")[2] == jpeg
+
+
+def test_frame_jpg_before_any_frame_is_503():
+    srv = StatusServer("127.0.0.1:0").start()
+    try:
+        view = srv.attach("front", "d", "c")
+        view.feed.frame_jpeg = lambda timeout=5.0: MjpegFeed.frame_jpeg(view.feed, 0.1)
+        assert get(srv.url + "frame.jpg")[0] == 503
+    finally:
+        srv.close()
+
+
+def test_events_active_violations_and_the_last_50(server):
+    view = server.attach("front", "d", "c")
+    view.emit(event("start", "a"))
+    view.emit(event("start", "b", t=1_700_000_010.0))
+    view.emit(event("update", "b", t=1_700_000_010.0))
+    view.emit(event("end", "a"))
+    st = json.loads(get(server.url + "api/status")[2])
+    assert [a["event_id"] for a in st["active_violations"]] == ["b"]
+    active = st["active_violations"][0]
+    assert active["camera"] == "front" and active["track_id"] == 7 and active["score"] == 0.9
+    evs = json.loads(get(server.url + "api/events")[2])["events"]
+    assert [(e["type"], e["event_id"]) for e in evs] == [("end", "a"), ("update", "b"),
+                                                         ("start", "b"), ("start", "a")]
+    assert evs[0]["end_reason"] == "masked" and evs[0]["timestamp"] == 1_700_000_005.0
+    assert evs[0]["time"].startswith(time.strftime("%Y-%m-%dT", time.localtime(1_700_000_005)))
+    for i in range(60):
+        view.emit(event("start", f"x{i}"))
+    evs = json.loads(get(server.url + "api/events")[2])["events"]
+    assert len(evs) == MAX_EVENTS == 50 and evs[0]["event_id"] == "x59"
+
+
+def test_metrics_are_prometheus_text_from_a_private_registry(server):
+    health = {"connected": True, "outbox_depth": 3, "published": 10, "reconnects": 1,
+              "outbox_dropped": 0}
+    view = server.attach("front", "det", "clf", health=lambda: health)
+    feed(view, 50, seq=4)
+    status, headers, body = get(server.url + "metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
+    fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in fams.values() for s in f.samples}
+    cam = (("camera", "front"),)
+    assert samples[("maskd_frames_total", cam)] == 5
+    assert samples[("maskd_fps", cam)] == 12.0
+    assert samples[("maskd_active_violations", cam)] == 1
+    assert samples[("maskd_stage_seconds", (("camera", "front"), ("stage", "detect")))] == 0.02
+    assert samples[("maskd_mqtt_connected", ())] == 1
+    assert samples[("maskd_mqtt_outbox_depth", ())] == 3
+    assert fams["maskd_frames"].type == "counter" and fams["maskd_info"].samples[0].labels["detector"] == "det"
+    assert not any(n.startswith("maskd") for n in REGISTRY._names_to_collectors)  # no global side effect
+    st = json.loads(get(server.url + "api/status")[2])
+    assert st["broker"] == "connected" and st["outbox_depth"] == 3
+
+
+def test_server_closes_with_its_last_camera():
+    srv = StatusServer("127.0.0.1:0").start()
+    a, b = srv.attach("a", "d", "c"), srv.attach("b", "d", "c")
+    a.close()
+    a.close()  # the loop closes it as observer and as sink
+    assert get(srv.url + "api/status")[0] == 200
+    b.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(srv.url, timeout=2)
+
+
+def test_port_in_use_and_idle_connections():
+    srv = StatusServer("127.0.0.1:0", idle_timeout_s=0.5).start()
+    try:
+        with pytest.raises(PreviewUnavailable, match="cannot listen on"):
+            StatusServer(f"127.0.0.1:{srv.port}")
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
+            t0 = time.monotonic()
+            assert conn.recv(1024) == b""  # the server hung up on a silent client
+            assert time.monotonic() - t0 < 5
+    finally:
+        srv.close()
+
+
+# ---------------------------------------------------------------- authentication
+
+
+def test_basic_auth_password(tmp_path):
+    (tmp_path / "pw").write_text("s3cret pass\n")
+    cfg = parse_config({"preview": {"http": "0.0.0.0:0", "http_password_file": str(tmp_path / "pw")}})
+    srv = StatusServer("127.0.0.1:0", Credentials.from_config(cfg.preview)).start()
+    try:
+        srv.attach("front", "d", "c")
+        for path in ("", "api/status", "api/events", "metrics", "frame.jpg", "stream.mjpg"):
+            status, headers, _ = get(srv.url + path)
+            assert status == 401, path
+            assert headers["WWW-Authenticate"] == 'Basic realm="maskd", charset="UTF-8"'
+
+        def basic(user: str, pw: str) -> dict:
+            return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+
+        assert get(srv.url + "api/status", basic("maskd", "wrong"))[0] == 401
+        assert get(srv.url + "api/status", basic("maskd", "s3cret pass "))[0] == 401
+        assert get(srv.url + "api/status", {"Authorization": "Basic !!!"})[0] == 401
+        assert get(srv.url + "api/status", basic("maskd", "s3cret pass"))[0] == 200
+        assert get(srv.url + "metrics", basic("anyone", "s3cret pass"))[0] == 200
+        assert get(srv.url + "api/status", {"Authorization": "Bearer s3cret pass"})[0] == 401
+    finally:
+        srv.close()
+
+
+def test_bearer_token_query_and_cookie(tmp_path):
+    (tmp_path / "tok").write_text("tok-123")
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"tok-123")).start()
+    try:
+        srv.attach("front", "d", "c")
+        status, headers, _ = get(srv.url + "api/status")
+        assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="maskd"'
+        assert get(srv.url + "metrics", {"Authorization": "Bearer tok-123"})[0] == 200
+        assert get(srv.url + "metrics", {"Authorization": "Bearer tok-12"})[0] == 401
+        status, headers, _ = get(srv.url + "?token=tok-123")
+        assert status == 200 and "HttpOnly" in headers["Set-Cookie"]
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert get(srv.url + "api/events", {"Cookie": cookie})[0] == 200
+        assert get(srv.url + "api/events", {"Cookie": "maskd_token=nope"})[0] == 401
+        assert get(srv.url + "api/events", {"Cookie": "\x00;;=="})[0] == 401
+    finally:
+        srv.close()
+
+
+def test_config_refuses_a_network_address_without_a_password(tmp_path):
+    for listen in ("0.0.0.0:8080", "192.168.1.2:8080", "[::]:8080", "maskd.local:8080"):
+        with pytest.raises(ConfigError, match=r"'preview'.*preview.http .* reachable from other "
+                                              r"machines.*http_password_file or preview.http_token_file"):
+            parse_config({"preview": {"http": listen}})
+    for listen in ("127.0.0.1:8080", "8080", "localhost:8080", "[::1]:8080"):
+        parse_config({"preview": {"http": listen}})
+    with pytest.raises(ConfigError, match=r"'preview.http_token_file': cannot read"):
+        parse_config({"preview": {"http": "0.0.0.0:8080", "http_token_file": str(tmp_path / "no")}})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"'preview.http_password_file': .* is empty"):
+        parse_config({"preview": {"http": "0.0.0.0:8080", "http_password_file": str(tmp_path / "empty")}})
+    with pytest.raises(ConfigError, match=r"'cameras.b.preview'.*reachable"):
+        parse_config({"cameras": {"a": {"source": {"kind": "demo"}},
+                                  "b": {"source": {"kind": "demo"}, "preview": {"http": "0.0.0.0:1"}}}})
+    (tmp_path / "pw").write_text("x")
+    with pytest.raises(ConfigError, match="share preview.http"):
+        parse_config({"cameras": {
+            "a": {"source": {"kind": "demo"}, "preview": {"http": "0.0.0.0:1", "http_password_file": str(tmp_path / "pw")}},
+            "b": {"source": {"kind": "demo"}, "preview": {"http": "0.0.0.0:1", "http_token_file": str(tmp_path / "pw")}}}})
+
+
+def test_check_config_and_run_agree_on_a_network_address(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {kind: demo}\npreview: {http: '0.0.0.0:8080'}\n")
+    for args in (["check-config", str(cfg)], ["run", "--config", str(cfg)],
+                 ["run", "--source", "demo", "--http", "0.0.0.0:8080"]):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 78, (args, r.stderr)
+        assert "preview.http 0.0.0.0:8080 is reachable from other machines" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- wiring: several cameras
+
+
+def test_cameras_sharing_an_address_share_one_page(default_model):
+    from maskd.service import build
+
+    port = free_port()
+    cfg = parse_config({
+        "detector": {"kind": "blazeface"}, "classifier": {"model": str(default_model)},
+        "preview": {"http": f"127.0.0.1:{port}"},  # the first camera's (cameras_resolved)
+        "cameras": {"front": {"source": {"kind": "demo"}},
+                    "back": {"source": {"kind": "demo"}, "preview": {"http": f"127.0.0.1:{port}"}},
+                    "side": {"source": {"kind": "demo"}}},
+    })
+    service = build(cfg, exit_at_end=True)
+    try:
+        views = {loop.cfg.camera: [o for o in loop.observers if isinstance(o, CameraView)]
+                 for loop in service.loops}
+        assert {k: len(v) for k, v in views.items()} == {"front": 1, "back": 1, "side": 0}
+        assert views["front"][0].server is views["back"][0].server
+        for loop in service.loops:  # the view hears the events too
+            assert [s for s in loop.sinks if isinstance(s, CameraView)] == views[loop.cfg.camera]
+        st = json.loads(get(f"http://127.0.0.1:{port}/api/status")[2])
+        assert [c["camera"] for c in st["cameras"]] == ["front", "back"]
+        assert "blazeface" in st["detector"] and default_model.name in st["classifier"]
+    finally:
+        for loop in service.loops:
+            loop.source.close()
+            for obs in loop.observers:
+                obs.close()
+            for sink in loop.sinks:
+                sink.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+# ---------------------------------------------------------------- maskd run, end to end
+
+
+def start_run(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "maskd", "run", *args],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.log").open("w"),
+                            env={**os.environ})
+
+
+def stop_run(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def wait_json(url: str, predicate, proc: subprocess.Popen, log: Path, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            last = json.loads(urllib.request.urlopen(url, timeout=10).read())
+            if predicate(last):
+                return last
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url}: not there in {timeout} s: {last}\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_maskd_run_frame_jpg_follows_the_video(tmp_path, default_model):
+    """The reported bug, end to end: 4 /frame.jpg over 2 s of the looping demo, no stream
+    client; they must all differ (the old page gave the same JPEG every time)."""
+    port = free_port()
+    proc = start_run(["--source", "demo", "--loop", "--http", f"127.0.0.1:{port}", "--model",
+                      str(default_model), "--detector", "blazeface"], tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_json(url + "api/status", lambda s: s["cameras"] and s["cameras"][0]["frames"] > 5,
+                  proc, tmp_path / "run.log")
+        jpegs = []
+        for _ in range(4):
+            jpegs.append(urllib.request.urlopen(url + "frame.jpg", timeout=10).read())
+            time.sleep(0.5)
+        assert len(set(jpegs)) == 4, "the same frame twice while the video moves"
+        img = cv2.imdecode(np.frombuffer(jpegs[-1], np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (480, 640, 3)
+    finally:
+        assert stop_run(proc) == 0, (tmp_path / "run.log").read_text()[-3000:]
+
+
+def demo_clip(path: Path) -> Path:
+    """The demo clip once through (a violation that ends when the mask goes on), then its
+    bare-faced half again: the file ends with a violation open, and maskd idles on it."""
+    demo = DemoSource()
+    n = demo.frames_per_pass
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    for i in list(range(n)) + list(range(n // 2)):
+        writer.write(demo.render(i))
+    writer.release()
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; tests/run.sh does)")
+def test_status_page_in_a_real_headless_browser(tmp_path, default_model):
+    port = free_port()
+    clip = demo_clip(tmp_path / "demo.mp4")
+    proc = start_run(["--source", str(clip), "--http", f"127.0.0.1:{port}", "--model",
+                      str(default_model), "--detector", "blazeface", "--device-id", "demo"], tmp_path)
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "run.log"
+    try:
+        # The clip is done (maskd idles on its last frame) and a violation is open.
+        st = wait_json(url + "api/status", lambda s: s["cameras"] and s["active_violations"]
+                       and s["cameras"][0]["frames"] >= DemoSource().frames_per_pass * 3 // 2,
+                       proc, log)
+        active = st["active_violations"][0]
+        events = json.loads(urllib.request.urlopen(url + "api/events", timeout=10).read())["events"]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "start" and "end" in kinds, kinds  # newest first: the open one
+        assert events[0]["event_id"] == active["event_id"]
+        cam = st["cameras"][0]
+        assert cam["camera"] == "camera" and cam["active"] == 1 and cam["fps"] > 0
+        assert set(cam["ms"]) == {"capture", "detect", "classify", "track"}
+        assert st["broker"] == "off" and "blazeface" in st["detector"]
+        metrics = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+        samples = {s.name: s.value for f in text_string_to_metric_families(metrics)
+                   for s in f.samples}
+        assert samples["maskd_active_violations"] == 1
+        assert samples["maskd_frames_total"] == cam["frames"]
+        assert samples["maskd_violations_total"] >= 2
+
+        try:
+            browser = Chromium(tmp_path / "profile", width=1280, height=720)
+        except (BrowserError, OSError) as err:
+            pytest.skip(f"chromium cannot start here: {err}")
+        with browser:
+            try:
+                browser.open(url)
+            except BrowserError as err:
+                pytest.skip(f"chromium cannot start here: {err}")
+            ready = ("document.body && document.querySelector('img.live') && "
+                     "document.querySelector('img.live').naturalWidth > 0 && "
+                     "document.querySelectorAll('#eventlist tr').length > 2 && "
+                     "document.body.innerText")
+            text = browser.wait_for(ready, timeout=30)
+            assert text, browser.evaluate("document.documentElement.outerHTML")[:3000]
+            shot = browser.screenshot(tmp_path / "status-page.png")
+        # The page's text: the open violation, the events with their times, the health numbers.
+        assert "maskd status: demo" in text
+        active_rows = text.split("Active violations", 1)[1].split("Health", 1)[0]
+        assert f"camera\t{active['since'][11:19]}\t{active['track_id']}" in active_rows, text
+        events_part = text.split("Last events", 1)[1]
+        for e in events[:3]:
+            assert f"{e['time'][11:19]}\tcamera\t{e['type']}\t{e['track_id']}" in events_part, text
+        assert "end\t" in events_part and "gone" in events_part or "masked" in events_part
+        health = text.split("Health", 1)[1].split("Last events", 1)[0]
+        assert f"{cam['frames']} frames" in health and " fps" in health
+        assert "ms per stage\tcapture " in health and "detect " in health
+        assert "broker\toff (no MQTT)" in health and "blazeface" in health and "uptime" in health
+        # The screenshot: the page with the live view, its red box round the bare face.
+        img = cv2.imread(str(shot), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[:2] == (720, 1280)
+        red = (np.abs(img.astype(int) - RED).sum(axis=2) < 60)
+        assert red[:, :700].sum() > 200, "no red violation box in the live view"
+        if os.environ.get("MASKD_WRITE_DOCS_IMG"):  # regenerate docs/img/status-page.png
+            shutil.copyfile(shot, DOCS_SHOT)
+    finally:
+        assert stop_run(proc) == 0, log.read_text()[-3000:]
