@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import re
 import reprlib
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -522,6 +523,14 @@ class SnapshotConfig(Section):
     keep_mb: float = Field(200.0, gt=0.0, le=10_000_000.0)  # then the oldest while over this
 
 
+def host_device_id(hostname: str | None = None) -> str:
+    """The host name as a device id: its first label, characters outside [A-Za-z0-9_-] as '-',
+    at most 64; 'maskd' when nothing usable is left."""
+    name = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
+    clean = re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:64]
+    return clean or "maskd"
+
+
 class CameraConfig(Section):
     """One camera of a ``cameras:`` map: its own source, tracking and local views.
 
@@ -542,7 +551,9 @@ class Config(Section):
     from camera name to its own source); ``cameras_resolved()`` gives one Config per camera.
     """
 
-    device_id: Id = "maskd"
+    # null (the default): this machine's host name, so two Pis left at the defaults never share
+    # an MQTT client id or topics.
+    device_id: Id = Field(default_factory=lambda: host_device_id())
     camera: Id = "camera"
     state_dir: Path = Path("/var/lib/maskd")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -560,6 +571,11 @@ class Config(Section):
     mqtt: MqttConfig = MqttConfig()
     preview: PreviewConfig = PreviewConfig()
     snapshots: SnapshotConfig = SnapshotConfig()
+
+    @field_validator("device_id", mode="before")
+    @classmethod
+    def _device_id(cls, v: Any) -> Any:
+        return host_device_id() if v is None else v
 
     @model_validator(mode="after")
     def _one_layout(self) -> Config:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from maskd.config import EX_CONFIG, Config, load_config
+from maskd.config import EX_CONFIG, Config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "config.example.yaml"
@@ -144,3 +144,14 @@ def test_scan_detects_stills_at_the_still_input_size():
     still = still_detector(cfg)
     assert (still.input_width, still.input_height) == (800, 600)
     assert still.score_threshold == 0.7 and (cfg.input_width, cfg.input_height) == (320, 240)
+
+
+def test_device_id_defaults_to_the_host_name():
+    """Two Pis left at the defaults must not share an MQTT client id or topics."""
+    from maskd.config import host_device_id
+
+    assert parse_config({}).device_id == host_device_id() == parse_config({"device_id": None}).device_id
+    assert host_device_id("door-pi.example.org") == "door-pi"
+    assert host_device_id("my pi!") == "my-pi" and host_device_id("...") == "maskd"
+    assert len(host_device_id("a" * 80)) == 64
+    assert parse_config({"device_id": "x"}).device_id == "x"
