@@ -19,12 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from maskd.config import DetectorConfig, SourceConfig
+from maskd.config import ClassifierConfig, DetectorConfig, SourceConfig
 from maskd.demo import open_demo_source
 from maskd.detectors import make_detector
 from maskd.preview import FbGeometry, FramebufferPreview, MjpegFeed, render
 from maskd.statuspage import StatusServer
-from maskd.types import Verdict
+from maskd.types import LoopStats, Verdict
+
+CUT = ClassifierConfig().threshold
 
 
 def mjpeg_reader(url: str, stop: threading.Event, counter: list[int]) -> None:
@@ -42,8 +44,8 @@ def run(frames, detector, observers) -> dict:
     cpu0 = time.thread_time()
     t0 = time.perf_counter()
     for f in frames:
-        verdicts = [Verdict(face, 0.9) for face in detector.detect(f.image)]
-        stats = {"fps": 0.0, "active": len(verdicts)}
+        verdicts = [Verdict(face, 0.9, CUT) for face in detector.detect(f.image)]
+        stats = LoopStats(fps=0.0, active=len(verdicts))
         t1 = time.perf_counter()
         for obs in observers:
             obs.on_frame(f, verdicts, stats)
@@ -76,7 +78,7 @@ def main() -> None:
     # the preview thread's own cost per frame, for reference
     t0 = time.perf_counter()
     for f in frames[:20]:
-        render(f, [], {}, size=(geo.width, geo.height))
+        render(f, [], LoopStats(), size=(geo.width, geo.height))
     render_ms = (time.perf_counter() - t0) / 20 * 1e3
 
     results: dict[str, list[dict]] = {"none": [], "framebuffer": [], "http+client": []}
