@@ -201,9 +201,10 @@ done
 unit_changed=${#CHANGED[@]}
 install_file "$SRC/systemd/maskd.service" "$UNIT_DIR/maskd.service" 0644
 install_file "$SRC/deploy/99-maskd-coral.rules" "$UDEV_DIR/99-maskd-coral.rules" 0644
-if [ ${#CHANGED[@]} -gt "$unit_changed" ]; then
-    sys udevadm control --reload-rules
-    sys udevadm trigger --subsystem-match=usb
+if [ ${#CHANGED[@]} -gt "$unit_changed" ] && booted; then
+    # udev may be absent even under systemd (a container): the Coral rule then waits for it.
+    { sys udevadm control --reload-rules && sys udevadm trigger --subsystem-match=usb; } \
+        || say "WARNING: udev did not reload its rules; the Coral rule applies once udev starts"
     sys systemctl daemon-reload
 fi
 sys systemctl enable maskd.service
@@ -213,6 +214,10 @@ sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/conf
 if [ "$START" = 1 ] && cmp -s "$SRC/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.yaml"; then
     START=0
     say "not configured: $CONF_DIR/config.yaml is the example; the service is enabled but NOT started"
+fi
+if [ "$START" = 1 ] && ! booted; then
+    START=0
+    say "systemd is not running here (a chroot or container): maskd.service is enabled and starts at the next boot"
 fi
 if [ "$START" = 1 ]; then
     sys systemctl restart maskd.service || die "maskd did not start; see: journalctl -u maskd -n 50"

@@ -61,7 +61,7 @@ case "$PREFIX" in
 esac
 
 if [ -e "$ROOT/etc/systemd/system/maskd.service" ]; then
-    sys systemctl disable --now maskd.service
+    if booted; then sys systemctl disable --now maskd.service; else sys systemctl disable maskd.service; fi
 fi
 # Retained MQTT topics (Home Assistant's discovery configs above all) outlive maskd on the
 # broker: offer to clear them while maskd and its config are still here, and the service stopped.
@@ -85,8 +85,10 @@ elif [ "$MQTT_CLEAR" = yes ]; then
 fi
 remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules \
     /usr/local/bin/maskd "$PREFIX" "$MODELS_ROOT"
-sys systemctl daemon-reload
-sys udevadm control --reload-rules
+if booted; then
+    sys systemctl daemon-reload
+    sys udevadm control --reload-rules || say "WARNING: udev did not reload its rules (not running?)"
+fi
 
 if [ "$PURGE" = 1 ]; then
     remove /etc/maskd /var/lib/maskd

@@ -9,24 +9,17 @@ Emulation proves correctness, never speed.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from root_checks import run_root_check
 
 SCRIPT = Path(__file__).parent / "arm64" / "check.sh"
 
 
 @pytest.mark.slow
 def test_pi_stack_on_arm64_agrees_with_x86():
-    if os.environ.get("CI") != "true" and os.environ.get("MASKD_ARM64") != "1":
-        pytest.skip("emulated arm64 check runs in CI (CI=true) or with MASKD_ARM64=1 "
-                    "(minutes; `tests/arm64/check.sh --full` for the whole check)")
-    r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=3000)
-    out = r.stdout + r.stderr
-    print(out)
-    if r.returncode == 77:
-        pytest.skip(out.strip().splitlines()[-1])
-    assert r.returncode == 0, out[-4000:]
+    rc, out = run_root_check(SCRIPT, "MASKD_ARM64", "the emulated arm64 check (minutes; "
+                             "`tests/arm64/check.sh --full` for the whole check)", timeout=3000)
+    assert rc == 0, out[-4000:]
     assert "labels agree on" in out and "same " in out and "arm64: PASS" in out

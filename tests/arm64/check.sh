@@ -42,7 +42,9 @@ images=200; frames=48; default_cpus="cortex-a72"
 if [ "$full" = 1 ]; then images=400; frames=120; default_cpus="cortex-a72 cortex-a76"; fi
 cpus="${cpus:-$default_cpus}"
 
-skip() { echo "SKIP: $*"; exit 77; }
+# shellcheck source-path=SCRIPTDIR source=../debroot.sh disable=SC1091
+source "$here/../debroot.sh"
+skip() { debroot_skip "$@"; }
 say() { echo "arm64: $*"; }
 hostpy="$repo/.venv/bin/python"
 
@@ -66,39 +68,9 @@ grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
     || skip "qemu-aarch64 is not registered with binfmt_misc"
 
 # --- the root: Debian bookworm arm64, python3 + venv + pip, cached --------------------------
-mirror="${MASKD_ARM64_MIRROR:-}"
-if [ -z "$mirror" ]; then
-    mirror="$(grep -rhoE '^(URIs:|deb) +https?://[^ ]*debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-        | grep -v security | head -n1 | awk '{print $2}' || true)"
-    mirror="${mirror:-http://deb.debian.org/debian}"
-fi
-mkdir -p "$cache"
-if [ ! -e "$root/.maskd-root-ok" ]; then
-    say "building the bookworm arm64 root in $root (from $mirror, ~4 min, once)"
-    rm -rf "$root.tmp"
-    debootstrap --arch=arm64 --foreign --variant=minbase --include=python3,python3-venv,python3-pip \
-        bookworm "$root.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-        || skip "debootstrap (first stage) failed, see $cache/debootstrap.log"
-    chroot "$root.tmp" /debootstrap/debootstrap --second-stage >>"$cache/debootstrap.log" 2>&1 \
-        || { echo "arm64: second stage failed, see $cache/debootstrap.log" >&2; exit 1; }
-    touch "$root.tmp/.maskd-root-ok"
-    rm -rf "$root"
-    mv "$root.tmp" "$root"
-fi
-
-mounted=()
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-    local m
-    for m in "${mounted[@]}"; do umount -l "$m" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-for m in proc dev; do
-    if ! mountpoint -q "$root/$m"; then
-        if [ "$m" = proc ]; then mount -t proc proc "$root/proc"; else mount --bind /dev "$root/dev"; fi
-        mounted+=("$root/$m")
-    fi
-done
+debroot_build "$root" arm64 python3,python3-venv,python3-pip "$cache/debootstrap.log" \
+    "${MASKD_ARM64_MIRROR:-}"
+debroot_mount "$root"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/opt/maskd/bin:/usr/bin:/bin HOME=/root "$@"; }
 pyver="$(in_root python3 -c 'import sys, platform; print(platform.machine(), "%d.%d" % sys.version_info[:2])')"
 say "root: $pyver"
