@@ -46,6 +46,26 @@ def caption_for(v: Verdict) -> str:
     return f"Mask: {(1 - v.no_mask) * 100:.1f}%"
 
 
+IGNORE_COLOR = (0, 140, 255)  # BGR orange: faces here never count
+INCLUDE_COLOR = (255, 200, 0)  # BGR light blue: only faces here count
+
+
+def draw_zones(image: np.ndarray, include: list | None, ignore: list,
+               region: tuple[float, float, float, float] | None = None) -> None:
+    """Outline the zones (normalised polygons) in place, over ``region`` (x0, y0, x1, y1: where
+    the frame lies in ``image``; default the whole image), so a person can check them against
+    the picture."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = region or (0.0, 0.0, float(w), float(h))
+    thick = max(1, round(min(h, w) / 320))
+    for polys, color in ((include or [], INCLUDE_COLOR), (ignore, IGNORE_COLOR)):
+        for poly in polys:
+            # 1.0 is the frame's last pixel, not one past it, so an edge along the border shows
+            pts = np.array([[x0 + px * (x1 - x0 - 1), y0 + py * (y1 - y0 - 1)] for px, py in poly],
+                           np.float32).round().astype(np.int32)
+            cv2.polylines(image, [pts], True, color, thick, cv2.LINE_8)
+
+
 def draw_verdicts(image: np.ndarray, verdicts: list[Verdict], header: str | None = None) -> np.ndarray:
     """Return a copy of a BGR image with one box and caption per verdict and an optional header
     line; each box is labelled at the cut its verdict was judged with."""

@@ -20,8 +20,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from maskd.annotate import draw_verdicts, header_text
-from maskd.config import Config, PreviewConfig, is_loopback
+from maskd.annotate import draw_verdicts, draw_zones, header_text
+from maskd.config import Config, PreviewConfig, ZonesConfig, is_loopback
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
 from maskd.geometry import letterbox
@@ -46,20 +46,27 @@ def render(
     verdicts: list[Verdict],
     stats: LoopStats,
     size: tuple[int, int] | None = None,
+    zones: ZonesConfig | None = None,
 ) -> np.ndarray:
-    """The annotated BGR image every preview shows.
+    """The annotated BGR image every preview shows, with the camera's zones outlined.
 
     With ``size`` (width, height) the frame is letterboxed to it first and the boxes are drawn
     at that resolution, so lines and text stay crisp on a big screen.
     """
     image = frame.image
+    h, w = image.shape[:2]
+    region = (0.0, 0.0, float(w), float(h))
     if size is not None:
         image, lb = letterbox(image, *size, centre=True)
+        region = tuple(float(c) for c in lb.to_canvas(region))
         verdicts = [
             replace(v, face=replace(v.face, box=tuple(float(c) for c in lb.to_canvas(v.face.box))))
             for v in verdicts
         ]
-    return draw_verdicts(image, verdicts, header=header_text(stats))
+    out = draw_verdicts(image, verdicts, header=header_text(stats))
+    if zones is not None and (zones.include is not None or zones.ignore):
+        draw_zones(out, zones.include, zones.ignore, region)  # type: ignore[arg-type]
+    return out
 
 
 # ---------------------------------------------------------------- framebuffer (pure part)
@@ -156,6 +163,7 @@ class ThreadedPreview(FrameObserver):
         self._box: Mailbox[tuple] = Mailbox()
         self._closing = threading.Event()
         self.output_size: tuple[int, int] | None = None  # render at this (width, height)
+        self.zones: ZonesConfig | None = None  # outlined on the picture
         self.shown = 0
         self.cpu_s = 0.0  # CPU time this preview's thread spent rendering and showing
         self._thread = threading.Thread(target=self._run, name=f"maskd-{self.name}", daemon=True)
@@ -180,7 +188,7 @@ class ThreadedPreview(FrameObserver):
                         return
                     continue
                 t0, c0 = time.monotonic(), time.thread_time()
-                self.show(render(*item, size=self.output_size))
+                self.show(render(*item, size=self.output_size, zones=self.zones))
                 self.shown += 1
                 self.cpu_s += time.thread_time() - c0
                 rest = self.min_interval_s - (time.monotonic() - t0)
@@ -394,7 +402,8 @@ class MjpegFeed(ThreadedPreview):
         with self._still_lock:
             if self._still is not None and self._still[0] is item:
                 return self._still[1]
-            jpeg = encode_jpeg(render(*item, size=self.output_size), self.jpeg_quality)
+            jpeg = encode_jpeg(render(*item, size=self.output_size, zones=self.zones),
+                               self.jpeg_quality)
             if jpeg is not None:
                 self._still = (item, jpeg)
             return jpeg
@@ -430,10 +439,14 @@ def make_observers(cfg: Config) -> list[FrameObserver]:
     p = cfg.preview
     started: list[ThreadedPreview] = []
     try:
+        views: list[ThreadedPreview] = []
         if p.framebuffer is not None:
-            started.append(FramebufferPreview(p.framebuffer).start())
+            views.append(FramebufferPreview(p.framebuffer))
         if p.window:
-            started.append(WindowPreview().start())
+            views.append(WindowPreview())
+        for view in views:
+            view.zones = cfg.zones
+            started.append(view.start())
     except Exception:
         for obs in started:
             obs.close()

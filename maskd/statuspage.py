@@ -562,7 +562,9 @@ def attach(pages: dict[str, StatusServer], cfg: Config, detector: object, classi
                                  "credentials than the cameras already on this page")
     health = getattr(mqtt, "health", None) or next(
         (s.health for s in sinks if callable(getattr(s, "health", None))), None)
-    return server.attach(cfg.camera, _describe(detector), _describe(classifier), health)
+    feed = MjpegFeed()
+    feed.zones = cfg.zones  # outlined on the live view, to check them against the picture
+    return server.attach(cfg.camera, _describe(detector), _describe(classifier), health, feed)
 
 
 def _describe(model: object) -> str:

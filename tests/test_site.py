@@ -146,3 +146,24 @@ def test_a_schedule_window_turns_detection_off_at_its_end(default_model):
     assert not schedule.allows(night, datetime(2026, 12, 5, 6, 0).timestamp())
     assert schedule.next_change(night, fri_late) == datetime(2026, 12, 5, 6, 0).timestamp()
     assert schedule.allows([], fri_late) and Config().schedule == []
+
+
+def test_previews_and_the_status_page_outline_the_zones():
+    """The live views draw the zones where they are on the picture, letterboxed or not."""
+    from maskd.annotate import IGNORE_COLOR, INCLUDE_COLOR
+    from maskd.config import ZonesConfig
+    from maskd.preview import render
+    from maskd.types import LoopStats
+
+    frame = Frame(np.full((H, W, 3), 128, np.uint8), 0, 0.0)
+    z = ZonesConfig(include=[[(0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (0.0, 1.0)]],
+                    ignore=[[(0.5, 0.0), (1.0, 0.0), (1.0, 0.5), (0.5, 0.5)]])
+    out = render(frame, [], LoopStats(), zones=z)
+    assert (out[H // 4, W - 1] == IGNORE_COLOR).all()  # right edge of the top-right zone
+    assert (out[3 * H // 4, 0] == INCLUDE_COLOR).all()  # left edge of the bottom-left one
+    assert (out[H // 4, W // 4] == 128).all()  # inside nothing, untouched
+    wide = render(frame, [], LoopStats(), size=(1280, 480), zones=z)  # frame at x 320..960
+    cols = np.where((wide == IGNORE_COLOR).all(axis=2).any(axis=0))[0]
+    assert 600 <= cols.min() and cols.max() <= 961
+    plain = render(frame, [], LoopStats(), zones=ZonesConfig())
+    assert not (plain == IGNORE_COLOR).all(axis=2).any()
