@@ -63,8 +63,8 @@ def refused_url() -> str:
 
 
 @pytest.mark.shared
-def test_pinned_sha256_is_the_shared_files():
-    assert hashlib.sha256(SHARED_YUNET.read_bytes()).hexdigest() == YUNET_SHA256
+def test_pinned_sha256_is_the_shared_files(yunet_model):
+    assert hashlib.sha256(yunet_model.read_bytes()).hexdigest() == YUNET_SHA256
 
 
 @pytest.mark.shared

@@ -559,11 +559,11 @@ class Memo:
         model = cfg.classifier.model or default_model_path()
         stat = model.stat() if model.is_file() else None
         clf = f"{model.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-        key = hashlib.sha256(f"{clip.name}|{det}|{clf}".encode()).hexdigest()[:16]
+        # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls)
+        key = hashlib.sha256(f"v2|{clip.name}|{det}|{clf}".encode()).hexdigest()[:16]
         self.path = folder / f"{clip.stem}-{key}.pkl"
-        self.faces: list[Any] = []
+        self.faces: dict[bytes, Any] = {}
         self.scores: dict[bytes, float] = {}
-        self._seen = 0
         if self.path.is_file():
             self.faces, self.scores = pickle.loads(self.path.read_bytes())
 
@@ -575,11 +575,10 @@ class Memo:
 
         class Detector:
             def detect(self, image: np.ndarray) -> list[Any]:
-                i = memo._seen
-                memo._seen += 1
-                if i >= len(memo.faces):
-                    memo.faces.append(detector.detect(image))
-                return memo.faces[i]
+                key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()
+                if key not in memo.faces:
+                    memo.faces[key] = detector.detect(image)
+                return memo.faces[key]
 
         class Classifier:
             input_size = classifier.input_size
