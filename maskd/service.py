@@ -122,21 +122,6 @@ class CameraLoop:
         if self.source.is_live:
             threading.Thread(target=self.source.close, name="stop-source", daemon=True).start()
 
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT -> stop(); returns a function restoring the previous handlers."""
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            self.stop(signal.Signals(signum).name)
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-        return restore
-
     # ------------------------------------------------------------------ the loop
 
     def run(self, flush_timeout: float = 30.0) -> int:
