@@ -126,3 +126,23 @@ def test_missing_video_device_is_reported_at_once(tmp_path):
         None if Path("/dev/video0").exists() else "/dev/video0")
     assert missing_video_device(SourceConfig(kind="auto")) is None  # may be the Pi camera
     assert missing_video_device(SourceConfig(kind="auto", uri="rtsp://cam/1")) is None
+
+
+def test_every_camera_of_a_cameras_map_is_checked(tmp_path, default_model):
+    """One row per camera: the demo gives a frame, a /dev/video that is not there fails at once;
+    the timing check still runs on the camera that works."""
+    (tmp_path / "state").mkdir()
+    cfg = tmp_path / "config.yaml"  # not write_cfg: its top-level source clashes with cameras
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nclassifier: {{model: {default_model}}}\n"
+                   "detector: {kind: blazeface}\n"
+                   "cameras:\n  front: {source: {kind: demo}}\n"
+                   "  back: {source: {uri: /dev/video97}}\n")
+    t0 = time.monotonic()
+    r = doctor(cfg)
+    got = rows(r.stdout)
+    assert got["camera front"][0] == "OK" and "first frame" in got["camera front"][1]
+    assert got["camera back"] == ("FAIL", got["camera back"][1])
+    assert "/dev/video97: no such device" in got["camera back"][1]
+    assert got["timing"][0] == "OK"
+    assert r.returncode == 1 and "camera back" in r.stderr
+    assert time.monotonic() - t0 < 60

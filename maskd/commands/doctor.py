@@ -245,24 +245,37 @@ class Doctor:
         self.add("detector", OK, det.describe())
 
     def camera(self) -> None:
+        """Every camera of the config gives a frame (one check each with a `cameras:` map); the
+        first that does is kept for the timing check."""
+        cams = self.cfg.cameras_resolved()
+        for cam in cams:
+            label = f"camera {cam.camera}" if self.cfg.multi_camera else "camera"
+            got = self._one_camera(label, cam.source)
+            if got is None:
+                continue
+            if self.source is None:
+                self.source, self.first_frame = got
+            else:
+                got[0].close()
+
+    def _one_camera(self, label: str, src_cfg: SourceConfig) -> tuple[Any, Any] | None:
+        """(the open source, its first frame), or None after adding the failed check."""
         from maskd.sources import open_source
         from maskd.types import SourceError
 
-        src_cfg = self.cfg.source
         missing = missing_video_device(src_cfg)
         if missing is not None:  # at once, not after CAMERA_TIMEOUT_S of reconnect attempts
-            self.add("camera", FAIL, f"{missing}: no such device (camera unplugged, or another "
-                                     "number? ls /dev/video*)")
-            return
+            self.add(label, FAIL, f"{missing}: no such device (camera unplugged, or another "
+                                  "number? ls /dev/video*)")
+            return None
         watcher = _LastWarning()
         logging.getLogger("maskd.sources").addHandler(watcher)
         try:
             try:
                 source = open_source(src_cfg)
             except SourceError as err:
-                self.add("camera", FAIL, _err(err))
-                return
-            self.source = source
+                self.add(label, FAIL, _err(err))
+                return None
             t0 = time.perf_counter()
             done, result = in_thread(source.read, CAMERA_TIMEOUT_S)
             ms = (time.perf_counter() - t0) * 1e3
@@ -271,15 +284,16 @@ class Doctor:
         name = getattr(source, "name", src_cfg.kind)
         if not done:
             why = f": {watcher.last}" if watcher.last else ""
-            self.add("camera", FAIL, f"{name}: no frame within {CAMERA_TIMEOUT_S:.0f} s{why}")
-            return
-        if isinstance(result, BaseException) or result is None:
+            self.add(label, FAIL, f"{name}: no frame within {CAMERA_TIMEOUT_S:.0f} s{why}")
+        elif isinstance(result, BaseException) or result is None:
             why = _err(result) if isinstance(result, BaseException) else (watcher.last or "source ended")
-            self.add("camera", FAIL, f"{name}: no frame ({why})")
-            return
-        self.first_frame = result
-        h, w = result.image.shape[:2]
-        self.add("camera", OK, f"{name}: {w}x{h} first frame in {ms:.0f} ms")
+            self.add(label, FAIL, f"{name}: no frame ({why})")
+        else:
+            h, w = result.image.shape[:2]
+            self.add(label, OK, f"{name}: {w}x{h} first frame in {ms:.0f} ms")
+            return source, result
+        source.close()
+        return None
 
     def broker(self) -> None:
         mq = self.cfg.mqtt
