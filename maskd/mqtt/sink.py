@@ -65,7 +65,8 @@ class _Camera:
     open_events: dict[str, dict] = field(default_factory=dict)  # event id -> its attributes
     last_state: dict | None = None
     last_state_t: float = float("-inf")
-    counts: tuple[int, int] | None = None  # (people in violation, faces) last published
+    violations: int | None = None  # people in violation, last published
+    faces: int | None = None  # faces in view, last published
     detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
     loop_stats: dict = field(default_factory=dict)
     stats_t: float = float("-inf")  # when its stats were last published
@@ -376,17 +377,16 @@ class MqttSink(EventSink):
 
     def camera_state(self, cam: _Camera, counts: FaceCounts) -> None:
         """Counts (faces, masked, unmasked, ...), retained: at most every state_interval_s, and
-        only on change (or once per stats interval as a heartbeat); the people-in-violation and
-        face counts on their own topics when they change."""
+        only on change (or once per stats interval as a heartbeat). The people-in-violation count
+        goes out as soon as it changes (it follows the events); the face count, which flickers
+        with the detector, with the state."""
         if not self._connected:
             return
         if (counts.detect_enabled, cam.control.in_force) != cam.detect:  # the schedule turned
             self._publish_detect_state(cam)
-        pair = (counts.active, counts.faces)
-        if pair != cam.counts:
-            cam.counts = pair
-            self._client.publish(cam.topics.violations, str(pair[0]), qos=1, retain=True)
-            self._client.publish(cam.topics.faces, str(pair[1]), qos=1, retain=True)
+        if counts.active != cam.violations:
+            cam.violations = counts.active
+            self._client.publish(cam.topics.violations, str(counts.active), qos=1, retain=True)
         state = counts.to_dict()
         now = time.monotonic()
         since = now - cam.last_state_t
@@ -396,6 +396,9 @@ class MqttSink(EventSink):
         if key == cam.last_state and since < self._mq.stats_interval_s:
             return
         cam.last_state, cam.last_state_t = key, now
+        if counts.faces != cam.faces:
+            cam.faces = counts.faces
+            self._client.publish(cam.topics.faces, str(counts.faces), qos=1, retain=True)
         self._client.publish(cam.topics.state, _dumps({**state, "time": time.time()}), qos=1,
                              retain=True)
 
@@ -493,7 +496,7 @@ class MqttSink(EventSink):
                                qos=1, retain=True)
             self._publish_active(cam)
             self._publish_detect_state(cam)
-            cam.counts = None  # published again with the next frame
+            cam.violations = cam.faces = None  # published again with the next frame
             client.subscribe(cam.topics.detect_set, qos=1)
         if self._mq.discovery:
             self._publish_discovery()
