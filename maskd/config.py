@@ -206,8 +206,9 @@ class TrackingConfig(Section):
 
     iou_threshold: float = Field(0.3, ge=0.0, le=1.0)
     # Match each track where its smoothed velocity says it should be now, not where it was last
-    # seen (maskd/tracking.py): a face crossing the view must not split at a missed frame.
-    predict_motion: bool = True
+    # seen (maskd/tracking.py), so a face crossing the view does not split at a missed frame.
+    # Off: on the walk-up clips it cost recall and raised false alarms (docs/eval_video.md).
+    predict_motion: bool = False
     max_missed_frames: int = Field(10, ge=0)
     window: int = Field(9, ge=1, le=100)  # median of the last N fresh no-mask scores
     start_threshold: float = Field(0.6, ge=0.0, le=1.0)

@@ -37,14 +37,12 @@ import numpy as np
 
 from maskd.config import TrackingConfig
 from maskd.geometry import near, same_size
-from maskd.tracking import Track, similarity
+from maskd.tracking import Track, coast, similarity
 from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
 
 CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
-MAX_COAST_S = 2.0  # a lost face is expected to keep moving for at most this long
-VELOCITY_SMOOTHING = 0.7  # weight of the velocity so far against the latest frame's
 
 
 @dataclass
@@ -66,22 +64,12 @@ class _Violation:
 
     def expected_box(self, now: float) -> Box:
         """Where the face should be now if it kept moving as it did (someone hidden while
-        walking past another person), at most MAX_COAST_S of motion ahead."""
-        dt = min(max(now - self.last_seen, 0.0), MAX_COAST_S)
-        dx, dy = self.velocity[0] * dt, self.velocity[1] * dt
-        x0, y0, x1, y1 = self.box
-        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+        walking past another person)."""
+        return coast(self.box, self.velocity, now - self.last_seen)
 
-    def follow(self, box: Box, seen: float) -> None:
-        """Move to the track's new box, updating the smoothed velocity."""
-        dt = seen - self.last_seen
-        if dt > 0:
-            vx = ((box[0] + box[2]) - (self.box[0] + self.box[2])) / 2 / dt
-            vy = ((box[1] + box[3]) - (self.box[1] + self.box[3])) / 2 / dt
-            a = VELOCITY_SMOOTHING
-            self.velocity = (a * self.velocity[0] + (1 - a) * vx,
-                             a * self.velocity[1] + (1 - a) * vy)
-        self.box, self.last_seen = box, seen
+    def follow(self, track: Track) -> None:
+        """Move to the track's box and take its velocity."""
+        self.box, self.last_seen, self.velocity = track.box, track.last_seen, track.velocity
 
 
 @dataclass
@@ -170,7 +158,7 @@ class Violations:
         for v in list(self._open):
             t = by_id.get(v.track_id)
             if t is not None and t.seen_now:
-                v.follow(t.box, t.last_seen)
+                v.follow(t)
                 if t.appearance is not None:
                     v.appearance = t.appearance
                 if t.smoothed is not None:
@@ -198,7 +186,7 @@ class Violations:
             v = _Violation(
                 event_id=self._new_id(), track_id=t.track_id, start_time=now, box=t.box,
                 appearance=t.appearance, last_seen=now, score=score, top_score=score, best_seq=frame_seq,
-                best_crop=crops.get(t.track_id), last_msg_time=now,
+                best_crop=crops.get(t.track_id), last_msg_time=now, velocity=t.velocity,
             )
             self._open.append(v)
             self.started += 1

@@ -1,7 +1,9 @@
 """Follow faces across frames, weigh the evidence on each one, and say who looks like whom.
 
 Per-frame classifier output flickers (motion blur, a hand in front of the face, a detector
-box that jitters); alarms must not. Each face becomes a track by greedy IoU matching. Only a
+box that jitters); alarms must not. Each face becomes a track by greedy IoU matching (with
+``predict_motion``, against where the track's smoothed velocity puts its box now, so one frame
+the detector misses does not split someone walking past into two tracks). Only a
 *fresh* classification is a vote: a score the pipeline reused from its cache saves CPU but
 adds no evidence. The track's no-mask score is the median of its last ``window`` votes, and
 it only counts as *violating* after ``min_votes`` votes in a row with that median at or above
@@ -36,6 +38,29 @@ APPEARANCE_SIZE = 48
 APPEARANCE_BANDS = 3
 APPEARANCE_BINS = (8, 3, 3)  # hue, saturation, value
 APPEARANCE_MOMENTUM = 0.7  # running mean over fresh crops: weight of what the track had
+VELOCITY_SMOOTHING = 0.7  # weight of the velocity so far against the latest frame's
+MAX_COAST_S = 2.0  # a lost face is expected to keep moving for at most this long
+
+
+def coast(box: Box, velocity: tuple[float, float], dt: float) -> Box:
+    """``box`` moved on by ``velocity`` (box centre, pixels per second) for ``dt`` seconds, at
+    most MAX_COAST_S: where a face that kept moving should be now."""
+    dt = min(max(dt, 0.0), MAX_COAST_S)
+    dx, dy = velocity[0] * dt, velocity[1] * dt
+    x0, y0, x1, y1 = box
+    return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+
+
+def smooth_velocity(velocity: tuple[float, float], old: Box, new: Box,
+                    dt: float) -> tuple[float, float]:
+    """The box centre's velocity after moving from ``old`` to ``new`` in ``dt`` seconds,
+    exponentially smoothed (VELOCITY_SMOOTHING) against detector jitter."""
+    if dt <= 0:
+        return velocity
+    vx = ((new[0] + new[2]) - (old[0] + old[2])) / 2 / dt
+    vy = ((new[1] + new[3]) - (old[1] + old[3])) / 2 / dt
+    a = VELOCITY_SMOOTHING
+    return (a * velocity[0] + (1 - a) * vx, a * velocity[1] + (1 - a) * vy)
 
 
 @dataclass
@@ -62,6 +87,7 @@ class Track:
     moved: bool = False  # its box has moved beyond static_tolerance at least once
     static: bool = False  # still for static_after_s: a picture, not a person
     reported_static: bool = False
+    velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second (smoothed)
 
     def __post_init__(self) -> None:
         self.scores = deque(self.scores, maxlen=self.window)
@@ -86,10 +112,13 @@ class Tracker:
         Returns the track of each box, in the order of ``boxes``. Scores are added
         separately with :meth:`add_score` so the caller can decide what to classify.
         """
+        predict = self.cfg.predict_motion
+        expected = [coast(t.box, t.velocity, timestamp - t.last_seen) if predict else t.box
+                    for t in self.tracks]
         pairs = sorted(
             (
-                (iou(t.box, b), ti, bi)
-                for ti, t in enumerate(self.tracks)
+                (iou(e, b), ti, bi)
+                for ti, e in enumerate(expected)
                 for bi, b in enumerate(boxes)
             ),
             key=lambda p: (-p[0], p[1], p[2]),
@@ -103,6 +132,7 @@ class Tracker:
                 continue
             used.add(ti)
             t = self.tracks[ti]
+            t.velocity = smooth_velocity(t.velocity, t.box, boxes[bi], timestamp - t.last_seen)
             t.box, t.last_seen, t.last_seq = boxes[bi], timestamp, seq
             t.hits += 1
             t.missed = 0

@@ -124,3 +124,16 @@ def test_min_span_needs_votes_spread_over_time():
     scores = [0.9] * 5 + [0.1] * 3 + [0.9] * 8
     got = [update(tr, [v(box, s)], i, i / 10)[0].violating for i, s in enumerate(scores)]
     assert not any(got[:14]) and got[-1]
+
+
+def test_predict_motion_keeps_a_fast_face_across_a_missed_frame():
+    """A 32 px face moving 9 px a frame (the walk-up case in docs/eval_video.md): after one
+    missed frame its box overlaps the last one by less than iou_threshold."""
+    boxes = [(100 + 9 * i, 50, 132 + 9 * i, 82) for i in range(12)]
+    script = [[] if i == 6 else [(b, 0.9)] for i, b in enumerate(boxes)]
+    ids = {}
+    for predict in (False, True):
+        tr = Tracker(TrackingConfig(predict_motion=predict))
+        ids[predict] = {t.track_id for frame in run(tr, script) for t in frame}
+    assert len(ids[False]) == 2  # split in two at the missed frame
+    assert len(ids[True]) == 1
