@@ -193,12 +193,6 @@ class ClassifierConfig(Section):
     # A second, mirrored view for a fresh score within this distance of the label cut; the two
     # scores are averaged (0 = off). Costs a classification only for the doubtful faces.
     flip_band: float = Field(0.0, ge=0.0, le=0.5)
-    # A face the detector scores below `sure_face_score` (it may be a blurred crowd face, a
-    # hand, a printed face) counts as no-mask only when P(no_mask) >= `unsure_threshold`: its
-    # score is rescaled so that `unsure_threshold` lands on `threshold` (docs/eval_video.md).
-    # None = every detected face is judged by `threshold` alone.
-    sure_face_score: float | None = Field(None, ge=0.0, le=1.0)
-    unsure_threshold: float = Field(0.9, gt=0.0, lt=1.0)
 
 
 class TrackingConfig(Section):

@@ -81,30 +81,11 @@ def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scor
     return out
 
 
-def strict_score(p: float, cut: float, strict_cut: float) -> float:
-    """``p`` mapped monotonically (0 -> 0, ``strict_cut`` -> ``cut``, 1 -> 1, linear between), so
-    a face must reach ``strict_cut`` to land on the no-mask side of ``cut`` everywhere the score
-    is used (label, votes, median), and its order among the other scores is kept."""
-    if p < strict_cut:
-        return p * cut / strict_cut
-    return cut + (p - strict_cut) * (1.0 - cut) / (1.0 - strict_cut)
-
-
-def weigh_scores(faces: list[Face], scores: list[float], cfg: ClassifierConfig) -> list[float]:
-    """Scores of faces the detector is unsure of (``cfg.sure_face_score``) made strict."""
-    sure = cfg.sure_face_score
-    if sure is None:
-        return scores
-    return [p if f.score >= sure else strict_score(p, cfg.threshold, cfg.unsure_threshold)
-            for f, p in zip(faces, scores, strict=True)]
-
-
 def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier,
                 cfg: ClassifierConfig) -> list[Verdict]:
     """Verdicts for every face of one image, no tracking (``maskd scan``)."""
     idx = [i for i, f in enumerate(faces) if judgeable(f, cfg.min_face_px)]
     scores = classify_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx])
-    scores = weigh_scores([faces[i] for i in idx], scores, cfg)
     by_idx = dict(zip(idx, scores, strict=True))
     return [Verdict(f, by_idx.get(i), cfg.threshold) for i, f in enumerate(faces)]
 
@@ -219,7 +200,6 @@ class Pipeline:
         if ccfg.flip_band > 0:
             fresh = second_opinion(self.classifier, todo_crops, fresh, ccfg.threshold,
                                    ccfg.flip_band)
-        fresh = weigh_scores([faces[i] for i in todo], fresh, ccfg)
         t3 = time.perf_counter()
         for i, p in zip(todo, fresh, strict=True):
             scores[i] = p

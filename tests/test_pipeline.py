@@ -247,38 +247,3 @@ def test_faces_cut_off_by_the_frame_border_are_counted_not_judged():
     assert [v.no_mask is None for v in r.verdicts] == [True, False]
     assert pipe.counts.edge_faces == 1 and clf.crops == 1
 
-
-def test_strict_score_moves_the_cut_and_keeps_the_order():
-    from maskd.pipeline import strict_score
-
-    assert strict_score(0.9, cut=0.6, strict_cut=0.9) == pytest.approx(0.6)
-    assert strict_score(0.0, 0.6, 0.9) == 0.0 and strict_score(1.0, 0.6, 0.9) == pytest.approx(1.0)
-    assert strict_score(0.85, 0.6, 0.9) < 0.6 < strict_score(0.95, 0.6, 0.9)
-    ps = np.linspace(0, 1, 41)
-    assert np.all(np.diff([strict_score(p, 0.6, 0.9) for p in ps]) > 0)
-
-
-class ScoredDetector:
-    """Every call: the same boxes, each with its own detector score."""
-
-    def __init__(self, faces):
-        self.faces = [Face(tuple(map(float, b)), s) for b, s in faces]
-
-    def detect(self, image):
-        return list(self.faces)
-
-
-@pytest.mark.parametrize("red, unsure_label", [(204, "mask"), (250, "no_mask")])
-def test_a_face_the_detector_is_unsure_of_needs_a_sure_classifier(red, unsure_label):
-    """P = 0.8 is no-mask for a sure face but not for an unsure one (it must reach 0.9); at
-    P = 0.98 both are. Run and scan decide alike."""
-    cfg = Config()
-    cfg.classifier.sure_face_score, cfg.classifier.unsure_threshold = 0.8, 0.9
-    det = ScoredDetector([((20, 20, 80, 80), 0.95), ((200, 20, 260, 80), 0.55)])
-    r = Pipeline(cfg, det, RedClassifier()).process(frame(0, red))
-    assert [v.label for v in r.verdicts] == ["no_mask", unsure_label]
-    still = judge_faces(frame(0, red).image, det.detect(None), RedClassifier(), cfg.classifier)
-    assert [v.label for v in still] == ["no_mask", unsure_label]
-    cfg.classifier.sure_face_score = None  # off: the detector score plays no part
-    r = Pipeline(cfg, det, RedClassifier()).process(frame(0, red))
-    assert [v.label for v in r.verdicts] == ["no_mask", "no_mask"]
