@@ -83,9 +83,13 @@ def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scor
 
 def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier,
                 cfg: ClassifierConfig) -> list[Verdict]:
-    """Verdicts for every face of one image, no tracking (``maskd scan``)."""
+    """Verdicts for every face of one image, no tracking (``maskd scan``): the same crop,
+    second opinion and cut as a fresh classification in ``Pipeline.process``."""
     idx = [i for i, f in enumerate(faces) if judgeable(f, cfg.min_face_px)]
-    scores = classify_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx])
+    crops = [crop_face(image, faces[i].box, cfg.margin) for i in idx]
+    scores = classify_crops(classifier, crops)
+    if cfg.flip_band > 0:
+        scores = second_opinion(classifier, crops, scores, cfg.threshold, cfg.flip_band)
     by_idx = dict(zip(idx, scores, strict=True))
     return [Verdict(f, by_idx.get(i), cfg.threshold) for i, f in enumerate(faces)]
 

@@ -247,3 +247,16 @@ def test_faces_cut_off_by_the_frame_border_are_counted_not_judged():
     assert [v.no_mask is None for v in r.verdicts] == [True, False]
     assert pipe.counts.edge_faces == 1 and clf.crops == 1
 
+
+
+def test_scan_and_run_take_the_same_second_opinion():
+    """classifier.flip_band applies to `maskd scan` (judge_faces) as it does to `run`."""
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[20:80, 20:50, 2] = 255  # red on the left half of the first face only
+    boxes = [(20, 20, 80, 80), (200, 20, 260, 80)]
+    cfg = Config()
+    cfg.classifier.margin, cfg.classifier.flip_band = 0.0, 0.5
+    still = judge_faces(img, [Face(b, 0.9) for b in boxes], LeftRedClassifier(), cfg.classifier)
+    run = Pipeline(cfg, ScriptedDetector([boxes]), LeftRedClassifier()).process(Frame(img, 0, 0.0))
+    assert [v.no_mask for v in still] == pytest.approx([v.no_mask for v in run.verdicts])
+    assert still[0].no_mask == pytest.approx(0.5)  # (1.0 + 0.0 mirrored) / 2
