@@ -392,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"eval_scenes: {err}", file=sys.stderr)
             return 2
         base_det, base_cls = cfg_file.detector, cfg_file.classifier
-    cls_cfg = ClassifierConfig(
-        model=args.model or base_cls.model, threads=base_cls.threads,
-        margin=base_cls.margin if args.margin is None else args.margin,
-        threshold=base_cls.threshold if args.threshold is None else args.threshold,
-        min_face_px=base_cls.min_face_px if args.min_face_px is None else args.min_face_px)
+    # Every classifier key of the --config file applies (flip_band too), as in `maskd scan`.
+    cls_cfg = base_cls.model_copy(update={
+        "model": args.model or base_cls.model,
+        "margin": base_cls.margin if args.margin is None else args.margin,
+        "threshold": base_cls.threshold if args.threshold is None else args.threshold,
+        "min_face_px": base_cls.min_face_px if args.min_face_px is None else args.min_face_px})
     variants = args.variants or ("config" if args.config else ",".join(DEFAULT_VARIANTS))
     try:
         scenes = load_scenes(args.scenes, args.limit, args.part)
