@@ -147,3 +147,17 @@ def test_runs_with_the_system_python_without_the_venv(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert r.returncode == 69, r.stderr  # -S: no site-packages, so only the standard library
     assert "Connection refused" in r.stderr
+
+
+def test_unwritable_default_folder_says_how_else(tmp_path, capsys, monkeypatch):
+    """Outside a checkout the default is the system folder (root only): the error says what to
+    do instead; with --dest given that hint would be wrong, so it is not printed."""
+    import maskd.commands.models as cmd
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should be")
+    monkeypatch.setattr(cmd, "default_dest", lambda: blocker / "models")
+    code, _, err = fetch(capsys, "--yunet-url", refused_url())
+    assert code == 73 and "cannot write in" in err and "--dest DIR" in err and "sudo" in err
+    code, _, err = fetch(capsys, "--dest", str(blocker / "models"), "--yunet-url", refused_url())
+    assert code == 73 and "sudo" not in err

@@ -30,6 +30,10 @@ def main(args: argparse.Namespace) -> int:
             print("maskd models fetch: or download that URL on a machine that can, copy it "
                   "here and run: maskd models fetch --yunet-url file:///path/to/it (checked the "
                   "same way)", file=sys.stderr)
+        if err.kind == "write" and args.dest is None:
+            print(f"maskd models fetch: {dest} is the system folder the service reads; run this "
+                  "as root (sudo), or pass --dest DIR and set detector.model to the file it "
+                  "saves", file=sys.stderr)
         return EXIT[err.kind]
     state = "installed" if got.changed else "unchanged"
     print(f"{state} {got.path} (sha256 ok)")
