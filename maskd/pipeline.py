@@ -81,15 +81,22 @@ def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scor
     return out
 
 
+def judge_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray],
+                cfg: ClassifierConfig) -> list[float]:
+    """P(no_mask) per crop as every command judges a fresh crop: one classifier call, then the
+    mirrored second opinion for doubtful ones when ``cfg.flip_band`` is set."""
+    scores = classify_crops(classifier, crops_bgr)
+    if cfg.flip_band > 0:
+        scores = second_opinion(classifier, crops_bgr, scores, cfg.threshold, cfg.flip_band)
+    return scores
+
+
 def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier,
                 cfg: ClassifierConfig) -> list[Verdict]:
     """Verdicts for every face of one image, no tracking (``maskd scan``): the same crop,
-    second opinion and cut as a fresh classification in ``Pipeline.process``."""
+    ``judge_crops`` and cut as a fresh classification in ``Pipeline.process``."""
     idx = [i for i, f in enumerate(faces) if judgeable(f, cfg.min_face_px)]
-    crops = [crop_face(image, faces[i].box, cfg.margin) for i in idx]
-    scores = classify_crops(classifier, crops)
-    if cfg.flip_band > 0:
-        scores = second_opinion(classifier, crops, scores, cfg.threshold, cfg.flip_band)
+    scores = judge_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx], cfg)
     by_idx = dict(zip(idx, scores, strict=True))
     return [Verdict(f, by_idx.get(i), cfg.threshold) for i, f in enumerate(faces)]
 
@@ -200,10 +207,7 @@ class Pipeline:
         t2 = time.perf_counter()
         crops = {tracks[i].track_id: crop_face(frame.image, faces[i].box, ccfg.margin) for i in todo}
         todo_crops = [crops[tracks[i].track_id] for i in todo]
-        fresh = classify_crops(self.classifier, todo_crops)
-        if ccfg.flip_band > 0:
-            fresh = second_opinion(self.classifier, todo_crops, fresh, ccfg.threshold,
-                                   ccfg.flip_band)
+        fresh = judge_crops(self.classifier, todo_crops, ccfg)
         t3 = time.perf_counter()
         for i, p in zip(todo, fresh, strict=True):
             scores[i] = p
