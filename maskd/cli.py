@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import typing
 from pathlib import Path
 
 from maskd import __version__, modelfiles
@@ -76,6 +75,11 @@ def _doc(name: str) -> dict:
     return {"epilog": EPILOGS[name], "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+# config.DetectorConfig.kind's values (a test keeps them equal): the parser must not import the
+# config module, because `maskd models fetch` runs without the venv's packages (pyyaml).
+DETECTOR_KINDS = ("auto", "yunet", "centerface", "blazeface", "ssd")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
     p.add_argument("--threads", type=int, default=None, help="TFLite CPU threads")
@@ -83,10 +87,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    from maskd.config import DetectorConfig
-
-    kinds = typing.get_args(DetectorConfig.model_fields["kind"].annotation)  # the config's rule
-    p.add_argument("--detector", choices=kinds, default=None,
+    p.add_argument("--detector", choices=DETECTOR_KINDS, default=None,
                    help="face detector (default: the config's; auto = YuNet when its file is "
                         "found, else BlazeFace)")
     p.add_argument("--detector-model", type=Path, default=None, help="detector model file")

@@ -27,7 +27,7 @@ BROKEN = [
     ("out of range", "source:\n  fps: 0\n",
      [["'source.fps'", "greater than 0", "got 0"]]),
     ("not one of the choices", "detector:\n  kind: haar\n",
-     [["'detector.kind'", "'auto', 'yunet', 'blazeface' or 'ssd'", "'haar'"]]),
+     [["'detector.kind'", "'auto', 'yunet', 'centerface', 'blazeface' or 'ssd'", "'haar'"]]),
     ("bad broker URL", "mqtt:\n  url: http://broker:1883\n",
      [["'mqtt.url'", "must start with mqtt:// or mqtts://"]]),
     ("bad id", "device_id: front door\n",
@@ -155,3 +155,14 @@ def test_device_id_defaults_to_the_host_name():
     assert host_device_id("my pi!") == "my-pi" and host_device_id("...") == "maskd"
     assert len(host_device_id("a" * 80)) == 64
     assert parse_config({"device_id": "x"}).device_id == "x"
+
+
+def test_cli_detector_choices_are_the_configs():
+    """`--detector` offers exactly the kinds the config accepts (one rule, kept in two places
+    because the parser must not import the config module)."""
+    import typing
+
+    from maskd.cli import DETECTOR_KINDS
+    from maskd.config import DetectorConfig
+
+    assert DETECTOR_KINDS == typing.get_args(DetectorConfig.model_fields["kind"].annotation)
