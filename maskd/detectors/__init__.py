@@ -40,10 +40,10 @@ from maskd.tflite import ModelError
 from maskd.types import FaceDetector
 
 __all__ = [
-    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "CenterFace", "DetectorError", "OpenCvSsd",
-    "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface", "decode_ssd_postprocess",
-    "find_yunet_model", "inner_edge_mask", "make_detector", "postprocess_output_order",
-    "ssd_anchors",
+    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "CenterFace", "DetectorError",
+    "OpenCvSsd", "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface",
+    "decode_ssd_postprocess", "find_yunet_model", "inner_edge_mask", "make_detector",
+    "postprocess_output_order", "ssd_anchors",
 ]
 
 

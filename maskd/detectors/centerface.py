@@ -90,7 +90,8 @@ class CenterFace:
 
     @classmethod
     def available(cls, cfg: DetectorConfig) -> bool:
-        """Whether ``auto`` can pick CenterFace: its model file is found."""
+        """Whether its model file is found (the registry asks; ``auto`` does not try CenterFace,
+        it lost to YuNet on the walk-up clips)."""
         try:
             find_centerface_model(cfg.model)
         except DetectorError:
