@@ -37,7 +37,7 @@ import numpy as np
 
 from maskd.config import TrackingConfig
 from maskd.geometry import near, same_size
-from maskd.tracking import Track, coast, similarity
+from maskd.tracking import Track, at_least, coast, similarity
 from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Violations:
                     v.top_score, v.best_seq, v.dirty = v.score, frame_seq, True
                     if t.track_id in crops:
                         v.best_crop = crops[t.track_id]
-            elif now - v.last_seen >= self.cfg.end_after_s:
+            elif at_least(now - v.last_seen, self.cfg.end_after_s):
                 out.append(self._end(v, "gone", v.last_seen, frame_seq))
                 continue
             if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:

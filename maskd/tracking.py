@@ -40,6 +40,15 @@ APPEARANCE_BINS = (8, 3, 3)  # hue, saturation, value
 APPEARANCE_MOMENTUM = 0.7  # running mean over fresh crops: weight of what the track had
 VELOCITY_SMOOTHING = 0.7  # weight of the velocity so far against the latest frame's
 MAX_COAST_S = 2.0  # a lost face is expected to keep moving for at most this long
+# Frame times are float epoch seconds (steps of about 0.24 us at today's 1.8e9 s), so a span of
+# exactly N frame intervals can come out a hair short: 10 frames at 15 fps gave 0.5999998 s for
+# about half of the start times and the rule's 0.6 s was missed. Far below any frame interval.
+TIME_EPS = 1e-3
+
+
+def at_least(span_s: float, limit_s: float) -> bool:
+    """``span_s >= limit_s`` for time spans, robust to the rounding of epoch timestamps."""
+    return span_s >= limit_s - TIME_EPS
 
 
 def coast(box: Box, velocity: tuple[float, float], dt: float) -> Box:
@@ -193,7 +202,7 @@ class Tracker:
             track.above += 1
             since = track.last_seen if track.above_since is None else track.above_since
             span = track.last_seen - since
-            if track.above >= cfg.min_votes and span >= cfg.min_span_s - 1e-9:
+            if track.above >= cfg.min_votes and at_least(span, cfg.min_span_s):
                 track.violating = True
         else:
             track.above, track.above_since = 0, None

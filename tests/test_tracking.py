@@ -126,6 +126,21 @@ def test_min_span_needs_votes_spread_over_time():
     assert not any(got[:14]) and got[-1]
 
 
+def test_min_span_holds_on_epoch_timestamps():
+    """A file source stamps frames start + seq / fps in epoch seconds; for some start times
+    10 frames at 15 fps come out a hair under 0.6 s. The rule must not depend on that rounding
+    (it did: a face in view for exactly 10 frames got its event for about half the start times)."""
+    starts = [1_796_157_552.413 + k * 0.001 for k in range(200)]
+    short = [t0 for t0 in starts if (t0 + 9 / 15) - t0 < 0.6 - 1e-9]
+    assert len(short) > 20  # such start times are common
+    cfg = TrackingConfig(window=9, min_votes=3, min_span_s=0.6, start_threshold=0.6)
+    for t0 in short[:5] + [starts[0], 0.0]:
+        tr = Tracker(cfg)
+        box = (0, 0, 40, 40)
+        got = [update(tr, [v(box, 0.9)], i, t0 + i / 15)[0].violating for i in range(12)]
+        assert got.index(True) == 9, t0  # the 10th vote, 0.6 s after the first
+
+
 def test_predict_motion_keeps_a_fast_face_across_a_missed_frame():
     """A 32 px face moving 9 px a frame (the walk-up case in docs/eval_video.md): after one
     missed frame its box overlaps the last one by less than iou_threshold."""
