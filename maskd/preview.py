@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts, draw_zones, header_text
-from maskd.config import Config, PreviewConfig, ZonesConfig, is_loopback
+from maskd.config import Config, PreviewConfig, ZonesConfig
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
 from maskd.geometry import letterbox
@@ -310,11 +310,6 @@ def parse_listen(value: str) -> tuple[str, int]:
         return _parse_listen(value)
     except ValueError as err:
         raise PreviewUnavailable(f"preview.http: {value!r} {err}") from None
-
-
-def is_local(host: str) -> bool:
-    """True when only this machine can connect to ``host``."""
-    return is_loopback(host)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes | None:

@@ -42,8 +42,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maskd import __version__
-from maskd.config import Config, PreviewConfig, read_secret
-from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, is_local, parse_listen
+from maskd.config import Config, PreviewConfig, is_loopback, read_secret
+from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, parse_listen
 from maskd.types import (
     EventSink,
     FaceCounts,
@@ -328,7 +328,7 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         self._thread.start()
-        if is_local(self.host):
+        if is_loopback(self.host):
             log.info("status page at %s", self.url)
         else:
             log.info("status page at %s (%s required)", self.url,

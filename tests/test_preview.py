@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maskd.annotate import GREEN, RED, header_text
-from maskd.config import ClassifierConfig, Config
+from maskd.config import ClassifierConfig, Config, is_loopback
 from maskd.geometry import letterbox
 from maskd.mailbox import Mailbox
 from maskd.preview import (
@@ -22,7 +22,6 @@ from maskd.preview import (
     PreviewUnavailable,
     ThreadedPreview,
     WindowPreview,
-    is_local,
     make_observers,
     opencv_gui_backend,
     parse_listen,
@@ -271,9 +270,10 @@ def test_parse_listen():
 # ------------------------------------------------------------------ HTTP
 
 
-def test_is_local():
-    assert is_local("localhost") and is_local("::1") and is_local("127.0.0.2")
-    assert not is_local("192.168.1.2") and not is_local("0.0.0.0") and not is_local("maskd.local")
+def test_is_loopback():
+    assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("192.168.1.2") and not is_loopback("0.0.0.0")
+    assert not is_loopback("maskd.local")
 
 
 def test_make_observers_leaves_http_to_the_status_page():
