@@ -214,6 +214,11 @@ class TrackingConfig(Section):
     # scenes-dev select part by the rule in docs/eval_video.md.
     min_votes: int = Field(3, ge=1, validation_alias=AliasChoices("min_votes", "min_frames"))
     min_span_s: float = Field(0.6, ge=0.0, le=60.0)
+    # Overwhelming evidence may start sooner: a track whose smoothed score is at least
+    # strong_threshold needs its min_votes over strong_span_s only (a face leaving the view after
+    # half a second of sure votes). null = off (docs/eval_video.md, round twelve).
+    strong_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    strong_span_s: float = Field(0.4, ge=0.0, le=60.0)
     recheck_every: int = Field(5, ge=1)  # re-classify a still, confident track every K frames
     update_interval_s: float = Field(5.0, ge=0.0)
     end_after_s: float = Field(3.0, ge=0.0)  # track gone this long ends the event
@@ -227,6 +232,19 @@ class TrackingConfig(Section):
     # standing perfectly still for that long would be ignored too (docs/pipeline.md).
     static_after_s: float | None = Field(None, gt=0.0, le=3600.0)
     static_tolerance: float = Field(0.05, ge=0.0, le=0.5)
+
+    @model_validator(mode="after")
+    def _strong_is_stricter(self) -> TrackingConfig:
+        """The strong path trades span for certainty; one that asks for less would be a loophole."""
+        if self.strong_threshold is None:
+            return self
+        if self.strong_threshold < self.start_threshold:
+            raise ValueError(f"strong_threshold {self.strong_threshold} is below start_threshold "
+                             f"{self.start_threshold}; it must be at least as strict")
+        if self.strong_span_s > self.min_span_s:
+            raise ValueError(f"strong_span_s {self.strong_span_s} is longer than min_span_s "
+                             f"{self.min_span_s}; the strong path must be the shorter one")
+        return self
 
 
 class MotionConfig(Section):

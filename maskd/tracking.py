@@ -8,8 +8,8 @@ the detector misses does not split someone walking past into two tracks). Only a
 adds no evidence. The track's no-mask score is the median of its last ``window`` votes, and
 it only counts as *violating* after ``min_votes`` votes in a row with that median at or above
 ``start_threshold``, the first and last of them at least ``min_span_s`` apart (one bad run of
-frames is not enough); it stops only when the median falls below the lower
-``release_threshold`` (hysteresis).
+frames is not enough; ``strong_span_s`` when the median is at least ``strong_threshold``);
+it stops only when the median falls below the lower ``release_threshold`` (hysteresis).
 
 A track also carries an appearance descriptor (``appearance``: colour layout of its face
 crops), so the violation lifecycle can tell a person who was briefly lost from the next person
@@ -202,7 +202,9 @@ class Tracker:
             track.above += 1
             since = track.last_seen if track.above_since is None else track.above_since
             span = track.last_seen - since
-            if track.above >= cfg.min_votes and at_least(span, cfg.min_span_s):
+            strong = cfg.strong_threshold is not None and track.smoothed >= cfg.strong_threshold
+            need = cfg.strong_span_s if strong else cfg.min_span_s
+            if track.above >= cfg.min_votes and at_least(span, need):
                 track.violating = True
         else:
             track.above, track.above_since = 0, None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from maskd.config import TrackingConfig
 from maskd.geometry import iou
 from maskd.tracking import Tracker
@@ -139,6 +142,36 @@ def test_min_span_holds_on_epoch_timestamps():
         box = (0, 0, 40, 40)
         got = [update(tr, [v(box, 0.9)], i, t0 + i / 15)[0].violating for i in range(12)]
         assert got.index(True) == 9, t0  # the 10th vote, 0.6 s after the first
+
+
+def test_strong_evidence_starts_over_the_shorter_span():
+    """With strong_threshold set, a median of sure votes needs only strong_span_s; a median
+    between start_threshold and strong_threshold still needs min_span_s. Off, both wait."""
+    box = (0, 0, 40, 40)
+
+    def first_violating(cfg, score):
+        tr = Tracker(cfg)
+        got = [update(tr, [v(box, score)], i, i / 10)[0].violating for i in range(10)]
+        return got.index(True) if True in got else None
+
+    on = TrackingConfig(window=3, min_votes=3, min_span_s=0.6, start_threshold=0.6,
+                        strong_threshold=0.9, strong_span_s=0.3)
+    assert first_violating(on, 0.95) == 3  # the 4th vote, 0.3 s after the first
+    assert first_violating(on, 0.8) == 6  # not sure enough: 0.6 s
+    off = TrackingConfig(window=3, min_votes=3, min_span_s=0.6, start_threshold=0.6)
+    assert first_violating(off, 0.95) == 6
+    # min_votes still holds on the strong path.
+    few = TrackingConfig(window=3, min_votes=5, min_span_s=0.6, strong_threshold=0.9,
+                         strong_span_s=0.0)
+    assert first_violating(few, 0.95) == 4
+
+
+def test_strong_path_must_be_stricter():
+    """A strong path that asks for less than the normal one is refused, naming both keys."""
+    with pytest.raises(ValidationError, match="strong_threshold 0.5 is below start_threshold"):
+        TrackingConfig(start_threshold=0.6, strong_threshold=0.5)
+    with pytest.raises(ValidationError, match="strong_span_s 0.8 is longer than min_span_s"):
+        TrackingConfig(min_span_s=0.6, strong_threshold=0.9, strong_span_s=0.8)
 
 
 def test_predict_motion_keeps_a_fast_face_across_a_missed_frame():
