@@ -163,10 +163,11 @@ install_file "$wrapper" /usr/local/bin/maskd 0755
 
 # ---------------------------------------------------------------- models
 found_model=0
-# Only what the device uses: the int8 classifier, its sidecar, and its EdgeTPU twin when built
-# (not the float32 model or the training split).
+# Only what the device uses: the int8 classifier, its sidecar, its EdgeTPU twin when built, and
+# the second training draw `maskd scan` averages with it (not the float32 model or the split).
 for f in "$SRC"/models/maskd_mobilenetv2_int8.tflite "$SRC"/models/maskd_mobilenetv2_int8.json \
-         "$SRC"/models/maskd_mobilenetv2_int8_edgetpu.tflite; do
+         "$SRC"/models/maskd_mobilenetv2_int8_edgetpu.tflite \
+         "$SRC"/models/maskd_mobilenetv2_int8_s43.tflite "$SRC"/models/maskd_mobilenetv2_int8_s43.json; do
     [ -e "$f" ] || continue
     install_file "$f" "$MODELS/$(basename "$f")" 0644
     found_model=1

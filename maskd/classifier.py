@@ -24,6 +24,9 @@ from maskd.env import Environment
 from maskd.tflite import ModelError, get_output, open_interpreter, quantize
 
 DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
+# The same recipe trained with another seed: `scan` averages the two (docs/eval_video.md, round
+# thirteen); the door runs DEFAULT_MODEL_NAME alone.
+SECOND_DRAW_NAME = "maskd_mobilenetv2_int8_s43.tflite"
 SIDECAR_FORMAT = "maskd-classifier/1"
 
 # MobileNetV2's own normalisation: pixel / 127.5 - 1 -> [-1, 1].
@@ -36,16 +39,25 @@ DEFAULT_OFFSET = -1.0
 MAX_BATCH = 16
 
 
-def packaged_model_path() -> Path:
-    """The int8 model that ships inside the package (``maskd/models/``, package data), with its
+def packaged_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """An int8 model that ships inside the package (``maskd/models/``, package data), with its
     sidecar next to it; a link to ``models/`` in a checkout, a real file in a wheel."""
-    return Path(str(resources.files("maskd").joinpath("models", DEFAULT_MODEL_NAME)))
+    return Path(str(resources.files("maskd").joinpath("models", name)))
 
 
-def default_model_path() -> Path:
-    """The shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` when set, else the packaged one."""
+def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """A shipped int8 model: ``$MASKD_MODEL_DIR/<name>`` when set, else the packaged one."""
     folder = Environment.read().model_dir
-    return folder / DEFAULT_MODEL_NAME if folder is not None else packaged_model_path()
+    return folder / name if folder is not None else packaged_model_path(name)
+
+
+def still_extra_paths(model: Path | None, extras: Sequence[Path] | None) -> list[Path]:
+    """The models `scan` averages with ``classifier.model``: ``classifier.still_extra_models``
+    when set; else the shipped second draw, but only beside the shipped model (a model of
+    one's own is not averaged with ours)."""
+    if extras is not None:
+        return [Path(p) for p in extras]
+    return [] if model is not None else [default_model_path(SECOND_DRAW_NAME)]
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -204,3 +216,25 @@ class Classifier:
             y = get_output(self.interpreter, 0)
             out[start:start + len(chunk)] = y[:, self._no_mask]
         return np.clip(out, 0.0, 1.0)
+
+
+class MeanClassifier:
+    """P(no_mask) averaged over several classifiers. Two training draws of one recipe disagree
+    by about 0.014 in per-photo F1; their mean is steadier than either (`scan`, round thirteen
+    in docs/eval_video.md). Each member resizes the crops to its own input."""
+
+    def __init__(self, members: Sequence[Classifier]) -> None:
+        if not members:
+            raise ValueError("MeanClassifier needs at least one classifier")
+        self.members = list(members)
+        first = self.members[0]
+        self.path, self.labels, self.runtime = first.path, first.labels, first.runtime
+        self.input_size = first.input_size
+
+    def describe(self) -> str:
+        """The members' lines joined: `maskd doctor` shows every file that votes."""
+        return "mean of " + "; ".join(m.describe() for m in self.members)
+
+    def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+        """The members' P(no_mask) per crop, averaged."""
+        return np.mean([m.predict(crops_rgb) for m in self.members], axis=0).astype(np.float32)

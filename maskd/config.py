@@ -193,6 +193,11 @@ class ClassifierConfig(Section):
     # A second, mirrored view for a fresh score within this distance of the label cut; the two
     # scores are averaged (0 = off). Costs a classification only for the doubtful faces.
     flip_band: float = Field(0.0, ge=0.0, le=0.5)
+    # `scan` (photos, offline) averages P(no_mask) over `model` and these. null: the shipped
+    # model's second training draw, when `model` is the shipped one too; []: `model` alone.
+    # The mean of the two draws was chosen for photos on scenes-dev (docs/eval_video.md, round
+    # thirteen); `run` always uses `model` alone.
+    still_extra_models: list[Path] | None = None
 
 
 class TrackingConfig(Section):

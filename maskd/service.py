@@ -44,7 +44,7 @@ from maskd.types import (
 )
 
 if TYPE_CHECKING:
-    from maskd.classifier import Classifier
+    from maskd.classifier import Classifier, MeanClassifier
 
 log = logging.getLogger("maskd.service")
 
@@ -465,13 +465,22 @@ def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | No
     return observers
 
 
-def build_classifier(cfg: Config) -> Classifier:
+def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClassifier:
     """The classifier as the config says (raises ModelError); `run`, `scan`, `classify` and
-    `doctor` all open it here."""
-    from maskd.classifier import Classifier
+    `doctor` all open it here. ``still`` (`scan`): averaged with ``still_extra_models``, which
+    run on the CPU (an EdgeTPU graph is compiled for one model)."""
+    from maskd.classifier import Classifier, MeanClassifier, ModelError, still_extra_paths
 
     c = cfg.classifier
-    return Classifier.open(c.model, c.threads, c.edgetpu)
+    first = Classifier.open(c.model, c.threads, c.edgetpu)
+    extras = still_extra_paths(c.model, c.still_extra_models) if still else []
+    members = [first]
+    for p in extras:
+        if not p.is_file():
+            raise ModelError(f"{p}: model file not found (classifier.still_extra_models; [] scans "
+                             "with classifier.model alone)")
+        members.append(Classifier.open(p, c.threads, False))
+    return MeanClassifier(members) if len(members) > 1 else first
 
 
 def build_detector(cfg: Config, still: bool = False) -> FaceDetector:

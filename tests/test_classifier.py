@@ -174,3 +174,49 @@ def test_shipped_int8_agrees_with_float32(default_model: Path) -> None:
     assert ((a >= 0.5) == (b >= 0.5)).mean() >= 0.95
     assert np.abs(a - b).mean() < 0.03
     assert ((b >= 0.5) == (labels == 1)).mean() >= 0.95
+
+
+def test_still_extras_follow_the_model(monkeypatch, tmp_path: Path) -> None:
+    """scan's second draw is averaged only with the shipped model; an explicit list wins."""
+    monkeypatch.delenv(env.MODEL_DIR, raising=False)
+    second = default_model_path(C.SECOND_DRAW_NAME)
+    assert second.resolve() == REPO / "models" / C.SECOND_DRAW_NAME
+    assert C.still_extra_paths(None, None) == [second]
+    assert C.still_extra_paths(tmp_path / "own.tflite", None) == []
+    assert C.still_extra_paths(None, []) == []
+    assert C.still_extra_paths(None, [tmp_path / "x.tflite"]) == [tmp_path / "x.tflite"]
+    monkeypatch.setenv(env.MODEL_DIR, str(tmp_path))
+    assert C.still_extra_paths(None, None) == [tmp_path / C.SECOND_DRAW_NAME]
+
+
+def test_scan_classifier_is_the_mean_of_both_shipped_draws(default_model, scenes_dir,
+                                                           tmp_path: Path) -> None:
+    """`build_classifier(still=True)`: the mean of the two shipped models on real face crops;
+    `run`'s classifier and one with a model of its own stay single."""
+    import xml.etree.ElementTree as ET
+
+    from maskd.config import Config
+    from maskd.service import build_classifier
+
+    crops = []
+    for xml in sorted((scenes_dir / "annotations").glob("*.xml"))[:6]:
+        image = load_image_rgb(scenes_dir / "images" / f"{xml.stem}.jpg")
+        for o in ET.parse(xml).getroot().iter("object"):
+            x0, y0, x1, y1 = (int(float(o.find("bndbox").findtext(k)))
+                              for k in ("xmin", "ymin", "xmax", "ymax"))
+            crops.append(image[y0:y1, x0:x1])
+    assert len(crops) >= 6
+    still = build_classifier(Config(), still=True)
+    assert isinstance(still, C.MeanClassifier) and len(still.members) == 2
+    a, b = (Classifier.open(p) for p in (default_model, REPO / "models" / C.SECOND_DRAW_NAME))
+    want = (a.predict(crops) + b.predict(crops)) / 2
+    np.testing.assert_allclose(still.predict(crops), want, atol=1e-6)
+    assert not np.allclose(a.predict(crops), b.predict(crops))  # two draws, two opinions
+    assert "mean of" in still.describe() and C.SECOND_DRAW_NAME in still.describe()
+    assert isinstance(build_classifier(Config()), Classifier)
+    own = Config(classifier={"model": str(default_model)})
+    assert isinstance(build_classifier(own, still=True), Classifier)
+    gone = Config(classifier={"still_extra_models": [str(tmp_path / "gone.tflite")]})
+    with pytest.raises(ModelError, match=r"gone\.tflite: model file not found "
+                                         r"\(classifier\.still_extra_models"):
+        build_classifier(gone, still=True)

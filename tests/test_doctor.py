@@ -146,3 +146,18 @@ def test_every_camera_of_a_cameras_map_is_checked(tmp_path, default_model):
     assert got["timing"][0] == "OK"
     assert r.returncode == 1 and "camera back" in r.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_scan_models_row(tmp_path):
+    """The models `scan` averages: OK with the shipped twin, WARN naming a missing one (the
+    door does not need it, so doctor still passes)."""
+    cfg = write_cfg(tmp_path, "detector: {kind: blazeface}\n")
+    got = rows(doctor(cfg).stdout)
+    assert got["scan models"] == ("OK", "scan averages the classifier with "
+                                        "maskd_mobilenetv2_int8_s43.tflite")
+    gone = tmp_path / "gone.tflite"
+    cfg = write_cfg(tmp_path, f"detector: {{kind: blazeface}}\nclassifier: {{still_extra_models: [{gone}]}}\n")
+    r = doctor(cfg)
+    verdict, detail = rows(r.stdout)["scan models"]
+    assert verdict == "WARN" and f"not found: {gone}" in detail
+    assert rows(r.stdout)["classifier"][0] == "OK"

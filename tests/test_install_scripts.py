@@ -221,7 +221,8 @@ def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_p
     r = sh(INSTALL, "--root", root)
     assert r.returncode == 0, r.stderr
     models = sorted(p.name for p in (root / "usr/share/maskd/models").iterdir())
-    assert models == ["maskd_mobilenetv2_int8.json", "maskd_mobilenetv2_int8.tflite"]
+    assert models == ["maskd_mobilenetv2_int8.json", "maskd_mobilenetv2_int8.tflite",
+                      "maskd_mobilenetv2_int8_s43.json", "maskd_mobilenetv2_int8_s43.tflite"]
     apt = [ln for ln in r.stdout.splitlines() if "apt-get install" in ln]
     on_pi = "Raspberry Pi" in (Path("/proc/device-tree/model").read_text(errors="replace")
                                if Path("/proc/device-tree/model").exists() else "")

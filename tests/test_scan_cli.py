@@ -136,3 +136,24 @@ def test_human_output_and_errors(tmp_path, photos, model_args, default_model):
     assert r.returncode == 1 and "no such file" in json.loads(r.stdout)["error"]
     r = scan("--model", str(tmp_path / "none.tflite"), str(photos[0]))
     assert r.returncode == 2 and "none.tflite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scan_averages_the_two_shipped_draws(photos, default_model, yunet_model):
+    """Without --model, scan judges with the mean of the shipped model and its second training
+    draw (classifier.still_extra_models); with --model, with that model alone."""
+    det = ["--detector", "yunet", "--detector-model", str(yunet_model)]
+    few = [str(p) for p in photos[:4]]
+
+    def scores(*extra: str) -> list[float]:
+        r = scan("--json", *det, *extra, *few)
+        assert r.returncode == 0, r.stderr
+        return [f["no_mask"] for x in r.stdout.splitlines() for f in json.loads(x)["faces"]
+                if f["no_mask"] is not None]
+
+    both = scores()
+    one = scores("--model", str(default_model))
+    other = scores("--model", str(default_model.with_name("maskd_mobilenetv2_int8_s43.tflite")))
+    assert len(both) == len(one) == len(other) >= 3
+    for m, a, b in zip(both, one, other, strict=True):
+        assert m == pytest.approx((a + b) / 2, abs=2e-4)
+    assert both != one

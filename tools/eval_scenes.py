@@ -361,7 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "device would apply them")
     p.add_argument("-o", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a detector config field for every variant (repeatable)")
-    p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
+    p.add_argument("--model", type=Path, help="classifier .tflite, scored alone (default: as "
+                   "`maskd scan`, the shipped model averaged with its second draw)")
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
     p.add_argument("--threshold", type=float, default=None,
                    help="P(no_mask) cut for the no_mask label (default: classifier.threshold)")
@@ -406,10 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     classifier = None
     if not args.faces_only:
-        from maskd.classifier import Classifier, ModelError
+        from maskd.classifier import ModelError
+        from maskd.config import Config
+        from maskd.service import build_classifier
 
         try:
-            classifier = Classifier.open(cls_cfg.model, threads=cls_cfg.threads)
+            # As `maskd scan` opens it: with the still extras (none when --model is given).
+            scan_cfg = Config(classifier=cls_cfg.model_copy(update={"edgetpu": False}))
+            classifier = build_classifier(scan_cfg, still=True)
         except ModelError as err:
             print(f"eval_scenes: {err} (or run with --faces-only)", file=sys.stderr)
             return 2
@@ -423,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
     report = {"scenes": str(args.scenes), "images": len(scenes), "iou": args.iou,
               "small_px": args.small_px,
-              "classifier": None if classifier is None else str(classifier.path),
+              "classifier": None if classifier is None else [
+                  str(m.path) for m in getattr(classifier, "members", [classifier])],
               "config": None if args.config is None else str(args.config),
               "threshold": cls_cfg.threshold, "margin": cls_cfg.margin,
               "min_face_px": cls_cfg.min_face_px, "overrides": overrides, "results": results}

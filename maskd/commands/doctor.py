@@ -203,6 +203,7 @@ class Doctor:
             return
         self.classifier = clf
         self.add("classifier", OK, clf.describe())
+        self.scan_extras()
         text = "".join(native)
         if c.edgetpu:
             self.add("xnnpack", INFO, "not used: the classifier runs on the EdgeTPU", required=False)
@@ -211,6 +212,21 @@ class Doctor:
         else:
             self.add("xnnpack", WARN, "XNNPACK delegate not reported by the runtime: CPU inference "
                      "may be slower", required=False)
+
+    def scan_extras(self) -> None:
+        """The models `scan` averages with the classifier: a missing one fails only `scan`."""
+        from maskd.classifier import still_extra_paths
+
+        c = self.cfg.classifier
+        paths = still_extra_paths(c.model, c.still_extra_models)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            self.add("scan models", WARN, f"not found: {', '.join(missing)} (`maskd scan` fails; "
+                     "classifier.still_extra_models: [] scans with the classifier alone)",
+                     required=False)
+        elif paths:
+            self.add("scan models", OK, "scan averages the classifier with "
+                     + ", ".join(p.name for p in paths), required=False)
 
     def edgetpu(self) -> None:
         wanted = self.cfg.classifier.edgetpu or self.cfg.detector.edgetpu

@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS)
         ccfg = cfg.classifier
-        classifier = build_classifier(cfg)
+        classifier = build_classifier(cfg, still=True)
         detector = build_detector(cfg, still=True)
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)

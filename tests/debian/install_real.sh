@@ -174,14 +174,14 @@ in_groups() { local g; for g in "$@"; do chroot "$box" id -nG maskd | tr ' ' '\n
 check "user maskd in video and plugdev" in_groups video plugdev
 check "the udev rule is installed" test -f "$box/etc/udev/rules.d/99-maskd-coral.rules"
 models="$(find "$box/usr/share/maskd" -type f -printf '%P\n' | sort | tr '\n' ' ')"
-check "models: the int8 model and its sidecar only ($models)" \
-    test "$models" = "models/maskd_mobilenetv2_int8.json models/maskd_mobilenetv2_int8.tflite "
+check "models: the int8 models (the door's and scan's second draw) and sidecars only ($models)" \
+    test "$models" = "models/maskd_mobilenetv2_int8.json models/maskd_mobilenetv2_int8.tflite models/maskd_mobilenetv2_int8_s43.json models/maskd_mobilenetv2_int8_s43.tflite "
 # Every maskd model file outside the checkout: the device's (/usr/share/maskd/models) and the
 # package's own copy in the venv, all of them the int8 model or its sidecar.
 shipped="$(find "$box" -xdev \( -path "$box/root/maskd" -o -path "$box/proc" -o -path "$box/dev" \) -prune \
     -o -name 'maskd_mobilenetv2*' -print | sed "s|^$box||" | sort)"
 say "maskd model files in the box: $(echo "$shipped" | tr '\n' ' ')"
-only_int8() { ! echo "$shipped" | grep -vE '_int8\.(tflite|json)$'; }
+only_int8() { ! echo "$shipped" | grep -vE '_int8(_s43)?\.(tflite|json)$'; }
 check "no float32 model, no split.json: only int8 files" only_int8
 check "state dir 0750 maskd:maskd" test "$(chroot "$box" stat -c '%U:%G %a' /var/lib/maskd)" = "maskd:maskd 750"
 check "config 0640 root:maskd" test "$(chroot "$box" stat -c '%U:%G %a' /etc/maskd/config.yaml)" = "root:maskd 640"
