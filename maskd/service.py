@@ -476,10 +476,11 @@ def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClass
     extras = still_extra_paths(c.model, c.still_extra_models) if still else []
     members = [first]
     for p in extras:
-        if not p.is_file():
-            raise ModelError(f"{p}: model file not found (classifier.still_extra_models; [] scans "
-                             "with classifier.model alone)")
-        members.append(Classifier.open(p, c.threads, False))
+        try:
+            members.append(Classifier.open(p, c.threads, False))
+        except ModelError as err:
+            raise ModelError(f"{err} (classifier.still_extra_models; [] scans with "
+                             "classifier.model alone)") from None
     return MeanClassifier(members) if len(members) > 1 else first
 
 
