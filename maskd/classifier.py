@@ -227,9 +227,7 @@ class MeanClassifier:
         if not members:
             raise ValueError("MeanClassifier needs at least one classifier")
         self.members = list(members)
-        first = self.members[0]
-        self.path, self.labels, self.runtime = first.path, first.labels, first.runtime
-        self.input_size = first.input_size
+        self.input_size = self.members[0].input_size  # MaskClassifier's field; members resize alike
 
     def describe(self) -> str:
         """The members' lines joined: `maskd doctor` shows every file that votes."""
