@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -72,6 +73,43 @@ def test_bad_annotation_is_a_clear_error(tmp_path: Path):
     (tmp_path / "annotations" / "a.xml").write_text(
         "<annotation><object><name>hat</name></object></annotation>")
     assert ev.main(["--scenes", str(tmp_path), "--faces-only"]) == 2
+
+
+def test_unusable_photos_are_named_and_left_out_or_raise(tmp_path: Path):
+    ann, img = tmp_path / "annotations", tmp_path / "images"
+    ann.mkdir()
+    img.mkdir()
+    ok, jpeg = cv2.imencode(".jpg", np.full((120, 160, 3), 90, np.uint8))
+    assert ok
+    obj = "<object><name>with_mask</name><bndbox>{}</bndbox></object>"
+    whole = obj.format("<xmin>10</xmin><ymin>10</ymin><xmax>40</xmax><ymax>50</ymax>")
+    files = {  # stem: (annotation, image bytes or None)
+        "a_good": (f"<annotation>{whole}</annotation>", jpeg.tobytes()),
+        "b_truncated": (f"<annotation>{whole}</annotation>", jpeg.tobytes()[:300]),
+        "c_not_xml": ("<annotation><object>", jpeg.tobytes()),
+        "d_no_box": (f"<annotation>{obj.format('<xmin>10</xmin>')}</annotation>", jpeg.tobytes()),
+        "e_empty_box": ("<annotation>" + obj.format(
+            "<xmin>40</xmin><ymin>10</ymin><xmax>10</xmax><ymax>50</ymax>") + "</annotation>",
+            jpeg.tobytes()),
+        "f_no_image": (f"<annotation>{whole}</annotation>", None),
+    }
+    for stem, (xml, data) in files.items():
+        (ann / f"{stem}.xml").write_text(xml)
+        if data is not None:
+            (img / f"{stem}.jpg").write_bytes(data)
+    skipped: list[str] = []
+    scenes = ev.load_scenes(tmp_path, skipped=skipped)
+    assert [sc.image.name for sc in scenes] == ["a_good.jpg"]
+    assert len(skipped) == 5
+    for stem, why in zip(list(files)[1:], skipped, strict=True):
+        assert stem in why
+    assert "not valid XML" in skipped[1] and "<bndbox>" in skipped[2]
+    assert "empty box" in skipped[3] and "no image" in skipped[4]
+    with pytest.raises(ValueError, match="b_truncated"):  # without a list: the first one raises
+        ev.load_scenes(tmp_path)
+    (ann / "a_good.xml").unlink()
+    with pytest.raises(FileNotFoundError, match="none of its 5"):
+        ev.load_scenes(tmp_path, skipped=[])
 
 
 def test_faces_only_run_on_real_scenes(scenes_dir: Path, yunet_model: Path, capsys):

@@ -101,6 +101,15 @@ def test_walkup_face_choice_depends_only_on_seed_and_photo(tmp_path: Path):
     assert np.array_equal(again, ev.walkup_clip(sc, 3).frames[-1][0].affine)  # ... repeatably
 
 
+def test_walkup_of_a_photo_with_nobody_annotated_zooms_to_its_centre(tmp_path: Path):
+    sc = scene(tmp_path, (400, 300), [], [])
+    plan = ev.walkup_clip(sc, seed=0)
+    assert len(plan.frames) == ev.FRAMES and ev.clip_truth(plan).shape[1] == 0
+    last = ev.zoom_windows((400, 300), np.array([180.0, 135.0, 220.0, 165.0]))[-1]
+    assert np.array_equal(plan.frames[-1][0].affine, ev.window_affine(last))
+    assert (last[:2] + last[2:]).tolist() == pytest.approx([400, 300])  # centred
+
+
 def test_queue_puts_every_face_at_one_spot_with_gaps(tmp_path: Path):
     people = [(scene(tmp_path, (400, 300), [[50, 60, 80, 100], [200, 50, 230, 90]],
                      ["with_mask", "without_mask"]), 1),

@@ -83,19 +83,40 @@ class Scene:
 
 
 def load_scene(xml_path: Path, images_dir: Path) -> Scene:
-    """One annotation file; the image is found by the XML's stem (its <filename> may be stale)."""
-    root = ET.parse(xml_path).getroot()
+    """One annotation file; the image is found by the XML's stem (its <filename> may be stale).
+
+    Anything that would stop an evaluation later (XML that does not parse, an object without
+    a whole box, a missing, truncated or undecodable photo) raises ValueError or
+    FileNotFoundError here, naming the file.
+    """
+    from maskd.images import ImageError, load_image_rgb
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{xml_path}: not valid XML ({err})") from None
     boxes, labels = [], []
-    for obj in root.iter("object"):
+    for i, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in CLASSES:
             raise ValueError(f"{xml_path}: unknown class {name!r}")
-        bb = obj.find("bndbox")
-        boxes.append([float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+        try:
+            box = [float(obj.find("bndbox").findtext(k))  # type: ignore[union-attr, arg-type]
+                   for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"{xml_path}: object {i} ({name}) has no whole <bndbox> "
+                             "(xmin, ymin, xmax, ymax as numbers)") from None
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"{xml_path}: object {i} ({name}) has an empty box {box}")
+        boxes.append(box)
         labels.append(name)
     matches = sorted(images_dir.glob(xml_path.stem + ".*"))
     if not matches:
         raise FileNotFoundError(f"{xml_path}: no image {xml_path.stem}.* in {images_dir}")
+    try:
+        load_image_rgb(matches[0])
+    except ImageError as err:
+        raise ValueError(str(err)) from None
     return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
 
 
@@ -121,15 +142,40 @@ def photo_part(stem: str) -> str:
     return "select" if h < SELECT_PERCENT else "train"
 
 
-def load_scenes(root: Path, limit: int | None = None, part: str = "all") -> list[Scene]:
-    """The annotated photos of ``root`` (sorted by name), optionally one part of the split."""
+def load_scenes(root: Path, limit: int | None = None, part: str = "all",
+                skipped: list[str] | None = None) -> list[Scene]:
+    """The annotated photos of ``root`` (sorted by name), optionally one part of the split.
+
+    With a ``skipped`` list, a photo that cannot be used is left out and the reason appended
+    (one broken file must not cost a long run); without one, it raises. Raises too when no
+    photo is left.
+    """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     xmls = sorted((root / "annotations").glob("*.xml"))
     xmls = [x for x in xmls if part == "all" or photo_part(x.stem) == part][:limit]
     if not xmls:
         raise FileNotFoundError(f"{root}/annotations: no .xml files")
-    return [load_scene(x, root / "images") for x in xmls]
+    scenes = []
+    for x in xmls:
+        try:
+            scenes.append(load_scene(x, root / "images"))
+        except (OSError, ValueError) as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+    if not scenes:
+        raise FileNotFoundError(f"{root}: none of its {len(xmls)} annotated photos can be used")
+    return scenes
+
+
+def report_skipped(tool: str, skipped: list[str]) -> None:
+    """Name every photo a tool left out, on stderr, so a smaller count is never silent."""
+    for why in skipped:
+        print(f"{tool}: skipped {why}", file=sys.stderr)
+    if skipped:
+        print(f"{tool}: {len(skipped)} photo(s) skipped; the numbers below are without them",
+              file=sys.stderr)
 
 
 def min_side(boxes: np.ndarray) -> np.ndarray:
@@ -401,10 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         "min_face_px": base_cls.min_face_px if args.min_face_px is None else args.min_face_px})
     variants = args.variants or ("config" if args.config else ",".join(DEFAULT_VARIANTS))
     try:
-        scenes = load_scenes(args.scenes, args.limit, args.part)
-    except (OSError, ValueError, ET.ParseError) as err:
+        skipped: list[str] = []
+        scenes = load_scenes(args.scenes, args.limit, args.part, skipped)
+    except (OSError, ValueError) as err:
         print(f"eval_scenes: {err}", file=sys.stderr)
         return 2
+    report_skipped("eval_scenes", skipped)
     classifier = None
     if not args.faces_only:
         from maskd.classifier import ModelError
@@ -426,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                                     args.small_px, args.thresholds))
         except DetectorError as err:
             print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
-    report = {"scenes": str(args.scenes), "images": len(scenes), "iou": args.iou,
+    report = {"scenes": str(args.scenes), "images": len(scenes), "skipped": skipped,
+              "iou": args.iou,
               "small_px": args.small_px,
               "classifier": None if classifier is None else [
                   str(m.path) for m in getattr(classifier, "members", [classifier])],

@@ -72,6 +72,7 @@ from tools.eval_scenes import (
     add_scene_options,
     load_scenes,
     min_side,
+    report_skipped,
 )
 
 TOOLS = Path(__file__).resolve().parent
@@ -275,9 +276,14 @@ def _whole(scene: Scene) -> np.ndarray:
 
 
 def walkup_clip(scene: Scene, seed: int, frames: int = FRAMES, zoom: float = ZOOM) -> ClipPlan:
-    """The camera zooms from the whole photo toward one (seeded) face."""
-    face = scene.boxes[photo_rng(seed, "walkup", scene.image.stem).integers(len(scene.labels))]
-    wins = zoom_windows(photo_size(scene.image), face, frames, zoom)
+    """The camera zooms from the whole photo toward one (seeded) face, or toward the photo's
+    centre when nobody is annotated in it (any event there is then a false alarm)."""
+    wh = photo_size(scene.image)
+    if len(scene.labels):
+        face = scene.boxes[photo_rng(seed, "walkup", scene.image.stem).integers(len(scene.labels))]
+    else:
+        face = np.array([0.45 * wh[0], 0.45 * wh[1], 0.55 * wh[0], 0.55 * wh[1]])
+    wins = zoom_windows(wh, face, frames, zoom)
     src = _whole(scene)
     return ClipPlan("walkup", f"walkup-{scene.image.stem}", [scene],
                     [[Layer(0, window_affine(w), src)] for w in wins])
@@ -1000,10 +1006,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, args.jobs)
     try:
         cfg = eval_config(args.config, args.overrides, jobs)
-        scenes = load_scenes(args.scenes, None, args.part)
+        skipped: list[str] = []
+        scenes = load_scenes(args.scenes, None, args.part, skipped)
     except (ConfigError, OSError, ValueError) as err:
         print(f"eval_video: {err}", file=sys.stderr)
         return 2
+    report_skipped("eval_video", skipped)
     plans = build_plans(scenes, kinds, args.seed, args.frames, args.limit, args.queue_people)
     if not plans:
         print("eval_video: no clips to run", file=sys.stderr)
@@ -1037,8 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r['run_s'] for r in results):.1f} s in the maskd loop over {jobs} jobs x "
           f"{threads} classifier threads)")
     if args.json:
-        report = {"scenes": str(args.scenes), "part": args.part, "seed": args.seed,
-                  "kinds": kinds, "limit": args.limit, "frames": args.frames,
+        report = {"scenes": str(args.scenes), "part": args.part, "skipped": skipped,
+                  "seed": args.seed, "kinds": kinds, "limit": args.limit, "frames": args.frames,
                   "queue_people": args.queue_people, "jobs": jobs, "seconds": round(seconds, 1),
                   "rules": {"visible": VISIBLE, "judge_px": JUDGE_PX,
                             "judge_frames": JUDGE_FRAMES, "iou": IOU},
