@@ -100,9 +100,9 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
         name = (obj.findtext("name") or "").strip()
         if name not in CLASSES:
             raise ValueError(f"{xml_path}: unknown class {name!r}")
-        try:
-            box = [float(obj.find("bndbox").findtext(k))  # type: ignore[union-attr, arg-type]
-                   for k in ("xmin", "ymin", "xmax", "ymax")]
+        bb = obj.find("bndbox")
+        try:  # no <bndbox>: AttributeError; a missing coordinate: TypeError; not a number: ValueError
+            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (AttributeError, TypeError, ValueError):
             raise ValueError(f"{xml_path}: object {i} ({name}) has no whole <bndbox> "
                              "(xmin, ymin, xmax, ymax as numbers)") from None
@@ -475,8 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         except DetectorError as err:
             print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
     report = {"scenes": str(args.scenes), "images": len(scenes), "skipped": skipped,
-              "iou": args.iou,
-              "small_px": args.small_px,
+              "iou": args.iou, "small_px": args.small_px,
               "classifier": None if classifier is None else [
                   str(m.path) for m in getattr(classifier, "members", [classifier])],
               "config": None if args.config is None else str(args.config),
