@@ -470,7 +470,7 @@ def apply_overrides(data: dict[str, Any], items: Sequence[str]) -> None:
         for p in parents:
             target = target.setdefault(p, {}) if isinstance(target, dict) else None
         if not sep or not leaf or not isinstance(target, dict):
-            raise ConfigError(f"-o {item!r}: expected SECTION.KEY=VALUE, "
+            raise ConfigError(f"-o/--grid {item!r}: expected SECTION.KEY=VALUE, "
                               "e.g. tracking.end_after_s=1 or detector.score_threshold=0.6")
         target[leaf] = yaml.safe_load(value) if value else None
 
@@ -482,7 +482,7 @@ def eval_config(path: Path | None, overrides: Sequence[str], jobs: int,
     limited to its share of the cores."""
     given = load_config(path).model_dump(mode="json", exclude_unset=True)
     apply_overrides(given, overrides)
-    data = parse_config(given, "-o" if overrides else str(path)).model_dump(mode="json")
+    data = parse_config(given, "-o/--grid" if overrides else str(path)).model_dump(mode="json")
     det = data["detector"]
     if det["kind"] in ("auto", "yunet") and det["model"] is None:
         det.update(kind="yunet", model=str(SHARED_YUNET))
