@@ -223,6 +223,25 @@ def test_summaries_add_clips_and_latency_percentiles():
     assert empty["recall"] is None and empty["f1"] is None and empty["latency_p90_s"] is None
 
 
+def test_interval_resamples_clips():
+    """Identical clips leave nothing to vary; a hit clip and a missed one span 0..1 for recall;
+    a rate nobody defines has no interval; the draws are seeded."""
+    hit = ev.score_clip(_person([0, 0, 50, 50], range(20))[:, None], ["without_mask"], [3],
+                        np.array([[0, 0, 50, 50]]))
+    miss = ev.score_clip(_person([0, 0, 50, 50], range(20))[:, None], ["without_mask"], [],
+                         np.zeros((0, 4)))
+    same = ev.interval([hit] * 5)
+    assert same["recall"] == [1.0, 1.0] and same["precision"] == [1.0, 1.0]
+    assert same["masked_flagged"] is None
+    mixed = ev.interval([hit, miss] * 10, draws=4000)
+    lo, hi = mixed["recall"]
+    assert 0.25 < lo < 0.5 < hi < 0.75  # 20 clips: binomial(20, 0.5) / 20, 5th-95th percentile
+    assert mixed == ev.interval([hit, miss] * 10, draws=4000)
+    assert ev.interval([])["f1"] is None
+    line = ev.render_interval(20, mixed)
+    assert "recall 0." in line and "masked flagged -" in line
+
+
 # --------------------------------------------------------------------------- config
 
 

@@ -772,6 +772,51 @@ def summarize(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "events_per_person": _ratio(c["events"], c["people"])}
 
 
+# How far each rate could move on another set of photos like these: a percentile bootstrap
+# over clips (a walk-up is one photo; people in one clip are not independent, so clips are
+# resampled, not people). The selection rule's 0.01 tie margin is far inside these intervals.
+INTERVAL_LEVEL = 0.9
+INTERVAL_DRAWS = 2000
+INTERVAL_RATES = ("recall", "precision", "f1", "masked_flagged")
+
+
+def interval(scores: Sequence[dict[str, Any]], draws: int = INTERVAL_DRAWS,
+             level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, list[float] | None]:
+    """The central ``level`` interval of recall, precision, F1 and masked flagged when the
+    clips are drawn again with replacement (seeded, so a report can be reproduced); None for a
+    rate that no draw defines (no masked people, say)."""
+    keys = ("unmasked", "unmasked_hit", "masked", "masked_hit", "events_unmasked", "fa_masked",
+            "fa_nobody")
+    if not scores:
+        return dict.fromkeys(INTERVAL_RATES)
+    m = np.array([[s["counts"][k] for k in keys] for s in scores], np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(m), size=(draws, len(m)))
+    u, uh, mk, mh, eu, fm, fn = np.stack([m[row].sum(0) for row in idx]).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(u > 0, uh / u, np.nan)
+        p = np.where(eu + fm + fn > 0, eu / (eu + fm + fn), np.nan)
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        f1 = np.where(np.isnan(p) | np.isnan(r), np.nan, f1)
+        flagged = np.where(mk > 0, mh / mk, np.nan)
+    tail = 100 * (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for name, v in zip(INTERVAL_RATES, (r, p, f1, flagged), strict=True):
+        v = v[~np.isnan(v)]
+        out[name] = ([round(float(np.percentile(v, tail)), 4),
+                      round(float(np.percentile(v, 100 - tail)), 4)] if len(v) else None)
+    return out
+
+
+def render_interval(clips: int, iv: dict[str, list[float] | None]) -> str:
+    """One line under the table: the total's intervals."""
+    def span(name: str, pct: bool = False) -> str:
+        b = iv[name]
+        return "-" if b is None else f"{_fmt(b[0], pct)}-{_fmt(b[1], pct)}"
+    return (f"{100 * INTERVAL_LEVEL:.0f} % interval of the total over another {clips} clips like "
+            f"these (bootstrap, {INTERVAL_DRAWS} draws): recall {span('recall')}, precision "
+            f"{span('precision')}, F1 {span('f1')}, masked flagged {span('masked_flagged', True)}")
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -871,6 +916,7 @@ class Evaluation:
     clips: list[dict[str, Any]] = field(default_factory=list)
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    intervals: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
     false_alarms: list[tuple[np.ndarray, str, str]] = field(default_factory=list)
 
 
@@ -913,7 +959,10 @@ def evaluate(plans: Sequence[ClipPlan], results: Sequence[dict[str, Any]]) -> Ev
     for kind in KINDS:
         if kind in by_kind:
             ev.rows[kind] = summarize(by_kind[kind])
-    ev.rows["total"] = summarize([s for v in by_kind.values() for s in v])
+            ev.intervals[kind] = interval(by_kind[kind])
+    every = [s for v in by_kind.values() for s in v]
+    ev.rows["total"] = summarize(every)
+    ev.intervals["total"] = interval(every)
     return ev
 
 
@@ -1040,6 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(plans)} clips ({per_kind}), {frames} frames, part {args.part}, seed {args.seed}; judged: face >= {JUDGE_PX:g} px "
           f"for >= {JUDGE_FRAMES} frames; IoU >= {IOU}")
     print(render_table(ev.rows))
+    print(render_interval(ev.rows["total"]["clips"], ev.intervals["total"]))
     print(f"{seconds:.1f} s in all ({rendered} clips rendered, "
           f"{sum(r['render_s'] for r in results):.1f} s rendering and "
           f"{sum(r['run_s'] for r in results):.1f} s in the maskd loop over {jobs} jobs x "
@@ -1051,7 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
                   "rules": {"visible": VISIBLE, "judge_px": JUDGE_PX,
                             "judge_frames": JUDGE_FRAMES, "iou": IOU},
                   "config": cfg.model_dump(mode="json"), "overrides": args.overrides,
-                  "summary": ev.rows, "clips": ev.clips}
+                  "summary": ev.rows, "intervals": {"level": INTERVAL_LEVEL,
+                                                     "draws": INTERVAL_DRAWS, **ev.intervals},
+                  "clips": ev.clips}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
     if args.plot:
