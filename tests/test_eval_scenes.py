@@ -60,6 +60,21 @@ def test_a_small_detection_of_a_big_face_counts_in_the_big_bin():
     assert c.by["ge"]["tp"] == 1 and c.by["lt"]["dets"] == 0
 
 
+def test_violation_interval_draws_whole_photos():
+    """A photo with its violation found and one with it missed: recall varies between draws,
+    precision (no false alarm anywhere) does not; no photo with a violation: nothing defined."""
+    gt = np.array([[0, 0, 40, 40]])
+    found = ev.score_image(gt, ["without_mask"], gt, np.ones(1), [True], 0.3, 24)
+    missed = ev.score_image(gt, ["without_mask"], np.zeros((0, 4)), np.ones(0), [], 0.3, 24)
+    masked = ev.score_image(gt, ["with_mask"], gt, np.ones(1), [False], 0.3, 24)
+    iv = ev.violation_interval([found, missed] * 10, "ge")
+    assert iv["violation_precision"] == [1.0, 1.0]
+    lo, hi = iv["violation_recall"]
+    assert 0.25 < lo < 0.5 < hi < 0.75
+    assert ev.violation_interval([masked] * 3, "ge")["violation_f1"] is None
+    assert ev.violation_interval([], "all")["violation_recall"] is None
+
+
 def test_load_scene_reads_voc(scenes_dir: Path):
     sc = ev.load_scene(scenes_dir / "annotations" / "maksssksksss0.xml", scenes_dir / "images")
     assert sc.image.name == "maksssksksss0.jpg"
@@ -137,9 +152,13 @@ def test_full_run_with_the_shipped_classifier(scenes_dir: Path, yunet_model: Pat
     assert rc == 0
     out = capsys.readouterr().out
     assert "vF1>=24" in out and "yunet-640" in out
-    row = [ln for ln in out.splitlines() if ln.startswith("yunet-640")][0].split()
+    row = [ln for ln in out.splitlines() if ln.startswith("yunet-640 ")][0].split()
     f1_ge = float(row[7])
     assert 0.0 < f1_ge <= 1.0
+    # The bootstrap interval over the 20 photos holds the point estimate.
+    iv = [ln for ln in out.splitlines() if ln.startswith("yunet-640: 90 % interval over another 20 photos")]
+    lo, hi = (float(x) for x in iv[0].split("vF1>=24 ")[1].split(",")[0].split("-"))
+    assert lo <= f1_ge <= hi
 
 
 def test_config_file_is_scored_as_the_device_applies_it(scenes_dir: Path, yunet_model: Path,

@@ -37,6 +37,7 @@ import json
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,68 @@ def metrics(c: Counts) -> dict[str, Any]:
     return out
 
 
+# How far a rate could move on another set of the same size and kind: the central interval of a
+# percentile bootstrap over the units the set is made of (photos here, clips in eval_video;
+# faces of one photo are not independent, so whole photos are drawn). Seeded: reproducible.
+INTERVAL_LEVEL = 0.9
+INTERVAL_DRAWS = 2000
+
+
+def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b elementwise, nan where b is 0 (a rate nothing defines)."""
+    return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def f1_of(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """F1 of precision and recall arrays; nan where either is undefined, 0 where both are 0."""
+    return np.where(np.isnan(p) | np.isnan(r), np.nan,
+                    np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0))
+
+
+def bootstrap_interval(counts: np.ndarray, rates: Callable[[np.ndarray], dict[str, np.ndarray]],
+                       draws: int = INTERVAL_DRAWS, level: float = INTERVAL_LEVEL,
+                       seed: int = 0) -> dict[str, list[float] | None]:
+    """``counts`` (units, K) are per-unit counters; ``rates`` maps summed counters (K, draws)
+    to named rate arrays. The units are drawn again with replacement ``draws`` times; each
+    rate's central ``level`` interval, None where no draw defines it."""
+    counts = np.asarray(counts, np.float64)
+    if len(counts):
+        idx = np.random.default_rng(seed).integers(0, len(counts), size=(draws, len(counts)))
+        sums = np.stack([counts[row].sum(0) for row in idx], axis=1)
+    else:
+        sums = np.zeros((counts.shape[1], 1))
+    tail = 100 * (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for name, v in rates(sums).items():
+        v = v[~np.isnan(v)]
+        out[name] = ([round(float(np.percentile(v, tail)), 4),
+                      round(float(np.percentile(v, 100 - tail)), 4)] if len(v) else None)
+    return out
+
+
+def violation_interval(per_image: list[Counts], subset: str) -> dict[str, list[float] | None]:
+    """Violation precision, recall and F1 of one subset, bootstrapped over photos."""
+    m = np.array([[c.by[subset][k] for k in ("tp", "fp", "fn")] for c in per_image],
+                 np.float64).reshape(-1, 3)
+
+    def rates(s: np.ndarray) -> dict[str, np.ndarray]:
+        tp, fp, fn = s
+        p, r = ratio(tp, tp + fp), ratio(tp, tp + fn)
+        return {"violation_precision": p, "violation_recall": r, "violation_f1": f1_of(p, r)}
+    return bootstrap_interval(m, rates)
+
+
+def render_interval(name: str, images: int, iv: dict[str, dict[str, list[float] | None]],
+                    small_px: float) -> str:
+    """One line per variant under the table: its violation F1 intervals."""
+    def span(subset: str) -> str:
+        b = iv[subset]["violation_f1"]
+        return "-" if b is None else f"{b[0]:.3f}-{b[1]:.3f}"
+    return (f"{name}: {100 * INTERVAL_LEVEL:.0f} % interval over another {images} photos like "
+            f"these (bootstrap, {INTERVAL_DRAWS} draws): vF1>={small_px:g} {span('ge')}, "
+            f"vF1 all {span('all')}")
+
+
 def variant_config(name: str, overrides: dict[str, Any],
                    base: DetectorConfig | None = None) -> DetectorConfig:
     """A variant's DetectorConfig: config defaults < ``base`` (a --config file) < preset < -o.
@@ -322,11 +385,16 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
         runs.append((np.array([f.box for f in faces], np.float64).reshape(-1, 4),
                      np.array([f.score for f in faces]), p))
 
+    def per_image(threshold: float) -> list[Counts]:
+        return [score_image(sc.boxes, sc.labels, boxes, scores,
+                            [bool(v >= threshold) for v in p],  # nan (not judged): never no_mask
+                            iou, small_px)
+                for sc, (boxes, scores, p) in zip(scenes, runs, strict=True)]
+
     def score_all(threshold: float) -> dict[str, Any]:
         total = Counts()
-        for sc, (boxes, scores, p) in zip(scenes, runs, strict=True):
-            no_mask = [bool(v >= threshold) for v in p]  # nan (not judged) is never no_mask
-            total.add(score_image(sc.boxes, sc.labels, boxes, scores, no_mask, iou, small_px))
+        for c in per_image(threshold):
+            total.add(c)
         return metrics(total)
 
     n = max(1, len(scenes))
@@ -335,6 +403,10 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
            "ms_detect": round(1000 * det_s / n, 2),
            "ms_classify": round(1000 * cls_s / n, 2) if classifier is not None else None,
            "threshold": cls_cfg.threshold, "subsets": score_all(cls_cfg.threshold)}
+    if classifier is not None:
+        images = per_image(cls_cfg.threshold)
+        out["intervals"] = {"level": INTERVAL_LEVEL, "draws": INTERVAL_DRAWS,
+                            **{s: violation_interval(images, s) for s in ("ge", "all")}}
     if classifier is not None and thresholds:
         out["sweep"] = {f"{t:g}": {s: {k: v for k, v in m.items()
                                        if k.startswith(("violation", "tp", "fp", "fn"))}
@@ -489,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(scenes)} images; annotated faces >= {args.small_px:g} px: "
                   f"{gts['ge']['gt']}, < {args.small_px:g} px: {gts['lt']['gt']}; IoU >= {args.iou}")
         print(render(results, args.small_px, classifier is not None))
+        for r in results:
+            if "intervals" in r:
+                print(render_interval(r["name"], r["images"], r["intervals"], args.small_px))
         if any("sweep" in r for r in results):
             print()
             print(render_sweep(results, args.small_px))

@@ -67,11 +67,16 @@ import yaml
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config
 from maskd.geometry import box_iou
 from tools.eval_scenes import (
+    INTERVAL_DRAWS,
+    INTERVAL_LEVEL,
     SHARED_YUNET,
     Scene,
     add_scene_options,
+    bootstrap_interval,
+    f1_of,
     load_scenes,
     min_side,
+    ratio,
     report_skipped,
 )
 
@@ -772,39 +777,26 @@ def summarize(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "events_per_person": _ratio(c["events"], c["people"])}
 
 
-# How far each rate could move on another set of photos like these: a percentile bootstrap
-# over clips (a walk-up is one photo; people in one clip are not independent, so clips are
-# resampled, not people). The selection rule's 0.01 tie margin is far inside these intervals.
-INTERVAL_LEVEL = 0.9
-INTERVAL_DRAWS = 2000
-INTERVAL_RATES = ("recall", "precision", "f1", "masked_flagged")
+# How far each rate could move on another set of photos like these (eval_scenes'
+# bootstrap_interval over clips: a walk-up is one photo, and the people of one clip are not
+# independent). The selection rule's 0.01 tie margin is far inside these intervals.
+INTERVAL_KEYS = ("unmasked", "unmasked_hit", "masked", "masked_hit", "events_unmasked",
+                 "fa_masked", "fa_nobody")
+
+
+def _event_rates(s: np.ndarray) -> dict[str, np.ndarray]:
+    u, uh, mk, mh, eu, fm, fn = s
+    r, p = ratio(uh, u), ratio(eu, eu + fm + fn)
+    return {"recall": r, "precision": p, "f1": f1_of(p, r), "masked_flagged": ratio(mh, mk)}
 
 
 def interval(scores: Sequence[dict[str, Any]], draws: int = INTERVAL_DRAWS,
              level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, list[float] | None]:
     """The central ``level`` interval of recall, precision, F1 and masked flagged when the
-    clips are drawn again with replacement (seeded, so a report can be reproduced); None for a
-    rate that no draw defines (no masked people, say)."""
-    keys = ("unmasked", "unmasked_hit", "masked", "masked_hit", "events_unmasked", "fa_masked",
-            "fa_nobody")
-    if not scores:
-        return dict.fromkeys(INTERVAL_RATES)
-    m = np.array([[s["counts"][k] for k in keys] for s in scores], np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(m), size=(draws, len(m)))
-    u, uh, mk, mh, eu, fm, fn = np.stack([m[row].sum(0) for row in idx]).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(u > 0, uh / u, np.nan)
-        p = np.where(eu + fm + fn > 0, eu / (eu + fm + fn), np.nan)
-        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-        f1 = np.where(np.isnan(p) | np.isnan(r), np.nan, f1)
-        flagged = np.where(mk > 0, mh / mk, np.nan)
-    tail = 100 * (1 - level) / 2
-    out: dict[str, list[float] | None] = {}
-    for name, v in zip(INTERVAL_RATES, (r, p, f1, flagged), strict=True):
-        v = v[~np.isnan(v)]
-        out[name] = ([round(float(np.percentile(v, tail)), 4),
-                      round(float(np.percentile(v, 100 - tail)), 4)] if len(v) else None)
-    return out
+    clips are drawn again with replacement; None for a rate no draw defines."""
+    m = np.array([[s["counts"][k] for k in INTERVAL_KEYS] for s in scores],
+                 np.float64).reshape(-1, len(INTERVAL_KEYS))
+    return bootstrap_interval(m, _event_rates, draws, level, seed)
 
 
 def render_interval(clips: int, iv: dict[str, list[float] | None]) -> str:
