@@ -391,26 +391,27 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
                             iou, small_px)
                 for sc, (boxes, scores, p) in zip(scenes, runs, strict=True)]
 
-    def score_all(threshold: float) -> dict[str, Any]:
+    def totals(images: list[Counts]) -> dict[str, Any]:
         total = Counts()
-        for c in per_image(threshold):
+        for c in images:
             total.add(c)
         return metrics(total)
+
+    images = per_image(cls_cfg.threshold)
 
     n = max(1, len(scenes))
     out = {"name": name, "detector": detector.name, "config": det_cfg.model_dump(mode="json"),
            "images": len(scenes), "faces_detected": int(sum(len(r[1]) for r in runs)),
            "ms_detect": round(1000 * det_s / n, 2),
            "ms_classify": round(1000 * cls_s / n, 2) if classifier is not None else None,
-           "threshold": cls_cfg.threshold, "subsets": score_all(cls_cfg.threshold)}
+           "threshold": cls_cfg.threshold, "subsets": totals(images)}
     if classifier is not None:
-        images = per_image(cls_cfg.threshold)
         out["intervals"] = {"level": INTERVAL_LEVEL, "draws": INTERVAL_DRAWS,
                             **{s: violation_interval(images, s) for s in ("ge", "all")}}
     if classifier is not None and thresholds:
         out["sweep"] = {f"{t:g}": {s: {k: v for k, v in m.items()
                                        if k.startswith(("violation", "tp", "fp", "fn"))}
-                                   for s, m in score_all(t).items() if s != "lt"}
+                                   for s, m in totals(per_image(t)).items() if s != "lt"}
                         for t in thresholds}
     return out
 
