@@ -217,6 +217,15 @@ def test_summaries_add_clips_and_latency_percentiles():
     q = ev.score_clip(two, ["without_mask"] * 3, [4, 4, 9], np.array(
         [[0, 0, 50, 50], [100, 0, 150, 50], [200, 0, 250, 50]]), queued=[0, 2])
     assert (q["counts"]["queued"], q["counts"]["queued_hit"], q["counts"]["people"]) == (2, 2, 2)
+    assert q["counts"]["queued_events"] == 2
+    line = ev.render_queue(ev.summarize([q]))
+    assert line.startswith("queue: 3 events for 2 queued people, 2 of them reached (second events on them: 0")
+    assert "1 on others in view, 0 of those false alarms" in line
+    again = ev.score_clip(two, ["without_mask"] * 3, [4, 9, 12], np.array(
+        [[0, 0, 50, 50], [200, 0, 250, 50], [0, 0, 50, 50]]), queued=[0, 2])
+    assert (again["counts"]["queued_hit"], again["counts"]["queued_events"]) == (2, 3)
+    assert "2 of them reached (second events on them: 1); 0 on others" in ev.render_queue(
+        ev.summarize([again]))
     assert ev.summarize([q])["events_per_person"] == 1.5
     assert m["latency_median_s"] == pytest.approx(0.2)
     empty = ev.summarize([])

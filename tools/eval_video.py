@@ -702,7 +702,7 @@ def assign_starts(frames: Sequence[int], boxes: np.ndarray, truth: np.ndarray,
 
 COUNTS = ("clips", "frames", "unmasked", "unmasked_hit", "masked", "masked_hit", "events",
           "events_unmasked", "fa_masked", "fa_nobody", "neutral", "duplicates", "queued",
-          "queued_hit", "people")
+          "queued_hit", "queued_events", "people")
 
 
 def score_clip(truth: np.ndarray, labels: Sequence[str], start_frames: Sequence[int],
@@ -747,6 +747,7 @@ def score_clip(truth: np.ndarray, labels: Sequence[str], start_frames: Sequence[
     c["neutral"] = verdicts.count("incorrect") + verdicts.count("small")
     c["queued"] = len(queued)
     c["queued_hit"] = sum(int(n_events[p] > 0) for p in queued)
+    c["queued_events"] = sum(int(n_events[p]) for p in queued)
     c["people"] = c["queued"] if len(queued) else c["unmasked"]
     return {"counts": c, "latency_s": latency, "person": person.tolist(), "verdicts": verdicts,
             "judged": judged.tolist()}
@@ -807,6 +808,14 @@ def render_interval(clips: int, iv: dict[str, list[float] | None]) -> str:
     return (f"{100 * INTERVAL_LEVEL:.0f} % interval of the total over another {clips} clips like "
             f"these (bootstrap, {INTERVAL_DRAWS} draws): recall {span('recall')}, precision "
             f"{span('precision')}, F1 {span('f1')}, masked flagged {span('masked_flagged', True)}")
+
+
+def render_queue(q: dict[str, Any]) -> str:
+    """The queue's answer in words: events against the queued people, and where the rest went."""
+    return (f"queue: {q['events']} events for {q['queued']} queued people, {q['queued_hit']} of "
+            f"them reached (second events on them: {q['queued_events'] - q['queued_hit']}); "
+            f"{q['events'] - q['queued_events']} on others in view, {q['false_alarms']} of those "
+            f"false alarms")
 
 
 # --------------------------------------------------------------------------- reports
@@ -1081,7 +1090,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(plans)} clips ({per_kind}), {frames} frames, part {args.part}, seed {args.seed}; judged: face >= {JUDGE_PX:g} px "
           f"for >= {JUDGE_FRAMES} frames; IoU >= {IOU}")
     print(render_table(ev.rows))
-    print(render_interval(ev.rows["total"]["clips"], ev.intervals["total"]))
+    if ev.rows["total"]["clips"] > 1:  # one clip has nothing to draw again
+        print(render_interval(ev.rows["total"]["clips"], ev.intervals["total"]))
+    if "queue" in ev.rows:
+        print(render_queue(ev.rows["queue"]))
     print(f"{seconds:.1f} s in all ({rendered} clips rendered, "
           f"{sum(r['render_s'] for r in results):.1f} s rendering and "
           f"{sum(r['run_s'] for r in results):.1f} s in the maskd loop over {jobs} jobs x "
