@@ -1,0 +1,50 @@
+"""tools/eval_identity.py: the pairing and the threshold rule on hand-made numbers, then a short
+real run on rendered walk-up clips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tools import eval_identity as ei
+
+
+def test_the_rule_takes_the_step_at_or_below_the_fifth_percentile():
+    same = np.linspace(0.80, 1.0, 101)  # 5th percentile = 0.81
+    assert ei.threshold_rule(same) == pytest.approx(0.80)
+    assert ei.threshold_rule(np.full(20, 0.9)) == pytest.approx(0.90)  # on a step: kept
+    assert ei.threshold_rule(np.linspace(0.93, 1.0, 50)) == pytest.approx(0.90)
+
+
+def test_no_same_person_pair_is_an_error_not_a_threshold():
+    with pytest.raises(ValueError, match="no same-person pairs"):
+        ei.threshold_rule(np.array([]))
+
+
+def test_people_of_the_same_photo_are_not_counted_as_different():
+    a = np.eye(3)
+    b = np.array([[1.0, 0, 0], [0.6, 0.8, 0], [0.6, 0, 0.8]])
+    same, diff = ei.same_and_different(a, b, ["p1", "p1", "p2"])
+    assert same.tolist() == pytest.approx([1.0, 0.8, 0.8])
+    # A0.B2 = 0.6, A1.B2, A2.B0, A2.B1 = 0; A0.B1 = 0.6 is left out (one photo)
+    assert sorted(diff.tolist()) == pytest.approx([0.0, 0.0, 0.0, 0.6])
+    assert len(diff) == 4
+
+
+def test_one_person_is_more_alike_than_two_on_real_clips(scenes_dir: Path, yunet_model: Path,
+                                                        tmp_path: Path, capsys):
+    out = tmp_path / "identity.json"
+    rc = ei.main(["--scenes", str(scenes_dir), "--part", "train", "--limit", "40",
+                  "--cache", str(tmp_path / "clips"), "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    same = np.array(report["same"])
+    assert report["people"] == len(same) >= 2 and report["different_pairs"] > 0
+    assert np.all((same > 0) & (same <= 1.0 + 1e-6))
+    # the descriptor must tell people apart: the same person stays more alike than most pairs
+    assert np.median(same) > 0.9 > report["merged"]["0.90"] * 10
+    assert report["threshold"] == pytest.approx(ei.threshold_rule(same))
+    assert "rule:" in capsys.readouterr().out
