@@ -60,6 +60,13 @@ def test_a_small_detection_of_a_big_face_counts_in_the_big_bin():
     assert c.by["ge"]["tp"] == 1 and c.by["lt"]["dets"] == 0
 
 
+def test_reported_rates_say_when_nothing_defines_them():
+    assert ev.rate(1, 4) == 0.25 and ev.rate(3, 0) is None
+    assert ev.f1_rate(0.5, 1.0) == pytest.approx(0.6667)
+    assert ev.f1_rate(0.0, 0.0) == 0.0 and ev.f1_rate(0.0, 0.7) == 0.0
+    assert ev.f1_rate(None, 0.7) is None and ev.f1_rate(0.7, None) is None
+
+
 def test_violation_interval_draws_whole_photos():
     """A photo with its violation found and one with it missed: recall varies between draws,
     precision (no false alarm anywhere) does not; no photo with a violation: nothing defined."""

@@ -250,19 +250,27 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
     return c
 
 
-def _ratio(a: float, b: float) -> float | None:
+def rate(a: float, b: float) -> float | None:
+    """a / b for a report (4 decimals); None when nothing defines it (b is 0)."""
     return round(a / b, 4) if b else None
+
+
+def f1_rate(p: float | None, r: float | None) -> float | None:
+    """F1 of two reported rates; None when either is undefined, 0 when both are 0."""
+    if p is None or r is None:
+        return None
+    return round(2 * p * r / (p + r), 4) if p + r else 0.0
 
 
 def metrics(c: Counts) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for s in SUBSETS:
         k = c.by[s]
-        p = _ratio(k["tp"], k["tp"] + k["fp"])
-        r = _ratio(k["tp"], k["tp"] + k["fn"])
-        f1 = round(2 * p * r / (p + r), 4) if p and r else (0.0 if p is not None and r is not None else None)
-        out[s] = {**k, "face_recall": _ratio(k["found"], k["gt"]),
-                  "face_precision": _ratio(k["dets_matched"], k["dets"]),
+        p = rate(k["tp"], k["tp"] + k["fp"])
+        r = rate(k["tp"], k["tp"] + k["fn"])
+        f1 = f1_rate(p, r)
+        out[s] = {**k, "face_recall": rate(k["found"], k["gt"]),
+                  "face_precision": rate(k["dets_matched"], k["dets"]),
                   "violation_precision": p, "violation_recall": r, "violation_f1": f1}
     return out
 

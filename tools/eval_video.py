@@ -74,8 +74,10 @@ from tools.eval_scenes import (
     add_scene_options,
     bootstrap_interval,
     f1_of,
+    f1_rate,
     load_scenes,
     min_side,
+    rate,
     ratio,
     report_skipped,
 )
@@ -753,10 +755,6 @@ def score_clip(truth: np.ndarray, labels: Sequence[str], start_frames: Sequence[
             "judged": judged.tolist()}
 
 
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 4) if b else None
-
-
 def summarize(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Rates over clips: counters added up, latencies pooled."""
     c = dict.fromkeys(COUNTS, 0)
@@ -766,16 +764,14 @@ def summarize(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
             c[k] += s["counts"][k]
         lat += s["latency_s"]
     fa = c["fa_masked"] + c["fa_nobody"]
-    r = _ratio(c["unmasked_hit"], c["unmasked"])
-    p = _ratio(c["events_unmasked"], c["events_unmasked"] + fa)
-    f1 = round(2 * p * r / (p + r), 4) if p and r else (0.0 if p is not None and r is not None
-                                                         else None)
-    return {**c, "false_alarms": fa, "recall": r, "precision": p, "f1": f1,
-            "masked_flagged": _ratio(c["masked_hit"], c["masked"]),
-            "duplicates_per_person": _ratio(c["duplicates"], c["unmasked"]),
+    r = rate(c["unmasked_hit"], c["unmasked"])
+    p = rate(c["events_unmasked"], c["events_unmasked"] + fa)
+    return {**c, "false_alarms": fa, "recall": r, "precision": p, "f1": f1_rate(p, r),
+            "masked_flagged": rate(c["masked_hit"], c["masked"]),
+            "duplicates_per_person": rate(c["duplicates"], c["unmasked"]),
             "latency_median_s": round(float(np.median(lat)), 3) if lat else None,
             "latency_p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
-            "events_per_person": _ratio(c["events"], c["people"])}
+            "events_per_person": rate(c["events"], c["people"])}
 
 
 # How far each rate could move on another set of photos like these (eval_scenes'
