@@ -126,6 +126,19 @@ def test_queue_puts_every_face_at_one_spot_with_gaps(tmp_path: Path):
     assert np.isnan(truth[45:, :2]).all() and np.isnan(truth[:45, 2]).all()
 
 
+def test_a_queued_person_is_shown_without_the_people_next_to_them(tmp_path: Path):
+    # the neighbour's face is 60 px left of the queued one in the photo: 192 px in the frame
+    sc = scene(tmp_path, (400, 300), [[140, 55, 170, 95], [200, 50, 230, 90]],
+               ["without_mask", "without_mask"])
+    alone, whole = (ev.clip_truth(ev.queue_clip([(sc, 1)], context=c)) for c in (2.5, 0))
+    assert not np.isnan(alone[:, 1]).any() and not np.isnan(whole[:, 1]).any()
+    assert np.isnan(alone[:, 0]).all()  # cut to 2.5 x the face: less than half of it in view
+    assert not np.isnan(whole[:, 0]).any()  # the whole photo: a bystander in the queue
+    assert alone[:, 1] == pytest.approx(whole[:, 1])  # the queued face is where it was
+    patch = ev.queue_clip([(sc, 1)]).frames[0][0].src
+    assert patch.tolist() == pytest.approx([165, 20, 265, 120])  # 2.5 x 40 px around its centre
+
+
 def test_clips_are_mjpg_and_cached_by_what_makes_them(tmp_path: Path):
     sc = scene(tmp_path, (400, 300), [[20, 30, 44, 60]], ["without_mask"])
     plan = ev.walkup_clip(sc, seed=0, frames=6)

@@ -14,8 +14,9 @@ Clip kinds (``--kinds``, default walkup,queue):
   * pan: one per photo with >= 3 faces; a 2x window pans across the photo, faces pass through.
   * crossing: two faces cut out with their context from two photos cross a neutral background.
   * queue: ``--queue-people`` different unmasked people one after another at the same spot
-    and size, each in view 2 s, 1 s of empty background between them. The right answer is
-    one event per person (events == people).
+    and size, each in view 2 s, 1 s of empty background between them. Each is shown with a
+    square of ``--queue-context`` x the face side of their photo around the face (0: the whole
+    photo, bystanders and all), so the right answer is one event per person (events == people).
 
 Truth: each annotated box is moved with the image into every frame; a box less than half in
 view (occluders included) has no truth in that frame. A person (one annotated box) is judged
@@ -114,6 +115,7 @@ QUEUE_IN_VIEW_S = 2.0
 QUEUE_GAP_S = 1.0
 QUEUE_FACE_PX = 96.0
 QUEUE_FACE_AT = (0.5, 0.4)  # share of the frame
+QUEUE_CONTEXT = 2.5  # patch side / face side, as a crossing; 0 = the whole photo
 
 
 # --------------------------------------------------------------------------- geometry (pure)
@@ -312,6 +314,16 @@ def _big_faces(scene: Scene, labels: Iterable[str] | None = None) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
+def around_face(scene: Scene, face: np.ndarray, context: float) -> np.ndarray:
+    """The part of the photo shown with a cut-out face: a square of ``context`` x the face's
+    longer side around it (within the photo); ``context`` 0 shows the whole photo."""
+    if context <= 0:
+        return _whole(scene)
+    c = (face[:2] + face[2:]) / 2
+    half = context * float(np.max(face[2:] - face[:2])) / 2
+    return _intersect(np.concatenate([c - half, c + half]), _whole(scene))
+
+
 def crossing_clip(far: Scene, near: Scene, seed: int, frames: int = FRAMES) -> ClipPlan:
     """Two faces with their context cross a neutral background; the near one walks in front."""
     rng = photo_rng(seed, "crossing", far.image.stem, near.image.stem)
@@ -319,9 +331,7 @@ def crossing_clip(far: Scene, near: Scene, seed: int, frames: int = FRAMES) -> C
     plans = []
     for i, sc in enumerate((far, near)):
         face = sc.boxes[rng.choice(_big_faces(sc))]
-        c = (face[:2] + face[2:]) / 2
-        half = CROSS_CONTEXT * float(np.max(face[2:] - face[:2])) / 2
-        src = _intersect(np.concatenate([c - half, c + half]), _whole(sc))
+        src = around_face(sc, face, CROSS_CONTEXT)
         xs = np.linspace(0.12, 0.88, frames) * OUT_W
         if left_to_right == bool(i):
             xs = xs[::-1]
@@ -333,8 +343,10 @@ def crossing_clip(far: Scene, near: Scene, seed: int, frames: int = FRAMES) -> C
 
 def queue_clip(people: Sequence[tuple[Scene, int]], name: str = "queue",
                in_view_s: float = QUEUE_IN_VIEW_S, gap_s: float = QUEUE_GAP_S,
-               fps: float = FPS) -> ClipPlan:
-    """One person after another at the same spot and size, empty background in between."""
+               fps: float = FPS, context: float = QUEUE_CONTEXT) -> ClipPlan:
+    """One person after another at the same spot and size, empty background in between. Only
+    ``context`` x the face of their photo is shown (around_face): the people next to them in
+    the photo are not in the queue, and their events would be counted against it."""
     on, gap = round(in_view_s * fps), round(gap_s * fps)
     at = (QUEUE_FACE_AT[0] * OUT_W, QUEUE_FACE_AT[1] * OUT_H)
     frames: list[list[Layer]] = []
@@ -342,7 +354,8 @@ def queue_clip(people: Sequence[tuple[Scene, int]], name: str = "queue",
     for i, (sc, face) in enumerate(people):
         if i:
             frames += [[] for _ in range(gap)]
-        layer = Layer(i, place_affine(sc.boxes[face], QUEUE_FACE_PX, at), _whole(sc))
+        box = sc.boxes[face]
+        layer = Layer(i, place_affine(box, QUEUE_FACE_PX, at), around_face(sc, box, context))
         frames += [[layer] for _ in range(on)]
     return ClipPlan("queue", name, [sc for sc, _ in people], frames, fps=fps,
                     queued=[int(offsets[i]) + face for i, (_, face) in enumerate(people)])
@@ -357,7 +370,8 @@ def queue_people(scenes: Sequence[Scene], n: int, seed: int) -> list[tuple[Scene
 
 
 def build_plans(scenes: Sequence[Scene], kinds: Sequence[str], seed: int, frames: int = FRAMES,
-                limit: int | None = None, queue_n: int = QUEUE_PEOPLE) -> list[ClipPlan]:
+                limit: int | None = None, queue_n: int = QUEUE_PEOPLE,
+                queue_context: float = QUEUE_CONTEXT) -> list[ClipPlan]:
     """The clips of each kind (at most ``limit`` per kind) from one part's photos."""
     plans: list[ClipPlan] = []
     for kind in kinds:
@@ -373,7 +387,7 @@ def build_plans(scenes: Sequence[Scene], kinds: Sequence[str], seed: int, frames
             made = [crossing_clip(cands[a], cands[b], seed, frames) for a, b in pairs]
         elif kind == "queue":
             people = queue_people(scenes, queue_n, seed)
-            made = [queue_clip(people)] if people and limit != 0 else []
+            made = [queue_clip(people, context=queue_context)] if people and limit != 0 else []
         else:
             raise ValueError(f"unknown clip kind {kind!r}; known: {', '.join(KINDS)}")
         plans += made
@@ -1019,6 +1033,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"frames per walkup/pan/crossing clip (default {FRAMES})")
     p.add_argument("--queue-people", type=int, default=QUEUE_PEOPLE,
                    help=f"people in the queue clip (default {QUEUE_PEOPLE})")
+    p.add_argument("--queue-context", type=float, default=QUEUE_CONTEXT,
+                   help="how much of each queued person's photo is shown: a square of this x "
+                        f"the face side (default {QUEUE_CONTEXT}); 0 = the whole photo, "
+                        "bystanders included (their events then count against the queue)")
     p.add_argument("--config", type=Path, help="a maskd YAML config (default: built-in defaults)")
     p.add_argument("-o", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
@@ -1049,6 +1067,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval_video: unknown clip kind(s) {unknown}; known: {', '.join(KINDS)}",
               file=sys.stderr)
         return 2
+    if args.queue_context < 0:
+        print(f"eval_video: --queue-context {args.queue_context}: must be 0 (whole photo) or more",
+              file=sys.stderr)
+        return 2
     jobs = max(1, args.jobs)
     try:
         cfg = eval_config(args.config, args.overrides, jobs)
@@ -1058,7 +1080,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval_video: {err}", file=sys.stderr)
         return 2
     report_skipped("eval_video", skipped)
-    plans = build_plans(scenes, kinds, args.seed, args.frames, args.limit, args.queue_people)
+    plans = build_plans(scenes, kinds, args.seed, args.frames, args.limit, args.queue_people,
+                        args.queue_context)
     if not plans:
         print("eval_video: no clips to run", file=sys.stderr)
         return 1
@@ -1097,7 +1120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"scenes": str(args.scenes), "part": args.part, "skipped": skipped,
                   "seed": args.seed, "kinds": kinds, "limit": args.limit, "frames": args.frames,
-                  "queue_people": args.queue_people, "jobs": jobs, "seconds": round(seconds, 1),
+                  "queue_people": args.queue_people, "queue_context": args.queue_context,
+                  "jobs": jobs, "seconds": round(seconds, 1),
                   "rules": {"visible": VISIBLE, "judge_px": JUDGE_PX,
                             "judge_frames": JUDGE_FRAMES, "iou": IOU},
                   "config": cfg.model_dump(mode="json"), "overrides": args.overrides,
