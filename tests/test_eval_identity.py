@@ -48,3 +48,9 @@ def test_one_person_is_more_alike_than_two_on_real_clips(scenes_dir: Path, yunet
     assert np.median(same) > 0.9 > report["merged"]["0.90"] * 10
     assert report["threshold"] == pytest.approx(ei.threshold_rule(same))
     assert "rule:" in capsys.readouterr().out
+
+
+def test_a_missing_scene_folder_is_named_not_a_traceback(tmp_path: Path, capsys):
+    assert ei.main(["--scenes", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "eval_identity:" in err and "nowhere" in err and "Traceback" not in err

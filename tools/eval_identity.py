@@ -35,10 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from maskd.commands.run import startup_errors  # noqa: E402
 from maskd.geometry import box_iou, crop_face  # noqa: E402
 from maskd.service import build_detector  # noqa: E402
 from maskd.tracking import Tracker  # noqa: E402
-from tools.eval_scenes import DEFAULT_SCENES, load_scenes  # noqa: E402
+from tools.eval_scenes import DEFAULT_SCENES, load_scenes, report_skipped  # noqa: E402
 from tools.eval_video import (  # noqa: E402
     CACHE,
     IOU,
@@ -139,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the similarities and the threshold here")
     args = p.parse_args(argv)
 
-    cfg = eval_config(None, [], 1)
-    detector = build_detector(cfg)
-    tracker = Tracker(cfg.tracking)
-    scenes = load_scenes(args.scenes, args.limit, args.part)
     a, b, groups = [], [], []
-    for plan in build_plans(scenes, ["walkup"], args.seed):
-        for da, db in clip_pairs(plan, args.cache, detector, cfg.classifier.margin, tracker):
-            a.append(da)
-            b.append(db)
-            groups.append(plan.name)
+    try:
+        skipped: list[str] = []
+        scenes = load_scenes(args.scenes, args.limit, args.part, skipped)
+        report_skipped("eval_identity", skipped)
+        cfg = eval_config(None, [], 1)
+        detector = build_detector(cfg)
+        tracker = Tracker(cfg.tracking)
+        for plan in build_plans(scenes, ["walkup"], args.seed):
+            for da, db in clip_pairs(plan, args.cache, detector, cfg.classifier.margin, tracker):
+                a.append(da)
+                b.append(db)
+                groups.append(plan.name)
+    except (*startup_errors(), ValueError) as err:
+        print(f"eval_identity: {err}", file=sys.stderr)
+        return 2
     if len(set(groups)) < 2:
         print(f"eval_identity: only {len(a)} people from {len(set(groups))} photos in view for "
               f">= {SPAN} frames; need two photos at least", file=sys.stderr)
