@@ -84,13 +84,19 @@ def threshold_rule(same: np.ndarray, percentile: float = PERCENTILE, step: float
 
 
 def read_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a rendered clip; a clip OpenCV cannot open is an error, not zero people."""
     cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
+    try:
+        if not cap.isOpened():
+            raise OSError(f"{path}: OpenCV cannot open this clip")
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        cap.release()
 
 
 def descriptor(frames: Sequence[np.ndarray], faces: Sequence[list], truth: np.ndarray,
