@@ -534,9 +534,9 @@ class PreviewConfig(Section):
     @model_validator(mode="after")
     def _clip_cap(self) -> PreviewConfig:
         if self.annotate_keep_mb < self.annotate_segment_mb:
-            raise ValueError(f"annotate_keep_mb ({self.annotate_keep_mb:g}) is smaller than "
-                             f"annotate_segment_mb ({self.annotate_segment_mb:g}): one file "
-                             f"would already be over the cap")
+            raise ValueError(f"preview.annotate_keep_mb ({self.annotate_keep_mb:g}) is smaller "
+                             f"than preview.annotate_segment_mb ({self.annotate_segment_mb:g}): "
+                             "one file would already be over the cap")
         return self
 
 

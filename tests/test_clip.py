@@ -87,7 +87,7 @@ def test_bad_clip_limits_are_config_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78
-    assert "annotate_keep_mb (10) is smaller than annotate_segment_mb (50)" in r.stderr
+    assert "preview.annotate_keep_mb (10) is smaller than preview.annotate_segment_mb (50)" in r.stderr
 
 
 def test_full_disk_pauses_the_clip_and_resumes(tmp_path, monkeypatch, caplog):
