@@ -162,6 +162,12 @@ class DetectorConfig(Section):
     # classifier misjudges (docs/detectors.md); 0.6 for the others.
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    # `run` only: a face whose detected box is at least big_face_px (frame pixels, shorter side)
+    # is kept from big_face_score up: someone close to the camera, not the crowd a lower cut
+    # brings in everywhere. Smaller faces need the cut above; a big_face_score not under that
+    # cut changes nothing; null = off. 64 / 0.7: docs/eval_video.md, round twenty.
+    big_face_px: int | None = Field(64, ge=1)
+    big_face_score: float = Field(0.7, ge=0.0, le=1.0)
     # Small faces: run the detector on an upscaled frame (upscale > 1) or on tiles.
     upscale: float = Field(1.0, ge=1.0, le=4.0)
     tiles: int = Field(1, ge=1, le=4)  # tiles per side (1 = whole frame)
@@ -169,9 +175,10 @@ class DetectorConfig(Section):
 
 
 def still_detector(cfg: DetectorConfig) -> DetectorConfig:
-    """The detector settings `scan` uses: the still-image input size in place of the video one."""
+    """The detector settings `scan` uses: the still-image input size in place of the video one,
+    and one score cut for every face (the big-face cut was chosen on video only)."""
     return cfg.model_copy(update={"input_width": cfg.still_input_width,
-                                  "input_height": cfg.still_input_height})
+                                  "input_height": cfg.still_input_height, "big_face_px": None})
 
 
 class ClassifierConfig(Section):

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from maskd.config import DetectorConfig
+from maskd.config import Config, DetectorConfig
 from maskd.detectors import (
     BLAZEFACE_ANCHORS,
+    BigFaceCut,
     DetectorError,
     Tiled,
     decode_blazeface,
@@ -19,6 +20,7 @@ from maskd.detectors import (
     decode_ssd_postprocess,
     find_yunet_model,
     inner_edge_mask,
+    keep_by_size,
     make_detector,
     postprocess_output_order,
     ssd_anchors,
@@ -199,6 +201,20 @@ def test_tiles_find_small_faces_and_map_them_back():
 # ----------------------------------------------------------------------------- real models
 
 
+def test_keep_by_size_lets_only_big_faces_under_the_cut():
+    def face(score: float, w: float, h: float) -> Face:
+        return Face(box=(10.0, 20.0, 10.0 + w, 20.0 + h), score=score)
+
+    faces = [face(0.9, 30, 36),    # sure: kept at any size
+             face(0.75, 30, 36),   # unsure and small: dropped
+             face(0.75, 64, 77),   # unsure, 64 px on its shorter side: kept
+             face(0.75, 63.5, 90),  # shorter side 63.5: dropped
+             face(0.75, 90, 50),   # wide but only 50 px tall: dropped
+             face(0.8, 10, 10)]    # exactly at the cut: kept
+    assert keep_by_size(faces, cut=0.8, big_px=64) == [faces[0], faces[2], faces[5]]
+    assert keep_by_size([], 0.8, 64) == []
+
+
 def _scene(scenes_dir: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
     img = cv2.imread(str(scenes_dir / "images" / f"{stem}.jpg"))
     root = ET.parse(scenes_dir / "annotations" / f"{stem}.xml").getroot()
@@ -274,6 +290,37 @@ def test_detectors_find_annotated_faces_in_scenes(scenes_dir: Path, yunet_model:
     assert faces[0].landmarks.shape == (5, 2)
     blaze = make_detector(DetectorConfig(kind="blazeface", variant="full", score_threshold=0.5))
     assert _recall(blaze.detect(img), gt) >= 2 / 3
+
+
+def test_big_face_cut_on_real_photos(scenes_dir: Path, yunet_model: Path):
+    """`run`'s YuNet (defaults: big_face_px 64, big_face_score 0.7) finds what YuNet at 0.7
+    finds, less the small faces under 0.8: all the 0.8 faces and some big ones besides.
+    `scan` (still_detector) keeps one cut."""
+    cfg = DetectorConfig(kind="yunet", model=yunet_model)
+    run = make_detector(cfg)
+    assert isinstance(run, BigFaceCut)
+    assert run.describe().endswith("faces >= 64 px kept from score 0.7, smaller ones from 0.8")
+    low = make_detector(cfg.model_copy(update={"score_threshold": 0.7, "big_face_px": None}))
+    high = make_detector(cfg.model_copy(update={"big_face_px": None}))
+    stems = sorted(p.stem for p in (scenes_dir / "annotations").glob("*.xml"))[:40]
+    gained = 0
+    for stem in stems:
+        img, _ = _scene(scenes_dir, stem)
+        got = [f.box for f in run.detect(img)]
+        want = [f.box for f in low.detect(img)
+                if f.score >= 0.8 or min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= 64]
+        assert got == want, stem
+        sure = [f.box for f in high.detect(img)]
+        assert set(sure) <= set(got), stem
+        gained += len(got) - len(sure)
+    assert gained >= 1  # scenes-dev has big faces YuNet scores 0.7-0.8 (two in these photos)
+    from maskd.service import build_detector
+    full = Config(detector=cfg)
+    assert isinstance(build_detector(full), BigFaceCut)
+    assert not isinstance(build_detector(full, still=True), BigFaceCut)
+    # a big-face score not under the cut changes nothing: no wrapper
+    assert not isinstance(make_detector(cfg.model_copy(update={"big_face_score": 0.8})), BigFaceCut)
+    assert not isinstance(make_detector(cfg.model_copy(update={"big_face_px": None})), BigFaceCut)
 
 
 def test_opencv_ssd_baseline(scenes_dir: Path):
@@ -451,9 +498,10 @@ def test_int8_ssd_input_is_quantized_with_the_tensors_own_params(tmp_path: Path)
 
 def test_describe_names_model_input_and_tiles(yunet_model: Path):
     """What `maskd doctor` prints for the detector (was doctor's describe_detector)."""
-    det = make_detector(DetectorConfig(kind="yunet", model=yunet_model))
+    det = make_detector(DetectorConfig(kind="yunet", model=yunet_model, big_face_px=None))
     assert det.describe() == f"yunet ({yunet_model.name}), input 320x240"
-    tiled = make_detector(DetectorConfig(kind="yunet", model=yunet_model, tiles=2))
+    tiled = make_detector(DetectorConfig(kind="yunet", model=yunet_model, tiles=2,
+                                         big_face_px=None))
     assert tiled.describe() == f"yunet ({yunet_model.name}), input 320x240, 2x2 tiles"
     blaze = make_detector(DetectorConfig(kind="blazeface", variant="short"))
     assert blaze.describe() == "blazeface-short (face_detection_short_range.tflite), input 128x128"

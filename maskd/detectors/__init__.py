@@ -8,7 +8,7 @@
 
 Faces at an entrance are often small: ``upscale`` enlarges the network input of detectors that
 allow it, and ``Tiled`` (tiled.py) runs any detector on overlapping tiles too and merges the
-results. Each detector class owns its defaults (score cut, fixed input, EdgeTPU) and builds
+results. ``BigFaceCut`` (bigface.py) keeps big faces from a lower score cut than small ones. Each detector class owns its defaults (score cut, fixed input, EdgeTPU) and builds
 itself from the config; ``make_detector`` only looks the kind up here. Every box leaves this
 package in the pixels of the original image.
 """
@@ -19,7 +19,8 @@ import math
 from typing import Protocol
 
 from maskd.config import DetectorConfig
-from maskd.detectors.base import DetectorError
+from maskd.detectors.base import DetectorError, score_cut
+from maskd.detectors.bigface import BigFaceCut, keep_by_size
 from maskd.detectors.blazeface import (
     BLAZEFACE_ANCHORS,
     BlazeFace,
@@ -40,7 +41,8 @@ from maskd.tflite import ModelError
 from maskd.types import FaceDetector
 
 __all__ = [
-    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BlazeFace", "CenterFace", "DetectorError",
+    "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BigFaceCut", "BlazeFace", "CenterFace",
+    "DetectorError", "keep_by_size",
     "OpenCvSsd", "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface",
     "decode_ssd_postprocess", "find_yunet_model", "inner_edge_mask", "make_detector",
     "postprocess_output_order", "ssd_anchors",
@@ -55,6 +57,8 @@ class Built(FaceDetector, Protocol):
 
 class DetectorKind(Protocol):
     """A registry entry: builds its detector from the config and says whether ``auto`` may pick it."""
+
+    DEFAULT_SCORE_THRESHOLD: float  # its score cut when detector.score_threshold is unset
 
     def available(self, cfg: DetectorConfig) -> bool: ...
 
@@ -80,9 +84,16 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
     entry = DETECTORS.get(kind)
     if entry is None:
         raise DetectorError(f"unknown detector kind {kind!r}")
+    cut = score_cut(cfg, entry.DEFAULT_SCORE_THRESHOLD)
+    big = cfg.big_face_px is not None and cfg.big_face_score < cut
+    if big:  # run at the lower cut; BigFaceCut drops the small faces under ``cut`` again
+        cfg = cfg.model_copy(update={"score_threshold": cfg.big_face_score})
     try:
         det = entry.from_config(cfg)
     except ModelError as err:  # the TFLite loader's errors (runtime, EdgeTPU) in detector terms
         raise DetectorError(str(err)) from None
     tiles = max(cfg.tiles, math.ceil(cfg.upscale)) if det.FIXED_INPUT else cfg.tiles
-    return Tiled(det, tiles, cfg.nms_threshold) if tiles > 1 else det
+    out: FaceDetector = Tiled(det, tiles, cfg.nms_threshold) if tiles > 1 else det
+    if big and cfg.big_face_px is not None:
+        return BigFaceCut(out, cut, cfg.big_face_px, cfg.big_face_score)
+    return out

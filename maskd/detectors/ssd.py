@@ -180,6 +180,8 @@ def _pbtxt_for(pb: Path) -> Path:
 class Ssd:
     """Kind ``ssd``: OpenCV's .pb face SSD or a TFLite post-process SSD, told apart by the file."""
 
+    DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
+
     @staticmethod
     def available(cfg: DetectorConfig) -> bool:
         """Only with a configured model file: there is no default SSD to find."""

@@ -1,0 +1,35 @@
+"""A lower score cut for big faces only: someone close to the camera is the person at the door.
+
+Blurred crowd faces far away are what a lower cut brings in everywhere (docs/eval_video.md, round
+one); a face that fills much of the frame and is scored just under the cut is mostly a real face
+seen badly (blown up, turned, half lit). The wrapped detector runs at the lower cut and
+``keep_by_size`` drops what is both small and under the normal cut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskd.types import Face, FaceDetector
+
+
+def keep_by_size(faces: list[Face], cut: float, big_px: float) -> list[Face]:
+    """Faces scored at or above ``cut``, and lower-scored ones whose box is at least ``big_px``
+    on its shorter side (image pixels)."""
+    return [f for f in faces
+            if f.score >= cut or min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= big_px]
+
+
+class BigFaceCut:
+    """Wraps a detector built with the big-face cut; keeps its small faces only above ``cut``."""
+
+    def __init__(self, inner: FaceDetector, cut: float, big_px: float, big_score: float) -> None:
+        self.inner, self.cut, self.big_px, self.big_score = inner, cut, big_px, big_score
+        self.name = inner.name
+
+    def describe(self) -> str:
+        return (f"{self.inner.describe()}; faces >= {self.big_px:g} px kept from score "
+                f"{self.big_score:g}, smaller ones from {self.cut:g}")
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        return keep_by_size(self.inner.detect(image_bgr), self.cut, self.big_px)
