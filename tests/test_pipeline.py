@@ -127,6 +127,7 @@ def test_a_cached_score_is_never_a_vote():
 
 def test_moving_or_uncertain_tracks_are_classified_every_frame():
     cfg = Config()
+    cfg.classifier.flip_band = 0.0  # one crop per classification; the mirrored view: see below
     moving = [[(100 + 12 * i, 100, 160 + 12 * i, 160)] for i in range(10)]
     clf = RedClassifier()
     pipe = Pipeline(cfg, ScriptedDetector(moving), clf)
