@@ -18,6 +18,11 @@ from maskd.types import Box
 SAME_SIZE_RATIO = 2.0  # a lost face that comes back is at most this much larger or smaller
 
 
+def shorter_side(box: Box) -> float:
+    """A face's size as every size rule reads it: the shorter side of its box, in pixels."""
+    return min(box[2] - box[0], box[3] - box[1])
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when either is empty."""
     ix = min(a[2], b[2]) - max(a[0], b[0])

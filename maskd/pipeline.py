@@ -27,7 +27,7 @@ import numpy as np
 from maskd import zones
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
-from maskd.geometry import crop_face, iou
+from maskd.geometry import crop_face, iou, shorter_side
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
 from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict, ViolationEvent
@@ -42,8 +42,7 @@ STILL_IOU = 0.7
 
 def judgeable(face: Face, min_face_px: int) -> bool:
     """Faces whose shorter side is below ``min_face_px`` are too small to judge reliably."""
-    x0, y0, x1, y1 = face.box
-    return min(x1 - x0, y1 - y0) >= min_face_px
+    return shorter_side(face.box) >= min_face_px
 
 
 def cut_off(box: Box, width: int, height: int, edge_px: int) -> bool:

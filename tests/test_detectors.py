@@ -198,9 +198,6 @@ def test_tiles_find_small_faces_and_map_them_back():
     assert faces[0].landmarks[0].tolist() == pytest.approx(faces[0].box[:2])
 
 
-# ----------------------------------------------------------------------------- real models
-
-
 def test_keep_by_size_lets_only_big_faces_under_the_cut():
     def face(score: float, w: float, h: float) -> Face:
         return Face(box=(10.0, 20.0, 10.0 + w, 20.0 + h), score=score)
@@ -213,6 +210,9 @@ def test_keep_by_size_lets_only_big_faces_under_the_cut():
              face(0.8, 10, 10)]    # exactly at the cut: kept
     assert keep_by_size(faces, cut=0.8, big_px=64) == [faces[0], faces[2], faces[5]]
     assert keep_by_size([], 0.8, 64) == []
+
+
+# ----------------------------------------------------------------------------- real models
 
 
 def _scene(scenes_dir: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,10 @@
 
 Faces at an entrance are often small: ``upscale`` enlarges the network input of detectors that
 allow it, and ``Tiled`` (tiled.py) runs any detector on overlapping tiles too and merges the
-results. ``BigFaceCut`` (bigface.py) keeps big faces from a lower score cut than small ones. Each detector class owns its defaults (score cut, fixed input, EdgeTPU) and builds
-itself from the config; ``make_detector`` only looks the kind up here. Every box leaves this
-package in the pixels of the original image.
+results. ``BigFaceCut`` (bigface.py) keeps big faces from a lower score cut than small ones.
+Each detector class owns its defaults (score cut, fixed input, EdgeTPU) and builds itself from
+the config; ``make_detector`` only looks the kind up here. Every box leaves this package in the
+pixels of the original image.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
     if entry is None:
         raise DetectorError(f"unknown detector kind {kind!r}")
     cut = score_cut(cfg, entry.DEFAULT_SCORE_THRESHOLD)
-    big = cfg.big_face_px is not None and cfg.big_face_score < cut
-    if big:  # run at the lower cut; BigFaceCut drops the small faces under ``cut`` again
+    big_px = cfg.big_face_px if cfg.big_face_score < cut else None
+    if big_px is not None:  # run at the lower cut; BigFaceCut drops small faces under ``cut``
         cfg = cfg.model_copy(update={"score_threshold": cfg.big_face_score})
     try:
         det = entry.from_config(cfg)
@@ -94,6 +95,4 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
         raise DetectorError(str(err)) from None
     tiles = max(cfg.tiles, math.ceil(cfg.upscale)) if det.FIXED_INPUT else cfg.tiles
     out: FaceDetector = Tiled(det, tiles, cfg.nms_threshold) if tiles > 1 else det
-    if big and cfg.big_face_px is not None:
-        return BigFaceCut(out, cut, cfg.big_face_px, cfg.big_face_score)
-    return out
+    return BigFaceCut(out, cut, big_px, cfg.big_face_score) if big_px is not None else out

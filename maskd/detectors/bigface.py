@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from maskd.geometry import shorter_side
 from maskd.types import Face, FaceDetector
 
 
 def keep_by_size(faces: list[Face], cut: float, big_px: float) -> list[Face]:
     """Faces scored at or above ``cut``, and lower-scored ones whose box is at least ``big_px``
     on its shorter side (image pixels)."""
-    return [f for f in faces
-            if f.score >= cut or min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= big_px]
+    return [f for f in faces if f.score >= cut or shorter_side(f.box) >= big_px]
 
 
 class BigFaceCut:
