@@ -251,15 +251,18 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
 
 
 def rate(a: float, b: float) -> float | None:
-    """a / b for a report (4 decimals); None when nothing defines it (b is 0)."""
-    return round(a / b, 4) if b else None
+    """a / b for a report (4 decimals); None when nothing defines it (b is 0). The formula is
+    ``ratio``'s, which the bootstrap intervals use on arrays."""
+    v = float(ratio(np.float64(a), np.float64(b)))
+    return None if np.isnan(v) else round(v, 4)
 
 
 def f1_rate(p: float | None, r: float | None) -> float | None:
-    """F1 of two reported rates; None when either is undefined, 0 when both are 0."""
+    """F1 of two reported rates (``f1_of`` on scalars); None when either is undefined, 0 when
+    both are 0."""
     if p is None or r is None:
         return None
-    return round(2 * p * r / (p + r), 4) if p + r else 0.0
+    return round(float(f1_of(np.float64(p), np.float64(r))), 4)
 
 
 def metrics(c: Counts) -> dict[str, Any]:
