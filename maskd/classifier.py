@@ -155,7 +155,8 @@ def read_sidecar(model: Path) -> ModelInfo:
 
 
 class Classifier:
-    """A loaded TFLite classifier; ``predict`` gives P(no_mask) per RGB crop."""
+    """A loaded TFLite classifier; ``predict`` gives P(no_mask) per RGB crop, ``predict_embedded``
+    also the pooled features when the model has that second output (sidecar ``outputs``)."""
 
     def __init__(self, interpreter: Any, info: ModelInfo, path: Path, runtime: str) -> None:
         self.interpreter = interpreter
@@ -166,6 +167,7 @@ class Classifier:
         self.input_size = info.input_size
         self._no_mask = info.labels.index("no_mask")
         self._in = interpreter.get_input_details()[0]
+        self._scores, self._features = sidecar_outputs(info, len(interpreter.get_output_details()), path)
         self._table = input_table(self._in, info.scale, info.offset)
         self._batch = int(self._in["shape"][0])
         # An EdgeTPU graph is compiled for batch 1; a CPU interpreter's batch can be resized.
@@ -201,11 +203,22 @@ class Classifier:
             self.interpreter.allocate_tensors()
             self._batch = n
 
+    @property
+    def has_features(self) -> bool:
+        """Whether ``predict_embedded`` gives features (the model has the second output)."""
+        return self._features is not None
+
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size), in batched invokes of
-        up to ``max_batch`` crops. Each crop is resized once (``resize_square``) and turned into
-        the input tensor's values by one table look-up (``input_table``)."""
+        """P(no_mask) in [0, 1], one float per RGB uint8 crop (any size)."""
+        return self.predict_embedded(crops_rgb)[0]
+
+    def predict_embedded(self, crops_rgb: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(no_mask) per crop and the pooled features (one row per crop; None when the model
+        has no such output), in batched invokes of up to ``max_batch`` crops. Each crop is
+        resized once (``resize_square``) and turned into the input tensor's values by one table
+        look-up (``input_table``)."""
         out = np.empty(len(crops_rgb), dtype=np.float32)
+        feats: list[np.ndarray] = []
         size, step = self.input_size, max(1, self.max_batch)
         for start in range(0, len(crops_rgb), step):
             chunk = crops_rgb[start:start + step]
@@ -213,9 +226,32 @@ class Classifier:
             x = self._table[np.stack([resize_square(c, size) for c in chunk])]
             self.interpreter.set_tensor(self._in["index"], x)
             self.interpreter.invoke()
-            y = get_output(self.interpreter, 0)
+            y = get_output(self.interpreter, self._scores)
             out[start:start + len(chunk)] = y[:, self._no_mask]
-        return np.clip(out, 0.0, 1.0)
+            if self._features is not None:
+                f = get_output(self.interpreter, self._features)
+                feats.append(f.reshape(len(chunk), -1).astype(np.float32))
+        scores = np.clip(out, 0.0, 1.0)
+        if self._features is None:
+            return scores, None
+        return scores, np.concatenate(feats) if feats else np.empty((0, 0), np.float32)
+
+
+def sidecar_outputs(info: ModelInfo, n_outputs: int, path: Path) -> tuple[int, int | None]:
+    """(scores output, features output or None) from the sidecar's ``outputs``; a model made
+    before features existed has one output, the scores."""
+    roles = info.raw.get("outputs") or {"scores": 0}
+    try:
+        scores = int(roles["scores"])
+        features = int(roles["features"]) if roles.get("features") is not None else None
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{path}: bad sidecar 'outputs' {roles!r}: expected "
+                         "{{'scores': N, 'features': M}}") from None
+    for role, i in (("scores", scores), ("features", features)):
+        if i is not None and not 0 <= i < n_outputs:
+            raise ModelError(f"{path}: sidecar says the {role} are output {i}, but the model "
+                             f"has {n_outputs} output(s)")
+    return scores, features
 
 
 class MeanClassifier:

@@ -235,7 +235,9 @@ class FaceDetector(Protocol):
 
 
 class MaskClassifier(Protocol):
-    """Judges face crops; maskd.classifier.Classifier has this shape."""
+    """Judges face crops; maskd.classifier.Classifier has this shape. One that also has
+    ``predict_embedded`` (scores and pooled features in one call) gives the tracker features
+    to tell people apart by (``maskd.pipeline.embed_crops``)."""
 
     input_size: int
 

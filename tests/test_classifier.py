@@ -220,3 +220,57 @@ def test_scan_classifier_is_the_mean_of_both_shipped_draws(default_model, scenes
     with pytest.raises(ModelError, match=r"gone\.tflite: model file not found "
                                          r"\(classifier\.still_extra_models"):
         build_classifier(gone, still=True)
+
+
+def test_shipped_model_gives_pooled_features_with_the_same_scores(default_model: Path) -> None:
+    """The door's model has a second output, the pooled features the tracker compares faces by;
+    one invoke gives both, and the scores are those of ``predict``."""
+    clf = Classifier.open(default_model, threads=1)
+    assert clf.has_features and clf.info.raw["features"] == {"layer": "head_pool", "size": 1280}
+    rng = np.random.default_rng(2)
+    crops = [rng.integers(0, 256, (70, 60, 3), dtype=np.uint8) for _ in range(20)]  # > MAX_BATCH
+    scores, feats = clf.predict_embedded(crops)
+    np.testing.assert_array_equal(scores, clf.predict(crops))
+    assert feats is not None and feats.shape == (20, 1280) and feats.dtype == np.float32
+    assert (feats >= 0).all() and (np.linalg.norm(feats, axis=1) > 0).all()  # pooled ReLU6
+    np.testing.assert_array_equal(clf.predict_embedded(crops[3:4])[1][0], feats[3])  # batch-free
+
+
+def test_features_tool_keeps_the_scores_bit_for_bit(tmp_path: Path, scenes_dir: Path) -> None:
+    """tools/features.py on a scores-only model (the shipped second draw): the same scores on
+    real face crops, plus features; a model that has them already is refused, clearly."""
+    pytest.importorskip("tensorflow")  # the flatbuffer schema
+    from tools import features
+
+    src = default_model_path(C.SECOND_DRAW_NAME)
+    if not src.is_file():
+        pytest.skip(f"{src} not shipped")
+    old = Classifier.open(src, threads=1)
+    assert not old.has_features and old.predict_embedded([np.zeros((9, 9, 3), np.uint8)])[1] is None
+    out = tmp_path / "with_features.tflite"
+    assert features.main([str(src), "--out", str(out)]) == 0
+    new = Classifier.open(out, threads=1)
+    crops = [load_image_rgb(p)[:160, :160] for p in sorted((scenes_dir / "images").iterdir())[:12]]
+    scores, feats = new.predict_embedded(crops)
+    np.testing.assert_array_equal(scores, old.predict(crops))
+    assert new.has_features and feats.shape == (12, 1280)
+    assert json.loads(out.with_suffix(".json").read_text())["outputs"] == {"scores": 0, "features": 1}
+    assert features.main([str(out)]) == 2  # two outputs already
+
+
+def test_bad_sidecar_outputs_are_named(default_model: Path, tmp_path: Path) -> None:
+    good = json.loads(sidecar_path(default_model).read_text())
+    with pytest.raises(ModelError, match="features are output 5, but the model has 2"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 0, "features": 5}}))
+    with pytest.raises(ModelError, match="bad sidecar 'outputs'"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"features": 1}}))
+
+
+def test_pooled_tensor_is_found_by_layer_name() -> None:
+    from tools.features import pooled_tensor
+
+    names = ["m/conv/Relu6", "m/head_pool_1/AvgPool", "m/head_dense/MatMul", "StatefulPartitionedCall:0"]
+    shapes = [[1, 4, 4, 1280], [1, 1, 1, 1280], [1, 128], [1, 2]]
+    assert pooled_tensor(names, shapes, "head_pool") == 1
+    with pytest.raises(ModelError, match="found 0"):
+        pooled_tensor(names, shapes, "no_such_layer")

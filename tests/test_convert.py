@@ -171,3 +171,27 @@ def test_accuracy_by_size_bands() -> None:
     assert out["32-48"] == {"n": 1, "accuracy": 0.0}
     assert out["48-80"]["n"] == 0
     assert out[">=80"] == {"n": 2, "accuracy": 0.5}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_converted_models_give_the_head_pool_as_features(tiny_run: dict) -> None:
+    """convert.py exposes the pooled head as the second output: float32 gives Keras's values,
+    int8 the same up to its quantization, and the scores are still output 0."""
+    import keras
+
+    paths = tiny_run["paths"][:8]
+    x = np.stack([preprocess(load_image_rgb(p), SIZE) for p in paths])
+    pooled = keras.Model(tiny_run["model"].inputs, tiny_run["model"].get_layer("head_pool").output)
+    want = np.asarray(pooled.predict(x, verbose=0)).reshape(len(paths), -1)
+    crops = [load_image_rgb(p) for p in paths]
+    # int8 calibrated on 20 images (the tiny run): near, not equal
+    for kind, min_cos in (("float32", 0.9999), ("int8", 0.9)):
+        side = json.loads((tiny_run["out"] / f"tiny_{kind}.json").read_text())
+        assert side["outputs"] == {"scores": 0, "features": 1}
+        assert side["features"] == {"layer": "head_pool", "size": want.shape[1]}
+        clf = Classifier.open(tiny_run["out"] / f"tiny_{kind}.tflite")
+        scores, feats = clf.predict_embedded(crops)
+        np.testing.assert_array_equal(scores, clf.predict(crops))
+        cos = (feats * want).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() > min_cos

@@ -8,6 +8,8 @@ Each .tflite gets a sidecar JSON (labels, input size, normalisation, provenance)
 maskd.classifier reads, so the device never guesses. The int8 model has uint8 input and
 output and is calibrated on images of the TRAIN part of the run's split.json. When
 ``edgetpu_compiler`` is on PATH the int8 model is also compiled for the Coral EdgeTPU.
+Each model also gets the head's pooled features as a second output (``tools/features.py``),
+which the tracker compares faces by.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from maskd.classifier import SIDECAR_FORMAT, ModelInfo
-from tools import dataset
+from maskd.tflite import ModelError
+from tools import dataset, features
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. ../shared/data/scenes-dev)")
     p.add_argument("--calibration-scene-crops", type=int, default=500,
                    help="how many scene crops join the calibration images")
+    p.add_argument("--features-layer", default=features.DEFAULT_LAYER,
+                   help="pooling layer exposed as the features output ('' for scores only)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -205,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                              if kind == "int8" else None),
             )
             out.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")
+            if args.features_layer:
+                try:
+                    features.expose(out, out, args.features_layer)
+                except ModelError as err:
+                    print(f"  scores only, no features output: {err}")
             kb = out.stat().st_size / 1024
             print(f"{out}: {kb:.0f} KiB, input {ops['input']['dtype']}, "
                   f"ops {', '.join(f'{k}x{v}' for k, v in ops['ops'].items())}")
