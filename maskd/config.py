@@ -237,9 +237,10 @@ class TrackingConfig(Section):
     end_after_s: float = Field(3.0, ge=0.0)  # track gone this long ends the event
     cooldown_s: float = Field(10.0, ge=0.0)
     # Re-attach and cooldown apply only to the same person: a new track near the old box, of a
-    # similar size, whose appearance (maskd.tracking.appearance) is at least this similar (0..1;
-    # 0 = any face at the same place is the same person, the old rule). 0.9: the rule of
-    # docs/eval_video.md (round nineteen) on train-photo face pairs, `tools/eval_identity.py`.
+    # similar size, whose appearance (maskd.tracking.appearance: colour layout and the
+    # classifier's pooled features) is at least this similar (0..1; 0 = any face at the same
+    # place is the same person, the old rule). 0.9: the rule of docs/eval_video.md (rounds
+    # nineteen and twenty-three) on train-photo face pairs, `tools/eval_identity.py`.
     same_person_similarity: float = Field(0.9, ge=0.0, le=1.0)
     # A face whose box stays within static_tolerance (of its size) for static_after_s is a
     # picture (a poster, a screen): it raises no event; null = off. Off by default: a person

@@ -58,8 +58,23 @@ def classify_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray]) -> l
     """P(no_mask) per BGR crop, all in one classifier call."""
     if not crops_bgr:
         return []
-    rgb = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_bgr]
-    return [float(p) for p in classifier.predict(rgb)]
+    return [float(p) for p in classifier.predict(_rgb(crops_bgr))]
+
+
+def embed_crops(classifier: MaskClassifier,
+                crops_bgr: list[np.ndarray]) -> tuple[list[float], list[np.ndarray | None]]:
+    """P(no_mask) and the classifier's pooled features per BGR crop, in the same one call;
+    the features are None for a classifier without them (no ``predict_embedded``)."""
+    embed = getattr(classifier, "predict_embedded", None)
+    if embed is None or not crops_bgr:
+        return classify_crops(classifier, crops_bgr), [None] * len(crops_bgr)
+    scores, features = embed(_rgb(crops_bgr))
+    rows: list[np.ndarray | None] = [None] * len(crops_bgr) if features is None else list(features)
+    return [float(p) for p in scores], rows
+
+
+def _rgb(crops_bgr: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_bgr]
 
 
 def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scores: list[float],
@@ -81,13 +96,14 @@ def second_opinion(classifier: MaskClassifier, crops_bgr: list[np.ndarray], scor
 
 
 def judge_crops(classifier: MaskClassifier, crops_bgr: list[np.ndarray],
-                cfg: ClassifierConfig) -> list[float]:
+                cfg: ClassifierConfig) -> tuple[list[float], list[np.ndarray | None]]:
     """P(no_mask) per crop as every command judges a fresh crop: one classifier call, then the
-    mirrored second opinion for doubtful ones when ``cfg.flip_band`` is set."""
-    scores = classify_crops(classifier, crops_bgr)
+    mirrored second opinion for doubtful ones when ``cfg.flip_band`` is set; with the first
+    view's features (``embed_crops``)."""
+    scores, features = embed_crops(classifier, crops_bgr)
     if cfg.flip_band > 0:
         scores = second_opinion(classifier, crops_bgr, scores, cfg.threshold, cfg.flip_band)
-    return scores
+    return scores, features
 
 
 def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier,
@@ -95,7 +111,7 @@ def judge_faces(image: np.ndarray, faces: list[Face], classifier: MaskClassifier
     """Verdicts for every face of one image, no tracking (``maskd scan``): the same crop,
     ``judge_crops`` and cut as a fresh classification in ``Pipeline.process``."""
     idx = [i for i, f in enumerate(faces) if judgeable(f, cfg.min_face_px)]
-    scores = judge_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx], cfg)
+    scores, _ = judge_crops(classifier, [crop_face(image, faces[i].box, cfg.margin) for i in idx], cfg)
     by_idx = dict(zip(idx, scores, strict=True))
     return [Verdict(f, by_idx.get(i), cfg.threshold) for i, f in enumerate(faces)]
 
@@ -206,12 +222,12 @@ class Pipeline:
         t2 = time.perf_counter()
         crops = {tracks[i].track_id: crop_face(frame.image, faces[i].box, ccfg.margin) for i in todo}
         todo_crops = [crops[tracks[i].track_id] for i in todo]
-        fresh = judge_crops(self.classifier, todo_crops, ccfg)
+        fresh, features = judge_crops(self.classifier, todo_crops, ccfg)
         t3 = time.perf_counter()
-        for i, p in zip(todo, fresh, strict=True):
+        for i, p, feat in zip(todo, fresh, features, strict=True):
             scores[i] = p
             self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq)
-            self.tracker.observe(tracks[i], crops[tracks[i].track_id])
+            self.tracker.observe(tracks[i], crops[tracks[i].track_id], feat)
         counts.classified += len(todo)
         voted = set(todo)
         for i, (t, s) in enumerate(zip(tracks, scores, strict=True)):

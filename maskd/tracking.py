@@ -12,7 +12,8 @@ frames is not enough; ``strong_span_s`` when the median is at least ``strong_thr
 it stops only when the median falls below the lower ``release_threshold`` (hysteresis).
 
 A track also carries an appearance descriptor (``appearance``: colour layout of its face
-crops), so the violation lifecycle can tell a person who was briefly lost from the next person
+crops, joined by the classifier's pooled features when the model gives them), so the violation
+lifecycle can tell a person who was briefly lost from the next person
 standing at the same spot. Pure and deterministic: no clocks, no randomness, so it is tested on
 scripted detections.
 """
@@ -209,17 +210,36 @@ class Tracker:
         else:
             track.above, track.above_since = 0, None
 
-    def observe(self, track: Track, crop_bgr: np.ndarray) -> None:
-        """Fold a freshly classified face crop into the track's appearance."""
-        desc = appearance(crop_bgr)
-        if track.appearance is None:
+    def observe(self, track: Track, crop_bgr: np.ndarray, features: np.ndarray | None = None) -> None:
+        """Fold a freshly classified face crop (and the classifier's features of it) into the
+        track's appearance."""
+        desc = appearance(crop_bgr, features)
+        if track.appearance is None or track.appearance.shape != desc.shape:
             track.appearance = desc
             return
         mixed = APPEARANCE_MOMENTUM * track.appearance + (1 - APPEARANCE_MOMENTUM) * desc
         track.appearance = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
 
 
-def appearance(crop_bgr: np.ndarray) -> np.ndarray:
+def appearance(crop_bgr: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    """A unit-length descriptor of a face crop: its colour layout (``colour_layout``), and with
+    the classifier's pooled ``features`` of the same crop, both halves unit-length and joined,
+    so the dot product of two descriptors is the mean of the two similarities.
+
+    The colour layout alone takes two people with alike hair, skin and background for one; the
+    features see the face's shape as well (docs/eval_video.md, round twenty-three).
+    """
+    colour = colour_layout(crop_bgr)
+    if features is None:
+        return colour
+    f = np.asarray(features, np.float32).ravel()
+    norm = float(np.linalg.norm(f))
+    # All-zero features say nothing: that half counts as unlike anything (never a merge).
+    f = f / norm if np.isfinite(norm) and norm > 0.0 else np.zeros_like(f)
+    return (np.concatenate([colour, f]) / np.sqrt(2.0)).astype(np.float32)
+
+
+def colour_layout(crop_bgr: np.ndarray) -> np.ndarray:
     """A unit-length colour-layout descriptor of a face crop (see APPEARANCE_BINS).
 
     The crop is the classifier's crop (face box plus margin), so the descriptor follows the
@@ -241,7 +261,8 @@ def appearance(crop_bgr: np.ndarray) -> np.ndarray:
 
 
 def similarity(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
-    """Bhattacharyya coefficient of two appearance descriptors; None when one is unknown."""
-    if a is None or b is None:
+    """How alike two appearance descriptors are, 1 for the same (with colour alone, their
+    Bhattacharyya coefficient); None when one is unknown or they are of different kinds."""
+    if a is None or b is None or a.shape != b.shape:
         return None
     return float(np.dot(a, b))

@@ -291,3 +291,54 @@ def test_a_person_hidden_while_walking_past_keeps_the_event():
     for i in range(35, 50):
         s2.frame((box_at(i), 0.9, look(4)))
     assert [e.event_type for e in s2.events].count("start") == 2
+
+
+def test_appearance_with_features_is_the_mean_of_both_similarities():
+    from maskd.tracking import appearance, colour_layout, similarity
+
+    a, b = look(1), look(2)
+    rng = np.random.default_rng(5)
+    fa, fb = rng.random(1280).astype(np.float32), rng.random(1280).astype(np.float32)
+    da, db = appearance(a, fa), appearance(b, 3 * fb)  # the features' scale does not matter
+    assert np.linalg.norm(da) == pytest.approx(1.0, abs=1e-6)
+    cos = float(fa @ fb / np.linalg.norm(fa) / np.linalg.norm(fb))
+    colour = similarity(colour_layout(a), colour_layout(b))
+    assert similarity(da, db) == pytest.approx((colour + cos) / 2, abs=1e-5)
+    assert similarity(da, appearance(a)) is None  # a colour-only look is of another kind
+    blank = appearance(a, np.zeros(1280, np.float32))  # no features to go by: never a merge
+    assert np.isfinite(blank).all() and similarity(blank, da) == pytest.approx(
+        similarity(colour_layout(a), colour_layout(a)) / 2, abs=1e-5)
+
+
+def test_observe_starts_over_when_the_kind_of_look_changes():
+    from maskd.tracking import appearance
+
+    tracker = Tracker(CFG)
+    (t,) = tracker.match([BOX], 0, 0.0)
+    tracker.observe(t, look(1))
+    tracker.observe(t, look(1), np.ones(1280, np.float32))
+    np.testing.assert_allclose(t.appearance, appearance(look(1), np.ones(1280, np.float32)))
+
+
+@pytest.mark.shared
+def test_two_queued_people_the_colours_merge_are_told_apart_by_the_features(scenes_dir, default_model):
+    """Two different people of the select queue (seed 1) that the colour layout alone takes for
+    one at today's threshold (round twenty-three): with the classifier's features they differ."""
+    import cv2
+
+    from maskd.classifier import Classifier
+    from maskd.geometry import crop_face
+    from maskd.tracking import appearance, colour_layout, similarity
+    from tools.eval_scenes import load_scene
+
+    clf = Classifier.open(default_model, threads=1)
+    looks = []
+    for stem, box in (("maksssksksss537", (95, 177, 195, 295)), ("maksssksksss51", (114, 159, 213, 286))):
+        scene = load_scene(scenes_dir / "annotations" / f"{stem}.xml", scenes_dir / "images")
+        assert any(np.allclose(b, box) for b in scene.boxes)  # the annotated, unmasked face
+        crop = crop_face(cv2.imread(str(scene.image)), tuple(map(float, box)), 0.15)
+        _, feats = clf.predict_embedded([np.ascontiguousarray(crop[:, :, ::-1])])
+        looks.append((colour_layout(crop), appearance(crop, feats[0])))
+    threshold = TrackingConfig().same_person_similarity
+    assert similarity(looks[0][0], looks[1][0]) >= threshold
+    assert similarity(looks[0][1], looks[1][1]) < threshold - 0.05

@@ -193,9 +193,12 @@ def test_cache_on_the_demo_clip_saves_work_without_changing_the_outcome(default_
         cfg.tracking.recheck_every, cfg.tracking.min_span_s = k, 0.0  # the cache, not the span
         pipe, demo = Pipeline(cfg, det, clf), DemoSource()
         line = []
+        looks = set()
         while (f := demo.read()) is not None:
             pipe.process(f)
             line.append(any(t.violating and t.seen_now for t in pipe.tracker.tracks))
+            looks |= {t.appearance.size for t in pipe.tracker.tracks if t.appearance is not None}
+        assert looks == {3 * 8 * 3 * 3 + 1280}  # colour layout and the model's pooled features
         timelines.append(line)
         stats.append(asdict(pipe.counts))
     uncached, cached = stats

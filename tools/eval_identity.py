@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maskd.commands.run import startup_errors  # noqa: E402
 from maskd.geometry import box_iou, crop_face  # noqa: E402
-from maskd.service import build_detector  # noqa: E402
+from maskd.pipeline import embed_crops  # noqa: E402
+from maskd.service import build_classifier, build_detector  # noqa: E402
 from maskd.tracking import Tracker  # noqa: E402
+from maskd.types import MaskClassifier  # noqa: E402
 from tools.eval_scenes import DEFAULT_SCENES, load_scenes, report_skipped  # noqa: E402
 from tools.eval_video import (  # noqa: E402
     CACHE,
@@ -100,8 +102,10 @@ def read_frames(path: Path) -> list[np.ndarray]:
 
 
 def descriptor(frames: Sequence[np.ndarray], faces: Sequence[list], truth: np.ndarray,
-               person: int, ts: range, margin: float, tracker: Tracker) -> np.ndarray | None:
-    """The running appearance over frames ``ts`` of the detector's boxes on ``person``."""
+               person: int, ts: range, margin: float, tracker: Tracker,
+               classifier: MaskClassifier) -> np.ndarray | None:
+    """The running appearance over frames ``ts`` of the detector's boxes on ``person``, with
+    the classifier's features of each crop as the pipeline has them (``embed_crops``)."""
     looks = _Looks()
     for t in ts:
         if t >= len(frames) or np.isnan(truth[t, person, 0]) or not faces[t]:
@@ -109,12 +113,14 @@ def descriptor(frames: Sequence[np.ndarray], faces: Sequence[list], truth: np.nd
         iou = box_iou(np.array([f.box for f in faces[t]]), truth[t, person])[:, 0]
         j = int(np.argmax(iou))
         if iou[j] >= IOU:
-            tracker.observe(looks, crop_face(frames[t], faces[t][j].box, margin))  # type: ignore[arg-type]
+            crop = crop_face(frames[t], faces[t][j].box, margin)
+            _, feats = embed_crops(classifier, [crop])
+            tracker.observe(looks, crop, feats[0])  # type: ignore[arg-type]
     return looks.appearance
 
 
-def clip_pairs(plan: ClipPlan, cache: Path, detector, margin: float,
-               tracker: Tracker) -> list[tuple[np.ndarray, np.ndarray]]:
+def clip_pairs(plan: ClipPlan, cache: Path, detector, margin: float, tracker: Tracker,
+               classifier: MaskClassifier) -> list[tuple[np.ndarray, np.ndarray]]:
     """(A, B) for each judged unmasked person of a clip in view for >= SPAN frames."""
     truth = clip_truth(plan)
     labels = np.concatenate([sc.labels for sc in plan.scenes])
@@ -128,8 +134,10 @@ def clip_pairs(plan: ClipPlan, cache: Path, detector, margin: float,
     out = []
     for p in people:
         first = int(np.flatnonzero(~np.isnan(truth[:, p, 0]))[0])
-        a = descriptor(frames, faces, truth, p, range(first, first + FIRST), margin, tracker)
-        b = descriptor(frames, faces, truth, p, range(first + GAP, first + SPAN), margin, tracker)
+        a = descriptor(frames, faces, truth, p, range(first, first + FIRST), margin, tracker,
+                       classifier)
+        b = descriptor(frames, faces, truth, p, range(first + GAP, first + SPAN), margin, tracker,
+                       classifier)
         if a is not None and b is not None:
             out.append((a, b))
     return out
@@ -153,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         report_skipped("eval_identity", skipped)
         cfg = eval_config(None, [], 1)
         detector = build_detector(cfg)
+        classifier = build_classifier(cfg)
         tracker = Tracker(cfg.tracking)
         for plan in build_plans(scenes, ["walkup"], args.seed):
-            for da, db in clip_pairs(plan, args.cache, detector, cfg.classifier.margin, tracker):
+            for da, db in clip_pairs(plan, args.cache, detector, cfg.classifier.margin, tracker,
+                                     classifier):
                 a.append(da)
                 b.append(db)
                 groups.append(plan.name)

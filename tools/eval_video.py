@@ -586,11 +586,12 @@ class Memo:
         model = cfg.classifier.model or default_model_path()
         stat = model.stat() if model.is_file() else None
         clf = f"{model.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-        # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls)
-        key = hashlib.sha256(f"v2|{clip.name}|{det}|{clf}".encode()).hexdigest()[:16]
+        # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls);
+        # v3: the classifier's features are replayed too
+        key = hashlib.sha256(f"v3|{clip.name}|{det}|{clf}".encode()).hexdigest()[:16]
         self.path = folder / f"{clip.stem}-{key}.pkl"
         self.faces: dict[bytes, Any] = {}
-        self.scores: dict[bytes, float] = {}
+        self.scores: dict[bytes, tuple[float, np.ndarray | None]] = {}
         if self.path.is_file():
             self.faces, self.scores = pickle.loads(self.path.read_bytes())
 
@@ -607,18 +608,29 @@ class Memo:
                     memo.faces[key] = detector.detect(image)
                 return memo.faces[key]
 
+        embed = getattr(classifier, "predict_embedded", None)
+
         class Classifier:
             input_size = classifier.input_size
 
-            def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+            def predict_embedded(self, crops_rgb: Sequence[np.ndarray]
+                                 ) -> tuple[np.ndarray, np.ndarray | None]:
                 keys = [hashlib.sha1(np.ascontiguousarray(c).tobytes()
                                      + str(c.shape).encode()).digest() for c in crops_rgb]
                 todo = [i for i, k in enumerate(keys) if k not in memo.scores]
                 if todo:
-                    fresh = classifier.predict([crops_rgb[i] for i in todo])
-                    for i, p in zip(todo, fresh, strict=True):
-                        memo.scores[keys[i]] = float(p)
-                return np.array([memo.scores[k] for k in keys], np.float32)
+                    chunk = [crops_rgb[i] for i in todo]
+                    fresh, feats = embed(chunk) if embed else (classifier.predict(chunk), None)
+                    for n, (i, p) in enumerate(zip(todo, fresh, strict=True)):
+                        memo.scores[keys[i]] = (float(p), None if feats is None else feats[n])
+                got = [memo.scores[k] for k in keys]
+                scores = np.array([g[0] for g in got], np.float32)
+                if not got or got[0][1] is None:
+                    return scores, None
+                return scores, np.stack([g[1] for g in got])
+
+            def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
+                return self.predict_embedded(crops_rgb)[0]
 
         pipe.detector, pipe.classifier = Detector(), Classifier()
 
