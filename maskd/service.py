@@ -392,6 +392,15 @@ class _Serialized:
         with self._lock:
             return self._inner.predict(crops_rgb)  # type: ignore[attr-defined]
 
+    def predict_embedded(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores and features under the lock (``__getattr__`` would hand out the inner model's
+        method unlocked); a model without features gives its scores and None."""
+        with self._lock:
+            embed = getattr(self._inner, "predict_embedded", None)
+            if embed is None:
+                return self._inner.predict(crops_rgb), None  # type: ignore[attr-defined]
+            return embed(crops_rgb)
+
 
 class _Shared(EventSink, FrameObserver):
     """A sink or observer used by several camera loops (the JSON lines file, systemd's

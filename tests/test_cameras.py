@@ -185,3 +185,44 @@ def test_two_processes_on_one_device_never_mark_each_other_offline(tmp_path, def
         assert procs["left"].returncode == 0
         assert sub.wait(lambda ms: last(sub, f"{BASE}/left/status") == b"offline", 10)
         sub.close()
+
+
+def test_a_shared_classifier_gives_scores_and_features_one_call_at_a_time(default_model):
+    """Camera threads share one interpreter: the features path is locked like ``predict`` (a
+    TFLite interpreter called from two threads at once fails), and a model without features
+    still answers through it."""
+    import threading
+
+    import numpy as np
+
+    from maskd.classifier import Classifier
+    from maskd.pipeline import embed_crops
+    from maskd.service import _Serialized
+
+    shared = _Serialized(Classifier.open(default_model, threads=1))
+    crops = [np.full((64, 64, 3), v, np.uint8) for v in (40, 120, 200)]
+    want = embed_crops(shared, crops)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(30):
+                scores, feats = embed_crops(shared, crops)
+                assert scores == want[0] and all(np.array_equal(a, b) for a, b in zip(feats, want[1], strict=True))
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and want[1][0] is not None
+
+    class ScoresOnly:
+        input_size = 128
+
+        def predict(self, crops_rgb):
+            return np.full(len(crops_rgb), 0.25, np.float32)
+
+    assert embed_crops(_Serialized(ScoresOnly()), crops) == ([0.25] * 3, [None] * 3)
