@@ -193,7 +193,11 @@ class Classifier:
     def describe(self) -> str:
         """One line for `maskd doctor`: file, input, labels and where it runs."""
         s, dtype = self.input_size, np.dtype(self._in["dtype"]).name
-        return f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, on {self.runtime}"
+        looks = (f"features {self.info.raw.get('features', {}).get('size', '?')} (faces told apart "
+                 "by colour and features)" if self.has_features else "no features output (faces "
+                 "told apart by colour alone)")
+        return (f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, "
+                f"{looks}, on {self.runtime}")
 
     def _set_batch(self, n: int) -> None:
         """Resize the input's batch dimension to ``n`` (only when it changes)."""

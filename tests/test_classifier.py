@@ -227,6 +227,7 @@ def test_shipped_model_gives_pooled_features_with_the_same_scores(default_model:
     one invoke gives both, and the scores are those of ``predict``."""
     clf = Classifier.open(default_model, threads=1)
     assert clf.has_features and clf.info.raw["features"] == {"layer": "head_pool", "size": 1280}
+    assert "features 1280" in clf.describe()  # what `maskd doctor` shows
     rng = np.random.default_rng(2)
     crops = [rng.integers(0, 256, (70, 60, 3), dtype=np.uint8) for _ in range(20)]  # > MAX_BATCH
     scores, feats = clf.predict_embedded(crops)
@@ -247,6 +248,7 @@ def test_features_tool_keeps_the_scores_bit_for_bit(tmp_path: Path, scenes_dir: 
         pytest.skip(f"{src} not shipped")
     old = Classifier.open(src, threads=1)
     assert not old.has_features and old.predict_embedded([np.zeros((9, 9, 3), np.uint8)])[1] is None
+    assert "colour alone" in old.describe()
     out = tmp_path / "with_features.tflite"
     assert features.main([str(src), "--out", str(out)]) == 0
     new = Classifier.open(out, threads=1)
