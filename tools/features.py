@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         expose(args.model, out, args.layer)
     except (ModelError, OSError) as err:
-        print(f"features: {err}", file=sys.stderr)
-        return 2
+        raise SystemExit(f"features: {err}") from None
     print(f"{out}: scores and {args.layer} features (sidecar {sidecar_path(out).name})")
     return 0
 
