@@ -30,7 +30,16 @@ from maskd.events import Violations
 from maskd.geometry import crop_face, iou, shorter_side
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
-from maskd.types import Box, Face, FaceDetector, Frame, MaskClassifier, Verdict, ViolationEvent
+from maskd.types import (
+    Box,
+    Face,
+    FaceDetector,
+    Frame,
+    MaskClassifier,
+    Verdict,
+    ViolationEvent,
+    scores_and_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +74,9 @@ def embed_crops(classifier: MaskClassifier,
                 crops_bgr: list[np.ndarray]) -> tuple[list[float], list[np.ndarray | None]]:
     """P(no_mask) and the classifier's pooled features per BGR crop, in the same one call;
     the features are None for a classifier without them (no ``predict_embedded``)."""
-    embed = getattr(classifier, "predict_embedded", None)
-    if embed is None or not crops_bgr:
-        return classify_crops(classifier, crops_bgr), [None] * len(crops_bgr)
-    scores, features = embed(_rgb(crops_bgr))
+    if not crops_bgr:
+        return [], []
+    scores, features = scores_and_features(classifier, _rgb(crops_bgr))
     rows: list[np.ndarray | None] = [None] * len(crops_bgr) if features is None else list(features)
     return [float(p) for p in scores], rows
 

@@ -41,6 +41,7 @@ from maskd.types import (
     Source,
     Verdict,
     ViolationEvent,
+    scores_and_features,
 )
 
 if TYPE_CHECKING:
@@ -394,12 +395,9 @@ class _Serialized:
 
     def predict_embedded(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores and features under the lock (``__getattr__`` would hand out the inner model's
-        method unlocked); a model without features gives its scores and None."""
+        method unlocked)."""
         with self._lock:
-            embed = getattr(self._inner, "predict_embedded", None)
-            if embed is None:
-                return self._inner.predict(crops_rgb), None  # type: ignore[attr-defined]
-            return embed(crops_rgb)
+            return scores_and_features(self._inner, crops_rgb)  # type: ignore[arg-type]
 
 
 class _Shared(EventSink, FrameObserver):

@@ -237,9 +237,19 @@ class FaceDetector(Protocol):
 class MaskClassifier(Protocol):
     """Judges face crops; maskd.classifier.Classifier has this shape. One that also has
     ``predict_embedded`` (scores and pooled features in one call) gives the tracker features
-    to tell people apart by (``maskd.pipeline.embed_crops``)."""
+    to tell people apart by (``scores_and_features``)."""
 
     input_size: int
 
     def predict(self, crops_rgb: Sequence[np.ndarray]) -> np.ndarray:
         """P(no_mask) per RGB uint8 crop."""
+
+
+def scores_and_features(classifier: MaskClassifier,
+                        crops_rgb: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """P(no_mask) per RGB crop and the pooled features (a row per crop) in one call; None for
+    the features of a classifier without ``predict_embedded``."""
+    embed = getattr(classifier, "predict_embedded", None)
+    if embed is None:
+        return classifier.predict(crops_rgb), None
+    return embed(crops_rgb)

@@ -67,6 +67,7 @@ import yaml
 
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config
 from maskd.geometry import box_iou
+from maskd.types import scores_and_features
 from tools.eval_scenes import (
     INTERVAL_DRAWS,
     INTERVAL_LEVEL,
@@ -608,8 +609,6 @@ class Memo:
                     memo.faces[key] = detector.detect(image)
                 return memo.faces[key]
 
-        embed = getattr(classifier, "predict_embedded", None)
-
         class Classifier:
             input_size = classifier.input_size
 
@@ -620,7 +619,7 @@ class Memo:
                 todo = [i for i, k in enumerate(keys) if k not in memo.scores]
                 if todo:
                     chunk = [crops_rgb[i] for i in todo]
-                    fresh, feats = embed(chunk) if embed else (classifier.predict(chunk), None)
+                    fresh, feats = scores_and_features(classifier, chunk)
                     for n, (i, p) in enumerate(zip(todo, fresh, strict=True)):
                         memo.scores[keys[i]] = (float(p), None if feats is None else feats[n])
                 got = [memo.scores[k] for k in keys]

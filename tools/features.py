@@ -36,9 +36,9 @@ def pooled_tensor(names: list[str], shapes: list[list[int]], layer: str) -> int:
     return hits[0]
 
 
-def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> dict[str, int]:
+def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> None:
     """Write ``model`` with ``layer``'s pooled tensor as an extra output to ``out`` (the sidecar
-    beside it too); returns the sidecar's ``outputs`` roles."""
+    beside it too: the scores stay output 0, the features are output 1)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -59,12 +59,11 @@ def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> dict[str, int]
         entry.name, entry.tensorIndex = "features", feat
         sig.outputs = list(sig.outputs) + [entry]
     flatbuffer_utils.write_model(m, str(out))
-    roles = {"scores": 0, "features": 1}
-    side = dict(info.raw, outputs=roles, features={"layer": layer, "size": shapes[feat][-1]})
+    side = dict(info.raw, outputs={"scores": 0, "features": 1},
+                features={"layer": layer, "size": shapes[feat][-1]})
     if out != model:
         side["model_file"] = out.name
     sidecar_path(out).write_text(json.dumps(side, indent=1), encoding="utf-8")
-    return roles
 
 
 def main(argv: list[str] | None = None) -> int:
