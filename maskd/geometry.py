@@ -23,6 +23,12 @@ def shorter_side(box: Box) -> float:
     return min(box[2] - box[0], box[3] - box[1])
 
 
+def shorter_sides(boxes: np.ndarray) -> np.ndarray:
+    """``shorter_side`` of every box of an (..., 4) array (NaN boxes give NaN)."""
+    b = np.asarray(boxes, np.float64)
+    return np.minimum(b[..., 2] - b[..., 0], b[..., 3] - b[..., 1])
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when either is empty."""
     ix = min(a[2], b[2]) - max(a[0], b[0])

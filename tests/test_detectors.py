@@ -25,7 +25,16 @@ from maskd.detectors import (
     postprocess_output_order,
     ssd_anchors,
 )
-from maskd.geometry import Letterbox, box_iou, letterbox, nms, tile_grid, weighted_nms
+from maskd.geometry import (
+    Letterbox,
+    box_iou,
+    letterbox,
+    nms,
+    shorter_side,
+    shorter_sides,
+    tile_grid,
+    weighted_nms,
+)
 from maskd.types import Face
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
@@ -196,6 +205,14 @@ def test_tiles_find_small_faces_and_map_them_back():
     assert faces[0].box == pytest.approx((40, 20, 52, 32), abs=2)
     assert faces[1].box == pytest.approx((120, 100, 200, 180), abs=3)
     assert faces[0].landmarks[0].tolist() == pytest.approx(faces[0].box[:2])
+
+
+def test_shorter_sides_agrees_with_shorter_side_on_any_shape():
+    boxes = np.array([[10.0, 20.0, 40.0, 36.0], [0.0, 0.0, 64.0, 77.0]])
+    assert shorter_sides(boxes).tolist() == [shorter_side(tuple(b)) for b in boxes] == [16, 64]
+    assert float(shorter_sides(boxes[1])) == 64
+    both = shorter_sides(np.stack([boxes, np.full((2, 4), np.nan)]))  # (frames, people, 4)
+    assert both.shape == (2, 2) and np.isnan(both[1]).all()
 
 
 def test_keep_by_size_lets_only_big_faces_under_the_cut():

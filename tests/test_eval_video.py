@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from maskd.config import ConfigError
+from maskd.geometry import shorter_sides
 from tools import eval_video as ev
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -34,7 +35,7 @@ def test_a_known_window_moves_a_box_to_a_known_place():
     # A placed face gets the asked size and centre whatever its own.
     a = ev.place_affine(np.array([10.0, 20.0, 30.0, 60.0]), 96, (320, 192))
     moved = ev.move_boxes(np.array([[10.0, 20.0, 30.0, 60.0]]), a)[0]
-    assert ev.min_side(moved[None])[0] == pytest.approx(96)
+    assert shorter_sides(moved) == pytest.approx(96)
     assert ((moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2) == pytest.approx((320, 192))
 
 
@@ -78,7 +79,7 @@ def test_walkup_starts_whole_and_ends_zoomed_toward_the_face(tmp_path: Path):
     assert wins[-1][:2].tolist() == pytest.approx([0, 0])  # clamped, not showing outside
     truth = ev.clip_truth(plan)
     assert not np.isnan(truth[:, 0]).any()  # the chosen face is in view in every frame
-    side = ev.min_side(truth[:, 0])
+    side = shorter_sides(truth[:, 0])
     assert side[-1] / side[0] == pytest.approx(ev.ZOOM)
     assert (np.diff(side) > 0).all()  # it grows as a person walking up
 
@@ -121,7 +122,7 @@ def test_queue_puts_every_face_at_one_spot_with_gaps(tmp_path: Path):
     spot = np.array([truth[0, 1], truth[45, 2]])
     centres = (spot[:, :2] + spot[:, 2:]) / 2
     assert centres[0] == pytest.approx(centres[1])  # same place ...
-    assert ev.min_side(spot) == pytest.approx([ev.QUEUE_FACE_PX] * 2)  # ... and size
+    assert shorter_sides(spot) == pytest.approx([ev.QUEUE_FACE_PX] * 2)  # ... and size
     assert np.isnan(truth[30:45]).all()  # nobody in the gap
     assert np.isnan(truth[45:, :2]).all() and np.isnan(truth[:45, 2]).all()
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from maskd.config import ClassifierConfig, DetectorConfig, still_detector
 from maskd.detectors import DetectorError, find_yunet_model, make_detector
-from maskd.geometry import box_iou
+from maskd.geometry import box_iou, shorter_sides
 from maskd.types import Face
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,11 +179,6 @@ def report_skipped(tool: str, skipped: list[str]) -> None:
               file=sys.stderr)
 
 
-def min_side(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-
-
 def match(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
           iou_threshold: float) -> np.ndarray:
     """For each detection, the index of the annotated box it matched, or -1 (greedy, one-to-one)."""
@@ -224,8 +219,8 @@ def score_image(gt_boxes: np.ndarray, gt_labels: list[str], det_boxes: np.ndarra
     """Counters for one image (see the module docstring for the rules)."""
     c = Counts()
     m = match(det_boxes, det_scores, gt_boxes, iou_threshold)
-    gt_ge = min_side(gt_boxes) >= small_px
-    det_ge = min_side(det_boxes) >= small_px
+    gt_ge = shorter_sides(gt_boxes) >= small_px
+    det_ge = shorter_sides(det_boxes) >= small_px
 
     def subsets(ge: bool) -> tuple[str, str]:
         return ("ge" if ge else "lt", "all")

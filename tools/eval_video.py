@@ -66,7 +66,7 @@ import numpy as np
 import yaml
 
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config
-from maskd.geometry import box_iou
+from maskd.geometry import box_iou, shorter_sides
 from maskd.types import scores_and_features
 from tools.eval_scenes import (
     INTERVAL_DRAWS,
@@ -78,7 +78,6 @@ from tools.eval_scenes import (
     f1_of,
     f1_rate,
     load_scenes,
-    min_side,
     rate,
     ratio,
     report_skipped,
@@ -185,7 +184,7 @@ def window_affine(window: np.ndarray, out_wh: Sequence[float] = (OUT_W, OUT_H)) 
 def place_affine(face: np.ndarray, face_px: float, at: Sequence[float]) -> np.ndarray:
     """The 2x3 affine that makes ``face``'s shorter side ``face_px`` and centres it at ``at``."""
     face = np.asarray(face, np.float64)
-    s = face_px / float(min_side(face)[0])
+    s = face_px / float(shorter_sides(face))
     c = (face[:2] + face[2:]) / 2
     return np.array([[s, 0.0, at[0] - s * c[0]], [0.0, s, at[1] - s * c[1]]])
 
@@ -309,7 +308,7 @@ def pan_clip(scene: Scene, seed: int, frames: int = FRAMES, zoom: float = PAN_ZO
 
 
 def _big_faces(scene: Scene, labels: Iterable[str] | None = None) -> np.ndarray:
-    ok = min_side(scene.boxes) >= MIN_SOURCE_PX
+    ok = shorter_sides(scene.boxes) >= MIN_SOURCE_PX
     if labels is not None:
         ok &= np.isin(scene.labels, list(labels))
     return np.flatnonzero(ok)
@@ -705,7 +704,7 @@ def run_all(tasks: list[ClipTask], jobs: int, threads: int) -> list[dict[str, An
 def judged_people(truth: np.ndarray, min_px: float = JUDGE_PX,
                   min_frames: int = JUDGE_FRAMES) -> np.ndarray:
     """(P,) True for people whose face in view is >= ``min_px`` for >= ``min_frames`` frames."""
-    side = np.minimum(truth[..., 2] - truth[..., 0], truth[..., 3] - truth[..., 1])
+    side = shorter_sides(truth)
     return (np.nan_to_num(side, nan=0.0) >= min_px).sum(axis=0) >= min_frames
 
 

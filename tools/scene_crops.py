@@ -37,7 +37,7 @@ import numpy as np
 from maskd.classifier import resize_square
 from maskd.config import ClassifierConfig, SourceConfig
 from maskd.detectors import make_detector
-from maskd.geometry import crop_face
+from maskd.geometry import crop_face, shorter_sides
 from tools import dataset
 from tools.eval_scenes import (
     DEFAULT_SCENES,
@@ -45,7 +45,6 @@ from tools.eval_scenes import (
     add_scene_options,
     load_scenes,
     match,
-    min_side,
     photo_part,
     variant_config,
 )
@@ -128,7 +127,7 @@ def cut_faces(frame_bgr: np.ndarray, boxes: np.ndarray, names: list[str], det_bo
     skipped: Counter = Counter()
     matched = match(det_boxes, det_scores, boxes, iou)
     det_of = {int(g): d for d, g in enumerate(matched) if g >= 0}
-    sides = min_side(boxes)
+    sides = shorter_sides(boxes)
     for g, name in enumerate(names):
         folder = dataset.FOLDER_LABELS.get(name)
         if folder is None:

@@ -89,8 +89,8 @@ def train(args: argparse.Namespace) -> int:
 
 def scene_faces(root: Path, margin: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """RGB crops (maskd's crop_face), labels and box shorter sides of every annotated face."""
-    from maskd.geometry import crop_face
-    from tools.eval_scenes import load_scenes, min_side
+    from maskd.geometry import crop_face, shorter_sides
+    from tools.eval_scenes import load_scenes
 
     crops, labels, sides = [], [], []
     for scene in load_scenes(root):
@@ -103,7 +103,7 @@ def scene_faces(root: Path, margin: float) -> tuple[list[np.ndarray], np.ndarray
                 continue
             crops.append(crop_face(rgb, tuple(box), margin))
             labels.append(SCENE_LABELS[name])
-            sides.append(float(min_side(box)[0]))
+            sides.append(float(shorter_sides(box)))
     return crops, np.array(labels), np.array(sides)
 
 
