@@ -199,6 +199,7 @@ class ClassifierConfig(Section):
     threshold: float = Field(0.6, gt=0.0, lt=1.0)
     # A second, mirrored view for a fresh score within this distance of the label cut; the two
     # scores are averaged (0 = off). Costs a classification only for the doubtful faces.
+    # `run` and `scan` only: `classify` reports one view of `model` (docs/classifier.md).
     # 0.25: docs/eval_video.md, round twenty-one (walk-up F1 0.871 -> 0.887, scan unchanged).
     flip_band: float = Field(0.25, ge=0.0, le=0.5)
     # `scan` (photos, offline) averages P(no_mask) over `model` and these. null: the shipped
