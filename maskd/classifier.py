@@ -10,6 +10,7 @@ too, which is what makes training and the device agree.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +23,8 @@ import numpy as np
 from maskd import env
 from maskd.env import Environment
 from maskd.tflite import ModelError, get_output, open_interpreter, quantize
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "maskd_mobilenetv2_int8.tflite"
 # The same recipe trained with another seed: `scan` averages the two (docs/eval_video.md, round
@@ -167,7 +170,8 @@ class Classifier:
         self.input_size = info.input_size
         self._no_mask = info.labels.index("no_mask")
         self._in = interpreter.get_input_details()[0]
-        self._scores, self._features = sidecar_outputs(info, len(interpreter.get_output_details()), path)
+        sizes = [int(np.prod(d["shape"][1:])) for d in interpreter.get_output_details()]
+        self._scores, self._features = sidecar_outputs(info, sizes, path)
         self._table = input_table(self._in, info.scale, info.offset)
         self._batch = int(self._in["shape"][0])
         # An EdgeTPU graph is compiled for batch 1; a CPU interpreter's batch can be resized.
@@ -241,9 +245,16 @@ class Classifier:
         return scores, np.concatenate(feats) if feats else np.empty((0, 0), np.float32)
 
 
-def sidecar_outputs(info: ModelInfo, n_outputs: int, path: Path) -> tuple[int, int | None]:
-    """(scores output, features output or None) from the sidecar's ``outputs``; a model made
-    before features existed has one output, the scores."""
+def sidecar_outputs(info: ModelInfo, sizes: Sequence[int], path: Path) -> tuple[int, int | None]:
+    """(scores output, features output or None) from the sidecar's ``outputs``, checked against
+    the model's outputs (``sizes``: values per face of each); a model made before features
+    existed has one output, the scores.
+
+    The two outputs differ in size (one value per label against the pooled features), so a model
+    whose outputs come in the other order than its sidecar says (``edgetpu_compiler`` does not
+    promise to keep the order) is read the right way round, with a warning, instead of giving
+    feature values as scores.
+    """
     roles = info.raw.get("outputs") or {"scores": 0}
     try:
         scores = int(roles["scores"])
@@ -251,11 +262,21 @@ def sidecar_outputs(info: ModelInfo, n_outputs: int, path: Path) -> tuple[int, i
     except (KeyError, TypeError, ValueError):
         raise ModelError(f"{path}: bad sidecar 'outputs' {roles!r}: expected "
                          "{{'scores': N, 'features': M}}") from None
+    n_outputs = len(sizes)
     for role, i in (("scores", scores), ("features", features)):
         if i is not None and not 0 <= i < n_outputs:
             raise ModelError(f"{path}: sidecar says the {role} are output {i}, but the model "
                              f"has {n_outputs} output(s)")
-    return scores, features
+    want = len(info.labels)
+    if sizes[scores] == want:
+        return scores, features
+    if features is not None and sizes[features] == want:
+        log.warning("%s: the scores are output %d, not %d as the sidecar says (a compiler may "
+                    "reorder outputs); reading them from output %d", path.name, features, scores,
+                    features)
+        return features, scores
+    raise ModelError(f"{path}: output {scores} has {sizes[scores]} values per face, but the "
+                     f"sidecar's labels {info.labels} need {want}: model and sidecar do not match")
 
 
 class MeanClassifier:

@@ -267,6 +267,26 @@ def test_bad_sidecar_outputs_are_named(default_model: Path, tmp_path: Path) -> N
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 0, "features": 5}}))
     with pytest.raises(ModelError, match="bad sidecar 'outputs'"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"features": 1}}))
+    with pytest.raises(ModelError, match="output 1 has 1280 values per face, but the sidecar's labels"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 1}}))
+
+
+def test_outputs_in_the_other_order_are_read_the_right_way(default_model: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A sidecar whose output order is the other way round than the model's (what an EdgeTPU
+    compile may do to a two-output model) still gives P(no_mask), not feature values, and says so."""
+    good = json.loads(sidecar_path(default_model).read_text())
+    assert good["outputs"] == {"scores": 0, "features": 1}
+    right = Classifier.open(default_model, threads=1)
+    swapped = Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 1, "features": 0}}),
+                              threads=1)
+    assert "the scores are output 0, not 1 as the sidecar says" in caplog.text
+    crops = [np.full((50, 40, 3), v, np.uint8) for v in (0, 90, 200)]
+    s1, f1 = right.predict_embedded(crops)
+    s2, f2 = swapped.predict_embedded(crops)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(f1, f2)
+    assert f2.shape == (3, 1280)
 
 
 def test_pooled_tensor_is_found_by_layer_name() -> None:
