@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -88,10 +89,10 @@ def test_join_scenes_appends_crops_to_train_and_val() -> None:
     assert 0 < summary["scene_share_of_training_weight"] < 1
 
 
-HARD = [train.yaw_squeeze, train.occlude, train.edge_cut, train.motion_blur]
+HARD = [train.yaw_squeeze, train.occlude, train.edge_cut, train.motion_blur, train.hue_jitter]
 
 
-@pytest.mark.parametrize("fn", HARD + ["hard", "device"], ids=lambda f: getattr(f, "__name__", f))
+@pytest.mark.parametrize("fn", HARD + ["hard", "device", "colour"], ids=lambda f: getattr(f, "__name__", f))
 def test_augmentations_keep_shape_and_dtype_and_are_deterministic_per_seed(fn) -> None:
     img = _image(96, 96)
     if isinstance(fn, str):
@@ -117,6 +118,24 @@ def test_edge_cut_repeats_the_edge_row_or_column_over_20_to_50_percent() -> None
         axis = 1 if len(rows) == 100 else 0
         assert 20 <= strip.shape[axis] <= 50
         assert np.all(strip == np.take(strip, [0], axis=axis))
+
+
+def test_colour_adds_to_hard_without_changing_what_hard_draws() -> None:
+    """"colour" changes what "hard" gives; hue_jitter turns hues and keeps grey pixels grey."""
+    img = _image(64, 64)
+    n = 40
+    hard = [train.augment_image(img, np.random.default_rng(s), "hard") for s in range(n)]
+    colour = [train.augment_image(img, np.random.default_rng(s), "colour") for s in range(n)]
+    assert sum(np.array_equal(a, b) for a, b in zip(hard, colour, strict=True)) < n // 2
+    grey = np.full((32, 32, 3), 100, np.uint8)
+    for s in range(10):
+        out = train.hue_jitter(grey, np.random.default_rng(s))
+        assert np.abs(out.astype(int) - 100).max() <= 1  # no saturation: nothing to turn
+    skin = np.zeros((8, 8, 3), np.uint8)
+    skin[:] = (200, 140, 110)
+    hues = {int(cv2.cvtColor(train.hue_jitter(skin, np.random.default_rng(s)), cv2.COLOR_RGB2HSV)[0, 0, 0])
+            for s in range(10)}
+    assert len(hues) > 3
 
 
 def test_occluder_covers_at_most_about_30_percent() -> None:

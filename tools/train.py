@@ -63,9 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fine-tune-from", default="block_13_expand",
                    help="first base layer to unfreeze when fine-tuning")
     p.add_argument("--fine-tune-lr", type=float, default=1e-5)
-    p.add_argument("--augment", choices=["none", "seed", "device", "hard"], default="hard",
+    p.add_argument("--augment", choices=["none", "seed", "device", "hard", "colour"], default="hard",
                    help="seed: flips/rotation/zoom/shift; device: also small faces, JPEG, light, "
-                        "grey; hard: also profiles, hands in front, motion blur, frame edges")
+                        "grey; hard: also profiles, hands in front, motion blur, frame edges; "
+                        "colour: also hue and saturation (tinted light, masks of any colour)")
     p.add_argument("--scenes", type=Path, default=None,
                    help="annotated scene photos (images/ + annotations/, e.g. "
                         "../shared/data/scenes-dev): face crops of their train part, cut as the "
@@ -119,7 +120,7 @@ def build_model(size: int, alpha: float, weights: str | None, seed: int):
 
 
 # --augment hard: how often each hard case is imitated (on top of everything "device" does).
-HARD_P = {"yaw": 0.25, "occlude": 0.3, "blur": 0.25, "edge": 0.15}
+HARD_P = {"yaw": 0.25, "occlude": 0.3, "blur": 0.25, "edge": 0.15, "hue": 0.5}
 # Skin tones (RGB), light to dark: a hand in front of the face is the commonest occluder.
 SKIN_RGB = np.array([[255, 219, 172], [224, 172, 138], [198, 134, 66], [141, 85, 36],
                      [94, 54, 33]], np.float32)
@@ -198,6 +199,19 @@ def motion_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                         borderType=cv2.BORDER_REFLECT_101)
 
 
+def hue_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Tinted light and masks of any colour: hue turned by up to +-40 deg, saturation x0.6-1.6.
+
+    A pink-lit bare face and a pink mask both break the cue "skin-coloured lower face = no
+    mask"; turning every colour a little makes the shape (mouth, nostrils, a mask's edge) the
+    surer cue (docs/eval_video.md, round twenty-eight).
+    """
+    hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-20, 20)) % 180  # OpenCV hue: 0..180 for 8-bit
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.6), 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
 def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
                   label: int | None = None) -> np.ndarray:
     """One random variant of an (S, S, 3) uint8 face image, in OpenCV (fast on a busy CPU).
@@ -209,6 +223,8 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
     (yaw_squeeze), hands and objects in front (occlude), motion blur, faces cut off at the
     frame edge (edge_cut), and smaller faces (70 % shrunk, from 10 px). The "device" sequence
     of random draws is unchanged, so old runs reproduce.
+    colour: hard, then (HARD_P["hue"]) hue and saturation turned (hue_jitter); "hard" draws
+    nothing more, so its runs reproduce too.
     """
     if kind == "none":
         return img
@@ -219,9 +235,9 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
     m[:, 2] += rng.uniform(-0.08, 0.08, 2) * s
     img = cv2.warpAffine(np.ascontiguousarray(img), m, (s, s), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT_101)
-    if kind not in ("device", "hard"):
+    if kind not in ("device", "hard", "colour"):
         return img
-    hard = kind == "hard"
+    hard = kind in ("hard", "colour")
     if hard and rng.random() < HARD_P["yaw"]:
         img = yaw_squeeze(img, rng)
     if hard and rng.random() < HARD_P["occlude"]:
@@ -239,6 +255,8 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
     x = (x - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-40, 40)
     x *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
     img = np.clip(x, 0, 255).astype(np.uint8)
+    if kind == "colour" and rng.random() < HARD_P["hue"]:
+        img = hue_jitter(img, rng)
     if rng.random() < 0.1:
         img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     if rng.random() < 0.5:
