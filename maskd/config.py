@@ -162,7 +162,8 @@ class DetectorConfig(Section):
     # classifier misjudges (docs/detectors.md); 0.6 for the others.
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    # `run` only: a face whose detected box is at least big_face_px (frame pixels, shorter side)
+    # `run` only: a face whose detected box is at least big_face_px (shorter side, in pixels of
+    # a 480-line frame such as 640x480; scaled with the frame's shorter side, so 128 at 1280x960)
     # is kept from big_face_score up: someone close to the camera, not the crowd a lower cut
     # brings in everywhere. Smaller faces need the cut above; a big_face_score not under that
     # cut changes nothing; null = off. 64 / 0.7: docs/eval_video.md, round twenty.

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from maskd.config import DetectorConfig
 from maskd.detectors.base import DetectorError, score_cut
-from maskd.detectors.bigface import BigFaceCut, keep_by_size
+from maskd.detectors.bigface import BigFaceCut, keep_by_size, scaled_big_px
 from maskd.detectors.blazeface import (
     BLAZEFACE_ANCHORS,
     BlazeFace,
@@ -43,7 +43,7 @@ from maskd.types import FaceDetector
 
 __all__ = [
     "BLAZEFACE_ANCHORS", "AUTO_ORDER", "DETECTORS", "BigFaceCut", "BlazeFace", "CenterFace",
-    "DetectorError", "keep_by_size",
+    "DetectorError", "keep_by_size", "scaled_big_px",
     "OpenCvSsd", "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface",
     "decode_ssd_postprocess", "find_yunet_model", "inner_edge_mask", "make_detector",
     "postprocess_output_order", "ssd_anchors",
