@@ -6,7 +6,7 @@ seen badly (blown up, turned, half lit). The wrapped detector runs at the lower 
 ``keep_by_size`` drops what is both small and under the normal cut.
 
 "Big" is a share of the frame, not a pixel count: ``big_px`` was chosen on 640x480 frames, so a
-camera giving 1280x720 needs twice the pixels for the same closeness (``scaled_big_px``).
+camera giving 1280x960 needs twice the pixels for the same closeness (``scaled_big_px``).
 Without that, a higher-resolution camera would let far, small crowd faces in at the lower cut.
 """
 
