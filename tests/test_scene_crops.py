@@ -120,7 +120,7 @@ def test_edge_cut_repeats_the_edge_row_or_column_over_20_to_50_percent() -> None
         assert np.all(strip == np.take(strip, [0], axis=axis))
 
 
-def test_colour_adds_to_hard_without_changing_what_hard_draws() -> None:
+def test_colour_differs_from_hard_and_hue_jitter_turns_only_coloured_pixels() -> None:
     """"colour" changes what "hard" gives; hue_jitter turns hues and keeps grey pixels grey."""
     img = _image(64, 64)
     n = 40
