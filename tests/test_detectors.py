@@ -362,6 +362,17 @@ def test_opencv_ssd_baseline(scenes_dir: Path):
     assert _recall(det.detect(img), gt) >= 2 / 3
 
 
+def test_opencv_ssd_without_a_tensorflow_importer_says_so(tmp_path: Path, monkeypatch):
+    # OpenCV 5.1 removed cv2.dnn.readNetFromTensorflow: a clear refusal, not an AttributeError.
+    pb, pbtxt = tmp_path / "ssd.pb", tmp_path / "ssd.pbtxt"
+    pb.write_bytes(b"x")
+    pbtxt.write_text("x")
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)
+    with pytest.raises(DetectorError, match=r"ssd.pb: this OpenCV \(.+\) has no TensorFlow "
+                                            r"importer .*opencv-python-headless<5.1"):
+        make_detector(DetectorConfig(kind="ssd", model=pb))
+
+
 def test_upscale_finds_more_small_faces(scenes_dir: Path, yunet_model: Path):
     """Over a few crowded scenes, YuNet at 320x240 misses small faces that x2 input recovers."""
     stems = sorted(p.stem for p in (scenes_dir / "annotations").glob("*.xml"))[:40]

@@ -145,8 +145,14 @@ class OpenCvSsd:
         self.path = model
         self.input_size = input_size
         self.score_threshold = score_threshold
+        read = getattr(cv2.dnn, "readNetFromTensorflow", None)
+        if read is None:
+            raise DetectorError(
+                f"{model}: this OpenCV ({cv2.__version__}) has no TensorFlow importer (removed "
+                "in 5.1), so it cannot load the SSD; install opencv-python-headless<5.1 "
+                "(maskd's own requirement) or use another detector.kind")
         try:
-            self._net = cv2.dnn.readNetFromTensorflow(str(model), str(config))
+            self._net = read(str(model), str(config))
         except cv2.error as err:
             raise DetectorError(f"{model}: OpenCV cannot load this SSD: {err}") from None
 
