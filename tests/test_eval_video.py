@@ -154,6 +154,26 @@ def test_clips_are_mjpg_and_cached_by_what_makes_them(tmp_path: Path):
     assert rendered and other != path
 
 
+def test_the_memo_is_keyed_by_the_detector_and_classifier_code(tmp_path: Path):
+    # A memo of detector outputs must not be replayed after the detector's code changed.
+    pkg = tmp_path / "detectors"
+    pkg.mkdir()
+    (pkg / "yunet.py").write_text("CUT = 0.8\n")
+    one = tmp_path / "classifier.py"
+    one.write_text("SIZE = 128\n")
+    before = ev.code_fingerprint([pkg, one])
+    assert ev.code_fingerprint([pkg, one]) == before
+    (pkg / "yunet.py").write_text("CUT = 0.7\n")
+    after = ev.code_fingerprint([pkg, one])
+    assert after != before
+    one.write_text("SIZE = 160\n")
+    assert ev.code_fingerprint([pkg, one]) not in (before, after)
+    # The real paths are the imported package's, so another checkout on PYTHONPATH is hashed.
+    import maskd.detectors
+
+    assert ev.memo_code()[0] == Path(maskd.detectors.__file__).parent
+
+
 # --------------------------------------------------------------------------- scoring
 
 

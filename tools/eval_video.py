@@ -569,14 +569,36 @@ class ClipTask:
     memo: Path | None = None  # --memo: replay the detector's and classifier's outputs
 
 
+def memo_code() -> tuple[Path, ...]:
+    """The detector's and the classifier's source as imported (a ``PYTHONPATH`` checkout of
+    another revision included)."""
+    import maskd.classifier
+    import maskd.detectors
+
+    return (Path(maskd.detectors.__file__).parent, Path(maskd.classifier.__file__))
+
+
+def code_fingerprint(paths: Sequence[Path]) -> str:
+    """A hash of the Python source under ``paths``: a memo made before a change to the
+    detector's or the classifier's code must not be replayed after it (their settings and the
+    model file alone do not show such a change)."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for f in files:
+            rel = f.relative_to(root.parent).as_posix()
+            h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 class Memo:
     """Replays what the detector and the classifier said for the same input (``--memo``).
 
     Sweeps of the tracking and event settings re-run the real loop on the same clips many
     times; the detector and classifier are deterministic, so their outputs for the same frame
     and the same crop can be replayed instead of recomputed. Keyed by the clip, the detector
-    settings and the classifier (model file and crop bytes): another detector or model gets
-    its own memo. Never used for reported numbers without saying so.
+    settings, the classifier (model file and crop bytes) and the source of both: another
+    detector, model or code gets its own memo. Never used for reported numbers without saying so.
     """
 
     def __init__(self, folder: Path, clip: Path, cfg: Config) -> None:
@@ -587,8 +609,9 @@ class Memo:
         stat = model.stat() if model.is_file() else None
         clf = f"{model.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
         # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls);
-        # v3: the classifier's features are replayed too
-        key = hashlib.sha256(f"v3|{clip.name}|{det}|{clf}".encode()).hexdigest()[:16]
+        # v3: the classifier's features are replayed too; v4: keyed by the code that computes them
+        code = code_fingerprint(memo_code())
+        key = hashlib.sha256(f"v4|{clip.name}|{det}|{clf}|{code}".encode()).hexdigest()[:16]
         self.path = folder / f"{clip.stem}-{key}.pkl"
         self.faces: dict[bytes, Any] = {}
         self.scores: dict[bytes, tuple[float, np.ndarray | None]] = {}
