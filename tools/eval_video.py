@@ -45,6 +45,7 @@ encoding), so runs with other maskd settings skip rendering.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
@@ -591,6 +592,12 @@ def code_fingerprint(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def memo_code_key() -> str:
+    """The fingerprint of :func:`memo_code`, once per process (every clip's memo asks)."""
+    return code_fingerprint(memo_code())
+
+
 class Memo:
     """Replays what the detector and the classifier said for the same input (``--memo``).
 
@@ -610,7 +617,7 @@ class Memo:
         clf = f"{model.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
         # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls);
         # v3: the classifier's features are replayed too; v4: keyed by the code that computes them
-        code = code_fingerprint(memo_code())
+        code = memo_code_key()
         key = hashlib.sha256(f"v4|{clip.name}|{det}|{clf}|{code}".encode()).hexdigest()[:16]
         self.path = folder / f"{clip.stem}-{key}.pkl"
         self.faces: dict[bytes, Any] = {}
