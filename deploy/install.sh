@@ -36,7 +36,7 @@ SERVICE_USER=maskd
 YUNET_URL=""
 YUNET_SHA256=""
 # The exact wheels CI tested for a Pi (aarch64, Python 3.11), numpy<2 among them (apt's picamera2
-# and simplejpeg are built against numpy 1.x): made by tools/pin_device.py, never edited by hand.
+# and simplejpeg are built against numpy 1.x): made by `tools/pins.py pi`, never edited by hand.
 PIP_CONSTRAINTS="$SRC/deploy/constraints-pi.txt"
 
 DRY=0

