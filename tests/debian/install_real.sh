@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A real deploy/install.sh and deploy/uninstall.sh run on plain Debian, without touching this host.
 #
-# Usage: tests/debian/install_real.sh   (root; tests/test_install_real.py runs it in CI)
+# Usage: [MASKD_DEBIAN_SUITE=trixie] tests/debian/install_real.sh
+#        (root; tests/test_install_real.py runs it in CI, for bookworm and trixie)
 #
-# A Debian bookworm root for this machine's architecture (debootstrap minbase + python3,
-# python3-venv, python3-pip, systemd, udev: a plain Debian box, no Raspberry Pi packages) is built
-# once and cached OUTSIDE the repository in $MASKD_DEBIAN_CACHE (default
-# /var/cache/maskd-debian-<arch>). Each run works on a throw-away overlay of it (a copy where
+# A Debian root of MASKD_DEBIAN_SUITE (bookworm, the default: Python 3.11; trixie: 3.13) for this
+# machine's architecture (debootstrap minbase + python3, python3-venv, python3-pip, systemd, udev:
+# a plain Debian box, no Raspberry Pi packages) is built once and cached OUTSIDE the repository in
+# $MASKD_DEBIAN_CACHE (default /var/cache/maskd-debian-<arch>, -<arch>-trixie for trixie). Each run works on a throw-away overlay of it (a copy where
 # overlayfs is missing), so every run starts from the same clean box; pip's and apt's downloads
 # are kept in the cache. In it, with this checkout copied to /root/maskd and a host name of its
 # own (a UTS namespace), it runs `deploy/install.sh` as a user would (apt-get and pip for real),
@@ -30,7 +31,12 @@ HOST_NAME="maskd-debian-test"  # the root's host name: device_id must default to
 [ -x "$hostpy" ] || debroot_skip "no $repo/.venv (run tests/run.sh first)"
 command -v dpkg >/dev/null || debroot_skip "not a Debian-based host (no dpkg)"
 arch="$(dpkg --print-architecture)"
-cache="${MASKD_DEBIAN_CACHE:-/var/cache/maskd-debian-$arch}"
+suite="${MASKD_DEBIAN_SUITE:-bookworm}"
+case "$suite" in
+    bookworm) cache="${MASKD_DEBIAN_CACHE:-/var/cache/maskd-debian-$arch}" ;;
+    trixie) cache="${MASKD_DEBIAN_CACHE:-/var/cache/maskd-debian-$arch-$suite}" ;;
+    *) echo "MASKD_DEBIAN_SUITE: bookworm or trixie, not $suite" >&2; exit 2 ;;
+esac
 if ! command -v debootstrap >/dev/null; then
     say "installing debootstrap"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap) >/dev/null 2>&1 \
@@ -44,7 +50,7 @@ exec 9>"$cache/lock"
 flock -w 1200 9 || debroot_skip "another run holds $cache/lock"
 t0=$(date +%s)
 debroot_build "$cache/root" "$arch" python3,python3-venv,python3-pip,systemd,udev "$cache/debootstrap.log" \
-    "${MASKD_DEBIAN_MIRROR:-}"
+    "${MASKD_DEBIAN_MIRROR:-}" "$suite"
 say "root ready in $(( $(date +%s) - t0 )) s"
 
 # --- a throw-away box on top of the cached root ----------------------------------------------
@@ -137,7 +143,18 @@ check "plain Debian detected: no python3-picamera2" has "$L" "not Raspberry Pi O
 check "apt-get ran for real" has "$L" "+ apt-get install -y --no-install-recommends"
 no_picamera_asked() { ! grep -F 'apt-get install' "$L" | grep -q picamera2; }
 check "apt-get was not asked for python3-picamera2" no_picamera_asked
-check "pip ran for real" has "$L" "+ /opt/maskd/.venv/bin/pip install --quiet --constraint"
+check "pip ran for real, with $suite's pins" has "$L" \
+    "+ /opt/maskd/.venv/bin/pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
+pins_held() {
+    # maskd itself shows as "maskd @ file:///root/maskd": not a registry version.
+    in_box /opt/maskd/.venv/bin/python -m pip freeze 2>/dev/null | grep -v ' @ ' >"$logs/freeze.txt"
+    PYTHONPATH="$repo" "$hostpy" -c 'import sys; from pathlib import Path; from tools.pins import read_pins
+got, pins = read_pins(Path(sys.argv[1])), read_pins(Path(sys.argv[2]))
+bad = [f"{n}=={v} (installed: {got.get(n)})" for n, v in pins.items() if got.get(n) != v]
+print("\n".join(f"  not as pinned: {b}" for b in bad), file=sys.stderr); sys.exit(bool(bad))' \
+        "$logs/freeze.txt" "$box/root/maskd/deploy/constraints-pi-$suite.txt"
+}
+check "the venv holds exactly the pinned versions" pins_held
 check "the config was validated as the maskd user" has "$L" "+ runuser -u maskd -- /opt/maskd/.venv/bin/maskd check-config"
 check "reported as not configured" has "$L" "not configured: /etc/maskd/config.yaml is the example; the service is enabled but NOT started"
 check "no start was attempted" hasnt "$L" "+ systemctl restart"
