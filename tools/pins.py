@@ -104,6 +104,8 @@ def render(pins: dict[str, str], about: str) -> str:
 
 
 def about_pi(release: Release, when: str) -> str:
+    """The Pi file's header: the command, the release and every rule with its reason, so the
+    file explains itself on a device where nobody has the docs at hand."""
     rules = "".join(f"#   {rule}: {why}\n" for rule, why in release.rules.items())
     return (f"{HEADER} pi` on {when}: the wheels deploy/install.sh installs on a Pi with\n"
             f"# Raspberry Pi OS {release.name.capitalize()} (aarch64, CPython {release.python}), "
@@ -111,6 +113,8 @@ def about_pi(release: Release, when: str) -> str:
 
 
 def about_dev(when: str, where: str) -> str:
+    """The dev file's header: what it was frozen from (a venv's platform and Python decide
+    whether bootstrap.sh can use it elsewhere)."""
     return (f"{HEADER} dev` on {when}: the versions deploy/bootstrap.sh installs\n"
             f"# (quick start, tests), frozen from a .venv ({where}) in which ./tests/run.sh passed.\n")
 
