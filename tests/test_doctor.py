@@ -161,3 +161,37 @@ def test_scan_models_row(tmp_path):
     verdict, detail = rows(r.stdout)["scan models"]
     assert verdict == "WARN" and f"not found: {gone}" in detail
     assert rows(r.stdout)["classifier"][0] == "OK"
+
+
+def test_packages_row_compares_the_venv_with_the_pins_install_sh_left(tmp_path):
+    """Against this venv's real metadata: as pinned, a changed version and a missing package
+    (named, WARN, never a failed doctor), and no pins file at all (a checkout, not an install)."""
+    from importlib.metadata import version
+
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    doc = Doctor(load_config(write_cfg(tmp_path, "")), frames=1)
+    pins = tmp_path / "maskd-pins.txt"
+    pins.write_text(f"# made by tools/pins.py\nnumpy=={version('numpy')}\nPyYAML=={version('pyyaml')}\n")
+    doc.packages(pins)
+    assert doc.checks[-1] == Check("packages", "OK", f"all 2 as pinned in {pins}", False)
+    pins.write_text(f"numpy==1.0.0\nnot-a-maskd-dependency==1.2.3\npyyaml=={version('pyyaml')}\n")
+    doc.packages(pins)
+    assert doc.checks[-1].verdict == "WARN" and not doc.checks[-1].failed
+    assert doc.checks[-1].detail.startswith(
+        f"2 of 3 not as tested: not-a-maskd-dependency missing (pinned 1.2.3), "
+        f"numpy {version('numpy')} (pinned 1.0.0); `sudo deploy/install.sh`")
+    doc.packages(tmp_path / "none" / "maskd-pins.txt")
+    assert doc.checks[-1].verdict == "--" and "not installed by deploy/install.sh" in doc.checks[-1].detail
+
+
+def test_install_sh_leaves_the_pins_where_doctor_looks(tmp_path):
+    from maskd.pins import PINS_FILE
+
+    root = tmp_path / "root"
+    r = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--root", str(root), "--no-start"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    left = root / "opt" / "maskd" / ".venv" / PINS_FILE
+    assert left.read_text().startswith("# Made by `python tools/pins.py pi`")

@@ -39,3 +39,4 @@ def test_real_install_and_uninstall_on_plain_debian(suite, python):
         assert line in out, line
     assert f"Python {python}." in out  # the box's python3, as the script reports it
     assert "ok: the venv holds exactly the pinned versions" in out
+    assert "ok: maskd doctor (as maskd) finds the pins install.sh left and all as pinned" in out

@@ -13,8 +13,8 @@ Two files, each made here, never edited by hand:
 - ``deploy/constraints-dev.txt``, what ``deploy/bootstrap.sh`` (the quick start and the tests)
   installs: ``pip freeze`` of ``.venv`` after ``./tests/run.sh`` passed in it.
 
-    python tools/pins.py pi [--check]     # resolve now and (re)write deploy/constraints-pi-*.txt
-    python tools/pins.py dev [--check]    # freeze .venv into deploy/constraints-dev.txt
+    .venv/bin/python tools/pins.py pi [--check]   # resolve now and (re)write deploy/constraints-pi-*.txt
+    .venv/bin/python tools/pins.py dev [--check]   # freeze .venv into deploy/constraints-dev.txt
 
 ``--check`` prints what would change and writes nothing.
 """
@@ -30,6 +30,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 from typing import NamedTuple
+
+from maskd.pins import normalize, read_pins
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_OUT = REPO / "deploy" / "constraints-dev.txt"
@@ -64,11 +66,6 @@ HEADER = "# Made by `python tools/pins.py"
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
-def normalize(name: str) -> str:
-    """A distribution name as PEP 503 compares it (`PyYAML`, `pyyaml` and `py_yaml` are one)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pins_from_wheels(filenames: list[str]) -> dict[str, str]:
     """{normalized name: version} from wheel file names; anything else is refused by name."""
     pins: dict[str, str] = {}
@@ -80,20 +77,6 @@ def pins_from_wheels(filenames: list[str]) -> dict[str, str]:
         if name in pins and pins[name] != m["version"]:
             raise ValueError(f"two versions of {name}: {pins[name]} and {m['version']}")
         pins[name] = m["version"]
-    return pins
-
-
-def read_pins(path: Path) -> dict[str, str]:
-    """{normalized name: version} of a constraints file of `name==version` lines."""
-    pins: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, sep, version = line.partition("==")
-        if not sep or not version.strip():
-            raise ValueError(f"{path.name}:{n}: {line!r} is not `name==version`")
-        pins[normalize(name.strip())] = version.strip()
     return pins
 
 

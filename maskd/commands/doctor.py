@@ -36,6 +36,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
+from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
@@ -147,7 +148,7 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.state_dir, self.runtime, self.classifier_check, self.edgetpu,
+        for step in (self.state_dir, self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
             try:
@@ -188,6 +189,28 @@ class Doctor:
         except importlib.metadata.PackageNotFoundError:
             version = "?"
         self.add("tflite runtime", OK, f"{dist} {version}")
+
+    def packages(self, pins_file: Path | None = None) -> None:
+        """Whether the venv still holds the wheels install.sh pinned for this release: a later
+        `pip install -U` in it replaces tested versions (numpy 2 breaks Bookworm's picamera2)."""
+        path = pins_file or installed_pins_file()
+        if not path.exists():
+            self.add("packages", INFO, f"no {PINS_FILE} in {path.parent}: not installed by "
+                     "deploy/install.sh, nothing to compare", required=False)
+            return
+        try:
+            pins = read_pins(path)
+        except (OSError, ValueError) as err:
+            self.add("packages", WARN, f"{path}: {_err(err)}", required=False)
+            return
+        wrong = differences(pins)
+        if wrong:
+            more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
+            self.add("packages", WARN, f"{len(wrong)} of {len(pins)} not as tested: "
+                     f"{', '.join(wrong[:4])}{more}; `sudo deploy/install.sh` puts the tested "
+                     "versions back", required=False)
+        else:
+            self.add("packages", OK, f"all {len(pins)} as pinned in {path}", required=False)
 
     def classifier_check(self) -> None:
         from maskd.classifier import ModelError

@@ -155,6 +155,9 @@ print("\n".join(f"  not as pinned: {b}" for b in bad), file=sys.stderr); sys.exi
         "$logs/freeze.txt" "$box/root/maskd/deploy/constraints-pi-$suite.txt"
 }
 check "the venv holds exactly the pinned versions" pins_held
+as_maskd maskd doctor --config /etc/maskd/config.yaml --frames 1 >"$logs/doctor.out" 2>&1 || true
+check "maskd doctor (as maskd) finds the pins install.sh left and all as pinned" \
+    grep -qE '^packages +OK +all [0-9]+ as pinned in /opt/maskd/.venv/maskd-pins.txt' "$logs/doctor.out"
 check "the config was validated as the maskd user" has "$L" "+ runuser -u maskd -- /opt/maskd/.venv/bin/maskd check-config"
 check "reported as not configured" has "$L" "not configured: /etc/maskd/config.yaml is the example; the service is enabled but NOT started"
 check "no start was attempted" hasnt "$L" "+ systemctl restart"
