@@ -21,18 +21,24 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_pins(path: Path) -> dict[str, str]:
-    """{normalized name: version} of a constraints file of `name==version` lines."""
+def parse_pins(text: str, where: str) -> dict[str, str]:
+    """{normalized name: version} of `name==version` lines (comments and blank lines skipped);
+    any other line is refused, named by ``where`` and its line number."""
     pins: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         name, sep, version = line.partition("==")
         if not sep or not version.strip():
-            raise ValueError(f"{path.name}:{n}: {line!r} is not `name==version`")
+            raise ValueError(f"{where}:{n}: {line!r} is not `name==version`")
         pins[normalize(name.strip())] = version.strip()
     return pins
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """The pins of a constraints file."""
+    return parse_pins(path.read_text(), path.name)
 
 
 def installed_pins_file() -> Path:

@@ -31,7 +31,7 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
-from maskd.pins import normalize, read_pins
+from maskd.pins import normalize, parse_pins, read_pins
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_OUT = REPO / "deploy" / "constraints-dev.txt"
@@ -159,14 +159,8 @@ def freeze(venv: Path) -> tuple[dict[str, str], str]:
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pip freeze failed in {venv}: {done.stderr.strip()[-2000:]}")
-    pins: dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, sep, version = line.partition("==")
-        if not sep:
-            raise RuntimeError(f"{venv}: {line!r} is not installed from a registry; cannot pin it")
-        pins[normalize(name)] = version.strip()
+    # A package not from a registry ("name @ file://...") has no version to pin: refused by name.
+    pins = parse_pins(done.stdout, f"pip freeze of {venv}")
     where = subprocess.run([str(py), "-c", "import platform; print(platform.machine(), "
                             "'CPython', platform.python_version())"],
                            capture_output=True, text=True).stdout.strip()
