@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.pins import normalize, pins_from_wheels, read_pins  # noqa: E402
+from tools.pins import normalize, pins_from_wheels, read_pins, requirements  # noqa: E402
 
 
 def constraints_files(repo: Path) -> dict[str, Path]:
@@ -31,7 +30,7 @@ def constraints_files(repo: Path) -> dict[str, Path]:
 
 def wheel_set(repo: Path, python: str) -> tuple[list[str], list[str], list[str]]:
     """(requirements, constraints, no-deps requirements) of a Pi install with ``python``."""
-    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = requirements(repo)
     pins = read_pins(constraints_files(repo)[python])
     script = (repo / "deploy" / "install.sh").read_text()
     nodeps = re.findall(r'pip" install [^\n]*--no-deps "([^"]+)"', script)

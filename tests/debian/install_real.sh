@@ -145,14 +145,12 @@ no_picamera_asked() { ! grep -F 'apt-get install' "$L" | grep -q picamera2; }
 check "apt-get was not asked for python3-picamera2" no_picamera_asked
 check "pip ran for real, with $suite's pins" has "$L" \
     "+ /opt/maskd/.venv/bin/pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
-pins_held() {
-    # maskd itself shows as "maskd @ file:///root/maskd": not a registry version.
-    in_box /opt/maskd/.venv/bin/python -m pip freeze 2>/dev/null | grep -v ' @ ' >"$logs/freeze.txt"
-    PYTHONPATH="$repo" "$hostpy" -c 'import sys; from pathlib import Path; from tools.pins import read_pins
-got, pins = read_pins(Path(sys.argv[1])), read_pins(Path(sys.argv[2]))
-bad = [f"{n}=={v} (installed: {got.get(n)})" for n, v in pins.items() if got.get(n) != v]
+pins_held() {  # the repository's file against the box venv's own metadata (maskd.pins)
+    in_box /opt/maskd/.venv/bin/python -c 'import sys; from pathlib import Path
+from maskd.pins import differences, read_pins
+bad = differences(read_pins(Path(sys.argv[1])))
 print("\n".join(f"  not as pinned: {b}" for b in bad), file=sys.stderr); sys.exit(bool(bad))' \
-        "$logs/freeze.txt" "$box/root/maskd/deploy/constraints-pi-$suite.txt"
+        "/root/maskd/deploy/constraints-pi-$suite.txt"
 }
 check "the venv holds exactly the pinned versions" pins_held
 as_maskd maskd doctor --config /etc/maskd/config.yaml --frames 1 >"$logs/doctor.out" 2>&1 || true
