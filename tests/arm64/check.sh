@@ -95,9 +95,10 @@ wheels="$cache/wheels-$key"
 if [ ! -e "$wheels/.ok" ]; then
     say "downloading aarch64 wheels for: $(tr '\n' ' ' <"$work/requirements.txt")$(tr '\n' ' ' <"$work/nodeps.txt")"
     rm -rf "$wheels"; mkdir -p "$wheels"
-    plat=(--only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}"
-          --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
-          --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64)
+    tags="$("$hostpy" "$here/wheelset.py" --platforms aarch64 || true)"
+    [ -n "$tags" ] || { echo "arm64: no aarch64 platform tags from wheelset.py --platforms" >&2; exit 1; }
+    plat=(--only-binary=:all: --python-version "$py" --implementation cp --abi "cp${py/./}")
+    while read -r tag; do plat+=(--platform "$tag"); done <<<"$tags"
     if ! "$hostpy" -m pip download -q "${plat[@]}" -d "$wheels" -r "$work/requirements.txt" \
             -c "$work/constraints.txt" >"$cache/pip-download.log" 2>&1; then
         if grep -qiE 'no matching distribution|could not find a version|ResolutionImpossible' "$cache/pip-download.log"; then

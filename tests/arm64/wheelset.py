@@ -7,6 +7,7 @@ pyproject.toml, the constraints file install.sh passes to pip for the root's pyt
 
     python tests/arm64/wheelset.py REPO PYTHON REQUIREMENTS CONSTRAINTS NODEPS
     python tests/arm64/wheelset.py --verify REPO PYTHON WHEELDIR NODEPS   # every wheel pinned, every pin used
+    python tests/arm64/wheelset.py --platforms ARCH   # pip's --platform tags, as tools/pins.py resolves
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.pins import normalize, pins_from_wheels, read_pins, requirements  # noqa: E402
+from tools.pins import ARCHES, normalize, pins_from_wheels, read_pins, requirements  # noqa: E402
 
 
 def constraints_files(repo: Path) -> dict[str, Path]:
@@ -53,6 +54,9 @@ def verify(repo: Path, python: str, wheeldir: Path, nodeps: list[str]) -> list[s
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--platforms"]:  # one tag per line, for check.sh's `pip download`
+        print("\n".join(ARCHES[argv[1]]))
+        return 0
     if argv[:1] == ["--verify"]:
         repo, python, wheeldir, nod = Path(argv[1]), argv[2], Path(argv[3]), Path(argv[4])
         problems = verify(repo, python, wheeldir, nod.read_text().split())
