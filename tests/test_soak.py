@@ -1,0 +1,69 @@
+"""tools/soak.py: the growth arithmetic on hand-made samples, and a short real run (a real
+`maskd run` process on the looped demo source, a real mosquitto stopped once, the status page)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tools import soak
+from tools.mosquitto import MOSQUITTO
+
+
+def samples(rss_mib_per_h: float, fds_at_end: int = 20) -> list[soak.Sample]:
+    """Ten minutes sampled every 10 s: RSS 300 MiB growing linearly at ``rss_mib_per_h``."""
+    out = []
+    for i in range(61):
+        t = 10.0 * i
+        rss = int((300 + rss_mib_per_h * t / 3600) * 1024)
+        out.append(soak.Sample(t, rss, 20 if i < 60 else fds_at_end, 12, 40 * i, 64))
+    return out
+
+
+def test_growth_is_measured_over_the_second_half():
+    r = soak.summarize(samples(12.0), [9, 129, 249], ends=3, rc=0, wall_s=600.0)
+    assert r["rss_mib"]["growth_mib_per_h"] == pytest.approx(12.0, abs=0.05)
+    # 40 frames every 10 s = 14,400 frames an hour: 12 MiB/h is 83.3 MiB per 100k frames
+    assert r["rss_mib"]["growth_mib_per_100k_frames"] == pytest.approx(12 / 0.144, abs=0.1)
+    assert r["frames"] == 2400 and r["per_pass"] == {"passes": 3, "one": 3, "none": 0, "more": 0}
+    assert r["rss_mib"]["after_warmup"] == pytest.approx(300 + 12 * 120 / 3600, abs=0.01)
+    assert soak.problems(r, max_growth=20.0, max_fd_growth=8) == []
+    assert soak.problems(r, max_growth=5.0, max_fd_growth=8) == [
+        "memory grew 12.00 MiB/h over the second half (limit 5)"]
+
+
+def test_leaked_files_a_bad_exit_and_miscounted_people_are_named():
+    r = soak.summarize(samples(0.0, fds_at_end=40), [9, 12, 369], ends=2, rc=1, wall_s=600.0)
+    bad = soak.problems(r, max_growth=None, max_fd_growth=8)
+    # starts at frames 9 and 12 are one pass counted twice; frame 369 is two passes later
+    assert r["per_pass"] == {"passes": 4, "one": 1, "none": 2, "more": 1}
+    assert bad == ["maskd run ended with exit 1 (0 or 75 expected after SIGTERM)",
+                   "open files went from 20 to 40", "3 violations started and 2 ended",
+                   "2 passes of the person got no violation and 1 more than one"]
+
+
+def test_slope_needs_three_points():
+    assert soak.slope_per_hour(np.array([0.0, 1.0]), np.array([1.0, 2.0])) is None
+    assert soak.slope_per_hour(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(3600.0)
+
+
+@pytest.mark.slow
+def test_a_short_real_soak_run(tmp_path, capsys):
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    out = tmp_path / "soak.json"
+    rc = soak.main(["--minutes", "0.5", "--sample-s", "2", "--outage-every-min", "0.25",
+                    "--outage-s", "6", "--json", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    r = json.loads(out.read_text())["summary"]
+    assert r["exit_code"] == 0 and r["samples"] >= 8
+    assert r["frames"] > 0 and r["rss_mib"]["end"] > 50 and r["threads"]["end"] > 1
+    # each finished pass of the demo is one person without a mask: one start, then its end
+    assert r["per_pass"]["passes"] >= 2 and r["per_pass"]["one"] == r["per_pass"]["passes"]
+    assert r["ends"] == r["starts"]
+    # the broker was away once, 15-21 s in: what happened meanwhile came from the outbox
+    assert r["outages"] == 1 and r["buffered_events"] >= 1
+    assert "violations" in printed.out and "MiB" in printed.out

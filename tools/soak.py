@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Soak run: the real `maskd run` process for a long time, watched from outside (not a test).
+
+A device at a door runs for months; what fails then is what grows a little per frame or per
+event: memory, open files, threads, the outbox. This runs `python -m maskd run` as the service
+does (its own process, the status page on, events to a real mosquitto), on the built-in demo
+source looped (one bare-faced person, then the same person masked, every 8 s of video), as fast
+as the machine allows, so one wall-clock hour covers several hours of video. Every
+``--sample-s`` it reads the process's memory, file descriptors and threads from /proc, the
+frames from the status page's /api/status and the size of the state directory, and at the end
+prints what grew, the growth rate over the run's second half, and how many violations the
+broker saw against how many passes of the person the loop made (each pass is one person
+without a mask: one ``start`` and one ``end``).
+
+    python tools/soak.py --minutes 30                  # YuNet from ../shared/models when there
+    python tools/soak.py --minutes 5 --json runs/soak.json --max-rss-growth-mib-h 20
+
+Exit 0 when the run ended cleanly (exit 0 or 75 after SIGTERM), every pass of the person got
+exactly one violation, each violation ended, and the limits given held; 1 otherwise, saying
+why; 2 for bad arguments or a mosquitto that is missing or does not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from maskd.demo import FPS, DemoSource  # noqa: E402
+from tools.eval_scenes import SHARED_YUNET  # noqa: E402
+from tools.mosquitto import Broker, Subscriber, free_port  # noqa: E402
+
+WARMUP_SHARE = 0.2  # samples in the first fifth (models loading, caches filling) are not judged
+STOP_WAIT_S = 60.0
+TOPIC = "maskd/soak/door/violation"  # device_id soak, camera door (soak_config)
+
+
+@dataclass
+class Sample:
+    """One look at the process from outside."""
+
+    t: float  # seconds since the process started
+    rss_kib: int
+    fds: int
+    threads: int
+    frames: int | None  # from /api/status; None while the page is not up yet
+    state_kib: int  # everything under state_dir (the outbox, its reserve)
+    broker_up: bool = True
+
+
+def proc_status(pid: int) -> tuple[int, int]:
+    """(VmRSS in KiB, threads) of ``pid`` from /proc/PID/status."""
+    rss = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return rss, threads
+
+
+def sample(pid: int, t: float, port: int, state: Path, broker_up: bool) -> Sample:
+    rss, threads = proc_status(pid)
+    return Sample(round(t, 1), rss, len(os.listdir(f"/proc/{pid}/fd")), threads, api_frames(port),
+                  tree_kib(state) if state.is_dir() else 0, broker_up)
+
+
+class Outages:
+    """The broker goes away for ``length_s`` every ``every_s`` (never when ``every_s`` is 0), as
+    a building's broker does for updates and reboots: the outbox must fill, drain and shrink
+    back, cycle after cycle."""
+
+    def __init__(self, broker: Broker, every_s: float, length_s: float, t0: float) -> None:
+        self.broker, self.every_s, self.length_s = broker, every_s, length_s
+        self.up = True
+        self.count = 0
+        self.next = t0 + every_s if every_s > 0 else float("inf")
+
+    def step(self, now: float) -> float:
+        """Stop or start the broker when due; returns when the next change is due."""
+        if now >= self.next:
+            if self.up:
+                self.broker.stop()
+                self.count += 1
+                self.next = now + self.length_s
+            else:
+                self.broker.start()
+                self.next = now + self.every_s - self.length_s
+            self.up = not self.up
+        return self.next
+
+
+def unique_events(msgs: list) -> list[dict]:
+    """The events once each: delivery is at least once, so a consumer keys on (event_id, seq)."""
+    seen: dict[tuple[str, int], dict] = {}
+    for m in msgs:
+        e = m.json()
+        seen.setdefault((e["event_id"], e["seq"]), e)
+    return list(seen.values())
+
+
+def _balanced(msgs: list) -> bool:
+    """Every start seen has its end (the stop ends open violations with ``shutdown``)."""
+    kinds = Counter(e.get("event_type") for e in unique_events([m for m in msgs if m.topic == TOPIC]))
+    return kinds["start"] == kinds["end"]
+
+
+def tree_kib(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024
+
+
+def api_frames(port: int) -> int | None:
+    """Frames the loop has processed, from the status page; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+            cams = json.loads(r.read())["cameras"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return int(cams[0]["frames"]) if cams else None
+
+
+def slope_per_hour(ts: np.ndarray, ys: np.ndarray) -> float | None:
+    """Least-squares growth of ``ys`` per hour of ``ts`` (seconds); None for under 3 points."""
+    if len(ts) < 3 or np.ptp(ts) <= 0:
+        return None
+    return float(np.polyfit(ts, ys, 1)[0] * 3600.0)
+
+
+def per_100k_frames(samples: list[Sample]) -> float | None:
+    """Least-squares RSS growth (MiB) per 100,000 frames processed; None without 3 points."""
+    pts = [(s.frames, s.rss_kib / 1024) for s in samples if s.frames is not None]
+    if len(pts) < 3 or len({f for f, _ in pts}) < 2:
+        return None
+    f, r = np.array(pts, float).T
+    return float(np.polyfit(f, r, 1)[0] * 1e5)
+
+
+def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None) -> Path:
+    """The config of the run under test: the service's shape, the demo source looped."""
+    cfg = {
+        "device_id": "soak", "camera": "door", "state_dir": str(work / "state"),
+        "source": {"kind": "demo", "loop": True},
+        "mqtt": {"url": broker_url},
+        "preview": {"http": f"127.0.0.1:{http_port}"},
+    }
+    if detector_model is not None:
+        cfg["detector"] = {"kind": "yunet", "model": str(detector_model)}
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def per_pass(start_frames: list[int], frames_per_pass: int) -> dict[str, int]:
+    """How many passes of the demo person, from the first with a start to the last, got
+    exactly one start, none, or more (a person counted twice)."""
+    if not start_frames:
+        return {"passes": 0, "one": 0, "none": 0, "more": 0}
+    counts = Counter(f // frames_per_pass for f in start_frames)
+    span = range(min(counts), max(counts) + 1)
+    return {"passes": len(span), "one": sum(counts[p] == 1 for p in span),
+            "none": sum(counts[p] == 0 for p in span), "more": sum(counts[p] > 1 for p in span)}
+
+
+def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int | None,
+              wall_s: float) -> dict:
+    """What grew and how fast, and whether each pass of the person gave one violation."""
+    judged = [s for s in samples if s.t >= WARMUP_SHARE * wall_s] or samples[-1:]
+    half = [s for s in samples if s.t >= 0.5 * wall_s]
+    ts = np.array([s.t for s in half], float)
+    frames = max((s.frames for s in samples if s.frames is not None), default=0)
+    first, last = judged[0], samples[-1]
+    mib = 1 / 1024
+    return {
+        "wall_s": round(wall_s, 1), "samples": len(samples), "exit_code": rc,
+        "frames": frames, "video_hours": round(frames / FPS / 3600, 3),
+        "fps": round(frames / wall_s, 1) if wall_s > 0 else None,
+        "rss_mib": {"after_warmup": round(first.rss_kib * mib, 1), "end": round(last.rss_kib * mib, 1),
+                    "max": round(max(s.rss_kib for s in samples) * mib, 1),
+                    "growth_mib_per_h": _round(slope_per_hour(ts, np.array([s.rss_kib * mib for s in half]))),
+                    "growth_mib_per_100k_frames": _round(per_100k_frames(half))},
+        "fds": {"after_warmup": first.fds, "end": last.fds, "max": max(s.fds for s in samples)},
+        "threads": {"after_warmup": first.threads, "end": last.threads,
+                    "max": max(s.threads for s in samples)},
+        "state_kib": {"after_warmup": first.state_kib, "end": last.state_kib,
+                      "max": max(s.state_kib for s in samples)},
+        "starts": len(start_frames), "ends": ends,
+        "per_pass": per_pass(start_frames, DemoSource().frames_per_pass),
+    }
+
+
+def _round(v: float | None, nd: int = 2) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def render(r: dict) -> str:
+    g, gf = r["rss_mib"]["growth_mib_per_h"], r["rss_mib"]["growth_mib_per_100k_frames"]
+    lines = [
+        f"soak: {r['wall_s']:.0f} s, {r['frames']} frames ({r['video_hours']:.2f} h of 15 fps video, "
+        f"{r['fps']} frames/s), {r['samples']} samples, exit {r['exit_code']}",
+        f"  memory (RSS)  after warm-up {r['rss_mib']['after_warmup']} MiB, end {r['rss_mib']['end']} MiB, "
+        f"max {r['rss_mib']['max']} MiB; second half {'n/a' if g is None else f'{g:+.2f} MiB/h'}"
+        f"{'' if gf is None else f', {gf:+.2f} MiB per 100k frames'}",
+        f"  open files    after warm-up {r['fds']['after_warmup']}, end {r['fds']['end']}, max {r['fds']['max']}",
+        f"  threads       after warm-up {r['threads']['after_warmup']}, end {r['threads']['end']}, "
+        f"max {r['threads']['max']}",
+        f"  state dir     after warm-up {r['state_kib']['after_warmup']} KiB, end {r['state_kib']['end']} KiB, "
+        f"max {r['state_kib']['max']} KiB",
+        f"  violations    {r['starts']} start / {r['ends']} end at the broker; of the "
+        f"{r['per_pass']['passes']} passes of the unmasked person from the first start to the last, "
+        f"{r['per_pass']['one']} got one start, {r['per_pass']['none']} none, {r['per_pass']['more']} more",
+    ]
+    if r.get("outages"):
+        lines.append(f"  broker away   {r['outages']} times; {r['buffered_events']} events arrived from the "
+                     f"outbox (buffered); state dir at the last sample with the broker up: "
+                     f"{r['state_kib']['broker_up_end']} KiB")
+    return "\n".join(lines)
+
+
+def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]:
+    out = []
+    if r["exit_code"] not in (0, 75):
+        out.append(f"maskd run ended with exit {r['exit_code']} (0 or 75 expected after SIGTERM)")
+    g = r["rss_mib"]["growth_mib_per_h"]
+    if max_growth is not None and g is not None and g > max_growth:
+        out.append(f"memory grew {g:.2f} MiB/h over the second half (limit {max_growth:g})")
+    if r["fds"]["end"] - r["fds"]["after_warmup"] > max_fd_growth:
+        out.append(f"open files went from {r['fds']['after_warmup']} to {r['fds']['end']}")
+    if r["frames"] == 0:
+        out.append("the loop processed no frames")
+    if r["ends"] != r["starts"]:
+        out.append(f"{r['starts']} violations started and {r['ends']} ended")
+    pp = r["per_pass"]
+    if pp["none"] or pp["more"]:
+        out.append(f"{pp['none']} passes of the person got no violation and {pp['more']} more than one")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=30.0, help="how long maskd runs (default 30)")
+    p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--detector-model", type=Path, default=None,
+                   help="YuNet .onnx (default: ../shared's when present, else maskd's `auto`)")
+    p.add_argument("--json", type=Path, default=None, help="write the samples and the summary here")
+    p.add_argument("--max-rss-growth-mib-h", type=float, default=None,
+                   help="fail when RSS grows faster than this over the second half")
+    p.add_argument("--max-fd-growth", type=int, default=8,
+                   help="fail when open files grow by more than this after warm-up (default 8)")
+    p.add_argument("--outage-every-min", type=float, default=0.0,
+                   help="stop the broker every this many minutes (default 0: never)")
+    p.add_argument("--outage-s", type=float, default=60.0,
+                   help="for this many seconds each time (default 60)")
+    a = p.parse_args(argv)
+    if a.minutes <= 0 or a.sample_s <= 0:
+        p.error("--minutes and --sample-s must be positive")
+    if a.outage_every_min < 0 or a.outage_s <= 0 or (
+            a.outage_every_min and a.outage_s >= a.outage_every_min * 60):
+        p.error("--outage-s must be positive and shorter than --outage-every-min")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model = args.detector_model or (SHARED_YUNET if SHARED_YUNET.is_file() else None)
+    if model is not None and not model.is_file():
+        print(f"soak: --detector-model {model}: no such file", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="maskd-soak-") as tmp:
+        work = Path(tmp)
+        try:
+            broker = Broker(work / "broker", persistence=True).start()
+        except (SystemExit, RuntimeError) as err:  # missing (says what to install) or failed
+            print(f"soak: {err}", file=sys.stderr)
+            return 2
+        # a kept session on a persistent broker: nothing published is missed across its restarts
+        sub = Subscriber(broker, [TOPIC], client_id="maskd-soak", clean=False)
+        port = free_port()
+        cfg = soak_config(work, broker.url, port, model)
+        log = (work / "maskd.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        samples: list[Sample] = []
+        try:
+            end = t0 + args.minutes * 60
+            outages = Outages(broker, args.outage_every_min * 60, args.outage_s, t0)
+            next_sample = t0
+            while proc.poll() is None:
+                now = time.monotonic()
+                if now >= next_sample:
+                    try:
+                        samples.append(sample(proc.pid, now - t0, port, work / "state", outages.up))
+                    except OSError:  # it exited between poll() and the read of /proc
+                        break
+                    next_sample = now + args.sample_s
+                if now >= end:
+                    break
+                change = outages.step(now)
+                time.sleep(max(0.0, min(next_sample, end, change) - time.monotonic()))
+            died = proc.poll() is not None
+            if not outages.up:  # the last events need a broker to arrive
+                outages.step(float("inf"))
+            wall = time.monotonic() - t0
+            if not died:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = None
+            sub.wait(lambda ms: _balanced(ms), timeout=30.0)
+            events = unique_events(sub.on(TOPIC))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sub.close()
+            broker.stop()
+            log.close()
+        tail = (work / "maskd.log").read_text(errors="replace").splitlines()[-15:]
+    if not samples:
+        print("soak: maskd run ended before the first sample:\n" + "\n".join(tail), file=sys.stderr)
+        return 1
+    starts = [int(e["frame_seq"]) for e in events if e.get("event_type") == "start"]
+    ends = sum(e.get("event_type") == "end" for e in events)
+    report = summarize(samples, starts, ends, rc, wall)
+    report["end_reasons"] = dict(Counter(str(e.get("end_reason")) for e in events
+                                         if e.get("event_type") == "end"))
+    report["outages"] = outages.count
+    report["buffered_events"] = sum(bool(e.get("buffered")) for e in events)
+    report["state_kib"]["broker_up_end"] = next((s.state_kib for s in reversed(samples)
+                                                 if s.broker_up), None)
+    print(render(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model)},
+                                         "samples": [asdict(s) for s in samples],
+                                         "events": events}, indent=1))
+    bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
+    if died:
+        bad.insert(0, "maskd run stopped by itself before the end")
+    for b in bad:
+        print(f"soak: FAIL {b}", file=sys.stderr)
+    if bad:
+        print("last lines of maskd's log:\n" + "\n".join(tail), file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
