@@ -67,3 +67,15 @@ def test_a_short_real_soak_run(tmp_path, capsys):
     # the broker was away once, 15-21 s in: what happened meanwhile came from the outbox
     assert r["outages"] == 1 and r["buffered_events"] >= 1
     assert "violations" in printed.out and "MiB" in printed.out
+
+
+def test_a_missing_video_is_named_before_anything_starts(tmp_path, capsys):
+    missing = tmp_path / "door.avi"
+    assert soak.main(["--minutes", "1", "--video", str(missing)]) == 2
+    assert f"--video {missing}: no such file" in capsys.readouterr().err
+
+
+def test_a_video_has_no_per_person_count():
+    r = soak.summarize(samples(0.0), [9, 12], ends=2, rc=0, wall_s=600.0, demo=False)
+    assert r["per_pass"] is None and soak.problems(r, None, 8) == []
+    assert "passes" not in soak.render(r)

@@ -150,11 +150,15 @@ def per_100k_frames(samples: list[Sample]) -> float | None:
     return float(np.polyfit(f, r, 1)[0] * 1e5)
 
 
-def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None) -> Path:
-    """The config of the run under test: the service's shape, the demo source looped."""
+def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None,
+                video: Path | None = None) -> Path:
+    """The config of the run under test: the service's shape, the demo source (or ``video``)
+    looped."""
+    source = ({"kind": "demo", "loop": True} if video is None else
+              {"kind": "opencv", "uri": str(video.resolve()), "loop": True})
     cfg = {
         "device_id": "soak", "camera": "door", "state_dir": str(work / "state"),
-        "source": {"kind": "demo", "loop": True},
+        "source": source,
         "mqtt": {"url": broker_url},
         "preview": {"http": f"127.0.0.1:{http_port}"},
     }
@@ -177,7 +181,7 @@ def per_pass(start_frames: list[int], frames_per_pass: int) -> dict[str, int]:
 
 
 def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int | None,
-              wall_s: float) -> dict:
+              wall_s: float, demo: bool = True) -> dict:
     """What grew and how fast, and whether each pass of the person gave one violation."""
     judged = [s for s in samples if s.t >= WARMUP_SHARE * wall_s] or samples[-1:]
     half = [s for s in samples if s.t >= 0.5 * wall_s]
@@ -199,7 +203,7 @@ def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int
         "state_kib": {"after_warmup": first.state_kib, "end": last.state_kib,
                       "max": max(s.state_kib for s in samples)},
         "starts": len(start_frames), "ends": ends,
-        "per_pass": per_pass(start_frames, DemoSource().frames_per_pass),
+        "per_pass": per_pass(start_frames, DemoSource().frames_per_pass) if demo else None,
     }
 
 
@@ -220,10 +224,12 @@ def render(r: dict) -> str:
         f"max {r['threads']['max']}",
         f"  state dir     after warm-up {r['state_kib']['after_warmup']} KiB, end {r['state_kib']['end']} KiB, "
         f"max {r['state_kib']['max']} KiB",
-        f"  violations    {r['starts']} start / {r['ends']} end at the broker; of the "
-        f"{r['per_pass']['passes']} passes of the unmasked person from the first start to the last, "
-        f"{r['per_pass']['one']} got one start, {r['per_pass']['none']} none, {r['per_pass']['more']} more",
+        f"  violations    {r['starts']} start / {r['ends']} end at the broker",
     ]
+    pp = r["per_pass"]
+    if pp is not None:
+        lines[-1] += (f"; of the {pp['passes']} passes of the unmasked person from the first start "
+                      f"to the last, {pp['one']} got one start, {pp['none']} none, {pp['more']} more")
     if r.get("outages"):
         lines.append(f"  broker away   {r['outages']} times; {r['buffered_events']} events arrived from the "
                      f"outbox (buffered); state dir at the last sample with the broker up: "
@@ -245,7 +251,7 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
     if r["ends"] != r["starts"]:
         out.append(f"{r['starts']} violations started and {r['ends']} ended")
     pp = r["per_pass"]
-    if pp["none"] or pp["more"]:
+    if pp is not None and (pp["none"] or pp["more"]):
         out.append(f"{pp['none']} passes of the person got no violation and {pp['more']} more than one")
     return out
 
@@ -254,6 +260,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30.0, help="how long maskd runs (default 30)")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--video", type=Path, default=None,
+                   help="loop this video file instead of the demo (no per-person count then)")
     p.add_argument("--detector-model", type=Path, default=None,
                    help="YuNet .onnx (default: ../shared's when present, else maskd's `auto`)")
     p.add_argument("--json", type=Path, default=None, help="write the samples and the summary here")
@@ -277,9 +285,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = args.detector_model or (SHARED_YUNET if SHARED_YUNET.is_file() else None)
-    if model is not None and not model.is_file():
-        print(f"soak: --detector-model {model}: no such file", file=sys.stderr)
-        return 2
+    for name, f in (("--detector-model", model), ("--video", args.video)):
+        if f is not None and not f.is_file():
+            print(f"soak: {name} {f}: no such file", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="maskd-soak-") as tmp:
         work = Path(tmp)
         try:
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         # a kept session on a persistent broker: nothing published is missed across its restarts
         sub = Subscriber(broker, [TOPIC], client_id="maskd-soak", clean=False)
         port = free_port()
-        cfg = soak_config(work, broker.url, port, model)
+        cfg = soak_config(work, broker.url, port, model, args.video)
         log = (work / "maskd.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -337,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     starts = [int(e["frame_seq"]) for e in events if e.get("event_type") == "start"]
     ends = sum(e.get("event_type") == "end" for e in events)
-    report = summarize(samples, starts, ends, rc, wall)
+    report = summarize(samples, starts, ends, rc, wall, demo=args.video is None)
     report["end_reasons"] = dict(Counter(str(e.get("end_reason")) for e in events
                                          if e.get("event_type") == "end"))
     report["outages"] = outages.count
@@ -347,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model)},
+        args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model),
+                                                                       "video": str(args.video)},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
     bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
