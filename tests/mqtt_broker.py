@@ -17,10 +17,19 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tools.mosquitto import MOSQUITTO, Broker, Msg, Subscriber, Tls, free_port, require
+from tools.mosquitto import (
+    MOSQUITTO,
+    Broker,
+    Msg,
+    Subscriber,
+    Tls,
+    free_port,
+    require,
+    unique_events,
+)
 
 __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "Subscriber", "Tls", "fill_disk",
-           "free_port", "make_ca", "require", "small_disk"]
+           "free_port", "make_ca", "require", "small_disk", "unique_events"]
 
 
 def make_ca(d: Path) -> Tls:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker, Subscriber, make_ca
+from mqtt_broker import Broker, Subscriber, make_ca, unique_events
 from mqtt_driver import counts, script
 
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
@@ -73,10 +73,7 @@ def events(sub: Subscriber) -> list[dict]:
 
 
 def dedup(evs: list[dict]) -> list[tuple[str, int]]:
-    seen: dict[tuple[str, int], None] = {}
-    for e in evs:
-        seen.setdefault((e["event_id"], e["seq"]), None)
-    return list(seen)
+    return [(e["event_id"], e["seq"]) for e in unique_events(evs)]
 
 
 def expected(tag: str, violations: int, updates: int) -> list[tuple[str, int]]:

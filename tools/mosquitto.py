@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,15 @@ class Msg:
 
     def json(self) -> dict:
         return json.loads(self.payload)
+
+
+def unique_events(events: Iterable[dict]) -> list[dict]:
+    """Each event once, the first copy, in arrival order: MQTT QoS 1 delivers at least once, so a
+    consumer keys on ``(event_id, seq)`` (docs/mqtt.md)."""
+    seen: dict[tuple[str, int], dict] = {}
+    for e in events:
+        seen.setdefault((e["event_id"], e["seq"]), e)
+    return list(seen.values())
 
 
 class Subscriber:

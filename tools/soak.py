@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from maskd.demo import FPS, DemoSource  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
-from tools.mosquitto import Broker, Subscriber, free_port  # noqa: E402
+from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events  # noqa: E402
 
 WARMUP_SHARE = 0.2  # samples in the first fifth (models loading, caches filling) are not judged
 STOP_WAIT_S = 60.0
@@ -105,18 +105,10 @@ class Outages:
         return self.next
 
 
-def unique_events(msgs: list) -> list[dict]:
-    """The events once each: delivery is at least once, so a consumer keys on (event_id, seq)."""
-    seen: dict[tuple[str, int], dict] = {}
-    for m in msgs:
-        e = m.json()
-        seen.setdefault((e["event_id"], e["seq"]), e)
-    return list(seen.values())
-
-
-def _balanced(msgs: list) -> bool:
+def _balanced(msgs: list[Msg]) -> bool:
     """Every start seen has its end (the stop ends open violations with ``shutdown``)."""
-    kinds = Counter(e.get("event_type") for e in unique_events([m for m in msgs if m.topic == TOPIC]))
+    kinds = Counter(e.get("event_type") for e in unique_events(m.json() for m in msgs
+                                                                 if m.topic == TOPIC))
     return kinds["start"] == kinds["end"]
 
 
@@ -333,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
                 rc = None
             sub.wait(lambda ms: _balanced(ms), timeout=30.0)
-            events = unique_events(sub.on(TOPIC))
+            events = unique_events(m.json() for m in sub.on(TOPIC))
         finally:
             if proc.poll() is None:
                 proc.kill()
