@@ -84,6 +84,11 @@ def camera_pose(i: int, n: int) -> np.ndarray:
     return m
 
 
+def pass_frames(fps: float = FPS) -> int:
+    """Frames in one pass of the person (bare-faced, then masked) at ``fps``."""
+    return 2 * round(SECONDS_PER_HALF * fps)
+
+
 class DemoSource:
     """The rendered clip behind the Source interface; plays once, or loops with ``loop``.
 
@@ -99,7 +104,7 @@ class DemoSource:
         self.name = "demo"
         self.loop = loop
         self.fps = fps
-        self.frames_per_pass = 2 * round(SECONDS_PER_HALF * fps)
+        self.frames_per_pass = pass_frames(fps)
         self.stats = {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
         self._t0 = time.time()
         self._seq = 0

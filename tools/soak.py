@@ -41,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskd.demo import FPS, DemoSource  # noqa: E402
+from maskd.demo import FPS, pass_frames  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
 from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events  # noqa: E402
 
@@ -195,7 +195,7 @@ def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int
         "state_kib": {"after_warmup": first.state_kib, "end": last.state_kib,
                       "max": max(s.state_kib for s in samples)},
         "starts": len(start_frames), "ends": ends,
-        "per_pass": per_pass(start_frames, DemoSource().frames_per_pass) if demo else None,
+        "per_pass": per_pass(start_frames, pass_frames()) if demo else None,
     }
 
 
