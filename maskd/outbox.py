@@ -41,6 +41,7 @@ WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, e
 RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
 LOG_EVERY_S = 60.0  # a repeated warning is logged at most this often
+SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
 
 T = TypeVar("T")
 Track = tuple[str, bool]  # (event id, still open after this message)
@@ -475,6 +476,7 @@ class Outbox:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
             self.prune()
+            self.shrink()
         with self._lock:
             if now < self._next_retry or not (self._unremoved or self._memory or self._errors
                                                or not self._reserve_held):
@@ -492,6 +494,32 @@ class Outbox:
             elif "store" in self._errors and self._reserve_held and self._room():
                 self._succeeded("store")  # nothing to store now; the next put confirms it
         self._report_drops(0, 0)
+
+    def shrink(self) -> int:
+        """Give a drained backlog's space back to the file system; returns the bytes freed.
+
+        SQLite reuses the pages of deleted rows but never returns them, so after a long outage
+        the file would keep its largest backlog's size for good (tens of MiB on an SD card).
+        Only an empty outbox is rewritten (VACUUM then copies almost nothing); a failure, such
+        as a full disk, is logged and tried again at the next prune."""
+        with self._lock:
+            if self._count or self._memory or self._errors:
+                return 0
+            unused = 0
+            try:
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                unused = self._db.execute("PRAGMA freelist_count").fetchone()[0] * page
+                if unused < SHRINK_BYTES:
+                    return 0
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                self._warn(logging.WARNING, "shrink", "outbox %s: cannot give back %d KiB of "
+                           "unused space (%s); trying again later", self.path, unused // 1024, err)
+                return 0
+        log.info("outbox %s: empty again; gave %d KiB of unused space back", self.path,
+                 unused // 1024)
+        return unused
 
     def _room(self) -> bool:
         """Free space beyond the reserve for a few events (a guess; a put is the proof)."""

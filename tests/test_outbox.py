@@ -243,3 +243,24 @@ def test_open_violations_are_remembered_across_restarts(tmp_path):
     (last,) = ob.open_events()
     assert last.topic == "v" and last.payload == {"event_id": "a", "seq": 1}
     ob.close()
+
+
+def test_a_drained_backlog_gives_its_space_back_and_the_outbox_goes_on(tmp_path, caplog):
+    ob = Outbox(tmp_path, durable=False)
+    path = tmp_path / OUTBOX_FILE
+    ids = [ob.put("t/a", {"n": i, "pad": "x" * 400}) for i in range(6000)]  # a long outage
+    for i in ids[:-1]:
+        ob.remove(i)
+    assert ob.shrink() == 0  # one event still waits: nothing is rewritten
+    big = path.stat().st_size
+    assert big > 2 << 20
+    ob.remove(ids[-1])
+    with caplog.at_level(logging.INFO, logger="maskd.outbox"):
+        ob.maintain()  # the publisher's periodic call prunes, then shrinks
+    assert path.stat().st_size < 64 * 1024 < big
+    assert "gave" in caplog.text and "KiB of unused space back" in caplog.text
+    assert ob.shrink() == 0  # nothing left to give back
+    new = ob.put("t/a", {"n": "after"})
+    assert new > ids[-1] and [r.payload["n"] for r in ob.pending()] == ["after"]
+    ob.close()
+    assert [r.payload["n"] for r in Outbox(tmp_path).pending()] == ["after"]
