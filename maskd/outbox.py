@@ -511,6 +511,9 @@ class Outbox:
                 unused = self._db.execute("PRAGMA freelist_count").fetchone()[0] * page
                 if unused < SHRINK_BYTES:
                     return 0
+                # The copy is built in memory (it holds only the open violations), so a full
+                # disk, or a /tmp on the same full card, does not stop the file shrinking.
+                self._db.execute("PRAGMA temp_store=MEMORY")
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,3 +265,21 @@ def test_a_drained_backlog_gives_its_space_back_and_the_outbox_goes_on(tmp_path,
     assert new > ids[-1] and [r.payload["n"] for r in ob.pending()] == ["after"]
     ob.close()
     assert [r.payload["n"] for r in Outbox(tmp_path).pending()] == ["after"]
+
+
+def test_a_drained_backlog_is_given_back_even_on_a_full_disk(tmp_path):
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk", "4m") as d:
+        ob = Outbox(d, reserve_bytes=0)  # no reserve to release: any room comes from the shrink
+        ids = [ob.put("t", big(i)) for i in range(600)]
+        for i in ids:
+            ob.remove(i)
+        filler = fill_disk(d)
+        assert ob.shrink() > 2 << 20
+        assert shutil.disk_usage(d).free > 2 << 20  # given back to the file system
+        filler.unlink()
+        new = ob.put("t", big(600))
+        assert ob.in_memory() == 0 and ob.fault is None  # stored, not held in memory
+        ob.close()
+        assert [r.id for r in Outbox(d).pending()] == [new]
