@@ -471,7 +471,7 @@ class Outbox:
 
     def maintain(self) -> None:
         """Retry what storage faults left undone (deletes, the reserve, storing events held in
-        memory) at most every RETRY_S, and prune once a minute; the publisher calls it."""
+        memory) at most every RETRY_S, and prune and shrink once a minute; the publisher calls it."""
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
@@ -496,7 +496,7 @@ class Outbox:
         self._report_drops(0, 0)
 
     def shrink(self) -> int:
-        """Give a drained backlog's space back to the file system; returns the bytes freed.
+        """Give a drained backlog's space back to the file system; returns the unused bytes given.
 
         SQLite reuses the pages of deleted rows but never returns them, so after a long outage
         the file would keep its largest backlog's size for good (tens of MiB on an SD card).
