@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker, Subscriber, make_ca, unique_events
+from mqtt_broker import Broker, Subscriber, free_port, make_ca, unique_events
 from mqtt_driver import counts, script
 
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
@@ -280,6 +280,14 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
                       == [b"offline"], 5)
     fresh.close()
     sub.close()
+
+
+def test_test_brokers_listen_outside_the_ports_clients_are_given():
+    """A stopped broker's port must not be taken by a client meanwhile (seen once in .ci/run:
+    "Address already in use" on restart, after maskd had reconnected to it for seconds)."""
+    lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) > 40 and not any(lo <= p <= hi for p in ports)
 
 
 def test_sigkill_with_pending_events_delivers_after_restart(broker, tmp_path):

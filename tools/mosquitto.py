@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,9 +40,26 @@ def require(tool: str | None, name: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's range for clients' source ports.
+
+    bind(0) would give one inside it: while a test's broker is stopped, any outgoing
+    connection, even maskd reconnecting to that very port (a TCP self-connect), may take it,
+    and the broker then cannot listen there again ("Address already in use")."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux's default
+    ports = range(max(1024, lo - 12000), lo) if lo > 2048 else range(hi + 1, 65536)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass(frozen=True)
