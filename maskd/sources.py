@@ -39,6 +39,9 @@ MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row i
 # an outage: the loop then stops vouching for it to systemd's watchdog. Longer than the 10 s
 # stream open/read timeouts, shorter than the default WatchdogSec=30.
 RECONNECT_STALL_S = 20.0
+# A network stream that sends nothing this long (a camera rebooting, a network that drops
+# packets without closing the connection) is reopened; opening one waits as long.
+STREAM_TIMEOUT_MS = 10_000
 BACKOFF_TICK_S = 1.0  # a backoff wait shows a sign of life at least this often
 
 
@@ -471,7 +474,8 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
                 cap.set(cv2.CAP_PROP_FPS, cfg.fps)
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         else:  # a stream: bounded open/read time so a dead server does not hang the grabber
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10_000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10_000]
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
             cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()

@@ -261,6 +261,57 @@ def test_real_opencv_capture_that_vanishes_and_comes_back(clip: Path, tmp_path: 
     assert "cannot open" in caplog.text and "reopened" in caplog.text
 
 
+def _stamped(i: int) -> np.ndarray:
+    """Frame i of a test camera: i in its top-left pixel (mod 256), a gradient elsewhere."""
+    img = np.tile(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], (480, 1, 3))
+    img[:16, :16] = i % 256
+    return img
+
+
+def _read_within(src, timeout: float):
+    """src.read(), or None when it has not returned within ``timeout`` s (it may hang)."""
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(src.read()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got[0] if got else None
+
+
+def test_a_network_camera_that_goes_away_or_stalls_is_read_again(monkeypatch, caplog):
+    """A real MJPEG-over-HTTP camera read through OpenCV's FFmpeg, as maskd reads an IP camera:
+    it reboots (connection closed, then refused), later its network stalls (the connection stays
+    open and silent); each time the source reopens it and reads the camera's picture of *now*."""
+    import maskd.sources
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 2000)  # 10 s on a device
+    with IpCamera(_stamped) as cam, caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = open_source(SourceConfig(kind="opencv", uri=cam.url, reopen_min_s=0.2, reopen_max_s=1.0))
+        try:
+            assert isinstance(src, LatestFrame)  # a live source: its own grabber thread
+            before = [src.read() for _ in range(5)]
+            assert all(f is not None for f in before)
+            for outage, away_s in ((cam.gone, 1.5), (cam.stall, 3.0)):
+                outage()
+                back = threading.Timer(away_s, cam.back)
+                back.start()
+                t0 = time.monotonic()
+                f = _read_within(src, away_s + 10.0)
+                back.join()
+                assert f is not None, f"no frame {away_s + 10:.0f} s after the camera was {cam.outages[-1].kind}"
+                assert time.monotonic() - t0 >= away_s - 0.5
+                # what the camera shows now, not what it showed before it went away
+                now = cam.frame_index(time.monotonic())
+                assert (now - int(f.image[:16, :16].mean())) % 256 <= 15
+            stats = dict(src.stats)
+        finally:
+            src.close()
+    assert [o.kind for o in cam.outages] == ["gone", "stalled"]
+    assert all(o.first_frame is not None for o in cam.outages)
+    assert stats["read_errors"] == 2 and stats["reopens"] >= 2 and stats["camera_lost_since"] is None
+    assert "read failed" in caplog.text and "frames again after" in caplog.text
+
+
 def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
     """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
     import sys
