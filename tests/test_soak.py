@@ -27,7 +27,7 @@ def test_growth_is_measured_over_the_second_half():
     assert r["rss_mib"]["growth_mib_per_h"] == pytest.approx(12.0, abs=0.05)
     # 40 frames every 10 s = 14,400 frames an hour: 12 MiB/h is 83.3 MiB per 100k frames
     assert r["rss_mib"]["growth_mib_per_100k_frames"] == pytest.approx(12 / 0.144, abs=0.1)
-    assert r["frames"] == 2400 and r["per_pass"] == {"passes": 3, "one": 3, "none": 0, "more": 0}
+    assert r["frames"] == 2400 and r["per_pass"] == {"passes": 3, "one": 3, "none": 0, "more": 0, "excluded": 0}
     assert r["rss_mib"]["after_warmup"] == pytest.approx(300 + 12 * 120 / 3600, abs=0.01)
     assert soak.problems(r, max_growth=20.0, max_fd_growth=8) == []
     assert soak.problems(r, max_growth=5.0, max_fd_growth=8) == [
@@ -38,10 +38,19 @@ def test_leaked_files_a_bad_exit_and_miscounted_people_are_named():
     r = soak.summarize(samples(0.0, fds_at_end=40), [9, 12, 369], ends=2, rc=1, wall_s=600.0)
     bad = soak.problems(r, max_growth=None, max_fd_growth=8)
     # starts at frames 9 and 12 are one pass counted twice; frame 369 is two passes later
-    assert r["per_pass"] == {"passes": 4, "one": 1, "none": 2, "more": 1}
+    assert r["per_pass"] == {"passes": 4, "one": 1, "none": 2, "more": 1, "excluded": 0}
     assert bad == ["maskd run ended with exit 1 (0 or 75 expected after SIGTERM)",
                    "open files went from 20 to 40", "3 violations started and 2 ended",
                    "2 passes of the person got no violation and 1 more than one"]
+
+
+def test_passes_the_camera_was_away_for_are_not_judged():
+    """A pass cut by a camera outage may rightly get no start or two; the others still count."""
+    n = soak.pass_frames()
+    starts = [9, n + 9, 3 * n + 9, 3 * n + 50, 5 * n + 9]  # pass 2 none, pass 3 two, pass 4 none
+    assert soak.per_pass(starts, n) == {"passes": 6, "one": 3, "none": 2, "more": 1, "excluded": 0}
+    assert soak.per_pass(starts, n, frozenset({2, 3, 4})) == {
+        "passes": 3, "one": 3, "none": 0, "more": 0, "excluded": 3}
 
 
 def test_slope_needs_three_points():
@@ -67,6 +76,36 @@ def test_a_short_real_soak_run(tmp_path, capsys):
     # the broker was away once, 15-21 s in: what happened meanwhile came from the outbox
     assert r["outages"] == 1 and r["buffered_events"] >= 1
     assert "violations" in printed.out and "MiB" in printed.out
+
+
+@pytest.mark.slow
+def test_a_short_real_soak_run_with_a_network_camera_that_goes_away(tmp_path, capsys):
+    """The person from a real MJPEG-over-HTTP camera; at 12 s it stalls for 10.5 s (longer than
+    maskd's 10 s read time-out: maskd must reopen it), at 24 s it is gone (refused): maskd reads it
+    again after each, every violation ends, nothing leaks a connection, the run stops cleanly."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    out = tmp_path / "soak.json"
+    rc = soak.main(["--minutes", "0.5", "--sample-s", "2", "--camera", "stream",
+                    "--camera-outage-every-min", "0.2", "--camera-outage-s", "10.5",
+                    "--json", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    r = json.loads(out.read_text())["summary"]
+    assert r["exit_code"] == 0 and r["frames"] > 0 and r["ends"] == r["starts"] >= 1
+    cam = r["camera"]
+    assert cam["kinds"] == {"stalled": 1, "gone": 1}
+    assert all(s is not None and s < soak.CAMERA_BACK_WAIT_S for s in cam["read_again_after_s"])
+    # the stall outlasted the read time-out and the camera was gone: two reconnects at least
+    assert cam["connections"] >= 3
+    assert r["fds"]["end"] <= r["fds"]["after_warmup"] + 2
+    assert "camera away   2 times" in printed.out
+
+
+def test_camera_outages_need_the_stream_camera(capsys):
+    with pytest.raises(SystemExit):
+        soak.parse_args(["--camera-outage-every-min", "1"])
+    assert "--camera-outage-every-min needs --camera stream" in capsys.readouterr().err
 
 
 def test_a_missing_video_is_named_before_anything_starts(tmp_path, capsys):

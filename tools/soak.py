@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,12 +42,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskd.demo import FPS, pass_frames  # noqa: E402
+from maskd.demo import FPS, DemoSource, pass_frames  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
+from tools.ipcamera import IpCamera  # noqa: E402
 from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events  # noqa: E402
 
 WARMUP_SHARE = 0.2  # samples in the first fifth (models loading, caches filling) are not judged
 STOP_WAIT_S = 60.0
+# After the camera's last outage: maskd's reconnect backoff (reopen_max_s 30) plus a stream's
+# open time-out (10 s), and some slack.
+CAMERA_BACK_WAIT_S = 45.0
+UNSETTLED_S = 2.0  # a pass this close to a camera outage is not judged (tracks were cut)
 TOPIC = "maskd/soak/door/violation"  # device_id soak, camera door (soak_config)
 
 
@@ -81,25 +87,27 @@ def sample(pid: int, t: float, port: int, state: Path, broker_up: bool) -> Sampl
 
 
 class Outages:
-    """The broker goes away for ``length_s`` every ``every_s`` (never when ``every_s`` is 0), as
-    a building's broker does for updates and reboots: the outbox must fill, drain and shrink
-    back, cycle after cycle."""
+    """Something goes away for ``length_s`` every ``every_s`` (never when ``every_s`` is 0): the
+    broker, as a building's broker does for updates and reboots (the outbox must fill, drain and
+    shrink back, cycle after cycle), or the network camera. ``down(n)`` takes it away for the
+    n-th time (from 0), ``up()`` brings it back."""
 
-    def __init__(self, broker: Broker, every_s: float, length_s: float, t0: float) -> None:
-        self.broker, self.every_s, self.length_s = broker, every_s, length_s
+    def __init__(self, down: Callable[[int], object], up: Callable[[], object], every_s: float,
+                 length_s: float, t0: float) -> None:
+        self.down, self.bring_up, self.every_s, self.length_s = down, up, every_s, length_s
         self.up = True
         self.count = 0
         self.next = t0 + every_s if every_s > 0 else float("inf")
 
     def step(self, now: float) -> float:
-        """Stop or start the broker when due; returns when the next change is due."""
+        """Take it away or bring it back when due; returns when the next change is due."""
         if now >= self.next:
             if self.up:
-                self.broker.stop()
+                self.down(self.count)
                 self.count += 1
                 self.next = now + self.length_s
             else:
-                self.broker.start()
+                self.bring_up()
                 self.next = now + self.every_s - self.length_s
             self.up = not self.up
         return self.next
@@ -143,10 +151,11 @@ def per_100k_frames(samples: list[Sample]) -> float | None:
 
 
 def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None,
-                video: Path | None = None) -> Path:
+                video: Path | None = None, stream_url: str | None = None) -> Path:
     """The config of the run under test: the service's shape, the demo source (or ``video``)
-    looped."""
-    source = ({"kind": "demo", "loop": True} if video is None else
+    looped, or a network camera at ``stream_url`` (the source's shipped reconnect settings)."""
+    source = ({"kind": "opencv", "uri": stream_url} if stream_url is not None else
+              {"kind": "demo", "loop": True} if video is None else
               {"kind": "opencv", "uri": str(video.resolve()), "loop": True})
     cfg = {
         "device_id": "soak", "camera": "door", "state_dir": str(work / "state"),
@@ -161,19 +170,41 @@ def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Pat
     return path
 
 
-def per_pass(start_frames: list[int], frames_per_pass: int) -> dict[str, int]:
+def per_pass(start_frames: list[int], frames_per_pass: int,
+             excluded: frozenset[int] = frozenset()) -> dict[str, int]:
     """How many passes of the demo person, from the first with a start to the last, got
-    exactly one start, none, or more (a person counted twice)."""
+    exactly one start, none, or more (a person counted twice); passes in ``excluded`` (the
+    camera was away) are left out and counted."""
     if not start_frames:
-        return {"passes": 0, "one": 0, "none": 0, "more": 0}
+        return {"passes": 0, "one": 0, "none": 0, "more": 0, "excluded": 0}
     counts = Counter(f // frames_per_pass for f in start_frames)
-    span = range(min(counts), max(counts) + 1)
+    whole = range(min(counts), max(counts) + 1)
+    span = [p for p in whole if p not in excluded]
     return {"passes": len(span), "one": sum(counts[p] == 1 for p in span),
-            "none": sum(counts[p] == 0 for p in span), "more": sum(counts[p] > 1 for p in span)}
+            "none": sum(counts[p] == 0 for p in span), "more": sum(counts[p] > 1 for p in span),
+            "excluded": len(whole) - len(span)}
+
+
+def unsettled_passes(cam: IpCamera, end: float) -> frozenset[int]:
+    """The passes of the person that overlap a camera outage, from its start until
+    UNSETTLED_S after the first frame sent again (``end`` when none was)."""
+    n, out = pass_frames(), set()
+    for o in cam.outages:
+        back = o.first_frame if o.first_frame is not None else end
+        out.update(range(cam.frame_index(o.start) // n, cam.frame_index(back + UNSETTLED_S) // n + 1))
+    return frozenset(out)
+
+
+def camera_report(cam: IpCamera) -> dict:
+    """Each outage of the network camera and how long after it came back maskd read again."""
+    rec = [None if o.end is None or o.first_frame is None else round(o.first_frame - o.end, 2)
+           for o in cam.outages]
+    return {"outages": len(cam.outages), "kinds": dict(Counter(o.kind for o in cam.outages)),
+            "connections": cam.connections, "read_again_after_s": rec}
 
 
 def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int | None,
-              wall_s: float, demo: bool = True) -> dict:
+              wall_s: float, demo: bool = True, excluded: frozenset[int] = frozenset()) -> dict:
     """What grew and how fast, and whether each pass of the person gave one violation."""
     judged = [s for s in samples if s.t >= WARMUP_SHARE * wall_s] or samples[-1:]
     half = [s for s in samples if s.t >= 0.5 * wall_s]
@@ -195,7 +226,7 @@ def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int
         "state_kib": {"after_warmup": first.state_kib, "end": last.state_kib,
                       "max": max(s.state_kib for s in samples)},
         "starts": len(start_frames), "ends": ends,
-        "per_pass": per_pass(start_frames, pass_frames()) if demo else None,
+        "per_pass": per_pass(start_frames, pass_frames(), excluded) if demo else None,
     }
 
 
@@ -222,10 +253,19 @@ def render(r: dict) -> str:
     if pp is not None:
         lines[-1] += (f"; of the {pp['passes']} passes of the unmasked person from the first start "
                       f"to the last, {pp['one']} got one start, {pp['none']} none, {pp['more']} more")
+        if pp["excluded"]:
+            lines[-1] += f" ({pp['excluded']} more passes not judged: the camera was away)"
     if r.get("outages"):
         lines.append(f"  broker away   {r['outages']} times; {r['buffered_events']} events arrived from the "
                      f"outbox (buffered); state dir at the last sample with the broker up: "
                      f"{r['state_kib']['broker_up_end']} KiB")
+    cam = r.get("camera")
+    if cam and cam["outages"]:
+        got = [s for s in cam["read_again_after_s"] if s is not None]
+        lines.append(f"  camera away   {cam['outages']} times ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(cam["kinds"].items()))
+                     + f"); read again {len(got)} times, at most {max(got, default=0):.1f} s after it "
+                     f"came back; {cam['connections']} connections")
     return "\n".join(lines)
 
 
@@ -245,6 +285,10 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
     pp = r["per_pass"]
     if pp is not None and (pp["none"] or pp["more"]):
         out.append(f"{pp['none']} passes of the person got no violation and {pp['more']} more than one")
+    cam = r.get("camera")
+    lost = [i for i, s in enumerate(cam["read_again_after_s"] if cam else []) if s is None]
+    if lost:
+        out.append(f"maskd did not read the camera again after its outage(s) {lost} (counted from 0)")
     return out
 
 
@@ -254,6 +298,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--video", type=Path, default=None,
                    help="loop this video file instead of the demo (no per-person count then)")
+    p.add_argument("--camera", choices=("demo", "stream"), default="demo",
+                   help="demo: the built-in source in maskd's process, as fast as the CPU allows "
+                        "(default); stream: the same person from a network camera (MJPEG over HTTP "
+                        "on a loopback port, 15 fps in real time), read as an http:// source")
+    p.add_argument("--camera-outage-every-min", type=float, default=0.0,
+                   help="with --camera stream: take the camera away every this many minutes, "
+                        "first stalled (connection open and silent), then gone (closed and "
+                        "refused), and so on (default 0: never)")
+    p.add_argument("--camera-outage-s", type=float, default=30.0,
+                   help="for this many seconds each time (default 30)")
     p.add_argument("--detector-model", type=Path, default=None,
                    help="YuNet .onnx (default: ../shared's when present, else maskd's `auto`)")
     p.add_argument("--json", type=Path, default=None, help="write the samples and the summary here")
@@ -268,10 +322,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.minutes <= 0 or a.sample_s <= 0:
         p.error("--minutes and --sample-s must be positive")
-    if a.outage_every_min < 0 or a.outage_s <= 0 or (
-            a.outage_every_min and a.outage_s >= a.outage_every_min * 60):
-        p.error("--outage-s must be positive and shorter than --outage-every-min")
+    for every, length, name in ((a.outage_every_min, a.outage_s, "--outage"),
+                                (a.camera_outage_every_min, a.camera_outage_s, "--camera-outage")):
+        if every < 0 or length <= 0 or (every and length >= every * 60):
+            p.error(f"{name}-s must be positive and shorter than {name}-every-min")
+    if a.camera == "stream" and a.video is not None:
+        p.error("--video and --camera stream are two different sources: give one")
+    if a.camera_outage_every_min and a.camera != "stream":
+        p.error("--camera-outage-every-min needs --camera stream (the demo source cannot go away)")
     return a
+
+
+def start_camera() -> IpCamera:
+    """The demo person, looped, from a network camera in this process."""
+    demo = DemoSource(loop=True)
+    return IpCamera(lambda i: demo.render(i % demo.frames_per_pass), fps=FPS).start()
+
+
+def camera_down(cam: IpCamera | None, n: int) -> None:
+    """The n-th camera outage (from 0): stalled, gone, stalled, ..."""
+    if cam is not None:
+        (cam.stall if n % 2 == 0 else cam.gone)()
+
+
+def _nothing() -> None:
+    pass
+
+
+def wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         # a kept session on a persistent broker: nothing published is missed across its restarts
         sub = Subscriber(broker, [TOPIC], client_id="maskd-soak", clean=False)
         port = free_port()
-        cfg = soak_config(work, broker.url, port, model, args.video)
+        cam = start_camera() if args.camera == "stream" else None
+        cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None)
         log = (work / "maskd.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -299,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         samples: list[Sample] = []
         try:
             end = t0 + args.minutes * 60
-            outages = Outages(broker, args.outage_every_min * 60, args.outage_s, t0)
+            outages = Outages(lambda _: broker.stop(), broker.start, args.outage_every_min * 60,
+                              args.outage_s, t0)
+            cam_outages = Outages(lambda n: camera_down(cam, n), cam.back if cam else _nothing,
+                                  args.camera_outage_every_min * 60, args.camera_outage_s, t0)
             next_sample = t0
             while proc.poll() is None:
                 now = time.monotonic()
@@ -311,11 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                     next_sample = now + args.sample_s
                 if now >= end:
                     break
-                change = outages.step(now)
+                change = min(outages.step(now), cam_outages.step(now))
                 time.sleep(max(0.0, min(next_sample, end, change) - time.monotonic()))
-            died = proc.poll() is not None
             if not outages.up:  # the last events need a broker to arrive
                 outages.step(float("inf"))
+            if not cam_outages.up:  # and the camera's last outage its end, read again
+                cam_outages.step(float("inf"))
+                wait_until(lambda: cam.outages[-1].first_frame is not None or proc.poll() is not None,
+                           CAMERA_BACK_WAIT_S)
+            died = proc.poll() is not None
             wall = time.monotonic() - t0
             if not died:
                 proc.send_signal(signal.SIGTERM)
@@ -329,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if proc.poll() is None:
                 proc.kill()
+            if cam is not None:
+                cam.close()
             sub.close()
             broker.stop()
             log.close()
@@ -336,9 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         print("soak: maskd run ended before the first sample:\n" + "\n".join(tail), file=sys.stderr)
         return 1
-    starts = [int(e["frame_seq"]) for e in events if e.get("event_type") == "start"]
+    if cam is None:  # the demo's frames are numbered from its first
+        starts = [int(e["frame_seq"]) for e in events if e.get("event_type") == "start"]
+    else:  # a live camera's by the time they were shown
+        starts = [cam.frame_at_wall(float(e["start_time"])) for e in events
+                  if e.get("event_type") == "start"]
     ends = sum(e.get("event_type") == "end" for e in events)
-    report = summarize(samples, starts, ends, rc, wall, demo=args.video is None)
+    report = summarize(samples, starts, ends, rc, wall, demo=args.video is None,
+                       excluded=unsettled_passes(cam, t0 + wall) if cam else frozenset())
+    if cam is not None:
+        report["camera"] = camera_report(cam)
     report["end_reasons"] = dict(Counter(str(e.get("end_reason")) for e in events
                                          if e.get("event_type") == "end"))
     report["outages"] = outages.count
@@ -349,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model),
-                                                                       "video": str(args.video)},
+                                                                       "video": str(args.video),
+                                                                       "camera": args.camera},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
     bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
