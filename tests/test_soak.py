@@ -1,5 +1,7 @@
-"""tools/soak.py: the growth arithmetic on hand-made samples, and a short real run (a real
-`maskd run` process on the looped demo source, a real mosquitto stopped once, the status page)."""
+"""tools/soak.py: the growth arithmetic on hand-made samples, and two short real runs (a real
+`maskd run` process and a real mosquitto, with the status page): the looped demo source with the
+broker stopped once and snapshots and the annotated clip on, and a network camera that stalls
+and then goes away."""
 
 from __future__ import annotations
 
@@ -53,6 +55,20 @@ def test_passes_the_camera_was_away_for_are_not_judged():
         "passes": 3, "one": 3, "none": 0, "more": 0, "excluded": 3}
 
 
+def test_local_files_over_their_caps_are_a_problem():
+    ok = samples(0.0)
+    assert "local files" not in soak.render(soak.summarize(ok, [9], 1, 0, 600.0))
+    for s in ok:
+        s.files_kib = soak.FILES_CAP_KIB - 1
+    r = soak.summarize(ok, [9], ends=1, rc=0, wall_s=600.0)
+    assert soak.problems(r, None, 8) == [] and "local files" in soak.render(r)
+    ok[-1].files_kib = soak.FILES_CAP_KIB + 1
+    r = soak.summarize(ok, [9], ends=1, rc=0, wall_s=600.0)
+    assert soak.problems(r, None, 8) == [
+        f"snapshots and the annotated clip grew to {soak.FILES_CAP_KIB + 1} KiB "
+        f"(their caps allow {soak.FILES_CAP_KIB})"]
+
+
 def test_slope_needs_three_points():
     assert soak.slope_per_hour(np.array([0.0, 1.0]), np.array([1.0, 2.0])) is None
     assert soak.slope_per_hour(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(3600.0)
@@ -64,7 +80,7 @@ def test_a_short_real_soak_run(tmp_path, capsys):
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     out = tmp_path / "soak.json"
     rc = soak.main(["--minutes", "0.5", "--sample-s", "2", "--outage-every-min", "0.25",
-                    "--outage-s", "6", "--json", str(out)])
+                    "--outage-s", "6", "--local-files", "--json", str(out)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     r = json.loads(out.read_text())["summary"]
@@ -75,6 +91,8 @@ def test_a_short_real_soak_run(tmp_path, capsys):
     assert r["ends"] == r["starts"]
     # the broker was away once, 15-21 s in: what happened meanwhile came from the outbox
     assert r["outages"] == 1 and r["buffered_events"] >= 1
+    # snapshots and the annotated clip were written, and kept under their caps
+    assert 0 < r["files_kib"]["end"] and r["files_kib"]["max"] <= soak.FILES_CAP_KIB
     assert "violations" in printed.out and "MiB" in printed.out
 
 

@@ -171,7 +171,7 @@ class IpCamera:
                 self._sent()
         except OSError:  # the client went away (maskd's read time-out, a reopen)
             pass
-        if epoch != self._epoch:  # gone(): drop the connection, no FIN-less goodbye
+        if epoch != self._epoch:  # gone(): the client sees its stream end at once
             try:
                 h.connection.shutdown(socket.SHUT_RDWR)
             except OSError:

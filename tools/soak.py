@@ -53,6 +53,12 @@ STOP_WAIT_S = 60.0
 # open time-out (10 s), and some slack.
 CAMERA_BACK_WAIT_S = 45.0
 UNSETTLED_S = 2.0  # a pass this close to a camera outage is not judged (tracks were cut)
+# --local-files: small caps, so a long run reaches them many times over.
+SNAPSHOTS_KEEP_MB = 2.0
+CLIP_SEGMENT_MB, CLIP_KEEP_MB = 2.0, 6.0
+# What the folder may hold: both caps, plus a file being written past its segment size (a
+# frame and the muxer's buffer) and a snapshot written before the retention that follows it.
+FILES_CAP_KIB = int((SNAPSHOTS_KEEP_MB + CLIP_SEGMENT_MB + CLIP_KEEP_MB) * 1024)
 TOPIC = "maskd/soak/door/violation"  # device_id soak, camera door (soak_config)
 
 
@@ -67,6 +73,7 @@ class Sample:
     frames: int | None  # from /api/status; None while the page is not up yet
     state_kib: int  # everything under state_dir (the outbox, its reserve)
     broker_up: bool = True
+    files_kib: int = 0  # snapshots and the annotated clip, with --local-files
 
 
 def proc_status(pid: int) -> tuple[int, int]:
@@ -80,10 +87,11 @@ def proc_status(pid: int) -> tuple[int, int]:
     return rss, threads
 
 
-def sample(pid: int, t: float, port: int, state: Path, broker_up: bool) -> Sample:
+def sample(pid: int, t: float, port: int, state: Path, broker_up: bool, files: Path) -> Sample:
     rss, threads = proc_status(pid)
     return Sample(round(t, 1), rss, len(os.listdir(f"/proc/{pid}/fd")), threads, api_frames(port),
-                  tree_kib(state) if state.is_dir() else 0, broker_up)
+                  tree_kib(state) if state.is_dir() else 0, broker_up,
+                  tree_kib(files) if files.is_dir() else 0)
 
 
 class Outages:
@@ -151,9 +159,11 @@ def per_100k_frames(samples: list[Sample]) -> float | None:
 
 
 def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None,
-                video: Path | None = None, stream_url: str | None = None) -> Path:
+                video: Path | None = None, stream_url: str | None = None,
+                files: Path | None = None) -> Path:
     """The config of the run under test: the service's shape, the demo source (or ``video``)
-    looped, or a network camera at ``stream_url`` (the source's shipped reconnect settings)."""
+    looped, or a network camera at ``stream_url`` (the source's shipped reconnect settings);
+    with ``files``, snapshots (whole frames) and the annotated clip there, under small caps."""
     source = ({"kind": "opencv", "uri": stream_url} if stream_url is not None else
               {"kind": "demo", "loop": True} if video is None else
               {"kind": "opencv", "uri": str(video.resolve()), "loop": True})
@@ -163,6 +173,11 @@ def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Pat
         "mqtt": {"url": broker_url},
         "preview": {"http": f"127.0.0.1:{http_port}"},
     }
+    if files is not None:
+        cfg["snapshots"] = {"dir": str(files / "snapshots"), "what": "frame",
+                            "keep_mb": SNAPSHOTS_KEEP_MB}
+        cfg["preview"].update(annotate_dir=str(files / "clip"), annotate_segment_mb=CLIP_SEGMENT_MB,
+                              annotate_keep_mb=CLIP_KEEP_MB)
     if detector_model is not None:
         cfg["detector"] = {"kind": "yunet", "model": str(detector_model)}
     path = work / "config.yaml"
@@ -225,6 +240,8 @@ def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int
                     "max": max(s.threads for s in samples)},
         "state_kib": {"after_warmup": first.state_kib, "end": last.state_kib,
                       "max": max(s.state_kib for s in samples)},
+        "files_kib": {"after_warmup": first.files_kib, "end": last.files_kib,
+                      "max": max(s.files_kib for s in samples)},
         "starts": len(start_frames), "ends": ends,
         "per_pass": per_pass(start_frames, pass_frames(), excluded) if demo else None,
     }
@@ -247,6 +264,9 @@ def render(r: dict) -> str:
         f"max {r['threads']['max']}",
         f"  state dir     after warm-up {r['state_kib']['after_warmup']} KiB, end {r['state_kib']['end']} KiB, "
         f"max {r['state_kib']['max']} KiB",
+        *([f"  local files   after warm-up {r['files_kib']['after_warmup']} KiB, end "
+           f"{r['files_kib']['end']} KiB, max {r['files_kib']['max']} KiB (cap {FILES_CAP_KIB} KiB)"]
+          if r["files_kib"]["max"] else []),
         f"  violations    {r['starts']} start / {r['ends']} end at the broker",
     ]
     pp = r["per_pass"]
@@ -280,6 +300,9 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
         out.append(f"open files went from {r['fds']['after_warmup']} to {r['fds']['end']}")
     if r["frames"] == 0:
         out.append("the loop processed no frames")
+    if r["files_kib"]["max"] > FILES_CAP_KIB:
+        out.append(f"snapshots and the annotated clip grew to {r['files_kib']['max']} KiB "
+                   f"(their caps allow {FILES_CAP_KIB})")
     if r["ends"] != r["starts"]:
         out.append(f"{r['starts']} violations started and {r['ends']} ended")
     pp = r["per_pass"]
@@ -298,6 +321,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--video", type=Path, default=None,
                    help="loop this video file instead of the demo (no per-person count then)")
+    p.add_argument("--local-files", action="store_true",
+                   help=f"also write snapshots (whole frames, keep_mb {SNAPSHOTS_KEEP_MB:g}) and the "
+                        f"annotated clip (segments of {CLIP_SEGMENT_MB:g} MB, {CLIP_KEEP_MB:g} MB kept), "
+                        "and check that they stay under those caps")
     p.add_argument("--camera", choices=("demo", "stream"), default="demo",
                    help="demo: the built-in source in maskd's process, as fast as the CPU allows "
                         "(default); stream: the same person from a network camera (MJPEG over HTTP "
@@ -376,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = Subscriber(broker, [TOPIC], client_id="maskd-soak", clean=False)
         port = free_port()
         cam = start_camera() if args.camera == "stream" else None
-        cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None)
+        files = work / "files"
+        cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None,
+                          files if args.local_files else None)
         log = (work / "maskd.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -393,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 now = time.monotonic()
                 if now >= next_sample:
                     try:
-                        samples.append(sample(proc.pid, now - t0, port, work / "state", outages.up))
+                        samples.append(sample(proc.pid, now - t0, port, work / "state", outages.up,
+                                              files))
                     except OSError:  # it exited between poll() and the read of /proc
                         break
                     next_sample = now + args.sample_s
@@ -451,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model),
                                                                        "video": str(args.video),
-                                                                       "camera": args.camera},
+                                                                       "camera": args.camera,
+                                                                       "local_files": args.local_files},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
     bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
