@@ -26,10 +26,12 @@ from tools.mosquitto import (
     free_port,
     require,
     unique_events,
+    wait_until,
 )
 
 __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "Subscriber", "Tls", "fill_disk",
-           "free_port", "make_ca", "require", "small_disk", "unique_events"]
+           "free_port", "make_ca", "require", "small_disk", "unique_events",
+           "wait_until"]
 
 
 def make_ca(d: Path) -> Tls:

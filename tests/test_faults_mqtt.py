@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from mqtt_broker import Broker, Mqtt311Only, Subscriber, fill_disk, small_disk
+from mqtt_broker import Broker, Mqtt311Only, Subscriber, fill_disk, small_disk, wait_until
 from mqtt_driver import script
 from test_mqtt import (
     CAM,
@@ -26,7 +26,6 @@ from test_mqtt import (
     events,
     read_until,
     start_driver,
-    wait_until,
 )
 
 from maskd.commands.doctor import FAIL, OK, inspect_outbox, probe_broker

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker, Subscriber, free_port, make_ca, unique_events
+from mqtt_broker import Broker, Subscriber, free_port, make_ca, unique_events, wait_until
 from mqtt_driver import counts, script
 
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
@@ -57,15 +57,6 @@ def cfg_for(broker: Broker, state_dir: Path, **mqtt) -> Config:
     return Config(device_id="dev1", camera="cam1", state_dir=state_dir,
                   mqtt=MqttConfig(**{"url": broker.url, "reconnect_min_s": 0.2,
                                      "reconnect_max_s": 1.0, **mqtt}))
-
-
-def wait_until(pred, timeout: float = 10.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def events(sub: Subscriber) -> list[dict]:

@@ -31,6 +31,7 @@ from maskd.preview import (
     to_fb_bytes,
 )
 from maskd.types import Face, Frame, LoopStats, Verdict
+from tools.mosquitto import wait_until
 
 GREY = 128
 NO_MASK_BOX = (40, 60, 140, 180)
@@ -43,15 +44,6 @@ def scene() -> tuple[Frame, list[Verdict]]:
     img = np.full((240, 320, 3), GREY, np.uint8)
     verdicts = [Verdict(Face(NO_MASK_BOX, 0.9), 0.9, CUT), Verdict(Face(MASK_BOX, 0.95), 0.1, CUT)]
     return Frame(img, 0, time.time(), "test"), verdicts
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 # ------------------------------------------------------------------ renderer
@@ -157,7 +149,7 @@ def test_framebuffer_writer_against_a_file(tmp_path):
     frame, verdicts = scene()
     preview = FramebufferPreview(fb, geometry=geo).start()
     preview.on_frame(frame, verdicts, STATS)
-    assert wait_for(lambda: preview.shown == 1, 10)
+    assert wait_until(lambda: preview.shown == 1, 10)
     preview.close()
     assert fb.read_bytes() == to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
     # the screen shows red and green box pixels
@@ -226,7 +218,7 @@ def test_broken_preview_does_not_raise_into_the_loop():
     frame, verdicts = scene()
     preview = Broken().start()
     preview.on_frame(frame, verdicts, STATS)
-    assert wait_for(lambda: not preview._thread.is_alive(), 5)
+    assert wait_until(lambda: not preview._thread.is_alive(), 5)
     preview.on_frame(frame, verdicts, STATS)  # still harmless
     preview.close()
 

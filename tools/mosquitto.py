@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,17 @@ def require(tool: str | None, name: str) -> str:
             pytest.skip(why)
         raise SystemExit(f"error: {why}")
     return tool
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 10.0, every: float = 0.05) -> bool:
+    """Poll ``done`` until it holds or ``timeout`` seconds pass: brokers, cameras and threads
+    answer on their own time, and a test or tool should wait for the answer, not a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(every)
+    return bool(done())
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from maskd.demo import FPS, DemoSource, pass_frames  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
 from tools.ipcamera import IpCamera  # noqa: E402
-from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events  # noqa: E402
+from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events, wait_until  # noqa: E402
 
 WARMUP_SHARE = 0.2  # samples in the first fifth (models loading, caches filling) are not judged
 STOP_WAIT_S = 60.0
@@ -366,25 +366,6 @@ def start_camera() -> IpCamera:
     return IpCamera(lambda i: demo.render(i % demo.frames_per_pass), fps=FPS).start()
 
 
-def camera_down(cam: IpCamera | None, n: int) -> None:
-    """The n-th camera outage (from 0): stalled, gone, stalled, ..."""
-    if cam is not None:
-        (cam.stall if n % 2 == 0 else cam.gone)()
-
-
-def _nothing() -> None:
-    pass
-
-
-def wait_until(done: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = args.detector_model or (SHARED_YUNET if SHARED_YUNET.is_file() else None)
@@ -415,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             end = t0 + args.minutes * 60
             outages = Outages(lambda _: broker.stop(), broker.start, args.outage_every_min * 60,
                               args.outage_s, t0)
-            cam_outages = Outages(lambda n: camera_down(cam, n), cam.back if cam else _nothing,
+            # stalled, gone, stalled, ...; only stepped with a camera (parse_args sees to it)
+            cam_outages = Outages(lambda n: (cam.stall if n % 2 == 0 else cam.gone)(),
+                                  lambda: cam.back(),
                                   args.camera_outage_every_min * 60, args.camera_outage_s, t0)
             next_sample = t0
             while proc.poll() is None:
