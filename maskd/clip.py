@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -33,6 +34,7 @@ log = logging.getLogger("maskd.clip")
 MB = 1024 * 1024
 MIN_FREE_BYTES = 16 * MB  # kept free: room for the segment's index (moov) and for the rest of the system
 RETRY_S = 30.0  # while paused, how often to look for room again
+RECENT = 100  # segments remembered (for names and tests); months of them would add up
 
 
 def segment_pattern(camera: str) -> re.Pattern[str]:
@@ -44,7 +46,7 @@ class ClipWriter(FrameObserver):
     """FrameObserver writing the annotated frames as rotating, capped mp4v segments in ``outdir``.
 
     A segment is opened on the first frame after a rotation (the frame size is only known then).
-    ``paths`` lists this run's segments, oldest first (deleted ones included).
+    ``paths`` lists this run's latest ``RECENT`` segments, oldest first (deleted ones included).
     """
 
     def __init__(self, outdir: Path, name: str, fps: float, segment_s: float = 600.0,
@@ -57,10 +59,10 @@ class ClipWriter(FrameObserver):
         self.segment_bytes = int(segment_mb * MB)
         self.keep_bytes = int(keep_mb * MB)
         self.min_free = min_free
-        self.paths: list[Path] = []
+        self.paths: deque[Path] = deque(maxlen=RECENT)
         self.frames = 0  # written, all segments
         self.dropped = 0  # frames not recorded while paused
-        self.deleted: list[Path] = []  # removed by the cap
+        self.deleted: deque[Path] = deque(maxlen=RECENT)  # removed by the cap, the latest
         self.paused: str | None = None  # why recording is paused now
         self._pattern = segment_pattern(name)
         self._writer: cv2.VideoWriter | None = None

@@ -33,7 +33,7 @@ import queue
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,7 @@ MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped an
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
 LOG_EVERY_S = 60.0  # one log line per cause per minute
+RECENT = 100  # deleted files remembered (for logs and tests); a count keeps the rest
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}-\d{8}-\d{6}-[A-Za-z0-9_-]{1,64}\.jpg")
 
 
@@ -72,7 +73,8 @@ class SnapshotStore:
         self.keep_bytes = int(keep_mb * MB)
         self._users = users
         self.written = self.failed = self.dropped = 0
-        self.deleted: list[Path] = []
+        self.deleted: deque[Path] = deque(maxlen=RECENT)  # the latest only: months of them add up
+        self.n_deleted = 0
         self._fault: str | None = None
         self._logged: dict[str, float] = {}
         self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
@@ -136,7 +138,7 @@ class SnapshotStore:
         self._q.put(None)
         self._thread.join(timeout)
         log.info("snapshots: %d written, %d failed, %d dropped, %d deleted by retention",
-                 self.written, self.failed, self.dropped, len(self.deleted))
+                 self.written, self.failed, self.dropped, self.n_deleted)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -248,6 +250,7 @@ class SnapshotStore:
             del self._index[path]
             self._total -= size
             self.deleted.append(path)
+            self.n_deleted += 1
             log.debug("snapshots: deleted %s (%s)", path.name, why)
 
     def _report(self, cause: str, level: int, msg: str) -> None:
@@ -276,10 +279,13 @@ class SnapshotTaker(EventSink, FrameObserver):
             if crop is not None and self._saved.get(event.event_id) is not crop:
                 self._saved[event.event_id] = crop
                 self.store.put(self._name(event), crop)
-        elif event.frame_seq is not None and self._saved.get(event.event_id) != event.frame_seq:
+            if event.event_type == "end":
+                self._saved.pop(event.event_id, None)
+        elif (event.frame_seq is not None and self._saved.get(event.event_id) != event.frame_seq
+              or event.event_type == "end"):
+            # an end always waits for the next frame, so on_frame forgets the event after any
+            # of its messages still waiting there (else its entry would stay for good)
             self._pending.append(event)
-        if event.event_type == "end" and not self._pending:
-            self._saved.pop(event.event_id, None)
 
     def faults(self) -> list[str]:
         return self.store.faults()
@@ -295,7 +301,7 @@ class SnapshotTaker(EventSink, FrameObserver):
         pending, self._pending = self._pending, []
         image = None
         for ev in pending:
-            if ev.frame_seq == frame.seq:
+            if ev.frame_seq == frame.seq and self._saved.get(ev.event_id) != frame.seq:
                 if image is None:
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(frame.timestamp))
                     image = draw_verdicts(frame.image, verdicts, f"{self.camera} {when}")

@@ -48,11 +48,23 @@ def test_rotates_by_video_time_and_caps_the_total(tmp_path):
     w.close()
     assert len(w.paths) == 4  # 8 s of video in 2 s segments
     left = sorted(tmp_path.glob("door-*.mp4"), key=lambda p: p.stat().st_mtime)
-    assert w.deleted == w.paths[:len(w.paths) - len(left)] and w.deleted
+    assert list(w.deleted) == list(w.paths)[:len(w.paths) - len(left)] and w.deleted
     assert sum(p.stat().st_size for p in left) <= 0.8 * MB
     assert left[-1] == w.paths[-1]
     assert all(frames_in(p) == 30 for p in left)  # each segment plays: 2 s at 15 fps
     assert w.frames == n and other.exists() and notes.exists()
+
+
+def test_a_long_run_remembers_only_its_latest_segments(tmp_path, monkeypatch):
+    """Months of rotation must not grow the writer: it keeps the latest names, not all of them."""
+    monkeypatch.setattr(clip, "RECENT", 2)
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=0.3)
+    feed(w)
+    w.close()
+    on_disk = sorted(tmp_path.glob("door-*.mp4"), key=lambda p: p.stat().st_mtime)
+    assert len(w.paths) == 2 and w.paths[-1] == on_disk[-1]  # 8 segments of 1 s were written
+    assert len(w.deleted) == 2 and not any(p.exists() for p in w.deleted)
+    assert sum(p.stat().st_size for p in on_disk) <= 0.3 * MB  # the cap still sees every file
 
 
 def test_rotates_by_size(tmp_path):

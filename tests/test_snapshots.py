@@ -25,7 +25,7 @@ from maskd.demo import DemoSource
 from maskd.pipeline import Pipeline
 from maskd.service import CameraLoop, build_classifier, build_detector
 from maskd.snapshots import SnapshotStore, snapshot_name
-from maskd.types import RunControl
+from maskd.types import LoopStats, RunControl, ViolationEvent
 
 DAY = 86400.0
 
@@ -155,13 +155,57 @@ def test_retention_by_size_deletes_the_oldest_first(tmp_path):
     keep = sum(sizes[-3:]) + 100  # room for the newest three
     store = SnapshotStore(folder, keep_days=30, keep_mb=keep / snapshots.MB)
     store.flush(5)
-    assert store.deleted == files[:3]
+    assert list(store.deleted) == files[:3]
     # a new snapshot pushes out the oldest that is left, and the cap holds
     store.put(snapshot_name("door", time.time(), "new"), DemoSource().render(50))
     store.close()
     left = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
     assert files[3] in store.deleted and left[-1].name.endswith("-new.jpg")
     assert sum(p.stat().st_size for p in left) <= keep
+
+
+def test_a_long_life_remembers_only_the_latest_deleted_files(tmp_path, monkeypatch):
+    """Months of retention must not grow the store: a count, and only the latest names."""
+    monkeypatch.setattr(snapshots, "RECENT", 3)
+    folder = tmp_path / "snaps"
+    image = DemoSource().render(0)
+    one = len(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, snapshots.JPEG_QUALITY])[1])
+    store = SnapshotStore(folder, keep_days=30, keep_mb=2.5 * one / snapshots.MB)  # two files
+    names = [snapshot_name("door", time.time(), f"ev{i:02d}") for i in range(10)]
+    for name in names:
+        store.put(name, image)
+        assert store.flush(5)
+    store.close()
+    assert store.n_deleted == 8 and [p.name for p in store.deleted] == names[5:8]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[8:])
+
+
+def test_an_event_that_ends_while_another_waits_for_its_frame_is_forgotten(tmp_path):
+    """Two people at once: the first's end comes in the frame the second's start waits for.
+    The taker must forget both events when they end (an entry kept per event would grow for
+    as long as the service runs)."""
+    store = SnapshotStore(tmp_path / "snaps", keep_days=30, keep_mb=100)
+    taker = store.taker("door", "frame")
+    src = DemoSource()
+    stats = LoopStats(fps=15.0)
+
+    def message(kind: str, ev: str, seq: int, frame_seq: int) -> ViolationEvent:
+        return ViolationEvent(kind, ev, seq, "door", 1, 0.0, 0.9, 0.9, (0.1, 0.1, 0.3, 0.3),
+                              frame_seq=frame_seq)
+
+    # as in the loop: a frame's messages, then the observers see that frame
+    frames = [src.read() for _ in range(3)]
+    taker.emit(message("start", "a", 0, 0))
+    taker.on_frame(frames[0], [], stats)  # a's snapshot
+    taker.emit(message("start", "b", 0, 1))
+    taker.emit(message("end", "a", 1, 0))  # its best frame is already saved
+    taker.on_frame(frames[1], [], stats)  # b's snapshot
+    taker.emit(message("end", "b", 1, 1))
+    taker.on_frame(frames[2], [], stats)
+    assert store.flush(5)
+    taker.close()
+    assert store.written == 2
+    assert taker._saved == {} and taker._pending == []
 
 
 def test_retention_runs_periodically_without_new_events(tmp_path, monkeypatch):
@@ -175,7 +219,7 @@ def test_retention_runs_periodically_without_new_events(tmp_path, monkeypatch):
         deadline = time.monotonic() + 5
         while late.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not late.exists() and store.deleted == [late]
+        assert not late.exists() and list(store.deleted) == [late]
     finally:
         store.close()
 
