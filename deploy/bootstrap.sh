@@ -6,13 +6,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-demo}"
 py="${PYTHON:-python3}"
 cd "$root"
-if [ ! -x .venv/bin/python ]; then
-    "$py" -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip
-fi
 # The versions the tests passed with (tools/pins.py dev); MASKD_UNPINNED=1 takes the newest that
 # pyproject.toml allows instead (to re-pin: that, ./tests/run.sh, then `tools/pins.py dev`).
 pins=deploy/constraints-dev.txt
+if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+    # pip itself as tested too; the newest where that one is not available
+    if [ "${MASKD_UNPINNED:-0}" = 1 ] || ! .venv/bin/python -m pip install -q -c "$pins" --upgrade pip 2>/dev/null; then
+        .venv/bin/python -m pip install -q --upgrade pip
+    fi
+fi
 stamp=".venv/.maskd-installed-$(echo "$extras" | tr ',' '-')"
 if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pins" -nt "$stamp" ]; then
     log="$(mktemp)"

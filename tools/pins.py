@@ -11,7 +11,8 @@ Two files, each made here, never edited by hand:
   on a plain Debian PC (tests/debian). The arm64 check (tests/arm64/check.sh) installs exactly
   such a set and fails on any wheel the file does not pin.
 - ``deploy/constraints-dev.txt``, what ``deploy/bootstrap.sh`` (the quick start and the tests)
-  installs: ``pip freeze`` of ``.venv`` after ``./tests/run.sh`` passed in it.
+  installs: ``pip freeze --all`` of ``.venv`` (pip and setuptools too) after ``./tests/run.sh``
+  passed in it.
 
     .venv/bin/python tools/pins.py pi [--check]   # resolve now and (re)write deploy/constraints-pi-*.txt
     .venv/bin/python tools/pins.py dev [--check]   # freeze .venv into deploy/constraints-dev.txt
@@ -155,7 +156,9 @@ def freeze(venv: Path) -> tuple[dict[str, str], str]:
     py = venv / "bin" / "python"
     if not py.exists():
         raise RuntimeError(f"{py} not found: run ./tests/run.sh first (it makes .venv and tests it)")
-    done = subprocess.run([str(py), "-m", "pip", "freeze", "--exclude-editable"],
+    # --all: pip, setuptools (a dev requirement: the wheel test builds with it) and wheel too;
+    # without it pip leaves them out and they float with every new release
+    done = subprocess.run([str(py), "-m", "pip", "freeze", "--all", "--exclude-editable"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pip freeze failed in {venv}: {done.stderr.strip()[-2000:]}")
