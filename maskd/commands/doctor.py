@@ -36,7 +36,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
-from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins
+from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
@@ -204,11 +204,15 @@ class Doctor:
             self.add("packages", WARN, f"{path}: {_err(err)}", required=False)
             return
         wrong = differences(pins)
-        if wrong:
-            more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
-            self.add("packages", WARN, f"{len(wrong)} of {len(pins)} not as tested: "
-                     f"{', '.join(wrong[:4])}{more}; `sudo deploy/install.sh` puts the tested "
-                     "versions back", required=False)
+        extra = unpinned(pins, path.parent)  # the pins file lies in the venv's root
+        if wrong or extra:
+            said = wrong + [f"{name} installed, not pinned" for name in extra]
+            more = f" and {len(said) - 4} more" if len(said) > 4 else ""
+            counts = ([f"{len(wrong)} of {len(pins)} not as tested"] if wrong else []) + (
+                [f"{len(extra)} not pinned"] if extra else [])
+            self.add("packages", WARN, f"{', '.join(counts)}: {', '.join(said[:4])}{more}; "
+                     "`sudo deploy/install.sh` puts the tested versions back (a package it "
+                     "did not install stays: `pip uninstall` it)", required=False)
         else:
             self.add("packages", OK, f"all {len(pins)} as pinned in {path}", required=False)
 
