@@ -1,7 +1,7 @@
 """tools/soak.py: the growth arithmetic on hand-made samples, and two short real runs (a real
 `maskd run` process and a real mosquitto, with the status page): the looped demo source with the
 broker stopped once and snapshots and the annotated clip on, and a network camera that stalls
-and then goes away."""
+and then goes away while two people watch the status page."""
 
 from __future__ import annotations
 
@@ -69,6 +69,17 @@ def test_local_files_over_their_caps_are_a_problem():
         f"(their caps allow {soak.FILES_CAP_KIB})"]
 
 
+def test_viewers_the_status_page_failed_are_a_problem():
+    r = soak.summarize(samples(0.0), [9], ends=1, rc=0, wall_s=600.0)
+    r["viewers"] = {"viewers": 2, "visits": 40, "jpegs": 900, "pages": 200, "abrupt": 12,
+                    "blank": 0, "errors": 0, "first_errors": []}
+    assert soak.problems(r, None, 8) == [] and "web viewers   2 watching" in soak.render(r)
+    r["viewers"].update(blank=1, errors=1, first_errors=["TimeoutError: timed out"])
+    assert soak.problems(r, None, 8) == [
+        "the status page failed its viewers: 40 visits, 1 without a picture, 1 errors "
+        "['TimeoutError: timed out']"]
+
+
 def test_slope_needs_three_points():
     assert soak.slope_per_hour(np.array([0.0, 1.0]), np.array([1.0, 2.0])) is None
     assert soak.slope_per_hour(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(3600.0)
@@ -106,7 +117,7 @@ def test_a_short_real_soak_run_with_a_network_camera_that_goes_away(tmp_path, ca
     out = tmp_path / "soak.json"
     rc = soak.main(["--minutes", "0.5", "--sample-s", "2", "--camera", "stream",
                     "--camera-outage-every-min", "0.2", "--camera-outage-s", "10.5",
-                    "--json", str(out)])
+                    "--watch", "2", "--json", str(out)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     r = json.loads(out.read_text())["summary"]
@@ -118,6 +129,11 @@ def test_a_short_real_soak_run_with_a_network_camera_that_goes_away(tmp_path, ca
     assert cam["connections"] >= 3
     assert r["fds"]["end"] <= r["fds"]["after_warmup"] + 2
     assert "camera away   2 times" in printed.out
+    # two people watched the status page throughout, the camera's outages included: every
+    # visit got pictures (the newest one again while the camera was away), no request failed
+    w = r["viewers"]
+    assert w["visits"] >= 2 and w["jpegs"] > w["visits"] and w["pages"] >= 5
+    assert w["errors"] == 0 and w["blank"] == 0, w
 
 
 def test_camera_outages_need_the_stream_camera(capsys):

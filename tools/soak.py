@@ -46,6 +46,8 @@ from maskd.demo import FPS, DemoSource, pass_frames  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
 from tools.ipcamera import IpCamera  # noqa: E402
 from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events, wait_until  # noqa: E402
+from tools.viewers import Viewer  # noqa: E402
+from tools.viewers import report as viewers_report  # noqa: E402
 
 WARMUP_SHARE = 0.2  # samples in the first fifth (models loading, caches filling) are not judged
 STOP_WAIT_S = 60.0
@@ -286,6 +288,11 @@ def render(r: dict) -> str:
                      + ", ".join(f"{k} {v}" for k, v in sorted(cam["kinds"].items()))
                      + f"); read again {len(got)} times, at most {max(got, default=0):.1f} s after it "
                      f"came back; {cam['connections']} connections")
+    w = r.get("viewers")
+    if w:
+        lines.append(f"  web viewers   {w['viewers']} watching the status page: {w['visits']} visits of the "
+                     f"live view ({w['abrupt']} left mid-picture), {w['jpegs']} pictures, {w['pages']} "
+                     f"other pages; {w['blank']} visits without a picture, {w['errors']} errors")
     return "\n".join(lines)
 
 
@@ -308,6 +315,10 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
     pp = r["per_pass"]
     if pp is not None and (pp["none"] or pp["more"]):
         out.append(f"{pp['none']} passes of the person got no violation and {pp['more']} more than one")
+    w = r.get("viewers")
+    if w and (w["errors"] or w["blank"] or not w["visits"]):
+        out.append(f"the status page failed its viewers: {w['visits']} visits, {w['blank']} without "
+                   f"a picture, {w['errors']} errors {w['first_errors']}")
     cam = r.get("camera")
     lost = [i for i, s in enumerate(cam["read_again_after_s"] if cam else []) if s is None]
     if lost:
@@ -325,6 +336,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"also write snapshots (whole frames, keep_mb {SNAPSHOTS_KEEP_MB:g}) and the "
                         f"annotated clip (segments of {CLIP_SEGMENT_MB:g} MB, {CLIP_KEEP_MB:g} MB kept), "
                         "and check that they stay under those caps")
+    p.add_argument("--watch", type=int, default=0, metavar="N",
+                   help="N people watching the status page: each opens the live view for 1-12 s "
+                        "(some leave mid-picture), then the other pages, again and again")
     p.add_argument("--camera", choices=("demo", "stream"), default="demo",
                    help="demo: the built-in source in maskd's process, as fast as the CPU allows "
                         "(default); stream: the same person from a network camera (MJPEG over HTTP "
@@ -349,6 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.minutes <= 0 or a.sample_s <= 0:
         p.error("--minutes and --sample-s must be positive")
+    if a.watch < 0:
+        p.error("--watch must be 0 or more")
     for every, length, name in ((a.outage_every_min, a.outage_s, "--outage"),
                                 (a.camera_outage_every_min, a.camera_outage_s, "--camera-outage")):
         if every < 0 or length <= 0 or (every and length >= every * 60):
@@ -392,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         samples: list[Sample] = []
+        viewers = [Viewer(port, seed) for seed in range(args.watch)]
         try:
             end = t0 + args.minutes * 60
             outages = Outages(lambda _: broker.stop(), broker.start, args.outage_every_min * 60,
@@ -410,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                     except OSError:  # it exited between poll() and the read of /proc
                         break
                     next_sample = now + args.sample_s
+                    if samples[-1].frames and viewers and not viewers[0].is_alive():
+                        for v in viewers:  # once the page answers
+                            v.start()
                 if now >= end:
                     break
                 change = min(outages.step(now), cam_outages.step(now))
@@ -420,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                 cam_outages.step(float("inf"))
                 wait_until(lambda: cam.outages[-1].first_frame is not None or proc.poll() is not None,
                            CAMERA_BACK_WAIT_S)
+            for v in viewers:  # before maskd stops: its page going away is no viewer's error
+                v.stop()
+            for v in viewers:
+                if v.is_alive():
+                    v.join(timeout=30.0)
             died = proc.poll() is not None
             wall = time.monotonic() - t0
             if not died:
@@ -453,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                        excluded=unsettled_passes(cam, t0 + wall) if cam else frozenset())
     if cam is not None:
         report["camera"] = camera_report(cam)
+    if viewers:
+        report["viewers"] = viewers_report(viewers)
     report["end_reasons"] = dict(Counter(str(e.get("end_reason")) for e in events
                                          if e.get("event_type") == "end"))
     report["outages"] = outages.count
@@ -465,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model),
                                                                        "video": str(args.video),
                                                                        "camera": args.camera,
-                                                                       "local_files": args.local_files},
+                                                                       "local_files": args.local_files,
+                                                                       "watch": args.watch},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
     bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
