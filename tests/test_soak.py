@@ -1,6 +1,6 @@
 """tools/soak.py: the growth arithmetic on hand-made samples, and two short real runs (a real
-`maskd run` process and a real mosquitto, with the status page): the looped demo source with the
-broker stopped once and snapshots and the annotated clip on, and a network camera that stalls
+`maskd run` process and a real mosquitto, with the status page): two cameras of the looped demo
+source with the broker stopped once and snapshots and the annotated clip on, and a network camera that stalls
 and then goes away while two people watch the status page."""
 
 from __future__ import annotations
@@ -80,6 +80,22 @@ def test_viewers_the_status_page_failed_are_a_problem():
         "['TimeoutError: timed out']"]
 
 
+def test_each_cameras_passes_are_counted_by_themselves():
+    """Several cameras: each demo person passes by itself, so passes are counted per camera."""
+    n = soak.pass_frames()
+    r = soak.summarize(samples(0.0), {"door": [9, n + 9], "door2": [20, 2 * n + 20]}, ends=4,
+                       rc=0, wall_s=600.0)
+    assert r["starts"] == 4
+    assert r["per_pass"] == {"passes": 5, "one": 4, "none": 1, "more": 0, "excluded": 0}
+
+
+def test_a_demo_run_without_any_violation_is_a_problem():
+    r = soak.summarize(samples(0.0), [], ends=0, rc=0, wall_s=600.0)
+    assert soak.problems(r, None, 8) == [
+        "no violation reached the broker: the demo person without a mask got none"]
+    assert soak.problems(soak.summarize(samples(0.0), [], 0, 0, 600.0, demo=False), None, 8) == []
+
+
 def test_slope_needs_three_points():
     assert soak.slope_per_hour(np.array([0.0, 1.0]), np.array([1.0, 2.0])) is None
     assert soak.slope_per_hour(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(3600.0)
@@ -91,10 +107,13 @@ def test_a_short_real_soak_run(tmp_path, capsys):
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     out = tmp_path / "soak.json"
     rc = soak.main(["--minutes", "0.5", "--sample-s", "2", "--outage-every-min", "0.25",
-                    "--outage-s", "6", "--local-files", "--json", str(out)])
+                    "--outage-s", "6", "--local-files", "--cameras", "2", "--json", str(out)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
-    r = json.loads(out.read_text())["summary"]
+    got = json.loads(out.read_text())
+    r = got["summary"]
+    # two cameras in the one process (the cameras: layout), each with violations of its own
+    assert r["cameras"] == 2 and {e["camera"] for e in got["events"]} == {"door", "door2"}
     assert r["exit_code"] == 0 and r["samples"] >= 8
     assert r["frames"] > 0 and r["rss_mib"]["end"] > 50 and r["threads"]["end"] > 1
     # each finished pass of the demo is one person without a mask: one start, then its end

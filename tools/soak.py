@@ -61,7 +61,15 @@ CLIP_SEGMENT_MB, CLIP_KEEP_MB = 2.0, 6.0
 # What the folder may hold: both caps, plus a file being written past its segment size (a
 # frame and the muxer's buffer) and a snapshot written before the retention that follows it.
 FILES_CAP_KIB = int((SNAPSHOTS_KEEP_MB + CLIP_SEGMENT_MB + CLIP_KEEP_MB) * 1024)
-TOPIC = "maskd/soak/door/violation"  # device_id soak, camera door (soak_config)
+CAMERA = "door"  # the first camera's name; --cameras N adds door2, door3, ...
+
+
+def camera_names(n: int) -> list[str]:
+    return [CAMERA] + [f"{CAMERA}{i}" for i in range(2, n + 1)]
+
+
+def topic(camera: str) -> str:
+    return f"maskd/soak/{camera}/violation"  # device_id soak (soak_config)
 
 
 @dataclass
@@ -125,8 +133,7 @@ class Outages:
 
 def _balanced(msgs: list[Msg]) -> bool:
     """Every start seen has its end (the stop ends open violations with ``shutdown``)."""
-    kinds = Counter(e.get("event_type") for e in unique_events(m.json() for m in msgs
-                                                                 if m.topic == TOPIC))
+    kinds = Counter(e.get("event_type") for e in unique_events(m.json() for m in msgs))
     return kinds["start"] == kinds["end"]
 
 
@@ -135,13 +142,14 @@ def tree_kib(folder: Path) -> int:
 
 
 def api_frames(port: int) -> int | None:
-    """Frames the loop has processed, from the status page; None when it does not answer."""
+    """Frames the loops have processed (all cameras), from the status page; None when it does
+    not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
             cams = json.loads(r.read())["cameras"]
     except (OSError, ValueError, KeyError):
         return None
-    return int(cams[0]["frames"]) if cams else None
+    return sum(int(c["frames"]) for c in cams) if cams else None
 
 
 def slope_per_hour(ts: np.ndarray, ys: np.ndarray) -> float | None:
@@ -162,15 +170,17 @@ def per_100k_frames(samples: list[Sample]) -> float | None:
 
 def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Path | None,
                 video: Path | None = None, stream_url: str | None = None,
-                files: Path | None = None) -> Path:
+                files: Path | None = None, cameras: int = 1) -> Path:
     """The config of the run under test: the service's shape, the demo source (or ``video``)
     looped, or a network camera at ``stream_url`` (the source's shipped reconnect settings);
-    with ``files``, snapshots (whole frames) and the annotated clip there, under small caps."""
+    with ``files``, snapshots (whole frames) and the annotated clip there, under small caps.
+    With several ``cameras``, each its own demo source (a loop of its own), all on the one
+    status page; the annotated clip is the first camera's (the top-level ``preview``)."""
     source = ({"kind": "opencv", "uri": stream_url} if stream_url is not None else
               {"kind": "demo", "loop": True} if video is None else
               {"kind": "opencv", "uri": str(video.resolve()), "loop": True})
     cfg = {
-        "device_id": "soak", "camera": "door", "state_dir": str(work / "state"),
+        "device_id": "soak", "camera": CAMERA, "state_dir": str(work / "state"),
         "source": source,
         "mqtt": {"url": broker_url},
         "preview": {"http": f"127.0.0.1:{http_port}"},
@@ -182,6 +192,11 @@ def soak_config(work: Path, broker_url: str, http_port: int, detector_model: Pat
                               annotate_keep_mb=CLIP_KEEP_MB)
     if detector_model is not None:
         cfg["detector"] = {"kind": "yunet", "model": str(detector_model)}
+    if cameras > 1:
+        del cfg["camera"], cfg["source"]
+        cfg["cameras"] = {name: {"source": source} | ({"preview": {"http": cfg["preview"]["http"]}}
+                                                       if name != CAMERA else {})
+                          for name in camera_names(cameras)}
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
@@ -220,9 +235,13 @@ def camera_report(cam: IpCamera) -> dict:
             "connections": cam.connections, "read_again_after_s": rec}
 
 
-def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int | None,
-              wall_s: float, demo: bool = True, excluded: frozenset[int] = frozenset()) -> dict:
-    """What grew and how fast, and whether each pass of the person gave one violation."""
+def summarize(samples: list[Sample], start_frames: list[int] | dict[str, list[int]], ends: int,
+              rc: int | None, wall_s: float, demo: bool = True,
+              excluded: frozenset[int] = frozenset()) -> dict:
+    """What grew and how fast, and whether each pass of the person gave one violation
+    (``start_frames`` by camera with several: each camera's demo person passes by itself)."""
+    by_camera = start_frames if isinstance(start_frames, dict) else {CAMERA: start_frames}
+    passes = [per_pass(f, pass_frames(), excluded) for f in by_camera.values()]
     judged = [s for s in samples if s.t >= WARMUP_SHARE * wall_s] or samples[-1:]
     half = [s for s in samples if s.t >= 0.5 * wall_s]
     ts = np.array([s.t for s in half], float)
@@ -244,8 +263,8 @@ def summarize(samples: list[Sample], start_frames: list[int], ends: int, rc: int
                       "max": max(s.state_kib for s in samples)},
         "files_kib": {"after_warmup": first.files_kib, "end": last.files_kib,
                       "max": max(s.files_kib for s in samples)},
-        "starts": len(start_frames), "ends": ends,
-        "per_pass": per_pass(start_frames, pass_frames(), excluded) if demo else None,
+        "starts": sum(map(len, by_camera.values())), "ends": ends,
+        "per_pass": {k: sum(pp[k] for pp in passes) for k in passes[0]} if demo else None,
     }
 
 
@@ -277,6 +296,8 @@ def render(r: dict) -> str:
                       f"to the last, {pp['one']} got one start, {pp['none']} none, {pp['more']} more")
         if pp["excluded"]:
             lines[-1] += f" ({pp['excluded']} more passes not judged: the camera was away)"
+    if r.get("cameras", 1) > 1:
+        lines[-1] += f" ({r['cameras']} cameras, frames and passes of all of them)"
     if r.get("outages"):
         lines.append(f"  broker away   {r['outages']} times; {r['buffered_events']} events arrived from the "
                      f"outbox (buffered); state dir at the last sample with the broker up: "
@@ -313,6 +334,8 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
     if r["ends"] != r["starts"]:
         out.append(f"{r['starts']} violations started and {r['ends']} ended")
     pp = r["per_pass"]
+    if pp is not None and not r["starts"]:
+        out.append("no violation reached the broker: the demo person without a mask got none")
     if pp is not None and (pp["none"] or pp["more"]):
         out.append(f"{pp['none']} passes of the person got no violation and {pp['more']} more than one")
     w = r.get("viewers")
@@ -336,6 +359,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"also write snapshots (whole frames, keep_mb {SNAPSHOTS_KEEP_MB:g}) and the "
                         f"annotated clip (segments of {CLIP_SEGMENT_MB:g} MB, {CLIP_KEEP_MB:g} MB kept), "
                         "and check that they stay under those caps")
+    p.add_argument("--cameras", type=int, default=1, metavar="N",
+                   help="N cameras in the one process (the cameras: layout), each its own demo "
+                        "source, one status page (default 1)")
     p.add_argument("--watch", type=int, default=0, metavar="N",
                    help="N people watching the status page: each opens the live view for 1-12 s "
                         "(some leave mid-picture), then the other pages, again and again")
@@ -365,6 +391,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--minutes and --sample-s must be positive")
     if a.watch < 0:
         p.error("--watch must be 0 or more")
+    if a.cameras < 1 or (a.cameras > 1 and (a.video is not None or a.camera == "stream")):
+        p.error("--cameras N: N from 1, and more than 1 only with the demo source")
     for every, length, name in ((a.outage_every_min, a.outage_s, "--outage"),
                                 (a.camera_outage_every_min, a.camera_outage_s, "--camera-outage")):
         if every < 0 or length <= 0 or (every and length >= every * 60):
@@ -397,12 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soak: {err}", file=sys.stderr)
             return 2
         # a kept session on a persistent broker: nothing published is missed across its restarts
-        sub = Subscriber(broker, [TOPIC], client_id="maskd-soak", clean=False)
+        names = camera_names(args.cameras)
+        sub = Subscriber(broker, [topic(c) for c in names], client_id="soak-subscriber", clean=False)
         port = free_port()
         cam = start_camera() if args.camera == "stream" else None
         files = work / "files"
         cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None,
-                          files if args.local_files else None)
+                          files if args.local_files else None, args.cameras)
         log = (work / "maskd.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -455,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
                 rc = None
             sub.wait(lambda ms: _balanced(ms), timeout=30.0)
-            events = unique_events(m.json() for m in sub.on(TOPIC))
+            events = unique_events(m.json() for c in names for m in sub.on(topic(c)))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -468,14 +497,16 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         print("soak: maskd run ended before the first sample:\n" + "\n".join(tail), file=sys.stderr)
         return 1
-    if cam is None:  # the demo's frames are numbered from its first
-        starts = [int(e["frame_seq"]) for e in events if e.get("event_type") == "start"]
-    else:  # a live camera's by the time they were shown
-        starts = [cam.frame_at_wall(float(e["start_time"])) for e in events
-                  if e.get("event_type") == "start"]
+    starts: dict[str, list[int]] = {c: [] for c in names}
+    for e in events:
+        if e.get("event_type") == "start":  # the demo's frames are numbered from its first, a
+            # live camera's by the time they were shown
+            starts[e["camera"]].append(int(e["frame_seq"]) if cam is None
+                                       else cam.frame_at_wall(float(e["start_time"])))
     ends = sum(e.get("event_type") == "end" for e in events)
     report = summarize(samples, starts, ends, rc, wall, demo=args.video is None,
                        excluded=unsettled_passes(cam, t0 + wall) if cam else frozenset())
+    report["cameras"] = len(names)
     if cam is not None:
         report["camera"] = camera_report(cam)
     if viewers:
@@ -493,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "video": str(args.video),
                                                                        "camera": args.camera,
                                                                        "local_files": args.local_files,
-                                                                       "watch": args.watch},
+                                                                       "watch": args.watch,
+                                                                       "cameras": args.cameras},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
     bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
