@@ -456,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                     except OSError:  # it exited between poll() and the read of /proc
                         break
                     next_sample = now + args.sample_s
-                    if samples[-1].frames and viewers and not viewers[0].is_alive():
-                        for v in viewers:  # once the page answers
+                    if samples[-1].frames and viewers and viewers[0].ident is None:
+                        for v in viewers:  # once the page answers (started once only)
                             v.start()
                 if now >= end:
                     break
