@@ -12,7 +12,10 @@ pins=deploy/constraints-dev.txt
 if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
     # pip itself as tested too; the newest where that one is not available
-    if [ "${MASKD_UNPINNED:-0}" = 1 ] || ! .venv/bin/python -m pip install -q -c "$pins" --upgrade pip 2>/dev/null; then
+    if [ "${MASKD_UNPINNED:-0}" = 1 ]; then
+        .venv/bin/python -m pip install -q --upgrade pip
+    elif ! .venv/bin/python -m pip install -q -c "$pins" --upgrade pip 2>/dev/null; then
+        echo "bootstrap: $(grep '^pip==' "$pins") from $pins is not available here; the newest pip instead" >&2
         .venv/bin/python -m pip install -q --upgrade pip
     fi
 fi
