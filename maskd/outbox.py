@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS open_events (
 """
 
 
+def _full_or_io(err: sqlite3.Error) -> bool:
+    return (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _FULL_OR_IO
+
+
 def _dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
@@ -144,6 +148,9 @@ class Outbox:
         try:
             self._db = self._open(durable)
             self._reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OutboxError:
+            os.close(self._lock_fd)
+            raise
         except OSError as err:
             os.close(self._lock_fd)
             raise OutboxError(f"outbox {self.path}: {err.strerror or err}") from None
@@ -163,6 +170,20 @@ class Outbox:
     def _open(self, durable: bool) -> sqlite3.Connection:
         try:
             return self._connect(durable)
+        except sqlite3.OperationalError as err:
+            if not _full_or_io(err):
+                raise OutboxError(f"outbox {self.path}: {err}") from None
+            # On a full disk SQLite cannot create its shared-memory file; in exclusive mode it
+            # keeps that index in memory instead, so maskd still starts and sends what is pending.
+            # The price: `maskd doctor` cannot read the outbox until maskd restarts with room.
+            try:
+                db = self._connect(durable, exclusive=True)
+            except sqlite3.OperationalError:
+                raise OutboxError(f"outbox {self.path}: {err}") from None
+            log.warning("outbox %s: %s at start; opened it without SQLite's shared-memory file "
+                        "(other programs cannot read it until maskd restarts with room); new "
+                        "events are kept in memory until there is room", self.path, err)
+            return db
         except sqlite3.DatabaseError as err:
             # A damaged file must not stop the daemon; keep it aside for inspection.
             aside = self.path.with_name(f"{OUTBOX_FILE}.corrupt-{int(time.time())}")
@@ -176,17 +197,20 @@ class Outbox:
             )
             return self._connect(durable)
 
-    def _connect(self, durable: bool) -> sqlite3.Connection:
+    def _connect(self, durable: bool, exclusive: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if exclusive:  # before WAL is entered: no shared-memory file is ever made
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             db.executescript(_SCHEMA)
             return db
-        except sqlite3.OperationalError as err:
-            raise OutboxError(f"outbox {self.path}: {err}") from None
+        except BaseException:
+            db.close()
+            raise
 
     # ---- the reserve: room for the deletes that drain a full disk ----
 
@@ -229,8 +253,7 @@ class Outbox:
             return fn()
         except sqlite3.Error as err:
             self._rollback()
-            full = (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _FULL_OR_IO
-            if not (full and self._release_reserve()):
+            if not (_full_or_io(err) and self._release_reserve()):
                 raise
         log.warning("outbox %s: disk full; released the %d KiB reserve so acknowledged events "
                     "can be deleted; new events are kept in memory until there is room again",

@@ -87,6 +87,51 @@ def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
     assert "unexpected error" not in caplog.text
 
 
+def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp_path, caplog):
+    """A Pi restarted with a full card: the outbox must still open (SQLite cannot create its
+    shared-memory file there), send what the last run left, and keep new events in memory
+    until there is room."""
+    caplog.set_level(logging.WARNING)
+    with small_disk(tmp_path / "state") as state, \
+            Broker(tmp_path / "b", persistence=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], client_id="full-start-sub", clean=False)
+        b.stop()
+        cfg = cfg_for(b, state, outbox_reserve_kb=32)
+        evs = script("s", 100, 1)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        for ev in evs[:3]:  # start, update, end of one violation
+            sink.emit(ev)
+        sink.close()  # broker down: they stay in the outbox
+        filler = fill_disk(state)
+
+        sink = MqttSink.from_config(cfg, model_name="m")  # was: OutboxError, no start at all
+        assert "opened it without SQLite's shared-memory file" in caplog.text
+        assert sink.health()["outbox_depth"] == 3
+        for ev in evs[3:6]:  # the next violation
+            sink.emit(ev)
+        h = sink.health()
+        assert h["outbox_depth"] == 6 and h["memory_queue"] == 3, h
+        fault = sink.faults()[0] if sink.faults() else ""
+        assert fault.startswith("MQTT outbox: ") and "full" in fault, sink.faults()
+        verdict, detail = inspect_outbox(cfg)
+        assert verdict == FAIL and "restart it once there is room" in detail, detail
+
+        b.start()
+        want = [(e.event_id, e.seq) for e in evs[:6]]
+        assert sub.wait(lambda ms: len(dedup(violations(ms))) >= len(want), 20)
+        assert dedup(violations(sub.messages)) == want  # the old ones first, then the new
+        assert wait_until(lambda: sink.health()["outbox_depth"] == 0, 10)
+
+        filler.unlink()
+        assert wait_until(lambda: sink.faults() == [], 10), sink.faults()
+        sink.emit(evs[6])
+        assert sink.health()["memory_queue"] == 0  # stored durably again
+        assert sink.flush(10)
+        sink.close()
+        sub.close()
+    assert "unexpected error" not in caplog.text
+
+
 def violations(ms: list) -> list[dict]:
     return [m.json() for m in ms if m.topic == f"{CAM}/violation"]
 

@@ -630,7 +630,9 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
                 except sqlite3.OperationalError:  # written by an older maskd
                     still_open = 0
         except sqlite3.Error as err:
-            return FAIL, f"{path}: unreadable: {err}"
+            hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
+                    "is room" if "locked" in str(err) else "")
+            return FAIL, f"{path}: unreadable: {err}{hint}"
         age = f" (oldest {time.time() - oldest:,.0f} s)" if oldest is not None else ""
         parts.append(f"{n} event(s) pending{age}")
         if still_open:
