@@ -12,8 +12,12 @@ keeps room for the deletes that drain the outbox when something else fills the d
 while it cannot be held new events stay in memory rather than eat that room.
 
 Bounded by count and age (the memory queue by count): what falls off is logged and
-counted, never silently lost. It also keeps the last stored message of every open
-violation, so the next start can end the ones a killed process left open.
+counted, never silently lost. A row's age is kept by the time since boot, which NTP never
+steps: a Pi without a real-time clock starts on the time it was switched off, and if it was
+off for longer than the age bound, the clock's jump when the network returns must not drop
+the events stored before it. Only rows of earlier boots are aged by the wall clock. It also
+keeps the last stored message of every open violation, so the next start can end the ones a
+killed process left open.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -43,6 +48,8 @@ PRUNE_EVERY_S = 60.0
 LOG_EVERY_S = 60.0  # a repeated warning is logged at most this often
 SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
 
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
 T = TypeVar("T")
 Track = tuple[str, bool]  # (event id, still open after this message)
 _FULL_OR_IO = (13, 10)  # SQLITE_FULL, SQLITE_IOERR (ENOSPC can surface as either)
@@ -58,6 +65,38 @@ class Row:
     topic: str
     payload: dict
     created: float  # for open_events(): when the violation's last message was stored
+    uptime: float | None = None  # seconds since boot when stored (rows of this boot only)
+
+
+Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)
+
+
+_SINCE_BOOT = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def system_clock() -> tuple[float, float]:
+    """The wall clock and the time since boot (CLOCK_BOOTTIME: never stepped, counts suspend)."""
+    return time.time(), time.clock_gettime(_SINCE_BOOT)
+
+
+def boot_id() -> str:
+    """This boot's id; where the kernel does not say, one for this process (then only the rows
+    of earlier processes are aged by the wall clock)."""
+    try:
+        found = BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        found = ""
+    return found or f"process-{uuid.uuid4().hex}"
+
+
+def row_age(created: float, boot: str | None, uptime: float | None, this_boot: str,
+            now: tuple[float, float]) -> float:
+    """Seconds since a row was stored: by the time since boot for a row of this boot, by the
+    wall clock (the only one two boots share) for any other."""
+    wall, since_boot = now
+    if boot == this_boot and uptime is not None:
+        return max(0.0, since_boot - uptime)
+    return max(0.0, wall - created)
 
 
 _SCHEMA = """
@@ -65,7 +104,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    boot TEXT,
+    uptime REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created);
 CREATE TABLE IF NOT EXISTS open_events (
@@ -109,8 +150,14 @@ class Outbox:
         durable: bool = True,
         memory_max: int = 1000,
         reserve_bytes: int = 1 << 20,
+        clock: Clock = system_clock,
+        boot: str | None = None,
     ) -> None:
+        """``clock`` and ``boot`` (default: this boot's id) are for tests that step the clock."""
         self.dir = Path(state_dir)
+        self._clock = clock
+        self._boot = boot if boot is not None else boot_id()
+        self._by_boot = True  # rows carry their boot (False: an old outbox on a full disk)
         self.path = self.dir / OUTBOX_FILE
         self.max_events = max_events
         self.max_age_s = max_age_s
@@ -207,10 +254,41 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             db.executescript(_SCHEMA)
+            self._by_boot = self._add_boot_columns(db)
             return db
         except BaseException:
             db.close()
             raise
+
+    def _add_boot_columns(self, db: sqlite3.Connection) -> bool:
+        """An outbox written before rows carried their boot gets the columns (its rows: NULL,
+        aged by the wall clock); False when that cannot be written now (a full disk): then every
+        row is aged by the wall clock until a start with room adds them."""
+        have = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+        missing = [c for c in ("boot TEXT", "uptime REAL") if c.split()[0] not in have]
+        if missing:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for column in missing:
+                    db.execute(f"ALTER TABLE outbox ADD COLUMN {column}")
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                log.warning("outbox %s: cannot add the rows' boot (%s); they are aged by the "
+                            "wall clock, which a clock step moves, until maskd starts with room",
+                            self.path, err)
+                return False
+            log.info("outbox %s: rows now carry their boot, so a clock step cannot age them out",
+                     self.path)
+        try:  # the index only makes pruning fast
+            db.execute("CREATE INDEX IF NOT EXISTS outbox_uptime ON outbox (boot, uptime)")
+        except sqlite3.OperationalError as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.warning("outbox %s: cannot build the index on the rows' boot (%s); pruning is "
+                        "slower until maskd starts with room for it", self.path, err)
+        return True
 
     # ---- the reserve: room for the deletes that drain a full disk ----
 
@@ -300,20 +378,19 @@ class Outbox:
 
     # ---- the queue ----
 
-    def put(self, topic: str, payload: dict, now: float | None = None,
-            track: Track | None = None) -> int:
+    def put(self, topic: str, payload: dict, track: Track | None = None) -> int:
         """Store one message (committed on return), or keep it in memory when storage fails;
         returns its id. ``track`` = (event id, still open) keeps the open-violations record."""
-        now = time.time() if now is None else now
+        wall, uptime = self._clock()
         with self._lock:
             self._last_id += 1
-            item = (Row(self._last_id, topic, payload, now), track)
+            item = (Row(self._last_id, topic, payload, wall, uptime), track)
             # Behind an unstored event nothing may be stored, or it would overtake it.
             stored = not self._memory and self._reserve_held and self._store([item], "store an event")
             if not stored:
                 self._keep_in_memory(item)
         if stored:
-            self.prune(now)
+            self.prune()
         self._report_drops(0, 0)
         return item[0].id
 
@@ -323,8 +400,13 @@ class Outbox:
         try:
             db.execute("BEGIN IMMEDIATE")
             for row, track in items:
-                db.execute("INSERT INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                           (row.id, row.topic, _dumps(row.payload), row.created))
+                values = (row.id, row.topic, _dumps(row.payload), row.created)
+                if self._by_boot:
+                    db.execute("INSERT INTO outbox (id, topic, payload, created, boot, uptime) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (*values, self._boot, row.uptime))
+                else:
+                    db.execute("INSERT INTO outbox (id, topic, payload, created) "
+                               "VALUES (?, ?, ?, ?)", values)
                 if track is None:
                     continue
                 event_id, still_open = track
@@ -423,19 +505,22 @@ class Outbox:
         with self._lock:
             return self._last_id
 
-    def oldest_age(self, now: float | None = None) -> float | None:
+    def oldest_age(self) -> float | None:
         """Seconds since the oldest pending row was stored, None when empty."""
-        now = time.time() if now is None else now
+        now = self._clock()
         with self._lock:
             try:
-                rows = self._db.execute("SELECT id, created FROM outbox ORDER BY id LIMIT ?",
-                                        (len(self._unremoved) + 1,)).fetchall()
+                boot = "boot, uptime" if self._by_boot else "NULL, NULL"
+                rows = self._db.execute(
+                    f"SELECT id, created, {boot} FROM outbox ORDER BY id LIMIT ?",
+                    (len(self._unremoved) + 1,)).fetchall()
             except sqlite3.Error:
                 rows = []
-            first = next((c for i, c in rows if i not in self._unremoved), None)
+            first = next((r[1:] for r in rows if r[0] not in self._unremoved), None)
             if first is None and self._memory:
-                first = next(iter(self._memory.values()))[0].created
-        return None if first is None else max(0.0, now - first)
+                row = next(iter(self._memory.values()))[0]
+                first = (row.created, self._boot, row.uptime)
+        return None if first is None else row_age(*first, self._boot, now)
 
     def open_events(self) -> list[Row]:
         """The last stored message of each violation with no stored `end` (id 0)."""
@@ -450,16 +535,26 @@ class Outbox:
 
     # ---- bounds and repairs ----
 
-    def prune(self, now: float | None = None) -> int:
-        """Apply the bounds (oldest first); returns how many rows were dropped."""
-        now = time.time() if now is None else now
+    def prune(self) -> int:
+        """Apply the bounds (oldest first); returns how many rows were dropped. Rows of this
+        boot are aged by the time since boot, those of earlier boots by the wall clock."""
+        wall, uptime = self._clock()
 
         def delete_old() -> tuple[int, int]:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
-            n_age = db.execute(
-                "DELETE FROM outbox WHERE created < ?", (now - self.max_age_s,)
-            ).rowcount
+            if self._by_boot:
+                n_age = db.execute(
+                    "DELETE FROM outbox WHERE boot = ? AND uptime < ?",
+                    (self._boot, uptime - self.max_age_s),
+                ).rowcount + db.execute(
+                    "DELETE FROM outbox WHERE boot IS NOT ? AND created < ?",
+                    (self._boot, wall - self.max_age_s),
+                ).rowcount
+            else:
+                n_age = db.execute(
+                    "DELETE FROM outbox WHERE created < ?", (wall - self.max_age_s,)
+                ).rowcount
             over = self._count - n_age - self.max_events
             n_count = 0 if over <= 0 else db.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,23 @@ import textwrap
 import pytest
 
 from maskd.outbox import OUTBOX_FILE, Outbox, OutboxError
+
+DAY = 24 * 3600.0
+
+
+class SteppedClock:
+    """(wall time, time since boot) as a Pi without a real-time clock sees them: the second
+    only moves on; the first can be stepped, as NTP does once the network is back."""
+
+    def __init__(self, wall: float = 1_700_000_000.0, uptime: float = 100.0) -> None:
+        self.wall, self.uptime = wall, uptime
+
+    def __call__(self) -> tuple[float, float]:
+        return self.wall, self.uptime
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.uptime += seconds
 
 
 def test_fifo_order_survives_reopen_and_ids_keep_growing(tmp_path):
@@ -49,17 +67,141 @@ def test_count_bound_drops_oldest_with_log_and_counter(tmp_path, caplog):
 
 
 def test_age_bound(tmp_path, caplog):
-    ob = Outbox(tmp_path, max_age_s=60)
-    ob.put("t", {"n": 0}, now=1000.0)
-    ob.put("t", {"n": 1}, now=1050.0)
-    assert ob.oldest_age(now=1055.0) == pytest.approx(55.0)
+    clock = SteppedClock()
+    ob = Outbox(tmp_path, max_age_s=60, clock=clock)
+    ob.put("t", {"n": 0})
+    clock.run(50)
+    ob.put("t", {"n": 1})
+    clock.run(5)
+    assert ob.oldest_age() == pytest.approx(55.0)
+    clock.run(15)
     with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
-        assert ob.prune(now=1070.0) == 1
+        assert ob.prune() == 1
     assert [r.payload["n"] for r in ob.pending()] == [1]
     assert ob.dropped == 1
     assert "older than 60 s" in caplog.text
     ob.remove(ob.pending()[0].id)
     assert ob.oldest_age() is None
+    ob.close()
+
+
+def test_a_clock_step_forward_does_not_age_out_events_stored_before_it(tmp_path, caplog):
+    """A Pi switched off for ten days boots on the time it stopped (fake-hwclock); events stored
+    while the network is still down must survive NTP's ten-day jump once it is back."""
+    clock = SteppedClock()
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock)
+    ids = [ob.put("t", {"n": i}) for i in range(3)]
+    clock.run(30)
+    clock.wall += 10 * DAY  # NTP steps the clock
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        assert ob.prune() == 0
+        ob.put("t", {"n": 3})  # a put prunes too
+    assert [r.id for r in ob.pending()][:3] == ids and ob.dropped == 0
+    assert "older than" not in caplog.text
+    assert ob.oldest_age() == pytest.approx(30.0)  # not ten days
+    ob.close()
+
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock)  # a restart in the same boot
+    assert ob.oldest_age() == pytest.approx(30.0) and ob.prune() == 0
+    clock.run(7 * DAY - 29)  # the bound itself still holds, by the time since boot
+    assert ob.prune() == 3 and [r.payload["n"] for r in ob.pending()] == [3]
+    ob.close()
+
+
+def test_rows_of_an_earlier_boot_are_aged_by_the_wall_clock(tmp_path):
+    clock = SteppedClock(uptime=5 * DAY)
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-1")
+    ob.put("t", {"n": 0})
+    clock.run(DAY)
+    ob.put("t", {"n": 1})
+    ob.close()
+
+    clock.run(6.5 * DAY)  # the Pi was off; the new boot's uptime starts again near zero
+    clock.uptime = 20.0
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-2")
+    assert ob.oldest_age() == pytest.approx(7.5 * DAY)
+    assert ob.prune() == 1 and [r.payload["n"] for r in ob.pending()] == [1]
+    ob.close()
+
+
+def test_doctor_ages_the_rows_as_maskd_does(tmp_path):
+    """Rows stored before NTP stepped the clock ten days on: `maskd doctor` (its own process,
+    the real clocks) reports them as new, as maskd itself does, not as ten days old."""
+    from maskd.commands.doctor import inspect_outbox
+    from maskd.config import Config, MqttConfig
+    from maskd.outbox import system_clock
+
+    def before_the_step() -> tuple[float, float]:
+        wall, uptime = system_clock()
+        return wall - 10 * DAY, uptime
+
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=before_the_step)
+    ob.put("t", {"n": 0})
+    ob.close()
+    ob = Outbox(tmp_path, max_age_s=7 * DAY)  # the real clock, after the step
+    assert ob.prune() == 0 and ob.oldest_age() < 60
+    ob.close()
+    cfg = Config(device_id="dev1", camera="cam1", state_dir=tmp_path,
+                 mqtt=MqttConfig(url="mqtt://127.0.0.1:1883"))
+    detail = inspect_outbox(cfg)[1]
+    assert "1 event(s) pending (oldest 0 s)" in detail, detail
+
+
+OLD_SCHEMA = """
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                     payload TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX outbox_created ON outbox (created);
+CREATE TABLE open_events (event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload TEXT NOT NULL,
+                          updated REAL NOT NULL);
+"""
+
+
+def write_old_outbox(d, created: float, n: int = 3) -> None:
+    """An outbox as maskd wrote it before its rows carried their boot."""
+    db = sqlite3.connect(d / OUTBOX_FILE)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                   [("t", f'{{"n": {i}, "pad": "{"x" * 3000}"}}', created) for i in range(n)])
+    db.commit()
+    db.close()
+
+
+def test_an_outbox_written_before_boot_columns_is_upgraded_and_keeps_its_rows(tmp_path):
+    clock = SteppedClock()
+    write_old_outbox(tmp_path, created=clock.wall - 2 * DAY)
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock)
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2]
+    assert ob.oldest_age() == pytest.approx(2 * DAY)  # old rows: by the wall clock
+    new = ob.put("t", {"n": 3})
+    assert new > 3
+    clock.run(5 * DAY + 1)
+    assert ob.prune() == 3 and [r.payload["n"] for r in ob.pending()] == [3]
+    ob.close()
+
+
+def test_an_old_outbox_on_a_full_disk_opens_and_is_upgraded_by_a_start_with_room(disk, caplog):
+    from mqtt_broker import fill_disk
+
+    clock = SteppedClock()
+    write_old_outbox(disk, created=clock.wall)
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        ob = Outbox(disk, reserve_bytes=32 * 1024, clock=clock)
+    assert "cannot add the rows' boot" in caplog.text  # aged by the wall clock meanwhile
+    ob.put("t", {"n": 3})  # kept in memory: the disk is full
+    clock.run(60)
+    assert ob.oldest_age() == pytest.approx(60.0) and ob.prune() == 0
+    filler.unlink()
+    retry_until_stored(ob)
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2, 3]
+    ob.close()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="maskd.outbox"):
+        ob = Outbox(disk, clock=clock)
+    assert "rows now carry their boot" in caplog.text
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2, 3]
     ob.close()
 
 
@@ -223,11 +365,13 @@ def test_a_delete_that_fails_is_retried_and_the_row_is_not_handed_out_again(disk
 def test_bounds_apply_on_a_full_disk(disk):
     from mqtt_broker import fill_disk
 
-    ob = Outbox(disk, max_age_s=60, reserve_bytes=32 * 1024)
+    clock = SteppedClock()
+    ob = Outbox(disk, max_age_s=60, reserve_bytes=32 * 1024, clock=clock)
     for i in range(10):
-        ob.put("t", big(i), now=1000.0)
+        ob.put("t", big(i))
     fill_disk(disk)
-    assert ob.prune(now=2000.0) == 10  # one transaction over many pages: needs the reserve
+    clock.run(1000)
+    assert ob.prune() == 10  # one transaction over many pages: needs the reserve
     assert ob.depth() == 0 and ob.dropped == 10
     ob.close()
 

@@ -611,7 +611,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     the service runs. (verdict, detail)"""
     import sqlite3
 
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, boot_id, row_age, system_clock
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():
@@ -624,7 +624,13 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                                     timeout=2.0)) as db:
-                n, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+                n = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                try:  # aged as maskd ages it
+                    first = db.execute("SELECT created, boot, uptime FROM outbox ORDER BY id "
+                                       "LIMIT 1").fetchone()
+                except sqlite3.OperationalError:  # written by an older maskd
+                    first = db.execute("SELECT created, NULL, NULL FROM outbox ORDER BY id "
+                                       "LIMIT 1").fetchone()
                 try:
                     still_open = db.execute("SELECT COUNT(*) FROM open_events").fetchone()[0]
                 except sqlite3.OperationalError:  # written by an older maskd
@@ -633,7 +639,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
             hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
                     "is room" if "locked" in str(err) else "")
             return FAIL, f"{path}: unreadable: {err}{hint}"
-        age = f" (oldest {time.time() - oldest:,.0f} s)" if oldest is not None else ""
+        age = f" (oldest {row_age(*first, boot_id(), system_clock()):,.0f} s)" if first else ""
         parts.append(f"{n} event(s) pending{age}")
         if still_open:
             parts.append(f"{still_open} violation(s) open")
