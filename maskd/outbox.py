@@ -31,12 +31,13 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from maskd.clock import Clock, boot_id, system_clock
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
 LOG_EVERY_S = 60.0  # a repeated warning is logged at most this often
 SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
-
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 T = TypeVar("T")
 Track = tuple[str, bool]  # (event id, still open after this message)
@@ -66,27 +65,6 @@ class Row:
     payload: dict
     created: float  # for open_events(): when the violation's last message was stored
     uptime: float | None = None  # seconds since boot when stored (rows of this boot only)
-
-
-Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)
-
-
-_SINCE_BOOT = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
-
-
-def system_clock() -> tuple[float, float]:
-    """The wall clock and the time since boot (CLOCK_BOOTTIME: never stepped, counts suspend)."""
-    return time.time(), time.clock_gettime(_SINCE_BOOT)
-
-
-def boot_id() -> str:
-    """This boot's id; where the kernel does not say, one for this process (then only the rows
-    of earlier processes are aged by the wall clock)."""
-    try:
-        found = BOOT_ID_FILE.read_text().strip()
-    except OSError:
-        found = ""
-    return found or f"process-{uuid.uuid4().hex}"
 
 
 def row_age(created: float, boot: str | None, uptime: float | None, this_boot: str,

@@ -5,7 +5,9 @@ and by size.
 (atomically: a temporary file, then a rename), and enforces retention, oldest first: at start,
 after every write (``keep_mb``) and every ``PRUNE_EVERY_S`` (``keep_days``), from an index of
 the folder read at start and re-read every ``RESCAN_S``. Only files named like its own are ever
-counted or deleted.
+counted or deleted. When the wall clock steps (a Pi's first NTP sync after days switched off),
+the files this process wrote before the step are re-dated with it, so that minutes-old
+snapshots do not look days old and get deleted.
 
 ``SnapshotTaker`` is one camera's EventSink and FrameObserver in one object:
 
@@ -41,6 +43,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
+from maskd.clock import STEP_S, Clock, system_clock
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
 if TYPE_CHECKING:
@@ -67,8 +70,13 @@ def snapshot_name(camera: str, start_time: float, event_id: str) -> str:
 class SnapshotStore:
     """The snapshot folder shared by every camera of the process; ``users`` takers close it."""
 
-    def __init__(self, folder: Path, keep_days: float, keep_mb: float, users: int = 1) -> None:
+    def __init__(self, folder: Path, keep_days: float, keep_mb: float, users: int = 1,
+                 clock: Clock = system_clock) -> None:
         self.dir = folder
+        self._clock = clock
+        wall, since_boot = clock()
+        self._boot_wall = wall - since_boot  # when this boot began, by the wall clock
+        self._mine: set[Path] = set()  # written by this process: re-dated when the clock steps
         self.keep_s = keep_days * DAY_S
         self.keep_bytes = int(keep_mb * MB)
         self._users = users
@@ -172,6 +180,7 @@ class SnapshotStore:
                     self._q.task_done()
 
     def _write(self, name: str, image: np.ndarray) -> None:
+        now = self._follow_clock()  # before the file gets its time
         path = self.dir / name
         tmp = self.dir / f".{name}.tmp"
         try:
@@ -202,17 +211,19 @@ class SnapshotStore:
         old = self._index.pop(path, None)
         if old is not None:
             self._total -= old[1]
-        self._index[path] = (time.time(), len(buf))
+        self._index[path] = (now, len(buf))
+        self._mine.add(path)
         self._total += len(buf)
-        self._enforce(time.time())
+        self._enforce(now)
 
     # ------------------------------------------------------------------ retention
 
     def prune(self, rescan: bool = False) -> None:
         """Apply keep_days and keep_mb now (``rescan``: read the folder first)."""
+        now = self._follow_clock()
         if rescan:
             self._scan()
-        self._enforce(time.time())
+        self._enforce(now)
 
     def _scan(self) -> None:
         found: list[tuple[float, int, Path]] = []
@@ -233,6 +244,30 @@ class SnapshotStore:
         found.sort()
         self._index = OrderedDict((p, (m, s)) for m, s, p in found)
         self._total = sum(s for _, s, _ in found)
+        self._mine &= set(self._index)
+
+    def _follow_clock(self) -> float:
+        """The wall time now. When the wall clock stepped since the last call, this process's
+        files (and their index entries) are moved by the same step."""
+        wall, since_boot = self._clock()
+        step = wall - since_boot - self._boot_wall
+        if abs(step) < STEP_S:
+            return wall
+        self._boot_wall += step
+        moved = 0
+        for path in self._mine & set(self._index):
+            t, size = self._index[path]
+            try:
+                os.utime(path, (t + step, t + step))  # so the next start or rescan agrees
+            except OSError as err:
+                self._report("utime", logging.WARNING, f"snapshots: cannot re-date {path}: "
+                             f"{err.strerror or err}")
+            self._index[path] = (t + step, size)
+            moved += 1
+        self._index = OrderedDict(sorted(self._index.items(), key=lambda kv: kv[1][0]))
+        log.warning("snapshots: the clock stepped %+.0f s; %d snapshot(s) written before it were "
+                    "re-dated with it, so their age is kept", step, moved)
+        return wall
 
     def _enforce(self, now: float) -> None:
         """Oldest first: everything older than keep_days, then while over keep_mb."""
@@ -248,6 +283,7 @@ class SnapshotStore:
                              f"{err.strerror or err}")
                 break
             del self._index[path]
+            self._mine.discard(path)
             self._total -= size
             self.deleted.append(path)
             self.n_deleted += 1

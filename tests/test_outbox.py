@@ -12,25 +12,11 @@ import sys
 import textwrap
 
 import pytest
+from clocks import SteppedClock
 
 from maskd.outbox import OUTBOX_FILE, Outbox, OutboxError
 
 DAY = 24 * 3600.0
-
-
-class SteppedClock:
-    """(wall time, time since boot) as a Pi without a real-time clock sees them: the second
-    only moves on; the first can be stepped, as NTP does once the network is back."""
-
-    def __init__(self, wall: float = 1_700_000_000.0, uptime: float = 100.0) -> None:
-        self.wall, self.uptime = wall, uptime
-
-    def __call__(self) -> tuple[float, float]:
-        return self.wall, self.uptime
-
-    def run(self, seconds: float) -> None:
-        self.wall += seconds
-        self.uptime += seconds
 
 
 def test_fifo_order_survives_reopen_and_ids_keep_growing(tmp_path):
@@ -127,9 +113,9 @@ def test_rows_of_an_earlier_boot_are_aged_by_the_wall_clock(tmp_path):
 def test_doctor_ages_the_rows_as_maskd_does(tmp_path):
     """Rows stored before NTP stepped the clock ten days on: `maskd doctor` (its own process,
     the real clocks) reports them as new, as maskd itself does, not as ten days old."""
+    from maskd.clock import system_clock
     from maskd.commands.doctor import inspect_outbox
     from maskd.config import Config, MqttConfig
-    from maskd.outbox import system_clock
 
     def before_the_step() -> tuple[float, float]:
         wall, uptime = system_clock()

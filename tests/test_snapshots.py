@@ -15,6 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+from clocks import SteppedClock
 from loop_parts import RecordingSink
 from mqtt_broker import fill_disk, small_disk
 
@@ -222,6 +224,35 @@ def test_retention_runs_periodically_without_new_events(tmp_path, monkeypatch):
         assert not late.exists() and list(store.deleted) == [late]
     finally:
         store.close()
+
+
+def test_a_clock_step_re_dates_its_own_snapshots_and_no_others(tmp_path, caplog):
+    """A Pi ten days switched off boots on the old time; NTP's jump must not make the snapshots
+    written before it look ten days old (keep_days 7), while older files still go."""
+    folder = tmp_path / "snaps"
+    earlier, = make_files(folder, [6.0])  # an earlier boot's, six days before this boot's time
+    clock = SteppedClock(wall=time.time())
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100, clock=clock)
+    names = [snapshot_name("door", clock.wall, f"ev{i}") for i in range(2)]
+    for name in names:
+        store.put(name, DemoSource().render(0))
+    assert store.flush(5)
+    mine = [folder / n for n in names]
+    before = [p.stat().st_mtime for p in mine]
+    clock.run(30)
+    clock.wall += 10 * DAY  # NTP steps the clock
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        store.prune()
+    assert "the clock stepped +864000 s; 2 snapshot(s)" in caplog.text
+    assert all(p.exists() for p in mine)
+    assert [p.stat().st_mtime for p in mine] == pytest.approx([t + 10 * DAY for t in before])
+    assert not earlier.exists()  # really sixteen days old: not re-dated
+    store.prune(rescan=True)  # the folder read again: the files' own times agree
+    assert all(p.exists() for p in mine)
+    clock.run(7 * DAY)
+    store.prune()
+    store.close()
+    assert not any(p.exists() for p in mine)
 
 
 # ----------------------------------------------------------------------------- faults

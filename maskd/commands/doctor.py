@@ -611,7 +611,8 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     the service runs. (verdict, detail)"""
     import sqlite3
 
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, boot_id, row_age, system_clock
+    from maskd.clock import boot_id, system_clock
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, row_age
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():

@@ -1,0 +1,36 @@
+"""The two clocks a device needs: the wall clock, and the time since boot, which NTP never steps.
+
+A Raspberry Pi has no real-time clock. It boots on the time it was switched off (fake-hwclock)
+and jumps to the right time once the network lets NTP through; after a week switched off that
+jump is a week. Whatever ages stored data (the MQTT outbox, the snapshot folder) measures age by
+the time since boot where it can, so that the jump ages nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+STEP_S = 60.0  # the wall clock moving this much more (or less) than the time since boot: a step
+
+Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)
+
+_SINCE_BOOT = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def system_clock() -> tuple[float, float]:
+    """The wall clock and the time since boot (CLOCK_BOOTTIME: never stepped, counts suspend)."""
+    return time.time(), time.clock_gettime(_SINCE_BOOT)
+
+
+def boot_id() -> str:
+    """This boot's id; where the kernel does not say, one for this process (then only what this
+    process stored is aged by the time since boot)."""
+    try:
+        found = BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        found = ""
+    return found or f"process-{uuid.uuid4().hex}"
