@@ -488,17 +488,21 @@ class Outbox:
         now = self._clock()
         with self._lock:
             try:
-                boot = "boot, uptime" if self._by_boot else "NULL, NULL"
+                cols = "boot, uptime" if self._by_boot else "NULL, NULL"
                 rows = self._db.execute(
-                    f"SELECT id, created, {boot} FROM outbox ORDER BY id LIMIT ?",
+                    f"SELECT id, created, {cols} FROM outbox ORDER BY id LIMIT ?",
                     (len(self._unremoved) + 1,)).fetchall()
             except sqlite3.Error:
                 rows = []
-            first = next((r[1:] for r in rows if r[0] not in self._unremoved), None)
+            first: tuple[float, str | None, float | None] | None = next(
+                ((c, b, u) for i, c, b, u in rows if i not in self._unremoved), None)
             if first is None and self._memory:
                 row = next(iter(self._memory.values()))[0]
                 first = (row.created, self._boot, row.uptime)
-        return None if first is None else row_age(*first, self._boot, now)
+        if first is None:
+            return None
+        created, boot, uptime = first
+        return row_age(created, boot, uptime, self._boot, now)
 
     def open_events(self) -> list[Row]:
         """The last stored message of each violation with no stored `end` (id 0)."""

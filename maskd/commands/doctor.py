@@ -640,7 +640,10 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
             hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
                     "is room" if "locked" in str(err) else "")
             return FAIL, f"{path}: unreadable: {err}{hint}"
-        age = f" (oldest {row_age(*first, boot_id(), system_clock()):,.0f} s)" if first else ""
+        age = ""
+        if first is not None:
+            created, boot, uptime = first
+            age = f" (oldest {row_age(created, boot, uptime, boot_id(), system_clock()):,.0f} s)"
         parts.append(f"{n} event(s) pending{age}")
         if still_open:
             parts.append(f"{still_open} violation(s) open")
