@@ -96,6 +96,14 @@ CREATE TABLE IF NOT EXISTS open_events (
 """
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _full_or_io(err: sqlite3.Error) -> bool:
     return (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _FULL_OR_IO
 
@@ -251,8 +259,7 @@ class Outbox:
                     db.execute(f"ALTER TABLE outbox ADD COLUMN {column}")
                 db.execute("COMMIT")
             except sqlite3.OperationalError as err:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                _rollback(db)
                 log.warning("outbox %s: cannot add the rows' boot (%s); they are aged by the "
                             "wall clock, which a clock step moves, until maskd starts with room",
                             self.path, err)
@@ -262,8 +269,7 @@ class Outbox:
         try:  # the index only makes pruning fast
             db.execute("CREATE INDEX IF NOT EXISTS outbox_uptime ON outbox (boot, uptime)")
         except sqlite3.OperationalError as err:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            _rollback(db)
             log.warning("outbox %s: cannot build the index on the rows' boot (%s); pruning is "
                         "slower until maskd starts with room for it", self.path, err)
         return True
@@ -308,7 +314,7 @@ class Outbox:
         try:
             return fn()
         except sqlite3.Error as err:
-            self._rollback()
+            _rollback(self._db)
             if not (_full_or_io(err) and self._release_reserve()):
                 raise
         log.warning("outbox %s: disk full; released the %d KiB reserve so acknowledged events "
@@ -319,7 +325,7 @@ class Outbox:
     # ---- storage fault bookkeeping ----
 
     def _failed(self, kind: str, what: str, err: sqlite3.Error) -> None:
-        self._rollback()
+        _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
         self._errors[kind] = (str(err), since)
         self._warn(logging.ERROR, f"fail:{what}:{err}",
@@ -331,13 +337,6 @@ class Outbox:
         if gone is not None and not self._errors and self._reserve_held:
             log.warning("outbox %s: storage works again (it failed since %s: %s)", self.path,
                         time.strftime("%H:%M:%S", time.localtime(gone[1])), gone[0])
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
 
     @property
     def fault(self) -> str | None:

@@ -255,7 +255,7 @@ class SnapshotStore:
             return wall
         self._boot_wall += step
         moved = 0
-        for path in self._mine & set(self._index):
+        for path in self._mine:  # all in the index: a delete or a rescan takes them out
             t, size = self._index[path]
             try:
                 os.utime(path, (t + step, t + step))  # so the next start or rescan agrees

@@ -637,8 +637,9 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
                 except sqlite3.OperationalError:  # written by an older maskd
                     still_open = 0
         except sqlite3.Error as err:
+            busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == 5  # SQLITE_BUSY: "locked"
             hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
-                    "is room" if "locked" in str(err) else "")
+                    "is room" if busy else "")
             return FAIL, f"{path}: unreadable: {err}{hint}"
         age = ""
         if first is not None:
