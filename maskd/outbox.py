@@ -211,7 +211,7 @@ class Outbox:
             # The price: `maskd doctor` cannot read the outbox until maskd restarts with room.
             try:
                 db = self._connect(durable, exclusive=True)
-            except sqlite3.OperationalError:
+            except sqlite3.Error:  # any error here is a setup problem, not a crash
                 raise OutboxError(f"outbox {self.path}: {err}") from None
             log.warning("outbox %s: %s at start; opened it without SQLite's shared-memory file "
                         "(other programs cannot read it until maskd restarts with room); new "
