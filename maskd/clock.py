@@ -15,6 +15,9 @@ from pathlib import Path
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 STEP_S = 60.0  # the wall clock moving this much more (or less) than the time since boot: a step
+# Between two frames the two clocks are read together, so any difference this large is a step;
+# the tracker's and the violations' time-outs are seconds long, so they heed steps from here.
+FRAME_STEP_S = 1.0
 
 Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)
 
@@ -34,3 +37,28 @@ def boot_id() -> str:
     except OSError:
         found = ""
     return found or f"process-{uuid.uuid4().hex}"
+
+
+class StepWatch:
+    """Tells a step of the wall clock from readings of (wall time, time since boot).
+
+    The difference of the two clocks holds still while the wall clock merely runs (NTP slews
+    both alike); a step moves it. ``step`` returns how far the wall clock stepped since the
+    last step it returned (or the first reading), once it is at least ``limit`` either way,
+    and 0.0 otherwise: what a reader adds to the wall times it remembered.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._offset: float | None = None
+
+    def step(self, wall: float, since_boot: float) -> float:
+        offset = wall - since_boot
+        if self._offset is None:
+            self._offset = offset
+            return 0.0
+        step = offset - self._offset
+        if abs(step) < self.limit:
+            return 0.0
+        self._offset = offset
+        return step

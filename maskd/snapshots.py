@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.clock import STEP_S, Clock, system_clock
+from maskd.clock import STEP_S, Clock, StepWatch, system_clock
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ class SnapshotStore:
                  clock: Clock = system_clock) -> None:
         self.dir = folder
         self._clock = clock
-        wall, since_boot = clock()
-        self._boot_wall = wall - since_boot  # when this boot began, by the wall clock
+        self._steps = StepWatch(STEP_S)
+        self._steps.step(*clock())
         self._mine: set[Path] = set()  # written by this process: re-dated when the clock steps
         self.keep_s = keep_days * DAY_S
         self.keep_bytes = int(keep_mb * MB)
@@ -250,10 +250,9 @@ class SnapshotStore:
         """The wall time now. When the wall clock stepped since the last call, this process's
         files (and their index entries) are moved by the same step."""
         wall, since_boot = self._clock()
-        step = wall - since_boot - self._boot_wall
-        if abs(step) < STEP_S:
+        step = self._steps.step(wall, since_boot)
+        if not step:
             return wall
-        self._boot_wall += step
         moved = 0
         for path in self._mine:  # all in the index: a delete or a rescan takes them out
             t, size = self._index[path]
