@@ -42,8 +42,6 @@ from maskd.types import Box, EndReason, EventType, ViolationEvent
 
 log = logging.getLogger(__name__)
 
-CLOCK_STEP_S = 1.0  # frame times going back more than this are a clock step, not jitter
-
 
 @dataclass
 class _Violation:
@@ -94,7 +92,6 @@ class Violations:
         self._open: list[_Violation] = []
         self._recent: list[_Ended] = []  # events ended as masked, still in their cooldown
         self._size = (1, 1)
-        self._last_now: float | None = None
         self.started = 0
 
     def _same_person(self, boxes: tuple[Box, ...], look: np.ndarray | None, t: Track) -> bool:
@@ -131,7 +128,6 @@ class Violations:
         """
         self._size = frame_size
         crops = crops or {}
-        self._follow_clock(now)
         out: list[ViolationEvent] = []
         self._recent = [r for r in self._recent if now - r.end_time < self.cfg.cooldown_s]
         by_id = {t.track_id: t for t in tracks}
@@ -193,17 +189,12 @@ class Violations:
             out.append(self._message(v, "start", now, frame_seq))
         return out
 
-    def _follow_clock(self, now: float) -> None:
-        """Keep time-outs sane when the wall clock steps back (a Pi without RTC, NTP fixing it).
-
-        Forward steps need nothing (missing tracks end as gone, cooldowns expire); a step back
-        would freeze them, so the remembered times are moved back by the same step.
-        """
-        last, self._last_now = self._last_now, now
-        if last is None or now >= last - CLOCK_STEP_S:
-            return
-        step = now - last
-        log.warning("clock stepped back %.1f s; shifting violation time-outs with it", -step)
+    def shift(self, step: float) -> None:
+        """Move the remembered times by ``step`` seconds: the wall clock stepped (a Pi without a
+        real-time clock, NTP setting it; maskd.clock). Forward, a briefly hidden violator's
+        event would end as gone and start again when they are found, and a cooldown would
+        lapse; back, both would wait out the step. ``start_time`` stays: it names the event in
+        every message, as the start message gave it."""
         for v in self._open:
             v.last_seen += step
             v.last_msg_time += step

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maskd import zones
+from maskd.clock import FRAME_STEP_S, StepWatch
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou, shorter_side
@@ -171,6 +172,7 @@ class Pipeline:
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
         self._last: Frame | None = None
+        self._steps = StepWatch(FRAME_STEP_S)
         m = cfg.motion
         self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
                        if m.enabled else None)
@@ -188,6 +190,19 @@ class Pipeline:
             return None  # evidence is being gathered for a change of state: votes must be fresh
         return c.score
 
+    def _follow_clock(self, frame: Frame) -> None:
+        """Frame times are wall-clock times, and the wall clock of a Pi steps (no real-time
+        clock; NTP sets it once the network is up). Tracks and violations measure spans and
+        time-outs in them, so on a step everything they remember moves with it."""
+        if frame.since_boot is None:
+            return  # times made up from seq / fps: they cannot step
+        step = self._steps.step(frame.timestamp, frame.since_boot)
+        if step:
+            log.warning("%s: the wall clock stepped %+.1f s; track and violation times move "
+                        "with it", self.cfg.camera, step)
+            self.tracker.shift(step)
+            self.violations.shift(step)
+
     def process(self, frame: Frame, detect: bool = True) -> FrameResult:
         """Run one frame through every stage; ``detect=False`` skips detection (paused)."""
         ccfg = self.cfg.classifier
@@ -204,6 +219,7 @@ class Pipeline:
             counts.zoned_faces += len(faces) - len(kept)
             faces = kept
         t1 = time.perf_counter()
+        self._follow_clock(frame)
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
         for t in tracks:
             if t.static and not t.reported_static:

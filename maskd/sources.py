@@ -1,6 +1,7 @@
 """Frame sources: the Pi camera (picamera2), anything OpenCV opens, and folders of images.
 
-Every source hands out ``maskd.types.Frame`` records (BGR uint8, ``seq`` from 0, capture timestamp)
+Every source hands out ``maskd.types.Frame`` records (BGR uint8, ``seq`` from 0, capture timestamp;
+live ones also the time since boot, so a step of the wall clock can be told from time passing)
 through one small interface (``Source``). Two behaviours matter on a building entrance:
 
 * A live source (camera, stream) must survive the real world: an unplugged USB camera, a dropped
@@ -26,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from maskd.clock import system_clock
 from maskd.config import SourceConfig
 from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
 from maskd.mailbox import Mailbox
@@ -174,7 +176,7 @@ class LiveSource:
                 except Exception as err:  # a device driver can raise anything
                     ok, raw = False, None
                     log.warning("%s: read raised %s: %s", self.name, type(err).__name__, err)
-            ts = time.time()
+            ts, since_boot = system_clock()
             if not ok:
                 self.stats["read_errors"] += 1
                 log.warning("%s: read failed (device unplugged or stream dropped); reopening",
@@ -193,7 +195,8 @@ class LiveSource:
             self._bad_in_a_row = 0
             self._backoff.reset()
             self._found()
-            frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name)
+            frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name,
+                          since_boot=since_boot)
             self._seq += 1
             self.stats["frames"] += 1
             return frame

@@ -165,6 +165,17 @@ class Tracker:
         self.tracks = kept
         return [t for t in assigned if t is not None]
 
+    def shift(self, step: float) -> None:
+        """Move every remembered time by ``step`` seconds: the wall clock stepped (maskd.clock),
+        and a track's spans (its votes, how long it stood still) are of time that passed, not of
+        the step."""
+        for t in self.tracks:
+            t.first_seen += step
+            t.last_seen += step
+            t.still_since += step
+            if t.above_since is not None:
+                t.above_since += step
+
     def _still(self, t: Track) -> None:
         """Follow whether the box has ever left where it first was (beyond static_tolerance of
         its size): a face that has not for static_after_s is a picture, for good; one that has is

@@ -22,6 +22,10 @@ class Frame:
     seq: int  # sequence number from the source, counting from 0
     timestamp: float  # capture time, seconds since the epoch
     source: str = ""
+    # Seconds since boot at capture (maskd.clock), read with ``timestamp``, so a step of the wall
+    # clock between frames can be told from time passing; None where the times are made up from
+    # seq / fps (files, the demo) and cannot step.
+    since_boot: float | None = None
 
 
 @dataclass(frozen=True)

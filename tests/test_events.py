@@ -199,17 +199,6 @@ def test_jsonl_stdout_sink():
     assert json.loads(out.stdout)["event_id"] == "x"
 
 
-def test_clock_stepping_back_does_not_freeze_the_gone_timeout():
-    s = Scene()
-    s.frames(10, (BOX, 0.9))  # t = 0.0 .. 0.9, start at 0.2
-    s.seq = -3600 * 10  # the wall clock steps back an hour (frame times are seq / 10)
-    s.frames(19)  # 1.9 s without the face: still open
-    assert s.violations.active == 1
-    s.frames(2)
-    end = s.events[-1]
-    assert (end.event_type, end.end_reason) == ("end", "gone")
-
-
 def look(seed):
     """A face crop of its own colours: hair, skin and chin bands differ from person to person."""
     rng = np.random.default_rng(seed)

@@ -264,3 +264,54 @@ def test_scan_and_run_take_the_same_second_opinion():
     run = Pipeline(cfg, ScriptedDetector([boxes]), LeftRedClassifier()).process(Frame(img, 0, 0.0))
     assert [v.no_mask for v in still] == pytest.approx([v.no_mask for v in run.verdicts])
     assert still[0].no_mask == pytest.approx(0.5)  # (1.0 + 0.0 mirrored) / 2
+
+
+DAY = 86400.0
+BOX = (100, 100, 160, 160)
+
+
+def run_through_a_step(script, cfg, step, at, boot=50.0, wall0=1_700_000_000.0):
+    """Frames of a live camera at 10 fps (wall time and time since boot read together), the
+    wall clock stepping by ``step`` s from frame ``at`` on, as NTP's first sync does on a Pi."""
+    pipe = Pipeline(cfg, ScriptedDetector(script), RedClassifier(), new_event_id=lambda: "ev")
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[:, :, 2] = 230  # red: P(no_mask) 0.9
+    results = []
+    for i in range(len(script)):
+        wall = wall0 + i / 10 + (step if i >= at else 0.0)
+        results.append(pipe.process(Frame(img, i, wall, since_boot=boot + i / 10)))
+    events = [(i, e.event_type, e.end_reason) for i, r in enumerate(results) for e in r.events]
+    return pipe, events
+
+
+def test_a_clock_step_forward_keeps_a_briefly_hidden_violator_one_event():
+    """The violator is hidden for two frames as the clock jumps a week: the same event goes on
+    (before, it ended as gone at once and the same person got a second start)."""
+    cfg = Config()
+    cfg.tracking.min_span_s = 0.2
+    script = [[BOX]] * 10 + [[]] * 2 + [[BOX]] * 10
+    pipe, events = run_through_a_step(script, cfg, 7 * DAY, at=10)
+    assert events == [(2, "start", None)]
+    assert pipe.violations.active == 1
+
+
+def test_a_clock_step_back_does_not_freeze_the_gone_timeout():
+    cfg = Config()
+    cfg.tracking.min_span_s, cfg.tracking.end_after_s = 0.2, 2.0
+    script = [[BOX]] * 10 + [[]] * 21
+    pipe, events = run_through_a_step(script, cfg, -3600.0, at=10)
+    # Last seen at frame 9; gone once 2 s of frames have passed (frame 29), not an hour later.
+    assert events == [(2, "start", None), (29, "end", "gone")]
+
+
+def test_votes_across_a_clock_step_still_need_their_span():
+    """Three votes in 0.3 s with a forward step among them are 0.3 s of evidence, not a week."""
+    cfg = Config()
+    cfg.tracking.min_votes, cfg.tracking.min_span_s = 3, 0.6
+    _, events = run_through_a_step([[BOX]] * 10, cfg, 7 * DAY, at=2)
+    assert events == [(6, "start", None)]  # votes at frames 0..6: 0.6 s
+    cfg.tracking.static_after_s = 1.0  # and a face that never moved is a picture after 1 s,
+    pipe, _ = run_through_a_step([[BOX]] * 12, cfg, 7 * DAY, at=2)  # not at the step
+    assert [t.static for t in pipe.tracker.tracks] == [True]
+    pipe, _ = run_through_a_step([[BOX]] * 9, cfg, 7 * DAY, at=2)
+    assert [t.static for t in pipe.tracker.tracks] == [False]

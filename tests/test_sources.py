@@ -261,6 +261,24 @@ def test_real_opencv_capture_that_vanishes_and_comes_back(clip: Path, tmp_path: 
     assert "cannot open" in caplog.text and "reopened" in caplog.text
 
 
+def test_live_frames_carry_the_time_since_boot_read_with_their_wall_time(clip: Path):
+    """What lets the loop tell a step of the wall clock from time passing (maskd.clock); file
+    sources make their times up and carry none."""
+    from maskd.sources import opencv_opener
+
+    since_boot = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    offset = time.time() - time.clock_gettime(since_boot)
+    src = LiveSource("cam", opencv_opener(str(clip), SourceConfig(uri=str(clip))), 0.01, 0.05)
+    frames = [src.read() for _ in range(3)]
+    src.close()
+    assert all(f.since_boot is not None for f in frames)
+    assert frames[0].since_boot < frames[1].since_boot < frames[2].since_boot
+    assert all(abs(f.timestamp - f.since_boot - offset) < 0.5 for f in frames)
+    files = VideoFileSource(clip, fps=15.0)
+    assert files.read().since_boot is None
+    files.close()
+
+
 def _stamped(i: int) -> np.ndarray:
     """Frame i of a test camera: i in its top-left pixel (mod 256), a gradient elsewhere."""
     img = np.tile(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], (480, 1, 3))
