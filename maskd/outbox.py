@@ -104,8 +104,13 @@ def _rollback(db: sqlite3.Connection) -> None:
             pass
 
 
+def sqlite_code(err: sqlite3.Error) -> int:
+    """SQLite's primary result code of ``err`` (SQLITE_FULL, SQLITE_BUSY, ...), 0 when unknown."""
+    return getattr(err, "sqlite_errorcode", 0) & 0xFF
+
+
 def _full_or_io(err: sqlite3.Error) -> bool:
-    return (getattr(err, "sqlite_errorcode", 0) & 0xFF) in _FULL_OR_IO
+    return sqlite_code(err) in _FULL_OR_IO
 
 
 def _dumps(payload: dict) -> str:

@@ -612,7 +612,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     import sqlite3
 
     from maskd.clock import boot_id, system_clock
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, row_age
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, row_age, sqlite_code
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():
@@ -637,7 +637,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
                 except sqlite3.OperationalError:  # written by an older maskd
                     still_open = 0
         except sqlite3.Error as err:
-            busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == 5  # SQLITE_BUSY: "locked"
+            busy = sqlite_code(err) == 5  # SQLITE_BUSY: "locked"
             hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
                     "is room" if busy else "")
             return FAIL, f"{path}: unreadable: {err}{hint}"
