@@ -166,6 +166,11 @@ class Outbox:
         # the same kind that succeeds clears its entry.
         self._errors: dict[str, tuple[str, float]] = {}
         self._short_since: float | None = None  # since when the reserve is not held
+        self._durable = durable
+        # None: a start on a full disk could not create the outbox (maintain() creates it);
+        # exclusive: it was opened without SQLite's shared-memory file (maintain() shares it).
+        self._db: sqlite3.Connection | None = None
+        self._exclusive = False
         self._next_retry = self._next_prune = 0.0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -195,31 +200,40 @@ class Outbox:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        with self._lock:
-            self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            high = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
-            self._last_id = max(int(seq[0]) if seq else 0, int(high or 0))
+        self._count = self._last_id = 0  # an outbox not created yet holds nothing
+        if self._db is not None:
+            with self._lock:
+                self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                seq = self._db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+                high = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+                self._last_id = max(int(seq[0]) if seq else 0, int(high or 0))
         self._reserve_held = True  # until _hold_reserve() says otherwise
         self._set_held(self._hold_reserve())
         if self._count:
             log.info("outbox %s: %d event(s) pending from a previous run", self.path, self._count)
 
-    def _open(self, durable: bool) -> sqlite3.Connection:
+    def _open(self, durable: bool) -> sqlite3.Connection | None:
+        """The outbox's connection; None when there is none yet and the disk is too full to
+        create it: events wait in memory and maintain() creates it once there is room."""
         try:
             return self._connect(durable)
         except sqlite3.OperationalError as err:
             if not _full_or_io(err):
                 raise OutboxError(f"outbox {self.path}: {err}") from None
+            if self._unborn():  # nothing stored to send: start, and create it later
+                self._failed("store", "create the outbox", err)
+                return None
             # On a full disk SQLite cannot create its shared-memory file; in exclusive mode it
             # keeps that index in memory instead, so maskd still starts and sends what is pending.
-            # The price: `maskd doctor` cannot read the outbox until maskd restarts with room.
+            # The price: `maskd doctor` cannot read the outbox until there is room again.
             try:
                 db = self._connect(durable, exclusive=True)
             except sqlite3.Error:  # any error here is a setup problem, not a crash
                 raise OutboxError(f"outbox {self.path}: {err}") from None
+            self._exclusive = True
             log.warning("outbox %s: %s at start; opened it without SQLite's shared-memory file "
-                        "(other programs cannot read it until maskd restarts with room); new "
+                        "(other programs cannot read it until there is room again); new "
                         "events are kept in memory until there is room", self.path, err)
             return db
         except sqlite3.DatabaseError as err:
@@ -233,7 +247,36 @@ class Outbox:
                 "outbox %s is unreadable (%s); moved it to %s and started a new one",
                 self.path, err, aside,
             )
-            return self._connect(durable)
+            return self._open(durable)  # a new file now, or None on a full disk
+
+    def _unborn(self) -> bool:
+        """No outbox yet, or only the empty file a failed first open leaves: nothing to send."""
+        files = (self.path, Path(f"{self.path}-wal"))
+        return all(not f.exists() or f.stat().st_size == 0 for f in files)
+
+    def _reopen(self) -> None:
+        """With room again, open the outbox as a start with room would have: create it where a
+        start on a full disk could not, or leave exclusive mode so that other programs (`maskd
+        doctor`) can read it again. A failure is logged and tried again by maintain()."""
+        try:
+            if self._db is None:
+                self._db = self._connect(self._durable)
+                done = "created it; new events are stored there again"
+            else:
+                # Out of WAL is the only way out of exclusive mode; the read gives up the lock.
+                self._db.execute("PRAGMA journal_mode=DELETE")
+                self._db.execute("PRAGMA locking_mode=NORMAL")
+                self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise sqlite3.OperationalError(f"journal mode stays {mode!r}")
+                self._exclusive = False
+                done = "opened it with SQLite's shared-memory file; other programs can read it"
+        except sqlite3.Error as err:
+            self._warn(logging.WARNING, "reopen", "outbox %s: cannot reopen it yet (%s); "
+                       "trying again", self.path, err)
+            return
+        log.warning("outbox %s: there is room again; %s", self.path, done)
 
     def _connect(self, durable: bool, exclusive: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -330,7 +373,8 @@ class Outbox:
     # ---- storage fault bookkeeping ----
 
     def _failed(self, kind: str, what: str, err: sqlite3.Error) -> None:
-        _rollback(self._db)
+        if self._db is not None:
+            _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
         self._errors[kind] = (str(err), since)
         self._warn(logging.ERROR, f"fail:{what}:{err}",
@@ -368,7 +412,8 @@ class Outbox:
             self._last_id += 1
             item = (Row(self._last_id, topic, payload, wall, uptime), track)
             # Behind an unstored event nothing may be stored, or it would overtake it.
-            stored = not self._memory and self._reserve_held and self._store([item], "store an event")
+            stored = (not self._memory and self._reserve_held and self._db is not None
+                      and self._store([item], "store an event"))
             if not stored:
                 self._keep_in_memory(item)
         if stored:
@@ -379,6 +424,7 @@ class Outbox:
     def _store(self, items: list[tuple[Row, Track | None]], what: str) -> bool:
         """Insert rows (with their ids) in one transaction; False (and recorded) on failure."""
         db = self._db
+        assert db is not None, "callers store only into an outbox that exists"
         try:
             db.execute("BEGIN IMMEDIATE")
             for row, track in items:
@@ -418,7 +464,7 @@ class Outbox:
         with self._lock:
             ask = limit + len(self._unremoved)
             try:
-                rows = self._db.execute(
+                rows = [] if self._db is None else self._db.execute(
                     "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, ask),
                 ).fetchall()
@@ -437,7 +483,7 @@ class Outbox:
         out: list[Row] = []
         with self._lock:
             want = sorted(set(ids) - self._unremoved)
-            stored = [i for i in want if i not in self._memory]
+            stored = [] if self._db is None else [i for i in want if i not in self._memory]
             try:
                 for k in range(0, len(stored), 500):
                     chunk = stored[k:k + 500]
@@ -453,7 +499,7 @@ class Outbox:
         """Forget a row the broker acknowledged (a no-op when it was already dropped). A delete
         that fails is retried by maintain(); until then the row is not handed out again."""
         with self._lock:
-            if self._memory.pop(row_id, None) is None:
+            if self._memory.pop(row_id, None) is None and self._db is not None:
                 self._delete([row_id])
 
     def _delete(self, ids: list[int]) -> None:
@@ -493,7 +539,7 @@ class Outbox:
         with self._lock:
             try:
                 cols = "boot, uptime" if self._by_boot else "NULL, NULL"
-                rows = self._db.execute(
+                rows = [] if self._db is None else self._db.execute(
                     f"SELECT id, created, {cols} FROM outbox ORDER BY id LIMIT ?",
                     (len(self._unremoved) + 1,)).fetchall()
             except sqlite3.Error:
@@ -511,6 +557,8 @@ class Outbox:
     def open_events(self) -> list[Row]:
         """The last stored message of each violation with no stored `end` (id 0)."""
         with self._lock:
+            if self._db is None:
+                return []
             try:
                 rows = self._db.execute(
                     "SELECT topic, payload, updated FROM open_events ORDER BY updated").fetchall()
@@ -550,6 +598,8 @@ class Outbox:
             return n_age, n_count
 
         with self._lock:
+            if self._db is None:  # nothing stored; the memory queue has its own bound
+                return 0
             try:
                 n_age, n_count = self._draining(delete_old)
             except sqlite3.Error as err:
@@ -583,7 +633,7 @@ class Outbox:
             self.shrink()
         with self._lock:
             if now < self._next_retry or not (self._unremoved or self._memory or self._errors
-                                               or not self._reserve_held):
+                                               or not self._reserve_held or self._exclusive):
                 return
             self._next_retry = now + RETRY_S
             if self._unremoved:
@@ -593,9 +643,12 @@ class Outbox:
                 if self._reserve_held:
                     log.warning("outbox %s: there is room again; the %d KiB reserve is held",
                                 self.path, self.reserve_bytes // 1024)
+            if self._reserve_held and (self._db is None or self._exclusive) and self._room():
+                self._reopen()
             if self._memory and self._reserve_held:
                 self._store_memory()
-            elif "store" in self._errors and self._reserve_held and self._room():
+            elif ("store" in self._errors and self._reserve_held and self._db is not None
+                  and self._room()):
                 self._succeeded("store")  # nothing to store now; the next put confirms it
         self._report_drops(0, 0)
 
@@ -607,7 +660,7 @@ class Outbox:
         Only an empty outbox is rewritten (VACUUM then copies almost nothing); a failure, such
         as a full disk, is logged and tried again at the next prune."""
         with self._lock:
-            if self._count or self._memory or self._errors:
+            if self._db is None or self._count or self._memory or self._errors:
                 return 0
             unused = 0
             try:
@@ -636,7 +689,12 @@ class Outbox:
             return False
 
     def _store_memory(self) -> None:
-        """Move what waits in memory to disk, in order (under the lock)."""
+        """Move what waits in memory to disk, in order (under the lock); creates the outbox
+        first where a start on a full disk could not."""
+        if self._db is None:
+            self._reopen()
+            if self._db is None:
+                return
         items = list(self._memory.values())
         if self._store(items, "store events held in memory"):
             self._memory.clear()
@@ -680,7 +738,8 @@ class Outbox:
                 if self._memory:
                     log.error("outbox %s: %d event(s) held in memory could not be stored (%s) "
                               "and are lost", self.path, len(self._memory), self.fault)
-                self._db.close()
+                if self._db is not None:
+                    self._db.close()
             finally:
                 os.close(self._reserve_fd)
                 os.close(self._lock_fd)

@@ -114,7 +114,7 @@ def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp
         fault = sink.faults()[0] if sink.faults() else ""
         assert fault.startswith("MQTT outbox: ") and "full" in fault, sink.faults()
         verdict, detail = inspect_outbox(cfg)
-        assert verdict == FAIL and "restart it once there is room" in detail, detail
+        assert verdict == FAIL and "until there is room again" in detail, detail
 
         b.start()
         want = [(e.event_id, e.seq) for e in evs[:6]]
@@ -126,6 +126,8 @@ def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp
         assert wait_until(lambda: sink.faults() == [], 10), sink.faults()
         sink.emit(evs[6])
         assert sink.health()["memory_queue"] == 0  # stored durably again
+        verdict, detail = inspect_outbox(cfg)  # readable again while maskd runs
+        assert verdict == OK and "event(s) pending" in detail, detail
         assert sink.flush(10)
         sink.close()
         sub.close()
@@ -134,6 +136,27 @@ def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp
 
 def violations(ms: list) -> list[dict]:
     return [m.json() for m in ms if m.topic == f"{CAM}/violation"]
+
+
+def test_a_first_start_on_a_full_disk_runs_and_delivers(tmp_path, default_model):
+    """`maskd run` with a state dir on a full disk and no outbox yet (a first start, or a
+    damaged outbox moved aside): it must run and deliver from memory (was: exit 78, and systemd
+    never restarts after 78), saying why nothing is stored."""
+    topic = "maskd/door1/entrance/violation"
+    with small_disk(tmp_path / "state") as state, Broker(tmp_path / "b") as b:
+        fill_disk(state)
+        sub = Subscriber(b, [topic])
+        r = subprocess.run(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+             "--device-id", "door1", "--camera", "entrance", "--mqtt", b.url, "--state-dir",
+             str(state), "--model", str(default_model), "--detector", "blazeface",
+             "--flush-timeout", "30"],
+            capture_output=True, text=True, timeout=180, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "cannot create the outbox: database or disk is full" in r.stderr
+        assert sub.wait(lambda ms: len(ms) >= 2, 10)
+        assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
+        sub.close()
 
 
 def test_acl_denied_publish_is_kept_and_reported_and_exits_75(tmp_path, default_model):

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 
 import pytest
 from clocks import SteppedClock
@@ -289,6 +290,78 @@ def test_full_disk_keeps_events_in_memory_in_order_until_they_can_be_stored(disk
     ob.close()
     ob = Outbox(disk)  # everything is on disk now, in order, with its id
     assert [(r.payload["n"], r.id) for r in ob.pending(limit=100)] == list(enumerate(ids))
+    ob.close()
+
+
+@pytest.mark.parametrize("before", ["nothing", "a damaged file"])
+def test_a_new_outbox_on_a_full_disk_is_created_once_there_is_room(disk, caplog, before):
+    """A first start, or a damaged outbox moved aside, on a full card: SQLite cannot create the
+    file. maskd must start anyway (was: exit 78, or a traceback), keep events in memory in
+    order, and create the outbox and store them once there is room."""
+    from mqtt_broker import fill_disk
+
+    from maskd.commands.doctor import inspect_outbox
+    from maskd.config import Config, MqttConfig
+
+    if before == "a damaged file":
+        (disk / OUTBOX_FILE).write_bytes(b"this is not sqlite" * 100)
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob = Outbox(disk, reserve_bytes=32 * 1024)  # never raises
+    assert "cannot create the outbox: database or disk is full" in caplog.text
+    assert ob.fault == "database or disk is full" and ob.open_events() == []
+    ids = [ob.put("t", {"n": i}, track=("e1", i < 2)) for i in range(3)]
+    assert ids == [1, 2, 3] and ob.in_memory() == 3 and ob.depth() == 3
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2]
+    assert [r.id for r in ob.rows([3, 1])] == [1, 3]
+    ob.remove(ids[0])  # acknowledged from memory
+    assert ob.prune() == 0 and ob.shrink() == 0 and ob.oldest_age() is not None
+    cfg = Config(device_id="dev1", camera="cam1", state_dir=disk,
+                 mqtt=MqttConfig(url="mqtt://127.0.0.1:1883", outbox_reserve_kb=32))
+    verdict, detail = inspect_outbox(cfg)
+    assert verdict == "FAIL" and "not created yet" in detail and "disk is full" in detail, detail
+
+    filler.unlink()
+    retry_until_stored(ob)
+    assert ob.in_memory() == 0 and ob.fault is None and ob.depth() == 2
+    ob.put("t", {"n": 3})
+    assert ob.in_memory() == 0  # stored durably again
+    ob.close()
+    ob = Outbox(disk)
+    assert [(r.id, r.payload["n"]) for r in ob.pending()] == [(2, 1), (3, 2), (4, 3)]
+    assert ob.open_events() == []  # e1's last message said it ended
+    ob.close()
+
+
+def test_an_outbox_opened_on_a_full_disk_can_be_read_by_others_once_there_is_room(disk, caplog):
+    """A start on a full card opens the outbox in exclusive mode; `maskd doctor` (another
+    process) must be able to read it again once there is room, without a restart."""
+    from mqtt_broker import fill_disk
+
+    def others_read() -> int | str:
+        try:
+            with closing(sqlite3.connect(f"file:{disk / OUTBOX_FILE}?mode=ro", uri=True,
+                                         timeout=0.2)) as db:
+                return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as err:
+            return str(err)
+
+    ob = Outbox(disk, reserve_bytes=32 * 1024)
+    ob.put("t", {"n": 0})
+    ob.close()
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        ob = Outbox(disk, reserve_bytes=32 * 1024)
+        assert "opened it without SQLite's shared-memory file" in caplog.text
+        assert others_read() == "database is locked"
+        ob.put("t", {"n": 1})  # in memory
+        filler.unlink()
+        retry_until_stored(ob)
+        assert "other programs can read it" in caplog.text
+    assert others_read() == 2
+    ob.put("t", {"n": 2})
+    assert others_read() == 3 and ob.in_memory() == 0
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2]
     ob.close()
 
 

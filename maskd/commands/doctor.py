@@ -621,7 +621,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     need = max(mq.outbox_reserve_kb, 64) * 1024
     parts = []
     path = d / OUTBOX_FILE
-    if path.exists():
+    if path.exists() and path.stat().st_size > 0:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                                     timeout=2.0)) as db:
@@ -638,8 +638,8 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
                     still_open = 0
         except sqlite3.Error as err:
             busy = sqlite_code(err) == 5  # SQLITE_BUSY: "locked"
-            hint = ("; maskd holds it alone after starting on a full disk: restart it once there "
-                    "is room" if busy else "")
+            hint = ("; maskd holds it alone after starting on a full disk, until there is room "
+                    "again" if busy else "")
             return FAIL, f"{path}: unreadable: {err}{hint}"
         age = ""
         if first is not None:
@@ -648,6 +648,8 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
         parts.append(f"{n} event(s) pending{age}")
         if still_open:
             parts.append(f"{still_open} violation(s) open")
+    elif path.exists():  # the empty file a start on a full disk leaves
+        parts.append("not created yet (maskd creates it once there is room)")
     else:
         parts.append("empty (created by the first run)")
     reserve = d / RESERVE_FILE
