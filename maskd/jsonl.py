@@ -4,47 +4,128 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
+import time
+from collections import deque
 from pathlib import Path
-from typing import IO
 
 from maskd.mqtt.schema import event_fields
-from maskd.types import EventSink, ViolationEvent
+from maskd.types import EventSink, LoopStats, ViolationEvent
 
 log = logging.getLogger(__name__)
 
+MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the oldest are dropped
+LOG_EVERY_S = 60.0
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append ``data`` whole or not at all: a write that fails part-way (a full disk) is cut
+    back, so a reader never sees half a line glued to the next one."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
+
 
 class JsonlSink(EventSink):
-    """Events as JSON lines on stdout (``-``) or appended to a file, flushed per line.
+    """Events as JSON lines on stdout (``-``) or appended to a file, one write per line.
 
     A consumer tailing the file or reading the pipe sees each event as soon as it happens;
-    nothing waits in a buffer when the process is killed.
+    nothing waits in a buffer when the process is killed. A line the file cannot take (a full
+    disk) waits in memory, in order, and is written with the next event, at the next stats
+    interval or at the end; at most MEMORY_MAX lines wait, the oldest beyond are dropped.
+    Every line not written is logged and counted in ``failed``. Thread-safe.
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self.failed = 0
-        if target == "-":
-            self._fh: IO[str] = sys.stdout
-            self._owns = False
-        else:
+        self.failed = 0  # lines never written: stdout refused them, or dropped while waiting
+        self._fd: int | None = None  # None: stdout
+        self._waiting: deque[bytes] = deque()
+        self._error: tuple[str, float] | None = None  # why lines wait, since when
+        self._logged = float("-inf")
+        self._lock = threading.Lock()
+        if target != "-":
             p = Path(target)
             p.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = p.open("a", encoding="utf-8")
-            self._owns = True
+            self._fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def emit(self, event: ViolationEvent) -> None:
-        try:
-            self._fh.write(json.dumps(event_fields(event)) + "\n")
-            self._fh.flush()
-        except (OSError, ValueError) as err:  # disk full, closed pipe: report, keep the loop up
-            self.failed += 1
-            log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id, err)
+        line = json.dumps(event_fields(event)) + "\n"
+        with self._lock:
+            if self._fd is None:
+                try:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                except (OSError, ValueError) as err:  # a closed pipe: report, keep the loop up
+                    self.failed += 1
+                    log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id,
+                              err)
+                return
+            self._waiting.append(line.encode())
+            if len(self._waiting) > MEMORY_MAX:
+                self._waiting.popleft()
+                self.failed += 1
+            self._drain()
+
+    def _drain(self) -> bool:
+        """Append what waits, in order (under the lock); False when a line cannot be written."""
+        while self._waiting and self._fd is not None:
+            try:
+                append_line(self._fd, self._waiting[0])
+            except OSError as err:
+                now = time.monotonic()
+                if self._error is None or now - self._logged >= LOG_EVERY_S:
+                    self._logged = now
+                    log.error("jsonl %s: cannot write: %s; %d event line(s) wait in memory (at "
+                              "most %d, then the oldest are dropped; %d dropped so far)",
+                              self.target, err.strerror or err, len(self._waiting), MEMORY_MAX,
+                              self.failed)
+                if self._error is None:
+                    self._error = (err.strerror or str(err), time.time())
+                return False
+            self._waiting.popleft()
+        if self._error is not None:
+            log.warning("jsonl %s: writing again (it failed since %s: %s)", self.target,
+                        time.strftime("%H:%M:%S", time.localtime(self._error[1])), self._error[0])
+            self._error = None
+        return True
+
+    def on_stats(self, stats: LoopStats) -> None:
+        """Retry waiting lines even when no new event comes."""
+        with self._lock:
+            if self._waiting:
+                self._drain()
+
+    def faults(self) -> list[str]:
+        with self._lock:
+            if self._error is None:
+                return []
+            return [f"jsonl {self.target}: {self._error[0]}, {len(self._waiting)} event line(s) "
+                    "waiting"]
 
     def flush(self, timeout: float) -> bool:
-        """Lines are flushed as written; True unless a write failed."""
-        return self.failed == 0
+        """Lines are written as they come; True when every accepted one was written."""
+        with self._lock:
+            return self._drain() and self.failed == 0
 
     def close(self) -> None:
-        if self._owns:
-            self._fh.close()
+        with self._lock:
+            if self._fd is None:
+                return
+            if not self._drain():
+                self.failed += len(self._waiting)
+                log.error("jsonl %s: %d event line(s) could not be written (%s) and are lost",
+                          self.target, len(self._waiting), self._error[0] if self._error else "?")
+                self._waiting.clear()
+            os.close(self._fd)
+            self._fd = None

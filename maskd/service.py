@@ -310,8 +310,8 @@ class CameraLoop:
                 log.exception("sink %s failed to flush", name)
                 ok = False
             if not ok:
-                log.warning("%s: not everything delivered within %.1f s; kept for the next start",
-                            name, budget)
+                # What is kept or lost is the sink's to say (the outbox keeps its events).
+                log.warning("%s: not everything accepted was delivered", name)
             drained = drained and ok
             try:
                 sink.close()
@@ -415,6 +415,10 @@ class _Shared(EventSink, FrameObserver):
 
     def faults(self) -> list[str]:
         return self._inner.faults()  # type: ignore[union-attr]
+
+    def on_stats(self, stats: LoopStats) -> None:
+        with self._lock:
+            self._inner.on_stats(stats)  # type: ignore[union-attr]
 
     def flush(self, timeout: float) -> bool:
         return self._inner.flush(timeout)  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import subprocess
 import sys
 
@@ -185,6 +186,64 @@ def test_jsonl_file_sink_writes_one_flushed_line_per_event(tmp_path):
     assert lines[1]["end_reason"] == "shutdown" and lines[0]["event_id"] == lines[1]["event_id"]
     assert set(lines[0]) >= {"event_id", "seq", "camera", "track_id", "start_time", "score",
                              "top_score", "box", "end_reason", "frame_seq"}
+
+
+def jsonl_event(i: int):
+    from maskd.types import ViolationEvent
+
+    return ViolationEvent("start", f"id{i}", 0, "cam", i, 1.0, 0.9, 0.9, (0, 0, 1, 1))
+
+
+def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(tmp_path, caplog):
+    """A full card: the file must never hold half a line, no event line may be lost or
+    reordered, the fault must show, and the lines must follow once there is room."""
+    from mqtt_broker import fill_disk, small_disk
+
+    from maskd.types import LoopStats
+
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "events.jsonl"
+        sink = JsonlSink(str(path))
+        sink.emit(jsonl_event(0))
+        filler = fill_disk(disk)
+        with caplog.at_level(logging.ERROR, logger="maskd.jsonl"):
+            for i in range(1, 30):  # the first few still fit in the file's last page
+                sink.emit(jsonl_event(i))
+        assert "cannot write: No space left on device" in caplog.text
+        text = path.read_text()
+        assert text.endswith("\n")
+        written = [json.loads(x)["event_id"] for x in text.splitlines()]  # whole lines only
+        assert 0 < len(written) < 30 and written == [f"id{i}" for i in range(len(written))]
+        assert sink.faults() == [f"jsonl {path}: No space left on device, "
+                                 f"{30 - len(written)} event line(s) waiting"]
+        assert sink.flush(0.1) is False
+
+        filler.unlink()
+        sink.on_stats(LoopStats(fps=1.0, active=0))  # no new event needed
+        assert sink.faults() == [] and sink.flush(0.1) is True
+        sink.close()
+        assert [json.loads(x)["event_id"] for x in path.read_text().splitlines()] == \
+            [f"id{i}" for i in range(30)]
+
+
+def test_jsonl_lines_that_wait_are_bounded_and_what_is_lost_is_said(tmp_path, caplog,
+                                                                   monkeypatch):
+    from mqtt_broker import fill_disk, small_disk
+
+    import maskd.jsonl
+
+    monkeypatch.setattr(maskd.jsonl, "MEMORY_MAX", 3)
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        sink = JsonlSink(str(disk / "events.jsonl"))
+        for i in range(5):
+            sink.emit(jsonl_event(i))
+        assert sink.failed == 2 and sink.flush(0.1) is False
+        with caplog.at_level(logging.ERROR, logger="maskd.jsonl"):
+            sink.close()
+        assert "3 event line(s) could not be written (No space left on device) and are lost" \
+            in caplog.text
+        assert sink.failed == 5
 
 
 def test_jsonl_stdout_sink():
