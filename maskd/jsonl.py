@@ -22,17 +22,22 @@ LOG_EVERY_S = 60.0
 
 def append_line(fd: int, data: bytes) -> None:
     """Append ``data`` whole or not at all: a write that fails part-way (a full disk) is cut
-    back, so a reader never sees half a line glued to the next one."""
-    start = os.lseek(fd, 0, os.SEEK_END)
+    back, so a reader never sees half a line glued to the next one. A pipe or a terminal
+    (``/dev/stdout``) cannot be cut back; there a line is written as far as it goes."""
+    try:
+        start: int | None = os.lseek(fd, 0, os.SEEK_END)
+    except OSError:  # ESPIPE: not a regular file
+        start = None
     view = memoryview(data)
     try:
         while view:
             view = view[os.write(fd, view):]
     except OSError:
-        try:
-            os.ftruncate(fd, start)
-        except OSError:
-            pass
+        if start is not None:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
         raise
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -244,6 +245,24 @@ def test_jsonl_lines_that_wait_are_bounded_and_what_is_lost_is_said(tmp_path, ca
         assert "3 event line(s) could not be written (No space left on device) and are lost" \
             in caplog.text
         assert sink.failed == 5
+
+
+def test_jsonl_path_may_be_a_pipe(tmp_path):
+    """`jsonl.path: /dev/stdout` or a named pipe cannot be seeked or cut back; lines still go."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(fifo.read_text().splitlines()))
+    reader.start()
+    sink = JsonlSink(str(fifo))
+    for i in range(3):
+        sink.emit(jsonl_event(i))
+    assert sink.flush(0.1) is True and sink.faults() == []
+    sink.close()
+    reader.join(5)
+    assert [json.loads(x)["event_id"] for x in got] == ["id0", "id1", "id2"]
 
 
 def test_jsonl_stdout_sink():
