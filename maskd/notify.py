@@ -6,16 +6,19 @@ named in ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). T
 STATUS, so a stalled loop (not merely a live process) is what systemd's watchdog sees.
 
 The watchdog guards a hung loop, not a missing camera: while the live source is in a
-controlled reconnect (camera lost, reopen loop alive) the loop keeps pinging and says
-"camera lost since ..." in STATUS; a loop or driver that hangs still stops the pings.
+controlled reconnect (camera lost, reopen loop alive), or a file source has ended and the loop
+idles until a signal, the loop keeps pinging and says so in STATUS; a loop or driver that hangs
+still stops the pings. With several cameras, the pings need every camera's loop to vouch for
+itself since the last one, so one hung camera gets the process restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from maskd.annotate import header_text  # the same line the preview shows on screen
 from maskd.env import Environment
@@ -32,6 +35,8 @@ def status_text(stats: LoopStats) -> str:
     if since := stats.camera_lost_since:
         state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
         text = f"camera lost since {since}; {state}"
+    elif stats.source_ended:
+        text = "end of the source; idle until stopped"
     else:
         text = header_text(stats)
     return " | ".join([text, *stats.faults])
@@ -89,7 +94,8 @@ class SystemdNotifier(FrameObserver):
     READY=1 after the first processed frame (so `systemctl start` returns once the camera and
     models really work); WATCHDOG=1 from on_frame at most every half WATCHDOG_USEC, so if
     frames stop the pings stop and systemd restarts the service; STATUS= with fps. The one
-    exception is on_wait: the loop, waiting for a camera that the source is reconnecting.
+    exception is on_wait: the loop, waiting for a camera that the source is reconnecting, or
+    idle after a file's end. Thread-safe: several camera loops share it (``for_cameras``).
     """
 
     def __init__(
@@ -106,26 +112,60 @@ class SystemdNotifier(FrameObserver):
         self._last_ping: float | None = None
         self._last_status: float | None = None
         self._camera = (False, False)  # (lost, reconnecting): a change is told at once
+        self._lock = threading.Lock()
+        self._cameras: set[str] = set()  # for_cameras(): the loops that must vouch for a ping
+        self._vouched: set[str] = set()  # those that did since the last ping
 
     @property
     def enabled(self) -> bool:
         return self._notifier.enabled
 
+    def for_cameras(self, names: Sequence[str]) -> list[FrameObserver]:
+        """One observer per camera loop; a ping goes out only once every loop still running
+        has vouched for itself since the last one (a frame, a reconnect, an idle end)."""
+        self._cameras = set(names)
+        return [_CameraWatch(self, name) for name in names]
+
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        self._tell(stats, ready=True, alive=True)
+        self.vouch(None, stats, ready=True, alive=True)
 
     def on_wait(self, stats: LoopStats) -> None:
-        """The loop is waiting for a frame: vouch for it only during a controlled reconnect.
+        self.wait(None, stats)
+
+    def wait(self, camera: str | None, stats: LoopStats) -> None:
+        """The loop is waiting for a frame: vouch for it only during a controlled reconnect or
+        while it idles after a file's end.
 
         Called from the loop's own thread, so a hung loop sends nothing; a camera read stuck in
         the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping.
         """
-        if stats.camera_lost_since:  # merely a slow camera: frames will say it
-            self._tell(stats, ready=False, alive=stats.camera_reconnecting)
+        if stats.source_ended:
+            self.vouch(camera, stats, ready=True, alive=True)
+        elif stats.camera_lost_since:  # merely a slow camera: frames will say it
+            self.vouch(camera, stats, ready=False, alive=stats.camera_reconnecting)
 
-    def _tell(self, stats: LoopStats, ready: bool, alive: bool) -> None:
+    def vouch(self, camera: str | None, stats: LoopStats, ready: bool, alive: bool) -> None:
+        """``camera`` (None: the only loop) says how it is; a ping needs all of them alive."""
+        with self._lock:
+            if camera is not None:
+                if alive:
+                    self._vouched.add(camera)
+                alive = self._vouched >= self._cameras
+            if self._tell(stats, ready, alive):
+                self._vouched.clear()
+
+    def leave(self, camera: str) -> None:
+        """A camera's loop has stopped: it no longer holds the pings back; the last one closes."""
+        with self._lock:
+            self._cameras.discard(camera)
+            last = not self._cameras
+        if last:
+            self.close()
+
+    def _tell(self, stats: LoopStats, ready: bool, alive: bool) -> bool:
+        """Send what is due; True when a watchdog ping went out."""
         if not self._notifier.enabled:
-            return
+            return False
         now = self._clock()
         camera = (bool(stats.camera_lost_since), stats.camera_reconnecting)
         lines: list[str] = []
@@ -144,7 +184,26 @@ class SystemdNotifier(FrameObserver):
                 self._camera = camera
                 if ping:
                     self._last_ping = now
+                    return True
+        return False
 
     def close(self) -> None:
         self._notifier.send("STOPPING=1", "STATUS=stopping")
         self._notifier.close()
+
+
+class _CameraWatch(FrameObserver):
+    """One camera loop's part of a SystemdNotifier that several loops share."""
+
+    def __init__(self, hub: SystemdNotifier, camera: str) -> None:
+        self._hub = hub
+        self._camera = camera
+
+    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        self._hub.vouch(self._camera, stats, ready=True, alive=True)
+
+    def on_wait(self, stats: LoopStats) -> None:
+        self._hub.wait(self._camera, stats)
+
+    def close(self) -> None:
+        self._hub.leave(self._camera)

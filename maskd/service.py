@@ -46,6 +46,7 @@ from maskd.types import (
 
 if TYPE_CHECKING:
     from maskd.classifier import Classifier, MeanClassifier
+    from maskd.notify import SystemdNotifier
 
 log = logging.getLogger("maskd.service")
 
@@ -53,6 +54,7 @@ EX_OK = 0
 EX_SOFTWARE = 70  # sysexits.h: the loop crashed (systemd restarts it)
 EX_TEMPFAIL = 75  # sysexits.h: events are still in a sink's outbox; try again later
 STATS_EVERY_S = 30.0  # the stats log line
+IDLE_POLL_S = 0.5  # while idle after a file's end, observers (the watchdog) hear this often
 FIRST_STATS_S = 2.0  # sinks hear the first stats this soon (then every mqtt.stats_interval_s)
 STOP_FLUSH_S = 5.0  # flush budget on a signal stop (the MQTT outbox keeps the rest on disk)
 STAGES = ("capture", "detect", "classify", "track")
@@ -101,6 +103,7 @@ class CameraLoop:
         self.events = 0
         self.stop_reason: str | None = None
         self._stop = threading.Event()
+        self._ended = False  # a file source ended and the loop idles
         self._fps = 0.0
         self._last_t: float | None = None
         self._windows = [w.window() for w in cfg.schedule]
@@ -178,7 +181,9 @@ class CameraLoop:
         log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
                  self.source.name)
         self._window.end = self._sink_window.end = time.monotonic()
-        self._stop.wait()
+        self._ended = True
+        while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so
+            self._tell_waiting()
 
     def _emit(self, events: list[ViolationEvent]) -> None:
         for ev in events:
@@ -233,9 +238,13 @@ class CameraLoop:
     def _source_waiting(self) -> None:
         """The live source has no frame yet (camera lost, reconnecting): the loop is not hung,
         so observers (systemd's watchdog) and the periodic stats still hear from it."""
+        self._tell_waiting()
+        self._maybe_report()
+
+    def _tell_waiting(self) -> None:
+        """Observers hear that the loop waits without a frame (and why: ``LoopStats``)."""
         stats = self._stats(fps=0.0, ms={})
         self._to_observers(lambda obs: obs.on_wait(stats))
-        self._maybe_report()
 
     def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
         """The loop's numbers now, with the given rate and stage times."""
@@ -247,7 +256,7 @@ class CameraLoop:
             skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
             corrupt=src.get("corrupt", 0), camera_lost_since=src.get("camera_lost_since"),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
-            faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
+            source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
             zoned_faces=c.zoned_faces, static_faces=c.static_faces,
             detect_in_force=self.control.in_force,
@@ -325,8 +334,10 @@ class CameraLoop:
 class Service:
     """The process: one CameraLoop per camera, each in its own thread, sharing the models.
 
-    A camera that stalls or fails stops only its own loop; the process ends when every loop
-    has ended, with the worst exit status (70 before 75 before 0). One camera runs in the
+    A camera that is lost stops only its own loop while it reconnects. A loop that crashes
+    stops the others, and a hung one starves systemd's watchdog (``SystemdNotifier.for_cameras``),
+    so systemd restarts the process as it would with one camera. The process ends when every
+    loop has ended, with the worst exit status (70 before 75 before 0). One camera runs in the
     calling thread, exactly as a lone CameraLoop.
     """
 
@@ -358,7 +369,9 @@ class Service:
         codes: dict[str, int] = {}
 
         def run_one(loop: CameraLoop) -> None:
-            codes[loop.cfg.camera] = loop.run(flush_timeout)
+            code = codes[loop.cfg.camera] = loop.run(flush_timeout)
+            if code == EX_SOFTWARE:  # a crashed loop: the process fails, so systemd restarts it
+                self.stop(f"camera {loop.cfg.camera} failed")
 
         threads = [threading.Thread(target=run_one, args=(loop,), name=f"camera-{loop.cfg.camera}")
                    for loop in self.loops]
@@ -401,8 +414,8 @@ class _Serialized:
 
 
 class _Shared(EventSink, FrameObserver):
-    """A sink or observer used by several camera loops (the JSON lines file, systemd's
-    notifier): calls are serialized, and it closes when the last loop closes it."""
+    """A sink or observer used by several camera loops (the JSON lines file): calls are
+    serialized, and it closes when the last loop closes it."""
 
     def __init__(self, inner: EventSink | FrameObserver, users: int) -> None:
         self._inner = inner
@@ -450,7 +463,7 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     return sinks
 
 
-def _systemd_notifier() -> FrameObserver | None:
+def _systemd_notifier() -> SystemdNotifier | None:
     """systemd's watchdog and status, when systemd started us (one per process)."""
     if not Environment.read().notify_socket:
         return None
@@ -533,18 +546,18 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
 
         mqtt = MqttSink.for_cameras(cfg, controls)
     notifier = _systemd_notifier()
-    if notifier is not None:
-        notifier = _Shared(notifier, len(cams))
+    watchdogs = (notifier.for_cameras([c.camera for c in cams]) if notifier is not None
+                 else [None] * len(cams))
     store = SnapshotStore.from_config(cfg.snapshots, users=len(cams))  # one folder, files per camera
     loops: list[CameraLoop] = []
     pages: dict = {}  # status pages by preview.http address (maskd.statuspage)
     try:
-        for c in cams:
+        for c, watchdog in zip(cams, watchdogs, strict=True):
             def sinks(c: Config = c) -> list[EventSink]:
                 return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
-                                      notifier, exit_at_end, max_frames, store, pages, mqtt))
+                                      watchdog, exit_at_end, max_frames, store, pages, mqtt))
     except BaseException:
         for loop in loops:
             loop.source.close()

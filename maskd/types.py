@@ -123,6 +123,7 @@ class LoopStats:
     corrupt: int = 0
     camera_lost_since: str | None = None  # ISO 8601 while a live camera is away
     camera_reconnecting: bool = False
+    source_ended: bool = False  # a file source has ended; the loop idles until a signal
     faces: int = 0
     small_faces: int = 0
     edge_faces: int = 0

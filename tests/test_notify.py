@@ -18,9 +18,10 @@ import pytest
 from loop_parts import BlankCamera, RecordingSink, service_for
 
 from maskd import service, sources
-from maskd.config import SourceConfig
+from maskd.config import Config, SourceConfig
 from maskd.env import Environment
 from maskd.notify import Notifier, SystemdNotifier, socket_address
+from maskd.service import Service
 from maskd.sources import LatestFrame, live_source
 from maskd.types import Frame, LoopStats
 
@@ -165,10 +166,13 @@ def test_full_socket_queue_never_blocks_the_loop(notify_socket):
 
 
 @pytest.mark.slow
-def test_real_maskd_run_pings_while_frames_flow_then_stops(tmp_path, default_model):
+def test_real_maskd_run_pings_while_frames_flow_and_while_idle_at_the_end(tmp_path,
+                                                                          default_model):
     """`maskd run` under a fake systemd: READY after the first frame, WATCHDOG while a video
-    file plays, none once it has ended (the process idles, alive), STOPPING=1 on SIGTERM.
-    (The demo source itself exits at its end; a file of its frames idles like any file.)"""
+    file plays and while the loop idles after its end (waiting for a signal by design: without
+    the pings systemd would kill it and the restart would play the file, and raise its events,
+    again), STOPPING=1 on SIGTERM. (The demo source itself exits at its end; a file of its
+    frames idles like any file.) That a loop without frames stops the pings is tested below."""
     import cv2
 
     from maskd.demo import SIZE, DemoSource
@@ -199,10 +203,11 @@ def test_real_maskd_run_pings_while_frames_flow_then_stops(tmp_path, default_mod
         assert len(pings) >= 3, while_flowing
         assert any(m.get("STATUS", "").endswith(("active violation", "active violations")) for m in pings)
 
-        # frames stopped, process alive: 15 watchdog periods without a single ping
-        quiet = sock.drain(1.5)
+        # the file has ended and the process idles: still pinged, and STATUS says why
+        idle = [m for m in sock.drain(2.5) if "WATCHDOG" in m]
         assert proc.poll() is None
-        assert not [m for m in quiet if "WATCHDOG" in m], quiet
+        assert len(idle) >= 3, idle
+        assert idle[-1]["STATUS"] == "end of the source; idle until stopped", idle
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
@@ -346,3 +351,50 @@ def test_a_crashed_frame_grabber_fails_the_run_for_a_restart():
     svc = service_for(LatestFrame(CrashingCamera()))
     assert svc.run(flush_timeout=1.0) == 70
     assert svc.frames == 2 and svc.stop_reason == "error"
+
+
+# ------------------------------------------------------------- several cameras in one process
+
+
+def two_cameras(second) -> tuple[Service, BlankCamera]:
+    """The `cameras:` layout's loops around one SystemdNotifier, as build() makes them."""
+    cam = BlankCamera()
+    watches = SystemdNotifier().for_cameras(["door", "door2"])
+    loops = [service_for(live_source("door", cam.opener, SourceConfig(reopen_min_s=0.1)),
+                         [watches[0]], cfg=Config(camera="door")),
+             service_for(second, [watches[1]], cfg=Config(camera="door2"))]
+    return Service(loops), cam
+
+
+def test_with_several_cameras_one_hung_camera_stops_the_pings(under_systemd):
+    """Camera door2's driver read hangs while door keeps sending frames: the pings must stop,
+    so systemd restarts the process as it would with one camera (door's frames kept them going)."""
+    cam2 = BlankCamera()
+    svc, _ = two_cameras(live_source("door2", cam2.opener, SourceConfig(reopen_min_s=0.1)))
+    with LoopRunner(svc, under_systemd) as run:
+        run.watch(1.5)
+        assert len(run.pings()) >= 2  # both cameras flow: pinged
+        cam2.hang_read.set()
+        hung_at = time.monotonic()
+        run.watch(3.0)
+        frames_door = svc.loops[0].frames
+        run.watch(0.5)
+        assert svc.loops[0].frames > frames_door  # door still runs
+        cam2.hang_read.clear()
+        assert run.stop() == 0
+    assert run.pings(after=hung_at + 1.0) == []
+
+
+def test_with_several_cameras_a_crashed_loop_fails_the_process():
+    """door2's frame grabber crashes: the process must end with 70 (systemd restarts it), not
+    run on with door2 dead until someone notices."""
+    svc, _ = two_cameras(LatestFrame(CrashingCamera()))
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(svc.run(flush_timeout=1.0)), daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():
+        svc.stop()
+        t.join(20)
+    assert done == [70]
+    assert svc.loops[0].stop_reason == "camera door2 failed"
