@@ -18,6 +18,7 @@ behave the same whether a clip is processed faster or slower than real time.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -453,7 +454,19 @@ class ImageFolderSource:
 
 
 def _is_device(uri: str) -> bool:
-    return uri.isdigit() or uri.startswith("/dev/")
+    """A camera index or a device node; a file or folder under /dev (/dev/shm) is not one."""
+    if uri.isdigit():
+        return True
+    return uri.startswith("/dev/") and not (Path(uri).is_file() or Path(uri).is_dir())
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam) is
+    replaced by ***, since the journal and the status page are readable by more people."""
+    return _PASSWORD.sub(r"\1:***@", uri)
+
+
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^?#]*@", re.IGNORECASE)
 
 
 def _is_stream(uri: str) -> bool:
@@ -482,7 +495,7 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"OpenCV cannot open {uri}")
+            raise SourceError(f"OpenCV cannot open {shown_uri(uri)}")
         return cap
 
     return open_capture
@@ -548,7 +561,7 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
 def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     """Dispatch on what ``uri`` looks like: camera, stream, folder or video file."""
     if _is_device(uri) or _is_stream(uri):
-        return live_source(uri, opencv_opener(uri, cfg), cfg)
+        return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg)
     path = Path(uri.removeprefix("file://"))
     if path.is_dir():
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)

@@ -224,6 +224,43 @@ def test_open_source_live_kinds_use_latest_frame(tmp_path: Path):
         src.close()
 
 
+def test_a_video_file_or_folder_under_dev_is_a_file_not_a_camera(clip: Path, tmp_path: Path):
+    """/dev/shm is a RAM disk: a clip or a folder there plays like one anywhere else (was: taken
+    for a camera, replayed as a reconnect after its end, for ever)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    where = shm / f"maskd-test-{tmp_path.name}"
+    where.mkdir()
+    try:
+        shutil.copy(clip, where / "clip.avi")
+        src = open_source(SourceConfig(uri=str(where / "clip.avi")))
+        assert isinstance(src, VideoFileSource) and len(_drain(src)) == 6
+        src.close()
+        (where / "clip.avi").unlink()
+        cv2.imwrite(str(where / "door.jpg"), np.full((120, 160, 3), 90, np.uint8))
+        src = open_source(SourceConfig(uri=str(where)))
+        assert isinstance(src, ImageFolderSource) and len(_drain(src)) == 1
+    finally:
+        shutil.rmtree(where)
+
+
+def test_a_password_in_a_stream_address_stays_out_of_logs_and_status(caplog):
+    """rtsp://user:password@camera: the journal and the status page show the source's name."""
+    caplog.set_level(logging.INFO)
+    src = open_source(SourceConfig(uri="rtsp://admin:S3cret@127.0.0.1:1/stream",
+                                   reopen_min_s=0.05, reopen_max_s=0.05))
+    try:
+        deadline = time.monotonic() + 10
+        while "cannot open" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert src.name == "rtsp://admin:***@127.0.0.1:1/stream"
+        assert "rtsp://admin:***@127.0.0.1:1/stream" in caplog.text
+        assert "S3cret" not in caplog.text
+    finally:
+        src.close()
+
+
 def test_picamera2_missing_is_a_clear_error():
     try:
         import picamera2  # noqa: F401
