@@ -4,6 +4,7 @@ broken files, --annotate, and agreement with the photos' annotations."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -157,3 +158,39 @@ def test_scan_averages_the_two_shipped_draws(photos, default_model, yunet_model)
     for m, a, b in zip(both, one, other, strict=True):
         assert m == pytest.approx((a + b) / 2, abs=2e-4)
     assert both != one
+
+
+def test_odd_names_same_stems_and_empty_videos(tmp_path, default_model):
+    """A file name that is not UTF-8 (printed strictly, as under an en_GB.UTF-8 locale), two
+    inputs whose annotations would share a name, and a video without a readable frame: each gets
+    its record, nothing is overwritten, and the scan goes on."""
+    import numpy as np
+
+    src = tmp_path / "site"
+    src.mkdir()
+    grey = np.full((96, 128, 3), 90, np.uint8)
+    latin1 = src / "caf\udce9.jpg"  # 'café.jpg' in Latin-1: the bytes 63 61 66 e9
+    cv2.imwrite(str(tmp_path / "tmp.jpg"), grey)
+    shutil.move(tmp_path / "tmp.jpg", latin1)
+    cv2.imwrite(str(src / "door.jpg"), grey)
+    cv2.imwrite(str(src / "door.png"), np.full((50, 60, 3), 200, np.uint8))
+    w = cv2.VideoWriter(str(src / "empty.avi"), cv2.VideoWriter.fourcc(*"MJPG"), 15.0, (64, 48))
+    w.release()  # a valid file with no frame in it
+    ok = src / "z_ok.jpg"
+    cv2.imwrite(str(ok), grey)
+    out = tmp_path / "ann"
+    r = subprocess.run(
+        [sys.executable, "-m", "maskd", "scan", "--model", str(default_model), "--detector",
+         "blazeface", "--annotate", str(out), str(src), str(src / "empty.avi")],
+        capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(b"site/caf\xe9.jpg\t") or lines[0].startswith(
+        str(latin1).encode("utf-8", "surrogateescape") + b"\t"), lines
+    assert any(b"z_ok.jpg\t0 faces" in ln for ln in lines), lines  # scanned after it
+    assert any(b"empty.avi\tERROR\t" in ln and b"no frame can be read" in ln for ln in lines), lines
+    annotated = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert len(annotated) == 4, annotated  # café, door.jpg, door.png, z_ok: none overwritten
+    sizes = {cv2.imread(str(out / "site" / n)).shape[:2] for n in ("door.jpg", "door-2.jpg")}
+    assert sizes == {(96, 128), (50, 60)}
+    assert b"is annotated as" in r.stderr

@@ -10,8 +10,8 @@ Contract (scripts depend on it), one line per image or per video frame; with --j
 that a JPEG over 16 MP is decoded at 1/2, 1/4 or 1/8 to bound memory), ``score`` the
 detector's confidence. A face
 smaller than ``classifier.min_face_px`` (shorter side) is reported but not judged: its
-``label`` and ``no_mask`` are null. An unreadable file gives ``{"path", "error"}`` and the
-scan goes on. No tracking: every image/frame is judged on its own.
+``label`` and ``no_mask`` are null. An unreadable file (or a video without a readable frame)
+gives ``{"path", "error"}`` and the scan goes on. No tracking: every image/frame is judged on its own.
 
 Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
 detector or classifier cannot be loaded.
@@ -108,7 +108,12 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
+    # A file name that is not UTF-8 (a Latin-1 'café.jpg' from a camera's SD card) is printed
+    # as its own bytes, never a crash that ends the scan.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     scanned = 0
+    written: set[Path] = set()  # annotations of this run: two inputs never share one
     for path, name, frame, image in _items(args.paths):
         if isinstance(image, str):
             _emit(args.json, {"path": str(path), "error": image})
@@ -118,14 +123,32 @@ def main(args: argparse.Namespace) -> int:
         _emit(args.json, record(path, frame, image, verdicts))
         scanned += 1
         if args.annotate is not None:
-            out = (args.annotate / name).with_suffix(".jpg")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(out), draw_verdicts(image, verdicts)):
-                print(f"maskd scan: cannot write {out}", file=sys.stderr)
+            _annotate(args.annotate / name, path, draw_verdicts(image, verdicts), written)
     if scanned == 0:
         print("maskd scan: nothing was scanned", file=sys.stderr)
         return 1
     return 0
+
+
+def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> None:
+    """Write ``want`` as a JPEG, or ``stem-2.jpg``... when another input of this run has it
+    (``door.jpg`` and ``door.png``; the same name given from two folders), said on stderr."""
+    out, n = want.with_suffix(".jpg"), 1
+    while out in written:
+        n += 1
+        out = want.with_name(f"{want.stem}-{n}.jpg")
+    if n > 1:
+        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is another "
+              "input's)", file=sys.stderr)
+    written.add(out)
+    ok, data = cv2.imencode(".jpg", image)
+    try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not ok:
+            raise OSError("cannot encode the image")
+        out.write_bytes(data.tobytes())
+    except OSError as err:
+        print(f"maskd scan: cannot write {out}: {err.strerror or err}", file=sys.stderr)
 
 
 def _emit(as_json: bool, rec: dict) -> None:
