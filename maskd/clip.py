@@ -69,6 +69,7 @@ class ClipWriter(FrameObserver):
         self._path: Path | None = None
         self._seg_frames = 0
         self._seg_t0 = 0.0
+        self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
         try:
@@ -80,7 +81,7 @@ class ClipWriter(FrameObserver):
     # ------------------------------------------------------------------ FrameObserver
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        if self._writer is not None and self._segment_full(frame.timestamp):
+        if self._writer is not None and self._segment_full(frame):
             self._close_segment()
             self._cap()
         if self._writer is None and not self._open(frame):
@@ -101,8 +102,14 @@ class ClipWriter(FrameObserver):
 
     # ------------------------------------------------------------------ segments
 
-    def _segment_full(self, timestamp: float) -> bool:
-        age = timestamp - self._seg_t0
+    def _segment_full(self, frame: Frame) -> bool:
+        """Time to start a new file: by age, by size, or because the frames changed size (a
+        camera back at another resolution; the open file cannot take them)."""
+        age = frame.timestamp - self._seg_t0
+        if frame.image.shape[:2] != self._shape:
+            log.info("annotated clip %s: frames are %dx%d now (were %dx%d); new file", self.name,
+                     frame.image.shape[1], frame.image.shape[0], self._shape[1], self._shape[0])
+            return True
         return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
 
     def _new_path(self) -> Path:
@@ -138,7 +145,7 @@ class ClipWriter(FrameObserver):
             writer.release()
             self._pause(f"OpenCV cannot write an mp4v clip at {path}")
             return False
-        self._writer, self._path = writer, path
+        self._writer, self._path, self._shape = writer, path, (h, w)
         self.paths.append(path)
         self._seg_frames, self._seg_t0, self._size = 0, frame.timestamp, 0
         return True

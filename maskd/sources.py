@@ -341,6 +341,12 @@ class VideoFileSource:
         self.loop = loop
         self.stats = _new_stats()
         self._cap = self._open()
+        # A file OpenCV opens but cannot read a frame from is a start-up error, not a source
+        # that ends at once (and, with --loop, idles as if played).
+        ok, self._first = self._cap.read()
+        if not ok:
+            self._cap.release()
+            raise SourceError(f"{path}: no frame can be read from this video file")
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
         self._t0 = time.time()
@@ -363,7 +369,10 @@ class VideoFileSource:
         bad = 0
         restarted = False
         while not self._closed:
-            ok, raw = self._cap.read()
+            if self._first is not None:
+                ok, raw, self._first = True, self._first, None
+            else:
+                ok, raw = self._cap.read()
             if ok:
                 image = as_bgr(raw)
                 if image is not None:

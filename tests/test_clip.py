@@ -67,6 +67,24 @@ def test_a_long_run_remembers_only_its_latest_segments(tmp_path, monkeypatch):
     assert sum(p.stat().st_size for p in on_disk) <= 0.3 * MB  # the cap still sees every file
 
 
+def test_frames_of_another_size_start_a_new_file(tmp_path, caplog):
+    """A camera back at another resolution (or a folder of photos of mixed sizes): the open
+    file cannot take the new size, so a new one starts; every frame is recorded."""
+    import numpy as np
+
+    from maskd.types import Frame
+
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100)
+    sizes = [(120, 160)] * 5 + [(240, 320)] * 7 + [(120, 160)] * 3
+    with caplog.at_level(logging.INFO, logger="maskd.clip"):
+        for i, (h, wd) in enumerate(sizes):
+            w.on_frame(Frame(np.full((h, wd, 3), 90, np.uint8), i, i / 15.0, "cam"), [],
+                       LoopStats(fps=15.0))
+    w.close()
+    assert [frames_in(p) for p in w.paths] == [5, 7, 3] and w.frames == 15
+    assert "frames are 320x240 now (were 160x120); new file" in caplog.text
+
+
 def test_rotates_by_size(tmp_path):
     w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=0.25, keep_mb=100)
     n = feed(w)

@@ -245,6 +245,16 @@ def test_a_video_file_or_folder_under_dev_is_a_file_not_a_camera(clip: Path, tmp
         shutil.rmtree(where)
 
 
+def test_a_video_without_a_readable_frame_is_refused_at_start(tmp_path: Path):
+    """A valid file with no frame: a start-up error (exit 78 in `run`), not a source that ends
+    at once and, with --loop, idles as if it had played."""
+    path = tmp_path / "zero.avi"
+    cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48)).release()
+    for loop in (False, True):
+        with pytest.raises(SourceError, match="no frame can be read from this video file"):
+            open_source(SourceConfig(uri=str(path), loop=loop))
+
+
 def test_a_password_in_a_stream_address_stays_out_of_logs_and_status(caplog):
     """rtsp://user:password@camera: the journal and the status page show the source's name."""
     caplog.set_level(logging.INFO)
