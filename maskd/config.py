@@ -98,6 +98,8 @@ def check_topic(value: str) -> str:
             raise ValueError(f"must not contain '{ch}' (an MQTT wildcard)")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         raise ValueError("must not contain control characters")
+    if any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in value):
+        raise ValueError("must not contain Unicode noncharacters (mosquitto drops the client)")
     if value.startswith("$"):
         raise ValueError("must not start with '$' (reserved for the broker)")
     if "" in value.split("/"):
@@ -142,6 +144,12 @@ class SourceConfig(Section):
     reopen_min_s: Seconds = 1.0
     reopen_max_s: Seconds = 30.0
 
+    @model_validator(mode="after")
+    def _images_need_a_folder(self) -> SourceConfig:
+        if self.kind == "images" and not self.uri:
+            raise ValueError("source kind images needs uri: a folder of images")
+        return self
+
 
 class DetectorConfig(Section):
     """Face detector choice and tuning."""
@@ -173,6 +181,13 @@ class DetectorConfig(Section):
     upscale: float = Field(1.0, ge=1.0, le=4.0)
     tiles: int = Field(1, ge=1, le=4)  # tiles per side (1 = whole frame)
     edgetpu: bool = False
+
+    @model_validator(mode="after")
+    def _ssd_needs_a_model(self) -> DetectorConfig:
+        if self.kind == "ssd" and self.model is None:
+            raise ValueError("detector kind ssd needs model: a .tflite SSD with "
+                             "TFLite_Detection_PostProcess (or OpenCV's .pb face SSD)")
+        return self
 
 
 def still_detector(cfg: DetectorConfig) -> DetectorConfig:
@@ -364,6 +379,9 @@ class BrokerUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+_TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
+
+
 def _readable_file(path: Path) -> None:
     """ValueError unless ``path`` is a file this user can read (what `run` opens it with)."""
     try:
@@ -398,7 +416,7 @@ class MqttConfig(Section):
     stats_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
     outbox_max_events: int = Field(100_000, ge=1)
     outbox_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
-    outbox_reserve_kb: int = Field(1024, ge=0)  # kept free so a full disk can still drain
+    outbox_reserve_kb: int = Field(1024, ge=0, le=1 << 20)  # kept free so a full disk can drain
     memory_queue_max: int = Field(1000, ge=1)  # events held in memory while they cannot be stored
 
     @field_validator("url")
@@ -417,6 +435,12 @@ class MqttConfig(Section):
     def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and info.data.get("url"):
             _readable_file(v)
+            try:
+                v.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{_excerpt(str(v))} is not UTF-8 text") from None
+            except OSError:
+                pass  # read just now; a file that vanished meanwhile is run's to report
             if info.data.get("username") is None:
                 raise ValueError("a password is configured but mqtt.username is not")
         return v
@@ -528,7 +552,10 @@ class PreviewConfig(Section):
     def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         """Read when the page is served (`run` reads it the same way at start)."""
         if v is not None and info.data.get("http"):
-            read_secret(v)
+            secret = read_secret(v)
+            if info.field_name == "http_token_file" and not _TOKEN.fullmatch(secret):
+                raise ValueError(f"{_excerpt(str(v))}: the token travels in a URL and a cookie, "
+                                 "so it may hold only ASCII letters, digits and - . _ ~ (e.g. openssl rand -hex 32)")
         return v
 
     @model_validator(mode="after")

@@ -597,8 +597,7 @@ def open_source(cfg: SourceConfig) -> Source:
                 "--system-site-packages") from None
         return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg)
     if cfg.kind == "images":
-        if not cfg.uri:
-            raise SourceError("source kind images needs uri: a folder of images")
+        assert cfg.uri, "SourceConfig refuses kind images without a uri"
         return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps)
     if cfg.kind == "opencv":
         return _open_uri(cfg.uri or "0", cfg)

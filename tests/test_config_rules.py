@@ -40,6 +40,8 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
     junk.write_text("not a certificate\n")
     pw = tmp / "pw"
     pw.write_text("s3cret\n")
+    latin1 = tmp / "pw-latin1"
+    latin1.write_bytes(b"s3cr\xe9t\n")
     return [
         ("ca_file with mqtt://", {"url": plain, "ca_file": str(tls.ca)}, "mqtt.ca_file"),
         ("cert_file with mqtt://", {"url": plain, "cert_file": str(tls.client_cert),
@@ -57,6 +59,8 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
                                    "password_file": str(tmp / "nope")}, "mqtt.password_file"),
         ("password_file without username", {"url": plain, "password_file": str(pw)},
          "mqtt.password_file"),
+        ("password_file not UTF-8", {"url": plain, "username": "u",
+                                     "password_file": str(latin1)}, "mqtt.password_file"),
     ]
 
 
@@ -92,3 +96,23 @@ def test_a_good_config_is_accepted_by_both(tmp_path, tls):
     assert r.returncode == 0 and r.stdout == f"OK: {path}\n" and r.stderr == "", r.stderr
     r = run(path)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_both_refuse_rules_between_keys_of_one_section(tmp_path):
+    """Rules the config alone decides are check-config's too, not found by `run` only."""
+    token = tmp_path / "token"
+    token.write_text("open sesame\n")  # a space: the cookie would end at it
+    state = tmp_path / "state"
+    cases = [
+        ("images without a folder", "source: {kind: images}", "'source'"),
+        ("ssd without a model", "detector: {kind: ssd}", "'detector'"),
+        ("token a URL cannot carry",
+         f"preview: {{http: '0.0.0.0:{free_port()}', http_token_file: '{token}'}}",
+         "'preview.http_token_file'"),
+    ]
+    for name, yaml, key in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"state_dir: {state}\n{yaml}\n")
+        for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run(path))):
+            assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
+            assert key in r.stderr and "Traceback" not in r.stderr, (name, cmd, r.stderr)

@@ -405,8 +405,8 @@ def test_auto_prefers_yunet_then_blazeface(monkeypatch, yunet_model: Path, tmp_p
 def test_missing_models_are_clear_errors(tmp_path: Path):
     with pytest.raises(DetectorError, match="YuNet model not found"):
         make_detector(DetectorConfig(kind="yunet", model=tmp_path / "nope.onnx"))
-    with pytest.raises(DetectorError, match="needs model"):
-        make_detector(DetectorConfig(kind="ssd"))
+    with pytest.raises(ValueError, match="detector kind ssd needs model"):  # the config's rule
+        DetectorConfig(kind="ssd")
     with pytest.raises(DetectorError, match="not found"):
         make_detector(DetectorConfig(kind="ssd", model=tmp_path / "face.tflite"))
     from maskd.detectors.base import wheel_file

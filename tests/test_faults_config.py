@@ -63,7 +63,8 @@ BAD = {
                  "http://h:1883", "mqtt://u:p@h", "mqtt://u@h", "mqtt://[::1", "mqtt://bad host",
                  "mqtt://h/path", "mqtt://h?x=1", "mqtt://", "tcp://h", "mqtt://h\n"],
     "mqtt.discovery_prefix": ["#", "home+assistant", "ha/#", "", "/ha", "ha/", "a//b", "$SYS",
-                              "ha\x01", "x" * 300],
+                              "ha\x01", "x" * 300, "ha\uffff", "ha\ufdd0"],
+    "mqtt.outbox_reserve_kb": [10**16, (1 << 20) + 1],  # 10**16: an OverflowError in fallocate
     "preview.http": ["host", "1.2.3.4:99999", "a:b:c", "::1:80", "bad host:80", "127.0.0.1:-1",
                      "127.0.0.1:\uff18\uff10", ":", "",
                      "0.0.0.0:8080"],  # beyond loopback without preview.http_password_file

@@ -195,9 +195,7 @@ class Ssd:
 
     @staticmethod
     def from_config(cfg: DetectorConfig) -> TfliteSsd | OpenCvSsd:
-        if cfg.model is None:
-            raise DetectorError("detector kind ssd needs model: a .tflite SSD with "
-                                "TFLite_Detection_PostProcess (or OpenCV's .pb face SSD)")
+        assert cfg.model is not None, "DetectorConfig refuses kind ssd without a model"
         if Path(cfg.model).suffix == ".pb":
             return OpenCvSsd.from_config(cfg)
         return TfliteSsd.from_config(cfg)
