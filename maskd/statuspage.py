@@ -435,6 +435,12 @@ class StatusServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("http %s: " + format, self.client_address[0], *args)
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    pass  # the client went away mid-reply: no traceback in the journal for it
+
             def _send(self, code: int, ctype: str, body: bytes,
                       headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)

@@ -234,6 +234,23 @@ def test_port_in_use_and_idle_connections():
         srv.close()
 
 
+def test_a_client_that_resets_leaves_no_traceback(server, capfd):
+    """Anyone on the network may reset a request mid-reply; the journal must not fill with
+    socketserver tracebacks for it (was: one per request), and the page goes on."""
+    import struct
+
+    for path in ("/api/status", "/metrics", "/nope"):
+        for _ in range(3):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            conn.close()  # an RST, not a FIN
+    time.sleep(0.5)
+    assert get(server.url + "api/status")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err[-2000:]
+
+
 # ---------------------------------------------------------------- authentication
 
 
