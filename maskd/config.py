@@ -379,6 +379,15 @@ class BrokerUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Two listen addresses one machine cannot both bind: one port, and the same host or a
+    wildcard (0.0.0.0, ::) on either side. Port 0 lets the system pick, so it never clashes."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    hosts = {"127.0.0.1" if h == "localhost" else h.strip("[]") for h in (a[0], b[0])}
+    return len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::", ""})
+
+
 _TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
 
 
@@ -655,18 +664,27 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _one_page_one_password(self) -> Config:
-        """Cameras with the same preview.http share one status page, so one set of credentials."""
-        seen: dict[str, tuple[str, tuple]] = {}
+        """Cameras with the same preview.http share one status page, so one set of credentials;
+        different addresses that are one socket (localhost and 127.0.0.1) cannot both listen."""
+        seen: dict[tuple[str, int], tuple[str, tuple]] = {}  # address: first camera, its auth
         for cam in self.cameras_resolved():
             p = cam.preview
             if not p.http:
                 continue
             auth = (p.http_password_file, p.http_token_file)
-            first = seen.setdefault(str(parse_listen(p.http)), (cam.camera, auth))
+            where = parse_listen(p.http)
+            first = seen.setdefault(where, (cam.camera, auth))
             if first[1] != auth:
                 raise ValueError(
                     f"cameras {first[0]} and {cam.camera} share preview.http {p.http} (one status "
                     "page) but not its http_password_file / http_token_file: give both the same")
+            for other, (name, _) in seen.items():
+                if other != where and _same_socket(where, other):
+                    raise ValueError(
+                        f"cameras {name} and {cam.camera}: preview.http {other[0]}:{other[1]} and "
+                        f"{where[0]}:{where[1]} are "
+                        "the same port on this machine, so the second page could not listen: "
+                        "give both the same address (one page) or different ports")
         return self
 
     @property

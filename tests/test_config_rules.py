@@ -116,3 +116,17 @@ def test_both_refuse_rules_between_keys_of_one_section(tmp_path):
         for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run(path))):
             assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
             assert key in r.stderr and "Traceback" not in r.stderr, (name, cmd, r.stderr)
+
+
+def test_both_refuse_two_status_pages_on_one_port(tmp_path):
+    """localhost:P and 127.0.0.1:P (or 0.0.0.0:P and anything on P) are one socket: the second
+    page could never listen, so check-config must say so, not only `run` at start."""
+    port = free_port()
+    path = tmp_path / "pages.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\ncameras:\n"
+                    f"  a: {{source: {{kind: demo}}, preview: {{http: 'localhost:{port}'}}}}\n"
+                    f"  b: {{source: {{kind: demo}}, preview: {{http: '127.0.0.1:{port}'}}}}\n")
+    run_it = maskd("run", "--config", str(path), "--max-frames", "1", "--flush-timeout", "0")
+    for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run_it)):
+        assert r.returncode == EX_CONFIG, (cmd, r.returncode, r.stderr[-2000:])
+        assert f"localhost:{port} and 127.0.0.1:{port} are the same port" in r.stderr, r.stderr
