@@ -435,6 +435,13 @@ class StatusServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("http %s: " + format, self.client_address[0], *args)
 
+            head_only = False  # a HEAD request: headers as for GET, no body
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                """GET's answer without its body (uptime checks ask so)."""
+                self.head_only = True
+                self.do_GET()
+
             def handle(self) -> None:
                 try:
                     super().handle()
@@ -451,7 +458,8 @@ class StatusServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                if not self.head_only:
+                    self.wfile.write(body)
 
             def _json(self, data: object) -> None:
                 self._send(200, "application/json", json.dumps(data, indent=1).encode())
@@ -504,6 +512,8 @@ class StatusServer:
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
+                if self.head_only:
+                    return
                 feed.watch(+1)
                 seq = feed.seq  # from the next encoded frame on ...
                 first = feed.frame_jpeg(timeout=0.0)  # ... after the newest one, right away

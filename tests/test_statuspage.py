@@ -297,6 +297,20 @@ def test_bearer_token_query_and_cookie(tmp_path):
         srv.close()
 
 
+def test_head_answers_like_get_without_a_body(server):
+    """Uptime checks ask with HEAD (was: 501); the stream's HEAD must not start streaming."""
+    feed(server.attach("front", "d", "c"), 100)
+    for path in ("", "api/status", "metrics", "frame.jpg", "stream.mjpg", "nope"):
+        req = urllib.request.Request(server.url + path, method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, body, ctype = resp.status, resp.read(), resp.headers["Content-Type"]
+        except urllib.error.HTTPError as err:
+            status, body, ctype = err.code, err.read(), err.headers["Content-Type"]
+        assert status == (404 if path == "nope" else 200) and body == b"", (path, status)
+        assert ctype, path
+
+
 def test_config_refuses_a_network_address_without_a_password(tmp_path):
     for listen in ("0.0.0.0:8080", "192.168.1.2:8080", "[::]:8080", "maskd.local:8080"):
         with pytest.raises(ConfigError, match=r"'preview'.*preview.http .* reachable from other "
