@@ -15,7 +15,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -719,14 +720,38 @@ class ConfigError(Exception):
 
 
 def _section_keys(loc: tuple) -> list[str]:
-    """The keys allowed in the section at ``loc`` (so an error can say what is allowed)."""
+    """The keys allowed in the section at ``loc`` (so an error can say what is allowed); a part
+    of ``loc`` under a map or a list (``cameras.<name>``, ``schedule.<n>``) is its item."""
     model: Any = Config
+    inside: Any = None  # the map or list annotation whose key or index comes next
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if inside is not None:
+            model, inside = _section_model(get_args(inside)[-1]), None
+        else:
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return []
+            ann = _optional_inner(field.annotation)
+            if get_origin(ann) in (dict, list):
+                inside = ann
+                continue
+            model = _section_model(ann)
+        if model is None:
             return []
-        model = field.annotation
-    return list(model.model_fields)
+    return [] if inside is not None else list(model.model_fields)
+
+
+def _optional_inner(ann: Any) -> Any:
+    """``X | None`` -> X; anything else as it is."""
+    args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) in (
+        Union, UnionType) else []
+    return args[0] if len(args) == 1 else ann
+
+
+def _section_model(ann: Any) -> Any:
+    """The section model an annotation names (through ``| None``), or None."""
+    ann = _optional_inner(ann)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
 _EXCERPT = reprlib.Repr()

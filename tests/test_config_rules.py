@@ -130,3 +130,12 @@ def test_both_refuse_two_status_pages_on_one_port(tmp_path):
     for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run_it)):
         assert r.returncode == EX_CONFIG, (cmd, r.returncode, r.stderr[-2000:])
         assert f"localhost:{port} and 127.0.0.1:{port} are the same port" in r.stderr, r.stderr
+
+
+def test_run_prefixes_every_error_line(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("source: {fsp: 3}\nmqtt: {url: 'http://x'}\n")
+    r = run(path)
+    lines = [ln for ln in r.stderr.splitlines() if str(path) in ln]
+    assert r.returncode == EX_CONFIG and len(lines) == 2, r.stderr
+    assert all(ln.startswith(f"maskd run: {path}: ") for ln in lines), lines

@@ -299,3 +299,17 @@ def test_real_cli_run_refuses_before_starting(tmp_path, name, content, expected)
                        cwd=REPO)
     assert r.returncode == EX_CONFIG and r.stderr.startswith("maskd run: "), r.stderr
     assert r.stderr.count("\n") == 1 and expected in r.stderr
+
+
+def test_keys_under_cameras_and_schedule_say_what_is_allowed(tmp_path, capsys):
+    """A section inside the `cameras:` map or the `schedule:` list names its keys as any other
+    (was: an empty list, and no 'did you mean')."""
+    _, rc, _, lines = check(tmp_path, capsys, b"cameras:\n  a: {source: {fsp: 3}}\n  b: null\n"
+                                              b"schedule: [5]\n")
+    assert rc == EX_CONFIG
+    assert any("unknown key 'cameras.a.source.fsp' (allowed: kind, uri," in ln
+               and "did you mean 'fps'?" in ln for ln in lines), lines
+    assert any("'cameras.b' must be a section with keys: source, tracking," in ln
+               for ln in lines), lines
+    assert any("'schedule.0' must be a section with keys: days, start, end" in ln
+               for ln in lines), lines

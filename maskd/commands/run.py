@@ -76,13 +76,19 @@ def startup_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, ModelError, DetectorError, SourceError, PreviewUnavailable, OSError)
 
 
+def say(err: BaseException) -> None:
+    """A start-up error on stderr, every line of it prefixed (a config gives one per bad key)."""
+    for line in str(err).splitlines() or [""]:
+        print(f"maskd run: {line}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from maskd.service import build
 
     try:
         cfg = run_config(args)
     except startup_errors() as err:
-        print(f"maskd run: {err}", file=sys.stderr)
+        say(err)
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames)
     except startup_errors() as err:
-        print(f"maskd run: {err}", file=sys.stderr)
+        say(err)
         return EX_CONFIG
     for line in detector_notes(cfg, demo):
         print(f"maskd run: {line}", file=sys.stderr)
