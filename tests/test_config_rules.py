@@ -139,3 +139,13 @@ def test_run_prefixes_every_error_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if str(path) in ln]
     assert r.returncode == EX_CONFIG and len(lines) == 2, r.stderr
     assert all(ln.startswith(f"maskd run: {path}: ") for ln in lines), lines
+
+
+def test_run_source_with_a_cameras_config_says_which_wins(tmp_path):
+    path = tmp_path / "cams.yaml"
+    path.write_text("cameras:\n  a: {source: {kind: demo}}\n  b: {source: {kind: demo}}\n")
+    r = run(path)  # --source demo
+    assert r.returncode == EX_CONFIG
+    assert r.stderr.strip().endswith("maskd run: --source demo: the config has cameras:, each "
+                                     "with its own source; give them there, or use a config "
+                                     "without cameras:"), r.stderr

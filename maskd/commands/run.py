@@ -31,6 +31,9 @@ def run_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command line on top."""
     cfg = override(load_config(args.config), args, RUN_OPTIONS)
     if args.source is not None:
+        if cfg.cameras:
+            raise ConfigError(f"--source {args.source}: the config has cameras:, each with its "
+                              "own source; give them there, or use a config without cameras:")
         src = {"kind": "demo", "uri": None} if args.source == "demo" else {"kind": "auto", "uri": args.source}
         data = cfg.model_dump(exclude_unset=True)
         data.setdefault("source", {}).update(src)
