@@ -33,13 +33,11 @@ from maskd.types import (
     EventSink,
     FaceCounts,
     FaceDetector,
-    Frame,
     FrameObserver,
     LoopStats,
     MaskClassifier,
     RunControl,
     Source,
-    Verdict,
     ViolationEvent,
     scores_and_features,
 )
@@ -413,36 +411,28 @@ class _Serialized:
             return scores_and_features(self._inner, crops_rgb)  # type: ignore[arg-type]
 
 
-class _Shared(EventSink, FrameObserver):
-    """A sink or observer used by several camera loops (the JSON lines file): calls are
-    serialized, and it closes when the last loop closes it."""
+class _Shared(EventSink):
+    """A sink used by several camera loops (the JSON lines file): calls are serialized, and it
+    closes when the last loop closes it."""
 
-    def __init__(self, inner: EventSink | FrameObserver, users: int) -> None:
+    def __init__(self, inner: EventSink, users: int) -> None:
         self._inner = inner
         self._users = users
         self._lock = threading.Lock()
 
     def emit(self, event: ViolationEvent) -> None:
         with self._lock:
-            self._inner.emit(event)  # type: ignore[union-attr]
+            self._inner.emit(event)
 
     def faults(self) -> list[str]:
-        return self._inner.faults()  # type: ignore[union-attr]
+        return self._inner.faults()
 
     def on_stats(self, stats: LoopStats) -> None:
         with self._lock:
-            self._inner.on_stats(stats)  # type: ignore[union-attr]
+            self._inner.on_stats(stats)
 
     def flush(self, timeout: float) -> bool:
-        return self._inner.flush(timeout)  # type: ignore[union-attr]
-
-    def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        with self._lock:
-            self._inner.on_frame(frame, verdicts, stats)  # type: ignore[union-attr]
-
-    def on_wait(self, stats: LoopStats) -> None:
-        with self._lock:
-            self._inner.on_wait(stats)  # type: ignore[union-attr]
+        return self._inner.flush(timeout)
 
     def close(self) -> None:
         with self._lock:
