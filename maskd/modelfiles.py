@@ -13,6 +13,7 @@ maskd models fetch``) before or without the venv.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import tempfile
@@ -105,14 +106,26 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     try:
         h, size = hashlib.sha256(), 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                for block in iter(lambda: resp.read(CHUNK), b""):
-                    out.write(block)
-                    h.update(block)
-                    size += len(block)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", None) or err
-            raise FetchError("network", f"cannot download {url}: {reason}") from None
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    promised = resp.headers.get("Content-Length")
+                    while block := resp.read(CHUNK):
+                        _write(fd, block, dest)
+                        h.update(block)
+                        size += len(block)
+            except http.client.HTTPException as err:  # a cut body, an answer that is not HTTP
+                said = " ".join(str(err).split())  # one line, whatever the server sent
+                raise FetchError("network", f"cannot download {url}: {type(err).__name__}: "
+                                            f"{said}") from None
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", None) or err
+                raise FetchError("network", f"cannot download {url}: {reason}") from None
+        finally:
+            os.close(fd)
+        if promised and promised.isdigit() and size < int(promised):
+            # http.client ends a body cut short as if it were complete
+            raise FetchError("network", f"cannot download {url}: the connection closed after "
+                                        f"{size} of {promised} bytes")
         got = h.hexdigest()
         if got != sha256:
             raise FetchError("checksum", f"YuNet sha256 mismatch: got {got} ({size} bytes from "
@@ -122,6 +135,16 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     finally:
         tmp.unlink(missing_ok=True)
     return Fetched(target, changed=True)
+
+
+def _write(fd: int, block: bytes, dest: Path) -> None:
+    """Write to the local file: its errors (a full disk) are the folder's, not the network's."""
+    view = memoryview(block)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as err:
+        raise FetchError("write", f"cannot write in {dest}: {err.strerror or err}") from None
 
 
 def find_yunet(folders: tuple[Path, ...]) -> Path | None:

@@ -161,3 +161,62 @@ def test_unwritable_default_folder_says_how_else(tmp_path, capsys, monkeypatch):
     assert code == 73 and "cannot write in" in err and "--dest DIR" in err and "sudo" in err
     code, _, err = fetch(capsys, "--dest", str(blocker / "models"), "--yunet-url", refused_url())
     assert code == 73 and "sudo" not in err
+
+
+BODY = bytes(range(256)) * 128  # 32 KiB standing for a model file
+ANSWERS = {  # what a broken server or network sends, then it closes the connection
+    "short": b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:1000],
+    "chunked-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + BODY[:1024]
+                   + b"\r\n",
+    "not-http": b"SSH-2.0-OpenSSH_9.0\r\n",
+    "good": b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY,
+}
+
+
+@pytest.fixture(scope="module")
+def broken_server():
+    """A raw TCP server on 127.0.0.1 that sends ANSWERS[path] and closes."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                path = conn.recv(4096).split(b" ")[1].decode().strip("/")
+                conn.sendall(ANSWERS[path])
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+@pytest.mark.parametrize("what", ["short", "chunked-cut", "not-http"])
+def test_a_download_cut_short_or_not_http_is_a_network_error(broken_server, tmp_path, capsys,
+                                                             what):
+    """Exit 69 with one line, never a traceback (was: IncompleteRead/BadStatusLine tracebacks,
+    exit 1) or a 'sha256 mismatch' (exit 65) for a body cut short."""
+    sha = hashlib.sha256(BODY).hexdigest()
+    code, out, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url",
+                           f"{broken_server}/{what}", "--yunet-sha256", sha, "--timeout", "5")
+    assert code == 69 and out == "", err
+    first = err.splitlines()[0]
+    assert first.startswith(f"maskd models fetch: cannot download {broken_server}/{what}: "), err
+    assert "Traceback" not in err and "mismatch" not in err
+    assert list(tmp_path.iterdir()) == []  # no .part left
+
+
+def test_a_full_disk_is_the_folder_not_the_network(broken_server, tmp_path, capsys):
+    from mqtt_broker import small_disk
+
+    sha = hashlib.sha256(BODY).hexdigest()
+    with small_disk(tmp_path / "tiny", "16k") as tiny:
+        code, _, err = fetch(capsys, "--dest", str(tiny), "--yunet-url", f"{broken_server}/good",
+                             "--yunet-sha256", sha)
+        assert code == 73 and f"cannot write in {tiny}: No space left on device" in err, err
+        assert list(tiny.iterdir()) == []
+    code, _, err = fetch(capsys, "--dest", str(tmp_path / "ok"), "--yunet-url",
+                         f"{broken_server}/good", "--yunet-sha256", sha)
+    assert code == 0, err  # the same server's whole answer is fine
