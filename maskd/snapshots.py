@@ -230,8 +230,9 @@ class SnapshotStore:
         try:
             with os.scandir(self.dir) as it:
                 for e in it:
-                    if e.name.startswith(".") and e.name.endswith(".jpg.tmp"):
-                        Path(e.path).unlink(missing_ok=True)  # left by a crash mid-write
+                    if (e.name.startswith(".") and e.name.endswith(".tmp")
+                            and NAME.fullmatch(e.name[1:-4]) and e.is_file(follow_symlinks=False)):
+                        Path(e.path).unlink(missing_ok=True)  # ours, left by a crash mid-write
                     elif NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False):
                         st = e.stat(follow_symlinks=False)
                         found.append((st.st_mtime, st.st_size, Path(e.path)))

@@ -144,10 +144,13 @@ def test_retention_by_age_at_start_spares_other_files(tmp_path):
     foreign.write_bytes(demo_jpeg(3))
     os.utime(foreign, (0, 0))
     (folder / ".door-20200101-000000-ev.jpg.tmp").write_bytes(b"half")  # a crash mid-write
+    (folder / ".notes.jpg.tmp").mkdir()  # someone else's: neither deleted nor stopping retention
+    (folder / ".other.jpg.tmp").write_bytes(b"not ours")
     store = SnapshotStore(folder, keep_days=7, keep_mb=100)
     store.close()
     assert sorted(store.deleted) == sorted([old1, old2])
-    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, foreign.name])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [fresh.name, foreign.name, ".notes.jpg.tmp", ".other.jpg.tmp"])
 
 
 def test_retention_by_size_deletes_the_oldest_first(tmp_path):
