@@ -113,6 +113,15 @@ def _full_or_io(err: sqlite3.Error) -> bool:
     return sqlite_code(err) in _FULL_OR_IO
 
 
+def _record(db: sqlite3.Connection, row: Row, event_id: str, still_open: bool) -> None:
+    """Keep ``row`` as violation ``event_id``'s last message while it is open; forget it after."""
+    if still_open:
+        db.execute("INSERT OR REPLACE INTO open_events (event_id, topic, payload, updated) "
+                   "VALUES (?, ?, ?, ?)", (event_id, row.topic, _dumps(row.payload), row.created))
+    else:
+        db.execute("DELETE FROM open_events WHERE event_id = ?", (event_id,))
+
+
 def _dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
@@ -162,6 +171,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._memory: OrderedDict[int, tuple[Row, Track | None]] = OrderedDict()
         self._unremoved: set[int] = set()  # acknowledged, but the delete failed: retried
+        # The newest open-violations record of each violation whose message went to memory:
+        # written with that message, or on its own once there is room (it may be delivered
+        # from memory first), so the next start ends it after the last seq really sent.
+        self._tracks: dict[str, tuple[Row, bool]] = {}
         # Storage errors by kind (store / delete / read): (message, since); an operation of
         # the same kind that succeeds clears its entry.
         self._errors: dict[str, tuple[str, float]] = {}
@@ -416,6 +429,8 @@ class Outbox:
                       and self._store([item], "store an event"))
             if not stored:
                 self._keep_in_memory(item)
+                if track is not None:
+                    self._tracks[track[0]] = (item[0], track[1])
         if stored:
             self.prune()
         self._report_drops(0, 0)
@@ -435,19 +450,16 @@ class Outbox:
                 else:
                     db.execute("INSERT INTO outbox (id, topic, payload, created) "
                                "VALUES (?, ?, ?, ?)", values)
-                if track is None:
-                    continue
-                event_id, still_open = track
-                if still_open:
-                    db.execute("INSERT OR REPLACE INTO open_events (event_id, topic, payload, "
-                               "updated) VALUES (?, ?, ?, ?)",
-                               (event_id, row.topic, _dumps(row.payload), row.created))
-                else:
-                    db.execute("DELETE FROM open_events WHERE event_id = ?", (event_id,))
+                if track is not None:
+                    _record(db, row, *track)
             db.execute("COMMIT")
         except sqlite3.Error as err:
             self._failed("store", what, err)
             return False
+        for row, track in items:  # a pending record this row is as new as is written now
+            if track is not None and track[0] in self._tracks \
+                    and self._tracks[track[0]][0].id <= row.id:
+                del self._tracks[track[0]]
         self._count += len(items)
         self._succeeded("store")
         return True
@@ -633,7 +645,8 @@ class Outbox:
             self.shrink()
         with self._lock:
             if now < self._next_retry or not (self._unremoved or self._memory or self._errors
-                                               or not self._reserve_held or self._exclusive):
+                                               or not self._reserve_held or self._exclusive
+                                               or self._tracks):
                 return
             self._next_retry = now + RETRY_S
             if self._unremoved:
@@ -647,8 +660,10 @@ class Outbox:
                 self._reopen()
             if self._memory and self._reserve_held:
                 self._store_memory()
-            elif ("store" in self._errors and self._reserve_held and self._db is not None
-                  and self._room()):
+            if self._tracks and self._reserve_held:
+                self._store_tracks()
+            if (not self._memory and not self._tracks and "store" in self._errors
+                    and self._reserve_held and self._db is not None and self._room()):
                 self._succeeded("store")  # nothing to store now; the next put confirms it
         self._report_drops(0, 0)
 
@@ -687,6 +702,26 @@ class Outbox:
             return shutil.disk_usage(self.dir).free >= max(self.reserve_bytes, 64 * 1024)
         except OSError:
             return False
+
+    def _store_tracks(self) -> bool:
+        """Write the records of messages that were delivered from memory before they could be
+        stored (under the lock; only once memory is empty, so no older message of the same
+        violation is stored after them); True when none is left."""
+        if not self._tracks:
+            return True
+        if self._memory or self._db is None:
+            return False
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for event_id, (row, still_open) in self._tracks.items():
+                _record(db, row, event_id, still_open)
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._failed("store", "record the open violations", err)
+            return False
+        self._tracks.clear()
+        return True
 
     def _store_memory(self) -> None:
         """Move what waits in memory to disk, in order (under the lock); creates the outbox
@@ -733,11 +768,15 @@ class Outbox:
             try:
                 if self._memory:
                     self._store_memory()
-                if self._memory and self._release_reserve():  # the process ends: use it
-                    self._store_memory()
+                if (self._memory or not self._store_tracks()) and self._release_reserve():
+                    self._store_memory()  # the process ends: use the reserve
                 if self._memory:
                     log.error("outbox %s: %d event(s) held in memory could not be stored (%s) "
                               "and are lost", self.path, len(self._memory), self.fault)
+                elif not self._store_tracks():
+                    log.error("outbox %s: which message %d violation(s) sent last could not be "
+                              "stored (%s); the next start may end them with a seq already "
+                              "sent", self.path, len(self._tracks), self.fault)
                 if self._db is not None:
                     self._db.close()
             finally:

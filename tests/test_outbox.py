@@ -365,6 +365,36 @@ def test_an_outbox_opened_on_a_full_disk_can_be_read_by_others_once_there_is_roo
     ob.close()
 
 
+def test_what_was_delivered_from_memory_is_what_the_next_start_ends_after(disk):
+    """On a full disk a violation's next messages wait in memory and may be delivered from
+    there. The record of its last message (the next start ends an open violation with the seq
+    after it) must follow them (was: it kept the last *stored* one, so the next start sent an
+    `end` with a seq already delivered, which de-duplicating consumers drop)."""
+    from mqtt_broker import fill_disk
+
+    def msg(seq: int, kind: str) -> dict:
+        return {"event_id": "e1", "seq": seq, "event_type": kind, "pad": "x" * 3000}
+
+    ob = Outbox(disk, reserve_bytes=32 * 1024)
+    ob.remove(ob.put("t", msg(0, "start"), track=("e1", True)))  # stored, then delivered
+    filler = fill_disk(disk)
+    for seq in (1, 2):
+        row = ob.put("t", msg(seq, "update"), track=("e1", True))
+        ob.remove(row)  # delivered from memory, never stored
+    ob.close()  # a clean stop with the disk still full: the reserve takes the record
+    filler.unlink()
+    ob = Outbox(disk, reserve_bytes=32 * 1024)
+    assert [r.payload["seq"] for r in ob.open_events()] == [2]
+
+    filler = fill_disk(disk)
+    ob.remove(ob.put("t", msg(3, "end"), track=("e1", False)))  # the end, from memory
+    assert [r.payload["seq"] for r in ob.open_events()] == [2]  # not written yet: no room
+    filler.unlink()
+    retry_until_stored(ob)
+    assert ob.open_events() == []  # ended: the next start sends nothing more for e1
+    ob.close()
+
+
 def test_memory_queue_is_bounded_and_what_it_drops_is_counted_and_logged(disk, caplog):
     from mqtt_broker import fill_disk
 
