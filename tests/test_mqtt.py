@@ -489,3 +489,54 @@ def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
                 sink.close()
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
             assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors
+
+
+def retained_now(broker: Broker, topics: list[str], settle: float = 1.5) -> dict[str, bytes]:
+    """What a subscriber that connects now gets retained (payload by topic)."""
+    fresh = Subscriber(broker, topics)
+    time.sleep(settle)
+    out = {m.topic: m.payload for m in fresh.messages if m.retain}
+    fresh.close()
+    return out
+
+
+def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
+    """A broker restarted without persistence forgets every retained message. On reconnect
+    maskd publishes them again: state and faces with the next frame even when the counts did not
+    change, stats at once (was: only after a change or a heartbeat, up to stats_interval_s)."""
+    from maskd.types import LoopStats
+
+    with Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, tmp_path / "state", stats_interval_s=3600.0)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        assert wait_until(lambda: sink.health()["connected"], 10)
+        sink.on_state(counts(2, 1, 1))
+        sink.on_stats(LoopStats(fps=12.5, frames=100))
+        before = retained_now(b, [f"{CAM}/#"])
+        assert {f"{CAM}/state", f"{CAM}/faces", f"{CAM}/stats"} <= set(before), sorted(before)
+        b.stop()
+        b.start()  # no persistence: nothing retained any more
+        assert wait_until(lambda: sink.health()["connected"], 20)
+        time.sleep(1.2)  # past state_interval_s
+        sink.on_state(counts(2, 1, 1))  # the same counts as before the restart
+        after = retained_now(b, [f"{CAM}/#"])
+        assert {f"{CAM}/state", f"{CAM}/faces", f"{CAM}/stats"} <= set(after), sorted(after)
+        assert after[f"{CAM}/faces"] == b"2" and json.loads(after[f"{CAM}/stats"])["fps"] == 12.5
+        sink.close()
+
+
+def test_the_retained_state_at_a_clean_stop_is_the_last_one(tmp_path):
+    """The state interval held back the last counts (a violation just ended): at the stop the
+    retained state must be those, not an older one saying 'active 1' next to violations 0."""
+    from dataclasses import replace
+
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"), model_name="m")
+        assert wait_until(lambda: sink.health()["connected"], 10)
+        sink.on_state(replace(counts(1, 0, 1), active=1))
+        sink.on_state(replace(counts(0, 0, 0), active=0))  # within state_interval_s: held
+        sink.close()
+        retained = retained_now(b, [f"{CAM}/#"])
+        state = json.loads(retained[f"{CAM}/state"])
+        assert (state["active"], state["faces"]) == (0, 0) and retained[f"{CAM}/faces"] == b"0"
+        assert retained[f"{CAM}/violations"] == b"0"

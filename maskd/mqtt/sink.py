@@ -63,8 +63,9 @@ class _Camera:
     topics: Topics
     control: RunControl
     open_events: dict[str, dict] = field(default_factory=dict)  # event id -> its attributes
-    last_state: dict | None = None
+    last_state: dict | None = None  # None: publish the next state whatever it is
     last_state_t: float = float("-inf")
+    held: FaceCounts | None = None  # the newest counts the state interval held back
     violations: int | None = None  # people in violation, last published
     faces: int | None = None  # faces in view, last published
     detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
@@ -341,6 +342,9 @@ class MqttSink(EventSink):
         """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept."""
         if self._closing:
             return
+        if self._connected:
+            for cam in self._cams.values():
+                self._publish_held(cam)
         self._closing = True
         if self._connected:
             detail = {"state": "offline", "clean": True, "time": time.time(),
@@ -390,12 +394,13 @@ class MqttSink(EventSink):
         state = counts.to_dict()
         now = time.monotonic()
         since = now - cam.last_state_t
-        if since < self._mq.state_interval_s:
+        if since < self._mq.state_interval_s and cam.last_state is not None:
+            cam.held = counts  # sent when its loop ends, if nothing newer goes first
             return
         key = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
         if key == cam.last_state and since < self._mq.stats_interval_s:
             return
-        cam.last_state, cam.last_state_t = key, now
+        cam.last_state, cam.last_state_t, cam.held = key, now, None
         if counts.faces != cam.faces:
             cam.faces = counts.faces
             self._client.publish(cam.topics.faces, str(counts.faces), qos=1, retain=True)
@@ -409,9 +414,17 @@ class MqttSink(EventSink):
         if self._connected:
             self._publish_stats(cam)
 
+    def _publish_held(self, cam: _Camera) -> None:
+        """The counts the state interval held back, at the end: what stays retained is the
+        loop's last state, not an older one that contradicts the violation topics."""
+        if cam.held is not None:
+            cam.last_state = None
+            self.camera_state(cam, cam.held)
+
     def camera_closed(self, cam: _Camera) -> None:
         """A camera's loop ended: its entities go unavailable; the last one closes the sink."""
         cam.running = False
+        self._publish_held(cam)
         if self._connected and cam.topics.availability != cam.topics.status:
             self._client.publish(cam.topics.availability, "offline", qos=1, retain=True)
         if not any(c.running for c in self._cams.values()):
@@ -496,7 +509,9 @@ class MqttSink(EventSink):
                                qos=1, retain=True)
             self._publish_active(cam)
             self._publish_detect_state(cam)
-            cam.violations = cam.faces = None  # published again with the next frame
+            # published again with the next frame: a broker that lost its retained
+            # messages (restarted without persistence) must get them back
+            cam.violations = cam.faces = cam.last_state = None
             client.subscribe(cam.topics.detect_set, qos=1)
         if self._mq.discovery:
             self._publish_discovery()
@@ -660,6 +675,8 @@ class MqttSink(EventSink):
                     st.inflight.clear()
                     st.replay_upto = self._outbox.max_id()
                     st.next_stats = now
+                    for cam in self._cams.values():  # retained stats again on a new connection
+                        cam.stats_t = float("-inf")
                     st.next_refused_retry = now + REFUSED_RETRY_S  # the replay offers them
                 room = WINDOW - len(st.inflight)
                 if room > 0 and self._refused and now >= st.next_refused_retry:
