@@ -392,11 +392,12 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
 _TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
 
 
-def _readable_file(path: Path) -> None:
-    """ValueError unless ``path`` is a file this user can read (what `run` opens it with)."""
+def _readable_file(path: Path) -> bytes:
+    """The content of ``path``; ValueError unless it is a file this user can read (what `run`
+    opens it with). Password and TLS files are small."""
     try:
-        with path.open("rb"):
-            pass
+        with path.open("rb") as f:
+            return f.read()
     except OSError as err:
         raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
 
@@ -444,13 +445,10 @@ class MqttConfig(Section):
     @classmethod
     def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and info.data.get("url"):
-            _readable_file(v)
             try:
-                v.read_bytes().decode("utf-8")
+                _readable_file(v).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"{_excerpt(str(v))} is not UTF-8 text") from None
-            except OSError:
-                pass  # read just now; a file that vanished meanwhile is run's to report
             if info.data.get("username") is None:
                 raise ValueError("a password is configured but mqtt.username is not")
         return v
