@@ -7,12 +7,14 @@ killed with violations open. Together they run in well under a minute.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from mqtt_broker import Broker, Mqtt311Only, Subscriber, fill_disk, small_disk, wait_until
@@ -217,6 +219,65 @@ def test_doctor_checks_publish_rights_mqtt5_and_by_round_trip_on_311(tmp_path):
                 else:
                     assert "never came back" in detail
             relay.close()
+
+
+def test_doctor_checks_publish_rights_under_the_discovery_prefix(tmp_path):
+    """An ACL granting only the device's prefix hides the device from Home Assistant: doctor
+    says so (MQTT 5 and 3.1.1), and passes once discovery is off."""
+    with Broker(tmp_path / "acl", acl="topic deny homeassistant/#\ntopic readwrite #") as b:
+        relay = Mqtt311Only(b)
+        for broker in (b, relay):
+            verdict, detail = probe_broker(cfg_for(broker, tmp_path / "state"))
+            assert verdict == FAIL, detail
+            assert "homeassistant/device/maskd_dev1_cam1/doctor" in detail
+            assert "discovery_prefix (homeassistant/#)" in detail
+            verdict, detail = probe_broker(cfg_for(broker, tmp_path / "state", discovery=False))
+            assert verdict == OK and "homeassistant" not in detail, detail
+        relay.close()
+
+
+def test_refused_discovery_and_state_are_reported(tmp_path, caplog):
+    """Retained messages that are not events (discovery, state) refused by the broker's ACL:
+    an error naming the topic, stats.refused_topics and faults(); gone once accepted."""
+    caplog.set_level(logging.WARNING)
+    deny = f"topic deny homeassistant/#\ntopic deny {CAM}/stats\ntopic readwrite #"
+    with Broker(tmp_path / "b", acl=deny) as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+        sink.on_stats(LoopStats(frames=1))
+        assert wait_until(lambda: sink.health()["refused_topics"] == 2, 10)
+        text = caplog.text
+        assert "refused homeassistant/device/maskd_dev1_cam1/config: Not authorized" in text
+        assert f"refused {CAM}/stats: Not authorized" in text
+        assert sink.faults() == ["MQTT: broker refuses 2 topic(s), e.g. "
+                                 "homeassistant/device/maskd_dev1_cam1/config"]
+        assert sink.health()["refused"] == 0  # no event was refused
+        sink.close()
+
+
+def test_reconnect_during_a_clean_stop_leaves_offline(tmp_path):
+    """The broker hangs while maskd stops, then restarts: the reconnect during close() must
+    not announce `online` again (the clean disconnect sends no will), or Home Assistant shows
+    a stopped camera as available."""
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+        time.sleep(0.3)
+        os.kill(b.proc.pid, signal.SIGSTOP)  # close() now waits for its PUBACKs
+        closer = threading.Thread(target=sink.close)
+        closer.start()
+        time.sleep(0.5)
+        os.kill(b.proc.pid, signal.SIGKILL)
+        b.proc.wait()
+        b.proc = None
+        b.start()
+        closer.join(30)
+        assert not closer.is_alive()
+        sub = Subscriber(b, [f"{CAM}/status", f"{CAM}/status/detail"])
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert [m.payload for m in sub.on(f"{CAM}/status")] == [b"offline"]
+        assert json.loads(sub.on(f"{CAM}/status/detail")[0].payload)["state"] == "offline"
+        sub.close()
 
 
 def test_kill9_with_open_violations_then_restart_ends_them(tmp_path):

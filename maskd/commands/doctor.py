@@ -510,15 +510,21 @@ def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | N
 
 
 class _Probe:
-    """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``."""
+    """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``
+    and, with discovery on, beside the camera's discovery config."""
 
     def __init__(self, cfg: Config, url: Any, password: str | None, version: Any,
                  client_id: str | None = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
+        from maskd.mqtt.homeassistant import Topics
+
         self.mq, self.url, self.version = cfg.mqtt, url, version
         self.topic = f"{cfg.mqtt.prefix}/{cfg.device_id}/{cfg.camera}/doctor"
+        # beside the discovery config (Home Assistant reads only .../config there)
+        self.discovery_topic = (Topics.build(cfg.mqtt, cfg.device_id, cfg.camera).discovery
+                                .removesuffix("/config") + "/doctor")
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
         self.connected = threading.Event()
@@ -574,31 +580,50 @@ class _Probe:
         return f"{self.url}: no answer to CONNECT within {BROKER_TIMEOUT_S:.0f} s{hint}"
 
     def publish_rights(self) -> tuple[str, str]:
-        """MQTT 5: the PUBACK's reason code. 3.1.1 acknowledges a denied publish like any
-        other, so there: subscribe, publish, and see whether the message comes back."""
+        """Publish rights under the device's prefix and, with discovery on, under Home
+        Assistant's discovery_prefix (an ACL that grants only ``maskd/#`` hides the device from
+        Home Assistant); the first failure, else OK."""
         import paho.mqtt.client as mqtt
 
         ms = (time.perf_counter() - self.t0) * 1e3
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
         done = (f"{self.url}: connected {who}{' over TLS' if self.url.tls else ''} in {ms:.0f} ms, "
                 f"MQTT {'5' if self.version == mqtt.MQTTv5 else '3.1.1'}")
+        topics = [self.topic, *([self.discovery_topic] if self.mq.discovery else [])]
+        said = []
+        for topic in topics:
+            verdict, detail = self._may_publish(topic)
+            if verdict != OK:
+                return verdict, f"{done}; {detail}"
+            said.append(detail)
+        return OK, f"{done}; {'; '.join(said)}"
+
+    def _may_publish(self, topic: str) -> tuple[str, str]:
+        """MQTT 5: the PUBACK's reason code. 3.1.1 acknowledges a denied publish like any
+        other, so there: subscribe, publish, and see whether the message comes back."""
+        import paho.mqtt.client as mqtt
+
+        self.answered.clear()
+        self.echoed.clear()
+        hint = ("the broker's ACL must let this user publish under Home Assistant's "
+                f"discovery_prefix ({self.mq.discovery_prefix}/#) or Home Assistant never sees "
+                "the device; or set mqtt.discovery: false" if topic == self.discovery_topic
+                else "the broker's ACL must let this user publish under the device's prefix")
         if self.version == mqtt.MQTTv5:
-            self.client.publish(self.topic, self.token, qos=1)
+            self.client.publish(topic, self.token, qos=1)
             if not self.answered.wait(BROKER_TIMEOUT_S):
-                return FAIL, f"{done}; no PUBACK for a test publish on {self.topic}"
+                return FAIL, f"no PUBACK for a test publish on {topic}"
             if self.answer.is_failure:
-                return FAIL, (f"{done}; publishing refused on {self.topic}: {self.answer} (the "
-                              "broker's ACL must let this user publish under the device's prefix)")
-            return OK, f"{done}; may publish on {self.topic}"
-        self.client.subscribe(self.topic, qos=1)
+                return FAIL, f"publishing refused on {topic}: {self.answer} ({hint})"
+            return OK, f"may publish on {topic}"
+        self.client.subscribe(topic, qos=1)
         if not self.answered.wait(BROKER_TIMEOUT_S) or self.answer.is_failure:
-            return WARN, (f"{done}; cannot check publish rights: may not subscribe to "
-                          f"{self.topic} ({self.answer})")
-        self.client.publish(self.topic, self.token, qos=1)
+            return WARN, f"cannot check publish rights: may not subscribe to {topic} ({self.answer})"
+        self.client.publish(topic, self.token, qos=1)
         if not self.echoed.wait(3.0):
-            return FAIL, (f"{done}; a test message on {self.topic} never came back: the broker's "
-                          "ACL probably denies publishing (MQTT 3.1.1 cannot say so)")
-        return OK, f"{done}; publish rights checked by a round trip on {self.topic}"
+            return FAIL, (f"a test message on {topic} never came back: {hint} (MQTT 3.1.1 "
+                          "cannot say whether it was denied)")
+        return OK, f"publish rights checked by a round trip on {topic}"
 
     def close(self) -> None:
         if self.started:

@@ -184,6 +184,12 @@ class MqttSink(EventSink):
         self._short_sessions = 0  # consecutive connections that lasted < 5 s
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
+        # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
+        # reported. mid -> topic while unacknowledged; topic -> reason while refused.
+        self._side_lock = threading.Lock()
+        self._side_topics: dict[int, str] = {}
+        self._side_refused: dict[str, str] = {}
+        self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._last_fail_log: tuple[str, float] = ("", 0.0)
         self._last_refused_log: dict[str, float] = {}
         self._last_crash_log = float("-inf")
@@ -299,10 +305,10 @@ class MqttSink(EventSink):
             if self._connected:
                 self._publish_active(cam)
                 if event.event_type != "update":  # Home Assistant's event entity: live triggers
-                    self._client.publish(cam.topics.event, _dumps({
+                    self._side(cam.topics.event, _dumps({
                         "event_type": event.event_type, "event_id": event.event_id,
                         "score": round(float(event.score), 4), "camera": cam.name,
-                        "end_reason": event.end_reason}), qos=1)
+                        "end_reason": event.end_reason}), retain=False)
         self._q.put(("wake", None, None))
 
     def _end_left_open(self) -> None:
@@ -347,18 +353,16 @@ class MqttSink(EventSink):
                 self._publish_held(cam)
         self._closing = True
         if self._connected:
-            detail = {"state": "offline", "clean": True, "time": time.time(),
-                      "pending": self._outbox.depth(), "sw_version": __version__}
-            status = self._first.topics.status
-            infos = [
-                self._client.publish(f"{status}/detail", _dumps(detail), qos=1, retain=True),
-                *(self._client.publish(t, "offline", qos=1, retain=True)
-                  for t in dict.fromkeys([*(c.topics.availability for c in self._cams.values()),
-                                          status])),
-            ]
-            for info in infos:
+            self._announce_offline()
+            # A reconnect meanwhile (a broker restart during the stop) announces it again and
+            # replaces the list: wait for whichever is newest.
+            deadline = time.monotonic() + 5.0
+            while (left := deadline - time.monotonic()) > 0:
+                pending = [i for i in self._offline_infos if not i.is_published()]
+                if not pending:
+                    break
                 try:
-                    info.wait_for_publish(timeout=3.0)
+                    pending[0].wait_for_publish(timeout=min(left, 0.5))
                 except (RuntimeError, ValueError):
                     break
         self._client.disconnect()
@@ -390,7 +394,7 @@ class MqttSink(EventSink):
             self._publish_detect_state(cam)
         if counts.active != cam.violations:
             cam.violations = counts.active
-            self._client.publish(cam.topics.violations, str(counts.active), qos=1, retain=True)
+            self._side(cam.topics.violations, str(counts.active))
         state = counts.to_dict()
         now = time.monotonic()
         since = now - cam.last_state_t
@@ -403,9 +407,8 @@ class MqttSink(EventSink):
         cam.last_state, cam.last_state_t, cam.held = key, now, None
         if counts.faces != cam.faces:
             cam.faces = counts.faces
-            self._client.publish(cam.topics.faces, str(counts.faces), qos=1, retain=True)
-        self._client.publish(cam.topics.state, _dumps({**state, "time": time.time()}), qos=1,
-                             retain=True)
+            self._side(cam.topics.faces, str(counts.faces))
+        self._side(cam.topics.state, _dumps({**state, "time": time.time()}))
 
     def camera_stats(self, cam: _Camera, stats: LoopStats) -> None:
         """Loop health (fps per stage, skipped frames) with the connection's own numbers,
@@ -426,7 +429,7 @@ class MqttSink(EventSink):
         cam.running = False
         self._publish_held(cam)
         if self._connected and cam.topics.availability != cam.topics.status:
-            self._client.publish(cam.topics.availability, "offline", qos=1, retain=True)
+            self._side(cam.topics.availability, "offline")
         if not any(c.running for c in self._cams.values()):
             self.close()
 
@@ -446,6 +449,7 @@ class MqttSink(EventSink):
             "memory_queue": ob.in_memory(),
             "memory_dropped": ob.memory_dropped,
             "refused": len(self._refused),
+            "refused_topics": len(self._side_refused),
             "reconnects": self.reconnects,
             "published": self.published,
             "uptime_s": round(time.time() - self._started_at, 3),
@@ -463,6 +467,10 @@ class MqttSink(EventSink):
             out.append(f"MQTT: {ob.memory_dropped} event(s) lost, memory queue full")
         if self._refused:
             out.append(f"MQTT: {len(self._refused)} event(s) refused by the broker")
+        with self._side_lock:
+            refused = sorted(self._side_refused)
+        if refused:
+            out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         return out
 
     @property
@@ -492,6 +500,13 @@ class MqttSink(EventSink):
             # Whatever paho still holds from the last connection is replayed from the
             # outbox instead, so it is sent once and in order.
             client.drop_out_messages()
+            with self._side_lock:
+                self._side_topics.clear()
+            if self._closing:  # a reconnect while stopping: the stop is what the broker keeps
+                log.info("MQTT: reconnected to %s while stopping; announcing offline again",
+                         self._url)
+                self._announce_offline()
+                return
             self._gen += 1
             self._connected_at = time.monotonic()
             self._connected = True
@@ -501,12 +516,11 @@ class MqttSink(EventSink):
                   "previous_stop": self._previous_stop, "sw_version": __version__,
                   "model": self._model}
         status = self._first.topics.status
-        client.publish(f"{status}/detail", _dumps(detail), qos=1, retain=True)
-        client.publish(status, "online", qos=1, retain=True)
+        self._side(f"{status}/detail", _dumps(detail))
+        self._side(status, "online")
         for cam in self._cams.values():
             if cam.topics.availability != status:
-                client.publish(cam.topics.availability, "online" if cam.running else "offline",
-                               qos=1, retain=True)
+                self._side(cam.topics.availability, "online" if cam.running else "offline")
             self._publish_active(cam)
             self._publish_detect_state(cam)
             # published again with the next frame: a broker that lost its retained
@@ -596,14 +610,52 @@ class MqttSink(EventSink):
 
     # ---- retained state ----
 
+    def _side(self, topic: str, payload: str | bytes, retain: bool = True
+              ) -> mqtt.MQTTMessageInfo:
+        """Publish a message that is not an event (QoS 1, retained unless said otherwise); the
+        publisher thread reports it when the broker refuses it (MQTT 5)."""
+        with self._side_lock:  # recorded before the publisher thread can look its ack up
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._side_topics[info.mid] = topic
+        return info
+
+    def _side_acked(self, mid: int, reason: Any) -> None:
+        """A non-event message was acknowledged: a refusal is logged once a minute per topic
+        and reason, and listed in faults() until that topic is accepted again."""
+        with self._side_lock:
+            topic = self._side_topics.pop(mid, None)
+            if topic is None:
+                return
+            if reason is None or not reason.is_failure:
+                self._side_refused.pop(topic, None)
+                return
+            self._side_refused[topic] = str(reason)
+        if who := self._refusal_to_log(topic, str(reason)):
+            log.error("MQTT: broker %s refused %s: %s (does the broker's ACL let %s publish "
+                      "there?%s)", self._url, topic, reason, who,
+                      " Home Assistant finds maskd by its discovery_prefix topics"
+                      if topic.endswith("/config") else "")
+
+    def _announce_offline(self) -> None:
+        """The clean stop's retained messages: offline, and why (no last will follows)."""
+        detail = {"state": "offline", "clean": True, "time": time.time(),
+                  "pending": self._outbox.depth(), "sw_version": __version__}
+        status = self._first.topics.status
+        self._offline_infos = [
+            self._side(f"{status}/detail", _dumps(detail)),
+            *(self._side(t, "offline")
+              for t in dict.fromkeys([*(c.topics.availability for c in self._cams.values()),
+                                      status])),
+        ]
+
     def _publish_active(self, cam: _Camera) -> None:
         """ON/OFF and, for Home Assistant's attributes, the newest open violation (or nulls)."""
         with self._active_lock:
             newest = list(cam.open_events.values())[-1:] or [
                 {"event_id": None, "score": None, "since": None, "camera": cam.name}]
-            self._client.publish(cam.topics.attributes, _dumps(newest[0]), qos=1, retain=True)
-            self._client.publish(cam.topics.active, "ON" if cam.open_events else "OFF",
-                                 qos=1, retain=True)
+            self._side(cam.topics.attributes, _dumps(newest[0]))
+            self._side(cam.topics.active, "ON" if cam.open_events else "OFF")
 
     def _publish_detect_state(self, cam: _Camera) -> None:
         """Whether detection runs, and what decides it: the switch or the schedule."""
@@ -611,20 +663,19 @@ class MqttSink(EventSink):
         cam.detect = (ctl.detect_enabled, ctl.in_force)
         attrs = {"switch": "ON" if ctl.switch else "OFF", "schedule": ctl.scheduled,
                  "in_force": ctl.in_force}
-        self._client.publish(cam.topics.detect_attributes, _dumps(attrs), qos=1, retain=True)
-        self._client.publish(cam.topics.detect_state, "ON" if ctl.detect_enabled else "OFF",
-                             qos=1, retain=True)
+        self._side(cam.topics.detect_attributes, _dumps(attrs))
+        self._side(cam.topics.detect_state, "ON" if ctl.detect_enabled else "OFF")
 
     def _publish_discovery(self) -> None:
         for cam in self._cams.values():
             cfg = discovery_config(cam.topics, self._device_id, cam.name, self._mq.snapshots,
                                    self._configuration_url)
-            self._client.publish(cam.topics.discovery, _dumps(cfg), qos=1, retain=True)
+            self._side(cam.topics.discovery, _dumps(cfg))
 
     def _publish_stats(self, cam: _Camera) -> None:
         cam.stats_t = time.monotonic()
         msg = {**cam.loop_stats, **self.health(), "camera": cam.name, "time": time.time()}
-        self._client.publish(cam.topics.stats, _dumps(msg), qos=1, retain=True)
+        self._side(cam.topics.stats, _dumps(msg))
 
     # ---- the publisher thread: the only place events are published ----
 
@@ -655,6 +706,9 @@ class MqttSink(EventSink):
                 break
         acks = [(st.inflight.pop(mid), reason) for kind, mid, reason in items
                 if kind == "ack" and mid in st.inflight]
+        for kind, mid, reason in items:
+            if kind == "ack":
+                self._side_acked(mid, reason)
         for (row_id, topic), reason in acks:
             if reason is not None and reason.is_failure:
                 self._refuse(row_id, topic, str(reason))
@@ -714,14 +768,20 @@ class MqttSink(EventSink):
             self._refused.pop(gone, None)
         return rows
 
+    def _refusal_to_log(self, topic: str, reason: str) -> str | None:
+        """Who was refused (for the message) when this topic and reason were not logged in the
+        last minute, else None: a refusal repeats with every message."""
+        now = time.monotonic()
+        key = f"{topic} {reason}"
+        if now - self._last_refused_log.get(key, float("-inf")) < 60:
+            return None
+        self._last_refused_log[key] = now
+        return f"user {self._mq.username!r}" if self._mq.username else "this client"
+
     def _refuse(self, row_id: int, topic: str, reason: str) -> None:
         """The broker said no (MQTT 5 PUBACK): keep the event, say so once a minute per cause."""
         self._refused[row_id] = reason
-        now = time.monotonic()
-        key = f"{topic} {reason}"
-        if now - self._last_refused_log.get(key, float("-inf")) >= 60:
-            self._last_refused_log[key] = now
-            who = f"user {self._mq.username!r}" if self._mq.username else "this client"
+        if who := self._refusal_to_log(topic, reason):
             log.error("MQTT: broker %s refused an event on %s: %s; %d event(s) refused so far, "
                       "kept in the outbox and offered again every %.0f s (does the broker's ACL "
                       "let %s publish there?)", self._url, topic, reason, len(self._refused),
@@ -735,7 +795,7 @@ class MqttSink(EventSink):
         with self._snap_lock:
             snap = self._snapshots.pop(row.id, None)
         if snap is not None:
-            self._client.publish(snap[0], snap[1], qos=1, retain=True)
+            self._side(snap[0], snap[1])
         return info.mid
 
 
