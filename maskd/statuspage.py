@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
-from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,6 +57,7 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS = 50  # the page's event list
 IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
+MAX_CONNECTIONS = 32  # open at once (stream viewers included); more are answered 503
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
 COOKIE = "maskd_token"
 
@@ -120,20 +120,25 @@ class Credentials:
             return self._same(password, self._password)
         if scheme.lower() == "bearer":
             return self.token_ok(value)
-        if cookie:
-            jar = SimpleCookie()
-            try:
-                jar.load(cookie)
-            except Exception:  # noqa: BLE001 - a malformed cookie is no credential
-                jar = SimpleCookie()
-            if COOKIE in jar and self.token_ok(jar[COOKIE].value):
-                return True
+        if any(self.token_ok(v) for v in cookie_values(cookie, COOKIE)):
+            return True
         return self.token_ok(query_token)
 
     def challenge(self) -> str:
         if self._password is not None:
             return 'Basic realm="maskd", charset="UTF-8"'
         return 'Bearer realm="maskd"'
+
+
+def cookie_values(header: str | None, name: str) -> list[str]:
+    """The values of one cookie in a Cookie header. By hand: SimpleCookie drops the whole
+    header when any other cookie (another web app on the same host) holds a space or a quote."""
+    out = []
+    for piece in (header or "").split(";"):
+        key, eq, value = piece.partition("=")
+        if eq and key.strip() == name:
+            out.append(value.strip().strip('"'))
+    return out
 
 
 # ---------------------------------------------------------------- one camera
@@ -287,7 +292,87 @@ class _Metrics:
 # ---------------------------------------------------------------- the server
 
 
-class _V6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, but at most MAX_CONNECTIONS of them (a Pi runs out of threads
+    and memory long before a browser needs that many), and a connection must finish its
+    request's headers within idle_timeout_s in all: the socket timeout alone lets a client
+    that sends a header line now and then hold its thread for ever, without credentials."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadline_lock = threading.Lock()
+        self._last_error_log = float("-inf")
+        self.refused = 0  # connections answered 503 because all slots were taken
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self._log_error("status page: %d connections open (the most it serves); answering "
+                            "503", MAX_CONNECTIONS)
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nServer: maskd\r\n"
+                                b"Content-Length: 0\r\nRetry-After: 5\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        with self._deadline_lock:
+            self._deadlines[request] = time.monotonic() + self.idle_timeout_s
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request: socket.socket) -> None:
+        with self._deadline_lock:
+            self._deadlines.pop(request, None)
+        self._slots.release()
+
+    def headers_read(self, request: socket.socket) -> None:
+        """The request is in: from here only the socket's idle timeout applies (a stream)."""
+        with self._deadline_lock:
+            self._deadlines.pop(request, None)
+
+    def service_actions(self) -> None:
+        """Every poll of serve_forever (0.5 s): cut connections whose headers are overdue."""
+        now = time.monotonic()
+        with self._deadline_lock:
+            late = [r for r, t in self._deadlines.items() if t <= now]
+            for r in late:
+                del self._deadlines[r]
+        for r in late:
+            try:
+                r.shutdown(socket.SHUT_RDWR)  # its thread's read returns; it then ends
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        """One line (at most once a minute), not a traceback per connection in the journal."""
+        import sys
+
+        self._log_error("status page: request from %s failed: %s", client_address[0],
+                        sys.exc_info()[1])
+
+    def _log_error(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 60:
+            self._last_error_log = now
+            log.warning(msg, *args)
+
+
+class _V6Server(_Server):
     address_family = socket.AF_INET6
 
 
@@ -310,12 +395,11 @@ class StatusServer:
         self._health: Callable[[], dict] | None = None
         self.registry = CollectorRegistry(auto_describe=False)  # private: no global side effects
         self.registry.register(_Metrics(self))  # type: ignore[arg-type]
-        server_cls = _V6Server if ":" in self.host else ThreadingHTTPServer
+        server_cls = _V6Server if ":" in self.host else _Server
         try:
-            self._server = server_cls((self.host, port), self._make_handler())
+            self._server = server_cls((self.host, port), self._make_handler(), idle_timeout_s)
         except OSError as err:
             raise PreviewUnavailable(f"preview.http: cannot listen on {listen}: {err.strerror or err}") from None
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="maskd-status",
                                         daemon=True)
@@ -436,6 +520,11 @@ class StatusServer:
                 log.debug("http %s: " + format, self.client_address[0], *args)
 
             head_only = False  # a HEAD request: headers as for GET, no body
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()  # reads the request line's headers too
+                server._server.headers_read(self.connection)
+                return ok
 
             def do_HEAD(self) -> None:  # noqa: N802
                 """GET's answer without its body (uptime checks ask so)."""

@@ -27,6 +27,7 @@ from mqtt_broker import free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from maskd import statuspage
 from maskd.annotate import RED
 from maskd.config import ClassifierConfig, ConfigError, parse_config
 from maskd.demo import SIZE, DemoSource
@@ -230,6 +231,58 @@ def test_port_in_use_and_idle_connections():
             t0 = time.monotonic()
             assert conn.recv(1024) == b""  # the server hung up on a silent client
             assert time.monotonic() - t0 < 5
+    finally:
+        srv.close()
+
+
+def test_a_client_that_trickles_headers_is_cut_and_connections_are_capped(monkeypatch, capfd):
+    """A client that sends a header line now and then (slowloris) must not hold its thread
+    past the idle timeout (was: for ever, without credentials), and connections beyond the cap
+    get a 503 at once instead of a thread each (a Pi ran out of them, with a traceback each)."""
+    monkeypatch.setattr(statuspage, "MAX_CONNECTIONS", 3)
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"t"), idle_timeout_s=1.0).start()
+    conns = []
+    try:
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            c.sendall(b"GET /api/status HTTP/1.0\r\n")
+            conns.append(c)
+        time.sleep(0.3)
+        status, _, _ = get(srv.url + "api/status")
+        assert status == 503
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:  # one header line every 0.2 s: never idle
+            for c in conns:
+                try:
+                    c.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        for c in conns:  # hung up on (was: kept open while the lines came)
+            c.settimeout(3.0)
+            try:
+                got = c.recv(1024)
+            except ConnectionResetError:
+                got = b""
+            assert got == b""
+        assert get(srv.url + "api/status")[0] == 401  # slots free again: answered
+        assert srv._server.refused == 1
+    finally:
+        for c in conns:
+            c.close()
+        srv.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_token_cookie_next_to_other_cookies(tmp_path):
+    """Other web apps on the same host set cookies too; one with a space or a quote made the
+    whole header unreadable, so the token cookie was not found (401)."""
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"tok-123")).start()
+    try:
+        for header in ("theme=dark mode; maskd_token=tok-123", 'prefs={"lang":"en"}; maskd_token=tok-123',
+                       "maskd_token=tok-123; x=a\"b", "n=caf\u00e9; maskd_token=tok-123"):
+            assert get(srv.url + "api/status", {"Cookie": header})[0] == 200, header
+        assert get(srv.url + "api/status", {"Cookie": "theme=dark mode; maskd_token=x"})[0] == 401
     finally:
         srv.close()
 
