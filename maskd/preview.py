@@ -83,6 +83,14 @@ class FbGeometry:
     bits_per_pixel: int
     stride: int  # bytes per row in memory (>= width * bytes per pixel)
 
+    def __post_init__(self) -> None:
+        need = self.width * self.bits_per_pixel // 8
+        if self.width <= 0 or self.height <= 0 or self.stride < need:
+            raise PreviewUnavailable(
+                f"framebuffer: unusable geometry {self.width}x{self.height}, "
+                f"{self.bits_per_pixel} bits per pixel, rows of {self.stride} bytes (need >= "
+                f"{need}): is the HDMI display connected and set up?")
+
     @property
     def pixel_format(self) -> PixelFormat:
         """The Pi's fbdev formats: 16 bpp is RGB565, 32 bpp is XRGB8888 (bytes B,G,R,X), 24 is BGR."""
@@ -104,6 +112,13 @@ def _read_sys(path: Path) -> str:
         raise PreviewUnavailable(f"framebuffer: cannot read {path}: {err.strerror or err}") from None
 
 
+def require_fb(fb: Path) -> None:
+    """The framebuffer device exists (else PreviewUnavailable, saying what to use instead)."""
+    if not fb.exists():
+        raise PreviewUnavailable(f"preview.framebuffer: {fb} does not exist (no HDMI framebuffer; "
+                                 "use preview.http instead)")
+
+
 def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbGeometry:
     """Geometry of /dev/fbN from /sys/class/graphics/fbN/{virtual_size,bits_per_pixel,stride}.
 
@@ -111,9 +126,13 @@ def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbG
     the virtual size may be taller for double buffering; we draw at pan offset 0.
     """
     d = sysfs / fb.name
-    vw, vh = (int(v) for v in _read_sys(d / "virtual_size").split(","))
-    bpp = int(_read_sys(d / "bits_per_pixel"))
-    stride = int(_read_sys(d / "stride"))
+    raw = {name: _read_sys(d / name) for name in ("virtual_size", "bits_per_pixel", "stride")}
+    try:
+        vw, vh = (int(v) for v in raw["virtual_size"].split(","))
+        bpp, stride = int(raw["bits_per_pixel"]), int(raw["stride"])
+    except ValueError:
+        raise PreviewUnavailable(f"framebuffer: {d} holds no usable geometry ("
+                                 + ", ".join(f"{k} {v!r}" for k, v in raw.items()) + ")") from None
     w, h = vw, vh
     try:
         first = (d / "modes").read_text().split("\n", 1)[0]
@@ -223,9 +242,7 @@ class FramebufferPreview(ThreadedPreview):
     def __init__(self, path: Path, geometry: FbGeometry | None = None,
                  max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         super().__init__(max_fps)
-        if not path.exists():
-            raise PreviewUnavailable(f"preview.framebuffer: {path} does not exist (no HDMI framebuffer; "
-                                     "use preview.http instead)")
+        require_fb(path)
         self.path = path
         self.geometry = geometry or read_fb_geometry(path)
         self.geometry.pixel_format  # noqa: B018 - fail now, not in the thread, on odd formats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,62 @@ def test_every_camera_of_a_cameras_map_is_checked(tmp_path, default_model):
     assert got["timing"][0] == "OK"
     assert r.returncode == 1 and "camera back" in r.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_previews_of_every_camera_are_checked_and_a_running_maskd_is_no_failure(tmp_path):
+    """With a `cameras:` map doctor checked no preview at all (run then exited 78). A port held
+    by another program fails; one held by a running maskd's status page is OK (doctor runs
+    beside the service). Without mqtt.url the state dir is not needed, as for run."""
+    from mqtt_broker import free_port
+
+    from maskd.statuspage import StatusServer
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    page = StatusServer("127.0.0.1:0").start()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'nope'}\ndetector: {{kind: blazeface}}\ncameras:\n"
+                   f"  front: {{source: {{kind: demo}}, preview: {{http: '127.0.0.1:{busy.getsockname()[1]}'}}}}\n"
+                   f"  back: {{source: {{kind: demo}}, preview: {{http: '127.0.0.1:{page.port}', "
+                   f"framebuffer: {tmp_path / 'fb0'}}}}}\n"
+                   f"  side: {{source: {{kind: demo}}, preview: {{http: '127.0.0.1:{free_port()}'}}}}\n")
+    try:
+        r = doctor(cfg)
+    finally:
+        page.close()
+        busy.close()
+    got = rows(r.stdout)
+    assert got["preview http (front)"][0] == "FAIL", got
+    assert "by another program" in got["preview http (front)"][1]
+    assert got["preview http (back)"][0] == "OK" and "running maskd" in got["preview http (back)"][1]
+    assert got["preview fb (back)"][0] == "FAIL" and "does not exist" in got["preview fb (back)"][1]
+    assert got["preview http (side)"][0] == "OK"
+    assert got["state dir"][0] == "--" and "not used" in got["state dir"][1]
+    assert r.returncode == 1
+    assert "required checks failed: preview http (front), preview fb (back)" in r.stderr
+
+
+def test_camera_row_says_why_no_frame_came(tmp_path, monkeypatch):
+    """doctor shows errors only (its root logger is at ERROR), which also hid the sources'
+    warning that says why a camera gives no frame (was: only 'no frame within N s')."""
+    import logging
+
+    from mqtt_broker import free_port
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    cfg = write_cfg(tmp_path, "")
+    cfg.write_text(cfg.read_text().replace(
+        "{kind: demo}", f"{{kind: opencv, uri: 'http://127.0.0.1:{free_port()}/s'}}"))
+    monkeypatch.setattr(doc, "CAMERA_TIMEOUT_S", 3.0)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.ERROR)  # as doctor's main() sets it
+    d = doc.Doctor(load_config(cfg), 1)
+    d.camera()
+    (check,) = d.checks
+    assert check.verdict == doc.FAIL and "cannot open" in check.detail, check.detail
 
 
 def test_scan_models_row(tmp_path):

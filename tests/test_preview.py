@@ -142,6 +142,25 @@ def test_read_fb_geometry_from_sysfs(tmp_path):
         read_fb_geometry(Path("/dev/fb1"), sysfs=tmp_path / "sys")
 
 
+@pytest.mark.parametrize("files, match", [
+    ({"virtual_size": ""}, "holds no usable geometry"),
+    ({"virtual_size": "1920,1080,0"}, "holds no usable geometry"),
+    ({"bits_per_pixel": "sixteen"}, "holds no usable geometry"),
+    ({"stride": "100"}, r"rows of 100 bytes \(need >= 3840\)"),
+    ({"virtual_size": "0,0", "stride": "0"}, "unusable geometry 0x0"),
+])
+def test_odd_sysfs_geometry_is_refused_at_start(tmp_path, files, match):
+    """Odd kernel values gave a ValueError traceback (exit 1, restarted by systemd) or a
+    preview that died on its first frame, instead of PreviewUnavailable (exit 78)."""
+    d = tmp_path / "sys" / "fb0"
+    d.mkdir(parents=True)
+    for name, text in {"virtual_size": "1920,1080", "bits_per_pixel": "16", "stride": "3840",
+                       **files}.items():
+        (d / name).write_text(text + "\n")
+    with pytest.raises(PreviewUnavailable, match=match):
+        read_fb_geometry(Path("/dev/fb0"), sysfs=tmp_path / "sys")
+
+
 def test_framebuffer_writer_against_a_file(tmp_path):
     geo = FbGeometry(width=200, height=120, bits_per_pixel=32, stride=208 * 4)
     fb = tmp_path / "fb0"

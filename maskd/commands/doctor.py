@@ -85,6 +85,70 @@ def captured_stderr_fd() -> Iterator[list[str]]:
             out.append(tmp.read().decode(errors="replace"))
 
 
+def _check_fb(fb: Path) -> tuple[str, str]:
+    from maskd.preview import PreviewUnavailable, read_fb_geometry, require_fb
+
+    try:
+        require_fb(fb)
+        geo = read_fb_geometry(fb)
+        geo.pixel_format  # noqa: B018 - raises on unsupported depths
+    except PreviewUnavailable as err:
+        return FAIL, _err(err)
+    writable = os.access(fb, os.W_OK)
+    return (OK if writable else FAIL, f"{fb}: {geo.width}x{geo.height} {geo.pixel_format}"
+            + ("" if writable else " but not writable (video group?)"))
+
+
+def _check_window(_on: bool) -> tuple[str, str]:
+    from maskd.preview import opencv_gui_backend
+
+    backend = opencv_gui_backend()
+    return ((OK, f"OpenCV GUI: {backend}") if backend
+            else (FAIL, "OpenCV has no GUI support (headless)"))
+
+
+def _check_http(listen: str) -> tuple[str, str]:
+    """Free to listen on, or held by a maskd already serving there (the running service:
+    doctor may run beside it)."""
+    import errno
+
+    from maskd.preview import PreviewUnavailable, parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+        return OK, f"can listen on {listen}"
+    except PreviewUnavailable as err:
+        return FAIL, f"{listen}: {_err(err)}"
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE and _maskd_serves(host, port):
+            return OK, f"{listen}: in use by a running maskd (the service?)"
+        return FAIL, f"{listen}: {_err(err)}" + (" (by another program)"
+                                                 if err.errno == errno.EADDRINUSE else "")
+
+
+def _maskd_serves(host: str, port: int) -> bool:
+    """Whether the HTTP server on host:port says it is maskd (any answer, even 401)."""
+    import http.client
+
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    conn = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        conn.request("HEAD", "/api/status")
+        return conn.getresponse().getheader("Server") == "maskd"
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+_PREVIEW_CHECKS: dict[str, Callable[[Any], tuple[str, str]]] = {
+    "fb": _check_fb, "window": _check_window, "http": _check_http}
+
+
 class _LastWarning(logging.Handler):
     """Remembers the last warning a stage logged (e.g. why the camera did not open)."""
 
@@ -161,6 +225,9 @@ class Doctor:
 
     def state_dir(self) -> None:
         d = self.cfg.state_dir
+        if not self.cfg.mqtt.url:  # only the MQTT outbox keeps state there; run does not need it
+            self.add("state dir", INFO, f"{d}: not used (mqtt.url not set)", required=False)
+            return
         if not d.is_dir():
             self.add("state dir", FAIL, f"{d} does not exist (the unit's StateDirectory= creates it; "
                      "or mkdir it, owned by the service user)")
@@ -312,7 +379,13 @@ class Doctor:
                                   "number? ls /dev/video*)")
             return None
         watcher = _LastWarning()
-        logging.getLogger("maskd.sources").addHandler(watcher)
+        logger = logging.getLogger("maskd.sources")
+        # doctor's root logger shows errors only; the sources' warnings (why a camera does not
+        # open) must still reach the watcher, and only the watcher
+        was = logger.level, logger.propagate
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logger.addHandler(watcher)
         try:
             try:
                 source = open_source(src_cfg)
@@ -323,7 +396,9 @@ class Doctor:
             done, result = in_thread(source.read, CAMERA_TIMEOUT_S)
             ms = (time.perf_counter() - t0) * 1e3
         finally:
-            logging.getLogger("maskd.sources").removeHandler(watcher)
+            logger.removeHandler(watcher)
+            logger.setLevel(was[0])
+            logger.propagate = was[1]
         name = getattr(source, "name", src_cfg.kind)
         if not done:
             why = f": {watcher.last}" if watcher.last else ""
@@ -352,38 +427,17 @@ class Doctor:
             self.add("outbox", verdict, detail, required=verdict != INFO)
 
     def preview(self) -> None:
-        from maskd.preview import (
-            PreviewUnavailable,
-            opencv_gui_backend,
-            parse_listen,
-            read_fb_geometry,
-        )
-
-        p = self.cfg.preview
-        if p.framebuffer is not None:
-            try:
-                geo = read_fb_geometry(p.framebuffer)
-                geo.pixel_format  # noqa: B018 - raises on unsupported depths
-                writable = os.access(p.framebuffer, os.W_OK)
-                self.add("preview fb", OK if writable else FAIL,
-                         f"{p.framebuffer}: {geo.width}x{geo.height} {geo.pixel_format}"
-                         + ("" if writable else " but not writable (video group?)"))
-            except PreviewUnavailable as err:
-                self.add("preview fb", FAIL, _err(err))
-        if p.window:
-            backend = opencv_gui_backend()
-            self.add("preview window", OK if backend else FAIL,
-                     f"OpenCV GUI: {backend}" if backend else "OpenCV has no GUI support (headless)")
-        if p.http:
-            try:
-                host, port = parse_listen(p.http)
-                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                with socket.socket(fam) as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((host, port))
-                self.add("preview http", OK, f"can listen on {p.http}")
-            except (PreviewUnavailable, OSError) as err:
-                self.add("preview http", FAIL, f"{p.http}: {_err(err)}")
+        """Every camera's previews (a `cameras:` map keeps them per camera), each framebuffer
+        and listen address once."""
+        seen: set[object] = set()
+        for cam in self.cfg.cameras_resolved():
+            p = cam.preview
+            suffix = f" ({cam.camera})" if self.cfg.multi_camera else ""
+            for kind, value in (("fb", p.framebuffer), ("window", p.window), ("http", p.http)):
+                if value and (kind, value) not in seen:
+                    seen.add((kind, value))
+                    verdict, detail = _PREVIEW_CHECKS[kind](value)
+                    self.add(f"preview {kind}{suffix}", verdict, detail)
 
     def timing(self) -> None:
         if self.detector is None or self.classifier is None or self.first_frame is None:
