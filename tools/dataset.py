@@ -123,10 +123,13 @@ def make_split(
             readable.append(it)
         except ImageError as err:
             unreadable.append({"rel": it.rel, "reason": str(err)})
+    if not readable:
+        raise SystemExit(f"{root}: none of its {len(items)} files is a readable image")
     kept, dropped = dedupe(readable)
-    if limit:
+    if limit is not None:  # 0 is not "no limit": parse_args refuses it
         kept = limit_per_class(kept, limit, seed)
     parts = stratified_split(kept, val, test, seed)
+    check_parts(root, parts)
     return {
         "root": str(root),
         "labels": LABELS,
@@ -145,16 +148,47 @@ def make_split(
     }
 
 
+def check_parts(root: Path, parts: dict[str, list[Item]]) -> None:
+    """Training needs both classes in train and in val (the epoch-picking set): a one-class
+    folder or a val fraction that rounds to nothing would train nonsense or fail deep in Keras."""
+    for part in ("train", "val"):
+        have = {it.label for it in parts[part]}
+        missing = [lab for i, lab in enumerate(LABELS) if i not in have]
+        if missing:
+            raise SystemExit(
+                f"{root}: the {part} part of the split has no {' and no '.join(missing)} images "
+                f"({len(parts[part])} images in all); both class folders need readable images"
+                + (", and --val/--limit enough of them for a validation set" if part == "val" else ""))
+
+
 def save_split(split: dict, path: Path) -> None:
     Path(path).write_text(json.dumps(split, indent=1), encoding="utf-8")
 
 
 def load_split(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A split.json saved by train.py; a missing or malformed one stops naming the file
+    (SystemExit) instead of a KeyError or TypeError deep in the tool that reads it."""
+    try:
+        split = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SystemExit(f"{path}: cannot read the split ({err.strerror or err})") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise SystemExit(f"{path}: not a split.json (not JSON: {err})") from None
+    if not isinstance(split, dict) or not isinstance(split.get("root"), str):
+        raise SystemExit(f"{path}: not a split.json saved by tools/train.py (no \"root\")")
+    for part in ("train", "val", "test"):
+        rows = split.get(part)
+        if not isinstance(rows, list) or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                and r[1] in range(len(LABELS)) for r in rows):
+            raise SystemExit(f"{path}: not a split.json saved by tools/train.py "
+                             f"(\"{part}\" is not a list of [path, label] rows)")
+    return split
 
 
 def subset_files(split: dict, subset: str, root: Path | None = None) -> tuple[list[Path], np.ndarray]:
-    """(paths, labels) of one part of a saved split; ``root`` overrides where the data lives now."""
+    """(paths, labels) of one part of a split (checked by ``load_split``); ``root`` overrides
+    where the data lives now."""
     base = Path(root) if root is not None else Path(split["root"])
     rows = split[subset]
     return [base / rel for rel, _ in rows], np.array([lab for _, lab in rows], dtype=np.int64)

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         split = dataset.load_split(args.split)
         paths, labels = dataset.subset_files(split, args.subset, args.data_root)
-        where = f"{args.split} [{args.subset}] fingerprint {split['fingerprint'][:12]}"
+        where = f"{args.split} [{args.subset}] fingerprint {str(split.get('fingerprint'))[:12]}"
     elif args.voc:
         paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px, args.part)
         where = (f"{args.voc} face crops (margin {args.margin}, >= {args.min_face_px} px; "
