@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools import dataset
+from tools import dataset, train
 
 
 def _image(path: Path, value: int = 128) -> Path:
@@ -31,6 +31,21 @@ def _dataset(root: Path, per_class: int = 3, classes=("with_mask", "without_mask
 
 def _exit_message(excinfo: pytest.ExceptionInfo) -> str:
     return str(excinfo.value.code)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--epochs", "0"], "--epochs"), (["--epochs", "-1"], "--epochs"),
+    (["--batch", "0"], "--batch"), (["--val", "1.2"], "--val"), (["--test", "-0.1"], "--test"),
+    (["--val", "0.5", "--test", "0.5"], "sum must be < 1"), (["--val", "0"], "--val"),
+    (["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"),
+    (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--fine-tune-lr", "-1"], "--fine-tune-lr"),
+    (["--views", "-1"], "--views"), (["--scene-weight", "0"], "--scene-weight"),
+])
+def test_train_refuses_bad_numbers_while_parsing(bad: list[str], says: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--out", "runs/never"] + bad)
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 def test_make_split_refuses_unusable_data(tmp_path: Path) -> None:
@@ -68,3 +83,40 @@ def test_load_split_names_the_broken_file(tmp_path: Path) -> None:
             dataset.load_split(path)
         assert _exit_message(exc).startswith(f"{path}: ")
     assert '"val" is not a list of [path, label] rows' in _exit_message(exc)
+
+
+def test_train_refuses_a_folder_that_holds_a_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text("the earlier run's split")
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--out", str(run), "--data", str(tmp_path / "nodata")])
+    assert "holds a run already (split.json); choose a new --out folder" in _exit_message(exc)
+    assert (run / "split.json").read_text() == "the earlier run's split"
+
+
+def test_train_out_inside_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--out", str(tmp_path / "afile" / "run")])
+    assert _exit_message(exc).startswith(f"{tmp_path / 'afile' / 'run'}: cannot create the output folder")
+
+
+@pytest.mark.slow
+def test_train_checks_weights_and_layer_before_writing(tmp_path: Path) -> None:
+    """A truncated --weights and an unknown --fine-tune-from stop before split.json is written
+    (they used to show after it, the layer only after the head phase). Builds a 32 px base."""
+    pytest.importorskip("tensorflow")
+    data = _dataset(tmp_path / "data", 3)
+    trunc = tmp_path / "trunc.weights.h5"
+    trunc.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    base = ["--data", str(data), "--size", "32", "--epochs", "1", "--val", "0.34", "--test", "0"]
+    with pytest.raises(SystemExit) as exc:
+        train.main(base + ["--out", str(tmp_path / "r1"), "--weights", str(trunc)])
+    assert _exit_message(exc).startswith(f"{trunc}: cannot load as MobileNetV2")
+    assert not (tmp_path / "r1" / "split.json").exists()
+    with pytest.raises(SystemExit) as exc:
+        train.main(base + ["--out", str(tmp_path / "r2"), "--weights", "none",
+                           "--fine-tune-epochs", "1", "--fine-tune-from", "nope"])
+    assert "--fine-tune-from nope: no such layer" in _exit_message(exc)
+    assert not (tmp_path / "r2" / "split.json").exists()

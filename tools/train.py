@@ -37,12 +37,14 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from tools import dataset
+from tools.inputs import fraction, non_negative_int, out_dir, positive_float, positive_int, reason
 
 DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
@@ -50,19 +52,19 @@ DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=dataset.DEFAULT_DATA, help="class-folder dataset")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (created; one that holds a run already is refused)")
     p.add_argument("--size", type=int, default=224, help="input size S (multiple of 32: 224/160/128/96)")
-    p.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    p.add_argument("--alpha", type=positive_float, default=1.0, help="MobileNetV2 width multiplier")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
                    help="base weights .h5 (include_top=False), or 'none' for random init")
-    p.add_argument("--epochs", type=int, default=20, help="epochs with the base frozen")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (head)")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs with the base frozen")
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (head)")
+    p.add_argument("--fine-tune-epochs", type=non_negative_int, default=0,
                    help="extra epochs with the top of the base unfrozen (0 = seed recipe)")
     p.add_argument("--fine-tune-from", default="block_13_expand",
                    help="first base layer to unfreeze when fine-tuning")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5)
+    p.add_argument("--fine-tune-lr", type=positive_float, default=1e-5)
     p.add_argument("--augment", choices=["none", "seed", "device", "hard", "colour"], default="hard",
                    help="seed: flips/rotation/zoom/shift; device: also small faces, JPEG, light, "
                         "grey; hard: also profiles, hands in front, motion blur, frame edges; "
@@ -72,25 +74,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "../shared/data/scenes-dev): face crops of their train part, cut as the "
                         "device cuts them, join training; those of 15 %% of its photos join "
                         "the validation set that picks the epoch")
-    p.add_argument("--scene-weight", type=float, default=3.0,
+    p.add_argument("--scene-weight", type=positive_float, default=3.0,
                    help="loss weight of one scene crop against one paper image")
     p.add_argument("--scene-score", type=float, default=None,
                    help="YuNet score cut when cutting scene crops (default: the device's; lower "
                         "cuts more hard faces from the detector's box)")
-    p.add_argument("--views", type=int, default=4,
+    p.add_argument("--views", type=non_negative_int, default=4,
                    help="frozen phase: augmented views per image whose base features are computed "
                         "once and reused by the epochs (0 = push every epoch through the base)")
-    p.add_argument("--val", type=float, default=0.1, help="validation fraction")
-    p.add_argument("--test", type=float, default=0.1, help="test fraction (never trained on)")
+    p.add_argument("--val", type=fraction, default=0.1, help="validation fraction")
+    p.add_argument("--test", type=fraction, default=0.1, help="test fraction (never trained on)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--limit", type=int, default=None,
-                   help="at most N images per class and N scene photos (trials)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="at most N (>= 1) images per class and N scene photos (trials; default: all)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
     args = p.parse_args(argv)
     if args.size % 32 or args.size < 32:
         p.error("--size must be a multiple of 32 (the head pools the S/32 feature map)")
-    if args.scene_weight <= 0:
-        p.error("--scene-weight must be > 0")
+    if args.val + args.test >= 1:
+        p.error(f"--val {args.val} + --test {args.test} leave nothing to train on; their sum must be < 1")
+    if args.val == 0:
+        p.error("--val must be > 0: the validation part picks the kept epoch")
     return args
 
 
@@ -103,7 +107,18 @@ def build_model(size: int, alpha: float, weights: str | None, seed: int):
         input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None
     )
     if weights:
-        base.load_weights(weights)
+        # A file of another width or format makes Keras warn once per layer, then raise:
+        # keep the warnings back and give one line naming the file instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                base.load_weights(weights)
+            except Exception as err:  # noqa: BLE001 - h5py OSError, Keras ValueError ...
+                raise SystemExit(f"{weights}: cannot load as MobileNetV2 (alpha {alpha}, no top) "
+                                 f"base weights ({reason(err)}); pass a matching --weights FILE "
+                                 "or --alpha") from None
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     base.trainable = False
     inputs = keras.Input((size, size, 3), name="image")
     x = base(inputs, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
@@ -489,11 +504,41 @@ def plot_curves(rows: list[dict], path: Path, fine_tune_start: int | None) -> No
     plt.close(fig)
 
 
+RUN_FILES = ("split.json", "model.keras", "record.json", "history.csv", "best.weights.h5")
+
+
+def run_folder(out: Path) -> Path:
+    """Create ``out``, refusing one that holds a run already: a new run overwrites split.json
+    and the weights file by file, so a failed or stopped one would leave a mix of two runs."""
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if held:
+        raise SystemExit(f"{out}: holds a run already ({', '.join(held)}); choose a new --out "
+                         "folder (or remove that run)")
+    return out_dir(out)
+
+
+def checked_model(args: argparse.Namespace):
+    """The model with its base weights loaded and --fine-tune-from found in the base, built
+    BEFORE anything is written: a bad --weights or layer name used to show only after the split
+    was saved (and the layer only after the head phase had written its weights)."""
+    import keras
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    if weights and not Path(weights).is_file():
+        raise SystemExit(f"base weights not found: {weights} (pass --weights FILE or --weights none)")
+    keras.utils.set_random_seed(args.seed)
+    model, base = build_model(args.size, args.alpha, weights, args.seed)
+    if args.fine_tune_epochs > 0 and args.fine_tune_from not in [ly.name for ly in base.layers]:
+        raise SystemExit(f"--fine-tune-from {args.fine_tune_from}: no such layer in the "
+                         f"MobileNetV2 base (e.g. block_13_expand, block_16_project)")
+    return model, base
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder(args.out)
     t_start = time.time()
+    model, base = checked_model(args)
 
     print(f"[1/5] scanning {args.data} (dedupe exact duplicates, then stratified split)", flush=True)
     split = dataset.make_split(args.data, args.val, args.test, args.seed, args.limit)
@@ -527,8 +572,6 @@ def main(argv: list[str] | None = None) -> int:
     from maskd.classifier import DEFAULT_OFFSET, DEFAULT_SCALE, normalize
     from tools.evaluate import binary_metrics
 
-    keras.utils.set_random_seed(args.seed)
-
     print(f"[2/5] loading images at {args.size}x{args.size}", flush=True)
     data = {}
     for part in ("train", "val", "test"):
@@ -556,10 +599,6 @@ def main(argv: list[str] | None = None) -> int:
         plain["scene_val"], truth["scene_val"] = pick[n_val:], data["val"][1][n_val:]
     ds_val = (pick, data["val"][1]) if w_pick is None else (pick, data["val"][1], w_pick)
 
-    weights = None if args.weights.lower() == "none" else args.weights
-    if weights and not Path(weights).is_file():
-        raise SystemExit(f"base weights not found: {weights} (pass --weights FILE or --weights none)")
-    model, base = build_model(args.size, args.alpha, weights, args.seed)
     total_epochs = args.epochs + args.fine_tune_epochs
     log = EpochLog(out / "history.csv", total_epochs, args.quiet)
     best = keras.callbacks.ModelCheckpoint(
@@ -594,10 +633,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fine_tune_start = None
     if args.fine_tune_epochs > 0:
-        names = [layer.name for layer in base.layers]
-        if args.fine_tune_from not in names:
-            raise SystemExit(f"--fine-tune-from {args.fine_tune_from}: no such base layer")
-        start = names.index(args.fine_tune_from)
+        start = [layer.name for layer in base.layers].index(args.fine_tune_from)
         base.trainable = True
         for layer in base.layers[:start]:
             layer.trainable = False
@@ -626,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[4/5] scoring the kept model on {', '.join(plain)}", flush=True)
     metrics = {}
-    for part in plain:
+    for part in [k for k in plain if len(truth[k])]:  # --test 0 leaves no test part
         probs = model.predict(plain[part], batch_size=args.batch, verbose=0)[:, dataset.LABELS.index("no_mask")]
         metrics[part] = binary_metrics(truth[part], probs)
         m = metrics[part]

@@ -1,0 +1,80 @@
+"""Checks of what a user hands the offline tools (train, convert, evaluate, explain ...).
+
+Project rule for bad input: one line naming the option or file and what is wrong, a non-zero
+exit, no traceback, and nothing already produced lost. So the argparse types here reject a bad
+number while the command line is parsed (before TensorFlow is imported or a file is written),
+and ``out_dir`` / ``load_keras`` turn the OSError or Keras failure behind a bad path into that
+one line. One copy here, so the tools cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], want: str
+            ) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``cast`` the text, then require ``ok`` (NaN never passes)."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {want}")
+        return value
+    parse.__name__ = want  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+open_unit = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def out_dir(path: Path) -> Path:
+    """Create the output folder ``path`` now, right after parsing, so a path inside a file or
+    an unwritable place stops the tool before its work, not after it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"{path}: cannot create the output folder ({err.strerror or err})"
+                         ) from None
+    return path
+
+
+def out_file(path: Path) -> Path:
+    """An output file's folder created now (``out_dir``); a folder in the file's place is an error."""
+    if path.is_dir():
+        raise SystemExit(f"{path}: is a folder; give a file name for the output")
+    out_dir(path.parent)
+    return path
+
+
+def reason(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a message (Keras and h5py write several)."""
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
+def load_keras(path: Path) -> Any:
+    """``path`` as a Keras model, or SystemExit naming the file: Keras reports a broken or
+    foreign file as 'File not found' or a zip/HDF5 error that hides which file and why."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: model not found (tools/train.py writes runs/<run>/model.keras)")
+    if not zipfile.is_zipfile(path):  # what Keras would call 'File not found'
+        raise SystemExit(f"{path}: not a readable .keras model (not a zip archive)")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - keras raises ValueError, OSError, zip errors ...
+        raise SystemExit(f"{path}: not a readable .keras model ({reason(err)})") from None
