@@ -120,3 +120,35 @@ def test_train_checks_weights_and_layer_before_writing(tmp_path: Path) -> None:
                            "--fine-tune-epochs", "1", "--fine-tune-from", "nope"])
     assert "--fine-tune-from nope: no such layer" in _exit_message(exc)
     assert not (tmp_path / "r2" / "split.json").exists()
+
+
+def test_a_corrupt_keras_model_is_named_by_every_tool(tmp_path: Path) -> None:
+    """evaluate, convert and explain share one loader: 'PATH: not a readable .keras model'
+    (Keras itself says 'File not found' for a file that is there)."""
+    from tools import convert, evaluate, explain
+
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"PK no zip")
+    data = _dataset(tmp_path / "data", 1)
+    face = _image(tmp_path / "face.png")
+    for call in (lambda: evaluate.main(["--model", str(bad), "--data", str(data)]),
+                 lambda: convert.main([str(bad), "--formats", "float32", "--out", str(tmp_path / "o")]),
+                 lambda: explain.main(["--model", str(bad), str(face), "--out", str(tmp_path / "x")])):
+        with pytest.raises(SystemExit) as exc:
+            call()
+        assert _exit_message(exc) == f"{bad}: not a readable .keras model (not a zip archive)"
+
+
+@pytest.mark.slow
+def test_a_zip_that_is_no_keras_model_is_named(tmp_path: Path) -> None:
+    import zipfile
+
+    from tools.inputs import load_keras
+
+    pytest.importorskip("keras")
+    bad = tmp_path / "other.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("readme.txt", "not a model")
+    with pytest.raises(SystemExit) as exc:
+        load_keras(bad)
+    assert _exit_message(exc).startswith(f"{bad}: not a readable .keras model (")

@@ -28,6 +28,7 @@ import numpy as np
 from maskd.classifier import SIDECAR_FORMAT, ModelInfo
 from maskd.tflite import ModelError
 from tools import dataset, features
+from tools.inputs import load_keras
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -158,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if "int8" in formats and not split_path.is_file():
         raise SystemExit(f"int8 needs calibration images: {split_path} not found (pass --split)")
 
-    import keras
-
-    model = keras.models.load_model(args.keras_model, compile=False)
+    model = load_keras(args.keras_model)
     size = int(model.input_shape[1])
     record_path = args.keras_model.parent / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}

@@ -30,6 +30,7 @@ import numpy as np
 
 from maskd.images import ImageError, load_image_rgb
 from tools import dataset
+from tools.inputs import load_keras
 
 NO_MASK = dataset.LABELS.index("no_mask")
 
@@ -67,9 +68,7 @@ class KerasModel:
     """A .keras model fed by the runtime's own preprocess()."""
 
     def __init__(self, path: Path):
-        import keras
-
-        self.model = keras.models.load_model(path, compile=False)
+        self.model = load_keras(path)
         self.input_size = int(self.model.input_shape[1])
         self.name = f"{path.name} (keras)"
 

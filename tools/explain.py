@@ -30,6 +30,7 @@ import numpy as np
 
 from maskd.classifier import preprocess
 from maskd.images import ImageError, load_image_rgb
+from tools.inputs import load_keras
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,12 +180,6 @@ class Explainer:
             w = self.cam_weights[:, cls].T[:, None, None, :]  # (N, 1, 1, K)
             out["cam"] = np.maximum((w * a).sum(axis=-1), 0.0)
         return out
-
-
-def load_model(path: Path) -> Any:
-    import keras
-
-    return keras.models.load_model(path, compile=False)
 
 
 def prepare(rgbs: list[np.ndarray], size: int) -> np.ndarray:
@@ -386,11 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="at most N split images")
     p.add_argument("--json", type=Path, help="write all numbers as JSON")
     args = p.parse_args(argv)
-    if not args.model.is_file():
-        p.error(f"{args.model}: model not found (tools/train.py writes runs/<run>/model.keras)")
     if not (args.images or args.sheet or args.split):
         p.error("give face images, --sheet or --split")
-    ex = Explainer(load_model(args.model), args.layer)
+    ex = Explainer(load_keras(args.model), args.layer)
     result: dict[str, Any] = {"model": str(args.model), "layer": ex.layer_name,
                               "plain_cam": ex.why_no_cam or "yes"}
     print(f"explaining {args.model} at layer {ex.layer_name}")
