@@ -152,3 +152,43 @@ def test_a_zip_that_is_no_keras_model_is_named(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         load_keras(bad)
     assert _exit_message(exc).startswith(f"{bad}: not a readable .keras model (")
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--calibration-images", "0"], "--calibration-images"),
+    (["--calibration-images", "-5"], "--calibration-images"),
+    (["--calibration-augmented", "1.5"], "--calibration-augmented"),
+    (["--formats", ""], "names no format"), (["--formats", " , "], "names no format"),
+])
+def test_convert_refuses_bad_options(tmp_path: Path, bad: list[str], says: str, capsys) -> None:
+    from tools import convert
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read: the options fail first")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(model), "--out", str(tmp_path / "o")] + bad)
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_convert_out_inside_a_file_and_calibration_from_a_wrong_data_root(tmp_path: Path,
+                                                                          capsys) -> None:
+    from tools import convert
+
+    (tmp_path / "afile").write_text("")
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read: the output folder fails first")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(model), "--out", str(tmp_path / "afile" / "o")])
+    assert "cannot create the output folder" in _exit_message(exc)
+
+    data = _dataset(tmp_path / "data", 2)
+    split = {"root": str(data), "train": [["with_mask/0.png", 0], ["without_mask/1.png", 1]]}
+    rep, used = convert.representative_images(split, 32, 10, 0, None, 0.0)
+    assert len(rep) == 2 and rep[0].shape == (1, 32, 32, 3)
+    (data / "with_mask" / "0.png").write_bytes(b"cut")
+    rep, used = convert.representative_images(split, 32, 10, 0, None, 0.0)
+    assert used == [data / "without_mask" / "1.png"]
+    assert "calibration skips unreadable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        convert.representative_images(split, 32, 10, 0, tmp_path / "elsewhere", 0.0)
+    assert "no readable calibration image among 2" in _exit_message(exc)

@@ -28,7 +28,7 @@ import numpy as np
 from maskd.classifier import SIDECAR_FORMAT, ModelInfo
 from maskd.tflite import ModelError
 from tools import dataset, features
-from tools.inputs import load_keras
+from tools.inputs import load_keras, non_negative_int, out_dir, positive_int, probability
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -47,21 +47,34 @@ def representative_images(split: dict, size: int, count: int, seed: int, data_ro
     A fraction ``augmented`` goes through train.py's device-like augmentation first (small
     blurry faces, JPEG, light): int8 ranges must cover what the camera delivers, not only
     the clean web photos, or out-of-range activations get clipped on real crops.
+
+    An unreadable image is skipped with a warning, as training skips it; none left (a wrong
+    ``--data-root``, an empty train part) stops the tool: an empty representative set makes
+    the converter write a float model under the int8 name.
     """
     from maskd.classifier import normalize, resize_square
-    from maskd.images import load_image_rgb
+    from maskd.images import ImageError, load_image_rgb
     from tools.train import augment_image
 
     paths, _ = dataset.subset_files(split, "train", data_root)
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))]
-    out = []
+    out, used = [], []
     for p in chosen:
-        img = resize_square(load_image_rgb(p), size)
+        try:
+            img = resize_square(load_image_rgb(p), size)
+        except ImageError as err:
+            print(f"warning: calibration skips unreadable {err}", file=sys.stderr)
+            continue
         if rng.random() < augmented:
             img = augment_image(img, rng, "device")
         out.append(normalize(img)[None])
-    return out, chosen
+        used.append(p)
+    if not out:
+        raise SystemExit(f"no readable calibration image among {len(chosen)} of the split's train "
+                         f"part under {data_root or split['root']} (pass --data-root where the "
+                         "dataset lives now)")
+    return out, used
 
 
 def scene_calibration(scenes: Path, size: int, count: int, seed: int) -> list[np.ndarray]:
@@ -136,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of " + ", ".join(FORMATS))
     p.add_argument("--split", type=Path, help="split.json for calibration (default: next to the model)")
     p.add_argument("--data-root", type=Path, help="where the split's dataset lives now")
-    p.add_argument("--calibration-images", type=int, default=1000, help="train images for int8 ranges")
-    p.add_argument("--calibration-augmented", type=float, default=0.5,
+    p.add_argument("--calibration-images", type=positive_int, default=1000,
+                   help="train images for int8 ranges (>= 1)")
+    p.add_argument("--calibration-augmented", type=probability, default=0.5,
                    help="fraction of calibration images given train.py's device-like augmentation")
     p.add_argument("--calibration-scenes", type=Path,
                    help="also calibrate on face crops of this scene set's train part "
                         "(e.g. ../shared/data/scenes-dev)")
-    p.add_argument("--calibration-scene-crops", type=int, default=500,
+    p.add_argument("--calibration-scene-crops", type=non_negative_int, default=500,
                    help="how many scene crops join the calibration images")
     p.add_argument("--features-layer", default=features.DEFAULT_LAYER,
                    help="pooling layer exposed as the features output ('' for scores only)")
@@ -151,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        p.error(f"unknown format(s) {bad}; choose from {FORMATS}")
+    if bad or not formats:
+        p.error(f"unknown format(s) {bad}; choose from {FORMATS}" if bad else
+                f"--formats {args.formats!r} names no format; choose from {FORMATS}")
+    out_dir(args.out)
     if not args.keras_model.is_file():
         raise SystemExit(f"model not found: {args.keras_model}")
     split_path = args.split or args.keras_model.parent / "split.json"
@@ -167,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     norm = record.get("normalization", {})
     info = ModelInfo.from_dict({"labels": labels, "input_size": size, "normalization": norm},
                                str(args.keras_model))
-    args.out.mkdir(parents=True, exist_ok=True)
 
     rep = calib = None
     if "int8" in formats:
@@ -188,8 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         export_saved_model(model, size, saved)
         for kind in formats:
             out = args.out / f"{args.name}_{kind}.tflite"
-            out.write_bytes(convert(saved, kind, rep))
-            ops = op_report(out)
+            made = Path(tmp) / out.name  # checked before it replaces an older model
+            made.write_bytes(convert(saved, kind, rep))
+            ops = op_report(made)
+            if kind == "int8" and ops["input"]["dtype"] not in ("uint8", "int8"):
+                raise SystemExit(f"int8 conversion gave a model with {ops['input']['dtype']} "
+                                 f"input (calibration set of {len(rep)}); {out} not written")
+            try:
+                shutil.copyfile(made, out)
+            except OSError as err:
+                raise SystemExit(f"{out}: cannot write ({err.strerror or err})") from None
             side = info.to_dict()
             side.update(
                 format=SIDECAR_FORMAT,
