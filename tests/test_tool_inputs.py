@@ -192,3 +192,90 @@ def test_convert_out_inside_a_file_and_calibration_from_a_wrong_data_root(tmp_pa
     with pytest.raises(SystemExit) as exc:
         convert.representative_images(split, 32, 10, 0, tmp_path / "elsewhere", 0.0)
     assert "no readable calibration image among 2" in _exit_message(exc)
+
+
+def _voc(root: Path, boxes: dict[str, str], image: bool = True) -> Path:
+    """A scene folder: one 64x48 photo per entry, its XML holding ``boxes`` (raw <object> text)."""
+    (root / "annotations").mkdir(parents=True)
+    for stem, objects in boxes.items():
+        (root / "annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.png</filename>{objects}</annotation>")
+        if image:
+            _image(root / "images" / f"{stem}.png")
+    return root
+
+
+def _obj(name: str, x0: int, y0: int, x1: int, y1: int) -> str:
+    return (f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+
+
+def test_evaluate_voc_leaves_out_broken_photos_with_a_reason(tmp_path: Path, capsys) -> None:
+    from tools import evaluate
+
+    root = _voc(tmp_path / "voc", {
+        "good": _obj("without_mask", 1, 1, 7, 7) + _obj("mask_weared_incorrect", 0, 0, 4, 4),
+        "badxml": "<object>", "nobox": "<object><name>with_mask</name></object>",
+        "zero": _obj("with_mask", 3, 3, 3, 6), "outside": _obj("with_mask", 500, 1, 600, 7),
+        "trunc": _obj("with_mask", 1, 1, 7, 7)})
+    (root / "images" / "trunc.png").write_bytes((root / "images" / "trunc.png").read_bytes()[:30])
+    crops, labels, skipped = evaluate.voc_crops(root, 0.1, 1)
+    assert [c.name for c in crops] == ["good.png#0"] and labels.tolist() == [1]
+    assert skipped == {"small": 0, "mask_weared_incorrect": 1, "photos": 5}
+    err = capsys.readouterr().err
+    for stem, why in (("badxml", "not valid XML"), ("nobox", "no whole <bndbox>"),
+                      ("zero", "empty box"), ("outside", "lies outside the 8x8 photo"),
+                      ("trunc", "trunc.png")):
+        assert any(line.startswith("evaluate: skipped") and f"{stem}." in line and why in line
+                   for line in err.splitlines()), (stem, err)
+    with pytest.raises(SystemExit) as exc:  # only crops below --min-face-px left
+        evaluate.voc_crops(root, 0.1, 20)
+    assert "no face crop left to score" in _exit_message(exc)
+
+
+@pytest.mark.parametrize("layout", ["no annotations", "empty annotations", "no images"])
+def test_evaluate_voc_without_usable_photos_stops(tmp_path: Path, layout: str) -> None:
+    from tools import evaluate
+
+    root = tmp_path / "voc"
+    if layout == "no images":
+        _voc(root, {"a": _obj("with_mask", 1, 1, 7, 7)}, image=False)
+    else:
+        (root / "images").mkdir(parents=True)
+        if layout == "empty annotations":
+            (root / "annotations").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        evaluate.voc_crops(root, 0.1, 1)
+    assert _exit_message(exc).startswith(f"evaluate: {root}")
+
+
+@pytest.mark.parametrize("bad", [["--threshold", "1.5"], ["--threshold", "nan"], ["--margin", "nan"],
+                                 ["--margin", "-0.1"], ["--threads", "0"]])
+def test_evaluate_refuses_bad_numbers(bad: list[str], capsys) -> None:
+    from tools import evaluate
+
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--model", "m.tflite", "--data", "d"] + bad)
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_evaluate_with_nothing_readable_keeps_the_earlier_report(tmp_path: Path,
+                                                                 default_model: Path) -> None:
+    from tools import evaluate
+
+    data = tmp_path / "data"
+    for cls in ("with_mask", "without_mask"):
+        (data / cls).mkdir(parents=True)
+        (data / cls / "x.jpg").write_bytes(b"not an image")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": "good run"}')
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--model", str(default_model), "--data", str(data), "--out", str(out)])
+    assert "none of the 2 images" in _exit_message(exc) and "nothing was scored" in _exit_message(exc)
+    assert (out / "metrics.json").read_text() == '{"earlier": "good run"}'
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--model", str(default_model), "--data", str(data),
+                       "--out", str(tmp_path / "afile" / "eval")])
+    assert "cannot create the output folder" in _exit_message(exc)

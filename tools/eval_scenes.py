@@ -87,8 +87,8 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
     """One annotation file; the image is found by the XML's stem (its <filename> may be stale).
 
     Anything that would stop an evaluation later (XML that does not parse, an object without
-    a whole box, a missing, truncated or undecodable photo) raises ValueError or
-    FileNotFoundError here, naming the file.
+    a whole box, an empty box or one wholly outside the photo, a missing, truncated or
+    undecodable photo) raises ValueError or FileNotFoundError here, naming the file.
     """
     from maskd.images import ImageError, load_image_rgb
 
@@ -115,9 +115,13 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
     if not matches:
         raise FileNotFoundError(f"{xml_path}: no image {xml_path.stem}.* in {images_dir}")
     try:
-        load_image_rgb(matches[0])
+        h, w = load_image_rgb(matches[0]).shape[:2]
     except ImageError as err:
         raise ValueError(str(err)) from None
+    for i, (box, name) in enumerate(zip(boxes, labels, strict=True)):
+        if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
+            raise ValueError(f"{xml_path}: object {i} ({name}) box {box} lies outside the "
+                             f"{w}x{h} photo")
     return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
 
 

@@ -30,7 +30,14 @@ import numpy as np
 
 from maskd.images import ImageError, load_image_rgb
 from tools import dataset
-from tools.inputs import load_keras
+from tools.inputs import (
+    load_keras,
+    non_negative_float,
+    non_negative_int,
+    out_dir,
+    positive_int,
+    probability,
+)
 
 NO_MASK = dataset.LABELS.index("no_mask")
 
@@ -121,39 +128,35 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
 
     The crop is maskd.pipeline.crop_face (square, ``margin`` per side, edge-padded): the
     classifier sees what it sees behind the detector. Boxes with a shorter side below
-    ``min_px`` and mask_weared_incorrect boxes are counted and left out.
+    ``min_px`` and mask_weared_incorrect boxes are counted and left out. Photos are read by
+    tools/eval_scenes.py's loader, so a photo it cannot use (bad XML, a box without
+    coordinates, empty or outside the photo, a missing or truncated image) is left out with
+    its reason printed, as in eval_scenes; none left, or no face crop left, stops the tool.
     """
-    import xml.etree.ElementTree as ET
-
     from maskd.geometry import crop_face
+    from tools.eval_scenes import load_scenes, report_skipped
 
-    images = {p.stem: p for p in (root / "images").iterdir()}
+    reasons: list[str] = []
+    try:
+        scenes = load_scenes(root, part=part, skipped=reasons)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"evaluate: {err}") from None
+    report_skipped("evaluate", reasons)
     crops, labels = [], []
-    skipped = {"small": 0, "mask_weared_incorrect": 0, "no_image": 0}
-    from tools.eval_scenes import photo_part
-
-    for xml in sorted((root / "annotations").glob("*.xml")):
-        if part != "all" and photo_part(xml.stem) != part:
-            continue
-        tree = ET.parse(xml)
-        img_path = images.get(Path(tree.findtext("filename", "")).stem) or images.get(xml.stem)
-        if img_path is None:
-            skipped["no_image"] += 1
-            continue
-        rgb = load_image_rgb(img_path)
-        for k, obj in enumerate(tree.findall("object")):
-            name = obj.findtext("name")
-            if name not in dataset.FOLDER_LABELS:
-                skipped[name] = skipped.get(name, 0) + 1
-                continue
-            bb = obj.find("bndbox")
-            box = tuple(float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+    skipped = {"small": 0, "mask_weared_incorrect": 0, "photos": len(reasons)}
+    for scene in scenes:
+        rgb = load_image_rgb(scene.image)
+        for k, (box, name) in enumerate(zip(scene.boxes, scene.labels, strict=True)):
             side = min(box[2] - box[0], box[3] - box[1])
-            if side < min_px:
-                skipped["small"] += 1
+            if name not in dataset.FOLDER_LABELS or side < min_px:
+                key = "small" if name in dataset.FOLDER_LABELS else name
+                skipped[key] = skipped.get(key, 0) + 1
                 continue
-            crops.append(Crop(f"{img_path.name}#{k}", crop_face(rgb, box, margin), int(side)))
+            crops.append(Crop(f"{scene.image.name}#{k}", crop_face(rgb, tuple(box), margin),
+                              int(side)))
             labels.append(dataset.LABELS.index(dataset.FOLDER_LABELS[name]))
+    if not crops:
+        raise SystemExit(f"evaluate: {root}: no face crop left to score (left out: {skipped})")
     return crops, np.array(labels, dtype=np.int64), skipped
 
 
@@ -255,17 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--voc", type=Path,
                      help="scene photos with PASCAL VOC boxes (images/, annotations/): score "
                           "the classifier on face crops cut as the device cuts them")
-    p.add_argument("--margin", type=float, default=0.15, help="--voc: crop margin per side")
-    p.add_argument("--min-face-px", type=int, default=24, help="--voc: skip smaller boxes")
+    p.add_argument("--margin", type=non_negative_float, default=0.15, help="--voc: crop margin per side")
+    p.add_argument("--min-face-px", type=non_negative_int, default=24, help="--voc: skip smaller boxes")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
     p.add_argument("--part", choices=["all", "train", "select"], default="all",
                    help="--voc: photos of this part of the scenes split (tools/eval_scenes.py)")
     p.add_argument("--data-root", type=Path, help="with --split: where the dataset lives now")
-    p.add_argument("--threshold", type=float, default=0.5, help="no_mask when P(no_mask) >= this")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threshold", type=probability, default=0.5, help="no_mask when P(no_mask) >= this")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--edgetpu", action="store_true", help="run .tflite models on a Coral")
     p.add_argument("--out", type=Path, help="write metrics.json, predictions.csv, confusion.png")
     args = p.parse_args(argv)
+    if args.out:
+        out_dir(args.out)
 
     if args.split:
         split = dataset.load_split(args.split)
@@ -290,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: skipped unreadable {e}", file=sys.stderr)
     labels = labels[keep]
     kept_paths = [p for p, k in zip(paths, keep, strict=True) if k]
+    if not kept_paths:  # metrics of nothing are NaN; an --out of an earlier run stays as it was
+        raise SystemExit(f"evaluate: none of the {len(paths)} images of {where} could be read; "
+                         "nothing was scored")
 
     print(f"data: {where}: {len(kept_paths)} images ({int((labels == NO_MASK).sum())} no_mask)")
     report = {"data": where, "n_images": len(kept_paths), "unreadable": errors, "models": []}
@@ -315,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
               f"P(no_mask) diff mean {a['mean_abs_prob_diff']:.4f} max {a['max_abs_prob_diff']:.4f}")
 
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         with (args.out / "predictions.csv").open("w", newline="") as f:
             w = csv.writer(f)
