@@ -279,3 +279,27 @@ def test_evaluate_with_nothing_readable_keeps_the_earlier_report(tmp_path: Path,
         evaluate.main(["--model", str(default_model), "--data", str(data),
                        "--out", str(tmp_path / "afile" / "eval")])
     assert "cannot create the output folder" in _exit_message(exc)
+
+
+def test_features_names_a_missing_model_before_its_sidecar(tmp_path: Path) -> None:
+    from tools import features
+
+    (tmp_path / "m.json").write_text("{}")  # a sidecar without its model
+    with pytest.raises(SystemExit) as exc:
+        features.main([str(tmp_path / "m.tflite")])
+    assert _exit_message(exc) == f"features: {tmp_path / 'm.tflite'}: model file not found"
+
+
+@pytest.mark.slow
+def test_features_names_a_truncated_model(tmp_path: Path) -> None:
+    from tools import features
+
+    pytest.importorskip("tensorflow")
+    side = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_int8.json"
+    if not side.is_file():
+        pytest.skip(f"needs {side} (the shipped model's sidecar)")
+    (tmp_path / "m.json").write_text(side.read_text())
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(992))
+    with pytest.raises(SystemExit) as exc:
+        features.main([str(tmp_path / "m.tflite")])
+    assert _exit_message(exc).startswith(f"features: {tmp_path / 'm.tflite'}: not a readable TFLite")

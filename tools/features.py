@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maskd.classifier import read_sidecar, sidecar_path  # noqa: E402
 from maskd.tflite import ModelError  # noqa: E402
+from tools.inputs import reason  # noqa: E402
 
 DEFAULT_LAYER = "head_pool"
 
@@ -38,12 +39,22 @@ def pooled_tensor(names: list[str], shapes: list[list[int]], layer: str) -> int:
 
 def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> None:
     """Write ``model`` with ``layer``'s pooled tensor as an extra output to ``out`` (the sidecar
-    beside it too: the scores stay output 0, the features are output 1)."""
+    beside it too: the scores stay output 0, the features are output 1).
+
+    The model is looked for before its sidecar (a missing model used to be reported as a
+    missing sidecar) and a file the flatbuffer reader cannot parse is a ModelError naming it
+    (was a struct.error traceback).
+    """
+    if not model.is_file():
+        raise ModelError(f"{model}: {'is a folder, not a model file' if model.is_dir() else 'model file not found'}")
+    info = read_sidecar(model)
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    info = read_sidecar(model)
-    m = flatbuffer_utils.read_model(str(model))
+    try:
+        m = flatbuffer_utils.read_model(str(model))
+    except Exception as err:  # noqa: BLE001 - struct.error, IndexError, ... from a bad buffer
+        raise ModelError(f"{model}: not a readable TFLite model ({reason(err)})") from None
     if len(m.subgraphs) != 1:
         raise ModelError(f"{model}: {len(m.subgraphs)} subgraphs; expected one")
     graph = m.subgraphs[0]
