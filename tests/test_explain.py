@@ -107,3 +107,31 @@ def test_seed_head_gets_no_plain_cam():
     assert ex.why_no_cam is not None and "Dense" in ex.why_no_cam
     res = ex.explain(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
     assert res["gradcam"].shape == (2, 8, 8) and "cam" not in res
+
+
+def test_nothing_readable_is_an_error(bright_model, tmp_path):
+    """Every image skipped used to exit 0 with nothing explained; the split case too."""
+    import json
+
+    model = tmp_path / "m.keras"
+    bright_model.save(model)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"no image")
+    with pytest.raises(SystemExit) as exc:
+        explain.main(["--model", str(model), str(bad), str(tmp_path / "gone.png"),
+                      "--out", str(tmp_path / "cam")])
+    assert str(exc.value.code) == "explain: none of the 2 images could be read"
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"root": str(tmp_path / "moved"), "train": [], "val": [],
+                                 "test": [["with_mask/a.png", 0]]}))
+    with pytest.raises(SystemExit) as exc:
+        explain.main(["--model", str(model), "--split", str(split)])
+    assert "none of the test images of" in str(exc.value.code)
+
+
+def test_output_inside_a_file_stops_before_the_model_runs(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        explain.main(["--model", str(tmp_path / "m.keras"), "--split", "s.json",
+                      "--json", str(tmp_path / "afile" / "cam.json")])
+    assert "cannot create the output folder" in str(exc.value.code)

@@ -30,7 +30,7 @@ import numpy as np
 
 from maskd.classifier import preprocess
 from maskd.images import ImageError, load_image_rgb
-from tools.inputs import load_keras
+from tools.inputs import load_keras, out_dir, out_file, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -378,11 +378,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, help="split.json: report lower-half CAM energy numbers")
     p.add_argument("--subset", default="test", choices=["train", "val", "test"])
     p.add_argument("--data-root", type=Path, default=None, help="where the split's images live now")
-    p.add_argument("--limit", type=int, default=None, help="at most N split images")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most N split images")
     p.add_argument("--json", type=Path, help="write all numbers as JSON")
     args = p.parse_args(argv)
     if not (args.images or args.sheet or args.split):
         p.error("give face images, --sheet or --split")
+    # Output places are made now, not after the model has run (a path inside a file).
+    if args.images:
+        out_dir(args.out)
+    for path in (args.sheet, args.json):
+        if path:
+            out_file(path)
     ex = Explainer(load_keras(args.model), args.layer)
     result: dict[str, Any] = {"model": str(args.model), "layer": ex.layer_name,
                               "plain_cam": ex.why_no_cam or "yes"}
@@ -391,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plain CAM not drawn: {ex.why_no_cam}")
     if args.images:
         result["images"] = explain_files(ex, args.images, args.out)
+        if not result["images"]:
+            raise SystemExit(f"explain: none of the {len(args.images)} images could be read")
         for r in result["images"]:
             print(f"{r['image']}: P(no_mask)={r['p_no_mask']:.3f} {r['label']}, Grad-CAM lower half "
                   f"{r['gradcam_lower_half']:.0%} -> {r['overlay']}")
@@ -403,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         num = split_numbers(ex, args.split, args.subset, args.data_root, limit=args.limit)
         result["split"] = num
+        if not num["images"]:
+            raise SystemExit(f"explain: none of the {args.subset} images of {args.split} could "
+                             "be read (pass --data-root where the dataset lives now)")
         print(f"{num['subset']} split: {num['images']} images, accuracy {num['accuracy']:.4f}")
         for cls, stats in num["lower_half_share"].items():
             for kind, s in stats.items():
