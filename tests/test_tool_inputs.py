@@ -303,3 +303,27 @@ def test_features_names_a_truncated_model(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         features.main([str(tmp_path / "m.tflite")])
     assert _exit_message(exc).startswith(f"features: {tmp_path / 'm.tflite'}: not a readable TFLite")
+
+
+@pytest.mark.parametrize("bad", [["--iou", "nan"], ["--iou", "0"], ["--iou", "1.5"],
+                                 ["--threshold", "2"], ["--limit", "0"]])
+def test_eval_scenes_refuses_bad_numbers(bad: list[str], capsys) -> None:
+    from tools import eval_scenes
+
+    with pytest.raises(SystemExit) as exc:
+        eval_scenes.parse_args(bad)
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_eval_video_checks_frames_and_outputs_first(tmp_path: Path, capsys) -> None:
+    from tools import eval_video
+
+    with pytest.raises(SystemExit) as exc:
+        eval_video.parse_args(["--frames", "0"])
+    assert exc.value.code == 2 and "--frames" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    for opt in ("--json", "--sheet", "--plot"):
+        with pytest.raises(SystemExit) as exc:  # before any scene is read or clip rendered
+            eval_video.main([opt, str(tmp_path / "afile" / "x"), "--scenes", str(tmp_path / "no")])
+        assert _exit_message(exc).startswith(f"{tmp_path / 'afile'}")
+        assert "cannot create the output folder" in _exit_message(exc)

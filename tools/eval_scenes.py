@@ -49,6 +49,7 @@ from maskd.config import ClassifierConfig, DetectorConfig, still_detector
 from maskd.detectors import DetectorError, find_yunet_model, make_detector
 from maskd.geometry import box_iou, shorter_sides
 from maskd.types import Face
+from tools.inputs import non_negative_float, open_unit, positive_int, probability
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -493,18 +494,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="classifier .tflite, scored alone (default: as "
                    "`maskd scan`, the shipped model averaged with its second draw)")
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=probability, default=None,
                    help="P(no_mask) cut for the no_mask label (default: classifier.threshold)")
     p.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")],
                    help="also score violations at these P(no_mask) cuts, e.g. 0.5,0.7,0.9")
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--margin", type=non_negative_float, default=None,
                    help="crop margin (default: classifier.margin)")
     p.add_argument("--min-face-px", type=int, default=None,
                    help="classify only detected faces this big (default: classifier.min_face_px, "
                         "as the device does; 1 classifies every face)")
-    p.add_argument("--iou", type=float, default=0.3)
+    p.add_argument("--iou", type=open_unit, default=0.3, help="match at IoU >= this, in (0, 1]")
     p.add_argument("--small-px", type=float, default=24.0)
-    p.add_argument("--limit", type=int, help="only the first N scenes")
+    p.add_argument("--limit", type=positive_int, help="only the first N scenes")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p.parse_args(argv)
 

@@ -83,6 +83,7 @@ from tools.eval_scenes import (
     ratio,
     report_skipped,
 )
+from tools.inputs import out_dir, out_file, positive_int
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -1068,8 +1069,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated clip kinds from {', '.join(KINDS)} (default: "
                         f"{','.join(DEFAULT_KINDS)})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="at most N clips of each kind (trials)")
-    p.add_argument("--frames", type=int, default=FRAMES,
+    p.add_argument("--limit", type=positive_int, help="at most N clips of each kind (trials)")
+    p.add_argument("--frames", type=positive_int, default=FRAMES,
                    help=f"frames per walkup/pan/crossing clip (default {FRAMES})")
     p.add_argument("--queue-people", type=int, default=QUEUE_PEOPLE,
                    help=f"people in the queue clip (default {QUEUE_PEOPLE})")
@@ -1100,6 +1101,12 @@ def main(argv: list[str] | None = None) -> int:
     from maskd.commands.run import startup_errors
 
     args = parse_args(argv)
+    # Output places are made now: a path inside a file used to fail after every clip had run.
+    for path in (args.json, args.sheet):
+        if path:
+            out_file(path)
+    if args.plot:
+        out_dir(args.plot)
     t0 = time.perf_counter()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]

@@ -46,6 +46,9 @@ def out_dir(path: Path) -> Path:
     an unwritable place stops the tool before its work, not after it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SystemExit(f"{path}: cannot create the output folder (a file of that name is "
+                         "there)") from None
     except OSError as err:
         raise SystemExit(f"{path}: cannot create the output folder ({err.strerror or err})"
                          ) from None
