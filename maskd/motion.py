@@ -22,13 +22,20 @@ import cv2
 import numpy as np
 
 
-def prepare(image_bgr: np.ndarray, height: int) -> np.ndarray:
-    """BGR frame -> float32 grey of ``height`` rows (aspect kept), lightly blurred.
+MAX_ASPECT = 4  # prepared frames are at most this many times wider than tall
 
-    Area averaging when shrinking already removes most sensor noise; the 3x3 blur takes the rest.
+
+def prepare(image_bgr: np.ndarray, height: int) -> np.ndarray:
+    """BGR frame -> float32 grey of at most ``height`` rows (aspect kept up to MAX_ASPECT),
+    lightly blurred.
+
+    Never enlarged and never wider than MAX_ASPECT x height: a 20000x2 frame scaled to 90
+    rows would be 900000 columns (hundreds of MB of float32). Area averaging when shrinking
+    already removes most sensor noise; the 3x3 blur takes the rest.
     """
     h, w = image_bgr.shape[:2]
-    width = max(1, round(w * height / h))
+    height = min(height, h)
+    width = min(max(1, round(w * height / h)), MAX_ASPECT * height)
     small = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
     return cv2.GaussianBlur(grey, (3, 3), 0).astype(np.float32)

@@ -28,6 +28,16 @@ def test_prepare_shrinks_to_grey_rows():
     assert g.shape == (90, 120) and g.dtype == np.float32
 
 
+def test_prepare_never_enlarges_an_odd_frame():
+    """A 20000x2 image (a few hundred bytes of PNG) was scaled up to 900000x90 float32, about
+    800 MB for one frame; a Pi runs out of memory long before."""
+    wide = prepare(np.zeros((2, 20000, 3), np.uint8), 90)
+    assert wide.shape == (2, 8)
+    tall = prepare(np.zeros((20000, 2, 3), np.uint8), 90)
+    assert tall.shape == (90, 1)
+    assert prepare(np.zeros((480, 640, 3), np.uint8), 90).shape == (90, 120)
+
+
 def test_moving_share_counts_changed_pixels():
     bg = np.zeros((10, 10), np.float32)
     grey = bg.copy()
