@@ -4,7 +4,7 @@ file ends or a signal.
 Everything is built from the one Config (``build``), then ``CameraLoop.run`` takes frames as
 they come. A live source is already wrapped in ``LatestFrame`` by maskd.sources, so the loop
 always gets the newest frame and the ones it had no time for are counted as skipped.
-SIGTERM/SIGINT stop it cleanly: open violations end with reason ``shutdown``, sinks are
+SIGTERM/SIGINT/SIGHUP stop it cleanly: open violations end with reason ``shutdown``, sinks are
 flushed and closed, so nothing accepted is lost.
 """
 
@@ -347,13 +347,15 @@ class Service:
             loop.stop(reason)
 
     def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT -> stop() every loop; returns a function restoring the old handlers."""
+        """SIGTERM/SIGINT/SIGHUP -> stop() every loop; returns a function restoring the old
+        handlers. SIGHUP too: a terminal (SSH session) that closes must not kill maskd with
+        violations left open (there is no configuration to reload)."""
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("%s received: stopping", signal.Signals(signum).name)
             self.stop(signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
         def restore() -> None:
             for s, h in old.items():

@@ -185,8 +185,11 @@ def test_missing_source_file_is_exit_78(tmp_path, default_model):
     assert r.returncode == 78 and "missing.mp4" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model):
-    """A looping clip of a bare face never ends by itself; SIGTERM must end its violation."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig):
+    """A looping clip of a bare face never ends by itself; SIGTERM must end its violation.
+    So must SIGHUP (an SSH session that closes): it killed maskd with violations left open,
+    which a JSON-lines consumer never sees ended."""
     demo = DemoSource()
     clip = tmp_path / "bare.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
@@ -205,13 +208,13 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1]
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "SIGTERM received" in err
+    assert f"{sig.name} received" in err
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     opened = {e["event_id"] for e in lines if e["event_type"] == "start"}
     closed = {e["event_id"] for e in lines if e["event_type"] == "end"}
