@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-
 MAX_ASPECT = 4  # prepared frames are at most this many times wider than tall
 
 

@@ -96,6 +96,15 @@ CREATE TABLE IF NOT EXISTS open_events (
 """
 
 
+def _file_ident(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         try:
@@ -214,6 +223,8 @@ class Outbox:
             os.close(self._lock_fd)
             raise
         self._count = self._last_id = 0  # an outbox not created yet holds nothing
+        self._ident = _file_ident(self.path)  # to notice the file being removed under us
+        self._next_check = 0.0
         if self._db is not None:
             with self._lock:
                 self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -274,6 +285,7 @@ class Outbox:
         try:
             if self._db is None:
                 self._db = self._connect(self._durable)
+                self._ident = _file_ident(self.path)
                 done = "created it; new events are stored there again"
             else:
                 # Out of WAL is the only way out of exclusive mode; the read gives up the lock.
@@ -385,7 +397,7 @@ class Outbox:
 
     # ---- storage fault bookkeeping ----
 
-    def _failed(self, kind: str, what: str, err: sqlite3.Error) -> None:
+    def _failed(self, kind: str, what: str, err: sqlite3.Error | OSError) -> None:
         if self._db is not None:
             _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
@@ -639,6 +651,10 @@ class Outbox:
         """Retry what storage faults left undone (deletes, the reserve, storing events held in
         memory) at most every RETRY_S, and prune and shrink once a minute; the publisher calls it."""
         now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + RETRY_S
+            with self._lock:
+                self._check_still_there()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
             self.prune()
@@ -666,6 +682,55 @@ class Outbox:
                     and self._reserve_held and self._db is not None and self._room()):
                 self._succeeded("store")  # nothing to store now; the next put confirms it
         self._report_drops(0, 0)
+
+    def _check_still_there(self) -> None:
+        """The state dir deleted while maskd runs (under the lock): SQLite goes on writing to
+        the unlinked file, so every pending event would vanish at exit while the log says they
+        are kept, and a second maskd could take the state dir. Rebuild the outbox where it
+        belongs, with everything it holds, and take the lock again."""
+        if self._db is None or self._ident is None:
+            return
+        ident = _file_ident(self.path)
+        if ident == self._ident:
+            return
+        if ident is not None:  # another file in its place: not ours to overwrite
+            self._warn(logging.ERROR, "replaced", "outbox %s: the file was replaced while maskd "
+                       "runs; pending events stay in the one maskd opened until it stops",
+                       self.path)
+            return
+        self._warn(logging.ERROR, "removed", "outbox %s: removed while maskd runs (the state "
+                   "dir deleted?); writing its %d pending event(s) to a new one there",
+                   self.path, self._count)
+        lock_fd = reserve_fd = -1
+        tmp = self.path.with_name(f"{OUTBOX_FILE}.rebuild")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(self.dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            tmp.unlink(missing_ok=True)
+            copy = sqlite3.connect(tmp)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            os.replace(tmp, self.path)
+            db = self._connect(self._durable)
+        except (OSError, sqlite3.Error) as err:
+            for fd in (lock_fd, reserve_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._failed("store", "rebuild the removed outbox", err)
+            return
+        self._db.close()
+        os.close(self._lock_fd)
+        os.close(self._reserve_fd)
+        self._db, self._lock_fd, self._reserve_fd = db, lock_fd, reserve_fd
+        self._exclusive = False
+        self._ident = _file_ident(self.path)
+        self._set_held(self._hold_reserve())
+        self._succeeded("store")
+        log.warning("outbox %s: rebuilt with its %d pending event(s)", self.path, self._count)
 
     def shrink(self) -> int:
         """Give a drained backlog's space back to the file system; returns the unused bytes given.

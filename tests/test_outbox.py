@@ -232,6 +232,32 @@ def test_second_process_on_same_state_dir_is_refused(tmp_path):
     Outbox(tmp_path).close()  # free again once the owner closed it
 
 
+def test_state_dir_deleted_while_running_is_rebuilt_with_everything_pending(tmp_path, caplog):
+    """rm -rf of the state dir while maskd runs: SQLite went on writing to the unlinked file,
+    so every pending event vanished at exit (while the log said 'kept'), and a second maskd
+    was no longer refused. Now the outbox is rebuilt there, with its rows and its lock."""
+    caplog.set_level(logging.WARNING)
+    state = tmp_path / "state"
+    ob = Outbox(state, durable=False)
+    ob.put("t", {"i": 0}, track=("v1", True))
+    ob.put("t", {"i": 1})
+    shutil.rmtree(state)
+    ob.put("t", {"i": 2})
+    ob.maintain()
+    assert (state / OUTBOX_FILE).exists()
+    assert "removed while maskd runs" in caplog.text and "rebuilt with its 3" in caplog.text
+    ob.put("t", {"i": 3})
+    ob.remove(ob.pending()[0].id)
+    code = f"from maskd.outbox import Outbox; Outbox({str(state)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "in use by another maskd process" in proc.stderr
+    ob.close()
+    again = Outbox(state)
+    assert [r.payload["i"] for r in again.pending()] == [1, 2, 3]
+    assert [r.payload["i"] for r in again.open_events()] == [0]
+    again.close()
+
+
 def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     if os.geteuid() == 0:
         target = tmp_path / "file"
