@@ -11,6 +11,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from maskd.clock import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
 
@@ -57,7 +58,7 @@ class JsonlSink(EventSink):
         self._fd: int | None = None  # None: stdout
         self._waiting: deque[bytes] = deque()
         self._error: tuple[str, float] | None = None  # why lines wait, since when
-        self._logged = float("-inf")
+        self._throttle = Throttle(LOG_EVERY_S)
         self._lock = threading.Lock()
         if target != "-":
             p = Path(target)
@@ -88,9 +89,9 @@ class JsonlSink(EventSink):
             try:
                 append_line(self._fd, self._waiting[0])
             except OSError as err:
-                now = time.monotonic()
-                if self._error is None or now - self._logged >= LOG_EVERY_S:
-                    self._logged = now
+                if self._error is None:
+                    self._throttle.reset()  # a new fault: said at once
+                if self._throttle.due():
                     log.error("jsonl %s: cannot write: %s; %d event line(s) wait in memory (at "
                               "most %d, then the oldest are dropped; %d dropped so far)",
                               self.target, err.strerror or err, len(self._waiting), MEMORY_MAX,

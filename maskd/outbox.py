@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from maskd.clock import Clock, boot_id, system_clock
+from maskd.clock import Clock, Throttle, boot_id, system_clock
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,14 @@ def _dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-class _RateLimited:
+class _RateLimited(Throttle):
     """A warning that may repeat on every call: logged at once, then at most once a minute."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+        super().__init__(LOG_EVERY_S)
 
     def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, float("-inf")) >= LOG_EVERY_S:
-            self._last[key] = now
+        if self.due(key):
             log.log(level, msg, *args)
 
 
@@ -175,7 +173,6 @@ class Outbox:
         self.dropped = 0  # stored rows discarded by the bounds since this process started
         self.memory_dropped = 0  # unstored events discarded because the memory queue was full
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
-        self._last_drop_log = float("-inf")
         self._warn = _RateLimited()
         self._lock = threading.Lock()
         self._memory: OrderedDict[int, tuple[Row, Track | None]] = OrderedDict()
@@ -805,9 +802,8 @@ class Outbox:
         """One warning per minute at most: a full outbox during a long outage drops on every put."""
         self._unlogged_age += n_age
         self._unlogged_count += n_count
-        now = time.monotonic()
         if not (self._unlogged_age or self._unlogged_count or self._unlogged_memory) or \
-                now - self._last_drop_log < LOG_EVERY_S:
+                not self._warn.due("drops"):
             return
         if self._unlogged_age:
             log.warning(
@@ -825,7 +821,6 @@ class Outbox:
                 "oldest", self.memory_max, self.fault, self._unlogged_memory,
             )
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
-        self._last_drop_log = now
 
     def close(self) -> None:
         """Store what waits in memory if at all possible (the reserve too), then close."""

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.clock import STEP_S, Clock, StepWatch, system_clock
+from maskd.clock import STEP_S, Clock, StepWatch, Throttle, system_clock
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class SnapshotStore:
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # the latest only: months of them add up
         self.n_deleted = 0
         self._fault: str | None = None
-        self._logged: dict[str, float] = {}
+        self._throttle = Throttle(LOG_EVERY_S)
         self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
         self._total = 0
         self._q: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
@@ -290,9 +290,7 @@ class SnapshotStore:
             log.debug("snapshots: deleted %s (%s)", path.name, why)
 
     def _report(self, cause: str, level: int, msg: str) -> None:
-        now = time.monotonic()
-        if now - self._logged.get(cause, float("-inf")) >= LOG_EVERY_S:
-            self._logged[cause] = now
+        if self._throttle.due(cause):
             log.log(level, "%s", msg)
 
 

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maskd import __version__
+from maskd.clock import Throttle
 from maskd.config import Config, PreviewConfig, is_loopback, read_secret
 from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, parse_listen
 from maskd.types import (
@@ -305,15 +306,15 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._deadlines: dict[socket.socket, float] = {}
         self._deadline_lock = threading.Lock()
-        self._last_error_log = float("-inf")
+        self._throttle = Throttle(60.0)
         self.refused = 0  # connections answered 503 because all slots were taken
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            self._log_error("status page: %d connections open (the most it serves); answering "
-                            "503", MAX_CONNECTIONS)
+            self._log_error("full", "status page: %d connections open (the most it serves); "
+                            "answering 503", MAX_CONNECTIONS)
             try:
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nServer: maskd\r\n"
                                 b"Content-Length: 0\r\nRetry-After: 5\r\n\r\n")
@@ -362,13 +363,11 @@ class _Server(ThreadingHTTPServer):
         """One line (at most once a minute), not a traceback per connection in the journal."""
         import sys
 
-        self._log_error("status page: request from %s failed: %s", client_address[0],
+        self._log_error("error", "status page: request from %s failed: %s", client_address[0],
                         sys.exc_info()[1])
 
-    def _log_error(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log >= 60:
-            self._last_error_log = now
+    def _log_error(self, key: str, msg: str, *args: object) -> None:
+        if self._throttle.due(key):
             log.warning(msg, *args)
 
 

@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
+from maskd.clock import Throttle
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_listen
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
@@ -190,9 +191,8 @@ class MqttSink(EventSink):
         self._side_topics: dict[int, str] = {}
         self._side_refused: dict[str, str] = {}
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
-        self._last_fail_log: tuple[str, float] = ("", 0.0)
-        self._last_refused_log: dict[str, float] = {}
-        self._last_crash_log = float("-inf")
+        self._fail_log = Throttle(60.0)  # per connection problem; reset by a connect
+        self._log_once_a_minute = Throttle(60.0)  # refusals, publisher errors
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
@@ -510,7 +510,7 @@ class MqttSink(EventSink):
             self._gen += 1
             self._connected_at = time.monotonic()
             self._connected = True
-        self._last_fail_log = ("", 0.0)
+        self._fail_log.reset()
         log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
         detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
                   "previous_stop": self._previous_stop, "sw_version": __version__,
@@ -550,12 +550,9 @@ class MqttSink(EventSink):
 
     def _log_fail(self, msg: str) -> None:
         """Connection problems are retried with backoff; log each distinct one, and again every minute."""
-        last, t = self._last_fail_log
-        now = time.monotonic()
-        if msg != last or now - t >= 60:
+        if self._fail_log.due(msg):
             log.error("%s; retrying (backoff %g-%g s), events are kept in the outbox",
                       msg, self._mq.reconnect_min_s, self._mq.reconnect_max_s)
-            self._last_fail_log = (msg, now)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was = self._connected
@@ -687,9 +684,7 @@ class MqttSink(EventSink):
             try:
                 self._step(st)
             except Exception:  # noqa: BLE001 - see the docstring
-                now = time.monotonic()
-                if now - self._last_crash_log >= 60:
-                    self._last_crash_log = now
+                if self._log_once_a_minute.due("crash"):
                     log.exception("MQTT publisher: unexpected error; carrying on")
                 self._stop.wait(1.0)
 
@@ -771,11 +766,8 @@ class MqttSink(EventSink):
     def _refusal_to_log(self, topic: str, reason: str) -> str | None:
         """Who was refused (for the message) when this topic and reason were not logged in the
         last minute, else None: a refusal repeats with every message."""
-        now = time.monotonic()
-        key = f"{topic} {reason}"
-        if now - self._last_refused_log.get(key, float("-inf")) < 60:
+        if not self._log_once_a_minute.due(f"{topic} {reason}"):
             return None
-        self._last_refused_log[key] = now
         return f"user {self._mq.username!r}" if self._mq.username else "this client"
 
     def _refuse(self, row_id: int, topic: str, reason: str) -> None:
