@@ -35,6 +35,15 @@ class ImageError(Exception):
     """An image that cannot be read; the message names the file and the reason."""
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_field(text: str) -> str:
+    """Text for one field of a tab-separated output line: control characters (a tab or a
+    newline in a file name) escaped, so a line stays one record; ``--json`` keeps names exact."""
+    return text.translate(_CONTROL)
+
+
 def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array with its EXIF orientation applied."""
     p = Path(path)

@@ -79,3 +79,34 @@ def test_missing_model_exits_2_with_a_message(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "none.tflite: model file not found" in res.stderr
     assert res.stdout == ""
+
+
+def test_odd_file_names_keep_one_line_per_image(default_model: Path, tmp_path: Path) -> None:
+    """A name that is not UTF-8 crashed classify under a strict UTF-8 locale (en_GB.UTF-8), and
+    a tab or newline in a name broke the tab-separated line into extra fields or lines."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    names = ["a\tb.jpg", "new\nline.jpg", os.fsdecode(b"caf\xe9.jpg"), "z.jpg"]
+    for name in names:
+        cv2.imwrite(str(tmp_path / "x.png"), grey)
+        (tmp_path / "x.png").rename(tmp_path / name)
+    for extra in ([], ["--json"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "maskd", "classify", str(tmp_path), "--model",
+             str(default_model), *extra], capture_output=True, timeout=120,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+        assert res.returncode == 0, res.stderr.decode(errors="replace")[-2000:]
+        lines = res.stdout.splitlines()
+        assert len(lines) == 4, lines
+        if extra:
+            got = {Path(json.loads(ln)["path"]).name for ln in lines}
+            assert got == set(names)
+        else:
+            assert all(len(ln.split(b"\t")) == 3 for ln in lines), lines
+            assert any(b"a\\tb.jpg\t" in ln for ln in lines)
+            assert any(b"new\\nline.jpg\t" in ln for ln in lines)
+            assert any(b"caf\xe9.jpg\t" in ln for ln in lines)

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from maskd.classifier import Classifier, ModelError
+from maskd.commands import names_as_bytes_on_stdout
 from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
-from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.images import ImageError, find_images, load_image_rgb, one_field
 from maskd.service import build_classifier
 from maskd.types import label_for
 
@@ -96,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ModelError) as err:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2
+    names_as_bytes_on_stdout()
     classified = 0
     for p, got in classify_files(clf, iter_paths(args.paths)):
         if isinstance(got, ImageError):
@@ -114,7 +116,7 @@ def _emit(as_json: bool, rec: dict) -> None:
     if as_json:
         line = json.dumps(rec)
     elif "error" in rec:
-        line = f"{rec['path']}\tERROR\t{rec['error']}"
+        line = f"{one_field(rec['path'])}\tERROR\t{one_field(rec['error'])}"
     else:
-        line = f"{rec['path']}\t{rec['label']}\t{rec['no_mask']:.4f}"
+        line = f"{one_field(rec['path'])}\t{rec['label']}\t{rec['no_mask']:.4f}"
     print(line, flush=True)

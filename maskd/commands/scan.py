@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
+from maskd.commands import names_as_bytes_on_stdout
 from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
-from maskd.images import ImageError, find_images, load_image_rgb
+from maskd.images import ImageError, find_images, load_image_rgb, one_field
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
 from maskd.types import SourceError, Verdict
@@ -88,9 +89,9 @@ def record(path: Path, frame: int | None, image: np.ndarray, verdicts: list[Verd
 
 def _human(rec: dict) -> str:
     if "error" in rec:
-        return f"{rec['path']}\tERROR\t{rec['error']}"
+        return f"{one_field(rec['path'])}\tERROR\t{one_field(rec['error'])}"
     labels = [f["label"] for f in rec["faces"]]
-    where = rec["path"] + (f"#{rec['frame']}" if "frame" in rec else "")
+    where = one_field(rec["path"]) + (f"#{rec['frame']}" if "frame" in rec else "")
     return (f"{where}\t{len(labels)} faces\t{labels.count('no_mask')} no_mask\t"
             f"{labels.count('mask')} mask\t{labels.count(None)} too small")
 
@@ -108,10 +109,7 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
-    # A file name that is not UTF-8 (a Latin-1 'café.jpg' from a camera's SD card) is printed
-    # as its own bytes, never a crash that ends the scan.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="surrogateescape")
+    names_as_bytes_on_stdout()
     scanned = 0
     written: set[Path] = set()  # annotations of this run: two inputs never share one
     for path, name, frame, image in _items(args.paths):
