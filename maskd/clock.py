@@ -39,27 +39,6 @@ def boot_id() -> str:
     return found or f"process-{uuid.uuid4().hex}"
 
 
-class Throttle:
-    """Whether a message that may repeat on every call is due: at once for a key not seen (or
-    reset), then at most every ``every_s`` (monotonic). The one "log it once a minute" rule of
-    the sinks, the outbox and the status page."""
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-
-    def due(self, key: str = "") -> bool:
-        now = time.monotonic()
-        if now - self._last.get(key, float("-inf")) < self.every_s:
-            return False
-        self._last[key] = now
-        return True
-
-    def reset(self) -> None:
-        """Every key is due again (the fault they were about went away)."""
-        self._last.clear()
-
-
 class StepWatch:
     """Tells a step of the wall clock from readings of (wall time, time since boot).
 

@@ -11,14 +11,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from maskd.clock import Throttle
+from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
 
 log = logging.getLogger(__name__)
 
 MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the oldest are dropped
-LOG_EVERY_S = 60.0
 
 
 def append_line(fd: int, data: bytes) -> None:
@@ -58,7 +57,7 @@ class JsonlSink(EventSink):
         self._fd: int | None = None  # None: stdout
         self._waiting: deque[bytes] = deque()
         self._error: tuple[str, float] | None = None  # why lines wait, since when
-        self._throttle = Throttle(LOG_EVERY_S)
+        self._throttle = Throttle()
         self._lock = threading.Lock()
         if target != "-":
             p = Path(target)

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from maskd.clock import Clock, Throttle, boot_id, system_clock
+from maskd.clock import Clock, boot_id, system_clock
+from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ RESERVE_FILE = "outbox.reserve"
 WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, even on a full disk
 RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
-LOG_EVERY_S = 60.0  # a repeated warning is logged at most this often
 SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
 
 T = TypeVar("T")
@@ -135,17 +135,6 @@ def _dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-class _RateLimited(Throttle):
-    """A warning that may repeat on every call: logged at once, then at most once a minute."""
-
-    def __init__(self) -> None:
-        super().__init__(LOG_EVERY_S)
-
-    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
-        if self.due(key):
-            log.log(level, msg, *args)
-
-
 class Outbox:
     """A FIFO of (topic, JSON payload) rows that survives crashes and storage faults; thread-safe."""
 
@@ -173,7 +162,7 @@ class Outbox:
         self.dropped = 0  # stored rows discarded by the bounds since this process started
         self.memory_dropped = 0  # unstored events discarded because the memory queue was full
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
-        self._warn = _RateLimited()
+        self._warn = RateLimitedLog(log)
         self._lock = threading.Lock()
         self._memory: OrderedDict[int, tuple[Row, Track | None]] = OrderedDict()
         self._unremoved: set[int] = set()  # acknowledged, but the delete failed: retried

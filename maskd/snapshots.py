@@ -43,7 +43,8 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.clock import STEP_S, Clock, StepWatch, Throttle, system_clock
+from maskd.clock import STEP_S, Clock, StepWatch, system_clock
+from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ FILE_MODE = 0o640  # faces: the maskd user and its group only
 MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped and counted
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
-LOG_EVERY_S = 60.0  # one log line per cause per minute
 RECENT = 100  # deleted files remembered (for logs and tests); a count keeps the rest
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}-\d{8}-\d{6}-[A-Za-z0-9_-]{1,64}\.jpg")
 
@@ -84,7 +84,7 @@ class SnapshotStore:
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # the latest only: months of them add up
         self.n_deleted = 0
         self._fault: str | None = None
-        self._throttle = Throttle(LOG_EVERY_S)
+        self._throttle = Throttle()
         self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
         self._total = 0
         self._q: queue.Queue = queue.Queue(maxsize=MAX_PENDING)

@@ -41,8 +41,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maskd import __version__
-from maskd.clock import Throttle
 from maskd.config import Config, PreviewConfig, is_loopback, read_secret
+from maskd.lograte import Throttle
 from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, parse_listen
 from maskd.types import (
     EventSink,
@@ -306,7 +306,7 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._deadlines: dict[socket.socket, float] = {}
         self._deadline_lock = threading.Lock()
-        self._throttle = Throttle(60.0)
+        self._throttle = Throttle()
         self.refused = 0  # connections answered 503 because all slots were taken
         super().__init__(address, handler)
 

@@ -543,18 +543,3 @@ def test_a_drained_backlog_is_given_back_even_on_a_full_disk(tmp_path):
         ob.close()
         assert [r.id for r in Outbox(d).pending()] == [new]
 
-
-def test_throttle_says_each_key_at_once_then_once_per_period(monkeypatch):
-    """The one rule behind every "logged at once, then at most once a minute" line."""
-    from maskd import clock
-
-    now = [1000.0]
-    monkeypatch.setattr(clock.time, "monotonic", lambda: now[0])
-    t = clock.Throttle(60.0)
-    assert t.due("a") and t.due("b") and not t.due("a")
-    now[0] += 59.9
-    assert not t.due("a")
-    now[0] += 0.1
-    assert t.due("a") and t.due("b") and not t.due("a")
-    t.reset()
-    assert t.due("a") and t.due("b")

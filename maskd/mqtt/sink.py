@@ -29,8 +29,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.clock import Throttle
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_listen
+from maskd.lograte import Throttle
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -191,8 +191,8 @@ class MqttSink(EventSink):
         self._side_topics: dict[int, str] = {}
         self._side_refused: dict[str, str] = {}
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
-        self._fail_log = Throttle(60.0)  # per connection problem; reset by a connect
-        self._log_once_a_minute = Throttle(60.0)  # refusals, publisher errors
+        self._fail_log = Throttle()  # per connection problem; reset by a connect
+        self._log_once_a_minute = Throttle()  # refusals, publisher errors
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
