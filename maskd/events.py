@@ -15,8 +15,9 @@ on scripted tracks):
   person briefly lost by the tracker stays one violation.
 - Cooldown: for ``cooldown_s`` after an event ends as ``masked``, a violation confirmed for the
   same person does not start a new event yet; it starts when the cooldown is over if it still
-  holds. This keeps a person fiddling with a mask from producing a start/end pair every few
-  seconds. After ``gone`` there is no cooldown: that person has left, and at a door the next
+  holds (the same track still in view always counts as the same person). This keeps a person
+  fiddling with a mask from producing a start/end pair every few seconds. After ``gone`` there
+  is no cooldown: that person has left, and at a door the next
   one steps into the same spot.
 
 "The same person" is not "the same place": at a door everyone stands at the same spot, one
@@ -75,6 +76,7 @@ class _Ended:
     box: Box
     end_time: float
     appearance: np.ndarray | None
+    track_id: int  # the same track still in view is the same person, whatever it looks like
 
 
 class Violations:
@@ -124,7 +126,8 @@ class Violations:
         """Advance the lifecycle to time ``now``; returns the events to emit, in order.
 
         ``tracks`` are all the tracker's tracks (seen or briefly missed); ``crops`` maps a
-        track id to the face crop classified in this frame, kept as the event's best crop.
+        track id to its latest classified face crop (the one its current score came from),
+        kept as the event's best crop.
         """
         self._size = frame_size
         crops = crops or {}
@@ -155,13 +158,13 @@ class Violations:
             t = by_id.get(v.track_id)
             if t is not None and t.seen_now:
                 v.follow(t)
-                if t.appearance is not None:
-                    v.appearance = t.appearance
                 if t.smoothed is not None:
                     v.score = t.smoothed
                 if not t.violating:
                     out.append(self._end(v, "masked", now, frame_seq))
                     continue
+                if t.appearance is not None:  # the look without the mask, for the cooldown
+                    v.appearance = t.appearance
                 if v.score > v.top_score:
                     v.top_score, v.best_seq, v.dirty = v.score, frame_seq, True
                     if t.track_id in crops:
@@ -176,7 +179,8 @@ class Violations:
         for t in tracks:
             if not (self._may_start(t) and t.seen_now) or t.track_id in owned:
                 continue
-            if any(self._same_person((r.box,), r.appearance, t) for r in self._recent):
+            if any(r.track_id == t.track_id or self._same_person((r.box,), r.appearance, t)
+                   for r in self._recent):
                 continue  # cooldown: starts later if it still holds
             score = t.smoothed if t.smoothed is not None else 0.0
             v = _Violation(
@@ -209,7 +213,7 @@ class Violations:
              frame_seq: int | None) -> ViolationEvent:
         self._open.remove(v)
         if reason == "masked":  # the cooldown is for a mask put on and taken off again
-            self._recent.append(_Ended(v.box, end_time, v.appearance))
+            self._recent.append(_Ended(v.box, end_time, v.appearance, v.track_id))
         ev = self._message(v, "end", end_time, frame_seq)
         ev.end_time, ev.end_reason = end_time, reason
         return ev

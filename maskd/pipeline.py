@@ -29,6 +29,7 @@ from maskd.clock import FRAME_STEP_S, StepWatch
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou, shorter_side
+from maskd.lograte import Throttle
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
 from maskd.types import (
@@ -130,6 +131,7 @@ class _Cached:
     score: float
     box: Box
     seq: int
+    crop: np.ndarray  # the crop that score came from: a start on a reused score still has one
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Pipeline:
         self.counts = PipelineCounts()
         self._last: Frame | None = None
         self._steps = StepWatch(FRAME_STEP_S)
+        self._gap_log = Throttle()
         m = cfg.motion
         self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
                        if m.enabled else None)
@@ -203,6 +206,27 @@ class Pipeline:
             self.tracker.shift(step)
             self.violations.shift(step)
 
+    def _after_gap(self, frame: Frame) -> None:
+        """No frame for end_after_s or longer (a camera that stalled or was away, a loop far
+        behind): whoever is in view now cannot be told from whoever was before, and the place
+        alone is no identity (maskd.events). The tracks start afresh, so an open violation
+        ends `gone` at its last sighting and a new person at the same spot gets their own."""
+        last = self._last
+        if last is None or not self.tracker.tracks:
+            return
+        if frame.since_boot is not None and last.since_boot is not None:
+            gap = frame.since_boot - last.since_boot  # the wall clock may have stepped
+        else:
+            gap = frame.timestamp - last.timestamp
+        if gap < self.cfg.tracking.end_after_s:
+            return
+        if self._gap_log.due():
+            log.info("%s: no frame for %.1f s (tracking.end_after_s is %g s): the faces in "
+                     "view are tracked afresh", self.cfg.camera, gap,
+                     self.cfg.tracking.end_after_s)
+        self.tracker.forget()
+        self._cache.clear()
+
     def process(self, frame: Frame, detect: bool = True) -> FrameResult:
         """Run one frame through every stage; ``detect=False`` skips detection (paused)."""
         ccfg = self.cfg.classifier
@@ -220,6 +244,7 @@ class Pipeline:
             faces = kept
         t1 = time.perf_counter()
         self._follow_clock(frame)
+        self._after_gap(frame)
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
         for t in tracks:
             if t.static and not t.reported_static:
@@ -250,7 +275,8 @@ class Pipeline:
         t3 = time.perf_counter()
         for i, p, feat in zip(todo, fresh, features, strict=True):
             scores[i] = p
-            self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq)
+            self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq,
+                                                      crops[tracks[i].track_id])
             self.tracker.observe(tracks[i], crops[tracks[i].track_id], feat)
         counts.classified += len(todo)
         voted = set(todo)
@@ -259,7 +285,10 @@ class Pipeline:
         alive = {t.track_id for t in self.tracker.tracks}
         for tid in [k for k in self._cache if k not in alive]:
             del self._cache[tid]
-        events = self.violations.update(self.tracker.tracks, frame.timestamp, frame.seq, (w, h), crops)
+        # each live track's latest classified crop (this frame's where it was classified now)
+        latest = {tid: c.crop for tid, c in self._cache.items()}
+        events = self.violations.update(self.tracker.tracks, frame.timestamp, frame.seq, (w, h),
+                                        latest)
         t4 = time.perf_counter()
         counts.frames += 1
         counts.faces += len(faces)

@@ -165,6 +165,10 @@ class Tracker:
         self.tracks = kept
         return [t for t in assigned if t is not None]
 
+    def forget(self) -> None:
+        """Drop every track (after a gap in the frames; maskd.pipeline); ids keep counting."""
+        self.tracks = []
+
     def shift(self, step: float) -> None:
         """Move every remembered time by ``step`` seconds: the wall clock stepped (maskd.clock),
         and a track's spans (its votes, how long it stood still) are of time that passed, not of

@@ -146,6 +146,21 @@ def test_cooldown_delays_a_new_event_at_the_same_place():
     assert starts[1].start_time - end.end_time >= CFG.cooldown_s - 1e-9
 
 
+def test_cooldown_holds_on_the_same_track_whatever_it_looks_like():
+    """A mask changes how a face looks: the look kept at a `masked` end was the track's running
+    average with the masked crops in it, too unlike the bare face for the cooldown's 'same
+    person', so the same person on the same track started again within the cooldown."""
+    s = Scene(TrackingConfig(**{**CFG.model_dump(), "same_person_similarity": 0.9}))
+    bare, masked = look(1), look(2)
+    s.frames(10, (BOX, 0.9, bare))
+    s.frames(5, (BOX, 0.0, masked))
+    assert s.events[-1].end_reason == "masked"
+    s.frames(20, (BOX, 0.9, look(3)))  # the track goes on; its look is no help
+    assert [e.event_type for e in s.events] == ["start", "end"]
+    s.frames(30, (BOX, 0.9, look(3)))
+    assert [e.event_type for e in s.events] == ["start", "end", "start"]
+
+
 def test_cooldown_is_per_place():
     s = Scene()
     s.frames(10, (BOX, 0.9))

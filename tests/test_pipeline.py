@@ -315,3 +315,39 @@ def test_votes_across_a_clock_step_still_need_their_span():
     assert [t.static for t in pipe.tracker.tracks] == [True]
     pipe, _ = run_through_a_step([[BOX]] * 9, cfg, 7 * DAY, at=2)
     assert [t.static for t in pipe.tracker.tracks] == [False]
+
+
+def test_after_a_gap_in_the_frames_the_next_person_at_the_spot_is_someone_new():
+    """A camera that stalls: the tracker counted misses in frames, and there were none, so
+    whoever stood at the same spot when frames came back took over the open violation (no
+    `gone`, no start of their own)."""
+    cfg = Config()
+    cfg.tracking.min_span_s = 0.0
+    pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 40), RedClassifier(),
+                    new_event_id=iter(f"ev{i}" for i in range(1, 9)).__next__)
+    events = []
+    for i in range(15):
+        events += pipe.process(frame(i)).events
+    for i in range(15, 40):  # 20 s later
+        events += pipe.process(Frame(frame(i).image, i, i / 10.0 + 20.0)).events
+    kinds = [(e.event_type, e.event_id, e.end_reason) for e in events]
+    assert kinds == [("start", "ev1", None), ("end", "ev1", "gone"), ("start", "ev2", None)]
+    assert events[1].end_time == pytest.approx(1.4)  # its last sighting, before the gap
+
+
+def test_a_start_on_a_reused_score_carries_the_crop_that_score_came_from():
+    """Once the evidence is in, a violating track's score may come from the cache; a start on
+    such a frame (held back by the cooldown, or by a picture check) had no crop, so no
+    snapshot was ever saved for it."""
+    cfg = Config()
+    cfg.tracking.min_span_s, cfg.tracking.same_person_similarity = 0.0, 0.0
+    cfg.tracking.cooldown_s = 1.25  # over between two re-checks: the start is on a cached score
+    reds = [230] * 10 + [20] * 10 + [230] * 40
+    pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * len(reds)), RedClassifier())
+    starts = []
+    for i, red in enumerate(reds):
+        r = pipe.process(frame(i, red))
+        starts += [(e, bool(r.crops)) for e in r.events if e.event_type == "start"]
+    assert len(starts) == 2
+    assert not starts[1][1]  # that frame reused a score ...
+    assert all(e.best_crop is not None for e, _ in starts)  # ... and the event has a crop
