@@ -31,6 +31,7 @@ import numpy as np
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
 from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
+from maskd.lograte import RateLimitedLog
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, Source, SourceError
 
@@ -46,6 +47,14 @@ RECONNECT_STALL_S = 20.0
 # packets without closing the connection) is reopened; opening one waits as long.
 STREAM_TIMEOUT_MS = 10_000
 BACKOFF_TICK_S = 1.0  # a backoff wait shows a sign of life at least this often
+# An outage ends only once frames have come for this long without a failure: then the backoff
+# starts again from reopen_min_s and camera_lost_since is forgotten. A stream that gives a
+# frame or two after each connect and drops again (a camera's overloaded web server, a flaky
+# link) stays one outage, retried ever more slowly, instead of being reopened every second for
+# ever. Time, not a frame count, since cameras run at anything from 1 to 30 frames/s; as long
+# as the stream timeout, so a stream that merely delivers the frames buffered before a stall
+# does not count as back.
+STEADY_S = 10.0
 
 
 class Capture(Protocol):
@@ -120,9 +129,11 @@ class LiveSource:
     """A camera or stream that is reopened with backoff whenever it fails.
 
     ``opener`` builds a fresh ``Capture``; it is called lazily on the first ``read()`` and after
-    every failure, so a camera that is absent at start is waited for, not fatal. From the first
-    failure until the next good frame, ``stats["camera_lost_since"]`` holds when it went
-    (ISO 8601) and ``reconnecting`` is True while the reopen loop shows signs of life.
+    every failure, so a camera that is absent at start is waited for, not fatal. While no frames
+    come, ``stats["camera_lost_since"]`` holds when the outage began (ISO 8601) and
+    ``reconnecting`` is True while the reopen loop shows signs of life. An outage ends only after
+    STEADY_S of frames: until then a new failure shows the same start again and the backoff
+    keeps growing. Repeated failure lines are rate-limited (maskd.lograte).
     """
 
     is_live = True
@@ -140,26 +151,47 @@ class LiveSource:
         self._seq = 0
         self._bad_in_a_row = 0
         self._failed_before = False  # the next successful open counts as a reopen
-        self._lost_at: float | None = None  # time.time() of the first failure, None when fine
+        self._lost_at: float | None = None  # time.time() the outage began, None when steady
+        self._flowing_since: float | None = None  # monotonic, first frame since the last open
+        self._reopens_at_loss = 0  # stats["reopens"] when the outage began
         self._beat = time.monotonic()
+        self._say = RateLimitedLog(log)
 
     @property
     def reconnecting(self) -> bool:
         """Camera lost and the reopen loop alive (waiting out a backoff or trying to open)."""
         beat = max(self._beat, self._backoff.beat)
-        return self._lost_at is not None and time.monotonic() - beat < RECONNECT_STALL_S
+        lost = self.stats["camera_lost_since"] is not None
+        return lost and time.monotonic() - beat < RECONNECT_STALL_S
 
     def _lost(self) -> None:
+        """No frames now: the outage begins, or one that had not ended yet goes on."""
+        self._flowing_since = None
         if self._lost_at is None:
             self._lost_at = time.time()
-            self.stats["camera_lost_since"] = (
-                datetime.fromtimestamp(self._lost_at).astimezone().isoformat(timespec="seconds"))
+            self._reopens_at_loss = self.stats["reopens"]
+        self.stats["camera_lost_since"] = (
+            datetime.fromtimestamp(self._lost_at).astimezone().isoformat(timespec="seconds"))
 
     def _found(self) -> None:
-        if self._lost_at is not None:
-            log.info("%s: frames again after %.1f s", self.name, time.time() - self._lost_at)
-            self._lost_at = None
+        """A good frame: no longer lost now; the outage ends once frames stay for STEADY_S."""
+        now = time.monotonic()
+        if self.stats["camera_lost_since"] is not None:
             self.stats["camera_lost_since"] = None
+            assert self._lost_at is not None
+            self._say(logging.INFO, "found", "%s: frames again after %.1f s", self.name,
+                      time.time() - self._lost_at)
+        if self._flowing_since is None:
+            self._flowing_since = now
+        if self._lost_at is not None and now - self._flowing_since >= STEADY_S:
+            reopens = self.stats["reopens"] - self._reopens_at_loss
+            if reopens > 1 or self._say.held():  # it dropped out more than once: sum it up
+                outage = time.time() - self._lost_at - (now - self._flowing_since)
+                log.info("%s: steady again for %.0f s after an outage of %.0f s (%d reopens)",
+                         self.name, now - self._flowing_since, outage, reopens)
+            self._lost_at = None
+            self._backoff.reset()
+            self._say.reset()
 
     def read(self) -> Frame | None:
         while not self._stop.is_set():
@@ -176,25 +208,26 @@ class LiveSource:
                     ok, raw = cap.read()
                 except Exception as err:  # a device driver can raise anything
                     ok, raw = False, None
-                    log.warning("%s: read raised %s: %s", self.name, type(err).__name__, err)
+                    self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
+                              type(err).__name__, err)
             ts, since_boot = system_clock()
             if not ok:
                 self.stats["read_errors"] += 1
-                log.warning("%s: read failed (device unplugged or stream dropped); reopening",
-                            self.name)
+                self._say(logging.WARNING, "failed",
+                          "%s: read failed (device unplugged or stream dropped); reopening",
+                          self.name)
                 self._drop(cap)
                 continue
             image = as_bgr(raw)
             if image is None:
                 self.stats["corrupt"] += 1
                 self._bad_in_a_row += 1
-                log.warning("%s: corrupt or empty frame skipped (%d in a row)", self.name,
-                            self._bad_in_a_row)
+                self._say(logging.WARNING, "corrupt", "%s: corrupt or empty frame skipped "
+                          "(%d in a row)", self.name, self._bad_in_a_row)
                 if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
                     self._drop(cap)
                 continue
             self._bad_in_a_row = 0
-            self._backoff.reset()
             self._found()
             frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name,
                           since_boot=since_boot)
@@ -213,12 +246,12 @@ class LiveSource:
         except Exception as err:  # report any open failure and keep trying
             self._failed_before = True
             self._lost()
-            log.warning("%s: cannot open (%s); retrying in %.1f s", self.name, err,
-                        self._backoff.next_s)
+            self._say(logging.WARNING, "open", "%s: cannot open (%s); retrying in %.1f s",
+                      self.name, err, self._backoff.next_s)
             self._backoff.wait()
             return None
         if self._failed_before:
-            log.info("%s: reopened", self.name)
+            self._say(logging.INFO, "reopened", "%s: reopened", self.name)
         self._failed_before = False
         with self._lock:
             if self._stop.is_set():

@@ -421,3 +421,63 @@ def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
     finally:
         src.close()
     assert calls.get("stopped") and calls.get("closed")
+
+
+class DroppingCamera(FlakyCamera):
+    """A stream that gives two frames after every connect and then drops (``steady`` clears
+    that); it notes when each open came and what the source said about the outage then."""
+
+    def __init__(self, image: np.ndarray):
+        super().__init__(image)
+        self.steady = False
+        self.opened_at: list[float] = []
+        self.lost_since: list[str | None] = []
+        self.src: LiveSource | None = None
+
+    def opener(self):
+        self.opened_at.append(time.monotonic())
+        if self.src is not None and self.opens:
+            self.lost_since.append(self.src.stats["camera_lost_since"])
+        self.plan = [] if self.steady else ["ok", "ok", "fail"]
+        return super().opener()
+
+    def read(self):
+        time.sleep(0.005)
+        return super().read()
+
+
+def test_a_stream_that_drops_after_every_frame_or_two_is_one_outage_retried_ever_more_slowly(
+        monkeypatch, caplog):
+    """Frames right after a reconnect do not end the outage: the backoff keeps growing, the
+    outage keeps its first start, the journal gets one line per cause; frames for STEADY_S end
+    it (was: the backoff reset on the first frame, so a stream that gave a frame or two and
+    dropped was reopened every second for ever, 'lost' since moments ago each time)."""
+    import maskd.sources
+
+    monkeypatch.setattr(maskd.sources, "STEADY_S", 0.4, raising=False)
+    cam = DroppingCamera(np.full((48, 64, 3), 7, np.uint8))
+    src = LiveSource("flappy", cam.opener, reopen_min_s=0.05, reopen_max_s=0.4)
+    cam.src = src
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        frames = [src.read() for _ in range(16)]  # 8 connects: waits 0.05, 0.1, 0.2, 0.4, ...
+        assert all(f is not None for f in frames)
+        gaps = np.diff(cam.opened_at)
+        assert gaps[0] < 0.2 and all(g >= 0.35 for g in gaps[3:]), gaps
+        # One outage, shown from its first start whenever no frames come (> 1 s of them).
+        assert cam.opened_at[-1] - cam.opened_at[1] > 1.0
+        assert len(cam.lost_since) == 7 and len(set(cam.lost_since)) == 1
+        assert cam.lost_since[0] is not None and src.stats["camera_lost_since"] is None
+        assert caplog.text.count("read failed") == 1 and caplog.text.count("reopened") == 1
+        cam.steady = True  # the next connect keeps sending: frames for STEADY_S end the outage
+        src.read()
+        src.read()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.6:
+            assert src.read() is not None
+        assert "steady again" in caplog.text and "(8 reopens)" in caplog.text
+        cam.plan = ["fail"]  # a new outage: retried after reopen_min_s again, and logged at once
+        src.read()
+    assert cam.opened_at[-1] - cam.opened_at[-2] < 0.35 + 0.6 + 0.2
+    assert src._backoff.next_s <= 0.1
+    assert caplog.text.count("read failed") == 2
+    src.close()
