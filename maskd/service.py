@@ -173,11 +173,16 @@ class CameraLoop:
         if self.source.is_live:
             self.stop_reason = "live source closed"
             return
+        why = getattr(self.source, "why_ended", None)  # a looping file with nothing left to play
+        if why:
+            log.warning("%s; %s", why, "stopping" if self.exit_at_end else
+                        "idle until SIGTERM/SIGINT (restart maskd once it is back)")
         if self.exit_at_end:
             self.stop_reason = "end of source"
             return
-        log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
-                 self.source.name)
+        if not why:
+            log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
+                     self.source.name)
         self._window.end = self._sink_window.end = time.monotonic()
         self._ended = True
         while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so

@@ -443,8 +443,11 @@ class VideoFileSource:
 class ImageFolderSource:
     """A folder of images (sorted, recursive), once or looping, decoded as ``maskd classify`` does.
 
-    A broken or vanished image is logged, counted in ``stats["corrupt"]`` and skipped. For this
-    source ``Frame.source`` is the image's path, so reports can name the file.
+    A broken or vanished image is counted in ``stats["corrupt"]`` and skipped, and logged once
+    per file and reason (not on every pass of a loop). When looping, every pass lists the folder
+    again, so images added are read and removed ones dropped; a pass with nothing readable ends
+    the source and ``why_ended`` says so. For this source ``Frame.source`` is the image's path,
+    so reports can name the file.
     """
 
     is_live = False
@@ -465,6 +468,28 @@ class ImageFolderSource:
         self._seq = 0
         self._good_this_pass = 0
         self._closed = False
+        self._warned: set[tuple[Path, str]] = set()  # (image, why) already logged
+        self.why_ended: str | None = None  # set when a loop ends: nothing readable left
+
+    def _next_pass(self) -> bool:
+        """List the folder again for a new pass; False (and ``why_ended``) when nothing is left
+        to read: no images, or the same images as a pass that could read none of them."""
+        before, self.paths = self.paths, find_images(self.folder)
+        if self.paths != before and self.paths:
+            old, new = set(before), set(self.paths)
+            log.info("%s: %d images now (%d new, %d gone)", self.name, len(new), len(new - old),
+                     len(old - new))
+            self._warned = {w for w in self._warned if w[0] in new}
+        if not self.paths:
+            what = "folder is gone" if not self.folder.is_dir() else "folder has no images left"
+            self.why_ended = f"{self.folder}: the {what}"
+            return False
+        if self._good_this_pass == 0 and self.paths == before:
+            self.why_ended = f"{self.folder}: none of its images can be read"
+            return False
+        self._iter = iter(self.paths)
+        self._good_this_pass = 0
+        return True
 
     def read(self) -> Frame | None:
         import cv2
@@ -472,16 +497,16 @@ class ImageFolderSource:
         while not self._closed:
             path = next(self._iter, None)
             if path is None:
-                if not self.loop or self._good_this_pass == 0:
+                if not self.loop or not self._next_pass():
                     return None
-                self._iter = iter(self.paths)
-                self._good_this_pass = 0
                 continue
             try:
                 image = cv2.cvtColor(load_image_rgb(path), cv2.COLOR_RGB2BGR)
             except ImageError as err:
                 self.stats["corrupt"] += 1
-                log.warning("unreadable or broken image skipped: %s", err)
+                if (path, str(err)) not in self._warned:
+                    self._warned.add((path, str(err)))
+                    log.warning("unreadable or broken image skipped: %s", err)
                 continue
             frame = Frame(image=image, seq=self._seq, timestamp=self._t0 + self._seq / self.fps,
                           source=str(path))

@@ -481,3 +481,67 @@ def test_a_stream_that_drops_after_every_frame_or_two_is_one_outage_retried_ever
     assert src._backoff.next_s <= 0.1
     assert caplog.text.count("read failed") == 2
     src.close()
+
+
+def _door(path: Path, shade: int) -> Path:
+    """A small image of one grey level, written where ``path`` says."""
+    cv2.imwrite(str(path), np.full((60, 80, 3), shade, np.uint8))
+    return path
+
+
+def test_a_looping_folder_is_listed_again_each_pass_and_a_bad_image_warned_about_once(
+        tmp_path: Path, caplog):
+    """Images added while looping are read, removed ones are dropped without a word, a broken
+    one is logged once, not on every pass; when none is left the source ends saying so (was: the
+    list fixed at start, a WARNING per pass for each deleted or broken file)."""
+    _door(tmp_path / "a.png", 10)
+    _door(tmp_path / "b.png", 20)
+    (tmp_path / "c_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 half written")
+    src = ImageFolderSource(tmp_path, loop=True)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        names = [Path(f.source).name for f in _drain(src, limit=4)]
+        assert names == ["a.png", "b.png", "a.png", "b.png"]  # next: c_broken.jpg, then a pass
+        (tmp_path / "a.png").unlink()
+        _door(tmp_path / "d.png", 30)
+        names = [Path(f.source).name for f in _drain(src, limit=4)]
+        assert names == ["b.png", "d.png", "b.png", "d.png"]
+        for p in tmp_path.iterdir():
+            p.unlink()
+        assert src.read() is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "c_broken.jpg" in warnings[0], warnings
+    assert src.stats["corrupt"] == 4  # skipped on each of 4 passes, said once
+    assert "3 images now (1 new, 1 gone)" in caplog.text
+    assert src.why_ended == f"{tmp_path}: the folder has no images left"
+
+
+def test_a_looping_folder_whose_images_all_break_ends_saying_why(tmp_path: Path):
+    _door(tmp_path / "a.png", 10)
+    src = ImageFolderSource(tmp_path, loop=True)
+    assert len(_drain(src, limit=3)) == 3
+    (tmp_path / "a.png").write_bytes(b"not a png any more")
+    assert src.read() is None
+    assert src.why_ended == f"{tmp_path}: none of its images can be read"
+
+
+def test_a_looping_source_with_nothing_left_idles_saying_so_not_suggesting_loop(tmp_path: Path,
+                                                                                 caplog):
+    """The run loop names what happened, not '(use --exit-at-end or --loop)' to someone who
+    gave --loop."""
+    from loop_parts import service_for
+
+    _door(tmp_path / "a.png", 10)
+    src = ImageFolderSource(tmp_path, loop=True)
+    svc = service_for(src)
+    (tmp_path / "a.png").unlink()
+    with caplog.at_level(logging.INFO):
+        t = threading.Thread(target=svc.run, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10
+        while "idle until" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        svc.stop()
+        t.join(10)
+    assert not t.is_alive()
+    assert f"{tmp_path}: the folder has no images left; idle until SIGTERM/SIGINT" in caplog.text
+    assert "--loop" not in caplog.text
