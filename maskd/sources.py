@@ -362,7 +362,12 @@ class LatestFrame:
 
 
 class VideoFileSource:
-    """A video file read with OpenCV: every frame in order, once or looping."""
+    """A video file read with OpenCV: every frame in order, once or looping.
+
+    Looping reopens the file at its end, so a file replaced or truncated meanwhile plays as it
+    is now (one WARNING says it changed); a pass that cannot open it or read a frame ends the
+    source, and ``why_ended`` says why, instead of reopening it at full speed.
+    """
 
     is_live = False
 
@@ -386,6 +391,16 @@ class VideoFileSource:
         self._seq = 0
         self._this_pass = 0
         self._closed = False
+        self._file = self._identity()
+        self.why_ended: str | None = None  # set when a loop ends: nothing left to play
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime) of the file now; None when it is gone."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _open(self):
         import cv2
@@ -422,18 +437,32 @@ class VideoFileSource:
                     continue
             # The end (or a run of broken frames): stop, or start again when looping. A pass
             # without a single good frame ends the source instead of spinning forever.
-            if not self.loop or restarted or self._this_pass == 0:
+            if not self.loop:
+                return None
+            if restarted or self._this_pass == 0:
+                self.why_ended = f"{self.path}: no frame left to loop over (emptied or truncated?)"
                 return None
             self._cap.release()
+            self._note_change()
             try:
                 self._cap = self._open()
             except SourceError as err:
-                log.error("%s: cannot loop: %s", self.name, err)
+                self.why_ended = f"cannot loop: {err}"
                 return None
             self.stats["reopens"] += 1
             self._this_pass = 0
             restarted = True
         return None
+
+    def _note_change(self) -> None:
+        """One WARNING when the file changed on disk since the last pass: FFmpeg's own lines
+        about a truncated file (e.g. "overread") would otherwise come with no word from us."""
+        now = self._identity()
+        if now != self._file and now is not None and now[1] > 0:  # gone or empty: it ends
+            was = f"{self._file[1]} bytes" if self._file else "gone"
+            log.warning("%s: changed on disk while looping (was %s, now %d bytes); playing it as "
+                        "it is now", self.name, was, now[1])
+        self._file = now
 
     def close(self) -> None:
         self._closed = True

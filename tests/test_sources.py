@@ -524,6 +524,29 @@ def test_a_looping_folder_whose_images_all_break_ends_saying_why(tmp_path: Path)
     assert src.why_ended == f"{tmp_path}: none of its images can be read"
 
 
+def test_a_looping_video_truncated_in_place_says_so_once_and_ends_when_empty(tmp_path: Path,
+                                                                             caplog):
+    """Truncated: it plays what is left, with one WARNING that the file changed (FFmpeg's own
+    complaint about the cut frame comes on every pass); emptied: the source ends saying why,
+    with no reopening at full speed."""
+    path = tmp_path / "clip.avi"
+    noise = np.random.default_rng(0).integers(0, 256, (6, 240, 320, 3), np.uint8)
+    _write_clip(path, list(noise))  # frames of ~50 KB: half the file holds whole frames
+    src = VideoFileSource(path, loop=True)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert len(_drain(src, limit=8)) == 8
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        assert len(_drain(src, limit=30)) == 30
+        reopens = src.stats["reopens"]
+        path.write_bytes(b"")
+        assert _drain(src, limit=50) == []
+    assert src.stats["reopens"] <= reopens + 2
+    assert caplog.text.count("changed on disk while looping") == 1
+    assert src.why_ended is not None and str(path) in src.why_ended
+    src.close()
+
+
 def test_a_looping_source_with_nothing_left_idles_saying_so_not_suggesting_loop(tmp_path: Path,
                                                                                  caplog):
     """The run loop names what happened, not '(use --exit-at-end or --loop)' to someone who
