@@ -34,7 +34,7 @@ from yaml.composer import ComposerError
 from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
 
-from maskd import env, schedule
+from maskd import env, schedule, zones
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -307,22 +307,43 @@ class ZonesConfig(Section):
         for i, poly in enumerate(v or []):
             if len(poly) < 3:
                 raise ValueError(f"polygon {i} has {len(poly)} point(s); a zone needs at least 3")
+            if zones.area(poly) < zones.MIN_AREA:
+                raise ValueError(f"polygon {i} has no area (its points lie on one line): as "
+                                 "include it would drop every face, as ignore do nothing")
         return v
 
 
 class ScheduleWindow(Section):
     """A weekly window in which detection runs (maskd.schedule), in local time."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = \
-        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    days: Annotated[list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]],
+                    Field(min_length=1)] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     start: str = "00:00"  # HH:MM
     end: str = "24:00"  # HH:MM; before start: the window runs past midnight
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _unquoted(cls, v: object) -> object:
+        """YAML 1.1 reads an unquoted 18:00 as the number 1080 (base 60): take it back as the
+        time that was written, not an error about 1080."""
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 24 * 60:
+            return f"{v // 60:02d}:{v % 60:02d}"
+        return v
 
     @field_validator("start", "end")
     @classmethod
     def _time(cls, v: str) -> str:
         schedule.parse_time(v)
         return v
+
+    @model_validator(mode="after")
+    def _length(self) -> ScheduleWindow:
+        if self.start == "24:00":
+            raise ValueError("start 24:00 is the end of the day; a window starts at 00:00-23:59")
+        if self.start == self.end:
+            raise ValueError(f"start and end are both {self.start}: the window is empty (for "
+                             "the whole day use start \"00:00\", end \"24:00\")")
+        return self
 
     def window(self) -> schedule.Window:
         return schedule.Window(tuple(schedule.DAYS.index(d) for d in self.days),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, time
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -22,8 +22,8 @@ class Window:
 
     def covers(self, at: datetime) -> bool:
         t, day = at.time(), at.weekday()
-        if self.start <= self.end:
-            return day in self.days and self.start <= t < self.end
+        if self.start <= self.end:  # an end of 24:00 (time.max) takes the day's last instant too
+            return day in self.days and self.start <= t and (t < self.end or self.end == time.max)
         # past midnight: the evening part on a listed day, the morning part on the day after
         return (day in self.days and t >= self.start) or \
             ((day - 1) % 7 in self.days and t < self.end)
@@ -48,13 +48,17 @@ def allows(windows: Sequence[Window], timestamp: float) -> bool:
 
 
 def next_change(windows: Sequence[Window], timestamp: float, horizon_days: int = 8) -> float | None:
-    """When ``allows`` next flips (to the minute), for the log and the switch's attributes."""
+    """When ``allows`` next flips (to the minute), for the log and the switch's attributes.
+
+    Steps through real time, not local clock times: across a DST change local minutes are
+    skipped or repeated, and a walk over them missed the flip in a repeated hour (and named
+    a time an hour in the past)."""
     if not windows:
         return None
     now = allows(windows, timestamp)
-    at = datetime.fromtimestamp(timestamp).replace(second=0, microsecond=0)
+    at = timestamp - timestamp % 60  # local minutes start on whole UTC minutes
     for _ in range(horizon_days * 24 * 60):
-        at += timedelta(minutes=1)
-        if allows(windows, at.timestamp()) != now:
-            return at.timestamp()
+        at += 60
+        if allows(windows, at) != now:
+            return at
     return None

@@ -15,6 +15,20 @@ from maskd.types import Box
 Polygon = Sequence[tuple[float, float]]
 
 
+MIN_AREA = 1e-6  # a share of the frame; less is a line or a point, never a zone
+
+
+def area(polygon: Polygon) -> float:
+    """The polygon's area in frame shares (shoelace; a self-intersecting one's lobes may
+    cancel, which only makes the config check stricter)."""
+    total = 0.0
+    px, py = polygon[-1]
+    for qx, qy in polygon:
+        total += px * qy - qx * py
+        px, py = qx, qy
+    return abs(total) / 2.0
+
+
 def inside(x: float, y: float, polygon: Polygon) -> bool:
     """Point in polygon by ray casting (even-odd rule); points on an edge may fall either way.
 

@@ -167,3 +167,58 @@ def test_previews_and_the_status_page_outline_the_zones():
     assert 600 <= cols.min() and cols.max() <= 961
     plain = render(frame, [], LoopStats(), zones=ZonesConfig())
     assert not (plain == IGNORE_COLOR).all(axis=2).any()
+
+
+@pytest.mark.parametrize(("window", "expected"), [
+    ({"start": "00:00", "end": "00:00"}, "start and end are both 00:00: the window is empty"),
+    ({"days": [], "start": "07:00"}, "'schedule.0.days': List should have at least 1 item"),
+    ({"start": "24:00", "end": "01:00"}, "start 24:00 is the end of the day"),
+])
+def test_a_schedule_window_that_never_runs_is_refused(window, expected):
+    """They passed check-config and switched detection off for good, without a word."""
+    from maskd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({"schedule": [window]})
+
+
+def test_unquoted_yaml_times_mean_what_was_written(tmp_path):
+    """YAML 1.1 reads 18:00 as 1080 (base 60); the error said 'got 1080'."""
+    from maskd.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("schedule:\n  - {days: [mon], start: 8:00, end: 18:00}\n")
+    (w,) = load_config(path).schedule
+    assert (w.start, w.end) == ("08:00", "18:00")
+
+
+def test_zones_without_area_are_refused():
+    """A polygon on one line dropped every face as include, and did nothing as ignore."""
+    from maskd.config import ConfigError
+
+    for poly in ([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]], [[0.3, 0.3]] * 3):
+        for key in ("include", "ignore"):
+            with pytest.raises(ConfigError, match="polygon 0 has no area"):
+                parse_config({"zones": {key: [poly]}})
+    assert zones.area([(0, 0), (1, 0), (1, 1), (0, 1)]) == pytest.approx(1.0)
+
+
+def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeypatch):
+    """next_change walked local minutes, which repeat in the autumn: it missed the flip in the
+    repeated hour and named a time an hour in the past. And the last microsecond of a day was
+    outside `end: "24:00"` (detection flapped off and on at midnight)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        night = [ScheduleWindow(days=["sat"], start="22:00", end="02:30").window()]
+        # 2026-10-25 03:00 CEST -> 02:00 CET: 02:00-03:00 comes twice
+        off = datetime(2026, 10, 25, 2, 45).timestamp()  # 02:45 CEST, first pass: off
+        nxt = schedule.next_change(night, off)
+        assert nxt > off and schedule.allows(night, nxt) and not schedule.allows(night, nxt - 60)
+        assert nxt - off <= 3600  # in the repeated hour (wall clock rule), not next Saturday
+        day = [ScheduleWindow(start="00:00", end="24:00").window()]
+        last = datetime(2026, 12, 1, 23, 59, 59, 999999)
+        assert all(w.covers(last) for w in day)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
