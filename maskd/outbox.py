@@ -701,7 +701,11 @@ class Outbox:
             finally:
                 copy.close()
             os.replace(tmp, self.path)
-            db = self._connect(self._durable)
+            try:
+                db = self._connect(self._durable)
+            except (OSError, sqlite3.Error):
+                self.path.unlink(missing_ok=True)  # gone again: the next check tries anew
+                raise
         except (OSError, sqlite3.Error) as err:
             for fd in (lock_fd, reserve_fd):
                 if fd >= 0:

@@ -354,13 +354,17 @@ class Service:
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM/SIGINT/SIGHUP -> stop() every loop; returns a function restoring the old
         handlers. SIGHUP too: a terminal (SSH session) that closes must not kill maskd with
-        violations left open (there is no configuration to reload)."""
+        violations left open (there is no configuration to reload); unless it is ignored
+        (`nohup`), which asks to outlive the terminal."""
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("%s received: stopping", signal.Signals(signum).name)
             self.stop(signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        sigs = [signal.SIGTERM, signal.SIGINT]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            sigs.append(signal.SIGHUP)
+        old = {s: signal.signal(s, handler) for s in sigs}
 
         def restore() -> None:
             for s, h in old.items():

@@ -280,6 +280,27 @@ def test_reconnect_during_a_clean_stop_leaves_offline(tmp_path):
         sub.close()
 
 
+def test_a_stop_as_the_link_drops_still_closes_everything(tmp_path, monkeypatch):
+    """The connection gone, paho's disconnect callback not yet run: the offline publishes
+    fail at once, and close() raised on them (the outbox was not closed, the session file
+    still said running, the threads lived on)."""
+    import paho.mqtt.client as mqtt
+
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+
+        def no_conn(*args, **kwargs):
+            info = mqtt.MQTTMessageInfo(1)
+            info.rc = mqtt.MQTT_ERR_NO_CONN
+            return info
+
+        monkeypatch.setattr(sink._client, "publish", no_conn)
+        sink.close()
+        assert not sink._worker.is_alive()
+        assert json.loads((tmp_path / "state" / "mqtt-session.json").read_text())["running"] is False
+
+
 def test_kill9_with_open_violations_then_restart_ends_them(tmp_path):
     """Violations open at a kill -9 get their `end` (reason "restart") from the next start."""
     state = tmp_path / "state"

@@ -432,3 +432,20 @@ def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_mod
             proc.kill()
     assert proc.returncode == 0, err + rest
     assert "SIGINT received" in rest
+
+
+def test_sighup_stays_ignored_under_nohup():
+    """`nohup maskd run &` asks to outlive the terminal: an ignored SIGHUP is left ignored."""
+    from maskd.service import Service
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        restore = Service([]).install_signal_handlers()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        restore()
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        restore = Service([]).install_signal_handlers()
+        assert callable(signal.getsignal(signal.SIGHUP))  # a terminal's hang-up stops cleanly
+        restore()
+    finally:
+        signal.signal(signal.SIGHUP, before)

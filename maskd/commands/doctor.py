@@ -582,9 +582,10 @@ class _Probe:
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
         self.connected = threading.Event()
-        self.answered = threading.Event()  # PUBACK (MQTT 5) or SUBACK (3.1.1)
-        self.echoed = threading.Event()  # our test message came back (3.1.1)
-        self.answer: Any = None
+        # PUBACKs and SUBACKs by message id: a late PUBACK of one check is no answer to the next
+        self._answers: dict[int, Any] = {}
+        self._answered = threading.Condition()
+        self.echoed: set[str] = set()  # topics our test message came back on (3.1.1)
         self.started = False
         self.t0 = 0.0
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
@@ -605,12 +606,24 @@ class _Probe:
         self.connected.set()  # without .reason when it came before any CONNACK
 
     def _on_answer(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
-        self.answer = reason[0] if isinstance(reason, list) else reason
-        self.answered.set()
+        with self._answered:
+            self._answers[mid] = reason[0] if isinstance(reason, list) else reason
+            self._answered.notify_all()
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         if msg.payload == self.token:
-            self.echoed.set()
+            with self._answered:
+                self.echoed.add(msg.topic)
+                self._answered.notify_all()
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        with self._answered:
+            return self._answered.wait_for(done, timeout)
+
+    def _answer(self, mid: int) -> Any:
+        """The broker's answer to message ``mid`` (None when none came in time)."""
+        self._wait(lambda: mid in self._answers, BROKER_TIMEOUT_S)
+        return self._answers.get(mid)
 
     def connect(self) -> str | None:
         """None once the broker answered CONNECT (see .reason), else why not."""
@@ -657,24 +670,22 @@ class _Probe:
         other, so there: subscribe, publish, and see whether the message comes back."""
         import paho.mqtt.client as mqtt
 
-        self.answered.clear()
-        self.echoed.clear()
         hint = ("the broker's ACL must let this user publish under Home Assistant's "
                 f"discovery_prefix ({self.mq.discovery_prefix}/#) or Home Assistant never sees "
                 "the device; or set mqtt.discovery: false" if topic == self.discovery_topic
                 else "the broker's ACL must let this user publish under the device's prefix")
         if self.version == mqtt.MQTTv5:
-            self.client.publish(topic, self.token, qos=1)
-            if not self.answered.wait(BROKER_TIMEOUT_S):
+            answer = self._answer(self.client.publish(topic, self.token, qos=1).mid)
+            if answer is None:
                 return FAIL, f"no PUBACK for a test publish on {topic}"
-            if self.answer.is_failure:
-                return FAIL, f"publishing refused on {topic}: {self.answer} ({hint})"
+            if answer.is_failure:
+                return FAIL, f"publishing refused on {topic}: {answer} ({hint})"
             return OK, f"may publish on {topic}"
-        self.client.subscribe(topic, qos=1)
-        if not self.answered.wait(BROKER_TIMEOUT_S) or self.answer.is_failure:
-            return WARN, f"cannot check publish rights: may not subscribe to {topic} ({self.answer})"
+        answer = self._answer(self.client.subscribe(topic, qos=1)[1])
+        if answer is None or answer.is_failure:
+            return WARN, f"cannot check publish rights: may not subscribe to {topic} ({answer})"
         self.client.publish(topic, self.token, qos=1)
-        if not self.echoed.wait(3.0):
+        if not self._wait(lambda: topic in self.echoed, 3.0):
             return FAIL, (f"a test message on {topic} never came back: {hint} (MQTT 3.1.1 "
                           "cannot say whether it was denied)")
         return OK, f"publish rights checked by a round trip on {topic}"

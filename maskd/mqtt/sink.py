@@ -351,14 +351,18 @@ class MqttSink(EventSink):
         if self._connected:
             for cam in self._cams.values():
                 self._publish_held(cam)
-        self._closing = True
-        if self._connected:
+        with self._conn_lock:  # a connect in progress announces online first, or sees this
+            self._closing = True
+            connected = self._connected
+        if connected:
             self._announce_offline()
             # A reconnect meanwhile (a broker restart during the stop) announces it again and
-            # replaces the list: wait for whichever is newest.
+            # replaces the list: wait for whichever is newest. A publish that failed (the
+            # link dropped just now) is not waited for: the last will says offline then.
             deadline = time.monotonic() + 5.0
             while (left := deadline - time.monotonic()) > 0:
-                pending = [i for i in self._offline_infos if not i.is_published()]
+                pending = [i for i in self._offline_infos
+                           if i.rc == mqtt.MQTT_ERR_SUCCESS and not i.is_published()]
                 if not pending:
                     break
                 try:
@@ -510,26 +514,27 @@ class MqttSink(EventSink):
             self._gen += 1
             self._connected_at = time.monotonic()
             self._connected = True
-        self._fail_log.reset()
-        log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
-        detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
-                  "previous_stop": self._previous_stop, "sw_version": __version__,
-                  "model": self._model}
-        status = self._first.topics.status
-        self._side(f"{status}/detail", _dumps(detail))
-        self._side(status, "online")
-        for cam in self._cams.values():
-            if cam.topics.availability != status:
-                self._side(cam.topics.availability, "online" if cam.running else "offline")
-            self._publish_active(cam)
-            self._publish_detect_state(cam)
-            # published again with the next frame: a broker that lost its retained
-            # messages (restarted without persistence) must get them back
-            cam.violations = cam.faces = cam.last_state = None
-            client.subscribe(cam.topics.detect_set, qos=1)
-        if self._mq.discovery:
-            self._publish_discovery()
-            client.subscribe(self._first.topics.ha_status, qos=1)
+            # announced under the lock: a clean stop that begins now announces offline after
+            self._fail_log.reset()
+            log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
+            detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
+                      "previous_stop": self._previous_stop, "sw_version": __version__,
+                      "model": self._model}
+            status = self._first.topics.status
+            self._side(f"{status}/detail", _dumps(detail))
+            self._side(status, "online")
+            for cam in self._cams.values():
+                if cam.topics.availability != status:
+                    self._side(cam.topics.availability, "online" if cam.running else "offline")
+                self._publish_active(cam)
+                self._publish_detect_state(cam)
+                # published again with the next frame: a broker that lost its retained
+                # messages (restarted without persistence) must get them back
+                cam.violations = cam.faces = cam.last_state = None
+                client.subscribe(cam.topics.detect_set, qos=1)
+            if self._mq.discovery:
+                self._publish_discovery()
+                client.subscribe(self._first.topics.ha_status, qos=1)
         self._q.put(("wake", None, None))
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
