@@ -321,15 +321,6 @@ class ScheduleWindow(Section):
     start: str = "00:00"  # HH:MM
     end: str = "24:00"  # HH:MM; before start: the window runs past midnight
 
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _unquoted(cls, v: object) -> object:
-        """YAML 1.1 reads an unquoted 18:00 as the number 1080 (base 60): take it back as the
-        time that was written, not an error about 1080."""
-        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 24 * 60:
-            return f"{v // 60:02d}:{v % 60:02d}"
-        return v
-
     @field_validator("start", "end")
     @classmethod
     def _time(cls, v: str) -> str:
@@ -340,7 +331,7 @@ class ScheduleWindow(Section):
     def _length(self) -> ScheduleWindow:
         if self.start == "24:00":
             raise ValueError("start 24:00 is the end of the day; a window starts at 00:00-23:59")
-        if self.start == self.end:
+        if schedule.parse_time(self.start) == schedule.parse_time(self.end):
             raise ValueError(f"start and end are both {self.start}: the window is empty (for "
                              "the whole day use start \"00:00\", end \"24:00\")")
         return self
@@ -916,6 +907,18 @@ class BoundedLoader(yaml.SafeLoader):
                 self._fail(f"duplicate key {_excerpt(key.value)} (first at line {first.line + 1})",
                            key.start_mark)
         return node
+
+
+# YAML 1.1 reads an unquoted 18:00 as the base-60 number 1080; a config file means the time
+# (YAML 1.2 dropped base 60). Such scalars stay strings, so `start: 8:00` is 08:00 and a plain
+# number where a time belongs is refused, not taken as minutes.
+_INT = "tag:yaml.org,2002:int"
+BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in rules if tag != _INT]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+BoundedLoader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+                     r"|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
 
 
 def _read_text(p: Path) -> str:

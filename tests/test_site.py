@@ -173,6 +173,7 @@ def test_previews_and_the_status_page_outline_the_zones():
     ({"start": "00:00", "end": "00:00"}, "start and end are both 00:00: the window is empty"),
     ({"days": [], "start": "07:00"}, "'schedule.0.days': List should have at least 1 item"),
     ({"start": "24:00", "end": "01:00"}, "start 24:00 is the end of the day"),
+    ({"start": "9:00", "end": "09:00"}, "start and end are both 9:00"),
 ])
 def test_a_schedule_window_that_never_runs_is_refused(window, expected):
     """They passed check-config and switched detection off for good, without a word."""
@@ -183,13 +184,19 @@ def test_a_schedule_window_that_never_runs_is_refused(window, expected):
 
 
 def test_unquoted_yaml_times_mean_what_was_written(tmp_path):
-    """YAML 1.1 reads 18:00 as 1080 (base 60); the error said 'got 1080'."""
-    from maskd.config import load_config
+    """YAML 1.1 reads 18:00 as 1080 (base 60); the error said 'got 1080'. A plain number is
+    still no time (it is not taken as minutes)."""
+    from datetime import time as clock_time
+
+    from maskd.config import ConfigError, load_config
 
     path = tmp_path / "c.yaml"
     path.write_text("schedule:\n  - {days: [mon], start: 8:00, end: 18:00}\n")
     (w,) = load_config(path).schedule
-    assert (w.start, w.end) == ("08:00", "18:00")
+    assert (w.window().start, w.window().end) == (clock_time(8, 0), clock_time(18, 0))
+    path.write_text("schedule:\n  - {days: [mon], start: 8, end: 17}\n")
+    with pytest.raises(ConfigError, match="'schedule.0.start': Input should be a valid string"):
+        load_config(path)
 
 
 def test_zones_without_area_are_refused():
