@@ -23,6 +23,9 @@
 # Layout: /opt/maskd/.venv (maskd), /usr/share/maskd/models (models), /etc/maskd/config.yaml,
 # /var/lib/maskd (state, MQTT outbox), /etc/systemd/system/maskd.service, user "maskd".
 set -euo pipefail
+# Whatever the admin's own umask (027 or 077 leaves the venv unreadable to the maskd user, 000
+# world-writable): what this script, python -m venv and pip create is root's, readable by all.
+umask 022
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX="${PREFIX:-/opt/maskd}"
@@ -220,10 +223,11 @@ if [ ${#CHANGED[@]} -gt "$unit_changed" ] && booted; then
         || say "WARNING: udev did not reload its rules; the Coral rule applies once udev starts"
     sys systemctl daemon-reload
 fi
-sys systemctl enable maskd.service
 
-# ---------------------------------------------------------------- check and start
+# ---------------------------------------------------------------- check, enable and start
+# Enabled only once the config passed, as the maskd user: a failed check leaves it as it was.
 sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml"
+sys systemctl enable maskd.service
 if [ "$START" = 1 ] && cmp -s "$SRC/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.yaml"; then
     START=0
     say "not configured: $CONF_DIR/config.yaml is the example; the service is enabled but NOT started"

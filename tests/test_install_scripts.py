@@ -96,6 +96,37 @@ def test_install_is_idempotent_and_keeps_the_config(tmp_path):
     assert "daemon-reload" not in second.stdout  # unit and udev rule unchanged: no reload
 
 
+@pytest.mark.parametrize("umask", ["0077", "0027", "0000"])
+def test_the_admins_umask_does_not_leak_into_the_install(tmp_path, umask):
+    """`sudo deploy/install.sh` keeps the caller's umask, and python -m venv and pip create the
+    venv with it: 077/027 left it unreadable to the maskd user (the service could not start, and
+    a re-run broke a working install), 000 world-writable. The installer sets 022 for everything
+    it runs: seen here through python3, the one command that also runs under --root."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "umask.log"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\numask >> "{log}"\nexec {shutil.which("python3")} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    root = tmp_path / "root"
+    r = subprocess.run(["bash", "-c", f'umask {umask}; exec bash "$0" "$@"', str(INSTALL), "--root",
+                        str(root), "--no-start"], capture_output=True, text=True, timeout=120,
+                       cwd=REPO, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert set(log.read_text().split()) == {"0022"}
+    modes = {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777)
+             for p in [root, *root.rglob("*")] if p.is_dir()}
+    assert modes.pop("etc/maskd") == "0o750"  # the config folder: root and the maskd group only
+    assert set(modes.values()) == {"0o755"}, modes
+
+
+def test_the_unit_is_enabled_only_after_the_config_check(tmp_path):
+    r = sh(INSTALL, "--root", tmp_path / "root", "--no-start")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    check = next(i for i, ln in enumerate(lines) if "check-config /etc/maskd/config.yaml" in ln)
+    assert lines.index("would run: systemctl enable maskd.service") > check
+
+
 def python_at(version: str) -> str | None:
     """A real CPython ``version`` on this machine (pyenv's versions, then PATH), or None.
     Never a pyenv shim: linked as ``python3`` it would run pyenv's default version."""

@@ -129,10 +129,12 @@ check "the box has its own host name ($HOST_NAME)" in_root_ok
 say "box: $(in_box sh -c '. /etc/os-release; echo "$PRETTY_NAME, $(python3 -V), $(dpkg --print-architecture)"')"
 
 # --- install, as a user would: sudo deploy/install.sh from the checkout ----------------------
+# ... by an admin whose umask is 027 (sudo keeps it): the installer must not pass it on to the
+# venv, which the maskd user has to read.
 logs="$cache/logs"
 rm -rf "$logs"; mkdir -p "$logs"
 t0=$(date +%s)
-if in_box sh -c 'cd /root/maskd && deploy/install.sh' >"$logs/install.log" 2>&1; then
+if in_box sh -c 'umask 027; cd /root/maskd && deploy/install.sh' >"$logs/install.log" 2>&1; then
     say "ok: deploy/install.sh exited 0 in $(( $(date +%s) - t0 )) s"
 else
     cat "$logs/install.log"; say "FAIL: deploy/install.sh failed"; exit 1
@@ -201,15 +203,20 @@ shipped="$(find "$box" -xdev \( -path "$box/root/maskd" -o -path "$box/proc" -o 
 say "maskd model files in the box: $(echo "$shipped" | tr '\n' ' ')"
 only_int8() { ! echo "$shipped" | grep -vE '_int8(_s43)?\.(tflite|json)$'; }
 check "no float32 model, no split.json: only int8 files" only_int8
+writable_by_others() { find "$box/opt/maskd" "$box/usr/share/maskd" ! -type l -perm /022 -print | head -n 5; }
+check "nothing in /opt/maskd or /usr/share/maskd is group- or world-writable" test -z "$(writable_by_others)"
 check "state dir 0750 maskd:maskd" test "$(chroot "$box" stat -c '%U:%G %a' /var/lib/maskd)" = "maskd:maskd 750"
 check "config 0640 root:maskd" test "$(chroot "$box" stat -c '%U:%G %a' /etc/maskd/config.yaml)" = "root:maskd 640"
 
 # --- a second run (an update): nothing changes, the edited config stays ----------------------
+# This time with umask 077: pip rewrites maskd in the venv, which must stay readable to maskd.
 echo "# edited" >>"$box/etc/maskd/config.yaml"  # configured now: a real box would start it
 t0=$(date +%s)
-in_box sh -c 'cd /root/maskd && deploy/install.sh' >"$logs/install2.log" 2>&1 \
+in_box sh -c 'umask 077; cd /root/maskd && deploy/install.sh' >"$logs/install2.log" 2>&1 \
     || { cat "$logs/install2.log"; say "FAIL: second deploy/install.sh"; status=1; }
 say "second run: $(( $(date +%s) - t0 )) s"
+as_maskd maskd check-config /etc/maskd/config.yaml >"$logs/check-config2.out" 2>&1 || true
+check "second run (umask 077): maskd check-config still works as maskd" has "$logs/check-config2.out" "OK: /etc/maskd/config.yaml"
 check "second run: config kept" has "$logs/install2.log" "kept /etc/maskd/config.yaml"
 check "second run: no file re-installed" hasnt "$logs/install2.log" ": installed "
 check "second run: no apt-get" hasnt "$logs/install2.log" "+ apt-get"
