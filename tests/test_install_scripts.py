@@ -278,10 +278,97 @@ def test_uninstall_offers_to_clear_the_retained_mqtt_topics(tmp_path):
     assert "cannot clear MQTT topics: /usr/local/bin/maskd or /etc/maskd/config.yaml is already gone" in again.stdout
 
 
+def with_env(script: Path, *args: str | Path, **env: str) -> subprocess.CompletedProcess:
+    """``sh`` with ``env`` added to this environment."""
+    return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, stdin=subprocess.DEVNULL, env={**os.environ, **env})
+
+
 def test_uninstall_refuses_a_shallow_prefix(tmp_path):
     r = subprocess.run(["bash", str(UNINSTALL), "--root", str(tmp_path)], capture_output=True,
-                       text=True, env={"PATH": "/usr/bin:/bin", "PREFIX": "/opt"})
+                       text=True, env={"PATH": "/usr/bin:/bin", "MASKD_PREFIX": "/opt"})
     assert r.returncode != 0 and "refusing to delete it" in r.stderr
+
+
+def test_an_exported_prefix_is_not_the_install_folder(tmp_path):
+    """A root shell with PREFIX=/usr/local exported (build how-tos, sudo -E): uninstall.sh
+    deleted /usr/local. PREFIX is not read now; the folder is MASKD_PREFIX."""
+    root = tmp_path / "root"
+    assert with_env(INSTALL, "--root", root, "--no-start", PREFIX="/usr/local").returncode == 0
+    assert (root / "opt/maskd/.maskd-install").is_file() and not (root / "usr/local/share").exists()
+    (root / "usr/local/sbin").mkdir(parents=True)
+    (root / "usr/local/sbin/site-backup.sh").write_text("precious\n")
+    r = with_env(UNINSTALL, "--root", root, "--no-mqtt-clear", PREFIX="/usr/local")
+    assert r.returncode == 0, r.stderr
+    assert "PREFIX=/usr/local is not read; the install folder is MASKD_PREFIX (/opt/maskd)" in r.stdout
+    assert (root / "usr/local/sbin/site-backup.sh").read_text() == "precious\n"
+    assert not (root / "opt/maskd").exists() and "removed /opt/maskd" in r.stdout
+
+
+def test_uninstall_deletes_only_a_maskd_install_folder(tmp_path):
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    unit = root / "etc/systemd/system/maskd.service"
+    (root / "usr/local/sbin").mkdir(parents=True)
+    # MASKD_PREFIX that is not the folder the installed unit runs: refused, nothing changed
+    r = with_env(UNINSTALL, "--root", root, MASKD_PREFIX="/usr/local")
+    assert r.returncode != 0 and "runs maskd from /opt/maskd" in r.stderr and "nothing changed" in r.stderr
+    # no unit to tell: a folder without install.sh's marker that holds more than a venv is refused
+    unit.rename(tmp_path / "unit")
+    r = with_env(UNINSTALL, "--root", root, MASKD_PREFIX="/usr/local")
+    assert r.returncode != 0, r.stdout
+    assert "refusing to delete /usr/local: it is not a maskd install folder" in r.stderr
+    assert (root / "usr/local/sbin").is_dir() and (root / "usr/local/bin/maskd").exists()
+    # an install from before the marker (a venv and the docs only) is still recognised
+    (root / "opt/maskd/.maskd-install").unlink()
+    (root / "opt/maskd/.venv").mkdir(exist_ok=True)  # holds maskd-pins.txt
+    (root / "opt/maskd/.venv/pyvenv.cfg").write_text("version = 3.11.2\n")
+    (tmp_path / "unit").rename(unit)
+    r = sh(UNINSTALL, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert not (root / "opt/maskd").exists() and (root / "usr/local/sbin").is_dir()
+
+
+def test_uninstall_never_follows_a_link_out_of_the_staging_root(tmp_path):
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    (outside / ".venv").mkdir(parents=True)
+    (outside / ".venv/pyvenv.cfg").write_text("version = 3.11.2\n")
+    (root / "opt").mkdir(parents=True)
+    (root / "opt/maskd").symlink_to(outside)
+    r = sh(UNINSTALL, "--root", root)
+    assert r.returncode != 0 and f"leads out of {root}" in r.stderr
+    assert (outside / ".venv/pyvenv.cfg").exists()
+
+
+def test_another_install_folder_is_the_one_the_unit_runs(tmp_path):
+    """MASKD_PREFIX=/srv/maskd built a venv that the unit (ExecStart=/opt/maskd/...) never ran."""
+    root = tmp_path / "root"
+    r = with_env(INSTALL, "--root", root, "--no-start", MASKD_PREFIX="/srv/maskd/")
+    assert r.returncode == 0, r.stderr
+    assert "install folder: /srv/maskd (MASKD_PREFIX)" in r.stdout
+    assert "would run: python3 -m venv --system-site-packages /srv/maskd/.venv" in r.stdout
+    unit = (root / "etc/systemd/system/maskd.service").read_text()
+    assert "ExecStart=/srv/maskd/.venv/bin/maskd run --config /etc/maskd/config.yaml" in unit
+    assert "Documentation=file:/srv/maskd/share/docs/service.md" in unit and "/opt/maskd" not in unit
+    assert (root / "srv/maskd/share/docs/service.md").is_file() and not (root / "opt").exists()
+    assert "exec /srv/maskd/.venv/bin/maskd" in (root / "usr/local/bin/maskd").read_text()
+    # uninstall finds the folder from the unit
+    r = sh(UNINSTALL, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "removed /srv/maskd" in r.stdout and not (root / "srv/maskd").exists()
+
+
+@pytest.mark.parametrize("prefix, why", [
+    ("/opt", "cannot be the install folder"), ("/home/pi/maskd", "cannot be the install folder"),
+    ("/opt/../etc", "cannot be the install folder"), ("/opt/mask d", "cannot be the install folder"),
+    ("/usr/local", "already holds files that are not maskd's")])
+def test_install_refuses_an_install_folder_it_could_not_use_or_own(tmp_path, prefix, why):
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+    r = with_env(INSTALL, "--root", root, "--no-start", MASKD_PREFIX=prefix)
+    assert r.returncode != 0 and why in r.stderr, r.stderr
+    assert tree(root) == {}
 
 
 def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_path):

@@ -70,7 +70,11 @@ def test_unit_promises():
     # the command line the installer lays down
     assert one["Service.ExecStart"] == "/opt/maskd/.venv/bin/maskd run --config /etc/maskd/config.yaml"
     install = (REPO / "deploy" / "install.sh").read_text()
-    assert 'VENV="$PREFIX/.venv"' in install and 'PREFIX="${PREFIX:-/opt/maskd}"' in install
+    assert 'VENV="$MASKD_PREFIX/.venv"' in install and 'MASKD_PREFIX="${MASKD_PREFIX:-/opt/maskd}"' in install
+    # another MASKD_PREFIX is written into the installed unit: it replaces exactly this folder
+    assert 's|/opt/maskd/|$MASKD_PREFIX/|g' in install
+    assert {ln.split("=", 1)[0] for ln in UNIT.read_text().splitlines()
+            if "/opt/maskd" in ln and not ln.startswith("#")} == {"Documentation", "ExecStart"}
     assert "/etc/maskd/config.yaml" in install
 
 
