@@ -156,7 +156,14 @@ done
 if getent passwd "$SERVICE_USER" >/dev/null; then
     say "user $SERVICE_USER exists"
 else
-    sys useradd --system --user-group --home-dir /var/lib/maskd --no-create-home \
+    # The group may outlive the user (userdel keeps a group that has other members), and
+    # --user-group then fails: the new user joins the group that is there.
+    group=(--user-group)
+    if getent group "$SERVICE_USER" >/dev/null; then
+        say "group $SERVICE_USER exists: the new user $SERVICE_USER gets it as its group"
+        group=(--gid "$SERVICE_USER")
+    fi
+    sys useradd --system "${group[@]}" --home-dir /var/lib/maskd --no-create-home \
         --shell /usr/sbin/nologin --comment "maskd service" "$SERVICE_USER"
 fi
 if ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx video \

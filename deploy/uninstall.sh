@@ -6,7 +6,7 @@
 # Keeps /etc/maskd (your config) and /var/lib/maskd (the MQTT outbox: events not yet delivered)
 # and the "maskd" user unless --purge is given. apt packages are left alone (other software may
 # use them). Safe to run again: what is already gone is reported, not an error.
-#   --purge          also delete /etc/maskd, /var/lib/maskd and the maskd user
+#   --purge          also delete /etc/maskd, /var/lib/maskd, the maskd user and its group
 #   --mqtt-clear     after stopping maskd, remove its retained topics from the broker (Home
 #                    Assistant's device and entities) with `maskd mqtt-clear`; without this
 #   --no-mqtt-clear  or this, it asks when run on a terminal, and does not otherwise
@@ -137,6 +137,13 @@ if [ "$PURGE" = 1 ]; then
         sys userdel "$SERVICE_USER"
     else
         say "user $SERVICE_USER already absent"
+    fi
+    # userdel takes the user's group along only when no one else is in it.
+    if getent group "$SERVICE_USER" >/dev/null; then
+        others="$(getent group "$SERVICE_USER" | cut -d: -f4 | tr , '\n' | grep -vx "$SERVICE_USER" | paste -sd, -)" || true
+        say "group $SERVICE_USER is still there${others:+ (members: $others)}: removing it"
+        sys groupdel "$SERVICE_USER" \
+            || say "kept group $SERVICE_USER (groupdel failed, see above); a later install.sh reuses it"
     fi
 else
     say "kept /etc/maskd (config), /var/lib/maskd (undelivered events) and user $SERVICE_USER; --purge removes them"

@@ -371,6 +371,43 @@ def test_install_refuses_an_install_folder_it_could_not_use_or_own(tmp_path, pre
     assert tree(root) == {}
 
 
+def fake_getent(tmp_path: Path, **entries: str) -> dict[str, str]:
+    """PATH with a getent that answers ``entries`` ("passwd_maskd": the line, or "" for none)
+    and asks the real one for the rest: the users and groups of a box, not this machine's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    cases = "".join(f'  "{k.replace("_", " ", 1)}") {f"echo {v!r}; exit 0" if v else "exit 2"} ;;\n'
+                    for k, v in entries.items())
+    (bin_dir / "getent").write_text(f'#!/bin/sh\ncase "$1 $2" in\n{cases}esac\n'
+                                    f'exec {shutil.which("getent")} "$@"\n')
+    (bin_dir / "getent").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_group_left_by_purge_is_reused_and_purge_removes_it(tmp_path):
+    """userdel keeps the maskd group while someone else is in it (an operator added to read the
+    snapshots), and the next install's useradd --user-group then failed (exit 9)."""
+    root = tmp_path / "root"
+    left = fake_getent(tmp_path, passwd_maskd="", group_maskd="maskd:x:997:pi")
+    r = with_env(INSTALL, "--root", root, "--no-start", **left)
+    assert r.returncode == 0, r.stderr
+    assert "group maskd exists: the new user maskd gets it as its group" in r.stdout
+    assert "would run: useradd --system --gid maskd --home-dir /var/lib/maskd" in r.stdout
+    fresh = fake_getent(tmp_path, passwd_maskd="", group_maskd="")
+    assert "would run: useradd --system --user-group" in with_env(INSTALL, "--root", root, "--no-start", **fresh).stdout
+    # --purge: the user, then the group with it, saying who else was in it
+    there = fake_getent(tmp_path, passwd_maskd="maskd:x:997:997::/var/lib/maskd:/usr/sbin/nologin",
+                        group_maskd="maskd:x:997:pi,maskd")
+    r = with_env(UNINSTALL, "--root", root, "--purge", "--no-mqtt-clear", **there)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines.index("would run: userdel maskd") < lines.index("would run: groupdel maskd")
+    assert "uninstall.sh: group maskd is still there (members: pi): removing it" in lines
+    # a plain uninstall keeps both
+    r = with_env(UNINSTALL, "--root", root, "--no-mqtt-clear", **there)
+    assert "userdel" not in r.stdout and "groupdel" not in r.stdout
+
+
 def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_path):
     root = tmp_path / "root"
     r = sh(INSTALL, "--root", root)

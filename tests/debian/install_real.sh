@@ -234,10 +234,23 @@ for p in /etc/systemd/system/maskd.service /etc/systemd/system/multi-user.target
 done
 check "uninstall: /etc/maskd, /var/lib/maskd and the user are kept" \
     sh -c "test -f '$box/etc/maskd/config.yaml' && test -d '$box/var/lib/maskd' && chroot '$box' id maskd >/dev/null"
+# Someone else in the maskd group (an operator, camview, who reads the snapshots): userdel leaves the group.
+in_box useradd --no-create-home --groups maskd camview
 in_box sh -c 'cd /root/maskd && deploy/uninstall.sh --purge' </dev/null >"$logs/purge.log" 2>&1 \
     || { cat "$logs/purge.log"; say "FAIL: deploy/uninstall.sh --purge"; status=1; }
+sed 's/^/  | /' "$logs/purge.log"
 check "--purge: /etc/maskd and /var/lib/maskd are gone" test ! -e "$box/etc/maskd" -a ! -e "$box/var/lib/maskd"
 check "--purge: the user maskd is gone" eval "! chroot '$box' id maskd >/dev/null 2>&1"
+check "--purge: the group maskd is gone too, though camview was in it" \
+    eval "! chroot '$box' getent group maskd >/dev/null"
+check "--purge: said so" has "$logs/purge.log" "group maskd is still there (members: camview): removing it"
+
+# --- install again where a maskd group is left (an older --purge, or made by hand) -----------
+in_box groupadd --system maskd
+in_box sh -c 'cd /root/maskd && deploy/install.sh --no-start' >"$logs/install3.log" 2>&1 \
+    || { cat "$logs/install3.log"; say "FAIL: install.sh over a left maskd group"; status=1; }
+check "install over a left group: the new user maskd has it as its group" \
+    test "$(chroot "$box" id -gn maskd 2>&1)" = maskd
 
 if [ "$status" = 0 ]; then say "PASS"; else say "FAIL (logs: $logs)"; fi
 exit "$status"
