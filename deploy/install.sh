@@ -250,8 +250,27 @@ fi
 act install -d -m 0750 "$ROOT$CONF_DIR"
 # The unit's StateDirectory= creates it too; made here so `maskd doctor` works before the first start.
 [ -d "$ROOT/var/lib/maskd" ] || sys install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/maskd
+# Is config.yaml still an unedited example (then the service is not started)? Decided before the
+# example is replaced: it is the checkout's example, the one an earlier install left (an update
+# whose example changed), or what install.sh recorded when it copied an example to config.yaml.
+example_sum="$CONF_DIR/.config-example.sha256"
+conf="$ROOT$CONF_DIR/config.yaml"
+unedited=0
+if [ ! -e "$conf" ]; then
+    unedited=1  # copied from the example just below
+elif cmp -s "$SRC/deploy/config.example.yaml" "$conf" || cmp -s "$ROOT$CONF_DIR/config.example.yaml" "$conf" \
+    || grep -qsx "$(sha256sum < "$conf" | cut -d' ' -f1)" "$ROOT$example_sum"; then
+    unedited=1
+fi
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.example.yaml" 0644
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.yaml" 0640 keep
+if [ "$unedited" = 1 ]; then
+    { echo "# sha256 of /etc/maskd/config.yaml as install.sh copied it from the example: while it"
+      echo "# is unchanged, install.sh does not start maskd (it is not configured)."
+      if [ -e "$conf" ]; then sha256sum < "$conf"; else sha256sum < "$SRC/deploy/config.example.yaml"; fi \
+          | cut -d' ' -f1; } > "$tmp/example.sha256"
+    install_file "$tmp/example.sha256" "$example_sum" 0644
+fi
 sys chown root:"$SERVICE_USER" "$CONF_DIR" "$CONF_DIR/config.yaml"
 
 for doc in "$SRC"/docs/*.md; do
@@ -274,7 +293,7 @@ fi
 # Enabled only once the config passed, as the maskd user: a failed check leaves it as it was.
 sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml"
 sys systemctl enable maskd.service
-if [ "$START" = 1 ] && cmp -s "$SRC/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.yaml"; then
+if [ "$START" = 1 ] && [ "$unedited" = 1 ]; then
     START=0
     say "not configured: $CONF_DIR/config.yaml is the example; the service is enabled but NOT started"
 fi

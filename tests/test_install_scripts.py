@@ -201,7 +201,17 @@ def test_dry_run_changes_nothing(tmp_path):
     r = sh(INSTALL, "--dry-run", "--root", root)
     assert r.returncode == 0, r.stderr
     assert not root.exists()
-    assert "would run: install -D -m 0644" in r.stdout and "systemctl restart maskd.service" in r.stdout
+    assert "would run: install -D -m 0644" in r.stdout
+    # as a first install: config.yaml would be the example, so no start
+    assert "not configured: /etc/maskd/config.yaml is the example" in r.stdout
+    assert "would run: systemctl restart" not in r.stdout
+    # over an install with an edited config: the restart is shown, nothing changes
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    (root / "etc/maskd/config.yaml").write_text("device_id: door-1\n")
+    before = tree(root)
+    r = sh(INSTALL, "--dry-run", "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert "would run: systemctl restart maskd.service" in r.stdout and tree(root) == before
 
 
 def test_udev_rule_and_wrapper(tmp_path):
@@ -464,3 +474,27 @@ def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_p
     assert "would run: systemctl restart maskd.service" in again.stdout
     assert "not configured" not in again.stdout
     assert "python3-picamera2" in again.stdout
+
+
+def test_an_unedited_example_of_an_older_release_still_counts_as_not_configured(tmp_path):
+    """config.yaml was compared with the checkout's example only: after an update whose example
+    changed, a never-edited config.yaml (the old example) counted as configured and was started."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    conf = root / "etc/maskd"
+    old_example = "# maskd, an older release's example\nmqtt: {url: 'mqtt://broker.example'}\n"
+    # as an install from before the record of the copied example: both files the old example
+    (conf / ".config-example.sha256").unlink(missing_ok=True)
+    (conf / "config.yaml").write_text(old_example)
+    (conf / "config.example.yaml").write_text(old_example)
+    for update in range(2):  # the next update too, when the old example file is replaced already
+        r = sh(INSTALL, "--root", root)
+        assert r.returncode == 0, r.stderr
+        assert "not configured: /etc/maskd/config.yaml is the example" in r.stdout, update
+        assert "would run: systemctl restart" not in r.stdout
+        assert (conf / "config.example.yaml").read_bytes() == (REPO / "deploy/config.example.yaml").read_bytes()
+        assert (conf / "config.yaml").read_text() == old_example
+    # edited: configured, started
+    (conf / "config.yaml").write_text(old_example + "device_id: door-1\n")
+    r = sh(INSTALL, "--root", root)
+    assert "would run: systemctl restart maskd.service" in r.stdout and "not configured" not in r.stdout
