@@ -6,7 +6,8 @@
 # Keeps /etc/maskd (your config) and /var/lib/maskd (the MQTT outbox: events not yet delivered)
 # and the "maskd" user unless --purge is given. apt packages are left alone (other software may
 # use them). Safe to run again: what is already gone is reported, not an error.
-#   --purge          also delete /etc/maskd, /var/lib/maskd, the maskd user and its group
+#   --purge          also delete /etc/maskd, /var/lib/maskd, the maskd user and its group, and
+#                    the unit's drop-ins (/etc/systemd/system/maskd.service.d: systemctl edit)
 #   --mqtt-clear     after stopping maskd, remove its retained topics from the broker (Home
 #                    Assistant's device and entities) with `maskd mqtt-clear`; without this
 #   --no-mqtt-clear  or this, it asks when run on a terminal, and does not otherwise
@@ -25,7 +26,7 @@ PURGE=0
 
 MQTT_CLEAR=""  # yes / no; empty: ask on a terminal
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -126,6 +127,14 @@ else
     say "already absent: $MASKD_PREFIX"
 fi
 remove "$MODELS_ROOT"
+# `systemctl edit maskd` drop-ins: local settings, kept like the config unless --purge (a later
+# install would otherwise run under them without a word).
+DROPINS=/etc/systemd/system/maskd.service.d
+if [ "$PURGE" = 1 ]; then
+    remove "$DROPINS"
+elif [ -e "$ROOT$DROPINS" ]; then
+    say "kept $DROPINS (your systemctl edit drop-ins); --purge removes it"
+fi
 if booted; then
     sys systemctl daemon-reload
     sys udevadm control --reload-rules || say "WARNING: udev did not reload its rules (not running?)"

@@ -498,3 +498,20 @@ def test_an_unedited_example_of_an_older_release_still_counts_as_not_configured(
     (conf / "config.yaml").write_text(old_example + "device_id: door-1\n")
     r = sh(INSTALL, "--root", root)
     assert "would run: systemctl restart maskd.service" in r.stdout and "not configured" not in r.stdout
+
+
+def test_the_units_drop_ins_go_with_purge_only(tmp_path):
+    """`systemctl edit maskd` drop-ins outlived --purge, and a later install ran under them."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    dropins = root / "etc/systemd/system/maskd.service.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text("[Service]\nIPAddressDeny=any\n")
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    assert (dropins / "override.conf").is_file()
+    assert "kept /etc/systemd/system/maskd.service.d (your systemctl edit drop-ins); --purge removes it" in r.stdout
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear", "--purge")
+    assert r.returncode == 0, r.stderr
+    assert not dropins.exists() and "removed /etc/systemd/system/maskd.service.d" in r.stdout
+    assert sorted(p.name for p in (root / "etc/systemd/system").iterdir()) == []
