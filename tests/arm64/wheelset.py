@@ -34,7 +34,7 @@ def wheel_set(repo: Path, python: str) -> tuple[list[str], list[str], list[str]]
     deps = requirements(repo)
     pins = read_pins(constraints_files(repo)[python])
     script = (repo / "deploy" / "install.sh").read_text()
-    nodeps = re.findall(r'pip" install [^\n]*--no-deps "([^"]+)"', script)
+    nodeps = re.findall(r'(?:pip"|-m pip) install [^\n]*--no-deps "([^"]+)"', script)
     if not nodeps:
         raise SystemExit("wheelset: no `pip install --no-deps` line found in deploy/install.sh")
     return list(deps), [f"{n}=={v}" for n, v in sorted(pins.items())], nodeps
