@@ -70,6 +70,28 @@ example:
 }
 
 
+def _seconds(text: str) -> float:
+    """A wait on the command line: finite, 0 to 3600 s, as every wait in the config."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= v <= 3600.0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 3600 seconds")
+    return v
+
+
+def _count(text: str) -> int:
+    """How many of something: a whole number, at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is less than 1")
+    return v
+
+
 def _doc(name: str) -> dict:
     """add_parser keywords for a command: its epilog, printed as written."""
     return {"epilog": EPILOGS[name], "formatter_class": argparse.RawDescriptionHelpFormatter}
@@ -136,14 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", type=Path, metavar="OUTDIR", help="write an annotated clip here")
     p.add_argument("--mqtt", help="broker URL mqtt://host:port or mqtts://host:port")
     p.add_argument("--state-dir", type=Path, help="state directory (MQTT outbox)")
-    p.add_argument("--flush-timeout", type=float, default=30.0,
+    p.add_argument("--flush-timeout", type=_seconds, default=30.0,
                    help="with --exit-at-end: seconds to wait for the outbox to drain")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
     p.add_argument("--http", metavar="ADDR:PORT",
                    help="serve the status page (live view, violations, events, health, "
                         "/api/status, /metrics) here, e.g. 127.0.0.1:8080 (preview.http; another "
                         "address than loopback needs preview.http_password_file or _token_file)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--max-frames", type=_count, default=None, help="stop after N frames")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
 
     p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)",
@@ -160,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yunet-sha256", default=modelfiles.YUNET_SHA256, metavar="HEX",
                    help="expect this sha256 instead of the pinned one (default: %(default)s); "
                         "the file is named after its content, never after the URL")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
                    help="network time-out in seconds (default: %(default)s)")
 
     p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)",
@@ -170,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir",
                        **_doc("doctor"))
     p.add_argument("--config", type=Path, help="YAML config (default: /etc/maskd/config.yaml if present)")
-    p.add_argument("--frames", type=int, default=5, help="frames to time per stage")
+    p.add_argument("--frames", type=_count, default=5, help="frames to time per stage")
 
     p = sub.add_parser("mqtt-clear", help="remove a camera's retained topics (Home Assistant "
                                           "discovery, state) from the broker", **_doc("mqtt-clear"))

@@ -458,9 +458,11 @@ class MqttConfig(Section):
     def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and info.data.get("url"):
             try:
-                _readable_file(v).decode("utf-8")
+                text = _readable_file(v).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"{_excerpt(str(v))} is not UTF-8 text") from None
+            if not text.strip():  # as password() reads it: the broker would say 'not authorised'
+                raise ValueError(f"{_excerpt(str(v))} is empty")
             if info.data.get("username") is None:
                 raise ValueError("a password is configured but mqtt.username is not")
         return v
@@ -471,8 +473,11 @@ class MqttConfig(Section):
         """Read at load time: the config names the variable, and `run` needs it at start."""
         if v is None or not info.data.get("url") or info.data.get("password_file") is not None:
             return v
-        if env.variable(v) is None:
+        value = env.variable(v)
+        if value is None:
             raise ValueError(f"environment variable {v} is not set")
+        if not value.strip():
+            raise ValueError(f"environment variable {v} is empty")
         if info.data.get("username") is None:
             raise ValueError("a password is configured but mqtt.username is not")
         return v
@@ -830,6 +835,12 @@ def override(cfg: Config, args: Any, mapping: dict[str, str]) -> Config:
     what the user wrote, not every default.
     """
     data = cfg.model_dump(exclude_unset=True)
+    kind = getattr(args, "detector", None)
+    if kind and getattr(args, "detector_model", None) is None:
+        det = data.get("detector", {})
+        was = det.get("kind", "auto")  # auto's model is YuNet's
+        if was != kind and not (was == "auto" and kind == "yunet"):
+            det.pop("model", None)  # the file's model is another kind's
     for arg, key in mapping.items():
         value = getattr(args, arg, None)
         if value is not None and value is not False:

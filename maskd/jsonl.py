@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -41,6 +42,21 @@ def append_line(fd: int, data: bytes) -> None:
         raise
 
 
+def _open_for_lines(p: Path) -> int:
+    """The file (or pipe) to append lines to, or OSError naming jsonl.path and why. A pipe
+    without a reader is an error at once: opening it to write would block the start for ever."""
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o666)
+    except OSError as err:
+        why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
+               else err.strerror or str(err))
+        raise OSError(f"jsonl.path {p}: cannot write there: {why}") from None
+    os.set_blocking(fd, True)
+    return fd
+
+
 class JsonlSink(EventSink):
     """Events as JSON lines on stdout (``-``) or appended to a file, one write per line.
 
@@ -60,9 +76,8 @@ class JsonlSink(EventSink):
         self._throttle = Throttle()
         self._lock = threading.Lock()
         if target != "-":
-            p = Path(target)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._fd = _open_for_lines(Path(target))
+
 
     def emit(self, event: ViolationEvent) -> None:
         line = json.dumps(event_fields(event)) + "\n"

@@ -166,3 +166,24 @@ def test_cli_detector_choices_are_the_configs():
     from maskd.config import DetectorConfig
 
     assert DETECTOR_KINDS == typing.get_args(DetectorConfig.model_fields["kind"].annotation)
+
+
+def test_detector_flag_of_another_kind_leaves_the_files_model_behind(tmp_path):
+    """`--detector blazeface` over a file with a YuNet model handed BlazeFace the .onnx."""
+    import argparse
+
+    from maskd.config import MODEL_OPTIONS, load_config, override
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"detector: {{kind: yunet, model: {tmp_path / 'y.onnx'}}}\n")
+    cfg = load_config(path)
+
+    def flags(**kw):
+        return argparse.Namespace(**{k: kw.get(k) for k in MODEL_OPTIONS})
+
+    assert override(cfg, flags(detector="blazeface"), MODEL_OPTIONS).detector.model is None
+    kept = override(cfg, flags(detector="yunet"), MODEL_OPTIONS).detector.model
+    assert str(kept) == str(tmp_path / "y.onnx")
+    given = override(cfg, flags(detector="blazeface", detector_model=tmp_path / "b.tflite"),
+                     MODEL_OPTIONS).detector.model
+    assert str(given) == str(tmp_path / "b.tflite")

@@ -20,12 +20,13 @@ from maskd.config import EX_CONFIG
 REPO = Path(__file__).resolve().parents[1]
 PW_VAR = "MASKD_RULES_TEST_PW"  # set for every subprocess below
 UNSET_VAR = "MASKD_RULES_TEST_UNSET"  # never set
+EMPTY_VAR = "MASKD_RULES_TEST_EMPTY"  # set, to nothing
 
 
 def maskd(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != UNSET_VAR}
     return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env={**env, PW_VAR: "s3cret"})
+                          timeout=120, cwd=REPO, env={**env, PW_VAR: "s3cret", EMPTY_VAR: " "})
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,8 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
     pw.write_text("s3cret\n")
     latin1 = tmp / "pw-latin1"
     latin1.write_bytes(b"s3cr\xe9t\n")
+    empty = tmp / "pw-empty"
+    empty.write_text("\n")
     return [
         ("ca_file with mqtt://", {"url": plain, "ca_file": str(tls.ca)}, "mqtt.ca_file"),
         ("cert_file with mqtt://", {"url": plain, "cert_file": str(tls.client_cert),
@@ -61,6 +64,11 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
          "mqtt.password_file"),
         ("password_file not UTF-8", {"url": plain, "username": "u",
                                      "password_file": str(latin1)}, "mqtt.password_file"),
+        # empty: the broker would only say 'not authorised', nothing pointing at the config
+        ("password_file empty", {"url": plain, "username": "u", "password_file": str(empty)},
+         "mqtt.password_file"),
+        ("password_env empty", {"url": plain, "username": "u", "password_env": EMPTY_VAR},
+         "mqtt.password_env"),
     ]
 
 

@@ -449,3 +449,35 @@ def test_sighup_stays_ignored_under_nohup():
         restore()
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_flags_that_cannot_reach_the_cameras_of_a_map_are_refused(tmp_path):
+    """--annotate, --http, --loop and --preview were dropped silently with a `cameras:` config
+    (or refused naming a key nobody wrote)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cameras:\n  front: {source: {kind: demo}}\n  back: {source: {kind: demo}}\n")
+    for flag in (["--annotate", str(tmp_path / "a")], ["--http", "127.0.0.1:0"], ["--loop"],
+                 ["--preview"]):
+        r = maskd("run", "--config", str(cfg), *flag, "--max-frames", "1")
+        assert r.returncode == 78, r.stderr
+        assert r.stderr.startswith(f"maskd run: {flag[0]}: the config has cameras:"), r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_jsonl_path_that_cannot_take_lines_is_named_at_start(tmp_path):
+    """A pipe nobody reads blocked the start for ever; a path inside a file or a folder said
+    only '[Errno 17] File exists'."""
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "afile").write_text("x")
+    for target, why in ((fifo, "a pipe nobody reads"), (tmp_path / "afile" / "ev.jsonl", ""),
+                        (tmp_path, "Is a directory")):
+        r = maskd("run", "--source", "demo", "--jsonl", str(target), "--max-frames", "1")
+        assert r.returncode == 78, r.stderr
+        assert f"maskd run: jsonl.path {target}: cannot write there: {why}" in r.stderr
+
+
+def test_run_flags_out_of_range_are_usage_errors():
+    for flag in (["--flush-timeout", "inf"], ["--flush-timeout", "-5"], ["--max-frames", "0"]):
+        r = maskd("run", "--source", "demo", *flag)
+        assert r.returncode == 2 and f"argument {flag[0]}:" in r.stderr, r.stderr

@@ -29,7 +29,14 @@ log = logging.getLogger("maskd")
 
 def run_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command line on top."""
-    cfg = override(load_config(args.config), args, RUN_OPTIONS)
+    cfg = load_config(args.config)
+    if cfg.cameras:  # per camera in the file; a flag would reach one camera at most, or none
+        for flag, key in (("loop", "source.loop"), ("annotate", "preview.annotate_dir"),
+                          ("http", "preview.http"), ("preview", "preview.framebuffer/window")):
+            if getattr(args, flag, None):
+                raise ConfigError(f"--{flag}: the config has cameras:, each with its own "
+                                  f"{key.split('.')[0]}; set {key} per camera there")
+    cfg = override(cfg, args, RUN_OPTIONS)
     if args.source is not None:
         if cfg.cameras:
             raise ConfigError(f"--source {args.source}: the config has cameras:, each with its "
