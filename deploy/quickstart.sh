@@ -3,7 +3,7 @@
 # detector (sha256-pinned; skipped with a plain message where the network cannot reach it), then
 # run maskd end to end on a demo clip rendered from a photo that ships with scikit-image (bare
 # face, then a drawn mask). Prints the violation events as JSON lines and writes an annotated clip
-# to out/demo/.
+# to out/demo/ (camera-<time>.mkv).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

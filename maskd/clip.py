@@ -1,11 +1,17 @@
 """The annotated clip (``preview.annotate_dir``, ``run --annotate``): the run recorded as mp4v
 segments that rotate and are capped, and a full disk that pauses the recording, never the loop.
 
-Each segment is ``<camera>-<YYYYmmdd-HHMMSS>.mp4`` (local time when it was opened). A new one
-starts after ``annotate_segment_s`` seconds of video (frame timestamps, so a file source
-rotates by its own clock) or ``annotate_segment_mb``; the oldest closed segments of this camera
-are deleted while they total more than ``annotate_keep_mb``. Files of other cameras or of any
-other name are never touched.
+Each segment is ``<camera>-<YYYYmmdd-HHMMSS>.mkv`` (local time when it was opened). Matroska, not
+mp4: an mp4's index (moov) is written only when the file is closed, so the segment open at a
+``kill -9``, a watchdog kill or a power cut would not play at all, and that is the footage wanted
+after a hang; a Matroska file cut anywhere plays up to what reached the disk (the open cluster and
+the writer's 256 KiB buffer are lost: 1-2 s of the demo at 15 fps, more for a still scene).
+``.mp4`` segments of older versions are still counted and deleted by the cap.
+
+A new segment starts after ``annotate_segment_s`` seconds of video (frame timestamps, so a file
+source rotates by its own clock) or ``annotate_segment_mb``; the oldest closed segments of this
+camera are deleted while they total more than ``annotate_keep_mb``. Files of other cameras or of
+any other name are never touched.
 
 Disk space: while fewer than ``min_free`` bytes are free on the clip's file system (checked
 after every frame: one statvfs), the segment is closed while its index still fits, one ERROR
@@ -35,11 +41,13 @@ MB = 1024 * 1024
 MIN_FREE_BYTES = 16 * MB  # kept free: room for the segment's index (moov) and for the rest of the system
 RETRY_S = 30.0  # while paused, how often to look for room again
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
+SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 
 
 def segment_pattern(camera: str) -> re.Pattern[str]:
-    """The names of one camera's segments (the only files the cap deletes)."""
-    return re.compile(rf"{re.escape(camera)}-\d{{8}}-\d{{6}}(?:_\d+)?\.mp4")
+    """The names of one camera's segments (the only files the cap deletes), ``.mp4`` of older
+    versions included so that they still count toward the cap and go first."""
+    return re.compile(rf"{re.escape(camera)}-\d{{8}}-\d{{6}}(?:_\d+)?\.(?:mkv|mp4)")
 
 
 class ClipWriter(FrameObserver):
@@ -113,10 +121,10 @@ class ClipWriter(FrameObserver):
         return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
 
     def _new_path(self) -> Path:
-        path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}{SUFFIX}"
         n = 1
         while path.exists() or path in self.paths:  # two rotations within one second
-            path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}_{n}.mp4"
+            path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}_{n}{SUFFIX}"
             n += 1
         return path
 

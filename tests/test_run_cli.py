@@ -156,7 +156,7 @@ def test_run_on_a_clip_of_scene_photos_gives_one_violation_per_bare_face(
         assert any(iou(tuple(e["box"]), b) >= 0.5 for b in expected[photo]), (e, expected[photo])
     # The run logged its per-stage timings; the clip was written.
     assert "ms capture" in r.stderr and "classified" in r.stderr
-    clips = list((tmp_path / "annotated").glob("*.mp4"))
+    clips = list((tmp_path / "annotated").glob("*.mkv"))
     assert len(clips) == 1
     cap = cv2.VideoCapture(str(clips[0]))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(expected) * (HOLD + GAP)
@@ -375,7 +375,7 @@ def test_quickstart_demo_gives_exactly_one_violation(tmp_path, default_model, de
     half = DemoSource().frames_per_pass // 2
     assert lines[0]["frame_seq"] < half  # started while bare-faced
     assert lines[-1]["end_reason"] in ("masked", "gone") and lines[-1]["top_score"] >= 0.7
-    assert len(list((tmp_path / "demo").glob("camera-*.mp4"))) == 1
+    assert len(list((tmp_path / "demo").glob("camera-*.mkv"))) == 1
 
 
 # ----------------------------------------------------------------------------- command line
