@@ -80,10 +80,9 @@ class ClipWriter(FrameObserver):
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            self._pause(f"cannot create the folder: {err.strerror or err}")
+        why = self._make_dir()
+        if why is not None:
+            self._pause(why)
         self._cap()
 
     # ------------------------------------------------------------------ FrameObserver
@@ -133,7 +132,7 @@ class ClipWriter(FrameObserver):
         if self.paused is not None:
             if now < self._retry_at:
                 return False
-            free = self._free()
+            free = self._free() if self._make_dir() is None else None
             if free is None or free < self.min_free:
                 self._retry_at = now + RETRY_S
                 return False
@@ -141,6 +140,10 @@ class ClipWriter(FrameObserver):
                      "recorded", self.name, free / MB, self.dropped)
             self.paused = None
         else:
+            why = self._make_dir()  # deleted since the last segment (rm -rf, a tmpfiles rule)
+            if why is not None:
+                self._pause(why)
+                return False
             free = self._free()
             if free is not None and free < self.min_free:
                 self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB "
@@ -176,6 +179,15 @@ class ClipWriter(FrameObserver):
         if free is not None and free < self.min_free:
             self._close_segment()
             self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB kept free")
+
+    def _make_dir(self) -> str | None:
+        """Create the folder if it is missing, at start and before every new file, so that a
+        folder deleted or blocked for a while does not pause the recording for good; why not."""
+        try:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return f"cannot create the folder: {err.strerror or err}"
+        return None
 
     def _free(self) -> int | None:
         try:

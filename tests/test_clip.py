@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +190,32 @@ def test_an_older_versions_mp4_segments_count_toward_the_cap(tmp_path):
     os.utime(old, (1e9, 1e9))
     w = ClipWriter(tmp_path, "door", 15.0, segment_s=2.0, segment_mb=100, keep_mb=0.9)
     assert not old.exists() and list(w.deleted) == [old]  # over the cap at start: oldest first
+
+
+def test_a_folder_that_could_not_be_created_is_created_at_the_retry(tmp_path, monkeypatch, caplog):
+    """The ERROR line promises a retry every 30 s: once the obstacle is gone, the retry makes
+    the folder and records (it used to wait for room in a folder nobody would create)."""
+    blocker = tmp_path / "blk"
+    blocker.write_text("a file where the folder's parent should be")
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        w = ClipWriter(blocker / "clips", "door", 15.0)
+        assert w.paused and "cannot create the folder" in caplog.text
+        feed(w)
+        blocker.unlink()
+        monkeypatch.setattr(clip, "RETRY_S", 0.0)
+        w._retry_at = 0.0
+        n = feed(w)
+        w.close()
+    assert w.paused is None and "recording again" in caplog.text
+    assert (blocker / "clips").is_dir() and frames_in(w.paths[-1]) == n
+
+
+def test_a_folder_deleted_mid_run_is_created_again(tmp_path):
+    out = tmp_path / "clips"
+    w = ClipWriter(out, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=100)
+    feed(w)
+    shutil.rmtree(out)  # an operator cleaning up, a tmpfiles rule
+    n = feed(w)
+    w.close()
+    assert w.paused is None and w.dropped == 0
+    assert out.is_dir() and sum(frames_in(p) for p in out.glob("door-*")) >= n - 15
