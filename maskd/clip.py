@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 
 from maskd.annotate import draw_verdicts, header_text
+from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
 log = logging.getLogger("maskd.clip")
@@ -80,6 +81,7 @@ class ClipWriter(FrameObserver):
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
+        self._rlog = RateLimitedLog(log)
         why = self._make_dir()
         if why is not None:
             self._pause(why)
@@ -170,15 +172,30 @@ class ClipWriter(FrameObserver):
 
     def _check_room(self) -> None:
         """After each frame: the segment's size (rotation) and the disk (pause before it is full)."""
-        assert self._path is not None
+        assert self._path is not None and self._writer is not None
         try:
             self._size = self._path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            self._lost_segment()
+            return
         except OSError:
             pass
         free = self._free()
         if free is not None and free < self.min_free:
             self._close_segment()
             self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB kept free")
+
+    def _lost_segment(self) -> None:
+        """The open file was deleted (by hand, with its folder, or by the cap of another writer of
+        this camera name in this folder): frames written on would vanish with the unlinked file
+        and it would never rotate, so drop it; the next frame starts a new file."""
+        assert self._writer is not None
+        self._writer.release()
+        self._writer = None
+        self._rlog(logging.WARNING, "deleted", "annotated clip %s: %s was deleted while being "
+                   "written (by hand, or by another maskd recording camera name %r into %s: each "
+                   "needs its own camera name or folder); starting a new file", self.name,
+                   self._path, self.name, self.outdir)
 
     def _make_dir(self) -> str | None:
         """Create the folder if it is missing, at start and before every new file, so that a

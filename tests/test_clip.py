@@ -219,3 +219,19 @@ def test_a_folder_deleted_mid_run_is_created_again(tmp_path):
     w.close()
     assert w.paused is None and w.dropped == 0
     assert out.is_dir() and sum(frames_in(p) for p in out.glob("door-*")) >= n - 15
+
+
+def test_a_segment_deleted_while_written_starts_a_new_one(tmp_path, caplog):
+    """By hand or by another writer's cap (two processes with one camera name in one folder): the
+    frames must not go on into the unlinked file, which would never rotate; said once a minute."""
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100)
+    frames = DemoSource(loop=True)
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        for i in range(90):
+            if i in (30, 60):
+                w.paths[-1].unlink(missing_ok=True)  # the old code wrote on into it
+            w.on_frame(frames.read(), [], LoopStats(fps=15.0))
+        w.close()
+    assert len(w.paths) == 3 and frames_in(w.paths[-1]) == 29  # the 31st went to the lost file
+    assert caplog.text.count("was deleted while being written") == 1
+    assert "each needs its own camera name or folder" in caplog.text
