@@ -73,6 +73,7 @@ class ClipWriter(FrameObserver):
         self.dropped = 0  # frames not recorded while paused
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # removed by the cap, the latest
         self.paused: str | None = None  # why recording is paused now
+        self._last_pause = ""  # why it was paused last (for the summary at the close)
         self._pattern = segment_pattern(name)
         self._writer: cv2.VideoWriter | None = None
         self._path: Path | None = None
@@ -107,7 +108,7 @@ class ClipWriter(FrameObserver):
         self._cap()
         if self.dropped:
             log.warning("annotated clip %s: %d frames not recorded (%s)", self.name,
-                        self.dropped, self.paused or "paused for lack of room")
+                        self.dropped, self.paused or f"paused: {self._last_pause}")
 
     # ------------------------------------------------------------------ segments
 
@@ -213,7 +214,7 @@ class ClipWriter(FrameObserver):
             return None
 
     def _pause(self, why: str) -> None:
-        self.paused = why
+        self.paused = self._last_pause = why
         self._retry_at = time.monotonic() + RETRY_S
         log.error("annotated clip %s in %s: %s; recording paused (detection goes on), tried "
                   "again every %.0f s", self.name, self.outdir, why, RETRY_S)

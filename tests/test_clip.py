@@ -207,6 +207,7 @@ def test_a_folder_that_could_not_be_created_is_created_at_the_retry(tmp_path, mo
         n = feed(w)
         w.close()
     assert w.paused is None and "recording again" in caplog.text
+    assert "frames not recorded (paused: cannot create the folder" in caplog.text  # not "room"
     assert (blocker / "clips").is_dir() and frames_in(w.paths[-1]) == n
 
 
