@@ -562,7 +562,8 @@ def shown_uri(uri: str) -> str:
     return _PASSWORD.sub(r"\1:***@", uri)
 
 
-_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^?#]*@", re.IGNORECASE)
+# A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password.
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):[^?#]*@", re.IGNORECASE)
 
 
 def _is_stream(uri: str) -> bool:
@@ -662,7 +663,7 @@ def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     if path.is_dir():
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
     if not path.exists():
-        raise SourceError(f"{uri}: no such file, folder or device")
+        raise SourceError(f"{shown_uri(uri)}: no such file, folder or device")
     if is_image_name(path):
         raise SourceError(f"{uri}: a single image is not a source; give its folder")
     return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)

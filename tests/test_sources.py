@@ -271,6 +271,14 @@ def test_a_password_in_a_stream_address_stays_out_of_logs_and_status(caplog):
         src.close()
 
 
+def test_a_password_in_a_mistyped_stream_address_stays_out_of_the_error():
+    """rtsp:/ with one slash is not a stream; the "no such file" message still hides the password."""
+    with pytest.raises(SourceError) as err:
+        open_source(SourceConfig(uri="rtsp:/admin:S3cret@127.0.0.1:1/stream"))
+    assert "no such file" in str(err.value)
+    assert "S3cret" not in str(err.value) and "admin:***@" in str(err.value)
+
+
 def test_picamera2_missing_is_a_clear_error():
     try:
         import picamera2  # noqa: F401
