@@ -402,6 +402,18 @@ def test_auto_prefers_yunet_then_blazeface(monkeypatch, yunet_model: Path, tmp_p
     assert make_detector(DetectorConfig(kind="auto")).name.startswith("blazeface")
 
 
+def test_a_missing_maskd_yunet_file_is_not_replaced_by_another(monkeypatch, yunet_model: Path,
+                                                             tmp_path: Path):
+    """$MASKD_YUNET names a file on purpose: when it is gone, the fetched model does not stand
+    in silently, and the error names the variable."""
+    monkeypatch.setattr("maskd.detectors.yunet.REPO_MODELS", yunet_model.parent)
+    assert find_yunet_model() is not None  # the fetched one is there
+    monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "gone.onnx"))
+    assert find_yunet_model() is None
+    with pytest.raises(DetectorError, match=r"\$MASKD_YUNET=.*gone\.onnx"):
+        make_detector(DetectorConfig(kind="yunet"))
+
+
 def test_missing_models_are_clear_errors(tmp_path: Path):
     with pytest.raises(DetectorError, match="YuNet model not found"):
         make_detector(DetectorConfig(kind="yunet", model=tmp_path / "nope.onnx"))

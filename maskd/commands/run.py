@@ -56,6 +56,7 @@ def detector_notes(cfg: Config, demo: bool) -> list[str]:
     """Which face detector runs, said plainly; and when ``auto`` had to fall back to BlazeFace
     because YuNet's file is missing, what that means for masked faces."""
     from maskd.detectors import YuNet, find_yunet_model
+    from maskd.detectors.yunet import where_yunet_was_looked_for
 
     kind = cfg.detector.kind
     if kind == "auto":
@@ -66,7 +67,8 @@ def detector_notes(cfg: Config, demo: bool) -> list[str]:
     notes = [f"face detector: {described}"]
     if cfg.detector.kind == "auto" and kind == "blazeface":
         notes.append(
-            "YuNet's model file was not found (`maskd models fetch` downloads it), so this is "
+            f"YuNet's model file was not found ({where_yunet_was_looked_for()}; `maskd models "
+            "fetch` downloads it), so this is "
             "BlazeFace, which often stops finding a face once a mask covers nose and mouth: a "
             "violation then ends as 'gone' rather than 'masked', and the header says '(1 face "
             "not detected now)' meanwhile")

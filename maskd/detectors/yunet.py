@@ -22,9 +22,19 @@ def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
     if cfg_model is not None:
         return Path(cfg_model) if Path(cfg_model).is_file() else None
     chosen = Environment.read().yunet
-    if chosen is not None and chosen.is_file():
-        return chosen
+    if chosen is not None:  # a file named on purpose is never silently replaced by another
+        return chosen if chosen.is_file() else None
     return find_yunet((REPO_MODELS, SYSTEM_MODELS))
+
+
+def where_yunet_was_looked_for(cfg_model: Path | None = None) -> str:
+    """Where :func:`find_yunet_model` looked, for a message saying it found nothing."""
+    if cfg_model is not None:
+        return f"detector.model {cfg_model}"
+    chosen = Environment.read().yunet
+    if chosen is not None:
+        return f"${YUNET}={chosen}"
+    return f"{REPO_MODELS}/{YUNET_GLOB} or {SYSTEM_MODELS}/{YUNET_GLOB}"
 
 
 class YuNet:
@@ -58,10 +68,9 @@ class YuNet:
     def from_config(cls, cfg: DetectorConfig) -> YuNet:
         model = find_yunet_model(cfg.model)
         if model is None:
-            where = cfg.model or (f"${YUNET}, {REPO_MODELS}/{YUNET_GLOB} or "
-                                  f"{SYSTEM_MODELS}/{YUNET_GLOB}")
             raise DetectorError(
-                f"YuNet model not found ({where}): set detector.model to the "
+                f"YuNet model not found ({where_yunet_was_looked_for(cfg.model)}): set "
+                "detector.model to the "
                 "face_detection_yunet .onnx file (`maskd models fetch` downloads it), or use "
                 "detector kind blazeface")
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
