@@ -81,6 +81,18 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _text(text: str) -> str:
+    """A name, address or file: an empty one would silently mean "the default"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
+def _path(text: str) -> Path:
+    """A file or folder; Path("") would be ".", so an empty one is refused, not guessed."""
+    return Path(_text(text))
+
+
 def _count(text: str) -> int:
     """How many of something: a whole number, at least 1."""
     try:
@@ -103,7 +115,7 @@ DETECTOR_KINDS = ("auto", "yunet", "centerface", "blazeface", "ssd")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="classifier .tflite (default: the shipped model)")
+    p.add_argument("--model", type=_path, help="classifier .tflite (default: the shipped model)")
     p.add_argument("--threads", type=int, default=None, help="TFLite CPU threads")
     p.add_argument("--edgetpu", action="store_true", help="run the classifier on a Coral EdgeTPU")
 
@@ -112,7 +124,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", choices=DETECTOR_KINDS, default=None,
                    help="face detector (default: the config's; auto = YuNet when its file is "
                         "found, else BlazeFace)")
-    p.add_argument("--detector-model", type=Path, default=None, help="detector model file")
+    p.add_argument("--detector-model", type=_path, default=None, help="detector model file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,46 +139,47 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="what to do (maskd COMMAND --help for its options)")
 
     p = sub.add_parser("classify", help="classify face images as mask / no_mask", **_doc("classify"))
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image or folder (recursive)")
+    p.add_argument("paths", nargs="+", type=_path, metavar="PATH", help="image or folder (recursive)")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--config", type=Path, help="YAML config (classifier section: model, cut)")
+    p.add_argument("--config", type=_path, help="YAML config (classifier section: model, cut)")
 
     p = sub.add_parser("scan", help="detect faces and masks in images, folders or videos",
                        **_doc("scan"))
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+    p.add_argument("paths", nargs="+", type=_path, metavar="PATH",
                    help="image, video or folder (recursive)")
     _add_detector_args(p)
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--annotate", type=Path, metavar="OUTDIR", help="write annotated images here")
-    p.add_argument("--config", type=Path, help="YAML config (detector/classifier sections)")
+    p.add_argument("--annotate", type=_path, metavar="OUTDIR", help="write annotated images here")
+    p.add_argument("--config", type=_path, help="YAML config (detector/classifier sections)")
 
     p = sub.add_parser("run", help="run the camera loop until SIGTERM/SIGINT", **_doc("run"))
-    p.add_argument("--config", type=Path,
+    p.add_argument("--config", type=_path,
                    help="YAML config (default: none, the built-in defaults; the service passes "
                         "/etc/maskd/config.yaml)")
-    p.add_argument("--source", help="override source: demo (the built-in clip), a camera index, "
+    p.add_argument("--source", type=_text, help="override source: demo (the built-in clip), a camera index, "
                                     "/dev/videoN, rtsp:// or http:// URL, video file or folder")
-    p.add_argument("--device-id", help="override device_id")
-    p.add_argument("--camera", help="override camera name")
+    p.add_argument("--device-id", type=_text, help="override device_id")
+    p.add_argument("--camera", type=_text, help="override camera name")
     _add_detector_args(p)
     _add_model_args(p)
     p.add_argument("--loop", action="store_true", help="file sources: loop at the end")
     p.add_argument("--exit-at-end", action="store_true", help="file sources: stop at the end")
-    p.add_argument("--jsonl", help="write events as JSON lines to FILE, or - for stdout")
-    p.add_argument("--annotate", type=Path, metavar="OUTDIR", help="write an annotated clip here")
-    p.add_argument("--mqtt", help="broker URL mqtt://host:port or mqtts://host:port")
-    p.add_argument("--state-dir", type=Path, help="state directory (MQTT outbox)")
+    p.add_argument("--jsonl", type=_text, help="write events as JSON lines to FILE, or - for stdout")
+    p.add_argument("--annotate", type=_path, metavar="OUTDIR", help="write an annotated clip here")
+    p.add_argument("--mqtt", type=_text, help="broker URL mqtt://host:port or mqtts://host:port")
+    p.add_argument("--state-dir", type=_path, help="state directory (MQTT outbox)")
     p.add_argument("--flush-timeout", type=_seconds, default=30.0,
                    help="with --exit-at-end: seconds to wait for the outbox to drain")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
-    p.add_argument("--http", metavar="ADDR:PORT",
+    p.add_argument("--http", type=_text, metavar="ADDR:PORT",
                    help="serve the status page (live view, violations, events, health, "
                         "/api/status, /metrics) here, e.g. 127.0.0.1:8080 (preview.http; another "
                         "address than loopback needs preview.http_password_file or _token_file)")
     p.add_argument("--max-frames", type=_count, default=None, help="stop after N frames")
-    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", type=str.upper, default=None,
+                   help="DEBUG, INFO, WARNING, ERROR (any case)")
 
     p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)",
                        **_doc("models"))
@@ -174,12 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fetch: download YuNet")
     p = msub.add_parser("fetch", help="download YuNet, checked against its pinned sha256",
                         **_doc("fetch"))
-    p.add_argument("--dest", type=Path, default=None, metavar="DIR",
+    p.add_argument("--dest", type=_path, default=None, metavar="DIR",
                    help="folder to save it in (default: models/ in a checkout, else "
                         "/usr/share/maskd/models; both are where the detector looks)")
-    p.add_argument("--yunet-url", default=modelfiles.YUNET_URL, metavar="URL",
+    p.add_argument("--yunet-url", type=_text, default=modelfiles.YUNET_URL, metavar="URL",
                    help="download from here instead (http(s):// or file://; default: %(default)s)")
-    p.add_argument("--yunet-sha256", default=modelfiles.YUNET_SHA256, metavar="HEX",
+    p.add_argument("--yunet-sha256", type=_text, default=modelfiles.YUNET_SHA256, metavar="HEX",
                    help="expect this sha256 instead of the pinned one (default: %(default)s); "
                         "the file is named after its content, never after the URL")
     p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
@@ -187,19 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)",
                        **_doc("check-config"))
-    p.add_argument("config", type=Path, help="the YAML config file to check")
+    p.add_argument("config", type=_path, help="the YAML config file to check")
 
     p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir",
                        **_doc("doctor"))
-    p.add_argument("--config", type=Path, help="YAML config (default: /etc/maskd/config.yaml if present)")
+    p.add_argument("--config", type=_path, help="YAML config (default: /etc/maskd/config.yaml if present)")
     p.add_argument("--frames", type=_count, default=5, help="frames to time per stage")
 
     p = sub.add_parser("mqtt-clear", help="remove a camera's retained topics (Home Assistant "
                                           "discovery, state) from the broker", **_doc("mqtt-clear"))
-    p.add_argument("--config", type=Path,
+    p.add_argument("--config", type=_path,
                    help="YAML config: broker, credentials, device_id, cameras (default: "
                         "/etc/maskd/config.yaml if present)")
-    p.add_argument("--camera", metavar="NAME",
+    p.add_argument("--camera", type=_text, metavar="NAME",
                    help="only this camera, which need not be in the config any more (renamed "
                         "or removed); default: every camera in the config and the process status")
     p.add_argument("--force", action="store_true",

@@ -668,6 +668,12 @@ class Config(Section):
     def _device_id(cls, v: Any) -> Any:
         return host_device_id() if v is None else v
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: Any) -> Any:
+        """`log_level: info` means INFO; nothing is gained by refusing it."""
+        return v.upper() if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _one_layout(self) -> Config:
         """A `cameras:` map replaces `camera` and `source`; both at once would leave one unused."""

@@ -32,7 +32,7 @@ BROKEN = [
      [["'mqtt.url'", "must start with mqtt:// or mqtts://"]]),
     ("bad id", "device_id: front door\n",
      [["'device_id'", "pattern", "'front door'"]]),
-    ("lower-case log level", "log_level: debug\n",
+    ("unknown log level", "log_level: verbose\n",
      [["'log_level'", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"]]),
     ("threshold above 1", "classifier:\n  threshold: 1.5\n",
      [["'classifier.threshold'", "less than 1"]]),

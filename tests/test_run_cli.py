@@ -18,7 +18,7 @@ import pytest
 from loop_parts import RecordingSink
 
 from maskd.classifier import Classifier
-from maskd.config import ClassifierConfig, DetectorConfig
+from maskd.config import ClassifierConfig, DetectorConfig, load_config
 from maskd.demo import DemoSource, astronaut_bgr, draw_mask
 from maskd.detectors import make_detector
 from maskd.geometry import iou
@@ -481,3 +481,19 @@ def test_run_flags_out_of_range_are_usage_errors():
     for flag in (["--flush-timeout", "inf"], ["--flush-timeout", "-5"], ["--max-frames", "0"]):
         r = maskd("run", "--source", "demo", *flag)
         assert r.returncode == 2 and f"argument {flag[0]}:" in r.stderr, r.stderr
+
+
+def test_empty_names_and_paths_are_usage_errors_not_defaults():
+    """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file"."""
+    for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate"):
+        r = maskd("run", "--source", "demo", flag, "", "--max-frames", "1")
+        assert r.returncode == 2 and f"argument {flag}: is empty" in r.stderr, (flag, r.stderr)
+
+
+def test_log_level_in_any_case(tmp_path):
+    r = maskd("run", "--source", "demo", "--log-level", "debug", "--max-frames", "1",
+              "--jsonl", str(tmp_path / "ev.jsonl"))
+    assert r.returncode == 0 and " DEBUG " in r.stderr, r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("log_level: warning\n")
+    assert load_config(cfg).log_level == "WARNING"
