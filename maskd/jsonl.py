@@ -133,7 +133,7 @@ class JsonlSink(EventSink):
             return [f"jsonl {self.target}: {self._error[0]}, {len(self._waiting)} event line(s) "
                     "waiting"]
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Lines are written as they come; True when every accepted one was written."""
         with self._lock:
             return self._drain() and self.failed == 0

@@ -101,6 +101,7 @@ class CameraLoop:
         self.events = 0
         self.stop_reason: str | None = None
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # asked again while stopping: stop waiting for delivery
         self._ended = False  # a file source ended and the loop idles
         self._fps = 0.0
         self._last_t: float | None = None
@@ -114,8 +115,13 @@ class CameraLoop:
     # ------------------------------------------------------------------ control
 
     def stop(self, reason: str = "stop requested") -> None:
-        """Ask the loop to end; safe from a signal handler or another thread."""
+        """Ask the loop to end; safe from a signal handler or another thread. Asked again while
+        it stops (a second Ctrl-C), it stops waiting for the sinks to deliver: what they hold
+        stays where they keep it (the MQTT outbox)."""
         if self._stop.is_set():
+            if not self._hurry.is_set():
+                self._hurry.set()
+                log.warning("%s while stopping: not waiting for delivery any longer", reason)
             return
         self.stop_reason = reason
         self._stop.set()
@@ -305,6 +311,7 @@ class CameraLoop:
 
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("stopping: %s", self.stop_reason or "error")
+        self._stop.set()  # from here a stop request means "stop waiting"
         self._emit(self.pipeline.close())
         self._log_stats()
         self._sink_stats()
@@ -317,7 +324,7 @@ class CameraLoop:
         for sink in self.sinks:
             name = type(sink).__name__
             try:
-                ok = sink.flush(max(0.0, deadline - time.monotonic()))
+                ok = sink.flush(max(0.0, deadline - time.monotonic()), cancel=self._hurry)
             except Exception:  # noqa: BLE001 - still close the others
                 log.exception("sink %s failed to flush", name)
                 ok = False
@@ -442,8 +449,8 @@ class _Shared(EventSink):
         with self._lock:
             self._inner.on_stats(stats)
 
-    def flush(self, timeout: float) -> bool:
-        return self._inner.flush(timeout)
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
+        return self._inner.flush(timeout, cancel)
 
     def close(self) -> None:
         with self._lock:

@@ -122,12 +122,13 @@ class SnapshotStore:
     def faults(self) -> list[str]:
         return [self._fault] if self._fault else []
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait up to ``timeout`` s for the start's retention and the queue to be written (a
         failed write counts as done)."""
         deadline = time.monotonic() + timeout
         self._started.wait(timeout)
-        while self._q.unfinished_tasks and time.monotonic() < deadline:
+        while (self._q.unfinished_tasks and time.monotonic() < deadline
+               and not (cancel and cancel.is_set())):
             time.sleep(0.01)
         return self._started.is_set() and not self._q.unfinished_tasks
 
@@ -324,8 +325,8 @@ class SnapshotTaker(EventSink, FrameObserver):
     def faults(self) -> list[str]:
         return self.store.faults()
 
-    def flush(self, timeout: float) -> bool:
-        return self.store.flush(timeout)
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
+        return self.store.flush(timeout, cancel)
 
     # ------------------------------------------------------------------ FrameObserver
 

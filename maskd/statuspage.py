@@ -174,7 +174,7 @@ class CameraView(EventSink, FrameObserver):
     def faults(self) -> list[str]:
         return []
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         return True
 
     # FrameObserver

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import threading
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original frame
 
@@ -162,8 +165,9 @@ class EventSink(Protocol):
         """Short lines saying what keeps events from being delivered now; empty when all is well."""
         return []
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s until everything accepted is delivered; True when it was."""
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
+        """Wait up to ``timeout`` s until everything accepted is delivered; True when it was.
+        A sink that waits stops waiting once ``cancel`` is set (a second stop request)."""
 
     def close(self) -> None:
         """Release resources; accepted-but-undelivered events must not be lost."""

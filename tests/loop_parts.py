@@ -36,7 +36,7 @@ class RecordingSink(EventSink):
     def on_stats(self, stats: LoopStats) -> None:
         self.stats.append(stats.to_dict())
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         self.flushed.append(timeout)
         return self.drains
 

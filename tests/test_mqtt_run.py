@@ -91,6 +91,39 @@ def test_broker_down_exits_75_and_the_next_start_delivers(tmp_path, scenes_dir, 
         sub.close()
 
 
+def test_a_signal_while_waiting_for_the_broker_stops_the_wait(tmp_path, scenes_dir, yunet_model,
+                                                              default_model):
+    """--exit-at-end waits up to --flush-timeout for a broker that is down; Ctrl-C then stops
+    the wait at once (exit 75), and the events stay in the outbox."""
+    clip = tmp_path / "scenes.mp4"
+    build_clip(scenes_dir, yunet_model, default_model, clip, with_violations=1, without=0)
+    state = tmp_path / "state"
+    b = Broker(tmp_path / "broker")  # configured, not started: the broker is down
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "maskd",
+                              *run_args(tmp_path, clip, b, state, yunet_model, default_model,
+                                        "--flush-timeout", "600")], stderr=fh)
+    try:
+        deadline = time.monotonic() + 120
+        while "stopping: end of source" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "stopping: end of source" in err.read_text()
+        time.sleep(1.0)  # inside the wait
+        assert p.poll() is None
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 75
+        took = time.monotonic() - sent
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = err.read_text()
+    assert took < 10, text
+    assert "SIGINT while stopping: not waiting for delivery any longer" in text
+    assert "not yet acknowledged" in text and "kept in" in text
+
+
 def test_killed_daemon_leaves_last_will_and_restart_restores_retained_state(tmp_path,
                                                                            default_model):
     """The real daemon on the looping demo source: SIGKILL -> LWT; restart -> retained state."""

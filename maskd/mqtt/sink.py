@@ -324,9 +324,9 @@ class MqttSink(EventSink):
             log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
                         "with reason restart", p["event_id"])
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait until the broker acknowledged every event; False if some remain, at once when
-        all that remain were refused by the broker."""
+        all that remain were refused by the broker or ``cancel`` is set."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._q.put(("wake", None, None))
         with self._acked:
@@ -337,7 +337,7 @@ class MqttSink(EventSink):
                               depth, ", ".join(reasons), self._outbox.path)
                     return False
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (cancel is not None and cancel.is_set()):
                     log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next "
                                 "start", depth, self._outbox.path)
                     return False
@@ -815,8 +815,8 @@ class CameraSink(EventSink):
     def faults(self) -> list[str]:
         return self._link.faults()
 
-    def flush(self, timeout: float) -> bool:
-        return self._link.flush(timeout)
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
+        return self._link.flush(timeout, cancel)
 
     def close(self) -> None:
         self._link.camera_closed(self._cam)
