@@ -141,13 +141,38 @@ class SnapshotStore:
             self.close()
 
     def close(self, timeout: float = 5.0) -> None:
+        """Let the writer finish the queue for up to ``timeout`` s, then stop it. A disk that
+        stalls (an SD card or a network share that stopped answering) must not hold up the
+        rest of the stop: what still waits then is dropped, counted and logged."""
         if self._closed:
             return
         self._closed = True
-        self._q.put(None)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        try:  # the writer makes room as it writes; a stalled one never does
+            self._q.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            lost = self._drain()
+            self.dropped += lost
+            log.warning("snapshots: the disk did not finish within %g s of the stop; %d "
+                        "snapshot(s) still waiting were dropped (a write to %s still hangs)",
+                        timeout, lost, self.dir)
+            self._q.put_nowait(None)  # room now: should the disk wake up, the writer ends
         log.info("snapshots: %d written, %d failed, %d dropped, %d deleted by retention",
                  self.written, self.failed, self.dropped, self.n_deleted)
+
+    def _drain(self) -> int:
+        """Take every waiting snapshot off the queue; how many there were."""
+        n = 0
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return n
+            n += item is not None
+            self._q.task_done()
 
     # ------------------------------------------------------------------ writer thread
 

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -289,3 +290,38 @@ def test_unwritable_folder_is_a_fault_not_a_crash(tmp_path, caplog):
     taker.close()
     taker.close()  # as a sink and as an observer: once is enough
     assert store._closed
+
+
+def test_close_returns_in_time_when_the_disk_stalls(tmp_path, caplog):
+    """A disk that stops answering (a stalled SD card) must not hold up the stop: the MQTT
+    flush and the offline status come after this close. Was: close() waited for room in the
+    full queue forever. The stall is real: the writer's temporary file is a FIFO nobody reads,
+    so its open() blocks in the kernel as a hung write would."""
+    folder = tmp_path / "snaps"
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100)
+    assert store.flush(5)  # the start's retention is done (it would tidy a stray .tmp)
+    stalled = snapshot_name("door", time.time(), "stall")
+    folder.mkdir()
+    os.mkfifo(folder / f".{stalled}.tmp")
+    image = DemoSource().render(0)
+    store.put(stalled, image)
+    while store._q.qsize():  # the writer took it and hangs in open()
+        time.sleep(0.01)
+    for i in range(snapshots.MAX_PENDING + 5):
+        store.put(snapshot_name("door", time.time(), f"ev{i}"), image)
+    assert store.dropped == 5
+    closing = threading.Thread(target=store.close, kwargs={"timeout": 1.0}, daemon=True)
+    with caplog.at_level(logging.INFO, logger="maskd.snapshots"):
+        closing.start()
+        closing.join(3.0)  # in a thread: the old close() never returned
+    assert not closing.is_alive(), "close() still waits for the stalled disk"
+    assert store.dropped == 5 + snapshots.MAX_PENDING
+    assert (f"the disk did not finish within 1 s of the stop; {snapshots.MAX_PENDING} "
+            f"snapshot(s) still waiting were dropped") in caplog.text
+    assert f"{5 + snapshots.MAX_PENDING} dropped" in caplog.text  # the summary counts them
+    reader = os.open(folder / f".{stalled}.tmp", os.O_RDONLY | os.O_NONBLOCK)  # the disk wakes
+    try:
+        store._thread.join(5)
+        assert not store._thread.is_alive()  # it wrote the one it held, then ended
+    finally:
+        os.close(reader)
