@@ -78,11 +78,13 @@ class SnapshotStore:
         self._steps.step(*clock())
         self._mine: set[Path] = set()  # written by this process: re-dated when the clock steps
         self.keep_s = keep_days * DAY_S
+        self.keep_mb = keep_mb
         self.keep_bytes = int(keep_mb * MB)
         self._users = users
         self.written = self.failed = self.dropped = 0
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # the latest only: months of them add up
         self.n_deleted = 0
+        self.too_big = 0  # snapshots deleted at once: bigger than keep_mb on their own
         self._fault: str | None = None
         self._throttle = Throttle()
         self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
@@ -240,7 +242,7 @@ class SnapshotStore:
         self._index[path] = (now, len(buf))
         self._mine.add(path)
         self._total += len(buf)
-        self._enforce(now)
+        self._enforce(now, written=path)
 
     # ------------------------------------------------------------------ retention
 
@@ -295,8 +297,10 @@ class SnapshotStore:
                     "re-dated with it, so their age is kept", step, moved)
         return wall
 
-    def _enforce(self, now: float) -> None:
-        """Oldest first: everything older than keep_days, then while over keep_mb."""
+    def _enforce(self, now: float, written: Path | None = None) -> None:
+        """Oldest first: everything older than keep_days, then while over keep_mb. Deleting
+        ``written`` (the file just written) means keep_mb holds not even that one: said, since
+        the folder then stays empty while the log seemed to say snapshots were taken."""
         while self._index:
             path, (mtime, size) = next(iter(self._index.items()))
             if now - mtime <= self.keep_s and self._total <= self.keep_bytes:
@@ -314,6 +318,13 @@ class SnapshotStore:
             self.deleted.append(path)
             self.n_deleted += 1
             log.debug("snapshots: deleted %s (%s)", path.name, why)
+            if path == written:
+                self.too_big += 1
+                self._report("keep_mb", logging.WARNING,
+                             f"snapshots: {path.name} ({size / 1024:.0f} KiB) is bigger than "
+                             f"snapshots.keep_mb ({self.keep_mb:g} MB) and was deleted "
+                             f"right after it was written ({self.too_big} so far); raise keep_mb "
+                             f"to keep any snapshot")
 
     def _report(self, cause: str, level: int, msg: str) -> None:
         if self._throttle.due(cause):

@@ -325,3 +325,25 @@ def test_close_returns_in_time_when_the_disk_stalls(tmp_path, caplog):
         assert not store._thread.is_alive()  # it wrote the one it held, then ended
     finally:
         os.close(reader)
+
+
+def test_a_keep_mb_smaller_than_one_snapshot_is_a_warning(tmp_path, caplog):
+    """keep_mb below one snapshot's size keeps nothing: every file goes right after its write.
+    A legitimate value for small crops can be too small for whole frames, so the config cannot
+    refuse it; the log must say it (was: a DEBUG line only), once a minute, not per snapshot."""
+    frame = DemoSource().render(0)
+    size = len(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, snapshots.JPEG_QUALITY])[1])
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=size / 2 / snapshots.MB)
+    names = [snapshot_name("door", time.time(), f"ev{i}") for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        for name in names:
+            store.put(name, frame)
+        assert store.flush(5)
+    store.close()
+    assert store.written == 3 and list(tmp_path.joinpath("snaps").iterdir()) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"snapshots: {names[0]} ({size / 1024:.0f} KiB) is bigger than "
+                        f"snapshots.keep_mb ({size / 2 / snapshots.MB:g} MB) and was deleted "
+                        f"right after it was written (1 so far); raise keep_mb to keep any "
+                        f"snapshot"]
+    assert store.too_big == 3
