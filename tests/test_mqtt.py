@@ -240,6 +240,39 @@ def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
     sub.close()
 
 
+def test_a_flood_of_bad_detect_set_messages_is_one_line_per_cause(broker, tmp_path, caplog,
+                                                                   monkeypatch):
+    """Anyone who may publish on detect/set can send garbage as fast as the network allows:
+    the journal gets one line per cause and interval saying how many were ignored (was: one
+    WARNING per message), and a good command still works."""
+    from maskd import lograte
+
+    monkeypatch.setattr(lograte, "LOG_EVERY_S", 2.0)  # the interval, shortened for the test
+    sub = Subscriber(broker, [f"{CAM}/detect/#"])
+    control = RunControl()
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
+    assert wait_until(lambda: sink.connected)
+    time.sleep(0.5)  # subscribed
+
+    def ignored() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "expected ON or OFF" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="maskd.mqtt"):
+        for i in range(300):
+            sub.client.publish(f"{CAM}/detect/set", f"garbage{i}", qos=1)
+        sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)  # after all of them, in order
+        assert wait_until(lambda: control.detect_enabled is False, 10)
+        assert ignored() == [f"MQTT: {CAM}/detect/set: expected ON or OFF, got b'garbage0'; "
+                             f"ignored"]
+        time.sleep(2.1)
+        sub.client.publish(f"{CAM}/detect/set", "late", qos=1)
+        assert wait_until(lambda: len(ignored()) == 2, 5)
+    assert ignored()[1] == (f"MQTT: {CAM}/detect/set: expected ON or OFF, got b'late'; ignored "
+                            f"(299 more like it in the last 2 s)")
+    sink.close()
+    sub.close()
+
+
 def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     sub = Subscriber(broker, ["maskd/#"])
     state = tmp_path / "state"

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_listen
-from maskd.lograte import Throttle
+from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -193,6 +193,7 @@ class MqttSink(EventSink):
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
+        self._ignored_log = RateLimitedLog(log)  # bad commands: anyone may flood detect/set
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
@@ -596,12 +597,15 @@ class MqttSink(EventSink):
         if cam is not None:
             if msg.retain:
                 # Delivered because it is retained, not because someone just sent it.
-                log.warning("MQTT: ignoring retained %s (send it without the retain flag)",
-                            msg.topic)
+                self._ignored_log(logging.WARNING, f"retained {msg.topic}",
+                                  "MQTT: ignoring retained %s (send it without the retain flag)",
+                                  msg.topic)
                 return
             value = parse_switch(msg.payload)
             if value is None:
-                log.warning("MQTT: %s: expected ON or OFF, got %r", msg.topic, msg.payload[:40])
+                self._ignored_log(logging.WARNING, f"value {msg.topic}",
+                                  "MQTT: %s: expected ON or OFF, got %r; ignored", msg.topic,
+                                  msg.payload[:40])
                 return
             cam.control.switch = value
             log.info("MQTT: %s: detection switched %s remotely%s", cam.name,
