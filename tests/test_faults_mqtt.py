@@ -332,3 +332,38 @@ def test_kill9_with_open_violations_then_restart_ends_them(tmp_path):
         time.sleep(0.5)
         assert len(dedup(events(sub))) == 9
         sub.close()
+
+
+def test_snapshots_beyond_the_memory_bound_are_counted_and_not_promised(tmp_path, caplog):
+    """mqtt.snapshots: true and an outage longer than MAX_SNAPSHOTS messages: the oldest
+    snapshots are dropped (they are only in memory), which is logged and counted, and their
+    events go out saying "snapshot": false. Was: silent, and every event said true while only
+    the newest 32 snapshots were ever sent."""
+    from maskd.demo import DemoSource
+    from maskd.mqtt.sink import MAX_SNAPSHOTS
+
+    caplog.set_level(logging.WARNING)
+    b = Broker(tmp_path / "b")  # configured, not started: the broker is down
+    sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", snapshots=True), model_name="m")
+    frame = DemoSource().render(0)
+    evs = script("o", 20, 0)  # 40 messages, each with a face crop
+    for ev in evs:
+        ev.best_crop = frame[100:228, 250:378]
+        sink.emit(ev)
+    dropped = len(evs) - MAX_SNAPSHOTS
+    assert sink.health()["snapshots_dropped"] == dropped
+    lines = [r.getMessage() for r in caplog.records if "snapshots wait" in r.getMessage()]
+    assert lines == [f"MQTT: more than {MAX_SNAPSHOTS} snapshots wait for the broker; the oldest "
+                     f'was dropped, its event goes out with "snapshot": false (1 dropped since '
+                     f"start)"]  # once a minute, not once per snapshot
+    with b:
+        sub = Subscriber(b, [f"{CAM}/violation", f"{CAM}/snapshot"])
+        assert sink.flush(20)
+        assert sub.wait(lambda ms: len(ms) >= len(evs) + MAX_SNAPSHOTS, 10)
+        got = events(sub)
+        assert dedup(got) == [(e.event_id, e.seq) for e in evs]
+        assert [e["snapshot"] for e in got] == [False] * dropped + [True] * MAX_SNAPSHOTS
+        snaps = sub.on(f"{CAM}/snapshot")
+        assert len(snaps) == MAX_SNAPSHOTS and all(m.payload[:2] == b"\xff\xd8" for m in snaps)
+        sink.close()
+        sub.close()

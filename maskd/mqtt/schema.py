@@ -111,9 +111,14 @@ class ViolationPayload(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude=set(DELIVERY_FIELDS))
 
 
-def on_wire(stored: dict[str, Any], buffered: bool) -> dict[str, Any]:
-    """An outbox row's payload as published now (rows from older versions pass unchanged)."""
-    return {**stored, "sent_at": round(time.time(), 3), "buffered": buffered}
+def on_wire(stored: dict[str, Any], buffered: bool, snapshot_follows: bool) -> dict[str, Any]:
+    """An outbox row's payload as published now (rows from older versions pass unchanged).
+    ``snapshot`` stays true only when its snapshot follows this publish: one dropped from
+    memory, sent after an earlier copy, or gone with a restart (never stored) is not promised."""
+    wire = {**stored, "sent_at": round(time.time(), 3), "buffered": buffered}
+    if wire.get("snapshot") and not snapshot_follows:
+        wire["snapshot"] = False
+    return wire
 
 
 def event_fields(event: ViolationEvent) -> dict[str, Any]:

@@ -193,7 +193,8 @@ class MqttSink(EventSink):
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
-        self._ignored_log = RateLimitedLog(log)  # bad commands: anyone may flood detect/set
+        self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
+        self.snapshots_dropped = 0  # snapshots beyond MAX_SNAPSHOTS while the broker was away
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
@@ -294,8 +295,15 @@ class MqttSink(EventSink):
                                       track=(event.event_id, event.event_type != "end"))
             if jpeg is not None:
                 self._snapshots[row_id] = (cam.topics.snapshot, jpeg)
-                while len(self._snapshots) > MAX_SNAPSHOTS:
-                    self._snapshots.popitem(last=False)
+            trimmed = max(0, len(self._snapshots) - MAX_SNAPSHOTS)
+            for _ in range(trimmed):
+                self._snapshots.popitem(last=False)
+            self.snapshots_dropped += trimmed
+        if trimmed:
+            self._rate_log(logging.WARNING, "snapshots", "MQTT: more than %d snapshots wait for "
+                           "the broker; the oldest was dropped, its event goes out with "
+                           '"snapshot": false (%d dropped since start)', MAX_SNAPSHOTS,
+                           self.snapshots_dropped)
         with self._active_lock:  # so a reconnect's re-publish cannot overtake this change
             if event.event_type == "end":
                 cam.open_events.pop(event.event_id, None)
@@ -457,6 +465,7 @@ class MqttSink(EventSink):
             "refused_topics": len(self._side_refused),
             "reconnects": self.reconnects,
             "published": self.published,
+            "snapshots_dropped": self.snapshots_dropped,
             "uptime_s": round(time.time() - self._started_at, 3),
         }
 
@@ -597,13 +606,13 @@ class MqttSink(EventSink):
         if cam is not None:
             if msg.retain:
                 # Delivered because it is retained, not because someone just sent it.
-                self._ignored_log(logging.WARNING, f"retained {msg.topic}",
+                self._rate_log(logging.WARNING, f"retained {msg.topic}",
                                   "MQTT: ignoring retained %s (send it without the retain flag)",
                                   msg.topic)
                 return
             value = parse_switch(msg.payload)
             if value is None:
-                self._ignored_log(logging.WARNING, f"value {msg.topic}",
+                self._rate_log(logging.WARNING, f"value {msg.topic}",
                                   "MQTT: %s: expected ON or OFF, got %r; ignored", msg.topic,
                                   msg.payload[:40])
                 return
@@ -789,12 +798,16 @@ class MqttSink(EventSink):
                       REFUSED_RETRY_S, who)
 
     def _publish_row(self, row: Row, buffered: bool) -> int | None:
-        info = self._client.publish(row.topic, _dumps(on_wire(row.payload, buffered)), qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return None  # connection gone; the next connect replays from the outbox
+        """Hand one event to paho, then its snapshot (if one is still held): the paho message id,
+        or None when the connection is gone (the next connect replays from the outbox)."""
+        with self._snap_lock:  # held over the publish: emit cannot drop the snapshot it promises
+            snap = self._snapshots.get(row.id)
+            wire = on_wire(row.payload, buffered, snapshot_follows=snap is not None)
+            info = self._client.publish(row.topic, _dumps(wire), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return None
+            self._snapshots.pop(row.id, None)
         self.published += 1
-        with self._snap_lock:
-            snap = self._snapshots.pop(row.id, None)
         if snap is not None:
             self._side(snap[0], snap[1])
         return info.mid
