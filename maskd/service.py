@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -105,6 +105,7 @@ class CameraLoop:
         self._ended = False  # a file source ended and the loop idles
         self._fps = 0.0
         self._last_t: float | None = None
+        self._state: FaceCounts | None = None  # the counts the sinks were given last
         self._windows = [w.window() for w in cfg.schedule]
         self._window = _StatsWindow()  # the log line's
         self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
@@ -240,9 +241,22 @@ class CameraLoop:
             detect_enabled=self.control.detect_enabled,
             timestamp=frame.timestamp,
         )
-        self._to_sinks(lambda sink: sink.on_state(state), "on_state")
+        self._tell_state(state)
         stats = self._stats(fps=self._fps, ms=ms)
         self._to_observers(lambda obs: obs.on_frame(frame, result.verdicts, stats))
+
+    def _tell_state(self, state: FaceCounts) -> None:
+        self._state = state
+        self._to_sinks(lambda sink: sink.on_state(state), "on_state")
+
+    def _end_violations(self) -> None:
+        """End every open violation (the stop), and tell the sinks the counts that follow: the
+        last frame's, with no violation open. Their retained state must not go on saying
+        ``active: 1`` next to an `end` and ``violation/active`` OFF."""
+        ended = self.pipeline.close()
+        self._emit(ended)
+        if ended and self._state is not None:
+            self._tell_state(replace(self._state, active=self.pipeline.violations.active))
 
     def _source_waiting(self) -> None:
         """The live source has no frame yet (camera lost, reconnecting): the loop is not hung,
@@ -312,7 +326,7 @@ class CameraLoop:
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("stopping: %s", self.stop_reason or "error")
         self._stop.set()  # from here a stop request means "stop waiting"
-        self._emit(self.pipeline.close())
+        self._end_violations()
         self._log_stats()
         self._sink_stats()
         for obs in self.observers:

@@ -573,3 +573,47 @@ def test_the_retained_state_at_a_clean_stop_is_the_last_one(tmp_path):
         state = json.loads(retained[f"{CAM}/state"])
         assert (state["active"], state["faces"]) == (0, 0) and retained[f"{CAM}/faces"] == b"0"
         assert retained[f"{CAM}/violations"] == b"0"
+
+
+def test_a_stop_during_a_violation_leaves_no_violation_retained(tmp_path, default_model):
+    """A stop (SIGTERM) while someone is in violation ends it (`shutdown`); everything retained
+    must then agree for a late subscriber, the counts too. Was: `violation/active` OFF next to
+    `violations` 1 and a `state` with `active: 1`, the counts of the frame before the stop.
+    The real loop on the demo clip, stopped as soon as its violation starts."""
+    from maskd.demo import DemoSource
+    from maskd.pipeline import Pipeline
+    from maskd.service import CameraLoop, build_classifier, build_detector
+    from maskd.types import EventSink, ViolationEvent
+
+    class SignalAtStart(EventSink):
+        """Asks the loop to stop, as the SIGTERM handler does, once a violation is open."""
+
+        def emit(self, event: ViolationEvent) -> None:
+            if event.event_type == "start":
+                loop.stop("SIGTERM")
+
+    with Broker(tmp_path / "b") as b:
+        cfg = parse_config({"device_id": "dev1", "camera": "cam1",
+                            "state_dir": str(tmp_path / "state"), "source": {"kind": "demo"},
+                            "detector": {"kind": "blazeface"},
+                            "classifier": {"model": str(default_model)},
+                            "mqtt": {"url": b.url}}, "test")
+        sub = Subscriber(b, [f"{CAM}/#"])
+        sink = MqttSink.from_config(cfg, model_name="m")
+        assert wait_until(lambda: sink.connected, 10)
+        loop = CameraLoop(cfg, DemoSource(), Pipeline(cfg, build_detector(cfg),
+                                                      build_classifier(cfg)),
+                          [sink, SignalAtStart()], [], RunControl(), max_frames=1000)
+        assert loop.run(flush_timeout=5) == 0
+        kinds = [(e["event_type"], e["end_reason"]) for e in events(sub)]
+        assert kinds == [("start", None), ("end", "shutdown")], kinds
+        assert [m.payload for m in sub.on(f"{CAM}/violations")][-2:] == [b"1", b"0"]
+        retained = retained_now(b, [f"{CAM}/#"])
+        sub.close()
+    assert retained[f"{CAM}/violation/active"] == b"OFF"
+    assert retained[f"{CAM}/violations"] == b"0"
+    state = json.loads(retained[f"{CAM}/state"])
+    assert state["active"] == 0
+    # the rest is what the last frame showed (the camera is offline now: `status`)
+    assert (state["faces"], state["unmasked"]) == (1, 1)
+    assert retained[f"{CAM}/faces"] == b"1" and retained[f"{CAM}/status"] == b"offline"
