@@ -607,14 +607,14 @@ class MqttSink(EventSink):
             if msg.retain:
                 # Delivered because it is retained, not because someone just sent it.
                 self._rate_log(logging.WARNING, f"retained {msg.topic}",
-                                  "MQTT: ignoring retained %s (send it without the retain flag)",
-                                  msg.topic)
+                               "MQTT: ignoring retained %s (send it without the retain flag)",
+                               msg.topic)
                 return
             value = parse_switch(msg.payload)
             if value is None:
                 self._rate_log(logging.WARNING, f"value {msg.topic}",
-                                  "MQTT: %s: expected ON or OFF, got %r; ignored", msg.topic,
-                                  msg.payload[:40])
+                               "MQTT: %s: expected ON or OFF, got %r; ignored", msg.topic,
+                               msg.payload[:40])
                 return
             cam.control.switch = value
             log.info("MQTT: %s: detection switched %s remotely%s", cam.name,
