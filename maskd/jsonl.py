@@ -12,6 +12,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from maskd.files import append_line
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
@@ -19,27 +20,6 @@ from maskd.types import EventSink, LoopStats, ViolationEvent
 log = logging.getLogger(__name__)
 
 MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the oldest are dropped
-
-
-def append_line(fd: int, data: bytes) -> None:
-    """Append ``data`` whole or not at all: a write that fails part-way (a full disk) is cut
-    back, so a reader never sees half a line glued to the next one. A pipe or a terminal
-    (``/dev/stdout``) cannot be cut back; there a line is written as far as it goes."""
-    try:
-        start: int | None = os.lseek(fd, 0, os.SEEK_END)
-    except OSError:  # ESPIPE: not a regular file
-        start = None
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError:
-        if start is not None:
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass
-        raise
 
 
 def _open_for_lines(p: Path) -> int:

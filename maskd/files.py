@@ -1,0 +1,129 @@
+"""Files a command reads or writes: never hang on a named pipe, never leave half a file.
+
+A named pipe (FIFO) with an image's or a config's name blocks ``open()`` until something writes
+to it, forever; a device such as /dev/zero never ends. ``open_regular`` opens without blocking
+and refuses anything but a regular file; ``read_limited`` also takes a pipe that has a writer,
+so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes under a hidden
+temporary name and renames, so a full disk leaves the old file or none, never a cut one;
+``append_line`` adds a line whole or cuts it back (the JSON lines sink, scan's and classify's
+output).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+
+class NotRegularFile(OSError):
+    """A path that is not a regular file (a named pipe, a device, a socket, a directory)."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _open_nonblocking(path: Path) -> tuple[int, os.stat_result]:
+    """Open for reading without waiting for a pipe's writer; fstat, so no race with a stat first."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return fd, os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _refuse(path: Path, mode: int) -> NotRegularFile:
+    kind = _kind(mode)
+    what = kind if kind.startswith("not") else f"{kind}, not a regular file"
+    return NotRegularFile(errno.EINVAL, what, str(path))
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading (binary, blocking); NotRegularFile when it is not a regular
+    file."""
+    fd, st = _open_nonblocking(path)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _refuse(path, st.st_mode)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file or of a pipe that has a writer (``<(...)``);
+    NotRegularFile for a pipe nobody writes to, a device, a socket or a directory."""
+    fd, st = _open_nonblocking(path)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if stat.S_ISFIFO(st.st_mode):
+            try:
+                first = os.read(fd, limit)
+            except BlockingIOError:  # a writer, nothing written yet: wait for it
+                first = None
+            else:
+                if not first:  # end of file at once: no writer (or one that wrote nothing)
+                    raise NotRegularFile(errno.EINVAL, "a named pipe with nothing to read (no "
+                                                       "writer)", str(path))
+            os.set_blocking(fd, True)
+            return _read_rest(f, first or b"", limit)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, st.st_mode)
+        os.set_blocking(fd, True)
+        return _read_rest(f, b"", limit)
+
+
+def _read_rest(f: BinaryIO, got: bytes, limit: int) -> bytes:
+    parts = [got]
+    n = len(got)
+    while n < limit and (block := f.read(limit - n)):
+        parts.append(block)
+        n += len(block)
+    return b"".join(parts)
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append ``data`` whole or not at all: a write that fails part-way (a full disk) is cut
+    back, so a reader never sees half a line glued to the next one. A pipe or a terminal
+    (``/dev/stdout``) cannot be cut back; there a line is written as far as it goes."""
+    try:
+        start: int | None = os.lseek(fd, 0, os.SEEK_END)
+    except OSError:  # ESPIPE: not a regular file
+        start = None
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        if start is not None:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+        raise
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole: a hidden temporary file in its folder, renamed over it. On an error
+    (a full disk, a folder in the way) the temporary file is removed and OSError raised."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
