@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from maskd.config import ClassifierConfig
@@ -194,3 +195,114 @@ def test_odd_names_same_stems_and_empty_videos(tmp_path, default_model):
     sizes = {cv2.imread(str(out / "site" / n)).shape[:2] for n in ("door.jpg", "door-2.jpg")}
     assert sizes == {(96, 128), (50, 60)}
     assert b"is annotated as" in r.stderr
+
+
+def _digest(p: Path) -> str:
+    import hashlib
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_annotate_never_writes_over_an_input(tmp_path, photos, model_args):
+    """`scan door.jpg --annotate .` replaced the photo by its annotation, and `scan door.png
+    door.jpg --annotate .` wrote ./door.jpg before that input was read: an input keeps its
+    bytes, and its annotation gets the next free name."""
+    shutil.copy(photos[0], tmp_path / "door.jpg")
+    cv2.imwrite(str(tmp_path / "door.png"), cv2.imread(str(photos[1])))
+    (tmp_path / "photos").mkdir()
+    shutil.copy(photos[2], tmp_path / "photos" / "x.jpg")
+    before = {p.name: _digest(p) for p in (tmp_path / "door.jpg", tmp_path / "photos" / "x.jpg")}
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", *model_args,
+                        "--annotate", ".", "door.png", "door.jpg", "photos"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [rec["path"] for rec in recs] == ["door.png", "door.jpg", "photos/x.jpg"]
+    assert all("error" not in rec for rec in recs)  # door.jpg was read as the photo it is
+    assert (_digest(tmp_path / "door.jpg"), _digest(tmp_path / "photos" / "x.jpg")) == (
+        before["door.jpg"], before["x.jpg"])
+    drawn = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*-*.jpg")}
+    assert drawn == {"door-2.jpg", "door-3.jpg", "photos/x-2.jpg"}, drawn
+    assert r.stderr.count("is annotated as") == 3
+
+
+def test_annotate_of_dotdot_stays_inside_outdir(tmp_path, photos, model_args):
+    """`scan .. --annotate OUT` mirrored '../day1/x.jpg', a name that leads out of OUT (and over
+    the input with --annotate .): a folder is mirrored under its own name, inside OUT."""
+    day1 = tmp_path / "photos" / "day1"
+    day1.mkdir(parents=True)
+    shutil.copy(photos[0], day1 / "x.jpg")
+    out = tmp_path / "ann"
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", *model_args, "--annotate",
+                        str(out), ".."], capture_output=True, text=True, timeout=300, cwd=day1)
+    assert r.returncode == 0, r.stderr
+    everything = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert everything == {"photos/day1/x.jpg", "ann/photos/day1/x.jpg"}, everything
+    assert _digest(day1 / "x.jpg") == _digest(photos[0])
+
+
+def test_a_full_disk_leaves_no_cut_annotation_and_stdout_is_exit_74(tmp_path, photos, model_args):
+    """--annotate on a full disk left 0-byte and cut JPEGs; stdout on a full disk was a
+    traceback, half a JSON line and exit 1 ("nothing was scanned"). Now: each annotation is
+    whole or absent, the output file holds whole lines only, and exit 74 with one line."""
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        r = scan(*model_args, "--annotate", str(disk / "ann"), *map(str, photos))
+        assert r.returncode == 0, r.stderr
+        assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+        for p in (disk / "ann").iterdir():  # a hidden temporary file is gone too
+            assert not p.name.startswith("."), p
+            assert cv2.imread(str(p)) is not None, p  # whole JPEGs only
+        filler = fill_disk(disk)
+        filler.unlink()
+        pad = disk / "pad"
+        with open(pad, "wb") as f:  # leave about one line of room
+            f.write(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 300))
+        with open(disk / "out.jsonl", "wb") as f:
+            r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", *model_args,
+                                *map(str, photos)], stdout=f, stderr=subprocess.PIPE,
+                               text=True, timeout=300)
+        assert r.returncode == 74, r.stderr
+        assert "Traceback" not in r.stderr
+        assert (f"maskd scan: cannot write to standard output ({disk / 'out.jsonl'}): "
+                "No space left on device") in r.stderr
+        for line in (disk / "out.jsonl").read_text().splitlines():
+            json.loads(line)  # no half line
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "maskd", "scan", *model_args,
+                            str(photos[0])], stdout=full, stderr=subprocess.PIPE, text=True,
+                           timeout=300)
+    assert r.returncode == 74 and r.stderr.strip().endswith(
+        "maskd scan: cannot write to standard output (/dev/full): No space left on device")
+
+
+def test_folders_not_searched_and_named_pipes_are_error_records(tmp_path, model_args):
+    """An unreadable sub-folder was skipped silently, and a named pipe called b.jpg hung the scan
+    for ever: each is an error record in its place, and the scan goes on."""
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    grey = np.full((96, 128, 3), 90, np.uint8)
+    for rel in ("a.jpg", "locked/x.jpg", "z.jpg"):
+        cv2.imwrite(str(src / rel), grey)
+    os.mkfifo(src / "b.jpg")
+    (src / "locked").chmod(0)
+    try:
+        r = subprocess.run([*without_root_override(), sys.executable, "-m", "maskd", "scan",
+                            "--json", *model_args, str(src)], capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [Path(rec["path"]).name for rec in recs] == ["a.jpg", "b.jpg", "locked", "z.jpg"]
+    assert recs[1]["error"] == f"{src / 'b.jpg'}: a named pipe, not a regular file"
+    assert recs[2]["error"] == f"{src / 'locked'}: cannot search this folder: Permission denied"
+
+
+def without_root_override() -> list[str]:
+    """A command prefix under which permissions bite: as root, setpriv drops the override."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]

@@ -11,16 +11,20 @@ that a JPEG over 16 MP is decoded at 1/2, 1/4 or 1/8 to bound memory), ``score``
 detector's confidence. A face
 smaller than ``classifier.min_face_px`` (shorter side) is reported but not judged: its
 ``label`` and ``no_mask`` are null. An unreadable file (or a video without a readable frame)
-gives ``{"path", "error"}`` and the scan goes on. No tracking: every image/frame is judged on its own.
+gives ``{"path", "error"}`` and the scan goes on; so does a folder that cannot be searched.
+No tracking: every image/frame is judged on its own.
+
+``--annotate`` never writes over an input: that annotation gets ``stem-2.jpg``.
 
 Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
-detector or classifier cannot be loaded.
+detector or classifier cannot be loaded, 74 when stdout cannot be written (cli.main).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +33,17 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.commands import names_as_bytes_on_stdout
+from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
-from maskd.images import ImageError, find_images, load_image_rgb, one_field
+from maskd.files import write_atomically
+from maskd.images import (
+    FolderError,
+    ImageError,
+    entry_path,
+    load_image_rgb,
+    one_field,
+    search_images,
+)
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
 from maskd.types import SourceError, Verdict
@@ -39,25 +51,39 @@ from maskd.types import SourceError, Verdict
 EX_SETUP = 2
 
 
-def _items(paths: list[Path]) -> Iterator[tuple[Path, Path, int | None, np.ndarray | str]]:
-    """(path, annotate name, frame or None, BGR image or error text) for every image/frame."""
+def _inputs(paths: list[Path]) -> list[tuple[Path | FolderError, Path]]:
+    """Every file to scan (or folder not searched) with the name its annotation mirrors under
+    OUTDIR, all listed before anything is written. A folder keeps its own name and layout, found
+    on the resolved path so that ``..`` or ``.`` never lead out of OUTDIR."""
+    found: list[tuple[Path | FolderError, Path]] = []
     for root in paths:
         if root.is_dir():
-            for p in find_images(root):
-                yield from _image(p, p.relative_to(root.parent))
-        elif root.suffix.lower() in VIDEO_SUFFIXES:
+            base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
+            found += [(e, base / entry_path(e).relative_to(root)) for e in search_images(root)]
+        else:
+            found.append((root, Path(root.name)))
+    return found
+
+
+def _items(inputs: list[tuple[Path | FolderError, Path]],
+           ) -> Iterator[tuple[Path, Path, int | None, np.ndarray | str]]:
+    """(path, annotate name, frame or None, BGR image or error text) for every image/frame."""
+    for entry, name in inputs:
+        if isinstance(entry, FolderError):
+            yield entry.path, name, None, str(entry)
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:  # never a folder's: images only there
             try:
-                video = VideoFileSource(root)
+                video = VideoFileSource(entry)
             except SourceError as err:
-                yield root, Path(root.name), None, str(err)
+                yield entry, name, None, str(err)
                 continue
             try:
                 while (frame := video.read()) is not None:
-                    yield root, Path(root.stem) / f"{frame.seq:06d}.jpg", frame.seq, frame.image
+                    yield entry, Path(name.stem) / f"{frame.seq:06d}.jpg", frame.seq, frame.image
             finally:
                 video.close()
         else:
-            yield from _image(root, Path(root.name))
+            yield from _image(entry, name)
 
 
 def _image(p: Path, name: Path) -> Iterator[tuple[Path, Path, None, np.ndarray | str]]:
@@ -111,8 +137,9 @@ def main(args: argparse.Namespace) -> int:
         return EX_SETUP
     names_as_bytes_on_stdout()
     scanned = 0
-    written: set[Path] = set()  # annotations of this run: two inputs never share one
-    for path, name, frame, image in _items(args.paths):
+    inputs = _inputs(args.paths)
+    written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
+    for path, name, frame, image in _items(inputs):
         if isinstance(image, str):
             _emit(args.json, {"path": str(path), "error": image})
             continue
@@ -128,26 +155,33 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real(p: Path) -> Path:
+    """The file a name leads to (links, ``..`` and ``.`` resolved), to compare two names."""
+    return Path(os.path.realpath(p))
+
+
 def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> None:
-    """Write ``want`` as a JPEG, or ``stem-2.jpg``... when another input of this run has it
-    (``door.jpg`` and ``door.png``; the same name given from two folders), said on stderr."""
+    """Write ``want`` as a JPEG, or ``stem-2.jpg``... when that is an input of this run (``scan
+    door.jpg --annotate .``) or another input's annotation (``door.jpg`` and ``door.png``; the
+    same name given from two folders), said on stderr. Written whole (a temporary file renamed):
+    a full disk leaves no cut JPEG."""
     out, n = want.with_suffix(".jpg"), 1
-    while out in written:
+    while _real(out) in written:
         n += 1
         out = want.with_name(f"{want.stem}-{n}.jpg")
     if n > 1:
-        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is another "
-              "input's)", file=sys.stderr)
-    written.add(out)
+        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is an input "
+              "or another input's annotation)", file=sys.stderr)
     ok, data = cv2.imencode(".jpg", image)
     try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
         out.parent.mkdir(parents=True, exist_ok=True)
+        written.add(_real(out))
         if not ok:
             raise OSError("cannot encode the image")
-        out.write_bytes(data.tobytes())
+        write_atomically(out, data.tobytes())
     except OSError as err:
         print(f"maskd scan: cannot write {out}: {err.strerror or err}", file=sys.stderr)
 
 
 def _emit(as_json: bool, rec: dict) -> None:
-    print(json.dumps(rec) if as_json else _human(rec), flush=True)
+    print_line(json.dumps(rec) if as_json else _human(rec))
