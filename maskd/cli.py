@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from maskd import __version__, modelfiles
+from maskd.commands import EX_IOERR, OutputError
 
 # Each command's --help ends with its exit codes and one example (tests/test_cli_help.py).
 EPILOGS = {
@@ -15,6 +16,7 @@ EPILOGS = {
   0  at least one image was classified
   1  none was (every path unreadable or not an image)
   2  the model or config could not be loaded
+  74 the output could not be written (a full disk), named on stderr
 
 example:
   maskd classify --json photos/""",
@@ -22,6 +24,7 @@ example:
   0  at least one image or frame was scanned
   1  none was
   2  the config, detector or model could not be loaded
+  74 the output could not be written (a full disk), named on stderr
 
 example:
   maskd scan --json --annotate out/scan photos/ door.mp4""",
@@ -234,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    except OutputError as err:  # scan, classify: stdout on a full disk
+        print(f"maskd {args.command}: {err}", file=sys.stderr)
+        return EX_IOERR
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maskd.files import NotRegularFile, open_regular
+
 # Transparent pixels are composited onto white: cut-out faces in the training set were
 # made to be seen on a white page, and their RGB under alpha=0 is arbitrary (often black).
 _BACKGROUND = (255, 255, 255)
@@ -35,6 +37,15 @@ class ImageError(Exception):
     """An image that cannot be read; the message names the file and the reason."""
 
 
+class FolderError(ImageError):
+    """A folder under a searched one that is not searched (unreadable, or a link to a folder
+    searched already): reported where its images would have been, never skipped silently."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
 
 
@@ -48,14 +59,18 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array with its EXIF orientation applied."""
     p = Path(path)
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning: we bound the size ourselves
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im_file = Image.open(p)
-        with im_file as im:
-            _decode_reduced(im, p)
-            im.load()  # decode now so a truncated file fails here, not later
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
+        # A named pipe called b.jpg would block open() until a writer came, forever.
+        with open_regular(p) as f:
+            with warnings.catch_warnings():  # PIL's bomb warning: we bound the size ourselves
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im_file = Image.open(f)
+            with im_file as im:
+                _decode_reduced(im, p)
+                im.load()  # decode now so a truncated file fails here, not later
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im)
+    except NotRegularFile as err:
+        raise ImageError(f"{p}: {err.strerror}") from None
     except FileNotFoundError:
         raise ImageError(f"{p}: no such file") from None
     except IsADirectoryError:
@@ -114,11 +129,52 @@ def find_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursive, sorted by path; hidden files and folders skipped.
 
     The one folder lister: ``maskd classify``/``scan`` and the images source read the same
-    files in the same order.
+    files in the same order (``search_images`` also names the folders it could not search).
     """
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out.extend(Path(dirpath) / name for name in filenames
-                   if not name.startswith(".") and is_image_name(Path(name)))
-    return sorted(out)
+    return [p for p in search_images(root) if isinstance(p, Path)]
+
+
+def search_images(root: Path) -> list[Path | FolderError]:
+    """``find_images`` with a FolderError, in its sorted place, for each folder not searched.
+
+    Links to folders are followed (a photo folder on another disk); one that leads to a folder
+    searched already (a loop, or a second link to it) is reported instead of searched again.
+    """
+    found: list[Path | FolderError] = []
+
+    def refused(err: OSError) -> None:
+        found.append(FolderError(Path(err.filename), f"cannot search this folder: "
+                                                      f"{err.strerror or err}"))
+
+    seen: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass  # os.walk reports it
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refused, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            sub = Path(dirpath) / d
+            try:
+                st = os.stat(sub)
+            except OSError as err:
+                refused(err)
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                found.append(FolderError(sub, "a link to a folder searched already, not "
+                                              "searched again"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            keep.append(d)
+        dirnames[:] = keep
+        found.extend(Path(dirpath) / name for name in filenames
+                     if not name.startswith(".") and is_image_name(Path(name)))
+    return sorted(found, key=entry_path)
+
+
+def entry_path(entry: Path | FolderError) -> Path:
+    """The path of an image or of a folder not searched (``search_images``'s entries)."""
+    return entry.path if isinstance(entry, FolderError) else entry

@@ -110,3 +110,40 @@ def test_odd_file_names_keep_one_line_per_image(default_model: Path, tmp_path: P
             assert any(b"a\\tb.jpg\t" in ln for ln in lines)
             assert any(b"new\\nline.jpg\t" in ln for ln in lines)
             assert any(b"caf\xe9.jpg\t" in ln for ln in lines)
+
+
+def test_unsearchable_folder_pipe_and_full_stdout(default_model: Path, tmp_path: Path) -> None:
+    """An unreadable sub-folder was skipped silently, a named pipe called b.jpg hung classify
+    (Ctrl-C too: the decode thread was joined), and stdout on a full disk was a traceback and
+    exit 1. Now: error records in their place, and exit 74 with one line naming the output."""
+    import os
+
+    import cv2
+    import numpy as np
+    from test_scan_cli import without_root_override
+
+    (tmp_path / "locked").mkdir()
+    for rel in ("a.jpg", "locked/x.jpg"):
+        cv2.imwrite(str(tmp_path / rel), np.full((64, 64, 3), 90, np.uint8))
+    os.mkfifo(tmp_path / "b.jpg")
+    (tmp_path / "locked").chmod(0)
+    try:
+        res = subprocess.run([*without_root_override(), sys.executable, "-m", "maskd",
+                              "classify", "--json", "--model", str(default_model),
+                              str(tmp_path)], capture_output=True, text=True, timeout=60)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in recs] == ["a.jpg", "b.jpg", "locked"]
+    assert "label" in recs[0]
+    assert recs[1]["error"] == f"{tmp_path / 'b.jpg'}: a named pipe, not a regular file"
+    assert recs[2]["error"] == f"{tmp_path / 'locked'}: cannot search this folder: Permission denied"
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "maskd", "classify", "--model",
+                              str(default_model), str(tmp_path / "a.jpg")], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    assert res.returncode == 74, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "maskd classify: cannot write to standard output (/dev/full): No space left on device")
+    assert "Traceback" not in res.stderr

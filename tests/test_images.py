@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -12,7 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskd.images import MAX_PIXELS, ImageError, find_images, load_image_rgb
+from maskd.images import (
+    MAX_PIXELS,
+    FolderError,
+    ImageError,
+    entry_path,
+    find_images,
+    load_image_rgb,
+    search_images,
+)
 
 
 @lru_cache(maxsize=2)
@@ -151,3 +160,32 @@ def test_huge_image_that_cannot_be_decoded_reduced_is_refused(tmp_path: Path) ->
     assert cv2.imwrite(str(p), np.full((4000, 5000, 3), 90, np.uint8))  # 20 MP
     with pytest.raises(ImageError, match=r"too large to decode within memory bounds \(5000x4000"):
         load_image_rgb(p)
+
+
+def test_links_to_folders_are_followed_and_loops_named(tmp_path: Path) -> None:
+    """Links to folders were skipped silently; followed now, a loop is named, not walked again."""
+    root, away = tmp_path / "root", tmp_path / "away"
+    (root / "sub").mkdir(parents=True)
+    away.mkdir()
+    for p in (root / "a.jpg", root / "sub" / "b.jpg", away / "c.jpg"):
+        p.write_bytes(b"")
+    (root / "sub" / "back").symlink_to(root)  # a loop
+    (root / "sd").symlink_to(away)  # a photo folder on another disk
+    (root / "sd2").symlink_to(away)  # the same folder twice
+    found = search_images(root)
+    names = [entry_path(e).relative_to(root).as_posix() for e in found]
+    assert names == ["a.jpg", "sd/c.jpg", "sd2", "sub/b.jpg", "sub/back"]
+    errors = [str(e) for e in found if isinstance(e, FolderError)]
+    assert errors == [f"{root / n}: a link to a folder searched already, not searched again"
+                      for n in ("sd2", "sub/back")]
+    assert find_images(root) == [root / "a.jpg", root / "sd" / "c.jpg", root / "sub" / "b.jpg"]
+
+
+def test_a_named_pipe_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named like an image blocked open() until a writer came: for ever."""
+    fifo = tmp_path / "b.jpg"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-c", "import sys\nfrom maskd.images import "
+                        "load_image_rgb\ntry:\n load_image_rgb(sys.argv[1])\nexcept Exception "
+                        "as e:\n print(e)", str(fifo)], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == f"{fifo}: a named pipe, not a regular file", r.stderr

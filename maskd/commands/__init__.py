@@ -1,6 +1,17 @@
 """One module per `maskd` sub-command; each exposes ``main(args) -> int``."""
 
+import os
 import sys
+
+from maskd.files import append_line
+
+# sysexits.h EX_IOERR: standard output could not be written (a full disk, /dev/full); scan and
+# classify stop at once (cli.main says so on stderr). 1 keeps meaning "nothing was read".
+EX_IOERR = 74
+
+
+class OutputError(Exception):
+    """Standard output cannot be written; the message names it and the reason."""
 
 
 def names_as_bytes_on_stdout() -> None:
@@ -9,3 +20,36 @@ def names_as_bytes_on_stdout() -> None:
     a UTF-8 locale such as en_GB.UTF-8)."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
+
+
+def print_line(line: str) -> None:
+    """One output record, written whole: on a full disk a redirected file is cut back to the
+    last whole line and OutputError raised, never a traceback and half a JSON line."""
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        print(line, flush=True)
+        return
+    try:
+        out.flush()
+        append_line(fd, (line + "\n").encode(out.encoding, out.errors or "strict"))
+    except BrokenPipeError:
+        raise  # `| head` closed it: cli.main ends quietly
+    except OSError as err:
+        where = _name_of(fd)
+        # What print() still buffers would fail again at exit, with a traceback and exit 120.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+        raise OutputError(f"cannot write to standard output{where}: "
+                          f"{err.strerror or err}") from None
+
+
+def _name_of(fd: int) -> str:
+    """' (the/file)' that ``fd`` writes to, when the system says (Linux's /proc)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+    return f" ({target})" if target.startswith("/") else ""

@@ -6,9 +6,9 @@ Files are decoded on a worker thread, up to ``DECODE_AHEAD`` files ahead, while 
 interpreter classifies the previous ones in batches of up to ``Classifier.max_batch``.
 
 Contract (scripts depend on it): one line per image; with --json a JSON object
-``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image, and the
-run goes on. Exit 0 when at least one image was classified, 1 when none was, 2 when the
-model cannot be loaded.
+``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image (or a folder
+that cannot be searched), and the run goes on. Exit 0 when at least one image was classified,
+1 when none was, 2 when the model cannot be loaded, 74 when stdout cannot be written.
 """
 
 from __future__ import annotations
@@ -24,38 +24,48 @@ from pathlib import Path
 import numpy as np
 
 from maskd.classifier import Classifier, ModelError
-from maskd.commands import names_as_bytes_on_stdout
+from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
-from maskd.images import ImageError, find_images, load_image_rgb, one_field
+from maskd.images import (
+    FolderError,
+    ImageError,
+    entry_path,
+    load_image_rgb,
+    one_field,
+    search_images,
+)
 from maskd.service import build_classifier
 from maskd.types import label_for
 
 DECODE_AHEAD = 32  # files decoded ahead of the classifier (memory: ~32 small images)
 
 
-def iter_paths(paths: list[Path]) -> Iterator[Path]:
-    """Files as given, folders searched recursively for images (sorted)."""
+def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
+    """Files as given, folders searched recursively for images (sorted), with the folders
+    that could not be searched in their place."""
     for p in paths:
         if p.is_dir():
-            yield from find_images(p)
+            yield from search_images(p)
         else:
             yield p
 
 
-def _decode(p: Path) -> np.ndarray | ImageError:
+def _decode(p: Path | FolderError) -> np.ndarray | ImageError:
+    if isinstance(p, FolderError):
+        return p
     try:
         return load_image_rgb(p)
     except ImageError as err:
         return err
 
 
-def decoded(paths: Iterator[Path]) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
+def decoded(paths: Iterator[Path | FolderError]) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
     """(path, RGB image or the error) in the order given, decoded on one worker thread up to
     ``DECODE_AHEAD`` files ahead, so decoding overlaps the interpreter (both release the GIL)."""
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
         ahead: deque[tuple[Path, Future]] = deque()
         for p in paths:
-            ahead.append((p, pool.submit(_decode, p)))
+            ahead.append((entry_path(p), pool.submit(_decode, p)))
             if len(ahead) >= DECODE_AHEAD:
                 q, fut = ahead.popleft()
                 yield q, fut.result()
@@ -64,7 +74,7 @@ def decoded(paths: Iterator[Path]) -> Iterator[tuple[Path, np.ndarray | ImageErr
             yield q, fut.result()
 
 
-def classify_files(clf: Classifier, paths: Iterable[Path],
+def classify_files(clf: Classifier, paths: Iterable[Path | FolderError],
                    decode_thread: bool = True) -> Iterator[tuple[Path, float | ImageError]]:
     """(path, P(no_mask) or the decode error) per file, in order: files decoded on a worker
     thread (``decoded``) and classified in batches of ``clf.max_batch``. tools/bench.py times
@@ -77,7 +87,8 @@ def classify_files(clf: Classifier, paths: Iterable[Path],
             yield from ((p, float(prob)) for (p, _), prob in zip(batch, probs, strict=True))
             batch.clear()
 
-    files = decoded(iter(paths)) if decode_thread else ((p, _decode(p)) for p in paths)
+    files = (decoded(iter(paths)) if decode_thread
+             else ((entry_path(p), _decode(p)) for p in paths))
     for p, got in files:
         if isinstance(got, ImageError):
             yield from flush()  # keep the output in the order of the files
@@ -119,4 +130,4 @@ def _emit(as_json: bool, rec: dict) -> None:
         line = f"{one_field(rec['path'])}\tERROR\t{one_field(rec['error'])}"
     else:
         line = f"{one_field(rec['path'])}\t{rec['label']}\t{rec['no_mask']:.4f}"
-    print(line, flush=True)
+    print_line(line)
