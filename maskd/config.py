@@ -35,6 +35,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
 
 from maskd import env, schedule, zones
+from maskd.files import read_limited
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -940,9 +941,8 @@ BoundedLoader.add_implicit_resolver(
 
 def _read_text(p: Path) -> str:
     """The file as text, refusing what no config can be: too big, or not UTF-8."""
-    try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+    try:  # never blocks on a named pipe nobody writes to; <(...) still works
+        raw = read_limited(p, MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
     if len(raw) > MAX_CONFIG_BYTES:

@@ -187,3 +187,21 @@ def test_detector_flag_of_another_kind_leaves_the_files_model_behind(tmp_path):
     given = override(cfg, flags(detector="blazeface", detector_model=tmp_path / "b.tflite"),
                      MODEL_OPTIONS).detector.model
     assert str(given) == str(tmp_path / "b.tflite")
+
+
+def test_a_named_pipe_without_a_writer_is_refused_and_process_substitution_works(tmp_path):
+    """check-config on a FIFO nobody writes to waited for ever; `check-config <(...)`, a pipe
+    with a writer, keeps working."""
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    r = maskd("check-config", str(fifo))
+    assert r.returncode == EX_CONFIG
+    assert r.stderr.strip() == (f"{fifo}: cannot read config: a named pipe with nothing to read "
+                                "(no writer)")
+    r = subprocess.run(["bash", "-c", f'"{sys.executable}" -m maskd check-config '
+                        "<(sleep 0.5; printf 'device_id: door\\n')"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("OK: /dev/fd/"), r.stderr
+    r = maskd("check-config", "/dev/zero")
+    assert r.returncode == EX_CONFIG
+    assert r.stderr.strip() == "/dev/zero: cannot read config: a device, not a regular file"
