@@ -23,6 +23,7 @@ import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -50,6 +51,17 @@ MAX_ERROR_LINES = 20
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Seconds = Annotated[float, Field(gt=0, le=3600.0)]  # a wait that threading and paho can take
+
+
+def _named(v: Any) -> Any:
+    """Path("") is ".": an empty path would quietly mean the working directory (or, for
+    ``jsonl.path``, no output), so it is refused as the command line refuses ``--state-dir ""``."""
+    if isinstance(v, str) and not v.strip():
+        raise ValueError("is empty: name a file or folder, or leave the key out")
+    return v
+
+
+FsPath = Annotated[Path, BeforeValidator(_named)]  # every file or folder the config names
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -157,7 +169,7 @@ class DetectorConfig(Section):
     """Face detector choice and tuning."""
 
     kind: Literal["auto", "yunet", "centerface", "blazeface", "ssd"] = "auto"
-    model: Path | None = None  # yunet/centerface .onnx / ssd .tflite; blazeface reads its wheel
+    model: FsPath | None = None  # yunet/centerface .onnx / ssd .tflite; blazeface reads its wheel
     variant: Literal["short", "full"] = "full"  # blazeface range
     # `run` (live video: per-frame cost matters; 320x240 beat 640x480 on walk-up clips,
     # docs/eval_video.md) ...
@@ -202,7 +214,7 @@ def still_detector(cfg: DetectorConfig) -> DetectorConfig:
 class ClassifierConfig(Section):
     """Mask / no-mask classifier."""
 
-    model: Path | None = None  # None: the shipped default in models/
+    model: FsPath | None = None  # None: the shipped default in models/
     threads: int = Field(2, ge=1, le=64)
     edgetpu: bool = False
     margin: float = Field(0.15, ge=0.0, le=1.0)  # crop margin around the face box, per side
@@ -224,7 +236,7 @@ class ClassifierConfig(Section):
     # model's second training draw, when `model` is the shipped one too; []: `model` alone.
     # The mean of the two draws was chosen for photos on scenes-dev (docs/eval_video.md, round
     # thirteen); `run` always uses `model` alone.
-    still_extra_models: list[Path] | None = None
+    still_extra_models: list[FsPath] | None = None
 
 
 class TrackingConfig(Section):
@@ -343,7 +355,7 @@ class ScheduleWindow(Section):
 
 
 class JsonlConfig(Section):
-    path: str | None = None  # "-" for stdout, a file path, or None for off
+    path: Annotated[str, BeforeValidator(_named)] | None = None  # "-": stdout; None: off
 
 
 @dataclass(frozen=True)
@@ -425,11 +437,11 @@ class MqttConfig(Section):
     url: str | None = None  # mqtt://host:1883 or mqtts://host:8883; None = off
     prefix: Id = "maskd"
     username: str | None = None
-    password_file: Path | None = None
+    password_file: FsPath | None = None
     password_env: EnvName | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FsPath | None = None
+    cert_file: FsPath | None = None
+    key_file: FsPath | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     reconnect_min_s: Seconds = 1.0  # backoff between connection attempts
     reconnect_max_s: Seconds = 30.0
@@ -552,14 +564,14 @@ def read_secret(path: Path) -> bytes:
 class PreviewConfig(Section):
     """Local views; none of them may slow the detection loop."""
 
-    framebuffer: Path | None = None  # e.g. /dev/fb0 for HDMI without a desktop
+    framebuffer: FsPath | None = None  # e.g. /dev/fb0 for HDMI without a desktop
     window: bool = False  # an OpenCV window when the installed OpenCV has GUI support
     http: str | None = None  # "127.0.0.1:8080" serves the status page (maskd.statuspage)
     # Needed to bind preview.http beyond loopback: a file holding the basic-auth password (any
     # user name) and/or a file holding a bearer token. Read at start; check-config reads them too.
-    http_password_file: Path | None = None
-    http_token_file: Path | None = None
-    annotate_dir: Path | None = None  # write annotated frames/clip here
+    http_password_file: FsPath | None = None
+    http_token_file: FsPath | None = None
+    annotate_dir: FsPath | None = None  # write annotated frames/clip here
     # The clip (maskd.clip) rotates to a new file after this much video or this size, and this
     # camera's oldest files in annotate_dir are deleted while they total more than keep_mb.
     annotate_segment_s: float = Field(600.0, ge=1.0, le=86400.0)
@@ -609,7 +621,7 @@ class SnapshotConfig(Section):
     while ``dir`` is unset. Nothing leaves the device through this section (MQTT's is
     ``mqtt.snapshots``)."""
 
-    dir: Path | None = None  # None = off (the default)
+    dir: FsPath | None = None  # None = off (the default)
     what: Literal["crop", "frame"] = "crop"  # the best face crop, or the whole frame with boxes
     keep_days: float = Field(7.0, gt=0.0, le=3650.0)  # older files are deleted, oldest first
     keep_mb: float = Field(200.0, gt=0.0, le=10_000_000.0)  # then the oldest while over this
@@ -647,7 +659,7 @@ class Config(Section):
     # an MQTT client id or topics.
     device_id: Id = Field(default_factory=lambda: host_device_id())
     camera: Id = "camera"
-    state_dir: Path = Path("/var/lib/maskd")
+    state_dir: FsPath = Path("/var/lib/maskd")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: SourceConfig = SourceConfig()
     cameras: dict[Id, CameraConfig] = Field(default_factory=dict, max_length=16)

@@ -45,6 +45,12 @@ BROKEN = [
      [["top level must be a mapping", "got list"]]),
     ("not YAML", "source: [unclosed\n",
      [["not valid YAML at line 2, column 1", "expected ',' or ']'"]]),
+    # An empty path was Path("") == ".", the working directory; an empty jsonl.path: no output.
+    ("empty paths", 'state_dir: ""\nsnapshots:\n  dir: " "\njsonl:\n  path: ""\n',
+     [["'state_dir'", "is empty"], ["'jsonl.path'", "is empty"],
+      ["'snapshots.dir'", "is empty"]]),
+    ("empty annotate_dir", 'preview:\n  annotate_dir: ""\n',
+     [["'preview.annotate_dir'", "is empty: name a file or folder, or leave the key out"]]),
 ]
 
 
