@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from maskd import __version__, modelfiles
 from maskd.commands import EX_IOERR, OutputError
@@ -42,10 +43,11 @@ example:
   maskd models fetch""",
     "fetch": """exit codes:
   0   the checked file is in place (downloaded, or there already)
-  2   bad arguments (e.g. a malformed sha256)
+  2   bad arguments (a malformed sha256, a URL that is not http(s):// or file://)
   65  the download's sha256 is not the expected one; nothing saved
   69  the URL could not be reached (no network); detector auto then uses BlazeFace
-  73  the folder cannot be written
+  73  the folder cannot be written, or something is in the way of the file (a folder
+      with its name, a file there already that cannot be read)
 
 example:
   maskd models fetch --dest /usr/share/maskd/models""",
@@ -94,6 +96,15 @@ def _text(text: str) -> str:
 def _path(text: str) -> Path:
     """A file or folder; Path("") would be ".", so an empty one is refused, not guessed."""
     return Path(_text(text))
+
+
+def _url(text: str) -> str:
+    """A download address: http(s)://HOST/... or file:///path, refused here (exit 2) rather
+    than reported later as a network that cannot be reached (exit 69)."""
+    parts = urlsplit(_text(text))
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL")
+    return text
 
 
 def _count(text: str) -> int:
@@ -193,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=_path, default=None, metavar="DIR",
                    help="folder to save it in (default: models/ in a checkout, else "
                         "/usr/share/maskd/models; both are where the detector looks)")
-    p.add_argument("--yunet-url", type=_text, default=modelfiles.YUNET_URL, metavar="URL",
+    p.add_argument("--yunet-url", type=_url, default=modelfiles.YUNET_URL, metavar="URL",
                    help="download from here instead (http(s):// or file://; default: %(default)s)")
     p.add_argument("--yunet-sha256", type=_text, default=modelfiles.YUNET_SHA256, metavar="HEX",
                    help="expect this sha256 instead of the pinned one (default: %(default)s); "

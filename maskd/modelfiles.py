@@ -43,7 +43,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 REPO_MODELS = CHECKOUT / "models"  # a checkout's models/ (git-ignored .onnx files)
 SYSTEM_MODELS = Path("/usr/share/maskd/models")  # deploy/install.sh
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would let a trailing newline in
 CHUNK = 1 << 16
 
 
@@ -85,6 +85,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _sha256_there(target: Path) -> str:
+    """The sha256 of a file already at the target; one that cannot be read is a write error
+    (the folder's, like any other), never a traceback."""
+    try:
+        return file_sha256(target)
+    except OSError as err:
+        raise FetchError("write", f"cannot check {target}, which is there already: "
+                                  f"{err.strerror or err} (remove it, or run as its owner)") from None
+
+
 def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
                 timeout: float = 60.0) -> Fetched:
     """Download YuNet from ``url`` into ``dest`` if its content has ``sha256``; raises FetchError.
@@ -92,11 +102,14 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     Written to a temporary file next to the target and renamed only after the check, so a
     failed or wrong download leaves nothing behind.
     """
-    if not SHA256_RE.match(sha256):
+    if not SHA256_RE.fullmatch(sha256):
         raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
     target = dest / yunet_name(sha256)
-    if target.is_file() and file_sha256(target) == sha256:
+    if target.is_file() and _sha256_there(target) == sha256:
         return Fetched(target, changed=False)
+    if target.exists() and not target.is_file():  # found before the download, not after it
+        what = "a folder" if target.is_dir() else "something that is not a file"
+        raise FetchError("write", f"cannot write {target}: {what} is in the way")
     try:
         dest.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
@@ -130,8 +143,11 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         if got != sha256:
             raise FetchError("checksum", f"YuNet sha256 mismatch: got {got} ({size} bytes from "
                                          f"{url}), expected {sha256}; nothing installed")
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
+        try:
+            tmp.chmod(0o644)
+            os.replace(tmp, target)
+        except OSError as err:
+            raise FetchError("write", f"cannot write {target}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return Fetched(target, changed=True)

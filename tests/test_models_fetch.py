@@ -220,3 +220,43 @@ def test_a_full_disk_is_the_folder_not_the_network(broken_server, tmp_path, caps
     code, _, err = fetch(capsys, "--dest", str(tmp_path / "ok"), "--yunet-url",
                          f"{broken_server}/good", "--yunet-sha256", sha)
     assert code == 0, err  # the same server's whole answer is fine
+
+
+@pytest.mark.shared
+def test_what_is_in_the_way_is_one_line_and_exit_73(served, tmp_path, capsys):
+    """A folder with the model's name (os.replace's IsADirectoryError) and a file there already
+    that this user cannot read (file_sha256's PermissionError) were tracebacks."""
+    from test_scan_cli import without_root_override
+
+    url, _ = served
+    (tmp_path / "a" / YUNET_NAME).mkdir(parents=True)
+    code, out, err = fetch(capsys, "--dest", str(tmp_path / "a"), "--yunet-url",
+                           f"{url}/{YUNET_NAME}")
+    assert code == 73 and out == ""
+    assert err == f"maskd models fetch: cannot write {tmp_path / 'a' / YUNET_NAME}: a folder is " \
+                  "in the way\n"
+    locked = tmp_path / "b" / YUNET_NAME
+    locked.parent.mkdir()
+    locked.write_bytes(b"a cut download")
+    locked.chmod(0)
+    r = subprocess.run([*without_root_override(), sys.executable, "-m", "maskd", "models",
+                        "fetch", "--dest", str(locked.parent), "--yunet-url",
+                        f"{url}/{YUNET_NAME}"], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert r.returncode == 73, r.stderr
+    assert r.stderr == (f"maskd models fetch: cannot check {locked}, which is there already: "
+                        "Permission denied (remove it, or run as its owner)\n")
+
+
+def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
+    """A sha256 with a trailing newline passed the check ("$" matches before it) and then
+    failed as a mismatch; a URL that is not one was exit 69, "no network"."""
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-sha256", YUNET_SHA256 + "\n")
+    assert code == 2 and "64 lower-case hex digits" in err
+    for bad in ("notaurl", "ftp://host/y.onnx", "http:///y.onnx"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["models", "fetch", "--dest", str(tmp_path), "--yunet-url", bad])
+        assert exit_.value.code == 2
+        assert f"argument --yunet-url: {bad!r} is not an http://, https:// or file:// URL" in \
+            capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

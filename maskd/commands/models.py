@@ -2,7 +2,8 @@
 
 Exit status: 0 the checked file is in place (downloaded, or there already); 65 (EX_DATAERR)
 the download's sha256 is not the expected one (nothing saved); 69 (EX_UNAVAILABLE) the URL
-could not be reached; 73 (EX_CANTCREAT) the folder cannot be written; 2 bad arguments.
+could not be reached; 73 (EX_CANTCREAT) the folder cannot be written, or a folder or an
+unreadable file is in the way of the target; 2 bad arguments (checked at parse time).
 Imports only the standard library, so `python3 -m maskd models fetch` works without the venv
 (deploy/install.sh).
 """
