@@ -40,6 +40,9 @@ def _exit_message(excinfo: pytest.ExceptionInfo) -> str:
     (["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"),
     (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--fine-tune-lr", "-1"], "--fine-tune-lr"),
     (["--views", "-1"], "--views"), (["--scene-weight", "0"], "--scene-weight"),
+    # a detector score: NaN, 5 or -1 were taken and cut no (or every) scene crop
+    (["--scene-score", "nan"], "--scene-score"), (["--scene-score", "5"], "--scene-score"),
+    (["--scene-score", "-1"], "--scene-score"),
 ])
 def test_train_refuses_bad_numbers_while_parsing(bad: list[str], says: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -44,7 +44,15 @@ import cv2
 import numpy as np
 
 from tools import dataset
-from tools.inputs import fraction, non_negative_int, out_dir, positive_float, positive_int, reason
+from tools.inputs import (
+    fraction,
+    non_negative_int,
+    out_dir,
+    positive_float,
+    positive_int,
+    probability,
+    reason,
+)
 
 DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
@@ -76,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the validation set that picks the epoch")
     p.add_argument("--scene-weight", type=positive_float, default=3.0,
                    help="loss weight of one scene crop against one paper image")
-    p.add_argument("--scene-score", type=float, default=None,
+    p.add_argument("--scene-score", type=probability, default=None,
                    help="YuNet score cut when cutting scene crops (default: the device's; lower "
                         "cuts more hard faces from the detector's box)")
     p.add_argument("--views", type=non_negative_int, default=4,
