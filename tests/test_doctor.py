@@ -284,3 +284,21 @@ def test_install_sh_leaves_the_pins_where_doctor_looks(tmp_path):
     assert r.returncode == 0, r.stderr
     left = root / "opt" / "maskd" / ".venv" / PINS_FILE
     assert left.read_text().startswith("# Made by `python tools/pins.py pi`")
+
+
+def test_auto_without_yunet_warns_as_run_does(tmp_path, monkeypatch):
+    """doctor said "detector OK blazeface-full" with no hint, while `run` warns that BlazeFace
+    loses masked faces and that `maskd models fetch` gets YuNet: doctor says the same now."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import Config
+
+    monkeypatch.delenv("MASKD_YUNET", raising=False)
+    monkeypatch.setattr("maskd.detectors.yunet.REPO_MODELS", tmp_path)
+    monkeypatch.setattr("maskd.detectors.yunet.SYSTEM_MODELS", tmp_path)
+    doc = Doctor(Config(), frames=1)
+    doc.detector_check()
+    got = {c.name: c for c in doc.checks}
+    assert got["detector"].verdict == "OK" and got["detector"].detail.startswith("blazeface")
+    assert got["yunet"].verdict == "WARN" and not got["yunet"].required
+    assert "`maskd models fetch` downloads it" in got["yunet"].detail
+    assert "often stops finding a face once a mask covers nose and mouth" in got["yunet"].detail

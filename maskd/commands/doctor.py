@@ -353,6 +353,10 @@ class Doctor:
             return
         self.detector = det
         self.add("detector", OK, det.describe())
+        from maskd.commands.run import detector_notes
+
+        for note in detector_notes(self.cfg, demo=False)[1:]:  # auto without YuNet: what it means
+            self.add("yunet", WARN, note, required=False)
 
     def camera(self) -> None:
         """Every camera of the config gives a frame (one check each with a `cameras:` map); the
