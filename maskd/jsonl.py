@@ -22,17 +22,27 @@ log = logging.getLogger(__name__)
 MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the oldest are dropped
 
 
+READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the start
+
+
 def _open_for_lines(p: Path) -> int:
     """The file (or pipe) to append lines to, or OSError naming jsonl.path and why. A pipe
-    without a reader is an error at once: opening it to write would block the start for ever."""
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
-                     0o666)
-    except OSError as err:
-        why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
-               else err.strerror or str(err))
-        raise OSError(f"jsonl.path {p}: cannot write there: {why}") from None
+    gets READER_WAIT_S for its reader (started alongside maskd, it may come a moment later);
+    then it is an error, as a plain blocking open would hang the start for ever."""
+    deadline = time.monotonic() + READER_WAIT_S
+    while True:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                         0o666)
+            break
+        except OSError as err:
+            if err.errno == errno.ENXIO and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
+                   else err.strerror or str(err))
+            raise OSError(f"jsonl.path {p}: cannot write there: {why}") from None
     os.set_blocking(fd, True)
     return fd
 

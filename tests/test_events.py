@@ -265,11 +265,15 @@ def test_jsonl_lines_that_wait_are_bounded_and_what_is_lost_is_said(tmp_path, ca
 def test_jsonl_path_may_be_a_pipe(tmp_path):
     """`jsonl.path: /dev/stdout` or a named pipe cannot be seeked or cut back; lines still go."""
     import threading
+    import time
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     got: list[str] = []
-    reader = threading.Thread(target=lambda: got.extend(fifo.read_text().splitlines()))
+    # The reader opens the pipe a moment after the sink starts opening it (a consumer started
+    # alongside maskd): the sink waits for it instead of refusing the pipe.
+    reader = threading.Thread(target=lambda: (time.sleep(0.5),
+                                              got.extend(fifo.read_text().splitlines())))
     reader.start()
     sink = JsonlSink(str(fifo))
     for i in range(3):
