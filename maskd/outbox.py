@@ -179,6 +179,7 @@ class Outbox:
         # exclusive: it was opened without SQLite's shared-memory file (maintain() shares it).
         self._db: sqlite3.Connection | None = None
         self._exclusive = False
+        self._closed = False
         self._next_retry = self._next_prune = 0.0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -816,8 +817,12 @@ class Outbox:
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
 
     def close(self) -> None:
-        """Store what waits in memory if at all possible (the reserve too), then close."""
+        """Store what waits in memory if at all possible (the reserve too), then close. A second
+        call does nothing: its file descriptors' numbers may belong to other files by then."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 if self._memory:
                     self._store_memory()

@@ -13,11 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker, Subscriber
+from mqtt_broker import Broker, Subscriber, wait_until
 
 from maskd.config import ConfigError, parse_config
 
@@ -184,6 +185,61 @@ def test_two_processes_on_one_device_never_mark_each_other_offline(tmp_path, def
                     p.kill()
         assert procs["left"].returncode == 0
         assert sub.wait(lambda ms: last(sub, f"{BASE}/left/status") == b"offline", 10)
+        sub.close()
+
+
+def test_two_cameras_ending_together_close_the_shared_connection_once(tmp_path, monkeypatch):
+    """At SIGTERM both loops close their view of the one MQTT link at the same moment: it must
+    close once. Twice told the broker offline twice and closed the outbox's file descriptors
+    twice (by then perhaps another file's). Deterministic: the two threads are held together
+    after each marked its camera stopped, and again wherever both get into close()."""
+    from maskd.mqtt import MqttSink
+    from maskd.outbox import Outbox
+    from maskd.types import FaceCounts, RunControl
+
+    closes: list[str] = []
+    real_close = Outbox.close
+
+    def counted_close(self: Outbox) -> None:
+        closes.append(threading.current_thread().name)
+        real_close(self)
+
+    monkeypatch.setattr(Outbox, "close", counted_close)
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, [f"{BASE}/#"])
+        cfg = parse_config({"device_id": DEV, "state_dir": str(tmp_path / "state"),
+                            "mqtt": {"url": b.url},
+                            "cameras": {"a": {"source": {"kind": "demo"}},
+                                        "b": {"source": {"uri": "rtsp://127.0.0.1:9/b"}}}})
+        link = MqttSink.for_cameras(cfg, {"a": RunControl(), "b": RunControl()})
+        assert wait_until(lambda: link.health()["connected"], 10)
+        views = [link.for_camera("a"), link.for_camera("b")]
+        for view in views:  # the state interval holds the second back: published at the end
+            view.on_state(FaceCounts(1, 0, 0, 1, 0, True, time.time()))
+            view.on_state(FaceCounts(0, 0, 0, 0, 0, True, time.time()))
+        together = threading.Barrier(2, timeout=0.5)
+        real_held = link._publish_held
+
+        def held(cam: object) -> None:
+            try:
+                together.wait()
+            except threading.BrokenBarrierError:  # alone in there: nothing to race with
+                together.reset()
+            real_held(cam)
+
+        link._publish_held = held  # type: ignore[method-assign]
+        threads = [threading.Thread(target=v.close, name=f"camera-{n}")
+                   for n, v in zip("ab", views, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(closes) == 1, closes
+        assert sub.wait(lambda ms: last(sub, f"{BASE}/status") == b"offline", 10)
+        time.sleep(0.5)
+        assert [m.payload for m in sub.on(f"{BASE}/status")].count(b"offline") == 1
+        for cam in "ab":
+            assert last(sub, f"{BASE}/{cam}/status") == b"offline"
         sub.close()
 
 

@@ -543,3 +543,22 @@ def test_a_drained_backlog_is_given_back_even_on_a_full_disk(tmp_path):
         ob.close()
         assert [r.id for r in Outbox(d).pending()] == [new]
 
+
+
+def test_a_second_close_leaves_other_files_alone(tmp_path):
+    """Two owners closing the outbox (two camera loops ending together) must not close its file
+    descriptors twice: by then their numbers may belong to another file of the process."""
+    ob = Outbox(tmp_path / "a")
+    ob.put("t", {"n": 1})
+    ob.close()
+    others = [os.open(tmp_path / f"other{i}", os.O_RDWR | os.O_CREAT, 0o600) for i in range(4)]
+    try:
+        ob.close()
+        for fd in others:
+            os.fstat(fd)  # still open: not taken for the outbox's lock or reserve file
+    finally:
+        for fd in others:
+            os.close(fd)
+    again = Outbox(tmp_path / "a")
+    assert [r.payload for r in again.pending()] == [{"n": 1}]
+    again.close()

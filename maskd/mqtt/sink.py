@@ -175,6 +175,9 @@ class MqttSink(EventSink):
         self._connected = False
         self._gen = 0  # bumped on every successful connect
         self._closing = False
+        self._close_lock = threading.Lock()  # close() runs once, whoever calls it
+        self._closed = False
+        self._open_cams = len(self._cams)  # cameras whose loop has not closed its view
         self._stop = threading.Event()
         self._acked = threading.Condition()  # notified when acknowledged rows leave the outbox
         self._active_lock = threading.RLock()
@@ -354,9 +357,12 @@ class MqttSink(EventSink):
         return True
 
     def close(self) -> None:
-        """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept."""
-        if self._closing:
-            return
+        """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept.
+        Runs once: a second call (two cameras' loops ending together) returns at once."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         if self._connected:
             for cam in self._cams.values():
                 self._publish_held(cam)
@@ -438,12 +444,20 @@ class MqttSink(EventSink):
             self.camera_state(cam, cam.held)
 
     def camera_closed(self, cam: _Camera) -> None:
-        """A camera's loop ended: its entities go unavailable; the last one closes the sink."""
-        cam.running = False
+        """A camera's loop ended: its entities go unavailable; the last one to be done with
+        that closes the sink (counted under the lock: two loops ending together close it once,
+        and never while the other still publishes)."""
+        with self._close_lock:
+            if not cam.running:  # its view closed twice: counted once
+                return
+            cam.running = False
         self._publish_held(cam)
         if self._connected and cam.topics.availability != cam.topics.status:
             self._side(cam.topics.availability, "offline")
-        if not any(c.running for c in self._cams.values()):
+        with self._close_lock:
+            self._open_cams -= 1
+            last = self._open_cams == 0
+        if last:
             self.close()
 
     def health(self) -> dict:
