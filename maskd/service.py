@@ -192,8 +192,8 @@ class CameraLoop:
                      self.source.name)
         self._window.end = self._sink_window.end = time.monotonic()
         self._ended = True
-        while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so
-            self._tell_waiting()
+        while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so,
+            self._source_waiting()  # and the sinks get stats (fps 0) and their retries
 
     def _emit(self, events: list[ViolationEvent]) -> None:
         for ev in events:
@@ -259,8 +259,9 @@ class CameraLoop:
             self._tell_state(replace(self._state, active=self.pipeline.violations.active))
 
     def _source_waiting(self) -> None:
-        """The live source has no frame yet (camera lost, reconnecting): the loop is not hung,
-        so observers (systemd's watchdog) and the periodic stats still hear from it."""
+        """No frame now (a live camera lost and reconnecting, or a file source that ended and
+        idles): the loop is not hung, so observers (systemd's watchdog) and the periodic stats
+        (the sinks' retries too: JSON lines a full disk held back) still hear from it."""
         self._tell_waiting()
         self._maybe_report()
 

@@ -428,3 +428,46 @@ def test_two_queued_people_the_colours_merge_are_told_apart_by_the_features(scen
     threshold = TrackingConfig().same_person_similarity
     assert similarity(looks[0][0], looks[1][0]) >= threshold
     assert similarity(looks[0][1], looks[1][1]) < threshold - 0.05
+
+
+def test_a_file_source_that_ended_keeps_the_stats_and_the_jsonl_retries_going(tmp_path):
+    """A file source that ended idles until a signal: its stats must go on (say ended, fps 0),
+    not leave the last running numbers for MQTT to repeat with a fresh time, and JSON lines a
+    full disk held back must still be written once there is room (on_stats retries them)."""
+    import threading
+    import time
+
+    import cv2
+    from loop_parts import RecordingSink, service_for
+    from mqtt_broker import fill_disk, small_disk
+
+    from maskd.config import parse_config
+    from maskd.sources import open_source
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.jpg"), np.full((120, 160, 3), 90, np.uint8))
+    cfg = parse_config({"mqtt": {"stats_interval_s": 1.0},
+                        "source": {"kind": "images", "uri": str(images), "fps": 30}})
+    with small_disk(tmp_path / "disk") as disk:
+        jsonl = JsonlSink(str(disk / "events.jsonl"))
+        filler = fill_disk(disk)
+        jsonl.emit(jsonl_event(0))  # waits for room
+        assert jsonl.faults()
+        stats = RecordingSink()
+        loop = service_for(open_source(cfg.source), sinks=[stats, jsonl], cfg=cfg)
+        thread = threading.Thread(target=loop.run, kwargs={"flush_timeout": 1}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while loop.frames < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        filler.unlink()
+        time.sleep(3.0)  # idle after the last image: more than two stats intervals
+        assert jsonl.faults() == []
+        loop.stop()
+        thread.join(30)
+    ended = [s for s in stats.stats if s["source_ended"]]
+    assert len(ended) >= 3, ended
+    assert all(s["frames"] == 3 and s["fps"] == 0 for s in ended[1:]), ended
