@@ -236,6 +236,33 @@ def test_doctor_checks_publish_rights_under_the_discovery_prefix(tmp_path):
         relay.close()
 
 
+def test_doctor_checks_the_publish_rights_of_a_cameras_maps_cameras(tmp_path):
+    """With a `cameras:` map `run` publishes for those cameras, never for the top-level
+    `camera`: doctor must check their topics (an ACL granting exactly them passes; one missing
+    a camera fails naming it), MQTT 5 and 3.1.1."""
+    from maskd.config import parse_config
+
+    grant = ["topic readwrite maskd/dev1/status/#", "topic readwrite homeassistant/#",
+             "topic readwrite maskd/dev1/front/#"]
+    with Broker(tmp_path / "all", acl="\n".join([*grant, "topic readwrite maskd/dev1/back/#"])
+                ) as every, Broker(tmp_path / "one", acl="\n".join(grant)) as front_only:
+        for broker, want in ((every, OK), (front_only, FAIL)):
+            relay = Mqtt311Only(broker)
+            for url in (broker.url, relay.url):
+                cfg = parse_config({"device_id": "dev1", "state_dir": str(tmp_path / "state"),
+                                    "mqtt": {"url": url},
+                                    "cameras": {"front": {"source": {"kind": "demo"}},
+                                                "back": {"source": {"kind": "demo"}}}})
+                verdict, detail = probe_broker(cfg)
+                assert verdict == want, detail
+                assert "maskd/dev1/camera/" not in detail, detail
+                assert "maskd/dev1/back/doctor" in detail, detail
+                if want == OK:
+                    assert "maskd/dev1/front/doctor" in detail, detail
+                    assert "homeassistant/device/maskd_dev1_back/doctor" in detail, detail
+            relay.close()
+
+
 def test_refused_discovery_and_state_are_reported(tmp_path, caplog):
     """Retained messages that are not events (discovery, state) refused by the broker's ACL:
     an error naming the topic, stats.refused_topics and faults(); gone once accepted."""

@@ -569,7 +569,8 @@ def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | N
 
 class _Probe:
     """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``
-    and, with discovery on, beside the camera's discovery config."""
+    and, with discovery on, beside the camera's discovery config: for each camera `run` would
+    publish for (a ``cameras:`` map's, not the unused top-level ``camera``)."""
 
     def __init__(self, cfg: Config, url: Any, password: str | None, version: Any,
                  client_id: str | None = None) -> None:
@@ -579,10 +580,11 @@ class _Probe:
         from maskd.mqtt.homeassistant import Topics
 
         self.mq, self.url, self.version = cfg.mqtt, url, version
-        self.topic = f"{cfg.mqtt.prefix}/{cfg.device_id}/{cfg.camera}/doctor"
+        cams = [c.camera for c in cfg.cameras_resolved()]
+        self.topics = [f"{cfg.mqtt.prefix}/{cfg.device_id}/{cam}/doctor" for cam in cams]
         # beside the discovery config (Home Assistant reads only .../config there)
-        self.discovery_topic = (Topics.build(cfg.mqtt, cfg.device_id, cfg.camera).discovery
-                                .removesuffix("/config") + "/doctor")
+        self.discovery_topics = [Topics.build(cfg.mqtt, cfg.device_id, cam).discovery
+                                 .removesuffix("/config") + "/doctor" for cam in cams]
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
         self.connected = threading.Event()
@@ -660,7 +662,7 @@ class _Probe:
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
         done = (f"{self.url}: connected {who}{' over TLS' if self.url.tls else ''} in {ms:.0f} ms, "
                 f"MQTT {'5' if self.version == mqtt.MQTTv5 else '3.1.1'}")
-        topics = [self.topic, *([self.discovery_topic] if self.mq.discovery else [])]
+        topics = [*self.topics, *(self.discovery_topics if self.mq.discovery else [])]
         said = []
         for topic in topics:
             verdict, detail = self._may_publish(topic)
@@ -676,7 +678,7 @@ class _Probe:
 
         hint = ("the broker's ACL must let this user publish under Home Assistant's "
                 f"discovery_prefix ({self.mq.discovery_prefix}/#) or Home Assistant never sees "
-                "the device; or set mqtt.discovery: false" if topic == self.discovery_topic
+                "the device; or set mqtt.discovery: false" if topic in self.discovery_topics
                 else "the broker's ACL must let this user publish under the device's prefix")
         if self.version == mqtt.MQTTv5:
             answer = self._answer(self.client.publish(topic, self.token, qos=1).mid)
