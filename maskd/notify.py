@@ -9,7 +9,9 @@ The watchdog guards a hung loop, not a missing camera: while the live source is 
 controlled reconnect (camera lost, reopen loop alive), or a file source has ended and the loop
 idles until a signal, the loop keeps pinging and says so in STATUS; a loop or driver that hangs
 still stops the pings. With several cameras, the pings need every camera's loop to vouch for
-itself since the last one, so one hung camera gets the process restarted.
+itself since the last one, so one hung camera gets the process restarted, and STATUS is one
+line naming each camera (``back: camera lost since ...; reconnecting; front: 14.8 fps | ...``),
+never one camera's text after the other's.
 """
 
 from __future__ import annotations
@@ -29,17 +31,30 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
 
 
-def status_text(stats: LoopStats) -> str:
-    """The STATUS= line: the preview's header, or the camera outage when there is one; then
-    what keeps events from being delivered (``faults`` from the sinks)."""
+def camera_text(stats: LoopStats) -> str:
+    """One camera's part of the STATUS= line: the preview's header, or the camera outage when
+    there is one."""
     if since := stats.camera_lost_since:
         state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
-        text = f"camera lost since {since}; {state}"
-    elif stats.source_ended:
-        text = "end of the source; idle until stopped"
-    else:
-        text = header_text(stats)
-    return " | ".join([text, *stats.faults])
+        return f"camera lost since {since}; {state}"
+    if stats.source_ended:
+        return "end of the source; idle until stopped"
+    return header_text(stats)
+
+
+def status_text(stats: LoopStats) -> str:
+    """The STATUS= line of one camera: its text, then what keeps events from being delivered
+    (``faults`` from the sinks)."""
+    return " | ".join([camera_text(stats), *stats.faults])
+
+
+def cameras_status_text(stats: dict[str, LoopStats | str]) -> str:
+    """The STATUS= line of several cameras (name -> its latest stats, or what it does without
+    any: starting, stopped): each named, in the given order, then the faults once each (the
+    sinks are shared)."""
+    parts = [f"{name}: {s if isinstance(s, str) else camera_text(s)}" for name, s in stats.items()]
+    faults = dict.fromkeys(f for s in stats.values() if not isinstance(s, str) for f in s.faults)
+    return " | ".join(["; ".join(parts), *faults])
 
 
 def socket_address(value: str) -> str | bytes:
@@ -111,10 +126,12 @@ class SystemdNotifier(FrameObserver):
         self._ready = False
         self._last_ping: float | None = None
         self._last_status: float | None = None
-        self._camera = (False, False)  # (lost, reconnecting): a change is told at once
+        self._outage: dict[str | None, tuple[bool, bool]] = {}  # camera -> (lost, reconnecting)
         self._lock = threading.Lock()
         self._cameras: set[str] = set()  # for_cameras(): the loops that must vouch for a ping
         self._vouched: set[str] = set()  # those that did since the last ping
+        # for_cameras() of several: each camera's latest stats for the one STATUS= line
+        self._latest: dict[str, LoopStats | str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -124,6 +141,8 @@ class SystemdNotifier(FrameObserver):
         """One observer per camera loop; a ping goes out only once every loop still running
         has vouched for itself since the last one (a frame, a reconnect, an idle end)."""
         self._cameras = set(names)
+        if len(names) > 1:  # one camera: its line as without a cameras: map
+            self._latest = dict.fromkeys(names, "starting")
         return [_CameraWatch(self, name) for name in names]
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
@@ -151,23 +170,28 @@ class SystemdNotifier(FrameObserver):
                 if alive:
                     self._vouched.add(camera)
                 alive = self._vouched >= self._cameras
-            if self._tell(stats, ready, alive):
+            if self._tell(camera if self._latest else None, stats, ready, alive):
                 self._vouched.clear()
 
     def leave(self, camera: str) -> None:
         """A camera's loop has stopped: it no longer holds the pings back; the last one closes."""
         with self._lock:
             self._cameras.discard(camera)
+            if camera in self._latest:
+                self._latest[camera] = "stopped"  # in the line the others send
             last = not self._cameras
         if last:
             self.close()
 
-    def _tell(self, stats: LoopStats, ready: bool, alive: bool) -> bool:
-        """Send what is due; True when a watchdog ping went out."""
+    def _tell(self, camera: str | None, stats: LoopStats, ready: bool, alive: bool) -> bool:
+        """Send what is due; True when a watchdog ping went out. ``camera``: whose stats, when
+        the line names each camera (None: the only one)."""
         if not self._notifier.enabled:
             return False
         now = self._clock()
-        camera = (bool(stats.camera_lost_since), stats.camera_reconnecting)
+        outage = {**self._outage, camera: (bool(stats.camera_lost_since), stats.camera_reconnecting)}
+        if camera is not None:
+            self._latest[camera] = stats
         lines: list[str] = []
         if ready and not self._ready:
             lines.append("READY=1")
@@ -175,13 +199,14 @@ class SystemdNotifier(FrameObserver):
             self._last_ping is None or now - self._last_ping >= self.watchdog_every_s)
         if ping:
             lines.append("WATCHDOG=1")
-        if (lines or camera != self._camera or self._last_status is None
+        if (lines or outage != self._outage or self._last_status is None
                 or now - self._last_status >= STATUS_INTERVAL_S):
-            lines.append(f"STATUS={status_text(stats)}")
+            text = status_text(stats) if camera is None else cameras_status_text(self._latest)
+            lines.append(f"STATUS={text}")
             if self._notifier.send(*lines):  # on failure, try again with the next frame
                 self._ready = self._ready or ready
                 self._last_status = now
-                self._camera = camera
+                self._outage = outage
                 if ping:
                     self._last_ping = now
                     return True

@@ -385,6 +385,27 @@ def test_with_several_cameras_one_hung_camera_stops_the_pings(under_systemd):
     assert run.pings(after=hung_at + 1.0) == []
 
 
+def test_with_several_cameras_the_status_line_names_each_one(under_systemd):
+    """door is unplugged while door2 runs: STATUS must say both, each by name, in every line,
+    not flip between door's outage and door2's fps without saying whose they are."""
+    svc, cam = two_cameras(live_source("door2", BlankCamera().opener, SourceConfig()))
+    with LoopRunner(svc, under_systemd) as run:
+        run.watch(1.5)
+        cam.present.clear()  # door unplugged
+        lost_at = time.monotonic()
+        run.watch(3.0)
+        assert run.stop() == 0
+    running = [m["STATUS"] for t, m in run.timeline if "STATUS" in m and t < lost_at]
+    assert running and all(s.startswith("door: ") and "; door2: " in s for s in running), running
+    later = [m["STATUS"] for t, m in run.timeline if "STATUS" in m and t > lost_at + 1.0]
+    later = [s for s in later if s != "stopping"]
+    assert len(later) >= 2, later
+    for s in later:
+        door, door2 = s.split("; door2: ")
+        assert door.startswith("door: camera lost since ") and door.endswith("; reconnecting"), s
+        assert door2.endswith(("active violation", "active violations")), s
+
+
 def test_with_several_cameras_a_crashed_loop_fails_the_process():
     """door2's frame grabber crashes: the process must end with 70 (systemd restarts it), not
     run on with door2 dead until someone notices."""
