@@ -122,7 +122,8 @@ class CameraLoop:
         if self._stop.is_set():
             if not self._hurry.is_set():
                 self._hurry.set()
-                log.warning("%s while stopping: not waiting for delivery any longer", reason)
+                log.warning("%s: %s while stopping: not waiting for delivery any longer",
+                            self.cfg.camera, reason)
             return
         self.stop_reason = reason
         self._stop.set()
@@ -198,8 +199,9 @@ class CameraLoop:
     def _emit(self, events: list[ViolationEvent]) -> None:
         for ev in events:
             self.events += 1
-            log.info("violation %s %s track=%d score=%.2f%s", ev.event_type, ev.event_id,
-                     ev.track_id, ev.score, f" reason={ev.end_reason}" if ev.end_reason else "")
+            log.info("%s: violation %s %s track=%d score=%.2f%s", self.cfg.camera, ev.event_type,
+                     ev.event_id, ev.track_id, ev.score,
+                     f" reason={ev.end_reason}" if ev.end_reason else "")
             self._to_sinks(lambda sink, ev=ev: sink.emit(ev), "emit")
 
     def _to_sinks(self, call: Callable[[EventSink], object], what: str) -> None:
@@ -318,14 +320,14 @@ class CameraLoop:
         self._window = _StatsWindow()
         ms = s.ms
         log.info(
-            "%.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
-            "skipped %d | faces %d small %d classified %d cached %d | active %d",
+            "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
+            "skipped %d | faces %d small %d classified %d cached %d | active %d", self.cfg.camera,
             s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"], s.frames,
             s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
         )
 
     def _shutdown(self, flush_timeout: float) -> int:
-        log.info("stopping: %s", self.stop_reason or "error")
+        log.info("%s: stopping: %s", self.cfg.camera, self.stop_reason or "error")
         self._stop.set()  # from here a stop request means "stop waiting"
         self._end_violations()
         self._log_stats()

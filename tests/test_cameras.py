@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_two_cameras_in_one_process_share_one_connection(tmp_path, default_model
             assert sub.on(f"{BASE}/{cam}/violations")[-1].payload == b"0"
         assert b"online" in [m.payload for m in sub.on(f"{BASE}/status")]
         assert "camera=front" not in err  # one process, one connection: a single client id
+        for cam in ("front", "back"):  # the log says which camera a line is about
+            assert re.search(rf"maskd.service: {cam}: violation start \S+ track=", err), err
+            assert re.search(rf"maskd.service: {cam}: violation end \S+ track=", err), err
+            assert re.search(rf"maskd.service: {cam}: [0-9.]+ fps \| ms capture", err), err
+            assert f"maskd.service: {cam}: stopping: end of source" in err, err
         sub.close()
 
 
