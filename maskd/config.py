@@ -92,14 +92,32 @@ def parse_listen(value: str) -> tuple[str, int]:
     return check_host(host or "127.0.0.1"), int(port)
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as the address a socket binds: any numeric spelling the C library takes ("0",
+    "127.1") included; None for a host name."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 def is_loopback(host: str) -> bool:
     """True when only this machine can connect to ``host`` (a host name may be any interface)."""
     if host == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def is_wildcard(host: str) -> bool:
+    """True for a listen host meaning every interface: "", 0.0.0.0, "0", ::."""
+    ip = _ip(host)
+    return host.strip("[]") == "" or (ip is not None and ip.is_unspecified)
 
 
 def check_topic(value: str) -> str:
@@ -406,12 +424,19 @@ class BrokerUrl:
 
 
 def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
-    """Two listen addresses one machine cannot both bind: one port, and the same host or a
-    wildcard (0.0.0.0, ::) on either side. Port 0 lets the system pick, so it never clashes."""
+    """Two listen addresses one machine cannot both bind: one port, and the same host (however
+    spelled: localhost, 127.1) or a wildcard (0.0.0.0, 0, ::) on either side. Port 0 lets the
+    system pick, so it never clashes."""
     if a[1] != b[1] or a[1] == 0:
         return False
-    hosts = {"127.0.0.1" if h == "localhost" else h.strip("[]") for h in (a[0], b[0])}
-    return len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::", ""})
+    if is_wildcard(a[0]) or is_wildcard(b[0]):
+        return True
+
+    def key(host: str) -> str:
+        ip = _ip("127.0.0.1" if host == "localhost" else host)
+        return host.strip("[]") if ip is None else str(ip)
+
+    return key(a[0]) == key(b[0])
 
 
 _TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
@@ -647,6 +672,33 @@ class CameraConfig(Section):
     schedule: list[ScheduleWindow] | None = None  # None: the top-level schedule
     preview: PreviewConfig = PreviewConfig()
 
+    @field_validator("source")
+    @classmethod
+    def _names_its_source(cls, v: SourceConfig) -> SourceConfig:
+        """``source: {}`` (or an opencv one without uri) is the default camera again."""
+        if v.kind in ("auto", "opencv") and not v.uri:
+            raise ValueError("a camera of a cameras: map must name its source: uri (/dev/video0, "
+                             "rtsp://..., a video file or a folder) or kind picamera2 or demo; "
+                             "without it two cameras would both open the default camera")
+        return v
+
+
+def source_identity(src: SourceConfig) -> str | None:
+    """What a source reads (device, stream, file or folder), one spelling for each: two cameras
+    with the same one would fight over a device or double every event. None: the demo (each
+    camera gets its own)."""
+    if src.kind == "demo":
+        return None
+    if src.kind == "picamera2":
+        return "the Pi camera (picamera2)"
+    uri = (src.uri or "").removeprefix("file://")
+    if uri.isascii() and uri.isdigit():
+        return f"/dev/video{int(uri)}"  # OpenCV's camera index N is /dev/videoN
+    if "://" in uri:  # a stream: the same camera whoever logs in (and no password in errors)
+        parts = urlsplit(uri)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return str(Path(uri))
+
 
 class Config(Section):
     """The whole maskd configuration.
@@ -720,6 +772,21 @@ class Config(Section):
                         f"{where[0]}:{where[1]} are "
                         "the same port on this machine, so the second page could not listen: "
                         "give both the same address (one page) or different ports")
+        return self
+
+    @model_validator(mode="after")
+    def _one_camera_per_source(self) -> Config:
+        """Two cameras on one device (or stream, file, folder): a device opens once, and a file
+        read twice raises every event twice."""
+        seen: dict[str, str] = {}
+        for name, cam in self.cameras.items():
+            what = source_identity(cam.source)
+            if what is None:
+                continue
+            if what in seen:
+                raise ValueError(f"cameras {seen[what]} and {name} both read {_excerpt(what)}: "
+                                 "give each camera its own source")
+            seen[what] = name
         return self
 
     @property

@@ -140,6 +140,38 @@ def test_both_refuse_two_status_pages_on_one_port(tmp_path):
         assert f"localhost:{port} and 127.0.0.1:{port} are the same port" in r.stderr, r.stderr
 
 
+def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(tmp_path):
+    """Mistakes of a `cameras:` map that `run` met only at start or never (two threads drawing
+    in the one OpenCV window; two cameras opening one device; the wildcard spelled `0`): both
+    commands refuse them, naming what clashes."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    port = free_port()
+    demo = "{kind: demo}"
+    cases = [
+        ("the default camera", f"a: {{source: {{}}}}\n  b: {{source: {demo}}}",
+         "'cameras.a.source': a camera of a cameras: map must name its source"),
+        ("one device twice", "a: {source: {uri: '0'}}\n  b: {source: {uri: /dev/video0}}",
+         "cameras a and b both read '/dev/video0'"),
+        ("one stream twice", "a: {source: {uri: 'rtsp://u:hunter2@cam/s'}}\n"
+                             "  b: {source: {uri: 'rtsp://cam/s'}}",
+         "cameras a and b both read 'rtsp://cam/s'"),
+        ("the wildcard spelled 0", f"a: {{source: {demo}, preview: {{http: '0:{port}', "
+                                   f"http_token_file: '{token}'}}}}\n"
+                                   f"  b: {{source: {demo}, preview: {{http: '127.0.0.1:{port}'}}}}",
+         f"0:{port} and 127.0.0.1:{port} are the same port"),
+    ]
+    for name, cameras, says in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"state_dir: {tmp_path / 'state'}\ncameras:\n  {cameras}\n")
+        for cmd, *args in (("check-config", str(path)), ("run", "--config", str(path),
+                                                          "--max-frames", "1")):
+            r = maskd(cmd, *args)
+            assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
+            assert says in r.stderr and "Traceback" not in r.stderr, (name, cmd, r.stderr)
+            assert "hunter2" not in r.stderr, r.stderr  # a stream's password stays out of errors
+
+
 def test_run_prefixes_every_error_line(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text("source: {fsp: 3}\nmqtt: {url: 'http://x'}\n")

@@ -161,3 +161,16 @@ def test_retained_discovery_of_a_cameras_map_passes(ha_python, tmp_path):
     results = check(messages, ha_python)
     for topic in want:
         assert EXPECTED <= platforms(results, topics.index(topic)), topic
+
+
+def test_the_status_page_link_names_the_host_for_every_spelling_of_the_wildcard():
+    """Home Assistant's link must reach the page: `0:8080` binds every interface like 0.0.0.0,
+    so the link names this host, not http://0:8080/."""
+    import socket
+
+    from maskd.mqtt.sink import status_page_url
+
+    here = socket.gethostname()
+    for listen in ("0.0.0.0:8080", "0:8080", "[::]:8080"):
+        assert status_page_url(listen) == f"http://{here}:8080/", listen
+    assert status_page_url("127.0.0.1:8080") == "http://127.0.0.1:8080/"

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_listen
+from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
@@ -858,6 +858,6 @@ def status_page_url(listen: str | None) -> str | None:
     if not listen:
         return None
     host, port = parse_listen(listen)
-    if host in ("", "0.0.0.0", "::"):
+    if is_wildcard(host):
         host = socket.gethostname()
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
