@@ -789,6 +789,17 @@ class Config(Section):
             seen[what] = name
         return self
 
+    @model_validator(mode="after")
+    def _one_window(self) -> Config:
+        """One camera at most opens the OpenCV window: it is one window ("maskd") for the
+        process, and OpenCV's window calls are not safe from several camera threads."""
+        shown = [c.camera for c in self.cameras_resolved() if c.preview.window]
+        if len(shown) > 1:
+            raise ValueError(f"cameras {shown[0]} and {shown[1]} both set preview.window: only "
+                             "one camera can have the window (OpenCV's window is not safe from "
+                             "several threads); the status page (preview.http) shows them all")
+        return self
+
     @property
     def multi_camera(self) -> bool:
         """The `cameras:` layout: the process owns the device-level status."""

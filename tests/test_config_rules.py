@@ -149,6 +149,9 @@ def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(t
     port = free_port()
     demo = "{kind: demo}"
     cases = [
+        ("two windows", f"a: {{source: {demo}, preview: {{window: true}}}}\n"
+                        f"  b: {{source: {demo}, preview: {{window: true}}}}",
+         "cameras a and b both set preview.window"),
         ("the default camera", f"a: {{source: {{}}}}\n  b: {{source: {demo}}}",
          "'cameras.a.source': a camera of a cameras: map must name its source"),
         ("one device twice", "a: {source: {uri: '0'}}\n  b: {source: {uri: /dev/video0}}",
