@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import reprlib
 import socket
@@ -798,6 +799,17 @@ class Config(Section):
             raise ValueError(f"cameras {shown[0]} and {shown[1]} both set preview.window: only "
                              "one camera can have the window (OpenCV's window is not safe from "
                              "several threads); the status page (preview.http) shows them all")
+        screens: dict[str, str] = {}
+        for c in self.cameras_resolved():
+            fb = c.preview.framebuffer
+            if fb is None:
+                continue
+            if (key := os.path.normpath(fb)) in screens:
+                raise ValueError(f"cameras {screens[key]} and {c.camera} both draw on "
+                                 f"preview.framebuffer {fb}: each would overwrite the other's "
+                                 "frames; give one camera the screen, the status page "
+                                 "(preview.http) shows them all")
+            screens[key] = c.camera
         return self
 
     @property

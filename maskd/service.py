@@ -347,7 +347,8 @@ class CameraLoop:
                 ok = False
             if not ok:
                 # What is kept or lost is the sink's to say (the outbox keeps its events).
-                log.warning("%s: not everything accepted was delivered", name)
+                log.warning("%s: %s: not everything accepted was delivered", self.cfg.camera,
+                            name)
             drained = drained and ok
             try:
                 sink.close()
