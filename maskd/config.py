@@ -37,7 +37,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
 
 from maskd import env, schedule, zones
-from maskd.files import read_limited
+from maskd.files import open_regular, read_limited
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -443,14 +443,21 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
 _TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
 
 
-def _readable_file(path: Path) -> bytes:
-    """The content of ``path``; ValueError unless it is a file this user can read (what `run`
-    opens it with). Password and TLS files are small."""
+MAX_CREDENTIAL_BYTES = 1 << 20  # a password, key, certificate or CA bundle; /dev/zero is not
+
+
+def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
+    """The content of ``path``; ValueError unless it is a regular file this user can read (what
+    `run` opens it with) of at most ``limit`` bytes. A named pipe would hang the start (or be
+    emptied by this check before `run` reads it), a device would never end."""
     try:
-        with path.open("rb") as f:
-            return f.read()
+        with open_regular(path) as f:
+            data = f.read(limit + 1)
     except OSError as err:
         raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise ValueError(f"{_excerpt(str(path))} is larger than {limit} bytes")
+    return data
 
 
 def _refuse_passphrase() -> str:
@@ -573,17 +580,10 @@ class MqttConfig(Section):
 
 def read_secret(path: Path) -> bytes:
     """A password or token file's content without the trailing newline; ValueError when it
-    cannot be read, is empty or is longer than 4096 bytes."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(4097)
-    except OSError as err:
-        raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
-    secret = data.rstrip(b"\r\n")
+    cannot be read, is empty or is larger than 4096 bytes."""
+    secret = _readable_file(path, 4096).rstrip(b"\r\n")
     if not secret:
         raise ValueError(f"{_excerpt(str(path))} is empty")
-    if len(data) > 4096:
-        raise ValueError(f"{_excerpt(str(path))} is longer than 4096 bytes")
     return secret
 
 

@@ -45,7 +45,14 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
     latin1.write_bytes(b"s3cr\xe9t\n")
     empty = tmp / "pw-empty"
     empty.write_text("\n")
+    fifo = tmp / "pw-fifo"  # nobody writes to it: reading it would hang the start
+    if not fifo.exists():
+        os.mkfifo(fifo)
     return [
+        ("password_file a named pipe", {"url": plain, "username": "u", "password_file": str(fifo)},
+         "mqtt.password_file"),
+        ("ca_file a device that never ends", {"url": secure, "ca_file": "/dev/zero"},
+         "mqtt.ca_file"),
         ("ca_file with mqtt://", {"url": plain, "ca_file": str(tls.ca)}, "mqtt.ca_file"),
         ("cert_file with mqtt://", {"url": plain, "cert_file": str(tls.client_cert),
                                     "key_file": str(tls.client_key)}, "mqtt.cert_file"),
