@@ -30,7 +30,7 @@ import numpy as np
 
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
-from maskd.images import IMAGE_SUFFIXES, ImageError, find_images, is_image_name, load_image_rgb
+from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
 from maskd.lograte import RateLimitedLog
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, Source, SourceError
@@ -489,7 +489,8 @@ class ImageFolderSource:
         self.loop = loop
         self.fps = fps
         self.stats = _new_stats()
-        self.paths = find_images(folder)
+        self._unsearched: set[str] = set()  # folders said to be not searched, with why
+        self.paths = self._list()
         if not self.paths:
             raise SourceError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self._iter: Iterator[Path] = iter(self.paths)
@@ -500,10 +501,22 @@ class ImageFolderSource:
         self._warned: set[tuple[Path, str]] = set()  # (image, why) already logged
         self.why_ended: str | None = None  # set when a loop ends: nothing readable left
 
+    def _list(self) -> list[Path]:
+        """The folder's images; a sub-folder that cannot be searched is a WARNING (once per
+        folder and reason), as `scan` makes it an error record, never skipped silently."""
+        paths: list[Path] = []
+        for item in search_images(self.folder):
+            if isinstance(item, Path):
+                paths.append(item)
+            elif str(item) not in self._unsearched:
+                self._unsearched.add(str(item))
+                log.warning("%s: its images there are not read", item)
+        return paths
+
     def _next_pass(self) -> bool:
         """List the folder again for a new pass; False (and ``why_ended``) when nothing is left
         to read: no images, or the same images as a pass that could read none of them."""
-        before, self.paths = self.paths, find_images(self.folder)
+        before, self.paths = self.paths, self._list()
         if self.paths != before and self.paths:
             old, new = set(before), set(self.paths)
             log.info("%s: %d images now (%d new, %d gone)", self.name, len(new), len(new - old),

@@ -523,6 +523,21 @@ def test_a_looping_folder_is_listed_again_each_pass_and_a_bad_image_warned_about
     assert src.why_ended == f"{tmp_path}: the folder has no images left"
 
 
+def test_a_folder_the_images_source_cannot_search_is_a_warning_once(tmp_path: Path, caplog):
+    """A sub-folder not searched (here a link back to the folder: a loop) is said once, as
+    `scan` makes it an error record, not skipped without a word on every pass."""
+    _door(tmp_path / "a.png", 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "back").symlink_to(tmp_path, target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = ImageFolderSource(tmp_path, loop=True)
+        names = [Path(f.source).name for f in _drain(src, limit=3)]
+    assert names == ["a.png"] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert str(tmp_path / "sub" / "back") in warnings[0] and "not read" in warnings[0]
+
+
 def test_a_looping_folder_whose_images_all_break_ends_saying_why(tmp_path: Path):
     _door(tmp_path / "a.png", 10)
     src = ImageFolderSource(tmp_path, loop=True)
