@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
+from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
@@ -269,13 +270,9 @@ class MqttSink(EventSink):
         return "unclean" if data.get("running") else "clean"
 
     def _write_session(self, running: bool) -> None:
-        tmp = self._session_path.with_suffix(".tmp")
         try:
-            tmp.write_text(
-                _dumps({"running": running, "pid": os.getpid(), "time": time.time()}),
-                encoding="utf-8",
-            )
-            os.replace(tmp, self._session_path)
+            write_atomically(self._session_path, _dumps(
+                {"running": running, "pid": os.getpid(), "time": time.time()}).encode("utf-8"))
         except OSError as err:
             log.warning("cannot write %s: %s", self._session_path, err)
 
