@@ -25,6 +25,7 @@ example:
   0  at least one image or frame was scanned
   1  none was
   2  the config, detector or model could not be loaded
+  73 scanned, but some --annotate images could not be written, each named on stderr
   74 the output could not be written (a full disk), named on stderr
 
 example:

@@ -17,7 +17,9 @@ No tracking: every image/frame is judged on its own.
 ``--annotate`` never writes over an input: that annotation gets ``stem-2.jpg``.
 
 Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
-detector or classifier cannot be loaded, 74 when stdout cannot be written (cli.main).
+detector or classifier cannot be loaded, 73 when the scan finished but some annotations could
+not be written (each named on stderr, and counted at the end), 74 when stdout cannot be written
+(cli.main).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
 from maskd.types import SourceError, Verdict
 
 EX_SETUP = 2
+EX_CANTCREAT = 73  # sysexits.h: an output file (here an annotation) could not be created
 
 
 def _inputs(paths: list[Path]) -> list[tuple[Path | FolderError, Path]]:
@@ -136,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
     names_as_bytes_on_stdout()
-    scanned = 0
+    scanned = unwritten = 0
     inputs = _inputs(args.paths)
     written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
     for path, name, frame, image in _items(inputs):
@@ -148,10 +151,16 @@ def main(args: argparse.Namespace) -> int:
         _emit(args.json, record(path, frame, image, verdicts))
         scanned += 1
         if args.annotate is not None:
-            _annotate(args.annotate / name, path, draw_verdicts(image, verdicts), written)
+            if not _annotate(args.annotate / name, path, draw_verdicts(image, verdicts),
+                             written):
+                unwritten += 1
     if scanned == 0:
         print("maskd scan: nothing was scanned", file=sys.stderr)
         return 1
+    if unwritten:  # a script must not take a half-annotated folder for a finished one
+        print(f"maskd scan: {unwritten} of {scanned} annotations could not be written",
+              file=sys.stderr)
+        return EX_CANTCREAT
     return 0
 
 
@@ -160,11 +169,11 @@ def _real(p: Path) -> Path:
     return Path(os.path.realpath(p))
 
 
-def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> None:
+def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> bool:
     """Write ``want`` as a JPEG, or ``stem-2.jpg``... when that is an input of this run (``scan
     door.jpg --annotate .``) or another input's annotation (``door.jpg`` and ``door.png``; the
     same name given from two folders), said on stderr. Written whole (a temporary file renamed):
-    a full disk leaves no cut JPEG."""
+    a full disk leaves no cut JPEG. False when it could not be written (said on stderr)."""
     out, n = want.with_suffix(".jpg"), 1
     while _real(out) in written:
         n += 1
@@ -181,6 +190,8 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> N
         write_atomically(out, data.tobytes())
     except OSError as err:
         print(f"maskd scan: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+        return False
+    return True
 
 
 def _emit(as_json: bool, rec: dict) -> None:
