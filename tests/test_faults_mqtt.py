@@ -244,9 +244,11 @@ def test_doctor_checks_the_publish_rights_of_a_cameras_maps_cameras(tmp_path):
 
     grant = ["topic readwrite maskd/dev1/status/#", "topic readwrite homeassistant/#",
              "topic readwrite maskd/dev1/front/#"]
+    cams = [g for g in grant if "status" not in g] + ["topic readwrite maskd/dev1/back/#"]
     with Broker(tmp_path / "all", acl="\n".join([*grant, "topic readwrite maskd/dev1/back/#"])
-                ) as every, Broker(tmp_path / "one", acl="\n".join(grant)) as front_only:
-        for broker, want in ((every, OK), (front_only, FAIL)):
+                ) as every, Broker(tmp_path / "one", acl="\n".join(grant)) as front_only, \
+            Broker(tmp_path / "nodev", acl="\n".join(cams)) as no_device_status:
+        for broker, want in ((every, OK), (front_only, FAIL), (no_device_status, FAIL)):
             relay = Mqtt311Only(broker)
             for url in (broker.url, relay.url):
                 cfg = parse_config({"device_id": "dev1", "state_dir": str(tmp_path / "state"),
@@ -256,6 +258,9 @@ def test_doctor_checks_the_publish_rights_of_a_cameras_maps_cameras(tmp_path):
                 verdict, detail = probe_broker(cfg)
                 assert verdict == want, detail
                 assert "maskd/dev1/camera/" not in detail, detail
+                if broker is no_device_status:  # the device's status (its last will) refused
+                    assert "maskd/dev1/status/doctor" in detail, detail
+                    continue
                 assert "maskd/dev1/back/doctor" in detail, detail
                 if want == OK:
                     assert "maskd/dev1/front/doctor" in detail, detail

@@ -570,7 +570,9 @@ def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | N
 class _Probe:
     """One doctor connection; publish rights are checked on ``<prefix>/<device>/<camera>/doctor``
     and, with discovery on, beside the camera's discovery config: for each camera `run` would
-    publish for (a ``cameras:`` map's, not the unused top-level ``camera``)."""
+    publish for (a ``cameras:`` map's, not the unused top-level ``camera``). A ``cameras:`` map's
+    process also publishes the device's ``status`` (and ``status/detail``): checked beside it,
+    on ``<prefix>/<device>/status/doctor``, never on the retained topic Home Assistant reads."""
 
     def __init__(self, cfg: Config, url: Any, password: str | None, version: Any,
                  client_id: str | None = None) -> None:
@@ -582,6 +584,8 @@ class _Probe:
         self.mq, self.url, self.version = cfg.mqtt, url, version
         cams = [c.camera for c in cfg.cameras_resolved()]
         self.topics = [f"{cfg.mqtt.prefix}/{cfg.device_id}/{cam}/doctor" for cam in cams]
+        if cfg.cameras:  # such a process also owns <prefix>/<device>/status (its last will)
+            self.topics.insert(0, f"{cfg.mqtt.prefix}/{cfg.device_id}/status/doctor")
         # beside the discovery config (Home Assistant reads only .../config there)
         self.discovery_topics = [Topics.build(cfg.mqtt, cfg.device_id, cam).discovery
                                  .removesuffix("/config") + "/doctor" for cam in cams]
