@@ -299,8 +299,13 @@ class TrackingConfig(Section):
     static_tolerance: float = Field(0.05, ge=0.0, le=0.5)
 
     @model_validator(mode="after")
-    def _strong_is_stricter(self) -> TrackingConfig:
-        """The strong path trades span for certainty; one that asks for less would be a loophole."""
+    def _thresholds_agree(self) -> TrackingConfig:
+        """A release above the start would end a violation at the score that just started it
+        (a new start/end pair every cooldown for one person). The strong path trades span for
+        certainty; one that asks for less would be a loophole."""
+        if self.release_threshold > self.start_threshold:
+            raise ValueError(f"release_threshold {self.release_threshold} is above "
+                             f"start_threshold {self.start_threshold}; it must be at most that")
         if self.strong_threshold is None:
             return self
         if self.strong_threshold < self.start_threshold:
