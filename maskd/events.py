@@ -169,7 +169,10 @@ class Violations:
                     v.top_score, v.best_seq, v.dirty = v.score, frame_seq, True
                     if t.track_id in crops:
                         v.best_crop = crops[t.track_id]
-            elif at_least(now - v.last_seen, self.cfg.end_after_s):
+            elif t is None and at_least(now - v.last_seen, self.cfg.end_after_s):
+                # not while the tracker still holds its track (missed for max_missed_frames,
+                # longer than end_after_s at a slow frame rate): found again, that track is the
+                # same person, and an end then would be followed by a second start at once
                 out.append(self._end(v, "gone", v.last_seen, frame_seq))
                 continue
             if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:

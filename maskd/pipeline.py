@@ -18,7 +18,9 @@ cache saves CPU, it adds no evidence.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 CONFIDENT_MARGIN = 0.3
 # ... and the box overlaps the box it was classified at by at least this much.
 STILL_IOU = 0.7
+# A gap (no frame: a stalled camera) is also at least this many usual frame intervals (the
+# median of the last GAP_HISTORY), so an `end_after_s` shorter than a slow loop's frame interval
+# does not make every frame a gap that starts all tracks afresh (then no event could ever start).
+GAP_FRAMES = 3
+GAP_HISTORY = 15
 
 
 def judgeable(face: Face, min_face_px: int) -> bool:
@@ -176,6 +183,7 @@ class Pipeline:
         self._last: Frame | None = None
         self._steps = StepWatch(FRAME_STEP_S)
         self._gap_log = Throttle()
+        self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
         m = cfg.motion
         self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
                        if m.enabled else None)
@@ -207,18 +215,20 @@ class Pipeline:
             self.violations.shift(step)
 
     def _after_gap(self, frame: Frame) -> None:
-        """No frame for end_after_s or longer (a camera that stalled or was away, a loop far
-        behind): whoever is in view now cannot be told from whoever was before, and the place
+        """No frame for end_after_s or longer, and for GAP_FRAMES usual frame intervals (a camera
+        that stalled or was away, a loop far behind): whoever is in view now cannot be told from whoever was before, and the place
         alone is no identity (maskd.events). The tracks start afresh, so an open violation
         ends `gone` at its last sighting and a new person at the same spot gets their own."""
         last = self._last
-        if last is None or not self.tracker.tracks:
+        if last is None:
             return
         if frame.since_boot is not None and last.since_boot is not None:
             gap = frame.since_boot - last.since_boot  # the wall clock may have stepped
         else:
             gap = frame.timestamp - last.timestamp
-        if gap < self.cfg.tracking.end_after_s:
+        usual = statistics.median(self._intervals) if self._intervals else 0.0
+        self._intervals.append(gap)  # a rare stall barely moves the median
+        if gap < max(self.cfg.tracking.end_after_s, GAP_FRAMES * usual) or not self.tracker.tracks:
             return
         if self._gap_log.due():
             log.info("%s: no frame for %.1f s (tracking.end_after_s is %g s): the faces in "

@@ -110,6 +110,19 @@ def test_gone_end_after_end_after_s_with_last_seen_time():
     assert (end.event_type, end.end_reason, end.end_time) == ("end", "gone", 0.9)
 
 
+def test_a_violator_the_tracker_still_holds_is_not_ended_gone():
+    """At a slow frame rate the tracker keeps a missed track (max_missed_frames) longer than
+    end_after_s: the event ended `gone` while the track lived, and when the same track was
+    found again a second start followed at once (no cooldown after `gone`)."""
+    s = Scene(CFG.model_copy(update={"max_missed_frames": 40}))  # 4 s of frames > end_after_s 2 s
+    s.frames(10, (BOX, 0.9))
+    s.frames(30)  # hidden for 3 s; the tracker still holds the track
+    s.frames(5, (BOX, 0.9))
+    assert [e.event_type for e in s.events] == ["start"] and s.violations.active == 1
+    s.frames(41)  # now the tracker drops it: gone, at the last sighting
+    assert s.kinds()[-1] == ("end", "ev1", "gone") and s.events[-1].end_time == pytest.approx(4.4)
+
+
 def test_flickering_detection_is_one_event():
     s = Scene()
     for i in range(60):

@@ -335,6 +335,19 @@ def test_after_a_gap_in_the_frames_the_next_person_at_the_spot_is_someone_new():
     assert events[1].end_time == pytest.approx(1.4)  # its last sighting, before the gap
 
 
+def test_an_end_after_s_shorter_than_a_frame_interval_still_lets_a_violation_start():
+    """`end_after_s: 0` (end as soon as the face is gone) passed check-config, but every frame
+    then counted as a gap in the frames: all tracks started afresh each frame and no event
+    could ever start. A gap is also at least three usual frame intervals."""
+    cfg = Config()
+    cfg.tracking.min_span_s, cfg.tracking.end_after_s = 0.0, 0.0
+    pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 10 + [[]] * 11),
+                    RedClassifier(), new_event_id=lambda: "ev")
+    events = [e for i in range(21) for e in pipe.process(frame(i)).events]
+    kinds = [(e.event_type, e.end_reason) for e in events]
+    assert kinds == [("start", None), ("end", "gone")], kinds
+
+
 def test_a_start_on_a_reused_score_carries_the_crop_that_score_came_from():
     """Once the evidence is in, a violating track's score may come from the cache; a start on
     such a frame (held back by the cooldown, or by a picture check) had no crop, so no

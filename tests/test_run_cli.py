@@ -410,12 +410,14 @@ def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_mod
     # a file (here the demo's frames) idles at its end; the demo source itself exits there
     demo, clip = DemoSource(), tmp_path / "demo.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
-    while (frame := demo.read()) is not None:
-        writer.write(frame.image)
+    while (frame := demo.read()) is not None and frame.seq < demo.frames_per_pass // 2:
+        writer.write(frame.image)  # the bare-faced half: a violation is open at the end
     writer.release()
+    jsonl = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--model", str(default_model),
-         "--detector", "blazeface"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--detector", "blazeface", "--jsonl", str(jsonl)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     try:
         err = ""
         deadline = time.monotonic() + 120
@@ -425,6 +427,13 @@ def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_mod
             err += line
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting
+        # nobody is looked at while it idles: the violations the file left open end now, not
+        # at the signal (retained "active" stayed 1 for as long as it idled)
+        events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        starts = {e["event_id"] for e in events if e["event_type"] == "start"}
+        ends = {e["event_id"]: e["end_reason"] for e in events if e["event_type"] == "end"}
+        assert starts and set(ends) == starts, events
+        assert "shutdown" in ends.values(), ends
         os.kill(proc.pid, signal.SIGINT)
         rest = proc.communicate(timeout=60)[1]
     finally:
