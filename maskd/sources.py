@@ -379,18 +379,18 @@ class VideoFileSource:
         self.loop = loop
         self.stats = _new_stats()
         self._cap = self._open()
+        self._closed = False
+        self._seq = 0
         # A file OpenCV opens but cannot read a frame from is a start-up error, not a source
         # that ends at once (and, with --loop, idles as if played).
-        ok, self._first = self._cap.read()
-        if not ok:
+        self._first = self._next_image()
+        if self._first is None:
             self._cap.release()
             raise SourceError(f"{path}: no frame can be read from this video file")
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
         self._t0 = time.time()
-        self._seq = 0
         self._this_pass = 0
-        self._closed = False
         self._file = self._identity()
         self.why_ended: str | None = None  # set when a loop ends: nothing left to play
 
@@ -413,31 +413,49 @@ class VideoFileSource:
             raise SourceError(f"{self.path}: OpenCV cannot open this video file")
         return cap
 
+    def _next_image(self) -> np.ndarray | None:
+        """The next usable frame of this pass, or None at its end.
+
+        FFmpeg answers a packet it cannot decode with a failed read, as at the end of the file,
+        and goes on with the next packet: so a failed read is tried again, and counted as a
+        corrupt frame once a later read shows the file went on. MAX_CORRUPT_IN_A_ROW failed or
+        unusable frames in a row end the pass; at the real end those extra reads return at once.
+        """
+        failed = bad = 0
+        while failed + bad < MAX_CORRUPT_IN_A_ROW and not self._closed:
+            ok, raw = self._cap.read()
+            if not ok:
+                failed += 1
+                continue
+            if failed:  # not the end after all: frames were lost in the middle of the file
+                self.stats["corrupt"] += failed
+                log.warning("%s: %d frame(s) that cannot be decoded skipped (before seq %d)",
+                            self.name, failed, self._seq)
+                bad, failed = bad + failed, 0
+            image = as_bgr(raw)
+            if image is not None:
+                return image
+            self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
+            bad += 1
+            log.warning("%s: corrupt frame skipped", self.name)
+        return None
+
     def read(self) -> Frame | None:
-        bad = 0
         restarted = False
         while not self._closed:
-            if self._first is not None:
-                ok, raw, self._first = True, self._first, None
-            else:
-                ok, raw = self._cap.read()
-            if ok:
-                image = as_bgr(raw)
-                if image is not None:
-                    frame = Frame(image=image, seq=self._seq,
-                                  timestamp=self._t0 + self._seq / self.fps, source=self.name)
-                    self._seq += 1
-                    self._this_pass += 1
-                    self.stats["frames"] += 1
-                    return frame
-                self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
-                bad += 1
-                log.warning("%s: corrupt frame skipped", self.name)
-                if bad < MAX_CORRUPT_IN_A_ROW:
-                    continue
+            image = self._first if self._first is not None else self._next_image()
+            self._first = None
+            if image is not None:
+                frame = Frame(image=image, seq=self._seq,
+                              timestamp=self._t0 + self._seq / self.fps, source=self.name)
+                self._seq += 1
+                self._this_pass += 1
+                self.stats["frames"] += 1
+                return frame
             # The end (or a run of broken frames): stop, or start again when looping. A pass
             # without a single good frame ends the source instead of spinning forever.
             if not self.loop:
+                self._closed = True  # ended for good, though OpenCV might read on past a run
                 return None
             if restarted or self._this_pass == 0:
                 self.why_ended = f"{self.path}: no frame left to loop over (emptied or truncated?)"

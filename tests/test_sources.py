@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from maskd.config import SourceConfig
 from maskd.images import find_images
 from maskd.sources import (
+    MAX_CORRUPT_IN_A_ROW,
     ImageFolderSource,
     LatestFrame,
     LiveSource,
@@ -75,6 +78,88 @@ def test_video_file_loop_starts_again(clip: Path):
     assert np.array_equal(frames[6].image, frames[0].image)
     assert src.stats["reopens"] == 2
     src.close()
+
+
+def _break_frames(path: Path, which: set[int]) -> None:
+    """Zero the start of those frames' JPEG data in an MJPG file, in place: FFmpeg then fails
+    exactly those reads ("No JPEG data found") and goes on with the next frame."""
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xd8"]
+    for n in which:
+        data[starts[n]:starts[n] + 2000] = bytes(2000)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def broken_clip(tmp_path: Path, scenes_dir: Path) -> tuple[Path, list[np.ndarray]]:
+    """A 20-frame clip of scene photos whose frames 5 and 10-12 cannot be decoded, and the 16
+    frames OpenCV itself reads from it, skipping its failed reads."""
+    path = tmp_path / "broken.avi"
+    _write_clip(path, [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 20)])
+    _break_frames(path, {5, 10, 11, 12})
+    cap, good, failed = cv2.VideoCapture(str(path)), [], []
+    for i in range(25):
+        ok, image = cap.read()
+        (good.append(image) if ok else failed.append(i))
+    cap.release()
+    assert failed == [5, 10, 11, 12, 20, 21, 22, 23, 24] and len(good) == 16  # as described
+    return path, good
+
+
+def test_frames_that_cannot_be_decoded_mid_file_are_skipped_and_counted_not_the_end(
+        broken_clip, scenes_dir: Path, caplog):
+    """FFmpeg fails the read of a broken packet as it does at the end of the file, then goes
+    on: the frames after it are played, the lost ones counted and said."""
+    path, good = broken_clip
+    src = VideoFileSource(path)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        frames = _drain(src)
+    assert len(frames) == 16
+    assert all(np.array_equal(f.image, g) for f, g in zip(frames, good, strict=True))
+    assert [f.seq for f in frames] == list(range(16))
+    assert src.stats["corrupt"] == 4 and src.stats["frames"] == 16
+    assert "1 frame(s) that cannot be decoded skipped (before seq 5)" in caplog.text
+    assert "3 frame(s) that cannot be decoded skipped (before seq 9)" in caplog.text
+    t = time.monotonic()
+    assert src.read() is None and time.monotonic() - t < 0.5  # the real end ends at once
+    assert src.stats["corrupt"] == 4  # and is no corrupt frame
+    src.close()
+
+    # As many failed reads in a row as a live device may give end the file there: frame 19
+    # after the run from 14 is never read.
+    _write_clip(path, [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 20)])
+    _break_frames(path, {5, 10, 11, 12} | set(range(14, 14 + MAX_CORRUPT_IN_A_ROW)))
+    assert MAX_CORRUPT_IN_A_ROW == 5
+    src = VideoFileSource(path)
+    frames = _drain(src)
+    assert len(frames) == 10 and np.array_equal(frames[-1].image, good[9])
+    assert src.read() is None
+    src.close()
+
+    # A first frame that cannot be decoded is skipped too, not a file refused at start.
+    _write_clip(path, [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 3)])
+    _break_frames(path, {0})
+    src = VideoFileSource(path)
+    assert len(_drain(src)) == 2 and src.stats["corrupt"] == 1
+    src.close()
+
+
+def test_a_looping_video_with_broken_frames_plays_whole_passes(broken_clip):
+    path, good = broken_clip
+    src = VideoFileSource(path, loop=True)
+    frames = _drain(src, limit=33)  # two whole passes and the first frame again
+    assert len(frames) == 33 and src.stats["reopens"] == 2 and src.stats["corrupt"] == 2 * 4
+    assert all(np.array_equal(f.image, good[i % 16]) for i, f in enumerate(frames))
+    src.close()
+
+
+def test_maskd_run_analyses_a_video_with_broken_frames_to_its_end(broken_clip, default_model):
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", str(broken_clip[0]),
+                        "--exit-at-end", "--model", str(default_model), "--detector", "blazeface"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "frames 16 skipped 0" in r.stderr and "end of source" in r.stderr
+    assert "3 frame(s) that cannot be decoded skipped" in r.stderr
 
 
 def test_image_folder_sorted_recursive_skips_broken(tmp_path: Path, scenes_dir: Path, caplog):
