@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -25,6 +26,15 @@ MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the ol
 READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the start
 
 
+def _open_once(p: Path) -> int:
+    """One try at opening p to append to (created with its folders); a pipe without a reader
+    is ENXIO at once instead of a hang."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _open_for_lines(p: Path) -> int:
     """The file (or pipe) to append lines to, or OSError naming jsonl.path and why. A pipe
     gets READER_WAIT_S for its reader (started alongside maskd, it may come a moment later);
@@ -32,10 +42,7 @@ def _open_for_lines(p: Path) -> int:
     deadline = time.monotonic() + READER_WAIT_S
     while True:
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
-                         0o666)
-            break
+            return _open_once(p)
         except OSError as err:
             if err.errno == errno.ENXIO and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -43,8 +50,6 @@ def _open_for_lines(p: Path) -> int:
             why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
                    else err.strerror or str(err))
             raise OSError(f"jsonl.path {p}: cannot write there: {why}") from None
-    os.set_blocking(fd, True)
-    return fd
 
 
 class JsonlSink(EventSink):
@@ -55,6 +60,10 @@ class JsonlSink(EventSink):
     disk) waits in memory, in order, and is written with the next event, at the next stats
     interval or at the end; at most MEMORY_MAX lines wait, the oldest beyond are dropped.
     Every line not written is logged and counted in ``failed``. Thread-safe.
+
+    A regular file follows a rotation: before writing, the path is looked at again, and when it
+    names another file or none (moved or deleted by logrotate) a new file is opened there, so no
+    line goes on to the old one or to a deleted inode. A pipe or ``-`` is never reopened.
     """
 
     def __init__(self, target: str) -> None:
@@ -65,9 +74,12 @@ class JsonlSink(EventSink):
         self._error: tuple[str, float] | None = None  # why lines wait, since when
         self._throttle = Throttle()
         self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
         if target != "-":
             self._fd = _open_for_lines(Path(target))
-
+            st = os.fstat(self._fd)
+            if stat.S_ISREG(st.st_mode):
+                self._file = (st.st_dev, st.st_ino)
 
     def emit(self, event: ViolationEvent) -> None:
         line = json.dumps(event_fields(event)) + "\n"
@@ -87,10 +99,31 @@ class JsonlSink(EventSink):
                 self.failed += 1
             self._drain()
 
+    def _follow_rotation(self) -> None:
+        """Open the path again when it no longer names the open file (under the lock): one
+        stat per write; OSError when the new file cannot be opened (the lines then wait)."""
+        if self._file is None or self._fd is None:
+            return
+        try:
+            st = os.stat(self.target)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now == self._file:
+            return
+        fd = _open_once(Path(self.target))
+        os.close(self._fd)
+        st = os.fstat(fd)
+        self._fd, self._file = fd, (st.st_dev, st.st_ino)
+        log.info("jsonl %s: %s (rotated?); writing to %s now", self.target,
+                 "the file was moved or deleted" if now is None else "the path names another file",
+                 "a new file" if now is None else "that file")
+
     def _drain(self) -> bool:
         """Append what waits, in order (under the lock); False when a line cannot be written."""
         while self._waiting and self._fd is not None:
             try:
+                self._follow_rotation()
                 append_line(self._fd, self._waiting[0])
             except OSError as err:
                 if self._error is None:

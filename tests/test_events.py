@@ -7,8 +7,10 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,6 +297,47 @@ def test_jsonl_path_may_be_a_pipe(tmp_path):
     sink.close()
     reader.join(5)
     assert [json.loads(x)["event_id"] for x in got] == ["id0", "id1", "id2"]
+
+
+def test_jsonl_file_follows_a_rotation_and_keeps_copytruncate_whole(tmp_path, caplog):
+    """logrotate moves the file away (or deletes it): the next line goes to a new file at the
+    path, not on into the old one nor into a deleted inode. copytruncate cuts it in place: the
+    next line starts the file, no hole of NULs before it."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(str(path))
+
+    def ids(p: Path) -> list[str]:
+        return [json.loads(x)["event_id"] for x in p.read_text().splitlines()]
+
+    sink.emit(jsonl_event(0))
+    path.rename(tmp_path / "events.jsonl.1")
+    with caplog.at_level(logging.INFO, logger="maskd.jsonl"):
+        sink.emit(jsonl_event(1))
+        sink.emit(jsonl_event(2))
+        assert ids(tmp_path / "events.jsonl.1") == ["id0"] and ids(path) == ["id1", "id2"]
+        assert caplog.text.count("the file was moved or deleted (rotated?); writing to a new "
+                                 "file now") == 1
+        path.unlink()
+        sink.emit(jsonl_event(3))
+        assert ids(path) == ["id3"]
+        path.rename(tmp_path / "events.jsonl.1")
+        path.write_text("")  # logrotate's `create`: the new file is there before the next line
+        sink.emit(jsonl_event(4))
+        assert ids(path) == ["id4"] and "the path names another file" in caplog.text
+    shutil.copy(path, tmp_path / "events.jsonl.2")
+    os.truncate(path, 0)
+    sink.emit(jsonl_event(5))
+    assert path.read_bytes().startswith(b"{") and ids(path) == ["id5"]
+    # A path that cannot be opened again holds the lines back, as a full disk does.
+    path.unlink()
+    path.mkdir()
+    sink.emit(jsonl_event(6))
+    assert sink.faults() == [f"jsonl {path}: Is a directory, 1 event line(s) waiting"]
+    path.rmdir()
+    sink.emit(jsonl_event(7))
+    assert ids(path) == ["id6", "id7"]
+    assert sink.flush(0.1) is True and sink.faults() == [] and sink.failed == 0
+    sink.close()
 
 
 def test_jsonl_stdout_sink():

@@ -222,6 +222,40 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig
     assert lines[-1]["event_type"] == "end" and lines[-1]["end_reason"] == "shutdown"
 
 
+def test_a_running_maskd_follows_its_jsonl_file_when_it_is_rotated(tmp_path, default_model):
+    """What logrotate does without a postrotate signal (SIGHUP would stop maskd): the file moved
+    away twice while events come; each time the next lines go to a new file at the path."""
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", "demo", "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def lines_at(path: Path, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if path.exists() and path.read_text().count("\n") >= n:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no {n} lines at {path} within 60 s")
+
+    try:
+        for old in ("events.jsonl.1", "events.jsonl.2"):
+            lines_at(events, 2)
+            events.rename(tmp_path / old)
+        lines_at(events, 2)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert err.count("the file was moved or deleted (rotated?); writing to a new file now") == 2
+    files = [tmp_path / "events.jsonl.1", tmp_path / "events.jsonl.2", events]
+    seqs = [[json.loads(x)["frame_seq"] for x in f.read_text().splitlines()] for f in files]
+    assert all(seqs) and seqs[0][-1] < seqs[1][0] and seqs[1][-1] < seqs[2][0]  # no line late
+
+
 # ----------------------------------------------------------------------------- in-process loop
 
 
