@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +52,8 @@ SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once the
 T = TypeVar("T")
 Track = tuple[str, bool]  # (event id, still open after this message)
 _FULL_OR_IO = (13, 10)  # SQLITE_FULL, SQLITE_IOERR (ENOSPC can surface as either)
+_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
+_LAST_KEY = (1 << 63) - 1
 
 
 class OutboxError(OSError):
@@ -122,6 +124,71 @@ def _full_or_io(err: sqlite3.Error) -> bool:
     return sqlite_code(err) in _FULL_OR_IO
 
 
+def _damaged(err: sqlite3.Error | OSError) -> bool:
+    return isinstance(err, sqlite3.Error) and sqlite_code(err) in _DAMAGED
+
+
+def _readable(src: sqlite3.Connection, table: str, cols: str) -> Iterator[tuple]:
+    """The rows of ``table`` in a damaged file that can still be read (rowid first, in rowid
+    order): a read that fails goes on past the damage, so a bad page costs only its own rows."""
+    read = f"SELECT rowid, {cols} FROM {table} WHERE rowid > ? ORDER BY rowid"
+    after: int | None = 0
+    while after is not None:
+        try:
+            for row in src.execute(read, (after,)):
+                after = row[0]
+                yield row
+            return
+        except sqlite3.DatabaseError:
+            after = _past_damage(src, table, after)
+
+
+def _past_damage(src: sqlite3.Connection, table: str, after: int) -> int | None:
+    """The key to read on after when the rows beyond ``after`` cannot be read: the next key if it
+    can be found (only its row is damaged), else the last key the damaged pages may hold, found
+    by doubling steps and halving back (a few dozen lookups); None: nothing beyond is readable."""
+    def seek(key: int) -> tuple[bool, int | None]:
+        try:
+            found = src.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid "
+                                "LIMIT 1", (key,)).fetchone()
+        except sqlite3.DatabaseError:
+            return False, None
+        return True, None if found is None else found[0]
+
+    ok, key = seek(after)
+    if ok:
+        return key
+    bad, step = after, 1
+    while not seek(bad + step)[0]:
+        bad, step = bad + step, step * 2
+        if bad + step > _LAST_KEY:
+            return None
+    good = bad + step
+    while good - bad > 1:
+        mid = (bad + good) // 2
+        bad, good = (bad, mid) if seek(mid)[0] else (mid, good)
+    return good
+
+
+def _sound(topic: object, payload: object, when: object) -> bool:
+    """A row read from a damaged file that holds what maskd wrote (a page may hold garbage)."""
+    try:
+        return (isinstance(topic, str) and isinstance(when, (int, float))
+                and isinstance(payload, str) and isinstance(json.loads(payload), dict))
+    except ValueError:
+        return False
+
+
+def _rows_in(db: sqlite3.Connection) -> int | None:
+    """The rows of a damaged file's outbox: by an index, else by the table; None if neither reads."""
+    for query in ("SELECT COUNT(*) FROM outbox", "SELECT COUNT(*) FROM outbox NOT INDEXED"):
+        try:
+            return db.execute(query).fetchone()[0]
+        except sqlite3.DatabaseError:
+            pass
+    return None
+
+
 def _record(db: sqlite3.Connection, row: Row, event_id: str, still_open: bool) -> None:
     """Keep ``row`` as violation ``event_id``'s last message while it is open; forget it after."""
     if still_open:
@@ -181,6 +248,9 @@ class Outbox:
         self._exclusive = False
         self._closed = False
         self._next_retry = self._next_prune = 0.0
+        self._count = self._last_id = 0  # an outbox not created yet holds nothing
+        self._ident: tuple[int, int] | None = None
+        self._reserve_fd = -1
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             # One process per outbox: two daemons sharing it would publish each other's rows.
@@ -200,29 +270,39 @@ class Outbox:
         try:
             self._db = self._open(durable)
             self._reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        except OutboxError:
-            os.close(self._lock_fd)
+            with self._lock:
+                try:
+                    self._read_counts()
+                except sqlite3.Error as err:  # damage the open did not touch
+                    if not self._damage(err):
+                        raise
+                    self._read_counts()
+        except BaseException as err:
+            if self._db is not None:
+                self._db.close()
+            for fd in (self._reserve_fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if isinstance(err, OSError) and not isinstance(err, OutboxError):
+                raise OutboxError(f"outbox {self.path}: {err.strerror or err}") from None
+            if isinstance(err, sqlite3.Error):
+                raise OutboxError(f"outbox {self.path}: cannot read it: {err}") from None
             raise
-        except OSError as err:
-            os.close(self._lock_fd)
-            raise OutboxError(f"outbox {self.path}: {err.strerror or err}") from None
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
-        self._count = self._last_id = 0  # an outbox not created yet holds nothing
         self._ident = _file_ident(self.path)  # to notice the file being removed under us
         self._next_check = 0.0
-        if self._db is not None:
-            with self._lock:
-                self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-                seq = self._db.execute(
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-                high = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
-                self._last_id = max(int(seq[0]) if seq else 0, int(high or 0))
         self._reserve_held = True  # until _hold_reserve() says otherwise
         self._set_held(self._hold_reserve())
         if self._count:
             log.info("outbox %s: %d event(s) pending from a previous run", self.path, self._count)
+
+    def _read_counts(self) -> None:
+        """How many rows are stored, and the highest id ever handed out (ids are never reused)."""
+        if self._db is None:
+            return
+        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        high = self._db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+        self._last_id = max(int(seq[0]) if seq else 0, int(high or 0), self._last_id)
 
     def _open(self, durable: bool) -> sqlite3.Connection | None:
         """The outbox's connection; None when there is none yet and the disk is too full to
@@ -248,17 +328,97 @@ class Outbox:
                         "events are kept in memory until there is room", self.path, err)
             return db
         except sqlite3.DatabaseError as err:
-            # A damaged file must not stop the daemon; keep it aside for inspection.
-            aside = self.path.with_name(f"{OUTBOX_FILE}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    src.rename(Path(str(aside) + suffix))
-            log.error(
-                "outbox %s is unreadable (%s); moved it to %s and started a new one",
-                self.path, err, aside,
-            )
-            return self._open(durable)  # a new file now, or None on a full disk
+            return self._replace_damaged(err)
+
+    def _damage(self, err: sqlite3.Error | OSError) -> bool:
+        """Whether ``err`` says the file is damaged (under the lock); if so it is replaced (no
+        passing fault: retrying would fail for good and stop delivery)."""
+        if self._db is None or not _damaged(err):
+            return False
+        _rollback(self._db)
+        try:
+            self._db = self._replace_damaged(err)
+        except OSError as move:  # cannot move it aside: maintain() opens the file anew
+            self._failed("store", "replace the damaged outbox", move)
+        return True
+
+    def _replace_damaged(self, err: sqlite3.Error) -> sqlite3.Connection | None:
+        """A damaged file must not stop the daemon: keep it aside for inspection and go on with a
+        new one holding every row that can still be read from it; the new connection, or None
+        when a full disk does not let it be created yet."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        aside = self.path.with_name(f"{OUTBOX_FILE}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        known, self._count, self._exclusive = self._count, 0, False
+        db = self._open(self._durable)  # a new file now, or None on a full disk
+        self._ident = _file_ident(self.path)
+        if db is None:
+            log.error("outbox %s is unreadable (%s); moved it to %s; no room for a new one yet, "
+                      "its events stay there", self.path, err, aside)
+            return None
+        saved, lost = self._salvage(aside, db, known)
+        log.error("outbox %s is unreadable in part (%s); moved it to %s and started a new one "
+                  "with the %d pending event(s) that could be read; %s could not be read",
+                  self.path, err, aside, saved, "an unknown number" if lost is None else lost)
+        return db
+
+    def _salvage(self, aside: Path, db: sqlite3.Connection, known: int) -> tuple[int, int | None]:
+        """Copy what can be read from the damaged file ``aside`` into the new outbox ``db``
+        (events with their ids, less those acknowledged, and the open violations); returns
+        (events saved, events unreadable: None when not known). ``known``: the rows it held."""
+        src = sqlite3.connect(aside)
+        saved = acked = 0
+        try:
+            expected = _rows_in(src)
+            try:
+                have = {r[1] for r in src.execute("PRAGMA table_info(outbox)")}
+            except sqlite3.DatabaseError:
+                have = set()
+            boot = "boot, uptime" if {"boot", "uptime"} <= have else "NULL, NULL"
+            seq = [0]
+            try:
+                seq = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+                                  ).fetchone() or seq
+            except sqlite3.DatabaseError:
+                pass
+            high = max(self._last_id, int(seq[0]))
+            db.execute("BEGIN IMMEDIATE")
+            for row in _readable(src, "outbox", f"topic, payload, created, {boot}"):
+                if row[0] in self._unremoved:
+                    acked += 1
+                elif _sound(*row[1:4]):
+                    db.execute("INSERT INTO outbox (id, topic, payload, created, boot, uptime) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", row)
+                    saved += 1
+                    high = max(high, row[0])
+            for row in _readable(src, "open_events", "event_id, topic, payload, updated"):
+                if isinstance(row[1], str) and _sound(*row[2:]):
+                    db.execute("INSERT OR REPLACE INTO open_events (event_id, topic, payload, "
+                               "updated) VALUES (?, ?, ?, ?)", row[1:])
+            if not db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'",
+                              (high,)).rowcount:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (high,))
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            _rollback(db)
+            log.error("outbox %s: cannot copy the readable events from %s into it (%s); they "
+                      "stay there", self.path, aside, err)
+            saved = 0
+        finally:
+            src.close()
+        self._unremoved.clear()
+        self._count = saved
+        self._last_id = max(self._last_id, high)
+        expected = expected if expected is not None else known or None
+        return saved, None if expected is None else max(0, expected - acked - saved)
 
     def _unborn(self) -> bool:
         """No outbox yet, or only the empty file a failed first open leaves: nothing to send."""
@@ -285,6 +445,8 @@ class Outbox:
                 self._exclusive = False
                 done = "opened it with SQLite's shared-memory file; other programs can read it"
         except sqlite3.Error as err:
+            if self._damage(err):
+                return
             self._warn(logging.WARNING, "reopen", "outbox %s: cannot reopen it yet (%s); "
                        "trying again", self.path, err)
             return
@@ -384,7 +546,11 @@ class Outbox:
 
     # ---- storage fault bookkeeping ----
 
-    def _failed(self, kind: str, what: str, err: sqlite3.Error | OSError) -> None:
+    def _failed(self, kind: str, what: str, err: sqlite3.Error | OSError) -> bool:
+        """Record and log a storage fault, retried later; True when it was a damaged file, which
+        is replaced at once instead (the caller may try again)."""
+        if self._damage(err):
+            return True
         if self._db is not None:
             _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
@@ -392,6 +558,7 @@ class Outbox:
         self._warn(logging.ERROR, f"fail:{what}:{err}",
                    "outbox %s: cannot %s: %s; retrying, events not stored are kept in memory "
                    "(at most %d)", self.path, what, err, self.memory_max)
+        return False
 
     def _succeeded(self, kind: str) -> None:
         gone = self._errors.pop(kind, None)
@@ -435,8 +602,9 @@ class Outbox:
         self._report_drops(0, 0)
         return item[0].id
 
-    def _store(self, items: list[tuple[Row, Track | None]], what: str) -> bool:
-        """Insert rows (with their ids) in one transaction; False (and recorded) on failure."""
+    def _store(self, items: list[tuple[Row, Track | None]], what: str, again: bool = True) -> bool:
+        """Insert rows (with their ids) in one transaction; False (and recorded) on failure. A
+        damaged file is replaced and the rows are stored in the new one."""
         db = self._db
         assert db is not None, "callers store only into an outbox that exists"
         try:
@@ -453,7 +621,8 @@ class Outbox:
                     _record(db, row, *track)
             db.execute("COMMIT")
         except sqlite3.Error as err:
-            self._failed("store", what, err)
+            if self._failed("store", what, err) and again and self._db is not None:
+                return self._store(items, what, again=False)
             return False
         for row, track in items:  # a pending record this row is as new as is written now
             if track is not None and track[0] in self._tracks \
@@ -474,13 +643,9 @@ class Outbox:
         """Rows with id > after_id, oldest first (stored ones, then the ones held in memory)."""
         with self._lock:
             ask = limit + len(self._unremoved)
-            try:
-                rows = [] if self._db is None else self._db.execute(
-                    "SELECT id, topic, payload, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, ask),
-                ).fetchall()
-            except sqlite3.Error as err:
-                self._failed("read", "read events", err)
+            rows = self._read("read events", "SELECT id, topic, payload, created FROM outbox "
+                              "WHERE id > ? ORDER BY id LIMIT ?", (after_id, ask))
+            if rows is None:
                 return []  # not the memory ones either: they must not overtake stored rows
             self._succeeded("read")
             out = [Row(r[0], r[1], json.loads(r[2]), r[3]) for r in rows
@@ -488,6 +653,19 @@ class Outbox:
             if len(rows) < ask:
                 out += [row for i, (row, _) in self._memory.items() if i > after_id]
         return out[:limit]
+
+    def _read(self, what: str, sql: str, args: tuple = ()) -> list[tuple] | None:
+        """A read's rows (under the lock; none before the outbox exists), None when it failed
+        (recorded); one that finds the file damaged is made again on the new file."""
+        for _ in range(2):
+            if self._db is None:
+                return []
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as err:
+                if not self._failed("read", what, err):
+                    return None
+        return None
 
     def rows(self, ids: Collection[int]) -> list[Row]:
         """The pending rows among ``ids`` (stored or in memory), oldest first."""
@@ -553,7 +731,8 @@ class Outbox:
                 rows = [] if self._db is None else self._db.execute(
                     f"SELECT id, created, {cols} FROM outbox ORDER BY id LIMIT ?",
                     (len(self._unremoved) + 1,)).fetchall()
-            except sqlite3.Error:
+            except sqlite3.Error as err:
+                self._damage(err)
                 rows = []
             first: tuple[float, str | None, float | None] | None = next(
                 ((c, b, u) for i, c, b, u in rows if i not in self._unremoved), None)
@@ -568,15 +747,9 @@ class Outbox:
     def open_events(self) -> list[Row]:
         """The last stored message of each violation with no stored `end` (id 0)."""
         with self._lock:
-            if self._db is None:
-                return []
-            try:
-                rows = self._db.execute(
-                    "SELECT topic, payload, updated FROM open_events ORDER BY updated").fetchall()
-            except sqlite3.Error as err:
-                self._failed("read", "read the open violations", err)
-                return []
-        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows]
+            rows = self._read("read the open violations",
+                              "SELECT topic, payload, updated FROM open_events ORDER BY updated")
+        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows or ()]
 
     # ---- bounds and repairs ----
 
@@ -630,7 +803,8 @@ class Outbox:
         try:
             found = self._db.execute(f"SELECT id FROM outbox WHERE id IN ({marks})",
                                      list(self._unremoved)).fetchall()
-        except sqlite3.Error:
+        except sqlite3.Error as err:
+            self._damage(err)
             return  # kept; the next successful delete sorts it out
         self._unremoved = {r[0] for r in found}
 
@@ -745,6 +919,8 @@ class Outbox:
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as err:
+                if self._damage(err):
+                    return 0
                 self._warn(logging.WARNING, "shrink", "outbox %s: cannot give back %d KiB of "
                            "unused space (%s); trying again later", self.path, unused // 1024, err)
                 return 0

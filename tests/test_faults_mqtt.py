@@ -399,3 +399,36 @@ def test_snapshots_beyond_the_memory_bound_are_counted_and_not_promised(tmp_path
         assert len(snaps) == MAX_SNAPSHOTS and all(m.payload[:2] == b"\xff\xd8" for m in snaps)
         sink.close()
         sub.close()
+
+
+def test_a_damaged_outbox_page_found_while_running_does_not_stop_delivery(tmp_path, caplog):
+    """A bad page in the events a previous run left (was: every read failed as a passing fault,
+    and nothing, not even new events, reached the broker again, restart after restart). What
+    can be read is sent, then the new events, in order; the damage is one ERROR line."""
+    from test_outbox import damage_lines, damage_page
+
+    caplog.set_level(logging.WARNING)
+    state = tmp_path / "state"
+    ob = Outbox(state, durable=False)
+    for i in range(200):
+        ob.put(f"{CAM}/violation", {"event_id": f"old-{i}", "seq": 0, "pad": "x" * 300})
+    ob.close()
+    damage_page(state, "outbox", "first")
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+        new = script("new", 2, 1)
+        for ev in new:
+            sink.emit(ev)
+        want = [(e.event_id, e.seq) for e in new]
+        assert sub.wait(lambda ms: want[-1] in dedup(violations(ms)), 20), sink.health()
+        got = dedup(violations(sub.messages))
+        (line,) = damage_lines(caplog)
+        lost = int(line.split("; ")[-1].split()[0])
+        assert 0 < lost < 20, line
+        assert got == [(f"old-{i}", 0) for i in range(lost, 200)] + want
+        assert wait_until(lambda: sink.health()["outbox_depth"] == 0, 10)
+        assert sink.faults() == [] and sink.flush(10)
+        sink.close()
+        sub.close()
+    assert "unexpected error" not in caplog.text and "retrying" not in caplog.text

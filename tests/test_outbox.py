@@ -214,11 +214,112 @@ def test_rows_committed_before_sigkill_survive(tmp_path):
 def test_damaged_file_is_moved_aside(tmp_path, caplog):
     (tmp_path / OUTBOX_FILE).write_bytes(b"this is not sqlite" * 100)
     with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
-        ob = Outbox(tmp_path)
+        ob = Outbox(tmp_path, durable=False)
     assert "unreadable" in caplog.text
     assert any(p.name.startswith(OUTBOX_FILE + ".corrupt-") for p in tmp_path.iterdir())
     ob.put("t", {"n": 1})
     assert ob.depth() == 1
+    ob.close()
+
+
+def damage_page(state_dir, table: str, which: str = "root") -> int:
+    """Overwrite one page of the outbox (closed, checkpointed) with 0xFF, as a failing SD card
+    does: ``table``'s root page, or the first or last leaf below it; returns its number."""
+    path = state_dir / OUTBOX_FILE
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    data = bytearray(path.read_bytes())
+    if which != "root":
+        at = (page - 1) * size + (100 if page == 1 else 0)
+        assert data[at] in (0x02, 0x05), "an interior page: the table spans several pages"
+        if which == "last":
+            page = int.from_bytes(data[at + 8:at + 12], "big")  # its right-most child
+        else:
+            cell = (page - 1) * size + int.from_bytes(data[at + 12:at + 14], "big")
+            page = int.from_bytes(data[cell:cell + 4], "big")
+    data[(page - 1) * size:page * size] = b"\xff" * size
+    path.write_bytes(bytes(data))
+    return page
+
+
+def fill_and_close(state_dir, n: int = 300, track: bool = False) -> None:
+    ob = Outbox(state_dir, durable=False)
+    for i in range(n):
+        ob.put("t", {"n": i, "pad": "x" * 200}, track=(f"e{i}", True) if track else None)
+    ob.close()
+
+
+def drain(ob: Outbox) -> list[int]:
+    """Read and acknowledge everything pending, as the publisher does; the payloads' n."""
+    got: list[int] = []
+    while rows := ob.pending(limit=100):
+        got += [r.payload["n"] for r in rows]
+        for r in rows:
+            ob.remove(r.id)
+    return got
+
+
+def damage_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "unreadable in part" in r.getMessage()]
+
+
+def test_a_damaged_page_found_after_the_start_is_moved_aside_and_the_rest_delivered(tmp_path,
+                                                                                    caplog):
+    """A bad page that the start does not read (was: every read failed as a passing error,
+    "retrying", and nothing, not even new events, was delivered again, restart after restart).
+    The readable events are saved into a new file, the damaged one is kept aside."""
+    fill_and_close(tmp_path)
+    damage_page(tmp_path, "outbox", "first")
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob = Outbox(tmp_path, durable=False)
+        assert caplog.records == [] and ob.depth() == 300  # the start read no row
+        got = drain(ob)
+    (line,) = damage_lines(caplog)
+    lost = 300 - len(got)
+    assert 0 < lost < 30 and got == list(range(lost, 300)), got[:3]
+    assert f"with the {len(got)} pending event(s) that could be read; {lost} could not" in line
+    assert str(tmp_path / OUTBOX_FILE) in line and "retrying" not in caplog.text
+    assert len(list(tmp_path.glob(OUTBOX_FILE + ".corrupt-*"))) == 1
+    new = ob.put("t", {"n": 300})
+    assert new == 301 and ob.fault is None and ob.in_memory() == 0
+    assert drain(ob) == [300]
+    ob.close()
+    ob = Outbox(tmp_path)
+    assert ob.put("t", {"n": 301}) == 302  # ids never reused
+    ob.close()
+
+
+def test_a_damaged_index_at_the_start_costs_no_event(tmp_path, caplog):
+    """The start's own reads hit the bad page (was: a traceback, exit 1, and systemd's restart
+    loop). The events themselves are whole: all of them are kept and sent."""
+    fill_and_close(tmp_path)
+    damage_page(tmp_path, "outbox_created")
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob = Outbox(tmp_path, durable=False)
+    (line,) = damage_lines(caplog)
+    assert "with the 300 pending event(s) that could be read; 0 could not" in line
+    assert ob.depth() == 300 and drain(ob) == list(range(300))
+    ob.close()
+
+
+def test_a_damaged_open_violations_table_does_not_stop_storing_events(tmp_path, caplog):
+    """A bad page where new open-violation records go (was: every put with a track failed,
+    so every event stayed in memory only, lost at the next kill)."""
+    fill_and_close(tmp_path, track=True)
+    damage_page(tmp_path, "open_events", "last")
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob = Outbox(tmp_path, durable=False)
+        ob.put("t", {"n": 300, "pad": ""}, track=("e300", True))
+        assert ob.in_memory() == 0 and ob.fault is None  # stored durably
+    (line,) = damage_lines(caplog)
+    assert "with the 300 pending event(s) that could be read; 0 could not" in line
+    ob.close()
+    ob = Outbox(tmp_path)
+    still_open = [r.payload["n"] for r in ob.open_events()]
+    assert 270 < len(still_open) < 300 and still_open[-1] == 300
+    assert drain(ob) == list(range(301))
     ob.close()
 
 
