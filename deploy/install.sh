@@ -33,7 +33,8 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MASKD_PREFIX="${MASKD_PREFIX:-/opt/maskd}"
 MASKD_PREFIX="${MASKD_PREFIX%/}"
 VENV="$MASKD_PREFIX/.venv"
-MODELS=/usr/share/maskd/models
+SHARE_DIR=/usr/share/maskd
+MODELS=$SHARE_DIR/models
 CONF_DIR=/etc/maskd
 UNIT_DIR=/etc/systemd/system
 UDEV_DIR=/etc/udev/rules.d
@@ -222,13 +223,12 @@ install_file "$wrapper" /usr/local/bin/maskd 0755
 
 # ---------------------------------------------------------------- models
 found_model=0
-# Only what the device uses: the int8 classifier, its sidecar, its EdgeTPU twin when built, and
-# the second training draw `maskd scan` averages with it (not the float32 model or the split).
-for f in "$SRC"/models/maskd_mobilenetv2_int8.tflite "$SRC"/models/maskd_mobilenetv2_int8.json \
-         "$SRC"/models/maskd_mobilenetv2_int8_edgetpu.tflite \
-         "$SRC"/models/maskd_mobilenetv2_int8_s43.tflite "$SRC"/models/maskd_mobilenetv2_int8_s43.json; do
-    [ -e "$f" ] || continue
-    install_file "$f" "$MODELS/$(basename "$f")" 0644
+SHIPPED=()  # what this run put in /usr/share/maskd: the manifest below
+# Only what the device uses (MODEL_FILES, deploy/lib.sh).
+for name in "${MODEL_FILES[@]}"; do
+    [ -e "$SRC/models/$name" ] || continue
+    install_file "$SRC/models/$name" "$MODELS/$name" 0644
+    SHIPPED+=("models/$name")
     found_model=1
 done
 [ "$found_model" = 1 ] || say "WARNING: no classifier model in $SRC/models (train one, see docs/classifier.md)"
@@ -242,9 +242,20 @@ if [ "$YUNET" = 1 ]; then
     if [ "$DRY" = 1 ]; then
         echo "would run: python3 -m maskd ${fetch[*]}"
     else
-        PYTHONPATH="$SRC" python3 -m maskd "${fetch[@]}" || die "YuNet not installed (see above)"
+        got="$(PYTHONPATH="$SRC" python3 -m maskd "${fetch[@]}")" || die "YuNet not installed (see above)"
+        echo "$got"
+        # "installed|unchanged PATH (sha256 ok)": its name goes into the manifest
+        got="$(sed -n 's/^[a-z]* \(.*\) (sha256 ok)$/\1/p' <<<"$got" | tail -n 1)"
+        [ -z "$got" ] || SHIPPED+=("models/$(basename "$got")")
     fi
 fi
+# The manifest keeps what earlier runs listed (a YuNet fetched then, a model since dropped).
+manifest="$SHARE_DIR/$SHARE_MANIFEST"
+{ echo "# Files deploy/install.sh put in /usr/share/maskd (relative to it): deploy/uninstall.sh removes"
+  echo "# these and keeps any other (your own models); --purge removes the folder whole."
+  { grep -sv '^#' "$ROOT$manifest" || true; printf '%s\n' "${SHIPPED[@]}"; } | sed '/^$/d' | sort -u
+} > "$tmp/manifest"
+install_file "$tmp/manifest" "$manifest" 0644
 
 # ---------------------------------------------------------------- config, unit, udev, docs
 act install -d -m 0750 "$ROOT$CONF_DIR"

@@ -53,3 +53,13 @@ note_prefix_var() {
         say "note: PREFIX=$PREFIX is not read; the install folder is MASKD_PREFIX ($MASKD_PREFIX)"
     fi
 }
+# The model files install.sh copies from the checkout's models/ (those that are there): the int8
+# classifier, its sidecar, its EdgeTPU twin when built, and the second training draw `maskd scan`
+# averages with it (not the float32 model or the split).
+# shellcheck disable=SC2034  # read by install.sh and uninstall.sh
+MODEL_FILES=(maskd_mobilenetv2_int8.tflite maskd_mobilenetv2_int8.json maskd_mobilenetv2_int8_edgetpu.tflite
+             maskd_mobilenetv2_int8_s43.tflite maskd_mobilenetv2_int8_s43.json)
+# install.sh lists each file it put in /usr/share/maskd here (one path a line, relative to it):
+# uninstall.sh removes those and keeps the admin's own (docs/install-pi.md: EdgeTPU models).
+# shellcheck disable=SC2034
+SHARE_MANIFEST=.maskd-installed

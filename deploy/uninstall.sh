@@ -3,11 +3,13 @@
 #
 #   sudo deploy/uninstall.sh [--purge] [--mqtt-clear | --no-mqtt-clear] [--dry-run] [--root DIR]
 #
-# Keeps /etc/maskd (your config) and /var/lib/maskd (the MQTT outbox: events not yet delivered)
-# and the "maskd" user unless --purge is given. apt packages are left alone (other software may
-# use them). Safe to run again: what is already gone is reported, not an error.
-#   --purge          also delete /etc/maskd, /var/lib/maskd, the maskd user and its group, and
-#                    the unit's drop-ins (/etc/systemd/system/maskd.service.d: systemctl edit)
+# Keeps /etc/maskd (your config), /var/lib/maskd (the MQTT outbox: events not yet delivered),
+# the "maskd" user and your own files in /usr/share/maskd (it removes the ones install.sh listed
+# in /usr/share/maskd/.maskd-installed) unless --purge is given. apt packages are left alone
+# (other software may use them). Safe to run again: what is already gone is reported, not an error.
+#   --purge          also delete /etc/maskd, /var/lib/maskd, all of /usr/share/maskd, the maskd
+#                    user and its group, and the unit's drop-ins (/etc/systemd/system/
+#                    maskd.service.d: systemctl edit)
 #   --mqtt-clear     after stopping maskd, remove its retained topics from the broker (Home
 #                    Assistant's device and entities) with `maskd mqtt-clear`; without this
 #   --no-mqtt-clear  or this, it asks when run on a terminal, and does not otherwise
@@ -26,7 +28,7 @@ PURGE=0
 
 MQTT_CLEAR=""  # yes / no; empty: ask on a terminal
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -126,7 +128,38 @@ elif [ -L "$ROOT$MASKD_PREFIX" ]; then
 else
     say "already absent: $MASKD_PREFIX"
 fi
-remove "$MODELS_ROOT"
+# Without --purge only the files install.sh put in /usr/share/maskd go (its manifest; from an
+# install older than that: the names it copies, and YuNet): an admin's own models stay, as the
+# config that names them does.
+if [ "$PURGE" = 1 ] || [ ! -d "$ROOT$MODELS_ROOT" ]; then
+    remove "$MODELS_ROOT"
+else
+    if [ -f "$ROOT$MODELS_ROOT/$SHARE_MANIFEST" ]; then
+        mapfile -t shipped < <(grep -v '^#' "$ROOT$MODELS_ROOT/$SHARE_MANIFEST" | sed '/^$/d')
+    else
+        shipped=("${MODEL_FILES[@]/#/models/}")
+        for f in "$ROOT$MODELS_ROOT"/models/face_detection_yunet*.onnx; do
+            [ -e "$f" ] && shipped+=("models/${f##*/}")
+        done
+    fi
+    shipped+=("$SHARE_MANIFEST")
+    for rel in "${shipped[@]}"; do
+        case "/$rel/" in */../*) continue ;; esac  # never out of the folder
+        if [ -e "$ROOT$MODELS_ROOT/$rel" ]; then remove "$MODELS_ROOT/$rel"; fi
+    done
+    kept=()
+    while IFS= read -r -d '' f; do
+        rel="${f#"$ROOT$MODELS_ROOT"/}"
+        printf '%s\n' "${shipped[@]}" | grep -qxF -- "$rel" || kept+=("$MODELS_ROOT/$rel")
+    done < <(find "$ROOT$MODELS_ROOT" -mindepth 1 ! -type d -print0 | sort -z)
+    if [ ${#kept[@]} -gt 0 ]; then
+        say "kept ${kept[*]} (not installed by install.sh: your own files); --purge removes them"
+    elif [ "$DRY" = 1 ]; then
+        echo "would run: rm -rf $ROOT$MODELS_ROOT"
+    else
+        rm -rf -- "$ROOT$MODELS_ROOT"; say "removed $MODELS_ROOT"
+    fi
+fi
 # `systemctl edit maskd` drop-ins: local settings, kept like the config unless --purge (a later
 # install would otherwise run under them without a word).
 DROPINS=/etc/systemd/system/maskd.service.d

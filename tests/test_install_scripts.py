@@ -515,3 +515,32 @@ def test_the_units_drop_ins_go_with_purge_only(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not dropins.exists() and "removed /etc/systemd/system/maskd.service.d" in r.stdout
     assert sorted(p.name for p in (root / "etc/systemd/system").iterdir()) == []
+
+
+def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
+    """docs/install-pi.md has the admin copy their own (EdgeTPU, retrained) models into
+    /usr/share/maskd/models; uninstall.sh deleted the folder whole while it kept the config that
+    names them. Now only what install.sh put there goes (its manifest), YuNet included."""
+    root = tmp_path / "root"
+    model, digest = fake_model(tmp_path)
+    r = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}", "--yunet-sha256", digest)
+    assert r.returncode == 0, r.stderr
+    models = root / "usr/share/maskd/models"
+    yunet = f"face_detection_yunet_sha256-{digest[:16]}.onnx"
+    assert (models / yunet).is_file()
+    (models / "mine_edgetpu.tflite").write_bytes(b"the admin's own model")
+    shipped = sorted(p.name for p in models.iterdir() if p.name != "mine_edgetpu.tflite")
+    assert "maskd_mobilenetv2_int8.tflite" in shipped and yunet in shipped
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in models.iterdir()) == ["mine_edgetpu.tflite"]
+    assert ("uninstall.sh: kept /usr/share/maskd/models/mine_edgetpu.tflite (not installed by "
+            "install.sh: your own files); --purge removes them") in r.stdout
+    assert f"uninstall.sh: removed /usr/share/maskd/models/{yunet}" in r.stdout
+    # nothing of the admin's left: the folder goes whole; --purge takes the rest in any case
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear", "--purge")
+    assert r.returncode == 0, r.stderr
+    assert not (root / "usr/share/maskd").exists() and "removed /usr/share/maskd" in r.stdout
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert not (root / "usr/share/maskd").exists() and "removed /usr/share/maskd" in r.stdout

@@ -193,7 +193,7 @@ check "... wanted by multi-user.target" test -L "$box/etc/systemd/system/multi-u
 in_groups() { local g; for g in "$@"; do chroot "$box" id -nG maskd | tr ' ' '\n' | grep -qx "$g" || return 1; done; }
 check "user maskd in video and plugdev" in_groups video plugdev
 check "the udev rule is installed" test -f "$box/etc/udev/rules.d/99-maskd-coral.rules"
-models="$(find "$box/usr/share/maskd" -type f -printf '%P\n' | sort | tr '\n' ' ')"
+models="$(find "$box/usr/share/maskd" -type f ! -name .maskd-installed -printf '%P\n' | sort | tr '\n' ' ')"
 check "models: the int8 models (the door's and scan's second draw) and sidecars only ($models)" \
     test "$models" = "models/maskd_mobilenetv2_int8.json models/maskd_mobilenetv2_int8.tflite models/maskd_mobilenetv2_int8_s43.json models/maskd_mobilenetv2_int8_s43.tflite "
 # Every maskd model file outside the checkout: the device's (/usr/share/maskd/models) and the
