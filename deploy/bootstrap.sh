@@ -9,8 +9,12 @@ cd "$root"
 # The versions the tests passed with (tools/pins.py dev); MASKD_UNPINNED=1 takes the newest that
 # pyproject.toml allows instead (to re-pin: that, ./tests/run.sh, then `tools/pins.py dev`).
 pins=deploy/constraints-dev.txt
-if [ ! -x .venv/bin/python ]; then
-    "$py" -m venv .venv
+# shellcheck source=lib.sh
+source deploy/lib.sh
+if [ ! -x .venv/bin/python ] || ! venv_runs_pip .venv; then
+    # A first run without python3-venv leaves a .venv without pip: every later run failed on it.
+    [ ! -e .venv ] || echo "bootstrap: .venv cannot run pip (made without python3-venv?): making it anew" >&2
+    "$py" -m venv --clear .venv
     # pip itself as tested too; the newest where that one is not available
     if [ "${MASKD_UNPINNED:-0}" = 1 ]; then
         .venv/bin/python -m pip install -q --upgrade pip

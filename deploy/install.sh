@@ -190,7 +190,7 @@ else
     venv_ver="$(sed -n 's/^version *= *\([0-9]*\.[0-9]*\).*/\1/p' "$venv_cfg" | head -n 1)"
     if [ "$venv_ver" != "$PYVER" ]; then
         why="it was made for Python ${venv_ver:-(unknown)}, python3 is $PYVER"
-    elif ! "$ROOT$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    elif ! venv_runs_pip "$ROOT$VENV"; then
         why="its python cannot run pip (a first install cut short?)"
     else
         why=""

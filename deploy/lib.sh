@@ -1,4 +1,4 @@
-# Sourced by deploy/install.sh and deploy/uninstall.sh: their messages, and the one rule for
+# Sourced by deploy/install.sh, uninstall.sh and bootstrap.sh: their messages, and the one rule for
 # system commands (apt, users, pip, systemctl): run only for a real install, never under
 # --dry-run or --root. The caller sets DRY and ROOT.
 # shellcheck shell=bash
@@ -63,3 +63,6 @@ MODEL_FILES=(maskd_mobilenetv2_int8.tflite maskd_mobilenetv2_int8.json maskd_mob
 # uninstall.sh removes those and keeps the admin's own (docs/install-pi.md: EdgeTPU models).
 # shellcheck disable=SC2034
 SHARE_MANIFEST=.maskd-installed
+# venv_runs_pip DIR: the venv in DIR has a python that runs pip. `python3 -m venv` without
+# python3-venv's ensurepip fails after making bin/python: such a venv is made anew.
+venv_runs_pip() { "$1/bin/python" -m pip --version >/dev/null 2>&1; }

@@ -544,3 +544,27 @@ def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
     assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
     r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
     assert not (root / "usr/share/maskd").exists() and "removed /usr/share/maskd" in r.stdout
+
+
+def bootstrap_copy(tmp_path: Path) -> Path:
+    """deploy/bootstrap.sh (and what it reads) in a checkout of its own: its .venv is its own."""
+    co = tmp_path / "checkout"
+    (co / "deploy").mkdir(parents=True)
+    for name in ["bootstrap.sh", "lib.sh", "constraints-dev.txt"]:
+        shutil.copy(REPO / "deploy" / name, co / "deploy" / name)
+    (co / "pyproject.toml").write_text('[project]\nname = "none"\nversion = "0"\n')
+    return co
+
+
+def test_bootstrap_makes_a_venv_without_pip_anew(tmp_path):
+    """A first quickstart without python3-venv: `python3 -m venv` fails after making bin/python,
+    and every later run took that .venv as ready and failed with "No module named pip"."""
+    co = bootstrap_copy(tmp_path)
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(co / ".venv")], check=True)
+    # no index: nothing is downloaded (the install of maskd itself then fails, not looked at)
+    r = subprocess.run(["bash", str(co / "deploy/bootstrap.sh"), "demo"], capture_output=True, text=True,
+                       timeout=300, cwd=co, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert "bootstrap: .venv cannot run pip (made without python3-venv?): making it anew" in r.stderr
+    assert "No module named pip" not in r.stderr
+    assert subprocess.run([str(co / ".venv/bin/python"), "-m", "pip", "--version"]).returncode == 0
