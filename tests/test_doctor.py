@@ -302,3 +302,42 @@ def test_auto_without_yunet_warns_as_run_does(tmp_path, monkeypatch):
     assert got["yunet"].verdict == "WARN" and not got["yunet"].required
     assert "`maskd models fetch` downloads it" in got["yunet"].detail
     assert "often stops finding a face once a mask covers nose and mouth" in got["yunet"].detail
+
+
+def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatch):
+    """Under the unit's ProtectSystem=strict only /var/lib/maskd (and a drop-in's
+    ReadWritePaths=) is writable: a state_dir, jsonl.path, snapshots.dir or annotate_dir
+    elsewhere made the service fail at start ("Read-only file system", exit 78) while doctor,
+    run outside the sandbox, said "writable"."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nReadWritePaths=-/srv/events\n")
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {kind: demo}\nstate_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
+                   "jsonl: {path: /srv/events/maskd.jsonl}\nsnapshots: {dir: /srv/snaps}\n"
+                   "preview: {annotate_dir: /tmp/annotated}\n")
+    d = doc.Doctor(load_config(cfg), 1)
+    d.sandbox()
+    got = {c.detail.split(":")[0]: c for c in d.checks}
+    assert set(got) == {"state_dir", "snapshots.dir", "preview.annotate_dir"}  # jsonl: the drop-in's
+    assert all(c.name == "sandbox" and c.verdict == doc.WARN and not c.required for c in d.checks)
+    assert "/data/maskd is read-only to the service (ProtectSystem=strict" in got["state_dir"].detail
+    assert "`systemctl edit maskd` and add [Service] ReadWritePaths=/srv/snaps" in got["snapshots.dir"].detail
+    assert "service's own /tmp (PrivateTmp=)" in got["preview.annotate_dir"].detail
+    # under /var/lib/maskd (a relative path is the unit's WorkingDirectory's): nothing to say
+    inside = tmp_path / "inside.yaml"
+    inside.write_text("source: {kind: demo}\nmqtt: {url: 'mqtt://127.0.0.1'}\njsonl: {path: events.jsonl}\n"
+                      "snapshots: {dir: /var/lib/maskd/snaps}\n")
+    d = doc.Doctor(load_config(inside), 1)
+    d.sandbox()
+    assert d.checks == []
+    # no installed unit: not run as the service, nothing to say either
+    monkeypatch.setattr(doc, "UNIT_FILE", tmp_path / "none.service")
+    d = doc.Doctor(load_config(cfg), 1)
+    d.sandbox()
+    assert d.checks == []

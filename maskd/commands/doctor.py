@@ -42,6 +42,11 @@ OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
 CAMERA_TIMEOUT_S = 15.0
 BROKER_TIMEOUT_S = 8.0
+# The installed unit (systemd/maskd.service): its ProtectSystem=strict leaves only its
+# StateDirectory= and the ReadWritePaths= of a drop-in writable, and PrivateTmp= gives it a /tmp
+# of its own. Doctor, run outside that sandbox, cannot see this by writing.
+UNIT_FILE = Path("/etc/systemd/system/maskd.service")
+SERVICE_DIR = Path("/var/lib/maskd")  # StateDirectory= and WorkingDirectory=
 
 
 @dataclass
@@ -198,6 +203,19 @@ def _err(err: BaseException) -> str:
 # ---------------------------------------------------------------- the checks
 
 
+def unit_read_write_paths(unit: Path) -> list[Path]:
+    """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
+    order; an empty assignment clears the list, a leading - or + is only a flag."""
+    paths: list[Path] = []
+    for f in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
+        for line in f.read_text(errors="replace").splitlines():
+            key, eq, value = line.strip().partition("=")
+            if eq and key.strip() == "ReadWritePaths":
+                words = value.split()
+                paths = [] if not words else paths + [Path(w.lstrip("-+")) for w in words]
+    return paths
+
+
 class Doctor:
     def __init__(self, cfg: Config, frames: int) -> None:
         self.cfg = cfg
@@ -212,7 +230,7 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.state_dir, self.runtime, self.packages, self.classifier_check, self.edgetpu,
+        for step in (self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
             try:
@@ -241,6 +259,37 @@ class Doctor:
         free = shutil.disk_usage(d).free / 2**20
         verdict = OK if free >= 100 else WARN
         self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free (MQTT outbox)")
+
+    def sandbox(self) -> None:
+        """A path maskd writes outside what the installed unit leaves writable: the service
+        fails at start ("Read-only file system", exit 78) where doctor found it writable."""
+        if not UNIT_FILE.is_file():
+            return  # no installed service to run under that sandbox
+        writable = [SERVICE_DIR, *unit_read_write_paths(UNIT_FILE)]
+        seen = set()
+        for cam in self.cfg.cameras_resolved():
+            where = f" (camera {cam.camera})" if self.cfg.cameras else ""
+            written = [("state_dir", cam.state_dir if cam.mqtt.url else None, True),
+                       ("jsonl.path", cam.jsonl.path if cam.jsonl.path != "-" else None, False),
+                       ("snapshots.dir", cam.snapshots.dir, True),
+                       ("preview.annotate_dir", cam.preview.annotate_dir, True)]
+            for key, path, is_dir in written:
+                if path is None:
+                    continue
+                p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
+                if (key, p) in seen or any(p.is_relative_to(w) for w in writable):
+                    continue
+                seen.add((key, p))
+                if p.is_relative_to("/tmp") or p.is_relative_to("/var/tmp"):
+                    self.add("sandbox", WARN, f"{key}{where}: {p} is in the service's own /tmp "
+                             "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
+                             required=False)
+                    continue
+                folder = p if is_dir else p.parent
+                self.add("sandbox", WARN, f"{key}{where}: {p} is read-only to the service "
+                         "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
+                         f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
+                         f"[Service] ReadWritePaths={folder} (the folder must exist)", required=False)
 
     def runtime(self) -> None:
         from maskd.tflite import ModelError, import_runtime
