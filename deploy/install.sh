@@ -154,8 +154,17 @@ fi
 for g in video plugdev; do
     getent group "$g" >/dev/null || sys groupadd --system "$g"
 done
+groups=(video plugdev)
 if getent passwd "$SERVICE_USER" >/dev/null; then
     say "user $SERVICE_USER exists"
+    # One made by hand (adduser --system gives it nogroup) has no group of its name: the files
+    # below are chowned to it, the unit runs with Group=maskd, and check-config reads the config
+    # through it, so the group is made and the user put in it.
+    if ! getent group "$SERVICE_USER" >/dev/null; then
+        say "user $SERVICE_USER has no group $SERVICE_USER: making it, with $SERVICE_USER in it"
+        sys groupadd --system "$SERVICE_USER"
+        groups+=("$SERVICE_USER")
+    fi
 else
     # The group may outlive the user (userdel keeps a group that has other members), and
     # --user-group then fails: the new user joins the group that is there.
@@ -167,10 +176,12 @@ else
     sys useradd --system "${group[@]}" --home-dir /var/lib/maskd --no-create-home \
         --shell /usr/sbin/nologin --comment "maskd service" "$SERVICE_USER"
 fi
-if ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx video \
-    || ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx plugdev; then
-    sys usermod -a -G video,plugdev "$SERVICE_USER"
-fi
+for g in "${groups[@]}"; do
+    if ! id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$g"; then
+        sys usermod -a -G "$(IFS=,; echo "${groups[*]}")" "$SERVICE_USER"
+        break
+    fi
+done
 
 # ---------------------------------------------------------------- venv with maskd
 # The marker that tells uninstall.sh this folder is maskd's to delete.

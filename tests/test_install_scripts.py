@@ -568,3 +568,20 @@ def test_bootstrap_makes_a_venv_without_pip_anew(tmp_path):
     assert "bootstrap: .venv cannot run pip (made without python3-venv?): making it anew" in r.stderr
     assert "No module named pip" not in r.stderr
     assert subprocess.run([str(co / ".venv/bin/python"), "-m", "pip", "--version"]).returncode == 0
+
+
+def test_a_maskd_user_without_its_group_gets_one(tmp_path):
+    """`adduser --system maskd` by hand gives the user nogroup: install.sh took it, ran apt and
+    pip, and stopped halfway at `install -g maskd` with only "invalid group 'maskd'"."""
+    root = tmp_path / "root"
+    by_hand = fake_getent(tmp_path, passwd_maskd="maskd:x:998:65534::/nonexistent:/usr/sbin/nologin",
+                          group_maskd="")
+    r = with_env(INSTALL, "--root", root, "--no-start", **by_hand)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "install.sh: user maskd has no group maskd: making it, with maskd in it" in lines
+    at = lines.index("would run: groupadd --system maskd")
+    assert lines.index("would run: usermod -a -G video,plugdev,maskd maskd") > at
+    assert lines.index("would run: install -d -m 0750 -o maskd -g maskd /var/lib/maskd") > at
+    assert "useradd" not in r.stdout
+
