@@ -31,6 +31,14 @@ if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pins" -nt "$stamp
         echo "bootstrap: MASKD_UNPINNED=1: installing the newest versions pyproject.toml allows, not $pins" >&2
         .venv/bin/python -m pip install -q -e ".[${extras}]"
     elif ! .venv/bin/python -m pip install -c "$pins" -e ".[${extras}]" >"$log" 2>&1; then
+        # Offline, pip says "Could not find a version" too: that is no reason to leave the pins.
+        neterr='NewConnectionError|NameResolution|Temporary failure in name resolution|Max retries exceeded|SSLError|ProxyError'
+        if grep -qE "$neterr" "$log"; then
+            index="${PIP_INDEX_URL:-$(.venv/bin/python -m pip config get global.index-url 2>/dev/null || echo "https://pypi.org/simple")}"
+            echo "bootstrap: cannot reach the package index ($index): nothing installed; pip said:" >&2
+            grep -m1 -E "$neterr" "$log" | sed 's/^ */  /' | cut -c1-300 >&2
+            exit 1
+        fi
         if ! grep -qiE 'no matching distribution|could not find a version|ResolutionImpossible' "$log"; then
             cat "$log" >&2; exit 1
         fi

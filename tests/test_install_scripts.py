@@ -585,3 +585,19 @@ def test_a_maskd_user_without_its_group_gets_one(tmp_path):
     assert lines.index("would run: install -d -m 0750 -o maskd -g maskd /var/lib/maskd") > at
     assert "useradd" not in r.stdout
 
+
+def test_bootstrap_offline_says_so_and_keeps_the_pins(tmp_path):
+    """Offline, pip's "Could not find a version" was taken for "the tested versions are not
+    available for this Python", and bootstrap went on unpinned. An index that refuses the
+    connection (a closed local port) stands for no network here."""
+    co = bootstrap_copy(tmp_path)
+    subprocess.run(["python3", "-m", "venv", str(co / ".venv")], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    r = subprocess.run(["bash", str(co / "deploy/bootstrap.sh"), "demo"], capture_output=True, text=True,
+                       timeout=300, cwd=co, stdin=subprocess.DEVNULL,
+                       env={**env, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                            "PIP_RETRIES": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert r.returncode == 1
+    assert ("bootstrap: cannot reach the package index (http://127.0.0.1:9/simple): nothing installed; "
+            "pip said:") in r.stderr and "NewConnectionError" in r.stderr
+    assert "not all available" not in r.stderr and "newest versions" not in r.stderr
