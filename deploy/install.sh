@@ -312,8 +312,16 @@ if [ ${#CHANGED[@]} -gt "$unit_changed" ] && booted; then
 fi
 
 # ---------------------------------------------------------------- check, enable and start
-# Enabled only once the config passed, as the maskd user: a failed check leaves it as it was.
-sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml"
+# Checked as the maskd user with the new code, so after it is in place: a failed check stops
+# here, before enable and restart, but the new version is installed and a running maskd meets
+# it at its next restart.
+sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml" || {
+    rc=$?
+    say "the new version is installed, but $CONF_DIR/config.yaml fails its check (above): maskd was" \
+        "NOT restarted (a running maskd keeps running until its next restart, which would fail)." \
+        "Fix the config, then run deploy/install.sh again" >&2
+    exit "$rc"
+}
 sys systemctl enable maskd.service
 if [ "$START" = 1 ] && [ "$unedited" = 1 ]; then
     START=0

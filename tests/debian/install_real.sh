@@ -224,6 +224,15 @@ check "second run: configured, but no systemd to start it: said so" has "$logs/i
     "systemd is not running here (a chroot or container): maskd.service is enabled and starts at the next boot"
 check "second run: no start attempted" hasnt "$logs/install2.log" "+ systemctl restart"
 
+# --- an update over a config the new code refuses: said what that leaves, nothing restarted ----
+cp "$box/etc/maskd/config.yaml" "$logs/config.good"
+echo "sourse: {}" >>"$box/etc/maskd/config.yaml"
+in_box sh -c 'cd /root/maskd && deploy/install.sh' >"$logs/install-bad.log" 2>&1 && rc=0 || rc=$?
+check "bad config: install.sh exits 78 (check-config's)" test "$rc" = 78
+check "bad config: says the new version is installed and maskd NOT restarted" has "$logs/install-bad.log" \
+    "install.sh: the new version is installed, but /etc/maskd/config.yaml fails its check (above): maskd was NOT restarted"
+cp "$logs/config.good" "$box/etc/maskd/config.yaml"
+
 # --- uninstall, then --purge -----------------------------------------------------------------
 in_box sh -c 'cd /root/maskd && deploy/uninstall.sh' </dev/null >"$logs/uninstall.log" 2>&1 \
     || { cat "$logs/uninstall.log"; say "FAIL: deploy/uninstall.sh"; status=1; }
