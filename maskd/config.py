@@ -599,7 +599,8 @@ class PreviewConfig(Section):
     window: bool = False  # an OpenCV window when the installed OpenCV has GUI support
     http: str | None = None  # "127.0.0.1:8080" serves the status page (maskd.statuspage)
     # Needed to bind preview.http beyond loopback: a file holding the basic-auth password (any
-    # user name) and/or a file holding a bearer token. Read at start; check-config reads them too.
+    # user name) and/or a file holding a bearer token. Read on load whenever set, so check-config
+    # refuses a bad one even while `--http` alone turns the page on.
     http_password_file: FsPath | None = None
     http_token_file: FsPath | None = None
     annotate_dir: FsPath | None = None  # write annotated frames/clip here
@@ -619,8 +620,9 @@ class PreviewConfig(Section):
     @field_validator("http_password_file", "http_token_file")
     @classmethod
     def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        """Read when the page is served (`run` reads it the same way at start)."""
-        if v is not None and info.data.get("http"):
+        """Read whenever set, not only with preview.http: `maskd run --http` serves the page
+        with it, so a file check-config passed must be one the page can use."""
+        if v is not None:
             secret = read_secret(v)
             if info.field_name == "http_token_file" and not _TOKEN.fullmatch(secret):
                 raise ValueError(f"{_excerpt(str(v))}: the token travels in a URL and a cookie, "

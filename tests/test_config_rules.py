@@ -204,3 +204,22 @@ def test_run_source_with_a_cameras_config_says_which_wins(tmp_path):
     assert r.stderr.strip().endswith("maskd run: --source demo: the config has cameras:, each "
                                      "with its own source; give them there, or use a config "
                                      "without cameras:"), r.stderr
+
+
+def test_both_refuse_a_bad_page_secret_without_preview_http(tmp_path):
+    """The page's password and token files are read whenever set: `maskd run --http` serves the
+    page with them, so check-config passing the file without preview.http let run exit 78."""
+    token, empty = tmp_path / "token", tmp_path / "pw-empty"
+    token.write_text("abc:def\n")  # a ':' cannot travel in the URL
+    empty.write_text("\n")
+    port = free_port()
+    for key, path in (("preview.http_token_file", token), ("preview.http_password_file", empty)):
+        cfg = tmp_path / "page.yaml"
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\npreview: {{{key.split('.')[1]}: '{path}'}}\n")
+        with_http = maskd("run", "--config", str(cfg), "--source", "demo", "--max-frames", "1",
+                          "--flush-timeout", "0", "--http", f"0.0.0.0:{port}")
+        for cmd, r in (("check-config", maskd("check-config", str(cfg))), ("run", run(cfg)),
+                       ("run --http", with_http)):
+            assert r.returncode == EX_CONFIG, (key, cmd, r.returncode, r.stderr[-2000:])
+            assert f"{cfg}: '{key}'" in r.stderr and "command line" not in r.stderr, (cmd, r.stderr)
+
