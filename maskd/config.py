@@ -14,6 +14,7 @@ import re
 import reprlib
 import socket
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -901,30 +902,46 @@ def _key_name(loc: tuple) -> str:
     return ".".join(str(p)[:60] for p in loc) or "<top>"
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _given_by(loc: tuple, given: Collection[str]) -> bool:
+    """Whether the command line set the key at ``loc``, a key inside it, or the section around
+    it (a rule across keys of that section); the top level's rules span everything."""
+    key = _key_name(loc)
+    return not loc or any(g == key or g.startswith(f"{key}.") or key.startswith(f"{g}.")
+                          for g in given)
+
+
+def _format_errors(err: ValidationError, source: str, from_file: str | None = None,
+                   given: Collection[str] = ()) -> str:
     lines = []
     errors = err.errors()
     for e in errors[:MAX_ERROR_LINES]:
         loc = tuple(e["loc"])
         key = _key_name(loc)
+        where = source if from_file is None or _given_by(loc, given) else from_file
         if e["type"] == "extra_forbidden":
             allowed = _section_keys(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1])[:60], allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{source}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
+            lines.append(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
         elif e["type"] == "model_type":
-            lines.append(f"{source}: '{key}' must be a section with keys: "
+            lines.append(f"{where}: '{key}' must be a section with keys: "
                          f"{', '.join(_section_keys(loc))} (got {_excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: '{key}': {msg} (got {_excerpt(e.get('input'))})")
+            lines.append(f"{where}: '{key}': {msg} (got {_excerpt(e.get('input'))})")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "<config>") -> Config:
-    """Validate a mapping (as read from YAML) into a Config, or raise ConfigError."""
+def parse_config(data: Any, source: str = "<config>", from_file: str | None = None,
+                 given: Collection[str] = ()) -> Config:
+    """Validate a mapping (as read from YAML) into a Config, or raise ConfigError.
+
+    ``source`` names where the values came from in each error line. For a file with options on
+    top (``source`` "command line"), an error about a key the options did not set (``given``,
+    dotted keys) names ``from_file`` instead: that key came from the file, not the options.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -932,7 +949,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source, from_file, given)) from None
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -943,12 +960,14 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     target[key] = value
 
 
-def override(cfg: Config, args: Any, mapping: dict[str, str]) -> Config:
+def override(cfg: Config, args: Any, mapping: dict[str, str], from_file: Path | str | None = None,
+             ) -> Config:
     """Config with the given command-line options (arg name -> dotted key) applied when set.
 
     Re-validated as a whole, so a bad value on the command line is reported like one in YAML;
     only what the file set and the options are passed on, so layout rules (``cameras:``) see
-    what the user wrote, not every default.
+    what the user wrote, not every default. An error about a key from the file the config came
+    from (``from_file``) names that file, not the command line.
     """
     data = cfg.model_dump(exclude_unset=True)
     kind = getattr(args, "detector", None)
@@ -957,11 +976,13 @@ def override(cfg: Config, args: Any, mapping: dict[str, str]) -> Config:
         was = det.get("kind", "auto")  # auto's model is YuNet's
         if was != kind and not (was == "auto" and kind == "yunet"):
             det.pop("model", None)  # the file's model is another kind's
+    given = []
     for arg, key in mapping.items():
         value = getattr(args, arg, None)
         if value is not None and value is not False:
             _set(data, key, value)
-    return parse_config(data, "command line")
+            given.append(key)
+    return parse_config(data, "command line", None if from_file is None else str(from_file), given)
 
 
 # Command-line options (argparse names) and the config keys they set; shared by the commands.

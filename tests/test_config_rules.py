@@ -223,3 +223,20 @@ def test_both_refuse_a_bad_page_secret_without_preview_http(tmp_path):
             assert r.returncode == EX_CONFIG, (key, cmd, r.returncode, r.stderr[-2000:])
             assert f"{cfg}: '{key}'" in r.stderr and "command line" not in r.stderr, (cmd, r.stderr)
 
+
+def test_run_blames_the_file_for_its_keys_and_the_command_line_for_its_own(tmp_path):
+    """An option can make a key of the file count (``--mqtt`` turns on mqtt.password_file):
+    the error names the file, where the key is, not the command line (was: 'command line:
+    'mqtt.password_file'', a key no option sets)."""
+    cfg = tmp_path / "mqtt.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nmqtt: {{password_file: '{tmp_path / 'nope'}'}}\n")
+    assert maskd("check-config", str(cfg)).returncode == 0  # MQTT is off: the file is unused
+    r = maskd("run", "--config", str(cfg), "--source", "demo", "--max-frames", "1",
+              "--mqtt", f"mqtt://127.0.0.1:{free_port()}")
+    assert r.returncode == EX_CONFIG, r.stderr[-2000:]
+    assert r.stderr.startswith(f"maskd run: {cfg}: 'mqtt.password_file': cannot read "), r.stderr
+    # a rule about what the option set still names the command line
+    r = maskd("run", "--config", str(cfg), "--source", "demo", "--max-frames", "1",
+              "--http", f"0.0.0.0:{free_port()}")
+    assert r.returncode == EX_CONFIG, r.stderr[-2000:]
+    assert r.stderr.startswith("maskd run: command line: 'preview': preview.http 0.0.0.0:"), r.stderr

@@ -102,7 +102,7 @@ def classify_files(clf: Classifier, paths: Iterable[Path | FolderError],
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = override(load_config(args.config), args, MODEL_OPTIONS)
+        cfg = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
         clf = build_classifier(cfg)
     except (ConfigError, ModelError) as err:

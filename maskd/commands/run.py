@@ -36,7 +36,7 @@ def run_config(args: argparse.Namespace) -> Config:
             if getattr(args, flag, None):
                 raise ConfigError(f"--{flag}: the config has cameras:, each with its own "
                                   f"{key.split('.')[0]}; set {key} per camera there")
-    cfg = override(cfg, args, RUN_OPTIONS)
+    cfg = override(cfg, args, RUN_OPTIONS, args.config)
     if args.source is not None:
         if cfg.cameras:
             raise ConfigError(f"--source {args.source}: the config has cameras:, each with its "
@@ -44,7 +44,8 @@ def run_config(args: argparse.Namespace) -> Config:
         src = {"kind": "demo", "uri": None} if args.source == "demo" else {"kind": "auto", "uri": args.source}
         data = cfg.model_dump(exclude_unset=True)
         data.setdefault("source", {}).update(src)
-        cfg = parse_config(data, "command line")
+        cfg = parse_config(data, "command line", None if args.config is None else str(args.config),
+                           ("source.kind", "source.uri"))
     if args.preview:
         from maskd.preview import resolve_preview_flag
 

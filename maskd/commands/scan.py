@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     from maskd.service import build_classifier, build_detector
 
     try:
-        cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS)
+        cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
         classifier = build_classifier(cfg, still=True)
         detector = build_detector(cfg, still=True)
