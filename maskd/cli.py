@@ -54,7 +54,8 @@ example:
   maskd models fetch --dest /usr/share/maskd/models""",
     "check-config": """exit codes:
   0   valid ("OK")
-  78  invalid: one line per bad key on stderr
+  78  invalid: one line per bad key on stderr; also a preview.framebuffer or
+      preview.window this machine cannot show (run it on the device)
 
 example:
   maskd check-config /etc/maskd/config.yaml""",

@@ -825,6 +825,15 @@ class Config(Section):
         """The `cameras:` layout: the process owns the device-level status."""
         return bool(self.cameras)
 
+    def previews(self) -> list[tuple[str, PreviewConfig]]:
+        """Each camera's preview section with its key in the file, in the map's order: the
+        top-level ``preview`` belongs to the first camera unless that camera has its own."""
+        if not self.cameras:
+            return [("preview", self.preview)]
+        return [(f"cameras.{name}.preview", cam.preview)
+                if i or "preview" in cam.model_fields_set else ("preview", self.preview)
+                for i, (name, cam) in enumerate(self.cameras.items())]
+
     def cameras_resolved(self) -> list[Config]:
         """One single-camera Config per camera, in the map's order (the original layout: itself).
 
@@ -834,10 +843,9 @@ class Config(Section):
         if not self.cameras:
             return [self]
         out = []
+        previews = self.previews()
         for i, (name, cam) in enumerate(self.cameras.items()):
-            preview = cam.preview
-            if i == 0 and "preview" not in cam.model_fields_set:
-                preview = self.preview
+            preview = previews[i][1]
             out.append(self.model_copy(update={
                 "camera": name, "source": cam.source, "cameras": {},
                 "tracking": cam.tracking or self.tracking, "preview": preview,

@@ -87,7 +87,7 @@ class FbGeometry:
         need = self.width * self.bits_per_pixel // 8
         if self.width <= 0 or self.height <= 0 or self.stride < need:
             raise PreviewUnavailable(
-                f"framebuffer: unusable geometry {self.width}x{self.height}, "
+                f"unusable geometry {self.width}x{self.height}, "
                 f"{self.bits_per_pixel} bits per pixel, rows of {self.stride} bytes (need >= "
                 f"{need}): is the HDMI display connected and set up?")
 
@@ -96,7 +96,7 @@ class FbGeometry:
         """The Pi's fbdev formats: 16 bpp is RGB565, 32 bpp is XRGB8888 (bytes B,G,R,X), 24 is BGR."""
         fmt = {16: "RGB565", 24: "BGR888", 32: "XRGB8888"}.get(self.bits_per_pixel)
         if fmt is None:
-            raise PreviewUnavailable(f"framebuffer: {self.bits_per_pixel} bits per pixel is not supported "
+            raise PreviewUnavailable(f"{self.bits_per_pixel} bits per pixel is not supported "
                                      "(allowed: 16, 24, 32)")
         return fmt  # type: ignore[return-value]
 
@@ -109,14 +109,17 @@ def _read_sys(path: Path) -> str:
     try:
         return path.read_text().strip()
     except OSError as err:
-        raise PreviewUnavailable(f"framebuffer: cannot read {path}: {err.strerror or err}") from None
+        raise PreviewUnavailable(f"cannot read {path}: {err.strerror or err}") from None
+
+
+# The messages below name no key: the caller puts the key in front (``preview.framebuffer``, or a
+# camera's ``cameras.NAME.preview.framebuffer``), as check_previews does.
 
 
 def require_fb(fb: Path) -> None:
     """The framebuffer device exists (else PreviewUnavailable, saying what to use instead)."""
     if not fb.exists():
-        raise PreviewUnavailable(f"preview.framebuffer: {fb} does not exist (no HDMI framebuffer; "
-                                 "use preview.http instead)")
+        raise PreviewUnavailable(f"{fb} does not exist (no HDMI framebuffer; use preview.http instead)")
 
 
 def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbGeometry:
@@ -126,12 +129,14 @@ def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbG
     the virtual size may be taller for double buffering; we draw at pan offset 0.
     """
     d = sysfs / fb.name
+    if not (d / "virtual_size").exists():
+        raise PreviewUnavailable(f"{fb} is not a framebuffer device (no {d / 'virtual_size'})")
     raw = {name: _read_sys(d / name) for name in ("virtual_size", "bits_per_pixel", "stride")}
     try:
         vw, vh = (int(v) for v in raw["virtual_size"].split(","))
         bpp, stride = int(raw["bits_per_pixel"]), int(raw["stride"])
     except ValueError:
-        raise PreviewUnavailable(f"framebuffer: {d} holds no usable geometry ("
+        raise PreviewUnavailable(f"{d} holds no usable geometry ("
                                  + ", ".join(f"{k} {v!r}" for k, v in raw.items()) + ")") from None
     w, h = vw, vh
     try:
@@ -142,6 +147,16 @@ def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbG
     except OSError:
         pass
     return FbGeometry(width=w, height=h, bits_per_pixel=bpp, stride=stride)
+
+
+def check_framebuffer(fb: Path, geometry: FbGeometry | None = None) -> FbGeometry:
+    """The geometry of ``fb`` (or the one given) once ``fb`` exists and maskd can draw in its
+    format: what FramebufferPreview checks before it opens the device, and check_previews
+    before `run` or `check-config` says a config works here."""
+    require_fb(fb)
+    geometry = geometry or read_fb_geometry(fb)
+    geometry.pixel_format  # noqa: B018 - raises on unsupported depths
+    return geometry
 
 
 def to_fb_bytes(bgr: np.ndarray, geometry: FbGeometry) -> bytes:
@@ -242,10 +257,11 @@ class FramebufferPreview(ThreadedPreview):
     def __init__(self, path: Path, geometry: FbGeometry | None = None,
                  max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         super().__init__(max_fps)
-        require_fb(path)
+        try:  # fail now, not in the thread
+            self.geometry = check_framebuffer(path, geometry)
+        except PreviewUnavailable as err:
+            raise PreviewUnavailable(f"preview.framebuffer: {err}") from None
         self.path = path
-        self.geometry = geometry or read_fb_geometry(path)
-        self.geometry.pixel_format  # noqa: B018 - fail now, not in the thread, on odd formats
         self.output_size = (self.geometry.width, self.geometry.height)
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -288,6 +304,17 @@ def opencv_gui_backend(build_info: str | None = None) -> str | None:
     return None
 
 
+NO_DISPLAY = "no desktop session ($DISPLAY / $WAYLAND_DISPLAY unset); use preview.framebuffer or preview.http"
+
+
+def require_gui() -> None:
+    """This OpenCV can open a window (else PreviewUnavailable, saying what to use instead)."""
+    if opencv_gui_backend() is None:
+        raise PreviewUnavailable(
+            "the installed OpenCV has no GUI support (opencv-python-headless); install "
+            "opencv-python or apt python3-opencv, or use preview.framebuffer / preview.http")
+
+
 class WindowPreview(ThreadedPreview):
     """An OpenCV HighGUI window; all GUI calls stay in the preview thread."""
 
@@ -296,14 +323,12 @@ class WindowPreview(ThreadedPreview):
 
     def __init__(self, max_fps: float | None = DEFAULT_MAX_FPS) -> None:
         super().__init__(max_fps)
-        backend = opencv_gui_backend()
-        if backend is None:
-            raise PreviewUnavailable(
-                "preview.window: the installed OpenCV has no GUI support (opencv-python-headless); "
-                "install opencv-python or apt python3-opencv, or use preview.framebuffer / preview.http")
+        try:
+            require_gui()
+        except PreviewUnavailable as err:
+            raise PreviewUnavailable(f"preview.window: {err}") from None
         if not Environment.read().display:
-            raise PreviewUnavailable("preview.window: no desktop session ($DISPLAY / $WAYLAND_DISPLAY "
-                                     "unset); use preview.framebuffer or preview.http")
+            raise PreviewUnavailable(f"preview.window: {NO_DISPLAY}")
 
     def show(self, image: np.ndarray) -> None:
         cv2.imshow(self.title, image)
@@ -440,6 +465,39 @@ def resolve_preview_flag(preview: PreviewConfig, fb: Path = DEFAULT_FB) -> Previ
     raise PreviewUnavailable(
         f"--preview: no framebuffer at {fb} and the installed OpenCV has no GUI support; "
         "set preview.http: 127.0.0.1:8080 in the config and open http://127.0.0.1:8080/ in a browser")
+
+
+def check_previews(cfg: Config, strict: bool = True) -> list[str]:
+    """Check every camera's framebuffer and window on this machine before anything opens:
+    `run` calls it at start and `check-config` too, so both refuse a config with the same line.
+
+    Raises PreviewUnavailable, one line naming the key, for what no process here can use: a
+    framebuffer that does not exist, is no framebuffer or has no usable geometry, an OpenCV
+    without GUI support. What depends on the user or the session (a framebuffer this user
+    cannot write, no desktop session), which the service may have when the checking shell has
+    not, raises too when ``strict`` (`run`); else it is returned, one line each (`check-config`
+    warns).
+    """
+    lacking: list[str] = []
+    for key, p in cfg.previews():
+        try:
+            if p.framebuffer is not None:
+                check_framebuffer(p.framebuffer)
+                if not os.access(p.framebuffer, os.W_OK):
+                    lacking.append(f"{key}.framebuffer: {p.framebuffer} is not writable by this "
+                                   "user (the maskd user needs the 'video' group)")
+        except PreviewUnavailable as err:
+            raise PreviewUnavailable(f"{key}.framebuffer: {err}") from None
+        if p.window:
+            try:
+                require_gui()
+            except PreviewUnavailable as err:
+                raise PreviewUnavailable(f"{key}.window: {err}") from None
+            if not Environment.read().display:
+                lacking.append(f"{key}.window: {NO_DISPLAY}")
+    if strict and lacking:
+        raise PreviewUnavailable(lacking[0])
+    return lacking
 
 
 def make_observers(cfg: Config) -> list[FrameObserver]:

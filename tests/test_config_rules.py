@@ -240,3 +240,60 @@ def test_run_blames_the_file_for_its_keys_and_the_command_line_for_its_own(tmp_p
               "--http", f"0.0.0.0:{free_port()}")
     assert r.returncode == EX_CONFIG, r.stderr[-2000:]
     assert r.stderr.startswith("maskd run: command line: 'preview': preview.http 0.0.0.0:"), r.stderr
+
+
+def test_both_refuse_preview_devices_this_machine_lacks(tmp_path):
+    """A framebuffer that is missing or is no framebuffer, or a window with an OpenCV without GUI
+    support, stops `run` on this machine whoever starts it: check-config says so with the same
+    line (was: OK, then exit 78 from run), naming the camera's key under a `cameras:` map."""
+    from maskd.preview import opencv_gui_backend
+
+    missing = tmp_path / "fb9"
+    demo = "{kind: demo}"
+    cases = [
+        (f"source: {demo}\npreview: {{framebuffer: '{missing}'}}",
+         f"preview.framebuffer: {missing} does not exist"),
+        (f"source: {demo}\npreview: {{framebuffer: '{tmp_path}'}}",  # exists, not a framebuffer
+         f"preview.framebuffer: {tmp_path} is not a framebuffer device"),
+        (f"cameras:\n  a: {{source: {demo}}}\n  b: {{source: {{kind: images, uri: '{tmp_path}'}}, "
+         f"preview: {{framebuffer: '{missing}'}}}}",
+         f"cameras.b.preview.framebuffer: {missing} does not exist"),
+        (f"preview: {{framebuffer: '{missing}'}}\ncameras:\n  a: {{source: {demo}}}",  # a's preview
+         f"preview.framebuffer: {missing} does not exist"),
+    ]
+    if opencv_gui_backend() is None:  # opencv-python-headless, as in the test environment
+        cases.append((f"source: {demo}\npreview: {{window: true}}",
+                      "preview.window: the installed OpenCV has no GUI support"))
+    for yaml, says in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"state_dir: {tmp_path / 'state'}\n{yaml}\n")
+        checked = maskd("check-config", str(path))
+        ran = maskd("run", "--config", str(path), "--max-frames", "1", "--flush-timeout", "0")
+        assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)
+        line = checked.stderr.removeprefix(f"{path}: ")
+        assert line.startswith(says) and line.count("\n") == 1, (yaml, checked.stderr)
+        assert ran.stderr.endswith(f"maskd run: {line}"), (yaml, line, ran.stderr)
+
+
+def test_check_config_warns_of_what_only_the_session_lacks(tmp_path, monkeypatch, capsys):
+    """A desktop session is the environment's, not the machine's: check-config, often run from
+    an SSH shell, warns (the service may have $DISPLAY) where `run` stops with the same words."""
+    import argparse
+
+    from maskd import preview
+    from maskd.commands import check_config
+    from maskd.config import load_config
+
+    monkeypatch.setattr(preview, "opencv_gui_backend", lambda build_info=None: "GTK3")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    path = tmp_path / "window.yaml"
+    path.write_text("preview: {window: true}\n")
+    assert check_config.main(argparse.Namespace(config=path)) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: {path}\n"
+    warning = f"{path}: warning: preview.window: no desktop session ($DISPLAY / $WAYLAND_DISPLAY"
+    assert err.startswith(warning) and err.count("\n") == 1, err
+    with pytest.raises(preview.PreviewUnavailable) as stopped:  # what `run` calls at start
+        preview.check_previews(load_config(path))
+    assert f"{path}: warning: {stopped.value}\n" == err

@@ -3,10 +3,13 @@
 Exit 0 and "OK" when valid, else one line per bad key on stderr and exit 78 (EX_CONFIG), the
 status systemd's RestartPreventExitStatus= keys on. It loads the config as `run` does, so both
 reject the same configs: with MQTT on, that includes the password file or variable and the TLS
-files (maskd.config.MqttConfig), read when the config is loaded. Model files are warnings
-only: like the camera device and the broker, they are the machine's state rather than the
-config's (the service may run as another user, or on another machine); `maskd doctor` checks
-them, and `run` stops with exit 78 when one is missing.
+files (maskd.config.MqttConfig), read when the config is loaded. It also checks the preview
+devices of this machine with the function `run` calls at start (maskd.preview.check_previews):
+a missing or unusable framebuffer, or a window with an OpenCV without GUI support, would stop
+`run` here whoever starts it. What depends on the user or session (writing the framebuffer, a
+desktop session for the window) and the model files are warnings only: the service may run as
+another user, with another environment, or on another machine; `maskd doctor` checks them, and
+`run` stops with exit 78 when one is missing. Cameras and the broker are not opened.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 from maskd.config import EX_CONFIG, Config, ConfigError, load_config
+from maskd.preview import PreviewUnavailable, check_previews
 
 
 def referenced_files(cfg: Config) -> dict[str, Path]:
@@ -56,7 +60,12 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EX_CONFIG
-    for line in file_warnings(cfg):
+    try:
+        lacking = check_previews(cfg, strict=False)
+    except PreviewUnavailable as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return EX_CONFIG
+    for line in file_warnings(cfg) + [f"warning: {w}" for w in lacking]:
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")
     return 0

@@ -91,12 +91,10 @@ def captured_stderr_fd() -> Iterator[list[str]]:
 
 
 def _check_fb(fb: Path) -> tuple[str, str]:
-    from maskd.preview import PreviewUnavailable, read_fb_geometry, require_fb
+    from maskd.preview import PreviewUnavailable, check_framebuffer
 
     try:
-        require_fb(fb)
-        geo = read_fb_geometry(fb)
-        geo.pixel_format  # noqa: B018 - raises on unsupported depths
+        geo = check_framebuffer(fb)
     except PreviewUnavailable as err:
         return FAIL, _err(err)
     writable = os.access(fb, os.W_OK)

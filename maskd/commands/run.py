@@ -96,10 +96,12 @@ def say(err: BaseException) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from maskd.preview import check_previews
     from maskd.service import build
 
     try:
         cfg = run_config(args)
+        check_previews(cfg)  # before the models load; check-config runs the same checks
     except startup_errors() as err:
         say(err)
         return EX_CONFIG
