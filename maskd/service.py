@@ -188,10 +188,10 @@ class CameraLoop:
         if self.exit_at_end:
             self.stop_reason = "end of source"
             return
+        self._end_violations()  # nobody is looked at any more: not "active" while it idles
         if not why:
             log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
                      self.source.name)
-        self._end_violations()  # nobody is looked at any more: not "active" while it idles
         self._window.end = self._sink_window.end = time.monotonic()
         self._ended = True
         while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so,
