@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -618,7 +619,9 @@ class StatusServer:
                                 # newest again, so the browser shows it and a client that
                                 # left is noticed
                                 jpeg = feed.frame_jpeg(timeout=0.0)
-                                if jpeg is None:
+                                if jpeg is None:  # nothing to write, so no broken pipe
+                                    if self._client_left():  # would tell it left: ask
+                                        return
                                     continue
                         # Each part is followed by the next boundary at once: a browser shows
                         # a part only once it sees the boundary after it, and a source that
@@ -632,6 +635,18 @@ class StatusServer:
                     pass  # the browser went away
                 finally:
                     feed.watch(-1)
+
+            def _client_left(self) -> bool:
+                """True once the client closed its end (an orderly FIN or a reset): a stream
+                with no frame to send never writes, and would keep its thread and slot. What
+                it sent after its request is read and dropped (the stream is the last answer
+                on this connection), else its FIN would wait behind those bytes."""
+                sock = self.connection
+                try:
+                    readable, _, _ = select.select([sock], [], [], 0)
+                    return bool(readable) and sock.recv(1 << 16) == b""
+                except (OSError, ValueError):  # reset, or the socket is closed already
+                    return True
 
         return Handler
 

@@ -274,6 +274,39 @@ def test_a_client_that_trickles_headers_is_cut_and_connections_are_capped(monkey
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_stream_viewers_who_left_a_camera_without_frames_free_their_slots(server, capfd):
+    """A camera that never sent a frame (or is down): the stream has nothing to write, so it
+    never noticed its viewer leave; each departed viewer kept a thread and a slot, and after
+    32 the page and /metrics answered 503 until the camera came back. Each kind of leaving:
+    a FIN, a FIN after a pipelined byte, a reset."""
+    import struct
+
+    view = server.attach("front", "d", "c")  # no frame ever
+    for round_ in range(2):  # more departed viewers than there are slots
+        conns = []
+        for _ in range(statuspage.MAX_CONNECTIONS - 2):
+            c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            c.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.0 200 OK"), "stream headers"
+            conns.append(c)
+        while view.feed._watchers < len(conns):
+            time.sleep(0.01)
+        for i, c in enumerate(conns):
+            if i % 3 == 1:
+                c.sendall(b"x")
+            if i % 3 == 2:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        deadline = time.monotonic() + 3.0
+        while view.feed._watchers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert view.feed._watchers == 0, f"round {round_}: {view.feed._watchers} viewers kept"
+        assert get(server.url + "api/status")[0] == 200
+        assert get(server.url + "metrics")[0] == 200
+    assert server._server.refused == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_token_cookie_next_to_other_cookies(tmp_path):
     """Other web apps on the same host set cookies too; one with a space or a quote made the
     whole header unreadable, so the token cookie was not found (401)."""
