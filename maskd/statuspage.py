@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import select
 import socket
 import threading
@@ -141,6 +142,17 @@ def cookie_values(header: str | None, name: str) -> list[str]:
         if eq and key.strip() == name:
             out.append(value.strip().strip('"'))
     return out
+
+
+# A query parameter whose name says it holds a secret (``?token=``, ``password``, ``api_key``).
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pass|secret|key|auth)[^=&;\s]*=)"
+                           r"[^&;\s\"']*")
+
+
+def redact(text: str) -> str:
+    """``text`` (a request line) with secret query values replaced by ``***``: the debug log
+    must not hand the page's access token to whoever reads the journal."""
+    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 # ---------------------------------------------------------------- one camera
@@ -517,7 +529,7 @@ class StatusServer:
                 return self.server_version  # not the Python version: no help to an attacker
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                log.debug("http %s: " + format, self.client_address[0], *args)
+                log.debug("http %s: %s", self.client_address[0], redact(format % args))
 
             head_only = False  # a HEAD request: headers as for GET, no body
 

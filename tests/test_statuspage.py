@@ -383,6 +383,28 @@ def test_bearer_token_query_and_cookie(tmp_path):
         srv.close()
 
 
+def test_the_token_is_not_written_to_the_log(caplog):
+    """The debug log had every request line, ``?token=`` and all: whoever could read the journal
+    had the page's access token."""
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"tok-123")).start()
+    try:
+        srv.attach("front", "d", "c")
+        with caplog.at_level("DEBUG", logger="maskd.statuspage"):
+            assert get(srv.url + "?token=tok-123")[0] == 200
+            assert get(srv.url + "api/status?camera=a&token=tok-123&password=pw1")[0] == 200
+            assert get(srv.url + "metrics?token=wrong-tok")[0] == 401
+            conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            conn.sendall(b"GET /?token=tok-123 HTTP/9\r\n\r\n")  # a bad request is logged too
+            conn.recv(4096)
+            conn.close()
+            time.sleep(0.2)
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "GET /?token=*** HTTP/1.1" in logged and "camera=a&token=***&password=***" in logged
+        assert "tok-123" not in logged and "wrong-tok" not in logged and "pw1" not in logged, logged
+    finally:
+        srv.close()
+
+
 def test_head_answers_like_get_without_a_body(server):
     """Uptime checks ask with HEAD (was: 501); the stream's HEAD must not start streaming."""
     feed(server.attach("front", "d", "c"), 100)
