@@ -155,6 +155,21 @@ def redact(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", text)
 
 
+def local_host(header: str | None) -> bool:
+    """True for a Host header naming this machine's loopback (any port), or none (HTTP/1.0;
+    browsers always send one). A page bound to loopback has no password: any other name is
+    a web page whose DNS name was rebound to 127.0.0.1 to read the camera through the
+    visitor's browser."""
+    if header is None:
+        return True
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".") == "localhost" or (host != "" and is_loopback(host))
+
+
 # ---------------------------------------------------------------- one camera
 
 
@@ -396,6 +411,7 @@ class StatusServer:
         self.listen = listen
         self.host, port = parse_listen(listen)
         self.credentials = credentials or Credentials()
+        self.loopback = is_loopback(self.host)  # no credentials: the Host header is checked
         self.title = title
         self.idle_timeout_s = idle_timeout_s
         self.started = time.time()
@@ -566,6 +582,11 @@ class StatusServer:
                 self._send(200, "application/json", json.dumps(data, indent=1).encode())
 
             def do_GET(self) -> None:  # noqa: N802
+                if server.loopback and not local_host(self.headers.get("Host")):
+                    self._send(HTTPStatus.FORBIDDEN, "text/plain",
+                               b"forbidden: on a loopback address the Host must be localhost, "
+                               b"127.x.x.x or [::1]\n")
+                    return
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 creds = server.credentials

@@ -383,6 +383,36 @@ def test_bearer_token_query_and_cookie(tmp_path):
         srv.close()
 
 
+def test_a_loopback_page_answers_only_to_a_loopback_host_name(server):
+    """DNS rebinding: a web page at evil.example rebinds its name to 127.0.0.1 and reads the
+    live camera through a visitor's browser (the page on loopback has no password; the docs'
+    ssh -L tunnel is exactly such a loopback page). A loopback page answers 403 to any other
+    Host; with credentials beyond loopback the Host does not matter."""
+    feed(server.attach("front", "d", "c"), 100)
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example",
+                 "localhost.evil.example", "192.168.1.2", "[::2]:80", ""):
+        for path in ("", "frame.jpg", "stream.mjpg", "api/status", "metrics"):
+            status, _, body = get(server.url + path, {"Host": host})
+            assert status == 403, (host, path)
+            assert body == (b"forbidden: on a loopback address the Host must be localhost, "
+                            b"127.x.x.x or [::1]\n")
+    for host in ("localhost", "localhost:8080", "LocalHost:1", f"127.0.0.1:{server.port}",
+                 "127.0.0.2", "[::1]:8080", "[::1]"):
+        assert get(server.url + "frame.jpg", {"Host": host})[0] == 200, host
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # HTTP/1.0, no Host
+    conn.sendall(b"GET /api/status HTTP/1.0\r\n\r\n")
+    assert conn.recv(100).startswith(b"HTTP/1.0 200")
+    conn.close()
+    srv = StatusServer(f"0.0.0.0:{free_port()}", Credentials(token=b"tok-123")).start()
+    try:
+        srv.attach("front", "d", "c")
+        url = f"http://127.0.0.1:{srv.port}/api/status"
+        assert get(url, {"Host": "maskd.example", "Authorization": "Bearer tok-123"})[0] == 200
+        assert get(url, {"Host": "maskd.example"})[0] == 401
+    finally:
+        srv.close()
+
+
 def test_the_token_is_not_written_to_the_log(caplog):
     """The debug log had every request line, ``?token=`` and all: whoever could read the journal
     had the page's access token."""
