@@ -420,6 +420,11 @@ class MjpegFeed(ThreadedPreview):
                 return self._seq, self._jpeg
             return None
 
+    @property
+    def watchers(self) -> int:
+        """Stream clients now (the page re-requests its stream when it sees none)."""
+        return self._watchers
+
     def watch(self, delta: int) -> None:
         """A stream client arrives (+1) or leaves (-1)."""
         with self._cond:

@@ -239,6 +239,7 @@ class CameraView(EventSink, FrameObserver):
             "last_frame_age_s": None if self.last_frame_t is None
             else round(time.time() - self.last_frame_t, 2),
             "counts": None if self.counts is None else self.counts.to_dict(),
+            "viewers": self.feed.watchers,  # /stream.mjpg clients
             "detector": self.detector,
             "classifier": self.classifier,
         }
@@ -764,27 +765,72 @@ const hms = iso => iso ? esc(iso.slice(11, 19)) : "";
 const num = (v, d) => (v === null || v === undefined) ? "-" : Number(v).toFixed(d);
 const row = cells => "<tr>" + cells.map(c => "<td>" + c + "</td>").join("") + "</tr>";
 const head = cells => "<tr>" + cells.map(c => "<th>" + c + "</th>").join("") + "</tr>";
-let shown = "";
-function cameras(list) {
+// Chromium opens at most 6 connections per host and a stream holds one for good: up to 4
+// cameras stream, more show a still each second (/frame.jpg, at most 3 asked at once), so
+// the two JSON requests always get a connection.
+const STREAMS_UP_TO = 4, STILLS_AT_ONCE = 3;
+let shown = "", stills = false, asking = 0, serial = 0;
+function load(img) {  // (re)request the picture; a new query, so no cache answers it
+  clearTimeout(img.timer);
+  if (!img.isConnected) { done(img, false); return; }
+  if (stills && !img.asking) {
+    if (asking >= STILLS_AT_ONCE) { img.timer = setTimeout(() => load(img), 200); return; }
+    asking++;
+    img.asking = true;
+  }
+  if (stills) img.timer = setTimeout(() => load(img), 10000);  // no answer: ask again
+  img.src = (stills ? "/frame.jpg" : "/stream.mjpg") + "?camera=" +
+    encodeURIComponent(img.dataset.camera) + "&r=" + (++serial);
+}
+function done(img, again) {  // a still came (or failed), or a stream failed
+  clearTimeout(img.timer);
+  if (img.asking) { img.asking = false; asking--; }
+  if (again && img.isConnected) img.timer = setTimeout(() => load(img), 1000);
+}
+function cameras(list, restarted) {
   const names = list.map(c => c.camera).join("\\n");
-  if (names === shown) return;
-  shown = names;
-  document.getElementById("cameras").innerHTML = list.map(c =>
-    '<section><h2>Camera ' + esc(c.camera) + '</h2><img class="live" alt="live view of ' + esc(c.camera) +
-    '" src="/stream.mjpg?camera=' + encodeURIComponent(c.camera) + '"></section>').join("");
+  if (names !== shown) {
+    shown = names;
+    for (const img of document.querySelectorAll("img.live")) { done(img, false); img.src = ""; }
+    stills = list.length > STREAMS_UP_TO;
+    const box = document.getElementById("cameras");
+    box.innerHTML = list.map(c =>
+      '<section><h2>Camera ' + esc(c.camera) + '</h2><img class="live" alt="live view of ' +
+      esc(c.camera) + '"></section>').join("");
+    box.querySelectorAll("img.live").forEach((img, i) => {
+      img.dataset.camera = list[i].camera;
+      img.onerror = () => done(img, true);
+      if (stills) img.onload = () => done(img, true);
+      load(img);
+    });
+    return;
+  }
+  if (stills) return;  // stills ask again by themselves
+  // A stream that ended shows its last picture for ever, with no event: ask again after a
+  // restart, after the page lost the service, or once the service has had no viewer for 3 s.
+  document.querySelectorAll("img.live").forEach((img, i) => {
+    img.idle = list[i].viewers === 0 ? (img.idle || 0) + 1 : 0;
+    if (restarted || img.idle >= 3) { img.idle = 0; load(img); }
+  });
 }
 function up(s) {
   const u = Math.floor(s), d = Math.floor(u / 86400), h = Math.floor(u % 86400 / 3600),
         m = Math.floor(u % 3600 / 60);
   return (d ? d + " d " : "") + h + " h " + m + " min " + (u % 60) + " s";
 }
+let uptime = null, lost = false, polling = false;
 async function refresh() {
+  if (polling) return;  // the last poll is still waiting (for at most 5 s): no pile of them
+  polling = true;
+  const stop = new AbortController(), timer = setTimeout(() => stop.abort(), 5000);
   try {
-    const [st, ev] = await Promise.all([fetch("/api/status"), fetch("/api/events")]
-      .map(p => p.then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
+    const [st, ev] = await Promise.all(["/api/status", "/api/events"].map(u =>
+      fetch(u, {signal: stop.signal}).then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
     document.getElementById("title").textContent = "maskd status: " + st.title;
     document.getElementById("clock").textContent = st.time.slice(0, 19).replace("T", " ");
-    cameras(st.cameras);
+    cameras(st.cameras, lost || (uptime !== null && st.uptime_s < uptime));
+    uptime = st.uptime_s;
+    lost = false;
     const act = st.active_violations;
     document.getElementById("active").innerHTML = act.length ?
       head(["camera", "since", "track", "no-mask score", "top"]) + act.map(a =>
@@ -812,7 +858,11 @@ async function refresh() {
         row([hms(e.time), esc(e.camera), esc(e.type), e.track_id, num(e.score, 2), esc(e.end_reason)])).join("") :
       row(['<span class="muted">no events yet</span>']);
   } catch (err) {
+    lost = true;
     document.getElementById("clock").textContent = "not reachable: " + err;
+  } finally {
+    clearTimeout(timer);
+    polling = false;
   }
 }
 refresh();

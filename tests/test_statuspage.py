@@ -337,6 +337,125 @@ def test_a_client_that_resets_leaves_no_traceback(server, capfd):
     assert "Traceback" not in err and "Exception occurred" not in err, err[-2000:]
 
 
+# The grey level of each live view as the browser shows it now (green channel, bottom rows).
+LEVELS_JS = """Array.from(document.querySelectorAll('img.live')).map(img => {
+  if (!img.naturalWidth) return -1;
+  const c = document.createElement('canvas'), h = img.naturalHeight;
+  c.width = img.naturalWidth; c.height = h;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, h - 20, c.width, 10).data;
+  let s = 0; for (let i = 1; i < d.length; i += 4) s += d[i];
+  return Math.round(s / (d.length / 4));
+})"""
+
+
+class Feeder:
+    """The loop's side of a test page: each camera's frames, 10 a second, at a level the test
+    sets (``levels[name]``)."""
+
+    def __init__(self, views: list[CameraView], level: int) -> None:
+        self.views = views
+        self.levels = {v.name: level for v in views}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            for v in self.views:
+                feed(v, self.levels[v.name], i)
+            i += 1
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def open_page(tmp_path: Path, url: str) -> Chromium:
+    if CHROMIUM is None:
+        pytest.skip("needs chromium (apt-get install chromium; tests/run.sh does)")
+    try:
+        browser = Chromium(tmp_path / "profile", width=1280, height=900)
+        browser.open(url)
+    except (BrowserError, OSError) as err:
+        pytest.skip(f"chromium cannot start here: {err}")
+    return browser
+
+
+def test_a_page_with_six_cameras_keeps_its_numbers_and_pictures_fresh(tmp_path):
+    """Chromium opens 6 connections per host: one stream per camera used them all with 6
+    cameras, and the page's JSON polls never got one (the numbers froze at "loading").
+    Above 4 cameras each view is a still asked for every second."""
+    srv = StatusServer("127.0.0.1:0", title="six").start()
+    views = [srv.attach(f"cam{i}", "d", "c") for i in range(6)]
+    feeder = Feeder(views, 60)
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            names = browser.wait_for("document.getElementById('health') && "
+                                     "document.getElementById('health').innerText", timeout=20)
+            assert names and all(f"cam{i}" in names for i in range(6)), names
+            assert browser.wait_for(f"({LEVELS_JS}).every(v => Math.abs(v - 60) < 8)", 20), \
+                browser.evaluate(LEVELS_JS)
+            feeder.levels["cam5"] = 200  # the pictures follow the cameras
+            feeder.levels["cam0"] = 140
+            assert browser.wait_for(f"({LEVELS_JS}).join() !== '' && "
+                                    f"Math.abs(({LEVELS_JS})[5] - 200) < 8 && "
+                                    f"Math.abs(({LEVELS_JS})[0] - 140) < 8", 20), \
+                browser.evaluate(LEVELS_JS)
+            first = browser.evaluate("document.getElementById('clock').textContent")
+            time.sleep(2.5)  # and the numbers go on
+            assert browser.evaluate("document.getElementById('clock').textContent") != first
+            assert "not reachable" not in first
+    finally:
+        feeder.stop()
+        srv.close()
+
+
+def test_the_live_view_comes_back_after_a_restart(tmp_path):
+    """A restarted service (or a stream that ended) left the page on its last picture, as if
+    live, for ever: an image's stream that ends says nothing to the page. The page asks for the
+    stream again once the service is back (its uptime went down, or it was unreachable), or
+    when the service says the camera has no viewer."""
+    port = free_port()
+    srv = StatusServer(f"127.0.0.1:{port}").start()
+    feeder = Feeder([srv.attach("front", "d", "c")], 60)
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for(f"({LEVELS_JS})[0] > 0 && Math.abs(({LEVELS_JS})[0] - 60) < 8",
+                                    20), browser.evaluate(LEVELS_JS)
+            time.sleep(1.5)
+            feeder.stop()
+            srv.close()  # the service goes; the same one is back at once, showing other frames
+            srv = StatusServer(f"127.0.0.1:{port}").start()
+            feeder = Feeder([srv.attach("front", "d", "c")], 200)
+            assert browser.wait_for(f"Math.abs(({LEVELS_JS})[0] - 200) < 8", 20), \
+                browser.evaluate(LEVELS_JS)
+            # The stream ends with the service still up (as when it cuts a viewer that takes
+            # no data): the page notices the camera has no viewer and asks again.
+            feed_ = srv.views()[0].feed
+            assert feed_.watchers == 1
+            real = feed_.next_jpeg
+
+            def broken(*args: object, **kw: object) -> None:
+                feed_.next_jpeg = real
+                raise BrokenPipeError
+
+            feed_.next_jpeg = broken
+            deadline = time.monotonic() + 5
+            while feed_.watchers and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert feed_.watchers == 0
+            feeder.levels["front"] = 120
+            assert browser.wait_for(f"Math.abs(({LEVELS_JS})[0] - 120) < 8", 20), \
+                browser.evaluate(LEVELS_JS)
+            assert feed_.watchers == 1
+    finally:
+        feeder.stop()
+        srv.close()
+
+
 # ---------------------------------------------------------------- authentication
 
 
