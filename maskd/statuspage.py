@@ -17,6 +17,8 @@ Bound beyond loopback, every request needs the basic-auth password (any user nam
 token from ``preview.http_password_file`` / ``preview.http_token_file`` (maskd.config refuses
 a non-loopback address without one). A token may also come as ``?token=`` once; the answer then
 sets an HttpOnly cookie so the page's own requests carry it.
+Bound to loopback nothing is asked, but the Host header must name loopback (a DNS-rebinding
+page elsewhere gets 403).
 """
 
 from __future__ import annotations
