@@ -279,13 +279,16 @@ class LiveSource:
     def close(self) -> None:
         self._stop.set()
         # A read blocked inside the driver keeps the lock; it releases the device itself then.
+        # The release is done under the lock: a second close() (the loop's, after the signal
+        # handler's) then waits for it, so the process never exits while another thread is
+        # still inside OpenCV (a daemon thread in C++ at exit aborts it: "terminate called").
         if self._lock.acquire(timeout=5.0):
             try:
                 cap, self._cap = self._cap, None
+                if cap is not None:
+                    _safe_release(cap)
             finally:
                 self._lock.release()
-            if cap is not None:
-                _safe_release(cap)
 
 
 def _safe_release(cap: Capture) -> None:

@@ -284,6 +284,28 @@ class SlowCamera:
         pass
 
 
+def test_a_second_close_waits_for_the_first_ones_release():
+    """A stop closes a live source twice: from a helper thread at the signal, then from the
+    loop. The loop's close returned while the helper was still inside the capture's release
+    (FFmpeg closing a stream), and the process could exit with a thread inside OpenCV, which
+    aborts it ("terminate called without an active exception", exit -6, seen once in a test)."""
+    released = threading.Event()
+
+    class SlowRelease(SlowCamera):
+        def release(self):
+            time.sleep(0.5)
+            released.set()
+
+    src = LatestFrame(LiveSource("cam", lambda: SlowRelease(0.01), 0.01, 0.01))
+    assert src.read() is not None
+    helper = threading.Thread(target=src.close)
+    helper.start()
+    time.sleep(0.1)  # the helper is inside release()
+    src.close()
+    assert released.is_set(), "the second close returned before the capture was released"
+    helper.join(5)
+
+
 def test_latest_frame_skips_old_frames_and_counts_them():
     cam = SlowCamera(0.005)
     src = LatestFrame(LiveSource("fast", lambda: cam, 0.01, 0.01))
