@@ -687,7 +687,8 @@ def test_maskd_run_frame_jpg_follows_the_video(tmp_path, default_model):
         for _ in range(4):
             jpegs.append(urllib.request.urlopen(url + "frame.jpg", timeout=10).read())
             time.sleep(0.5)
-        assert len(set(jpegs)) == 4, "the same frame twice while the video moves"
+        # The old page gave one JPEG every time; a machine under load may skip one new frame.
+        assert len(set(jpegs)) >= 3, "the same frame again and again while the video moves"
         img = cv2.imdecode(np.frombuffer(jpegs[-1], np.uint8), cv2.IMREAD_COLOR)
         assert img.shape == (480, 640, 3)
     finally:
