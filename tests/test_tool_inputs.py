@@ -173,6 +173,36 @@ def test_convert_refuses_bad_options(tmp_path: Path, bad: list[str], says: str, 
     assert exc.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_convert_never_replaces_a_model_without_force(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--out defaults to models/, where the shipped model and its sidecar live: run from the repo
+    root, convert.py used to replace both. Now an existing model or sidecar stops it (exit 2,
+    naming the file) before any work, unless --force."""
+    from tools import convert
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"PK not read unless --force")
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    (shipped / "maskd_mobilenetv2_float32.tflite").write_bytes(b"the shipped model")
+    (shipped / "maskd_mobilenetv2_int8.json").write_text("the shipped sidecar")
+    monkeypatch.chdir(tmp_path)
+    for formats, name in (("float32", "maskd_mobilenetv2_float32.tflite"),
+                          ("int8", "maskd_mobilenetv2_int8.json")):
+        with pytest.raises(SystemExit) as exc:
+            convert.main([str(model), "--formats", formats])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert f"{Path('models') / name} exists; pass --force" in err
+    assert (shipped / "maskd_mobilenetv2_float32.tflite").read_bytes() == b"the shipped model"
+    assert (shipped / "maskd_mobilenetv2_int8.json").read_text() == "the shipped sidecar"
+    with pytest.raises(SystemExit) as exc:  # --force passes the check; the fake model stops it
+        convert.main([str(model), "--formats", "float32", "--force"])
+    assert "not a readable .keras model" in _exit_message(exc)
+    with pytest.raises(SystemExit) as exc:  # another --name in the same folder is fine
+        convert.main([str(model), "--formats", "float32", "--name", "other"])
+    assert "not a readable .keras model" in _exit_message(exc)
+
+
 def test_convert_out_inside_a_file_and_calibration_from_a_wrong_data_root(tmp_path: Path,
                                                                           capsys) -> None:
     from tools import convert

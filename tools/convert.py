@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Convert a trained .keras classifier to TFLite: float32, dynamic-range and full-integer int8.
 
-    python tools/convert.py runs/m224/model.keras --out models
+    python tools/convert.py runs/m224/model.keras --out runs/m224/tflite
     python tools/convert.py runs/m160/model.keras --out runs/m160/tflite --name maskd_mobilenetv2_160
+    python tools/convert.py runs/m224/model.keras --out models --force   # replace the shipped model
 
 Each .tflite gets a sidecar JSON (labels, input size, normalisation, provenance) that
 maskd.classifier reads, so the device never guesses. The int8 model has uint8 input and
@@ -10,6 +11,9 @@ output and is calibrated on images of the TRAIN part of the run's split.json. Wh
 ``edgetpu_compiler`` is on PATH the int8 model is also compiled for the Coral EdgeTPU.
 Each model also gets the head's pooled features as a second output (``tools/features.py``),
 which the tracker compares faces by.
+
+A model or sidecar already in ``--out`` is never replaced without ``--force`` (the default
+``--out models`` holds the shipped model).
 """
 
 from __future__ import annotations
@@ -144,7 +148,10 @@ def op_report(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("keras_model", type=Path, help="model.keras from tools/train.py")
-    p.add_argument("--out", type=Path, default=Path("models"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("models"),
+                   help="output folder (default models/, where the shipped model is)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model or sidecar of the same name already in --out")
     p.add_argument("--name", default="maskd_mobilenetv2", help="file stem: <name>_<format>.tflite")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of " + ", ".join(FORMATS))
     p.add_argument("--split", type=Path, help="split.json for calibration (default: next to the model)")
@@ -168,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not formats:
         p.error(f"unknown format(s) {bad}; choose from {FORMATS}" if bad else
                 f"--formats {args.formats!r} names no format; choose from {FORMATS}")
+    if not args.force:
+        for kind in formats:
+            model_file = args.out / f"{args.name}_{kind}.tflite"
+            for path in (model_file, model_file.with_suffix(".json")):
+                if path.exists():
+                    p.error(f"{path} exists; pass --force to replace it (or choose --out/--name)")
     out_dir(args.out)
     if not args.keras_model.is_file():
         raise SystemExit(f"model not found: {args.keras_model}")

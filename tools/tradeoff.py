@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> int:
         if not int8_path(size).is_file():
             cmd = [sys.executable, str(TOOLS / "convert.py"), str(out / "model.keras"),
                    "--out", str(out / "tflite"), "--name", f"maskd_mobilenetv2_{size}",
-                   "--formats", "float32,int8"]
+                   "--formats", "float32,int8", "--force"]  # no int8 yet: (re)make both
             print(f"{time.strftime('%H:%M:%S')} converting {size}: {' '.join(cmd)}", flush=True)
             if subprocess.call(cmd) != 0:
                 print(f"converting {size} failed", flush=True)
