@@ -4,7 +4,8 @@ A named pipe (FIFO) with an image's or a config's name blocks ``open()`` until s
 to it, forever; a device such as /dev/zero never ends. ``open_regular`` opens without blocking
 and refuses anything but a regular file; ``read_limited`` also takes a pipe that has a writer,
 so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes under a hidden
-temporary name and renames, so a full disk leaves the old file or none, never a cut one;
+temporary name and renames, so a full disk leaves the old file or none, never a cut one
+(``write_together`` does it for a set of files);
 ``append_line`` adds a line whole or cuts it back (the JSON lines sink, scan's and classify's
 output).
 """
@@ -116,14 +117,25 @@ def append_line(fd: int, data: bytes) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``path`` whole: a hidden temporary file in its folder, renamed over it. On an error
     (a full disk, a folder in the way) the temporary file is removed and OSError raised."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_together({path: data})
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """``write_atomically`` for files that belong together (a model and its sidecar): every one
+    is written in full under a hidden temporary name first, and only then are they renamed into
+    place, so a full disk leaves all the old files (temporaries removed) and never a new model
+    beside an old sidecar."""
+    tmps = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        for path, data in files.items():
+            with open(tmps[path], "wb") as f:
+                f.write(data)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
     except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        for tmp in tmps.values():
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         raise

@@ -73,6 +73,34 @@ def test_conversion_writes_models_with_sidecars(tiny_run: dict) -> None:
 
 @pytest.mark.shared
 @pytest.mark.slow
+def test_a_failed_write_leaves_the_earlier_model_and_sidecar(tiny_run: dict, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """The disk fills while the new model is written (here: while its features output is added):
+    the earlier model and sidecar stay as they were, no temporary is left, one line says so.
+    convert.py used to copy the model over the old one first, then write the sidecar."""
+    from tools import features
+
+    out = tmp_path / "models"
+    out.mkdir()
+    for suffix in (".tflite", ".json"):
+        (out / f"tiny_float32{suffix}").write_bytes((tiny_run["out"] / f"tiny_float32{suffix}"
+                                                     ).read_bytes()[:-1] + b"!")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(model: Path, dest: Path, layer: str) -> None:
+        raise OSError(28, "No space left on device", str(dest))
+
+    monkeypatch.setattr(features, "expose", full_disk)
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(tiny_run["run"] / "model.keras"), "--out", str(out), "--formats",
+                      "float32", "--name", "tiny", "--force"])
+    assert str(exc.value.code) == (f"{out / 'tiny_float32.tflite'}: cannot write (No space left "
+                                   "on device); the earlier files are left as they were")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.shared
+@pytest.mark.slow
 def test_training_pipeline_input_equals_runtime_preprocess(tiny_run: dict) -> None:
     """What train.py feeds the network (no augmentation) is exactly maskd's preprocess()."""
     paths = tiny_run["paths"]

@@ -13,7 +13,8 @@ Each model also gets the head's pooled features as a second output (``tools/feat
 which the tracker compares faces by.
 
 A model or sidecar already in ``--out`` is never replaced without ``--force`` (the default
-``--out models`` holds the shipped model).
+``--out models`` holds the shipped model), and with it each model and its sidecar are written in
+full under temporary names before they are renamed into place: a failure leaves the old pair.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from maskd.classifier import SIDECAR_FORMAT, ModelInfo
+from maskd.files import write_together
 from maskd.tflite import ModelError
 from tools import dataset, features
 from tools.inputs import load_keras, non_negative_int, out_dir, positive_int, probability
@@ -222,10 +224,6 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "int8" and ops["input"]["dtype"] not in ("uint8", "int8"):
                 raise SystemExit(f"int8 conversion gave a model with {ops['input']['dtype']} "
                                  f"input (calibration set of {len(rep)}); {out} not written")
-            try:
-                shutil.copyfile(made, out)
-            except OSError as err:
-                raise SystemExit(f"{out}: cannot write ({err.strerror or err})") from None
             side = info.to_dict()
             side.update(
                 format=SIDECAR_FORMAT,
@@ -244,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
                                               if args.calibration_scenes else 0)}
                              if kind == "int8" else None),
             )
-            out.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")
-            if args.features_layer:
-                try:
-                    features.expose(out, out, args.features_layer)
-                except ModelError as err:
-                    print(f"  scores only, no features output: {err}")
+            try:  # the model and its sidecar whole, or the old pair left as it was
+                made.with_suffix(".json").write_text(json.dumps(side, indent=1), encoding="utf-8")
+                if args.features_layer:
+                    try:
+                        features.expose(made, made, args.features_layer)
+                    except ModelError as err:
+                        print(f"  scores only, no features output: {err}")
+                write_together({out: made.read_bytes(),
+                                out.with_suffix(".json"): made.with_suffix(".json").read_bytes()})
+            except OSError as err:
+                raise SystemExit(f"{out}: cannot write ({err.strerror or err}); "
+                                 "the earlier files are left as they were") from None
             kb = out.stat().st_size / 1024
             print(f"{out}: {kb:.0f} KiB, input {ops['input']['dtype']}, "
                   f"ops {', '.join(f'{k}x{v}' for k, v in ops['ops'].items())}")
