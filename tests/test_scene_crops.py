@@ -157,6 +157,40 @@ def test_crops_of_three_real_train_photos(scenes_dir: Path, yunet_model: Path) -
     assert crops.settings["part"] == "train" and crops.settings["margin"] == 0.15
 
 
+def _scene_set(root: Path, objects: dict[str, list[tuple[str, int, int, int, int]]]) -> Path:
+    """A scene folder: one 320x240 photo per entry and its VOC annotation of ``objects``."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    for n, (stem, boxes) in enumerate(objects.items()):
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), _image(seed=n))
+        xml = "".join(f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                      f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+                      for name, x0, y0, x1, y1 in boxes)
+        (root / "annotations" / f"{stem}.xml").write_text(f"<annotation>{xml}</annotation>")
+    return root
+
+
+@pytest.mark.shared
+def test_a_bad_annotation_is_left_out_and_named(tmp_path: Path, yunet_model: Path, capsys) -> None:
+    """An unknown label or a box outside the photo used to stop scene_crops (and train.py
+    --scenes, convert.py --calibration-scenes) with a traceback; now the photo is left out and
+    named, as eval_scenes.py does."""
+    root = _scene_set(tmp_path / "scenes", {
+        "good": [("with_mask", 40, 40, 100, 110), ("without_mask", 150, 50, 200, 110)],
+        "person": [("with_mask", 40, 40, 100, 110), ("person", 150, 50, 200, 110)],
+        "outside": [("without_mask", 400, 10, 450, 60)]})
+    assert scene_crops.main(["--scenes", str(root), "--part", "all", "--size", "32",
+                             "--zooms", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 photos (all), 2 crops" in out
+    assert "unknown class 'person'" in err and "person.xml" in err
+    assert "outside.xml" in err and "lies outside the 320x240 photo" in err
+    assert "scene_crops: 2 photo(s) skipped" in err
+    crops = scene_crops.scene_crops(root, "all", 32, zooms=(1.0,))
+    assert crops.photos == ["good"] and len(crops.skipped_photos) == 2
+    assert crops.subset(crops.labels >= 0).skipped_photos == crops.skipped_photos
+
+
 def test_occluder_on_a_bare_face_leaves_the_mouth_alone() -> None:
     """No skin-toned patch over a bare mouth: it would teach that a beige mask is skin."""
     img = np.full((96, 96, 3), 128, np.uint8)

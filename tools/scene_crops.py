@@ -46,6 +46,7 @@ from tools.eval_scenes import (
     load_scenes,
     match,
     photo_part,
+    report_skipped,
     variant_config,
 )
 
@@ -68,6 +69,7 @@ class SceneCrops:
     zooms: np.ndarray  # (N,) float
     photos: list[str]  # every photo looked at, also those that gave no crop
     skipped: dict[str, int] = field(default_factory=dict)  # faces left out, by reason
+    skipped_photos: list[str] = field(default_factory=list)  # photos left out, each with why
     settings: dict[str, Any] = field(default_factory=dict)  # how they were cut (JSON-ready)
 
     def subset(self, keep: np.ndarray) -> SceneCrops:
@@ -77,7 +79,7 @@ class SceneCrops:
         return SceneCrops(self.images[idx], self.labels[idx], [self.stems[i] for i in idx],
                           [self.kinds[i] for i in idx], self.zooms[idx],
                           [p for p in self.photos if p in keep_stems], dict(self.skipped),
-                          dict(self.settings))
+                          list(self.skipped_photos), dict(self.settings))
 
     def counts(self) -> dict[str, int]:
         return {lab: int(np.sum(self.labels == i)) for i, lab in enumerate(dataset.LABELS)}
@@ -162,10 +164,17 @@ def scene_crops(root: Path = DEFAULT_SCENES, part: str = "train", size: int = 22
     """Every crop of one part of the scene set (see the module docstring), resized to S x S.
 
     ``score_threshold`` None is the device's YuNet cut; lower finds more hard faces. ``limit``:
-    only the first N photos of the part (trials).
+    only the first N photos of the part (trials). A photo that cannot be used (an unknown
+    label, a box outside the photo, a broken file) is left out and named on stderr, as
+    eval_scenes.py does: one bad annotation must not stop a training run (it was a traceback).
     """
     margin = ClassifierConfig().margin if margin is None else margin
-    scenes: list[Scene] = load_scenes(Path(root), limit, part)
+    bad: list[str] = []
+    try:
+        scenes: list[Scene] = load_scenes(Path(root), limit, part, bad)
+    except FileNotFoundError as err:  # no annotations, or no photo left
+        raise SystemExit(f"scene_crops: {err}") from None
+    report_skipped("scene_crops", bad)
     configs = {z: detector_config(z, score_threshold) for z in zooms}
     detectors = {z: make_detector(cfg) for z, cfg in configs.items()}
     images, labels, stems, kinds, zs = [], [], [], [], []
@@ -202,7 +211,8 @@ def scene_crops(root: Path = DEFAULT_SCENES, part: str = "train", size: int = 22
                 "margin": margin, "min_face_px": min_px, "iou": IOU,
                 "detector": {f"{z:g}x": c.model_dump(mode="json") for z, c in configs.items()}}
     return SceneCrops(out, np.array(labels, np.int64), stems, kinds, np.array(zs, np.float64),
-                      [sc.image.stem for sc in scenes], dict(sorted(skipped.items())), settings)
+                      [sc.image.stem for sc in scenes], dict(sorted(skipped.items())), bad,
+                      settings)
 
 
 def split_by_photo(crops: SceneCrops, percent: int = VAL_PERCENT

@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         split["scenes"] = {
             "settings": crops.settings, "fingerprint": crops.fingerprint(),
             "skipped": crops.skipped,
+            "skipped_photos": crops.skipped_photos,
             "counts": {part: sc.counts() for part, sc in scenes.items()},
             "photos": {part: sc.photos for part, sc in scenes.items()},
         }
