@@ -351,9 +351,12 @@ def test_eval_scenes_refuses_bad_numbers(bad: list[str], capsys) -> None:
 def test_eval_video_checks_frames_and_outputs_first(tmp_path: Path, capsys) -> None:
     from tools import eval_video
 
-    with pytest.raises(SystemExit) as exc:
-        eval_video.parse_args(["--frames", "0"])
-    assert exc.value.code == 2 and "--frames" in capsys.readouterr().err
+    # --queue-people -2 sliced 'all but the last 2' photos into the queue and recorded -2
+    for bad in (["--frames", "0"], ["--queue-people", "-2"], ["--queue-people", "0"],
+                ["--jobs", "0"], ["--jobs", "-1"], ["--queue-context", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            eval_video.parse_args(bad)
+        assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     for opt in ("--json", "--sheet", "--plot"):
         with pytest.raises(SystemExit) as exc:  # before any scene is read or clip rendered

@@ -83,7 +83,7 @@ from tools.eval_scenes import (
     ratio,
     report_skipped,
 )
-from tools.inputs import out_dir, out_file, positive_int
+from tools.inputs import non_negative_float, out_dir, out_file, positive_int
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -1072,16 +1072,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=positive_int, help="at most N clips of each kind (trials)")
     p.add_argument("--frames", type=positive_int, default=FRAMES,
                    help=f"frames per walkup/pan/crossing clip (default {FRAMES})")
-    p.add_argument("--queue-people", type=int, default=QUEUE_PEOPLE,
+    p.add_argument("--queue-people", type=positive_int, default=QUEUE_PEOPLE,
                    help=f"people in the queue clip (default {QUEUE_PEOPLE})")
-    p.add_argument("--queue-context", type=float, default=QUEUE_CONTEXT,
+    p.add_argument("--queue-context", type=non_negative_float, default=QUEUE_CONTEXT,
                    help="how much of each queued person's photo is shown: a square of this x "
                         f"the face side (default {QUEUE_CONTEXT}); 0 = the whole photo, "
                         "bystanders included (their events then count against the queue)")
     p.add_argument("--config", type=Path, help="a maskd YAML config (default: built-in defaults)")
     p.add_argument("-o", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--jobs", type=int, default=2, help="clips run in parallel (default 2)")
+    p.add_argument("--jobs", type=positive_int, default=2, help="clips run in parallel (default 2)")
     p.add_argument("--cache", type=Path, default=CACHE,
                    help="folder of rendered clips, reused across runs (default runs/eval_video/clips)")
     p.add_argument("--no-cache", action="store_true", help="render every clip into a temp folder")
