@@ -363,3 +363,34 @@ def test_eval_video_checks_frames_and_outputs_first(tmp_path: Path, capsys) -> N
             eval_video.main([opt, str(tmp_path / "afile" / "x"), "--scenes", str(tmp_path / "no")])
         assert _exit_message(exc).startswith(f"{tmp_path / 'afile'}")
         assert "cannot create the output folder" in _exit_message(exc)
+
+
+@pytest.mark.parametrize("bad", [["--size", "0"], ["--limit", "-1"], ["--limit", "0"],
+                                 ["--zooms", "0"], ["--zooms", "1,-2"],
+                                 ["--score-threshold", "7"], ["--score-threshold", "nan"],
+                                 ["--min-px", "-1"]])
+def test_scene_crops_refuses_bad_numbers(bad: list[str], capsys) -> None:
+    """Each was a traceback after the scenes were read, or taken silently (--limit -1)."""
+    from tools import scene_crops
+
+    with pytest.raises(SystemExit) as exc:
+        scene_crops.parse_args(bad)
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_scene_crops_checks_the_sheet_before_the_work(tmp_path: Path) -> None:
+    """--sheet sheet.txt was a cv2.error traceback after every crop was cut; nodir/x.png said
+    'wrote' and wrote nothing. Now the type is checked and the folder made while parsing, and a
+    write that fails all the same stops the tool naming the file."""
+    from tools import scene_crops
+    from tools.inputs import write_image
+
+    with pytest.raises(SystemExit) as exc:
+        scene_crops.parse_args(["--sheet", str(tmp_path / "sheet.txt")])
+    assert _exit_message(exc).startswith(f"{tmp_path / 'sheet.txt'}: cannot write an image")
+    args = scene_crops.parse_args(["--sheet", str(tmp_path / "nodir" / "x.png")])
+    assert (tmp_path / "nodir").is_dir() and args.zooms == (1.0, 2.0)
+    assert scene_crops.parse_args(["--zooms", "1,3"]).zooms == (1.0, 3.0)
+    with pytest.raises(SystemExit) as exc:
+        write_image(tmp_path / "gone" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert _exit_message(exc) == f"{tmp_path / 'gone' / 'x.png'}: cannot write the image"

@@ -41,6 +41,17 @@ probability = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 open_unit = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+def comma_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse ``type=`` for 'a,b,c': each part checked by ``item`` (one of the above)."""
+    def parse(text: str) -> list[Any]:
+        parts = [t.strip() for t in text.split(",")]
+        if not any(parts):
+            raise argparse.ArgumentTypeError(f"{text!r} names no value")
+        return [item(t) for t in parts]
+    parse.__name__ = f"comma list of {item.__name__}"
+    return parse
+
+
 def out_dir(path: Path) -> Path:
     """Create the output folder ``path`` now, right after parsing, so a path inside a file or
     an unwritable place stops the tool before its work, not after it."""
@@ -61,6 +72,30 @@ def out_file(path: Path) -> Path:
         raise SystemExit(f"{path}: is a folder; give a file name for the output")
     out_dir(path.parent)
     return path
+
+
+def image_out(path: Path) -> Path:
+    """An image file to write later (a contact sheet): OpenCV must know its type by the suffix
+    and its folder is created now (``out_file``), so neither fails after the work is done."""
+    import cv2
+
+    if not cv2.haveImageWriter(str(path)):
+        raise SystemExit(f"{path}: cannot write an image of type {path.suffix or '(no suffix)'}; "
+                         "give a .png or .jpg name")
+    return out_file(path)
+
+
+def write_image(path: Path, bgr: Any) -> None:
+    """``cv2.imwrite`` that fails loudly: it returns False (a folder gone, a full disk) and
+    said nothing, and the tool printed 'wrote' all the same."""
+    import cv2
+
+    try:
+        ok = cv2.imwrite(str(path), bgr)
+    except cv2.error as err:
+        raise SystemExit(f"{path}: cannot write the image ({reason(err)})") from None
+    if not ok:
+        raise SystemExit(f"{path}: cannot write the image")
 
 
 def reason(err: BaseException, limit: int = 300) -> str:

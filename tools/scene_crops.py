@@ -49,6 +49,15 @@ from tools.eval_scenes import (
     report_skipped,
     variant_config,
 )
+from tools.inputs import (
+    comma_list,
+    image_out,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    write_image,
+)
 
 FRAME = (SourceConfig().width, SourceConfig().height)  # what the device's camera delivers
 ZOOMS = (1.0, 2.0)  # 1: the photo as the whole frame; 2: the same people two times closer
@@ -258,16 +267,20 @@ def contact_sheet(crops: SceneCrops, tile: int = 64, cols: int = 16, count: int 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_scene_options(p, "train", "select: for looking only, never for training")
-    p.add_argument("--size", type=int, default=96, help="crop side S")
-    p.add_argument("--zooms", type=lambda v: tuple(float(x) for x in v.split(",")),
-                   default=ZOOMS, help="frame zooms, e.g. 1,2")
-    p.add_argument("--score-threshold", type=float, default=None,
-                   help="YuNet score cut (default: the device's)")
-    p.add_argument("--min-px", type=float, default=MIN_FACE_PX,
+    p.add_argument("--size", type=positive_int, default=96, help="crop side S")
+    p.add_argument("--zooms", type=comma_list(positive_float), default=ZOOMS,
+                   help="frame zooms, e.g. 1,2")
+    p.add_argument("--score-threshold", type=probability, default=None,
+                   help="YuNet score cut in [0, 1] (default: the device's)")
+    p.add_argument("--min-px", type=non_negative_float, default=MIN_FACE_PX,
                    help="keep faces whose annotated shorter side in the frame is this big")
-    p.add_argument("--limit", type=int, help="only the first N photos")
+    p.add_argument("--limit", type=positive_int, help="only the first N photos")
     p.add_argument("--sheet", type=Path, help="write a contact sheet PNG of a sample of crops")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.zooms = tuple(args.zooms)
+    if args.sheet is not None:
+        image_out(args.sheet)  # a .txt name or a folder that cannot be made fails now
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}}  " + "  ".join(f"{row[lab]:>7}" for lab in dataset.LABELS))
     print(f"faces left out or missed: {crops.skipped}")
     if args.sheet:
-        cv2.imwrite(str(args.sheet), contact_sheet(crops))
+        write_image(args.sheet, contact_sheet(crops))
         print(f"wrote {args.sheet}")
     return 0
 
