@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -127,6 +129,22 @@ def test_nothing_readable_is_an_error(bright_model, tmp_path):
     with pytest.raises(SystemExit) as exc:
         explain.main(["--model", str(model), "--split", str(split)])
     assert "none of the test images of" in str(exc.value.code)
+
+
+def test_same_named_images_get_their_own_overlays(bright_model, tmp_path):
+    """Class folders both holding 0.png: the second overlay used to overwrite the first."""
+    import cv2
+
+    files = []
+    for value, cls in ((255, "with_mask"), (0, "without_mask")):
+        (tmp_path / cls).mkdir()
+        files.append(tmp_path / cls / "0.png")
+        cv2.imwrite(str(files[-1]), np.full((32, 32, 3), value, np.uint8))
+    rows = explain.explain_files(explain.Explainer(bright_model), files, tmp_path / "cam")
+    overlays = [Path(r["overlay"]) for r in rows]
+    assert [o.name for o in overlays] == ["001_with_mask_0_cam.png", "002_without_mask_0_cam.png"]
+    assert sorted((tmp_path / "cam").iterdir()) == overlays
+    assert overlays[0].read_bytes() != overlays[1].read_bytes()
 
 
 def test_output_inside_a_file_stops_before_the_model_runs(tmp_path):

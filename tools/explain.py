@@ -30,7 +30,7 @@ import numpy as np
 
 from maskd.classifier import preprocess
 from maskd.images import ImageError, load_image_rgb
-from tools.inputs import load_keras, out_dir, out_file, positive_int
+from tools.inputs import load_keras, out_dir, out_file, positive_int, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,10 +243,14 @@ def split_numbers(ex: Explainer, split_path: Path, subset: str, root: Path | Non
 
 
 def explain_files(ex: Explainer, files: list[Path], out: Path) -> list[dict[str, Any]]:
-    """One overlay PNG per image (image | Grad-CAM | CAM) and a line of numbers each."""
+    """One overlay PNG per image (image | Grad-CAM | CAM) and a line of numbers each.
+
+    An overlay is named by the image's place in ``files``, its folder and its name
+    (``003_with_mask_0_cam.png``): by the name alone, class folders' ``0.jpg`` overwrote each other.
+    """
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for p in files:
+    for n, p in enumerate(files, 1):
         try:
             rgb = load_image_rgb(p)
         except ImageError as err:
@@ -257,8 +261,9 @@ def explain_files(ex: Explainer, files: list[Path], out: Path) -> list[dict[str,
                   overlay(cv2.resize(rgb, (ex.size, ex.size)), r["gradcam"][0])]
         if "cam" in r:
             panels.append(overlay(cv2.resize(rgb, (ex.size, ex.size)), r["cam"][0]))
-        dst = out / f"{p.stem}_cam.png"
-        cv2.imwrite(str(dst), np.hstack(panels)[:, :, ::-1])
+        dst = out / ("_".join(part for part in (f"{n:03d}", p.parent.name, p.stem) if part)
+                     + "_cam.png")
+        write_image(dst, np.hstack(panels)[:, :, ::-1])
         p_no = float(r["probs"][0][LABELS.index("no_mask")])
         rows.append({"image": str(p), "overlay": str(dst), "p_no_mask": p_no,
                      "label": LABELS[int(r["classes"][0])],
