@@ -394,3 +394,41 @@ def test_scene_crops_checks_the_sheet_before_the_work(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         write_image(tmp_path / "gone" / "x.png", np.zeros((4, 4, 3), np.uint8))
     assert _exit_message(exc) == f"{tmp_path / 'gone' / 'x.png'}: cannot write the image"
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["-o", "score_threshold=7"], "-o 'score_threshold=7': Input should be less than or equal to 1"),
+    (["-o", "input_width=abc"], "-o 'input_width=abc': Input should be a valid integer"),
+    (["--thresholds", "1.5,-2"], "--thresholds"), (["--thresholds", "0.5,nan"], "--thresholds"),
+])
+def test_eval_scenes_checks_overrides_and_thresholds_while_parsing(bad: list[str], says: str,
+                                                                   capsys) -> None:
+    """-o values were a pydantic traceback once the first variant was built; --thresholds 1.5
+    was taken and scored."""
+    from tools import eval_scenes
+
+    with pytest.raises(SystemExit) as exc:
+        eval_scenes.parse_args(bad)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and says in err and "Traceback" not in err
+    args = eval_scenes.parse_args(["-o", "score_threshold=0.4", "--thresholds", "0.5,0.9"])
+    assert args.overrides == {"score_threshold": "0.4"} and args.thresholds == [0.5, 0.9]
+
+
+@pytest.mark.parametrize("tool, bad", [
+    ("train", ["--seed", "-1"]), ("convert", ["--seed", "-1"]),
+    ("bench", ["--repeats", "0"]), ("bench", ["--warmup", "-1"]), ("bench", ["--frames", "0"]),
+])
+def test_seeds_and_repeats_are_checked_while_parsing(tmp_path: Path, tool: str, bad: list[str],
+                                                     capsys) -> None:
+    """--seed -1 failed in numpy/Keras after the split was written; bench --repeats 0 was a
+    StatisticsError after the models were loaded."""
+    import importlib
+
+    mod = importlib.import_module(f"tools.{tool}")
+    argv = {"train": ["--out", str(tmp_path / "run")], "bench": [],
+            "convert": [str(tmp_path / "m.keras"), "--out", str(tmp_path / "o")]}[tool]
+    with pytest.raises(SystemExit) as exc:
+        mod.parse_args(argv + bad) if tool != "convert" else mod.main(argv + bad)
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()

@@ -46,6 +46,7 @@ from tools.benchlib.frame import bench_frame
 from tools.benchlib.goals import bench_goals
 from tools.benchlib.macs import bench_macs, cpu_peak
 from tools.benchlib.report import plot, render
+from tools.inputs import non_negative_int, positive_int
 
 ALL_SECTIONS = ("face", "macs", "frame", "e2e", "goals", "estimates")
 
@@ -65,12 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-keras", action="store_true", help="skip Keras rows even when TF is installed")
     p.add_argument("--detectors", default="yunet,blazeface,opencv-ssd",
                    help="comma list for the per-frame section (a .tflite path = a TFLite SSD)")
-    p.add_argument("--frames", type=int, default=None, help="clip length for e2e (default 120, quick 30)")
+    p.add_argument("--frames", type=positive_int, default=None, help="clip length for e2e (default 120, quick 30)")
     p.add_argument("--clips", default=None,
                    help="e2e clips: scenes (scenes-dev photos, panned), demo (maskd's demo clip); "
                         "default scenes,demo (quick: scenes)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=non_negative_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=None)
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = set(args.sections) - set(ALL_SECTIONS)

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="how many scene crops join the calibration images")
     p.add_argument("--features-layer", default=features.DEFAULT_LAYER,
                    help="pooling layer exposed as the features output ('' for scores only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]

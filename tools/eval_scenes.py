@@ -40,16 +40,24 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from maskd.config import ClassifierConfig, DetectorConfig, still_detector
 from maskd.detectors import DetectorError, find_yunet_model, make_detector
 from maskd.geometry import box_iou, shorter_sides
 from maskd.types import Face
-from tools.inputs import non_negative_float, open_unit, positive_int, probability
+from tools.inputs import (
+    comma_list,
+    non_negative_float,
+    open_unit,
+    positive_int,
+    probability,
+    reason,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -357,7 +365,12 @@ def variant_config(name: str, overrides: dict[str, Any],
     if fields.get("kind", "auto") in ("yunet", "auto") and not fields.get("model"):
         fields["model"] = find_yunet_model() or SHARED_YUNET
     fields.update(overrides)
-    cfg = DetectorConfig(**fields)
+    try:
+        cfg = DetectorConfig(**fields)
+    except ValidationError as err:  # a rule across fields (each -o value is checked alone first)
+        raise SystemExit(f"variant {name}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'detector'}: {e['msg']}" for e in err.errors())
+            ) from None
     # Photos are judged as `maskd scan` judges them: at the still-image input size, unless the
     # preset or -o names an input size itself. The variant ``config`` is the file's detector
     # section as the device's loop applies it.
@@ -469,13 +482,22 @@ def render(results: list[dict[str, Any]], small_px: float, with_violations: bool
     return "\n".join(out)
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
+def parse_overrides(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """-o FIELD=VALUE pairs, each VALUE checked against its DetectorConfig field while parsing
+    (``score_threshold=7`` was a pydantic traceback once the first variant was built)."""
     out = {}
     for it in items:
         key, sep, value = it.partition("=")
         if not sep or key not in DetectorConfig.model_fields:
-            raise SystemExit(f"-o {it!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(DetectorConfig.model_fields)}")
+            p.error(f"-o {it!r}: expected FIELD=VALUE with FIELD one of "
+                    f"{', '.join(DetectorConfig.model_fields)}")
+        field_info = DetectorConfig.model_fields[key]
+        kind = (Annotated[(field_info.annotation, *field_info.metadata)] if field_info.metadata
+                else field_info.annotation)
+        try:
+            TypeAdapter(kind).validate_python(value)
+        except ValidationError as err:
+            p.error(f"-o {it!r}: {reason(err.errors()[0]['msg'])}")
         out[key] = value
     return out
 
@@ -496,7 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
     p.add_argument("--threshold", type=probability, default=None,
                    help="P(no_mask) cut for the no_mask label (default: classifier.threshold)")
-    p.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")],
+    p.add_argument("--thresholds", type=comma_list(probability),
                    help="also score violations at these P(no_mask) cuts, e.g. 0.5,0.7,0.9")
     p.add_argument("--margin", type=non_negative_float, default=None,
                    help="crop margin (default: classifier.margin)")
@@ -507,12 +529,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small-px", type=float, default=24.0)
     p.add_argument("--limit", type=positive_int, help="only the first N scenes")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.overrides = parse_overrides(p, args.overrides)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = parse_overrides(args.overrides)
+    overrides = args.overrides
     base_det, base_cls = None, ClassifierConfig()
     if args.config is not None:
         from maskd.config import ConfigError, load_config

@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "once and reused by the epochs (0 = push every epoch through the base)")
     p.add_argument("--val", type=fraction, default=0.1, help="validation fraction")
     p.add_argument("--test", type=fraction, default=0.1, help="test fraction (never trained on)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=non_negative_int, default=42)
     p.add_argument("--limit", type=positive_int, default=None,
                    help="at most N (>= 1) images per class and N scene photos (trials; default: all)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
