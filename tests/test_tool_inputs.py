@@ -266,6 +266,26 @@ def test_evaluate_voc_leaves_out_broken_photos_with_a_reason(tmp_path: Path, cap
     assert "no face crop left to score" in _exit_message(exc)
 
 
+def test_a_photo_without_an_annotation_is_named_not_dropped(tmp_path: Path, capsys) -> None:
+    """The loader walked annotations/ only: a photo without its XML was left out unseen and
+    counted nowhere. Now it is a skipped photo ('no annotation') in every tool that loads."""
+    from tools import evaluate
+    from tools.eval_scenes import load_scenes
+
+    root = _voc(tmp_path / "voc", {"b_good": _obj("without_mask", 1, 1, 7, 7)})
+    _image(root / "images" / "a_lonely.png")
+    crops, labels, skipped = evaluate.voc_crops(root, 0.1, 1)
+    assert [c.name for c in crops] == ["b_good.png#0"] and skipped["photos"] == 1
+    err = capsys.readouterr().err
+    assert (f"evaluate: skipped {root / 'images' / 'a_lonely.png'}: no annotation (no "
+            f"{root / 'annotations' / 'a_lonely'}.xml)") in err
+    why: list[str] = []
+    assert [sc.image.name for sc in load_scenes(root, skipped=why)] == ["b_good.png"]
+    assert len(why) == 1 and "a_lonely.png: no annotation" in why[0]
+    with pytest.raises(FileNotFoundError):  # the first photo by name has no annotation
+        load_scenes(root, limit=1, skipped=[])
+
+
 @pytest.mark.parametrize("layout", ["no annotations", "empty annotations", "no images"])
 def test_evaluate_voc_without_usable_photos_stops(tmp_path: Path, layout: str) -> None:
     from tools import evaluate

@@ -161,17 +161,28 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
     """The annotated photos of ``root`` (sorted by name), optionally one part of the split.
 
     With a ``skipped`` list, a photo that cannot be used is left out and the reason appended
-    (one broken file must not cost a long run); without one, it raises. Raises too when no
-    photo is left.
+    (one broken file must not cost a long run); without one, it raises. A photo in images/
+    without an annotation is such a photo too ("no annotation"): it was left out unseen.
+    ``limit`` counts photos of either kind. Raises too when no photo is left.
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    xmls = sorted((root / "annotations").glob("*.xml"))
-    xmls = [x for x in xmls if part == "all" or photo_part(x.stem) == part][:limit]
+    xmls = {x.stem: x for x in (root / "annotations").glob("*.xml")}
     if not xmls:
         raise FileNotFoundError(f"{root}/annotations: no .xml files")
+    images = root / "images"
+    bare = {f.stem: f for f in (images.iterdir() if images.is_dir() else ())
+            if f.is_file() and not f.name.startswith(".") and f.stem not in xmls}
+    stems = sorted(st for st in {*xmls, *bare} if part == "all" or photo_part(st) == part)[:limit]
+    if skipped is not None:
+        skipped.extend(f"{bare[st]}: no annotation (no {root / 'annotations' / st}.xml)"
+                       for st in stems if st in bare)
+    xml_list = [xmls[st] for st in stems if st in xmls]
+    if not xml_list:
+        raise FileNotFoundError(f"{root}/annotations: no .xml files"
+                                + (f" of the {part} part" if part != "all" else ""))
     scenes = []
-    for x in xmls:
+    for x in xml_list:
         try:
             scenes.append(load_scene(x, root / "images"))
         except (OSError, ValueError) as err:
@@ -179,7 +190,7 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
                 raise
             skipped.append(str(err))
     if not scenes:
-        raise FileNotFoundError(f"{root}: none of its {len(xmls)} annotated photos can be used")
+        raise FileNotFoundError(f"{root}: none of its {len(xml_list)} annotated photos can be used")
     return scenes
 
 
