@@ -215,11 +215,39 @@ def test_snapshots_are_opt_in(broker, tmp_path):
         sink.emit(ev)
         assert sink.flush(10)
         sink.close()
-    snaps = sub.wait_topic(f"{CAM}/snapshot", 1, timeout=3)
+    sub.wait(lambda ms: any(m.topic == f"{CAM}/snapshot" and m.payload for m in ms), 3)
+    snaps = [m for m in sub.on(f"{CAM}/snapshot") if m.payload]  # empty: the off run's withdrawal
     assert len(snaps) == 1 and snaps[0].payload[:2] == b"\xff\xd8" and not snaps[0].retain
     flags = {e["event_id"]: e["snapshot"] for e in events(sub)}
     assert flags == {"s0-0": False, "s1-0": True}
     sub.close()
+
+
+def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_left(broker,
+                                                                                  tmp_path):
+    """A run with `snapshots: true` leaves the last face crop retained; with `snapshots: false`
+    no image may stay on the broker, and with `discovery: false` Home Assistant's device must
+    go. Was: both stayed retained for ever (nothing withdrew them)."""
+    import numpy as np
+
+    disco = "homeassistant/device/maskd_dev1_cam1/config"
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=True))
+    ev = script("s", 1, 0)[0]
+    ev.best_crop = np.full((40, 30, 3), 128, np.uint8)
+    sink.emit(ev)
+    assert sink.flush(10)
+    sink.close()
+    before = retained_now(broker, [f"{CAM}/#", "homeassistant/#"])
+    assert before[f"{CAM}/snapshot"][:2] == b"\xff\xd8" and disco in before
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=False,
+                                        discovery=False))
+    assert wait_until(lambda: sink.connected, 10)
+    time.sleep(0.5)
+    after = retained_now(broker, [f"{CAM}/#", "homeassistant/#"])
+    sink.close()
+    assert f"{CAM}/snapshot" not in after and disco not in after, sorted(after)
+    assert after[f"{CAM}/status"] == b"online"  # the rest is still there
+    assert sink.faults() == []
 
 
 def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):

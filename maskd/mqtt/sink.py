@@ -556,6 +556,7 @@ class MqttSink(EventSink):
             if self._mq.discovery:
                 self._publish_discovery()
                 client.subscribe(self._first.topics.ha_status, qos=1)
+            self._withdraw_switched_off()
         self._q.put(("wake", None, None))
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
@@ -636,13 +637,13 @@ class MqttSink(EventSink):
 
     # ---- retained state ----
 
-    def _side(self, topic: str, payload: str | bytes, retain: bool = True
+    def _side(self, topic: str, payload: str | bytes, retain: bool = True, report: bool = True
               ) -> mqtt.MQTTMessageInfo:
         """Publish a message that is not an event (QoS 1, retained unless said otherwise); the
-        publisher thread reports it when the broker refuses it (MQTT 5)."""
+        publisher thread reports it when the broker refuses it (MQTT 5) and ``report``."""
         with self._side_lock:  # recorded before the publisher thread can look its ack up
             info = self._client.publish(topic, payload, qos=1, retain=retain)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            if info.rc == mqtt.MQTT_ERR_SUCCESS and report:
                 self._side_topics[info.mid] = topic
         return info
 
@@ -697,6 +698,20 @@ class MqttSink(EventSink):
             cfg = discovery_config(cam.topics, self._device_id, cam.name, self._mq.snapshots,
                                    self._configuration_url)
             self._side(cam.topics.discovery, _dumps(cfg))
+
+    def _withdraw_switched_off(self) -> None:
+        """What an earlier run left retained and this config no longer wants goes (idempotent,
+        on every connect): the last face crop once ``snapshots`` is off, since no image may stay
+        on the broker; the discovery config once ``discovery`` is off, so Home Assistant
+        removes the device. (With discovery on, a config without the snapshot camera removes
+        that entity by itself.)"""
+        # Not reported when refused: an ACL that never granted the topic (nothing to remove
+        # then) must not become a standing fault of a config that does not use it.
+        for cam in self._cams.values():
+            if not self._mq.snapshots:
+                self._side(cam.topics.snapshot, b"", report=False)
+            if not self._mq.discovery:
+                self._side(cam.topics.discovery, b"", report=False)
 
     def _publish_stats(self, cam: _Camera) -> None:
         cam.stats_t = time.monotonic()
