@@ -334,6 +334,52 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     sub.close()
 
 
+def test_cameras_dropped_after_a_kill_go_offline_with_no_violation_open(broker, tmp_path):
+    """A killed run's camera that the next config has not: nothing else would ever reset its
+    retained topics (the last will covers only the process's status). Was: `violation/active`
+    ON and, in the cameras: layout, `status` online for ever. Chain: a single-camera process
+    killed during a violation, then a real `maskd run` of a cameras: map without it (killed
+    too), then a sink for part of that map."""
+    state = tmp_path / "state"
+    d = start_driver(broker.url, state, "--then", "wait", "--violations", "1", "--left-open", "1")
+    read_until(d, "done")
+    sub = Subscriber(broker, ["maskd/#"])
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/violation/active"][-1:]
+                    == [b"ON"], 10)
+    os.kill(d.pid, signal.SIGKILL)
+    d.wait()
+    cfg = tmp_path / "map.yaml"
+    cfg.write_text(f"device_id: dev1\nmqtt: {{url: '{broker.url}'}}\ncameras:\n"
+                   "  door: {source: {kind: demo}}\n  yard: {source: {kind: demo}}\n")
+    run = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                            "--state-dir", str(state)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/yard/status"][-1:]
+                        == [b"online"], 60), "the cameras: map never came up"
+        assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/violation/active"
+                                    ][-1:] == [b"OFF"], 10), "cam1's violation still ON"
+        assert sub.wait(lambda ms: any(m.topic == f"{CAM}/violation" and m.json()["end_reason"]
+                                       == "restart" for m in ms), 10)
+    finally:
+        run.kill()
+        run.wait()
+    sink = MqttSink(cfg_for(broker, state).mqtt, "dev1", "door", state,
+                    cameras={"door": RunControl()})
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/yard/status"
+                                    ][-1:] == [b"offline"], 10), "yard still online"
+        retained = retained_now(broker, ["maskd/#"])
+    finally:
+        sink.close()
+        sub.close()
+    assert retained[f"{CAM}/violation/active"] == b"OFF" and retained[f"{CAM}/status"] == b"offline"
+    assert retained[f"{CAM}/violations"] == b"0"
+    assert retained[f"{BASE}/yard/violation/active"] == b"OFF"
+    assert retained[f"{BASE}/door/status"] == b"online"  # the configured camera is left alone
+
+
 def test_test_brokers_listen_outside_the_ports_clients_are_given():
     """A stopped broker's port must not be taken by a client meanwhile (seen once in .ci/run:
     "Address already in use" on restart, after maskd had reconnected to it for seconds)."""

@@ -53,6 +53,11 @@ def _encode_jpeg(image: Any) -> bytes | None:
     return buf.tobytes() if ok else None
 
 
+def _root(topics: Topics) -> str:
+    """A camera's topic root, ``<prefix>/<device_id>/<camera>``: what the session file keeps."""
+    return topics.violation.removesuffix("/violation")
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -166,10 +171,15 @@ class MqttSink(EventSink):
                               memory_max=mq.memory_queue_max,
                               reserve_bytes=mq.outbox_reserve_kb * 1024)
         self._session_path = Path(state_dir) / SESSION_FILE
-        self._previous_stop = self._read_previous_stop()
+        self._previous_stop, previous_cams = self._read_previous_session()
         self._started_at = time.time()
         self._write_session(running=True)
-        self._end_left_open()
+        left_open = self._end_left_open()
+        # Cameras a killed run had and this config has not: their retained availability and
+        # violation state would say online / ON for ever (no last will covers a camera's own
+        # status in the cameras: layout, none its violation). Marked once, on the first connect.
+        self._dropped = sorted((previous_cams | left_open) - {_root(c.topics)
+                                                             for c in self._cams.values()})
 
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # ("ack", mid, reason) / ("wake", ...)
         self._conn_lock = threading.Lock()  # orders reconnects against event publishes
@@ -260,19 +270,26 @@ class MqttSink(EventSink):
 
     # ---- clean/unclean stop marker: status/detail tells consumers how the last run ended ----
 
-    def _read_previous_stop(self) -> str:
+    def _read_previous_session(self) -> tuple[str, set[str]]:
+        """How the last run ended, and its cameras' topic roots when it ended uncleanly (a clean
+        stop left them offline and their violations ended)."""
         try:
             data = json.loads(self._session_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return "none"
+            return "none", set()
         except (OSError, ValueError):
-            return "unknown"
-        return "unclean" if data.get("running") else "clean"
+            return "unknown", set()
+        if not isinstance(data, dict) or not data.get("running"):
+            return "clean", set()
+        cams = data.get("cameras")
+        return "unclean", {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
 
     def _write_session(self, running: bool) -> None:
+        cams = [_root(c.topics) for c in self._cams.values()]
         try:
             write_atomically(self._session_path, _dumps(
-                {"running": running, "pid": os.getpid(), "time": time.time()}).encode("utf-8"))
+                {"running": running, "pid": os.getpid(), "time": time.time(),
+                 "cameras": cams}).encode("utf-8"))
         except OSError as err:
             log.warning("cannot write %s: %s", self._session_path, err)
 
@@ -320,10 +337,13 @@ class MqttSink(EventSink):
                         "end_reason": event.end_reason}), retain=False)
         self._q.put(("wake", None, None))
 
-    def _end_left_open(self) -> None:
+    def _end_left_open(self) -> set[str]:
         """End the violations a killed run left open (reason "restart"), after that run's pending
-        messages, so no consumer waits for their `end` forever."""
+        messages, so no consumer waits for their `end` forever. Returns their cameras' topic
+        roots."""
+        roots = set()
         for last in self._outbox.open_events():
+            roots.add(last.topic.removesuffix("/violation"))
             p = last.payload
             # end_time: when its last message was stored, the last moment it was known open
             end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1, "end_reason": "restart",
@@ -332,6 +352,7 @@ class MqttSink(EventSink):
             self._outbox.put(last.topic, end, track=(str(p["event_id"]), False))
             log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
                         "with reason restart", p["event_id"])
+        return roots
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait until the broker acknowledged every event; False if some remain, at once when
@@ -557,6 +578,7 @@ class MqttSink(EventSink):
                 self._publish_discovery()
                 client.subscribe(self._first.topics.ha_status, qos=1)
             self._withdraw_switched_off()
+            self._mark_dropped_offline()
         self._q.put(("wake", None, None))
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
@@ -712,6 +734,20 @@ class MqttSink(EventSink):
                 self._side(cam.topics.snapshot, b"", report=False)
             if not self._mq.discovery:
                 self._side(cam.topics.discovery, b"", report=False)
+
+    def _mark_dropped_offline(self) -> None:
+        """A camera a killed run had and this config has not: offline, no violation open
+        (its open violations' `end` goes out from the outbox). Once: the camera may run in
+        another process later."""
+        for root in self._dropped:
+            log.info("MQTT: %s is no longer configured; marking it offline", root)
+            self._side(f"{root}/violation/attributes", _dumps(
+                {"event_id": None, "score": None, "since": None,
+                 "camera": root.rsplit("/", 1)[-1]}))
+            self._side(f"{root}/violation/active", "OFF")
+            self._side(f"{root}/violations", "0")
+            self._side(f"{root}/status", "offline")
+        self._dropped = []
 
     def _publish_stats(self, cam: _Camera) -> None:
         cam.stats_t = time.monotonic()
