@@ -165,6 +165,37 @@ def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys
     assert not retained(broker)
 
 
+def test_a_killed_cameras_map_after_a_single_camera_run_needs_no_force(broker, tmp_path, capsys):
+    """A single-camera run's clean stop leaves `<camera>/status/detail` saying offline; a
+    cameras: map's process killed afterwards leaves that camera `online` and the device
+    `offline`. Nothing runs, so no --force is needed. Was: exit 75, the stale detail taken for
+    proof of the single-camera layout."""
+    run_sink(broker, tmp_path / "state")
+    cfg = write_config(tmp_path, broker, cameras={"cam1": {"source": {"kind": "demo"}},
+                                                  "cam2": {"source": {"kind": "demo"}}})
+    sub = Subscriber(broker, ["maskd/#"])
+    run = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        assert sub.wait(lambda ms: any(m.topic == "maskd/dev1/status" and m.payload == b"online"
+                                       for m in ms), 60)
+        assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
+                        == [b"online"], 10)
+        time.sleep(0.5)
+    finally:
+        run.kill()
+        run.wait()
+    assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == "maskd/dev1/status"][-1:]
+                    == [b"offline"], 10), "no last will"
+    sub.close()
+    left = retained(broker)
+    assert left[f"{CAM}/status"] == b"online"
+    assert f"{CAM}/status/detail" not in left  # the map's process removed the stale detail
+    rc, out, err = clear(capsys, "--config", str(cfg))
+    assert rc == 0, err
+    assert not retained(broker)
+
+
 def test_online_rules_per_layout():
     cfg = Config(device_id="d", cameras={"a": {"source": {"kind": "demo"}},
                                          "b": {"source": {"kind": "demo"}}})
@@ -181,6 +212,9 @@ def test_online_rules_per_layout():
     single = {"maskd/d/a/status": b"online", "maskd/d/a/status/detail": b"{}",
               "maskd/d/status": b"offline"}
     assert online_cameras(p, single) == ["camera a (maskd/d/a/status = online)"]
+    # an earlier single-camera run's clean stop left its detail: the device status decides
+    stale = {**killed, "maskd/d/a/status/detail": b'{"state":"offline","clean":true}'}
+    assert online_cameras(p, stale) == []
 
 
 def test_exit_codes_without_a_broker_or_url(tmp_path, capsys):

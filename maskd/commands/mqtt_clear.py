@@ -15,6 +15,7 @@ reached, refused the connection or a topic, 75 a camera is online, 78 the config
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -73,20 +74,32 @@ def online_cameras(p: Plan, found: dict[str, bytes]) -> list[str]:
     """Which of the plan's cameras (and the process) look alive from their retained status.
 
     A camera's availability (``<camera>/status``) is the last will in the single-camera layout
-    (its ``status/detail`` sits next to it), so ``online`` there means running. In the
-    ``cameras:`` layout the last will is the device status: a killed process leaves its
-    cameras ``online`` but the device ``offline``.
+    (its ``status/detail`` sits next to it, saying ``online``), so ``online`` there means
+    running. In the ``cameras:`` layout the last will is the device status: a killed process
+    leaves its cameras ``online`` but the device ``offline``. A detail that says ``offline`` is
+    an earlier single-camera run's leftover, no proof of that layout: the device status decides.
     """
     device = found.get(p.device_status)
     out = []
     for name, t in p.topics.items():
         if found.get(t.availability) != b"online":
             continue
-        if t.status_detail in found or device != b"offline":
+        if _says_online(found.get(t.status_detail)) or device != b"offline":
             out.append(f"camera {name} ({t.availability} = online)")
     if p.clear_device and device == b"online":
         out.append(f"the maskd process ({p.device_status} = online)")
     return out
+
+
+def _says_online(detail: bytes | None) -> bool:
+    """A status/detail that does not say ``"state": "offline"`` (unreadable ones count as
+    online: refusing is the safe side)."""
+    if detail is None:
+        return False
+    try:
+        return json.loads(detail).get("state") != "offline"
+    except (ValueError, AttributeError):
+        return True
 
 
 class _Clearer:

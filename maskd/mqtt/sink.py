@@ -568,6 +568,9 @@ class MqttSink(EventSink):
             for cam in self._cams.values():
                 if cam.topics.availability != status:
                     self._side(cam.topics.availability, "online" if cam.running else "offline")
+                    # an earlier single-camera run's process detail: not this layout's, and
+                    # `maskd mqtt-clear` would take it for that layout's
+                    self._side(f"{cam.topics.availability}/detail", b"", report=False)
                 self._publish_active(cam)
                 self._publish_detect_state(cam)
                 # published again with the next frame: a broker that lost its retained
