@@ -345,6 +345,10 @@ class ZonesConfig(Section):
         for i, poly in enumerate(v or []):
             if len(poly) < 3:
                 raise ValueError(f"polygon {i} has {len(poly)} point(s); a zone needs at least 3")
+            if (pair := zones.crossing(poly)) is not None:
+                raise ValueError(f"polygon {i} crosses itself (edges {pair[0]} and {pair[1]}; "
+                                 f"edge k joins point k to the next): list its points in order "
+                                 "around the zone")
             if zones.area(poly) < zones.MIN_AREA:
                 raise ValueError(f"polygon {i} has no area (its points lie on one line): as "
                                  "include it would drop every face, as ignore do nothing")

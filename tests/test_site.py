@@ -210,6 +210,32 @@ def test_zones_without_area_are_refused():
     assert zones.area([(0, 0), (1, 0), (1, 1), (0, 1)]) == pytest.approx(1.0)
 
 
+def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path):
+    """A bowtie (points not in order around the zone) counts by the even-odd rule, so its
+    overlap falls outside it. Was: refused as "no area (its points lie on one line)", which
+    they do not. check-config and run share the validation and must say the same."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bowtie = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"device_id: pi\ncameras:\n  door:\n    source: {{kind: demo}}\n"
+                   f"    zones: {{ignore: [{bowtie}]}}\n")
+    said = []
+    for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--exit-at-end"]):
+        r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 78, r.stderr
+        assert "polygon 0 crosses itself (edges 0 and 2;" in r.stderr, r.stderr
+        assert "no area" not in r.stderr
+        said.append(r.stderr[r.stderr.index("polygon 0"):].splitlines()[0])
+    assert said[0] == said[1]
+    assert zones.crossing(bowtie) == (0, 2)
+    assert zones.crossing([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]) is None
+    assert zones.crossing([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]) is None  # "no area" names it
+
+
 def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeypatch):
     """next_change walked local minutes, which repeat in the autumn: it missed the flip in the
     repeated hour and named a time an hour in the past. And the last microsecond of a day was
