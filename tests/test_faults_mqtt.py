@@ -17,7 +17,15 @@ import sys
 import threading
 import time
 
-from mqtt_broker import Broker, Mqtt311Only, Subscriber, fill_disk, small_disk, wait_until
+from mqtt_broker import (
+    Broker,
+    Mqtt311Only,
+    Subscriber,
+    fill_disk,
+    free_port,
+    small_disk,
+    wait_until,
+)
 from mqtt_driver import script
 from test_mqtt import (
     CAM,
@@ -159,6 +167,23 @@ def test_a_first_start_on_a_full_disk_runs_and_delivers(tmp_path, default_model)
         assert sub.wait(lambda ms: len(ms) >= 2, 10)
         assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
         sub.close()
+
+
+def test_a_stop_on_a_full_disk_does_not_promise_the_next_start_what_is_only_in_memory(
+        tmp_path, default_model):
+    """Broker down, state dir full: the stop said every unacknowledged event was "kept in
+    .../outbox.sqlite3 for the next start", and the next line said they were lost."""
+    with small_disk(tmp_path / "state") as state:
+        fill_disk(state)
+        r = subprocess.run(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+             "--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--state-dir", str(state), "--model",
+             str(default_model), "--detector", "blazeface", "--flush-timeout", "1"],
+            capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode == 75, r.stderr[-3000:]
+    said = [ln for ln in r.stderr.splitlines() if "not yet acknowledged" in ln]
+    assert said and "0 kept in" in said[0] and "held in memory only" in said[0], said
+    assert "could not be stored" in r.stderr and "are lost" in r.stderr
 
 
 def test_acl_denied_publish_is_kept_and_reported_and_exits_75(tmp_path, default_model):

@@ -368,11 +368,23 @@ class MqttSink(EventSink):
                     return False
                 left = deadline - time.monotonic()
                 if left <= 0 or (cancel is not None and cancel.is_set()):
-                    log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next "
-                                "start", depth, self._outbox.path)
+                    self._say_unacknowledged(depth)
                     return False
                 self._acked.wait(min(left, 0.5))
         return True
+
+    def _say_unacknowledged(self, depth: int) -> None:
+        """What the next start will find: events held only in memory (a full disk) are not
+        "kept for the next start"; the outbox stores them at close if there is room by then,
+        and says so, or says they are lost."""
+        memory = self._outbox.in_memory()
+        if not memory:
+            log.warning("MQTT: %d event(s) not yet acknowledged; kept in %s for the next start",
+                        depth, self._outbox.path)
+            return
+        log.warning("MQTT: %d event(s) not yet acknowledged: %d kept in %s for the next start, "
+                    "%d held in memory only (the disk had no room for them)", depth,
+                    depth - memory, self._outbox.path, memory)
 
     def close(self) -> None:
         """Clean stop: retained offline + detail, then disconnect (no last will). Outbox kept.
