@@ -360,6 +360,14 @@ class CameraLoop:
         return EX_OK
 
 
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop maskd: SIGTERM, SIGINT, and SIGHUP unless it is ignored (`nohup`)."""
+    sigs = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
 class Service:
     """The process: one CameraLoop per camera, each in its own thread, sharing the models.
 
@@ -387,10 +395,7 @@ class Service:
             log.info("%s received: stopping", signal.Signals(signum).name)
             self.stop(signal.Signals(signum).name)
 
-        sigs = [signal.SIGTERM, signal.SIGINT]
-        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-            sigs.append(signal.SIGHUP)
-        old = {s: signal.signal(s, handler) for s in sigs}
+        old = {s: signal.signal(s, handler) for s in stop_signals()}
 
         def restore() -> None:
             for s, h in old.items():

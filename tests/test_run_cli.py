@@ -4,6 +4,7 @@ checked against what the photos contain; signals, exit codes and config errors."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -492,6 +493,32 @@ def test_sighup_stays_ignored_under_nohup():
         restore()
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_stop_asked_for_while_the_models_load_is_a_clean_stop(tmp_path, default_model,
+                                                                monkeypatch, caplog):
+    """SIGTERM or Ctrl-C while `run` loads its models (seconds on a Pi) killed it (-15) or
+    ended in a KeyboardInterrupt traceback: now the stop is held and done the clean way."""
+    from maskd import service
+    from maskd.cli import build_parser
+    from maskd.commands import run as run_cmd
+
+    real_build = service.build
+
+    def build_then_a_signal(*args, **kwargs):
+        built = real_build(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while build() has not returned yet
+        return built
+
+    monkeypatch.setattr(service, "build", build_then_a_signal)
+    before = signal.getsignal(signal.SIGINT)
+    args = build_parser().parse_args(
+        ["run", "--source", "demo", "--model", str(default_model), "--detector", "blazeface",
+         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl")])
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        assert run_cmd.main(args) == 0
+    assert "SIGINT received while starting: stopping" in caplog.text
+    assert signal.getsignal(signal.SIGINT) == before  # handlers given back
 
 
 def test_flags_that_cannot_reach_the_cameras_of_a_map_are_refused(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from maskd.config import (
@@ -97,7 +98,7 @@ def say(err: BaseException) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from maskd.preview import check_previews
-    from maskd.service import build
+    from maskd.service import build, stop_signals
 
     try:
         cfg = run_config(args)
@@ -110,14 +111,26 @@ def main(args: argparse.Namespace) -> int:
     # The demo is a clip, not a camera: nothing comes after it, so it ends the run unless looped.
     demo = cfg.source.kind == "demo"
     exit_at_end = args.exit_at_end or (demo and not cfg.source.loop)
+    # Loading the models takes seconds on a Pi: a stop asked for meanwhile is held, then done
+    # the clean way (STOPPING=1, exit 0), not a traceback (SIGINT) or a kill (SIGTERM).
+    early: list[signal.Signals] = []
+    held = {s: signal.signal(s, lambda n, _f: early.append(signal.Signals(n)))
+            for s in stop_signals()}
     try:
         service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames)
     except startup_errors() as err:
         say(err)
         return EX_CONFIG
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
     for line in detector_notes(cfg, demo):
         print(f"maskd run: {line}", file=sys.stderr)
     restore = service.install_signal_handlers()
+    if early:
+        logging.getLogger("maskd.service").info("%s received while starting: stopping",
+                                                early[0].name)
+        service.stop(early[0].name)
     try:
         return service.run(flush_timeout=args.flush_timeout)
     finally:
