@@ -77,6 +77,23 @@ def yunet_name(sha256: str) -> str:
     return KNOWN_YUNET.get(sha256, f"face_detection_yunet_sha256-{sha256[:16]}.onnx")
 
 
+def damaged_yunet(path: Path) -> str | None:
+    """Why a file named as known YuNet content (a version's name, or ``..._sha256-<hex>.onnx``)
+    does not have that content, else None. OpenCV can crash the whole process (SIGSEGV,
+    SIGFPE) on a damaged .onnx, so this is checked before OpenCV reads it; other names are not
+    checked. Raises OSError when the file cannot be read."""
+    named = re.fullmatch(r"face_detection_yunet_sha256-([0-9a-f]{16})\.onnx", path.name)
+    want = next((sha for sha, name in KNOWN_YUNET.items() if name == path.name),
+                named[1] if named else None)  # the whole sha256, or the name's first 16 hex
+    if want is None:
+        return None
+    got = file_sha256(path)
+    if got.startswith(want):
+        return None
+    return (f"is damaged (sha256 {got}, its name says {want}{'...' * (len(want) < 64)}); "
+            "run `maskd models fetch` again")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from maskd import modelfiles
 from maskd.config import Config, DetectorConfig
 from maskd.detectors import (
     BLAZEFACE_ANCHORS,
@@ -36,6 +40,7 @@ from maskd.geometry import (
     tile_grid,
     weighted_nms,
 )
+from maskd.modelfiles import YUNET_SHA256
 from maskd.types import Face
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
@@ -436,6 +441,38 @@ def test_missing_models_are_clear_errors(tmp_path: Path):
         make_detector(DetectorConfig(kind="yunet", model=bad))
     with pytest.raises(DetectorError, match="cannot load this CenterFace"):
         make_detector(DetectorConfig(kind="centerface", model=bad))
+
+
+def damage(src: Path, dst: Path, n: int = 100, seed: int = 2) -> Path:
+    """``src`` with ``n`` random bytes changed, saved as ``dst`` (seed 2 on the shipped YuNet
+    makes cv2.FaceDetectorYN.create die of SIGFPE)."""
+    data = np.frombuffer(src.read_bytes(), np.uint8).copy()
+    rng = np.random.default_rng(seed)
+    where = rng.choice(len(data), n, replace=False)
+    data[where] = rng.integers(0, 256, n, dtype=np.uint8)
+    dst.write_bytes(data.tobytes())
+    return dst
+
+
+def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Path):
+    """A known YuNet file whose bytes changed killed run and scan inside OpenCV (SIGFPE/SIGSEGV,
+    exit 136/139, no message); its sha256 is now checked first. A file saved under its sha256's
+    name is checked against that name."""
+    bad = damage(yunet_model, tmp_path / yunet_model.name)
+    by_sha = damage(yunet_model, tmp_path / "face_detection_yunet_sha256-0123456789abcdef.onnx")
+    for model, want in ((bad, YUNET_SHA256), (by_sha, "0123456789abcdef...")):
+        for args, code in ((["run", "--source", "demo", "--max-frames", "1"], 78),
+                           (["scan", str(tmp_path)], 2)):
+            r = subprocess.run([sys.executable, "-m", "maskd", *args, "--detector", "yunet",
+                                "--detector-model", str(model)], capture_output=True, text=True,
+                               timeout=120)
+            lines = [x for x in r.stderr.splitlines() if not x.startswith("INFO:")]
+            assert r.returncode == code, r.stderr
+            assert lines == [f"maskd {args[0]}: {model}: is damaged (sha256 "
+                             f"{modelfiles.file_sha256(model)}, its name says {want}); run "
+                             "`maskd models fetch` again"], r.stderr
+    shutil.copy(yunet_model, tmp_path / "mine.onnx")  # another name: not checked, and fine
+    assert make_detector(DetectorConfig(kind="yunet", model=tmp_path / "mine.onnx")).name == "yunet"
 
 
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):

@@ -12,7 +12,7 @@ from maskd.config import DetectorConfig
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
 from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
-from maskd.modelfiles import REPO_MODELS, SYSTEM_MODELS, YUNET_GLOB, find_yunet
+from maskd.modelfiles import REPO_MODELS, SYSTEM_MODELS, YUNET_GLOB, damaged_yunet, find_yunet
 from maskd.types import Face
 
 
@@ -53,6 +53,12 @@ class YuNet:
         self.name = "yunet"
         self.path = Path(model)
         self.input_size = input_size
+        try:
+            damage = damaged_yunet(self.path)
+        except OSError as err:
+            raise DetectorError(f"{model}: cannot read the YuNet model: {err.strerror or err}") from None
+        if damage:
+            raise DetectorError(f"{model}: {damage}")
         try:
             self._net = cv2.FaceDetectorYN.create(str(model), "", input_size, score_threshold,
                                                   nms_threshold, top_k)
