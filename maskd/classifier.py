@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -114,11 +115,22 @@ class ModelInfo:
         try:
             labels = [str(x) for x in d["labels"]]
             size = int(d["input_size"])
-            norm = d.get("normalization", {})
+            norm = d.get("normalization") or {}  # absent or null: the defaults
+            if not isinstance(norm, dict):
+                raise ModelError(f"{source}: sidecar 'normalization' must be an object with "
+                                 f"scale and offset, got {norm!r}")
             scale = float(norm.get("scale", DEFAULT_SCALE))
             offset = float(norm.get("offset", DEFAULT_OFFSET))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{source}: bad model sidecar ({err!r})") from None
+        # A zero or NaN scale makes every crop the same input, so every face would be no_mask.
+        for field, value in (("scale", scale), ("offset", offset)):
+            if not math.isfinite(value) or (field == "scale" and value <= 0):
+                raise ModelError(f"{source}: sidecar 'normalization.{field}' must be a finite "
+                                 f"number{' > 0' * (field == 'scale')}, got {value}")
+        if not isinstance(d.get("features") or {}, dict):  # `maskd doctor` reads its size
+            raise ModelError(f"{source}: sidecar 'features' must be an object or null, got "
+                             f"{d['features']!r}")
         if "no_mask" not in labels or "mask" not in labels:
             raise ModelError(f"{source}: labels must include 'mask' and 'no_mask', got {labels}")
         return cls(labels, size, scale, offset, d)
@@ -152,7 +164,7 @@ def read_sidecar(model: Path) -> ModelInfo:
             f"{model}: its sidecar {p.name} (labels, input size, normalisation) is missing; "
             "models made by tools/convert.py come with one"
         ) from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
         raise ModelError(f"{p}: cannot read model sidecar: {err}") from None
     return ModelInfo.from_dict(d, str(p))
 
@@ -197,7 +209,7 @@ class Classifier:
     def describe(self) -> str:
         """One line for `maskd doctor`: file, input, labels and where it runs."""
         s, dtype = self.input_size, np.dtype(self._in["dtype"]).name
-        looks = (f"features {self.info.raw.get('features', {}).get('size', '?')} (faces told apart "
+        looks = (f"features {(self.info.raw.get('features') or {}).get('size', '?')} (faces told apart "
                  "by colour and features)" if self.has_features else "no features output (faces "
                  "told apart by colour alone)")
         return (f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, "

@@ -4,7 +4,10 @@ the shipped models on real images of the internal test split."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -85,6 +88,47 @@ def test_missing_or_bad_sidecar(default_model: Path, tmp_path: Path) -> None:
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "labels": ["a", "b"]}))
     with pytest.raises(ModelError, match="does not match the sidecar's input_size"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "input_size": 123}))
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"normalization": "RGB"}, "'normalization' must be an object with scale and offset, got 'RGB'"),
+    ({"normalization": {"scale": 0}}, "'normalization.scale' must be a finite number > 0, got 0.0"),
+    ({"normalization": {"scale": float("nan")}}, "'normalization.scale' must be a finite number > 0"),
+    ({"normalization": {"offset": float("inf")}}, "'normalization.offset' must be a finite number, "
+                                                  "got inf"),
+    ({"features": 1280}, "'features' must be an object or null, got 1280"),
+])
+def test_a_sidecar_field_of_the_wrong_kind_is_named(default_model: Path, tmp_path: Path,
+                                                    change: dict, said: str) -> None:
+    """A string normalization or features was an AttributeError traceback; scale 0 or NaN (offset
+    inf) was accepted and made every face no_mask."""
+    good = json.loads(sidecar_path(default_model).read_text())
+    model = _copy_model(default_model, tmp_path, {**good, **change})
+    with pytest.raises(ModelError, match=re.escape(f"{model.with_suffix('.json')}: sidecar {said}")):
+        Classifier.open(model)
+
+
+def test_null_normalization_and_features_are_the_defaults(default_model: Path, tmp_path: Path) -> None:
+    """null reads as absent (was: AttributeError in open, and in `maskd doctor`'s describe)."""
+    good = json.loads(sidecar_path(default_model).read_text())
+    clf = Classifier.open(_copy_model(default_model, tmp_path, {**good, "normalization": None,
+                                                                 "features": None}))
+    assert (clf.info.scale, clf.info.offset) == (C.DEFAULT_SCALE, C.DEFAULT_OFFSET)
+    assert "features ? (faces told apart by colour and features)" in clf.describe()
+
+
+def test_a_sidecar_not_in_utf8_is_one_line_exit_78(default_model: Path,
+                                                   tmp_path: Path) -> None:
+    """A Latin-1 sidecar was a UnicodeDecodeError traceback (exit 1)."""
+    model = _copy_model(default_model, tmp_path, None)
+    sidecar = model.with_suffix(".json")
+    sidecar.write_bytes(sidecar_path(default_model).read_bytes().replace(b'"RGB"', b'"RGB\xe9"'))
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--model", str(model), "--detector",
+                        "blazeface", "--source", "demo", "--max-frames", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.startswith(f"maskd run: {sidecar}: cannot read model sidecar: 'utf-8' codec "
+                               "can't decode byte 0xe9") and len(r.stderr.splitlines()) == 1, r.stderr
 
 
 def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
