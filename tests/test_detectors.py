@@ -487,6 +487,20 @@ def test_another_tflite_is_not_a_blazeface(tmp_path: Path):
     assert r.stderr.splitlines()[-1] == f"maskd scan: {iris}: not a BlazeFace full-range model"
 
 
+def test_another_onnx_is_not_a_yunet(tmp_path: Path):
+    """CenterFace's .onnx loaded as YuNet: run failed on its first frame (exit 70), scan with a
+    cv2.error traceback."""
+    centerface = _centerface_or_skip().path
+    for args, code in ((["run", "--source", "demo", "--max-frames", "1"], 78),
+                       (["scan", str(tmp_path)], 2)):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args, "--detector", "yunet",
+                            "--detector-model", str(centerface)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == code, r.stderr
+        assert r.stderr.splitlines()[-1] == (f"maskd {args[0]}: {centerface}: not a YuNet model "
+                                             "(OpenCV cannot detect faces with it)"), r.stderr
+
+
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
     model = tmp_path / "face_edgetpu.tflite"
     model.write_bytes(b"x")

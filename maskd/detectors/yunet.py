@@ -64,6 +64,11 @@ class YuNet:
                                                   nms_threshold, top_k)
         except cv2.error as err:
             raise DetectorError(f"{model}: OpenCV cannot load this YuNet model: {err}") from None
+        try:  # another .onnx (CenterFace) loads too, then fails on the first frame of a run
+            self._net.detect(np.zeros((input_size[1], input_size[0], 3), np.uint8))
+        except cv2.error:
+            raise DetectorError(f"{model}: not a YuNet model (OpenCV cannot detect faces with "
+                                "it)") from None
 
     @classmethod
     def available(cls, cfg: DetectorConfig) -> bool:
