@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expect this sha256 instead of the pinned one (default: %(default)s); "
                         "the file is named after its content, never after the URL")
     p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
-                   help="network time-out in seconds (default: %(default)s)")
+                   help="network time-out in seconds for each wait (default: %(default)s); "
+                        f"the whole download may take {modelfiles.DEADLINE_TIMEOUTS} times it")
 
     p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)",
                        **_doc("check-config"))

@@ -17,6 +17,7 @@ import http.client
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ SYSTEM_MODELS = Path("/usr/share/maskd/models")  # deploy/install.sh
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would let a trailing newline in
 CHUNK = 1 << 16
+# YuNet is ~230 KB: a server streaming more than this (zeros, for ever) is not sending it.
+MAX_BYTES = 64 << 20
+# The whole download may take this many --timeout's (10 min at the default 60 s): --timeout
+# alone bounds each wait, so a server sending a byte a second would never end.
+DEADLINE_TIMEOUTS = 10
 
 
 class FetchError(Exception):
@@ -129,20 +135,31 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         raise FetchError("write", f"cannot write {target}: {what} is in the way")
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        for stale in dest.glob(".fetch-*.part"):  # left by a fetch that was killed (SIGTERM)
+            stale.unlink(missing_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
     except OSError as err:
         raise FetchError("write", f"cannot write in {dest}: {err.strerror or err}") from None
     tmp = Path(tmp_name)
     try:
         h, size = hashlib.sha256(), 0
+        deadline = time.monotonic() + DEADLINE_TIMEOUTS * timeout
         try:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
                     promised = resp.headers.get("Content-Length")
-                    while block := resp.read(CHUNK):
+                    # read1: what has come, not a whole CHUNK (which a slow server never fills)
+                    while block := resp.read1(CHUNK):
                         _write(fd, block, dest)
                         h.update(block)
                         size += len(block)
+                        if size > MAX_BYTES:
+                            raise FetchError("network", f"cannot download {url}: more than "
+                                             f"{MAX_BYTES >> 20} MiB, not a YuNet model")
+                        if time.monotonic() > deadline:
+                            raise FetchError("network", f"cannot download {url}: not done after "
+                                             f"{DEADLINE_TIMEOUTS * timeout:g} s ({DEADLINE_TIMEOUTS} x --timeout)"
+                                             f"; {size} bytes came")
             except http.client.HTTPException as err:  # a cut body, an answer that is not HTTP
                 said = " ".join(str(err).split())  # one line, whatever the server sent
                 raise FetchError("network", f"cannot download {url}: {type(err).__name__}: "

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,58 @@ def test_a_full_disk_is_the_folder_not_the_network(broken_server, tmp_path, caps
     code, _, err = fetch(capsys, "--dest", str(tmp_path / "ok"), "--yunet-url",
                          f"{broken_server}/good", "--yunet-sha256", sha)
     assert code == 0, err  # the same server's whole answer is fine
+
+
+@pytest.fixture(scope="module")
+def endless_server():
+    """A raw TCP server on 127.0.0.1 that answers 200 with no length, then sends zeros for ever:
+    /flood as fast as it can, /drip 1 byte every 0.1 s."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(4096).split(b" ")[1].decode().strip("/")
+            try:
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+                while True:
+                    conn.sendall(bytes(1 << 16) if path == "flood" else b"\0")
+                    if path == "drip":
+                        time.sleep(0.1)
+            except OSError:  # the client gave up
+                return
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+def test_an_endless_or_dripping_download_ends(endless_server, tmp_path, capsys, monkeypatch):
+    """A server streaming zeros grew the .part without end (3 GB seen); one sending a byte at a
+    time never ended, since --timeout bounds each wait only. A .part a killed fetch left goes."""
+    monkeypatch.setattr(modelfiles, "MAX_BYTES", 1 << 20)  # the same rule, sooner
+    left = tmp_path / ".fetch-killed.part"
+    left.write_bytes(b"half a download")
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", f"{endless_server}/flood",
+                         "--timeout", "5")
+    assert code == 69 and err.splitlines()[0] == (f"maskd models fetch: cannot download "
+                                                  f"{endless_server}/flood: more than 1 MiB, not a "
+                                                  "YuNet model"), err
+    assert list(tmp_path.iterdir()) == []
+    began = time.monotonic()
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", f"{endless_server}/drip",
+                         "--timeout", "0.2")
+    assert code == 69 and err.startswith(f"maskd models fetch: cannot download "
+                                         f"{endless_server}/drip: not done after 2 s "
+                                         "(10 x --timeout); "), err
+    assert time.monotonic() - began < 5 and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.shared
