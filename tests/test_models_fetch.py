@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -174,9 +175,9 @@ ANSWERS = {  # what a broken server or network sends, then it closes the connect
 }
 
 
-@pytest.fixture(scope="module")
-def broken_server():
-    """A raw TCP server on 127.0.0.1 that sends ANSWERS[path] and closes."""
+def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A raw TCP server on 127.0.0.1 whose every connection goes to ``answer`` (in a thread);
+    yields its URL."""
     srv = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -185,13 +186,23 @@ def broken_server():
                 conn, _ = srv.accept()
             except OSError:
                 return
-            with conn:
-                path = conn.recv(4096).split(b" ")[1].decode().strip("/")
-                conn.sendall(ANSWERS[path])
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     yield f"http://127.0.0.1:{srv.getsockname()[1]}"
     srv.close()
+
+
+@pytest.fixture(scope="module")
+def broken_server():
+    """A raw TCP server on 127.0.0.1 that sends ANSWERS[path] and closes."""
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(4096).split(b" ")[1].decode().strip("/")
+            conn.sendall(ANSWERS[path])
+
+    yield from raw_server(answer)
 
 
 @pytest.mark.parametrize("what", ["short", "chunked-cut", "not-http"])
@@ -227,7 +238,6 @@ def test_a_full_disk_is_the_folder_not_the_network(broken_server, tmp_path, caps
 def endless_server():
     """A raw TCP server on 127.0.0.1 that answers 200 with no length, then sends zeros for ever:
     /flood as fast as it can, /drip 1 byte every 0.1 s."""
-    srv = socket.create_server(("127.0.0.1", 0))
 
     def answer(conn: socket.socket) -> None:
         with conn:
@@ -241,17 +251,7 @@ def endless_server():
             except OSError:  # the client gave up
                 return
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    srv.close()
+    yield from raw_server(answer)
 
 
 def test_an_endless_or_dripping_download_ends(endless_server, tmp_path, capsys, monkeypatch):
