@@ -755,13 +755,16 @@ class MqttSink(EventSink):
         (its open violations' `end` goes out from the outbox). Once: the camera may run in
         another process later."""
         for root in self._dropped:
+            if root.count("/") < 2:  # not <prefix>/<device_id>/<camera>: a damaged session file
+                continue
             log.info("MQTT: %s is no longer configured; marking it offline", root)
-            self._side(f"{root}/violation/attributes", _dumps(
-                {"event_id": None, "score": None, "since": None,
-                 "camera": root.rsplit("/", 1)[-1]}))
-            self._side(f"{root}/violation/active", "OFF")
-            self._side(f"{root}/violations", "0")
-            self._side(f"{root}/status", "offline")
+            prefix, device_id, camera = root.rsplit("/", 2)  # a prefix may hold slashes
+            t = Topics.build(self._mq.model_copy(update={"prefix": prefix}), device_id, camera)
+            self._side(t.attributes, _dumps(
+                {"event_id": None, "score": None, "since": None, "camera": camera}))
+            self._side(t.active, "OFF")
+            self._side(t.violations, "0")
+            self._side(t.availability, "offline")
         self._dropped = []
 
     def _publish_stats(self, cam: _Camera) -> None:
