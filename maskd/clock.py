@@ -8,12 +8,15 @@ the time since boot where it can, so that the jump ages nothing.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+LOCALTIME = Path("/etc/localtime")  # the machine's time zone (timedatectl relinks it)
+ZONE_CHECK_S = 60.0
 STEP_S = 60.0  # the wall clock moving this much more (or less) than the time since boot: a step
 # Between two frames the two clocks are read together, so any difference this large is a step;
 # the tracker's and the violations' time-outs are seconds long, so they heed steps from here.
@@ -62,3 +65,39 @@ class StepWatch:
             return 0.0
         self._offset = offset
         return step
+
+
+class ZoneWatch:
+    """Follows a change of the machine's time zone while maskd runs.
+
+    The C library reads the zone once per process: after ``timedatectl set-timezone`` (or
+    raspi-config) the schedule kept judging windows, and the log named times, in the old zone
+    until a restart. ``poll`` looks at ``/etc/localtime`` at most every ``every_s`` seconds and
+    reloads the zone (``time.tzset``) when it changed; it returns the new zone's name then.
+    """
+
+    def __init__(self, path: Path = LOCALTIME, every_s: float = ZONE_CHECK_S) -> None:
+        self._path = path
+        self._every = every_s
+        self._seen = self._stamp()
+        self._next = time.monotonic() + every_s
+
+    def _stamp(self) -> tuple[str, int, int, int] | None:
+        try:
+            target = os.readlink(self._path) if self._path.is_symlink() else ""
+            st = self._path.stat()
+        except OSError:
+            return None
+        return target, st.st_ino, st.st_mtime_ns, st.st_size
+
+    def poll(self) -> str | None:
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self._every
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return None
+        self._seen = stamp
+        time.tzset()
+        return time.strftime("%Z")

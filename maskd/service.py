@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from maskd import schedule
+from maskd import clock, schedule
 from maskd.clip import ClipWriter
 from maskd.config import Config, still_detector
 from maskd.env import Environment
@@ -107,6 +107,7 @@ class CameraLoop:
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
         self._windows = [w.window() for w in cfg.schedule]
+        self._zone = clock.ZoneWatch()
         self._window = _StatsWindow()  # the log line's
         self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
         self._next_sink_stats = time.monotonic() + min(FIRST_STATS_S, cfg.mqtt.stats_interval_s)
@@ -165,6 +166,10 @@ class CameraLoop:
 
     def _follow_schedule(self, timestamp: float) -> None:
         """Detection on or off by the configured weekly windows, at the frame's time."""
+        zone = self._zone.poll()
+        if zone:
+            log.info("%s: the machine's time zone changed (now %s): schedule and log times follow it",
+                     self.cfg.camera, zone)
         if not self._windows:
             return
         inside = schedule.allows(self._windows, timestamp)

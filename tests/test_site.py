@@ -8,8 +8,13 @@ so a schedule can be crossed at a chosen wall-clock time.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -234,6 +239,49 @@ def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path
     assert zones.crossing(bowtie) == (0, 2)
     assert zones.crossing([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]) is None
     assert zones.crossing([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]) is None  # "no area" names it
+
+
+ZONE_CHANGE = """
+import shutil, subprocess, sys, time
+from maskd import schedule
+from maskd.clock import ZoneWatch
+from maskd.config import ScheduleWindow
+watch = ZoneWatch(every_s=0.0)
+day = [ScheduleWindow(start="08:00", end="18:00").window()]
+at = 1796370300.0  # 2026-12-04 07:45 UTC, 08:45 CET
+def look() -> None:
+    said = watch.poll()  # as the loop does: before the frame is judged
+    print(schedule.allows(day, at), said)
+look()
+subprocess.run(["mount", "--bind", "/usr/share/zoneinfo/Europe/Berlin", sys.argv[1]], check=True)
+look()
+look()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare(1) to change the machine's zone privately")
+def test_a_time_zone_changed_while_maskd_runs_is_followed():
+    """The C library reads the zone once per process: after `timedatectl set-timezone` the
+    schedule kept judging in the old zone (08:45 in Berlin read as 07:45 UTC, outside a
+    08:00-18:00 window) until a restart. The zone file is changed in a private mount
+    namespace, so the machine's own zone is not touched."""
+    localtime = Path("/etc/localtime").resolve()
+    if not localtime.is_file() or not Path("/usr/share/zoneinfo/Europe/Berlin").is_file():
+        pytest.skip("needs /etc/localtime and /usr/share/zoneinfo/Europe/Berlin")
+    env = {k: v for k, v in os.environ.items() if k != "TZ"}
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                        ZONE_CHANGE, str(localtime)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode and "unshare failed" in r.stderr:
+        pytest.skip(f"no private mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    before, after, again = r.stdout.splitlines()
+    if before.startswith("True"):
+        pytest.skip("the machine's zone already puts 07:45 UTC inside 08:00-18:00")
+    assert before == "False None"
+    assert after == "True CET"  # followed, and said once
+    assert again == "True None"
 
 
 def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeypatch):
