@@ -30,6 +30,7 @@ import numpy as np
 
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
+from maskd.files import open_regular
 from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
 from maskd.lograte import RateLimitedLog
 from maskd.mailbox import Mailbox
@@ -408,13 +409,29 @@ class VideoFileSource:
     def _open(self):
         import cv2
 
-        if not self.path.is_file():
-            raise SourceError(f"{self.path}: no such video file")
-        cap = cv2.VideoCapture(str(self.path))
+        self._check_openable()
+        # Absolute, so FFmpeg never takes "cam1:door.mp4" or "pipe:0.mp4" for a protocol.
+        cap = cv2.VideoCapture(str(self.path.absolute()))
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self.path}: OpenCV cannot open this video file")
         return cap
+
+    def _check_openable(self) -> None:
+        """Refuse, with the real cause, what OpenCV would misreport or crash on: a name that is
+        not UTF-8 (OpenCV's binding segfaults on it; ``run`` refuses such names in its config
+        too), a missing or unreadable file, a named pipe or a device."""
+        try:
+            str(self.path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SourceError(f"{self.path}: a video file name must be UTF-8 (OpenCV cannot "
+                              "open this one; rename the file)") from None
+        try:
+            open_regular(self.path).close()
+        except FileNotFoundError:
+            raise SourceError(f"{self.path}: no such video file") from None
+        except OSError as err:
+            raise SourceError(f"{self.path}: {err.strerror or err}") from None
 
     def _next_image(self) -> np.ndarray | None:
         """The next usable frame of this pass, or None at its end.

@@ -307,3 +307,43 @@ def without_root_override() -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: permissions cannot be tested")
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def _tiny_mp4(path: Path) -> None:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (64, 48))
+    for _ in range(2):
+        w.write(np.full((48, 64, 3), 90, np.uint8))
+    w.release()
+
+
+def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):
+    """A video name that is not UTF-8 segfaulted the scan (later files never scanned); a name
+    with a colon was read by FFmpeg as a protocol ('2026-12-04T12:'); an unreadable video was
+    "OpenCV cannot open", a named pipe or a link to /dev/zero "no such video file". Each is now
+    its record with the real cause, and the scan goes on."""
+    grey = np.full((96, 128, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.jpg"), grey)
+    _tiny_mp4(tmp_path / "v.mp4")
+    latin1 = os.fsdecode(b"caf\xe9.mp4")
+    for name in (latin1, "2026-12-04T12:30:00.mp4", "cam1:door.mp4", "locked.mp4"):
+        shutil.copy(tmp_path / "v.mp4", tmp_path / name)
+    (tmp_path / "locked.mp4").chmod(0)
+    os.mkfifo(tmp_path / "fifo.mp4")
+    (tmp_path / "zero.mp4").symlink_to("/dev/zero")
+    cv2.imwrite(str(tmp_path / "z.jpg"), grey)
+    names = ["a.jpg", latin1, "2026-12-04T12:30:00.mp4", "./cam1:door.mp4", "locked.mp4",
+             "fifo.mp4", "zero.mp4", "z.jpg"]
+    r = subprocess.run([*without_root_override(), sys.executable, "-m", "maskd", "scan",
+                        "--json", "--model", str(default_model), "--detector", "blazeface",
+                        *names], capture_output=True, timeout=120, cwd=tmp_path)  # as typed
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    errors = {rec["path"]: rec["error"] for rec in recs if "error" in rec}
+    frames = [(rec["path"], rec["frame"]) for rec in recs if "frame" in rec]
+    assert frames == [("2026-12-04T12:30:00.mp4", 0), ("2026-12-04T12:30:00.mp4", 1),
+                      ("cam1:door.mp4", 0), ("cam1:door.mp4", 1)], recs
+    assert "UTF-8" in errors[latin1]
+    assert errors["locked.mp4"] == "locked.mp4: Permission denied"
+    assert errors["fifo.mp4"] == "fifo.mp4: a named pipe, not a regular file"
+    assert errors["zero.mp4"] == "zero.mp4: a device, not a regular file"
+    assert recs[-1]["path"] == "z.jpg" and "error" not in recs[-1]
