@@ -5,9 +5,12 @@ Pure functions on numpy images, shared by `scan --annotate`, `run --annotate` an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
+from maskd.files import open_regular
 from maskd.types import LoopStats, Verdict
 
 GREEN = (0, 200, 0)  # BGR
@@ -86,3 +89,30 @@ def draw_verdicts(image: np.ndarray, verdicts: list[Verdict], header: str | None
         cv2.putText(out, header, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
                     thick, cv2.LINE_AA)
     return out
+
+
+# A JPEG comment (COM segment) right after the start-of-image marker: how `scan --annotate`
+# knows a file in OUTDIR is its own, and so may be replaced, and not a user's photo.
+_MARK = b"maskd annotate"
+_MARKED_START = b"\xff\xd8\xff\xfe" + (len(_MARK) + 2).to_bytes(2, "big") + _MARK
+
+
+def annotation_jpeg(image: np.ndarray) -> bytes | None:
+    """A BGR image as JPEG bytes carrying maskd's mark (None when it cannot be encoded)."""
+    ok, data = cv2.imencode(".jpg", image)
+    if not ok:
+        return None
+    raw = data.tobytes()
+    return _MARKED_START + raw[2:]  # raw[:2] is the start-of-image marker, in _MARKED_START
+
+
+def is_annotation(path: Path) -> bool:
+    """True when ``path`` is a regular file (not a link) that maskd wrote as an annotation;
+    anything else, unreadable included, may be a user's and is never replaced."""
+    if path.is_symlink():
+        return False
+    try:
+        with open_regular(path) as f:
+            return f.read(len(_MARKED_START)) == _MARKED_START
+    except OSError:
+        return False

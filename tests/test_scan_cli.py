@@ -347,3 +347,34 @@ def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):
     assert errors["fifo.mp4"] == "fifo.mp4: a named pipe, not a regular file"
     assert errors["zero.mp4"] == "zero.mp4: a device, not a regular file"
     assert recs[-1]["path"] == "z.jpg" and "error" not in recs[-1]
+
+
+def test_annotate_never_replaces_a_file_maskd_did_not_write(tmp_path, default_model):
+    """`scan door.png --annotate .` beside the user's door.jpg replaced that photo by door.png's
+    annotation. Only a file marked as maskd's annotation (an earlier run's) is replaced; a name
+    is compared without case, as a FAT SD card does (DOOR.JPG is door.jpg there)."""
+    from PIL import Image
+
+    cv2.imwrite(str(tmp_path / "door.jpg"), np.full((96, 128, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "door.png"), np.full((50, 60, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "GATE.JPG"), np.full((40, 30, 3), 10, np.uint8))
+    photo = _digest(tmp_path / "door.jpg")
+
+    def annotate(*names: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "maskd", "scan", "--model",
+                               str(default_model), "--detector", "blazeface", "--annotate", ".",
+                               *names], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+
+    r = annotate("door.png", "GATE.JPG")
+    assert r.returncode == 0, r.stderr
+    assert _digest(tmp_path / "door.jpg") == photo
+    assert cv2.imread(str(tmp_path / "door-2.jpg")).shape[:2] == (50, 60)
+    assert cv2.imread(str(tmp_path / "GATE-2.jpg")).shape[:2] == (40, 30)
+    assert not (tmp_path / "GATE.jpg").exists()
+    with Image.open(tmp_path / "door-2.jpg") as im:  # the mark is a JPEG comment
+        assert im.info.get("comment") == b"maskd annotate"
+    assert annotate("door.png").returncode == 0  # again: its own annotation is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "GATE-2.jpg", "GATE.JPG", "door-2.jpg", "door.jpg", "door.png"]
+    assert _digest(tmp_path / "door.jpg") == photo

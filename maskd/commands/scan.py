@@ -14,7 +14,8 @@ smaller than ``classifier.min_face_px`` (shorter side) is reported but not judge
 gives ``{"path", "error"}`` and the scan goes on; so does a folder that cannot be searched.
 No tracking: every image/frame is judged on its own.
 
-``--annotate`` never writes over an input: that annotation gets ``stem-2.jpg``.
+``--annotate`` never writes over an input or a file it did not write itself (its JPEGs carry
+a ``maskd annotate`` comment): that annotation gets ``stem-2.jpg``.
 
 Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
 detector or classifier cannot be loaded, 73 when the scan finished but some annotations could
@@ -31,10 +32,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from maskd.annotate import draw_verdicts
+from maskd.annotate import annotation_jpeg, draw_verdicts, is_annotation
 from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
 from maskd.files import write_atomically
@@ -164,30 +164,41 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _real(p: Path) -> Path:
-    """The file a name leads to (links, ``..`` and ``.`` resolved), to compare two names."""
-    return Path(os.path.realpath(p))
+def _real(p: Path) -> str:
+    """The file a name leads to (links, ``..`` and ``.`` resolved), case folded, to compare two
+    names: on a FAT SD card ``DOOR.JPG`` and ``door.jpg`` are one file."""
+    return os.path.realpath(p).casefold()
 
 
-def _annotate(want: Path, src: Path, image: np.ndarray, written: set[Path]) -> bool:
+def _taken(out: Path, written: set[str]) -> bool:
+    """True when ``out`` must not be written: an input or an annotation of this run, or an
+    existing file that is not maskd's annotation (a user's photo, a link, a folder)."""
+    if _real(out) in written:
+        return True
+    return os.path.lexists(out) and not is_annotation(out)
+
+
+def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bool:
     """Write ``want`` as a JPEG, or ``stem-2.jpg``... when that is an input of this run (``scan
-    door.jpg --annotate .``) or another input's annotation (``door.jpg`` and ``door.png``; the
-    same name given from two folders), said on stderr. Written whole (a temporary file renamed):
-    a full disk leaves no cut JPEG. False when it could not be written (said on stderr)."""
+    door.jpg --annotate .``), another input's annotation (``door.jpg`` and ``door.png``; the
+    same name given from two folders) or a file maskd did not write (``door.jpg`` beside
+    ``scan door.png``), said on stderr; only an earlier annotation (marked) is replaced. Written
+    whole (a temporary file renamed): a full disk leaves no cut JPEG. False when it could not be
+    written (said on stderr)."""
     out, n = want.with_suffix(".jpg"), 1
-    while _real(out) in written:
+    while _taken(out, written):
         n += 1
         out = want.with_name(f"{want.stem}-{n}.jpg")
     if n > 1:
-        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is an input "
-              "or another input's annotation)", file=sys.stderr)
-    ok, data = cv2.imencode(".jpg", image)
+        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is an input, "
+              "another input's annotation or a file maskd did not write)", file=sys.stderr)
+    data = annotation_jpeg(image)
     try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
         out.parent.mkdir(parents=True, exist_ok=True)
         written.add(_real(out))
-        if not ok:
+        if data is None:
             raise OSError("cannot encode the image")
-        write_atomically(out, data.tobytes())
+        write_atomically(out, data)
     except OSError as err:
         print(f"maskd scan: cannot write {out}: {err.strerror or err}", file=sys.stderr)
         return False
