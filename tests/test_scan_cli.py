@@ -378,3 +378,17 @@ def test_annotate_never_replaces_a_file_maskd_did_not_write(tmp_path, default_mo
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "GATE-2.jpg", "GATE.JPG", "door-2.jpg", "door.jpg", "door.png"]
     assert _digest(tmp_path / "door.jpg") == photo
+
+
+@pytest.mark.parametrize("command", ["scan", "classify"])
+def test_a_closed_stdout_is_exit_74_not_every_result_lost(tmp_path, default_model, command):
+    """`maskd scan x.jpg --json >&-` printed into nothing (Python's sys.stdout is None) and
+    exited 0: every result lost without a word. Now exit 74 and one line on stderr."""
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.full((96, 128, 3), 90, np.uint8))
+    extra = ["--detector", "blazeface"] if command == "scan" else []
+    r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "maskd",
+                        command, "--json", "--model", str(default_model), *extra,
+                        str(tmp_path / "x.jpg")], stderr=subprocess.PIPE, text=True,
+                       timeout=120)
+    assert r.returncode == 74, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"maskd {command}: standard output is closed"

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import TextIO
 
 from maskd.files import append_line
 
@@ -17,15 +18,25 @@ class OutputError(Exception):
 def names_as_bytes_on_stdout() -> None:
     """A file name that is not UTF-8 (a Latin-1 'café.jpg' from a camera's SD card) is printed
     as its own bytes, never a UnicodeEncodeError that ends the command (stdout is strict under
-    a UTF-8 locale such as en_GB.UTF-8)."""
+    a UTF-8 locale such as en_GB.UTF-8). Called before the first record: a closed stdout is
+    OutputError here, not every result lost with exit 0."""
+    _stdout()
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
+
+
+def _stdout() -> TextIO:
+    """sys.stdout, or OutputError when the command was started with it closed (``>&-``): Python
+    then sets it to None and print() drops every line without a word."""
+    if sys.stdout is None:
+        raise OutputError("standard output is closed")
+    return sys.stdout
 
 
 def print_line(line: str) -> None:
     """One output record, written whole: on a full disk a redirected file is cut back to the
     last whole line and OutputError raised, never a traceback and half a JSON line."""
-    out = sys.stdout
+    out = _stdout()
     try:
         fd = out.fileno()
     except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
