@@ -6,7 +6,8 @@ device. PIL decides the format from the file's bytes, never from its name.
 
 Memory is bounded: an image over MAX_PIXELS is never decoded at full size (a 12000x12000 JPEG
 would take ~1.5 GB on a 1 GB Pi). A JPEG is decoded at 1/2, 1/4 or 1/8 scale inside the
-decoder (PIL's draft mode, what cv2.IMREAD_REDUCED_* does); other formats that big are refused.
+decoder (PIL's draft mode, what cv2.IMREAD_REDUCED_* does), an MPO (a JPEG with extra pictures
+after it, as Ultra HDR phone photos are) too; other formats that big are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from maskd.files import NotRegularFile, open_regular
 
@@ -61,14 +63,15 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         # A named pipe called b.jpg would block open() until a writer came, forever.
         with open_regular(p) as f:
-            with warnings.catch_warnings():  # PIL's bomb warning: we bound the size ourselves
+            # PIL's bomb warning (we bound the size ourselves) and its UserWarnings about a
+            # corrupt EXIF block: lines on stderr that name no file, for an image that decodes.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im_file = Image.open(f)
-            with im_file as im:
-                _decode_reduced(im, p)
-                im.load()  # decode now so a truncated file fails here, not later
-                im = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(im)
+                warnings.simplefilter("ignore", UserWarning)
+                with Image.open(f) as im:
+                    _decode_reduced(im, p)
+                    im.load()  # decode now so a truncated file fails here, not later
+                    rgb = _to_rgb(ImageOps.exif_transpose(im))
     except NotRegularFile as err:
         raise ImageError(f"{p}: {err.strerror}") from None
     except FileNotFoundError:
@@ -79,7 +82,11 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{p}: not an image PIL can read (unknown or corrupt format)") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"{p}: refused, too many pixels ({err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except OSError as err:
+        if err.errno is not None:  # the file could not be read: Permission denied, a link loop
+            raise ImageError(f"{p}: {err.strerror or err}") from None
+        raise ImageError(f"{p}: cannot decode image: {err}") from None
+    except (SyntaxError, ValueError) as err:
         raise ImageError(f"{p}: cannot decode image: {err}") from None
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -92,7 +99,7 @@ def _decode_reduced(im: Image.Image, p: Path) -> None:
     w, h = im.size
     if w * h <= MAX_PIXELS:
         return
-    if im.format == "JPEG":
+    if isinstance(im, JpegImageFile):  # MPO too (multi-picture: Ultra HDR phone photos)
         for scale in (2, 4, 8):  # the decoder's scales; it rounds the size up
             if -(-w // scale) * -(-h // scale) <= MAX_PIXELS:
                 im.draft(im.mode, (max(1, w // scale), max(1, h // scale)))
@@ -103,20 +110,27 @@ def _decode_reduced(im: Image.Image, p: Path) -> None:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; transparency (RGBA, LA, palette with tRNS) goes onto white."""
+    """Any PIL mode to RGB; transparency (RGBA, LA, palette or grey with tRNS) goes onto white."""
     if im.mode == "RGB":
         return im
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    if has_alpha:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return _wide_grey_to_rgb(im)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bit instead of clipping to white.
-        a = np.asarray(im, dtype=np.float64)
-        hi = a.max() if a.size and a.max() > 0 else 1.0
-        return Image.fromarray((a * (255.0 / hi)).astype(np.uint8)).convert("RGB")
     return im.convert("RGB")
+
+
+def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
+    """16/32-bit greyscale scaled to 8 bit (PIL's convert clips it to white), then its tRNS
+    grey value made white: the value is in 16-bit units, so it is matched before scaling."""
+    a = np.asarray(im, dtype=np.float64)
+    clear = im.info.get("transparency")
+    opaque = a != clear if isinstance(clear, int) else np.ones(a.shape, bool)
+    hi = a[opaque].max() if opaque.any() and a[opaque].max() > 0 else 1.0
+    grey = np.where(opaque, np.clip(a * (255.0 / hi), 0, 255), _BACKGROUND[0]).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def is_image_name(path: Path) -> bool:

@@ -189,3 +189,52 @@ def test_a_named_pipe_is_refused_at_once(tmp_path: Path) -> None:
                         "load_image_rgb\ntry:\n load_image_rgb(sys.argv[1])\nexcept Exception "
                         "as e:\n print(e)", str(fifo)], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == f"{fifo}: a named pipe, not a regular file", r.stderr
+
+
+def test_a_huge_mpo_is_decoded_reduced_like_a_jpeg(tmp_path: Path) -> None:
+    """A 20 MP MPO (a JPEG with a second picture after it: Android's Ultra HDR photos) was
+    refused as too large, while the same JPEG was decoded at 1/2 scale."""
+    big = np.full((4000, 5000, 3), 90, np.uint8)
+    big[:2000] = (200, 10, 10)  # the top half red: the first picture is the one decoded
+    p = tmp_path / "ultrahdr.jpg"
+    Image.fromarray(big).save(p, format="MPO", save_all=True,
+                              append_images=[Image.fromarray(np.zeros((400, 500, 3), np.uint8))])
+    del big
+    with Image.open(p) as im:
+        assert im.format == "MPO"
+    rgb = load_image_rgb(p)
+    assert rgb.shape == (2000, 2500, 3)
+    assert rgb[500, 1000, 0] > 180 and rgb[1500, 1000, 0] < 120
+
+
+def test_16bit_grey_with_a_transparent_value_is_not_white(tmp_path: Path) -> None:
+    """A 16-bit grey PNG with tRNS went through the alpha path before its 16-bit scaling and
+    came out almost all white; now it is scaled first and only its transparent pixels are."""
+    a = np.full((8, 9), 30000, np.uint16)
+    a[:, :3] = 0  # the transparent value
+    a[0, 8] = 60000
+    p = tmp_path / "g16t.png"
+    Image.fromarray(a).save(p, transparency=0)
+    with Image.open(p) as im:
+        assert im.info.get("transparency") == 0 and im.mode.startswith("I")
+    rgb = load_image_rgb(p)
+    assert (rgb[:, :3] == 255).all()  # transparent onto white
+    assert (rgb[1:, 3:] == 127).all() and (rgb[0, 8] == 255).all()
+
+
+def test_a_corrupt_exif_block_prints_no_warning(tmp_path: Path) -> None:
+    """PIL's UserWarnings about a corrupt EXIF block reached stderr without naming the file;
+    the image itself decodes, its orientation still applied."""
+    import struct
+    import warnings
+
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHII", 0x010E, 2, 100, 1000)  # past the end
+           + struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<I", 0))  # rotate 90
+    p = tmp_path / "bad_exif.jpg"
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(
+        p, exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rgb = load_image_rgb(p)
+    assert rgb.shape == (30, 40, 3)
+    assert [str(w.message) for w in seen] == []

@@ -392,3 +392,19 @@ def test_a_closed_stdout_is_exit_74_not_every_result_lost(tmp_path, default_mode
                        timeout=120)
     assert r.returncode == 74, r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"maskd {command}: standard output is closed"
+
+
+def test_an_unreadable_image_names_the_cause_once(tmp_path, default_model):
+    """"x.jpg: cannot decode image: [Errno 13] Permission denied: '/path/x.jpg'": the path
+    twice, and "decode" for a file never read. Now "x.jpg: Permission denied" (a link loop
+    alike)."""
+    cv2.imwrite(str(tmp_path / "locked.jpg"), np.full((96, 128, 3), 90, np.uint8))
+    (tmp_path / "locked.jpg").chmod(0)
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    r = subprocess.run([*without_root_override(), sys.executable, "-m", "maskd", "scan",
+                        "--json", "--model", str(default_model), "--detector", "blazeface",
+                        "locked.jpg", "loop.jpg"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert [json.loads(x)["error"] for x in r.stdout.splitlines()] == [
+        "locked.jpg: Permission denied", "loop.jpg: Too many levels of symbolic links"]

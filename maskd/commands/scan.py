@@ -7,7 +7,7 @@ Contract (scripts depend on it), one line per image or per video frame; with --j
                 "no_mask": float|null}]}
 
 ``box`` is in pixels of the image as decoded (``width`` x ``height``: the original size, except
-that a JPEG over 16 MP is decoded at 1/2, 1/4 or 1/8 to bound memory), ``score`` the
+that a JPEG (or MPO) over 16 MP is decoded at 1/2, 1/4 or 1/8 to bound memory), ``score`` the
 detector's confidence. A face
 smaller than ``classifier.min_face_px`` (shorter side) is reported but not judged: its
 ``label`` and ``no_mask`` are null. An unreadable file (or a video without a readable frame)
