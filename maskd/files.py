@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -125,10 +126,11 @@ def write_together(files: dict[Path, bytes]) -> None:
     is written in full under a hidden temporary name first, and only then are they renamed into
     place, so a full disk leaves all the old files (temporaries removed) and never a new model
     beside an old sidecar."""
-    tmps = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
+    tmps: dict[Path, Path] = {}
     try:
         for path, data in files.items():
-            with open(tmps[path], "wb") as f:
+            tmps[path], fd = _new_temporary(path.parent)
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
         for path, tmp in tmps.items():
             os.replace(tmp, path)
@@ -139,3 +141,16 @@ def write_together(files: dict[Path, bytes]) -> None:
             except OSError:
                 pass
         raise
+
+
+def _new_temporary(folder: Path) -> tuple[Path, int]:
+    """A new hidden file in ``folder`` and its descriptor. The name is short and fixed in
+    length, so that a file whose own name is near the 255-byte limit can still be written
+    (``.{name}.{pid}.tmp`` was too long); created like open() would, the umask deciding its
+    mode (mkstemp's 0600 would lock others out of a model or an annotation)."""
+    while True:
+        tmp = folder / f".maskd-{secrets.token_hex(6)}.tmp"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue

@@ -408,3 +408,20 @@ def test_an_unreadable_image_names_the_cause_once(tmp_path, default_model):
     assert r.returncode == 1, r.stderr
     assert [json.loads(x)["error"] for x in r.stdout.splitlines()] == [
         "locked.jpg: Permission denied", "loop.jpg: Too many levels of symbolic links"]
+
+
+def test_an_annotation_with_a_long_name_is_written(tmp_path, default_model):
+    """A legal 249-byte name (245 + .jpg) failed "File name too long": its temporary name
+    '.{name}.{pid}.tmp' was longer than 255 bytes. The temporary name is short now; the
+    annotation is made as open() makes a file (the umask decides, not mkstemp's 0600)."""
+    stem = "d" * 245
+    cv2.imwrite(str(tmp_path / f"{stem}.png"), np.full((50, 60, 3), 200, np.uint8))
+    out = tmp_path / "ann"
+    r = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", sys.executable, "-m",
+                        "maskd", "scan", "--model", str(default_model), "--detector",
+                        "blazeface", "--annotate", str(out), str(tmp_path / f"{stem}.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == [f"{stem}.jpg"]  # no temporary file left
+    assert cv2.imread(str(out / f"{stem}.jpg")).shape[:2] == (50, 60)
+    assert (out / f"{stem}.jpg").stat().st_mode & 0o777 == 0o644
