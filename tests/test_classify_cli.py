@@ -147,3 +147,41 @@ def test_unsearchable_folder_pipe_and_full_stdout(default_model: Path, tmp_path:
     assert res.stderr.strip().splitlines()[-1] == (
         "maskd classify: cannot write to standard output (/dev/full): No space left on device")
     assert "Traceback" not in res.stderr
+
+
+# `maskd classify` in a child process that prints its peak RSS (MB) on stderr's last line.
+_PEAK = """
+import resource, sys
+from maskd.cli import main
+rc = main(["classify", *sys.argv[1:]])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def test_read_ahead_holds_small_images_not_whole_photos(tmp_path: Path) -> None:
+    """40 phone photos (4000x3000 JPEG) peaked near 900 MB: up to DECODE_AHEAD of them were
+    held decoded at full size (36 MB each) until the classifier came to them. Each is now
+    squashed to the model's input on the decode worker, so 40 cost about what one does."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    photo = cv2.resize(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), (4000, 3000))
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "p00.jpg"), photo)
+    for i in range(1, 40):
+        shutil.copy(folder / "p00.jpg", folder / f"p{i:02d}.jpg")
+
+    def peak_mb(path: Path) -> tuple[int, list[str]]:
+        r = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return int(r.stderr.splitlines()[-1]), r.stdout.splitlines()
+
+    one, first = peak_mb(folder / "p00.jpg")
+    forty, lines = peak_mb(folder)
+    assert len(lines) == 40 and all(ln.split("\t")[1:] == first[0].split("\t")[1:]
+                                    for ln in lines)
+    assert forty - one < 150, f"one photo {one} MB, forty {forty} MB"

@@ -2,8 +2,9 @@
 
 The label uses the configured cut (``classifier.threshold``), the same as ``run`` and ``scan``.
 
-Files are decoded on a worker thread, up to ``DECODE_AHEAD`` files ahead, while the
-interpreter classifies the previous ones in batches of up to ``Classifier.max_batch``.
+Files are decoded on a worker thread, up to ``DECODE_AHEAD`` files ahead, and squashed there to
+the model's input size (held small: 40 phone photos peaked near 900 MB when held whole), while
+the interpreter classifies the previous ones in batches of up to ``Classifier.max_batch``.
 
 Contract (scripts depend on it): one line per image; with --json a JSON object
 ``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image (or a folder
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskd.classifier import Classifier, ModelError
+from maskd.classifier import Classifier, ModelError, resize_square
 from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
 from maskd.images import (
@@ -37,7 +38,7 @@ from maskd.images import (
 from maskd.service import build_classifier
 from maskd.types import label_for
 
-DECODE_AHEAD = 32  # files decoded ahead of the classifier (memory: ~32 small images)
+DECODE_AHEAD = 32  # files decoded ahead of the classifier, each held at the model's input size
 
 
 def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
@@ -50,22 +51,28 @@ def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
             yield p
 
 
-def _decode(p: Path | FolderError) -> np.ndarray | ImageError:
+def _decode(p: Path | FolderError, size: int | None = None) -> np.ndarray | ImageError:
+    """The RGB image of ``p``, or its error; squashed to ``size`` (the classifier's input) when
+    given, the step ``predict`` would take anyway, so read-ahead holds 224x224 arrays, not
+    4000x3000 photos (~36 MB each)."""
     if isinstance(p, FolderError):
         return p
     try:
-        return load_image_rgb(p)
+        rgb = load_image_rgb(p)
     except ImageError as err:
         return err
+    return rgb if size is None else resize_square(rgb, size)
 
 
-def decoded(paths: Iterator[Path | FolderError]) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
+def decoded(paths: Iterator[Path | FolderError], size: int | None = None,
+            ) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
     """(path, RGB image or the error) in the order given, decoded on one worker thread up to
-    ``DECODE_AHEAD`` files ahead, so decoding overlaps the interpreter (both release the GIL)."""
+    ``DECODE_AHEAD`` files ahead, so decoding overlaps the interpreter (both release the GIL);
+    each image already reduced to ``size`` when given (``_decode``)."""
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
         ahead: deque[tuple[Path, Future]] = deque()
         for p in paths:
-            ahead.append((entry_path(p), pool.submit(_decode, p)))
+            ahead.append((entry_path(p), pool.submit(_decode, p, size)))
             if len(ahead) >= DECODE_AHEAD:
                 q, fut = ahead.popleft()
                 yield q, fut.result()
@@ -87,8 +94,9 @@ def classify_files(clf: Classifier, paths: Iterable[Path | FolderError],
             yield from ((p, float(prob)) for (p, _), prob in zip(batch, probs, strict=True))
             batch.clear()
 
-    files = (decoded(iter(paths)) if decode_thread
-             else ((entry_path(p), _decode(p)) for p in paths))
+    size = clf.input_size  # resized on the decode worker: what predict would do first
+    files = (decoded(iter(paths), size) if decode_thread
+             else ((entry_path(p), _decode(p, size)) for p in paths))
     for p, got in files:
         if isinstance(got, ImageError):
             yield from flush()  # keep the output in the order of the files
