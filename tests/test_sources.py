@@ -698,3 +698,20 @@ def test_a_looping_source_with_nothing_left_idles_saying_so_not_suggesting_loop(
     assert not t.is_alive()
     assert f"{tmp_path}: the folder has no images left; idle until SIGTERM/SIGINT" in caplog.text
     assert "--loop" not in caplog.text
+
+
+def test_a_relative_video_name_with_a_colon_is_a_file_not_a_protocol(tmp_path, monkeypatch):
+    """FFmpeg read '2026-12-04T12:' of '2026-12-04T12:30:00.mp4' as a protocol (and 'pipe:0.mp4'
+    would read stdin): `run --source` such a file exited 78. OpenCV gets the absolute path."""
+    monkeypatch.chdir(tmp_path)
+    w = cv2.VideoWriter("v.mp4", cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (64, 48))
+    for _ in range(2):
+        w.write(np.full((48, 64, 3), 90, np.uint8))
+    w.release()
+    for name in ("2026-12-04T12:30:00.mp4", "pipe:0.mp4", "./cam1:door.mp4"):
+        shutil.copy("v.mp4", name)
+        src = open_source(SourceConfig(uri=name))
+        try:
+            assert isinstance(src, VideoFileSource) and src.read().seq == 0
+        finally:
+            src.close()
