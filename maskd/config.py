@@ -57,9 +57,13 @@ Seconds = Annotated[float, Field(gt=0, le=3600.0)]  # a wait that threading and 
 
 def _named(v: Any) -> Any:
     """Path("") is ".": an empty path would quietly mean the working directory (or, for
-    ``jsonl.path``, no output), so it is refused as the command line refuses ``--state-dir ""``."""
+    ``jsonl.path``, no output), so it is refused as the command line refuses ``--state-dir ""``.
+    A leading ``~`` is the home folder, as in a shell: kept as it was, files went to ./~/ of
+    whatever the working directory was, and check-config and run would see other paths."""
     if isinstance(v, str) and not v.strip():
         raise ValueError("is empty: name a file or folder, or leave the key out")
+    if isinstance(v, str | Path):
+        return type(v)(os.path.expanduser(v))
     return v
 
 
@@ -143,11 +147,29 @@ def check_topic(value: str) -> str:
     return value
 
 
+def _wants_number(ann: Any) -> bool:
+    """Whether a field's type takes a number and not a boolean (``float | None`` does)."""
+    kinds = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    kinds = tuple(get_args(k)[0] if get_origin(k) is Annotated else k for k in kinds)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
+
+
 class Section(BaseModel):
     """Every section: unknown keys, non-finite numbers and unusable text are errors."""
 
     # inf/nan pass gt/le checks and then crash a sleep or a comparison at run time.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """YAML 1.1 reads on/off/yes/no as booleans, and pydantic would take them as 1 and 0:
+        `cooldown_s: off` would silently be 0 seconds."""
+        if isinstance(v, bool) and info.field_name and _wants_number(
+                cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {str(v).lower()} (YAML reads on/off, "
+                             "yes/no and true/false as booleans)")
+        return v
 
     @field_validator("*")
     @classmethod
@@ -498,6 +520,15 @@ class MqttConfig(Section):
     outbox_reserve_kb: int = Field(1024, ge=0, le=1 << 20)  # kept free so a full disk can drain
     memory_queue_max: int = Field(1000, ge=1)  # events held in memory while they cannot be stored
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_password(cls, data: Any) -> Any:
+        """With both, the variable was silently ignored; said before either is read."""
+        if isinstance(data, dict) and None not in (data.get("password_file"),
+                                                   data.get("password_env")):
+            raise ValueError("set mqtt.password_file or mqtt.password_env, not both")
+        return data
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -527,7 +558,7 @@ class MqttConfig(Section):
     @classmethod
     def _password_env(cls, v: str | None, info: ValidationInfo) -> str | None:
         """Read at load time: the config names the variable, and `run` needs it at start."""
-        if v is None or not info.data.get("url") or info.data.get("password_file") is not None:
+        if v is None or not info.data.get("url"):
             return v
         value = env.variable(v)
         if value is None:

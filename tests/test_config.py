@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from maskd.config import EX_CONFIG, Config, load_config, parse_config
+from maskd.config import EX_CONFIG, BoundedLoader, Config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "config.example.yaml"
@@ -51,6 +51,17 @@ BROKEN = [
       ["'snapshots.dir'", "is empty"]]),
     ("empty annotate_dir", 'preview:\n  annotate_dir: ""\n',
      [["'preview.annotate_dir'", "is empty: name a file or folder, or leave the key out"]]),
+    # YAML 1.1 booleans were taken as 1 and 0: `cooldown_s: off` was no cooldown at all.
+    ("booleans where numbers belong",
+     "detector: {score_threshold: off}\nclassifier: {threads: yes}\n"
+     "tracking: {cooldown_s: off, min_votes: on}\n",
+     [["'detector.score_threshold': expected a number, got false", "YAML reads on/off"],
+      ["'classifier.threads': expected a number, got true"],
+      ["'tracking.min_votes': expected a number, got true"],
+      ["'tracking.cooldown_s': expected a number, got false"]]),
+    ("password file and variable both",
+     "mqtt: {url: 'mqtt://127.0.0.1:1883', username: u, password_file: pw, password_env: PW}\n",
+     [["'mqtt': set mqtt.password_file or mqtt.password_env, not both"]]),
 ]
 
 
@@ -211,3 +222,33 @@ def test_a_named_pipe_without_a_writer_is_refused_and_process_substitution_works
     r = maskd("check-config", "/dev/zero")
     assert r.returncode == EX_CONFIG
     assert r.stderr.strip() == "/dev/zero: cannot read config: a device, not a regular file"
+
+
+def test_booleans_still_fill_the_boolean_keys():
+    cfg = parse_config(yaml.load("source: {loop: yes}\nmotion: {enabled: off}\n"
+                                 "tracking: {predict_motion: on}\n", Loader=BoundedLoader))
+    assert (cfg.source.loop, cfg.motion.enabled, cfg.tracking.predict_motion) == (True, False, True)
+
+
+def test_a_tilde_is_the_home_folder_wherever_run_starts(tmp_path):
+    """A ``~`` was kept literally: files went to ./~/ of the working directory, and the outbox
+    kept 'for the next start' was lost when that start had another one."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    cfg = tmp_path / "tilde.yaml"
+    cfg.write_text("state_dir: ~/state\njsonl: {path: ~/out/events.jsonl}\n"
+                   "snapshots: {dir: ~/snaps}\npreview: {annotate_dir: ~/clips}\n"
+                   "detector: {model: ~/m.onnx}\nclassifier: {model: ~/c.tflite}\n")
+    loaded = load_config(cfg)
+    expanded = [loaded.state_dir, Path(loaded.jsonl.path or ""), loaded.snapshots.dir,
+                loaded.preview.annotate_dir, loaded.detector.model, loaded.classifier.model]
+    home_now = Path.home()
+    assert all(p is not None and p.is_relative_to(home_now) for p in expanded), expanded
+    cfg.write_text("jsonl: {path: ~/out/events.jsonl}\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--source",
+                        "demo", "--max-frames", "1"], capture_output=True, text=True,
+                       timeout=120, cwd=work, env={**os.environ, "HOME": str(home),
+                                                   "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (home / "out" / "events.jsonl").is_file()
+    assert not (work / "~").exists()
