@@ -7,7 +7,8 @@ so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes unde
 temporary name and renames, so a full disk leaves the old file or none, never a cut one
 (``write_together`` does it for a set of files);
 ``append_line`` adds a line whole or cuts it back (the JSON lines sink, scan's and classify's
-output).
+output). ``cannot_create`` says why a folder or file `run` would make could not be made, without
+making it (check-config).
 """
 
 from __future__ import annotations
@@ -154,3 +155,53 @@ def _new_temporary(folder: Path) -> tuple[Path, int]:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
+
+
+def _error(code: int, why: str | None = None) -> OSError:
+    return OSError(code, why or os.strerror(code))
+
+
+def _unwritable_fs(folder: Path) -> OSError | None:
+    """A read-only mount, or a virtual one (/proc, /sys: no blocks) where nothing is created."""
+    try:
+        fs = os.statvfs(folder)
+    except OSError as err:
+        return err
+    if fs.f_flag & os.ST_RDONLY:
+        return _error(errno.EROFS)
+    if fs.f_blocks == 0:
+        return _error(errno.ENOENT, "a virtual file system: nothing can be created there")
+    return None
+
+
+def cannot_create(path: Path, directory: bool) -> OSError | None:
+    """Why ``path`` could not be made as `run` makes it (a folder with its parents, or a file to
+    append to, with its folders), or None; found without creating anything, so check-config can
+    say it. EACCES/EPERM depend on the user asking; the errno tells the caller."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as err:
+        return err
+    if st is not None:
+        if directory and not stat.S_ISDIR(st.st_mode):
+            return _error(errno.EEXIST)  # what mkdir(exist_ok=True) says of a file
+        if not directory and stat.S_ISDIR(st.st_mode):
+            return _error(errno.EISDIR)
+        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            return _error(errno.EACCES)
+        return _unwritable_fs(path if directory else path.parent)
+    for above in path.parents:
+        try:
+            st = os.stat(above)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            return err
+        if not stat.S_ISDIR(st.st_mode):
+            return _error(errno.ENOTDIR)
+        if not os.access(above, os.W_OK | os.X_OK):
+            return _error(errno.EACCES)
+        return _unwritable_fs(above)
+    return None

@@ -26,6 +26,11 @@ MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the ol
 READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the start
 
 
+def cannot_write_lines(p: Path | str, why: str) -> str:
+    """The one wording, for `run` and check-config, of a jsonl.path that cannot be written."""
+    return f"jsonl.path {p}: cannot write there: {why}"
+
+
 def _open_once(p: Path) -> int:
     """One try at opening p to append to (created with its folders); a pipe without a reader
     is ENXIO at once instead of a hang."""
@@ -49,7 +54,7 @@ def _open_for_lines(p: Path) -> int:
                 continue
             why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
                    else err.strerror or str(err))
-            raise OSError(f"jsonl.path {p}: cannot write there: {why}") from None
+            raise OSError(cannot_write_lines(p, why)) from None
 
 
 class JsonlSink(EventSink):

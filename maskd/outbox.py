@@ -56,6 +56,11 @@ _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
 _LAST_KEY = (1 << 63) - 1
 
 
+
+def no_outbox_there(state_dir: Path, why: str) -> str:
+    """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in."""
+    return f"state dir {state_dir}: cannot create the MQTT outbox there: {why}"
+
 class OutboxError(OSError):
     """The outbox cannot be opened (state dir not writable, already in use): a setup problem."""
 
@@ -256,9 +261,7 @@ class Outbox:
             # One process per outbox: two daemons sharing it would publish each other's rows.
             self._lock_fd = os.open(self.dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
-            raise OutboxError(
-                f"state dir {self.dir}: cannot create the MQTT outbox there: {err.strerror or err}"
-            ) from None
+            raise OutboxError(no_outbox_there(self.dir, err.strerror or str(err))) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

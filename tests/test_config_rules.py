@@ -297,3 +297,37 @@ def test_check_config_warns_of_what_only_the_session_lacks(tmp_path, monkeypatch
     with pytest.raises(preview.PreviewUnavailable) as stopped:  # what `run` calls at start
         preview.check_previews(load_config(path))
     assert f"{path}: warning: {stopped.value}\n" == err
+
+
+def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
+    """check-config said OK where `run` stopped at once (exit 78): it now looks at them as
+    `run` makes them, with `run`'s words, and creates nothing itself."""
+    afile, adir = tmp_path / "afile", tmp_path / "adir"
+    afile.write_text("")
+    adir.mkdir()
+    mqtt = "mqtt: {url: 'mqtt://127.0.0.1:1'}\n"
+    cases = [
+        (f"state_dir: '{afile}'\n{mqtt}", f"state dir {afile}: cannot create the MQTT outbox "
+         "there: File exists"),
+        (f"state_dir: '{afile}/sub'\n{mqtt}", f"state dir {afile}/sub: cannot create the MQTT "
+         "outbox there: Not a directory"),
+        ("state_dir: /proc/maskd-state\n" + mqtt,
+         "state dir /proc/maskd-state: cannot create the MQTT outbox there: "),
+        (f"jsonl: {{path: '{adir}'}}\n", f"jsonl.path {adir}: cannot write there: Is a directory"),
+        ("jsonl: {path: /proc/nodir/e.jsonl}\n",
+         "jsonl.path /proc/nodir/e.jsonl: cannot write there: "),
+    ]
+    for yaml, says in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml)
+        checked = maskd("check-config", str(path))
+        ran = run(path)
+        assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)
+        assert checked.stderr.startswith(f"{path}: {says}"), (yaml, checked.stderr)
+        assert checked.stderr.count("\n") == 1, checked.stderr
+        assert f"maskd run: {says}" in ran.stderr, (yaml, ran.stderr)
+    fresh = tmp_path / "new" / "deeper"
+    path.write_text(f"state_dir: '{fresh}/state'\njsonl: {{path: '{fresh}/e.jsonl'}}\n{mqtt}")
+    checked = maskd("check-config", str(path))
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    assert not (tmp_path / "new").exists()  # run creates them; check-config does not

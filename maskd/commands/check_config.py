@@ -9,17 +9,24 @@ a missing or unusable framebuffer, or a window with an OpenCV without GUI suppor
 `run` here whoever starts it. What depends on the user or session (writing the framebuffer, a
 desktop session for the window) and the model files are warnings only: the service may run as
 another user, with another environment, or on another machine; `maskd doctor` checks them, and
-`run` stops with exit 78 when one is missing. Cameras and the broker are not opened.
+`run` stops with exit 78 when one is missing. The state dir (with MQTT on) and jsonl.path are
+looked at as `run` creates them, without creating anything: what no user could create there is
+an error in `run`'s words, a permission a warning. Cameras and the broker are not opened.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import pwd
 import sys
 from pathlib import Path
 
 from maskd.config import EX_CONFIG, Config, ConfigError, load_config
+from maskd.files import cannot_create
+from maskd.jsonl import cannot_write_lines
+from maskd.outbox import no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews
 
 
@@ -54,6 +61,35 @@ def file_warnings(cfg: Config) -> list[str]:
     return out
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
+    """What `run` creates at start and would stop on (the MQTT outbox in state_dir, the
+    jsonl.path file), in its words, found without creating anything: (errors, warnings). A
+    permission is a warning: the service may run as another user."""
+    targets = []
+    if cfg.mqtt.url:
+        targets.append((cfg.state_dir, True, no_outbox_there))
+    if cfg.jsonl.path and cfg.jsonl.path != "-":
+        targets.append((Path(cfg.jsonl.path), False, cannot_write_lines))
+    errors, warnings = [], []
+    for path, directory, say in targets:
+        err = cannot_create(path, directory)
+        if err is None:
+            continue
+        line = say(path, err.strerror or str(err))
+        if err.errno in (errno.EACCES, errno.EPERM):
+            warnings.append(f"{line} (as user {_user()}; the service may run as another)")
+        else:
+            errors.append(line)
+    return errors, warnings
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
@@ -65,7 +101,12 @@ def main(args: argparse.Namespace) -> int:
     except PreviewUnavailable as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
-    for line in file_warnings(cfg) + [f"warning: {w}" for w in lacking]:
+    errors, unwritable = write_problems(cfg)
+    for line in errors:
+        print(f"{args.config}: {line}", file=sys.stderr)
+    if errors:
+        return EX_CONFIG
+    for line in file_warnings(cfg) + [f"warning: {w}" for w in lacking + unwritable]:
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")
     return 0
