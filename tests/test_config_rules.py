@@ -331,3 +331,35 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     checked = maskd("check-config", str(path))
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
     assert not (tmp_path / "new").exists()  # run creates them; check-config does not
+
+
+def test_auto_with_a_missing_yunet_file_falls_back_and_names_it(tmp_path):
+    """`auto` handed YuNet's missing .onnx to BlazeFace ('cannot load TFLite model', exit 78)
+    where docs/detectors.md promises the fallback and the name of the file it missed."""
+    missing = tmp_path / "yunet.onnx"
+    path = tmp_path / "auto.yaml"
+    path.write_text(f"detector: {{model: '{missing}'}}\nsource: {{kind: demo}}\n")
+    checked = maskd("check-config", str(path))
+    assert checked.returncode == 0, checked.stderr
+    assert f"'detector.model': {missing} does not exist here (auto falls back to BlazeFace)" \
+        in checked.stderr
+    ran = run(path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "maskd run: face detector: blazeface" in ran.stderr
+    assert f"YuNet's model file was not found (detector.model {missing};" in ran.stderr
+
+
+def test_check_config_warns_of_a_yunet_found_nowhere_in_runs_words(tmp_path):
+    """`detector.kind: yunet` without a file anywhere: OK and silence, then exit 78 from run."""
+    path = tmp_path / "yunet.yaml"
+    path.write_text("detector: {kind: yunet}\nsource: {kind: demo}\n")
+    env = {**os.environ, "MASKD_YUNET": str(tmp_path / "none.onnx"), PW_VAR: "s3cret"}
+    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(path),
+                          "--max-frames", "1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO, env=env)
+    assert checked.returncode == 0 and ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
+    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
+    assert said.startswith("YuNet model not found ($MASKD_YUNET="), ran.stderr
+    assert checked.stderr == f"{path}: warning: 'detector.kind': yunet: {said}\n"

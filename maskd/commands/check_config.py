@@ -52,12 +52,21 @@ def _file_problem(path: Path) -> str | None:
 
 
 def file_warnings(cfg: Config) -> list[str]:
-    """One line per named model file that this user cannot read."""
+    """One line per named model file that this user cannot read, and for ``detector.kind:
+    yunet`` without ``detector.model``, a YuNet file found nowhere (`run` looks for it the
+    same way and stops); ``auto`` falls back to BlazeFace, `run` says so."""
     out = []
     for key, path in referenced_files(cfg).items():
         problem = _file_problem(path)
         if problem:
-            out.append(f"warning: '{key}': {path} {problem}")
+            fallback = " (auto falls back to BlazeFace)" if (
+                key == "detector.model" and cfg.detector.kind == "auto") else ""
+            out.append(f"warning: '{key}': {path} {problem}{fallback}")
+    if cfg.detector.kind == "yunet" and cfg.detector.model is None:
+        from maskd.detectors.yunet import find_yunet_model, yunet_not_found
+
+        if find_yunet_model() is None:
+            out.append(f"warning: 'detector.kind': yunet: {yunet_not_found()}")
     return out
 
 

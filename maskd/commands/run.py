@@ -69,9 +69,8 @@ def detector_notes(cfg: Config, demo: bool) -> list[str]:
     notes = [f"face detector: {described}"]
     if cfg.detector.kind == "auto" and kind == "blazeface":
         notes.append(
-            f"YuNet's model file was not found ({where_yunet_was_looked_for()}; `maskd models "
-            "fetch` downloads it), so this is "
-            "BlazeFace, which often stops finding a face once a mask covers nose and mouth: a "
+            f"YuNet's model file was not found ({where_yunet_was_looked_for(cfg.detector.model)}"
+            "; `maskd models fetch` downloads it), so this is BlazeFace, which often stops finding a face once a mask covers nose and mouth: a "
             "violation then ends as 'gone' rather than 'masked', and the header says '(1 face "
             "not detected now)' meanwhile")
         if demo:

@@ -82,6 +82,8 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
     kind = cfg.kind
     if kind == "auto":
         kind = next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
+        if kind != AUTO_ORDER[0]:  # auto's detector.model is YuNet's, missing: not BlazeFace's
+            cfg = cfg.model_copy(update={"model": None})
     entry = DETECTORS.get(kind)
     if entry is None:
         raise DetectorError(f"unknown detector kind {kind!r}")

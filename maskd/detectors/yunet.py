@@ -37,6 +37,13 @@ def where_yunet_was_looked_for(cfg_model: Path | None = None) -> str:
     return f"{REPO_MODELS}/{YUNET_GLOB} or {SYSTEM_MODELS}/{YUNET_GLOB}"
 
 
+def yunet_not_found(cfg_model: Path | None = None) -> str:
+    """The one wording, for `run` and check-config, of a YuNet model found nowhere."""
+    return (f"YuNet model not found ({where_yunet_was_looked_for(cfg_model)}): set detector.model "
+            "to the face_detection_yunet .onnx file (`maskd models fetch` downloads it), or use "
+            "detector kind blazeface")
+
+
 class YuNet:
     """YuNet through cv2.FaceDetectorYN at a fixed input size (the frame is letterboxed into it)."""
 
@@ -79,11 +86,7 @@ class YuNet:
     def from_config(cls, cfg: DetectorConfig) -> YuNet:
         model = find_yunet_model(cfg.model)
         if model is None:
-            raise DetectorError(
-                f"YuNet model not found ({where_yunet_was_looked_for(cfg.model)}): set "
-                "detector.model to the "
-                "face_detection_yunet .onnx file (`maskd models fetch` downloads it), or use "
-                "detector kind blazeface")
+            raise DetectorError(yunet_not_found(cfg.model))
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
                    cfg.nms_threshold)
 
