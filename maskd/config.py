@@ -42,6 +42,7 @@ from maskd.files import open_regular, read_limited
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
+SERVICE_DIR = Path("/var/lib/maskd")  # the unit's StateDirectory= and WorkingDirectory=
 
 # Bounds on what load_config reads, so a hostile or broken file fails fast with one line instead
 # of hanging or eating memory. A full, commented config is about 7 KB, 3 levels and 150 values.
@@ -755,7 +756,7 @@ class Config(Section):
     # an MQTT client id or topics.
     device_id: Id = Field(default_factory=lambda: host_device_id())
     camera: Id = "camera"
-    state_dir: FsPath = Path("/var/lib/maskd")
+    state_dir: FsPath = SERVICE_DIR
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: SourceConfig = SourceConfig()
     cameras: dict[Id, CameraConfig] = Field(default_factory=dict, max_length=16)
@@ -855,6 +856,26 @@ class Config(Section):
             screens[key] = c.camera
         return self
 
+    def paths(self) -> dict[str, Path]:
+        """Every file or folder the config names, by dotted key (``jsonl.path`` "-" is stdout)."""
+        out: dict[str, Path] = {}
+
+        def walk(value: Any, key: str) -> None:
+            if isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name), f"{key}{name}.")
+            elif isinstance(value, dict | list):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                for k, v in items:
+                    walk(v, f"{key}{k}.")
+            elif isinstance(value, Path):
+                out[key.rstrip(".")] = value
+
+        walk(self, "")
+        if self.jsonl.path not in (None, "-"):
+            out["jsonl.path"] = Path(self.jsonl.path)
+        return out
+
     @property
     def multi_camera(self) -> bool:
         """The `cameras:` layout: the process owns the device-level status."""
@@ -895,8 +916,24 @@ class ConfigError(Exception):
 
 
 def _section_keys(loc: tuple) -> list[str]:
-    """The keys allowed in the section at ``loc`` (so an error can say what is allowed); a part
-    of ``loc`` under a map or a list (``cameras.<name>``, ``schedule.<n>``) is its item."""
+    """The keys allowed in the section at ``loc`` (so an error can say what is allowed)."""
+    model = _section_at(loc)
+    return [] if model is None else list(model.model_fields)
+
+
+def _new_name(loc: tuple) -> str | None:
+    """The key that the key at ``loc`` is an old name of (``tracking.min_frames``), or None."""
+    model = _section_at(loc[:-1])
+    for name, field in (model.model_fields.items() if model is not None else ()):
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and name != loc[-1] and loc[-1] in alias.choices:
+            return name
+    return None
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model at ``loc``; a part of ``loc`` under a map or a list
+    (``cameras.<name>``, ``schedule.<n>``) is its item."""
     model: Any = Config
     inside: Any = None  # the map or list annotation whose key or index comes next
     for part in loc:
@@ -905,15 +942,15 @@ def _section_keys(loc: tuple) -> list[str]:
         else:
             field = model.model_fields.get(part) if isinstance(part, str) else None
             if field is None:
-                return []
+                return None
             ann = _optional_inner(field.annotation)
             if get_origin(ann) in (dict, list):
                 inside = ann
                 continue
             model = _section_model(ann)
         if model is None:
-            return []
-    return [] if inside is not None else list(model.model_fields)
+            return None
+    return None if inside is not None else model
 
 
 def _optional_inner(ann: Any) -> Any:
@@ -941,8 +978,15 @@ def _excerpt(value: Any) -> str:
     return _EXCERPT.repr(value)
 
 
+def _key_part(part: Any) -> str:
+    """One key as printed: a newline or an escape sequence in a YAML key would split the one
+    line or reach the terminal, so a key that is not plain text is escaped as repr does."""
+    text = str(part)[:60]
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _key_name(loc: tuple) -> str:
-    return ".".join(str(p)[:60] for p in loc) or "<top>"
+    return ".".join(_key_part(p) for p in loc) or "<top>"
 
 
 def _given_by(loc: tuple, given: Collection[str]) -> bool:
@@ -961,9 +1005,12 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
         loc = tuple(e["loc"])
         key = _key_name(loc)
         where = source if from_file is None or _given_by(loc, given) else from_file
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and (new := _new_name(loc)) is not None:
+            lines.append(f"{where}: '{key}' is the old name of '{_key_name(loc[:-1] + (new,))}' "
+                         "and both are set: keep one")
+        elif e["type"] == "extra_forbidden":
             allowed = _section_keys(loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1])[:60], allowed, n=1)
+            close = difflib.get_close_matches(_key_part(loc[-1]), allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
         elif e["type"] == "model_type":
@@ -971,6 +1018,8 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
                          f"{', '.join(_section_keys(loc))} (got {_excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "string_type" and isinstance(e.get("input"), bool | int | float):
+                msg += "; put it in quotes"  # YAML read yes, 0042 or 1234 as a bool or number
             lines.append(f"{where}: '{key}': {msg} (got {_excerpt(e.get('input'))})")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")

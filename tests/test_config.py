@@ -59,6 +59,15 @@ BROKEN = [
       ["'classifier.threads': expected a number, got true"],
       ["'tracking.min_votes': expected a number, got true"],
       ["'tracking.cooldown_s': expected a number, got false"]]),
+    # A string key given a YAML bool or number: refused, saying how to fix it.
+    ("a bool or a number where text belongs", "camera: yes\ndevice_id: 0042\n",
+     [["'device_id'", "valid string; put it in quotes", "got 34"],
+      ["'camera'", "valid string; put it in quotes", "got True"]]),
+    # A newline or an escape sequence in a key split the one line or reached the terminal.
+    ("a key with control characters", '"a\\nb\\e[31m": 1\n',
+     [["unknown key 'a\\nb\\x1b[31m'"]]),
+    ("a key and its old name", "tracking: {min_votes: 3, min_frames: 50}\n",
+     [["'tracking.min_frames' is the old name of 'tracking.min_votes' and both are set"]]),
     ("password file and variable both",
      "mqtt: {url: 'mqtt://127.0.0.1:1883', username: u, password_file: pw, password_env: PW}\n",
      [["'mqtt': set mqtt.password_file or mqtt.password_env, not both"]]),

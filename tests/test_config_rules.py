@@ -363,3 +363,23 @@ def test_check_config_warns_of_a_yunet_found_nowhere_in_runs_words(tmp_path):
     said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
     assert said.startswith("YuNet model not found ($MASKD_YUNET="), ran.stderr
     assert checked.stderr == f"{path}: warning: 'detector.kind': yunet: {said}\n"
+
+
+def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_path):
+    """A relative path is read from the working directory: `password_file: pw` beside the
+    config passed check-config run from there, then the service (in /var/lib/maskd) failed."""
+    from maskd.config import SERVICE_DIR
+
+    unit = (REPO / "systemd" / "maskd.service").read_text()
+    assert f"WorkingDirectory={SERVICE_DIR}\n" in unit
+    (tmp_path / "pw").write_text("s3cret\n")
+    path = tmp_path / "rel.yaml"
+    path.write_text("snapshots: {dir: snaps}\nmqtt: {url: 'mqtt://127.0.0.1:1', username: u, "
+                    "password_file: pw}\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", path.name],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == (f"{path.name}: warning: relative paths (mqtt.password_file, snapshots.dir) "
+                        f"are read from the working directory, here {tmp_path}; the service "
+                        f"reads them from {SERVICE_DIR}\n")

@@ -23,7 +23,7 @@ import pwd
 import sys
 from pathlib import Path
 
-from maskd.config import EX_CONFIG, Config, ConfigError, load_config
+from maskd.config import EX_CONFIG, SERVICE_DIR, Config, ConfigError, load_config
 from maskd.files import cannot_create
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import no_outbox_there
@@ -68,6 +68,20 @@ def file_warnings(cfg: Config) -> list[str]:
         if find_yunet_model() is None:
             out.append(f"warning: 'detector.kind': yunet: {yunet_not_found()}")
     return out
+
+
+def relative_warning(cfg: Config) -> list[str]:
+    """One line naming the relative path keys, when the working directory they are read from
+    is not the service's (the unit's WorkingDirectory=): a file found here may be missing there."""
+    keys = [k for k, p in cfg.paths().items() if not p.is_absolute()]
+    try:
+        here = Path.cwd()
+    except OSError:  # the working directory was removed: nothing relative is found there
+        here = Path(".")
+    if not keys or here == SERVICE_DIR:
+        return []
+    return [f"warning: relative paths ({', '.join(keys)}) are read from the working directory, "
+            f"here {here}; the service reads them from {SERVICE_DIR}"]
 
 
 def _user() -> str:
@@ -115,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.config}: {line}", file=sys.stderr)
     if errors:
         return EX_CONFIG
-    for line in file_warnings(cfg) + [f"warning: {w}" for w in lacking + unwritable]:
+    for line in (relative_warning(cfg) + file_warnings(cfg)
+                 + [f"warning: {w}" for w in lacking + unwritable]):
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")
     return 0

@@ -31,6 +31,7 @@ import numpy as np
 from maskd.config import (
     DEFAULT_CONFIG_PATH,
     EX_CONFIG,
+    SERVICE_DIR,
     Config,
     ConfigError,
     SourceConfig,
@@ -46,7 +47,6 @@ BROKER_TIMEOUT_S = 8.0
 # StateDirectory= and the ReadWritePaths= of a drop-in writable, and PrivateTmp= gives it a /tmp
 # of its own. Doctor, run outside that sandbox, cannot see this by writing.
 UNIT_FILE = Path("/etc/systemd/system/maskd.service")
-SERVICE_DIR = Path("/var/lib/maskd")  # StateDirectory= and WorkingDirectory=
 
 
 @dataclass
