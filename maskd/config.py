@@ -346,7 +346,9 @@ class MotionConfig(Section):
     runs only every ``idle_every`` frames. Measured in docs/performance.md (motion gating)."""
 
     enabled: bool = True
-    threshold: int = Field(25, ge=1, le=255)  # grey levels a pixel must change to count as moving
+    # grey levels a pixel must change by (more than) to count as moving: a difference is at most
+    # 255, so 255 would turn motion off for good (faces then found every idle_every frames only)
+    threshold: int = Field(25, ge=1, le=254)
     min_area: float = Field(0.001, ge=0.0, le=1.0)  # share of the shrunk frame that must move
     frame_height: int = Field(90, ge=16, le=1080)  # rows of the shrunk grey frame compared
     alpha: float = Field(0.05, gt=0.0, le=1.0)  # how fast the background average follows the scene
@@ -376,6 +378,19 @@ class ZonesConfig(Section):
                 raise ValueError(f"polygon {i} has no area (its points lie on one line): as "
                                  "include it would drop every face, as ignore do nothing")
         return v
+
+    @field_validator("include")
+    @classmethod
+    def _some_include(cls, v: list | None) -> list | None:
+        """``include: []`` read as the whole frame, though "only faces inside one of these" says
+        no face: which was meant is the user's to say."""
+        if v is not None and not v:
+            raise ValueError("include: [] lists no polygon: leave it out (or null) for the whole "
+                             "frame, or list the polygons where faces count")
+        return v
+
+
+MAX_WINDOWS = 64  # per schedule: next_change walks a week of minutes over all of them
 
 
 class ScheduleWindow(Section):
@@ -714,7 +729,7 @@ class CameraConfig(Section):
     source: SourceConfig  # required: two cameras cannot both be "the default camera"
     tracking: TrackingConfig | None = None  # None: the top-level tracking section
     zones: ZonesConfig | None = None  # None: the top-level zones
-    schedule: list[ScheduleWindow] | None = None  # None: the top-level schedule
+    schedule: list[ScheduleWindow] | None = Field(None, max_length=MAX_WINDOWS)  # None: the top level's
     preview: PreviewConfig = PreviewConfig()
 
     @field_validator("source")
@@ -766,7 +781,7 @@ class Config(Section):
     zones: ZonesConfig = ZonesConfig()
     # Detection runs only inside these weekly windows (none: always); the MQTT switch can still
     # turn it off inside them.
-    schedule: list[ScheduleWindow] = Field(default_factory=list, max_length=64)
+    schedule: list[ScheduleWindow] = Field(default_factory=list, max_length=MAX_WINDOWS)
     motion: MotionConfig = MotionConfig()
     jsonl: JsonlConfig = JsonlConfig()
     mqtt: MqttConfig = MqttConfig()

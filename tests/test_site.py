@@ -188,6 +188,33 @@ def test_a_schedule_window_that_never_runs_is_refused(window, expected):
         parse_config({"schedule": [window]})
 
 
+@pytest.mark.parametrize(("cfg", "expected"), [
+    # read as the whole frame, though the docs' "only faces inside one of these" says no face
+    ({"zones": {"include": []}}, "'zones.include': include: \\[\\] lists no polygon"),
+    ({"cameras": {"door": {"source": {"kind": "demo"}, "zones": {"include": []}}}},
+     "include: \\[\\] lists no polygon"),
+    # the top-level schedule had the 64-window cap, a camera's own did not
+    ({"cameras": {"door": {"source": {"kind": "demo"},
+                           "schedule": [{"start": "07:00", "end": "08:00"}] * 65}}},
+     "'cameras.door.schedule': List should have at most 64 items"),
+    # a grey difference is at most 255 and must be more than the threshold: motion never seen
+    ({"motion": {"threshold": 255}}, "'motion.threshold': Input should be less than or equal to 254"),
+])
+def test_zone_schedule_and_motion_settings_that_could_not_mean_what_they_say(cfg, expected):
+    from maskd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(cfg)
+
+
+def test_the_highest_motion_threshold_still_sees_black_turn_white():
+    from maskd.motion import moving_share
+
+    black, white = np.zeros((4, 4), np.float32), np.full((4, 4), 255, np.float32)
+    assert moving_share(white, black, parse_config({"motion": {"threshold": 254}}
+                                                   ).motion.threshold) == 1.0
+
+
 def test_unquoted_yaml_times_mean_what_was_written(tmp_path):
     """YAML 1.1 reads 18:00 as 1080 (base 60); the error said 'got 1080'. A plain number is
     still no time (it is not taken as minutes)."""
