@@ -714,7 +714,8 @@ def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     if path.is_dir():
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
     if not path.exists():
-        raise SourceError(f"{shown_uri(uri)}: no such file, folder or device")
+        hint = "; the demo clip is kind: demo (--source demo)" if uri == "demo" else ""
+        raise SourceError(f"{shown_uri(uri)}: no such file, folder or device{hint}")
     if is_image_name(path):
         raise SourceError(f"{uri}: a single image is not a source; give its folder")
     return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)

@@ -191,9 +191,13 @@ def test_image_folder_loop_and_all_broken(tmp_path: Path, scenes_dir: Path):
     assert ImageFolderSource(bad, loop=True).read() is None
 
 
-def test_permanent_problems_raise_source_error(tmp_path: Path):
+def test_permanent_problems_raise_source_error(tmp_path: Path, monkeypatch):
     with pytest.raises(SourceError, match="no such file"):
         open_source(SourceConfig(uri=str(tmp_path / "missing.mp4")))
+    monkeypatch.chdir(tmp_path)  # `uri: demo` passed check-config, then named no way out
+    with pytest.raises(SourceError, match=r"demo: no such file, folder or device; the demo clip "
+                                          r"is kind: demo \(--source demo\)"):
+        open_source(SourceConfig(uri="demo"))
     with pytest.raises(SourceError, match="no images"):
         open_source(SourceConfig(kind="images", uri=str(tmp_path)))
     bad = tmp_path / "bad.mp4"
