@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 from mqtt_broker import (
     Broker,
@@ -457,3 +459,60 @@ def test_a_damaged_outbox_page_found_while_running_does_not_stop_delivery(tmp_pa
         sink.close()
         sub.close()
     assert "unexpected error" not in caplog.text and "retrying" not in caplog.text
+
+
+def test_broker_down_shows_in_the_systemd_status_after_a_grace(tmp_path, default_model, monkeypatch):
+    """The real loop (demo clip, looped) with the broker's port closed: systemd's STATUS says
+    nothing for the grace, then since when the broker is away and how many events wait; a
+    broker that comes up clears it, and one restarted within the grace never shows."""
+    from test_notify import LoopRunner, NotifySocket
+
+    from maskd import service
+    from maskd.config import Config
+    from maskd.mqtt import sink as mqtt_sink
+
+    grace = 3.0
+    monkeypatch.setattr(mqtt_sink, "DOWN_GRACE_S", grace, raising=False)
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # a ping, with STATUS, every 0.5 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    broker = Broker(tmp_path / "b")  # its port stays closed until start()
+    cfg = Config(device_id="dev1", camera="cam1", state_dir=tmp_path / "state",
+                 source={"kind": "demo", "loop": True}, detector={"kind": "blazeface"},
+                 classifier={"model": default_model},
+                 mqtt={"url": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
+    started = time.time()
+    down = re.compile(r"MQTT: broker not connected since (\S+), (\d+) event\(s\) waiting")
+
+    def faults(after: float) -> list[re.Match]:
+        return [m for t, s in run.timeline if t >= after and "STATUS" in s
+                for m in [down.search(s["STATUS"])] if m]
+
+    try:
+        with LoopRunner(service.build(cfg), sock) as run:
+            t0 = time.monotonic()
+            run.watch(grace - 1.0)
+            assert run.statuses() and faults(0) == [], run.statuses()[-3:]  # within the grace
+            run.watch(3.0)
+            seen = faults(t0 + grace + 0.5)
+            assert seen, run.statuses()[-3:]
+            since = datetime.fromisoformat(seen[-1].group(1)).timestamp()
+            assert started - 1 <= since <= started + 30
+            assert int(seen[-1].group(2)) >= 1  # the demo's violation starts, kept in the outbox
+
+            broker.start()
+            run.watch(2.0)
+            back = time.monotonic()
+            run.watch(1.5)
+            assert run.statuses() and faults(back) == [], run.statuses()[-3:]
+
+            broker.stop()  # a quick broker restart: reconnected within the grace, no fault
+            broker.start()
+            blip = time.monotonic()
+            run.watch(grace + 1.0)
+            assert faults(blip) == [], run.statuses()[-3:]
+            assert run.stop() == 0
+    finally:
+        broker.stop()
+        sock.close()

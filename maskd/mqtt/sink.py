@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ SESSION_FILE = "mqtt-session.json"
 WINDOW = 50  # events handed to paho but not yet acknowledged
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
+# The broker away this long is a fault in the status line; a quick reconnect (a broker
+# restart, a Wi-Fi roam) does not flap it.
+DOWN_GRACE_S = 30.0
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
 
 def _encode_jpeg(image: Any) -> bytes | None:
@@ -184,6 +188,8 @@ class MqttSink(EventSink):
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # ("ack", mid, reason) / ("wake", ...)
         self._conn_lock = threading.Lock()  # orders reconnects against event publishes
         self._connected = False
+        # (wall, monotonic) time the link went down, or never came up; None while connected
+        self._down: tuple[float, float] | None = (time.time(), time.monotonic())
         self._gen = 0  # bumped on every successful connect
         self._closing = False
         self._close_lock = threading.Lock()  # close() runs once, whoever calls it
@@ -515,9 +521,14 @@ class MqttSink(EventSink):
 
     def faults(self) -> list[str]:
         """Short lines for the status text (systemd STATUS, via Service) while delivery is
-        impaired; empty when all is well."""
+        impaired; empty when all is well. A broker away past DOWN_GRACE_S is one: otherwise
+        the status looks healthy while the outbox fills."""
         ob = self._outbox
         out = []
+        down = self._down
+        if down is not None and not self._closing and time.monotonic() - down[1] >= DOWN_GRACE_S:
+            since = datetime.fromtimestamp(down[0]).astimezone().isoformat(timespec="seconds")
+            out.append(f"MQTT: broker not connected since {since}, {ob.depth()} event(s) waiting")
         if (fault := ob.fault) is not None:
             held = ob.in_memory()
             out.append(f"MQTT outbox: {fault}" + (f", {held} event(s) in memory" if held else ""))
@@ -568,6 +579,7 @@ class MqttSink(EventSink):
             self._gen += 1
             self._connected_at = time.monotonic()
             self._connected = True
+            self._down = None
             # announced under the lock: a clean stop that begins now announces offline after
             self._fail_log.reset()
             log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
@@ -621,6 +633,8 @@ class MqttSink(EventSink):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was = self._connected
         self._connected = False
+        if was:
+            self._down = (time.time(), time.monotonic())
         if not was and not self._closing and not client.connack:
             # No CONNACK: typically mqtt:// pointed at a TLS listener, which drops the
             # plain-text CONNECT without a word (or, elsewhere, never answers: keepalive_s).
