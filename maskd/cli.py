@@ -33,7 +33,8 @@ example:
     "run": """exit codes:
   0   clean stop (signal, end of a file with --exit-at-end, end of the demo)
   70  the loop crashed (systemd restarts it)
-  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout
+  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout; or the
+      network is not up yet (a preview.http host name unresolved for 90 s): systemd retries
   78  bad config or start-up error (model, detector, source, preview), one line on stderr
 
 example:

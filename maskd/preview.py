@@ -8,11 +8,14 @@ therefore loses frames, never slows the detection loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -36,6 +39,17 @@ DEFAULT_MAX_FPS = 10.0  # preview frame rate cap; the loop itself is not capped
 
 class PreviewUnavailable(RuntimeError):
     """A configured preview cannot work here; the message says why and what to use instead."""
+
+
+class ListenNotReady(PreviewUnavailable):
+    """preview.http names a host that does not resolve, or an address this machine does not
+    have, yet: a network that comes up late (DHCP, Wi-Fi after a power cut), not a setup
+    error, so `maskd run` exits 75 (EX_TEMPFAIL) and systemd starts it again."""
+
+
+RETRIED = "exit 75, systemd starts maskd again (is the network up yet?)"
+NAME_WAIT_S = 90.0  # `run` waits this long for a preview.http host name to resolve, then exits 75
+NAME_POLL_S = 2.0
 
 
 # ---------------------------------------------------------------- rendering (pure)
@@ -352,6 +366,68 @@ def parse_listen(value: str) -> tuple[str, int]:
         return _parse_listen(value)
     except ValueError as err:
         raise PreviewUnavailable(f"preview.http: {value!r} {err}") from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    """The status page's socket family for ``host``: IPv6 for a v6 literal, else IPv4."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen_warning(listen: str) -> str | None:
+    """Why preview.http cannot be served *now* although the setting is fine: a host name
+    that does not resolve, an address this machine does not have (yet). None when it can;
+    check-config and doctor warn with it, `run` waits or listens anyway (IP_FREEBIND)."""
+    host, port = parse_listen(listen)
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        return None
+    family = _family(host)
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        return (f"preview.http: {host} does not resolve now ({err.strerror}); `maskd run` "
+                f"waits {NAME_WAIT_S:g} s for it, then {RETRIED}")
+    address = infos[0][4]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address[0], 0, *address[2:]))
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                return (f"preview.http: {address[0]} is not an address of this machine now; "
+                        "the status page listens anyway and answers once it is")
+    return None
+
+
+def wait_for_listen_names(cfg: Config, wait_s: float | None = None,
+                          waiting: Callable[[str], None] | None = None,
+                          cancelled: Callable[[], bool] = lambda: False) -> None:
+    """Wait up to ``wait_s`` for every preview.http host name to resolve (a late network),
+    so a boot before DHCP does not restart maskd at once and hit systemd's start limit;
+    raises ListenNotReady, one line, if one still does not. ``waiting`` hears each one
+    waited for (the systemd STATUS); ``cancelled`` (a stop signal) ends the wait early."""
+    wait_s = NAME_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    for key, p in cfg.previews():
+        if not p.http:
+            continue
+        host, port = parse_listen(p.http)
+        said = False
+        while True:
+            try:
+                socket.getaddrinfo(host, port, _family(host), socket.SOCK_STREAM)
+                break
+            except socket.gaierror as err:
+                if cancelled():
+                    return
+                if time.monotonic() >= deadline:
+                    raise ListenNotReady(f"{key}.http: {host} does not resolve ({err.strerror}) "
+                                         f"after {wait_s:g} s; {RETRIED}") from None
+                if not said:
+                    said = True
+                    log.warning("%s.http: %s does not resolve yet (%s); waiting up to %g s",
+                                key, host, err.strerror, wait_s)
+                    if waiting is not None:
+                        waiting(f"waiting for {host} to resolve ({key}.http)")
+            time.sleep(max(0.0, min(NAME_POLL_S, deadline - time.monotonic())))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes | None:

@@ -24,6 +24,7 @@ page elsewhere gets 403).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import json
@@ -31,6 +32,7 @@ import logging
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -47,7 +49,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from maskd import __version__
 from maskd.config import Config, PreviewConfig, is_loopback, read_secret
 from maskd.lograte import Throttle
-from maskd.preview import BOUNDARY, MjpegFeed, PreviewUnavailable, parse_listen
+from maskd.preview import (
+    BOUNDARY,
+    RETRIED,
+    ListenNotReady,
+    MjpegFeed,
+    PreviewUnavailable,
+    listen_warning,
+    parse_listen,
+)
 from maskd.types import (
     EventSink,
     FaceCounts,
@@ -341,6 +351,14 @@ class _Server(ThreadingHTTPServer):
         self.refused = 0  # connections answered 503 because all slots were taken
         super().__init__(address, handler)
 
+    def server_bind(self) -> None:
+        """Bind with IP_FREEBIND (Linux): an address DHCP or Wi-Fi has not given this machine
+        yet is taken now and answered on once it arrives, instead of failing the start."""
+        if sys.platform == "linux":
+            level, option = FREEBIND[self.address_family]
+            self.socket.setsockopt(level, option, 1)
+        super().server_bind()
+
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
         if not self._slots.acquire(blocking=False):
             self.refused += 1
@@ -402,6 +420,12 @@ class _Server(ThreadingHTTPServer):
             log.warning(msg, *args)
 
 
+# Linux's IP_FREEBIND and IPV6_FREEBIND (<linux/in.h>, <linux/in6.h>): the socket module
+# of Python 3.11 names neither.
+FREEBIND = {socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15)),
+            socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_FREEBIND", 78))}
+
+
 class _V6Server(_Server):
     address_family = socket.AF_INET6
 
@@ -429,8 +453,14 @@ class StatusServer:
         server_cls = _V6Server if ":" in self.host else _Server
         try:
             self._server = server_cls((self.host, port), self._make_handler(), idle_timeout_s)
-        except OSError as err:
-            raise PreviewUnavailable(f"preview.http: cannot listen on {listen}: {err.strerror or err}") from None
+        except socket.gaierror as err:  # DNS not up yet, or a name that will never resolve
+            raise ListenNotReady(f"preview.http: cannot listen on {listen}: {err.strerror}; "
+                                 f"{RETRIED}") from None
+        except OSError as err:  # in use, or a port below 1024: a setup error
+            why = f"preview.http: cannot listen on {listen}: {err.strerror or err}"
+            if err.errno == errno.EADDRNOTAVAIL:  # despite IP_FREEBIND (not Linux)
+                raise ListenNotReady(f"{why}; {RETRIED}") from None
+            raise PreviewUnavailable(why) from None
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="maskd-status",
                                         daemon=True)
@@ -443,6 +473,8 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         self._thread.start()
+        if warning := listen_warning(self.listen):
+            log.warning("%s", warning)
         if is_loopback(self.host):
             log.info("status page at %s", self.url)
         else:

@@ -775,3 +775,130 @@ def test_status_page_in_a_real_headless_browser(tmp_path, default_model):
         code = stop_run(proc)
         camera.close()
         assert code == 0, log.read_text()[-3000:]
+
+
+# ---------------------------------------------------------------- a network that comes up late
+
+
+def test_an_address_this_machine_lacks_yet_is_listened_on_now():
+    """192.0.2.10 (TEST-NET-1) is no address of this machine: as with a Pi whose DHCP lease
+    comes late, the page binds now (IP_FREEBIND) and its thread serves; a name that does
+    not resolve is ListenNotReady (exit 75), a port in use stays a setup error."""
+    from maskd.preview import ListenNotReady
+
+    srv = StatusServer("192.0.2.10:0", Credentials(token=b"t" * 20)).start()
+    try:
+        assert srv._server.socket.getsockname()[0] == "192.0.2.10"
+        assert srv._thread.is_alive()
+        with pytest.raises(PreviewUnavailable, match="cannot listen on") as err:
+            StatusServer(f"192.0.2.10:{srv.port}", Credentials(token=b"t" * 20))
+        assert not isinstance(err.value, ListenNotReady)
+    finally:
+        srv.close()
+    with pytest.raises(ListenNotReady, match=r"pi-entrance.invalid:0: .*; exit 75, systemd starts"):
+        StatusServer("pi-entrance.invalid:0", Credentials(token=b"t" * 20))
+    # doctor says the same as check-config: a warning, not a failure
+    from maskd.commands.doctor import WARN, _check_http
+
+    assert _check_http("192.0.2.10:8080") == (WARN, "preview.http: 192.0.2.10 is not an address "
+                                              "of this machine now; the status page listens "
+                                              "anyway and answers once it is")
+    assert _check_http("pi-entrance.invalid:8080")[0] == WARN
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may listen below 1024")
+def test_a_port_below_1024_stays_a_setup_error():
+    from maskd.preview import ListenNotReady
+
+    with pytest.raises(PreviewUnavailable, match="Permission denied") as err:
+        StatusServer("127.0.0.1:80")
+    assert not isinstance(err.value, ListenNotReady)
+
+
+def listening_on(address: str, port: int) -> bool:
+    """The kernel's own table: a TCP socket in LISTEN on address:port."""
+    want = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
+
+
+def late_network_config(tmp_path: Path, listen: str) -> Path:
+    token = tmp_path / "token"
+    token.write_text("abcdefghijklmnopqrstuvwxyz\n")
+    token.chmod(0o600)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source: {{kind: demo, loop: true}}\ndetector: {{kind: blazeface}}\n"
+                   f"state_dir: {tmp_path / 'state'}\n"
+                   f"preview: {{http: '{listen}', http_token_file: {token}}}\n")
+    return cfg
+
+
+def test_run_starts_on_an_address_the_network_has_not_given_yet(tmp_path):
+    """The hunter's reproduction: check-config said OK, run exited 78 and systemd left it dead.
+    Now check-config warns, run starts and listens, and stops cleanly on SIGTERM."""
+    port = free_port()
+    cfg = late_network_config(tmp_path, f"192.0.2.10:{port}")
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while f"status page at http://192.0.2.10:{port}/" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert listening_on("192.0.2.10", port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and "192.0.2.10 is not an address of this machine now" in r.stderr
+
+
+def test_run_exits_78_for_a_port_in_use(tmp_path):
+    """Another program on the port is a setup error: 78, no restart loop, and not 'retried'."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = late_network_config(tmp_path, f"127.0.0.1:{port}")
+        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 78, r.stderr[-2000:]
+    assert (f"maskd run: preview.http: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            in r.stderr), r.stderr[-2000:]
+
+
+def test_run_waits_for_a_name_then_exits_75_saying_systemd_retries(tmp_path, monkeypatch, capsys):
+    """A host name DNS cannot resolve yet: run waits (STATUS says for what), then exits 75, one
+    line, so Restart=on-failure starts it again instead of RestartPreventExitStatus=78."""
+    from test_notify import NotifySocket
+
+    from maskd import preview
+    from maskd.cli import build_parser
+    from maskd.commands import run
+
+    monkeypatch.setattr(preview, "NAME_WAIT_S", 1.5, raising=False)
+    monkeypatch.setattr(preview, "NAME_POLL_S", 0.2, raising=False)
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
+    cfg = late_network_config(tmp_path, "pi-entrance.invalid:8080")
+    t0 = time.monotonic()
+    try:
+        assert run.main(build_parser().parse_args(["run", "--config", str(cfg)])) == 75
+        assert 1.5 <= time.monotonic() - t0 < 30
+        statuses = [m.get("STATUS") for m in sock.drain(0.2)]
+    finally:
+        sock.close()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("maskd run:")]
+    assert len(err) == 1 and err[0].startswith(
+        "maskd run: preview.http: pi-entrance.invalid does not resolve ("), err
+    assert err[0].endswith("after 1.5 s; exit 75, systemd starts maskd again (is the network up "
+                           "yet?)"), err
+    assert statuses == ["waiting for pi-entrance.invalid to resolve (preview.http)"], statuses

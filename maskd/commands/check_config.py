@@ -27,7 +27,7 @@ from maskd.config import EX_CONFIG, SERVICE_DIR, Config, ConfigError, load_confi
 from maskd.files import cannot_create
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import no_outbox_there
-from maskd.preview import PreviewUnavailable, check_previews
+from maskd.preview import PreviewUnavailable, check_previews, listen_warning
 
 
 def referenced_files(cfg: Config) -> dict[str, Path]:
@@ -124,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
     except PreviewUnavailable as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
+    # run waits for a late network (or listens anyway): a warning, not a refusal
+    lacking += [w for _, p in cfg.previews() if p.http and (w := listen_warning(p.http))]
     errors, unwritable = write_problems(cfg)
     for line in errors:
         print(f"{args.config}: {line}", file=sys.stderr)

@@ -115,9 +115,11 @@ def _check_http(listen: str) -> tuple[str, str]:
     doctor may run beside it)."""
     import errno
 
-    from maskd.preview import PreviewUnavailable, parse_listen
+    from maskd.preview import PreviewUnavailable, listen_warning, parse_listen
 
     try:
+        if warning := listen_warning(listen):  # a late network: run waits or listens anyway
+            return WARN, warning
         host, port = parse_listen(listen)
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(fam) as s:

@@ -4,8 +4,9 @@
 replays it until a signal). Exit status: 0 clean stop; 75 (EX_TEMPFAIL) when --exit-at-end found a sink that could not
 deliver everything within --flush-timeout (the MQTT outbox keeps it for the next start);
 78 (EX_CONFIG) for anything wrong at start-up (config, model, detector, source, preview),
-reported as one line on stderr so systemd does not restart-loop on it; 70 if the loop
-crashed.
+reported as one line on stderr so systemd does not restart-loop on it; 75 too when the
+network is not up yet for preview.http (a host name that does not resolve within 90 s), so
+systemd's Restart=on-failure tries again; 70 if the loop crashed.
 """
 
 from __future__ import annotations
@@ -95,8 +96,27 @@ def say(err: BaseException) -> None:
         print(f"maskd run: {line}", file=sys.stderr)
 
 
+def start_failed(err: BaseException) -> int:
+    """Say why the start failed; 75 for a network not up yet (systemd retries), else 78."""
+    from maskd.preview import ListenNotReady
+    from maskd.service import EX_TEMPFAIL
+
+    say(err)
+    return EX_TEMPFAIL if isinstance(err, ListenNotReady) else EX_CONFIG
+
+
+def say_waiting(status: str) -> None:
+    """systemctl status shows what the start waits for (nothing without $NOTIFY_SOCKET)."""
+    from maskd.env import Environment
+    from maskd.notify import Notifier
+
+    notifier = Notifier(Environment.read().notify_socket)
+    notifier.send(f"STATUS={status}")
+    notifier.close()
+
+
 def main(args: argparse.Namespace) -> int:
-    from maskd.preview import check_previews
+    from maskd.preview import check_previews, wait_for_listen_names
     from maskd.service import build, stop_signals
 
     try:
@@ -116,10 +136,15 @@ def main(args: argparse.Namespace) -> int:
     held = {s: signal.signal(s, lambda n, _f: early.append(signal.Signals(n)))
             for s in stop_signals()}
     try:
+        # before the models, camera and MQTT; a stop meanwhile ends the wait
+        wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
+        if early:
+            logging.getLogger("maskd.service").info("%s received while starting: stopping",
+                                                    early[0].name)
+            return 0
         service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames)
     except startup_errors() as err:
-        say(err)
-        return EX_CONFIG
+        return start_failed(err)
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
