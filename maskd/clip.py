@@ -13,10 +13,13 @@ source rotates by its own clock) or ``annotate_segment_mb``; the oldest closed s
 camera are deleted while they total more than ``annotate_keep_mb``. Files of other cameras or of
 any other name are never touched.
 
-Disk space: while fewer than ``min_free`` bytes are free on the clip's file system (checked
-after every frame: one statvfs), the segment is closed while its index still fits, one ERROR
-line says so, and recording resumes by itself once there is room again, checked every
-``RETRY_S``. Encoding
+Disk space: the clip is a rolling buffer. When fewer than ``min_free`` bytes are free on the
+clip's file system (checked after every frame: one statvfs), this camera's oldest closed
+segments are deleted until they are again (one line at most a minute says how many), so a
+disk filled by the clip itself keeps the latest footage and goes on recording. Only when that
+cannot make room (other files take the disk, or the open segment alone fills it) is the
+segment closed while its index still fits, one ERROR line says so, and recording resumes by
+itself once there is room again, checked every ``RETRY_S``. Encoding
 runs in the loop, which is acceptable because the clip is an opt-in debugging aid.
 """
 
@@ -72,6 +75,8 @@ class ClipWriter(FrameObserver):
         self.frames = 0  # written, all segments
         self.dropped = 0  # frames not recorded while paused
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # removed by the cap, the latest
+        self.deleted_for_room = 0  # segments removed because the disk was short of room
+        self._room_unsaid = 0  # of those, not yet in a log line (said at most once a minute)
         self.paused: str | None = None  # why recording is paused now
         self._last_pause = ""  # why it was paused last (for the summary at the close)
         self._pattern = segment_pattern(name)
@@ -106,6 +111,7 @@ class ClipWriter(FrameObserver):
     def close(self) -> None:
         self._close_segment()
         self._cap()
+        self._say_room(force=True)
         if self.dropped:
             log.warning("annotated clip %s: %d frames not recorded (%s)", self.name,
                         self.dropped, self.paused or f"paused: {self._last_pause}")
@@ -136,6 +142,8 @@ class ClipWriter(FrameObserver):
             if now < self._retry_at:
                 return False
             free = self._free() if self._make_dir() is None else None
+            if free is not None and free < self.min_free:
+                free = self._make_room(free)
             if free is None or free < self.min_free:
                 self._retry_at = now + RETRY_S
                 return False
@@ -148,6 +156,8 @@ class ClipWriter(FrameObserver):
                 self._pause(why)
                 return False
             free = self._free()
+            if free is not None and free < self.min_free:
+                free = self._make_room(free)
             if free is not None and free < self.min_free:
                 self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB "
                             f"kept free")
@@ -182,6 +192,8 @@ class ClipWriter(FrameObserver):
         except OSError:
             pass
         free = self._free()
+        if free is not None and free < self.min_free:
+            free = self._make_room(free)
         if free is not None and free < self.min_free:
             self._close_segment()
             self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB kept free")
@@ -219,26 +231,65 @@ class ClipWriter(FrameObserver):
         log.error("annotated clip %s in %s: %s; recording paused (detection goes on), tried "
                   "again every %.0f s", self.name, self.outdir, why, RETRY_S)
 
+    def _segments(self) -> list[tuple[float, int, Path]]:
+        """This camera's segments on disk as (mtime, size, path), oldest first; [] if unreadable."""
+        try:
+            return sorted((e.stat().st_mtime, e.stat().st_size, Path(e.path))
+                          for e in os.scandir(self.outdir)
+                          if self._pattern.fullmatch(e.name) and e.is_file())
+        except OSError:
+            return []
+
+    def _delete(self, path: Path) -> bool:
+        """Delete a closed segment of this camera (never the open one); whether it went."""
+        if path == self._path and self._writer is not None:
+            return False
+        try:
+            path.unlink()
+        except OSError as err:
+            log.warning("annotated clip: cannot delete %s: %s", path, err.strerror or err)
+            return False
+        self.deleted.append(path)
+        return True
+
+    def _make_room(self, free: int) -> int:
+        """Delete this camera's oldest closed segments until ``min_free`` bytes are free, so that
+        a disk filled by the clip itself rolls on instead of pausing for good with the oldest
+        footage; none at all if even all of them would not make room (footage lost for
+        nothing). Returns the bytes free now."""
+        segs = [(size, path) for _, size, path in self._segments()
+                if not (path == self._path and self._writer is not None)]
+        if free + sum(size for size, _ in segs) < self.min_free:
+            return free
+        for size, path in segs:
+            if free >= self.min_free:
+                break
+            if self._delete(path):
+                self.deleted_for_room += 1
+                self._room_unsaid += 1
+                now = self._free()
+                free = now if now is not None else free + size
+        self._say_room()
+        return free
+
+    def _say_room(self, force: bool = False) -> None:
+        """One INFO line at most a minute (and one at the close) for the segments deleted for
+        room: a rolling buffer deletes one every few minutes, which is no news each time."""
+        if self._room_unsaid and (force or self._rlog.due("room")):
+            log.info("annotated clip %s: %d old segments deleted for room (the disk keeps %.0f MB "
+                     "free; the clip is a rolling buffer of the latest footage)", self.name,
+                     self._room_unsaid, self.min_free / MB)
+            self._room_unsaid = 0
+
     def _cap(self) -> None:
         """Delete this camera's oldest closed segments while they total more than the cap."""
-        try:
-            segs = [(e.stat().st_mtime, e.stat().st_size, Path(e.path))
-                    for e in os.scandir(self.outdir)
-                    if self._pattern.fullmatch(e.name) and e.is_file()]
-        except OSError:
-            return
+        segs = self._segments()
         total = sum(s for _, s, _ in segs)
-        for _, size, path in sorted(segs):
+        for _, size, path in segs:
             if total <= self.keep_bytes:
                 break
-            if path == self._path and self._writer is not None:
-                continue
-            try:
-                path.unlink()
-            except OSError as err:
-                log.warning("annotated clip: cannot delete %s: %s", path, err.strerror or err)
+            if not self._delete(path):
                 continue
             total -= size
-            self.deleted.append(path)
             log.info("annotated clip: deleted %s (the clips of %s were over annotate_keep_mb "
                      "%.0f MB)", path.name, self.name, self.keep_bytes / MB)

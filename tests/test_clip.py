@@ -236,3 +236,44 @@ def test_a_segment_deleted_while_written_starts_a_new_one(tmp_path, caplog):
     assert len(w.paths) == 3 and frames_in(w.paths[-1]) == 29  # the 31st went to the lost file
     assert caplog.text.count("was deleted while being written") == 1
     assert "each needs its own camera name or folder" in caplog.text
+
+
+def test_a_disk_full_of_its_own_clips_rolls_on(tmp_path, caplog):
+    """Under the default keep_mb on a small card the clip itself fills the disk: its oldest
+    closed segments go for room and it records on (it paused for good, with the oldest footage)."""
+    with small_disk(tmp_path / "disk", "3m") as disk, caplog.at_level(logging.INFO, "maskd.clip"):
+        other = disk / "hall-20200101-000000.mkv"  # another camera's: never touched
+        other.write_bytes(b"x" * 100_000)
+        notes = disk / "notes.txt"
+        notes.write_text("kept")
+        w = ClipWriter(disk, "door", 15.0, segment_s=3600, segment_mb=0.4, keep_mb=1000,
+                       min_free=1 * MB)
+        n = feed(w, passes=3)  # about 4 MB of clip on a 3 MB disk that keeps 1 MB free
+        w.close()
+        assert w.paused is None and w.dropped == 0 and w.frames == n
+        assert w.deleted_for_room >= 2 and w.paths[-1].exists()
+        assert not any(p.exists() for p in w.deleted) and list(w.deleted) == list(w.paths)[:len(w.deleted)]
+        assert other.exists() and notes.read_text() == "kept"
+        assert frames_in(w.paths[-1]) > 0 and "recording paused" not in caplog.text
+        said = [r.getMessage() for r in caplog.records if "deleted for room" in r.getMessage()]
+        assert 1 <= len(said) <= 2, said  # at once, then at the close: not one per segment
+
+
+def test_a_disk_full_of_other_files_pauses_and_keeps_the_clips(tmp_path, caplog):
+    """Room taken by files not of this camera: deleting all its segments would not make room,
+    so none is deleted for nothing; the recording pauses as before."""
+    with small_disk(tmp_path / "disk", "3m") as disk, caplog.at_level(logging.INFO, "maskd.clip"):
+        w = ClipWriter(disk, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=1000,
+                       min_free=1 * MB)
+        src = DemoSource(loop=True)
+        for _ in range(40):  # under three 1 s segments, far under 1 MB together
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        ours = sum(p.stat().st_size for p in disk.glob("door-*"))
+        assert ours < 0.5 * MB
+        (disk / "user.bin").write_bytes(b"x" * (shutil.disk_usage(disk).free - MB // 4))
+        for _ in range(20):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        w.close()
+        assert w.paused and w.deleted_for_room == 0 and not w.deleted
+        assert all(p.exists() for p in w.paths) and (disk / "user.bin").exists()
+        assert "recording paused (detection goes on)" in caplog.text
