@@ -34,6 +34,7 @@ from collections import deque
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.lograte import RateLimitedLog
@@ -52,6 +53,15 @@ def segment_pattern(camera: str) -> re.Pattern[str]:
     """The names of one camera's segments (the only files the cap deletes), ``.mp4`` of older
     versions included so that they still count toward the cap and go first."""
     return re.compile(rf"{re.escape(camera)}-\d{{8}}-\d{{6}}(?:_\d+)?\.(?:mkv|mp4)")
+
+
+def even_size(image: np.ndarray) -> np.ndarray:
+    """``image`` with its last row and/or column repeated once where the height or width is odd:
+    mp4v needs even sides and the writer would silently drop the last row or column."""
+    h, w = image.shape[:2]
+    if not h % 2 and not w % 2:
+        return image
+    return cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
 
 
 class ClipWriter(FrameObserver):
@@ -103,7 +113,7 @@ class ClipWriter(FrameObserver):
             self.dropped += 1
             return
         assert self._writer is not None
-        self._writer.write(draw_verdicts(frame.image, verdicts, header_text(stats)))
+        self._writer.write(even_size(draw_verdicts(frame.image, verdicts, header_text(stats))))
         self.frames += 1
         self._seg_frames += 1
         self._check_room()
@@ -164,7 +174,8 @@ class ClipWriter(FrameObserver):
                 return False
         h, w = frame.image.shape[:2]
         path = self._new_path()
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
+                                 (w + w % 2, h + h % 2))  # even: see even_size
         if not writer.isOpened():
             writer.release()
             self._pause(f"OpenCV cannot write an mp4v clip at {path}")

@@ -277,3 +277,36 @@ def test_a_disk_full_of_other_files_pauses_and_keeps_the_clips(tmp_path, caplog)
         assert w.paused and w.deleted_for_room == 0 and not w.deleted
         assert all(p.exists() for p in w.paths) and (disk / "user.bin").exists()
         assert "recording paused (detection goes on)" in caplog.text
+
+
+def test_even_size_repeats_the_last_row_and_column():
+    import numpy as np
+
+    img = np.arange(3 * 5 * 3, dtype=np.uint8).reshape(3, 5, 3)
+    out = clip.even_size(img)
+    assert out.shape == (4, 6, 3)
+    assert (out[:3, :5] == img).all() and (out[3, :5] == img[2]).all()
+    assert (out[:3, 5] == img[:, 4]).all()
+    even = np.zeros((4, 6, 3), np.uint8)
+    assert clip.even_size(even) is even
+
+
+def test_odd_sized_frames_keep_every_row_and_column(tmp_path):
+    """mp4v takes even sides only: a 301x400 frame came back 300x400, its last row lost."""
+    import numpy as np
+
+    from maskd.types import Frame
+
+    img = np.zeros((301, 401, 3), np.uint8)
+    img[-1, :] = 255  # the last row and column: white, the rest black
+    img[:, -1] = 255
+    w = ClipWriter(tmp_path, "door", 15.0)
+    for i in range(15):
+        w.on_frame(Frame(img, i, i / 15.0, "cam"), [], LoopStats(fps=15.0))
+    w.close()
+    cap = cv2.VideoCapture(str(w.paths[-1]))
+    ok, back = cap.read()
+    cap.release()
+    assert ok and back.shape == (302, 402, 3)
+    assert back[300, :380].mean() > 200 and back[:280, 400].mean() > 200  # kept, not cut off
+    assert back[:280, :380].mean() < 30
