@@ -287,7 +287,7 @@ class ClipWriter(FrameObserver):
         """One INFO line at most a minute (and one at the close) for the segments deleted for
         room: a rolling buffer deletes one every few minutes, which is no news each time."""
         if self._room_unsaid and (force or self._rlog.due("room")):
-            log.info("annotated clip %s: %d old segments deleted for room (the disk keeps %.0f MB "
+            log.info("annotated clip %s: old segments deleted for room: %d (the disk keeps %.0f MB "
                      "free; the clip is a rolling buffer of the latest footage)", self.name,
                      self._room_unsaid, self.min_free / MB)
             self._room_unsaid = 0
