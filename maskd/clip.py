@@ -8,6 +8,14 @@ after a hang; a Matroska file cut anywhere plays up to what reached the disk (th
 the writer's 256 KiB buffer are lost: 1-2 s of the demo at 15 fps, more for a still scene).
 ``.mp4`` segments of older versions are still counted and deleted by the cap.
 
+The file plays in real time: it is written at the fixed ``fps`` it is given (the source's), and
+each frame is placed by its timestamp (``frame_copies``): a live loop that takes only the newest
+frame (8 a second from a 30 fps camera) has the last frame repeated to fill the slots between
+(it played 3.75 times too fast), a frame whose slot is written already is dropped, and a gap of
+more than ``MAX_HOLD_S`` (a camera away) starts a new file rather than minutes of a frozen
+frame. A file source's frames are ``1/fps`` apart, so each is written once. Live frames are placed
+by ``since_boot``, which a wall clock step does not move.
+
 A new segment starts after ``annotate_segment_s`` seconds of video (frame timestamps, so a file
 source rotates by its own clock) or ``annotate_segment_mb``; the oldest closed segments of this
 camera are deleted while they total more than ``annotate_keep_mb``. Files of other cameras or of
@@ -26,6 +34,7 @@ runs in the loop, which is acceptable because the clip is an opt-in debugging ai
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -47,6 +56,15 @@ MIN_FREE_BYTES = 16 * MB  # kept free: room for the segment's index (moov) and f
 RETRY_S = 30.0  # while paused, how often to look for room again
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
 SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
+MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
+
+
+def frame_copies(t: float, fps: float, written: int, t0: float) -> int:
+    """Slots of a clip written at ``fps`` from ``t0`` that a frame taken at ``t`` fills now, when
+    ``written`` are written: its own slot (the nearest to ``t``) and the ones before it, which
+    repeat the previous frame. 0 or less: its slot is written already (a frame early, or
+    ``-n``: ``n`` slots behind, a clock that went back); so the clip's length is the frames' time."""
+    return math.floor((t - t0) * fps + 0.5) + 1 - written  # not round(): 0.5, 1.5 go up alike
 
 
 def segment_pattern(camera: str) -> re.Pattern[str]:
@@ -82,7 +100,9 @@ class ClipWriter(FrameObserver):
         self.keep_bytes = int(keep_mb * MB)
         self.min_free = min_free
         self.paths: deque[Path] = deque(maxlen=RECENT)
-        self.frames = 0  # written, all segments
+        self.frames = 0  # written, all segments (repeats included)
+        self.repeats = 0  # of those, the previous frame again to fill a slot (a live loop's pace)
+        self.early = 0  # frames not written: their slot was written already
         self.dropped = 0  # frames not recorded while paused
         self.deleted: deque[Path] = deque(maxlen=RECENT)  # removed by the cap, the latest
         self.deleted_for_room = 0  # segments removed because the disk was short of room
@@ -94,6 +114,8 @@ class ClipWriter(FrameObserver):
         self._path: Path | None = None
         self._seg_frames = 0
         self._seg_t0 = 0.0
+        self._slot_t0 = 0.0  # the segment's first frame on the placing clock (see _clock)
+        self._last: np.ndarray | None = None  # the frame last written, to repeat into a gap
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
@@ -106,16 +128,28 @@ class ClipWriter(FrameObserver):
     # ------------------------------------------------------------------ FrameObserver
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        if self._writer is not None and self._segment_full(frame):
-            self._close_segment()
-            self._cap()
+        copies = 1
+        if self._writer is not None:
+            copies = frame_copies(self._clock(frame), self.fps, self._seg_frames, self._slot_t0)
+            if self._segment_full(frame) or self._off_pace(copies):
+                self._close_segment()
+                self._cap()
+                copies = 1
         if self._writer is None and not self._open(frame):
             self.dropped += 1
             return
+        if copies <= 0:
+            self.early += 1
+            return
         assert self._writer is not None
-        self._writer.write(even_size(draw_verdicts(frame.image, verdicts, header_text(stats))))
-        self.frames += 1
-        self._seg_frames += 1
+        image = even_size(draw_verdicts(frame.image, verdicts, header_text(stats)))
+        for _ in range(copies - 1):
+            self._writer.write(self._last)
+        self._writer.write(image)
+        self._last = image
+        self.frames += copies
+        self.repeats += copies - 1
+        self._seg_frames += copies
         self._check_room()
 
     def close(self) -> None:
@@ -127,6 +161,24 @@ class ClipWriter(FrameObserver):
                         self.dropped, self.paused or f"paused: {self._last_pause}")
 
     # ------------------------------------------------------------------ segments
+
+    @staticmethod
+    def _clock(frame: Frame) -> float:
+        """The time a frame is placed by: seconds since boot where the source reads them (live
+        cameras: a wall clock step must not open a gap), else its timestamp (1/fps apart)."""
+        return frame.since_boot if frame.since_boot is not None else frame.timestamp
+
+    def _off_pace(self, copies: int) -> bool:
+        """A gap longer than MAX_HOLD_S (a camera away, a stalled loop) or a clock gone back as
+        far: a new file, named when recording went on, instead of a frozen frame held for minutes
+        or every frame dropped until the clock catches up; said at most once a minute."""
+        limit = MAX_HOLD_S * self.fps
+        if -limit <= copies - 1 <= limit:
+            return False
+        self._rlog(logging.INFO, "gap", "annotated clip %s: %s of %.1f s between frames; new file",
+                   self.name, "a gap" if copies > 0 else "the clock went back", abs(copies - 1)
+                   / self.fps)
+        return True
 
     def _segment_full(self, frame: Frame) -> bool:
         """Time to start a new file: by age, by size, or because the frames changed size (a
@@ -183,6 +235,7 @@ class ClipWriter(FrameObserver):
         self._writer, self._path, self._shape = writer, path, (h, w)
         self.paths.append(path)
         self._seg_frames, self._seg_t0, self._size = 0, frame.timestamp, 0
+        self._slot_t0 = self._clock(frame)
         return True
 
     def _close_segment(self) -> None:

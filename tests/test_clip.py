@@ -310,3 +310,87 @@ def test_odd_sized_frames_keep_every_row_and_column(tmp_path):
     assert ok and back.shape == (302, 402, 3)
     assert back[300, :380].mean() > 200 and back[:280, 400].mean() > 200  # kept, not cut off
     assert back[:280, :380].mean() < 30
+
+
+def live_frames(n: int, loop_fps: float, t0: float = 1000.0, gap_after: int = -1, gap_s: float = 0.0):
+    """Frames as a live loop hands them on: the newest of a 30 fps camera, ``loop_fps`` a second
+    (seq jumps), with seconds since boot; ``gap_s`` more after frame ``gap_after``."""
+    import numpy as np
+
+    from maskd.types import Frame
+
+    for i in range(n):
+        t = t0 + i / loop_fps + (gap_s if i > gap_after >= 0 else 0.0)
+        yield Frame(np.full((120, 160, 3), i % 256, np.uint8), i * 4, t, "cam", since_boot=t - 900)
+
+
+def test_frame_copies_places_frames_by_time():
+    assert clip.frame_copies(1000.0, 30.0, 0, 1000.0) == 1  # the first: its own slot
+    assert clip.frame_copies(1000.125, 30.0, 1, 1000.0) == 4  # slot 4 (3.75): 1-3 repeat the last
+    assert clip.frame_copies(1000.02, 30.0, 1, 1000.0) == 1  # slot 1
+    assert clip.frame_copies(1000.01, 30.0, 1, 1000.0) == 0  # slot 0 is written: dropped
+    assert clip.frame_copies(1000 + 7 / 15, 15.0, 7, 1000.0) == 1  # a file: once each
+    assert clip.frame_copies(995.0, 30.0, 30, 1000.0) == -179  # a clock gone back 6 s
+
+
+def test_a_live_loop_slower_than_the_camera_plays_in_real_time(tmp_path):
+    """60 s of a 30 fps camera taken 8 times a second: the file played in 16 s (480 frames at
+    30 fps); now the last frame fills the slots between, so it plays in 60 s."""
+    w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600)
+    for f in live_frames(480, 8.0):
+        w.on_frame(f, [], LoopStats())
+    w.close()
+    (path,) = w.paths
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    n = frames_in(path)
+    assert fps == pytest.approx(30.0) and n / fps == pytest.approx(60.0, abs=0.15)  # was 16 s
+    assert w.frames == n and w.repeats == n - 480 and w.early == 0
+
+
+def test_the_brief_harness_without_since_boot_plays_in_real_time(tmp_path):
+    import numpy as np
+
+    from maskd.types import Frame
+
+    w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600)
+    for i in range(480):
+        w.on_frame(Frame(image=np.full((120, 160, 3), i % 256, np.uint8), seq=i * 4,
+                         timestamp=1000 + i / 8), [], LoopStats())
+    w.close()
+    assert frames_in(w.paths[0]) / 30.0 == pytest.approx(60.0, abs=0.15)
+
+
+def test_a_loop_faster_than_the_clip_rate_drops_the_early_frames(tmp_path):
+    w = ClipWriter(tmp_path, "cam", 15.0, segment_s=600)
+    for f in live_frames(300, 30.0):  # 10 s at 30 a second into a 15 fps clip
+        w.on_frame(f, [], LoopStats())
+    w.close()
+    n = frames_in(w.paths[0])
+    assert 150 <= n <= 151 and w.early == 300 - n and w.repeats == 0
+
+
+def test_segments_are_seconds_of_video_for_a_live_loop(tmp_path):
+    w = ClipWriter(tmp_path, "cam", 30.0, segment_s=10.0, segment_mb=100, keep_mb=100)
+    for f in live_frames(8 * 35, 8.0):  # 35 s at 8 a second
+        w.on_frame(f, [], LoopStats())
+    w.close()
+    lengths = [frames_in(p) / 30.0 for p in w.paths]
+    assert len(lengths) == 4 and all(abs(s - 10.0) <= 0.2 for s in lengths[:3]), lengths
+
+
+def test_a_camera_gap_starts_a_new_file_instead_of_a_frozen_frame(tmp_path, caplog):
+    """A camera away for 20 s: no 20 s of its last frame; a short gap (1 s) is held."""
+    w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600, segment_mb=100, keep_mb=100)
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        for f in live_frames(40, 8.0, gap_after=19, gap_s=20.0):
+            w.on_frame(f, [], LoopStats())
+        for f in live_frames(40, 8.0, t0=2000.0, gap_after=19, gap_s=1.0):
+            w.on_frame(f, [], LoopStats())
+        w.close()
+    lengths = [frames_in(p) / 30.0 for p in w.paths]
+    assert len(lengths) == 3, lengths  # 2000.0 is a gap too: a third file
+    assert lengths[0] == pytest.approx(19 / 8, abs=0.1) and lengths[1] == pytest.approx(19 / 8, abs=0.1)
+    assert lengths[2] == pytest.approx(39 / 8 + 1.0, abs=0.1)  # the 1 s is held, not cut
+    assert "a gap of 20.1 s between frames; new file" in caplog.text
