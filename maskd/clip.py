@@ -1,5 +1,6 @@
 """The annotated clip (``preview.annotate_dir``, ``run --annotate``): the run recorded as mp4v
-segments that rotate and are capped, and a full disk that pauses the recording, never the loop.
+segments that rotate and are capped, a rolling buffer on a full disk (its oldest segments make
+room; only a disk full of other files pauses the recording, never the loop), in real time.
 
 Each segment is ``<camera>-<YYYYmmdd-HHMMSS>.mkv`` (local time when it was opened). Matroska, not
 mp4: an mp4's index (moov) is written only when the file is closed, so the segment open at a
