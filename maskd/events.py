@@ -212,6 +212,11 @@ class Violations:
         """End every open violation with reason ``shutdown`` (the loop is stopping)."""
         return [self._end(v, "shutdown", now, frame_seq) for v in list(self._open)]
 
+    def end_all_gone(self, frame_seq: int | None = None) -> list[ViolationEvent]:
+        """End every open violation ``gone`` at its last sighting (no frame came for
+        ``end_after_s``: the camera is away; maskd.pipeline ``end_gone``)."""
+        return [self._end(v, "gone", v.last_seen, frame_seq) for v in list(self._open)]
+
     def _end(self, v: _Violation, reason: EndReason, end_time: float,
              frame_seq: int | None) -> ViolationEvent:
         self._open.remove(v)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maskd import zones
-from maskd.clock import FRAME_STEP_S, StepWatch
+from maskd.clock import FRAME_STEP_S, StepWatch, system_clock
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou, shorter_side
@@ -214,22 +214,37 @@ class Pipeline:
             self.tracker.shift(step)
             self.violations.shift(step)
 
-    def _after_gap(self, frame: Frame) -> None:
-        """No frame for end_after_s or longer, and for GAP_FRAMES usual frame intervals (a camera
-        that stalled or was away, a loop far behind): whoever is in view now cannot be told from whoever was before, and the place
-        alone is no identity (maskd.events). The tracks start afresh, so an open violation
-        ends `gone` at its last sighting and a new person at the same spot gets their own."""
+    def _gap(self, timestamp: float, since_boot: float | None) -> float | None:
+        """Seconds since the last frame (None before the first), on the clock that never steps
+        where both sides have it."""
         last = self._last
         if last is None:
-            return
-        if frame.since_boot is not None and last.since_boot is not None:
-            gap = frame.since_boot - last.since_boot  # the wall clock may have stepped
-        else:
-            gap = frame.timestamp - last.timestamp
+            return None
+        if since_boot is not None and last.since_boot is not None:
+            return since_boot - last.since_boot  # the wall clock may have stepped
+        return timestamp - last.timestamp
+
+    def _is_gap(self, gap: float) -> bool:
+        """The one gap rule (here and while no frame comes, ``end_gone``): no frame for
+        end_after_s or longer, and for GAP_FRAMES usual frame intervals."""
         usual = statistics.median(self._intervals) if self._intervals else 0.0
-        self._intervals.append(gap)  # a rare stall barely moves the median
-        if gap < max(self.cfg.tracking.end_after_s, GAP_FRAMES * usual) or not self.tracker.tracks:
+        return gap >= max(self.cfg.tracking.end_after_s, GAP_FRAMES * usual)
+
+    def _after_gap(self, frame: Frame) -> None:
+        """No frame for a gap (``_is_gap``: a camera that stalled or was away, a loop far
+        behind): whoever is in view now cannot be told from whoever was before, and the place
+        alone is no identity (maskd.events). The tracks start afresh, so an open violation
+        ends `gone` at its last sighting and a new person at the same spot gets their own."""
+        gap = self._gap(frame.timestamp, frame.since_boot)
+        if gap is None:
             return
+        is_gap = self._is_gap(gap)
+        self._intervals.append(gap)  # a rare stall barely moves the median
+        if not is_gap or not self.tracker.tracks:
+            return
+        self._forget(gap)
+
+    def _forget(self, gap: float) -> None:
         if self._gap_log.due():
             log.info("%s: no frame for %.1f s (tracking.end_after_s is %g s): the faces in "
                      "view are tracked afresh", self.cfg.camera, gap,
@@ -314,6 +329,20 @@ class Pipeline:
                 "track": ((t2 - t1) + (t4 - t3)) * 1e3,
             },
         )
+
+    def end_gone(self) -> list[ViolationEvent]:
+        """While no frame comes (a live camera away and reconnecting): once that is a gap, the
+        open violations end `gone` at their last sighting now, not when (if ever) frames
+        return; a camera that never comes back must not show a violation for days."""
+        last = self._last
+        if last is None or not self.violations.active:
+            return []
+        wall, since_boot = system_clock()
+        gap = self._gap(wall, since_boot)
+        if gap is None or not self._is_gap(gap):
+            return []
+        self._forget(gap)
+        return self.violations.end_all_gone(last.seq)
 
     def close(self) -> list[ViolationEvent]:
         """End every open violation (reason ``shutdown``) at the last frame's time."""

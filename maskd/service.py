@@ -261,15 +261,27 @@ class CameraLoop:
         """End every open violation (the stop), and tell the sinks the counts that follow: the
         last frame's, with no violation open. Their retained state must not go on saying
         ``active: 1`` next to an `end` and ``violation/active`` OFF."""
-        ended = self.pipeline.close()
+        self._emit_ends(self.pipeline.close())
+
+    def _emit_ends(self, ended: list[ViolationEvent], **counts: int) -> None:
+        """The ends, then the last counts with what is still open (and ``counts`` changed)."""
         self._emit(ended)
         if ended and self._state is not None:
-            self._tell_state(replace(self._state, active=self.pipeline.violations.active))
+            self._tell_state(replace(self._state, active=self.pipeline.violations.active,
+                                     **counts))
+
+    def _end_gone(self) -> None:
+        """No frame for a gap while the camera is away: its open violations end `gone` now
+        (``Pipeline.end_gone``), and the sinks hear that nobody is seen and nothing is open, or
+        their retained state would say ``active: 1`` for the whole outage."""
+        self._emit_ends(self.pipeline.end_gone(), faces=0, masked=0, unmasked=0, unjudged=0)
 
     def _source_waiting(self) -> None:
         """No frame now (a live camera lost and reconnecting, or a file source that ended and
         idles): the loop is not hung, so observers (systemd's watchdog) and the periodic stats
-        (the sinks' retries too: JSON lines a full disk held back) still hear from it."""
+        (the sinks' retries too: JSON lines a full disk held back) still hear from it, and a
+        wait as long as a gap ends what was open (``_end_gone``)."""
+        self._end_gone()
         self._tell_waiting()
         self._maybe_report()
 

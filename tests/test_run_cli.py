@@ -567,3 +567,52 @@ def test_log_level_in_any_case(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("log_level: warning\n")
     assert load_config(cfg).log_level == "WARNING"
+
+
+def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_path,
+                                                                           default_model):
+    """An IP camera unplugged with a violation open: after tracking.end_after_s without a frame
+    the violation ends `gone` at its last sighting and the sinks hear active 0, while the camera
+    is still away (it was left `active` for the whole outage, ended only when frames came back)."""
+    import threading
+
+    from maskd.config import Config
+    from maskd.service import build
+    from tools.ipcamera import IpCamera
+
+    demo = DemoSource()
+    bare = demo.frames_per_pass // 2
+    with IpCamera(lambda i: demo.render(i % bare), fps=demo.fps) as cam:
+        cfg = Config.model_validate({
+            "camera": "door", "state_dir": str(tmp_path / "state"),
+            "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0},
+            "classifier": {"model": str(default_model)}, "detector": {"kind": "blazeface"},
+            "tracking": {"end_after_s": 1.0}, "jsonl": {"path": str(tmp_path / "events.jsonl")}})
+        svc = build(cfg)
+        seen = RecordingSink()
+        svc.loops[0].sinks.append(seen)
+        runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 2.0}, daemon=True)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not seen.events:
+                time.sleep(0.05)
+            assert seen.events and seen.events[0].event_type == "start"
+            cam.gone()
+            away = time.time()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(e.event_type == "end" for e in seen.events):
+                time.sleep(0.05)
+            ended = [e for e in seen.events if e.event_type == "end"]
+            assert cam.state == "gone"
+            assert [e.end_reason for e in ended] == ["gone"], seen.events
+            assert ended[0].end_time <= away
+            assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
+            time.sleep(1.5)  # still away: nothing more, and no second end
+            assert [e.event_type for e in seen.events].count("end") == 1
+        finally:
+            svc.stop()
+            runner.join(timeout=20)
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [(e["event_type"], e.get("end_reason")) for e in lines if e["event_type"] != "update"] \
+        == [("start", None), ("end", "gone")]
