@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -753,11 +753,31 @@ def source_identity(src: SourceConfig) -> str | None:
         return "the Pi camera (picamera2)"
     uri = (src.uri or "").removeprefix("file://")
     if uri.isascii() and uri.isdigit():
-        return f"/dev/video{int(uri)}"  # OpenCV's camera index N is /dev/videoN
-    if "://" in uri:  # a stream: the same camera whoever logs in (and no password in errors)
-        parts = urlsplit(uri)
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return str(Path(uri))
+        uri = f"/dev/video{int(uri)}"  # OpenCV's camera index N is /dev/videoN
+    if "://" in uri:
+        return _stream_identity(uri)
+    return os.path.realpath(uri)  # symlinks (/dev/v4l/by-id/...), `..`, relative paths
+
+
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _stream_identity(uri: str) -> str:
+    """A stream's address as the camera it reaches: whoever logs in (and no password in
+    errors), scheme and host in any case, the scheme's default port written or not, and this
+    machine by any of its loopback names."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower-cased, without the brackets of an IPv6 address
+    host = "localhost" if host in _LOOPBACK else host
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+        netloc = f"{netloc}:{port}" if port else netloc
+    except ValueError:  # a port that is no number: the address as written names it
+        netloc = parts.netloc.rpartition("@")[2].lower()
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 class Config(Section):
