@@ -26,6 +26,7 @@ from maskd.clip import ClipWriter
 from maskd.config import Config, still_detector
 from maskd.env import Environment
 from maskd.jsonl import JsonlSink
+from maskd.ledger import OpenViolations
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.snapshots import SnapshotStore
 from maskd.sources import open_source
@@ -88,6 +89,8 @@ class CameraLoop:
         control: RunControl,
         exit_at_end: bool = False,
         max_frames: int | None = None,
+        ledger: OpenViolations | None = None,
+        restart_ends: list[ViolationEvent] | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -97,6 +100,8 @@ class CameraLoop:
         self.control = control
         self.exit_at_end = exit_at_end
         self.max_frames = max_frames
+        self.ledger = ledger
+        self._restart_ends = restart_ends or []  # what a killed run left open (maskd.ledger)
         self.frames = 0
         self.events = 0
         self.stop_reason: str | None = None
@@ -139,6 +144,7 @@ class CameraLoop:
         """Process frames until the end or a stop; returns the exit status (0, 70 or 75)."""
         failed = False
         try:
+            self._emit(self._restart_ends)
             self._loop()
         except Exception:  # noqa: BLE001 - still end events and flush sinks, then report
             log.exception("run loop failed")
@@ -203,12 +209,20 @@ class CameraLoop:
             self._source_waiting()  # and the sinks get stats (fps 0) and their retries
 
     def _emit(self, events: list[ViolationEvent]) -> None:
+        """To every sink; the ledger notes a start or update before any sink has it and an end
+        once every sink has it, so a kill in between leaves it open there (ended `restart` at
+        the next start), never ended before every sink knows."""
         for ev in events:
             self.events += 1
             log.info("%s: violation %s %s track=%d score=%.2f%s", self.cfg.camera, ev.event_type,
                      ev.event_id, ev.track_id, ev.score,
                      f" reason={ev.end_reason}" if ev.end_reason else "")
+            ending = ev.event_type == "end"
+            if self.ledger is not None and not ending:
+                self.ledger.note(ev)
             self._to_sinks(lambda sink, ev=ev: sink.emit(ev), "emit")
+            if self.ledger is not None and ending:
+                self.ledger.note(ev)
 
     def _to_sinks(self, call: Callable[[EventSink], object], what: str) -> None:
         """Call every sink; one broken sink must not stop the rest."""
@@ -571,13 +585,15 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
     message naming the problem; whatever was opened before the failure is closed again.
     """
+    ledger = OpenViolations(cfg.state_dir)
     if not cfg.multi_camera:
         control = RunControl()
         classifier, detector = build_classifier(cfg), build_detector(cfg)
         store = SnapshotStore.from_config(cfg.snapshots)
         try:
             return Service([_camera_loop(cfg, detector, classifier, control, lambda: build_sinks(
-                cfg, control), _systemd_notifier(), exit_at_end, max_frames, store)])
+                cfg, control), _systemd_notifier(), exit_at_end, max_frames, store,
+                ledger=ledger)])
         except BaseException:
             if store is not None:
                 store.close()
@@ -606,7 +622,8 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
                 return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
-                                      watchdog, exit_at_end, max_frames, store, pages, mqtt))
+                                      watchdog, exit_at_end, max_frames, store, pages, mqtt,
+                                      ledger))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -624,7 +641,8 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
                  control: RunControl, sinks: Callable[[], list[EventSink]],
                  notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
                  snapshots: SnapshotStore | None = None, pages: dict | None = None,
-                 mqtt: EventSink | None = None) -> CameraLoop:
+                 mqtt: EventSink | None = None, ledger: OpenViolations | None = None,
+                 ) -> CameraLoop:
     """One camera's loop around shared models; its source, sinks and views opened here, and its
     snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``."""
     source = open_source(cfg.source)
@@ -649,4 +667,6 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
             part.close()
         raise
     pipeline = Pipeline(cfg, detector, classifier)
-    return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames)
+    ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
+    return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
+                      ledger, ends)

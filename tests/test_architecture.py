@@ -23,7 +23,7 @@ STAGES: list[tuple[str, ...]] = [
     ("maskd.tracking",),
     ("maskd.events",),
     ("maskd.pipeline",),
-    ("maskd.annotate", "maskd.jsonl", "maskd.outbox", "maskd.mqtt", "maskd.preview", "maskd.statuspage",
+    ("maskd.annotate", "maskd.jsonl", "maskd.ledger", "maskd.outbox", "maskd.mqtt", "maskd.preview", "maskd.statuspage",
      "maskd.notify", "maskd.clip", "maskd.snapshots"),
     ("maskd.service",),
     ("maskd.commands", "maskd.cli", "maskd.__main__"),

@@ -616,3 +616,76 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
     lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [(e["event_type"], e.get("end_reason")) for e in lines if e["event_type"] != "update"] \
         == [("start", None), ("end", "gone")]
+
+
+@pytest.mark.parametrize("with_mqtt", [False, True], ids=["jsonl", "jsonl+mqtt"])
+def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, default_model,
+                                                                    with_mqtt):
+    """kill -9 with a violation open: the next start ends it with reason restart in JSON lines
+    (it stayed a start without an end for ever; only MQTT's outbox knew) and in MQTT, once
+    each, and a start after that does not end it again."""
+    import contextlib
+
+    from mqtt_broker import Broker, Subscriber
+
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(Broker(tmp_path / "broker")) if with_mqtt else None
+        sub = Subscriber(broker, ["maskd/+/+/violation"]) if broker is not None else None
+        if sub is not None:
+            stack.callback(sub.close)
+        opened = _kill_9_then_start_twice(tmp_path, default_model,
+                                          ["--mqtt", broker.url] if broker is not None else [])
+        if sub is not None:
+            assert sub.wait(lambda ms: sum(m.json()["event_type"] == "end" for m in ms)
+                            >= len(opened), timeout=20)
+            time.sleep(0.5)
+            msgs = [m.json() for m in sub.messages]
+            ends = [(m["event_id"], m["end_reason"]) for m in msgs
+                    if m["event_type"] == "end" and m["event_id"] in opened]
+            assert sorted(ends) == sorted((i, "restart") for i in opened), msgs
+
+
+def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
+    """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
+    the violations it left open returned."""
+    demo = DemoSource()
+    clip = tmp_path / "bare.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    for i in range(demo.frames_per_pass // 2):
+        writer.write(demo.render(i))
+    writer.release()
+    blank = tmp_path / "blank.avi"
+    writer = cv2.VideoWriter(str(blank), MJPG, FPS, SIZE)
+    for _ in range(3):
+        writer.write(np.full((SIZE[1], SIZE[0], 3), 90, np.uint8))
+    writer.release()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    events = tmp_path / "events.jsonl"
+    common = ["--config", str(cfg), "--jsonl", str(events), "--model", str(model),
+              "--detector", "blazeface", *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop",
+                             *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if events.exists() and '"start"' in events.read_text():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = [json.loads(x) for x in events.read_text().splitlines()]
+    opened = {e["event_id"] for e in killed if e["event_type"] == "start"}
+    assert opened and not any(e["event_type"] == "end" for e in killed)
+    for _ in range(2):  # the second start must not end it again
+        r = maskd("run", "--source", str(blank), "--exit-at-end", *common)
+        assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    ends = [e for e in lines if e["event_type"] == "end"]
+    assert sorted(e["event_id"] for e in ends) == sorted(opened), lines
+    assert all(e["end_reason"] == "restart" and e["end_time"] >= e["start_time"] for e in ends)
+    return opened

@@ -178,6 +178,7 @@ class MqttSink(EventSink):
         self._previous_stop, previous_cams = self._read_previous_session()
         self._started_at = time.time()
         self._write_session(running=True)
+        self._restarted: set[str] = set()  # ended `restart` from the outbox at start
         left_open = self._end_left_open()
         # Cameras a killed run had and this config has not: their retained availability and
         # violation state would say online / ON for ever (no last will covers a camera's own
@@ -306,6 +307,8 @@ class MqttSink(EventSink):
         if self._closing:
             log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id, event.seq)
             return
+        if event.end_reason == "restart" and event.event_id in self._restarted:
+            return  # the run loop's `restart` end (maskd.ledger) of one the outbox ended already
         cam = self._cams.get(event.camera, self._first)
         snapshot = self._mq.snapshots and event.best_crop is not None
         payload = ViolationPayload.build(event, device_id=self._device_id, model=self._model,
@@ -346,7 +349,8 @@ class MqttSink(EventSink):
     def _end_left_open(self) -> set[str]:
         """End the violations a killed run left open (reason "restart"), after that run's pending
         messages, so no consumer waits for their `end` forever. Returns their cameras' topic
-        roots."""
+        roots. The outbox's own record, in the same transaction as each message: the run loop's
+        `restart` end of the same violation (maskd.ledger, for every sink) is not stored again."""
         roots = set()
         for last in self._outbox.open_events():
             roots.add(last.topic.removesuffix("/violation"))
@@ -356,6 +360,7 @@ class MqttSink(EventSink):
                    "end_time": max(last.created, p.get("start_time") or 0.0), "frame_seq": None,
                    "snapshot": False, "sw_version": __version__}
             self._outbox.put(last.topic, end, track=(str(p["event_id"]), False))
+            self._restarted.add(str(p["event_id"]))
             log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
                         "with reason restart", p["event_id"])
         return roots
