@@ -1055,7 +1055,8 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "string_type" and isinstance(e.get("input"), bool | int | float):
                 msg += "; put it in quotes"  # YAML read yes, 0042 or 1234 as a bool or number
-            lines.append(f"{where}: '{key}': {msg} (got {_excerpt(e.get('input'))})")
+            got = f" (got {_excerpt(e.get('input'))})" if loc else ""  # not the whole config
+            lines.append(f"{where}: '{key}': {msg}{got}")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")
     return "\n".join(lines)

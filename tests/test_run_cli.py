@@ -532,6 +532,21 @@ def test_flags_that_cannot_reach_the_cameras_of_a_map_are_refused(tmp_path):
         assert r.returncode == 78, r.stderr
         assert r.stderr.startswith(f"maskd run: {flag[0]}: the config has cameras:"), r.stderr
     assert not (tmp_path / "a").exists()
+    r = maskd("run", "--config", str(cfg), "--camera", "x", "--max-frames", "1")
+    assert r.returncode == 78 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("maskd run: --camera x: the config has cameras:"), r.stderr
+
+
+def test_an_error_about_the_whole_config_does_not_quote_it(tmp_path):
+    """A rule across cameras (loc '<top>') appended the whole config dump as `(got {...})`."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cameras:\n  front: {source: {uri: /dev/video0}}\n"
+                   "  back: {source: {uri: '0'}}\n")
+    for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--max-frames", "1"]):
+        r = maskd(*cmd)
+        assert r.returncode == 78 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "cameras front and back both read '/dev/video0'" in r.stderr, r.stderr
+        assert "(got" not in r.stderr, r.stderr
 
 
 def test_jsonl_path_that_cannot_take_lines_is_named_at_start(tmp_path):

@@ -38,6 +38,9 @@ def run_config(args: argparse.Namespace) -> Config:
             if getattr(args, flag, None):
                 raise ConfigError(f"--{flag}: the config has cameras:, each with its own "
                                   f"{key.split('.')[0]}; set {key} per camera there")
+        if getattr(args, "camera", None) is not None:
+            raise ConfigError(f"--camera {args.camera}: the config has cameras:, each named by "
+                              "its key there; use a config without cameras: for one camera")
     cfg = override(cfg, args, RUN_OPTIONS, args.config)
     if args.source is not None:
         if cfg.cameras:
