@@ -194,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the status page (live view, violations, events, health, "
                         "/api/status, /metrics) here, e.g. 127.0.0.1:8080 (preview.http; another "
                         "address than loopback needs preview.http_password_file or _token_file)")
-    p.add_argument("--max-frames", type=_count, default=None, help="stop after N frames")
+    p.add_argument("--max-frames", type=_count, default=None,
+                   help="stop after N frames, counted per camera; with a cameras: map the run "
+                        "ends once every camera has reached N or gets no frame (lost, never "
+                        "found, its file ended)")
     p.add_argument("--log-level", type=str.upper, default=None,
                    help="DEBUG, INFO, WARNING, ERROR (any case)")
 

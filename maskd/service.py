@@ -108,6 +108,7 @@ class CameraLoop:
         self._stop = threading.Event()
         self._hurry = threading.Event()  # asked again while stopping: stop waiting for delivery
         self._ended = False  # a file source ended and the loop idles
+        self.finished = threading.Event()  # run() has returned: a stop now is no second stop
         self._fps = 0.0
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
@@ -151,7 +152,24 @@ class CameraLoop:
             self.stop_reason = "error"
             failed = True
         code = self._shutdown(flush_timeout)
+        self.finished.set()
         return EX_SOFTWARE if failed else code
+
+    @property
+    def reached_max_frames(self) -> bool:
+        """--max-frames N counts this camera's frames."""
+        return self.max_frames is not None and self.frames >= self.max_frames
+
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (or stopped): asking again means "stop waiting for delivery"."""
+        return self._stop.is_set()
+
+    @property
+    def without_frames(self) -> bool:
+        """No frame comes now: the camera is lost or was never found (reconnecting), or the
+        file ended and the loop idles."""
+        return self._ended or self.source.stats.get("camera_lost_since") is not None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -166,7 +184,7 @@ class CameraLoop:
             self._emit(result.events)
             self._after_frame(result, capture_ms)
             self._maybe_report()
-            if self.max_frames is not None and self.frames >= self.max_frames:
+            if self.reached_max_frames:
                 self.stop_reason = f"--max-frames {self.max_frames} reached"
                 return
 
@@ -413,8 +431,23 @@ class Service:
         self.loops = loops
 
     def stop(self, reason: str = "stop requested") -> None:
+        """Stop every loop that still runs; one that has returned (its file ended) is done, and
+        a stop would read as a second one (``CameraLoop.stop``: not waiting for delivery)."""
         for loop in self.loops:
-            loop.stop(reason)
+            if not loop.finished.is_set():
+                loop.stop(reason)
+
+    def _max_frames_done(self) -> None:
+        """--max-frames N counts per camera: once some camera has reached N and every other one
+        has too or gets no frame now (a camera never found, a stream that is down, a file that
+        ended), the run ends; it would wait for ever for a camera that never delivers."""
+        reached = [loop for loop in self.loops if loop.reached_max_frames]
+        if not reached:
+            return
+        waiting = [loop for loop in self.loops if loop not in reached and not loop.stopping]
+        if waiting and all(loop.without_frames for loop in waiting):
+            for loop in waiting:
+                loop.stop(f"--max-frames {loop.max_frames} reached by the cameras with frames")
 
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM/SIGINT/SIGHUP -> stop() every loop; returns a function restoring the old
@@ -451,6 +484,7 @@ class Service:
         while any(t.is_alive() for t in threads):  # joined in slices: signals stay deliverable
             for t in threads:
                 t.join(timeout=0.5)
+            self._max_frames_done()
         for name, code in codes.items():
             if code != EX_OK:
                 log.warning("camera %s ended with status %d", name, code)

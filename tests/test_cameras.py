@@ -288,3 +288,68 @@ def test_a_shared_classifier_gives_scores_and_features_one_call_at_a_time(defaul
             return np.full(len(crops_rgb), 0.25, np.float32)
 
     assert embed_crops(_Serialized(ScoresOnly()), crops) == ([0.25] * 3, [None] * 3)
+
+
+def _blank_clip(path: Path, frames: int = 5) -> Path:
+    import cv2
+    import numpy as np
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (160, 120))
+    for _ in range(frames):
+        w.write(np.full((120, 160, 3), 90, np.uint8))
+    w.release()
+    return path
+
+
+def _no_stream() -> str:
+    from tools.mosquitto import free_port
+
+    return f"http://127.0.0.1:{free_port()}/none"  # nobody listens: reconnects for ever
+
+
+def test_a_camera_whose_file_ended_is_not_stopped_twice_by_sigterm(tmp_path, default_model):
+    """`front` plays its file to the end (--exit-at-end) while `back` runs on; SIGTERM then
+    warned `front: SIGTERM while stopping: not waiting for delivery any longer` for the camera
+    that had long finished."""
+    cfg = write(tmp_path / "c.yaml", {
+        "state_dir": str(tmp_path / "state"), "detector": {"kind": "blazeface"},
+        "classifier": {"model": str(default_model)}, "jsonl": {"path": str(tmp_path / "e.jsonl")},
+        "cameras": {"front": {"source": {"uri": str(_blank_clip(tmp_path / "front.avi"))}},
+                    "back": {"source": {"uri": _no_stream(), "reopen_min_s": 0.2,
+                                        "reopen_max_s": 0.5}}}})
+    proc = start(cfg, "--exit-at-end")
+    try:
+        deadline = time.monotonic() + 60
+        seen = ""
+        while time.monotonic() < deadline and "front: stopping: end of source" not in seen:
+            seen += proc.stderr.readline()
+        assert "front: stopping: end of source" in seen, seen
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, seen + err
+    assert "while stopping" not in seen + err, seen + err
+    assert "back: stopping: SIGTERM" in err, err
+
+
+def test_max_frames_ends_the_run_when_another_camera_never_delivers(tmp_path, default_model):
+    """--max-frames N with a camera whose stream is never found: the process never exited."""
+    cfg = write(tmp_path / "c.yaml", {
+        "state_dir": str(tmp_path / "state"), "detector": {"kind": "blazeface"},
+        "classifier": {"model": str(default_model)},
+        "cameras": {"front": {"source": {"kind": "demo"}},
+                    "back": {"source": {"uri": _no_stream(), "reopen_min_s": 0.2,
+                                        "reopen_max_s": 0.5}}}})
+    proc = start(cfg, "--max-frames", "5")
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "front: stopping: --max-frames 5 reached" in err, err
+    assert "back: stopping: --max-frames 5 reached by the cameras with frames" in err, err
+    assert "while stopping" not in err, err  # asked once, not again every half second
