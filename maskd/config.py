@@ -912,6 +912,13 @@ class Config(Section):
         return out
 
     @property
+    def keeps_state(self) -> bool:
+        """Whether ``state_dir`` is in use: set in the config (the service's is), or MQTT on (its
+        outbox). A quick ``run --source x.mp4 --jsonl -`` without it writes nothing to a system
+        folder it may not own (maskd.ledger's open violations then live only in the process)."""
+        return "state_dir" in self.model_fields_set or bool(self.mqtt.url)
+
+    @property
     def multi_camera(self) -> bool:
         """The `cameras:` layout: the process owns the device-level status."""
         return bool(self.cameras)

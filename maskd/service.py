@@ -619,7 +619,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
     message naming the problem; whatever was opened before the failure is closed again.
     """
-    ledger = OpenViolations(cfg.state_dir)
+    ledger = OpenViolations(cfg.state_dir) if cfg.keeps_state else None
     if not cfg.multi_camera:
         control = RunControl()
         classifier, detector = build_classifier(cfg), build_detector(cfg)

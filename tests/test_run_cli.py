@@ -660,6 +660,25 @@ def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, de
             assert sorted(ends) == sorted((i, "restart") for i in opened), msgs
 
 
+def test_the_open_violations_are_kept_only_where_state_dir_is_in_use(tmp_path, default_model):
+    """A quick `run --source x --jsonl -` (the quickstart) has no state_dir set and no MQTT: it
+    must not write, or warn about, the system's /var/lib/maskd; a set state_dir keeps them."""
+    from maskd.config import Config
+    from maskd.service import build
+
+    base = {"source": {"kind": "demo"}, "classifier": {"model": str(default_model)},
+            "detector": {"kind": "blazeface"}}
+    for extra, kept in (({}, False), ({"state_dir": str(tmp_path / "s")}, True),
+                        ({"mqtt": {"url": "mqtt://127.0.0.1:1"}, "state_dir": str(tmp_path / "m")},
+                         True)):
+        cfg = Config.model_validate({**base, **extra})
+        assert cfg.keeps_state is kept
+        svc = build(cfg, max_frames=1)
+        assert (svc.loops[0].ledger is not None) is kept
+        svc.run(flush_timeout=0.5)
+    assert not Config().keeps_state
+
+
 def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
     """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
     the violations it left open returned."""
