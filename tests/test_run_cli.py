@@ -203,12 +203,7 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig
          str(events), "--model", str(default_model), "--detector", "blazeface"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if events.exists() and '"start"' in events.read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1]
+        _until_a_start(proc, events)
         os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -679,6 +674,16 @@ def test_the_open_violations_are_kept_only_where_state_dir_is_in_use(tmp_path, d
     assert not Config().keeps_state
 
 
+def _until_a_start(proc: subprocess.Popen, events: Path) -> None:
+    """Wait (up to 120 s) until the running ``proc`` wrote a violation start to ``events``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if events.exists() and '"start"' in events.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+
+
 def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
     """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
     the violations it left open returned."""
@@ -701,12 +706,7 @@ def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> s
     proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop",
                              *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if events.exists() and '"start"' in events.read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1]
+        _until_a_start(proc, events)
         proc.kill()
         proc.communicate(timeout=60)
     finally:
