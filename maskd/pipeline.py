@@ -191,8 +191,8 @@ class Pipeline:
     def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
         """The cached score of this track when it may stand in for a fresh classification."""
         c = self._cache.get(track.track_id)
-        if c is None:
-            return None
+        if c is None or track.returned:
+            return None  # back after a miss: a fresh crop tells whether it is the same person
         if seq - c.seq >= self.cfg.tracking.recheck_every:
             return None
         if abs(c.score - 0.5) < CONFIDENT_MARGIN or iou(c.box, box) < STILL_IOU:
@@ -299,10 +299,12 @@ class Pipeline:
         fresh, features = judge_crops(self.classifier, todo_crops, ccfg)
         t3 = time.perf_counter()
         for i, p, feat in zip(todo, fresh, features, strict=True):
+            crop = crops.pop(tracks[i].track_id)
+            tracks[i] = t = self.tracker.identify(tracks[i], crop, feat)
+            crops[t.track_id] = crop
             scores[i] = p
-            self._cache[tracks[i].track_id] = _Cached(p, faces[i].box, frame.seq,
-                                                      crops[tracks[i].track_id])
-            self.tracker.observe(tracks[i], crops[tracks[i].track_id], feat)
+            self._cache[t.track_id] = _Cached(p, faces[i].box, frame.seq, crop)
+            self.tracker.observe(t, crop, feat)
         counts.classified += len(todo)
         voted = set(todo)
         for i, (t, s) in enumerate(zip(tracks, scores, strict=True)):

@@ -98,6 +98,9 @@ class Track:
     static: bool = False  # still for static_after_s: a picture, not a person
     reported_static: bool = False
     velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second (smoothed)
+    # matched again after a miss and not yet seen in a fresh crop: the box may be the next
+    # person at the same spot (Tracker.identify)
+    returned: bool = False
 
     def __post_init__(self) -> None:
         self.scores = deque(self.scores, maxlen=self.window)
@@ -145,6 +148,7 @@ class Tracker:
             t.velocity = smooth_velocity(t.velocity, t.box, boxes[bi], timestamp - t.last_seen)
             t.box, t.last_seen, t.last_seq = boxes[bi], timestamp, seq
             t.hits += 1
+            t.returned = t.returned or t.missed > 0
             t.missed = 0
             self._still(t)
             assigned[bi] = t
@@ -164,6 +168,26 @@ class Tracker:
                 assigned[bi] = t
         self.tracks = kept
         return [t for t in assigned if t is not None]
+
+    def identify(self, track: Track, crop_bgr: np.ndarray,
+                 features: np.ndarray | None = None) -> Track:
+        """The track this fresh crop belongs to. A track matched again after a miss was
+        matched on place alone, and at a door the next person steps into the same spot: when
+        the crop looks less alike than ``same_person_similarity`` (the rule re-attach uses,
+        maskd.events), it is someone new and gets a new track (new id, no votes, not
+        violating); the old one is dropped, so its violation ends ``gone`` by the usual rule
+        instead of passing to them. Call before :meth:`observe` folds the crop in."""
+        if not track.returned:
+            return track
+        track.returned = False
+        sim = similarity(track.appearance, appearance(crop_bgr, features))
+        if sim is None or sim >= self.cfg.same_person_similarity:
+            return track
+        new = Track(self._next_id, track.box, track.last_seen, track.last_seen, track.last_seq,
+                    self.cfg.window, anchor=track.box, still_since=track.last_seen)
+        self._next_id += 1
+        self.tracks = [new if t is track else t for t in self.tracks]
+        return new
 
     def forget(self) -> None:
         """Drop every track (after a gap in the frames; maskd.pipeline); ids keep counting."""

@@ -1,0 +1,103 @@
+"""Track identity through the whole pipeline: one event per person, none for a masked one.
+
+A fake detector (scripted boxes) and a fake classifier (P(no_mask) = the crop's mean red) on
+flat-coloured frames: each colour is one person's look, so who stands in the box is known.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from maskd.config import Config
+from maskd.pipeline import Pipeline
+from maskd.types import Box, Face, Frame
+
+Script = list[tuple[np.ndarray, list[Box]]]
+
+
+class Boxes:
+    """Returns the boxes set for the current frame."""
+
+    def __init__(self) -> None:
+        self.faces: list[Face] = []
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return self.faces
+
+
+class RedClassifier:
+    """P(no_mask) = mean red of the crop / 255."""
+
+    input_size = 32
+
+    def predict(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        return np.array([c[:, :, 0].mean() / 255 for c in crops_rgb], np.float32)
+
+
+def person(red: int, blue: int, h: int = 480, w: int = 640) -> np.ndarray:
+    """A frame filled with one person's colours (BGR)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 2], img[:, :, 0] = red, blue
+    return img
+
+
+A, B = person(230, 40), person(230, 200)  # two unmasked people (P 0.9) who look different
+M = person(13, 120)  # a masked person (P 0.05)
+X = (200.0, 150.0, 280.0, 230.0)
+
+
+def run(script: Script, fps: float = 15.0,
+        steps: Callable[[int], float] | None = None) -> list[tuple]:
+    """(frame or 'close', event type, event id, end reason) of every event of the script."""
+    det, ids = Boxes(), itertools.count()
+    pipe = Pipeline(Config(), det, RedClassifier(), new_event_id=lambda: f"ev{next(ids)}")
+    out: list[tuple] = []
+    for i, (img, boxes) in enumerate(script):
+        det.faces = [Face(b, 0.9) for b in boxes]
+        wall = 1000 + i / fps + (steps(i) if steps else 0.0)
+        r = pipe.process(Frame(img, i, wall, since_boot=10 + i / fps))
+        out += [(i, e.event_type, e.event_id, e.end_reason) for e in r.events]
+    return out + [("close", e.event_type, e.event_id, e.end_reason) for e in pipe.close()]
+
+
+def starts(events: list[tuple]) -> list[str]:
+    return [e[2] for e in events if e[1] == "start"]
+
+
+def test_a_masked_person_stepping_into_the_spot_gets_no_alarm():
+    """A stood 0.4 s (too short for an alarm) and left; M stepped in two frames later. The
+    track passed to M with A's votes and started an alarm on M, then ended it `masked`."""
+    assert run([(A, [X])] * 6 + [(A, [])] * 2 + [(M, [X])] * 30) == []
+
+
+def test_a_queue_at_one_spot_after_a_short_miss_is_two_events():
+    events = run([(A, [X])] * 45 + [(A, [])] * 3 + [(B, [X])] * 45)
+    assert len(starts(events)) == 2
+    assert ("close", "end", "ev0", "shutdown") not in events  # A's ends when A left
+
+
+def test_the_next_person_is_not_held_back_by_the_cooldown_of_the_one_before():
+    """A took the mask on (end `masked`, cooldown) and left; B, unmasked, stepped in: B's
+    alarm waited for the cooldown, since B had A's track (the same track is the same person)."""
+    events = run([(A, [X])] * 30 + [(M, [X])] * 30 + [(M, [])] * 3 + [(B, [X])] * 90)
+    assert len(starts(events)) == 2
+    (b_start,) = [e[0] for e in events if e[1] == "start" and e[2] == "ev1"]
+    assert b_start < 63 + 15  # B's own evidence (0.6 s), no cooldown (10 s)
+
+
+def test_a_violator_who_left_ends_gone_not_masked_by_the_next_person():
+    events = run([(A, [X])] * 45 + [(A, [])] * 2 + [(M, [X])] * 60)
+    assert [e[1:] for e in events] == [("start", "ev0", None), ("end", "ev0", "gone")]
+
+
+def test_the_track_an_event_was_taken_from_starts_nothing_for_the_next_person():
+    """A steps aside (a new track takes over A's event); masked M then stands where A was,
+    matched to A's old, still violating track: that alarm started on M at once."""
+    y = (270.0, 150.0, 350.0, 230.0)
+    split = A.copy()
+    split[:, :275] = M[:, :275]  # M on the left at X, A on the right at Y
+    events = run([(A, [X])] * 10 + [(A, [y])] * 5 + [(split, [y, X])] * 20, fps=5.0)
+    assert starts(events) == ["ev0"]
