@@ -150,6 +150,10 @@ class Violations:
                 log.info("violation %s: re-attached from track %d to %d", v.event_id,
                          v.track_id, t.track_id)
                 owned.discard(v.track_id)
+                if v.track_id in by_id:
+                    # the tracker still holds the track the person left: ownerless, it would
+                    # start an event on that evidence for whoever it matches next
+                    by_id[v.track_id].start_over()
                 v.track_id = t.track_id
                 v.dirty = True
                 owned.add(t.track_id)

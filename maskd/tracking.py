@@ -105,6 +105,12 @@ class Track:
     def __post_init__(self) -> None:
         self.scores = deque(self.scores, maxlen=self.window)
 
+    def start_over(self) -> None:
+        """Drop the evidence gathered so far (the votes' window and the violating state): what
+        it was evidence of is no longer this track's (maskd.events re-attach)."""
+        self.scores.clear()
+        self.smoothed, self.above, self.above_since, self.violating = None, 0, None, False
+
     @property
     def seen_now(self) -> bool:
         """Matched in the latest frame."""

@@ -12,7 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from maskd.config import Config
+from maskd.events import Violations
 from maskd.pipeline import Pipeline
+from maskd.tracking import Tracker
 from maskd.types import Box, Face, Frame
 
 Script = list[tuple[np.ndarray, list[Box]]]
@@ -101,3 +103,21 @@ def test_the_track_an_event_was_taken_from_starts_nothing_for_the_next_person():
     split[:, :275] = M[:, :275]  # M on the left at X, A on the right at Y
     events = run([(A, [X])] * 10 + [(A, [y])] * 5 + [(split, [y, X])] * 20, fps=5.0)
     assert starts(events) == ["ev0"]
+
+
+def test_re_attach_clears_the_evidence_of_the_track_left_behind():
+    """Without looks to tell people apart (the tracker on its own), the track left behind still
+    carried A's votes: whoever it matched next started an alarm on them."""
+    cfg = Config().tracking.model_copy(update={"min_span_s": 0.0, "max_missed_frames": 30})
+    tracker, ids = Tracker(cfg), itertools.count()
+    violations = Violations(cfg, "door", new_id=lambda: f"ev{next(ids)}")
+    y = (270.0, 150.0, 350.0, 230.0)
+    events = []
+    script = [[(X, 0.9)]] * 5 + [[(y, 0.9)]] * 5 + [[(y, 0.9), (X, 0.05)]] * 10
+    for i, faces in enumerate(script):
+        tracks = tracker.match([b for b, _ in faces], i, i / 10)
+        for t, (_, p) in zip(tracks, faces, strict=True):
+            tracker.add_score(t, p)
+        events += violations.update(tracker.tracks, i / 10, i, (640, 480))
+    assert [e.event_type for e in events] == ["start"]
+    assert [v.track_id for v in violations._open] == [2]  # re-attached to A's new track
