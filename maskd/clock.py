@@ -18,8 +18,9 @@ BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 LOCALTIME = Path("/etc/localtime")  # the machine's time zone (timedatectl relinks it)
 ZONE_CHECK_S = 60.0
 STEP_S = 60.0  # the wall clock moving this much more (or less) than the time since boot: a step
-# Between two frames the two clocks are read together, so any difference this large is a step;
-# the tracker's and the violations' time-outs are seconds long, so they heed steps from here.
+# Between two frames the two clocks are read together, so any difference this large is a step
+# worth a warning; the tracker and the violations follow every step (maskd.pipeline), since a
+# step of a fraction of a second is still a fraction of their spans.
 FRAME_STEP_S = 1.0
 
 Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)

@@ -181,7 +181,7 @@ class Pipeline:
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
         self._last: Frame | None = None
-        self._steps = StepWatch(FRAME_STEP_S)
+        self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
         self._gap_log = Throttle()
         self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
         m = cfg.motion
@@ -204,15 +204,19 @@ class Pipeline:
     def _follow_clock(self, frame: Frame) -> None:
         """Frame times are wall-clock times, and the wall clock of a Pi steps (no real-time
         clock; NTP sets it once the network is up). Tracks and violations measure spans and
-        time-outs in them, so on a step everything they remember moves with it."""
+        time-outs in them, so on any step, however small, everything they remember moves with
+        it: each span is then one of the time since boot (a step of 0.9 s among three votes
+        0.13 s apart made them a second of evidence). Only steps of FRAME_STEP_S are logged."""
         if frame.since_boot is None:
             return  # times made up from seq / fps: they cannot step
         step = self._steps.step(frame.timestamp, frame.since_boot)
-        if step:
+        if not step:
+            return
+        self.tracker.shift(step)
+        self.violations.shift(step)
+        if abs(step) >= FRAME_STEP_S:
             log.warning("%s: the wall clock stepped %+.1f s; track and violation times move "
                         "with it", self.cfg.camera, step)
-            self.tracker.shift(step)
-            self.violations.shift(step)
 
     def _gap(self, timestamp: float, since_boot: float | None) -> float | None:
         """Seconds since the last frame (None before the first), on the clock that never steps

@@ -121,3 +121,12 @@ def test_re_attach_clears_the_evidence_of_the_track_left_behind():
         events += violations.update(tracker.tracks, i / 10, i, (640, 480))
     assert [e.event_type for e in events] == ["start"]
     assert [v.track_id for v in violations._open] == [2]  # re-attached to A's new track
+
+
+def test_a_wall_clock_step_below_a_second_is_no_evidence():
+    """Three votes 0.13 s apart with a 0.9 s step of the wall clock among them were taken for
+    1 s of evidence (steps under a second were not followed)."""
+    assert run([(A, [X])] * 3 + [(A, [])] * 30, steps=lambda i: 0.9 if i >= 2 else 0.0) == []
+    # the same three frames really 1 s apart are evidence
+    events = run([(A, [X])] * 3 + [(A, [])] * 60, fps=2.0)
+    assert [e[1] for e in events] == ["start", "end"]
