@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskd.config import TrackingConfig
-from maskd.geometry import near, same_size
+from maskd.geometry import near, rescale, same_size
 from maskd.tracking import Track, at_least, coast, similarity
 from maskd.types import Box, EndReason, EventType, ViolationEvent
 
@@ -199,6 +199,16 @@ class Violations:
             self.started += 1
             out.append(self._message(v, "start", now, frame_seq))
         return out
+
+    def rescale(self, sx: float, sy: float) -> None:
+        """The frame size changed by ``sx`` across and ``sy`` down: the remembered boxes follow
+        (re-attach and the cooldown compare them with the tracks' boxes, and a message's box is
+        normalised by the frame size it is sent at)."""
+        for v in self._open:
+            v.box = rescale(v.box, sx, sy)
+            v.velocity = (v.velocity[0] * sx, v.velocity[1] * sy)
+        for r in self._recent:
+            r.box = rescale(r.box, sx, sy)
 
     def shift(self, step: float) -> None:
         """Move the remembered times by ``step`` seconds: the wall clock stepped (a Pi without a

@@ -71,6 +71,13 @@ def near(a: Box, b: Box) -> bool:
     return (ca[0] - cb[0]) ** 2 + (ca[1] - cb[1]) ** 2 <= side**2
 
 
+def rescale(box: Box, sx: float, sy: float) -> Box:
+    """``box`` in a frame scaled by ``sx`` across and ``sy`` down: the same place in the
+    picture after the camera's frame size changed (maskd.pipeline)."""
+    x0, y0, x1, y1 = box
+    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+
+
 def same_place(a: Box, b: Box, tolerance: float) -> bool:
     """Every edge of ``b`` within ``tolerance`` x the larger side of ``a`` of where it is in
     ``a``: the box has not moved (a picture) beyond detector jitter."""

@@ -30,7 +30,7 @@ from maskd import zones
 from maskd.clock import FRAME_STEP_S, StepWatch, system_clock
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
-from maskd.geometry import crop_face, iou, shorter_side
+from maskd.geometry import crop_face, iou, rescale, shorter_side
 from maskd.lograte import Throttle
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
@@ -181,6 +181,7 @@ class Pipeline:
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
         self._last: Frame | None = None
+        self._size: tuple[int, int] | None = None  # (width, height) of the last frame
         self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
         self._gap_log = Throttle()
         self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
@@ -200,6 +201,21 @@ class Pipeline:
         if (c.score >= 0.5) != track.violating:
             return None  # evidence is being gathered for a change of state: votes must be fresh
         return c.score
+
+    def _follow_size(self, width: int, height: int) -> None:
+        """Boxes are in pixels of the frame: when its size changes (a camera reconfigured) the
+        remembered ones are rescaled to it, or the person in view matched no track, got a second
+        event, and the open one was sent with its box normalised by the wrong size."""
+        old, self._size = self._size, (width, height)
+        if old is None or old == (width, height):
+            return
+        sx, sy = width / old[0], height / old[1]
+        log.info("%s: the frame size changed from %dx%d to %dx%d; tracks and violations follow",
+                 self.cfg.camera, old[0], old[1], width, height)
+        self.tracker.rescale(sx, sy)
+        self.violations.rescale(sx, sy)
+        for c in self._cache.values():
+            c.box = rescale(c.box, sx, sy)
 
     def _follow_clock(self, frame: Frame) -> None:
         """Frame times are wall-clock times, and the wall clock of a Pi steps (no real-time
@@ -272,6 +288,7 @@ class Pipeline:
             counts.zoned_faces += len(faces) - len(kept)
             faces = kept
         t1 = time.perf_counter()
+        self._follow_size(w, h)
         self._follow_clock(frame)
         self._after_gap(frame)
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)

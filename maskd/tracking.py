@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from maskd.config import TrackingConfig
-from maskd.geometry import iou, same_place
+from maskd.geometry import iou, rescale, same_place
 from maskd.types import Box
 
 # Appearance descriptor: hue x saturation x value histograms of three horizontal bands of the crop
@@ -198,6 +198,15 @@ class Tracker:
     def forget(self) -> None:
         """Drop every track (after a gap in the frames; maskd.pipeline); ids keep counting."""
         self.tracks = []
+
+    def rescale(self, sx: float, sy: float) -> None:
+        """The frame size changed by ``sx`` across and ``sy`` down (a camera reconfigured):
+        every box and velocity follows, so a face keeps matching its track."""
+        for t in self.tracks:
+            t.box = rescale(t.box, sx, sy)
+            if t.anchor is not None:
+                t.anchor = rescale(t.anchor, sx, sy)
+            t.velocity = (t.velocity[0] * sx, t.velocity[1] * sy)
 
     def shift(self, step: float) -> None:
         """Move every remembered time by ``step`` seconds: the wall clock stepped (maskd.clock),

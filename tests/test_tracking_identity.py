@@ -130,3 +130,21 @@ def test_a_wall_clock_step_below_a_second_is_no_evidence():
     # the same three frames really 1 s apart are evidence
     events = run([(A, [X])] * 3 + [(A, [])] * 60, fps=2.0)
     assert [e[1] for e in events] == ["start", "end"]
+
+
+def test_a_change_of_frame_size_keeps_the_person_and_the_event():
+    """640x480 to 320x240 (a camera reconfigured): the boxes in the old size matched nothing,
+    the same person got a second event, and the first ended with its box in the old size."""
+    det = Boxes()
+    pipe = Pipeline(Config(), det, RedClassifier(), new_event_id=iter(["ev0", "ev1"]).__next__)
+    small = person(230, 40, 240, 320)
+    script = [(A, X)] * 30 + [(small, tuple(v / 2 for v in X))] * 90
+    events = []
+    for i, (img, box) in enumerate(script):
+        det.faces = [Face(box, 0.9)]
+        events += pipe.process(Frame(img, i, 1000 + i / 15, since_boot=10 + i / 15)).events
+    events += pipe.close()
+    assert [(e.event_type, e.event_id) for e in events if e.event_type != "update"] == [
+        ("start", "ev0"), ("end", "ev0")]
+    expected = (X[0] / 640, X[1] / 480, X[2] / 640, X[3] / 480)
+    assert np.allclose(events[-1].box, expected)
