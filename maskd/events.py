@@ -12,7 +12,8 @@ on scripted tracks):
   ``shutdown``.
 - Re-attach: while an event's track is missing (before it ends as gone), a newly confirmed
   violating track of the same person takes the event over (same event_id, no new start), so a
-  person briefly lost by the tracker stays one violation.
+  person briefly lost by the tracker stays one violation. The track it was taken from loses its
+  evidence (``Track.start_over``): ownerless, it would start an alarm for whoever it matched next.
 - Cooldown: for ``cooldown_s`` after an event ends as ``masked``, a violation confirmed for the
   same person does not start a new event yet; it starts when the cooldown is over if it still
   holds (the same track still in view always counts as the same person). This keeps a person
