@@ -97,10 +97,13 @@ class Violations:
         self._size = (1, 1)
         self.started = 0
 
-    def _same_person(self, boxes: tuple[Box, ...], look: np.ndarray | None, t: Track) -> bool:
+    def _same_person(self, boxes: tuple[Box, ...], look: np.ndarray | None, t: Track,
+                     since_first: bool = False) -> bool:
         """``t`` is the person expected at one of ``boxes``, looking like ``look`` (module
-        docstring)."""
-        if not any(near(b, t.box) and same_size(b, t.box) for b in boxes):
+        docstring). With ``since_first``, where ``t`` was first seen counts as well: a track
+        that began by the lost one may have moved on from there before it was confirmed."""
+        mine = (t.box, t.anchor) if since_first and t.anchor is not None else (t.box,)
+        if not any(near(b, m) and same_size(b, m) for b in boxes for m in mine):
             return False
         sim = similarity(look, t.appearance)
         return sim is None or sim >= self.cfg.same_person_similarity
@@ -144,7 +147,7 @@ class Violations:
             lost = [
                 v for v in self._open
                 if not (v.track_id in by_id and by_id[v.track_id].seen_now)
-                and self._same_person((v.box, v.expected_box(now)), v.appearance, t)
+                and self._same_person((v.box, v.expected_box(now)), v.appearance, t, True)
             ]
             if lost:
                 v = max(lost, key=lambda v: v.last_seen)

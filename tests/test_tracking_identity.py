@@ -148,3 +148,17 @@ def test_a_change_of_frame_size_keeps_the_person_and_the_event():
         ("start", "ev0"), ("end", "ev0")]
     expected = (X[0] / 640, X[1] / 480, X[2] / 640, X[3] / 480)
     assert np.allclose(events[-1].box, expected)
+
+
+def test_one_person_whose_box_jumps_twice_is_one_event():
+    """Two jumps of the detector box, each past the tracker's overlap: the second track was
+    confirmed 85 px from the event's last box, too far for 'near', and the same person got a
+    second event. Where that track was first seen (45 px off) is near."""
+    def right(box: Box, dx: float) -> Box:
+        return (box[0] + dx, box[1], box[2] + dx, box[3])
+
+    events = run([(A, [X])] * 30 + [(A, [right(X, 45)])] * 3 + [(A, [right(X, 85)])] * 40)
+    assert starts(events) == ["ev0"]
+    # someone else who steps in by A's last box and moves on is still someone else
+    events = run([(A, [X])] * 30 + [(B, [right(X, 45)])] * 3 + [(B, [right(X, 85)])] * 40)
+    assert len(starts(events)) == 2
