@@ -167,9 +167,7 @@ class Tracker:
             kept.append(t)
         for bi, b in enumerate(boxes):
             if assigned[bi] is None:
-                t = Track(self._next_id, b, timestamp, timestamp, seq, self.cfg.window,
-                          anchor=b, still_since=timestamp)
-                self._next_id += 1
+                t = self._new_track(b, timestamp, seq)
                 kept.append(t)
                 assigned[bi] = t
         self.tracks = kept
@@ -189,11 +187,16 @@ class Tracker:
         sim = similarity(track.appearance, appearance(crop_bgr, features))
         if sim is None or sim >= self.cfg.same_person_similarity:
             return track
-        new = Track(self._next_id, track.box, track.last_seen, track.last_seen, track.last_seq,
-                    self.cfg.window, anchor=track.box, still_since=track.last_seen)
-        self._next_id += 1
+        new = self._new_track(track.box, track.last_seen, track.last_seq)
         self.tracks = [new if t is track else t for t in self.tracks]
         return new
+
+    def _new_track(self, box: Box, timestamp: float, seq: int) -> Track:
+        """A track first seen now at ``box``: the next id, no votes, anchored where it is."""
+        t = Track(self._next_id, box, timestamp, timestamp, seq, self.cfg.window, anchor=box,
+                  still_since=timestamp)
+        self._next_id += 1
+        return t
 
     def forget(self) -> None:
         """Drop every track (after a gap in the frames; maskd.pipeline); ids keep counting."""
