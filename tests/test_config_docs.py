@@ -1,4 +1,5 @@
-"""docs/config.md's "Several cameras" example is a valid config and means what the text says."""
+"""docs/config.md: the "Several cameras" example is a valid config and means what the text says;
+the "Every key" table is the code's keys, defaults and bounds."""
 
 from __future__ import annotations
 
@@ -31,3 +32,60 @@ def test_several_cameras_example():
     with pytest.raises(ConfigError) as err:
         parse_config({"camera": "door", "source": {"kind": "demo"}, **data}, "x")
     assert quoted in str(err.value)
+
+
+def _doc_default(model_default: object) -> object:
+    """A model default as the table's YAML cell reads back."""
+    return str(model_default) if isinstance(model_default, Path) else model_default
+
+
+def _bounds(metadata: list) -> list[str]:
+    from annotated_types import Ge, Gt, Le, Lt
+
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    signs = {Ge: (">=", "ge"), Gt: (">", "gt"), Le: ("<=", "le"), Lt: ("<", "lt")}
+    return [f"{signs[type(m)][0]} {num(getattr(m, signs[type(m)][1]))}"
+            for m in metadata if type(m) in signs]
+
+
+def test_every_key_table_matches_the_code():
+    """docs/config.md's "Every key" table: each key of Config once, with the code's default and
+    numeric bounds, and no key the code does not have."""
+    from typing import Annotated, Union, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    from maskd.config import Config, ScheduleWindow
+
+    section = re.search(r"## Every key\n(.*?)\n## ", DOC, re.S).group(1)
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r"^\| `([^`]+)` \| [^|]+ \| `([^`]*)` \| ([^|]*) \|$", section, re.M)}
+
+    expected = {}
+
+    def walk(model: type[BaseModel], prefix: str = "") -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            meta = list(field.metadata)
+            if get_origin(ann) is Union or type(ann).__name__ == "UnionType":
+                for arg in get_args(ann):
+                    if get_origin(arg) is Annotated:
+                        meta += [m for x in get_args(arg)[1:] for m in getattr(x, "metadata", [x])]
+            expected[f"{prefix}{name}"] = (field, meta)
+
+    walk(Config)
+    walk(ScheduleWindow, "schedule[].")
+    assert sorted(rows) == sorted(expected)
+    for key, (field, meta) in expected.items():
+        default, allowed = rows[key]
+        if key != "device_id":  # the host name, said in the row
+            assert yaml.safe_load(default) == _doc_default(
+                field.get_default(call_default_factory=True)), key
+        for bound in _bounds(meta):
+            assert bound in allowed, f"{key}: {bound} missing from {allowed!r}"
+        assert not (set(re.findall(r"[<>]=? [\d.]+", allowed)) - set(_bounds(meta))), key
