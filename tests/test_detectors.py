@@ -515,6 +515,18 @@ def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
         make_detector(DetectorConfig(kind="ssd", model=model, edgetpu=True))
 
 
+
+def test_edgetpu_on_a_cpu_only_detector_is_refused(yunet_model: Path):
+    """detector.edgetpu on YuNet ran it on the CPU without a word (BlazeFace refused it): a
+    Coral the config asks for but nothing uses is a start-up error, as for BlazeFace."""
+    for kind in ("yunet", "auto"):
+        with pytest.raises(DetectorError, match=r"yunet runs on the CPU.*detector\.edgetpu"):
+            make_detector(DetectorConfig(kind=kind, model=yunet_model, edgetpu=True))
+    with pytest.raises(DetectorError, match="cannot run on the EdgeTPU"):
+        make_detector(DetectorConfig(kind="blazeface", edgetpu=True))
+    assert make_detector(DetectorConfig(kind="yunet", model=yunet_model)).name == "yunet"
+
+
 # ----------------------------------------------------------------------------- TFLite SSD
 
 
