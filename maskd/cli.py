@@ -32,6 +32,7 @@ example:
   maskd scan --json --annotate out/scan photos/ door.mp4""",
     "run": """exit codes:
   0   clean stop (signal, end of a file with --exit-at-end, end of the demo)
+  2   a bad command line (an unknown option, a value out of range): usage on stderr
   70  the loop crashed (systemd restarts it)
   75  --exit-at-end: events still in the MQTT outbox after --flush-timeout; or the
       network is not up yet (a preview.http host name unresolved for 90 s): systemd retries

@@ -56,6 +56,8 @@ def test_help_output_of_the_real_command():
     assert "default: none, the built-in defaults; the service passes /etc/maskd/config.yaml" in flat
     assert "--http ADDR:PORT" in flat
     assert "78 bad config or start-up error" in flat
+    # the unit's RestartPreventExitStatus=2 78 counts on it (docs/service.md)
+    assert "2 a bad command line (an unknown option, a value out of range)" in flat
     assert r.stdout.rstrip().endswith("maskd run --source demo --jsonl - --annotate out/demo")
 
 
