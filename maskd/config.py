@@ -246,6 +246,17 @@ class DetectorConfig(Section):
                              "TFLite_Detection_PostProcess (or OpenCV's .pb face SSD)")
         return self
 
+    @model_validator(mode="after")
+    def _edgetpu_needs_a_tflite_ssd(self) -> DetectorConfig:
+        """Only a TFLite SSD runs on a Coral; anything else would leave the Coral the config asks
+        for unused without a word (here, so check-config and run refuse it alike)."""
+        if self.edgetpu and (self.kind != "ssd" or (self.model is not None
+                                                   and self.model.suffix.lower() == ".pb")):
+            raise ValueError(f"detector.edgetpu needs kind ssd with an EdgeTPU-compiled .tflite "
+                             f"face SSD; {self.kind} runs on the CPU only (classifier.edgetpu "
+                             f"puts the classifier on the Coral)")
+        return self
+
 
 def still_detector(cfg: DetectorConfig) -> DetectorConfig:
     """The detector settings `scan` uses: the still-image input size in place of the video one,

@@ -95,10 +95,6 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
         det = entry.from_config(cfg)
     except ModelError as err:  # the TFLite loader's errors (runtime, EdgeTPU) in detector terms
         raise DetectorError(str(err)) from None
-    if cfg.edgetpu and not det.EDGETPU:  # else the Coral the config asks for sits unused
-        raise DetectorError(f"{det.name} runs on the CPU and cannot use the EdgeTPU "
-                            "(detector.edgetpu): use kind ssd with an EdgeTPU-compiled face SSD, "
-                            "or classifier.edgetpu for the classifier")
     tiles = max(cfg.tiles, math.ceil(cfg.upscale)) if det.FIXED_INPUT else cfg.tiles
     out: FaceDetector = Tiled(det, tiles, cfg.nms_threshold) if tiles > 1 else det
     return BigFaceCut(out, cut, big_px, cfg.big_face_score) if big_px is not None else out

@@ -129,9 +129,6 @@ class BlazeFace:
 
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> BlazeFace:
-        if cfg.edgetpu:
-            raise DetectorError("BlazeFace is a float model and cannot run on the EdgeTPU; use "
-                                "kind ssd with an EdgeTPU-compiled face SSD")
         return cls(cfg.variant, score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.nms_threshold,
                    cfg.model)
 

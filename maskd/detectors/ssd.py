@@ -132,7 +132,7 @@ class OpenCvSsd:
     MEAN = (104.0, 177.0, 123.0)
     DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
     FIXED_INPUT = False  # blobFromImage stretches to any size: ``upscale`` enlarges it
-    EDGETPU = False  # OpenCV on the CPU: make_detector refuses detector.edgetpu
+    EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, config: Path | None = None, score_threshold: float = 0.6,
                  input_size: tuple[int, int] = (300, 300)):

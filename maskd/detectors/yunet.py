@@ -51,7 +51,7 @@ class YuNet:
     # classifier misjudges (measured on scenes-dev, docs/detectors.md).
     DEFAULT_SCORE_THRESHOLD = 0.8
     FIXED_INPUT = False  # any input size: ``upscale`` enlarges it
-    EDGETPU = False  # OpenCV on the CPU: make_detector refuses detector.edgetpu
+    EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
                  score_threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 5000):
