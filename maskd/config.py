@@ -1027,8 +1027,30 @@ _EXCERPT.maxlong = 40
 
 
 def _excerpt(value: Any) -> str:
-    """A repr short enough for one line, however big or deep the value is."""
-    return _EXCERPT.repr(value)
+    """A repr short enough for one line, however big or deep the value is, with the password
+    of any URL in it hidden: error lines reach the journal (``source: rtsp://user:pass@cam``
+    written without its section, ``mqtt.url`` with credentials)."""
+    return _EXCERPT.repr(_hide_passwords(value))
+
+
+def _hide_passwords(value: Any) -> Any:
+    if isinstance(value, str):
+        return shown_uri(value)
+    if isinstance(value, dict):
+        return {k: _hide_passwords(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hide_passwords(v) for v in value]
+    return value
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam) is
+    replaced by ***, since the journal and the status page are readable by more people."""
+    return _PASSWORD.sub(r"\1:***@", uri)
+
+
+# A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password.
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):[^?#]*@", re.IGNORECASE)
 
 
 def _key_part(part: Any) -> str:

@@ -18,7 +18,6 @@ behave the same whether a clip is processed faster or slower than real time.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from maskd.clock import system_clock
-from maskd.config import SourceConfig
+from maskd.config import SourceConfig, shown_uri
 from maskd.files import open_regular
 from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
 from maskd.lograte import RateLimitedLog
@@ -605,16 +604,6 @@ def _is_device(uri: str) -> bool:
     if uri.isdigit():
         return True
     return uri.startswith("/dev/") and not (Path(uri).is_file() or Path(uri).is_dir())
-
-
-def shown_uri(uri: str) -> str:
-    """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam) is
-    replaced by ***, since the journal and the status page are readable by more people."""
-    return _PASSWORD.sub(r"\1:***@", uri)
-
-
-# A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password.
-_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):[^?#]*@", re.IGNORECASE)
 
 
 def _is_stream(uri: str) -> bool:

@@ -71,6 +71,11 @@ BROKEN = [
     ("password file and variable both",
      "mqtt: {url: 'mqtt://127.0.0.1:1883', username: u, password_file: pw, password_env: PW}\n",
      [["'mqtt': set mqtt.password_file or mqtt.password_env, not both"]]),
+    # The line quotes what was written, and it goes to the journal: no password in it.
+    ("a camera address without its section", "source: rtsp://admin:S3cret@cam/live\n",
+     [["'source' must be a section", "(got 'rtsp://admin:***@cam/live')"]]),
+    ("credentials in the broker URL", "mqtt: {url: 'mqtt://maskd:S3cret@broker:1883'}\n",
+     [["'mqtt.url': must contain no credentials", "(got 'mqtt://maskd:***@broker:1883')"]]),
 ]
 
 
