@@ -1044,13 +1044,26 @@ def _hide_passwords(value: Any) -> Any:
 
 
 def shown_uri(uri: str) -> str:
-    """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam) is
-    replaced by ***, since the journal and the status page are readable by more people."""
-    return _PASSWORD.sub(r"\1:***@", uri)
+    """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam, or a
+    secret query value, ``?pwd=``) is replaced by ***, since the journal and the status page
+    are readable by more people."""
+    return redact(_PASSWORD.sub(r"\1:***@", uri))
 
 
 # A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password.
 _PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):[^?#]*@", re.IGNORECASE)
+
+# A query parameter whose name says it holds a secret (``?token=``, ``password``, ``pwd``,
+# ``api_key``).
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pass|pwd|secret|key|auth)"
+                           r"[^=&;\s]*=)[^&;\s\"']*")
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL or a request line) with secret query values replaced by ``***``: a
+    camera that takes ``?user=admin&pwd=...`` and the status page's ``?token=`` must not reach
+    whoever reads the journal."""
+    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def _key_part(part: Any) -> str:

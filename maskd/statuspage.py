@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import select
 import socket
 import sys
@@ -47,7 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maskd import __version__
-from maskd.config import Config, PreviewConfig, is_loopback, read_secret
+from maskd.config import Config, PreviewConfig, is_loopback, read_secret, redact
 from maskd.lograte import Throttle
 from maskd.preview import (
     BOUNDARY,
@@ -154,17 +153,6 @@ def cookie_values(header: str | None, name: str) -> list[str]:
         if eq and key.strip() == name:
             out.append(value.strip().strip('"'))
     return out
-
-
-# A query parameter whose name says it holds a secret (``?token=``, ``password``, ``api_key``).
-_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pass|secret|key|auth)[^=&;\s]*=)"
-                           r"[^&;\s\"']*")
-
-
-def redact(text: str) -> str:
-    """``text`` (a request line) with secret query values replaced by ``***``: the debug log
-    must not hand the page's access token to whoever reads the journal."""
-    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def local_host(header: str | None) -> bool:

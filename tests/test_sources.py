@@ -496,6 +496,29 @@ def test_a_network_camera_that_goes_away_or_stalls_is_read_again(monkeypatch, ca
     assert "read failed" in caplog.text and "frames again after" in caplog.text
 
 
+def test_a_password_in_a_network_cameras_query_stays_out_of_logs(monkeypatch, caplog):
+    """A camera that takes its login in the query (``?user=admin&pwd=...``) is opened with it,
+    and the journal sees ``pwd=***`` when the camera goes away."""
+    import maskd.sources
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 2000)
+    with IpCamera(_stamped) as cam, caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = open_source(SourceConfig(kind="opencv", uri=f"{cam.url}?user=admin&pwd=S3cret",
+                                       reopen_min_s=0.2, reopen_max_s=0.2))
+        try:
+            assert _read_within(src, 10.0) is not None
+            cam.gone()
+            deadline = time.monotonic() + 15
+            while "cannot open" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            src.close()
+    assert src.name == f"{cam.url}?user=admin&pwd=***"
+    assert "cannot open" in caplog.text and "pwd=***" in caplog.text
+    assert "S3cret" not in caplog.text
+
+
 def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
     """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
     import sys
