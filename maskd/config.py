@@ -14,6 +14,7 @@ import re
 import reprlib
 import socket
 import ssl
+import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -646,6 +647,9 @@ class MqttConfig(Section):
         return None
 
 
+SECRET_FILE_KEYS = ("password_file", "key_file", "http_password_file", "http_token_file")
+
+
 def read_secret(path: Path) -> bytes:
     """A password or token file's content without the trailing newline; ValueError when it
     cannot be read, is empty or is larger than 4096 bytes."""
@@ -920,6 +924,25 @@ class Config(Section):
         walk(self, "")
         if self.jsonl.path not in (None, "-"):
             out["jsonl.path"] = Path(self.jsonl.path)
+        return out
+
+    def open_secrets(self) -> list[str]:
+        """One line per password, token or TLS key file every user of this machine can read
+        (o+r, and o+x on each folder above it): one written with the usual umask 022 is 0644,
+        and the docs ask for root:maskd 0640."""
+        out = []
+        for key, path in self.paths().items():
+            if key.rpartition(".")[2] not in SECRET_FILE_KEYS:
+                continue
+            try:
+                real = path.resolve()
+                mode = real.stat().st_mode
+                reachable = all(p.stat().st_mode & stat.S_IXOTH for p in real.parents)
+            except OSError:  # the config's own checks say why it cannot be read
+                continue
+            if mode & stat.S_IROTH and reachable:
+                out.append(f"'{key}': {path} is readable by every user of this machine (mode "
+                           f"{stat.S_IMODE(mode):04o}); chmod o-rwx it")
         return out
 
     @property

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -266,3 +268,28 @@ def test_a_tilde_is_the_home_folder_wherever_run_starts(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (home / "out" / "events.jsonl").is_file()
     assert not (work / "~").exists()
+
+
+def test_a_secret_file_every_user_can_read_is_a_warning():
+    """An MQTT password or page token written with umask 022 is 0644: check-config and the
+    journal say so (folders above it that others cannot enter keep it private: no warning)."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        folder.chmod(0o755)
+        if not all(p.stat().st_mode & stat.S_IXOTH for p in folder.resolve().parents):
+            pytest.skip(f"{folder.parent} is closed to other users")
+        token = folder / "http.token"
+        token.write_text("0123456789abcdef\n")
+        cfg = folder / "c.yaml"
+        cfg.write_text(f"preview: {{http_token_file: {token}}}\n")
+        warning = f"'preview.http_token_file': {token} is readable by every user of this machine"
+        for mode, warned in ((0o644, True), (0o640, False)):
+            token.chmod(mode)
+            r = maskd("check-config", str(cfg))
+            assert r.returncode == 0 and (warning in r.stderr) == warned, (mode, r.stderr)
+        token.chmod(0o644)
+        r = maskd("run", "--config", str(cfg), "--source", "demo", "--max-frames", "1")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"WARNING maskd: {warning} (mode 0644); chmod o-rwx it" in r.stderr
+        folder.chmod(0o700)
+        assert warning not in maskd("check-config", str(cfg)).stderr

@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
     if errors:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg)
-                 + [f"warning: {w}" for w in lacking + unwritable]):
+                 + [f"warning: {w}" for w in cfg.open_secrets() + lacking + unwritable]):
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")
     return 0

@@ -130,6 +130,8 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for line in cfg.open_secrets():
+        log.warning("%s", line)
     # The demo is a clip, not a camera: nothing comes after it, so it ends the run unless looped.
     demo = cfg.source.kind == "demo"
     exit_at_end = args.exit_at_end or (demo and not cfg.source.loop)
