@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
+from maskd.files import PRIVATE_DIR, PRIVATE_FILE
 from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
@@ -227,10 +228,16 @@ class ClipWriter(FrameObserver):
                 return False
         h, w = frame.image.shape[:2]
         path = self._new_path()
+        try:  # made here with its mode: OpenCV's writer keeps it, and would give 0644
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
+        except OSError as err:
+            self._pause(f"cannot create {path}: {err.strerror or err}")
+            return False
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                  (w + w % 2, h + h % 2))  # even: see even_size
         if not writer.isOpened():
             writer.release()
+            path.unlink(missing_ok=True)
             self._pause(f"OpenCV cannot write an mp4v clip at {path}")
             return False
         self._writer, self._path, self._shape = writer, path, (h, w)
@@ -279,7 +286,7 @@ class ClipWriter(FrameObserver):
         """Create the folder if it is missing, at start and before every new file, so that a
         folder deleted or blocked for a while does not pause the recording for good; why not."""
         try:
-            self.outdir.mkdir(parents=True, exist_ok=True)
+            self.outdir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         except OSError as err:
             return f"cannot create the folder: {err.strerror or err}"
         return None

@@ -20,6 +20,11 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+# Pictures of people (snapshots, the annotated clip) and their folders: the maskd user, its
+# group and root, whatever the umask of whoever started maskd (the unit's is 0027, a shell's 022).
+PRIVATE_FILE = 0o640
+PRIVATE_DIR = 0o750
+
 
 class NotRegularFile(OSError):
     """A path that is not a regular file (a named pipe, a device, a socket, a directory)."""

@@ -44,6 +44,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts
 from maskd.clock import STEP_S, Clock, StepWatch, system_clock
+from maskd.files import PRIVATE_DIR, PRIVATE_FILE
 from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
@@ -55,7 +56,6 @@ log = logging.getLogger("maskd.snapshots")
 MB = 1024 * 1024
 DAY_S = 86400.0
 JPEG_QUALITY = 90
-FILE_MODE = 0o640  # faces: the maskd user and its group only
 MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped and counted
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
@@ -215,8 +215,8 @@ class SnapshotStore:
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise ValueError("OpenCV could not encode the image")
-            self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            self.dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.tobytes())
             os.replace(tmp, path)

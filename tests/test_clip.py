@@ -102,18 +102,23 @@ def test_rotates_by_size(tmp_path):
 
 
 def test_run_rotates_and_caps_the_clip(tmp_path, default_model):
+    """Started from a shell (umask 022), the clip of everyone in view is still the maskd user's
+    and its group's only, as the snapshots are."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preview:\n  annotate_segment_s: 2\n  annotate_segment_mb: 0.5\n"
                    "  annotate_keep_mb: 1\n")
     out = tmp_path / "clips"
     r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--source",
                         "demo", "--exit-at-end", "--annotate", str(out), "--detector", "blazeface",
-                        "--model", str(default_model)], capture_output=True, text=True, timeout=300)
+                        "--model", str(default_model)], capture_output=True, text=True, timeout=300,
+                       umask=0o022)
     assert r.returncode == 0, r.stderr
     left = list(out.glob("camera-*.mkv"))
     assert r.stderr.count("annotated clip: /") == 4  # four 2 s segments closed
     assert "were over annotate_keep_mb 1 MB" in r.stderr
     assert 1 <= len(left) < 4 and sum(p.stat().st_size for p in left) <= MB
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert all(p.stat().st_mode & 0o777 == 0o640 and frames_in(p) > 0 for p in left)
 
 
 def test_bad_clip_limits_are_config_errors(tmp_path):
