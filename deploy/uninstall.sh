@@ -189,4 +189,13 @@ if [ "$PURGE" = 1 ]; then
     fi
 else
     say "kept /etc/maskd (config), /var/lib/maskd (undelivered events) and user $SERVICE_USER; --purge removes them"
+    # Snapshots and clips of people there outlive snapshots.keep_days now: nothing prunes them.
+    pictures=0
+    if [ -d "$ROOT/var/lib/maskd" ]; then
+        pictures="$(find "$ROOT/var/lib/maskd" -type f \( -name '*.jpg' -o -name '*.mkv' -o -name '*.mp4' \) 2>/dev/null | wc -l || true)"
+    fi
+    if [ "$pictures" -gt 0 ]; then
+        say "WARNING: /var/lib/maskd keeps $pictures snapshot or clip file(s) of people, and with maskd" \
+            "gone nothing deletes them after keep_days: --purge, or delete them yourself"
+    fi
 fi

@@ -280,11 +280,17 @@ def test_uninstall_keeps_config_and_state_unless_purge(tmp_path):
     (root / "var/lib/maskd/outbox.sqlite").write_bytes(b"pending events")
     r = sh(UNINSTALL, "--root", root)
     assert r.returncode == 0, r.stderr
+    assert "snapshot or clip" not in r.stdout
     assert not (root / "etc/systemd/system/maskd.service").exists()
     assert not (root / "usr/local/bin/maskd").exists()
     assert (root / "etc/maskd/config.yaml").exists() and (root / "var/lib/maskd/outbox.sqlite").exists()
+    # faces kept there are no longer pruned after keep_days: the admin is told
+    (root / "var/lib/maskd/snapshots").mkdir()
+    (root / "var/lib/maskd/snapshots/door-20260101-120000-e1.jpg").write_bytes(b"a face")
     again = sh(UNINSTALL, "--root", root)
     assert again.returncode == 0 and "already absent: /etc/systemd/system/maskd.service" in again.stdout
+    assert ("WARNING: /var/lib/maskd keeps 1 snapshot or clip file(s) of people, and with maskd gone "
+            "nothing deletes them after keep_days") in again.stdout
     purge = sh(UNINSTALL, "--root", root, "--purge")
     assert purge.returncode == 0, purge.stderr
     assert not (root / "etc/maskd").exists() and not (root / "var/lib/maskd").exists()
