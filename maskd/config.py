@@ -1073,12 +1073,13 @@ def shown_uri(uri: str) -> str:
     return redact(_PASSWORD.sub(r"\1:***@", uri))
 
 
-# A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password.
-_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):[^?#]*@", re.IGNORECASE)
+# A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password,
+# and so does one written with a raw # or ? in it (up to the last @: more hidden, never less).
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):.*@", re.IGNORECASE)
 
 # A query parameter whose name says it holds a secret (``?token=``, ``password``, ``pwd``,
-# ``api_key``).
-_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pass|pwd|secret|key|auth)"
+# ``loginpas``, ``api_key``).
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pas|pwd|secret|key|auth)"
                            r"[^=&;\s]*=)[^&;\s\"']*")
 
 

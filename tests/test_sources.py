@@ -382,6 +382,25 @@ def test_a_password_in_a_stream_address_stays_out_of_logs_and_status(caplog):
         src.close()
 
 
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("rtsp://admin:Pa#S3cret@127.0.0.1:1/stream", "rtsp://admin:***@127.0.0.1:1/stream"),
+    ("rtsp://admin:Pa?S3cret@127.0.0.1:1/stream", "rtsp://admin:***@127.0.0.1:1/stream"),
+    ("http://127.0.0.1:1/videostream.cgi?loginuse=admin&loginpas=S3cret",
+     "http://127.0.0.1:1/videostream.cgi?loginuse=admin&loginpas=***"),
+])
+def test_a_password_written_raw_or_in_a_cameras_own_parameter_stays_out_of_logs(uri, shown, caplog):
+    """A # or ? typed into the password (unencoded), and a camera's own name for it."""
+    caplog.set_level(logging.INFO)
+    src = open_source(SourceConfig(uri=uri, reopen_min_s=0.05, reopen_max_s=0.05))
+    try:
+        deadline = time.monotonic() + 10
+        while "cannot open" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        src.close()
+    assert src.name == shown and shown in caplog.text and "S3cret" not in caplog.text
+
+
 def test_a_password_in_a_mistyped_stream_address_stays_out_of_the_error():
     """rtsp:/ with one slash is not a stream; the "no such file" message still hides the password."""
     with pytest.raises(SourceError) as err:
