@@ -34,6 +34,17 @@ def header_text(stats: LoopStats) -> str:
     return text
 
 
+def camera_text(stats: LoopStats) -> str:
+    """``header_text``, or why no frame comes when none does (a camera lost, a file that
+    ended): systemd's STATUS and the previews' header, which shows it over the last picture."""
+    if since := stats.camera_lost_since:
+        state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
+        return f"camera lost since {since}; {state}"
+    if stats.source_ended:
+        return "end of the source; idle until stopped"
+    return header_text(stats)
+
+
 def color_for(v: Verdict) -> tuple[int, int, int]:
     if v.label is None:
         return GREY

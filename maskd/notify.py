@@ -22,24 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from maskd.annotate import header_text  # the same line the preview shows on screen
+from maskd.annotate import camera_text  # the same line the preview shows on screen
 from maskd.env import Environment
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
-
-
-def camera_text(stats: LoopStats) -> str:
-    """One camera's part of the STATUS= line: the preview's header, or the camera outage when
-    there is one."""
-    if since := stats.camera_lost_since:
-        state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
-        return f"camera lost since {since}; {state}"
-    if stats.source_ended:
-        return "end of the source; idle until stopped"
-    return header_text(stats)
 
 
 def status_text(stats: LoopStats) -> str:

@@ -23,7 +23,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from maskd.annotate import draw_verdicts, draw_zones, header_text
+from maskd.annotate import camera_text, draw_verdicts, draw_zones
 from maskd.config import Config, PreviewConfig, ZonesConfig
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
@@ -62,7 +62,8 @@ def render(
     size: tuple[int, int] | None = None,
     zones: ZonesConfig | None = None,
 ) -> np.ndarray:
-    """The annotated BGR image every preview shows, with the camera's zones outlined.
+    """The annotated BGR image every preview shows, with the camera's zones outlined; its
+    header says when the camera is lost (or the file ended) and this is the last picture.
 
     With ``size`` (width, height) the frame is letterboxed to it first and the boxes are drawn
     at that resolution, so lines and text stay crisp on a big screen.
@@ -77,7 +78,7 @@ def render(
             replace(v, face=replace(v.face, box=tuple(float(c) for c in lb.to_canvas(v.face.box))))
             for v in verdicts
         ]
-    out = draw_verdicts(image, verdicts, header=header_text(stats))
+    out = draw_verdicts(image, verdicts, header=camera_text(stats))
     if zones is not None and (zones.include is not None or zones.ignore):
         draw_zones(out, zones.include, zones.ignore, region)  # type: ignore[arg-type]
     return out
@@ -215,6 +216,7 @@ class ThreadedPreview(FrameObserver):
         self.shown = 0
         self.cpu_s = 0.0  # CPU time this preview's thread spent rendering and showing
         self._thread = threading.Thread(target=self._run, name=f"maskd-{self.name}", daemon=True)
+        self._last: tuple | None = None  # (frame, verdicts, stats) handed over last
 
     def start(self) -> ThreadedPreview:
         self._thread.start()
@@ -225,7 +227,16 @@ class ThreadedPreview(FrameObserver):
         return self._box.dropped
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        self._box.put((frame, list(verdicts), stats))
+        self._last = (frame, list(verdicts), stats)
+        self._box.put(self._last)
+
+    def on_wait(self, stats: LoopStats) -> None:
+        """No frame comes (a camera lost, a file that ended): the last picture is shown again
+        under a header that says why, once per change of that line; it otherwise stayed on
+        screen with its fps and violations, looking live, for the whole outage."""
+        last = self._last
+        if last is not None and camera_text(stats) != camera_text(last[2]):
+            self.on_frame(last[0], last[1], stats)
 
     def _run(self) -> None:
         try:
@@ -459,7 +470,6 @@ class MjpegFeed(ThreadedPreview):
         self._seq = 0
         self._watchers = 0
         self._stopping = False
-        self._latest: tuple | None = None  # (frame, verdicts, stats): a reference, no copy
         self._have_frame = threading.Event()
         self._still: tuple[tuple, bytes] | None = None  # (the item it was made from, JPEG)
         self._still_lock = threading.Lock()
@@ -474,10 +484,10 @@ class MjpegFeed(ThreadedPreview):
         return self._seq
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
-        self._latest = (frame, list(verdicts), stats)
+        self._last = (frame, list(verdicts), stats)  # a reference, no copy
         self._have_frame.set()
         if self._watchers:  # no stream client: nothing to render in the preview thread
-            super().on_frame(frame, verdicts, stats)
+            self._box.put(self._last)
 
     def show(self, image: np.ndarray) -> None:
         jpeg = encode_jpeg(image, self.jpeg_quality)
@@ -515,7 +525,7 @@ class MjpegFeed(ThreadedPreview):
         """
         if not self._have_frame.wait(timeout):
             return None
-        item = self._latest
+        item = self._last
         assert item is not None
         with self._still_lock:
             if self._still is not None and self._still[0] is item:

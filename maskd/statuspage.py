@@ -216,6 +216,7 @@ class CameraView(EventSink, FrameObserver):
         self.last_frame_t = time.time()
 
     def on_wait(self, stats: LoopStats) -> None:
+        self.feed.on_wait(stats)  # the live view's header says why no frame comes
         self.stats = stats
 
     def close(self) -> None:

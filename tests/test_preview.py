@@ -299,3 +299,54 @@ def test_run_preview_flag_without_screen_is_exit_78():
     assert r.returncode == 78
     assert r.stderr.strip().startswith("maskd run: --preview: no framebuffer at /dev/fb0")
     assert "preview.http: 127.0.0.1:8080" in r.stderr
+
+
+# ------------------------------------------------------------------ a camera away
+
+
+def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_picture(tmp_path):
+    """The camera is unplugged under the real loop: the HDMI screen and the status page kept
+    its last frame with '20.0 fps | 0 active violations' for the whole outage, looking live.
+    Now the last picture is shown again under the line systemd's STATUS has, and the live
+    view comes back with the camera."""
+    import threading
+    import urllib.request
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.annotate import camera_text
+    from maskd.config import SourceConfig
+    from maskd.preview import encode_jpeg
+    from maskd.sources import live_source
+    from maskd.statuspage import StatusServer
+
+    geo = FbGeometry(width=320, height=240, bits_per_pixel=16, stride=320 * 2)
+    fb = tmp_path / "fb0"
+    fb.write_bytes(b"\0" * geo.size_bytes)
+    screen = FramebufferPreview(fb, geometry=geo, max_fps=50).start()
+    page = StatusServer("127.0.0.1:0").start()
+    view = page.attach("cam", "d", "c")
+    cam = BlankCamera()
+    src = live_source("cam", cam.opener, SourceConfig())
+    svc = service_for(src, [screen, view], [view])
+    run = threading.Thread(target=svc.run, daemon=True)
+    run.start()
+    try:
+        assert wait_until(lambda: svc.frames > 5, 10)
+        cam.present.clear()  # unplugged
+        assert wait_until(lambda: src.stats["camera_lost_since"] is not None, 10)
+        lost = LoopStats(camera_lost_since=src.stats["camera_lost_since"], camera_reconnecting=True)
+        assert camera_text(lost).startswith("camera lost since ")
+        last = Frame(np.full(cam.shape, 90, np.uint8), 0, 0.0)
+        want = to_fb_bytes(render(last, [], lost, size=(geo.width, geo.height)), geo)
+        assert wait_until(lambda: fb.read_bytes() == want, 5), "the screen does not say so"
+        jpeg = urllib.request.urlopen(page.url + "frame.jpg", timeout=10).read()
+        assert jpeg == encode_jpeg(render(last, [], lost)), "the page's picture does not say so"
+        shown = screen.shown
+        assert not wait_until(lambda: screen.shown > shown, 1.5)  # said once, not redrawn each wait
+        cam.present.set()  # back: live frames again
+        assert wait_until(lambda: screen.shown > shown and fb.read_bytes() != want, 10)
+    finally:
+        svc.stop()
+        run.join(10)
+        screen.close()
