@@ -27,6 +27,7 @@ import base64
 import errno
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import select
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 50  # the page's event list
 IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
 MAX_CONNECTIONS = 32  # open at once (stream viewers included); more are answered 503
+MAX_HEADER_BYTES = 64 * 1024  # a request's header lines in all; more are answered 431
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
 COOKIE = "maskd_token"
 
@@ -409,6 +411,23 @@ class _Server(ThreadingHTTPServer):
             log.warning(msg, *args)
 
 
+class _HeaderBudget:
+    """The request's stream while its header lines are read: past ``left`` bytes in all it
+    raises, and http.server answers 431. The standard library allows 100 lines of 64 KiB each:
+    32 connections holding that kept about 300 MB, enough for the OOM killer on a small Pi."""
+
+    def __init__(self, rfile: object, left: int) -> None:
+        self._rfile = rfile
+        self._left = left
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._rfile.readline(limit)  # type: ignore[attr-defined]
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.HTTPException(f"headers over {MAX_HEADER_BYTES} bytes")
+        return line
+
+
 # Linux's IP_FREEBIND and IPV6_FREEBIND (<linux/in.h>, <linux/in6.h>): the socket module
 # of Python 3.11 names neither.
 FREEBIND = {socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15)),
@@ -574,7 +593,11 @@ class StatusServer:
             head_only = False  # a HEAD request: headers as for GET, no body
 
             def parse_request(self) -> bool:
-                ok = super().parse_request()  # reads the request line's headers too
+                rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+                try:
+                    ok = super().parse_request()  # reads the request line's headers too
+                finally:
+                    self.rfile = rfile
                 server._server.headers_read(self.connection)
                 return ok
 
