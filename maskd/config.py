@@ -376,6 +376,24 @@ class ZonesConfig(Section):
     include: list[list[tuple[Fraction, Fraction]]] | None = None  # None: the whole frame
     ignore: list[list[tuple[Fraction, Fraction]]] = []
 
+    @field_validator("include", "ignore", mode="before")
+    @classmethod
+    def _not_pixels(cls, v: Any) -> Any:
+        """A zone written in pixels (its points read off an image viewer), or as a box's four
+        numbers, got one line per coordinate ('less than or equal to 1', 'a valid tuple'),
+        none saying what was meant: say it once."""
+        for i, poly in enumerate(v if isinstance(v, list) else []):
+            if poly and isinstance(poly, list) and all(isinstance(c, int | float) for c in poly):
+                raise ValueError(f"polygon {i} is a list of numbers, not of [x, y] points: a box "
+                                 "x0, y0, x1, y1 is [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]")
+            nums = [c for p in (poly if isinstance(poly, list) else []) if isinstance(p, list)
+                    for c in p if isinstance(c, int | float) and not isinstance(c, bool)]
+            if nums and min(nums) >= 0 and max(nums) >= 2:
+                raise ValueError(f"polygon {i} has a point at {max(nums):g}: points are shares "
+                                 "0..1 of the frame, not pixels (divide x by the frame's width "
+                                 "and y by its height)")
+        return v
+
     @field_validator("include", "ignore")
     @classmethod
     def _polygons(cls, v: list | None) -> list | None:

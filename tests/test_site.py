@@ -22,7 +22,7 @@ import pytest
 from loop_parts import RecordingSink
 
 from maskd import schedule, zones
-from maskd.config import Config, ScheduleWindow, parse_config
+from maskd.config import Config, ConfigError, ScheduleWindow, parse_config
 from maskd.demo import astronaut_bgr
 from maskd.pipeline import Pipeline
 from maskd.service import CameraLoop, build_classifier, build_detector
@@ -266,6 +266,36 @@ def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path
     assert zones.crossing(bowtie) == (0, 2)
     assert zones.crossing([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]) is None
     assert zones.crossing([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]) is None  # "no area" names it
+
+
+@pytest.mark.parametrize("zone, expected", [
+    ([[100, 50], [600, 50], [600, 470], [100, 470]],
+     "polygon 0 has a point at 600: points are shares 0..1 of the frame, not pixels"),
+    ([0.1, 0.1, 0.9, 0.9], "polygon 0 is a list of numbers, not of [x, y] points: a box"),
+])
+def test_a_zone_in_pixels_or_as_a_box_is_named_so_in_one_line(tmp_path, zone, expected):
+    """Was: one line per coordinate ('less than or equal to 1 (got 600)', eight for a
+    rectangle; 'a valid tuple'), none saying what was wrong. check-config and run alike."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"device_id: pi\ncameras:\n  door:\n    source: {{kind: demo}}\n"
+                   f"    zones: {{include: [{zone}]}}\n")
+    said = []
+    for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--exit-at-end"]):
+        r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 78, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if "zones" in ln]
+        assert len(lines) == 1 and expected in lines[0], r.stderr
+        said.append(lines[0][lines[0].index("polygon 0"):])
+    assert said[0] == said[1]
+    # a zone reaching just past the edge keeps the per-coordinate message: not pixels
+    with pytest.raises(ConfigError, match=r"zones.ignore.0.1.0.*less than or equal to 1") as err:
+        parse_config({"zones": {"ignore": [[[0.5, 0], [1.2, 0], [1, 0.5]]]}})
+    assert "pixels" not in str(err.value)
 
 
 ZONE_CHANGE = """
