@@ -242,27 +242,35 @@ def test_zones_without_area_are_refused():
     assert zones.area([(0, 0), (1, 0), (1, 1), (0, 1)]) == pytest.approx(1.0)
 
 
-def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path):
-    """A bowtie (points not in order around the zone) counts by the even-odd rule, so its
-    overlap falls outside it. Was: refused as "no area (its points lie on one line)", which
-    they do not. check-config and run share the validation and must say the same."""
+def _refused_alike(tmp_path, key: str, zone: list) -> str:
+    """A camera's zone ``key: [zone]`` through check-config and run: both exit 78 with one
+    line about the zones, the same text from "polygon 0" on; that line."""
     import subprocess
     import sys
     from pathlib import Path
 
-    bowtie = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"device_id: pi\ncameras:\n  door:\n    source: {{kind: demo}}\n"
-                   f"    zones: {{ignore: [{bowtie}]}}\n")
+                   f"    zones: {{{key}: [{zone}]}}\n")
     said = []
     for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--exit-at-end"]):
         r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True, text=True,
                            timeout=120, cwd=Path(__file__).resolve().parents[1])
         assert r.returncode == 78, r.stderr
-        assert "polygon 0 crosses itself (edges 0 and 2;" in r.stderr, r.stderr
-        assert "no area" not in r.stderr
-        said.append(r.stderr[r.stderr.index("polygon 0"):].splitlines()[0])
+        lines = [ln for ln in r.stderr.splitlines() if "zones" in ln]
+        assert len(lines) == 1, r.stderr
+        said.append(lines[0][lines[0].index("polygon 0"):])
     assert said[0] == said[1]
+    return said[0]
+
+
+def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path):
+    """A bowtie (points not in order around the zone) counts by the even-odd rule, so its
+    overlap falls outside it. Was: refused as "no area (its points lie on one line)", which
+    they do not. check-config and run share the validation and must say the same."""
+    bowtie = [[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]
+    said = _refused_alike(tmp_path, "ignore", bowtie)
+    assert said.startswith("polygon 0 crosses itself (edges 0 and 2;") and "no area" not in said
     assert zones.crossing(bowtie) == (0, 2)
     assert zones.crossing([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]) is None
     assert zones.crossing([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]) is None  # "no area" names it
@@ -276,22 +284,7 @@ def test_a_zone_that_crosses_itself_is_named_so_by_check_config_and_run(tmp_path
 def test_a_zone_in_pixels_or_as_a_box_is_named_so_in_one_line(tmp_path, zone, expected):
     """Was: one line per coordinate ('less than or equal to 1 (got 600)', eight for a
     rectangle; 'a valid tuple'), none saying what was wrong. check-config and run alike."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"device_id: pi\ncameras:\n  door:\n    source: {{kind: demo}}\n"
-                   f"    zones: {{include: [{zone}]}}\n")
-    said = []
-    for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--exit-at-end"]):
-        r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True, text=True,
-                           timeout=120, cwd=Path(__file__).resolve().parents[1])
-        assert r.returncode == 78, r.stderr
-        lines = [ln for ln in r.stderr.splitlines() if "zones" in ln]
-        assert len(lines) == 1 and expected in lines[0], r.stderr
-        said.append(lines[0][lines[0].index("polygon 0"):])
-    assert said[0] == said[1]
+    assert _refused_alike(tmp_path, "include", zone).startswith(expected)
     # a zone reaching just past the edge keeps the per-coordinate message: not pixels
     with pytest.raises(ConfigError, match=r"zones.ignore.0.1.0.*less than or equal to 1") as err:
         parse_config({"zones": {"ignore": [[[0.5, 0], [1.2, 0], [1, 0.5]]]}})
