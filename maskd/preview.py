@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FB = Path("/dev/fb0")
 DEFAULT_MAX_FPS = 10.0  # preview frame rate cap; the loop itself is not capped
+NO_FRAME_SIZE = (640, 480)  # the black picture under the header of a camera lost before any frame
 
 
 class PreviewUnavailable(RuntimeError):
@@ -233,8 +234,12 @@ class ThreadedPreview(FrameObserver):
     def on_wait(self, stats: LoopStats) -> None:
         """No frame comes (a camera lost, a file that ended): the last picture is shown again
         under a header that says why, once per change of that line; it otherwise stayed on
-        screen with its fps and violations, looking live, for the whole outage."""
+        screen with its fps and violations, looking live, for the whole outage. A camera lost
+        before its first frame gets a black picture with that header (the page had none)."""
         last = self._last
+        if last is None and stats.camera_lost_since:  # lost since the start: a black picture
+            blank = np.zeros((NO_FRAME_SIZE[1], NO_FRAME_SIZE[0], 3), np.uint8)
+            last = (Frame(blank, 0, time.time()), [], LoopStats())
         if last is not None and camera_text(stats) != camera_text(last[2]):
             self.on_frame(last[0], last[1], stats)
 

@@ -304,11 +304,14 @@ def test_run_preview_flag_without_screen_is_exit_78():
 # ------------------------------------------------------------------ a camera away
 
 
-def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_picture(tmp_path):
+@pytest.mark.parametrize("from_start", [False, True])
+def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_picture(
+        tmp_path, from_start):
     """The camera is unplugged under the real loop: the HDMI screen and the status page kept
     its last frame with '20.0 fps | 0 active violations' for the whole outage, looking live.
     Now the last picture is shown again under the line systemd's STATUS has, and the live
-    view comes back with the camera."""
+    view comes back with the camera. A camera away from the start (booted unplugged) showed
+    nothing at all (the page's /frame.jpg: 503 for ever): now a black picture says so."""
     import threading
     import urllib.request
 
@@ -316,7 +319,7 @@ def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_pict
 
     from maskd.annotate import camera_text
     from maskd.config import SourceConfig
-    from maskd.preview import encode_jpeg
+    from maskd.preview import NO_FRAME_SIZE, encode_jpeg
     from maskd.sources import live_source
     from maskd.statuspage import StatusServer
 
@@ -327,17 +330,22 @@ def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_pict
     page = StatusServer("127.0.0.1:0").start()
     view = page.attach("cam", "d", "c")
     cam = BlankCamera()
+    if from_start:
+        cam.present.clear()
     src = live_source("cam", cam.opener, SourceConfig())
     svc = service_for(src, [screen, view], [view])
     run = threading.Thread(target=svc.run, daemon=True)
     run.start()
     try:
-        assert wait_until(lambda: svc.frames > 5, 10)
-        cam.present.clear()  # unplugged
+        if not from_start:
+            assert wait_until(lambda: svc.frames > 5, 10)
+            cam.present.clear()  # unplugged
         assert wait_until(lambda: src.stats["camera_lost_since"] is not None, 10)
         lost = LoopStats(camera_lost_since=src.stats["camera_lost_since"], camera_reconnecting=True)
         assert camera_text(lost).startswith("camera lost since ")
-        last = Frame(np.full(cam.shape, 90, np.uint8), 0, 0.0)
+        w, h = NO_FRAME_SIZE
+        last = Frame(np.zeros((h, w, 3), np.uint8) if from_start
+                     else np.full(cam.shape, 90, np.uint8), 0, 0.0)
         want = to_fb_bytes(render(last, [], lost, size=(geo.width, geo.height)), geo)
         assert wait_until(lambda: fb.read_bytes() == want, 5), "the screen does not say so"
         jpeg = urllib.request.urlopen(page.url + "frame.jpg", timeout=10).read()
