@@ -236,11 +236,13 @@ class ThreadedPreview(FrameObserver):
         under a header that says why, once per change of that line; it otherwise stayed on
         screen with its fps and violations, looking live, for the whole outage. A camera lost
         before its first frame gets a black picture with that header (the page had none)."""
+        if not (stats.camera_lost_since or stats.source_ended):
+            return  # a pause between two frames of a slow camera: its header flickered to 0 fps
         last = self._last
-        if last is None and stats.camera_lost_since:  # lost since the start: a black picture
+        if last is None:  # lost since the start: a black picture
             blank = np.zeros((NO_FRAME_SIZE[1], NO_FRAME_SIZE[0], 3), np.uint8)
             last = (Frame(blank, 0, time.time()), [], LoopStats())
-        if last is not None and camera_text(stats) != camera_text(last[2]):
+        if camera_text(stats) != camera_text(last[2]):
             self.on_frame(last[0], last[1], stats)
 
     def _run(self) -> None:

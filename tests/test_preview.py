@@ -358,3 +358,41 @@ def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_pict
         svc.stop()
         run.join(10)
         screen.close()
+
+
+def test_a_slow_camera_between_two_frames_is_no_outage():
+    """The loop waits for the next frame of a 1.5 fps camera and says so (on_wait, no camera
+    lost): the header is not redrawn as '0.0 fps' between each two frames (it flickered)."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.annotate import camera_text
+    from maskd.config import SourceConfig
+    from maskd.sources import live_source
+
+    class Headers(ThreadedPreview):
+        def __init__(self) -> None:
+            super().__init__(max_fps=50)
+            self.said: list[str] = []
+
+        def show(self, image):
+            pass
+
+        def on_frame(self, frame, verdicts, stats):
+            self.said.append(camera_text(stats))
+            super().on_frame(frame, verdicts, stats)
+
+    view = Headers().start()
+    src = live_source("cam", BlankCamera(fps=1.5).opener, SourceConfig())
+    svc = service_for(src, [view])
+    run = threading.Thread(target=svc.run, daemon=True)
+    run.start()
+    try:
+        assert wait_until(lambda: svc.frames >= 5, 10)
+    finally:
+        svc.stop()
+        run.join(10)
+        view.close()
+    measured = view.said[next(i for i, s in enumerate(view.said) if not s.startswith("0.0 ")):]
+    assert len(measured) >= 3 and not any(s.startswith("0.0 fps") for s in measured), view.said
