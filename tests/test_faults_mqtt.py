@@ -428,6 +428,43 @@ def test_snapshots_beyond_the_memory_bound_are_counted_and_not_promised(tmp_path
         sub.close()
 
 
+def test_a_snapshot_larger_than_the_brokers_packet_limit_is_dropped_not_the_connection(
+        tmp_path, caplog):
+    """A broker with `max_packet_size` (MQTT 5: in its CONNACK) smaller than a face crop: the
+    crop is dropped, logged and counted, its event says "snapshot": false, and the connection
+    stays up. Was: the broker cut the connection at every such crop (last will: offline), the
+    crop was lost without a word and the warning blamed a client id used twice."""
+    import numpy as np
+
+    caplog.set_level(logging.WARNING)
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + "max_packet_size 20000\n")
+    with b:
+        sub = Subscriber(b, [f"{CAM}/#"])
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", snapshots=True),
+                                    model_name="m")
+        assert wait_until(lambda: sink.connected)
+        evs = script("p", 2, 0)
+        evs[0].best_crop = np.full((40, 30, 3), 128, np.uint8)  # a few hundred bytes
+        evs[2].best_crop = np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)
+        for ev in evs:
+            sink.emit(ev)
+        assert sink.flush(10)
+        assert sub.wait(lambda ms: len([m for m in ms if m.topic == f"{CAM}/violation"]) >= 4, 5)
+        time.sleep(0.5)  # a disconnect would show by now
+        got = events(sub)
+        assert dedup(got) == [(e.event_id, e.seq) for e in evs]
+        assert [e["snapshot"] for e in got] == [True, False, False, False]
+        assert len(sub.on(f"{CAM}/snapshot")) == 1
+        assert b"offline" not in [m.payload for m in sub.on(f"{CAM}/status")]
+        health = sink.health()
+        assert (health["reconnects"], health["snapshots_dropped"]) == (0, 1)
+        assert any("larger than broker" in r.getMessage() and "20000" in r.getMessage()
+                   for r in caplog.records)
+        sink.close()
+        sub.close()
+
+
 def test_a_damaged_outbox_page_found_while_running_does_not_stop_delivery(tmp_path, caplog):
     """A bad page in the events a previous run left (was: every read failed as a passing fault,
     and nothing, not even new events, reached the broker again, restart after restart). What

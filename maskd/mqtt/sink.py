@@ -215,7 +215,8 @@ class MqttSink(EventSink):
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
         self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
-        self.snapshots_dropped = 0  # snapshots beyond MAX_SNAPSHOTS while the broker was away
+        self.snapshots_dropped = 0  # beyond MAX_SNAPSHOTS while the broker was away, or too large
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
@@ -582,6 +583,7 @@ class MqttSink(EventSink):
                 self._announce_offline()
                 return
             self._gen += 1
+            self._max_packet = getattr(properties, "MaximumPacketSize", None)
             self._connected_at = time.monotonic()
             self._connected = True
             self._down = None
@@ -896,11 +898,28 @@ class MqttSink(EventSink):
                       "let %s publish there?)", self._url, topic, reason, len(self._refused),
                       REFUSED_RETRY_S, who)
 
+    def _too_large(self, topic: str, payload: bytes) -> bool:
+        """Whether the PUBLISH would exceed the broker's maximum packet size: the broker would
+        not refuse that one message but drop the connection (and send the last will)."""
+        if self._max_packet is None:
+            return False
+        # fixed header (<= 5), topic (2 + length), packet id (2), empty properties (1)
+        return 10 + len(topic.encode("utf-8")) + len(payload) > self._max_packet
+
     def _publish_row(self, row: Row, buffered: bool) -> int | None:
         """Hand one event to paho, then its snapshot (if one is still held): the paho message id,
         or None when the connection is gone (the next connect replays from the outbox)."""
         with self._snap_lock:  # held over the publish: emit cannot drop the snapshot it promises
             snap = self._snapshots.get(row.id)
+            if snap is not None and self._too_large(*snap):
+                self._snapshots.pop(row.id)
+                self.snapshots_dropped += 1
+                self._rate_log(logging.WARNING, "snapshot size", "MQTT: a snapshot of %d bytes is "
+                               "larger than broker %s accepts (maximum packet size %d bytes); "
+                               'dropped, its event goes out with "snapshot": false (%d dropped '
+                               "since start)", len(snap[1]), self._url, self._max_packet,
+                               self.snapshots_dropped)
+                snap = None
             wire = on_wire(row.payload, buffered, snapshot_follows=snap is not None)
             info = self._client.publish(row.topic, _dumps(wire), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
