@@ -71,7 +71,7 @@ def check(messages: list[dict], python: Path) -> list[dict]:
 def platforms(results: list[dict], message: int) -> set[str]:
     """The platforms of the entities in ``messages[message]``."""
     return {r["component"] for r in results if r["message"] == message
-            and r["component"] != "device"}
+            and r["component"] != "device" and not r.get("removal")}
 
 
 def layouts() -> list[tuple[str, dict]]:
@@ -100,6 +100,9 @@ def test_discovery_config_passes_home_assistant_schemas(ha_python):
         comps = payload.get("components") or payload.get("cmps") or {}
         has_snapshot = any(c.get("topic", "").endswith("/snapshot") for c in comps.values())
         assert bool(got & SNAPSHOT_PLATFORMS) == has_snapshot, (topic, got)
+        # without snapshots the camera is withdrawn (Home Assistant keeps an omitted one)
+        removed = {r["component"] for r in results if r["message"] == i and r.get("removal")}
+        assert removed == (set() if has_snapshot else {"camera"}), (topic, removed)
 
 
 def test_validator_reports_what_home_assistant_rejects(ha_python):

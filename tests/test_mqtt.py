@@ -250,6 +250,26 @@ def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_lef
     assert sink.faults() == []
 
 
+def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, tmp_path):
+    """With discovery on, the retained device config of a run with `snapshots: false` names the
+    snapshot component by its platform alone, which Home Assistant takes as "remove it". Was:
+    the component was left out, and Home Assistant keeps a component a device payload omits
+    (homeassistant/components/mqtt/discovery.py): the camera entity stayed for ever."""
+    disco = "homeassistant/device/maskd_dev1_cam1/config"
+    uid = "maskd_dev1_cam1_snapshot"
+
+    def retained_components(snapshots: bool) -> dict:
+        sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=snapshots))
+        assert wait_until(lambda: sink.connected, 10)
+        time.sleep(0.3)
+        cmps = json.loads(retained_now(broker, [disco], settle=0.5)[disco])["components"]
+        sink.close()
+        return cmps
+
+    assert retained_components(True)[uid]["topic"] == f"{CAM}/snapshot"
+    assert retained_components(False)[uid] == {"platform": "camera"}
+
+
 def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
     sub = Subscriber(broker, [f"{CAM}/detect/#"])
     sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1, retain=True).wait_for_publish(5)

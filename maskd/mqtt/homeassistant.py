@@ -135,11 +135,14 @@ def discovery_config(
         sensor("fps", f"{camera} fps", topics.stats, "{{ value_json.fps | default(none) }}",
                entity_category="diagnostic", unit_of_measurement="fps"),
     ])
+    # Without snapshots the platform alone: Home Assistant keeps a component that a device
+    # payload merely omits, and removes one given as {"platform": ...} (a no-op if never had).
+    cmps[f"{uid}_snapshot"] = {"platform": "camera"}
     if snapshots:
-        cmps[f"{uid}_snapshot"] = {
-            "platform": "camera", "name": f"{camera} last violation",
-            "unique_id": f"{uid}_snapshot", "topic": topics.snapshot,
-        }
+        cmps[f"{uid}_snapshot"].update({
+            "name": f"{camera} last violation", "unique_id": f"{uid}_snapshot",
+            "topic": topics.snapshot,
+        })
     availability = [{"topic": t, "payload_available": "online", "payload_not_available": "offline"}
                     for t in dict.fromkeys((topics.status, topics.availability))]
     device: dict[str, Any] = {

@@ -761,8 +761,8 @@ class MqttSink(EventSink):
         """What an earlier run left retained and this config no longer wants goes (idempotent,
         on every connect): the last face crop once ``snapshots`` is off, since no image may stay
         on the broker; the discovery config once ``discovery`` is off, so Home Assistant
-        removes the device. (With discovery on, a config without the snapshot camera removes
-        that entity by itself.)"""
+        removes the device. (With discovery on, the config itself withdraws the snapshot camera:
+        discovery_config.)"""
         # Not reported when refused: an ACL that never granted the topic (nothing to remove
         # then) must not become a standing fault of a config that does not use it.
         for cam in self._cams.values():
