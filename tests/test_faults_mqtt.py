@@ -465,6 +465,31 @@ def test_a_snapshot_larger_than_the_brokers_packet_limit_is_dropped_not_the_conn
         sub.close()
 
 
+def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(tmp_path, caplog):
+    """mosquitto's `message_size_limit` answers a too-large snapshot with a PUBACK code paho
+    cannot read, and paho drops the connection (Protocol error), at every crop. Was: after three
+    such drops the warning asked whether another client used the client id; only drops without
+    a reason (what a takeover looks like) or "Session taken over" are blamed on it now."""
+    import numpy as np
+
+    caplog.set_level(logging.WARNING)
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + "message_size_limit 20000\n")
+    with b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", snapshots=True),
+                                    model_name="m")
+        assert wait_until(lambda: sink.connected)
+        noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)
+        for ev in script("m", 4, 0):
+            ev.best_crop = noise
+            sink.emit(ev)
+            assert sink.flush(10)
+        assert wait_until(lambda: sink.connected and sink.reconnects >= 3)
+        sink.close()
+    lost = [r.getMessage() for r in caplog.records if "lost connection" in r.getMessage()]
+    assert len(lost) >= 3 and not any("client id" in m for m in lost), lost
+
+
 def test_a_damaged_outbox_page_found_while_running_does_not_stop_delivery(tmp_path, caplog):
     """A bad page in the events a previous run left (was: every read failed as a passing fault,
     and nothing, not even new events, reached the broker again, restart after restart). What

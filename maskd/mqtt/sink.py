@@ -49,6 +49,8 @@ REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
+UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
+SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
 
 def _encode_jpeg(image: Any) -> bytes | None:
     import cv2  # the run loop already has it; imported here so this module stays light
@@ -652,11 +654,14 @@ class MqttSink(EventSink):
         if was and not self._closing:
             self.reconnects += 1
             # A broker drops the older of two clients with the same id, so two devices
-            # sharing device_id + camera knock each other off in a loop.
+            # sharing device_id + camera knock each other off in a loop: connections that keep
+            # dropping at once with no reason given (or MQTT 5's "Session taken over"). A drop
+            # that names its cause (e.g. a protocol error) is not that.
             short = time.monotonic() - self._connected_at < 5.0
-            self._short_sessions = self._short_sessions + 1 if short else 0
+            no_reason = reason_code == UNSPECIFIED
+            self._short_sessions = self._short_sessions + 1 if short and no_reason else 0
             hint = ""
-            if self._short_sessions == 3:
+            if self._short_sessions == 3 or reason_code == SESSION_TAKEN_OVER:
                 hint = (f"; connections keep dropping right away: is another client using the "
                         f"client id {self.client_id!r}? (device_id must be unique)")
             log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the "
