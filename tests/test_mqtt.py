@@ -189,7 +189,7 @@ def test_events_state_and_discovery(broker, tmp_path):
     # One process per camera (the single-camera layout): its last will is the camera's status.
     assert [a["topic"] for a in disc["availability"]] == [f"{CAM}/status"]
     assert disc["availability_mode"] == "all" and disc["device"]["model"] == "maskd face-mask detector"
-    assert all(c.get("qos") == 1 for c in disc["components"].values() if c["platform"] != "camera")
+    assert all(c.get("qos") == 1 for c in disc["components"].values() if "name" in c)
     platforms = sorted(c["platform"] for c in disc["components"].values())
     assert platforms.count("binary_sensor") == 1 and "switch" in platforms
     n = len(sub.on("homeassistant/device/maskd_dev1_cam1/config"))
@@ -266,7 +266,8 @@ def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, t
         sink.close()
         return cmps
 
-    assert retained_components(True)[uid]["topic"] == f"{CAM}/snapshot"
+    camera = retained_components(True)[uid]
+    assert camera["topic"] == f"{CAM}/snapshot" and camera["qos"] == 1  # as every component
     assert retained_components(False)[uid] == {"platform": "camera"}
 
 

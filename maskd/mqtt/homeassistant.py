@@ -141,7 +141,7 @@ def discovery_config(
     if snapshots:
         cmps[f"{uid}_snapshot"].update({
             "name": f"{camera} last violation", "unique_id": f"{uid}_snapshot",
-            "topic": topics.snapshot,
+            "topic": topics.snapshot, "qos": 1,
         })
     availability = [{"topic": t, "payload_available": "online", "payload_not_available": "offline"}
                     for t in dict.fromkeys((topics.status, topics.availability))]
