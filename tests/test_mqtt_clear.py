@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mqtt_broker import Broker, Subscriber
+from mqtt_broker import Broker, Subscriber, wait_until
 from mqtt_driver import counts, script
 
 from maskd.cli import main
@@ -94,8 +94,10 @@ def test_clears_every_retained_topic_of_the_config_and_nothing_else(broker, tmp_
               f"{CAM}/violation/attributes", f"{CAM}/violations", f"{CAM}/faces", f"{CAM}/state",
               f"{CAM}/stats", f"{CAM}/detect/state", f"{CAM}/old/leftover", "maskd/dev1/status"]:
         assert t in mine, t
-    # a broker-side check that the plan knows the layout's retained topics
-    assert {t for t in mine if t != f"{CAM}/old/leftover"} <= set(
+    # a broker-side check that the plan knows the layout's retained topics (the device status
+    # is no topic of this layout: an earlier cameras: map's leftover, cleared as found)
+    assert {t for t in mine if t != f"{CAM}/old/leftover"
+            and not t.startswith("maskd/dev1/status")} <= set(
         plan(parse_config(yaml.safe_load(write_config(tmp_path, broker).read_text())), None).known)
 
     cfg = write_config(tmp_path, broker)
@@ -194,6 +196,39 @@ def test_a_killed_cameras_map_after_a_single_camera_run_needs_no_force(broker, t
     rc, out, err = clear(capsys, "--config", str(cfg))
     assert rc == 0, err
     assert not retained(broker)
+
+
+def test_a_single_camera_config_leaves_a_running_cameras_maps_device_status(broker, tmp_path,
+                                                                          capsys):
+    """Another maskd on this device runs a `cameras:` map and owns `<prefix>/<device>/status`;
+    a single-camera config's process never publishes it. Was: exit 75 naming that status as
+    "the maskd process", and --force removed it (Home Assistant then showed the other
+    process's cameras unavailable)."""
+    run_sink(broker, tmp_path / "state")  # this config's camera, stopped
+    other = Config(device_id="dev1", state_dir=tmp_path / "other",
+                   cameras={"hall": {"source": {"kind": "demo"}}},
+                   mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0))
+    sink = MqttSink.for_cameras(other, {"hall": RunControl()})
+    try:
+        assert wait_until(lambda: retained(broker, ("maskd/dev1/status",), 0.3)
+                          .get("maskd/dev1/status") == b"online")
+        theirs = {t: v for t, v in retained(broker).items()
+                  if t.startswith(("maskd/dev1/status", "maskd/dev1/hall/"))
+                  or "maskd_dev1_hall" in t}
+        cfg = write_config(tmp_path, broker)
+        rc, out, err = clear(capsys, "--config", str(cfg))
+        assert rc == 0, err
+        assert "leaving maskd/dev1/status (online)" in err
+        after = retained(broker)
+        assert not [t for t in after if t.startswith(f"{CAM}/") or t == DISCOVERY]
+        assert {t: after.get(t) for t in theirs} == theirs  # the other process's, untouched
+    finally:
+        sink.close()
+    # stopped, its device status says offline: a leftover this config may clear
+    assert retained(broker)["maskd/dev1/status"] == b"offline"
+    rc, out, err = clear(capsys, "--config", str(cfg))
+    assert rc == 0, err
+    assert "cleared maskd/dev1/status" in out
 
 
 def test_online_rules_per_layout():

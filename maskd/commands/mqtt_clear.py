@@ -40,13 +40,23 @@ class Plan:
     patterns: list[str]  # subscribed to find what is really retained
     device_status: str  # <prefix>/<device_id>/status: the process's, in the cameras: layout
     clear_device: bool  # without --camera: the process status topics go too
+    owns_device: bool  # a cameras: map: the device status is this config's process's
     topics: dict[str, Topics] = field(default_factory=dict)
 
-    def ours(self, topic: str) -> bool:
-        """A found topic belongs to what is cleared (the device status only without --camera)."""
+    def ours(self, topic: str, found: dict[str, bytes]) -> bool:
+        """A found topic belongs to what is cleared (the device status only without --camera).
+
+        A single-camera config's process never publishes the device status: there it is an
+        earlier ``cameras:`` map's leftover, or, while it says ``online``, the status of
+        another maskd running a ``cameras:`` map on this device, which is left alone.
+        """
         if topic in (self.device_status, f"{self.device_status}/detail"):
-            return self.clear_device
+            return self.clear_device and not self.other_process(found)
         return True
+
+    def other_process(self, found: dict[str, bytes]) -> bool:
+        """The device status says ``online`` but belongs to no process of this config."""
+        return not self.owns_device and found.get(self.device_status) == b"online"
 
 
 def plan(cfg: Config, camera: str | None) -> Plan:
@@ -55,7 +65,7 @@ def plan(cfg: Config, camera: str | None) -> Plan:
     base = f"{mq.prefix}/{cfg.device_id}"
     device_status = f"{base}/status"
     p = Plan(names, [], [device_status, f"{device_status}/detail"], device_status,
-             clear_device=camera is None)
+             clear_device=camera is None, owns_device=cfg.multi_camera)
     for name in names:
         # The single-camera layout's topics: the camera's status/detail (its process status
         # there) is a leftover worth removing in either layout.
@@ -64,7 +74,7 @@ def plan(cfg: Config, camera: str | None) -> Plan:
         p.patterns += [f"{base}/{name}/#",
                        # device-based discovery and any per-component one under the same id
                        f"{mq.discovery_prefix}/+/{mq.prefix}_{cfg.device_id}_{name}/#"]
-    if p.clear_device:
+    if p.clear_device and p.owns_device:
         p.known += [device_status, f"{device_status}/detail"]
     p.known = list(dict.fromkeys(p.known))
     return p
@@ -86,7 +96,7 @@ def online_cameras(p: Plan, found: dict[str, bytes]) -> list[str]:
             continue
         if _says_online(found.get(t.status_detail)) or device != b"offline":
             out.append(f"camera {name} ({t.availability} = online)")
-    if p.clear_device and device == b"online":
+    if p.clear_device and p.owns_device and device == b"online":
         out.append(f"the maskd process ({p.device_status} = online)")
     return out
 
@@ -231,7 +241,10 @@ def main(args: argparse.Namespace) -> int:
                   "again. Stop it first (sudo systemctl stop maskd), or use --force if it is "
                   "not running (e.g. it was killed)", file=sys.stderr)
             return EX_ONLINE
-        present = [t for t in found if p.ours(t)]
+        if p.clear_device and p.other_process(found):
+            print(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one that "
+                  "runs a cameras: map on this device", file=sys.stderr)
+        present = [t for t in found if p.ours(t, found)]
         todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
         if args.dry_run:
             for t in order(present, cfg.mqtt.discovery_prefix):
@@ -244,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"cleared {t}")
         left, _ = cl.scan(p.patterns, args.wait)
         for t in left:
-            if p.ours(t) and t not in failures:
+            if p.ours(t, left) and t not in failures:
                 failures[t] = "still retained afterwards (a running maskd publishes it again?)"
         for t, why in failures.items():
             print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
