@@ -152,7 +152,8 @@ def test_every_camera_of_a_cameras_map_is_checked(tmp_path, default_model):
 def test_previews_of_every_camera_are_checked_and_a_running_maskd_is_no_failure(tmp_path):
     """With a `cameras:` map doctor checked no preview at all (run then exited 78). A port held
     by another program fails; one held by a running maskd's status page is OK (doctor runs
-    beside the service). Without mqtt.url the state dir is not needed, as for run."""
+    beside the service). Without mqtt.url a state dir that does not exist yet is no failure:
+    run creates it for the open violations."""
     from mqtt_broker import free_port
 
     from maskd.statuspage import StatusServer
@@ -178,7 +179,7 @@ def test_previews_of_every_camera_are_checked_and_a_running_maskd_is_no_failure(
     assert got["preview http (back)"][0] == "OK" and "running maskd" in got["preview http (back)"][1]
     assert got["preview fb (back)"][0] == "FAIL" and "does not exist" in got["preview fb (back)"][1]
     assert got["preview http (side)"][0] == "OK"
-    assert got["state dir"][0] == "--" and "not used" in got["state dir"][1]
+    assert got["state dir"][0] == "--" and "run creates it" in got["state dir"][1]
     assert r.returncode == 1
     assert "required checks failed: preview http (front), preview fb (back)" in r.stderr
 
@@ -341,3 +342,22 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     d = doc.Doctor(load_config(cfg), 1)
     d.sandbox()
     assert d.checks == []
+
+
+def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
+    """Set in the config, state_dir keeps the open violations even without MQTT; run then only
+    warns when it cannot ("cannot keep the open violations"). Was: "not used (mqtt.url not
+    set)", so a read-only one went unnoticed."""
+    from mqtt_broker import small_disk
+
+    with small_disk(tmp_path / "ro") as ro:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"state_dir: {ro}\nsource: {{kind: demo}}\n")
+        r = doctor(cfg)
+    verdict, detail = rows(r.stdout)["state dir"]
+    assert verdict == "WARN" and "Read-only file system" in detail and "open violations" in detail
+    assert r.returncode == 0, r.stdout + r.stderr  # run starts: not a required check here
+    (tmp_path / "bare.yaml").write_text("source: {kind: demo}\n")
+    verdict, detail = rows(doctor(tmp_path / "bare.yaml").stdout)["state dir"]
+    assert verdict == "--" and "not used" in detail

@@ -242,23 +242,36 @@ class Doctor:
         return self.checks
 
     def state_dir(self) -> None:
+        """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
+        ``state_dir`` is set: without MQTT, run only warns that a killed run's violations will
+        never end, so that is a warning here)."""
         d = self.cfg.state_dir
-        if not self.cfg.mqtt.url:  # only the MQTT outbox keeps state there; run does not need it
-            self.add("state dir", INFO, f"{d}: not used (mqtt.url not set)", required=False)
+        if not self.cfg.keeps_state:
+            self.add("state dir", INFO, f"{d}: not used (neither set in the config nor mqtt.url)",
+                     required=False)
             return
+        mqtt = bool(self.cfg.mqtt.url)
+        bad, use = (FAIL, "MQTT outbox, open violations") if mqtt else (WARN, "open violations")
         if not d.is_dir():
-            self.add("state dir", FAIL, f"{d} does not exist (the unit's StateDirectory= creates it; "
-                     "or mkdir it, owned by the service user)")
+            there = next((up for up in d.absolute().parents if up.is_dir()), None)
+            if not mqtt and there is not None and os.access(there, os.W_OK):
+                self.add("state dir", INFO, f"{d} does not exist yet: run creates it at the first "
+                         f"violation ({use})", required=False)
+                return
+            self.add("state dir", bad, f"{d} does not exist (the unit's StateDirectory= creates "
+                     "it; or mkdir it, owned by the service user)", required=mqtt)
             return
         try:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
                 pass
         except OSError as err:
-            self.add("state dir", FAIL, f"{d} is not writable by this user: {err.strerror}")
+            self.add("state dir", bad, f"{d} is not writable by this user: {err.strerror} ({use}"
+                     + ("" if mqtt else ": those open when maskd is killed are never ended")
+                     + ")", required=mqtt)
             return
         free = shutil.disk_usage(d).free / 2**20
         verdict = OK if free >= 100 else WARN
-        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free (MQTT outbox)")
+        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free ({use})")
 
     def sandbox(self) -> None:
         """A path maskd writes outside what the installed unit leaves writable: the service
@@ -269,7 +282,7 @@ class Doctor:
         seen = set()
         for cam in self.cfg.cameras_resolved():
             where = f" (camera {cam.camera})" if self.cfg.cameras else ""
-            written = [("state_dir", cam.state_dir if cam.mqtt.url else None, True),
+            written = [("state_dir", cam.state_dir if cam.keeps_state else None, True),
                        ("jsonl.path", cam.jsonl.path if cam.jsonl.path != "-" else None, False),
                        ("snapshots.dir", cam.snapshots.dir, True),
                        ("preview.annotate_dir", cam.preview.annotate_dir, True)]
