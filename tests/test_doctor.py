@@ -115,13 +115,15 @@ def test_table_and_helpers(tmp_path):
 def test_missing_video_device_is_reported_at_once(tmp_path):
     cfg = tmp_path / "c.yaml"
     (tmp_path / "state").mkdir()
-    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: opencv, uri: /dev/video97}}\n"
-                   "detector: {kind: blazeface}\n")
-    t0 = time.monotonic()
-    got = rows(doctor(cfg).stdout)
-    assert got["camera"] == ("FAIL", "/dev/video97: no such device (camera unplugged, or another "
-                                     "number? ls /dev/video*)")
-    assert time.monotonic() - t0 < 14  # not CAMERA_TIMEOUT_S (15 s) of waiting for a frame
+    # a stable /dev/v4l/by-id/ name too (was 15 s of reconnect attempts per camera)
+    for uri, hint in [("/dev/video97", "another number? ls /dev/video*"),
+                      ("/dev/v4l/by-id/usb-door-video-index0", "another name? ls /dev/v4l/by-id")]:
+        cfg.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: opencv, uri: {uri}}}\n"
+                       "detector: {kind: blazeface}\n")
+        t0 = time.monotonic()
+        got = rows(doctor(cfg).stdout)
+        assert got["camera"] == ("FAIL", f"{uri}: no such device (camera unplugged, or {hint})")
+        assert time.monotonic() - t0 < 14  # not CAMERA_TIMEOUT_S (15 s) of waiting for a frame
     assert missing_video_device(SourceConfig(kind="auto", uri="96")) == "/dev/video96"
     assert missing_video_device(SourceConfig(kind="opencv")) == (
         None if Path("/dev/video0").exists() else "/dev/video0")

@@ -166,16 +166,17 @@ class _LastWarning(logging.Handler):
 
 
 def missing_video_device(src: SourceConfig) -> str | None:
-    """The /dev/videoN the source names (``uri`` N or /dev/videoN; kind opencv without uri: 0)
-    when it does not exist; None when it exists or the source is not a local video device.
-    Kind auto without uri may pick the Pi camera, so it is left to the real open."""
+    """The device the source names (``uri`` N for /dev/videoN, or any /dev/ path such as a
+    /dev/v4l/by-id/ link; kind opencv without uri: 0) when it does not exist; None when it
+    exists or the source is not a local video device. Kind auto without uri may pick the Pi
+    camera, so it is left to the real open."""
     if src.kind not in ("auto", "opencv") or not Path("/dev").is_dir():
         return None
     uri = src.uri if src.uri else ("0" if src.kind == "opencv" else None)
     if uri is None:
         return None
     dev = f"/dev/video{uri}" if uri.isdigit() else uri
-    if not dev.startswith("/dev/video"):
+    if not dev.startswith("/dev/"):
         return None
     return None if Path(dev).exists() else dev
 
@@ -441,8 +442,9 @@ class Doctor:
 
         missing = missing_video_device(src_cfg)
         if missing is not None:  # at once, not after CAMERA_TIMEOUT_S of reconnect attempts
-            self.add(label, FAIL, f"{missing}: no such device (camera unplugged, or another "
-                                  "number? ls /dev/video*)")
+            where = "another number? ls /dev/video*" if missing.startswith("/dev/video") else (
+                f"another name? ls {Path(missing).parent}")
+            self.add(label, FAIL, f"{missing}: no such device (camera unplugged, or {where})")
             return None
         watcher = _LastWarning()
         logger = logging.getLogger("maskd.sources")
