@@ -363,3 +363,30 @@ def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     (tmp_path / "bare.yaml").write_text("source: {kind: demo}\n")
     verdict, detail = rows(doctor(tmp_path / "bare.yaml").stdout)["state dir"]
     assert verdict == "--" and "not used" in detail
+
+
+def test_doctor_beside_a_running_camera_named_doctor_leaves_it_connected(tmp_path):
+    """Doctor connected as `maskd-<device_id>-doctor`, the client id of a running single-camera
+    maskd whose camera is named `doctor`: the broker dropped the service's connection (its last
+    will set the camera offline in Home Assistant)."""
+    from mqtt_broker import Subscriber
+
+    from maskd.config import load_config
+    from maskd.mqtt import MqttSink
+    from maskd.types import RunControl
+
+    with Broker(tmp_path / "broker") as broker:
+        cfg = write_cfg(tmp_path, f"device_id: pi\ncamera: doctor\ndetector: {{kind: blazeface}}\n"
+                        f"mqtt: {{url: '{broker.url}'}}\n")
+        sub = Subscriber(broker, ["maskd/pi/doctor/status"])
+        sink = MqttSink.from_config(load_config(cfg), RunControl(), model_name="m")
+        try:
+            assert sub.wait(lambda ms: [m.payload for m in ms][-1:] == [b"online"])
+            r = doctor(cfg)
+            time.sleep(0.5)
+            assert rows(r.stdout)["broker"][0] == "OK", r.stdout
+            assert [m.payload for m in sub.messages] == [b"online"]  # never offline meanwhile
+            assert "already connected" not in broker.log()
+        finally:
+            sink.close()
+            sub.close()

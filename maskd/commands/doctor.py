@@ -606,10 +606,14 @@ def probe_broker(cfg: Config) -> tuple[str, str]:
         probe.close()
 
 
-def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | None, str]:
+def connect_probe(cfg: Config, tool: str = "doctor") -> tuple[_Probe | None, str]:
     """A connected probe (MQTT 5, else 3.1.1 where the broker speaks only that) with the
     service's credentials and TLS settings, or (None, why not): the one way `maskd doctor` and
-    `maskd mqtt-clear` connect. The caller closes it."""
+    `maskd mqtt-clear` connect. The caller closes it.
+
+    Its client id ``maskd-<device_id>.<tool>`` has a dot, which no name in a run's client id
+    (``maskd-<device_id>-<camera>``) may have: a broker drops the older of two clients with one
+    id, so ``maskd-<device_id>-doctor`` knocked a running camera named ``doctor`` offline."""
     import paho.mqtt.client as mqtt
 
     from maskd.mqtt import UNSUPPORTED_PROTOCOL
@@ -617,7 +621,7 @@ def connect_probe(cfg: Config, client_id: str | None = None) -> tuple[_Probe | N
     mq = cfg.mqtt
     url, password = mq.broker, mq.password()  # validated by the config: url set, files readable
     for version in (mqtt.MQTTv5, mqtt.MQTTv311):
-        probe = _Probe(cfg, url, password, version, client_id)
+        probe = _Probe(cfg, url, password, version, f"maskd-{cfg.device_id}.{tool}")
         failed = probe.connect()
         if failed is None and probe.reason.value == UNSUPPORTED_PROTOCOL and version == mqtt.MQTTv5:
             probe.close()
@@ -639,7 +643,7 @@ class _Probe:
     on ``<prefix>/<device>/status/doctor``, never on the retained topic Home Assistant reads."""
 
     def __init__(self, cfg: Config, url: Any, password: str | None, version: Any,
-                 client_id: str | None = None) -> None:
+                 client_id: str) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -663,7 +667,7 @@ class _Probe:
         self.started = False
         self.t0 = 0.0
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
-                                      client_id=client_id or f"maskd-{cfg.device_id}-doctor")
+                                      client_id=client_id)
         if self.mq.username is not None:
             c.username_pw_set(self.mq.username, password)
         c.on_connect = self._on_connect

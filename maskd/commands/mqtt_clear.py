@@ -220,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
 
     p = plan(cfg, args.camera)
     url = cfg.mqtt.broker
-    probe, failed = connect_probe(cfg, client_id=f"maskd-{cfg.device_id}-mqtt-clear")
+    probe, failed = connect_probe(cfg, "mqtt-clear")
     if probe is None:
         print(f"mqtt-clear: {failed}", file=sys.stderr)
         return EX_BROKER
