@@ -51,6 +51,7 @@ example:
   69  the URL could not be reached (no network); detector auto then uses BlazeFace
   73  the folder cannot be written, or something is in the way of the file (a folder
       with its name, a file there already that cannot be read)
+  74  the file is in place, but the line saying so could not be written (a full disk)
 
 example:
   maskd models fetch --dest /usr/share/maskd/models""",
@@ -64,6 +65,7 @@ example:
     "doctor": """exit codes:
   0   every required check passed
   1   a required check failed (named on stderr)
+  74  the table could not be written (a full disk, a closed stdout), named on stderr
   78  the config is invalid
 
 example:
@@ -71,6 +73,8 @@ example:
     "mqtt-clear": """exit codes:
   0   done: every retained topic found (and every one maskd's layout names) is empty now
   1   the broker could not be reached, refused the connection, or a topic is still retained
+  74  the output could not be written (a full disk, a closed stdout), named on stderr;
+      nothing is cleared when its first line cannot be
   75  the camera (or the process) is online: stop maskd first, or --force
   78  the config is invalid, or has no mqtt.url
 
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
-    except OutputError as err:  # scan, classify: stdout on a full disk
+    except OutputError as err:  # stdout on a full disk, or closed
         print(f"maskd {args.command}: {err}", file=sys.stderr)
         return EX_IOERR
 

@@ -390,3 +390,22 @@ def test_doctor_beside_a_running_camera_named_doctor_leaves_it_connected(tmp_pat
         finally:
             sink.close()
             sub.close()
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_a_table_that_cannot_be_written_is_exit_74(tmp_path, stdout):
+    """`maskd doctor > report.txt` on a full disk ended in a traceback (exit 1, as if a check had
+    failed); with stdout closed the table went nowhere and the exit was 0."""
+    cfg = write_cfg(tmp_path, "detector: {kind: blazeface}\n")
+    cmd = [sys.executable, "-m", "maskd", "doctor", "--config", str(cfg), "--frames", "1"]
+    if stdout == "closed":
+        r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], stderr=subprocess.PIPE,
+                           text=True, timeout=180, cwd=REPO)
+        said = "maskd doctor: standard output is closed"
+    else:
+        with open(stdout, "w") as full:
+            r = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=180,
+                               cwd=REPO)
+        said = "maskd doctor: cannot write to standard output (/dev/full): No space left on device"
+    assert r.returncode == 74, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == said

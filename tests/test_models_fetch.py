@@ -313,3 +313,16 @@ def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
         assert f"argument --yunet-url: {bad!r} is not an http://, https:// or file:// URL" in \
             capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_stdout_is_exit_74_with_the_file_in_place(yunet_model, tmp_path):
+    """The line saying what was installed, to a full disk: a traceback (exit 1) after the file
+    was in place. Now exit 74 and one line on stderr; the file stays."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest",
+                            str(tmp_path), "--yunet-url", f"file://{yunet_model}"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 74, r.stderr
+    assert r.stderr.strip() == ("maskd models: cannot write to standard output (/dev/full): "
+                                "No space left on device")
+    assert modelfiles.file_sha256(tmp_path / YUNET_NAME) == YUNET_SHA256

@@ -231,6 +231,26 @@ def test_a_single_camera_config_leaves_a_running_cameras_maps_device_status(brok
     assert "cleared maskd/dev1/status" in out
 
 
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_output_that_cannot_be_written_is_exit_74_before_anything_is_cleared(broker, tmp_path,
+                                                                           stdout):
+    """stdout on a full disk was a traceback (exit 1); closed, every line went nowhere."""
+    run_sink(broker, tmp_path / "state")
+    before = retained(broker)
+    cmd = [sys.executable, "-m", "maskd", "mqtt-clear", "--config",
+           str(write_config(tmp_path, broker)), "--wait", "1"]
+    if stdout == "closed":
+        r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], stderr=subprocess.PIPE,
+                           text=True, timeout=60, cwd=REPO)
+    else:
+        with open(stdout, "w") as full:
+            r = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                               cwd=REPO)
+    assert r.returncode == 74, r.stderr
+    assert "Traceback" not in r.stderr and "maskd mqtt-clear: " in r.stderr
+    assert retained(broker) == before
+
+
 def test_online_rules_per_layout():
     cfg = Config(device_id="d", cameras={"a": {"source": {"kind": "demo"}},
                                          "b": {"source": {"kind": "demo"}}})

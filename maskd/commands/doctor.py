@@ -3,7 +3,8 @@
 Run it as the service user on the device (`sudo -u maskd maskd doctor`) after installing or when
 something is off: it opens the real camera, loads the real models, talks to the real broker and
 times a few frames, so what it says is what the service will meet. Exit 0 when every required
-check passed, 78 when the config is invalid, 1 when another required check failed.
+check passed, 78 when the config is invalid, 1 when another required check failed, 74 when the
+table could not be written (a full disk, a closed stdout: cli.main says so on stderr).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from maskd.commands import print_line
 from maskd.config import (
     DEFAULT_CONFIG_PATH,
     EX_CONFIG,
@@ -839,12 +841,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(path)
     except ConfigError as err:
-        print(table([Check("config", FAIL, line) for line in str(err).splitlines()]))
+        print_line(table([Check("config", FAIL, line) for line in str(err).splitlines()]))
         return EX_CONFIG
     checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
                     f"{DEFAULT_CONFIG_PATH})")]
     checks += Doctor(cfg, args.frames).run_all()
-    print(table(checks))
+    print_line(table(checks))
     failed = [c.name for c in checks if c.failed]
     if failed:
         print(f"\nrequired checks failed: {', '.join(failed)}", file=sys.stderr)

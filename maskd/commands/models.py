@@ -3,7 +3,8 @@
 Exit status: 0 the checked file is in place (downloaded, or there already); 65 (EX_DATAERR)
 the download's sha256 is not the expected one (nothing saved); 69 (EX_UNAVAILABLE) the URL
 could not be reached; 73 (EX_CANTCREAT) the folder cannot be written, or a folder or an
-unreadable file is in the way of the target; 2 bad arguments (checked at parse time).
+unreadable file is in the way of the target; 74 the file is in place but the line saying so
+could not be written (a full disk); 2 bad arguments (checked at parse time).
 Imports only the standard library, so `python3 -m maskd models fetch` works without the venv
 (deploy/install.sh).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from maskd.commands import print_line
 from maskd.modelfiles import YUNET_URL, FetchError, default_dest, fetch_yunet
 
 EXIT = {"checksum": 65, "network": 69, "write": 73, "usage": 2}
@@ -37,5 +39,5 @@ def main(args: argparse.Namespace) -> int:
                   "saves", file=sys.stderr)
         return EXIT[err.kind]
     state = "installed" if got.changed else "unchanged"
-    print(f"{state} {got.path} (sha256 ok)")
+    print_line(f"{state} {got.path} (sha256 ok)")
     return 0

@@ -9,7 +9,9 @@ subscription to ``<prefix>/<device_id>/<camera>/#`` and the camera's discovery t
 
 A running maskd publishes its topics again at once, so a camera whose availability says
 ``online`` is refused (exit 75) unless ``--force``. Exit 0 done, 1 the broker could not be
-reached, refused the connection or a topic, 75 a camera is online, 78 the config is invalid.
+reached, refused the connection or a topic, 75 a camera is online, 78 the config is invalid,
+74 the output could not be written (a full disk, a closed stdout: before anything is cleared
+when the first line cannot be).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from maskd.commands import print_line
 from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, Id, load_config
 from maskd.mqtt.homeassistant import Topics
 
@@ -229,8 +232,8 @@ def main(args: argparse.Namespace) -> int:
 
         cl = _Clearer(probe.client)
         version = "5" if probe.version == mqtt.MQTTv5 else "3.1.1"
-        print(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
-              f"camera(s) {', '.join(p.cameras)}")
+        print_line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
+                   f"camera(s) {', '.join(p.cameras)}")
         found, denied = cl.scan(p.patterns, args.wait)
         for pattern in denied:
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
@@ -248,13 +251,14 @@ def main(args: argparse.Namespace) -> int:
         todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
         if args.dry_run:
             for t in order(present, cfg.mqtt.discovery_prefix):
-                print(f"would clear {t}")
-            print(f"mqtt-clear: dry run: {len(present)} retained topic(s) found, nothing cleared")
+                print_line(f"would clear {t}")
+            print_line(f"mqtt-clear: dry run: {len(present)} retained topic(s) found, "
+                       "nothing cleared")
             return 0
         failures = cl.clear(todo)
         for t in order(present, cfg.mqtt.discovery_prefix):
             if t not in failures:
-                print(f"cleared {t}")
+                print_line(f"cleared {t}")
         left, _ = cl.scan(p.patterns, args.wait)
         for t in left:
             if p.ours(t, left) and t not in failures:
@@ -263,8 +267,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
         if failures:
             return EX_BROKER
-        print(f"mqtt-clear: {len(present)} retained topic(s) cleared"
-              + ("" if present else " (none were there)"))
+        print_line(f"mqtt-clear: {len(present)} retained topic(s) cleared"
+                   + ("" if present else " (none were there)"))
         return 0
     except ConnectionError as err:
         print(f"mqtt-clear: {url}: {err}", file=sys.stderr)
