@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clear even when the camera's status says online (maskd is not really "
                         "running, e.g. it was killed)")
     p.add_argument("--dry-run", action="store_true", help="list what is retained; clear nothing")
-    p.add_argument("--wait", type=float, default=2.0, metavar="S",
-                   help="listen at most this long for retained messages (default: %(default)s)")
+    p.add_argument("--wait", type=_seconds, default=2.0, metavar="S",
+                   help="listen at most this long for retained messages, and at least until "
+                        "they stop coming (default: %(default)s)")
     return parser
 
 

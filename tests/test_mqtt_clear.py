@@ -251,6 +251,28 @@ def test_output_that_cannot_be_written_is_exit_74_before_anything_is_cleared(bro
     assert retained(broker) == before
 
 
+def test_wait_0_still_sees_what_is_retained(broker, tmp_path, capsys):
+    """A scan that ended before the retained messages came saw no online camera: `--wait 0`
+    cleared a running camera's topics (exit 0, "none were there"). A negative or NaN wait is a
+    usage error, as every wait on the command line."""
+    sink = run_sink(broker, tmp_path / "state", close=False)
+    try:
+        cfg = write_config(tmp_path, broker)
+        before = retained(broker)
+        rc, _, err = clear(capsys, "--config", str(cfg), "--wait", "0")
+        assert rc == 75, err
+        assert retained(broker).keys() == before.keys()  # nothing touched
+    finally:
+        sink.close()
+    rc, out, err = clear(capsys, "--config", str(cfg), "--wait", "0")
+    assert rc == 0, err
+    assert f"cleared {DISCOVERY}" in out and not retained(broker)
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit) as exc:
+            main(["mqtt-clear", "--config", str(cfg), "--wait", bad])
+        assert exc.value.code == 2
+
+
 def test_online_rules_per_layout():
     cfg = Config(device_id="d", cameras={"a": {"source": {"kind": "demo"}},
                                          "b": {"source": {"kind": "demo"}}})

@@ -147,7 +147,13 @@ class _Clearer:
                                       max(0.0, deadline - time.monotonic()))
 
     def scan(self, patterns: list[str], wait: float) -> tuple[dict[str, bytes], list[str]]:
-        """Retained messages under ``patterns``: (topic -> payload, patterns we may not read)."""
+        """Retained messages under ``patterns``: (topic -> payload, patterns we may not read).
+
+        Never shorter than the settle time, whatever ``wait`` says: a scan that ends before
+        the retained messages arrive sees no online camera and no leftover, and the check
+        afterwards none left (``--wait 0`` cleared a running camera and said none were there).
+        """
+        wait = max(wait, 2 * SETTLE_S)
         with self.cond:
             self.retained, self.scanning = {}, True
         rc, mid = self.client.subscribe([(p, 1) for p in patterns])
