@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mqtt_broker import Broker, Subscriber, wait_until
+from mqtt_broker import Broker, Mqtt311Only, Subscriber, wait_until
 from mqtt_driver import counts, script
 
 from maskd.cli import main
@@ -271,6 +271,31 @@ def test_wait_0_still_sees_what_is_retained(broker, tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["mqtt-clear", "--config", str(cfg), "--wait", bad])
         assert exc.value.code == 2
+
+
+def test_a_publish_a_311_broker_drops_is_not_said_cleared(tmp_path, capsys):
+    """An MQTT 3.1.1 broker acknowledges a publish its ACL denies: the discovery config stayed,
+    yet was listed as "cleared" and then "NOT cleared ... (a running maskd publishes it
+    again?)" with nothing running. Now listed once, as not cleared, with the ACL as a cause."""
+    acl = "user maskd\ntopic readwrite maskd/#\ntopic read homeassistant/#\nuser admin\ntopic readwrite #"
+    with Broker(tmp_path / "broker", users={"maskd": "pw", "admin": "pw"}, acl=acl) as broker:
+        admin = Subscriber(broker, ["unused/x"], username="admin", password="pw")
+        for t in (f"{CAM}/status", DISCOVERY):
+            admin.client.publish(t, b"offline", qos=1, retain=True).wait_for_publish(5)
+        relay = Mqtt311Only(broker)
+        try:
+            (tmp_path / "pw").write_text("pw\n")
+            cfg = write_config(tmp_path, broker)
+            data = yaml.safe_load(cfg.read_text())
+            data["mqtt"].update(url=relay.url, username="maskd", password_file=str(tmp_path / "pw"))
+            cfg.write_text(yaml.safe_dump(data))
+            rc, out, err = clear(capsys, "--config", str(cfg))
+        finally:
+            relay.close()
+            admin.close()
+    assert rc == 1, err
+    assert f"cleared {CAM}/status" in out and DISCOVERY not in out
+    assert f"NOT cleared {DISCOVERY}: still retained afterwards (the broker's ACL" in err
 
 
 def test_online_rules_per_layout():

@@ -262,13 +262,17 @@ def main(args: argparse.Namespace) -> int:
                        "nothing cleared")
             return 0
         failures = cl.clear(todo)
-        for t in order(present, cfg.mqtt.discovery_prefix):
-            if t not in failures:
-                print_line(f"cleared {t}")
         left, _ = cl.scan(p.patterns, args.wait)
+        # MQTT 3.1.1 acknowledges a publish its ACL denies like any other
+        hint = "a running maskd publishes it again?" if version == "5" else (
+            "the broker's ACL may not let this user publish there, which MQTT 3.1.1 does not "
+            "report; or a running maskd publishes it again")
         for t in left:
             if p.ours(t, left) and t not in failures:
-                failures[t] = "still retained afterwards (a running maskd publishes it again?)"
+                failures[t] = f"still retained afterwards ({hint})"
+        for t in order(present, cfg.mqtt.discovery_prefix):  # after the check: really gone
+            if t not in failures:
+                print_line(f"cleared {t}")
         for t, why in failures.items():
             print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
         if failures:
