@@ -46,7 +46,8 @@ example:
   maskd models fetch""",
     "fetch": """exit codes:
   0   the checked file is in place (downloaded, or there already)
-  2   bad arguments (a malformed sha256, a URL that is not http(s):// or file://)
+  2   bad arguments (a malformed sha256, a URL that is not http(s):// or file://,
+      a --timeout of 0)
   65  the download's sha256 is not the expected one; nothing saved
   69  the URL could not be reached (no network); detector auto then uses BlazeFace
   73  the folder cannot be written, or something is in the way of the file (a folder
@@ -91,6 +92,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0.0 <= v <= 3600.0:  # also NaN
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 3600 seconds")
+    return v
+
+
+def _time_out(text: str) -> float:
+    """A network time-out: 0 would make every socket non-blocking, so the download failed at
+    once as "Operation now in progress" (exit 69, as if there were no network), never "no
+    time-out" as 0 often means elsewhere."""
+    v = _seconds(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("0 is no time-out here: give the seconds to wait "
+                                         "(up to 3600)")
     return v
 
 
@@ -220,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yunet-sha256", type=_text, default=modelfiles.YUNET_SHA256, metavar="HEX",
                    help="expect this sha256 instead of the pinned one (default: %(default)s); "
                         "the file is named after its content, never after the URL")
-    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
+    p.add_argument("--timeout", type=_time_out, default=60.0, metavar="S",
                    help="network time-out in seconds for each wait (default: %(default)s); "
                         f"the whole download may take {modelfiles.DEADLINE_TIMEOUTS} times it")
 

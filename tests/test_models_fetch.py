@@ -312,6 +312,13 @@ def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
         assert exit_.value.code == 2
         assert f"argument --yunet-url: {bad!r} is not an http://, https:// or file:// URL" in \
             capsys.readouterr().err
+    # --timeout 0 ("no time-out" elsewhere) made the sockets non-blocking: exit 69 at once,
+    # "Operation now in progress", as if there were no network
+    with pytest.raises(SystemExit) as exit_:
+        main(["models", "fetch", "--dest", str(tmp_path), "--yunet-url", refused_url(),
+              "--timeout", "0"])
+    assert exit_.value.code == 2 and "argument --timeout: 0 is no time-out here" in \
+        capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
