@@ -334,6 +334,16 @@ def test_exit_codes_without_a_broker_or_url(tmp_path, capsys):
     assert rc == 78 and "--camera 'a/b'" in err
 
 
+def test_mqtts_to_a_plain_listener_says_what_to_try(broker, tmp_path, capsys):
+    """run's log hints at mqtt:// when mqtts:// meets a plain listener; doctor and mqtt-clear
+    (one way to connect) said only "Connection reset by peer"."""
+    cfg = write_config(tmp_path, broker)
+    cfg.write_text(cfg.read_text().replace("mqtt://", "mqtts://"))
+    rc, _, err = clear(capsys, "--config", str(cfg))
+    assert rc == 1
+    assert err.strip().endswith("; is that port a plain (non-TLS) listener? Then use mqtt://"), err
+
+
 def test_the_real_command(broker, tmp_path):
     run_sink(broker, tmp_path / "state")
     cfg = write_config(tmp_path, broker)

@@ -707,7 +707,7 @@ class _Probe:
 
     def connect(self) -> str | None:
         """None once the broker answered CONNECT (see .reason), else why not."""
-        from maskd.mqtt import apply_tls
+        from maskd.mqtt import apply_tls, plain_listener_hint
 
         if self.url.tls:
             apply_tls(self.client, self.mq)
@@ -715,7 +715,7 @@ class _Probe:
         try:
             self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))
         except (OSError, ssl.SSLError) as err:
-            return f"{self.url}: cannot connect: {_err(err)}"
+            return f"{self.url}: cannot connect: {_err(err)}{plain_listener_hint(self.url, err)}"
         self.client.loop_start()
         self.started = True
         answered = self.connected.wait(BROKER_TIMEOUT_S)

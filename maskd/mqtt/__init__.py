@@ -16,7 +16,7 @@ from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import SCHEMA_ID, ViolationPayload
 
 if TYPE_CHECKING:
-    from maskd.mqtt.sink import UNSUPPORTED_PROTOCOL, MqttSink, apply_tls
+    from maskd.mqtt.sink import UNSUPPORTED_PROTOCOL, MqttSink, apply_tls, plain_listener_hint
 
 __all__ = [
     "SCHEMA_ID",
@@ -27,13 +27,14 @@ __all__ = [
     "apply_tls",
     "discovery_config",
     "parse_switch",
+    "plain_listener_hint",
 ]
 
 
 def __getattr__(name: str) -> Any:
     """The sink (paho, sqlite) loads on first use, so the JSON lines sink's use of the schema
     does not slow a start without MQTT."""
-    if name in ("UNSUPPORTED_PROTOCOL", "MqttSink", "apply_tls"):
+    if name in ("UNSUPPORTED_PROTOCOL", "MqttSink", "apply_tls", "plain_listener_hint"):
         from maskd.mqtt import sink
 
         return getattr(sink, name)

@@ -137,6 +137,15 @@ def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
     )
 
 
+def plain_listener_hint(url: BrokerUrl, err: BaseException | None) -> str:
+    """What to try when mqtts:// could not connect: a plain listener takes the TLS hello for a
+    broken CONNECT and hangs up. One place for the sink's log and `maskd doctor`."""
+    if url.tls and (isinstance(err, ConnectionResetError) or
+                    isinstance(err, ssl.SSLError) and "WRONG_VERSION" in str(err)):
+        return "; is that port a plain (non-TLS) listener? Then use mqtt://"
+    return ""
+
+
 class MqttSink(EventSink):
     """EventSink publishing to MQTT through the durable outbox; see the module docstring.
 
@@ -619,11 +628,7 @@ class MqttSink(EventSink):
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         err = getattr(client, "last_error", None)
-        hint = ""
-        if self._url.tls and (isinstance(err, ConnectionResetError) or
-                              isinstance(err, ssl.SSLError) and "WRONG_VERSION" in str(err)):
-            # A plain listener takes the TLS hello for a broken CONNECT and hangs up.
-            hint = "; is that port a plain (non-TLS) listener? Then use mqtt://"
+        hint = plain_listener_hint(self._url, err)
         self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}{hint}")
 
     def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001
