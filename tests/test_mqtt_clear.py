@@ -344,6 +344,27 @@ def test_mqtts_to_a_plain_listener_says_what_to_try(broker, tmp_path, capsys):
     assert err.strip().endswith("; is that port a plain (non-TLS) listener? Then use mqtt://"), err
 
 
+def test_a_broker_gone_after_clearing_still_names_what_it_acknowledged(broker, tmp_path, capsys,
+                                                                      monkeypatch):
+    """The broker stops between the clear and the check afterwards: what it acknowledged is
+    listed, and the exit is 1 with the reason, not only "no SUBACK from the broker"."""
+    from maskd.commands.mqtt_clear import _Clearer
+
+    run_sink(broker, tmp_path / "state")
+    real_clear = _Clearer.clear
+
+    def clear_then_stop(self, topics):  # noqa: ANN001, ANN202
+        failed = real_clear(self, topics)
+        broker.stop()
+        return failed
+
+    monkeypatch.setattr(_Clearer, "clear", clear_then_stop)
+    rc, out, err = clear(capsys, "--config", str(write_config(tmp_path, broker)))
+    assert rc == 1
+    assert f"cleared {DISCOVERY} (acknowledged, not checked afterwards)" in out
+    assert "cannot check afterwards: no SUBACK from the broker" in err
+
+
 def test_the_real_command(broker, tmp_path):
     run_sink(broker, tmp_path / "state")
     cfg = write_config(tmp_path, broker)

@@ -262,7 +262,11 @@ def main(args: argparse.Namespace) -> int:
                        "nothing cleared")
             return 0
         failures = cl.clear(todo)
-        left, _ = cl.scan(p.patterns, args.wait)
+        try:
+            left, _ = cl.scan(p.patterns, args.wait)
+            lost = ""
+        except ConnectionError as err:  # what the broker acknowledged is still worth naming
+            left, lost = {}, str(err)
         # MQTT 3.1.1 acknowledges a publish its ACL denies like any other
         hint = "a running maskd publishes it again?" if version == "5" else (
             "the broker's ACL may not let this user publish there, which MQTT 3.1.1 does not "
@@ -272,10 +276,13 @@ def main(args: argparse.Namespace) -> int:
                 failures[t] = f"still retained afterwards ({hint})"
         for t in order(present, cfg.mqtt.discovery_prefix):  # after the check: really gone
             if t not in failures:
-                print_line(f"cleared {t}")
+                print_line(f"cleared {t}" + (" (acknowledged, not checked afterwards)" if lost
+                                             else ""))
         for t, why in failures.items():
             print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
-        if failures:
+        if lost:
+            print(f"mqtt-clear: {url}: cannot check afterwards: {lost}", file=sys.stderr)
+        if failures or lost:
             return EX_BROKER
         print_line(f"mqtt-clear: {len(present)} retained topic(s) cleared"
                    + ("" if present else " (none were there)"))
