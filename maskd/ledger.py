@@ -7,7 +7,9 @@ after every sink got it; at start the service ends what is still noted (``restar
 and each of those ends, once given to every sink, leaves the file like any other end.
 
 One small JSON file, read and rewritten under a lock file, so several processes sharing a
-``state_dir`` (one per camera) keep each other's entries.
+``state_dir`` (one per camera) keep each other's entries. A change the file cannot take (a
+full disk) is held in memory and written with the next one that succeeds: an end lost there
+left its start in the file for good, and the next start ended it `restart` a second time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class OpenViolations:
         self.path = Path(state_dir) / LEDGER_FILE
         self._lock = threading.Lock()  # camera threads of one process
         self._warned = False
+        # Changes not written yet, by event id (None: ended), and the ids the file held when
+        # last read: an end of a violation the file never held needs no record while it waits.
+        self._held: dict[str, dict | None] = {}
+        self._on_file: set[str] = set()
 
     def note(self, event: ViolationEvent) -> None:
         """A start or update: the violation is open now; an end: it is not any more."""
@@ -45,13 +51,22 @@ class OpenViolations:
             del rec["best_crop"]
             rec["noted"] = time.time()
 
-        def change(entries: dict) -> None:
-            if rec is None:
-                entries.pop(event.event_id, None)
+        with self._lock:
+            if rec is not None:
+                self._held[event.event_id] = rec
+            elif event.event_id in self._on_file:
+                self._held[event.event_id] = None
             else:
-                entries[event.event_id] = rec
+                self._held.pop(event.event_id, None)
+        self._under_lock(self._apply_held)
 
-        self._under_lock(change)
+    def _apply_held(self, entries: dict) -> None:
+        """Every change not written yet, in the entries read now (another process's stay)."""
+        for event_id, rec in self._held.items():
+            if rec is None:
+                entries.pop(event_id, None)
+            else:
+                entries[event_id] = rec
 
     def restart_ends(self, cameras: set[str]) -> list[ViolationEvent]:
         """The `end` (reason ``restart``) of every violation of ``cameras`` a killed run left
@@ -86,12 +101,18 @@ class OpenViolations:
                     change(entries)
                     if write:
                         write_atomically(self.path, json.dumps(entries).encode("utf-8"))
+                        self._held.clear()
+                    self._on_file = set(entries)
             except (OSError, TypeError, ValueError) as err:
                 if not self._warned:
                     self._warned = True
                     log.warning("cannot keep the open violations in %s (%s): violations open "
                                 "when maskd is killed will not be ended at the next start",
                                 self.path, err)
+                return
+            if write and self._warned:
+                self._warned = False
+                log.info("the open violations are kept in %s again", self.path)
 
     def _read(self) -> dict:
         try:
