@@ -367,9 +367,10 @@ class LatestFrame:
 class VideoFileSource:
     """A video file read with OpenCV: every frame in order, once or looping.
 
-    Looping reopens the file at its end, so a file replaced or truncated meanwhile plays as it
-    is now (one WARNING says it changed); a pass that cannot open it or read a frame ends the
-    source, and ``why_ended`` says why, instead of reopening it at full speed.
+    Looping goes back to the first frame at its end, or reopens the file when it changed on
+    disk, so a file replaced or truncated meanwhile plays as it is now (one WARNING says it
+    changed); a pass that cannot open it or read a frame ends the source, and ``why_ended``
+    says why, instead of reopening it at full speed.
     """
 
     is_live = False
@@ -479,17 +480,30 @@ class VideoFileSource:
             if restarted or self._this_pass == 0:
                 self.why_ended = f"{self.path}: no frame left to loop over (emptied or truncated?)"
                 return None
-            self._cap.release()
-            self._note_change()
-            try:
-                self._cap = self._open()
-            except SourceError as err:
-                self.why_ended = f"cannot loop: {err}"
-                return None
+            if not self._rewind():
+                self._cap.release()
+                self._note_change()
+                try:
+                    self._cap = self._open()
+                except SourceError as err:
+                    self.why_ended = f"cannot loop: {err}"
+                    return None
             self.stats["reopens"] += 1
             self._this_pass = 0
             restarted = True
         return None
+
+    def _rewind(self) -> bool:
+        """Back to the first frame of the open file, when it is still the file of the last pass
+        and the first frame reads again. Not a reopen: OpenCV opens one capture at a time in a
+        process, so each pass's open waited while another camera's stream open hung (up to
+        STREAM_TIMEOUT_MS), and the video played at that camera's pace."""
+        import cv2
+
+        if self._identity() != self._file or not self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            return False
+        self._first = self._next_image()
+        return self._first is not None
 
     def _note_change(self) -> None:
         """One WARNING when the file changed on disk since the last pass: FFmpeg's own lines

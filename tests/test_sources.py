@@ -80,6 +80,30 @@ def test_video_file_loop_starts_again(clip: Path):
     src.close()
 
 
+def test_a_looping_video_keeps_its_pace_while_another_cameras_stream_open_hangs(clip: Path):
+    """OpenCV opens one capture at a time in a process: a camera of the same `cameras:` map
+    whose stream open hangs (a stalled network) held every pass's reopen of a looping video
+    for its whole time-out, and the video played at that camera's pace (140 -> 12 fps)."""
+    from tools.ipcamera import IpCamera
+
+    src = open_source(SourceConfig(kind="opencv", uri=str(clip), loop=True))
+    first = _drain(src, limit=6)
+    with IpCamera(_stamped) as cam:
+        cam.stall()  # a new connection is accepted and never answered
+        hung = threading.Thread(target=lambda: cv2.VideoCapture(
+            cam.url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 4000]).release(), daemon=True)
+        hung.start()
+        time.sleep(0.5)  # its open is under way
+        t0 = time.monotonic()
+        frames = _drain(src, limit=30)  # five more passes
+        took = time.monotonic() - t0
+        hung.join()
+    src.close()
+    assert took < 1.5, f"30 frames of a looping video took {took:.1f} s beside a hung open"
+    assert [f.seq for f in frames] == list(range(6, 36))
+    assert all(np.array_equal(f.image, first[i % 6].image) for i, f in enumerate(frames))
+
+
 def _break_frames(path: Path, which: set[int]) -> None:
     """Zero the start of those frames' JPEG data in an MJPG file, in place: FFmpeg then fails
     exactly those reads ("No JPEG data found") and goes on with the next frame."""
