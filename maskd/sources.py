@@ -47,6 +47,10 @@ RECONNECT_STALL_S = 20.0
 # packets without closing the connection) is reopened; opening one waits as long.
 STREAM_TIMEOUT_MS = 10_000
 BACKOFF_TICK_S = 1.0  # a backoff wait shows a sign of life at least this often
+# OpenCV's FFmpeg backend opens one capture at a time in a process (a global lock inside it):
+# stream opens take their turn here instead, where the wait shows a sign of life, so a camera
+# queued behind other cameras' hung opens is not taken for a hang itself (LiveSource).
+_STREAM_OPENS = threading.Lock()
 # An outage ends only once frames have come for this long without a failure: then the backoff
 # starts again from reopen_min_s and camera_lost_since is forgotten. A stream that gives a
 # frame or two after each connect and drops again (a camera's overloaded web server, a flaky
@@ -139,8 +143,9 @@ class LiveSource:
     is_live = True
 
     def __init__(self, name: str, opener: Opener, reopen_min_s: float = 1.0,
-                 reopen_max_s: float = 30.0):
+                 reopen_max_s: float = 30.0, stream: bool = False):
         self.name = name
+        self._stream = stream  # opens take their turn (_STREAM_OPENS)
         self.stats = _new_stats()
         self.stats["camera_lost_since"] = None
         self._opener = opener
@@ -242,8 +247,10 @@ class LiveSource:
         if self._failed_before:
             self.stats["reopens"] += 1
         try:
-            cap = self._opener()
+            cap = self._open_in_turn()
         except Exception as err:  # report any open failure and keep trying
+            if self._stop.is_set():
+                return None
             self._failed_before = True
             self._lost()
             self._say(logging.WARNING, "open", "%s: cannot open (%s); retrying in %.1f s",
@@ -259,6 +266,20 @@ class LiveSource:
                 return None
             self._cap = cap
         return cap
+
+    def _open_in_turn(self) -> Capture:
+        """The opener; a stream's waits for its turn (``_STREAM_OPENS``), a sign of life every
+        BACKOFF_TICK_S meanwhile, and gives up when the source is closed."""
+        if not self._stream:
+            return self._opener()
+        while not _STREAM_OPENS.acquire(timeout=BACKOFF_TICK_S):
+            self._beat = time.monotonic()
+            if self._stop.is_set():
+                raise SourceError(f"{self.name}: closed while waiting to open")
+        try:
+            return self._opener()
+        finally:
+            _STREAM_OPENS.release()
 
     def _drop(self, cap: Capture) -> None:
         with self._lock:
@@ -692,7 +713,7 @@ def picamera2_available() -> bool:
         return False
 
 
-def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
+def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = False) -> LatestFrame:
     """A reopening live source behind a LatestFrame.
 
     Under systemd's watchdog the backoff is capped at half WATCHDOG_USEC, so a camera that comes
@@ -706,13 +727,13 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig) -> LatestFrame:
         log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
                  watchdog / 2)
         low, high = min(low, watchdog / 2), min(high, watchdog / 2)
-    return LatestFrame(LiveSource(name, opener, low, high))
+    return LatestFrame(LiveSource(name, opener, low, high, stream))
 
 
 def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     """Dispatch on what ``uri`` looks like: camera, stream, folder or video file."""
     if _is_device(uri) or _is_stream(uri):
-        return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg)
+        return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri))
     path = Path(uri.removeprefix("file://"))
     if path.is_dir():
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)

@@ -562,6 +562,39 @@ def test_a_password_in_a_network_cameras_query_stays_out_of_logs(monkeypatch, ca
     assert "S3cret" not in caplog.text
 
 
+def test_network_cameras_waiting_their_turn_to_open_are_not_taken_for_hung(monkeypatch):
+    """OpenCV opens one capture at a time in a process: with a building's switch stalled, three
+    cameras' reopens queue behind each other's hung opens (each its whole time-out), and one
+    that waited for two of them looked hung (no sign of life for RECONNECT_STALL_S): its loop
+    stopped vouching to systemd's watchdog, though its reconnect was doing what it should."""
+    import maskd.sources
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 1000)  # 10 s on a device
+    monkeypatch.setattr(maskd.sources, "RECONNECT_STALL_S", 2.5)  # 20 s: twice the time-out
+    cams = [IpCamera(_stamped).start() for _ in range(3)]
+    srcs = [open_source(SourceConfig(kind="opencv", uri=c.url, reopen_min_s=0.1, reopen_max_s=0.2))
+            for c in cams]
+    try:
+        assert all(_read_within(s, 10.0) is not None for s in srcs)
+        for c in cams:
+            c.stall()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(s.inner.stats["camera_lost_since"] for s in srcs):
+            time.sleep(0.05)
+        looked_hung = set()
+        until = time.monotonic() + 8.0  # several rounds of three 1 s opens in turn
+        while time.monotonic() < until:
+            looked_hung |= {i for i, s in enumerate(srcs) if not s.inner.reconnecting}
+            time.sleep(0.05)
+    finally:
+        for s in srcs:
+            s.close()
+        for c in cams:
+            c.close()
+    assert not looked_hung, f"cameras {sorted(looked_hung)} looked hung while waiting to open"
+
+
 def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
     """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
     import sys
