@@ -8,6 +8,9 @@ camera does wrong in a building is go away, in two ways:
 - ``stalled``: the network between drops packets without closing anything; the connection
   stays open and no byte arrives (only maskd's read time-out can notice), new ones hang.
 
+And it can freeze (``frozen``): its encoder hangs while its web server goes on, so the stream
+keeps its frame rate, on open connections and new ones, with the last picture in every frame.
+
 The picture is a function of time, as on a real camera: frame ``i = (now - t0) * fps`` of
 ``render`` whoever watches and whenever, so a client that reconnects has missed what happened
 meanwhile. ``outages`` records each outage and when the first frame went out again.
@@ -28,6 +31,7 @@ import numpy as np
 from tools.mosquitto import free_port
 
 BOUNDARY = "maskdcamera"
+SENDING = ("up", "frozen")  # states in which frames go out
 STALL_POLL_S = 0.05
 
 
@@ -35,14 +39,15 @@ STALL_POLL_S = 0.05
 class Outage:
     """One time the camera went away, in ``time.monotonic()`` seconds."""
 
-    kind: str  # "gone" or "stalled"
+    kind: str  # "gone", "stalled" or "frozen"
     start: float
     end: float | None = None  # when it came back
     first_frame: float | None = None  # the first frame sent after ``end``
 
 
 class IpCamera:
-    """MJPEG over HTTP at ``url``, frame ``i`` being ``render(i)``; ``gone``/``stall``/``back``."""
+    """MJPEG over HTTP at ``url``, frame ``i`` being ``render(i)``; ``gone``/``stall``/``freeze``/
+    ``back``."""
 
     def __init__(self, render: Callable[[int], np.ndarray], fps: float = 15.0,
                  quality: int = 90) -> None:
@@ -81,6 +86,10 @@ class IpCamera:
     def stall(self) -> None:
         """Keep connections open and send nothing, on them or on new ones."""
         self._begin("stalled")
+
+    def freeze(self) -> None:
+        """Keep sending frames, each the last picture sent before (the same JPEG bytes)."""
+        self._begin("frozen")
 
     def back(self) -> None:
         with self._cond:
@@ -142,9 +151,16 @@ class IpCamera:
         """Render and encode each frame once, on time, whoever watches."""
         while not self._stop.is_set():
             i = self.frame_index(time.monotonic())
-            ok, jpg = cv2.imencode(".jpg", self.render(i), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             with self._cond:
-                self._frame = (i, jpg.tobytes() if ok else b"")
+                frozen, last = self.state == "frozen", self._frame[1]
+            if frozen and last:
+                data = last
+            else:
+                ok, jpg = cv2.imencode(".jpg", self.render(i),
+                                       [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+                data = jpg.tobytes() if ok else b""
+            with self._cond:
+                self._frame = (i, data)
                 self._cond.notify_all()
             time.sleep(max(0.0, self.t0 + (i + 1) / self.fps - time.monotonic()))
 
@@ -162,7 +178,7 @@ class IpCamera:
             while self._wait_up(epoch):
                 with self._cond:
                     self._cond.wait_for(self._news(sent), timeout=1.0)
-                    if self.state != "up":
+                    if self.state not in SENDING:
                         continue
                     sent, jpg = self._frame
                 h.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
@@ -179,7 +195,8 @@ class IpCamera:
 
     def _news(self, sent: int) -> Callable[[], bool]:
         """A condition: a frame newer than ``sent``, an outage or the end."""
-        return lambda: self._frame[0] != sent or self._stop.is_set() or self.state != "up"
+        return lambda: (self._frame[0] != sent or self._stop.is_set()
+                        or self.state not in SENDING)
 
     def _wait_up(self, epoch: int) -> bool:
         """Block while stalled; False once this connection's camera is gone or closed."""
