@@ -201,6 +201,11 @@ class SourceConfig(Section):
     # Reconnect backoff; under systemd's watchdog it is capped at half WATCHDOG_USEC.
     reopen_min_s: Seconds = 1.0
     reopen_max_s: Seconds = 30.0
+    # A live camera whose picture stays exactly the same this long is frozen (an encoder or
+    # driver that hangs while the stream goes on): lost and reopened. Longer than any still
+    # run of a real camera's stream (H.264 between key frames, a camera's own restart); null =
+    # off. Not for files, folders or the demo, where still frames are real.
+    frozen_after_s: Seconds | None = 60.0
 
     @model_validator(mode="after")
     def _images_need_a_folder(self) -> SourceConfig:

@@ -59,6 +59,11 @@ _STREAM_OPENS = threading.Lock()
 # as the stream timeout, so a stream that merely delivers the frames buffered before a stall
 # does not count as back.
 STEADY_S = 10.0
+# The frozen check (LiveSource, source.frozen_after_s) compares every n-th pixel of every n-th
+# row, about this many rows: a few thousand bytes per frame, ~20 us on any frame size. A live
+# sensor's noise changes a third or more of them from frame to frame even when 0.5 grey levels
+# and after JPEG at quality 50 (tests/test_sources.py); a frozen stream changes none.
+FROZEN_SAMPLE_ROWS = 48
 
 
 class Capture(Protocol):
@@ -74,6 +79,13 @@ Opener = Callable[[], Capture]  # opens the device or raises (SourceError/OSErro
 
 def _new_stats() -> dict:
     return {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
+
+
+def frozen_sample(image: np.ndarray) -> np.ndarray:
+    """The pixels the frozen check compares: a strided copy, not a resize, so the sensor's
+    noise is kept (averaging it away would make a still scene look frozen)."""
+    step = max(1, image.shape[0] // FROZEN_SAMPLE_ROWS)
+    return image[::step, ::step].copy()
 
 
 def as_bgr(image: object) -> np.ndarray | None:
@@ -138,12 +150,17 @@ class LiveSource:
     ``reconnecting`` is True while the reopen loop shows signs of life. An outage ends only after
     STEADY_S of frames: until then a new failure shows the same start again and the backoff
     keeps growing. Repeated failure lines are rate-limited (maskd.lograte).
+
+    A picture that stays exactly the same for ``frozen_after_s`` (None: never) is a frozen
+    camera, an outage like the others: lost since the picture came, reopened with the backoff,
+    and none of its frames delivered until the picture changes.
     """
 
     is_live = True
 
     def __init__(self, name: str, opener: Opener, reopen_min_s: float = 1.0,
-                 reopen_max_s: float = 30.0, stream: bool = False):
+                 reopen_max_s: float = 30.0, stream: bool = False,
+                 frozen_after_s: float | None = None):
         self.name = name
         self._stream = stream  # opens take their turn (_STREAM_OPENS)
         self.stats = _new_stats()
@@ -161,6 +178,10 @@ class LiveSource:
         self._reopens_at_loss = 0  # stats["reopens"] when the outage began
         self._beat = time.monotonic()
         self._say = RateLimitedLog(log)
+        self._frozen_after_s = frozen_after_s
+        self._picture: np.ndarray | None = None  # the last frame's frozen_sample
+        self._picture_since = (0.0, 0.0)  # (wall, monotonic) of the first frame showing it
+        self._frozen = False
 
     @property
     def reconnecting(self) -> bool:
@@ -169,14 +190,14 @@ class LiveSource:
         lost = self.stats["camera_lost_since"] is not None
         return lost and time.monotonic() - beat < RECONNECT_STALL_S
 
-    def _lost(self) -> None:
-        """No frames now: the outage begins, or one that had not ended yet goes on."""
+    def _lost(self, since: float | None = None) -> None:
+        """No frames now: the outage begins (at ``since``, wall time, else now), or one that
+        had not ended yet goes on."""
         self._flowing_since = None
         if self._lost_at is None:
-            self._lost_at = time.time()
+            self._lost_at = time.time() if since is None else since
             self._reopens_at_loss = self.stats["reopens"]
-        self.stats["camera_lost_since"] = (
-            datetime.fromtimestamp(self._lost_at).astimezone().isoformat(timespec="seconds"))
+        self.stats["camera_lost_since"] = _iso(self._lost_at)
 
     def _found(self) -> None:
         """A good frame: no longer lost now; the outage ends once frames stay for STEADY_S."""
@@ -233,6 +254,9 @@ class LiveSource:
                     self._drop(cap)
                 continue
             self._bad_in_a_row = 0
+            if self._is_frozen(image, ts):
+                self._drop(cap)
+                continue
             self._found()
             frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name,
                           since_boot=since_boot)
@@ -241,6 +265,31 @@ class LiveSource:
             return frame
         self._release()
         return None
+
+    def _is_frozen(self, image: np.ndarray, ts: float) -> bool:
+        """Whether this frame shows the picture that has not changed for frozen_after_s (the
+        camera is lost from when it came); a changed picture ends that."""
+        if self._frozen_after_s is None:
+            return False
+        sample = frozen_sample(image)
+        if self._picture is None or not np.array_equal(sample, self._picture):
+            if self._frozen:
+                self._frozen = False
+                log.info("%s: the picture changes again (frozen since %s)", self.name,
+                         _iso(self._picture_since[0]))
+            self._picture, self._picture_since = sample, (ts, time.monotonic())
+            return False
+        if self._frozen:
+            return True
+        since, since_mono = self._picture_since
+        if time.monotonic() - since_mono < self._frozen_after_s:
+            return False
+        self._frozen = True
+        self._lost(since)
+        flat = " (one flat colour: lens covered, or dark?)" if np.ptp(sample) == 0 else ""
+        log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.name,
+                    _iso(since), flat)
+        return True
 
     def _open(self) -> Capture | None:
         """Open the device once; on failure log, wait the backoff delay and return None."""
@@ -310,6 +359,11 @@ class LiveSource:
                     _safe_release(cap)
             finally:
                 self._lock.release()
+
+
+def _iso(wall: float) -> str:
+    """A wall time as status shows it (ISO 8601, local, to the second)."""
+    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds")
 
 
 def _safe_release(cap: Capture) -> None:
@@ -727,7 +781,7 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = Fal
         log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
                  watchdog / 2)
         low, high = min(low, watchdog / 2), min(high, watchdog / 2)
-    return LatestFrame(LiveSource(name, opener, low, high, stream))
+    return LatestFrame(LiveSource(name, opener, low, high, stream, cfg.frozen_after_s))
 
 
 def _open_uri(uri: str, cfg: SourceConfig) -> Source:

@@ -54,6 +54,7 @@ GOOD = {
     "mqtt.discovery_prefix": ["homeassistant", "ha/discovery", "home assistant"],
     "preview.http": ["8080", ":8080", "[::1]:8080", "localhost:8080"],
     "source.reopen_min_s": [0.01, 5, 3600],
+    "source.frozen_after_s": [0.5, 3600, None],
     "mqtt.password_env": ["MQTT_PW", "_X1"],
     "camera": ["front-door_1"],
 }
@@ -70,6 +71,7 @@ BAD = {
                      "0.0.0.0:8080"],  # beyond loopback without preview.http_password_file
     "source.reopen_min_s": [float("inf"), float("-inf"), float("nan"), 0, -1, 1e300, "soon"],
     "source.reopen_max_s": [float("inf"), 1e308],
+    "source.frozen_after_s": [0, -1, float("inf"), float("nan"), "never"],
     "mqtt.reconnect_max_s": [float("inf"), 1e10],
     "tracking.end_after_s": [float("inf"), float("nan")],
     "classifier.margin": [float("nan")],

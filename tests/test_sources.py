@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -818,3 +819,57 @@ def test_a_relative_video_name_with_a_colon_is_a_file_not_a_protocol(tmp_path, m
             assert isinstance(src, VideoFileSource) and src.read().seq == 0
         finally:
             src.close()
+
+
+def test_a_network_camera_whose_picture_freezes_is_lost_reopened_and_found_again(monkeypatch,
+                                                                                  caplog):
+    """A real MJPEG camera whose encoder hangs: the stream goes on at its frame rate, every frame
+    the same JPEG. After frozen_after_s of the same picture the camera is lost (since the picture
+    froze, one WARNING naming it), no frame of it is delivered and it is reopened; once the
+    picture changes again it is found (was: "15 fps", healthy, blind for as long as it lasted)."""
+    import maskd.sources
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 2000)
+    with IpCamera(_stamped) as cam, caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = open_source(SourceConfig(kind="opencv", uri=cam.url, reopen_min_s=0.2,
+                                       reopen_max_s=0.5, frozen_after_s=1.0))
+        try:
+            assert all(_read_within(src, 10.0) is not None for _ in range(20))  # it moves
+            assert src.stats["camera_lost_since"] is None
+            frozen_wall = time.time()
+            cam.freeze()
+            deadline = time.monotonic() + 10
+            while src.stats["camera_lost_since"] is None and time.monotonic() < deadline:
+                _read_within(src, 0.5)
+            since = src.stats["camera_lost_since"]
+            assert since is not None, "a frozen camera is still taken for a live one"
+            assert abs(datetime.fromisoformat(since).timestamp() - frozen_wall) < 1.5
+            assert src.stats["camera_reconnecting"]
+            assert _read_within(src, 2.5) is None  # the frozen picture is not delivered
+            assert cam.connections >= 2  # reopened: a stuck stream may come back that way
+            assert src.stats["camera_lost_since"] == since  # one outage, from when it froze
+            cam.back()
+            f = _read_within(src, 10.0)
+            assert f is not None and src.stats["camera_lost_since"] is None
+        finally:
+            src.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "frozen" in r.message]
+    assert len(warnings) == 1 and cam.url in warnings[0].message
+    assert "picture changes again" in caplog.text
+
+
+def test_a_still_scene_from_a_real_sensor_is_never_frozen(scenes_dir: Path):
+    """The frozen check is exact: a still scene with a sensor's faintest noise (0.5 grey levels)
+    still changes thousands of sampled pixels per frame after JPEG, so it never looks frozen."""
+    from maskd.sources import frozen_sample
+
+    base = cv2.resize(cv2.imread(str(_scene_images(scenes_dir, 1)[0])), (640, 480))
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(10):
+        noisy = np.clip(base + rng.normal(0, 0.5, base.shape), 0, 255).astype(np.uint8)
+        ok, jpg = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 50])
+        samples.append(frozen_sample(cv2.imdecode(jpg, cv2.IMREAD_COLOR)))
+    changed = [np.count_nonzero(a != b) for a, b in zip(samples[:-1], samples[1:], strict=True)]
+    assert min(changed) > 0.1 * samples[0].size, changed
