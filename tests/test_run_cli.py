@@ -628,6 +628,64 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
         == [("start", None), ("end", "gone")]
 
 
+def test_a_camera_whose_picture_freezes_is_lost_and_ends_its_violation_gone(tmp_path,
+                                                                              default_model):
+    """An IP camera whose encoder hangs with a bare face in view: the stream goes on, each frame
+    the same picture. After source.frozen_after_s the camera is lost since the picture froze
+    (fps 0, as for a camera away), after tracking.end_after_s more its violation ends `gone`,
+    and the still picture starts no other; once the picture moves again, frames flow (was:
+    "15 fps", healthy, and the violation active for as long as the picture stayed frozen)."""
+    import threading
+    from datetime import datetime
+
+    from maskd.config import Config
+    from maskd.service import build
+    from tools.ipcamera import IpCamera
+
+    demo = DemoSource()
+    bare = demo.frames_per_pass // 2
+    with IpCamera(lambda i: demo.render(i % bare), fps=demo.fps) as cam:
+        cfg = Config.model_validate({
+            "camera": "door", "state_dir": str(tmp_path / "state"),
+            "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0,
+                       "frozen_after_s": 1.0},
+            "classifier": {"model": str(default_model)}, "detector": {"kind": "blazeface"},
+            "tracking": {"end_after_s": 1.0}})
+        svc = build(cfg)
+        loop, seen = svc.loops[0], RecordingSink()
+        loop.sinks.append(seen)
+        runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 2.0}, daemon=True)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not seen.events:
+                time.sleep(0.05)
+            assert seen.events and seen.events[0].event_type == "start"
+            cam.freeze()
+            frozen = time.time()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(e.event_type == "end" for e in seen.events):
+                time.sleep(0.05)
+            ended = [e for e in seen.events if e.event_type == "end"]
+            assert [e.end_reason for e in ended] == ["gone"], seen.events
+            assert ended[0].end_time <= frozen + 1.5  # its last sighting: the picture froze
+            stats = loop.stats()
+            assert stats.camera_lost_since and stats.fps == 0.0 and stats.camera_reconnecting
+            assert abs(datetime.fromisoformat(stats.camera_lost_since).timestamp() - frozen) < 1.5
+            assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
+            time.sleep(1.5)  # still frozen: nothing more from the still picture
+            assert [e.event_type for e in seen.events].count("start") == 1
+            frames = loop.frames
+            cam.back()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and loop.stats().camera_lost_since:
+                time.sleep(0.05)
+            assert loop.stats().camera_lost_since is None and loop.frames > frames
+        finally:
+            svc.stop()
+            runner.join(timeout=20)
+
+
 @pytest.mark.parametrize("with_mqtt", [False, True], ids=["jsonl", "jsonl+mqtt"])
 def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, default_model,
                                                                     with_mqtt):
