@@ -3,6 +3,7 @@ checked against what the photos contain; signals, exit codes and config errors."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -579,11 +580,10 @@ def test_log_level_in_any_case(tmp_path):
     assert load_config(cfg).log_level == "WARNING"
 
 
-def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_path,
-                                                                           default_model):
-    """An IP camera unplugged with a violation open: after tracking.end_after_s without a frame
-    the violation ends `gone` at its last sighting and the sinks hear active 0, while the camera
-    is still away (it was left `active` for the whole outage, ended only when frames came back)."""
+@contextlib.contextmanager
+def _violation_on_a_network_camera(tmp_path, default_model, **source):
+    """The real loop (build()) reading a real IP camera that shows a bare face, ``source`` keys
+    added to its config; yields (camera, loop, a RecordingSink) once a violation has started."""
     import threading
 
     from maskd.config import Config
@@ -595,7 +595,8 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
     with IpCamera(lambda i: demo.render(i % bare), fps=demo.fps) as cam:
         cfg = Config.model_validate({
             "camera": "door", "state_dir": str(tmp_path / "state"),
-            "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0},
+            "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0,
+                       **source},
             "classifier": {"model": str(default_model)}, "detector": {"kind": "blazeface"},
             "tracking": {"end_after_s": 1.0}, "jsonl": {"path": str(tmp_path / "events.jsonl")}})
         svc = build(cfg)
@@ -608,21 +609,35 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
             while time.monotonic() < deadline and not seen.events:
                 time.sleep(0.05)
             assert seen.events and seen.events[0].event_type == "start"
-            cam.gone()
-            away = time.time()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not any(e.event_type == "end" for e in seen.events):
-                time.sleep(0.05)
-            ended = [e for e in seen.events if e.event_type == "end"]
-            assert cam.state == "gone"
-            assert [e.end_reason for e in ended] == ["gone"], seen.events
-            assert ended[0].end_time <= away
-            assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
-            time.sleep(1.5)  # still away: nothing more, and no second end
-            assert [e.event_type for e in seen.events].count("end") == 1
+            yield cam, svc.loops[0], seen
         finally:
             svc.stop()
             runner.join(timeout=20)
+
+
+def _ends_within(seen: RecordingSink, timeout: float) -> list:
+    """The end events the sink has once one came, or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(e.event_type == "end" for e in seen.events):
+        time.sleep(0.05)
+    return [e for e in seen.events if e.event_type == "end"]
+
+
+def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_path,
+                                                                           default_model):
+    """An IP camera unplugged with a violation open: after tracking.end_after_s without a frame
+    the violation ends `gone` at its last sighting and the sinks hear active 0, while the camera
+    is still away (it was left `active` for the whole outage, ended only when frames came back)."""
+    with _violation_on_a_network_camera(tmp_path, default_model) as (cam, _, seen):
+        cam.gone()
+        away = time.time()
+        ended = _ends_within(seen, 15)
+        assert cam.state == "gone"
+        assert [e.end_reason for e in ended] == ["gone"], seen.events
+        assert ended[0].end_time <= away
+        assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
+        time.sleep(1.5)  # still away: nothing more, and no second end
+        assert [e.event_type for e in seen.events].count("end") == 1
     lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [(e["event_type"], e.get("end_reason")) for e in lines if e["event_type"] != "update"] \
         == [("start", None), ("end", "gone")]
@@ -635,55 +650,27 @@ def test_a_camera_whose_picture_freezes_is_lost_and_ends_its_violation_gone(tmp_
     (fps 0, as for a camera away), after tracking.end_after_s more its violation ends `gone`,
     and the still picture starts no other; once the picture moves again, frames flow (was:
     "15 fps", healthy, and the violation active for as long as the picture stayed frozen)."""
-    import threading
     from datetime import datetime
 
-    from maskd.config import Config
-    from maskd.service import build
-    from tools.ipcamera import IpCamera
-
-    demo = DemoSource()
-    bare = demo.frames_per_pass // 2
-    with IpCamera(lambda i: demo.render(i % bare), fps=demo.fps) as cam:
-        cfg = Config.model_validate({
-            "camera": "door", "state_dir": str(tmp_path / "state"),
-            "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0,
-                       "frozen_after_s": 1.0},
-            "classifier": {"model": str(default_model)}, "detector": {"kind": "blazeface"},
-            "tracking": {"end_after_s": 1.0}})
-        svc = build(cfg)
-        loop, seen = svc.loops[0], RecordingSink()
-        loop.sinks.append(seen)
-        runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 2.0}, daemon=True)
-        runner.start()
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not seen.events:
-                time.sleep(0.05)
-            assert seen.events and seen.events[0].event_type == "start"
-            cam.freeze()
-            frozen = time.time()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not any(e.event_type == "end" for e in seen.events):
-                time.sleep(0.05)
-            ended = [e for e in seen.events if e.event_type == "end"]
-            assert [e.end_reason for e in ended] == ["gone"], seen.events
-            assert ended[0].end_time <= frozen + 1.5  # its last sighting: the picture froze
-            stats = loop.stats()
-            assert stats.camera_lost_since and stats.fps == 0.0 and stats.camera_reconnecting
-            assert abs(datetime.fromisoformat(stats.camera_lost_since).timestamp() - frozen) < 1.5
-            assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
-            time.sleep(1.5)  # still frozen: nothing more from the still picture
-            assert [e.event_type for e in seen.events].count("start") == 1
-            frames = loop.frames
-            cam.back()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and loop.stats().camera_lost_since:
-                time.sleep(0.05)
-            assert loop.stats().camera_lost_since is None and loop.frames > frames
-        finally:
-            svc.stop()
-            runner.join(timeout=20)
+    with _violation_on_a_network_camera(tmp_path, default_model,
+                                        frozen_after_s=1.0) as (cam, loop, seen):
+        cam.freeze()
+        frozen = time.time()
+        ended = _ends_within(seen, 15)
+        assert [e.end_reason for e in ended] == ["gone"], seen.events
+        assert ended[0].end_time <= frozen + 1.5  # its last sighting: the picture froze
+        stats = loop.stats()
+        assert stats.camera_lost_since and stats.fps == 0.0 and stats.camera_reconnecting
+        assert abs(datetime.fromisoformat(stats.camera_lost_since).timestamp() - frozen) < 1.5
+        assert seen.states[-1]["active"] == 0 and seen.states[-1]["faces"] == 0
+        time.sleep(1.5)  # still frozen: nothing more from the still picture
+        assert [e.event_type for e in seen.events].count("start") == 1
+        frames = loop.frames
+        cam.back()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and loop.stats().camera_lost_since:
+            time.sleep(0.05)
+        assert loop.stats().camera_lost_since is None and loop.frames > frames
 
 
 @pytest.mark.parametrize("with_mqtt", [False, True], ids=["jsonl", "jsonl+mqtt"])
