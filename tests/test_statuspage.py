@@ -710,9 +710,17 @@ def test_maskd_run_frame_jpg_follows_the_video(tmp_path, default_model):
 def held_bare_face(demo: DemoSource) -> Callable[[int], np.ndarray]:
     """The demo once through (a violation that ends when the mask goes on), then a bare face
     held still: a violation stays open for as long as the test looks. A live camera, because a
-    file that ends closes its open violations."""
+    file that ends closes its open violations; with a sensor's faint noise on the still face, as
+    a real one has, for a picture that never changes is a frozen camera (source.frozen_after_s)."""
     n = demo.frames_per_pass
-    return lambda i: demo.render(i if i < n else n // 2 - 1)
+
+    def frame(i: int) -> np.ndarray:
+        if i < n:
+            return demo.render(i)
+        still = demo.render(n // 2 - 1)
+        return still ^ np.random.default_rng(i).integers(0, 2, still.shape, np.uint8)
+
+    return frame
 
 
 @pytest.mark.slow
