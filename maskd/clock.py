@@ -43,6 +43,19 @@ def boot_id() -> str:
     return found or f"process-{uuid.uuid4().hex}"
 
 
+class Uptime:
+    """Seconds since it was made, by the time since boot: NTP's first sync on a Pi without a
+    real-time clock steps the wall clock by days or months, and an uptime read off the wall clock
+    jumped with it (or went negative on a step back)."""
+
+    def __init__(self, clock: Clock = system_clock) -> None:
+        self._clock = clock
+        self._t0 = clock()[1]
+
+    def __call__(self) -> float:
+        return self._clock()[1] - self._t0
+
+
 class StepWatch:
     """Tells a step of the wall clock from readings of (wall time, time since boot).
 

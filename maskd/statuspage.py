@@ -47,6 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maskd import __version__
+from maskd.clock import Clock, Uptime, system_clock
 from maskd.config import Config, PreviewConfig, is_loopback, read_secret, redact
 from maskd.lograte import Throttle
 from maskd.preview import (
@@ -189,6 +190,7 @@ class CameraView(EventSink, FrameObserver):
         self.ms: dict[str, float] = {}  # smoothed per-stage milliseconds
         self.counts: FaceCounts | None = None
         self.last_frame_t: float | None = None  # wall clock of the latest frame handed over
+        self._last_frame_boot = 0.0  # and the time since boot then, which ages it
         self._closed = False
 
     # EventSink
@@ -215,7 +217,7 @@ class CameraView(EventSink, FrameObserver):
             ms[k] = v if k not in ms else ms[k] + MS_SMOOTHING * (v - ms[k])
         self.ms = ms  # replaced, never changed in place: readers in other threads see a whole dict
         self.stats = stats
-        self.last_frame_t = time.time()
+        self.last_frame_t, self._last_frame_boot = self.server.clock()
 
     def on_wait(self, stats: LoopStats) -> None:
         self.feed.on_wait(stats)  # the live view's header says why no frame comes
@@ -229,8 +231,15 @@ class CameraView(EventSink, FrameObserver):
         self.feed.close()
         self.server.release(self)
 
+    def last_frame_age(self) -> float | None:
+        """Seconds since the latest frame, by the time since boot (a wall clock step ages nothing)."""
+        if self.last_frame_t is None:
+            return None
+        return self.server.clock()[1] - self._last_frame_boot
+
     def status(self) -> dict:
         s = self.stats
+        age = self.last_frame_age()
         d = s.to_dict()
         d.pop("ms", None)
         return {
@@ -239,8 +248,7 @@ class CameraView(EventSink, FrameObserver):
             "fps": None if s.fps is None else round(s.fps, 2),
             "ms": {k: round(v, 2) for k, v in self.ms.items()},
             "last_frame": _iso(self.last_frame_t),
-            "last_frame_age_s": None if self.last_frame_t is None
-            else round(time.time() - self.last_frame_t, 2),
+            "last_frame_age_s": None if age is None else round(age, 2),
             "counts": None if self.counts is None else self.counts.to_dict(),
             "viewers": self.feed.watchers,  # /stream.mjpg clients
             "detector": self.detector,
@@ -262,7 +270,7 @@ class _Metrics:
         info = InfoMetricFamily("maskd", "maskd version, detector and classifier",
                                 labels=["camera"])
         up = GaugeMetricFamily("maskd_uptime_seconds", "Seconds since the status page started")
-        up.add_metric([], time.time() - srv.started)
+        up.add_metric([], srv.uptime())
         yield up
         g = {name: GaugeMetricFamily(f"maskd_{name}", text, labels=["camera"]) for name, text in [
             ("fps", "Frames per second (smoothed)"),
@@ -293,8 +301,8 @@ class _Metrics:
             g["violations_in_view"].add_metric(cam, s.active if s.in_view is None else s.in_view)
             g["detect_enabled"].add_metric(cam, int(s.detect_enabled))
             g["camera_up"].add_metric(cam, int(s.camera_lost_since is None))
-            if view.last_frame_t is not None:
-                g["last_frame_age_seconds"].add_metric(cam, time.time() - view.last_frame_t)
+            if (age := view.last_frame_age()) is not None:
+                g["last_frame_age_seconds"].add_metric(cam, age)
             for name, value in [("frames", s.frames), ("skipped_frames", s.skipped),
                                 ("faces", s.faces), ("faces_classified", s.classified),
                                 ("faces_cached", s.cached), ("violations", s.violations_started),
@@ -442,14 +450,17 @@ class StatusServer:
     """One HTTP server: the page, its JSON, /metrics and the live views of its cameras."""
 
     def __init__(self, listen: str, credentials: Credentials | None = None,
-                 title: str = "maskd", idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 title: str = "maskd", idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 clock: Clock = system_clock) -> None:
+        """``clock`` is for tests that step the wall clock."""
         self.listen = listen
         self.host, port = parse_listen(listen)
         self.credentials = credentials or Credentials()
         self.loopback = is_loopback(self.host)  # no credentials: the Host header is checked
         self.title = title
         self.idle_timeout_s = idle_timeout_s
-        self.started = time.time()
+        self.clock = clock
+        self.uptime = Uptime(clock)
         self._lock = threading.Lock()
         self._views: dict[str, CameraView] = {}
         self._attached = 0
@@ -564,7 +575,7 @@ class StatusServer:
             "title": self.title,
             "version": __version__,
             "time": _iso(time.time()),
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(self.uptime(), 1),
             "detector": first.get("detector"),
             "classifier": first.get("classifier"),
             "broker": "off" if health is None else

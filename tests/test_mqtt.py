@@ -203,6 +203,21 @@ def test_events_state_and_discovery(broker, tmp_path):
     sub.close()
 
 
+def test_stats_uptime_ignores_a_step_of_the_wall_clock(broker, tmp_path, monkeypatch):
+    """NTP's first sync steps a Pi's wall clock by months after maskd started: `uptime_s`
+    counts the time since boot (was: 90 days at once, or negative after a step back)."""
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m1")
+    try:
+        assert wait_until(lambda: sink.health()["connected"], 10)
+        real = time.time
+        for step in (90 * 86400.0, -90 * 86400.0):
+            monkeypatch.setattr(time, "time", lambda step=step: real() + step)
+            assert 0 <= sink.health()["uptime_s"] < 60
+    finally:
+        monkeypatch.undo()
+        sink.close()
+
+
 def test_snapshots_are_opt_in(broker, tmp_path):
     import numpy as np
 

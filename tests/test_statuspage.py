@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 from browser import CHROMIUM, BrowserError, Chromium
+from clocks import SteppedClock
 from mqtt_broker import free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -210,6 +211,29 @@ def test_metrics_are_prometheus_text_from_a_private_registry(server):
     assert not any(n.startswith("maskd") for n in REGISTRY._names_to_collectors)  # no global side effect
     st = json.loads(get(server.url + "api/status")[2])
     assert st["broker"] == "connected" and st["outbox_depth"] == 3
+
+
+def test_uptime_and_frame_age_ignore_a_step_of_the_wall_clock():
+    """NTP's first sync on a Pi without a real-time clock steps the wall clock by months: the
+    page's uptime and the latest frame's age count the time since boot, not the step (were: 90
+    days of uptime and a 90-day-old frame, then negative after a step back)."""
+    clock = SteppedClock()
+    srv = StatusServer("127.0.0.1:0", clock=clock).start()
+    try:
+        view = srv.attach("front", "det", "clf")
+        clock.run(10)
+        feed(view, 50)
+        for step, up, age in ((90 * 86400.0, 15, 5), (-180 * 86400.0, 20, 10)):
+            clock.run(5)
+            clock.wall += step
+            st = json.loads(get(srv.url + "api/status")[2])
+            assert (st["uptime_s"], st["cameras"][0]["last_frame_age_s"]) == (up, age)
+            samples = {s.name: s.value for f in text_string_to_metric_families(
+                get(srv.url + "metrics")[2].decode()) for s in f.samples}
+            assert samples["maskd_uptime_seconds"] == up
+            assert samples["maskd_last_frame_age_seconds"] == age
+    finally:
+        srv.close()
 
 
 def test_server_closes_with_its_last_camera():

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
+from maskd.clock import Uptime
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
@@ -188,6 +189,7 @@ class MqttSink(EventSink):
         self._session_path = Path(state_dir) / SESSION_FILE
         self._previous_stop, previous_cams = self._read_previous_session()
         self._started_at = time.time()
+        self._uptime = Uptime()  # not the wall clock's: NTP's first sync on a Pi steps that
         self._write_session(running=True)
         self._restarted: set[str] = set()  # ended `restart` from the outbox at start
         left_open = self._end_left_open()
@@ -533,7 +535,7 @@ class MqttSink(EventSink):
             "reconnects": self.reconnects,
             "published": self.published,
             "snapshots_dropped": self.snapshots_dropped,
-            "uptime_s": round(time.time() - self._started_at, 3),
+            "uptime_s": round(self._uptime(), 3),
         }
 
     def faults(self) -> list[str]:
