@@ -173,7 +173,9 @@ class LiveSource:
         self._seq = 0
         self._bad_in_a_row = 0
         self._failed_before = False  # the next successful open counts as a reopen
-        self._lost_at: float | None = None  # time.time() the outage began, None when steady
+        # (wall time, time since boot) the outage began, None when steady; its length is told by
+        # the second: NTP's first sync during an outage made it months long in the log
+        self._lost_at: tuple[float, float] | None = None
         self._flowing_since: float | None = None  # monotonic, first frame since the last open
         self._reopens_at_loss = 0  # stats["reopens"] when the outage began
         self._beat = time.monotonic()
@@ -190,14 +192,15 @@ class LiveSource:
         lost = self.stats["camera_lost_since"] is not None
         return lost and time.monotonic() - beat < RECONNECT_STALL_S
 
-    def _lost(self, since: float | None = None) -> None:
-        """No frames now: the outage begins (at ``since``, wall time, else now), or one that
-        had not ended yet goes on."""
+    def _lost(self, since: float | None = None, ago: float = 0.0) -> None:
+        """No frames now: the outage begins (``ago`` seconds back, at wall time ``since``, else
+        now), or one that had not ended yet goes on."""
         self._flowing_since = None
         if self._lost_at is None:
-            self._lost_at = time.time() if since is None else since
+            wall, boot = system_clock()
+            self._lost_at = (wall if since is None else since, boot - ago)
             self._reopens_at_loss = self.stats["reopens"]
-        self.stats["camera_lost_since"] = _iso(self._lost_at)
+        self.stats["camera_lost_since"] = _iso(self._lost_at[0])
 
     def _found(self) -> None:
         """A good frame: no longer lost now; the outage ends once frames stay for STEADY_S."""
@@ -206,13 +209,13 @@ class LiveSource:
             self.stats["camera_lost_since"] = None
             assert self._lost_at is not None
             self._say(logging.INFO, "found", "%s: frames again after %.1f s", self.name,
-                      time.time() - self._lost_at)
+                      system_clock()[1] - self._lost_at[1])
         if self._flowing_since is None:
             self._flowing_since = now
         if self._lost_at is not None and now - self._flowing_since >= STEADY_S:
             reopens = self.stats["reopens"] - self._reopens_at_loss
             if reopens > 1 or self._say.held():  # it dropped out more than once: sum it up
-                outage = time.time() - self._lost_at - (now - self._flowing_since)
+                outage = system_clock()[1] - self._lost_at[1] - (now - self._flowing_since)
                 log.info("%s: steady again for %.0f s after an outage of %.0f s (%d reopens)",
                          self.name, now - self._flowing_since, outage, reopens)
             self._lost_at = None
@@ -285,7 +288,7 @@ class LiveSource:
         if time.monotonic() - since_mono < self._frozen_after_s:
             return False
         self._frozen = True
-        self._lost(since)
+        self._lost(since, time.monotonic() - since_mono)
         flat = " (one flat colour: lens covered, or dark?)" if np.ptp(sample) == 0 else ""
         log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.name,
                     _iso(since), flat)

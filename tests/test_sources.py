@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,36 @@ def test_live_source_survives_unplug_and_corrupt_frames(caplog):
     assert "cannot open" in caplog.text and "reopened" in caplog.text
     src.close()
     assert src.read() is None
+
+
+def test_an_outage_across_a_step_of_the_wall_clock_is_told_by_the_time_that_passed(monkeypatch,
+                                                                                   caplog):
+    """NTP's first sync (a Pi without a real-time clock) while a camera is away: the log names
+    the outage by the time since boot (was: "frames again after 7776000.1 s")."""
+    import maskd.sources
+
+    monkeypatch.setattr(maskd.sources, "STEADY_S", 0.2)
+    real, step = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + step[0])
+    cam = FlakyCamera(np.full((48, 64, 3), 7, np.uint8))
+    cam.plan = ["ok", "fail"]
+
+    def opener():
+        if cam.opens:  # the reopens: the clock steps 90 days while the camera is away
+            step[0] = 90 * 86400.0
+        return cam.opener()
+
+    src = LiveSource("usbcam", opener, reopen_min_s=0.01, reopen_max_s=0.04)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert src.read().seq == 0
+        cam.open_failures = 2  # unplugged: the next read fails, then two opens fail
+        assert src.read() is not None and src.stats["camera_lost_since"] is None
+        time.sleep(0.3)
+        assert src.read() is not None  # steady again: the outage is summed up
+    src.close()
+    told = [float(w) for r in caplog.records for w in
+            re.findall(r"(?:after|outage of) ([\d.]+) s", r.getMessage())]
+    assert len(told) == 2 and all(t < 60 for t in told), caplog.text
 
 
 def test_close_interrupts_the_backoff_wait():
