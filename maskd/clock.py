@@ -22,6 +22,9 @@ STEP_S = 60.0  # the wall clock moving this much more (or less) than the time si
 # worth a warning; the tracker and the violations follow every step (maskd.pipeline), since a
 # step of a fraction of a second is still a fraction of their spans.
 FRAME_STEP_S = 1.0
+# 2026-01-01 00:00 UTC: no maskd of this version ran before it, so a wall clock before it is not
+# set (a Pi with neither fake-hwclock's saved time nor NTP yet starts in 1970).
+CLOCK_FLOOR = 1_767_225_600.0
 
 Clock = Callable[[], tuple[float, float]]  # () -> (wall time, seconds since boot)
 
@@ -41,6 +44,17 @@ def boot_id() -> str:
     except OSError:
         found = ""
     return found or f"process-{uuid.uuid4().hex}"
+
+
+def not_set(wall: float) -> str | None:
+    """The warning for a wall clock that cannot be right (before CLOCK_FLOOR), else None: event
+    times and the schedule's windows silently followed 1970 (detection off "until Thu 08:00")."""
+    if wall >= CLOCK_FLOOR:
+        return None
+    said = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(wall))
+    return (f"the wall clock says {said}: it is not set (no real-time clock, and no NTP yet); "
+            "event times, snapshot names and the schedule follow it until NTP sets it, and "
+            "maskd follows that step")
 
 
 class Uptime:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -578,6 +579,27 @@ def test_log_level_in_any_case(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("log_level: warning\n")
     assert load_config(cfg).log_level == "WARNING"
+
+
+def test_a_wall_clock_that_is_not_set_is_warned_about_once(tmp_path):
+    """A Pi that booted with no saved time and no NTP yet says 1970: its schedule turned
+    detection off "until Thu 08:00" and the events carried 1970, and nothing said why."""
+    from maskd.clock import CLOCK_FLOOR, not_set
+
+    assert not_set(time.time()) is None and not_set(CLOCK_FLOOR) is None
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime (apt-get install faketime) runs maskd on a 1970 clock")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("schedule:\n  - {days: [mon, tue, wed, thu, fri], start: '08:00', end: '18:00'}\n")
+    r = subprocess.run(["faketime", "1970-01-01 00:05:00", sys.executable, "-m", "maskd", "run",
+                        "--config", str(cfg), "--source", "demo", "--max-frames", "3",
+                        "--jsonl", str(tmp_path / "ev.jsonl")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "TZ": "UTC"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("the wall clock says 1970-01-01 00:05 UTC: it is not set") == 1, r.stderr
+    ok = maskd("run", "--config", str(cfg), "--source", "demo", "--max-frames", "1",
+               "--jsonl", str(tmp_path / "ev2.jsonl"))
+    assert ok.returncode == 0 and "not set" not in ok.stderr, ok.stderr
 
 
 @contextlib.contextmanager

@@ -15,7 +15,9 @@ import argparse
 import logging
 import signal
 import sys
+import time
 
+from maskd.clock import not_set as clock_not_set
 from maskd.config import (
     EX_CONFIG,
     RUN_OPTIONS,
@@ -131,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for line in cfg.open_secrets():
+        log.warning("%s", line)
+    if (line := clock_not_set(time.time())) is not None:
         log.warning("%s", line)
     # The demo is a clip, not a camera: nothing comes after it, so it ends the run unless looped.
     demo = cfg.source.kind == "demo"
