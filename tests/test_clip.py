@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import cv2
@@ -195,6 +196,26 @@ def test_an_older_versions_mp4_segments_count_toward_the_cap(tmp_path):
     os.utime(old, (1e9, 1e9))
     w = ClipWriter(tmp_path, "door", 15.0, segment_s=2.0, segment_mb=100, keep_mb=0.9)
     assert not old.exists() and list(w.deleted) == [old]  # over the cap at start: oldest first
+
+
+def test_the_cap_keeps_this_runs_footage_when_the_clock_went_back(tmp_path):
+    """A Pi without a real-time clock may boot on an earlier time than its last run's (1970
+    without fake-hwclock, or up to an hour back after a power cut with it): the last run's
+    segments then look newer than this run's, and the cap deleted the footage just recorded
+    (3 of 4 segments here) and kept the old. This run's segments are the newest, whatever their
+    dates."""
+    tomorrow = time.time() + 86400
+    before = [tmp_path / f"door-20991231-23595{i}.mkv" for i in range(2)]
+    for i, p in enumerate(before):
+        p.write_bytes(b"x" * (MB // 2))
+        os.utime(p, (tomorrow + i, tomorrow + i))
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=2.0, segment_mb=100, keep_mb=0.9)
+    feed(w)
+    w.close()
+    assert not any(p.exists() for p in before)  # the last run's, oldest first
+    assert list(w.deleted)[:2] == before
+    kept = [p for p in w.paths if p.exists()]
+    assert kept and kept == list(w.paths)[-len(kept):]  # this run's latest footage
 
 
 def test_a_folder_that_could_not_be_created_is_created_at_the_retry(tmp_path, monkeypatch, caplog):
