@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
+from maskd.clock import oldest_first
 from maskd.files import PRIVATE_DIR, PRIVATE_FILE
 from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
@@ -304,19 +305,16 @@ class ClipWriter(FrameObserver):
                   "again every %.0f s", self.name, self.outdir, why, RETRY_S)
 
     def _segments(self) -> list[tuple[float, int, Path]]:
-        """This camera's segments on disk as (mtime, size, path), oldest first; [] if unreadable.
-        Those this writer wrote (the latest RECENT) come last, in the order written: a Pi without
-        a real-time clock may run on an earlier time than a run before it (a boot in 1970, or
-        fake-hwclock's time after a power cut), and by their dates alone the cap deleted the
-        footage just recorded before the old."""
-        mine = {p: i for i, p in enumerate(self.paths)}
+        """This camera's segments on disk as (mtime, size, path), oldest first (those this
+        writer wrote last: ``clock.oldest_first``); [] if unreadable."""
         try:
-            found = [(e.stat().st_mtime, e.stat().st_size, Path(e.path))
+            found = {Path(e.path): (e.stat().st_mtime, e.stat().st_size)
                      for e in os.scandir(self.outdir)
-                     if self._pattern.fullmatch(e.name) and e.is_file()]
+                     if self._pattern.fullmatch(e.name) and e.is_file()}
         except OSError:
             return []
-        return sorted(found, key=lambda seg: (mine.get(seg[2], -1), seg[0], seg[2]))
+        return [(*found[p], p) for p in oldest_first({p: m for p, (m, _) in found.items()},
+                                                     self.paths)]
 
     def _delete(self, path: Path) -> bool:
         """Delete a closed segment of this camera (never the open one); whether it went."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -55,6 +55,16 @@ def not_set(wall: float) -> str | None:
     return (f"the wall clock says {said}: it is not set (no real-time clock, and no NTP yet); "
             "event times, snapshot names and the schedule follow it until NTP sets it, and "
             "maskd follows that step")
+
+
+def oldest_first(dated: dict[Path, float], written: Iterable[Path]) -> list[Path]:
+    """Files (path -> mtime) oldest first, for a retention that deletes from the front: by their
+    dates, but those this process ``written`` after all others, in that order. A Pi without a
+    real-time clock may run on an earlier time than a run before it (a boot in 1970, or
+    fake-hwclock's time after a power cut, or a step back): by dates alone, a cap deleted what
+    was just recorded and kept the older run's files, dated later."""
+    order = {p: i for i, p in enumerate(written)}
+    return sorted(dated, key=lambda p: (order.get(p, -1), dated[p], p))
 
 
 class Uptime:

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.clock import STEP_S, Clock, StepWatch, system_clock
+from maskd.clock import STEP_S, Clock, StepWatch, oldest_first, system_clock
 from maskd.files import PRIVATE_DIR, PRIVATE_FILE
 from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
@@ -270,10 +270,16 @@ class SnapshotStore:
             self._report("scan", logging.ERROR, f"snapshots: cannot read {self.dir}: "
                          f"{err.strerror or err}; retention not applied")
             return
-        found.sort()
-        self._index = OrderedDict((p, (m, s)) for m, s, p in found)
+        self._mine &= {p for _, _, p in found}
+        self._sort_index({p: (m, s) for m, s, p in found})
         self._total = sum(s for _, s, _ in found)
-        self._mine &= set(self._index)
+
+    def _sort_index(self, index: dict[Path, tuple[float, int]]) -> None:
+        """The index oldest first: this process's files after all others, in the order written
+        (``clock.oldest_first``), so keep_mb never deletes them before an earlier run's."""
+        written = [p for p in self._index if p in self._mine]
+        dated = {p: m for p, (m, _) in index.items()}
+        self._index = OrderedDict((p, index[p]) for p in oldest_first(dated, written))
 
     def _follow_clock(self) -> float:
         """The wall time now. When the wall clock stepped since the last call, this process's
@@ -292,7 +298,7 @@ class SnapshotStore:
                              f"{err.strerror or err}")
             self._index[path] = (t + step, size)
             moved += 1
-        self._index = OrderedDict(sorted(self._index.items(), key=lambda kv: kv[1][0]))
+        self._sort_index(self._index)
         log.warning("snapshots: the clock stepped %+.0f s; %d snapshot(s) written before it were "
                     "re-dated with it, so their age is kept", step, moved)
         return wall

@@ -259,6 +259,28 @@ def test_a_clock_step_re_dates_its_own_snapshots_and_no_others(tmp_path, caplog)
     assert not any(p.exists() for p in mine)
 
 
+def test_keep_mb_deletes_an_earlier_runs_snapshots_before_this_runs_when_the_clock_went_back(
+        tmp_path):
+    """A Pi without a real-time clock may run on an earlier time than the run before it (1970
+    without fake-hwclock, or fake-hwclock's time after a power cut): once the folder was read
+    again (hourly), keep_mb deleted this run's newest snapshots first and kept the older
+    run's, dated later. This run's are the newest, in the order written."""
+    folder = tmp_path / "snaps"
+    earlier = make_files(folder, [-1.0, -1.0])  # an earlier run's, dated a day ahead of now
+    image = DemoSource().render(0)
+    one = len(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, snapshots.JPEG_QUALITY])[1])
+    store = SnapshotStore(folder, keep_days=30, keep_mb=4.5 * one / snapshots.MB)
+    names = [snapshot_name("door", time.time(), f"new{i}") for i in range(4)]
+    for name in names[:3]:
+        store.put(name, image)
+    assert store.flush(5)
+    store.prune(rescan=True)  # the hourly re-read of the folder
+    store.put(names[3], image)
+    assert store.flush(5)
+    store.close()
+    assert all(not p.exists() for p in earlier) and all((folder / n).exists() for n in names[1:])
+
+
 # ----------------------------------------------------------------------------- faults
 
 
