@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from maskd.clock import Clock, boot_id, system_clock
+from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,14 @@ class Row:
 def row_age(created: float, boot: str | None, uptime: float | None, this_boot: str,
             now: tuple[float, float]) -> float:
     """Seconds since a row was stored: by the time since boot for a row of this boot, by the
-    wall clock (the only one two boots share) for any other."""
+    wall clock (the only one two boots share) for any other; 0 for another boot's row stored
+    while the wall clock was not set (before CLOCK_FLOOR: its date says nothing, and NTP's
+    first sync made it decades old, dropping every event a boot in 1970 kept)."""
     wall, since_boot = now
     if boot == this_boot and uptime is not None:
         return max(0.0, since_boot - uptime)
+    if created < CLOCK_FLOOR:
+        return 0.0
     return max(0.0, wall - created)
 
 
@@ -758,7 +762,8 @@ class Outbox:
 
     def prune(self) -> int:
         """Apply the bounds (oldest first); returns how many rows were dropped. Rows of this
-        boot are aged by the time since boot, those of earlier boots by the wall clock."""
+        boot are aged by the time since boot, those of earlier boots by the wall clock unless
+        it was not set when they were stored (``row_age``)."""
         wall, uptime = self._clock()
 
         def delete_old() -> tuple[int, int]:
@@ -769,12 +774,13 @@ class Outbox:
                     "DELETE FROM outbox WHERE boot = ? AND uptime < ?",
                     (self._boot, uptime - self.max_age_s),
                 ).rowcount + db.execute(
-                    "DELETE FROM outbox WHERE boot IS NOT ? AND created < ?",
-                    (self._boot, wall - self.max_age_s),
+                    "DELETE FROM outbox WHERE boot IS NOT ? AND created >= ? AND created < ?",
+                    (self._boot, CLOCK_FLOOR, wall - self.max_age_s),
                 ).rowcount
             else:
                 n_age = db.execute(
-                    "DELETE FROM outbox WHERE created < ?", (wall - self.max_age_s,)
+                    "DELETE FROM outbox WHERE created >= ? AND created < ?",
+                    (CLOCK_FLOOR, wall - self.max_age_s),
                 ).rowcount
             over = self._count - n_age - self.max_events
             n_count = 0 if over <= 0 else db.execute(

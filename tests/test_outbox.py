@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 
 import pytest
@@ -108,6 +109,28 @@ def test_rows_of_an_earlier_boot_are_aged_by_the_wall_clock(tmp_path):
     ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-2")
     assert ob.oldest_age() == pytest.approx(7.5 * DAY)
     assert ob.prune() == 1 and [r.payload["n"] for r in ob.pending()] == [1]
+    ob.close()
+
+
+def test_rows_an_earlier_boot_stored_on_an_unset_clock_survive_ntp_setting_it(tmp_path):
+    """A Pi that booted in 1970 (no fake-hwclock, no network: no NTP, no broker) kept its
+    events; the next boot's NTP made them 56 years old, and the first prune dropped them all.
+    Their dates say nothing: only the count bound (and delivery) removes them."""
+    clock = SteppedClock(wall=600.0, uptime=600.0)
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, max_events=3, clock=clock, boot="boot-1")
+    for i in range(2):
+        ob.put("t", {"n": i})
+        clock.run(60)
+    ob.close()
+
+    clock.wall, clock.uptime = time.time(), 30.0  # the next boot, its clock set by NTP
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, max_events=3, clock=clock, boot="boot-2")
+    assert ob.prune() == 0 and ob.dropped == 0 and ob.oldest_age() == 0.0
+    clock.run(8 * DAY)
+    assert ob.prune() == 0 and [r.payload["n"] for r in ob.pending()] == [0, 1]
+    for i in range(2, 4):
+        ob.put("t", {"n": i})
+    assert [r.payload["n"] for r in ob.pending()] == [1, 2, 3]  # the count bound still holds
     ob.close()
 
 
