@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -363,6 +364,22 @@ def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     (tmp_path / "bare.yaml").write_text("source: {kind: demo}\n")
     verdict, detail = rows(doctor(tmp_path / "bare.yaml").stdout)["state dir"]
     assert verdict == "--" and "not used" in detail
+
+
+def test_a_wall_clock_that_is_not_set_is_a_warning(tmp_path):
+    """A Pi on a network without NTP says 1970 (the schedule and the events follow it): the
+    clock row says so, as `maskd run` does; not a required check."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {kind: demo}\n")
+    assert rows(doctor(cfg).stdout)["clock"][0] == "OK"
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime (apt-get install faketime) runs maskd on a 1970 clock")
+    r = subprocess.run(["faketime", "1970-01-01 00:05:00", sys.executable, "-m", "maskd", "doctor",
+                        "--config", str(cfg), "--frames", "3"], capture_output=True, text=True,
+                       timeout=180, cwd=REPO, env={**os.environ, "TZ": "UTC", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    verdict, detail = rows(r.stdout)["clock"]
+    assert verdict == "WARN" and "1970-01-01 00:05 UTC: it is not set" in detail, r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_doctor_beside_a_running_camera_named_doctor_leaves_it_connected(tmp_path):

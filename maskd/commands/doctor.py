@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from maskd.clock import not_set as clock_not_set
 from maskd.commands import print_line
 from maskd.config import (
     DEFAULT_CONFIG_PATH,
@@ -233,7 +234,7 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
+        for step in (self.clock, self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
             try:
@@ -243,6 +244,12 @@ class Doctor:
         if self.source is not None:
             self.source.close()
         return self.checks
+
+    def clock(self) -> None:
+        """A wall clock that is not set (1970: no real-time clock, no NTP yet), as `run` warns."""
+        line = clock_not_set(time.time())
+        self.add("clock", OK if line is None else WARN,
+                 time.strftime("%Y-%m-%d %H:%M %Z") if line is None else line, required=False)
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
