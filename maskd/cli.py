@@ -59,7 +59,8 @@ example:
     "check-config": """exit codes:
   0   valid ("OK")
   78  invalid: one line per bad key on stderr; also a preview.framebuffer or
-      preview.window this machine cannot show (run it on the device)
+      preview.window this machine cannot show (run it on the device); a /dev/fbN
+      missing now (no monitor since boot) is a warning: run detects without it
 
 example:
   maskd check-config /etc/maskd/config.yaml""",

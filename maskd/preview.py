@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,16 @@ class ListenNotReady(PreviewUnavailable):
     have, yet: a network that comes up late (DHCP, Wi-Fi after a power cut), not a setup
     error, so `maskd run` exits 75 (EX_TEMPFAIL) and systemd starts it again."""
 
+
+class FramebufferAbsent(PreviewUnavailable):
+    """/dev/fbN is not there now: with the vc4 KMS driver a Pi booted without its HDMI monitor
+    has none until one is plugged in. Not a setup error: `run` warns and detects without the
+    preview, which opens the device once it is there (FramebufferPreview)."""
+
+
+FB_DIR = Path("/dev")  # where the kernel makes fbN when a display comes
+FB_RETRY_S = 10.0  # a framebuffer absent or failing is tried again this often
+RETRYING = f"detection runs without this preview, which is tried again every {FB_RETRY_S:g} s"
 
 RETRIED = "exit 75, systemd starts maskd again (is the network up yet?)"
 NAME_WAIT_S = 90.0  # `run` waits this long for a preview.http host name to resolve, then exits 75
@@ -132,10 +143,25 @@ def _read_sys(path: Path) -> str:
 # camera's ``cameras.NAME.preview.framebuffer``), as check_previews does.
 
 
-def require_fb(fb: Path) -> None:
-    """The framebuffer device exists (else PreviewUnavailable, saying what to use instead)."""
-    if not fb.exists():
-        raise PreviewUnavailable(f"{fb} does not exist (no HDMI framebuffer; use preview.http instead)")
+def require_fb(fb: Path, device: bool = True) -> None:
+    """The framebuffer is there and, with ``device``, is a character device (FbGeometry given
+    by a test or tools/bench_preview.py: any file). A missing /dev/fbN raises FramebufferAbsent,
+    since it comes with the monitor; anything else raises PreviewUnavailable (a setup mistake:
+    a regular /dev/fb0 is left by writing to it while it was absent)."""
+    try:
+        mode = fb.stat().st_mode
+    except FileNotFoundError:
+        if fb.parent == FB_DIR and re.fullmatch(r"fb\d+", fb.name):
+            raise FramebufferAbsent(f"{fb} does not exist now (no HDMI monitor since boot?); "
+                                    f"{RETRYING}") from None
+        raise PreviewUnavailable(f"{fb} does not exist, and only {FB_DIR}/fbN comes with a "
+                                 "monitor (no HDMI framebuffer; use preview.http instead)") from None
+    except OSError as err:
+        raise PreviewUnavailable(f"cannot look at {fb}: {err.strerror or err}") from None
+    if device and not stat.S_ISCHR(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "no device"
+        raise PreviewUnavailable(f"{fb} is not a framebuffer device ({what}; {FB_DIR}/fbN is a "
+                                 "character device)")
 
 
 def read_fb_geometry(fb: Path, sysfs: Path = Path("/sys/class/graphics")) -> FbGeometry:
@@ -169,7 +195,7 @@ def check_framebuffer(fb: Path, geometry: FbGeometry | None = None) -> FbGeometr
     """The geometry of ``fb`` (or the one given) once ``fb`` exists and maskd can draw in its
     format: what FramebufferPreview checks before it opens the device, and check_previews
     before `run` or `check-config` says a config works here."""
-    require_fb(fb)
+    require_fb(fb, device=geometry is None)
     geometry = geometry or read_fb_geometry(fb)
     geometry.pixel_format  # noqa: B018 - raises on unsupported depths
     return geometry
@@ -253,8 +279,12 @@ class ThreadedPreview(FrameObserver):
                     if self._box.closed:
                         return
                     continue
+                if not self.ready():
+                    continue
                 t0, c0 = time.monotonic(), time.thread_time()
                 self.show(render(*item, size=self.output_size, zones=self.zones))
+                if not self.available:
+                    continue  # the output went away in show(); ready() tries it again
                 self.shown += 1
                 self.cpu_s += time.thread_time() - c0
                 rest = self.min_interval_s - (time.monotonic() - t0)
@@ -264,6 +294,15 @@ class ThreadedPreview(FrameObserver):
             log.exception("%s preview stopped", self.name)
         finally:
             self.teardown()
+
+    def ready(self) -> bool:
+        """Whether the output can take a picture now; a frame is not rendered otherwise."""
+        return True
+
+    @property
+    def available(self) -> bool:
+        """Whether the output is there now (a framebuffer may be away for a while)."""
+        return True
 
     def show(self, image: np.ndarray) -> None:
         raise NotImplementedError
@@ -282,30 +321,79 @@ class ThreadedPreview(FrameObserver):
 
 
 class FramebufferPreview(ThreadedPreview):
-    """Writes annotated frames to a Linux framebuffer (HDMI console without a desktop)."""
+    """Writes annotated frames to a Linux framebuffer (HDMI console without a desktop).
+
+    A framebuffer absent at start (FramebufferAbsent: no monitor since boot), or that fails a
+    write later, stops only this preview, with a warning: detection goes on, and the device is
+    opened again every FB_RETRY_S once it is there (monitor plugged in), logged once each way.
+    """
 
     name = "framebuffer"
+    geometry: FbGeometry  # set once the device is open
 
     def __init__(self, path: Path, geometry: FbGeometry | None = None,
-                 max_fps: float | None = DEFAULT_MAX_FPS) -> None:
+                 max_fps: float | None = DEFAULT_MAX_FPS, key: str = "preview.framebuffer") -> None:
         super().__init__(max_fps)
-        try:  # fail now, not in the thread
-            self.geometry = check_framebuffer(path, geometry)
+        self.path, self.key, self._given = path, key, geometry
+        self._fd: int | None = None
+        self._retry_at = 0.0
+        self._said: str | None = None  # the reason last logged while the screen is away
+        try:  # a setup mistake fails now, not in the thread
+            self._open()
+        except FramebufferAbsent as err:
+            self._away(str(err))
         except PreviewUnavailable as err:
-            raise PreviewUnavailable(f"preview.framebuffer: {err}") from None
-        self.path = path
-        self.output_size = (self.geometry.width, self.geometry.height)
+            raise PreviewUnavailable(f"{key}: {err}") from None
+
+    def _open(self) -> None:
+        """Check and open the device (raises PreviewUnavailable, FramebufferAbsent when gone)."""
+        geometry = check_framebuffer(self.path, self._given)
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FramebufferAbsent(f"{self.path} went away while opening it; {RETRYING}") from None
         except OSError as err:
-            raise PreviewUnavailable(f"preview.framebuffer: cannot open {path}: {err.strerror} "
+            raise PreviewUnavailable(f"cannot open {self.path}: {err.strerror} "
                                      "(the maskd user needs the 'video' group)") from None
+        self.geometry, self._fd = geometry, fd
+        self.output_size = (geometry.width, geometry.height)
+
+    def _away(self, why: str) -> None:
+        """The screen is unusable now: say so once per reason, try again later."""
+        if why != self._said:
+            log.warning("%s: %s", self.key, why if RETRYING in why else f"{why}; {RETRYING}")
+            self._said = why
+        self._retry_at = time.monotonic() + FB_RETRY_S
+
+    def ready(self) -> bool:
+        if self._fd is None and time.monotonic() >= self._retry_at:
+            try:
+                self._open()
+            except PreviewUnavailable as err:
+                self._away(str(err))
+        return self._fd is not None
+
+    @property
+    def available(self) -> bool:
+        return self._fd is not None
 
     def show(self, image: np.ndarray) -> None:
-        os.pwrite(self._fd, to_fb_bytes(image, self.geometry), 0)
+        assert self._fd is not None
+        try:
+            os.pwrite(self._fd, to_fb_bytes(image, self.geometry), 0)
+        except OSError as err:  # the display went away (ENODEV, ENXIO, EIO)
+            self.teardown()
+            self._away(f"writing {self.path} failed: {err.strerror or err}")
+            return
+        if self._said is not None:  # said once it works: a device that opens may still fail
+            log.info("%s: %s is back (%dx%d); showing the preview again", self.key, self.path,
+                     self.geometry.width, self.geometry.height)
+            self._said = None
 
     def teardown(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # ---------------------------------------------------------------- window
@@ -570,13 +658,16 @@ def check_previews(cfg: Config, strict: bool = True) -> list[str]:
     `run` calls it at start and `check-config` too, so both refuse a config with the same line.
 
     Raises PreviewUnavailable, one line naming the key, for what no process here can use: a
-    framebuffer that does not exist, is no framebuffer or has no usable geometry, an OpenCV
-    without GUI support. What depends on the user or the session (a framebuffer this user
-    cannot write, no desktop session), which the service may have when the checking shell has
-    not, raises too when ``strict`` (`run`); else it is returned, one line each (`check-config`
-    warns).
+    framebuffer path that is no framebuffer (a folder, a regular file, a missing path not named
+    /dev/fbN) or has no usable geometry, an OpenCV without GUI support. What depends on the
+    user or the session (a framebuffer this user cannot write, no desktop session), which the
+    service may have when the checking shell has not, raises too when ``strict`` (`run`); else
+    it is returned, one line each (`check-config` warns). A /dev/fbN that is missing now (no
+    monitor since boot) is returned either way, never raised: `run` detects without it and
+    opens it once it comes (FramebufferPreview), so a Pi booted without its monitor still works.
     """
     lacking: list[str] = []
+    later: list[str] = []
     for key, p in cfg.previews():
         try:
             if p.framebuffer is not None:
@@ -584,6 +675,8 @@ def check_previews(cfg: Config, strict: bool = True) -> list[str]:
                 if not os.access(p.framebuffer, os.W_OK):
                     lacking.append(f"{key}.framebuffer: {p.framebuffer} is not writable by this "
                                    "user (the maskd user needs the 'video' group)")
+        except FramebufferAbsent as err:
+            later.append(f"{key}.framebuffer: {err}")
         except PreviewUnavailable as err:
             raise PreviewUnavailable(f"{key}.framebuffer: {err}") from None
         if p.window:
@@ -595,11 +688,12 @@ def check_previews(cfg: Config, strict: bool = True) -> list[str]:
                 lacking.append(f"{key}.window: {NO_DISPLAY}")
     if strict and lacking:
         raise PreviewUnavailable(lacking[0])
-    return lacking
+    return later + ([] if strict else lacking)
 
 
-def make_observers(cfg: Config) -> list[FrameObserver]:
-    """Start every preview that cfg.preview asks for (raises PreviewUnavailable with the reason).
+def make_observers(cfg: Config, key: str = "preview") -> list[FrameObserver]:
+    """Start every preview that cfg.preview (``key`` in the file) asks for (raises
+    PreviewUnavailable with the reason).
 
     preview.annotate_dir is not a live view; the run loop writes that clip itself.
     preview.http is the status page (maskd.statuspage), wired by the service per address.
@@ -609,7 +703,7 @@ def make_observers(cfg: Config) -> list[FrameObserver]:
     try:
         views: list[ThreadedPreview] = []
         if p.framebuffer is not None:
-            views.append(FramebufferPreview(p.framebuffer))
+            views.append(FramebufferPreview(p.framebuffer, key=f"{key}.framebuffer"))
         if p.window:
             views.append(WindowPreview())
         for view in views:

@@ -570,14 +570,15 @@ def _systemd_notifier() -> SystemdNotifier | None:
 
 
 def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | None = None,
-                    ) -> list[FrameObserver]:
-    """Previews (maskd.preview), the annotated clip, and systemd's ``notifier``."""
+                    key: str = "preview") -> list[FrameObserver]:
+    """Previews (maskd.preview; ``key``: cfg.preview's key in the file, for their messages),
+    the annotated clip, and systemd's ``notifier``."""
     observers: list[FrameObserver] = []
     p = cfg.preview
     if p.framebuffer is not None or p.window:
         from maskd.preview import make_observers
 
-        observers += make_observers(cfg)
+        observers += make_observers(cfg, key)
     if p.annotate_dir is not None:
         observers.append(ClipWriter(p.annotate_dir, cfg.camera, source_fps, p.annotate_segment_s,
                                     p.annotate_segment_mb, p.annotate_keep_mb))
@@ -651,13 +652,14 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     loops: list[CameraLoop] = []
     pages: dict = {}  # status pages by preview.http address (maskd.statuspage)
     try:
-        for c, watchdog in zip(cams, watchdogs, strict=True):
+        keys = [key for key, _ in cfg.previews()]
+        for c, watchdog, key in zip(cams, watchdogs, keys, strict=True):
             def sinks(c: Config = c) -> list[EventSink]:
                 return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
                                       watchdog, exit_at_end, max_frames, store, pages, mqtt,
-                                      ledger))
+                                      ledger, key))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -676,7 +678,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
                  notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
                  snapshots: SnapshotStore | None = None, pages: dict | None = None,
                  mqtt: EventSink | None = None, ledger: OpenViolations | None = None,
-                 ) -> CameraLoop:
+                 preview_key: str = "preview") -> CameraLoop:
     """One camera's loop around shared models; its source, sinks and views opened here, and its
     snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``."""
     source = open_source(cfg.source)
@@ -685,7 +687,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         own = sinks()
         opened += own
         observers = build_observers(cfg, float(getattr(source, "fps", cfg.source.fps)),
-                                    notifier)
+                                    notifier, preview_key)
         if snapshots is not None:
             taker = snapshots.taker(cfg.camera, cfg.snapshots.what)
             own.append(taker)

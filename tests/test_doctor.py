@@ -426,3 +426,18 @@ def test_a_table_that_cannot_be_written_is_exit_74(tmp_path, stdout):
         said = "maskd doctor: cannot write to standard output (/dev/full): No space left on device"
     assert r.returncode == 74, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == said
+
+
+@pytest.mark.skipif(Path("/dev/fb7").exists(), reason="this machine has a /dev/fb7")
+def test_a_framebuffer_missing_at_boot_is_a_warning_as_run_says(tmp_path):
+    """A /dev/fbN missing now (no HDMI monitor since boot) failed the doctor; `run` detects
+    without it and shows it once it comes, so it is a warning in `run`'s words. A regular file
+    where the device belongs stays a failure (`run` refuses it)."""
+    from maskd.commands.doctor import FAIL, WARN, _check_fb
+
+    assert _check_fb(Path("/dev/fb7")) == (WARN, (
+        "/dev/fb7 does not exist now (no HDMI monitor since boot?); detection runs without "
+        "this preview, which is tried again every 10 s"))
+    (tmp_path / "fb0").write_text("")
+    verdict, detail = _check_fb(tmp_path / "fb0")
+    assert verdict == FAIL and "is not a framebuffer device (a regular file" in detail

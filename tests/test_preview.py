@@ -182,6 +182,48 @@ def test_framebuffer_missing_device_is_clear(tmp_path):
         FramebufferPreview(tmp_path / "fb9", geometry=FbGeometry(8, 8, 16, 16))
 
 
+def test_a_framebuffer_that_comes_later_or_goes_away_is_shown_when_there(
+        tmp_path, monkeypatch, caplog):
+    """A Pi booted without its HDMI monitor has no /dev/fb0 (vc4 KMS): `run` stopped with exit
+    78, which the unit does not restart, so nothing was detected at all. The preview now waits
+    for the device: plugged in later, it shows the picture; a write that fails (the display
+    gone; /dev/full stands in) pauses it until the device works again, instead of ending it."""
+    from maskd import preview
+
+    monkeypatch.setattr(preview, "FB_DIR", tmp_path)  # tmp_path/fbN stands in for /dev/fbN
+    monkeypatch.setattr(preview, "FB_RETRY_S", 0.05)
+    caplog.set_level("INFO", logger="maskd.preview")
+    geo = FbGeometry(width=200, height=120, bits_per_pixel=32, stride=200 * 4)
+    fb = tmp_path / "fb0"
+    frame, verdicts = scene()
+    screen = FramebufferPreview(fb, geometry=geo, max_fps=50, key="cameras.b.preview.framebuffer")
+    screen.start()
+
+    def shows(n: int) -> bool:
+        screen.on_frame(frame, verdicts, STATS)
+        time.sleep(0.02)
+        return screen.shown >= n
+
+    try:
+        assert not wait_until(lambda: shows(1), 0.3) and not screen.available
+        fb.symlink_to("/dev/full")  # a display that opens, but every write fails (ENOSPC)
+        assert wait_until(lambda: not shows(1) and any(
+            "No space left" in r.getMessage() for r in caplog.records), 10)
+        assert screen.shown == 0
+        fb.unlink()
+        fb.write_bytes(b"\0" * geo.size_bytes)  # a working one
+        assert wait_until(lambda: shows(1), 10)
+    finally:
+        screen.close()
+    assert fb.read_bytes() == to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == (f"cameras.b.preview.framebuffer: {fb} does not exist now (no HDMI monitor "
+                       "since boot?); detection runs without this preview, which is tried again "
+                       "every 10 s"), said
+    assert any(f"writing {fb} failed: No space left on device; detection runs" in s for s in said)
+    assert sum("is back (200x120)" in s for s in said) == 1, said
+
+
 # ------------------------------------------------------------------ never slows the loop
 
 

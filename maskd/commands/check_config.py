@@ -5,8 +5,9 @@ status systemd's RestartPreventExitStatus= keys on. It loads the config as `run`
 reject the same configs: with MQTT on, that includes the password file or variable and the TLS
 files (maskd.config.MqttConfig), read when the config is loaded. It also checks the preview
 devices of this machine with the function `run` calls at start (maskd.preview.check_previews):
-a missing or unusable framebuffer, or a window with an OpenCV without GUI support, would stop
-`run` here whoever starts it. What depends on the user or session (writing the framebuffer, a
+a path that is no framebuffer, or a window with an OpenCV without GUI support, would stop
+`run` here whoever starts it; a /dev/fbN missing now (no monitor since boot) is a warning, as
+`run` detects without it. What depends on the user or session (writing the framebuffer, a
 desktop session for the window) and the model files are warnings only: the service may run as
 another user, with another environment, or on another machine; `maskd doctor` checks them, and
 `run` stops with exit 78 when one is missing. The state dir (with MQTT on) and jsonl.path are

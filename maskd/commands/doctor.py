@@ -94,10 +94,12 @@ def captured_stderr_fd() -> Iterator[list[str]]:
 
 
 def _check_fb(fb: Path) -> tuple[str, str]:
-    from maskd.preview import PreviewUnavailable, check_framebuffer
+    from maskd.preview import FramebufferAbsent, PreviewUnavailable, check_framebuffer
 
     try:
         geo = check_framebuffer(fb)
+    except FramebufferAbsent as err:  # run detects without it, shows it once a monitor comes
+        return WARN, _err(err)
     except PreviewUnavailable as err:
         return FAIL, _err(err)
     writable = os.access(fb, os.W_OK)
