@@ -479,6 +479,18 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+LISTEN_RETRY_S = 30.0  # a preview.http port another program holds is tried again this often
+
+
+def port_in_use(listen: str) -> str:
+    """What `run` logs and doctor warns of a preview.http port another program holds: maybe one
+    that lets it go (started before maskd at boot), maybe a setup clash; detection runs either
+    way, and the page is served once the port is free."""
+    return (f"preview.http: cannot listen on {listen}: Address already in use (by another "
+            f"program?); detection runs without the status page, which tries again every "
+            f"{LISTEN_RETRY_S:g} s")
+
+
 def listen_warning(listen: str) -> str | None:
     """Why preview.http cannot be served *now* although the setting is fine: a host name
     that does not resolve, an address this machine does not have (yet). None when it can;

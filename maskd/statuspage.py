@@ -52,12 +52,14 @@ from maskd.config import Config, PreviewConfig, is_loopback, read_secret, redact
 from maskd.lograte import Throttle
 from maskd.preview import (
     BOUNDARY,
+    LISTEN_RETRY_S,
     RETRIED,
     ListenNotReady,
     MjpegFeed,
     PreviewUnavailable,
     listen_warning,
     parse_listen,
+    port_in_use,
 )
 from maskd.types import (
     EventSink,
@@ -469,21 +471,55 @@ class StatusServer:
         self._health: Callable[[], dict] | None = None
         self.registry = CollectorRegistry(auto_describe=False)  # private: no global side effects
         self.registry.register(_Metrics(self))  # type: ignore[arg-type]
+        self.port = port
+        self._server: _Server | None = None  # None while another program holds the port
+        self._closing = threading.Event()
+        try:
+            self._server = self._bind()
+        except OSError:  # in use: said and tried again by the server thread
+            log.warning("%s", port_in_use(listen))
+        self._thread = threading.Thread(target=self._serve, name="maskd-status", daemon=True)
+        self._closed = False
+
+    def _bind(self) -> _Server:
+        """The listening server; raises ListenNotReady (a late network), PreviewUnavailable (a
+        setup error, e.g. a port below 1024), or OSError EADDRINUSE (another program has it)."""
         server_cls = _V6Server if ":" in self.host else _Server
         try:
-            self._server = server_cls((self.host, port), self._make_handler(), idle_timeout_s)
+            server = server_cls((self.host, self.port), self._make_handler(), self.idle_timeout_s)
         except socket.gaierror as err:  # DNS not up yet, or a name that will never resolve
-            raise ListenNotReady(f"preview.http: cannot listen on {listen}: {err.strerror}; "
+            raise ListenNotReady(f"preview.http: cannot listen on {self.listen}: {err.strerror}; "
                                  f"{RETRIED}") from None
-        except OSError as err:  # in use, or a port below 1024: a setup error
-            why = f"preview.http: cannot listen on {listen}: {err.strerror or err}"
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise
+            why = f"preview.http: cannot listen on {self.listen}: {err.strerror or err}"
             if err.errno == errno.EADDRNOTAVAIL:  # despite IP_FREEBIND (not Linux)
                 raise ListenNotReady(f"{why}; {RETRIED}") from None
             raise PreviewUnavailable(why) from None
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="maskd-status",
-                                        daemon=True)
-        self._closed = False
+        self.port = server.server_address[1]
+        return server
+
+    def _serve(self) -> None:
+        """Serve; a port another program held at start is tried again every LISTEN_RETRY_S
+        (that program may stop), while detection runs without the page."""
+        while self._server is None:
+            if self._closing.wait(LISTEN_RETRY_S):
+                return
+            try:
+                server = self._bind()
+            except OSError:
+                continue
+            except PreviewUnavailable as err:  # the network changed meanwhile
+                log.error("%s; detection runs without the status page", err)
+                return
+            with self._lock:
+                if self._closed:
+                    server.server_close()
+                    return
+                self._server = server
+            log.info("status page at %s: the port is free now", self.url)
+        self._server.serve_forever()
 
     @property
     def url(self) -> str:
@@ -492,6 +528,8 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         self._thread.start()
+        if self._server is None:
+            return self  # said at the port in use; the thread says when it listens
         if warning := listen_warning(self.listen):
             log.warning("%s", warning)
         if is_loopback(self.host):
@@ -609,7 +647,7 @@ class StatusServer:
                     ok = super().parse_request()  # reads the request line's headers too
                 finally:
                     self.rfile = rfile
-                server._server.headers_read(self.connection)
+                server._server.headers_read(self.connection)  # type: ignore[union-attr]
                 return ok
 
             def do_HEAD(self) -> None:  # noqa: N802
@@ -742,14 +780,19 @@ class StatusServer:
         return Handler
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            server = self._server
+        self._closing.set()
         for view in self.views():
             view.feed.close()
+        if server is None:
+            return
         if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+            server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------- wiring (maskd.service)

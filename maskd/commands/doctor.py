@@ -120,7 +120,7 @@ def _check_http(listen: str) -> tuple[str, str]:
     doctor may run beside it)."""
     import errno
 
-    from maskd.preview import PreviewUnavailable, listen_warning, parse_listen
+    from maskd.preview import PreviewUnavailable, listen_warning, parse_listen, port_in_use
 
     try:
         if warning := listen_warning(listen):  # a late network: run waits or listens anyway
@@ -136,8 +136,9 @@ def _check_http(listen: str) -> tuple[str, str]:
     except OSError as err:
         if err.errno == errno.EADDRINUSE and _maskd_serves(host, port):
             return OK, f"{listen}: in use by a running maskd (the service?)"
-        return FAIL, f"{listen}: {_err(err)}" + (" (by another program)"
-                                                 if err.errno == errno.EADDRINUSE else "")
+        if err.errno == errno.EADDRINUSE:  # run detects without the page, and tries again
+            return WARN, port_in_use(listen)
+        return FAIL, f"{listen}: {_err(err)}"
 
 
 def _maskd_serves(host: str, port: int) -> bool:
