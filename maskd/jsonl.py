@@ -34,7 +34,10 @@ def cannot_write_lines(p: Path | str, why: str) -> str:
 def _open_once(p: Path) -> int:
     """One try at opening p to append to (created with its folders); a pipe without a reader
     is ENXIO at once instead of a hang."""
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # its folder is a file: said as check-config says it (cannot_create)
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
     os.set_blocking(fd, True)
     return fd

@@ -365,6 +365,8 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
         ("state_dir: /proc/maskd-state\n" + mqtt,
          "state dir /proc/maskd-state: cannot create the MQTT outbox there: "),
         (f"jsonl: {{path: '{adir}'}}\n", f"jsonl.path {adir}: cannot write there: Is a directory"),
+        (f"jsonl: {{path: '{afile}/e.jsonl'}}\n",  # run said 'File exists' (mkdir of its folder)
+         f"jsonl.path {afile}/e.jsonl: cannot write there: Not a directory"),
         ("jsonl: {path: /proc/nodir/e.jsonl}\n",
          "jsonl.path /proc/nodir/e.jsonl: cannot write there: "),
     ]
