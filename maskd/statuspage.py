@@ -508,9 +508,9 @@ class StatusServer:
                 return
             try:
                 server = self._bind()
-            except OSError:
+            except (OSError, ListenNotReady):  # still in use, or the network is away a moment
                 continue
-            except PreviewUnavailable as err:  # the network changed meanwhile
+            except PreviewUnavailable as err:  # the address changed under it: say so, give up
                 log.error("%s; detection runs without the status page", err)
                 return
             with self._lock:
