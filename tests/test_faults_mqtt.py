@@ -40,7 +40,7 @@ from test_mqtt import (
     start_driver,
 )
 
-from maskd.commands.doctor import FAIL, OK, inspect_outbox, probe_broker
+from maskd.commands.doctor import FAIL, OK, WARN, inspect_outbox, probe_broker
 from maskd.mqtt import MqttSink
 from maskd.notify import status_text
 from maskd.outbox import Outbox
@@ -246,6 +246,32 @@ def test_doctor_checks_publish_rights_mqtt5_and_by_round_trip_on_311(tmp_path):
                 else:
                     assert "never came back" in detail
             relay.close()
+
+
+def test_doctor_warns_when_the_acl_keeps_detect_set_from_maskd(tmp_path):
+    """mosquitto grants a SUBSCRIBE that its ACL gives no read right for, then never delivers:
+    with write-only rights under the prefix the Home Assistant switch did nothing and doctor
+    said OK. A round trip beside detect/set tells (MQTT 5 and 3.1.1), never on the live
+    switch's own topic."""
+    write_only = ("topic readwrite maskd/dev1/cam1/doctor\ntopic write maskd/#\n"
+                  "topic readwrite homeassistant/#")
+    with Broker(tmp_path / "open") as open_b, Broker(tmp_path / "acl", acl=write_only) as acl_b:
+        for broker, want in ((open_b, OK), (acl_b, WARN)):
+            live = Subscriber(open_b, [f"{CAM}/detect/set"])
+            relay = Mqtt311Only(broker)
+            for url in (broker.url, relay.url):
+                cfg = cfg_for(relay if url == relay.url else broker, tmp_path / "state")
+                verdict, detail = probe_broker(cfg)
+                assert verdict == want and url in detail, detail
+                if want == OK:
+                    assert f"may receive on {CAM}/detect/doctor" in detail, detail
+                else:
+                    assert (f"never came back on {CAM}/detect/doctor" in detail
+                            and f"read {CAM}/detect/set" in detail), detail
+            relay.close()
+            time.sleep(0.5)
+            assert live.messages == [], "doctor touched the live switch"
+            live.close()
 
 
 def test_doctor_checks_publish_rights_under_the_discovery_prefix(tmp_path):

@@ -669,6 +669,9 @@ class _Probe:
         # beside the discovery config (Home Assistant reads only .../config there)
         self.discovery_topics = [Topics.build(cfg.mqtt, cfg.device_id, cam).discovery
                                  .removesuffix("/config") + "/doctor" for cam in cams]
+        # beside each camera's detect/set, never on it (that would flip the live switch)
+        self.switch_topics = [Topics.build(cfg.mqtt, cfg.device_id, cam).detect_set
+                              .removesuffix("/set") + "/doctor" for cam in cams]
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
         self.connected = threading.Event()
@@ -753,6 +756,11 @@ class _Probe:
             if verdict != OK:
                 return verdict, f"{done}; {detail}"
             said.append(detail)
+        for topic in self.switch_topics:
+            verdict, detail = self._may_receive(topic)
+            said.append(detail)
+            if verdict != OK:
+                return verdict, f"{done}; {'; '.join(said)}"
         return OK, f"{done}; {'; '.join(said)}"
 
     def _may_publish(self, topic: str) -> tuple[str, str]:
@@ -771,14 +779,36 @@ class _Probe:
             if answer.is_failure:
                 return FAIL, f"publishing refused on {topic}: {answer} ({hint})"
             return OK, f"may publish on {topic}"
-        answer = self._answer(self.client.subscribe(topic, qos=1)[1])
-        if answer is None or answer.is_failure:
-            return WARN, f"cannot check publish rights: may not subscribe to {topic} ({answer})"
-        self.client.publish(topic, self.token, qos=1)
-        if not self._wait(lambda: topic in self.echoed, 3.0):
+        failed = self._round_trip(topic)
+        if failed == "subscribe":
+            return WARN, f"cannot check publish rights: may not subscribe to {topic}"
+        if failed:
             return FAIL, (f"a test message on {topic} never came back: {hint} (MQTT 3.1.1 "
                           "cannot say whether it was denied)")
         return OK, f"publish rights checked by a round trip on {topic}"
+
+    def _may_receive(self, topic: str) -> tuple[str, str]:
+        """Whether maskd would receive its detect/set: mosquitto grants a SUBSCRIBE its ACL
+        gives no read right for and then never delivers, so the Home Assistant switch would do
+        nothing without a word. A round trip on ``topic``, beside detect/set, tells. A WARN:
+        detection and events work without the switch."""
+        failed = self._round_trip(topic)
+        if not failed:
+            return OK, f"may receive on {topic}"
+        what = ("may not subscribe to" if failed == "subscribe"
+                else "a test message never came back on")
+        return WARN, (f"{what} {topic}: the broker's ACL must let this user subscribe to and "
+                      f"read {topic.removesuffix('/doctor')}/set, or the detection switch "
+                      "(Home Assistant) does nothing")
+
+    def _round_trip(self, topic: str) -> str | None:
+        """Subscribe to ``topic``, publish there and wait for it to come back; None when it
+        did, else what failed: "subscribe" (refused or no SUBACK) or "echo"."""
+        answer = self._answer(self.client.subscribe(topic, qos=1)[1])
+        if answer is None or answer.is_failure:
+            return "subscribe"
+        self.client.publish(topic, self.token, qos=1)
+        return None if self._wait(lambda: topic in self.echoed, 3.0) else "echo"
 
     def close(self) -> None:
         if self.started:
