@@ -6,7 +6,8 @@ of grey (``prepare``), compared with a running average of the previous frames (t
 are counted (``moving_share``). A frame moves when that share reaches ``min_area``.
 
 ``MotionGate.should_detect`` says whether a frame needs the face detector: always while
-something moves or a track is alive (someone is there, perhaps standing still), and otherwise
+something moves or a track is alive (someone is there, perhaps standing still; the pipeline
+counts an open violation as one), and otherwise
 only every ``idle_every``-th frame, so a face that appears without motion (lights, a camera
 that just reopened, a person who stood still long enough to become background) is still found
 within ``idle_every`` frames. The first frame always runs the detector.

@@ -278,7 +278,11 @@ class Pipeline:
         counts = self.counts
         t0 = time.perf_counter()
         if detect and self.motion is not None:
-            detect = self.motion.should_detect(frame.image, tracking=bool(self.tracker.tracks))
+            # An open violation whose track was dropped (missed, or detection switched off for
+            # a moment) may belong to someone standing still: idling now would end it `gone`
+            # and start it again once the idle frame finds them.
+            tracking = bool(self.tracker.tracks) or self.violations.active > 0
+            detect = self.motion.should_detect(frame.image, tracking=tracking)
             counts.motion_skipped += not detect
         faces = self.detector.detect(frame.image) if detect else []
         h, w = frame.image.shape[:2]

@@ -120,3 +120,26 @@ def test_pipeline_keeps_detecting_while_a_track_lives():
     for i in range(30):
         pipe.process(Frame(scene(noise=6, seed=i), i + 1, (i + 1) / 15))
     assert det.calls == 30 and pipe.counts.motion_skipped == 0
+
+
+def test_an_open_violation_keeps_the_detector_on_after_its_track_is_dropped(default_model):
+    """A bare face standing still, detection switched off for a second (its track dropped) and
+    on again: no motion and no track, so the gate idled (here 60 frames, 4 s) and the open
+    violation ended `gone` after 3 s, then started again for the same person once the idle frame
+    found them. The real loop's path (``detect=False`` is the switch), real models."""
+    from maskd.config import parse_config
+    from maskd.demo import DemoSource
+    from maskd.service import build_classifier, build_detector
+
+    cfg = parse_config({"detector": {"kind": "blazeface"},
+                        "classifier": {"model": str(default_model)},
+                        "motion": {"idle_every": 60}}, "test")
+    pipe = Pipeline(cfg, build_detector(cfg), build_classifier(cfg))
+    image = DemoSource().render(30)  # bare-faced, still
+    fps, events = 15.0, []
+    for seq in range(150):  # 3 s on, 1 s off, 6 s on
+        frame = Frame(image, seq, 1_000_000.0 + seq / fps, "still")
+        events += pipe.process(frame, detect=not 45 <= seq < 60).events
+    assert [(e.event_type, e.end_reason) for e in events if e.event_type != "update"] == [
+        ("start", None)]
+    assert pipe.violations.active == 1
