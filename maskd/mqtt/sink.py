@@ -46,6 +46,7 @@ SESSION_FILE = "mqtt-session.json"
 WINDOW = 50  # events handed to paho but not yet acknowledged
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
+SWITCH_LOG_EVERY_S = 1.0  # a detect/set change is logged at most this often per camera
 # The broker away this long is a fault in the status line; a quick reconnect (a broker
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
@@ -228,6 +229,9 @@ class MqttSink(EventSink):
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
         self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
+        # good commands: a person toggling from Home Assistant is logged each time, a client
+        # flipping the switch in a loop is a line a second (detect/state shows where it ended)
+        self._switch_log = RateLimitedLog(log, every_s=SWITCH_LOG_EVERY_S)
         self.snapshots_dropped = 0  # beyond MAX_SNAPSHOTS while the broker was away, or too large
         self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
 
@@ -698,11 +702,12 @@ class MqttSink(EventSink):
                                "MQTT: %s: expected ON or OFF, got %r; ignored", msg.topic,
                                msg.payload[:40])
                 return
-            cam.control.switch = value
-            log.info("MQTT: %s: detection switched %s remotely%s", cam.name,
-                     "on" if value else "off",
-                     " (the schedule keeps it off for now)" if cam.control.in_force == "schedule"
-                     else "")
+            was, cam.control.switch = cam.control.switch, value
+            if value != was:  # "ON" to a switch that is on changes nothing worth a line
+                self._switch_log(logging.INFO, cam.name, "MQTT: %s: detection switched %s "
+                                 "remotely%s", cam.name, "on" if value else "off",
+                                 " (the schedule keeps it off for now)"
+                                 if cam.control.in_force == "schedule" else "")
             self._publish_detect_state(cam)
 
     # ---- retained state ----
