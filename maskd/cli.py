@@ -76,7 +76,8 @@ example:
   0   done: every retained topic found (and every one maskd's layout names) is empty now
   1   the broker could not be reached, refused the connection, or a topic is still retained
   74  the output could not be written (a full disk, a closed stdout), named on stderr;
-      nothing is cleared when its first line cannot be
+      nothing is cleared when its first line cannot be (a reader gone after it, as
+      `| head -1`, changes nothing: the check afterwards decides)
   75  the camera (or the process) is online: stop maskd first, or --force
   78  the config is invalid, or has no mqtt.url
 

@@ -251,6 +251,30 @@ def test_output_that_cannot_be_written_is_exit_74_before_anything_is_cleared(bro
     assert retained(broker) == before
 
 
+@pytest.mark.parametrize("lines_read", [0, 1])
+def test_a_reader_gone_mid_way_leaves_the_exit_code_to_the_check(broker, tmp_path, lines_read):
+    """`| head -1`: the BrokenPipeError of the next line, a ConnectionError, was read as the
+    broker's ("Broken pipe", exit 1) whatever was cleared. Now the run goes on and the check
+    decides (0: all gone); a reader gone before the first line is 74, nothing cleared."""
+    run_sink(broker, tmp_path / "state")
+    before = retained(broker)
+    p = subprocess.Popen([sys.executable, "-m", "maskd", "mqtt-clear", "--config",
+                          str(write_config(tmp_path, broker)), "--wait", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert p.stdout is not None and p.stderr is not None
+    first = [p.stdout.readline() for _ in range(lines_read)]
+    p.stdout.close()
+    err = p.stderr.read()
+    rc = p.wait(timeout=60)
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err
+    if lines_read:
+        assert first[0].startswith("mqtt-clear: mqtt://") and rc == 0, err
+        assert not retained(broker)
+    else:
+        assert rc == 74 and "standard output is closed" in err, err
+        assert retained(broker) == before
+
+
 def test_wait_0_still_sees_what_is_retained(broker, tmp_path, capsys):
     """A scan that ended before the retained messages came saw no online camera: `--wait 0`
     cleared a running camera's topics (exit 0, "none were there"). A negative or NaN wait is a

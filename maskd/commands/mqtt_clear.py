@@ -11,7 +11,8 @@ A running maskd publishes its topics again at once, so a camera whose availabili
 ``online`` is refused (exit 75) unless ``--force``. Exit 0 done, 1 the broker could not be
 reached, refused the connection or a topic, 75 a camera is online, 78 the config is invalid,
 74 the output could not be written (a full disk, a closed stdout: before anything is cleared
-when the first line cannot be).
+when the first line cannot be). A reader that goes away after the first line (``| head -1``)
+does not change the exit code: the check afterwards still decides it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskd.commands import print_line
+from maskd.commands import OutputError, print_line
 from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, Id, load_config
 from maskd.mqtt.homeassistant import Topics
 
@@ -193,6 +194,27 @@ class _Clearer:
         return failed
 
 
+class _Report:
+    """The lines on stdout. A reader gone after the first line (``| head -1``) ends the report,
+    not the run: the check afterwards still decides the exit code and what was not cleared is
+    still named on stderr (its BrokenPipeError, a ConnectionError, read as the broker's: exit 1
+    whatever was cleared). Gone before the first line, nothing is cleared: 74."""
+
+    def __init__(self) -> None:
+        self.started = self.gone = False
+
+    def line(self, text: str) -> None:
+        if self.gone:
+            return
+        try:
+            print_line(text)
+        except BrokenPipeError:
+            if not self.started:
+                raise OutputError("standard output is closed (broken pipe)") from None
+            self.gone = True
+        self.started = True
+
+
 def order(topics: list[str], discovery_prefix: str) -> list[str]:
     """Discovery configs first (Home Assistant removes the entities before their state topics
     go empty), availability and process status last."""
@@ -236,10 +258,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         import paho.mqtt.client as mqtt
 
-        cl = _Clearer(probe.client)
+        cl, out = _Clearer(probe.client), _Report()
         version = "5" if probe.version == mqtt.MQTTv5 else "3.1.1"
-        print_line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
-                   f"camera(s) {', '.join(p.cameras)}")
+        out.line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
+                 f"camera(s) {', '.join(p.cameras)}")
         found, denied = cl.scan(p.patterns, args.wait)
         for pattern in denied:
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
@@ -257,9 +279,9 @@ def main(args: argparse.Namespace) -> int:
         todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
         if args.dry_run:
             for t in order(present, cfg.mqtt.discovery_prefix):
-                print_line(f"would clear {t}")
-            print_line(f"mqtt-clear: dry run: {len(present)} retained topic(s) found, "
-                       "nothing cleared")
+                out.line(f"would clear {t}")
+            out.line(f"mqtt-clear: dry run: {len(present)} retained topic(s) found, "
+                     "nothing cleared")
             return 0
         failures = cl.clear(todo)
         try:
@@ -276,16 +298,16 @@ def main(args: argparse.Namespace) -> int:
                 failures[t] = f"still retained afterwards ({hint})"
         for t in order(present, cfg.mqtt.discovery_prefix):  # after the check: really gone
             if t not in failures:
-                print_line(f"cleared {t}" + (" (acknowledged, not checked afterwards)" if lost
-                                             else ""))
+                out.line(f"cleared {t}" + (" (acknowledged, not checked afterwards)" if lost
+                                           else ""))
         for t, why in failures.items():
             print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
         if lost:
             print(f"mqtt-clear: {url}: cannot check afterwards: {lost}", file=sys.stderr)
         if failures or lost:
             return EX_BROKER
-        print_line(f"mqtt-clear: {len(present)} retained topic(s) cleared"
-                   + ("" if present else " (none were there)"))
+        out.line(f"mqtt-clear: {len(present)} retained topic(s) cleared"
+                 + ("" if present else " (none were there)"))
         return 0
     except ConnectionError as err:
         print(f"mqtt-clear: {url}: {err}", file=sys.stderr)
