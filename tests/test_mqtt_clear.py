@@ -389,6 +389,52 @@ def test_a_broker_gone_after_clearing_still_names_what_it_acknowledged(broker, t
     assert "cannot check afterwards: no SUBACK from the broker" in err
 
 
+def test_a_connection_lost_mid_clear_still_reads_the_answers_of_what_was_sent(tmp_path, capsys,
+                                                                            monkeypatch):
+    """A publish that failed part-way dropped the answers of the topics already sent: the
+    discovery config the broker refused was listed as "cleared (acknowledged ...)". Now each
+    sent topic is judged by its own PUBACK and the rest named "connection lost"."""
+    from maskd.commands.mqtt_clear import _Clearer
+
+    acl = "user maskd\ntopic readwrite maskd/#\ntopic read homeassistant/#\nuser admin\ntopic readwrite #"
+    with Broker(tmp_path / "broker", users={"maskd": "pw", "admin": "pw"}, acl=acl) as broker:
+        admin = Subscriber(broker, ["unused/x"], username="admin", password="pw")
+        for t in (DISCOVERY, f"{CAM}/state", f"{CAM}/stats", f"{CAM}/status"):
+            admin.client.publish(t, b"x", qos=1, retain=True).wait_for_publish(5)
+        admin.close()
+        real_init = _Clearer.__init__
+
+        def stop_after_3(self, client):  # noqa: ANN001, ANN202
+            real_init(self, client)
+            publish, sent = client.publish, []
+
+            def publish_or_stop(topic, *args, **kwargs):  # noqa: ANN001, ANN202
+                if len(sent) == 3:  # the discovery config (refused) and two others, answered
+                    broker.stop()
+                    assert wait_until(lambda: not client.is_connected())
+                info = publish(topic, *args, **kwargs)
+                if info.rc == 0:
+                    sent.append(topic)
+                    info.wait_for_publish(5)
+                return info
+
+            client.publish = publish_or_stop
+
+        monkeypatch.setattr(_Clearer, "__init__", stop_after_3)
+        (tmp_path / "pw").write_text("pw\n")
+        cfg = write_config(tmp_path, broker)
+        data = yaml.safe_load(cfg.read_text())
+        data["mqtt"].update(username="maskd", password_file=str(tmp_path / "pw"))
+        cfg.write_text(yaml.safe_dump(data))
+        rc, out, err = clear(capsys, "--config", str(cfg))
+    assert rc == 1
+    assert DISCOVERY not in out and f"NOT cleared {DISCOVERY}: Not authorized" in err
+    cleared = [ln for ln in out.splitlines() if ln.startswith("cleared ")]
+    assert len(cleared) == 2 and all(ln.endswith("(acknowledged, not checked afterwards)")
+                                     for ln in cleared), out
+    assert f"NOT cleared {CAM}/status: connection lost" in err
+
+
 def test_the_real_command(broker, tmp_path):
     run_sink(broker, tmp_path / "state")
     cfg = write_config(tmp_path, broker)

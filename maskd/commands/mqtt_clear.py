@@ -176,19 +176,26 @@ class _Clearer:
             return dict(self.retained), denied
 
     def clear(self, topics: list[str]) -> dict[str, str]:
-        """Empty retained message on each topic, QoS 1; topic -> why it failed (none: all done)."""
-        mids = {}
-        for topic in topics:
+        """Empty retained message on each topic, QoS 1; topic -> why it failed (none: all done).
+
+        A publish that fails (the connection lost) ends the sending, not the answers already
+        come: each topic sent is still judged by its own PUBACK, the rest is "connection lost"."""
+        mids: dict[int, str] = {}
+        unsent: list[str] = []
+        for i, topic in enumerate(topics):
             info = self.client.publish(topic, b"", qos=1, retain=True)
             if info.rc != 0:
-                return {t: "connection lost" for t in topics if t not in mids.values()}
+                unsent = topics[i:]
+                break
             mids[info.mid] = topic
-        self._wait_answers(list(mids))
-        failed = {}
+        if not unsent:  # a lost connection answers no more: nothing to wait for
+            self._wait_answers(list(mids))
+        failed = dict.fromkeys(unsent, "connection lost")
         for mid, topic in mids.items():
             reason = self.answers.get(mid)
             if reason is None:
-                failed[topic] = f"no PUBACK within {ANSWER_TIMEOUT_S:.0f} s"
+                failed[topic] = ("connection lost before its PUBACK" if unsent else
+                                 f"no PUBACK within {ANSWER_TIMEOUT_S:.0f} s")
             elif getattr(reason, "is_failure", False):
                 failed[topic] = str(reason)
         return failed
