@@ -12,6 +12,7 @@ maskd models fetch``) before or without the venv.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -133,12 +134,16 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     if target.exists() and not target.is_file():  # found before the download, not after it
         what = "a folder" if target.is_dir() else "something that is not a file"
         raise FetchError("write", f"cannot write {target}: {what} is in the way")
+    lock = -1
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        lock = _lock_folder(dest)
         for stale in dest.glob(".fetch-*.part"):  # left by a fetch that was killed (SIGTERM)
             stale.unlink(missing_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
     except OSError as err:
+        if lock >= 0:
+            os.close(lock)
         raise FetchError("write", f"cannot write in {dest}: {err.strerror or err}") from None
     tmp = Path(tmp_name)
     try:
@@ -184,7 +189,21 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
             raise FetchError("write", f"cannot write {target}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(lock)
     return Fetched(target, changed=True)
+
+
+def _lock_folder(dest: Path) -> int:
+    """An fd of ``dest`` holding its flock, waited for: a fetch into the folder holds it until
+    it ends, so a .part found under it is a killed fetch's (the kernel frees a dead process's
+    lock), never a running one's, which a second fetch at the same time deleted."""
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write(fd: int, block: bytes, dest: Path) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_broker import wait_until
 
 from maskd import modelfiles
 from maskd.cli import main
@@ -273,6 +274,32 @@ def test_an_endless_or_dripping_download_ends(endless_server, tmp_path, capsys, 
                                          f"{endless_server}/drip: not done after 2 s "
                                          "(10 x --timeout); "), err
     assert time.monotonic() - began < 5 and list(tmp_path.iterdir()) == []
+
+
+def test_two_fetches_into_one_folder_both_succeed(tmp_path):
+    """Each fetch removed every .part in the folder at start, the other's running download's
+    too, which then failed (its file gone before the rename). Only a killed fetch's go now."""
+
+    def answer(conn: socket.socket) -> None:  # the good answer in 8 pieces over 1.6 s
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+            for i in range(0, len(BODY), len(BODY) // 8):
+                time.sleep(0.2)
+                conn.sendall(BODY[i:i + len(BODY) // 8])
+
+    url = next(server := raw_server(answer))
+    cmd = [sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
+           "--yunet-url", f"{url}/slow", "--yunet-sha256", hashlib.sha256(BODY).hexdigest()]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert wait_until(lambda: any(tmp_path.glob(".fetch-*.part")), 30)  # downloading
+    second = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    assert first.stderr is not None
+    first_err = first.stderr.read()
+    assert first.wait(timeout=60) == 0 and second.returncode == 0, first_err + second.stderr
+    assert [f.name for f in tmp_path.iterdir()] == [modelfiles.yunet_name(
+        hashlib.sha256(BODY).hexdigest())]
+    next(server, None)  # closes it
 
 
 @pytest.mark.shared
