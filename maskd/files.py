@@ -179,6 +179,12 @@ def _unwritable_fs(folder: Path) -> OSError | None:
     return None
 
 
+def depends_on_user(err: OSError) -> bool:
+    """EACCES/EPERM: another user (the service's) may be let in where this one is not; any
+    other errno (a full disk, a read-only file system) is the same for every user."""
+    return err.errno in (errno.EACCES, errno.EPERM)
+
+
 def cannot_create(path: Path, directory: bool) -> OSError | None:
     """Why ``path`` could not be made as `run` makes it (a folder with its parents, or a file to
     append to, with its folders), or None; found without creating anything, so check-config can

@@ -111,12 +111,14 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "256k") -> Iterator[Path]:
-    """A real tmpfs of `size` mounted at `path` (root only), unmounted afterwards."""
+def small_disk(path: Path, size: str = "256k", inodes: int | None = None) -> Iterator[Path]:
+    """A real tmpfs of `size` (and `inodes` files and folders, its root one of them) mounted at
+    `path` (root only), unmounted afterwards."""
     import pytest
 
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+    limit = "" if inodes is None else f",nr_inodes={inodes}"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700{limit}", "tmpfs",
                         str(path)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a {size} tmpfs at {path} (needs root or CAP_SYS_ADMIN): "

@@ -366,6 +366,18 @@ def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     assert verdict == "--" and "not used" in detail
 
 
+def test_a_full_state_dir_says_full_not_unwritable_by_this_user(tmp_path):
+    """A state dir whose file system has no room for a file (ENOSPC) said "not writable by this
+    user", sending one to chown a folder the service can no more write than this user."""
+    from mqtt_broker import small_disk
+
+    with small_disk(tmp_path / "full", inodes=1) as full:  # its root takes the only inode
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"state_dir: {full}\nsource: {{kind: demo}}\n")
+        verdict, detail = rows(doctor(cfg).stdout)["state dir"]
+    assert verdict == "WARN" and f"{full} is not writable: No space left on device" in detail
+
+
 def test_a_wall_clock_that_is_not_set_is_a_warning(tmp_path):
     """A Pi on a network without NTP says 1970 (the schedule and the events follow it): the
     clock row says so, as `maskd run` does; not a required check."""

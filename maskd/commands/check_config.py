@@ -18,14 +18,13 @@ an error in `run`'s words, a permission a warning. Cameras and the broker are no
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import pwd
 import sys
 from pathlib import Path
 
 from maskd.config import EX_CONFIG, SERVICE_DIR, Config, ConfigError, load_config
-from maskd.files import cannot_create
+from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
@@ -107,7 +106,7 @@ def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
         if err is None:
             continue
         line = say(path, err.strerror or str(err))
-        if err.errno in (errno.EACCES, errno.EPERM):
+        if depends_on_user(err):
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
             errors.append(line)

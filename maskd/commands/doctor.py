@@ -40,6 +40,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
+from maskd.files import depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
@@ -278,7 +279,8 @@ class Doctor:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
                 pass
         except OSError as err:
-            self.add("state dir", bad, f"{d} is not writable by this user: {err.strerror} ({use}"
+            who = " by this user" if depends_on_user(err) else ""  # ENOSPC: a full disk
+            self.add("state dir", bad, f"{d} is not writable{who}: {err.strerror} ({use}"
                      + ("" if mqtt else ": those open when maskd is killed are never ended")
                      + ")", required=mqtt)
             return
