@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -376,6 +377,25 @@ def test_a_full_state_dir_says_full_not_unwritable_by_this_user(tmp_path):
         cfg.write_text(f"state_dir: {full}\nsource: {{kind: demo}}\n")
         verdict, detail = rows(doctor(cfg).stdout)["state dir"]
     assert verdict == "WARN" and f"{full} is not writable: No space left on device" in detail
+
+
+def test_a_secret_file_every_user_can_read_is_a_warning_as_check_config_says(tmp_path):
+    """check-config and run warn of a token file every user can read (0644); doctor said
+    nothing of it."""
+    with tempfile.TemporaryDirectory() as d:  # tmp_path's folders are closed to other users
+        folder = Path(d)
+        folder.chmod(0o755)
+        token = folder / "http.token"
+        token.write_text("0123456789abcdef\n")
+        token.chmod(0o644)
+        cfg = write_cfg(tmp_path, f"preview: {{http_token_file: {token}}}\n")
+        said = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO).stderr
+        if "readable by every user" not in said:
+            pytest.skip(f"{folder.parent} is closed to other users")
+        r = doctor(cfg)
+    assert rows(r.stdout)["secret file"] == ("WARN", said.strip().split(": warning: ", 1)[1])
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_a_wall_clock_that_is_not_set_is_a_warning(tmp_path):

@@ -238,7 +238,7 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.clock, self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
+        for step in (self.clock, self.secrets, self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
             try:
@@ -254,6 +254,12 @@ class Doctor:
         line = clock_not_set(time.time())
         self.add("clock", OK if line is None else WARN,
                  time.strftime("%Y-%m-%d %H:%M %Z") if line is None else line, required=False)
+
+    def secrets(self) -> None:
+        """A password, token or key file every user can read, in the words check-config and
+        the journal of `run` use (a warning there too: run starts)."""
+        for line in self.cfg.open_secrets():
+            self.add("secret file", WARN, line, required=False)
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
