@@ -240,6 +240,12 @@ class DetectorConfig(Section):
     # cut changes nothing; null = off. 64 / 0.7: docs/eval_video.md, round twenty.
     big_face_px: int | None = Field(64, ge=1)
     big_face_score: float = Field(0.7, ge=0.0, le=1.0)
+    # `run` only: at most this many faces a frame go on to tracking and classification, the
+    # biggest (nearest) first. A safety cap, far above any benchmark (scenes-dev's fullest photo
+    # has 83): the tracker is quadratic in faces and each costs a classification, so a frame of
+    # thousands (a stadium, a texture the detector takes for faces) would otherwise take longer
+    # than the service's WatchdogSec on a Pi (docs/performance.md, Overload).
+    max_faces: int = Field(200, ge=1, le=5000)
     # Small faces: run the detector on an upscaled frame (upscale > 1) or on tiles.
     upscale: float = Field(1.0, ge=1.0, le=4.0)
     tiles: int = Field(1, ge=1, le=4)  # tiles per side (1 = whole frame)

@@ -63,6 +63,16 @@ def judgeable(face: Face, min_face_px: int) -> bool:
     return shorter_side(face.box) >= min_face_px
 
 
+def biggest(faces: list[Face], cap: int) -> list[Face]:
+    """At most ``cap`` faces, the biggest (nearest, best judged), in detection order: the
+    tracker is quadratic in faces and each costs a classification, so a frame of thousands
+    must not hold the loop (and the watchdog's pings) for minutes."""
+    if len(faces) <= cap:
+        return faces
+    keep = sorted(sorted(range(len(faces)), key=lambda i: -shorter_side(faces[i].box))[:cap])
+    return [faces[i] for i in keep]
+
+
 def cut_off(box: Box, width: int, height: int, edge_px: int) -> bool:
     """The face box reaches within ``edge_px`` of the frame border: part of the face is
     outside the picture (someone stepping in), and half a face looks like no mask."""
@@ -154,6 +164,7 @@ class PipelineCounts:
     motion_skipped: int = 0  # frames whose detection the motion gate skipped (maskd.motion)
     zoned_faces: int = 0  # outside the include zones or inside an ignore zone (maskd.zones)
     static_faces: int = 0  # tracks found to be pictures (tracking.static_after_s)
+    capped_faces: int = 0  # over detector.max_faces in their frame: not tracked or judged
 
 
 @dataclass
@@ -184,6 +195,7 @@ class Pipeline:
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame
         self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
         self._gap_log = Throttle()
+        self._cap_log = Throttle()
         self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
         m = cfg.motion
         self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
@@ -291,6 +303,13 @@ class Pipeline:
             kept = [f for f in faces if zones.counts(f.box, w, h, zcfg.include, zcfg.ignore)]
             counts.zoned_faces += len(faces) - len(kept)
             faces = kept
+        if len(faces) > self.cfg.detector.max_faces:
+            counts.capped_faces += len(faces) - self.cfg.detector.max_faces
+            if self._cap_log.due():
+                log.warning("%s: %d faces in one frame; the %d biggest are tracked and judged "
+                            "(detector.max_faces)", self.cfg.camera, len(faces),
+                            self.cfg.detector.max_faces)
+            faces = biggest(faces, self.cfg.detector.max_faces)
         t1 = time.perf_counter()
         self._follow_size(w, h)
         self._follow_clock(frame)

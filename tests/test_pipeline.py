@@ -364,3 +364,33 @@ def test_a_start_on_a_reused_score_carries_the_crop_that_score_came_from():
     assert len(starts) == 2
     assert not starts[1][1]  # that frame reused a score ...
     assert all(e.best_crop is not None for e, _ in starts)  # ... and the event has a crop
+
+
+def test_a_frame_over_max_faces_tracks_and_judges_only_the_biggest(default_model, yunet_model):
+    """Real detector, classifier and tracker on a crowd of 6 near and 18 far faces with
+    detector.max_faces 6: the near ones are tracked and judged, the rest counted, one
+    classification each (a frame of thousands must not take longer than WatchdogSec)."""
+    import cv2
+
+    from maskd.classifier import Classifier
+    from maskd.detectors import make_detector
+
+    skimage_data = pytest.importorskip("skimage.data")
+    face = np.ascontiguousarray(skimage_data.astronaut()[20:240, 130:350][:, :, ::-1])
+    img = np.full((540, 960, 3), 90, np.uint8)
+    near, far = cv2.resize(face, (120, 120)), cv2.resize(face, (60, 60))
+    for i in range(6):
+        img[20:140, 20 + 155 * i:140 + 155 * i] = near
+    for r in range(3):
+        for c in range(6):
+            img[220 + 105 * r:280 + 105 * r, 50 + 155 * c:110 + 155 * c] = far
+    cfg = Config()
+    cfg.detector = cfg.detector.model_copy(update={
+        "kind": "yunet", "model": yunet_model, "input_width": 960, "input_height": 540})
+    det = make_detector(cfg.detector)
+    assert len(det.detect(img)) == 24  # the detector itself finds the whole crowd
+    cfg.detector.max_faces = 6
+    pipe = Pipeline(cfg, det, Classifier.open(default_model, 1))
+    result = pipe.process(Frame(img, 0, 1000.0))
+    assert sorted(round(v.face.box[1]) < 200 for v in result.verdicts) == [True] * 6
+    assert (len(pipe.tracker.tracks), pipe.counts.classified, pipe.counts.capped_faces) == (6, 6, 18)
