@@ -334,7 +334,7 @@ class CameraLoop:
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
             source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
-            zoned_faces=c.zoned_faces, static_faces=c.static_faces,
+            zoned_faces=c.zoned_faces, static_faces=c.static_faces, capped_faces=c.capped_faces,
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,

@@ -135,6 +135,7 @@ class LoopStats:
     motion_skipped: int = 0  # frames whose face detection the motion gate skipped
     zoned_faces: int = 0  # faces outside the include zones or inside an ignore zone
     static_faces: int = 0  # faces found to be pictures (tracking.static_after_s)
+    capped_faces: int = 0  # over detector.max_faces in their frame: not tracked or judged
     detect_in_force: str = "on"  # on, or what keeps detection off: switch or schedule
     violations_started: int = 0
     events: int = 0
