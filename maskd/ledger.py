@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from maskd.files import write_atomically
@@ -29,6 +29,13 @@ from maskd.types import ViolationEvent
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
+_FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
+
+
+def _noted(rec: object) -> float:
+    """When an entry was last noted; 0.0 for one that does not say (a damaged file)."""
+    noted = rec.get("noted") if isinstance(rec, dict) else None
+    return float(noted) if isinstance(noted, (int, float)) else 0.0
 
 
 class OpenViolations:
@@ -71,20 +78,24 @@ class OpenViolations:
     def restart_ends(self, cameras: set[str]) -> list[ViolationEvent]:
         """The `end` (reason ``restart``) of every violation of ``cameras`` a killed run left
         open; its end time is when it was last noted, the last moment it was known open."""
-        found: list[dict] = []
-        self._under_lock(lambda entries: found.extend(entries.values()), write=False)
-        ends = []
-        for rec in sorted(found, key=lambda r: r.get("noted", 0.0)):
-            if rec.get("camera") not in cameras:
+        found: list[tuple[str, dict]] = []
+        self._under_lock(lambda entries: found.extend(entries.items()), write=False)
+        ends, bad = [], []
+        for event_id, rec in sorted(found, key=lambda item: _noted(item[1])):
+            if isinstance(rec, dict) and rec.get("camera") not in cameras:
                 continue  # another process's camera (a shared state_dir): it ends its own
             try:
-                noted = float(rec.pop("noted", 0.0))
-                ev = ViolationEvent(**{**rec, "box": tuple(rec["box"])})
+                # Only the fields this version knows: a newer one's extra keys do not keep the
+                # violation from being ended.
+                ev = ViolationEvent(**{k: rec[k] for k in _FIELDS if k in rec},
+                                    box=tuple(rec["box"]))
+                ends.append(replace(ev, event_type="end", seq=ev.seq + 1, end_reason="restart",
+                                    end_time=max(_noted(rec), ev.start_time), frame_seq=None))
             except (TypeError, ValueError, KeyError) as err:
-                log.warning("%s: an entry that is no violation skipped (%s)", self.path, err)
-                continue
-            ends.append(replace(ev, event_type="end", seq=ev.seq + 1, end_reason="restart",
-                                end_time=max(noted, ev.start_time), frame_seq=None))
+                log.warning("%s: an entry that is no violation removed (%s)", self.path, err)
+                bad.append(event_id)
+        if bad:  # said once: a damaged entry is not read again at every start
+            self._under_lock(lambda entries: [entries.pop(i, None) for i in bad])
         return ends
 
     def _under_lock(self, change: Callable[[dict], object], write: bool = True) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from maskd.ledger import OpenViolations
@@ -35,3 +36,26 @@ def test_changes_a_full_disk_held_back_are_written_once_there_is_room(tmp_path, 
                                                           ("started-while-full", 1)]
     assert caplog.text.count("cannot keep the open violations") == 1
     assert "kept in" in caplog.text.splitlines()[-1] and "again" in caplog.text
+
+
+def test_a_damaged_or_newer_file_is_read_without_stopping_the_start(tmp_path, caplog):
+    """Entries that are no objects were a traceback at every start (exit 1, a restart loop);
+    an entry with a key this version does not know (a newer maskd's, before a downgrade) was
+    skipped, so that violation was never ended, and warned about at every start."""
+    ledger = OpenViolations(tmp_path)
+    ledger.note(event("newer"))
+    entries = json.loads(ledger.path.read_text())  # as note() writes it since 50ec465 ...
+    entries["newer"]["zone"] = "till"  # ... and a newer version's extra key
+    entries |= {"not-an-object": 5, "a-list": ["x"], "no-box": {"camera": "door", "noted": None},
+                "text-seq": {**entries["newer"], "seq": "0"},
+                "other-camera": {"camera": "yard"}}
+    ledger.path.write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING, logger="maskd.ledger"):
+        ends = OpenViolations(tmp_path).restart_ends({"door"})
+        assert [(e.event_id, e.event_type, e.seq, e.end_reason) for e in ends] == [
+            ("newer", "end", 1, "restart")]
+        assert caplog.text.count("an entry that is no violation removed") == 4
+        caplog.clear()
+        again = OpenViolations(tmp_path).restart_ends({"door"})  # a start killed before the end
+    assert [e.event_id for e in again] == ["newer"] and caplog.text == ""
+    assert set(json.loads(ledger.path.read_text())) == {"newer", "other-camera"}
