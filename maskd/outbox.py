@@ -779,7 +779,8 @@ class Outbox:
         with self._lock:
             rows = self._read("read the open violations",
                               "SELECT topic, payload, updated FROM open_events ORDER BY updated")
-        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows or ()]
+        # What is not a JSON object (a damaged record) is no violation to end.
+        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows or () if _sound(*r)]
 
     # ---- bounds and repairs ----
 

@@ -604,3 +604,37 @@ def test_broker_down_shows_in_the_systemd_status_after_a_grace(tmp_path, default
     finally:
         broker.stop()
         sock.close()
+
+
+def test_a_damaged_open_violation_record_does_not_stop_the_start(tmp_path, caplog):
+    """A record of an open violation in a real outbox file that is no violation (a JSON object
+    without seq, or no JSON) was a KeyError traceback and exit 1 at every start (a restart loop):
+    now skipped with a warning, the pending events delivered and the sound record ended once."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    b = Broker(tmp_path / "b")  # configured, not started: the first run's events stay stored
+    sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+    evs = script("o", 2, 0, left_open=1)  # o-0 start, end; o-1 start, left open
+    for ev in evs:
+        sink.emit(ev)
+    sink.close()
+    db = sqlite3.connect(state / "outbox.sqlite3")
+    db.executemany("INSERT INTO open_events (event_id, topic, payload, updated) VALUES "
+                   "(?, ?, ?, ?)", [("no-seq", f"{CAM}/violation", '{"event_id": "no-seq"}', 1.0),
+                                    ("no-json", f"{CAM}/violation", "{not json", 2.0)])
+    db.commit()
+    db.close()
+    caplog.set_level(logging.WARNING)
+    with b:
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+        assert sink.flush(20)
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 4, 10)
+        got = events(sub)
+        assert dedup(got) == [(e.event_id, e.seq) for e in evs] + [("o-1", 1)]
+        assert got[-1]["end_reason"] == "restart"
+        check_schema(got[-1])
+        sink.close()
+        sub.close()
+    assert caplog.text.count("that is no violation skipped") == 1, caplog.text

@@ -373,14 +373,21 @@ class MqttSink(EventSink):
         for last in self._outbox.open_events():
             roots.add(last.topic.removesuffix("/violation"))
             p = last.payload
-            # end_time: when its last message was stored, the last moment it was known open
-            end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1, "end_reason": "restart",
-                   "end_time": max(last.created, p.get("start_time") or 0.0), "frame_seq": None,
-                   "snapshot": False, "sw_version": __version__}
-            self._outbox.put(last.topic, end, track=(str(p["event_id"]), False))
-            self._restarted.add(str(p["event_id"]))
+            try:  # a damaged record (no seq, text for a number) must not stop every start
+                # end_time: when its last message was stored, the last moment it was known open
+                end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1,
+                       "end_reason": "restart", "frame_seq": None, "snapshot": False,
+                       "end_time": max(last.created, p.get("start_time") or 0.0),
+                       "sw_version": __version__}
+                event_id = str(p["event_id"])
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("outbox: a record of an open violation on %s that is no violation "
+                            "skipped (%r)", last.topic, err)
+                continue
+            self._outbox.put(last.topic, end, track=(event_id, False))
+            self._restarted.add(event_id)
             log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
-                        "with reason restart", p["event_id"])
+                        "with reason restart", event_id)
         return roots
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
