@@ -638,3 +638,17 @@ def test_a_damaged_open_violation_record_does_not_stop_the_start(tmp_path, caplo
         sink.close()
         sub.close()
     assert caplog.text.count("that is no violation skipped") == 1, caplog.text
+
+
+def test_a_session_file_that_is_no_object_says_unknown_not_clean(tmp_path):
+    """mqtt-session.json holding JSON that is no object (damaged) was read as a clean stop."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "mqtt-session.json").write_text("[1, 2]")
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [f"{CAM}/status/detail"])
+        sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+        assert sub.wait(lambda ms: bool(ms), 10)
+        assert sub.messages[0].json()["previous_stop"] == "unknown"
+        sink.close()
+        sub.close()

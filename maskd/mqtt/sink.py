@@ -304,7 +304,9 @@ class MqttSink(EventSink):
             return "none", set()
         except (OSError, ValueError):
             return "unknown", set()
-        if not isinstance(data, dict) or not data.get("running"):
+        if not isinstance(data, dict):  # damaged, or a layout this version does not know
+            return "unknown", set()
+        if not data.get("running"):
             return "clean", set()
         cams = data.get("cameras")
         return "unclean", {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
