@@ -304,6 +304,17 @@ def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
     sub.close()
 
 
+def _switch_under_test(broker, tmp_path) -> tuple[Subscriber, RunControl, MqttSink]:
+    """A connected sink with its detection switch, and a subscriber that sends it commands and
+    hears detect/state."""
+    sub = Subscriber(broker, [f"{CAM}/detect/#"])
+    control = RunControl()
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
+    assert wait_until(lambda: sink.connected)
+    time.sleep(0.5)  # subscribed
+    return sub, control, sink
+
+
 def test_a_flood_of_bad_detect_set_messages_is_one_line_per_cause(broker, tmp_path, caplog,
                                                                    monkeypatch):
     """Anyone who may publish on detect/set can send garbage as fast as the network allows:
@@ -312,11 +323,7 @@ def test_a_flood_of_bad_detect_set_messages_is_one_line_per_cause(broker, tmp_pa
     from maskd import lograte
 
     monkeypatch.setattr(lograte, "LOG_EVERY_S", 2.0)  # the interval, shortened for the test
-    sub = Subscriber(broker, [f"{CAM}/detect/#"])
-    control = RunControl()
-    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
-    assert wait_until(lambda: sink.connected)
-    time.sleep(0.5)  # subscribed
+    sub, control, sink = _switch_under_test(broker, tmp_path)
 
     def ignored() -> list[str]:
         return [r.getMessage() for r in caplog.records if "expected ON or OFF" in r.getMessage()]
@@ -341,11 +348,7 @@ def test_a_flood_of_good_detect_set_commands_is_a_line_a_second(broker, tmp_path
     """A client flipping the switch in a loop wrote one INFO line per message (32,000 in 30 s
     seen): a change is logged at most once a second per camera, saying how many came
     meanwhile; a repeated command that changes nothing is no line; the state still follows."""
-    sub = Subscriber(broker, [f"{CAM}/detect/#"])
-    control = RunControl()
-    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
-    assert wait_until(lambda: sink.connected)
-    time.sleep(0.5)  # subscribed
+    sub, control, sink = _switch_under_test(broker, tmp_path)
 
     def switched() -> list[str]:
         return [r.getMessage() for r in caplog.records if "switched" in r.getMessage()]
