@@ -33,7 +33,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -75,20 +74,6 @@ def newer_layout(path: Path, found: int) -> str | None:
     return (f"outbox {path} was written by a newer maskd (layout {found}; this one reads up to "
             f"{SCHEMA_VERSION}): install that version again, or move the file aside to start "
             "with an empty outbox (its unsent events stay in it)")
-
-
-def newer_outbox(state_dir: Path) -> str | None:
-    """``newer_layout`` of the outbox in ``state_dir``, read without changing anything (for
-    check-config, which install.sh runs before it restarts maskd); None also when there is none
-    or it cannot be read (`run` says why)."""
-    path = Path(state_dir) / OUTBOX_FILE
-    try:
-        if path.stat().st_size == 0:
-            return None
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)) as db:
-            return newer_layout(path, db.execute("PRAGMA user_version").fetchone()[0])
-    except (OSError, sqlite3.Error):
-        return None
 
 
 class OutboxError(OSError):
@@ -494,13 +479,13 @@ class Outbox:
         try:
             if exclusive:  # before WAL is entered: no shared-memory file is ever made
                 db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            found = db.execute("PRAGMA user_version").fetchone()[0]  # before anything is written
-            if newer := newer_layout(self.path, found):
-                raise OutboxError(newer)
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+            if newer := newer_layout(self.path, found):
+                raise OutboxError(newer)
             db.executescript(_SCHEMA)
             self._by_boot = self._add_boot_columns(db)
             if self._by_boot and found < SCHEMA_VERSION:
