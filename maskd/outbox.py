@@ -66,16 +66,6 @@ def no_outbox_there(state_dir: Path, why: str) -> str:
     """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in."""
     return f"state dir {state_dir}: cannot create the MQTT outbox there: {why}"
 
-def newer_layout(path: Path, found: int) -> str | None:
-    """The one wording, for `run` and doctor, of an outbox whose layout this maskd does not know
-    (``found``: its user_version); None when it knows it."""
-    if found <= SCHEMA_VERSION:
-        return None
-    return (f"outbox {path} was written by a newer maskd (layout {found}; this one reads up to "
-            f"{SCHEMA_VERSION}): install that version again, or move the file aside to start "
-            "with an empty outbox (its unsent events stay in it)")
-
-
 class OutboxError(OSError):
     """The outbox cannot be opened (state dir not writable, already in use): a setup problem."""
 
@@ -484,8 +474,11 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             found = db.execute("PRAGMA user_version").fetchone()[0]
-            if newer := newer_layout(self.path, found):
-                raise OutboxError(newer)
+            if found > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"outbox {self.path} was written by a newer maskd (layout {found}; this one "
+                    f"reads up to {SCHEMA_VERSION}): install that version again, or move the "
+                    "file aside to start with an empty outbox (its unsent events stay in it)")
             db.executescript(_SCHEMA)
             self._by_boot = self._add_boot_columns(db)
             if self._by_boot and found < SCHEMA_VERSION:

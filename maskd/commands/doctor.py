@@ -830,7 +830,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     import sqlite3
 
     from maskd.clock import boot_id, system_clock
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, newer_layout, row_age, sqlite_code
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, row_age, sqlite_code
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():
@@ -843,9 +843,6 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                                     timeout=2.0)) as db:
-                newer = newer_layout(path, db.execute("PRAGMA user_version").fetchone()[0])
-                if newer:
-                    return FAIL, newer
                 n = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
                 try:  # aged as maskd ages it
                     first = db.execute("SELECT created, boot, uptime FROM outbox ORDER BY id "
