@@ -54,11 +54,6 @@ Track = tuple[str, bool]  # (event id, still open after this message)
 _FULL_OR_IO = (13, 10)  # SQLITE_FULL, SQLITE_IOERR (ENOSPC can surface as either)
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
 _LAST_KEY = (1 << 63) - 1
-# The outbox's layout, kept in SQLite's user_version: 1 since rows carry their boot, 0 in a file
-# written before it was kept (with or without those columns; both are read). A later layout
-# raises it, so a maskd put back to an older version refuses that file at start (exit 78) instead
-# of failing to store every new event.
-SCHEMA_VERSION = 1
 
 
 
@@ -473,19 +468,8 @@ class Outbox:
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"outbox {self.path} was written by a newer maskd (layout {found}; this one "
-                    f"reads up to {SCHEMA_VERSION}): install that version again, or move the "
-                    "file aside to start with an empty outbox (its unsent events stay in it)")
             db.executescript(_SCHEMA)
             self._by_boot = self._add_boot_columns(db)
-            if self._by_boot and found < SCHEMA_VERSION:
-                try:
-                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                except sqlite3.OperationalError:  # a full disk: a start with room writes it
-                    pass
             return db
         except BaseException:
             db.close()

@@ -16,7 +16,7 @@ from contextlib import closing
 import pytest
 from clocks import SteppedClock
 
-from maskd.outbox import OUTBOX_FILE, SCHEMA_VERSION, Outbox, OutboxError
+from maskd.outbox import OUTBOX_FILE, Outbox, OutboxError
 
 DAY = 24 * 3600.0
 
@@ -188,26 +188,6 @@ def test_an_outbox_written_before_boot_columns_is_upgraded_and_keeps_its_rows(tm
     clock.run(5 * DAY + 1)
     assert ob.prune() == 3 and [r.payload["n"] for r in ob.pending()] == [3]
     ob.close()
-
-
-def test_an_outbox_carries_its_layout_and_one_from_a_newer_maskd_is_refused(tmp_path):
-    """A downgrade meets the newer layout: a clear refusal at start, the file left as it was
-    (was: started, then every new event failed to store, kept in memory, lost at exit)."""
-    write_old_outbox(tmp_path, created=time.time())  # user_version 0, as 83514bd left it
-    Outbox(tmp_path).close()
-    with closing(sqlite3.connect(tmp_path / OUTBOX_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        # A later layout: a column this version does not fill.
-        db.execute("ALTER TABLE outbox ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-        db.commit()
-        before = db.execute("SELECT * FROM outbox ORDER BY id").fetchall()
-    with pytest.raises(OutboxError, match=r"written by a newer maskd \(layout 2; this one "
-                                          r"reads up to 1\).*move the file aside"):
-        Outbox(tmp_path)
-    with closing(sqlite3.connect(tmp_path / OUTBOX_FILE)) as db:
-        assert db.execute("SELECT * FROM outbox ORDER BY id").fetchall() == before
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
 
 
 def test_an_old_outbox_on_a_full_disk_opens_and_is_upgraded_by_a_start_with_room(disk, caplog):
