@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -55,6 +56,11 @@ def not_set(wall: float) -> str | None:
     return (f"the wall clock says {said}: it is not set (no real-time clock, and no NTP yet); "
             "event times, snapshot names and the schedule follow it until NTP sets it, and "
             "maskd follows that step")
+
+
+def local_iso(wall: float) -> str:
+    """A wall time as status lines and logs show it: ISO 8601, local time, to the second."""
+    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds")
 
 
 def oldest_first(dated: dict[Path, float], written: Iterable[Path]) -> list[Path]:

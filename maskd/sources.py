@@ -21,13 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from maskd.clock import system_clock
+from maskd.clock import local_iso, system_clock
 from maskd.config import SourceConfig, shown_uri
 from maskd.files import open_regular
 from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
@@ -200,7 +199,7 @@ class LiveSource:
             wall, boot = system_clock()
             self._lost_at = (wall if since is None else since, boot - ago)
             self._reopens_at_loss = self.stats["reopens"]
-        self.stats["camera_lost_since"] = _iso(self._lost_at[0])
+        self.stats["camera_lost_since"] = local_iso(self._lost_at[0])
 
     def _found(self) -> None:
         """A good frame: no longer lost now; the outage ends once frames stay for STEADY_S."""
@@ -279,7 +278,7 @@ class LiveSource:
             if self._frozen:
                 self._frozen = False
                 log.info("%s: the picture changes again (frozen since %s)", self.name,
-                         _iso(self._picture_since[0]))
+                         local_iso(self._picture_since[0]))
             self._picture, self._picture_since = sample, (ts, time.monotonic())
             return False
         if self._frozen:
@@ -291,7 +290,7 @@ class LiveSource:
         self._lost(since, time.monotonic() - since_mono)
         flat = " (one flat colour: lens covered, or dark?)" if np.ptp(sample) == 0 else ""
         log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.name,
-                    _iso(since), flat)
+                    local_iso(since), flat)
         return True
 
     def _open(self) -> Capture | None:
@@ -362,11 +361,6 @@ class LiveSource:
                     _safe_release(cap)
             finally:
                 self._lock.release()
-
-
-def _iso(wall: float) -> str:
-    """A wall time as status shows it (ISO 8601, local, to the second)."""
-    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds")
 
 
 def _safe_release(cap: Capture) -> None:

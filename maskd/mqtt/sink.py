@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.clock import Uptime
+from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
@@ -559,7 +558,7 @@ class MqttSink(EventSink):
         out = []
         down = self._down
         if down is not None and not self._closing and time.monotonic() - down[1] >= DOWN_GRACE_S:
-            since = datetime.fromtimestamp(down[0]).astimezone().isoformat(timespec="seconds")
+            since = local_iso(down[0])
             out.append(f"MQTT: broker not connected since {since}, {ob.depth()} event(s) waiting")
         if (fault := ob.fault) is not None:
             held = ob.in_memory()
