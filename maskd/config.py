@@ -75,13 +75,22 @@ _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 
 
+_NUMERIC = re.compile(r"[0-9.]+")
+
+
 def check_host(host: str) -> str:
-    """An IP address or an ASCII DNS name; anything else fails only later, at connect or bind."""
+    """An IP address or an ASCII DNS name; anything else fails only later, at connect or bind.
+    Digits and dots alone are an IPv4 address or a typo ("192.168.1.300", "0.0.0."): no DNS
+    name ends in an all-numeric label, so such a host would never resolve, and `run` retried
+    it for ever as a late network."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if not _HOSTNAME.fullmatch(host):
             raise ValueError(f"has a bad host {_excerpt(host)}: not a host name or IP address") from None
+        if _NUMERIC.fullmatch(host) and _ip(host) is None:
+            raise ValueError(f"has a bad host {_excerpt(host)}: not an IP address (four numbers "
+                             "0-255, e.g. 192.168.1.30)") from None
     return host
 
 

@@ -491,10 +491,26 @@ def port_in_use(listen: str) -> str:
             f"{LISTEN_RETRY_S:g} s")
 
 
-def listen_warning(listen: str) -> str | None:
+def name_unknown(host: str, err: socket.gaierror) -> bool:
+    """Whether the resolver answered that ``host`` does not exist (EAI_NONAME: a typo, or a
+    name never given), not that it could not ask (EAI_AGAIN: no network yet, retried). A
+    `.local` name is mDNS, which says "no such name" for this Pi's own name until its
+    interface is up (Wi-Fi back after a power cut may take hours), so it is always waited for."""
+    return err.errno == socket.EAI_NONAME and not host.rstrip(".").lower().endswith(".local")
+
+
+def no_such_name(key: str, host: str, err: socket.gaierror) -> str:
+    """What check-config, doctor and `run` (after its wait) say of a name that does not exist."""
+    return (f"{key}.http: {host} does not exist (the name server answers: {err.strerror}): a "
+            "typo? Name this machine (its name, an IP address of it, or 0.0.0.0 for all)")
+
+
+def listen_warning(listen: str, key: str = "preview") -> str | None:
     """Why preview.http cannot be served *now* although the setting is fine: a host name
     that does not resolve, an address this machine does not have (yet). None when it can;
-    check-config and doctor warn with it, `run` waits or listens anyway (IP_FREEBIND)."""
+    check-config and doctor warn with it, `run` waits or listens anyway (IP_FREEBIND).
+    Raises PreviewUnavailable for a name the resolver says does not exist (`name_unknown`),
+    which `run` refuses too, after its wait."""
     host, port = parse_listen(listen)
     if host.strip("[]") in ("", "0.0.0.0", "::"):
         return None
@@ -502,7 +518,9 @@ def listen_warning(listen: str) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     except socket.gaierror as err:
-        return (f"preview.http: {host} does not resolve now ({err.strerror}); `maskd run` "
+        if name_unknown(host, err):
+            raise PreviewUnavailable(no_such_name(key, host, err)) from None
+        return (f"{key}.http: {host} does not resolve now ({err.strerror}); `maskd run` "
                 f"waits {NAME_WAIT_S:g} s for it, then {RETRIED}")
     address = infos[0][4]
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -520,7 +538,8 @@ def wait_for_listen_names(cfg: Config, wait_s: float | None = None,
                           cancelled: Callable[[], bool] = lambda: False) -> None:
     """Wait up to ``wait_s`` for every preview.http host name to resolve (a late network),
     so a boot before DHCP does not restart maskd at once and hit systemd's start limit;
-    raises ListenNotReady, one line, if one still does not. ``waiting`` hears each one
+    raises ListenNotReady, one line, if one still does not, or PreviewUnavailable (exit 78,
+    not retried) where the resolver says that name does not exist (`name_unknown`). ``waiting`` hears each one
     waited for (the systemd STATUS); ``cancelled`` (a stop signal) ends the wait early."""
     wait_s = NAME_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
@@ -537,6 +556,9 @@ def wait_for_listen_names(cfg: Config, wait_s: float | None = None,
                 if cancelled():
                     return
                 if time.monotonic() >= deadline:
+                    if name_unknown(host, err):  # a mistake, not a late network: exit 78
+                        raise PreviewUnavailable(f"{no_such_name(key, host, err)} (after "
+                                                 f"{wait_s:g} s)") from None
                     raise ListenNotReady(f"{key}.http: {host} does not resolve ({err.strerror}) "
                                          f"after {wait_s:g} s; {RETRIED}") from None
                 if not said:

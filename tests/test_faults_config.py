@@ -62,12 +62,13 @@ GOOD = {
 BAD = {
     "mqtt.url": ["mqtt://h:0", "mqtt://h:65536", "mqtt://h:99999", "mqtt://h:port",
                  "http://h:1883", "mqtt://u:p@h", "mqtt://u@h", "mqtt://[::1", "mqtt://bad host",
-                 "mqtt://h/path", "mqtt://h?x=1", "mqtt://", "tcp://h", "mqtt://h\n"],
+                 "mqtt://h/path", "mqtt://h?x=1", "mqtt://", "tcp://h", "mqtt://h\n",
+                 "mqtt://192.168.1.300"],  # never resolves: was retried for ever
     "mqtt.discovery_prefix": ["#", "home+assistant", "ha/#", "", "/ha", "ha/", "a//b", "$SYS",
                               "ha\x01", "x" * 300, "ha\uffff", "ha\ufdd0"],
     "mqtt.outbox_reserve_kb": [10**16, (1 << 20) + 1],  # 10**16: an OverflowError in fallocate
     "preview.http": ["host", "1.2.3.4:99999", "a:b:c", "::1:80", "bad host:80", "127.0.0.1:-1",
-                     "127.0.0.1:\uff18\uff10", ":", "",
+                     "127.0.0.1:\uff18\uff10", ":", "", "192.168.1.300:8080", "0.0.0.:8080",
                      "0.0.0.0:8080"],  # beyond loopback without preview.http_password_file
     "source.reopen_min_s": [float("inf"), float("-inf"), float("nan"), 0, -1, 1e300, "soon"],
     "source.reopen_max_s": [float("inf"), 1e308],

@@ -846,7 +846,7 @@ def test_an_address_this_machine_lacks_yet_is_listened_on_now():
     assert _check_http("192.0.2.10:8080") == (WARN, "preview.http: 192.0.2.10 is not an address "
                                               "of this machine now; the status page listens "
                                               "anyway and answers once it is")
-    assert _check_http("pi-entrance.invalid:8080")[0] == WARN
+    assert _check_http("pi-entrance.local:8080")[0] == WARN  # mDNS: none until Wi-Fi is up
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may listen below 1024")
@@ -960,8 +960,10 @@ def test_a_port_in_use_is_served_once_the_other_program_lets_it_go(monkeypatch, 
 
 
 def test_run_waits_for_a_name_then_exits_75_saying_systemd_retries(tmp_path, monkeypatch, capsys):
-    """A host name DNS cannot resolve yet: run waits (STATUS says for what), then exits 75, one
-    line, so Restart=on-failure starts it again instead of RestartPreventExitStatus=78."""
+    """A host name that does not resolve yet: run waits (STATUS says for what), then exits 75,
+    one line, so Restart=on-failure starts it again instead of RestartPreventExitStatus=78.
+    A `.local` name (mDNS) is this case even when answered "no such name": a Pi's own
+    name.local has no address until its Wi-Fi is up."""
     from test_notify import NotifySocket
 
     from maskd import preview
@@ -972,7 +974,7 @@ def test_run_waits_for_a_name_then_exits_75_saying_systemd_retries(tmp_path, mon
     monkeypatch.setattr(preview, "NAME_POLL_S", 0.2, raising=False)
     sock = NotifySocket(str(tmp_path / "notify.sock"))
     monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
-    cfg = late_network_config(tmp_path, "pi-entrance.invalid:8080")
+    cfg = late_network_config(tmp_path, "pi-entrance.local:8080")
     t0 = time.monotonic()
     try:
         assert run.main(build_parser().parse_args(["run", "--config", str(cfg)])) == 75
@@ -982,7 +984,46 @@ def test_run_waits_for_a_name_then_exits_75_saying_systemd_retries(tmp_path, mon
         sock.close()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("maskd run:")]
     assert len(err) == 1 and err[0].startswith(
-        "maskd run: preview.http: pi-entrance.invalid does not resolve ("), err
+        "maskd run: preview.http: pi-entrance.local does not resolve ("), err
     assert err[0].endswith("after 1.5 s; exit 75, systemd starts maskd again (is the network up "
                            "yet?)"), err
-    assert statuses == ["waiting for pi-entrance.invalid to resolve (preview.http)"], statuses
+    assert statuses == ["waiting for pi-entrance.local to resolve (preview.http)"], statuses
+
+
+def test_a_name_that_does_not_exist_or_a_mistyped_address_is_refused_not_retried(
+        tmp_path, monkeypatch, capsys):
+    """A name the resolver says does not exist (a typo) was waited for, then exit 75, and
+    systemd started maskd again for ever, no detection at all. Now run still waits (a boot),
+    then exits 78 naming preview.http, which the unit does not restart; check-config and
+    doctor refuse it at once with the same words. A mistyped address ("192.168.1.300",
+    "0.0.0.") can never resolve: both refuse it at once, as the config error it is."""
+    from maskd import preview
+    from maskd.cli import build_parser
+    from maskd.commands import run
+    from maskd.commands.doctor import FAIL, _check_http
+
+    monkeypatch.setattr(preview, "NAME_WAIT_S", 1.5, raising=False)
+    monkeypatch.setattr(preview, "NAME_POLL_S", 0.2, raising=False)
+    cfg = late_network_config(tmp_path, "pi-entrance.invalid:8080")
+    t0 = time.monotonic()
+    assert run.main(build_parser().parse_args(["run", "--config", str(cfg)])) == 78
+    assert 1.5 <= time.monotonic() - t0 < 30
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("maskd run:")]
+    says = ("preview.http: pi-entrance.invalid does not exist (the name server answers: ")
+    assert len(err) == 1 and err[0].startswith(f"maskd run: {says}"), err
+    assert err[0].endswith("(after 1.5 s)"), err
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 78 and r.stderr == f"{cfg}: {err[0][len('maskd run: '):-len(' (after 1.5 s)')]}\n", r.stderr
+    assert _check_http("pi-entrance.invalid:8080")[0] == FAIL
+    for typo in ("192.168.1.300", "0.0.0."):
+        cfg = late_network_config(tmp_path, f"{typo}:8080")
+        checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                                 capture_output=True, text=True, timeout=120, cwd=REPO)
+        t0 = time.monotonic()
+        assert run.main(build_parser().parse_args(["run", "--config", str(cfg)])) == 78
+        assert time.monotonic() - t0 < 1.5  # at once, no wait
+        err = capsys.readouterr().err
+        assert checked.returncode == 78, checked.stderr
+        line = f"'preview.http': has a bad host '{typo}': not an IP address"
+        assert line in checked.stderr and line in err, (checked.stderr, err)

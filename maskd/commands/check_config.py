@@ -121,11 +121,12 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     try:
         lacking = check_previews(cfg, strict=False)
+        # run waits for a late network (or listens anyway): a warning, not a refusal; a
+        # name that does not exist raises, as run refuses it after its wait
+        lacking += [w for key, p in cfg.previews() if p.http and (w := listen_warning(p.http, key))]
     except PreviewUnavailable as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
-    # run waits for a late network (or listens anyway): a warning, not a refusal
-    lacking += [w for _, p in cfg.previews() if p.http and (w := listen_warning(p.http))]
     errors, unwritable = write_problems(cfg)
     for line in errors:
         print(f"{args.config}: {line}", file=sys.stderr)
