@@ -764,3 +764,24 @@ def test_a_stop_during_a_violation_leaves_no_violation_retained(tmp_path, defaul
     # the rest is what the last frame showed (the camera is offline now: `status`)
     assert (state["faces"], state["unmasked"]) == (1, 1)
     assert retained[f"{CAM}/faces"] == b"1" and retained[f"{CAM}/status"] == b"offline"
+
+
+def test_a_removed_cameras_end_goes_on_its_own_topic(broker, tmp_path):
+    """The `restart` end maskd.ledger gives for a camera removed from the config, when the
+    outbox did not end it already (its last message never stored): on that camera's topic,
+    not on the first configured camera's (the fallback for unknown cameras)."""
+    from maskd.types import ViolationEvent
+
+    sub = Subscriber(broker, [f"{BASE}/+/violation"])
+    sink = MqttSink(cfg_for(broker, tmp_path / "state").mqtt, "dev1", "front", tmp_path / "state",
+                    cameras={"front": RunControl()})
+    try:
+        sink.emit(ViolationEvent("end", "gone-cam", 3, "back", 1, 1_700_000_000.0, 0.9, 0.9,
+                                 (0.1, 0.1, 0.2, 0.2), end_reason="restart"))
+        assert sub.wait(lambda ms: len(ms) >= 1, 10)
+        time.sleep(0.3)
+    finally:
+        sink.close()
+        sub.close()
+    assert [(m.topic, m.json()["event_id"], m.json()["camera"]) for m in sub.messages] == [
+        (f"{BASE}/back/violation", "gone-cam", "back")]

@@ -328,7 +328,7 @@ class MqttSink(EventSink):
             return
         if event.end_reason == "restart" and event.event_id in self._restarted:
             return  # the run loop's `restart` end (maskd.ledger) of one the outbox ended already
-        cam = self._cams.get(event.camera, self._first)
+        cam = self._cams.get(event.camera) or self._removed(event)
         snapshot = self._mq.snapshots and event.best_crop is not None
         payload = ViolationPayload.build(event, device_id=self._device_id, model=self._model,
                                          snapshot=snapshot).stored()
@@ -364,6 +364,15 @@ class MqttSink(EventSink):
                         "score": round(float(event.score), 4), "camera": cam.name,
                         "end_reason": event.end_reason}), retain=False)
         self._q.put(("wake", None, None))
+
+    def _removed(self, event: ViolationEvent) -> _Camera:
+        """The camera of an event this sink does not serve: a camera removed from the config
+        since a killed run, whose `restart` end (maskd.ledger) goes on its own topics, never
+        on another camera's (its retained state is cleared as a dropped camera's)."""
+        if event.end_reason != "restart":
+            return self._first
+        return _Camera(event.camera, Topics.build(self._mq, self._device_id, event.camera),
+                       RunControl())
 
     def _end_left_open(self) -> set[str]:
         """End the violations a killed run left open (reason "restart"), after that run's pending
