@@ -6,6 +6,11 @@ once. So the run loop notes each start and update here before any sink gets it, 
 after every sink got it; at start the service ends what is still noted (``restart_ends``),
 and each of those ends, once given to every sink, leaves the file like any other end.
 
+A camera removed from the config (or renamed) between runs has no loop to end its violations:
+``removed_ends`` gives them to the first camera's loop, which ends them the same way (reason
+``restart``, as the MQTT outbox ends them on that camera's topic), so the file does not keep
+them and JSON lines gets their `end` too.
+
 One small JSON file, read and rewritten under a lock file, so several processes sharing a
 ``state_dir`` (one per camera) keep each other's entries. A change the file cannot take (a
 full disk) is held in memory and written with the next one that succeeds: an end lost there
@@ -41,8 +46,11 @@ def _noted(rec: object) -> float:
 class OpenViolations:
     """``state_dir``'s record of the violations open now, by event id."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, cameras: tuple[str, ...] = ()) -> None:
+        """``cameras``: every camera of this process, noted with each entry, so a later start
+        knows which process left an entry of a camera it does not have (``removed_ends``)."""
         self.path = Path(state_dir) / LEDGER_FILE
+        self.cameras = sorted(cameras)
         self._lock = threading.Lock()  # camera threads of one process
         self._warned = False
         # Changes not written yet, by event id (None: ended), and the ids the file held when
@@ -57,6 +65,7 @@ class OpenViolations:
             rec = asdict(replace(event, best_crop=None))
             del rec["best_crop"]
             rec["noted"] = time.time()
+            rec["cameras"] = self.cameras
 
         with self._lock:
             if rec is not None:
@@ -78,12 +87,39 @@ class OpenViolations:
     def restart_ends(self, cameras: set[str]) -> list[ViolationEvent]:
         """The `end` (reason ``restart``) of every violation of ``cameras`` a killed run left
         open; its end time is when it was last noted, the last moment it was known open."""
+        # another process's camera (a shared state_dir): it ends its own
+        return self._ends(lambda rec: rec.get("camera") in cameras)
+
+    def removed_ends(self, cameras: set[str], alone: bool) -> list[ViolationEvent]:
+        """The `restart` ends of the violations a killed run left open on cameras this config
+        no longer has (``cameras``: all of this process's): removed or renamed since. Only those
+        this process's earlier runs left: noted by a process that shared a camera with this
+        one, or any when this process has ``state_dir`` ``alone`` (the MQTT outbox's lock); an
+        entry of another process sharing the folder (no MQTT, other cameras) stays for it.
+        One INFO line per camera."""
+        def removed(rec: dict) -> bool:
+            if rec.get("camera") in cameras:
+                return False
+            noted_by = rec.get("cameras")
+            return alone or (isinstance(noted_by, list) and not cameras.isdisjoint(noted_by))
+
+        ends = self._ends(removed)
+        for camera in sorted({e.camera for e in ends}):
+            n = sum(e.camera == camera for e in ends)
+            log.info("camera %s is no longer in the config: ending its %d open violation%s "
+                     "(reason restart) and forgetting %s", camera, n, "s" * (n != 1),
+                     "them" if n != 1 else "it")
+        return ends
+
+    def _ends(self, which: Callable[[dict], bool]) -> list[ViolationEvent]:
+        """The `restart` ends of the entries ``which`` picks, oldest first; entries that are
+        no violation are removed (said once)."""
         found: list[tuple[str, dict]] = []
         self._under_lock(lambda entries: found.extend(entries.items()), write=False)
         ends, bad = [], []
         for event_id, rec in sorted(found, key=lambda item: _noted(item[1])):
-            if isinstance(rec, dict) and rec.get("camera") not in cameras:
-                continue  # another process's camera (a shared state_dir): it ends its own
+            if isinstance(rec, dict) and not which(rec):
+                continue
             try:
                 # Only the fields this version knows: a newer one's extra keys do not keep the
                 # violation from being ended.

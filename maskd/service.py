@@ -141,6 +141,10 @@ class CameraLoop:
 
     # ------------------------------------------------------------------ the loop
 
+    def also_end(self, events: list[ViolationEvent]) -> None:
+        """More `restart` ends to give this loop's sinks first (another camera's: removed)."""
+        self._restart_ends.extend(events)
+
     def run(self, flush_timeout: float = 30.0) -> int:
         """Process frames until the end or a stop; returns the exit status (0, 70 or 75)."""
         failed = False
@@ -620,15 +624,16 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
     message naming the problem; whatever was opened before the failure is closed again.
     """
-    ledger = OpenViolations(cfg.state_dir) if cfg.keeps_state else None
+    names = tuple(c.camera for c in cfg.cameras_resolved())
+    ledger = OpenViolations(cfg.state_dir, names) if cfg.keeps_state else None
     if not cfg.multi_camera:
         control = RunControl()
         classifier, detector = build_classifier(cfg), build_detector(cfg)
         store = SnapshotStore.from_config(cfg.snapshots)
         try:
-            return Service([_camera_loop(cfg, detector, classifier, control, lambda: build_sinks(
-                cfg, control), _systemd_notifier(), exit_at_end, max_frames, store,
-                ledger=ledger)])
+            return _end_removed(Service([_camera_loop(
+                cfg, detector, classifier, control, lambda: build_sinks(cfg, control),
+                _systemd_notifier(), exit_at_end, max_frames, store, ledger=ledger)]), cfg, ledger)
         except BaseException:
             if store is not None:
                 store.close()
@@ -670,7 +675,19 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
         if store is not None:
             store.close()
         raise
-    return Service(loops)
+    return _end_removed(Service(loops), cfg, ledger)
+
+
+def _end_removed(service: Service, cfg: Config, ledger: OpenViolations | None) -> Service:
+    """The first camera's loop also ends what a killed run left open on cameras removed from
+    the config (or renamed) since: no loop of theirs would, and their violations stayed open
+    in JSON lines and in open_violations.json for good. Once every part is open, so a start
+    that fails (another maskd holds the outbox) says and ends nothing. With MQTT on, this
+    process has state_dir alone (the outbox's lock), and every such entry is its own."""
+    if ledger is not None:
+        names = {loop.cfg.camera for loop in service.loops}
+        service.loops[0].also_end(ledger.removed_ends(names, alone=bool(cfg.mqtt.url)))
+    return service
 
 
 def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier,

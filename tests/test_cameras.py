@@ -353,3 +353,38 @@ def test_max_frames_ends_the_run_when_another_camera_never_delivers(tmp_path, de
     assert "front: stopping: --max-frames 5 reached" in err, err
     assert "back: stopping: --max-frames 5 reached by the cameras with frames" in err, err
     assert "while stopping" not in err, err  # asked once, not again every half second
+
+
+def test_a_camera_removed_from_the_config_gets_its_open_violations_ended(tmp_path, default_model):
+    """Two cameras, kill -9 with a violation open on `back`, `back` then removed from the
+    config: the next start ends it (reason restart) in JSON lines and on MQTT, with one INFO
+    line naming the camera, and drops it from open_violations.json (was: JSON lines never got
+    its end and the file kept the entry for good)."""
+    from test_run_cli import bare_and_blank_clips, kill_9_at_a_start
+
+    bare, blank = bare_and_blank_clips(tmp_path)
+    events, state = tmp_path / "events.jsonl", tmp_path / "state"
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, [f"{BASE}/+/violation"])
+        both = {**common(b, state, default_model), "jsonl": {"path": str(events)},
+                "cameras": {"front": {"source": {"uri": str(blank), "loop": True}},
+                            "back": {"source": {"uri": str(bare), "loop": True}}}}
+        opened = kill_9_at_a_start(start(write(tmp_path / "both.yaml", both)), events)
+        assert set(json.loads((state / "open_violations.json").read_text())) == opened
+        front = {**both, "cameras": {"front": {"source": {"uri": str(blank)}}}}
+        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config",
+                            str(write(tmp_path / "front.yaml", front)), "--exit-at-end"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sub.wait(lambda ms: {m.json()["event_id"] for m in ms
+                                    if m.json()["event_type"] == "end"} >= opened, 20)
+        on_mqtt = [(m.topic, m.json()["end_reason"]) for m in sub.messages
+                   if m.json()["event_type"] == "end"]
+        sub.close()
+    assert on_mqtt == [(f"{BASE}/back/violation", "restart")] * len(opened)
+    ends = [e for e in map(json.loads, events.read_text().splitlines()) if e["event_type"] == "end"]
+    assert sorted((e["event_id"], e["camera"], e["end_reason"]) for e in ends) == sorted(
+        (i, "back", "restart") for i in opened), ends
+    assert json.loads((state / "open_violations.json").read_text()) == {}
+    said = [ln for ln in r.stderr.splitlines() if "no longer in the config" in ln]
+    assert len(said) == 1 and " INFO " in said[0] and "camera back" in said[0], r.stderr[-3000:]

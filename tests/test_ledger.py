@@ -9,8 +9,9 @@ from maskd.ledger import OpenViolations
 from maskd.types import ViolationEvent
 
 
-def event(event_id: str, event_type: str = "start", seq: int = 0) -> ViolationEvent:
-    return ViolationEvent(event_type, event_id, seq, "door", 1, 1_700_000_000.0, 0.9, 0.9,
+def event(event_id: str, event_type: str = "start", seq: int = 0, camera: str = "door"
+          ) -> ViolationEvent:
+    return ViolationEvent(event_type, event_id, seq, camera, 1, 1_700_000_000.0, 0.9, 0.9,
                           (0.1, 0.1, 0.2, 0.2), end_reason="gone" if event_type == "end" else None)
 
 
@@ -59,3 +60,31 @@ def test_a_damaged_or_newer_file_is_read_without_stopping_the_start(tmp_path, ca
         again = OpenViolations(tmp_path).restart_ends({"door"})  # a start killed before the end
     assert [e.event_id for e in again] == ["newer"] and caplog.text == ""
     assert set(json.loads(ledger.path.read_text())) == {"newer", "other-camera"}
+
+
+def test_only_this_configs_removed_cameras_are_ended(tmp_path, caplog):
+    """A camera removed from a `cameras:` map left its violations open for good. They are
+    ended (one INFO line per camera) when an earlier run of this process left them, known by
+    a camera the two share; a folder shared with another process without MQTT keeps that
+    process's entries; with MQTT (the outbox's lock: the folder is this process's alone)
+    every camera this config lacks is a removed one, an entry of an older maskd included."""
+    OpenViolations(tmp_path, ("back", "front")).note(event("b1", camera="back"))
+    OpenViolations(tmp_path, ("back", "front")).note(event("b2", camera="back"))
+    OpenViolations(tmp_path, ("yard",)).note(event("y1", camera="yard"))  # another process
+    entries = json.loads((tmp_path / "open_violations.json").read_text())
+    entries["old"] = {**entries["y1"], "camera": "gate", "event_id": "old"}
+    del entries["old"]["cameras"]  # noted by a maskd before this one
+    (tmp_path / "open_violations.json").write_text(json.dumps(entries))
+    ledger = OpenViolations(tmp_path, ("front",))
+    with caplog.at_level(logging.INFO, logger="maskd.ledger"):
+        ends = ledger.removed_ends({"front"}, alone=False)
+    assert [(e.event_id, e.camera, e.event_type, e.seq, e.end_reason) for e in ends] == [
+        ("b1", "back", "end", 1, "restart"), ("b2", "back", "end", 1, "restart")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "camera back is no longer in the config: ending its 2 open violations (reason restart) "
+        "and forgetting them"]
+    for e in ends:  # the loop notes each end once every sink has it
+        ledger.note(e)
+    assert set(json.loads(ledger.path.read_text())) == {"y1", "old"}
+    assert ledger.removed_ends({"front"}, alone=False) == []
+    assert sorted(e.event_id for e in ledger.removed_ends({"front"}, alone=True)) == ["old", "y1"]

@@ -751,9 +751,25 @@ def _until_a_start(proc: subprocess.Popen, events: Path) -> None:
     assert proc.poll() is None, proc.communicate()[1]
 
 
-def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
-    """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
-    the violations it left open returned."""
+def kill_9_at_a_start(proc: subprocess.Popen, events: Path) -> set[str]:
+    """SIGKILL the running ``proc`` once it wrote a violation start to ``events``; the ids of
+    the violations it left open (started, none ended)."""
+    try:
+        _until_a_start(proc, events)
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = [json.loads(x) for x in events.read_text().splitlines()]
+    opened = {e["event_id"] for e in killed if e["event_type"] == "start"}
+    assert opened and not any(e["event_type"] == "end" for e in killed)
+    return opened
+
+
+def bare_and_blank_clips(tmp_path: Path) -> tuple[Path, Path]:
+    """Two videos in ``tmp_path``: half a pass of the demo's bare-faced person (a violation
+    starts), and 3 blank frames (nothing happens, the run ends)."""
     demo = DemoSource()
     clip = tmp_path / "bare.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
@@ -765,23 +781,21 @@ def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> s
     for _ in range(3):
         writer.write(np.full((SIZE[1], SIZE[0], 3), 90, np.uint8))
     writer.release()
+    return clip, blank
+
+
+def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
+    """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
+    the violations it left open returned."""
+    clip, blank = bare_and_blank_clips(tmp_path)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
     events = tmp_path / "events.jsonl"
     common = ["--config", str(cfg), "--jsonl", str(events), "--model", str(model),
               "--detector", "blazeface", *extra]
-    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop",
-                             *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _until_a_start(proc, events)
-        proc.kill()
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed = [json.loads(x) for x in events.read_text().splitlines()]
-    opened = {e["event_id"] for e in killed if e["event_type"] == "start"}
-    assert opened and not any(e["event_type"] == "end" for e in killed)
+    opened = kill_9_at_a_start(subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", *common],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), events)
     for _ in range(2):  # the second start must not end it again
         r = maskd("run", "--source", str(blank), "--exit-at-end", *common)
         assert r.returncode == 0, r.stderr
