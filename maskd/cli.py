@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from maskd import __version__, modelfiles
+from maskd import __version__, env, modelfiles
 from maskd.commands import EX_IOERR, OutputError
 
 # Each command's --help ends with its exit codes and one example (tests/test_cli_help.py).
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":  # the service, retrying a camera for months; before cv2 loads
+        env.quiet_opencv()
     module = importlib.import_module(f"maskd.commands.{args.command.replace('-', '_')}")
     try:
         return int(module.main(args))

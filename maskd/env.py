@@ -11,18 +11,34 @@ installation put things and what the process runs under:
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
 | ``DISPLAY``, ``WAYLAND_DISPLAY`` | the desktop session | whether ``preview.window`` can open |
 | the name in ``mqtt.password_env`` | the unit's drop-in | the broker password (the config names it) |
+
+Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run`` only gives them
+a default at its start (``quiet_opencv``), which a value in the environment overrides:
+
+| variable | maskd's default | meaning |
+|---|---|---|
+| ``OPENCV_FFMPEG_LOGLEVEL`` | ``-8`` (quiet) | FFmpeg's log level; any value also sends FFmpeg's lines to stdout, ``[OPENCV:FFMPEG:NN]`` |
+| ``OPENCV_LOG_LEVEL`` | ``ERROR`` | OpenCV's own log lines (``[ WARN:...]``) below this level are not printed |
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_DIR = "MASKD_MODEL_DIR"
 YUNET = "MASKD_YUNET"
+# OpenCV's variables maskd gives a default (quiet_opencv): each with its value, and the variables
+# that turn its debug output on, which a default must not silence again. OpenCV's FFmpeg backend
+# (cap_ffmpeg_impl.hpp) uses OPENCV_FFMPEG_LOGLEVEL, else level VERBOSE when OPENCV_FFMPEG_DEBUG
+# is set; OPENCV_VIDEOIO_DEBUG / OPENCV_VIDEOCAPTURE_DEBUG print at OpenCV's WARNING level.
+OPENCV_DEFAULTS = (
+    ("OPENCV_FFMPEG_LOGLEVEL", "-8", ("OPENCV_FFMPEG_DEBUG",)),
+    ("OPENCV_LOG_LEVEL", "ERROR", ("OPENCV_VIDEOIO_DEBUG", "OPENCV_VIDEOCAPTURE_DEBUG")),
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +87,29 @@ class Environment:
             watchdog_pid=env.get("WATCHDOG_PID", ""),
             display=bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")),
         )
+
+
+def quiet_opencv(env: MutableMapping[str, str] | None = None) -> None:
+    """Keep OpenCV and FFmpeg from printing a line or two at every reconnect of a camera away.
+
+    A network camera that is unreachable costs each open attempt an FFmpeg line (``[tcp @ 0x..]
+    Connection to tcp://... failed: Connection refused``) and, from OpenCV 4.8 on, an OpenCV one
+    (``[ WARN:0@..] global cap.cpp:... can't be used to capture by name``): ~5,700 a day in the
+    journal at the 30 s backoff, while maskd says the same once a minute (``maskd.lograte``).
+    FFmpeg's level cannot tell a refused connection from a decode error (both ERROR), so all its
+    lines go, those about damaged pictures of a working stream too (``overread``); maskd logs
+    what it can see itself (no frame, undecodable frames, a frozen picture).
+
+    For ``maskd run`` only (``maskd.cli.main``): the one-shot commands (``doctor``, ``scan``)
+    keep OpenCV's and FFmpeg's words. Only defaults, set in the environment OpenCV reads:
+    OpenCV 5 reads ``OPENCV_LOG_LEVEL`` when ``cv2`` loads and the FFmpeg ones at its first open
+    (4.6 at every open), so this runs before ``cv2`` is imported. A variable already set, or a
+    debug switch of the same part, wins: ``OPENCV_FFMPEG_LOGLEVEL=16`` shows FFmpeg's errors.
+    """
+    env = os.environ if env is None else env
+    for name, value, switches in OPENCV_DEFAULTS:
+        if not any(s in env for s in (name, *switches)):
+            env[name] = value
 
 
 def variable(name: str) -> str | None:

@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -804,3 +806,122 @@ def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> s
     assert sorted(e["event_id"] for e in ends) == sorted(opened), lines
     assert all(e["end_reason"] == "restart" and e["end_time"] >= e["start_time"] for e in ends)
     return opened
+
+
+# An OpenCV or FFmpeg line, not maskd's: OpenCV's logger (`[ WARN:0@0.1] global cap.cpp:...`),
+# FFmpeg's own (`[tcp @ 0x55..] Connection to tcp://... failed`) and OpenCV's callback that
+# prints FFmpeg's lines on stdout when OPENCV_FFMPEG_LOGLEVEL/_DEBUG is set (`[OPENCV:FFMPEG:16]`).
+OPENCV_LINE = re.compile(r"^\[(?:\s*(?:WARN|ERROR|INFO|DEBUG)\b|OPENCV:FFMPEG:|[\w-]+ @ 0x)",
+                         re.M)
+
+
+def _reopens(url: str) -> int:
+    """The camera's reopen attempts so far, from the status page's /metrics (-1: no answer)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return -1
+    found = re.search(r'^maskd_camera_reopens_total\{camera="door"\} (\S+)$', text, re.M)
+    return int(float(found.group(1))) if found else -1
+
+
+def _run_until_reopened(tmp_path: Path, model: Path, uri: str, times: int,
+                        env: dict[str, str] | None = None,
+                        started: Callable[[], None] | None = None) -> tuple[str, str]:
+    """A real `maskd run` reading ``uri`` until it has tried to reopen it ``times`` times, then
+    SIGTERM; its (stdout, stderr). ``env`` adds to an environment without OpenCV's variables;
+    ``started`` runs once the process has come up (its status page answers)."""
+    from tools.mosquitto import free_port
+
+    page = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"camera: door\nsource:\n  uri: {uri}\n  reopen_min_s: 0.1\n"
+                   f"  reopen_max_s: 0.2\npreview:\n  http: {page}\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                                 "--model", str(model), "--detector", "blazeface"],
+                                stdout=o, stderr=e, env={**base, **(env or {})})
+        try:
+            deadline = time.monotonic() + 120
+            while _reopens(f"http://{page}") < 0 and proc.poll() is None:
+                assert time.monotonic() < deadline, err.read_text()
+                time.sleep(0.1)
+            if started is not None:
+                started()
+            while _reopens(f"http://{page}") < times and proc.poll() is None:
+                assert time.monotonic() < deadline, err.read_text()
+                time.sleep(0.1)
+            assert proc.poll() is None, err.read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, err.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out.read_text(), err.read_text()
+
+
+REOPENS = 6  # open attempts of a camera away that each printed a line or two before
+
+
+def test_a_camera_that_is_away_fills_no_journal_with_opencv_and_ffmpeg_lines(tmp_path,
+                                                                             default_model):
+    """Every reconnect of an unreachable network camera made FFmpeg print `Connection refused`
+    and OpenCV a `[ WARN]` line on stderr (the journal: ~5,700 lines a day at the 30 s backoff);
+    maskd gives OpenCV and FFmpeg quiet defaults, and says it itself, once a minute."""
+    from tools.mosquitto import free_port
+
+    out, err = _run_until_reopened(tmp_path, default_model,
+                                   f"http://127.0.0.1:{free_port()}/stream.mjpg", REOPENS)
+    assert OPENCV_LINE.findall(err + out) == [], err
+    assert err.count("cannot open (OpenCV cannot open") == 1, err  # maskd's own, rate-limited
+
+
+def test_an_ip_camera_that_stops_fills_no_journal_with_opencv_and_ffmpeg_lines(tmp_path,
+                                                                               default_model):
+    """A real MJPEG camera (tools/ipcamera.py) read, then gone (its connection closed, new ones
+    refused): no OpenCV or FFmpeg line over the reconnects either."""
+    from tools.ipcamera import IpCamera
+
+    with IpCamera(lambda i: np.full((240, 320, 3), i % 200, np.uint8), fps=10) as cam:
+        out, err = _run_until_reopened(tmp_path, default_model, cam.url, REOPENS,
+                                       started=cam.gone)
+        assert cam.connections >= 1 and cam.state == "gone"
+    assert OPENCV_LINE.findall(err + out) == [], err
+    assert "cannot open (OpenCV cannot open" in err, err
+
+
+@pytest.mark.parametrize("variable", ["OPENCV_FFMPEG_LOGLEVEL=16", "OPENCV_FFMPEG_DEBUG=1"])
+def test_ffmpegs_lines_come_back_when_the_environment_asks_for_them(tmp_path, default_model,
+                                                                    variable):
+    """maskd's quiet levels are defaults: a unit's drop-in that sets one of OpenCV's variables
+    gets FFmpeg's lines again (on stdout, through OpenCV's callback), one per attempt at least."""
+    from tools.mosquitto import free_port
+
+    name, value = variable.split("=")
+    out, err = _run_until_reopened(tmp_path, default_model,
+                                   f"http://127.0.0.1:{free_port()}/stream.mjpg", REOPENS,
+                                   env={name: value})
+    refused = [x for x in OPENCV_LINE.findall(out) if x.startswith("[OPENCV:FFMPEG:")]
+    assert out.count("Connection refused") >= REOPENS and refused, out
+
+
+def test_opencvs_quiet_defaults_give_way_to_what_the_environment_says():
+    """Each default is set only where neither it nor a debug switch of the same part is: a
+    `OPENCV_VIDEOIO_DEBUG=1` drop-in must not be silenced by maskd's OPENCV_LOG_LEVEL."""
+    from maskd.env import OPENCV_DEFAULTS, quiet_opencv
+
+    defaults = {name: value for name, value, _ in OPENCV_DEFAULTS}
+    env: dict[str, str] = {}
+    quiet_opencv(env)
+    assert env == defaults
+    for name, _, switches in OPENCV_DEFAULTS:
+        for given in (name, *switches):
+            env = {given: "1"}
+            quiet_opencv(env)
+            assert env == {given: "1", **{k: v for k, v in defaults.items() if k != name}}
