@@ -93,8 +93,8 @@ def quiet_opencv(env: MutableMapping[str, str] | None = None) -> None:
     """Keep OpenCV and FFmpeg from printing a line or two at every reconnect of a camera away.
 
     A network camera that is unreachable costs each open attempt an FFmpeg line (``[tcp @ 0x..]
-    Connection to tcp://... failed: Connection refused``) and, from OpenCV 4.8 on, an OpenCV one
-    (``[ WARN:0@..] global cap.cpp:... can't be used to capture by name``): ~5,700 a day in the
+    Connection to tcp://... failed: Connection refused``) and, with OpenCV 4.11 and 5.0 (not 4.6),
+    an OpenCV one (``[ WARN:0@..] global cap.cpp:... can't be used to capture by name``): ~5,700 a day in the
     journal at the 30 s backoff, while maskd says the same once a minute (``maskd.lograte``).
     FFmpeg's level cannot tell a refused connection from a decode error (both ERROR), so all its
     lines go, those about damaged pictures of a working stream too (``overread``); maskd logs
@@ -102,9 +102,10 @@ def quiet_opencv(env: MutableMapping[str, str] | None = None) -> None:
 
     For ``maskd run`` only (``maskd.cli.main``): the one-shot commands (``doctor``, ``scan``)
     keep OpenCV's and FFmpeg's words. Only defaults, set in the environment OpenCV reads:
-    OpenCV 5 reads ``OPENCV_LOG_LEVEL`` when ``cv2`` loads and the FFmpeg ones at its first open
-    (4.6 at every open), so this runs before ``cv2`` is imported. A variable already set, or a
-    debug switch of the same part, wins: ``OPENCV_FFMPEG_LOGLEVEL=16`` shows FFmpeg's errors.
+    OpenCV 5.0 has read ``OPENCV_LOG_LEVEL`` once ``cv2`` is imported, 4.11 and 5.0 read the
+    FFmpeg ones at the first open only (4.6 at every open), so this runs before ``cv2`` is
+    imported. A variable already set, or a debug switch of the same part, wins:
+    ``OPENCV_FFMPEG_LOGLEVEL=16`` shows FFmpeg's errors.
     """
     env = os.environ if env is None else env
     for name, value, switches in OPENCV_DEFAULTS:
