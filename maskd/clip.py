@@ -28,8 +28,18 @@ segments are deleted until they are again (one line at most a minute says how ma
 disk filled by the clip itself keeps the latest footage and goes on recording. Only when that
 cannot make room (other files take the disk, or the open segment alone fills it) is the
 segment closed while its index still fits, one ERROR line says so, and recording resumes by
-itself once there is room again, checked every ``RETRY_S``. Encoding
-runs in the loop, which is acceptable because the clip is an opt-in debugging aid.
+itself once there is room again, checked every ``RETRY_S``.
+
+Encoding runs in a writer thread of its own, so the recording never slows detection: the loop
+hands over the frame (its array: sources hand out a fresh one per frame and nothing changes it
+after the pipeline; the boxes are drawn on a copy, in the writer thread) and returns at once.
+Up to ``QUEUE`` frames wait; a live frame that finds the queue full takes the place of the
+oldest waiting one, which is dropped (``behind``, one WARNING a minute; the frame written before
+it fills its slots, so the clip still plays in real time, up to the latest frame). Frames whose times are made up (files, the demo) wait for room instead: nothing runs
+away meanwhile, and their clip keeps every frame. An error in the thread closes the file being
+written (said, with its traceback, at most once a minute) and the next frame starts a new one;
+a thread that died is started again at the next frame. ``close`` writes what waits, for up to
+``CLOSE_S``: a disk that hangs drops the rest (said), it never holds up the stop.
 """
 
 from __future__ import annotations
@@ -37,10 +47,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -60,6 +73,8 @@ RETRY_S = 30.0  # while paused, how often to look for room again
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
 SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
+QUEUE = 2  # frames waiting for the writer thread: a live loop's further ones are dropped
+CLOSE_S = 5.0  # the close waits this long for the waiting frames to be written
 
 
 def frame_copies(t: float, fps: float, written: int, t0: float) -> int:
@@ -83,6 +98,17 @@ def even_size(image: np.ndarray) -> np.ndarray:
     if not h % 2 and not w % 2:
         return image
     return cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+
+
+@dataclass(frozen=True, eq=False)
+class _Shot:
+    """What the writer thread needs of one frame: the loop's, never changed after (see above)."""
+
+    image: np.ndarray  # the frame as captured; the boxes are drawn on a copy
+    verdicts: tuple[Verdict, ...]
+    header: str
+    clock: float  # the time it is placed by (ClipWriter._clock)
+    timestamp: float  # capture time (a segment's age)
 
 
 class ClipWriter(FrameObserver):
@@ -122,30 +148,170 @@ class ClipWriter(FrameObserver):
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
-        self._rlog = RateLimitedLog(log)
+        self._rlog = RateLimitedLog(log)  # the writer thread's lines
+        self._loop_log = RateLimitedLog(log)  # the loop's (frames dropped, a thread restarted)
+        self.behind = 0  # live frames dropped: the writer thread was still busy with earlier ones
+        self.failures = 0  # frames lost to an unexpected error in the writer thread
+        self._q: queue.Queue[_Shot | None] = queue.Queue(maxsize=QUEUE)
+        self._closed = False
         why = self._make_dir()
         if why is not None:
             self._pause(why)
         self._cap()
+        self._thread: threading.Thread | None = None  # started at the first frame
 
-    # ------------------------------------------------------------------ FrameObserver
+    # ------------------------------------------------------------------ FrameObserver (loop)
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
+        """Hand the frame to the writer thread; never waits for it with a live frame."""
+        if self._closed:
+            return
+        live = frame.since_boot is not None
+        shot = _Shot(frame.image, tuple(verdicts), header_text(stats), self._clock(frame),
+                     frame.timestamp)
+        while True:
+            if self._thread is None:
+                self._thread = self._start()
+            elif not self._thread.is_alive():
+                self._restart()
+            try:
+                self._q.put(shot, block=not live, timeout=None if live else 1.0)
+                return
+            except queue.Full:
+                if live:  # the oldest waiting goes: the clip keeps up to the latest moment
+                    self.behind += self._drop_oldest()
+                    self._say_behind()
+
+    def _drop_oldest(self) -> int:
+        """Take the oldest waiting frame off the queue (0: the writer took it meanwhile)."""
+        try:
+            self._q.get_nowait()
+        except queue.Empty:
+            return 0
+        self._q.task_done()
+        return 1
+
+    def flush(self, timeout: float = CLOSE_S) -> bool:
+        """Wait up to ``timeout`` s until every frame handed over is written; whether it is."""
+        deadline = time.monotonic() + timeout
+        while self._q.unfinished_tasks and self._thread is not None and self._thread.is_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return not self._q.unfinished_tasks
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what waits (``CLOSE_S`` at most), stop the thread, close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = CLOSE_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            try:  # the writer makes room as it writes; a hung one never does
+                self._q.put(None, timeout=timeout)
+            except queue.Full:
+                pass
+            thread.join(max(0.0, deadline - time.monotonic()))
+        lost = self._drain()
+        if thread is not None and thread.is_alive():  # stuck in a write: it owns the file (it plays cut off)
+            self.behind += lost
+            log.warning("annotated clip %s: the writer did not finish within %g s of the stop; "
+                        "%d frames still waiting were dropped (a write to %s still hangs)",
+                        self.name, timeout, lost, self.outdir)
+            self._q.put_nowait(None)  # room now: should the disk wake up, the thread ends
+            return
+        self.failures += lost  # a thread that died with frames waiting (said when it died)
+        self._close_segment()
+        self._cap()
+        self._say_room(force=True)
+        if self.dropped:
+            log.warning("annotated clip %s: %d frames not recorded (%s)", self.name,
+                        self.dropped, self.paused or f"paused: {self._last_pause}")
+        if self.behind or self.failures:
+            log.warning("annotated clip %s: %d frames dropped while the writer was behind, %d "
+                        "lost to errors", self.name, self.behind, self.failures)
+
+    def _say_behind(self) -> None:
+        self._loop_log(logging.WARNING, "behind", "annotated clip %s: the writer is behind (%d "
+                       "frames waiting); the oldest dropped, %d so far (detection goes on; the "
+                       "clip repeats the picture before in its place)", self.name, QUEUE,
+                       self.behind)
+
+    def _drain(self) -> int:
+        """Take every waiting frame off the queue; how many there were."""
+        n = 0
+        while True:
+            try:
+                shot = self._q.get_nowait()
+            except queue.Empty:
+                return n
+            n += shot is not None
+            self._q.task_done()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name=f"maskd-clip-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _restart(self) -> None:
+        """The writer thread died (an error its guard does not catch): frames would only pile
+        up, and the recording stop for good; it is said, and a new thread takes over from a
+        new file."""
+        self._loop_log(logging.ERROR, "restart", "annotated clip %s: the writer thread stopped; "
+                       "starting it again with a new file", self.name)
+        self.failures += self._drain()
+        try:
+            self._close_segment()
+        except Exception:  # noqa: BLE001 - a writer left broken must not keep the clip down
+            self._writer = None
+        self._thread = self._start()
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        while True:
+            shot = self._q.get()
+            try:
+                if shot is None:
+                    return
+                self._write(shot)
+            except Exception:  # noqa: BLE001 - the clip must outlive any one frame
+                self.failures += 1
+                if self._rlog.due("error"):
+                    log.exception("annotated clip %s: unexpected error; %s closed, the next frame "
+                                  "starts a new file", self.name, self._path)
+                self._abandon()
+            finally:
+                self._q.task_done()
+
+    def _abandon(self) -> None:
+        """Close the file after an error, whatever state it left (best effort)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.release()
+            except Exception:  # noqa: BLE001, S110 - nothing more to save of it
+                pass
+
+    def _write(self, shot: _Shot) -> None:
+        """Place one frame (repeating the last one into the slots before it) and write it."""
         copies = 1
         if self._writer is not None:
-            copies = frame_copies(self._clock(frame), self.fps, self._seg_frames, self._slot_t0)
-            if self._segment_full(frame) or self._off_pace(copies):
+            copies = frame_copies(shot.clock, self.fps, self._seg_frames, self._slot_t0)
+            if self._segment_full(shot) or self._off_pace(copies):
                 self._close_segment()
                 self._cap()
                 copies = 1
-        if self._writer is None and not self._open(frame):
+        if self._writer is None and not self._open(shot):
             self.dropped += 1
             return
         if copies <= 0:
             self.early += 1
             return
         assert self._writer is not None
-        image = even_size(draw_verdicts(frame.image, verdicts, header_text(stats)))
+        image = even_size(draw_verdicts(shot.image, list(shot.verdicts), shot.header))
         for _ in range(copies - 1):
             self._writer.write(self._last)
         self._writer.write(image)
@@ -154,14 +320,6 @@ class ClipWriter(FrameObserver):
         self.repeats += copies - 1
         self._seg_frames += copies
         self._check_room()
-
-    def close(self) -> None:
-        self._close_segment()
-        self._cap()
-        self._say_room(force=True)
-        if self.dropped:
-            log.warning("annotated clip %s: %d frames not recorded (%s)", self.name,
-                        self.dropped, self.paused or f"paused: {self._last_pause}")
 
     # ------------------------------------------------------------------ segments
 
@@ -183,13 +341,13 @@ class ClipWriter(FrameObserver):
                    / self.fps)
         return True
 
-    def _segment_full(self, frame: Frame) -> bool:
+    def _segment_full(self, shot: _Shot) -> bool:
         """Time to start a new file: by age, by size, or because the frames changed size (a
         camera back at another resolution; the open file cannot take them)."""
-        age = frame.timestamp - self._seg_t0
-        if frame.image.shape[:2] != self._shape:
+        age = shot.timestamp - self._seg_t0
+        if shot.image.shape[:2] != self._shape:
             log.info("annotated clip %s: frames are %dx%d now (were %dx%d); new file", self.name,
-                     frame.image.shape[1], frame.image.shape[0], self._shape[1], self._shape[0])
+                     shot.image.shape[1], shot.image.shape[0], self._shape[1], self._shape[0])
             return True
         return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
 
@@ -201,7 +359,7 @@ class ClipWriter(FrameObserver):
             n += 1
         return path
 
-    def _open(self, frame: Frame) -> bool:
+    def _open(self, shot: _Shot) -> bool:
         now = time.monotonic()
         if self.paused is not None:
             if now < self._retry_at:
@@ -227,7 +385,7 @@ class ClipWriter(FrameObserver):
                 self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB "
                             f"kept free")
                 return False
-        h, w = frame.image.shape[:2]
+        h, w = shot.image.shape[:2]
         path = self._new_path()
         try:  # made here with its mode: OpenCV's writer keeps it, and would give 0644
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
@@ -243,8 +401,8 @@ class ClipWriter(FrameObserver):
             return False
         self._writer, self._path, self._shape = writer, path, (h, w)
         self.paths.append(path)
-        self._seg_frames, self._seg_t0, self._size = 0, frame.timestamp, 0
-        self._slot_t0 = self._clock(frame)
+        self._seg_frames, self._seg_t0, self._size = 0, shot.timestamp, 0
+        self._slot_t0 = shot.clock
         return True
 
     def _close_segment(self) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -136,6 +138,7 @@ def test_full_disk_pauses_the_clip_and_resumes(tmp_path, monkeypatch, caplog):
         w = ClipWriter(disk, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100,
                        min_free=1 * MB)
         n = feed(w, passes=2)  # 2.8 MB of clip on a 3 MB disk that keeps 1 MB free
+        assert w.flush()
         assert w.paused and w.dropped > 0 and w.frames + w.dropped == n
         assert "MB free, under the 1 MB kept free; recording paused (detection goes on)" in caplog.text
         first = w.paths[0]
@@ -227,6 +230,7 @@ def test_a_folder_that_could_not_be_created_is_created_at_the_retry(tmp_path, mo
         w = ClipWriter(blocker / "clips", "door", 15.0)
         assert w.paused and "cannot create the folder" in caplog.text
         feed(w)
+        assert w.flush()
         blocker.unlink()
         monkeypatch.setattr(clip, "RETRY_S", 0.0)
         w._retry_at = 0.0
@@ -241,6 +245,7 @@ def test_a_folder_deleted_mid_run_is_created_again(tmp_path):
     out = tmp_path / "clips"
     w = ClipWriter(out, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=100)
     feed(w)
+    assert w.flush()
     shutil.rmtree(out)  # an operator cleaning up, a tmpfiles rule
     n = feed(w)
     w.close()
@@ -256,6 +261,7 @@ def test_a_segment_deleted_while_written_starts_a_new_one(tmp_path, caplog):
     with caplog.at_level(logging.INFO, "maskd.clip"):
         for i in range(90):
             if i in (30, 60):
+                assert w.flush()
                 w.paths[-1].unlink(missing_ok=True)  # the old code wrote on into it
             w.on_frame(frames.read(), [], LoopStats(fps=15.0))
         w.close()
@@ -294,6 +300,7 @@ def test_a_disk_full_of_other_files_pauses_and_keeps_the_clips(tmp_path, caplog)
         src = DemoSource(loop=True)
         for _ in range(40):  # under three 1 s segments, far under 1 MB together
             w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush()
         ours = sum(p.stat().st_size for p in disk.glob("door-*"))
         assert ours < 0.5 * MB
         (disk / "user.bin").write_bytes(b"x" * (shutil.disk_usage(disk).free - MB // 4))
@@ -338,6 +345,14 @@ def test_odd_sized_frames_keep_every_row_and_column(tmp_path):
     assert back[:280, :380].mean() < 30
 
 
+def record(w: ClipWriter, frames) -> None:
+    """Live frames handed over one at a time, each written before the next: these tests are
+    about where frames are placed, not about a writer too slow for the loop (below)."""
+    for f in frames:
+        w.on_frame(f, [], LoopStats())
+        assert w.flush()
+
+
 def live_frames(n: int, loop_fps: float, t0: float = 1000.0, gap_after: int = -1, gap_s: float = 0.0):
     """Frames as a live loop hands them on: the newest of a 30 fps camera, ``loop_fps`` a second
     (seq jumps), with seconds since boot; ``gap_s`` more after frame ``gap_after``."""
@@ -363,8 +378,7 @@ def test_a_live_loop_slower_than_the_camera_plays_in_real_time(tmp_path):
     """60 s of a 30 fps camera taken 8 times a second: the file played in 16 s (480 frames at
     30 fps); now the last frame fills the slots between, so it plays in 60 s."""
     w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600)
-    for f in live_frames(480, 8.0):
-        w.on_frame(f, [], LoopStats())
+    record(w, live_frames(480, 8.0))
     w.close()
     (path,) = w.paths
     cap = cv2.VideoCapture(str(path))
@@ -390,8 +404,7 @@ def test_the_brief_harness_without_since_boot_plays_in_real_time(tmp_path):
 
 def test_a_loop_faster_than_the_clip_rate_drops_the_early_frames(tmp_path):
     w = ClipWriter(tmp_path, "cam", 15.0, segment_s=600)
-    for f in live_frames(300, 30.0):  # 10 s at 30 a second into a 15 fps clip
-        w.on_frame(f, [], LoopStats())
+    record(w, live_frames(300, 30.0))  # 10 s at 30 a second into a 15 fps clip
     w.close()
     n = frames_in(w.paths[0])
     assert 150 <= n <= 151 and w.early == 300 - n and w.repeats == 0
@@ -399,8 +412,7 @@ def test_a_loop_faster_than_the_clip_rate_drops_the_early_frames(tmp_path):
 
 def test_segments_are_seconds_of_video_for_a_live_loop(tmp_path):
     w = ClipWriter(tmp_path, "cam", 30.0, segment_s=10.0, segment_mb=100, keep_mb=100)
-    for f in live_frames(8 * 35, 8.0):  # 35 s at 8 a second
-        w.on_frame(f, [], LoopStats())
+    record(w, live_frames(8 * 35, 8.0))  # 35 s at 8 a second
     w.close()
     lengths = [frames_in(p) / 30.0 for p in w.paths]
     assert len(lengths) == 4 and all(abs(s - 10.0) <= 0.2 for s in lengths[:3]), lengths
@@ -410,13 +422,193 @@ def test_a_camera_gap_starts_a_new_file_instead_of_a_frozen_frame(tmp_path, capl
     """A camera away for 20 s: no 20 s of its last frame; a short gap (1 s) is held."""
     w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600, segment_mb=100, keep_mb=100)
     with caplog.at_level(logging.INFO, "maskd.clip"):
-        for f in live_frames(40, 8.0, gap_after=19, gap_s=20.0):
-            w.on_frame(f, [], LoopStats())
-        for f in live_frames(40, 8.0, t0=2000.0, gap_after=19, gap_s=1.0):
-            w.on_frame(f, [], LoopStats())
+        record(w, live_frames(40, 8.0, gap_after=19, gap_s=20.0))
+        record(w, live_frames(40, 8.0, t0=2000.0, gap_after=19, gap_s=1.0))
         w.close()
     lengths = [frames_in(p) / 30.0 for p in w.paths]
     assert len(lengths) == 3, lengths  # 2000.0 is a gap too: a third file
     assert lengths[0] == pytest.approx(19 / 8, abs=0.1) and lengths[1] == pytest.approx(19 / 8, abs=0.1)
     assert lengths[2] == pytest.approx(39 / 8 + 1.0, abs=0.1)  # the 1 s is held, not cut
     assert "a gap of 20.1 s between frames; new file" in caplog.text
+
+
+class SlowVideo:
+    """OpenCV's writer on a slow machine or a disk that hangs: each write waits ``delay`` s,
+    or until ``gate`` is set; the ``fail_at``-th write (counting from 1) raises. It wraps the
+    real one (a Python subclass of cv2.VideoWriter corrupts memory)."""
+
+    real = cv2.VideoWriter
+    fourcc = staticmethod(cv2.VideoWriter.fourcc)
+    delay = 0.0
+    gate: threading.Event | None = None
+    fail_at = 0
+    writes = 0
+
+    def __init__(self, *args) -> None:
+        self._w = SlowVideo.real(*args)
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self._w.isOpened()
+
+    def release(self) -> None:
+        self._w.release()
+
+    def write(self, image) -> None:
+        SlowVideo.writes += 1
+        if SlowVideo.writes == SlowVideo.fail_at:
+            raise RuntimeError("an encoder bug")
+        if SlowVideo.gate is not None:
+            SlowVideo.gate.wait(30)
+        time.sleep(SlowVideo.delay)
+        self._w.write(image)
+
+
+@pytest.fixture
+def slow_video(monkeypatch):
+    monkeypatch.setattr(SlowVideo, "writes", 0)
+    monkeypatch.setattr(cv2, "VideoWriter", SlowVideo)
+    return SlowVideo
+
+
+def bar(i: int):
+    """Frame ``i`` of the tests below: a white bar at x = 4 i, a number mp4v keeps exactly."""
+    import numpy as np
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:, 4 * i:4 * i + 4] = 255
+    return img
+
+
+def bars(path: Path) -> list[int]:
+    """Which ``bar`` each frame of a clip shows (read below the header)."""
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        out.append(int(img[60:].mean(axis=(0, 2)).argmax()) // 4)
+    cap.release()
+    return out
+
+
+def test_a_stalled_writer_drops_frames_and_never_holds_up_the_loop(tmp_path, slow_video,
+                                                                  monkeypatch, caplog):
+    """Encoding ran in the loop: a write that stalls (a busy SD card, a slow encoder; or a
+    loop slower than its camera, whose missed slots were all encoded there: x2.3 the loop's
+    time at 5 MP / 30 fps) held detection up as long. Now on_frame hands the frame over and
+    returns at once; what waits longest is dropped when the writer is behind (one line a
+    minute), and the clip still plays in real time up to the latest frame."""
+    from maskd.types import Frame
+
+    gate = threading.Event()
+    monkeypatch.setattr(slow_video, "gate", gate)
+    threading.Timer(1.0, gate.set).start()  # the disk stalls for the first second
+    w = ClipWriter(tmp_path, "cam", 30.0, segment_s=600, segment_mb=100, keep_mb=100)
+    took, stamps = [], []
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        for i in range(40):  # 2 s of a live loop at 20 frames a second
+            t = time.monotonic()
+            stamps.append(t)
+            w.on_frame(Frame(bar(i), i, time.time(), "cam",
+                             since_boot=t), [], LoopStats())
+            took.append(time.monotonic() - t)
+            time.sleep(0.05)  # the loop's own work
+        w.close()
+    gate.set()
+    assert max(took) < 0.25, took  # the first frame waited out the whole stall: 1 s
+    assert w.behind > 0 and w.failures == 0 and w.early == 0
+    said = [r.getMessage() for r in caplog.records if "the writer is behind" in r.getMessage()]
+    assert len(said) == 1, said  # one line a minute, not one per frame
+    assert f"{w.behind} frames dropped while the writer was behind" in caplog.text
+    (path,) = w.paths
+    shown = bars(path)
+    assert shown[-1] == 39  # the oldest waiting went: the latest frame is there
+    slots = math.floor((stamps[-1] - stamps[0]) * 30 + 0.5) + 1
+    assert len(shown) == w.frames == slots  # real time, up to the last frame
+    assert shown == sorted(shown) and len(set(shown)) == 40 - w.behind  # a dropped one's slots: the one before
+
+
+def test_the_loop_hands_over_its_frame_and_the_boxes_go_on_a_copy(tmp_path):
+    """The writer thread draws on a copy: the frame the loop (and the other observers) see
+    stays as captured, and the clip has the boxes."""
+    import numpy as np
+
+    from maskd.types import Face, Frame, Verdict
+
+    img = np.full((120, 160, 3), 90, np.uint8)
+    before = img.copy()
+    v = Verdict(Face((40.0, 30.0, 100.0, 90.0), 0.9), 0.95, 0.5)
+    w = ClipWriter(tmp_path, "door", 15.0)
+    w.on_frame(Frame(img, 0, 0.0, "cam"), [v], LoopStats(fps=15.0))
+    w.close()
+    assert (img == before).all()
+    cap = cv2.VideoCapture(str(w.paths[0]))
+    ok, back = cap.read()
+    cap.release()
+    red = back[35:85, 40].astype(int)  # the box's left edge; 30 px right of it: the picture
+    assert ok and (red[:, 2] - red[:, 0]).mean() > 60 and abs(back[35:85, 70].mean() - 90) < 10
+
+
+def test_the_close_writes_what_waits_and_never_hangs_on_a_stuck_disk(tmp_path, slow_video,
+                                                                   monkeypatch, caplog):
+    """A stop (SIGTERM, the end of a file) writes the frames still queued; a write that hangs
+    (an SD card or a share that stopped answering) holds the stop up for CLOSE_S at most."""
+    monkeypatch.setattr(slow_video, "delay", 0.05)
+    w = ClipWriter(tmp_path, "door", 15.0)
+    n = feed(w, passes=1)  # a file's frames wait for room: all of them are written
+    t = time.monotonic()
+    w.close()
+    assert frames_in(w.paths[0]) == n == w.frames and w.behind == 0
+    assert time.monotonic() - t < clip.CLOSE_S
+
+    gate = threading.Event()
+    monkeypatch.setattr(slow_video, "gate", gate)
+    monkeypatch.setattr(slow_video, "delay", 0.0)
+    monkeypatch.setattr(clip, "CLOSE_S", 0.5)
+    stuck = ClipWriter(tmp_path / "stuck", "door", 30.0)
+    try:
+        with caplog.at_level(logging.INFO, "maskd.clip"):
+            for f in live_frames(5, 8.0):
+                stuck.on_frame(f, [], LoopStats())
+            t = time.monotonic()
+            stuck.close()
+            assert time.monotonic() - t < 1.5
+        assert "the writer did not finish within 0.5 s of the stop" in caplog.text
+        assert stuck.behind >= 2  # the 2 waiting at the close, and those dropped before
+    finally:
+        gate.set()
+        stuck._thread.join(10)
+    assert not stuck._thread.is_alive()  # the disk woke up: the thread ended
+
+
+def test_an_error_in_the_writer_thread_starts_a_new_file_and_recording_goes_on(
+        tmp_path, slow_video, monkeypatch, caplog):
+    """An unexpected error must not stop the recording for good (nor die unseen): the file is
+    closed, the error said with its traceback, and the next frame starts a new file; a thread
+    that died all the same is started again."""
+    monkeypatch.setattr(slow_video, "fail_at", 20)
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100)
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        n = feed(w)
+        assert w.flush()
+        assert "unexpected error" in caplog.text and "RuntimeError: an encoder bug" in caplog.text
+        assert w.failures == 1 and len(w.paths) == 2 and frames_in(w.paths[0]) == 19
+
+        class Dead(BaseException):
+            """What the thread's guard lets through (SystemExit from a library, say)."""
+
+        def die(shot):
+            raise Dead
+
+        monkeypatch.setattr(w, "_write", die)
+        monkeypatch.setattr(threading, "excepthook", lambda args: None)  # its traceback: not here
+        src = DemoSource()
+        w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        w._thread.join(5)
+        assert not w._thread.is_alive()
+        monkeypatch.undo()  # the real _write (and VideoWriter) again
+        feed(w)
+        w.close()
+    assert "the writer thread stopped; starting it again with a new file" in caplog.text
+    assert len(w.paths) == 3 and frames_in(w.paths[1]) == n - 20 and frames_in(w.paths[2]) > 0
