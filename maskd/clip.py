@@ -183,13 +183,14 @@ class ClipWriter(FrameObserver):
                     self._say_behind()
 
     def _drop_oldest(self) -> int:
-        """Take the oldest waiting frame off the queue (0: the writer took it meanwhile)."""
+        """Take the oldest waiting frame off the queue; 1, or 0 when the writer took it
+        meanwhile (or it was the stop's None)."""
         try:
-            self._q.get_nowait()
+            shot = self._q.get_nowait()
         except queue.Empty:
             return 0
         self._q.task_done()
-        return 1
+        return int(shot is not None)
 
     def flush(self, timeout: float = CLOSE_S) -> bool:
         """Wait up to ``timeout`` s until every frame handed over is written; whether it is."""
@@ -240,15 +241,9 @@ class ClipWriter(FrameObserver):
                        self.behind)
 
     def _drain(self) -> int:
-        """Take every waiting frame off the queue; how many there were."""
-        n = 0
-        while True:
-            try:
-                shot = self._q.get_nowait()
-            except queue.Empty:
-                return n
-            n += shot is not None
-            self._q.task_done()
+        """Take every waiting frame off the queue (the writer thread is gone or stuck); how
+        many there were."""
+        return sum(self._drop_oldest() for _ in range(self._q.qsize()))
 
     def _start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name=f"maskd-clip-{self.name}", daemon=True)
