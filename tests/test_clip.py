@@ -612,3 +612,33 @@ def test_an_error_in_the_writer_thread_starts_a_new_file_and_recording_goes_on(
         w.close()
     assert "the writer thread stopped; starting it again with a new file" in caplog.text
     assert len(w.paths) == 3 and frames_in(w.paths[1]) == n - 20 and frames_in(w.paths[2]) > 0
+
+
+def test_sigterm_closes_the_clip_with_every_frame_it_was_handed(tmp_path, default_model):
+    """A stop by SIGTERM (systemd's) while the writer thread has frames waiting: they are
+    written, the file is closed whole (its frame count in the log is what plays) and the run
+    exits 0 well within TimeoutStopSec."""
+    import re
+
+    out = tmp_path / "clips"
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", "demo", "--loop",
+                             "--annotate", str(out), "--detector", "blazeface", "--model",
+                             str(default_model)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size > 0 for p in out.glob("camera-*.mkv")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.0)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t < 30  # TimeoutStopSec is 60
+    (path,) = out.glob("camera-*.mkv")
+    (said,) = re.findall(r"annotated clip: \S+ \((\d+) frames\)", err)
+    assert int(said) > 0 and frames_in(path) == int(said)
+    assert "Traceback" not in err
