@@ -35,8 +35,9 @@ hands over the frame (its array: sources hand out a fresh one per frame and noth
 after the pipeline; the boxes are drawn on a copy, in the writer thread) and returns at once.
 Up to ``QUEUE`` frames wait; a live frame that finds the queue full takes the place of the
 oldest waiting one, which is dropped (``behind``, one WARNING a minute; the frame written before
-it fills its slots, so the clip still plays in real time, up to the latest frame). Frames whose times are made up (files, the demo) wait for room instead: nothing runs
-away meanwhile, and their clip keeps every frame. An error in the thread closes the file being
+it fills its slots, so the clip still plays in real time, up to the latest frame). Frames whose
+times are made up (files, the demo) wait for room instead: nothing runs away meanwhile, and
+their clip keeps every frame. An error in the thread closes the file being
 written (said, with its traceback, at most once a minute) and the next frame starts a new one;
 a thread that died is started again at the next frame. ``close`` writes what waits, for up to
 ``CLOSE_S``: a disk that hangs drops the rest (said), it never holds up the stop.
