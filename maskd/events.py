@@ -10,6 +10,11 @@ on scripted tracks):
 - ``end``: ``masked`` (the track's smoothed score fell below the release threshold),
   ``gone`` (its track not seen for ``end_after_s``; end_time is when it was last seen) or
   ``shutdown``.
+- Every message says how long the violation has lasted (``duration_s``, by the time that passed:
+  steps of the wall clock left out) and how far the wall clock stepped since its start
+  (``clock_step_s``). ``start_time`` stays as the start message gave it, so after a step back
+  the wall clock's end would come before it; ``end_time`` is never earlier than
+  ``start_time + duration_s`` (it is then the end on the start's clock).
 - Re-attach: while an event's track is missing (before it ends as gone), a newly confirmed
   violating track of the same person takes the event over (same event_id, no new start), so a
   person briefly lost by the tracker stays one violation. The track it was taken from loses its
@@ -61,6 +66,7 @@ class _Violation:
     next_seq: int = 0
     dirty: bool = False  # something worth an update happened since the last message
     velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second (smoothed)
+    stepped: float = 0.0  # how far the wall clock stepped since start_time (``shift``)
 
     def expected_box(self, now: float) -> Box:
         """Where the face should be now if it kept moving as it did (someone hidden while
@@ -219,8 +225,10 @@ class Violations:
         real-time clock, NTP setting it; maskd.clock). Forward, a briefly hidden violator's
         event would end as gone and start again when they are found, and a cooldown would
         lapse; back, both would wait out the step. ``start_time`` stays: it names the event in
-        every message, as the start message gave it."""
+        every message, as the start message gave it; the step is counted instead, so that
+        ``duration_s`` leaves it out and an end never comes before its start."""
         for v in self._open:
+            v.stepped += step
             v.last_seen += step
             v.last_msg_time += step
         for r in self._recent:
@@ -241,7 +249,9 @@ class Violations:
         if reason == "masked":  # the cooldown is for a mask put on and taken off again
             self._recent.append(_Ended(v.box, end_time, v.appearance, v.track_id))
         ev = self._message(v, "end", end_time, frame_seq)
-        ev.end_time, ev.end_reason = end_time, reason
+        # after a step back the new clock's end comes before the start: the end on the
+        # start's clock then, which a consumer sorting or subtracting the two can use
+        ev.end_time, ev.end_reason = end_time - min(ev.clock_step_s, 0.0), reason
         return ev
 
     def _message(self, v: _Violation, kind: EventType, now: float,
@@ -256,6 +266,8 @@ class Violations:
             event_type=kind, event_id=v.event_id, seq=v.next_seq, camera=self.camera,
             track_id=v.track_id, start_time=v.start_time, score=v.score, top_score=v.top_score,
             box=norm, frame_seq=v.best_seq, best_crop=v.best_crop,
+            duration_s=round(max(now - v.start_time - v.stepped, 0.0), 3),
+            clock_step_s=round(v.stepped, 3),
         )
         v.next_seq += 1
         v.last_msg_time = now

@@ -85,6 +85,10 @@ class ViolationEvent:
     end_time: float | None = None
     end_reason: EndReason | None = None
     frame_seq: int | None = None
+    # How long the violation has lasted at this message, by the time that passed (a step of
+    # the wall clock left out); None where no clock timed it (an older record).
+    duration_s: float | None = None
+    clock_step_s: float = 0.0  # how far the wall clock stepped since start_time
     best_crop: np.ndarray | None = field(default=None, repr=False)  # BGR face crop, for opt-in snapshots
 
 

@@ -216,7 +216,8 @@ def test_jsonl_file_sink_writes_one_flushed_line_per_event(tmp_path):
     assert [d["event_type"] for d in lines] == ["start", "end"]
     assert lines[1]["end_reason"] == "shutdown" and lines[0]["event_id"] == lines[1]["event_id"]
     assert set(lines[0]) >= {"event_id", "seq", "camera", "track_id", "start_time", "score",
-                             "top_score", "box", "end_reason", "frame_seq"}
+                             "top_score", "box", "end_reason", "frame_seq", "duration_s",
+                             "clock_step_s"}
 
 
 def jsonl_event(i: int):

@@ -304,6 +304,51 @@ def test_a_clock_step_back_does_not_freeze_the_gone_timeout():
     assert events == [(2, "start", None), (29, "end", "gone")]
 
 
+def messages_through_a_step(step: float):
+    """The messages of a violation open across a step at frame 10 (start at frame 2, update
+    at frame 21, gone after frame 29), with every field."""
+    cfg = Config()
+    cfg.tracking.min_span_s, cfg.tracking.end_after_s = 0.2, 2.0
+    cfg.tracking.update_interval_s = 1.0
+    script = [[BOX]] * 10 + [[(101, 100, 161, 160)]] * 20 + [[]] * 21
+    pipe = Pipeline(cfg, ScriptedDetector(script), RedClassifier(), new_event_id=lambda: "ev")
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[:, :, 2] = np.linspace(200, 250, 320, dtype=np.uint8)  # red: P(no_mask) rises
+    out = []
+    for i in range(len(script)):
+        wall = 1_790_000_000.0 + i / 10 + (step if i >= 10 else 0.0)
+        out += pipe.process(Frame(img, i, wall, since_boot=50.0 + i / 10)).events
+    return out
+
+
+def test_an_end_after_a_clock_step_back_never_comes_before_its_start():
+    """fake-hwclock booted the Pi an hour late and NTP stepped it back while a violation was
+    open: its end said an hour before its start (end_time - start_time = -3599.3 s), which
+    Home Assistant and the building's log sort and subtract. Now every message says how long
+    the violation lasted by the time that passed, and how far the clock stepped; the end is
+    on the start's clock."""
+    msgs = messages_through_a_step(-3600.0)
+    start, end = msgs[0], msgs[-1]
+    assert (start.event_type, start.duration_s, start.clock_step_s) == ("start", 0.0, 0.0)
+    assert end.event_type == "end" and end.end_reason == "gone"
+    assert end.duration_s == pytest.approx(2.7)  # frame 2 to its last sighting at frame 29
+    assert end.clock_step_s == pytest.approx(-3600.0)
+    assert end.end_time - end.start_time == pytest.approx(end.duration_s)
+    updates = [m for m in msgs if m.event_type == "update"]
+    assert updates and all(0 < m.duration_s < end.duration_s for m in updates)
+    assert all(m.clock_step_s == pytest.approx(-3600.0) for m in updates)
+
+
+def test_an_end_after_a_clock_step_forward_keeps_the_new_clocks_time():
+    """Forward the end stays on the new clock (end_time's meaning since the start); the
+    duration leaves the step out, and the step is said."""
+    msgs = messages_through_a_step(7 * DAY)
+    end = msgs[-1]
+    assert end.end_time == pytest.approx(1_790_000_000.0 + 2.9 + 7 * DAY)
+    assert end.duration_s == pytest.approx(2.7)
+    assert end.clock_step_s == pytest.approx(7 * DAY)
+
+
 def test_votes_across_a_clock_step_still_need_their_span():
     """Three votes in 0.3 s with a forward step among them are 0.3 s of evidence, not a week."""
     cfg = Config()

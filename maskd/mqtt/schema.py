@@ -23,7 +23,7 @@ SCHEMA_ID = "maskd.violation/1"
 #: What a ViolationEvent itself carries (no device, software or delivery context).
 EVENT_FIELDS = frozenset({
     "event_type", "event_id", "seq", "camera", "track_id", "start_time", "end_time", "score",
-    "top_score", "box", "end_reason", "frame_seq",
+    "top_score", "box", "end_reason", "frame_seq", "duration_s", "clock_step_s",
 })
 #: Set at each publish, so a replayed event says when it was really sent and that it waited.
 DELIVERY_FIELDS = frozenset({"sent_at", "buffered"})
@@ -81,6 +81,9 @@ class ViolationPayload(BaseModel):
     box: list[float] = Field(min_length=4, max_length=4)
     end_reason: Literal["masked", "gone", "shutdown", "restart"] | None
     frame_seq: int | None = None
+    # Additive (not required: rows an older version stored go out without them).
+    duration_s: float | None = Field(default=None, ge=0)
+    clock_step_s: float = 0.0
     model: str | None
     sw_version: str
     snapshot: bool = False
@@ -141,4 +144,6 @@ def _event_values(event: ViolationEvent) -> dict[str, Any]:
         "box": [round(float(v), 4) for v in event.box],
         "end_reason": event.end_reason,
         "frame_seq": event.frame_seq,
+        "duration_s": event.duration_s,
+        "clock_step_s": event.clock_step_s,
     }
