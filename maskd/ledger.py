@@ -86,7 +86,9 @@ class OpenViolations:
 
     def restart_ends(self, cameras: set[str]) -> list[ViolationEvent]:
         """The `end` (reason ``restart``) of every violation of ``cameras`` a killed run left
-        open; its end time is when it was last noted, the last moment it was known open."""
+        open; its end time is when it was last noted, the last moment it was known open (not
+        earlier than its start plus the ``duration_s`` noted then: the clock may have stepped
+        back since the start)."""
         # another process's camera (a shared state_dir): it ends its own
         return self._ends(lambda rec: rec.get("camera") in cameras)
 
@@ -126,7 +128,8 @@ class OpenViolations:
                 ev = ViolationEvent(**{k: rec[k] for k in _FIELDS if k in rec},
                                     box=tuple(rec["box"]))
                 ends.append(replace(ev, event_type="end", seq=ev.seq + 1, end_reason="restart",
-                                    end_time=max(_noted(rec), ev.start_time), frame_seq=None))
+                                    end_time=max(_noted(rec), ev.start_time + (ev.duration_s or 0.0)),
+                                    frame_seq=None))
             except (TypeError, ValueError, KeyError) as err:
                 log.warning("%s: an entry that is no violation removed (%s)", self.path, err)
                 bad.append(event_id)

@@ -88,3 +88,20 @@ def test_only_this_configs_removed_cameras_are_ended(tmp_path, caplog):
     assert set(json.loads(ledger.path.read_text())) == {"y1", "old"}
     assert ledger.removed_ends({"front"}, alone=False) == []
     assert sorted(e.event_id for e in ledger.removed_ends({"front"}, alone=True)) == ["old", "y1"]
+
+
+def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(tmp_path):
+    """Started on fake-hwclock's time an hour late, noted 40 s on, then NTP stepped the clock
+    back and the run was killed: the restart end was dated when last noted, on the new clock,
+    an hour before the start it ends."""
+    import time
+    from dataclasses import replace
+
+    ledger = OpenViolations(tmp_path)
+    start = time.time() + 3600.0  # what the late clock said at the start
+    ledger.note(replace(event("late"), start_time=start, duration_s=0.0))
+    ledger.note(replace(event("late", "update", 1), start_time=start, duration_s=40.0,
+                        clock_step_s=-3600.0))
+    [end] = OpenViolations(tmp_path).restart_ends({"door"})
+    assert end.end_time == start + 40.0 and end.duration_s == 40.0
+    assert end.clock_step_s == -3600.0

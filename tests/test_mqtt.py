@@ -407,6 +407,33 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     sub.close()
 
 
+def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(broker, tmp_path):
+    """A run killed after NTP stepped the clock back an hour during a violation: the outbox's
+    restart end was dated when its last message was stored, on the new clock, an hour before
+    the start it ends."""
+    from maskd.outbox import Outbox
+
+    state = tmp_path / "state"
+    start = time.time() + 3600.0  # fake-hwclock's late time at the start
+    stored = ViolationPayload.build(script("late", 1, 1)[1], device_id="dev1", model="m1",
+                                    snapshot=False).stored()
+    stored |= {"start_time": start, "duration_s": 40.0, "clock_step_s": -3600.0}
+    outbox = Outbox(state)
+    outbox.put(f"{CAM}/violation", stored, track=(stored["event_id"], True))
+    outbox.close()
+    sub = Subscriber(broker, [f"{CAM}/violation"])
+    sink = MqttSink.from_config(cfg_for(broker, state), model_name="m1")
+    try:
+        assert sink.flush(10)
+        assert sub.wait(lambda ms: any(m.json()["end_reason"] == "restart" for m in ms), 10)
+        ends = [e for e in events(sub) if e["end_reason"] == "restart"]
+        check_schema(ends[0])
+        assert ends[0]["end_time"] == start + 40.0 and ends[0]["duration_s"] == 40.0
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_cameras_dropped_after_a_kill_go_offline_with_no_violation_open(broker, tmp_path):
     """A killed run's camera that the next config has not: nothing else would ever reset its
     retained topics (the last will covers only the process's status). Was: `violation/active`

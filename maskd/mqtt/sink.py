@@ -384,10 +384,12 @@ class MqttSink(EventSink):
             roots.add(last.topic.removesuffix("/violation"))
             p = last.payload
             try:  # a damaged record (no seq, text for a number) must not stop every start
-                # end_time: when its last message was stored, the last moment it was known open
+                # end_time: when its last message was stored, the last moment it was known open,
+                # not before that message's start_time + duration_s (maskd.events)
                 end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1,
                        "end_reason": "restart", "frame_seq": None, "snapshot": False,
-                       "end_time": max(last.created, p.get("start_time") or 0.0),
+                       "end_time": max(last.created, (p.get("start_time") or 0.0)
+                                       + (p.get("duration_s") or 0.0)),
                        "sw_version": __version__}
                 event_id = str(p["event_id"])
             except (KeyError, TypeError, ValueError) as err:
