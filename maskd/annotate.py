@@ -42,6 +42,9 @@ def camera_text(stats: LoopStats) -> str:
         return f"camera lost since {since}; {state}"
     if stats.source_ended:
         return "end of the source; idle until stopped"
+    if stats.no_frame_since and stats.no_frame_s is not None:
+        return (f"no frame for {stats.no_frame_s:.0f} s (since {stats.no_frame_since}); "
+                "camera not answering")
     return header_text(stats)
 
 

@@ -115,7 +115,8 @@ class SystemdNotifier(FrameObserver):
         self._ready = False
         self._last_ping: float | None = None
         self._last_status: float | None = None
-        self._outage: dict[str | None, tuple[bool, bool]] = {}  # camera -> (lost, reconnecting)
+        # camera -> (lost, reconnecting, no frame for a gap)
+        self._outage: dict[str | None, tuple[bool, bool, bool]] = {}
         self._lock = threading.Lock()
         self._cameras: set[str] = set()  # for_cameras(): the loops that must vouch for a ping
         self._vouched: set[str] = set()  # those that did since the last ping
@@ -145,12 +146,16 @@ class SystemdNotifier(FrameObserver):
         while it idles after a file's end.
 
         Called from the loop's own thread, so a hung loop sends nothing; a camera read stuck in
-        the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping.
+        the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping,
+        only, once that lasts a gap, a STATUS naming it with the time since the last frame.
         """
         if stats.source_ended:
             self.vouch(camera, stats, ready=True, alive=True)
-        elif stats.camera_lost_since:  # merely a slow camera: frames will say it
+        elif stats.camera_lost_since:
             self.vouch(camera, stats, ready=False, alive=stats.camera_reconnecting)
+        elif stats.no_frame_since:  # a read that blocks: STATUS says so, and no ping
+            self.vouch(camera, stats, ready=False, alive=False)
+        # else merely a slow camera: frames will say it
 
     def vouch(self, camera: str | None, stats: LoopStats, ready: bool, alive: bool) -> None:
         """``camera`` (None: the only loop) says how it is; a ping needs all of them alive."""
@@ -178,7 +183,8 @@ class SystemdNotifier(FrameObserver):
         if not self._notifier.enabled:
             return False
         now = self._clock()
-        outage = {**self._outage, camera: (bool(stats.camera_lost_since), stats.camera_reconnecting)}
+        outage = {**self._outage, camera: (bool(stats.camera_lost_since), stats.camera_reconnecting,
+                                           bool(stats.no_frame_since))}
         if camera is not None:
             self._latest[camera] = stats
         lines: list[str] = []

@@ -380,15 +380,19 @@ class Pipeline:
         """While no frame comes (a live camera away and reconnecting): once that is a gap, the
         open violations end `gone` at their last sighting now, not when (if ever) frames
         return; a camera that never comes back must not show a violation for days."""
+        if not self.violations.active or (waited := self.no_frame_for()) is None:
+            return []
+        self._forget(waited[1])
+        return self.violations.end_all_gone(waited[0].seq)
+
+    def no_frame_for(self) -> tuple[Frame, float] | None:
+        """The last frame and the seconds since it, once that is a gap (``_is_gap``); None
+        before the first frame and while frames come as usual."""
         last = self._last
-        if last is None or not self.violations.active:
-            return []
-        wall, since_boot = system_clock()
-        gap = self._gap(wall, since_boot)
-        if gap is None or not self._is_gap(gap):
-            return []
-        self._forget(gap)
-        return self.violations.end_all_gone(last.seq)
+        if last is None:
+            return None
+        gap = self._gap(*system_clock())
+        return None if gap is None or not self._is_gap(gap) else (last, gap)
 
     def close(self) -> list[ViolationEvent]:
         """End every open violation (reason ``shutdown``) at the last frame's time."""

@@ -330,11 +330,19 @@ class CameraLoop:
         """The loop's numbers now, with the given rate and stage times."""
         src = self.source.stats
         c = self.pipeline.counts
+        lost = src.get("camera_lost_since")
+        # A live camera neither lost nor sending for a gap: a read that blocks (a stream silent
+        # but open, a hung driver). Named, or systemd's STATUS, the previews and the stats
+        # showed the last frame's fps until the stream's time-out or the watchdog's kill. (A
+        # file's frame times are made up: a loop slower than the file is no stall.)
+        waited = (self.pipeline.no_frame_for() if self.source.is_live and not lost else None)
         return LoopStats(
             frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
             in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
             skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
-            corrupt=src.get("corrupt", 0), camera_lost_since=src.get("camera_lost_since"),
+            corrupt=src.get("corrupt", 0), camera_lost_since=lost,
+            no_frame_since=None if waited is None else clock.local_iso(waited[0].timestamp),
+            no_frame_s=None if waited is None else round(waited[1], 1),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
             source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,

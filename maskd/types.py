@@ -130,6 +130,11 @@ class LoopStats:
     corrupt: int = 0
     camera_lost_since: str | None = None  # ISO 8601 while a live camera is away
     camera_reconnecting: bool = False
+    # While a live camera that is not lost sends no frame for a gap (a read that blocks: a
+    # stream that stopped sending without closing, a hung driver): the last frame's time (ISO
+    # 8601) and the seconds since it. The loop's one gap rule (maskd.pipeline) decides.
+    no_frame_since: str | None = None
+    no_frame_s: float | None = None
     source_ended: bool = False  # a file source has ended; the loop idles until a signal
     faces: int = 0
     small_faces: int = 0

@@ -325,6 +325,59 @@ def test_a_hung_camera_driver_stops_the_pings(under_systemd, monkeypatch, hang):
         assert any(s.endswith("; reconnect stalled") for s in run.statuses())
 
 
+@pytest.mark.parametrize("camera", ["stalled stream", "hung driver"])
+def test_a_blocked_camera_read_is_named_in_the_status_with_the_time_since_the_last_frame(
+        under_systemd, monkeypatch, camera):
+    """A network camera that stops sending without closing (a real MJPEG camera, stalled: the
+    read blocks until the stream time-out) or a driver whose read hangs: `systemctl status`
+    went on saying the last frame's "15.0 fps | 0 active violations" until the time-out, or
+    until the watchdog killed the process. Once no frame has come for a gap (the loop's one gap
+    rule: tracking.end_after_s here 1 s) it says so, with the time since the last frame; the
+    watchdog still gets no ping from a read that blocks."""
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(sources, "STREAM_TIMEOUT_MS", 4000)  # 10 s on a device
+    cfg = Config()
+    cfg.tracking.end_after_s = 1.0
+    cfg.mqtt.stats_interval_s = 1.0
+    sink = RecordingSink()
+    ipcam = IpCamera(lambda i: np.full((120, 160, 3), i % 200, np.uint8)).start()
+    blank = BlankCamera()
+    src = (live_source("cam", blank.opener, SourceConfig()) if camera == "hung driver" else
+           sources.open_source(SourceConfig(kind="opencv", uri=ipcam.url, reopen_min_s=0.2)))
+    try:
+        with LoopRunner(service_for(src, [SystemdNotifier()], [sink], cfg=cfg),
+                        under_systemd) as run:
+            run.watch(2.0)
+            assert run.statuses()[-1].endswith("active violations"), run.statuses()
+            if camera == "hung driver":
+                blank.hang_read.set()
+            else:
+                ipcam.stall()
+            stalled_at = time.monotonic()
+            run.watch(3.0)  # within the stream's 4 s time-out
+            blocked = [(t - stalled_at, m["STATUS"]) for t, m in run.timeline
+                       if t > stalled_at and "STATUS" in m]
+            stats = list(sink.stats)
+            blank.hang_read.clear()
+            ipcam.back()
+            run.watch(6.0 if camera == "stalled stream" else 1.0)
+            assert run.stop() == 0
+    finally:
+        ipcam.close()
+    assert blocked, "no STATUS while the read blocked: the last frame's fps stood"
+    first_at, first = blocked[0]
+    assert 0.5 <= first_at < 2.0, blocked  # the last frame came up to a frame before the stall
+    assert first.startswith("no frame for 1 s (since ") and "camera not answering" in first
+    since = datetime.fromisoformat(first.split("(since ")[1].split(")")[0])
+    assert abs(since.timestamp() - (time.time() - (time.monotonic() - stalled_at))) < 1.5
+    assert not [t for t in run.pings(after=stalled_at + 1.0) if t < stalled_at + 3.0]
+    said = [d for d in stats if d["no_frame_since"]]  # and MQTT's stats, every interval
+    assert said and said[-1]["no_frame_s"] >= 1.5 and said[-1]["camera_lost_since"] is None
+    assert stats[0]["no_frame_since"] is None  # while frames came
+    assert run.statuses()[-1].endswith("active violations")  # frames again: fps again
+
+
 class CrashingCamera:
     """A source whose read() has a bug: the grabber thread dies on the third frame."""
 

@@ -402,6 +402,23 @@ def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_pict
         screen.close()
 
 
+class Headers(ThreadedPreview):
+    """A preview that keeps the header of every picture it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_fps=50)
+        self.said: list[str] = []
+
+    def show(self, image):
+        pass
+
+    def on_frame(self, frame, verdicts, stats):
+        from maskd.annotate import camera_text
+
+        self.said.append(camera_text(stats))
+        super().on_frame(frame, verdicts, stats)
+
+
 def test_a_slow_camera_between_two_frames_is_no_outage():
     """The loop waits for the next frame of a 1.5 fps camera and says so (on_wait, no camera
     lost): the header is not redrawn as '0.0 fps' between each two frames (it flickered)."""
@@ -409,21 +426,8 @@ def test_a_slow_camera_between_two_frames_is_no_outage():
 
     from loop_parts import BlankCamera, service_for
 
-    from maskd.annotate import camera_text
     from maskd.config import SourceConfig
     from maskd.sources import live_source
-
-    class Headers(ThreadedPreview):
-        def __init__(self) -> None:
-            super().__init__(max_fps=50)
-            self.said: list[str] = []
-
-        def show(self, image):
-            pass
-
-        def on_frame(self, frame, verdicts, stats):
-            self.said.append(camera_text(stats))
-            super().on_frame(frame, verdicts, stats)
 
     view = Headers().start()
     src = live_source("cam", BlankCamera(fps=1.5).opener, SourceConfig())
@@ -438,3 +442,37 @@ def test_a_slow_camera_between_two_frames_is_no_outage():
         view.close()
     measured = view.said[next(i for i, s in enumerate(view.said) if not s.startswith("0.0 ")):]
     assert len(measured) >= 3 and not any(s.startswith("0.0 fps") for s in measured), view.said
+
+
+def test_a_camera_read_that_blocks_is_said_over_the_last_picture():
+    """A driver whose read hangs (the camera neither lost nor sending): the last picture stood
+    under its "20.0 fps" header until the watchdog's kill. Once no frame came for a gap
+    (tracking.end_after_s, 1 s here) the header says so, with the time since the last frame."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.config import Config, SourceConfig
+    from maskd.sources import live_source
+
+    cfg = Config()
+    cfg.tracking.end_after_s = 1.0
+    view = Headers().start()
+    cam = BlankCamera()
+    svc = service_for(live_source("cam", cam.opener, SourceConfig()), [view], cfg=cfg)
+    run = threading.Thread(target=svc.run, daemon=True)
+    run.start()
+    try:
+        assert wait_until(lambda: svc.frames >= 5, 10)
+        cam.hang_read.set()
+        assert wait_until(lambda: any(s.startswith("no frame for 2 s") for s in view.said), 5)
+        cam.hang_read.clear()
+        n = len(view.said)
+        assert wait_until(lambda: any(s.endswith("violations") for s in view.said[n:]), 5)
+    finally:
+        cam.hang_read.clear()
+        svc.stop()
+        run.join(10)
+        view.close()
+    stalled = [s for s in view.said if s.startswith("no frame for")]
+    assert stalled[0].startswith("no frame for 1 s (since ") and "camera not answering" in stalled[0]
