@@ -667,6 +667,32 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
         == [("start", None), ("end", "gone")]
 
 
+def test_a_violation_across_a_clock_step_back_ends_after_its_start(tmp_path, default_model,
+                                                                   monkeypatch):
+    """A Pi booted on fake-hwclock's time, an hour late, with a bare face at a real IP camera:
+    NTP steps the wall clock back an hour, then the person leaves (the camera goes away). The
+    `end` in the JSON lines file said an hour before its `start`; now it is dated on the
+    start's clock, with how long the violation lasted and how far the clock stepped."""
+    real = time.time
+    with _violation_on_a_network_camera(tmp_path, default_model) as (cam, loop, seen):
+        started = time.monotonic()
+        time.sleep(1.0)
+        monkeypatch.setattr(time, "time", lambda: real() - 3600.0)  # NTP's step back
+        time.sleep(1.0)
+        cam.gone()
+        ended = _ends_within(seen, 15)
+        lasted = time.monotonic() - started
+    monkeypatch.undo()
+    assert [e.end_reason for e in ended] == ["gone"], seen.events
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    start, end = lines[0], lines[-1]
+    assert (start["event_type"], start["duration_s"], start["clock_step_s"]) == ("start", 0, 0)
+    assert end["event_type"] == "end" and end["end_time"] >= end["start_time"]
+    assert abs(end["clock_step_s"] + 3600.0) < 0.5
+    assert 1.5 < end["duration_s"] < lasted + 0.5  # the time that passed, to the last sighting
+    assert end["end_time"] - end["start_time"] == pytest.approx(end["duration_s"], abs=0.01)
+
+
 def test_a_camera_whose_picture_freezes_is_lost_and_ends_its_violation_gone(tmp_path,
                                                                               default_model):
     """An IP camera whose encoder hangs with a bare face in view: the stream goes on, each frame
