@@ -718,7 +718,9 @@ def test_a_camera_whose_picture_freezes_is_lost_and_ends_its_violation_gone(tmp_
         frames = loop.frames
         cam.back()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and loop.stats().camera_lost_since:
+        # the grabber clears camera_lost_since before its frame reaches the loop: wait for both
+        while time.monotonic() < deadline and (loop.stats().camera_lost_since
+                                               or loop.frames <= frames):
             time.sleep(0.05)
         assert loop.stats().camera_lost_since is None and loop.frames > frames
 
