@@ -473,6 +473,9 @@ class ScheduleWindow(Section):
 
 class JsonlConfig(Section):
     path: Annotated[str, BeforeValidator(_named)] | None = None  # "-": stdout; None: off
+    # A file past this is renamed to PATH.old (the one before it deleted) and a new one begun, so
+    # months of events never fill the card without logrotate; None: one file growing for ever.
+    max_mb: float | None = Field(100.0, gt=0.0, le=1_000_000.0)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from maskd.types import EventSink, LoopStats, ViolationEvent
 log = logging.getLogger(__name__)
 
 MEMORY_MAX = 1000  # lines kept while the file cannot be written; beyond, the oldest are dropped
+MB = 1024 * 1024
+OLD_SUFFIX = ".old"  # the file before the current one (jsonl.max_mb); not logrotate's ".1"
 
 
 READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the start
@@ -72,10 +74,15 @@ class JsonlSink(EventSink):
     A regular file follows a rotation: before writing, the path is looked at again, and when it
     names another file or none (moved or deleted by logrotate) a new file is opened there, so no
     line goes on to the old one or to a deleted inode. A pipe or ``-`` is never reopened.
+
+    With ``max_mb``, a regular file that a line would take past it is renamed to ``PATH.old``
+    (replacing the one before) and a new file begun: at most twice ``max_mb`` on the disk,
+    whatever the months, without logrotate (a line bigger than the cap still goes whole).
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, max_mb: float | None = None) -> None:
         self.target = target
+        self.max_bytes = None if max_mb is None else int(max_mb * MB)
         self.failed = 0  # lines never written: stdout refused them, or dropped while waiting
         self._fd: int | None = None  # None: stdout
         self._waiting: deque[bytes] = deque()
@@ -119,19 +126,47 @@ class JsonlSink(EventSink):
             now = None
         if now == self._file:
             return
+        self._reopen()
+        log.info("jsonl %s: %s (rotated?); writing to %s now", self.target,
+                 "the file was moved or deleted" if now is None else "the path names another file",
+                 "a new file" if now is None else "that file")
+
+    def _reopen(self) -> None:
+        """Open the path anew in place of the open file (under the lock); OSError when it
+        cannot be opened, the old one then staying open (lines wait until it can)."""
+        assert self._fd is not None
         fd = _open_once(Path(self.target))
         os.close(self._fd)
         st = os.fstat(fd)
         self._fd, self._file = fd, (st.st_dev, st.st_ino)
-        log.info("jsonl %s: %s (rotated?); writing to %s now", self.target,
-                 "the file was moved or deleted" if now is None else "the path names another file",
-                 "a new file" if now is None else "that file")
+
+    def _roll_over(self, size: int) -> None:
+        """Begin a new file when ``size`` more bytes would take this one past ``max_bytes``
+        (under the lock, after ``_follow_rotation``). A rename that fails is a WARNING a
+        minute and the line goes on to the same file: a file over its cap loses nothing."""
+        if self._file is None or self._fd is None or self.max_bytes is None:
+            return
+        have = os.fstat(self._fd).st_size
+        if have == 0 or have + size <= self.max_bytes:
+            return
+        old = self.target + OLD_SUFFIX
+        try:
+            os.replace(self.target, old)
+        except OSError as err:
+            if self._throttle.due("roll"):
+                log.warning("jsonl %s: cannot rename it to %s at max_mb (%s); it grows on",
+                            self.target, old, err.strerror or err)
+            return
+        log.info("jsonl %s: reached max_mb (%.0f KiB), moved to %s; writing to a new file now",
+                 self.target, have / 1024, old)
+        self._reopen()  # OSError: the lines wait, and the next try follows the move as above
 
     def _drain(self) -> bool:
         """Append what waits, in order (under the lock); False when a line cannot be written."""
         while self._waiting and self._fd is not None:
             try:
                 self._follow_rotation()
+                self._roll_over(len(self._waiting[0]))
                 append_line(self._fd, self._waiting[0])
             except OSError as err:
                 if self._error is None:

@@ -564,7 +564,7 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     """JSON lines and/or MQTT, as the config says."""
     sinks: list[EventSink] = []
     if cfg.jsonl.path:
-        sinks.append(JsonlSink(cfg.jsonl.path))
+        sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_mb))
     if cfg.mqtt.url:
         from maskd.mqtt import MqttSink
 
@@ -653,7 +653,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     shared: list[EventSink] = []
     mqtt = None
     if cfg.jsonl.path:
-        shared.append(_Shared(JsonlSink(cfg.jsonl.path), len(cams)))
+        shared.append(_Shared(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_mb), len(cams)))
     if cfg.mqtt.url:
         from maskd.mqtt import MqttSink
 

@@ -278,6 +278,52 @@ def test_jsonl_lines_that_wait_are_bounded_and_what_is_lost_is_said(tmp_path, ca
         assert sink.failed == 5
 
 
+def test_a_jsonl_file_is_capped_by_max_mb_keeping_the_newest_lines(tmp_path, caplog):
+    """Months at a door with no logrotate: the file must not fill the SD card. 10,000 events
+    through the sink `run` builds from a config with a small `jsonl.max_mb`: the file and its
+    one older copy each stay under the cap, and together they hold the newest events, whole,
+    in order, none missing between them; each roll-over is one INFO line."""
+    from maskd.config import parse_config
+    from maskd.service import build_sinks
+    from maskd.types import RunControl
+
+    path = tmp_path / "events.jsonl"
+    cfg = parse_config({"jsonl": {"path": str(path), "max_mb": 0.25}}, "test")
+    [sink] = build_sinks(cfg, RunControl())
+    cap = 0.25 * 1024 * 1024
+    with caplog.at_level(logging.INFO, logger="maskd.jsonl"):
+        for i in range(10_000):
+            sink.emit(jsonl_event(i))
+            if i % 1000 == 0:
+                assert path.stat().st_size <= cap
+    assert sink.flush(0.1) is True and sink.faults() == []
+    sink.close()
+    old = path.with_name(path.name + ".old")
+    assert path.stat().st_size <= cap and old.stat().st_size <= cap
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, old.name]
+    kept = [json.loads(x)["event_id"] for f in (old, path) for x in f.read_text().splitlines()]
+    assert kept == [f"id{i}" for i in range(10_000 - len(kept), 10_000)]
+    assert len(kept) * len(path.read_text().splitlines()[-1]) > cap  # more than one file's worth
+    rolled = [r for r in caplog.records if "max_mb" in r.getMessage()]
+    assert rolled and all(r.levelno == logging.INFO for r in rolled)
+
+
+def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
+    """`jsonl.max_mb: null` is the file as before (for logrotate alone to rotate)."""
+    from maskd.config import parse_config
+    from maskd.service import build_sinks
+    from maskd.types import RunControl
+
+    path = tmp_path / "events.jsonl"
+    [sink] = build_sinks(parse_config({"jsonl": {"path": str(path), "max_mb": None}}, "test"),
+                         RunControl())
+    for i in range(2000):
+        sink.emit(jsonl_event(i))
+    sink.close()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert len(path.read_text().splitlines()) == 2000
+
+
 def test_jsonl_path_may_be_a_pipe(tmp_path):
     """`jsonl.path: /dev/stdout` or a named pipe cannot be seeked or cut back; lines still go."""
     import threading
