@@ -48,6 +48,7 @@ WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, e
 RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
 SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
+CORRUPT_KEEP = 3  # damaged outbox files kept aside for inspection (the latest; each up to ~50 MiB)
 
 T = TypeVar("T")
 Track = tuple[str, bool]  # (event id, still open after this message)
@@ -359,11 +360,12 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db = None
-        aside = self.path.with_name(f"{OUTBOX_FILE}.corrupt-{int(time.time())}")
+        aside = self._aside_name()
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
                 src.rename(Path(str(aside) + suffix))
+        self._forget_old_asides(aside)
         known, self._count, self._exclusive = self._count, 0, False
         db = self._open(self._durable)  # a new file now, or None on a full disk
         self._ident = _file_ident(self.path)
@@ -376,6 +378,35 @@ class Outbox:
                   "with the %d pending event(s) that could be read; %s could not be read",
                   self.path, err, aside, saved, "an unknown number" if lost is None else lost)
         return db
+
+    def _aside_name(self) -> Path:
+        """``outbox.sqlite3.corrupt-<time>``, or ``-<time>-<n>`` when damage came twice in one
+        second: a name taken would have the rename replace a file kept aside, and its events."""
+        base = f"{OUTBOX_FILE}.corrupt-{int(time.time())}"
+        aside, n = self.path.with_name(base), 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{base}-{n}")
+        return aside
+
+    def _forget_old_asides(self, newest: Path) -> None:
+        """Keep ``newest`` and the CORRUPT_KEEP - 1 before it (by the time in their names): a
+        card that fails again and again must not fill up with copies of the outbox."""
+        stamps: dict[Path, tuple[int, ...]] = {}
+        for p in self.dir.glob(f"{OUTBOX_FILE}.corrupt-*"):
+            parts = p.name.rsplit(".corrupt-", 1)[1].split("-")  # its -wal and -shm go with it
+            if p != newest and all(x.isdigit() for x in parts):
+                stamps[p] = tuple(int(x) for x in parts)
+        older = sorted(stamps, key=stamps.__getitem__)
+        for old in older[:max(0, len(older) - (CORRUPT_KEEP - 1))]:
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(old) + suffix).unlink(missing_ok=True)
+            except OSError as err:
+                log.warning("outbox: cannot delete %s, an older damaged outbox: %s", old, err)
+                continue
+            log.info("outbox: deleted the older damaged outbox %s (the latest %d are kept)", old,
+                     CORRUPT_KEEP)
 
     def _salvage(self, aside: Path, db: sqlite3.Connection, known: int) -> tuple[int, int | None]:
         """Copy what can be read from the damaged file ``aside`` into the new outbox ``db``

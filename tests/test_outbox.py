@@ -245,6 +245,25 @@ def test_damaged_file_is_moved_aside(tmp_path, caplog):
     ob.close()
 
 
+def test_damaged_files_kept_aside_are_bounded_newest_kept(tmp_path, caplog):
+    """A failing SD card damages the outbox again and again over the months: each damaged file
+    (up to tens of MiB at the count bound) is kept aside for inspection, but only the latest
+    few, or they would fill the card that is failing. Damage twice in one second keeps both."""
+    from maskd.outbox import CORRUPT_KEEP
+
+    rounds = CORRUPT_KEEP + 2
+    with caplog.at_level(logging.INFO, logger="maskd.outbox"):
+        for i in range(rounds):  # as fast as it goes: several in one second
+            (tmp_path / OUTBOX_FILE).write_bytes(f"damage {i} ".encode() * 100)
+            Outbox(tmp_path, durable=False).close()
+    kept = sorted(tmp_path.glob(OUTBOX_FILE + ".corrupt-*"))
+    assert len(kept) == CORRUPT_KEEP
+    assert sorted(p.read_bytes()[:9] for p in kept) == \
+        [f"damage {i} ".encode() for i in range(rounds - CORRUPT_KEEP, rounds)]
+    removed = [r.getMessage() for r in caplog.records if "deleted the older" in r.getMessage()]
+    assert len(removed) == rounds - CORRUPT_KEEP
+
+
 def damage_page(state_dir, table: str, which: str = "root") -> int:
     """Overwrite one page of the outbox (closed, checkpointed) with 0xFF, as a failing SD card
     does: ``table``'s root page, or the first or last leaf below it; returns its number."""
