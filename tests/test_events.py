@@ -308,6 +308,23 @@ def test_a_jsonl_file_is_capped_by_max_mb_keeping_the_newest_lines(tmp_path, cap
     assert rolled and all(r.levelno == logging.INFO for r in rolled)
 
 
+def test_a_jsonl_file_that_cannot_be_moved_at_its_cap_grows_on_losing_nothing(tmp_path, caplog):
+    """`PATH.old` taken by a folder: the cap cannot move the file, so no line may be lost for
+    it; one WARNING says so (not one a line) and the lines go on into the same file."""
+    path = tmp_path / "events.jsonl"
+    (tmp_path / "events.jsonl.old").mkdir()
+    sink = JsonlSink(str(path), max_mb=1 / 1024)  # 1 KiB: a few lines
+    with caplog.at_level(logging.WARNING, logger="maskd.jsonl"):
+        for i in range(50):
+            sink.emit(jsonl_event(i))
+    assert sink.flush(0.1) is True
+    sink.close()
+    assert [json.loads(x)["event_id"] for x in path.read_text().splitlines()] == \
+        [f"id{i}" for i in range(50)]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "cannot rename it to" in line and "events.jsonl.old" in line
+
+
 def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
     """`jsonl.max_mb: null` is the file as before (for logrotate alone to rotate)."""
     from maskd.config import parse_config
