@@ -33,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -55,12 +56,46 @@ Track = tuple[str, bool]  # (event id, still open after this message)
 _FULL_OR_IO = (13, 10)  # SQLITE_FULL, SQLITE_IOERR (ENOSPC can surface as either)
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself is damaged
 _LAST_KEY = (1 << 63) - 1
-
+# The outbox's layout, kept in SQLite's user_version: 1 since rows carry their boot; 0 in a file
+# written before the number was kept (with or without those columns: both are read and
+# upgraded). A change an older maskd cannot write to raises it, so that version, put back by a
+# downgrade, refuses the file at the start instead of failing to store every new event. The
+# other state files carry no number (docs/reliability.md says why): their JSON is read key by
+# key, unknown keys are left out, and a change they cannot take needs a new file name.
+OUTBOX_LAYOUT = 1
 
 
 def no_outbox_there(state_dir: Path, why: str) -> str:
     """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in."""
     return f"state dir {state_dir}: cannot create the MQTT outbox there: {why}"
+
+
+def newer_outbox(state_dir: Path) -> str | None:
+    """Why `run`, check-config and doctor refuse the outbox in ``state_dir`` (one rule, one
+    wording): it was written by a newer maskd (its layout above OUTBOX_LAYOUT). None when
+    this version reads it, when there is none, and when it cannot be read (the open says why).
+    Read-only, so a refused file is left as it was: a read-write connection's close folds a
+    killed run's WAL into the file; without a WAL the file alone is read (immutable), so no
+    SQLite index file is made either (one made by check-config or doctor run as root would
+    belong to root, not to the service's user)."""
+    path = Path(state_dir) / OUTBOX_FILE
+    wal = Path(f"{path}-wal")
+    try:
+        if path.stat().st_size == 0:
+            return None
+        alone = "" if wal.exists() and wal.stat().st_size > 0 else "&immutable=1"
+        with closing(sqlite3.connect(f"file:{path}?mode=ro{alone}", uri=True,
+                                     timeout=2.0)) as db:
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+    except (OSError, sqlite3.Error):
+        return None
+    if found <= OUTBOX_LAYOUT:
+        return None
+    return (f"outbox {path} was written by a newer maskd (layout {found}; this one reads up to "
+            f"{OUTBOX_LAYOUT}): install that version again, or move the file aside, with its -wal "
+            "and -shm files if there are any, to start with an empty outbox (its unsent events "
+            "stay in it)")
+
 
 class OutboxError(OSError):
     """The outbox cannot be opened (state dir not writable, already in use): a setup problem."""
@@ -276,6 +311,8 @@ class Outbox:
                 "(give each instance its own --state-dir)"
             ) from None
         try:
+            if newer := newer_outbox(self.dir):  # read before anything writes to it
+                raise OutboxError(newer)
             self._db = self._open(durable)
             self._reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             with self._lock:
@@ -499,8 +536,14 @@ class Outbox:
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            found = db.execute("PRAGMA user_version").fetchone()[0]
             db.executescript(_SCHEMA)
             self._by_boot = self._add_boot_columns(db)
+            if self._by_boot and found < OUTBOX_LAYOUT:
+                try:
+                    db.execute(f"PRAGMA user_version={OUTBOX_LAYOUT}")
+                except sqlite3.OperationalError:  # a full disk: a start with room writes it
+                    pass
             return db
         except BaseException:
             db.close()

@@ -386,6 +386,29 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     assert not (tmp_path / "new").exists()  # run creates them; check-config does not
 
 
+def test_both_refuse_an_outbox_of_a_newer_layout_and_leave_it_as_it_was(tmp_path):
+    """A downgrade: check-config (which install.sh runs before the restart) said OK, then `run`
+    failed to store every new event; both now refuse it in one line, and the file and the WAL a
+    killed newer maskd left are as they were."""
+    from test_outbox import write_newer_outbox
+
+    from maskd.outbox import OUTBOX_FILE, OUTBOX_LAYOUT
+
+    state = tmp_path / "state"
+    state.mkdir()
+    before = write_newer_outbox(state, tmp_path / "newer")
+    path = tmp_path / "newer.yaml"
+    path.write_text(f"state_dir: '{state}'\nmqtt: {{url: 'mqtt://127.0.0.1:1'}}\n")
+    says = f"outbox {state / OUTBOX_FILE} was written by a newer maskd (layout {OUTBOX_LAYOUT + 1}"
+    checked = maskd("check-config", str(path))
+    assert checked.returncode == EX_CONFIG and checked.stderr.startswith(f"{path}: {says}")
+    assert checked.stderr.count("\n") == 1, checked.stderr
+    ran = run(path)
+    assert ran.returncode == EX_CONFIG and f"maskd run: {says}" in ran.stderr, ran.stderr
+    for name, data in before.items():
+        assert (state / name).read_bytes() == data, name
+
+
 def test_auto_with_a_missing_yunet_file_falls_back_and_names_it(tmp_path):
     """`auto` handed YuNet's missing .onnx to BlazeFace ('cannot load TFLite model', exit 78)
     where docs/detectors.md promises the fallback and the name of the file it missed."""

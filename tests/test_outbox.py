@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from clocks import SteppedClock
 
-from maskd.outbox import OUTBOX_FILE, Outbox, OutboxError
+from maskd.outbox import OUTBOX_FILE, OUTBOX_LAYOUT, Outbox, OutboxError
 
 DAY = 24 * 3600.0
 
@@ -189,6 +189,64 @@ def test_an_outbox_written_before_boot_columns_is_upgraded_and_keeps_its_rows(tm
     clock.run(5 * DAY + 1)
     assert ob.prune() == 3 and [r.payload["n"] for r in ob.pending()] == [3]
     ob.close()
+
+
+def write_newer_outbox(d: Path, scratch: Path, killed: bool = True) -> dict[str, bytes]:
+    """An outbox of a later layout (a column this version does not fill) as a newer maskd
+    leaves it, ``killed`` with its last event still in the WAL or stopped; returns its files'
+    bytes."""
+    scratch.mkdir()
+    with closing(sqlite3.connect(scratch / OUTBOX_FILE, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the last rows stay in the WAL
+        db.executescript(OLD_SCHEMA)
+        db.execute("ALTER TABLE outbox ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
+        db.execute(f"PRAGMA user_version={OUTBOX_LAYOUT + 1}")
+        db.execute("INSERT INTO outbox (topic, payload, created) VALUES ('t', '{}', 1.0)")
+        for name in (OUTBOX_FILE, f"{OUTBOX_FILE}-wal") if killed else ():
+            shutil.copyfile(scratch / name, d / name)  # copied while open: as a kill leaves it
+    if not killed:  # closed: the WAL is in the file, and gone
+        shutil.copyfile(scratch / OUTBOX_FILE, d / OUTBOX_FILE)
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.name.startswith(OUTBOX_FILE)}
+
+
+@pytest.mark.parametrize("killed", [True, False], ids=["killed", "stopped"])
+def test_an_outbox_of_a_newer_layout_is_refused_and_left_byte_for_byte(tmp_path, killed):
+    """A downgrade meets the newer layout: a clear refusal at the start, in doctor's words too,
+    the file and its WAL left as they were, and no file added to a stopped one's (was:
+    started, then every new event failed to store, waited in memory and was lost at exit)."""
+    from maskd.commands.doctor import FAIL, inspect_outbox
+    from maskd.config import Config, MqttConfig
+
+    state = tmp_path / "state"
+    state.mkdir()
+    before = write_newer_outbox(state, tmp_path / "newer", killed)
+    assert set(before) == {OUTBOX_FILE, f"{OUTBOX_FILE}-wal"} if killed else {OUTBOX_FILE}
+    says = (f"outbox {state / OUTBOX_FILE} was written by a newer maskd (layout "
+            f"{OUTBOX_LAYOUT + 1}; this one reads up to {OUTBOX_LAYOUT}): install that version "
+            "again, or move the file aside")
+    with pytest.raises(OutboxError) as refused:
+        Outbox(state)
+    assert str(refused.value).startswith(says), refused.value
+    cfg = Config(device_id="dev1", camera="cam1", state_dir=state,
+                 mqtt=MqttConfig(url="mqtt://127.0.0.1:1883"))
+    verdict, detail = inspect_outbox(cfg)
+    assert verdict == FAIL and detail == str(refused.value), detail
+    for name, data in before.items():
+        assert (state / name).read_bytes() == data, name
+    if not killed:
+        assert sorted(p.name for p in state.iterdir()) == sorted([OUTBOX_FILE, "outbox.lock"])
+
+
+def test_an_outbox_without_a_layout_number_is_read_and_given_this_one(tmp_path):
+    """A file from before the number was kept (user_version 0) keeps its rows and gets it."""
+    write_old_outbox(tmp_path, created=time.time())
+    ob = Outbox(tmp_path)
+    assert [r.payload["n"] for r in ob.pending()] == [0, 1, 2]
+    ob.close()
+    with closing(sqlite3.connect(tmp_path / OUTBOX_FILE)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == OUTBOX_LAYOUT
+    Outbox(tmp_path).close()  # and reads what it wrote
 
 
 def test_an_old_outbox_on_a_full_disk_opens_and_is_upgraded_by_a_start_with_room(disk, caplog):

@@ -26,7 +26,7 @@ from pathlib import Path
 from maskd.config import EX_CONFIG, SERVICE_DIR, Config, ConfigError, load_config
 from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
-from maskd.outbox import no_outbox_there
+from maskd.outbox import newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
 
 
@@ -110,6 +110,8 @@ def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
             errors.append(line)
+    if cfg.mqtt.url and (newer := newer_outbox(cfg.state_dir)):
+        errors.append(newer)  # a downgrade: install.sh stops before it restarts maskd
     return errors, warnings
 
 

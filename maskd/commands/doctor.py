@@ -830,7 +830,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     import sqlite3
 
     from maskd.clock import boot_id, system_clock
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, row_age, sqlite_code
+    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, newer_outbox, row_age, sqlite_code
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():
@@ -839,6 +839,8 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     need = max(mq.outbox_reserve_kb, 64) * 1024
     parts = []
     path = d / OUTBOX_FILE
+    if newer := newer_outbox(d):  # `run` stops on it, in these words
+        return FAIL, newer
     if path.exists() and path.stat().st_size > 0:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
