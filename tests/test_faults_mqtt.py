@@ -652,3 +652,26 @@ def test_a_session_file_that_is_no_object_says_unknown_not_clean(tmp_path):
         assert sub.messages[0].json()["previous_stop"] == "unknown"
         sink.close()
         sub.close()
+
+
+def test_a_session_file_from_a_newer_maskd_is_read_by_the_keys_this_one_knows(tmp_path):
+    """After a downgrade the older maskd reads a newer one's mqtt-session.json by the keys it
+    knows (why the file carries no layout number, docs/reliability.md): a killed newer run with
+    a key this version does not know is still an unclean stop, and the file is rewritten."""
+    import json
+
+    state = tmp_path / "state"
+    state.mkdir()
+    session = state / "mqtt-session.json"
+    session.write_text(json.dumps({"running": True, "pid": 1, "time": 1.0, "cameras": [CAM],
+                                   "layout": 2, "zones": {"till": [0, 0, 9, 9]}}))
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [f"{CAM}/status/detail"])
+        sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+        assert sub.wait(lambda ms: bool(ms), 10)
+        assert sub.messages[0].json()["previous_stop"] == "unclean"
+        written = json.loads(session.read_text())
+        assert written["running"] is True and written["cameras"] == [CAM], written
+        sink.close()
+        sub.close()
+    assert json.loads(session.read_text())["running"] is False
