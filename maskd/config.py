@@ -998,6 +998,12 @@ class Config(Section):
         """The `cameras:` layout: the process owns the device-level status."""
         return bool(self.cameras)
 
+    def edgetpu_keys(self) -> list[str]:
+        """The keys that put a model on the Coral (`run` waits for one, `check-config` and
+        `doctor` look for it)."""
+        return [key for key, on in (("classifier.edgetpu", self.classifier.edgetpu),
+                                    ("detector.edgetpu", self.detector.edgetpu)) if on]
+
     def previews(self) -> list[tuple[str, PreviewConfig]]:
         """Each camera's preview section with its key in the file, in the map's order: the
         top-level ``preview`` belongs to the first camera unless that camera has its own."""

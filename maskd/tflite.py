@@ -9,12 +9,20 @@ values it was trained on, with nothing hard-coded per model.
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskd.clock import local_iso
+
 EDGETPU_LIB = "libedgetpu.so.1"
+
+log = logging.getLogger("maskd.tflite")
 
 
 class ModelError(Exception):
@@ -45,23 +53,117 @@ def import_runtime() -> tuple[Any, Any, str]:
         ) from None
 
 
-def edgetpu_delegate(load_delegate: Any) -> Any:
-    """The Coral delegate, or ModelError saying whether the library or the device is missing."""
+class CoralAbsent(ModelError):
+    """libedgetpu loads but no Coral answers: the hardware's state (unplugged, not enumerated yet
+    at boot, resetting), not a setup mistake, so `run` waits for it and then exits 75
+    (EX_TEMPFAIL) for systemd to start it again, where a missing library is exit 78."""
+
+
+CORAL_WAIT_S = 90.0  # `run` waits this long for a Coral to answer, then exits 75
+CORAL_RETRY_S = 5.0  # and asks again this often meanwhile
+CORAL_RETRIED = "exit 75, systemd starts maskd again (is the Coral plugged in?)"
+CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before and after its firmware is loaded
+
+
+def edgetpu_library_problem() -> str | None:
+    """Why the EdgeTPU runtime cannot be used on this machine (a setup mistake), or None."""
     try:
         ctypes.CDLL(EDGETPU_LIB)
     except OSError:
-        raise ModelError(
-            f"EdgeTPU requested but {EDGETPU_LIB} is not installed: install the Coral runtime "
-            "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
-            "coral-edgetpu-stable), or run without --edgetpu on the CPU"
-        ) from None
+        return (f"EdgeTPU requested but {EDGETPU_LIB} is not installed: install the Coral runtime "
+                "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
+                "coral-edgetpu-stable), or run without --edgetpu on the CPU")
+    return None
+
+
+def coral_absent(detail: str) -> str:
+    """The one wording of "no Coral answers" that `run`, `check-config` and `doctor` share."""
+    return (f"no Coral answers ({detail}): plug in the USB Accelerator (or check the PCIe/M.2 "
+            f"driver and permissions); `maskd run` waits up to {CORAL_WAIT_S:g} s for it, asking "
+            f"every {CORAL_RETRY_S:g} s, then {CORAL_RETRIED}")
+
+
+def edgetpu_delegate(load_delegate: Any) -> Any:
+    """The Coral delegate; ModelError when the library is missing (a setup mistake), CoralAbsent
+    when it loads but no device answers (the runtime's ValueError)."""
+    problem = edgetpu_library_problem()
+    if problem is not None:
+        raise ModelError(problem)
     try:
         return load_delegate(EDGETPU_LIB)
     except (ValueError, OSError, RuntimeError) as err:
-        raise ModelError(
-            f"EdgeTPU requested but no Coral device could be opened ({err}): plug in the "
-            "USB Accelerator (or check the PCIe/M.2 driver and permissions), or run without --edgetpu"
-        ) from None
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise CoralAbsent(f"EdgeTPU requested but {coral_absent(detail)}") from None
+
+
+def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
+    """Coral accelerators on the USB bus or PCIe, with whether this user may open them; read
+    from sysfs, never opened (a running maskd holds it: a probe would fail there)."""
+    found = []
+    for d in sorted(sysfs.glob("*")) if sysfs.is_dir() else []:
+        try:
+            ids = ((d / "idVendor").read_text().strip(), (d / "idProduct").read_text().strip())
+        except OSError:
+            continue
+        if ids in CORAL_USB_IDS:
+            node = dev / "bus/usb" / f"{int((d / 'busnum').read_text()):03d}" / f"{int((d / 'devnum').read_text()):03d}"
+            ok = os.access(node, os.R_OK | os.W_OK)
+            found.append(f"USB {ids[0]}:{ids[1]} at {node}"
+                         + ("" if ok else " NOT accessible (udev rule / plugdev group?)"))
+    if (dev / "apex_0").exists():
+        found.append("PCIe /dev/apex_0" + ("" if os.access(dev / "apex_0", os.R_OK | os.W_OK)
+                                           else " NOT accessible (apex group?)"))
+    return found
+
+
+def coral_problems(keys: list[str]) -> tuple[str | None, str | None]:
+    """What `check-config` says of the Coral the config's ``keys`` want, in `run`'s words:
+    (error: the library is missing, `run` exits 78; warning: no Coral on the USB bus or PCIe
+    now, `run` waits for it). The device is looked for in sysfs, not opened."""
+    if not keys:
+        return None, None
+    problem = edgetpu_library_problem()
+    if problem is not None:
+        return f"{', '.join(keys)}: {problem}", None
+    if coral_devices():
+        return None, None
+    none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
+    return None, f"{', '.join(keys)}: EdgeTPU requested but {coral_absent(none)}"
+
+
+def wait_for_coral(keys: list[str], wait_s: float | None = None,
+                   waiting: Callable[[str], None] | None = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> None:
+    """Before `run` opens its models: ask for the Coral (``keys``: the config keys that want it)
+    until one answers, every CORAL_RETRY_S for up to ``wait_s`` (CORAL_WAIT_S), so a Coral that
+    enumerates late at boot, or was unplugged for a moment, does not stop maskd. Raises ModelError
+    at once for a missing library, CoralAbsent after the wait; one ERROR when the wait begins,
+    ``waiting`` hears the systemd STATUS; ``cancelled`` (a stop signal) ends it early."""
+    wait_s = CORAL_WAIT_S if wait_s is None else wait_s
+    named = ", ".join(keys)
+    problem = edgetpu_library_problem()
+    if problem is not None:
+        raise ModelError(f"{named}: {problem}")
+    _, load_delegate, _ = import_runtime()
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            edgetpu_delegate(load_delegate)  # dropped at once: the models open their own
+            if said:
+                log.info("%s: the Coral answers now; starting", named)
+            return
+        except CoralAbsent as err:
+            if cancelled():
+                return
+            if time.monotonic() >= deadline:
+                raise CoralAbsent(f"{named}: {err} (none after {wait_s:g} s)") from None
+            if not said:
+                said = True
+                log.error("%s: %s", named, err)
+                if waiting is not None:
+                    waiting(f"waiting for the Coral ({named}) since {local_iso(time.time())}")
+        time.sleep(max(0.0, min(CORAL_RETRY_S, deadline - time.monotonic())))
 
 
 def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tuple[Any, str]:

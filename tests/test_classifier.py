@@ -143,15 +143,22 @@ def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
         Classifier.open(default_model, edgetpu=True)
 
 
-def test_edgetpu_library_without_device_is_a_clear_error(monkeypatch) -> None:
-    """The library loads but no Coral is plugged in: load_delegate raises ValueError."""
-    monkeypatch.setattr(tflite.ctypes, "CDLL", lambda name: object())
+def test_edgetpu_library_without_device_is_a_clear_error(default_model, tmp_path,
+                                                        monkeypatch) -> None:
+    """The library loads but no Coral is plugged in: the runtime's own load_delegate raises
+    its ValueError (a stand-in libedgetpu that finds no device), which is CoralAbsent (`run`
+    waits for it) with the runtime's words on one line, not the plain ModelError of a setup
+    mistake."""
+    from coral import FakeCoral
 
-    def no_device(name):
-        raise ValueError(f"Failed to load delegate from {name}")
-
-    with pytest.raises(ModelError, match="no Coral device could be opened"):
-        tflite.edgetpu_delegate(no_device)
+    fake = FakeCoral(tmp_path / "lib")
+    monkeypatch.setattr(tflite, "EDGETPU_LIB", str(fake.lib))
+    monkeypatch.setenv("FAKE_CORAL_PLUGGED", str(fake.plugged))
+    with pytest.raises(tflite.CoralAbsent, match=rf"no Coral answers \(Failed to load delegate "
+                       rf"from {fake.lib}\): plug in the USB Accelerator"):
+        Classifier.open(default_model, edgetpu=True)
+    fake.plug()
+    assert Classifier.open(default_model, edgetpu=True).runtime.endswith("+edgetpu")
 
 
 def test_shipped_sidecar_describes_the_model(default_model: Path) -> None:

@@ -516,6 +516,23 @@ def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
         make_detector(DetectorConfig(kind="ssd", model=model, edgetpu=True))
 
 
+def test_a_detector_whose_coral_is_missing_says_so_as_the_classifier_does(tmp_path: Path,
+                                                                          monkeypatch):
+    """detector.edgetpu with the library there and no Coral: CoralAbsent comes through
+    make_detector as it is (`run` waits, then exits 75), not as a DetectorError (exit 78)."""
+    from coral import FakeCoral
+
+    from maskd import tflite
+
+    model = tmp_path / "face_edgetpu.tflite"
+    model.write_bytes(b"x")
+    fake = FakeCoral(tmp_path / "lib")
+    monkeypatch.setattr(tflite, "EDGETPU_LIB", str(fake.lib))
+    monkeypatch.setenv("FAKE_CORAL_PLUGGED", str(fake.plugged))
+    with pytest.raises(tflite.CoralAbsent, match="no Coral answers"):
+        make_detector(DetectorConfig(kind="ssd", model=model, edgetpu=True))
+
+
 
 def test_edgetpu_on_a_cpu_only_detector_is_refused(yunet_model: Path):
     """detector.edgetpu on YuNet ran it on the CPU without a word: a Coral the config asks for

@@ -953,3 +953,79 @@ def test_opencvs_quiet_defaults_give_way_to_what_the_environment_says():
             env = {given: "1"}
             quiet_opencv(env)
             assert env == {given: "1", **{k: v for k, v in defaults.items() if k != name}}
+
+
+def coral_config(tmp_path: Path) -> Path:
+    """The shipped classifier on the Coral (the stand-in's delegate leaves it to the CPU)."""
+    cfg = tmp_path / "coral.yaml"
+    cfg.write_text("source: {kind: demo}\ndetector: {kind: blazeface}\n"
+                   "classifier: {edgetpu: true}\n")
+    return cfg
+
+
+def test_a_coral_missing_at_start_is_waited_for_then_exit_75(tmp_path, monkeypatch, capsys,
+                                                             caplog):
+    """libedgetpu there, no Coral answering: `run` exited 78, which the unit does not restart,
+    so the door had no detection until someone logged in. Now one ERROR naming the Coral, the
+    systemd status says what it waits for, and after the wait exit 75 (one line) for a restart."""
+    from coral import FakeCoral
+    from test_notify import NotifySocket
+
+    from maskd import tflite
+    from maskd.cli import build_parser
+    from maskd.commands import run as run_cmd
+
+    fake = FakeCoral(tmp_path / "lib")
+    monkeypatch.setattr(tflite, "EDGETPU_LIB", str(fake.lib))  # in-process: by its path
+    monkeypatch.setenv("FAKE_CORAL_PLUGGED", str(fake.plugged))
+    monkeypatch.setattr(tflite, "CORAL_WAIT_S", 1.5)
+    monkeypatch.setattr(tflite, "CORAL_RETRY_S", 0.2)
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
+    t0 = time.monotonic()
+    try:
+        with caplog.at_level(logging.ERROR, logger="maskd.tflite"):
+            rc = run_cmd.main(build_parser().parse_args(
+                ["run", "--config", str(coral_config(tmp_path))]))
+        took = time.monotonic() - t0
+        statuses = [m.get("STATUS") for m in sock.drain(0.2)]
+    finally:
+        sock.close()
+    assert rc == 75 and 1.5 <= took < 30, (rc, took)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("maskd run:")]
+    says = (f"EdgeTPU requested but no Coral answers (Failed to load delegate from {fake.lib}): "
+            "plug in the USB Accelerator (or check the PCIe/M.2 driver and permissions); "
+            "`maskd run` waits up to 1.5 s for it, asking every 0.2 s, then exit 75, systemd "
+            "starts maskd again (is the Coral plugged in?)")
+    assert err == [f"maskd run: classifier.edgetpu: {says} (none after 1.5 s)"], err
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"classifier.edgetpu: {says}"], errors
+    assert len(statuses) == 1 and statuses[0].startswith(
+        "waiting for the Coral (classifier.edgetpu) since "), statuses
+
+
+def test_a_coral_plugged_in_while_run_waits_is_used(tmp_path):
+    """The real `maskd run` finds the stand-in by its real name (LD_LIBRARY_PATH), waits while
+    it answers "no device", and starts detecting once it is plugged in, within one retry."""
+    from coral import FakeCoral
+
+    from maskd.tflite import CORAL_RETRY_S
+
+    fake = FakeCoral(tmp_path / "lib")
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config",
+                             str(coral_config(tmp_path)), "--max-frames", "3"],
+                            stderr=subprocess.PIPE, text=True, env=fake.env())
+    time.sleep(2.0)
+    fake.plug()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+    def logged_at(text: str) -> float:  # the log line's own time (asctime), in seconds
+        line = next(ln for ln in err.splitlines() if text in ln)
+        return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+
+    waited = logged_at("the Coral answers now; starting") - logged_at(
+        "ERROR maskd.tflite: classifier.edgetpu: EdgeTPU requested but no Coral answers "
+        "(Failed to load delegate from libedgetpu.so.1)")
+    assert 0.5 < waited < 2.0 + CORAL_RETRY_S + 1.0, (waited, err)  # plugged at 2 s, one retry
+    assert "stopping: --max-frames 3 reached" in err

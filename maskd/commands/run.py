@@ -5,8 +5,9 @@ replays it until a signal). Exit status: 0 clean stop; 75 (EX_TEMPFAIL) when --e
 deliver everything within --flush-timeout (the MQTT outbox keeps it for the next start);
 78 (EX_CONFIG) for anything wrong at start-up (config, model, detector, source, preview),
 reported as one line on stderr so systemd does not restart-loop on it; 75 too when the
-network is not up yet for preview.http (a host name that does not resolve within 90 s), so
-systemd's Restart=on-failure tries again; 70 if the loop crashed.
+network is not up yet for preview.http (a host name that does not resolve within 90 s), or
+no Coral answers within 90 s though libedgetpu is installed, so systemd's Restart=on-failure
+tries again; 70 if the loop crashed.
 """
 
 from __future__ import annotations
@@ -102,12 +103,14 @@ def say(err: BaseException) -> None:
 
 
 def start_failed(err: BaseException) -> int:
-    """Say why the start failed; 75 for a network not up yet (systemd retries), else 78."""
+    """Say why the start failed; 75 for a network or a Coral not there yet (systemd retries),
+    else 78."""
     from maskd.preview import ListenNotReady
     from maskd.service import EX_TEMPFAIL
+    from maskd.tflite import CoralAbsent
 
     say(err)
-    return EX_TEMPFAIL if isinstance(err, ListenNotReady) else EX_CONFIG
+    return EX_TEMPFAIL if isinstance(err, ListenNotReady | CoralAbsent) else EX_CONFIG
 
 
 def say_waiting(status: str) -> None:
@@ -123,6 +126,7 @@ def say_waiting(status: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from maskd.preview import check_previews, wait_for_listen_names
     from maskd.service import build, stop_signals
+    from maskd.tflite import wait_for_coral
 
     try:
         cfg = run_config(args)
@@ -147,6 +151,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         # before the models, camera and MQTT; a stop meanwhile ends the wait
         wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
+        if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
+            wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early))
         if early:
             logging.getLogger("maskd.service").info("%s received while starting: stopping",
                                                     early[0].name)

@@ -38,7 +38,7 @@ from maskd.detectors.ssd import (
 )
 from maskd.detectors.tiled import Tiled, inner_edge_mask
 from maskd.detectors.yunet import YuNet, find_yunet_model
-from maskd.tflite import ModelError
+from maskd.tflite import CoralAbsent, ModelError
 from maskd.types import FaceDetector
 
 __all__ = [
@@ -93,6 +93,8 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
         cfg = cfg.model_copy(update={"score_threshold": cfg.big_face_score})
     try:
         det = entry.from_config(cfg)
+    except CoralAbsent:  # the hardware's state, not the detector's: `run` exits 75 on it
+        raise
     except ModelError as err:  # the TFLite loader's errors (runtime, EdgeTPU) in detector terms
         raise DetectorError(str(err)) from None
     tiles = max(cfg.tiles, math.ceil(cfg.upscale)) if det.FIXED_INPUT else cfg.tiles
