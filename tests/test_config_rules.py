@@ -459,3 +459,39 @@ def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_
     assert r.stderr == (f"{path.name}: warning: relative paths (mqtt.password_file, snapshots.dir) "
                         f"are read from the working directory, here {tmp_path}; the service "
                         f"reads them from {SERVICE_DIR}\n")
+
+
+def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_path):
+    """A Coral not on the USB bus now is the hardware's state: `run` waits for it (then exits 75
+    for a restart), so check-config warns in `run`'s words. libedgetpu.so.1 missing is a setup
+    mistake: both refuse it with one line, exit 78 (check-config said OK, then `run` exited 78)."""
+    import ctypes
+
+    from coral import FakeCoral
+
+    from maskd.tflite import EDGETPU_LIB, coral_devices
+
+    if coral_devices():
+        pytest.skip("a Coral is plugged in here")
+    path = tmp_path / "coral.yaml"
+    path.write_text("source: {kind: demo}\ndetector: {kind: blazeface}\nclassifier: {edgetpu: true}\n")
+    try:
+        ctypes.CDLL(EDGETPU_LIB)
+    except OSError:
+        checked = maskd("check-config", str(path))
+        ran = maskd("run", "--config", str(path), "--max-frames", "1")
+        says = ("classifier.edgetpu: EdgeTPU requested but libedgetpu.so.1 is not installed: "
+                "install the Coral runtime (apt-get install libedgetpu1-std from "
+                "https://packages.cloud.google.com/apt coral-edgetpu-stable), or run without "
+                "--edgetpu on the CPU\n")
+        assert checked.returncode == ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
+        assert checked.stderr == f"{path}: {says}" and ran.stderr == f"maskd run: {says}"
+    fake = FakeCoral(tmp_path / "lib")
+    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO, env=fake.env())
+    assert checked.returncode == 0 and checked.stdout == f"OK: {path}\n", checked.stderr
+    assert checked.stderr == (
+        f"{path}: warning: classifier.edgetpu: EdgeTPU requested but no Coral answers (no Coral "
+        "USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found): plug in the USB Accelerator "
+        "(or check the PCIe/M.2 driver and permissions); `maskd run` waits up to 90 s for it, "
+        "asking every 5 s, then exit 75, systemd starts maskd again (is the Coral plugged in?)\n")

@@ -473,3 +473,27 @@ def test_a_framebuffer_missing_at_boot_is_a_warning_as_run_says(tmp_path):
     (tmp_path / "fb0").write_text("")
     verdict, detail = _check_fb(tmp_path / "fb0")
     assert verdict == FAIL and "is not a framebuffer device (a regular file" in detail
+
+
+def test_a_missing_coral_is_said_in_runs_words(tmp_path):
+    """libedgetpu there, no Coral: the library row passes, the device row and the classifier
+    fail with the words `run` waits and exits 75 with (run no longer exits 78 on it)."""
+    from coral import FakeCoral
+
+    from maskd.tflite import coral_devices
+
+    if coral_devices():
+        pytest.skip("a Coral is plugged in here")
+    fake = FakeCoral(tmp_path / "lib")
+    cfg = write_cfg(tmp_path, "detector: {kind: blazeface}\nclassifier: {edgetpu: true}\n")
+    r = doctor(cfg, **fake.env())
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = rows(r.stdout)
+    waits = ("plug in the USB Accelerator (or check the PCIe/M.2 driver and permissions); "
+             "`maskd run` waits up to 90 s for it, asking every 5 s, then exit 75, systemd starts "
+             "maskd again (is the Coral plugged in?)")
+    assert got["edgetpu library"] == ("OK", "libedgetpu.so.1 loads")
+    assert got["edgetpu device"] == ("FAIL", "no Coral answers (no Coral USB (1a6e:089a / "
+                                     f"18d1:9302) or PCIe (/dev/apex_0) found): {waits}")
+    assert got["classifier"] == ("FAIL", "EdgeTPU requested but no Coral answers (Failed to "
+                                 f"load delegate from libedgetpu.so.1): {waits}")

@@ -12,7 +12,10 @@ desktop session for the window) and the model files are warnings only: the servi
 another user, with another environment, or on another machine; `maskd doctor` checks them, and
 `run` stops with exit 78 when one is missing. The state dir (with MQTT on) and jsonl.path are
 looked at as `run` creates them, without creating anything: what no user could create there is
-an error in `run`'s words, a permission a warning. Cameras and the broker are not opened.
+an error in `run`'s words, a permission a warning. With classifier.edgetpu or detector.edgetpu,
+a libedgetpu missing on this machine is an error and no Coral on the USB bus a warning (`run`
+waits for it, then exits 75 for systemd to retry: maskd.tflite.coral_problems). Cameras, the
+Coral and the broker are not opened.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
+from maskd.tflite import coral_problems
 
 
 def referenced_files(cfg: Config) -> dict[str, Path]:
@@ -130,6 +134,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
     errors, unwritable = write_problems(cfg)
+    missing_lib, no_coral = coral_problems(cfg.edgetpu_keys())  # run: 78, and a wait
+    errors += [missing_lib] if missing_lib else []
+    lacking += [no_coral] if no_coral else []
     for line in errors:
         print(f"{args.config}: {line}", file=sys.stderr)
     if errors:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib.metadata
 import logging
 import os
@@ -42,9 +41,9 @@ from maskd.config import (
 )
 from maskd.files import depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
+from maskd.tflite import EDGETPU_LIB, coral_absent, coral_devices, edgetpu_library_problem
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
-CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
 CAMERA_TIMEOUT_S = 15.0
 BROKER_TIMEOUT_S = 8.0
 # The installed unit (systemd/maskd.service): its ProtectSystem=strict leaves only its
@@ -406,23 +405,25 @@ class Doctor:
                      + ", ".join(p.name for p in paths), required=False)
 
     def edgetpu(self) -> None:
-        wanted = self.cfg.classifier.edgetpu or self.cfg.detector.edgetpu
-        from maskd.tflite import EDGETPU_LIB
-
-        try:
-            ctypes.CDLL(EDGETPU_LIB)
+        """The library (a setup mistake when missing: `run` exits 78) and the device (`run`
+        waits for it, then exits 75), in `run`'s words (maskd.tflite)."""
+        wanted = bool(self.cfg.edgetpu_keys())
+        problem = edgetpu_library_problem()
+        if problem is None:
             self.add("edgetpu library", OK, f"{EDGETPU_LIB} loads", required=wanted)
-        except OSError:
-            self.add("edgetpu library", FAIL if wanted else INFO,
-                     f"{EDGETPU_LIB} not installed" + ("" if wanted else " (not needed: edgetpu off)"),
-                     required=wanted)
+        elif wanted:
+            self.add("edgetpu library", FAIL, problem)
+        else:
+            self.add("edgetpu library", INFO, f"{EDGETPU_LIB} not installed (not needed: edgetpu "
+                     "off)", required=False)
         found = coral_devices()
+        none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
         if found:
             self.add("edgetpu device", OK, "; ".join(found), required=wanted)
+        elif wanted:
+            self.add("edgetpu device", FAIL, coral_absent(none))
         else:
-            self.add("edgetpu device", FAIL if wanted else INFO,
-                     "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
-                     + ("" if wanted else " (not needed: edgetpu off)"), required=wanted)
+            self.add("edgetpu device", INFO, f"{none} (not needed: edgetpu off)", required=False)
 
     def detector_check(self) -> None:
         from maskd.detectors import DetectorError
@@ -592,25 +593,6 @@ class Doctor:
                  f"{w}x{h} at {fps:g} fps (budget {1000 / fps:.1f} ms/frame): motion {motion:.2f}, "
                  f"detect {detect:.1f}, track {track_ms:.1f} ms; frame with " + ", ".join(parts)
                  + ("" if ok else f"; 2 faces do not fit {fps:g} fps here"), required=False)
-
-
-def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
-    """Coral accelerators present, with whether this user may open them."""
-    found = []
-    for d in sorted(sysfs.glob("*")) if sysfs.is_dir() else []:
-        try:
-            ids = ((d / "idVendor").read_text().strip(), (d / "idProduct").read_text().strip())
-        except OSError:
-            continue
-        if ids in CORAL_USB_IDS:
-            node = dev / "bus/usb" / f"{int((d / 'busnum').read_text()):03d}" / f"{int((d / 'devnum').read_text()):03d}"
-            ok = os.access(node, os.R_OK | os.W_OK)
-            found.append(f"USB {ids[0]}:{ids[1]} at {node}"
-                         + ("" if ok else " NOT accessible (udev rule / plugdev group?)"))
-    if (dev / "apex_0").exists():
-        found.append("PCIe /dev/apex_0" + ("" if os.access(dev / "apex_0", os.R_OK | os.W_OK)
-                                           else " NOT accessible (apex group?)"))
-    return found
 
 
 def probe_broker(cfg: Config) -> tuple[str, str]:
