@@ -163,7 +163,9 @@ def wait_for_coral(keys: list[str], wait_s: float | None = None,
                 log.error("%s: %s", named, err)
                 if waiting is not None:
                     waiting(f"waiting for the Coral ({named}) since {local_iso(time.time())}")
-        time.sleep(max(0.0, min(CORAL_RETRY_S, deadline - time.monotonic())))
+        retry = min(time.monotonic() + CORAL_RETRY_S, deadline)
+        while not cancelled() and time.monotonic() < retry:  # a stop is heard within 0.2 s
+            time.sleep(max(0.0, min(0.2, retry - time.monotonic())))
 
 
 def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tuple[Any, str]:

@@ -1029,3 +1029,23 @@ def test_a_coral_plugged_in_while_run_waits_is_used(tmp_path):
         "(Failed to load delegate from libedgetpu.so.1)")
     assert 0.5 < waited < 2.0 + CORAL_RETRY_S + 1.0, (waited, err)  # plugged at 2 s, one retry
     assert "stopping: --max-frames 3 reached" in err
+
+
+def test_a_stop_while_waiting_for_the_coral_is_a_clean_stop_at_once(tmp_path):
+    """SIGTERM (systemctl stop) while `run` waits for a Coral: exit 0 within a second, not at
+    the end of the 5 s between two tries."""
+    from coral import FakeCoral
+
+    fake = FakeCoral(tmp_path / "lib")
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config",
+                             str(coral_config(tmp_path))],
+                            stderr=subprocess.PIPE, text=True, env=fake.env())
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the wait has begun: the first try found no Coral
+        if "ERROR maskd.tflite: classifier.edgetpu: EdgeTPU requested but no Coral" in line:
+            break
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and time.monotonic() - t0 < 1.5, (time.monotonic() - t0, err)
+    assert "SIGTERM received while starting: stopping" in err
