@@ -168,6 +168,24 @@ def wait_for_coral(keys: list[str], wait_s: float | None = None,
             time.sleep(max(0.0, min(0.2, retry - time.monotonic())))
 
 
+EDGETPU_OP = b"edgetpu-custom-op"  # the one op edgetpu_compiler puts its compiled graph in
+
+
+def not_compiled_for_edgetpu(path: Path) -> str | None:
+    """Why a model put on the Coral would in fact run on the CPU (edgetpu_compiler did not make
+    it: the delegate then takes none of its ops, without a word), or None; a file that cannot be
+    read is said elsewhere. A warning, not a refusal: such a config ran before, on the CPU."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if EDGETPU_OP in data:
+        return None
+    return (f"{path} is not compiled for the EdgeTPU (no {EDGETPU_OP.decode()} in it), so it "
+            "runs on the CPU although the Coral is asked for: compile it with edgetpu_compiler "
+            "and name the *_edgetpu.tflite (docs/classifier.md), or set edgetpu: false")
+
+
 def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tuple[Any, str]:
     """(allocated interpreter, runtime name) for any .tflite: the one loader the classifier and
     the TFLite detectors share, so runtime choice and EdgeTPU errors are the same everywhere."""
@@ -176,6 +194,8 @@ def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tup
     if edgetpu:
         kwargs["experimental_delegates"] = [edgetpu_delegate(load_delegate)]
         runtime += "+edgetpu"
+        if (line := not_compiled_for_edgetpu(path)) is not None:
+            log.warning("%s", line)
     else:
         kwargs["num_threads"] = max(1, int(threads))
     try:

@@ -464,11 +464,13 @@ def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_
 def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_path):
     """A Coral not on the USB bus now is the hardware's state: `run` waits for it (then exits 75
     for a restart), so check-config warns in `run`'s words. libedgetpu.so.1 missing is a setup
-    mistake: both refuse it with one line, exit 78 (check-config said OK, then `run` exited 78)."""
+    mistake: both refuse it with one line, exit 78 (check-config said OK, then `run` exited 78).
+    A model edgetpu_compiler did not make runs on the CPU: a warning, as `run` gives."""
     import ctypes
 
     from coral import FakeCoral
 
+    from maskd.classifier import default_model_path
     from maskd.tflite import EDGETPU_LIB, coral_devices
 
     if coral_devices():
@@ -487,11 +489,22 @@ def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_pa
         assert checked.returncode == ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
         assert checked.stderr == f"{path}: {says}" and ran.stderr == f"maskd run: {says}"
     fake = FakeCoral(tmp_path / "lib")
-    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
-                             capture_output=True, text=True, timeout=120, cwd=REPO, env=fake.env())
-    assert checked.returncode == 0 and checked.stdout == f"OK: {path}\n", checked.stderr
-    assert checked.stderr == (
-        f"{path}: warning: classifier.edgetpu: EdgeTPU requested but no Coral answers (no Coral "
-        "USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found): plug in the USB Accelerator "
-        "(or check the PCIe/M.2 driver and permissions); `maskd run` waits up to 90 s for it, "
-        "asking every 5 s, then exit 75, systemd starts maskd again (is the Coral plugged in?)\n")
+    compiled = tmp_path / "m_edgetpu.tflite"  # what edgetpu_compiler writes: its op by name
+    compiled.write_bytes(b"TFL3 ... edgetpu-custom-op ...")
+    no_coral = (f"{path}: warning: classifier.edgetpu: EdgeTPU requested but no Coral answers (no "
+                "Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found): plug in the USB "
+                "Accelerator (or check the PCIe/M.2 driver and permissions); `maskd run` waits up "
+                "to 90 s for it, asking every 5 s, then exit 75, systemd starts maskd again (is "
+                "the Coral plugged in?)\n")
+    for model, more in ((compiled, ""), (default_model_path(), (
+            f"{path}: warning: classifier.edgetpu: {default_model_path()} is not compiled for the "
+            "EdgeTPU (no edgetpu-custom-op in it), so it runs on the CPU although the Coral is "
+            "asked for: compile it with edgetpu_compiler and name the *_edgetpu.tflite "
+            "(docs/classifier.md), or set edgetpu: false\n"))):
+        path.write_text("source: {kind: demo}\ndetector: {kind: blazeface}\n"
+                        f"classifier: {{edgetpu: true, model: '{model}'}}\n")
+        checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
+                                 capture_output=True, text=True, timeout=120, cwd=REPO,
+                                 env=fake.env())
+        assert checked.returncode == 0 and checked.stdout == f"OK: {path}\n", checked.stderr
+        assert checked.stderr == no_coral + more

@@ -497,3 +497,5 @@ def test_a_missing_coral_is_said_in_runs_words(tmp_path):
                                      f"18d1:9302) or PCIe (/dev/apex_0) found): {waits}")
     assert got["classifier"] == ("FAIL", "EdgeTPU requested but no Coral answers (Failed to "
                                  f"load delegate from libedgetpu.so.1): {waits}")
+    assert got["edgetpu model"][0] == "WARN" and got["edgetpu model"][1].startswith(
+        "classifier.edgetpu: ") and "is not compiled for the EdgeTPU" in got["edgetpu model"][1]

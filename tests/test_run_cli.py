@@ -1009,6 +1009,7 @@ def test_a_coral_plugged_in_while_run_waits_is_used(tmp_path):
     it answers "no device", and starts detecting once it is plugged in, within one retry."""
     from coral import FakeCoral
 
+    from maskd.classifier import default_model_path
     from maskd.tflite import CORAL_RETRY_S
 
     fake = FakeCoral(tmp_path / "lib")
@@ -1029,6 +1030,9 @@ def test_a_coral_plugged_in_while_run_waits_is_used(tmp_path):
         "(Failed to load delegate from libedgetpu.so.1)")
     assert 0.5 < waited < 2.0 + CORAL_RETRY_S + 1.0, (waited, err)  # plugged at 2 s, one retry
     assert "stopping: --max-frames 3 reached" in err
+    # the shipped model is not compiled for the EdgeTPU: said, as check-config says it
+    assert (f"WARNING maskd.tflite: {default_model_path()} is not compiled for the EdgeTPU (no "
+            "edgetpu-custom-op in it), so it runs on the CPU although the Coral is asked for") in err
 
 
 def test_a_stop_while_waiting_for_the_coral_is_a_clean_stop_at_once(tmp_path):

@@ -31,7 +31,7 @@ from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
-from maskd.tflite import coral_problems
+from maskd.tflite import coral_problems, not_compiled_for_edgetpu
 
 
 def referenced_files(cfg: Config) -> dict[str, Path]:
@@ -72,6 +72,18 @@ def file_warnings(cfg: Config) -> list[str]:
         if find_yunet_model() is None:
             out.append(f"warning: 'detector.kind': yunet: {yunet_not_found()}")
     return out
+
+
+def edgetpu_model_warnings(cfg: Config) -> list[str]:
+    """One line per model put on the Coral that edgetpu_compiler did not make (it runs on the
+    CPU; `run` warns the same: maskd.tflite.not_compiled_for_edgetpu)."""
+    from maskd.classifier import default_model_path
+
+    models = {"classifier.edgetpu": cfg.classifier.model or default_model_path(),
+              "detector.edgetpu": cfg.detector.model}
+    return [f"{key}: {line}" for key in cfg.edgetpu_keys()
+            if (path := models[key]) is not None
+            and (line := not_compiled_for_edgetpu(Path(path))) is not None]
 
 
 def relative_warning(cfg: Config) -> list[str]:
@@ -142,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
     if errors:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg)
-                 + [f"warning: {w}" for w in cfg.open_secrets() + lacking + unwritable]):
+                 + [f"warning: {w}" for w in cfg.open_secrets() + lacking + unwritable
+                    + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")
     return 0

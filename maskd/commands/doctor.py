@@ -416,6 +416,10 @@ class Doctor:
         else:
             self.add("edgetpu library", INFO, f"{EDGETPU_LIB} not installed (not needed: edgetpu "
                      "off)", required=False)
+        from maskd.commands.check_config import edgetpu_model_warnings
+
+        for line in edgetpu_model_warnings(self.cfg):
+            self.add("edgetpu model", WARN, line, required=False)
         found = coral_devices()
         none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
         if found:
