@@ -729,5 +729,9 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         raise
     pipeline = Pipeline(cfg, detector, classifier)
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
+    # An update from a version before open_violations.json: what it left open at a kill is
+    # known to the MQTT outbox alone, which ends it there; every other sink ends it here, once.
+    noted = {e.event_id for e in ends}
+    ends += [e for sink in own for e in sink.left_open(cfg.camera) if e.event_id not in noted]
     return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
                       ledger, ends)

@@ -192,6 +192,7 @@ class MqttSink(EventSink):
         self._uptime = Uptime()  # not the wall clock's: NTP's first sync on a Pi steps that
         self._write_session(running=True)
         self._restarted: set[str] = set()  # ended `restart` from the outbox at start
+        self._left_open: list[ViolationEvent] = []  # ... as events, for the other sinks
         left_open = self._end_left_open()
         # Cameras a killed run had and this config has not: their retained availability and
         # violation state would say online / ON for ever (no last will covers a camera's own
@@ -398,9 +399,23 @@ class MqttSink(EventSink):
                 continue
             self._outbox.put(last.topic, end, track=(event_id, False))
             self._restarted.add(event_id)
+            try:
+                self._left_open.append(ViolationEvent(
+                    event_type="end", event_id=event_id, seq=end["seq"], camera=str(p["camera"]),
+                    track_id=int(p["track_id"]), start_time=float(p["start_time"]),
+                    score=float(p["score"]), top_score=float(p["top_score"]),
+                    box=tuple(float(v) for v in p["box"]), end_time=float(end["end_time"]),
+                    end_reason="restart"))
+            except (KeyError, TypeError, ValueError):
+                pass  # ended in MQTT all the same; too damaged to end in the other sinks
             log.warning("violation %s was still open when maskd last stopped uncleanly; ending it "
                         "with reason restart", event_id)
         return roots
+
+    def left_open(self, camera: str) -> list[ViolationEvent]:
+        """Of the violations ended `restart` from the outbox at start, ``camera``'s: a version
+        before maskd.ledger kept them nowhere else, and JSON lines never got their end."""
+        return [e for e in self._left_open if e.camera == camera]
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait until the broker acknowledged every event; False if some remain, at once when
@@ -985,6 +1000,9 @@ class CameraSink(EventSink):
 
     def faults(self) -> list[str]:
         return self._link.faults()
+
+    def left_open(self, camera: str) -> list[ViolationEvent]:
+        return self._link.left_open(camera)
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         return self._link.flush(timeout, cancel)
