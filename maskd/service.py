@@ -692,10 +692,21 @@ def _end_removed(service: Service, cfg: Config, ledger: OpenViolations | None) -
     in JSON lines and in open_violations.json for good. Once every part is open, so a start
     that fails (another maskd holds the outbox) says and ends nothing. With MQTT on, this
     process has state_dir alone (the outbox's lock), and every such entry is its own."""
-    if ledger is not None:
-        names = {loop.cfg.camera for loop in service.loops}
-        service.loops[0].also_end(ledger.removed_ends(names, alone=bool(cfg.mqtt.url)))
+    first = service.loops[0]
+    names = {loop.cfg.camera for loop in service.loops}
+    ends = ledger.removed_ends(names, alone=bool(cfg.mqtt.url)) if ledger is not None else []
+    first.also_end(ends + _outbox_only(first.sinks, ends, lambda camera: camera not in names))
     return service
+
+
+def _outbox_only(sinks: list[EventSink], ends: list[ViolationEvent],
+                 which: Callable[[str], bool]) -> list[ViolationEvent]:
+    """After an update from a version before open_violations.json, what it left open at a kill
+    is known to the MQTT outbox alone, which ends it there: the `restart` ends of those of the
+    cameras ``which`` picks, for every other sink, unless ``ends`` (the ledger's) has them."""
+    noted = {e.event_id for e in ends}
+    return [e for sink in sinks for e in sink.left_open()
+            if which(e.camera) and e.event_id not in noted]
 
 
 def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier,
@@ -729,9 +740,6 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         raise
     pipeline = Pipeline(cfg, detector, classifier)
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
-    # An update from a version before open_violations.json: what it left open at a kill is
-    # known to the MQTT outbox alone, which ends it there; every other sink ends it here, once.
-    noted = {e.event_id for e in ends}
-    ends += [e for sink in own for e in sink.left_open(cfg.camera) if e.event_id not in noted]
+    ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera)
     return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
                       ledger, ends)

@@ -179,10 +179,10 @@ class EventSink(Protocol):
         """Wait up to ``timeout`` s until everything accepted is delivered; True when it was.
         A sink that waits stops waiting once ``cancel`` is set (a second stop request)."""
 
-    def left_open(self, camera: str) -> list[ViolationEvent]:
-        """The `restart` ends of ``camera``'s violations a killed run left open that only this
-        sink's own record knows (the MQTT outbox of a version before maskd.ledger), so the other
-        sinks end them too; this sink has ended them already."""
+    def left_open(self) -> list[ViolationEvent]:
+        """The `restart` ends of the violations a killed run left open that only this sink's own
+        record knows (the MQTT outbox of a version before maskd.ledger), so the other sinks end
+        them too; this sink has ended them already."""
         return []
 
     def close(self) -> None:

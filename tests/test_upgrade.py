@@ -233,11 +233,14 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
     assert all(segment_pattern(CAMERA).fullmatch(n) for n in clips), clips
 
 
-def test_a_violation_only_the_outbox_knows_is_ended_once_in_every_sink(tmp_path, default_model):
+@pytest.mark.parametrize("camera_after", [CAMERA, "hall"], ids=["same-camera", "renamed"])
+def test_a_violation_only_the_outbox_knows_is_ended_once_in_every_sink(tmp_path, default_model,
+                                                                       camera_after):
     """A version before open_violations.json (2026-12-04) kept the violations a `kill -9` left
     open in the MQTT outbox only: the next start ended them `restart` in MQTT, and JSON lines
-    never got their end. Built here with this code (no git history needed): the kill leaves
-    both records, then the ledger file goes, as the older version never wrote it."""
+    never got their end, nor with the camera renamed in the same update. Built here with this
+    code (no git history needed): the kill leaves both records, then the ledger file goes, as
+    the older version never wrote it."""
     site = tmp_path / "site"
     site.mkdir()
     broker = Broker(tmp_path / "broker")  # down: the start waits in the outbox
@@ -256,8 +259,9 @@ def test_a_violation_only_the_outbox_knows_is_ended_once_in_every_sink(tmp_path,
     (site / "state" / "open_violations.json").unlink()
     n = len(jsonl(site))
     with broker:
-        sub = Subscriber(broker, [f"{CAM}/violation"])
-        run = maskd(REPO, "run", "--config", str(cfg), "--max-frames", "30", cwd=site,
+        sub = Subscriber(broker, [f"{CAM}/violation"])  # the camera's own topic, renamed or not
+        run = maskd(REPO, "run", "--config", str(cfg), "--camera", camera_after,
+                    "--max-frames", "30", cwd=site,
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _, err = run.communicate(timeout=120)
         assert run.returncode == 0, err

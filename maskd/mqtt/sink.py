@@ -412,10 +412,10 @@ class MqttSink(EventSink):
                         "with reason restart", event_id)
         return roots
 
-    def left_open(self, camera: str) -> list[ViolationEvent]:
-        """Of the violations ended `restart` from the outbox at start, ``camera``'s: a version
-        before maskd.ledger kept them nowhere else, and JSON lines never got their end."""
-        return [e for e in self._left_open if e.camera == camera]
+    def left_open(self) -> list[ViolationEvent]:
+        """The violations ended `restart` from the outbox at start: a version before
+        maskd.ledger kept them nowhere else, and JSON lines never got their end."""
+        return list(self._left_open)
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait until the broker acknowledged every event; False if some remain, at once when
@@ -1001,8 +1001,8 @@ class CameraSink(EventSink):
     def faults(self) -> list[str]:
         return self._link.faults()
 
-    def left_open(self, camera: str) -> list[ViolationEvent]:
-        return self._link.left_open(camera)
+    def left_open(self) -> list[ViolationEvent]:
+        return self._link.left_open()
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         return self._link.flush(timeout, cancel)
