@@ -144,6 +144,10 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
                               <= delivered(), 30)
             broker.stop()
             seen.close()
+            # 4. install.sh checks the old config with the new version while the old one runs
+            r = check_config(REPO, cfg)
+            assert "Traceback" not in r.stderr, r.stderr
+            assert r.returncode == 0, f"the new version refuses the old config: {r.stderr}"
             n = len(jsonl(site))
             # Stopped just after a start written while the broker was down: open, undelivered.
             assert wait_until(lambda: len(jsonl(site)) > n + 1 and jsonl(site)[-1]["event_type"]
@@ -164,11 +168,6 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
         waiting = [(e["event_id"], e["seq"]) for e in old_lines
                    if (e["event_id"], e["seq"]) not in delivered()]
         assert waiting, "nothing waited in the outbox"
-
-        # 4. the old config: the new check-config takes it (or says what to change)
-        r = check_config(REPO, cfg)
-        assert "Traceback" not in r.stderr, r.stderr
-        assert r.returncode == 0, f"the new version refuses the old config: {r.stderr}"
 
         broker.start()
         sub = Subscriber(broker, ["maskd/#"])
@@ -198,6 +197,9 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
     old_ids = {e["event_id"] for e in old_lines}
     from_old = [x[:2] for x in mqtt_got if x[0] in old_ids and x[:2] in set(waiting)]
     assert from_old == waiting, "events that waited were lost, repeated or reordered"
+    last_waiting = max(i for i, x in enumerate(mqtt_got) if x[:2] == waiting[-1])
+    assert all(i > last_waiting for i, x in enumerate(mqtt_got) if x[2] == "restart"), \
+        "a restart end overtook the events that waited before it"
 
     # 2. what the old run left open is ended exactly once, `restart`, in MQTT and JSON lines
     lines = jsonl(site)
