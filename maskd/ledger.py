@@ -46,11 +46,17 @@ def _noted(rec: object) -> float:
 class OpenViolations:
     """``state_dir``'s record of the violations open now, by event id."""
 
-    def __init__(self, state_dir: Path, cameras: tuple[str, ...] = ()) -> None:
+    def __init__(self, state_dir: Path, cameras: tuple[str, ...] = (), outbox: bool = False
+                 ) -> None:
         """``cameras``: every camera of this process, noted with each entry, so a later start
-        knows which process left an entry of a camera it does not have (``removed_ends``)."""
+        knows which process left an entry of a camera it does not have (``removed_ends``).
+        ``outbox``: this process holds ``state_dir``'s MQTT outbox (its lock: no other process
+        with MQTT runs on the folder), also noted: a later start that holds it knows the
+        process that left such an entry is gone. A process without MQTT takes no lock, so it
+        may run beside one with it."""
         self.path = Path(state_dir) / LEDGER_FILE
         self.cameras = sorted(cameras)
+        self.outbox = outbox
         self._lock = threading.Lock()  # camera threads of one process
         self._warned = False
         # Changes not written yet, by event id (None: ended), and the ids the file held when
@@ -66,6 +72,7 @@ class OpenViolations:
             del rec["best_crop"]
             rec["noted"] = time.time()
             rec["cameras"] = self.cameras
+            rec["outbox"] = self.outbox
 
         with self._lock:
             if rec is not None:
@@ -92,18 +99,20 @@ class OpenViolations:
         # another process's camera (a shared state_dir): it ends its own
         return self._ends(lambda rec: rec.get("camera") in cameras)
 
-    def removed_ends(self, cameras: set[str], alone: bool) -> list[ViolationEvent]:
+    def removed_ends(self, cameras: set[str]) -> list[ViolationEvent]:
         """The `restart` ends of the violations a killed run left open on cameras this config
         no longer has (``cameras``: all of this process's): removed or renamed since. Only those
         this process's earlier runs left: noted by a process that shared a camera with this
-        one, or any when this process has ``state_dir`` ``alone`` (the MQTT outbox's lock); an
-        entry of another process sharing the folder (no MQTT, other cameras) stays for it.
-        One INFO line per camera."""
+        one, or, when this process holds the outbox, by one that held it too (or by a maskd
+        that did not say); an entry of a process without MQTT sharing the folder (other
+        cameras) stays for it, even beside this process's outbox. One INFO line per camera."""
         def removed(rec: dict) -> bool:
             if rec.get("camera") in cameras:
                 return False
             noted_by = rec.get("cameras")
-            return alone or (isinstance(noted_by, list) and not cameras.isdisjoint(noted_by))
+            if not isinstance(noted_by, list):  # an older maskd's
+                return self.outbox
+            return not cameras.isdisjoint(noted_by) or (self.outbox and rec.get("outbox") is True)
 
         ends = self._ends(removed)
         for camera in sorted({e.camera for e in ends}):

@@ -633,7 +633,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     message naming the problem; whatever was opened before the failure is closed again.
     """
     names = tuple(c.camera for c in cfg.cameras_resolved())
-    ledger = OpenViolations(cfg.state_dir, names) if cfg.keeps_state else None
+    ledger = OpenViolations(cfg.state_dir, names, outbox=bool(cfg.mqtt.url)) if cfg.keeps_state else None
     if not cfg.multi_camera:
         control = RunControl()
         classifier, detector = build_classifier(cfg), build_detector(cfg)
@@ -690,11 +690,11 @@ def _end_removed(service: Service, cfg: Config, ledger: OpenViolations | None) -
     """The first camera's loop also ends what a killed run left open on cameras removed from
     the config (or renamed) since: no loop of theirs would, and their violations stayed open
     in JSON lines and in open_violations.json for good. Once every part is open, so a start
-    that fails (another maskd holds the outbox) says and ends nothing. With MQTT on, this
-    process has state_dir alone (the outbox's lock), and every such entry is its own."""
+    that fails (another maskd holds the outbox) says and ends nothing. Which entries are this
+    process's: ``OpenViolations.removed_ends``."""
     first = service.loops[0]
     names = {loop.cfg.camera for loop in service.loops}
-    ends = ledger.removed_ends(names, alone=bool(cfg.mqtt.url)) if ledger is not None else []
+    ends = ledger.removed_ends(names) if ledger is not None else []
     first.also_end(ends + _outbox_only(first.sinks, ends, lambda camera: camera not in names))
     return service
 

@@ -66,18 +66,19 @@ def test_only_this_configs_removed_cameras_are_ended(tmp_path, caplog):
     """A camera removed from a `cameras:` map left its violations open for good. They are
     ended (one INFO line per camera) when an earlier run of this process left them, known by
     a camera the two share; a folder shared with another process without MQTT keeps that
-    process's entries; with MQTT (the outbox's lock: the folder is this process's alone)
-    every camera this config lacks is a removed one, an entry of an older maskd included."""
+    process's entries; with MQTT (the outbox's lock) every camera this config lacks noted by a
+    process that held the outbox too is a removed one, an entry of an older maskd included."""
     OpenViolations(tmp_path, ("back", "front")).note(event("b1", camera="back"))
     OpenViolations(tmp_path, ("back", "front")).note(event("b2", camera="back"))
     OpenViolations(tmp_path, ("yard",)).note(event("y1", camera="yard"))  # another process
+    OpenViolations(tmp_path, ("door",), outbox=True).note(event("d1", camera="door"))  # renamed
     entries = json.loads((tmp_path / "open_violations.json").read_text())
     entries["old"] = {**entries["y1"], "camera": "gate", "event_id": "old"}
-    del entries["old"]["cameras"]  # noted by a maskd before this one
+    del entries["old"]["cameras"], entries["old"]["outbox"]  # noted by a maskd before this one
     (tmp_path / "open_violations.json").write_text(json.dumps(entries))
     ledger = OpenViolations(tmp_path, ("front",))
     with caplog.at_level(logging.INFO, logger="maskd.ledger"):
-        ends = ledger.removed_ends({"front"}, alone=False)
+        ends = ledger.removed_ends({"front"})
     assert [(e.event_id, e.camera, e.event_type, e.seq, e.end_reason) for e in ends] == [
         ("b1", "back", "end", 1, "restart"), ("b2", "back", "end", 1, "restart")]
     assert [r.getMessage() for r in caplog.records] == [
@@ -85,9 +86,21 @@ def test_only_this_configs_removed_cameras_are_ended(tmp_path, caplog):
         "and forgetting them"]
     for e in ends:  # the loop notes each end once every sink has it
         ledger.note(e)
-    assert set(json.loads(ledger.path.read_text())) == {"y1", "old"}
-    assert ledger.removed_ends({"front"}, alone=False) == []
-    assert sorted(e.event_id for e in ledger.removed_ends({"front"}, alone=True)) == ["old", "y1"]
+    assert set(json.loads(ledger.path.read_text())) == {"y1", "d1", "old"}
+    assert ledger.removed_ends({"front"}) == []
+    mqtt = OpenViolations(tmp_path, ("front",), outbox=True)
+    assert sorted(e.event_id for e in mqtt.removed_ends({"front"})) == ["d1", "old"]
+
+
+def test_a_start_with_mqtt_leaves_the_entries_of_a_process_without_it_sharing_the_folder(
+        tmp_path):
+    """The outbox's lock keeps out a second process with MQTT, not one without (JSON lines
+    only, state_dir set to the same folder): a start with MQTT took that process's open
+    violation for a removed camera's, ended it `restart` in its own sinks while it went on, and
+    said its camera was no longer in the config."""
+    OpenViolations(tmp_path, ("garage",)).note(event("g1", camera="garage"))  # running now
+    assert OpenViolations(tmp_path, ("door",), outbox=True).removed_ends({"door"}) == []
+    assert "g1" in json.loads((tmp_path / "open_violations.json").read_text())
 
 
 def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(tmp_path):
