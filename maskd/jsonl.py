@@ -45,6 +45,21 @@ def _open_once(p: Path) -> int:
     return fd
 
 
+def _linked_file(target: str) -> str:
+    """The file a symlinked ``jsonl.path`` names (``target`` itself when it is no link), so the
+    cap moves that file and the new one begins there, not beside the link. Not into ``/proc``
+    (``/dev/stdout``): its links name open files, not places a new file could be begun."""
+    path = target
+    for _ in range(40):  # the kernel's own limit on links in a row
+        if not os.path.islink(path):
+            return path
+        nxt = os.path.join(os.path.dirname(path), os.readlink(path))
+        if os.path.normpath(nxt).startswith("/proc/"):
+            return path
+        path = nxt
+    return path
+
+
 def _open_for_lines(p: Path) -> int:
     """The file (or pipe) to append lines to, or OSError naming jsonl.path and why. A pipe
     gets READER_WAIT_S for its reader (started alongside maskd, it may come a moment later);
@@ -149,9 +164,10 @@ class JsonlSink(EventSink):
         have = os.fstat(self._fd).st_size
         if have == 0 or have + size <= self.max_bytes:
             return
-        old = self.target + OLD_SUFFIX
+        path = _linked_file(self.target)
+        old = path + OLD_SUFFIX
         try:
-            os.replace(self.target, old)
+            os.replace(path, old)
         except OSError as err:
             if self._throttle.due("roll"):
                 log.warning("jsonl %s: cannot rename it to %s at max_mb (%s); it grows on",

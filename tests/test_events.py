@@ -325,6 +325,26 @@ def test_a_jsonl_file_that_cannot_be_moved_at_its_cap_grows_on_losing_nothing(tm
     assert "cannot rename it to" in line and "events.jsonl.old" in line
 
 
+def test_a_symlinked_jsonl_file_is_capped_where_the_link_points(tmp_path):
+    """`jsonl.path` a link to a file elsewhere (a USB stick, a log folder a consumer tails):
+    the cap moved the link itself to `PATH.old` and began a plain file beside it, so the events
+    left the place the link named (a `tail -F` there saw none again) for the link's folder, and
+    the next cap deleted the link. The file the link names is the one moved and begun anew."""
+    stick, etc = tmp_path / "stick", tmp_path / "etc"
+    stick.mkdir()
+    etc.mkdir()
+    (etc / "events.jsonl").symlink_to(stick / "events.jsonl")
+    sink = JsonlSink(str(etc / "events.jsonl"), max_mb=1 / 1024)  # 1 KiB: a few lines
+    for i in range(50):
+        sink.emit(jsonl_event(i))
+    sink.close()
+    assert (etc / "events.jsonl").is_symlink() and [p.name for p in etc.iterdir()] == ["events.jsonl"]
+    assert sorted(p.name for p in stick.iterdir()) == ["events.jsonl", "events.jsonl.old"]
+    kept = [json.loads(x)["event_id"] for f in ("events.jsonl.old", "events.jsonl")
+            for x in (stick / f).read_text().splitlines()]
+    assert kept == [f"id{i}" for i in range(50 - len(kept), 50)] and len(kept) > 3
+
+
 def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
     """`jsonl.max_mb: null` is the file as before (for logrotate alone to rotate)."""
     from maskd.config import parse_config
