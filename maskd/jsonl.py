@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -158,21 +159,44 @@ class JsonlSink(EventSink):
     def _roll_over(self, size: int) -> None:
         """Begin a new file when ``size`` more bytes would take this one past ``max_bytes``
         (under the lock, after ``_follow_rotation``). A rename that fails is a WARNING a
-        minute and the line goes on to the same file: a file over its cap loses nothing."""
+        minute and the line goes on to the same file: a file over its cap loses nothing.
+
+        Another process appending to the same file (a maskd per camera) may reach the cap at
+        the same moment: the move is made holding the file's flock, and only while the path
+        still names it, or the second move would put the first one's new file over
+        ``PATH.old``, deleting the older half. The one that finds it locked or moved writes its
+        line where it is and follows the move with the next."""
         if self._file is None or self._fd is None or self.max_bytes is None:
             return
         have = os.fstat(self._fd).st_size
         if have == 0 or have + size <= self.max_bytes:
             return
-        path = _linked_file(self.target)
-        old = path + OLD_SUFFIX
+        locked = True
         try:
-            os.replace(path, old)
-        except OSError as err:
-            if self._throttle.due("roll"):
-                log.warning("jsonl %s: cannot rename it to %s at max_mb (%s); it grows on",
-                            self.target, old, err.strerror or err)
-            return
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another process is moving it now
+        except OSError:  # a file system without locks (NFS without its lock service)
+            locked = False
+        try:
+            path = _linked_file(self.target)
+            try:
+                st = os.stat(path)
+            except OSError:  # gone meanwhile (followed at the next line), or cannot be looked at
+                return
+            if (st.st_dev, st.st_ino) != self._file:
+                return  # moved meanwhile
+            old = path + OLD_SUFFIX
+            try:
+                os.replace(path, old)
+            except OSError as err:
+                if self._throttle.due("roll"):
+                    log.warning("jsonl %s: cannot rename it to %s at max_mb (%s); it grows on",
+                                self.target, old, err.strerror or err)
+                return
+        finally:
+            if locked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         log.info("jsonl %s: reached max_mb (%.0f KiB), moved to %s; writing to a new file now",
                  self.target, have / 1024, old)
         self._reopen()  # OSError: the lines wait, and the next try follows the move as above

@@ -345,6 +345,40 @@ def test_a_symlinked_jsonl_file_is_capped_where_the_link_points(tmp_path):
     assert kept == [f"id{i}" for i in range(50 - len(kept), 50)] and len(kept) > 3
 
 
+def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path, monkeypatch):
+    """Two maskd processes appending to one file (a camera each), both at its cap at once: the
+    second moved the first one's brand-new file over `PATH.old`, deleting the older half (the
+    file as it was at the cap) a whole cap too early. Here the second's rename comes just after
+    the first one's look at the file, as two processes may interleave."""
+    import maskd.jsonl as jsonl_mod
+    from maskd.mqtt.schema import event_fields
+
+    path = tmp_path / "events.jsonl"
+    first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))  # 1 KiB
+    n = 0
+    while path.stat().st_size + len(json.dumps(event_fields(jsonl_event(n)))) + 1 <= 1024:
+        (first if n % 2 else second).emit(jsonl_event(n))  # up to the cap, one line each
+        n += 1
+    replace = os.replace
+
+    def meanwhile(src, dst):
+        """The other process moves the file at its cap, between this one's look and rename."""
+        monkeypatch.setattr(jsonl_mod.os, "replace", replace)
+        first.emit(jsonl_event(n + 1))
+        replace(src, dst)
+
+    monkeypatch.setattr(jsonl_mod.os, "replace", meanwhile)
+    second.emit(jsonl_event(n))
+    monkeypatch.setattr(jsonl_mod.os, "replace", replace)
+    first.emit(jsonl_event(n + 2))
+    second.emit(jsonl_event(n + 3))
+    first.close()
+    second.close()
+    kept = sorted(int(json.loads(x)["event_id"][2:]) for f in (path.with_name(path.name + ".old"), path)
+                  for x in f.read_text().splitlines())
+    assert kept == list(range(n + 4))
+
+
 def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
     """`jsonl.max_mb: null` is the file as before (for logrotate alone to rotate)."""
     from maskd.config import parse_config
