@@ -10,7 +10,9 @@ flushed and closed, so nothing accepted is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -467,15 +469,35 @@ class Service:
         violations left open (there is no configuration to reload); unless it is ignored
         (`nohup`), which asks to outlive the terminal."""
 
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            self.stop(signal.Signals(signum).name)
+        # The handler runs in the main thread between two of its steps, maybe inside a lock
+        # (an Event.wait: a file's idle end; a log line): stopping there (Event.set, logging)
+        # could wait for ever for that very lock. So it only writes the signal's number to a
+        # pipe, which takes no lock, and a thread of its own stops the loops.
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
 
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            with contextlib.suppress(BlockingIOError):  # a full pipe holds enough stops
+                os.write(write_fd, bytes([signum]))
+
+        def relay() -> None:
+            while data := os.read(read_fd, 64):  # b"": restore() closed the pipe
+                for signum in data:
+                    name = signal.Signals(signum).name
+                    log.info("%s received: stopping", name)
+                    self.stop(name)
+
+        thread = threading.Thread(target=relay, name="maskd-signals", daemon=True)
+        thread.start()
         old = {s: signal.signal(s, handler) for s in stop_signals()}
 
         def restore() -> None:
             for s, h in old.items():
                 signal.signal(s, h)
+            os.close(write_fd)
+            thread.join(5.0)
+            if not thread.is_alive():
+                os.close(read_fd)
 
         return restore
 

@@ -477,6 +477,35 @@ def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_mod
     assert "SIGINT received" in rest
 
 
+def test_a_stop_signal_never_deadlocks_on_a_lock_the_main_thread_holds():
+    """The stop signal's handler runs in the main thread, between two of its steps. It stopped
+    the loops itself (Event.set, a log line): while the main thread held that Event's lock (an
+    Event.wait, as a file source's idle end waits), the handler waited for ever for it, and
+    maskd never stopped. The handler now only hands the signal to a thread of its own."""
+    code = """
+import os, signal, threading, time
+from maskd.service import Service
+
+class Loop:
+    finished = threading.Event()
+    stopped = threading.Event()
+    def stop(self, reason):
+        self.stopped.set()
+
+loop = Loop()
+restore = Service([loop]).install_signal_handlers()
+with loop.stopped._cond:  # the main thread inside Event.wait's lock, as when a signal comes
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)  # the handler runs here
+assert loop.stopped.wait(10), "not stopped"
+restore()
+print("stopped")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert r.returncode == 0 and r.stdout.strip() == "stopped", (r.returncode, r.stderr[-2000:])
+
+
 def test_sighup_stays_ignored_under_nohup():
     """`nohup maskd run &` asks to outlive the terminal: an ignored SIGHUP is left ignored."""
     from maskd.service import Service
