@@ -12,7 +12,7 @@ import ctypes
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,27 +65,52 @@ CORAL_RETRIED = "exit 75, systemd starts maskd again (is the Coral plugged in?)"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before and after its firmware is loaded
 
 
-def edgetpu_library_problem() -> str | None:
-    """Why the EdgeTPU runtime cannot be used on this machine (a setup mistake), or None."""
+def cpu_instead(keys: Sequence[str] = (), option: bool = False) -> str:
+    """How to run on the CPU instead, in the words of what asked for the Coral: ``option``
+    (--edgetpu given to scan, classify or run; it sets classifier.edgetpu) is left out, a config
+    key (``keys``: the service's file) is set false; with neither known, all of them."""
+    ways = (["leave out --edgetpu"] if option else []) + [
+        f"set {key}: false" for key in keys if not (option and key == "classifier.edgetpu")]
+    if not ways:
+        return "turn the EdgeTPU off (--edgetpu, classifier.edgetpu, detector.edgetpu) to run on the CPU"
+    return " and ".join(ways) + " to run on the CPU"
+
+
+def edgetpu_library_problem(keys: Sequence[str] = (), option: bool = False) -> str | None:
+    """Why the EdgeTPU runtime cannot be used on this machine (a setup mistake), or None; the way
+    to the CPU in the words of what asked for it (``cpu_instead``)."""
     try:
         ctypes.CDLL(EDGETPU_LIB)
     except OSError:
         return (f"EdgeTPU requested but {EDGETPU_LIB} is not installed: install the Coral runtime "
                 "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
-                "coral-edgetpu-stable), or run without --edgetpu on the CPU")
+                f"coral-edgetpu-stable), or {cpu_instead(keys, option)}")
     return None
 
 
-def coral_absent(detail: str) -> str:
-    """The one wording of "no Coral answers" that `run`, `check-config` and `doctor` share."""
-    return (f"no Coral answers ({detail}): plug in the USB Accelerator (or check the PCIe/M.2 "
-            f"driver and permissions); `maskd run` waits up to {CORAL_WAIT_S:g} s for it, asking "
-            f"every {CORAL_RETRY_S:g} s, then {CORAL_RETRIED}")
+def need_edgetpu_library(keys: Sequence[str], option: bool = False) -> None:
+    """ModelError naming ``keys`` when they want the Coral and its library is missing: checked
+    before any model opens (`run`, `scan`, `classify`), so the message can say which setting or
+    option to change; ``option``: --edgetpu was given."""
+    if keys and (problem := edgetpu_library_problem(keys, option)) is not None:
+        raise ModelError(f"{', '.join(keys)}: {problem}")
 
 
-def edgetpu_delegate(load_delegate: Any) -> Any:
+def coral_absent(detail: str, waits: bool = False) -> str:
+    """The one wording of "no Coral answers"; ``waits``: with what `maskd run` does about it
+    (`run`, `check-config` and `doctor` say it; `scan` and `classify` stop at once)."""
+    said = (f"no Coral answers ({detail}): plug in the USB Accelerator (or check the PCIe/M.2 "
+            "driver and permissions)")
+    if waits:
+        said += (f"; `maskd run` waits up to {CORAL_WAIT_S:g} s for it, asking every "
+                 f"{CORAL_RETRY_S:g} s, then {CORAL_RETRIED}")
+    return said
+
+
+def edgetpu_delegate(load_delegate: Any, waits: bool = False) -> Any:
     """The Coral delegate; ModelError when the library is missing (a setup mistake), CoralAbsent
-    when it loads but no device answers (the runtime's ValueError)."""
+    when it loads but no device answers (the runtime's ValueError; ``waits``: said by `run`'s
+    wait, which goes on asking)."""
     problem = edgetpu_library_problem()
     if problem is not None:
         raise ModelError(problem)
@@ -93,7 +118,7 @@ def edgetpu_delegate(load_delegate: Any) -> Any:
         return load_delegate(EDGETPU_LIB)
     except (ValueError, OSError, RuntimeError) as err:
         detail = " ".join(str(err).split()) or type(err).__name__
-        raise CoralAbsent(f"EdgeTPU requested but {coral_absent(detail)}") from None
+        raise CoralAbsent(f"EdgeTPU requested but {coral_absent(detail, waits)}") from None
 
 
 def coral_devices(sysfs: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> list[str]:
@@ -122,34 +147,33 @@ def coral_problems(keys: list[str]) -> tuple[str | None, str | None]:
     now, `run` waits for it). The device is looked for in sysfs, not opened."""
     if not keys:
         return None, None
-    problem = edgetpu_library_problem()
+    problem = edgetpu_library_problem(keys)
     if problem is not None:
         return f"{', '.join(keys)}: {problem}", None
     if coral_devices():
         return None, None
     none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
-    return None, f"{', '.join(keys)}: EdgeTPU requested but {coral_absent(none)}"
+    return None, f"{', '.join(keys)}: EdgeTPU requested but {coral_absent(none, waits=True)}"
 
 
 def wait_for_coral(keys: list[str], wait_s: float | None = None,
                    waiting: Callable[[str], None] | None = None,
-                   cancelled: Callable[[], bool] = lambda: False) -> None:
+                   cancelled: Callable[[], bool] = lambda: False, option: bool = False) -> None:
     """Before `run` opens its models: ask for the Coral (``keys``: the config keys that want it)
     until one answers, every CORAL_RETRY_S for up to ``wait_s`` (CORAL_WAIT_S), so a Coral that
     enumerates late at boot, or was unplugged for a moment, does not stop maskd. Raises ModelError
     at once for a missing library, CoralAbsent after the wait; one ERROR when the wait begins,
-    ``waiting`` hears the systemd STATUS; ``cancelled`` (a stop signal) ends it early."""
+    ``waiting`` hears the systemd STATUS; ``cancelled`` (a stop signal) ends it early;
+    ``option``: --edgetpu was given (the missing library's message says to leave it out)."""
     wait_s = CORAL_WAIT_S if wait_s is None else wait_s
     named = ", ".join(keys)
-    problem = edgetpu_library_problem()
-    if problem is not None:
-        raise ModelError(f"{named}: {problem}")
+    need_edgetpu_library(keys, option)
     _, load_delegate, _ = import_runtime()
     deadline = time.monotonic() + wait_s
     said = False
     while True:
         try:
-            edgetpu_delegate(load_delegate)  # dropped at once: the models open their own
+            edgetpu_delegate(load_delegate, waits=True)  # dropped at once: the models open their own
             if said:
                 log.info("%s: the Coral answers now; starting", named)
             return

@@ -139,7 +139,8 @@ def test_edgetpu_missing_library_is_a_clear_error(default_model: Path) -> None:
         pytest.skip("libedgetpu is installed here; the missing-library path cannot be shown")
     except OSError:
         pass
-    with pytest.raises(ModelError, match=r"libedgetpu\.so\.1 is not installed.*without --edgetpu"):
+    with pytest.raises(ModelError, match=r"libedgetpu\.so\.1 is not installed.*or turn the EdgeTPU off "
+                       r"\(--edgetpu, classifier\.edgetpu, detector\.edgetpu\) to run on the CPU"):
         Classifier.open(default_model, edgetpu=True)
 
 

@@ -484,8 +484,8 @@ def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_pa
         ran = maskd("run", "--config", str(path), "--max-frames", "1")
         says = ("classifier.edgetpu: EdgeTPU requested but libedgetpu.so.1 is not installed: "
                 "install the Coral runtime (apt-get install libedgetpu1-std from "
-                "https://packages.cloud.google.com/apt coral-edgetpu-stable), or run without "
-                "--edgetpu on the CPU\n")
+                "https://packages.cloud.google.com/apt coral-edgetpu-stable), or set "
+                "classifier.edgetpu: false to run on the CPU\n")
         assert checked.returncode == ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
         assert checked.stderr == f"{path}: {says}" and ran.stderr == f"maskd run: {says}"
     fake = FakeCoral(tmp_path / "lib")
@@ -508,3 +508,53 @@ def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_pa
                                  env=fake.env())
         assert checked.returncode == 0 and checked.stdout == f"OK: {path}\n", checked.stderr
         assert checked.stderr == no_coral + more
+
+
+def test_the_coral_messages_name_what_asked_for_it_and_what_each_command_does(tmp_path):
+    """A missing libedgetpu: the way to the CPU is the switch that asked for the Coral, the
+    config key the service reads (was: "run without --edgetpu" for a config without that option)
+    or the option given to scan, classify or run. No Coral answering: scan and classify stop at
+    once, so they do not say that `maskd run` waits 90 s for it (was: said by every command)."""
+    import ctypes
+
+    from coral import FakeCoral
+
+    from maskd.tflite import EDGETPU_LIB, coral_devices
+
+    if coral_devices():
+        pytest.skip("a Coral is plugged in here")
+    photo = tmp_path / "face.png"  # never read: the Coral is asked for first
+    photo.write_bytes(b"")
+    lib = ("EdgeTPU requested but libedgetpu.so.1 is not installed: install the Coral runtime "
+           "(apt-get install libedgetpu1-std from https://packages.cloud.google.com/apt "
+           "coral-edgetpu-stable), or ")
+    both = tmp_path / "both.yaml"
+    both.write_text("detector: {kind: ssd, model: face_edgetpu.tflite, edgetpu: true}\n"
+                    "classifier: {edgetpu: true}\n")
+    try:
+        ctypes.CDLL(EDGETPU_LIB)
+    except OSError:
+        for args, says in (
+                (("run", "--source", "demo", "--edgetpu"), "maskd run: classifier.edgetpu: "
+                 f"{lib}leave out --edgetpu to run on the CPU\n"),
+                (("classify", "--edgetpu", str(photo)), "maskd classify: classifier.edgetpu: "
+                 f"{lib}leave out --edgetpu to run on the CPU\n"),
+                (("scan", "--config", str(both), str(photo)), "maskd scan: classifier.edgetpu, "
+                 f"detector.edgetpu: {lib}set classifier.edgetpu: false and set "
+                 "detector.edgetpu: false to run on the CPU\n"),
+                (("scan", "--config", str(both), "--edgetpu", str(photo)), "maskd scan: "
+                 f"classifier.edgetpu, detector.edgetpu: {lib}leave out --edgetpu and set "
+                 "detector.edgetpu: false to run on the CPU\n"),
+                (("check-config", str(both)), f"{both}: classifier.edgetpu, detector.edgetpu: "
+                 f"{lib}set classifier.edgetpu: false and set detector.edgetpu: false to run on "
+                 "the CPU\n")):
+            r = maskd(*args)
+            assert r.returncode != 0 and r.stderr == says, (args, r.stderr)
+    fake = FakeCoral(tmp_path / "lib")
+    for command in ("classify", "scan"):
+        r = subprocess.run([sys.executable, "-m", "maskd", command, "--edgetpu", str(photo)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO, env=fake.env())
+        assert r.returncode == 2 and r.stderr == (
+            f"maskd {command}: EdgeTPU requested but no Coral answers (Failed to load delegate "
+            "from libedgetpu.so.1): plug in the USB Accelerator (or check the PCIe/M.2 driver and "
+            "permissions)\n"), r.stderr

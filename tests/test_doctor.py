@@ -476,8 +476,9 @@ def test_a_framebuffer_missing_at_boot_is_a_warning_as_run_says(tmp_path):
 
 
 def test_a_missing_coral_is_said_in_runs_words(tmp_path):
-    """libedgetpu there, no Coral: the library row passes, the device row and the classifier
-    fail with the words `run` waits and exits 75 with (run no longer exits 78 on it)."""
+    """libedgetpu there, no Coral: the library row passes, the device row fails with the words
+    `run` waits and exits 75 with (run no longer exits 78 on it), the classifier row with what
+    opening it here found."""
     from coral import FakeCoral
 
     from maskd.tflite import coral_devices
@@ -496,6 +497,7 @@ def test_a_missing_coral_is_said_in_runs_words(tmp_path):
     assert got["edgetpu device"] == ("FAIL", "no Coral answers (no Coral USB (1a6e:089a / "
                                      f"18d1:9302) or PCIe (/dev/apex_0) found): {waits}")
     assert got["classifier"] == ("FAIL", "EdgeTPU requested but no Coral answers (Failed to "
-                                 f"load delegate from libedgetpu.so.1): {waits}")
+                                 "load delegate from libedgetpu.so.1): plug in the USB "
+                                 "Accelerator (or check the PCIe/M.2 driver and permissions)")
     assert got["edgetpu model"][0] == "WARN" and got["edgetpu model"][1].startswith(
         "classifier.edgetpu: ") and "is not compiled for the EdgeTPU" in got["edgetpu model"][1]

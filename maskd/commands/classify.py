@@ -36,6 +36,7 @@ from maskd.images import (
     search_images,
 )
 from maskd.service import build_classifier
+from maskd.tflite import need_edgetpu_library
 from maskd.types import label_for
 
 DECODE_AHEAD = 32  # files decoded ahead of the classifier, each held at the model's input size
@@ -112,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
+        need_edgetpu_library(["classifier.edgetpu"] if ccfg.edgetpu else [], args.edgetpu)
         clf = build_classifier(cfg)
     except (ConfigError, ModelError) as err:
         print(f"maskd classify: {err}", file=sys.stderr)

@@ -408,7 +408,7 @@ class Doctor:
         """The library (a setup mistake when missing: `run` exits 78) and the device (`run`
         waits for it, then exits 75), in `run`'s words (maskd.tflite)."""
         wanted = bool(self.cfg.edgetpu_keys())
-        problem = edgetpu_library_problem()
+        problem = edgetpu_library_problem(self.cfg.edgetpu_keys())
         if problem is None:
             self.add("edgetpu library", OK, f"{EDGETPU_LIB} loads", required=wanted)
         elif wanted:
@@ -425,7 +425,7 @@ class Doctor:
         if found:
             self.add("edgetpu device", OK, "; ".join(found), required=wanted)
         elif wanted:
-            self.add("edgetpu device", FAIL, coral_absent(none))
+            self.add("edgetpu device", FAIL, coral_absent(none, waits=True))
         else:
             self.add("edgetpu device", INFO, f"{none} (not needed: edgetpu off)", required=False)
 

@@ -152,7 +152,8 @@ def main(args: argparse.Namespace) -> int:
         # before the models, camera and MQTT; a stop meanwhile ends the wait
         wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
         if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
-            wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early))
+            wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early),
+                           option=args.edgetpu)
         if early:
             logging.getLogger("maskd.service").info("%s received while starting: stopping",
                                                     early[0].name)

@@ -129,10 +129,12 @@ def main(args: argparse.Namespace) -> int:
     from maskd.classifier import ModelError
     from maskd.detectors import DetectorError
     from maskd.service import build_classifier, build_detector
+    from maskd.tflite import need_edgetpu_library
 
     try:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
+        need_edgetpu_library(cfg.edgetpu_keys(), args.edgetpu)
         classifier = build_classifier(cfg, still=True)
         detector = build_detector(cfg, still=True)
     except (ConfigError, ModelError, DetectorError) as err:
