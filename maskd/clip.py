@@ -225,7 +225,7 @@ class ClipWriter(FrameObserver):
             self._q.put_nowait(None)  # room now: should the disk wake up, the thread ends
             return
         self.failures += lost  # a thread that died with frames waiting (said when it died)
-        self._close_segment()
+        self._close_left_segment()
         self._cap()
         self._say_room(force=True)
         if self.dropped:
@@ -258,11 +258,20 @@ class ClipWriter(FrameObserver):
         self._loop_log(logging.ERROR, "restart", "annotated clip %s: the writer thread stopped; "
                        "starting it again with a new file", self.name)
         self.failures += self._drain()
+        self._close_left_segment()
+        self._thread = self._start()
+
+    def _close_left_segment(self) -> None:
+        """Close the file from the loop's thread, the writer thread gone (a restart, the stop): a
+        writer left broken by the error that ended that thread may raise in ``release``, and that
+        must neither keep the clip down nor, at the stop, skip the other observers' and the
+        sinks' close (the service closes its observers one after another); said, and let go."""
         try:
             self._close_segment()
-        except Exception:  # noqa: BLE001 - a writer left broken must not keep the clip down
+        except Exception as err:  # noqa: BLE001 - see above
+            log.error("annotated clip %s: %s could not be closed (%s: %s); it may not play to its "
+                      "end", self.name, self._path, type(err).__name__, err)
             self._writer = None
-        self._thread = self._start()
 
     # ------------------------------------------------------------------ writer thread
 

@@ -443,6 +443,7 @@ class SlowVideo:
     gate: threading.Event | None = None
     fail_at = 0
     writes = 0
+    release_fails = False  # release() raises, as a writer an error left broken may
 
     def __init__(self, *args) -> None:
         self._w = SlowVideo.real(*args)
@@ -452,6 +453,8 @@ class SlowVideo:
 
     def release(self) -> None:
         self._w.release()
+        if SlowVideo.release_fails:
+            raise cv2.error("the encoder's state is broken")
 
     def write(self, image) -> None:
         SlowVideo.writes += 1
@@ -612,6 +615,37 @@ def test_an_error_in_the_writer_thread_starts_a_new_file_and_recording_goes_on(
         w.close()
     assert "the writer thread stopped; starting it again with a new file" in caplog.text
     assert len(w.paths) == 3 and frames_in(w.paths[1]) == n - 20 and frames_in(w.paths[2]) > 0
+
+
+def test_a_writer_broken_when_its_thread_died_does_not_fail_the_close(tmp_path, slow_video,
+                                                                     monkeypatch, caplog):
+    """The writer thread died (an error its guard lets through) with a file open, and the
+    writer it left raises in release(): close() says so and returns, its own ending done (was:
+    the error came out of close(), and the service's stop, which closes its observers one after
+    another before the sinks, skipped the rest: the sinks' flush of the end events among them)."""
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=100)
+    feed(w)
+    assert w.flush()
+    path = w.paths[-1]
+
+    class Dead(BaseException):
+        """What the thread's guard lets through."""
+
+    def die(shot):
+        raise Dead
+
+    monkeypatch.setattr(w, "_write", die)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # its traceback: not here
+    w.on_frame(DemoSource().read(), [], LoopStats(fps=15.0))
+    w._thread.join(5)
+    assert not w._thread.is_alive()
+    monkeypatch.setattr(slow_video, "release_fails", True)
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        w.close()
+    assert (f"annotated clip door: {path} could not be closed (error: the encoder's state is "
+            "broken); it may not play to its end") in caplog.text
+    assert w._writer is None and frames_in(path) > 0
+    w.close()  # once closed, a second close is nothing
 
 
 def test_sigterm_closes_the_clip_with_every_frame_it_was_handed(tmp_path, default_model):
