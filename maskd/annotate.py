@@ -34,14 +34,17 @@ def header_text(stats: LoopStats) -> str:
     return text
 
 
-def camera_text(stats: LoopStats) -> str:
+def camera_text(stats: LoopStats, camera: str | None = None) -> str:
     """``header_text``, or why no frame comes when none does (a camera lost, a file that
-    ended): systemd's STATUS and the previews' header, which shows it over the last picture."""
+    ended, none yet): systemd's STATUS and the previews' header, which shows it over the last
+    picture. ``camera``: the name, where the line would not say whose it is otherwise."""
     if since := stats.camera_lost_since:
         state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
         return f"camera lost since {since}; {state}"
     if stats.source_ended:
         return "end of the source; idle until stopped"
+    if since := stats.first_frame_since:
+        return f"waiting for the first frame{f' from camera {camera}' if camera else ''} since {since}"
     if stats.no_frame_since and stats.no_frame_s is not None:
         return (f"no frame for {stats.no_frame_s:.0f} s (since {stats.no_frame_since}); "
                 "camera not answering")

@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
 
 
-def status_text(stats: LoopStats) -> str:
-    """The STATUS= line of one camera: its text, then what keeps events from being delivered
-    (``faults`` from the sinks)."""
-    return " | ".join([camera_text(stats), *stats.faults])
+def status_text(stats: LoopStats, camera: str | None = None) -> str:
+    """The STATUS= line of one camera (``camera``: its name, said where the line needs it):
+    its text, then what keeps events from being delivered (``faults`` from the sinks)."""
+    return " | ".join([camera_text(stats, camera), *stats.faults])
 
 
 def cameras_status_text(stats: dict[str, LoopStats | str]) -> str:
@@ -115,13 +115,14 @@ class SystemdNotifier(FrameObserver):
         self._ready = False
         self._last_ping: float | None = None
         self._last_status: float | None = None
-        # camera -> (lost, reconnecting, no frame for a gap)
-        self._outage: dict[str | None, tuple[bool, bool, bool]] = {}
+        # camera -> (lost, reconnecting, no frame for a gap, no frame yet)
+        self._outage: dict[str | None, tuple[bool, bool, bool, bool]] = {}
         self._lock = threading.Lock()
         self._cameras: set[str] = set()  # for_cameras(): the loops that must vouch for a ping
         self._vouched: set[str] = set()  # those that did since the last ping
         # for_cameras() of several: each camera's latest stats for the one STATUS= line
         self._latest: dict[str, LoopStats | str] = {}
+        self._only: str | None = None  # for_cameras() of one: its name
 
     @property
     def enabled(self) -> bool:
@@ -131,6 +132,7 @@ class SystemdNotifier(FrameObserver):
         """One observer per camera loop; a ping goes out only once every loop still running
         has vouched for itself since the last one (a frame, a reconnect, an idle end)."""
         self._cameras = set(names)
+        self._only = names[0] if len(names) == 1 else None
         if len(names) > 1:  # one camera: its line as without a cameras: map
             self._latest = dict.fromkeys(names, "starting")
         return [_CameraWatch(self, name) for name in names]
@@ -147,14 +149,16 @@ class SystemdNotifier(FrameObserver):
 
         Called from the loop's own thread, so a hung loop sends nothing; a camera read stuck in
         the driver is not a reconnect (``camera_reconnecting`` is False), so it sends no ping,
-        only, once that lasts a gap, a STATUS naming it with the time since the last frame.
+        only, once that lasts a gap, a STATUS naming it with the time since the last frame; before
+        the first frame (READY=1 waits for it) a STATUS naming the camera waited for, and since
+        when.
         """
         if stats.source_ended:
             self.vouch(camera, stats, ready=True, alive=True)
         elif stats.camera_lost_since:
             self.vouch(camera, stats, ready=False, alive=stats.camera_reconnecting)
-        elif stats.no_frame_since:  # a read that blocks: STATUS says so, and no ping
-            self.vouch(camera, stats, ready=False, alive=False)
+        elif stats.no_frame_since or stats.first_frame_since:  # a read or an open that blocks,
+            self.vouch(camera, stats, ready=False, alive=False)  # or a slow start: no ping
         # else merely a slow camera: frames will say it
 
     def vouch(self, camera: str | None, stats: LoopStats, ready: bool, alive: bool) -> None:
@@ -184,7 +188,8 @@ class SystemdNotifier(FrameObserver):
             return False
         now = self._clock()
         outage = {**self._outage, camera: (bool(stats.camera_lost_since), stats.camera_reconnecting,
-                                           bool(stats.no_frame_since))}
+                                           bool(stats.no_frame_since),
+                                           bool(stats.first_frame_since))}
         if camera is not None:
             self._latest[camera] = stats
         lines: list[str] = []
@@ -196,7 +201,8 @@ class SystemdNotifier(FrameObserver):
             lines.append("WATCHDOG=1")
         if (lines or outage != self._outage or self._last_status is None
                 or now - self._last_status >= STATUS_INTERVAL_S):
-            text = status_text(stats) if camera is None else cameras_status_text(self._latest)
+            text = (status_text(stats, self._only) if camera is None
+                    else cameras_status_text(self._latest))
             lines.append(f"STATUS={text}")
             if self._notifier.send(*lines):  # on failure, try again with the next frame
                 self._ready = self._ready or ready

@@ -261,9 +261,10 @@ class ThreadedPreview(FrameObserver):
         """No frame comes (a camera lost, a file that ended, a read that blocks for a gap): the
         last picture is shown again under a header that says why, once per change of that line;
         it otherwise stayed on screen with its fps and violations, looking live, for the whole
-        outage. A camera lost before its first frame gets a black picture with that header (the
-        page had none)."""
-        if not (stats.camera_lost_since or stats.source_ended or stats.no_frame_since):
+        outage. A camera lost before its first frame, or not answering yet, gets a black picture
+        with that header (the page had none)."""
+        if not (stats.camera_lost_since or stats.source_ended or stats.no_frame_since
+                or stats.first_frame_since):
             return  # a pause between two frames of a slow camera: its header flickered to 0 fps
         last = self._last
         if last is None:  # lost since the start: a black picture

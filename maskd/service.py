@@ -110,6 +110,7 @@ class CameraLoop:
         self._stop = threading.Event()
         self._hurry = threading.Event()  # asked again while stopping: stop waiting for delivery
         self._ended = False  # a file source ended and the loop idles
+        self._began = time.time()  # wall time the loop began waiting for frames (run() sets it)
         self.finished = threading.Event()  # run() has returned: a stop now is no second stop
         self._fps = 0.0
         self._last_t: float | None = None
@@ -150,6 +151,7 @@ class CameraLoop:
     def run(self, flush_timeout: float = 30.0) -> int:
         """Process frames until the end or a stop; returns the exit status (0, 70 or 75)."""
         failed = False
+        self._began = time.time()
         try:
             self._emit(self._restart_ends)
             self._loop()
@@ -338,6 +340,9 @@ class CameraLoop:
         # showed the last frame's fps until the stream's time-out or the watchdog's kill. (A
         # file's frame times are made up: a loop slower than the file is no stall.)
         waited = (self.pipeline.no_frame_for() if self.source.is_live and not lost else None)
+        # Before its first frame (READY=1 waits for it) a camera whose open or read hangs was
+        # nameless in systemd's STATUS until TimeoutStartSec: named, since the loop began.
+        first = (self._began if self.source.is_live and not lost and not self.frames else None)
         return LoopStats(
             frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
             in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
@@ -345,6 +350,7 @@ class CameraLoop:
             corrupt=src.get("corrupt", 0), camera_lost_since=lost,
             no_frame_since=None if waited is None else clock.local_iso(waited[0].timestamp),
             no_frame_s=None if waited is None else round(waited[1], 1),
+            first_frame_since=None if first is None else clock.local_iso(first),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
             source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,

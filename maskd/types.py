@@ -135,6 +135,10 @@ class LoopStats:
     # 8601) and the seconds since it. The loop's one gap rule (maskd.pipeline) decides.
     no_frame_since: str | None = None
     no_frame_s: float | None = None
+    # While a live camera that is not lost has sent no frame yet (one whose open or first read
+    # hangs): when the loop began waiting for it (ISO 8601). systemd saw no STATUS at all until
+    # TimeoutStartSec, READY=1 waiting for that frame.
+    first_frame_since: str | None = None
     source_ended: bool = False  # a file source has ended; the loop idles until a signal
     faces: int = 0
     small_faces: int = 0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from loop_parts import BlankCamera, RecordingSink, service_for
 
-from maskd import service, sources
+from maskd import notify, service, sources
 from maskd.config import Config, SourceConfig
 from maskd.env import Environment
 from maskd.notify import Notifier, SystemdNotifier, socket_address
@@ -378,6 +378,85 @@ def test_a_blocked_camera_read_is_named_in_the_status_with_the_time_since_the_la
     assert run.statuses()[-1].endswith("active violations")  # frames again: fps again
 
 
+@pytest.mark.parametrize("camera", ["stalled stream", "hung driver"])
+def test_a_camera_that_hangs_before_its_first_frame_is_named_in_the_status(
+        under_systemd, monkeypatch, camera):
+    """A network camera that accepts the connection and sends nothing (a real MJPEG camera,
+    stalled from the start: OpenCV's open waits for it) or a driver whose first read hangs:
+    READY=1 waits for the first frame, and systemd saw no STATUS at all, `activating` and
+    nothing else until TimeoutStartSec (180 s). Now STATUS names the camera and since when,
+    refreshed while it waits; still no READY=1 and no ping, and MQTT's stats say it too."""
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(sources, "STREAM_TIMEOUT_MS", 8000)  # past the watch: no time-out
+    monkeypatch.setattr(notify, "STATUS_INTERVAL_S", 1.0)  # 5 s on a device
+    cfg = Config(camera="door")
+    cfg.mqtt.stats_interval_s = 1.0
+    sink = RecordingSink()
+    ipcam = IpCamera(lambda i: np.full((120, 160, 3), i % 200, np.uint8)).start()
+    blank = BlankCamera()
+    if camera == "hung driver":
+        blank.hang_read.set()
+        src = live_source("door", blank.opener, SourceConfig())
+    else:
+        ipcam.stall()
+        src = sources.open_source(SourceConfig(kind="opencv", uri=ipcam.url))
+    watch = SystemdNotifier().for_cameras(["door"])  # as build() makes it
+    began = time.time()
+    try:
+        with LoopRunner(service_for(src, watch, [sink], cfg=cfg), under_systemd) as run:
+            run.watch(3.0)
+            waiting = list(run.timeline)
+            blank.hang_read.clear()
+            ipcam.back()
+            run.watch(3.0)
+            assert run.stop() == 0
+    finally:
+        ipcam.close()
+    statuses = [m["STATUS"] for _, m in waiting if "STATUS" in m]
+    assert len(statuses) >= 2, waiting  # refreshed while it waits
+    assert all(s.startswith("waiting for the first frame from camera door since ")
+               for s in statuses), statuses
+    since = datetime.fromisoformat(statuses[0].rsplit(" since ", 1)[1])
+    assert abs(since.timestamp() - began) < 1.5, (statuses[0], began)
+    assert not [m for _, m in waiting if "READY" in m or "WATCHDOG" in m], waiting
+    said = [d for d in sink.stats if d["first_frame_since"]]
+    assert said and said[0]["first_frame_since"] == statuses[0].rsplit(" since ", 1)[1]
+    ready = [m for _, m in run.timeline if "READY" in m]
+    assert len(ready) == 1 and ready[0]["STATUS"].endswith("active violations"), run.timeline
+    assert sink.stats[-1]["first_frame_since"] is None  # frames came
+
+
+def test_with_several_cameras_each_one_without_a_first_frame_is_named(under_systemd,
+                                                                      monkeypatch):
+    """Both cameras' first reads hang: one STATUS names each, waiting for its first frame.
+    Once door sends frames READY=1 goes out, and the line still says door2 waits (was: nothing
+    until the first frame, then door2 'starting' for as long as it hung)."""
+    monkeypatch.setattr(notify, "STATUS_INTERVAL_S", 1.0)
+    cam2 = BlankCamera()
+    cam2.hang_read.set()
+    svc, cam = two_cameras(live_source("door2", cam2.opener, SourceConfig(reopen_min_s=0.1)),
+                           hang=True)
+    with LoopRunner(svc, under_systemd) as run:
+        run.watch(2.0)
+        both = list(run.timeline)
+        cam.hang_read.clear()
+        run.watch(2.0)
+        cam2.hang_read.clear()
+        assert run.stop() == 0
+    lines = [m["STATUS"] for _, m in both if "STATUS" in m]
+    assert not [m for _, m in both if "READY" in m]
+    door, door2 = lines[-1].split("; door2: ")
+    assert door.startswith("door: waiting for the first frame since "), lines
+    assert door2.startswith("waiting for the first frame since "), lines
+    later = [m["STATUS"] for _, m in run.timeline[len(both):] if "STATUS" in m]
+    later = [s for s in later if s != "stopping"]
+    assert [m for _, m in run.timeline[len(both):] if "READY" in m], run.timeline
+    assert later and all(s.split("; door2: ")[1].startswith("waiting for the first frame since ")
+                         for s in later), later
+    assert later[-1].split("; door2: ")[0].endswith("active violations"), later
+
+
 class CrashingCamera:
     """A source whose read() has a bug: the grabber thread dies on the third frame."""
 
@@ -409,9 +488,12 @@ def test_a_crashed_frame_grabber_fails_the_run_for_a_restart():
 # ------------------------------------------------------------- several cameras in one process
 
 
-def two_cameras(second) -> tuple[Service, BlankCamera]:
-    """The `cameras:` layout's loops around one SystemdNotifier, as build() makes them."""
+def two_cameras(second, hang: bool = False) -> tuple[Service, BlankCamera]:
+    """The `cameras:` layout's loops around one SystemdNotifier, as build() makes them
+    (``hang``: the first camera's read hangs from the start)."""
     cam = BlankCamera()
+    if hang:
+        cam.hang_read.set()
     watches = SystemdNotifier().for_cameras(["door", "door2"])
     loops = [service_for(live_source("door", cam.opener, SourceConfig(reopen_min_s=0.1)),
                          [watches[0]], cfg=Config(camera="door")),

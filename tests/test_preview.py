@@ -419,6 +419,35 @@ class Headers(ThreadedPreview):
         super().on_frame(frame, verdicts, stats)
 
 
+def test_a_camera_without_a_first_frame_is_said_on_a_black_picture():
+    """A driver whose first read hangs: the screen and the page showed nothing at all (no
+    frame, not lost); now a black picture says what systemd's STATUS says, until frames come."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.config import SourceConfig
+    from maskd.sources import live_source
+
+    view = Headers().start()
+    cam = BlankCamera()
+    cam.hang_read.set()
+    svc = service_for(live_source("cam", cam.opener, SourceConfig()), [view])
+    run = threading.Thread(target=svc.run, daemon=True)
+    run.start()
+    try:
+        assert wait_until(lambda: bool(view.said), 5)
+        cam.hang_read.clear()
+        assert wait_until(lambda: svc.frames >= 3, 10)
+    finally:
+        cam.hang_read.clear()
+        svc.stop()
+        run.join(10)
+        view.close()
+    assert view.said[0].startswith("waiting for the first frame since "), view.said
+    assert view.said[-1].endswith("active violations"), view.said
+
+
 def test_a_slow_camera_between_two_frames_is_no_outage():
     """The loop waits for the next frame of a 1.5 fps camera and says so (on_wait, no camera
     lost): the header is not redrawn as '0.0 fps' between each two frames (it flickered)."""
@@ -440,7 +469,8 @@ def test_a_slow_camera_between_two_frames_is_no_outage():
         svc.stop()
         run.join(10)
         view.close()
-    measured = view.said[next(i for i, s in enumerate(view.said) if not s.startswith("0.0 ")):]
+    measured = view.said[next(i for i, s in enumerate(view.said)  # before: the first frame's
+                              if not s.startswith(("0.0 ", "waiting for the first frame"))):]
     assert len(measured) >= 3 and not any(s.startswith("0.0 fps") for s in measured), view.said
 
 
