@@ -106,6 +106,7 @@ class SystemdNotifier(FrameObserver):
         self,
         env: Environment | None = None,
         clock: Callable[[], float] = time.monotonic,
+        camera: str | None = None,
     ) -> None:
         env = Environment.read() if env is None else env
         self._notifier = Notifier(env.notify_socket)
@@ -122,7 +123,7 @@ class SystemdNotifier(FrameObserver):
         self._vouched: set[str] = set()  # those that did since the last ping
         # for_cameras() of several: each camera's latest stats for the one STATUS= line
         self._latest: dict[str, LoopStats | str] = {}
-        self._only: str | None = None  # for_cameras() of one: its name
+        self._only = camera  # the one camera's name (for_cameras() of one sets it too)
 
     @property
     def enabled(self) -> bool:

@@ -600,13 +600,14 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     return sinks
 
 
-def _systemd_notifier() -> SystemdNotifier | None:
-    """systemd's watchdog and status, when systemd started us (one per process)."""
+def _systemd_notifier(camera: str | None = None) -> SystemdNotifier | None:
+    """systemd's watchdog and status, when systemd started us (one per process); ``camera``:
+    the one camera's name, which its status names before the first frame."""
     if not Environment.read().notify_socket:
         return None
     from maskd.notify import SystemdNotifier
 
-    return SystemdNotifier()
+    return SystemdNotifier(camera=camera)
 
 
 def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | None = None,
@@ -669,7 +670,8 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
         try:
             return _end_removed(Service([_camera_loop(
                 cfg, detector, classifier, control, lambda: build_sinks(cfg, control),
-                _systemd_notifier(), exit_at_end, max_frames, store, ledger=ledger)]), cfg, ledger)
+                _systemd_notifier(cfg.camera), exit_at_end, max_frames, store, ledger=ledger)]), cfg,
+                ledger)
         except BaseException:
             if store is not None:
                 store.close()

@@ -401,7 +401,7 @@ def test_a_camera_that_hangs_before_its_first_frame_is_named_in_the_status(
     else:
         ipcam.stall()
         src = sources.open_source(SourceConfig(kind="opencv", uri=ipcam.url))
-    watch = SystemdNotifier().for_cameras(["door"])  # as build() makes it
+    watch = [SystemdNotifier(camera="door")]  # as build() makes it
     began = time.time()
     try:
         with LoopRunner(service_for(src, watch, [sink], cfg=cfg), under_systemd) as run:
@@ -425,6 +425,41 @@ def test_a_camera_that_hangs_before_its_first_frame_is_named_in_the_status(
     ready = [m for _, m in run.timeline if "READY" in m]
     assert len(ready) == 1 and ready[0]["STATUS"].endswith("active violations"), run.timeline
     assert sink.stats[-1]["first_frame_since"] is None  # frames came
+
+
+@pytest.mark.slow
+def test_real_maskd_run_names_its_camera_before_the_first_frame(tmp_path):
+    """The real `maskd run --camera door` (build() makes its notifier) against a real MJPEG
+    camera stalled from the start: STATUS names the camera before READY=1, which comes once the
+    camera sends."""
+    from tools.ipcamera import IpCamera
+
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    cam = IpCamera(lambda i: np.full((120, 160, 3), i % 200, np.uint8)).start()
+    cam.stall()
+    env = {**os.environ, "NOTIFY_SOCKET": sock.address}
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", cam.url,
+                             "--camera", "door", "--detector", "blazeface"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not any("STATUS" in m for m in sock.messages):
+            assert proc.poll() is None and time.monotonic() < deadline, sock.messages
+            sock.drain(0.1)
+        cam.back()
+        while not any("READY" in m for m in sock.messages):
+            assert proc.poll() is None and time.monotonic() < deadline, sock.messages
+            sock.drain(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cam.close()
+        sock.close()
+    first = next(m["STATUS"] for m in sock.messages if "STATUS" in m)
+    assert first.startswith("waiting for the first frame from camera door since "), sock.messages
 
 
 def test_with_several_cameras_each_one_without_a_first_frame_is_named(under_systemd,
