@@ -158,8 +158,9 @@ class SystemdNotifier(FrameObserver):
             self.vouch(camera, stats, ready=True, alive=True)
         elif stats.camera_lost_since:
             self.vouch(camera, stats, ready=False, alive=stats.camera_reconnecting)
-        elif stats.no_frame_since or stats.first_frame_since:  # a read or an open that blocks,
-            self.vouch(camera, stats, ready=False, alive=False)  # or a slow start: no ping
+        elif stats.no_frame_since or stats.first_frame_since:
+            # a read or an open that blocks (or a camera slow to start): STATUS says so, no ping
+            self.vouch(camera, stats, ready=False, alive=False)
         # else merely a slow camera: frames will say it
 
     def vouch(self, camera: str | None, stats: LoopStats, ready: bool, alive: bool) -> None:
