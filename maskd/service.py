@@ -266,7 +266,7 @@ class CameraLoop:
             except Exception:  # noqa: BLE001 - a broken preview must not stop detection
                 log.exception("observer %s failed; removing it", type(obs).__name__)
                 self.observers.remove(obs)
-                obs.close()
+                _close_observer(obs)
 
     def _after_frame(self, result: FrameResult, capture_ms: float) -> None:
         frame = result.frame
@@ -403,7 +403,7 @@ class CameraLoop:
         self._log_stats()
         self._sink_stats()
         for obs in self.observers:
-            obs.close()
+            _close_observer(obs)
         self.source.close()
         budget = flush_timeout if self.exit_at_end else min(flush_timeout, STOP_FLUSH_S)
         deadline = time.monotonic() + budget
@@ -598,6 +598,15 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
 
         sinks.append(MqttSink.from_config(cfg, control))
     return sinks
+
+
+def _close_observer(obs: FrameObserver) -> None:
+    """Close one observer; one that raises is said, and the stop goes on to the others, the
+    source and the sinks (their flush of the end events), as a failing sink's close does."""
+    try:
+        obs.close()
+    except Exception:  # noqa: BLE001 - see above
+        log.exception("observer %s failed to close", type(obs).__name__)
 
 
 def _systemd_notifier(camera: str | None = None) -> SystemdNotifier | None:

@@ -648,6 +648,49 @@ def test_a_writer_broken_when_its_thread_died_does_not_fail_the_close(tmp_path, 
     w.close()  # once closed, a second close is nothing
 
 
+def test_an_observer_whose_close_raises_does_not_cut_the_stop_short(caplog):
+    """Any observer (a clip, a preview) whose close() raises at the stop: the others, the
+    source and the sinks are still closed and the sinks flushed (was: the error came out of the
+    loop's stop, which skipped them all; MQTT's end events then waited for the next start)."""
+    import numpy as np
+    from loop_parts import RecordingSink, service_for
+
+    from maskd.types import Frame, FrameObserver
+
+    class Frames:
+        name, is_live, stats = "file", False, {}
+        closed = False
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self):
+            self.n += 1
+            return Frame(np.full((120, 160, 3), 90, np.uint8), self.n, time.time(), self.name
+                         ) if self.n <= 3 else None
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Broken(FrameObserver):
+        def close(self) -> None:
+            raise cv2.error("the encoder's state is broken")
+
+    class Kept(FrameObserver):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    src, kept, sink = Frames(), Kept(), RecordingSink()
+    loop = service_for(src, [Broken(), kept], [sink])
+    loop.exit_at_end = True
+    with caplog.at_level(logging.ERROR, "maskd.service"):
+        assert loop.run(flush_timeout=1.0) == 0
+    assert kept.closed and src.closed and sink.flushed and sink.closed
+    assert "observer Broken failed to close" in caplog.text
+
+
 def test_sigterm_closes_the_clip_with_every_frame_it_was_handed(tmp_path, default_model):
     """A stop by SIGTERM (systemd's) while the writer thread has frames waiting: they are
     written, the file is closed whole (its frame count in the log is what plays) and the run
