@@ -24,6 +24,9 @@ from maskd.types import RunControl
 REPO = Path(__file__).resolve().parents[1]
 CAM = "maskd/dev1/cam1"
 DISCOVERY = "homeassistant/device/maskd_dev1_cam1/config"
+# what a running MqttSink leaves retained under its camera's topic
+SINK_TOPICS = ("status", "status/detail", "violation/active", "violation/attributes", "violations",
+               "faces", "state", "stats", "detect/state")
 
 
 @pytest.fixture
@@ -56,15 +59,17 @@ def run_sink(broker: Broker, state: Path, camera: str = "cam1", close: bool = Tr
     cfg = Config(device_id="dev1", camera=camera, state_dir=state,
                  mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0,
                                  stats_interval_s=1))
-    sub = Subscriber(broker, ["homeassistant/#"])
+    base = f"maskd/dev1/{camera}"
+    sub = Subscriber(broker, ["homeassistant/#", f"{base}/#"])
     sink = MqttSink.from_config(cfg, RunControl(), model_name="m")
     assert sub.wait_topic(f"homeassistant/device/maskd_dev1_{camera}/config")
-    sub.close()
     for ev in script("c", 1, 0, left_open=1):
         sink.emit(dataclasses.replace(ev, camera=camera))
     sink.on_state(counts(2, 1, 1))
     assert sink.flush(10)
-    time.sleep(1.2)  # the stats heartbeat
+    left = {f"{base}/{t}" for t in SINK_TOPICS}  # the stats come with the heartbeat
+    assert sub.wait(lambda ms: left <= {m.topic for m in ms}, 10), left - {m.topic for m in sub.messages}
+    sub.close()
     if close:
         sink.close()
     return sink
@@ -90,9 +95,8 @@ def test_clears_every_retained_topic_of_the_config_and_nothing_else(broker, tmp_
     mine = {t for t in before if t.startswith(f"{CAM}/") or t == DISCOVERY
             or t.startswith("maskd/dev1/status")}
     # what MqttSink really leaves retained for a camera
-    for t in [DISCOVERY, f"{CAM}/status", f"{CAM}/status/detail", f"{CAM}/violation/active",
-              f"{CAM}/violation/attributes", f"{CAM}/violations", f"{CAM}/faces", f"{CAM}/state",
-              f"{CAM}/stats", f"{CAM}/detect/state", f"{CAM}/old/leftover", "maskd/dev1/status"]:
+    for t in [DISCOVERY, *(f"{CAM}/{t}" for t in SINK_TOPICS), f"{CAM}/old/leftover",
+              "maskd/dev1/status"]:
         assert t in mine, t
     # a broker-side check that the plan knows the layout's retained topics (the device status
     # is no topic of this layout: an earlier cameras: map's leftover, cleared as found)
