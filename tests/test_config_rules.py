@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def maskd(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != UNSET_VAR}
     return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO, env={**env, PW_VAR: "s3cret", EMPTY_VAR: " "})
+
+
+def maskd_each(calls: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess]:
+    """maskd(*call) for each call, a few processes at a time, answers in the calls' order. Each
+    is still its own process; most of one's time is Python's start and imports, which overlap."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: maskd(*call), calls))
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +93,23 @@ def write(path: Path, mqtt: dict, state_dir: Path) -> Path:
     return path
 
 
+def run_args(path: Path) -> tuple[str, ...]:
+    return ("run", "--config", str(path), "--source", "demo", "--max-frames", "1",
+            "--flush-timeout", "0")
+
+
 def run(path: Path) -> subprocess.CompletedProcess:
-    return maskd("run", "--config", str(path), "--source", "demo", "--max-frames", "1",
-                 "--flush-timeout", "0")
+    return maskd(*run_args(path))
 
 
 def test_check_config_and_run_refuse_the_same_cross_field_mistakes(tmp_path, tls):
     cases = bad_configs(tmp_path, tls)
-    for name, mqtt, key in cases:
-        path = write(tmp_path / "bad.yaml", mqtt, tmp_path / "state")
-        for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run(path))):
+    paths = [write(tmp_path / f"bad{i}.yaml", mqtt, tmp_path / f"state{i}")
+             for i, (_, mqtt, _) in enumerate(cases)]
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (name, _, key) in enumerate(cases):
+        for cmd, r in zip(("check-config", "run"), answers[2 * i:2 * i + 2], strict=True):
             assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
             assert f"'{key}'" in r.stderr or f"{key}/" in r.stderr, (name, cmd, r.stderr)
             assert "Traceback" not in r.stderr, (name, cmd, r.stderr)
@@ -127,10 +142,13 @@ def test_both_refuse_rules_between_keys_of_one_section(tmp_path):
          f"preview: {{http: '0.0.0.0:{free_port()}', http_token_file: '{token}'}}",
          "'preview.http_token_file'"),
     ]
-    for name, yaml, key in cases:
-        path = tmp_path / "bad.yaml"
+    paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
+    for path, (_, yaml, _) in zip(paths, cases, strict=True):
         path.write_text(f"state_dir: {state}\n{yaml}\n")
-        for cmd, r in (("check-config", maskd("check-config", str(path))), ("run", run(path))):
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (name, _, key) in enumerate(cases):
+        for cmd, r in zip(("check-config", "run"), answers[2 * i:2 * i + 2], strict=True):
             assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
             assert key in r.stderr and "Traceback" not in r.stderr, (name, cmd, r.stderr)
 
@@ -197,12 +215,13 @@ def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(t
     ]
     (tmp_path / "clip.avi").write_bytes(b"not read: refused before")
     (tmp_path / "link.avi").symlink_to(tmp_path / "clip.avi")
-    for name, cameras, says in cases:
-        path = tmp_path / "bad.yaml"
+    paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
+    for path, (_, cameras, _) in zip(paths, cases, strict=True):
         path.write_text(f"state_dir: {tmp_path / 'state'}\ncameras:\n  {cameras}\n")
-        for cmd, *args in (("check-config", str(path)), ("run", "--config", str(path),
-                                                          "--max-frames", "1")):
-            r = maskd(cmd, *args)
+    answers = maskd_each([call for path in paths for call in (
+        ("check-config", str(path)), ("run", "--config", str(path), "--max-frames", "1"))])
+    for i, (name, _, says) in enumerate(cases):
+        for cmd, r in zip(("check-config", "run"), answers[2 * i:2 * i + 2], strict=True):
             assert r.returncode == EX_CONFIG, (name, cmd, r.returncode, r.stderr[-2000:])
             assert all(part in r.stderr for part in (says if isinstance(says, tuple) else (says,))), \
                 (name, cmd, r.stderr)
@@ -287,11 +306,14 @@ def test_both_refuse_preview_devices_this_machine_lacks(tmp_path):
     if opencv_gui_backend() is None:  # opencv-python-headless, as in the test environment
         cases.append((f"source: {demo}\npreview: {{window: true}}",
                       "preview.window: the installed OpenCV has no GUI support"))
-    for yaml, says in cases:
-        path = tmp_path / "bad.yaml"
+    paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
+    for path, (yaml, _) in zip(paths, cases, strict=True):
         path.write_text(f"state_dir: {tmp_path / 'state'}\n{yaml}\n")
-        checked = maskd("check-config", str(path))
-        ran = maskd("run", "--config", str(path), "--max-frames", "1", "--flush-timeout", "0")
+    answers = maskd_each([call for path in paths for call in (
+        ("check-config", str(path)),
+        ("run", "--config", str(path), "--max-frames", "1", "--flush-timeout", "0"))])
+    for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
         assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)
         line = checked.stderr.removeprefix(f"{path}: ")
         assert line.startswith(says) and line.count("\n") == 1, (yaml, checked.stderr)
@@ -370,11 +392,13 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
         ("jsonl: {path: /proc/nodir/e.jsonl}\n",
          "jsonl.path /proc/nodir/e.jsonl: cannot write there: "),
     ]
-    for yaml, says in cases:
-        path = tmp_path / "bad.yaml"
+    paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
+    for path, (yaml, _) in zip(paths, cases, strict=True):
         path.write_text(yaml)
-        checked = maskd("check-config", str(path))
-        ran = run(path)
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
         assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)
         assert checked.stderr.startswith(f"{path}: {says}"), (yaml, checked.stderr)
         assert checked.stderr.count("\n") == 1, checked.stderr
