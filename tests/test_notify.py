@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -238,9 +239,11 @@ class LoopRunner:
         if self.thread.is_alive():
             self.stop()
 
-    def watch(self, seconds: float) -> None:
+    def watch(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Record the socket for ``seconds``, or until ``until()`` holds (``seconds`` is then the
+        deadline: a wait for something to happen, not a window in which nothing may)."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until and until()):
             self.timeline += [(time.monotonic(), m) for m in self.sock.drain(0.05)]
 
     def pings(self, after: float = 0.0) -> list[float]:
@@ -361,7 +364,8 @@ def test_a_blocked_camera_read_is_named_in_the_status_with_the_time_since_the_la
             stats = list(sink.stats)
             blank.hang_read.clear()
             ipcam.back()
-            run.watch(6.0 if camera == "stalled stream" else 1.0)
+            # frames again (the stalled stream's read times out at 4 s, then it is reopened)
+            run.watch(15.0, until=lambda: run.statuses()[-1].endswith("active violations"))
             assert run.stop() == 0
     finally:
         ipcam.close()
