@@ -25,12 +25,13 @@ from tools.mosquitto import (
     Tls,
     free_port,
     require,
+    retained_now,
     unique_events,
     wait_until,
 )
 
 __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "Subscriber", "Tls", "fill_disk",
-           "free_port", "make_ca", "require", "small_disk", "unique_events",
+           "free_port", "make_ca", "require", "retained_now", "small_disk", "unique_events",
            "wait_until"]
 
 

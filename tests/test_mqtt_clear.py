@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mqtt_broker import Broker, Mqtt311Only, Subscriber, wait_until
+from mqtt_broker import Broker, Mqtt311Only, Subscriber, retained_now, wait_until
 from mqtt_driver import counts, script
 
 from maskd.cli import main
@@ -43,15 +43,6 @@ def write_config(tmp_path: Path, broker: Broker, **extra: object) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def retained(broker: Broker, topics: tuple[str, ...] = ("#",), settle: float = 0.7) -> dict[str, bytes]:
-    """What a new subscriber gets as retained right now."""
-    sub = Subscriber(broker, list(topics))
-    time.sleep(settle)
-    got = {m.topic: m.payload for m in sub.messages if m.retain}
-    sub.close()
-    return got
 
 
 def run_sink(broker: Broker, state: Path, camera: str = "cam1", close: bool = True) -> MqttSink:
@@ -91,7 +82,7 @@ def test_clears_every_retained_topic_of_the_config_and_nothing_else(broker, tmp_
                            ("homeassistant/device/maskd_dev2_cam1/config", b"{}")]:
         pub.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
     pub.close()
-    before = retained(broker)
+    before = retained_now(broker)
     mine = {t for t in before if t.startswith(f"{CAM}/") or t == DISCOVERY
             or t.startswith("maskd/dev1/status")}
     # what MqttSink really leaves retained for a camera
@@ -109,14 +100,14 @@ def test_clears_every_retained_topic_of_the_config_and_nothing_else(broker, tmp_
     assert rc == 0, err
     assert {ln.removeprefix("would clear ") for ln in out.splitlines()
             if ln.startswith("would clear ")} == mine
-    assert retained(broker).keys() == before.keys()
+    assert retained_now(broker).keys() == before.keys()
 
     rc, out, err = clear(capsys, "--config", str(cfg))
     assert rc == 0, err
     cleared = [ln.removeprefix("cleared ") for ln in out.splitlines() if ln.startswith("cleared ")]
     assert set(cleared) == mine and cleared[0] == DISCOVERY  # Home Assistant's config goes first
     assert f"{len(mine)} retained topic(s) cleared" in out
-    after = retained(broker)
+    after = retained_now(broker)
     assert not mine & after.keys()
     assert after.keys() == before.keys() - mine  # other cameras and devices untouched
 
@@ -128,13 +119,13 @@ def test_a_removed_camera_by_name(broker, tmp_path, capsys):
     run_sink(broker, tmp_path / "old", camera="back")
     run_sink(broker, tmp_path / "new", camera="front")
     cfg = write_config(tmp_path, broker, cameras={"front": {"source": {"kind": "demo"}}})
-    back = {t for t in retained(broker) if t.startswith("maskd/dev1/back/")
+    back = {t for t in retained_now(broker) if t.startswith("maskd/dev1/back/")
             or t == "homeassistant/device/maskd_dev1_back/config"}
     assert len(back) >= 10
     rc, out, err = clear(capsys, "--config", str(cfg), "--camera", "back")
     assert rc == 0, err
     assert {ln.removeprefix("cleared ") for ln in out.splitlines() if ln.startswith("cleared ")} == back
-    after = retained(broker)
+    after = retained_now(broker)
     assert not back & after.keys()
     assert "homeassistant/device/maskd_dev1_front/config" in after  # the configured camera stays
     assert "maskd/dev1/front/status" in after
@@ -144,18 +135,18 @@ def test_an_online_camera_is_refused_unless_forced(broker, tmp_path, capsys):
     sink = run_sink(broker, tmp_path / "state", close=False)
     try:
         cfg = write_config(tmp_path, broker)
-        before = retained(broker)
+        before = retained_now(broker)
         assert before[f"{CAM}/status"] == b"online"
         rc, _, err = clear(capsys, "--config", str(cfg), "--camera", "cam1")
         assert rc == 75
         assert f"camera cam1 ({CAM}/status = online)" in err and "--force" in err
-        assert retained(broker).keys() == before.keys()  # nothing touched
+        assert retained_now(broker).keys() == before.keys()  # nothing touched
     finally:
         sink.close()
     # stopped: its status says offline, so no --force is needed
     rc, _, err = clear(capsys, "--config", str(cfg), "--camera", "cam1")
     assert rc == 0, err
-    assert not [t for t in retained(broker) if t.startswith(f"{CAM}/")]
+    assert not [t for t in retained_now(broker) if t.startswith(f"{CAM}/")]
 
 
 def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys):
@@ -168,7 +159,7 @@ def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys
     assert clear(capsys, "--config", str(cfg))[0] == 75
     rc, out, err = clear(capsys, "--config", str(cfg), "--force")
     assert rc == 0, err
-    assert not retained(broker)
+    assert not retained_now(broker)
 
 
 def test_a_killed_cameras_map_after_a_single_camera_run_needs_no_force(broker, tmp_path, capsys):
@@ -194,12 +185,12 @@ def test_a_killed_cameras_map_after_a_single_camera_run_needs_no_force(broker, t
     assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == "maskd/dev1/status"][-1:]
                     == [b"offline"], 10), "no last will"
     sub.close()
-    left = retained(broker)
+    left = retained_now(broker)
     assert left[f"{CAM}/status"] == b"online"
     assert f"{CAM}/status/detail" not in left  # the map's process removed the stale detail
     rc, out, err = clear(capsys, "--config", str(cfg))
     assert rc == 0, err
-    assert not retained(broker)
+    assert not retained_now(broker)
 
 
 def test_a_single_camera_config_leaves_a_running_cameras_maps_device_status(broker, tmp_path,
@@ -214,22 +205,22 @@ def test_a_single_camera_config_leaves_a_running_cameras_maps_device_status(brok
                    mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=1.0))
     sink = MqttSink.for_cameras(other, {"hall": RunControl()})
     try:
-        assert wait_until(lambda: retained(broker, ("maskd/dev1/status",), 0.3)
+        assert wait_until(lambda: retained_now(broker, ("maskd/dev1/status",))
                           .get("maskd/dev1/status") == b"online")
-        theirs = {t: v for t, v in retained(broker).items()
+        theirs = {t: v for t, v in retained_now(broker).items()
                   if t.startswith(("maskd/dev1/status", "maskd/dev1/hall/"))
                   or "maskd_dev1_hall" in t}
         cfg = write_config(tmp_path, broker)
         rc, out, err = clear(capsys, "--config", str(cfg))
         assert rc == 0, err
         assert "leaving maskd/dev1/status (online)" in err
-        after = retained(broker)
+        after = retained_now(broker)
         assert not [t for t in after if t.startswith(f"{CAM}/") or t == DISCOVERY]
         assert {t: after.get(t) for t in theirs} == theirs  # the other process's, untouched
     finally:
         sink.close()
     # stopped, its device status says offline: a leftover this config may clear
-    assert retained(broker)["maskd/dev1/status"] == b"offline"
+    assert retained_now(broker)["maskd/dev1/status"] == b"offline"
     rc, out, err = clear(capsys, "--config", str(cfg))
     assert rc == 0, err
     assert "cleared maskd/dev1/status" in out
@@ -240,7 +231,7 @@ def test_output_that_cannot_be_written_is_exit_74_before_anything_is_cleared(bro
                                                                            stdout):
     """stdout on a full disk was a traceback (exit 1); closed, every line went nowhere."""
     run_sink(broker, tmp_path / "state")
-    before = retained(broker)
+    before = retained_now(broker)
     cmd = [sys.executable, "-m", "maskd", "mqtt-clear", "--config",
            str(write_config(tmp_path, broker)), "--wait", "1"]
     if stdout == "closed":
@@ -252,7 +243,7 @@ def test_output_that_cannot_be_written_is_exit_74_before_anything_is_cleared(bro
                                cwd=REPO)
     assert r.returncode == 74, r.stderr
     assert "Traceback" not in r.stderr and "maskd mqtt-clear: " in r.stderr
-    assert retained(broker) == before
+    assert retained_now(broker) == before
 
 
 @pytest.mark.parametrize("lines_read", [0, 1])
@@ -261,7 +252,7 @@ def test_a_reader_gone_mid_way_leaves_the_exit_code_to_the_check(broker, tmp_pat
     broker's ("Broken pipe", exit 1) whatever was cleared. Now the run goes on and the check
     decides (0: all gone); a reader gone before the first line is 74, nothing cleared."""
     run_sink(broker, tmp_path / "state")
-    before = retained(broker)
+    before = retained_now(broker)
     p = subprocess.Popen([sys.executable, "-m", "maskd", "mqtt-clear", "--config",
                           str(write_config(tmp_path, broker)), "--wait", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -273,10 +264,10 @@ def test_a_reader_gone_mid_way_leaves_the_exit_code_to_the_check(broker, tmp_pat
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err
     if lines_read:
         assert first[0].startswith("mqtt-clear: mqtt://") and rc == 0, err
-        assert not retained(broker)
+        assert not retained_now(broker)
     else:
         assert rc == 74 and "standard output is closed" in err, err
-        assert retained(broker) == before
+        assert retained_now(broker) == before
 
 
 def test_wait_0_still_sees_what_is_retained(broker, tmp_path, capsys):
@@ -286,15 +277,15 @@ def test_wait_0_still_sees_what_is_retained(broker, tmp_path, capsys):
     sink = run_sink(broker, tmp_path / "state", close=False)
     try:
         cfg = write_config(tmp_path, broker)
-        before = retained(broker)
+        before = retained_now(broker)
         rc, _, err = clear(capsys, "--config", str(cfg), "--wait", "0")
         assert rc == 75, err
-        assert retained(broker).keys() == before.keys()  # nothing touched
+        assert retained_now(broker).keys() == before.keys()  # nothing touched
     finally:
         sink.close()
     rc, out, err = clear(capsys, "--config", str(cfg), "--wait", "0")
     assert rc == 0, err
-    assert f"cleared {DISCOVERY}" in out and not retained(broker)
+    assert f"cleared {DISCOVERY}" in out and not retained_now(broker)
     for bad in ("-1", "nan"):
         with pytest.raises(SystemExit) as exc:
             main(["mqtt-clear", "--config", str(cfg), "--wait", bad])
@@ -446,4 +437,4 @@ def test_the_real_command(broker, tmp_path):
                         "--wait", "1"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert f"cleared {DISCOVERY}" in r.stdout
-    assert not retained(broker)
+    assert not retained_now(broker)

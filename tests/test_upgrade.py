@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED
-from mqtt_broker import Broker, Subscriber, wait_until
+from mqtt_broker import Broker, Subscriber, retained_now, wait_until
 
 from maskd.clip import segment_pattern
 from maskd.snapshots import NAME as SNAPSHOT_NAME
@@ -94,14 +94,6 @@ def still_open(events: list[dict]) -> set[str]:
             - {e["event_id"] for e in events if e["event_type"] == "end"})
 
 
-def retained(broker: Broker, topics: list[str]) -> dict[str, bytes]:
-    """What a client subscribing now gets as retained, by topic."""
-    sub = Subscriber(broker, topics)
-    time.sleep(1.0)
-    sub.close()
-    return {m.topic: m.payload for m in sub.messages if m.retain}
-
-
 def entities(discovery: dict[str, bytes]) -> dict[str, dict]:
     """Home Assistant's entities by unique id: what they are and the topics they read."""
     out = {}
@@ -132,7 +124,7 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
         try:
             assert seen.wait(lambda ms: any(m.topic == f"{CAM}/violation" for m in ms), 60), \
                 "the old version published no violation"
-            discovery_before = retained(broker, ["homeassistant/#"])
+            discovery_before = retained_now(broker, ["homeassistant/#"])
 
             def delivered() -> set[tuple[str, int]]:
                 return {(m.json()["event_id"], m.json()["seq"]) for m in seen.messages
@@ -181,7 +173,7 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
             # 1. every event that waited, once and in order (the restart end after them)
             assert sub.wait(lambda _: {x[:2] for x in got()} >= set(waiting), 60), \
                 f"never delivered: {set(waiting) - {x[:2] for x in got()}}"
-            now_on = retained(broker, ["homeassistant/#", "maskd/#"])
+            now_on = retained_now(broker, ["homeassistant/#", "maskd/#"])
             # a restart end that would be repeated comes at the start; give it the time
             assert wait_until(lambda: len(jsonl(site)) > len(old_lines) + 1, 30)
         finally:

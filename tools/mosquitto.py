@@ -260,3 +260,21 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def retained_now(broker: Broker, topics: Iterable[str] = ("#",),
+                 timeout: float = 10.0) -> dict[str, bytes]:
+    """What a client subscribing now gets retained under ``topics`` (payload by topic).
+
+    mosquitto queues a new subscription's retained messages before it reads the client's next
+    packet, so a message the client publishes after the SUBACK, to a topic of its own, comes
+    back after all of them: its arrival ends the wait, with no settle time to guess (``timeout``
+    only where an ACL keeps that topic from the client: then what came meanwhile)."""
+    marker = f"maskd-test/retained-done/{random.getrandbits(64):x}"
+    sub = Subscriber(broker, [*topics, marker])
+    try:
+        sub.client.publish(marker, b"done", qos=1)
+        sub.wait(lambda ms: any(m.topic == marker for m in ms), timeout)
+        return {m.topic: m.payload for m in sub.messages if m.retain}
+    finally:
+        sub.close()
