@@ -202,10 +202,16 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig
         writer.write(demo.render(i))
     writer.release()
     events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # maskd as a terminal starts it, SIGHUP not ignored, however pytest was started (under
+    # nohup maskd rightly keeps it ignored, and the hang-up below would wait for ever)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+             str(events), "--model", str(default_model), "--detector", "blazeface"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGHUP, before)
     try:
         _until_a_start(proc, events)
         os.kill(proc.pid, sig)
