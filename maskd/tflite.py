@@ -63,6 +63,7 @@ CORAL_WAIT_S = 90.0  # `run` waits this long for a Coral to answer, then exits 7
 CORAL_RETRY_S = 5.0  # and asks again this often meanwhile
 CORAL_RETRIED = "exit 75, systemd starts maskd again (is the Coral plugged in?)"
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before and after its firmware is loaded
+NO_CORAL_FOUND = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"  # what coral_devices did not find
 
 
 def cpu_instead(keys: Sequence[str] = (), option: bool = False) -> str:
@@ -152,8 +153,7 @@ def coral_problems(keys: list[str]) -> tuple[str | None, str | None]:
         return f"{', '.join(keys)}: {problem}", None
     if coral_devices():
         return None, None
-    none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
-    return None, f"{', '.join(keys)}: EdgeTPU requested but {coral_absent(none, waits=True)}"
+    return None, f"{', '.join(keys)}: EdgeTPU requested but {coral_absent(NO_CORAL_FOUND, waits=True)}"
 
 
 def wait_for_coral(keys: list[str], wait_s: float | None = None,

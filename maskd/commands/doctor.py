@@ -41,7 +41,13 @@ from maskd.config import (
 )
 from maskd.files import depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
-from maskd.tflite import EDGETPU_LIB, coral_absent, coral_devices, edgetpu_library_problem
+from maskd.tflite import (
+    EDGETPU_LIB,
+    NO_CORAL_FOUND,
+    coral_absent,
+    coral_devices,
+    edgetpu_library_problem,
+)
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "--"
 CAMERA_TIMEOUT_S = 15.0
@@ -421,13 +427,12 @@ class Doctor:
         for line in edgetpu_model_warnings(self.cfg):
             self.add("edgetpu model", WARN, line, required=False)
         found = coral_devices()
-        none = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"
         if found:
             self.add("edgetpu device", OK, "; ".join(found), required=wanted)
         elif wanted:
-            self.add("edgetpu device", FAIL, coral_absent(none, waits=True))
+            self.add("edgetpu device", FAIL, coral_absent(NO_CORAL_FOUND, waits=True))
         else:
-            self.add("edgetpu device", INFO, f"{none} (not needed: edgetpu off)", required=False)
+            self.add("edgetpu device", INFO, f"{NO_CORAL_FOUND} (not needed: edgetpu off)", required=False)
 
     def detector_check(self) -> None:
         from maskd.detectors import DetectorError
