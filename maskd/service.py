@@ -679,7 +679,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
         try:
             return _end_removed(Service([_camera_loop(
                 cfg, detector, classifier, control, lambda: build_sinks(cfg, control),
-                _systemd_notifier(cfg.camera), exit_at_end, max_frames, store, ledger=ledger)]), cfg,
+                _systemd_notifier(cfg.camera), exit_at_end, max_frames, store, ledger=ledger)]),
                 ledger)
         except BaseException:
             if store is not None:
@@ -722,10 +722,10 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
         if store is not None:
             store.close()
         raise
-    return _end_removed(Service(loops), cfg, ledger)
+    return _end_removed(Service(loops), ledger)
 
 
-def _end_removed(service: Service, cfg: Config, ledger: OpenViolations | None) -> Service:
+def _end_removed(service: Service, ledger: OpenViolations | None) -> Service:
     """The first camera's loop also ends what a killed run left open on cameras removed from
     the config (or renamed) since: no loop of theirs would, and their violations stayed open
     in JSON lines and in open_violations.json for good. Once every part is open, so a start
