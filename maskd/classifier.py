@@ -23,7 +23,7 @@ import numpy as np
 
 from maskd import env
 from maskd.env import Environment
-from maskd.tflite import ModelError, get_output, open_interpreter, quantize
+from maskd.tflite import ModelError, get_output, invoke, open_interpreter, quantize
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,9 @@ class Classifier:
         self._scores, self._features = sidecar_outputs(info, sizes, path)
         self._table = input_table(self._in, info.scale, info.offset)
         self._batch = int(self._in["shape"][0])
+        self.edgetpu = "edgetpu" in runtime
         # An EdgeTPU graph is compiled for batch 1; a CPU interpreter's batch can be resized.
-        self.max_batch = 1 if "edgetpu" in runtime else MAX_BATCH
+        self.max_batch = 1 if self.edgetpu else MAX_BATCH
         shape = tuple(int(v) for v in self._in["shape"])
         if shape[1:] != (info.input_size, info.input_size, 3):
             raise ModelError(
@@ -245,7 +246,7 @@ class Classifier:
             self._set_batch(len(chunk))
             x = self._table[np.stack([resize_square(c, size) for c in chunk])]
             self.interpreter.set_tensor(self._in["index"], x)
-            self.interpreter.invoke()
+            invoke(self.interpreter, self.edgetpu, "the classifier")
             y = get_output(self.interpreter, self._scores)
             out[start:start + len(chunk)] = y[:, self._no_mask]
             if self._features is not None:

@@ -35,7 +35,9 @@ example:
   2   a bad command line (an unknown option, a value out of range): usage on stderr
   70  the loop crashed (systemd restarts it)
   75  --exit-at-end: events still in the MQTT outbox after --flush-timeout; or the
-      network is not up yet (a preview.http host name unresolved for 90 s): systemd retries
+      network is not up yet (a preview.http host name unresolved for 90 s), or the Coral
+      does not answer (none within 90 s at the start, or it stopped answering while
+      running): systemd retries
   78  bad config or start-up error (model, detector, source, preview), one line on stderr
 
 example:

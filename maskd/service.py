@@ -32,6 +32,7 @@ from maskd.ledger import OpenViolations
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.snapshots import SnapshotStore
 from maskd.sources import open_source
+from maskd.tflite import CORAL_LOST_NEXT, CoralLost
 from maskd.types import (
     EventSink,
     FaceCounts,
@@ -112,6 +113,7 @@ class CameraLoop:
         self._ended = False  # a file source ended and the loop idles
         self._began = time.time()  # wall time the loop began waiting for frames (run() sets it)
         self.finished = threading.Event()  # run() has returned: a stop now is no second stop
+        self.coral_lost = False  # run() ended because the Coral stopped answering (exit 75)
         self._fps = 0.0
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
@@ -155,13 +157,17 @@ class CameraLoop:
         try:
             self._emit(self._restart_ends)
             self._loop()
+        except CoralLost as err:  # the hardware, not a bug: one line, and 75 for the boot wait
+            log.error("%s: %s: %s", self.cfg.camera, err, CORAL_LOST_NEXT)
+            self.stop_reason = "the Coral stopped answering"
+            self.coral_lost = True
         except Exception:  # noqa: BLE001 - still end events and flush sinks, then report
             log.exception("run loop failed")
             self.stop_reason = "error"
             failed = True
         code = self._shutdown(flush_timeout)
         self.finished.set()
-        return EX_SOFTWARE if failed else code
+        return EX_SOFTWARE if failed else EX_TEMPFAIL if self.coral_lost else code
 
     @property
     def reached_max_frames(self) -> bool:
@@ -516,6 +522,8 @@ class Service:
             code = codes[loop.cfg.camera] = loop.run(flush_timeout)
             if code == EX_SOFTWARE:  # a crashed loop: the process fails, so systemd restarts it
                 self.stop(f"camera {loop.cfg.camera} failed")
+            elif loop.coral_lost:  # the cameras share the Coral: all wait for it at the start
+                self.stop(f"camera {loop.cfg.camera} lost the Coral")
 
         threads = [threading.Thread(target=run_one, args=(loop,), name=f"camera-{loop.cfg.camera}")
                    for loop in self.loops]

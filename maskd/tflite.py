@@ -66,6 +66,33 @@ CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}  # before and after its fir
 NO_CORAL_FOUND = "no Coral USB (1a6e:089a / 18d1:9302) or PCIe (/dev/apex_0) found"  # what coral_devices did not find
 
 
+class CoralLost(Exception):
+    """A Coral that answered stopped answering mid-run (pulled out, or reset by a USB
+    brown-out): its invoke failed. `run` ends what is open, keeps the outbox and exits 75, so
+    systemd's restart lands in the start's wait for the Coral (``wait_for_coral``): a fresh
+    process, since libedgetpu's own state after a lost device is not to be trusted."""
+
+
+CORAL_LOST_NEXT = (f"exit 75, systemd starts maskd again, and the start waits up to "
+                   f"{CORAL_WAIT_S:g} s for the Coral")  # what `run` does about CoralLost
+RUNTIME_SAID_MAX = 300  # characters of the runtime's own words kept in that one line
+
+
+def invoke(interpreter: Any, edgetpu: bool, what: str) -> None:
+    """``interpreter.invoke()``; on a Coral (``edgetpu``) its failure is CoralLost, naming
+    ``what`` ran there (the classifier, the face detector) with the runtime's words on one line:
+    a model that cannot run there fails earlier, when it is loaded, so an invoke that fails
+    is the device gone. On the CPU an error stays the runtime's own (a bug, not the hardware)."""
+    try:
+        interpreter.invoke()
+    except RuntimeError as err:
+        if not edgetpu:
+            raise
+        said = " ".join(str(err).split())[:RUNTIME_SAID_MAX] or type(err).__name__
+        raise CoralLost(f"{what}'s Coral stopped answering ({said}): unplugged, or reset (a "
+                        "USB brown-out: check the power supply)") from None
+
+
 def cpu_instead(keys: Sequence[str] = (), option: bool = False) -> str:
     """How to run on the CPU instead, in the words of what asked for the Coral: ``option``
     (--edgetpu given to scan, classify or run; it sets classifier.edgetpu) is left out, a config

@@ -162,6 +162,30 @@ def test_edgetpu_library_without_device_is_a_clear_error(default_model, tmp_path
     assert Classifier.open(default_model, edgetpu=True).runtime.endswith("+edgetpu")
 
 
+def test_a_coral_lost_after_the_start_is_coral_lost_naming_the_classifier(default_model, tmp_path,
+                                                                         monkeypatch) -> None:
+    """An invoke on a Coral that was pulled out is the runtime's RuntimeError, which the loop
+    took for a bug (a traceback, exit 70): it is CoralLost, saying what ran there and the
+    runtime's words on one line. The stand-in runs the model's last op through its delegate,
+    so the scores on the "Coral" are the CPU's to the bit."""
+    from coral import FakeCoral
+
+    fake = FakeCoral(tmp_path / "lib")
+    monkeypatch.setattr(tflite, "EDGETPU_LIB", str(fake.lib))
+    monkeypatch.setenv("FAKE_CORAL_PLUGGED", str(fake.plugged))
+    fake.plug()
+    coral, cpu = Classifier.open(default_model, edgetpu=True), Classifier.open(default_model)
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8) for _ in range(3)]
+    assert np.array_equal(coral.predict(crops), cpu.predict(crops))
+    fake.unplug()
+    with pytest.raises(tflite.CoralLost) as lost:
+        coral.predict(crops)
+    assert str(lost.value).startswith(
+        "the classifier's Coral stopped answering (Failed to execute request: USB transfer "
+        "error (stand-in: the Coral was unplugged). Node number ") and "\n" not in str(lost.value)
+
+
 def test_shipped_sidecar_describes_the_model(default_model: Path) -> None:
     clf = Classifier.open(default_model)
     assert clf.labels == ["mask", "no_mask"] and clf.input_size in (96, 128, 160, 224)

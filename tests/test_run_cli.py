@@ -1088,3 +1088,110 @@ def test_a_stop_while_waiting_for_the_coral_is_a_clean_stop_at_once(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and time.monotonic() - t0 < 1.5, (time.monotonic() - t0, err)
     assert "SIGTERM received while starting: stopping" in err
+
+
+def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing(tmp_path):
+    """The Coral pulled out (or reset by a USB brown-out) while the real `maskd run` detects,
+    a violation open: its next invoke failed, and the loop's crash path said so as a traceback
+    ("run loop failed") and exited 70. Now one ERROR line says the Coral stopped answering and
+    what happens next, the open violation ends in JSON lines and in the MQTT outbox (the broker
+    away: kept there for the next start), and the exit is 75, so systemd's restart lands in
+    the start's wait for the Coral; that start, the Coral back, detects again."""
+    import sqlite3
+
+    from coral import FakeCoral
+
+    from tools.mosquitto import free_port
+
+    fake = FakeCoral(tmp_path / "lib")
+    fake.plug()
+    cfg = tmp_path / "coral.yaml"
+    events, state = tmp_path / "events.jsonl", tmp_path / "state"
+    cfg.write_text("camera: door\nsource: {kind: demo, loop: true}\ndetector: {kind: blazeface}\n"
+                   f"classifier: {{edgetpu: true}}\njsonl: {{path: {events}}}\n"
+                   f"state_dir: {state}\nmqtt: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\n")
+    run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "0.5"]
+    proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
+    try:
+        _until_a_start(proc, events)
+        fake.unplug()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if " ERROR " in ln and "maskd.mqtt" not in ln]
+    assert len(errors) == 1 and (
+        "ERROR maskd.service: door: the classifier's Coral stopped answering (Failed to "
+        "execute request: USB transfer error (stand-in: the Coral was unplugged). Node number"
+        in errors[0]) and errors[0].endswith(
+        "unplugged, or reset (a USB brown-out: check the power supply): exit 75, systemd starts "
+        "maskd again, and the start waits up to 90 s for the Coral"), errors
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    started = {e["event_id"] for e in lines if e["event_type"] == "start"}
+    ended = {e["event_id"]: e["end_reason"] for e in lines if e["event_type"] == "end"}
+    assert started and ended == dict.fromkeys(started, "shutdown"), lines
+    with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite3'}?mode=ro",
+                                            uri=True)) as db:
+        kept = [json.loads(p) for (p,) in db.execute(
+            "SELECT payload FROM outbox WHERE topic LIKE '%/violation' ORDER BY id")]
+    assert {(e["event_id"], e["event_type"]) for e in kept} >= (
+        {(i, "start") for i in started} | {(i, "end") for i in started}), kept
+    assert json.loads((state / "open_violations.json").read_text()) == {}  # none left open
+    fake.plug()  # the restart, the Coral back: detects again
+    r = subprocess.run([*run, "--max-frames", "3"], capture_output=True, text=True,
+                       timeout=120, env=fake.env())
+    assert r.returncode == 0 and "stopping: --max-frames 3 reached" in r.stderr, r.stderr
+
+
+def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, monkeypatch,
+                                                                      caplog):
+    """The cameras of a `cameras:` map share the one Coral: the first loop to find it gone
+    stops the others too, as a crashed loop does (one with nobody in view would run on, its
+    classifier idle, and the process with it: no restart, and no detection anywhere once a
+    face came), each ends what it had open, and the process exits 75; no traceback."""
+    import threading
+
+    from coral import FakeCoral
+
+    from maskd import tflite
+    from maskd.config import Config
+    from maskd.service import build
+
+    fake = FakeCoral(tmp_path / "lib")
+    fake.plug()
+    monkeypatch.setattr(tflite, "EDGETPU_LIB", str(fake.lib))  # in-process: by its path
+    monkeypatch.setenv("FAKE_CORAL_PLUGGED", str(fake.plugged))
+    events, empty = tmp_path / "events.jsonl", tmp_path / "empty"
+    empty.mkdir()
+    cv2.imwrite(str(empty / "hall.png"), np.full((SIZE[1], SIZE[0], 3), 90, np.uint8))
+    svc = build(Config.model_validate({  # door2: nobody in view, its classifier never runs
+        "cameras": {"door": {"source": {"kind": "demo", "loop": True}},
+                    "door2": {"source": {"kind": "images", "uri": str(empty), "loop": True}}},
+        "detector": {"kind": "blazeface"},
+        "classifier": {"edgetpu": True}, "jsonl": {"path": str(events)}}))
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(svc.run(flush_timeout=0.5)),
+                              daemon=True)
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        runner.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                events.exists() and '"start"' in events.read_text()):
+            time.sleep(0.05)
+        fake.unplug()
+        runner.join(60)
+        if runner.is_alive():
+            svc.stop()
+            runner.join(20)
+    assert done == [75], caplog.text
+    assert all(loop.finished.is_set() for loop in svc.loops)
+    assert [loop.stop_reason for loop in svc.loops] == ["the Coral stopped answering",
+                                                        "camera door lost the Coral"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        "door: the classifier's Coral stopped answering"), errors
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    started = {e["event_id"] for e in lines if e["event_type"] == "start"}
+    assert started and {e["event_id"] for e in lines if e["event_type"] == "end"} == started

@@ -6,8 +6,9 @@ deliver everything within --flush-timeout (the MQTT outbox keeps it for the next
 78 (EX_CONFIG) for anything wrong at start-up (config, model, detector, source, preview),
 reported as one line on stderr so systemd does not restart-loop on it; 75 too when the
 network is not up yet for preview.http (a host name that does not resolve within 90 s), or
-no Coral answers within 90 s though libedgetpu is installed, so systemd's Restart=on-failure
-tries again; 70 if the loop crashed.
+no Coral answers within 90 s though libedgetpu is installed, or the Coral stopped answering
+while running (``maskd.tflite.CoralLost``: open violations end, the outbox keeps the rest), so
+systemd's Restart=on-failure tries again; 70 if the loop crashed.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from maskd.detectors.base import (
     score_cut,
 )
 from maskd.geometry import Letterbox, letterbox
-from maskd.tflite import get_output, open_interpreter, set_input
+from maskd.tflite import get_output, invoke, open_interpreter, set_input
 from maskd.types import Face
 
 SSD_DEFAULT_SCORE_THRESHOLD = 0.6
@@ -88,6 +88,7 @@ class TfliteSsd:
         self.name = "ssd-edgetpu" if edgetpu else "ssd"
         self.score_threshold = score_threshold
         self.face_class = face_class
+        self.edgetpu = edgetpu
         self._interp, _ = open_interpreter(self.path, TFLITE_THREADS, edgetpu)
         self._in = self._interp.get_input_details()[0]
         _, self.input_h, self.input_w, _ = (int(v) for v in self._in["shape"])
@@ -114,7 +115,7 @@ class TfliteSsd:
         h, w = image_bgr.shape[:2]
         boxed, lb = letterbox(image_bgr, self.input_w, self.input_h)
         set_input(self._interp, self._input(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)))
-        self._interp.invoke()
+        invoke(self._interp, self.edgetpu, "the face detector")
         boxes, classes, scores, count = (get_output(self._interp, i) for i in self._outs)
         b, s = decode_ssd_postprocess(boxes, classes, scores, float(np.ravel(count)[0]),
                                       self.score_threshold, lb, self.input_w, self.input_h,
