@@ -1101,6 +1101,7 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
 
     from coral import FakeCoral
 
+    from maskd.tflite import CORAL_WAIT_S
     from tools.mosquitto import free_port
 
     fake = FakeCoral(tmp_path / "lib")
@@ -1127,7 +1128,7 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
         "execute request: USB transfer error (stand-in: the Coral was unplugged). Node number"
         in errors[0]) and errors[0].endswith(
         "unplugged, or reset (a USB brown-out: check the power supply): exit 75, systemd starts "
-        "maskd again, and the start waits up to 90 s for the Coral"), errors
+        f"maskd again, and the start waits up to {CORAL_WAIT_S:g} s for the Coral"), errors
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     started = {e["event_id"] for e in lines if e["event_type"] == "start"}
     ended = {e["event_id"]: e["end_reason"] for e in lines if e["event_type"] == "end"}
@@ -1149,8 +1150,8 @@ def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, 
                                                                       caplog):
     """The cameras of a `cameras:` map share the one Coral: the first loop to find it gone
     stops the others too, as a crashed loop does (one with nobody in view would run on, its
-    classifier idle, and the process with it: no restart, and no detection anywhere once a
-    face came), each ends what it had open, and the process exits 75; no traceback."""
+    classifier idle, and the process with it: no restart, and the camera that lost it without
+    detection for good), each ends what it had open, and the process exits 75; no traceback."""
     import threading
 
     from coral import FakeCoral
