@@ -151,7 +151,11 @@ class CameraLoop:
         self._restart_ends.extend(events)
 
     def run(self, flush_timeout: float = 30.0) -> int:
-        """Process frames until the end or a stop; returns the exit status (0, 70 or 75)."""
+        """Process frames until the end or a stop; returns the exit status (0, 70 or 75).
+
+        An exception out of this camera's loop (a bug its frames hit) is one ERROR line naming
+        the camera and the exception, its traceback below, then the usual stop (``_shutdown``)
+        and 70, so that systemd restarts maskd (``Service``: the other cameras stop too)."""
         failed = False
         self._began = time.time()
         try:
@@ -161,12 +165,15 @@ class CameraLoop:
             log.error("%s: %s: %s", self.cfg.camera, err, CORAL_LOST_NEXT)
             self.stop_reason = "the Coral stopped answering"
             self.coral_lost = True
-        except Exception:  # noqa: BLE001 - still end events and flush sinks, then report
-            log.exception("run loop failed")
+        except Exception as err:  # noqa: BLE001 - still end events and flush sinks, then report
+            log.exception("%s: the loop failed: %s; maskd stops with exit status %d (systemd "
+                          "restarts it)", self.cfg.camera, _named(err), EX_SOFTWARE)
             self.stop_reason = "error"
             failed = True
-        code = self._shutdown(flush_timeout)
-        self.finished.set()
+        try:
+            code = self._shutdown(flush_timeout)
+        finally:
+            self.finished.set()
         return EX_SOFTWARE if failed else EX_TEMPFAIL if self.coral_lost else code
 
     @property
@@ -391,6 +398,25 @@ class CameraLoop:
         self._sink_window = _StatsWindow()
         self._next_sink_stats = time.monotonic() + self.cfg.mqtt.stats_interval_s
 
+    def _last_words(self) -> bool:
+        """The stop's own steps: end what is open, the last stats; False when they failed.
+        They read the loop's state, which the bug that failed the loop may have left broken;
+        failing here too must not leave the sinks unflushed and open (was: the camera's thread
+        died, the process ran on with the other cameras and this one's entities online). What
+        stays open is kept by the ledger (and the MQTT outbox) and ended `restart` at the
+        next start."""
+        try:
+            self._end_violations()
+            self._log_stats()
+            self._sink_stats()
+        except Exception as err:  # noqa: BLE001 - see above
+            kept = ("the next start ends them `restart`" if self.ledger is not None else
+                    "they get no end (no state_dir, no MQTT: nothing keeps them)")
+            log.error("%s: the stop could not end the open violations: %s; %s",
+                      self.cfg.camera, _named(err), kept)
+            return False
+        return True
+
     def _log_stats(self) -> None:
         s = self.stats()
         self._window = _StatsWindow()
@@ -405,9 +431,7 @@ class CameraLoop:
     def _shutdown(self, flush_timeout: float) -> int:
         log.info("%s: stopping: %s", self.cfg.camera, self.stop_reason or "error")
         self._stop.set()  # from here a stop request means "stop waiting"
-        self._end_violations()
-        self._log_stats()
-        self._sink_stats()
+        ended = self._last_words()
         for obs in self.observers:
             _close_observer(obs)
         self.source.close()
@@ -430,9 +454,16 @@ class CameraLoop:
                 sink.close()
             except Exception:  # noqa: BLE001
                 log.exception("sink %s failed to close", name)
+        if not ended:
+            return EX_SOFTWARE
         if self.exit_at_end and not drained:
             return EX_TEMPFAIL
         return EX_OK
+
+
+def _named(err: BaseException) -> str:
+    """An exception as one line: its type and its message."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def stop_signals() -> list[signal.Signals]:
