@@ -390,7 +390,7 @@ class LatestFrame:
         self._poll_s = poll_s
         self._box: Mailbox[Frame] = Mailbox()  # closed by the grabber when the source ends
         self._closed = False
-        self._crash: str | None = None
+        self._crash: Exception | None = None  # the grabber's, raised on in read()
         self._thread = threading.Thread(target=self._grab, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
 
@@ -408,9 +408,8 @@ class LatestFrame:
                 if frame is None:
                     return
                 self._box.put(frame)
-        except Exception as err:  # never die silently: read() raises it in the loop's thread
-            log.exception("%s: frame grabber crashed", self.name)
-            self._crash = f"{type(err).__name__}: {err}"
+        except Exception as err:  # never die silently: read() raises it in the loop's thread,
+            self._crash = err  # whose one ERROR line names the camera, with this traceback
         finally:
             self._box.close()
 
@@ -422,8 +421,9 @@ class LatestFrame:
             if frame is not None:
                 return frame
             if self._box.closed:
-                if self._crash is not None:  # the loop fails (exit 70), so systemd restarts us
-                    raise SourceError(f"{self.name}: frame grabber crashed: {self._crash}")
+                if (err := self._crash) is not None:  # the loop fails (exit 70): a restart
+                    raise SourceError(f"{self.name}: frame grabber crashed: "
+                                      f"{type(err).__name__}: {err}") from err
                 return None
             if self.on_wait is not None:
                 self.on_wait()

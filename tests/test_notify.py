@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -517,11 +518,19 @@ class CrashingCamera:
         pass
 
 
-def test_a_crashed_frame_grabber_fails_the_run_for_a_restart():
-    """Exit 70, not 0: with Restart=on-failure, systemd restarts only a failed service."""
-    svc = service_for(LatestFrame(CrashingCamera()))
-    assert svc.run(flush_timeout=1.0) == 70
+def test_a_crashed_frame_grabber_fails_the_run_for_a_restart(caplog):
+    """Exit 70, not 0: with Restart=on-failure, systemd restarts only a failed service. One
+    ERROR line, naming the camera, with the grabber's traceback (was: two, the first naming
+    only the source)."""
+    svc = service_for(LatestFrame(CrashingCamera()), cfg=Config(camera="door"))
+    with caplog.at_level(logging.INFO):
+        assert svc.run(flush_timeout=1.0) == 70
     assert svc.frames == 2 and svc.stop_reason == "error"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "door: the loop failed: SourceError: buggy: frame grabber crashed: RuntimeError: bug in "
+        "the capture code; maskd stops with exit status 70 (systemd restarts it)"]
+    assert 'raise RuntimeError("bug in the capture code")' in caplog.text  # where it was
 
 
 # ------------------------------------------------------------- several cameras in one process
