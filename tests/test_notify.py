@@ -533,6 +533,34 @@ def test_a_crashed_frame_grabber_fails_the_run_for_a_restart(caplog):
     assert 'raise RuntimeError("bug in the capture code")' in caplog.text  # where it was
 
 
+class EndingCamera(CrashingCamera):
+    """A live source whose stream ends after two frames (the loop stops: live source closed)."""
+
+    def read(self):
+        self.n += 1
+        return None if self.n > 2 else Frame(np.full((120, 160, 3), 90, np.uint8), self.n,
+                                              time.time(), self.name)
+
+
+def test_a_stop_that_cannot_end_the_violations_still_closes_the_sinks_and_fails(caplog):
+    """A bug that breaks the stop's ending of the open violations: the sinks are still flushed
+    and closed, one ERROR line says so, and the run fails (70) for a restart, not a clean 0
+    (was: the exception went out of run(), the sinks never closed)."""
+    sink = RecordingSink()
+    svc = service_for(EndingCamera(), sinks=[sink], cfg=Config(camera="door"))
+
+    def broken_close():
+        raise KeyError("track 7")
+
+    svc.pipeline.close = broken_close
+    with caplog.at_level(logging.INFO):
+        assert svc.run(flush_timeout=1.0) == 70
+    assert sink.flushed and sink.closed and svc.finished.is_set()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "door: the stop could not end the open violations: KeyError: 'track 7'; they get no "
+        "end (no state_dir, no MQTT: nothing keeps them)"]
+
+
 # ------------------------------------------------------------- several cameras in one process
 
 
