@@ -87,26 +87,40 @@ def frozen_sample(image: np.ndarray) -> np.ndarray:
     return image[::step, ::step].copy()
 
 
-def as_bgr(image: object) -> np.ndarray | None:
-    """A usable BGR uint8 image from what a device returned, or None when it is corrupt/empty.
+class BadFrame(ValueError):
+    """A frame a device handed out that maskd cannot use; the message says what is wrong with it
+    (a live source skips it, logs that and counts it as ``corrupt``)."""
 
-    Grey and BGRA frames (some USB cameras, PNG files) are converted rather than rejected.
+
+MIN_FRAME_PX = 2  # a frame narrower or lower than this holds no picture
+
+
+def to_bgr(image: object) -> np.ndarray:
+    """What a device returned as every stage takes a frame: (H, W, 3) BGR uint8, C-contiguous.
+
+    Grey (2-D or one channel) and BGRA (4 channels: XRGB8888, a PNG) are converted, a strided
+    view (a crop, a flip) is copied once here rather than by every stage; anything else raises
+    BadFrame naming what the frame is (was: 16-bit, float and 2-channel frames were all
+    "corrupt or empty", and a 1x1 grey frame passed while a 1x1 colour one did not).
     """
     import cv2
 
-    if not isinstance(image, np.ndarray) or image.size == 0 or image.dtype != np.uint8:
-        return None
-    if image.ndim == 2:
+    if not isinstance(image, np.ndarray):
+        raise BadFrame(f"no picture (the device returned {type(image).__name__})")
+    if image.size == 0:
+        raise BadFrame(f"an empty frame (shape {image.shape})")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise BadFrame(f"shape {image.shape}: not a grey, BGR or BGRA picture")
+    if image.dtype != np.uint8:
+        raise BadFrame(f"{image.dtype} pixels (shape {image.shape}): maskd reads 8-bit frames; "
+                       "set the camera to an 8-bit format")
+    if min(image.shape[:2]) < MIN_FRAME_PX:
+        raise BadFrame(f"{image.shape[1]}x{image.shape[0]} pixels: too small to hold a picture")
+    if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[0] < 2 or image.shape[1] < 2:
-        return None
-    if image.shape[2] == 3:
-        return image
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return None
+    return np.ascontiguousarray(image)
 
 
 class Backoff:
@@ -246,12 +260,13 @@ class LiveSource:
                           self.name)
                 self._drop(cap)
                 continue
-            image = as_bgr(raw)
-            if image is None:
+            try:
+                image = to_bgr(raw)
+            except BadFrame as err:
                 self.stats["corrupt"] += 1
                 self._bad_in_a_row += 1
-                self._say(logging.WARNING, "corrupt", "%s: corrupt or empty frame skipped "
-                          "(%d in a row)", self.name, self._bad_in_a_row)
+                self._say(logging.WARNING, "corrupt", "%s: frame skipped: %s (%d in a row)",
+                          self.name, err, self._bad_in_a_row)
                 if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
                     self._drop(cap)
                 continue
@@ -524,12 +539,12 @@ class VideoFileSource:
                 log.warning("%s: %d frame(s) that cannot be decoded skipped (before seq %d)",
                             self.name, failed, self._seq)
                 bad, failed = bad + failed, 0
-            image = as_bgr(raw)
-            if image is not None:
-                return image
-            self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
-            bad += 1
-            log.warning("%s: corrupt frame skipped", self.name)
+            try:
+                return to_bgr(raw)
+            except BadFrame as err:
+                self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
+                bad += 1
+                log.warning("%s: frame skipped: %s", self.name, err)
         return None
 
     def read(self) -> Frame | None:

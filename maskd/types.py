@@ -19,7 +19,8 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the origi
 
 @dataclass(frozen=True)
 class Frame:
-    """One captured image. ``image`` is BGR uint8 (OpenCV order)."""
+    """One captured image. ``image`` is (H, W, 3) BGR uint8 (OpenCV order), C-contiguous: the
+    sources make it so once, as they read it (``maskd.sources.to_bgr``)."""
 
     image: np.ndarray
     seq: int  # sequence number from the source, counting from 0

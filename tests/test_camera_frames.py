@@ -1,0 +1,142 @@
+"""Odd frames from cameras: each is turned into BGR once, at the source, or refused with a line
+naming the camera and what is wrong; never read with the wrong colours."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from maskd.sources import (
+    MAX_CORRUPT_IN_A_ROW,
+    BadFrame,
+    LiveSource,
+    to_bgr,
+)
+
+
+def picture(h: int = 48, w: int = 64) -> np.ndarray:
+    """A BGR picture with a red left half and a blue right half over a smooth ramp, so a swap
+    of red and blue shows and a YUV round trip (chroma shared by 2x2 pixels) stays close."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 1] = np.linspace(40, 200, w, dtype=np.uint8)[None, :]
+    img[:, : w // 2, 2] = 220  # red
+    img[:, w // 2:, 0] = 220  # blue
+    return img
+
+
+# ------------------------------------------------------------------ to_bgr: any device's frame
+
+
+def test_grey_bgra_views_and_read_only_frames_become_one_contiguous_bgr_picture():
+    bgr = picture()
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    read_only = bgr.copy()
+    read_only.flags.writeable = False
+    wide = np.zeros((48, 80, 3), np.uint8)
+    wide[:, 8:72] = bgr
+    cases = {
+        "grey": (grey, cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)),
+        "grey, one channel": (grey[:, :, None], cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)),
+        "BGRA (XRGB8888)": (bgra, bgr),
+        "BGR": (bgr, bgr),
+        "a crop of a wider buffer": (wide[:, 8:72], bgr),
+        "every other pixel": (bgr[::2, ::2], bgr[::2, ::2].copy()),
+        "read-only": (read_only, bgr),
+    }
+    for name, (raw, want) in cases.items():
+        out = to_bgr(raw)
+        assert out.shape == want.shape and out.dtype == np.uint8, name
+        assert out.flags.c_contiguous, name
+        assert np.array_equal(out, want), name
+
+
+@pytest.mark.parametrize("raw, says", [
+    (None, "no picture (the device returned NoneType)"),
+    (np.zeros((0, 0, 3), np.uint8), "an empty frame"),
+    (np.full((48, 64, 3), 40000, np.uint16), "uint16 pixels (shape (48, 64, 3)): maskd reads 8-bit"),
+    (np.full((48, 64), 0.5, np.float32), "float32 pixels"),
+    (np.zeros((48, 64, 2), np.uint8), "shape (48, 64, 2): not a grey, BGR or BGRA picture"),
+    (np.zeros((48, 64, 5), np.uint8), "shape (48, 64, 5)"),
+    (np.zeros((2, 48, 64, 3), np.uint8), "shape (2, 48, 64, 3)"),
+    (np.zeros((1, 1), np.uint8), "1x1 pixels: too small"),
+    (np.zeros((1, 1, 3), np.uint8), "1x1 pixels: too small"),
+    (np.zeros((48, 1, 3), np.uint8), "1x48 pixels: too small"),
+])
+def test_a_frame_maskd_cannot_use_is_refused_saying_what_it_is(raw, says):
+    """Was: one "corrupt or empty frame" for all of these, and a 1x1 grey frame passed."""
+    with pytest.raises(BadFrame) as err:
+        to_bgr(raw)
+    assert says in str(err.value)
+
+
+class OneKindCamera:
+    """A capture handing out the same odd array every read."""
+
+    def __init__(self, raw: np.ndarray):
+        self.raw = raw
+
+    def opener(self):
+        return self
+
+    def read(self):
+        return True, self.raw.copy()
+
+    def release(self):
+        pass
+
+
+def test_a_camera_giving_16_bit_frames_is_named_with_what_is_wrong_not_called_corrupt(caplog):
+    cam = OneKindCamera(np.full((48, 64, 3), 40000, np.uint16))
+    src = LiveSource("door-usb", cam.opener, reopen_min_s=0.01, reopen_max_s=0.02)
+    reader = threading.Thread(target=src.read, daemon=True)  # read() returns no frame here
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        reader.start()
+        deadline = time.monotonic() + 5
+        while src.stats["reopens"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        src.close()
+        reader.join(5)
+    assert src.stats["frames"] == 0 and src.stats["corrupt"] >= MAX_CORRUPT_IN_A_ROW
+    assert src.stats["camera_lost_since"] is not None  # taken for lost, reopened with the backoff
+    lines = [r.getMessage() for r in caplog.records if r.name == "maskd.sources"]
+    assert any(m.startswith("door-usb: frame skipped: uint16 pixels") and "8-bit" in m
+               for m in lines), lines
+    assert len([m for m in lines if "frame skipped" in m]) == 1  # once, then rate-limited
+
+
+def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp_path, caplog):
+    from maskd.sources import VideoFileSource
+
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        w.write(picture())
+    w.release()
+    src = VideoFileSource(path)
+
+    class Odd:
+        """OpenCV's capture, its second frame handed out as 16-bit."""
+
+        def __init__(self, cap):
+            self.cap, self.n = cap, 0
+
+        def read(self):
+            ok, raw = self.cap.read()
+            self.n += 1
+            return ok, (raw.astype(np.uint16) if ok and self.n == 2 else raw)
+
+        def release(self):
+            self.cap.release()
+
+    src._cap = Odd(src._cap)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        frames = [src.read() for _ in range(3)]
+    assert [f is not None for f in frames] == [True, True, False]
+    assert src.stats["corrupt"] == 1
+    assert "frame skipped: uint16 pixels" in caplog.text
