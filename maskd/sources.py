@@ -739,8 +739,48 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
     return open_capture
 
 
+# How each main-stream format picamera2 can hand out becomes BGR, for the array its
+# capture_array gives (picamera2's Helpers.make_array; its names are libcamera's, which give the
+# order in a little-endian word: RGB888 is B,G,R in memory, XBGR8888 is R,G,B,X). maskd asks for
+# RGB888, but libcamera may adjust the request to what the camera has (a USB webcam listed by
+# libcamera, which source auto picks: YUYV or MJPEG), and capture_array then gives that format.
+def picamera2_formats() -> dict[str, tuple[int | None, int | None]]:
+    """Per format maskd reads: the channels of its array (None: 2-D) and the OpenCV conversion
+    to BGR (None: none needed)."""
+    import cv2
+
+    return {"RGB888": (3, None), "BGR888": (3, cv2.COLOR_RGB2BGR),
+            "XRGB8888": (4, cv2.COLOR_BGRA2BGR), "XBGR8888": (4, cv2.COLOR_RGBA2BGR),
+            "YUV420": (None, cv2.COLOR_YUV2BGR_I420), "YVU420": (None, cv2.COLOR_YUV2BGR_YV12),
+            "YUYV": (2, cv2.COLOR_YUV2BGR_YUYV), "MJPEG": (3, cv2.COLOR_RGB2BGR)}
+
+
+def picamera2_bgr(array: np.ndarray, fmt: str, width: int) -> np.ndarray:
+    """One picamera2 main-stream array of format ``fmt`` (``picamera2_formats``) as BGR;
+    ``width`` is the stream's, since YUV rows can carry padding. An array not of the format's
+    shape (an MJPEG camera's grey JPEG is 2-D) is handed on as it is, for ``to_bgr`` to take or
+    refuse."""
+    import cv2
+
+    channels, code = picamera2_formats()[fmt]
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or code is None:
+        return array
+    if (array.shape[2] if array.ndim == 3 else None) != channels or array.ndim < 2:
+        return array
+    if fmt in ("YUV420", "YVU420") and array.shape[0] % 3:
+        return array
+    return cv2.cvtColor(np.ascontiguousarray(array), code)[:, :width]
+
+
 class _Picamera2Capture:
-    """picamera2 behind the ``Capture`` interface (its RGB888 format is B,G,R in memory)."""
+    """picamera2 behind the ``Capture`` interface, handing out what it delivers as BGR.
+
+    It asks for an RGB888 main stream (B,G,R in memory, OpenCV's order) of the configured size
+    (picamera2 rounds an odd one down to even) and reads back the format libcamera agreed to:
+    another one maskd can read is converted (``picamera2_bgr``; was: read as if it were RGB888,
+    so R,G,B formats swapped red and blue and YUV420 gave a grey picture half again as tall), one
+    it cannot is refused at the open, named (was: every frame "corrupt or empty", for ever).
+    """
 
     def __init__(self, cfg: SourceConfig):
         from picamera2 import Picamera2  # apt package on the Pi; imported only when used
@@ -752,13 +792,22 @@ class _Picamera2Capture:
                 controls={"FrameRate": cfg.fps},
             )
             self._cam.configure(config)
+            main = self._cam.camera_config["main"]
+            self._format, self._width = str(main["format"]), int(main["size"][0])
+            if self._format not in picamera2_formats():
+                raise SourceError(f"the camera gives {self._format} frames, which maskd cannot "
+                                  f"read (it reads {', '.join(picamera2_formats())}); a USB camera "
+                                  "can be read as source kind opencv, uri /dev/videoN")
+            if self._format != "RGB888":
+                log.info("picamera2: the camera gives %s frames (RGB888 was asked for); they "
+                         "are converted to BGR", self._format)
             self._cam.start()
         except Exception:
             self._cam.close()
             raise
 
     def read(self) -> tuple[bool, np.ndarray | None]:
-        return True, self._cam.capture_array("main")
+        return True, picamera2_bgr(self._cam.capture_array("main"), self._format, self._width)
 
     def release(self) -> None:
         try:

@@ -4,17 +4,22 @@ naming the camera and what is wrong; never read with the wrong colours."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+import types
 
 import cv2
 import numpy as np
 import pytest
 
+from maskd.config import SourceConfig
 from maskd.sources import (
     MAX_CORRUPT_IN_A_ROW,
     BadFrame,
     LiveSource,
+    open_source,
+    picamera2_formats,
     to_bgr,
 )
 
@@ -140,3 +145,118 @@ def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp
     assert [f is not None for f in frames] == [True, True, False]
     assert src.stats["corrupt"] == 1
     assert "frame skipped: uint16 pixels" in caplog.text
+
+
+# ------------------------------------------------------------------ picamera2's formats
+
+
+def as_picamera2(bgr: np.ndarray, fmt: str, stride_px: int) -> np.ndarray:
+    """``bgr`` as picamera2's capture_array hands out a main stream of format ``fmt``
+    (Helpers.make_array): R,G,B / B,G,R(,X) arrays of the stream's width, YUV420 as planes of
+    (h * 3/2, stride) bytes, YUYV as (h, stride / 2, 2), MJPEG decoded by PIL (R,G,B); YUV
+    rows padded to ``stride_px`` pixels as libcamera pads them."""
+    h, w = bgr.shape[:2]
+    if fmt == "RGB888":
+        return bgr.copy()
+    if fmt in ("BGR888", "MJPEG"):
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    if fmt == "XRGB8888":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    if fmt == "XBGR8888":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
+    padded = np.zeros((h, stride_px, 3), np.uint8)
+    padded[:, :w] = bgr
+    padded[:, w:] = (0, 255, 0)  # padding that would show as green
+    i420 = cv2.cvtColor(padded, cv2.COLOR_BGR2YUV_I420)
+    y = i420[:h]
+    u = i420[h:h + h // 4].reshape(h // 2, stride_px // 2)
+    v = i420[h + h // 4:].reshape(h // 2, stride_px // 2)
+    if fmt == "YUV420":
+        return i420
+    if fmt == "YVU420":
+        return np.concatenate([y, v.reshape(-1, stride_px), u.reshape(-1, stride_px)])
+    assert fmt == "YUYV"
+    out = np.empty((h, stride_px, 2), np.uint8)
+    out[:, :, 0] = y
+    out[:, 0::2, 1] = np.repeat(u, 2, axis=0)
+    out[:, 1::2, 1] = np.repeat(v, 2, axis=0)
+    return out
+
+
+def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict) -> None:
+    """A picamera2 module whose camera agrees to the format ``agreed`` whatever is asked (as
+    libcamera adjusts a request to what the camera has) and hands out ``bgr`` in it."""
+
+    class StandInPicamera2:
+        @staticmethod
+        def global_camera_info():
+            return [{"Model": "uvc", "Id": "/base/usb@1"}]
+
+        def create_video_configuration(self, main, controls):
+            calls["asked"] = dict(main)
+            return {"main": dict(main), "controls": controls}
+
+        def configure(self, config):
+            self.camera_config = {"main": dict(config["main"], format=agreed)}
+
+        def start(self):
+            calls["started"] = True
+
+        def capture_array(self, stream):
+            time.sleep(0.01)
+            return as_picamera2(bgr, agreed, stride_px=bgr.shape[1] + 64)
+
+        def stop(self):
+            pass
+
+        def close(self):
+            calls["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "picamera2",
+                        types.SimpleNamespace(Picamera2=StandInPicamera2))
+
+
+@pytest.mark.parametrize("fmt", sorted(picamera2_formats()))
+def test_each_format_picamera2_can_deliver_arrives_as_the_same_bgr_picture(monkeypatch, fmt):
+    """maskd asks for RGB888 (B,G,R in memory); libcamera may agree to another format (a USB
+    camera: YUYV or MJPEG), and picamera2 then hands that out. Was: read as if it were RGB888, so
+    red and blue swapped places (BGR888, XBGR8888, MJPEG), YUV420 became a grey picture half again
+    as tall, and YUYV frames were all "corrupt" for ever."""
+    bgr = picture()
+    calls: dict = {}
+    stand_in_picamera2(monkeypatch, bgr, fmt, calls)
+    src = open_source(SourceConfig(kind="picamera2", width=64, height=48, fps=10))
+    give_up = threading.Timer(10.0, src.close)  # a frame that never comes fails, not hangs
+    give_up.start()
+    try:
+        frame = src.read()
+    finally:
+        give_up.cancel()
+        src.close()
+    assert frame is not None, "no frame in 10 s"
+    assert calls["asked"]["format"] == "RGB888"
+    assert frame.image.shape == bgr.shape and frame.image.flags.c_contiguous
+    diff = np.abs(frame.image.astype(int) - bgr.astype(int))
+    if fmt in ("RGB888", "BGR888", "XRGB8888", "XBGR8888", "MJPEG"):
+        assert diff.max() == 0
+    else:  # YUV: chroma shared by neighbours, rounding; the padding's green never shows
+        assert diff.mean() < 6, diff.mean()
+    left, right = frame.image[:, :8].mean(axis=(0, 1)), frame.image[:, -8:].mean(axis=(0, 1))
+    assert left[2] > 180 > left[0] and right[0] > 180 > right[2]  # red left, blue right
+
+
+def test_a_format_maskd_cannot_read_is_refused_at_the_open_naming_it(monkeypatch, caplog):
+    calls: dict = {}
+    stand_in_picamera2(monkeypatch, picture(), "NV12", calls)
+    src = open_source(SourceConfig(kind="picamera2", width=64, height=48, fps=10,
+                                   reopen_min_s=0.01, reopen_max_s=0.02))
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        deadline = time.monotonic() + 5
+        while "NV12" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        src.close()
+    assert "picamera2: cannot open (the camera gives NV12 frames, which maskd cannot read" in \
+        caplog.text
+    assert "source kind opencv" in caplog.text
+    assert "started" not in calls and calls["closed"]
+

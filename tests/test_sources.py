@@ -645,6 +645,7 @@ def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
 
         def configure(self, config):
             calls["configured"] = config
+            self.camera_config = config  # what libcamera agreed to: as asked
 
         def start(self):
             calls["started"] = True
