@@ -260,3 +260,46 @@ def test_a_format_maskd_cannot_read_is_refused_at_the_open_naming_it(monkeypatch
     assert "source kind opencv" in caplog.text
     assert "started" not in calls and calls["closed"]
 
+
+
+# ------------------------------------------------------------------ the real models
+
+
+def test_odd_but_usable_frames_go_through_the_real_detector_and_classifier(default_model,
+                                                                            yunet_model):
+    """Each frame as a camera may hand it out, through ``to_bgr`` into the real pipeline (YuNet,
+    the shipped classifier): the bare face is found and judged ``no_mask`` wherever the picture
+    holds it, and a picture without one (black, white, 2x2) gives no face and no error."""
+    from maskd.classifier import Classifier
+    from maskd.config import Config
+    from maskd.detectors import make_detector
+    from maskd.pipeline import Pipeline
+    from maskd.types import Frame
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1])  # 512x512, one bare face
+    read_only = photo.copy()
+    read_only.flags.writeable = False
+    with_face = {
+        "BGR": photo,
+        "BGRA": cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA),
+        "grey": cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY),
+        "4056x3040": cv2.resize(photo, (4056, 3040)),
+        "641x479": cv2.resize(photo, (641, 479)),
+        "only the face": cv2.resize(photo[60:190, 160:290], (320, 320)),
+        "read-only": read_only,
+        "every other pixel": photo[::2, ::2],
+        "mirrored view": photo[:, ::-1],
+    }
+    without = {"black": np.zeros_like(photo), "white": np.full_like(photo, 255),
+               "2x2": photo[:2, :2]}
+    cfg = Config()
+    cfg.detector = cfg.detector.model_copy(update={"kind": "yunet", "model": yunet_model})
+    detector, classifier = make_detector(cfg.detector), Classifier.open(default_model, 1)
+    for name, raw in {**with_face, **without}.items():
+        pipe = Pipeline(cfg, detector, classifier)
+        verdicts = pipe.process(Frame(to_bgr(raw), 0, 1000.0)).verdicts
+        if name in without:
+            assert verdicts == [], name
+            continue
+        assert len(verdicts) == 1 and verdicts[0].label == "no_mask", (name, verdicts)
