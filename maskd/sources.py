@@ -765,7 +765,7 @@ def picamera2_bgr(array: np.ndarray, fmt: str, width: int) -> np.ndarray:
     channels, code = picamera2_formats()[fmt]
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or code is None:
         return array
-    if (array.shape[2] if array.ndim == 3 else None) != channels or array.ndim < 2:
+    if array.ndim != (2 if channels is None else 3) or (channels and array.shape[2] != channels):
         return array
     if fmt in ("YUV420", "YVU420") and array.shape[0] % 3:
         return array
