@@ -111,7 +111,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """``host`` as the address a socket binds: any numeric spelling the C library takes ("0",
-    "127.1") included; None for a host name."""
+    "127.1") included; None for a host name, or for text no address can hold (a NUL or a lone
+    surrogate: the status page's Host header is anyone's text, and inet_aton raises ValueError
+    for those, not OSError)."""
     host = host.strip("[]")
     try:
         return ipaddress.ip_address(host)
@@ -119,7 +121,7 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         pass
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 

@@ -58,6 +58,16 @@ def get(url: str, headers: dict | None = None, timeout: float = 10) -> tuple[int
         return err.code, dict(err.headers), err.read()
 
 
+def ask(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """What the server answers to these raw bytes, read until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        out = b""
+        while got := conn.recv(65536):
+            out += got
+        return out
+
+
 def level_of(jpeg: bytes) -> float:
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
     return float(np.median(img[60:, :]))  # below the header band
@@ -557,6 +567,17 @@ def test_a_loopback_page_answers_only_to_a_loopback_host_name(server):
         assert get(url, {"Host": "maskd.example"})[0] == 401
     finally:
         srv.close()
+
+
+def test_a_host_header_no_address_can_hold_is_a_403(server, caplog):
+    """Anyone's Host header: a NUL or a byte no name holds (was: ``1\\x00`` raised out of the
+    loopback check, the client got no answer and the journal a warning per request)."""
+    server.attach("front", "d", "c")
+    with caplog.at_level("WARNING", logger="maskd.statuspage"):
+        for host in (b"1\x00", b"127.0.0.1\x00", b"\x00", b"localhost\x00.evil", b"\xff\xfe", b"["):
+            got = ask(server.port, b"GET /api/status HTTP/1.0\r\nHost: " + host + b"\r\n\r\n")
+            assert got.startswith(b"HTTP/1.0 403 "), (host, got[:100])
+    assert not caplog.records, caplog.text
 
 
 def test_the_token_is_not_written_to_the_log(caplog):
