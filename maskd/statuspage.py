@@ -77,6 +77,7 @@ MAX_EVENTS = 50  # the page's event list
 IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
 MAX_CONNECTIONS = 32  # open at once (stream viewers included); more are answered 503
 MAX_HEADER_BYTES = 64 * 1024  # a request's header lines in all; more are answered 431
+LISTEN_BACKLOG = 512  # connections the kernel holds until accepted (each then served or 503)
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
 COOKIE = "maskd_token"
 
@@ -342,6 +343,10 @@ class _Server(ThreadingHTTPServer):
     that sends a header line now and then hold its thread for ever, without credentials."""
 
     daemon_threads = True
+    # The standard library listens with a backlog of 5: in a burst (a scanner, a room of
+    # browsers) the kernel dropped the other handshakes, retried by the clients after 1, 3,
+    # 7 ... s, so some waited a minute for what the accept loop answers at once (a 503 at worst).
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], handler: type, idle_timeout_s: float) -> None:
         self.idle_timeout_s = idle_timeout_s
