@@ -660,6 +660,17 @@ class StatusServer:
                 self.head_only = True
                 self.do_GET()
 
+            def _not_allowed(self) -> None:
+                """The page changes nothing: a method other than GET and HEAD is a clear 405
+                naming them (was: 501, a server error in a scanner's or a proxy's log). The
+                connection closes, so a body sent with it is never read as a next request."""
+                self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain",
+                           b"method not allowed: this page answers GET and HEAD only\n",
+                           {"Allow": "GET, HEAD", "Connection": "close"})
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+            do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
             def handle(self) -> None:
                 try:
                     super().handle()

@@ -658,6 +658,23 @@ def test_head_answers_like_get_without_a_body(server):
         assert ctype, path
 
 
+def test_other_methods_are_405_naming_get_and_head(server):
+    """Scanners try every method: each standard one is a 405 with ``Allow: GET, HEAD`` (was:
+    501, a server error), whatever the path, the body it carries or the Host; the connection
+    closes, so a body is never read as a next request. A method no standard names stays 501."""
+    server.attach("front", "d", "c")
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"):
+        for path in ("/", "/api/status", "/stream.mjpg", "/nope"):
+            got = ask(server.port, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+                                   "Content-Length: 40\r\n\r\nGET /api/status HTTP/1.1\r\n"
+                                   "Host: x\r\n\r\n".encode())
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 405 "), (method, path, got[:200])
+            assert b"\r\nAllow: GET, HEAD\r\n" in head and b"GET and HEAD only" in body
+            assert got.count(b"HTTP/1.") == 1, got  # one answer: the body was not a request
+    assert ask(server.port, b"FOO / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 501 ")
+
+
 def test_headers_are_capped_in_all_not_only_per_line(server):
     """The standard library takes 100 header lines of 64 KiB each: 32 clients sending that
     (before any password is asked) made the service hold over 1 GB. Past MAX_HEADER_BYTES in
