@@ -602,7 +602,9 @@ class MjpegFeed(ThreadedPreview):
         self._watchers = 0
         self._stopping = False
         self._have_frame = threading.Event()
-        self._still: tuple[tuple, bytes] | None = None  # (the item it was made from, JPEG)
+        # (the item it was made from, JPEG, time.monotonic() when it was rendered)
+        self._still: tuple[tuple, bytes, float] | None = None
+        self._still_at = -float("inf")  # when the latest still was begun (the rate's clock)
         self._still_lock = threading.Lock()
 
     @property
@@ -652,19 +654,29 @@ class MjpegFeed(ThreadedPreview):
 
         Rendered here, in the caller's thread, from the loop's latest frame; the same frame is
         encoded only once however often it is asked for (a file source that ended keeps its
-        last frame).
+        last frame). At most ``max_fps`` stills are rendered a second, as for the stream: one
+        asked for sooner waits for the rest of that interval, and every request waiting then
+        gets the still rendered after it came. Rendering takes CPU from the loop: one client
+        asking in a tight loop (a script, a scanner) had a still rendered for each of its
+        requests, about 30 a second from the demo loop on the build machine.
         """
         if not self._have_frame.wait(timeout):
             return None
-        item = self._last
-        assert item is not None
+        asked = time.monotonic()
         with self._still_lock:
-            if self._still is not None and self._still[0] is item:
-                return self._still[1]
+            if self._still is not None and (self._still[0] is self._last
+                                            or self._still[2] >= asked):
+                return self._still[1]  # the newest frame, or one rendered since it was asked
+            rest = self._still_at + self.min_interval_s - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
+            item = self._last
+            assert item is not None
+            self._still_at = begun = time.monotonic()
             jpeg = encode_jpeg(render(*item, size=self.output_size, zones=self.zones),
                                self.jpeg_quality)
             if jpeg is not None:
-                self._still = (item, jpeg)
+                self._still = (item, jpeg, begun)
             return jpeg
 
     def close(self) -> None:

@@ -170,6 +170,40 @@ def test_frame_jpg_is_the_newest_frame_without_a_stream_client(server):
     assert get(server.url + "frame.jpg")[2] == jpeg
 
 
+def test_frame_jpg_renders_at_most_the_preview_rate_however_often_asked(server, monkeypatch):
+    """Rendering takes CPU from the loop: a client asking in a tight loop had a still rendered
+    for every new frame of a fast loop (about 30 a second from one client on the demo loop;
+    here 75 in 1.5 s from four). Like the stream, stills are rendered at most DEFAULT_MAX_FPS
+    (10) a second, as the docs say of every preview; each is the newest frame when rendered."""
+    from maskd import preview
+
+    renders = []
+    encode = preview.encode_jpeg
+    monkeypatch.setattr(preview, "encode_jpeg", lambda *a, **k: renders.append(1) or encode(*a, **k))
+    view = server.attach("front", "d", "c")
+    feed(view, 50)
+    stop = time.monotonic() + 1.5
+    answers = []
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            answers.append(get(server.url + "frame.jpg")[0])
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for c in clients:
+        c.start()
+    frames = 0
+    while time.monotonic() < stop:  # a busy loop: a new frame every 2 ms
+        frames += 1
+        feed(view, 50 + frames % 100, frames)
+        time.sleep(0.002)
+    for c in clients:
+        c.join()
+    assert set(answers) == {200} and len(answers) > 30
+    limit = 1.5 * preview.DEFAULT_MAX_FPS + 2
+    assert len(renders) <= limit, f"{len(renders)} stills rendered in 1.5 s for {frames} frames"
+
+
 def test_frame_jpg_before_any_frame_is_503():
     srv = StatusServer("127.0.0.1:0").start()
     try:
