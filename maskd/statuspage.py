@@ -77,6 +77,7 @@ MAX_EVENTS = 50  # the page's event list
 IDLE_TIMEOUT_S = 20.0  # a connection that sends no request (or takes no data) this long is closed
 MAX_CONNECTIONS = 32  # open at once (stream viewers included); more are answered 503
 MAX_HEADER_BYTES = 64 * 1024  # a request's header lines in all; more are answered 431
+SLOW_REQUEST_S = 1.0  # when full, a connection still without its request after this is cut
 LISTEN_BACKLOG = 512  # connections the kernel holds until accepted (each then served or 503)
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
 COOKIE = "maskd_token"
@@ -366,7 +367,7 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False) and not self._make_room():
             self.refused += 1
             self._log_error("full", "status page: %d connections open (the most it serves); "
                             "answering 503", MAX_CONNECTIONS)
@@ -384,6 +385,23 @@ class _Server(ThreadingHTTPServer):
         except Exception:
             self._done(request)
             raise
+
+    def _make_room(self) -> bool:
+        """Every slot is taken: cut the connection that has waited longest for its request, if
+        that is over SLOW_REQUEST_S (a browser sends its request at once), and take its slot.
+        Else anyone, without a password, kept the page at 503 for everyone by holding every
+        slot with connections that never finish their headers, reopened as each was cut."""
+        cutoff = time.monotonic() + self.idle_timeout_s - SLOW_REQUEST_S
+        with self._deadline_lock:
+            oldest = min(self._deadlines, key=self._deadlines.__getitem__, default=None)
+            if oldest is None or self._deadlines[oldest] > cutoff:
+                return False
+            del self._deadlines[oldest]
+        try:
+            oldest.shutdown(socket.SHUT_RDWR)  # its thread's read returns; it frees its slot
+        except OSError:
+            pass
+        return self._slots.acquire(timeout=1.0)
 
     def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
         try:

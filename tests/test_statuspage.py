@@ -345,6 +345,44 @@ def test_a_client_that_trickles_headers_is_cut_and_connections_are_capped(monkey
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_connections_that_never_send_their_request_make_room_for_one_that_does(monkeypatch):
+    """Anyone who can connect, without a password, filled every slot with connections that
+    never finish their request, reopened each time they were cut: the page answered 503 to
+    everyone for as long as they kept at it. A new connection now takes the slot of the one
+    that has waited longest for its headers, once that has waited SLOW_REQUEST_S (a browser
+    sends its request at once); a burst of fresh connections still gets 503."""
+    monkeypatch.setattr(statuspage, "MAX_CONNECTIONS", 3)
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"t")).start()  # the 20 s cut
+    holders = []
+
+    def hold() -> None:
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        c.sendall(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\n")  # never ends
+        holders.append(c)
+
+    try:
+        for _ in range(3):
+            hold()
+        time.sleep(0.3)
+        assert get(srv.url + "api/status")[0] == 503  # fresh ones: a burst, not cut
+        time.sleep(statuspage.SLOW_REQUEST_S)
+        for _ in range(3):  # each takes the slot of the one that waited longest, ...
+            assert get(srv.url + "api/status", {"Authorization": "Bearer t"})[0] == 200
+            hold()  # ... which the other side takes again at once
+        for c in holders[:3]:  # the three old ones were cut
+            c.settimeout(5)
+            assert c.recv(1024) == b""
+        for c in holders[3:]:  # the fresh ones wait for their headers
+            c.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                c.recv(1024)
+        assert srv._server.refused == 1
+    finally:
+        for c in holders:
+            c.close()
+        srv.close()
+
+
 def test_a_burst_of_200_connections_is_answered_at_once(server):
     """A scanner, or many browsers at once: 200 clients connecting together each get their
     answer (200, or 503 beyond MAX_CONNECTIONS) within seconds. Was: the standard library's
