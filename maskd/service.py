@@ -127,12 +127,13 @@ class CameraLoop:
 
     # ------------------------------------------------------------------ control
 
-    def stop(self, reason: str = "stop requested") -> None:
+    def stop(self, reason: str = "stop requested", hurry: bool = True) -> None:
         """Ask the loop to end; safe from a signal handler or another thread. Asked again while
         it stops (a second Ctrl-C), it stops waiting for the sinks to deliver: what they hold
-        stays where they keep it (the MQTT outbox)."""
+        stays where they keep it (the MQTT outbox). ``hurry`` False: a stop that nobody asked
+        twice (another camera's loop failed), which leaves a loop already stopping alone."""
         if self._stop.is_set():
-            if not self._hurry.is_set():
+            if hurry and not self._hurry.is_set():
                 self._hurry.set()
                 log.warning("%s: %s while stopping: not waiting for delivery any longer",
                             self.cfg.camera, reason)
@@ -487,12 +488,13 @@ class Service:
     def __init__(self, loops: list[CameraLoop]) -> None:
         self.loops = loops
 
-    def stop(self, reason: str = "stop requested") -> None:
+    def stop(self, reason: str = "stop requested", hurry: bool = True) -> None:
         """Stop every loop that still runs; one that has returned (its file ended) is done, and
-        a stop would read as a second one (``CameraLoop.stop``: not waiting for delivery)."""
+        a stop would read as a second one (``CameraLoop.stop``: not waiting for delivery;
+        ``hurry`` False for a stop that is no second request, which hurries no loop)."""
         for loop in self.loops:
             if not loop.finished.is_set():
-                loop.stop(reason)
+                loop.stop(reason, hurry)
 
     def _max_frames_done(self) -> None:
         """--max-frames N counts per camera: once some camera has reached N and every other one
@@ -551,10 +553,12 @@ class Service:
 
         def run_one(loop: CameraLoop) -> None:
             code = codes[loop.cfg.camera] = loop.run(flush_timeout)
+            # A camera stopping already (it failed too, or a signal came) is not hurried by
+            # this one's failure: it is nobody's second stop request.
             if code == EX_SOFTWARE:  # a crashed loop: the process fails, so systemd restarts it
-                self.stop(f"camera {loop.cfg.camera} failed")
+                self.stop(f"camera {loop.cfg.camera} failed", hurry=False)
             elif loop.coral_lost:  # the cameras share the Coral: all wait for it at the start
-                self.stop(f"camera {loop.cfg.camera} lost the Coral")
+                self.stop(f"camera {loop.cfg.camera} lost the Coral", hurry=False)
 
         threads = [threading.Thread(target=run_one, args=(loop,), name=f"camera-{loop.cfg.camera}")
                    for loop in self.loops]

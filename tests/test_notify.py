@@ -630,3 +630,116 @@ def test_with_several_cameras_a_crashed_loop_fails_the_process():
         t.join(20)
     assert done == [70]
     assert svc.loops[0].stop_reason == "camera door2 failed"
+
+
+class SlowBroker(RecordingSink):
+    """A sink whose flush takes ``takes_s`` to deliver what it holds (a broker slow to
+    acknowledge), unless the stop asks it to stop waiting (``cancel``): then it is ``hurried``."""
+
+    def __init__(self, takes_s: float) -> None:
+        super().__init__()
+        self.takes_s = takes_s
+        self.hurried: bool | None = None
+
+    def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
+        self.flushed.append(timeout)
+        (cancel or threading.Event()).wait(min(timeout, self.takes_s))
+        self.hurried = cancel is not None and cancel.is_set()
+        return not self.hurried
+
+
+class FailsWhen:
+    """A live camera of changing pictures (each one detected: no motion gate skips it) whose
+    frame grabber (``crash``) or detector on a Coral (``lose_coral``) fails once ``when()``."""
+
+    def __init__(self, name: str, when: Callable[[], bool]) -> None:
+        self.name, self.when = name, when
+        self.rng = np.random.default_rng(0)
+
+    def opener(self) -> FailsWhen:
+        return self
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        time.sleep(0.02)
+        return True, self.rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+
+    def release(self) -> None:
+        pass
+
+    def crash(self) -> LatestFrame:
+        """The camera behind a frame grabber whose read has a bug that shows once ``when()``."""
+        camera = self
+
+        class Buggy:
+            name, is_live, stats = self.name, True, {}
+
+            def __init__(self) -> None:
+                self.inner = live_source(camera.name, camera.opener, SourceConfig())
+
+            def read(self):
+                if camera.when():
+                    raise RuntimeError("bug in the capture code")
+                return self.inner.read()
+
+            def close(self):
+                self.inner.close()
+
+        return LatestFrame(Buggy())
+
+    def lose_coral(self, loop) -> None:
+        """The loop's detector on a Coral that stops answering once ``when()``: its invoke
+        goes through maskd.tflite.invoke as the SSD detector's does."""
+        from maskd.tflite import invoke
+
+        inner, when = loop.pipeline.detector, self.when
+
+        class DeadCoral:
+            def invoke(self) -> None:
+                raise RuntimeError("Failed to execute request: USB transfer error")
+
+        class OnTheCoral:
+            def __getattr__(self, name: str):
+                return getattr(inner, name)
+
+            def detect(self, image_bgr):
+                if when():
+                    invoke(DeadCoral(), True, "the face detector")
+                return inner.detect(image_bgr)
+
+        loop.pipeline.detector = OnTheCoral()
+
+
+@pytest.mark.parametrize("fault, code", [("crash", 70), ("coral", 75)])
+def test_with_several_cameras_one_failing_hurries_no_other_cameras_stop(fault, code, caplog):
+    """Two cameras fail one after the other (a bug both hit, or the Coral they share going
+    away): door2 fails first and its stop waits for a slow broker; door fails meanwhile, and
+    its failure stops the cameras still running, which must not read as a second stop request
+    to door2, stopping already (was: door2 stopped waiting for delivery, `camera door failed
+    while stopping: not waiting for delivery any longer`, its ended violations left to the
+    outbox, for the next start: after the Coral is back)."""
+    slow = SlowBroker(takes_s=1.5)
+    door = FailsWhen("door", lambda: bool(slow.flushed))  # while door2 waits for its broker
+    door2 = FailsWhen("door2", lambda: True)
+    if fault == "crash":
+        sources_ = [door.crash(), door2.crash()]
+    else:
+        sources_ = [live_source(c.name, c.opener, SourceConfig()) for c in (door, door2)]
+    loops = [service_for(sources_[0], cfg=Config(camera="door")),
+             service_for(sources_[1], sinks=[slow], cfg=Config(camera="door2"))]
+    if fault == "coral":
+        door.lose_coral(loops[0])
+        door2.lose_coral(loops[1])
+    svc = Service(loops)
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(svc.run(flush_timeout=3.0)), daemon=True)
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        t.start()
+        t.join(30)
+        if t.is_alive():
+            svc.stop()
+            t.join(20)
+    assert done == [code], caplog.text
+    reason = "error" if fault == "crash" else "the Coral stopped answering"
+    assert [loop.stop_reason for loop in loops] == [reason, reason], caplog.text
+    assert slow.hurried is False, caplog.text  # door2's stop waited for its broker
+    assert "while stopping" not in caplog.text
