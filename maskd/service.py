@@ -175,7 +175,9 @@ class CameraLoop:
             code = self._shutdown(flush_timeout)
         finally:
             self.finished.set()
-        return EX_SOFTWARE if failed else EX_TEMPFAIL if self.coral_lost else code
+        if failed or code == EX_SOFTWARE:  # a bug, in the loop or its stop: the worst status
+            return EX_SOFTWARE
+        return EX_TEMPFAIL if self.coral_lost else code
 
     @property
     def reached_max_frames(self) -> bool:

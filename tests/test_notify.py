@@ -743,3 +743,26 @@ def test_with_several_cameras_one_failing_hurries_no_other_cameras_stop(fault, c
     assert [loop.stop_reason for loop in loops] == [reason, reason], caplog.text
     assert slow.hurried is False, caplog.text  # door2's stop waited for its broker
     assert "while stopping" not in caplog.text
+
+
+def test_a_coral_lost_and_a_stop_that_fails_too_is_70_as_the_worst_of_both(caplog):
+    """The Coral goes away mid-frame and the stop then cannot end the open violations (the
+    state the lost invoke left): that is a bug as well, and the exit is 70, the worse one, as
+    `Service` ranks them for several cameras (was: 75, the stop's failure not counted)."""
+    cam = FailsWhen("door", lambda: True)
+    sink = RecordingSink()
+    loop = service_for(live_source("door", cam.opener, SourceConfig()), sinks=[sink],
+                       cfg=Config(camera="door"))
+    cam.lose_coral(loop)
+
+    def broken_close():
+        raise KeyError("track 7")
+
+    loop.pipeline.close = broken_close
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        assert Service([loop]).run(flush_timeout=1.0) == 70
+    assert loop.coral_lost and sink.flushed and sink.closed
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and errors[0].startswith(
+        "door: the face detector's Coral stopped answering") and errors[1].startswith(
+        "door: the stop could not end the open violations: KeyError"), errors
