@@ -114,6 +114,8 @@ class CameraLoop:
         self._began = time.time()  # wall time the loop began waiting for frames (run() sets it)
         self.finished = threading.Event()  # run() has returned: a stop now is no second stop
         self.coral_lost = False  # run() ended because the Coral stopped answering (exit 75)
+        self.failure: str | None = None  # why the loop or its stop failed (exit 70)
+        self._coral_err = ""  # the runtime's words when the Coral stopped answering
         self._fps = 0.0
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
@@ -157,7 +159,6 @@ class CameraLoop:
         An exception out of this camera's loop (a bug its frames hit) is one ERROR line naming
         the camera and the exception, its traceback below, then the usual stop (``_shutdown``)
         and 70, so that systemd restarts maskd (``Service``: the other cameras stop too)."""
-        failed = False
         self._began = time.time()
         try:
             self._emit(self._restart_ends)
@@ -166,16 +167,17 @@ class CameraLoop:
             log.error("%s: %s: %s", self.cfg.camera, err, CORAL_LOST_NEXT)
             self.stop_reason = "the Coral stopped answering"
             self.coral_lost = True
+            self._coral_err = str(err)
         except Exception as err:  # noqa: BLE001 - still end events and flush sinks, then report
             log.exception("%s: the loop failed: %s; maskd stops with exit status %d (systemd "
                           "restarts it)", self.cfg.camera, _named(err), EX_SOFTWARE)
             self.stop_reason = "error"
-            failed = True
+            self.failure = f"the loop failed: {_named(err)}"
         try:
             code = self._shutdown(flush_timeout)
         finally:
             self.finished.set()
-        if failed or code == EX_SOFTWARE:  # a bug, in the loop or its stop: the worst status
+        if self.failure is not None or code == EX_SOFTWARE:  # a bug, in the loop or its stop
             return EX_SOFTWARE
         return EX_TEMPFAIL if self.coral_lost else code
 
@@ -417,6 +419,8 @@ class CameraLoop:
                     "they get no end (no state_dir, no MQTT: nothing keeps them)")
             log.error("%s: the stop could not end the open violations: %s; %s",
                       self.cfg.camera, _named(err), kept)
+            self.failure = self.failure or (f"the stop could not end the open violations: "
+                                            f"{_named(err)}")
             return False
         return True
 
@@ -435,6 +439,8 @@ class CameraLoop:
         log.info("%s: stopping: %s", self.cfg.camera, self.stop_reason or "error")
         self._stop.set()  # from here a stop request means "stop waiting"
         ended = self._last_words()
+        stop, why = self._how_it_ends()
+        self._to_sinks(lambda sink: sink.on_stop(stop, f"{self.cfg.camera}: {why}"), "on_stop")
         for obs in self.observers:
             _close_observer(obs)
         self.source.close()
@@ -462,6 +468,16 @@ class CameraLoop:
         if self.exit_at_end and not drained:
             return EX_TEMPFAIL
         return EX_OK
+
+
+    def _how_it_ends(self) -> tuple[str, str]:
+        """The stop as the sinks tell it (``EventSink.on_stop``): one of STOPS, and why; the
+        same order as the exit status (70 before 75 before 0)."""
+        if self.failure is not None:
+            return "failed", self.failure
+        if self.coral_lost:
+            return "coral_lost", self._coral_err
+        return "clean", self.stop_reason or "stop requested"
 
 
 def _named(err: BaseException) -> str:

@@ -190,8 +190,20 @@ class EventSink(Protocol):
         them too; this sink has ended them already."""
         return []
 
+    def on_stop(self, stop: str, why: str) -> None:
+        """How the loop ends, told before ``flush`` and ``close``: ``stop`` is one of STOPS
+        (``clean`` for a stop asked for: a signal, the end of a clip, --max-frames) and ``why``
+        the loop's words for it. A sink that outlives the process (MQTT's retained status)
+        keeps it, so a restart after a crash is not taken for an ordinary one."""
+
     def close(self) -> None:
         """Release resources; accepted-but-undelivered events must not be lost."""
+
+
+# How a run ended, from the best to the worst: asked for; the loop failed (exit 70); the
+# Coral stopped answering (exit 75). The words the MQTT status/detail and the next start's
+# previous_stop say (docs/mqtt.md).
+STOPS = ("clean", "coral_lost", "failed")
 
 
 @dataclass

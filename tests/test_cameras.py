@@ -466,12 +466,22 @@ def test_a_bug_in_one_cameras_loop_restarts_maskd_cleanly(tmp_path, default_mode
                                             if m.topic.endswith("/violation")}, 10), lines
         status = f"{BASE}/status" if len(cameras) > 1 else f"{BASE}/back/status"
         assert sub.wait(lambda ms: last(sub, status) == b"offline", 10)  # said, not the will
-        assert json.loads(last(sub, f"{status}/detail") or b"{}").get("state") == "offline"
+        detail = json.loads(last(sub, f"{status}/detail") or b"{}")
+        # a crash restart, not an ordinary stop: Home Assistant and the operators can tell
+        assert (detail.get("state"), detail.get("clean"), detail.get("stop")) == (
+            "offline", False, "failed"), detail
+        assert detail["why"] == ("back: the loop failed: ZeroDivisionError: a bug in back's "
+                                 "frames"), detail
+        said = len(sub.on(f"{status}/detail"))
 
         again = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
                                 "--max-frames", "3"], cwd=REPO, env=env, capture_output=True,
                                text=True, timeout=60)
         assert again.returncode == 0, again.stderr[-3000:]
+        assert sub.wait(lambda ms: len(sub.on(f"{status}/detail")) >= said + 2, 10)
+        online, offline = (m.json() for m in sub.on(f"{status}/detail")[said:said + 2])
+        assert (online["state"], online["previous_stop"]) == ("online", "failed"), online
+        assert (offline["clean"], offline["stop"]) == (True, "clean"), offline
         new = [json.loads(x) for x in events.read_text().splitlines()][len(lines):]
         back_start = next(e for e in lines if e["camera"] == "back")
         if mode == "sticky":

@@ -1146,6 +1146,53 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
     assert r.returncode == 0 and "stopping: --max-frames 3 reached" in r.stderr, r.stderr
 
 
+def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_path):
+    """The Coral lost under the real `maskd run` with a real broker: the last status/detail
+    says `clean: false`, `stop: coral_lost` and the runtime's words, and the restart's online
+    detail `previous_stop: coral_lost`, so Home Assistant and the building's operators can tell
+    the restart from an ordinary one (was: `clean: true`, then `previous_stop: clean`, as after
+    `systemctl restart`; only the journal told)."""
+    from coral import FakeCoral
+    from mqtt_broker import Broker, Subscriber
+
+    fake = FakeCoral(tmp_path / "lib")
+    fake.plug()
+    events = tmp_path / "events.jsonl"
+    detail = "maskd/pi/door/status/detail"  # the single-camera layout's
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, [detail])
+        cfg = tmp_path / "coral.yaml"
+        cfg.write_text("device_id: pi\ncamera: door\nsource: {kind: demo, loop: true}\n"
+                       "detector: {kind: blazeface}\nclassifier: {edgetpu: true}\n"
+                       f"jsonl: {{path: {events}}}\nstate_dir: {tmp_path / 'state'}\n"
+                       f"mqtt: {{url: '{b.url}'}}\n")
+        run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "1"]
+        proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
+        try:
+            _until_a_start(proc, events)
+            fake.unplug()
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 75, err
+        assert sub.wait(lambda ms: any(m.json()["state"] == "offline" for m in ms), 10)
+        stopped = sub.on(detail)[-1].json()
+        assert (stopped["clean"], stopped["stop"]) == (False, "coral_lost"), stopped
+        assert stopped["why"].startswith("door: the classifier's Coral stopped answering ("), stopped
+        said = len(sub.on(detail))
+        fake.plug()  # the restart, the Coral back
+        r = subprocess.run([*run, "--max-frames", "3"], capture_output=True, text=True,
+                           timeout=120, env=fake.env())
+        assert r.returncode == 0, r.stderr
+        assert sub.wait(lambda ms: len(ms) >= said + 2, 10)
+        online, offline = (m.json() for m in sub.on(detail)[said:said + 2])
+        sub.close()
+    assert (online["state"], online["previous_stop"]) == ("online", "coral_lost"), online
+    assert (offline["clean"], offline["stop"], offline["why"]) == (
+        True, "clean", "door: --max-frames 3 reached"), offline
+
+
 def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, monkeypatch,
                                                                       caplog):
     """The cameras of a `cameras:` map share the one Coral: the first loop to find it gone

@@ -36,7 +36,7 @@ from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
-from maskd.types import EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
+from maskd.types import STOPS, EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("maskd.mqtt.paho")
@@ -188,6 +188,8 @@ class MqttSink(EventSink):
                               reserve_bytes=mq.outbox_reserve_kb * 1024)
         self._session_path = Path(state_dir) / SESSION_FILE
         self._previous_stop, previous_cams = self._read_previous_session()
+        # How this run ends (on_stop): the worst any camera's loop told, and its words
+        self._stop_kind, self._stop_why = "clean", ""
         self._started_at = time.time()
         self._uptime = Uptime()  # not the wall clock's: NTP's first sync on a Pi steps that
         self._write_session(running=True)
@@ -306,8 +308,9 @@ class MqttSink(EventSink):
             return "unknown", set()
         if not isinstance(data, dict):  # damaged, or a layout this version does not know
             return "unknown", set()
-        if not data.get("running"):
-            return "clean", set()
+        if not data.get("running"):  # stopped by maskd itself: asked for, or after a failure
+            stop = data.get("stop")
+            return stop if stop in STOPS else "clean", set()
         cams = data.get("cameras")
         return "unclean", {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
 
@@ -315,8 +318,9 @@ class MqttSink(EventSink):
         cams = [_root(c.topics) for c in self._cams.values()]
         try:
             write_atomically(self._session_path, _dumps(
-                {"running": running, "pid": os.getpid(), "time": time.time(),
-                 "cameras": cams}).encode("utf-8"))
+                {"running": running, "pid": os.getpid(), "time": time.time(), "cameras": cams,
+                 **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
+            ).encode("utf-8"))
         except OSError as err:
             log.warning("cannot write %s: %s", self._session_path, err)
 
@@ -416,6 +420,13 @@ class MqttSink(EventSink):
         """The violations ended `restart` from the outbox at start: a version before
         maskd.ledger kept them nowhere else, and JSON lines never got their end."""
         return list(self._left_open)
+
+    def on_stop(self, stop: str, why: str) -> None:
+        """How a camera's loop ends; the worst of the cameras' (STOPS) is what the offline
+        status/detail and the next start's previous_stop say."""
+        with self._close_lock:
+            if STOPS.index(stop) > STOPS.index(self._stop_kind) or not self._stop_why:
+                self._stop_kind, self._stop_why = stop, why
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """Wait until the broker acknowledged every event; False if some remain, at once when
@@ -774,8 +785,10 @@ class MqttSink(EventSink):
                       if topic.endswith("/config") else "")
 
     def _announce_offline(self) -> None:
-        """The clean stop's retained messages: offline, and why (no last will follows)."""
-        detail = {"state": "offline", "clean": True, "time": time.time(),
+        """The stop's retained messages: offline, and why (no last will follows); ``clean``
+        only for a stop asked for, not one after a failed loop or a lost Coral."""
+        detail = {"state": "offline", "clean": self._stop_kind == "clean",
+                  "stop": self._stop_kind, "why": self._stop_why, "time": time.time(),
                   "pending": self._outbox.depth(), "sw_version": __version__}
         status = self._first.topics.status
         self._offline_infos = [
@@ -1003,6 +1016,9 @@ class CameraSink(EventSink):
 
     def left_open(self) -> list[ViolationEvent]:
         return self._link.left_open()
+
+    def on_stop(self, stop: str, why: str) -> None:
+        self._link.on_stop(stop, why)
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         return self._link.flush(timeout, cancel)
