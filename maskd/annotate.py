@@ -40,7 +40,8 @@ def camera_text(stats: LoopStats, camera: str | None = None) -> str:
     picture. ``camera``: the name, where the line would not say whose it is otherwise."""
     if since := stats.camera_lost_since:
         state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
-        return f"camera lost since {since}; {state}"
+        why = f" ({stats.camera_lost_why})" if stats.camera_lost_why else ""
+        return f"camera lost since {since}{why}; {state}"
     if stats.source_ended:
         return "end of the source; idle until stopped"
     if since := stats.first_frame_since:
@@ -101,11 +102,27 @@ def draw_verdicts(image: np.ndarray, verdicts: list[Verdict], header: str | None
         ty = y0 - 4 if y0 - 4 > 10 else y1 + int(14 * scale / 0.45)
         cv2.putText(out, text, (x0, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     if header:
-        (tw, th), base = cv2.getTextSize(header, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        cv2.rectangle(out, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
-        cv2.putText(out, header, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    thick, cv2.LINE_AA)
+        top = 0
+        for line in header_lines(header, w - 8, scale, thick):
+            (tw, th), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+            cv2.rectangle(out, (0, top), (tw + 8, top + th + base + 8), (0, 0, 0), -1)
+            cv2.putText(out, line, (4, top + th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        (255, 255, 255), thick, cv2.LINE_AA)
+            top += th + base + 8
     return out
+
+
+def header_lines(text: str, width: int, scale: float, thick: int) -> list[str]:
+    """The header cut at spaces into lines no wider than ``width`` pixels (a word wider than
+    that stays whole): a lost camera's line says why, which ran off a small picture's edge."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        wider = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(wider, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] <= width:
+            lines[-1] = wider
+        else:
+            lines.append(word)
+    return lines
 
 
 # A JPEG comment (COM segment) right after the start-of-image marker: how `scan --annotate`

@@ -116,8 +116,8 @@ class SystemdNotifier(FrameObserver):
         self._ready = False
         self._last_ping: float | None = None
         self._last_status: float | None = None
-        # camera -> (lost, reconnecting, no frame for a gap, no frame yet)
-        self._outage: dict[str | None, tuple[bool, bool, bool, bool]] = {}
+        # camera -> (lost, reconnecting, why lost, no frame for a gap, no frame yet)
+        self._outage: dict[str | None, tuple[bool, bool, str | None, bool, bool]] = {}
         self._lock = threading.Lock()
         self._cameras: set[str] = set()  # for_cameras(): the loops that must vouch for a ping
         self._vouched: set[str] = set()  # those that did since the last ping
@@ -190,7 +190,7 @@ class SystemdNotifier(FrameObserver):
             return False
         now = self._clock()
         outage = {**self._outage, camera: (bool(stats.camera_lost_since), stats.camera_reconnecting,
-                                           bool(stats.no_frame_since),
+                                           stats.camera_lost_why, bool(stats.no_frame_since),
                                            bool(stats.first_frame_since))}
         if camera is not None:
             self._latest[camera] = stats

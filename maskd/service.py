@@ -366,6 +366,7 @@ class CameraLoop:
             in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
             skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
             corrupt=src.get("corrupt", 0), camera_lost_since=lost,
+            camera_lost_why=src.get("camera_lost_why") if lost else None,
             no_frame_since=None if waited is None else clock.local_iso(waited[0].timestamp),
             no_frame_s=None if waited is None else round(waited[1], 1),
             first_frame_since=None if first is None else clock.local_iso(first),

@@ -178,6 +178,9 @@ class LiveSource:
         self._stream = stream  # opens take their turn (_STREAM_OPENS)
         self.stats = _new_stats()
         self.stats["camera_lost_since"] = None
+        # why no frame comes while it is lost: the last failure's words (an open that fails, a
+        # read that fails, frames maskd refuses, a frozen picture); the status line shows it
+        self.stats["camera_lost_why"] = None
         self._opener = opener
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards the capture against close() from another thread
@@ -205,9 +208,10 @@ class LiveSource:
         lost = self.stats["camera_lost_since"] is not None
         return lost and time.monotonic() - beat < RECONNECT_STALL_S
 
-    def _lost(self, since: float | None = None, ago: float = 0.0) -> None:
-        """No frames now: the outage begins (``ago`` seconds back, at wall time ``since``, else
-        now), or one that had not ended yet goes on."""
+    def _lost(self, why: str, since: float | None = None, ago: float = 0.0) -> None:
+        """No frames now, for ``why`` (the newest failure's words): the outage begins (``ago``
+        seconds back, at wall time ``since``, else now), or one that had not ended yet goes on."""
+        self.stats["camera_lost_why"] = why
         self._flowing_since = None
         if self._lost_at is None:
             wall, boot = system_clock()
@@ -219,7 +223,7 @@ class LiveSource:
         """A good frame: no longer lost now; the outage ends once frames stay for STEADY_S."""
         now = time.monotonic()
         if self.stats["camera_lost_since"] is not None:
-            self.stats["camera_lost_since"] = None
+            self.stats["camera_lost_since"] = self.stats["camera_lost_why"] = None
             assert self._lost_at is not None
             self._say(logging.INFO, "found", "%s: frames again after %.1f s", self.name,
                       system_clock()[1] - self._lost_at[1])
@@ -252,13 +256,16 @@ class LiveSource:
                     ok, raw = False, None
                     self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
                               type(err).__name__, err)
+                    failure = f"read raised {type(err).__name__}: {err}"
+                else:
+                    failure = "read failed (device unplugged or stream dropped)"
             ts, since_boot = system_clock()
             if not ok:
                 self.stats["read_errors"] += 1
                 self._say(logging.WARNING, "failed",
                           "%s: read failed (device unplugged or stream dropped); reopening",
                           self.name)
-                self._drop(cap)
+                self._drop(cap, failure)
                 continue
             try:
                 image = to_bgr(raw)
@@ -268,11 +275,11 @@ class LiveSource:
                 self._say(logging.WARNING, "corrupt", "%s: frame skipped: %s (%d in a row)",
                           self.name, err, self._bad_in_a_row)
                 if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
-                    self._drop(cap)
+                    self._drop(cap, f"{self._bad_in_a_row} frames in a row maskd cannot use: {err}")
                 continue
             self._bad_in_a_row = 0
             if self._is_frozen(image, ts):
-                self._drop(cap)
+                self._drop(cap, self.stats["camera_lost_why"])
                 continue
             self._found()
             frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name,
@@ -302,8 +309,9 @@ class LiveSource:
         if time.monotonic() - since_mono < self._frozen_after_s:
             return False
         self._frozen = True
-        self._lost(since, time.monotonic() - since_mono)
         flat = " (one flat colour: lens covered, or dark?)" if np.ptp(sample) == 0 else ""
+        self._lost(f"frozen: the same picture since {local_iso(since)}{flat}", since,
+                   time.monotonic() - since_mono)
         log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.name,
                     local_iso(since), flat)
         return True
@@ -318,7 +326,7 @@ class LiveSource:
             if self._stop.is_set():
                 return None
             self._failed_before = True
-            self._lost()
+            self._lost(f"cannot open ({err})")
             self._say(logging.WARNING, "open", "%s: cannot open (%s); retrying in %.1f s",
                       self.name, err, self._backoff.next_s)
             self._backoff.wait()
@@ -347,14 +355,15 @@ class LiveSource:
         finally:
             _STREAM_OPENS.release()
 
-    def _drop(self, cap: Capture) -> None:
+    def _drop(self, cap: Capture, why: str) -> None:
+        """Release the device after a failure (``why``), lost from now, and wait the backoff."""
         with self._lock:
             if self._cap is cap:
                 self._cap = None
             _safe_release(cap)
         self._bad_in_a_row = 0
         self._failed_before = True
-        self._lost()
+        self._lost(why)
         self._backoff.wait()
 
     def _release(self) -> None:

@@ -980,7 +980,8 @@ async function refresh() {
     for (const c of st.cameras) {
       const ms = ["capture", "detect", "classify", "track"].map(k => k + " " + num(c.ms[k], 1)).join(", ");
       h.push(row(["<b>" + esc(c.camera) + "</b>", num(c.fps, 1) + " fps, " + c.frames + " frames" +
-                  (c.camera_lost_since ? ', <span class="bad">camera lost</span>' : "") +
+                  (c.camera_lost_since ? ', <span class="bad">camera lost' +
+                   (c.camera_lost_why ? ": " + esc(c.camera_lost_why) : "") + "</span>" : "") +
                   (c.detect_enabled ? "" : ', <span class="muted">detection off</span>')]));
       h.push(row(["ms per stage", ms]));
       h.push(row(["active", c.active + (c.in_view !== null && c.in_view < c.active ?

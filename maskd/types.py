@@ -130,6 +130,9 @@ class LoopStats:
     reopens: int = 0
     corrupt: int = 0
     camera_lost_since: str | None = None  # ISO 8601 while a live camera is away
+    # ... and why, in the source's words: the newest failure (cannot open, read failed, frames
+    # maskd cannot use and what they are, frozen); None while frames come
+    camera_lost_why: str | None = None
     camera_reconnecting: bool = False
     # While a live camera that is not lost sends no frame for a gap (a read that blocks: a
     # stream that stopped sending without closing, a hung driver): the last frame's time (ISO

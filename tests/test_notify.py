@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -268,6 +269,38 @@ def under_systemd(notify_socket, monkeypatch):
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     monkeypatch.setattr(service, "STATS_EVERY_S", 1.0)
     return notify_socket
+
+
+def test_a_camera_giving_only_frames_maskd_cannot_use_says_why_it_is_lost(under_systemd):
+    """A USB camera set to a 16-bit format: it opens, every frame is refused (to_bgr) and it is
+    reopened with the backoff for ever. systemd's STATUS (the previews' header is the same
+    line), the status page and the stats said only "camera lost since ...; reconnecting", the
+    reason in the journal alone; now each says why, in the refusal's words, from one place
+    (the source's ``camera_lost_why``)."""
+    from test_camera_frames import OneKindCamera
+    from test_statuspage import get
+
+    from maskd.statuspage import StatusServer
+
+    cam = OneKindCamera(np.full((48, 64, 3), 40000, np.uint16))
+    src = live_source("door", cam.opener, SourceConfig(reopen_min_s=0.05, reopen_max_s=0.1))
+    srv = StatusServer("127.0.0.1:0", title="test-device").start()
+    view = srv.attach("door", "blazeface", "none")
+    sink = RecordingSink()
+    why = ("frames in a row maskd cannot use: uint16 pixels (shape (48, 64, 3)): maskd reads "
+           "8-bit frames; set the camera to an 8-bit format")
+    with LoopRunner(service_for(src, [SystemdNotifier(), view], [sink, view]),
+                    under_systemd) as run:
+        run.watch(10, until=lambda: any(why in s for s in run.statuses()))
+        page = json.loads(get(srv.url + "api/status")[2])["cameras"][0]
+        run.watch(10, until=lambda: any(why in (s.get("camera_lost_why") or "")
+                                        for s in sink.stats))
+        assert run.stop() == 0
+    lost = [s for s in run.statuses() if s.startswith("camera lost since ")]
+    assert lost and all(s.endswith(f"{why}); reconnecting") for s in lost), lost
+    assert page["camera_lost_since"] and page["camera_lost_why"].endswith(why), page
+    assert any((s.get("camera_lost_why") or "").endswith(why) for s in sink.stats), sink.stats
+    assert src.inner.stats["reopens"] >= 2 and src.inner.stats["frames"] == 0
 
 
 def test_camera_away_longer_than_the_watchdog_keeps_pinging_and_says_so(under_systemd):

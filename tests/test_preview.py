@@ -74,6 +74,33 @@ def test_render_draws_red_and_green_boxes_and_header():
     assert (band > 200).all(axis=1).sum() > 5
 
 
+def test_a_lost_cameras_header_with_its_reason_wraps_inside_the_picture():
+    """A lost camera's line says why (``camera_lost_why``); on a 320x240 picture it ran off the
+    right edge, `reconnecting` and most of the reason with it. Now it is cut at spaces into
+    lines that fit, each on its own black band, nothing dropped."""
+    import cv2
+
+    from maskd.annotate import camera_text, draw_verdicts, header_lines
+
+    why = ("5 frames in a row maskd cannot use: uint16 pixels (shape (240, 320, 3)): maskd "
+           "reads 8-bit frames; set the camera to an 8-bit format")
+    text = camera_text(LoopStats(fps=0.0, camera_lost_since="2026-12-04T20:21:21+00:00",
+                                 camera_lost_why=why, camera_reconnecting=True))
+    assert text.endswith(f"({why}); reconnecting")
+    image = np.full((240, 320, 3), GREY, np.uint8)
+    out = draw_verdicts(image, [], header=text)
+    scale, thick = max(0.35, 240 / 900), 1  # draw_verdicts' for this size
+    lines = header_lines(text, 320 - 8, scale, thick)
+    assert " ".join(lines) == text and len(lines) > 2
+    assert all(cv2.getTextSize(ln, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] <= 312
+               for ln in lines)
+    (_, th), base = cv2.getTextSize(lines[-1], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    bottom = len(lines) * (th + base + 8)
+    last = out[bottom - th - base - 8:bottom, :60].reshape(-1, 3)  # the last line's band
+    assert (last == 0).all(axis=1).sum() > 100 and (last > 200).all(axis=1).sum() > 5
+    assert (out[bottom + 1:] == GREY).all()  # nothing drawn below it
+
+
 def test_render_at_screen_size_scales_boxes_not_lines():
     frame, verdicts = scene()
     out = render(frame, verdicts, STATS, size=(800, 400))  # scale 5/3: 533 wide, 133 px bars
@@ -382,9 +409,12 @@ def test_a_lost_camera_is_said_on_the_screen_and_the_page_not_a_frozen_live_pict
         if not from_start:
             assert wait_until(lambda: svc.frames > 5, 10)
             cam.present.clear()  # unplugged
-        assert wait_until(lambda: src.stats["camera_lost_since"] is not None, 10)
-        lost = LoopStats(camera_lost_since=src.stats["camera_lost_since"], camera_reconnecting=True)
+        # unplugged: its read fails, then its reopens (the reason the line gives from then on)
+        assert wait_until(lambda: str(src.stats["camera_lost_why"]).startswith("cannot open"), 10)
+        lost = LoopStats(camera_lost_since=src.stats["camera_lost_since"],
+                         camera_lost_why=src.stats["camera_lost_why"], camera_reconnecting=True)
         assert camera_text(lost).startswith("camera lost since ")
+        assert camera_text(lost).endswith(" (cannot open (No such device)); reconnecting")
         w, h = NO_FRAME_SIZE
         last = Frame(np.zeros((h, w, 3), np.uint8) if from_start
                      else np.full(cam.shape, 90, np.uint8), 0, 0.0)
