@@ -1090,6 +1090,28 @@ def test_a_stop_while_waiting_for_the_coral_is_a_clean_stop_at_once(tmp_path):
     assert "SIGTERM received while starting: stopping" in err
 
 
+def _coral_unplugged_at_a_start(fake, tmp_path: Path, mqtt_url: str
+                                ) -> tuple[list[str], int, str]:
+    """The real `maskd run` (device pi, camera door: the looping demo, the classifier on the
+    stand-in Coral ``fake``, JSON lines and state in ``tmp_path``) until its first violation
+    starts, then the Coral unplugged: its command line, exit status and stderr."""
+    cfg, events = tmp_path / "coral.yaml", tmp_path / "events.jsonl"
+    cfg.write_text("device_id: pi\ncamera: door\nsource: {kind: demo, loop: true}\n"
+                   "detector: {kind: blazeface}\nclassifier: {edgetpu: true}\n"
+                   f"jsonl: {{path: {events}}}\nstate_dir: {tmp_path / 'state'}\n"
+                   f"mqtt: {{url: '{mqtt_url}'}}\n")
+    run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "0.5"]
+    proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
+    try:
+        _until_a_start(proc, events)
+        fake.unplug()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return run, proc.returncode, err
+
+
 def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing(tmp_path):
     """The Coral pulled out (or reset by a USB brown-out) while the real `maskd run` detects,
     a violation open: its next invoke failed, and the loop's crash path said so as a traceback
@@ -1106,21 +1128,9 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
 
     fake = FakeCoral(tmp_path / "lib")
     fake.plug()
-    cfg = tmp_path / "coral.yaml"
     events, state = tmp_path / "events.jsonl", tmp_path / "state"
-    cfg.write_text("camera: door\nsource: {kind: demo, loop: true}\ndetector: {kind: blazeface}\n"
-                   f"classifier: {{edgetpu: true}}\njsonl: {{path: {events}}}\n"
-                   f"state_dir: {state}\nmqtt: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\n")
-    run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "0.5"]
-    proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
-    try:
-        _until_a_start(proc, events)
-        fake.unplug()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 75, err
+    run, rc, err = _coral_unplugged_at_a_start(fake, tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    assert rc == 75, err
     assert "Traceback" not in err, err
     errors = [ln for ln in err.splitlines() if " ERROR " in ln and "maskd.mqtt" not in ln]
     assert len(errors) == 1 and (
@@ -1157,25 +1167,11 @@ def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_pa
 
     fake = FakeCoral(tmp_path / "lib")
     fake.plug()
-    events = tmp_path / "events.jsonl"
     detail = "maskd/pi/door/status/detail"  # the single-camera layout's
     with Broker(tmp_path / "broker") as b:
         sub = Subscriber(b, [detail])
-        cfg = tmp_path / "coral.yaml"
-        cfg.write_text("device_id: pi\ncamera: door\nsource: {kind: demo, loop: true}\n"
-                       "detector: {kind: blazeface}\nclassifier: {edgetpu: true}\n"
-                       f"jsonl: {{path: {events}}}\nstate_dir: {tmp_path / 'state'}\n"
-                       f"mqtt: {{url: '{b.url}'}}\n")
-        run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "1"]
-        proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
-        try:
-            _until_a_start(proc, events)
-            fake.unplug()
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 75, err
+        run, rc, err = _coral_unplugged_at_a_start(fake, tmp_path, b.url)
+        assert rc == 75, err
         assert sub.wait(lambda ms: any(m.json()["state"] == "offline" for m in ms), 10)
         stopped = sub.on(detail)[-1].json()
         assert (stopped["clean"], stopped["stop"]) == (False, "coral_lost"), stopped
