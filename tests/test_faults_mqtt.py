@@ -7,6 +7,7 @@ killed with violations open. Together they run in well under a minute.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -487,6 +488,59 @@ def test_a_snapshot_larger_than_the_brokers_packet_limit_is_dropped_not_the_conn
         assert (health["reconnects"], health["snapshots_dropped"]) == (0, 1)
         assert any("larger than broker" in r.getMessage() and "20000" in r.getMessage()
                    for r in caplog.records)
+        sink.close()
+        sub.close()
+
+
+def test_a_message_larger_than_the_brokers_packet_limit_never_cuts_the_connection(
+        tmp_path, caplog):
+    """A broker whose `max_packet_size` (MQTT 5: in its CONNACK) is smaller than Home
+    Assistant's discovery config (about 2.7 KB) and than one event (an odd, long event id):
+    neither is sent, each is said once with the sizes, the event stays in the outbox as refused
+    (and goes once a broker takes it), and every other event and message goes on the one
+    connection. Was: mosquitto cut the connection at the discovery config on every connect, so
+    maskd reconnected every `reconnect_min_s` for good, two log lines each time, the last will
+    said offline, and no event was ever delivered."""
+    caplog.set_level(logging.WARNING)
+    limit, state = 1500, tmp_path / "state"
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + f"max_packet_size {limit}\n")
+    evs = script("p", 3, 0)
+    big = "p-1-" + "x" * limit
+    evs[2:4] = [dataclasses.replace(ev, event_id=big) for ev in evs[2:4]]
+    with b:
+        sub = Subscriber(b, [f"{CAM}/#", "homeassistant/#"])
+        sink = MqttSink.from_config(cfg_for(b, state), model_name="m")
+        assert wait_until(lambda: sink.connected)
+        for ev in evs:
+            sink.emit(ev)
+        assert not sink.flush(10)  # at once: only the refused ones remain
+        assert sub.wait(lambda ms: len([m for m in ms if m.topic == f"{CAM}/violation"]) >= 4, 5)
+        time.sleep(0.5)  # a disconnect would show by now
+        assert dedup(events(sub)) == [(e.event_id, e.seq) for e in evs if e.event_id != big]
+        assert b"offline" not in [m.payload for m in sub.on(f"{CAM}/status")]
+        assert not [m for m in sub.messages if m.topic.startswith("homeassistant/")]
+        # its attributes and Home Assistant event, too large as well, were taken again with
+        # the next violation's: what stays refused is the discovery config
+        assert wait_until(lambda: sink.health()["refused_topics"] == 1)
+        health = sink.health()
+        assert (health["reconnects"], health["refused"]) == (0, 2)
+        assert sink.faults() == ["MQTT: 2 event(s) refused by the broker",
+                                 "MQTT: broker refuses 1 topic(s), e.g. "
+                                 "homeassistant/device/maskd_dev1_cam1/config"]
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("homeassistant/device/maskd_dev1_cam1/config was not sent" in m
+                   and f"at most {limit} bytes" in m and "discovery" in m for m in said), said
+        assert any(f"refused an event on {CAM}/violation" in m and f"at most {limit} bytes" in m
+                   and "kept in the outbox" in m for m in said), said
+        sink.close()
+        sub.close()
+    with Broker(tmp_path / "b2") as b2:  # no limit: the kept events go, in order
+        sub = Subscriber(b2, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(b2, state), model_name="m")
+        assert sink.flush(10)
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert dedup(events(sub)) == [(big, 0), (big, 1)]
         sink.close()
         sub.close()
 

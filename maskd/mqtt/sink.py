@@ -69,6 +69,15 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+def publish_size(topic: str, payload: str | bytes) -> int:
+    """Bytes of the QoS 1 MQTT 5 PUBLISH maskd sends (no properties): what a broker's Maximum
+    Packet Size counts, fixed header included."""
+    body = payload.encode("utf-8") if isinstance(payload, str) else payload
+    remaining = 2 + len(topic.encode("utf-8")) + 2 + 1 + len(body)  # topic, id, properties
+    length_bytes = next(n for n in range(1, 5) if remaining < 128 ** n)
+    return 1 + length_bytes + remaining
+
+
 @dataclass
 class _Camera:
     """What the sink keeps per camera: its topics, its detection switch, its retained state."""
@@ -760,7 +769,23 @@ class MqttSink(EventSink):
     def _side(self, topic: str, payload: str | bytes, retain: bool = True, report: bool = True
               ) -> mqtt.MQTTMessageInfo:
         """Publish a message that is not an event (QoS 1, retained unless said otherwise); the
-        publisher thread reports it when the broker refuses it (MQTT 5) and ``report``."""
+        publisher thread reports it when the broker refuses it (MQTT 5) and ``report``. One
+        larger than the broker takes is not sent (it would cut the connection) and is reported
+        as refused."""
+        if (too_large := self._too_large(topic, payload)) is not None:
+            info = mqtt.MQTTMessageInfo(0)
+            info.rc = mqtt.MQTT_ERR_PAYLOAD_SIZE
+            if report:
+                with self._side_lock:
+                    self._side_refused[topic] = too_large
+                if self._refusal_to_log(topic, too_large):
+                    log.error("MQTT: a message of %d bytes on %s was not sent: broker %s takes "
+                              "packets of at most %d bytes (its maximum packet size; raise it, "
+                              "e.g. mosquitto's max_packet_size)%s",
+                              publish_size(topic, payload), topic, self._url, self._max_packet,
+                              "; Home Assistant's discovery cannot find maskd meanwhile"
+                              if topic.endswith("/config") else "")
+            return info
         with self._side_lock:  # recorded before the publisher thread can look its ack up
             info = self._client.publish(topic, payload, qos=1, retain=retain)
             if info.rc == mqtt.MQTT_ERR_SUCCESS and report:
@@ -932,7 +957,11 @@ class MqttSink(EventSink):
             mid = self._publish_row(row, buffered=row.id <= st.replay_upto)
             if mid is None:
                 break
-            st.inflight[mid] = (row.id, row.topic)
+            if isinstance(mid, str):  # too large for the broker: kept, the next ones go on
+                self._refuse(row.id, row.topic, mid, "raise the broker's maximum packet size, "
+                             "e.g. mosquitto's max_packet_size")
+            else:
+                st.inflight[mid] = (row.id, row.topic)
             sent.append(row.id)
         return sent
 
@@ -953,29 +982,32 @@ class MqttSink(EventSink):
             return None
         return f"user {self._mq.username!r}" if self._mq.username else "this client"
 
-    def _refuse(self, row_id: int, topic: str, reason: str) -> None:
-        """The broker said no (MQTT 5 PUBACK): keep the event, say so once a minute per cause."""
+    def _refuse(self, row_id: int, topic: str, reason: str, hint: str | None = None) -> None:
+        """The broker said no (MQTT 5 PUBACK), or would have (too large): keep the event, say so
+        once a minute per cause; ``hint`` says what to check (default: the ACL)."""
         self._refused[row_id] = reason
         if who := self._refusal_to_log(topic, reason):
             log.error("MQTT: broker %s refused an event on %s: %s; %d event(s) refused so far, "
-                      "kept in the outbox and offered again every %.0f s (does the broker's ACL "
-                      "let %s publish there?)", self._url, topic, reason, len(self._refused),
-                      REFUSED_RETRY_S, who)
+                      "kept in the outbox and offered again every %.0f s (%s)", self._url, topic,
+                      reason, len(self._refused), REFUSED_RETRY_S,
+                      hint or f"does the broker's ACL let {who} publish there?")
 
-    def _too_large(self, topic: str, payload: bytes) -> bool:
-        """Whether the PUBLISH would exceed the broker's maximum packet size: the broker would
-        not refuse that one message but drop the connection (and send the last will)."""
-        if self._max_packet is None:
-            return False
-        # fixed header (<= 5), topic (2 + length), packet id (2), empty properties (1)
-        return 10 + len(topic.encode("utf-8")) + len(payload) > self._max_packet
+    def _too_large(self, topic: str, payload: str | bytes) -> str | None:
+        """Why the PUBLISH must not be sent, or None: over the broker's maximum packet size, the
+        broker would not refuse that one message but drop the connection (and send the last
+        will), and the same message sent again after the reconnect would drop the next one."""
+        limit = self._max_packet
+        if limit is None or publish_size(topic, payload) <= limit:
+            return None
+        return f"larger than the broker's maximum packet size, at most {limit} bytes"
 
-    def _publish_row(self, row: Row, buffered: bool) -> int | None:
+    def _publish_row(self, row: Row, buffered: bool) -> int | str | None:
         """Hand one event to paho, then its snapshot (if one is still held): the paho message id,
-        or None when the connection is gone (the next connect replays from the outbox)."""
+        why the event is too large for the broker (not sent), or None when the connection is
+        gone (the next connect replays from the outbox)."""
         with self._snap_lock:  # held over the publish: emit cannot drop the snapshot it promises
             snap = self._snapshots.get(row.id)
-            if snap is not None and self._too_large(*snap):
+            if snap is not None and self._too_large(*snap) is not None:
                 self._snapshots.pop(row.id)
                 self.snapshots_dropped += 1
                 self._rate_log(logging.WARNING, "snapshot size", "MQTT: a snapshot of %d bytes is "
@@ -984,8 +1016,10 @@ class MqttSink(EventSink):
                                "since start)", len(snap[1]), self._url, self._max_packet,
                                self.snapshots_dropped)
                 snap = None
-            wire = on_wire(row.payload, buffered, snapshot_follows=snap is not None)
-            info = self._client.publish(row.topic, _dumps(wire), qos=1)
+            wire = _dumps(on_wire(row.payload, buffered, snapshot_follows=snap is not None))
+            if (too_large := self._too_large(row.topic, wire)) is not None:
+                return too_large  # its snapshot waits with it: offered again, it may still go
+            info = self._client.publish(row.topic, wire, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return None
             self._snapshots.pop(row.id, None)
