@@ -382,6 +382,40 @@ def test_a_flood_of_good_detect_set_commands_is_a_line_a_second(broker, tmp_path
     sub.close()
 
 
+def test_a_flood_on_home_assistants_status_topic_is_one_announcement_a_second(
+        broker, tmp_path, caplog):
+    """Anyone who may publish on `homeassistant/status` can send `online` as fast as the
+    network allows, or junk: the discovery config goes again at most once a second, the last
+    `online` always followed by one, and the journal gets a line a minute (was: a 2.7 KB
+    retained publish and an INFO line for each of them, 500 for 500). Junk (binary, empty,
+    1 MB, JSON, a retained `offline`) announces nothing and stops nothing."""
+    config = "homeassistant/device/maskd_dev1_cam1/config"
+    sub = Subscriber(broker, [config, f"{CAM}/violation"])
+    sub.client.publish("homeassistant/status", b"\xff\x00", qos=1, retain=True).wait_for_publish(5)
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m")
+    assert wait_until(lambda: sink.connected)
+    assert len(sub.wait_topic(config)) == 1
+
+    def announced() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "announcing discovery" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+        for junk in (b"", b"\x00\xff", b"x" * 1_000_000, b'{"state": "online"}', b"offline"):
+            sub.client.publish("homeassistant/status", junk, qos=1)
+        for _ in range(500):
+            sub.client.publish("homeassistant/status", "online", qos=1)
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)  # the first one at once
+        time.sleep(2.5)  # the flood is over; the one it held back has gone
+        n = len(sub.on(config))
+        assert 3 <= n <= 4, n  # at connect, at the first `online`, once after the flood
+        assert len(announced()) == 1, announced()
+        for ev in script("h", 1, 0):  # events go on
+            sink.emit(ev)
+        assert sink.flush(10) and sink.health()["reconnects"] == 0
+    sink.close()
+    sub.close()
+
+
 def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     sub = Subscriber(broker, ["maskd/#"])
     state = tmp_path / "state"

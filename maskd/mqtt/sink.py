@@ -46,6 +46,9 @@ WINDOW = 50  # events handed to paho but not yet acknowledged
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
 SWITCH_LOG_EVERY_S = 1.0  # a detect/set change is logged at most this often per camera
+# Discovery goes again at most this often when Home Assistant's status says `online` (a
+# client flooding that topic must not make maskd flood the broker with discovery configs).
+REDISCOVER_EVERY_S = 1.0
 # The broker away this long is a fault in the status line; a quick reconnect (a broker
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
@@ -245,6 +248,8 @@ class MqttSink(EventSink):
         self._switch_log = RateLimitedLog(log, every_s=SWITCH_LOG_EVERY_S)
         self.snapshots_dropped = 0  # beyond MAX_SNAPSHOTS while the broker was away, or too large
         self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
+        self._rediscover = False  # Home Assistant said `online`: announce discovery again
+        self._next_rediscover = 0.0  # monotonic time before which it waits (publisher thread)
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
                                       else f"maskd-{device_id}-{camera}")
@@ -738,9 +743,9 @@ class MqttSink(EventSink):
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         if msg.topic == self._first.topics.ha_status:
-            if msg.payload.strip() == b"online":
-                log.info("MQTT: Home Assistant restarted; announcing discovery again")
-                self._publish_discovery()
+            if msg.payload.strip() == b"online":  # the publisher thread announces, at its pace
+                self._rediscover = True
+                self._q.put(("wake", None, None))
             return
         cam = self._cam_by_set.get(msg.topic)
         if cam is not None:
@@ -942,6 +947,12 @@ class MqttSink(EventSink):
                 if room > 0:
                     sent = self._send(st, self._outbox.pending(after_id=st.cursor, limit=room))
                     st.cursor = sent[-1] if sent else st.cursor
+        if self._rediscover and self._connected and now >= self._next_rediscover:
+            self._rediscover = False  # cleared first: an `online` from now on is answered again
+            self._next_rediscover = now + REDISCOVER_EVERY_S
+            self._rate_log(logging.INFO, "rediscover",
+                           "MQTT: Home Assistant restarted; announcing discovery again")
+            self._publish_discovery()
         if now >= st.next_stats and self._connected:
             # A heartbeat for cameras whose loop sent no stats for two intervals (a sink without
             # a loop, a stalled loop); a running loop sends them itself, every interval.
