@@ -1,7 +1,7 @@
 """MQTT test helpers on top of tools/mosquitto.py (the real broker and subscriber, shared with
-tools/bench_mqtt.py, re-exported here): an openssl-made CA, a relay that makes mosquitto look
-like a broker that only speaks MQTT 3.1.1, and a small real tmpfs to fill, so MQTT and outbox
-tests run against the real thing. Skips (pytest) with a clear reason when mosquitto or openssl
+tools/bench_mqtt.py, re-exported here): an openssl-made CA, relays that make mosquitto look
+like a broker that only speaks MQTT 3.1.1 or one that enforces its Receive Maximum, and a small
+real tmpfs to fill, so MQTT and outbox tests run against the real thing. Skips (pytest) with a clear reason when mosquitto or openssl
 is not installed, or a tmpfs cannot be mounted.
 """
 
@@ -30,9 +30,9 @@ from tools.mosquitto import (
     wait_until,
 )
 
-__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "Subscriber", "Tls", "fill_disk",
-           "free_port", "make_ca", "require", "retained_now", "small_disk", "unique_events",
-           "wait_until"]
+__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "StrictReceiveMaximum", "Subscriber",
+           "Tls", "fill_disk", "free_port", "make_ca", "require", "retained_now", "small_disk",
+           "unique_events", "wait_until"]
 
 
 def make_ca(d: Path) -> Tls:
@@ -55,17 +55,15 @@ def make_ca(d: Path) -> Tls:
     return Tls(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
 
 
-class Mqtt311Only:
-    """A broker that speaks only MQTT 3.1.1, made of `broker` behind a relay: an MQTT 5 CONNECT
-    gets what the 3.1.1 spec prescribes (CONNACK 0x01 "unacceptable protocol version", then
-    close); everything else is relayed both ways untouched."""
+class _Relay:
+    """A listener on a free loopback port in front of `broker`: each connection is handed to
+    ``_serve`` on a thread of its own (what a subclass makes of it)."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.refused = 0  # MQTT 5 connection attempts turned away
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, name="mqtt311-relay", daemon=True).start()
+        threading.Thread(target=self._accept, name=type(self).__name__, daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -78,6 +76,22 @@ class Mqtt311Only:
             except OSError:
                 return  # closed
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._server.close()
+
+
+class Mqtt311Only(_Relay):
+    """A broker that speaks only MQTT 3.1.1, made of `broker` behind a relay: an MQTT 5 CONNECT
+    gets what the 3.1.1 spec prescribes (CONNACK 0x01 "unacceptable protocol version", then
+    close); everything else is relayed both ways untouched."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.refused = 0  # MQTT 5 connection attempts turned away
+        super().__init__(broker)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -99,8 +113,49 @@ class Mqtt311Only:
                 _pump(conn, up)
                 back.join(5)
 
-    def close(self) -> None:
-        self._server.close()
+
+class StrictReceiveMaximum(_Relay):
+    """`broker` (start it with mosquitto's `max_inflight_messages N`: its CONNACK then announces
+    Receive Maximum N) made as strict as MQTT 5 lets a server be, as HiveMQ and Moquette are:
+    a client with more than N QoS 1/2 PUBLISHes unacknowledged gets DISCONNECT 0x93 "Receive
+    Maximum exceeded" and is closed. mosquitto itself takes them all."""
+
+    def __init__(self, broker: Broker, receive_maximum: int) -> None:
+        self.receive_maximum = receive_maximum
+        self.exceeded = 0  # connections closed for it
+        super().__init__(broker)
+
+    def _serve(self, conn: socket.socket) -> None:
+        inflight: set[int] = set()  # packet ids of the client's QoS > 0 PUBLISHes not yet acked
+        lock = threading.Lock()
+        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            def down() -> None:  # broker -> client, its PUBACKs taken off the count
+                for kind, body, raw in _packets(up):
+                    if kind == 4:  # PUBACK
+                        with lock:
+                            inflight.discard(int.from_bytes(body[:2], "big"))
+                    with contextlib.suppress(OSError):
+                        conn.sendall(raw)
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_WR)
+
+            back = threading.Thread(target=down, daemon=True)
+            back.start()
+            for kind, body, raw in _packets(conn):
+                if kind == 3 and raw[0] & 0x06:  # PUBLISH at QoS 1 or 2
+                    topic_len = int.from_bytes(body[:2], "big")
+                    with lock:
+                        inflight.add(int.from_bytes(body[2 + topic_len:4 + topic_len], "big"))
+                        over = len(inflight) > self.receive_maximum
+                    if over:
+                        self.exceeded += 1
+                        with contextlib.suppress(OSError):
+                            conn.sendall(b"\xe0\x01\x93")  # DISCONNECT, Receive Maximum exceeded
+                        break
+                up.sendall(raw)
+            with contextlib.suppress(OSError):
+                up.shutdown(socket.SHUT_RDWR)
+            back.join(5)
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -109,6 +164,29 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             dst.sendall(data)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
+
+
+def _packets(sock: socket.socket) -> Iterator[tuple[int, bytes, bytes]]:
+    """The MQTT packets read from ``sock``, as (packet type, body, the packet's bytes), until
+    it closes."""
+    buf = b""
+    while True:
+        while True:  # a whole packet in buf: yield it
+            n_len = next((i for i in range(1, min(len(buf), 5)) if not buf[i] & 0x80), None)
+            if n_len is None:
+                break
+            size = sum((buf[i] & 0x7F) << (7 * (i - 1)) for i in range(1, n_len + 1))
+            if len(buf) < 1 + n_len + size:
+                break
+            raw, buf = buf[:1 + n_len + size], buf[1 + n_len + size:]
+            yield raw[0] >> 4, raw[1 + n_len:], raw
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        buf += chunk
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from datetime import datetime
 from mqtt_broker import (
     Broker,
     Mqtt311Only,
+    StrictReceiveMaximum,
     Subscriber,
     fill_disk,
     free_port,
@@ -42,6 +43,7 @@ from test_mqtt import (
 )
 
 from maskd.commands.doctor import FAIL, OK, WARN, inspect_outbox, probe_broker
+from maskd.config import MqttConfig
 from maskd.mqtt import MqttSink
 from maskd.notify import status_text
 from maskd.outbox import Outbox
@@ -542,6 +544,32 @@ def test_a_message_larger_than_the_brokers_packet_limit_never_cuts_the_connectio
         assert sub.wait(lambda ms: len(ms) >= 2, 5)
         assert dedup(events(sub)) == [(big, 0), (big, 1)]
         sink.close()
+        sub.close()
+
+
+def test_a_broker_that_enforces_a_small_receive_maximum_gets_every_event(tmp_path):
+    """A broker whose CONNACK says Receive Maximum 5 and that means it (HiveMQ, Moquette: more
+    unacknowledged QoS 1 messages than that is DISCONNECT 0x93): maskd keeps at most that many
+    in flight, and a burst goes out whole, in order, on one connection. Was: paho ignores the
+    announced limit and sent up to 20 at once, so the broker cut the connection (a warning, the
+    last will `offline`) 37 times for these 60 events, the unacknowledged ones sent again after
+    each reconnect."""
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + "max_inflight_messages 5\n")  # announced in CONNACK
+    with b:
+        relay = StrictReceiveMaximum(b, 5)
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
+                        "dev1", "cam1", tmp_path / "state")
+        evs = script("r", 30, 0)  # 60 messages, emitted faster than the broker acknowledges
+        for ev in evs:
+            sink.emit(ev)
+        assert sink.flush(15), (relay.exceeded, sink.health())
+        assert sub.wait(lambda ms: len(ms) >= len(evs), 5)
+        assert dedup(events(sub)) == [(e.event_id, e.seq) for e in evs]
+        assert (relay.exceeded, sink.health()["reconnects"]) == (0, 0)
+        sink.close()
+        relay.close()
         sub.close()
 
 

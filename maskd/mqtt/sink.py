@@ -43,6 +43,7 @@ _paho_log = logging.getLogger("maskd.mqtt.paho")
 
 SESSION_FILE = "mqtt-session.json"
 WINDOW = 50  # events handed to paho but not yet acknowledged
+INFLIGHT = 20  # QoS 1 messages paho sends unacknowledged, unless the broker takes fewer
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
 SWITCH_LOG_EVERY_S = 1.0  # a detect/set change is logged at most this often per camera
@@ -136,6 +137,14 @@ class _Client(mqtt.Client):
             raise
         self.last_error = None
         return rc
+
+    def apply_receive_maximum(self, properties: Any) -> None:
+        """At most as many unacknowledged QoS 1 messages as the broker's CONNACK allows (MQTT 5
+        Receive Maximum; none said: INFLIGHT): a broker may cut a client that sends more
+        (DISCONNECT 0x93), and paho 2 does not apply it itself. Called at the CONNACK, before
+        anything is sent on the connection; the rest wait in paho's queue."""
+        limit = getattr(properties, "ReceiveMaximum", INFLIGHT)
+        self._max_inflight_messages = max(1, min(INFLIGHT, limit))
 
 
 def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
@@ -261,7 +270,7 @@ class MqttSink(EventSink):
         if self._url.tls:
             apply_tls(c, mq)
         c.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
-        c.max_inflight_messages_set(20)
+        c.max_inflight_messages_set(INFLIGHT)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -648,6 +657,7 @@ class MqttSink(EventSink):
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
             return
         with self._conn_lock:
+            client.apply_receive_maximum(properties)
             # Whatever paho still holds from the last connection is replayed from the
             # outbox instead, so it is sent once and in order.
             client.drop_out_messages()
