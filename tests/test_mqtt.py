@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -719,6 +722,23 @@ def test_a_broker_that_speaks_only_mqtt_311_gets_311(tmp_path, caplog):
         relay.close()
 
 
+def _connection_errors(mq: MqttConfig, state_dir: Path, caplog: pytest.LogCaptureFixture,
+                       timeout: float = 5.0) -> list[str]:
+    """The ERROR lines of a sink that cannot connect with ``mq``, after several attempts; its
+    event waits in the outbox."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+        mq = mq.model_copy(update={"reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
+        sink = MqttSink(mq, "d", "c", state_dir)
+        sink.emit(script("t", 1, 0)[0])
+        assert wait_until(lambda: any(r.levelno >= logging.ERROR for r in caplog.records),
+                          timeout), mq.url
+        time.sleep(1.5)  # several more attempts
+        assert not sink.connected and sink.health()["outbox_depth"] == 1
+        sink.close()
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
     """mqtt:// at a TLS port: the broker drops the connection without a word; say why."""
     with Broker(tmp_path / "tls", tls=tls) as tls_b, Broker(tmp_path / "plain") as plain_b:
@@ -726,18 +746,38 @@ def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
                  (MqttConfig(url=plain_b.url.replace("mqtt://", "mqtts://"), ca_file=tls.ca),
                   "plain (non-TLS) listener")]
         for mq, hint in cases:
-            caplog.clear()
-            with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
-                mq = mq.model_copy(update={"reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
-                sink = MqttSink(mq, "d", "c", tmp_path / hint.split()[0])
-                sink.emit(script("t", 1, 0)[0])
-                assert wait_until(lambda: any(r.levelno >= logging.ERROR
-                                              for r in caplog.records), 5), hint
-                time.sleep(1.5)  # several more attempts
-                assert not sink.connected
-                sink.close()
-            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            errors = _connection_errors(mq, tmp_path / hint.split()[0], caplog)
             assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors
+
+
+def test_a_listener_that_never_answers_and_one_that_takes_only_qos_0_are_named(tmp_path, caplog):
+    """A port that takes the connection and never sends a CONNACK (a hung broker, something
+    else listening) is named as that after `keepalive_s` and retried, not taken for a TLS
+    listener (was: `did not answer CONNECT (Keep alive timeout); is that port a TLS listener?`);
+    a listener with mosquitto's `max_qos 0` refuses maskd's QoS 1 last will, and the error says
+    what to change (was: only `QoS not supported`). Events wait in the outbox either way."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):  # closed at the end
+            while True:
+                taken.append(silent.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    qos0 = Broker(tmp_path / "qos0")
+    qos0.conf.write_text(qos0.conf.read_text() + "max_qos 0\n")
+    cases = [(MqttConfig(url=f"mqtt://127.0.0.1:{silent.getsockname()[1]}", keepalive_s=5),
+              "sent no CONNACK within 5 s (mqtt.keepalive_s)"),
+             (MqttConfig(url=qos0.url), "takes only QoS 0")]
+    with qos0:
+        for mq, hint in cases:
+            errors = _connection_errors(mq, tmp_path / hint.split()[0], caplog, timeout=8.0)
+            assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors
+            assert "TLS" not in errors[0], errors
+    silent.close()
+    for conn in taken:
+        conn.close()
 
 
 def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):

@@ -56,6 +56,8 @@ DOWN_GRACE_S = 30.0
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
 UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
 SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
+KEEPALIVE_TIMEOUT = 141  # paho's reason for a connection that heard nothing for keepalive_s
+QOS_NOT_SUPPORTED = 155  # CONNACK reason: the listener takes no QoS 1 (mosquitto's max_qos 0)
 
 def _encode_jpeg(image: Any) -> bytes | None:
     import cv2  # the run loop already has it; imported here so this module stays light
@@ -654,6 +656,10 @@ class MqttSink(EventSink):
                        else f"${self._mq.password_env}" if self._mq.password_env else "none set")
                 hint = (f"; check mqtt.username ({self._mq.username!r}) and the password "
                         f"({src})")
+            elif reason_code.value == QOS_NOT_SUPPORTED:
+                hint = ("; that listener takes only QoS 0 (mosquitto: max_qos 0), and maskd "
+                        "sends its last will and every message at QoS 1 (acknowledged, so none "
+                        "is lost): allow QoS 1 there")
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
             return
         with self._conn_lock:
@@ -728,8 +734,15 @@ class MqttSink(EventSink):
             # No CONNACK: typically mqtt:// pointed at a TLS listener, which drops the
             # plain-text CONNECT without a word (or, elsewhere, never answers: keepalive_s).
             why = client.socket_error or str(reason_code)
-            hint = ("; is that port a TLS listener? Then use mqtts:// (TLS usually listens on "
-                    "8883)") if not self._url.tls else ""
+            if reason_code == KEEPALIVE_TIMEOUT:  # silent, not hung up on: no TLS mix-up
+                hint = (f"; it took the connection but sent no CONNACK within "
+                        f"{client.keepalive} s (mqtt.keepalive_s): check that an MQTT broker "
+                        f"listens there and is not stuck")
+            elif not self._url.tls:
+                hint = ("; is that port a TLS listener? Then use mqtts:// (TLS usually listens "
+                        "on 8883)")
+            else:
+                hint = ""
             self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
         if was and not self._closing:
             self.reconnects += 1
