@@ -598,6 +598,34 @@ def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(
     assert len(lost) >= 3 and not any("client id" in m for m in lost), lost
 
 
+def test_a_broker_that_drops_every_connection_at_once_is_retried_with_backoff(tmp_path):
+    """mosquitto's `message_size_limit` below the discovery config's size answers it with a
+    PUBACK code paho cannot read, and paho drops the connection: at every connect, for good.
+    Such connections in a row are retried with the growing backoff (`reconnect_min_s`
+    doubling to `reconnect_max_s`), and one that lasts starts it again. Was: paho restarts its
+    backoff at every CONNACK, so maskd reconnected every `reconnect_min_s` for good (30 times
+    in 6 s here; with the shipped 1 s, two log lines and a last will a second)."""
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + "message_size_limit 1000\n")
+    with b:
+        mq = MqttConfig(url=b.url, reconnect_min_s=0.2, reconnect_max_s=1.6)
+        sink = MqttSink(mq, "dev1", "cam1", tmp_path / "state")
+        assert wait_until(lambda: sink.reconnects >= 1, 5)
+        time.sleep(6.0)
+        storm = sink.reconnects
+        # 0.4, 0.8, 1.6, 1.6, ... s between attempts: at most 6 in those 6 s
+        assert 2 <= storm <= 7, storm
+        b.stop()  # the limit lifted: the next attempt (at most reconnect_max_s) stays
+        b.conf.write_text(b.conf.read_text().replace("message_size_limit 1000\n", ""))
+        b.start()
+        sink.emit(script("d", 1, 0)[0])
+        assert sink.flush(5)
+        reconnects = sink.reconnects
+        time.sleep(1.0)
+        assert sink.connected and sink.reconnects == reconnects
+        sink.close()
+
+
 def test_a_damaged_outbox_page_found_while_running_does_not_stop_delivery(tmp_path, caplog):
     """A bad page in the events a previous run left (was: every read failed as a passing fault,
     and nothing, not even new events, reached the broker again, restart after restart). What

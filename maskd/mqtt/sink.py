@@ -242,7 +242,8 @@ class MqttSink(EventSink):
         self._snap_lock = threading.Lock()
         self.reconnects = 0
         self._connected_at = 0.0
-        self._short_sessions = 0  # consecutive connections that lasted < 5 s
+        self._short_sessions = 0  # consecutive connections that lasted < 5 s without a reason
+        self._quick_drops = 0  # consecutive connections that lasted < 5 s, whatever the reason
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -751,6 +752,7 @@ class MqttSink(EventSink):
             # dropping at once with no reason given (or MQTT 5's "Session taken over"). A drop
             # that names its cause (e.g. a protocol error) is not that.
             short = time.monotonic() - self._connected_at < 5.0
+            self._pace_reconnects(client, short)
             no_reason = reason_code == UNSPECIFIED
             self._short_sessions = self._short_sessions + 1 if short and no_reason else 0
             hint = ""
@@ -759,6 +761,16 @@ class MqttSink(EventSink):
                         f"client id {self.client_id!r}? (device_id must be unique)")
             log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the "
                         "outbox%s", self._url, reason_code, hint)
+
+    def _pace_reconnects(self, client: mqtt.Client, short: bool) -> None:
+        """paho starts its backoff again at every CONNACK, so a broker that closes every
+        connection at once (a message it cannot take) was reconnected to every reconnect_min_s
+        for good: such connections in a row double the first wait, up to reconnect_max_s; one
+        that lasted starts it again at reconnect_min_s."""
+        self._quick_drops = self._quick_drops + 1 if short else 0
+        first = min(self._mq.reconnect_max_s,
+                    self._mq.reconnect_min_s * 2 ** min(self._quick_drops, 20))
+        client.reconnect_delay_set(first, self._mq.reconnect_max_s)  # type: ignore[arg-type]
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         # MQTT 5: reason_code says whether the broker took it (3.1.1 always says Success).
