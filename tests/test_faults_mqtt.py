@@ -251,6 +251,26 @@ def test_doctor_checks_publish_rights_mqtt5_and_by_round_trip_on_311(tmp_path):
             relay.close()
 
 
+def test_doctor_fails_a_listener_whose_limits_run_cannot_keep(tmp_path):
+    """The limits a broker's CONNACK announces, held against what `run` sends: a listener that
+    takes only QoS 0 (maskd's last will and messages are QoS 1) and a maximum packet size below
+    the discovery config (never sent: Home Assistant would not find the device) are FAIL with
+    what to change; without discovery that limit is no problem. Was: `no PUBACK for a test
+    publish` for the first, OK for the second."""
+    qos0, small = Broker(tmp_path / "qos0"), Broker(tmp_path / "small")
+    qos0.conf.write_text(qos0.conf.read_text() + "max_qos 0\n")
+    small.conf.write_text(small.conf.read_text() + "max_packet_size 2000\n")
+    with qos0, small:
+        verdict, detail = probe_broker(cfg_for(qos0, tmp_path / "state"))
+        assert verdict == FAIL and "takes only QoS 0" in detail and "max_qos 0" in detail, detail
+        verdict, detail = probe_broker(cfg_for(small, tmp_path / "state"))
+        assert verdict == FAIL, detail
+        assert re.search(r"at most 2000 bytes .* discovery config on homeassistant/device/"
+                         r"maskd_dev1_cam1/config is 2\d{3} bytes", detail), detail
+        verdict, detail = probe_broker(cfg_for(small, tmp_path / "state", discovery=False))
+        assert verdict == OK, detail
+
+
 def test_doctor_warns_when_the_acl_keeps_detect_set_from_maskd(tmp_path):
     """mosquitto grants a SUBSCRIBE that its ACL gives no read right for, then never delivers:
     with write-only rights under the prefix the Home Assistant switch did nothing and doctor

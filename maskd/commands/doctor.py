@@ -660,7 +660,7 @@ class _Probe:
 
         from maskd.mqtt.homeassistant import Topics
 
-        self.mq, self.url, self.version = cfg.mqtt, url, version
+        self.cfg, self.mq, self.url, self.version = cfg, cfg.mqtt, url, version
         cams = [c.camera for c in cfg.cameras_resolved()]
         self.topics = [f"{cfg.mqtt.prefix}/{cfg.device_id}/{cam}/doctor" for cam in cams]
         if cfg.cameras:  # such a process also owns <prefix>/<device>/status (its last will)
@@ -673,6 +673,7 @@ class _Probe:
                               .removesuffix("/set") + "/doctor" for cam in cams]
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
+        self.properties: Any = None  # the CONNACK's (MQTT 5): the broker's limits
         self.connected = threading.Event()
         # PUBACKs and SUBACKs by message id: a late PUBACK of one check is no answer to the next
         self._answers: dict[int, Any] = {}
@@ -691,7 +692,7 @@ class _Probe:
         c.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        self.reason = reason_code
+        self.reason, self.properties = reason_code, properties
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
@@ -748,6 +749,8 @@ class _Probe:
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
         done = (f"{self.url}: connected {who}{' over TLS' if self.url.tls else ''} in {ms:.0f} ms, "
                 f"MQTT {'5' if self.version == mqtt.MQTTv5 else '3.1.1'}")
+        if (beyond := self._beyond_limits()) is not None:
+            return FAIL, f"{done}; {beyond}"
         topics = [*self.topics, *(self.discovery_topics if self.mq.discovery else [])]
         said = []
         for topic in topics:
@@ -761,6 +764,26 @@ class _Probe:
             if verdict != OK:
                 return verdict, f"{done}; {'; '.join(said)}"
         return OK, f"{done}; {'; '.join(said)}"
+
+    def _beyond_limits(self) -> str | None:
+        """What `run` would send beyond the limits the broker's CONNACK announces (MQTT 5), or
+        None: a listener that takes only QoS 0 refuses maskd's QoS 1 last will, and a discovery
+        config over the maximum packet size is never sent (Home Assistant never sees maskd)."""
+        from maskd.mqtt.sink import discovery_messages, publish_size
+
+        if getattr(self.properties, "MaximumQoS", 2) == 0:
+            return ("the broker takes only QoS 0 here (mosquitto: max_qos 0), and maskd sends "
+                    "its last will and every message at QoS 1: allow QoS 1 on that listener")
+        limit = getattr(self.properties, "MaximumPacketSize", None)
+        if limit is None or not self.mq.discovery:
+            return None
+        for topic, payload in discovery_messages(self.cfg).items():
+            if (size := publish_size(topic, payload)) > limit:
+                return (f"the broker takes packets of at most {limit} bytes (its maximum packet "
+                        f"size) and the discovery config on {topic} is {size} bytes: it is not "
+                        "sent and Home Assistant does not find maskd; raise the limit "
+                        "(mosquitto: max_packet_size) or set mqtt.discovery: false")
+        return None
 
     def _may_publish(self, topic: str) -> tuple[str, str]:
         """MQTT 5: the PUBACK's reason code. 3.1.1 acknowledges a denied publish like any

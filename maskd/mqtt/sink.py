@@ -304,7 +304,7 @@ class MqttSink(EventSink):
 
             model_name = Path(cfg.classifier.model or default_model_path()).name
         return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name,
-                   configuration_url=status_page_url(cfg.preview.http))
+                   configuration_url=configuration_url(cfg))
 
     @classmethod
     def for_cameras(cls, cfg: Config, controls: dict[str, RunControl]) -> MqttSink:
@@ -312,10 +312,9 @@ class MqttSink(EventSink):
         from maskd.classifier import default_model_path
 
         model_name = Path(cfg.classifier.model or default_model_path()).name
-        urls = [status_page_url(c.preview.http) for c in cfg.cameras_resolved()]
         return cls(cfg.mqtt, cfg.device_id, next(iter(controls)), cfg.state_dir,
                    model_name=model_name, cameras=controls,
-                   configuration_url=next((u for u in urls if u), None))
+                   configuration_url=configuration_url(cfg))
 
     def for_camera(self, name: str) -> CameraSink:
         """The EventSink of one camera; the connection closes when every camera's is closed."""
@@ -882,9 +881,8 @@ class MqttSink(EventSink):
 
     def _publish_discovery(self) -> None:
         for cam in self._cams.values():
-            cfg = discovery_config(cam.topics, self._device_id, cam.name, self._mq.snapshots,
-                                   self._configuration_url)
-            self._side(cam.topics.discovery, _dumps(cfg))
+            self._side(cam.topics.discovery, _discovery_payload(
+                self._mq, cam.topics, self._device_id, cam.name, self._configuration_url))
 
     def _withdraw_switched_off(self) -> None:
         """What an earlier run left retained and this config no longer wants goes (idempotent,
@@ -1105,6 +1103,29 @@ class CameraSink(EventSink):
 
     def close(self) -> None:
         self._link.camera_closed(self._cam)
+
+
+def _discovery_payload(mq: MqttConfig, topics: Topics, device_id: str, camera: str,
+                       url: str | None) -> str:
+    """A camera's discovery config as published: one place for the sink and doctor's size check."""
+    return _dumps(discovery_config(topics, device_id, camera, mq.snapshots, url))
+
+
+def discovery_messages(cfg: Config) -> dict[str, str]:
+    """Each camera's discovery topic and config as `run` publishes them for ``cfg``: what
+    `maskd doctor` holds against the broker's maximum packet size."""
+    url = configuration_url(cfg)
+    out = {}
+    for c in cfg.cameras_resolved():
+        topics = Topics.build(cfg.mqtt, cfg.device_id, c.camera, device_status=bool(cfg.cameras))
+        out[topics.discovery] = _discovery_payload(cfg.mqtt, topics, cfg.device_id, c.camera, url)
+    return out
+
+
+def configuration_url(cfg: Config) -> str | None:
+    """Home Assistant's link to the status page: the first camera's that serves one."""
+    urls = (status_page_url(c.preview.http) for c in cfg.cameras_resolved())
+    return next((u for u in urls if u), None)
 
 
 def status_page_url(listen: str | None) -> str | None:
