@@ -567,6 +567,34 @@ def test_a_message_larger_than_the_brokers_packet_limit_never_cuts_the_connectio
         sub.close()
 
 
+def test_maskd_run_under_a_small_packet_limit_delivers_and_names_what_it_cannot_send(
+        tmp_path, default_model):
+    """The same broker limit under a real `maskd run --exit-at-end` (the demo's violation, real
+    stats and state): exit 0 with every event delivered on the one connection, and one line
+    naming the discovery config that was not sent. Was: a reconnect a second until the
+    flush timed out, exit 75, no event delivered."""
+    device, cam = "door1", "entrance"
+    b = Broker(tmp_path / "b")
+    b.conf.write_text(b.conf.read_text() + "max_packet_size 1500\n")
+    with b:
+        sub = Subscriber(b, [f"maskd/{device}/{cam}/violation"])
+        r = subprocess.run(
+            [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+             "--device-id", device, "--camera", cam, "--mqtt", b.url, "--state-dir",
+             str(tmp_path / "state"), "--model", str(default_model), "--detector", "blazeface",
+             "--flush-timeout", "20"],
+            capture_output=True, text=True, timeout=180, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
+        sub.close()
+    said = [ln for ln in r.stderr.splitlines() if "was not sent" in ln]
+    assert len(said) == 1, r.stderr[-3000:]
+    assert f"homeassistant/device/maskd_{device}_{cam}/config" in said[0]
+    assert "at most 1500 bytes" in said[0]
+    assert "lost connection" not in r.stderr, r.stderr[-3000:]
+
+
 def test_a_broker_that_enforces_a_small_receive_maximum_gets_every_event(tmp_path):
     """A broker whose CONNACK says Receive Maximum 5 and that means it (HiveMQ, Moquette: more
     unacknowledged QoS 1 messages than that is DISCONNECT 0x93): maskd keeps at most that many
