@@ -1,8 +1,9 @@
 """MQTT test helpers on top of tools/mosquitto.py (the real broker and subscriber, shared with
 tools/bench_mqtt.py, re-exported here): an openssl-made CA, relays that make mosquitto look
-like a broker that only speaks MQTT 3.1.1 or one that enforces its Receive Maximum, and a small
-real tmpfs to fill, so MQTT and outbox tests run against the real thing. Skips (pytest) with a clear reason when mosquitto or openssl
-is not installed, or a tmpfs cannot be mounted.
+like a broker that only speaks MQTT 3.1.1, one that enforces its Receive Maximum or one that
+acknowledges nothing, and a small real tmpfs to fill, so MQTT and outbox tests run against
+the real thing. Skips (pytest) with a clear reason when mosquitto or openssl is not
+installed, or a tmpfs cannot be mounted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tools.mosquitto import (
@@ -30,9 +31,9 @@ from tools.mosquitto import (
     wait_until,
 )
 
-__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "StrictReceiveMaximum", "Subscriber",
-           "Tls", "fill_disk", "free_port", "make_ca", "require", "retained_now", "small_disk",
-           "unique_events", "wait_until"]
+__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "StrictReceiveMaximum",
+           "Subscriber", "Tls", "fill_disk", "free_port", "make_ca", "require", "retained_now",
+           "small_disk", "unique_events", "wait_until"]
 
 
 def make_ca(d: Path) -> Tls:
@@ -79,6 +80,23 @@ class _Relay:
 
     def _serve(self, conn: socket.socket) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _down(up: socket.socket, conn: socket.socket,
+              forward: Callable[[int, bytes], bool]) -> threading.Thread:
+        """A started thread relaying the broker's packets to the client, those that
+        ``forward(packet type, body)`` keeps."""
+        def run() -> None:
+            for kind, body, raw in _packets(up):
+                if forward(kind, body):
+                    with contextlib.suppress(OSError):
+                        conn.sendall(raw)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         self._server.close()
@@ -128,19 +146,14 @@ class StrictReceiveMaximum(_Relay):
     def _serve(self, conn: socket.socket) -> None:
         inflight: set[int] = set()  # packet ids of the client's QoS > 0 PUBLISHes not yet acked
         lock = threading.Lock()
-        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
-            def down() -> None:  # broker -> client, its PUBACKs taken off the count
-                for kind, body, raw in _packets(up):
-                    if kind == 4:  # PUBACK
-                        with lock:
-                            inflight.discard(int.from_bytes(body[:2], "big"))
-                    with contextlib.suppress(OSError):
-                        conn.sendall(raw)
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_WR)
+        def forward(kind: int, body: bytes) -> bool:  # the broker's PUBACKs off the count
+            if kind == 4:  # PUBACK
+                with lock:
+                    inflight.discard(int.from_bytes(body[:2], "big"))
+            return True
 
-            back = threading.Thread(target=down, daemon=True)
-            back.start()
+        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            back = self._down(up, conn, forward)
             for kind, body, raw in _packets(conn):
                 if kind == 3 and raw[0] & 0x06:  # PUBLISH at QoS 1 or 2
                     topic_len = int.from_bytes(body[:2], "big")
@@ -155,6 +168,23 @@ class StrictReceiveMaximum(_Relay):
                 up.sendall(raw)
             with contextlib.suppress(OSError):
                 up.shutdown(socket.SHUT_RDWR)
+            back.join(5)
+
+
+class NoPubacks(_Relay):
+    """`broker` behind a relay that holds back every PUBACK while ``hold`` is set: a broker that
+    takes the connection, the PINGs and the PUBLISHes and acknowledges none of them (stuck in
+    its storage or an auth plugin). Cleared, the PUBACKs of the messages sent since flow again."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.hold = threading.Event()
+        self.hold.set()
+        super().__init__(broker)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            back = self._down(up, conn, lambda kind, _: kind != 4 or not self.hold.is_set())
+            _pump(conn, up)  # 4: PUBACK
             back.join(5)
 
 

@@ -23,11 +23,13 @@ from datetime import datetime
 from mqtt_broker import (
     Broker,
     Mqtt311Only,
+    NoPubacks,
     StrictReceiveMaximum,
     Subscriber,
     fill_disk,
     free_port,
     small_disk,
+    unique_events,
     wait_until,
 )
 from mqtt_driver import script
@@ -616,6 +618,44 @@ def test_a_broker_that_enforces_a_small_receive_maximum_gets_every_event(tmp_pat
         assert sub.wait(lambda ms: len(ms) >= len(evs), 5)
         assert dedup(events(sub)) == [(e.event_id, e.seq) for e in evs]
         assert (relay.exceeded, sink.health()["reconnects"]) == (0, 0)
+        sink.close()
+        relay.close()
+        sub.close()
+
+
+def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
+        tmp_path, caplog, monkeypatch):
+    """A broker that keeps the connection (PINGs answered) but acknowledges no event: after the
+    grace the status line says so; after twice the grace one warning, and the connection is
+    dropped so that the reconnect sends the events again (MQTT sends a message again only on a
+    new connection), and again while it lasts; once the broker acknowledges, they are
+    delivered and the line goes. Was: `connected`, a healthy status line, not a word, and the
+    events in flight for as long as that connection lasted."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 1.0)  # the grace, shortened for the test
+    caplog.set_level(logging.WARNING)
+    with Broker(tmp_path / "b") as b:
+        relay = NoPubacks(b)
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
+                        "dev1", "cam1", tmp_path / "state")
+        assert wait_until(lambda: sink.connected)
+        evs = script("n", 2, 0)
+        for ev in evs:
+            sink.emit(ev)
+        assert wait_until(lambda: sink.faults() != [], 5)
+        assert re.fullmatch(r"MQTT: broker acknowledged nothing for \d s, 4 event\(s\) waiting",
+                            sink.faults()[0]), sink.faults()
+        assert wait_until(lambda: sink.reconnects >= 2, 10)  # dropped, sent again, dropped
+        said = [r.getMessage() for r in caplog.records if "acknowledged none" in r.getMessage()]
+        assert len(said) == 1 and relay.url in said[0] and "outbox" in said[0], said
+        assert sink.health()["outbox_depth"] == 4
+        relay.hold.clear()  # the broker acknowledges again: the next connection delivers
+        assert sink.flush(10)
+        assert wait_until(lambda: sink.faults() == [], 2), sink.faults()
+        assert sub.wait(lambda ms: len(unique_events([m.json() for m in ms])) >= 4, 5)
+        assert dedup(events(sub)) == [(e.event_id, e.seq) for e in evs]
         sink.close()
         relay.close()
         sub.close()

@@ -12,6 +12,7 @@ what is guaranteed and its limits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -261,6 +262,10 @@ class MqttSink(EventSink):
         self.snapshots_dropped = 0  # beyond MAX_SNAPSHOTS while the broker was away, or too large
         self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
         self._rediscover = False  # Home Assistant said `online`: announce discovery again
+        # monotonic time since which events in flight got no PUBACK (None: none in flight or
+        # one just came); what the status line and the stall check read
+        self._unacked_since: float | None = None
+        self._stall_drop = float("-inf")  # when a connection was last dropped for that
         self._next_rediscover = 0.0  # monotonic time before which it waits (publisher thread)
 
         client_id = self.client_id = (f"maskd-{device_id}" if device_status
@@ -622,6 +627,11 @@ class MqttSink(EventSink):
         if down is not None and not self._closing and time.monotonic() - down[1] >= DOWN_GRACE_S:
             since = local_iso(down[0])
             out.append(f"MQTT: broker not connected since {since}, {ob.depth()} event(s) waiting")
+        stalled = self._unacked_since
+        if (stalled is not None and self._connected
+                and (waited := time.monotonic() - stalled) >= DOWN_GRACE_S):
+            out.append(f"MQTT: broker acknowledged nothing for {waited:.0f} s, {ob.depth()} "
+                       f"event(s) waiting")
         if (fault := ob.fault) is not None:
             held = ob.in_memory()
             out.append(f"MQTT outbox: {fault}" + (f", {held} event(s) in memory" if held else ""))
@@ -963,6 +973,7 @@ class MqttSink(EventSink):
             return
         self._outbox.maintain()
         now = time.monotonic()
+        self._check_stall(st, now, progress=bool(acks))
         with self._conn_lock:
             if self._connected and not self._closing:
                 if self._gen != st.gen:
@@ -993,6 +1004,29 @@ class MqttSink(EventSink):
                 if now - cam.stats_t >= 2 * self._mq.stats_interval_s:
                     self._publish_stats(cam)
             st.next_stats = now + self._mq.stats_interval_s
+
+    def _check_stall(self, st: _Sending, now: float, progress: bool) -> None:
+        """A broker that keeps the connection (answers PINGs) but acknowledges nothing holds the
+        events in flight for good: MQTT sends a message again only on a new connection. Timed
+        from the last acknowledgement (or the first send after none was in flight), across
+        reconnects; after twice DOWN_GRACE_S the connection is dropped, as a dead link would be,
+        so the reconnect sends them again (faults() names the stall after DOWN_GRACE_S)."""
+        if not st.inflight or progress:
+            self._unacked_since = now if st.inflight else None
+            return
+        if self._unacked_since is None:
+            self._unacked_since = now
+        if not self._connected or now - max(self._unacked_since, self._stall_drop) < 2 * DOWN_GRACE_S:
+            return
+        self._stall_drop = now
+        if self._log_once_a_minute.due("stall"):
+            log.warning("MQTT: broker %s has acknowledged none of the %d event(s) sent in the last "
+                        "%.0f s, while it keeps the connection; reconnecting to send them again "
+                        "(kept in the outbox)", self._url, len(st.inflight), now - self._unacked_since)
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # paho's loop sees the link lost and reconnects
 
     def _send(self, st: _Sending, rows: list[Row]) -> list[int]:
         """Hand rows to paho in order; the ids it took (it stops taking when the link drops)."""
