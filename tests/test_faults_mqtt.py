@@ -684,6 +684,8 @@ def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(
         sink.close()
     lost = [r.getMessage() for r in caplog.records if "lost connection" in r.getMessage()]
     assert len(lost) >= 3 and not any("client id" in m for m in lost), lost
+    # and the warning names the likely cause (was: only `Protocol error`)
+    assert all("packet paho cannot read" in m and "max_packet_size" in m for m in lost), lost
 
 
 def test_a_broker_that_drops_every_connection_at_once_is_retried_with_backoff(tmp_path):

@@ -130,9 +130,10 @@ class _Client(mqtt.Client):
     last_error: OSError | None = None
     connack = False  # set by the sink's on_connect
     socket_error = ""  # paho's last "failed to receive on socket" reason (it only logs it)
+    malformed = ""  # why paho could not read a packet from the broker (it only logs it)
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
-        self.connack, self.socket_error = False, ""
+        self.connack, self.socket_error, self.malformed = False, "", ""
         try:
             rc = super().reconnect()
         except OSError as err:
@@ -728,6 +729,8 @@ class MqttSink(EventSink):
         _paho_log.debug("%s", buf)
         if buf.startswith("failed to receive on socket: "):
             client.socket_error = buf.removeprefix("failed to receive on socket: ")
+        elif buf.startswith("Received malformed packet"):
+            client.malformed = buf
 
     def _log_fail(self, msg: str) -> None:
         """Connection problems are retried with backoff; log each distinct one, and again every minute."""
@@ -768,6 +771,12 @@ class MqttSink(EventSink):
             if self._short_sessions == 3 or reason_code == SESSION_TAKEN_OVER:
                 hint = (f"; connections keep dropping right away: is another client using the "
                         f"client id {self.client_id!r}? (device_id must be unique)")
+            elif client.malformed:
+                # mosquitto 2.0 answers a message over its message_size_limit with a PUBACK
+                # code MQTT 5 does not allow there, and paho drops the connection on it
+                hint = (f"; the broker sent a packet paho cannot read ({client.malformed}): "
+                        f"mosquitto 2.0 does so for a message over its message_size_limit; "
+                        f"set max_packet_size instead, which maskd keeps to")
             log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the "
                         "outbox%s", self._url, reason_code, hint)
 
