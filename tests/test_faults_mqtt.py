@@ -602,8 +602,8 @@ def test_a_broker_that_enforces_a_small_receive_maximum_gets_every_event(tmp_pat
     unacknowledged QoS 1 messages than that is DISCONNECT 0x93): maskd keeps at most that many
     in flight, and a burst goes out whole, in order, on one connection. Was: paho ignores the
     announced limit and sent up to 20 at once, so the broker cut the connection (a warning, the
-    last will `offline`) 37 times for these 60 events, the unacknowledged ones sent again after
-    each reconnect."""
+    last will `offline`) 37 to 74 times for these 60 events, the unacknowledged ones sent again
+    after each reconnect, and on a loaded machine they were not all delivered after 15 s."""
     b = Broker(tmp_path / "b")
     b.conf.write_text(b.conf.read_text() + "max_inflight_messages 5\n")  # announced in CONNACK
     with b:
