@@ -1,9 +1,9 @@
 """MQTT test helpers on top of tools/mosquitto.py (the real broker and subscriber, shared with
 tools/bench_mqtt.py, re-exported here): an openssl-made CA, relays that make mosquitto look
-like a broker that only speaks MQTT 3.1.1, one that enforces its Receive Maximum or one that
-acknowledges nothing, and a small real tmpfs to fill, so MQTT and outbox tests run against
-the real thing. Skips (pytest) with a clear reason when mosquitto or openssl is not
-installed, or a tmpfs cannot be mounted.
+like a broker that only speaks MQTT 3.1.1, one that enforces its Receive Maximum, one that
+acknowledges nothing or one whose quota is exceeded, and a small real tmpfs to fill, so MQTT
+and outbox tests run against the real thing. Skips (pytest) with a clear reason when
+mosquitto or openssl is not installed, or a tmpfs cannot be mounted.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from tools.mosquitto import (
     wait_until,
 )
 
-__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "StrictReceiveMaximum",
-           "Subscriber", "Tls", "fill_disk", "free_port", "make_ca", "require", "retained_now",
-           "small_disk", "unique_events", "wait_until"]
+__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "QuotaExceeded",
+           "StrictReceiveMaximum", "Subscriber", "Tls", "fill_disk", "free_port", "make_ca",
+           "require", "retained_now", "small_disk", "unique_events", "wait_until"]
 
 
 def make_ca(d: Path) -> Tls:
@@ -83,14 +83,14 @@ class _Relay:
 
     @staticmethod
     def _down(up: socket.socket, conn: socket.socket,
-              forward: Callable[[int, bytes], bool]) -> threading.Thread:
-        """A started thread relaying the broker's packets to the client, those that
-        ``forward(packet type, body)`` keeps."""
+              forward: Callable[[int, bytes, bytes], bytes | None]) -> threading.Thread:
+        """A started thread relaying the broker's packets to the client: what
+        ``forward(packet type, body, the packet)`` makes of each, None to hold it back."""
         def run() -> None:
             for kind, body, raw in _packets(up):
-                if forward(kind, body):
+                if (out := forward(kind, body, raw)) is not None:
                     with contextlib.suppress(OSError):
-                        conn.sendall(raw)
+                        conn.sendall(out)
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
 
@@ -146,11 +146,11 @@ class StrictReceiveMaximum(_Relay):
     def _serve(self, conn: socket.socket) -> None:
         inflight: set[int] = set()  # packet ids of the client's QoS > 0 PUBLISHes not yet acked
         lock = threading.Lock()
-        def forward(kind: int, body: bytes) -> bool:  # the broker's PUBACKs off the count
+        def forward(kind: int, body: bytes, raw: bytes) -> bytes:  # PUBACKs off the count
             if kind == 4:  # PUBACK
                 with lock:
                     inflight.discard(int.from_bytes(body[:2], "big"))
-            return True
+            return raw
 
         with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
             back = self._down(up, conn, forward)
@@ -183,8 +183,31 @@ class NoPubacks(_Relay):
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
-            back = self._down(up, conn, lambda kind, _: kind != 4 or not self.hold.is_set())
-            _pump(conn, up)  # 4: PUBACK
+            back = self._down(up, conn, lambda kind, _, raw:
+                              None if kind == 4 and self.hold.is_set() else raw)  # 4: PUBACK
+            _pump(conn, up)
+            back.join(5)
+
+
+class QuotaExceeded(_Relay):
+    """`broker` behind a relay that, while ``exceeded`` is set, answers every PUBLISH with the
+    PUBACK reason 0x97 "Quota exceeded" (a cloud broker's rate limit or quota), the message
+    still delivered to subscribers; cleared, the broker's own PUBACKs pass."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.exceeded = threading.Event()
+        self.exceeded.set()
+        super().__init__(broker)
+
+    def _serve(self, conn: socket.socket) -> None:
+        def forward(kind: int, body: bytes, raw: bytes) -> bytes:
+            if kind == 4 and self.exceeded.is_set():  # PUBACK: its packet id, reason 0x97
+                return b"\x40\x03" + body[:2] + b"\x97"
+            return raw
+
+        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            back = self._down(up, conn, forward)
+            _pump(conn, up)
             back.join(5)
 
 

@@ -24,6 +24,7 @@ from mqtt_broker import (
     Broker,
     Mqtt311Only,
     NoPubacks,
+    QuotaExceeded,
     StrictReceiveMaximum,
     Subscriber,
     fill_disk,
@@ -659,6 +660,35 @@ def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
         sink.close()
         relay.close()
         sub.close()
+
+
+def test_a_refusal_for_an_exceeded_quota_says_so_and_is_delivered_once_it_allows(
+        tmp_path, caplog, monkeypatch):
+    """A broker that answers PUBACK 0x97 "Quota exceeded" (a cloud broker's rate limit): the
+    events are kept and offered again like any refusal, and the error names the quota, not an
+    ACL (was: `does the broker's ACL let this client publish there?`); once the quota allows,
+    they are acknowledged and leave the outbox."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "REFUSED_RETRY_S", 1.0)  # shortened for the test
+    caplog.set_level(logging.ERROR)
+    with Broker(tmp_path / "b") as b:
+        relay = QuotaExceeded(b)
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
+                        "dev1", "cam1", tmp_path / "state")
+        for ev in script("q", 1, 0):
+            sink.emit(ev)
+        assert wait_until(lambda: sink.health()["refused"] == 2, 5), sink.health()
+        said = [r.getMessage() for r in caplog.records if "refused an event" in r.getMessage()]
+        assert len(said) == 1 and "Quota exceeded" in said[0], said
+        assert "quota or rate limit" in said[0] and "ACL" not in said[0], said
+        relay.exceeded.clear()  # flush() would say False at once: only refused ones remain
+        assert wait_until(lambda: sink.health()["outbox_depth"] == 0, 5), sink.health()
+        # (the retained state refused meanwhile stays listed until it is sent again)
+        assert sink.health()["refused"] == 0
+        assert not [f for f in sink.faults() if "event(s) refused" in f], sink.faults()
+        sink.close()
+        relay.close()
 
 
 def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(tmp_path, caplog):

@@ -59,6 +59,7 @@ UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
 SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
 KEEPALIVE_TIMEOUT = 141  # paho's reason for a connection that heard nothing for keepalive_s
 QOS_NOT_SUPPORTED = 155  # CONNACK reason: the listener takes no QoS 1 (mosquitto's max_qos 0)
+QUOTA_EXCEEDED = "Quota exceeded"  # paho's name of PUBACK reason 0x97 (a broker's rate limit)
 
 def _encode_jpeg(image: Any) -> bytes | None:
     import cv2  # the run loop already has it; imported here so this module stays light
@@ -861,9 +862,8 @@ class MqttSink(EventSink):
                 self._side_refused.pop(topic, None)
                 return
             self._side_refused[topic] = str(reason)
-        if who := self._refusal_to_log(topic, str(reason)):
-            log.error("MQTT: broker %s refused %s: %s (does the broker's ACL let %s publish "
-                      "there?%s)", self._url, topic, reason, who,
+        if check := self._refusal_to_log(topic, str(reason)):
+            log.error("MQTT: broker %s refused %s: %s (%s%s)", self._url, topic, reason, check,
                       " Home Assistant finds maskd by its discovery_prefix topics"
                       if topic.endswith("/config") else "")
 
@@ -1063,21 +1063,23 @@ class MqttSink(EventSink):
         return rows
 
     def _refusal_to_log(self, topic: str, reason: str) -> str | None:
-        """Who was refused (for the message) when this topic and reason were not logged in the
+        """What to check (for the message) when this topic and reason were not logged in the
         last minute, else None: a refusal repeats with every message."""
         if not self._log_once_a_minute.due(f"{topic} {reason}"):
             return None
-        return f"user {self._mq.username!r}" if self._mq.username else "this client"
+        if reason == QUOTA_EXCEEDED:  # a cloud broker's rate limit: passes, unlike an ACL
+            return "the broker's quota or rate limit for this client; it takes them once that allows"
+        who = f"user {self._mq.username!r}" if self._mq.username else "this client"
+        return f"does the broker's ACL let {who} publish there?"
 
     def _refuse(self, row_id: int, topic: str, reason: str, hint: str | None = None) -> None:
         """The broker said no (MQTT 5 PUBACK), or would have (too large): keep the event, say so
         once a minute per cause; ``hint`` says what to check (default: the ACL)."""
         self._refused[row_id] = reason
-        if who := self._refusal_to_log(topic, reason):
+        if check := self._refusal_to_log(topic, reason):
             log.error("MQTT: broker %s refused an event on %s: %s; %d event(s) refused so far, "
                       "kept in the outbox and offered again every %.0f s (%s)", self._url, topic,
-                      reason, len(self._refused), REFUSED_RETRY_S,
-                      hint or f"does the broker's ACL let {who} publish there?")
+                      reason, len(self._refused), REFUSED_RETRY_S, hint or check)
 
     def _too_large(self, topic: str, payload: str | bytes) -> str | None:
         """Why the PUBLISH must not be sent, or None: over the broker's maximum packet size, the
