@@ -87,9 +87,9 @@ def check_host(host: str) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"has a bad host {_excerpt(host)}: not a host name or IP address") from None
+            raise ValueError(f"has a bad host {excerpt(host)}: not a host name or IP address") from None
         if _NUMERIC.fullmatch(host) and _ip(host) is None:
-            raise ValueError(f"has a bad host {_excerpt(host)}: not an IP address (four numbers "
+            raise ValueError(f"has a bad host {excerpt(host)}: not an IP address (four numbers "
                              "0-255, e.g. 192.168.1.30)") from None
     return host
 
@@ -495,7 +495,7 @@ class BrokerUrl:
         try:
             return cls.split(url)
         except ValueError as err:
-            raise ConfigError(f"mqtt.url: {_excerpt(url)} {err}") from None
+            raise ConfigError(f"mqtt.url: {excerpt(url)} {err}") from None
 
     @classmethod
     def split(cls, url: str) -> BrokerUrl:
@@ -557,9 +557,9 @@ def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
         with open_regular(path) as f:
             data = f.read(limit + 1)
     except OSError as err:
-        raise ValueError(f"cannot read {_excerpt(str(path))}: {err.strerror or err}") from None
+        raise ValueError(f"cannot read {excerpt(str(path))}: {err.strerror or err}") from None
     if len(data) > limit:
-        raise ValueError(f"{_excerpt(str(path))} is larger than {limit} bytes")
+        raise ValueError(f"{excerpt(str(path))} is larger than {limit} bytes")
     return data
 
 
@@ -618,9 +618,9 @@ class MqttConfig(Section):
             try:
                 text = _readable_file(v).decode("utf-8")
             except UnicodeDecodeError:
-                raise ValueError(f"{_excerpt(str(v))} is not UTF-8 text") from None
+                raise ValueError(f"{excerpt(str(v))} is not UTF-8 text") from None
             if not text.strip():  # as password() reads it: the broker would say 'not authorised'
-                raise ValueError(f"{_excerpt(str(v))} is empty")
+                raise ValueError(f"{excerpt(str(v))} is empty")
             if info.data.get("username") is None:
                 raise ValueError("a password is configured but mqtt.username is not")
         return v
@@ -698,7 +698,7 @@ def read_secret(path: Path) -> bytes:
     cannot be read, is empty or is larger than 4096 bytes."""
     secret = _readable_file(path, 4096).rstrip(b"\r\n")
     if not secret:
-        raise ValueError(f"{_excerpt(str(path))} is empty")
+        raise ValueError(f"{excerpt(str(path))} is empty")
     return secret
 
 
@@ -735,7 +735,7 @@ class PreviewConfig(Section):
         if v is not None:
             secret = read_secret(v)
             if info.field_name == "http_token_file" and not _TOKEN.fullmatch(secret):
-                raise ValueError(f"{_excerpt(str(v))}: the token travels in a URL and a cookie, "
+                raise ValueError(f"{excerpt(str(v))}: the token travels in a URL and a cookie, "
                                  "so it may hold only ASCII letters, digits and - . _ ~ (e.g. openssl rand -hex 32)")
         return v
 
@@ -922,7 +922,7 @@ class Config(Section):
             if what is None:
                 continue
             if what in seen:
-                raise ValueError(f"cameras {seen[what]} and {name} both read {_excerpt(what)}: "
+                raise ValueError(f"cameras {seen[what]} and {name} both read {excerpt(what)}: "
                                  "give each camera its own source")
             seen[what] = name
         return self
@@ -1005,6 +1005,12 @@ class Config(Section):
         `doctor` look for it)."""
         return [key for key, on in (("classifier.edgetpu", self.classifier.edgetpu),
                                     ("detector.edgetpu", self.detector.edgetpu)) if on]
+
+    def sources(self) -> list[tuple[str, SourceConfig]]:
+        """Each camera's source section with its key in the file, in the map's order."""
+        if not self.cameras:
+            return [("source", self.source)]
+        return [(f"cameras.{name}.source", cam.source) for name, cam in self.cameras.items()]
 
     def previews(self) -> list[tuple[str, PreviewConfig]]:
         """Each camera's preview section with its key in the file, in the map's order: the
@@ -1098,7 +1104,7 @@ _EXCERPT.maxlevel = 2
 _EXCERPT.maxlong = 40
 
 
-def _excerpt(value: Any) -> str:
+def excerpt(value: Any) -> str:
     """A repr short enough for one line, however big or deep the value is, with the password
     of any URL in it hidden: error lines reach the journal (``source: rtsp://user:pass@cam``
     written without its section, ``mqtt.url`` with credentials)."""
@@ -1176,12 +1182,12 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
             lines.append(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
         elif e["type"] == "model_type":
             lines.append(f"{where}: '{key}' must be a section with keys: "
-                         f"{', '.join(_section_keys(loc))} (got {_excerpt(e.get('input'))})")
+                         f"{', '.join(_section_keys(loc))} (got {excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "string_type" and isinstance(e.get("input"), bool | int | float):
                 msg += "; put it in quotes"  # YAML read yes, 0042 or 1234 as a bool or number
-            got = f" (got {_excerpt(e.get('input'))})" if loc else ""  # not the whole config
+            got = f" (got {excerpt(e.get('input'))})" if loc else ""  # not the whole config
             lines.append(f"{where}: '{key}': {msg}{got}")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")
@@ -1306,7 +1312,7 @@ class BoundedLoader(yaml.SafeLoader):
                 continue
             first = seen.setdefault((key.tag, key.value), key.start_mark)
             if first is not key.start_mark:
-                self._fail(f"duplicate key {_excerpt(key.value)} (first at line {first.line + 1})",
+                self._fail(f"duplicate key {excerpt(key.value)} (first at line {first.line + 1})",
                            key.start_mark)
         return node
 
@@ -1352,5 +1358,5 @@ def load_config(path: Path | str | None) -> Config:
         what = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{p}: not valid YAML{where}: {what[:200]}") from None
     except (ValueError, RecursionError) as err:  # e.g. an integer with more than 4300 digits
-        raise ConfigError(f"{p}: not a usable config: {_excerpt(str(err))}") from None
+        raise ConfigError(f"{p}: not a usable config: {excerpt(str(err))}") from None
     return parse_config(data, str(p))

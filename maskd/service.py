@@ -42,6 +42,7 @@ from maskd.types import (
     MaskClassifier,
     RunControl,
     Source,
+    SourceError,
     ViolationEvent,
     scores_and_features,
 )
@@ -767,13 +768,14 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
     pages: dict = {}  # status pages by preview.http address (maskd.statuspage)
     try:
         keys = [key for key, _ in cfg.previews()]
-        for c, watchdog, key in zip(cams, watchdogs, keys, strict=True):
+        source_keys = [key for key, _ in cfg.sources()]
+        for c, watchdog, key, source_key in zip(cams, watchdogs, keys, source_keys, strict=True):
             def sinks(c: Config = c) -> list[EventSink]:
                 return shared + ([mqtt.for_camera(c.camera)] if mqtt is not None else [])
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
                                       watchdog, exit_at_end, max_frames, store, pages, mqtt,
-                                      ledger, key))
+                                      ledger, key, source_key))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -815,10 +817,15 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
                  notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
                  snapshots: SnapshotStore | None = None, pages: dict | None = None,
                  mqtt: EventSink | None = None, ledger: OpenViolations | None = None,
-                 preview_key: str = "preview") -> CameraLoop:
+                 preview_key: str = "preview", source_key: str = "source") -> CameraLoop:
     """One camera's loop around shared models; its source, sinks and views opened here, and its
-    snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``."""
-    source = open_source(cfg.source)
+    snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``.
+    A source that cannot be opened is said with its key (``source_key``): with several cameras
+    'no such file' alone did not say whose."""
+    try:
+        source = open_source(cfg.source)
+    except SourceError as err:
+        raise type(err)(f"{source_key}: {err}") from None
     opened: list = [source]
     try:
         own = sinks()

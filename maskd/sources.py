@@ -17,7 +17,9 @@ behave the same whether a clip is processed faster or slower than real time.
 
 from __future__ import annotations
 
+import errno
 import logging
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from maskd.clock import local_iso, system_clock
-from maskd.config import SourceConfig, shown_uri
+from maskd.config import SourceConfig, excerpt, shown_uri
 from maskd.files import open_regular
 from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
 from maskd.lograte import RateLimitedLog
@@ -616,6 +618,11 @@ class VideoFileSource:
         self._cap.release()
 
 
+def not_a_folder(folder: Path | str) -> str:
+    """The one wording of an images source whose folder is not one (`run` and check-config)."""
+    return f"{folder}: not a folder"
+
+
 class ImageFolderSource:
     """A folder of images (sorted, recursive), once or looping, decoded as ``maskd classify`` does.
 
@@ -630,7 +637,7 @@ class ImageFolderSource:
 
     def __init__(self, folder: Path, loop: bool = False, fps: float = 15.0):
         if not folder.is_dir():
-            raise SourceError(f"{folder}: not a folder")
+            raise SourceError(not_a_folder(folder))
         self.folder = folder
         self.name = str(folder)
         self.loop = loop
@@ -710,10 +717,12 @@ class ImageFolderSource:
 
 
 def _is_device(uri: str) -> bool:
-    """A camera index or a device node; a file or folder under /dev (/dev/shm) is not one."""
-    if uri.isdigit():
+    """A camera index or a device node; a file or folder under /dev (/dev/shm) is not one. An
+    index is ASCII digits: "²" or "０" passed isdigit() and then failed int() at every reopen
+    for ever (or opened a camera source_identity could not see was another's)."""
+    if uri.isascii() and uri.isdigit():
         return True
-    return uri.startswith("/dev/") and not (Path(uri).is_file() or Path(uri).is_dir())
+    return uri.startswith("/dev/") and _kind_of(Path(uri)) not in ("file", "folder")
 
 
 def _is_stream(uri: str) -> bool:
@@ -859,18 +868,60 @@ def _open_uri(uri: str, cfg: SourceConfig) -> Source:
     if _is_device(uri) or _is_stream(uri):
         return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri))
     path = Path(uri.removeprefix("file://"))
-    if path.is_dir():
+    if _file_or_folder(uri) == "folder":
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
-    if not path.exists():
-        hint = "; the demo clip is kind: demo (--source demo)" if uri == "demo" else ""
-        raise SourceError(f"{shown_uri(uri)}: no such file, folder or device{hint}")
-    if is_image_name(path):
-        raise SourceError(f"{uri}: a single image is not a source; give its folder")
     return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)
+
+
+class MissingSource(SourceError):
+    """The file or folder a source names does not exist (on this machine, now)."""
+
+
+def _kind_of(path: Path) -> str:
+    """"folder", "file", "other" (a device, a pipe) or "missing"; SourceError when the name
+    cannot even be looked up (too long: ENAMETOOLONG came out of is_dir() as a bare OSError
+    whose line held the whole name and no key)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        if err.errno == errno.ENOTDIR:
+            return "missing"
+        raise SourceError(f"{excerpt(str(path))}: cannot be looked up "
+                          f"({err.strerror or err})") from None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def _file_or_folder(uri: str) -> str:
+    """What the file source ``uri`` names, "file" or "folder"; SourceError (MissingSource
+    when it does not exist) for what `run` cannot read frames from."""
+    path = Path(uri.removeprefix("file://"))
+    kind = _kind_of(path)
+    if kind == "missing":
+        hint = "; the demo clip is kind: demo (--source demo)" if uri == "demo" else ""
+        raise MissingSource(f"{shown_uri(uri)}: no such file, folder or device{hint}")
+    if kind == "file" and is_image_name(path):
+        raise SourceError(f"{uri}: a single image is not a source; give its folder")
+    return "folder" if kind == "folder" else "file"
+
+
+def check_source_path(cfg: SourceConfig) -> None:
+    """Raise what `open_source` raises for the file or folder ``cfg`` names, without opening
+    it (MissingSource when it does not exist): `run` stops on it (78), and check-config says it
+    in the same words, so it is not `run` alone that finds a source file missing. Cameras,
+    streams, the Pi camera and the demo are not looked at (a camera may come later)."""
+    if cfg.kind == "images" and cfg.uri:
+        if (kind := _kind_of(Path(cfg.uri))) != "folder":
+            raise (MissingSource if kind == "missing" else SourceError)(not_a_folder(cfg.uri))
+    elif cfg.kind in ("auto", "opencv") and cfg.uri and not (
+            _is_device(cfg.uri) or _is_stream(cfg.uri)):
+        _file_or_folder(cfg.uri)
 
 
 def open_source(cfg: SourceConfig) -> Source:
     """The source ``cfg`` describes; raises SourceError only for permanent problems."""
+    check_source_path(cfg)
     if cfg.kind == "demo":
         from maskd.demo import open_demo_source
 

@@ -410,6 +410,46 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     assert not (tmp_path / "new").exists()  # run creates them; check-config does not
 
 
+def test_both_name_a_source_file_run_cannot_read(tmp_path):
+    """A file source `run` stops on at once (exit 78): check-config said OK to all of them, and
+    `run` said 'x.mp4: no such file' without the camera's key, a name too long for the file
+    system as a bare '[Errno 36] File name too long: <the whole name>', and retried a camera
+    index "²" (isdigit(), but no int()) for ever. A single image or a name no file system takes
+    is refused by both; a missing file is a warning in check-config, as a missing model file is
+    (it may be there on the device, or in the service's working directory)."""
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    long = "x" * 300
+    cases = [  # (cameras: map or source, what both say, refused by check-config)
+        (f"source: {{uri: '{tmp_path}/photo.jpg'}}",
+         f"source: {tmp_path}/photo.jpg: a single image is not a source", True),
+        (f"source: {{uri: '{tmp_path}/{long}.mp4'}}", "source: '", True),
+        ("cameras:\n  a: {source: {kind: demo}}\n"
+         f"  b: {{source: {{kind: images, uri: '{tmp_path}/photo.jpg'}}}}",
+         f"cameras.b.source: {tmp_path}/photo.jpg: not a folder", True),
+        (f"source: {{uri: '{tmp_path}/gone.mp4'}}",
+         f"source: {tmp_path}/gone.mp4: no such file, folder or device", False),
+        ("cameras:\n  a: {source: {kind: demo}}\n"
+         f"  b: {{source: {{uri: '{tmp_path}/gone'}}}}",
+         f"cameras.b.source: {tmp_path}/gone: no such file, folder or device", False),
+        ("source: {uri: '\u00b2'}", "source: \u00b2: no such file, folder or device", False),
+    ]
+    paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
+    for path, (yaml, _, _) in zip(paths, cases, strict=True):
+        path.write_text(f"state_dir: {tmp_path / 'state'}\n{yaml}\n", encoding="utf-8")
+    answers = maskd_each([call for path in paths for call in (
+        ("check-config", str(path)), ("run", "--config", str(path), "--max-frames", "1"))])
+    for i, (path, (yaml, says, refused)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert ran.returncode == EX_CONFIG, (yaml, ran.returncode, ran.stderr[-2000:])
+        assert f"maskd run: {says}" in ran.stderr and "Errno" not in ran.stderr, (yaml, ran.stderr)
+        said = f"{path}: {says}" if refused else f"{path}: warning: {says}"
+        assert checked.returncode == (EX_CONFIG if refused else 0), (yaml, checked.stderr)
+        assert said in checked.stderr, (yaml, checked.stderr)
+        for r in (checked, ran):
+            assert all(len(line) < 300 for line in r.stderr.splitlines()), r.stderr
+            assert "Traceback" not in r.stderr, r.stderr
+
+
 def test_both_refuse_an_outbox_of_a_newer_layout_and_leave_it_as_it_was(tmp_path):
     """A downgrade: check-config (which install.sh runs before the restart) said OK, then `run`
     failed to store every new event; both now refuse it in one line, and the file and the WAL a

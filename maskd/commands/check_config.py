@@ -14,8 +14,9 @@ another user, with another environment, or on another machine; `maskd doctor` ch
 looked at as `run` creates them, without creating anything: what no user could create there is
 an error in `run`'s words, a permission a warning. With classifier.edgetpu or detector.edgetpu,
 a libedgetpu missing on this machine is an error and no Coral on the USB bus a warning (`run`
-waits for it, then exits 75 for systemd to retry: maskd.tflite.coral_problems). Cameras, the
-Coral and the broker are not opened.
+waits for it, then exits 75 for systemd to retry: maskd.tflite.coral_problems). A file or
+folder a source reads is looked at as `run` opens it (maskd.sources.check_source_path): one
+missing is a warning, as a model file is. Cameras, the Coral and the broker are not opened.
 """
 
 from __future__ import annotations
@@ -72,6 +73,26 @@ def file_warnings(cfg: Config) -> list[str]:
         if find_yunet_model() is None:
             out.append(f"warning: 'detector.kind': yunet: {yunet_not_found()}")
     return out
+
+
+def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
+    """What `run` would stop on (78) in the files and folders the sources name, in its words
+    (maskd.sources.check_source_path), found without opening anything: (errors, warnings). One
+    missing is a warning, as a model file is (it may be there on the device, or in the service's
+    working directory); one that no machine can read frames from (a single image, a name too
+    long to look up) is an error. Cameras and streams are not opened: one may come later."""
+    from maskd.sources import MissingSource, check_source_path
+    from maskd.types import SourceError
+
+    errors, warnings = [], []
+    for key, src in cfg.sources():
+        try:
+            check_source_path(src)
+        except MissingSource as err:
+            warnings.append(f"warning: {key}: {err}")
+        except SourceError as err:
+            errors.append(f"{key}: {err}")
+    return errors, warnings
 
 
 def edgetpu_model_warnings(cfg: Config) -> list[str]:
@@ -146,6 +167,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
     errors, unwritable = write_problems(cfg)
+    bad_sources, missing_sources = source_problems(cfg)
+    errors += bad_sources
     missing_lib, no_coral = coral_problems(cfg.edgetpu_keys())  # run: 78, and a wait
     errors += [missing_lib] if missing_lib else []
     lacking += [no_coral] if no_coral else []
@@ -153,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.config}: {line}", file=sys.stderr)
     if errors:
         return EX_CONFIG
-    for line in (relative_warning(cfg) + file_warnings(cfg)
+    for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
                  + [f"warning: {w}" for w in cfg.open_secrets() + lacking + unwritable
                     + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
