@@ -25,7 +25,7 @@ import numpy as np
 
 from maskd import clock, schedule
 from maskd.clip import ClipWriter
-from maskd.config import Config, still_detector
+from maskd.config import Config, excerpt, still_detector
 from maskd.env import Environment
 from maskd.jsonl import JsonlSink
 from maskd.ledger import OpenViolations
@@ -707,7 +707,10 @@ def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClass
     from maskd.classifier import Classifier, MeanClassifier, ModelError, still_extra_paths
 
     c = cfg.classifier
-    first = Classifier.open(c.model, c.threads, c.edgetpu)
+    try:
+        first = Classifier.open(c.model, c.threads, c.edgetpu)
+    except OSError as err:
+        raise ModelError(_unusable("classifier.model", err)) from None
     extras = still_extra_paths(c.model, c.still_extra_models) if still else []
     members = [first]
     for p in extras:
@@ -722,9 +725,19 @@ def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClass
 def build_detector(cfg: Config, still: bool = False) -> FaceDetector:
     """The face detector as the config says (raises DetectorError); ``still`` for single
     photos (``detector.still_input_*``)."""
-    from maskd.detectors import make_detector
+    from maskd.detectors import DetectorError, make_detector
 
-    return make_detector(still_detector(cfg.detector) if still else cfg.detector)
+    try:
+        return make_detector(still_detector(cfg.detector) if still else cfg.detector)
+    except OSError as err:
+        raise DetectorError(_unusable("detector.model", err)) from None
+
+
+def _unusable(key: str, err: OSError) -> str:
+    """A model path the system refuses to look up (a name too long for the file system): the
+    key and a bounded excerpt, not a bare '[Errno 36] File name too long: <the whole name>'."""
+    name = f"{excerpt(str(err.filename))}: " if err.filename is not None else ""
+    return f"{key}: {name}{err.strerror or err}"
 
 
 def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> Service:

@@ -450,6 +450,34 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
             assert "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_model_name_too_long_to_look_up_is_said_with_its_key(tmp_path):
+    """check-config warns of a model file it cannot check ('auto falls back to BlazeFace' for
+    detector.model); `run` said '[Errno 36] File name too long: <the whole name>' without the
+    key, and with detector kind auto stopped instead of falling back as check-config said."""
+    long = f"{tmp_path}/{'m' * 300}"
+    cases = [  # (config, what run says, or None: run starts)
+        (f"classifier: {{model: '{long}.tflite'}}", "maskd run: classifier.model: '"),
+        (f"detector: {{kind: ssd, model: '{long}.tflite'}}", "maskd run: detector.model: '"),
+        (f"detector: {{model: '{long}.onnx'}}", None),  # auto: BlazeFace, as check-config said
+    ]
+    paths = [tmp_path / f"long{i}.yaml" for i in range(len(cases))]
+    for path, (yaml, _) in zip(paths, cases, strict=True):
+        path.write_text(f"state_dir: {tmp_path / 'state'}\n{yaml}\n")
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        key = "classifier.model" if "classifier" in yaml else "detector.model"
+        assert checked.returncode == 0 and f"{path}: warning: '{key}': " in checked.stderr, (
+            yaml, checked.stderr)
+        if says is None:
+            assert ran.returncode == 0 and "face detector: blazeface" in ran.stderr, ran.stderr
+            continue
+        assert ran.returncode == EX_CONFIG and says in ran.stderr, (yaml, ran.stderr)
+        assert "Errno" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+        assert all(len(line) < 300 for line in ran.stderr.splitlines()), ran.stderr
+
+
 def test_both_refuse_an_outbox_of_a_newer_layout_and_leave_it_as_it_was(tmp_path):
     """A downgrade: check-config (which install.sh runs before the restart) said OK, then `run`
     failed to store every new event; both now refuse it in one line, and the file and the WAL a

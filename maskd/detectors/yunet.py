@@ -3,6 +3,7 @@ model file is around."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -19,8 +20,9 @@ from maskd.types import Face
 def find_yunet_model(cfg_model: Path | None = None) -> Path | None:
     """The YuNet .onnx: the configured file, else $MASKD_YUNET, else the one `maskd models fetch`
     saved in models/ (a checkout) or /usr/share/maskd/models (the pinned version first)."""
-    if cfg_model is not None:
-        return Path(cfg_model) if Path(cfg_model).is_file() else None
+    if cfg_model is not None:  # os.path: a name too long to look up is not found, as
+        # check-config says (auto falls back to BlazeFace), not an OSError out of `run`
+        return Path(cfg_model) if os.path.isfile(cfg_model) else None
     chosen = Environment.read().yunet
     if chosen is not None:  # a file named on purpose is never silently replaced by another
         return chosen if chosen.is_file() else None
