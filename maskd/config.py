@@ -139,6 +139,16 @@ def is_wildcard(host: str) -> bool:
     return host.strip("[]") == "" or (ip is not None and ip.is_unspecified)
 
 
+def mqtt_text(value: str) -> str:
+    """Text mosquitto takes in an MQTT string (a topic, the user name): it drops the client for
+    control characters and Unicode noncharacters."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError("must not contain control characters")
+    if any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in value):
+        raise ValueError("must not contain Unicode noncharacters (mosquitto drops the client)")
+    return value
+
+
 def check_topic(value: str) -> str:
     """A topic paho can publish to: a wildcard kills paho's network thread, and mosquitto
     disconnects a client for control characters or empty levels it cannot route."""
@@ -147,10 +157,7 @@ def check_topic(value: str) -> str:
     for ch in "+#":
         if ch in value:
             raise ValueError(f"must not contain '{ch}' (an MQTT wildcard)")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
-        raise ValueError("must not contain control characters")
-    if any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in value):
-        raise ValueError("must not contain Unicode noncharacters (mosquitto drops the client)")
+    mqtt_text(value)
     if value.startswith("$"):
         raise ValueError("must not start with '$' (reserved for the broker)")
     if "" in value.split("/"):
@@ -606,6 +613,13 @@ class MqttConfig(Section):
         if v is not None:
             BrokerUrl.split(v)
         return v
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        """A tab or another control character in it made mosquitto drop every CONNECT: `run`
+        retried for ever ('is that port a TLS listener?') and no event was ever delivered."""
+        return v if v is None else mqtt_text(v)
 
     # Credentials and TLS: checked here only, when MQTT is on (`run` ignores them without a
     # url), so `check-config`, `run` and `doctor` reject the same configs with the same words.

@@ -47,8 +47,14 @@ RAW = [
     "!!set {a, b}", "!!float 1e400", "!!str 5", "[1, [2, [3]]]", "{a: {b: {c: 1}}}", "'#'",
 ]
 
+# User names mosquitto answers no CONNECT for (so `run` retried for ever, delivering nothing),
+# and odd ones it takes: test_user_names_the_config_refuses_are_those_mosquitto_refuses.
+BAD_USERS = ["a\tb", "a\x7fb", "\x85x", "x\ufdd0", "x\U0010ffff"]
+GOOD_USERS = ["", " ", "\u00fcser", "\u202efoo", "user@example.com"]
+
 # Values `run` accepts, so check-config must too.
 GOOD = {
+    "mqtt.username": GOOD_USERS,
     "mqtt.url": ["mqtt://localhost", "mqtts://broker.example.com:8883", "mqtt://192.168.1.5:1883",
                  "mqtt://[::1]:1883", "mqtt://my_broker/"],
     "mqtt.discovery_prefix": ["homeassistant", "ha/discovery", "home assistant"],
@@ -81,7 +87,7 @@ BAD = {
     "classifier.model": ["x\0y"],
     "jsonl.path": ["\ud800"],
     "mqtt.password_env": ["A=B", "", "1X"],
-    "mqtt.username": ["u\0"],
+    "mqtt.username": ["u\0", *BAD_USERS],
 }
 
 
@@ -316,3 +322,38 @@ def test_keys_under_cameras_and_schedule_say_what_is_allowed(tmp_path, capsys):
                for ln in lines), lines
     assert any("'schedule.0' must be a section with keys: days, start, end" in ln
                for ln in lines), lines
+
+
+def test_user_names_the_config_refuses_are_those_mosquitto_refuses(tmp_path):
+    """mqtt.username with a tab (or another control character, or a Unicode noncharacter)
+    passed check-config, and mosquitto answered no CONNECT: `run` retried for ever, asking 'is
+    that port a TLS listener?', and no event was delivered. The real broker decides here."""
+    from mqtt_broker import Broker
+
+    from maskd.config import ConfigError, parse_config
+
+    def refused_by_config(user: str) -> bool:
+        try:
+            parse_config({"mqtt": {"username": user}})
+        except ConfigError as err:
+            assert "'mqtt.username': must not contain" in str(err), err
+            return True
+        return False
+
+    def refused_by_broker(port: int, user: str) -> bool:
+        answered = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.username_pw_set(user, "pw")
+        client.on_connect = lambda *_: answered.set()
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        try:
+            return not answered.wait(2.0)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+    with Broker(tmp_path / "broker") as broker:
+        for user in BAD_USERS + GOOD_USERS:
+            assert refused_by_config(user) == refused_by_broker(broker.port, user) == (
+                user in BAD_USERS), repr(user)
