@@ -1125,6 +1125,13 @@ def excerpt(value: Any) -> str:
     return _EXCERPT.repr(_hide_passwords(value))
 
 
+def shown_path(path: Path | str) -> str:
+    """A path as one message line shows it: as it is, or a bounded excerpt when it is too long
+    for a line (a name no file system takes, thousands of characters)."""
+    text = str(path)
+    return text if len(text) <= 200 else excerpt(text)
+
+
 def _hide_passwords(value: Any) -> Any:
     if isinstance(value, str):
         return shown_uri(value)

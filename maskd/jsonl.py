@@ -14,6 +14,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from maskd.config import shown_path
 from maskd.files import append_line
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
@@ -31,7 +32,7 @@ READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the s
 
 def cannot_write_lines(p: Path | str, why: str) -> str:
     """The one wording, for `run` and check-config, of a jsonl.path that cannot be written."""
-    return f"jsonl.path {p}: cannot write there: {why}"
+    return f"jsonl.path {shown_path(p)}: cannot write there: {why}"
 
 
 def _open_once(p: Path) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
+from maskd.config import shown_path
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ OUTBOX_LAYOUT = 1
 
 
 def no_outbox_there(state_dir: Path, why: str) -> str:
-    """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in."""
-    return f"state dir {state_dir}: cannot create the MQTT outbox there: {why}"
+    """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in;
+    it names the key (was: 'state dir', and the whole of a name thousands of characters long)."""
+    return f"state_dir {shown_path(state_dir)}: cannot create the MQTT outbox there: {why}"
 
 
 def newer_outbox(state_dir: Path) -> str | None:
@@ -307,7 +309,7 @@ class Outbox:
         except OSError:
             os.close(self._lock_fd)
             raise OutboxError(
-                f"state dir {self.dir}: outbox is in use by another maskd process "
+                f"state_dir {shown_path(self.dir)}: outbox is in use by another maskd process "
                 "(give each instance its own --state-dir)"
             ) from None
         try:

@@ -380,12 +380,12 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     adir.mkdir()
     mqtt = "mqtt: {url: 'mqtt://127.0.0.1:1'}\n"
     cases = [
-        (f"state_dir: '{afile}'\n{mqtt}", f"state dir {afile}: cannot create the MQTT outbox "
+        (f"state_dir: '{afile}'\n{mqtt}", f"state_dir {afile}: cannot create the MQTT outbox "
          "there: File exists"),
-        (f"state_dir: '{afile}/sub'\n{mqtt}", f"state dir {afile}/sub: cannot create the MQTT "
+        (f"state_dir: '{afile}/sub'\n{mqtt}", f"state_dir {afile}/sub: cannot create the MQTT "
          "outbox there: Not a directory"),
         ("state_dir: /proc/maskd-state\n" + mqtt,
-         "state dir /proc/maskd-state: cannot create the MQTT outbox there: "),
+         "state_dir /proc/maskd-state: cannot create the MQTT outbox there: "),
         (f"jsonl: {{path: '{adir}'}}\n", f"jsonl.path {adir}: cannot write there: Is a directory"),
         (f"jsonl: {{path: '{afile}/e.jsonl'}}\n",  # run said 'File exists' (mkdir of its folder)
          f"jsonl.path {afile}/e.jsonl: cannot write there: Not a directory"),
