@@ -468,7 +468,7 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     else:
         bad = tmp_path / "ro"
         bad.mkdir(mode=0o500)
-    with pytest.raises(OutboxError, match="state dir"):
+    with pytest.raises(OutboxError, match="state_dir"):
         Outbox(bad)
 
 
