@@ -150,9 +150,9 @@ class OpenViolations:
         """``change`` the entries read under the lock file, then write them back; where
         ``state_dir`` cannot keep them, a warning (once) and nothing else."""
         with self._lock:
-            if not write and not self.path.exists():
-                return  # nothing noted yet: no folder made, no warning before a violation
-            try:
+            try:  # exists() too: a state_dir too long to look up stopped `run` (exit 78)
+                if not write and not self.path.exists():
+                    return  # nothing noted yet: no folder made, no warning before a violation
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path.with_name(f".{LEDGER_FILE}.lock"), "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)

@@ -39,6 +39,18 @@ def test_changes_a_full_disk_held_back_are_written_once_there_is_room(tmp_path, 
     assert "kept in" in caplog.text.splitlines()[-1] and "again" in caplog.text
 
 
+def test_a_state_dir_too_long_to_look_up_is_a_warning_not_a_stopped_start(tmp_path, caplog):
+    """check-config accepts any state_dir without MQTT (the open violations are kept where they
+    can be), but a name too long to look up raised out of the start's first read: `run` stopped
+    with exit 78 and a bare '[Errno 36] File name too long'."""
+    ledger = OpenViolations(tmp_path / ("d" * 300), ("door",))
+    with caplog.at_level(logging.WARNING, logger="maskd.ledger"):
+        assert ledger.restart_ends({"door"}) == []
+        ledger.note(event("e1"))
+        ledger.note(event("e1", "end", 1))
+    assert caplog.text.count("cannot keep the open violations") == 1, caplog.text
+
+
 def test_a_damaged_or_newer_file_is_read_without_stopping_the_start(tmp_path, caplog):
     """Entries that are no objects were a traceback at every start (exit 1, a restart loop);
     an entry with a key this version does not know (a newer maskd's, before a downgrade) was
