@@ -623,6 +623,11 @@ def not_a_folder(folder: Path | str) -> str:
     return f"{folder}: not a folder"
 
 
+def no_images(folder: Path | str) -> str:
+    """The one wording of an images source whose folder holds none (`run` and check-config)."""
+    return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
+
+
 class ImageFolderSource:
     """A folder of images (sorted, recursive), once or looping, decoded as ``maskd classify`` does.
 
@@ -646,7 +651,7 @@ class ImageFolderSource:
         self._unsearched: set[str] = set()  # folders said to be not searched, with why
         self.paths = self._list()
         if not self.paths:
-            raise SourceError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingSource(no_images(folder))
         self._iter: Iterator[Path] = iter(self.paths)
         self._t0 = time.time()
         self._seq = 0
@@ -874,7 +879,8 @@ def _open_uri(uri: str, cfg: SourceConfig) -> Source:
 
 
 class MissingSource(SourceError):
-    """The file or folder a source names does not exist (on this machine, now)."""
+    """The file or folder a source names does not exist, or the folder holds no images (on
+    this machine, now: it may on the device, or later)."""
 
 
 def _kind_of(path: Path) -> str:
@@ -906,22 +912,30 @@ def _file_or_folder(uri: str) -> str:
     return "folder" if kind == "folder" else "file"
 
 
-def check_source_path(cfg: SourceConfig) -> None:
+def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     """Raise what `open_source` raises for the file or folder ``cfg`` names, without opening
-    it (MissingSource when it does not exist): `run` stops on it (78), and check-config says it
-    in the same words, so it is not `run` alone that finds a source file missing. Cameras,
-    streams, the Pi camera and the demo are not looked at (a camera may come later)."""
+    it (MissingSource when it does not exist, or a folder holds no images; ``contents``: look
+    for them, as the images source does when it opens): `run` stops on it (78), and
+    check-config says it in the same words, so it is not `run` alone that finds a source file
+    missing. Cameras, streams, the Pi camera and the demo are not looked at (a camera may come
+    later)."""
+    folder = None
     if cfg.kind == "images" and cfg.uri:
         if (kind := _kind_of(Path(cfg.uri))) != "folder":
             raise (MissingSource if kind == "missing" else SourceError)(not_a_folder(cfg.uri))
+        folder = Path(cfg.uri)
     elif cfg.kind in ("auto", "opencv") and cfg.uri and not (
             _is_device(cfg.uri) or _is_stream(cfg.uri)):
-        _file_or_folder(cfg.uri)
+        if _file_or_folder(cfg.uri) == "folder":
+            folder = Path(cfg.uri.removeprefix("file://"))
+    if contents and folder is not None and not any(
+            isinstance(item, Path) for item in search_images(folder)):
+        raise MissingSource(no_images(folder))
 
 
 def open_source(cfg: SourceConfig) -> Source:
     """The source ``cfg`` describes; raises SourceError only for permanent problems."""
-    check_source_path(cfg)
+    check_source_path(cfg, contents=False)  # the images source lists its folder itself
     if cfg.kind == "demo":
         from maskd.demo import open_demo_source
 

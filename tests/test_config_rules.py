@@ -415,9 +415,11 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
     `run` said 'x.mp4: no such file' without the camera's key, a name too long for the file
     system as a bare '[Errno 36] File name too long: <the whole name>', and retried a camera
     index "²" (isdigit(), but no int()) for ever. A single image or a name no file system takes
-    is refused by both; a missing file is a warning in check-config, as a missing model file is
-    (it may be there on the device, or in the service's working directory)."""
+    is refused by both; a missing file, or a folder without images, is a warning in
+    check-config, as a missing model file is (it may be there on the device, or in the
+    service's working directory)."""
     (tmp_path / "photo.jpg").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
     long = "x" * 300
     cases = [  # (cameras: map or source, what both say, refused by check-config)
         (f"source: {{uri: '{tmp_path}/photo.jpg'}}",
@@ -432,6 +434,8 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
          f"  b: {{source: {{uri: '{tmp_path}/gone'}}}}",
          f"cameras.b.source: {tmp_path}/gone: no such file, folder or device", False),
         ("source: {uri: '\u00b2'}", "source: \u00b2: no such file, folder or device", False),
+        (f"source: {{kind: images, uri: '{tmp_path}/empty'}}",  # images may come on the device
+         f"source: {tmp_path}/empty: no images (", False),
     ]
     paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
     for path, (yaml, _, _) in zip(paths, cases, strict=True):
