@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import camera_text, draw_verdicts, draw_zones
-from maskd.config import Config, PreviewConfig, ZonesConfig
+from maskd.config import Config, PreviewConfig, ZonesConfig, shown_path
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
 from maskd.geometry import letterbox
@@ -157,7 +157,7 @@ def require_fb(fb: Path, device: bool = True) -> None:
         raise PreviewUnavailable(f"{fb} does not exist, and only {FB_DIR}/fbN comes with a "
                                  "monitor (no HDMI framebuffer; use preview.http instead)") from None
     except OSError as err:
-        raise PreviewUnavailable(f"cannot look at {fb}: {err.strerror or err}") from None
+        raise PreviewUnavailable(f"cannot look at {shown_path(fb)}: {err.strerror or err}") from None
     if device and not stat.S_ISCHR(mode):
         what = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "no device"
         raise PreviewUnavailable(f"{fb} is not a framebuffer device ({what}; {FB_DIR}/fbN is a "

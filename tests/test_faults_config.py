@@ -270,6 +270,15 @@ def test_error_lines_show_a_bounded_excerpt(tmp_path, capsys):
     huge = "x" * 30_000
     _, rc, _, lines = check(tmp_path, capsys, f"camera: {huge}\nsource: [{huge}]\n".encode())
     assert rc == EX_CONFIG and len(lines) == 2
+    for text, key in ((f"schedule: [{{start: '{huge}'}}]", "'schedule.0.start': "),
+                      (f"preview: {{framebuffer: '/dev/{huge}'}}", "preview.framebuffer: "),
+                      (f"state_dir: /tmp/{huge}\nmqtt: {{url: 'mqtt://127.0.0.1:1'}}",
+                       "state_dir '/tmp/"),
+                      (f"jsonl: {{path: /tmp/{huge}}}", "jsonl.path '/tmp/")):
+        # was: the whole value, once or twice, on the one line (a 'state dir' line, not the key)
+        _, rc, _, lines = check(tmp_path, capsys, f"{text}\n".encode())
+        assert rc == EX_CONFIG and len(lines) == 1 and key in lines[0], lines
+        assert len(lines[0]) < 300, lines
     many = "".join(f"k{i}: 1\n" for i in range(200)).encode()
     _, rc, _, lines = check(tmp_path, capsys, many)
     assert rc == EX_CONFIG and len(lines) == 21 and lines[-1].endswith("and 180 more errors")
