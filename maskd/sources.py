@@ -68,7 +68,12 @@ FROZEN_SAMPLE_ROWS = 48
 
 
 class Capture(Protocol):
-    """The low-level device interface a live source reopens (cv2.VideoCapture has this shape)."""
+    """The low-level device interface a live source reopens (cv2.VideoCapture has this shape).
+
+    ``read`` may raise BadFrame for a frame that came but cannot be decoded (a broken JPEG): it
+    is skipped and counted as ``corrupt``, as one ``to_bgr`` refuses; anything else it raises
+    is a failed read, and the device is reopened.
+    """
 
     def read(self) -> tuple[bool, np.ndarray | None]: ...
 
@@ -252,8 +257,11 @@ class LiveSource:
             with self._lock:
                 if self._stop.is_set():
                     break
+                bad: BadFrame | None = None
                 try:
                     ok, raw = cap.read()
+                except BadFrame as err:  # a frame came, one that cannot be decoded: skipped
+                    ok, raw, bad = True, None, err
                 except Exception as err:  # a device driver can raise anything
                     ok, raw = False, None
                     self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
@@ -270,6 +278,8 @@ class LiveSource:
                 self._drop(cap, failure)
                 continue
             try:
+                if bad is not None:
+                    raise bad
                 image = to_bgr(raw)
             except BadFrame as err:
                 self.stats["corrupt"] += 1
@@ -767,24 +777,45 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
 # order in a little-endian word: RGB888 is B,G,R in memory, XBGR8888 is R,G,B,X). maskd asks for
 # RGB888, but libcamera may adjust the request to what the camera has (a USB webcam listed by
 # libcamera, which source auto picks: YUYV or MJPEG), and capture_array then gives that format.
+# MJPEG is read as its raw buffer (capture_buffer) and decoded here: picamera2's own decode (PIL,
+# in capture_array) raises on a broken JPEG, which cannot be told from a dead camera.
 def picamera2_formats() -> dict[str, tuple[int | None, int | None]]:
     """Per format maskd reads: the channels of its array (None: 2-D) and the OpenCV conversion
-    to BGR (None: none needed)."""
+    to BGR (None: none needed); MJPEG's (None, None): its buffer is decoded by ``jpeg_frame``."""
     import cv2
 
     return {"RGB888": (3, None), "BGR888": (3, cv2.COLOR_RGB2BGR),
             "XRGB8888": (4, cv2.COLOR_BGRA2BGR), "XBGR8888": (4, cv2.COLOR_RGBA2BGR),
             "YUV420": (None, cv2.COLOR_YUV2BGR_I420), "YVU420": (None, cv2.COLOR_YUV2BGR_YV12),
-            "YUYV": (2, cv2.COLOR_YUV2BGR_YUYV), "MJPEG": (3, cv2.COLOR_RGB2BGR)}
+            "YUYV": (2, cv2.COLOR_YUV2BGR_YUYV), "MJPEG": (None, None)}
+
+
+def jpeg_frame(buffer: object) -> np.ndarray:
+    """A camera's JPEG as BGR: picamera2's raw MJPEG buffer (1-D bytes: the JPEG, then whatever
+    the rest of the buffer holds), decoded as OpenCV decodes a USB camera's MJPEG. One that
+    cannot be decoded raises BadFrame, a frame skipped and counted as ``corrupt`` (was: PIL's
+    decode raised inside capture_array, taken for an unplugged camera and reopened)."""
+    import cv2
+
+    if not isinstance(buffer, np.ndarray) or buffer.dtype != np.uint8 or buffer.ndim != 1:
+        raise BadFrame(f"not a JPEG buffer (the camera returned {type(buffer).__name__} "
+                       f"{getattr(buffer, 'dtype', '')}{getattr(buffer, 'shape', '')})")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadFrame(f"a JPEG that cannot be decoded (a buffer of {buffer.size} bytes "
+                       f"starting {bytes(buffer[:4]).hex(' ') or 'with nothing'})")
+    return image
 
 
 def picamera2_bgr(array: np.ndarray, fmt: str, width: int) -> np.ndarray:
-    """One picamera2 main-stream array of format ``fmt`` (``picamera2_formats``) as BGR;
-    ``width`` is the stream's, since YUV rows can carry padding. An array not of the format's
-    shape (an MJPEG camera's grey JPEG is 2-D) is handed on as it is, for ``to_bgr`` to take or
+    """One picamera2 main-stream array of format ``fmt`` (``picamera2_formats``; MJPEG: the raw
+    buffer, ``jpeg_frame``) as BGR; ``width`` is the stream's, since YUV rows can carry padding.
+    An array not of the format's shape is handed on as it is, for ``to_bgr`` to take or
     refuse."""
     import cv2
 
+    if fmt == "MJPEG":
+        return jpeg_frame(array)
     channels, code = picamera2_formats()[fmt]
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or code is None:
         return array
@@ -830,7 +861,9 @@ class _Picamera2Capture:
             raise
 
     def read(self) -> tuple[bool, np.ndarray | None]:
-        return True, picamera2_bgr(self._cam.capture_array("main"), self._format, self._width)
+        """The next frame as BGR; a broken JPEG raises BadFrame (``Capture``)."""
+        grab = self._cam.capture_buffer if self._format == "MJPEG" else self._cam.capture_array
+        return True, picamera2_bgr(grab("main"), self._format, self._width)
 
     def release(self) -> None:
         try:

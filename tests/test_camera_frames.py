@@ -3,6 +3,8 @@ naming the camera and what is wrong; never read with the wrong colours."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import logging
 import sys
 import threading
@@ -12,6 +14,7 @@ import types
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from maskd.config import SourceConfig
 from maskd.sources import (
@@ -153,12 +156,12 @@ def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp
 def as_picamera2(bgr: np.ndarray, fmt: str, stride_px: int) -> np.ndarray:
     """``bgr`` as picamera2's capture_array hands out a main stream of format ``fmt``
     (Helpers.make_array): R,G,B / B,G,R(,X) arrays of the stream's width, YUV420 as planes of
-    (h * 3/2, stride) bytes, YUYV as (h, stride / 2, 2), MJPEG decoded by PIL (R,G,B); YUV
-    rows padded to ``stride_px`` pixels as libcamera pads them."""
+    (h * 3/2, stride) bytes, YUYV as (h, stride / 2, 2); YUV rows padded to ``stride_px``
+    pixels as libcamera pads them. MJPEG: ``as_mjpeg_buffer``."""
     h, w = bgr.shape[:2]
     if fmt == "RGB888":
         return bgr.copy()
-    if fmt in ("BGR888", "MJPEG"):
+    if fmt == "BGR888":
         return np.ascontiguousarray(bgr[:, :, ::-1])
     if fmt == "XRGB8888":
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
@@ -183,9 +186,26 @@ def as_picamera2(bgr: np.ndarray, fmt: str, stride_px: int) -> np.ndarray:
     return out
 
 
-def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict) -> None:
+def as_mjpeg_buffer(jpeg: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """A JPEG as picamera2's capture_buffer hands out an MJPEG main stream: 1-D bytes the size
+    of the whole buffer (as big as the picture's BGR, at least), the JPEG at its start, zeros
+    after it."""
+    buf = np.zeros(max(len(jpeg), int(np.prod(shape))), np.uint8)
+    buf[:len(jpeg)] = np.frombuffer(jpeg, np.uint8)
+    return buf
+
+
+def jpeg_of(bgr: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict,
+                       jpegs: list[bytes] | None = None) -> None:
     """A picamera2 module whose camera agrees to the format ``agreed`` whatever is asked (as
-    libcamera adjusts a request to what the camera has) and hands out ``bgr`` in it."""
+    libcamera adjusts a request to what the camera has) and hands out ``bgr`` in it; an MJPEG
+    camera hands out ``jpegs`` in turn (default: ``bgr``'s), and its capture_array decodes one
+    with PIL as picamera2's does (Helpers.make_array), raising on a broken one."""
+    frames = iter(itertools.cycle(jpegs or [jpeg_of(bgr)]))
 
     class StandInPicamera2:
         @staticmethod
@@ -202,7 +222,14 @@ def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict) -
         def start(self):
             calls["started"] = True
 
+        def capture_buffer(self, stream):
+            time.sleep(0.01)
+            assert agreed == "MJPEG", "maskd reads only MJPEG's raw buffer"
+            return as_mjpeg_buffer(next(frames), bgr.shape)
+
         def capture_array(self, stream):
+            if agreed == "MJPEG":
+                return np.array(Image.open(io.BytesIO(self.capture_buffer(stream))))
             time.sleep(0.01)
             return as_picamera2(bgr, agreed, stride_px=bgr.shape[1] + 64)
 
@@ -237,12 +264,44 @@ def test_each_format_picamera2_can_deliver_arrives_as_the_same_bgr_picture(monke
     assert calls["asked"]["format"] == "RGB888"
     assert frame.image.shape == bgr.shape and frame.image.flags.c_contiguous
     diff = np.abs(frame.image.astype(int) - bgr.astype(int))
-    if fmt in ("RGB888", "BGR888", "XRGB8888", "XBGR8888", "MJPEG"):
+    if fmt in ("RGB888", "BGR888", "XRGB8888", "XBGR8888"):
         assert diff.max() == 0
-    else:  # YUV: chroma shared by neighbours, rounding; the padding's green never shows
+    else:  # YUV, JPEG: chroma shared by neighbours, rounding; the padding's green never shows
         assert diff.mean() < 6, diff.mean()
     left, right = frame.image[:, :8].mean(axis=(0, 1)), frame.image[:, -8:].mean(axis=(0, 1))
     assert left[2] > 180 > left[0] and right[0] > 180 > right[2]  # red left, blue right
+
+
+def test_a_broken_jpeg_from_an_mjpeg_camera_is_one_frame_skipped_not_a_lost_camera(
+        monkeypatch, caplog):
+    """A USB webcam listed by libcamera gives MJPEG; one JPEG broken on the way (a USB transfer
+    cut short, a bad header). Was: picamera2's own decode raised inside capture_array, maskd
+    logged "read raised ..." as for an unplugged camera and reopened it; now the broken frame
+    is skipped, counted as corrupt and named, and the frames around it arrive."""
+    bgr = picture()
+    good = jpeg_of(bgr)
+    cut = good[:len(good) // 2]  # the transfer cut short
+    no_header = bytes(8) + good[8:]  # the start lost
+    calls: dict = {}
+    stand_in_picamera2(monkeypatch, bgr, "MJPEG", calls, [good, cut, good, no_header, good])
+    src = open_source(SourceConfig(kind="picamera2", width=64, height=48, fps=10,
+                                   reopen_min_s=0.01, reopen_max_s=0.02))
+    give_up = threading.Timer(10.0, src.close)
+    give_up.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="maskd.sources"):
+            frames = [src.read() for _ in range(6)]
+    finally:
+        give_up.cancel()
+        src.close()
+    assert all(f is not None and np.abs(f.image.astype(int) - bgr).mean() < 6 for f in frames)
+    stats = src.inner.stats
+    assert stats["corrupt"] >= 2 and stats["read_errors"] == 0 and stats["reopens"] == 0, stats
+    assert stats["camera_lost_since"] is None
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines and all(m.startswith("picamera2: frame skipped: a JPEG that cannot be "
+                                      "decoded (") for m in lines), lines
+    assert "raised" not in caplog.text and "reopen" not in caplog.text
 
 
 def test_a_format_maskd_cannot_read_is_refused_at_the_open_naming_it(monkeypatch, caplog):
