@@ -836,7 +836,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
     A source that cannot be opened is said with its key (``source_key``): with several cameras
     'no such file' alone did not say whose."""
     try:
-        source = open_source(cfg.source)
+        source = open_source(cfg.source, camera=cfg.camera)
     except SourceError as err:
         raise type(err)(f"{source_key}: {err}") from None
     opened: list = [source]

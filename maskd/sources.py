@@ -102,6 +102,15 @@ class BadFrame(ValueError):
 MIN_FRAME_PX = 2  # a frame narrower or lower than this holds no picture
 
 
+def frame_line_name(source: str, camera: str | None) -> str:
+    """What a line about one of a source's frames starts with: the camera's name from the
+    config, as the camera loop's own lines do, and the source in brackets (``door
+    (/dev/video0)``); the source alone where no camera name is given (was: the source alone,
+    ``/dev/video0: frame skipped: ...``, while with several cameras the operator thinks in
+    camera names)."""
+    return source if camera is None or camera == source else f"{camera} ({source})"
+
+
 def to_bgr(image: object) -> np.ndarray:
     """What a device returned as every stage takes a frame: (H, W, 3) BGR uint8, C-contiguous.
 
@@ -180,8 +189,9 @@ class LiveSource:
 
     def __init__(self, name: str, opener: Opener, reopen_min_s: float = 1.0,
                  reopen_max_s: float = 30.0, stream: bool = False,
-                 frozen_after_s: float | None = None):
+                 frozen_after_s: float | None = None, camera: str | None = None):
         self.name = name
+        self.camera = camera  # the config's name for it, which starts its lines about frames
         self._stream = stream  # opens take their turn (_STREAM_OPENS)
         self.stats = _new_stats()
         self.stats["camera_lost_since"] = None
@@ -285,7 +295,7 @@ class LiveSource:
                 self.stats["corrupt"] += 1
                 self._bad_in_a_row += 1
                 self._say(logging.WARNING, "corrupt", "%s: frame skipped: %s (%d in a row)",
-                          self.name, err, self._bad_in_a_row)
+                          frame_line_name(self.name, self.camera), err, self._bad_in_a_row)
                 if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
                     self._drop(cap, f"{self._bad_in_a_row} frames in a row maskd cannot use: {err}")
                 continue
@@ -483,11 +493,13 @@ class VideoFileSource:
 
     is_live = False
 
-    def __init__(self, path: Path, loop: bool = False, fps: float | None = None):
+    def __init__(self, path: Path, loop: bool = False, fps: float | None = None,
+                 camera: str | None = None):
         import cv2
 
         self.path = path
         self.name = str(path)
+        self.camera = camera  # the config's name for it, which starts its lines about frames
         self.loop = loop
         self.stats = _new_stats()
         self._cap = self._open()
@@ -558,14 +570,15 @@ class VideoFileSource:
             if failed:  # not the end after all: frames were lost in the middle of the file
                 self.stats["corrupt"] += failed
                 log.warning("%s: %d frame(s) that cannot be decoded skipped (before seq %d)",
-                            self.name, failed, self._seq)
+                            frame_line_name(self.name, self.camera), failed, self._seq)
                 bad, failed = bad + failed, 0
             try:
                 return to_bgr(raw)
             except BadFrame as err:
                 self.stats["corrupt"] += 1  # decoded but unusable: skip, within reason
                 bad += 1
-                log.warning("%s: frame skipped: %s", self.name, err)
+                log.warning("%s: frame skipped: %s", frame_line_name(self.name, self.camera),
+                            err)
         return None
 
     def read(self) -> Frame | None:
@@ -884,8 +897,9 @@ def picamera2_available() -> bool:
         return False
 
 
-def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = False) -> LatestFrame:
-    """A reopening live source behind a LatestFrame.
+def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = False,
+                camera: str | None = None) -> LatestFrame:
+    """A reopening live source behind a LatestFrame (``camera``: ``open_source``).
 
     Under systemd's watchdog the backoff is capped at half WATCHDOG_USEC, so a camera that comes
     back is found well within one watchdog period.
@@ -898,17 +912,17 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = Fal
         log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
                  watchdog / 2)
         low, high = min(low, watchdog / 2), min(high, watchdog / 2)
-    return LatestFrame(LiveSource(name, opener, low, high, stream, cfg.frozen_after_s))
+    return LatestFrame(LiveSource(name, opener, low, high, stream, cfg.frozen_after_s, camera))
 
 
-def _open_uri(uri: str, cfg: SourceConfig) -> Source:
+def _open_uri(uri: str, cfg: SourceConfig, camera: str | None) -> Source:
     """Dispatch on what ``uri`` looks like: camera, stream, folder or video file."""
     if _is_device(uri) or _is_stream(uri):
-        return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri))
+        return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri), camera)
     path = Path(uri.removeprefix("file://"))
     if _file_or_folder(uri) == "folder":
         return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
-    return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps)
+    return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps, camera=camera)
 
 
 class MissingSource(SourceError):
@@ -966,8 +980,10 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
         raise MissingSource(no_images(folder))
 
 
-def open_source(cfg: SourceConfig) -> Source:
-    """The source ``cfg`` describes; raises SourceError only for permanent problems."""
+def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
+    """The source ``cfg`` describes; raises SourceError only for permanent problems.
+    ``camera``: the config's name for the camera it is, which starts its lines about frames
+    (``frame_line_name``)."""
     check_source_path(cfg, contents=False)  # the images source lists its folder itself
     if cfg.kind == "demo":
         from maskd.demo import open_demo_source
@@ -981,17 +997,17 @@ def open_source(cfg: SourceConfig) -> Source:
                 f"source kind picamera2: cannot import picamera2 ({err}); on Raspberry Pi OS "
                 "install it with 'sudo apt install python3-picamera2' and create the venv with "
                 "--system-site-packages") from None
-        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg, camera=camera)
     if cfg.kind == "images":
         assert cfg.uri, "SourceConfig refuses kind images without a uri"
         return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps)
     if cfg.kind == "opencv":
-        return _open_uri(cfg.uri or "0", cfg)
+        return _open_uri(cfg.uri or "0", cfg, camera)
     # auto
     if cfg.uri:
-        return _open_uri(cfg.uri, cfg)
+        return _open_uri(cfg.uri, cfg, camera)
     if picamera2_available():
         log.info("source auto: using the Pi camera (picamera2)")
-        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg)
+        return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg, camera=camera)
     log.info("source auto: no Pi camera; using /dev/video0")
-    return live_source("/dev/video0", opencv_opener("/dev/video0", cfg), cfg)
+    return live_source("/dev/video0", opencv_opener("/dev/video0", cfg), cfg, camera=camera)

@@ -126,7 +126,7 @@ def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp
     for _ in range(3):
         w.write(picture())
     w.release()
-    src = VideoFileSource(path)
+    src = VideoFileSource(path, camera="door")
 
     class Odd:
         """OpenCV's capture, its second frame handed out as 16-bit."""
@@ -147,7 +147,7 @@ def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp
         frames = [src.read() for _ in range(3)]
     assert [f is not None for f in frames] == [True, True, False]
     assert src.stats["corrupt"] == 1
-    assert "frame skipped: uint16 pixels" in caplog.text
+    assert f"door ({path}): frame skipped: uint16 pixels" in caplog.text  # the camera's name
 
 
 # ------------------------------------------------------------------ picamera2's formats
@@ -277,7 +277,8 @@ def test_a_broken_jpeg_from_an_mjpeg_camera_is_one_frame_skipped_not_a_lost_came
     """A USB webcam listed by libcamera gives MJPEG; one JPEG broken on the way (a USB transfer
     cut short, a bad header). Was: picamera2's own decode raised inside capture_array, maskd
     logged "read raised ..." as for an unplugged camera and reopened it; now the broken frame
-    is skipped, counted as corrupt and named, and the frames around it arrive."""
+    is skipped, counted as corrupt and named, with the camera's name first, and the frames
+    around it arrive."""
     bgr = picture()
     good = jpeg_of(bgr)
     cut = good[:len(good) // 2]  # the transfer cut short
@@ -285,7 +286,7 @@ def test_a_broken_jpeg_from_an_mjpeg_camera_is_one_frame_skipped_not_a_lost_came
     calls: dict = {}
     stand_in_picamera2(monkeypatch, bgr, "MJPEG", calls, [good, cut, good, no_header, good])
     src = open_source(SourceConfig(kind="picamera2", width=64, height=48, fps=10,
-                                   reopen_min_s=0.01, reopen_max_s=0.02))
+                                   reopen_min_s=0.01, reopen_max_s=0.02), camera="door")
     give_up = threading.Timer(10.0, src.close)
     give_up.start()
     try:
@@ -299,9 +300,42 @@ def test_a_broken_jpeg_from_an_mjpeg_camera_is_one_frame_skipped_not_a_lost_came
     assert stats["corrupt"] >= 2 and stats["read_errors"] == 0 and stats["reopens"] == 0, stats
     assert stats["camera_lost_since"] is None
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert lines and all(m.startswith("picamera2: frame skipped: a JPEG that cannot be "
+    assert lines and all(m.startswith("door (picamera2): frame skipped: a JPEG that cannot be "
                                       "decoded (") for m in lines), lines
     assert "raised" not in caplog.text and "reopen" not in caplog.text
+
+
+def test_the_frame_skipped_line_starts_with_the_cameras_name(monkeypatch, caplog):
+    """With several cameras the operator thinks in camera names (``cameras: {door: ...}``):
+    the line about a frame skipped starts with it, as the loop's lines do, the source in
+    brackets (was: ``/dev/video0: frame skipped: ...``), for a camera and a video file alike,
+    and the real loop passes its camera's name to its source."""
+    from maskd.config import Config
+    from maskd.service import _camera_loop
+    from maskd.sources import frame_line_name
+
+    assert frame_line_name("/dev/video0", "door") == "door (/dev/video0)"
+    assert frame_line_name("/dev/video0", None) == "/dev/video0"  # no camera name given
+    cam = OneKindCamera(np.full((48, 64, 3), 40000, np.uint16))
+    live = LiveSource("/dev/video0", cam.opener, reopen_min_s=0.01, camera="door")
+    stand_in_picamera2(monkeypatch, picture(), "MJPEG", {}, [b"not a jpeg"])
+    cfg = Config()
+    cfg.camera = "back"
+    cfg.source = SourceConfig(kind="picamera2", width=64, height=48, fps=10)
+    loop = _camera_loop(cfg, None, None, None, list, None, True, None)
+    reader = threading.Thread(target=live.read, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        reader.start()
+        deadline = time.monotonic() + 5
+        while ("back (picamera2): frame skipped" not in caplog.text
+               or "door (/dev/video0): frame skipped" not in caplog.text) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        live.close()
+        loop.source.close()
+        reader.join(5)
+    assert "door (/dev/video0): frame skipped: uint16 pixels" in caplog.text
+    assert "back (picamera2): frame skipped: a JPEG that cannot be decoded" in caplog.text
 
 
 def test_a_format_maskd_cannot_read_is_refused_at_the_open_naming_it(monkeypatch, caplog):
