@@ -274,14 +274,14 @@ def test_each_format_picamera2_can_deliver_arrives_as_the_same_bgr_picture(monke
 
 def test_a_broken_jpeg_from_an_mjpeg_camera_is_one_frame_skipped_not_a_lost_camera(
         monkeypatch, caplog):
-    """A USB webcam listed by libcamera gives MJPEG; one JPEG broken on the way (a USB transfer
-    cut short, a bad header). Was: picamera2's own decode raised inside capture_array, maskd
+    """A USB webcam listed by libcamera gives MJPEG; one JPEG broken on the way (cut short before
+    its picture data, its start lost). Was: picamera2's own decode raised inside capture_array, maskd
     logged "read raised ..." as for an unplugged camera and reopened it; now the broken frame
     is skipped, counted as corrupt and named, with the camera's name first, and the frames
     around it arrive."""
     bgr = picture()
     good = jpeg_of(bgr)
-    cut = good[:len(good) // 2]  # the transfer cut short
+    cut = good[:good.index(b"\xff\xda")]  # cut short before its picture data
     no_header = bytes(8) + good[8:]  # the start lost
     calls: dict = {}
     stand_in_picamera2(monkeypatch, bgr, "MJPEG", calls, [good, cut, good, no_header, good])
