@@ -182,7 +182,12 @@ class NoPubacks(_Relay):
         super().__init__(broker)
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+        try:
+            up = socket.create_connection(("127.0.0.1", self.broker.port))
+        except OSError:  # the broker stopped: closed at once, as its own port would refuse it
+            conn.close()
+            return
+        with conn, up:
             back = self._down(up, conn, lambda kind, _, raw:
                               None if kind == 4 and self.hold.is_set() else raw)  # 4: PUBACK
             _pump(conn, up)

@@ -662,6 +662,41 @@ def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
         sub.close()
 
 
+def test_a_reconnect_after_an_outage_with_events_in_flight_is_not_taken_for_a_stall(
+        tmp_path, caplog, monkeypatch):
+    """Events in flight when the broker went away for longer than twice the grace: the new
+    connection sends them again and is not dropped as one that acknowledges nothing, nor does
+    the status line say so; the outage was the broker away, told as such. Was: the stall was
+    timed from before the outage, so the first step on the new connection dropped it at once
+    ('acknowledged none of the 2 event(s) sent in the last 4 s'), the last will `offline`
+    again, and the events waited for the next reconnect."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 1.0)  # the grace, shortened for the test
+    caplog.set_level(logging.WARNING)
+    with Broker(tmp_path / "b") as b:
+        relay = NoPubacks(b)
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
+                        "dev1", "cam1", tmp_path / "state")
+        assert wait_until(lambda: sink.connected)
+        evs = script("o", 1, 0)
+        for ev in evs:
+            sink.emit(ev)
+        time.sleep(0.5)  # sent, not acknowledged: in flight
+        b.stop()
+        assert wait_until(lambda: not sink.connected, 5)
+        time.sleep(3 * sink_mod.DOWN_GRACE_S)  # away for longer than the stall's 2 x grace
+        relay.hold.clear()
+        b.start()
+        assert wait_until(lambda: sink.connected, 5)
+        assert not [f for f in sink.faults() if "acknowledged nothing" in f], sink.faults()
+        assert sink.flush(10), sink.health()
+        said = [r.getMessage() for r in caplog.records if "acknowledged none" in r.getMessage()]
+        assert said == [] and sink.health()["reconnects"] == 1, (said, sink.health())
+        sink.close()
+        relay.close()
+
+
 def test_a_refusal_for_an_exceeded_quota_says_so_and_is_delivered_once_it_allows(
         tmp_path, caplog, monkeypatch):
     """A broker that answers PUBACK 0x97 "Quota exceeded" (a cloud broker's rate limit): the

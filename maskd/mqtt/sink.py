@@ -1017,15 +1017,22 @@ class MqttSink(EventSink):
     def _check_stall(self, st: _Sending, now: float, progress: bool) -> None:
         """A broker that keeps the connection (answers PINGs) but acknowledges nothing holds the
         events in flight for good: MQTT sends a message again only on a new connection. Timed
-        from the last acknowledgement (or the first send after none was in flight), across
-        reconnects; after twice DOWN_GRACE_S the connection is dropped, as a dead link would be,
-        so the reconnect sends them again (faults() names the stall after DOWN_GRACE_S)."""
+        from the last acknowledgement (or the first send after none was in flight), across the
+        reconnects it makes itself; after twice DOWN_GRACE_S on one connection it is dropped, as
+        a dead link would be, so the reconnect sends them again (faults() names the stall after
+        DOWN_GRACE_S). The broker away is no stall (faults() says 'not connected'): the next
+        connection, which sends what was in flight again, is timed from its start."""
         if not st.inflight or progress:
             self._unacked_since = now if st.inflight else None
             return
+        if not self._connected:
+            if self._unacked_since is not None and self._stall_drop < self._unacked_since:
+                self._unacked_since = None  # lost by itself, not dropped for this stall
+            return
         if self._unacked_since is None:
             self._unacked_since = now
-        if not self._connected or now - max(self._unacked_since, self._stall_drop) < 2 * DOWN_GRACE_S:
+        since = max(self._unacked_since, self._stall_drop, self._connected_at)
+        if now - since < 2 * DOWN_GRACE_S:
             return
         self._stall_drop = now
         if self._log_once_a_minute.due("stall"):
