@@ -624,6 +624,19 @@ def test_a_broker_that_enforces_a_small_receive_maximum_gets_every_event(tmp_pat
         sub.close()
 
 
+def _behind_no_pubacks(b: Broker, tmp_path, monkeypatch) -> tuple[NoPubacks, MqttSink]:
+    """A connected sink to ``b`` behind `NoPubacks` (holding back every PUBACK), the stall's
+    grace shortened to 1 s for the test."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 1.0)
+    relay = NoPubacks(b)
+    sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
+                    "dev1", "cam1", tmp_path / "state")
+    assert wait_until(lambda: sink.connected)
+    return relay, sink
+
+
 def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
         tmp_path, caplog, monkeypatch):
     """A broker that keeps the connection (PINGs answered) but acknowledges no event: after the
@@ -632,16 +645,10 @@ def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
     new connection), and again while it lasts; once the broker acknowledges, they are
     delivered and the line goes. Was: `connected`, a healthy status line, not a word, and the
     events in flight for as long as that connection lasted."""
-    from maskd.mqtt import sink as sink_mod
-
-    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 1.0)  # the grace, shortened for the test
     caplog.set_level(logging.WARNING)
     with Broker(tmp_path / "b") as b:
-        relay = NoPubacks(b)
         sub = Subscriber(b, [f"{CAM}/violation"])
-        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
-                        "dev1", "cam1", tmp_path / "state")
-        assert wait_until(lambda: sink.connected)
+        relay, sink = _behind_no_pubacks(b, tmp_path, monkeypatch)
         evs = script("n", 2, 0)
         for ev in evs:
             sink.emit(ev)
@@ -672,13 +679,9 @@ def test_a_reconnect_after_an_outage_with_events_in_flight_is_not_taken_for_a_st
     again, and the events waited for the next reconnect."""
     from maskd.mqtt import sink as sink_mod
 
-    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 1.0)  # the grace, shortened for the test
     caplog.set_level(logging.WARNING)
     with Broker(tmp_path / "b") as b:
-        relay = NoPubacks(b)
-        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
-                        "dev1", "cam1", tmp_path / "state")
-        assert wait_until(lambda: sink.connected)
+        relay, sink = _behind_no_pubacks(b, tmp_path, monkeypatch)
         evs = script("o", 1, 0)
         for ev in evs:
             sink.emit(ev)
