@@ -170,3 +170,22 @@ def test_dev_freezes_the_running_venv_and_says_when_there_is_none(tmp_path, caps
     assert "maskd" not in pinned  # editable: the checkout itself
     assert pins.main(["dev", "--venv", str(tmp_path / "nothing"), "--out-dir", str(tmp_path)]) == 1
     assert "run ./tests/run.sh first" in capsys.readouterr().err
+
+
+# paho-mqtt releases that lack a Client method maskd.mqtt.sink calls (their PyPI wheels, looked
+# at by hand): on them the sink's on_connect raised AttributeError at the first CONNACK, which
+# ended paho's network thread, so maskd never connected and delivered no event (2.0.0 fails
+# even before, in its own `protocol` property).
+PAHO_LACKING = {"2.0.0": "drop_out_messages", "2.1.0": "drop_out_messages"}
+
+
+def test_pyproject_admits_no_paho_lacking_a_method_the_sink_calls():
+    import paho.mqtt.client as mqtt
+
+    sink = (REPO / "maskd" / "mqtt" / "sink.py").read_text()
+    (paho,) = [Requirement(r) for r in PYPROJECT["dependencies"]
+               if pins.normalize(Requirement(r).name) == "paho-mqtt"]
+    for release, method in PAHO_LACKING.items():
+        assert f".{method}(" in sink and hasattr(mqtt.Client, method), method
+        assert not paho.specifier.contains(release), (
+            f"pyproject.toml admits paho-mqtt {release}, which has no Client.{method}")
