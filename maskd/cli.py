@@ -18,6 +18,8 @@ EPILOGS = {
   1  none was (every path unreadable or not an image)
   2  the model or config could not be loaded
   74 the output could not be written (a full disk), named on stderr
+  75 the Coral stopped answering part-way: the lines written stay, and stderr says
+     up to which image they go; run it again once the Coral answers
 
 example:
   maskd classify --json photos/""",
@@ -27,6 +29,8 @@ example:
   2  the config, detector or model could not be loaded
   73 scanned, but some --annotate images could not be written, each named on stderr
   74 the output could not be written (a full disk), named on stderr
+  75 the Coral stopped answering part-way: the lines and annotations written stay,
+     and stderr says up to which image they go; run it again once the Coral answers
 
 example:
   maskd scan --json --annotate out/scan photos/ door.mp4""",

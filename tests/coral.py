@@ -17,9 +17,14 @@ classifier's), since the runtime plans those only for the ops it runs itself.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import select
 import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -160,3 +165,60 @@ class FakeCoral:
         path = os.environ.get("LD_LIBRARY_PATH")
         return {**os.environ, "FAKE_CORAL_PLUGGED": str(self.plugged),
                 "LD_LIBRARY_PATH": str(self.lib.parent) + (f":{path}" if path else "")}
+
+
+def lost_part_way(fake: FakeCoral, folder: Path, command: str, *options: str) -> list[dict]:
+    """`maskd <command> --json --edgetpu <options> <folder>` over a folder of pictures with a face
+    (more than a page of output lines), the stand-in Coral unplugged at its first output line:
+    checks that the command exits 75 with its lines for a first run of the images, in order,
+    and one line, no traceback, in `run`'s words for the Coral, saying up to which image the
+    output goes and what to do. The records written."""
+    import cv2
+
+    from maskd.demo import astronaut_bgr
+
+    folder.mkdir()
+    names = [str(folder / f"{i:03d}.jpg") for i in range(60)]
+    for p in names:
+        cv2.imwrite(p, astronaut_bgr())  # a face BlazeFace finds: judged on the Coral
+    rc, out, err = unplugged_at_the_first_line(fake, [
+        sys.executable, "-m", "maskd", command, "--json", "--edgetpu", *options, str(folder)])
+    assert rc == 75, err
+    recs = [json.loads(line) for line in out.decode().splitlines()]
+    done = [r["path"] for r in recs]
+    assert 1 <= len(done) < len(names) and done == names[:len(done)], recs
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if line.startswith(f"maskd {command}: ")]
+    verb = "scanned" if command == "scan" else "classified"
+    assert len(said) == 1 and said[0].startswith(
+        f"maskd {command}: the classifier's Coral stopped answering (Failed to execute request: "
+        "USB transfer error (stand-in: the Coral was unplugged).") and said[0].endswith(
+        "): unplugged, or reset (a USB brown-out: check the power supply); the output holds "
+        f"every image up to {done[-1]} ({len(done)} {verb}), none after it: run {command} "
+        "again once the Coral answers (it starts over), or leave out --edgetpu to run on the "
+        "CPU"), err
+    return recs
+
+
+def unplugged_at_the_first_line(fake: FakeCoral, argv: Sequence[str],
+                                ) -> tuple[int, bytes, str]:
+    """``argv`` (a `maskd scan` or `classify` on the stand-in Coral, plugged in) with the Coral
+    unplugged as soon as its first output line is written: (exit status, stdout, stderr).
+    Standard output is a pipe held to one page that is not read until then, so the command is
+    at most a page of lines ahead of the unplug, however slow this machine is."""
+    fake.plug()
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen(list(argv), stdout=w, stderr=subprocess.PIPE, env=fake.env())
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as out:
+            ready, _, _ = select.select([out], [], [], 120)
+            assert ready, "no output line within 120 s"
+            fake.unplug()
+            stdout = out.read()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout, err.decode(errors="replace")

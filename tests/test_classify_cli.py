@@ -185,3 +185,14 @@ def test_read_ahead_holds_small_images_not_whole_photos(tmp_path: Path) -> None:
     assert len(lines) == 40 and all(ln.split("\t")[1:] == first[0].split("\t")[1:]
                                     for ln in lines)
     assert forty - one < 150, f"one photo {one} MB, forty {forty} MB"
+
+
+def test_a_coral_lost_part_way_keeps_the_lines_written_and_says_where_it_stopped(tmp_path):
+    """The Coral pulled out (or reset) while `classify --edgetpu` works through a folder: it
+    ended with CoralLost's traceback. Now the lines of the images done stay, one line says the
+    Coral stopped answering, how far the output goes and what to do, and the exit is 75 (try
+    again), not 0 as for a whole run."""
+    from coral import FakeCoral, lost_part_way
+
+    recs = lost_part_way(FakeCoral(tmp_path / "lib"), tmp_path / "faces", "classify")
+    assert all(0.0 <= r["no_mask"] <= 1.0 for r in recs), recs

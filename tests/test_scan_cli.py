@@ -425,3 +425,18 @@ def test_an_annotation_with_a_long_name_is_written(tmp_path, default_model):
     assert [p.name for p in out.iterdir()] == [f"{stem}.jpg"]  # no temporary file left
     assert cv2.imread(str(out / f"{stem}.jpg")).shape[:2] == (50, 60)
     assert (out / f"{stem}.jpg").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_coral_lost_part_way_keeps_what_was_written_and_says_where_it_stopped(tmp_path):
+    """The Coral pulled out (or reset) while `scan --edgetpu` works through a folder: it ended
+    with CoralLost's traceback. Now the lines and annotations of the images done stay, one line
+    says the Coral stopped answering, how far the output goes and what to do, and the exit is
+    75 (try again), not 0 as for a whole scan."""
+    from coral import FakeCoral, lost_part_way
+
+    folder, ann = tmp_path / "door", tmp_path / "ann"
+    recs = lost_part_way(FakeCoral(tmp_path / "lib"), folder, "scan", "--detector", "blazeface",
+                         "--annotate", str(ann))
+    assert recs[0]["faces"] and all(f["label"] for r in recs for f in r["faces"]), recs
+    assert sorted(p.name for p in (ann / folder.name).iterdir()) == [
+        Path(r["path"]).name for r in recs]  # the annotations of the images done, no other

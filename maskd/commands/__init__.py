@@ -2,6 +2,7 @@
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from maskd.files import append_line
@@ -9,6 +10,26 @@ from maskd.files import append_line
 # sysexits.h EX_IOERR: standard output could not be written (a full disk, /dev/full); scan and
 # classify stop at once (cli.main says so on stderr). 1 keeps meaning "nothing was read".
 EX_IOERR = 74
+
+
+def coral_lost_exit(command: str, err: Exception, done: int, last: str | None,
+                    keys: Sequence[str], option: bool) -> int:
+    """`scan` or `classify` (``command``) stopped by the Coral lost part-way (``err``, a
+    maskd.tflite.CoralLost, in `run`'s words): one line on stderr saying how far the output
+    goes (``done`` judged, every line up to the image ``last``) and what to do: the same command
+    once the Coral answers (it cannot skip what was done), or the CPU in the words of what asked
+    for the Coral; then 75 (EX_TEMPFAIL), as `run` exits on it. Imports inside: `maskd models
+    fetch` runs this package without numpy."""
+    from maskd.images import one_field
+    from maskd.service import EX_TEMPFAIL
+    from maskd.tflite import cpu_instead
+
+    verb = "scanned" if command == "scan" else "classified"
+    upto = (f"the output holds every image up to {one_field(last)} ({done} {verb}), none after "
+            "it" if last is not None else f"nothing was {verb}")
+    print(f"maskd {command}: {err}; {upto}: run {command} again once the Coral answers (it "
+          f"starts over), or {cpu_instead(keys, option)}", file=sys.stderr)
+    return EX_TEMPFAIL
 
 
 class OutputError(Exception):

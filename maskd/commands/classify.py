@@ -9,7 +9,9 @@ the interpreter classifies the previous ones in batches of up to ``Classifier.ma
 Contract (scripts depend on it): one line per image; with --json a JSON object
 ``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image (or a folder
 that cannot be searched), and the run goes on. Exit 0 when at least one image was classified,
-1 when none was, 2 when the model cannot be loaded, 74 when stdout cannot be written.
+1 when none was, 2 when the model cannot be loaded, 74 when stdout cannot be written, 75 when
+the Coral (``--edgetpu``, classifier.edgetpu) stopped answering part-way: the lines written
+stay, and one line on stderr says up to which image they go and what to do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from maskd.classifier import Classifier, ModelError, resize_square
-from maskd.commands import names_as_bytes_on_stdout, print_line
+from maskd.commands import coral_lost_exit, names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
 from maskd.images import (
     FolderError,
@@ -36,7 +38,7 @@ from maskd.images import (
     search_images,
 )
 from maskd.service import build_classifier
-from maskd.tflite import need_edgetpu_library
+from maskd.tflite import CoralLost, need_edgetpu_library
 from maskd.types import label_for
 
 DECODE_AHEAD = 32  # files decoded ahead of the classifier, each held at the model's input size
@@ -119,14 +121,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2
     names_as_bytes_on_stdout()
-    classified = 0
-    for p, got in classify_files(clf, iter_paths(args.paths)):
-        if isinstance(got, ImageError):
-            _emit(args.json, {"path": str(p), "error": str(got)})
-            continue
-        _emit(args.json, {"path": str(p), "label": label_for(got, ccfg.threshold),
-                          "no_mask": round(got, 6)})
-        classified += 1
+    classified, last = 0, None
+    try:
+        for p, got in classify_files(clf, iter_paths(args.paths)):
+            last = str(p)
+            if isinstance(got, ImageError):
+                _emit(args.json, {"path": str(p), "error": str(got)})
+                continue
+            _emit(args.json, {"path": str(p), "label": label_for(got, ccfg.threshold),
+                              "no_mask": round(got, 6)})
+            classified += 1
+    except CoralLost as err:  # the hardware: one line, not a traceback, and 75 to try again
+        return coral_lost_exit("classify", err, classified, last, cfg.edgetpu_keys(), args.edgetpu)
     if classified == 0:
         print("maskd classify: no image was classified", file=sys.stderr)
         return 1

@@ -20,7 +20,9 @@ a ``maskd annotate`` comment): that annotation gets ``stem-2.jpg``.
 Exit 0 when at least one image/frame was scanned, 1 when none was, 2 when the config,
 detector or classifier cannot be loaded, 73 when the scan finished but some annotations could
 not be written (each named on stderr, and counted at the end), 74 when stdout cannot be written
-(cli.main).
+(cli.main), 75 when the Coral (``--edgetpu``, classifier.edgetpu, detector.edgetpu) stopped
+answering part-way: the lines and annotations written stay, and one line on stderr says up to
+which image they go and what to do.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from maskd.annotate import annotation_jpeg, draw_verdicts, is_annotation
-from maskd.commands import names_as_bytes_on_stdout, print_line
+from maskd.commands import coral_lost_exit, names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
 from maskd.files import write_atomically
 from maskd.images import (
@@ -129,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     from maskd.classifier import ModelError
     from maskd.detectors import DetectorError
     from maskd.service import build_classifier, build_detector
-    from maskd.tflite import need_edgetpu_library
+    from maskd.tflite import CoralLost, need_edgetpu_library
 
     try:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
@@ -142,20 +144,26 @@ def main(args: argparse.Namespace) -> int:
         return EX_SETUP
     names_as_bytes_on_stdout()
     scanned = unwritten = 0
+    last: str | None = None
     inputs = _inputs(args.paths)
     written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
-    for path, name, frame, image in _items(inputs):
-        if isinstance(image, str):
-            _emit(args.json, {"path": str(path), "error": image})
-            continue
-        faces = detector.detect(image)
-        verdicts = judge_faces(image, faces, classifier, ccfg)
-        _emit(args.json, record(path, frame, image, verdicts))
-        scanned += 1
-        if args.annotate is not None:
-            if not _annotate(args.annotate / name, path, draw_verdicts(image, verdicts),
-                             written):
-                unwritten += 1
+    try:
+        for path, name, frame, image in _items(inputs):
+            if isinstance(image, str):
+                _emit(args.json, {"path": str(path), "error": image})
+                last = str(path)
+                continue
+            faces = detector.detect(image)
+            verdicts = judge_faces(image, faces, classifier, ccfg)
+            _emit(args.json, record(path, frame, image, verdicts))
+            scanned += 1
+            last = str(path) if frame is None else f"{path} frame {frame}"
+            if args.annotate is not None:
+                if not _annotate(args.annotate / name, path, draw_verdicts(image, verdicts),
+                                 written):
+                    unwritten += 1
+    except CoralLost as err:  # the hardware: one line, not a traceback, and 75 to try again
+        return coral_lost_exit("scan", err, scanned, last, cfg.edgetpu_keys(), args.edgetpu)
     if scanned == 0:
         print("maskd scan: nothing was scanned", file=sys.stderr)
         return 1
