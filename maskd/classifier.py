@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from maskd import env
+from maskd.config import model_file_problem
 from maskd.env import Environment
 from maskd.tflite import ModelError, get_output, invoke, open_interpreter, quantize
 
@@ -200,9 +201,9 @@ class Classifier:
     def open(cls, path: Path | None = None, threads: int = 2, edgetpu: bool = False) -> Classifier:
         """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
         p = Path(path) if path is not None else default_model_path()
-        if not p.is_file():
+        if (problem := model_file_problem(p)) is not None:  # the commands name its key first
             hint = "" if path is not None else f" (set {env.MODEL_DIR} to the folder holding it)"
-            raise ModelError(f"{p}: model file not found{hint}")
+            raise ModelError(f"{problem}{hint}")
         info = read_sidecar(p)
         interp, runtime = open_interpreter(p, threads, edgetpu)
         return cls(interp, info, p, runtime)

@@ -1014,6 +1014,12 @@ class Config(Section):
         """The `cameras:` layout: the process owns the device-level status."""
         return bool(self.cameras)
 
+    def model_files(self) -> dict[str, Path]:
+        """The model files the config names, by dotted key (`run` opens them; check-config and
+        `doctor` look at them)."""
+        named = {"detector.model": self.detector.model, "classifier.model": self.classifier.model}
+        return {key: Path(p) for key, p in named.items() if p is not None}
+
     def edgetpu_keys(self) -> list[str]:
         """The keys that put a model on the Coral (`run` waits for one, `check-config` and
         `doctor` look for it)."""
@@ -1130,6 +1136,29 @@ def shown_path(path: Path | str) -> str:
     for a line (a name no file system takes, thousands of characters)."""
     text = str(path)
     return text if len(text) <= 200 else excerpt(text)
+
+
+def model_file_problem(path: Path | str, named: str | None = None) -> str | None:
+    """Why ``path`` cannot be opened as a model file here, or None: the one wording of `run`,
+    `scan`, `classify`, `doctor` and `check-config` (a warning there: the file may be on the
+    device), led by what set it (``named``: its key, ``classifier.model``, or the option that
+    gave it, ``--model``): 'classifier.model: /x.tflite: model file not found'."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        why = "model file not found"
+    except OSError as err:  # a name too long to look up, a folder above it not searchable
+        why = err.strerror or str(err)
+    else:
+        if stat.S_ISDIR(mode):
+            why = "a folder, not a model file"
+        elif not stat.S_ISREG(mode):
+            why = "not a regular file"
+        elif not os.access(path, os.R_OK):
+            why = "model file not readable by this user"
+        else:
+            return None
+    return f"{named + ': ' if named else ''}{shown_path(path)}: {why}"
 
 
 def _hide_passwords(value: Any) -> Any:
@@ -1257,13 +1286,20 @@ def override(cfg: Config, args: Any, mapping: dict[str, str], from_file: Path | 
         was = det.get("kind", "auto")  # auto's model is YuNet's
         if was != kind and not (was == "auto" and kind == "yunet"):
             det.pop("model", None)  # the file's model is another kind's
-    given = []
+    given = options_given(args, mapping)
     for arg, key in mapping.items():
-        value = getattr(args, arg, None)
-        if value is not None and value is not False:
-            _set(data, key, value)
-            given.append(key)
-    return parse_config(data, "command line", None if from_file is None else str(from_file), given)
+        if key in given:
+            _set(data, key, getattr(args, arg))
+    return parse_config(data, "command line", None if from_file is None else str(from_file),
+                        list(given))
+
+
+def options_given(args: Any, mapping: dict[str, str]) -> dict[str, str]:
+    """The config keys the command line set (``mapping``: argparse name -> dotted key), each
+    with the option that set it ('classifier.model': '--model'): a message about that setting
+    names what the user typed, not a key of a file they may not have."""
+    return {key: "--" + arg.replace("_", "-") for arg, key in mapping.items()
+            if (value := getattr(args, arg, None)) is not None and value is not False}
 
 
 # Command-line options (argparse names) and the config keys they set; shared by the commands.

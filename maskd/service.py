@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ import numpy as np
 
 from maskd import clock, schedule
 from maskd.clip import ClipWriter
-from maskd.config import Config, excerpt, still_detector
+from maskd.config import Config, excerpt, model_file_problem, still_detector
 from maskd.env import Environment
 from maskd.jsonl import JsonlSink
 from maskd.ledger import OpenViolations
@@ -700,17 +700,23 @@ def build_observers(cfg: Config, source_fps: float, notifier: FrameObserver | No
     return observers
 
 
-def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClassifier:
+def build_classifier(cfg: Config, still: bool = False,
+                     options: Mapping[str, str] | None = None) -> Classifier | MeanClassifier:
     """The classifier as the config says (raises ModelError); `run`, `scan`, `classify` and
     `doctor` all open it here. ``still`` (`scan`): averaged with ``still_extra_models``, which
-    run on the CPU (an EdgeTPU graph is compiled for one model)."""
+    run on the CPU (an EdgeTPU graph is compiled for one model). ``options``: the keys the
+    command line set, with the option that set them (config.options_given): a model file it
+    cannot open is said naming that option, else its key, as check-config says it."""
     from maskd.classifier import Classifier, MeanClassifier, ModelError, still_extra_paths
 
     c = cfg.classifier
+    named = (options or {}).get("classifier.model", "classifier.model")
+    if c.model is not None and (problem := model_file_problem(c.model, named)) is not None:
+        raise ModelError(problem)
     try:
         first = Classifier.open(c.model, c.threads, c.edgetpu)
     except OSError as err:
-        raise ModelError(_unusable("classifier.model", err)) from None
+        raise ModelError(_unusable(named, err)) from None
     extras = still_extra_paths(c.model, c.still_extra_models) if still else []
     members = [first]
     for p in extras:
@@ -722,35 +728,46 @@ def build_classifier(cfg: Config, still: bool = False) -> Classifier | MeanClass
     return MeanClassifier(members) if len(members) > 1 else first
 
 
-def build_detector(cfg: Config, still: bool = False) -> FaceDetector:
+def build_detector(cfg: Config, still: bool = False,
+                   options: Mapping[str, str] | None = None) -> FaceDetector:
     """The face detector as the config says (raises DetectorError); ``still`` for single
-    photos (``detector.still_input_*``)."""
+    photos (``detector.still_input_*``); ``options`` as for build_classifier. ``auto``'s
+    model is YuNet's, and without it auto is BlazeFace (check-config says so), not an error."""
     from maskd.detectors import DetectorError, make_detector
 
+    d = cfg.detector
+    named = (options or {}).get("detector.model", "detector.model")
+    if d.model is not None and d.kind != "auto" and (
+            problem := model_file_problem(d.model, named)) is not None:
+        raise DetectorError(problem)
     try:
-        return make_detector(still_detector(cfg.detector) if still else cfg.detector)
+        return make_detector(still_detector(d) if still else d)
     except OSError as err:
-        raise DetectorError(_unusable("detector.model", err)) from None
+        raise DetectorError(_unusable(named, err)) from None
 
 
 def _unusable(key: str, err: OSError) -> str:
     """A model path the system refuses to look up (a name too long for the file system): the
-    key and a bounded excerpt, not a bare '[Errno 36] File name too long: <the whole name>'."""
+    key (or option) and a bounded excerpt, not a bare '[Errno 36] File name too long: <the
+    whole name>'."""
     name = f"{excerpt(str(err.filename))}: " if err.filename is not None else ""
     return f"{key}: {name}{err.strerror or err}"
 
 
-def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None) -> Service:
+def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
+          options: Mapping[str, str] | None = None) -> Service:
     """Open every part the config names; models first so a bad path fails before a camera.
 
     Raises ConfigError / ModelError / DetectorError / SourceError / PreviewUnavailable with a
-    message naming the problem; whatever was opened before the failure is closed again.
+    message naming the problem (a model file by the option that gave it, in ``options``, else
+    by its key); whatever was opened before the failure is closed again.
     """
     names = tuple(c.camera for c in cfg.cameras_resolved())
     ledger = OpenViolations(cfg.state_dir, names, outbox=bool(cfg.mqtt.url)) if cfg.keeps_state else None
     if not cfg.multi_camera:
         control = RunControl()
-        classifier, detector = build_classifier(cfg), build_detector(cfg)
+        classifier = build_classifier(cfg, options=options)
+        detector = build_detector(cfg, options=options)
         store = SnapshotStore.from_config(cfg.snapshots)
         try:
             return _end_removed(Service([_camera_loop(
@@ -762,8 +779,8 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None)
                 store.close()
             raise
     cams = cfg.cameras_resolved()
-    shared_classifier: MaskClassifier = _Serialized(build_classifier(cfg))  # type: ignore[assignment]
-    shared_detector: FaceDetector = _Serialized(build_detector(cfg))  # type: ignore[assignment]
+    shared_classifier: MaskClassifier = _Serialized(build_classifier(cfg, options=options))  # type: ignore[assignment]
+    shared_detector: FaceDetector = _Serialized(build_detector(cfg, options=options))  # type: ignore[assignment]
     controls = {c.camera: RunControl() for c in cams}
     shared: list[EventSink] = []
     mqtt = None

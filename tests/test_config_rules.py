@@ -472,14 +472,65 @@ def test_a_model_name_too_long_to_look_up_is_said_with_its_key(tmp_path):
     for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
         checked, ran = answers[2 * i:2 * i + 2]
         key = "classifier.model" if "classifier" in yaml else "detector.model"
-        assert checked.returncode == 0 and f"{path}: warning: '{key}': " in checked.stderr, (
+        assert checked.returncode == 0 and f"{path}: warning: {key}: " in checked.stderr, (
             yaml, checked.stderr)
         if says is None:
             assert ran.returncode == 0 and "face detector: blazeface" in ran.stderr, ran.stderr
             continue
         assert ran.returncode == EX_CONFIG and says in ran.stderr, (yaml, ran.stderr)
+        said = ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+        assert checked.stderr == f"{path}: warning: {said}\n", (checked.stderr, said)
         assert "Errno" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
         assert all(len(line) < 300 for line in ran.stderr.splitlines()), ran.stderr
+
+
+def test_a_model_file_that_cannot_be_opened_is_one_line_naming_its_key(tmp_path):
+    """`run` (scan, classify, doctor alike) said '/x.tflite: model file not found' without the
+    key (an SSD's 'SSD model file not found', a BlazeFace file's 'cannot load TFLite model:
+    Could not open ...'), where check-config warned "'classifier.model': /x.tflite does not
+    exist here": two wordings of one fact, only one naming what to change. Now one line from
+    one rule: check-config's warning (the file may be there on the device) is run's line, and
+    where the command line gave the file, scan, classify and run name the option instead."""
+    gone, onnx, folder = tmp_path / "gone.tflite", tmp_path / "gone.onnx", tmp_path / "models"
+    folder.mkdir()
+    cases = [  # (config, what both say)
+        (f"classifier: {{model: '{gone}'}}", f"classifier.model: {gone}: model file not found"),
+        (f"classifier: {{model: '{folder}'}}",
+         f"classifier.model: {folder}: a folder, not a model file"),
+        (f"detector: {{kind: ssd, model: '{gone}'}}", f"detector.model: {gone}: model file not found"),
+        (f"detector: {{kind: yunet, model: '{onnx}'}}", f"detector.model: {onnx}: model file not found"),
+        (f"detector: {{kind: centerface, model: '{onnx}'}}",
+         f"detector.model: {onnx}: model file not found"),
+        (f"detector: {{kind: blazeface, model: '{gone}'}}",
+         f"detector.model: {gone}: model file not found"),
+    ]
+    paths = [tmp_path / f"model{i}.yaml" for i in range(len(cases))]
+    for path, (yaml, _) in zip(paths, cases, strict=True):
+        path.write_text(f"state_dir: {tmp_path / 'state'}\n{yaml}\n")
+    image = str(tmp_path / "x.jpg")  # never reached: the models open first
+    options = [  # (command line, what it says: the option, or the key its file set)
+        (("classify", "--model", str(gone), image), f"maskd classify: --model: {gone}: model file not found"),
+        (("scan", "--model", str(gone), "--detector", "blazeface", image),
+         f"maskd scan: --model: {gone}: model file not found"),
+        (("scan", "--detector", "ssd", "--detector-model", str(gone), image),
+         f"maskd scan: --detector-model: {gone}: model file not found"),
+        (("scan", "--config", str(paths[0]), image),
+         f"maskd scan: classifier.model: {gone}: model file not found"),
+        (("run", "--config", str(paths[3]), "--model", str(gone), "--max-frames", "1"),
+         f"maskd run: --model: {gone}: model file not found"),
+    ]
+    answers = maskd_each([call for path in paths for call in (("check-config", str(path)),
+                                                               run_args(path))]
+                         + [call for call, _ in options])
+    for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert checked.returncode == 0 and checked.stderr == f"{path}: warning: {says}\n", (
+            yaml, checked.stderr)
+        assert ran.returncode == EX_CONFIG, (yaml, ran.returncode, ran.stderr[-2000:])
+        assert ran.stderr.splitlines()[-1] == f"maskd run: {says}", (yaml, ran.stderr[-2000:])
+    for (call, says), r in zip(options, answers[2 * len(cases):], strict=True):
+        assert r.returncode == (EX_CONFIG if call[0] == "run" else 2), (call, r.stderr[-2000:])
+        assert r.stderr.splitlines()[-1] == says, (call, r.stderr[-2000:])
 
 
 def test_both_refuse_an_outbox_of_a_newer_layout_and_leave_it_as_it_was(tmp_path):
@@ -513,7 +564,7 @@ def test_auto_with_a_missing_yunet_file_falls_back_and_names_it(tmp_path):
     path.write_text(f"detector: {{model: '{missing}'}}\nsource: {{kind: demo}}\n")
     checked = maskd("check-config", str(path))
     assert checked.returncode == 0, checked.stderr
-    assert f"'detector.model': {missing} does not exist here (auto falls back to BlazeFace)" \
+    assert f"detector.model: {missing}: model file not found (auto falls back to BlazeFace)" \
         in checked.stderr
     ran = run(path)
     assert ran.returncode == 0, ran.stderr[-2000:]

@@ -74,7 +74,8 @@ def test_failures_are_named_and_exit_non_zero(tmp_path):
         r = doctor(cfg, DOOR_PW="wrong")
     assert r.returncode == 1, r.stdout + r.stderr
     got = rows(r.stdout)
-    assert got["classifier"] == ("FAIL", f"{tmp_path / 'missing.tflite'}: model file not found")
+    assert got["classifier"] == (
+        "FAIL", f"classifier.model: {tmp_path / 'missing.tflite'}: model file not found")
     assert got["broker"][0] == "FAIL" and "refused" in got["broker"][1]
     assert got["camera"][0] == "OK" and got["detector"][0] == "OK"
     assert got["timing"][0] == "--"

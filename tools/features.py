@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maskd.classifier import read_sidecar, sidecar_path  # noqa: E402
+from maskd.config import model_file_problem  # noqa: E402
 from maskd.tflite import ModelError  # noqa: E402
 from tools.inputs import reason  # noqa: E402
 
@@ -45,8 +46,8 @@ def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> None:
     missing sidecar) and a file the flatbuffer reader cannot parse is a ModelError naming it
     (was a struct.error traceback).
     """
-    if not model.is_file():
-        raise ModelError(f"{model}: {'is a folder, not a model file' if model.is_dir() else 'model file not found'}")
+    if (problem := model_file_problem(model)) is not None:
+        raise ModelError(problem)
     info = read_sidecar(model)
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils

@@ -27,7 +27,14 @@ import pwd
 import sys
 from pathlib import Path
 
-from maskd.config import EX_CONFIG, SERVICE_DIR, Config, ConfigError, load_config
+from maskd.config import (
+    EX_CONFIG,
+    SERVICE_DIR,
+    Config,
+    ConfigError,
+    load_config,
+    model_file_problem,
+)
 from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import newer_outbox, no_outbox_there
@@ -35,38 +42,16 @@ from maskd.preview import PreviewUnavailable, check_previews, listen_warning
 from maskd.tflite import coral_problems, not_compiled_for_edgetpu
 
 
-def referenced_files(cfg: Config) -> dict[str, Path]:
-    """The model files in the config, by dotted key (the MQTT files are validated on load)."""
-    candidates = {
-        "detector.model": cfg.detector.model,
-        "classifier.model": cfg.classifier.model,
-    }
-    return {k: v for k, v in candidates.items() if v is not None}
-
-
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable file here, or None; never raises (a too-long name does)."""
-    try:
-        if not path.is_file():
-            return "does not exist here"
-        if not os.access(path, os.R_OK):
-            return "is not readable by this user"
-    except OSError as err:
-        return f"cannot be checked here ({err.strerror or err})"
-    return None
-
-
 def file_warnings(cfg: Config) -> list[str]:
     """One line per named model file that this user cannot read, and for ``detector.kind:
     yunet`` without ``detector.model``, a YuNet file found nowhere (`run` looks for it the
     same way and stops); ``auto`` falls back to BlazeFace, `run` says so."""
     out = []
-    for key, path in referenced_files(cfg).items():
-        problem = _file_problem(path)
-        if problem:
+    for key, path in cfg.model_files().items():
+        if (problem := model_file_problem(path, key)) is not None:  # `run` says it so, and stops
             fallback = " (auto falls back to BlazeFace)" if (
                 key == "detector.model" and cfg.detector.kind == "auto") else ""
-            out.append(f"warning: '{key}': {path} {problem}{fallback}")
+            out.append(f"warning: {problem}{fallback}")
     if cfg.detector.kind == "yunet" and cfg.detector.model is None:
         from maskd.detectors.yunet import find_yunet_model, yunet_not_found
 

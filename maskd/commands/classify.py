@@ -28,7 +28,7 @@ import numpy as np
 
 from maskd.classifier import Classifier, ModelError, resize_square
 from maskd.commands import coral_lost_exit, names_as_bytes_on_stdout, print_line
-from maskd.config import MODEL_OPTIONS, ConfigError, load_config, override
+from maskd.config import MODEL_OPTIONS, ConfigError, load_config, options_given, override
 from maskd.images import (
     FolderError,
     ImageError,
@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
         need_edgetpu_library(["classifier.edgetpu"] if ccfg.edgetpu else [], args.edgetpu)
-        clf = build_classifier(cfg)
+        clf = build_classifier(cfg, options=options_given(args, MODEL_OPTIONS))
     except (ConfigError, ModelError) as err:
         print(f"maskd classify: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from maskd.config import (
     Config,
     ConfigError,
     load_config,
+    options_given,
     override,
     parse_config,
 )
@@ -159,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
             logging.getLogger("maskd.service").info("%s received while starting: stopping",
                                                     early[0].name)
             return 0
-        service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames)
+        service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames,
+                        options=options_given(args, RUN_OPTIONS))
     except startup_errors() as err:
         return start_failed(err)
     finally:

@@ -38,7 +38,7 @@ import numpy as np
 
 from maskd.annotate import annotation_jpeg, draw_verdicts, is_annotation
 from maskd.commands import coral_lost_exit, names_as_bytes_on_stdout, print_line
-from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, override
+from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, options_given, override
 from maskd.files import write_atomically
 from maskd.images import (
     FolderError,
@@ -137,8 +137,9 @@ def main(args: argparse.Namespace) -> int:
         cfg: Config = override(load_config(args.config), args, MODEL_OPTIONS, args.config)
         ccfg = cfg.classifier
         need_edgetpu_library(cfg.edgetpu_keys(), args.edgetpu)
-        classifier = build_classifier(cfg, still=True)
-        detector = build_detector(cfg, still=True)
+        given = options_given(args, MODEL_OPTIONS)
+        classifier = build_classifier(cfg, still=True, options=given)
+        detector = build_detector(cfg, still=True, options=given)
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
