@@ -495,7 +495,7 @@ from maskd.service import Service
 class Loop:
     finished = threading.Event()
     stopped = threading.Event()
-    def stop(self, reason):
+    def stop(self, reason, hurry=True):
         self.stopped.set()
 
 loop = Loop()
