@@ -471,7 +471,6 @@ class CameraLoop:
             return EX_TEMPFAIL
         return EX_OK
 
-
     def _how_it_ends(self) -> tuple[str, str]:
         """The stop as the sinks tell it (``EventSink.on_stop``): one of STOPS, and why; the
         same order as the exit status (70 before 75 before 0)."""
