@@ -101,6 +101,20 @@ def test_slope_needs_three_points():
     assert soak.slope_per_hour(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(3600.0)
 
 
+def test_maskd_gets_the_units_malloc_arena_cap_unless_told_otherwise(tmp_path):
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\nEnvironment=A=1\nEnvironment=MALLOC_ARENA_MAX=3\n# Environment=B=2\n")
+    assert soak.unit_environment(unit) == {"MALLOC_ARENA_MAX": "3"}
+    assert soak.unit_environment(unit, ("A", "B")) == {"A": "1"}
+    shipped = soak.unit_environment()["MALLOC_ARENA_MAX"]  # the real unit sets one
+    assert int(shipped) >= 1
+    base = {"PATH": "/bin", "MALLOC_ARENA_MAX": "64"}
+    assert soak.child_environment(None, base) == {"PATH": "/bin", "MALLOC_ARENA_MAX": shipped}
+    assert soak.child_environment(0, base) == {"PATH": "/bin"}  # glibc's own default
+    assert soak.child_environment(5, base)["MALLOC_ARENA_MAX"] == "5"
+    assert "8 per core" in soak._arenas(None) and "at most 2" in soak._arenas("2")
+
+
 @pytest.mark.slow
 def test_a_short_real_soak_run(tmp_path, capsys):
     if MOSQUITTO is None:
@@ -114,6 +128,7 @@ def test_a_short_real_soak_run(tmp_path, capsys):
     r = got["summary"]
     # two cameras in the one process (the cameras: layout), each with violations of its own
     assert r["cameras"] == 2 and {e["camera"] for e in got["events"]} == {"door", "door2"}
+    assert r["malloc_arena_max"] == soak.unit_environment()["MALLOC_ARENA_MAX"]  # as the service
     assert r["exit_code"] == 0 and r["samples"] >= 8
     assert r["frames"] > 0 and r["rss_mib"]["end"] > 50 and r["threads"]["end"] > 1
     # each finished pass of the demo is one person without a mask: one start, then its end

@@ -58,6 +58,33 @@ UNSETTLED_S = 2.0  # a pass this close to a camera outage is not judged (tracks 
 # --local-files: small caps, so a long run reaches them many times over.
 SNAPSHOTS_KEEP_MB = 2.0
 CLIP_SEGMENT_MB, CLIP_KEEP_MB = 2.0, 6.0
+UNIT = REPO / "systemd" / "maskd.service"
+# What of the unit's environment the soak gives maskd: how glibc's malloc behaves changes how
+# the memory grows (without the unit's cap on arenas, a loaded run stepped up ~150 MiB/h).
+UNIT_ENV_KEYS = ("MALLOC_ARENA_MAX",)
+
+
+def unit_environment(unit: Path = UNIT, keys: tuple[str, ...] = UNIT_ENV_KEYS) -> dict[str, str]:
+    """The unit's ``Environment=KEY=VALUE`` lines for ``keys``, so the soak runs maskd as the
+    service does without a second copy of the values."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            if key in keys:
+                env[key] = value
+    return env
+
+
+def child_environment(arena_max: int | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """maskd's environment: this one, with the unit's malloc arena cap (``arena_max`` None) or
+    the one given (0: none, glibc's default of 8 per core)."""
+    env = dict(os.environ if base is None else base)
+    env.pop("MALLOC_ARENA_MAX", None)
+    value = unit_environment().get("MALLOC_ARENA_MAX") if arena_max is None else str(arena_max)
+    if value and value != "0":
+        env["MALLOC_ARENA_MAX"] = value
+    return env
 # What the folder may hold: both caps, plus a file being written past its segment size (a
 # frame and the muxer's buffer) and a snapshot written before the retention that follows it.
 FILES_CAP_KIB = int((SNAPSHOTS_KEEP_MB + CLIP_SEGMENT_MB + CLIP_KEEP_MB) * 1024)
@@ -272,6 +299,10 @@ def _round(v: float | None, nd: int = 2) -> float | None:
     return None if v is None else round(v, nd)
 
 
+def _arenas(cap: str | None) -> str:
+    return f" (malloc arenas at most {cap})" if cap else " (malloc arenas: glibc's default, 8 per core)"
+
+
 def render(r: dict) -> str:
     g, gf = r["rss_mib"]["growth_mib_per_h"], r["rss_mib"]["growth_mib_per_100k_frames"]
     lines = [
@@ -279,7 +310,8 @@ def render(r: dict) -> str:
         f"{r['fps']} frames/s), {r['samples']} samples, exit {r['exit_code']}",
         f"  memory (RSS)  after warm-up {r['rss_mib']['after_warmup']} MiB, end {r['rss_mib']['end']} MiB, "
         f"max {r['rss_mib']['max']} MiB; second half {'n/a' if g is None else f'{g:+.2f} MiB/h'}"
-        f"{'' if gf is None else f', {gf:+.2f} MiB per 100k frames'}",
+        f"{'' if gf is None else f', {gf:+.2f} MiB per 100k frames'}"
+        f"{_arenas(r['malloc_arena_max']) if 'malloc_arena_max' in r else ''}",
         f"  open files    after warm-up {r['fds']['after_warmup']}, end {r['fds']['end']}, max {r['fds']['max']}",
         f"  threads       after warm-up {r['threads']['after_warmup']}, end {r['threads']['end']}, "
         f"max {r['threads']['max']}",
@@ -382,6 +414,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fail when RSS grows faster than this over the second half")
     p.add_argument("--max-fd-growth", type=int, default=8,
                    help="fail when open files grow by more than this after warm-up (default 8)")
+    p.add_argument("--malloc-arena-max", type=int, default=None, metavar="N",
+                   help="glibc malloc arenas maskd may use (default: the unit's MALLOC_ARENA_MAX, as "
+                        "on the device; 0: glibc's own default, 8 per core)")
     p.add_argument("--outage-every-min", type=float, default=0.0,
                    help="stop the broker every this many minutes (default 0: never)")
     p.add_argument("--outage-s", type=float, default=60.0,
@@ -389,6 +424,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.minutes <= 0 or a.sample_s <= 0:
         p.error("--minutes and --sample-s must be positive")
+    if a.malloc_arena_max is not None and a.malloc_arena_max < 0:
+        p.error("--malloc-arena-max must be 0 or more")
     if a.watch < 0:
         p.error("--watch must be 0 or more")
     if a.cameras < 1 or (a.cameras > 1 and (a.video is not None or a.camera == "stream")):
@@ -433,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None,
                           files if args.local_files else None, args.cameras)
         log = (work / "maskd.log").open("w")
+        env = child_environment(args.malloc_arena_max)
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         t0 = time.monotonic()
         samples: list[Sample] = []
         viewers = [Viewer(port, seed) for seed in range(args.watch)]
@@ -507,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     report = summarize(samples, starts, ends, rc, wall, demo=args.video is None,
                        excluded=unsettled_passes(cam, t0 + wall) if cam else frozenset())
     report["cameras"] = len(names)
+    report["malloc_arena_max"] = env.get("MALLOC_ARENA_MAX")
     if cam is not None:
         report["camera"] = camera_report(cam)
     if viewers:
