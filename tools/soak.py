@@ -58,6 +58,9 @@ UNSETTLED_S = 2.0  # a pass this close to a camera outage is not judged (tracks 
 # --local-files: small caps, so a long run reaches them many times over.
 SNAPSHOTS_KEEP_MB = 2.0
 CLIP_SEGMENT_MB, CLIP_KEEP_MB = 2.0, 6.0
+# What the folder may hold: both caps, plus a file being written past its segment size (a
+# frame and the muxer's buffer) and a snapshot written before the retention that follows it.
+FILES_CAP_KIB = int((SNAPSHOTS_KEEP_MB + CLIP_SEGMENT_MB + CLIP_KEEP_MB) * 1024)
 UNIT = REPO / "systemd" / "maskd.service"
 # What of the unit's environment the soak gives maskd: how glibc's malloc behaves changes how
 # the memory grows (without the unit's cap on arenas, a loaded run stepped up ~150 MiB/h).
@@ -85,9 +88,8 @@ def child_environment(arena_max: int | None, base: dict[str, str] | None = None)
     if value and value != "0":
         env["MALLOC_ARENA_MAX"] = value
     return env
-# What the folder may hold: both caps, plus a file being written past its segment size (a
-# frame and the muxer's buffer) and a snapshot written before the retention that follows it.
-FILES_CAP_KIB = int((SNAPSHOTS_KEEP_MB + CLIP_SEGMENT_MB + CLIP_KEEP_MB) * 1024)
+
+
 CAMERA = "door"  # the first camera's name; --cameras N adds door2, door3, ...
 
 
