@@ -27,13 +27,14 @@ from tools.mosquitto import (
     free_port,
     require,
     retained_now,
+    retained_once,
     unique_events,
     wait_until,
 )
 
 __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "QuotaExceeded",
            "StrictReceiveMaximum", "Subscriber", "Tls", "fill_disk", "free_port", "make_ca",
-           "require", "retained_now", "small_disk", "unique_events", "wait_until"]
+           "require", "retained_now", "retained_once", "small_disk", "unique_events", "wait_until"]
 
 
 def make_ca(d: Path) -> Tls:

@@ -22,6 +22,7 @@ from mqtt_broker import (
     free_port,
     make_ca,
     retained_now,
+    retained_once,
     unique_events,
     wait_until,
 )
@@ -268,8 +269,8 @@ def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_lef
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=False,
                                         discovery=False))
     assert wait_until(lambda: sink.connected, 10)
-    time.sleep(0.5)
-    after = retained_now(broker, [f"{CAM}/#", "homeassistant/#"])
+    after = retained_once(broker, lambda r: f"{CAM}/snapshot" not in r and disco not in r,
+                          [f"{CAM}/#", "homeassistant/#"])
     sink.close()
     assert f"{CAM}/snapshot" not in after and disco not in after, sorted(after)
     assert after[f"{CAM}/status"] == b"online"  # the rest is still there
@@ -287,8 +288,10 @@ def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, t
     def retained_components(snapshots: bool) -> dict:
         sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=snapshots))
         assert wait_until(lambda: sink.connected, 10)
-        time.sleep(0.3)
-        cmps = json.loads(retained_now(broker, [disco])[disco])["components"]
+        camera = {"platform": "camera"}  # snapshots off: the withdrawal; on: the entity
+        cmps = json.loads(retained_once(
+            broker, lambda r: disco in r and (json.loads(r[disco])["components"][uid] == camera)
+            != snapshots, [disco])[disco])["components"]
         sink.close()
         return cmps
 
@@ -792,15 +795,16 @@ def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
         assert wait_until(lambda: sink.health()["connected"], 10)
         sink.on_state(counts(2, 1, 1))
         sink.on_stats(LoopStats(fps=12.5, frames=100))
-        before = retained_now(b, [f"{CAM}/#"])
-        assert {f"{CAM}/state", f"{CAM}/faces", f"{CAM}/stats"} <= set(before), sorted(before)
+        wanted = {f"{CAM}/state", f"{CAM}/faces", f"{CAM}/stats"}
+        before = retained_once(b, lambda r: wanted <= set(r), [f"{CAM}/#"])
+        assert wanted <= set(before), sorted(before)
         b.stop()
         b.start()  # no persistence: nothing retained any more
         assert wait_until(lambda: sink.health()["connected"], 20)
         time.sleep(1.2)  # past state_interval_s
         sink.on_state(counts(2, 1, 1))  # the same counts as before the restart
-        after = retained_now(b, [f"{CAM}/#"])
-        assert {f"{CAM}/state", f"{CAM}/faces", f"{CAM}/stats"} <= set(after), sorted(after)
+        after = retained_once(b, lambda r: wanted <= set(r), [f"{CAM}/#"])
+        assert wanted <= set(after), sorted(after)
         assert after[f"{CAM}/faces"] == b"2" and json.loads(after[f"{CAM}/stats"])["fps"] == 12.5
         sink.close()
 

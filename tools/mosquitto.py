@@ -278,3 +278,14 @@ def retained_now(broker: Broker, topics: Iterable[str] = ("#",),
         return {m.topic: m.payload for m in sub.messages if m.retain}
     finally:
         sub.close()
+
+
+def retained_once(broker: Broker, ok: Callable[[dict[str, bytes]], bool],
+                  topics: Iterable[str] = ("#",), timeout: float = 10.0) -> dict[str, bytes]:
+    """``retained_now`` asked again until ``ok`` holds for it (or ``timeout``: then the last
+    answer, for the caller's assertion to show). A paho client's publish goes out from its
+    network thread, so a broker read right after the call may come before the message."""
+    deadline = time.monotonic() + timeout
+    while not ok(got := retained_now(broker, topics)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return got
