@@ -792,6 +792,29 @@ def host_device_id(hostname: str | None = None) -> str:
     return clean or "maskd"
 
 
+# Host names an OS installs with, which many devices keep: as device_id (the default is the host
+# name) two such devices share an MQTT client id and knock each other off the broker.
+STOCK_HOST_NAMES = {
+    "raspberrypi": "Raspberry Pi OS's default host name",
+    "debian": "Debian's default host name",
+    "ubuntu": "Ubuntu's default host name",
+    "localhost": "a host name many machines have",
+    "maskd": "what maskd uses when the host name has nothing usable",
+}
+
+
+def stock_device_id_warning(device_id: str, from_host_name: bool) -> str | None:
+    """The line saying a device id is one that other devices likely have too, or None."""
+    what = STOCK_HOST_NAMES.get(device_id.lower())
+    if what is None:
+        return None
+    origin = "taken from the host name" if from_host_name else "set in the config"
+    return (f"'device_id': {device_id!r} ({origin}) is {what}: a second device with it takes "
+            f"this one's MQTT client id, topics and Home Assistant device, and the two knock "
+            f"each other off the broker; set device_id (or the host name) to one no other "
+            f"device has, e.g. entrance-1")
+
+
 class CameraConfig(Section):
     """One camera of a ``cameras:`` map: its own source, tracking and local views.
 
@@ -859,8 +882,8 @@ class Config(Section):
     from camera name to its own source); ``cameras_resolved()`` gives one Config per camera.
     """
 
-    # null (the default): this machine's host name, so two Pis left at the defaults never share
-    # an MQTT client id or topics.
+    # null (the default): this machine's host name, so two Pis named apart never share an MQTT
+    # client id or topics (stock names such as raspberrypi are warned of: shared_device_id).
     device_id: Id = Field(default_factory=lambda: host_device_id())
     camera: Id = "camera"
     state_dir: FsPath = SERVICE_DIR
@@ -1001,6 +1024,14 @@ class Config(Section):
                 out.append(f"'{key}': {path} is readable by every user of this machine (mode "
                            f"{stat.S_IMODE(mode):04o}); chmod o-rwx it")
         return out
+
+    def shared_device_id(self) -> list[str]:
+        """With MQTT on, one line when device_id is a stock host name (raspberrypi, ...) that
+        other devices at the site may have too; check-config, doctor and run all say it."""
+        if not self.mqtt.url:
+            return []
+        line = stock_device_id_warning(self.device_id, self.device_id == host_device_id())
+        return [line] if line else []
 
     @property
     def keeps_state(self) -> bool:

@@ -294,3 +294,23 @@ def test_a_secret_file_every_user_can_read_is_a_warning():
         assert f"WARNING maskd: {warning} (mode 0644); chmod o-rwx it" in r.stderr
         folder.chmod(0o700)
         assert warning not in maskd("check-config", str(cfg)).stderr
+
+
+def test_a_stock_host_name_as_device_id_is_warned_of_when_mqtt_is_on(monkeypatch):
+    """device_id defaults to the host name; Raspberry Pi OS names every Pi `raspberrypi`, so two
+    Pis left so share an MQTT client id and knock each other off the broker. Was: nothing said
+    it before the connections began to drop."""
+    import socket
+
+    mqtt = {"url": "mqtt://127.0.0.1:1883"}
+    monkeypatch.setattr(socket, "gethostname", lambda: "raspberrypi.lan")
+    (line,) = parse_config({"mqtt": mqtt}).shared_device_id()
+    assert line.startswith("'device_id': 'raspberrypi' (taken from the host name) is Raspberry "
+                           "Pi OS's default host name: a second device with it takes")
+    assert "set device_id (or the host name)" in line
+    (line,) = parse_config({"device_id": "Debian", "mqtt": mqtt}).shared_device_id()
+    assert "'Debian' (set in the config) is Debian's default host name" in line
+    assert parse_config({}).shared_device_id() == []  # no MQTT: the id names nothing shared
+    assert parse_config({"device_id": "entrance-1", "mqtt": mqtt}).shared_device_id() == []
+    monkeypatch.setattr(socket, "gethostname", lambda: "door-pi")
+    assert parse_config({"mqtt": mqtt}).shared_device_id() == []

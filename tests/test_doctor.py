@@ -502,3 +502,25 @@ def test_a_missing_coral_is_said_in_runs_words(tmp_path):
                                  "Accelerator (or check the PCIe/M.2 driver and permissions)")
     assert got["edgetpu model"][0] == "WARN" and got["edgetpu model"][1].startswith(
         "classifier.edgetpu: ") and "is not compiled for the EdgeTPU" in got["edgetpu model"][1]
+
+
+def test_a_stock_device_id_is_the_same_warning_in_check_config_doctor_and_run(tmp_path):
+    """`device_id: raspberrypi` (the host name of every Pi left at Raspberry Pi OS's default):
+    each command says it in the same words, as a warning (run starts)."""
+    with Broker(tmp_path / "b") as broker:
+        cfg = write_cfg(tmp_path, f"device_id: raspberrypi\nmqtt: {{url: '{broker.url}'}}\n")
+        said = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert said.returncode == 0, said.stderr
+        (line,) = [ln.split(": warning: ", 1)[1] for ln in said.stderr.splitlines()
+                   if "'device_id'" in ln]
+        assert line.startswith("'device_id': 'raspberrypi' (set in the config) is Raspberry Pi")
+        assert rows(doctor(cfg).stdout)["device id"] == ("WARN", line)
+        run = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                              "--max-frames", "1", "--jsonl", "-"], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"WARNING maskd: {line}" in run.stderr
+        cfg.write_text(cfg.read_text().replace("raspberrypi", "entrance-1"))
+        assert rows(doctor(cfg).stdout)["device id"] == (
+            "OK", "entrance-1 (MQTT client id and topics)")

@@ -243,7 +243,8 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.clock, self.secrets, self.state_dir, self.sandbox, self.runtime, self.packages, self.classifier_check, self.edgetpu,
+        for step in (self.clock, self.secrets, self.device_id_check, self.state_dir, self.sandbox,
+                     self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
             try:
@@ -265,6 +266,16 @@ class Doctor:
         the journal of `run` use (a warning there too: run starts)."""
         for line in self.cfg.open_secrets():
             self.add("secret file", WARN, line, required=False)
+
+    def device_id_check(self) -> None:
+        """With MQTT on, the device id other devices must not share: a stock host name such as
+        raspberrypi is a warning, in check-config's and run's words."""
+        if not self.cfg.mqtt.url:
+            return
+        lines = self.cfg.shared_device_id()
+        self.add("device id", WARN if lines else OK,
+                 lines[0] if lines else f"{self.cfg.device_id} (MQTT client id and topics)",
+                 required=False)
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
