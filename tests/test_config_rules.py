@@ -88,7 +88,9 @@ def bad_configs(tmp: Path, tls) -> list[tuple[str, dict, str]]:  # noqa: ANN001
 
 
 def write(path: Path, mqtt: dict, state_dir: Path) -> Path:
-    lines = [f"state_dir: {state_dir}", "mqtt:"] + [f"  {k}: '{v}'" for k, v in mqtt.items()]
+    # device_id set: a machine whose host name is a stock one (localhost) would add a warning
+    lines = [f"state_dir: {state_dir}", "device_id: door-1", "mqtt:"] + [
+        f"  {k}: '{v}'" for k, v in mqtt.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -404,7 +406,8 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
         assert checked.stderr.count("\n") == 1, checked.stderr
         assert f"maskd run: {says}" in ran.stderr, (yaml, ran.stderr)
     fresh = tmp_path / "new" / "deeper"
-    path.write_text(f"state_dir: '{fresh}/state'\njsonl: {{path: '{fresh}/e.jsonl'}}\n{mqtt}")
+    path.write_text(f"state_dir: '{fresh}/state'\njsonl: {{path: '{fresh}/e.jsonl'}}\n{mqtt}"
+                    "device_id: door-1\n")  # not the host name, which may be a stock one
     checked = maskd("check-config", str(path))
     assert checked.returncode == 0 and checked.stderr == "", checked.stderr
     assert not (tmp_path / "new").exists()  # run creates them; check-config does not
