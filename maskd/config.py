@@ -803,12 +803,12 @@ STOCK_HOST_NAMES = {
 }
 
 
-def stock_device_id_warning(device_id: str, from_host_name: bool) -> str | None:
+def stock_device_id_warning(device_id: str, is_host_name: bool) -> str | None:
     """The line saying a device id is one that other devices likely have too, or None."""
     what = STOCK_HOST_NAMES.get(device_id.lower())
     if what is None:
         return None
-    origin = "taken from the host name" if from_host_name else "set in the config"
+    origin = "this machine's host name" if is_host_name else "set in the config"
     return (f"'device_id': {device_id!r} ({origin}) is {what}: a second device with it takes "
             f"this one's MQTT client id, topics and Home Assistant device, and the two knock "
             f"each other off the broker; set device_id (or the host name) to one no other "

@@ -305,7 +305,7 @@ def test_a_stock_host_name_as_device_id_is_warned_of_when_mqtt_is_on(monkeypatch
     mqtt = {"url": "mqtt://127.0.0.1:1883"}
     monkeypatch.setattr(socket, "gethostname", lambda: "raspberrypi.lan")
     (line,) = parse_config({"mqtt": mqtt}).shared_device_id()
-    assert line.startswith("'device_id': 'raspberrypi' (taken from the host name) is Raspberry "
+    assert line.startswith("'device_id': 'raspberrypi' (this machine's host name) is Raspberry "
                            "Pi OS's default host name: a second device with it takes")
     assert "set device_id (or the host name)" in line
     (line,) = parse_config({"device_id": "Debian", "mqtt": mqtt}).shared_device_id()

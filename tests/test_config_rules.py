@@ -600,8 +600,8 @@ def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_
     assert f"WorkingDirectory={SERVICE_DIR}\n" in unit
     (tmp_path / "pw").write_text("s3cret\n")
     path = tmp_path / "rel.yaml"
-    path.write_text("snapshots: {dir: snaps}\nmqtt: {url: 'mqtt://127.0.0.1:1', username: u, "
-                    "password_file: pw}\n")
+    path.write_text("device_id: door-1\nsnapshots: {dir: snaps}\n"  # device_id: not the host's
+                    "mqtt: {url: 'mqtt://127.0.0.1:1', username: u, password_file: pw}\n")
     r = subprocess.run([sys.executable, "-m", "maskd", "check-config", path.name],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
