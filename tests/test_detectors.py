@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -141,6 +142,21 @@ def test_decode_ssd_postprocess():
     assert s.tolist() == [0.9]
     assert b[0].tolist() == pytest.approx([0.2 * 640, 0.1 * 640, 0.4 * 640, 0.3 * 640])
 
+
+def test_rows_past_the_ssd_count_are_never_read_as_numbers():
+    """The post-process op leaves the rows past ``count`` as the buffer held them; a signalling
+    NaN there used to make the float64 cast warn "invalid value" (seen in a CI run)."""
+    snan = np.array([0x7FA00000], np.uint32).view(np.float32)[0]
+    boxes = np.full((4, 4), snan, np.float32)
+    boxes[0] = (0.1, 0.2, 0.3, 0.4)
+    scores = np.array([0.9, snan, snan, snan], np.float32)
+    classes = np.array([0, snan, snan, snan], np.float32)
+    lb = Letterbox(scale=0.5, width=320, height=160)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b, s = decode_ssd_postprocess(boxes, classes, scores, 1.0, 0.5, lb, 320, 320)
+    assert s.tolist() == pytest.approx([0.9])
+    assert b[0].tolist() == pytest.approx([0.2 * 640, 0.1 * 640, 0.4 * 640, 0.3 * 640])
 
 def test_postprocess_output_order_by_shape_and_name():
     def d(name, shape):

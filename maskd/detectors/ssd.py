@@ -36,9 +36,11 @@ def decode_ssd_postprocess(boxes: np.ndarray, classes: np.ndarray, scores: np.nd
     letterboxed image); only the first ``count`` rows are valid.
     """
     n = int(count)
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)[:n]
-    s = np.asarray(scores, np.float64).reshape(-1)[:n]
-    c = np.asarray(classes, np.float64).reshape(-1)[:n]
+    # Rows past ``count`` hold whatever the output buffer held: a signalling NaN there made the
+    # cast warn "invalid value" (seen in a test run). Only the valid rows are cast.
+    b = np.asarray(boxes).reshape(-1, 4)[:n].astype(np.float64)
+    s = np.asarray(scores).reshape(-1)[:n].astype(np.float64)
+    c = np.asarray(classes).reshape(-1)[:n].astype(np.float64)
     keep = s >= score_threshold
     if face_class is not None:
         keep &= np.round(c) == face_class
