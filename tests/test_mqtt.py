@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("mqtt_driver.py")
 BASE = "maskd/dev1"
 CAM = f"{BASE}/cam1"
+DISCO = "homeassistant/device/maskd_dev1_cam1"  # its Home Assistant device's topics
 
 
 def check_schema(obj: dict, schema: dict = EVENT_SCHEMA) -> None:
@@ -257,7 +258,7 @@ def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_lef
     go. Was: both stayed retained for ever (nothing withdrew them)."""
     import numpy as np
 
-    disco = "homeassistant/device/maskd_dev1_cam1/config"
+    disco = f"{DISCO}/config"
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=True))
     ev = script("s", 1, 0)[0]
     ev.best_crop = np.full((40, 30, 3), 128, np.uint8)
@@ -282,7 +283,7 @@ def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, t
     snapshot component by its platform alone, which Home Assistant takes as "remove it". Was:
     the component was left out, and Home Assistant keeps a component a device payload omits
     (homeassistant/components/mqtt/discovery.py): the camera entity stayed for ever."""
-    disco = "homeassistant/device/maskd_dev1_cam1/config"
+    disco = f"{DISCO}/config"
     uid = "maskd_dev1_cam1_snapshot"
 
     def retained_components(snapshots: bool) -> dict:
@@ -300,13 +301,17 @@ def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, t
     assert retained_components(False)[uid] == {"platform": "camera"}
 
 
-def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
-    sub = Subscriber(broker, [f"{CAM}/detect/#"])
+def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path, caplog):
+    sub = Subscriber(broker, [f"{CAM}/detect/#", f"{DISCO}/#"])
     sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1, retain=True).wait_for_publish(5)
     control = RunControl()
-    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
-    assert wait_until(lambda: sink.connected)
-    time.sleep(1.0)  # the retained OFF has been delivered by now
+    with caplog.at_level(logging.WARNING, logger="maskd.mqtt"):
+        sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
+        assert wait_until(lambda: sink.connected)
+        assert switch_subscribed(sub)
+        # the retained OFF has reached the sink (was: a 1 s sleep, and a check that held
+        # whether or not it had come)
+        assert wait_until(lambda: f"ignoring retained {CAM}/detect/set" in caplog.text, 10)
     assert control.detect_enabled is True
     sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)
     assert wait_until(lambda: control.detect_enabled is False, 5)
@@ -321,12 +326,21 @@ def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path):
 def _switch_under_test(broker, tmp_path) -> tuple[Subscriber, RunControl, MqttSink]:
     """A connected sink with its detection switch, and a subscriber that sends it commands and
     hears detect/state."""
-    sub = Subscriber(broker, [f"{CAM}/detect/#"])
+    sub = Subscriber(broker, [f"{CAM}/detect/#", f"{DISCO}/#"])
     control = RunControl()
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control)
     assert wait_until(lambda: sink.connected)
-    time.sleep(0.5)  # subscribed
+    assert switch_subscribed(sub)
     return sub, control, sink
+
+
+
+def switch_subscribed(sub: Subscriber) -> bool:
+    """Whether the broker holds the sink's subscription to detect/set, told without a sleep:
+    the sink subscribes before it publishes its discovery config, and the broker handles one
+    client's packets in order, so once ``sub`` (subscribed to the config) has the config, the
+    subscription is in place. (Was: a 0.5 s sleep.)"""
+    return sub.wait(lambda ms: any(m.topic == f"{DISCO}/config" for m in ms), 10)
 
 
 def test_a_flood_of_bad_detect_set_messages_is_one_line_per_cause(broker, tmp_path, caplog,
