@@ -943,3 +943,44 @@ def test_a_session_file_from_a_newer_maskd_is_read_by_the_keys_this_one_knows(tm
         sink.close()
         sub.close()
     assert json.loads(session.read_text())["running"] is False
+
+
+def test_a_subscription_the_broker_refuses_is_an_error_and_a_fault_until_it_is_granted(
+        tmp_path, caplog):
+    """A broker whose ACL refuses maskd's SUBSCRIBE to detect/set (mosquitto's dynamic-security
+    plugin: SUBACK 0x87, 0x80 over MQTT 3.1.1) leaves the Home Assistant switch dead. Was:
+    nothing said so while running. Now an ERROR names the topic and what no longer works, and
+    the status lists it until a connection gets the subscription; `maskd doctor` warns of it.
+    """
+    ha, switch = "homeassistant/status", f"{CAM}/detect/set"
+    want = [f"MQTT: broker refuses the subscription to {t}" for t in (ha, switch)]
+
+    def refused_sink(target: Broker | Mqtt311Only, why: str) -> MqttSink:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="maskd.mqtt"):
+            sink = MqttSink.from_config(cfg_for(target, tmp_path / "state"))
+            assert wait_until(lambda: sink.faults() == want, 10), sink.faults()
+        assert (f"refused the subscription to {switch}: {why}; the detection switch (Home "
+                f"Assistant, detect/set) does nothing (does the broker's ACL let this client "
+                f"subscribe there?)") in caplog.text, caplog.text
+        assert (f"refused the subscription to {ha}: {why}; Home Assistant's restarts go "
+                f"unseen") in caplog.text, caplog.text
+        status = status_text(LoopStats(fps=9.8, active=0, faults=tuple(sink.faults())))
+        assert f"subscription to {switch}" in status, status
+        return sink
+
+    with Broker(tmp_path / "b", deny_subscribe=[switch, ha]) as broker:
+        relay = Mqtt311Only(broker)
+        refused_sink(relay, "Unspecified error").close()
+        # doctor asks on detect/set itself (was: only beside it, on detect/doctor: OK here)
+        for target, why in ((broker, "Not authorized"), (relay, "Unspecified error")):
+            verdict, detail = probe_broker(cfg_for(target, tmp_path / "state"))
+            assert verdict == WARN, detail
+            assert f"may not subscribe to {switch} ({why}): the broker's ACL" in detail, detail
+        relay.close()
+        sink = refused_sink(broker, "Not authorized")
+        broker.stop()
+        broker.deny_subscribe([])  # the ACL is mended
+        broker.start()
+        assert wait_until(lambda: sink.connected and sink.faults() == [], 15), sink.faults()
+        sink.close()

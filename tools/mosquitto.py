@@ -25,6 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
 )
+# mosquitto's dynamic-security plugin (Debian's mosquitto package ships it): the one way a stock
+# mosquitto refuses a SUBSCRIBE (acl_file grants it and then delivers nothing)
+DYNSEC = next((str(p) for p in sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))),
+              None)
 
 
 def require(tool: str | None, name: str) -> str:
@@ -93,6 +97,7 @@ class Broker:
         require_client_cert: bool = False,
         persistence: bool = False,
         acl: str | None = None,
+        deny_subscribe: Iterable[str] = (),
     ) -> None:
         self.exe = require(MOSQUITTO, "mosquitto")
         self.dir = Path(workdir)
@@ -120,11 +125,32 @@ class Broker:
         if acl is not None:  # mosquitto's acl_file syntax, e.g. "topic deny a/b\ntopic readwrite #"
             (self.dir / "acl").write_text(acl + "\n")
             lines.append(f"acl_file {self.dir / 'acl'}")
+        deny = list(deny_subscribe)
+        if deny:  # for anonymous clients, through the dynamic-security plugin
+            self.dynsec = self.dir / "dynsec.json"
+            self.deny_subscribe(deny)
+            lines += [f"plugin {require(DYNSEC, 'mosquitto_dynamic_security.so')}",
+                      f"plugin_opt_config_file {self.dynsec}"]
         if tls:
             lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
                       f"require_certificate {'true' if require_client_cert else 'false'}"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(x for x in lines if x) + "\n")
+
+    def deny_subscribe(self, topics: Iterable[str]) -> None:
+        """Refuse anonymous clients' SUBSCRIBE to these topic filters (SUBACK 0x87, or 0x80
+        in 3.1.1), from the next start on; [] grants every one again. Only for a broker made
+        with ``deny_subscribe``."""
+        acls = [{"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": False}
+                for t in topics]
+        grant_all = {"publishClientSend": True, "publishClientReceive": True,
+                     "subscribe": True, "unsubscribe": True}
+        self.dynsec.write_text(json.dumps({
+            "defaultACLAccess": grant_all, "clients": [],
+            "groups": [{"groupname": "anonymous", "roles": [{"rolename": "deny"}],
+                        "clients": []}],
+            "roles": [{"rolename": "deny", "acls": acls}],
+            "anonymousGroup": "anonymous"}))
 
     @property
     def url(self) -> str:

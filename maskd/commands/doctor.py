@@ -821,18 +821,24 @@ class _Probe:
         return OK, f"publish rights checked by a round trip on {topic}"
 
     def _may_receive(self, topic: str) -> tuple[str, str]:
-        """Whether maskd would receive its detect/set: mosquitto grants a SUBSCRIBE its ACL
-        gives no read right for and then never delivers, so the Home Assistant switch would do
-        nothing without a word. A round trip on ``topic``, beside detect/set, tells. A WARN:
-        detection and events work without the switch."""
+        """Whether maskd would receive its detect/set. A broker may refuse that SUBSCRIBE
+        (an ACL of mosquitto's dynamic-security plugin, EMQX, ...): asked on detect/set itself,
+        which only listens. Or grant it and never deliver (mosquitto's acl_file): a round trip
+        on ``topic``, beside detect/set (a publish there would flip the live switch), tells. A
+        WARN: detection and events work without the switch."""
+        switch = f"{topic.removesuffix('/doctor')}/set"
+        hint = (f"the broker's ACL must let this user subscribe to and read {switch}, or the "
+                "detection switch (Home Assistant) does nothing")
+        answer = self._answer(self.client.subscribe(switch, qos=1)[1])
+        self.client.unsubscribe(switch)
+        if answer is None or answer.is_failure:
+            return WARN, f"may not subscribe to {switch} ({answer or 'no SUBACK'}): {hint}"
         failed = self._round_trip(topic)
         if not failed:
             return OK, f"may receive on {topic}"
         what = ("may not subscribe to" if failed == "subscribe"
                 else "a test message never came back on")
-        return WARN, (f"{what} {topic}: the broker's ACL must let this user subscribe to and "
-                      f"read {topic.removesuffix('/doctor')}/set, or the detection switch "
-                      "(Home Assistant) does nothing")
+        return WARN, f"{what} {topic}: {hint}"
 
     def _round_trip(self, topic: str) -> str | None:
         """Subscribe to ``topic``, publish there and wait for it to come back; None when it

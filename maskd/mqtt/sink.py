@@ -254,6 +254,10 @@ class MqttSink(EventSink):
         self._side_lock = threading.Lock()
         self._side_topics: dict[int, str] = {}
         self._side_refused: dict[str, str] = {}
+        # What maskd subscribes to (detect/set, Home Assistant's status): mid -> topic until the
+        # SUBACK; topic -> reason while the broker refuses it (an ACL: then the switch is dead).
+        self._sub_topics: dict[int, str] = {}
+        self._sub_refused: dict[str, str] = {}
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -286,6 +290,7 @@ class MqttSink(EventSink):
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._client = c
 
         self._worker = threading.Thread(target=self._run, name="maskd-mqtt-outbox", daemon=True)
@@ -643,8 +648,10 @@ class MqttSink(EventSink):
             out.append(f"MQTT: {len(self._refused)} event(s) refused by the broker")
         with self._side_lock:
             refused = sorted(self._side_refused)
+            subs = sorted(self._sub_refused)
         if refused:
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
+        out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
         return out
 
     @property
@@ -681,6 +688,7 @@ class MqttSink(EventSink):
             client.drop_out_messages()
             with self._side_lock:
                 self._side_topics.clear()
+                self._sub_topics.clear()
             if self._closing:  # a reconnect while stopping: the stop is what the broker keeps
                 log.info("MQTT: reconnected to %s while stopping; announcing offline again",
                          self._url)
@@ -711,13 +719,45 @@ class MqttSink(EventSink):
                 # published again with the next frame: a broker that lost its retained
                 # messages (restarted without persistence) must get them back
                 cam.violations = cam.faces = cam.last_state = None
-                client.subscribe(cam.topics.detect_set, qos=1)
+                self._subscribe(client, cam.topics.detect_set)
             if self._mq.discovery:
                 self._publish_discovery()
-                client.subscribe(self._first.topics.ha_status, qos=1)
+                self._subscribe(client, self._first.topics.ha_status)
             self._withdraw_switched_off()
             self._mark_dropped_offline()
         self._q.put(("wake", None, None))
+
+    def _subscribe(self, client: mqtt.Client, topic: str) -> None:
+        """Subscribe (QoS 1), remembering the topic until the broker's SUBACK says yes or no."""
+        rc, mid = client.subscribe(topic, qos=1)
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            with self._side_lock:
+                self._sub_topics[mid] = topic
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        """A SUBACK. A broker whose ACL refuses a subscription says so here (MQTT 5: 0x87 Not
+        authorized; 3.1.1: 0x80), and from then on a command sent there never reaches maskd:
+        logged once a minute per topic and listed in faults() until a connection gets it.
+        (mosquitto's acl_file grants such a SUBSCRIBE and then delivers nothing; `maskd doctor`
+        finds that by a round trip.)"""
+        with self._side_lock:
+            topic = self._sub_topics.pop(mid, None)
+            if topic is None:
+                return
+            refused = [rc for rc in reason_codes if rc.is_failure]
+            if not refused:
+                self._sub_refused.pop(topic, None)
+                return
+            self._sub_refused[topic] = why = str(refused[0])
+        if topic == self._first.topics.ha_status:
+            lost = ("Home Assistant's restarts go unseen, so maskd sends its discovery again "
+                    "only when it reconnects")
+        else:
+            lost = "the detection switch (Home Assistant, detect/set) does nothing"
+        if self._log_once_a_minute.due(f"subscribe {topic} {why}"):
+            who = f"user {self._mq.username!r}" if self._mq.username else "this client"
+            log.error("MQTT: broker %s refused the subscription to %s: %s; %s (does the "
+                      "broker's ACL let %s subscribe there?)", self._url, topic, why, lost, who)
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         err = getattr(client, "last_error", None)
