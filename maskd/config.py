@@ -17,6 +17,7 @@ import ssl
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -38,7 +39,7 @@ from yaml.composer import ComposerError
 from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
 
-from maskd import env, schedule, zones
+from maskd import certs, env, schedule, zones
 from maskd.files import open_regular, read_limited
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
@@ -684,6 +685,33 @@ class MqttConfig(Section):
         except (OSError, ValueError) as err:
             raise ValueError(f"mqtt.ca_file/cert_file/key_file do not load: {err}") from None
         return self
+
+    def certificate_ends(self) -> dict[str, tuple[Path, datetime]]:
+        """When the TLS files stop working, by key: mqtt.cert_file at its first certificate to
+        expire (the whole chain is sent), mqtt.ca_file at its last (one CA that still holds
+        verifies the broker). Only with mqtts://; a file that cannot be read or parsed is left
+        out (the check above says what is wrong with one that does not load)."""
+        if not (self.url and BrokerUrl.split(self.url).tls):
+            return {}
+        out = {}
+        for key, path, pick in (("mqtt.cert_file", self.cert_file, min),
+                                ("mqtt.ca_file", self.ca_file, max)):
+            if path is None:
+                continue
+            try:
+                ends = certs.pem_not_after(Path(path).read_text(errors="replace"))
+            except (OSError, ValueError):
+                continue
+            if ends:
+                out[key] = (Path(path), pick(ends))
+        return out
+
+    def expiring_certificates(self, now: datetime | None = None) -> list[str]:
+        """A line for each TLS file expired or expiring within certs.WARN_DAYS (check-config,
+        doctor and run's start; the sink's status line, from the dates read at its start)."""
+        now = now or datetime.now(UTC)
+        lines = (certs.expiry_line(k, p, e, now) for k, (p, e) in self.certificate_ends().items())
+        return [line for line in lines if line]
 
     @field_validator("discovery_prefix")
     @classmethod

@@ -37,15 +37,16 @@ __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "QuotaExcee
            "require", "retained_now", "retained_once", "small_disk", "unique_events", "wait_until"]
 
 
-def make_ca(d: Path) -> Tls:
-    """A throw-away CA, a server cert for 127.0.0.1/localhost and a client cert (openssl CLI)."""
+def make_ca(d: Path, days: int = 365) -> Tls:
+    """A throw-away CA, a server cert for 127.0.0.1/localhost and a client cert (openssl CLI),
+    valid for ``days`` (maskd warns of certificates that end within a month)."""
     openssl = require(shutil.which("openssl"), "openssl")
     d.mkdir(parents=True, exist_ok=True)
 
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=maskd test CA",
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days), "-subj", "/CN=maskd test CA",
         "-keyout", "ca.key", "-out", "ca.crt")
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, cn in (("server", "localhost"), ("client", "maskd-client")):
@@ -53,7 +54,7 @@ def make_ca(d: Path) -> Tls:
             "-keyout", f"{name}.key", "-out", f"{name}.csr")
         extra = ["-extfile", "san.ext"] if name == "server" else []
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", *extra)
+            "-CAcreateserial", "-days", str(days), "-out", f"{name}.crt", *extra)
     return Tls(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -526,3 +528,50 @@ def test_a_stock_device_id_is_the_same_warning_in_check_config_doctor_and_run(tm
         cfg.write_text(cfg.read_text().replace("raspberrypi", "entrance-1"))
         assert rows(doctor(cfg).stdout)["device id"] == (
             "OK", "entrance-1 (MQTT client id and topics)")
+
+
+def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_doctor_run(
+        tmp_path):
+    """A client certificate that expires makes the broker refuse maskd from that day on, the
+    events piling up in the outbox: a month ahead each command says so in the same words (a
+    warning: run starts), and so does the running sink's status line."""
+    import yaml
+    from mqtt_broker import make_ca, wait_until
+
+    from maskd.config import parse_config
+    from maskd.mqtt import MqttSink
+
+    tls = make_ca(tmp_path / "ca", days=10)
+    tls.client_key.chmod(0o600)
+    with Broker(tmp_path / "b", tls=tls, require_client_cert=True) as broker:
+        cfg = write_cfg(tmp_path, f"device_id: door-1\nmqtt: {{url: '{broker.url}', "
+                                  f"ca_file: '{tls.ca}', cert_file: '{tls.client_cert}', "
+                                  f"key_file: '{tls.client_key}'}}\n")
+        said = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert said.returncode == 0, said.stderr
+        lines = [ln.split(": warning: ", 1)[1] for ln in said.stderr.splitlines()
+                 if "certificate" in ln]
+        assert [ln.split(" ", 1)[0] for ln in lines] == ["mqtt.cert_file", "mqtt.ca_file"], lines
+        for line, path in zip(lines, (tls.client_cert, tls.ca), strict=True):
+            assert line.startswith(f"{line.split()[0]} {path}: the certificate expires on "), line
+            assert "(in 9 days); renew it before then, then restart maskd" in line, line
+        assert rows(doctor(cfg).stdout)["certificates"] == ("WARN", "; ".join(lines))
+        run = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                              "--max-frames", "1", "--jsonl", "-"], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert all(f"WARNING maskd: {line}" in run.stderr for line in lines), run.stderr[-2000:]
+        sink = MqttSink.from_config(parse_config(yaml.safe_load(cfg.read_text()), str(cfg)))
+        try:
+            assert wait_until(lambda: sink.connected), "a certificate still valid connects"
+            assert sink.faults() == lines
+        finally:
+            sink.close()
+    make_ca(tmp_path / "renewed")  # for a year
+    (tmp_path / "renewed" / "client.key").chmod(0o600)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "ca"), str(tmp_path / "renewed")))
+    verdict, detail = rows(doctor(cfg).stdout)["certificates"]
+    days = [(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=UTC) - datetime.now(UTC)).days
+            for d in re.fullmatch(r"cert_file until (\S+), ca_file until (\S+)", detail).groups()]
+    assert verdict == "OK" and all(363 <= d <= 365 for d in days), (verdict, detail)

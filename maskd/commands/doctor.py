@@ -243,7 +243,8 @@ class Doctor:
         self.checks.append(Check(name, verdict, detail, required))
 
     def run_all(self) -> list[Check]:
-        for step in (self.clock, self.secrets, self.device_id_check, self.state_dir, self.sandbox,
+        for step in (self.clock, self.secrets, self.device_id_check, self.certificates,
+                     self.state_dir, self.sandbox,
                      self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
@@ -276,6 +277,17 @@ class Doctor:
         self.add("device id", WARN if lines else OK,
                  lines[0] if lines else f"{self.cfg.device_id} (MQTT client id and topics)",
                  required=False)
+
+    def certificates(self) -> None:
+        """The MQTT TLS files' end dates: expired, or within certs.WARN_DAYS, is a warning in
+        check-config's and run's words (run starts: the outbox keeps the events)."""
+        ends = self.cfg.mqtt.certificate_ends()
+        if not ends:
+            return
+        lines = self.cfg.mqtt.expiring_certificates()
+        self.add("certificates", WARN if lines else OK, "; ".join(lines) if lines else ", ".join(
+            f"{k.removeprefix('mqtt.')} until {e:%Y-%m-%d}" for k, (_, e) in ends.items()),
+            required=False)
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
+from maskd.certs import expiry_line
 from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
@@ -258,6 +260,9 @@ class MqttSink(EventSink):
         # SUBACK; topic -> reason while the broker refuses it (an ACL: then the switch is dead).
         self._sub_topics: dict[int, str] = {}
         self._sub_refused: dict[str, str] = {}
+        # the TLS files as loaded now (a renewed file is read at the next start): the status
+        # line warns as their end comes near, months into a run
+        self._cert_ends = mq.certificate_ends()
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -652,6 +657,10 @@ class MqttSink(EventSink):
         if refused:
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
+        if self._cert_ends:
+            now = datetime.now(UTC)
+            out += [line for k, (path, ends) in self._cert_ends.items()
+                    if (line := expiry_line(k, path, ends, now))]
         return out
 
     @property

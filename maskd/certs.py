@@ -1,0 +1,96 @@
+"""When the MQTT TLS certificates stop being valid.
+
+A building's broker certificates are renewed once a year or so, and a client certificate that
+expires makes the broker refuse every connection from then on: events wait in the outbox
+until someone notices. maskd says so ahead of time (check-config, doctor, run's start and its
+status line) from the files' notAfter dates. The standard library has no public parser for a
+certificate file, and X.509's validity is a few DER fields in, so they are read here.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+WARN_DAYS = 30  # a renewal takes a ticket and a visit: a month ahead
+
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+class CertificateFormatError(ValueError):
+    """Not the DER structure of an X.509 certificate."""
+
+
+def _tlv(der: bytes, i: int) -> tuple[int, int, int]:
+    """(tag, start of the contents, end of the contents) of the DER element at ``i``."""
+    if i + 2 > len(der):
+        raise CertificateFormatError("truncated")
+    tag, n = der[i], der[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 0 < k <= 4 or i + k > len(der):
+            raise CertificateFormatError("bad length")
+        n = int.from_bytes(der[i:i + k], "big")
+        i += k
+    if i + n > len(der):
+        raise CertificateFormatError("truncated")
+    return tag, i, i + n
+
+
+def _time(tag: int, text: bytes) -> datetime:
+    """UTCTime (YYMMDDHHMMSSZ, years 1950-2049) or GeneralizedTime (YYYYMMDDHHMMSSZ)."""
+    s = text.decode("ascii")
+    if tag == 0x17:
+        year = int(s[:2])
+        s = f"{1900 + year if year >= 50 else 2000 + year}{s[2:]}"
+    elif tag != 0x18:
+        raise CertificateFormatError(f"tag {tag:#x} is no time")
+    return datetime.strptime(s, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+
+
+def not_after(der: bytes) -> datetime:
+    """The end of a DER certificate's validity: Certificate > tbsCertificate > [0] version
+    (optional), serialNumber, signature, issuer, validity > notBefore, notAfter."""
+    tag, start, _ = _tlv(der, 0)
+    if tag != 0x30:
+        raise CertificateFormatError("not a SEQUENCE")
+    tag, i, _ = _tlv(der, start)  # tbsCertificate
+    if tag != 0x30:
+        raise CertificateFormatError("no tbsCertificate")
+    tag, _, end = _tlv(der, i)
+    if tag == 0xA0:  # explicit version
+        i = end
+    for _ in range(3):  # serialNumber, signature, issuer
+        _, _, i = _tlv(der, i)
+    tag, i, _ = _tlv(der, i)
+    if tag != 0x30:
+        raise CertificateFormatError("no validity")
+    _, _, i = _tlv(der, i)  # notBefore
+    tag, start, end = _tlv(der, i)
+    try:
+        return _time(tag, der[start:end])
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CertificateFormatError(f"bad notAfter: {err}") from None
+
+
+def pem_not_after(text: str) -> list[datetime]:
+    """notAfter of every certificate in a PEM text, in file order."""
+    return [not_after(ssl.PEM_cert_to_DER_cert(m.group(0))) for m in _PEM.finditer(text)]
+
+
+def expiry_line(key: str, path: Path, ends: datetime, now: datetime) -> str | None:
+    """The warning for a certificate that ends at ``ends``, or None while it is more than
+    WARN_DAYS away. One wording for check-config, doctor, run and the status line."""
+    left = ends - now
+    date = ends.strftime("%Y-%m-%d %H:%M UTC")
+    if left.total_seconds() <= 0:
+        return (f"{key} {path}: the certificate expired on {date}: the broker refuses "
+                f"the connection; renew it, then restart maskd (it reads the file at start)")
+    if left.days >= WARN_DAYS:
+        return None
+    days = f"in {left.days} day{'s' if left.days != 1 else ''}" if left.days else "today"
+    return (f"{key} {path}: the certificate expires on {date} ({days}); renew it before then, "
+            f"then restart maskd (it reads the file at start)")
