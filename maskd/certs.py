@@ -16,6 +16,10 @@ from pathlib import Path
 
 WARN_DAYS = 30  # a renewal takes a ticket and a visit: a month ahead
 
+# what an expired file stops, by config key
+EXPIRED = {"mqtt.cert_file": "the broker refuses the connection",
+           "mqtt.ca_file": "maskd cannot verify the broker, so it does not connect"}
+
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
 
 
@@ -87,8 +91,9 @@ def expiry_line(key: str, path: Path, ends: datetime, now: datetime) -> str | No
     left = ends - now
     date = ends.strftime("%Y-%m-%d %H:%M UTC")
     if left.total_seconds() <= 0:
-        return (f"{key} {path}: the certificate expired on {date}: the broker refuses "
-                f"the connection; renew it, then restart maskd (it reads the file at start)")
+        return (f"{key} {path}: the certificate expired on {date}: "
+                f"{EXPIRED.get(key, 'TLS connections fail')}; renew it, then restart maskd (it "
+                f"reads the file at start)")
     if left.days >= WARN_DAYS:
         return None
     days = f"in {left.days} day{'s' if left.days != 1 else ''}" if left.days else "today"

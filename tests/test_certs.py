@@ -61,10 +61,13 @@ def test_the_warning_says_expired_today_or_days_left_and_nothing_a_month_ahead()
                     "(it reads the file at start)")
     assert "(in 1 day);" in expiry_line("k", path, now + timedelta(days=1, hours=1), now)
     assert "(today);" in expiry_line("k", path, now + timedelta(hours=1), now)
-    gone = expiry_line("k", path, now, now)
-    assert gone == ("k /etc/maskd/client.crt: the certificate expired on 2027-03-01 12:00 UTC: "
-                    "the broker refuses the connection; renew it, then restart maskd (it reads "
-                    "the file at start)")
+    gone = expiry_line("mqtt.cert_file", path, now, now)
+    assert gone == ("mqtt.cert_file /etc/maskd/client.crt: the certificate expired on 2027-03-01 "
+                    "12:00 UTC: the broker refuses the connection; renew it, then restart maskd "
+                    "(it reads the file at start)")
+    ca = expiry_line("mqtt.ca_file", Path("/etc/maskd/ca.crt"), now - timedelta(days=3), now)
+    assert ca.startswith("mqtt.ca_file /etc/maskd/ca.crt: the certificate expired on 2027-02-26 "
+                         "12:00 UTC: maskd cannot verify the broker, so it does not connect; "), ca
 
 
 def test_the_config_takes_a_chains_first_end_and_a_ca_bundles_last(tmp_path):
