@@ -16,6 +16,7 @@ MASKD = Path(__file__).resolve().parents[1] / "maskd"
 # sit on top; shared records and pure helpers at the bottom.
 STAGES: list[tuple[str, ...]] = [
     ("maskd", "maskd.types", "maskd.geometry", "maskd.env", "maskd.clock", "maskd.mailbox", "maskd.lograte", "maskd.files", "maskd.images",
+     "maskd.certs",
      "maskd.config", "maskd.modelfiles", "maskd.zones", "maskd.schedule", "maskd.pins"),
     ("maskd.sources", "maskd.demo"),
     ("maskd.tflite", "maskd.detectors", "maskd.motion"),
