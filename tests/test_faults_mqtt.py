@@ -980,7 +980,17 @@ def test_a_subscription_the_broker_refuses_is_an_error_and_a_fault_until_it_is_g
         relay.close()
         sink = refused_sink(broker, "Not authorized")
         broker.stop()
+        broker.deny_subscribe([ha])  # the switch is mended, Home Assistant's status not yet
+        broker.start()
+        assert wait_until(lambda: sink.connected and sink.faults() == want[:1], 15), sink.faults()
+        verdict, detail = probe_broker(cfg_for(broker, tmp_path / "state"))
+        assert verdict == WARN and detail.endswith(
+            f"may receive on {CAM}/detect/doctor; may not subscribe to {ha} (Not authorized): "
+            f"Home Assistant's restarts go unseen, so maskd sends its discovery again only when "
+            f"it reconnects"), detail
+        broker.stop()
         broker.deny_subscribe([])  # the ACL is mended
         broker.start()
         assert wait_until(lambda: sink.connected and sink.faults() == [], 15), sink.faults()
+        assert probe_broker(cfg_for(broker, tmp_path / "state"))[0] == OK
         sink.close()

@@ -694,6 +694,7 @@ class _Probe:
         # beside each camera's detect/set, never on it (that would flip the live switch)
         self.switch_topics = [Topics.build(cfg.mqtt, cfg.device_id, cam).detect_set
                               .removesuffix("/set") + "/doctor" for cam in cams]
+        self.ha_status = Topics.build(cfg.mqtt, cfg.device_id, cams[0]).ha_status
         self.token = f"maskd doctor {os.getpid()} {time.time()}".encode()
         self.reason: Any = None
         self.properties: Any = None  # the CONNACK's (MQTT 5): the broker's limits
@@ -765,8 +766,11 @@ class _Probe:
     def publish_rights(self) -> tuple[str, str]:
         """Publish rights under the device's prefix and, with discovery on, under Home
         Assistant's discovery_prefix (an ACL that grants only ``maskd/#`` hides the device from
-        Home Assistant); the first failure, else OK."""
+        Home Assistant); the first failure, else OK. Then whether maskd may subscribe to its
+        switches and to Home Assistant's status (a WARN: events flow without them)."""
         import paho.mqtt.client as mqtt
+
+        from maskd.mqtt.homeassistant import UNSEEN_RESTARTS
 
         ms = (time.perf_counter() - self.t0) * 1e3
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
@@ -786,6 +790,12 @@ class _Probe:
             said.append(detail)
             if verdict != OK:
                 return verdict, f"{done}; {'; '.join(said)}"
+        if self.mq.discovery:
+            answer = self._may_subscribe(self.ha_status)
+            if answer is None or answer.is_failure:
+                said.append(f"may not subscribe to {self.ha_status} ({answer or 'no SUBACK'}): "
+                            f"{UNSEEN_RESTARTS}")
+                return WARN, f"{done}; {'; '.join(said)}"
         return OK, f"{done}; {'; '.join(said)}"
 
     def _beyond_limits(self) -> str | None:
@@ -841,8 +851,7 @@ class _Probe:
         switch = f"{topic.removesuffix('/doctor')}/set"
         hint = (f"the broker's ACL must let this user subscribe to and read {switch}, or the "
                 "detection switch (Home Assistant) does nothing")
-        answer = self._answer(self.client.subscribe(switch, qos=1)[1])
-        self.client.unsubscribe(switch)
+        answer = self._may_subscribe(switch)
         if answer is None or answer.is_failure:
             return WARN, f"may not subscribe to {switch} ({answer or 'no SUBACK'}): {hint}"
         failed = self._round_trip(topic)
@@ -851,6 +860,13 @@ class _Probe:
         what = ("may not subscribe to" if failed == "subscribe"
                 else "a test message never came back on")
         return WARN, f"{what} {topic}: {hint}"
+
+    def _may_subscribe(self, topic: str) -> Any:
+        """The broker's SUBACK reason for ``topic`` (None: no SUBACK in time), leaving it again
+        at once: doctor only listens there, on topics `run` uses."""
+        answer = self._answer(self.client.subscribe(topic, qos=1)[1])
+        self.client.unsubscribe(topic)
+        return answer
 
     def _round_trip(self, topic: str) -> str | None:
         """Subscribe to ``topic``, publish there and wait for it to come back; None when it

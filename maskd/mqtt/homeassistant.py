@@ -14,6 +14,11 @@ _TRUE = {"on", "true", "1", "enable", "enabled"}
 _FALSE = {"off", "false", "0", "disable", "disabled"}
 
 
+# What maskd misses when it may not subscribe to ``ha_status`` (the sink's log, `maskd doctor`)
+UNSEEN_RESTARTS = ("Home Assistant's restarts go unseen, so maskd sends its discovery again "
+                   "only when it reconnects")
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of one camera, derived once from prefix, device id and camera.
@@ -42,7 +47,7 @@ class Topics:
     detect_state: str
     detect_attributes: str
     discovery: str
-    ha_status: str
+    ha_status: str  # Home Assistant's birth/last will: `online` asks for discovery again
 
     @classmethod
     def build(cls, mq: MqttConfig, device_id: str, camera: str, device_status: bool = False

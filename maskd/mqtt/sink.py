@@ -36,7 +36,7 @@ from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
-from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
+from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
 from maskd.types import STOPS, EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
@@ -759,8 +759,7 @@ class MqttSink(EventSink):
                 return
             self._sub_refused[topic] = why = str(refused[0])
         if topic == self._first.topics.ha_status:
-            lost = ("Home Assistant's restarts go unseen, so maskd sends its discovery again "
-                    "only when it reconnects")
+            lost = UNSEEN_RESTARTS
         else:
             lost = "the detection switch (Home Assistant, detect/set) does nothing"
         if self._log_once_a_minute.due(f"subscribe {topic} {why}"):
