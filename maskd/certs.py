@@ -99,3 +99,9 @@ def expiry_line(key: str, path: Path, ends: datetime, now: datetime) -> str | No
     days = f"in {left.days} day{'s' if left.days != 1 else ''}" if left.days else "today"
     return (f"{key} {path}: the certificate expires on {date} ({days}); renew it before then, "
             f"then restart maskd (it reads the file at start)")
+
+
+def expiry_lines(ends: dict[str, tuple[Path, datetime]], now: datetime) -> list[str]:
+    """``expiry_line`` of each file in ``ends`` (key -> path, end) that is due one."""
+    lines = (expiry_line(key, path, end, now) for key, (path, end) in ends.items())
+    return [line for line in lines if line]

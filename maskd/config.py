@@ -709,9 +709,7 @@ class MqttConfig(Section):
     def expiring_certificates(self, now: datetime | None = None) -> list[str]:
         """A line for each TLS file expired or expiring within certs.WARN_DAYS (check-config,
         doctor and run's start; the sink's status line, from the dates read at its start)."""
-        now = now or datetime.now(UTC)
-        lines = (certs.expiry_line(k, p, e, now) for k, (p, e) in self.certificate_ends().items())
-        return [line for line in lines if line]
+        return certs.expiry_lines(self.certificate_ends(), now or datetime.now(UTC))
 
     @field_validator("discovery_prefix")
     @classmethod
@@ -1052,6 +1050,12 @@ class Config(Section):
                 out.append(f"'{key}': {path} is readable by every user of this machine (mode "
                            f"{stat.S_IMODE(mode):04o}); chmod o-rwx it")
         return out
+
+    def startup_warnings(self) -> list[str]:
+        """What check-config prints and run logs as warnings about the config itself (neither
+        refuses to start on them): open secret files, a shared device id, TLS files near
+        their end. One list, so the two commands cannot drift apart."""
+        return self.open_secrets() + self.shared_device_id() + self.mqtt.expiring_certificates()
 
     def shared_device_id(self) -> list[str]:
         """With MQTT on, one line when device_id is a stock host name (raspberrypi, ...) that

@@ -162,8 +162,7 @@ def main(args: argparse.Namespace) -> int:
     if errors:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
-                 + [f"warning: {w}" for w in cfg.open_secrets() + cfg.shared_device_id()
-                    + cfg.mqtt.expiring_certificates()
+                 + [f"warning: {w}" for w in cfg.startup_warnings()
                     + lacking + unwritable + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
     print(f"OK: {args.config}")

@@ -23,11 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskd.certs import expiry_lines
 from maskd.clock import not_set as clock_not_set
 from maskd.commands import print_line
 from maskd.config import (
@@ -281,10 +283,10 @@ class Doctor:
     def certificates(self) -> None:
         """The MQTT TLS files' end dates: expired, or within certs.WARN_DAYS, is a warning in
         check-config's and run's words (run starts: the outbox keeps the events)."""
-        ends = self.cfg.mqtt.certificate_ends()
+        ends = self.cfg.mqtt.certificate_ends()  # the files read once
         if not ends:
             return
-        lines = self.cfg.mqtt.expiring_certificates()
+        lines = expiry_lines(ends, datetime.now(UTC))
         self.add("certificates", WARN if lines else OK, "; ".join(lines) if lines else ", ".join(
             f"{k.removeprefix('mqtt.')} until {e:%Y-%m-%d}" for k, (_, e) in ends.items()),
             required=False)

@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for line in cfg.open_secrets() + cfg.shared_device_id() + cfg.mqtt.expiring_certificates():
+    for line in cfg.startup_warnings():
         log.warning("%s", line)
     if (line := clock_not_set(time.time())) is not None:
         log.warning("%s", line)

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.certs import expiry_line
+from maskd.certs import expiry_lines
 from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
@@ -658,9 +658,7 @@ class MqttSink(EventSink):
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
         if self._cert_ends:
-            now = datetime.now(UTC)
-            out += [line for k, (path, ends) in self._cert_ends.items()
-                    if (line := expiry_line(k, path, ends, now))]
+            out += expiry_lines(self._cert_ends, datetime.now(UTC))
         return out
 
     @property
