@@ -243,7 +243,12 @@ def test_an_update_loses_and_repeats_nothing(tmp_path, default_model, version, s
 
     # 4. what the old version recorded is still the new retention's to count and delete
     assert snaps and clips
-    assert all(SNAPSHOT_NAME.fullmatch(n) for n in snaps), snaps
+    # A kill that lands while the old version writes a snapshot leaves its temporary file
+    # (`.<name>.tmp`, seen once in CI): not a snapshot, and the new version's start deletes it.
+    partial = [n for n in snaps if n.startswith(".") and n.endswith(".tmp")]
+    assert all(SNAPSHOT_NAME.fullmatch(n) for n in snaps if n not in partial), snaps
+    assert all(SNAPSHOT_NAME.fullmatch(n[1:-4]) for n in partial), partial
+    assert not [n for n in partial if (site / "snapshots" / n).exists()], partial
     assert all(segment_pattern(CAMERA).fullmatch(n) for n in clips), clips
 
 
