@@ -92,13 +92,13 @@ def expiry_line(key: str, path: Path, ends: datetime, now: datetime) -> str | No
     date = ends.strftime("%Y-%m-%d %H:%M UTC")
     if left.total_seconds() <= 0:
         return (f"{key} {path}: the certificate expired on {date}: "
-                f"{EXPIRED.get(key, 'TLS connections fail')}; renew it, then restart maskd (it "
-                f"reads the file at start)")
+                f"{EXPIRED.get(key, 'TLS connections fail')}; renew it (a running maskd reads the "
+                f"new file before its next connection)")
     if left.days >= WARN_DAYS:
         return None
     days = f"in {left.days} day{'s' if left.days != 1 else ''}" if left.days else "today"
-    return (f"{key} {path}: the certificate expires on {date} ({days}); renew it before then, "
-            f"then restart maskd (it reads the file at start)")
+    return (f"{key} {path}: the certificate expires on {date} ({days}); renew it before then "
+            f"(a running maskd reads the new file before its next connection)")
 
 
 def expiry_lines(ends: dict[str, tuple[Path, datetime]], now: datetime) -> list[str]:

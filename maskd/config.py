@@ -675,16 +675,26 @@ class MqttConfig(Section):
             return self
         if self.ca_file is None and self.cert_file is None:
             return self
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.tls_context()
+        return self
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A TLS client context from the files as they are on disk now: the broker's
+        certificate is required (the system CAs without ca_file), the client certificate is
+        sent when set. One builder for this check, the sink (again before a connection when a
+        file changed, maskd.mqtt.tls) and doctor. ValueError names the keys that do not load."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
         try:
             if self.ca_file is not None:
                 ctx.load_verify_locations(str(self.ca_file))
+            else:
+                ctx.load_default_certs()
             if self.cert_file is not None:
                 ctx.load_cert_chain(str(self.cert_file), self.key_file and str(self.key_file),
                                     password=_refuse_passphrase)
         except (OSError, ValueError) as err:
             raise ValueError(f"mqtt.ca_file/cert_file/key_file do not load: {err}") from None
-        return self
+        return ctx
 
     def certificate_ends(self) -> dict[str, tuple[Path, datetime]]:
         """When the TLS files stop working, by key: mqtt.cert_file at its first certificate to

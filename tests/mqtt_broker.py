@@ -37,16 +37,17 @@ __all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "QuotaExcee
            "require", "retained_now", "retained_once", "small_disk", "unique_events", "wait_until"]
 
 
-def make_ca(d: Path, days: int = 365) -> Tls:
+def make_ca(d: Path, days: int = 365, name: str = "maskd test CA") -> Tls:
     """A throw-away CA, a server cert for 127.0.0.1/localhost and a client cert (openssl CLI),
-    valid for ``days`` (maskd warns of certificates that end within a month)."""
+    valid for ``days`` (maskd warns of certificates that end within a month). CAs trusted side
+    by side need their own ``name``: a verifier picks the issuer by it."""
     openssl = require(shutil.which("openssl"), "openssl")
     d.mkdir(parents=True, exist_ok=True)
 
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days), "-subj", "/CN=maskd test CA",
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days), "-subj", f"/CN={name}",
         "-keyout", "ca.key", "-out", "ca.crt")
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, cn in (("server", "localhost"), ("client", "maskd-client")):

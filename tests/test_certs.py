@@ -57,14 +57,14 @@ def test_the_warning_says_expired_today_or_days_left_and_nothing_a_month_ahead()
     assert expiry_line("mqtt.cert_file", path, now + timedelta(days=30), now) is None
     line = expiry_line("mqtt.cert_file", path, now + timedelta(days=29, hours=23), now)
     assert line == ("mqtt.cert_file /etc/maskd/client.crt: the certificate expires on "
-                    "2027-03-31 11:00 UTC (in 29 days); renew it before then, then restart maskd "
-                    "(it reads the file at start)")
+                    "2027-03-31 11:00 UTC (in 29 days); renew it before then (a running maskd "
+                    "reads the new file before its next connection)")
     assert "(in 1 day);" in expiry_line("k", path, now + timedelta(days=1, hours=1), now)
     assert "(today);" in expiry_line("k", path, now + timedelta(hours=1), now)
     gone = expiry_line("mqtt.cert_file", path, now, now)
     assert gone == ("mqtt.cert_file /etc/maskd/client.crt: the certificate expired on 2027-03-01 "
-                    "12:00 UTC: the broker refuses the connection; renew it, then restart maskd "
-                    "(it reads the file at start)")
+                    "12:00 UTC: the broker refuses the connection; renew it (a running maskd "
+                    "reads the new file before its next connection)")
     ca = expiry_line("mqtt.ca_file", Path("/etc/maskd/ca.crt"), now - timedelta(days=3), now)
     assert ca.startswith("mqtt.ca_file /etc/maskd/ca.crt: the certificate expired on 2027-02-26 "
                          "12:00 UTC: maskd cannot verify the broker, so it does not connect; "), ca

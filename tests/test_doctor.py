@@ -555,7 +555,7 @@ def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_do
         assert [ln.split(" ", 1)[0] for ln in lines] == ["mqtt.cert_file", "mqtt.ca_file"], lines
         for line, path in zip(lines, (tls.client_cert, tls.ca), strict=True):
             assert line.startswith(f"{line.split()[0]} {path}: the certificate expires on "), line
-            assert "(in 9 days); renew it before then, then restart maskd" in line, line
+            assert "(in 9 days); renew it before then (a running maskd reads" in line, line
         assert rows(doctor(cfg).stdout)["certificates"] == ("WARN", "; ".join(lines))
         run = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
                               "--max-frames", "1", "--jsonl", "-"], capture_output=True,

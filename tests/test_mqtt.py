@@ -19,6 +19,7 @@ import pytest
 from mqtt_broker import (
     Broker,
     Subscriber,
+    Tls,
     free_port,
     make_ca,
     retained_now,
@@ -624,6 +625,69 @@ def test_tls_client_cert_and_password(tmp_path, monkeypatch, tls):
         sink.close()
         assert dedup(events(sub)) == expected("t", 1, 0)
         sub.close()
+
+
+def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
+        tmp_path, caplog, tls):
+    """A client certificate is renewed months into a run (certbot, step-ca: the files replaced
+    in place). The broker comes back trusting only the new issuer: maskd connects with the new
+    certificate without a restart, and its status line drops the old one's end at once. Files
+    changed into something that does not load leave the last good ones in use, and say so."""
+    old = make_ca(tmp_path / "old", days=10, name="old issuer")
+    new = make_ca(tmp_path / "new", name="new issuer")
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+
+    def install(crt: Path, k: Path | None = None) -> None:  # as renewal tools do: a rename
+        for src, dst in ((crt, cert), (k, key)):
+            if src is not None:
+                (tmp_path / "tmp").write_bytes(src.read_bytes())
+                (tmp_path / "tmp").chmod(0o600)
+                (tmp_path / "tmp").replace(dst)
+
+    install(old.client_cert, old.client_key)
+    trusted = tmp_path / "clients-ca.crt"  # whom the broker takes clients from
+    trusted.write_text(tls.ca.read_text() + old.ca.read_text())
+    server = Tls(trusted, tls.server_cert, tls.server_key, tls.client_cert, tls.client_key)
+    with Broker(tmp_path / "b", tls=server, require_client_cert=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], client_cert=True)
+        cfg = cfg_for(b, tmp_path / "state", ca_file=tls.ca, cert_file=cert, key_file=key)
+        with caplog.at_level(logging.INFO, logger="maskd"):
+            sink = MqttSink.from_config(cfg)
+            try:
+                assert wait_until(lambda: sink.connected)
+                [line] = sink.faults()
+                assert line.startswith(f"mqtt.cert_file {cert}: the certificate expires on "), line
+                evs = script("r", 1, 0)  # a start, then its end
+                sink.emit(evs[0])
+                assert sink.flush(15)
+
+                install(new.client_cert)  # the certificate first, its key not yet
+                broken = sink.faults()
+                assert broken[0] == line and len(broken) == 2, broken
+                assert broken[1].startswith("MQTT: mqtt.ca_file/cert_file/key_file do not load: ")
+                assert broken[1].endswith("; connections go on with the files read at "
+                                          f"{broken[1].rsplit(' ', 1)[1]}"), broken
+                assert sink.faults() == broken  # tried again only once a file changes
+                install(new.client_cert, new.client_key)
+                assert sink.faults() == []  # a year ahead: nothing to say
+                assert "read the changed TLS files (mqtt.cert_file until " in caplog.text
+
+                trusted.write_text(tls.ca.read_text() + new.ca.read_text())  # the old issuer out
+                b.stop()
+                b.start()
+                assert wait_until(lambda: sink.connected, 20), b.log()[-2000:]
+                after = Subscriber(b, [f"{CAM}/violation"], client_cert=True)
+                sink.emit(evs[1])
+                assert sink.flush(15)
+            finally:
+                sink.close()
+        assert after.wait(lambda ms: len(ms) >= 1, 10)
+    assert dedup(events(sub))[:1] + dedup(events(after)) == [(e.event_id, e.seq) for e in evs]
+    sub.close()
+    after.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "do not load" in r.getMessage()]
+    assert len(warned) == 1, warned
 
 
 def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog, tls):

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -748,12 +747,12 @@ class _Probe:
         """None once the broker answered CONNECT (see .reason), else why not."""
         from maskd.mqtt import apply_tls, plain_listener_hint
 
-        if self.url.tls:
-            apply_tls(self.client, self.mq)
         self.t0 = time.perf_counter()
         try:
+            if self.url.tls:
+                apply_tls(self.client, self.mq)  # ValueError: a file changed since the check
             self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))
-        except (OSError, ssl.SSLError) as err:
+        except (OSError, ValueError) as err:
             return f"{self.url}: cannot connect: {_err(err)}{plain_listener_hint(self.url, err)}"
         self.client.loop_start()
         self.started = True

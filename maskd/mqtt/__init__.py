@@ -2,6 +2,7 @@
 
 - ``sink``: MqttSink, the publisher thread over the durable outbox (maskd.outbox) and the
   clean/unclean session marker;
+- ``tls``: the TLS files, read again before a connection once renewed on disk;
 - ``homeassistant``: topic names, Home Assistant discovery and the detection switch;
 - ``schema``: the violation payload model, whose JSON Schema is the published one.
 
@@ -16,7 +17,8 @@ from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import SCHEMA_ID, ViolationPayload
 
 if TYPE_CHECKING:
-    from maskd.mqtt.sink import UNSUPPORTED_PROTOCOL, MqttSink, apply_tls, plain_listener_hint
+    from maskd.mqtt.sink import UNSUPPORTED_PROTOCOL, MqttSink, plain_listener_hint
+    from maskd.mqtt.tls import apply_tls
 
 __all__ = [
     "SCHEMA_ID",
@@ -34,8 +36,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The sink (paho, sqlite) loads on first use, so the JSON lines sink's use of the schema
     does not slow a start without MQTT."""
-    if name in ("UNSUPPORTED_PROTOCOL", "MqttSink", "apply_tls", "plain_listener_hint"):
+    if name in ("UNSUPPORTED_PROTOCOL", "MqttSink", "plain_listener_hint"):
         from maskd.mqtt import sink
 
         return getattr(sink, name)
+    if name == "apply_tls":
+        from maskd.mqtt.tls import apply_tls
+
+        return apply_tls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from maskd import __version__
-from maskd.certs import expiry_lines
 from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
+from maskd.mqtt.tls import TlsFiles
 from maskd.outbox import Outbox, Row
 from maskd.types import STOPS, EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
 
@@ -154,18 +153,6 @@ class _Client(mqtt.Client):
         self._max_inflight_messages = max(1, min(INFLIGHT, limit))
 
 
-def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
-    """TLS as maskd uses it (certificate required; client cert optional): one place for the
-    sink and `maskd doctor`. Raises OSError/ValueError for unreadable or bad files."""
-    c.tls_set(
-        ca_certs=str(mq.ca_file) if mq.ca_file else None,  # None: the system CAs
-        certfile=str(mq.cert_file) if mq.cert_file else None,
-        keyfile=str(mq.key_file) if mq.key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-
-
 def plain_listener_hint(url: BrokerUrl, err: BaseException | None) -> str:
     """What to try when mqtts:// could not connect: a plain listener takes the TLS hello for a
     broken CONNECT and hangs up. One place for the sink's log and `maskd doctor`."""
@@ -260,9 +247,9 @@ class MqttSink(EventSink):
         # SUBACK; topic -> reason while the broker refuses it (an ACL: then the switch is dead).
         self._sub_topics: dict[int, str] = {}
         self._sub_refused: dict[str, str] = {}
-        # the TLS files as loaded now (a renewed file is read at the next start): the status
+        # the TLS files, read again before a connection once renewed on disk; the status
         # line warns as their end comes near, months into a run
-        self._cert_ends = mq.certificate_ends()
+        self._tls = TlsFiles(mq) if self._url.tls else None
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -286,8 +273,9 @@ class MqttSink(EventSink):
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
             c.username_pw_set(mq.username, mq.password())
-        if self._url.tls:
-            apply_tls(c, mq)
+        if self._tls is not None:
+            c.tls_set_context(self._tls.context())
+            c.on_pre_connect = self._on_pre_connect
         c.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(INFLIGHT)
         c.on_connect = self._on_connect
@@ -657,8 +645,8 @@ class MqttSink(EventSink):
         if refused:
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
-        if self._cert_ends:
-            out += expiry_lines(self._cert_ends, datetime.now(UTC))
+        if self._tls is not None:
+            out += self._tls.faults()
         return out
 
     @property
@@ -666,6 +654,13 @@ class MqttSink(EventSink):
         return self._connected
 
     # ---- paho callbacks (paho's network thread) ----
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        """Before each connection attempt: TLS files renewed on disk since are used from this
+        one on. paho 2 has no public call to swap a context (tls_set_context refuses a second),
+        so its attribute is set; this runs on paho's thread just before it wraps the socket."""
+        if self._tls is not None:
+            client._ssl_context = self._tls.context()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         client.connack = True
