@@ -1,4 +1,4 @@
-"""When the MQTT TLS certificates stop being valid.
+"""When the MQTT TLS certificates (maskd's files and the broker's own) stop being valid.
 
 A building's broker certificates are renewed once a year or so, and a client certificate that
 expires makes the broker refuse every connection from then on: events wait in the outbox
@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 WARN_DAYS = 30  # a renewal takes a ticket and a visit: a month ahead
 
-# what an expired file stops, by config key
+BROKER = "broker"  # the broker's own certificate, as a TLS connection shows it
+
+# what an expired certificate stops, by config key (or BROKER)
 EXPIRED = {"mqtt.cert_file": "the broker refuses the connection",
-           "mqtt.ca_file": "maskd cannot verify the broker, so it does not connect"}
+           "mqtt.ca_file": "maskd cannot verify the broker, so it does not connect",
+           BROKER: "maskd cannot verify the broker, so it does not connect"}
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
 
@@ -85,23 +89,24 @@ def pem_not_after(text: str) -> list[datetime]:
     return [not_after(ssl.PEM_cert_to_DER_cert(m.group(0))) for m in _PEM.finditer(text)]
 
 
-def expiry_line(key: str, path: Path, ends: datetime, now: datetime) -> str | None:
+def expiry_line(key: str, path: Path | str, ends: datetime, now: datetime) -> str | None:
     """The warning for a certificate that ends at ``ends``, or None while it is more than
-    WARN_DAYS away. One wording for check-config, doctor, run and the status line."""
+    WARN_DAYS away. One wording for check-config, doctor, run and the status line. maskd's own
+    files are read again before a connection; the broker's certificate is its admin's to renew."""
     left = ends - now
     date = ends.strftime("%Y-%m-%d %H:%M UTC")
+    who, tail = (("the broker's administrator must renew it", "") if key == BROKER else
+                 ("renew it", " (a running maskd reads the new file before its next connection)"))
     if left.total_seconds() <= 0:
         return (f"{key} {path}: the certificate expired on {date}: "
-                f"{EXPIRED.get(key, 'TLS connections fail')}; renew it (a running maskd reads the "
-                f"new file before its next connection)")
+                f"{EXPIRED.get(key, 'TLS connections fail')}; {who}{tail}")
     if left.days >= WARN_DAYS:
         return None
     days = f"in {left.days} day{'s' if left.days != 1 else ''}" if left.days else "today"
-    return (f"{key} {path}: the certificate expires on {date} ({days}); renew it before then "
-            f"(a running maskd reads the new file before its next connection)")
+    return f"{key} {path}: the certificate expires on {date} ({days}); {who} before then{tail}"
 
 
-def expiry_lines(ends: dict[str, tuple[Path, datetime]], now: datetime) -> list[str]:
+def expiry_lines(ends: Mapping[str, tuple[Path | str, datetime]], now: datetime) -> list[str]:
     """``expiry_line`` of each file in ``ends`` (key -> path, end) that is due one."""
     lines = (expiry_line(key, path, end, now) for key, (path, end) in ends.items())
     return [line for line in lines if line]

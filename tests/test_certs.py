@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mqtt_broker import require
 
-from maskd.certs import CertificateFormatError, expiry_line, not_after, pem_not_after
+from maskd.certs import BROKER, CertificateFormatError, expiry_line, not_after, pem_not_after
 from maskd.config import MqttConfig
 
 
@@ -68,6 +68,15 @@ def test_the_warning_says_expired_today_or_days_left_and_nothing_a_month_ahead()
     ca = expiry_line("mqtt.ca_file", Path("/etc/maskd/ca.crt"), now - timedelta(days=3), now)
     assert ca.startswith("mqtt.ca_file /etc/maskd/ca.crt: the certificate expired on 2027-02-26 "
                          "12:00 UTC: maskd cannot verify the broker, so it does not connect; "), ca
+    # the broker's own certificate is its administrator's to renew, not a file of maskd's
+    url = "mqtts://mqtt.example:8883"
+    assert expiry_line(BROKER, url, now + timedelta(days=2, hours=1), now) == (
+        "broker mqtts://mqtt.example:8883: the certificate expires on 2027-03-03 13:00 UTC (in 2 "
+        "days); the broker's administrator must renew it before then")
+    assert expiry_line(BROKER, url, now - timedelta(hours=1), now) == (
+        "broker mqtts://mqtt.example:8883: the certificate expired on 2027-03-01 11:00 UTC: maskd "
+        "cannot verify the broker, so it does not connect; the broker's administrator must renew "
+        "it")
 
 
 def test_the_config_takes_a_chains_first_end_and_a_ca_bundles_last(tmp_path):

@@ -534,7 +534,8 @@ def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_do
         tmp_path):
     """A client certificate that expires makes the broker refuse maskd from that day on, the
     events piling up in the outbox: a month ahead each command says so in the same words (a
-    warning: run starts), and so does the running sink's status line."""
+    warning: run starts), and so does the running sink's status line. The broker's own
+    certificate, which only a connection shows, is said by doctor and the running sink."""
     import yaml
     from mqtt_broker import make_ca, wait_until
 
@@ -556,7 +557,15 @@ def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_do
         for line, path in zip(lines, (tls.client_cert, tls.ca), strict=True):
             assert line.startswith(f"{line.split()[0]} {path}: the certificate expires on "), line
             assert "(in 9 days); renew it before then (a running maskd reads" in line, line
-        assert rows(doctor(cfg).stdout)["certificates"] == ("WARN", "; ".join(lines))
+        checked = rows(doctor(cfg).stdout)
+        assert checked["certificates"] == ("WARN", "; ".join(lines))
+        verdict, detail = checked["broker"]
+        ends = lines[1].split("expires on ", 1)[1].split(" (", 1)[0]  # the same CA run, same day
+        server = (f"broker {broker.url}: the certificate expires on {ends[:10]}")
+        assert verdict == "WARN" and f"the broker's certificate until {ends[:10]}; " in detail
+        [said_broker] = [p for p in detail.split("; ") if p.startswith(server)]
+        assert said_broker.endswith("(in 9 days)"), detail
+        assert f"; {said_broker}; the broker's administrator must renew it before then" in detail
         run = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
                               "--max-frames", "1", "--jsonl", "-"], capture_output=True,
                              text=True, timeout=120, cwd=REPO)
@@ -565,7 +574,9 @@ def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_do
         sink = MqttSink.from_config(parse_config(yaml.safe_load(cfg.read_text()), str(cfg)))
         try:
             assert wait_until(lambda: sink.connected), "a certificate still valid connects"
-            assert sink.faults() == lines
+            *mine, theirs = sink.faults()
+            assert mine == lines and theirs.startswith(server) and theirs.endswith(
+                "(in 9 days); the broker's administrator must renew it before then"), theirs
         finally:
             sink.close()
     make_ca(tmp_path / "renewed")  # for a year

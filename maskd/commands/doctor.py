@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from maskd.certs import expiry_lines
+from maskd.certs import BROKER, expiry_line, expiry_lines
 from maskd.clock import not_set as clock_not_set
 from maskd.commands import print_line
 from maskd.config import (
@@ -772,15 +772,21 @@ class _Probe:
         import paho.mqtt.client as mqtt
 
         from maskd.mqtt.homeassistant import UNSEEN_RESTARTS
+        from maskd.mqtt.tls import broker_certificate_end
 
         ms = (time.perf_counter() - self.t0) * 1e3
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"
         done = (f"{self.url}: connected {who}{' over TLS' if self.url.tls else ''} in {ms:.0f} ms, "
                 f"MQTT {'5' if self.version == mqtt.MQTTv5 else '3.1.1'}")
+        # the broker's own certificate near its end: a warning in the sink's words
+        end = broker_certificate_end(self.client)
+        cert = expiry_line(BROKER, str(self.url), end, datetime.now(UTC)) if end else None
+        if end is not None:
+            done += f", the broker's certificate until {end:%Y-%m-%d}"
+        said = [cert] if cert else []
         if (beyond := self._beyond_limits()) is not None:
             return FAIL, f"{done}; {beyond}"
         topics = [*self.topics, *(self.discovery_topics if self.mq.discovery else [])]
-        said = []
         for topic in topics:
             verdict, detail = self._may_publish(topic)
             if verdict != OK:
@@ -797,7 +803,7 @@ class _Probe:
                 said.append(f"may not subscribe to {self.ha_status} ({answer or 'no SUBACK'}): "
                             f"{UNSEEN_RESTARTS}")
                 return WARN, f"{done}; {'; '.join(said)}"
-        return OK, f"{done}; {'; '.join(said)}"
+        return WARN if cert else OK, f"{done}; {'; '.join(said)}"
 
     def _beyond_limits(self) -> str | None:
         """What `run` would send beyond the limits the broker's CONNACK announces (MQTT 5), or

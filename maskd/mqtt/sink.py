@@ -704,6 +704,8 @@ class MqttSink(EventSink):
             # announced under the lock: a clean stop that begins now announces offline after
             self._fail_log.reset()
             log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
+            if self._tls is not None:
+                self._tls.connected(client)
             detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
                       "previous_stop": self._previous_stop, "sw_version": __version__,
                       "model": self._model}

@@ -13,15 +13,28 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from maskd.certs import expiry_lines
+from maskd.certs import BROKER, expiry_line, expiry_lines
 from maskd.clock import local_iso
 from maskd.config import MqttConfig
 
-log = logging.getLogger("maskd")
+log = logging.getLogger(__name__)
 
 # what identifies a file's version: a renewal by rename changes the inode, one in place the
 # time or size; a file that cannot be read is its error
 _Stamp = tuple[tuple[int, int, int] | str, ...]
+
+
+def broker_certificate_end(c: mqtt.Client) -> datetime | None:
+    """When the certificate the broker showed on this connection ends; None when not TLS or
+    not connected. Only a connection shows it, so the sink and doctor ask after one."""
+    sock = c.socket()
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        after = (sock.getpeercert() or {}).get("notAfter")
+        return datetime.fromtimestamp(ssl.cert_time_to_seconds(after), UTC) if after else None
+    except (OSError, ValueError):  # closed meanwhile, or a date Python cannot read
+        return None
 
 
 def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
@@ -47,6 +60,9 @@ class TlsFiles:
         self._ends = mq.certificate_ends()
         self._read_at = local_iso(time.time())
         self._failed: tuple[_Stamp, str] | None = None  # the version that did not load, why
+        self._url = str(mq.broker)
+        self._broker_end: datetime | None = None  # of the certificate the last connection saw
+        self._warned: datetime | None = None  # that certificate's end, once logged
 
     def _stamps(self) -> _Stamp:
         out: list[tuple[int, int, int] | str] = []
@@ -81,12 +97,27 @@ class TlsFiles:
                      f" ({until})" if until else "")
             return ctx
 
+    def connected(self, c: mqtt.Client) -> None:
+        """After each CONNACK: the broker's own certificate, logged once as its end comes near
+        (then the status line keeps it), so its admin can be told before maskd is cut off."""
+        end = broker_certificate_end(c)
+        line = expiry_line(BROKER, self._url, end, datetime.now(UTC)) if end else None
+        with self._lock:
+            self._broker_end = end or self._broker_end
+            if line is None or end == self._warned:
+                return
+            self._warned = end
+        log.warning("MQTT: %s", line)
+
     def faults(self) -> list[str]:
-        """Certificates near or past their end (as the next connection would send them), and
-        changed files that do not load."""
+        """Certificates near or past their end (maskd's files as the next connection would
+        send them, the broker's as the last one showed it), and changed files that do not load."""
         self.context()  # a renewal is seen here too, not only when a connection drops
         with self._lock:
-            out = expiry_lines(self._ends, datetime.now(UTC))
+            ends: dict[str, tuple[Path | str, datetime]] = {**self._ends}
+            if self._broker_end is not None:
+                ends[BROKER] = (self._url, self._broker_end)
+            out = expiry_lines(ends, datetime.now(UTC))
             if self._failed:
                 out.append(f"MQTT: {self._failed[1]}; connections go on with the files read "
                            f"at {self._read_at}")
