@@ -571,6 +571,18 @@ def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
     return data
 
 
+def _password_in(path: Path) -> str:
+    """The password a file holds, as the broker gets it (stripped); ValueError when it cannot
+    be read, is not UTF-8 or is empty (the broker would only say 'not authorised')."""
+    try:
+        text = _readable_file(path).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{excerpt(str(path))} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{excerpt(str(path))} is empty")
+    return text
+
+
 def _refuse_passphrase() -> str:
     raise ValueError("the key is encrypted; maskd has no passphrase setting")
 
@@ -630,12 +642,7 @@ class MqttConfig(Section):
     @classmethod
     def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and info.data.get("url"):
-            try:
-                text = _readable_file(v).decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{excerpt(str(v))} is not UTF-8 text") from None
-            if not text.strip():  # as password() reads it: the broker would say 'not authorised'
-                raise ValueError(f"{excerpt(str(v))} is empty")
+            _password_in(v)
             if info.data.get("username") is None:
                 raise ValueError("a password is configured but mqtt.username is not")
         return v
@@ -732,9 +739,11 @@ class MqttConfig(Section):
         return BrokerUrl.split(self.url) if self.url else None
 
     def password(self) -> str | None:
-        """The password from its file or environment variable (never stored in YAML)."""
+        """The password from its file or environment variable (never stored in YAML). The file
+        is read again by the sink before a connection once it changed (maskd.mqtt.credentials):
+        ValueError when it then does not hold one."""
         if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
+            return _password_in(self.password_file)
         if self.password_env is not None:
             return env.variable(self.password_env)
         return None

@@ -627,6 +627,25 @@ def test_tls_client_cert_and_password(tmp_path, monkeypatch, tls):
         sub.close()
 
 
+def restarted_and_delivered(b: Broker, sink: MqttSink, ev, **auth) -> Subscriber:  # noqa: ANN001
+    """Restart the broker (taking what the test changed in its files), wait for the sink to
+    connect again and deliver ``ev``: the subscriber, made after the restart, that got it."""
+    b.stop()
+    b.start()
+    assert wait_until(lambda: sink.connected, 20), b.log()[-2000:]
+    after = Subscriber(b, [f"{CAM}/violation"], **auth)
+    sink.emit(ev)
+    assert sink.flush(15)
+    assert after.wait(lambda ms: len(ms) >= 1, 10)
+    return after
+
+
+def warned_once(caplog, part: str) -> None:  # noqa: ANN001
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and part in r.getMessage()]
+    assert len(warned) == 1, warned
+
+
 def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
         tmp_path, caplog, tls):
     """A client certificate is renewed months into a run (certbot, step-ca: the files replaced
@@ -665,7 +684,7 @@ def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
                 broken = sink.faults()
                 assert broken[0] == line and len(broken) == 2, broken
                 assert broken[1].startswith("MQTT: mqtt.ca_file/cert_file/key_file do not load: ")
-                assert broken[1].endswith("; connections go on with the files read at "
+                assert broken[1].endswith("; connections go on with the TLS files read at "
                                           f"{broken[1].rsplit(' ', 1)[1]}"), broken
                 assert sink.faults() == broken  # tried again only once a file changes
                 install(new.client_cert, new.client_key)
@@ -673,21 +692,13 @@ def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
                 assert "read the changed TLS files (mqtt.cert_file until " in caplog.text
 
                 trusted.write_text(tls.ca.read_text() + new.ca.read_text())  # the old issuer out
-                b.stop()
-                b.start()
-                assert wait_until(lambda: sink.connected, 20), b.log()[-2000:]
-                after = Subscriber(b, [f"{CAM}/violation"], client_cert=True)
-                sink.emit(evs[1])
-                assert sink.flush(15)
+                after = restarted_and_delivered(b, sink, evs[1], client_cert=True)
             finally:
                 sink.close()
-        assert after.wait(lambda ms: len(ms) >= 1, 10)
     assert dedup(events(sub))[:1] + dedup(events(after)) == [(e.event_id, e.seq) for e in evs]
     sub.close()
     after.close()
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-              and "do not load" in r.getMessage()]
-    assert len(warned) == 1, warned
+    warned_once(caplog, "do not load")
 
 
 def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog, tls):
@@ -720,6 +731,41 @@ def test_wrong_password_is_a_clear_error_and_retried(tmp_path, caplog):
                for e in errors), errors
     assert len(errors) == 1  # the same failure is logged once, not at every retry
     assert "wrong-horse" not in caplog.text
+
+
+def test_a_password_changed_on_disk_is_used_from_the_next_connection(tmp_path, caplog):
+    """The building rotates maskd's MQTT password: the file gets the new one and the broker
+    restarts with it; maskd connects again without a restart. An empty file on the way (a
+    write that truncates first) keeps the last password in use, and says so once."""
+    pw = tmp_path / "pw"
+    pw.write_text("old-horse\n")
+    with Broker(tmp_path / "b", users={"maskd": "old-horse", "watcher": "w"}) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], username="watcher", password="w")
+        cfg = cfg_for(b, tmp_path / "state", username="maskd", password_file=pw)
+        evs = script("p", 1, 0)  # a start, then its end
+        with caplog.at_level(logging.INFO, logger="maskd"):
+            sink = MqttSink.from_config(cfg)
+            try:
+                sink.emit(evs[0])
+                assert sink.flush(15)
+                pw.write_text("")
+                [empty] = sink.faults()
+                assert empty.startswith("MQTT: mqtt.password_file ") and (
+                    "is empty; connections go on with the password read at " in empty), empty
+                assert sink.faults() == [empty]
+                pw.write_text("new-horse\n")
+                assert sink.faults() == []
+                subprocess.run(["mosquitto_passwd", "-b", str(b.dir / "passwd"), "maskd",
+                                "new-horse"], check=True, capture_output=True)
+                after = restarted_and_delivered(b, sink, evs[1], username="watcher", password="w")
+            finally:
+                sink.close()
+    assert dedup(events(sub))[:1] + dedup(events(after)) == [(e.event_id, e.seq) for e in evs]
+    sub.close()
+    after.close()
+    assert "read the changed mqtt.password_file; the next connection uses it" in caplog.text
+    warned_once(caplog, "is empty")
+    assert "horse" not in caplog.text
 
 
 @pytest.mark.slow

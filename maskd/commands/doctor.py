@@ -771,8 +771,8 @@ class _Probe:
         switches and to Home Assistant's status (a WARN: events flow without them)."""
         import paho.mqtt.client as mqtt
 
+        from maskd.mqtt.credentials import broker_certificate_end
         from maskd.mqtt.homeassistant import UNSEEN_RESTARTS
-        from maskd.mqtt.tls import broker_certificate_end
 
         ms = (time.perf_counter() - self.t0) * 1e3
         who = f"as {self.mq.username!r}" if self.mq.username else "anonymously"

@@ -2,7 +2,8 @@
 
 - ``sink``: MqttSink, the publisher thread over the durable outbox (maskd.outbox) and the
   clean/unclean session marker;
-- ``tls``: the TLS files, read again before a connection once renewed on disk;
+- ``credentials``: the password and TLS files, read again before a connection once changed
+  on disk, and the broker's own certificate;
 - ``homeassistant``: topic names, Home Assistant discovery and the detection switch;
 - ``schema``: the violation payload model, whose JSON Schema is the published one.
 
@@ -17,8 +18,8 @@ from maskd.mqtt.homeassistant import Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import SCHEMA_ID, ViolationPayload
 
 if TYPE_CHECKING:
+    from maskd.mqtt.credentials import apply_tls
     from maskd.mqtt.sink import UNSUPPORTED_PROTOCOL, MqttSink, plain_listener_hint
-    from maskd.mqtt.tls import apply_tls
 
 __all__ = [
     "SCHEMA_ID",
@@ -41,7 +42,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(sink, name)
     if name == "apply_tls":
-        from maskd.mqtt.tls import apply_tls
+        from maskd.mqtt.credentials import apply_tls
 
         return apply_tls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

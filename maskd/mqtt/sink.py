@@ -34,9 +34,9 @@ from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
+from maskd.mqtt.credentials import Credentials
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
-from maskd.mqtt.tls import TlsFiles
 from maskd.outbox import Outbox, Row
 from maskd.types import STOPS, EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
 
@@ -247,9 +247,9 @@ class MqttSink(EventSink):
         # SUBACK; topic -> reason while the broker refuses it (an ACL: then the switch is dead).
         self._sub_topics: dict[int, str] = {}
         self._sub_refused: dict[str, str] = {}
-        # the TLS files, read again before a connection once renewed on disk; the status
-        # line warns as their end comes near, months into a run
-        self._tls = TlsFiles(mq) if self._url.tls else None
+        # password and TLS files, read again before a connection once changed on disk; the
+        # status line warns as the certificates' ends come near, months into a run
+        self._credentials = Credentials(mq)
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -273,9 +273,9 @@ class MqttSink(EventSink):
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
             c.username_pw_set(mq.username, mq.password())
-        if self._tls is not None:
-            c.tls_set_context(self._tls.context())
-            c.on_pre_connect = self._on_pre_connect
+        if self._url.tls:
+            c.tls_set_context(self._credentials.tls_context())
+        c.on_pre_connect = self._on_pre_connect
         c.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(INFLIGHT)
         c.on_connect = self._on_connect
@@ -645,8 +645,7 @@ class MqttSink(EventSink):
         if refused:
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
-        if self._tls is not None:
-            out += self._tls.faults()
+        out += self._credentials.faults()
         return out
 
     @property
@@ -656,11 +655,9 @@ class MqttSink(EventSink):
     # ---- paho callbacks (paho's network thread) ----
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
-        """Before each connection attempt: TLS files renewed on disk since are used from this
-        one on. paho 2 has no public call to swap a context (tls_set_context refuses a second),
-        so its attribute is set; this runs on paho's thread just before it wraps the socket."""
-        if self._tls is not None:
-            client._ssl_context = self._tls.context()
+        """Before each connection attempt: a password or TLS file changed on disk since is
+        used from this one on (a renewal needs no restart)."""
+        self._credentials.before_connect(client)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         client.connack = True
@@ -704,8 +701,7 @@ class MqttSink(EventSink):
             # announced under the lock: a clean stop that begins now announces offline after
             self._fail_log.reset()
             log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
-            if self._tls is not None:
-                self._tls.connected(client)
+            self._credentials.connected(client)
             detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
                       "previous_stop": self._previous_stop, "sw_version": __version__,
                       "model": self._model}

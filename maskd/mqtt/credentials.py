@@ -1,0 +1,175 @@
+"""The broker credentials kept in files, and the broker's own certificate.
+
+Months into a run they change on disk: certbot or step-ca renew a client certificate every few
+weeks (some every day), a building rotates the MQTT password. maskd reads the files again
+before a connection when one changed, so neither needs a restart; files that changed but do not
+load (half written, a key of another certificate, an empty password file) leave the last good
+ones in use and are a fault until they load. A connection that is up stays as it is: a broker
+checks credentials only when a client connects.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import paho.mqtt.client as mqtt
+
+from maskd.certs import BROKER, expiry_line, expiry_lines
+from maskd.clock import local_iso
+from maskd.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+# what identifies a file's version: a renewal by rename changes the inode, one in place the
+# time or size; a file that cannot be read is its error
+_Stamp = tuple[tuple[int, int, int] | str, ...]
+T = TypeVar("T")
+
+
+def broker_certificate_end(c: mqtt.Client) -> datetime | None:
+    """When the certificate the broker showed on this connection ends; None when not TLS or
+    not connected. Only a connection shows it, so the sink and doctor ask after one."""
+    sock = c.socket()
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        after = (sock.getpeercert() or {}).get("notAfter")
+        return datetime.fromtimestamp(ssl.cert_time_to_seconds(after), UTC) if after else None
+    except (OSError, ValueError):  # closed meanwhile, or a date Python cannot read
+        return None
+
+
+def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
+    """TLS as maskd uses it (certificate required; client cert optional), for `maskd doctor`'s
+    one connection. Raises ValueError naming the keys whose files do not load."""
+    c.tls_set_context(mq.tls_context())
+
+
+class _Files(Generic[T]):
+    """Files read together (the TLS trio, or the password file): what was last loaded from
+    them, and the version that failed to load with why."""
+
+    def __init__(self, paths: list[Path], what: str, value: T) -> None:
+        self.paths, self.what, self.value = paths, what, value
+        self.stamp = self.now()
+        self.read_at = local_iso(time.time())
+        self.failed: tuple[_Stamp, str] | None = None
+
+    def now(self) -> _Stamp:
+        out: list[tuple[int, int, int] | str] = []
+        for p in self.paths:
+            try:
+                st = p.stat()
+            except OSError as err:
+                out.append(str(err))
+            else:
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def changed(self) -> _Stamp | None:
+        """The files' version when it differs from the one loaded and from one that failed."""
+        stamp = self.now()
+        if stamp == self.stamp or (self.failed and self.failed[0] == stamp):
+            return None
+        return stamp
+
+    def refused(self, stamp: _Stamp, why: str) -> None:
+        self.failed = (stamp, why)
+        log.warning("MQTT: %s; connections go on with the %s read at %s", why, self.what,
+                    self.read_at)
+
+    def loaded(self, stamp: _Stamp, value: T) -> None:
+        self.stamp, self.value, self.failed = stamp, value, None
+        self.read_at = local_iso(time.time())
+
+    def fault(self) -> list[str]:
+        return ([f"MQTT: {self.failed[1]}; connections go on with the {self.what} read at "
+                 f"{self.read_at}"] if self.failed else [])
+
+
+class Credentials:
+    """The credential files of ``mqtt.*`` as the next connection uses them. Thread-safe:
+    paho's thread asks before each connection, the loop's status line between."""
+
+    def __init__(self, mq: MqttConfig) -> None:
+        self._mq = mq
+        self._lock = threading.Lock()
+        tls = mq.broker is not None and mq.broker.tls
+        self._tls = _Files([Path(p) for p in (mq.ca_file, mq.cert_file, mq.key_file) if p],
+                           "TLS files", mq.tls_context()) if tls else None
+        self._ends = mq.certificate_ends()
+        self._password = (_Files([Path(mq.password_file)], "password", mq.password() or "")
+                          if mq.password_file is not None else None)
+        self._url = str(mq.broker)
+        self._broker_end: datetime | None = None  # of the certificate the last connection saw
+        self._warned: datetime | None = None  # that certificate's end, once logged
+
+    def _refresh(self) -> None:
+        """Files changed since they were loaded are loaded again (under the lock)."""
+        if self._tls is not None and (stamp := self._tls.changed()) is not None:
+            try:
+                self._tls.loaded(stamp, self._mq.tls_context())
+            except ValueError as err:
+                self._tls.refused(stamp, str(err))
+            else:
+                self._ends = self._mq.certificate_ends()
+                until = ", ".join(f"{k} until {e:%Y-%m-%d}" for k, (_, e) in self._ends.items())
+                log.info("MQTT: read the changed TLS files%s; the next connection uses them",
+                         f" ({until})" if until else "")
+        if self._password is not None and (stamp := self._password.changed()) is not None:
+            try:
+                self._password.loaded(stamp, self._mq.password() or "")
+            except ValueError as err:
+                self._password.refused(stamp, f"mqtt.password_file {err}")
+            else:
+                log.info("MQTT: read the changed mqtt.password_file; the next connection uses it")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context for the client's first connection (mqtts:// only)."""
+        if self._tls is None:
+            raise ValueError(f"{self._url} is not mqtts://")
+        with self._lock:
+            return self._tls.value
+
+    def before_connect(self, c: mqtt.Client) -> None:
+        """Right before a connection attempt (paho's thread): what changed on disk is used from
+        this one on. paho 2 has no public call to swap a TLS context (tls_set_context refuses a
+        second), so its attribute is set; its socket is wrapped only after this returns."""
+        with self._lock:
+            self._refresh()
+            if self._tls is not None:
+                c._ssl_context = self._tls.value
+            if self._password is not None:
+                c.username_pw_set(self._mq.username, self._password.value)
+
+    def connected(self, c: mqtt.Client) -> None:
+        """After each CONNACK: the broker's own certificate, logged once as its end comes near
+        (then the status line keeps it), so its admin can be told before maskd is cut off."""
+        end = broker_certificate_end(c)
+        line = expiry_line(BROKER, self._url, end, datetime.now(UTC)) if end else None
+        with self._lock:
+            self._broker_end = end or self._broker_end
+            if line is None or end == self._warned:
+                return
+            self._warned = end
+        log.warning("MQTT: %s", line)
+
+    def faults(self) -> list[str]:
+        """Certificates near or past their end (maskd's files as the next connection would
+        send them, the broker's as the last one showed it), and changed files that do not
+        load."""
+        with self._lock:
+            self._refresh()  # a change is seen here too, not only when a connection drops
+            ends: dict[str, tuple[Path | str, datetime]] = {**self._ends}
+            if self._broker_end is not None:
+                ends[BROKER] = (self._url, self._broker_end)
+            out = expiry_lines(ends, datetime.now(UTC))
+            for files in (self._tls, self._password):
+                out += files.fault() if files is not None else []
+        return out
