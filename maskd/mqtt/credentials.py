@@ -93,7 +93,7 @@ class _Files(Generic[T]):
                  f"{self.read_at}"] if self.failed else [])
 
 
-class Credentials:
+class CredentialFiles:
     """The credential files of ``mqtt.*`` as the next connection uses them. Thread-safe:
     paho's thread asks before each connection, the loop's status line between."""
 

@@ -34,7 +34,7 @@ from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
-from maskd.mqtt.credentials import Credentials
+from maskd.mqtt.credentials import CredentialFiles
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -249,7 +249,7 @@ class MqttSink(EventSink):
         self._sub_refused: dict[str, str] = {}
         # password and TLS files, read again before a connection once changed on disk; the
         # status line warns as the certificates' ends come near, months into a run
-        self._credentials = Credentials(mq)
+        self._credentials = CredentialFiles(mq)
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
