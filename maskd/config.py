@@ -689,7 +689,8 @@ class MqttConfig(Section):
         """A TLS client context from the files as they are on disk now: the broker's
         certificate is required (the system CAs without ca_file), the client certificate is
         sent when set. One builder for this check, the sink (again before a connection when a
-        file changed, maskd.mqtt.tls) and doctor. ValueError names the keys that do not load."""
+        file changed, maskd.mqtt.credentials) and doctor. ValueError names the keys that do not
+        load."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
         try:
             if self.ca_file is not None:
