@@ -38,18 +38,9 @@ def camera_text(stats: LoopStats, camera: str | None = None) -> str:
     """``header_text``, or why no frame comes when none does (a camera lost, a file that
     ended, none yet): systemd's STATUS and the previews' header, which shows it over the last
     picture. ``camera``: the name, where the line would not say whose it is otherwise."""
-    if since := stats.camera_lost_since:
-        state = "reconnecting" if stats.camera_reconnecting else "reconnect stalled"
-        why = f" ({stats.camera_lost_why})" if stats.camera_lost_why else ""
-        return f"camera lost since {since}{why}; {state}"
-    if stats.source_ended:
+    if stats.source_ended and not stats.camera_lost_since:
         return "end of the source; idle until stopped"
-    if since := stats.first_frame_since:
-        return f"waiting for the first frame{f' from camera {camera}' if camera else ''} since {since}"
-    if stats.no_frame_since and stats.no_frame_s is not None:
-        return (f"no frame for {stats.no_frame_s:.0f} s (since {stats.no_frame_since}); "
-                "camera not answering")
-    return header_text(stats)
+    return stats.outage(camera) or header_text(stats)
 
 
 def color_for(v: Verdict) -> tuple[int, int, int]:

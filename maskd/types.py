@@ -159,8 +159,32 @@ class LoopStats:
     detect_enabled: bool = True
     faults: tuple[str, ...] = ()  # what keeps sinks from delivering (disk full, refused)
 
+    def outage(self, camera: str | None = None) -> str | None:
+        """Why no frame comes from a live camera (lost, none yet, not answering for a gap), or
+        None: systemd's STATUS, the previews' header and ``problems`` say it in these words.
+        ``camera``: the name, where the line would not say whose it is otherwise."""
+        if since := self.camera_lost_since:
+            state = "reconnecting" if self.camera_reconnecting else "reconnect stalled"
+            why = f" ({self.camera_lost_why})" if self.camera_lost_why else ""
+            return f"camera lost since {since}{why}; {state}"
+        if since := self.first_frame_since:
+            return f"waiting for the first frame{f' from camera {camera}' if camera else ''} since {since}"
+        if self.no_frame_since and self.no_frame_s is not None:
+            return (f"no frame for {self.no_frame_s:.0f} s (since {self.no_frame_since}); "
+                    "camera not answering")
+        return None
+
+    def problems(self) -> list[str]:
+        """What a person should look at: a camera lost or not answering, and what keeps the
+        sinks from delivering (``faults``). Home Assistant's problem sensor is on while there is
+        any. Waiting for the first frame is not one: every start waits a moment (a camera lost
+        at the start is); nor is a file source that ended."""
+        idle = (self.first_frame_since or self.source_ended) and not self.camera_lost_since
+        line = None if idle else self.outage()
+        return [line, *self.faults] if line else list(self.faults)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "faults": list(self.faults)}
+        return {**asdict(self), "faults": list(self.faults), "problems": self.problems()}
 
 
 class EventSink(Protocol):

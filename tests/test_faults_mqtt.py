@@ -268,8 +268,9 @@ def test_doctor_fails_a_listener_whose_limits_run_cannot_keep(tmp_path):
         assert verdict == FAIL and "takes only QoS 0" in detail and "max_qos 0" in detail, detail
         verdict, detail = probe_broker(cfg_for(small, tmp_path / "state"))
         assert verdict == FAIL, detail
-        assert re.search(r"at most 2000 bytes .* discovery config on homeassistant/device/"
-                         r"maskd_dev1_cam1/config is 2\d{3} bytes", detail), detail
+        size = re.search(r"at most 2000 bytes .* discovery config on homeassistant/device/"
+                         r"maskd_dev1_cam1/config is (\d+) bytes", detail)
+        assert size and int(size[1]) > 2000, detail
         verdict, detail = probe_broker(cfg_for(small, tmp_path / "state", discovery=False))
         assert verdict == OK, detail
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker
+from mqtt_broker import Broker, retained_now
 
 from maskd.config import MqttConfig
 from maskd.mqtt import Topics, discovery_config
@@ -129,9 +129,10 @@ def test_validator_reports_what_home_assistant_rejects(ha_python):
     assert not by_id["d1"]["ok"] and "platform" in by_id["d1"]["error"]
 
 
-def run_maskd(config: str, tmp_path: Path) -> list[dict]:
+def run_maskd(config: str, tmp_path: Path, retained: list[str] | None = None) -> list[dict]:
     """`maskd run --source demo`'s config against a real mosquitto; then every retained
-    discovery config the broker holds, as a restarted Home Assistant would receive them."""
+    discovery config the broker holds, as a restarted Home Assistant would receive them, each
+    with the retained messages under ``retained`` (topic filters) as its samples."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config)
     with Broker(tmp_path / "broker") as b:
@@ -140,18 +141,57 @@ def run_maskd(config: str, tmp_path: Path) -> list[dict]:
              "--max-frames", "20", "--mqtt", b.url, "--state-dir", str(tmp_path / "state")],
             capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        return ha_venv.retained_configs(b.url)
+        samples = {t: p.decode() for t, p in retained_now(b, retained).items()} if retained else {}
+        return [{**m, "samples": samples} for m in ha_venv.retained_configs(b.url)]
+
+
+def rendered(results: list[dict], object_id: str) -> dict:
+    [r] = [r for r in results if r["object_id"] == object_id]
+    return r["rendered"]
 
 
 def test_retained_discovery_after_a_real_run_passes(ha_python, tmp_path):
     """One camera, snapshots on: whatever retained discovery the run leaves passes."""
     messages = run_maskd("device_id: dev1\ncamera: door\nsource: {kind: demo}\n"
-                         "mqtt: {snapshots: true}\n", tmp_path)
+                         "mqtt: {snapshots: true}\n", tmp_path, ["maskd/dev1/door/stats"])
     topics = [m["topic"] for m in messages]
     assert "homeassistant/device/maskd_dev1_door/config" in topics, topics
     results = check(messages, ha_python)
     got = platforms(results, topics.index("homeassistant/device/maskd_dev1_door/config"))
     assert EXPECTED <= got and got & SNAPSHOT_PLATFORMS, got
+    # the entities read the run's last retained messages as Home Assistant renders them
+    stats = json.loads(messages[0]["samples"]["maskd/dev1/door/stats"])
+    assert stats["problems"] == [] and stats["faults"] == [], stats
+    assert rendered(results, "maskd_dev1_door_problem") == {
+        "value_template": "OFF", "json_attributes_template": '{"problems": []}'}
+    assert float(rendered(results, "maskd_dev1_door_fps")["value_template"]) > 0
+    assert rendered(results, "maskd_dev1_door_outbox")["value_template"] == str(
+        stats["outbox_depth"])  # as it was when that stats message left
+
+
+def test_the_problem_sensor_is_on_with_the_lines_while_a_camera_is_lost_or_a_sink_fails(
+        ha_python):
+    """Home Assistant's problem entity, rendered by Home Assistant from stats as the sink
+    publishes them: on with each line while the camera is lost and the outbox's disk is
+    full, off again after."""
+    from maskd.types import LoopStats
+
+    topics = Topics.build(MqttConfig(), "dev1", "door")
+    payload = discovery_config(topics, device_id="dev1", camera="door", snapshots=False)
+    fault = "MQTT outbox: database or disk is full, 3 event(s) in memory"
+    bad = LoopStats(fps=0.0, camera_lost_since="2026-12-05T09:00:00+00:00",
+                    camera_lost_why="cannot open /dev/video0", camera_reconnecting=True,
+                    faults=(fault,))
+    messages = [{"topic": topics.discovery, "payload": payload, "samples": {
+        topics.stats: json.dumps({**s.to_dict(), "outbox_depth": 3, "camera": "door"})}}
+        for s in (bad, LoopStats(fps=9.5))]
+    results = check(messages, ha_python)
+    on, off = (r["rendered"] for r in results if r["object_id"] == "maskd_dev1_door_problem")
+    lost = ("camera lost since 2026-12-05T09:00:00+00:00 (cannot open /dev/video0); "
+            "reconnecting")
+    assert on["value_template"] == "ON"
+    assert json.loads(on["json_attributes_template"]) == {"problems": [lost, fault]}
+    assert off == {"value_template": "OFF", "json_attributes_template": '{"problems": []}'}
 
 
 def test_retained_discovery_of_a_cameras_map_passes(ha_python, tmp_path):

@@ -205,7 +205,7 @@ def test_events_state_and_discovery(broker, tmp_path):
     assert disc["availability_mode"] == "all" and disc["device"]["model"] == "maskd face-mask detector"
     assert all(c.get("qos") == 1 for c in disc["components"].values() if "name" in c)
     platforms = sorted(c["platform"] for c in disc["components"].values())
-    assert platforms.count("binary_sensor") == 1 and "switch" in platforms
+    assert platforms.count("binary_sensor") == 2 and "switch" in platforms  # violation, problem
     n = len(sub.on("homeassistant/device/maskd_dev1_cam1/config"))
     sub.client.publish("homeassistant/status", "online", qos=1)
     assert len(sub.wait_topic("homeassistant/device/maskd_dev1_cam1/config", n + 1)) == n + 1

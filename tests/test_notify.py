@@ -137,6 +137,26 @@ def test_status_refresh_without_watchdog(notify_socket):
     n.close()
 
 
+def test_problems_are_the_cameras_outage_and_the_faults_not_a_start_or_a_files_end():
+    """What Home Assistant's problem sensor shows (``stats.problems``): the outage in the
+    status line's words, then the sinks' faults."""
+    from maskd.annotate import camera_text
+
+    fault = "MQTT: broker refuses 1 topic(s), e.g. maskd/dev1/door/snapshot"
+    assert LoopStats(fps=9.0).problems() == []
+    assert LoopStats(fps=9.0, faults=(fault,)).problems() == [fault]
+    lost = LoopStats(camera_lost_since="T0", camera_lost_why="cannot open", faults=(fault,))
+    assert lost.problems() == ["camera lost since T0 (cannot open); reconnect stalled", fault]
+    hung = LoopStats(no_frame_since="T0", no_frame_s=21.4)
+    assert hung.problems() == ["no frame for 21 s (since T0); camera not answering"]
+    assert LoopStats(first_frame_since="T0").problems() == []  # every start waits a moment
+    assert LoopStats(first_frame_since="T0", camera_lost_since="T1").problems() == [
+        "camera lost since T1; reconnect stalled"]
+    assert LoopStats(source_ended=True).problems() == []
+    assert [camera_text(s) for s in (lost, hung)] == [lost.problems()[0], hung.problems()[0]]
+    assert lost.to_dict()["problems"] == lost.problems()
+
+
 def test_abstract_namespace_socket():
     name = f"@maskd-test-{uuid.uuid4().hex}"
     s = NotifySocket(name)

@@ -8,7 +8,11 @@ Python than maskd), never in maskd's: it imports only the standard library and h
     printf '[{"topic": "homeassistant/device/x/config", "payload": {...}}]' \\
         | <ha-venv>/bin/python tools/ha_validate.py [--json] [--discovery-prefix homeassistant]
 
-Input: a JSON list of {"topic": str, "payload": object or str (the message as sent)}.
+Input: a JSON list of {"topic": str, "payload": object or str (the message as sent)}, each
+optionally with "samples": {topic: payload text}, messages an entity would receive: its
+``value_template`` (on its ``state_topic``) and ``json_attributes_template`` (on its
+``json_attributes_topic``) are rendered with them as Home Assistant's MQTT entities do
+(``MqttValueTemplate``), and reported under ``rendered``.
 Output: a line per entity, ``OK`` or ``FAIL`` with the voluptuous error Home Assistant would log;
 ``--json`` prints a JSON list instead. Exit status 1 when anything failed.
 
@@ -44,6 +48,7 @@ from typing import Any
 import voluptuous as vol
 from homeassistant.components.mqtt import discovery as ha_discovery
 from homeassistant.components.mqtt.const import CONF_COMPONENTS, CONF_ORIGIN, SUPPORTED_COMPONENTS
+from homeassistant.components.mqtt.models import MqttValueTemplate
 from homeassistant.components.mqtt.schemas import (
     DEVICE_DISCOVERY_SCHEMA,
     MQTT_ORIGIN_INFO_SCHEMA,
@@ -84,8 +89,24 @@ def result(topic: str, component: str, object_id: str, error: str | None = None,
             "ok": error is None, "error": error, **extra}
 
 
+# the templates rendered from samples, and the topic each one reads
+RENDERED = {"value_template": "state_topic", "json_attributes_template": "json_attributes_topic"}
+
+
+def render(config: dict, samples: dict[str, str]) -> dict[str, str]:
+    """What the entity's templates make of the sample messages on their topics, as its MQTT
+    platform renders a received payload (``value`` and ``value_json``)."""
+    out = {}
+    for key, topic_key in RENDERED.items():
+        template, topic = config.get(key), config.get(topic_key)
+        if template is not None and topic in samples:
+            out[key] = MqttValueTemplate(template).async_render_with_possible_json_value(
+                samples[topic], "<no value>")
+    return out
+
+
 def check_component(topic: str, component: str, object_id: str, payload: dict,
-                    records: Records) -> dict:
+                    records: Records, samples: dict[str, str] | None = None) -> dict:
     """One entity's config, after the device-level steps: ``~``, then the platform schema."""
     if component not in SUPPORTED_COMPONENTS:
         return result(topic, component, object_id,
@@ -100,10 +121,13 @@ def check_component(topic: str, component: str, object_id: str, payload: dict,
     except vol.Invalid as err:  # what Home Assistant logs: "Error '<err>' when processing ..."
         return result(topic, component, object_id, str(err), warnings=list(records.lines))
     ignored = sorted(sent - set(config) - {CONF_PLATFORM})
-    return result(topic, component, object_id, ignored=ignored, warnings=list(records.lines))
+    extra = {"rendered": render(config, samples)} if samples else {}
+    return result(topic, component, object_id, ignored=ignored, warnings=list(records.lines),
+                  **extra)
 
 
-def check_message(topic: str, raw: Any, prefix: str, records: Records) -> list[dict]:
+def check_message(topic: str, raw: Any, prefix: str, records: Records,
+                  samples: dict[str, str] | None = None) -> list[dict]:
     trimmed = topic.replace(f"{prefix}/", "", 1) if topic.startswith(f"{prefix}/") else None
     match = ha_discovery.TOPIC_MATCHER.match(trimmed) if trimmed is not None else None
     if match is None:
@@ -126,7 +150,7 @@ def check_message(topic: str, raw: Any, prefix: str, records: Records) -> list[d
                 MQTT_ORIGIN_INFO_SCHEMA(data[CONF_ORIGIN])
             except vol.Invalid as err:
                 return [result(topic, component, object_id, f"origin: {err}")]
-        return [check_component(topic, component, object_id, data, records)]
+        return [check_component(topic, component, object_id, data, records, samples)]
 
     ha_discovery._replace_all_abbreviations(data)
     try:
@@ -146,7 +170,7 @@ def check_message(topic: str, raw: Any, prefix: str, records: Records) -> list[d
         comp[CONF_DEVICE] = data[CONF_DEVICE]
         comp[CONF_ORIGIN] = data.get(CONF_ORIGIN)
         ha_discovery._merge_common_device_options(comp, data)
-        out.append(check_component(topic, platform, component_id, comp, records))
+        out.append(check_component(topic, platform, component_id, comp, records, samples))
     return out
 
 
@@ -161,7 +185,8 @@ async def check_all(messages: list[dict], prefix: str) -> list[dict]:
         logging.getLogger("homeassistant").addHandler(records)
         out: list[dict] = []
         for i, msg in enumerate(messages):
-            for r in check_message(msg["topic"], msg.get("payload"), prefix, records):
+            for r in check_message(msg["topic"], msg.get("payload"), prefix, records,
+                                   msg.get("samples")):
                 out.append({"message": i, **r})  # the index of the message in the input
         return out
 

@@ -139,6 +139,19 @@ def discovery_config(
                "{{ value_json.outbox_depth }}", entity_category="diagnostic"),
         sensor("fps", f"{camera} fps", topics.stats, "{{ value_json.fps | default(none) }}",
                entity_category="diagnostic", unit_of_measurement="fps"),
+        # on while the camera is lost or not answering, or something keeps events from the
+        # broker (a full disk, a refused topic, a certificate near its end): what an
+        # automation can tell a person about; the lines themselves as an attribute
+        (f"{uid}_problem", {
+            "platform": "binary_sensor", "name": f"{camera} problem",
+            "unique_id": f"{uid}_problem", "device_class": "problem",
+            "entity_category": "diagnostic", "state_topic": topics.stats,
+            "value_template": "{{ 'ON' if value_json.problems | default([]) else 'OFF' }}",
+            "json_attributes_topic": topics.stats,
+            "json_attributes_template": "{{ {'problems': value_json.problems | default([])} "
+                                        "| tojson }}",
+            "qos": 1,
+        }),
     ])
     # Without snapshots the platform alone: Home Assistant keeps a component that a device
     # payload merely omits, and removes one given as {"platform": ...} (a no-op if never had).
