@@ -986,6 +986,9 @@ async function refresh() {
       h.push(row(["ms per stage", ms]));
       h.push(row(["active", c.active + (c.in_view !== null && c.in_view < c.active ?
                   " (" + (c.active - c.in_view) + " not detected now)" : "")]));
+      // the lines of Home Assistant's problem entity: the outage, a full disk, a certificate
+      if ((c.problems || []).length)
+        h.push(row(["problems", '<span class="bad">' + c.problems.map(esc).join("<br>") + "</span>"]));
     }
     document.getElementById("health").innerHTML = h.join("");
     document.getElementById("eventlist").innerHTML = ev.events.length ?

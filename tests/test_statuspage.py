@@ -569,6 +569,33 @@ def test_a_page_with_six_cameras_keeps_its_numbers_and_pictures_fresh(tmp_path):
         srv.close()
 
 
+def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
+    """The lines Home Assistant's problem entity shows (``stats.problems``: here a sink's
+    fault, a certificate near its end) are on the page under their camera, in red, and go."""
+    cert = ("mqtt.cert_file /etc/maskd/client.crt: the certificate expires on 2026-12-20 "
+            "10:00 UTC (in 14 days); renew it before then")
+    srv = StatusServer("127.0.0.1:0", title="problems").start()
+    view = srv.attach("door", "d", "c")
+    feed(view, 60, 0, LoopStats(fps=9.0, frames=1, faults=(cert, "MQTT: broker refuses 1 "
+                                                           "topic(s), e.g. a/b")))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            js = "(document.getElementById('health')?.innerText || '')"
+            assert browser.wait_for(f"{js}.includes('problems')", timeout=20), \
+                browser.evaluate(js)
+            text = browser.evaluate(js)
+            assert f"problems\t{cert}\nMQTT: broker refuses 1 topic(s)" in text, text
+            red = browser.evaluate("[...document.querySelectorAll('#health .bad')]"
+                                   ".map(e => e.innerText).join('|')")
+            assert cert in red, red
+            feed(view, 60, 1)
+            assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('problems')",
+                                    timeout=10), \
+                browser.evaluate(js)
+    finally:
+        srv.close()
+
+
 def test_the_live_view_comes_back_after_a_restart(tmp_path):
     """A restarted service (or a stream that ended) left the page on its last picture, as if
     live, for ever: an image's stream that ends says nothing to the page. The page asks for the
