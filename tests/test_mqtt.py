@@ -31,6 +31,7 @@ from mqtt_driver import counts, script
 
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
 from maskd.mqtt import SCHEMA_ID, MqttSink, ViolationPayload, parse_switch
+from maskd.mqtt.credentials import SETTLE_S
 from maskd.types import RunControl
 
 EVENT_SCHEMA = ViolationPayload.model_json_schema()
@@ -681,14 +682,16 @@ def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
                 assert sink.flush(15)
 
                 install(new.client_cert)  # the certificate first, its key not yet
+                assert sink.faults() == [line]  # not read while it may be half written
+                assert wait_until(lambda: len(sink.faults()) == 2, 2 + SETTLE_S)
                 broken = sink.faults()
-                assert broken[0] == line and len(broken) == 2, broken
+                assert broken[0] == line, broken
                 assert broken[1].startswith("MQTT: mqtt.ca_file/cert_file/key_file do not load: ")
                 assert broken[1].endswith("; connections go on with the TLS files read at "
                                           f"{broken[1].rsplit(' ', 1)[1]}"), broken
                 assert sink.faults() == broken  # tried again only once a file changes
                 install(new.client_cert, new.client_key)
-                assert sink.faults() == []  # a year ahead: nothing to say
+                assert wait_until(lambda: sink.faults() == [], 2 + SETTLE_S)  # a year ahead
                 assert "read the changed TLS files (mqtt.cert_file until " in caplog.text
 
                 trusted.write_text(tls.ca.read_text() + new.ca.read_text())  # the old issuer out
@@ -749,12 +752,13 @@ def test_a_password_changed_on_disk_is_used_from_the_next_connection(tmp_path, c
                 sink.emit(evs[0])
                 assert sink.flush(15)
                 pw.write_text("")
+                assert wait_until(lambda: sink.faults() != [], 2 + SETTLE_S)
                 [empty] = sink.faults()
                 assert empty.startswith("MQTT: mqtt.password_file ") and (
                     "is empty; connections go on with the password read at " in empty), empty
                 assert sink.faults() == [empty]
                 pw.write_text("new-horse\n")
-                assert sink.faults() == []
+                assert wait_until(lambda: sink.faults() == [], 2 + SETTLE_S)
                 subprocess.run(["mosquitto_passwd", "-b", str(b.dir / "passwd"), "maskd",
                                 "new-horse"], check=True, capture_output=True)
                 after = restarted_and_delivered(b, sink, evs[1], username="watcher", password="w")

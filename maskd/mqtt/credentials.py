@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # what identifies a file's version: a renewal by rename changes the inode, one in place the
 # time or size; a file that cannot be read is its error
 _Stamp = tuple[tuple[int, int, int] | str, ...]
+# A changed version is read once it has stayed the same this long: a renewal that writes in
+# place (truncate, write; the certificate, then its key) is not caught half way, which would
+# be a warning at every renewal.
+SETTLE_S = 2.0
 T = TypeVar("T")
 
 
@@ -60,6 +64,7 @@ class _Files(Generic[T]):
         self.stamp = self.now()
         self.read_at = local_iso(time.time())
         self.failed: tuple[_Stamp, str] | None = None
+        self._seen: tuple[_Stamp, float] | None = None  # a new version, and since when (monotonic)
 
     def now(self) -> _Stamp:
         out: list[tuple[int, int, int] | str] = []
@@ -73,11 +78,14 @@ class _Files(Generic[T]):
         return tuple(out)
 
     def changed(self) -> _Stamp | None:
-        """The files' version when it differs from the one loaded and from one that failed."""
-        stamp = self.now()
+        """The files' version when it differs from the one loaded and from one that failed,
+        and has not changed for SETTLE_S."""
+        stamp, t = self.now(), time.monotonic()
         if stamp == self.stamp or (self.failed and self.failed[0] == stamp):
             return None
-        return stamp
+        if self._seen is None or self._seen[0] != stamp:
+            self._seen = (stamp, t)
+        return stamp if t - self._seen[1] >= SETTLE_S else None
 
     def refused(self, stamp: _Stamp, why: str) -> None:
         self.failed = (stamp, why)
