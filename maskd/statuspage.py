@@ -283,6 +283,7 @@ class _Metrics:
             ("detect_enabled", "1 while detection is switched on"),
             ("camera_up", "0 while a live camera is lost"),
             ("last_frame_age_seconds", "Seconds since the latest frame"),
+            ("problems", "Lines of Home Assistant's problem entity: the camera's outage, faults"),
         ]}
         c = {name: CounterMetricFamily(f"maskd_{name}", text, labels=["camera"]) for name, text in [
             ("frames", "Frames processed"),
@@ -305,6 +306,7 @@ class _Metrics:
             g["violations_in_view"].add_metric(cam, s.active if s.in_view is None else s.in_view)
             g["detect_enabled"].add_metric(cam, int(s.detect_enabled))
             g["camera_up"].add_metric(cam, int(s.camera_lost_since is None))
+            g["problems"].add_metric(cam, len(s.problems()))
             if (age := view.last_frame_age()) is not None:
                 g["last_frame_age_seconds"].add_metric(cam, age)
             for name, value in [("frames", s.frames), ("skipped_frames", s.skipped),

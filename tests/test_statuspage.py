@@ -588,12 +588,20 @@ def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
             red = browser.evaluate("[...document.querySelectorAll('#health .bad')]"
                                    ".map(e => e.innerText).join('|')")
             assert cert in red, red
+            assert problems_metric(srv.url) == 2  # for Prometheus alerts
             feed(view, 60, 1)
             assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('problems')",
                                     timeout=10), \
                 browser.evaluate(js)
+            assert problems_metric(srv.url) == 0
     finally:
         srv.close()
+
+
+def problems_metric(url: str) -> float:
+    text = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples}["maskd_problems"]
 
 
 def test_the_live_view_comes_back_after_a_restart(tmp_path):
