@@ -911,6 +911,33 @@ def test_a_listener_that_never_answers_and_one_that_takes_only_qos_0_are_named(t
         conn.close()
 
 
+def test_stats_sent_at_a_reconnect_do_not_say_the_broker_is_away(tmp_path, monkeypatch):
+    """The loop's last report before a reconnect was made while the broker was away, and a
+    reconnect sends it at once: its "broker not connected" line is dropped (Home Assistant's
+    problem entity showed it for a minute after every outage); other sinks' faults stay."""
+    from maskd.mqtt import sink as sink_mod
+    from maskd.types import LoopStats
+
+    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 0.5)
+    with Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, tmp_path / "state", reconnect_min_s=0.2, reconnect_max_s=0.5)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            b.stop()
+            assert wait_until(lambda: any(f.startswith(sink_mod.NOT_CONNECTED)
+                                          for f in sink.faults()), 10), sink.faults()
+            other = "JSON lines: /var/lib/maskd/events.jsonl: disk full"
+            sink.on_stats(LoopStats(fps=9.0, faults=(other, *sink.faults())))  # as the loop does
+            b.start()
+            assert wait_until(lambda: sink.connected, 10)
+            stats = retained_once(b, lambda r: f"{CAM}/stats" in r, [f"{CAM}/stats"])
+            sent = json.loads(stats[f"{CAM}/stats"])
+            assert sent["fps"] == 9.0 and sent["faults"] == [other] == sent["problems"], sent
+        finally:
+            sink.close()
+
+
 def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
     """A broker restarted without persistence forgets every retained message. On reconnect
     maskd publishes them again: state and faces with the next frame even when the counts did not

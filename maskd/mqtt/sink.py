@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ REDISCOVER_EVERY_S = 1.0
 # The broker away this long is a fault in the status line; a quick reconnect (a broker
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
+# the fault line of a broker away: the loop's last report before a reconnect may hold it
+NOT_CONNECTED = "MQTT: broker not connected since "
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
 UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
 SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
@@ -101,7 +103,7 @@ class _Camera:
     violations: int | None = None  # people in violation, last published
     faces: int | None = None  # faces in view, last published
     detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
-    loop_stats: dict = field(default_factory=dict)
+    loop_stats: LoopStats | None = None  # the loop's last report
     stats_t: float = float("-inf")  # when its stats were last published
     running: bool = True  # its loop has not ended
 
@@ -566,7 +568,7 @@ class MqttSink(EventSink):
     def camera_stats(self, cam: _Camera, stats: LoopStats) -> None:
         """Loop health (fps per stage, skipped frames) with the connection's own numbers,
         published at once (the loop sends it every stats_interval_s), retained."""
-        cam.loop_stats = stats.to_dict()
+        cam.loop_stats = stats
         if self._connected:
             self._publish_stats(cam)
 
@@ -626,7 +628,7 @@ class MqttSink(EventSink):
         down = self._down
         if down is not None and not self._closing and time.monotonic() - down[1] >= DOWN_GRACE_S:
             since = local_iso(down[0])
-            out.append(f"MQTT: broker not connected since {since}, {ob.depth()} event(s) waiting")
+            out.append(f"{NOT_CONNECTED}{since}, {ob.depth()} event(s) waiting")
         stalled = self._unacked_since
         if (stalled is not None and self._connected
                 and (waited := time.monotonic() - stalled) >= DOWN_GRACE_S):
@@ -975,7 +977,15 @@ class MqttSink(EventSink):
 
     def _publish_stats(self, cam: _Camera) -> None:
         cam.stats_t = time.monotonic()
-        msg = {**cam.loop_stats, **self.health(), "camera": cam.name, "time": time.time()}
+        loop = cam.loop_stats
+        if loop is not None:
+            # Sent only while connected: a loop report made while the broker was away (the one
+            # a reconnect sends at once) said so, which Home Assistant's problem entity would
+            # show until the next report, a minute later.
+            loop = replace(loop, faults=tuple(f for f in loop.faults
+                                              if not f.startswith(NOT_CONNECTED)))
+        msg = {**(loop.to_dict() if loop else {}), **self.health(), "camera": cam.name,
+               "time": time.time()}
         self._side(cam.topics.stats, _dumps(msg))
 
     # ---- the publisher thread: the only place events are published ----
