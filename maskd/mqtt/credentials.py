@@ -81,7 +81,10 @@ class _Files(Generic[T]):
         """The files' version when it differs from the one loaded and from one that failed,
         and has not changed for SETTLE_S."""
         stamp, t = self.now(), time.monotonic()
-        if stamp == self.stamp or (self.failed and self.failed[0] == stamp):
+        if stamp == self.stamp:  # the loaded version (back, e.g. restored with its times)
+            self.failed = self._seen = None
+            return None
+        if self.failed and self.failed[0] == stamp:
             return None
         if self._seen is None or self._seen[0] != stamp:
             self._seen = (stamp, t)
