@@ -33,6 +33,7 @@ _Stamp = tuple[tuple[int, int, int] | str, ...]
 # place (truncate, write; the certificate, then its key) is not caught half way, which would
 # be a warning at every renewal.
 SETTLE_S = 2.0
+LOOK_EVERY_S = 1.0  # how often the status line's faults() looks at the files
 T = TypeVar("T")
 
 
@@ -120,6 +121,7 @@ class CredentialFiles:
         self._url = str(mq.broker)
         self._broker_end: datetime | None = None  # of the certificate the last connection saw
         self._warned: datetime | None = None  # that certificate's end, once logged
+        self._looked = float("-inf")  # when faults() last looked at the files (monotonic)
 
     def _refresh(self) -> None:
         """Files changed since they were loaded are loaded again (under the lock)."""
@@ -176,7 +178,11 @@ class CredentialFiles:
         send them, the broker's as the last one showed it), and changed files that do not
         load."""
         with self._lock:
-            self._refresh()  # a change is seen here too, not only when a connection drops
+            # a change is seen here too, not only when a connection drops; the loop asks every
+            # frame, so the files are looked at once a second at most
+            if (t := time.monotonic()) - self._looked >= LOOK_EVERY_S:
+                self._looked = t
+                self._refresh()
             ends: dict[str, tuple[Path | str, datetime]] = {**self._ends}
             if self._broker_end is not None:
                 ends[BROKER] = (self._url, self._broker_end)
