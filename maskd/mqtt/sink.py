@@ -984,8 +984,11 @@ class MqttSink(EventSink):
             # show until the next report, a minute later.
             loop = replace(loop, faults=tuple(f for f in loop.faults
                                               if not f.startswith(NOT_CONNECTED)))
-        msg = {**(loop.to_dict() if loop else {}), **self.health(), "camera": cam.name,
-               "time": time.time()}
+        # no loop report yet (or a sink without a loop): this sink's own faults, so that
+        # Home Assistant's problem entity reads something true
+        mine = self.faults() if loop is None else []
+        msg = {**(loop.to_dict() if loop else {"faults": mine, "problems": mine}),
+               **self.health(), "camera": cam.name, "time": time.time()}
         self._side(cam.topics.stats, _dumps(msg))
 
     # ---- the publisher thread: the only place events are published ----
