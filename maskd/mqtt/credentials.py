@@ -14,6 +14,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -91,14 +92,22 @@ class _Files(Generic[T]):
             self._seen = (stamp, t)
         return stamp if t - self._seen[1] >= SETTLE_S else None
 
-    def refused(self, stamp: _Stamp, why: str) -> None:
-        self.failed = (stamp, why)
-        log.warning("MQTT: %s; connections go on with the %s read at %s", why, self.what,
-                    self.read_at)
-
-    def loaded(self, stamp: _Stamp, value: T) -> None:
+    def reload(self, load: Callable[[], T], key: str = "") -> bool:
+        """Load the files again with ``load`` when they changed (``changed``); True when the
+        new version is in use. A ValueError keeps the last good value: one warning (``key``
+        put before its words), and the fault until another version loads."""
+        if (stamp := self.changed()) is None:
+            return False
+        try:
+            value = load()
+        except ValueError as err:
+            self.failed = (stamp, f"{key}{err}")
+            log.warning("MQTT: %s; connections go on with the %s read at %s", self.failed[1],
+                        self.what, self.read_at)
+            return False
         self.stamp, self.value, self.failed = stamp, value, None
         self.read_at = local_iso(time.time())
+        return True
 
     def fault(self) -> list[str]:
         return ([f"MQTT: {self.failed[1]}; connections go on with the {self.what} read at "
@@ -125,23 +134,14 @@ class CredentialFiles:
 
     def _refresh(self) -> None:
         """Files changed since they were loaded are loaded again (under the lock)."""
-        if self._tls is not None and (stamp := self._tls.changed()) is not None:
-            try:
-                self._tls.loaded(stamp, self._mq.tls_context())
-            except ValueError as err:
-                self._tls.refused(stamp, str(err))
-            else:
-                self._ends = self._mq.certificate_ends()
-                until = ", ".join(f"{k} until {e:%Y-%m-%d}" for k, (_, e) in self._ends.items())
-                log.info("MQTT: read the changed TLS files%s; the next connection uses them",
-                         f" ({until})" if until else "")
-        if self._password is not None and (stamp := self._password.changed()) is not None:
-            try:
-                self._password.loaded(stamp, self._mq.password() or "")
-            except ValueError as err:
-                self._password.refused(stamp, f"mqtt.password_file {err}")
-            else:
-                log.info("MQTT: read the changed mqtt.password_file; the next connection uses it")
+        if self._tls is not None and self._tls.reload(self._mq.tls_context):
+            self._ends = self._mq.certificate_ends()
+            until = ", ".join(f"{k} until {e:%Y-%m-%d}" for k, (_, e) in self._ends.items())
+            log.info("MQTT: read the changed TLS files%s; the next connection uses them",
+                     f" ({until})" if until else "")
+        if self._password is not None and self._password.reload(
+                lambda: self._mq.password() or "", "mqtt.password_file "):
+            log.info("MQTT: read the changed mqtt.password_file; the next connection uses it")
 
     def tls_context(self) -> ssl.SSLContext:
         """The TLS context for the client's first connection (mqtts:// only)."""
