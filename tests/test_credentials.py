@@ -8,6 +8,7 @@ import shutil
 
 from mqtt_broker import make_ca
 
+from maskd import watch
 from maskd.config import MqttConfig
 from maskd.mqtt import credentials
 
@@ -16,8 +17,8 @@ def test_a_bad_change_then_the_old_files_restored_clears_the_fault(tmp_path, mon
     """An admin writes a certificate of another key, sees the fault, and puts the old file
     back with its times (`cp -p`, a backup): the version loaded at start is back, and the
     fault must go (it stayed: only a version other than the loaded one was looked at)."""
-    monkeypatch.setattr(credentials, "SETTLE_S", 0.0)
-    monkeypatch.setattr(credentials, "LOOK_EVERY_S", 0.0)
+    monkeypatch.setattr(watch, "SETTLE_S", 0.0)
+    monkeypatch.setattr(watch, "LOOK_EVERY_S", 0.0)
     ours, other = make_ca(tmp_path / "ours"), make_ca(tmp_path / "other", name="other CA")
     cert, key = tmp_path / "client.crt", tmp_path / "client.key"
     shutil.copy2(ours.client_cert, cert)

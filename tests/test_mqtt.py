@@ -31,8 +31,8 @@ from mqtt_driver import counts, script
 
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, parse_config
 from maskd.mqtt import SCHEMA_ID, MqttSink, ViolationPayload, parse_switch
-from maskd.mqtt.credentials import SETTLE_S
 from maskd.types import RunControl
+from maskd.watch import SETTLE_S
 
 EVENT_SCHEMA = ViolationPayload.model_json_schema()
 

@@ -14,28 +14,18 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 
+from maskd import watch
 from maskd.certs import BROKER, expiry_line, expiry_lines
-from maskd.clock import local_iso
 from maskd.config import MqttConfig
+from maskd.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
-
-# what identifies a file's version: a renewal by rename changes the inode, one in place the
-# time or size; a file that cannot be read is its error
-_Stamp = tuple[tuple[int, int, int] | str, ...]
-# A changed version is read once it has stayed the same this long: a renewal that writes in
-# place (truncate, write; the certificate, then its key) is not caught half way, which would
-# be a warning at every renewal.
-SETTLE_S = 2.0
-LOOK_EVERY_S = 1.0  # how often the status line's faults() looks at the files
-T = TypeVar("T")
+_SAY = ("MQTT", "connections go on")  # a changed file that does not load: who, and what goes on
 
 
 def broker_certificate_end(c: mqtt.Client) -> datetime | None:
@@ -57,63 +47,6 @@ def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
     c.tls_set_context(mq.tls_context())
 
 
-class _Files(Generic[T]):
-    """Files read together (the TLS trio, or the password file): what was last loaded from
-    them, and the version that failed to load with why."""
-
-    def __init__(self, paths: list[Path], what: str, value: T) -> None:
-        self.paths, self.what, self.value = paths, what, value
-        self.stamp = self.now()
-        self.read_at = local_iso(time.time())
-        self.failed: tuple[_Stamp, str] | None = None
-        self._seen: tuple[_Stamp, float] | None = None  # a new version, and since when (monotonic)
-
-    def now(self) -> _Stamp:
-        out: list[tuple[int, int, int] | str] = []
-        for p in self.paths:
-            try:
-                st = p.stat()
-            except OSError as err:
-                out.append(str(err))
-            else:
-                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(out)
-
-    def changed(self) -> _Stamp | None:
-        """The files' version when it differs from the one loaded and from one that failed,
-        and has not changed for SETTLE_S."""
-        stamp, t = self.now(), time.monotonic()
-        if stamp == self.stamp:  # the loaded version (back, e.g. restored with its times)
-            self.failed = self._seen = None
-            return None
-        if self.failed and self.failed[0] == stamp:
-            return None
-        if self._seen is None or self._seen[0] != stamp:
-            self._seen = (stamp, t)
-        return stamp if t - self._seen[1] >= SETTLE_S else None
-
-    def reload(self, load: Callable[[], T], key: str = "") -> bool:
-        """Load the files again with ``load`` when they changed (``changed``); True when the
-        new version is in use. A ValueError keeps the last good value: one warning (``key``
-        put before its words), and the fault until another version loads."""
-        if (stamp := self.changed()) is None:
-            return False
-        try:
-            value = load()
-        except ValueError as err:
-            self.failed = (stamp, f"{key}{err}")
-            log.warning("MQTT: %s; connections go on with the %s read at %s", self.failed[1],
-                        self.what, self.read_at)
-            return False
-        self.stamp, self.value, self.failed = stamp, value, None
-        self.read_at = local_iso(time.time())
-        return True
-
-    def fault(self) -> list[str]:
-        return ([f"MQTT: {self.failed[1]}; connections go on with the {self.what} read at "
-                 f"{self.read_at}"] if self.failed else [])
-
-
 class CredentialFiles:
     """The credential files of ``mqtt.*`` as the next connection uses them. Thread-safe:
     paho's thread asks before each connection, the loop's status line between."""
@@ -122,11 +55,11 @@ class CredentialFiles:
         self._mq = mq
         self._lock = threading.Lock()
         tls = mq.broker is not None and mq.broker.tls
-        self._tls = _Files([Path(p) for p in (mq.ca_file, mq.cert_file, mq.key_file) if p],
-                           "TLS files", mq.tls_context()) if tls else None
+        self._tls = WatchedFiles([Path(p) for p in (mq.ca_file, mq.cert_file, mq.key_file) if p],
+                                 "TLS files", mq.tls_context(), *_SAY) if tls else None
         self._ends = mq.certificate_ends()
-        self._password = (_Files([Path(mq.password_file)], "password", mq.password() or "")
-                          if mq.password_file is not None else None)
+        self._password = (WatchedFiles([Path(mq.password_file)], "password", mq.password() or "",
+                                       *_SAY) if mq.password_file is not None else None)
         self._url = str(mq.broker)
         self._broker_end: datetime | None = None  # of the certificate the last connection saw
         self._warned: datetime | None = None  # that certificate's end, once logged
@@ -180,7 +113,7 @@ class CredentialFiles:
         with self._lock:
             # a change is seen here too, not only when a connection drops; the loop asks every
             # frame, so the files are looked at once a second at most
-            if (t := time.monotonic()) - self._looked >= LOOK_EVERY_S:
+            if (t := time.monotonic()) - self._looked >= watch.LOOK_EVERY_S:
                 self._looked = t
                 self._refresh()
             ends: dict[str, tuple[Path | str, datetime]] = {**self._ends}
