@@ -554,7 +554,8 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
 _TOKEN = re.compile(rb"[A-Za-z0-9._~-]+")  # what a URL query and a cookie carry unchanged
 
 
-MAX_CREDENTIAL_BYTES = 1 << 20  # a password, key, certificate or CA bundle; /dev/zero is not
+MAX_SECRET_BYTES = 4096  # a password or token
+MAX_CREDENTIAL_BYTES = 1 << 20  # a key, certificate or CA bundle; /dev/zero is not
 
 
 def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
@@ -572,15 +573,12 @@ def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
 
 
 def _password_in(path: Path) -> str:
-    """The password a file holds, as the broker gets it (stripped); ValueError when it cannot
-    be read, is not UTF-8 or is empty (the broker would only say 'not authorised')."""
+    """The password a file holds, as the broker gets it (``read_secret``); ValueError also when
+    it is not UTF-8 (MQTT's password field is text)."""
     try:
-        text = _readable_file(path).decode("utf-8").strip()
+        return read_secret(path).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{excerpt(str(path))} is not UTF-8 text") from None
-    if not text:
-        raise ValueError(f"{excerpt(str(path))} is empty")
-    return text
 
 
 def _refuse_passphrase() -> str:
@@ -754,11 +752,24 @@ SECRET_FILE_KEYS = ("password_file", "key_file", "http_password_file", "http_tok
 
 
 def read_secret(path: Path) -> bytes:
-    """A password or token file's content without the trailing newline; ValueError when it
-    cannot be read, is empty or is larger than 4096 bytes."""
-    secret = _readable_file(path, 4096).rstrip(b"\r\n")
+    """A password or token file's content without surrounding whitespace, the one rule for
+    every such file (``mqtt.password_file``, ``preview.http_password_file``, ``_token_file``):
+    the newline an editor or ``echo`` adds and a stray space would otherwise make a password
+    nobody types. ValueError when it cannot be read, is empty (the broker or the page would
+    only say 'not authorised') or is larger than 4096 bytes."""
+    secret = _readable_file(path, MAX_SECRET_BYTES).strip()
     if not secret:
         raise ValueError(f"{excerpt(str(path))} is empty")
+    return secret
+
+
+def read_token(path: Path) -> bytes:
+    """The status page's bearer token from its file (``read_secret``); ValueError also when
+    it holds a character a URL query or a cookie would change."""
+    secret = read_secret(path)
+    if not _TOKEN.fullmatch(secret):
+        raise ValueError(f"{excerpt(str(path))}: the token travels in a URL and a cookie, so it "
+                         "may hold only ASCII letters, digits and - . _ ~ (e.g. openssl rand -hex 32)")
     return secret
 
 
@@ -793,10 +804,7 @@ class PreviewConfig(Section):
         """Read whenever set, not only with preview.http: `maskd run --http` serves the page
         with it, so a file check-config passed must be one the page can use."""
         if v is not None:
-            secret = read_secret(v)
-            if info.field_name == "http_token_file" and not _TOKEN.fullmatch(secret):
-                raise ValueError(f"{excerpt(str(v))}: the token travels in a URL and a cookie, "
-                                 "so it may hold only ASCII letters, digits and - . _ ~ (e.g. openssl rand -hex 32)")
+            (read_token if info.field_name == "http_token_file" else read_secret)(v)
         return v
 
     @model_validator(mode="after")

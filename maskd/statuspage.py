@@ -40,15 +40,16 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from maskd import __version__
+from maskd import __version__, watch
 from maskd.clock import Clock, Uptime, system_clock
-from maskd.config import Config, PreviewConfig, is_loopback, read_secret, redact
+from maskd.config import Config, PreviewConfig, is_loopback, read_secret, read_token, redact
 from maskd.lograte import Throttle
 from maskd.preview import (
     BOUNDARY,
@@ -70,6 +71,7 @@ from maskd.types import (
     Verdict,
     ViolationEvent,
 )
+from maskd.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -93,52 +95,91 @@ def _iso(t: float | None) -> str | None:
 # ---------------------------------------------------------------- authentication
 
 
+def _digest(secret: bytes | None) -> bytes | None:
+    # compared as SHA-256 digests with hmac.compare_digest: constant time, whatever the length
+    return None if secret is None else hashlib.sha256(secret).digest()
+
+
+_READ = {"password": read_secret, "token": read_token}  # preview.http_<kind>_file's rules
+
+
 class Credentials:
-    """What a request must carry when the page is bound beyond loopback (none: open)."""
+    """What a request must carry when the page is bound beyond loopback (none: open). Read
+    from files (``from_config``), it follows them: a password or token rotated on disk is
+    asked for from the next requests on, without a restart; a changed file that holds none
+    (empty, a token with a space) leaves the last one in use, with one warning and a fault on
+    the page (maskd.watch)."""
 
     def __init__(self, password: bytes | None = None, token: bytes | None = None) -> None:
-        # Compared as SHA-256 digests with hmac.compare_digest: constant time, whatever the length.
-        self._password = None if password is None else hashlib.sha256(password).digest()
-        self._token = None if token is None else hashlib.sha256(token).digest()
+        self._digests = {"password": _digest(password), "token": _digest(token)}
+        self._files: dict[str, WatchedFiles[bytes | None]] = {}
+        self._lock = threading.Lock()
+        self._looked = float("-inf")  # when the files were last looked at (monotonic)
 
     @classmethod
     def from_config(cls, p: PreviewConfig) -> Credentials:
-        def read(path: object, key: str) -> bytes | None:
+        paths = {"password": p.http_password_file, "token": p.http_token_file}
+        creds = cls()
+        for kind, path in paths.items():
             if path is None:
-                return None
+                continue
             try:
-                return read_secret(path)  # type: ignore[arg-type]
+                digest = _digest(_READ[kind](path))
             except ValueError as err:
-                raise PreviewUnavailable(f"preview.{key}: {err}") from None
+                raise PreviewUnavailable(f"preview.http_{kind}_file: {err}") from None
+            creds._digests[kind] = digest
+            creds._files[kind] = WatchedFiles([Path(path)], kind, digest, "status page",
+                                              "the page goes on")
+        return creds
 
-        return cls(read(p.http_password_file, "http_password_file"),
-                   read(p.http_token_file, "http_token_file"))
+    def _now(self, kind: str) -> bytes | None:
+        """The digest a request is held against now; the files are looked at once a
+        second at most (every request asks)."""
+        with self._lock:
+            if self._files and (t := time.monotonic()) - self._looked >= watch.LOOK_EVERY_S:
+                self._looked = t
+                for k, files in self._files.items():
+                    if files.reload(lambda k=k, f=files: _digest(_READ[k](f.paths[0])),
+                                    f"preview.http_{k}_file "):
+                        self._digests[k] = files.value
+                        log.info("status page: read the changed preview.http_%s_file; requests "
+                                 "need the new %s from now on", k, k)
+            return self._digests[kind]
+
+    def faults(self) -> list[str]:
+        """Changed files that do not hold a password or token (the old one is still asked)."""
+        self._now("password")
+        with self._lock:
+            return [line for files in self._files.values() for line in files.fault()]
 
     @property
     def required(self) -> bool:
-        return self._password is not None or self._token is not None
+        return any(d is not None for d in self._digests.values())
 
     def key(self) -> tuple:
-        return (self._password, self._token)
+        """Cameras sharing a page must ask for the same: the same files (they may change), or
+        the same fixed secrets."""
+        return (tuple((k, f.paths) for k, f in sorted(self._files.items())) if self._files
+                else tuple(sorted(self._digests.items())))
 
     @staticmethod
     def _same(given: bytes, digest: bytes | None) -> bool:
         return digest is not None and hmac.compare_digest(hashlib.sha256(given).digest(), digest)
 
     def token_ok(self, token: str | None) -> bool:
-        return token is not None and self._same(token.encode("utf-8", "replace"), self._token)
+        return token is not None and self._same(token.encode("utf-8", "replace"), self._now("token"))
 
     def allows(self, authorization: str | None, cookie: str | None, query_token: str | None) -> bool:
         if not self.required:
             return True
         scheme, _, value = (authorization or "").strip().partition(" ")
         value = value.strip()
-        if scheme.lower() == "basic" and self._password is not None:
+        if scheme.lower() == "basic" and self._digests["password"] is not None:
             try:
                 _user, _, password = base64.b64decode(value, validate=True).partition(b":")
             except ValueError:
                 return False
-            return self._same(password, self._password)
+            return self._same(password, self._now("password"))
         if scheme.lower() == "bearer":
             return self.token_ok(value)
         if any(self.token_ok(v) for v in cookie_values(cookie, COOKIE)):
@@ -146,7 +187,7 @@ class Credentials:
         return self.token_ok(query_token)
 
     def challenge(self) -> str:
-        if self._password is not None:
+        if self._digests["password"] is not None:
             return 'Basic realm="maskd", charset="UTF-8"'
         return 'Bearer realm="maskd"'
 
@@ -647,6 +688,7 @@ class StatusServer:
             "mqtt": health,
             "cameras": cams,
             "active_violations": active,
+            "page_problems": self.credentials.faults(),  # a rotated password file that failed
         }
 
     # ---- HTTP
@@ -979,6 +1021,8 @@ async function refresh() {
                     st.broker === "off" ? '<span class="muted">off (no MQTT)</span>' :
                     '<span class="bad">' + esc(st.broker) + "</span>"]),
                row(["outbox depth", st.outbox_depth ?? "-"])];
+    if ((st.page_problems || []).length)
+      h.push(row(["this page", '<span class="bad">' + st.page_problems.map(esc).join("<br>") + "</span>"]));
     for (const c of st.cameras) {
       const ms = ["capture", "detect", "classify", "track"].map(k => k + " " + num(c.ms[k], 1)).join(", ");
       h.push(row(["<b>" + esc(c.camera) + "</b>", num(c.fps, 1) + " fps, " + c.frames + " frames" +

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from mqtt_broker import free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from maskd import statuspage
+from maskd import statuspage, watch
 from maskd.annotate import RED
 from maskd.config import ClassifierConfig, ConfigError, parse_config
 from maskd.demo import DemoSource
@@ -691,6 +692,75 @@ def test_bearer_token_query_and_cookie(tmp_path):
         assert get(srv.url + "api/events", {"Cookie": "\x00;;=="})[0] == 401
     finally:
         srv.close()
+
+
+def test_a_password_and_token_rotated_on_disk_are_asked_for_without_a_restart(
+        tmp_path, monkeypatch, caplog):
+    """A building rotates the page's password and Prometheus' token months into a run: the
+    new ones are asked for from the next requests on (was: read at start only, so the old
+    token kept working and the new one got 401 until someone restarted maskd). A changed file
+    that holds none keeps the last one, with one warning and a line on the page."""
+    monkeypatch.setattr(watch, "SETTLE_S", 0.0)
+    monkeypatch.setattr(watch, "LOOK_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO)
+    pw, tok = tmp_path / "pw", tmp_path / "tok"
+    pw.write_text("  first pass \n")  # surrounding whitespace is not part of it (read_secret)
+    tok.write_text("tok-1\n")
+    cfg = parse_config({"preview": {"http": "0.0.0.0:0", "http_password_file": str(pw),
+                                    "http_token_file": str(tok)}})
+    srv = StatusServer("127.0.0.1:0", Credentials.from_config(cfg.preview)).start()
+
+    def status(auth: str) -> int:
+        return get(srv.url + "api/status", {"Authorization": auth})[0]
+
+    def basic(password: str) -> str:
+        return "Basic " + base64.b64encode(f"maskd:{password}".encode()).decode()
+
+    try:
+        srv.attach("front", "d", "c")
+        assert status(basic("first pass")) == 200 and status("Bearer tok-1") == 200
+        pw.write_text("second pass\n")
+        tok.write_text("tok-2\n")
+        assert status(basic("second pass")) == 200 and status("Bearer tok-2") == 200
+        assert status(basic("first pass")) == 401 and status("Bearer tok-1") == 401
+        assert "read the changed preview.http_token_file" in caplog.text
+        tok.write_text("tok 3\n")  # a space: a URL would change it, so not a token
+        assert status("Bearer tok 3") == 401 and status("Bearer tok-2") == 200
+        [line] = json.loads(get(srv.url + "api/status", {"Authorization": "Bearer tok-2"})[2]
+                            )["page_problems"]
+        assert line.startswith("status page: preview.http_token_file ") and (
+            "may hold only ASCII letters" in line and "; the page goes on with the token read at "
+            in line), line
+        assert caplog.text.count("may hold only ASCII letters") == 1  # once, not per request
+        tok.write_text("tok-3\n")
+        assert status("Bearer tok-3") == 200 and status("Bearer tok-2") == 401
+        assert json.loads(get(srv.url + "api/status", {"Authorization": "Bearer tok-3"})[2]
+                          )["page_problems"] == []
+    finally:
+        srv.close()
+
+
+def test_secret_files_follow_one_rule(tmp_path):
+    """mqtt.password_file and the page's files: surrounding whitespace stripped, at most 4096
+    bytes, not empty (was: the MQTT file stripped all whitespace and took 1 MiB, the page's
+    stripped only the line end; a stray space after a password in one worked, in the other
+    was a 401 nobody could explain)."""
+    f = tmp_path / "secret"
+    for text, ok in (("\tpass word  \r\n", True), (" \n", False), ("x" * 4096, True),
+                     ("x" * 4097, False)):
+        f.write_text(text)
+        doc = {"mqtt": {"url": "mqtt://127.0.0.1:1883", "username": "u", "password_file": str(f)},
+               "preview": {"http_password_file": str(f)}}
+        if ok:
+            cfg = parse_config(doc)
+            assert cfg.mqtt.password() == text.strip()
+            assert Credentials.from_config(cfg.preview).allows(
+                "Basic " + base64.b64encode(b"u:" + text.strip().encode()).decode(), None, None)
+        else:
+            with pytest.raises(ConfigError) as err:
+                parse_config(doc)
+            assert "mqtt.password_file" in str(err.value) and "preview.http_password_file" in str(
+                err.value), err.value
 
 
 def test_a_loopback_page_answers_only_to_a_loopback_host_name(server):
