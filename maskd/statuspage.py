@@ -30,12 +30,13 @@ import hmac
 import http.client
 import json
 import logging
+import math
 import select
 import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http import HTTPStatus
@@ -83,6 +84,12 @@ SLOW_REQUEST_S = 1.0  # when full, a connection still without its request after 
 LISTEN_BACKLOG = 512  # connections the kernel holds until accepted (each then served or 503)
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
 COOKIE = "maskd_token"
+# Guessing the page's password: this many different wrong passwords or tokens from one address
+# within GUESS_WINDOW_S, and its requests get 429 for GUESS_WINDOW_S (a strong token stands
+# any rate; a password a person chose does not stand thousands a second).
+MAX_GUESSES = 10
+GUESS_WINDOW_S = 60.0
+MAX_GUESSERS = 1024  # addresses remembered at once (the oldest is forgotten)
 
 
 def _iso(t: float | None) -> str | None:
@@ -190,6 +197,44 @@ class Credentials:
         if self._digests["password"] is not None:
             return 'Basic realm="maskd", charset="UTF-8"'
         return 'Bearer realm="maskd"'
+
+
+class Guesses:
+    """Wrong credentials per client address. Only different values count: a page left open
+    with a cookie of the old token after a rotation, or Prometheus with the old one, repeats
+    the same value every second and must not lock its owner out; a guesser's values differ."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self.now = now  # seconds, for the windows (a test steps it)
+        # address: when its window began, the different wrong values in it, locked until
+        self._by: OrderedDict[str, tuple[float, set[bytes], float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def locked(self, addr: str) -> float:
+        """Seconds this address must still wait (0: none)."""
+        now = self.now()
+        with self._lock:
+            entry = self._by.get(addr)
+            return max(0.0, entry[2] - now) if entry else 0.0
+
+    def wrong(self, addr: str, offered: bytes) -> bool:
+        """Count a request that carried a wrong credential; True when it locks the address."""
+        digest, now = hashlib.sha256(offered).digest(), self.now()
+        with self._lock:
+            start, values, until = self._by.pop(addr, (now, set(), 0.0))
+            if now - start > GUESS_WINDOW_S:
+                start, values = now, set()
+            values.add(digest)
+            locks = len(values) >= MAX_GUESSES and until <= now
+            self._by[addr] = (start, values, now + GUESS_WINDOW_S if locks else until)
+            while len(self._by) > MAX_GUESSERS:
+                self._by.popitem(last=False)
+            return locks
+
+    def right(self, addr: str) -> None:
+        """A request that got in: its owner's typos so far are forgiven."""
+        with self._lock:
+            self._by.pop(addr, None)
 
 
 def cookie_values(header: str | None, name: str) -> list[str]:
@@ -529,6 +574,7 @@ class StatusServer:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.uptime = Uptime(clock)
+        self.guesses = Guesses()
         self._lock = threading.Lock()
         self._views: dict[str, CameraView] = {}
         self._attached = 0
@@ -765,10 +811,7 @@ class StatusServer:
                 query = parse_qs(parts.query)
                 creds = server.credentials
                 qtoken = query.get("token", [None])[0]
-                if not creds.allows(self.headers.get("Authorization"), self.headers.get("Cookie"),
-                                    qtoken):
-                    self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required\n",
-                               {"WWW-Authenticate": creds.challenge()})
+                if creds.required and not self._let_in(creds, qtoken):
                     return
                 extra = {}
                 if creds.required and creds.token_ok(qtoken):  # the page's own requests carry it
@@ -796,6 +839,29 @@ class StatusServer:
                         self._stream(view.feed)
                 else:
                     self._send(404, "text/plain", b"not found\n")
+
+            def _let_in(self, creds: Credentials, qtoken: str | None) -> bool:
+                """Whether the request carries the password or token; else it is answered
+                401, or 429 while its address is locked for guessing (Guesses)."""
+                addr = self.client_address[0]
+                if wait := server.guesses.locked(addr):
+                    self._send(HTTPStatus.TOO_MANY_REQUESTS, "text/plain",
+                               f"too many wrong passwords or tokens from {addr}: try again in "
+                               f"{math.ceil(wait)} s\n".encode(), {"Retry-After": str(math.ceil(wait))})
+                    return False
+                auth, cookie = self.headers.get("Authorization"), self.headers.get("Cookie")
+                if creds.allows(auth, cookie, qtoken):
+                    server.guesses.right(addr)
+                    return True
+                offered = [auth or "", *cookie_values(cookie, COOKIE), qtoken or ""]
+                if any(offered) and server.guesses.wrong(
+                        addr, "\0".join(offered).encode("utf-8", "replace")):
+                    log.warning("status page: %d different wrong passwords or tokens from %s "
+                                "within %d s; its requests get 429 for %d s", MAX_GUESSES, addr,
+                                GUESS_WINDOW_S, GUESS_WINDOW_S)
+                self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required\n",
+                           {"WWW-Authenticate": creds.challenge()})
+                return False
 
             def _camera(self, name: str | None) -> CameraView | None:
                 views = server.views()

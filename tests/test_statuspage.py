@@ -6,6 +6,7 @@ demo clip in a real headless Chromium (screenshot with an active violation: docs
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import os
@@ -35,7 +36,14 @@ from maskd.annotate import RED
 from maskd.config import ClassifierConfig, ConfigError, parse_config
 from maskd.demo import DemoSource
 from maskd.preview import MjpegFeed, PreviewUnavailable
-from maskd.statuspage import MAX_EVENTS, CameraView, Credentials, StatusServer
+from maskd.statuspage import (
+    GUESS_WINDOW_S,
+    MAX_EVENTS,
+    MAX_GUESSES,
+    CameraView,
+    Credentials,
+    StatusServer,
+)
 from maskd.types import Face, Frame, LoopStats, Verdict, ViolationEvent
 from tools.mosquitto import wait_until
 
@@ -736,6 +744,60 @@ def test_a_password_and_token_rotated_on_disk_are_asked_for_without_a_restart(
         assert status("Bearer tok-3") == 200 and status("Bearer tok-2") == 401
         assert json.loads(get(srv.url + "api/status", {"Authorization": "Bearer tok-3"})[2]
                           )["page_problems"] == []
+    finally:
+        srv.close()
+
+
+def test_guessing_the_password_locks_that_address_for_a_minute_and_an_old_cookie_does_not(
+        tmp_path, caplog):
+    """A LAN host trying passwords against a page bound beyond loopback (it shows everyone at
+    the door): after 10 different wrong ones within a minute its requests get 429 for a minute,
+    the right password too, while other addresses go on (was: no limit, thousands of guesses a
+    second). A browser left open with a cookie of a rotated token repeats one value every
+    second and never locks its owner out."""
+    srv = StatusServer("127.0.0.1:0", Credentials(password=b"door-pass")).start()
+    clock = [1000.0]
+    srv.guesses.now = lambda: clock[0]
+
+    def ask_as(source: str, password: str | None = None, cookie: str | None = None
+               ) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10,
+                                          source_address=(source, 0))
+        headers = {"Host": "127.0.0.1"}
+        if password is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                f"maskd:{password}".encode()).decode()
+        if cookie is not None:
+            headers["Cookie"] = f"maskd_token={cookie}"
+        try:
+            conn.request("GET", "/api/status", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, dict(resp.headers)
+        finally:
+            conn.close()
+
+    try:
+        srv.attach("front", "d", "c")
+        for _ in range(30):  # an old cookie, every second: one value
+            assert ask_as("127.0.0.2", cookie="old-token")[0] == 401
+            clock[0] += 1
+        assert ask_as("127.0.0.2", "door-pass")[0] == 200
+        for i in range(MAX_GUESSES - 1):  # typos, then the right one: forgiven
+            assert ask_as("127.0.0.3", f"guess{i}")[0] == 401
+        assert ask_as("127.0.0.3", "door-pass")[0] == 200
+        for i in range(MAX_GUESSES):
+            assert ask_as("127.0.0.3", f"guess{i}")[0] == 401
+        status, headers = ask_as("127.0.0.3", "door-pass")
+        assert status == 429 and headers["Retry-After"] == "60", (status, headers)
+        assert caplog.text.count("10 different wrong passwords or tokens from 127.0.0.3") == 1
+        assert ask_as("127.0.0.2", "door-pass")[0] == 200  # another address
+        clock[0] += GUESS_WINDOW_S - 1
+        assert ask_as("127.0.0.3", "door-pass")[0] == 429
+        clock[0] += 1.5
+        assert ask_as("127.0.0.3", "door-pass")[0] == 200
+        assert ask_as("127.0.0.3", "guess0")[0] == 401  # a new window: one guess, not locked
+        assert ask_as("127.0.0.3", "door-pass")[0] == 200
     finally:
         srv.close()
 
