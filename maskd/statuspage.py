@@ -222,8 +222,8 @@ class Guesses:
         digest, now = hashlib.sha256(offered).digest(), self.now()
         with self._lock:
             start, values, until = self._by.pop(addr, (now, set(), 0.0))
-            if now - start > GUESS_WINDOW_S:
-                start, values = now, set()
+            if now - start > GUESS_WINDOW_S or 0 < until <= now:  # a window over, a lock served
+                start, values, until = now, set(), 0.0
             values.add(digest)
             locks = len(values) >= MAX_GUESSES and until <= now
             self._by[addr] = (start, values, now + GUESS_WINDOW_S if locks else until)
