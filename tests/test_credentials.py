@@ -34,3 +34,25 @@ def test_a_bad_change_then_the_old_files_restored_clears_the_fault(tmp_path, mon
     cert.write_bytes(saved)
     os.utime(cert, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert files.faults() == []
+
+
+def test_without_a_ca_file_an_updated_system_ca_bundle_is_read_again(tmp_path, monkeypatch):
+    """mqtts:// without mqtt.ca_file trusts the system's CAs: a CA that update-ca-certificates
+    adds to the bundle (the broker's new public CA) is trusted from the next connection on
+    (was: the bundle was read at start only, so maskd needed a restart after the update)."""
+    monkeypatch.setattr(watch, "SETTLE_S", 0.0)
+    monkeypatch.setattr(watch, "LOOK_EVERY_S", 0.0)
+    old, new = make_ca(tmp_path / "old", name="old CA"), make_ca(tmp_path / "new", name="new CA")
+    bundle = tmp_path / "ca-certificates.crt"
+    shutil.copy2(old.ca, bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # where OpenSSL finds the system bundle
+    files = credentials.CredentialFiles(MqttConfig(url="mqtts://127.0.0.1:8883"))
+
+    def trusted() -> list[str]:
+        return sorted(dict(part[0] for part in ca["subject"])["commonName"]
+                      for ca in files.tls_context().get_ca_certs())
+
+    assert trusted() == ["old CA"]
+    bundle.write_bytes(old.ca.read_bytes() + new.ca.read_bytes())
+    assert files.faults() == []  # the status line's look reads the changed bundle
+    assert trusted() == ["new CA", "old CA"]

@@ -47,6 +47,15 @@ def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
     c.tls_set_context(mq.tls_context())
 
 
+def tls_paths(mq: MqttConfig) -> list[Path]:
+    """The files the TLS context is made of. Without mqtt.ca_file that is the system's CA
+    bundle (its path as OpenSSL finds it, SSL_CERT_FILE too), which update-ca-certificates
+    rewrites when a CA is added or withdrawn; a hashed CA folder is read at each handshake
+    anyway."""
+    ca = mq.ca_file if mq.ca_file is not None else ssl.get_default_verify_paths().cafile
+    return [Path(p) for p in (ca, mq.cert_file, mq.key_file) if p]
+
+
 class CredentialFiles:
     """The credential files of ``mqtt.*`` as the next connection uses them. Thread-safe:
     paho's thread asks before each connection, the loop's status line between."""
@@ -55,8 +64,8 @@ class CredentialFiles:
         self._mq = mq
         self._lock = threading.Lock()
         tls = mq.broker is not None and mq.broker.tls
-        self._tls = WatchedFiles([Path(p) for p in (mq.ca_file, mq.cert_file, mq.key_file) if p],
-                                 "TLS files", mq.tls_context(), *_SAY) if tls else None
+        self._tls = WatchedFiles(tls_paths(mq), "TLS files", mq.tls_context(),
+                                 *_SAY) if tls else None
         self._ends = mq.certificate_ends()
         self._password = (WatchedFiles([Path(mq.password_file)], "password", mq.password() or "",
                                        *_SAY) if mq.password_file is not None else None)
