@@ -1136,6 +1136,8 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
 
     from coral import FakeCoral
 
+    from maskd.clock import boot_id
+    from maskd.commands.run import CORAL_LOST_FILE
     from maskd.tflite import CORAL_WAIT_S
     from tools.mosquitto import free_port
 
@@ -1163,6 +1165,9 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
     assert {(e["event_id"], e["event_type"]) for e in kept} >= (
         {(i, "start") for i in started} | {(i, "end") for i in started}), kept
     assert json.loads((state / "open_violations.json").read_text()) == {}  # none left open
+    note = state / CORAL_LOST_FILE  # when this run started, for the restart's spacing
+    assert json.loads(note.read_text())["boot_id"] == boot_id()
+    note.unlink()  # as a minute later (the spacing has its own test below)
     fake.plug()  # the restart, the Coral back: detects again
     r = subprocess.run([*run, "--max-frames", "3"], capture_output=True, text=True,
                        timeout=120, env=fake.env())
@@ -1178,6 +1183,8 @@ def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_pa
     from coral import FakeCoral
     from mqtt_broker import Broker, Subscriber
 
+    from maskd.commands.run import CORAL_LOST_FILE
+
     fake = FakeCoral(tmp_path / "lib")
     fake.plug()
     detail = "maskd/pi/door/status/detail"  # the single-camera layout's
@@ -1190,6 +1197,7 @@ def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_pa
         assert (stopped["clean"], stopped["stop"]) == (False, "coral_lost"), stopped
         assert stopped["why"].startswith("door: the classifier's Coral stopped answering ("), stopped
         said = len(sub.on(detail))
+        (tmp_path / "state" / CORAL_LOST_FILE).unlink()  # as a minute later (own test below)
         fake.plug()  # the restart, the Coral back
         r = subprocess.run([*run, "--max-frames", "3"], capture_output=True, text=True,
                            timeout=120, env=fake.env())
@@ -1200,6 +1208,53 @@ def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_pa
     assert (online["state"], online["previous_stop"]) == ("online", "coral_lost"), online
     assert (offline["clean"], offline["stop"], offline["why"]) == (
         True, "clean", "door: --max-frames 3 reached"), offline
+
+
+def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_before(tmp_path):
+    """A failing power supply resets the Coral again and again: each loss is exit 75 and a
+    restart, and five within five minutes met the unit's start limit, which left maskd failed
+    for good (no detection until someone logged in). The run that lost its Coral leaves its
+    start in state_dir, and a start within a minute of it waits out the rest, saying so (one
+    warning, systemd's STATUS); a note from another boot is no reason to wait."""
+    from coral import FakeCoral
+    from test_notify import NotifySocket
+
+    from maskd.clock import boot_id, system_clock
+    from maskd.commands.run import CORAL_LOST_FILE, CORAL_RESTART_SPACING_S
+
+    fake = FakeCoral(tmp_path / "lib")
+    fake.plug()
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = tmp_path / "coral-state.yaml"
+    cfg.write_text(coral_config(tmp_path).read_text() + f"state_dir: {state}\n")
+    note = state / CORAL_LOST_FILE
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    took: dict[str, float] = {}
+    try:
+        for boot in ("another boot", boot_id()):
+            note.write_text(json.dumps({"boot_id": boot,
+                                        "started": system_clock()[1] - CORAL_RESTART_SPACING_S + 6}))
+            t0 = time.monotonic()
+            r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                                "--max-frames", "3"], capture_output=True, text=True,
+                               timeout=120, env={**fake.env(), "NOTIFY_SOCKET": sock.address})
+            took[boot] = time.monotonic() - t0
+            statuses = [m.get("STATUS") or "" for m in sock.drain(0.2)]
+            assert r.returncode == 0 and not note.exists(), r.stderr
+            waits = [ln for ln in r.stderr.splitlines() if "this start waits" in ln]
+            if boot != boot_id():
+                assert waits == [] and not any("lost Coral" in s for s in statuses), r.stderr
+                continue
+            [line] = waits
+            assert "WARNING maskd: the run before lost its Coral " in line and line.endswith(
+                "so that restarts after a lost Coral come a minute apart and never meet "
+                "systemd's start limit"), line
+            assert [s for s in statuses if "lost Coral" in s][0].endswith(
+                " s after the lost Coral (restarts a minute apart)"), statuses
+    finally:
+        sock.close()
+    assert took[boot_id()] - took["another boot"] > 2.5, took  # about 6 s less the start-up
 
 
 def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, monkeypatch,

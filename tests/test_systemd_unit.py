@@ -85,3 +85,21 @@ def test_unit_parses_as_ini():
     cp.read(UNIT)
     assert cp.sections() == ["Unit", "Service", "Install"]
     assert cp["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_restarts_that_wait_never_meet_the_start_limit():
+    """Exit 75 is restarted, and some of its causes repeat (a Coral reset by a failing power
+    supply, a network that is not up): each such start must take longer than the start limit's
+    interval over its burst, or five in a row leave the unit failed for good; and a start that
+    waits out both of its waits must still be within TimeoutStartSec."""
+    from maskd.commands.run import CORAL_RESTART_SPACING_S
+    from maskd.preview import NAME_WAIT_S
+    from maskd.tflite import CORAL_WAIT_S
+
+    one = {k: v[-1] for k, v in directives().items()}
+    each = float(one["Unit.StartLimitIntervalSec"]) / int(one["Unit.StartLimitBurst"])
+    restart_s = float(one["Service.RestartSec"])
+    assert CORAL_RESTART_SPACING_S + restart_s > each  # a Coral lost again and again
+    assert CORAL_WAIT_S + restart_s > each and NAME_WAIT_S + restart_s > each
+    # a start after a lost Coral: the spacing, then the Coral's wait, then the models (a Pi 3)
+    assert CORAL_RESTART_SPACING_S + CORAL_WAIT_S + 20 < float(one["Service.TimeoutStartSec"])

@@ -14,11 +14,16 @@ systemd's Restart=on-failure tries again; 70 if the loop crashed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+from maskd.clock import boot_id, system_clock
 from maskd.clock import not_set as clock_not_set
 from maskd.config import (
     EX_CONFIG,
@@ -32,6 +37,60 @@ from maskd.config import (
 )
 
 log = logging.getLogger("maskd")
+
+# A start after a lost Coral comes at least this long after the start before it. A failing
+# power supply resets the Coral again and again; five such exits (75) within five minutes met
+# the unit's start limit (StartLimitBurst=5 in StartLimitIntervalSec=300, RestartSec=5) and left
+# maskd failed for good, with no detection until someone logged in. A minute apart, that limit
+# is never reached by them (tests/test_systemd_unit.py holds the unit to it).
+CORAL_RESTART_SPACING_S = 60.0
+CORAL_LOST_FILE = "coral-lost.json"  # in state_dir: this boot, and when the lost run started
+
+
+def note_coral_lost(cfg: Config, started: float) -> None:
+    """A lost Coral ended this run (started ``started`` s after boot): the next start spaces
+    itself from it (``space_after_coral_loss``). Only with a state_dir (the service's)."""
+    if not cfg.keeps_state:
+        return
+    from maskd.files import write_atomically
+
+    path = Path(cfg.state_dir) / CORAL_LOST_FILE
+    try:
+        write_atomically(path, json.dumps({"boot_id": boot_id(), "started": started}).encode())
+    except OSError as err:
+        log.warning("cannot write %s: %s; the next start does not wait", path, err.strerror or err)
+
+
+def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
+                           cancelled: Callable[[], bool]) -> None:
+    """A start within CORAL_RESTART_SPACING_S of a run that lost its Coral (this boot) waits
+    out the rest of it, saying so in systemd's STATUS; ``cancelled`` (a stop) ends the wait."""
+    if not cfg.keeps_state:
+        return
+    path = Path(cfg.state_dir) / CORAL_LOST_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):  # unreadable or cut: no wait, and gone below
+        data = None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if not isinstance(data, dict) or data.get("boot_id") != boot_id():
+        return
+    started = data.get("started")
+    if not isinstance(started, int | float):
+        return
+    wait = started + CORAL_RESTART_SPACING_S - system_clock()[1]
+    if wait <= 0:
+        return
+    log.warning("the run before lost its Coral %.0f s after it started: this start waits %.0f s, "
+                "so that restarts after a lost Coral come a minute apart and never meet "
+                "systemd's start limit", CORAL_RESTART_SPACING_S - wait, wait)
+    waiting(f"waiting {wait:.0f} s after the lost Coral (restarts a minute apart)")
+    deadline = time.monotonic() + wait
+    while not cancelled() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.2, left))  # a stop is heard within 0.2 s
 
 
 def run_config(args: argparse.Namespace) -> Config:
@@ -130,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
     from maskd.service import build, stop_signals
     from maskd.tflite import wait_for_coral
 
+    started = system_clock()[1]
     try:
         cfg = run_config(args)
         check_previews(cfg)  # before the models load; check-config runs the same checks
@@ -154,6 +214,7 @@ def main(args: argparse.Namespace) -> int:
         # before the models, camera and MQTT; a stop meanwhile ends the wait
         wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
         if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
+            space_after_coral_loss(cfg, say_waiting, lambda: bool(early))
             wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early),
                            option=args.edgetpu)
         if early:
@@ -175,6 +236,9 @@ def main(args: argparse.Namespace) -> int:
                                                 early[0].name)
         service.stop(early[0].name)
     try:
-        return service.run(flush_timeout=args.flush_timeout)
+        code = service.run(flush_timeout=args.flush_timeout)
     finally:
         restore()
+    if any(loop.coral_lost for loop in service.loops):
+        note_coral_lost(cfg, started)
+    return code
