@@ -268,6 +268,7 @@ class LiveSource:
                 if self._stop.is_set():
                     break
                 bad: BadFrame | None = None
+                failure = "read failed (device unplugged or stream dropped)"  # when not ok
                 try:
                     ok, raw = cap.read()
                 except BadFrame as err:  # a frame came, one that cannot be decoded: skipped
@@ -277,8 +278,6 @@ class LiveSource:
                     self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
                               type(err).__name__, err)
                     failure = f"read raised {type(err).__name__}: {err}"
-                else:
-                    failure = "read failed (device unplugged or stream dropped)"
             ts, since_boot = system_clock()
             if not ok:
                 self.stats["read_errors"] += 1
