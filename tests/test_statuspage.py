@@ -607,6 +607,35 @@ def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
         srv.close()
 
 
+def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path, monkeypatch):
+    """The page's own token rotated to a file that holds none (a space in it): the page, opened
+    with the token in force, says so under "this page" in red while it goes on, and the line
+    goes once the file holds a token again."""
+    monkeypatch.setattr(watch, "SETTLE_S", 0.0)
+    monkeypatch.setattr(watch, "LOOK_EVERY_S", 0.0)
+    tok = tmp_path / "tok"
+    tok.write_text("tok-1\n")
+    cfg = parse_config({"preview": {"http": "0.0.0.0:0", "http_token_file": str(tok)}})
+    srv = StatusServer("127.0.0.1:0", Credentials.from_config(cfg.preview), title="tok").start()
+    feed(srv.attach("door", "d", "c"), 60)
+    try:
+        with open_page(tmp_path, srv.url + "?token=tok-1") as browser:
+            js = "(document.getElementById('health')?.innerText || '')"
+            assert browser.wait_for(f"{js}.includes('door')", timeout=20), browser.evaluate(js)
+            tok.write_text("tok 2\n")
+            assert browser.wait_for(f"{js}.includes('this page')", timeout=10), \
+                browser.evaluate(js)
+            red = browser.evaluate("[...document.querySelectorAll('#health .bad')]"
+                                   ".map(e => e.innerText).join('|')")
+            assert red.startswith("status page: preview.http_token_file ") and (
+                "the page goes on with the token read at" in red), red
+            tok.write_text("tok-1\n")
+            assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('this page')",
+                                    timeout=10), browser.evaluate(js)
+    finally:
+        srv.close()
+
+
 def problems_metric(url: str) -> float:
     text = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
     return {s.name: s.value for f in text_string_to_metric_families(text)
