@@ -121,7 +121,7 @@ class Credentials:
         self._digests = {"password": _digest(password), "token": _digest(token)}
         self._files: dict[str, WatchedFiles[bytes | None]] = {}
         self._lock = threading.Lock()
-        self._looked = float("-inf")  # when the files were last looked at (monotonic)
+        self._look = Throttle(watch.LOOK_EVERY_S)  # every request asks
 
     @classmethod
     def from_config(cls, p: PreviewConfig) -> Credentials:
@@ -139,24 +139,28 @@ class Credentials:
                                               "the page goes on")
         return creds
 
+    def _refresh(self) -> None:
+        """Files changed since they were read are read again (under the lock), once a second
+        at most: every request asks."""
+        if not (self._files and self._look.due()):
+            return
+        for k, files in self._files.items():
+            if files.reload(lambda k=k, f=files: _digest(_READ[k](f.paths[0])),
+                            f"preview.http_{k}_file "):
+                self._digests[k] = files.value
+                log.info("status page: read the changed preview.http_%s_file; requests need the "
+                         "new %s from now on", k, k)
+
     def _now(self, kind: str) -> bytes | None:
-        """The digest a request is held against now; the files are looked at once a
-        second at most (every request asks)."""
+        """The digest a request is held against now."""
         with self._lock:
-            if self._files and (t := time.monotonic()) - self._looked >= watch.LOOK_EVERY_S:
-                self._looked = t
-                for k, files in self._files.items():
-                    if files.reload(lambda k=k, f=files: _digest(_READ[k](f.paths[0])),
-                                    f"preview.http_{k}_file "):
-                        self._digests[k] = files.value
-                        log.info("status page: read the changed preview.http_%s_file; requests "
-                                 "need the new %s from now on", k, k)
+            self._refresh()
             return self._digests[kind]
 
     def faults(self) -> list[str]:
         """Changed files that do not hold a password or token (the old one is still asked)."""
-        self._now("password")
         with self._lock:
+            self._refresh()
             return [line for files in self._files.values() for line in files.fault()]
 
     @property

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import paho.mqtt.client as mqtt
 from maskd import watch
 from maskd.certs import BROKER, expiry_line, expiry_lines
 from maskd.config import MqttConfig
+from maskd.lograte import Throttle
 from maskd.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class CredentialFiles:
         self._url = str(mq.broker)
         self._broker_end: datetime | None = None  # of the certificate the last connection saw
         self._warned: datetime | None = None  # that certificate's end, once logged
-        self._looked = float("-inf")  # when faults() last looked at the files (monotonic)
+        self._look = Throttle(watch.LOOK_EVERY_S)  # faults()' looks at the files
 
     def _refresh(self) -> None:
         """Files changed since they were loaded are loaded again (under the lock)."""
@@ -122,8 +122,7 @@ class CredentialFiles:
         with self._lock:
             # a change is seen here too, not only when a connection drops; the loop asks every
             # frame, so the files are looked at once a second at most
-            if (t := time.monotonic()) - self._looked >= watch.LOOK_EVERY_S:
-                self._looked = t
+            if self._look.due():
                 self._refresh()
             ends: dict[str, tuple[Path | str, datetime]] = {**self._ends}
             if self._broker_end is not None:
