@@ -1247,7 +1247,7 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
                 assert waits == [] and not any("lost Coral" in s for s in statuses), r.stderr
                 continue
             [line] = waits
-            assert "WARNING maskd: the run before lost its Coral " in line and line.endswith(
+            assert "WARNING maskd: the run before lost its Coral, and it started " in line and line.endswith(
                 "so that restarts after a lost Coral come a minute apart and never meet "
                 "systemd's start limit"), line
             assert [s for s in statuses if "lost Coral" in s][0].endswith(

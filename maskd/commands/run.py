@@ -84,8 +84,8 @@ def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
     wait = started + CORAL_RESTART_SPACING_S - system_clock()[1]
     if wait <= 0:
         return
-    log.warning("the run before lost its Coral %.0f s after it started: this start waits %.0f s, "
-                "so that restarts after a lost Coral come a minute apart and never meet "
+    log.warning("the run before lost its Coral, and it started %.0f s ago: this start waits "
+                "%.0f s, so that restarts after a lost Coral come a minute apart and never meet "
                 "systemd's start limit", CORAL_RESTART_SPACING_S - wait, wait)
     waiting(f"waiting {wait:.0f} s after the lost Coral (restarts a minute apart)")
     deadline = time.monotonic() + wait
