@@ -59,7 +59,9 @@ class WatchedFiles(Generic[T]):
 
     def changed(self) -> _Stamp | None:
         """The files' version when it differs from the one loaded and from one that failed,
-        and has not changed for SETTLE_S."""
+        and has not changed for SETTLE_S: seen unchanged that long, or every file last written
+        that long ago (a holder asked only now and then, the status page at a scrape every
+        15 s, would otherwise turn away the first request after a rotation)."""
         stamp, t = self.now(), time.monotonic()
         if stamp == self.stamp:  # the loaded version (back, e.g. restored with its times)
             self.failed = self._seen = None
@@ -68,7 +70,9 @@ class WatchedFiles(Generic[T]):
             return None
         if self._seen is None or self._seen[0] != stamp:
             self._seen = (stamp, t)
-        return stamp if t - self._seen[1] >= SETTLE_S else None
+        written = [v[1] / 1e9 for v in stamp if isinstance(v, tuple)]
+        quiet = len(written) == len(stamp) and time.time() - max(written) >= SETTLE_S
+        return stamp if quiet or t - self._seen[1] >= SETTLE_S else None
 
     def reload(self, load: Callable[[], T], key: str = "") -> bool:
         """Load the files again with ``load`` when they changed (``changed``); True when the
