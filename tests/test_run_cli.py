@@ -1234,7 +1234,7 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
     try:
         for boot in ("another boot", boot_id()):
             note.write_text(json.dumps({"boot_id": boot,
-                                        "started": system_clock()[1] - CORAL_RESTART_SPACING_S + 6}))
+                                        "started": system_clock()[1] - CORAL_RESTART_SPACING_S + 12}))
             t0 = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
                                 "--max-frames", "3"], capture_output=True, text=True,
@@ -1247,14 +1247,15 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
                 assert waits == [] and not any("lost Coral" in s for s in statuses), r.stderr
                 continue
             [line] = waits
-            assert "WARNING maskd: the run before lost its Coral, and it started " in line and line.endswith(
-                "so that restarts after a lost Coral come a minute apart and never meet "
-                "systemd's start limit"), line
+            assert "WARNING maskd: the run before lost its Coral, and it started " in line and (
+                line.endswith("so that restarts after a lost Coral come a minute apart and never "
+                              "meet systemd's start limit")), line
             assert [s for s in statuses if "lost Coral" in s][0].endswith(
                 " s after the lost Coral (restarts a minute apart)"), statuses
     finally:
         sock.close()
-    assert took[boot_id()] - took["another boot"] > 2.5, took  # about 6 s less the start-up
+    # about 12 s less the start-up (seconds on a loaded machine)
+    assert took[boot_id()] - took["another boot"] > 2.5, took
 
 
 def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, monkeypatch,
