@@ -1113,7 +1113,11 @@ async function refresh() {
       row(['<span class="muted">no events yet</span>']);
   } catch (err) {
     lost = true;
-    document.getElementById("clock").textContent = "not reachable: " + err;
+    // a rotated token leaves this page's cookie behind; a guess lock answers 429
+    document.getElementById("clock").textContent = err.message === "401" ?
+      "not signed in: the password or token changed? open the page again (with ?token=)" :
+      err.message === "429" ? "too many wrong passwords or tokens from here: try again in a minute" :
+      "not reachable: " + err;
   } finally {
     clearTimeout(timer);
     polling = false;

@@ -610,7 +610,8 @@ def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
 def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path, monkeypatch):
     """The page's own token rotated to a file that holds none (a space in it): the page, opened
     with the token in force, says so under "this page" in red while it goes on, and the line
-    goes once the file holds a token again."""
+    goes once the file holds a token again. Rotated to a new token, the page's cookie holds the
+    old one: it says to open the page again (was: "not reachable: Error: 401")."""
     monkeypatch.setattr(watch, "SETTLE_S", 0.0)
     monkeypatch.setattr(watch, "LOOK_EVERY_S", 0.0)
     tok = tmp_path / "tok"
@@ -632,6 +633,11 @@ def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path
             tok.write_text("tok-1\n")
             assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('this page')",
                                     timeout=10), browser.evaluate(js)
+            tok.write_text("tok-2\n")  # rotated: the page's cookie holds the old token
+            clock = "document.getElementById('clock').textContent"
+            assert browser.wait_for(f"{clock}.startsWith('not signed in: the password or token "
+                                    "changed? open the page again')", timeout=10), \
+                browser.evaluate(clock)
     finally:
         srv.close()
 
