@@ -67,8 +67,10 @@ class CredentialFiles:
         self._tls = WatchedFiles(tls_paths(mq), "TLS files", mq.tls_context(),
                                  *_SAY) if tls else None
         self._ends = mq.certificate_ends()
-        self._password = (WatchedFiles([Path(mq.password_file)], "password", mq.password() or "",
+        first = mq.password()  # read once here, for the first connection too
+        self._password = (WatchedFiles([Path(mq.password_file)], "password", first or "",
                                        *_SAY) if mq.password_file is not None else None)
+        self._env_password = first if mq.password_file is None else None  # password_env's
         self._url = str(mq.broker)
         self._broker_end: datetime | None = None  # of the certificate the last connection saw
         self._warned: datetime | None = None  # that certificate's end, once logged
@@ -84,6 +86,12 @@ class CredentialFiles:
         if self._password is not None and self._password.reload(
                 lambda: self._mq.password() or "", "mqtt.password_file "):
             log.info("MQTT: read the changed mqtt.password_file; the next connection uses it")
+
+    def password(self) -> str | None:
+        """The password the next connection sends: the file's last good one, or the
+        environment variable's (read at start)."""
+        with self._lock:
+            return self._password.value if self._password is not None else self._env_password
 
     def tls_context(self) -> ssl.SSLContext:
         """The TLS context for the client's first connection (mqtts:// only)."""

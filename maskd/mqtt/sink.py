@@ -274,7 +274,7 @@ class MqttSink(EventSink):
         c.on_log = self._on_log
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mq.username is not None:
-            c.username_pw_set(mq.username, mq.password())
+            c.username_pw_set(mq.username, self._credentials.password())
         if self._url.tls:
             c.tls_set_context(self._credentials.tls_context())
         c.on_pre_connect = self._on_pre_connect
