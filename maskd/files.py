@@ -179,6 +179,27 @@ def _unwritable_fs(folder: Path) -> OSError | None:
     return None
 
 
+# What the kernel's read-only remount means, said wherever a write fails because of it.
+READ_ONLY_NOW = ("its file system is read-only now (the kernel remounts it so after a storage "
+                 "error: a failing SD card? `dmesg` says why; it lasts until a reboot)")
+
+
+def read_only_now(folder: Path) -> bool:
+    """The file system holding ``folder`` refuses writes as read-only: on a Pi most often the
+    kernel's remount after a storage error, which SQLite reports as a bare 'disk I/O error'.
+    Tried by creating a file: ext4's emergency remount (kernel 6.x) leaves the mount flags rw,
+    so statvfs alone does not see it. For failure paths only."""
+    probe = folder / f".maskd-write-probe-{os.getpid()}"
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return True
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        probe.unlink()
+    except OSError as err:
+        return err.errno == errno.EROFS
+    return False
+
+
 def depends_on_user(err: OSError) -> bool:
     """EACCES/EPERM: another user (the service's) may be let in where this one is not; any
     other errno (a full disk, a read-only file system) is the same for every user."""

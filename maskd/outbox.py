@@ -33,13 +33,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
 from maskd.config import shown_path
+from maskd.files import READ_ONLY_NOW, read_only_now
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -594,7 +595,8 @@ class Outbox:
                             "then stop acknowledged events from being deleted", self.path, err)
                 self.reserve_bytes = 0
                 return True
-            os.ftruncate(self._reserve_fd, 0)
+            with suppress(OSError):  # a read-only remount: nothing to give back
+                os.ftruncate(self._reserve_fd, 0)
             self._warn(logging.ERROR, "reserve",
                        "outbox %s: cannot reserve %d KiB in the state dir (%s); new events are "
                        "kept in memory (at most %d) until there is room",
@@ -605,7 +607,10 @@ class Outbox:
         """Give the reserve back to the file system (so a delete can commit); False if not held."""
         if self.reserve_bytes <= 0 or not self._reserve_held:
             return False
-        os.ftruncate(self._reserve_fd, 0)
+        try:
+            os.ftruncate(self._reserve_fd, 0)
+        except OSError:  # a read-only remount (was: a traceback from close()): nothing is freed
+            return False
         self._set_held(False)
         return True
 
@@ -637,10 +642,11 @@ class Outbox:
         if self._db is not None:
             _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
-        self._errors[kind] = (str(err), since)
-        self._warn(logging.ERROR, f"fail:{what}:{err}",
+        why = f"{err}: {READ_ONLY_NOW}" if read_only_now(self.dir) else str(err)
+        self._errors[kind] = (why, since)
+        self._warn(logging.ERROR, f"fail:{what}:{why}",
                    "outbox %s: cannot %s: %s; retrying, events not stored are kept in memory "
-                   "(at most %d)", self.path, what, err, self.memory_max)
+                   "(at most %d)", self.path, what, why, self.memory_max)
         return False
 
     def _succeeded(self, kind: str) -> None:

@@ -251,23 +251,63 @@ def _packets(sock: socket.socket) -> Iterator[tuple[int, bytes, bytes]]:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "256k", inodes: int | None = None) -> Iterator[Path]:
-    """A real tmpfs of `size` (and `inodes` files and folders, its root one of them) mounted at
-    `path` (root only), unmounted afterwards."""
+def _mounted(path: Path, mount: list[str], what: str) -> Iterator[Path]:
+    """`mount` run (root only: the test is skipped when it fails, saying so), `path` yielded,
+    and unmounted lazily afterwards: it goes once the last file on it is closed, even after a
+    failed test."""
     import pytest
 
     path.mkdir(parents=True, exist_ok=True)
-    limit = "" if inodes is None else f",nr_inodes={inodes}"
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700{limit}", "tmpfs",
-                        str(path)], capture_output=True, text=True)
+    r = subprocess.run(mount, capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs at {path} (needs root or CAP_SYS_ADMIN): "
+        pytest.skip(f"cannot mount {what} at {path} (needs root or CAP_SYS_ADMIN): "
                     f"{r.stderr.strip() or r.returncode}")
     try:
         yield path
     finally:
-        # lazy: it goes once the last file on it is closed, even after a failed test
         subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def small_disk(path: Path, size: str = "256k",
+               inodes: int | None = None) -> contextlib.AbstractContextManager[Path]:
+    """A real tmpfs of `size` (and `inodes` files and folders, its root one of them) mounted at
+    `path`."""
+    limit = "" if inodes is None else f",nr_inodes={inodes}"
+    return _mounted(path, ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700{limit}",
+                           "tmpfs", str(path)], f"a {size} tmpfs")
+
+
+@contextlib.contextmanager
+def sd_card(path: Path, size: str = "32M") -> Iterator[Path]:
+    """A real ext4 file system in an image file beside `path`, loop-mounted there with the
+    kernel's `errors=remount-ro` (`fail_card` then makes it fail)."""
+    import pytest
+
+    image = path.with_name(f"{path.name}.img")
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    try:
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True,
+                              text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make an ext4 image: {made.stderr.strip() or made.returncode}")
+        with _mounted(path, ["mount", "-o", "loop,errors=remount-ro", str(image), str(path)],
+                      "an ext4 image on a loop device") as card:
+            yield card
+    finally:
+        image.unlink(missing_ok=True)
+
+
+def fail_card(path: Path) -> None:
+    """What a failing SD card does to a Pi's ext4: a storage error, after which the kernel
+    remounts it read-only with files still open for writing (ext4's `abort` mount option
+    raises that error on purpose; a plain `remount,ro` refuses while files are open)."""
+    subprocess.run(["mount", "-o", "remount,abort", str(path)], check=True, capture_output=True)
+    try:
+        (path / "still-writable").touch()
+    except OSError as err:
+        assert err.errno == errno.EROFS, err
+    else:
+        raise AssertionError(f"{path} is still writable")
 
 
 def fill_disk(d: Path) -> Path:

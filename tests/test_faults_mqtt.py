@@ -27,8 +27,10 @@ from mqtt_broker import (
     QuotaExceeded,
     StrictReceiveMaximum,
     Subscriber,
+    fail_card,
     fill_disk,
     free_port,
+    sd_card,
     small_disk,
     unique_events,
     wait_until,
@@ -150,6 +152,60 @@ def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp
         sink.close()
         sub.close()
     assert "unexpected error" not in caplog.text
+
+
+def test_a_state_dir_gone_read_only_keeps_delivering_and_says_why(tmp_path, caplog):
+    """A failing SD card: the kernel remounts its ext4 read-only under the running outbox, and
+    SQLite says only 'disk I/O error'. Events still reach the broker (through memory, also
+    across an outage), the fault and doctor name the read-only file system, and the stop
+    closes the outbox (was: OSError from giving back the reserve, a traceback, no close)."""
+    caplog.set_level(logging.WARNING)
+    with sd_card(tmp_path / "card") as card, Broker(tmp_path / "b", persistence=True) as b:
+        sub = Subscriber(b, [f"{CAM}/violation"], client_id="ro-sub", clean=False)
+        cfg = cfg_for(b, card / "state")
+        sink = MqttSink.from_config(cfg, model_name="m")
+        evs = script("ro", 5, 1, left_open=1)  # open at the stop: its record cannot be kept
+        for ev in evs[:3]:
+            sink.emit(ev)
+        assert sink.flush(10) and sink.faults() == []
+        fail_card(card)
+        for ev in evs[3:8]:
+            sink.emit(ev)
+        fault = sink.faults()[0] if sink.faults() else ""
+        assert fault.startswith("MQTT outbox: disk I/O error: its file system is read-only now "
+                                "(the kernel remounts it so after a storage error: a failing "
+                                "SD card?"), sink.faults()
+        verdict, detail = inspect_outbox(cfg)
+        assert verdict == FAIL and "read-only now" in detail, detail
+        assert "kept in memory only" in detail
+
+        b.stop()
+        for ev in evs[8:]:
+            sink.emit(ev)
+        assert sink.health()["memory_queue"] >= len(evs) - 8  # and any not acknowledged yet
+        b.start()
+        want = [(e.event_id, e.seq) for e in evs]
+        assert sub.wait(lambda ms: dedup(violations(ms)) == want, 20), dedup(violations(sub.messages))
+        assert sink.flush(10)
+        sink.close()
+        sub.close()
+    assert re.search(r"which message \d+ violation\(s\) sent last could not be stored \(disk "
+                     r"I/O error: its file system is read-only now", caplog.text), caplog.text
+    assert "unexpected error" not in caplog.text
+
+
+def test_read_only_now_sees_both_kinds_of_read_only_mount(tmp_path):
+    """A mount made read-only (its flags say so) and ext4's emergency remount (kernel 6.x
+    leaves the flags rw: only a write finds out); a writable folder is left without a trace."""
+    from maskd.files import read_only_now
+
+    with small_disk(tmp_path / "ro", "64k") as ro, sd_card(tmp_path / "card") as card:
+        assert not read_only_now(ro) and not read_only_now(card)
+        assert list(ro.iterdir()) == [] and sorted(p.name for p in card.iterdir()) == ["lost+found"]
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        fail_card(card)
+        assert read_only_now(ro) and read_only_now(card)
+    assert not read_only_now(tmp_path / "no such folder")
 
 
 def violations(ms: list) -> list[dict]:

@@ -896,6 +896,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     import sqlite3
 
     from maskd.clock import boot_id, system_clock
+    from maskd.files import READ_ONLY_NOW, read_only_now
     from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, newer_outbox, row_age, sqlite_code
 
     mq, d = cfg.mqtt, cfg.state_dir
@@ -943,6 +944,9 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     room = f"{free / 2**20:,.0f} MiB" if free >= 10 * 2**20 else f"{free / 1024:,.0f} KiB"
     parts.append(f"{room} free" + (", reserve held" if held else ""))
     detail = f"{path}: {', '.join(parts)}"
+    if read_only_now(d):  # `free` says nothing then: no byte can be written
+        return FAIL, (f"{detail}; {READ_ONLY_NOW}: new events are kept in memory only (at most "
+                      f"{mq.memory_queue_max}); what the broker has not taken by a stop is lost")
     if free < need:
         return FAIL, (f"{detail}; the disk is full: new events are kept in memory only (at most "
                       f"{mq.memory_queue_max}) until {need // 1024} KiB are free")
