@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
 import sys
 from pathlib import Path
@@ -273,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A crash inside native code (OpenCV, TFLite, libedgetpu: a segfault, an abort) kills the
+    # process before any Python handler runs, and the journal held only the signal's number;
+    # faulthandler first writes every thread's Python stack to stderr, so it says where. Not
+    # when already on (pytest, python -X faulthandler): it keeps its own file then.
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(RuntimeError, ValueError, OSError, AttributeError):  # no stderr
+            faulthandler.enable(all_threads=True)
     if args.command == "run":  # the service, retrying a camera for months; before cv2 loads
         env.quiet_opencv()
     module = importlib.import_module(f"maskd.commands.{args.command.replace('-', '_')}")

@@ -420,6 +420,49 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+_CRASHING_RUN = """
+import ctypes, sys
+import maskd.pipeline as pipeline
+from maskd.cli import main
+
+process, seen = pipeline.Pipeline.process, []
+
+def crashing_process(self, *args, **kwargs):
+    if self.cfg.camera == "back":
+        seen.append(1)
+        if len(seen) == 5:
+            ctypes.string_at(0)  # what a bug in native code does: SIGSEGV
+    return process(self, *args, **kwargs)
+
+pipeline.Pipeline.process = crashing_process
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(tmp_path,
+                                                                              default_model):
+    """A segfault (or abort) inside OpenCV, TFLite or libedgetpu ends the process at once, no
+    Python handler runs: the journal said only `status=11/SEGV`. Now it shows where: the
+    crashed camera's stack down to the call, and the other camera's thread too."""
+    import resource
+
+    cfg = write(tmp_path / "c.yaml", {
+        "device_id": DEV, "detector": {"kind": "blazeface"},
+        "classifier": {"model": str(default_model)},
+        "cameras": {c: {"source": {"kind": "demo", "loop": True}} for c in ("front", "back")}})
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "PYTHONFAULTHANDLER")}
+    r = subprocess.run([sys.executable, "-c", _CRASHING_RUN, "run", "--config", str(cfg)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+    assert r.returncode == -signal.SIGSEGV, r.stderr[-3000:]
+    dump = r.stderr[r.stderr.index("Fatal Python error: Segmentation fault"):]
+    crashed = dump[dump.index("Current thread"):]
+    crashed = crashed[:crashed.index("\n\n")]
+    assert re.search(r'File "<string>", line \d+ in crashing_process', crashed), dump
+    assert re.search(r'File ".*maskd/service.py", line \d+ in _loop', crashed), dump
+    assert dump.count("\nThread 0x") >= 1, dump  # the other camera and maskd's own threads
+
+
 @pytest.mark.parametrize("cameras,mode", [(("front", "back"), "once"),
                                           (("front", "back"), "sticky"),
                                           (("back",), "sticky")])
