@@ -7,7 +7,8 @@ the file ``plugged`` exists it returns a delegate, as if a Coral had been plugge
 delegate takes the model's last op and runs it through the op's own kernel (the rest stays on
 the CPU: the answers are the CPU's), so every invoke passes through it: once ``plugged`` is
 gone (``unplug``) the invoke fails as a Coral pulled out or reset mid-run does (the runtime's
-``RuntimeError: ... Node number N (EdgeTpuDelegateForCustomOp) failed to invoke.``), and that
+``RuntimeError: ... Node number N (EdgeTpuDelegateForCustomOp) failed to invoke.``; with
+``env(aborts=True)`` it aborts the process, as libedgetpu's failed checks can), and that
 delegate stays failed, plugged again or not, as the real one's USB handle is gone for good: a
 new delegate (a new process) works once it is plugged in again. ``env`` puts it where the
 dynamic loader finds it by its real name (a fresh process: LD_LIBRARY_PATH is read at start).
@@ -104,6 +105,7 @@ static int kernel_prepare(Context* context, Node* node) {
 static int kernel_invoke(Context* context, Node* node) {
   Kernel* k = node->user_data;
   if (k->delegate->data_ != NULL || !plugged()) {
+    if (getenv("FAKE_CORAL_ABORTS") != NULL) abort();  /* as libedgetpu's failed checks do */
     k->delegate->data_ = (void*)1;
     context->ReportError(context, "Failed to execute request: USB transfer error "
                          "(stand-in: the Coral was unplugged). ");
@@ -160,11 +162,13 @@ class FakeCoral:
         """Pulled out (or reset) mid-run: the next invoke fails."""
         self.plugged.unlink()
 
-    def env(self) -> dict[str, str]:
-        """os.environ with the loader finding this library as libedgetpu.so.1."""
+    def env(self, aborts: bool = False) -> dict[str, str]:
+        """os.environ with the loader finding this library as libedgetpu.so.1; ``aborts``: an
+        invoke once unplugged aborts the process instead of failing."""
         path = os.environ.get("LD_LIBRARY_PATH")
         return {**os.environ, "FAKE_CORAL_PLUGGED": str(self.plugged),
-                "LD_LIBRARY_PATH": str(self.lib.parent) + (f":{path}" if path else "")}
+                "LD_LIBRARY_PATH": str(self.lib.parent) + (f":{path}" if path else ""),
+                **({"FAKE_CORAL_ABORTS": "1"} if aborts else {})}
 
 
 def lost_part_way(fake: FakeCoral, folder: Path, command: str, *options: str) -> list[dict]:

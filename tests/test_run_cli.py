@@ -1103,18 +1103,20 @@ def test_a_stop_while_waiting_for_the_coral_is_a_clean_stop_at_once(tmp_path):
     assert "SIGTERM received while starting: stopping" in err
 
 
-def _coral_unplugged_at_a_start(fake, tmp_path: Path, mqtt_url: str
+def _coral_unplugged_at_a_start(fake, tmp_path: Path, mqtt_url: str, aborts: bool = False
                                 ) -> tuple[list[str], int, str]:
     """The real `maskd run` (device pi, camera door: the looping demo, the classifier on the
     stand-in Coral ``fake``, JSON lines and state in ``tmp_path``) until its first violation
-    starts, then the Coral unplugged: its command line, exit status and stderr."""
+    starts, then the Coral unplugged (``aborts``: its library then aborts the process): its
+    command line, exit status and stderr."""
     cfg, events = tmp_path / "coral.yaml", tmp_path / "events.jsonl"
     cfg.write_text("device_id: pi\ncamera: door\nsource: {kind: demo, loop: true}\n"
                    "detector: {kind: blazeface}\nclassifier: {edgetpu: true}\n"
                    f"jsonl: {{path: {events}}}\nstate_dir: {tmp_path / 'state'}\n"
                    f"mqtt: {{url: '{mqtt_url}'}}\n")
     run = [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--flush-timeout", "0.5"]
-    proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env())
+    proc = subprocess.Popen(run, stderr=subprocess.PIPE, text=True, env=fake.env(aborts),
+                            preexec_fn=no_core_dump)
     try:
         _until_a_start(proc, events)
         fake.unplug()
@@ -1174,6 +1176,37 @@ def test_a_coral_lost_while_running_is_one_error_line_and_exit_75_losing_nothing
     assert r.returncode == 0 and "stopping: --max-frames 3 reached" in r.stderr, r.stderr
 
 
+def no_core_dump() -> None:
+    """In the child: a crash leaves no core file behind (an abort made on purpose)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def test_an_abort_inside_libedgetpu_leaves_the_note_that_spaces_the_next_start(tmp_path):
+    """libedgetpu's failed checks abort the process (SIGABRT): nothing of maskd's runs then,
+    so the run wrote no note and the restarts after it were not spaced: five in five minutes
+    met the unit's start limit. Now the run notes at its start that it uses the Coral, and an
+    abrupt end leaves that note for the next start (its waiting has its own test below); the
+    journal gets the Python stacks (faulthandler)."""
+    from coral import FakeCoral
+
+    from maskd.clock import boot_id, system_clock
+    from maskd.commands.run import CORAL_LOST_FILE
+    from tools.mosquitto import free_port
+
+    fake = FakeCoral(tmp_path / "lib")
+    fake.plug()
+    t0 = system_clock()[1]
+    _, rc, err = _coral_unplugged_at_a_start(fake, tmp_path, f"mqtt://127.0.0.1:{free_port()}",
+                                             aborts=True)
+    assert rc == -signal.SIGABRT, err
+    assert "Fatal Python error: Aborted" in err and " in predict" in err, err
+    note = json.loads((tmp_path / "state" / CORAL_LOST_FILE).read_text())
+    assert note["boot_id"] == boot_id() and note["running"] is True, note
+    assert t0 - 5 < note["started"] < t0 + 5, (note, t0)
+
+
 def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_path):
     """The Coral lost under the real `maskd run` with a real broker: the last status/detail
     says `clean: false`, `stop: coral_lost` and the runtime's words, and the restart's online
@@ -1215,7 +1248,8 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
     restart, and five within five minutes met the unit's start limit, which left maskd failed
     for good (no detection until someone logged in). The run that lost its Coral leaves its
     start in state_dir, and a start within a minute of it waits out the rest, saying so (one
-    warning, systemd's STATUS); a note from another boot is no reason to wait."""
+    warning, systemd's STATUS); so does the note an abrupt end leaves (a run with the Coral
+    notes its start); a note from another boot is no reason to wait."""
     from coral import FakeCoral
     from test_notify import NotifySocket
 
@@ -1231,23 +1265,27 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
     note = state / CORAL_LOST_FILE
     sock = NotifySocket(str(tmp_path / "notify.sock"))
     took: dict[str, float] = {}
+    before = {"lost": "lost its Coral",  # written by the run that lost it
+              "running": "ended abruptly while it used the Coral (an abort inside libedgetpu, "
+                         "or a kill: the journal says which)"}  # left by an abrupt end
     try:
-        for boot in ("another boot", boot_id()):
+        for boot, how in (("another boot", "lost"), (boot_id(), "lost"), (boot_id(), "running")):
             note.write_text(json.dumps({"boot_id": boot,
-                                        "started": system_clock()[1] - CORAL_RESTART_SPACING_S + 12}))
+                                        "started": system_clock()[1] - CORAL_RESTART_SPACING_S + 12}
+                                       | ({"running": True} if how == "running" else {})))
             t0 = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
                                 "--max-frames", "3"], capture_output=True, text=True,
                                timeout=120, env={**fake.env(), "NOTIFY_SOCKET": sock.address})
-            took[boot] = time.monotonic() - t0
+            took[f"{boot} {how}"] = time.monotonic() - t0
             statuses = [m.get("STATUS") or "" for m in sock.drain(0.2)]
-            assert r.returncode == 0 and not note.exists(), r.stderr
+            assert r.returncode == 0 and not note.exists(), r.stderr  # a clean end: none left
             waits = [ln for ln in r.stderr.splitlines() if "this start waits" in ln]
             if boot != boot_id():
                 assert waits == [] and not any("lost Coral" in s for s in statuses), r.stderr
                 continue
             [line] = waits
-            assert "WARNING maskd: the run before lost its Coral, and it started " in line and (
+            assert f"WARNING maskd: the run before {before[how]}, and it started " in line and (
                 line.endswith("so that restarts after a lost Coral come a minute apart and never "
                               "meet systemd's start limit")), line
             assert [s for s in statuses if "lost Coral" in s][0].endswith(
@@ -1255,7 +1293,8 @@ def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_befo
     finally:
         sock.close()
     # about 12 s less the start-up (seconds on a loaded machine)
-    assert took[boot_id()] - took["another boot"] > 2.5, took
+    for how in before:
+        assert took[f"{boot_id()} {how}"] - took["another boot lost"] > 2.5, took
 
 
 def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, monkeypatch,

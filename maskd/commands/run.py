@@ -44,27 +44,56 @@ log = logging.getLogger("maskd")
 # maskd failed for good, with no detection until someone logged in. A minute apart, that limit
 # is never reached by them (tests/test_systemd_unit.py holds the unit to it).
 CORAL_RESTART_SPACING_S = 60.0
-CORAL_LOST_FILE = "coral-lost.json"  # in state_dir: this boot, and when the lost run started
+# In state_dir: this boot, and when the run that used the Coral started; "running" while it
+# runs. A run that ends in order removes it, one that lost its Coral leaves it without
+# "running", and an abrupt end (an abort inside libedgetpu, as its failed checks do; a kill)
+# leaves it as it was: the next start spaces itself from it either way.
+CORAL_LOST_FILE = "coral-lost.json"
 
 
-def note_coral_lost(cfg: Config, started: float) -> None:
-    """A lost Coral ended this run (started ``started`` s after boot): the next start spaces
-    itself from it (``space_after_coral_loss``). Only with a state_dir (the service's)."""
-    if not cfg.keeps_state:
-        return
-    from maskd.files import write_atomically
+class CoralRunNote:
+    """This run's ``CORAL_LOST_FILE``: written "running" before the Coral is looked for (from
+    then on libedgetpu may abort the process), and at the end removed, or written again as
+    lost when a loop lost the Coral; an abrupt end leaves it as it was. Only with a state_dir
+    (the service's); the next start spaces itself from it (``space_after_coral_loss``)."""
 
-    path = Path(cfg.state_dir) / CORAL_LOST_FILE
-    try:
-        write_atomically(path, json.dumps({"boot_id": boot_id(), "started": started}).encode())
-    except OSError as err:
-        log.warning("cannot write %s: %s; the next start does not wait", path, err.strerror or err)
+    def __init__(self, cfg: Config, started: float) -> None:
+        self.cfg, self.started = cfg, started  # started: seconds since boot
+        self.written = self.lost = False
+
+    def begin(self) -> None:
+        self.written = self._write(running=True)
+
+    def end(self) -> None:
+        if self.lost:
+            self._write(running=False)
+        elif self.written:
+            with contextlib.suppress(OSError):
+                (Path(self.cfg.state_dir) / CORAL_LOST_FILE).unlink(missing_ok=True)
+
+    def _write(self, running: bool) -> bool:
+        if not self.cfg.keeps_state:
+            return False
+        from maskd.files import write_atomically
+
+        path = Path(self.cfg.state_dir) / CORAL_LOST_FILE
+        note = {"boot_id": boot_id(), "started": self.started} | (
+            {"running": True} if running else {})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # before the outbox makes it
+            write_atomically(path, json.dumps(note).encode())
+        except OSError as err:
+            log.warning("cannot write %s: %s; the next start does not wait", path,
+                        err.strerror or err)
+            return False
+        return True
 
 
 def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
                            cancelled: Callable[[], bool]) -> None:
-    """A start within CORAL_RESTART_SPACING_S of a run that lost its Coral (this boot) waits
-    out the rest of it, saying so in systemd's STATUS; ``cancelled`` (a stop) ends the wait."""
+    """A start within CORAL_RESTART_SPACING_S of a run that lost its Coral, or ended abruptly
+    while using it (this boot), waits out the rest of it, saying so in systemd's STATUS;
+    ``cancelled`` (a stop) ends the wait."""
     if not cfg.keeps_state:
         return
     path = Path(cfg.state_dir) / CORAL_LOST_FILE
@@ -84,9 +113,11 @@ def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
     wait = started + CORAL_RESTART_SPACING_S - system_clock()[1]
     if wait <= 0:
         return
-    log.warning("the run before lost its Coral, and it started %.0f s ago: this start waits "
-                "%.0f s, so that restarts after a lost Coral come a minute apart and never meet "
-                "systemd's start limit", CORAL_RESTART_SPACING_S - wait, wait)
+    how = ("ended abruptly while it used the Coral (an abort inside libedgetpu, or a kill: the "
+           "journal says which)" if data.get("running") else "lost its Coral")
+    log.warning("the run before %s, and it started %.0f s ago: this start waits %.0f s, so that "
+                "restarts after a lost Coral come a minute apart and never meet systemd's start "
+                "limit", how, CORAL_RESTART_SPACING_S - wait, wait)
     waiting(f"waiting {wait:.0f} s after the lost Coral (restarts a minute apart)")
     deadline = time.monotonic() + wait
     while not cancelled() and (left := deadline - time.monotonic()) > 0:
@@ -185,9 +216,7 @@ def say_waiting(status: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from maskd.preview import check_previews, wait_for_listen_names
-    from maskd.service import build, stop_signals
-    from maskd.tflite import wait_for_coral
+    from maskd.preview import check_previews
 
     started = system_clock()[1]
     try:
@@ -202,6 +231,18 @@ def main(args: argparse.Namespace) -> int:
         log.warning("%s", line)
     if (line := clock_not_set(time.time())) is not None:
         log.warning("%s", line)
+    note = CoralRunNote(cfg, started)
+    try:
+        return _start_and_run(args, cfg, note)
+    finally:
+        note.end()  # not reached when the process ends abruptly: the note stays
+
+
+def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) -> int:
+    from maskd.preview import wait_for_listen_names
+    from maskd.service import build, stop_signals
+    from maskd.tflite import wait_for_coral
+
     # The demo is a clip, not a camera: nothing comes after it, so it ends the run unless looped.
     demo = cfg.source.kind == "demo"
     exit_at_end = args.exit_at_end or (demo and not cfg.source.loop)
@@ -215,6 +256,7 @@ def main(args: argparse.Namespace) -> int:
         wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
         if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
             space_after_coral_loss(cfg, say_waiting, lambda: bool(early))
+            note.begin()
             wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early),
                            option=args.edgetpu)
         if early:
@@ -239,6 +281,5 @@ def main(args: argparse.Namespace) -> int:
         code = service.run(flush_timeout=args.flush_timeout)
     finally:
         restore()
-    if any(loop.coral_lost for loop in service.loops):
-        note_coral_lost(cfg, started)
+    note.lost = any(loop.coral_lost for loop in service.loops)
     return code
