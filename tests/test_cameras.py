@@ -421,17 +421,20 @@ sys.exit(main(sys.argv[3:]))
 
 
 _CRASHING_RUN = """
-import ctypes, sys
+import ctypes, sys, time
 import maskd.pipeline as pipeline
 from maskd.cli import main
 
-process, seen = pipeline.Pipeline.process, []
+process, seen, how = pipeline.Pipeline.process, [], sys.argv.pop(1)
 
 def crashing_process(self, *args, **kwargs):
     if self.cfg.camera == "back":
         seen.append(1)
-        if len(seen) == 5:
+        if len(seen) == 5 and how == "segfault":
             ctypes.string_at(0)  # what a bug in native code does: SIGSEGV
+        if len(seen) == 5 and how == "hang":  # a driver that never returns: the watchdog's
+            print("hanging", file=sys.stderr, flush=True)
+            time.sleep(600)
     return process(self, *args, **kwargs)
 
 pipeline.Pipeline.process = crashing_process
@@ -439,11 +442,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize("how", ["segfault", "hang"])
 def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(tmp_path,
-                                                                              default_model):
+                                                                              default_model,
+                                                                              how):
     """A segfault (or abort) inside OpenCV, TFLite or libedgetpu ends the process at once, no
     Python handler runs: the journal said only `status=11/SEGV`. Now it shows where: the
-    crashed camera's stack down to the call, and the other camera's thread too."""
+    crashed camera's stack down to the call, and the other camera's thread too. "hang": a
+    camera's loop stuck in a call, killed by systemd's watchdog with its default SIGABRT: the
+    stacks say where it hung."""
     import resource
 
     cfg = write(tmp_path / "c.yaml", {
@@ -451,13 +458,23 @@ def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(tmp
         "classifier": {"model": str(default_model)},
         "cameras": {c: {"source": {"kind": "demo", "loop": True}} for c in ("front", "back")}})
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "PYTHONFAULTHANDLER")}
-    r = subprocess.run([sys.executable, "-c", _CRASHING_RUN, "run", "--config", str(cfg)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
-    assert r.returncode == -signal.SIGSEGV, r.stderr[-3000:]
-    dump = r.stderr[r.stderr.index("Fatal Python error: Segmentation fault"):]
-    crashed = dump[dump.index("Current thread"):]
-    crashed = crashed[:crashed.index("\n\n")]
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_RUN, how, "run", "--config",
+                             str(cfg)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+    assert proc.stderr is not None
+    if how == "hang":
+        for line in proc.stderr:
+            if line.strip() == "hanging":
+                break
+        proc.send_signal(signal.SIGABRT)  # systemd's WatchdogSignal= default
+    _, err = proc.communicate(timeout=60)
+    killed_by, fatal = {"segfault": (signal.SIGSEGV, "Segmentation fault"),
+                        "hang": (signal.SIGABRT, "Aborted")}[how]
+    assert proc.returncode == -killed_by, err[-3000:]
+    dump = err[err.index(f"Fatal Python error: {fatal}"):]
+    crashed = next(t for t in dump.split("\n\n") if "crashing_process" in t)
+    # a segfault is the crashed thread's own; the watchdog's signal lands in the main thread
+    assert crashed.startswith("Current thread" if how == "segfault" else "Thread 0x"), dump
     assert re.search(r'File "<string>", line \d+ in crashing_process', crashed), dump
     assert re.search(r'File ".*maskd/service.py", line \d+ in _loop', crashed), dump
     assert dump.count("\nThread 0x") >= 1, dump  # the other camera and maskd's own threads
