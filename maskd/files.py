@@ -200,6 +200,39 @@ def read_only_now(folder: Path) -> bool:
     return False
 
 
+SYS = Path("/sys")  # the kernel's view of block devices and their ext4 file systems
+
+
+def ext4_dir(folder: Path) -> Path:
+    """The kernel's folder of facts about the file system holding ``folder``, named after its
+    block device (``/sys/fs/ext4/mmcblk0p2``); it exists only for an ext4 one."""
+    st = os.stat(folder)
+    dev = SYS / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    return SYS / "fs" / "ext4" / Path(os.path.realpath(dev)).name
+
+
+def fs_errors(folder: Path) -> str | None:
+    """What the ext4 file system holding ``folder`` has recorded of its own errors (the
+    superblock's count, kept until an fsck repairs them), or None when none or not ext4. A
+    card that starts failing records them before the kernel remounts it read-only."""
+    from maskd.clock import local_iso
+
+    try:
+        fs = ext4_dir(folder)
+        count = int((fs / "errors_count").read_text())
+        if count <= 0:
+            return None
+        first, last = (int((fs / f"{w}_error_time").read_text()) for w in ("first", "last"))
+        where = (fs / "last_error_func").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    when = (f"at {local_iso(last)}" if count == 1 or first == last else
+            f"from {local_iso(first)} to {local_iso(last)}")
+    return (f"its file system (ext4 on {fs.name}) has recorded {count} error(s) {when} (the last "
+            f"in {where}): a failing SD card? `dmesg` says more; back up /etc/maskd and replace "
+            "the card before the kernel makes it read-only")
+
+
 def depends_on_user(err: OSError) -> bool:
     """EACCES/EPERM: another user (the service's) may be let in where this one is not; any
     other errno (a full disk, a read-only file system) is the same for every user."""

@@ -278,9 +278,10 @@ def small_disk(path: Path, size: str = "256k",
 
 
 @contextlib.contextmanager
-def sd_card(path: Path, size: str = "32M") -> Iterator[Path]:
+def sd_card(path: Path, size: str = "32M", errors: str = "remount-ro") -> Iterator[Path]:
     """A real ext4 file system in an image file beside `path`, loop-mounted there with the
-    kernel's `errors=remount-ro` (`fail_card` then makes it fail)."""
+    kernel's `errors=remount-ro` (`fail_card` then makes it fail; `card_error` records an
+    error, with `errors="continue"` one that leaves it writable)."""
     import pytest
 
     image = path.with_name(f"{path.name}.img")
@@ -290,7 +291,7 @@ def sd_card(path: Path, size: str = "32M") -> Iterator[Path]:
                               text=True)
         if made.returncode != 0:
             pytest.skip(f"cannot make an ext4 image: {made.stderr.strip() or made.returncode}")
-        with _mounted(path, ["mount", "-o", "loop,errors=remount-ro", str(image), str(path)],
+        with _mounted(path, ["mount", "-o", f"loop,errors={errors}", str(image), str(path)],
                       "an ext4 image on a loop device") as card:
             yield card
     finally:
@@ -308,6 +309,19 @@ def fail_card(path: Path) -> None:
         assert err.errno == errno.EROFS, err
     else:
         raise AssertionError(f"{path} is still writable")
+
+
+def card_error(path: Path) -> None:
+    """An error recorded by the ext4 file system mounted at `path`, as a failing card's read
+    or write makes one (the kernel's own test knob, /sys/fs/ext4/DEV/trigger_fs_error)."""
+    import pytest
+
+    from maskd.files import ext4_dir
+
+    knob = ext4_dir(path) / "trigger_fs_error"
+    if not knob.exists():
+        pytest.skip(f"this kernel has no {knob}")
+    knob.write_text("maskd test: a failing card")
 
 
 def fill_disk(d: Path) -> Path:

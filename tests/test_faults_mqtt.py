@@ -27,6 +27,7 @@ from mqtt_broker import (
     QuotaExceeded,
     StrictReceiveMaximum,
     Subscriber,
+    card_error,
     fail_card,
     fill_disk,
     free_port,
@@ -192,6 +193,45 @@ def test_a_state_dir_gone_read_only_keeps_delivering_and_says_why(tmp_path, capl
     assert re.search(r"which message \d+ violation\(s\) sent last could not be stored \(disk "
                      r"I/O error: its file system is read-only now", caplog.text), caplog.text
     assert "unexpected error" not in caplog.text
+
+
+def test_errors_the_cards_file_system_records_are_a_fault_and_a_doctor_warning(tmp_path,
+                                                                             caplog):
+    """A card that starts failing: ext4 counts its errors in the superblock (until an fsck
+    repairs them), before the kernel remounts it read-only, if it ever does. The MQTT sink's
+    faults name them (systemd's status line, Home Assistant's problem sensor, the status
+    page), with one WARNING, and doctor's state dir row warns; events are still stored. A card
+    without errors says nothing (was: nothing until the card went read-only)."""
+    from maskd.commands.doctor import Doctor
+
+    caplog.set_level(logging.WARNING)
+    # 256 MB: doctor's state dir row is OK from 100 MiB free
+    with sd_card(tmp_path / "card", "256M", "continue") as card, Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, card / "state")
+        ob = Outbox(card / "state")
+        ob.maintain()  # its first look at the card
+        assert ob.card_errors is None
+        ob.close()
+        doc = Doctor(cfg, 1)
+        doc.state_dir()
+        assert doc.checks[-1].verdict == OK, doc.checks
+
+        card_error(card)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        said = re.compile(r"state_dir .*/state: its file system \(ext4 on loop\d+\) has recorded 1 "
+                          r"error\(s\) at \S+ \(the last in \w+\): a failing SD card\? `dmesg` says "
+                          r"more; back up /etc/maskd and replace the card before the kernel makes "
+                          r"it read-only")
+        assert wait_until(lambda: any(said.fullmatch(f) for f in sink.faults()), 10), sink.faults()
+        sink.emit(script("card", 1, 0)[0])
+        assert sink.health()["memory_queue"] == 0 and sink.flush(10)  # still stored, delivered
+        sink.close()
+        doc = Doctor(cfg, 1)
+        doc.state_dir()
+        row = doc.checks[-1]
+        assert row.verdict == WARN and "writable" in row.detail, row
+        assert "has recorded 1 error(s)" in row.detail, row
+    assert len([r for r in caplog.records if "has recorded 1 error(s)" in r.getMessage()]) == 1
 
 
 def test_read_only_now_sees_both_kinds_of_read_only_mount(tmp_path):

@@ -40,7 +40,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
-from maskd.files import depends_on_user
+from maskd.files import depends_on_user, fs_errors
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
     EDGETPU_LIB,
@@ -310,6 +310,8 @@ class Doctor:
             self.add("state dir", bad, f"{d} does not exist (the unit's StateDirectory= creates "
                      "it; or mkdir it, owned by the service user)", required=mqtt)
             return
+        card = fs_errors(d)  # a failing card records errors before it goes read-only
+        said = f"; {card}" if card is not None else ""
         try:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
                 pass
@@ -317,11 +319,11 @@ class Doctor:
             who = " by this user" if depends_on_user(err) else ""  # ENOSPC: a full disk
             self.add("state dir", bad, f"{d} is not writable{who}: {err.strerror} ({use}"
                      + ("" if mqtt else ": those open when maskd is killed are never ended")
-                     + ")", required=mqtt)
+                     + f"){said}", required=mqtt)
             return
         free = shutil.disk_usage(d).free / 2**20
-        verdict = OK if free >= 100 else WARN
-        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free ({use})")
+        verdict = OK if free >= 100 and card is None else WARN
+        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free ({use}){said}")
 
     def sandbox(self) -> None:
         """A path maskd writes outside what the installed unit leaves writable: the service
