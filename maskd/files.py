@@ -14,11 +14,17 @@ making it (check-config).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import BinaryIO
+
+from maskd.lograte import Throttle
+
+log = logging.getLogger(__name__)
 
 # Pictures of people (snapshots, the annotated clip) and their folders: the maskd user, its
 # group and root, whatever the umask of whoever started maskd (the unit's is 0027, a shell's 022).
@@ -211,14 +217,14 @@ def ext4_dir(folder: Path) -> Path:
     return SYS / "fs" / "ext4" / Path(os.path.realpath(dev)).name
 
 
-def fs_errors(folder: Path) -> str | None:
-    """What the ext4 file system holding ``folder`` has recorded of its own errors (the
-    superblock's count, kept until an fsck repairs them), or None when none or not ext4. A
-    card that starts failing records them before the kernel remounts it read-only."""
+def recorded_errors(fs: Path) -> str | None:
+    """What the ext4 file system whose folder in /sys is ``fs`` (``ext4_dir``) has recorded of
+    its own errors (the superblock's count, kept until an fsck repairs them), or None when none
+    or not ext4. A card that starts failing records them before the kernel remounts it
+    read-only."""
     from maskd.clock import local_iso
 
     try:
-        fs = ext4_dir(folder)
         count = int((fs / "errors_count").read_text())
         if count <= 0:
             return None
@@ -231,6 +237,51 @@ def fs_errors(folder: Path) -> str | None:
     return (f"its file system (ext4 on {fs.name}) has recorded {count} error(s) {when} (the last "
             f"in {where}): a failing SD card? `dmesg` says more; back up /etc/maskd and replace "
             "the card before the kernel makes it read-only")
+
+
+def _existing(path: Path) -> Path | None:
+    """``path`` or its nearest folder that exists: where a file not made yet will be."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+class CardWatch:
+    """The errors recorded by the file systems a run writes to (state_dir, JSON lines,
+    snapshots: ``Config.written``), looked at once a minute from the loop's health report, one
+    line per file system with errors, and one WARNING when a line changes. A card failing under
+    a run without MQTT (no outbox) was said by doctor only; reading /sys writes nothing."""
+
+    def __init__(self, places: list[tuple[str, Path]], every_s: float = 60.0) -> None:
+        self._places = places  # (key, path): the first key on a file system names it
+        self._due = Throttle(every_s)
+        self._lock = threading.Lock()  # the cameras' loops share one
+        self._lines: list[str] = []
+
+    def faults(self) -> list[str]:
+        with self._lock:
+            if self._due.due():
+                lines = self.look()
+                for line in lines:
+                    if line not in self._lines:
+                        log.warning("%s", line)
+                self._lines = lines
+            return list(self._lines)
+
+    def look(self) -> list[str]:
+        """Now, unthrottled and unlogged (doctor's look)."""
+        by_fs: dict[Path, list[tuple[str, Path]]] = {}
+        for key, path in self._places:
+            try:
+                if (there := _existing(Path(path))) is not None:
+                    by_fs.setdefault(ext4_dir(there), []).append((key, path))
+            except OSError:  # gone meanwhile: looked at again next minute
+                continue
+        lines = []
+        for fs, places in by_fs.items():
+            (key, path), also = places[0], [k for k, _ in places[1:]]
+            if (said := recorded_errors(fs)) is not None:
+                more = f" (and {', '.join(also)})" if also else ""
+                lines.append(f"{key} {path}{more}: {said}")
+        return lines
 
 
 def depends_on_user(err: OSError) -> bool:

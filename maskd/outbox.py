@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
 from maskd.config import shown_path
-from maskd.files import READ_ONLY_NOW, fs_errors, read_only_now
+from maskd.files import READ_ONLY_NOW, read_only_now
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,6 @@ class Outbox:
         # the same kind that succeeds clears its entry.
         self._errors: dict[str, tuple[str, float]] = {}
         self._short_since: float | None = None  # since when the reserve is not held
-        self.card_errors: str | None = None  # what the file system recorded (files.fs_errors)
         self._durable = durable
         # None: a start on a full disk could not create the outbox (maintain() creates it);
         # exclusive: it was opened without SQLite's shared-memory file (maintain() shares it).
@@ -635,14 +634,6 @@ class Outbox:
 
     # ---- storage fault bookkeeping ----
 
-    def _look_at_the_card(self) -> None:
-        """Once a minute: the errors the state dir's file system recorded, said when they
-        change. Events are still stored; the card is failing all the same."""
-        seen = fs_errors(self.dir)
-        if seen is not None and seen != self.card_errors:
-            log.warning("outbox %s: %s", self.path, seen)
-        self.card_errors = seen
-
     def _failed(self, kind: str, what: str, err: sqlite3.Error | OSError) -> bool:
         """Record and log a storage fault, retried later; True when it was a damaged file, which
         is replaced at once instead (the caller may try again)."""
@@ -921,7 +912,6 @@ class Outbox:
             self._next_prune = now + PRUNE_EVERY_S
             self.prune()
             self.shrink()
-            self._look_at_the_card()
         with self._lock:
             if now < self._next_retry or not (self._unremoved or self._memory or self._errors
                                                or not self._reserve_held or self._exclusive

@@ -27,6 +27,7 @@ from maskd import clock, schedule
 from maskd.clip import ClipWriter
 from maskd.config import Config, excerpt, model_file_problem, still_detector
 from maskd.env import Environment
+from maskd.files import CardWatch
 from maskd.jsonl import JsonlSink
 from maskd.ledger import OpenViolations
 from maskd.pipeline import FrameResult, Pipeline
@@ -95,6 +96,7 @@ class CameraLoop:
         max_frames: int | None = None,
         ledger: OpenViolations | None = None,
         restart_ends: list[ViolationEvent] | None = None,
+        cards: CardWatch | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -106,6 +108,7 @@ class CameraLoop:
         self.max_frames = max_frames
         self.ledger = ledger
         self._restart_ends = restart_ends or []  # what a killed run left open (maskd.ledger)
+        self._cards = cards  # errors the cards it writes to recorded: problems, as the sinks'
         self.frames = 0
         self.events = 0
         self.stop_reason: str | None = None
@@ -378,7 +381,8 @@ class CameraLoop:
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
-            faults=tuple(f for sink in self.sinks for f in sink.faults()),
+            faults=(*(f for sink in self.sinks for f in sink.faults()),
+                    *(self._cards.faults() if self._cards is not None else ())),
         )
 
     def _maybe_report(self) -> None:
@@ -763,6 +767,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
     """
     names = tuple(c.camera for c in cfg.cameras_resolved())
     ledger = OpenViolations(cfg.state_dir, names, outbox=bool(cfg.mqtt.url)) if cfg.keeps_state else None
+    cards = CardWatch([(key, path) for key, path, _ in cfg.written()])
     if not cfg.multi_camera:
         control = RunControl()
         classifier = build_classifier(cfg, options=options)
@@ -771,7 +776,8 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
         try:
             return _end_removed(Service([_camera_loop(
                 cfg, detector, classifier, control, lambda: build_sinks(cfg, control),
-                _systemd_notifier(cfg.camera), exit_at_end, max_frames, store, ledger=ledger)]),
+                _systemd_notifier(cfg.camera), exit_at_end, max_frames, store, ledger=ledger,
+                cards=cards)]),
                 ledger)
         except BaseException:
             if store is not None:
@@ -804,7 +810,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
                                       watchdog, exit_at_end, max_frames, store, pages, mqtt,
-                                      ledger, key, source_key))
+                                      ledger, key, source_key, cards))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -846,7 +852,8 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
                  notifier: FrameObserver | None, exit_at_end: bool, max_frames: int | None,
                  snapshots: SnapshotStore | None = None, pages: dict | None = None,
                  mqtt: EventSink | None = None, ledger: OpenViolations | None = None,
-                 preview_key: str = "preview", source_key: str = "source") -> CameraLoop:
+                 preview_key: str = "preview", source_key: str = "source",
+                 cards: CardWatch | None = None) -> CameraLoop:
     """One camera's loop around shared models; its source, sinks and views opened here, and its
     snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``.
     A source that cannot be opened is said with its key (``source_key``): with several cameras
@@ -879,4 +886,4 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
     ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera)
     return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
-                      ledger, ends)
+                      ledger, ends, cards)

@@ -12,16 +12,16 @@ SHARED = Path(os.environ.get("MASKD_SHARED", REPO.parent / "shared"))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Said at the top when this machine's own disk has recorded ext4 errors: every MQTT sink
-    with its state dir there then (rightly) reports them as a problem (maskd.files.fs_errors),
-    and the tests that expect no problem fail for the disk's sake, not maskd's."""
+    """Said at the top when this machine's own disk has recorded ext4 errors: every run that
+    writes there then (rightly) reports them as a problem (maskd.files.CardWatch), and the
+    tests that expect no problem fail for the disk's sake, not maskd's."""
     import tempfile
 
-    from maskd.files import fs_errors
+    from maskd.files import CardWatch
 
-    seen = fs_errors(Path(tempfile.gettempdir()))
-    return [f"WARNING: {tempfile.gettempdir()}: {seen}; tests that expect no MQTT fault will "
-            "fail on this machine"] if seen else []
+    seen = CardWatch([("TMPDIR", Path(tempfile.gettempdir()))]).look()
+    return [f"WARNING: {line}; tests that expect no problem in a run's status will fail on "
+            "this machine" for line in seen]
 
 
 def shared_path(rel: str) -> Path:

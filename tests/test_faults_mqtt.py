@@ -195,43 +195,85 @@ def test_a_state_dir_gone_read_only_keeps_delivering_and_says_why(tmp_path, capl
     assert "unexpected error" not in caplog.text
 
 
-def test_errors_the_cards_file_system_records_are_a_fault_and_a_doctor_warning(tmp_path,
-                                                                             caplog):
+def _statuses(sock: socket.socket) -> list[str]:
+    """The STATUS= lines a finished run sent to its (systemd's) notify socket."""
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out += [ln for ln in sock.recv(4096).decode().splitlines() if ln.startswith("STATUS=")]
+        except BlockingIOError:
+            return out
+
+
+def test_errors_the_cards_file_system_records_are_a_problem_with_or_without_mqtt(
+        tmp_path, default_model):
     """A card that starts failing: ext4 counts its errors in the superblock (until an fsck
-    repairs them), before the kernel remounts it read-only, if it ever does. The MQTT sink's
-    faults name them (systemd's status line, Home Assistant's problem sensor, the status
-    page), with one WARNING, and doctor's state dir row warns; events are still stored. A card
-    without errors says nothing (was: nothing until the card went read-only)."""
+    repairs them), before the kernel remounts it read-only, if it ever does. A real `maskd run`
+    names them for every place it writes there, with one WARNING: in systemd's status line and
+    Home Assistant's problem sensor with MQTT, in the status line with JSON lines alone (was:
+    only the MQTT outbox looked, so a run without MQTT never said it); doctor warns in a card
+    row; events are still delivered. A card without errors says nothing."""
     from maskd.commands.doctor import Doctor
 
-    caplog.set_level(logging.WARNING)
+    device, cam = "door1", "entrance"
+    recorded = (r": its file system \(ext4 on loop\d+\) has recorded 1 error\(s\) at \S+ \(the "
+                r"last in \w+\): a failing SD card\? `dmesg` says more; back up /etc/maskd and "
+                r"replace the card before the kernel makes it read-only")
+
+    def run(card, *more: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(tmp_path / "notify"))
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+        env.pop("WATCHDOG_PID", None)
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+                 "--device-id", device, "--camera", cam, "--jsonl", str(card / "events.jsonl"),
+                 "--model", str(default_model), "--detector", "blazeface", *more],
+                capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+            return r, _statuses(sock)
+        finally:
+            sock.close()
+            (tmp_path / "notify").unlink()
+
     # 256 MB: doctor's state dir row is OK from 100 MiB free
     with sd_card(tmp_path / "card", "256M", "continue") as card, Broker(tmp_path / "b") as b:
         cfg = cfg_for(b, card / "state")
-        ob = Outbox(card / "state")
-        ob.maintain()  # its first look at the card
-        assert ob.card_errors is None
-        ob.close()
+        r, statuses = run(card, "--mqtt", b.url, "--state-dir", str(card / "state"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert statuses and not any("has recorded" in s for s in statuses + [r.stderr]), statuses
         doc = Doctor(cfg, 1)
         doc.state_dir()
-        assert doc.checks[-1].verdict == OK, doc.checks
+        doc.cards()
+        assert [c.verdict for c in doc.checks] == [OK], doc.checks
 
         card_error(card)
-        sink = MqttSink.from_config(cfg, model_name="m")
-        said = re.compile(r"state_dir .*/state: its file system \(ext4 on loop\d+\) has recorded 1 "
-                          r"error\(s\) at \S+ \(the last in \w+\): a failing SD card\? `dmesg` says "
-                          r"more; back up /etc/maskd and replace the card before the kernel makes "
-                          r"it read-only")
-        assert wait_until(lambda: any(said.fullmatch(f) for f in sink.faults()), 10), sink.faults()
-        sink.emit(script("card", 1, 0)[0])
-        assert sink.health()["memory_queue"] == 0 and sink.flush(10)  # still stored, delivered
-        sink.close()
-        doc = Doctor(cfg, 1)
+        sub = Subscriber(b, [f"maskd/{device}/{cam}/stats", f"maskd/{device}/{cam}/violation"])
+        r, statuses = run(card, "--mqtt", b.url, "--state-dir", str(card / "state"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        said = re.compile(rf".*state_dir {card}/state \(and jsonl\.path\){recorded}")
+        assert len([ln for ln in r.stderr.splitlines() if said.fullmatch(ln)]) == 1, r.stderr[-3000:]
+        assert any(said.fullmatch(s) for s in " | ".join(statuses).split(" | ")), statuses[-3:]
+        assert sub.wait(lambda ms: any(m.topic.endswith("/stats") and any(
+            said.fullmatch(p) for p in m.json()["problems"]) for m in ms), 10), sub.messages
+        assert any(m.topic.endswith("/violation") for m in sub.messages)  # still delivered
+        sub.close()
+
+        r, statuses = run(card)  # JSON lines alone: no outbox, the card said all the same
+        assert r.returncode == 0, r.stderr[-3000:]
+        said = re.compile(rf".*jsonl\.path {card}/events\.jsonl{recorded}")
+        assert any(said.fullmatch(s) for s in " | ".join(statuses).split(" | ")), statuses[-3:]
+        assert len([ln for ln in r.stderr.splitlines() if said.fullmatch(ln)]) == 1, r.stderr[-3000:]
+        assert (card / "events.jsonl").read_text().count('"event_type"') > 4  # still written
+        doc = Doctor(cfg.model_copy(update={"jsonl": cfg.jsonl.model_copy(
+            update={"path": str(card / "events.jsonl")})}), 1)
         doc.state_dir()
-        row = doc.checks[-1]
-        assert row.verdict == WARN and "writable" in row.detail, row
-        assert "has recorded 1 error(s)" in row.detail, row
-    assert len([r for r in caplog.records if "has recorded 1 error(s)" in r.getMessage()]) == 1
+        doc.cards()
+        (writable, row) = doc.checks
+        assert writable.verdict == OK and "writable" in writable.detail, doc.checks
+        assert row.name == "card" and row.verdict == WARN, row
+        assert re.fullmatch(rf"state_dir {card}/state \(and jsonl\.path\){recorded}", row.detail), row
 
 
 def test_read_only_now_sees_both_kinds_of_read_only_mount(tmp_path):

@@ -40,7 +40,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
-from maskd.files import depends_on_user, fs_errors
+from maskd.files import CardWatch, depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
     EDGETPU_LIB,
@@ -245,7 +245,7 @@ class Doctor:
 
     def run_all(self) -> list[Check]:
         for step in (self.clock, self.secrets, self.device_id_check, self.certificates,
-                     self.state_dir, self.sandbox,
+                     self.state_dir, self.cards, self.sandbox,
                      self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
@@ -310,8 +310,6 @@ class Doctor:
             self.add("state dir", bad, f"{d} does not exist (the unit's StateDirectory= creates "
                      "it; or mkdir it, owned by the service user)", required=mqtt)
             return
-        card = fs_errors(d)  # a failing card records errors before it goes read-only
-        said = f"; {card}" if card is not None else ""
         try:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
                 pass
@@ -319,11 +317,17 @@ class Doctor:
             who = " by this user" if depends_on_user(err) else ""  # ENOSPC: a full disk
             self.add("state dir", bad, f"{d} is not writable{who}: {err.strerror} ({use}"
                      + ("" if mqtt else ": those open when maskd is killed are never ended")
-                     + f"){said}", required=mqtt)
+                     + ")", required=mqtt)
             return
         free = shutil.disk_usage(d).free / 2**20
-        verdict = OK if free >= 100 and card is None else WARN
-        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free ({use}){said}")
+        verdict = OK if free >= 100 else WARN
+        self.add("state dir", verdict, f"{d} writable, {free:,.0f} MiB free ({use})")
+
+    def cards(self) -> None:
+        """Errors the file systems maskd writes to have recorded: a failing card says so
+        before the kernel makes it read-only (`run` says it once a minute, as a problem)."""
+        for line in CardWatch([(key, path) for key, path, _ in self.cfg.written()]).look():
+            self.add("card", WARN, line, required=False)
 
     def sandbox(self) -> None:
         """A path maskd writes outside what the installed unit leaves writable: the service
@@ -331,30 +335,20 @@ class Doctor:
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
         writable = [SERVICE_DIR, *unit_read_write_paths(UNIT_FILE)]
-        seen = set()
-        for cam in self.cfg.cameras_resolved():
-            where = f" (camera {cam.camera})" if self.cfg.cameras else ""
-            written = [("state_dir", cam.state_dir if cam.keeps_state else None, True),
-                       ("jsonl.path", cam.jsonl.path if cam.jsonl.path != "-" else None, False),
-                       ("snapshots.dir", cam.snapshots.dir, True),
-                       ("preview.annotate_dir", cam.preview.annotate_dir, True)]
-            for key, path, is_dir in written:
-                if path is None:
-                    continue
-                p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
-                if (key, p) in seen or any(p.is_relative_to(w) for w in writable):
-                    continue
-                seen.add((key, p))
-                if p.is_relative_to("/tmp") or p.is_relative_to("/var/tmp"):
-                    self.add("sandbox", WARN, f"{key}{where}: {p} is in the service's own /tmp "
-                             "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
-                             required=False)
-                    continue
-                folder = p if is_dir else p.parent
-                self.add("sandbox", WARN, f"{key}{where}: {p} is read-only to the service "
-                         "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
-                         f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
-                         f"[Service] ReadWritePaths={folder} (the folder must exist)", required=False)
+        for key, path, is_dir in self.cfg.written():
+            p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
+            if any(p.is_relative_to(w) for w in writable):
+                continue
+            if p.is_relative_to("/tmp") or p.is_relative_to("/var/tmp"):
+                self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
+                         "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
+                         required=False)
+                continue
+            folder = p if is_dir else p.parent
+            self.add("sandbox", WARN, f"{key}: {p} is read-only to the service "
+                     "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
+                     f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
+                     f"[Service] ReadWritePaths={folder} (the folder must exist)", required=False)
 
     def runtime(self) -> None:
         from maskd.tflite import ModelError, import_runtime

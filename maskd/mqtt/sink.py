@@ -637,8 +637,6 @@ class MqttSink(EventSink):
         if (fault := ob.fault) is not None:
             held = ob.in_memory()
             out.append(f"MQTT outbox: {fault}" + (f", {held} event(s) in memory" if held else ""))
-        if (card := ob.card_errors) is not None:
-            out.append(f"state_dir {ob.dir}: {card}")
         if ob.memory_dropped:
             out.append(f"MQTT: {ob.memory_dropped} event(s) lost, memory queue full")
         if self._refused:
