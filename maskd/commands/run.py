@@ -51,6 +51,10 @@ CORAL_RESTART_SPACING_S = 60.0
 CORAL_LOST_FILE = "coral-lost.json"
 
 
+def _coral_note(cfg: Config) -> Path:
+    return Path(cfg.state_dir) / CORAL_LOST_FILE
+
+
 class CoralRunNote:
     """This run's ``CORAL_LOST_FILE``: written "running" before the Coral is looked for (from
     then on libedgetpu may abort the process), and at the end removed, or written again as
@@ -69,14 +73,14 @@ class CoralRunNote:
             self._write(running=False)
         elif self.written:
             with contextlib.suppress(OSError):
-                (Path(self.cfg.state_dir) / CORAL_LOST_FILE).unlink(missing_ok=True)
+                _coral_note(self.cfg).unlink(missing_ok=True)
 
     def _write(self, running: bool) -> bool:
         if not self.cfg.keeps_state:
             return False
         from maskd.files import write_atomically
 
-        path = Path(self.cfg.state_dir) / CORAL_LOST_FILE
+        path = _coral_note(self.cfg)
         note = {"boot_id": boot_id(), "started": self.started} | (
             {"running": True} if running else {})
         try:
@@ -96,7 +100,7 @@ def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
     ``cancelled`` (a stop) ends the wait."""
     if not cfg.keeps_state:
         return
-    path = Path(cfg.state_dir) / CORAL_LOST_FILE
+    path = _coral_note(cfg)
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
