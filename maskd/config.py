@@ -1133,21 +1133,15 @@ class Config(Section):
                 for i, (name, cam) in enumerate(self.cameras.items())]
 
     def written(self) -> list[tuple[str, Path, bool]]:
-        """Every place a run writes: its key (and camera, with several), path, and whether the
-        path is a folder; each key and path once. One list for doctor's sandbox check and the
-        run's look at the cards those places are on (maskd.files.CardWatch)."""
-        out: dict[tuple[str, Path], tuple[str, Path, bool]] = {}
-        for cam in self.cameras_resolved():
-            where = f" (camera {cam.camera})" if self.cameras else ""
-            jsonl = cam.jsonl.path if cam.jsonl.path not in (None, "-") else None
-            for key, path, is_dir in (
-                    ("state_dir", cam.state_dir if cam.keeps_state else None, True),
-                    ("jsonl.path", None if jsonl is None else Path(jsonl), False),
-                    ("snapshots.dir", cam.snapshots.dir, True),
-                    ("preview.annotate_dir", cam.preview.annotate_dir, True)):
-                if path is not None:
-                    out.setdefault((key, path), (f"{key}{where}", path, is_dir))
-        return list(out.values())
+        """Every place a run writes: its key in the file, path, and whether the path is a
+        folder. One list for doctor's sandbox check and the run's look at the cards those places
+        are on (maskd.files.CardWatch). All but the annotated clip are shared by the cameras."""
+        jsonl = self.jsonl.path if self.jsonl.path not in (None, "-") else None
+        out = [("state_dir", self.state_dir if self.keeps_state else None, True),
+               ("jsonl.path", None if jsonl is None else Path(jsonl), False),
+               ("snapshots.dir", self.snapshots.dir, True),
+               *((f"{key}.annotate_dir", p.annotate_dir, True) for key, p in self.previews())]
+        return [(key, path, is_dir) for key, path, is_dir in out if path is not None]
 
     def cameras_resolved(self) -> list[Config]:
         """One single-camera Config per camera, in the map's order (the original layout: itself).

@@ -337,6 +337,14 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     assert "/data/maskd is read-only to the service (ProtectSystem=strict" in got["state_dir"].detail
     assert "`systemctl edit maskd` and add [Service] ReadWritePaths=/srv/snaps" in got["snapshots.dir"].detail
     assert "service's own /tmp (PrivateTmp=)" in got["preview.annotate_dir"].detail
+    # several cameras: the shared places once, each camera's own clip folder by its key
+    multi = tmp_path / "multi.yaml"
+    multi.write_text("state_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
+                     "cameras:\n  a: {source: {kind: demo}}\n  b: {source: {kind: demo, fps: 10}, "
+                     "preview: {annotate_dir: /srv/clips}}\n")
+    d = doc.Doctor(load_config(multi), 1)
+    d.sandbox()
+    assert [c.detail.split(":")[0] for c in d.checks] == ["state_dir", "cameras.b.preview.annotate_dir"]
     # under /var/lib/maskd (a relative path is the unit's WorkingDirectory's): nothing to say
     inside = tmp_path / "inside.yaml"
     inside.write_text("source: {kind: demo}\nmqtt: {url: 'mqtt://127.0.0.1'}\njsonl: {path: events.jsonl}\n"
