@@ -325,38 +325,34 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     (tmp_path / "maskd.service.d").mkdir()
     (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nReadWritePaths=-/srv/events\n")
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("source: {kind: demo}\nstate_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
-                   "jsonl: {path: /srv/events/maskd.jsonl}\nsnapshots: {dir: /srv/snaps}\n"
-                   "preview: {annotate_dir: /tmp/annotated}\n")
-    d = doc.Doctor(load_config(cfg), 1)
-    d.sandbox()
-    got = {c.detail.split(":")[0]: c for c in d.checks}
+
+    def sandbox(name: str, text: str) -> list:
+        (tmp_path / name).write_text(text)
+        d = doc.Doctor(load_config(tmp_path / name), 1)
+        d.sandbox()
+        return d.checks
+
+    cfg = ("source: {kind: demo}\nstate_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
+           "jsonl: {path: /srv/events/maskd.jsonl}\nsnapshots: {dir: /srv/snaps}\n"
+           "preview: {annotate_dir: /tmp/annotated}\n")
+    checks = sandbox("c.yaml", cfg)
+    got = {c.detail.split(":")[0]: c for c in checks}
     assert set(got) == {"state_dir", "snapshots.dir", "preview.annotate_dir"}  # jsonl: the drop-in's
-    assert all(c.name == "sandbox" and c.verdict == doc.WARN and not c.required for c in d.checks)
+    assert all(c.name == "sandbox" and c.verdict == doc.WARN and not c.required for c in checks)
     assert "/data/maskd is read-only to the service (ProtectSystem=strict" in got["state_dir"].detail
     assert "`systemctl edit maskd` and add [Service] ReadWritePaths=/srv/snaps" in got["snapshots.dir"].detail
     assert "service's own /tmp (PrivateTmp=)" in got["preview.annotate_dir"].detail
     # several cameras: the shared places once, each camera's own clip folder by its key
-    multi = tmp_path / "multi.yaml"
-    multi.write_text("state_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
+    checks = sandbox("multi.yaml", "state_dir: /data/maskd\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
                      "cameras:\n  a: {source: {kind: demo}}\n  b: {source: {kind: demo, fps: 10}, "
                      "preview: {annotate_dir: /srv/clips}}\n")
-    d = doc.Doctor(load_config(multi), 1)
-    d.sandbox()
-    assert [c.detail.split(":")[0] for c in d.checks] == ["state_dir", "cameras.b.preview.annotate_dir"]
+    assert [c.detail.split(":")[0] for c in checks] == ["state_dir", "cameras.b.preview.annotate_dir"]
     # under /var/lib/maskd (a relative path is the unit's WorkingDirectory's): nothing to say
-    inside = tmp_path / "inside.yaml"
-    inside.write_text("source: {kind: demo}\nmqtt: {url: 'mqtt://127.0.0.1'}\njsonl: {path: events.jsonl}\n"
-                      "snapshots: {dir: /var/lib/maskd/snaps}\n")
-    d = doc.Doctor(load_config(inside), 1)
-    d.sandbox()
-    assert d.checks == []
+    assert sandbox("inside.yaml", "source: {kind: demo}\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
+                   "jsonl: {path: events.jsonl}\nsnapshots: {dir: /var/lib/maskd/snaps}\n") == []
     # no installed unit: not run as the service, nothing to say either
     monkeypatch.setattr(doc, "UNIT_FILE", tmp_path / "none.service")
-    d = doc.Doctor(load_config(cfg), 1)
-    d.sandbox()
-    assert d.checks == []
+    assert sandbox("c.yaml", cfg) == []
 
 
 def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
