@@ -932,8 +932,11 @@ class Outbox:
             if self._tracks and self._reserve_held:
                 self._store_tracks()
             if (not self._memory and not self._tracks and "store" in self._errors
-                    and self._reserve_held and self._db is not None and self._room()):
-                self._succeeded("store")  # nothing to store now; the next put confirms it
+                    and self._reserve_held and self._db is not None and self._room()
+                    and not read_only_now(self.dir)):
+                # nothing to store now; the next put confirms it. Room alone is no sign on a
+                # card the kernel made read-only: "works again" came after every delivery.
+                self._succeeded("store")
         self._report_drops(0, 0)
 
     def _check_still_there(self) -> None:
