@@ -28,7 +28,9 @@ segments are deleted until they are again (one line at most a minute says how ma
 disk filled by the clip itself keeps the latest footage and goes on recording. Only when that
 cannot make room (other files take the disk, or the open segment alone fills it) is the
 segment closed while its index still fits, one ERROR line says so, and recording resumes by
-itself once there is room again, checked every ``RETRY_S``.
+itself once there is room again, checked every ``RETRY_S``. A card the kernel made read-only
+(a storage error) is found by a probe file every ``WRITABLE_LOOK_S`` (OpenCV's writer does not
+say that its writes fail) and pauses the recording the same way, with the reason.
 
 Encoding runs in a writer thread of its own, so the recording never slows detection: the loop
 hands over the frame (its array: sources hand out a fresh one per frame and nothing changes it
@@ -62,7 +64,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.clock import oldest_first
-from maskd.files import PRIVATE_DIR, PRIVATE_FILE
+from maskd.files import PRIVATE_DIR, PRIVATE_FILE, READ_ONLY_NOW, read_only_now
 from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
@@ -71,6 +73,10 @@ log = logging.getLogger("maskd.clip")
 MB = 1024 * 1024
 MIN_FREE_BYTES = 16 * MB  # kept free: room for the segment's index (moov) and for the rest of the system
 RETRY_S = 30.0  # while paused, how often to look for room again
+# While recording, how often the folder's file system is tried (a probe file): OpenCV's writer
+# says nothing when its writes fail, so on a card the kernel made read-only the clip went on
+# "recording" (the log counted the frames) into nothing.
+WRITABLE_LOOK_S = 10.0
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
 SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
@@ -149,6 +155,7 @@ class ClipWriter(FrameObserver):
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._retry_at = 0.0
+        self._writable_look_at = 0.0
         self._rlog = RateLimitedLog(log)  # the writer thread's lines
         self._loop_log = RateLimitedLog(log)  # the loop's (frames dropped, a thread restarted)
         self.behind = 0  # live frames dropped: the writer thread was still busy with earlier ones
@@ -372,7 +379,7 @@ class ClipWriter(FrameObserver):
             free = self._free() if self._make_dir() is None else None
             if free is not None and free < self.min_free:
                 free = self._make_room(free)
-            if free is None or free < self.min_free:
+            if free is None or free < self.min_free or read_only_now(self.outdir):
                 self._retry_at = now + RETRY_S
                 return False
             log.info("annotated clip %s: recording again (%.0f MB free); %d frames were not "
@@ -395,7 +402,8 @@ class ClipWriter(FrameObserver):
         try:  # made here with its mode: OpenCV's writer keeps it, and would give 0644
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
         except OSError as err:
-            self._pause(f"cannot create {path}: {err.strerror or err}")
+            self._pause(READ_ONLY_NOW if read_only_now(self.outdir) else
+                        f"cannot create {path}: {err.strerror or err}")
             return False
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                  (w + w % 2, h + h % 2))  # even: see even_size
@@ -433,6 +441,12 @@ class ClipWriter(FrameObserver):
         if free is not None and free < self.min_free:
             self._close_segment()
             self._pause(f"{free / MB:.1f} MB free, under the {self.min_free / MB:.0f} MB kept free")
+            return
+        if (now := time.monotonic()) >= self._writable_look_at:
+            self._writable_look_at = now + WRITABLE_LOOK_S
+            if read_only_now(self.outdir):
+                self._close_segment()
+                self._pause(READ_ONLY_NOW)
 
     def _lost_segment(self) -> None:
         """The open file was deleted (by hand, with its folder, or by the cap of another writer of

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -310,6 +311,31 @@ def test_a_disk_full_of_other_files_pauses_and_keeps_the_clips(tmp_path, caplog)
         assert w.paused and w.deleted_for_room == 0 and not w.deleted
         assert all(p.exists() for p in w.paths) and (disk / "user.bin").exists()
         assert "recording paused (detection goes on)" in caplog.text
+
+
+def test_a_card_gone_read_only_pauses_the_clip_and_says_why(tmp_path, monkeypatch, caplog):
+    """A failing SD card: the kernel remounts the clip's ext4 read-only under the writer, whose
+    writes then fail without a word from OpenCV. The recording pauses with the reason (was: it
+    went on "recording" into nothing, the log counting the frames), stays paused at each retry
+    without a "recording again", and the close says how many frames were not recorded."""
+    from mqtt_broker import fail_card, sd_card
+
+    monkeypatch.setattr(clip, "WRITABLE_LOOK_S", 0.0)
+    monkeypatch.setattr(clip, "RETRY_S", 0.0)
+    with sd_card(tmp_path / "card", "64M") as card, caplog.at_level(logging.INFO, "maskd.clip"):
+        w = ClipWriter(card / "clips", "door", 15.0)
+        src = DemoSource(loop=True)  # one clock: the open segment goes on after the failure
+        for _ in range(120):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush() and w.paused is None and w.frames == 120
+        fail_card(card)
+        for _ in range(120):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        w.close()
+    assert w.paused is not None and w.paused.startswith("its file system is read-only now"), w.paused
+    assert 100 <= w.dropped < 120 and "recording again" not in caplog.text
+    assert re.search(r"door: \d+ frames not recorded \(its file system is read-only now \(the "
+                     r"kernel remounts it so after a storage error", caplog.text), caplog.text
 
 
 def test_even_size_repeats_the_last_row_and_column():
