@@ -353,8 +353,10 @@ class MqttSink(EventSink):
                 {"running": running, "pid": os.getpid(), "time": time.time(), "cameras": cams,
                  **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
             ).encode("utf-8"))
-        except OSError as err:
-            log.warning("cannot write %s: %s", self._session_path, err)
+        except OSError as err:  # the next start then reads what the last write left
+            log.warning("cannot write %s: %s; %s", self._session_path, err.strerror or err,
+                        "should this run end abruptly, the next start will not know it" if running
+                        else "the next start will report this stop as unclean (previous_stop)")
 
     # ---- EventSink ----
 
