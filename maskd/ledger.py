@@ -167,7 +167,7 @@ class OpenViolations:
                     self._warned = True
                     log.warning("cannot keep the open violations in %s (%s): violations open "
                                 "when maskd is killed will not be ended at the next start",
-                                self.path, err)
+                                self.path, getattr(err, "strerror", None) or err)
                 return
             if write and self._warned:
                 self._warned = False

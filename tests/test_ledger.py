@@ -36,6 +36,7 @@ def test_changes_a_full_disk_held_back_are_written_once_there_is_room(tmp_path, 
     assert sorted((e.event_id, e.seq) for e in ends) == [("open-across", 2),
                                                           ("started-while-full", 1)]
     assert caplog.text.count("cannot keep the open violations") == 1
+    assert "open_violations.json (No space left on device): violations open" in caplog.text
     assert "kept in" in caplog.text.splitlines()[-1] and "again" in caplog.text
 
 
