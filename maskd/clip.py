@@ -190,6 +190,10 @@ class ClipWriter(FrameObserver):
                     self.behind += self._drop_oldest()
                     self._say_behind()
 
+    def faults(self) -> list[str]:
+        paused = self.paused  # set by the writer thread
+        return [] if paused is None else [f"annotated clip {self.name}: recording paused ({paused})"]
+
     def _drop_oldest(self) -> int:
         """Take the oldest waiting frame off the queue; 1, or 0 when the writer took it
         meanwhile (or it was the stop's None)."""

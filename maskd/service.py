@@ -352,6 +352,13 @@ class CameraLoop:
         stats = self._stats(fps=0.0, ms={})
         self._to_observers(lambda obs: obs.on_wait(stats))
 
+    def _faults(self) -> tuple[str, ...]:
+        """What keeps the sinks from delivering, what the observers cannot do (a paused clip;
+        a part that is both is asked once) and what the cards written to recorded."""
+        parts = [*self.sinks, *(o for o in self.observers if o not in self.sinks)]
+        said = [f for part in parts for f in getattr(part, "faults", list)()]  # a structural observer may lack it
+        return (*said, *(self._cards.faults() if self._cards is not None else ()))
+
     def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
         """The loop's numbers now, with the given rate and stage times."""
         src = self.source.stats
@@ -381,8 +388,7 @@ class CameraLoop:
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
-            faults=(*(f for sink in self.sinks for f in sink.faults()),
-                    *(self._cards.faults() if self._cards is not None else ())),
+            faults=self._faults(),
         )
 
     def _maybe_report(self) -> None:

@@ -260,7 +260,7 @@ class RunControl:
 class FrameObserver(Protocol):
     """Something that watches frames go by (systemd watchdog, preview); must never block the loop.
 
-    An observer may subclass this protocol to inherit the no-op ``on_wait``.
+    An observer may subclass this protocol to inherit the no-op ``on_wait`` and ``faults``.
     """
 
     def on_frame(self, frame: Frame, verdicts: list[Verdict], stats: LoopStats) -> None:
@@ -268,6 +268,11 @@ class FrameObserver(Protocol):
 
     def on_wait(self, stats: LoopStats) -> None:
         """Called while a live source has no frame (camera lost, reconnecting)."""
+
+    def faults(self) -> list[str]:
+        """Short lines saying what it cannot do now (a paused recording), listed with the
+        sinks' in the loop's problems; empty when all is well."""
+        return []
 
     def close(self) -> None:
         """Called once when the loop stops."""

@@ -155,15 +155,28 @@ def test_full_disk_pauses_the_clip_and_resumes(tmp_path, monkeypatch, caplog):
 
 
 def test_run_survives_a_clip_on_a_full_disk(tmp_path, default_model):
+    """The run goes on, and the paused recording is a problem in systemd's status line (so
+    also Home Assistant's problem sensor and the status page), as paused snapshots are."""
+    from test_notify import NotifySocket
+
+    sock = NotifySocket(str(tmp_path / "notify"))
+    env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}
+    env.pop("WATCHDOG_PID", None)
     with small_disk(tmp_path / "disk", "1m") as disk:
         r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo",
                             "--exit-at-end", "--jsonl", "-", "--annotate", str(disk),
                             "--detector", "blazeface", "--model", str(default_model)],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=env)
+    sock.drain()
+    sock.close()
     assert r.returncode == 0, r.stderr
     kinds = [json.loads(x)["event_type"] for x in r.stdout.splitlines()]
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert "recording paused (detection goes on)" in r.stderr and "Traceback" not in r.stderr
+    said = re.compile(r"annotated clip camera: recording paused \(\d+\.\d MB free, under the 16 MB "
+                      r"kept free\)")
+    statuses = [m["STATUS"] for m in sock.messages if "STATUS" in m]
+    assert any(said.fullmatch(part) for s in statuses for part in s.split(" | ")), statuses[-3:]
 
 
 @pytest.mark.parametrize("name", ["door-20260101-120000.mkv", "door-20260101-120000_2.mkv",
@@ -331,6 +344,7 @@ def test_a_card_gone_read_only_pauses_the_clip_and_says_why(tmp_path, monkeypatc
         fail_card(card)
         for _ in range(120):
             w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush() and w.faults() == [f"annotated clip door: recording paused ({w.paused})"]
         w.close()
     assert w.paused is not None and w.paused.startswith("its file system is read-only now"), w.paused
     assert 100 <= w.dropped < 120 and "recording again" not in caplog.text
