@@ -123,7 +123,7 @@ class JsonlSink(EventSink):
                 except (OSError, ValueError) as err:  # a closed pipe: report, keep the loop up
                     self.failed += 1
                     log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id,
-                              err)
+                              getattr(err, "strerror", None) or err)
                 return
             self._waiting.append(line.encode())
             if len(self._waiting) > MEMORY_MAX:

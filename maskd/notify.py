@@ -78,7 +78,7 @@ class Notifier:
         except OSError as err:
             # systemd gone, queue full or socket path wrong: never let that take the loop down.
             if not self._failing:
-                log.warning("sd_notify to %s failed: %s", self.address, err)
+                log.warning("sd_notify to %s failed: %s", self.address, err.strerror or err)
             self._failing = True
             return False
         if self._failing:

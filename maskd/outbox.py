@@ -443,7 +443,8 @@ class Outbox:
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(old) + suffix).unlink(missing_ok=True)
             except OSError as err:
-                log.warning("outbox: cannot delete %s, an older damaged outbox: %s", old, err)
+                log.warning("outbox: cannot delete %s, an older damaged outbox: %s", old,
+                            err.strerror or err)
                 continue
             log.info("outbox: deleted the older damaged outbox %s (the latest %d are kept)", old,
                      CORRUPT_KEEP)
@@ -592,7 +593,8 @@ class Outbox:
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):  # cannot here: do without
                 log.warning("outbox %s: cannot allocate a reserve here (%s); a full disk may "
-                            "then stop acknowledged events from being deleted", self.path, err)
+                            "then stop acknowledged events from being deleted", self.path,
+                            err.strerror or err)
                 self.reserve_bytes = 0
                 return True
             with suppress(OSError):  # a read-only remount: nothing to give back
