@@ -236,7 +236,7 @@ def recorded_errors(fs: Path) -> str | None:
             f"from {local_iso(first)} to {local_iso(last)}")
     return (f"its file system (ext4 on {fs.name}) has recorded {count} error(s) {when} (the last "
             f"in {where}): a failing SD card? `dmesg` says more; back up /etc/maskd and replace "
-            "the card before the kernel makes it read-only")
+            "the card soon (the kernel makes it read-only at such an error, if not already)")
 
 
 def _existing(path: Path) -> Path | None:

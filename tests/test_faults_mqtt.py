@@ -231,7 +231,8 @@ def test_errors_the_cards_file_system_records_are_a_problem_with_or_without_mqtt
     device, cam = "door1", "entrance"
     recorded = (r": its file system \(ext4 on loop\d+\) has recorded 1 error\(s\) at \S+ \(the "
                 r"last in \w+\): a failing SD card\? `dmesg` says more; back up /etc/maskd and "
-                r"replace the card before the kernel makes it read-only")
+                r"replace the card soon \(the kernel makes it read-only at such an error, if not "
+                r"already\)")
 
     def run(card, *more: str) -> tuple[subprocess.CompletedProcess, list[str]]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
