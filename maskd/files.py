@@ -250,8 +250,8 @@ class CardWatch:
     line per file system with errors, and one WARNING when a line changes. A card failing under
     a run without MQTT (no outbox) was said by doctor only; reading /sys writes nothing."""
 
-    def __init__(self, places: list[tuple[str, Path]], every_s: float = 60.0) -> None:
-        self._places = places  # (key, path): the first key on a file system names it
+    def __init__(self, places: list[tuple[str, Path, bool]], every_s: float = 60.0) -> None:
+        self._places = places  # Config.written's (key, path, is_dir): the first key names a file system
         self._due = Throttle(every_s)
         self._lock = threading.Lock()  # the cameras' loops share one
         self._lines: list[str] = []
@@ -269,7 +269,7 @@ class CardWatch:
     def look(self) -> list[str]:
         """Now, unthrottled and unlogged (doctor's look)."""
         by_fs: dict[Path, list[tuple[str, Path]]] = {}
-        for key, path in self._places:
+        for key, path, _ in self._places:
             try:
                 if (there := _existing(Path(path))) is not None:
                     by_fs.setdefault(ext4_dir(there), []).append((key, path))

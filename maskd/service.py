@@ -773,7 +773,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
     """
     names = tuple(c.camera for c in cfg.cameras_resolved())
     ledger = OpenViolations(cfg.state_dir, names, outbox=bool(cfg.mqtt.url)) if cfg.keeps_state else None
-    cards = CardWatch([(key, path) for key, path, _ in cfg.written()])
+    cards = CardWatch(cfg.written())
     if not cfg.multi_camera:
         control = RunControl()
         classifier = build_classifier(cfg, options=options)

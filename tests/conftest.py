@@ -19,7 +19,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
     from maskd.files import CardWatch
 
-    seen = CardWatch([("TMPDIR", Path(tempfile.gettempdir()))]).look()
+    seen = CardWatch([("TMPDIR", Path(tempfile.gettempdir()), True)]).look()
     return [f"WARNING: {line}; tests that expect no problem in a run's status will fail on "
             "this machine" for line in seen]
 

@@ -326,7 +326,7 @@ class Doctor:
     def cards(self) -> None:
         """Errors the file systems maskd writes to have recorded: a failing card says so
         before the kernel makes it read-only (`run` says it once a minute, as a problem)."""
-        for line in CardWatch([(key, path) for key, path, _ in self.cfg.written()]).look():
+        for line in CardWatch(self.cfg.written()).look():
             self.add("card", WARN, line, required=False)
 
     def sandbox(self) -> None:
