@@ -206,6 +206,18 @@ def read_only_now(folder: Path) -> bool:
     return False
 
 
+def failed_write(err: Exception, folder: Path) -> str:
+    """Why a write in ``folder`` failed, in the OS's words, and what a read-only remount means
+    when that is the cause: said where the write fails (JSON lines, snapshots, the session
+    file, the outbox), not only by CardWatch's look a minute later. Failure paths only: it
+    probes with a file (``read_only_now``). SQLite's errors carry no errno: their words stay."""
+    words = getattr(err, "strerror", None) or str(err)
+    there = _existing(folder)  # a folder not made yet: the one it would be made in
+    if there is None or not read_only_now(there):
+        return words
+    return READ_ONLY_NOW if getattr(err, "errno", None) == errno.EROFS else f"{words}: {READ_ONLY_NOW}"
+
+
 SYS = Path("/sys")  # the kernel's view of block devices and their ext4 file systems
 
 

@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from maskd.config import shown_path
-from maskd.files import append_line
+from maskd.files import append_line, failed_write
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
@@ -212,13 +212,12 @@ class JsonlSink(EventSink):
             except OSError as err:
                 if self._error is None:
                     self._throttle.reset()  # a new fault: said at once
-                if self._throttle.due():
+                if self._throttle.due():  # and why, looked at again once a minute
+                    why = failed_write(err, Path(self.target).parent)
+                    self._error = (why, time.time() if self._error is None else self._error[1])
                     log.error("jsonl %s: cannot write: %s; %d event line(s) wait in memory (at "
                               "most %d, then the oldest are dropped; %d dropped so far)",
-                              self.target, err.strerror or err, len(self._waiting), MEMORY_MAX,
-                              self.failed)
-                if self._error is None:
-                    self._error = (err.strerror or str(err), time.time())
+                              self.target, why, len(self._waiting), MEMORY_MAX, self.failed)
                 return False
             self._waiting.popleft()
         if self._error is not None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from maskd.files import write_atomically
+from maskd.files import failed_write, write_atomically
 from maskd.types import ViolationEvent
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class OpenViolations:
                     self._warned = True
                     log.warning("cannot keep the open violations in %s (%s): violations open "
                                 "when maskd is killed will not be ended at the next start",
-                                self.path, getattr(err, "strerror", None) or err)
+                                self.path, failed_write(err, self.path.parent))
                 return
             if write and self._warned:
                 self._warned = False

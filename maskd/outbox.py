@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
 from maskd.config import shown_path
-from maskd.files import READ_ONLY_NOW, read_only_now
+from maskd.files import failed_write, read_only_now
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -644,7 +644,7 @@ class Outbox:
         if self._db is not None:
             _rollback(self._db)
         since = self._errors.get(kind, ("", time.time()))[1]
-        why = f"{err}: {READ_ONLY_NOW}" if read_only_now(self.dir) else str(err)
+        why = failed_write(err, self.dir)
         self._errors[kind] = (why, since)
         self._warn(logging.ERROR, f"fail:{what}:{why}",
                    "outbox %s: cannot %s: %s; retrying, events not stored are kept in memory "

@@ -44,7 +44,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts
 from maskd.clock import STEP_S, Clock, StepWatch, oldest_first, system_clock
-from maskd.files import PRIVATE_DIR, PRIVATE_FILE
+from maskd.files import PRIVATE_DIR, PRIVATE_FILE, failed_write
 from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
 
@@ -226,7 +226,7 @@ class SnapshotStore:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            why = getattr(err, "strerror", None) or str(err)
+            why = failed_write(err, self.dir)
             self._fault = f"snapshots: cannot write to {self.dir}: {why}"
             self._report(f"write {why}", logging.ERROR,
                          f"{self._fault}; snapshot {name} dropped ({self.failed} so far; "

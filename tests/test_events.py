@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,38 @@ def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(
             [f"id{i}" for i in range(30)]
 
 
+def test_a_card_gone_read_only_is_said_as_such_by_json_lines_and_snapshots(tmp_path, caplog):
+    """A failing SD card that the kernel remounts read-only: the JSON lines file and the
+    snapshots on it say what that means where their write fails (was: a bare 'Read-only file
+    system', the card named only a minute later by CardWatch, and only once it records an
+    error); the lines wait and nothing is written twice."""
+    from mqtt_broker import fail_card, sd_card
+
+    from maskd.demo import DemoSource
+    from maskd.files import READ_ONLY_NOW
+    from maskd.snapshots import SnapshotStore, snapshot_name
+
+    with sd_card(tmp_path / "card") as card, caplog.at_level(logging.ERROR):
+        path = card / "events.jsonl"
+        sink = JsonlSink(str(path))
+        store = SnapshotStore(card / "snaps", keep_days=1, keep_mb=1)
+        taker = store.taker("door", "crop")
+        sink.emit(jsonl_event(0))
+        fail_card(card)
+        for i in range(1, 4):
+            sink.emit(jsonl_event(i))
+        store.put(snapshot_name("door", time.time(), "ev"), DemoSource().render(0))
+        store.flush(5)
+        assert sink.faults() == [f"jsonl {path}: {READ_ONLY_NOW}, 3 event line(s) waiting"]
+        assert taker.faults() == [f"snapshots: cannot write to {card / 'snaps'}: {READ_ONLY_NOW}"]
+        assert f"jsonl {path}: cannot write: {READ_ONLY_NOW}; 1 event line(s)" in caplog.text
+        assert sink.flush(0.1) is False
+        taker.close()
+        sink.close()
+        assert [json.loads(x)["event_id"] for x in path.read_text().splitlines()] == ["id0"]
+    assert "Read-only file system" not in caplog.text
+
+
 def test_jsonl_lines_that_wait_are_bounded_and_what_is_lost_is_said(tmp_path, caplog,
                                                                    monkeypatch):
     from mqtt_broker import fill_disk, small_disk
@@ -398,7 +431,6 @@ def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
 def test_jsonl_path_may_be_a_pipe(tmp_path):
     """`jsonl.path: /dev/stdout` or a named pipe cannot be seeked or cut back; lines still go."""
     import threading
-    import time
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -609,7 +641,6 @@ def test_a_file_source_that_ended_keeps_the_stats_and_the_jsonl_retries_going(tm
     not leave the last running numbers for MQTT to repeat with a fresh time, and JSON lines a
     full disk held back must still be written once there is room (on_stats retries them)."""
     import threading
-    import time
 
     import cv2
     from loop_parts import RecordingSink, service_for

@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from maskd import __version__
 from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
-from maskd.files import write_atomically
+from maskd.files import failed_write, write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
 from maskd.mqtt.credentials import CredentialFiles
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
@@ -354,7 +354,8 @@ class MqttSink(EventSink):
                  **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
             ).encode("utf-8"))
         except OSError as err:  # the next start then reads what the last write left
-            log.warning("cannot write %s: %s; %s", self._session_path, err.strerror or err,
+            log.warning("cannot write %s: %s; %s", self._session_path,
+                        failed_write(err, self._session_path.parent),
                         "should this run end abruptly, the next start will not know it" if running
                         else "the next start will report this stop as unclean (previous_stop)")
 
