@@ -212,7 +212,10 @@ def failed_write(err: Exception, folder: Path) -> str:
     file, the outbox), not only by CardWatch's look a minute later. Failure paths only: it
     probes with a file (``read_only_now``). SQLite's errors carry no errno: their words stay."""
     words = getattr(err, "strerror", None) or str(err)
-    there = _existing(folder)  # a folder not made yet: the one it would be made in
+    try:
+        there = _existing(folder)  # a folder not made yet: the one it would be made in
+    except OSError:  # a name too long to look up, say: the OS's words alone
+        there = None
     if there is None or not read_only_now(there):
         return words
     return READ_ONLY_NOW if getattr(err, "errno", None) == errno.EROFS else f"{words}: {READ_ONLY_NOW}"
