@@ -297,9 +297,6 @@ class CameraView(EventSink, FrameObserver):
     def on_stats(self, stats: LoopStats) -> None:
         pass  # the page keeps its own per-frame numbers (on_frame)
 
-    def faults(self) -> list[str]:
-        return []
-
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         return True
 
