@@ -195,7 +195,9 @@ def read_only_now(folder: Path) -> bool:
     kernel's remount after a storage error, which SQLite reports as a bare 'disk I/O error'.
     Tried by creating a file: ext4's emergency remount (kernel 6.x) leaves the mount flags rw,
     so statvfs alone does not see it. For failure paths only."""
-    probe = folder / f".maskd-write-probe-{os.getpid()}"
+    # one name per thread: the outbox's, the clip's and the snapshots' threads may probe one
+    # folder at once, and another's unlink would read as writable
+    probe = folder / f".maskd-write-probe-{os.getpid()}-{threading.get_native_id()}"
     try:
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
             return True
