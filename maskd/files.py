@@ -210,9 +210,10 @@ def read_only_now(folder: Path) -> bool:
 
 def failed_write(err: Exception, folder: Path) -> str:
     """Why a write in ``folder`` failed, in the OS's words, and what a read-only remount means
-    when that is the cause: said where the write fails (JSON lines, snapshots, the session
-    file, the outbox), not only by CardWatch's look a minute later. Failure paths only: it
-    probes with a file (``read_only_now``). SQLite's errors carry no errno: their words stay."""
+    when that is the cause: said where the write fails (JSON lines, snapshots, the open
+    violations, the session file, the outbox), not only by CardWatch's look a minute later.
+    Failure paths only: it probes with a file (``read_only_now``). SQLite's errors carry no
+    errno: their words stay."""
     words = getattr(err, "strerror", None) or str(err)
     try:
         there = _existing(folder)  # a folder not made yet: the one it would be made in
