@@ -64,7 +64,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.clock import oldest_first
-from maskd.files import PRIVATE_DIR, PRIVATE_FILE, READ_ONLY_NOW, read_only_now
+from maskd.files import PRIVATE_DIR, PRIVATE_FILE, READ_ONLY_NOW, failed_write, read_only_now
 from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
@@ -470,7 +470,7 @@ class ClipWriter(FrameObserver):
         try:
             self.outdir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         except OSError as err:
-            return f"cannot create the folder: {err.strerror or err}"
+            return f"cannot create the folder: {failed_write(err, self.outdir)}"
         return None
 
     def _free(self) -> int | None:
