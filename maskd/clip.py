@@ -406,8 +406,7 @@ class ClipWriter(FrameObserver):
         try:  # made here with its mode: OpenCV's writer keeps it, and would give 0644
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
         except OSError as err:
-            self._pause(READ_ONLY_NOW if read_only_now(self.outdir) else
-                        f"cannot create {path}: {err.strerror or err}")
+            self._pause(f"cannot create {path}: {failed_write(err, self.outdir)}")
             return False
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                  (w + w % 2, h + h % 2))  # even: see even_size
