@@ -444,7 +444,7 @@ class Outbox:
                     Path(str(old) + suffix).unlink(missing_ok=True)
             except OSError as err:
                 log.warning("outbox: cannot delete %s, an older damaged outbox: %s", old,
-                            err.strerror or err)
+                            failed_write(err, self.dir))
                 continue
             log.info("outbox: deleted the older damaged outbox %s (the latest %d are kept)", old,
                      CORRUPT_KEEP)
@@ -594,7 +594,7 @@ class Outbox:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):  # cannot here: do without
                 log.warning("outbox %s: cannot allocate a reserve here (%s); a full disk may "
                             "then stop acknowledged events from being deleted", self.path,
-                            err.strerror or err)
+                            failed_write(err, self.dir))
                 self.reserve_bytes = 0
                 return True
             with suppress(OSError):  # a read-only remount: nothing to give back
