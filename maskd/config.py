@@ -400,6 +400,12 @@ class MotionConfig(Section):
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _numbers(v: Any) -> bool:
+    """A non-empty list of plain numbers (a point, a box, or pixels), as YAML gives them."""
+    return (isinstance(v, list) and bool(v)
+            and all(isinstance(c, int | float) and not isinstance(c, bool) for c in v))
+
+
 class ZonesConfig(Section):
     """Where faces count (maskd.zones): polygons of [x, y] points in 0..1 of the frame."""
 
@@ -411,9 +417,17 @@ class ZonesConfig(Section):
     def _not_pixels(cls, v: Any) -> Any:
         """A zone written in pixels (its points read off an image viewer), or as a box's four
         numbers, got one line per coordinate ('less than or equal to 1', 'a valid tuple'),
-        none saying what was meant: say it once."""
+        none saying what was meant: say it once. So for one polygon or one box written without
+        the list of polygons around it (was: told to write the points it already had)."""
+        if _numbers(v):
+            raise ValueError("is a list of numbers, not of polygons: a zone is a list of polygons "
+                             "of [x, y] points; a box x0, y0, x1, y1 is [[[x0, y0], [x1, y0], "
+                             "[x1, y1], [x0, y1]]]")
+        if isinstance(v, list) and v and all(_numbers(p) and len(p) == 2 for p in v):
+            raise ValueError("is one polygon's [x, y] points, not a list of polygons: put it "
+                             "in a list of its own, [[[x, y], [x, y], [x, y], ...]]")
         for i, poly in enumerate(v if isinstance(v, list) else []):
-            if poly and isinstance(poly, list) and all(isinstance(c, int | float) for c in poly):
+            if _numbers(poly):
                 raise ValueError(f"polygon {i} is a list of numbers, not of [x, y] points: a box "
                                  "x0, y0, x1, y1 is [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]")
             nums = [c for p in (poly if isinstance(poly, list) else []) if isinstance(p, list)
@@ -668,7 +682,9 @@ class MqttConfig(Section):
             return v
         if not BrokerUrl.split(url).tls:
             raise ValueError("is set but mqtt.url is mqtt://; use mqtts://")
-        if info.field_name == "key_file" and info.data.get("cert_file") is None:
+        # a cert_file refused by its own check is not in info.data: its line says why
+        if info.field_name == "key_file" and "cert_file" in info.data \
+                and info.data["cert_file"] is None:
             raise ValueError("needs mqtt.cert_file")
         _readable_file(v)
         return v

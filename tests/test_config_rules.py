@@ -117,6 +117,19 @@ def test_check_config_and_run_refuse_the_same_cross_field_mistakes(tmp_path, tls
             assert "Traceback" not in r.stderr, (name, cmd, r.stderr)
 
 
+def test_an_unreadable_cert_file_is_not_also_called_missing_by_key_file(tmp_path, tls):
+    """A cert_file its own check refuses (the file is not there) was also reported unset by
+    key_file's check ('needs mqtt.cert_file'), a second line pointing at the wrong fix."""
+    path = write(tmp_path / "c.yaml", {"url": "mqtts://127.0.0.1:8883",
+                                       "cert_file": str(tmp_path / "client.crt"),
+                                       "key_file": str(tls.client_key)}, tmp_path / "state")
+    r = maskd("check-config", str(path))
+    assert r.returncode == EX_CONFIG, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "mqtt." in ln]
+    assert len(said) == 1 and "'mqtt.cert_file': cannot read" in said[0], r.stderr
+    assert "needs mqtt.cert_file" not in r.stderr
+
+
 def test_a_good_config_is_accepted_by_both(tmp_path, tls):
     state = tmp_path / "state"
     state.mkdir()

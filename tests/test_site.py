@@ -242,16 +242,18 @@ def test_zones_without_area_are_refused():
     assert zones.area([(0, 0), (1, 0), (1, 1), (0, 1)]) == pytest.approx(1.0)
 
 
-def _refused_alike(tmp_path, key: str, zone: list) -> str:
-    """A camera's zone ``key: [zone]`` through check-config and run: both exit 78 with one
-    line about the zones, the same text from "polygon 0" on; that line."""
+def _refused_alike(tmp_path, key: str, zone: list, wrap: bool = True,
+                   start: str = "polygon 0") -> str:
+    """A camera's zone ``key: [zone]`` (``key: zone`` unless ``wrap``) through check-config and
+    run: both exit 78 with one line about the zones, the same text from ``start`` on; that
+    line."""
     import subprocess
     import sys
     from pathlib import Path
 
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"device_id: pi\ncameras:\n  door:\n    source: {{kind: demo}}\n"
-                   f"    zones: {{{key}: [{zone}]}}\n")
+                   f"    zones: {{{key}: {[zone] if wrap else zone}}}\n")
     said = []
     for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--exit-at-end"]):
         r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True, text=True,
@@ -259,7 +261,7 @@ def _refused_alike(tmp_path, key: str, zone: list) -> str:
         assert r.returncode == 78, r.stderr
         lines = [ln for ln in r.stderr.splitlines() if "zones" in ln]
         assert len(lines) == 1, r.stderr
-        said.append(lines[0][lines[0].index("polygon 0"):])
+        said.append(lines[0][lines[0].index(start):])
     assert said[0] == said[1]
     return said[0]
 
@@ -289,6 +291,19 @@ def test_a_zone_in_pixels_or_as_a_box_is_named_so_in_one_line(tmp_path, zone, ex
     with pytest.raises(ConfigError, match=r"zones.ignore.0.1.0.*less than or equal to 1") as err:
         parse_config({"zones": {"ignore": [[[0.5, 0], [1.2, 0], [1, 0.5]]]}})
     assert "pixels" not in str(err.value)
+
+
+@pytest.mark.parametrize("zone, expected", [
+    ([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]],
+     "is one polygon's [x, y] points, not a list of polygons: put it in a list of its own"),
+    ([0.1, 0.1, 0.9, 0.9], "is a list of numbers, not of polygons: a zone is a list of polygons"),
+])
+def test_one_polygon_or_box_without_the_list_around_it_is_named_so(tmp_path, zone, expected):
+    """A zone written as one polygon (the outer list forgotten) was told "polygon 0 is a list of
+    numbers ...: a box is [[x0, y0], ...]", the very points it had; a box's four numbers alone
+    got four lines of 'Input should be a valid list'. One line each, check-config and run."""
+    said = _refused_alike(tmp_path, "include", zone, wrap=False, start="is ")
+    assert said.startswith(expected) and "polygon 0" not in said
 
 
 ZONE_CHANGE = """
