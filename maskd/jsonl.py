@@ -117,19 +117,39 @@ class JsonlSink(EventSink):
         line = json.dumps(event_fields(event)) + "\n"
         with self._lock:
             if self._fd is None:
-                try:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                except (OSError, ValueError) as err:  # a closed pipe: report, keep the loop up
-                    self.failed += 1
-                    log.error("jsonl %s: cannot write event %s: %s", self.target, event.event_id,
-                              getattr(err, "strerror", None) or err)
+                self._to_stdout(line)
                 return
             self._waiting.append(line.encode())
             if len(self._waiting) > MEMORY_MAX:
                 self._waiting.popleft()
                 self.failed += 1
             self._drain()
+
+    def _to_stdout(self, line: str) -> None:
+        """Write ``line`` to stdout (under the lock). A pipe whose reader is gone refuses every
+        line for good: said at once and then once a minute with the count lost, the loop kept
+        up (was: an ERROR line per event, for as long as maskd ran)."""
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except (OSError, ValueError) as err:  # ValueError: stdout closed
+            self.failed += 1
+            if self._error is None:
+                self._throttle.reset()
+                why = getattr(err, "strerror", None) or str(err)
+                if isinstance(err, BrokenPipeError):
+                    why += " (whatever read maskd's standard output has stopped)"
+                self._error = (why, time.time())
+            if self._throttle.due():
+                log.error("jsonl %s: cannot write to standard output: %s; %d event line(s) "
+                          "lost so far (said once a minute)", self.target, self._error[0],
+                          self.failed)
+            return
+        if self._error is not None:
+            log.warning("jsonl %s: writing again (it failed since %s: %s; %d event line(s) lost)",
+                        self.target, time.strftime("%H:%M:%S", time.localtime(self._error[1])),
+                        self._error[0], self.failed)
+            self._error = None
 
     def _follow_rotation(self) -> None:
         """Open the path again when it no longer names the open file (under the lock): one
@@ -204,6 +224,8 @@ class JsonlSink(EventSink):
 
     def _drain(self) -> bool:
         """Append what waits, in order (under the lock); False when a line cannot be written."""
+        if self._fd is None:  # stdout: nothing waits, and its fault is _to_stdout's to clear
+            return self._error is None
         while self._waiting and self._fd is not None:
             try:
                 self._follow_rotation()
@@ -236,6 +258,8 @@ class JsonlSink(EventSink):
         with self._lock:
             if self._error is None:
                 return []
+            if self.target == "-":  # nothing waits: stdout has no place to keep lines
+                return [f"jsonl -: {self._error[0]}, {self.failed} event line(s) lost"]
             return [f"jsonl {self.target}: {self._error[0]}, {len(self._waiting)} event line(s) "
                     "waiting"]
 

@@ -502,6 +502,36 @@ def test_jsonl_stdout_sink():
     assert json.loads(out.stdout)["event_id"] == "x"
 
 
+def test_jsonl_stdout_whose_reader_is_gone_says_so_once_not_per_event():
+    """`maskd run --jsonl - | consumer` whose consumer died: every line after is refused for
+    good. Was: an ERROR line per event for as long as maskd ran. Now one line (then once a
+    minute) with the count lost, a fault while it lasts, and no 'writing again' at the stop."""
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from maskd.jsonl import JsonlSink\n"
+        "from maskd.types import ViolationEvent\n"
+        "s = JsonlSink('-')\n"
+        "sys.stdin.read()  # the reader is gone once this ends\n"
+        "for i in range(5):\n"
+        "    s.emit(ViolationEvent('start', str(i), 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"
+        "print('FAULTS', s.faults(), s.failed, s.flush(1.0), file=sys.stderr)\n"
+        "s.close()\n"
+        "sys.stdout = None  # what Python would still flush at exit fails as before: not ours\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdout.close()
+    _, err = p.communicate("", timeout=60)
+    assert p.returncode == 0, err
+    said = [ln for ln in err.splitlines() if "maskd.jsonl" in ln]
+    assert len(said) == 1 and "cannot write to standard output: Broken pipe" in said[0], err
+    assert "1 event line(s) lost so far" in said[0], err
+    assert "FAULTS [\"jsonl -: Broken pipe" in err and "5 event line(s) lost\"] 5 False" in err, err
+    assert "writing again" not in err and "Traceback" not in err, err
+
+
 def look(seed):
     """A face crop of its own colours: hair, skin and chin bands differ from person to person."""
     rng = np.random.default_rng(seed)
