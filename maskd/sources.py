@@ -640,9 +640,10 @@ class VideoFileSource:
         self._cap.release()
 
 
-def not_a_folder(folder: Path | str) -> str:
-    """The one wording of an images source whose folder is not one (`run` and check-config)."""
-    return f"{folder}: not a folder"
+def not_a_folder(folder: Path | str, missing: bool = False) -> str:
+    """The one wording of an images source whose folder is not one, or is not there (`run` and
+    check-config; was 'not a folder' for both)."""
+    return f"{folder}: {'no such folder' if missing else 'not a folder'}"
 
 
 def no_images(folder: Path | str) -> str:
@@ -663,8 +664,8 @@ class ImageFolderSource:
     is_live = False
 
     def __init__(self, folder: Path, loop: bool = False, fps: float = 15.0):
-        if not folder.is_dir():
-            raise SourceError(not_a_folder(folder))
+        if (kind := _kind_of(folder)) != "folder":
+            raise SourceError(not_a_folder(folder, missing=kind == "missing"))
         self.folder = folder
         self.name = str(folder)
         self.loop = loop
@@ -968,7 +969,8 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     folder = None
     if cfg.kind == "images" and cfg.uri:
         if (kind := _kind_of(Path(cfg.uri))) != "folder":
-            raise (MissingSource if kind == "missing" else SourceError)(not_a_folder(cfg.uri))
+            raise (MissingSource if kind == "missing" else SourceError)(
+                not_a_folder(cfg.uri, missing=kind == "missing"))
         folder = Path(cfg.uri)
     elif cfg.kind in ("auto", "opencv") and cfg.uri and not (
             _is_device(cfg.uri) or _is_stream(cfg.uri)):

@@ -452,6 +452,8 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
         ("source: {uri: '\u00b2'}", "source: \u00b2: no such file, folder or device", False),
         (f"source: {{kind: images, uri: '{tmp_path}/empty'}}",  # images may come on the device
          f"source: {tmp_path}/empty: no images (", False),
+        (f"source: {{kind: images, uri: '{tmp_path}/gone'}}",  # was 'not a folder'
+         f"source: {tmp_path}/gone: no such folder", False),
     ]
     paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
     for path, (yaml, _, _) in zip(paths, cases, strict=True):
