@@ -295,9 +295,12 @@ if [ "$unedited" = 1 ]; then
 fi
 sys chown root:"$SERVICE_USER" "$CONF_DIR" "$CONF_DIR/config.yaml"
 
-for doc in "$SRC"/docs/*.md; do
-    [ -e "$doc" ] && install_file "$doc" "$MASKD_PREFIX/share/docs/$(basename "$doc")" 0644
+# The docs with the pictures they show and the model card they link to (../models/), so the
+# unit's Documentation= reads whole on the device.
+for doc in "$SRC"/docs/*.md "$SRC"/docs/img/*.png; do
+    [ -e "$doc" ] && install_file "$doc" "$MASKD_PREFIX/share/docs/${doc#"$SRC/docs/"}" 0644
 done
+install_file "$SRC/models/MODEL_CARD.md" "$MASKD_PREFIX/share/models/MODEL_CARD.md" 0644
 
 unit_changed=${#CHANGED[@]}
 # The unit names the install folder (ExecStart=, Documentation=): the one MASKD_PREFIX gave.

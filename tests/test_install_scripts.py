@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from doc_links import broken_links
 
 from maskd.modelfiles import YUNET_NAME, YUNET_SHA256
 
@@ -401,6 +402,12 @@ def test_another_install_folder_is_the_one_the_unit_runs(tmp_path):
     assert "ExecStart=/srv/maskd/.venv/bin/maskd run --config /etc/maskd/config.yaml" in unit
     assert "Documentation=file:/srv/maskd/share/docs/service.md" in unit and "/opt/maskd" not in unit
     assert (root / "srv/maskd/share/docs/service.md").is_file() and not (root / "opt").exists()
+    # what the unit's Documentation= opens reads whole there: its pictures and the model card
+    # (was: the .md files alone, so service.md's status-page picture was missing)
+    installed = sorted((root / "srv/maskd/share/docs").glob("*.md"))
+    assert len(installed) == len(list((REPO / "docs").glob("*.md")))
+    assert (root / "srv/maskd/share/docs/img/status-page.png").is_file()
+    assert broken_links(installed) == []
     assert "exec /srv/maskd/.venv/bin/maskd" in (root / "usr/local/bin/maskd").read_text()
     # uninstall finds the folder from the unit
     r = sh(UNINSTALL, "--root", root)
