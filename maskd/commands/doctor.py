@@ -519,7 +519,10 @@ class Doctor:
             logger.propagate = was[1]
         name = getattr(source, "name", src_cfg.kind)
         if not done:
-            why = f": {watcher.last}" if watcher.last else ""
+            # why the source holds the camera lost, without its log line's "retrying in N s":
+            # doctor stops trying here
+            lost = getattr(source, "stats", {}).get("camera_lost_why") or watcher.last
+            why = f": {lost}" if lost else ""
             self.add(label, FAIL, f"{name}: no frame within {CAMERA_TIMEOUT_S:.0f} s{why}")
         elif isinstance(result, BaseException) or result is None:
             why = _err(result) if isinstance(result, BaseException) else (watcher.last or "source ended")
