@@ -380,7 +380,8 @@ def test_eval_video_checks_frames_and_outputs_first(tmp_path: Path, capsys) -> N
     (tmp_path / "afile").write_text("")
     for opt in ("--json", "--sheet", "--plot"):
         with pytest.raises(SystemExit) as exc:  # before any scene is read or clip rendered
-            eval_video.main([opt, str(tmp_path / "afile" / "x"), "--scenes", str(tmp_path / "no")])
+            name = "x.png" if opt == "--sheet" else "x"
+            eval_video.main([opt, str(tmp_path / "afile" / name), "--scenes", str(tmp_path / "no")])
         assert _exit_message(exc).startswith(f"{tmp_path / 'afile'}")
         assert "cannot create the output folder" in _exit_message(exc)
 
@@ -452,3 +453,114 @@ def test_seeds_and_repeats_are_checked_while_parsing(tmp_path: Path, tool: str, 
         mod.parse_args(argv + bad) if tool != "convert" else mod.main(argv + bad)
     assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tool, bad", [
+    ("eval_video", ["--seed", "-1"]),
+    ("eval_scenes", ["--small-px", "nan"]), ("eval_scenes", ["--small-px", "-3"]),
+    ("eval_scenes", ["--min-face-px", "-5"]),
+    ("tradeoff", ["report", "--split", "s.json", "--sizes", "abc"]),
+    ("tradeoff", ["report", "--split", "s.json", "--model", "abc=m.tflite"]),
+    ("tradeoff", ["report", "--split", "s.json", "--model", "m.tflite"]),
+    ("tradeoff", ["report", "--split", "s.json", "--repeats", "0"]),
+    ("tradeoff", ["train", "--sizes", "128,-1"]),
+    ("soak", ["--minutes", "nan"]), ("soak", ["--sample-s", "inf"]),
+    ("bench_clip", ["--frames", "0"]), ("bench_clip", ["--work-s", "0"]),
+    ("bench_motion", ["--empty", "0"]), ("bench_site", ["--frames", "0"]),
+    ("bench_site", ["--faces", "-1"]), ("bench_preview", ["--rounds", "0"]),
+    ("bench_mqtt", ["--events", "0"]), ("bench_writes", ["--seconds", "0"]),
+])
+def test_every_tools_numbers_are_checked_while_parsing(tool: str, bad: list[str], monkeypatch,
+                                                       capsys) -> None:
+    """Each was a traceback (ZeroDivisionError, StatisticsError, numpy's 'expected non-negative
+    integer', int('abc')) or taken silently (--small-px -3; soak --minutes nan never ended)."""
+    import importlib
+    import sys
+
+    mod = importlib.import_module(f"tools.{tool}")
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", *bad])
+    with pytest.raises(SystemExit) as exc:
+        mod.main(bad) if tool in ("eval_video", "tradeoff", "soak") else mod.main()
+    err = capsys.readouterr().err
+    opt = next(a for a in bad if a.startswith("--") and a != "--split")
+    assert exc.value.code == 2 and opt in err and "Traceback" not in err, err
+
+
+def test_reports_and_sheets_are_checked_before_the_work(tmp_path: Path, monkeypatch) -> None:
+    """A --sheet of no image type (eval_video: a cv2.error after every clip had run) and --json
+    or --plot in a folder that cannot be made (bench, tradeoff, soak: a traceback after the
+    timings) now stop at once naming the path; a report that cannot be written at the end is
+    one line too."""
+    import sys
+
+    from tools import bench, eval_video, soak, tradeoff
+    from tools.inputs import write_out
+
+    (tmp_path / "afile").write_text("")
+    inside = tmp_path / "afile" / "x"
+    with pytest.raises(SystemExit) as exc:
+        eval_video.main(["--sheet", str(tmp_path / "s.txt"), "--scenes", str(tmp_path / "no")])
+    assert _exit_message(exc).startswith(f"{tmp_path / 's.txt'}: cannot write an image")
+    for call in (lambda: bench.parse_args(["--json", str(inside / "b.json")]),
+                 lambda: bench.parse_args(["--plot", str(inside)]),
+                 lambda: tradeoff.main(["report", "--split", "s.json", "--json",
+                                        str(inside / "t.json")]),
+                 lambda: soak.main(["--json", str(inside / "s.json")])):
+        monkeypatch.setattr(sys, "argv", ["tool"])
+        with pytest.raises(SystemExit) as exc:
+            call()
+        said = _exit_message(exc)
+        assert said.startswith(f"{tmp_path / 'afile'}") and "cannot create the output folder" in said
+    with pytest.raises(SystemExit) as exc:
+        tradeoff.main(["report", "--split", "s.json", "--plot", str(tmp_path / "p.txt")])
+    assert _exit_message(exc).startswith(f"{tmp_path / 'p.txt'}: cannot save a figure of type")
+    with pytest.raises(SystemExit) as exc:
+        write_out(tmp_path / "gone" / "r.json", "{}")
+    assert _exit_message(exc).startswith(f"{tmp_path / 'gone' / 'r.json'}: cannot write it (")
+
+
+def test_a_model_file_that_cannot_be_read_is_named_by_every_tool(tmp_path: Path) -> None:
+    """edgetpu_check, bench's MAC count and tradeoff (through evaluate's open_model) showed a
+    ValueError traceback from the runtime for a missing, empty or truncated model."""
+    import subprocess
+    import sys
+
+    from tools import edgetpu_check
+    from tools.benchlib.macs import tflite_macs
+    from tools.evaluate import open_model
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_int8.tflite"
+    if not shipped.is_file():
+        pytest.skip(f"needs {shipped}")
+    trunc = tmp_path / "m.tflite"
+    trunc.write_bytes(shipped.read_bytes()[:1000])
+    (tmp_path / "m.json").write_text(shipped.with_suffix(".json").read_text())
+    (tmp_path / "empty.tflite").write_bytes(b"")
+    for model, says in ((tmp_path / "gone.tflite", "model file not found"),
+                        (tmp_path, "a folder, not a model file"),
+                        (trunc, "not a readable TFLite model"),
+                        (tmp_path / "empty.tflite", "not a readable TFLite model")):
+        r = subprocess.run([sys.executable, edgetpu_check.__file__, str(model)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (model, r.stdout, r.stderr)
+        assert f"edgetpu_check: {model}: {says}" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(SystemExit) as exc:
+        tflite_macs(trunc)
+    assert _exit_message(exc).startswith(f"{trunc}: not a readable TFLite model")
+    with pytest.raises(SystemExit) as exc:
+        open_model(trunc)
+    assert _exit_message(exc).startswith(f"{trunc}:") and "Traceback" not in _exit_message(exc)
+
+
+def test_a_missing_scene_set_is_named_as_missing(tmp_path: Path) -> None:
+    """A --scenes folder that is not there said '<it>/annotations: no .xml files'."""
+    from tools.eval_scenes import load_scenes
+
+    with pytest.raises(FileNotFoundError, match=r"no such folder \(a VOC scene set has images/"):
+        load_scenes(tmp_path / "nonexist")
+    (tmp_path / "set").mkdir()
+    with pytest.raises(FileNotFoundError, match="no annotations folder in it"):
+        load_scenes(tmp_path / "set")
+    (tmp_path / "set" / "annotations").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"set/annotations: no .xml files"):
+        load_scenes(tmp_path / "set")

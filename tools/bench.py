@@ -46,7 +46,7 @@ from tools.benchlib.frame import bench_frame
 from tools.benchlib.goals import bench_goals
 from tools.benchlib.macs import bench_macs, cpu_peak
 from tools.benchlib.report import plot, render
-from tools.inputs import non_negative_int, positive_int
+from tools.inputs import non_negative_int, out_dir, out_file, positive_int, write_out
 
 ALL_SECTIONS = ("face", "macs", "frame", "e2e", "goals", "estimates")
 
@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                   if c.strip()]
     if set(args.clips) - {"scenes", "demo"}:
         p.error("--clips takes scenes and/or demo")
+    # Output places now: a folder that cannot be made was a traceback after minutes of timing.
+    if args.json and args.json != "-":
+        out_file(Path(args.json))
+    if args.plot:
+        out_dir(args.plot)
     return args
 
 
@@ -131,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(res, indent=1, default=float) + "\n")
+            write_out(Path(args.json), json.dumps(res, indent=1, default=float) + "\n")
     if args.plot:
         try:
             for p in plot(res, args.plot):

@@ -26,6 +26,7 @@ import numpy as np
 
 from maskd.clip import ClipWriter
 from maskd.types import Frame, LoopStats
+from tools.inputs import positive_float, positive_int
 
 CASES = ((1920, 1080, 15.0), (1920, 1080, 30.0), (2592, 1944, 30.0))
 
@@ -84,8 +85,8 @@ def run(w: int, h: int, fps: float, frames: int, work: Work) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=15, help="frames per case")
-    ap.add_argument("--work-s", type=float, default=0.4, help="the loop's own work per frame")
+    ap.add_argument("--frames", type=positive_int, default=15, help="frames per case")
+    ap.add_argument("--work-s", type=positive_float, default=0.4, help="the loop's own work per frame")
     ap.add_argument("--cpu", action="store_true", help="the work is OpenCV blurs, not a sleep")
     args = ap.parse_args()
     work = Work(args.work_s, args.cpu)

@@ -24,6 +24,7 @@ from maskd.demo import BACKGROUND, DemoSource
 from maskd.detectors import find_yunet_model, make_detector
 from maskd.pipeline import Pipeline
 from maskd.types import Frame
+from tools.inputs import non_negative_int, positive_int
 
 
 def clip(empty: int, noise: int) -> tuple[list[np.ndarray], int]:
@@ -63,8 +64,8 @@ def run(frames: list[np.ndarray], enter: int, gating: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--empty", type=int, default=300)
-    p.add_argument("--noise", type=int, default=6)
+    p.add_argument("--empty", type=positive_int, default=300)
+    p.add_argument("--noise", type=non_negative_int, default=6)
     args = p.parse_args(argv)
     frames, enter = clip(args.empty, args.noise)
     res = {g: run(frames, enter, g) for g in (False, True)}

@@ -23,6 +23,7 @@ from maskd.mqtt import MqttSink
 from maskd.mqtt.schema import event_fields
 from maskd.outbox import Outbox
 from maskd.types import ViolationEvent
+from tools.inputs import out_dir, positive_int
 from tools.mosquitto import Broker, Subscriber
 
 
@@ -108,11 +109,13 @@ def bench_replay(broker: Broker, state: Path, n: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=300, help="events for the latency run")
-    ap.add_argument("--outbox-events", type=int, default=2000, help="events for throughput")
+    ap.add_argument("--events", type=positive_int, default=300, help="events for the latency run")
+    ap.add_argument("--outbox-events", type=positive_int, default=2000, help="events for throughput")
     ap.add_argument("--state-dir", type=Path, default=None,
                     help="where to put the outboxes (default: a temp dir; use the Pi's SD card)")
     args = ap.parse_args()
+    if args.state_dir is not None:
+        out_dir(args.state_dir)  # one line naming it, not a traceback from mkdtemp
     with tempfile.TemporaryDirectory(dir=args.state_dir) as tmp:
         root = Path(tmp)
         print(f"state dir {root}")

@@ -25,6 +25,7 @@ from maskd.detectors import make_detector
 from maskd.preview import FbGeometry, FramebufferPreview, MjpegFeed, render
 from maskd.statuspage import StatusServer
 from maskd.types import LoopStats, Verdict
+from tools.inputs import non_negative_float, positive_int
 
 CUT = ClassifierConfig().threshold
 
@@ -62,10 +63,10 @@ def run(frames, detector, observers) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--frames", type=positive_int, default=150)
     ap.add_argument("--detector", default="blazeface", choices=["blazeface", "yunet", "auto"])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--max-fps", type=float, default=10.0, help="preview cap (0: none)")
+    ap.add_argument("--rounds", type=positive_int, default=3)
+    ap.add_argument("--max-fps", type=non_negative_float, default=10.0, help="preview cap (0: none)")
     args = ap.parse_args()
 
     src = open_demo_source(SourceConfig(kind="demo"))

@@ -15,6 +15,7 @@ import time
 from maskd import zones
 from maskd.config import TrackingConfig
 from maskd.tracking import Tracker
+from tools.inputs import non_negative_int, positive_int
 
 BUDGET_MS = 0.2
 
@@ -40,9 +41,9 @@ def per_frame_ms(fn, frames: int) -> float:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--faces", type=int, default=4)
-    ap.add_argument("--zones", type=int, default=4, help="ignore zones (plus one include zone)")
-    ap.add_argument("--frames", type=int, default=20000)
+    ap.add_argument("--faces", type=non_negative_int, default=4)
+    ap.add_argument("--zones", type=non_negative_int, default=4, help="ignore zones (plus one include zone)")
+    ap.add_argument("--frames", type=positive_int, default=20000)
     a = ap.parse_args()
     include = [[(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]]
     ignore = [polygon(i) for i in range(a.zones)]

@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tools.inputs import positive_float, positive_int
 from tools.mosquitto import Broker, Subscriber
 
 WARMUP_S = 15.0  # models loaded, discovery sent, the outbox created: not what a day costs
@@ -86,10 +87,10 @@ def measure(what: str, source: str, card: Path, device: str, broker: Broker, sec
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=120.0,
+    ap.add_argument("--seconds", type=positive_float, default=120.0,
                     help="each phase's measured time (over a minute: the outbox's prune and the "
                          "stats come once a minute)")
-    ap.add_argument("--per-day", type=int, default=500,
+    ap.add_argument("--per-day", type=positive_int, default=500,
                     help="violations a day for the estimate (a busy door)")
     ap.add_argument("--jsonl", action="store_true", help="JSON lines on the card too")
     args = ap.parse_args()

@@ -18,6 +18,8 @@ means "nothing in the graph rules it out"; ``edgetpu_compiler -s`` (see docs/cla
 is the final word.
 
     python tools/edgetpu_check.py [MODEL.tflite]    # default: the shipped int8 classifier
+
+Exit status: 0 compilable, 1 not (the reasons listed), 2 a model file it cannot read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from maskd.classifier import ModelError
+from maskd.config import model_file_problem
+from tools.inputs import reason
 
 # The supported-operations table of coral.ai/docs/edgetpu/models-intro (TFLite builtin names).
 EDGETPU_OPS = frozenset({
@@ -48,7 +54,10 @@ def check(path: Path) -> tuple[list[str], dict[str, Any]]:
     from maskd.tflite import import_runtime
 
     interpreter_cls, _, _ = import_runtime()
-    interp = interpreter_cls(model_path=str(path))
+    try:
+        interp = interpreter_cls(model_path=str(path))
+    except (ValueError, RuntimeError) as err:  # empty, truncated, not a model: a traceback
+        raise ModelError(f"{path}: not a readable TFLite model ({reason(err)})") from None
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()  # the runtime's only view of the graph
     problems: list[str] = []
@@ -84,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", type=Path, nargs="?", default=packaged_model_path())
     args = p.parse_args(argv)
-    problems, facts = check(args.model)
+    try:
+        if (problem := model_file_problem(args.model)) is not None:
+            raise ModelError(problem)
+        problems, facts = check(args.model)
+    except ModelError as err:  # bad input, told apart from "not compilable" (1) by its status
+        print(f"edgetpu_check: {err}", file=sys.stderr)
+        return 2
     print(f"{facts['model']}: {sum(facts['ops'].values())} ops, {facts['tensors']} tensors")
     print("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(facts["ops"].items())))
     for kind, name, shape, dtype in facts["io"]:

@@ -54,6 +54,7 @@ from tools.inputs import (
     comma_list,
     non_negative_float,
     open_unit,
+    positive_float,
     positive_int,
     probability,
     reason,
@@ -169,7 +170,10 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     xmls = {x.stem: x for x in (root / "annotations").glob("*.xml")}
     if not xmls:
-        raise FileNotFoundError(f"{root}/annotations: no .xml files")
+        what = ("no such folder" if not root.is_dir() else
+                "no annotations folder in it" if not (root / "annotations").is_dir() else None)
+        raise FileNotFoundError(f"{root}: {what} (a VOC scene set has images/ and annotations/)"
+                                if what else f"{root}/annotations: no .xml files")
     images = root / "images"
     bare = {f.stem: f for f in (images.iterdir() if images.is_dir() else ())
             if f.is_file() and not f.name.startswith(".") and f.stem not in xmls}
@@ -533,11 +537,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also score violations at these P(no_mask) cuts, e.g. 0.5,0.7,0.9")
     p.add_argument("--margin", type=non_negative_float, default=None,
                    help="crop margin (default: classifier.margin)")
-    p.add_argument("--min-face-px", type=int, default=None,
+    p.add_argument("--min-face-px", type=positive_int, default=None,
                    help="classify only detected faces this big (default: classifier.min_face_px, "
                         "as the device does; 1 classifies every face)")
     p.add_argument("--iou", type=open_unit, default=0.3, help="match at IoU >= this, in (0, 1]")
-    p.add_argument("--small-px", type=float, default=24.0)
+    p.add_argument("--small-px", type=positive_float, default=24.0)
     p.add_argument("--limit", type=positive_int, help="only the first N scenes")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = p.parse_args(argv)

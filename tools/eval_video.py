@@ -83,7 +83,15 @@ from tools.eval_scenes import (
     ratio,
     report_skipped,
 )
-from tools.inputs import non_negative_float, out_dir, out_file, positive_int
+from tools.inputs import (
+    image_out,
+    non_negative_float,
+    non_negative_int,
+    out_dir,
+    out_file,
+    positive_int,
+    write_out,
+)
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -1068,7 +1076,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
                    help=f"comma-separated clip kinds from {', '.join(KINDS)} (default: "
                         f"{','.join(DEFAULT_KINDS)})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--limit", type=positive_int, help="at most N clips of each kind (trials)")
     p.add_argument("--frames", type=positive_int, default=FRAMES,
                    help=f"frames per walkup/pan/crossing clip (default {FRAMES})")
@@ -1102,9 +1110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     # Output places are made now: a path inside a file used to fail after every clip had run.
-    for path in (args.json, args.sheet):
-        if path:
-            out_file(path)
+    if args.json:
+        out_file(args.json)
+    if args.sheet:  # its type too: a .txt was a cv2.error traceback after every clip had run
+        image_out(args.sheet)
     if args.plot:
         out_dir(args.plot)
     t0 = time.perf_counter()
@@ -1175,8 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
                   "summary": ev.rows, "intervals": {"level": INTERVAL_LEVEL,
                                                      "draws": INTERVAL_DRAWS, **ev.intervals},
                   "clips": ev.clips}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_out(args.json, json.dumps(report, indent=1))
     if args.plot:
         for p in save_plots(ev.rows, ev.latencies, args.plot):
             print(f"plot: {p}")
@@ -1213,10 +1221,9 @@ def run_grid(args: argparse.Namespace, plans: Sequence[ClipPlan], cache: Path | 
     best = pick(rows)
     print(f"pick (docs/eval_video.md rule): {' '.join(rows[best]['setting'])}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"part": args.part, "overrides": args.overrides,
+        write_out(args.json, json.dumps({"part": args.part, "overrides": args.overrides,
                                          "memo": args.memo, "grid": rows, "pick": best},
-                                        indent=1), encoding="utf-8")
+                                        indent=1))
     return 0
 
 

@@ -101,12 +101,19 @@ class TfliteModel:
 
 
 def open_model(path: Path, threads: int = 2, edgetpu: bool = False):
+    """The model at ``path``, or SystemExit with one line naming it (for every tool that opens
+    one: a truncated .tflite was a traceback in tradeoff.py)."""
+    from maskd.classifier import ModelError
+
     if not path.exists():
         raise SystemExit(f"model not found: {path}")
     if path.suffix == ".keras":
         return KerasModel(path)
     if path.suffix == ".tflite":
-        return TfliteModel(path, threads, edgetpu)
+        try:
+            return TfliteModel(path, threads, edgetpu)
+        except ModelError as err:  # its words name the file
+            raise SystemExit(str(err)) from None
     raise SystemExit(f"{path}: unknown model type (expected .keras or .tflite)")
 
 
@@ -284,12 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, labels = dataset.folder_files(args.data)
         where = str(args.data)
 
-    from maskd.classifier import ModelError
-
-    try:
-        models = [open_model(m, args.threads, args.edgetpu) for m in (args.model, args.model2) if m]
-    except ModelError as err:
-        raise SystemExit(f"evaluate: {err}") from None
+    models = [open_model(m, args.threads, args.edgetpu) for m in (args.model, args.model2) if m]
     probs, errors, ms, keep = run_models(models, paths)
     for e in errors:
         print(f"warning: skipped unreadable {e}", file=sys.stderr)

@@ -85,6 +85,18 @@ def image_out(path: Path) -> Path:
     return out_file(path)
 
 
+def figure_out(path: Path) -> Path:
+    """A Matplotlib figure to save later (a sheet, a plot): its type by the suffix and its
+    folder checked now, as ``image_out`` does for OpenCV (a .txt was a traceback at the end)."""
+    from matplotlib.figure import Figure
+
+    kinds = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise SystemExit(f"{path}: cannot save a figure of type {path.suffix or '(no suffix)'}; "
+                         "give a .png, .pdf or .svg name")
+    return out_file(path)
+
+
 def write_image(path: Path, bgr: Any) -> None:
     """``cv2.imwrite`` that fails loudly: it returns False (a folder gone, a full disk) and
     said nothing, and the tool printed 'wrote' all the same."""
@@ -96,6 +108,26 @@ def write_image(path: Path, bgr: Any) -> None:
         raise SystemExit(f"{path}: cannot write the image ({reason(err)})") from None
     if not ok:
         raise SystemExit(f"{path}: cannot write the image")
+
+
+def write_out(path: Path, text: str) -> None:
+    """An output file written after the work (a JSON report): a write that fails (a full disk,
+    a file that refuses writes) stops the tool with one line naming it, not a traceback."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file a tool reads (a run's record.json), or one line naming it and what is wrong
+    (a broken one was a JSONDecodeError traceback)."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise SystemExit(f"{path}: cannot read it as JSON ({reason(err)})") from None
 
 
 def reason(err: BaseException, limit: int = 300) -> str:

@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     crops = scene_crops(args.scenes, args.part, args.size, args.zooms, args.score_threshold,
                         min_px=args.min_px, limit=args.limit, progress=True)
     print(f"{len(crops.photos)} photos ({args.part}), {len(crops.labels)} crops {crops.counts()}")
+    if not len(crops.labels):  # the table of nothing was a max() traceback
+        raise SystemExit(f"scene_crops: no face crop left (faces left out or missed: "
+                         f"{crops.skipped})")
     rows = breakdown(crops)
     if args.part != "select":
         train, val = split_by_photo(crops.subset(np.array(

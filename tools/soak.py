@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from maskd.demo import FPS, DemoSource, pass_frames  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
+from tools.inputs import non_negative_float, out_file, positive_float, write_out  # noqa: E402
 from tools.ipcamera import IpCamera  # noqa: E402
 from tools.mosquitto import Broker, Msg, Subscriber, free_port, unique_events, wait_until  # noqa: E402
 from tools.viewers import Viewer  # noqa: E402
@@ -385,8 +386,8 @@ def problems(r: dict, max_growth: float | None, max_fd_growth: int) -> list[str]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=30.0, help="how long maskd runs (default 30)")
-    p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--minutes", type=positive_float, default=30.0, help="how long maskd runs (default 30)")
+    p.add_argument("--sample-s", type=positive_float, default=10.0, help="seconds between samples")
     p.add_argument("--video", type=Path, default=None,
                    help="loop this video file instead of the demo (no per-person count then)")
     p.add_argument("--local-files", action="store_true",
@@ -403,29 +404,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="demo: the built-in source in maskd's process, as fast as the CPU allows "
                         "(default); stream: the same person from a network camera (MJPEG over HTTP "
                         "on a loopback port, 15 fps in real time), read as an http:// source")
-    p.add_argument("--camera-outage-every-min", type=float, default=0.0,
+    p.add_argument("--camera-outage-every-min", type=non_negative_float, default=0.0,
                    help="with --camera stream: take the camera away every this many minutes, "
                         "first stalled (connection open and silent), then gone (closed and "
                         "refused), and so on (default 0: never)")
-    p.add_argument("--camera-outage-s", type=float, default=30.0,
+    p.add_argument("--camera-outage-s", type=positive_float, default=30.0,
                    help="for this many seconds each time (default 30)")
     p.add_argument("--detector-model", type=Path, default=None,
                    help="YuNet .onnx (default: ../shared's when present, else maskd's `auto`)")
     p.add_argument("--json", type=Path, default=None, help="write the samples and the summary here")
-    p.add_argument("--max-rss-growth-mib-h", type=float, default=None,
+    p.add_argument("--max-rss-growth-mib-h", type=non_negative_float, default=None,
                    help="fail when RSS grows faster than this over the second half")
     p.add_argument("--max-fd-growth", type=int, default=8,
                    help="fail when open files grow by more than this after warm-up (default 8)")
     p.add_argument("--malloc-arena-max", type=int, default=None, metavar="N",
                    help="glibc malloc arenas maskd may use (default: the unit's MALLOC_ARENA_MAX, as "
                         "on the device; 0: glibc's own default, 8 per core)")
-    p.add_argument("--outage-every-min", type=float, default=0.0,
+    p.add_argument("--outage-every-min", type=non_negative_float, default=0.0,
                    help="stop the broker every this many minutes (default 0: never)")
-    p.add_argument("--outage-s", type=float, default=60.0,
+    p.add_argument("--outage-s", type=positive_float, default=60.0,
                    help="for this many seconds each time (default 60)")
-    a = p.parse_args(argv)
-    if a.minutes <= 0 or a.sample_s <= 0:
-        p.error("--minutes and --sample-s must be positive")
+    a = p.parse_args(argv)  # NaN and inf are refused by the types (nan never ended the run)
     if a.malloc_arena_max is not None and a.malloc_arena_max < 0:
         p.error("--malloc-arena-max must be 0 or more")
     if a.watch < 0:
@@ -440,6 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--video and --camera stream are two different sources: give one")
     if a.camera_outage_every_min and a.camera != "stream":
         p.error("--camera-outage-every-min needs --camera stream (the demo source cannot go away)")
+    if a.json is not None:
+        out_file(a.json)  # its folder now: not a traceback after the whole run
     return a
 
 
@@ -560,8 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  if s.broker_up), None)
     print(render(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": report, "config": {"detector_model": str(model),
+        write_out(args.json, json.dumps({"summary": report, "config": {"detector_model": str(model),
                                                                        "video": str(args.video),
                                                                        "camera": args.camera,
                                                                        "local_files": args.local_files,

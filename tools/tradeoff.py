@@ -35,6 +35,15 @@ import numpy as np
 from tools import dataset
 from tools.benchlib.common import measure
 from tools.evaluate import binary_metrics, open_model, run_models
+from tools.inputs import (
+    comma_list,
+    figure_out,
+    non_negative_int,
+    out_file,
+    positive_int,
+    read_json,
+    write_out,
+)
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -119,7 +128,7 @@ def measure_model(size: int, path: Path, test: tuple[list[Path], np.ndarray],
     row: dict[str, Any] = {"size": size, "model": str(path), "bytes": path.stat().st_size}
     record = path.parent.parent / "record.json"
     if record.is_file():
-        rec = json.loads(record.read_text())
+        rec = read_json(record)
         prm = rec["params"]
         row["epochs"] = (f"{prm['epochs']} (views {prm.get('views', '-')}), "
                          f"+{prm['fine_tune_epochs']} fine-tune")
@@ -227,9 +236,8 @@ def report(args: argparse.Namespace) -> int:
     for size in args.sizes:
         if int8_path(size).is_file():
             models[size] = int8_path(size)
-    for spec in args.model:
-        size, _, path = spec.partition("=")
-        models[int(size)] = Path(path)
+    for size, path in args.model:
+        models[size] = path
     missing = [f"{s}: {p}" for s, p in models.items() if not p.is_file()]
     if missing or not models:
         raise SystemExit(f"no model for: {missing or 'any size'} (run 'tradeoff.py train' first)")
@@ -258,35 +266,46 @@ def report(args: argparse.Namespace) -> int:
     print(render(rows))
     print(f"Pareto (test split): {out['pareto_test']}; (scenes-dev faces): {out.get('pareto_scenes')}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
+        write_out(args.json, json.dumps(out, indent=1, default=float) + "\n")
     if args.plot:
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
 
+def _size_path(text: str) -> tuple[int, Path]:
+    """``--model SIZE=PATH``: the input size and the int8 model of that size."""
+    size, eq, path = text.partition("=")
+    if not eq or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SIZE=PATH, e.g. 224=models/m.tflite")
+    return positive_int(size), Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train + convert each size (sequentially)")
-    t.add_argument("--sizes", default="160,128,96")
-    t.add_argument("--epochs", type=int, default=None, help="head epochs (default: train.py's)")
-    t.add_argument("--views", type=int, default=None, help="augmented views (default: train.py's)")
-    t.add_argument("--fine-tune-epochs", type=int, default=None, help="(default: train.py's)")
+    t.add_argument("--sizes", type=comma_list(positive_int), default=[160, 128, 96])
+    t.add_argument("--epochs", type=positive_int, default=None, help="head epochs (default: train.py's)")
+    t.add_argument("--views", type=positive_int, default=None, help="augmented views (default: train.py's)")
+    t.add_argument("--fine-tune-epochs", type=non_negative_int, default=None, help="(default: train.py's)")
     r = sub.add_parser("report", help="measure the models; table, JSON, Pareto plot")
-    r.add_argument("--sizes", default="160,128,96", help="sizes found under runs/tradeoff/")
-    r.add_argument("--model", action="append", default=[], metavar="SIZE=PATH",
+    r.add_argument("--sizes", type=comma_list(positive_int), default=[160, 128, 96], help="sizes found under runs/tradeoff/")
+    r.add_argument("--model", action="append", default=[], metavar="SIZE=PATH", type=_size_path,
                    help="an extra int8 model, e.g. 224=models/maskd_mobilenetv2_int8.tflite")
     r.add_argument("--split", type=Path, required=True, help="split.json whose test part to score")
     r.add_argument("--data-root", type=Path, default=None)
     r.add_argument("--no-scenes", action="store_true", help="skip the scenes-dev faces")
-    r.add_argument("--warmup", type=int, default=10)
-    r.add_argument("--repeats", type=int, default=100)
+    r.add_argument("--warmup", type=non_negative_int, default=10)
+    r.add_argument("--repeats", type=positive_int, default=100)
     r.add_argument("--json", type=Path)
     r.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
-    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.cmd == "report":  # output places now, not a traceback after every model was timed
+        if args.json:
+            out_file(args.json)
+        if args.plot:
+            figure_out(args.plot)
     return train(args) if args.cmd == "train" else report(args)
 
 

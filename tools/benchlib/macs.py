@@ -23,10 +23,14 @@ def tflite_macs(path: Path) -> dict[str, Any]:
     Works from the .tflite alone, so it runs on a Pi without TensorFlow.
     """
     from maskd.tflite import import_runtime
+    from tools.inputs import reason
 
     interpreter_cls, _, _ = import_runtime()
-    interp = interpreter_cls(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
+    try:
+        interp = interpreter_cls(model_path=str(path), num_threads=1)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as err:  # a truncated file: a traceback after the timings
+        raise SystemExit(f"{path}: not a readable TFLite model ({reason(err)})") from None
     shapes = {t["index"]: [int(v) for v in t["shape"]] for t in interp.get_tensor_details()}
     by_op: dict[str, int] = {}
     for op in interp._get_ops_details():
