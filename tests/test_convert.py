@@ -101,6 +101,29 @@ def test_a_failed_write_leaves_the_earlier_model_and_sidecar(tiny_run: dict, tmp
 
 @pytest.mark.shared
 @pytest.mark.slow
+def test_a_features_layer_given_by_name_must_exist_and_a_broken_record_is_named(
+        tiny_run: dict, tmp_path: Path) -> None:
+    """--features-layer bogus wrote every model without its features output and exited 0 (a
+    note only; the tracker tells people apart by that output); a record.json that is not JSON
+    beside the model was a JSONDecodeError traceback."""
+    out = tmp_path / "models"
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(tiny_run["run"] / "model.keras"), "--out", str(out), "--formats",
+                      "float32", "--name", "tiny", "--features-layer", "bogus_layer"])
+    said = str(exc.value.code)
+    assert said.startswith("--features-layer bogus_layer: ") and "nothing was written" in said
+    assert not list(out.glob("tiny*"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes((tiny_run["run"] / "model.keras").read_bytes())
+    (run / "record.json").write_text("{bad")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(run / "model.keras"), "--out", str(out), "--formats", "float32"])
+    assert str(exc.value.code).startswith(f"{run / 'record.json'}: cannot read it as JSON (")
+
+
+@pytest.mark.shared
+@pytest.mark.slow
 def test_training_pipeline_input_equals_runtime_preprocess(tiny_run: dict) -> None:
     """What train.py feeds the network (no augmentation) is exactly maskd's preprocess()."""
     paths = tiny_run["paths"]

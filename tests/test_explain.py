@@ -153,3 +153,21 @@ def test_output_inside_a_file_stops_before_the_model_runs(tmp_path):
         explain.main(["--model", str(tmp_path / "m.keras"), "--split", "s.json",
                       "--json", str(tmp_path / "afile" / "cam.json")])
     assert "cannot create the output folder" in str(exc.value.code)
+
+
+def test_a_sheet_of_no_image_type_and_an_unknown_layer_are_one_line_each(bright_model, tmp_path):
+    """--sheet sheet.txt was a Matplotlib traceback after the work, --layer bogus a ValueError
+    ('bogus' is not in list); a flat model's layer given by name still works."""
+    with pytest.raises(SystemExit) as exc:  # before the model is even looked for
+        explain.main(["--model", str(tmp_path / "m.keras"), "--sheet", str(tmp_path / "s.txt")])
+    assert str(exc.value.code).startswith(f"{tmp_path / 's.txt'}: cannot save a figure of type .txt")
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", name="conv")(inp)
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    flat = keras.Model(inp, out)
+    with pytest.raises(SystemExit) as exc:
+        explain.Explainer(flat, "bogus")
+    assert str(exc.value.code).startswith("--layer bogus: the model has no layer of that name")
+    assert "conv" in str(exc.value.code)
+    assert explain.Explainer(flat, "conv").layer_name == "conv"

@@ -34,7 +34,14 @@ from maskd.classifier import SIDECAR_FORMAT, ModelInfo
 from maskd.files import write_together
 from maskd.tflite import ModelError
 from tools import dataset, features
-from tools.inputs import load_keras, non_negative_int, out_dir, positive_int, probability
+from tools.inputs import (
+    load_keras,
+    non_negative_int,
+    out_dir,
+    positive_int,
+    probability,
+    read_json,
+)
 
 FORMATS = ("float32", "dynamic", "int8")
 EDGETPU_HELP = (
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_keras(args.keras_model)
     size = int(model.input_shape[1])
     record_path = args.keras_model.parent / "record.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_json(record_path) if record_path.is_file() else {}
     labels = record.get("labels", dataset.LABELS)
     norm = record.get("normalization", {})
     info = ModelInfo.from_dict({"labels": labels, "input_size": size, "normalization": norm},
@@ -248,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         features.expose(made, made, args.features_layer)
                     except ModelError as err:
+                        if args.features_layer != features.DEFAULT_LAYER:  # a name the user gave
+                            raise SystemExit(f"--features-layer {args.features_layer}: {err}; "
+                                             "nothing was written") from None
                         print(f"  scores only, no features output: {err}")
                 write_together({out: made.read_bytes(),
                                 out.with_suffix(".json"): made.with_suffix(".json").read_bytes()})

@@ -30,7 +30,15 @@ import numpy as np
 
 from maskd.classifier import preprocess
 from maskd.images import ImageError, load_image_rgb
-from tools.inputs import load_keras, out_dir, out_file, positive_int, write_image
+from tools.inputs import (
+    figure_out,
+    load_keras,
+    out_dir,
+    out_file,
+    positive_int,
+    write_image,
+    write_out,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +112,11 @@ class Explainer:
                 four_d = [i for i, ly in enumerate(layers) if len(ly.output.shape) == 4]
                 i = four_d[-1]
             else:
-                i = [ly.name for ly in layers].index(layer)
+                names = [ly.name for ly in layers]
+                if layer not in names:
+                    raise SystemExit(f"--layer {layer}: the model has no layer of that name (its "
+                                     f"layers: {', '.join(names)})")
+                i = names.index(layer)
             self.features = keras.Model(model.inputs, layers[i].output)
             self.pre, self.head = [], layers[i + 1 :]
             self.layer_name = layers[i].name
@@ -391,9 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     # Output places are made now, not after the model has run (a path inside a file).
     if args.images:
         out_dir(args.out)
-    for path in (args.sheet, args.json):
-        if path:
-            out_file(path)
+    if args.sheet:
+        figure_out(args.sheet)
+    if args.json:
+        out_file(args.json)
     ex = Explainer(load_keras(args.model), args.layer)
     result: dict[str, Any] = {"model": str(args.model), "layer": ex.layer_name,
                               "plain_cam": ex.why_no_cam or "yes"}
@@ -428,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                           f" (n={s['n']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        write_out(args.json, json.dumps(result, indent=1, default=float) + "\n")
     return 0
 
 
