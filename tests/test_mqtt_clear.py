@@ -45,6 +45,16 @@ def write_config(tmp_path: Path, broker: Broker, **extra: object) -> Path:
     return path
 
 
+def as_acl_user(tmp_path: Path, broker: Broker, **mqtt: object) -> Path:
+    """``write_config``'s config, connecting as the ACL's user ``maskd`` (password ``pw``)."""
+    (tmp_path / "pw").write_text("pw\n")
+    cfg = write_config(tmp_path, broker)
+    data = yaml.safe_load(cfg.read_text())
+    data["mqtt"].update(username="maskd", password_file=str(tmp_path / "pw"), **mqtt)
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
 def run_sink(broker: Broker, state: Path, camera: str = "cam1", close: bool = True) -> MqttSink:
     """A real MqttSink with an event, counts and stats, as the run loop leaves them."""
     cfg = Config(device_id="dev1", camera=camera, state_dir=state,
@@ -303,11 +313,7 @@ def test_a_publish_a_311_broker_drops_is_not_said_cleared(tmp_path, capsys):
             admin.client.publish(t, b"offline", qos=1, retain=True).wait_for_publish(5)
         relay = Mqtt311Only(broker)
         try:
-            (tmp_path / "pw").write_text("pw\n")
-            cfg = write_config(tmp_path, broker)
-            data = yaml.safe_load(cfg.read_text())
-            data["mqtt"].update(url=relay.url, username="maskd", password_file=str(tmp_path / "pw"))
-            cfg.write_text(yaml.safe_dump(data))
+            cfg = as_acl_user(tmp_path, broker, url=relay.url)
             rc, out, err = clear(capsys, "--config", str(cfg))
         finally:
             relay.close()
@@ -315,6 +321,44 @@ def test_a_publish_a_311_broker_drops_is_not_said_cleared(tmp_path, capsys):
     assert rc == 1, err
     assert f"cleared {CAM}/status" in out and DISCOVERY not in out
     assert f"NOT cleared {DISCOVERY}: still retained afterwards (the broker's ACL" in err
+
+
+def _retained_as_admin(broker: Broker) -> dict[str, bytes]:
+    """What is retained, read by the ACL's admin (retained_now's client is anonymous)."""
+    sub = Subscriber(broker, ["#"], username="admin", password="pw")
+    try:
+        sub.client.publish("maskd-test/done", b"done", qos=1)  # comes after the retained ones
+        assert sub.wait(lambda ms: any(m.topic == "maskd-test/done" for m in ms), 10)
+        return {m.topic: m.payload for m in sub.messages if m.retain}
+    finally:
+        sub.close()
+
+
+@pytest.mark.parametrize("reads", ["", "topic read maskd/+/+/detect/set\n"])
+def test_a_user_that_may_not_read_its_topics_clears_nothing_unless_forced(tmp_path, capsys,
+                                                                          reads):
+    """mosquitto's acl_file grants a SUBSCRIBE to a user without read rights and then delivers
+    nothing: mqtt-clear saw no retained topic, so no online camera, cleared a running camera's
+    topics and said '0 retained topic(s) cleared (none were there)', exit 0. The user here has
+    what maskd itself needs (write, and read on detect/set only): maskd doctor passes it."""
+    acl = (f"user maskd\ntopic write maskd/#\n{reads}topic write homeassistant/#\n"
+           "user admin\ntopic readwrite #")
+    with Broker(tmp_path / "broker", users={"maskd": "pw", "admin": "pw"}, acl=acl) as broker:
+        admin = Subscriber(broker, ["unused/x"], username="admin", password="pw")
+        for t in (f"{CAM}/status", DISCOVERY):  # a running camera's
+            admin.client.publish(t, b"online", qos=1, retain=True).wait_for_publish(5)
+        cfg = as_acl_user(tmp_path, broker)
+        rc, out, err = clear(capsys, "--config", str(cfg))
+        assert rc == 1 and "none were there" not in out, (out, err)
+        assert (f"a message published under {CAM}/# did not come back: this user may subscribe "
+                "there but not read" in err) and "nothing was cleared" in err
+        assert _retained_as_admin(broker)[f"{CAM}/status"] == b"online"
+        rc, out, err = clear(capsys, "--config", str(cfg), "--force")
+        assert rc == 0, err
+        assert "topic(s) of maskd's layout cleared without seeing them" in out
+        left = _retained_as_admin(broker)
+        admin.close()
+    assert f"{CAM}/status" not in left and DISCOVERY not in left
 
 
 def test_online_rules_per_layout():
@@ -408,7 +452,7 @@ def test_a_connection_lost_mid_clear_still_reads_the_answers_of_what_was_sent(tm
                     broker.stop()
                     assert wait_until(lambda: not client.is_connected())
                 info = publish(topic, *args, **kwargs)
-                if info.rc == 0:
+                if info.rc == 0 and kwargs.get("retain"):  # not the read-back probe
                     sent.append(topic)
                     info.wait_for_publish(5)
                 return info
@@ -416,11 +460,7 @@ def test_a_connection_lost_mid_clear_still_reads_the_answers_of_what_was_sent(tm
             client.publish = publish_or_stop
 
         monkeypatch.setattr(_Clearer, "__init__", stop_after_3)
-        (tmp_path / "pw").write_text("pw\n")
-        cfg = write_config(tmp_path, broker)
-        data = yaml.safe_load(cfg.read_text())
-        data["mqtt"].update(username="maskd", password_file=str(tmp_path / "pw"))
-        cfg.write_text(yaml.safe_dump(data))
+        cfg = as_acl_user(tmp_path, broker)
         rc, out, err = clear(capsys, "--config", str(cfg))
     assert rc == 1
     assert DISCOVERY not in out and f"NOT cleared {DISCOVERY}: Not authorized" in err

@@ -5,7 +5,9 @@ would otherwise stay in Home Assistant forever (its discovery config) with its l
 sends an empty retained message (QoS 1, waiting for each PUBACK) to every retained topic of the
 camera: those maskd's topic layout names (``Topics.retained()``) and whatever a short
 subscription to ``<prefix>/<device_id>/<camera>/#`` and the camera's discovery topics finds
-(older layouts' leftovers). Then it subscribes again to check that nothing came back.
+(older layouts' leftovers). Then it subscribes again to check that nothing came back. What
+the subscription finds counts only once a message published under it has come back: a user
+the broker lets subscribe but not read would see nothing and clear a running camera.
 
 A running maskd publishes its topics again at once, so a camera whose availability says
 ``online`` is refused (exit 75) unless ``--force``. Exit 0 done, 1 the broker could not be
@@ -33,6 +35,8 @@ EX_BROKER = 1
 EX_ONLINE = 75  # EX_TEMPFAIL: stop maskd, then try again
 ANSWER_TIMEOUT_S = 8.0  # SUBACK / PUBACK
 SETTLE_S = 0.3  # retained messages come right after the SUBACK: this long without one ends a scan
+PROBE = "mqtt-clear-probe"  # under each camera's topics: does what is published there come back?
+PROBE_WAIT_S = 3.0  # a broker delivers it in milliseconds; not back by then, nothing is cleared
 
 
 @dataclass
@@ -46,6 +50,10 @@ class Plan:
     clear_device: bool  # without --camera: the process status topics go too
     owns_device: bool  # a cameras: map: the device status is this config's process's
     topics: dict[str, Topics] = field(default_factory=dict)
+
+    def probes(self) -> list[str]:
+        """One topic under each camera's subscribed tree, for the read-back check."""
+        return [f"{t.availability.rsplit('/', 1)[0]}/{PROBE}" for t in self.topics.values()]
 
     def ours(self, topic: str, found: dict[str, bytes]) -> bool:
         """A found topic belongs to what is cleared (the device status only without --camera).
@@ -126,13 +134,18 @@ class _Clearer:
         self.last_msg = 0.0
         self.scanning = False
         self.answers: dict[int, Any] = {}  # mid -> reason code(s) of its SUBACK / PUBACK
+        self.nonce = f"{time.time_ns()}".encode()
+        self.came_back: set[str] = set()  # probe topics whose message was delivered to us
         client.on_message = self._on_message
         client.on_subscribe = self._on_answer
         client.on_publish = self._on_answer
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         with self.cond:
-            if self.scanning and msg.retain and msg.payload:
+            if msg.topic.endswith(f"/{PROBE}") and msg.payload == self.nonce:
+                self.came_back.add(msg.topic)
+                self.cond.notify_all()
+            elif self.scanning and msg.retain and msg.payload:
                 self.retained[msg.topic] = msg.payload
                 self.last_msg = time.monotonic()
 
@@ -154,6 +167,19 @@ class _Clearer:
         the retained messages arrive sees no online camera and no leftover, and the check
         afterwards none left (``--wait 0`` cleared a running camera and said none were there).
         """
+        return self._scan(patterns, wait, [])[:2]
+
+    def scan_and_probe(self, patterns: list[str], wait: float, probes: list[str]
+                       ) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """``scan``, and which of ``probes`` (topics under ``patterns``) a message published
+        there (QoS 1, not retained) never came back on. A SUBACK grants nothing to read:
+        mosquitto's acl_file grants a subscription to a user without read rights and then
+        delivers nothing, which looked like a broker with nothing retained (a running
+        camera's topics cleared, 'none were there', exit 0)."""
+        return self._scan(patterns, wait, probes)
+
+    def _scan(self, patterns: list[str], wait: float, probes: list[str]
+              ) -> tuple[dict[str, bytes], list[str], list[str]]:
         wait = max(wait, 2 * SETTLE_S)
         with self.cond:
             self.retained, self.scanning = {}, True
@@ -162,18 +188,22 @@ class _Clearer:
             raise ConnectionError("no SUBACK from the broker")
         reasons = self.answers[mid]
         denied = [p for p, r in zip(patterns, reasons, strict=False) if r.is_failure]
+        for topic in probes:
+            self.client.publish(topic, self.nonce, qos=1, retain=False)
         t0 = self.last_msg = time.monotonic()
         while True:
             now = time.monotonic()
             with self.cond:
                 quiet = now - self.last_msg
-            if (quiet >= SETTLE_S and now - t0 >= 2 * SETTLE_S) or now - t0 >= wait:
+                back = self.came_back.issuperset(probes)
+            settled = quiet >= SETTLE_S and now - t0 >= 2 * SETTLE_S
+            if (settled and (back or now - t0 >= PROBE_WAIT_S)) or (back and now - t0 >= wait):
                 break
             time.sleep(0.05)
         self.client.unsubscribe(patterns)
         with self.cond:
             self.scanning = False
-            return dict(self.retained), denied
+            return dict(self.retained), denied, [t for t in probes if t not in self.came_back]
 
     def clear(self, topics: list[str]) -> dict[str, str]:
         """Empty retained message on each topic, QoS 1; topic -> why it failed (none: all done).
@@ -269,10 +299,18 @@ def main(args: argparse.Namespace) -> int:
         version = "5" if probe.version == mqtt.MQTTv5 else "3.1.1"
         out.line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
                  f"camera(s) {', '.join(p.cameras)}")
-        found, denied = cl.scan(p.patterns, args.wait)
+        found, denied, unread = cl.scan_and_probe(p.patterns, args.wait, p.probes())
         for pattern in denied:
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
                   "topics without seeing what is there", file=sys.stderr)
+        blind = [t.rsplit("/", 1)[0] + "/#" for t in unread]
+        if blind and not args.force:
+            print(f"mqtt-clear: a message published under {', '.join(blind)} did not come back: "
+                  "this user may subscribe there but not read (the broker's ACL?), so whether "
+                  "a camera runs and what is retained cannot be seen; nothing was cleared. Use "
+                  "a user that may read these topics, or --force to clear the topics maskd's "
+                  "layout names without seeing them", file=sys.stderr)
+            return EX_BROKER
         alive = online_cameras(p, found)
         if alive and not args.force:
             print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
@@ -313,6 +351,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"mqtt-clear: {url}: cannot check afterwards: {lost}", file=sys.stderr)
         if failures or lost:
             return EX_BROKER
+        if blind:  # --force: sent, but neither what was there nor what is left could be seen
+            out.line(f"mqtt-clear: {len(todo)} topic(s) of maskd's layout cleared without "
+                     f"seeing them (this user may not read under {', '.join(blind)})")
+            return 0
         out.line(f"mqtt-clear: {len(present)} retained topic(s) cleared"
                  + ("" if present else " (none were there)"))
         return 0
