@@ -166,6 +166,11 @@ class CameraLoop:
         self._began = time.time()
         try:
             self._emit(self._restart_ends)
+            # nobody seen yet and nothing open: what a previous run left retained (a violation
+            # it was killed in, its faces) is not true now, also when no frame ever comes
+            self._tell_state(FaceCounts(0, 0, 0, 0, active=self.pipeline.violations.active,
+                                        detect_enabled=self.control.detect_enabled,
+                                        timestamp=time.time()))
             self._loop()
         except CoralLost as err:  # the hardware, not a bug: one line, and 75 for the boot wait
             log.error("%s: %s: %s", self.cfg.camera, err, CORAL_LOST_NEXT)
@@ -325,18 +330,24 @@ class CameraLoop:
         ``active: 1`` next to an `end` and ``violation/active`` OFF."""
         self._emit_ends(self.pipeline.close())
 
-    def _emit_ends(self, ended: list[ViolationEvent], **counts: int) -> None:
-        """The ends, then the last counts with what is still open (and ``counts`` changed)."""
+    def _emit_ends(self, ended: list[ViolationEvent], always: bool = False, **counts: int
+                   ) -> None:
+        """The ends, then the last counts with what is still open (and ``counts`` changed);
+        with ``always`` the counts even when nothing ended."""
         self._emit(ended)
-        if ended and self._state is not None:
+        if (ended or always) and self._state is not None:
             self._tell_state(replace(self._state, active=self.pipeline.violations.active,
                                      **counts))
 
     def _end_gone(self) -> None:
         """No frame for a gap while the camera is away: its open violations end `gone` now
         (``Pipeline.end_gone``), and the sinks hear that nobody is seen and nothing is open, or
-        their retained state would say ``active: 1`` for the whole outage."""
-        self._emit_ends(self.pipeline.end_gone(), faces=0, masked=0, unmasked=0, unjudged=0)
+        their retained state would say ``active: 1`` for the whole outage; with no violation
+        open too, once (was: the last frame's faces for the whole outage)."""
+        ended = self.pipeline.end_gone()
+        seen = self._state is not None and self._state.faces > 0
+        self._emit_ends(ended, always=seen and self.pipeline.no_frame_for() is not None,
+                        faces=0, masked=0, unmasked=0, unjudged=0)
 
     def _source_waiting(self) -> None:
         """No frame now (a live camera lost and reconnecting, or a file source that ended and

@@ -301,7 +301,9 @@ def test_loop_feeds_sinks_and_observers_and_flushes(default_model):
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1
     assert len({e.event_id for e in sink.events}) == 1
     assert sink.events[-1].end_reason in ("masked", "gone")
-    assert len(sink.states) == n and sum(s["unmasked"] for s in sink.states) > 0
+    # the start's (nobody seen yet), then one per frame
+    assert len(sink.states) == n + 1 and sum(s["unmasked"] for s in sink.states) > 0
+    assert (sink.states[0]["faces"], sink.states[0]["active"]) == (0, 0)
     assert sink.stats and sink.stats[-1]["frames"] == n and "classify" in sink.stats[-1]["ms"]
     assert len(sink.flushed) == 1 and 6.0 < sink.flushed[0] <= 7.0 and sink.closed
     assert [f[0] for f in obs.frames] == list(range(n)) and obs.closed
@@ -640,9 +642,11 @@ def test_a_wall_clock_that_is_not_set_is_warned_about_once(tmp_path):
 
 
 @contextlib.contextmanager
-def _violation_on_a_network_camera(tmp_path, default_model, **source):
+def _violation_on_a_network_camera(tmp_path, default_model, tracking: dict | None = None,
+                                   **source):
     """The real loop (build()) reading a real IP camera that shows a bare face, ``source`` keys
-    added to its config; yields (camera, loop, a RecordingSink) once a violation has started."""
+    added to its config; yields (camera, loop, a RecordingSink) once a violation has started
+    (with ``tracking`` keys that start none: once a face is seen)."""
     import threading
 
     from maskd.config import Config
@@ -657,7 +661,8 @@ def _violation_on_a_network_camera(tmp_path, default_model, **source):
             "source": {"kind": "opencv", "uri": cam.url, "reopen_min_s": 0.2, "reopen_max_s": 1.0,
                        **source},
             "classifier": {"model": str(default_model)}, "detector": {"kind": "blazeface"},
-            "tracking": {"end_after_s": 1.0}, "jsonl": {"path": str(tmp_path / "events.jsonl")}})
+            "tracking": {"end_after_s": 1.0, **(tracking or {})},
+            "jsonl": {"path": str(tmp_path / "events.jsonl")}})
         svc = build(cfg)
         seen = RecordingSink()
         svc.loops[0].sinks.append(seen)
@@ -665,9 +670,10 @@ def _violation_on_a_network_camera(tmp_path, default_model, **source):
         runner.start()
         try:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not seen.events:
+            while time.monotonic() < deadline and not (
+                    seen.events or (tracking and any(st["faces"] for st in seen.states))):
                 time.sleep(0.05)
-            assert seen.events and seen.events[0].event_type == "start"
+            assert tracking or (seen.events and seen.events[0].event_type == "start")
             yield cam, svc.loops[0], seen
         finally:
             svc.stop()
@@ -712,6 +718,70 @@ def test_a_camera_that_goes_away_ends_its_violation_gone_while_it_is_away(tmp_pa
     lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [(e["event_type"], e.get("end_reason")) for e in lines if e["event_type"] != "update"] \
         == [("start", None), ("end", "gone")]
+
+
+def test_a_camera_that_goes_away_with_no_violation_open_says_nobody_is_seen(tmp_path,
+                                                                            default_model):
+    """With a face in view and no violation open, the sinks' state (MQTT's retained `state`
+    and `faces`) kept the last frame's face for the whole outage; now, as with one open,
+    nobody is seen once the camera has been away for tracking.end_after_s."""
+    with _violation_on_a_network_camera(tmp_path, default_model,
+                                        tracking={"min_span_s": 60.0}) as (cam, _, seen):
+        assert seen.states[-1]["faces"] >= 1
+        cam.gone()
+        last = _quiet_state_within(seen, 15)
+        assert (last["faces"], last["active"]) == (0, 0), seen.states[-3:]
+        assert not seen.events
+
+
+def test_a_restart_whose_camera_never_opens_corrects_what_the_last_run_left_retained(
+        tmp_path, monkeypatch):
+    """A run killed with a violation open leaves `violations` 1, `faces` 1 and a `state` with
+    `active` 1 retained; the next start ends it `restart`, but its counts went out only with a
+    frame, so a camera that stayed away (unplugged in the same power cut) left them for good.
+    Now the start says nobody is seen and nothing open, published once connected."""
+    import threading
+
+    from loop_parts import service_for
+    from mqtt_broker import Broker, Subscriber
+
+    from maskd import service
+    from maskd.config import Config
+    from maskd.mqtt import MqttSink
+    from maskd.sources import live_source
+
+    def never_opens():
+        raise OSError("no camera (unplugged)")
+
+    monkeypatch.setattr(service, "STATS_EVERY_S", 1.0)
+    base = "maskd/pi/door"
+    with Broker(tmp_path / "broker") as broker:
+        old = Subscriber(broker, ["unused/x"])
+        for topic, payload in (("violations", b"1"), ("faces", b"1"), ("state", json.dumps(
+                {"faces": 1, "masked": 0, "unmasked": 1, "unjudged": 0, "active": 1}).encode())):
+            old.client.publish(f"{base}/{topic}", payload, qos=1, retain=True).wait_for_publish(5)
+        old.close()
+        cfg = Config.model_validate({"device_id": "pi", "camera": "door",
+                                     "state_dir": str(tmp_path / "state"),
+                                     "source": {"reopen_min_s": 0.2, "reopen_max_s": 0.5},
+                                     "mqtt": {"url": broker.url, "stats_interval_s": 1.0}})
+        sink = MqttSink.from_config(cfg, model_name="test")
+        svc = service_for(live_source("door", never_opens, cfg.source), sinks=[sink], cfg=cfg)
+        runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 2.0}, daemon=True)
+        runner.start()
+        sub = Subscriber(broker, [f"{base}/violations", f"{base}/faces", f"{base}/state"])
+        try:
+            assert sub.wait(lambda ms: {m.topic for m in ms if m.payload == b"0"} >= {
+                f"{base}/violations", f"{base}/faces"} and any(
+                m.topic == f"{base}/state" and m.json()["faces"] == 0 for m in ms),
+                timeout=20), sub.messages
+            state = sub.on(f"{base}/state")[-1].json()
+            assert (state["faces"], state["active"]) == (0, 0), state
+        finally:
+            svc.stop()
+            runner.join(timeout=20)
+            sub.close()
+    assert svc.frames == 0
 
 
 def test_a_violation_across_a_clock_step_back_ends_after_its_start(tmp_path, default_model,

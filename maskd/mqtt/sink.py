@@ -106,6 +106,7 @@ class _Camera:
     loop_stats: LoopStats | None = None  # the loop's last report
     stats_t: float = float("-inf")  # when its stats were last published
     running: bool = True  # its loop has not ended
+    counts: FaceCounts | None = None  # the loop's last counts, published or not
 
 
 @dataclass
@@ -546,6 +547,7 @@ class MqttSink(EventSink):
         only on change (or once per stats interval as a heartbeat). The people-in-violation count
         goes out as soon as it changes (it follows the events); the face count, which flickers
         with the detector, with the state."""
+        cam.counts = counts
         if not self._connected:
             return
         if (counts.detect_enabled, cam.control.in_force) != cam.detect:  # the schedule turned
@@ -574,6 +576,10 @@ class MqttSink(EventSink):
         cam.loop_stats = stats
         if self._connected:
             self._publish_stats(cam)
+            if cam.violations is None and cam.counts is not None:
+                # a (re)connection cleared them for the next frame; none comes while the
+                # camera is away: its counts must not wait for it (a restart's stale ones)
+                self.camera_state(cam, cam.counts)
 
     def _publish_held(self, cam: _Camera) -> None:
         """The counts the state interval held back, at the end: what stays retained is the
