@@ -197,7 +197,8 @@ class _Clearer:
                 quiet = now - self.last_msg
                 back = self.came_back.issuperset(probes)
             settled = quiet >= SETTLE_S and now - t0 >= 2 * SETTLE_S
-            if (settled and (back or now - t0 >= PROBE_WAIT_S)) or (back and now - t0 >= wait):
+            # at most max(wait, PROBE_WAIT_S), however the retained messages keep coming
+            if (back or now - t0 >= PROBE_WAIT_S) and (settled or now - t0 >= wait):
                 break
             time.sleep(0.05)
         self.client.unsubscribe(patterns)
