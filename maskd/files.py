@@ -323,9 +323,13 @@ def cannot_create(path: Path, directory: bool) -> OSError | None:
             return _error(errno.EEXIST)  # what mkdir(exist_ok=True) says of a file
         if not directory and stat.S_ISDIR(st.st_mode):
             return _error(errno.EISDIR)
+        # the file system before the permission: access() says EACCES on a read-only mount,
+        # which made a read-only card a warning here and exit 78 in `run`
+        if (fs := _unwritable_fs(path if directory else path.parent)) is not None:
+            return fs
         if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
             return _error(errno.EACCES)
-        return _unwritable_fs(path if directory else path.parent)
+        return None
     for above in path.parents:
         try:
             st = os.stat(above)
@@ -335,7 +339,17 @@ def cannot_create(path: Path, directory: bool) -> OSError | None:
             return err
         if not stat.S_ISDIR(st.st_mode):
             return _error(errno.ENOTDIR)
+        if (fs := _unwritable_fs(above)) is not None:
+            return fs
         if not os.access(above, os.W_OK | os.X_OK):
             return _error(errno.EACCES)
-        return _unwritable_fs(above)
+        return None
     return None
+
+
+def create_failure(path: Path, directory: bool, err: OSError) -> str:
+    """Why making ``path`` failed with ``err``, in check-config's words where it finds a reason
+    (``cannot_create``: 'a virtual file system ...' where the OS says only 'No such file or
+    directory'), else the OS's, so `run` and check-config say one line."""
+    found = cannot_create(path, directory) or err
+    return found.strerror or str(found)

@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from maskd.config import shown_path
-from maskd.files import append_line, failed_write
+from maskd.files import append_line, create_failure, failed_write
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
@@ -75,7 +75,7 @@ def _open_for_lines(p: Path) -> int:
                 time.sleep(0.05)
                 continue
             why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
-                   else err.strerror or str(err))
+                   else create_failure(p, False, err))
             raise OSError(cannot_write_lines(p, why)) from None
 
 

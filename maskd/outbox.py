@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
 from maskd.config import shown_path
-from maskd.files import failed_write, read_only_now
+from maskd.files import create_failure, failed_write, read_only_now
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,8 @@ class Outbox:
             # One process per outbox: two daemons sharing it would publish each other's rows.
             self._lock_fd = os.open(self.dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
-            raise OutboxError(no_outbox_there(self.dir, err.strerror or str(err))) from None
+            raise OutboxError(no_outbox_there(self.dir, create_failure(self.dir, True, err))
+                              ) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

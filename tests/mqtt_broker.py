@@ -277,6 +277,13 @@ def small_disk(path: Path, size: str = "256k",
                            "tmpfs", str(path)], f"a {size} tmpfs")
 
 
+def read_only_disk(path: Path) -> contextlib.AbstractContextManager[Path]:
+    """An empty tmpfs mounted read-only at `path` (what a card the kernel gave up on looks
+    like at a start)."""
+    return _mounted(path, ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                    "a read-only tmpfs")
+
+
 @contextlib.contextmanager
 def sd_card(path: Path, size: str = "32M", errors: str = "remount-ro") -> Iterator[Path]:
     """A real ext4 file system in an image file beside `path`, loop-mounted there with the

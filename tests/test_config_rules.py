@@ -387,6 +387,34 @@ def test_check_config_warns_of_what_only_the_session_lacks(tmp_path, monkeypatch
     assert f"{path}: warning: {stopped.value}\n" == err
 
 
+def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
+    """check-config called a read-only mount a permission warning ('Permission denied (as user
+    root; the service may run as another)', OK, exit 0: access() says EACCES there) where
+    `run` stopped with exit 78 and 'Read-only file system'."""
+    from mqtt_broker import read_only_disk
+
+    mqtt = "mqtt: {url: 'mqtt://127.0.0.1:1'}\n"
+    with read_only_disk(tmp_path / "ro") as ro:
+        cases = [(f"state_dir: '{ro}'\n{mqtt}",
+                  f"state_dir {ro}: cannot create the MQTT outbox there: Read-only file system\n"),
+                 (f"state_dir: '{ro}/state'\n{mqtt}",
+                  f"state_dir {ro}/state: cannot create the MQTT outbox there: Read-only file "
+                  "system\n"),
+                 (f"jsonl: {{path: '{ro}/e.jsonl'}}\n",
+                  f"jsonl.path {ro}/e.jsonl: cannot write there: Read-only file system\n")]
+        paths = [tmp_path / f"ro{i}.yaml" for i in range(len(cases))]
+        for path, (yaml, _) in zip(paths, cases, strict=True):
+            state = "" if "state_dir" in yaml else f"state_dir: '{tmp_path / 'state'}'\n"
+            path.write_text(f"device_id: door-1\n{state}{yaml}")
+        answers = maskd_each([call for path in paths
+                              for call in (("check-config", str(path)), run_args(path))])
+    for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)
+        assert checked.stderr == f"{path}: {says}", checked.stderr
+        assert f"maskd run: {says}" in ran.stderr, ran.stderr
+
+
 def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     """check-config said OK where `run` stopped at once (exit 78): it now looks at them as
     `run` makes them, with `run`'s words, and creates nothing itself."""
@@ -399,13 +427,15 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
          "there: File exists"),
         (f"state_dir: '{afile}/sub'\n{mqtt}", f"state_dir {afile}/sub: cannot create the MQTT "
          "outbox there: Not a directory"),
-        ("state_dir: /proc/maskd-state\n" + mqtt,
-         "state_dir /proc/maskd-state: cannot create the MQTT outbox there: "),
+        ("state_dir: /proc/maskd-state\n" + mqtt,  # run said 'No such file or directory'
+         "state_dir /proc/maskd-state: cannot create the MQTT outbox there: a virtual file "
+         "system: nothing can be created there\n"),
         (f"jsonl: {{path: '{adir}'}}\n", f"jsonl.path {adir}: cannot write there: Is a directory"),
         (f"jsonl: {{path: '{afile}/e.jsonl'}}\n",  # run said 'File exists' (mkdir of its folder)
          f"jsonl.path {afile}/e.jsonl: cannot write there: Not a directory"),
         ("jsonl: {path: /proc/nodir/e.jsonl}\n",
-         "jsonl.path /proc/nodir/e.jsonl: cannot write there: "),
+         "jsonl.path /proc/nodir/e.jsonl: cannot write there: a virtual file system: nothing "
+         "can be created there\n"),
     ]
     paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
     for path, (yaml, _) in zip(paths, cases, strict=True):
