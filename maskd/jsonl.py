@@ -107,6 +107,8 @@ class JsonlSink(EventSink):
         self._throttle = Throttle()
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
+        if target == "-" and sys.stdout is None:  # started with it closed (>&-): Python's None
+            raise OSError(cannot_write_lines("-", "standard output is closed"))
         if target != "-":
             self._fd = _open_for_lines(Path(target))
             st = os.fstat(self._fd)

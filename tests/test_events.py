@@ -532,6 +532,18 @@ def test_jsonl_stdout_whose_reader_is_gone_says_so_once_not_per_event():
     assert "writing again" not in err and "Traceback" not in err, err
 
 
+def test_jsonl_to_a_closed_stdout_is_refused_at_the_start():
+    """`maskd run --jsonl - >&-`: Python makes sys.stdout None, and every event was an
+    AttributeError traceback, lost, with exit 0. Now `run` stops at the start, as for a
+    jsonl.path it cannot write."""
+    r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "maskd", "run",
+                        "--source", "demo", "--max-frames", "2", "--detector", "blazeface",
+                        "--jsonl", "-"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78, r.stderr
+    assert "maskd run: jsonl.path -: cannot write there: standard output is closed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def look(seed):
     """A face crop of its own colours: hair, skin and chin bands differ from person to person."""
     rng = np.random.default_rng(seed)
