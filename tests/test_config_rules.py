@@ -387,6 +387,30 @@ def test_check_config_warns_of_what_only_the_session_lacks(tmp_path, monkeypatch
     assert f"{path}: warning: {stopped.value}\n" == err
 
 
+def test_the_ok_line_is_written_as_every_commands_records(tmp_path):
+    """check-config's `OK` to a full disk was an OSError traceback (exit 1), to a closed stdout
+    lost with exit 0, and for a config named in Latin-1 under a UTF-8 locale a
+    UnicodeEncodeError after the config was checked. Now 74 with one line, or its bytes."""
+    path = tmp_path / "ok.yaml"
+    path.write_text("device_id: door-1\n")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 74 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == ("maskd check-config: cannot write to standard output "
+                                "(/dev/full): No space left on device")
+    r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "maskd",
+                        "check-config", str(path)], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert (r.returncode, r.stderr.strip()) == (74, "maskd check-config: standard output is closed")
+    latin = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.yaml"))
+    latin.write_text("device_id: door-1\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", latin],
+                       capture_output=True, timeout=60, cwd=REPO,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert (r.returncode, r.stdout) == (0, b"OK: " + bytes(latin) + b"\n"), r.stderr
+
+
 def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
     """check-config called a read-only mount a permission warning ('Permission denied (as user
     root; the service may run as another)', OK, exit 0: access() says EACCES there) where

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import socket
 import subprocess
@@ -360,3 +361,17 @@ def test_a_full_stdout_is_exit_74_with_the_file_in_place(yunet_model, tmp_path):
     assert r.stderr.strip() == ("maskd models: cannot write to standard output (/dev/full): "
                                 "No space left on device")
     assert modelfiles.file_sha256(tmp_path / YUNET_NAME) == YUNET_SHA256
+
+
+def test_a_dest_whose_name_is_not_utf8_is_said_in_its_own_bytes(yunet_model, tmp_path):
+    """Under a UTF-8 locale (the Pi's en_GB.UTF-8; here PYTHONIOENCODING) stdout is strict:
+    a --dest in Latin-1 was a UnicodeEncodeError traceback, exit 1, after the file was in
+    place."""
+    dest = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe9"))
+    r = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest", dest,
+                        "--yunet-url", f"file://{yunet_model}"], capture_output=True,
+                       timeout=60, cwd=REPO,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"installed " + bytes(dest) + b"/" + YUNET_NAME.encode() + b" (sha256 ok)\n"
+    assert modelfiles.file_sha256(dest / YUNET_NAME) == YUNET_SHA256

@@ -27,6 +27,7 @@ import pwd
 import sys
 from pathlib import Path
 
+from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.config import (
     EX_CONFIG,
     SERVICE_DIR,
@@ -165,5 +166,8 @@ def main(args: argparse.Namespace) -> int:
                  + [f"warning: {w}" for w in cfg.startup_warnings()
                     + lacking + unwritable + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
-    print(f"OK: {args.config}")
+    # as every command's records: a full disk or closed stdout is one line and 74, a file
+    # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)
+    names_as_bytes_on_stdout()
+    print_line(f"OK: {args.config}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskd.commands import print_line
+from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.modelfiles import YUNET_URL, FetchError, default_dest, fetch_yunet
 
 EXIT = {"checksum": 65, "network": 69, "write": 73, "usage": 2}
@@ -39,5 +39,6 @@ def main(args: argparse.Namespace) -> int:
                   "saves", file=sys.stderr)
         return EXIT[err.kind]
     state = "installed" if got.changed else "unchanged"
+    names_as_bytes_on_stdout()  # a --dest not in UTF-8 was a traceback after the install
     print_line(f"{state} {got.path} (sha256 ok)")
     return 0
