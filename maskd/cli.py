@@ -69,6 +69,7 @@ example:
   78  invalid: one line per bad key on stderr; also a preview.framebuffer or
       preview.window this machine cannot show (run it on the device); a /dev/fbN
       missing now (no monitor since boot) is a warning: run detects without it
+  74  valid, but the "OK" line could not be written (a full disk, a closed stdout)
 
 example:
   maskd check-config /etc/maskd/config.yaml""",
