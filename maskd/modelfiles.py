@@ -20,6 +20,7 @@ import re
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,10 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     if target.exists() and not target.is_file():  # found before the download, not after it
         what = "a folder" if target.is_dir() else "something that is not a file"
         raise FetchError("write", f"cannot write {target}: {what} is in the way")
+    if url.startswith("file:"):  # a named pipe would hang the open itself, beyond --timeout
+        local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+        if local.exists() and not local.is_file():
+            raise FetchError("network", f"cannot download {url}: not a regular file")
     lock = -1
     try:
         dest.mkdir(parents=True, exist_ok=True)

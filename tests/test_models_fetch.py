@@ -375,3 +375,17 @@ def test_a_dest_whose_name_is_not_utf8_is_said_in_its_own_bytes(yunet_model, tmp
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"installed " + bytes(dest) + b"/" + YUNET_NAME.encode() + b" (sha256 ok)\n"
     assert modelfiles.file_sha256(dest / YUNET_NAME) == YUNET_SHA256
+
+
+def test_a_file_url_of_a_named_pipe_is_refused_not_waited_on(tmp_path, capsys):
+    """file:// of a FIFO nobody writes to hung in the open, beyond --timeout's bound (10 x),
+    and left its .part behind when killed."""
+    fifo = tmp_path / "yunet.onnx"
+    os.mkfifo(fifo)
+    dest = tmp_path / "models"
+    t0 = time.monotonic()
+    rc = main(["models", "fetch", "--dest", str(dest), "--yunet-url", f"file://{fifo}",
+               "--timeout", "1"])
+    assert rc == 69 and time.monotonic() - t0 < 10
+    assert f"cannot download file://{fifo}: not a regular file" in capsys.readouterr().err
+    assert not dest.exists() or not list(dest.iterdir())
