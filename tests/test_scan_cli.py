@@ -130,6 +130,21 @@ def test_video_gives_one_record_per_frame(tmp_path, photos, model_args):
     assert all(len(rec["faces"]) >= 1 for rec in recs)
 
 
+def test_a_folders_videos_are_named_as_not_scanned(tmp_path, photos, model_args):
+    """A folder is searched for images only: its videos were passed over without a word (a
+    folder of clips alone: 'nothing was scanned', exit 1, with no line saying why)."""
+    folder = tmp_path / "door"
+    (folder / "clips").mkdir(parents=True)
+    shutil.copy(photos[0], folder / "a.jpg")
+    for name in ("clips/b.mp4", "c.MKV"):
+        (folder / name).write_bytes(b"")  # never opened: only named
+    r = scan("--json", *model_args, str(folder))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == [str(folder / "a.jpg")]
+    assert (f"maskd scan: {folder}: 2 video file(s) not scanned, e.g. {folder / 'c.MKV'} (a "
+            "folder is searched for images only; give a video's own path to scan it)") in r.stderr
+
+
 def test_human_output_and_errors(tmp_path, photos, model_args, default_model):
     r = scan(*model_args, str(photos[0]))
     assert r.returncode == 0 and r.stdout.startswith(str(photos[0]) + "\t") and "faces" in r.stdout

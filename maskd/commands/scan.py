@@ -65,9 +65,24 @@ def _inputs(paths: list[Path]) -> list[tuple[Path | FolderError, Path]]:
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             found += [(e, base / entry_path(e).relative_to(root)) for e in search_images(root)]
+            _say_videos_left(root)
         else:
             found.append((root, Path(root.name)))
     return found
+
+
+def _say_videos_left(folder: Path) -> None:
+    """A folder is searched for images only (a camera's folder of clips would be hours of
+    frames): its videos are named as not scanned, not passed over without a word."""
+    try:
+        videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES
+                        and p.is_file())
+    except OSError:  # what cannot be read is said by the image search's own records
+        return
+    if videos:
+        print(f"maskd scan: {folder}: {len(videos)} video file(s) not scanned, e.g. {videos[0]} "
+              "(a folder is searched for images only; give a video's own path to scan it)",
+              file=sys.stderr)
 
 
 def _items(inputs: list[tuple[Path | FolderError, Path]],
