@@ -1347,6 +1347,9 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
             allowed = _section_keys(loc[:-1])
             close = difflib.get_close_matches(_key_part(loc[-1]), allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            head, dot, rest = str(_key_part(loc[-1])).partition(".")
+            if dot and head in allowed:  # the docs' table names keys so: source.fps
+                hint = f"; a dotted name is the docs' way of naming it: write {head}: {{{rest}: ...}}"
             lines.append(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)}){hint}")
         elif e["type"] == "model_type":
             lines.append(f"{where}: '{key}' must be a section with keys: "

@@ -24,6 +24,10 @@ BROKEN = [
      [["unknown key 'bogus'", "allowed: device_id, camera, state_dir"]]),
     ("typo in a section", "source:\n  fsp: 10\n",
      [["unknown key 'source.fsp'", "allowed: kind, uri", "did you mean 'fps'?"]]),
+    # the docs' table names keys dotted; written so at the top level it got "did you mean
+    # 'source'?", which reads as if the key were wrong
+    ("a docs-style dotted key", "source.fps: 5\n",
+     [["unknown key 'source.fps'", "write source: {fps: ...}"]]),
     ("wrong type", "source:\n  width: wide\n",
      [["'source.width'", "valid integer", "'wide'"]]),
     ("out of range", "source:\n  fps: 0\n",
