@@ -1534,6 +1534,8 @@ def load_config(path: Path | str | None) -> Config:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if what.startswith("but ") and getattr(err, "context", None):  # half a sentence alone
+            what = f"{err.context}, {what}"  # 'expected a single document ..., but found ...'
         raise ConfigError(f"{p}: not valid YAML{where}: {what[:200]}") from None
     except (ValueError, RecursionError) as err:  # e.g. an integer with more than 4300 digits
         raise ConfigError(f"{p}: not a usable config: {excerpt(str(err))}") from None

@@ -49,6 +49,9 @@ BROKEN = [
       ["unknown key 'preview.windw'", "did you mean 'window'?"]]),
     ("top level not a mapping", "- a\n- b\n",
      [["top level must be a mapping", "got list"]]),
+    ("two YAML documents", "source: {fps: 5}\n---\ncamera: door\n",
+     [["not valid YAML at line 2, column 1: expected a single document in the stream, but "
+       "found another document"]]),
     ("not YAML", "source: [unclosed\n",
      [["not valid YAML at line 2, column 1", "expected ',' or ']'"]]),
     # An empty path was Path("") == ".", the working directory; an empty jsonl.path: no output.
