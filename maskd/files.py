@@ -347,6 +347,18 @@ def cannot_create(path: Path, directory: bool) -> OSError | None:
     return None
 
 
+def file_in_the_way(folder: Path) -> str | None:
+    """'F is a file, not a folder' when a file holds the place of ``folder`` or of a folder
+    above it (mkdir says only 'File exists' or 'Not a directory'), else None."""
+    for place in (folder, *folder.parents):
+        try:
+            st = os.stat(place)
+        except OSError:
+            continue
+        return None if stat.S_ISDIR(st.st_mode) else f"{place} is a file, not a folder"
+    return None
+
+
 def create_failure(path: Path, directory: bool, err: OSError) -> str:
     """Why making ``path`` failed with ``err``, in check-config's words where it finds a reason
     (``cannot_create``: 'a virtual file system ...' where the OS says only 'No such file or

@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskd.files import file_in_the_way  # the standard library alone, as here
+
 # The YuNet the tests use (a copy lives in ../shared/models). Its sha256 was computed here from
 # that file (229,738 bytes). The URL is where opencv_zoo keeps its YuNet versions on GitHub, with
 # this version's name; it could not be opened from the development machines (no GitHub access),
@@ -149,7 +151,8 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     except OSError as err:
         if lock >= 0:
             os.close(lock)
-        raise FetchError("write", f"cannot write in {dest}: {err.strerror or err}") from None
+        why = file_in_the_way(dest) or err.strerror or err  # mkdir said only 'File exists'
+        raise FetchError("write", f"cannot write in {dest}: {why}") from None
     tmp = Path(tmp_name)
     try:
         h, size = hashlib.sha256(), 0

@@ -389,3 +389,13 @@ def test_a_file_url_of_a_named_pipe_is_refused_not_waited_on(tmp_path, capsys):
     assert rc == 69 and time.monotonic() - t0 < 10
     assert f"cannot download file://{fifo}: not a regular file" in capsys.readouterr().err
     assert not dest.exists() or not list(dest.iterdir())
+
+
+def test_a_dest_that_is_a_file_is_named_so(tmp_path, capsys):
+    """mkdir said only 'File exists' (the file was --dest itself) or 'Not a directory'."""
+    (tmp_path / "afile").write_text("")
+    for dest in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["models", "fetch", "--dest", str(dest), "--yunet-url",
+                     f"file://{tmp_path / 'none.onnx'}"]) == 73
+        assert (f"cannot write in {dest}: {tmp_path / 'afile'} is a file, not a folder"
+                in capsys.readouterr().err)

@@ -145,6 +145,15 @@ def test_a_folders_videos_are_named_as_not_scanned(tmp_path, photos, model_args)
             "folder is searched for images only; give a video's own path to scan it)") in r.stderr
 
 
+def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
+    """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
+    (tmp_path / "afile").write_text("")
+    r = scan("--json", *model_args, "--annotate", str(tmp_path / "afile"), str(photos[0]))
+    assert r.returncode == 73, r.stderr
+    assert (f"cannot write {tmp_path / 'afile' / photos[0].with_suffix('.jpg').name}: "
+            f"{tmp_path / 'afile'} is a file, not a folder") in r.stderr
+
+
 def test_human_output_and_errors(tmp_path, photos, model_args, default_model):
     r = scan(*model_args, str(photos[0]))
     assert r.returncode == 0 and r.stdout.startswith(str(photos[0]) + "\t") and "faces" in r.stdout

@@ -39,7 +39,7 @@ import numpy as np
 from maskd.annotate import annotation_jpeg, draw_verdicts, is_annotation
 from maskd.commands import coral_lost_exit, names_as_bytes_on_stdout, print_line
 from maskd.config import MODEL_OPTIONS, Config, ConfigError, load_config, options_given, override
-from maskd.files import write_atomically
+from maskd.files import file_in_the_way, write_atomically
 from maskd.images import (
     FolderError,
     ImageError,
@@ -226,7 +226,8 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
             raise OSError("cannot encode the image")
         write_atomically(out, data)
     except OSError as err:
-        print(f"maskd scan: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+        why = file_in_the_way(out.parent) or err.strerror or err
+        print(f"maskd scan: cannot write {out}: {why}", file=sys.stderr)
         return False
     return True
 
