@@ -1256,6 +1256,13 @@ def shown_path(path: Path | str) -> str:
     return text if len(text) <= 200 else excerpt(text)
 
 
+def extra_model_problem(path: Path | str) -> str | None:
+    """``model_file_problem`` of one of ``classifier.still_extra_models``, with the way out:
+    `scan` stops on it, check-config warns with it (it named none of them)."""
+    problem = model_file_problem(path, "classifier.still_extra_models")
+    return None if problem is None else f"{problem} ([] scans with classifier.model alone)"
+
+
 def model_file_problem(path: Path | str, named: str | None = None) -> str | None:
     """Why ``path`` cannot be opened as a model file here, or None: the one wording of `run`,
     `scan`, `classify`, `doctor` and `check-config` (a warning there: the file may be on the

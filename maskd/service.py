@@ -25,7 +25,7 @@ import numpy as np
 
 from maskd import clock, schedule
 from maskd.clip import ClipWriter
-from maskd.config import Config, excerpt, model_file_problem, still_detector
+from maskd.config import Config, excerpt, extra_model_problem, model_file_problem, still_detector
 from maskd.env import Environment
 from maskd.files import CardWatch
 from maskd.jsonl import JsonlSink
@@ -740,6 +740,8 @@ def build_classifier(cfg: Config, still: bool = False,
     extras = still_extra_paths(c.model, c.still_extra_models) if still else []
     members = [first]
     for p in extras:
+        if (problem := extra_model_problem(p)) is not None:
+            raise ModelError(problem)
         try:
             members.append(Classifier.open(p, c.threads, False))
         except ModelError as err:

@@ -556,6 +556,21 @@ def test_a_model_name_too_long_to_look_up_is_said_with_its_key(tmp_path):
         assert all(len(line) < 300 for line in ran.stderr.splitlines()), ran.stderr
 
 
+def test_a_missing_model_of_scans_mean_is_said_by_check_config_as_scan_says_it(tmp_path):
+    """classifier.still_extra_models (scan's second draw) got no word from check-config; scan
+    then stopped on it (exit 2). Now check-config warns with scan's line (run does not use it)."""
+    gone = tmp_path / "gone.tflite"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"device_id: door-1\nclassifier: {{still_extra_models: ['{gone}']}}\n")
+    says = (f"classifier.still_extra_models: {gone}: model file not found ([] scans with "
+            "classifier.model alone)")
+    checked, scanned = maskd_each([("check-config", str(path)),
+                                   ("scan", "--config", str(path), "--detector", "blazeface",
+                                    str(tmp_path / "x.jpg"))])
+    assert checked.returncode == 0 and checked.stderr == f"{path}: warning: {says}\n", checked.stderr
+    assert scanned.returncode == 2 and f"maskd scan: {says}" in scanned.stderr, scanned.stderr
+
+
 def test_a_model_file_that_cannot_be_opened_is_one_line_naming_its_key(tmp_path):
     """`run` (scan, classify, doctor alike) said '/x.tflite: model file not found' without the
     key (an SSD's 'SSD model file not found', a BlazeFace file's 'cannot load TFLite model:

@@ -33,6 +33,7 @@ from maskd.config import (
     SERVICE_DIR,
     Config,
     ConfigError,
+    extra_model_problem,
     load_config,
     model_file_problem,
 )
@@ -53,6 +54,9 @@ def file_warnings(cfg: Config) -> list[str]:
             fallback = " (auto falls back to BlazeFace)" if (
                 key == "detector.model" and cfg.detector.kind == "auto") else ""
             out.append(f"warning: {problem}{fallback}")
+    for extra in cfg.classifier.still_extra_models or []:  # `scan`'s, not `run`'s
+        if (problem := extra_model_problem(extra)) is not None:
+            out.append(f"warning: {problem}")
     if cfg.detector.kind == "yunet" and cfg.detector.model is None:
         from maskd.detectors.yunet import find_yunet_model, yunet_not_found
 
