@@ -201,6 +201,11 @@ class CameraLoop:
         return self._stop.is_set()
 
     @property
+    def idle_at_end(self) -> bool:
+        """Its file ended and the loop idles (a camera of a map, without --exit-at-end)."""
+        return self._ended
+
+    @property
     def without_frames(self) -> bool:
         """No frame comes now: the camera is lost or was never found (reconnecting), or the
         file ended and the loop idles."""
@@ -246,16 +251,17 @@ class CameraLoop:
             self.stop_reason = "live source closed"
             return
         why = getattr(self.source, "why_ended", None)  # a looping file with nothing left to play
-        if why:
-            log.warning("%s; %s", why, "stopping" if self.exit_at_end else
+        if why:  # the camera's name first, as every line of its loop (a map has several)
+            log.warning("%s: %s; %s", self.cfg.camera, why, "stopping" if self.exit_at_end else
                         "idle until SIGTERM/SIGINT (restart maskd once it is back)")
         if self.exit_at_end:
             self.stop_reason = "end of source"
             return
         self._end_violations()  # nobody is looked at any more: not "active" while it idles
         if not why:
-            log.info("%s: end of source; idle until SIGTERM/SIGINT (use --exit-at-end or --loop)",
-                     self.source.name)
+            log.info("%s: end of source (%s); idle until SIGTERM/SIGINT (use --exit-at-end, "
+                     "or source.loop to play it again: --loop without a cameras: map)",
+                     self.cfg.camera, self.source.name)
         self._window.end = self._sink_window.end = time.monotonic()
         self._ended = True
         while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so,
@@ -537,15 +543,19 @@ class Service:
                 loop.stop(reason, hurry)
 
     def _max_frames_done(self) -> None:
-        """--max-frames N counts per camera: once some camera has reached N and every other one
-        has too or gets no frame now (a camera never found, a stream that is down, a file that
-        ended), the run ends; it would wait for ever for a camera that never delivers."""
-        reached = [loop for loop in self.loops if loop.reached_max_frames]
-        if not reached:
+        """--max-frames N counts per camera: once some camera is done (it reached N, or its
+        file ended short of it: it never will) and every other one is too or gets no frame now
+        (a camera never found, a stream that is down), the run ends; it would wait for ever for
+        a camera that never delivers (was: with no camera at N, for ever beside a file that
+        ended: the file idles in a map)."""
+        if all(loop.max_frames is None for loop in self.loops):
+            return  # without --max-frames a file that ended idles beside the others, by design
+        done = [loop for loop in self.loops if loop.reached_max_frames or loop.idle_at_end]
+        if not done:
             return
-        waiting = [loop for loop in self.loops if loop not in reached and not loop.stopping]
-        if waiting and all(loop.without_frames for loop in waiting):
-            for loop in waiting:
+        waiting = [loop for loop in self.loops if loop not in done and not loop.stopping]
+        if all(loop.without_frames for loop in waiting):
+            for loop in waiting + [lp for lp in done if lp.idle_at_end and not lp.stopping]:
                 loop.stop(f"--max-frames {loop.max_frames} reached by the cameras with frames")
 
     def install_signal_handlers(self) -> Callable[[], None]:

@@ -355,6 +355,29 @@ def test_max_frames_ends_the_run_when_another_camera_never_delivers(tmp_path, de
     assert "while stopping" not in err, err  # asked once, not again every half second
 
 
+def test_max_frames_ends_the_run_when_a_file_ended_short_and_another_never_delivers(
+        tmp_path, default_model):
+    """A demo clip of 120 frames (it idles at its end in a map) and a stream never found, with
+    --max-frames 150: no camera ever reaches N, and the process ran until SIGTERM."""
+    cfg = write(tmp_path / "c.yaml", {
+        "state_dir": str(tmp_path / "state"), "detector": {"kind": "blazeface"},
+        "classifier": {"model": str(default_model)},
+        "cameras": {"front": {"source": {"kind": "demo"}},
+                    "back": {"source": {"uri": _no_stream(), "reopen_min_s": 0.2,
+                                        "reopen_max_s": 0.5}}}})
+    proc = start(cfg, "--max-frames", "150")
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "back: stopping: --max-frames 150 reached by the cameras with frames" in err, err
+    assert "front: stopping: --max-frames 150 reached by the cameras with frames" in err, err
+    # the loop's line names its camera, as all of them do (was: 'demo: end of source ...')
+    assert "front: end of source (demo); idle until SIGTERM/SIGINT" in err, err
+
+
 def test_a_camera_removed_from_the_config_gets_its_open_violations_ended(tmp_path, default_model):
     """Two cameras, kill -9 with a violation open on `back`, `back` then removed from the
     config: the next start ends it (reason restart) in JSON lines and on MQTT, with one INFO

@@ -463,7 +463,7 @@ def test_file_source_without_exit_at_end_waits_for_sigterm(tmp_path, default_mod
     try:
         err = ""
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "end of source; idle" not in err:
+        while time.monotonic() < deadline and f"camera: end of source ({clip}); idle" not in err:
             line = proc.stderr.readline()
             assert line, "maskd run exited before the end of the file"
             err += line
