@@ -335,21 +335,28 @@ def test_a_camera_whose_file_ended_is_not_stopped_twice_by_sigterm(tmp_path, def
     assert "back: stopping: SIGTERM" in err, err
 
 
-def test_max_frames_ends_the_run_when_another_camera_never_delivers(tmp_path, default_model):
-    """--max-frames N with a camera whose stream is never found: the process never exited."""
+def _demo_beside_a_stream_never_found(tmp_path, default_model, max_frames: int) -> str:
+    """`run --max-frames N` of a map: the demo clip (120 frames) and a stream never found;
+    its stderr, once it exited 0 (within 90 s)."""
     cfg = write(tmp_path / "c.yaml", {
         "state_dir": str(tmp_path / "state"), "detector": {"kind": "blazeface"},
         "classifier": {"model": str(default_model)},
         "cameras": {"front": {"source": {"kind": "demo"}},
                     "back": {"source": {"uri": _no_stream(), "reopen_min_s": 0.2,
                                         "reopen_max_s": 0.5}}}})
-    proc = start(cfg, "--max-frames", "5")
+    proc = start(cfg, "--max-frames", str(max_frames))
     try:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
+    return err
+
+
+def test_max_frames_ends_the_run_when_another_camera_never_delivers(tmp_path, default_model):
+    """--max-frames N with a camera whose stream is never found: the process never exited."""
+    err = _demo_beside_a_stream_never_found(tmp_path, default_model, 5)
     assert "front: stopping: --max-frames 5 reached" in err, err
     assert "back: stopping: --max-frames 5 reached by the cameras with frames" in err, err
     assert "while stopping" not in err, err  # asked once, not again every half second
@@ -359,19 +366,7 @@ def test_max_frames_ends_the_run_when_a_file_ended_short_and_another_never_deliv
         tmp_path, default_model):
     """A demo clip of 120 frames (it idles at its end in a map) and a stream never found, with
     --max-frames 150: no camera ever reaches N, and the process ran until SIGTERM."""
-    cfg = write(tmp_path / "c.yaml", {
-        "state_dir": str(tmp_path / "state"), "detector": {"kind": "blazeface"},
-        "classifier": {"model": str(default_model)},
-        "cameras": {"front": {"source": {"kind": "demo"}},
-                    "back": {"source": {"uri": _no_stream(), "reopen_min_s": 0.2,
-                                        "reopen_max_s": 0.5}}}})
-    proc = start(cfg, "--max-frames", "150")
-    try:
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    err = _demo_beside_a_stream_never_found(tmp_path, default_model, 150)
     assert "back: stopping: --max-frames 150 reached by the cameras with frames" in err, err
     assert "front: stopping: --max-frames 150 reached by the cameras with frames" in err, err
     # the loop's line names its camera, as all of them do (was: 'demo: end of source ...')
