@@ -250,8 +250,11 @@ class Violations:
             self._recent.append(_Ended(v.box, end_time, v.appearance, v.track_id))
         ev = self._message(v, "end", end_time, frame_seq)
         # after a step back the new clock's end comes before the start: the end on the
-        # start's clock then, which a consumer sorting or subtracting the two can use
-        ev.end_time, ev.end_reason = end_time - min(ev.clock_step_s, 0.0), reason
+        # start's clock then, which a consumer sorting or subtracting the two can use; by the
+        # step itself, not its rounding (a microsecond's jitter back made an end 1 us before
+        # its start), and never before start + the rounded duration the message gives
+        ev.end_time = max(end_time - min(v.stepped, 0.0), v.start_time + ev.duration_s)
+        ev.end_reason = reason
         return ev
 
     def _message(self, v: _Violation, kind: EventType, now: float,
@@ -267,7 +270,7 @@ class Violations:
             track_id=v.track_id, start_time=v.start_time, score=v.score, top_score=v.top_score,
             box=norm, frame_seq=v.best_seq, best_crop=v.best_crop,
             duration_s=round(max(now - v.start_time - v.stepped, 0.0), 3),
-            clock_step_s=round(v.stepped, 3),
+            clock_step_s=round(v.stepped, 3) + 0.0,  # + 0.0: never -0.0 for a jitter back
         )
         v.next_seq += 1
         v.last_msg_time = now

@@ -349,6 +349,19 @@ def test_an_end_after_a_clock_step_forward_keeps_the_new_clocks_time():
     assert end.clock_step_s == pytest.approx(7 * DAY)
 
 
+@pytest.mark.parametrize("jitter", [-1.2e-6, -3e-4, 2e-6])
+def test_a_microsecond_of_clock_jitter_neither_ends_before_the_start_nor_says_minus_zero(jitter):
+    """A network camera's frames: the wall clock and the time since boot read a microsecond
+    apart make a 'step' of -1.2 us; an end ~0 s after its start came 1.2 us before it, and
+    clock_step_s said -0.0."""
+    msgs = messages_through_a_step(jitter)
+    end = msgs[-1]
+    assert end.event_type == "end" and end.clock_step_s == 0.0
+    assert str(end.clock_step_s) == "0.0"  # not "-0.0"
+    assert end.end_time >= end.start_time + end.duration_s
+    assert all(str(m.clock_step_s) == "0.0" for m in msgs)
+
+
 def test_votes_across_a_clock_step_still_need_their_span():
     """Three votes in 0.3 s with a forward step among them are 0.3 s of evidence, not a week."""
     cfg = Config()
