@@ -359,6 +359,8 @@ def test_a_flood_of_bad_detect_set_messages_is_one_line_per_cause(broker, tmp_pa
         return [r.getMessage() for r in caplog.records if "expected ON or OFF" in r.getMessage()]
 
     with caplog.at_level(logging.WARNING, logger="maskd.mqtt"):
+        # an empty retained message deletes a retained command: no command, and no line
+        sub.client.publish(f"{CAM}/detect/set", b"", qos=1, retain=True)
         for i in range(300):
             sub.client.publish(f"{CAM}/detect/set", f"garbage{i}", qos=1)
         sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)  # after all of them, in order

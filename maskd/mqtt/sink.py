@@ -859,6 +859,8 @@ class MqttSink(EventSink):
                                "MQTT: ignoring retained %s (send it without the retain flag)",
                                msg.topic)
                 return
+            if not msg.payload:  # how a retained message is deleted (mqtt-clear's): no command
+                return
             value = parse_switch(msg.payload)
             if value is None:
                 self._rate_log(logging.WARNING, f"value {msg.topic}",
