@@ -166,11 +166,8 @@ class CameraLoop:
         self._began = time.time()
         try:
             self._emit(self._restart_ends)
-            # nobody seen yet and nothing open: what a previous run left retained (a violation
-            # it was killed in, its faces) is not true now, also when no frame ever comes
-            self._tell_state(FaceCounts(0, 0, 0, 0, active=self.pipeline.violations.active,
-                                        detect_enabled=self.control.detect_enabled,
-                                        timestamp=time.time()))
+            if self.source.is_live:
+                self._tell_nobody_yet()
             self._loop()
         except CoralLost as err:  # the hardware, not a bug: one line, and 75 for the boot wait
             log.error("%s: %s: %s", self.cfg.camera, err, CORAL_LOST_NEXT)
@@ -325,6 +322,16 @@ class CameraLoop:
         self._tell_state(state)
         stats = self._stats(fps=self._fps, ms=ms)
         self._to_observers(lambda obs: obs.on_frame(frame, result.verdicts, stats))
+
+    def _tell_nobody_yet(self) -> None:
+        """A live camera's counts before its first frame: nobody seen and nothing open, at
+        the wall clock's time (its frames' clock), the schedule applied. What a previous run
+        left retained (a violation it was killed in, its faces) is not true now, also when
+        the camera never delivers. (A file delivers at once, on its own clock.)"""
+        now = time.time()
+        self._follow_schedule(now)
+        self._tell_state(FaceCounts(0, 0, 0, 0, active=self.pipeline.violations.active,
+                                    detect_enabled=self.control.detect_enabled, timestamp=now))
 
     def _tell_state(self, state: FaceCounts) -> None:
         self._state = state
