@@ -51,9 +51,9 @@ class Plan:
     owns_device: bool  # a cameras: map: the device status is this config's process's
     topics: dict[str, Topics] = field(default_factory=dict)
 
-    def probes(self) -> list[str]:
+    def probes(self) -> tuple[str, ...]:
         """One topic under each camera's subscribed tree, for the read-back check."""
-        return [f"{t.availability.rsplit('/', 1)[0]}/{PROBE}" for t in self.topics.values()]
+        return tuple(f"{t.availability.rsplit('/', 1)[0]}/{PROBE}" for t in self.topics.values())
 
     def ours(self, topic: str, found: dict[str, bytes]) -> bool:
         """A found topic belongs to what is cleared (the device status only without --camera).
@@ -160,26 +160,19 @@ class _Clearer:
             return self.cond.wait_for(lambda: all(m in self.answers for m in mids),
                                       max(0.0, deadline - time.monotonic()))
 
-    def scan(self, patterns: list[str], wait: float) -> tuple[dict[str, bytes], list[str]]:
-        """Retained messages under ``patterns``: (topic -> payload, patterns we may not read).
+    def scan(self, patterns: list[str], wait: float, probes: tuple[str, ...] = ()
+             ) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """Retained messages under ``patterns``: (topic -> payload, patterns we may not read,
+        the ``probes`` a message published there never came back on).
 
         Never shorter than the settle time, whatever ``wait`` says: a scan that ends before
         the retained messages arrive sees no online camera and no leftover, and the check
         afterwards none left (``--wait 0`` cleared a running camera and said none were there).
+        A SUBACK grants nothing to read: mosquitto's acl_file grants a subscription to a user
+        without read rights and then delivers nothing, which looked like a broker with nothing
+        retained (a running camera's topics cleared, 'none were there', exit 0); so a probe
+        topic under ``patterns`` gets a message (QoS 1, not retained) that must come back.
         """
-        return self._scan(patterns, wait, [])[:2]
-
-    def scan_and_probe(self, patterns: list[str], wait: float, probes: list[str]
-                       ) -> tuple[dict[str, bytes], list[str], list[str]]:
-        """``scan``, and which of ``probes`` (topics under ``patterns``) a message published
-        there (QoS 1, not retained) never came back on. A SUBACK grants nothing to read:
-        mosquitto's acl_file grants a subscription to a user without read rights and then
-        delivers nothing, which looked like a broker with nothing retained (a running
-        camera's topics cleared, 'none were there', exit 0)."""
-        return self._scan(patterns, wait, probes)
-
-    def _scan(self, patterns: list[str], wait: float, probes: list[str]
-              ) -> tuple[dict[str, bytes], list[str], list[str]]:
         wait = max(wait, 2 * SETTLE_S)
         with self.cond:
             self.retained, self.scanning = {}, True
@@ -300,7 +293,7 @@ def main(args: argparse.Namespace) -> int:
         version = "5" if probe.version == mqtt.MQTTv5 else "3.1.1"
         out.line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
                  f"camera(s) {', '.join(p.cameras)}")
-        found, denied, unread = cl.scan_and_probe(p.patterns, args.wait, p.probes())
+        found, denied, unread = cl.scan(p.patterns, args.wait, p.probes())
         for pattern in denied:
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
                   "topics without seeing what is there", file=sys.stderr)
@@ -331,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         failures = cl.clear(todo)
         try:
-            left, _ = cl.scan(p.patterns, args.wait)
+            left, _, _ = cl.scan(p.patterns, args.wait)
             lost = ""
         except ConnectionError as err:  # what the broker acknowledged is still worth naming
             left, lost = {}, str(err)
