@@ -142,11 +142,14 @@ else
             [ -e "$f" ] && shipped+=("models/${f##*/}")
         done
     fi
-    shipped+=("$SHARE_MANIFEST")
     for rel in "${shipped[@]}"; do
         case "/$rel/" in */../*) continue ;; esac  # never out of the folder
         if [ -e "$ROOT$MODELS_ROOT/$rel" ]; then remove "$MODELS_ROOT/$rel"; fi
     done
+    # The manifest stays while anything is kept: a second run without it would take the
+    # admin's files for an older install's (an EdgeTPU model of a shipped name, a YuNet
+    # `maskd models fetch` put there) and delete what the first run kept.
+    shipped+=("$SHARE_MANIFEST")
     kept=()
     while IFS= read -r -d '' f; do
         rel="${f#"$ROOT$MODELS_ROOT"/}"

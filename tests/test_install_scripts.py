@@ -550,6 +550,17 @@ def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
     assert ("uninstall.sh: kept /usr/share/maskd/models/mine_edgetpu.tflite (not installed by "
             "install.sh: your own files); --purge removes them") in r.stdout
     assert f"uninstall.sh: removed /usr/share/maskd/models/{yunet}" in r.stdout
+    # a second run keeps them too, also files of the names an older install copied (an admin's
+    # compiled EdgeTPU model, a YuNet fetched later): it deleted them once the first run had
+    # removed the manifest
+    for name in ("maskd_mobilenetv2_int8_edgetpu.tflite", "face_detection_yunet_2026may.onnx"):
+        (models / name).write_bytes(b"the admin's own")
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in models.iterdir()) == [
+        "face_detection_yunet_2026may.onnx", "maskd_mobilenetv2_int8_edgetpu.tflite",
+        "mine_edgetpu.tflite"], r.stdout
+    assert "removed" not in r.stdout, r.stdout
     # nothing of the admin's left: the folder goes whole; --purge takes the rest in any case
     r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear", "--purge")
     assert r.returncode == 0, r.stderr
