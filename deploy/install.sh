@@ -71,8 +71,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# a usage error, exit 2, as `maskd models fetch` says it (docs/install-pi.md)
 [ -z "$YUNET_SHA256" ] || [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] \
-    || die "--yunet-sha256 must be 64 lower-case hex digits"
+    || { echo "$ME: --yunet-sha256 must be 64 lower-case hex digits" >&2; exit 2; }
 
 # File operations run unless --dry-run (system commands go through sys, deploy/lib.sh).
 act() {
@@ -253,7 +254,9 @@ if [ "$YUNET" = 1 ]; then
     if [ "$DRY" = 1 ]; then
         echo "would run: python3 -m maskd ${fetch[*]}"
     else
-        got="$(PYTHONPATH="$SRC" python3 -m maskd "${fetch[@]}")" || die "YuNet not installed (see above)"
+        # its exit status passed on (65 checksum, 69 network, 73 the folder, 2 usage)
+        got="$(PYTHONPATH="$SRC" python3 -m maskd "${fetch[@]}")" \
+            || { rc=$?; echo "$ME: YuNet not installed (see above)" >&2; exit "$rc"; }
         echo "$got"
         # "installed|unchanged PATH (sha256 ok)": its name goes into the manifest
         got="$(sed -n 's/^[a-z]* \(.*\) (sha256 ok)$/\1/p' <<<"$got" | tail -n 1)"

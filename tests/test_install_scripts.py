@@ -240,7 +240,7 @@ def test_yunet_download_is_sha256_checked(tmp_path):
     # wrong hash: refused, nothing installed
     bad = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
              "--yunet-sha256", "0" * 64)
-    assert bad.returncode != 0
+    assert bad.returncode == 65  # models fetch's status, passed on (was 1 for every failure)
     assert f"YuNet sha256 mismatch: got {digest}" in bad.stderr and "nothing installed" in bad.stderr
     assert not list(models.glob("*.onnx"))
     # the URL alone is checked against the pinned sha256: refused too
@@ -256,9 +256,14 @@ def test_yunet_download_is_sha256_checked(tmp_path):
     again = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{model}",
                "--yunet-sha256", digest)
     assert f"unchanged {dest} (sha256 ok)" in again.stdout
-    # a malformed hash is rejected before anything happens
+    # a malformed hash is rejected before anything happens: a usage error, as docs say
     r = sh(INSTALL, "--root", root, "--yunet-sha256", "abc")
-    assert r.returncode != 0 and "64 lower-case hex digits" in r.stderr
+    assert r.returncode == 2 and "64 lower-case hex digits" in r.stderr
+    gone = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{tmp_path}/none.onnx",
+              "--yunet-sha256", "1" * 64)  # not there yet: fetched, and the file is not found
+    assert gone.returncode == 69 and "YuNet not installed (see above)" in gone.stderr
+    url = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", "ftp://x/y.onnx")
+    assert url.returncode == 2, url.stderr
 
 
 def test_installer_and_quickstart_fetch_yunet_with_the_same_command():
