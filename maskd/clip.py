@@ -133,6 +133,7 @@ class ClipWriter(FrameObserver):
         self.fps = fps
         self.segment_s = segment_s
         self.segment_bytes = int(segment_mb * MB)
+        self.keep_mb = keep_mb  # as configured, for the log lines (1.5 was said '2 MB')
         self.keep_bytes = int(keep_mb * MB)
         self.min_free = min_free
         self.paths: deque[Path] = deque(maxlen=RECENT)
@@ -548,4 +549,4 @@ class ClipWriter(FrameObserver):
                 continue
             total -= size
             log.info("annotated clip: deleted %s (the clips of %s were over annotate_keep_mb "
-                     "%.0f MB)", path.name, self.name, self.keep_bytes / MB)
+                     "%g MB)", path.name, self.name, self.keep_mb)

@@ -63,12 +63,15 @@ def test_rotates_by_video_time_and_caps_the_total(tmp_path):
     assert w.frames == n and other.exists() and notes.exists()
 
 
-def test_a_long_run_remembers_only_its_latest_segments(tmp_path, monkeypatch):
-    """Months of rotation must not grow the writer: it keeps the latest names, not all of them."""
+def test_a_long_run_remembers_only_its_latest_segments(tmp_path, monkeypatch, caplog):
+    """Months of rotation must not grow the writer: it keeps the latest names, not all of them.
+    The delete line names the cap as configured (0.3 was said '0 MB')."""
     monkeypatch.setattr(clip, "RECENT", 2)
     w = ClipWriter(tmp_path, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=0.3)
-    feed(w)
+    with caplog.at_level(logging.INFO, logger="maskd.clip"):
+        feed(w)
     w.close()
+    assert "(the clips of door were over annotate_keep_mb 0.3 MB)" in caplog.text
     on_disk = sorted(tmp_path.glob("door-*.mkv"), key=lambda p: p.stat().st_mtime)
     assert len(w.paths) == 2 and w.paths[-1] == on_disk[-1]  # 8 segments of 1 s were written
     assert len(w.deleted) == 2 and not any(p.exists() for p in w.deleted)
