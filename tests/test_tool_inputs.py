@@ -546,7 +546,7 @@ def test_a_model_file_that_cannot_be_read_is_named_by_every_tool(tmp_path: Path)
         assert f"edgetpu_check: {model}: {says}" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(SystemExit) as exc:
         tflite_macs(trunc)
-    assert _exit_message(exc).startswith(f"{trunc}: not a readable TFLite model")
+    assert _exit_message(exc).startswith(f"{trunc}: cannot load TFLite model: ")
     with pytest.raises(SystemExit) as exc:
         open_model(trunc)
     assert _exit_message(exc).startswith(f"{trunc}:") and "Traceback" not in _exit_message(exc)

@@ -56,6 +56,8 @@ def check(path: Path) -> tuple[list[str], dict[str, Any]]:
     interpreter_cls, _, _ = import_runtime()
     try:
         interp = interpreter_cls(model_path=str(path))
+    # not maskd.tflite.open_interpreter: it also allocates the tensors (running each op's
+    # prepare step), which this static look at the graph neither needs nor should depend on
     except (ValueError, RuntimeError) as err:  # empty, truncated, not a model: a traceback
         raise ModelError(f"{path}: not a readable TFLite model ({reason(err)})") from None
     tensors = {t["index"]: t for t in interp.get_tensor_details()}

@@ -22,15 +22,13 @@ def tflite_macs(path: Path) -> dict[str, Any]:
     FULLY_CONNECTED: in*out. Everything else (adds, pooling, activations) is not a MAC.
     Works from the .tflite alone, so it runs on a Pi without TensorFlow.
     """
-    from maskd.tflite import import_runtime
-    from tools.inputs import reason
+    from maskd.classifier import ModelError
+    from maskd.tflite import open_interpreter
 
-    interpreter_cls, _, _ = import_runtime()
-    try:
-        interp = interpreter_cls(model_path=str(path), num_threads=1)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as err:  # a truncated file: a traceback after the timings
-        raise SystemExit(f"{path}: not a readable TFLite model ({reason(err)})") from None
+    try:  # the loader the classifier and detectors use: its one line for a file it cannot load
+        interp, _ = open_interpreter(path, threads=1)
+    except ModelError as err:  # a truncated file: was a traceback after the timings
+        raise SystemExit(str(err)) from None
     shapes = {t["index"]: [int(v) for v in t["shape"]] for t in interp.get_tensor_details()}
     by_op: dict[str, int] = {}
     for op in interp._get_ops_details():
