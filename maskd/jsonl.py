@@ -147,11 +147,7 @@ class JsonlSink(EventSink):
                           "lost so far (said once a minute)", self.target, self._error[0],
                           self.failed)
             return
-        if self._error is not None:
-            log.warning("jsonl %s: writing again (it failed since %s: %s; %d event line(s) lost)",
-                        self.target, time.strftime("%H:%M:%S", time.localtime(self._error[1])),
-                        self._error[0], self.failed)
-            self._error = None
+        self._writing_again(lost=True)
 
     def _follow_rotation(self) -> None:
         """Open the path again when it no longer names the open file (under the lock): one
@@ -228,7 +224,7 @@ class JsonlSink(EventSink):
         """Append what waits, in order (under the lock); False when a line cannot be written."""
         if self._fd is None:  # stdout: nothing waits, and its fault is _to_stdout's to clear
             return self._error is None
-        while self._waiting and self._fd is not None:
+        while self._waiting:
             try:
                 self._follow_rotation()
                 self._roll_over(len(self._waiting[0]))
@@ -244,11 +240,17 @@ class JsonlSink(EventSink):
                               self.target, why, len(self._waiting), MEMORY_MAX, self.failed)
                 return False
             self._waiting.popleft()
-        if self._error is not None:
-            log.warning("jsonl %s: writing again (it failed since %s: %s)", self.target,
-                        time.strftime("%H:%M:%S", time.localtime(self._error[1])), self._error[0])
-            self._error = None
+        self._writing_again()
         return True
+
+    def _writing_again(self, lost: bool = False) -> None:
+        """The fault is over (under the lock): said once, with since when and why (and, for
+        stdout, which keeps nothing, how many lines were lost)."""
+        if self._error is not None:
+            log.warning("jsonl %s: writing again (it failed since %s: %s%s)", self.target,
+                        time.strftime("%H:%M:%S", time.localtime(self._error[1])),
+                        self._error[0], f"; {self.failed} event line(s) lost" if lost else "")
+            self._error = None
 
     def on_stats(self, stats: LoopStats) -> None:
         """Retry waiting lines even when no new event comes."""
