@@ -1256,11 +1256,14 @@ def shown_path(path: Path | str) -> str:
     return text if len(text) <= 200 else excerpt(text)
 
 
+EXTRA_MODELS_WAY_OUT = "[] scans with classifier.model alone"  # a still_extra_models file's
+
+
 def extra_model_problem(path: Path | str) -> str | None:
     """``model_file_problem`` of one of ``classifier.still_extra_models``, with the way out:
     `scan` stops on it, check-config warns with it (it named none of them)."""
     problem = model_file_problem(path, "classifier.still_extra_models")
-    return None if problem is None else f"{problem} ([] scans with classifier.model alone)"
+    return None if problem is None else f"{problem} ({EXTRA_MODELS_WAY_OUT})"
 
 
 def model_file_problem(path: Path | str, named: str | None = None) -> str | None:

@@ -25,7 +25,14 @@ import numpy as np
 
 from maskd import clock, schedule
 from maskd.clip import ClipWriter
-from maskd.config import Config, excerpt, extra_model_problem, model_file_problem, still_detector
+from maskd.config import (
+    EXTRA_MODELS_WAY_OUT,
+    Config,
+    excerpt,
+    extra_model_problem,
+    model_file_problem,
+    still_detector,
+)
 from maskd.env import Environment
 from maskd.files import CardWatch
 from maskd.jsonl import JsonlSink
@@ -762,8 +769,8 @@ def build_classifier(cfg: Config, still: bool = False,
         try:
             members.append(Classifier.open(p, c.threads, False))
         except ModelError as err:
-            raise ModelError(f"{err} (classifier.still_extra_models; [] scans with "
-                             "classifier.model alone)") from None
+            raise ModelError(f"{err} (classifier.still_extra_models; {EXTRA_MODELS_WAY_OUT})"
+                             ) from None
     return MeanClassifier(members) if len(members) > 1 else first
 
 
