@@ -41,6 +41,7 @@ from yaml.nodes import ScalarNode
 
 from maskd import certs, env, schedule, zones
 from maskd.files import open_regular, read_limited
+from maskd.modelfiles import not_onnx
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 DEFAULT_CONFIG_PATH = Path("/etc/maskd/config.yaml")
@@ -276,6 +277,16 @@ class DetectorConfig(Section):
             raise ValueError("detector kind ssd needs model: a .tflite SSD with "
                              "TFLite_Detection_PostProcess (or OpenCV's .pb face SSD)")
         return self
+
+    @field_validator("model")
+    @classmethod
+    def _yunet_reads_onnx(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        """kind yunet's model, and auto's (which is YuNet's): another file would reach OpenCV,
+        which can crash on it (maskd.modelfiles.not_onnx)."""
+        if v is not None and info.data.get("kind") in ("yunet", "auto") and (
+                wrong := not_onnx(v)) is not None:
+            raise ValueError(f"{shown_path(v)}: {wrong}")
+        return v
 
     @model_validator(mode="after")
     def _edgetpu_needs_a_tflite_ssd(self) -> DetectorConfig:
@@ -1290,6 +1301,8 @@ def model_file_problem(path: Path | str, named: str | None = None) -> str | None
 
 
 def _hide_passwords(value: Any) -> Any:
+    if isinstance(value, Path):  # a command-line option's path: shown as the file's text
+        value = str(value)
     if isinstance(value, str):
         return shown_uri(value)
     if isinstance(value, dict):

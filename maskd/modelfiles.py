@@ -104,6 +104,16 @@ def damaged_yunet(path: Path) -> str | None:
             "run `maskd models fetch` again")
 
 
+def not_onnx(path: Path | str) -> str | None:
+    """Why OpenCV's YuNet must not be handed ``path``, or None. ``cv2.FaceDetectorYN`` picks its
+    reader by the file's ending: a ``.pb`` goes to the TensorFlow reader, which kills the whole
+    process (SIGSEGV) on anything but a frozen graph, where ``run`` must stop with a line."""
+    if Path(path).suffix == ".onnx":  # OpenCV's own test: ".ONNX" is not read as ONNX either
+        return None
+    return ("YuNet reads an .onnx file (face_detection_yunet_*.onnx) and this is not one; "
+            "kind ssd takes a .pb or .tflite SSD, blazeface a .tflite")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -516,6 +517,31 @@ def test_another_onnx_is_not_a_yunet(tmp_path: Path):
         assert r.returncode == code, r.stderr
         assert r.stderr.splitlines()[-1] == (f"maskd {args[0]}: {centerface}: not a YuNet model "
                                              "(OpenCV cannot detect faces with it)"), r.stderr
+
+
+def test_a_file_not_named_onnx_never_reaches_yunet(tmp_path: Path):
+    """OpenCV's YuNet picks its reader by the file's ending: a .pb went to its TensorFlow
+    reader, which killed maskd (SIGSEGV, exit 139) in run, scan and doctor, and check-config
+    said OK. The config refuses it for kind yunet and auto (whose model is YuNet's), and
+    $MASKD_YUNET, which no config checks, is refused before OpenCV sees it."""
+    junk = tmp_path / "face.pb"
+    junk.write_bytes(b"hello\n")
+    wrong = "YuNet reads an .onnx file (face_detection_yunet_*.onnx) and this is not one"
+    config = tmp_path / "maskd.yaml"
+    config.write_text(f"source: {{uri: {tmp_path}}}\ndetector: {{model: {junk}}}\n")
+    for args, code in ((["check-config", str(config)], 78),
+                       (["run", "--config", str(config), "--max-frames", "1"], 78),
+                       (["scan", str(tmp_path), "--detector", "yunet", "--detector-model",
+                         str(junk)], 2)):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == code, r.stderr
+        assert f"'detector.model': {junk}: {wrong}" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo", "--max-frames",
+                        "1", "--detector", "yunet"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MASKD_YUNET": str(junk)})
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"maskd run: {junk}: {wrong}"), r.stderr
 
 
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):

@@ -13,7 +13,14 @@ from maskd.config import DetectorConfig
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
 from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
-from maskd.modelfiles import REPO_MODELS, SYSTEM_MODELS, YUNET_GLOB, damaged_yunet, find_yunet
+from maskd.modelfiles import (
+    REPO_MODELS,
+    SYSTEM_MODELS,
+    YUNET_GLOB,
+    damaged_yunet,
+    find_yunet,
+    not_onnx,
+)
 from maskd.types import Face
 
 
@@ -62,6 +69,8 @@ class YuNet:
         self.name = "yunet"
         self.path = Path(model)
         self.input_size = input_size
+        if (wrong := not_onnx(self.path)) is not None:  # $MASKD_YUNET; the config's is refused
+            raise DetectorError(f"{model}: {wrong}")
         try:
             damage = damaged_yunet(self.path)
         except OSError as err:
