@@ -591,13 +591,15 @@ def test_edgetpu_on_a_cpu_only_detector_is_refused(yunet_model: Path):
 # ----------------------------------------------------------------------------- TFLite SSD
 
 
-def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64, int8: bool = False) -> None:
+def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64, int8: bool = False,
+                           channels: int = 3) -> None:
     """A tiny float 'face SSD' with the real TFLite_Detection_PostProcess op.
 
     One anchor per grid cell; a cell's face score is the sigmoid of its mean brightness and box
     encodings are zero, so a bright cell is detected with exactly its anchor box. Converted the
     way TF's object-detection exporter does it (a composite function the converter fuses).
     ``int8``: quantized as for a Coral, with int8 input calibrated on MobileNet's [-1, 1].
+    ``channels``: of the input (1 makes a grey-image model, which is no face SSD for maskd).
     """
     tf = pytest.importorskip("tensorflow")
     n = grid * grid
@@ -617,7 +619,7 @@ def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64, int8: bool
         zero = tf.constant(0.0, dtype=tf.float32)
         return zero, zero, zero, zero
 
-    @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec((1, size, size, channels), tf.float32)])
     def model(x):
         cell = tf.nn.avg_pool2d(x[..., :1], size // grid, size // grid, "VALID")
         face = tf.reshape(tf.sigmoid(8.0 * cell), (1, n, 1))
@@ -634,7 +636,7 @@ def _build_postprocess_ssd(path: Path, grid: int = 4, size: int = 64, int8: bool
         rng = np.random.default_rng(0)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: (
-            [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)] for _ in range(20))
+            [rng.uniform(-1, 1, (1, size, size, channels)).astype(np.float32)] for _ in range(20))
         converter.inference_input_type = tf.int8
     path.write_bytes(converter.convert())
 
@@ -656,6 +658,31 @@ def test_tflite_ssd_with_postprocess_op(tmp_path: Path):
     assert tiled.name == "ssd+tiles2"
     found = tiled.detect(img)
     assert len(found) == 1 and found[0].box == pytest.approx((64, 32, 96, 64), abs=0.5)
+
+
+@pytest.mark.slow
+def test_a_tflite_that_is_no_colour_ssd_says_so_with_its_file(tmp_path: Path):
+    """A grey-image model loaded, then `run` failed on its first frame with a ValueError
+    traceback (exit 70, a restart loop under systemd), scan with a traceback; another model
+    (the classifier) was refused in words that named no file."""
+    from maskd.classifier import default_model_path
+
+    grey = tmp_path / "grey_ssd.tflite"
+    _build_postprocess_ssd(grey, channels=1)
+    with pytest.raises(DetectorError) as err:
+        make_detector(DetectorConfig(kind="ssd", model=grey))
+    assert str(err.value) == (f"{grey}: its input (1, 64, 64, 1) is not one colour image "
+                              "(1, H, W, 3): not a face SSD")
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo", "--max-frames",
+                        "2", "--detector", "ssd", "--detector-model", str(grey)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.splitlines()[-1] == f"maskd run: {err.value}", r.stderr
+    classifier = default_model_path()
+    with pytest.raises(DetectorError) as err:
+        make_detector(DetectorConfig(kind="ssd", model=classifier))
+    assert str(err.value).startswith(f"{classifier}: an SSD post-process model has 4 outputs, "
+                                     "this one has ")
 
 
 @pytest.mark.slow

@@ -93,8 +93,16 @@ class TfliteSsd:
         self.edgetpu = edgetpu
         self._interp, _ = open_interpreter(self.path, TFLITE_THREADS, edgetpu)
         self._in = self._interp.get_input_details()[0]
-        _, self.input_h, self.input_w, _ = (int(v) for v in self._in["shape"])
-        self._outs = postprocess_output_order(self._interp.get_output_details())
+        shape = tuple(int(v) for v in self._in["shape"])
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:  # else a traceback at start, or
+            # on the first frame (exit 70, a restart loop under systemd)
+            raise DetectorError(f"{model}: its input {shape} is not one colour image (1, H, W, 3): "
+                                "not a face SSD")
+        _, self.input_h, self.input_w, _ = shape
+        try:
+            self._outs = postprocess_output_order(self._interp.get_output_details())
+        except DetectorError as err:
+            raise DetectorError(f"{model}: {err}") from None
 
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> TfliteSsd:
