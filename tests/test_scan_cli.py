@@ -464,3 +464,14 @@ def test_a_coral_lost_part_way_keeps_what_was_written_and_says_where_it_stopped(
     assert recs[0]["faces"] and all(f["label"] for r in recs for f in r["faces"]), recs
     assert sorted(p.name for p in (ann / folder.name).iterdir()) == [
         Path(r["path"]).name for r in recs]  # the annotations of the images done, no other
+
+
+def test_auto_says_which_yunet_file_it_missed(tmp_path, photos):
+    """A mistyped detector.model under auto: scan gave BlazeFace's results without a word (run,
+    doctor and check-config name the missed file)."""
+    missing = tmp_path / "typo_yunet.onnx"
+    r = scan(str(photos[0]), "--detector-model", str(missing))
+    assert r.returncode == 0, r.stderr
+    assert (f"maskd scan: YuNet's model file was not found (detector.model {missing}; `maskd "
+            "models fetch` downloads it), so this is BlazeFace") in r.stderr, r.stderr
+    assert len(r.stdout.splitlines()) == 1  # the photo is still scanned

@@ -157,9 +157,10 @@ def run_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def detector_notes(cfg: Config, demo: bool) -> list[str]:
+def detector_notes(cfg: Config, demo: bool, still: bool = False) -> list[str]:
     """Which face detector runs, said plainly; and when ``auto`` had to fall back to BlazeFace
-    because YuNet's file is missing, what that means for masked faces."""
+    because YuNet's file is missing, what that means for masked faces (``still``: for `scan`'s
+    photos, which have no events)."""
     from maskd.detectors import YuNet, find_yunet_model
     from maskd.detectors.yunet import where_yunet_was_looked_for
 
@@ -171,11 +172,12 @@ def detector_notes(cfg: Config, demo: bool) -> list[str]:
         described += f" ({find_yunet_model(cfg.detector.model)})"
     notes = [f"face detector: {described}"]
     if cfg.detector.kind == "auto" and kind == "blazeface":
-        notes.append(
-            f"YuNet's model file was not found ({where_yunet_was_looked_for(cfg.detector.model)}"
-            "; `maskd models fetch` downloads it), so this is BlazeFace, which often stops finding a face once a mask covers nose and mouth: a "
-            "violation then ends as 'gone' rather than 'masked', and the header says '(1 face "
-            "not detected now)' meanwhile")
+        missed = (f"YuNet's model file was not found ({where_yunet_was_looked_for(cfg.detector.model)}"
+                  "; `maskd models fetch` downloads it), so this is BlazeFace, which often stops "
+                  "finding a face once a mask covers nose and mouth")
+        notes.append(missed + (": masked faces are often not counted" if still else
+                               ": a violation then ends as 'gone' rather than 'masked', and the "
+                               "header says '(1 face not detected now)' meanwhile"))
         if demo:
             notes.append("in this demo: expect the masked half to show no box, and the event "
                          "to end 'gone'; with YuNet it ends 'masked'")

@@ -158,6 +158,10 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ModelError, DetectorError) as err:
         print(f"maskd scan: {err}", file=sys.stderr)
         return EX_SETUP
+    from maskd.commands.run import detector_notes
+
+    for note in detector_notes(cfg, demo=False, still=True)[1:]:  # auto without YuNet: which file it missed
+        print(f"maskd scan: {note}", file=sys.stderr)
     names_as_bytes_on_stdout()
     scanned = unwritten = 0
     last: str | None = None
