@@ -236,12 +236,13 @@ def _write(fd: int, block: bytes, dest: Path) -> None:
 
 def find_yunet(folders: tuple[Path, ...]) -> Path | None:
     """The YuNet file in the first folder that has one: the pinned version when present, else
-    the last by name."""
+    the last by name. Only files: a link left dangling (or a folder) by that name was taken,
+    and `run` stopped on it beside a good file, or instead of falling back to BlazeFace."""
     for folder in folders:
         if (folder / YUNET_NAME).is_file():
             return folder / YUNET_NAME
         if folder.is_dir():
-            found = sorted(folder.glob(YUNET_GLOB))
+            found = sorted(p for p in folder.glob(YUNET_GLOB) if p.is_file())
             if found:
                 return found[-1]
     return None

@@ -399,3 +399,15 @@ def test_a_dest_that_is_a_file_is_named_so(tmp_path, capsys):
                      f"file://{tmp_path / 'none.onnx'}"]) == 73
         assert (f"cannot write in {dest}: {tmp_path / 'afile'} is a file, not a folder"
                 in capsys.readouterr().err)
+
+
+def test_a_dangling_link_or_folder_by_a_yunet_name_is_passed_over(tmp_path):
+    """A link left dangling named face_detection_yunet_2026may.onnx (a removed target) sorted
+    last and was taken beside a good 2025 file: `run` stopped with 'model file not found'."""
+    good = tmp_path / "face_detection_yunet_2025.onnx"
+    good.write_bytes(b"onnx")
+    (tmp_path / "face_detection_yunet_2026may.onnx").symlink_to(tmp_path / "gone.onnx")
+    (tmp_path / "face_detection_yunet_2027.onnx").mkdir()
+    assert modelfiles.find_yunet((tmp_path,)) == good
+    good.unlink()
+    assert modelfiles.find_yunet((tmp_path,)) is None  # auto falls back to BlazeFace
