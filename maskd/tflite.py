@@ -253,6 +253,11 @@ def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tup
         interp = interpreter_cls(**kwargs)
         interp.allocate_tensors()
     except (ValueError, RuntimeError, OSError) as err:
+        if not edgetpu and EDGETPU_OP.decode() in str(err):  # the runtime's words name no fix
+            raise ModelError(f"{path}: compiled for the EdgeTPU (edgetpu_compiler), so it runs "
+                             "only on a Coral: set edgetpu: true for it (classifier.edgetpu, "
+                             "detector.edgetpu or --edgetpu), or name the model it was compiled "
+                             "from") from None
         raise ModelError(f"{path}: cannot load TFLite model: {err}") from None
     return interp, runtime
 

@@ -40,3 +40,34 @@ def test_set_input_and_get_output_on_the_shipped_int8_model(default_model: Path)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, (raw.astype(np.float32) - o_zero) * o_scale)
     assert y.sum() == pytest.approx(1.0, abs=0.02)  # softmax over mask / no_mask
+
+
+def test_a_model_compiled_for_the_edgetpu_without_edgetpu_says_how_to_run_it(
+        default_model: Path, tmp_path: Path) -> None:
+    """An edgetpu_compiler model with edgetpu off was the runtime's 'Encountered unresolved
+    custom op: edgetpu-custom-op. See instructions: ...', naming no key (check-config said OK,
+    doctor 'edgetpu library not needed'). The shipped model with its first operator renamed to
+    the compiler's custom op stands in for a compiled one."""
+    import subprocess
+    import sys
+
+    flatbuffers = pytest.importorskip("flatbuffers")
+    schema = pytest.importorskip("tensorflow.lite.python.schema_py_generated")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(default_model.read_bytes(), 0))
+    op = model.operatorCodes[0]
+    op.builtinCode = op.deprecatedBuiltinCode = 32  # CUSTOM
+    op.customCode = b"edgetpu-custom-op"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    compiled = tmp_path / f"{default_model.stem}_edgetpu.tflite"
+    compiled.write_bytes(builder.Output())
+    sidecar = default_model.with_suffix(".json")  # the compiled model's is its source's
+    (tmp_path / sidecar.name).write_bytes(sidecar.read_bytes())
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo", "--max-frames",
+                        "1", "--model", str(compiled)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"maskd run: {compiled}: compiled for the EdgeTPU (edgetpu_compiler), so it runs only on "
+        "a Coral: set edgetpu: true for it (classifier.edgetpu, detector.edgetpu or --edgetpu), "
+        "or name the model it was compiled from"), r.stderr
