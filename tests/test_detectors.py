@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -394,6 +395,37 @@ def test_opencv_ssd_without_a_tensorflow_importer_says_so(tmp_path: Path, monkey
     with pytest.raises(DetectorError, match=r"ssd.pb: this OpenCV \(.+\) has no TensorFlow "
                                             r"importer .*opencv-python-headless<5.1"):
         make_detector(DetectorConfig(kind="ssd", model=pb))
+
+
+def test_check_config_warns_of_the_files_run_would_miss(tmp_path: Path, monkeypatch):
+    """check-config said OK where run stopped (exit 78): a .pb without its .pbtxt, a detector
+    wheel not installed (kind blazeface or centerface, or auto without YuNet)."""
+    from maskd.commands.check_config import file_warnings
+    from maskd.detectors import blazeface, missing_detector_file
+
+    pb = tmp_path / "face_uint8.pb"
+    pb.write_bytes(b"x")
+    config = tmp_path / "maskd.yaml"
+    config.write_text(f"source: {{kind: demo}}\ndetector: {{kind: ssd, model: {pb}}}\n")
+    missing = f"{tmp_path / 'face.pbtxt'}: OpenCV SSD model file not found"
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(config)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == f"{config}: warning: 'detector.kind': ssd: {missing}\n"
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(config),
+                        "--max-frames", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78 and r.stderr.splitlines()[-1] == f"maskd run: {missing}", r.stderr
+    monkeypatch.setattr(blazeface, "BLAZEFACE_WHEEL", "no-such-wheel")
+    monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "none.onnx"))
+    for kind in ("blazeface", "auto"):
+        cfg = Config.model_validate({"detector": {"kind": kind}})
+        said = missing_detector_file(cfg.detector)
+        assert said is not None and said.startswith("BlazeFace needs the no-such-wheel package")
+        assert f"warning: 'detector.kind': {kind}: {said}" in file_warnings(cfg)
+        with pytest.raises(DetectorError, match=re.escape(said)):
+            make_detector(cfg.detector)
+    monkeypatch.delenv("MASKD_YUNET")
+    assert missing_detector_file(DetectorConfig(kind="ssd", model=pb.with_suffix(".tflite"))) == (
+        f"{pb.with_suffix('.tflite')}: SSD model file not found")
 
 
 def test_upscale_finds_more_small_faces(scenes_dir: Path, yunet_model: Path):

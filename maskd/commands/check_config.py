@@ -45,9 +45,10 @@ from maskd.tflite import coral_problems, not_compiled_for_edgetpu
 
 
 def file_warnings(cfg: Config) -> list[str]:
-    """One line per named model file that this user cannot read, and for ``detector.kind:
-    yunet`` without ``detector.model``, a YuNet file found nowhere (`run` looks for it the
-    same way and stops); ``auto`` falls back to BlazeFace, `run` says so."""
+    """One line per named model file that this user cannot read, and one for a file the
+    detector reads that is not there (YuNet found nowhere for ``kind: yunet``, a wheel not
+    installed, the .pbtxt beside a .pb): `run` looks for them the same way and stops; ``auto``
+    falls back to BlazeFace, `run` says so."""
     out = []
     for key, path in cfg.model_files().items():
         if (problem := model_file_problem(path, key)) is not None:  # `run` says it so, and stops
@@ -57,11 +58,11 @@ def file_warnings(cfg: Config) -> list[str]:
     for extra in cfg.classifier.still_extra_models or []:  # `scan`'s, not `run`'s
         if (problem := extra_model_problem(extra)) is not None:
             out.append(f"warning: {problem}")
-    if cfg.detector.kind == "yunet" and cfg.detector.model is None:
-        from maskd.detectors.yunet import find_yunet_model, yunet_not_found
+    if not any(line.startswith("warning: detector.model:") for line in out):
+        from maskd.detectors import missing_detector_file
 
-        if find_yunet_model() is None:
-            out.append(f"warning: 'detector.kind': yunet: {yunet_not_found()}")
+        if (problem := missing_detector_file(cfg.detector)) is not None:
+            out.append(f"warning: 'detector.kind': {cfg.detector.kind}: {problem}")
     return out
 
 

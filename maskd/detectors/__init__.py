@@ -17,6 +17,7 @@ pixels of the original image.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Protocol
 
 from maskd.config import DetectorConfig
@@ -46,6 +47,7 @@ __all__ = [
     "DetectorError", "keep_by_size", "scaled_big_px",
     "OpenCvSsd", "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface",
     "decode_ssd_postprocess", "find_yunet_model", "inner_edge_mask", "make_detector",
+    "missing_detector_file",
     "postprocess_output_order", "ssd_anchors",
 ]
 
@@ -63,12 +65,39 @@ class DetectorKind(Protocol):
 
     def available(self, cfg: DetectorConfig) -> bool: ...
 
+    def files_needed(self, cfg: DetectorConfig) -> list[Path]: ...
+
     def from_config(self, cfg: DetectorConfig) -> Built: ...
 
 
 DETECTORS: dict[str, DetectorKind] = {"yunet": YuNet, "centerface": CenterFace,
                                       "blazeface": BlazeFace, "ssd": Ssd}
 AUTO_ORDER = ("yunet", "blazeface")  # ``auto``: the first whose model is at hand, else the last
+
+
+def _resolved(cfg: DetectorConfig) -> tuple[DetectorKind, DetectorConfig]:
+    """The registry entry ``cfg`` asks for (``auto`` resolved), with the config it builds from."""
+    kind = cfg.kind
+    if kind == "auto":
+        kind = next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
+        if kind != AUTO_ORDER[0]:  # auto's detector.model is YuNet's, missing: not BlazeFace's
+            cfg = cfg.model_copy(update={"model": None})
+    entry = DETECTORS.get(kind)
+    if entry is None:
+        raise DetectorError(f"unknown detector kind {kind!r}")
+    return entry, cfg
+
+
+def missing_detector_file(cfg: DetectorConfig) -> str | None:
+    """What `run` would stop on among the files the detector reads (a wheel not installed, the
+    .pbtxt beside a .pb, YuNet found nowhere), found without loading any: check-config's
+    warning, in `run`'s words; None when they are all there."""
+    entry, cfg = _resolved(cfg)
+    try:
+        entry.files_needed(cfg)
+    except DetectorError as err:
+        return str(err)
+    return None
 
 
 def make_detector(cfg: DetectorConfig) -> FaceDetector:
@@ -79,14 +108,7 @@ def make_detector(cfg: DetectorConfig) -> FaceDetector:
     enlarged. Fixed-input models (BlazeFace, TFLite SSD) can only get more pixels per face from
     tiles, so for them ``upscale`` u means at least ceil(u) x ceil(u) tiles.
     """
-    kind = cfg.kind
-    if kind == "auto":
-        kind = next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
-        if kind != AUTO_ORDER[0]:  # auto's detector.model is YuNet's, missing: not BlazeFace's
-            cfg = cfg.model_copy(update={"model": None})
-    entry = DETECTORS.get(kind)
-    if entry is None:
-        raise DetectorError(f"unknown detector kind {kind!r}")
+    entry, cfg = _resolved(cfg)
     cut = score_cut(cfg, entry.DEFAULT_SCORE_THRESHOLD)
     big_px = cfg.big_face_px if cfg.big_face_score < cut else None
     if big_px is not None:  # run at the lower cut; BigFaceCut drops small faces under ``cut``

@@ -128,6 +128,11 @@ class BlazeFace:
         return True
 
     @classmethod
+    def files_needed(cls, cfg: DetectorConfig) -> list[Path]:
+        """The file it reads (the configured one or the wheel's), found without reading it."""
+        return [Path(cfg.model) if cfg.model is not None else blazeface_model_path(cfg.variant)]
+
+    @classmethod
     def from_config(cls, cfg: DetectorConfig) -> BlazeFace:
         return cls(cfg.variant, score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.nms_threshold,
                    cfg.model)

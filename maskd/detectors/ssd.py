@@ -84,9 +84,7 @@ class TfliteSsd:
 
     def __init__(self, model: Path, score_threshold: float = 0.6, edgetpu: bool = False,
                  face_class: int | None = 0):
-        if not Path(model).is_file():
-            raise DetectorError(f"{model}: SSD model file not found")
-        self.path = Path(model)
+        self.path = _tflite_ssd_file(Path(model))
         self.name = "ssd-edgetpu" if edgetpu else "ssd"
         self.score_threshold = score_threshold
         self.face_class = face_class
@@ -147,11 +145,7 @@ class OpenCvSsd:
 
     def __init__(self, model: Path, config: Path | None = None, score_threshold: float = 0.6,
                  input_size: tuple[int, int] = (300, 300)):
-        model = Path(model)
-        config = config or _pbtxt_for(model)
-        for p in (model, config):
-            if not p.is_file():
-                raise DetectorError(f"{p}: OpenCV SSD model file not found")
+        model, config = _opencv_ssd_files(Path(model), config)
         self.name = "opencv-ssd"
         self.path = model
         self.input_size = input_size
@@ -193,6 +187,26 @@ def _pbtxt_for(pb: Path) -> Path:
     return same if same.is_file() else pb.with_name(pb.stem.removesuffix("_uint8") + ".pbtxt")
 
 
+def _opencv_ssd_files(model: Path, config: Path | None = None) -> tuple[Path, Path]:
+    """The .pb and its .pbtxt (the one beside it unless given); DetectorError for one missing."""
+    config = config or _pbtxt_for(model)
+    for p in (model, config):
+        if not p.is_file():
+            raise DetectorError(f"{p}: OpenCV SSD model file not found")
+    return model, config
+
+
+def _tflite_ssd_file(model: Path) -> Path:
+    if not model.is_file():
+        raise DetectorError(f"{model}: SSD model file not found")
+    return model
+
+
+def _is_pb(model: Path) -> bool:
+    """OpenCV's .pb SSD, else a TFLite one; any case, as the config's EdgeTPU rule reads it."""
+    return model.suffix.lower() == ".pb"
+
+
 
 class Ssd:
     """Kind ``ssd``: OpenCV's .pb face SSD or a TFLite post-process SSD, told apart by the file."""
@@ -205,8 +219,15 @@ class Ssd:
         return cfg.model is not None
 
     @staticmethod
+    def files_needed(cfg: DetectorConfig) -> list[Path]:
+        """The files it reads (a .pb's .pbtxt too), found without reading them."""
+        assert cfg.model is not None, "DetectorConfig refuses kind ssd without a model"
+        model = Path(cfg.model)
+        return list(_opencv_ssd_files(model)) if _is_pb(model) else [_tflite_ssd_file(model)]
+
+    @staticmethod
     def from_config(cfg: DetectorConfig) -> TfliteSsd | OpenCvSsd:
         assert cfg.model is not None, "DetectorConfig refuses kind ssd without a model"
-        if Path(cfg.model).suffix == ".pb":
+        if _is_pb(Path(cfg.model)):
             return OpenCvSsd.from_config(cfg)
         return TfliteSsd.from_config(cfg)

@@ -94,10 +94,16 @@ class YuNet:
         return find_yunet_model(cfg.model) is not None
 
     @classmethod
-    def from_config(cls, cfg: DetectorConfig) -> YuNet:
+    def files_needed(cls, cfg: DetectorConfig) -> list[Path]:
+        """The file it reads, found without reading it; DetectorError when there is none."""
         model = find_yunet_model(cfg.model)
         if model is None:
             raise DetectorError(yunet_not_found(cfg.model))
+        return [model]
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> YuNet:
+        (model,) = cls.files_needed(cfg)
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
                    cfg.nms_threshold)
 
