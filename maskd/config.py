@@ -169,6 +169,15 @@ def check_topic(value: str) -> str:
     return value
 
 
+def _no_bool(v: Any) -> Any:
+    """A number's place: YAML 1.1 reads on/off/yes/no as booleans, which pydantic would take
+    as 1 and 0 (`cooldown_s: off`, 0 seconds; a zone's [off, on], a corner of the frame)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {str(v).lower()} (YAML reads on/off, yes/no "
+                         "and true/false as booleans)")
+    return v
+
+
 def _wants_number(ann: Any) -> bool:
     """Whether a field's type takes a number and not a boolean (``float | None`` does)."""
     kinds = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
@@ -187,10 +196,8 @@ class Section(BaseModel):
     def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
         """YAML 1.1 reads on/off/yes/no as booleans, and pydantic would take them as 1 and 0:
         `cooldown_s: off` would silently be 0 seconds."""
-        if isinstance(v, bool) and info.field_name and _wants_number(
-                cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"expected a number, got {str(v).lower()} (YAML reads on/off, "
-                             "yes/no and true/false as booleans)")
+        if info.field_name and _wants_number(cls.model_fields[info.field_name].annotation):
+            return _no_bool(v)
         return v
 
     @field_validator("*")
@@ -441,6 +448,12 @@ class ZonesConfig(Section):
             if _numbers(poly):
                 raise ValueError(f"polygon {i} is a list of numbers, not of [x, y] points: a box "
                                  "x0, y0, x1, y1 is [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]")
+            for p in poly if isinstance(poly, list) else []:  # one line, not one per coordinate
+                for c in p if isinstance(p, list) else []:
+                    try:
+                        _no_bool(c)
+                    except ValueError as err:
+                        raise ValueError(f"polygon {i}: {err}") from None
             nums = [c for p in (poly if isinstance(poly, list) else []) if isinstance(p, list)
                     for c in p if isinstance(c, int | float) and not isinstance(c, bool)]
             if nums and min(nums) >= 0 and max(nums) >= 2:

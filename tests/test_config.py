@@ -13,7 +13,14 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from maskd.config import EX_CONFIG, BoundedLoader, Config, load_config, parse_config
+from maskd.config import (
+    EX_CONFIG,
+    BoundedLoader,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "config.example.yaml"
@@ -252,6 +259,21 @@ def test_booleans_still_fill_the_boolean_keys():
     cfg = parse_config(yaml.load("source: {loop: yes}\nmotion: {enabled: off}\n"
                                  "tracking: {predict_motion: on}\n", Loader=BoundedLoader))
     assert (cfg.source.loop, cfg.motion.enabled, cfg.tracking.predict_motion) == (True, False, True)
+
+
+def test_a_yaml_boolean_in_a_zone_is_refused_in_one_line():
+    """[[[off, off], [on, off], [on, on], [off, on]]] was the whole frame (0 and 1): as ignore,
+    run raised no event at all, and check-config said OK."""
+    for where, text in (("zones.ignore", "zones: {ignore: [[[off, off], [on, off], [on, on], "
+                                         "[off, on]]]}"),
+                        ("cameras.a.zones.include", "cameras: {a: {source: {kind: demo}, zones: "
+                                                    "{include: [[[true, 0.1], [0.5, 0.1], "
+                                                    "[0.5, 0.5]]]}}}")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(yaml.load(text, Loader=BoundedLoader))
+        lines = str(err.value).splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"<config>: '{where}': polygon 0: expected a number, got "), lines
 
 
 def test_a_tilde_is_the_home_folder_wherever_run_starts(tmp_path):
