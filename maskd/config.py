@@ -1440,8 +1440,8 @@ def override(cfg: Config, args: Any, mapping: dict[str, str], from_file: Path | 
     kind = getattr(args, "detector", None)
     if kind and getattr(args, "detector_model", None) is None:
         det = data.get("detector", {})
-        was = det.get("kind", "auto")  # auto's model is YuNet's
-        if was != kind and not (was == "auto" and kind == "yunet"):
+        was = det.get("kind", "auto")  # auto's model is YuNet's, either way round
+        if was != kind and {was, kind} != {"auto", "yunet"}:
             det.pop("model", None)  # the file's model is another kind's
     given = options_given(args, mapping)
     for arg, key in mapping.items():

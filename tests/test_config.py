@@ -230,6 +230,8 @@ def test_detector_flag_of_another_kind_leaves_the_files_model_behind(tmp_path):
         return argparse.Namespace(**{k: kw.get(k) for k in MODEL_OPTIONS})
 
     assert override(cfg, flags(detector="blazeface"), MODEL_OPTIONS).detector.model is None
+    # auto's model is YuNet's: `--detector auto` over kind yunet dropped it (BlazeFace ran)
+    assert override(cfg, flags(detector="auto"), MODEL_OPTIONS).detector.model == tmp_path / "y.onnx"
     kept = override(cfg, flags(detector="yunet"), MODEL_OPTIONS).detector.model
     assert str(kept) == str(tmp_path / "y.onnx")
     given = override(cfg, flags(detector="blazeface", detector_model=tmp_path / "b.tflite"),
