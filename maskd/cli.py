@@ -124,6 +124,11 @@ def _text(text: str) -> str:
     return text
 
 
+def _level(text: str) -> str:
+    """A log level in any case; empty (an unset shell variable) is a usage error as for _text."""
+    return _text(text).upper()
+
+
 def _path(text: str) -> Path:
     """A file or folder; Path("") would be ".", so an empty one is refused, not guessed."""
     return Path(_text(text))
@@ -226,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after N frames, counted per camera; with a cameras: map the run "
                         "ends once every camera has reached N or gets no frame (lost, never "
                         "found, its file ended)")
-    p.add_argument("--log-level", type=str.upper, default=None,
+    p.add_argument("--log-level", type=_level, default=None,
                    help="DEBUG, INFO, WARNING, ERROR (any case)")
 
     p = sub.add_parser("models", help="download model files that cannot come from git (YuNet)",

@@ -604,7 +604,8 @@ def test_run_flags_out_of_range_are_usage_errors():
 
 def test_empty_names_and_paths_are_usage_errors_not_defaults():
     """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file"."""
-    for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate"):
+    for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate",
+                 "--log-level"):  # the level was exit 78, a config error
         r = maskd("run", "--source", "demo", flag, "", "--max-frames", "1")
         assert r.returncode == 2 and f"argument {flag}: is empty" in r.stderr, (flag, r.stderr)
 
