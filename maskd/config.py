@@ -71,6 +71,17 @@ def _named(v: Any) -> Any:
     return v
 
 
+def _source_uri(v: Any) -> Any:
+    """``source.uri`` empty was the default camera without a word (``--source ""`` is a usage
+    error); a leading ``~`` is the home folder, as in every path key (no URL begins with one)."""
+    if isinstance(v, str) and not v.strip():
+        raise ValueError("is empty: name the camera (0, /dev/video0, rtsp://...), a video file or "
+                         "a folder")
+    if isinstance(v, str) and v.startswith("~"):
+        return os.path.expanduser(v)
+    return v
+
+
 FsPath = Annotated[Path, BeforeValidator(_named)]  # every file or folder the config names
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -220,7 +231,7 @@ class SourceConfig(Section):
 
     kind: Literal["auto", "picamera2", "opencv", "images", "demo"] = "auto"
     # OpenCV: device index ("0"), /dev/videoN, rtsp://, http://, or a video file; images: a folder.
-    uri: str | None = None
+    uri: Annotated[str, BeforeValidator(_source_uri)] | None = None
     width: int = Field(640, ge=16, le=7680)
     height: int = Field(480, ge=16, le=4320)
     fps: float = Field(15.0, gt=0, le=240)

@@ -278,6 +278,17 @@ def test_a_yaml_boolean_in_a_zone_is_refused_in_one_line():
             f"<config>: '{where}': polygon 0: expected a number, got "), lines
 
 
+def test_source_uri_empty_is_refused_and_a_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    """uri: "" opened the default camera without a word (--source "" is a usage error); uri:
+    ~/pics was looked for as ./~/pics (every path key expands ~)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for text in ('source: {kind: opencv, uri: ""}', 'source: {uri: "  "}'):
+        with pytest.raises(ConfigError, match=r"'source.uri': is empty: name the camera"):
+            parse_config(yaml.load(text, Loader=BoundedLoader))
+    cfg = parse_config(yaml.load("source: {kind: images, uri: ~/pics}", Loader=BoundedLoader))
+    assert cfg.source.uri == str(tmp_path / "pics")
+
+
 def test_a_tilde_is_the_home_folder_wherever_run_starts(tmp_path):
     """A ``~`` was kept literally: files went to ./~/ of the working directory, and the outbox
     kept 'for the next start' was lost when that start had another one."""
