@@ -1403,8 +1403,15 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
                          f"{', '.join(_section_keys(loc))} (got {excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "string_type" and isinstance(e.get("input"), bool | int | float):
-                msg += "; put it in quotes"  # YAML read yes, 0042 or 1234 as a bool or number
+            if e["type"] in ("string_type", "path_type") and isinstance(e.get("input"),
+                                                                       bool | int | float):
+                # YAML read yes, 0042 or 1234 as a bool or number: quotes make it text, except
+                # where the text must be a time (`start: 8` quoted is still not one)
+                if "schedule" in loc and loc[-1] in ("start", "end"):
+                    msg = "expected a time HH:MM, such as 08:00"
+                else:
+                    msg = ("expected a file or folder name" if e["type"] == "path_type"
+                           else msg) + "; put it in quotes"
             got = f" (got {excerpt(e.get('input'))})" if loc else ""  # not the whole config
             lines.append(f"{where}: '{key}': {msg}{got}")
     if len(errors) > MAX_ERROR_LINES:

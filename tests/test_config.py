@@ -79,6 +79,11 @@ BROKEN = [
     ("a bool or a number where text belongs", "camera: yes\ndevice_id: 0042\n",
      [["'device_id'", "valid string; put it in quotes", "got 34"],
       ["'camera'", "valid string; put it in quotes", "got True"]]),
+    # A path the same (was pydantic's "not a valid path for <class 'pathlib.Path'>"); a time
+    # said "put it in quotes", and "8" quoted is no time either.
+    ("a number where a path or a time belongs", "snapshots: {dir: 2024}\nschedule: [{start: 8}]\n",
+     [["'schedule.0.start': expected a time HH:MM, such as 08:00 (got 8)"],
+      ["'snapshots.dir': expected a file or folder name; put it in quotes (got 2024)"]]),
     # A newline or an escape sequence in a key split the one line or reached the terminal.
     ("a key with control characters", '"a\\nb\\e[31m": 1\n',
      [["unknown key 'a\\nb\\x1b[31m'"]]),
