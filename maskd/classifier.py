@@ -56,6 +56,13 @@ def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
     return folder / name if folder is not None else packaged_model_path(name)
 
 
+def default_model_problem() -> str | None:
+    """Why the shipped model (no ``classifier.model``) cannot be opened here, or None: `run`'s
+    line, which check-config gives as a warning."""
+    problem = model_file_problem(default_model_path())
+    return None if problem is None else f"{problem} (set {env.MODEL_DIR} to the folder holding it)"
+
+
 def still_extra_paths(model: Path | None, extras: Sequence[Path] | None) -> list[Path]:
     """The models `scan` averages with ``classifier.model``: ``classifier.still_extra_models``
     when set; else the shipped second draw, but only beside the shipped model (a model of
@@ -201,9 +208,9 @@ class Classifier:
     def open(cls, path: Path | None = None, threads: int = 2, edgetpu: bool = False) -> Classifier:
         """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
         p = Path(path) if path is not None else default_model_path()
-        if (problem := model_file_problem(p)) is not None:  # the commands name its key first
-            hint = "" if path is not None else f" (set {env.MODEL_DIR} to the folder holding it)"
-            raise ModelError(f"{problem}{hint}")
+        problem = model_file_problem(p) if path is not None else default_model_problem()
+        if problem is not None:  # the commands name its key first
+            raise ModelError(problem)
         info = read_sidecar(p)
         interp, runtime = open_interpreter(p, threads, edgetpu)
         return cls(interp, info, p, runtime)

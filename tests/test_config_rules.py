@@ -620,6 +620,21 @@ def test_a_model_file_that_cannot_be_opened_is_one_line_naming_its_key(tmp_path)
         assert r.stderr.splitlines()[-1] == says, (call, r.stderr[-2000:])
 
 
+def test_the_shipped_model_missing_is_warned_of_as_run_stops_on_it(tmp_path):
+    """No classifier.model and no shipped model where $MASKD_MODEL_DIR points: check-config said
+    OK, run stopped (exit 78)."""
+    path = tmp_path / "plain.yaml"
+    path.write_text("source: {kind: demo}\n")
+    says = (f"{tmp_path / 'none' / 'maskd_mobilenetv2_int8.tflite'}: model file not found (set "
+            "MASKD_MODEL_DIR to the folder holding it)")
+    env = {**os.environ, "MASKD_MODEL_DIR": str(tmp_path / "none")}
+    checked, ran = (subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                                   text=True, timeout=120, env=env)
+                    for args in (("check-config", str(path)), run_args(path)))
+    assert checked.returncode == 0 and checked.stderr == f"{path}: warning: {says}\n", checked.stderr
+    assert ran.returncode == EX_CONFIG and ran.stderr.splitlines()[-1] == f"maskd run: {says}"
+
+
 def test_both_refuse_an_outbox_of_a_newer_layout_and_leave_it_as_it_was(tmp_path):
     """A downgrade: check-config (which install.sh runs before the restart) said OK, then `run`
     failed to store every new event; both now refuse it in one line, and the file and the WAL a

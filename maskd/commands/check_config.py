@@ -55,6 +55,11 @@ def file_warnings(cfg: Config) -> list[str]:
             fallback = " (auto falls back to BlazeFace)" if (
                 key == "detector.model" and cfg.detector.kind == "auto") else ""
             out.append(f"warning: {problem}{fallback}")
+    if cfg.classifier.model is None:
+        from maskd.classifier import default_model_problem
+
+        if (problem := default_model_problem()) is not None:
+            out.append(f"warning: {problem}")
     for extra in cfg.classifier.still_extra_models or []:  # `scan`'s, not `run`'s
         if (problem := extra_model_problem(extra)) is not None:
             out.append(f"warning: {problem}")
