@@ -311,7 +311,7 @@ class DetectorConfig(Section):
         """Only a TFLite SSD runs on a Coral; anything else would leave the Coral the config asks
         for unused without a word (here, so check-config and run refuse it alike)."""
         if self.edgetpu and (self.kind != "ssd" or (self.model is not None
-                                                   and self.model.suffix.lower() == ".pb")):
+                                                   and self.model.suffix.lower() != ".tflite")):
             raise ValueError(f"detector.edgetpu needs kind ssd with an EdgeTPU-compiled .tflite "
                              f"face SSD; {self.kind} runs on the CPU only (classifier.edgetpu "
                              f"puts the classifier on the Coral)")

@@ -614,8 +614,9 @@ def test_edgetpu_on_a_cpu_only_detector_is_refused(yunet_model: Path):
     for kind in ("yunet", "auto", "centerface", "blazeface"):
         with pytest.raises(ValidationError, match=rf"detector.edgetpu needs kind ssd.*{kind} runs"):
             DetectorConfig(kind=kind, model=yunet_model, edgetpu=True)
-    with pytest.raises(ValidationError, match="detector.edgetpu needs kind ssd"):
-        DetectorConfig(kind="ssd", model="face.pb", edgetpu=True)
+    for model in ("face.pb", "face.onnx"):  # the .onnx was let through (only .pb was refused)
+        with pytest.raises(ValidationError, match="detector.edgetpu needs kind ssd"):
+            DetectorConfig(kind="ssd", model=model, edgetpu=True)
     assert DetectorConfig(kind="ssd", model="face_edgetpu.tflite", edgetpu=True).edgetpu
     assert make_detector(DetectorConfig(kind="yunet", model=yunet_model)).name == "yunet"
 
