@@ -178,12 +178,17 @@ def _damaged(err: sqlite3.Error | OSError) -> bool:
 
 def _readable(src: sqlite3.Connection, table: str, cols: str) -> Iterator[tuple]:
     """The rows of ``table`` in a damaged file that can still be read (rowid first, in rowid
-    order): a read that fails goes on past the damage, so a bad page costs only its own rows."""
+    order): a read that fails goes on past the damage, so a bad page costs only its own rows.
+    A damaged page can also hand back a key out of order (a garbage cell reads as rowid -1):
+    such a row is passed over, so keys only grow and the walk ends (it went back to the start:
+    rows 1, 2, 1, 2, ... for ever, and the copy failed on the repeated id)."""
     read = f"SELECT rowid, {cols} FROM {table} WHERE rowid > ? ORDER BY rowid"
     after: int | None = 0
     while after is not None:
         try:
             for row in src.execute(read, (after,)):
+                if row[0] <= after:
+                    continue
                 after = row[0]
                 yield row
             return
@@ -194,14 +199,15 @@ def _readable(src: sqlite3.Connection, table: str, cols: str) -> Iterator[tuple]
 def _past_damage(src: sqlite3.Connection, table: str, after: int) -> int | None:
     """The key to read on after when the rows beyond ``after`` cannot be read: the next key if it
     can be found (only its row is damaged), else the last key the damaged pages may hold, found
-    by doubling steps and halving back (a few dozen lookups); None: nothing beyond is readable."""
+    by doubling steps and halving back (a few dozen lookups); None: nothing beyond is readable.
+    Always beyond ``after``: a key found out of order is the damage's, passed over."""
     def seek(key: int) -> tuple[bool, int | None]:
         try:
-            found = src.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid "
-                                "LIMIT 1", (key,)).fetchone()
+            found = next((k for (k,) in src.execute(f"SELECT rowid FROM {table} WHERE rowid > ? "
+                                                    "ORDER BY rowid", (key,)) if k > key), None)
         except sqlite3.DatabaseError:
             return False, None
-        return True, None if found is None else found[0]
+        return True, found
 
     ok, key = seek(after)
     if ok:

@@ -392,6 +392,66 @@ def test_a_damaged_page_found_after_the_start_is_moved_aside_and_the_rest_delive
     ob.close()
 
 
+def test_damage_inside_a_page_never_walks_back_and_the_readable_events_are_saved(tmp_path):
+    """Part of a page overwritten (not a whole one): a garbage cell read as rowid -1 sent the
+    salvage back to the start, rows 1, 2, 1, 2, ... for ever (maskd hung at its start), or into
+    'cannot copy the readable events (UNIQUE constraint failed)': 0 saved, all reported lost.
+    Each page of a small outbox damaged in turn, in a child process with a time limit: the walk
+    ends, keys only grow, and what is saved is what was read."""
+    import json
+
+    base = tmp_path / "base"
+    base.mkdir()
+    ob = Outbox(base, durable=False)
+    for i in range(10):
+        ob.put("t", {"n": i, "pad": "x" * 1500})
+    ob.close()
+    with closing(sqlite3.connect(base / OUTBOX_FILE)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, size = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+    assert pages > 5  # the events span several pages
+    for page in range(1, pages):  # page 0 is the schema: nothing is readable without it
+        state = tmp_path / f"p{page}"
+        shutil.copytree(base, state)
+        with open(state / OUTBOX_FILE, "r+b") as f:
+            f.seek(page * size + 100)
+            f.write(b"\xff" * 2000)
+    code = textwrap.dedent(
+        f"""
+        import io, itertools, json, logging, sqlite3
+        from contextlib import closing
+        from pathlib import Path
+        from maskd.outbox import OUTBOX_FILE, Outbox, _readable
+        for page in range(1, {pages}):
+            state = Path({str(tmp_path)!r}) / f"p{{page}}"
+            with closing(sqlite3.connect(state / OUTBOX_FILE)) as src:
+                keys = [r[0] for r in itertools.islice(
+                    _readable(src, "outbox", "topic, payload, created, boot, uptime"), 100)]
+            said = io.StringIO()
+            logging.getLogger("maskd.outbox").addHandler(logging.StreamHandler(said))
+            ob = Outbox(state, durable=False)
+            got = []
+            while rows := ob.pending(limit=100):
+                got += [r.payload["n"] for r in rows]
+                for r in rows:
+                    ob.remove(r.id)
+            ob.close()
+            print(json.dumps({{"page": page, "keys": keys, "got": got, "log": said.getvalue()}}))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["page"] for x in results] == list(range(1, pages))
+    for x in results:
+        keys, got, said = x["keys"], x["got"], x["log"]
+        assert len(keys) <= 10 and keys == sorted(set(keys)), x
+        assert "cannot copy" not in said, x
+        assert got == sorted(set(got)) and set(got) <= set(range(10)), x
+        if "unreadable in part" in said:
+            assert f"with the {len(got)} pending event(s) that could be read" in said, x
+
+
 def test_a_damaged_index_at_the_start_costs_no_event(tmp_path, caplog):
     """The start's own reads hit the bad page (was: a traceback, exit 1, and systemd's restart
     loop). The events themselves are whole: all of them are kept and sent."""
