@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,6 +14,8 @@ import pytest
 
 from maskd.config import load_config
 from tools import eval_scenes as ev
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_match_is_greedy_by_score_and_one_to_one():
@@ -87,6 +92,38 @@ def test_load_scene_reads_voc(scenes_dir: Path):
     assert sc.image.name == "maksssksksss0.jpg"
     assert sc.boxes.shape == (len(sc.labels), 4) and sc.labels[:2] == ["without_mask", "with_mask"]
     assert sc.boxes[0].tolist() == [79, 105, 109, 142]
+
+
+def test_a_box_past_the_photo_edge_leaves_its_photo_out(tmp_path: Path, scenes_dir: Path,
+                                                         yunet_model: Path) -> None:
+    """A box running far past the photo (xmax 99999) was kept (only boxes wholly outside were
+    refused): evaluate.py --voc and train.py --scenes (scene_crops) died in the face crop on a
+    50 GB allocation. Now its photo is left out and named; a box 1 px past the edge (VOC's
+    1-based xmax = width + 1, six scenes-dev boxes) is still read as it is."""
+    root = tmp_path / "voc"
+    for sub in ("images", "annotations"):
+        (root / sub).mkdir(parents=True)
+    for stem in ("maksssksksss110", "maksssksksss116"):
+        (root / "images" / f"{stem}.jpg").write_bytes(
+            (scenes_dir / "images" / f"{stem}.jpg").read_bytes())
+        xml = (scenes_dir / "annotations" / f"{stem}.xml").read_text()
+        if stem.endswith("116"):
+            xml = re.sub(r"<xmax>\d+</xmax>", "<xmax>99999</xmax>", xml, count=1)
+        (root / "annotations" / f"{stem}.xml").write_text(xml)
+    kept = ev.load_scene(root / "annotations" / "maksssksksss110.xml", root / "images")
+    assert kept.boxes[:, 2].max() == 401  # the 400 px photo's 1 px overhang, as it was
+    for cmd, tool in (
+            (["tools/evaluate.py", "--model", "models/maskd_mobilenetv2_int8.tflite",
+              "--voc", str(root)], "evaluate"),
+            (["tools/scene_crops.py", "--scenes", str(root), "--part", "all", "--size", "32",
+              "--zooms", "1"], "scene_crops")):
+        run = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+        assert (f"{tool}: skipped {root / 'annotations' / 'maksssksksss116.xml'}: object 0 "
+                "(with_mask) box [") in run.stderr
+        assert "runs past the edge of the 400x225 photo (more than 1 px)" in run.stderr
 
 
 def test_bad_annotation_is_a_clear_error(tmp_path: Path):

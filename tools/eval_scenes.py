@@ -93,12 +93,20 @@ class Scene:
     labels: list[str]
 
 
+# How far a box may run past the photo's edge and still be read as it is. VOC coordinates are
+# 1-based pixel indices, so a box that ends on the last column may read xmax = width + 1 (six
+# scenes-dev boxes do, all by exactly 1 px); one further out is a broken annotation (xmax
+# 99999 made the face crop a 50 GB allocation).
+EDGE_SLACK_PX = 1
+
+
 def load_scene(xml_path: Path, images_dir: Path) -> Scene:
     """One annotation file; the image is found by the XML's stem (its <filename> may be stale).
 
     Anything that would stop an evaluation later (XML that does not parse, an object without
-    a whole box, an empty box or one wholly outside the photo, a missing, truncated or
-    undecodable photo) raises ValueError or FileNotFoundError here, naming the file.
+    a whole box, an empty box, one wholly outside the photo or running more than
+    EDGE_SLACK_PX past its edge, a missing, truncated or undecodable photo) raises ValueError
+    or FileNotFoundError here, naming the file.
     """
     from maskd.images import ImageError, load_image_rgb
 
@@ -132,6 +140,10 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
         if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
             raise ValueError(f"{xml_path}: object {i} ({name}) box {box} lies outside the "
                              f"{w}x{h} photo")
+        if (box[0] < -EDGE_SLACK_PX or box[1] < -EDGE_SLACK_PX
+                or box[2] > w + EDGE_SLACK_PX or box[3] > h + EDGE_SLACK_PX):
+            raise ValueError(f"{xml_path}: object {i} ({name}) box {box} runs past the edge "
+                             f"of the {w}x{h} photo (more than {EDGE_SLACK_PX} px)")
     return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
 
 

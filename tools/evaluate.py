@@ -137,8 +137,9 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     classifier sees what it sees behind the detector. Boxes with a shorter side below
     ``min_px`` and mask_weared_incorrect boxes are counted and left out. Photos are read by
     tools/eval_scenes.py's loader, so a photo it cannot use (bad XML, a box without
-    coordinates, empty or outside the photo, a missing or truncated image) is left out with
-    its reason printed, as in eval_scenes; none left, or no face crop left, stops the tool.
+    coordinates, empty, outside the photo or more than 1 px past its edge, a missing or
+    truncated image) is left out with its reason printed, as in eval_scenes; none left, or no
+    face crop left, stops the tool.
     """
     from maskd.geometry import crop_face
     from tools.eval_scenes import load_scenes, report_skipped
