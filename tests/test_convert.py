@@ -101,6 +101,31 @@ def test_a_failed_write_leaves_the_earlier_model_and_sidecar(tiny_run: dict, tmp
 
 @pytest.mark.shared
 @pytest.mark.slow
+def test_force_leaves_no_edgetpu_model_of_the_replaced_int8(tiny_run: dict, tmp_path: Path,
+                                                            capsys) -> None:
+    """--force replaced <name>_int8.tflite and its sidecar but left the old
+    <name>_int8_edgetpu.tflite, which shares that sidecar: the Coral ran a model of another
+    training run under the new one's sidecar. Now it is removed and said on stderr; without
+    --force it stops the tool like the model itself would."""
+    out = tmp_path / "models"
+    out.mkdir()
+    stale = out / "tiny_int8_edgetpu.tflite"
+    stale.write_bytes((tiny_run["out"] / "tiny_int8.tflite").read_bytes())
+    args = [str(tiny_run["run"] / "model.keras"), "--out", str(out), "--formats", "int8",
+            "--calibration-images", "4", "--calibration-augmented", "0", "--name", "tiny"]
+    with pytest.raises(SystemExit) as exc:
+        convert.main(args)
+    assert exc.value.code == 2 and f"{stale} exists; pass --force" in capsys.readouterr().err
+    assert convert.main(args + ["--force"]) == 0
+    err = capsys.readouterr().err
+    assert f"removed {stale}: it was compiled from the int8 model just replaced" in err
+    assert not stale.exists() or stale.read_bytes() != (tiny_run["out"] / "tiny_int8.tflite"
+                                                         ).read_bytes()  # or compiled anew
+    assert (out / "tiny_int8.json").is_file()
+
+
+@pytest.mark.shared
+@pytest.mark.slow
 def test_a_features_layer_given_by_name_must_exist_and_a_broken_record_is_named(
         tiny_run: dict, tmp_path: Path) -> None:
     """--features-layer bogus wrote every model without its features output and exited 0 (a

@@ -15,6 +15,8 @@ which the tracker compares faces by.
 A model or sidecar already in ``--out`` is never replaced without ``--force`` (the default
 ``--out models`` holds the shipped model), and with it each model and its sidecar are written in
 full under temporary names before they are renamed into place: a failure leaves the old pair.
+The replaced int8 model's ``_edgetpu.tflite`` (it shares the sidecar) is removed, said on
+stderr; the compiler, when on PATH, makes a new one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ EDGETPU_HELP = (
     "apt-get install edgetpu-compiler, then run: edgetpu_compiler -s -o {out} {int8} "
     "(the result {stem}_edgetpu.tflite uses {stem}.json as its sidecar)"
 )
+
+
+def edgetpu_file(int8_model: Path) -> Path:
+    """Where edgetpu_compiler puts the Coral model compiled from ``int8_model``."""
+    return int8_model.with_name(int8_model.stem + "_edgetpu.tflite")
+
+
+def drop_stale_edgetpu(int8_model: Path) -> None:
+    """Remove the Coral model compiled from the int8 model just replaced (--force), saying so:
+    it shares the new int8 model's sidecar, so left there it would be run as if it were the new
+    model. The compiler, when on PATH, makes a new one next."""
+    stale = edgetpu_file(int8_model)
+    if stale.exists():
+        try:
+            stale.unlink()
+        except OSError as err:
+            raise SystemExit(f"{stale}: cannot remove the EdgeTPU model of the replaced int8 "
+                             f"model ({err.strerror or err}); delete it before using "
+                             f"{int8_model.with_suffix('.json')}") from None
+        print(f"removed {stale}: it was compiled from the int8 model just replaced "
+              f"(recompile: edgetpu_compiler -s -o {int8_model.parent} {int8_model})",
+              file=sys.stderr)
 
 
 def representative_images(split: dict, size: int, count: int, seed: int, data_root: Path | None,
@@ -187,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         for kind in formats:
             model_file = args.out / f"{args.name}_{kind}.tflite"
-            for path in (model_file, model_file.with_suffix(".json")):
+            for path in (model_file, model_file.with_suffix(".json"),
+                         *([edgetpu_file(model_file)] if kind == "int8" else [])):
                 if path.exists():
                     p.error(f"{path} exists; pass --force to replace it (or choose --out/--name)")
     out_dir(args.out)
@@ -264,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as err:
                 raise SystemExit(f"{out}: cannot write ({err.strerror or err}); "
                                  "the earlier files are left as they were") from None
+            if kind == "int8":
+                drop_stale_edgetpu(out)
             kb = out.stat().st_size / 1024
             print(f"{out}: {kb:.0f} KiB, input {ops['input']['dtype']}, "
                   f"ops {', '.join(f'{k}x{v}' for k, v in ops['ops'].items())}")
@@ -286,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if res.returncode != 0:
                 print(f"edgetpu_compiler failed with status {res.returncode}", file=sys.stderr)
                 return 1
-            print(f"EdgeTPU model: {args.out / (stem + '_edgetpu.tflite')} (sidecar {stem}.json)")
+            print(f"EdgeTPU model: {edgetpu_file(int8_path)} (sidecar {stem}.json)")
     return 0
 
 
