@@ -67,6 +67,24 @@ def test_quick_without_tensorflow_writes_json(default_model, tmp_path):
     assert "Per face" in r.stdout and "ESTIMATES" in r.stdout
 
 
+@pytest.mark.parametrize("sections", ["face,macs,estimates", "estimates"])
+def test_estimates_are_scaled_by_macs_without_tensorflow(default_model, tmp_path, sections):
+    """On a Pi without TF (the command docs/performance.md gives it), the Pi 4 estimate for
+    the 128 px model was MobileNetV2-224's 17-20 ms unscaled ('model is MobileNetV2-224: no
+    scaling'), 3x too slow; with TF it was scaled by 0.327. Now both are scaled the same."""
+    out = tmp_path / "bench.json"
+    r = run_bench(["--sections", sections, "--no-keras", "--repeats", "3", "--json", str(out)],
+                  block_tf=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ratio = macs.tflite_macs(default_model)["macs"] / 299.5e6  # MobileNetV2-224, Keras count
+    assert 0.3 < ratio < 0.35  # the shipped 128 px model
+    pi4 = json.loads(out.read_text())["estimates"]["rows"][0]
+    assert pi4["scaling"] == f"scaled by our MACs / MobileNetV2-224 MACs = {ratio:.3f}"
+    assert (pi4["est_ms_low"], pi4["est_ms_high"]) == pytest.approx((17.0 * ratio, 20.0 * ratio),
+                                                                    rel=1e-3)
+    assert f"scaling: scaled by our MACs / MobileNetV2-224 MACs = {ratio:.3f}" in r.stdout
+
+
 @pytest.mark.slow
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""
@@ -76,8 +94,10 @@ def test_tflite_mac_count_matches_keras_layers(default_model):
     t = macs.tflite_macs(default_model)
     model, _ = train.build_model(t["input_size"], 1.0, None, 0)
     assert macs.keras_macs(model) == t["macs"]
-    # MobileNetV2-224 is about 300 M MACs in the literature; counted here, not assumed.
-    assert 290e6 < macs.mobilenetv2_macs(224) < 310e6
+    # MobileNetV2-224 is about 300 M MACs in the literature; counted here, not assumed, and
+    # the constant a Pi without TF scales the estimates by is that count.
+    assert macs.mobilenetv2_macs(224) == macs.MOBILENETV2_224_MACS
+    assert 290e6 < macs.MOBILENETV2_224_MACS < 310e6
 
 
 @pytest.mark.slow

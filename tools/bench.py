@@ -44,7 +44,7 @@ from tools.benchlib.estimates import bench_estimates
 from tools.benchlib.face import bench_face
 from tools.benchlib.frame import bench_frame
 from tools.benchlib.goals import bench_goals
-from tools.benchlib.macs import bench_macs, cpu_peak
+from tools.benchlib.macs import bench_macs, cpu_peak, model_macs
 from tools.benchlib.report import plot, render
 from tools.inputs import non_negative_int, out_dir, out_file, positive_int, write_out
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "goals" in args.sections:
         res["goals"] = bench_goals(args, notes)
     if "estimates" in args.sections:
-        res["estimates"] = bench_estimates(res.get("macs"))
+        res["estimates"] = bench_estimates(res.get("macs") or model_macs(args, notes))
     res["machine"]["loadavg_end"] = _loadavg()
     return res
 

@@ -90,6 +90,7 @@ def render(res: dict[str, Any]) -> str:
                            ["device", "est. ms/face", "faces/s", "source"],
                            [[r["device"], f"{r['est_ms_low']:.1f}-{r['est_ms_high']:.1f}",
                              r["est_faces_per_s"], r["source"]] for r in est["rows"]]))
+        parts.append(f"scaling: {est['rows'][0]['scaling']}")
         parts.append("\n".join(f"reference: {r['what']}: {r['s_per_image']} s/image ({r['source']})"
                                for r in est["reference"]))
     if res["notes"]:
