@@ -85,6 +85,25 @@ def test_estimates_are_scaled_by_macs_without_tensorflow(default_model, tmp_path
     assert f"scaling: scaled by our MACs / MobileNetV2-224 MACs = {ratio:.3f}" in r.stdout
 
 
+@pytest.mark.parametrize("flag, model, said", [
+    ("--float-model", "maskd_mobilenetv2_int8.tflite", "int8"),
+    ("--model", "maskd_mobilenetv2_float32.tflite", "float32"),
+    ("--model", "maskd_mobilenetv2_int8_s43.tflite", None)])
+def test_a_model_of_the_wrong_kind_is_refused(default_model, flag, model, said):
+    """--model float32 / --float-model int8 were timed and shown as 'TFLite int8' / 'TFLite
+    float32' (swapped rows, MAC utilisation of a float model against the int8 peak). Now the
+    sidecar's quantization is checked first: a usage error naming the flag and the file."""
+    path = f"models/{model}"
+    r = run_bench(["--sections", "face", "--no-keras", "--repeats", "3", flag, path])
+    if said is None:  # an int8 model is what --model takes
+        assert r.returncode == 0, r.stderr[-2000:]
+        return
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].endswith(
+        f"error: {flag} {path} is a {said} model (its sidecar's quantization); {flag} takes a "
+        f"{'int8' if flag == '--model' else 'float32'} model")
+
+
 @pytest.mark.slow
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""

@@ -86,12 +86,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                   if c.strip()]
     if set(args.clips) - {"scenes", "demo"}:
         p.error("--clips takes scenes and/or demo")
+    for flag, path, kind in (("--model", args.model, "int8"),
+                             ("--float-model", args.float_model, "float32")):
+        said = model_kind(path)
+        if said is not None and said != kind:
+            p.error(f"{flag} {path} is a {said} model (its sidecar's quantization); {flag} "
+                    f"takes a {kind} model")
     # Output places now: a folder that cannot be made was a traceback after minutes of timing.
     if args.json and args.json != "-":
         out_file(Path(args.json))
     if args.plot:
         out_dir(args.plot)
     return args
+
+
+def model_kind(path: Path) -> str | None:
+    """The quantization a model's sidecar gives it (tools/convert.py writes one), so a float
+    model passed as the int8 one is refused, not timed and labelled 'TFLite int8'. None when
+    the file or sidecar is missing or unreadable: the face section names that itself."""
+    from maskd.classifier import ModelError, read_sidecar
+
+    if not path.is_file():
+        return None
+    try:
+        kind = read_sidecar(path).raw.get("quantization")
+    except ModelError:
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
