@@ -104,6 +104,19 @@ def test_a_model_of_the_wrong_kind_is_refused(default_model, flag, model, said):
         f"{'int8' if flag == '--model' else 'float32'} model")
 
 
+@pytest.mark.parametrize("keras, says", [
+    ("/tmp/none.keras", "/tmp/none.keras: model not found"),
+    ("models/maskd_mobilenetv2_int8.tflite",
+     "models/maskd_mobilenetv2_int8.tflite: not a readable .keras model (not a zip archive)")])
+def test_a_bad_keras_model_is_one_line(default_model, keras, says):
+    """--keras naming no file, or a .tflite, was Keras' ValueError traceback after the TFLite
+    rows were timed; now one line naming the file, before any timing."""
+    pytest.importorskip("keras")
+    r = run_bench(["--sections", "face", "--repeats", "3", "--keras", keras])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(says)
+
+
 @pytest.mark.slow
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""

@@ -46,7 +46,7 @@ from tools.benchlib.frame import bench_frame
 from tools.benchlib.goals import bench_goals
 from tools.benchlib.macs import bench_macs, cpu_peak, model_macs
 from tools.benchlib.report import plot, render
-from tools.inputs import non_negative_int, out_dir, out_file, positive_int, write_out
+from tools.inputs import keras_file, non_negative_int, out_dir, out_file, positive_int, write_out
 
 ALL_SECTIONS = ("face", "macs", "frame", "e2e", "goals", "estimates")
 
@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if said is not None and said != kind:
             p.error(f"{flag} {path} is a {said} model (its sidecar's quantization); {flag} "
                     f"takes a {kind} model")
+    if args.keras is not None and not args.no_keras:
+        keras_file(args.keras)  # before the timing, not after it
     # Output places now: a folder that cannot be made was a traceback after minutes of timing.
     if args.json and args.json != "-":
         out_file(Path(args.json))

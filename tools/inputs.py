@@ -135,13 +135,20 @@ def reason(err: BaseException, limit: int = 300) -> str:
     return " ".join(str(err).split())[:limit] or type(err).__name__
 
 
-def load_keras(path: Path) -> Any:
-    """``path`` as a Keras model, or SystemExit naming the file: Keras reports a broken or
-    foreign file as 'File not found' or a zip/HDF5 error that hides which file and why."""
+def keras_file(path: Path) -> Path:
+    """``path`` if it can be a .keras model (a file, a zip archive), else SystemExit naming it:
+    checked before any work (a timing run, a conversion) and again by ``load_keras``."""
     if not path.is_file():
         raise SystemExit(f"{path}: model not found (tools/train.py writes runs/<run>/model.keras)")
     if not zipfile.is_zipfile(path):  # what Keras would call 'File not found'
         raise SystemExit(f"{path}: not a readable .keras model (not a zip archive)")
+    return path
+
+
+def load_keras(path: Path) -> Any:
+    """``path`` as a Keras model, or SystemExit naming the file: Keras reports a broken or
+    foreign file as 'File not found' or a zip/HDF5 error that hides which file and why."""
+    keras_file(path)
     import keras
 
     try:

@@ -36,8 +36,10 @@ def load_keras(path: Path | None, size: int, notes: list[str]) -> tuple[Any, str
     except ImportError:
         notes.append("Keras rows skipped: TensorFlow/Keras is not installed (normal on a Pi)")
         return None
-    if path is not None:
-        return keras.models.load_model(path, compile=False), str(rel(path))
+    if path is not None:  # a missing or foreign file: one line naming it, not Keras' ValueError
+        from tools.inputs import load_keras as read_keras
+
+        return read_keras(path), str(rel(path))
     # No trained model here (fresh clone): the same architecture untrained times the same.
     base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
     x = keras.layers.GlobalAveragePooling2D()(base.output)
