@@ -142,6 +142,21 @@ def test_a_corrupt_keras_model_is_named_by_every_tool(tmp_path: Path) -> None:
         assert _exit_message(exc) == f"{bad}: not a readable .keras model (not a zip archive)"
 
 
+def test_convert_checks_the_model_before_asking_for_calibration(tmp_path: Path) -> None:
+    """convert.py given the shipped .tflite said 'int8 needs calibration images:
+    models/split.json not found (pass --split)': the input is no Keras model at all, which
+    it said only once --split was given. Now the model is checked first."""
+    from tools import convert
+
+    tflite = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_int8.tflite"
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(tflite), "--out", str(tmp_path / "cw")])
+    assert _exit_message(exc) == f"{tflite}: not a readable .keras model (not a zip archive)"
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(tmp_path / "none.keras"), "--out", str(tmp_path / "cw")])
+    assert _exit_message(exc).startswith(f"{tmp_path / 'none.keras'}: model not found")
+
+
 @pytest.mark.slow
 def test_a_zip_that_is_no_keras_model_is_named(tmp_path: Path) -> None:
     import zipfile

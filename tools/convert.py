@@ -37,6 +37,7 @@ from maskd.files import write_together
 from maskd.tflite import ModelError
 from tools import dataset, features
 from tools.inputs import (
+    keras_file,
     load_keras,
     non_negative_int,
     out_dir,
@@ -216,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path.exists():
                     p.error(f"{path} exists; pass --force to replace it (or choose --out/--name)")
     out_dir(args.out)
-    if not args.keras_model.is_file():
-        raise SystemExit(f"model not found: {args.keras_model}")
+    keras_file(args.keras_model)  # a .tflite given here was first asked for its split.json
     split_path = args.split or args.keras_model.parent / "split.json"
     if "int8" in formats and not split_path.is_file():
         raise SystemExit(f"int8 needs calibration images: {split_path} not found (pass --split)")
