@@ -373,6 +373,27 @@ def test_features_names_a_truncated_model(tmp_path: Path) -> None:
     assert _exit_message(exc).startswith(f"features: {tmp_path / 'm.tflite'}: not a readable TFLite")
 
 
+@pytest.mark.slow
+def test_features_out_a_folder_or_in_a_missing_folder(tmp_path: Path, capsys) -> None:
+    """--out naming a folder, or a file in a folder not there yet, was a TensorFlow traceback
+    (FailedPreconditionError / NotFoundError) after the work; now a folder is one line before
+    it and a missing folder is made, as the other tools' outputs are."""
+    from tools import features
+
+    pytest.importorskip("tensorflow")
+    model = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_int8_s43.tflite"
+    if not model.is_file():
+        pytest.skip(f"needs {model}")
+    (tmp_path / "fd").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        features.main([str(model), "--out", str(tmp_path / "fd")])
+    assert _exit_message(exc) == f"{tmp_path / 'fd'}: is a folder; give a file name for the output"
+    out = tmp_path / "nodir" / "x.tflite"
+    assert features.main([str(model), "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["outputs"] == {"scores": 0,
+                                                                         "features": 1}
+
+
 @pytest.mark.parametrize("bad", [["--iou", "nan"], ["--iou", "0"], ["--iou", "1.5"],
                                  ["--threshold", "2"], ["--limit", "0"]])
 def test_eval_scenes_refuses_bad_numbers(bad: list[str], capsys) -> None:

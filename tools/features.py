@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from maskd.classifier import read_sidecar, sidecar_path  # noqa: E402
 from maskd.config import model_file_problem  # noqa: E402
 from maskd.tflite import ModelError  # noqa: E402
-from tools.inputs import reason  # noqa: E402
+from tools.inputs import out_file, reason  # noqa: E402
 
 DEFAULT_LAYER = "head_pool"
 
@@ -70,7 +70,10 @@ def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> None:
         entry = schema.TensorMapT()
         entry.name, entry.tensorIndex = "features", feat
         sig.outputs = list(sig.outputs) + [entry]
-    flatbuffer_utils.write_model(m, str(out))
+    try:
+        flatbuffer_utils.write_model(m, str(out))
+    except Exception as err:  # noqa: BLE001 - TensorFlow's own errors: no permission, a full disk
+        raise ModelError(f"{out}: cannot write it ({reason(err)})") from None
     side = dict(info.raw, outputs={"scores": 0, "features": 1},
                 features={"layer": layer, "size": shapes[feat][-1]})
     if out != model:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write here (default: in place)")
     p.add_argument("--layer", default=DEFAULT_LAYER, help="the pooling layer whose output is exposed")
     args = p.parse_args(argv)
-    out = args.out or args.model
+    out = out_file(args.out) if args.out else args.model  # a folder: was a TensorFlow traceback
     try:
         expose(args.model, out, args.layer)
     except (ModelError, OSError) as err:
