@@ -117,6 +117,23 @@ def test_a_bad_keras_model_is_one_line(default_model, keras, says):
     assert r.stderr.strip().splitlines()[-1].startswith(says)
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--detectors", "centerface"], "--detectors centerface: needs a CenterFace .onnx model"),
+    (["--detectors", "ssd"], "--detectors ssd: needs an SSD model file"),
+    (["--detectors", "bogus"], "--detectors bogus: unknown detector; choose from yunet, "),
+    (["--detectors", "none.tflite"], "--detectors none.tflite: no such TFLite SSD model file"),
+    (["--sections", ","], "--sections ',' names nothing"),
+    (["--clips", ","], "--clips ',' names nothing"),
+    (["--clips", "scenes,bogus"], "unknown clip(s) ['bogus']")])
+def test_frame_names_it_cannot_time_are_usage_errors(args, says):
+    """--detectors centerface / ssd / bogus was taken for a TFLite SSD file: 'SSD model file not
+    found' as a note, an empty table, exit 0; --sections , and --clips , ran nothing, exit 0."""
+    r = run_bench(["--sections", "frame", "--quick", *args] if "--sections" not in args
+                  else ["--quick", *args])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert says in r.stderr.splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""

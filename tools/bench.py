@@ -42,7 +42,7 @@ from tools.benchlib.common import EDGETPU_MODEL, FLOAT_MODEL, INT8_MODEL, thread
 from tools.benchlib.e2e import bench_e2e
 from tools.benchlib.estimates import bench_estimates
 from tools.benchlib.face import bench_face
-from tools.benchlib.frame import bench_frame
+from tools.benchlib.frame import BENCH_DETECTORS, bench_frame
 from tools.benchlib.goals import bench_goals
 from tools.benchlib.macs import bench_macs, cpu_peak, model_macs
 from tools.benchlib.report import plot, render
@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Keras model (default: the one the int8 model's sidecar names, when present)")
     p.add_argument("--no-keras", action="store_true", help="skip Keras rows even when TF is installed")
     p.add_argument("--detectors", default="yunet,blazeface,opencv-ssd",
-                   help="comma list for the per-frame section (a .tflite path = a TFLite SSD)")
+                   help="comma list for the per-frame section: yunet, blazeface, opencv-ssd "
+                        "or a TFLite SSD's .tflite path")
     p.add_argument("--frames", type=positive_int, default=None, help="clip length for e2e (default 120, quick 30)")
     p.add_argument("--clips", default=None,
                    help="e2e clips: scenes (scenes-dev photos, panned), demo (maskd's demo clip); "
@@ -73,19 +74,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=non_negative_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=None)
     args = p.parse_args(argv)
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.sections = _names(p, "--sections", args.sections)
     bad = set(args.sections) - set(ALL_SECTIONS)
     if bad:
         p.error(f"unknown section(s) {sorted(bad)}; choose from {ALL_SECTIONS}")
-    args.detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    args.detectors = _names(p, "--detectors", args.detectors)
+    for name in args.detectors:
+        if (problem := detector_problem(name)) is not None:
+            p.error(f"--detectors {name}: {problem}")
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.repeats = args.repeats if args.repeats is not None else (15 if args.quick else 100)
     args.frame_repeats = max(5, args.repeats // 4)
     args.frames = args.frames or (30 if args.quick else 120)
-    args.clips = [c.strip() for c in (args.clips or ("scenes" if args.quick else "scenes,demo")).split(",")
-                  if c.strip()]
-    if set(args.clips) - {"scenes", "demo"}:
-        p.error("--clips takes scenes and/or demo")
+    args.clips = _names(p, "--clips", args.clips or ("scenes" if args.quick else "scenes,demo"))
+    if bad := sorted(set(args.clips) - {"scenes", "demo"}):
+        p.error(f"unknown clip(s) {bad}; --clips takes scenes and/or demo")
     for flag, path, kind in (("--model", args.model, "int8"),
                              ("--float-model", args.float_model, "float32")):
         said = model_kind(path)
@@ -100,6 +103,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.plot:
         out_dir(args.plot)
     return args
+
+
+def _names(p: argparse.ArgumentParser, flag: str, text: str) -> list[str]:
+    """A comma list's names; none at all (',') is a usage error: it used to run nothing, exit 0."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        p.error(f"{flag} {text!r} names nothing")
+    return names
+
+
+def detector_problem(name: str) -> str | None:
+    """Why ``name`` cannot be timed by the frame section, or None. A name it does not know was
+    taken for a TFLite SSD file and skipped with a note (an empty table, exit 0)."""
+    if name in BENCH_DETECTORS:
+        return None
+    if name.endswith(".tflite"):
+        return None if Path(name).is_file() else "no such TFLite SSD model file"
+    times = f"{', '.join(BENCH_DETECTORS)} (../shared's OpenCV SSD) or a TFLite SSD's .tflite path"
+    needs = {"centerface": "a CenterFace .onnx model", "ssd": "an SSD model file"}
+    if name in needs:  # maskd's own kinds
+        return f"needs {needs[name]}, which bench does not look for; it times {times}"
+    return f"unknown detector; choose from {times}"
 
 
 def model_kind(path: Path) -> str | None:

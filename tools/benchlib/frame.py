@@ -9,6 +9,7 @@ from typing import Any
 from tools.benchlib.common import SHARED, measure
 from tools.benchlib.inputs import clip_or_note
 
+BENCH_DETECTORS = ("yunet", "blazeface", "opencv-ssd")  # by name; a TFLite SSD by its path
 YUNET_SHARED = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 SSD_PB = SHARED / "models" / "opencv_face_detector_uint8.pb"
 
