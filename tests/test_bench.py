@@ -134,6 +134,18 @@ def test_frame_names_it_cannot_time_are_usage_errors(args, says):
     assert says in r.stderr.splitlines()[-1]
 
 
+def test_e2e_clip_names_the_photos_it_used(scenes_dir):
+    """The e2e header said '9 scenes-dev photos' for 120 frames at 15 per photo: it named the
+    photos picked, of which 8 were used. Now it names the photos the frames come from."""
+    from tools.benchlib.inputs import scene_frames
+
+    frames, what = scene_frames(120, (640, 480))
+    assert len(frames) == 120 and what == "8 scenes-dev photos, 15 panned frames each"
+    frames, what = scene_frames(20, (320, 240))
+    assert len(frames) == 20 and frames[0].shape == (240, 320, 3)
+    assert what == "2 scenes-dev photos, 15 panned frames each (the last 5)"
+
+
 @pytest.mark.slow
 def test_tflite_mac_count_matches_keras_layers(default_model):
     """Two independent counts of the shipped model: its TFLite graph and its Keras layers."""

@@ -49,21 +49,25 @@ def scene_frames(n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
     per_photo = 15
     chosen = photos[:: max(1, len(photos) // max(1, (n + per_photo - 1) // per_photo))]
     frames: list[np.ndarray] = []
+    used = 0  # the photos the frames come from, as the report says (not those picked: 9 for 8)
     for p in chosen:
+        if len(frames) == n:
+            break
         img = cv2.imread(str(p))
         if img is None:
             continue
+        used += 1
         # Scale so the photo covers the frame plus 10% to pan over.
         s = max(w * 1.1 / img.shape[1], h * 1.1 / img.shape[0])
         big = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)))
         dx, dy = big.shape[1] - w, big.shape[0] - h
-        for k in range(per_photo):
+        for k in range(min(per_photo, n - len(frames))):
             t = k / (per_photo - 1)
             x, y = round(dx * t), round(dy * t / 2)
             frames.append(np.ascontiguousarray(big[y : y + h, x : x + w]))
-            if len(frames) == n:
-                return frames, f"{len(chosen)} scenes-dev photos, {per_photo} panned frames each"
-    return frames, f"{len(chosen)} scenes-dev photos, {per_photo} panned frames each"
+    last = len(frames) - (used - 1) * per_photo
+    return frames, (f"{used} scenes-dev photos, {per_photo} panned frames each"
+                    + (f" (the last {last})" if 0 < last < per_photo else ""))
 
 
 def clip_or_note(size: tuple[int, int], n: int, notes: list[str]
