@@ -349,6 +349,47 @@ def test_evaluate_with_nothing_readable_keeps_the_earlier_report(tmp_path: Path,
     assert "cannot create the output folder" in _exit_message(exc)
 
 
+def _strict_json(path: Path) -> dict:
+    """JSON as a strict reader takes it: NaN / Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path}: {constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_metrics_of_one_class_are_null_in_json_and_na_when_printed(
+        tmp_path: Path, facemask_dir: Path, default_model: Path) -> None:
+    """evaluate.py --out on a folder of one class wrote "precision": NaN (not JSON: strict
+    readers refuse the whole file) and printed 'precision nan'. Now null and 'n/a'; the one
+    JSON writer of the tools (tools/inputs.write_json) does it for train.py and explain.py too."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "one" / "with_mask"
+    data.mkdir(parents=True)
+    for src in sorted((facemask_dir / "with_mask").iterdir())[:3]:
+        (data / src.name).write_bytes(src.read_bytes())
+    run = subprocess.run([sys.executable, "tools/evaluate.py", "--model", str(default_model),
+                          "--data", str(data.parent), "--out", str(tmp_path / "eval")],
+                         cwd=default_model.parents[1], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "precision n/a  recall n/a  f1 n/a" in run.stdout and "nan" not in run.stdout
+    met = _strict_json(tmp_path / "eval" / "metrics.json")["models"][0]["metrics"]
+    assert met["precision"] is None and met["accuracy"] == 1.0
+
+
+def test_a_zero_grad_cam_map_is_null_in_json(tmp_path: Path) -> None:
+    """explain.py --json wrote NaN for a zero Grad-CAM map (lower_half_share of nothing)."""
+    from tools.explain import lower_half_share
+    from tools.inputs import write_json
+
+    share = lower_half_share(np.zeros((4, 4)))
+    write_json(tmp_path / "x.json", {"images": [{"gradcam_lower_half": share}],
+                                     "n": np.int64(3), "mean": np.float32(0.5)})
+    assert _strict_json(tmp_path / "x.json") == {"images": [{"gradcam_lower_half": None}],
+                                                 "n": 3, "mean": 0.5}
+
+
 def test_features_names_a_missing_model_before_its_sidecar(tmp_path: Path) -> None:
     from tools import features
 

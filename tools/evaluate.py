@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,9 +33,11 @@ from tools.inputs import (
     load_keras,
     non_negative_float,
     non_negative_int,
+    number,
     out_dir,
     positive_int,
     probability,
+    write_json,
 )
 
 NO_MASK = dataset.LABELS.index("no_mask")
@@ -309,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         met["ms_per_image"] = ms[k]
         report["models"].append({"model": str(path), "name": m.name, "metrics": met})
         print(f"\nmodel: {m.name}")
-        print(f"  accuracy {met['accuracy']:.4f}  precision {met['precision']:.4f}  "
-              f"recall {met['recall']:.4f}  f1 {met['f1']:.4f}")
-        print(f"  sensitivity {met['sensitivity']:.4f}  specificity {met['specificity']:.4f}  "
-              f"{ms[k]:.1f} ms/image (batch 1 for TFLite, incl. preprocessing)")
+        print(f"  accuracy {number(met['accuracy'])}  precision {number(met['precision'])}  "
+              f"recall {number(met['recall'])}  f1 {number(met['f1'])}")
+        print(f"  sensitivity {number(met['sensitivity'])}  specificity "
+              f"{number(met['specificity'])}  {ms[k]:.1f} ms/image (batch 1 for TFLite, incl. "
+              "preprocessing)")
         print(format_confusion(met))
         if args.voc:
             sizes = np.array([c.face_px for c in kept_paths])
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
               f"P(no_mask) diff mean {a['mean_abs_prob_diff']:.4f} max {a['max_abs_prob_diff']:.4f}")
 
     if args.out:
-        (args.out / "metrics.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_json(args.out / "metrics.json", report)
         with (args.out / "predictions.csv").open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "true"] + [f"p_no_mask_{k + 1}" for k in range(len(models))]

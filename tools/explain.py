@@ -20,7 +20,6 @@ Needs TensorFlow (an offline tool, like train.py); images go through maskd's own
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,12 @@ from maskd.images import ImageError, load_image_rgb
 from tools.inputs import (
     figure_out,
     load_keras,
+    number,
     out_dir,
     out_file,
     positive_int,
     write_image,
-    write_out,
+    write_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,10 +366,10 @@ def make_sheet(ex: Explainer, dst: Path) -> list[dict[str, Any]]:
         label = LABELS[int(res["classes"][0])]
         panels = [(shown, f"{name}\nP(no_mask)={p_no:.2f} -> {label}"),
                   (overlay(shown, res["gradcam"][0]),
-                   f"Grad-CAM ({label})\nlower half {lower_half_share(res['gradcam'][0]):.0%}")]
+                   f"Grad-CAM ({label})\nlower half {number(lower_half_share(res['gradcam'][0]), '.0%')}")]
         if "cam" in res:
             panels.append((overlay(shown, res["cam"][0]),
-                           f"CAM\nlower half {lower_half_share(res['cam'][0]):.0%}"))
+                           f"CAM\nlower half {number(lower_half_share(res['cam'][0]), '.0%')}"))
         r, c0 = divmod(k, per_row)
         for c, (img, title) in enumerate(panels):
             ax = axes[r][c0 * panels_per + c]
@@ -419,12 +419,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"explain: none of the {len(args.images)} images could be read")
         for r in result["images"]:
             print(f"{r['image']}: P(no_mask)={r['p_no_mask']:.3f} {r['label']}, Grad-CAM lower half "
-                  f"{r['gradcam_lower_half']:.0%} -> {r['overlay']}")
+                  f"{number(r['gradcam_lower_half'], '.0%')} -> {r['overlay']}")
     if args.sheet:
         result["sheet"] = make_sheet(ex, args.sheet)
         for r in result["sheet"]:
             print(f"sheet: {r['image']}: P(no_mask)={r['p_no_mask']:.3f} {r['label']}, "
-                  f"Grad-CAM lower half {r['gradcam_lower_half']:.0%}")
+                  f"Grad-CAM lower half {number(r['gradcam_lower_half'], '.0%')}")
         print(f"wrote {args.sheet}")
     if args.split:
         num = split_numbers(ex, args.split, args.subset, args.data_root, limit=args.limit)
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                           f" (n={s['n']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_out(args.json, json.dumps(result, indent=1, default=float) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -119,6 +119,38 @@ def write_out(path: Path, text: str) -> None:
         raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity as None (JSON null) and NumPy numbers as Python's:
+    json.dumps writes NaN, which is not JSON, so a metric of nothing (precision with no
+    positives, a zero Grad-CAM map) made the whole file unreadable to strict readers."""
+    if type(value).__module__ == "numpy":
+        value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON that strict readers accept (``json_safe``), newline-ended."""
+    import json
+
+    return json.dumps(json_safe(value), indent=1, allow_nan=False, default=str) + "\n"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A tool's JSON report or record: valid JSON (``json_text``), written as ``write_out`` does."""
+    write_out(path, json_text(value))
+
+
+def number(value: float, fmt: str = ".4f") -> str:
+    """A metric for a printed line: 'n/a' where it is undefined (NaN), as JSON gets null."""
+    return format(value, fmt) if math.isfinite(value) else "n/a"
+
+
 def read_json(path: Path) -> Any:
     """A JSON file a tool reads (a run's record.json), or one line naming it and what is wrong
     (a broken one was a JSONDecodeError traceback)."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -52,6 +51,7 @@ from tools.inputs import (
     positive_int,
     probability,
     reason,
+    write_json,
 )
 
 DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -708,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
         },
     }
-    (out / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_json(out / "record.json", record)
     print(f"[5/5] done in {record['wall_time_s'] / 60:.1f} min; best epoch {best_epoch}; "
           f"wrote {out}/model.keras, history.csv, curves.png, record.json", flush=True)
     return 0
