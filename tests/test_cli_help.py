@@ -65,3 +65,37 @@ def test_run_http_sets_the_status_page():
     args = build_parser().parse_args(["run", "--http", "127.0.0.1:8089", "--source", "demo"])
     assert run_config(args).preview.http == "127.0.0.1:8089"
     assert run_config(build_parser().parse_args(["run"])).preview.http is None
+
+
+def test_classifier_and_performance_docs_name_the_shipped_model(capsys):
+    """docs/classifier.md called the m224d recipe 'the shipped model' and its --limit row left
+    out the scene photos --help names; docs/performance.md named runs/m224d as the sidecar's
+    source, called the shipped model 224 px and 'faces under 24 px' unjudged (min_face_px is
+    20). Each claim is checked against what it describes."""
+    import json
+    import re
+    from pathlib import Path
+
+    from maskd.config import ClassifierConfig
+    from tools import train
+
+    repo = Path(__file__).resolve().parents[1]
+    card = (repo / "models" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    run = re.search(r"^## This model: (\w+)", card, re.M).group(1)
+    classifier = (repo / "docs" / "classifier.md").read_text(encoding="utf-8")
+    shipped = [line for line in classifier.splitlines() if "# the shipped model" in line]
+    assert len(shipped) == 1 and f"--out runs/{run}" in shipped[0]
+    limit_row = next(line for line in classifier.splitlines() if line.startswith("| `--limit N`"))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    limit_help = " ".join(capsys.readouterr().out.split("--limit LIMIT  ", 1)[1].split("--quiet")[0]
+                          .split())
+    for text in (limit_row, limit_help):  # both say what the code does: scene photos too
+        assert "images per class" in text and "scene photos" in text and "train part" in text
+    side = json.loads((repo / "models" / "maskd_mobilenetv2_int8.json").read_text())
+    perf = (repo / "docs" / "performance.md").read_text(encoding="utf-8")
+    defaults = perf[perf.index("Defaults: the shipped"):][:400]
+    assert f"`{side['source']['keras_model']}`" in defaults
+    assert "The shipped model is still 224 px" not in perf
+    px = ClassifierConfig().min_face_px
+    assert f"({px} px) counted but not judged" in " ".join(perf.split())

@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=fraction, default=0.1, help="test fraction (never trained on)")
     p.add_argument("--seed", type=non_negative_int, default=42)
     p.add_argument("--limit", type=positive_int, default=None,
-                   help="at most N (>= 1) images per class and N scene photos (trials; default: all)")
+                   help="at most N (>= 1) images per class and, with --scenes, the first N "
+                        "scene photos of its train part (trials; default: all)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
     args = p.parse_args(argv)
     if args.size % 32 or args.size < 32:
