@@ -256,7 +256,8 @@ class DetectorConfig(Section):
     """Face detector choice and tuning."""
 
     kind: Literal["auto", "yunet", "centerface", "blazeface", "ssd"] = "auto"
-    model: FsPath | None = None  # yunet/centerface .onnx / ssd .tflite; blazeface reads its wheel
+    model: FsPath | None = None  # yunet/centerface .onnx, ssd .tflite/.pb, blazeface .tflite;
+    # null: YuNet found (docs/detectors.md), CenterFace's and BlazeFace's from their wheels
     variant: Literal["short", "full"] = "full"  # blazeface range
     # `run` (live video: per-frame cost matters; 320x240 beat 640x480 on walk-up clips,
     # docs/eval_video.md) ...

@@ -135,7 +135,8 @@ class TfliteSsd:
 class OpenCvSsd:
     """OpenCV's ResNet-10 SSD face detector (TensorFlow .pb + .pbtxt): the seeds' baseline.
 
-    Trained on stretched 300x300 inputs with BGR mean subtraction, so it is fed exactly that.
+    Trained on stretched 300x300 inputs with BGR mean subtraction, so it is fed stretched
+    frames too (not letterboxed), at the configured input size (300x300 in the seeds).
     """
 
     MEAN = (104.0, 177.0, 123.0)
