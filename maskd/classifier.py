@@ -65,11 +65,30 @@ def default_model_problem() -> str | None:
 
 def still_extra_paths(model: Path | None, extras: Sequence[Path] | None) -> list[Path]:
     """The models `scan` averages with ``classifier.model``: ``classifier.still_extra_models``
-    when set; else the shipped second draw, but only beside the shipped model (a model of
-    one's own is not averaged with ours)."""
+    when set; else the shipped second draw, but only beside the model it is a second draw of (a
+    model of one's own is not averaged with ours, nor is one put where the shipped one was)."""
     if extras is not None:
         return [Path(p) for p in extras]
-    return [] if model is not None else [default_model_path(SECOND_DRAW_NAME)]
+    if model is not None:
+        return []
+    twin = default_model_path(SECOND_DRAW_NAME)
+    return [twin] if _second_draw_of(default_model_path(), twin) else []
+
+
+def _second_draw_of(model: Path, twin: Path) -> bool:
+    """Whether ``twin`` is another training draw of ``model``'s recipe: their sidecars record
+    the same data and training parameters but for the seed and the run folder. Anything that
+    cannot be read says no: `scan` then judges with ``model`` alone."""
+    try:
+        sources = [json.loads(sidecar_path(p).read_text(encoding="utf-8"))["source"]
+                   for p in (model, twin)]
+        params = [{k: v for k, v in s["train_params"].items() if k not in ("seed", "out")}
+                  for s in sources]
+        return (params[0] == params[1]
+                and sources[0]["data_fingerprint"] == sources[1]["data_fingerprint"]
+                and sources[0]["keras_sha256"] != sources[1]["keras_sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

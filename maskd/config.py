@@ -348,7 +348,9 @@ class ClassifierConfig(Section):
     # 0.25: docs/eval_video.md, round twenty-one (walk-up F1 0.871 -> 0.887, scan unchanged).
     flip_band: float = Field(0.25, ge=0.0, le=0.5)
     # `scan` (photos, offline) averages P(no_mask) over `model` and these. null: the shipped
-    # model's second training draw, when `model` is the shipped one too; []: `model` alone.
+    # model's second training draw, when `model` is unset and the default model is the one it
+    # is a second draw of (their sidecars: the same recipe but the seed), else none; []: `model`
+    # alone.
     # The mean of the two draws was chosen for photos on scenes-dev (docs/eval_video.md, round
     # thirteen); `run` always uses `model` alone.
     still_extra_models: list[FsPath] | None = None

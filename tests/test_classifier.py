@@ -262,7 +262,21 @@ def test_still_extras_follow_the_model(monkeypatch, tmp_path: Path) -> None:
     assert C.still_extra_paths(None, []) == []
     assert C.still_extra_paths(None, [tmp_path / "x.tflite"]) == [tmp_path / "x.tflite"]
     monkeypatch.setenv(env.MODEL_DIR, str(tmp_path))
+    shipped = REPO / "models"
+    for name in (C.DEFAULT_MODEL_NAME, C.SECOND_DRAW_NAME):
+        for f in (shipped / name, (shipped / name).with_suffix(".json")):
+            shutil.copy(f, tmp_path / f.name)
     assert C.still_extra_paths(None, None) == [tmp_path / C.SECOND_DRAW_NAME]
+    # A model of one's own put where the shipped one was (tools/convert.py --out models
+    # --force): scan averaged it with our second draw without a word.
+    own = json.loads((tmp_path / C.DEFAULT_MODEL_NAME).with_suffix(".json").read_text())
+    own["source"]["train_params"]["size"] = 96
+    own["source"]["keras_sha256"] = "0" * 64
+    (tmp_path / C.DEFAULT_MODEL_NAME).with_suffix(".json").write_text(json.dumps(own))
+    assert C.still_extra_paths(None, None) == []
+    # ... or without the second draw beside it: scan stopped on a key nobody set
+    (tmp_path / C.SECOND_DRAW_NAME).unlink()
+    assert C.still_extra_paths(None, None) == []
 
 
 def test_scan_classifier_is_the_mean_of_both_shipped_draws(default_model, scenes_dir,
