@@ -166,6 +166,47 @@ def test_start_does_not_block_without_broker(tmp_path):
     sink.close()
 
 
+def test_the_running_marker_is_written_again_once_it_can_be(tmp_path, monkeypatch, caplog):
+    """A full disk at start (or the state dir removed while running) left the last run's
+    `clean` in mqtt-session.json for good: a kill later was reported as `clean` (or `none`)
+    by the next start's previous_stop, and its cameras' retained topics were never cleared."""
+    from maskd.mqtt import sink as sink_module
+
+    monkeypatch.setattr(sink_module, "SESSION_CHECK_S", 0.2)
+    real_write = sink_module.write_atomically
+    full = {"on": True}
+
+    def write(path, data):
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        return real_write(path, data)
+
+    monkeypatch.setattr(sink_module, "write_atomically", write)
+    marker = tmp_path / sink_module.SESSION_FILE
+    marker.write_text(json.dumps({"running": False, "stop": "clean"}))
+    with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+        sink = MqttSink(MqttConfig(url="mqtt://127.0.0.1:9", reconnect_min_s=0.2), "d", "c",
+                        tmp_path)
+        try:
+            time.sleep(0.6)  # retried, and failing, without a line each time
+            said = [r.getMessage() for r in caplog.records if str(marker) in r.getMessage()]
+            assert len(said) == 1 and "tried again every 0.2 s" in said[0], said
+            full["on"] = False  # room again
+            deadline = time.monotonic() + 5
+            while not json.loads(marker.read_text()).get("running") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert json.loads(marker.read_text())["running"] is True
+            assert any(f"wrote {marker} again" in r.getMessage() for r in caplog.records)
+            marker.unlink()  # the state dir's files removed while running
+            deadline = time.monotonic() + 5
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert json.loads(marker.read_text())["running"] is True  # a kill now is `unclean`
+        finally:
+            sink.close()
+    assert json.loads(marker.read_text())["running"] is False  # the stop's marker is the last
+
+
 # ---- against mosquitto ----
 
 

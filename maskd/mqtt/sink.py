@@ -52,6 +52,9 @@ SWITCH_LOG_EVERY_S = 1.0  # a detect/set change is logged at most this often per
 # Discovery goes again at most this often when Home Assistant's status says `online` (a
 # client flooding that topic must not make maskd flood the broker with discovery configs).
 REDISCOVER_EVERY_S = 1.0
+# How often the publisher looks that the running marker (SESSION_FILE) is on disk: written again
+# when its write failed (a full disk) or its file went (the state dir removed while running).
+SESSION_CHECK_S = 10.0
 # The broker away this long is a fault in the status line; a quick reconnect (a broker
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
@@ -210,6 +213,10 @@ class MqttSink(EventSink):
         self._stop_kind, self._stop_why = "clean", ""
         self._started_at = time.time()
         self._uptime = Uptime()  # not the wall clock's: NTP's first sync on a Pi steps that
+        self._session_lock = threading.Lock()
+        self._session_ok = False  # the last write of the marker landed
+        self._session_final = False  # the stop's marker is written: no running one after it
+        self._next_session_check = 0.0  # monotonic (publisher thread)
         self._write_session(running=True)
         self._restarted: set[str] = set()  # ended `restart` from the outbox at start
         self._left_open: list[ViolationEvent] = []  # ... as events, for the other sinks
@@ -348,17 +355,48 @@ class MqttSink(EventSink):
         return "unclean", {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
 
     def _write_session(self, running: bool) -> None:
+        """The marker the next start reads: running (at start, and again by ``_keep_session``)
+        or how this run stopped (at close, the last word)."""
         cams = [_root(c.topics) for c in self._cams.values()]
-        try:
-            write_atomically(self._session_path, _dumps(
-                {"running": running, "pid": os.getpid(), "time": time.time(), "cameras": cams,
-                 **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
-            ).encode("utf-8"))
-        except OSError as err:  # the next start then reads what the last write left
-            log.warning("cannot write %s: %s; %s", self._session_path,
-                        failed_write(err, self._session_path.parent),
-                        "should this run end abruptly, the next start will not know it" if running
-                        else "the next start will report this stop as unclean (previous_stop)")
+        with self._session_lock:
+            if self._session_final:
+                return
+            self._session_final = not running
+            was_ok = self._session_ok
+            try:
+                write_atomically(self._session_path, _dumps(
+                    {"running": running, "pid": os.getpid(), "time": time.time(), "cameras": cams,
+                     **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
+                ).encode("utf-8"))
+            except OSError as err:  # the next start then reads what the last write left
+                self._session_ok = False
+                if not running:
+                    log.warning("cannot write %s: %s; the next start will report %s",
+                                self._session_path, failed_write(err, self._session_path.parent),
+                                "this stop as unclean (previous_stop)" if was_ok else
+                                "how an earlier run stopped (previous_stop), not this one")
+                elif was_ok or self._next_session_check == 0.0:  # once, not every retry
+                    log.warning("cannot write %s: %s; should this run end abruptly, the next "
+                                "start will not know it (tried again every %g s)",
+                                self._session_path, failed_write(err, self._session_path.parent),
+                                SESSION_CHECK_S)
+                return
+            self._session_ok = True
+            if running and not was_ok and self._next_session_check:
+                log.info("wrote %s again: an abrupt end from now on is known at the next start",
+                         self._session_path)
+
+    def _keep_session(self, now: float) -> None:
+        """The running marker written again where it is missing (its write failed on a full
+        disk, or the state dir was removed while running), every SESSION_CHECK_S: a run killed
+        after that is `unclean` at the next start, not what an earlier run left there."""
+        if now < self._next_session_check:
+            return
+        first = self._next_session_check == 0.0
+        self._next_session_check = now + SESSION_CHECK_S
+        if first or (self._session_ok and self._session_path.is_file()):
+            return
+        self._write_session(running=True)
 
     # ---- EventSink ----
 
@@ -1045,6 +1083,7 @@ class MqttSink(EventSink):
             return
         self._outbox.maintain()
         now = time.monotonic()
+        self._keep_session(now)
         self._check_stall(st, now, progress=bool(acks))
         with self._conn_lock:
             if self._connected and not self._closing:
