@@ -1072,12 +1072,13 @@ class Outbox:
             log.warning("outbox %s: stored %d event(s) that were held in memory", self.path,
                         len(items))
 
-    def _report_drops(self, n_age: int, n_count: int) -> None:
-        """One warning per minute at most: a full outbox during a long outage drops on every put."""
+    def _report_drops(self, n_age: int, n_count: int, closing: bool = False) -> None:
+        """One warning per minute at most: a full outbox during a long outage drops on every put.
+        ``closing``: what the minute still held is said now (it was never said)."""
         self._unlogged_age += n_age
         self._unlogged_count += n_count
         if not (self._unlogged_age or self._unlogged_count or self._unlogged_memory) or \
-                not self._warn.due("drops"):
+                not (closing or self._warn.due("drops")):
             return
         if self._unlogged_age:
             log.warning(
@@ -1104,6 +1105,7 @@ class Outbox:
                 return
             self._closed = True
             try:
+                self._report_drops(0, 0, closing=True)
                 if self._memory:
                     self._store_memory()
                 if (self._memory or not self._store_tracks()) and self._release_reserve():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -50,9 +51,13 @@ def test_count_bound_drops_oldest_with_log_and_counter(tmp_path, caplog):
     assert ob.depth() == 3
     assert ob.dropped == 2
     assert [r.payload["n"] for r in ob.pending()] == [2, 3, 4]
-    # logged at once, then at most once a minute (not once per put while full)
+    # logged at once, then at most once a minute (not once per put while full) ...
     assert caplog.text.count("dropped the") == 1 and "dropped the 1 oldest" in caplog.text
-    ob.close()
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        ob.close()
+    # ... and what the minute still held when the process stops (was: never said)
+    assert caplog.text.count("dropped the") == 2 and "dropped the 1 oldest" in caplog.text.split(
+        "dropped the 1 oldest", 1)[1]
 
 
 def test_age_bound(tmp_path, caplog):
@@ -709,7 +714,12 @@ def test_memory_queue_is_bounded_and_what_it_drops_is_counted_and_logged(disk, c
     assert ob.depth() == 20 - ob.memory_dropped
     assert [r.id for r in ob.pending(limit=100)][-3:] == ids[-3:]  # the newest are kept
     assert "memory queue full (3 events" in caplog.text
-    ob.close()
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob.close()
+    # every drop is said by the time the process stops (was: the first minute's alone)
+    said = [int(n) for n in re.findall(r"memory queue full .*?dropped the (\d+) oldest",
+                                       caplog.text)]
+    assert sum(said) == ob.memory_dropped, (said, ob.memory_dropped)
 
 
 def test_acknowledged_rows_are_deleted_on_a_full_disk_with_the_reserve(disk, caplog):
