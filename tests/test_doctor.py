@@ -591,3 +591,25 @@ def test_tls_certificates_near_their_end_are_the_same_warning_in_check_config_do
     days = [(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=UTC) - datetime.now(UTC)).days
             for d in re.fullmatch(r"cert_file until (\S+), ca_file until (\S+)", detail).groups()]
     assert verdict == "OK" and all(363 <= d <= 365 for d in days), (verdict, detail)
+
+
+def test_model_rows_name_the_edgetpu_key_that_wants_the_missing_library(tmp_path):
+    """The classifier and detector rows said 'turn the EdgeTPU off (--edgetpu,
+    classifier.edgetpu, detector.edgetpu)', the loader's words for no known key, beside the
+    library row's 'set classifier.edgetpu: false'."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libedgetpu.so.1")
+        pytest.skip("libedgetpu is installed here")
+    except OSError:
+        pass
+    model = tmp_path / "face_edgetpu.tflite"
+    model.write_bytes(b"x")
+    cfg = write_cfg(tmp_path, "classifier: {edgetpu: true}\n"
+                              f"detector: {{kind: ssd, model: {model}, edgetpu: true}}\n")
+    got = rows(doctor(cfg).stdout)
+    for row, key in (("classifier", "classifier.edgetpu"), ("detector", "detector.edgetpu")):
+        verdict, detail = got[row]
+        assert verdict == "FAIL" and detail.startswith(f"{key}: EdgeTPU requested but "), detail
+        assert detail.endswith(f"set {key}: false to run on the CPU"), detail

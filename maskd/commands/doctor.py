@@ -230,6 +230,15 @@ def unit_read_write_paths(unit: Path) -> list[Path]:
     return paths
 
 
+
+def _library_for(key: str, on: bool) -> None:
+    """A missing libedgetpu in `run`'s words for the key that wants it ('set detector.edgetpu:
+    false'), checked before the model opens: the loader alone knows no key and names them all."""
+    from maskd.tflite import need_edgetpu_library
+
+    if on:
+        need_edgetpu_library([key])
+
 class Doctor:
     def __init__(self, cfg: Config, frames: int) -> None:
         self.cfg = cfg
@@ -397,6 +406,7 @@ class Doctor:
 
         c = self.cfg.classifier
         try:
+            _library_for("classifier.edgetpu", c.edgetpu)
             with captured_stderr_fd() as native:
                 clf = build_classifier(self.cfg)
                 clf.predict([np.zeros((64, 64, 3), np.uint8)])  # delegates apply on first invoke
@@ -457,11 +467,13 @@ class Doctor:
     def detector_check(self) -> None:
         from maskd.detectors import DetectorError
         from maskd.service import build_detector
+        from maskd.tflite import ModelError
 
         try:
+            _library_for("detector.edgetpu", self.cfg.detector.edgetpu)
             with captured_stderr_fd():
                 det = build_detector(self.cfg)
-        except DetectorError as err:
+        except (DetectorError, ModelError) as err:
             self.add("detector", FAIL, _err(err))
             return
         self.detector = det
