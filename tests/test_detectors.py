@@ -576,6 +576,23 @@ def test_a_file_not_named_onnx_never_reaches_yunet(tmp_path: Path):
     assert r.stderr.splitlines()[-1].startswith(f"maskd run: {junk}: {wrong}"), r.stderr
 
 
+def test_yunet_at_an_input_too_big_for_memory_says_so(tmp_path: Path, yunet_model: Path):
+    """4096x4096 x upscale 4 (the config's bounds) in a Pi's memory was 'not a YuNet model
+    (OpenCV cannot detect faces with it)', blaming a good file."""
+    import resource
+
+    config = tmp_path / "huge.yaml"
+    config.write_text(f"source: {{kind: demo}}\ndetector: {{kind: yunet, model: {yunet_model}, "
+                      "input_width: 4096, input_height: 4096, upscale: 4}\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(config),
+                        "--max-frames", "1"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30,) * 2))
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"maskd run: {yunet_model}: not enough memory for YuNet at input 16384x16384 "
+        "(detector.input_width/height times upscale): use a smaller input"), r.stderr
+
+
 def test_edgetpu_without_runtime_is_a_clear_error(tmp_path: Path):
     model = tmp_path / "face_edgetpu.tflite"
     model.write_bytes(b"x")

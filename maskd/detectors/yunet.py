@@ -84,7 +84,12 @@ class YuNet:
             raise DetectorError(f"{model}: OpenCV cannot load this YuNet model: {err}") from None
         try:  # another .onnx (CenterFace) loads too, then fails on the first frame of a run
             self._net.detect(np.zeros((input_size[1], input_size[0], 3), np.uint8))
-        except cv2.error:
+        except cv2.error as err:
+            if err.code == cv2.Error.StsNoMem:  # the input size, not the file (upscale x4 of 4096)
+                raise DetectorError(
+                    f"{model}: not enough memory for YuNet at input {input_size[0]}x"
+                    f"{input_size[1]} (detector.input_width/height times upscale): use a "
+                    "smaller input") from None
             raise DetectorError(f"{model}: not a YuNet model (OpenCV cannot detect faces with "
                                 "it)") from None
 
