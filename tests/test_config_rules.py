@@ -425,13 +425,32 @@ def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
                   f"state_dir {ro}/state: cannot create the MQTT outbox there: Read-only file "
                   "system\n"),
                  (f"jsonl: {{path: '{ro}/e.jsonl'}}\n",
-                  f"jsonl.path {ro}/e.jsonl: cannot write there: Read-only file system\n")]
+                  f"jsonl.path {ro}/e.jsonl: cannot write there: Read-only file system\n"),
+                 # these three: check-config OK, run 0 with 'a failing SD card?' at the first
+                 # write, where docs/service.md promised exit 78 for a folder outside the
+                 # sandbox's ReadWritePaths=
+                 (f"state_dir: '{ro}/state'\n",
+                  f"state_dir {ro}/state: cannot keep the open violations there: Read-only file "
+                  "system\n"),
+                 (f"snapshots: {{dir: '{ro}/snaps'}}\n",
+                  f"snapshots.dir {ro}/snaps: cannot save snapshots there: Read-only file system\n"),
+                 (f"preview: {{annotate_dir: '{ro}/clips'}}\n",
+                  f"preview.annotate_dir {ro}/clips: cannot record clips there: Read-only file "
+                  "system\n")]
         paths = [tmp_path / f"ro{i}.yaml" for i in range(len(cases))]
         for path, (yaml, _) in zip(paths, cases, strict=True):
             state = "" if "state_dir" in yaml else f"state_dir: '{tmp_path / 'state'}'\n"
             path.write_text(f"device_id: door-1\n{state}{yaml}")
         answers = maskd_each([call for path in paths
                               for call in (("check-config", str(path)), run_args(path))])
+        from maskd.commands.check_config import unwritable
+        from maskd.config import parse_config
+
+        mapped = parse_config({"cameras": {"front": {"source": {"kind": "demo"}, "preview": {
+            "annotate_dir": str(ro / "c")}}}})
+        assert [line for line, _ in unwritable(mapped)] == [
+            f"cameras.front.preview.annotate_dir {ro}/c: cannot record clips there: Read-only "
+            "file system"]
     for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):
         checked, ran = answers[2 * i:2 * i + 2]
         assert checked.returncode == ran.returncode == EX_CONFIG, (yaml, checked.stderr, ran.stderr)

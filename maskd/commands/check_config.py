@@ -25,6 +25,7 @@ import argparse
 import os
 import pwd
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from maskd.commands import names_as_bytes_on_stdout, print_line
@@ -36,6 +37,7 @@ from maskd.config import (
     extra_model_problem,
     load_config,
     model_file_problem,
+    shown_path,
 )
 from maskd.files import cannot_create, depends_on_user
 from maskd.jsonl import cannot_write_lines
@@ -124,21 +126,48 @@ def _user() -> str:
         return f"uid {os.geteuid()}"
 
 
-def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
-    """What `run` creates at start and would stop on (the MQTT outbox in state_dir, the
-    jsonl.path file), in its words, found without creating anything: (errors, warnings). A
-    permission is a warning: the service may run as another user."""
-    targets = []
+def write_targets(cfg: Config) -> list[tuple[Path, bool, Callable[[Path, str], str]]]:
+    """Every file and folder `run` writes into with this config (path, whether a folder, the
+    words its failure gets): the MQTT outbox's state_dir (or, MQTT off, the open violations'
+    one when kept), jsonl.path, snapshots.dir, each camera's preview.annotate_dir. A folder
+    the service's sandbox leaves read-only (ProtectSystem=strict outside ReadWritePaths=) stops
+    the start (exit 78), as docs/service.md says, rather than being told at the first snapshot
+    or clip as a card the kernel made read-only."""
+    targets: list[tuple[Path, bool, Callable[[Path, str], str]]] = []
     if cfg.mqtt.url:
         targets.append((cfg.state_dir, True, no_outbox_there))
+    elif cfg.keeps_state:
+        targets.append((cfg.state_dir, True, lambda p, why: (
+            f"state_dir {shown_path(p)}: cannot keep the open violations there: {why}")))
     if cfg.jsonl.path and cfg.jsonl.path != "-":
         targets.append((Path(cfg.jsonl.path), False, cannot_write_lines))
+    if cfg.snapshots.dir is not None:
+        targets.append((cfg.snapshots.dir, True, lambda p, why: (
+            f"snapshots.dir {shown_path(p)}: cannot save snapshots there: {why}")))
+    for cam in cfg.cameras_resolved():
+        if cam.preview.annotate_dir is not None:
+            named = f"cameras.{cam.camera}.preview" if cfg.multi_camera else "preview"
+            targets.append((cam.preview.annotate_dir, True, lambda p, why, named=named: (
+                f"{named}.annotate_dir {shown_path(p)}: cannot record clips there: {why}")))
+    return targets
+
+
+def unwritable(cfg: Config) -> list[tuple[str, OSError]]:
+    """`run`'s line for each place of ``write_targets`` nothing can be created in now, with the
+    OS's reason (found without creating anything)."""
+    out = []
+    for path, directory, say in write_targets(cfg):
+        if (err := cannot_create(path, directory)) is not None:
+            out.append((say(path, err.strerror or str(err)), err))
+    return out
+
+
+def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
+    """What `run` creates at start and would stop on (``write_targets``), in its words, found
+    without creating anything: (errors, warnings). A permission is a warning: the service may
+    run as another user."""
     errors, warnings = [], []
-    for path, directory, say in targets:
-        err = cannot_create(path, directory)
-        if err is None:
-            continue
-        line = say(path, err.strerror or str(err))
+    for line, err in unwritable(cfg):
         if depends_on_user(err):
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
@@ -162,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     except PreviewUnavailable as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG
-    errors, unwritable = write_problems(cfg)
+    errors, not_for_me = write_problems(cfg)
     bad_sources, missing_sources = source_problems(cfg)
     errors += bad_sources
     missing_lib, no_coral = coral_problems(cfg.edgetpu_keys())  # run: 78, and a wait
@@ -174,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
                  + [f"warning: {w}" for w in cfg.startup_warnings()
-                    + lacking + unwritable + edgetpu_model_warnings(cfg)]):
+                    + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
     # as every command's records: a full disk or closed stdout is one line and 74, a file
     # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)

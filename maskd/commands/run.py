@@ -225,11 +225,17 @@ def main(args: argparse.Namespace) -> int:
     from maskd.preview import check_previews
 
     started = system_clock()[1]
+    from maskd.commands.check_config import unwritable
+
     try:
         cfg = run_config(args)
         check_previews(cfg)  # before the models load; check-config runs the same checks
     except startup_errors() as err:
         say(err)
+        return EX_CONFIG
+    if problems := unwritable(cfg):  # before anything is opened: check-config's rule
+        for line, _ in problems:
+            print(f"maskd run: {line}", file=sys.stderr)
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
