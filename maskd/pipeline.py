@@ -31,7 +31,7 @@ from maskd.clock import FRAME_STEP_S, StepWatch, system_clock
 from maskd.config import ClassifierConfig, Config
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou, rescale, shorter_side
-from maskd.lograte import Throttle
+from maskd.lograte import RateLimitedLog, Throttle
 from maskd.motion import MotionGate
 from maskd.tracking import Track, Tracker
 from maskd.types import (
@@ -196,6 +196,8 @@ class Pipeline:
         self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
         self._gap_log = Throttle()
         self._cap_log = Throttle()
+        # a folder of photos of many sizes changes size on nearly every frame
+        self._size_log = RateLimitedLog(log)
         self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
         m = cfg.motion
         self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
@@ -222,8 +224,9 @@ class Pipeline:
         if old is None or old == (width, height):
             return
         sx, sy = width / old[0], height / old[1]
-        log.info("%s: the frame size changed from %dx%d to %dx%d; tracks and violations follow",
-                 self.cfg.camera, old[0], old[1], width, height)
+        self._size_log(logging.INFO, "size", "%s: the frame size changed from %dx%d to %dx%d; "
+                       "tracks and violations follow", self.cfg.camera, old[0], old[1], width,
+                       height)
         self.tracker.rescale(sx, sy)
         self.violations.rescale(sx, sy)
         for c in self._cache.values():

@@ -1416,3 +1416,16 @@ def test_with_several_cameras_a_lost_coral_stops_every_camera_with_75(tmp_path, 
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     started = {e["event_id"] for e in lines if e["event_type"] == "start"}
     assert started and {e["event_id"] for e in lines if e["event_type"] == "end"} == started
+
+
+def test_a_folder_of_many_sizes_says_the_size_change_once_a_minute(tmp_path):
+    """A folder of photos of many sizes logged 'the frame size changed' on nearly every frame
+    (97 lines in 100 frames of scenes-dev; a looping folder without end)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(folder / f"{i}.jpg"), np.full((120 + 40 * (i % 2), 160, 3), 90, np.uint8))
+    r = maskd("run", "--source", str(folder), "--exit-at-end", "--jsonl", str(tmp_path / "e.jsonl"))
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "the frame size changed" in line]
+    assert len(said) == 1, said
