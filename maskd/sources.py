@@ -501,6 +501,7 @@ class VideoFileSource:
         self.camera = camera  # the config's name for it, which starts its lines about frames
         self.loop = loop
         self.stats = _new_stats()
+        self._said_cut_short = False
         self._cap = self._open()
         self._closed = False
         self._seq = 0
@@ -512,6 +513,10 @@ class VideoFileSource:
             raise SourceError(f"{path}: no frame can be read from this video file")
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
+        if file_fps and self.fps != file_fps:  # a rate no camera has: said, not silently replaced
+            log.warning("%s: the file says %g frames/s, no real rate; its frames are timed at "
+                        "%g frames/s (source.fps)", frame_line_name(self.name, self.camera),
+                        file_fps, self.fps)
         self._t0 = time.time()
         self._this_pass = 0
         self._file = self._identity()
@@ -578,7 +583,23 @@ class VideoFileSource:
                 bad += 1
                 log.warning("%s: frame skipped: %s", frame_line_name(self.name, self.camera),
                             err)
+        self._say_cut_short()
         return None
+
+    def _say_cut_short(self) -> None:
+        """A pass that ends where the file says more frames follow (a damaged stretch longer
+        than MAX_CORRUPT_IN_A_ROW, a cut file) is said, once (a looping file's passes would say
+        it again): it looked like a clean end of source."""
+        import cv2
+
+        # OpenCV's position counts the frames it decoded: those skipped as broken come on top
+        at = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) + self.stats["corrupt"]
+        total = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if total > 0 and at < total - 1 and not self._said_cut_short:
+            self._said_cut_short = True
+            log.warning("%s: no frame could be read after frame %d of the %d the file says it "
+                        "holds (damaged or cut short?); the rest of the file is not read",
+                        frame_line_name(self.name, self.camera), at, total)
 
     def read(self) -> Frame | None:
         restarted = False

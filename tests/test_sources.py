@@ -150,23 +150,40 @@ def test_frames_that_cannot_be_decoded_mid_file_are_skipped_and_counted_not_the_
     assert src.read() is None and time.monotonic() - t < 0.5  # the real end ends at once
     assert src.stats["corrupt"] == 4  # and is no corrupt frame
     src.close()
+    assert "the rest of the file is not read" not in caplog.text  # the real end is no cut
 
     # As many failed reads in a row as a live device may give end the file there: frame 19
-    # after the run from 14 is never read.
+    # after the run from 14 is never read. Said (it was a clean 'end of source', no line).
     _write_clip(path, [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 20)])
     _break_frames(path, {5, 10, 11, 12} | set(range(14, 14 + MAX_CORRUPT_IN_A_ROW)))
     assert MAX_CORRUPT_IN_A_ROW == 5
     src = VideoFileSource(path)
-    frames = _drain(src)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        frames = _drain(src)
     assert len(frames) == 10 and np.array_equal(frames[-1].image, good[9])
     assert src.read() is None
     src.close()
+    assert re.search(r"no frame could be read after frame \d+ of the 20 the file says it holds "
+                     r"\(damaged or cut short\?\); the rest of the file is not read", caplog.text)
 
     # A first frame that cannot be decoded is skipped too, not a file refused at start.
     _write_clip(path, [cv2.imread(str(p)) for p in _scene_images(scenes_dir, 3)])
     _break_frames(path, {0})
     src = VideoFileSource(path)
     assert len(_drain(src)) == 2 and src.stats["corrupt"] == 1
+    src.close()
+
+
+def test_a_file_rate_no_camera_has_is_said_and_replaced(tmp_path: Path, caplog):
+    """A file saying 1000 frames/s was timed at source.fps without a word."""
+    path = tmp_path / "fast.avi"
+    _write_clip(path, [np.full((240, 320, 3), 90, np.uint8)] * 3, fps=1000.0)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        src = VideoFileSource(path, fps=12.0)
+    assert src.fps == 12.0
+    assert "the file says 1000 frames/s, no real rate; its frames are timed at 12 frames/s" in (
+        caplog.text)
     src.close()
 
 
