@@ -1429,3 +1429,28 @@ def test_a_folder_of_many_sizes_says_the_size_change_once_a_minute(tmp_path):
     assert r.returncode == 0, r.stderr
     said = [line for line in r.stderr.splitlines() if "the frame size changed" in line]
     assert len(said) == 1, said
+
+
+def test_a_picture_is_not_classified_afresh_on_every_frame(tmp_path, scenes_dir):
+    """With tracking.static_after_s a bare-faced poster becomes a picture (no votes, no event),
+    and was then classified afresh on nearly every frame (134 of 150, against 38 without the
+    setting): the cache refused it because its label never matched its state."""
+    photo = cv2.imread(str(scenes_dir / "images" / "maksssksksss757.jpg"))
+    canvas = np.full((480, 640, 3), (90, 110, 100), np.uint8)
+    canvas[40:440, 170:471] = cv2.resize(photo, (301, 400))
+    poster = tmp_path / "poster.avi"
+    w = cv2.VideoWriter(str(poster), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
+    for _ in range(150):
+        w.write(canvas)
+    w.release()
+    classified = {}
+    for name, text in (("plain", ""), ("static", "tracking: {static_after_s: 2}\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(text or "{}\n")
+        r = maskd("run", "--config", str(cfg), "--source", str(poster), "--exit-at-end",
+                  "--jsonl", str(tmp_path / f"{name}.jsonl"))
+        assert r.returncode == 0, r.stderr
+        classified[name] = int(re.findall(r"classified (\d+) cached", r.stderr)[-1])
+        if name == "static":
+            assert "treated as a picture" in r.stderr, r.stderr[-2000:]
+    assert classified["static"] <= classified["plain"], classified
