@@ -275,7 +275,9 @@ class Pipeline:
         gap = self._gap(frame.timestamp, frame.since_boot)
         if gap is None:
             return
-        is_gap = self._is_gap(gap)
+        # A file or folder (times made up from seq / fps) gives every frame: its first interval
+        # is its rate, no gap, though slower than end_after_s (fps 0.25 lost the first track)
+        is_gap = self._is_gap(gap) and (frame.since_boot is not None or bool(self._intervals))
         self._intervals.append(gap)  # a rare stall barely moves the median
         if not is_gap or not self.tracker.tracks:
             return

@@ -1454,3 +1454,20 @@ def test_a_picture_is_not_classified_afresh_on_every_frame(tmp_path, scenes_dir)
         if name == "static":
             assert "treated as a picture" in r.stderr, r.stderr[-2000:]
     assert classified["static"] <= classified["plain"], classified
+
+
+def test_a_folder_slower_than_end_after_s_keeps_its_first_track(tmp_path, scenes_dir):
+    """At source.fps 0.25 (one photo every 4 s, end_after_s 3) the first interval had no
+    usual interval to compare with and counted as a gap: the first track was dropped ('no frame
+    for 4.0 s ... tracked afresh', though the folder gave every frame) and no event came."""
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    for n in "abc":
+        shutil.copy(scenes_dir / "images" / "maksssksksss757.jpg", folder / f"{n}.jpg")
+    cfg = tmp_path / "slow.yaml"
+    cfg.write_text("source: {fps: 0.25}\n")
+    r = maskd("run", "--config", str(cfg), "--source", str(folder), "--exit-at-end", "--jsonl", "-")
+    assert r.returncode == 0, r.stderr
+    assert "tracked afresh" not in r.stderr, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e["event_type"] for e in events] == ["start", "end"], events
