@@ -210,6 +210,9 @@ class LiveSource:
         # the second: NTP's first sync during an outage made it months long in the log
         self._lost_at: tuple[float, float] | None = None
         self._flowing_since: float | None = None  # monotonic, first frame since the last open
+        # (wall time, time since boot) of the last good frame: a read that fails after a stall
+        # (the stream timeout) began the outage then, not when the read gave up
+        self._last_frame_at: tuple[float, float] | None = None
         self._reopens_at_loss = 0  # stats["reopens"] when the outage began
         self._beat = time.monotonic()
         self._say = RateLimitedLog(log)
@@ -284,7 +287,7 @@ class LiveSource:
                 self._say(logging.WARNING, "failed",
                           "%s: read failed (device unplugged or stream dropped); reopening",
                           self.name)
-                self._drop(cap, failure)
+                self._drop(cap, failure, self._last_frame_at)
                 continue
             try:
                 if bad is not None:
@@ -303,6 +306,7 @@ class LiveSource:
                 self._drop(cap, self.stats["camera_lost_why"])
                 continue
             self._found()
+            self._last_frame_at = (ts, since_boot)
             frame = Frame(image=image, seq=self._seq, timestamp=ts, source=self.name,
                           since_boot=since_boot)
             self._seq += 1
@@ -376,15 +380,21 @@ class LiveSource:
         finally:
             _STREAM_OPENS.release()
 
-    def _drop(self, cap: Capture, why: str) -> None:
-        """Release the device after a failure (``why``), lost from now, and wait the backoff."""
+    def _drop(self, cap: Capture, why: str,
+              last_frame: tuple[float, float] | None = None) -> None:
+        """Release the device after a failure (``why``), lost from now (or from ``last_frame``,
+        (wall, since boot) of the last good frame, when the read failed after a stall), and
+        wait the backoff."""
         with self._lock:
             if self._cap is cap:
                 self._cap = None
             _safe_release(cap)
         self._bad_in_a_row = 0
         self._failed_before = True
-        self._lost(why)
+        if last_frame is None:
+            self._lost(why)
+        else:
+            self._lost(why, since=last_frame[0], ago=max(0.0, system_clock()[1] - last_frame[1]))
         self._backoff.wait()
 
     def _release(self) -> None:

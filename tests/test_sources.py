@@ -922,3 +922,34 @@ def test_a_still_scene_from_a_real_sensor_is_never_frozen(scenes_dir: Path):
         samples.append(frozen_sample(cv2.imdecode(jpg, cv2.IMREAD_COLOR)))
     changed = [np.count_nonzero(a != b) for a, b in zip(samples[:-1], samples[1:], strict=True)]
     assert min(changed) > 0.1 * samples[0].size, changed
+
+
+def test_a_stalled_cameras_outage_begins_at_its_last_frame(monkeypatch):
+    """A stream that stalls is only given up after the stream timeout: camera_lost_since (and
+    'frames again after N s') were counted from that read, not from the last frame (a 14 s
+    stall was 'frames again after 4.0 s' on a device, with its 10 s timeout)."""
+    from datetime import datetime
+
+    import maskd.sources
+    from tools.ipcamera import IpCamera
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 4000)
+    with IpCamera(_stamped) as cam:
+        src = open_source(SourceConfig(kind="opencv", uri=cam.url, reopen_min_s=0.2,
+                                       reopen_max_s=1.0))
+        try:
+            assert all(src.read() is not None for _ in range(5))
+            stalled = time.time()
+            cam.stall()
+            deadline = time.monotonic() + 15
+            while src.stats["camera_lost_since"] is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            since = src.stats["camera_lost_since"]
+            found = time.time()
+            cam.back()
+            assert since is not None
+        finally:
+            src.close()
+    assert found - stalled >= 3.5  # the read gave up after the 4 s timeout ...
+    lost = datetime.fromisoformat(since).timestamp()
+    assert lost <= stalled + 1.0, (lost - stalled)  # ... but the outage began with the stall
