@@ -142,6 +142,9 @@ def test_a_video_file_frame_of_an_unusable_kind_is_skipped_saying_what_it_is(tmp
         def release(self):
             self.cap.release()
 
+        def get(self, prop):  # the file's frame count and position, as OpenCV's
+            return self.cap.get(prop)
+
     src._cap = Odd(src._cap)
     with caplog.at_level(logging.WARNING, logger="maskd.sources"):
         frames = [src.read() for _ in range(3)]
