@@ -95,6 +95,29 @@ def test_broker_down_and_state_dir_missing(tmp_path):
     assert got["state dir"][0] == "FAIL" and "does not exist" in got["state dir"][1]
 
 
+def test_a_broker_that_takes_the_connection_and_says_nothing_is_called_stuck(tmp_path):
+    """A listener that accepts and never answers (a paused mosquitto) was 'no answer to CONNECT
+    ...; is that port a TLS listener? Then use mqtts://' in doctor and mqtt-clear: a TLS
+    listener hangs up on a plain CONNECT, it does not keep silent (`run` says 'stuck')."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes the handshake; nobody ever reads or writes
+    url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\nsource: {{kind: demo}}\nmqtt: {{url: '{url}'}}\n")
+    try:
+        said = (f"{url}: took the connection but sent no CONNACK within 8 s: check that an MQTT "
+                "broker listens there and is not stuck")
+        assert rows(doctor(cfg).stdout)["broker"] == ("FAIL", said)
+        r = subprocess.run([sys.executable, "-m", "maskd", "mqtt-clear", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and said in r.stderr and "TLS" not in r.stderr, r.stderr
+    finally:
+        silent.close()
+
+
 def test_bad_config_is_exit_78(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("sourse: {}\n")

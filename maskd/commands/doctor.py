@@ -770,10 +770,13 @@ class _Probe:
         answered = self.connected.wait(BROKER_TIMEOUT_S)
         if self.reason is not None:
             return None
-        hint = "" if self.url.tls else "; is that port a TLS listener? Then use mqtts://"
-        if answered:
+        if answered:  # a TLS listener hangs up on a plain CONNECT
+            hint = "" if self.url.tls else "; is that port a TLS listener? Then use mqtts://"
             return f"{self.url}: closed the connection without answering CONNECT{hint}"
-        return f"{self.url}: no answer to CONNECT within {BROKER_TIMEOUT_S:.0f} s{hint}"
+        # one that keeps the connection and says nothing is stuck (or no broker), as `run` says
+        return (f"{self.url}: took the connection but sent no CONNACK within "
+                f"{BROKER_TIMEOUT_S:.0f} s: check that an MQTT broker listens there and is not "
+                "stuck")
 
     def publish_rights(self) -> tuple[str, str]:
         """Publish rights under the device's prefix and, with discovery on, under Home
