@@ -544,6 +544,30 @@ def test_reconnect_during_a_clean_stop_leaves_offline(tmp_path):
         sub.close()
 
 
+def test_a_stop_against_a_stuck_broker_waits_the_flush_timeout_once(tmp_path):
+    """A broker that stopped answering: the flush waited its 5 s for the events, then close()
+    waited 5 s more for the offline status's PUBACKs, and a second stop signal (the flush's
+    ``cancel``) did not cut that second wait: 12 s where the docs promise 5, and 'at once'."""
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            for ev in script("x", 1, 0):
+                sink.emit(ev)
+            hurry = threading.Event()
+            threading.Timer(0.5, hurry.set).start()  # the second signal
+            t0 = time.monotonic()
+            assert sink.flush(30.0, hurry) is False
+            assert time.monotonic() - t0 < 2.0
+            t0 = time.monotonic()
+            sink.close()
+            closing = time.monotonic() - t0
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+    assert closing < 4.0, closing  # no second 5 s wait (the worker's join and paho's stop remain)
+
+
 def test_a_stop_as_the_link_drops_still_closes_everything(tmp_path, monkeypatch):
     """The connection gone, paho's disconnect callback not yet run: the offline publishes
     fail at once, and close() raised on them (the outbox was not closed, the session file

@@ -261,6 +261,8 @@ class MqttSink(EventSink):
         # status line warns as the certificates' ends come near, months into a run
         self._credentials = CredentialFiles(mq)
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
+        self._cancel: threading.Event | None = None  # the stop's hurry (flush's ``cancel``)
+        self._gave_up = False  # the stop's flush ended with events unacknowledged
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
         self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
@@ -506,6 +508,7 @@ class MqttSink(EventSink):
         """Wait until the broker acknowledged every event; False if some remain, at once when
         all that remain were refused by the broker or ``cancel`` is set."""
         deadline = time.monotonic() + max(0.0, timeout)
+        self._cancel = cancel  # close's wait for the offline status heeds it too
         self._q.put(("wake", None, None))
         with self._acked:
             while (depth := self._outbox.depth()) > 0:
@@ -517,6 +520,7 @@ class MqttSink(EventSink):
                 left = deadline - time.monotonic()
                 if left <= 0 or (cancel is not None and cancel.is_set()):
                     self._say_unacknowledged(depth)
+                    self._gave_up = True
                     return False
                 self._acked.wait(min(left, 0.5))
         return True
@@ -551,9 +555,12 @@ class MqttSink(EventSink):
             self._announce_offline()
             # A reconnect meanwhile (a broker restart during the stop) announces it again and
             # replaces the list: wait for whichever is newest. A publish that failed (the
-            # link dropped just now) is not waited for: the last will says offline then.
-            deadline = time.monotonic() + 5.0
-            while (left := deadline - time.monotonic()) > 0:
+            # link dropped just now) is not waited for: the last will says offline then. Nor
+            # is one after the flush gave up on a broker that acknowledged nothing, or once a
+            # second stop signal came: the stop waits at most --flush-timeout (docs), not twice.
+            deadline = time.monotonic() + (0.0 if self._gave_up else 5.0)
+            while (left := deadline - time.monotonic()) > 0 and not (
+                    self._cancel is not None and self._cancel.is_set()):
                 pending = [i for i in self._offline_infos
                            if i.rc == mqtt.MQTT_ERR_SUCCESS and not i.is_published()]
                 if not pending:
