@@ -982,6 +982,33 @@ def test_stats_sent_at_a_reconnect_do_not_say_the_broker_is_away(tmp_path, monke
             sink.close()
 
 
+def test_stats_sent_at_a_reconnect_carry_this_sinks_faults_of_now(tmp_path, monkeypatch):
+    """A client certificate renewed while the broker refused it: the stats a reconnect sends
+    still said 'the certificate expired ... the broker refuses the connection' beside
+    `connected: true`, for a stats interval; this sink's lines of the loop's report give way
+    to its lines of now, other sinks' stay."""
+    from maskd.types import LoopStats
+
+    with Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, tmp_path / "state", reconnect_min_s=0.2, reconnect_max_s=0.5)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            b.stop()
+            expired = "mqtt.cert_file /x.crt: the certificate expired on 2026-11-11 00:00 UTC"
+            monkeypatch.setattr(sink._credentials, "faults", lambda: [expired])
+            other = "JSON lines: /var/lib/maskd/events.jsonl: disk full"
+            sink.on_stats(LoopStats(fps=9.0, faults=(other, *sink.faults())))  # as the loop does
+            monkeypatch.setattr(sink._credentials, "faults", lambda: [])  # renewed on disk
+            b.start()
+            assert wait_until(lambda: sink.connected, 10)
+            stats = retained_once(b, lambda r: f"{CAM}/stats" in r, [f"{CAM}/stats"])
+            sent = json.loads(stats[f"{CAM}/stats"])
+            assert sent["faults"] == [other] == sent["problems"], sent
+        finally:
+            sink.close()
+
+
 def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
     """A broker restarted without persistence forgets every retained message. On reconnect
     maskd publishes them again: state and faces with the next frame even when the counts did not

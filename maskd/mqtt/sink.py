@@ -262,6 +262,7 @@ class MqttSink(EventSink):
         self._credentials = CredentialFiles(mq)
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._cancel: threading.Event | None = None  # the stop's hurry (flush's ``cancel``)
+        self._said_faults: set[str] = set()  # faults()'s lines since stats were last sent
         self._gave_up = False  # the stop's flush ended with events unacknowledged
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -702,6 +703,7 @@ class MqttSink(EventSink):
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
         out += self._credentials.faults()
+        self._said_faults |= set(out)  # what a loop's report may carry, until stats are sent
         return out
 
     @property
@@ -1037,9 +1039,14 @@ class MqttSink(EventSink):
         if loop is not None:
             # Sent only while connected: a loop report made while the broker was away (the one
             # a reconnect sends at once) said so, which Home Assistant's problem entity would
-            # show until the next report, a minute later.
-            loop = replace(loop, faults=tuple(f for f in loop.faults
-                                              if not f.startswith(NOT_CONNECTED)))
+            # show until the next report, a minute later. So with this sink's other lines (a
+            # client certificate renewed since, whose 'the broker refuses the connection' was
+            # beside `connected: true`): its lines of then give way to its lines of now.
+            then, self._said_faults = self._said_faults, set()
+            now = [f for f in self.faults() if not f.startswith(NOT_CONNECTED)]
+            loop = replace(loop, faults=tuple(dict.fromkeys(
+                [f for f in loop.faults if f not in then and not f.startswith(NOT_CONNECTED)]
+                + now)))
         # no loop report yet (or a sink without a loop): this sink's own faults, so that
         # Home Assistant's problem entity reads something true
         mine = self.faults() if loop is None else []
