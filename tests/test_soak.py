@@ -186,3 +186,26 @@ def test_a_video_has_no_per_person_count():
     r = soak.summarize(samples(0.0), [9, 12], ends=2, rc=0, wall_s=600.0, demo=False)
     assert r["per_pass"] is None and soak.problems(r, None, 8) == []
     assert "passes" not in soak.render(r)
+
+
+@pytest.mark.slow
+def test_a_report_that_does_not_fit_neither_hides_the_checks_nor_is_left_half(tmp_path):
+    """The --json write came before the checks: on a full disk it stopped soak with the checks'
+    FAIL lines never printed, and left half a JSON file."""
+    import subprocess
+    import sys
+
+    from mqtt_broker import fill_disk, small_disk
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        r = subprocess.run([sys.executable, soak.__file__, "--minutes", "0.15", "--sample-s", "2",
+                            "--max-fd-growth", "-1", "--json", str(disk / "soak.json")],
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode != 0
+        assert "soak: FAIL open files went from" in r.stderr, r.stderr
+        assert f"{disk / 'soak.json'}: cannot write it (No space left on device)" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert [p.name for p in disk.iterdir()] == ["filler"]

@@ -641,3 +641,26 @@ def test_a_missing_scene_set_is_named_as_missing(tmp_path: Path) -> None:
     (tmp_path / "set" / "annotations").mkdir()
     with pytest.raises(FileNotFoundError, match=r"set/annotations: no .xml files"):
         load_scenes(tmp_path / "set")
+
+
+def test_a_report_that_does_not_fit_leaves_the_old_one_or_none(tmp_path: Path) -> None:
+    """write_out wrote in place: a full disk left half a JSON report (12 KiB of invalid JSON
+    from eval_video --json), presented as the report. Now the old file stays, or none is there."""
+    from mqtt_broker import fill_disk, small_disk
+
+    from tools.inputs import write_json
+
+    big = {"clips": ["x" * 100] * 2000}  # ~200 KiB, more than the disk has left
+    with small_disk(tmp_path / "disk") as disk:
+        (disk / "old.json").write_text('{"old": 1}\n')
+        fill_disk(disk)
+        for name in ("new.json", "old.json"):
+            with pytest.raises(SystemExit) as exc:
+                write_json(disk / name, big)
+            assert _exit_message(exc) == f"{disk / name}: cannot write it (No space left on device)"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "old.json"]  # no temp left
+        assert json.loads((disk / "old.json").read_text()) == {"old": 1}
+        (disk / "filler").unlink()
+        write_json(disk / "old.json", big)
+        assert json.loads((disk / "old.json").read_text()) == big
+        assert sorted(p.name for p in disk.iterdir()) == ["old.json"]

@@ -10,7 +10,11 @@ one line. One copy here, so the tools cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import secrets
+import stat
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -112,10 +116,29 @@ def write_image(path: Path, bgr: Any) -> None:
 
 def write_out(path: Path, text: str) -> None:
     """An output file written after the work (a JSON report): a write that fails (a full disk,
-    a file that refuses writes) stops the tool with one line naming it, not a traceback."""
+    a file that refuses writes) stops the tool with one line naming it, not a traceback.
+
+    Written to a temporary file beside it and renamed over it: a write in place left half a
+    file (invalid JSON) on a full disk, presented as the report. A failed write leaves the old
+    file, or none. A device or pipe (``/dev/stdout``) is written as it is: it cannot be renamed.
+    """
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            path.write_text(text, encoding="utf-8")
+            return
     except OSError as err:
+        raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask, as before
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
 
 

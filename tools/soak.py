@@ -560,6 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     report["state_kib"]["broker_up_end"] = next((s.state_kib for s in reversed(samples)
                                                  if s.broker_up), None)
     print(render(report))
+    bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
+    if died:
+        bad.insert(0, "maskd run stopped by itself before the end")
+    for b in bad:
+        print(f"soak: FAIL {b}", file=sys.stderr)
+    if bad:
+        print("last lines of maskd's log:\n" + "\n".join(tail), file=sys.stderr)
+    # the checks first: a report that cannot be written (a full disk) must not hide them
     if args.json:
         write_out(args.json, json.dumps({"summary": report, "config": {"detector_model": str(model),
                                                                        "video": str(args.video),
@@ -569,13 +577,6 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "cameras": args.cameras},
                                          "samples": [asdict(s) for s in samples],
                                          "events": events}, indent=1))
-    bad = problems(report, args.max_rss_growth_mib_h, args.max_fd_growth)
-    if died:
-        bad.insert(0, "maskd run stopped by itself before the end")
-    for b in bad:
-        print(f"soak: FAIL {b}", file=sys.stderr)
-    if bad:
-        print("last lines of maskd's log:\n" + "\n".join(tail), file=sys.stderr)
     return 1 if bad else 0
 
 
