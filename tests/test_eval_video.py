@@ -154,6 +154,50 @@ def test_clips_are_mjpg_and_cached_by_what_makes_them(tmp_path: Path):
     assert rendered and other != path
 
 
+def test_a_cached_clip_cut_short_is_rendered_again(tmp_path: Path):
+    """ensure_clip trusted any file of the clip's name: an empty or truncated clip (a full disk,
+    a killed run) was scored for ever as 'cannot open' or 'the loop saw 8 of 45 frames'."""
+    sc = scene(tmp_path, (400, 300), [[20, 30, 44, 60]], ["without_mask"])
+    plan = ev.walkup_clip(sc, seed=0, frames=6)
+    path, _ = ev.ensure_clip(plan, tmp_path / "clips")
+    whole = path.read_bytes()
+    for cut in (b"", whole[:len(whole) // 2], whole[:-16]):
+        path.write_bytes(cut)
+        assert ev.ensure_clip(plan, tmp_path / "clips") == (path, True)
+        assert path.read_bytes() == whole and ev.clip_frames(path) == 6
+
+
+def test_a_clip_that_does_not_fit_is_named_and_never_cached(tmp_path: Path):
+    """write_clip renamed whatever VideoWriter left on a full disk (it says nothing) into the
+    cache: a 0-byte or truncated clip presented as rendered."""
+    from mqtt_broker import fill_disk, small_disk
+
+    sc = scene(tmp_path, (400, 300), [[20, 30, 44, 60]], ["without_mask"])
+    plan = ev.walkup_clip(sc, seed=0, frames=6)
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        with pytest.raises(OSError, match=rf"^{disk / 'clips'}: cannot write the clip walkup-"):
+            ev.ensure_clip(plan, disk / "clips")
+        assert list((disk / "clips").iterdir()) == []  # neither the clip nor its temp file
+
+
+@pytest.mark.shared
+def test_eval_video_on_a_full_clip_folder_says_so_in_one_line(scenes_dir: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        r = subprocess.run([sys.executable, ev.__file__, "--scenes", str(scenes_dir), "--kinds",
+                            "walkup", "--limit", "1", "--jobs", "1", "--cache",
+                            str(disk / "clips")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"eval_video: {disk / 'clips'}: cannot write the clip walkup-" in r.stderr
+        assert list((disk / "clips").iterdir()) == []
+
+
 def test_the_memo_is_keyed_by_the_detector_and_classifier_code(tmp_path: Path):
     # A memo of detector outputs must not be replayed after the detector's code changed.
     pkg = tmp_path / "detectors"

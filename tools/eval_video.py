@@ -53,6 +53,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -476,13 +477,41 @@ def write_clip(plan: ClipPlan, path: Path) -> None:
             writer.write(render_frame(plan, images, t))
     finally:
         writer.release()
+    if clip_frames(tmp) != len(plan.frames):  # VideoWriter says nothing of a failed write
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free // 1024
+        raise OSError(f"{path.parent}: cannot write the clip {path.name} in this clip folder "
+                      f"(it does not read back whole; {free} KiB free); free some space or give "
+                      "another --cache")
     os.replace(tmp, path)
 
 
+def clip_frames(path: Path) -> int:
+    """Frames in an MJPG .avi by its index; 0 when the file is shorter than its RIFF header says
+    (the writer patches the header in place at the end, so a write cut short still claims the
+    whole size), has no index (the last thing written) or cannot be opened. Reads no image."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return 0
+    if len(head) < 12 or head[:4] != b"RIFF" or int.from_bytes(head[4:8], "little") + 8 > size:
+        return 0
+    cap = cv2.VideoCapture(str(path), cv2.CAP_OPENCV_MJPEG)  # OpenCV's own reader needs the index
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
 def ensure_clip(plan: ClipPlan, folder: Path) -> tuple[Path, bool]:
-    """The clip's file in ``folder``, rendered only when missing; (path, rendered now)."""
+    """The clip's file in ``folder``, rendered when missing or not whole; (path, rendered now).
+
+    A cached file is checked before use: a clip cut short (a full disk, a killed run) was
+    reused for ever as 'cannot open this video file' or 'the loop saw 8 of 45 frames'."""
     path = folder / f"{plan.name}-{clip_key(plan)}.avi"
-    if path.is_file():
+    if path.is_file() and clip_frames(path) == len(plan.frames):
         return path, False
     write_clip(plan, path)
     return path, True
