@@ -225,3 +225,23 @@ def test_config_file_is_scored_as_the_device_applies_it(scenes_dir: Path, yunet_
     bad = tmp_path / "bad.yaml"
     bad.write_text("detector:\n  scroe_threshold: 0.8\n")
     assert ev.main(["--scenes", str(scenes_dir), "--faces-only", "--config", str(bad)]) == 2
+
+
+@pytest.mark.shared
+def test_a_missing_yunet_file_named_by_config_or_o_stops_the_run(scenes_dir: Path, tmp_path: Path):
+    """Kind auto with a YuNet file that is not there fell back to BlazeFace: --config scored
+    BlazeFace under the name 'config' (and -o model= skipped YuNet, exit 1 with an empty table).
+    A tool that exists to score YuNet now stops first, naming the file."""
+    missing = tmp_path / "nonexistent.onnx"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"detector:\n  model: {missing}\n")
+    for args, variant in ((["--config", str(cfg)], "config"),
+                          (["--variants", "yunet,blazeface-full", "-o", f"model={missing}"],
+                           "yunet")):
+        run = subprocess.run([sys.executable, "tools/eval_scenes.py", "--scenes", str(scenes_dir),
+                              "--limit", "2", "--faces-only", *args], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(
+            f"eval_scenes: {variant}: YuNet model not found (detector.model {missing})")
+        assert "Traceback" not in run.stderr and "variant" not in run.stdout

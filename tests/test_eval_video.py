@@ -352,6 +352,26 @@ def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path
             ev.eval_config(None, bad, jobs=1)
 
 
+@pytest.mark.shared
+def test_a_missing_yunet_file_named_by_o_or_config_stops_the_run(scenes_dir: Path,
+                                                                 tmp_path: Path):
+    """Kind auto with a named YuNet file that is not there fell back to BlazeFace, and the run
+    scored it as if it were YuNet; now it stops before any clip, naming the file."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nonexistent.onnx"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"detector:\n  model: {missing}\n")
+    for args in (["-o", f"detector.model={missing}"], ["--config", str(cfg)]):
+        r = subprocess.run([sys.executable, ev.__file__, "--scenes", str(scenes_dir), "--kinds",
+                            "walkup", "--limit", "1", "--jobs", "1", "--no-cache", *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"eval_video: YuNet model not found (detector.model {missing})")
+        assert "Traceback" not in r.stderr and r.stdout == ""
+
+
 def test_unknown_kind_is_refused():
     assert ev.main(["--kinds", "walkup,parade"]) == 2
 

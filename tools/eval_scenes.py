@@ -47,7 +47,12 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from maskd.config import ClassifierConfig, DetectorConfig, still_detector
-from maskd.detectors import DetectorError, find_yunet_model, make_detector
+from maskd.detectors import (
+    DetectorError,
+    find_yunet_model,
+    make_detector,
+    missing_detector_file,
+)
 from maskd.geometry import box_iou, shorter_sides
 from maskd.types import Face
 from tools.inputs import (
@@ -407,6 +412,17 @@ def variant_config(name: str, overrides: dict[str, Any],
     return still_detector(cfg)
 
 
+def missing_yunet(det: DetectorConfig) -> str | None:
+    """`run`'s line for a YuNet model named in ``det`` that is not there, else None.
+
+    Kind ``auto`` falls back to BlazeFace when its YuNet file is missing (as a Pi does, with a
+    warning); these tools exist to score YuNet, so a named file that is missing must stop them
+    instead of scoring another detector under the YuNet settings' name."""
+    if det.kind not in ("auto", "yunet") or det.model is None:
+        return None
+    return missing_detector_file(det.model_copy(update={"kind": "yunet"}))
+
+
 def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier: Any | None,
              cls_cfg: ClassifierConfig, iou: float, small_px: float,
              thresholds: list[float] | None = None) -> dict[str, Any]:
@@ -581,6 +597,15 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": base_cls.threshold if args.threshold is None else args.threshold,
         "min_face_px": base_cls.min_face_px if args.min_face_px is None else args.min_face_px})
     variants = args.variants or ("config" if args.config else ",".join(DEFAULT_VARIANTS))
+    det_cfgs = [(name, variant_config(name, overrides, base_det))
+                for name in [v.strip() for v in variants.split(",") if v.strip()]]
+    for name, det_cfg in det_cfgs:  # a YuNet file named by -o or --config: checked first
+        named = "model" in overrides or (name == "config" and base_det is not None
+                                         and "model" in base_det.model_fields_set)
+        missing = missing_yunet(det_cfg) if named else None
+        if missing:
+            print(f"eval_scenes: {name}: {missing}", file=sys.stderr)
+            return 2
     try:
         skipped: list[str] = []
         scenes = load_scenes(args.scenes, args.limit, args.part, skipped)
@@ -602,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"eval_scenes: {err} (or run with --faces-only)", file=sys.stderr)
             return 2
     results = []
-    for name in [v.strip() for v in variants.split(",") if v.strip()]:
-        cfg = variant_config(name, overrides, base_det)
+    for name, cfg in det_cfgs:
         try:
             results.append(evaluate(name, cfg, scenes, classifier, cls_cfg, args.iou,
                                     args.small_px, args.thresholds))

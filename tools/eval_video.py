@@ -80,6 +80,7 @@ from tools.eval_scenes import (
     f1_of,
     f1_rate,
     load_scenes,
+    missing_yunet,
     rate,
     ratio,
     report_skipped,
@@ -538,11 +539,16 @@ def apply_overrides(data: dict[str, Any], items: Sequence[str]) -> None:
 def eval_config(path: Path | None, overrides: Sequence[str], jobs: int,
                 cores: int | None = None) -> Config:
     """The settings every clip runs with: the file (or defaults) + -o, as an installed Pi has
-    them (YuNet from ../shared when no model is set), preview and MQTT off, and the classifier
-    limited to its share of the cores."""
+    them (YuNet from ../shared when no model is set; a named YuNet file that is missing is a
+    ConfigError, not BlazeFace), preview and MQTT off, and the classifier limited to its share
+    of the cores."""
     given = load_config(path).model_dump(mode="json", exclude_unset=True)
     apply_overrides(given, overrides)
-    data = parse_config(given, "-o/--grid" if overrides else str(path)).model_dump(mode="json")
+    asked = parse_config(given, "-o/--grid" if overrides else str(path))
+    missing = missing_yunet(asked.detector)
+    if missing:  # kind auto would score BlazeFace instead of the named YuNet file
+        raise ConfigError(missing)
+    data = asked.model_dump(mode="json")
     det = data["detector"]
     if det["kind"] in ("auto", "yunet") and det["model"] is None:
         det.update(kind="yunet", model=str(SHARED_YUNET))
