@@ -372,6 +372,53 @@ def test_a_missing_yunet_file_named_by_o_or_config_stops_the_run(scenes_dir: Pat
         assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+def _eval_video(scenes_dir: Path, tmp_path: Path, *args: str):
+    """tools/eval_video.py run as a process on one walk-up clip (cached under tmp_path)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, ev.__file__, "--scenes", str(scenes_dir), "--kinds",
+                           "walkup", "--limit", "1", "--jobs", "1", "--cache",
+                           str(tmp_path / "clips"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.shared
+def test_plots_and_sheet_on_a_read_only_disk_stop_before_the_run(scenes_dir: Path,
+                                                                  tmp_path: Path):
+    """out_dir only made the folder: a read-only one passed, and fig.savefig / save_sheet were
+    a traceback after every clip had run."""
+    from mqtt_broker import read_only_disk
+
+    with read_only_disk(tmp_path / "ro") as ro:
+        for args, place in ((["--plot", str(ro)], ro), (["--sheet", str(ro / "fa.png")], ro),
+                            (["--json", str(ro / "r.json")], ro)):
+            r = _eval_video(scenes_dir, tmp_path, *args)
+            assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+            assert r.stderr == (f"{place}: cannot write in the output folder "
+                                "(Read-only file system)\n")
+            assert r.stdout == "" and not (tmp_path / "clips").exists()  # no clip was run
+
+
+@pytest.mark.shared
+def test_plots_and_sheet_that_do_not_fit_are_one_line_and_leave_nothing(scenes_dir: Path,
+                                                                         tmp_path: Path):
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        (disk / "plots").mkdir()
+        fill_disk(disk)
+        for args, says in (
+                (["--plot", str(disk / "plots")],
+                 f"{disk / 'plots' / 'eval_video_latency.png'}: cannot write the figure"),
+                (["--sheet", str(disk / "fa.png")], f"{disk / 'fa.png'}: cannot write the image")):
+            r = _eval_video(scenes_dir, tmp_path, *args)
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            assert r.stderr.splitlines()[-1] == f"{says} (No space left on device)"
+            assert "walkup" in r.stdout  # the run itself was reported
+        assert sorted(p.name for p in disk.rglob("*")) == ["filler", "plots"]
+
+
 def test_unknown_kind_is_refused():
     assert ev.main(["--kinds", "walkup,parade"]) == 2
 

@@ -491,7 +491,8 @@ def test_scene_crops_checks_the_sheet_before_the_work(tmp_path: Path) -> None:
     assert scene_crops.parse_args(["--zooms", "1,3"]).zooms == (1.0, 3.0)
     with pytest.raises(SystemExit) as exc:
         write_image(tmp_path / "gone" / "x.png", np.zeros((4, 4, 3), np.uint8))
-    assert _exit_message(exc) == f"{tmp_path / 'gone' / 'x.png'}: cannot write the image"
+    assert _exit_message(exc) == (f"{tmp_path / 'gone' / 'x.png'}: cannot write the image "
+                                  "(No such file or directory)")
 
 
 @pytest.mark.parametrize("bad, says", [

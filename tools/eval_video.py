@@ -92,6 +92,8 @@ from tools.inputs import (
     out_dir,
     out_file,
     positive_int,
+    save_figure,
+    write_image,
     write_out,
 )
 
@@ -943,7 +945,7 @@ def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
+    out_dir(folder)
     fig, ax = plt.subplots(figsize=(7, 4))
     data = [(k, v) for k, v in latencies.items() if v]
     if data:
@@ -954,8 +956,10 @@ def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]
     ax.set_xlabel("seconds from the face's first frame in view to its start event")
     ax.set_ylabel("judged unmasked people")
     fig.tight_layout()
-    fig.savefig(folder / "eval_video_latency.png", dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, folder / "eval_video_latency.png", dpi=120)
+    finally:
+        plt.close(fig)
 
     metrics = [("recall", "recall"), ("precision", "precision"), ("f1", "F1"),
                ("masked_flagged", "masked flagged")]
@@ -968,8 +972,10 @@ def save_plots(rows: dict[str, dict[str, Any]], latencies: dict[str, list[float]
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "eval_video_kinds.png", dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, folder / "eval_video_kinds.png", dpi=120)
+    finally:
+        plt.close(fig)
     return [folder / "eval_video_latency.png", folder / "eval_video_kinds.png"]
 
 
@@ -999,9 +1005,7 @@ def save_sheet(items: Sequence[tuple[np.ndarray, str, str]], path: Path, cols: i
     if not items:
         cv2.putText(sheet, "no false alarms", (pad, cell_h // 2), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), sheet):
-        raise OSError(f"{path}: cannot write the sheet")
+    write_image(path, sheet)  # one line on a full disk, not an OSError after every clip ran
 
 
 @dataclass
@@ -1144,7 +1148,9 @@ def main(argv: list[str] | None = None) -> int:
     from maskd.commands.run import startup_errors
 
     args = parse_args(argv)
-    # Output places are made now: a path inside a file used to fail after every clip had run.
+    # Output places are made and tried now (a file put there and removed): a path inside a
+    # file or a read-only disk used to fail after every clip had run. A disk that fills
+    # during the run is still one line at the end, and leaves no half file.
     if args.json:
         out_file(args.json)
     if args.sheet:  # its type too: a .txt was a cv2.error traceback after every clip had run

@@ -15,6 +15,7 @@ import math
 import os
 import secrets
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +58,9 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 
 def out_dir(path: Path) -> Path:
-    """Create the output folder ``path`` now, right after parsing, so a path inside a file or
-    an unwritable place stops the tool before its work, not after it."""
+    """Create the output folder ``path`` now, right after parsing, and try a file in it, so a
+    path inside a file or an unwritable place (a read-only disk) stops the tool before its
+    work, not after it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -66,6 +68,12 @@ def out_dir(path: Path) -> Path:
                          "there)") from None
     except OSError as err:
         raise SystemExit(f"{path}: cannot create the output folder ({err.strerror or err})"
+                         ) from None
+    try:  # a folder that is there but cannot take a file (a read-only disk) passed mkdir
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise SystemExit(f"{path}: cannot write in the output folder ({err.strerror or err})"
                          ) from None
     return path
 
@@ -103,20 +111,33 @@ def figure_out(path: Path) -> Path:
 
 def write_image(path: Path, bgr: Any) -> None:
     """``cv2.imwrite`` that fails loudly: it returns False (a folder gone, a full disk) and
-    said nothing, and the tool printed 'wrote' all the same."""
+    said nothing, and the tool printed 'wrote' all the same. Encoded in memory and written as
+    ``write_bytes`` does, so a full disk leaves no half image either."""
     import cv2
 
     try:
-        ok = cv2.imwrite(str(path), bgr)
+        ok, data = cv2.imencode(path.suffix or ".png", bgr)
     except cv2.error as err:
         raise SystemExit(f"{path}: cannot write the image ({reason(err)})") from None
     if not ok:
         raise SystemExit(f"{path}: cannot write the image")
+    write_bytes(path, data.tobytes(), "the image")
 
 
-def write_out(path: Path, text: str) -> None:
-    """An output file written after the work (a JSON report): a write that fails (a full disk,
-    a file that refuses writes) stops the tool with one line naming it, not a traceback.
+def save_figure(fig: Any, path: Path, **savefig: Any) -> None:
+    """A Matplotlib figure saved as ``write_bytes`` writes: ``fig.savefig`` on a full or
+    read-only disk was an OSError traceback after the work (eval_video --plot), and left half
+    a PNG. Its type is the suffix (``figure_out`` checks it before the work)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", **savefig)
+    write_bytes(path, buf.getvalue(), "the figure")
+
+
+def write_bytes(path: Path, data: bytes, what: str = "it") -> None:
+    """An output file written after the work: a write that fails (a full disk, a file that
+    refuses writes) stops the tool with one line naming it and ``what``, not a traceback.
 
     Written to a temporary file beside it and renamed over it: a write in place left half a
     file (invalid JSON) on a full disk, presented as the report. A failed write leaves the old
@@ -124,22 +145,27 @@ def write_out(path: Path, text: str) -> None:
     """
     try:
         if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-            path.write_text(text, encoding="utf-8")
+            path.write_bytes(data)
             return
     except OSError as err:
-        raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
+        raise SystemExit(f"{path}: cannot write {what} ({err.strerror or err})") from None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask, as before
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise SystemExit(f"{path}: cannot write it ({err.strerror or err})") from None
+        raise SystemExit(f"{path}: cannot write {what} ({err.strerror or err})") from None
+
+
+def write_out(path: Path, text: str) -> None:
+    """A text output written after the work (a JSON report), as ``write_bytes`` writes it."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def json_safe(value: Any) -> Any:
