@@ -419,6 +419,24 @@ def test_plots_and_sheet_that_do_not_fit_are_one_line_and_leave_nothing(scenes_d
         assert sorted(p.name for p in disk.rglob("*")) == ["filler", "plots"]
 
 
+@pytest.mark.shared
+def test_a_grid_that_cannot_start_is_one_line_and_refuses_plots(scenes_dir: Path,
+                                                                 tmp_path: Path):
+    """run_grid had no except for start-up errors: a missing model was a traceback through
+    multiprocessing; and --plot/--sheet were silently ignored with --grid."""
+    gone = tmp_path / "nonexistent.tflite"
+    r = _eval_video(scenes_dir, tmp_path, "--jobs", "2", "--grid",
+                    f"classifier.model={gone},{tmp_path / 'nope2.tflite'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"eval_video: classifier.model={gone}: classifier.model: "
+                                         f"{gone}: model file not found")
+    for opt, value in (("--plot", tmp_path / "plots"), ("--sheet", tmp_path / "fa.png")):
+        r = _eval_video(scenes_dir, tmp_path, "--grid", "tracking.end_after_s=1,2", opt,
+                        str(value))
+        assert r.returncode == 2 and "draw one run, not a --grid" in r.stderr, r.stderr
+        assert not value.exists() and r.stdout == ""
+
+
 def test_unknown_kind_is_refused():
     assert ev.main(["--kinds", "walkup,parade"]) == 2
 

@@ -1137,11 +1137,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "fast sweeps of tracking/event settings (same clip, detector and model)")
     p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                    help="run every combination of these settings (repeatable), print one line "
-                        "each and the pick of the selection rule in docs/eval_video.md")
+                        "each and the pick of the selection rule in docs/eval_video.md (--json "
+                        "gets every line; --plot and --sheet draw one run, so not with --grid: "
+                        "run the pick without --grid to draw it)")
     p.add_argument("--json", type=Path, help="write every number and per-clip details here")
-    p.add_argument("--plot", type=Path, help="save eval_video_latency.png and eval_video_kinds.png in this folder")
-    p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the false alarms")
-    return p.parse_args(argv)
+    p.add_argument("--plot", type=Path, help="save eval_video_latency.png and eval_video_kinds.png "
+                   "in this folder (not with --grid)")
+    p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the false alarms (not "
+                   "with --grid)")
+    args = p.parse_args(argv)
+    if args.grid and (args.plot or args.sheet):  # they were silently left out of a grid
+        p.error("--plot and --sheet draw one run, not a --grid of them; run the pick again "
+                "without --grid to draw it")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1238,6 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_grid(args: argparse.Namespace, plans: Sequence[ClipPlan], cache: Path | None,
              jobs: int) -> int:
     """Every --grid combination through the real loop; one line each, then the rule's pick."""
+    from maskd.commands.run import startup_errors
+
     try:
         combos = grid_overrides(args.grid)
         cfgs = [eval_config(args.config, args.overrides + combo, jobs) for combo in combos]
@@ -1251,7 +1261,12 @@ def run_grid(args: argparse.Namespace, plans: Sequence[ClipPlan], cache: Path | 
     print(head)
     for combo, cfg in zip(combos, cfgs, strict=True):
         tasks = [ClipTask(p, cfg.model_dump(mode="json"), cache, False, memo) for p in plans]
-        ev = evaluate(plans, run_all(tasks, jobs, cfg.classifier.threads))
+        try:
+            results = run_all(tasks, jobs, cfg.classifier.threads)
+        except startup_errors() as err:  # as a single run says it (a missing model ...)
+            print(f"eval_video: {' '.join(combo)}: {err}", file=sys.stderr)
+            return 2
+        ev = evaluate(plans, results)
         total, queue = ev.rows["total"], ev.rows.get("queue")
         rows.append({"setting": combo, "total": total, "queue": queue})
         q = f"{queue['events']}/{queue['queued_hit']}/{queue['queued']}" if queue else "-"
