@@ -352,6 +352,23 @@ def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path
             ev.eval_config(None, bad, jobs=1)
 
 
+def test_a_config_with_a_cameras_map_runs_as_its_first_camera(tmp_path: Path):
+    """eval_config wrote a top-level source into the user's config: a cameras: map (which
+    eval_scenes takes) was "'<top>': camera and source cannot be used together with cameras"."""
+    f = tmp_path / "config.yaml"
+    f.write_text("detector:\n  kind: blazeface\ntracking:\n  end_after_s: 4\ncameras:\n"
+                 "  front:\n    source: {kind: opencv, uri: /dev/video0}\n"
+                 "    tracking: {end_after_s: 1.5}\n"
+                 "  back:\n    source: {kind: opencv, uri: /dev/video1}\n")
+    cfg = ev.eval_config(f, ["classifier.threshold=0.8"], jobs=1, cores=2)
+    assert cfg.camera == "front" and not cfg.cameras and cfg.tracking.end_after_s == 1.5
+    assert cfg.detector.kind == "blazeface" and cfg.classifier.threshold == 0.8
+    assert cfg.source.uri is None and cfg.mqtt.url is None
+    clip = ev.clip_config(cfg, tmp_path / "c.avi", 15.0, tmp_path)
+    assert clip.source.uri == str(tmp_path / "c.avi") and clip.camera == "front"
+    assert ev.eval_config(f, ["tracking.end_after_s=2"], jobs=1).tracking.end_after_s == 2
+
+
 @pytest.mark.shared
 def test_a_missing_yunet_file_named_by_o_or_config_stops_the_run(scenes_dir: Path,
                                                                  tmp_path: Path):

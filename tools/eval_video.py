@@ -37,6 +37,8 @@ the person whose box overlaps its box best (IoU >= 0.3) in the event's frame. Th
     python tools/eval_video.py --kinds crossing,pan --plot runs/eval_video/plots \\
         --sheet runs/eval_video/false_alarms.png
     python tools/eval_video.py --config /etc/maskd/config.yaml   # a device's own settings
+    (a config with a cameras: map runs as its first camera: its tracking and zones, and the
+    shared detector and classifier, which eval_scenes scores of such a file)
 
 Clips are cached under runs/eval_video/clips/ keyed by what makes them (geometry, photos,
 encoding), so runs with other maskd settings skip rendering.
@@ -543,8 +545,13 @@ def eval_config(path: Path | None, overrides: Sequence[str], jobs: int,
     """The settings every clip runs with: the file (or defaults) + -o, as an installed Pi has
     them (YuNet from ../shared when no model is set; a named YuNet file that is missing is a
     ConfigError, not BlazeFace), preview and MQTT off, and the classifier limited to its share
-    of the cores."""
-    given = load_config(path).model_dump(mode="json", exclude_unset=True)
+    of the cores. A file with a ``cameras:`` map gives its first camera's settings (its
+    tracking and zones, and the shared detector and classifier): the clips are one camera's
+    view, and writing a top-level source into the map was a '<top>' config error."""
+    asked_file = load_config(path)
+    if asked_file.cameras:  # the loop is one camera's: the first's (as `run` orders them)
+        asked_file = asked_file.cameras_resolved()[0]
+    given = asked_file.model_dump(mode="json", exclude_unset=True)
     apply_overrides(given, overrides)
     asked = parse_config(given, "-o/--grid" if overrides else str(path))
     missing = missing_yunet(asked.detector)
@@ -1125,7 +1132,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how much of each queued person's photo is shown: a square of this x "
                         f"the face side (default {QUEUE_CONTEXT}); 0 = the whole photo, "
                         "bystanders included (their events then count against the queue)")
-    p.add_argument("--config", type=Path, help="a maskd YAML config (default: built-in defaults)")
+    p.add_argument("--config", type=Path, help="a maskd YAML config (default: built-in defaults); "
+                   "with a cameras: map, its first camera's settings (its tracking and zones, "
+                   "the shared detector and classifier), as eval_scenes scores such a file's "
+                   "detector and classifier")
     p.add_argument("-o", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--jobs", type=positive_int, default=2, help="clips run in parallel (default 2)")
