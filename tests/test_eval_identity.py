@@ -56,3 +56,38 @@ def test_a_missing_scene_folder_is_named_not_a_traceback(tmp_path: Path, capsys)
     assert ei.main(["--scenes", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "eval_identity:" in err and "nowhere" in err and "Traceback" not in err
+
+
+def _eval_identity(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, ei.__file__, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_limit_and_json_are_checked_before_the_run(tmp_path: Path):
+    """--limit 0 said 'no .xml files of the train part' (false), -2 ran on all but the last two
+    photos; --json naming a folder was an IsADirectoryError traceback after the whole run."""
+    for bad in ("0", "-2"):
+        r = _eval_identity("--limit", bad, "--scenes", str(tmp_path / "nowhere"))
+        assert r.returncode == 2 and f"argument --limit: '{bad}': must be an integer >= 1" in r.stderr
+    (tmp_path / "out.json").mkdir()
+    r = _eval_identity("--json", str(tmp_path / "out.json"), "--scenes", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == f"{tmp_path / 'out.json'}: is a folder; give a file name for the output\n"
+
+
+@pytest.mark.shared
+def test_a_report_that_does_not_fit_is_one_line_and_leaves_nothing(scenes_dir: Path,
+                                                                   tmp_path: Path):
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        r = _eval_identity("--scenes", str(scenes_dir), "--part", "train", "--limit", "6",
+                           "--cache", str(tmp_path / "clips"), "--json", str(disk / "id.json"))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1] == (f"{disk / 'id.json'}: cannot write it "
+                                             "(No space left on device)")
+        assert "rule:" in r.stdout and [p.name for p in disk.iterdir()] == ["filler"]

@@ -24,7 +24,6 @@ percentile of the same-person similarities (>= 95 % of people found again keep t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from tools.eval_video import (  # noqa: E402
     eval_config,
     judged_people,
 )
+from tools.inputs import non_negative_int, out_file, positive_int, write_json  # noqa: E402
 
 FIRST = 15  # frames of A: the event's appearance when its track is lost
 GAP = 30  # B starts this many frames after the person's first frame (1 s after A ends)
@@ -148,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=Path, default=DEFAULT_SCENES)
     p.add_argument("--part", choices=("all", "train", "select"), default="train",
                    help="photos of this part (the rule uses train; select is for checks)")
-    p.add_argument("--limit", type=int, help="at most N photos (trials)")
-    p.add_argument("--seed", type=int, default=0)
+    # --limit 0 said 'no .xml files', -3 ran on all but the last 3 photos: checked as
+    # eval_video checks it
+    p.add_argument("--limit", type=positive_int, help="at most N photos (trials)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path, help="write the similarities and the threshold here")
     args = p.parse_args(argv)
+    if args.json:  # a folder or an unwritable place stops it now, not after the whole run
+        out_file(args.json)
 
     a, b, groups = [], [], []
     try:
@@ -191,14 +195,13 @@ def main(argv: list[str] | None = None) -> int:
           f" -> same_person_similarity {chosen:.2f} (configured: "
           f"{cfg.tracking.same_person_similarity:.2f})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
+        write_json(args.json, {
             "part": args.part, "people": len(same), "same": same.tolist(),
             "different_pairs": int(diff.size),
             "merged": {f"{v:.2f}": float(np.mean(diff >= v)) for v in CANDIDATES},
             "kept": {f"{v:.2f}": float(np.mean(same >= v)) for v in CANDIDATES},
             "threshold": chosen,
-        }, indent=1))
+        })
     return 0
 
 
