@@ -189,3 +189,30 @@ def test_pyproject_admits_no_paho_lacking_a_method_the_sink_calls():
         assert f".{method}(" in sink and hasattr(mqtt.Client, method), method
         assert not paho.specifier.contains(release), (
             f"pyproject.toml admits paho-mqtt {release}, which has no Client.{method}")
+
+
+def test_update_makes_its_folder_and_never_leaves_an_empty_file(tmp_path):
+    """`pins.py dev --out-dir` to a folder not there was a FileNotFoundError traceback; to a full
+    disk an OSError traceback that left a 0-byte constraints file (what bootstrap.sh installs
+    with)."""
+    import subprocess
+
+    from mqtt_broker import fill_disk, small_disk
+
+    venv = Path(sys.prefix)  # the tested venv: pip freeze needs no network
+
+    def dev(out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, pins.__file__, "dev", "--venv", str(venv),
+                               "--out-dir", str(out)], capture_output=True, text=True,
+                              timeout=120)
+
+    r = dev(tmp_path / "new" / "deploy")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert pins.read_pins(tmp_path / "new" / "deploy" / "constraints-dev.txt")
+    with small_disk(tmp_path / "disk") as disk:
+        fill_disk(disk)
+        r = dev(disk)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"{disk / 'constraints-dev.txt'}: cannot write it "
+                            "(No space left on device)\n")
+        assert [p.name for p in disk.iterdir()] == ["filler"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from maskd.pins import normalize, parse_pins, read_pins
+from tools.inputs import out_dir, write_out
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_OUT = REPO / "deploy" / "constraints-dev.txt"
@@ -179,7 +180,7 @@ def update(out: Path, pins: dict[str, str], about: str, check: bool) -> None:
     same = out.exists() and out.read_text().splitlines()[1:] == text.splitlines()[1:]
     print("\n".join(changes) if changes else f"no change to the pins in {out}")
     if not check and not same:
-        out.write_text(text)
+        write_out(out, text)  # a full disk: one line, and the old file kept (never 0 bytes)
         print(f"wrote {out}")
 
 
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", type=Path, default=REPO / ".venv", help="dev: the tested venv "
                     "(default: %(default)s)")
     args = ap.parse_args(argv)
+    if not args.check:  # made and tried now: a missing folder was a traceback after resolving
+        out_dir(args.out_dir)
     today = dt.date.today().isoformat()
     try:
         if args.which == "dev":
