@@ -595,6 +595,22 @@ def test_test_brokers_listen_outside_the_ports_clients_are_given():
     assert len(ports) > 40 and not any(lo <= p <= hi for p in ports)
 
 
+def test_a_broker_whose_port_was_taken_meanwhile_does_not_report_a_start(tmp_path):
+    """Broker.start only checked that something answered on the port: with another process
+    listening there, mosquitto exited with 'Address already in use' and start() returned as
+    if it ran, so the caller talked to the other process."""
+    b = Broker(tmp_path / "mq")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", b.port))
+        other.listen()
+        with pytest.raises(RuntimeError, match=rf"^mosquitto exited \(\d+\) on port {b.port}: "
+                                               r"\d+: Error: Address already in use"):
+            b.start()
+    assert b.proc is None
+    with b:  # the port free again: it starts, and the listener is its own
+        assert b._listens() is True
+
+
 def test_sigkill_with_pending_events_delivers_after_restart(broker, tmp_path):
     state = tmp_path / "state"
     broker.stop()  # events happen while the broker is down

@@ -157,21 +157,68 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> Broker:
+        """Start mosquitto and wait until it, not another process, listens on the port.
+
+        An answer on the port alone was taken for success: with the port taken by another
+        process (between free_port and a start or restart), mosquitto exits with 'Address
+        already in use' and the caller talked to whatever held the port."""
         self.proc = subprocess.Popen(
             [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}): {err}\n{self.log()}")
+                self._exited()
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            ours = self._listens()
+            if ours is None:  # no /proc to ask: alive a moment after the port answered
+                time.sleep(0.3)
+                ours = self.proc.poll() is None
+            if ours:
+                return self
+            time.sleep(0.05)  # someone else's listener: mosquitto is about to exit
+        if self.proc.poll() is not None:
+            self._exited()
         self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s "
+                           f"(last log line: {self._last_line()})")
+
+    def _last_line(self) -> str:
+        lines = [x for x in self.log().splitlines() if x.strip()]
+        return lines[-1] if lines else "(no log)"
+
+    def _exited(self) -> None:
+        """Raise naming why mosquitto stopped: the log's last line ('Error: Address already
+        in use'), then what it wrote to stderr."""
+        assert self.proc is not None
+        rc = self.proc.returncode
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        self.stop()
+        raise RuntimeError(f"mosquitto exited ({rc}) on port {self.port}: {self._last_line()}"
+                           + (f"\n{err}" if err else ""))
+
+    def _listens(self) -> bool | None:
+        """Whether the socket listening on the port is this mosquitto's (/proc/net/tcp's
+        inode among /proc/PID/fd's sockets); None where /proc cannot say."""
+        assert self.proc is not None
+        inodes = set()
+        try:
+            for name in ("tcp", "tcp6"):
+                table = Path(f"/proc/net/{name}")
+                for line in table.read_text().splitlines()[1:] if table.exists() else ():
+                    f = line.split()
+                    if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == self.port:
+                        inodes.add(f"socket:[{f[9]}]")
+            fds = Path(f"/proc/{self.proc.pid}/fd")
+            held = {os.readlink(fd) for fd in fds.iterdir()}
+        except (OSError, ValueError, IndexError):
+            return None
+        return bool(inodes & held)
 
     def stop(self) -> None:
         """SIGTERM by PID (mosquitto saves persistence), SIGKILL if it hangs."""
