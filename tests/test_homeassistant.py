@@ -217,3 +217,54 @@ def test_the_status_page_link_names_the_host_for_every_spelling_of_the_wildcard(
     for listen in ("0.0.0.0:8080", "0:8080", "[::]:8080"):
         assert status_page_url(listen) == f"http://{here}:8080/", listen
     assert status_page_url("127.0.0.1:8080") == "http://127.0.0.1:8080/"
+
+
+def _by_hand(tmp_path: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
+    """`python -m tools.ha_venv` as docs/mqtt.md runs it by hand, with no Python 3.13 to build
+    the venv: what it must say about its input comes before the venv is looked for."""
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "tools.ha_venv", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=repo,
+                          env={**os.environ, "MASKD_HA_VENV": str(tmp_path / "ha"),
+                               "MASKD_HA_PYTHON": str(tmp_path / "no-python"),
+                               **(env or {})})
+
+
+def test_the_by_hand_commands_say_what_is_wrong_in_one_line(tmp_path: Path):
+    """Each was a traceback (JSONDecodeError, TypeError in ha_validate, ConnectionRefusedError,
+    ValueError) or, for an unset --password-env, a refused login told 15 s later as 'could not
+    subscribe'."""
+    from tools.mosquitto import free_port
+
+    port = free_port()  # nothing listens there
+    cases = [
+        ([], "not json", "error: stdin is not JSON (Expecting value: line 1 column 1 (char 0))"),
+        ([], '{"topic": 1}', "error: stdin holds a JSON dict, not a list of"),
+        ([], '[{"topic": 1}]', 'error: stdin message 0: {"topic": 1} is not an object with a'),
+        (["--broker", f"mqtt://127.0.0.1:{port}"], "",
+         f"error: cannot connect to the broker at mqtt://127.0.0.1:{port}: Connection refused"),
+        (["--broker", "mqtt://127.0.0.1:notaport"], "",
+         "error: --broker 'mqtt://127.0.0.1:notaport': Port could not be cast to integer"),
+        (["--broker", f"mqtt://127.0.0.1:{port}", "--password-env", "MASKD_TEST_UNSET_PW"], "",
+         "error: --password-env MASKD_TEST_UNSET_PW: no such environment variable"),
+    ]
+    for args, stdin, says in cases:
+        r = _by_hand(tmp_path, *args, stdin=stdin)
+        assert r.returncode in (1, 2) and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.startswith(says) and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+
+
+def test_a_refused_login_is_said_at_once(tmp_path: Path):
+    import time
+
+    with Broker(tmp_path / "mq", users={"maskd": "secret"}) as b:
+        t0 = time.monotonic()
+        r = _by_hand(tmp_path, "--broker", b.url, "--username", "maskd", "--password-env",
+                     "MASKD_TEST_PW", env={"MASKD_TEST_PW": "wrong"})
+        assert time.monotonic() - t0 < 10  # not the 15 s subscribe timeout
+        assert r.stderr == f"error: the broker at {b.url} refused the login: Not authorized\n"
+        r = _by_hand(tmp_path, "--broker", b.url, "--username", "maskd", "--password-env",
+                     "MASKD_TEST_PW", env={"MASKD_TEST_PW": "secret"})  # read, then no venv
+        assert r.stderr.startswith(f"0 retained discovery config(s) on {b.url}\nerror: "
+                                   f"MASKD_HA_PYTHON={tmp_path / 'no-python'} is not a Python")

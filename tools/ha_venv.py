@@ -217,6 +217,42 @@ def validate(messages: list[dict], python: Path | None = None, timeout: float = 
     return json.loads(p.stdout)
 
 
+def broker_address(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``mqtt://host[:port]`` / ``mqtts://host[:port]``, or
+    SystemExit naming the URL (a port that is not a number was a ValueError traceback)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        port = u.port
+    except ValueError as err:
+        raise SystemExit(f"error: --broker {url!r}: {err} (expected mqtt://host[:port] or "
+                         "mqtts://host[:port])") from None
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise SystemExit(f"error: --broker {url!r}: expected mqtt://host[:port] or "
+                         "mqtts://host[:port]")
+    return u.scheme, u.hostname, port or (8883 if u.scheme == "mqtts" else 1883)
+
+
+def read_messages(text: str) -> list[dict]:
+    """The messages to check from stdin: a JSON list of {"topic": str, "payload": ...}, or
+    SystemExit saying what is wrong (text that is not JSON was a JSONDecodeError traceback, an
+    object a TypeError inside ha_validate)."""
+    try:
+        messages = json.loads(text)
+    except ValueError as err:
+        raise SystemExit(f"error: stdin is not JSON ({err}); expected a JSON list of "
+                         '{"topic", "payload"} objects') from None
+    if not isinstance(messages, list):
+        raise SystemExit(f"error: stdin holds a JSON {type(messages).__name__}, not a list of "
+                         '{"topic", "payload"} objects')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("topic"), str):
+            raise SystemExit(f"error: stdin message {i}: {json.dumps(m)[:80]} is not an object "
+                             'with a "topic" string (and a "payload")')
+    return messages
+
+
 def retained_configs(url: str, prefix: str = "homeassistant", quiet_s: float = 1.0,
                      timeout: float = 15.0, username: str | None = None,
                      password: str | None = None, ca_file: str | None = None) -> list[dict]:
@@ -224,25 +260,30 @@ def retained_configs(url: str, prefix: str = "homeassistant", quiet_s: float = 1
     {"topic", "payload"} (payload: the text). Read-only: subscribes, collects what the broker
     sends until ``quiet_s`` pass without a message, disconnects."""
     import threading
-    from urllib.parse import urlsplit
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise SystemExit(f"error: {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    scheme, host, port = broker_address(url)
     got: dict[str, str] = {}
     last = [time.monotonic()]
     subscribed = threading.Event()
+    refused: list[str] = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     if username:
         c.username_pw_set(username, password)
-    if u.scheme == "mqtts":
-        c.tls_set(ca_certs=ca_file)
+    if scheme == "mqtts":
+        try:
+            c.tls_set(ca_certs=ca_file)
+        except (OSError, ValueError) as err:  # a --ca-file not there or not a certificate
+            raise RuntimeError(f"--ca-file {ca_file}: {getattr(err, 'strerror', None) or err}"
+                               ) from None
 
     def on_connect(client, userdata, flags, rc, props):  # noqa: ANN001
-        if not rc.is_failure:
+        if rc.is_failure:  # a refused login: said now, not as 'could not subscribe' 15 s later
+            refused.append(str(rc))
+            subscribed.set()
+        else:
             client.subscribe(f"{prefix}/#", qos=1)
 
     def on_subscribe(*args):  # noqa: ANN002
@@ -255,11 +296,18 @@ def retained_configs(url: str, prefix: str = "homeassistant", quiet_s: float = 1
             got[msg.topic] = msg.payload.decode("utf-8", "replace")
 
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
-    c.connect(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=30)
+    try:
+        c.connect(host, port, keepalive=30)
+    except (OSError, ValueError) as err:  # refused, no such host, unreachable, TLS
+        raise RuntimeError(f"cannot connect to the broker at {url}: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
     c.loop_start()
     try:
         if not subscribed.wait(timeout):
             raise RuntimeError(f"could not subscribe to {prefix}/# on {url} within {timeout} s")
+        if refused:
+            raise RuntimeError(f"the broker at {url} refused the login: {refused[0]}"
+                               + ("" if username else " (no --username given)"))
         deadline = time.monotonic() + timeout
         while time.monotonic() - last[0] < quiet_s and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -280,22 +328,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca-file", help="mqtts: the CA certificate (default: the system's)")
     ap.add_argument("--timeout", type=float, default=900.0, help="build timeout, seconds")
     args = ap.parse_args(argv)
+    # What was asked is checked and read before the venv is built or found (minutes at first).
+    messages = None
+    if args.broker:
+        broker_address(args.broker)
+        password = None
+        if args.password_env:  # unset: it meant no password, and a refused login 15 s later
+            password = os.environ.get(args.password_env)
+            if password is None:
+                print(f"error: --password-env {args.password_env}: no such environment variable "
+                      "(set it to the broker password)", file=sys.stderr)
+                return 2
+        try:
+            messages = retained_configs(args.broker, args.discovery_prefix,
+                                        username=args.username, password=password,
+                                        ca_file=args.ca_file)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{len(messages)} retained discovery config(s) on {args.broker}", file=sys.stderr)
+    else:
+        text = "" if sys.stdin.isatty() else sys.stdin.read()
+        if text.strip():
+            messages = read_messages(text)
     try:
         python = ensure(args.timeout, log=lambda m: print(m, file=sys.stderr))
     except Unavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.broker:
-        password = os.environ.get(args.password_env) if args.password_env else None
-        messages = retained_configs(args.broker, args.discovery_prefix, username=args.username,
-                                    password=password, ca_file=args.ca_file)
-        print(f"{len(messages)} retained discovery config(s) on {args.broker}", file=sys.stderr)
-    else:
-        text = "" if sys.stdin.isatty() else sys.stdin.read()
-        if not text.strip():
-            print(python)
-            return 0
-        messages = json.loads(text)
+    if messages is None:
+        print(python)
+        return 0
     p = subprocess.run([str(python), str(VALIDATOR), "--discovery-prefix",
                         args.discovery_prefix], input=json.dumps(messages), text=True)
     return p.returncode
