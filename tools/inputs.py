@@ -10,10 +10,7 @@ one line. One copy here, so the tools cannot drift apart.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
-import secrets
 import stat
 import tempfile
 import zipfile
@@ -143,23 +140,14 @@ def write_bytes(path: Path, data: bytes, what: str = "it") -> None:
     file (invalid JSON) on a full disk, presented as the report. A failed write leaves the old
     file, or none. A device or pipe (``/dev/stdout``) is written as it is: it cannot be renamed.
     """
+    from maskd.files import write_atomically  # the product's one way (a model and its sidecar)
+
     try:
         if path.exists() and not stat.S_ISREG(path.stat().st_mode):
             path.write_bytes(data)
-            return
+        else:
+            write_atomically(path, data)
     except OSError as err:
-        raise SystemExit(f"{path}: cannot write {what} ({err.strerror or err})") from None
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask, as before
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise SystemExit(f"{path}: cannot write {what} ({err.strerror or err})") from None
 
 
