@@ -259,7 +259,10 @@ def test_mutated_shipped_configs_are_refused_by_run_exactly_when_check_config_re
             content = content.replace(port, f":{free_port()}".encode())
         (tmp_path / f"r{i}").mkdir()  # each run's own folder: relative paths land there
         files.append(tmp_path / f"r{i}" / "config.yaml")
-        files[-1].write_bytes(content.replace(b"/state", f"/state{i}".encode()))
+        # each case its own missing file: a run that creates one (jsonl.path) must not make it
+        # exist for another (state_dir) checked before it and run beside it
+        files[-1].write_bytes(content.replace(b"/state", f"/state{i}".encode())
+                              .replace(b"/missing.mp4", f"/missing{i}.mp4".encode()))
     with ThreadPoolExecutor(max_workers=4) as pool:
         checked = list(pool.map(lambda p: maskd("check-config", str(p)), files))
         ran = list(pool.map(run_until_started, files))

@@ -227,7 +227,7 @@ def test_unquoted_yaml_times_mean_what_was_written(tmp_path):
     (w,) = load_config(path).schedule
     assert (w.window().start, w.window().end) == (clock_time(8, 0), clock_time(18, 0))
     path.write_text("schedule:\n  - {days: [mon], start: 8, end: 17}\n")
-    with pytest.raises(ConfigError, match="'schedule.0.start': Input should be a valid string"):
+    with pytest.raises(ConfigError, match="'schedule.0.start': expected a time HH:MM"):
         load_config(path)
 
 
