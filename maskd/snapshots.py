@@ -306,9 +306,10 @@ class SnapshotStore:
     def _enforce(self, now: float, written: Path | None = None) -> None:
         """Oldest first: everything older than keep_days, then while over keep_mb. Deleting
         ``written`` (the file just written) means keep_mb holds not even that one: said, since
-        the folder then stays empty while the log seemed to say snapshots were taken."""
-        while self._index:
-            path, (mtime, size) = next(iter(self._index.items()))
+        the folder then stays empty while the log seemed to say snapshots were taken. One that
+        cannot be deleted (another user's in a shared folder, an immutable file) is passed
+        over: it stopped every deletion after it, and the folder grew past keep_mb for good."""
+        for path, (mtime, size) in list(self._index.items()):
             if now - mtime <= self.keep_s and self._total <= self.keep_bytes:
                 break
             why = "older than keep_days" if now - mtime > self.keep_s else "over keep_mb"
@@ -316,8 +317,8 @@ class SnapshotStore:
                 path.unlink(missing_ok=True)
             except OSError as err:
                 self._report("delete", logging.WARNING, f"snapshots: cannot delete {path}: "
-                             f"{err.strerror or err}")
-                break
+                             f"{err.strerror or err}; the ones after it are deleted instead")
+                continue
             del self._index[path]
             self._mine.discard(path)
             self._total -= size

@@ -170,6 +170,34 @@ def test_retention_by_size_deletes_the_oldest_first(tmp_path):
     assert sum(p.stat().st_size for p in left) <= keep
 
 
+def test_a_snapshot_that_cannot_be_deleted_does_not_stop_retention(tmp_path, monkeypatch,
+                                                                   caplog):
+    """The oldest one refusing deletion (another user's in a shared sticky folder, an
+    immutable file) stopped every deletion after it: the folder grew past keep_mb for good,
+    with one WARNING a minute about that one file."""
+    from pathlib import Path
+
+    folder = tmp_path / "snaps"
+    files = make_files(folder, [5, 4, 3, 2, 1, 0.5])
+    sizes = [p.stat().st_size for p in files]
+    keep = sum(sizes[-3:]) + 100  # room for the newest three
+    unlink = Path.unlink
+
+    def refuse_the_oldest(self, missing_ok=False):
+        if self == files[0]:
+            raise PermissionError(1, "Operation not permitted")
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_the_oldest)
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        store = SnapshotStore(folder, keep_days=30, keep_mb=keep / snapshots.MB)
+        store.close()
+    assert files[0] not in store.deleted and files[1] in store.deleted
+    left = list(folder.iterdir())
+    assert files[0] in left and sum(p.stat().st_size for p in left) <= keep  # the cap holds
+    assert f"cannot delete {files[0]}: Operation not permitted" in caplog.text
+
+
 def test_a_long_life_remembers_only_the_latest_deleted_files(tmp_path, monkeypatch):
     """Months of retention must not grow the store: a count, and only the latest names."""
     monkeypatch.setattr(snapshots, "RECENT", 3)
