@@ -387,10 +387,9 @@ class ClipWriter(FrameObserver):
             if free is None or free < self.min_free or read_only_now(self.outdir):
                 self._retry_at = now + RETRY_S
                 return False
-            log.info("annotated clip %s: recording again (%.0f MB free); %d frames were not "
-                     "recorded", self.name, free / MB, self.dropped)
-            self.paused = None
+            again: float | None = free  # said once the file is made: a create may still fail
         else:
+            again = None
             why = self._make_dir()  # deleted since the last segment (rm -rf, a tmpfiles rule)
             if why is not None:
                 self._pause(why)
@@ -418,6 +417,10 @@ class ClipWriter(FrameObserver):
             return False
         self._writer, self._path, self._shape = writer, path, (h, w)
         self.paths.append(path)
+        if again is not None:
+            log.info("annotated clip %s: recording again (%.0f MB free); %d frames were not "
+                     "recorded", self.name, again / MB, self.dropped)
+            self.paused = None
         self._seg_frames, self._seg_t0, self._size = 0, shot.timestamp, 0
         self._slot_t0 = shot.clock
         return True
@@ -480,10 +483,14 @@ class ClipWriter(FrameObserver):
             return None
 
     def _pause(self, why: str) -> None:
+        """Paused, said once: a retry that fails again (a folder this user may not write, not
+        only a full disk) was a false 'recording again' and a new ERROR every RETRY_S."""
+        was = self.paused
         self.paused = self._last_pause = why
         self._retry_at = time.monotonic() + RETRY_S
-        log.error("annotated clip %s in %s: %s; recording paused (detection goes on), tried "
-                  "again every %.0f s", self.name, self.outdir, why, RETRY_S)
+        if was is None:
+            log.error("annotated clip %s in %s: %s; recording paused (detection goes on), "
+                      "tried again every %.0f s", self.name, self.outdir, why, RETRY_S)
 
     def _segments(self) -> list[tuple[float, int, Path]]:
         """This camera's segments on disk as (mtime, size, path), oldest first (those this
@@ -503,8 +510,9 @@ class ClipWriter(FrameObserver):
             return False
         try:
             path.unlink()
-        except OSError as err:
-            log.warning("annotated clip: cannot delete %s: %s", path, err.strerror or err)
+        except OSError as err:  # the cap tries each again at every new file: once a minute
+            self._rlog(logging.WARNING, "delete", "annotated clip: cannot delete %s: %s", path,
+                       err.strerror or err)
             return False
         self.deleted.append(path)
         return True

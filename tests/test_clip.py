@@ -258,6 +258,56 @@ def test_a_folder_that_could_not_be_created_is_created_at_the_retry(tmp_path, mo
     assert (blocker / "clips").is_dir() and frames_in(w.paths[-1]) == n
 
 
+def test_a_file_that_cannot_be_created_pauses_once_and_says_recording_again_only_then(
+        tmp_path, monkeypatch, caplog):
+    """A create refused for another reason than room (a folder this user may no longer write):
+    each retry said 'recording again' and a new ERROR (two lines every 30 s, for ever)."""
+    import os as real_os
+
+    made = real_os.open
+    refused = {"on": False}
+
+    def deny(path, *args, **kwargs):
+        if refused["on"] and str(path).endswith(clip.SUFFIX):
+            raise PermissionError(13, "Permission denied")
+        return made(path, *args, **kwargs)
+
+    monkeypatch.setattr(clip.os, "open", deny)
+    monkeypatch.setattr(clip, "RETRY_S", 0.0)
+    with caplog.at_level(logging.INFO, "maskd.clip"):
+        w = ClipWriter(tmp_path, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=100)
+        feed(w)
+        assert w.flush() and w.paused is None
+        refused["on"] = True
+        feed(w, passes=2)  # a new file each second of video, each refused, retried at once
+        assert w.flush() and w.paused
+        paused = [r for r in caplog.records if "recording paused" in r.getMessage()]
+        assert len(paused) == 1 and "recording again" not in caplog.text, caplog.text[-2000:]
+        refused["on"] = False
+        feed(w)
+        w.close()
+    assert w.paused is None and caplog.text.count("recording again") == 1
+
+
+def test_segments_the_cap_cannot_delete_are_said_once_a_minute(tmp_path, monkeypatch, caplog):
+    """Each segment the cap could not delete got a WARNING at every new file (a dozen lines
+    every annotate_segment_s while a folder refused deletions)."""
+    from pathlib import Path
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied")
+
+    with caplog.at_level(logging.WARNING, "maskd.clip"):
+        w = ClipWriter(tmp_path, "door", 15.0, segment_s=0.5, segment_mb=100, keep_mb=0.05)
+        monkeypatch.setattr(Path, "unlink", refuse)
+        feed(w, passes=2)  # 16 s of video: 32 files, each over the cap
+        assert w.flush()
+        monkeypatch.undo()
+        w.close()
+    said = [r for r in caplog.records if "cannot delete" in r.getMessage()]
+    assert len(said) == 1, len(said)
+
+
 def test_a_folder_deleted_mid_run_is_created_again(tmp_path):
     out = tmp_path / "clips"
     w = ClipWriter(out, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=100)
