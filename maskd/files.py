@@ -215,6 +215,9 @@ def failed_write(err: Exception, folder: Path) -> str:
     Failure paths only: it probes with a file (``read_only_now``). SQLite's errors carry no
     errno: their words stay."""
     words = getattr(err, "strerror", None) or str(err)
+    if getattr(err, "errno", None) in (errno.EEXIST, errno.ENOENT) and (
+            link := dangling_link(folder)) is not None:
+        return link  # mkdir's 'File exists' named neither the link nor where it points
     try:
         there = _existing(folder)  # a folder not made yet: the one it would be made in
     except OSError:  # a name too long to look up, say: the OS's words alone
@@ -308,6 +311,19 @@ def depends_on_user(err: OSError) -> bool:
     return err.errno in (errno.EACCES, errno.EPERM)
 
 
+def dangling_link(path: Path) -> str | None:
+    """'P is a link to T, which is not there' for ``path`` or a folder above it that is a link
+    whose target is gone (a stick not mounted): mkdir says 'File exists' of it, and nothing
+    is made there until the target is back."""
+    for p in (path, *path.parents):
+        try:
+            if p.is_symlink() and not p.exists():
+                return f"{p} is a link to {os.readlink(p)}, which is not there"
+        except OSError:
+            return None
+    return None
+
+
 def cannot_create(path: Path, directory: bool) -> OSError | None:
     """Why ``path`` could not be made as `run` makes it (a folder with its parents, or a file to
     append to, with its folders), or None; found without creating anything, so check-config can
@@ -316,6 +332,8 @@ def cannot_create(path: Path, directory: bool) -> OSError | None:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
+        if (link := dangling_link(path)) is not None:
+            return _error(errno.ENOENT, link)
     except OSError as err:
         return err
     if st is not None:

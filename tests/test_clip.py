@@ -812,3 +812,27 @@ def test_sigterm_closes_the_clip_with_every_frame_it_was_handed(tmp_path, defaul
     (said,) = re.findall(r"annotated clip: \S+ \((\d+) frames\)", err)
     assert int(said) > 0 and frames_in(path) == int(said)
     assert "Traceback" not in err
+
+
+def test_a_folder_that_is_a_link_to_nowhere_is_named_so(tmp_path, caplog):
+    """A clip or snapshot folder that is a link whose target is gone (a stick not mounted):
+    mkdir said 'File exists', naming neither the link nor its target, and check-config said OK
+    where run could never record there."""
+    import subprocess
+    import sys
+
+    gone = tmp_path / "stick" / "clips"
+    link = tmp_path / "clips"
+    link.symlink_to(gone)
+    says = f"{link} is a link to {gone}, which is not there"
+    with caplog.at_level(logging.ERROR, "maskd.clip"):
+        w = ClipWriter(link, "door", 15.0)
+        w.close()
+    assert w.paused == f"cannot create the folder: {says}", w.paused
+    config = tmp_path / "c.yaml"
+    config.write_text(f"source: {{kind: demo}}\npreview: {{annotate_dir: '{link}'}}\n")
+    for args in (("check-config", str(config)), ("run", "--config", str(config))):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 78, r.stderr
+        assert f"preview.annotate_dir {link}: cannot record clips there: {says}" in r.stderr
