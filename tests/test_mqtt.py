@@ -971,6 +971,27 @@ def test_a_listener_that_never_answers_and_one_that_takes_only_qos_0_are_named(t
         conn.close()
 
 
+def _stats_a_reconnect_sends(tmp_path, while_away) -> dict:
+    """Connect, stop the broker, run ``while_away(sink)`` (a loop report made meanwhile), start
+    the broker again: the stats the reconnect sends at once."""
+    with Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, tmp_path / "state", reconnect_min_s=0.2, reconnect_max_s=0.5)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            b.stop()
+            while_away(sink)
+            b.start()
+            assert wait_until(lambda: sink.connected, 10)
+            stats = retained_once(b, lambda r: f"{CAM}/stats" in r, [f"{CAM}/stats"])
+            return json.loads(stats[f"{CAM}/stats"])
+        finally:
+            sink.close()
+
+
+OTHER_SINKS_FAULT = "JSON lines: /var/lib/maskd/events.jsonl: disk full"
+
+
 def test_stats_sent_at_a_reconnect_do_not_say_the_broker_is_away(tmp_path, monkeypatch):
     """The loop's last report before a reconnect was made while the broker was away, and a
     reconnect sends it at once: its "broker not connected" line is dropped (Home Assistant's
@@ -979,23 +1000,14 @@ def test_stats_sent_at_a_reconnect_do_not_say_the_broker_is_away(tmp_path, monke
     from maskd.types import LoopStats
 
     monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", 0.5)
-    with Broker(tmp_path / "b") as b:
-        cfg = cfg_for(b, tmp_path / "state", reconnect_min_s=0.2, reconnect_max_s=0.5)
-        sink = MqttSink.from_config(cfg, model_name="m")
-        try:
-            assert wait_until(lambda: sink.connected, 10)
-            b.stop()
-            assert wait_until(lambda: any(f.startswith(sink_mod.NOT_CONNECTED)
-                                          for f in sink.faults()), 10), sink.faults()
-            other = "JSON lines: /var/lib/maskd/events.jsonl: disk full"
-            sink.on_stats(LoopStats(fps=9.0, faults=(other, *sink.faults())))  # as the loop does
-            b.start()
-            assert wait_until(lambda: sink.connected, 10)
-            stats = retained_once(b, lambda r: f"{CAM}/stats" in r, [f"{CAM}/stats"])
-            sent = json.loads(stats[f"{CAM}/stats"])
-            assert sent["fps"] == 9.0 and sent["faults"] == [other] == sent["problems"], sent
-        finally:
-            sink.close()
+
+    def away(sink):
+        assert wait_until(lambda: any(f.startswith(sink_mod.NOT_CONNECTED)
+                                      for f in sink.faults()), 10), sink.faults()
+        sink.on_stats(LoopStats(fps=9.0, faults=(OTHER_SINKS_FAULT, *sink.faults())))  # as the loop
+
+    sent = _stats_a_reconnect_sends(tmp_path, away)
+    assert sent["fps"] == 9.0 and sent["faults"] == [OTHER_SINKS_FAULT] == sent["problems"], sent
 
 
 def test_stats_sent_at_a_reconnect_carry_this_sinks_faults_of_now(tmp_path, monkeypatch):
@@ -1005,24 +1017,14 @@ def test_stats_sent_at_a_reconnect_carry_this_sinks_faults_of_now(tmp_path, monk
     to its lines of now, other sinks' stay."""
     from maskd.types import LoopStats
 
-    with Broker(tmp_path / "b") as b:
-        cfg = cfg_for(b, tmp_path / "state", reconnect_min_s=0.2, reconnect_max_s=0.5)
-        sink = MqttSink.from_config(cfg, model_name="m")
-        try:
-            assert wait_until(lambda: sink.connected, 10)
-            b.stop()
-            expired = "mqtt.cert_file /x.crt: the certificate expired on 2026-11-11 00:00 UTC"
-            monkeypatch.setattr(sink._credentials, "faults", lambda: [expired])
-            other = "JSON lines: /var/lib/maskd/events.jsonl: disk full"
-            sink.on_stats(LoopStats(fps=9.0, faults=(other, *sink.faults())))  # as the loop does
-            monkeypatch.setattr(sink._credentials, "faults", lambda: [])  # renewed on disk
-            b.start()
-            assert wait_until(lambda: sink.connected, 10)
-            stats = retained_once(b, lambda r: f"{CAM}/stats" in r, [f"{CAM}/stats"])
-            sent = json.loads(stats[f"{CAM}/stats"])
-            assert sent["faults"] == [other] == sent["problems"], sent
-        finally:
-            sink.close()
+    def away(sink):
+        expired = "mqtt.cert_file /x.crt: the certificate expired on 2026-11-11 00:00 UTC"
+        monkeypatch.setattr(sink._credentials, "faults", lambda: [expired])
+        sink.on_stats(LoopStats(fps=9.0, faults=(OTHER_SINKS_FAULT, *sink.faults())))
+        monkeypatch.setattr(sink._credentials, "faults", lambda: [])  # renewed on disk
+
+    sent = _stats_a_reconnect_sends(tmp_path, away)
+    assert sent["faults"] == [OTHER_SINKS_FAULT] == sent["problems"], sent
 
 
 def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
