@@ -52,8 +52,10 @@ def file_warnings(cfg: Config) -> list[str]:
     installed, the .pbtxt beside a .pb): `run` looks for them the same way and stops; ``auto``
     falls back to BlazeFace, `run` says so."""
     out = []
+    detector_model_said = False
     for key, path in cfg.model_files().items():
         if (problem := model_file_problem(path, key)) is not None:  # `run` says it so, and stops
+            detector_model_said |= key == "detector.model"
             fallback = " (auto falls back to BlazeFace)" if (
                 key == "detector.model" and cfg.detector.kind == "auto") else ""
             out.append(f"warning: {problem}{fallback}")
@@ -65,7 +67,7 @@ def file_warnings(cfg: Config) -> list[str]:
     for extra in cfg.classifier.still_extra_models or []:  # `scan`'s, not `run`'s
         if (problem := extra_model_problem(extra)) is not None:
             out.append(f"warning: {problem}")
-    if not any(line.startswith("warning: detector.model:") for line in out):
+    if not detector_model_said:
         from maskd.detectors import missing_detector_file
 
         if (problem := missing_detector_file(cfg.detector)) is not None:
