@@ -816,8 +816,9 @@ def test_sigterm_closes_the_clip_with_every_frame_it_was_handed(tmp_path, defaul
 
 def test_a_folder_that_is_a_link_to_nowhere_is_named_so(tmp_path, caplog):
     """A clip or snapshot folder that is a link whose target is gone (a stick not mounted):
-    mkdir said 'File exists', naming neither the link nor its target, and check-config said OK
-    where run could never record there."""
+    mkdir said 'File exists', naming neither the link nor its target, and check-config said OK.
+    Both say it now, as a warning: the writer records once the link leads somewhere, and the
+    door keeps its alarms meanwhile (a stop, exit 78, would not be restarted)."""
     import subprocess
     import sys
 
@@ -834,5 +835,6 @@ def test_a_folder_that_is_a_link_to_nowhere_is_named_so(tmp_path, caplog):
     for args in (("check-config", str(config)), ("run", "--config", str(config))):
         r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
                            text=True, timeout=120)
-        assert r.returncode == 78, r.stderr
-        assert f"preview.annotate_dir {link}: cannot record clips there: {says}" in r.stderr
+        assert r.returncode == 0, r.stderr
+        assert (f"preview.annotate_dir {link}: cannot record clips there: {says} (recorded once "
+                "it leads somewhere)") in r.stderr, r.stderr

@@ -448,7 +448,7 @@ def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
 
         mapped = parse_config({"cameras": {"front": {"source": {"kind": "demo"}, "preview": {
             "annotate_dir": str(ro / "c")}}}})
-        assert [line for line, _ in unwritable(mapped)] == [
+        assert [line for line, _, _ in unwritable(mapped)] == [
             f"cameras.front.preview.annotate_dir {ro}/c: cannot record clips there: Read-only "
             "file system"]
     for i, (path, (yaml, says)) in enumerate(zip(paths, cases, strict=True)):

@@ -22,6 +22,7 @@ missing is a warning, as a model file is. Cameras, the Coral and the broker are 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pwd
 import sys
@@ -154,13 +155,18 @@ def write_targets(cfg: Config) -> list[tuple[Path, bool, Callable[[Path, str], s
     return targets
 
 
-def unwritable(cfg: Config) -> list[tuple[str, OSError]]:
+def unwritable(cfg: Config) -> list[tuple[str, OSError, bool]]:
     """`run`'s line for each place of ``write_targets`` nothing can be created in now, with the
-    OS's reason (found without creating anything)."""
+    OS's reason (found without creating anything) and whether it may come later: a snapshot or
+    clip folder that is a link to nowhere (a stick not mounted yet) is retried by its writer,
+    which records once the link leads somewhere; stopping the start on it (exit 78, no restart)
+    would leave the door without alarms for want of a place to keep pictures."""
     out = []
     for path, directory, say in write_targets(cfg):
         if (err := cannot_create(path, directory)) is not None:
-            out.append((say(path, err.strerror or str(err)), err))
+            later = err.errno == errno.ENOENT and path in (
+                cfg.snapshots.dir, *(c.preview.annotate_dir for c in cfg.cameras_resolved()))
+            out.append((say(path, err.strerror or str(err)), err, later))
     return out
 
 
@@ -169,8 +175,10 @@ def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
     without creating anything: (errors, warnings). A permission is a warning: the service may
     run as another user."""
     errors, warnings = [], []
-    for line, err in unwritable(cfg):
-        if depends_on_user(err):
+    for line, err, later in unwritable(cfg):
+        if later:
+            warnings.append(f"warning: {line} (recorded once it leads somewhere)")
+        elif depends_on_user(err):
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
             errors.append(line)

@@ -222,25 +222,27 @@ def say_waiting(status: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from maskd.commands.check_config import unwritable
     from maskd.preview import check_previews
 
     started = system_clock()[1]
-    from maskd.commands.check_config import unwritable
-
     try:
         cfg = run_config(args)
         check_previews(cfg)  # before the models load; check-config runs the same checks
     except startup_errors() as err:
         say(err)
         return EX_CONFIG
-    if problems := unwritable(cfg):  # before anything is opened: check-config's rule
-        for line, _ in problems:
+    problems = unwritable(cfg)  # before anything is opened: check-config's rule
+    if stop := [line for line, _, later in problems if not later]:
+        for line in stop:
             print(f"maskd run: {line}", file=sys.stderr)
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for line in cfg.startup_warnings():
         log.warning("%s", line)
+    for line, _, _ in problems:  # only those that may come later are left
+        log.warning("%s (recorded once it leads somewhere)", line)
     if (line := clock_not_set(time.time())) is not None:
         log.warning("%s", line)
     note = CoralRunNote(cfg, started)
