@@ -107,6 +107,7 @@ class _Camera:
     faces: int | None = None  # faces in view, last published
     detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
     loop_stats: LoopStats | None = None  # the loop's last report
+    loop_mine: frozenset[str] = frozenset()  # this sink's lines in it (faults() as it was made)
     stats_t: float = float("-inf")  # when its stats were last published
     running: bool = True  # its loop has not ended
     counts: FaceCounts | None = None  # the loop's last counts, published or not
@@ -262,7 +263,8 @@ class MqttSink(EventSink):
         self._credentials = CredentialFiles(mq)
         self._offline_infos: list[mqtt.MQTTMessageInfo] = []
         self._cancel: threading.Event | None = None  # the stop's hurry (flush's ``cancel``)
-        self._said_faults: set[str] = set()  # faults()'s lines since stats were last sent
+        self._said_faults: frozenset[str] = frozenset()  # faults()'s last lines (bounded: one
+        # call's; a set of every call's grew without end while a long outage varied them)
         self._gave_up = False  # the stop's flush ended with events unacknowledged
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
@@ -620,6 +622,7 @@ class MqttSink(EventSink):
         """Loop health (fps per stage, skipped frames) with the connection's own numbers,
         published at once (the loop sends it every stats_interval_s), retained."""
         cam.loop_stats = stats
+        cam.loop_mine = self._said_faults  # the loop asked faults() for this report just now
         if self._connected:
             self._publish_stats(cam)
             if cam.violations is None and cam.counts is not None:
@@ -703,7 +706,7 @@ class MqttSink(EventSink):
             out.append(f"MQTT: broker refuses {len(refused)} topic(s), e.g. {refused[0]}")
         out += [f"MQTT: broker refuses the subscription to {t}" for t in subs]
         out += self._credentials.faults()
-        self._said_faults |= set(out)  # what a loop's report may carry, until stats are sent
+        self._said_faults = frozenset(out)  # what the loop's report made now carries
         return out
 
     @property
@@ -1042,11 +1045,10 @@ class MqttSink(EventSink):
             # show until the next report, a minute later. So with this sink's other lines (a
             # client certificate renewed since, whose 'the broker refuses the connection' was
             # beside `connected: true`): its lines of then give way to its lines of now.
-            then, self._said_faults = self._said_faults, set()
             now = [f for f in self.faults() if not f.startswith(NOT_CONNECTED)]
             loop = replace(loop, faults=tuple(dict.fromkeys(
-                [f for f in loop.faults if f not in then and not f.startswith(NOT_CONNECTED)]
-                + now)))
+                [f for f in loop.faults if f not in cam.loop_mine
+                 and not f.startswith(NOT_CONNECTED)] + now)))
         # no loop report yet (or a sink without a loop): this sink's own faults, so that
         # Home Assistant's problem entity reads something true
         mine = self.faults() if loop is None else []
