@@ -212,10 +212,10 @@ class Pipeline:
             return None
         if abs(c.score - 0.5) < CONFIDENT_MARGIN or iou(c.box, box) < STILL_IOU:
             return None
+        # Evidence gathered for a change of state needs fresh votes; a picture's never does (it
+        # casts none: its bare face was classified afresh on nearly every frame)
         if (c.score >= 0.5) != track.violating and not track.static:
-            return None  # evidence is being gathered for a change of state: votes must be fresh
-            # (a picture's never: it casts no votes, so its bare face was classified afresh
-            # on nearly every frame)
+            return None
         return c.score
 
     def _follow_size(self, width: int, height: int) -> None:
