@@ -274,6 +274,24 @@ def test_stats_uptime_ignores_a_step_of_the_wall_clock(broker, tmp_path, monkeyp
         sink.close()
 
 
+def test_status_detail_since_follows_a_step_of_the_wall_clock(broker, tmp_path, monkeypatch):
+    """A Pi boots with its last shutdown's date and NTP steps it after maskd started: the
+    retained `since` of status/detail is this run's start on the clock as it is when published
+    (was: the start read off the unset clock, 90 days back, for the whole run)."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 90 * 86400.0)
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m1")
+    monkeypatch.undo()  # NTP's step, before the first connect
+    sub = Subscriber(broker, [f"{CAM}/status/detail"])
+    try:
+        assert sub.wait_topic(f"{CAM}/status/detail")
+        since = json.loads(sub.on(f"{CAM}/status/detail")[-1].payload)["since"]
+        assert 0 <= time.time() - since < 60, since
+    finally:
+        sub.close()
+        sink.close()
+
+
 def test_snapshots_are_opt_in(broker, tmp_path):
     import numpy as np
 

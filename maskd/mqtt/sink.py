@@ -212,7 +212,6 @@ class MqttSink(EventSink):
         self._previous_stop, previous_cams = self._read_previous_session()
         # How this run ends (on_stop): the worst any camera's loop told, and its words
         self._stop_kind, self._stop_why = "clean", ""
-        self._started_at = time.time()
         self._uptime = Uptime()  # not the wall clock's: NTP's first sync on a Pi steps that
         self._session_lock = threading.Lock()
         self._session_ok = False  # the last write of the marker landed
@@ -763,7 +762,8 @@ class MqttSink(EventSink):
             self._fail_log.reset()
             log.info("MQTT: connected to %s (%d event(s) to replay)", self._url, self._outbox.depth())
             self._credentials.connected(client)
-            detail = {"state": "online", "since": self._started_at, "pid": os.getpid(),
+            # the start on the clock of now: NTP may have stepped it since (a Pi boots without one)
+            detail = {"state": "online", "since": time.time() - self._uptime(), "pid": os.getpid(),
                       "previous_stop": self._previous_stop, "sw_version": __version__,
                       "model": self._model}
             status = self._first.topics.status
