@@ -15,7 +15,8 @@ Bounded by count and age (the memory queue by count): what falls off is logged a
 counted, never silently lost. A row's age is kept by the time since boot, which NTP never
 steps: a Pi without a real-time clock starts on the time it was switched off, and if it was
 off for longer than the age bound, the clock's jump when the network returns must not drop
-the events stored before it. Only rows of earlier boots are aged by the wall clock. It also
+the events stored before it. Only rows of earlier boots are aged by the wall clock, so when the
+clock steps, the rows of this boot are re-dated with it (as the snapshots are). It also
 keeps the last stored message of every open violation, so the next start can end the ones a
 killed process left open.
 """
@@ -34,11 +35,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from maskd.clock import CLOCK_FLOOR, Clock, boot_id, system_clock
+from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, boot_id, system_clock
 from maskd.config import shown_path
 from maskd.files import create_failure, failed_write, read_only_now
 from maskd.lograte import RateLimitedLog
@@ -111,6 +112,11 @@ class Row:
     payload: dict
     created: float  # for open_events(): when the violation's last message was stored
     uptime: float | None = None  # seconds since boot when stored (rows of this boot only)
+
+
+def _offset(now: tuple[float, float]) -> float:
+    """The wall clock less the time since boot: what a row's date is its uptime plus."""
+    return now[0] - now[1]
 
 
 def row_age(created: float, boot: str | None, uptime: float | None, this_boot: str,
@@ -275,6 +281,8 @@ class Outbox:
         self._clock = clock
         self._boot = boot if boot is not None else boot_id()
         self._by_boot = True  # rows carry their boot (False: an old outbox on a full disk)
+        self._steps = StepWatch(STEP_S)
+        self._redated = False  # this boot's rows checked against the clock since the open
         self.path = self.dir / OUTBOX_FILE
         self.max_events = max_events
         self.max_age_s = max_age_s
@@ -706,8 +714,11 @@ class Outbox:
         db = self._db
         assert db is not None, "callers store only into an outbox that exists"
         try:
+            offset = _offset(self._clock())
             db.execute("BEGIN IMMEDIATE")
             for row, track in items:
+                if row.uptime is not None and abs(row.created - row.uptime - offset) >= STEP_S:
+                    row = replace(row, created=row.uptime + offset)  # held over a step
                 values = (row.id, row.topic, _dumps(row.payload), row.created)
                 if self._by_boot:
                     db.execute("INSERT INTO outbox (id, topic, payload, created, boot, uptime) "
@@ -857,10 +868,20 @@ class Outbox:
         boot are aged by the time since boot, those of earlier boots by the wall clock unless
         it was not set when they were stored (``row_age``)."""
         wall, uptime = self._clock()
+        redate = False
+        moved = 0
 
         def delete_old() -> tuple[int, int]:
+            nonlocal moved
             db = self._db
             db.execute("BEGIN IMMEDIATE")
+            if redate:
+                # The next boot ages these rows by their dates: a date from before a step (a
+                # clock ten days behind until NTP) dropped minutes-old events there.
+                moved = db.execute(
+                    "UPDATE outbox SET created = uptime + ? WHERE boot = ? AND uptime IS NOT NULL "
+                    "AND abs(created - uptime - ?) >= ?",
+                    (wall - uptime, self._boot, wall - uptime, STEP_S)).rowcount
             if self._by_boot:
                 n_age = db.execute(
                     "DELETE FROM outbox WHERE boot = ? AND uptime < ?",
@@ -885,16 +906,22 @@ class Outbox:
         with self._lock:
             if self._db is None:  # nothing stored; the memory queue has its own bound
                 return 0
+            redate = self._by_boot and bool(self._steps.step(wall, uptime) or not self._redated)
             try:
                 n_age, n_count = self._draining(delete_old)
             except sqlite3.Error as err:
                 self._failed("delete", "drop events beyond the outbox bounds", err)
+                self._redated = self._redated and not redate  # the step is looked for again
                 return 0
             self._succeeded("delete")
+            self._redated = self._redated or redate
             self._count -= n_age + n_count
             self.dropped += n_age + n_count
             if (n_age or n_count) and self._unremoved:
                 self._forget_dropped()
+        if moved:
+            log.warning("outbox: the clock stepped; %d stored event(s) of this boot were re-dated "
+                        "with it, so their age is kept after a restart", moved)
         self._report_drops(n_age, n_count)
         return n_age + n_count
 

@@ -118,6 +118,35 @@ def test_rows_of_an_earlier_boot_are_aged_by_the_wall_clock(tmp_path):
     ob.close()
 
 
+@pytest.mark.parametrize("when", ["while running", "between two runs"])
+def test_rows_stored_before_a_step_keep_their_age_into_the_next_boot(tmp_path, caplog, when):
+    """A Pi off for ten days boots on the time it stopped (fake-hwclock), stores events while
+    the broker is away, and NTP steps the clock in that boot; a power cut minutes later: the next
+    boot ages those rows by the wall clock, and dates ten days behind dropped them all as older
+    than 7 days (they are re-dated with the step, as the snapshots written before it are)."""
+    clock = SteppedClock(wall=1_790_000_000.0 - 10 * DAY)
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-A")
+    for i in range(3):
+        ob.put("t", {"n": i})
+    if when == "between two runs":
+        ob.close()
+    clock.run(60)
+    clock.wall += 10 * DAY  # NTP steps the clock
+    if when == "between two runs":
+        ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-A")
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        assert ob.prune() == 0
+    assert "re-dated" in caplog.text
+    ob.close()
+
+    clock.run(300)  # the power cut; the next boot's uptime starts again
+    clock.uptime = 30.0
+    ob = Outbox(tmp_path, max_age_s=7 * DAY, clock=clock, boot="boot-B")
+    assert ob.prune() == 0 and [r.payload["n"] for r in ob.pending()] == [0, 1, 2]
+    assert ob.oldest_age() == pytest.approx(360.0)
+    ob.close()
+
+
 def test_rows_an_earlier_boot_stored_on_an_unset_clock_survive_ntp_setting_it(tmp_path):
     """A Pi that booted in 1970 (no fake-hwclock, no network: no NTP, no broker) kept its
     events; the next boot's NTP made them 56 years old, and the first prune dropped them all.
