@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import draw_verdicts
-from maskd.clock import STEP_S, Clock, StepWatch, oldest_first, system_clock
+from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, oldest_first, system_clock
 from maskd.files import PRIVATE_DIR, PRIVATE_FILE, failed_write
 from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
@@ -250,11 +250,12 @@ class SnapshotStore:
         """Apply keep_days and keep_mb now (``rescan``: read the folder first)."""
         now = self._follow_clock()
         if rescan:
-            self._scan()
+            self._scan(now)
         self._enforce(now)
 
-    def _scan(self) -> None:
+    def _scan(self, now: float) -> None:
         found: list[tuple[float, int, Path]] = []
+        unset: list[Path] = []
         try:
             with os.scandir(self.dir) as it:
                 for e in it:
@@ -263,16 +264,35 @@ class SnapshotStore:
                         Path(e.path).unlink(missing_ok=True)  # ours, left by a crash mid-write
                     elif NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False):
                         st = e.stat(follow_symlinks=False)
-                        found.append((st.st_mtime, st.st_size, Path(e.path)))
+                        mtime = st.st_mtime
+                        if mtime < CLOCK_FLOOR <= now:
+                            unset.append(Path(e.path))
+                            mtime = now
+                        found.append((mtime, st.st_size, Path(e.path)))
         except FileNotFoundError:
             pass
         except OSError as err:
             self._report("scan", logging.ERROR, f"snapshots: cannot read {self.dir}: "
                          f"{err.strerror or err}; retention not applied")
             return
+        if unset:
+            self._from_now(unset, now)
         self._mine &= {p for _, _, p in found}
         self._sort_index({p: (m, s) for m, s, p in found})
         self._total = sum(s for _, s, _ in found)
+
+    def _from_now(self, paths: list[Path], now: float) -> None:
+        """Files written while the wall clock was not set (a run before NTP on a Pi that booted
+        in 1970) are dated now: their dates say nothing, and by them keep_days deleted at once
+        what a run before NTP kept (the outbox keeps such rows too)."""
+        for path in paths:
+            try:
+                os.utime(path, (now, now))  # so the next start or rescan agrees
+            except OSError as err:
+                self._report("utime", logging.WARNING, f"snapshots: cannot re-date {path}: "
+                             f"{err.strerror or err}")
+        log.warning("snapshots: %d snapshot(s) dated before the clock was set (a run before NTP) "
+                    "were re-dated to now, so keep_days counts from now for them", len(paths))
 
     def _sort_index(self, index: dict[Path, tuple[float, int]]) -> None:
         """The index oldest first: this process's files after all others, in the order written

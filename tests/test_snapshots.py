@@ -287,6 +287,29 @@ def test_a_clock_step_re_dates_its_own_snapshots_and_no_others(tmp_path, caplog)
     assert not any(p.exists() for p in mine)
 
 
+def test_an_earlier_runs_snapshots_from_before_the_clock_was_set_are_kept(tmp_path, caplog):
+    """A Pi that booted in 1970 (no network yet) took snapshots, and maskd restarted before NTP
+    set the clock: the next run's first retention read those files as 56 years old and deleted
+    them (a line at DEBUG only). Their dates say nothing; their keep_days counts from when a run
+    on a set clock first sees them, as the outbox keeps such rows."""
+    folder = tmp_path / "snaps"
+    unset = make_files(folder, [0.0, 0.0])
+    for i, p in enumerate(unset):
+        os.utime(p, (3600.0 + i, 3600.0 + i))  # stamped by the kernel's 1970 clock
+    old, = make_files(folder, [8.0])  # a run's on a set clock: still goes
+    clock = SteppedClock(wall=time.time())
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        store = SnapshotStore(folder, keep_days=7, keep_mb=100, clock=clock)
+        store.flush(5)
+    assert all(p.exists() for p in unset) and not old.exists()
+    assert "2 snapshot(s) dated before the clock was set" in caplog.text
+    assert all(abs(p.stat().st_mtime - clock.wall) < 5 for p in unset)  # a restart agrees
+    clock.run(7 * DAY + 60)
+    store.prune(rescan=True)
+    store.close()
+    assert not any(p.exists() for p in unset)
+
+
 def test_keep_mb_deletes_an_earlier_runs_snapshots_before_this_runs_when_the_clock_went_back(
         tmp_path):
     """A Pi without a real-time clock may run on an earlier time than the run before it (1970
