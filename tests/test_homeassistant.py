@@ -169,6 +169,25 @@ def test_retained_discovery_after_a_real_run_passes(ha_python, tmp_path):
         stats["outbox_depth"])  # as it was when that stats message left
 
 
+def test_a_prefix_is_its_own_namespace_in_home_assistant():
+    """Two sites on one broker told apart by `mqtt.prefix` (or a prefix changed): the discovery
+    topic carried the prefix but the unique_ids and the device did not, so Home Assistant
+    ignored the second site's entities as ids it already had and merged the devices. The
+    default prefix keeps the ids it always had (no entity of an install is re-created)."""
+    def ids(prefix: str) -> tuple[set[str], list[str]]:
+        topics = Topics.build(MqttConfig(prefix=prefix), "dev1", "door")
+        payload = discovery_config(topics, device_id="dev1", camera="door", snapshots=True)
+        uids = {c["unique_id"] for c in payload["components"].values()}
+        assert set(payload["components"]) == uids  # the component keys are the ids
+        return uids, payload["device"]["identifiers"]
+
+    default, default_device = ids("maskd")
+    assert "maskd_dev1_door_violation" in default and default_device == ["maskd_dev1"]
+    site2, site2_device = ids("site2")
+    assert not default & site2 and site2_device == ["site2_dev1"]
+    assert all(u.startswith("site2_dev1_door_") for u in site2)
+
+
 def test_the_problem_sensor_is_on_with_the_lines_while_a_camera_is_lost_or_a_sink_fails(
         ha_python):
     """Home Assistant's problem entity, rendered by Home Assistant from stats as the sink

@@ -48,6 +48,10 @@ class Topics:
     detect_attributes: str
     discovery: str
     ha_status: str  # Home Assistant's birth/last will: `online` asks for discovery again
+    # Home Assistant's ids: the prefix is part of them, as of the discovery topic, so two sites
+    # on one broker told apart by it (or a changed prefix) are separate devices and entities.
+    object_id: str  # <prefix>_<device_id>_<camera>: the camera's entities' unique_id stem
+    device_key: str  # <prefix>_<device_id>: the device's identifier
 
     @classmethod
     def build(cls, mq: MqttConfig, device_id: str, camera: str, device_status: bool = False
@@ -74,6 +78,8 @@ class Topics:
             detect_attributes=f"{cam}/detect/attributes",
             discovery=f"{mq.discovery_prefix}/device/{mq.prefix}_{device_id}_{camera}/config",
             ha_status=f"{mq.discovery_prefix}/status",
+            object_id=f"{mq.prefix}_{device_id}_{camera}",
+            device_key=f"{mq.prefix}_{device_id}",
         )
 
     def retained(self) -> list[str]:
@@ -102,7 +108,7 @@ def discovery_config(
 ) -> dict:
     """Home Assistant device-based discovery: one retained message for all of a camera's
     entities, each available while both the process and the camera are."""
-    uid = f"maskd_{device_id}_{camera}"
+    uid = topics.object_id
 
     def sensor(key: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, dict]:
         return f"{uid}_{key}", {
@@ -164,7 +170,7 @@ def discovery_config(
     availability = [{"topic": t, "payload_available": "online", "payload_not_available": "offline"}
                     for t in dict.fromkeys((topics.status, topics.availability))]
     device: dict[str, Any] = {
-        "identifiers": [f"maskd_{device_id}"], "name": f"maskd {device_id}",
+        "identifiers": [topics.device_key], "name": f"maskd {device_id}",
         "manufacturer": "maskd", "model": PRODUCT, "sw_version": __version__,
     }
     if configuration_url:
