@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -530,6 +531,58 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
                       == [b"offline"], 5)
     fresh.close()
     sub.close()
+
+
+def test_a_restart_end_reaches_home_assistants_event_entity(broker, tmp_path):
+    """A run killed with a violation open: the next start ends it `restart` on `violation`, and
+    Home Assistant's event entity (`violation/event`, each start and end) got nothing, so an
+    automation waiting for the end never saw it (the end is stored before the first connect,
+    and the entity's message went out only while connected)."""
+    sub = Subscriber(broker, [f"{CAM}/violation/event", f"{CAM}/violation"])
+    state = tmp_path / "state"
+    d = start_driver(broker.url, state, "--then", "wait", "--violations", "1", "--updates", "0",
+                     "--left-open", "1")
+    read_until(d, "done")
+    assert sub.wait(lambda ms: events(sub), 10)  # the start is on the broker
+    os.kill(d.pid, signal.SIGKILL)
+    d.wait()
+    d = start_driver(broker.url, state, "--then", "wait")
+    try:
+        read_until(d, "connected")
+        trigger = f"{CAM}/violation/event"
+        def ends() -> list[dict]:
+            return [m.json() for m in sub.on(trigger) if m.json()["event_type"] == "end"]
+
+        assert sub.wait(lambda ms: ends(), 10), [m.payload for m in sub.messages]
+        end, = ends()
+        assert end["end_reason"] == "restart"
+        assert end["event_id"] == events(sub)[0]["event_id"]
+    finally:
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+        sub.close()
+
+
+def test_the_run_loops_restart_end_reaches_the_event_entity_once_connected(tmp_path):
+    """The run loop's `restart` end (maskd.ledger) is given before the broker answers: it
+    reaches `violation/event` at the connect."""
+    b = Broker(tmp_path / "b")  # configured, not started yet
+    sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", reconnect_min_s=1.0,
+                                        reconnect_max_s=2.0), model_name="m")
+    start, = script("r", 1, 0, left_open=1)
+    end = dataclasses.replace(start, event_type="end", seq=1, end_time=start.start_time + 5,
+                              end_reason="restart")
+    sink.emit(end)
+    with b:
+        sub = Subscriber(b, [f"{CAM}/violation/event"])
+        try:
+            assert sub.wait(lambda ms: len(ms) >= 1, 10)
+            got = sub.messages[0].json()
+            assert (got["event_type"], got["end_reason"]) == ("end", "restart")
+            assert got["event_id"] == end.event_id
+        finally:
+            sink.close()
+            sub.close()
 
 
 def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(broker, tmp_path):

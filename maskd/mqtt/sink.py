@@ -79,6 +79,14 @@ def _root(topics: Topics) -> str:
     return topics.violation.removesuffix("/violation")
 
 
+def _trigger(event_type: str, event_id: str, score: object, camera: object,
+             end_reason: str | None) -> str:
+    """The event entity's message (`violation/event`) for a start or an end."""
+    score = round(float(score), 4) if isinstance(score, (int, float)) else None
+    return _dumps({"event_type": event_type, "event_id": event_id, "score": score,
+                   "camera": camera, "end_reason": end_reason})
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -220,6 +228,9 @@ class MqttSink(EventSink):
         self._write_session(running=True)
         self._restarted: set[str] = set()  # ended `restart` from the outbox at start
         self._left_open: list[ViolationEvent] = []  # ... as events, for the other sinks
+        # Home Assistant's event entity hears each start and end live; the `restart` ends come
+        # before the first connect, so theirs wait for it (else that entity never sees them end).
+        self._triggers: list[tuple[str, str]] = []
         left_open = self._end_left_open()
         # Cameras a killed run had and this config has not: their retained availability and
         # violation state would say online / ON for ever (no last will covers a camera's own
@@ -439,13 +450,14 @@ class MqttSink(EventSink):
                 cam.open_events[event.event_id] = {
                     "event_id": event.event_id, "score": round(float(event.score), 4),
                     "since": event.start_time, "camera": cam.name}
+            trigger = _trigger(event.event_type, event.event_id, event.score, cam.name,
+                               event.end_reason)
             if self._connected:
                 self._publish_active(cam)
                 if event.event_type != "update":  # Home Assistant's event entity: live triggers
-                    self._side(cam.topics.event, _dumps({
-                        "event_type": event.event_type, "event_id": event.event_id,
-                        "score": round(float(event.score), 4), "camera": cam.name,
-                        "end_reason": event.end_reason}), retain=False)
+                    self._side(cam.topics.event, trigger, retain=False)
+            elif event.end_reason == "restart":
+                self._triggers.append((cam.topics.event, trigger))
         self._q.put(("wake", None, None))
 
     def _removed(self, event: ViolationEvent) -> _Camera:
@@ -481,6 +493,8 @@ class MqttSink(EventSink):
                 continue
             self._outbox.put(last.topic, end, track=(event_id, False))
             self._restarted.add(event_id)
+            self._triggers.append((f"{last.topic}/event", _trigger(
+                "end", event_id, p.get("score"), p.get("camera"), "restart")))
             try:
                 self._left_open.append(ViolationEvent(
                     event_type="end", event_id=event_id, seq=end["seq"], camera=str(p["camera"]),
@@ -786,6 +800,10 @@ class MqttSink(EventSink):
                 self._subscribe(client, self._first.topics.ha_status)
             self._withdraw_switched_off()
             self._mark_dropped_offline()
+            with self._active_lock:  # an emit sees _connected, or its trigger is here
+                triggers, self._triggers = self._triggers, []
+            for topic, trigger in triggers:
+                self._side(topic, trigger, retain=False)
         self._q.put(("wake", None, None))
 
     def _subscribe(self, client: mqtt.Client, topic: str) -> None:
