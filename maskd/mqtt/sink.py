@@ -28,6 +28,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from maskd import __version__
 from maskd.clock import Uptime, local_iso
@@ -794,7 +795,9 @@ class MqttSink(EventSink):
                 # published again with the next frame: a broker that lost its retained
                 # messages (restarted without persistence) must get them back
                 cam.violations = cam.faces = cam.last_state = None
-                self._subscribe(client, cam.topics.detect_set)
+                # retain as published (MQTT 5): a retained command sent while maskd runs
+                # keeps its flag and is ignored as it is at a start, not obeyed until then
+                self._subscribe(client, cam.topics.detect_set, retain_as_published=True)
             if self._mq.discovery:
                 self._publish_discovery()
                 self._subscribe(client, self._first.topics.ha_status)
@@ -806,9 +809,14 @@ class MqttSink(EventSink):
                 self._side(topic, trigger, retain=False)
         self._q.put(("wake", None, None))
 
-    def _subscribe(self, client: mqtt.Client, topic: str) -> None:
+    def _subscribe(self, client: mqtt.Client, topic: str, retain_as_published: bool = False
+                   ) -> None:
         """Subscribe (QoS 1), remembering the topic until the broker's SUBACK says yes or no."""
-        rc, mid = client.subscribe(topic, qos=1)
+        if retain_as_published and client.protocol == mqtt.MQTTv5:
+            rc, mid = client.subscribe(topic, options=SubscribeOptions(
+                qos=1, retainAsPublished=True))
+        else:
+            rc, mid = client.subscribe(topic, qos=1)
         if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
             with self._side_lock:
                 self._sub_topics[mid] = topic
