@@ -272,16 +272,29 @@ class LiveSource:
                     break
                 bad: BadFrame | None = None
                 failure = "read failed (device unplugged or stream dropped)"  # when not ok
+                began = time.monotonic()
+                raised = False
                 try:
                     ok, raw = cap.read()
                 except BadFrame as err:  # a frame came, one that cannot be decoded: skipped
                     ok, raw, bad = True, None, err
                 except Exception as err:  # a device driver can raise anything
-                    ok, raw = False, None
+                    ok, raw, raised = False, None, True
                     self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
                               type(err).__name__, err)
                     failure = f"read raised {type(err).__name__}: {err}"
             ts, since_boot = system_clock()
+            if not ok and not raised and self._skippable(began):
+                # A damaged frame in a stream that goes on (OpenCV's read says False for an
+                # MJPEG part that does not decode): skipped, as one to_bgr refuses. Dropping
+                # the connection at each took the camera for lost, and one such frame every
+                # few seconds grew the backoff towards reopen_max_s.
+                self.stats["read_errors"] += 1
+                self._bad_in_a_row += 1
+                self._say(logging.WARNING, "corrupt", "%s: frame skipped: a read that failed at "
+                          "once (a damaged frame?) (%d in a row)",
+                          frame_line_name(self.name, self.camera), self._bad_in_a_row)
+                continue
             if not ok:
                 self.stats["read_errors"] += 1
                 self._say(logging.WARNING, "failed",
@@ -314,6 +327,13 @@ class LiveSource:
             return frame
         self._release()
         return None
+
+    def _skippable(self, began: float) -> bool:
+        """Whether a failed read is a damaged frame to skip: it returned well before the stream
+        time-out (a stall's read waits that out), and fewer than MAX_CORRUPT_IN_A_ROW bad frames
+        in a row (a closed stream or an unplugged device fails at once, every time)."""
+        return (self._bad_in_a_row + 1 < MAX_CORRUPT_IN_A_ROW
+                and time.monotonic() - began < STREAM_TIMEOUT_MS / 2000)
 
     def _is_frozen(self, image: np.ndarray, ts: float) -> bool:
         """Whether this frame shows the picture that has not changed for frozen_after_s (the

@@ -50,8 +50,11 @@ class IpCamera:
     ``back``."""
 
     def __init__(self, render: Callable[[int], np.ndarray], fps: float = 15.0,
-                 quality: int = 90) -> None:
+                 quality: int = 90, damage_every: int = 0) -> None:
+        """``damage_every`` N > 0: every Nth frame goes out damaged (its bytes after the JPEG
+        header replaced by noise, as a lost packet or a failing encoder leaves it)."""
         self.render, self.fps, self.quality = render, fps, quality
+        self.damage_every = damage_every
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
         self.t0, self.t0_wall = time.monotonic(), time.time()
@@ -159,6 +162,9 @@ class IpCamera:
                 ok, jpg = cv2.imencode(".jpg", self.render(i),
                                        [cv2.IMWRITE_JPEG_QUALITY, self.quality])
                 data = jpg.tobytes() if ok else b""
+                if self.damage_every and i % self.damage_every == 0:
+                    noise = np.random.default_rng(i).integers(0, 256, len(data), np.uint8)
+                    data = data[:200] + noise.tobytes()[200:]
             with self._cond:
                 self._frame = (i, data)
                 self._cond.notify_all()
