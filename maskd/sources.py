@@ -297,9 +297,10 @@ class LiveSource:
                 continue
             if not ok:
                 self.stats["read_errors"] += 1
-                self._say(logging.WARNING, "failed",
-                          "%s: read failed (device unplugged or stream dropped); reopening",
-                          self.name)
+                if self._bad_in_a_row and not raised:  # a stream of nothing but damaged frames?
+                    failure = (f"read failed {self._bad_in_a_row + 1} times in a row (damaged "
+                               "frames, or the device unplugged or the stream dropped)")
+                self._say(logging.WARNING, "failed", "%s: %s; reopening", self.name, failure)
                 self._drop(cap, failure, self._last_frame_at)
                 continue
             try:
