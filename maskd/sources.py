@@ -937,16 +937,38 @@ class _Picamera2Capture:
             self._cam.close()
 
 
-def picamera2_available() -> bool:
-    """True when picamera2 imports and reports at least one camera."""
+AUTO_DEVICE = "/dev/video0"  # what `auto` reads when there is no Pi camera
+
+
+def picamera2_available() -> tuple[bool, str | None]:
+    """(whether picamera2 imports and reports at least one camera, why it is broken if it is):
+    not installed is no fault (a USB camera's Pi, any other Linux box); installed but not
+    importable (a numpy of the wrong major version in the venv) or unable to list its cameras
+    is, and passing over it without a word sent people to check the camera's cable."""
     try:
         from picamera2 import Picamera2
-    except Exception:  # ImportError, or libcamera missing underneath
-        return False
+    except ModuleNotFoundError as err:
+        if err.name == "picamera2":
+            return False, None
+        return False, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
+    except Exception as err:  # libcamera missing underneath, a binary mismatch
+        return False, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
     try:
-        return len(Picamera2.global_camera_info()) > 0
-    except Exception:
-        return False
+        return len(Picamera2.global_camera_info()) > 0, None
+    except Exception as err:
+        return False, f"picamera2 cannot list the cameras ({type(err).__name__}: {err})"
+
+
+def _noting(opener: Opener, note: str) -> Opener:
+    """``opener`` whose failures also say ``note`` (why the Pi camera was not used)."""
+
+    def open_capture() -> Capture:
+        try:
+            return opener()
+        except SourceError as err:
+            raise SourceError(f"{err}; the Pi camera was not tried: {note}") from None
+
+    return open_capture
 
 
 def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = False,
@@ -1059,8 +1081,15 @@ def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
     # auto
     if cfg.uri:
         return _open_uri(cfg.uri, cfg, camera)
-    if picamera2_available():
+    found, broken = picamera2_available()
+    if found:
         log.info("source auto: using the Pi camera (picamera2)")
         return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg, camera=camera)
-    log.info("source auto: no Pi camera; using /dev/video0")
-    return live_source("/dev/video0", opencv_opener("/dev/video0", cfg), cfg, camera=camera)
+    opener = opencv_opener(AUTO_DEVICE, cfg)
+    if broken:
+        log.warning("source auto: %s (maskd doctor's packages line; `sudo deploy/install.sh` "
+                    "puts the tested versions back); using %s", broken, AUTO_DEVICE)
+        opener = _noting(opener, broken)
+    else:
+        log.info("source auto: no Pi camera; using %s", AUTO_DEVICE)
+    return live_source(AUTO_DEVICE, opener, cfg, camera=camera)

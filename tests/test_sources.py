@@ -680,6 +680,34 @@ def test_network_cameras_waiting_their_turn_to_open_are_not_taken_for_hung(monke
     assert not looked_hung, f"cameras {sorted(looked_hung)} looked hung while waiting to open"
 
 
+def test_auto_says_why_a_broken_picamera2_was_passed_over(tmp_path, monkeypatch, caplog):
+    """`source.kind: auto` on a Pi whose picamera2 is installed but does not import (a numpy of
+    the wrong major version in the venv: `numpy.dtype size changed`) fell back to /dev/video0
+    without a word: the journal and doctor said '/dev/video0 does not exist (camera
+    unplugged?)', and the technician went to check the ribbon cable."""
+    import maskd.sources
+
+    fake = tmp_path / "site" / "picamera2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    missing = tmp_path / "video0"  # a /dev/video0 that is not there, wherever this runs
+    monkeypatch.setattr(maskd.sources, "AUTO_DEVICE", str(missing), raising=False)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = open_source(SourceConfig(reopen_min_s=0.05, reopen_max_s=0.05))
+        try:
+            deadline = time.monotonic() + 5
+            while not src.stats.get("camera_lost_why") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            why = src.stats["camera_lost_why"]
+        finally:
+            src.close()
+    assert "picamera2 cannot be imported (ValueError: numpy.dtype size changed" in caplog.text
+    assert "picamera2 cannot be imported" in why, why
+
+
 def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
     """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
     import sys
