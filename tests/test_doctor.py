@@ -88,11 +88,36 @@ def test_broker_down_and_state_dir_missing(tmp_path):
     from mqtt_broker import free_port
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"state_dir: {tmp_path / 'nope'}\nsource: {{kind: demo}}\n"
+    (tmp_path / "afile").write_text("")
+    cfg.write_text(f"state_dir: {tmp_path / 'afile' / 'nope'}\nsource: {{kind: demo}}\n"
                    f"mqtt: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\n")
     got = rows(doctor(cfg).stdout)
     assert got["broker"][0] == "FAIL" and "Connection refused" in got["broker"][1]
-    assert got["state dir"][0] == "FAIL" and "does not exist" in got["state dir"][1]
+    assert got["state dir"][0] == "FAIL" and "cannot be created" in got["state dir"][1]
+
+
+@pytest.mark.parametrize("where", ["missing", "a file"])
+def test_the_state_dir_row_says_what_run_does(tmp_path, where):
+    """doctor and run agree on the state dir: one that does not exist but can be made is made
+    by run (doctor said FAIL 'does not exist', check-config OK and run worked); a file in its
+    place stops run (exit 78, 'File exists'), and doctor called it missing."""
+    from mqtt_broker import free_port
+
+    d = tmp_path / "state" / "deeper"
+    if where == "a file":
+        d.parent.mkdir()
+        d.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {d}\nsource: {{kind: demo}}\n"
+                   f"mqtt: {{url: 'mqtt://127.0.0.1:{free_port()}'}}\n")
+    verdict, detail = rows(doctor(cfg).stdout)["state dir"]
+    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                             capture_output=True, text=True)
+    if where == "missing":
+        assert (verdict, checked.returncode) == ("--", 0) and "run creates it" in detail
+    else:
+        assert (verdict, checked.returncode) == ("FAIL", 78), (detail, checked.stderr)
+        assert "File exists" in detail and "File exists" in checked.stderr
 
 
 def test_a_broker_that_takes_the_connection_and_says_nothing_is_called_stuck(tmp_path):

@@ -40,7 +40,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
-from maskd.files import CardWatch, depends_on_user
+from maskd.files import CardWatch, cannot_create, depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
     EDGETPU_LIB,
@@ -311,13 +311,16 @@ class Doctor:
         mqtt = bool(self.cfg.mqtt.url)
         bad, use = (FAIL, "MQTT outbox, open violations") if mqtt else (WARN, "open violations")
         if not d.is_dir():
-            there = next((up for up in d.absolute().parents if up.is_dir()), None)
-            if not mqtt and there is not None and os.access(there, os.W_OK):
-                self.add("state dir", INFO, f"{d} does not exist yet: run creates it at the first "
-                         f"violation ({use})", required=False)
+            # run's rule (cannot_create, as check-config): a folder it can make is no fault
+            err = cannot_create(d, True)
+            if err is None:
+                self.add("state dir", INFO, f"{d} does not exist yet: run creates it ({use})",
+                         required=False)
                 return
-            self.add("state dir", bad, f"{d} does not exist (the unit's StateDirectory= creates "
-                     "it; or mkdir it, owned by the service user)", required=mqtt)
+            hint = (" (the unit's StateDirectory= creates it; or mkdir it, owned by the service "
+                    "user)" if depends_on_user(err) else "")
+            self.add("state dir", bad, f"{d} cannot be created: {err.strerror or err}{hint} "
+                     f"({use})", required=mqtt)
             return
         try:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
