@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,6 +261,34 @@ def test_camera_row_says_why_no_frame_came(tmp_path, monkeypatch):
     (check,) = d.checks
     assert check.verdict == doc.FAIL and "cannot open" in check.detail, check.detail
     assert "retrying" not in check.detail  # doctor has stopped trying by then
+
+
+def test_a_camera_that_stalls_during_the_timing_is_a_warning(tmp_path, monkeypatch):
+    """A network camera that stops sending while doctor times the loop: the timing row said
+    OK with the frames it got (36 of 200), and nothing said the camera went quiet."""
+    import logging
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+    from maskd.demo import DemoSource
+    from tools.ipcamera import IpCamera
+
+    demo = DemoSource()
+    monkeypatch.setattr(doc, "CAMERA_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.ERROR)
+    with IpCamera(lambda i: demo.render(i % demo.frames_per_pass)) as cam:
+        cfg = write_cfg(tmp_path, "detector: {kind: blazeface}\n")
+        cfg.write_text(cfg.read_text().replace("{kind: demo}", f"{{kind: opencv, uri: '{cam.url}'}}"))
+        d = doc.Doctor(load_config(cfg), 200)
+        d.classifier_check()
+        d.detector_check()
+        d.camera()
+        threading.Timer(1.0, cam.stall).start()
+        d.timing()
+        d.source.close()
+    timing, = (c for c in d.checks if c.name == "timing")
+    assert timing.verdict == doc.WARN, timing.detail
+    assert "of 200 frames" in timing.detail and "no frame for 2 s" in timing.detail
 
 
 def test_scan_models_row(tmp_path):

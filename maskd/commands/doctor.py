@@ -584,10 +584,15 @@ class Doctor:
         pipe = Pipeline(self.cfg, self.detector, self.classifier)
         ms: dict[str, list[float]] = {"capture": [], "detect": [], "classify": [], "track": []}
         frame, faces = self.first_frame, 0
+        short = ""  # why fewer frames than asked for were timed; a stall is a warning
         for i in range(self.frames):
             if i:
                 t0 = time.perf_counter()
                 done, nxt = in_thread(self.source.read, CAMERA_TIMEOUT_S)
+                if not done:
+                    short = f"the camera gave no frame for {CAMERA_TIMEOUT_S:.0f} s"
+                elif isinstance(nxt, BaseException):
+                    short = f"the camera failed: {_err(nxt)}"
                 if not done or nxt is None or isinstance(nxt, BaseException):
                     break
                 ms["capture"].append((time.perf_counter() - t0) * 1e3)
@@ -605,8 +610,9 @@ class Doctor:
         per_face = (time.perf_counter() - t0) / 5 * 1e3
         mean = {k: (sum(v) / len(v) if v else 0.0) for k, v in ms.items()}
         loop = mean["detect"] + mean["classify"] + mean["track"]
-        self.add("timing", OK if n else WARN,
-                 f"{n} frames, mean ms: capture {mean['capture']:.1f}, detect {mean['detect']:.1f}, "
+        stopped = f"; stopped after {n} of {self.frames} frames: {short}" if short else ""
+        self.add("timing", OK if n and not short else WARN,
+                 f"{n} frames{stopped}, mean ms: capture {mean['capture']:.1f}, detect {mean['detect']:.1f}, "
                  f"classify {mean['classify']:.1f} ({faces} faces), track {mean['track']:.1f}; "
                  f"classifier {per_face:.1f} ms/face; ~{1000 / max(loop, 1e-3):.0f} fps without capture",
                  required=False)
