@@ -828,13 +828,66 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
         else:  # a stream: bounded open/read time so a dead server does not hang the grabber
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            began = time.monotonic()
             cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"OpenCV cannot open {shown_uri(uri)}")
+            # asked only of a camera that answered at once: a stalled one waited out the
+            # time-out already, and other cameras' opens wait their turn behind this one
+            answered = not _is_device(uri) and time.monotonic() - began < STREAM_TIMEOUT_MS / 2000
+            answer = (http_answer(uri) if answered and uri.lower().startswith(
+                ("http://", "https://")) else None)
+            raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
+                              + (f": {answer}" if answer else ""))
         return cap
 
     return open_capture
+
+
+HTTP_PROBE_S = 3.0  # on top of the open's own time-out, within RECONNECT_STALL_S
+
+
+def http_answer(uri: str) -> str | None:
+    """What an HTTP camera that OpenCV could not open answers, in a technician's words (a
+    login refused, a wrong path, a web page where the stream was expected), or None when that
+    says nothing more (no answer: the open's own failure stands). OpenCV hides FFmpeg's
+    'HTTP error 401', so doctor and the journal could not tell a wrong password from a dead
+    camera."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = host if ":" not in host else f"[{host}]"
+    netloc += f":{parts.port}" if parts.port else ""
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    login = parts.username is not None
+    logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    if login:  # Basic or Digest, whichever the camera asks for (FFmpeg does both)
+        logins.add_password(None, url, urllib.parse.unquote(parts.username or ""),
+                            urllib.parse.unquote(parts.password or ""))
+    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(logins),
+                                         urllib.request.HTTPDigestAuthHandler(logins))
+    try:
+        with opener.open(url, timeout=HTTP_PROBE_S) as r:
+            kind = r.headers.get_content_type()
+    except urllib.error.HTTPError as err:
+        what = f"HTTP {err.code} {err.reason}"
+        if err.code in (401, 403):
+            return (f"{what}: the camera refuses this user name and password (source.uri's "
+                    "user:password@)" if login else f"{what}: the camera asks for a login: put "
+                    "user:password@ in source.uri")
+        if err.code == 404:
+            return f"{what}: no stream at that path (the camera's manual names its MJPEG URL)"
+        return what
+    except (OSError, ValueError):
+        return None  # refused, no answer, a name that does not resolve: said by the open
+    if kind.startswith(("multipart/", "image/", "video/", "application/octet-stream")):
+        return None
+    page = "an HTML page" if kind == "text/html" else "a document"
+    return (f"it answers with {page} ({kind}), not a video stream: a login or settings page? "
+            "the stream's URL is another (the camera's manual names it)")
 
 
 # How each main-stream format picamera2 can hand out becomes BGR, for the array its

@@ -624,6 +624,47 @@ def test_a_damaged_frame_from_a_network_camera_is_skipped_not_a_lost_camera(capl
     assert "reopening" not in caplog.text and "frame skipped" in caplog.text
 
 
+def test_a_network_camera_that_answers_but_gives_no_stream_says_what_it_answered():
+    """A wrong password, a wrong path, a login page: OpenCV says only that it cannot open the
+    URL, and doctor, the journal and the status line said 'cannot open (OpenCV cannot open
+    URL)' for each, as for a dead camera. The camera's HTTP answer says which it is."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from maskd.sources import opencv_opener
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            code, kind = {"/login": (401, "text/html"), "/nope": (404, "text/html"),
+                          "/": (200, "text/html; charset=utf-8")}[self.path.split("?")[0]]
+            body = b"<html>camera</html>"
+            self.send_response(code)
+            if code == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for url, said in ((f"http://admin:S3cret@127.0.0.1:{server.server_address[1]}/login",
+                           "HTTP 401 Unauthorized: the camera refuses this user name and password"),
+                          (f"{base}/login", "HTTP 401 Unauthorized: the camera asks for a login"),
+                          (f"{base}/nope", "HTTP 404 Not Found: no stream at that path"),
+                          (f"{base}/", "an HTML page (text/html), not a video stream")):
+            with pytest.raises(SourceError) as err:
+                opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+            assert said in str(err.value), str(err.value)
+            assert "S3cret" not in str(err.value)
+    finally:
+        server.shutdown()
+
+
 def test_a_password_in_a_network_cameras_query_stays_out_of_logs(monkeypatch, caplog):
     """A camera that takes its login in the query (``?user=admin&pwd=...``) is opened with it,
     and the journal sees ``pwd=***`` when the camera goes away."""
