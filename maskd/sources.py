@@ -815,6 +815,7 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
     def open_capture() -> Capture:
         import cv2
 
+        began = time.monotonic()
         if _is_device(uri):
             if uri.startswith("/dev/") and not Path(uri).exists():
                 raise SourceError(f"{uri} does not exist (camera unplugged?)")
@@ -828,7 +829,6 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
         else:  # a stream: bounded open/read time so a dead server does not hang the grabber
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-            began = time.monotonic()
             cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
