@@ -906,6 +906,32 @@ def test_a_refusal_for_an_exceeded_quota_says_so_and_is_delivered_once_it_allows
         relay.close()
 
 
+def test_refused_events_drain_at_the_brokers_pace_once_it_takes_them(tmp_path, monkeypatch):
+    """A week of a wrong ACL leaves thousands of refused events; once the broker takes them
+    again, the timed retry offered one window (50) every REFUSED_RETRY_S, so 658 refused events
+    took 13 minutes (a 100 000-event outbox, 33 hours) while a reconnect's replay drains at
+    once. A retry whose window is all taken offers the next window at once; one refused again
+    waits the full interval."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "REFUSED_RETRY_S", 3.0)  # shortened for the test
+    with Broker(tmp_path / "b") as b:
+        relay = QuotaExceeded(b)
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
+                        "dev1", "cam1", tmp_path / "state")
+        for ev in script("q", 100, 0):  # 200 messages: four windows
+            sink.emit(ev)
+        assert wait_until(lambda: sink.health()["refused"] == 200, 10), sink.health()
+        time.sleep(sink_mod.REFUSED_RETRY_S + 0.5)  # a timed retry, still refused: waits again
+        relay.exceeded.clear()
+        # the next timed retry (within 3 s) and the windows after it at the broker's pace;
+        # before, four windows took four intervals (9 s and more)
+        assert wait_until(lambda: sink.health()["outbox_depth"] == 0, 5.0), sink.health()
+        assert sink.health()["refused"] == 0 and sink.health()["reconnects"] == 0
+        sink.close()
+        relay.close()
+
+
 def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(tmp_path, caplog):
     """mosquitto's `message_size_limit` answers a too-large snapshot with a PUBACK code paho
     cannot read, and paho drops the connection (Protocol error), at every crop. Was: after three

@@ -132,6 +132,11 @@ class _Sending:
     replay_upto: int = 0  # ids up to here existed before this connection: "buffered"
     next_stats: float = 0.0
     next_refused_retry: float = 0.0
+    # the refused rows a retry offered and not yet answered; all taken, the next window goes
+    # at once (a retry offered one window an interval: hours for a long refusal's backlog)
+    retrying: set[int] = field(default_factory=set)
+    retry_refused: bool = False  # one of them was refused again: wait the interval
+    retried: bool = False  # a retry is under way (its windows follow one another)
 
 
 def use_mqtt311(c: mqtt.Client) -> None:
@@ -1115,9 +1120,11 @@ class MqttSink(EventSink):
         for (row_id, topic), reason in acks:
             if reason is not None and reason.is_failure:
                 self._refuse(row_id, topic, str(reason))
+                st.retry_refused |= row_id in st.retrying
             else:
                 self._refused.pop(row_id, None)
                 self._outbox.remove(row_id)
+            st.retrying.discard(row_id)
         if acks:
             with self._acked:
                 self._acked.notify_all()
@@ -1137,10 +1144,17 @@ class MqttSink(EventSink):
                     for cam in self._cams.values():  # retained stats again on a new connection
                         cam.stats_t = float("-inf")
                     st.next_refused_retry = now + REFUSED_RETRY_S  # the replay offers them
+                    st.retrying.clear()
+                    st.retried = False
                 room = WINDOW - len(st.inflight)
-                if room > 0 and self._refused and now >= st.next_refused_retry:
+                taken = not st.retrying and not st.retry_refused and st.next_refused_retry > now
+                if room > 0 and self._refused and (now >= st.next_refused_retry or taken
+                                                   and st.retried):
                     st.next_refused_retry = now + REFUSED_RETRY_S
-                    room -= len(self._send(st, self._refused_to_retry(st)[:room]))
+                    sent = self._send(st, self._refused_to_retry(st)[:room])
+                    st.retrying, st.retry_refused = set(sent), False
+                    st.retried = bool(sent)
+                    room -= len(sent)
                 if room > 0:
                     sent = self._send(st, self._outbox.pending(after_id=st.cursor, limit=room))
                     st.cursor = sent[-1] if sent else st.cursor
