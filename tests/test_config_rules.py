@@ -709,6 +709,30 @@ def test_check_config_warns_of_a_yunet_found_nowhere_in_runs_words(tmp_path):
     assert checked.stderr == f"{path}: warning: 'detector.kind': yunet: {said}\n"
 
 
+@pytest.mark.parametrize("kind", ["yunet", "auto"])
+def test_check_config_warns_of_a_damaged_yunet_file_in_runs_words(tmp_path, kind):
+    """A YuNet file cut short (a copy that stopped half-way) under its version's name: run
+    stops on its checksum (exit 78, never restarted), and check-config, the step install.sh
+    runs before the restart, said OK; under `auto` too (the file is there, so auto takes it)."""
+    from maskd.modelfiles import KNOWN_YUNET
+
+    name = next(iter(KNOWN_YUNET.values()))
+    damaged = tmp_path / name
+    damaged.write_bytes(b"\x08" * 100_000)
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(f"detector: {{kind: {kind}}}\nsource: {{kind: demo}}\n")
+    env = {**os.environ, "MASKD_YUNET": str(damaged), PW_VAR: "s3cret"}
+    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(path),
+                          "--max-frames", "1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO, env=env)
+    assert checked.returncode == 0 and ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
+    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
+    assert "is damaged (sha256" in said, ran.stderr
+    assert checked.stderr == f"{path}: warning: 'detector.kind': {kind}: {said}\n"
+
+
 def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_path):
     """A relative path is read from the working directory: `password_file: pw` beside the
     config passed check-config run from there, then the service (in /var/lib/maskd) failed."""

@@ -57,8 +57,10 @@ def file_warnings(cfg: Config) -> list[str]:
     for key, path in cfg.model_files().items():
         if (problem := model_file_problem(path, key)) is not None:  # `run` says it so, and stops
             detector_model_said |= key == "detector.model"
+            # auto takes YuNet's file whenever it is one (run then stops on it if unreadable)
             fallback = " (auto falls back to BlazeFace)" if (
-                key == "detector.model" and cfg.detector.kind == "auto") else ""
+                key == "detector.model" and cfg.detector.kind == "auto"
+                and not os.path.isfile(path)) else ""
             out.append(f"warning: {problem}{fallback}")
     if cfg.classifier.model is None:
         from maskd.classifier import default_model_problem

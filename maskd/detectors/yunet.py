@@ -53,6 +53,19 @@ def yunet_not_found(cfg_model: Path | None = None) -> str:
             "detector kind blazeface")
 
 
+def yunet_file_problem(model: Path) -> str | None:
+    """Why OpenCV must not be handed ``model`` as YuNet (it can crash the process on a wrong
+    or damaged file), in `run`'s words, or None: not an .onnx ($MASKD_YUNET; the config's is
+    refused), damaged by its name's checksum, unreadable. Found by reading the file only."""
+    if (wrong := not_onnx(model)) is not None:
+        return f"{model}: {wrong}"
+    try:
+        damage = damaged_yunet(model)
+    except OSError as err:
+        return f"{model}: cannot read the YuNet model: {err.strerror or err}"
+    return f"{model}: {damage}" if damage else None
+
+
 class YuNet:
     """YuNet through cv2.FaceDetectorYN at a fixed input size (the frame is letterboxed into it)."""
 
@@ -69,14 +82,8 @@ class YuNet:
         self.name = "yunet"
         self.path = Path(model)
         self.input_size = input_size
-        if (wrong := not_onnx(self.path)) is not None:  # $MASKD_YUNET; the config's is refused
-            raise DetectorError(f"{model}: {wrong}")
-        try:
-            damage = damaged_yunet(self.path)
-        except OSError as err:
-            raise DetectorError(f"{model}: cannot read the YuNet model: {err.strerror or err}") from None
-        if damage:
-            raise DetectorError(f"{model}: {damage}")
+        if (problem := yunet_file_problem(self.path)) is not None:
+            raise DetectorError(problem)
         try:
             self._net = cv2.FaceDetectorYN.create(str(model), "", input_size, score_threshold,
                                                   nms_threshold, top_k)
@@ -104,6 +111,8 @@ class YuNet:
         model = find_yunet_model(cfg.model)
         if model is None:
             raise DetectorError(yunet_not_found(cfg.model))
+        if (problem := yunet_file_problem(model)) is not None:  # check-config says it too
+            raise DetectorError(problem)
         return [model]
 
     @classmethod
