@@ -143,7 +143,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
     target = dest / yunet_name(sha256)
     if target.is_file() and _sha256_there(target) == sha256:
-        return Fetched(target, changed=False)
+        return Fetched(_for_everyone(target), changed=False)
     if target.exists() and not target.is_file():  # found before the download, not after it
         what = "a folder" if target.is_dir() else "something that is not a file"
         raise FetchError("write", f"cannot write {target}: {what} is in the way")
@@ -153,8 +153,15 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
             raise FetchError("network", f"cannot download {url}: not a regular file")
     lock = -1
     try:
+        made = [d for d in (dest, *dest.parents) if not d.exists()]
         dest.mkdir(parents=True, exist_ok=True)
+        for d in made:  # the service's user reads through them, whatever this umask
+            d.chmod(0o755)
         lock = _lock_folder(dest)
+        if target.is_file() and _sha256_there(target) == sha256:  # the fetch we waited for
+            os.close(lock)
+            lock = -1
+            return Fetched(_for_everyone(target), changed=False)
         for stale in dest.glob(".fetch-*.part"):  # left by a fetch that was killed (SIGTERM)
             stale.unlink(missing_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
@@ -209,6 +216,20 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         tmp.unlink(missing_ok=True)
         os.close(lock)
     return Fetched(target, changed=True)
+
+
+def _for_everyone(target: Path) -> Path:
+    """``target`` readable by every user (the service runs as its own): one already there
+    with its owner's bits only was 'unchanged (sha256 ok)', and run stopped on it."""
+    mode = target.stat().st_mode & 0o777
+    if mode & 0o444 != 0o444:
+        try:
+            target.chmod(mode | 0o444)
+        except OSError as err:
+            raise FetchError("write", f"{target} is readable by its owner only (mode "
+                             f"{mode:o}), and this user cannot change that: "
+                             f"{err.strerror or err}") from None
+    return target
 
 
 def _lock_folder(dest: Path) -> int:

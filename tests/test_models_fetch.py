@@ -411,3 +411,49 @@ def test_a_dangling_link_or_folder_by_a_yunet_name_is_passed_over(tmp_path):
     assert modelfiles.find_yunet((tmp_path,)) == good
     good.unlink()
     assert modelfiles.find_yunet((tmp_path,)) is None  # auto falls back to BlazeFace
+
+
+def test_a_fetch_that_waited_for_another_takes_its_file(tmp_path):
+    """A second fetch into the folder waits for the first's lock; the first saved the checked
+    file meanwhile: the second took it (was: it downloaded it all again, or failed on a
+    network the file no longer needed, exit 69)."""
+    body = b"a YuNet's bytes"
+    sha = hashlib.sha256(body).hexdigest()
+    dest = tmp_path / "models"
+    dest.mkdir()
+    lock = modelfiles._lock_folder(dest)  # the first fetch, downloading
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(modelfiles.fetch_yunet(
+        dest, "http://127.0.0.1:1/none.onnx", sha, timeout=2.0)))
+    waiting.start()
+    time.sleep(0.3)
+    (dest / modelfiles.yunet_name(sha)).write_bytes(body)  # what the first saved
+    os.close(lock)
+    waiting.join(10)
+    assert got and got[0].changed is False and got[0].path == dest / modelfiles.yunet_name(sha)
+
+
+def test_the_file_and_folders_a_fetch_leaves_are_readable_by_the_service(tmp_path):
+    """The service runs as its own user: a file already there but readable by its owner only
+    was 'unchanged (sha256 ok)' and left so, and folders the fetch made under `umask 077` kept
+    everyone else out (run then stopped: Permission denied)."""
+    body = b"a YuNet's bytes"
+    sha = hashlib.sha256(body).hexdigest()
+    there = tmp_path / "there"
+    there.mkdir()
+    target = there / modelfiles.yunet_name(sha)
+    target.write_bytes(body)
+    target.chmod(0o600)
+    assert modelfiles.fetch_yunet(there, "http://127.0.0.1:1/x.onnx", sha).changed is False
+    assert target.stat().st_mode & 0o777 == 0o644
+
+    src = tmp_path / "www" / "x.onnx"
+    src.parent.mkdir()
+    src.write_bytes(body)
+    old = os.umask(0o077)
+    try:
+        made = modelfiles.fetch_yunet(tmp_path / "a" / "b", src.as_uri(), sha)
+    finally:
+        os.umask(old)
+    assert made.changed and made.path.stat().st_mode & 0o777 == 0o644
+    assert all(d.stat().st_mode & 0o777 == 0o755 for d in (tmp_path / "a", tmp_path / "a" / "b"))
