@@ -262,6 +262,16 @@ def test_yunet_download_is_sha256_checked(tmp_path):
     gone = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{tmp_path}/none.onnx",
               "--yunet-sha256", "1" * 64)  # not there yet: fetched, and the file is not found
     assert gone.returncode == 69 and "YuNet not installed (see above)" in gone.stderr
+    # the rest of the install went on (was: it stopped before the config, the unit and the
+    # udev rule, its last line about YuNet alone), and the end says how maskd detects now
+    fresh = tmp_path / "fresh"
+    cut = sh(INSTALL, "--root", fresh, "--no-start", "--yunet-url",
+             f"file://{tmp_path}/none.onnx", "--yunet-sha256", "1" * 64)
+    assert cut.returncode == 69, cut.stderr
+    assert (fresh / "etc/maskd/config.yaml").is_file()
+    assert (fresh / "etc/systemd/system/maskd.service").is_file()
+    last = cut.stderr.strip().splitlines()[-1]
+    assert "YuNet not installed" in last and "BlazeFace" in last, cut.stderr
     url = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", "ftp://x/y.onnx")
     assert url.returncode == 2, url.stderr
 
