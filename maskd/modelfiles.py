@@ -142,6 +142,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     if not SHA256_RE.fullmatch(sha256):
         raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
     target = dest / yunet_name(sha256)
+    shown = _without_password(url)  # what the lines name: the terminal and logs see them
     if target.is_file() and _sha256_there(target) == sha256:
         return Fetched(_for_everyone(target), changed=False)
     if target.exists() and not target.is_file():  # found before the download, not after it
@@ -150,7 +151,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     if url.startswith("file:"):  # a named pipe would hang the open itself, beyond --timeout
         local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         if local.exists() and not local.is_file():
-            raise FetchError("network", f"cannot download {url}: not a regular file")
+            raise FetchError("network", f"cannot download {shown}: not a regular file")
     lock = -1
     try:
         made = [d for d in (dest, *dest.parents) if not d.exists()]
@@ -184,29 +185,29 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
                         h.update(block)
                         size += len(block)
                         if size > MAX_BYTES:
-                            raise FetchError("network", f"cannot download {url}: more than "
+                            raise FetchError("network", f"cannot download {shown}: more than "
                                              f"{MAX_BYTES >> 20} MiB, not a YuNet model")
                         if time.monotonic() > deadline:
-                            raise FetchError("network", f"cannot download {url}: not done after "
+                            raise FetchError("network", f"cannot download {shown}: not done after "
                                              f"{DEADLINE_TIMEOUTS * timeout:g} s ({DEADLINE_TIMEOUTS} x --timeout)"
                                              f"; {size} bytes came")
             except http.client.HTTPException as err:  # a cut body, an answer that is not HTTP
                 said = " ".join(str(err).split())  # one line, whatever the server sent
-                raise FetchError("network", f"cannot download {url}: {type(err).__name__}: "
+                raise FetchError("network", f"cannot download {shown}: {type(err).__name__}: "
                                             f"{said}") from None
             except (urllib.error.URLError, OSError, ValueError) as err:
                 reason = getattr(err, "reason", None) or err
-                raise FetchError("network", f"cannot download {url}: {reason}") from None
+                raise FetchError("network", f"cannot download {shown}: {reason}") from None
         finally:
             os.close(fd)
         if promised and promised.isdigit() and size < int(promised):
             # http.client ends a body cut short as if it were complete
-            raise FetchError("network", f"cannot download {url}: the connection closed after "
+            raise FetchError("network", f"cannot download {shown}: the connection closed after "
                                         f"{size} of {promised} bytes")
         got = h.hexdigest()
         if got != sha256:
             raise FetchError("checksum", f"YuNet sha256 mismatch: got {got} ({size} bytes from "
-                                         f"{url}), expected {sha256}; nothing installed")
+                                         f"{shown}), expected {sha256}; nothing installed")
         try:
             tmp.chmod(0o644)
             os.replace(tmp, target)
@@ -216,6 +217,15 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         tmp.unlink(missing_ok=True)
         os.close(lock)
     return Fetched(target, changed=True)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with a password in it (``user:pw@``) replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _for_everyone(target: Path) -> Path:

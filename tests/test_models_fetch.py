@@ -457,3 +457,11 @@ def test_the_file_and_folders_a_fetch_leaves_are_readable_by_the_service(tmp_pat
         os.umask(old)
     assert made.changed and made.path.stat().st_mode & 0o777 == 0o644
     assert all(d.stat().st_mode & 0o777 == 0o755 for d in (tmp_path / "a", tmp_path / "a" / "b"))
+
+
+def test_a_password_in_the_url_stays_out_of_the_message(tmp_path):
+    """A URL with user:password@ that fails: the line named the URL whole, password and all."""
+    with pytest.raises(modelfiles.FetchError) as err:
+        modelfiles.fetch_yunet(tmp_path, "http://admin:S3cret@127.0.0.1:1/x.onnx", "1" * 64,
+                               timeout=2.0)
+    assert "S3cret" not in str(err.value) and "admin:***@127.0.0.1:1" in str(err.value)
