@@ -3,7 +3,7 @@
 The way Frigate's motion detector works, made small: each frame is shrunk to a few dozen rows
 of grey (``prepare``), compared with a running average of the previous frames (the background,
 ``cv2.accumulateWeighted``), and the pixels that differ by more than ``threshold`` grey levels
-are counted (``moving_share``). A frame moves when that share reaches ``min_area``.
+(less in a dim scene: ``scaled_threshold``) are counted (``moving_share``). A frame moves when that share reaches ``min_area``.
 
 ``MotionGate.should_detect`` says whether a frame needs the face detector: always while
 something moves or a track is alive (someone is there, perhaps standing still; the pipeline
@@ -17,12 +17,21 @@ Pure numpy/cv2, no other maskd module: the pipeline owns the gate and counts wha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+Polygon = Sequence[tuple[float, float]]  # corners as shares of the frame's width and height
+
 MAX_ASPECT = 4  # prepared frames are at most this many times wider than tall
+# The threshold is for a lit scene: in a dim one every difference is smaller (a person walking
+# into a hall of mean grey 36 changed the shrunken grey by under 25 levels, and was found only
+# at the idle frame). Below BRIGHT_GREY of mean background it shrinks in proportion, down to
+# MIN_SCALE of itself (shrinking and blurring average a dim sensor's noise away).
+BRIGHT_GREY = 100.0
+MIN_SCALE = 0.25
 
 
 def prepare(image_bgr: np.ndarray, height: int) -> np.ndarray:
@@ -41,10 +50,38 @@ def prepare(image_bgr: np.ndarray, height: int) -> np.ndarray:
     return cv2.GaussianBlur(grey, (3, 3), 0).astype(np.float32)
 
 
-def moving_share(grey: np.ndarray, background: np.ndarray, threshold: float) -> float:
+def moving_share(grey: np.ndarray, background: np.ndarray, threshold: float,
+                 watched: np.ndarray | None = None) -> float:
     """Share (0..1) of pixels whose grey level differs from the background by more than
-    ``threshold``."""
-    return float(np.count_nonzero(np.abs(grey - background) > threshold)) / grey.size
+    ``threshold``; with ``watched`` (a bool mask), of the watched pixels only."""
+    moved = np.abs(grey - background) > threshold
+    if watched is None:
+        return float(np.count_nonzero(moved)) / grey.size
+    return float(np.count_nonzero(moved & watched)) / max(1, int(np.count_nonzero(watched)))
+
+
+def watched_mask(shape: tuple[int, int], include: Sequence[Polygon] | None,
+                 ignore: Sequence[Polygon]) -> np.ndarray | None:
+    """Where motion counts in a prepared frame of ``shape``: inside an include zone (all of it
+    without one) and outside every ignore zone, as faces count (maskd.zones); None for all.
+    A screen in an ignore zone held the detector on in front of an empty door."""
+    if include is None and not ignore:
+        return None
+    h, w = shape
+
+    def fill(polygons: Sequence[Polygon]) -> np.ndarray:
+        canvas = np.zeros((h, w), np.uint8)
+        for p in polygons:
+            cv2.fillPoly(canvas, [np.array([(x * w, y * h) for x, y in p], np.int32)], 1)
+        return canvas.astype(bool)
+
+    watched = fill(include) if include is not None else np.ones((h, w), bool)
+    return watched & ~fill(ignore) if ignore else watched
+
+
+def scaled_threshold(threshold: float, background: np.ndarray) -> float:
+    """``threshold`` for a scene as bright as ``background`` (see BRIGHT_GREY)."""
+    return threshold * min(1.0, max(MIN_SCALE, float(background.mean()) / BRIGHT_GREY))
 
 
 def update_background(background: np.ndarray, grey: np.ndarray, alpha: float) -> None:
@@ -65,7 +102,10 @@ class MotionGate:
     """Decides per frame whether the face detector must run (see the module docstring)."""
 
     def __init__(self, threshold: float = 25.0, min_area: float = 0.001, height: int = 90,
-                 alpha: float = 0.05, idle_every: int = 15) -> None:
+                 alpha: float = 0.05, idle_every: int = 15,
+                 include: Sequence[Polygon] | None = None, ignore: Sequence[Polygon] = ()) -> None:
+        self._zones = (include, ignore)
+        self._watched: tuple[tuple[int, int], np.ndarray | None] | None = None  # per shape
         self.threshold = float(threshold)
         self.min_area = float(min_area)
         self.height = int(height)
@@ -84,7 +124,10 @@ class MotionGate:
             self._background = grey.copy()
             self.share = 1.0  # nothing to compare with: treat as motion
             return True
-        self.share = moving_share(grey, bg, self.threshold)
+        if self._watched is None or self._watched[0] != grey.shape:
+            self._watched = (grey.shape, watched_mask(grey.shape, *self._zones))
+        self.share = moving_share(grey, bg, scaled_threshold(self.threshold, bg),
+                                  self._watched[1])
         update_background(bg, grey, self.alpha)
         return self.share >= self.min_area
 

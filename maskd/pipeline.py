@@ -200,7 +200,9 @@ class Pipeline:
         self._size_log = RateLimitedLog(log)
         self._intervals: deque[float] = deque(maxlen=GAP_HISTORY)
         m = cfg.motion
-        self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
+        # motion counts where faces count: a screen in an ignore zone held the detector on
+        self.motion = (MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every,
+                                  include=cfg.zones.include, ignore=cfg.zones.ignore)
                        if m.enabled else None)
 
     def _reuse(self, track: Track, box: Box, seq: int) -> float | None:
