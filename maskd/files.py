@@ -6,8 +6,8 @@ and refuses anything but a regular file; ``read_limited`` also takes a pipe that
 so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes under a hidden
 temporary name and renames, so a full disk leaves the old file or none, never a cut one
 (``write_together`` does it for a set of files);
-``append_line`` adds a line whole or cuts it back (the JSON lines sink, scan's and classify's
-output). ``cannot_create`` says why a folder or file `run` would make could not be made, without
+``append_line`` adds a line whole (its room taken first) or cuts it back (the JSON lines sink,
+scan's and classify's output). ``cannot_create`` says why a folder or file `run` would make could not be made, without
 making it (check-config).
 """
 
@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,13 +108,18 @@ def _read_rest(f: BinaryIO, got: bytes, limit: int) -> bytes:
 
 
 def append_line(fd: int, data: bytes) -> None:
-    """Append ``data`` whole or not at all: a write that fails part-way (a full disk) is cut
-    back, so a reader never sees half a line glued to the next one. A pipe or a terminal
-    (``/dev/stdout``) cannot be cut back; there a line is written as far as it goes."""
+    """Append ``data`` whole or not at all. Its room is taken first (``reserve``), so a full
+    disk refuses the line before a byte is written: a reader tailing the file (`tail -F`, a
+    log shipper) saw the part that fit, then the cut back as a truncated file, and read it all
+    again. Where the file system cannot reserve, a write that fails part-way is cut back, so
+    the file never holds half a line. A pipe or a terminal (``/dev/stdout``) cannot be cut back;
+    there a line is written as far as it goes."""
     try:
         start: int | None = os.lseek(fd, 0, os.SEEK_END)
     except OSError:  # ESPIPE: not a regular file
         start = None
+    if start is not None:
+        reserve(fd, start, len(data))
     view = memoryview(data)
     try:
         while view:
@@ -125,6 +131,41 @@ def append_line(fd: int, data: bytes) -> None:
             except OSError:
                 pass
         raise
+
+
+_FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: blocks taken, the file's size left as it is
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """glibc's fallocate64 (off_t is 64 bits whatever the platform), or None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+
+    def call(fd: int, mode: int, offset: int, length: int) -> int:
+        return 0 if fn(fd, mode, offset, length) == 0 else ctypes.get_errno()
+
+    return call
+
+
+_FALLOCATE = _fallocate()
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Take the disk blocks for ``length`` bytes at ``offset`` of a regular file without
+    changing its size (readers see nothing); OSError (ENOSPC) when there is no room. A file
+    system that cannot do it (or a C library without fallocate) is left to the write."""
+    if _FALLOCATE is None or length <= 0:
+        return
+    err = _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
+    if err in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        raise OSError(err, os.strerror(err))
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -259,6 +259,35 @@ def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(
             [f"id{i}" for i in range(30)]
 
 
+def test_a_reader_tailing_the_jsonl_file_on_a_full_disk_never_sees_part_of_a_line(
+        tmp_path, monkeypatch):
+    """`tail -F` on the file while the disk is full: each retry wrote the part of the line that
+    fit in the file's last block and cut it back, so the reader got half lines glued to the
+    next, and GNU tail, seeing the file truncated, read it all again from the start (every
+    earlier event again at each retry). The room is taken before a byte is written."""
+    from mqtt_broker import fill_disk, small_disk
+
+    from maskd import files
+
+    cuts: list[int] = []
+    cut = os.ftruncate
+    monkeypatch.setattr(files.os, "ftruncate", lambda fd, n: (cuts.append(n), cut(fd, n))[1])
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "events.jsonl"
+        sink = JsonlSink(str(path))
+        sink.emit(jsonl_event(0))  # a short file: most of its last page is free
+        size = path.stat().st_size
+        fill_disk(disk)
+        for i in range(1, 40):  # more than that page holds
+            sink.emit(jsonl_event(i))
+        text = path.read_text()
+        sink.close()
+    assert cuts == [], "a line was written in part and cut back"
+    assert len(text) > size and text.endswith("\n")  # whole lines, as far as there was room
+    assert [json.loads(x)["event_id"] for x in text.splitlines()] == \
+        [f"id{i}" for i in range(len(text.splitlines()))]
+
+
 def test_a_card_gone_read_only_is_said_as_such_by_json_lines_and_snapshots(tmp_path, caplog):
     """A failing SD card that the kernel remounts read-only: the JSON lines file and the
     snapshots on it say what that means where their write fails (was: a bare 'Read-only file
