@@ -838,3 +838,13 @@ def test_a_folder_that_is_a_link_to_nowhere_is_named_so(tmp_path, caplog):
         assert r.returncode == 0, r.stderr
         assert (f"preview.annotate_dir {link}: cannot record clips there: {says} (recorded once "
                 "it leads somewhere)") in r.stderr, r.stderr
+        assert "warning: warning:" not in r.stderr  # check-config said it twice
+    # a folder on a virtual file system never leads anywhere: exit 78, as for jsonl.path (was
+    # a warning, 'recorded once it leads somewhere', and a run without clips)
+    config.write_text("source: {kind: demo}\npreview: {annotate_dir: /proc/maskd-clips}\n")
+    for args in (("check-config", str(config)), ("run", "--config", str(config))):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 78, (args, r.stderr)
+        assert "preview.annotate_dir /proc/maskd-clips: cannot record clips there" in r.stderr
+        assert "leads somewhere" not in r.stderr

@@ -22,7 +22,6 @@ missing is a warning, as a model file is. Cameras, the Coral and the broker are 
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import pwd
 import sys
@@ -40,7 +39,7 @@ from maskd.config import (
     model_file_problem,
     shown_path,
 )
-from maskd.files import cannot_create, depends_on_user
+from maskd.files import cannot_create, dangling_link, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
@@ -166,7 +165,8 @@ def unwritable(cfg: Config) -> list[tuple[str, OSError, bool]]:
     out = []
     for path, directory, say in write_targets(cfg):
         if (err := cannot_create(path, directory)) is not None:
-            later = err.errno == errno.ENOENT and path in (
+            # a link to a stick not mounted yet leads somewhere later; /proc never does
+            later = dangling_link(path) is not None and path in (
                 cfg.snapshots.dir, *(c.preview.annotate_dir for c in cfg.cameras_resolved()))
             out.append((say(path, err.strerror or str(err)), err, later))
     return out
@@ -179,7 +179,7 @@ def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
     errors, warnings = [], []
     for line, err, later in unwritable(cfg):
         if later:
-            warnings.append(f"warning: {line} (recorded once it leads somewhere)")
+            warnings.append(f"{line} (recorded once it leads somewhere)")
         elif depends_on_user(err):
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
