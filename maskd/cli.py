@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             faulthandler.enable(all_threads=True)
     if args.command == "run":  # the service, retrying a camera for months; before cv2 loads
         env.quiet_opencv()
-    module = importlib.import_module(f"maskd.commands.{args.command.replace('-', '_')}")
     try:
+        # inside: a Ctrl-C while cv2, TFLite and pydantic load (seconds on a Pi) was a traceback
+        module = importlib.import_module(f"maskd.commands.{args.command.replace('-', '_')}")
         return int(module.main(args))
     except KeyboardInterrupt:
         return 130

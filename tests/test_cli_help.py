@@ -99,3 +99,15 @@ def test_classifier_and_performance_docs_name_the_shipped_model(capsys):
     assert "The shipped model is still 224 px" not in perf
     px = ClassifierConfig().min_face_px
     assert f"({px} px) counted but not judged" in " ".join(perf.split())
+
+
+def test_a_ctrl_c_while_the_command_loads_is_exit_130_not_a_traceback(monkeypatch):
+    """The command's module (cv2, TFLite, pydantic) loads for seconds on a Pi: a Ctrl-C then
+    was a KeyboardInterrupt traceback and death by the signal, where every command says 130."""
+    from maskd import cli
+
+    def interrupted(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["scan", "nothing-here"]) == 130
