@@ -214,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=_text, help="override camera name")
     _add_detector_args(p)
     _add_model_args(p)
-    p.add_argument("--loop", action="store_true", help="file sources: loop at the end")
-    p.add_argument("--exit-at-end", action="store_true", help="file sources: stop at the end")
+    end = p.add_mutually_exclusive_group()  # a looping source has no end to stop at
+    end.add_argument("--loop", action="store_true", help="file sources: loop at the end")
+    end.add_argument("--exit-at-end", action="store_true",
+                     help="file sources: stop at the end (not with a looping source)")
     p.add_argument("--jsonl", type=_text, help="write events as JSON lines to FILE, or - for stdout")
     p.add_argument("--annotate", type=_path, metavar="OUTDIR", help="write an annotated clip here")
     p.add_argument("--mqtt", type=_text, help="broker URL mqtt://host:port or mqtts://host:port")

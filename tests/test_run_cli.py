@@ -179,6 +179,19 @@ def test_bad_config_is_one_line_and_exit_78(tmp_path):
     assert r.returncode == 78 and "mqtt.url" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def test_exit_at_end_with_a_looping_source_is_refused_not_run_for_ever(tmp_path):
+    """`--exit-at-end` with `--loop`, or with `source.loop: true` in the config, played the clip
+    over and over until something killed it: a batch job or a one-shot unit hung."""
+    r = maskd("run", "--source", "demo", "--loop", "--exit-at-end")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr, r.stderr
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text("source: {kind: demo, loop: true}\n")
+    r = maskd("run", "--config", str(cfg), "--exit-at-end")
+    assert r.returncode == 78, r.stderr
+    assert r.stderr == ("maskd run: --exit-at-end: source.loop is true in the config: a looping "
+                        "source has no end to stop at; leave out one of them\n")
+
+
 def test_missing_model_or_source_is_exit_78(tmp_path):
     r = maskd("run", "--model", str(tmp_path / "nope.tflite"), "--source", "demo")
     assert r.returncode == 78 and "nope.tflite" in r.stderr and "Traceback" not in r.stderr

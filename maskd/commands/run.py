@@ -150,6 +150,11 @@ def run_config(args: argparse.Namespace) -> Config:
         data.setdefault("source", {}).update(src)
         cfg = parse_config(data, "command line", None if args.config is None else str(args.config),
                            ("source.kind", "source.uri"))
+    if getattr(args, "exit_at_end", False):  # it waited for an end that never came
+        looping = [k for k, src in cfg.sources() if src.loop]
+        if looping:
+            raise ConfigError(f"--exit-at-end: {looping[0]}.loop is true in the config: a looping "
+                              "source has no end to stop at; leave out one of them")
     if args.preview:
         from maskd.preview import resolve_preview_flag
 
