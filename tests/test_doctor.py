@@ -150,6 +150,8 @@ def test_bad_config_is_exit_78(tmp_path):
     r = doctor(cfg)
     assert r.returncode == 78
     assert rows(r.stdout)["config"][0] == "FAIL" and "unknown key 'sourse'" in r.stdout
+    # named on stderr as every other failure is (was: stderr empty, the reason in the table)
+    assert "unknown key 'sourse'" in r.stderr and "maskd doctor:" in r.stderr
 
 
 def test_table_and_helpers(tmp_path):

@@ -985,6 +985,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(path)
     except ConfigError as err:
         print_line(table([Check("config", FAIL, line) for line in str(err).splitlines()]))
+        for line in str(err).splitlines():  # stderr names every failure, as for exit 1
+            print(f"maskd doctor: {line}", file=sys.stderr)
         return EX_CONFIG
     checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
                     f"{DEFAULT_CONFIG_PATH})")]
