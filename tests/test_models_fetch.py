@@ -161,10 +161,20 @@ def test_unwritable_default_folder_says_how_else(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the folder should be")
     monkeypatch.setattr(cmd, "default_dest", lambda: blocker / "models")
+    monkeypatch.setattr(cmd, "SYSTEM_MODELS", blocker / "models")  # standing for /usr/share/...
+    monkeypatch.setattr(cmd.os, "geteuid", lambda: 1000)  # a user who is not root
     code, _, err = fetch(capsys, "--yunet-url", refused_url())
     assert code == 73 and "cannot write in" in err and "--dest DIR" in err and "sudo" in err
     code, _, err = fetch(capsys, "--dest", str(blocker / "models"), "--yunet-url", refused_url())
     assert code == 73 and "sudo" not in err
+    # root, or a checkout's models/ (the default there): sudo would not help, so not said
+    monkeypatch.setattr(cmd.os, "geteuid", lambda: 0)
+    code, _, err = fetch(capsys, "--yunet-url", refused_url())
+    assert code == 73 and "sudo" not in err
+    monkeypatch.setattr(cmd.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(cmd, "SYSTEM_MODELS", tmp_path / "elsewhere")
+    code, _, err = fetch(capsys, "--yunet-url", refused_url())
+    assert code == 73 and "sudo" not in err and "system folder" not in err
 
 
 BODY = bytes(range(256)) * 128  # 32 KiB standing for a model file

@@ -12,10 +12,11 @@ Imports only the standard library, so `python3 -m maskd models fetch` works with
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from maskd.commands import names_as_bytes_on_stdout, print_line
-from maskd.modelfiles import YUNET_URL, FetchError, default_dest, fetch_yunet
+from maskd.modelfiles import SYSTEM_MODELS, YUNET_URL, FetchError, default_dest, fetch_yunet
 
 EXIT = {"checksum": 65, "network": 69, "write": 73, "usage": 2}
 
@@ -33,7 +34,10 @@ def main(args: argparse.Namespace) -> int:
             print("maskd models fetch: or download that URL on a machine that can, copy it "
                   "here and run: maskd models fetch --yunet-url file:///path/to/it (checked the "
                   "same way)", file=sys.stderr)
-        if err.kind == "write" and args.dest is None:
+        # sudo helps only with the system folder, to a user who is not root (was said of a
+        # checkout's models/ too, and of a folder in the way, which sudo does not move)
+        if (err.kind == "write" and args.dest is None and dest == SYSTEM_MODELS
+                and os.geteuid() != 0):
             print(f"maskd models fetch: {dest} is the system folder the service reads; run this "
                   "as root (sudo), or pass --dest DIR and set detector.model to the file it "
                   "saves", file=sys.stderr)
