@@ -140,6 +140,8 @@ def _url(text: str) -> str:
     parts = urlsplit(_text(text))
     if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
         raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL")
+    if (why := modelfiles.url_problem(text)) is not None:  # the URL not echoed: a password
+        raise argparse.ArgumentTypeError(why)
     return text
 
 

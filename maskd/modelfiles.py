@@ -141,6 +141,8 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     """
     if not SHA256_RE.fullmatch(sha256):
         raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
+    if (why := url_problem(url)) is not None:
+        raise FetchError("usage", why)
     target = dest / yunet_name(sha256)
     shown = _without_password(url)  # what the lines name: the terminal and logs see them
     if target.is_file() and _sha256_there(target) == sha256:
@@ -217,6 +219,21 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         tmp.unlink(missing_ok=True)
         os.close(lock)
     return Fetched(target, changed=True)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be downloaded from, said without repeating it, or None: urllib sends
+    no ``user:password@`` (it took them for the host and port, and its error line held the
+    password), and a port that is no number cannot be reached."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return ("a user name or password in the URL is not sent by the download: fetch the "
+                "file another way and give it as file:///path (checked the same way)")
+    try:
+        _ = parts.port  # urllib reads it only when it connects
+    except ValueError:
+        return "the URL's port is not a number from 0 to 65535"
+    return None
 
 
 def _without_password(url: str) -> str:

@@ -469,9 +469,17 @@ def test_the_file_and_folders_a_fetch_leaves_are_readable_by_the_service(tmp_pat
     assert all(d.stat().st_mode & 0o777 == 0o755 for d in (tmp_path / "a", tmp_path / "a" / "b"))
 
 
-def test_a_password_in_the_url_stays_out_of_the_message(tmp_path):
-    """A URL with user:password@ that fails: the line named the URL whole, password and all."""
+@pytest.mark.parametrize("url", ["http://admin:S3cret@127.0.0.1:1/x.onnx",
+                                 "https://bob:S3cret@example.invalid/x.onnx"])
+def test_a_password_in_the_url_is_refused_without_repeating_it(tmp_path, capsys, url):
+    """urllib sends no user:password@: it took them for the host and port, failed, and the line
+    named the URL whole, or its error repeated the password ('nonnumeric port: S3cret@...').
+    Such a URL is a usage error that does not repeat it."""
     with pytest.raises(modelfiles.FetchError) as err:
-        modelfiles.fetch_yunet(tmp_path, "http://admin:S3cret@127.0.0.1:1/x.onnx", "1" * 64,
-                               timeout=2.0)
-    assert "S3cret" not in str(err.value) and "admin:***@127.0.0.1:1" in str(err.value)
+        modelfiles.fetch_yunet(tmp_path, url, "1" * 64, timeout=2.0)
+    assert err.value.kind == "usage" and "S3cret" not in str(err.value)
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        main(["models", "fetch", "--dest", str(tmp_path), "--yunet-url", url])
+    said = capsys.readouterr()
+    assert stop.value.code == 2 and "user name or password" in said.err
+    assert "S3cret" not in said.out + said.err
