@@ -858,9 +858,13 @@ def http_answer(uri: str) -> str | None:
     import urllib.request
 
     parts = urllib.parse.urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:  # out of range, or no number: the open's own failure says it all
+        return None
     host = parts.hostname or ""
     netloc = host if ":" not in host else f"[{host}]"
-    netloc += f":{parts.port}" if parts.port else ""
+    netloc += f":{port}" if port else ""
     url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     login = parts.username is not None
     logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()

@@ -665,6 +665,16 @@ def test_a_network_camera_that_answers_but_gives_no_stream_says_what_it_answered
         server.shutdown()
 
 
+def test_a_camera_url_with_a_port_out_of_range_is_still_cannot_open_naming_it():
+    """The HTTP probe read the URL's port outside its guard: `http://h:99999/` raised a bare
+    ValueError ('Port out of range'), not the opener's SourceError naming the URL."""
+    from maskd.sources import opencv_opener
+
+    for url in ("http://127.0.0.1:99999/video", "http://127.0.0.1:abc/video"):
+        with pytest.raises(SourceError, match="OpenCV cannot open http://127.0.0.1:"):
+            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+
+
 def test_a_password_in_a_network_cameras_query_stays_out_of_logs(monkeypatch, caplog):
     """A camera that takes its login in the query (``?user=admin&pwd=...``) is opened with it,
     and the journal sees ``pwd=***`` when the camera goes away."""
