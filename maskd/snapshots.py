@@ -318,6 +318,14 @@ class SnapshotStore:
                              f"{err.strerror or err}")
             self._index[path] = (t + step, size)
             moved += 1
+        # an earlier run's files from before the clock was set, kept as new while this run
+        # was on that clock too: their age counts from now (as _scan does), not from 1970
+        unset = [p for p, (t, _) in self._index.items() if t < CLOCK_FLOOR <= wall
+                 and p not in self._mine]
+        if unset:
+            self._from_now(unset, wall)
+            for p in unset:
+                self._index[p] = (wall, self._index[p][1])
         self._sort_index(self._index)
         log.warning("snapshots: the clock stepped %+.0f s; %d snapshot(s) written before it were "
                     "re-dated with it, so their age is kept", step, moved)

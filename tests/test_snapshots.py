@@ -310,6 +310,28 @@ def test_an_earlier_runs_snapshots_from_before_the_clock_was_set_are_kept(tmp_pa
     assert not any(p.exists() for p in unset)
 
 
+def test_an_earlier_runs_unset_clock_snapshots_are_kept_when_this_run_began_unset(tmp_path):
+    """The usual case on a Pi booting in 1970: this run starts before NTP too, so its first
+    retention sees the earlier run's files as new; then NTP steps the clock, and the next
+    retention deleted them as 56 years old (only this run's own files were re-dated)."""
+    folder = tmp_path / "snaps"
+    earlier = make_files(folder, [0.0, 0.0])
+    for p in earlier:
+        os.utime(p, (600.0, 600.0))
+    clock = SteppedClock(wall=700.0, uptime=700.0)  # the clock not set yet
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100, clock=clock)
+    store.flush(5)
+    assert all(p.exists() for p in earlier)
+    clock.run(30)
+    clock.wall = time.time()  # NTP
+    store.prune()
+    assert all(p.exists() for p in earlier)
+    clock.run(7 * DAY + 60)
+    store.prune()
+    store.close()
+    assert not any(p.exists() for p in earlier)
+
+
 def test_keep_mb_deletes_an_earlier_runs_snapshots_before_this_runs_when_the_clock_went_back(
         tmp_path):
     """A Pi without a real-time clock may run on an earlier time than the run before it (1970
