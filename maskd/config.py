@@ -1343,17 +1343,20 @@ def shown_uri(uri: str) -> str:
     """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam, or a
     secret query value, ``?pwd=``) is replaced by ***, since the journal and the status page
     are readable by more people."""
-    return redact(_PASSWORD.sub(r"\1:***@", uri))
+    return redact(_USERINFO.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", uri)))
 
 
 # A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password,
 # and so does one written with a raw # or ? in it (up to the last @: more hidden, never less).
 _PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:/*[^:/@]*):.*@", re.IGNORECASE)
+# user:password@ wherever it stands (rtsp//user:pw@cam, rtsp ://...): more hidden, never less
+_USERINFO = re.compile(r"(?<=//)([^\s:/@]+):[^@\s]*@")
 
-# A query parameter whose name says it holds a secret (``?token=``, ``password``, ``pwd``,
-# ``loginpas``, ``api_key``).
-_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s])[^=&;\s]*(?:token|pas|pwd|secret|key|auth)"
-                           r"[^=&;\s]*=)[^&;\s\"']*")
+# A parameter whose name says it holds a secret (``?token=``, ``password``, ``pwd``, ``pw``,
+# ``psw``, ``p``, ``loginpas``, ``api_key``, ``credentials``, ``sig``), in a query or in a path
+# the way some DVRs take it (``/user=admin_password=...``).
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s/_])(?:p|[^=&;\s/_]*(?:token|pas|pw|psw|secret|"
+                           r"key|auth|cred|sig)[^=&;\s/]*)=)[^&;\s\"']*")
 
 
 def redact(text: str) -> str:

@@ -480,6 +480,30 @@ def test_a_password_written_raw_or_in_a_cameras_own_parameter_stays_out_of_logs(
     assert src.name == shown and shown in caplog.text and "S3cret" not in caplog.text
 
 
+@pytest.mark.parametrize("uri", [
+    "rtsp://127.0.0.1:554/user=admin_password=Xm_S3cret_channel=1_stream=0.sdp?real_stream",
+    "http://cam/snap.cgi?user=admin&pw=S3cret", "http://cam/snap.cgi?user=admin&psw=S3cret",
+    "http://cam/snap.cgi?u=admin&p=S3cret", "http://cam/v?credentials=S3cret",
+    "https://cam/v?sig=S3cret", "rtsp//admin:S3cret@cam/x", "rtsp ://admin:S3cret@cam/x",
+])
+def test_camera_address_forms_in_use_keep_their_password_out_of_what_is_shown(uri):
+    """Forms cameras really use (an XMeye DVR's /user=admin_password=...; ?pw=, ?psw=, ?p=,
+    ?credentials=, ?sig=) and scheme typos showed the password in the journal, the status
+    line, the status page and the retained MQTT stats."""
+    from maskd.config import shown_uri
+
+    shown = shown_uri(uri)
+    assert "S3cret" not in shown and "***" in shown, shown
+
+
+def test_an_address_without_a_secret_is_shown_as_it_is():
+    from maskd.config import shown_uri
+
+    for uri in ("rtsp://127.0.0.1:554/stream1", "http://cam:8080/video.mjpg?resolution=640",
+                "/dev/video0", "/media/clips/door.mp4", "rtsp://cam/h264?profile=main&fps=15"):
+        assert shown_uri(uri) == uri
+
+
 def test_a_password_in_a_mistyped_stream_address_stays_out_of_the_error():
     """rtsp:/ with one slash is not a stream; the "no such file" message still hides the password."""
     with pytest.raises(SourceError) as err:
