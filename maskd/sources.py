@@ -694,8 +694,9 @@ class VideoFileSource:
 
 def not_a_folder(folder: Path | str, missing: bool = False) -> str:
     """The one wording of an images source whose folder is not one, or is not there (`run` and
-    check-config; was 'not a folder' for both)."""
-    return f"{folder}: {'no such folder' if missing else 'not a folder'}"
+    check-config; was 'not a folder' for both). A camera's address given as the folder is
+    shown with its password hidden, as every address is."""
+    return f"{shown_uri(str(folder))}: {'no such folder' if missing else 'not a folder'}"
 
 
 def no_images(folder: Path | str) -> str:

@@ -496,6 +496,14 @@ def test_camera_address_forms_in_use_keep_their_password_out_of_what_is_shown(ur
     assert "S3cret" not in shown and "***" in shown, shown
 
 
+def test_a_camera_address_given_as_an_images_folder_hides_its_password():
+    """`source: {kind: images, uri: http://admin:pw@cam/x}`: check-config, run and doctor said
+    'source: http://admin:pw@cam/x: no such folder', password and all."""
+    with pytest.raises(SourceError) as err:
+        open_source(SourceConfig(kind="images", uri="http://admin:S3cret@cam/x"))
+    assert "S3cret" not in str(err.value) and "admin:***@cam/x" in str(err.value)
+
+
 def test_an_address_without_a_secret_is_shown_as_it_is():
     from maskd.config import shown_uri
 
