@@ -1332,11 +1332,17 @@ def _hide_passwords(value: Any) -> Any:
         value = str(value)
     if isinstance(value, str):
         return shown_uri(value)
-    if isinstance(value, dict):
-        return {k: _hide_passwords(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a secret typed under a key of its own ('pass:') is hidden
+        return {k: "***" if _SECRET_KEY.fullmatch(str(k)) and not isinstance(v, dict | list)
+                else _hide_passwords(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_hide_passwords(v) for v in value]
     return value
+
+
+# A key whose value is a secret itself (password, pass, pw, token, secret), not the name of
+# the file or variable that holds one (password_file, password_env: those are said).
+_SECRET_KEY = re.compile(r"(?i)(?!.*_(?:file|env)$).*(?:pass|pw|token|secret).*")
 
 
 def shown_uri(uri: str) -> str:

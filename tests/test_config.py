@@ -361,3 +361,17 @@ def test_a_stock_host_name_as_device_id_is_warned_of_when_mqtt_is_on(monkeypatch
     assert parse_config({"device_id": "entrance-1", "mqtt": mqtt}).shared_device_id() == []
     monkeypatch.setattr(socket, "gethostname", lambda: "door-pi")
     assert parse_config({"mqtt": mqtt}).shared_device_id() == []
+
+
+def test_a_password_typed_under_a_key_of_its_own_is_not_repeated_in_an_error(tmp_path):
+    """`pass: ...` beside password_file and password_env: the section's error quoted the whole
+    section, the password with it ('got {'pass': 'S3cret', ...}')."""
+    (tmp_path / "pw").write_text("x\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"mqtt: {{url: 'mqtt://127.0.0.1:1', username: u, password_file: "
+                   f"{tmp_path / 'pw'}, password_env: MYPW, pass: S3cretXYZ, token: T0kenXYZ}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    said = str(err.value)
+    assert "S3cretXYZ" not in said and "T0kenXYZ" not in said, said
+    assert "password_file" in said  # what the error is about is still said
