@@ -695,18 +695,24 @@ def test_auto_with_a_missing_yunet_file_falls_back_and_names_it(tmp_path):
 
 def test_check_config_warns_of_a_yunet_found_nowhere_in_runs_words(tmp_path):
     """`detector.kind: yunet` without a file anywhere: OK and silence, then exit 78 from run."""
-    path = tmp_path / "yunet.yaml"
-    path.write_text("detector: {kind: yunet}\nsource: {kind: demo}\n")
-    env = {**os.environ, "MASKD_YUNET": str(tmp_path / "none.onnx"), PW_VAR: "s3cret"}
+    path, checked, said = _check_and_run_with_yunet("yunet", tmp_path, tmp_path / "none.onnx")
+    assert said.startswith("YuNet model not found ($MASKD_YUNET="), said
+    assert checked == f"{path}: warning: 'detector.kind': yunet: {said}\n"
+
+
+def _check_and_run_with_yunet(kind: str, tmp_path: Path, yunet: Path) -> tuple[Path, str, str]:
+    """check-config and `run --max-frames 1` of a demo config with ``detector.kind`` and
+    $MASKD_YUNET: (the config, check-config's stderr (exit 0), run's last line (exit 78))."""
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(f"detector: {{kind: {kind}}}\nsource: {{kind: demo}}\n")
+    env = {**os.environ, "MASKD_YUNET": str(yunet), PW_VAR: "s3cret"}
     checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
                              capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(path),
                           "--max-frames", "1"], capture_output=True, text=True, timeout=120,
                          cwd=REPO, env=env)
     assert checked.returncode == 0 and ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
-    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
-    assert said.startswith("YuNet model not found ($MASKD_YUNET="), ran.stderr
-    assert checked.stderr == f"{path}: warning: 'detector.kind': yunet: {said}\n"
+    return path, checked.stderr, ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
 
 
 @pytest.mark.parametrize("kind", ["yunet", "auto"])
@@ -719,18 +725,9 @@ def test_check_config_warns_of_a_damaged_yunet_file_in_runs_words(tmp_path, kind
     name = next(iter(KNOWN_YUNET.values()))
     damaged = tmp_path / name
     damaged.write_bytes(b"\x08" * 100_000)
-    path = tmp_path / f"{kind}.yaml"
-    path.write_text(f"detector: {{kind: {kind}}}\nsource: {{kind: demo}}\n")
-    env = {**os.environ, "MASKD_YUNET": str(damaged), PW_VAR: "s3cret"}
-    checked = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(path)],
-                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
-    ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(path),
-                          "--max-frames", "1"], capture_output=True, text=True, timeout=120,
-                         cwd=REPO, env=env)
-    assert checked.returncode == 0 and ran.returncode == EX_CONFIG, (checked.stderr, ran.stderr)
-    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
-    assert "is damaged (sha256" in said, ran.stderr
-    assert checked.stderr == f"{path}: warning: 'detector.kind': {kind}: {said}\n"
+    path, checked, said = _check_and_run_with_yunet(kind, tmp_path, damaged)
+    assert "is damaged (sha256" in said, said
+    assert checked == f"{path}: warning: 'detector.kind': {kind}: {said}\n"
 
 
 def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_path):
