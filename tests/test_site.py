@@ -107,7 +107,10 @@ def test_a_walking_bare_face_is_one_event_and_an_ignore_zone_drops_it(default_mo
     zone = [[0.1, 0.2], [0.95, 0.2], [0.95, 0.8], [0.1, 0.8]]
     sink, loop = run(Clip(60, walking), default_model, zones={"ignore": [zone]})
     assert sink.events == []
-    assert loop.pipeline.counts.zoned_faces >= 50 and loop.pipeline.counts.faces == 0
+    # found on the frames the detector ran, each dropped; its motion, all in the ignore zone,
+    # does not hold the detector on (the gate watches where faces count), so most are skipped
+    c = loop.pipeline.counts
+    assert c.faces == 0 and c.zoned_faces >= 3 and c.zoned_faces + c.motion_skipped >= 55, c
     assert sink.stats[-1]["zoned_faces"] == loop.pipeline.counts.zoned_faces
     # an include zone elsewhere drops it too; one around it keeps it
     sink, _ = run(Clip(60, walking), default_model, zones={"include": [[[0, 0], [0.1, 0], [0.1, 0.1]]]})
