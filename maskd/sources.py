@@ -333,8 +333,7 @@ class LiveSource:
         """Whether a failed read is a damaged frame to skip: it returned well before the stream
         time-out (a stall's read waits that out), and fewer than MAX_CORRUPT_IN_A_ROW bad frames
         in a row (a closed stream or an unplugged device fails at once, every time)."""
-        return (self._bad_in_a_row + 1 < MAX_CORRUPT_IN_A_ROW
-                and time.monotonic() - began < STREAM_TIMEOUT_MS / 2000)
+        return self._bad_in_a_row + 1 < MAX_CORRUPT_IN_A_ROW and at_once(began)
 
     def _is_frozen(self, image: np.ndarray, ts: float) -> bool:
         """Whether this frame shows the picture that has not changed for frozen_after_s (the
@@ -835,7 +834,7 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             cap.release()
             # asked only of a camera that answered at once: a stalled one waited out the
             # time-out already, and other cameras' opens wait their turn behind this one
-            answered = not _is_device(uri) and time.monotonic() - began < STREAM_TIMEOUT_MS / 2000
+            answered = not _is_device(uri) and at_once(began)
             answer = (http_answer(uri) if answered and uri.lower().startswith(
                 ("http://", "https://")) else None)
             raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
@@ -846,6 +845,12 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
 
 
 HTTP_PROBE_S = 3.0  # on top of the open's own time-out, within RECONNECT_STALL_S
+
+
+def at_once(began: float) -> bool:
+    """Whether a read or open that failed, begun at monotonic ``began``, failed well before the
+    stream time-out: the other end answered (a damaged frame, a refusal), not a stall."""
+    return time.monotonic() - began < STREAM_TIMEOUT_MS / 2000
 
 
 def http_answer(uri: str) -> str | None:
@@ -1005,11 +1010,9 @@ def picamera2_available() -> tuple[bool, str | None]:
     is, and passing over it without a word sent people to check the camera's cable."""
     try:
         from picamera2 import Picamera2
-    except ModuleNotFoundError as err:
-        if err.name == "picamera2":
+    except Exception as err:  # not installed; or libcamera missing underneath, a binary mismatch
+        if isinstance(err, ModuleNotFoundError) and err.name == "picamera2":
             return False, None
-        return False, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
-    except Exception as err:  # libcamera missing underneath, a binary mismatch
         return False, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
     try:
         return len(Picamera2.global_camera_info()) > 0, None
