@@ -1147,9 +1147,9 @@ class MqttSink(EventSink):
                     st.retrying.clear()
                     st.retried = False
                 room = WINDOW - len(st.inflight)
-                taken = not st.retrying and not st.retry_refused and st.next_refused_retry > now
-                if room > 0 and self._refused and (now >= st.next_refused_retry or taken
-                                                   and st.retried):
+                # the last window of a retry all taken: the next follows at once
+                taken = st.retried and not st.retrying and not st.retry_refused
+                if room > 0 and self._refused and (now >= st.next_refused_retry or taken):
                     st.next_refused_retry = now + REFUSED_RETRY_S
                     sent = self._send(st, self._refused_to_retry(st)[:room])
                     st.retrying, st.retry_refused = set(sent), False
