@@ -7,8 +7,8 @@ so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes unde
 temporary name and renames, so a full disk leaves the old file or none, never a cut one
 (``write_together`` does it for a set of files);
 ``append_line`` adds a line whole (its room taken first) or cuts it back (the JSON lines sink,
-scan's and classify's output). ``cannot_create`` says why a folder or file `run` would make could not be made, without
-making it (check-config).
+scan's and classify's output). ``cannot_create`` says why a folder or file `run` would make
+could not be made, without making it (check-config).
 """
 
 from __future__ import annotations

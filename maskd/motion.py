@@ -3,7 +3,8 @@
 The way Frigate's motion detector works, made small: each frame is shrunk to a few dozen rows
 of grey (``prepare``), compared with a running average of the previous frames (the background,
 ``cv2.accumulateWeighted``), and the pixels that differ by more than ``threshold`` grey levels
-(less in a dim scene: ``scaled_threshold``) are counted (``moving_share``). A frame moves when that share reaches ``min_area``.
+(less in a dim scene: ``scaled_threshold``) are counted (``moving_share``), where faces would
+count (``watched_mask``: the zones). A frame moves when that share reaches ``min_area``.
 
 ``MotionGate.should_detect`` says whether a frame needs the face detector: always while
 something moves or a track is alive (someone is there, perhaps standing still; the pipeline
