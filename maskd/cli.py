@@ -40,11 +40,14 @@ example:
   0   clean stop (signal, end of a file with --exit-at-end, end of the demo)
   2   a bad command line (an unknown option, a value out of range): usage on stderr
   70  the loop crashed (systemd restarts it)
-  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout; or the
-      network is not up yet (a preview.http host name unresolved for 90 s), or the Coral
-      does not answer (none within 90 s at the start, or it stopped answering while
-      running): systemd retries
-  78  bad config or start-up error (model, detector, source, preview), one line on stderr
+  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout, or event
+      lines a sink could not deliver (--jsonl - to a full disk); or the network is not
+      up yet (a preview.http host name unresolved for 90 s), or the Coral does not
+      answer (none within 90 s at the start, or it stopped answering while running):
+      systemd retries
+  78  bad config or start-up error (model, detector, source, preview), one line on
+      stderr; also an option's value that its config key refuses (--threads 0, --mqtt
+      http://x: 'command line: ...')
 
 example:
   maskd run --source demo --jsonl - --annotate out/demo""",
