@@ -137,6 +137,17 @@ def _path(text: str) -> Path:
     return Path(_text(text))
 
 
+def _dest_folder(text: str) -> Path:
+    """models fetch's folder: a new name ending in .onnx was made a folder by that name, with
+    the file inside it, and detector.model pointed at the folder then failed."""
+    path = _path(text)
+    if path.suffix.lower() == ".onnx" and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file name; --dest takes the folder to save into (the file is named "
+            f"{modelfiles.yunet_name(modelfiles.YUNET_SHA256)} there)")
+    return path
+
+
 def _url(text: str) -> str:
     """A download address: http(s)://HOST/... or file:///path, refused here (exit 2) rather
     than reported later as a network that cannot be reached (exit 69)."""
@@ -247,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fetch: download YuNet")
     p = msub.add_parser("fetch", help="download YuNet, checked against its pinned sha256",
                         **_doc("fetch"))
-    p.add_argument("--dest", type=_path, default=None, metavar="DIR",
+    p.add_argument("--dest", type=_dest_folder, default=None, metavar="DIR",
                    help="folder to save it in (default: models/ in a checkout, else "
                         "/usr/share/maskd/models; both are where the detector looks)")
     p.add_argument("--yunet-url", type=_url, default=modelfiles.YUNET_URL, metavar="URL",

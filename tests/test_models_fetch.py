@@ -483,3 +483,16 @@ def test_a_password_in_the_url_is_refused_without_repeating_it(tmp_path, capsys,
     said = capsys.readouterr()
     assert stop.value.code == 2 and "user name or password" in said.err
     assert "S3cret" not in said.out + said.err
+
+
+def test_a_dest_named_like_the_file_is_refused_before_any_folder_is_made(tmp_path, capsys):
+    """--dest /x/yunet.onnx made a folder called yunet.onnx with the file inside it."""
+    dest = tmp_path / "yunet.onnx"
+    with pytest.raises(SystemExit) as exit_:
+        main(["models", "fetch", "--dest", str(dest), "--yunet-url", refused_url()])
+    assert exit_.value.code == 2
+    assert "--dest takes the folder to save into (the file is named " in capsys.readouterr().err
+    assert not dest.exists()
+    dest.mkdir()  # a folder that is there by that name is still a folder
+    assert main(["models", "fetch", "--dest", str(dest), "--yunet-url", refused_url(),
+                 "--timeout", "1"]) == 69
