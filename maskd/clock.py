@@ -117,7 +117,8 @@ class ZoneWatch:
     The C library reads the zone once per process: after ``timedatectl set-timezone`` (or
     raspi-config) the schedule kept judging windows, and the log named times, in the old zone
     until a restart. ``poll`` looks at ``/etc/localtime`` at most every ``every_s`` seconds and
-    reloads the zone (``time.tzset``) when it changed; it returns the new zone's name then.
+    reloads the zone (``time.tzset``) when it changed; it returns the new zone's name then,
+    unless ``TZ`` names another zone (a unit's ``Environment=TZ=``), which the file does not move.
     """
 
     def __init__(self, path: Path = LOCALTIME, every_s: float = ZONE_CHECK_S) -> None:
@@ -143,5 +144,8 @@ class ZoneWatch:
         if stamp == self._seen:
             return None
         self._seen = stamp
+        tz = os.environ.get("TZ")
+        if tz and tz.lstrip(":") != str(self._path):  # the zone is TZ's, not this file's:
+            return None  # "time zone now" named a change that changed nothing
         time.tzset()
         return time.strftime("%Z")

@@ -22,6 +22,7 @@ import pytest
 from loop_parts import RecordingSink
 
 from maskd import schedule, zones
+from maskd.clock import ZoneWatch
 from maskd.config import Config, ConfigError, ScheduleWindow, parse_config
 from maskd.demo import astronaut_bgr
 from maskd.pipeline import Pipeline
@@ -350,6 +351,25 @@ def test_a_time_zone_changed_while_maskd_runs_is_followed():
     assert before == "False None"
     assert after == "True CET"  # followed, and said once
     assert again == "True None"
+
+
+def test_a_zone_file_change_is_not_said_where_tz_sets_the_zone(tmp_path, monkeypatch):
+    """With TZ in the environment the C library never reads /etc/localtime, yet a relinked
+    file was logged as "time zone now ..." (naming TZ's zone, unchanged)."""
+    zone = tmp_path / "localtime"
+    zone.write_text("a")
+    try:
+        for tz, said in (("Europe/Berlin", False), (f":{zone}", True), (None, True)):
+            if tz is None:
+                monkeypatch.delenv("TZ", raising=False)
+            else:
+                monkeypatch.setenv("TZ", tz)
+            watch = ZoneWatch(path=zone, every_s=0.0)
+            zone.write_text(zone.read_text() + "b")  # a new size: changed
+            assert (watch.poll() is not None) is said, tz
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeypatch):
