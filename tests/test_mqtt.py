@@ -167,6 +167,22 @@ def test_start_does_not_block_without_broker(tmp_path):
     sink.close()
 
 
+def test_what_is_left_is_said_once_however_many_cameras_flush(tmp_path, caplog):
+    """Each camera of a shared sink flushes it at a stop: with the broker down, the same
+    "not yet acknowledged" line came once per camera."""
+    sink = MqttSink(MqttConfig(url="mqtt://127.0.0.1:9", reconnect_min_s=0.2), "d", "c", tmp_path)
+    for ev in script("x", 1, 0):
+        sink.emit(ev)
+    with caplog.at_level(logging.WARNING, logger="maskd"):
+        assert sink.flush(0.2) is False and sink.flush(0.2) is False
+        for ev in script("y", 1, 0):
+            sink.emit(ev)
+        assert sink.flush(0.2) is False  # more left than was said: said again
+    said = [r.getMessage() for r in caplog.records if "not yet acknowledged" in r.getMessage()]
+    assert [m.split(" event")[0] for m in said] == ["MQTT: 2", "MQTT: 4"]
+    sink.close()
+
+
 def test_the_running_marker_is_written_again_once_it_can_be(tmp_path, monkeypatch, caplog):
     """A full disk at start (or the state dir removed while running) left the last run's
     `clean` in mqtt-session.json for good: a kill later was reported as `clean` (or `none`)

@@ -282,6 +282,7 @@ class MqttSink(EventSink):
         self._said_faults: frozenset[str] = frozenset()  # faults()'s last lines (bounded: one
         # call's; a set of every call's grew without end while a long outage varied them)
         self._gave_up = False  # the stop's flush ended with events unacknowledged
+        self._told: tuple[str, int] | None = None  # what a flush last said was left (once)
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
         self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
@@ -536,16 +537,24 @@ class MqttSink(EventSink):
             while (depth := self._outbox.depth()) > 0:
                 if len(self._refused) >= depth:
                     reasons = sorted(set(self._refused.copy().values()))
-                    log.error("MQTT: %d event(s) refused by the broker (%s); kept in %s",
-                              depth, ", ".join(reasons), self._outbox.path)
+                    if self._tell("refused", depth):
+                        log.error("MQTT: %d event(s) refused by the broker (%s); kept in %s",
+                                  depth, ", ".join(reasons), self._outbox.path)
                     return False
                 left = deadline - time.monotonic()
                 if left <= 0 or (cancel is not None and cancel.is_set()):
-                    self._say_unacknowledged(depth)
+                    if self._tell("unacknowledged", depth):
+                        self._say_unacknowledged(depth)
                     self._gave_up = True
                     return False
                 self._acked.wait(min(left, 0.5))
         return True
+
+    def _tell(self, what: str, depth: int) -> bool:
+        """True the first time a flush finds this left: each camera of a shared sink flushes it
+        at a stop, and each said the same pending count again."""
+        told, self._told = self._told, (what, depth)
+        return told != self._told
 
     def _say_unacknowledged(self, depth: int) -> None:
         """What the next start will find: events held only in memory (a full disk) are not
