@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -967,12 +967,18 @@ class _Picamera2Capture:
     def __init__(self, cfg: SourceConfig):
         from picamera2 import Picamera2  # apt package on the Pi; imported only when used
 
-        self._cam = Picamera2()
+        self._cam = _new_picamera2(Picamera2)
         try:
+            # A frame rate only where the camera has the control: libcamera's USB (UVC) cameras
+            # have no FrameDurationLimits, and asking for one made every open fail for ever
+            # ("Control FrameDurationLimits is not advertised by libcamera").
+            rate = ({"FrameRate": cfg.fps}
+                    if "FrameDurationLimits" in getattr(self._cam, "camera_controls", {}) else {})
+            if not rate:
+                log.info("picamera2: the camera sets its own frame rate (it has no frame "
+                         "duration control); %.4g fps is not asked for", cfg.fps)
             config = self._cam.create_video_configuration(
-                main={"size": (cfg.width, cfg.height), "format": "RGB888"},
-                controls={"FrameRate": cfg.fps},
-            )
+                main={"size": (cfg.width, cfg.height), "format": "RGB888"}, controls=rate)
             self._cam.configure(config)
             main = self._cam.camera_config["main"]
             self._format, self._width = str(main["format"]), int(main["size"][0])
@@ -1000,24 +1006,46 @@ class _Picamera2Capture:
             self._cam.close()
 
 
+def _new_picamera2(picamera2: Any) -> Any:
+    """``Picamera2()``, with its two common failures said in words: no camera listed (it
+    raised "list index out of range") and a camera another program holds (it raised "Camera
+    __init__ sequence did not complete.", the cause only in libcamera's own log)."""
+    if not picamera2.global_camera_info():
+        raise RuntimeError("libcamera lists no camera: is its cable in, the right way round "
+                           "(`rpicam-hello --list-cameras` lists what it sees)?")
+    try:
+        return picamera2()
+    except RuntimeError as err:
+        if "did not complete" not in str(err):
+            raise
+        cause = f": {err.__context__}" if err.__context__ is not None else ""
+        raise RuntimeError(f"the camera did not open{cause}; is another program using it (a "
+                           "second maskd, rpicam-hello, a browser)?") from None
+
+
 AUTO_DEVICE = "/dev/video0"  # what `auto` reads when there is no Pi camera
 
 
-def picamera2_available() -> tuple[bool, str | None]:
-    """(whether picamera2 imports and reports at least one camera, why it is broken if it is):
-    not installed is no fault (a USB camera's Pi, any other Linux box); installed but not
+def picamera2_available() -> tuple[str | None, str | None]:
+    """(the first camera picamera2 lists, by its model, or None; why picamera2 is broken if it
+    is): not installed is no fault (a USB camera's Pi, any other Linux box); installed but not
     importable (a numpy of the wrong major version in the venv) or unable to list its cameras
     is, and passing over it without a word sent people to check the camera's cable."""
     try:
         from picamera2 import Picamera2
     except Exception as err:  # not installed; or libcamera missing underneath, a binary mismatch
         if isinstance(err, ModuleNotFoundError) and err.name == "picamera2":
-            return False, None
-        return False, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
+            return None, None
+        return None, f"picamera2 cannot be imported ({type(err).__name__}: {err})"
     try:
-        return len(Picamera2.global_camera_info()) > 0, None
+        cameras = Picamera2.global_camera_info()
     except Exception as err:
-        return False, f"picamera2 cannot list the cameras ({type(err).__name__}: {err})"
+        return None, f"picamera2 cannot list the cameras ({type(err).__name__}: {err})"
+    if not cameras:
+        return None, None
+    first = cameras[0]  # what Picamera2() opens: the Pi's own cameras come before USB ones
+    usb = "/usb" in str(first.get("Id", ""))
+    return f"{'a USB camera' if usb else 'the Pi camera'} ({first.get('Model', '?')})", None
 
 
 def _noting(opener: Opener, note: str) -> Opener:
@@ -1144,7 +1172,7 @@ def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
         return _open_uri(cfg.uri, cfg, camera)
     found, broken = picamera2_available()
     if found:
-        log.info("source auto: using the Pi camera (picamera2)")
+        log.info("source auto: using %s through picamera2", found)
         return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg, camera=camera)
     opener = opencv_opener(AUTO_DEVICE, cfg)
     if broken:

@@ -211,6 +211,11 @@ def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict,
     frames = iter(itertools.cycle(jpegs or [jpeg_of(bgr)]))
 
     class StandInPicamera2:
+        # libcamera's USB (UVC) cameras advertise no FrameDurationLimits (its uvcvideo pipeline)
+        camera_controls = ({"AeEnable": None, "Brightness": None}
+                           if agreed in ("YUYV", "MJPEG") else
+                           {"AeEnable": None, "FrameDurationLimits": None})
+
         @staticmethod
         def global_camera_info():
             return [{"Model": "uvc", "Id": "/base/usb@1"}]
@@ -220,6 +225,12 @@ def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict,
             return {"main": dict(main), "controls": controls}
 
         def configure(self, config):
+            # as picamera2's configure: FrameRate is FrameDurationLimits, refused where the
+            # camera does not advertise it
+            for name in config["controls"]:
+                real = "FrameDurationLimits" if name == "FrameRate" else name
+                if real not in self.camera_controls:
+                    raise RuntimeError(f"Control {real} is not advertised by libcamera")
             self.camera_config = {"main": dict(config["main"], format=agreed)}
 
         def start(self):
@@ -399,3 +410,40 @@ def test_odd_but_usable_frames_go_through_the_real_detector_and_classifier(defau
             assert verdicts == [], name
             continue
         assert len(verdicts) == 1 and verdicts[0].label == "no_mask", (name, verdicts)
+
+
+
+@pytest.mark.parametrize("listed, said", [
+    ([], "cannot open (libcamera lists no camera: is its cable in"),
+    ([{"Model": "imx708", "Id": "/base/i2c@1/imx708@1a", "Num": 0}],
+     "cannot open (the camera did not open: Pipeline handler in use by another process; is "
+     "another program using it"),
+])
+def test_a_missing_or_busy_pi_camera_is_said_in_words(monkeypatch, listed, said):
+    """picamera2 itself raised "list index out of range" for no camera, and "Camera __init__
+    sequence did not complete." (the cause only in its context) for one another program
+    holds: the open retried for ever saying just that."""
+
+    class StandInPicamera2:
+        @staticmethod
+        def global_camera_info():
+            return listed
+
+        def __init__(self):
+            self.global_camera_info()[0]["Num"]  # as picamera2's __init__ starts
+            try:  # as its _open_camera fails inside __init__'s try
+                raise RuntimeError("Pipeline handler in use by another process")
+            except RuntimeError:
+                raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
+
+    monkeypatch.setitem(sys.modules, "picamera2",
+                        types.SimpleNamespace(Picamera2=StandInPicamera2))
+    src = open_source(SourceConfig(kind="picamera2", width=64, height=48, fps=10,
+                                   reopen_min_s=0.01, reopen_max_s=0.02))
+    try:
+        threading.Timer(0.3, src.close).start()
+        assert src.read() is None
+    finally:
+        src.close()
+    assert (src.inner.stats["camera_lost_why"] or "").startswith(said), \
+        src.inner.stats["camera_lost_why"]

@@ -791,17 +791,20 @@ def test_auto_says_why_a_broken_picamera2_was_passed_over(tmp_path, monkeypatch,
     assert "picamera2 cannot be imported" in why, why
 
 
-def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
-    """The picamera2 path configures a BGR (RGB888) main stream of the configured size."""
+def test_picamera2_adapter_with_a_stand_in_module(monkeypatch, caplog):
+    """The picamera2 path configures a BGR (RGB888) main stream of the configured size; auto
+    names the camera it takes (it said "the Pi camera" of a USB webcam libcamera listed)."""
     import sys
     import types
 
     calls = {}
 
     class FakePicamera2:
+        camera_controls = {"FrameDurationLimits": None, "AeEnable": None}
+
         @staticmethod
         def global_camera_info():
-            return [{"Model": "imx708"}]
+            return [{"Model": "imx708", "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a"}]
 
         def create_video_configuration(self, main, controls):
             calls["main"], calls["controls"] = main, controls
@@ -826,7 +829,9 @@ def test_picamera2_adapter_with_a_stand_in_module(monkeypatch):
             calls["closed"] = True
 
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
-    src = open_source(SourceConfig(kind="auto", width=320, height=240, fps=10))
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = open_source(SourceConfig(kind="auto", width=320, height=240, fps=10))
+    assert "source auto: using the Pi camera (imx708) through picamera2" in caplog.text
     try:
         assert src.name == "picamera2"
         f = src.read()
