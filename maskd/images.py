@@ -86,7 +86,9 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         if err.errno is not None:  # the file could not be read: Permission denied, a link loop
             raise ImageError(f"{p}: {err.strerror or err}") from None
         raise ImageError(f"{p}: cannot decode image: {err}") from None
-    except (SyntaxError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any decoder's own failure is this image's
+        # (SyntaxError, ValueError; a damaged AVIF's RuntimeError ended scan, classify's batch
+        # and run's loop, the images after it never read)
         raise ImageError(f"{p}: cannot decode image: {err}") from None
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:

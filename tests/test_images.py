@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -107,6 +108,35 @@ def test_broken_files_raise_image_error_naming_the_file(
     with pytest.raises(ImageError) as err:
         load_image_rgb(p)
     assert str(p) in str(err.value) and reason in str(err.value)
+
+
+def test_a_damaged_avif_is_an_image_error(tmp_path: Path) -> None:
+    """Pillow's AVIF decoder raises RuntimeError for damaged colour planes: it went past every
+    handler, ending `maskd scan` at that file, `classify` with its batch unsaid, and `run`'s
+    images source with exit 70."""
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    good = io.BytesIO()
+    Image.fromarray(noise).save(good, "AVIF")
+    data = good.getvalue()
+    for at in range(min(len(data), 600)):  # the first byte whose flip breaks the decoder so
+        damaged = bytearray(data)
+        damaged[at] ^= 0xFF
+        try:
+            Image.open(io.BytesIO(bytes(damaged))).load()
+        except RuntimeError:
+            break
+        except Exception:  # noqa: BLE001 - other damage, handled before
+            continue
+    else:
+        pytest.skip("no single flipped byte makes this encoder's AVIF raise RuntimeError")
+    p = tmp_path / "door.jpg"  # Pillow tells the format by its bytes, whatever the name
+    p.write_bytes(bytes(damaged))
+    with pytest.raises(ImageError, match=f"^{p}: cannot decode image: "):
+        load_image_rgb(p)
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
