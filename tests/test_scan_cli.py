@@ -475,3 +475,25 @@ def test_auto_says_which_yunet_file_it_missed(tmp_path, photos):
     assert (f"maskd scan: YuNet's model file was not found (detector.model {missing}; `maskd "
             "models fetch` downloads it), so this is BlazeFace") in r.stderr, r.stderr
     assert len(r.stdout.splitlines()) == 1  # the photo is still scanned
+
+
+def test_a_folder_scanned_with_its_annotations_inside_leaves_them_out(tmp_path, default_model):
+    """`scan . --annotate out` run again scanned out/'s annotations as photos: one photo gave
+    two results, then four, boxes drawn on boxes in out/photos/out/photos/..."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "door.jpg"), np.full((96, 128, 3), 90, np.uint8))
+
+    def again() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", "--model",
+                               str(default_model), "--detector", "blazeface", "--annotate",
+                               "out", "."], capture_output=True, text=True, timeout=120,
+                              cwd=photos)
+
+    for run in range(3):
+        r = again()
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == ["door.jpg"], run
+    assert "1 image(s) under the --annotate folder out not scanned (annotations)" in r.stderr
+    assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*.jpg")) == [
+        "door.jpg", "out/photos/door.jpg"]

@@ -56,15 +56,25 @@ EX_SETUP = 2
 EX_CANTCREAT = 73  # sysexits.h: an output file (here an annotation) could not be created
 
 
-def _inputs(paths: list[Path]) -> list[tuple[Path | FolderError, Path]]:
+def _inputs(paths: list[Path], outdir: Path | None = None,
+            ) -> list[tuple[Path | FolderError, Path]]:
     """Every file to scan (or folder not searched) with the name its annotation mirrors under
     OUTDIR, all listed before anything is written. A folder keeps its own name and layout, found
-    on the resolved path so that ``..`` or ``.`` never lead out of OUTDIR."""
+    on the resolved path so that ``..`` or ``.`` never lead out of OUTDIR. A searched folder's
+    files under OUTDIR are left out: they are earlier runs' annotations (``scan . --annotate
+    out`` scanned them at the next run, boxes drawn on boxes, one more level each time)."""
+    inside = os.path.join(os.path.realpath(outdir), "") if outdir is not None else None
     found: list[tuple[Path | FolderError, Path]] = []
     for root in paths:
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
-            found += [(e, base / entry_path(e).relative_to(root)) for e in search_images(root)]
+            entries = search_images(root)
+            kept = [e for e in entries if inside is None or isinstance(e, FolderError)
+                    or not os.path.realpath(e).startswith(inside)]
+            if len(kept) < len(entries):
+                print(f"maskd scan: {root}: {len(entries) - len(kept)} image(s) under the "
+                      f"--annotate folder {outdir} not scanned (annotations)", file=sys.stderr)
+            found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
             _say_videos_left(root)
         else:
             found.append((root, Path(root.name)))
@@ -165,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     names_as_bytes_on_stdout()
     scanned = unwritten = 0
     last: str | None = None
-    inputs = _inputs(args.paths)
+    inputs = _inputs(args.paths, args.annotate)
     written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
     try:
         for path, name, frame, image in _items(inputs):
