@@ -69,7 +69,9 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             entries = search_images(root)
-            kept = [e for e in entries if inside is None or isinstance(e, FolderError)
+            within = inside is not None and inside.startswith(
+                os.path.join(os.path.realpath(root), ""))  # OUTDIR below it, not it or above
+            kept = [e for e in entries if not within or isinstance(e, FolderError)
                     or not os.path.realpath(e).startswith(inside)]
             if len(kept) < len(entries):
                 print(f"maskd scan: {root}: {len(entries) - len(kept)} image(s) under the "
