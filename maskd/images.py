@@ -28,7 +28,11 @@ _BACKGROUND = (255, 255, 255)
 
 # Suffixes worth opening when a folder is searched; ``.jpg_1088wx1632h`` style names (a
 # web download with the size glued on) count too, by prefix.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".gif", ".tif",
+                  ".tiff", ".heic", ".heif")
+# Phones' own format: Pillow reads it only with a plugin maskd does not install, so a folder's
+# HEIC photos are named as unreadable, in words, rather than passed over without one.
+HEIF_SUFFIXES = (".heic", ".heif")
 
 # Largest image decoded at full size: a 16 MP image peaks near 220 MB while decoding. A face
 # needs far fewer pixels; a 12 MP phone photo still decodes untouched.
@@ -79,6 +83,9 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     except IsADirectoryError:
         raise ImageError(f"{p}: is a directory, not an image") from None
     except UnidentifiedImageError:
+        if p.suffix.lower() in HEIF_SUFFIXES:
+            raise ImageError(f"{p}: a HEIC/HEIF photo, which maskd cannot read: save it as JPEG "
+                             "(or set the phone's camera to 'Most Compatible')") from None
         raise ImageError(f"{p}: not an image PIL can read (unknown or corrupt format)") from None
     except Image.DecompressionBombError as err:
         raise ImageError(f"{p}: refused, too many pixels ({err})") from None

@@ -139,6 +139,27 @@ def test_a_damaged_avif_is_an_image_error(tmp_path: Path) -> None:
         load_image_rgb(p)
 
 
+def test_a_phones_folder_is_searched_for_its_formats_too(tmp_path: Path) -> None:
+    """A phone's or browser's .jfif, .avif and .heic photos were passed over without a word:
+    `maskd scan phone/` said "nothing was scanned" of a folder of readable photos."""
+    picture = np.random.default_rng(1).integers(0, 256, (24, 32, 3), np.uint8)
+    Image.fromarray(picture).save(tmp_path / "IMG_1.jfif", "JPEG")
+    (tmp_path / "IMG_3.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    from PIL import features
+
+    names = ["IMG_1.jfif", "IMG_3.HEIC"]
+    if features.check("avif"):
+        Image.fromarray(picture).save(tmp_path / "IMG_2.avif", "AVIF")
+        names.insert(1, "IMG_2.avif")
+    assert [p.name for p in find_images(tmp_path)] == names
+    assert load_image_rgb(tmp_path / "IMG_1.jfif").shape == (24, 32, 3)
+    if "IMG_2.avif" in names:
+        assert load_image_rgb(tmp_path / "IMG_2.avif").shape == (24, 32, 3)
+    with pytest.raises(ImageError, match="IMG_3.HEIC: a HEIC/HEIF photo, which maskd cannot "
+                                         "read: save it as JPEG"):
+        load_image_rgb(tmp_path / "IMG_3.HEIC")
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="no such file"):
         load_image_rgb(tmp_path / "nope.jpg")
