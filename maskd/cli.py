@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if not faulthandler.is_enabled():
         with contextlib.suppress(RuntimeError, ValueError, OSError, AttributeError):  # no stderr
             faulthandler.enable(all_threads=True)
-    if args.command == "run":  # the service, retrying a camera for months; before cv2 loads
+    # before cv2 loads: the service, retrying a camera for months; and the still commands, where
+    # YuNet's "[ WARN:0@0.16] ... setPreferableTarget ..." on every call looked like a fault
+    if args.command in ("run", "scan", "classify"):
         env.quiet_opencv()
     try:
         # inside: a Ctrl-C while cv2, TFLite and pydantic load (seconds on a Pi) was a traceback

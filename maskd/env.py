@@ -12,8 +12,9 @@ installation put things and what the process runs under:
 | ``DISPLAY``, ``WAYLAND_DISPLAY`` | the desktop session | whether ``preview.window`` can open |
 | the name in ``mqtt.password_env`` | the unit's drop-in | the broker password (the config names it) |
 
-Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run`` only gives them
-a default at its start (``quiet_opencv``), which a value in the environment overrides:
+Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run``, ``scan`` and
+``classify`` only give them a default at their start (``quiet_opencv``), which a value in the
+environment overrides:
 
 | variable | maskd's default | meaning |
 |---|---|---|
