@@ -12,6 +12,7 @@ after it, as Ultra HDR phone photos are) too; other formats that big are refused
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -83,6 +84,9 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     except IsADirectoryError:
         raise ImageError(f"{p}: is a directory, not an image") from None
     except UnidentifiedImageError:
+        with contextlib.suppress(OSError):
+            if p.stat().st_size == 0:  # a copy cut off at its start, a camera's failed save
+                raise ImageError(f"{p}: an empty file (0 bytes), not an image") from None
         if p.suffix.lower() in HEIF_SUFFIXES:
             raise ImageError(f"{p}: a HEIC/HEIF photo, which maskd cannot read: save it as JPEG "
                              "(or set the phone's camera to 'Most Compatible')") from None

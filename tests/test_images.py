@@ -97,7 +97,7 @@ def test_greyscale_and_16bit(tmp_path: Path) -> None:
     [
         ("truncated.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "cannot decode"),
         ("text.png", b"this is not an image", "not an image"),
-        ("empty.jpg", b"", "not an image"),
+        ("empty.jpg", b"", ": an empty file (0 bytes), not an image"),
     ],
 )
 def test_broken_files_raise_image_error_naming_the_file(
