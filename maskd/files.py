@@ -13,13 +13,16 @@ could not be made, without making it (check-config).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import stat
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -424,3 +427,22 @@ def create_failure(path: Path, directory: bool, err: OSError) -> str:
     directory'), else the OS's, so `run` and check-config say one line."""
     found = cannot_create(path, directory) or err
     return found.strerror or str(found)
+
+
+@contextlib.contextmanager
+def captured_stderr_fd() -> Iterator[list[str]]:
+    """Collect what native code (TFLite's 'Created ... XNNPACK delegate') writes to fd 2; for
+    a command's own single thread only: fd 2 is the process's."""
+    out: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))

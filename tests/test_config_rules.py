@@ -7,7 +7,9 @@ and a line naming the key. A good config with the same parts is accepted by both
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -847,3 +849,41 @@ def test_the_coral_messages_name_what_asked_for_it_and_what_each_command_does(tm
             f"maskd {command}: EdgeTPU requested but no Coral answers (Failed to load delegate "
             "from libedgetpu.so.1): plug in the USB Accelerator (or check the PCIe/M.2 driver and "
             "permissions)\n"), r.stderr
+
+
+def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tmp_path):
+    """check-config said OK of a classifier.model `run` stops on at once (exit 78): a file
+    that is no TFLite model, one without its sidecar, one whose sidecar names another input
+    size; `check-config && systemctl restart maskd` started a service that stopped."""
+    shipped = REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    sidecar = json.loads(shipped.with_suffix(".json").read_text())
+    garbage, bare, resized = (tmp_path / f"{n}.tflite" for n in ("garbage", "bare", "resized"))
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))  # an .h5 renamed
+    garbage.with_suffix(".json").write_text(json.dumps(sidecar))
+    shutil.copy(shipped, bare)
+    shutil.copy(shipped, resized)
+    resized.with_suffix(".json").write_text(json.dumps({**sidecar, "input_size": 160}))
+    paths = []
+    for model in (garbage, bare, resized):
+        path = tmp_path / f"{model.stem}.yaml"
+        path.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                        f"classifier: {{model: '{model}'}}\n")
+        paths.append(path)
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (path, starts) in enumerate(zip(paths, (
+            f"{garbage}: cannot load TFLite model: ",
+            f"{bare}: its sidecar bare.json (labels, input size, normalisation) is missing",
+            f"{resized}: model input (1, 128, 128, 3) does not match the sidecar's input_size "
+            "160"), strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert checked.returncode == EX_CONFIG, (path, checked.stdout, checked.stderr)
+        said = checked.stderr.splitlines()
+        assert said[0].startswith(f"{path}: {starts}") and len(said) == 1, checked.stderr
+        assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
+        assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+    ok = tmp_path / "ok.yaml"  # the shipped model: OK, without TFLite's XNNPACK line
+    ok.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                  f"classifier: {{model: '{shipped}'}}\n")
+    r = maskd("check-config", str(ok))
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"OK: {ok}\n", ""), r.stderr

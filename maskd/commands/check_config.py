@@ -10,7 +10,8 @@ a path that is no framebuffer, or a window with an OpenCV without GUI support, w
 `run` detects without it. What depends on the user or session (writing the framebuffer, a
 desktop session for the window) and the model files are warnings only: the service may run as
 another user, with another environment, or on another machine; `maskd doctor` checks them, and
-`run` stops with exit 78 when one is missing. The state dir (with MQTT on) and jsonl.path are
+`run` stops with exit 78 when one is missing. A classifier model that is here is opened as `run`
+opens it (not one for the Coral): one `run` would refuse is an error in its words. The state dir (with MQTT on) and jsonl.path are
 looked at as `run` creates them, without creating anything: what no user could create there is
 an error in `run`'s words, a permission a warning. With classifier.edgetpu or detector.edgetpu,
 a libedgetpu missing on this machine is an error and no Coral on the USB bus a warning (`run`
@@ -39,7 +40,7 @@ from maskd.config import (
     model_file_problem,
     shown_path,
 )
-from maskd.files import cannot_create, dangling_link, depends_on_user
+from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.outbox import newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
@@ -75,6 +76,33 @@ def file_warnings(cfg: Config) -> list[str]:
         if (problem := missing_detector_file(cfg.detector)) is not None:
             out.append(f"warning: 'detector.kind': {cfg.detector.kind}: {problem}")
     return out
+
+
+def model_problems(cfg: Config) -> list[str]:
+    """What `run` stops on (78) in a classifier model that is here and readable, found by the
+    function `run` opens it with (maskd.service.build_classifier): a file that is no TFLite
+    model (an .h5, an .onnx renamed), one without its sidecar, a 3-class or wrong-size model.
+    check-config said OK of each, and `check-config && systemctl restart maskd` started a
+    service that stopped at once. A file missing here is the warning of ``file_warnings``
+    instead; a model for the Coral runs only there, so `maskd doctor` checks it."""
+    from maskd.classifier import ModelError, default_model_problem
+
+    c = cfg.classifier
+    if c.edgetpu or (model_file_problem(c.model) if c.model is not None
+                     else default_model_problem()) is not None:
+        return []
+    from maskd.service import build_classifier
+
+    native: list[str] = []
+    try:
+        with captured_stderr_fd() as native:  # TFLite's 'Created ... XNNPACK' line: not news
+            build_classifier(cfg)
+    except ModelError as err:
+        return [str(err)]
+    finally:
+        sys.stderr.write("".join(line for line in "".join(native).splitlines(keepends=True)
+                                 if "XNNPACK delegate" not in line))
+    return []
 
 
 def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
@@ -205,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     errors, not_for_me = write_problems(cfg)
     bad_sources, missing_sources = source_problems(cfg)
-    errors += bad_sources
+    errors += bad_sources + model_problems(cfg)
     missing_lib, no_coral = coral_problems(cfg.edgetpu_keys())  # run: 78, and a wait
     errors += [missing_lib] if missing_lib else []
     lacking += [no_coral] if no_coral else []

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +40,7 @@ from maskd.config import (
     SourceConfig,
     load_config,
 )
-from maskd.files import CardWatch, cannot_create, depends_on_user
+from maskd.files import CardWatch, cannot_create, captured_stderr_fd, depends_on_user
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
     EDGETPU_LIB,
@@ -80,24 +80,6 @@ def table(checks: list[Check]) -> str:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def captured_stderr_fd() -> Iterator[list[str]]:
-    """Collect what native code (TFLite's 'Created ... XNNPACK delegate') writes to fd 2."""
-    out: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
 
 
 def _check_fb(fb: Path) -> tuple[str, str]:
