@@ -271,3 +271,42 @@ def test_converted_models_give_the_head_pool_as_features(tiny_run: dict) -> None
         np.testing.assert_array_equal(scores, clf.predict(crops))
         cos = (feats * want).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() > min_cos
+
+
+def _small_keras(path: Path, shape: tuple, units: int, activation: str = "softmax") -> Path:
+    import keras
+
+    inp = keras.Input(shape=shape)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    keras.Model(inp, keras.layers.Dense(units, activation=activation)(x)).save(path)
+    return path
+
+
+def test_a_model_maskd_cannot_use_is_named_before_anything_is_written(tmp_path: Path) -> None:
+    """A non-square or open-sized input was a Keras traceback; a 3-class or one-sigmoid model
+    was converted with a two-label sidecar maskd then refused, and evaluate read its second
+    column as P(no_mask) (or an IndexError); a run stopped before record.json (Ctrl-C, a full
+    disk at curves.png) was converted as if finished, its sidecar without data or params."""
+    out = tmp_path / "models"
+    cases = [
+        (_small_keras(tmp_path / "wide.keras", (96, 128, 3), 2), "input (None, 96, 128, 3): "),
+        (_small_keras(tmp_path / "open.keras", (None, None, 3), 2), "input (None, None, None, 3): "),
+        (_small_keras(tmp_path / "three.keras", (32, 32, 3), 3), "output (None, 3): "),
+        (_small_keras(tmp_path / "one.keras", (32, 32, 3), 1, "sigmoid"), "output (None, 1): "),
+    ]
+    for path, says in cases:
+        for call in (lambda p=path: convert.main([str(p), "--out", str(out), "--formats",
+                                                  "float32"]),
+                     lambda p=path: evaluate.KerasModel(p)):
+            with pytest.raises(SystemExit) as exc:
+                call()
+            assert str(exc.value.code).startswith(f"{path}: {says}"), exc.value.code
+    assert not out.exists() or not list(out.iterdir())
+    run = tmp_path / "run"  # as train.py leaves a run stopped after model.keras
+    run.mkdir()
+    _small_keras(run / "model.keras", (32, 32, 3), 2)
+    (run / "split.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(run / "model.keras"), "--out", str(out), "--formats", "float32"])
+    assert str(exc.value.code).startswith(f"{run}: tools/train.py's run without its record.json")
+    assert not out.exists() or not list(out.iterdir())

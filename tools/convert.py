@@ -38,7 +38,7 @@ from maskd.tflite import ModelError
 from tools import dataset, features
 from tools.inputs import (
     keras_file,
-    load_keras,
+    load_keras_classifier,
     non_negative_int,
     out_dir,
     positive_int,
@@ -222,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if "int8" in formats and not split_path.is_file():
         raise SystemExit(f"int8 needs calibration images: {split_path} not found (pass --split)")
 
-    model = load_keras(args.keras_model)
-    size = int(model.input_shape[1])
     record_path = args.keras_model.parent / "record.json"
+    if not record_path.is_file() and (args.keras_model.parent / "split.json").is_file():
+        raise SystemExit(f"{args.keras_model.parent}: tools/train.py's run without its "
+                         "record.json: its training did not finish (stopped, or failed after "
+                         "saving model.keras); train again into a new --out")
     record = read_json(record_path) if record_path.is_file() else {}
     labels = record.get("labels", dataset.LABELS)
+    model, size = load_keras_classifier(args.keras_model, labels)
     norm = record.get("normalization", {})
     info = ModelInfo.from_dict({"labels": labels, "input_size": size, "normalization": norm},
                                str(args.keras_model))

@@ -30,7 +30,7 @@ import numpy as np
 from maskd.images import ImageError, load_image_rgb
 from tools import dataset
 from tools.inputs import (
-    load_keras,
+    load_keras_classifier,
     non_negative_float,
     non_negative_int,
     number,
@@ -76,8 +76,7 @@ class KerasModel:
     """A .keras model fed by the runtime's own preprocess()."""
 
     def __init__(self, path: Path):
-        self.model = load_keras(path)
-        self.input_size = int(self.model.input_shape[1])
+        self.model, self.input_size = load_keras_classifier(path, dataset.LABELS)
         self.name = f"{path.name} (keras)"
 
     def predict(self, crops: list[np.ndarray]) -> np.ndarray:

@@ -224,3 +224,23 @@ def load_keras(path: Path) -> Any:
         return keras.models.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - keras raises ValueError, OSError, zip errors ...
         raise SystemExit(f"{path}: not a readable .keras model ({reason(err)})") from None
+
+
+def load_keras_classifier(path: Path, labels: list[str]) -> tuple[Any, int]:
+    """(model, input size) of a .keras classifier maskd can use: one square RGB input of a fixed
+    size and one output of a score per label, or SystemExit naming the file. A non-square or
+    open-sized input was a Keras traceback at conversion; a 3-class or one-sigmoid model was
+    converted with a sidecar of two labels (which maskd then refused) and scored by evaluate
+    with its second column read as P(no_mask)."""
+    model = load_keras(path)
+    shape = tuple(model.input_shape) if len(model.inputs) == 1 else None
+    if (shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] != shape[2]
+            or shape[3] != 3):
+        raise SystemExit(f"{path}: input {model.input_shape}: a classifier here takes one square "
+                         "RGB image of a fixed size, (None, S, S, 3)")
+    out = tuple(model.output_shape) if len(model.outputs) == 1 else None
+    if out is None or len(out) != 2 or out[1] != len(labels):
+        raise SystemExit(f"{path}: output {model.output_shape}: a classifier here gives one "
+                         f"score per label, {len(labels)} ({', '.join(labels)}), (None, "
+                         f"{len(labels)})")
+    return model, int(shape[1])
