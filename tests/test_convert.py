@@ -192,6 +192,20 @@ def test_evaluate_reports_metrics_agreement_and_files(tiny_run: dict, capsys) ->
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + report["n_images"]
     assert (out / "confusion.png").stat().st_size > 1000
+    assert (out / "confusion_2.png").is_file()
+    # Again with one model into the same folder: the two-model run's second matrix stayed
+    # beside a report of one. And a full disk at predictions.csv was an OSError traceback
+    # after the work, half a file left.
+    one = ["--model", str(tiny_run["out"] / "tiny_float32.tflite"),
+           "--split", str(tiny_run["run"] / "split.json"), "--out", str(out)]
+    assert evaluate.main(one) == 0
+    assert not (out / "confusion_2.png").exists()
+    (out / "predictions.csv").unlink()
+    (out / "predictions.csv").symlink_to("/dev/full")
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(one)
+    assert str(exc.value.code) == (f"{out / 'predictions.csv'}: cannot write it (No space "
+                                   "left on device)")
 
 
 def test_binary_metrics_no_mask_is_positive() -> None:

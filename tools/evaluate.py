@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ from tools.inputs import (
     out_dir,
     positive_int,
     probability,
+    save_figure,
     write_json,
+    write_out,
 )
 
 NO_MASK = dataset.LABELS.index("no_mask")
@@ -224,7 +227,7 @@ def plot_confusion(m: dict, title: str, path: Path) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"{title}\naccuracy {m['accuracy']:.4f}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -328,17 +331,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.out:
         write_json(args.out / "metrics.json", report)
-        with (args.out / "predictions.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "true"] + [f"p_no_mask_{k + 1}" for k in range(len(models))]
-                       + [f"pred_{k + 1}" for k in range(len(models))])
-            for i, path in enumerate(kept_paths):
-                ps = [float(pr[i]) for pr in probs]
-                w.writerow([str(path), dataset.LABELS[labels[i]]] + [f"{x:.6f}" for x in ps]
-                           + ["no_mask" if x >= args.threshold else "mask" for x in ps])
+        rows = io.StringIO()  # written whole, as the report (a full disk: one line, old file kept)
+        w = csv.writer(rows)
+        w.writerow(["path", "true"] + [f"p_no_mask_{k + 1}" for k in range(len(models))]
+                   + [f"pred_{k + 1}" for k in range(len(models))])
+        for i, path in enumerate(kept_paths):
+            ps = [float(pr[i]) for pr in probs]
+            w.writerow([str(path), dataset.LABELS[labels[i]]] + [f"{x:.6f}" for x in ps]
+                       + ["no_mask" if x >= args.threshold else "mask" for x in ps])
+        write_out(args.out / "predictions.csv", rows.getvalue())
         for k, rec in enumerate(report["models"]):
             suffix = "" if k == 0 else "_2"
             plot_confusion(rec["metrics"], rec["name"], args.out / f"confusion{suffix}.png")
+        if len(report["models"]) == 1:  # an earlier two-model run's second matrix, not this one's
+            (args.out / "confusion_2.png").unlink(missing_ok=True)
         print(f"\nwrote {args.out}/metrics.json, predictions.csv, confusion*.png")
     return 0
 

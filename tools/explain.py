@@ -36,6 +36,7 @@ from tools.inputs import (
     out_dir,
     out_file,
     positive_int,
+    save_figure,
     write_image,
     write_json,
 )
@@ -380,7 +381,7 @@ def make_sheet(ex: Explainer, dst: Path) -> list[dict[str, Any]]:
     fig.suptitle(f"Grad-CAM on {ex.layer_name}", fontsize=9)
     fig.tight_layout()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dst, dpi=90)
+    save_figure(fig, dst, dpi=90)
     plt.close(fig)
     return rows
 

@@ -42,6 +42,7 @@ from tools.inputs import (
     out_file,
     positive_int,
     read_json,
+    save_figure,
     write_out,
 )
 
@@ -209,7 +210,7 @@ def plot(rows: list[dict[str, Any]], dst: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dst, dpi=100)
+    save_figure(fig, dst, dpi=100)
     plt.close(fig)
 
 

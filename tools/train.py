@@ -51,6 +51,7 @@ from tools.inputs import (
     positive_int,
     probability,
     reason,
+    save_figure,
     write_json,
 )
 
@@ -509,7 +510,7 @@ def plot_curves(rows: list[dict], path: Path, fine_tune_start: int | None) -> No
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

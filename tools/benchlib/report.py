@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.inputs import save_figure
+
 
 def table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
@@ -133,7 +135,7 @@ def plot(res: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_title(f"Per-face classifier latency, {face['input_size']} px\n{stamp}", fontsize=9)
         fig.tight_layout()
         written.append(folder / "bench_face.png")
-        fig.savefig(written[-1], dpi=100)
+        save_figure(fig, written[-1], dpi=100)
         plt.close(fig)
     for k, e2e in enumerate(res.get("e2e", {}).get("clips", [])):
         if not e2e["rows"]:
@@ -155,6 +157,6 @@ def plot(res: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_xlim(0, max(r["fps"] for r in rows) * 1.3)
         fig.tight_layout()
         written.append(folder / f"bench_e2e_{k + 1}.png")
-        fig.savefig(written[-1], dpi=100)
+        save_figure(fig, written[-1], dpi=100)
         plt.close(fig)
     return written
