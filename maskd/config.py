@@ -236,6 +236,9 @@ class SourceConfig(Section):
     height: int = Field(480, ge=16, le=4320)
     fps: float = Field(15.0, gt=0, le=240)
     loop: bool = False  # file sources: play again from the start at the end
+    # Degrees clockwise every frame is turned before anything sees it: a camera mounted upside
+    # down (180) or on its side (90, 270). The detector finds no face upside down.
+    rotate: Literal[0, 90, 180, 270] = 0
     # Reconnect backoff; under systemd's watchdog it is capped at half WATCHDOG_USEC.
     reopen_min_s: Seconds = 1.0
     reopen_max_s: Seconds = 30.0

@@ -1144,10 +1144,20 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
         raise MissingSource(no_images(folder))
 
 
+def rotated(image: np.ndarray, degrees: int) -> np.ndarray:
+    """``image`` turned ``degrees`` (0, 90, 180, 270) clockwise, C-contiguous as a Frame's."""
+    import cv2
+
+    turn = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
+            270: cv2.ROTATE_90_COUNTERCLOCKWISE}.get(degrees)
+    return image if turn is None else cv2.rotate(image, turn)
+
+
 def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
     """The source ``cfg`` describes; raises SourceError only for permanent problems.
     ``camera``: the config's name for the camera it is, which starts its lines about frames
-    (``frame_line_name``)."""
+    (``frame_line_name``). Its frames are as the camera gives them: the loop turns them by
+    ``source.rotate`` (``rotated``)."""
     check_source_path(cfg, contents=False)  # the images source lists its folder itself
     if cfg.kind == "demo":
         from maskd.demo import open_demo_source

@@ -27,6 +27,7 @@ from maskd.config import Config, ConfigError, ScheduleWindow, parse_config
 from maskd.demo import astronaut_bgr
 from maskd.pipeline import Pipeline
 from maskd.service import CameraLoop, build_classifier, build_detector
+from maskd.sources import rotated
 from maskd.types import Frame, RunControl
 
 W, H, FPS = 640, 480, 10.0
@@ -391,3 +392,25 @@ def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeyp
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_camera_mounted_upside_down_is_turned_before_detection(default_model):
+    """A camera hung upside down over a door found no face at all (no detector finds one upside
+    down) and nothing in the config could turn it: `source.rotate: 180` turns every frame
+    before the detector, the previews and the clip see it."""
+
+    class UpsideDown(Clip):
+        def read(self) -> Frame | None:
+            frame = super().read()
+            return None if frame is None else Frame(np.ascontiguousarray(frame.image[::-1, ::-1]),
+                                                    frame.seq, frame.timestamp, frame.source)
+
+    _, plain = run(UpsideDown(20, still), default_model)
+    _, turned = run(UpsideDown(20, still), default_model, source={"kind": "demo", "rotate": 180})
+    assert plain.stats().faces == 0 < turned.stats().faces
+    with pytest.raises(ConfigError, match="source.rotate"):
+        parse_config({"source": {"rotate": 45}})
+    side = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert (rotated(side, 90) == np.rot90(side, -1)).all() and rotated(side, 0) is side
+    assert (rotated(side, 270) == np.rot90(side, 1)).all()
+    assert rotated(side, 180).flags.c_contiguous
