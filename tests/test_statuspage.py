@@ -1386,3 +1386,39 @@ def test_a_name_that_does_not_exist_or_a_mistyped_address_is_refused_not_retried
         assert checked.returncode == 78, checked.stderr
         line = f"'preview.http': has a bad host '{typo}': not an IP address"
         assert line in checked.stderr and line in err, (checked.stderr, err)
+
+
+def test_one_address_opening_connections_fast_cannot_keep_others_out(monkeypatch):
+    """Another machine on the LAN, without a password, opening connections that never send
+    their request faster than SLOW_REQUEST_S frees them (50 a second) kept the page at 503 for
+    the password holder. When full, a newcomer from an address that holds fewer waiting
+    connections takes the slot of the oldest of the address holding most."""
+    monkeypatch.setattr(statuspage, "MAX_CONNECTIONS", 3)
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"t")).start()
+    holders = []
+
+    def hold() -> None:
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=10,
+                                     source_address=("127.0.0.2", 0))  # the other machine
+        c.sendall(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\n")  # never ends
+        holders.append(c)
+
+    try:
+        for _ in range(3):
+            hold()
+        time.sleep(0.3)  # all fresh: the old rule (waited SLOW_REQUEST_S) cuts none of them
+        assert get(srv.url + "api/status", {"Authorization": "Bearer t"})[0] == 200
+        holders[0].settimeout(5)
+        assert holders[0].recv(1024) == b""  # the other machine's oldest was cut
+        deadline = time.monotonic() + 5
+        while srv._server._slots._value < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hold()  # it takes the slot again at once; a fourth of its own is refused
+        hold()
+        holders[-1].settimeout(5)
+        assert holders[-1].recv(1024).startswith(b"HTTP/1.0 503")
+        assert get(srv.url + "api/status", {"Authorization": "Bearer t"})[0] == 200
+    finally:
+        for c in holders:
+            c.close()
+        srv.close()
