@@ -83,7 +83,7 @@ MAX_HEADER_BYTES = 64 * 1024  # a request's header lines in all; more are answer
 SLOW_REQUEST_S = 1.0  # when full, a connection still without its request after this is cut
 LISTEN_BACKLOG = 512  # connections the kernel holds until accepted (each then served or 503)
 MS_SMOOTHING = 0.1  # per-stage milliseconds: exponential average over frames
-COOKIE = "maskd_token"
+COOKIE = "maskd_token"  # + "_<port>" (cookie_name); the bare name is still read (set until 2026-12)
 # Guessing the page's password: this many different wrong passwords or tokens from one address
 # within GUESS_WINDOW_S, and its requests get 429 for GUESS_WINDOW_S (a strong token stands
 # any rate; a password a person chose does not stand thousands a second).
@@ -180,7 +180,9 @@ class Credentials:
     def token_ok(self, token: str | None) -> bool:
         return token is not None and self._same(token.encode("utf-8", "replace"), self._now("token"))
 
-    def allows(self, authorization: str | None, cookie: str | None, query_token: str | None) -> bool:
+    def allows(self, authorization: str | None, cookies: list[str], query_token: str | None) -> bool:
+        """Whether a request carries the password or the token: ``cookies`` are the values of
+        this page's token cookie (``cookie_name``)."""
         if not self.required:
             return True
         scheme, _, value = (authorization or "").strip().partition(" ")
@@ -193,7 +195,7 @@ class Credentials:
             return self._same(password, self._now("password"))
         if scheme.lower() == "bearer":
             return self.token_ok(value)
-        if any(self.token_ok(v) for v in cookie_values(cookie, COOKIE)):
+        if any(self.token_ok(v) for v in cookies):
             return True
         return self.token_ok(query_token)
 
@@ -239,6 +241,18 @@ class Guesses:
         """A request that got in: its owner's typos so far are forgiven."""
         with self._lock:
             self._by.pop(addr, None)
+
+
+def cookie_name(port: int) -> str:
+    """The token cookie of the page on ``port``: a browser keeps cookies per host, not per
+    port, so one name for every page let two pages with different tokens (two cameras' ports,
+    two maskd) replace each other's cookie, each logging the other out."""
+    return f"{COOKIE}_{port}"
+
+
+def token_cookies(header: str | None, port: int) -> list[str]:
+    """The values of the page's token cookie in a Cookie header, its own name's first."""
+    return [*cookie_values(header, cookie_name(port)), *cookie_values(header, COOKIE)]
 
 
 def cookie_values(header: str | None, name: str) -> list[str]:
@@ -831,7 +845,8 @@ class StatusServer:
                     return
                 extra = {}
                 if creds.required and creds.token_ok(qtoken):  # the page's own requests carry it
-                    extra["Set-Cookie"] = f"{COOKIE}={qtoken}; HttpOnly; SameSite=Strict; Path=/"
+                    extra["Set-Cookie"] = (f"{cookie_name(server.port)}={qtoken}; HttpOnly; "
+                                           "SameSite=Strict; Path=/")
                 path = parts.path
                 if path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE.encode(), extra)
@@ -865,11 +880,12 @@ class StatusServer:
                                f"too many wrong passwords or tokens from {addr}: try again in "
                                f"{math.ceil(wait)} s\n".encode(), {"Retry-After": str(math.ceil(wait))})
                     return False
-                auth, cookie = self.headers.get("Authorization"), self.headers.get("Cookie")
-                if creds.allows(auth, cookie, qtoken):
+                auth = self.headers.get("Authorization")
+                cookies = token_cookies(self.headers.get("Cookie"), server.port)
+                if creds.allows(auth, cookies, qtoken):
                     server.guesses.right(addr)
                     return True
-                offered = [auth or "", *cookie_values(cookie, COOKIE), qtoken or ""]
+                offered = [auth or "", *cookies, qtoken or ""]
                 if any(offered) and server.guesses.wrong(
                         addr, "\0".join(offered).encode("utf-8", "replace")):
                     log.warning("status page: %d different wrong passwords or tokens from %s "

@@ -852,7 +852,7 @@ def test_secret_files_follow_one_rule(tmp_path):
             cfg = parse_config(doc)
             assert cfg.mqtt.password() == text.strip()
             assert Credentials.from_config(cfg.preview).allows(
-                "Basic " + base64.b64encode(b"u:" + text.strip().encode()).decode(), None, None)
+                "Basic " + base64.b64encode(b"u:" + text.strip().encode()).decode(), [], None)
         else:
             with pytest.raises(ConfigError) as err:
                 parse_config(doc)
@@ -1422,3 +1422,28 @@ def test_one_address_opening_connections_fast_cannot_keep_others_out(monkeypatch
         for c in holders:
             c.close()
         srv.close()
+
+
+def test_two_pages_on_one_host_keep_their_own_token_cookies():
+    """A browser keeps cookies per host, not per port: two pages with different tokens (two
+    cameras' ports, two maskd) each set `maskd_token`, and opening one logged the other out
+    (401 on its next poll). Each port now has its own cookie; the bare name set before is
+    still read."""
+    a = StatusServer("127.0.0.1:0", Credentials(token=b"tok-aaa")).start()
+    b = StatusServer("127.0.0.1:0", Credentials(token=b"tok-bbb")).start()
+    try:
+        jar = {}  # what a browser sends to 127.0.0.1, whatever the port
+        for srv, token in ((a, "tok-aaa"), (b, "tok-bbb")):
+            status, headers, _ = get(srv.url + f"?token={token}")
+            assert status == 200
+            name, _, value = headers["Set-Cookie"].split(";")[0].partition("=")
+            assert name == f"maskd_token_{srv.port}"
+            jar[name] = value
+        cookies = "; ".join(f"{k}={v}" for k, v in jar.items())
+        assert get(a.url + "api/status", {"Cookie": cookies})[0] == 200
+        assert get(b.url + "api/status", {"Cookie": cookies})[0] == 200
+        assert get(a.url + "api/status", {"Cookie": "maskd_token=tok-aaa"})[0] == 200
+        assert get(a.url + "api/status", {"Cookie": f"maskd_token_{b.port}=tok-aaa"})[0] == 401
+    finally:
+        a.close()
+        b.close()
