@@ -245,3 +245,80 @@ def test_a_missing_yunet_file_named_by_config_or_o_stops_the_run(scenes_dir: Pat
         assert run.stderr.strip().splitlines()[-1].startswith(
             f"eval_scenes: {variant}: YuNet model not found (detector.model {missing})")
         assert "Traceback" not in run.stderr and "variant" not in run.stdout
+
+
+def _voc(root: Path, stem: str, objects: list[tuple[str, list[int]]], ns: str = "") -> None:
+    body = "".join(f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                   for n, b in objects)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"{stem}.xml").write_text(
+        f"<annotation{ns}><filename>{stem}.jpg</filename>{body}</annotation>")
+
+
+def test_other_voc_sets_are_read_as_written(tmp_path: Path) -> None:
+    """What another VOC set (the hidden one) may hold, each mis-scored or lost before: a
+    namespaced XML (read as no faces: every event a false alarm), a class in other case
+    (`Without_Mask`) or an extra class (`person`: the whole photo dropped), p.xml beside
+    p.2.jpg (took p.2.jpg), photo[1].jpg (a glob pattern: "no image"), a thumbnail x.bmp beside
+    x.jpg (took the thumbnail), a photo over 16 MP (checked at its reduced decode: "outside the
+    3000x1688 photo"), EXIF orientation 6 (boxes checked on the turned photo), Thumbs.db (a
+    photo "without annotation"), and a set none of whose photos can be used (no reason said)."""
+    from PIL import Image
+
+    img = tmp_path / "images"
+    img.mkdir()
+
+    def photo(name: str, w: int = 160, h: int = 120, exif: int | None = None) -> None:
+        im = Image.fromarray(np.full((h, w, 3), 90, np.uint8))
+        kw = {}
+        if exif is not None:
+            e = Image.Exif()
+            e[274] = exif
+            kw["exif"] = e
+        im.save(img / name, **kw)
+
+    face = [10, 10, 40, 50]
+    photo("ns.jpg")
+    _voc(tmp_path, "ns", [("with_mask", face)], ns=' xmlns="http://example.org/voc"')
+    photo("case.jpg")
+    _voc(tmp_path, "case", [(" Without_Mask ", face), ("person", [0, 0, 100, 100])])
+    photo("p.jpg")
+    photo("p.2.jpg", 64, 48)
+    _voc(tmp_path, "p", [("with_mask", [10, 10, 150, 110])])
+    photo("photo[1].jpg")
+    _voc(tmp_path, "photo[1]", [("with_mask", face)])
+    photo("x.jpg")
+    photo("x.bmp", 64, 46)
+    _voc(tmp_path, "x", [("with_mask", [10, 10, 150, 110])])
+    photo("big.jpg", 5000, 3400)  # 17 MP: decoded reduced, checked at its stored size
+    _voc(tmp_path, "big", [("without_mask", [4000, 3000, 4400, 3300])])
+    photo("turned.jpg", 200, 100, exif=6)  # boxes in the stored 200x100 pixels
+    _voc(tmp_path, "turned", [("with_mask", [150, 20, 190, 80])])
+    photo("y.jpg")  # two photos of one stem, the <filename> naming neither: said, not guessed
+    photo("y.png")
+    _voc(tmp_path, "y", [("with_mask", face)])
+    (tmp_path / "annotations" / "y.xml").write_text(
+        (tmp_path / "annotations" / "y.xml").read_text().replace("y.jpg", "z.jpg"))
+    (img / "Thumbs.db").write_bytes(b"\0" * 64)
+    skipped: list[str] = []
+    scenes = {sc.image.name: sc for sc in ev.load_scenes(tmp_path, skipped=skipped)}
+    assert sorted(scenes) == ["big.jpg", "case.jpg", "ns.jpg", "p.jpg", "photo[1].jpg",
+                              "turned.jpg", "x.jpg"], skipped
+    assert scenes["ns.jpg"].labels == ["with_mask"]
+    assert scenes["case.jpg"].labels == ["without_mask"]
+    left = [w for w in skipped if isinstance(w, ev.LeftOut)]
+    photos = [w for w in skipped if not isinstance(w, ev.LeftOut)]
+    assert left == [f"{tmp_path / 'annotations' / 'case.xml'}: object 1 ('person') left out: "
+                    "not one of with_mask, without_mask, mask_weared_incorrect"]
+    assert photos == [f"{img / 'p.2.jpg'}: no annotation (no {tmp_path / 'annotations' / 'p.2'}"
+                      ".xml)",
+                      f"{tmp_path / 'annotations' / 'y.xml'}: several images named y.* in "
+                      f"{img} (y.jpg, y.png) and its <filename> names none of them"]
+    # an empty set's error names why each photo could not be used
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    _voc(bad, "a", [("with_mask", face)])
+    with pytest.raises(FileNotFoundError, match=r"none of its 1 annotated photos can be used:\n"
+                                                r"  .*a.xml: no image a\.\* in "):
+        ev.load_scenes(bad, skipped=[])

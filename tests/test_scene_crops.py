@@ -173,8 +173,9 @@ def _scene_set(root: Path, objects: dict[str, list[tuple[str, int, int, int, int
 @pytest.mark.shared
 def test_a_bad_annotation_is_left_out_and_named(tmp_path: Path, yunet_model: Path, capsys) -> None:
     """An unknown label or a box outside the photo used to stop scene_crops (and train.py
-    --scenes, convert.py --calibration-scenes) with a traceback; now the photo is left out and
-    named, as eval_scenes.py does."""
+    --scenes, convert.py --calibration-scenes) with a traceback; now the photo with a box
+    outside is left out and named, as eval_scenes.py does, and an object of another class
+    (`person`) is left out of its photo, named, the photo's faces kept."""
     root = _scene_set(tmp_path / "scenes", {
         "good": [("with_mask", 40, 40, 100, 110), ("without_mask", 150, 50, 200, 110)],
         "person": [("with_mask", 40, 40, 100, 110), ("person", 150, 50, 200, 110)],
@@ -182,12 +183,12 @@ def test_a_bad_annotation_is_left_out_and_named(tmp_path: Path, yunet_model: Pat
     assert scene_crops.main(["--scenes", str(root), "--part", "all", "--size", "32",
                              "--zooms", "1"]) == 0
     out, err = capsys.readouterr()
-    assert "1 photos (all), 2 crops" in out
-    assert "unknown class 'person'" in err and "person.xml" in err
+    assert "2 photos (all), 3 crops" in out
+    assert "person.xml: object 1 ('person') left out: not one of with_mask" in err
     assert "outside.xml" in err and "lies outside the 320x240 photo" in err
-    assert "scene_crops: 2 photo(s) skipped" in err
+    assert "scene_crops: 1 photo(s) skipped" in err
     crops = scene_crops.scene_crops(root, "all", 32, zooms=(1.0,))
-    assert crops.photos == ["good"] and len(crops.skipped_photos) == 2
+    assert crops.photos == ["good", "person"] and len(crops.skipped_photos) == 1
     assert crops.subset(crops.labels >= 0).skipped_photos == crops.skipped_photos
 
 

@@ -96,6 +96,45 @@ class Scene:
     image: Path
     boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
     labels: list[str]
+    left_out: list[str] = field(default_factory=list)  # objects not read, each with why
+
+
+class LeftOut(str):
+    """A line of ``load_scenes``' skipped list about an object left out of a photo that is
+    kept (a class maskd does not score), not about a photo: ``report_skipped`` counts apart."""
+
+
+def _local(tag: object) -> str:
+    """An XML tag without its namespace: ``{http://...}object`` is ``object`` (a namespaced
+    VOC file read as photos without a face, every event a false alarm)."""
+    return str(tag).rsplit("}", 1)[-1]
+
+
+def _child_text(el: ET.Element, name: str) -> str | None:
+    return next((c.text or "" for c in el if _local(c.tag) == name), None)
+
+
+def find_image(xml_path: Path, images_dir: Path, filename: str | None) -> Path:
+    """The photo of an annotation: the image file of the XML's exact stem (a glob of stem.*
+    took p.2.jpg for p.xml, read [1] in photo[1] as a pattern and took a thumbnail x.bmp
+    beside x.jpg); of several, the one the XML's <filename> names; raises FileNotFoundError."""
+    from maskd.images import is_image_name
+
+    try:
+        found = sorted(f for f in images_dir.iterdir()
+                       if f.stem == xml_path.stem and is_image_name(f) and f.is_file())
+    except OSError as err:
+        raise FileNotFoundError(f"{images_dir}: cannot list it ({err.strerror or err})") from None
+    if len(found) > 1:
+        named = [f for f in found if f.name == (filename or "").strip()]
+        if len(named) != 1:
+            raise FileNotFoundError(f"{xml_path}: several images named {xml_path.stem}.* in "
+                                    f"{images_dir} ({', '.join(f.name for f in found)}) and its "
+                                    "<filename> names none of them")
+        found = named
+    if not found:
+        raise FileNotFoundError(f"{xml_path}: no image {xml_path.stem}.* in {images_dir}")
+    return found[0]
 
 
 # How far a box may run past the photo's edge and still be read as it is. VOC coordinates are
@@ -108,39 +147,50 @@ EDGE_SLACK_PX = 1
 def load_scene(xml_path: Path, images_dir: Path) -> Scene:
     """One annotation file; the image is found by the XML's stem (its <filename> may be stale).
 
-    Anything that would stop an evaluation later (XML that does not parse, an object without
-    a whole box, an empty box, one wholly outside the photo or running more than
-    EDGE_SLACK_PX past its edge, a missing, truncated or undecodable photo) raises ValueError
-    or FileNotFoundError here, naming the file.
+    Boxes are in the photo's stored pixels, as VOC tools write them: an EXIF orientation tag is
+    not applied (eval_video renders, and eval_scenes detects, the stored pixels too). Class
+    names are read without case or surrounding space; an object of another class (``person``)
+    is left out of the photo and named in ``left_out``, not scored either way. Anything that
+    would stop an evaluation later (XML that does not parse, an object without a whole box, an
+    empty box, one wholly outside the photo or running more than EDGE_SLACK_PX past its edge, a
+    missing, truncated or undecodable photo) raises ValueError or FileNotFoundError here,
+    naming the file.
     """
+    from PIL import Image
+
     from maskd.images import ImageError, load_image_rgb
 
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as err:
         raise ValueError(f"{xml_path}: not valid XML ({err})") from None
-    boxes, labels = [], []
-    for i, obj in enumerate(root.iter("object")):
-        name = (obj.findtext("name") or "").strip()
-        if name not in CLASSES:
-            raise ValueError(f"{xml_path}: unknown class {name!r}")
-        bb = obj.find("bndbox")
-        try:  # no <bndbox>: AttributeError; a missing coordinate: TypeError; not a number: ValueError
-            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-        except (AttributeError, TypeError, ValueError):
+    boxes, labels, left_out = [], [], []
+    for i, obj in enumerate(el for el in root.iter() if _local(el.tag) == "object"):
+        name = (_child_text(obj, "name") or "").strip()
+        if name.lower() not in CLASSES:
+            left_out.append(f"{xml_path}: object {i} ({name!r}) left out: not one of "
+                            f"{', '.join(CLASSES)}")
+            continue
+        name = name.lower()
+        bb = next((c for c in obj if _local(c.tag) == "bndbox"), None)
+        try:  # no <bndbox>: TypeError; a missing coordinate: TypeError; not a number: ValueError
+            box = [float(_child_text(bb, k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
+        except (TypeError, ValueError):
             raise ValueError(f"{xml_path}: object {i} ({name}) has no whole <bndbox> "
                              "(xmin, ymin, xmax, ymax as numbers)") from None
         if not (box[2] > box[0] and box[3] > box[1]):
             raise ValueError(f"{xml_path}: object {i} ({name}) has an empty box {box}")
         boxes.append(box)
         labels.append(name)
-    matches = sorted(images_dir.glob(xml_path.stem + ".*"))
-    if not matches:
-        raise FileNotFoundError(f"{xml_path}: no image {xml_path.stem}.* in {images_dir}")
+    image = find_image(xml_path, images_dir, _child_text(root, "filename"))
     try:
-        h, w = load_image_rgb(matches[0]).shape[:2]
+        load_image_rgb(image)  # decodes whole (a truncated photo fails here, not in a run)
+        with Image.open(image) as im:  # the stored size: a photo over 16 MP decodes reduced
+            w, h = im.size
     except ImageError as err:
         raise ValueError(str(err)) from None
+    except OSError as err:
+        raise ValueError(f"{image}: {err}") from None
     for i, (box, name) in enumerate(zip(boxes, labels, strict=True)):
         if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
             raise ValueError(f"{xml_path}: object {i} ({name}) box {box} lies outside the "
@@ -149,7 +199,7 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
                 or box[2] > w + EDGE_SLACK_PX or box[3] > h + EDGE_SLACK_PX):
             raise ValueError(f"{xml_path}: object {i} ({name}) box {box} runs past the edge "
                              f"of the {w}x{h} photo (more than {EDGE_SLACK_PX} px)")
-    return Scene(matches[0], np.array(boxes, np.float64).reshape(-1, 4), labels)
+    return Scene(image, np.array(boxes, np.float64).reshape(-1, 4), labels, left_out)
 
 
 # scenes-dev is split by photo into a training part and a selection part: no photo is in both,
@@ -191,9 +241,12 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
                 "no annotations folder in it" if not (root / "annotations").is_dir() else None)
         raise FileNotFoundError(f"{root}: {what} (a VOC scene set has images/ and annotations/)"
                                 if what else f"{root}/annotations: no .xml files")
+    from maskd.images import is_image_name
+
     images = root / "images"
-    bare = {f.stem: f for f in (images.iterdir() if images.is_dir() else ())
-            if f.is_file() and not f.name.startswith(".") and f.stem not in xmls}
+    bare = {f.stem: f for f in (images.iterdir() if images.is_dir() else ())  # Thumbs.db: none
+            if f.is_file() and not f.name.startswith(".") and f.stem not in xmls
+            and is_image_name(f)}
     stems = sorted(st for st in {*xmls, *bare} if part == "all" or photo_part(st) == part)[:limit]
     if skipped is not None:
         skipped.extend(f"{bare[st]}: no annotation (no {root / 'annotations' / st}.xml)"
@@ -203,24 +256,34 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
         raise FileNotFoundError(f"{root}/annotations: no .xml files"
                                 + (f" of the {part} part" if part != "all" else ""))
     scenes = []
+    reasons: list[str] = []
     for x in xml_list:
         try:
             scenes.append(load_scene(x, root / "images"))
         except (OSError, ValueError) as err:
             if skipped is None:
                 raise
+            reasons.append(str(err))
             skipped.append(str(err))
-    if not scenes:
-        raise FileNotFoundError(f"{root}: none of its {len(xml_list)} annotated photos can be used")
+        else:
+            if skipped is not None:
+                skipped.extend(LeftOut(line) for line in scenes[-1].left_out)
+    if not scenes:  # the reasons too: the tool stops here, before it names what it skipped
+        shown = "".join(f"\n  {why}" for why in reasons[:10])
+        more = f"\n  ... and {len(reasons) - 10} more" if len(reasons) > 10 else ""
+        raise FileNotFoundError(f"{root}: none of its {len(xml_list)} annotated photos can be "
+                                f"used{':' if reasons else ''}{shown}{more}")
     return scenes
 
 
 def report_skipped(tool: str, skipped: list[str]) -> None:
-    """Name every photo a tool left out, on stderr, so a smaller count is never silent."""
+    """Name every photo (and object, ``LeftOut``) a tool left out, on stderr, so a smaller
+    count is never silent."""
+    photos = [why for why in skipped if not isinstance(why, LeftOut)]
     for why in skipped:
-        print(f"{tool}: skipped {why}", file=sys.stderr)
-    if skipped:
-        print(f"{tool}: {len(skipped)} photo(s) skipped; the numbers below are without them",
+        print(f"{tool}: {'' if isinstance(why, LeftOut) else 'skipped '}{why}", file=sys.stderr)
+    if photos:
+        print(f"{tool}: {len(photos)} photo(s) skipped; the numbers below are without them",
               file=sys.stderr)
 
 
@@ -437,7 +500,8 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
     runs = []  # per image: boxes, detector scores, P(no_mask) (nan when not judged)
     det_s = cls_s = 0.0
     for sc in scenes:
-        image = cv2.imread(str(sc.image), cv2.IMREAD_COLOR)
+        # the stored pixels, as the boxes are (load_scene), not turned by an EXIF tag
+        image = cv2.imread(str(sc.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
             raise RuntimeError(f"{sc.image}: unreadable image")
         t0 = time.perf_counter()

@@ -123,6 +123,12 @@ KINDS = ("walkup", "pan", "crossing", "queue")
 DEFAULT_KINDS = ("walkup", "queue")
 PAN_MIN_FACES = 3
 MIN_SOURCE_PX = 24.0  # crossing/queue faces are enlarged; smaller ones would be mush
+# Why a kind asked for made no clip from these photos (said on stderr and in --json's not_made).
+NOT_MADE = {
+    "queue": f"no without_mask face of >= {MIN_SOURCE_PX:g} px in these photos",
+    "pan": f"no photo with >= {PAN_MIN_FACES} annotated faces",
+    "crossing": f"fewer than two photos with a face of >= {MIN_SOURCE_PX:g} px",
+}
 CROSS_FACE_PX = (72.0, 88.0)  # far, near (the near one walks in front)
 CROSS_CONTEXT = 2.5  # patch side / face side
 CROSS_Y = (0.40, 0.50)  # face centre heights, share of the frame
@@ -430,12 +436,25 @@ def clip_truth(plan: ClipPlan) -> np.ndarray:
 # --------------------------------------------------------------------------- rendering
 
 
+@functools.lru_cache(maxsize=4096)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def photo_digest(path: Path) -> str:
+    """The photo's content hash (read once per run for a file that did not change)."""
+    st = path.stat()
+    return _digest(path, st.st_size, st.st_mtime_ns)
+
+
 def clip_key(plan: ClipPlan) -> str:
     """A hash of everything that makes the clip's pixels (so a cached file can be reused)."""
     spec = {
         "v": RENDER_VERSION, "size": plan.size, "fps": plan.fps, "quality": JPEG_QUALITY,
         "background": BACKGROUND,
-        "photos": [[sc.image.name, sc.image.stat().st_size] for sc in plan.scenes],
+        # the content, not the name and size: another set's photo of a dev name (or one
+        # replaced by a picture of the same size) took the old photo's cached clip
+        "photos": [[sc.image.name, photo_digest(sc.image)] for sc in plan.scenes],
         "frames": [[[ly.photo, np.round(ly.affine, 6).tolist(), np.round(ly.src, 3).tolist()]
                     for ly in layers] for layers in plan.frames],
     }
@@ -1197,6 +1216,10 @@ def main(argv: list[str] | None = None) -> int:
     report_skipped("eval_video", skipped)
     plans = build_plans(scenes, kinds, args.seed, args.frames, args.limit, args.queue_people,
                         args.queue_context)
+    not_made = {k: NOT_MADE[k] for k in kinds if k in NOT_MADE
+                and not any(p.kind == k for p in plans) and args.limit != 0}
+    for kind, why in not_made.items():  # was: left out of the table and the report unsaid
+        print(f"eval_video: no {kind} clip: {why}", file=sys.stderr)
     if not plans:
         print("eval_video: no clips to run", file=sys.stderr)
         return 1
@@ -1234,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{threads} classifier threads)")
     if args.json:
         report = {"scenes": str(args.scenes), "part": args.part, "skipped": skipped,
+                  "not_made": not_made,
                   "seed": args.seed, "kinds": kinds, "limit": args.limit, "frames": args.frames,
                   "queue_people": args.queue_people, "queue_context": args.queue_context,
                   "jobs": jobs, "seconds": round(seconds, 1),

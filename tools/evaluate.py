@@ -145,7 +145,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     face crop left, stops the tool.
     """
     from maskd.geometry import crop_face
-    from tools.eval_scenes import load_scenes, report_skipped
+    from tools.eval_scenes import LeftOut, load_scenes, report_skipped
 
     reasons: list[str] = []
     try:
@@ -154,7 +154,8 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
         raise SystemExit(f"evaluate: {err}") from None
     report_skipped("evaluate", reasons)
     crops, labels = [], []
-    skipped = {"small": 0, "mask_weared_incorrect": 0, "photos": len(reasons)}
+    skipped = {"small": 0, "mask_weared_incorrect": 0,
+               "photos": sum(not isinstance(r, LeftOut) for r in reasons)}
     for scene in scenes:
         rgb = load_image_rgb(scene.image)
         for k, (box, name) in enumerate(zip(scene.boxes, scene.labels, strict=True)):

@@ -41,6 +41,7 @@ from maskd.geometry import crop_face, shorter_sides
 from tools import dataset
 from tools.eval_scenes import (
     DEFAULT_SCENES,
+    LeftOut,
     Scene,
     add_scene_options,
     load_scenes,
@@ -220,8 +221,8 @@ def scene_crops(root: Path = DEFAULT_SCENES, part: str = "train", size: int = 22
                 "margin": margin, "min_face_px": min_px, "iou": IOU,
                 "detector": {f"{z:g}x": c.model_dump(mode="json") for z, c in configs.items()}}
     return SceneCrops(out, np.array(labels, np.int64), stems, kinds, np.array(zs, np.float64),
-                      [sc.image.stem for sc in scenes], dict(sorted(skipped.items())), bad,
-                      settings)
+                      [sc.image.stem for sc in scenes], dict(sorted(skipped.items())),
+                      [why for why in bad if not isinstance(why, LeftOut)], settings)
 
 
 def split_by_photo(crops: SceneCrops, percent: int = VAL_PERCENT
