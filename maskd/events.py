@@ -108,7 +108,7 @@ class Violations:
         """``t`` is the person expected at one of ``boxes``, looking like ``look`` (module
         docstring). With ``since_first``, where ``t`` was first seen counts as well: a track
         that began by the lost one may have moved on from there before it was confirmed."""
-        mine = (t.box, t.anchor) if since_first and t.anchor is not None else (t.box,)
+        mine = (t.box, t.anchor) if since_first else (t.box,)
         if not any(near(b, m) and same_size(b, m) for b in boxes for m in mine):
             return False
         sim = similarity(look, t.appearance)
@@ -175,7 +175,7 @@ class Violations:
                 if t.smoothed is not None:
                     v.score = t.smoothed
                 if not t.violating:
-                    out.append(self._end(v, "masked", now, frame_seq))
+                    out.append(self._end(v, "masked", now))
                     continue
                 if t.appearance is not None:  # the look without the mask, for the cooldown
                     v.appearance = t.appearance
@@ -187,10 +187,10 @@ class Violations:
                 # not while the tracker still holds its track (missed for max_missed_frames,
                 # longer than end_after_s at a slow frame rate): found again, that track is the
                 # same person, and an end then would be followed by a second start at once
-                out.append(self._end(v, "gone", v.last_seen, frame_seq))
+                out.append(self._end(v, "gone", v.last_seen))
                 continue
             if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:
-                out.append(self._message(v, "update", now, frame_seq))
+                out.append(self._message(v, "update", now))
 
         owned = {v.track_id for v in self._open}
         for t in tracks:
@@ -207,7 +207,7 @@ class Violations:
             )
             self._open.append(v)
             self.started += 1
-            out.append(self._message(v, "start", now, frame_seq))
+            out.append(self._message(v, "start", now))
         return out
 
     def rescale(self, sx: float, sy: float) -> None:
@@ -234,21 +234,20 @@ class Violations:
         for r in self._recent:
             r.end_time += step
 
-    def close_all(self, now: float, frame_seq: int | None = None) -> list[ViolationEvent]:
+    def close_all(self, now: float) -> list[ViolationEvent]:
         """End every open violation with reason ``shutdown`` (the loop is stopping)."""
-        return [self._end(v, "shutdown", now, frame_seq) for v in list(self._open)]
+        return [self._end(v, "shutdown", now) for v in list(self._open)]
 
-    def end_all_gone(self, frame_seq: int | None = None) -> list[ViolationEvent]:
+    def end_all_gone(self) -> list[ViolationEvent]:
         """End every open violation ``gone`` at its last sighting (no frame came for
         ``end_after_s``: the camera is away; maskd.pipeline ``end_gone``)."""
-        return [self._end(v, "gone", v.last_seen, frame_seq) for v in list(self._open)]
+        return [self._end(v, "gone", v.last_seen) for v in list(self._open)]
 
-    def _end(self, v: _Violation, reason: EndReason, end_time: float,
-             frame_seq: int | None) -> ViolationEvent:
+    def _end(self, v: _Violation, reason: EndReason, end_time: float) -> ViolationEvent:
         self._open.remove(v)
         if reason == "masked":  # the cooldown is for a mask put on and taken off again
             self._recent.append(_Ended(v.box, end_time, v.appearance, v.track_id))
-        ev = self._message(v, "end", end_time, frame_seq)
+        ev = self._message(v, "end", end_time)
         # after a step back the new clock's end comes before the start: the end on the
         # start's clock then, which a consumer sorting or subtracting the two can use; by the
         # step itself, not its rounding (a microsecond's jitter back made an end 1 us before
@@ -257,8 +256,9 @@ class Violations:
         ev.end_reason = reason
         return ev
 
-    def _message(self, v: _Violation, kind: EventType, now: float,
-                 frame_seq: int | None) -> ViolationEvent:
+    def _message(self, v: _Violation, kind: EventType, now: float) -> ViolationEvent:
+        """The event of ``kind`` about ``v`` at ``now``; its frame_seq is that of v's best
+        crop (the frame a snapshot shows), not of the frame that ended it."""
         w, h = self._size
         x0, y0, x1, y1 = v.box
         norm = (

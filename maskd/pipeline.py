@@ -2,7 +2,7 @@
 violating tracks into events. A frame goes in, a ``FrameResult`` with its verdicts and events
 comes out; nothing flows back.
 
-``crop_face`` is the one crop function of the project: a square around the face box with a
+``crop_face`` (maskd.geometry) is the one crop function of the project: a square around the face box with a
 margin, padded where it runs off the image, so the classifier always sees a whole,
 undistorted face the way it was trained.
 
@@ -392,7 +392,7 @@ class Pipeline:
         if not self.violations.active or (waited := self.no_frame_for()) is None:
             return []
         self._forget(waited[1])
-        return self.violations.end_all_gone(waited[0].seq)
+        return self.violations.end_all_gone()
 
     def no_frame_for(self) -> tuple[Frame, float] | None:
         """The last frame and the seconds since it, once that is a gap (``_is_gap``); None
@@ -406,6 +406,4 @@ class Pipeline:
     def close(self) -> list[ViolationEvent]:
         """End every open violation (reason ``shutdown``) at the last frame's time."""
         last = self._last
-        if last is None:
-            return self.violations.close_all(time.time(), None)
-        return self.violations.close_all(last.timestamp, last.seq)
+        return self.violations.close_all(time.time() if last is None else last.timestamp)

@@ -79,11 +79,9 @@ class Track:
 
     track_id: int
     box: Box
-    first_seen: float
     last_seen: float  # timestamp of the last frame it was matched in
     last_seq: int
     window: int
-    hits: int = 1
     missed: int = 0  # consecutive frames without a match
     scores: deque[float] = field(default_factory=deque)  # the last `window` votes
     smoothed: float | None = None  # median of the last `window` votes; None until judged
@@ -92,7 +90,7 @@ class Track:
     votes: int = 0  # fresh classifications so far
     violating: bool = False
     appearance: np.ndarray | None = field(default=None, repr=False)  # see appearance()
-    anchor: Box | None = None  # where the box first was (static-face suppression)
+    anchor: Box = (0.0, 0.0, 0.0, 0.0)  # where the box first was (_new_track sets it)
     still_since: float = 0.0  # when it was there
     moved: bool = False  # its box has moved beyond static_tolerance at least once
     static: bool = False  # still for static_after_s: a picture, not a person
@@ -153,7 +151,6 @@ class Tracker:
             t = self.tracks[ti]
             t.velocity = smooth_velocity(t.velocity, t.box, boxes[bi], timestamp - t.last_seen)
             t.box, t.last_seen, t.last_seq = boxes[bi], timestamp, seq
-            t.hits += 1
             t.returned = t.returned or t.missed > 0
             t.missed = 0
             self._still(t)
@@ -193,7 +190,7 @@ class Tracker:
 
     def _new_track(self, box: Box, timestamp: float, seq: int) -> Track:
         """A track first seen now at ``box``: the next id, no votes, anchored where it is."""
-        t = Track(self._next_id, box, timestamp, timestamp, seq, self.cfg.window, anchor=box,
+        t = Track(self._next_id, box, timestamp, seq, self.cfg.window, anchor=box,
                   still_since=timestamp)
         self._next_id += 1
         return t
@@ -207,8 +204,7 @@ class Tracker:
         every box and velocity follows, so a face keeps matching its track."""
         for t in self.tracks:
             t.box = rescale(t.box, sx, sy)
-            if t.anchor is not None:
-                t.anchor = rescale(t.anchor, sx, sy)
+            t.anchor = rescale(t.anchor, sx, sy)
             t.velocity = (t.velocity[0] * sx, t.velocity[1] * sy)
 
     def shift(self, step: float) -> None:
@@ -216,7 +212,6 @@ class Tracker:
         and a track's spans (its votes, how long it stood still) are of time that passed, not of
         the step."""
         for t in self.tracks:
-            t.first_seen += step
             t.last_seen += step
             t.still_since += step
             if t.above_since is not None:
@@ -229,9 +224,7 @@ class Tracker:
         after = self.cfg.static_after_s
         if after is None or t.static or t.moved:
             return
-        if t.anchor is None:
-            t.anchor, t.still_since = t.box, t.last_seen
-        elif not same_place(t.anchor, t.box, self.cfg.static_tolerance):
+        if not same_place(t.anchor, t.box, self.cfg.static_tolerance):
             t.moved = True
         elif t.last_seen - t.still_since >= after:
             t.static = True

@@ -85,7 +85,7 @@ class ViolationEvent:
     box: Box  # normalised 0..1 to the frame size
     end_time: float | None = None
     end_reason: EndReason | None = None
-    frame_seq: int | None = None
+    frame_seq: int | None = None  # the frame of the best crop so far (the snapshot's)
     # How long the violation has lasted at this message, by the time that passed (a step of
     # the wall clock left out); None where no clock timed it (an older record).
     duration_s: float | None = None

@@ -190,7 +190,7 @@ def test_two_people_two_events_and_shutdown_ends_both():
     s = Scene()
     s.frames(10, (BOX, 0.9), ((400, 100, 500, 200), 0.85))
     assert sorted(e.event_id for e in s.events) == ["ev1", "ev2"]
-    ends = s.violations.close_all(5.0, 99)
+    ends = s.violations.close_all(5.0)
     assert [(e.event_type, e.end_reason, e.end_time) for e in ends] == [("end", "shutdown", 5.0)] * 2
     assert s.violations.active == 0
 
