@@ -2,9 +2,11 @@
 
 The model file never stands alone: a sidecar JSON next to it (``model.tflite`` ->
 ``model.json``, written by tools/convert.py) says the labels, the input size and the
-normalisation, so the runtime never guesses them. ``preprocess`` is the one function
-that turns a crop into network input; tools/train.py and tools/evaluate.py import it
-too, which is what makes training and the device agree.
+normalisation, so the runtime never guesses them. A crop becomes network input in two
+steps shared with the tools, which is what makes training and the device agree:
+``resize_square`` (the geometry) and ``normalize`` (the values; tools/train.py imports it).
+``Classifier`` folds normalize and the input's quantization into one look-up table
+(``input_table``); ``preprocess`` (both steps, float32) feeds Keras in the tools.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ class DetectorConfig(Section):
     # matters more than time; 640x480 found 87 % of faces >= 24 px on scenes-dev, 320x240 68 %).
     still_input_width: int = Field(640, ge=32, le=4096)
     still_input_height: int = Field(480, ge=32, le=4096)
-    # None: the detector's own default (DEFAULT_SCORE_THRESHOLD in maskd/detectors.py): YuNet 0.8,
+    # None: the detector's own default (DEFAULT_SCORE_THRESHOLD in maskd/detectors/<kind>.py): YuNet 0.8,
     # chosen on scenes-dev because low-score YuNet faces are mostly blurred crowd faces the
     # classifier misjudges (docs/detectors.md); 0.6 for the others.
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from maskd.config import ClassifierConfig
 from maskd.images import ImageError, load_image_rgb
+from maskd.types import label_for
 from tools import dataset
 from tools.inputs import (
     load_keras_classifier,
@@ -136,7 +138,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
               ) -> tuple[list[Crop], np.ndarray, dict]:
     """with_mask / without_mask boxes of PASCAL VOC scenes, cut like the device cuts a detection.
 
-    The crop is maskd.pipeline.crop_face (square, ``margin`` per side, edge-padded): the
+    The crop is maskd.geometry.crop_face (square, ``margin`` per side, edge-padded): the
     classifier sees what it sees behind the detector. Boxes with a shorter side below
     ``min_px`` and mask_weared_incorrect boxes are counted and left out. Photos are read by
     tools/eval_scenes.py's loader, so a photo it cannot use (bad XML, a box without
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--voc", type=Path,
                      help="scene photos with PASCAL VOC boxes (images/, annotations/): score "
                           "the classifier on face crops cut as the device cuts them")
-    p.add_argument("--margin", type=non_negative_float, default=0.15, help="--voc: crop margin per side")
+    p.add_argument("--margin", type=non_negative_float, default=ClassifierConfig().margin,
+                   help="--voc: crop margin per side (default: classifier.margin's, %(default)s)")
     p.add_argument("--min-face-px", type=non_negative_int, default=24, help="--voc: skip smaller boxes")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
     p.add_argument("--part", choices=["all", "train", "select"], default="all",
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, path in enumerate(kept_paths):
             ps = [float(pr[i]) for pr in probs]
             w.writerow([str(path), dataset.LABELS[labels[i]]] + [f"{x:.6f}" for x in ps]
-                       + ["no_mask" if x >= args.threshold else "mask" for x in ps])
+                       + [label_for(x, args.threshold) for x in ps])
         write_out(args.out / "predictions.csv", rows.getvalue())
         for k, rec in enumerate(report["models"]):
             suffix = "" if k == 0 else "_2"

@@ -73,7 +73,7 @@ class CenterFace:
     EDGETPU = False  # OpenCV on the CPU
 
     def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
-                 score_threshold: float = 0.6, nms_threshold: float = 0.3):
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, nms_threshold: float = 0.3):
         self.name = "centerface"
         self.path = Path(model)
         self.input_size = net_input_size(*input_size)

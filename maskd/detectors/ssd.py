@@ -82,7 +82,7 @@ class TfliteSsd:
     FIXED_INPUT = True  # the model's own input size: ``upscale`` can only become tiles
     EDGETPU = True
 
-    def __init__(self, model: Path, score_threshold: float = 0.6, edgetpu: bool = False,
+    def __init__(self, model: Path, score_threshold: float = DEFAULT_SCORE_THRESHOLD, edgetpu: bool = False,
                  face_class: int | None = 0):
         self.path = _tflite_ssd_file(Path(model))
         self.name = "ssd-edgetpu" if edgetpu else "ssd"
@@ -144,7 +144,7 @@ class OpenCvSsd:
     FIXED_INPUT = False  # blobFromImage stretches to any size: ``upscale`` enlarges it
     EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
-    def __init__(self, model: Path, config: Path | None = None, score_threshold: float = 0.6,
+    def __init__(self, model: Path, config: Path | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  input_size: tuple[int, int] = (300, 300)):
         model, config = _opencv_ssd_files(Path(model), config)
         self.name = "opencv-ssd"

@@ -76,7 +76,7 @@ class YuNet:
     EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
-                 score_threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 5000):
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, nms_threshold: float = 0.3, top_k: int = 5000):
         if not Path(model).is_file():
             raise DetectorError(f"{model}: YuNet model file not found")
         self.name = "yunet"
