@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
+from maskd.env import Environment
+
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 LOCALTIME = Path("/etc/localtime")  # the machine's time zone (timedatectl relinks it)
 ZONE_CHECK_S = 60.0
@@ -144,7 +146,7 @@ class ZoneWatch:
         if stamp == self._seen:
             return None
         self._seen = stamp
-        tz = os.environ.get("TZ")
+        tz = Environment.read().tz
         if tz and tz.lstrip(":") != str(self._path):  # the zone is TZ's, not this file's:
             return None  # "time zone now" named a change that changed nothing
         time.tzset()

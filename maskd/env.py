@@ -10,6 +10,7 @@ installation put things and what the process runs under:
 | ``NOTIFY_SOCKET`` | systemd (``Type=notify``) | where READY/WATCHDOG/STATUS go |
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
 | ``DISPLAY``, ``WAYLAND_DISPLAY`` | the desktop session | whether ``preview.window`` can open |
+| ``TZ`` | a unit's ``Environment=`` | a time zone that a changed ``/etc/localtime`` does not move (maskd.clock.ZoneWatch) |
 | the name in ``mqtt.password_env`` | the unit's drop-in | the broker password (the config names it) |
 
 Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run``, ``scan`` and
@@ -58,6 +59,7 @@ class Environment:
     watchdog_usec: str = ""
     watchdog_pid: str = ""
     display: bool = False
+    tz: str = ""  # TZ as set; the C library reads it itself, maskd only looks (ZoneWatch)
 
     @property
     def watchdog_s(self) -> float | None:
@@ -87,6 +89,7 @@ class Environment:
             watchdog_usec=env.get("WATCHDOG_USEC", ""),
             watchdog_pid=env.get("WATCHDOG_PID", ""),
             display=bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")),
+            tz=env.get("TZ", ""),
         )
 
 
