@@ -58,6 +58,12 @@ def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
     return folder / name if folder is not None else packaged_model_path(name)
 
 
+def model_path(model: Path | str | None) -> Path:
+    """The classifier file a config names (``classifier.model``), else the shipped one: the
+    one rule run, check-config, the MQTT events' ``model`` and the tools follow."""
+    return Path(model) if model is not None else default_model_path()
+
+
 def default_model_problem() -> str | None:
     """Why the shipped model (no ``classifier.model``) cannot be opened here, or None: `run`'s
     line, which check-config gives as a warning."""
@@ -228,7 +234,7 @@ class Classifier:
     @classmethod
     def open(cls, path: Path | None = None, threads: int = 2, edgetpu: bool = False) -> Classifier:
         """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
-        p = Path(path) if path is not None else default_model_path()
+        p = model_path(path)
         problem = model_file_problem(p) if path is not None else default_model_problem()
         if problem is not None:  # the commands name its key first
             raise ModelError(problem)

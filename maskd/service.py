@@ -705,9 +705,10 @@ def build_sinks(cfg: Config, control: RunControl) -> list[EventSink]:
     if cfg.jsonl.path:
         sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_mb))
     if cfg.mqtt.url:
+        from maskd.classifier import model_path
         from maskd.mqtt import MqttSink
 
-        sinks.append(MqttSink.from_config(cfg, control))
+        sinks.append(MqttSink.from_config(cfg, control, model_path(cfg.classifier.model).name))
     return sinks
 
 
@@ -839,9 +840,10 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
     if cfg.jsonl.path:
         shared.append(_Shared(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_mb), len(cams)))
     if cfg.mqtt.url:
+        from maskd.classifier import model_path
         from maskd.mqtt import MqttSink
 
-        mqtt = MqttSink.for_cameras(cfg, controls)
+        mqtt = MqttSink.for_cameras(cfg, controls, model_path(cfg.classifier.model).name)
     notifier = _systemd_notifier()
     watchdogs = (notifier.for_cameras([c.camera for c in cams]) if notifier is not None
                  else [None] * len(cams))

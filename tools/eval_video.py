@@ -682,9 +682,9 @@ class Memo:
 
     def __init__(self, folder: Path, clip: Path, cfg: Config) -> None:
         det = json.dumps(cfg.detector.model_dump(mode="json"), sort_keys=True)
-        from maskd.classifier import default_model_path
+        from maskd.classifier import model_path
 
-        model = cfg.classifier.model or default_model_path()
+        model = model_path(cfg.classifier.model)
         stat = model.stat() if model.is_file() else None
         clf = f"{model.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
         # v2: faces keyed by the frame's bytes, not by call order (the motion gate skips calls);

@@ -128,9 +128,9 @@ def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
 def edgetpu_model_warnings(cfg: Config) -> list[str]:
     """One line per model put on the Coral that edgetpu_compiler did not make (it runs on the
     CPU; `run` warns the same: maskd.tflite.not_compiled_for_edgetpu)."""
-    from maskd.classifier import default_model_path
+    from maskd.classifier import model_path
 
-    models = {"classifier.edgetpu": cfg.classifier.model or default_model_path(),
+    models = {"classifier.edgetpu": model_path(cfg.classifier.model),
               "detector.edgetpu": cfg.detector.model}
     return [f"{key}: {line}" for key in cfg.edgetpu_keys()
             if (path := models[key]) is not None

@@ -335,20 +335,15 @@ class MqttSink(EventSink):
     def from_config(
         cls, cfg: Config, control: RunControl | None = None, model_name: str | None = None
     ) -> MqttSink:
-        """The run loop's constructor; ``model`` in events defaults to the classifier file's name."""
-        if model_name is None:
-            from maskd.classifier import default_model_path
-
-            model_name = Path(cfg.classifier.model or default_model_path()).name
+        """The run loop's constructor; ``model_name``: the classifier file's name, which events
+        carry as ``model`` (the service knows it: maskd.classifier.model_path)."""
         return cls(cfg.mqtt, cfg.device_id, cfg.camera, cfg.state_dir, control, model_name,
                    configuration_url=configuration_url(cfg))
 
     @classmethod
-    def for_cameras(cls, cfg: Config, controls: dict[str, RunControl]) -> MqttSink:
+    def for_cameras(cls, cfg: Config, controls: dict[str, RunControl],
+                    model_name: str | None = None) -> MqttSink:
         """One connection for a ``cameras:`` map; give each loop ``for_camera(name)``."""
-        from maskd.classifier import default_model_path
-
-        model_name = Path(cfg.classifier.model or default_model_path()).name
         return cls(cfg.mqtt, cfg.device_id, next(iter(controls)), cfg.state_dir,
                    model_name=model_name, cameras=controls,
                    configuration_url=configuration_url(cfg))
