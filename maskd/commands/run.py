@@ -166,12 +166,10 @@ def detector_notes(cfg: Config, demo: bool, still: bool = False) -> list[str]:
     """Which face detector runs, said plainly; and when ``auto`` had to fall back to BlazeFace
     because YuNet's file is missing, what that means for masked faces (``still``: for `scan`'s
     photos, which have no events)."""
-    from maskd.detectors import YuNet, find_yunet_model
+    from maskd.detectors import find_yunet_model, resolved_kind
     from maskd.detectors.yunet import where_yunet_was_looked_for
 
-    kind = cfg.detector.kind
-    if kind == "auto":
-        kind = "yunet" if YuNet.available(cfg.detector) else "blazeface"
+    kind = resolved_kind(cfg.detector)
     described = kind
     if kind == "yunet":
         described += f" ({find_yunet_model(cfg.detector.model)})"

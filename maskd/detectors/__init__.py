@@ -47,7 +47,7 @@ __all__ = [
     "DetectorError", "keep_by_size", "scaled_big_px",
     "OpenCvSsd", "Ssd", "TfliteSsd", "Tiled", "YuNet", "decode_blazeface", "decode_centerface",
     "decode_ssd_postprocess", "find_yunet_model", "inner_edge_mask", "make_detector",
-    "missing_detector_file",
+    "missing_detector_file", "resolved_kind",
     "postprocess_output_order", "ssd_anchors",
 ]
 
@@ -75,11 +75,18 @@ DETECTORS: dict[str, DetectorKind] = {"yunet": YuNet, "centerface": CenterFace,
 AUTO_ORDER = ("yunet", "blazeface")  # ``auto``: the first whose model is at hand, else the last
 
 
+def resolved_kind(cfg: DetectorConfig) -> str:
+    """The kind that runs: ``cfg.kind``, or for ``auto`` the first of AUTO_ORDER whose model is
+    at hand, else the last (the one rule `run`'s note and the build follow)."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    return next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
+
+
 def _resolved(cfg: DetectorConfig) -> tuple[DetectorKind, DetectorConfig]:
     """The registry entry ``cfg`` asks for (``auto`` resolved), with the config it builds from."""
-    kind = cfg.kind
-    if kind == "auto":
-        kind = next(k for k in AUTO_ORDER if k == AUTO_ORDER[-1] or DETECTORS[k].available(cfg))
+    kind = resolved_kind(cfg)
+    if cfg.kind == "auto":
         if kind != AUTO_ORDER[0]:  # auto's detector.model is YuNet's, missing: not BlazeFace's
             cfg = cfg.model_copy(update={"model": None})
     entry = DETECTORS.get(kind)
