@@ -1591,6 +1591,14 @@ def _read_text(p: Path) -> str:
         raise ConfigError(f"{p}: not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}") from None
 
 
+def given_or_installed(path: Path | None) -> Path | None:
+    """The config a command that reads the installed one by default means: ``path`` when given,
+    else /etc/maskd/config.yaml when it exists, else None (the built-in defaults)."""
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return path
+
+
 def load_config(path: Path | str | None) -> Config:
     """Read and validate a YAML config file; None gives the built-in defaults."""
     if path is None:

@@ -38,6 +38,7 @@ from maskd.config import (
     Config,
     ConfigError,
     SourceConfig,
+    given_or_installed,
     load_config,
 )
 from maskd.files import CardWatch, cannot_create, captured_stderr_fd, depends_on_user
@@ -959,9 +960,7 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = args.config
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = given_or_installed(args.config)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(path)

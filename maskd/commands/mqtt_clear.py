@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskd.commands import OutputError, print_line
-from maskd.config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, Id, load_config
+from maskd.config import EX_CONFIG, Config, ConfigError, Id, given_or_installed, load_config
 from maskd.mqtt.homeassistant import Topics
 
 EX_BROKER = 1
@@ -259,9 +259,7 @@ def order(topics: list[str], discovery_prefix: str) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from maskd.commands.doctor import connect_probe
 
-    path = args.config
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = given_or_installed(args.config)
     try:
         cfg = load_config(path)
         if args.camera is not None:
