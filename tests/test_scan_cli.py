@@ -506,3 +506,18 @@ def test_opencvs_own_warnings_stay_off_a_scans_stderr(photos, model_args):
     r = scan("--json", *model_args, str(photos[0]))
     assert r.returncode == 0, r.stderr
     assert "[ WARN" not in r.stderr, r.stderr
+
+
+def test_a_newline_in_a_name_stays_inside_its_stderr_line(tmp_path, default_model):
+    """stdout escaped a newline in a file name, but the annotate lines on stderr printed it
+    raw: one message became two lines, the second without the 'maskd scan:' prefix."""
+    name = "door\nway.jpg"
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    (tmp_path / name).write_bytes((tmp_path / "x.jpg").read_bytes())
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--model", str(default_model),
+                        "--detector", "blazeface", "--annotate", ".", name],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "annotated as" in ln or "way.jpg" in ln]
+    assert said and all(ln.startswith("maskd scan: ") for ln in said), r.stderr
+    assert "door\\nway.jpg is annotated as door\\nway-2.jpg" in said[0]

@@ -232,8 +232,9 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         n += 1
         out = want.with_name(f"{want.stem}-{n}.jpg")
     if n > 1:
-        print(f"maskd scan: {src} is annotated as {out} ({want.with_suffix('.jpg')} is an input, "
-              "another input's annotation or a file maskd did not write)", file=sys.stderr)
+        print(f"maskd scan: {one_field(str(src))} is annotated as {one_field(str(out))} "
+              f"({one_field(str(want.with_suffix('.jpg')))} is an input, another input's "
+              "annotation or a file maskd did not write)", file=sys.stderr)
     data = annotation_jpeg(image)
     try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         write_atomically(out, data)
     except OSError as err:
         why = file_in_the_way(out.parent) or err.strerror or err
-        print(f"maskd scan: cannot write {out}: {why}", file=sys.stderr)
+        print(f"maskd scan: cannot write {one_field(str(out))}: {why}", file=sys.stderr)
         return False
     return True
 
