@@ -252,7 +252,16 @@ class SourceConfig(Section):
     def _images_need_a_folder(self) -> SourceConfig:
         if self.kind == "images" and not self.uri:
             raise ValueError("source kind images needs uri: a folder of images")
+        if self.kind == "picamera2" and self.uri is not None and not (
+                self.uri.isascii() and self.uri.isdigit()):
+            raise ValueError("source kind picamera2 takes uri only as the camera's number (0, "
+                             f"1: `rpicam-hello --list-cameras` lists them), got {excerpt(self.uri)}")
         return self
+
+    @property
+    def camera_num(self) -> int:
+        """picamera2's camera number: uri's, else 0 (the first camera libcamera lists)."""
+        return int(self.uri) if self.kind == "picamera2" and self.uri else 0
 
 
 class DetectorConfig(Section):
@@ -955,8 +964,8 @@ def source_identity(src: SourceConfig) -> str | None:
     camera gets its own)."""
     if src.kind == "demo":
         return None
-    if src.kind == "picamera2":
-        return "the Pi camera (picamera2)"
+    if src.kind == "picamera2":  # two on a Pi 5 (its two camera ports) are two cameras
+        return f"the Pi camera {src.camera_num} (picamera2)"
     uri = (src.uri or "").removeprefix("file://")
     if uri.isascii() and uri.isdigit():
         uri = f"/dev/video{int(uri)}"  # OpenCV's camera index N is /dev/videoN

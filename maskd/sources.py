@@ -967,7 +967,7 @@ class _Picamera2Capture:
     def __init__(self, cfg: SourceConfig):
         from picamera2 import Picamera2  # apt package on the Pi; imported only when used
 
-        self._cam = _new_picamera2(Picamera2)
+        self._cam = _new_picamera2(Picamera2, cfg.camera_num)
         try:
             # A frame rate only where the camera has the control: libcamera's USB (UVC) cameras
             # have no FrameDurationLimits, and asking for one made every open fail for ever
@@ -1006,15 +1006,19 @@ class _Picamera2Capture:
             self._cam.close()
 
 
-def _new_picamera2(picamera2: Any) -> Any:
-    """``Picamera2()``, with its two common failures said in words: no camera listed (it
-    raised "list index out of range") and a camera another program holds (it raised "Camera
-    __init__ sequence did not complete.", the cause only in libcamera's own log)."""
-    if not picamera2.global_camera_info():
+def _new_picamera2(picamera2: Any, num: int = 0) -> Any:
+    """``Picamera2(num)``, with its two common failures said in words: no such camera listed
+    (it raised "list index out of range") and a camera another program holds (it raised
+    "Camera __init__ sequence did not complete.", the cause only in libcamera's own log)."""
+    listed = len(picamera2.global_camera_info())
+    if not listed:
         raise RuntimeError("libcamera lists no camera: is its cable in, the right way round "
                            "(`rpicam-hello --list-cameras` lists what it sees)?")
+    if num >= listed:
+        raise RuntimeError(f"libcamera lists {listed} camera(s), numbered from 0: there is no "
+                           f"camera {num} (source.uri; `rpicam-hello --list-cameras`)")
     try:
-        return picamera2()
+        return picamera2(num)
     except RuntimeError as err:
         if "did not complete" not in str(err):
             raise

@@ -220,6 +220,9 @@ def stand_in_picamera2(monkeypatch, bgr: np.ndarray, agreed: str, calls: dict,
         def global_camera_info():
             return [{"Model": "uvc", "Id": "/base/usb@1"}]
 
+        def __init__(self, camera_num=0):
+            calls["camera_num"] = camera_num
+
         def create_video_configuration(self, main, controls):
             calls["asked"] = dict(main)
             return {"main": dict(main), "controls": controls}
@@ -429,8 +432,8 @@ def test_a_missing_or_busy_pi_camera_is_said_in_words(monkeypatch, listed, said)
         def global_camera_info():
             return listed
 
-        def __init__(self):
-            self.global_camera_info()[0]["Num"]  # as picamera2's __init__ starts
+        def __init__(self, camera_num=0):
+            self.global_camera_info()[camera_num]["Num"]  # as picamera2's __init__ starts
             try:  # as its _open_camera fails inside __init__'s try
                 raise RuntimeError("Pipeline handler in use by another process")
             except RuntimeError:
@@ -447,3 +450,36 @@ def test_a_missing_or_busy_pi_camera_is_said_in_words(monkeypatch, listed, said)
         src.close()
     assert (src.inner.stats["camera_lost_why"] or "").startswith(said), \
         src.inner.stats["camera_lost_why"]
+
+
+def test_a_pi_with_two_cameras_runs_both_by_their_numbers(monkeypatch):
+    """A Pi 5 has two camera ports: `source.kind: picamera2` always opened camera 0, and two
+    such cameras in a cameras: map were refused as one source. uri is now the camera's number
+    (as `rpicam-hello --list-cameras` numbers them); one libcamera does not list is said so."""
+    from maskd.config import ConfigError, parse_config
+
+    cfg = parse_config({"cameras": {"front": {"source": {"kind": "picamera2", "uri": "0"}},
+                                    "back": {"source": {"kind": "picamera2", "uri": "1"}}}})
+    assert [c.source.camera_num for c in cfg.cameras_resolved()] == [0, 1]
+    with pytest.raises(ConfigError, match="two cameras|same source|both"):
+        parse_config({"cameras": {"front": {"source": {"kind": "picamera2"}},
+                                  "back": {"source": {"kind": "picamera2", "uri": "0"}}}})
+    with pytest.raises(ConfigError, match="takes uri only as the camera's number"):
+        parse_config({"source": {"kind": "picamera2", "uri": "/dev/video0"}})
+    bgr = picture()
+    calls: dict = {}
+    stand_in_picamera2(monkeypatch, bgr, "RGB888", calls)  # lists one camera
+    src = open_source(SourceConfig(kind="picamera2", uri="1", width=64, height=48, fps=10,
+                                   reopen_min_s=0.01, reopen_max_s=0.02))
+    try:
+        threading.Timer(0.3, src.close).start()
+        assert src.read() is None
+    finally:
+        src.close()
+    assert src.inner.stats["camera_lost_why"].startswith(
+        "cannot open (libcamera lists 1 camera(s), numbered from 0: there is no camera 1")
+    src = open_source(SourceConfig(kind="picamera2", uri="0", width=64, height=48, fps=10))
+    try:
+        assert src.read() is not None and calls["camera_num"] == 0
+    finally:
+        src.close()

@@ -806,6 +806,9 @@ def test_picamera2_adapter_with_a_stand_in_module(monkeypatch, caplog):
         def global_camera_info():
             return [{"Model": "imx708", "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a"}]
 
+        def __init__(self, camera_num=0):
+            calls["camera_num"] = camera_num
+
         def create_video_configuration(self, main, controls):
             calls["main"], calls["controls"] = main, controls
             return {"main": main}
