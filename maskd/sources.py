@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import stat
 import threading
 import time
@@ -535,6 +536,7 @@ class VideoFileSource:
         self._cap = self._open()
         self._closed = False
         self._seq = 0
+        self._pos: float | None = None  # the file's own time of the frame just read, seconds
         # A file OpenCV opens but cannot read a frame from is a start-up error, not a source
         # that ends at once (and, with --loop, idles as if played).
         self._first = self._next_image()
@@ -548,6 +550,9 @@ class VideoFileSource:
                         "%g frames/s (source.fps)", frame_line_name(self.name, self.camera),
                         file_fps, self.fps)
         self._t0 = time.time()
+        self._pass_start = 0.0  # seconds after _t0 the pass's first frame is timed at
+        self._pass_first: float | None = None  # the file's time of the pass's first frame
+        self._offset = -1.0  # seconds after _t0 of the last frame handed out
         self._this_pass = 0
         self._file = self._identity()
         self.why_ended: str | None = None  # set when a loop ends: nothing left to play
@@ -595,12 +600,16 @@ class VideoFileSource:
         corrupt frame once a later read shows the file went on. MAX_CORRUPT_IN_A_ROW failed or
         unusable frames in a row end the pass; at the real end those extra reads return at once.
         """
+        import cv2
+
         failed = bad = 0
         while failed + bad < MAX_CORRUPT_IN_A_ROW and not self._closed:
             ok, raw = self._cap.read()
             if not ok:
                 failed += 1
                 continue
+            pos = self._cap.get(cv2.CAP_PROP_POS_MSEC)  # this frame's time in the file
+            self._pos = pos / 1e3 if math.isfinite(pos) and pos >= 0 else None
             if failed:  # not the end after all: frames were lost in the middle of the file
                 self.stats["corrupt"] += failed
                 log.warning("%s: %d frame(s) that cannot be decoded skipped (before seq %d)",
@@ -622,8 +631,11 @@ class VideoFileSource:
         it again): it looked like a clean end of source."""
         import cv2
 
-        # OpenCV's position counts the frames it decoded: those skipped as broken come on top
-        at = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) + self.stats["corrupt"]
+        # By the last frame's time in the file where it has one (frames FFmpeg dropped in the
+        # middle were said as missing at the end); else OpenCV's count of frames it decoded,
+        # those skipped as broken on top
+        at = (round(self._pos * self.fps) if self._pos is not None and self._seq else
+              int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) + self.stats["corrupt"])
         total = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if total > 0 and at < total - 1 and not self._said_cut_short:
             self._said_cut_short = True
@@ -638,7 +650,7 @@ class VideoFileSource:
             self._first = None
             if image is not None:
                 frame = Frame(image=image, seq=self._seq,
-                              timestamp=self._t0 + self._seq / self.fps, source=self.name)
+                              timestamp=self._t0 + self._frame_offset(), source=self.name)
                 self._seq += 1
                 self._this_pass += 1
                 self.stats["frames"] += 1
@@ -661,8 +673,25 @@ class VideoFileSource:
                     return None
             self.stats["reopens"] += 1
             self._this_pass = 0
+            self._pass_start, self._pass_first = self._offset + 1.0 / self.fps, None
             restarted = True
         return None
+
+    def _frame_offset(self) -> float:
+        """Seconds after the start the frame just read is timed at: by the file's own clock
+        (a phone's variable rate, an NVR export's gaps: timed at the average rate, a face seen
+        for 3 s lasted 15 s and a 60 s gap was no gap), from its pass's first frame; where the
+        file gives no time, or one not after the last, 1/fps after the last frame."""
+        pos = self._pos
+        if self._this_pass == 0:  # a pass's first frame: where the pass starts
+            self._pass_first, at = pos, self._pass_start
+        elif pos is not None and self._pass_first is not None and (
+                by_file := self._pass_start + pos - self._pass_first) > self._offset:
+            at = by_file
+        else:
+            at = self._offset + 1.0 / self.fps
+        self._offset = at
+        return at
 
     def _rewind(self) -> bool:
         """Back to the first frame of the open file, when it is still the file of the last pass

@@ -1108,3 +1108,31 @@ def test_a_stalled_cameras_outage_begins_at_its_last_frame(monkeypatch):
     assert found - stalled >= 3.5  # the read gave up after the 4 s timeout ...
     lost = datetime.fromisoformat(since).timestamp()
     assert lost <= stalled + 1.0, (lost - stalled)  # ... but the outage began with the stall
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write a variable-rate file")
+def test_a_variable_rate_file_is_timed_by_its_own_clock(tmp_path):
+    """Frames were timed seq / average fps: a phone's variable-rate clip or an NVR export
+    with gaps (2 s at 30 fps, then one frame a second) put a 3 s sighting at 15 s and a gap
+    of a minute at 1/fps. Now by the file's own frame times, from its first frame; looping
+    goes on after the last frame of the pass."""
+    from maskd.demo import astronaut_bgr
+
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), cv2.resize(astronaut_bgr(), (160, 120)))
+    clip = tmp_path / "vfr.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-loop", "1", "-i", str(face), "-t", "6", "-vf",
+                    r"fps=30,select='lt(t\,2)+not(mod(n\,30))'", "-fps_mode", "vfr", "-c:v",
+                    "mjpeg", str(clip)], check=True, timeout=60)
+    src = VideoFileSource(clip, loop=True)
+    times = []
+    while len(times) < 2 * 64:
+        frame = src.read()
+        assert frame is not None
+        times.append(frame.timestamp)
+    src.close()
+    rel = np.round(np.array(times) - times[0], 3)
+    assert len(rel) == 128 and rel[59] == pytest.approx(59 / 30, abs=0.002)
+    assert rel[60:64].tolist() == pytest.approx([2.0, 3.0, 4.0, 5.0], abs=0.002)
+    assert rel[64] == pytest.approx(5.0 + 1 / src.fps, abs=0.002)  # the second pass
+    assert rel[124:128].tolist() == pytest.approx((rel[60:64] + rel[64]).tolist(), abs=0.002)
