@@ -39,7 +39,12 @@ from maskd.types import Frame, Source, SourceError
 
 log = logging.getLogger("maskd.sources")
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg"})
+# What `scan` reads as a video (a name it was given; anything else is tried as an image): also
+# NVR and camcorder exports (.ts, .mts, raw .h264) and old phones' .3gp, which `run` played but
+# scan took for images ("not an image PIL can read").
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg",
+                            ".ts", ".mts", ".m2ts", ".h264", ".264", ".h265", ".hevc", ".3gp",
+                            ".mpg", ".mpeg", ".wmv", ".flv"})
 MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
 # A reconnect that shows no sign of life this long (an open stuck in the driver) is a hang, not
 # an outage: the loop then stops vouching for it to systemd's watchdog. Longer than the 10 s

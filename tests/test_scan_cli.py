@@ -521,3 +521,20 @@ def test_a_newline_in_a_name_stays_inside_its_stderr_line(tmp_path, default_mode
     said = [ln for ln in r.stderr.splitlines() if "annotated as" in ln or "way.jpg" in ln]
     assert said and all(ln.startswith("maskd scan: ") for ln in said), r.stderr
     assert "door\\nway.jpg is annotated as door\\nway-2.jpg" in said[0]
+
+
+def test_nvr_and_old_phone_video_names_are_scanned_as_videos(tmp_path, default_model):
+    """An NVR's .ts, a camcorder's .MTS and an old phone's .3gp were tried as images: 'not an
+    image PIL can read', exit 1, where `run --source` played them."""
+    _tiny_mp4(tmp_path / "v.mp4")
+    names = ["nvr.ts", "cam.MTS", "old.3gp", "raw.h264"]
+    for name in names:
+        shutil.copy(tmp_path / "v.mp4", tmp_path / name)  # FFmpeg reads the content's format
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", "--model",
+                        str(default_model), "--detector", "blazeface", *names],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert all("error" not in rec for rec in recs), recs
+    assert [(rec["path"], rec["frame"]) for rec in recs] == [
+        (n, i) for n in names for i in range(2)]
