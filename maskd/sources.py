@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -517,6 +517,53 @@ class LatestFrame:
             self._thread.join(timeout=10.0)
 
 
+def fourcc_text(value: float) -> str:
+    """OpenCV's CAP_PROP_FOURCC as its four letters ('AV01', 'hev1'); '' when it gives none."""
+    code = int(value) if value and value > 0 else 0
+    text = code.to_bytes(4, "little").decode("latin-1") if code < 2**32 else ""
+    return text.strip("\0 ") if text.isprintable() else ""
+
+
+def why_no_video(path: Path) -> str:
+    """Why OpenCV could not open ``path`` as a video, as far as its first bytes tell: an empty
+    file, an MP4 or MOV without its index (a recording still being written or cut short), else
+    OpenCV's words (no video stream, a format it does not read). All were one line."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            boxes = _top_level_boxes(f, size)
+    except OSError as err:
+        return f"OpenCV cannot open this video file ({err.strerror or err})"
+    if size == 0:
+        return "an empty file (0 bytes), no video in it"
+    if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
+        return ("an MP4/MOV without its index (no moov box): a recording still being written, or "
+                "cut short before its end; a finished copy plays")
+    return "OpenCV cannot open this video file (no video stream in it, or a format it does not read)"
+
+
+def _top_level_boxes(f: BinaryIO, size: int, most: int = 64) -> list[bytes]:
+    """The types of an ISO media file's top-level boxes (ftyp, moov, mdat ...), read from their
+    8-byte headers; [] for a file that is not one."""
+    types: list[bytes] = []
+    at = 0
+    while at + 8 <= size and len(types) < most:
+        f.seek(at)
+        head = f.read(16)
+        length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        if not kind.isalnum():
+            return types if types else []
+        types.append(kind)
+        if length == 1 and len(head) == 16:  # a 64-bit size follows
+            length = int.from_bytes(head[8:16], "big")
+        if length == 0:  # to the end of the file
+            break
+        if length < 8:
+            return types
+        at += length
+    return types
+
+
 class VideoFileSource:
     """A video file read with OpenCV: every frame in order, once or looping.
 
@@ -546,8 +593,11 @@ class VideoFileSource:
         # that ends at once (and, with --loop, idles as if played).
         self._first = self._next_image()
         if self._first is None:
+            codec = fourcc_text(self._cap.get(cv2.CAP_PROP_FOURCC))
             self._cap.release()
-            raise SourceError(f"{path}: no frame can be read from this video file")
+            raise SourceError(f"{path}: no frame can be read from this video file" + (
+                f" (its codec, {codec}, may be one this OpenCV cannot decode: re-encode it to "
+                "H.264 or MJPEG)" if codec else ""))
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
         if file_fps and self.fps != file_fps:  # a rate no camera has: said, not silently replaced
@@ -578,7 +628,7 @@ class VideoFileSource:
         cap = cv2.VideoCapture(str(self.path.absolute()))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self.path}: OpenCV cannot open this video file")
+            raise SourceError(f"{self.path}: {why_no_video(self.path)}")
         return cap
 
     def _check_openable(self) -> None:

@@ -445,6 +445,32 @@ def test_a_video_without_a_readable_frame_is_refused_at_start(tmp_path: Path):
             open_source(SourceConfig(uri=str(path), loop=loop))
 
 
+def test_a_video_file_that_cannot_be_opened_says_why(tmp_path: Path):
+    """An empty file, an MP4 whose recording never finished (no moov box) and a file OpenCV
+    cannot read were all "OpenCV cannot open this video file"."""
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    whole = tmp_path / "whole.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (64, 48))
+    for _ in range(30):
+        writer.write(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8))
+    writer.release()
+    data = whole.read_bytes()
+    assert data[4:8] == b"ftyp" and b"moov" in data
+    unfinished = tmp_path / "unfinished.mp4"
+    unfinished.write_bytes(data[:data.index(b"moov") - 4])  # the index is written last
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all " * 50)
+    for path, says in ((empty, "an empty file (0 bytes)"),
+                       (unfinished, "an MP4/MOV without its index (no moov box)"),
+                       (junk, "OpenCV cannot open this video file (no video stream in it")):
+        with pytest.raises(SourceError, match=re.escape(f"{path}: {says}")):
+            open_source(SourceConfig(uri=str(path)))
+    from maskd.sources import fourcc_text
+
+    assert fourcc_text(cv2.VideoWriter_fourcc(*"AV01")) == "AV01" and fourcc_text(0.0) == ""
+
+
 def test_a_password_in_a_stream_address_stays_out_of_logs_and_status(caplog):
     """rtsp://user:password@camera: the journal and the status page show the source's name."""
     caplog.set_level(logging.INFO)
