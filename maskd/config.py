@@ -414,15 +414,15 @@ class TrackingConfig(Section):
         (a new start/end pair every cooldown for one person). The strong path trades span for
         certainty; one that asks for less would be a loophole."""
         if self.release_threshold > self.start_threshold:
-            raise ValueError(f"release_threshold {self.release_threshold} is above "
+            raise ValueError(f"release_threshold: {self.release_threshold} is above "
                              f"start_threshold {self.start_threshold}; it must be at most that")
         if self.strong_threshold is None:
             return self
         if self.strong_threshold < self.start_threshold:
-            raise ValueError(f"strong_threshold {self.strong_threshold} is below start_threshold "
+            raise ValueError(f"strong_threshold: {self.strong_threshold} is below start_threshold "
                              f"{self.start_threshold}; it must be at least as strict")
         if self.strong_span_s > self.min_span_s:
-            raise ValueError(f"strong_span_s {self.strong_span_s} is longer than min_span_s "
+            raise ValueError(f"strong_span_s: {self.strong_span_s} is longer than min_span_s "
                              f"{self.min_span_s}; the strong path must be the shorter one")
         return self
 
@@ -1427,6 +1427,14 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
                          f"{', '.join(_section_keys(loc))} (got {excerpt(e.get('input'))})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            value = e.get("input")
+            first, _, rest = msg.partition(": ")
+            if (e["type"] == "value_error" and loc and rest and isinstance(value, dict)
+                    and first in value and first in _section_keys(loc)):
+                # a rule between a section's keys that blames one ("strong_threshold: ..."):
+                # that key whole, as every other line names it ('tracking.strong_threshold',
+                # not 'tracking'), with its value
+                key, msg, value = _key_name(loc + (first,)), rest, value[first]
             if e["type"] in ("string_type", "path_type") and isinstance(e.get("input"),
                                                                        bool | int | float):
                 # YAML read yes, 0042 or 1234 as a bool or number: quotes make it text, except
@@ -1436,7 +1444,7 @@ def _format_errors(err: ValidationError, source: str, from_file: str | None = No
                 else:
                     msg = ("expected a file or folder name" if e["type"] == "path_type"
                            else msg) + "; put it in quotes"
-            got = f" (got {excerpt(e.get('input'))})" if loc else ""  # not the whole config
+            got = f" (got {excerpt(value)})" if loc else ""  # not the whole config
             lines.append(f"{where}: '{key}': {msg}{got}")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")

@@ -154,7 +154,7 @@ def test_both_refuse_rules_between_keys_of_one_section(tmp_path):
         ("images without a folder", "source: {kind: images}", "'source'"),
         ("ssd without a model", "detector: {kind: ssd}", "'detector'"),
         ("a release above the start", "tracking: {start_threshold: 0.5, release_threshold: 0.9}",
-         "release_threshold 0.9 is above start_threshold 0.5"),
+         "'tracking.release_threshold': 0.9 is above start_threshold 0.5"),
         ("token a URL cannot carry",
          f"preview: {{http: '0.0.0.0:{free_port()}', http_token_file: '{token}'}}",
          "'preview.http_token_file'"),

@@ -168,9 +168,9 @@ def test_strong_evidence_starts_over_the_shorter_span():
 
 def test_strong_path_must_be_stricter():
     """A strong path that asks for less than the normal one is refused, naming both keys."""
-    with pytest.raises(ValidationError, match="strong_threshold 0.5 is below start_threshold"):
+    with pytest.raises(ValidationError, match="strong_threshold: 0.5 is below start_threshold"):
         TrackingConfig(start_threshold=0.6, strong_threshold=0.5)
-    with pytest.raises(ValidationError, match="strong_span_s 0.8 is longer than min_span_s"):
+    with pytest.raises(ValidationError, match="strong_span_s: 0.8 is longer than min_span_s"):
         TrackingConfig(min_span_s=0.6, strong_threshold=0.9, strong_span_s=0.8)
 
 
