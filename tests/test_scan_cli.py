@@ -497,6 +497,12 @@ def test_a_folder_scanned_with_its_annotations_inside_leaves_them_out(tmp_path, 
     assert "1 image(s) under the --annotate folder out not scanned (annotations)" in r.stderr
     assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*.jpg")) == [
         "door.jpg", "out/photos/door.jpg"]
+    # the folder itself as OUTDIR (annotations go to photos/photos/): its photos are scanned
+    r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", "--model",
+                        str(default_model), "--detector", "blazeface", "--annotate", str(photos),
+                        str(photos)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [Path(json.loads(x)["path"]).name for x in r.stdout.splitlines()][:1] == ["door.jpg"]
 
 
 def test_opencvs_own_warnings_stay_off_a_scans_stderr(photos, model_args):

@@ -69,8 +69,8 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             entries = search_images(root)
-            within = inside is not None and inside.startswith(
-                os.path.join(os.path.realpath(root), ""))  # OUTDIR below it, not it or above
+            here = os.path.join(os.path.realpath(root), "")
+            within = inside is not None and inside != here and inside.startswith(here)  # below
             kept = [e for e in entries if not within or isinstance(e, FolderError)
                     or not os.path.realpath(e).startswith(inside)]
             if len(kept) < len(entries):
