@@ -434,8 +434,12 @@ def captured_stderr_fd() -> Iterator[list[str]]:
     """Collect what native code (TFLite's 'Created ... XNNPACK delegate') writes to fd 2; for
     a command's own single thread only: fd 2 is the process's."""
     out: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):  # no stderr (`2>&-`): nothing to keep off it
+        yield out
+        return
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:

@@ -882,8 +882,14 @@ def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tm
         assert said[0].startswith(f"{path}: {starts}") and len(said) == 1, checked.stderr
         assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
         assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+    closed = subprocess.run(f"{sys.executable} -m maskd check-config {paths[0]} 2>&-", shell=True,
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert closed.returncode == EX_CONFIG, closed  # no stderr (2>&-): the same answer
     ok = tmp_path / "ok.yaml"  # the shipped model: OK, without TFLite's XNNPACK line
     ok.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
                   f"classifier: {{model: '{shipped}'}}\n")
     r = maskd("check-config", str(ok))
     assert (r.returncode, r.stdout, r.stderr) == (0, f"OK: {ok}\n", ""), r.stderr
+    r = subprocess.run(f"{sys.executable} -m maskd check-config {ok} 2>&-", shell=True,
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert (r.returncode, r.stdout) == (0, f"OK: {ok}\n"), r  # was a traceback, exit 1

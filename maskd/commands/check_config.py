@@ -23,6 +23,7 @@ missing is a warning, as a model file is. Cameras, the Coral and the broker are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import sys
@@ -100,8 +101,11 @@ def model_problems(cfg: Config) -> list[str]:
     except ModelError as err:
         return [str(err)]
     finally:
-        sys.stderr.write("".join(line for line in "".join(native).splitlines(keepends=True)
-                                 if "XNNPACK delegate" not in line))
+        kept = "".join(line for line in "".join(native).splitlines(keepends=True)
+                       if "XNNPACK delegate" not in line)
+        if kept:
+            with contextlib.suppress(OSError, AttributeError, ValueError):  # no stderr
+                sys.stderr.write(kept)
     return []
 
 
