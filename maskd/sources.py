@@ -17,6 +17,7 @@ behave the same whether a clip is processed faster or slower than real time.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -686,11 +687,12 @@ class VideoFileSource:
         it again): it looked like a clean end of source."""
         import cv2
 
-        # By the last frame's time in the file where it has one (frames FFmpeg dropped in the
-        # middle were said as missing at the end); else OpenCV's count of frames it decoded,
-        # those skipped as broken on top
-        at = (round(self._pos * self.fps) if self._pos is not None and self._seq else
-              int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) + self.stats["corrupt"])
+        # OpenCV's count of frames it decoded, those skipped as broken on top; and where the file
+        # times its frames, the last one's time at the file's average rate. Short only when both
+        # say so: frames FFmpeg dropped mid-file leave the count short, a variable rate the time.
+        at = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) + self.stats["corrupt"]
+        if self._pos is not None and self._seq:
+            at = max(at, round(self._pos * self.fps))
         total = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if total > 0 and at < total - 1 and not self._said_cut_short:
             self._said_cut_short = True
@@ -1230,6 +1232,14 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     if contents and folder is not None and not any(
             isinstance(item, Path) for item in search_images(folder)):
         raise MissingSource(no_images(folder))
+
+
+def turned(frame: Frame, degrees: int) -> Frame:
+    """``frame`` as ``source.rotate`` says the camera hangs: `run`'s loop and doctor both see
+    the picture the right way up (doctor timed the camera's unturned frames)."""
+    if not degrees:
+        return frame
+    return dataclasses.replace(frame, image=rotated(frame.image, degrees))
 
 
 def rotated(image: np.ndarray, degrees: int) -> np.ndarray:

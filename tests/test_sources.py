@@ -1162,3 +1162,20 @@ def test_a_variable_rate_file_is_timed_by_its_own_clock(tmp_path):
     assert rel[60:64].tolist() == pytest.approx([2.0, 3.0, 4.0, 5.0], abs=0.002)
     assert rel[64] == pytest.approx(5.0 + 1 / src.fps, abs=0.002)  # the second pass
     assert rel[124:128].tolist() == pytest.approx((rel[60:64] + rel[64]).tolist(), abs=0.002)
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write a variable-rate file")
+def test_a_whole_variable_rate_file_is_not_called_cut_short(tmp_path, caplog):
+    """One frame a second for 4 s, then 30 a second: its last frame's time at the average rate
+    is short of the frame count, and the whole file read was warned of as 'cut short'."""
+    from maskd.demo import astronaut_bgr
+
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), cv2.resize(astronaut_bgr(), (160, 120)))
+    clip = tmp_path / "rev.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-loop", "1", "-i", str(face), "-t", "6", "-vf",
+                    r"fps=30,select='gte(t\,4)+not(mod(n\,30))'", "-fps_mode", "vfr", "-c:v",
+                    "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=60)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        n = len(_drain(VideoFileSource(clip)))
+    assert n == 64 and "cut short" not in caplog.text, (n, caplog.text)
