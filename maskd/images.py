@@ -97,6 +97,8 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         if err.errno is not None:  # the file could not be read: Permission denied, a link loop
             raise ImageError(f"{p}: {err.strerror or err}") from None
         raise ImageError(f"{p}: cannot decode image: {err}") from None
+    except ImageError:  # our own refusal (too many pixels to decode): as it is
+        raise
     except Exception as err:  # noqa: BLE001 - any decoder's own failure is this image's
         # (SyntaxError, ValueError; a damaged AVIF's RuntimeError ended scan, classify's batch
         # and run's loop, the images after it never read)
