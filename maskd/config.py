@@ -255,7 +255,7 @@ class SourceConfig(Section):
         if self.kind == "picamera2" and self.uri is not None and not (
                 self.uri.isascii() and self.uri.isdigit()):
             raise ValueError("source kind picamera2 takes uri only as the camera's number (0, "
-                             f"1: `rpicam-hello --list-cameras` lists them), got {excerpt(self.uri)}")
+                             "1: `rpicam-hello --list-cameras` lists them)")
         return self
 
     @property

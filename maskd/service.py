@@ -11,7 +11,6 @@ flushed and closed, so nothing accepted is lost.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -40,7 +39,7 @@ from maskd.jsonl import JsonlSink
 from maskd.ledger import OpenViolations
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.snapshots import SnapshotStore
-from maskd.sources import open_source, rotated
+from maskd.sources import open_source, turned
 from maskd.tflite import CORAL_LOST_NEXT, CoralLost
 from maskd.types import (
     EventSink,
@@ -220,9 +219,8 @@ class CameraLoop:
         while not self._stop.is_set():
             t0 = time.perf_counter()
             frame = self.source.read()
-            if frame is not None and self.cfg.source.rotate:  # before anything sees it
-                frame = dataclasses.replace(frame, image=rotated(frame.image,
-                                                                 self.cfg.source.rotate))
+            if frame is not None:  # turned before anything sees it
+                frame = turned(frame, self.cfg.source.rotate)
             capture_ms = (time.perf_counter() - t0) * 1e3
             if frame is None:
                 self._source_ended()

@@ -692,3 +692,14 @@ def test_model_rows_name_the_edgetpu_key_that_wants_the_missing_library(tmp_path
         verdict, detail = got[row]
         assert verdict == "FAIL" and detail.startswith(f"{key}: EdgeTPU requested but "), detail
         assert detail.endswith(f"set {key}: false to run on the CPU"), detail
+
+
+def test_doctor_sees_the_camera_turned_as_run_does(tmp_path, default_model):
+    """doctor timed the camera's frames unturned: `source.rotate: 90` said 640x480 and its timing
+    detected on the picture `run` never sees."""
+    cfg = tmp_path / "config.yaml"
+    (tmp_path / "state").mkdir()
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo, rotate: 90}}\n"
+                   f"classifier: {{model: {default_model}}}\ndetector: {{kind: blazeface}}\n")
+    got = rows(doctor(cfg).stdout)
+    assert got["camera"][0] == "OK" and "480x640 first frame" in got["camera"][1], got["camera"]

@@ -231,6 +231,7 @@ class Doctor:
         self.classifier: Any = None
         self.source: Any = None
         self.first_frame: Any = None
+        self.rotate = 0  # source.rotate of the camera whose frames the timing uses
 
     def add(self, name: str, verdict: str, detail: str, required: bool = True) -> None:
         self.checks.append(Check(name, verdict, detail, required))
@@ -480,12 +481,14 @@ class Doctor:
                 continue
             if self.source is None:
                 self.source, self.first_frame = got
+                self.rotate = cam.source.rotate  # its frames turned for the timing as in `run`
             else:
                 got[0].close()
 
     def _one_camera(self, label: str, src_cfg: SourceConfig) -> tuple[Any, Any] | None:
-        """(the open source, its first frame), or None after adding the failed check."""
-        from maskd.sources import open_source
+        """(the open source, its first frame, turned by source.rotate), or None after adding
+        the failed check."""
+        from maskd.sources import open_source, turned
         from maskd.types import SourceError
 
         missing = missing_video_device(src_cfg)
@@ -526,6 +529,7 @@ class Doctor:
             why = _err(result) if isinstance(result, BaseException) else (watcher.last or "source ended")
             self.add(label, FAIL, f"{name}: no frame ({why})")
         else:
+            result = turned(result, src_cfg.rotate)  # as `run` sees it
             h, w = result.image.shape[:2]
             self.add(label, OK, f"{name}: {w}x{h} first frame in {ms:.0f} ms")
             return source, result
@@ -563,6 +567,7 @@ class Doctor:
             self.add("timing", INFO, "skipped: needs camera, detector and classifier", required=False)
             return
         from maskd.pipeline import Pipeline
+        from maskd.sources import turned
 
         pipe = Pipeline(self.cfg, self.detector, self.classifier)
         ms: dict[str, list[float]] = {"capture": [], "detect": [], "classify": [], "track": []}
@@ -579,7 +584,7 @@ class Doctor:
                 if not done or nxt is None or isinstance(nxt, BaseException):
                     break
                 ms["capture"].append((time.perf_counter() - t0) * 1e3)
-                frame = nxt
+                frame = turned(nxt, self.rotate)
             r = pipe.process(frame)
             faces += len(r.verdicts)
             for k in ("detect", "classify", "track"):
