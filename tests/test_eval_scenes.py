@@ -322,3 +322,16 @@ def test_other_voc_sets_are_read_as_written(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"none of its 1 annotated photos can be used:\n"
                                                 r"  .*a.xml: no image a\.\* in "):
         ev.load_scenes(bad, skipped=[])
+
+
+def test_every_tool_reads_a_scene_photo_in_its_boxes_pixels(tmp_path: Path) -> None:
+    """load_scene checks boxes against the stored pixels; scene_crops and tradeoff read the photo
+    turned by its EXIF tag (a stored 200x100 photo tagged 6 came out 100x200, its face crops
+    empty). stored_pixels is the one reader."""
+    from PIL import Image
+
+    e = Image.Exif()
+    e[274] = 6
+    Image.fromarray(np.full((100, 200, 3), 90, np.uint8)).save(tmp_path / "t.jpg", exif=e)
+    assert cv2.imread(str(tmp_path / "t.jpg")).shape == (200, 100, 3)  # OpenCV turns it
+    assert ev.stored_pixels(tmp_path / "t.jpg").shape == (100, 200, 3)

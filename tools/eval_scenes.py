@@ -114,6 +114,13 @@ def _child_text(el: ET.Element, name: str) -> str | None:
     return next((c.text or "" for c in el if _local(c.tag) == name), None)
 
 
+def stored_pixels(path: Path) -> np.ndarray | None:
+    """A scene photo as BGR in the pixels its boxes are in (``load_scene``): as stored, an EXIF
+    orientation tag not applied, whole however big; None when OpenCV cannot read it. Every tool
+    that cuts or shows a scene's boxes reads the photo here."""
+    return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
 def find_image(xml_path: Path, images_dir: Path, filename: str | None) -> Path:
     """The photo of an annotation: the image file of the XML's exact stem (a glob of stem.*
     took p.2.jpg for p.xml, read [1] in photo[1] as a pattern and took a thumbnail x.bmp
@@ -500,8 +507,7 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
     runs = []  # per image: boxes, detector scores, P(no_mask) (nan when not judged)
     det_s = cls_s = 0.0
     for sc in scenes:
-        # the stored pixels, as the boxes are (load_scene), not turned by an EXIF tag
-        image = cv2.imread(str(sc.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = stored_pixels(sc.image)
         if image is None:
             raise RuntimeError(f"{sc.image}: unreadable image")
         t0 = time.perf_counter()

@@ -86,6 +86,7 @@ from tools.eval_scenes import (
     rate,
     ratio,
     report_skipped,
+    stored_pixels,
 )
 from tools.inputs import (
     image_out,
@@ -484,8 +485,7 @@ def render_frame(plan: ClipPlan, images: Sequence[np.ndarray], t: int) -> np.nda
 
 def write_clip(plan: ClipPlan, path: Path) -> None:
     """The clip as an MJPG .avi (OpenCV's own MJPEG writer, fixed quality), written atomically."""
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # boxes are in stored pixels
-    images = [cv2.imread(str(sc.image), flags) for sc in plan.scenes]
+    images = [stored_pixels(sc.image) for sc in plan.scenes]  # the boxes' pixels
     for sc, im in zip(plan.scenes, images, strict=True):
         if im is None:
             raise OSError(f"{sc.image}: unreadable image")

@@ -147,7 +147,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     face crop left, stops the tool.
     """
     from maskd.geometry import crop_face
-    from tools.eval_scenes import LeftOut, load_scenes, report_skipped
+    from tools.eval_scenes import LeftOut, load_scenes, report_skipped, stored_pixels
 
     reasons: list[str] = []
     try:
@@ -159,7 +159,10 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     skipped = {"small": 0, "mask_weared_incorrect": 0,
                "photos": sum(not isinstance(r, LeftOut) for r in reasons)}
     for scene in scenes:
-        rgb = load_image_rgb(scene.image)
+        bgr = stored_pixels(scene.image)  # the boxes' pixels (load_scene checked it decodes)
+        if bgr is None:
+            raise SystemExit(f"evaluate: {scene.image}: OpenCV cannot read it")
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
         for k, (box, name) in enumerate(zip(scene.boxes, scene.labels, strict=True)):
             side = min(box[2] - box[0], box[3] - box[1])
             if name not in dataset.FOLDER_LABELS or side < min_px:

@@ -48,6 +48,7 @@ from tools.eval_scenes import (
     match,
     photo_part,
     report_skipped,
+    stored_pixels,
     variant_config,
 )
 from tools.inputs import (
@@ -190,7 +191,7 @@ def scene_crops(root: Path = DEFAULT_SCENES, part: str = "train", size: int = 22
     images, labels, stems, kinds, zs = [], [], [], [], []
     skipped: Counter = Counter()
     for n, sc in enumerate(scenes):
-        photo = cv2.imread(str(sc.image), cv2.IMREAD_COLOR)
+        photo = stored_pixels(sc.image)
         if photo is None:
             raise RuntimeError(f"{sc.image}: unreadable image")
         stem = sc.image.stem

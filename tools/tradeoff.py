@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from tools import dataset
@@ -100,11 +99,11 @@ def train(args: argparse.Namespace) -> int:
 def scene_faces(root: Path, margin: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """RGB crops (maskd's crop_face), labels and box shorter sides of every annotated face."""
     from maskd.geometry import crop_face, shorter_sides
-    from tools.eval_scenes import load_scenes
+    from tools.eval_scenes import load_scenes, stored_pixels
 
     crops, labels, sides = [], [], []
     for scene in load_scenes(root):
-        img = cv2.imread(str(scene.image))
+        img = stored_pixels(scene.image)
         if img is None:
             continue
         rgb = img[:, :, ::-1]
