@@ -552,15 +552,13 @@ def _top_level_boxes(f: BinaryIO, size: int, most: int = 64) -> list[bytes]:
         f.seek(at)
         head = f.read(16)
         length, kind = int.from_bytes(head[:4], "big"), head[4:8]
-        if not kind.isalnum():
-            return types if types else []
+        if not kind.isalnum():  # not a box: not such a file, or past its boxes
+            break
         types.append(kind)
         if length == 1 and len(head) == 16:  # a 64-bit size follows
             length = int.from_bytes(head[8:16], "big")
-        if length == 0:  # to the end of the file
+        if length < 8:  # 0: to the end of the file
             break
-        if length < 8:
-            return types
         at += length
     return types
 

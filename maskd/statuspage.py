@@ -455,8 +455,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type, idle_timeout_s: float) -> None:
         self.idle_timeout_s = idle_timeout_s
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._deadlines: dict[socket.socket, float] = {}
-        self._pending_from: dict[socket.socket, str] = {}  # the address of each in _deadlines
+        # each connection still without its request: (when its headers are due, its address)
+        self._waiting: dict[socket.socket, tuple[float, str]] = {}
         self._deadline_lock = threading.Lock()
         self._throttle = Throttle()
         self.refused = 0  # connections answered 503 because all slots were taken
@@ -484,8 +484,7 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         with self._deadline_lock:
-            self._deadlines[request] = time.monotonic() + self.idle_timeout_s
-            self._pending_from[request] = host
+            self._waiting[request] = (time.monotonic() + self.idle_timeout_s, host)
         try:
             super().process_request(request, client_address)
         except Exception:
@@ -501,17 +500,16 @@ class _Server(ThreadingHTTPServer):
         headers, reopened as each was cut (faster than SLOW_REQUEST_S: 50 a second did)."""
         cutoff = time.monotonic() + self.idle_timeout_s - SLOW_REQUEST_S
         with self._deadline_lock:
-            victim = min(self._deadlines, key=self._deadlines.__getitem__, default=None)
-            if victim is not None and self._deadlines[victim] > cutoff:
-                held = Counter(self._pending_from.values())
-                top, most = held.most_common(1)[0] if held else (host, 0)
+            due = {r: t for r, (t, _) in self._waiting.items()}
+            victim = min(due, key=due.__getitem__, default=None)
+            if victim is not None and due[victim] > cutoff:
+                held = Counter(h for _, h in self._waiting.values())
+                top, most = held.most_common(1)[0]
                 victim = None if most <= held[host] else min(
-                    (r for r, h in self._pending_from.items() if h == top),
-                    key=self._deadlines.__getitem__)
+                    (r for r, (_, h) in self._waiting.items() if h == top), key=due.__getitem__)
             if victim is None:
                 return False
-            del self._deadlines[victim]
-            self._pending_from.pop(victim, None)
+            del self._waiting[victim]
         try:
             victim.shutdown(socket.SHUT_RDWR)  # its thread's read returns; it frees its slot
         except OSError:
@@ -526,24 +524,21 @@ class _Server(ThreadingHTTPServer):
 
     def _done(self, request: socket.socket) -> None:
         with self._deadline_lock:
-            self._deadlines.pop(request, None)
-            self._pending_from.pop(request, None)
+            self._waiting.pop(request, None)
         self._slots.release()
 
     def headers_read(self, request: socket.socket) -> None:
         """The request is in: from here only the socket's idle timeout applies (a stream)."""
         with self._deadline_lock:
-            self._deadlines.pop(request, None)
-            self._pending_from.pop(request, None)
+            self._waiting.pop(request, None)
 
     def service_actions(self) -> None:
         """Every poll of serve_forever (0.5 s): cut connections whose headers are overdue."""
         now = time.monotonic()
         with self._deadline_lock:
-            late = [r for r, t in self._deadlines.items() if t <= now]
+            late = [r for r, (t, _) in self._waiting.items() if t <= now]
             for r in late:
-                del self._deadlines[r]
-                self._pending_from.pop(r, None)
+                del self._waiting[r]
         for r in late:
             try:
                 r.shutdown(socket.SHUT_RDWR)  # its thread's read returns; it then ends
