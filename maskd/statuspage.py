@@ -817,6 +817,9 @@ class StatusServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("X-Content-Type-Options", "nosniff")
+                # a ?token= in the address never travels on as a Referer (no framing header: a
+                # Home Assistant dashboard may show the page in an iframe card)
+                self.send_header("Referrer-Policy", "no-referrer")
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()

@@ -729,6 +729,7 @@ def test_bearer_token_query_and_cookie(tmp_path):
         assert get(srv.url + "metrics", {"Authorization": "Bearer tok-12"})[0] == 401
         status, headers, _ = get(srv.url + "?token=tok-123")
         assert status == 200 and "HttpOnly" in headers["Set-Cookie"]
+        assert headers["Referrer-Policy"] == "no-referrer"  # the token never goes on as Referer
         cookie = headers["Set-Cookie"].split(";")[0]
         assert get(srv.url + "api/events", {"Cookie": cookie})[0] == 200
         assert get(srv.url + "api/events", {"Cookie": "maskd_token=nope"})[0] == 401
