@@ -121,17 +121,28 @@ def stored_pixels(path: Path) -> np.ndarray | None:
     return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
-def find_image(xml_path: Path, images_dir: Path, filename: str | None) -> Path:
-    """The photo of an annotation: the image file of the XML's exact stem (a glob of stem.*
-    took p.2.jpg for p.xml, read [1] in photo[1] as a pattern and took a thumbnail x.bmp
-    beside x.jpg); of several, the one the XML's <filename> names; raises FileNotFoundError."""
+def image_files(images_dir: Path) -> dict[str, list[Path]]:
+    """The image files of a scene set's images/ folder by stem, sorted; listed once per set
+    (each annotation's lookup listed the whole folder again)."""
     from maskd.images import is_image_name
 
+    by_stem: dict[str, list[Path]] = {}
     try:
-        found = sorted(f for f in images_dir.iterdir()
-                       if f.stem == xml_path.stem and is_image_name(f) and f.is_file())
+        for f in sorted(images_dir.iterdir()):
+            if is_image_name(f) and f.is_file():
+                by_stem.setdefault(f.stem, []).append(f)
     except OSError as err:
         raise FileNotFoundError(f"{images_dir}: cannot list it ({err.strerror or err})") from None
+    return by_stem
+
+
+def find_image(xml_path: Path, images_dir: Path, filename: str | None,
+               photos: dict[str, list[Path]] | None = None) -> Path:
+    """The photo of an annotation: the image file of the XML's exact stem (a glob of stem.*
+    took p.2.jpg for p.xml, read [1] in photo[1] as a pattern and took a thumbnail x.bmp
+    beside x.jpg); of several, the one the XML's <filename> names; raises FileNotFoundError.
+    ``photos``: ``image_files(images_dir)``, when the caller has it already."""
+    found = (image_files(images_dir) if photos is None else photos).get(xml_path.stem, [])
     if len(found) > 1:
         named = [f for f in found if f.name == (filename or "").strip()]
         if len(named) != 1:
@@ -151,7 +162,8 @@ def find_image(xml_path: Path, images_dir: Path, filename: str | None) -> Path:
 EDGE_SLACK_PX = 1
 
 
-def load_scene(xml_path: Path, images_dir: Path) -> Scene:
+def load_scene(xml_path: Path, images_dir: Path,
+               photos: dict[str, list[Path]] | None = None) -> Scene:
     """One annotation file; the image is found by the XML's stem (its <filename> may be stale).
 
     Boxes are in the photo's stored pixels, as VOC tools write them: an EXIF orientation tag is
@@ -189,7 +201,7 @@ def load_scene(xml_path: Path, images_dir: Path) -> Scene:
             raise ValueError(f"{xml_path}: object {i} ({name}) has an empty box {box}")
         boxes.append(box)
         labels.append(name)
-    image = find_image(xml_path, images_dir, _child_text(root, "filename"))
+    image = find_image(xml_path, images_dir, _child_text(root, "filename"), photos)
     try:
         load_image_rgb(image)  # decodes whole (a truncated photo fails here, not in a run)
         with Image.open(image) as im:  # the stored size: a photo over 16 MP decodes reduced
@@ -248,12 +260,9 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
                 "no annotations folder in it" if not (root / "annotations").is_dir() else None)
         raise FileNotFoundError(f"{root}: {what} (a VOC scene set has images/ and annotations/)"
                                 if what else f"{root}/annotations: no .xml files")
-    from maskd.images import is_image_name
-
     images = root / "images"
-    bare = {f.stem: f for f in (images.iterdir() if images.is_dir() else ())  # Thumbs.db: none
-            if f.is_file() and not f.name.startswith(".") and f.stem not in xmls
-            and is_image_name(f)}
+    photos = image_files(images) if images.is_dir() else {}  # Thumbs.db: no photo
+    bare = {st: fs[0] for st, fs in photos.items() if not st.startswith(".") and st not in xmls}
     stems = sorted(st for st in {*xmls, *bare} if part == "all" or photo_part(st) == part)[:limit]
     if skipped is not None:
         skipped.extend(f"{bare[st]}: no annotation (no {root / 'annotations' / st}.xml)"
@@ -266,7 +275,7 @@ def load_scenes(root: Path, limit: int | None = None, part: str = "all",
     reasons: list[str] = []
     for x in xml_list:
         try:
-            scenes.append(load_scene(x, root / "images"))
+            scenes.append(load_scene(x, images, photos))
         except (OSError, ValueError) as err:
             if skipped is None:
                 raise
