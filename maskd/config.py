@@ -54,7 +54,9 @@ MAX_YAML_DEPTH = 16
 MAX_YAML_VALUES = 5000  # after expanding aliases: stops "billion laughs"
 MAX_ERROR_LINES = 20
 
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ID_CHARS = "A-Za-z0-9_-"  # a camera's or device's id: MQTT topic levels, client ids, file names
+ID_MAX = 64
+Id = Annotated[str, Field(pattern=f"^[{ID_CHARS}]{{1,{ID_MAX}}}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Seconds = Annotated[float, Field(gt=0, le=3600.0)]  # a wait that threading and paho can take
 
@@ -905,10 +907,10 @@ class SnapshotConfig(Section):
 
 
 def host_device_id(hostname: str | None = None) -> str:
-    """The host name as a device id: its first label, characters outside [A-Za-z0-9_-] as '-',
-    at most 64; 'maskd' when nothing usable is left."""
+    """The host name as a device id: its first label, characters outside an Id's as '-', at most
+    ID_MAX; 'maskd' when nothing usable is left."""
     name = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
-    clean = re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:64]
+    clean = re.sub(f"[^{ID_CHARS}]", "-", name).strip("-")[:ID_MAX]
     return clean or "maskd"
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts
 from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, oldest_first, system_clock
+from maskd.config import ID_CHARS, ID_MAX
 from maskd.files import PRIVATE_DIR, PRIVATE_FILE, failed_write
 from maskd.lograte import Throttle
 from maskd.types import EventSink, Frame, FrameObserver, LoopStats, Verdict, ViolationEvent
@@ -60,7 +61,8 @@ MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped an
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
 RECENT = 100  # deleted files remembered (for logs and tests); a count keeps the rest
-NAME = re.compile(r"[A-Za-z0-9_-]{1,64}-\d{8}-\d{6}-[A-Za-z0-9_-]{1,64}\.jpg")
+_ID = f"[{ID_CHARS}]{{1,{ID_MAX}}}"  # the camera's (config) and the event's (a UUID)
+NAME = re.compile(_ID + r"-\d{8}-\d{6}-" + _ID + r"\.jpg")
 
 
 def snapshot_name(camera: str, start_time: float, event_id: str) -> str:
