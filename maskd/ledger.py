@@ -29,7 +29,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from maskd.files import failed_write, write_atomically
-from maskd.types import ViolationEvent
+from maskd.types import ViolationEvent, restart_end_time
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class OpenViolations:
                 ev = ViolationEvent(**{k: rec[k] for k in _FIELDS if k in rec},
                                     box=tuple(rec["box"]))
                 ends.append(replace(ev, event_type="end", seq=ev.seq + 1, end_reason="restart",
-                                    end_time=max(_noted(rec), ev.start_time + (ev.duration_s or 0.0)),
+                                    end_time=restart_end_time(_noted(rec), ev.start_time, ev.duration_s),
                                     frame_seq=None))
             except (TypeError, ValueError, KeyError) as err:
                 log.warning("%s: an entry that is no violation removed (%s)", self.path, err)

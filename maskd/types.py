@@ -93,6 +93,12 @@ class ViolationEvent:
     best_crop: np.ndarray | None = field(default=None, repr=False)  # BGR face crop, for opt-in snapshots
 
 
+def restart_end_time(last_known: float, start_time: float | None, duration_s: float | None) -> float:
+    """When a violation a killed run left open is said to end: the last moment it was known
+    open (its record's time), not before its own start_time + duration_s (maskd.events)."""
+    return max(last_known, (start_time or 0.0) + (duration_s or 0.0))
+
+
 @dataclass(frozen=True)
 class FaceCounts:
     """What the latest frame showed; sinks publish it as the camera's live state."""

@@ -39,7 +39,15 @@ from maskd.mqtt.credentials import CredentialFiles
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
-from maskd.types import STOPS, EventSink, FaceCounts, LoopStats, RunControl, ViolationEvent
+from maskd.types import (
+    STOPS,
+    EventSink,
+    FaceCounts,
+    LoopStats,
+    RunControl,
+    ViolationEvent,
+    restart_end_time,
+)
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("maskd.mqtt.paho")
@@ -481,12 +489,10 @@ class MqttSink(EventSink):
             roots.add(last.topic.removesuffix("/violation"))
             p = last.payload
             try:  # a damaged record (no seq, text for a number) must not stop every start
-                # end_time: when its last message was stored, the last moment it was known open,
-                # not before that message's start_time + duration_s (maskd.events)
                 end = {**p, "event_type": "end", "seq": int(p["seq"]) + 1,
                        "end_reason": "restart", "frame_seq": None, "snapshot": False,
-                       "end_time": max(last.created, (p.get("start_time") or 0.0)
-                                       + (p.get("duration_s") or 0.0)),
+                       "end_time": restart_end_time(last.created, p.get("start_time"),
+                                                    p.get("duration_s")),
                        "sw_version": __version__}
                 event_id = str(p["event_id"])
             except (KeyError, TypeError, ValueError) as err:
