@@ -21,7 +21,9 @@ import dataclasses
 import errno
 import logging
 import math
+import os
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -919,13 +921,69 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             # asked only of a camera that answered at once: a stalled one waited out the
             # time-out already, and other cameras' opens wait their turn behind this one
             answered = not _is_device(uri) and at_once(began)
-            answer = (http_answer(uri) if answered and uri.lower().startswith(
-                ("http://", "https://")) else None)
+            if _is_device(uri):
+                answer = device_answer(f"/dev/video{uri}" if uri.isdigit() else uri)
+            else:
+                answer = (http_answer(uri) if answered and uri.lower().startswith(
+                    ("http://", "https://")) else None)
             raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
                               + (f": {answer}" if answer else ""))
         return cap
 
     return open_capture
+
+
+# struct v4l2_capability (linux/videodev2.h): driver[16], card[32], bus_info[32], then u32s
+# version, capabilities, device_caps, reserved[3]; 104 bytes, read by VIDIOC_QUERYCAP.
+V4L2_CAPABILITY_SIZE = 104
+VIDIOC_QUERYCAP = 0x80685600  # _IOR('V', 0, struct v4l2_capability)
+V4L2_CAP_VIDEO_CAPTURE = 0x00000001
+V4L2_CAP_VIDEO_CAPTURE_MPLANE = 0x00001000
+V4L2_CAP_DEVICE_CAPS = 0x80000000  # device_caps holds this node's own capabilities
+
+
+def device_answer(node: str) -> str | None:
+    """Why a device node OpenCV could not open is no camera to this process, in a technician's
+    words (no group to open it, not a video device, a node of a camera that gives no pictures),
+    or None when the node says nothing more. A webcam makes two nodes and the Pi's codecs a dozen
+    more (/dev/video10 and up); the wrong one was only "OpenCV cannot open", retried for ever."""
+    import fcntl
+    import pwd
+
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError:
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
+        return (f"permission denied to {user}: a camera's node is opened by the 'video' group "
+                f"(sudo usermod -aG video {user}, then log in again; the service has the group)")
+    except OSError:
+        return None  # gone, or busy: the open's own failure stands
+    try:
+        cap = fcntl.ioctl(fd, VIDIOC_QUERYCAP, bytes(V4L2_CAPABILITY_SIZE))
+    except OSError:
+        return "not a video device (no V4L2 driver answers on it)"
+    finally:
+        os.close(fd)
+    return capture_problem(cap)
+
+
+def capture_problem(cap: bytes) -> str | None:
+    """What a V4L2 node's struct v4l2_capability says against reading pictures from it, or None
+    where it can capture video (then the failure lies elsewhere: the format, the driver)."""
+    def text(start: int, size: int) -> str:
+        return cap[start:start + size].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    capabilities, device_caps = struct.unpack_from("<II", cap, 84)
+    mine = device_caps if capabilities & V4L2_CAP_DEVICE_CAPS else capabilities
+    if mine & (V4L2_CAP_VIDEO_CAPTURE | V4L2_CAP_VIDEO_CAPTURE_MPLANE):
+        return None
+    return (f"a node of {excerpt(text(16, 32))} ({excerpt(text(0, 16))}) that gives no pictures "
+            "(a webcam's second node carries metadata, the Pi's /dev/video10 and up are its "
+            "codecs): `ls -l /dev/v4l/by-id/` names each camera's picture node, ending "
+            "-video-index0")
 
 
 HTTP_PROBE_S = 3.0  # on top of the open's own time-out, within RECONNECT_STALL_S

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -1179,3 +1181,74 @@ def test_a_whole_variable_rate_file_is_not_called_cut_short(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="maskd.sources"):
         n = len(_drain(VideoFileSource(clip)))
     assert n == 64 and "cut short" not in caplog.text, (n, caplog.text)
+
+
+def test_a_device_node_that_is_no_camera_says_why():
+    """/dev/null, a codec's node or a webcam's metadata node as source.uri were "OpenCV cannot
+    open /dev/null", retried for ever as a lost camera; the node's own answer now says why."""
+    import struct
+
+    from maskd.sources import capture_problem, opencv_opener
+
+    with pytest.raises(SourceError, match=r"OpenCV cannot open /dev/null: not a video device"):
+        opencv_opener("/dev/null", SourceConfig(kind="opencv", uri="/dev/null"))()
+
+    def capability(driver: bytes, card: bytes, caps: int, device_caps: int) -> bytes:
+        return (driver.ljust(16, b"\0") + card.ljust(32, b"\0") + bytes(32)
+                + struct.pack("<IIII", 0x60100, caps, device_caps, 0) + bytes(8))
+
+    both = 0x84A00001  # a UVC webcam's driver: capture and metadata, device_caps given
+    meta = capability(b"uvcvideo", b"HD Webcam C270", both, 0x04A00000)  # its second node
+    assert len(meta) == 104
+    said = capture_problem(meta)
+    assert said is not None and "'HD Webcam C270' ('uvcvideo') that gives no pictures" in said
+    assert "-video-index0" in said
+    assert capture_problem(capability(b"uvcvideo", b"HD Webcam C270", both, 0x04200001)) is None
+    # an old driver without device_caps: its capabilities are the node's
+    assert capture_problem(capability(b"bcm2835-codec", b"decode", 0x04204000, 0)) is not None
+    assert capture_problem(capability(b"unicam", b"unicam", 0x04001000, 0)) is None  # mplane
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="makes a device node and drops to nobody: needs root")
+def test_a_camera_node_without_the_video_group_says_the_group():
+    """A user not in the 'video' group (maskd run by hand) got "OpenCV cannot open /dev/video0"
+    and nothing on what to do; the answer names the group. The node is a real character device
+    (a /dev/null twin, root's, 0600) opened by a real process as nobody."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="maskd-dev-"))  # under /tmp: nobody may reach it
+    folder.chmod(0o755)
+    node = folder / "video7"
+    try:
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        shutil.rmtree(folder)
+        pytest.skip("no device nodes here (a container without CAP_MKNOD)")
+    try:
+        _answer_as_nobody_and_root(node)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _answer_as_nobody_and_root(node: Path) -> None:
+    from maskd.sources import device_answer
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            said = device_answer(str(node)) or "None"
+            os.write(write, said.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(child, 0)
+    assert said.startswith("permission denied to ") and "'video' group" in said, said
+    assert device_answer(str(node)) == "not a video device (no V4L2 driver answers on it)"
