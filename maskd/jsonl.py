@@ -28,6 +28,7 @@ OLD_SUFFIX = ".old"  # the file before the current one (jsonl.max_mb); not logro
 
 
 READER_WAIT_S = 5.0  # how long a named pipe may take to get its reader at the start
+PIPE_FULL = "the pipe is full: its reader has stopped reading"
 
 
 def cannot_write_lines(p: Path | str, why: str) -> str:
@@ -107,6 +108,12 @@ class JsonlSink(EventSink):
         self._throttle = Throttle()
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
+        # A named pipe is written without blocking: a reader that keeps it open and reads
+        # nothing (a consumer that hung) filled it, and the next write held the camera's loop
+        # for good (no detection, no MQTT alarm, a SIGTERM that never ended the process). Its
+        # lines wait as on a full disk; the head of ``_waiting`` may be a line's rest.
+        self._pipe = False
+        self._partial = False  # the head of ``_waiting`` is the rest of a line begun already
         if target == "-" and sys.stdout is None:  # started with it closed (>&-): Python's None
             raise OSError(cannot_write_lines("-", "standard output is closed"))
         if target != "-":
@@ -114,6 +121,9 @@ class JsonlSink(EventSink):
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
                 self._file = (st.st_dev, st.st_ino)
+            elif stat.S_ISFIFO(st.st_mode):  # this open's own description: no one else's
+                os.set_blocking(self._fd, False)
+                self._pipe = True
 
     def emit(self, event: ViolationEvent) -> None:
         line = json.dumps(event_fields(event)) + "\n"
@@ -123,7 +133,8 @@ class JsonlSink(EventSink):
                 return
             self._waiting.append(line.encode())
             if len(self._waiting) > MEMORY_MAX:
-                self._waiting.popleft()
+                # the rest of a line begun in a pipe goes first: the reader gets whole lines
+                del self._waiting[1 if self._partial else 0]
                 self.failed += 1
             self._drain()
 
@@ -226,6 +237,9 @@ class JsonlSink(EventSink):
             return self._error is None
         while self._waiting:
             try:
+                if self._pipe:
+                    self._to_pipe()
+                    continue
                 self._follow_rotation()
                 self._roll_over(len(self._waiting[0]))
                 append_line(self._fd, self._waiting[0])
@@ -233,7 +247,8 @@ class JsonlSink(EventSink):
                 if self._error is None:
                     self._throttle.reset()  # a new fault: said at once
                 if self._throttle.due():  # and why, looked at again once a minute
-                    why = failed_write(err, Path(self.target).parent)
+                    why = (PIPE_FULL if isinstance(err, BlockingIOError)
+                           else failed_write(err, Path(self.target).parent))
                     self._error = (why, time.time() if self._error is None else self._error[1])
                     log.error("jsonl %s: cannot write: %s; %d event line(s) wait in memory (at "
                               "most %d, then the oldest are dropped; %d dropped so far)",
@@ -242,6 +257,19 @@ class JsonlSink(EventSink):
             self._waiting.popleft()
         self._writing_again()
         return True
+
+    def _to_pipe(self) -> None:
+        """Write the head of ``_waiting`` to the pipe, as much as it takes now (under the lock):
+        taken whole, it leaves the queue; in part, its rest stays at the head for the next try;
+        not at all, BlockingIOError (the pipe is full: its reader is not reading)."""
+        assert self._fd is not None
+        head = self._waiting[0]
+        n = os.write(self._fd, head)
+        if n < len(head):
+            self._waiting[0], self._partial = head[n:], True
+            raise BlockingIOError(errno.EAGAIN, PIPE_FULL)
+        self._waiting.popleft()
+        self._partial = False
 
     def _writing_again(self, lost: bool = False) -> None:
         """The fault is over (under the lock): said once, with since when and why (and, for

@@ -3,6 +3,7 @@ reasons, re-attach after a brief loss, cooldown; and the JSON-lines sink."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -476,6 +477,55 @@ def test_jsonl_path_may_be_a_pipe(tmp_path):
     sink.close()
     reader.join(5)
     assert [json.loads(x)["event_id"] for x in got] == ["id0", "id1", "id2"]
+
+
+def test_a_pipe_whose_reader_stops_reading_never_blocks_the_loop(tmp_path):
+    """A named pipe whose consumer hangs (it keeps the pipe open and reads nothing): once the
+    pipe was full, the write blocked the camera's loop for good, with the lock held: no more
+    detection, no MQTT alarm after it (the JSON lines sink comes first), and SIGTERM could not
+    stop maskd (systemd's SIGKILL). The lines now wait in memory, as on a full disk, and
+    follow whole and in order once the reader reads again."""
+    import fcntl
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened: list[int] = []
+    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_RDONLY)))
+    opener.start()
+    sink = JsonlSink(str(fifo))
+    opener.join(5)
+    fd = opened[0]
+    fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full after a few lines
+    n = 60  # far more than 4 KiB of lines
+    done = threading.Event()
+
+    def emit_all() -> None:
+        for i in range(n):
+            sink.emit(jsonl_event(i))
+        done.set()
+
+    threading.Thread(target=emit_all, daemon=True).start()
+    assert done.wait(5), "emit blocked on a pipe nobody reads"
+    assert sink.faults() and "waiting" in sink.faults()[0], sink.faults()
+    assert sink.flush(0.1) is False
+    got = b""
+    os.set_blocking(fd, False)
+    while True:  # the reader wakes up: what waits follows, whole and in order
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            chunk = b""
+        got += chunk
+        if not chunk and sink.flush(0.1):
+            break
+    sink.close()
+    with contextlib.suppress(BlockingIOError):
+        got += os.read(fd, 1 << 16)
+    os.close(fd)
+    assert [json.loads(x)["event_id"] for x in got.decode().splitlines()] == [
+        f"id{i}" for i in range(n)]
+    assert sink.faults() == []
 
 
 def test_jsonl_file_follows_a_rotation_and_keeps_copytruncate_whole(tmp_path, caplog):
