@@ -143,13 +143,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     uptime REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created);
+"""
+_OPEN_EVENTS = """
 CREATE TABLE IF NOT EXISTS open_events (
     event_id TEXT PRIMARY KEY,
     topic TEXT NOT NULL,
     payload TEXT NOT NULL,
     updated REAL NOT NULL
-);
-"""
+)"""
+_SCHEMA += _OPEN_EVENTS + ";\n"
 
 
 def _file_ident(path: Path) -> tuple[int, int] | None:
@@ -556,6 +558,7 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             found = db.execute("PRAGMA user_version").fetchone()[0]
+            self._add_open_events(db)
             db.executescript(_SCHEMA)
             self._by_boot = self._add_boot_columns(db)
             if self._by_boot and found < OUTBOX_LAYOUT:
@@ -567,6 +570,39 @@ class Outbox:
         except BaseException:
             db.close()
             raise
+
+    def _add_open_events(self, db: sqlite3.Connection) -> None:
+        """An outbox written before the open-violations record (maskd before 2026-12-01) gets
+        it, filled from its pending messages: a violation whose last one is no `end` was open
+        when that version stopped, and is ended `restart` like any other (was: its start was
+        delivered after the update and its end never came). Table and rows in one transaction,
+        so a start that cannot write them (a full disk) leaves the file for the next to do."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "outbox" not in tables or "open_events" in tables:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_OPEN_EVENTS)
+            seeded = set()
+            for topic, payload, created in db.execute(
+                    "SELECT topic, payload, created FROM outbox ORDER BY id").fetchall():
+                try:
+                    p = json.loads(payload)
+                    event_id, kind = str(p["event_id"]), p["event_type"]
+                except (ValueError, TypeError, KeyError):
+                    continue  # not a violation's message (state, stats: none were stored)
+                _record(db, Row(0, topic, p, created), event_id, kind != "end")
+                seeded.add(event_id)
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            _rollback(db)
+            log.warning("outbox %s: cannot add the open violations' record (%s); tried again "
+                        "at the next start", self.path, err)
+            return
+        n = db.execute("SELECT COUNT(*) FROM open_events").fetchone()[0]
+        if n:
+            log.info("outbox %s: written by an older maskd; %d violation(s) open in its pending "
+                     "messages (of %d) will be ended `restart`", self.path, n, len(seeded))
 
     def _add_boot_columns(self, db: sqlite3.Connection) -> bool:
         """An outbox written before rows carried their boot gets the columns (its rows: NULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -222,6 +223,35 @@ def test_an_outbox_written_before_boot_columns_is_upgraded_and_keeps_its_rows(tm
     assert new > 3
     clock.run(5 * DAY + 1)
     assert ob.prune() == 3 and [r.payload["n"] for r in ob.pending()] == [3]
+    ob.close()
+
+
+def test_an_outbox_written_before_open_violations_were_kept_ends_those_it_holds(tmp_path):
+    """maskd before 2026-12-01 kept no record of its open violations: killed with one open while
+    the broker was away, its start waits in the outbox. The update delivers that start, so the
+    violation must be known open from the pending messages, or its end never comes (was:
+    open_events() empty, the start delivered, no `restart` end in MQTT or JSON lines)."""
+    def v(event_id: str, seq: int, kind: str) -> str:
+        return json.dumps({"event_type": kind, "event_id": event_id, "seq": seq,
+                           "camera": "door", "track_id": 1, "start_time": 1.0, "score": 0.9,
+                           "top_score": 0.9, "box": [0.1, 0.1, 0.2, 0.2]})
+
+    with closing(sqlite3.connect(tmp_path / OUTBOX_FILE)) as db:
+        db.executescript(OLD_SCHEMA.split("CREATE TABLE open_events")[0])  # the outbox alone
+        db.executemany("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                       [("m/d/door/violation", v("a", 0, "start"), 1.0),
+                        ("m/d/door/violation", v("b", 0, "start"), 2.0),
+                        ("m/d/door/violation", v("a", 1, "end"), 3.0),
+                        ("m/d/door/violation", v("b", 1, "update"), 4.0)])
+        db.commit()
+    ob = Outbox(tmp_path)
+    (last,) = ob.open_events()
+    assert last.topic == "m/d/door/violation" and last.created == 4.0
+    assert (last.payload["event_id"], last.payload["seq"]) == ("b", 1)
+    assert [r.payload["event_id"] for r in ob.pending()] == ["a", "b", "a", "b"]  # all kept
+    ob.close()
+    ob = Outbox(tmp_path)  # the next start: the record is this version's own now
+    assert [r.payload["event_id"] for r in ob.open_events()] == ["b"]
     ob.close()
 
 
