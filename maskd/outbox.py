@@ -292,6 +292,7 @@ class Outbox:
         self.reserve_bytes = reserve_bytes
         self.dropped = 0  # stored rows discarded by the bounds since this process started
         self.memory_dropped = 0  # unstored events discarded because the memory queue was full
+        self.memory_dropped_at: float | None = None  # time.monotonic() of the latest such drop
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
         self._warn = RateLimitedLog(log)
         self._lock = threading.Lock()
@@ -782,6 +783,7 @@ class Outbox:
         while len(self._memory) > self.memory_max:
             self._memory.popitem(last=False)
             self.memory_dropped += 1
+            self.memory_dropped_at = time.monotonic()
             self._unlogged_memory += 1
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Row]:

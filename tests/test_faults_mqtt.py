@@ -108,6 +108,35 @@ def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
     assert "unexpected error" not in caplog.text
 
 
+def test_events_lost_from_a_full_memory_queue_are_a_problem_for_a_while_not_for_good(
+        tmp_path, monkeypatch):
+    """A disk full for a while, the broker away: the memory queue overflows and events are lost.
+    That is a problem line (status line, Home Assistant's problem sensor) while the fault lasts
+    and for LOST_SHOWN_S after the last loss, then no more: was, for the rest of the process's
+    life, months, so the problem sensor stayed on after the disk and broker were long fine."""
+    import maskd.mqtt.sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "LOST_SHOWN_S", 2.0, raising=False)
+    with small_disk(tmp_path / "state") as state, Broker(tmp_path / "b") as b:
+        b.stop()
+        cfg = cfg_for(b, state, outbox_reserve_kb=32, memory_queue_max=3)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        filler = fill_disk(state)
+        for ev in script("lost", 20, 0):
+            sink.emit(ev)
+        assert sink.health()["memory_dropped"] > 0
+        lost = [f for f in sink.faults() if "memory queue full" in f]
+        assert lost, sink.faults()
+        filler.unlink()
+        b.start()
+        assert wait_until(lambda: sink.health()["outbox_error"] is None
+                          and sink.health()["outbox_depth"] == 0, 15), sink.health()
+        assert lost[0] in sink.faults()  # just lost: still said a while, with the fault gone
+        assert wait_until(lambda: sink.faults() == [], 5), sink.faults()
+        assert sink.health()["memory_dropped"] > 0  # still counted since start
+        sink.close()
+
+
 def test_start_on_a_full_disk_delivers_what_was_pending_and_keeps_new_events(tmp_path, caplog):
     """A Pi restarted with a full card: the outbox must still open (SQLite cannot create its
     shared-memory file there), send what the last run left, and keep new events in memory

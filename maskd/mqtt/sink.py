@@ -67,6 +67,10 @@ SESSION_CHECK_S = 10.0
 # The broker away this long is a fault in the status line; a quick reconnect (a broker
 # restart, a Wi-Fi roam) does not flap it.
 DOWN_GRACE_S = 30.0
+# Events the memory queue lost are a problem while the outbox's fault lasts and this long after
+# the last loss: long enough for an automation that waits minutes to hear of it, not for good
+# (it stayed for the rest of the run, months, after the disk and broker were long fine).
+LOST_SHOWN_S = 3600.0
 # the fault line of a broker away: the loop's last report before a reconnect may hold it
 NOT_CONNECTED = "MQTT: broker not connected since "
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
@@ -724,7 +728,8 @@ class MqttSink(EventSink):
         if (fault := ob.fault) is not None:
             held = ob.in_memory()
             out.append(f"MQTT outbox: {fault}" + (f", {held} event(s) in memory" if held else ""))
-        if ob.memory_dropped:
+        if ob.memory_dropped and (ob.fault is not None or ob.memory_dropped_at is None
+                                  or time.monotonic() - ob.memory_dropped_at < LOST_SHOWN_S):
             out.append(f"MQTT: {ob.memory_dropped} event(s) lost, memory queue full")
         if self._refused:
             out.append(f"MQTT: {len(self._refused)} event(s) refused by the broker")
