@@ -293,6 +293,7 @@ class Outbox:
         self.dropped = 0  # stored rows discarded by the bounds since this process started
         self.memory_dropped = 0  # unstored events discarded because the memory queue was full
         self.memory_dropped_at: float | None = None  # time.monotonic() of the latest such drop
+        self._dropped_why: str | None = None  # the fault of the latest drop: its line may come later
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
         self._warn = RateLimitedLog(log)
         self._lock = threading.Lock()
@@ -784,6 +785,7 @@ class Outbox:
             self._memory.popitem(last=False)
             self.memory_dropped += 1
             self.memory_dropped_at = time.monotonic()
+            self._dropped_why = self.fault or self._dropped_why
             self._unlogged_memory += 1
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Row]:
@@ -1158,7 +1160,7 @@ class Outbox:
         if self._unlogged_memory:
             log.error(
                 "outbox: memory queue full (%d events, none of them stored: %s); dropped the %d "
-                "oldest", self.memory_max, self.fault, self._unlogged_memory,
+                "oldest", self.memory_max, self.fault or self._dropped_why, self._unlogged_memory,
             )
         self._unlogged_age = self._unlogged_count = self._unlogged_memory = 0
 

@@ -781,6 +781,26 @@ def test_memory_queue_is_bounded_and_what_it_drops_is_counted_and_logged(disk, c
     assert sum(said) == ob.memory_dropped, (said, ob.memory_dropped)
 
 
+def test_drops_said_after_the_fault_passed_still_say_why(disk, caplog):
+    """The once-a-minute line about memory drops may come after the disk has room again (the
+    drops of the minute before): it says the fault they were dropped for (was: 'none of them
+    stored: None')."""
+    ob = Outbox(disk, reserve_bytes=0, memory_max=3)
+    filler = full_disk(disk)
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        for i in range(20):
+            ob.put("t", big(i))
+    assert ob.memory_dropped > 3  # the first said at once, the rest held for the minute
+    filler.unlink()
+    ob.maintain()  # room: what waits in memory is stored, the fault is over
+    assert ob.fault is None and ob.in_memory() == 0
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
+        ob.close()  # says what the minute still held
+    [line] = [r.getMessage() for r in caplog.records if "memory queue full" in r.getMessage()]
+    assert "None" not in line and "disk is full" in line, line
+
+
 def test_acknowledged_rows_are_deleted_on_a_full_disk_with_the_reserve(disk, caplog):
     ob = Outbox(disk, reserve_bytes=DRAIN_RESERVE)
     ids = [ob.put("t", big(i)) for i in range(10)]
