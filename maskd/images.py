@@ -128,7 +128,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode to RGB; transparency (RGBA, LA, palette or grey with tRNS) goes onto white."""
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _wide_grey_to_rgb(im)
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
@@ -138,9 +138,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
-    """16/32-bit greyscale scaled to 8 bit (PIL's convert clips it to white), then its tRNS
-    grey value made white: the value is in 16-bit units, so it is matched before scaling."""
-    a = np.asarray(im, dtype=np.float64)
+    """16/32-bit greyscale scaled to 8 bit (PIL's convert clips it to white; a float one, 0..1,
+    to black), then its tRNS grey value made white: the value is in 16-bit units, so it is
+    matched before scaling."""
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     clear = im.info.get("transparency")
     opaque = a != clear if isinstance(clear, int) else np.ones(a.shape, bool)
     hi = a[opaque].max() if opaque.any() and a[opaque].max() > 0 else 1.0

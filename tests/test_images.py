@@ -291,3 +291,18 @@ def test_a_corrupt_exif_block_prints_no_warning(tmp_path: Path) -> None:
         rgb = load_image_rgb(p)
     assert rgb.shape == (30, 40, 3)
     assert [str(w.message) for w in seen] == []
+
+
+def test_a_float_grey_tiff_in_0_to_1_is_a_picture_not_black(tmp_path: Path) -> None:
+    """A 32-bit float grey TIFF holds 0..1 (what cv2.imwrite writes for a float image, and what
+    image tools export): PIL's convert clipped it to 0 and 1, a black picture, so scan found no
+    face and classify judged the black, without a word. It is scaled as 16-bit grey is."""
+    a = np.full((8, 9), 0.5, np.float32)
+    a[0, 8] = 1.0
+    p = tmp_path / "gf.tif"
+    assert cv2.imwrite(str(p), a)
+    with Image.open(p) as im:
+        assert im.mode == "F"
+    rgb = load_image_rgb(p)
+    assert rgb.dtype == np.uint8 and rgb.shape == (8, 9, 3)
+    assert (rgb[1:] == 127).all() and (rgb[0, 8] == 255).all()
