@@ -335,3 +335,21 @@ def test_every_tool_reads_a_scene_photo_in_its_boxes_pixels(tmp_path: Path) -> N
     Image.fromarray(np.full((100, 200, 3), 90, np.uint8)).save(tmp_path / "t.jpg", exif=e)
     assert cv2.imread(str(tmp_path / "t.jpg")).shape == (200, 100, 3)  # OpenCV turns it
     assert ev.stored_pixels(tmp_path / "t.jpg").shape == (100, 200, 3)
+
+
+def test_grey_photos_are_what_an_infrared_camera_gives(tmp_path: Path) -> None:
+    """--grey (eval_scenes, evaluate --voc) measures the night on the same faces: the photo's
+    three channels made equal, its luminance, in the boxes' pixels as without it."""
+    from tools import evaluate
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (60, 80, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "p.png"), colour)
+    grey = ev.stored_pixels(tmp_path / "p.png", grey=True)
+    assert grey.shape == colour.shape
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (grey[..., 0] == cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)).all()
+    assert (ev.stored_pixels(tmp_path / "p.png") == colour).all()
+    with pytest.raises(SystemExit) as stop:  # only scene photos are made grey
+        evaluate.main(["--model", str(tmp_path / "m.tflite"), "--data", str(tmp_path), "--grey"])
+    assert stop.value.code == 2

@@ -114,11 +114,15 @@ def _child_text(el: ET.Element, name: str) -> str | None:
     return next((c.text or "" for c in el if _local(c.tag) == name), None)
 
 
-def stored_pixels(path: Path) -> np.ndarray | None:
+def stored_pixels(path: Path, grey: bool = False) -> np.ndarray | None:
     """A scene photo as BGR in the pixels its boxes are in (``load_scene``): as stored, an EXIF
     orientation tag not applied, whole however big; None when OpenCV cannot read it. Every tool
-    that cuts or shows a scene's boxes reads the photo here."""
-    return cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    that cuts or shows a scene's boxes reads the photo here. ``grey``: as a camera in infrared
+    at night delivers it (three equal channels), to measure the night on the same faces."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if grey and bgr is not None:
+        bgr = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    return bgr
 
 
 def image_files(images_dir: Path) -> dict[str, list[Path]]:
@@ -504,7 +508,7 @@ def missing_yunet(det: DetectorConfig) -> str | None:
 
 def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier: Any | None,
              cls_cfg: ClassifierConfig, iou: float, small_px: float,
-             thresholds: list[float] | None = None) -> dict[str, Any]:
+             thresholds: list[float] | None = None, grey: bool = False) -> dict[str, Any]:
     """Run one detector (and the classifier) over every scene; totals and timings.
 
     The detections and P(no_mask) are computed once; ``thresholds`` re-score them at other
@@ -516,7 +520,7 @@ def evaluate(name: str, det_cfg: DetectorConfig, scenes: list[Scene], classifier
     runs = []  # per image: boxes, detector scores, P(no_mask) (nan when not judged)
     det_s = cls_s = 0.0
     for sc in scenes:
-        image = stored_pixels(sc.image)
+        image = stored_pixels(sc.image, grey)
         if image is None:
             raise RuntimeError(f"{sc.image}: unreadable image")
         t0 = time.perf_counter()
@@ -638,6 +642,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="classifier .tflite, scored alone (default: as "
                    "`maskd scan`, the shipped model averaged with its second draw)")
     p.add_argument("--faces-only", action="store_true", help="no classifier: face metrics only")
+    p.add_argument("--grey", action="store_true",
+                   help="the photos made grey, as an infrared camera sees at night")
     p.add_argument("--threshold", type=probability, default=None,
                    help="P(no_mask) cut for the no_mask label (default: classifier.threshold)")
     p.add_argument("--thresholds", type=comma_list(probability),
@@ -709,10 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, cfg in det_cfgs:
         try:
             results.append(evaluate(name, cfg, scenes, classifier, cls_cfg, args.iou,
-                                    args.small_px, args.thresholds))
+                                    args.small_px, args.thresholds, args.grey))
         except DetectorError as err:
             print(f"eval_scenes: {name} skipped: {err}", file=sys.stderr)
-    report = {"scenes": str(args.scenes), "images": len(scenes), "skipped": skipped,
+    report = {"scenes": str(args.scenes), "grey": args.grey, "images": len(scenes),
+              "skipped": skipped,
               "iou": args.iou, "small_px": args.small_px,
               "classifier": None if classifier is None else [
                   str(m.path) for m in getattr(classifier, "members", [classifier])],
@@ -724,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gts = results[0]["subsets"] if results else None
         if gts:
-            print(f"{len(scenes)} images; annotated faces >= {args.small_px:g} px: "
+            print(f"{len(scenes)} images{' made grey' if args.grey else ''}; annotated faces >= {args.small_px:g} px: "
                   f"{gts['ge']['gt']}, < {args.small_px:g} px: {gts['lt']['gt']}; IoU >= {args.iou}")
         print(render(results, args.small_px, classifier is not None))
         for r in results:

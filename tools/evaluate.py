@@ -134,7 +134,7 @@ class Crop:
         return self.name
 
 
-def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
+def voc_crops(root: Path, margin: float, min_px: int, part: str = "all", grey: bool = False
               ) -> tuple[list[Crop], np.ndarray, dict]:
     """with_mask / without_mask boxes of PASCAL VOC scenes, cut like the device cuts a detection.
 
@@ -159,7 +159,7 @@ def voc_crops(root: Path, margin: float, min_px: int, part: str = "all"
     skipped = {"small": 0, "mask_weared_incorrect": 0,
                "photos": sum(not isinstance(r, LeftOut) for r in reasons)}
     for scene in scenes:
-        bgr = stored_pixels(scene.image)  # the boxes' pixels (load_scene checked it decodes)
+        bgr = stored_pixels(scene.image, grey)  # the boxes' pixels (load_scene checked it decodes)
         if bgr is None:
             raise SystemExit(f"evaluate: {scene.image}: OpenCV cannot read it")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=non_negative_float, default=ClassifierConfig().margin,
                    help="--voc: crop margin per side (default: classifier.margin's, %(default)s)")
     p.add_argument("--min-face-px", type=non_negative_int, default=24, help="--voc: skip smaller boxes")
+    p.add_argument("--grey", action="store_true",
+                   help="--voc: the photos made grey, as an infrared camera sees at night")
     p.add_argument("--subset", choices=["train", "val", "test"], default="test")
     p.add_argument("--part", choices=["all", "train", "select"], default="all",
                    help="--voc: photos of this part of the scenes split (tools/eval_scenes.py)")
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edgetpu", action="store_true", help="run .tflite models on a Coral")
     p.add_argument("--out", type=Path, help="write metrics.json, predictions.csv, confusion.png")
     args = p.parse_args(argv)
+    if args.grey and not args.voc:
+        p.error("--grey makes scene photos grey: it needs --voc")
     if args.out:
         out_dir(args.out)
 
@@ -295,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         paths, labels = dataset.subset_files(split, args.subset, args.data_root)
         where = f"{args.split} [{args.subset}] fingerprint {str(split.get('fingerprint'))[:12]}"
     elif args.voc:
-        paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px, args.part)
-        where = (f"{args.voc} face crops (margin {args.margin}, >= {args.min_face_px} px; "
+        paths, labels, skipped = voc_crops(args.voc, args.margin, args.min_face_px, args.part,
+                                           args.grey)
+        where = (f"{args.voc}{' made grey' if args.grey else ''} face crops (margin "
+                 f"{args.margin}, >= {args.min_face_px} px; "
                  f"left out: {skipped})")
     else:
         paths, labels = dataset.folder_files(args.data)
