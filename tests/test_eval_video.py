@@ -4,6 +4,7 @@ short real run through the maskd loop."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -563,3 +564,23 @@ def test_grid_and_the_selection_rule():
     # Nobody qualifies: the lowest masked share among recall >= 0.92, else the best F1.
     assert ev.pick([_cand(0.9, masked=0.05), _cand(0.8, masked=0.03)]) == 1
     assert ev.pick([_cand(0.9, masked=0.05, recall=0.9), _cand(0.8, masked=0.03, recall=0.8)]) == 0
+
+
+def test_a_grey_clip_is_its_own_clip_of_grey_frames(tmp_path: Path):
+    """--grey (night: a camera in infrared) renders the same walk-up from the photo made grey,
+    cached under its own key; the colour clip's key is what it was without the option."""
+    path = tmp_path / "colour.jpg"
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(path), rng.integers(0, 256, (300, 400, 3), np.uint8))
+    sc = ev.Scene(path, np.array([[20.0, 30.0, 44.0, 60.0]]), ["without_mask"])
+    plan = ev.walkup_clip(sc, seed=0, frames=4)
+    night = replace(plan, grey=True)
+    assert ev.clip_key(night) != ev.clip_key(plan)
+    assert ev.clip_key(replace(night, grey=False)) == ev.clip_key(plan)
+    clip, _ = ev.ensure_clip(night, tmp_path / "clips")
+    cap = cv2.VideoCapture(str(clip))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    spread = frame.astype(int).max(axis=2) - frame.astype(int).min(axis=2)
+    assert spread.mean() < 2  # equal channels, but for the MJPEG's chroma rounding

@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,7 @@ class ClipPlan:
     size: tuple[int, int] = (OUT_W, OUT_H)
     fps: float = FPS
     queued: list[int] = field(default_factory=list)  # a queue's people (the answer: 1 event each)
+    grey: bool = False  # the photos made grey, as a camera in infrared sends them at night
 
     @property
     def labels(self) -> list[str]:
@@ -459,6 +460,8 @@ def clip_key(plan: ClipPlan) -> str:
         "frames": [[[ly.photo, np.round(ly.affine, 6).tolist(), np.round(ly.src, 3).tolist()]
                     for ly in layers] for layers in plan.frames],
     }
+    if plan.grey:  # only then: the colour clips' cached files keep their keys
+        spec["grey"] = True
     return hashlib.sha256(json.dumps(spec).encode("utf-8")).hexdigest()[:16]
 
 
@@ -485,7 +488,7 @@ def render_frame(plan: ClipPlan, images: Sequence[np.ndarray], t: int) -> np.nda
 
 def write_clip(plan: ClipPlan, path: Path) -> None:
     """The clip as an MJPG .avi (OpenCV's own MJPEG writer, fixed quality), written atomically."""
-    images = [stored_pixels(sc.image) for sc in plan.scenes]  # the boxes' pixels
+    images = [stored_pixels(sc.image, plan.grey) for sc in plan.scenes]  # the boxes' pixels
     for sc, im in zip(plan.scenes, images, strict=True):
         if im is None:
             raise OSError(f"{sc.image}: unreadable image")
@@ -1142,6 +1145,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated clip kinds from {', '.join(KINDS)} (default: "
                         f"{','.join(DEFAULT_KINDS)})")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--grey", action="store_true",
+                   help="the photos made grey, as a camera in infrared sends them at night")
     p.add_argument("--limit", type=positive_int, help="at most N clips of each kind (trials)")
     p.add_argument("--frames", type=positive_int, default=FRAMES,
                    help=f"frames per walkup/pan/crossing clip (default {FRAMES})")
@@ -1216,6 +1221,8 @@ def main(argv: list[str] | None = None) -> int:
     report_skipped("eval_video", skipped)
     plans = build_plans(scenes, kinds, args.seed, args.frames, args.limit, args.queue_people,
                         args.queue_context)
+    if args.grey:
+        plans = [replace(p, grey=True) for p in plans]
     not_made = {k: NOT_MADE[k] for k in kinds if k in NOT_MADE
                 and not any(p.kind == k for p in plans) and args.limit != 0}
     for kind, why in not_made.items():  # was: left out of the table and the report unsaid
@@ -1256,7 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r['run_s'] for r in results):.1f} s in the maskd loop over {jobs} jobs x "
           f"{threads} classifier threads)")
     if args.json:
-        report = {"scenes": str(args.scenes), "part": args.part, "skipped": skipped,
+        report = {"scenes": str(args.scenes), "part": args.part, "grey": args.grey,
+                  "skipped": skipped,
                   "not_made": not_made,
                   "seed": args.seed, "kinds": kinds, "limit": args.limit, "frames": args.frames,
                   "queue_people": args.queue_people, "queue_context": args.queue_context,
