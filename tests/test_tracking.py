@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from maskd.config import TrackingConfig
 from maskd.geometry import iou
-from maskd.tracking import Tracker
+from maskd.tracking import (
+    APPEARANCE_MOMENTUM,
+    MAX_COAST_S,
+    VELOCITY_SMOOTHING,
+    Tracker,
+    appearance,
+    coast,
+    colour_layout,
+    similarity,
+    smooth_velocity,
+)
 
 
 def v(box, no_mask):
@@ -185,3 +196,201 @@ def test_predict_motion_keeps_a_fast_face_across_a_missed_frame():
         ids[predict] = {t.track_id for frame in run(tr, script) for t in frame}
     assert len(ids[False]) == 2  # split in two at the missed frame
     assert len(ids[True]) == 1
+
+
+def test_the_thresholds_are_inclusive_as_documented():
+    """Violating from a median *at* start_threshold (and the strong path *at* strong_threshold);
+    released only *below* release_threshold: a median exactly at it is still in the band."""
+    box = (0, 0, 40, 40)
+    cfg = TrackingConfig(window=1, min_votes=2, min_span_s=0.0, start_threshold=0.5,
+                         release_threshold=0.25)
+    tr = Tracker(cfg)
+    got = [update(tr, [v(box, s)], i, float(i))[0].violating
+           for i, s in enumerate([0.5, 0.5, 0.25, 0.25, 0.125])]
+    assert got == [False, True, True, True, False]
+    strong = TrackingConfig(window=1, min_votes=2, min_span_s=2.0, start_threshold=0.5,
+                            strong_threshold=0.75, strong_span_s=1.0)
+    tr = Tracker(strong)
+    got = [update(tr, [v(box, 0.75)], i, float(i))[0].violating for i in range(3)]
+    assert got == [False, True, True]  # 1 s of votes at exactly strong_threshold is enough
+
+
+def test_a_cached_score_is_never_a_vote_even_when_it_would_confirm():
+    """fresh=False adds nothing at all: not to the votes, the window, the run or its span."""
+    box = (0, 0, 40, 40)
+    tr = Tracker(TrackingConfig(window=3, min_votes=3, min_span_s=0.0))
+    (t,) = update(tr, [v(box, 0.9)], 0, 0.0)
+    for i in range(1, 10):
+        (t,) = tr.match([box], i, i / 10)
+        tr.add_score(t, 0.99, fresh=False)
+    assert (t.votes, list(t.scores), t.above, t.violating) == (1, [0.9], 1, False)
+    update(tr, [v(box, 0.9)], 10, 1.0)
+    update(tr, [v(box, 0.9)], 11, 1.1)
+    assert t.violating and t.votes == 3
+
+
+def test_start_over_drops_the_evidence_and_the_violation():
+    box = (0, 0, 40, 40)
+    tr = Tracker(TrackingConfig(window=3, min_votes=2, min_span_s=0.0))
+    for i in range(3):
+        (t,) = update(tr, [v(box, 0.9)], i, i / 10)
+    assert t.violating
+    t.start_over()
+    assert (list(t.scores), t.smoothed, t.above, t.above_since, t.violating) == (
+        [], None, 0, None, False)
+    (t,) = update(tr, [v(box, 0.9)], 3, 0.3)
+    assert not t.violating  # one vote after starting over is not min_votes
+
+
+def test_a_picture_casts_no_votes_and_is_never_violating():
+    """static_after_s: a face whose box never left its first place is a picture; it stops
+    violating and its scores are no votes (the status page's 'in view' and the classifier's
+    cache read ``violating``)."""
+    box = (0, 0, 40, 40)
+    tr = Tracker(TrackingConfig(window=3, min_votes=2, min_span_s=0.0, static_after_s=2.0))
+    seen = []
+    for i in range(5):
+        (t,) = update(tr, [v(box, 0.9)], i, float(i))
+        seen.append((t.static, t.violating))
+    assert seen == [(False, False), (False, True)] + [(True, False)] * 3
+    votes = t.votes
+    assert votes == 2  # the votes at 0 s and 1 s; from 2 s on (exactly static_after_s) none
+    update(tr, [v(box, 0.9)], 5, 5.0)
+    assert t.votes == votes and not t.violating
+
+
+def test_a_person_who_moved_once_is_never_a_picture():
+    """Moved beyond static_tolerance once, then back at the first place and still for longer
+    than static_after_s: a person standing still, not a picture."""
+    box, away = (0, 0, 40, 40), (20, 0, 60, 40)
+    tr = Tracker(TrackingConfig(static_after_s=2.0, iou_threshold=0.1))
+    (t,) = tr.match([box], 0, 0.0)
+    tr.match([away], 1, 1.0)
+    assert t.moved and not t.static
+    for i in range(2, 8):
+        tr.match([box], i, float(i))
+    assert t.moved and not t.static
+
+
+def test_coast_moves_a_box_on_by_its_velocity_for_at_most_max_coast_s():
+    box = (10.0, 20.0, 50.0, 60.0)
+    assert coast(box, (4.0, -2.0), 0.5) == (12.0, 19.0, 52.0, 59.0)
+    # a face lost for long is not sent off across the frame, nor back in time on a clock step
+    assert coast(box, (4.0, -2.0), 60.0) == coast(box, (4.0, -2.0), MAX_COAST_S)
+    assert coast(box, (4.0, -2.0), -1.0) == box
+
+
+def test_smooth_velocity_is_the_centres_speed_smoothed():
+    old, new = (0.0, 0.0, 10.0, 10.0), (4.0, 2.0, 16.0, 12.0)  # centre (5, 5) -> (10, 7)
+    a = VELOCITY_SMOOTHING
+    vx, vy = smooth_velocity((1.0, -1.0), old, new, 0.5)  # (10, 4) px/s this frame
+    assert vx == pytest.approx(a * 1.0 + (1 - a) * 10.0)
+    assert vy == pytest.approx(a * -1.0 + (1 - a) * 4.0)
+    assert 1.0 < vx < 10.0  # smoothed: between the speed so far and this frame's
+    # two frames with the same time stamp: no speed to tell, no division by zero
+    assert smooth_velocity((1.0, -1.0), old, new, 0.0) == (1.0, -1.0)
+
+
+def test_one_track_matches_one_box():
+    """Two faces both overlapping one track: the better overlap takes it, the other is a new
+    track (not the same track twice)."""
+    tr = Tracker(TrackingConfig(iou_threshold=0.1))
+    (first,) = tr.match([(0, 0, 40, 40)], 0, 0.0)
+    a, b = tr.match([(20, 0, 60, 40), (5, 0, 45, 40)], 1, 0.1)
+    assert b is first and a is not first
+    assert sorted(t.track_id for t in tr.tracks) == [1, 2]
+    assert first.box == (5, 0, 45, 40)
+
+
+def test_an_iou_threshold_of_zero_still_needs_some_overlap():
+    tr = Tracker(TrackingConfig(iou_threshold=0.0))
+    (first,) = tr.match([(0, 0, 40, 40)], 0, 0.0)
+    (far,) = tr.match([(100, 0, 140, 40)], 1, 0.1)
+    assert far is not first
+
+
+def test_seen_now_and_returned_after_a_miss():
+    """A track matched again after even one missed frame is 'returned' until a fresh crop says
+    who it is (identify), however many frames that takes (a face too small to classify)."""
+    tr = Tracker(TrackingConfig())
+    box = (0, 0, 40, 40)
+    (t,) = tr.match([box], 0, 0.0)
+    assert t.seen_now and not t.returned
+    tr.match([], 1, 0.1)
+    assert not t.seen_now and t.missed == 1
+    tr.match([box], 2, 0.2)
+    assert t.seen_now and t.returned
+    tr.match([box], 3, 0.3)
+    assert t.returned  # not yet seen in a fresh crop
+    crop = np.full((40, 40, 3), 120, np.uint8)
+    tr.observe(t, crop)
+    assert tr.identify(t, crop) is t and not t.returned
+    # once identified, a later look that differs (light, a turned head) is no new person
+    other = np.zeros((40, 40, 3), np.uint8)
+    other[:, :, 2] = 255
+    assert tr.identify(t, other) is t
+
+
+def test_identify_without_a_look_to_compare_keeps_the_track():
+    tr = Tracker(TrackingConfig())
+    box = (0, 0, 40, 40)
+    (t,) = tr.match([box], 0, 0.0)
+    tr.match([], 1, 0.1)
+    tr.match([box], 2, 0.2)
+    assert t.appearance is None and tr.identify(t, np.zeros((40, 40, 3), np.uint8)) is t
+
+
+def test_identify_splits_below_same_person_similarity_and_keeps_at_it():
+    """The rule is ``similarity >= same_person_similarity``: a look exactly that alike is the
+    same person, a hair less alike is someone new."""
+    a = np.zeros((48, 48, 3), np.uint8)
+    a[:, :, 2] = 255
+    b = a.copy()
+    b[:, 36:] = (255, 0, 0)
+    sim = similarity(appearance(a), appearance(b))
+    assert 0.5 < sim < 0.99
+    box = (0, 0, 40, 40)
+    for limit, same in ((sim, True), (min(sim + 0.02, 1.0), False)):
+        tr = Tracker(TrackingConfig(same_person_similarity=limit))
+        (t,) = tr.match([box], 0, 0.0)
+        tr.observe(t, a)
+        tr.match([], 1, 0.1)
+        tr.match([box], 2, 0.2)
+        got = tr.identify(t, b)
+        assert (got is t) == same, limit
+        assert tr.tracks == [got]
+
+
+def test_rescale_moves_every_box_and_velocity_by_its_own_axis():
+    tr = Tracker(TrackingConfig())
+    (t,) = tr.match([(10.0, 20.0, 50.0, 60.0)], 0, 0.0)
+    t.velocity = (4.0, 6.0)
+    tr.rescale(0.5, 0.25)
+    assert t.box == (5.0, 5.0, 25.0, 15.0) and t.anchor == (5.0, 5.0, 25.0, 15.0)
+    assert t.velocity == (2.0, 1.5)
+
+
+def test_observe_is_a_unit_length_running_mean_weighted_to_what_the_track_had():
+    a = np.zeros((48, 48, 3), np.uint8)
+    a[:, :, 2] = 255
+    b = np.zeros((48, 48, 3), np.uint8)
+    b[:, :, 0] = 255
+    tr = Tracker(TrackingConfig())
+    (t,) = tr.match([(0, 0, 40, 40)], 0, 0.0)
+    tr.observe(t, a)
+    tr.observe(t, b)
+    assert float(np.linalg.norm(t.appearance)) == pytest.approx(1.0, abs=1e-6)
+    # a and b share no bin: the mean is APPEARANCE_MOMENTUM parts a, the rest b
+    assert similarity(t.appearance, appearance(a)) == pytest.approx(
+        APPEARANCE_MOMENTUM / np.hypot(APPEARANCE_MOMENTUM, 1 - APPEARANCE_MOMENTUM), abs=1e-5)
+    assert APPEARANCE_MOMENTUM > 0.5  # one fresh crop does not outweigh what the track had
+
+
+def test_the_colour_layout_similarity_is_the_bhattacharyya_coefficient():
+    """One band-wide colour against 3/4 of it and 1/4 another: per band the histograms are
+    (1) and (3/4, 1/4), so the coefficient is sqrt(3/4) (Hellinger-normalised descriptors)."""
+    a = np.zeros((48, 48, 3), np.uint8)
+    a[:, :, 2] = 255
+    b = a.copy()
+    b[:, 36:] = (255, 0, 0)
+    assert similarity(colour_layout(a), colour_layout(b)) == pytest.approx(np.sqrt(0.75), abs=1e-5)
