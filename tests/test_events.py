@@ -797,3 +797,180 @@ def test_a_file_source_that_ended_keeps_the_stats_and_the_jsonl_retries_going(tm
     ended = [s for s in stats.stats if s["source_ended"]]
     assert len(ended) >= 3, ended
     assert all(s["frames"] == 3 and s["fps"] == 0 for s in ended[1:]), ended
+
+
+class Timed:
+    """Tracker + Violations driven at explicit frame times (exact boundaries, no 1/10 s)."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        counter = itertools.count(1)
+        self.tracker = Tracker(cfg)
+        self.violations = Violations(cfg, "door", new_id=lambda: f"ev{next(counter)}")
+        self.events = []
+        self.seq = 0
+
+    def at(self, t, *faces):
+        """faces: (box, no_mask) or (box, no_mask, crop); returns this frame's events."""
+        tracks = self.tracker.match([tuple(map(float, f[0])) for f in faces], self.seq, t)
+        for tr, f in zip(tracks, faces, strict=True):
+            self.tracker.add_score(tr, f[1])
+            if len(f) > 2:
+                self.tracker.observe(tr, f[2])
+        new = self.violations.update(self.tracker.tracks, t, self.seq, (640, 480))
+        self.events += new
+        self.seq += 1
+        return [(e.event_type, e.event_id, e.end_reason) for e in new]
+
+
+QUICK = TrackingConfig(window=1, min_votes=1, min_span_s=0.0, start_threshold=0.7,
+                       release_threshold=0.4, max_missed_frames=2, update_interval_s=2.0,
+                       end_after_s=10.0, cooldown_s=5.0)
+
+
+def test_the_update_interval_and_the_cooldown_end_exactly_on_time():
+    """An update is due update_interval_s after the last message (not later); the cooldown
+    lasts cooldown_s after a masked end (not longer)."""
+    s = Timed(QUICK)
+    assert s.at(0.0, (BOX, 0.8)) == [("start", "ev1", None)]
+    assert s.at(1.0, (BOX, 0.9)) == []  # news, but 1 s after the start
+    assert s.at(2.0, (BOX, 0.9)) == [("update", "ev1", None)]
+    assert s.at(3.0, (BOX, 0.1)) == [("end", "ev1", "masked")]
+    assert [s.at(float(t), (BOX, 0.9)) for t in range(4, 8)] == [[]] * 4  # cooldown
+    assert s.at(8.0, (BOX, 0.9)) == [("start", "ev2", None)]
+    assert s.violations.started == 2
+
+
+def test_the_cooldown_holds_for_the_same_person_on_a_new_track():
+    """The mask went on (masked end), the tracker lost the face, and the same person (same
+    place and size; no look to tell) was found on a new track: still their cooldown."""
+    s = Timed(QUICK)
+    s.at(0.0, (BOX, 0.8))
+    s.at(1.0, (BOX, 0.1))  # masked
+    for t in (1.5, 2.0, 2.5):
+        s.at(t)  # the track is dropped
+    assert s.tracker.tracks == []
+    assert [s.at(t, (BOX, 0.9)) for t in (3.0, 4.0, 5.0)] == [[]] * 3
+    assert s.at(6.0, (BOX, 0.9)) == [("start", "ev2", None)]
+
+
+def test_a_much_smaller_face_at_the_spot_is_not_the_lost_person():
+    """Re-attach needs the same size as well as the same place: a face less than half the
+    size (someone further back) gets its own event."""
+    s = Timed(QUICK)
+    s.at(0.0, (BOX, 0.8))
+    for t in (1.0, 2.0, 3.0):
+        s.at(t)  # ev1's track is dropped; the event waits end_after_s
+    small = (135, 135, 165, 165)  # same centre, 30 px against 100 px
+    assert s.at(4.0, (small, 0.9)) == [("start", "ev2", None)]
+    assert [v.event_id for v in s.violations._open] == ["ev1", "ev2"]
+
+
+def test_a_picture_never_starts_an_event_and_a_person_does_once_they_move():
+    cfg = QUICK.model_copy(update={"static_after_s": 30.0})
+    s = Timed(cfg)
+    assert [s.at(float(t), (BOX, 0.9)) for t in range(3)] == [[]] * 3
+    assert s.tracker.tracks[0].violating and not s.tracker.tracks[0].moved
+    assert s.at(3.0, ((130, 100, 230, 200), 0.9)) == [("start", "ev1", None)]
+
+
+def test_two_people_side_by_side_keep_their_own_events():
+    """B stands next to A (near by place, no look to tell them apart): B's confirmation must
+    not take A's event while A is still in view, nor A's track keep B's event once B left."""
+    a, b = BOX, (180, 100, 280, 200)  # centres 80 px apart: 'near'; overlap too small to match
+    cfg = QUICK.model_copy(update={"end_after_s": 2.0})
+    s = Timed(cfg)
+    s.at(0.0, (a, 0.8))
+    s.at(1.0, (a, 0.8), (b, 0.8))
+    assert [(e.event_type, e.event_id, e.track_id) for e in s.events] == [
+        ("start", "ev1", 1), ("start", "ev2", 2)]
+    assert s.tracker.tracks[0].violating  # A's evidence was not taken away
+    for t in (2.0, 3.0, 4.0, 5.0):
+        s.at(t, (a, 0.8))  # B left; A stays
+    assert ("end", "ev2", "gone") in [(e.event_type, e.event_id, e.end_reason) for e in s.events]
+    assert [(v.event_id, v.track_id) for v in s.violations._open] == [("ev1", 1)]
+    assert s.violations.started == 2
+
+
+def test_re_attach_takes_the_event_last_seen():
+    """Two lost events both near a newly confirmed track: the one seen last is taken over."""
+    a, c, b = BOX, (260, 100, 360, 200), (180, 100, 280, 200)  # b is near both, a and c apart
+    s = Timed(QUICK)
+    s.at(0.0, (a, 0.8), (c, 0.8))
+    s.at(1.0, (c, 0.8))  # A gone from view first
+    for t in (2.0, 3.0, 4.0):
+        s.at(t)
+    assert s.tracker.tracks == [] and s.violations.active == 2
+    s.at(5.0, (b, 0.8))
+    assert [(v.event_id, v.track_id) for v in s.violations._open] == [("ev1", 1), ("ev2", 3)]
+
+
+def test_an_event_follows_its_tracks_look_and_velocity():
+    """The event keeps the track's latest look (the cooldown and re-attach compare it) and
+    velocity (where a hidden walker is expected): from the start and on every frame seen."""
+    s = Timed(QUICK.model_copy(update={"same_person_similarity": 0.0}))
+    for i in range(3):  # walking, masked
+        s.at(i / 10, ((100 + 8 * i, 100, 200 + 8 * i, 200), 0.1, look(1)))
+    s.at(0.3, ((124, 100, 224, 200), 0.8, look(1)))  # confirmed while walking
+    (v,) = s.violations._open
+    (t,) = s.tracker.tracks
+    assert v.appearance is not None and np.array_equal(v.appearance, t.appearance)
+    assert t.velocity[0] > 0 and v.velocity == t.velocity
+    for i in range(4, 9):
+        s.at(i / 10, ((100 + 8 * i, 100, 200 + 8 * i, 200), 0.8, look(2)))
+    assert np.array_equal(v.appearance, t.appearance)
+    assert t.velocity[0] > 0 and v.velocity == t.velocity
+
+
+def test_rescale_moves_the_boxes_of_missing_and_ended_violations():
+    s = Timed(QUICK)
+    s.at(0.0, (BOX, 0.8), ((400, 100, 500, 200), 0.8))
+    s.at(1.0, ((400, 100, 500, 200), 0.1))  # ev2 ended masked; ev1's track missed
+    v = s.violations._open[0]
+    v.velocity = (10.0, 20.0)
+    s.violations.rescale(0.5, 0.25)
+    assert v.box == (50.0, 25.0, 100.0, 50.0) and v.velocity == (5.0, 5.0)
+    assert s.violations._recent[0].box == (200.0, 25.0, 250.0, 50.0)
+
+
+def test_an_end_is_never_before_its_start_plus_the_rounded_duration():
+    s = Timed(QUICK)
+    s.at(0.0004, (BOX, 0.8))
+    s.at(1.0, (BOX, 0.1))
+    start, end = s.events
+    assert end.duration_s == 1.0
+    assert end.end_time >= start.start_time + end.duration_s
+
+
+def test_a_clock_step_moves_the_cooldown_with_it():
+    """A forward step of the wall clock during a cooldown does not cut it short."""
+    s = Timed(QUICK)
+    s.at(0.0, (BOX, 0.8))
+    s.at(1.0, (BOX, 0.1))  # masked at 1 s: cooldown to 6 s
+    s.tracker.shift(100.0)
+    s.violations.shift(100.0)
+    assert s.at(102.0, (BOX, 0.9)) == []  # 1 s after the end by the time that passed
+    assert s.at(106.0, (BOX, 0.9)) == [("start", "ev2", None)]
+
+
+def test_end_all_gone_ends_each_at_its_last_sighting():
+    s = Timed(QUICK)
+    s.at(5.0, (BOX, 0.8))
+    s.at(6.0, (BOX, 0.8))
+    (end,) = s.violations.end_all_gone()
+    assert (end.end_reason, end.end_time, end.duration_s) == ("gone", 6.0, 1.0)
+
+
+def test_a_box_reaching_past_the_frame_is_sent_inside_it():
+    """Detector boxes may reach past the frame's edges; a message's box is normalised to 0..1."""
+    s = Timed(QUICK)
+    s.at(0.0, ((-20, -10, 100, 100), 0.8), ((560, 400, 700, 520), 0.8))
+    assert [e.box for e in s.events] == [(0.0, 0.0, 100 / 640, 100 / 480), (560 / 640, 400 / 480, 1.0, 1.0)]
+
+
+def test_a_duration_is_never_negative():
+    """A shutdown stamped before the start (the wall clock stepped back and no frame came since
+    to notice it) says 0 s, not a negative duration."""
+    s = Timed(QUICK)
+    s.at(100.0, (BOX, 0.8))
+    (end,) = s.violations.close_all(99.0)
+    assert end.duration_s == 0.0 and end.end_time >= end.start_time
