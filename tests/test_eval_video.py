@@ -584,3 +584,59 @@ def test_a_grey_clip_is_its_own_clip_of_grey_frames(tmp_path: Path):
     assert ok
     spread = frame.astype(int).max(axis=2) - frame.astype(int).min(axis=2)
     assert spread.mean() < 2  # equal channels, but for the MJPEG's chroma rounding
+
+
+# --------------------------------------------------------------------------- mutants that lived
+
+
+def test_a_big_face_fills_face_fill_of_the_last_window_and_a_huge_one_stays_put():
+    """The zoom is capped where the face fills FACE_FILL of the last window (not more, not
+    less); a face too big to zoom into at all leaves every window the whole photo (no NaN)."""
+    big = np.array([100.0, 50.0, 300.0, 200.0])  # 150 px tall: the cap is 300 * 0.8 / 150 = 1.6
+    last = ev.zoom_windows((400, 300), big)[-1]
+    assert (last[3] - last[1]) * ev.FACE_FILL == pytest.approx(150.0)
+    wins = ev.zoom_windows((400, 300), np.array([0.0, 0.0, 400.0, 300.0]))
+    assert np.isfinite(wins).all() and wins == pytest.approx(np.tile([0, 0, 400, 300], (ev.FRAMES, 1)))
+
+
+def test_a_pan_crosses_the_photo_along_its_longer_free_axis_level_with_the_faces():
+    """A wide photo: the half-size window goes from its left edge to its right edge at a
+    constant speed (reverse: right to left), its centre at the faces' median height."""
+    boxes = np.array([[100, 180, 140, 220], [300, 190, 340, 230], [500, 330, 540, 370]])
+    wins = ev.pan_windows((800, 400), boxes, frames=5)
+    size = np.array([800.0, 600.0]) / ev.PAN_ZOOM  # the letterboxed whole photo, halved
+    assert (wins[:, 2:] - wins[:, :2]) == pytest.approx(np.tile(size, (5, 1)))
+    assert wins[0, 0] == pytest.approx(0) and wins[-1, 2] == pytest.approx(800)
+    assert np.diff(wins[:, 0]) == pytest.approx([100.0] * 4)
+    assert (wins[:, 1] + wins[:, 3]) / 2 == pytest.approx([210.0] * 5)  # median, not mean 253
+    back = ev.pan_windows((800, 400), boxes, frames=5, reverse=True)
+    assert back == pytest.approx(wins[::-1])
+    # a tall photo pans down
+    tall = ev.pan_windows((300, 900), boxes[:, [1, 0, 3, 2]], frames=3)
+    assert np.ptp(tall[:, 0]) == pytest.approx(0) and np.ptp(tall[:, 1]) > 0
+
+
+def test_a_box_out_of_view_on_both_axes_is_not_visible_and_exactly_half_is():
+    view = np.array([0.0, 0.0, 640.0, 480.0])
+    outside = np.array([[-100, -100, -50, -50], [-100, 100, -50, 150], [100, 500, 150, 550]])
+    assert ev.visible_fraction(outside, view).tolist() == [0.0, 0.0, 0.0]
+    sc = ev.Scene(Path("unused.jpg"), np.array([[620, 100, 660, 150]]), ["without_mask"])
+    frames = [[ev.Layer(0, IDENTITY, np.array([0.0, 0.0, 800.0, 600.0]))]]
+    truth = ev.clip_truth(ev.ClipPlan("test", "t", [sc], frames))
+    assert truth[0, 0].tolist() == [620, 100, 640, 150]  # exactly VISIBLE in view: judged
+
+
+def test_an_event_on_the_last_frame_and_at_exactly_iou_0_3_counts():
+    truth = _person([0, 0, 100, 100], range(3), 3)[:, None]
+    assert ev.assign_starts([2, 2], np.array([[0, 0, 100, 100], [0, 0, 100, 30]]),
+                            truth).tolist() == [0, 0]
+
+
+def test_latency_runs_from_when_the_person_came_into_view():
+    s = ev.score_clip(_person([0, 0, 50, 50], range(5, 20))[:, None], ["without_mask"], [8],
+                      np.array([[0, 0, 50, 50]]), fps=15.0)
+    assert s["latency_s"] == pytest.approx([3 / 15])
+    many = [ev.score_clip(_person([0, 0, 50, 50], range(20))[:, None], ["without_mask"], [k],
+                          np.array([[0, 0, 50, 50]]), fps=1.0) for k in range(11)]
+    m = ev.summarize(many)
+    assert (m["latency_median_s"], m["latency_p90_s"]) == (5.0, 9.0)
