@@ -80,6 +80,32 @@ def test_age_bound(tmp_path, caplog):
     ob.close()
 
 
+def test_rows_aged_out_are_not_counted_against_the_count_bound_too(tmp_path):
+    """Rows the age bound drops make room: the count bound must not drop more on top."""
+    clock = SteppedClock()
+    ob = Outbox(tmp_path, max_events=3, max_age_s=60, clock=clock)
+    ob.put("t", {"n": 0})
+    ob.put("t", {"n": 1})
+    clock.run(50)
+    ob.put("t", {"n": 2})
+    clock.run(20)  # 0 and 1 are now too old
+    ob.put("t", {"n": 3})
+    ob.put("t", {"n": 4})
+    assert [r.payload["n"] for r in ob.pending()] == [2, 3, 4]
+    assert ob.dropped == 2
+    ob.close()
+
+
+def test_a_row_dated_ahead_of_the_clock_is_no_negative_age():
+    """Another boot's row stored while that boot's clock was ahead: age 0, not negative."""
+    from maskd.outbox import row_age
+
+    now = (2_000_000_000.0, 100.0)
+    assert row_age(now[0] + 500.0, "earlier", None, "this", now) == 0.0
+    assert row_age(now[0] - 500.0, "earlier", None, "this", now) == 500.0
+    assert row_age(0.0, "this", 150.0, "this", now) == 0.0  # by the time since boot
+
+
 def test_a_clock_step_forward_does_not_age_out_events_stored_before_it(tmp_path, caplog):
     """A Pi switched off for ten days boots on the time it stopped (fake-hwclock); events stored
     while the network is still down must survive NTP's ten-day jump once it is back."""
@@ -655,8 +681,10 @@ def test_full_disk_keeps_events_in_memory_in_order_until_they_can_be_stored(disk
     assert [r.id for r in ob.pending(after_id=ids[5], limit=3)] == ids[6:9]
 
     filler.unlink()
+    ids.append(ob.put("t", big(12)))  # room again, but behind the held ones: never ahead of them
+    assert [r.id for r in ob.pending(limit=100)] == ids
     retry_until_stored(ob)
-    assert ob.in_memory() == 0 and ob.fault is None and ob.depth() == 12
+    assert ob.in_memory() == 0 and ob.fault is None and ob.depth() == 13
     ob.close()
     ob = Outbox(disk)  # everything is on disk now, in order, with its id
     assert [(r.payload["n"], r.id) for r in ob.pending(limit=100)] == list(enumerate(ids))
@@ -830,8 +858,10 @@ def test_a_delete_that_fails_is_retried_and_the_row_is_not_handed_out_again(disk
         ob.remove(i)
     assert ob.fault == "database or disk is full"
     assert ob.depth() == 0 and ob.pending() == []  # acknowledged: not sent again
+    assert ob.rows(ids) == [] and ob.oldest_age() is None  # nor replayed, nor waiting
     filler.unlink()
     retry_until_stored(ob)
+    assert ob.depth() == 0 and ob.pending() == []
     ob.close()
     ob = Outbox(disk)
     assert ob.depth() == 0  # deleted for real once there was room
