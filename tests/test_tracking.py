@@ -394,3 +394,10 @@ def test_the_colour_layout_similarity_is_the_bhattacharyya_coefficient():
     b = a.copy()
     b[:, 36:] = (255, 0, 0)
     assert similarity(colour_layout(a), colour_layout(b)) == pytest.approx(np.sqrt(0.75), abs=1e-5)
+
+
+def test_the_cross_key_limits_themselves_are_allowed():
+    """'at most' and 'at least' as the messages say: equal values are accepted."""
+    cfg = TrackingConfig(start_threshold=0.6, release_threshold=0.6, strong_threshold=0.6,
+                         min_span_s=0.5, strong_span_s=0.5)
+    assert (cfg.release_threshold, cfg.strong_threshold, cfg.strong_span_s) == (0.6, 0.6, 0.5)
