@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from maskd.config import DetectorConfig
 from maskd.geometry import crop_face
 from tools import scene_crops, train
 from tools.eval_scenes import photo_part
@@ -136,6 +137,16 @@ def test_colour_differs_from_hard_and_hue_jitter_turns_only_coloured_pixels() ->
     hues = {int(cv2.cvtColor(train.hue_jitter(skin, np.random.default_rng(s)), cv2.COLOR_RGB2HSV)[0, 0, 0])
             for s in range(10)}
     assert len(hues) > 3
+
+
+def test_crops_are_detected_at_the_door_input_size_at_every_zoom() -> None:
+    """`run`'s live input (320x240, times the zoom), as m128t's crops were cut: eval_scenes'
+    "yunet" variant turned to scan's 640x480 and changed train --scenes' data without a word."""
+    live = DetectorConfig()
+    for zoom in scene_crops.ZOOMS:
+        cfg = scene_crops.detector_config(zoom, 0.5)
+        assert (cfg.input_width, cfg.input_height) == (live.input_width, live.input_height)
+        assert cfg.upscale == zoom and cfg.score_threshold == 0.5 and cfg.kind == "yunet"
 
 
 def test_occluder_covers_at_most_about_30_percent() -> None:

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from maskd.classifier import resize_square
-from maskd.config import ClassifierConfig, SourceConfig
+from maskd.config import ClassifierConfig, DetectorConfig, SourceConfig
 from maskd.detectors import make_detector
 from maskd.geometry import crop_face, shorter_sides
 from tools import dataset
@@ -161,8 +161,14 @@ def cut_faces(frame_bgr: np.ndarray, boxes: np.ndarray, names: list[str], det_bo
 
 def detector_config(zoom: float, score_threshold: float | None) -> Any:
     """The device's detector settings (DetectorConfig defaults, YuNet) for a frame zoomed
-    ``zoom`` times: its input grows with the frame, so a face keeps the device's pixel count."""
-    overrides: dict[str, Any] = {"upscale": zoom}
+    ``zoom`` times: its input grows with the frame, so a face keeps the device's pixel count.
+
+    The input size is named, so it is `run`'s live one (320x240): eval_scenes' "yunet" variant
+    alone is `scan`'s still size (640x480), which silently changed the crops train.py --scenes
+    and convert.py --calibration-scenes get (m128t's recorded command no longer gave its data)."""
+    live = DetectorConfig()
+    overrides: dict[str, Any] = {"upscale": zoom, "input_width": live.input_width,
+                                 "input_height": live.input_height}
     if score_threshold is not None:
         overrides["score_threshold"] = score_threshold
     return variant_config("yunet", overrides)
