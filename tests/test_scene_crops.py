@@ -149,6 +149,25 @@ def test_crops_are_detected_at_the_door_input_size_at_every_zoom() -> None:
         assert cfg.upscale == zoom and cfg.score_threshold == 0.5 and cfg.kind == "yunet"
 
 
+def test_occlude_bare_mouths_gives_the_draws_m128t_was_trained_with() -> None:
+    """m128t predates the bare-mouth rule (MODEL_CARD: m128v is "as m128t, no occluder over a
+    bare mouth"), so its recorded command needs a way back to those views: the same draws, the
+    label not used. Without the flag a no_mask face's views differ (the rule)."""
+    args = train.parse_args(["--out", "unused", "--views", "2", "--batch", "4",
+                             "--occlude-bare-mouths"])
+    images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    bare = np.full(8, train.dataset.LABELS.index("no_mask"))
+
+    class Echo:
+        def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+            return np.asarray(x).reshape(len(x), -1)
+
+    before_rule = train.base_features(Echo(), images, args)  # no labels: no rule
+    assert np.array_equal(train.base_features(Echo(), images, args, bare), before_rule)
+    args.occlude_bare_mouths = False
+    assert not np.array_equal(train.base_features(Echo(), images, args, bare), before_rule)
+
+
 def test_occluder_covers_at_most_about_30_percent() -> None:
     img = np.full((96, 96, 3), 128, np.uint8)
     for seed in range(30):

@@ -78,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed: flips/rotation/zoom/shift; device: also small faces, JPEG, light, "
                         "grey; hard: also profiles, hands in front, motion blur, frame edges; "
                         "colour: also hue and saturation (tinted light, masks of any colour)")
+    p.add_argument("--occlude-bare-mouths", action="store_true",
+                   help="hard/colour: hands and objects in front also over a no_mask face's mouth, "
+                        "as before the bare-mouth rule (m128t's augmentation, "
+                        "models/MODEL_CARD.md); default: over its upper half only (m128v's)")
     p.add_argument("--scenes", type=Path, default=None,
                    help="annotated scene photos (images/ + annotations/, e.g. "
                         "../shared/data/scenes-dev): face crops of their train part, cut as the "
@@ -292,10 +296,11 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, kind: str,
 
 
 def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, bare_mouth_rule: bool = True):
     """A keras PyDataset of augmented, normalised batches; reshuffled and re-drawn each epoch.
 
-    With ``weights`` each batch also carries the examples' loss weights.
+    With ``weights`` each batch also carries the examples' loss weights. ``bare_mouth_rule``
+    False: the augmentation is not told the label (--occlude-bare-mouths, m128t's draws).
     """
     import keras
 
@@ -313,7 +318,8 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
         def __getitem__(self, i):
             idx = self.order[i * batch : (i + 1) * batch]
             rng = np.random.default_rng([seed, self.epoch, i])
-            imgs = np.stack([augment_image(x[j], rng, kind, int(y[j])) for j in idx])
+            imgs = np.stack([augment_image(x[j], rng, kind, int(y[j]) if bare_mouth_rule else None)
+                             for j in idx])
             if weights is None:
                 return normalize(imgs), y[idx]
             return normalize(imgs), y[idx], weights[idx]
@@ -327,8 +333,14 @@ def make_batches(x: np.ndarray, y: np.ndarray, batch: int, kind: str, seed: int,
 
 def base_features(feat_model, images: np.ndarray, args: argparse.Namespace,
                   labels: np.ndarray | None = None) -> np.ndarray:
-    """(views, N, D) features of ``args.views`` augmented views of every training image."""
+    """(views, N, D) features of ``args.views`` augmented views of every training image.
+
+    ``labels`` let the augmentation keep occluders off bare mouths, unless
+    ``args.occlude_bare_mouths`` (m128t's recipe: the same draws, the label not used)."""
     from maskd.classifier import normalize
+
+    if getattr(args, "occlude_bare_mouths", False):
+        labels = None
 
     chunks = []
     t0 = time.time()
@@ -600,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
               f"class weights {scene_summary['class_weight']}, scene share of the training "
               f"weight {scene_summary['scene_share_of_training_weight']}", flush=True)
 
-    ds_train = make_batches(*data["train"], args.batch, args.augment, args.seed, w_train)
+    ds_train = make_batches(*data["train"], args.batch, args.augment, args.seed, w_train,
+                            bare_mouth_rule=not args.occlude_bare_mouths)
     # Validation/test inputs: exactly the runtime's preprocess() (same resize, same formula).
     # "pick" (paper val + scene-val crops) picks the epoch; its parts are scored separately.
     pick = normalize(data["val"][0])
