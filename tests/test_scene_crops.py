@@ -5,6 +5,7 @@ Pure functions on synthetic images, except one test on three real train-part pho
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -147,6 +148,18 @@ def test_crops_are_detected_at_the_door_input_size_at_every_zoom() -> None:
         cfg = scene_crops.detector_config(zoom, 0.5)
         assert (cfg.input_width, cfg.input_height) == (live.input_width, live.input_height)
         assert cfg.upscale == zoom and cfg.score_threshold == 0.5 and cfg.kind == "yunet"
+
+
+def test_crops_are_cut_with_the_detector_settings_the_shipped_model_was_trained_on() -> None:
+    """The shipped split.json records the detector its scene crops came from: the recorded
+    train command (--scene-score 0.5) must cut them with the same settings again."""
+    split = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_split.json"
+    shipped = json.loads(split.read_text())["scenes"]["settings"]["detector"]
+    for zoom in scene_crops.ZOOMS:
+        cfg = scene_crops.detector_config(zoom, 0.5).model_dump(mode="json")
+        want = shipped[f"{zoom:g}x"]
+        assert {k: cfg[k] for k in want if k != "model"} == {k: v for k, v in want.items()
+                                                              if k != "model"}
 
 
 def test_occlude_bare_mouths_gives_the_draws_m128t_was_trained_with() -> None:
