@@ -37,6 +37,7 @@ from maskd.detectors import (
 from maskd.geometry import (
     Letterbox,
     box_iou,
+    clip_boxes,
     letterbox,
     nms,
     shorter_side,
@@ -79,6 +80,51 @@ def test_weighted_nms_averages_cluster_by_score():
     assert b[0].tolist() == pytest.approx([0.5, 0, 10.5, 10])
     assert p[0, 0].tolist() == pytest.approx([1.5, 1])
     assert b[1].tolist() == [100, 100, 110, 110]
+
+
+def test_nms_keeps_a_box_overlapping_by_exactly_the_threshold():
+    """Suppression and clustering take boxes overlapping by more than the threshold only (both
+    NMS flavours alike): at exactly it, the second face stays a face of its own."""
+    boxes = np.array([[0, 0, 3, 1], [1, 0, 4, 1]], float)  # IoU 2 / 4 = 0.5
+    scores = np.array([0.9, 0.8])
+    assert box_iou(boxes[:1], boxes[1:])[0, 0] == 0.5
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.49).tolist() == [0]
+    b, s, _ = weighted_nms(boxes, scores, 0.5)
+    assert s.tolist() == [0.9, 0.8] and b.tolist() == boxes.tolist()
+    assert len(weighted_nms(boxes, scores, 0.49)[1]) == 1
+
+
+def test_clip_boxes_cuts_each_axis_to_its_own_side():
+    """x to the width, y to the height: a tall box in a wide frame ends at the bottom row."""
+    out = clip_boxes(np.array([[-5, -5, 120, 60]]), 100, 40)
+    assert out.tolist() == [[0, 0, 100, 40]]
+
+
+def test_letterbox_offset_is_undone_before_the_scale():
+    """A centred letterbox (x0, y0 != 0) maps canvas pixels back by removing the offset first,
+    then the scale: to_original is the inverse of to_canvas for boxes and points."""
+    lb = Letterbox(scale=2.0, width=200, height=100, x0=10, y0=30)
+    box = np.array([[5.0, 6.0, 25.0, 46.0]])
+    assert lb.to_canvas(box).tolist() == [[20.0, 42.0, 60.0, 122.0]]
+    assert lb.to_original(np.array([[20.0, 42.0, 60.0, 122.0]])).tolist() == box.tolist()
+    assert lb.to_original(np.array([[10.0, 30.0]])).tolist() == [[0.0, 0.0]]
+
+
+def test_letterbox_area_averages_when_it_shrinks():
+    """A frame shrunk to the network input is area-averaged: a fine pattern (a striped shirt,
+    sensor noise) becomes its mean grey, not a moire of whole black and white pixels."""
+    dots = np.zeros((300, 300, 3), np.uint8)
+    dots[::3, ::3] = 255  # one lit pixel in each 3x3 block: its mean is 255 / 9
+    boxed, _ = letterbox(dots, 100, 100)
+    assert np.abs(boxed.astype(int) - 28).max() <= 1
+
+
+def test_box_iou_of_empty_boxes_is_zero_as_iou_says():
+    """Two empty boxes at one point do not overlap (maskd.geometry.iou says 0 too), so NMS
+    never takes one for a duplicate of the other."""
+    empty = np.array([[5.0, 5.0, 5.0, 5.0]])
+    assert box_iou(empty, empty).tolist() == [[0.0]]
 
 
 def test_letterbox_maps_back():
@@ -187,6 +233,8 @@ def test_tile_grid_covers_with_overlap():
         cover[y0:y1, x0:x1] = True
     assert cover.all()
     assert tile_grid(400, 300, 1) == [(0, 0, 400, 300)]
+    # tiles spread evenly, each start rounded to the nearest pixel (22.67 -> 23, 45.33 -> 45)
+    assert [t[0] for t in tile_grid(100, 100, 4)[:4]] == [0, 23, 45, 68]
 
 
 def test_inner_edge_mask_drops_cut_faces_only():

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from maskd.config import TrackingConfig
-from maskd.geometry import iou
+from maskd.geometry import iou, near, same_place, same_size
 from maskd.tracking import (
     APPEARANCE_MOMENTUM,
     MAX_COAST_S,
@@ -44,6 +44,21 @@ def test_iou():
     assert iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0
     assert abs(iou((0, 0, 10, 10), (5, 0, 15, 10)) - 50 / 150) < 1e-9
     assert iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_near_same_place_and_same_size_include_their_limits():
+    """The box rules the tracker and the events lean on, at their edges: 'within the larger
+    box side' (either box's), 'within tolerance x the larger side of a', 'at most ratio'."""
+    assert near((0, 0, 10, 10), (10, 0, 20, 10))  # centres exactly one side apart
+    assert not near((0, 0, 10, 10), (10.5, 0, 20.5, 10))
+    assert near((0, 0, 10, 10), (0, 0, 30, 30))  # the larger side is b's (30), not a's (10)
+    assert near((0, 0, 30, 30), (0, 0, 10, 10))
+    wide = (0, 0, 100, 50)  # tolerance 0.25 of the longer side: 25 px, not 12.5
+    assert same_place(wide, (25, 0, 125, 50), 0.25)
+    assert same_place(wide, (0, -20, 100, 30), 0.25)
+    assert not same_place(wide, (25.5, 0, 125.5, 50), 0.25)
+    assert same_size((0, 0, 10, 10), (0, 0, 20, 20)) and same_size((0, 0, 20, 20), (0, 0, 10, 10))
+    assert not same_size((0, 0, 10, 10), (0, 0, 20.5, 20.5))
 
 
 def test_moving_faces_keep_their_ids():
