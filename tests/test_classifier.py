@@ -46,6 +46,64 @@ def test_preprocess_resizes_like_opencv_area_down_linear_up() -> None:
 def test_preprocess_rejects_non_rgb() -> None:
     with pytest.raises(ValueError, match="RGB"):
         preprocess(np.zeros((10, 10), np.uint8), 32)
+    with pytest.raises(ValueError, match="RGB"):  # RGBA: the alpha would become a fourth channel
+        preprocess(np.zeros((10, 10, 4), np.uint8), 32)
+
+
+def test_input_table_follows_the_sidecars_normalization() -> None:
+    """A model trained on pixel / 255 (sidecar normalization scale 1/255, offset 0) gets that
+    input, not MobileNetV2's [-1, 1]: the table is built with the sidecar's numbers."""
+    detail = {"dtype": np.float32, "quantization": (0.0, 0)}
+    table = C.input_table(detail, scale=1 / 255, offset=0.0)
+    assert table[0] == 0.0 and table[255] == pytest.approx(1.0)
+    assert C.input_table(detail)[0] == -1.0
+
+
+class _CountingInterpreter:
+    """A stand-in TFLite interpreter of a 2-label float model: records each invoke's batch and
+    answers scores a little outside 0..1, as rounding in a float model's softmax can."""
+
+    def __init__(self) -> None:
+        self.n, self.batches = 1, []
+
+    def get_input_details(self) -> list[dict]:
+        return [{"index": 0, "shape": np.array([self.n, 32, 32, 3]), "dtype": np.float32,
+                 "quantization": (0.0, 0)}]
+
+    def get_output_details(self) -> list[dict]:
+        return [{"index": 1, "shape": np.array([self.n, 2]), "dtype": np.float32,
+                 "quantization": (0.0, 0)}]
+
+    def resize_tensor_input(self, index: int, shape: list[int]) -> None:
+        self.n = shape[0]
+
+    def allocate_tensors(self) -> None:
+        pass
+
+    def set_tensor(self, index: int, x: np.ndarray) -> None:
+        assert len(x) == self.n
+        self.batches.append(len(x))
+
+    def invoke(self) -> None:
+        pass
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return np.tile(np.float32([-0.01, 1.01]), (self.n, 1))
+
+
+@pytest.mark.parametrize(("runtime", "batches"), [
+    ("tflite-runtime", [C.MAX_BATCH, 4]),  # batched invokes on the CPU (docs/performance.md)
+    ("tflite-runtime+edgetpu", [1] * (C.MAX_BATCH + 4)),  # an EdgeTPU graph has batch 1
+])
+def test_predict_batches_on_the_cpu_one_at_a_time_on_a_coral_and_clips(runtime: str,
+                                                                       batches: list[int]) -> None:
+    assert C.MAX_BATCH > 1
+    interp = _CountingInterpreter()
+    info = C.ModelInfo(["mask", "no_mask"], 32, C.DEFAULT_SCALE, C.DEFAULT_OFFSET, {})
+    clf = Classifier(interp, info, Path("fake.tflite"), runtime)
+    p = clf.predict([np.zeros((40, 30, 3), np.uint8)] * (C.MAX_BATCH + 4))
+    assert interp.batches == batches
+    assert p.tolist() == [1.0] * (C.MAX_BATCH + 4)  # P(no_mask) stays a probability
 
 
 def test_default_model_path_and_env_override(monkeypatch, tmp_path: Path) -> None:
@@ -86,6 +144,8 @@ def test_missing_or_bad_sidecar(default_model: Path, tmp_path: Path) -> None:
         Classifier.open(_copy_model(default_model, tmp_path, None))
     with pytest.raises(ModelError, match="labels must include"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "labels": ["a", "b"]}))
+    with pytest.raises(ModelError, match="labels must include"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "labels": ["other", "no_mask"]}))
     with pytest.raises(ModelError, match="does not match the sidecar's input_size"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "input_size": 123}))
 
@@ -277,6 +337,13 @@ def test_still_extras_follow_the_model(monkeypatch, tmp_path: Path) -> None:
     # ... or without the second draw beside it: scan stopped on a key nobody set
     (tmp_path / C.SECOND_DRAW_NAME).unlink()
     assert C.still_extra_paths(None, None) == []
+    # ... nor is the model averaged with a copy of itself (the same Keras file under the
+    # second draw's name): that is one vote counted twice, not a second draw
+    for name in (C.DEFAULT_MODEL_NAME, C.SECOND_DRAW_NAME):
+        shutil.copy(shipped / C.DEFAULT_MODEL_NAME, tmp_path / name)
+        shutil.copy((shipped / C.DEFAULT_MODEL_NAME).with_suffix(".json"),
+                    (tmp_path / name).with_suffix(".json"))
+    assert C.still_extra_paths(None, None) == []
 
 
 def test_scan_classifier_is_the_mean_of_both_shipped_draws(default_model, scenes_dir,
@@ -355,6 +422,8 @@ def test_bad_sidecar_outputs_are_named(default_model: Path, tmp_path: Path) -> N
     good = json.loads(sidecar_path(default_model).read_text())
     with pytest.raises(ModelError, match="features are output 5, but the model has 2"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 0, "features": 5}}))
+    with pytest.raises(ModelError, match="features are output 2, but the model has 2"):
+        Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"scores": 0, "features": 2}}))
     with pytest.raises(ModelError, match="bad sidecar 'outputs'"):
         Classifier.open(_copy_model(default_model, tmp_path, {**good, "outputs": {"features": 1}}))
     with pytest.raises(ModelError, match="output 1 has 1280 values per face, but the sidecar's labels"):
