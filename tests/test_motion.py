@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskd.config import Config, ConfigError, load_config
-from maskd.motion import MotionGate, moving_share, prepare
+from maskd.motion import MotionGate, moving_share, prepare, scaled_threshold
 from maskd.pipeline import Pipeline
 from maskd.types import Face, Frame
 
@@ -45,6 +45,58 @@ def test_moving_share_counts_changed_pixels():
     assert moving_share(grey, bg, 25) == pytest.approx(0.2)
     assert moving_share(grey, bg, 150) == 0.0
 
+
+def test_moving_share_at_its_limits():
+    """'More than threshold' grey levels: exactly the threshold is still; with a watched mask
+    the share is of the watched pixels (half the frame watched, all of it moving: 1.0)."""
+    bg = np.zeros((10, 10), np.float32)
+    assert moving_share(bg + 25, bg, 25) == 0.0 and moving_share(bg + 25.5, bg, 25) == 1.0
+    watched = np.zeros((10, 10), bool)
+    watched[:5] = True
+    grey = bg.copy()
+    grey[:5] = 100
+    assert moving_share(grey, bg, 25, watched) == 1.0
+
+
+def test_the_threshold_shrinks_in_a_dim_scene_only_and_not_below_its_floor():
+    """In proportion below BRIGHT_GREY (100) of mean grey, never under MIN_SCALE (a quarter) of
+    itself, and never above itself in a bright scene."""
+    def at(level: float) -> float:
+        return scaled_threshold(25.0, np.full((4, 4), level, np.float32))
+
+    assert at(200.0) == 25.0 and at(100.0) == 25.0
+    assert at(50.0) == pytest.approx(12.5)
+    assert at(10.0) == pytest.approx(6.25) and at(0.0) == pytest.approx(6.25)
+
+
+def test_prepare_blurs_a_lone_bright_pixel():
+    """The 3x3 blur spreads one hot pixel (sensor noise) over its neighbours: its peak drops to
+    a quarter, under the default threshold's worth of change for most of it."""
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[10, 10] = 255
+    g = prepare(img, 20)
+    assert g.shape == (20, 20) and g.max() == pytest.approx(255 / 4, abs=1)
+    assert g.sum() == pytest.approx(255, abs=2)
+
+
+def test_gate_limits_and_a_change_of_frame_size():
+    """idle_every 1 detects every frame; min_area 0 counts every frame as moving (share 0
+    reaches it); a camera that changes its frame size (a reopened stream) starts a new
+    background and zone mask instead of comparing arrays of two shapes; moving frames counted."""
+    every = MotionGate(idle_every=1)
+    assert all(every.should_detect(scene(), tracking=False) for _ in range(5))
+    zero = MotionGate(min_area=0.0, idle_every=100)
+    assert all(zero.should_detect(scene(), tracking=False) for _ in range(5))
+    gate = MotionGate(idle_every=100, include=[[(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]])
+    for _ in range(3):
+        gate.should_detect(scene(), tracking=False)
+    assert gate.counts.moving == 1 and gate.share == 0.0
+    small = np.full((240, 640, 3), 150, np.uint8)  # prepared 90x240, not 90x120
+    assert gate.should_detect(small, tracking=False) and gate.share == 1.0  # new background
+    assert not gate.should_detect(small, tracking=False)  # compared in the new size
+    small[:, :320] = 20
+    assert gate.should_detect(small, tracking=False)
+    assert gate.counts.moving == 3 and gate.counts.frames == 6
 
 def test_still_noisy_scene_skips_all_but_every_nth():
     gate = MotionGate(idle_every=15)
