@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -101,6 +101,56 @@ def test_zone_geometry_and_config():
     with pytest.raises(Exception, match="a zone needs at least 3"):
         parse_config({"zones": {"ignore": [[[0, 0], [1, 1]]]}})
 
+
+def test_zone_rules_at_their_edges():
+    """Zones listed either way round, concave, or several; points exactly level with a corner."""
+    clockwise = [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0)]
+    assert zones.area(clockwise) == pytest.approx(1.0)  # not -1: a clockwise zone has an area
+    parse_config({"zones": {"include": [[list(p) for p in clockwise]]}})
+    # a concave L: one edge's line cuts another edge without the edges meeting
+    ell = [(0, 0), (1, 0), (1, 0.5), (0.5, 0.5), (0.5, 1), (0, 1)]
+    assert zones.crossing(ell) is None
+    parse_config({"zones": {"ignore": [[list(p) for p in ell]]}})
+    # points on one line whose products round to 1e-17, not 0: "no area", not "crosses itself"
+    line = [[0.3, 0.21], [0.4, 0.28], [0.6, 0.42], [0.7, 0.49]]
+    assert zones.crossing(line) is None
+    with pytest.raises(ConfigError, match="polygon 0 has no area"):
+        parse_config({"zones": {"include": [line]}})
+    # a diamond's centre is level with two corners: the ray through them counts once
+    diamond = [(0.5, 0.0), (1.0, 0.5), (0.5, 1.0), (0.0, 0.5)]
+    assert zones.inside(0.5, 0.5, diamond) and not zones.inside(0.9, 0.1, diamond)
+    top, left = [(0, 0), (1, 0), (1, 0.5), (0, 0.5)], [(0, 0), (0.5, 0), (0.5, 1), (0, 1)]
+    high = (100.0, 160.0, 140.0, 240.0)  # centre (120, 200) of 640x480: in both, y 0.42
+    low = (500.0, 400.0, 540.0, 440.0)  # centre (520, 420): in neither
+    assert zones.counts(high, W, H, [top], []) and not zones.counts(low, W, H, [top], [])
+    assert zones.counts((500.0, 40.0, 540.0, 80.0), W, H, [left, top], [])  # one of several
+    assert not zones.counts((500.0, 40.0, 540.0, 80.0), W, H, None, [left, top])
+    assert zones.counts(low, W, H, None, [left, top])
+
+
+def test_a_schedule_window_runs_from_its_first_instant_on_its_days_only():
+    """07:30 exactly is inside a 07:30-18:00 window (and next_change names 07:30, not 07:31);
+    a Monday window is off on Tuesday; an overnight window starts at its start exactly."""
+    mon = datetime(2026, 12, 7)  # a Monday
+    assert mon.weekday() == 0
+    day = [ScheduleWindow(days=["mon"], start="07:30", end="18:00").window()]
+    assert schedule.allows(day, mon.replace(hour=7, minute=30).timestamp())
+    assert not schedule.allows(day, mon.replace(hour=7, minute=29, second=59).timestamp())
+    assert schedule.next_change(day, mon.replace(hour=7).timestamp()) == \
+        mon.replace(hour=7, minute=30).timestamp()
+    assert schedule.next_change(day, mon.replace(hour=7, second=30).timestamp()) == \
+        mon.replace(hour=7, minute=30).timestamp()  # on the minute, from any second
+    assert not schedule.allows(day, (mon + timedelta(days=1)).replace(hour=12).timestamp())
+    tue = [ScheduleWindow(days=["tue"], start="07:30", end="18:00").window()]
+    assert schedule.allows(day + tue, (mon + timedelta(days=1)).replace(hour=12).timestamp())
+    # a week ahead: from Tuesday the next Monday's start; a window of all hours never changes
+    assert schedule.next_change(day, (mon + timedelta(days=1)).replace(hour=12).timestamp()) == \
+        (mon + timedelta(days=7)).replace(hour=7, minute=30).timestamp()
+    assert schedule.next_change([ScheduleWindow().window()], mon.timestamp()) is None
+    night = [ScheduleWindow(days=["mon"], start="22:00", end="06:00").window()]
+    assert schedule.allows(night, mon.replace(hour=22).timestamp())
+    assert not schedule.allows(night, mon.replace(hour=21, minute=59).timestamp())
+    assert not schedule.allows(night, (mon - timedelta(days=1)).replace(hour=22).timestamp())
 
 def test_a_walking_bare_face_is_one_event_and_an_ignore_zone_drops_it(default_model):
     sink, _ = run(Clip(60, walking), default_model)
