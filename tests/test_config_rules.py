@@ -200,6 +200,9 @@ def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(t
         ("one screen twice", f"a: {{source: {demo}, preview: {{framebuffer: /dev/fb0}}}}\n"
                              f"  b: {{source: {demo}, preview: {{framebuffer: /dev//fb0}}}}",
          "cameras a and b both draw on preview.framebuffer /dev/fb0"),
+        ("one screen through ..", f"a: {{source: {demo}, preview: {{framebuffer: /dev/fb0}}}}\n"
+                                  f"  b: {{source: {demo}, preview: {{framebuffer: /dev/../dev/fb0}}}}",
+         "cameras a and b both draw on preview.framebuffer /dev/../dev/fb0"),
         ("the default camera", f"a: {{source: {{}}}}\n  b: {{source: {demo}}}",
          "'cameras.a.source': a camera of a cameras: map must name its source"),
         ("one device twice", "a: {source: {uri: '0'}}\n  b: {source: {uri: /dev/video0}}",

@@ -346,6 +346,9 @@ def test_a_zone_in_pixels_or_as_a_box_is_named_so_in_one_line(tmp_path, zone, ex
     with pytest.raises(ConfigError, match=r"zones.ignore.0.1.0.*less than or equal to 1") as err:
         parse_config({"zones": {"ignore": [[[0.5, 0], [1.2, 0], [1, 0.5]]]}})
     assert "pixels" not in str(err.value)
+    # 2 is already pixels (a zone's points are at most 1); 1.5 just past the edge is not
+    with pytest.raises(ConfigError, match="polygon 0 has a point at 2: points are shares"):
+        parse_config({"zones": {"ignore": [[[0, 0], [2, 0], [2, 2]]]}})
 
 
 @pytest.mark.parametrize("zone, expected", [

@@ -989,6 +989,30 @@ def test_config_refuses_a_network_address_without_a_password(tmp_path):
             "b": {"source": {"kind": "demo"}, "preview": {"http": "0.0.0.0:1", "http_token_file": str(tmp_path / "pw")}}}})
 
 
+
+def test_cameras_pages_clash_only_on_one_port_of_one_host(tmp_path):
+    """The status-page rules between cameras at their edges: another port, another host, or
+    port 0 (the system picks) never clash; a wildcard clashes whichever camera has it; pages
+    sharing an address share all of their credentials, the token file too."""
+    (tmp_path / "pw").write_text("x")
+    (tmp_path / "t1").write_text("token-one")
+    (tmp_path / "t2").write_text("token-two")
+
+    def two(a: dict, b: dict):
+        return parse_config({"cameras": {"a": {"source": {"kind": "demo"}, "preview": a},
+                                         "b": {"source": {"kind": "demo"}, "preview": b}}})
+
+    two({"http": "localhost:8080"}, {"http": "127.0.0.1:8081"})  # another port
+    two({"http": "127.0.0.1:8080"}, {"http": "127.0.0.2:8080"})  # another loopback address
+    two({"http": "localhost:0"}, {"http": "127.0.0.1:0"})  # both let the system pick
+    with pytest.raises(ConfigError, match="are the same port on this machine"):
+        two({"http": "127.0.0.1:8080"},
+            {"http": "0.0.0.0:8080", "http_token_file": str(tmp_path / "t1")})  # wildcard second
+    pw = str(tmp_path / "pw")
+    with pytest.raises(ConfigError, match="share preview.http"):
+        two({"http": "0.0.0.0:8080", "http_password_file": pw, "http_token_file": str(tmp_path / "t1")},
+            {"http": "0.0.0.0:8080", "http_password_file": pw, "http_token_file": str(tmp_path / "t2")})
+
 def test_check_config_and_run_agree_on_a_network_address(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("source: {kind: demo}\npreview: {http: '0.0.0.0:8080'}\n")
