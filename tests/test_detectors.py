@@ -22,6 +22,7 @@ from maskd.detectors import (
     BLAZEFACE_ANCHORS,
     BigFaceCut,
     DetectorError,
+    Ssd,
     Tiled,
     decode_blazeface,
     decode_centerface,
@@ -34,6 +35,7 @@ from maskd.detectors import (
     scaled_big_px,
     ssd_anchors,
 )
+from maskd.detectors.centerface import net_input_size
 from maskd.geometry import (
     Letterbox,
     box_iou,
@@ -279,6 +281,76 @@ def test_tiles_find_small_faces_and_map_them_back():
     assert faces[1].box == pytest.approx((120, 100, 200, 180), abs=3)
     assert faces[0].landmarks[0].tolist() == pytest.approx(faces[0].box[:2])
 
+def test_detector_decoding_on_its_edges():
+    """Post-processing where a square input, positional output order or a centred anchor hid
+    mistakes: a 320x240 SSD input maps y by its height; classes and scores told apart by name
+    when listed the other way round; a post-process model without its count is refused; a
+    BlazeFace box's y comes from its anchor's y; a hopeless logit does not overflow; CenterFace
+    rounds its input up to multiples of 32."""
+    lb = Letterbox(scale=1.0, width=320, height=240)
+    b, _ = decode_ssd_postprocess(np.array([[0.5, 0.25, 1.0, 0.75]]), np.array([0]),
+                                  np.array([0.9]), 1, 0.5, lb, 320, 240)
+    assert b[0].tolist() == pytest.approx([80, 120, 240, 240])
+
+    def d(name, shape):
+        return {"name": name, "shape": np.array(shape)}
+
+    swapped = [d("Post:0", [1, 10, 4]), d("Post:2", [1, 10]), d("Post:1", [1, 10]), d("Post:3", [1])]
+    assert postprocess_output_order(swapped) == (0, 2, 1, 3)  # classes are ":1", at position 2
+    with pytest.raises(DetectorError, match="not TFLite_Detection_PostProcess"):
+        postprocess_output_order([d("b", [1, 10, 4]), d("c", [1, 10]), d("s", [1, 10]), d("x", [1, 10, 2])])
+    anchors = np.array([[0.25, 0.75]])
+    boxes, _, _ = decode_blazeface(np.zeros((1, 16)), np.array([5.0]), anchors, 128, 0.5)
+    assert boxes[0].tolist() == pytest.approx([0.25, 0.75, 0.25, 0.75])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, scores, _ = decode_blazeface(np.zeros((2, 16)), np.array([-1000.0, 1000.0]),
+                                        np.zeros((2, 2)), 128, 0.5)
+    assert scores.tolist() == [1.0]
+    assert net_input_size(300, 230) == (320, 256) and net_input_size(320, 256) == (320, 256)
+
+
+def test_tiles_keep_faces_at_the_frame_edge_and_move_landmarks(tmp_path: Path):
+    """A tile's side on the frame's own edge is no cut (right and bottom too, with a face exactly
+    at the cut margin dropped); faces found in a tile come back with their landmarks moved by
+    the tile's corner; an .PB SSD is OpenCV's whatever the case of its suffix."""
+    boxes = np.array([[350, 250, 400, 300], [152, 200, 160, 210], [200, 114, 210, 120]])
+    assert inner_edge_mask(boxes, (150, 112, 400, 300), 400, 300).tolist() == [True, False, False]
+    assert inner_edge_mask(np.array([[10, 100, 20, 186], [10, 100, 20, 185.5]]), (0, 0, 250, 188),
+                           400, 300).tolist() == [False, True]  # 2 px from the bottom is cut
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[150:162, 240:252] = 255  # small: found only in the bottom-right tile
+    faces = Tiled(ScriptedDetector(), tiles=2).detect(img)
+    assert len(faces) == 1 and faces[0].landmarks[0].tolist() == pytest.approx(faces[0].box[:2])
+    pb = tmp_path / "face.PB"
+    pb.write_bytes(b"")
+    (tmp_path / "face.pbtxt").write_text("")
+    assert Ssd.files_needed(DetectorConfig(kind="ssd", model=pb)) == [pb, tmp_path / "face.pbtxt"]
+
+
+def test_faces_from_arrays_clips_drops_empty_and_keeps_one_pixel():
+    """Boxes cut to the frame; a box under 1 px on either side dropped, exactly 1 px kept;
+    scores kept within 0..1."""
+    from maskd.detectors.base import faces_from_arrays
+
+    boxes = np.array([[-10, -10, 50, 40], [10, 10, 11, 11], [10, 10, 40, 10.5], [95, 5, 120, 30]])
+    faces = faces_from_arrays(boxes, np.array([1.2, 0.9, 0.9, 0.8]), 100, 50)
+    assert [f.box for f in faces] == [(0, 0, 50, 40), (10, 10, 11, 11), (95, 5, 100, 30)]
+    assert faces[0].score == 1.0
+
+
+def test_auto_falls_back_to_blazefaces_own_file_and_fixed_inputs_round_upscale_up(
+        monkeypatch, tmp_path: Path):
+    """auto's detector.model is YuNet's: when it is missing BlazeFace loads its own file, not
+    that one; a fixed-input detector gets ceil(upscale) tiles (1.4 -> 2x2)."""
+    monkeypatch.delenv("MASKD_YUNET", raising=False)
+    monkeypatch.setattr("maskd.detectors.yunet.REPO_MODELS", tmp_path)
+    monkeypatch.setattr("maskd.detectors.yunet.SYSTEM_MODELS", tmp_path)
+    det = make_detector(DetectorConfig(kind="auto", model=tmp_path / "missing.onnx"))
+    assert det.name == "blazeface-full"
+    up = make_detector(DetectorConfig(kind="blazeface", upscale=1.4, big_face_px=None))
+    assert isinstance(up, Tiled) and up.tiles == 2
+
 
 def test_shorter_sides_agrees_with_shorter_side_on_any_shape():
     boxes = np.array([[10.0, 20.0, 40.0, 36.0], [0.0, 0.0, 64.0, 77.0]])
@@ -345,6 +417,8 @@ def test_blazeface_from_wheel_finds_real_face(variant: str, astronaut_bgr: np.nd
     assert box_iou(ASTRONAUT_FACE, np.array([faces[0].box]))[0, 0] > 0.6
     # Six keypoints; the right eye (image left) is left of the left eye.
     assert faces[0].landmarks.shape == (6, 2) and faces[0].landmarks[0, 0] < faces[0].landmarks[1, 0]
+    x0, y0, x1, y1 = faces[0].box  # in the photo's pixels, as the box: eyes inside it
+    assert ((faces[0].landmarks[:2] >= (x0, y0)) & (faces[0].landmarks[:2] <= (x1, y1))).all()
     assert det.detect(np.zeros((240, 320, 3), np.uint8)) == []
 
 
