@@ -902,7 +902,8 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
         import cv2
 
         began = time.monotonic()
-        if _is_device(uri):
+        device = _is_device(uri)
+        if device:
             if uri.startswith("/dev/") and not Path(uri).exists():
                 raise SourceError(f"{uri} does not exist (camera unplugged?)")
             target: int | str = int(uri) if uri.isdigit() else uri
@@ -918,14 +919,14 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            # asked only of a camera that answered at once: a stalled one waited out the
-            # time-out already, and other cameras' opens wait their turn behind this one
-            answered = not _is_device(uri) and at_once(began)
-            if _is_device(uri):
+            if device:
                 answer = device_answer(f"/dev/video{uri}" if uri.isdigit() else uri)
+            elif uri.lower().startswith(("http://", "https://")) and at_once(began):
+                # asked only of a camera that answered at once: a stalled one waited out the
+                # time-out already, and other cameras' opens wait their turn behind this one
+                answer = http_answer(uri)
             else:
-                answer = (http_answer(uri) if answered and uri.lower().startswith(
-                    ("http://", "https://")) else None)
+                answer = None
             raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
                               + (f": {answer}" if answer else ""))
         return cap
