@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import logging
 import os
+import select
 import stat
 import sys
 import threading
@@ -80,6 +82,21 @@ def _open_for_lines(p: Path) -> int:
             raise OSError(cannot_write_lines(p, why)) from None
 
 
+def _own_stdout_pipe() -> int | None:
+    """Standard output opened anew when it is a pipe (``maskd run --jsonl - | consumer``), as
+    a description of this process's own, so it can be written without blocking (its flag is not
+    the shell's or the consumer's); None for anything else (a file, a terminal, the journal's
+    socket) or when it cannot be had (no /proc, the reader gone already: stdout says why)."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None
+        sys.stdout.flush()
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: io.UnsupportedOperation, a stdout without fd
+        return None
+
+
 class JsonlSink(EventSink):
     """Events as JSON lines on stdout (``-``) or appended to a file, one write per line.
 
@@ -116,7 +133,10 @@ class JsonlSink(EventSink):
         self._partial = False  # the head of ``_waiting`` is the rest of a line begun already
         if target == "-" and sys.stdout is None:  # started with it closed (>&-): Python's None
             raise OSError(cannot_write_lines("-", "standard output is closed"))
-        if target != "-":
+        if target == "-":
+            self._fd = _own_stdout_pipe()
+            self._pipe = self._fd is not None
+        else:
             self._fd = _open_for_lines(Path(target))
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
@@ -244,6 +264,9 @@ class JsonlSink(EventSink):
                 self._roll_over(len(self._waiting[0]))
                 append_line(self._fd, self._waiting[0])
             except OSError as err:
+                if isinstance(err, BrokenPipeError) and self.target == "-":
+                    self._reader_gone()  # a named pipe's next reader would take what waits
+                    return False
                 if self._error is None:
                     self._throttle.reset()  # a new fault: said at once
                 if self._throttle.due():  # and why, looked at again once a minute
@@ -257,6 +280,22 @@ class JsonlSink(EventSink):
             self._waiting.popleft()
         self._writing_again()
         return True
+
+    def _reader_gone(self) -> None:
+        """Standard output's pipe has lost its reader, for good (no one can open it again): its
+        own description is closed and the lines go the way of any stdout, refused and counted
+        lost there (under the lock)."""
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd, self._pipe = None, False
+        if self._partial:  # a line begun: its rest cannot be read by anyone now
+            self._waiting.popleft()
+            self._partial = False
+            self.failed += 1
+        if self._error is not None and self._error[0] == PIPE_FULL:
+            self._error = None  # the fault is another one now, said afresh
+        while self._waiting:
+            self._to_stdout(self._waiting.popleft().decode())
 
     def _to_pipe(self) -> None:
         """Write the head of ``_waiting`` to the pipe, as much as it takes now (under the lock):
@@ -290,15 +329,26 @@ class JsonlSink(EventSink):
         with self._lock:
             if self._error is None:
                 return []
-            if self.target == "-":  # nothing waits: stdout has no place to keep lines
+            if self.target == "-" and not self._pipe:  # stdout keeps nothing: lines are lost
                 return [f"jsonl -: {self._error[0]}, {self.failed} event line(s) lost"]
             return [f"jsonl {self.target}: {self._error[0]}, {len(self._waiting)} event line(s) "
                     "waiting"]
 
     def flush(self, timeout: float, cancel: threading.Event | None = None) -> bool:
-        """Lines are written as they come; True when every accepted one was written."""
-        with self._lock:
-            return self._drain() and self.failed == 0
+        """Lines are written as they come; True when every accepted one was written. A pipe's
+        reader gets up to ``timeout`` to take what waits (a slow consumer at the stop); a full
+        disk is not waited for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._drain():
+                    return self.failed == 0
+                fd = self._fd if self._pipe else None
+            left = deadline - time.monotonic()
+            if fd is None or left <= 0 or (cancel is not None and cancel.is_set()):
+                return False
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile: drain says
+                select.select([], [fd], [], min(left, 0.1))  # woken as soon as it has room
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -609,6 +610,48 @@ def test_jsonl_stdout_whose_reader_is_gone_says_so_once_not_per_event():
     assert "1 event line(s) lost so far" in said[0], err
     assert "FAULTS [\"jsonl -: Broken pipe" in err and "5 event line(s) lost\"] 5 False" in err, err
     assert "writing again" not in err and "Traceback" not in err, err
+
+
+def test_stdout_piped_to_a_reader_that_stops_reading_never_blocks_the_loop():
+    """`maskd run --jsonl - | consumer` whose consumer hangs (reads nothing, keeps the pipe):
+    once the pipe was full, the write blocked the camera's loop for good, as a named pipe's
+    did (no detection, no MQTT alarm, no stop). Now stdout's pipe is written without blocking
+    as the named pipe is: the lines wait and follow whole and in order, the stop waiting for
+    the reader up to its timeout."""
+    code = (
+        "import fcntl, sys, threading\n"
+        "fcntl.fcntl(1, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full after a few lines\n"
+        "from maskd.jsonl import JsonlSink\n"
+        "from maskd.types import ViolationEvent\n"
+        "s = JsonlSink('-')\n"
+        "done = threading.Event()\n"
+        "def emit_all():\n"
+        "    for i in range(60):\n"
+        "        s.emit(ViolationEvent('start', str(i), 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"
+        "    done.set()\n"
+        "threading.Thread(target=emit_all, daemon=True).start()\n"
+        "print('EMITTED', done.wait(5), s.faults(), file=sys.stderr, flush=True)\n"
+        "sys.stdin.readline()  # the reader reads again from now on\n"
+        "print('FLUSHED', s.flush(60), s.faults(), file=sys.stderr, flush=True)\n"
+        "s.close()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stderr is not None
+    said = ""
+    deadline = time.monotonic() + 60
+    while "EMITTED" not in said:  # a loop blocked in the write, holding the lock, says nothing
+        if not select.select([p.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            p.kill()
+            pytest.fail("the sink blocked writing to a full stdout pipe: " + said)
+        said += p.stderr.readline()
+    out, err = p.communicate("\n", timeout=120)
+    first = said.split("EMITTED", 1)[1]
+    assert first.startswith(" True"), said + err
+    assert "the pipe is full: its reader has stopped reading" in first and "waiting" in first
+    assert p.returncode == 0, err
+    assert "FLUSHED True []" in err, err
+    assert [json.loads(x)["event_id"] for x in out.splitlines()] == [str(i) for i in range(60)]
 
 
 def test_jsonl_to_a_closed_stdout_is_refused_at_the_start():
