@@ -131,6 +131,7 @@ class JsonlSink(EventSink):
         # lines wait as on a full disk; the head of ``_waiting`` may be a line's rest.
         self._pipe = False
         self._partial = False  # the head of ``_waiting`` is the rest of a line begun already
+        self._full = False  # the last write found the pipe full (not broken): worth waiting for
         if target == "-" and sys.stdout is None:  # started with it closed (>&-): Python's None
             raise OSError(cannot_write_lines("-", "standard output is closed"))
         if target == "-":
@@ -264,6 +265,7 @@ class JsonlSink(EventSink):
                 self._roll_over(len(self._waiting[0]))
                 append_line(self._fd, self._waiting[0])
             except OSError as err:
+                self._full = isinstance(err, BlockingIOError)
                 if isinstance(err, BrokenPipeError) and self.target == "-":
                     self._reader_gone()  # a named pipe's next reader would take what waits
                     return False
@@ -343,7 +345,7 @@ class JsonlSink(EventSink):
             with self._lock:
                 if self._drain():
                     return self.failed == 0
-                fd = self._fd if self._pipe else None
+                fd = self._fd if self._pipe and self._full else None  # a reader gone: no wait
             left = deadline - time.monotonic()
             if fd is None or left <= 0 or (cancel is not None and cancel.is_set()):
                 return False

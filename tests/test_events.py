@@ -529,6 +529,28 @@ def test_a_pipe_whose_reader_stops_reading_never_blocks_the_loop(tmp_path):
     assert sink.faults() == []
 
 
+def test_the_stop_waits_for_a_full_pipe_but_not_for_one_whose_reader_left(tmp_path):
+    """The stop gives a pipe's slow reader up to its timeout to take what waits; a named pipe
+    whose reader has gone is not full but broken (writable at once, EPIPE): waiting on it
+    would spin the whole timeout through. Its lines wait for a next reader, as before."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened: list[int] = []
+    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_RDONLY)))
+    opener.start()
+    sink = JsonlSink(str(fifo))
+    opener.join(5)
+    os.close(opened[0])  # the reader leaves
+    sink.emit(jsonl_event(0))
+    began = time.monotonic()
+    assert sink.flush(5.0) is False
+    assert time.monotonic() - began < 1.0
+    assert "1 event line(s) waiting" in sink.faults()[0], sink.faults()
+    sink.close()
+
+
 def test_jsonl_file_follows_a_rotation_and_keeps_copytruncate_whole(tmp_path, caplog):
     """logrotate moves the file away (or deletes it): the next line goes to a new file at the
     path, not on into the old one nor into a deleted inode. copytruncate cuts it in place: the
