@@ -33,6 +33,7 @@ from maskd.events import Violations
 from maskd.geometry import crop_face, iou, rescale, shorter_side
 from maskd.lograte import RateLimitedLog, Throttle
 from maskd.motion import MotionGate
+from maskd.night import GreyWatch
 from maskd.tracking import Track, Tracker
 from maskd.types import (
     Box,
@@ -165,6 +166,7 @@ class PipelineCounts:
     zoned_faces: int = 0  # outside the include zones or inside an ignore zone (maskd.zones)
     static_faces: int = 0  # tracks found to be pictures (tracking.static_after_s)
     capped_faces: int = 0  # over detector.max_faces in their frame: not tracked or judged
+    grey_frames: int = 0  # frames while the camera sent grey pictures (maskd.night)
 
 
 @dataclass
@@ -191,6 +193,7 @@ class Pipeline:
                            else Violations(cfg.tracking, cfg.camera, new_event_id))
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
+        self.grey = GreyWatch(cfg.camera)
         self._last: Frame | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame
         self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
@@ -298,6 +301,8 @@ class Pipeline:
         ccfg = self.cfg.classifier
         counts = self.counts
         t0 = time.perf_counter()
+        self.grey.look(frame.image, frame.timestamp)
+        counts.grey_frames += self.grey.since is not None
         if detect and self.motion is not None:
             # An open violation whose track was dropped (missed, or detection switched off for
             # a moment) may belong to someone standing still: idling now would end it `gone`

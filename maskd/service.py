@@ -418,6 +418,7 @@ class CameraLoop:
             source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
             zoned_faces=c.zoned_faces, static_faces=c.static_faces, capped_faces=c.capped_faces,
+            grey_frames=c.grey_frames, grey=self.pipeline.grey.since is not None,
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
@@ -475,9 +476,10 @@ class CameraLoop:
         ms = s.ms
         log.info(
             "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
-            "skipped %d | faces %d small %d classified %d cached %d | active %d", self.cfg.camera,
+            "skipped %d | faces %d small %d classified %d cached %d | active %d%s", self.cfg.camera,
             s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"], s.frames,
             s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
+            " | grey pictures (infrared?)" if s.grey else "",
         )
 
     def _shutdown(self, flush_timeout: float) -> int:

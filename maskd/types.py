@@ -159,6 +159,8 @@ class LoopStats:
     zoned_faces: int = 0  # faces outside the include zones or inside an ignore zone
     static_faces: int = 0  # faces found to be pictures (tracking.static_after_s)
     capped_faces: int = 0  # over detector.max_faces in their frame: not tracked or judged
+    grey_frames: int = 0  # frames while the camera sent grey pictures (infrared)
+    grey: bool = False  # it sends them now (maskd.night): faces are found and judged less well
     detect_in_force: str = "on"  # on, or what keeps detection off: switch or schedule
     violations_started: int = 0
     events: int = 0

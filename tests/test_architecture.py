@@ -19,7 +19,7 @@ STAGES: list[tuple[str, ...]] = [
      "maskd.certs",
      "maskd.config", "maskd.modelfiles", "maskd.zones", "maskd.schedule", "maskd.pins"),
     ("maskd.sources", "maskd.demo"),
-    ("maskd.tflite", "maskd.detectors", "maskd.motion"),
+    ("maskd.tflite", "maskd.detectors", "maskd.motion", "maskd.night"),
     ("maskd.classifier",),
     ("maskd.tracking",),
     ("maskd.events",),
