@@ -1124,7 +1124,8 @@ async function refresh() {
       h.push(row(["<b>" + esc(c.camera) + "</b>", num(c.fps, 1) + " fps, " + c.frames + " frames" +
                   (c.camera_lost_since ? ', <span class="bad">camera lost' +
                    (c.camera_lost_why ? ": " + esc(c.camera_lost_why) : "") + "</span>" : "") +
-                  (c.detect_enabled ? "" : ', <span class="muted">detection off</span>')]));
+                  (c.detect_enabled ? "" : ', <span class="muted">detection off</span>') +
+                  (c.grey ? ', <span class="muted">grey pictures (infrared?): judged less well</span>' : "")]));
       h.push(row(["ms per stage", ms]));
       h.push(row(["active", c.active + (c.in_view !== null && c.in_view < c.active ?
                   " (" + (c.active - c.in_view) + " not detected now)" : "")]));

@@ -607,6 +607,24 @@ def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
         srv.close()
 
 
+def test_the_page_says_while_a_camera_sends_grey_pictures(tmp_path):
+    """An infrared (night) camera: the page says so beside the camera, and not once it is gone."""
+    srv = StatusServer("127.0.0.1:0", title="night").start()
+    view = srv.attach("door", "d", "c")
+    feed(view, 60, 0, LoopStats(fps=9.0, frames=1, grey=True, grey_frames=1))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            js = "(document.getElementById('health')?.innerText || '')"
+            assert browser.wait_for(f"{js}.includes('door')", timeout=20), browser.evaluate(js)
+            assert "door\t9.0 fps, 1 frames, grey pictures (infrared?): judged less well" in \
+                browser.evaluate(js), browser.evaluate(js)
+            feed(view, 60, 1)
+            assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('grey')",
+                                    timeout=10), browser.evaluate(js)
+    finally:
+        srv.close()
+
+
 def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path, monkeypatch):
     """The page's own token rotated to a file that holds none (a space in it): the page, opened
     with the token in force, says so under "this page" in red while it goes on, and the line
