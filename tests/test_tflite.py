@@ -71,3 +71,26 @@ def test_a_model_compiled_for_the_edgetpu_without_edgetpu_says_how_to_run_it(
         f"maskd run: {compiled}: compiled for the EdgeTPU (edgetpu_compiler), so it runs only on "
         "a Coral: set edgetpu: true for it (classifier.edgetpu, detector.edgetpu or --edgetpu), "
         "or name the model it was compiled from"), r.stderr
+
+
+def test_a_file_that_is_no_model_is_one_printable_line_whatever_the_runtime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow's interpreter (the fallback runtime) and ai-edge-litert before 2.1.6 (within
+    pyproject's >=1.2) refuse a non-model with its first bytes quoted raw: an .h5 renamed gave
+    check-config, run and classify a four-line error with a carriage return and a ^Z in it. The
+    runtime here stands in with the message those runtimes raise (seen with litert 1.2.0 and
+    tensorflow 2.21)."""
+    import maskd.tflite as tflite
+
+    class OldRuntime:
+        def __init__(self, model_path: str, **_: object) -> None:
+            raise ValueError("Model provided has model identifier '\r\n\x1a\n', should be "
+                             "'TFL3'\n")
+
+    monkeypatch.setattr(tflite, "import_runtime", lambda: (OldRuntime, None, "tensorflow"))
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    with pytest.raises(tflite.ModelError) as err:
+        open_interpreter(garbage)
+    assert str(err.value) == (f"{garbage}: cannot load TFLite model: Model provided has model "
+                              "identifier '\\r\\n\\x1a\\n', should be 'TFL3'")
