@@ -191,6 +191,24 @@ def test_pyproject_admits_no_paho_lacking_a_method_the_sink_calls():
             f"pyproject.toml admits paho-mqtt {release}, which has no Client.{method}")
 
 
+# Releases the floors once admitted on which maskd was seen to fail (a venv of pyproject's lowest
+# versions, x86_64 CPython 3.11, 2026-12-06), each with what failed: a floor lowered again
+# would admit them.
+TOO_OLD = {
+    # TypeError at import of maskd.config ("cannot specify both default and default_factory"):
+    # check-config, run, scan, doctor all stopped with a traceback.
+    "pydantic": ["2.5.0", "2.10.0", "2.11.4"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOO_OLD))
+def test_pyproject_admits_no_release_maskd_was_seen_failing_on(name):
+    (req,) = [Requirement(r) for r in PYPROJECT["dependencies"]
+              if pins.normalize(Requirement(r).name) == name]
+    for release in TOO_OLD[name]:
+        assert not req.specifier.contains(release), f"pyproject.toml admits {name} {release}"
+
+
 def test_update_makes_its_folder_and_never_leaves_an_empty_file(tmp_path):
     """`pins.py dev --out-dir` to a folder not there was a FileNotFoundError traceback; to a full
     disk an OSError traceback that left a 0-byte constraints file (what bootstrap.sh installs
