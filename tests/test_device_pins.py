@@ -198,6 +198,8 @@ TOO_OLD = {
     # TypeError at import of maskd.config ("cannot specify both default and default_factory"):
     # check-config, run, scan, doctor all stopped with a traceback.
     "pydantic": ["2.5.0", "2.10.0", "2.11.4"],
+    # no AVIF decoder in the wheel: an .avif photo, a format docs/ name, was "not an image".
+    "pillow": ["10.0.0", "11.2.1"],
 }
 
 
