@@ -1386,11 +1386,15 @@ def redact(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", text)
 
 
-def _key_part(part: Any) -> str:
-    """One key as printed: a newline or an escape sequence in a YAML key would split the one
-    line or reach the terminal, so a key that is not plain text is escaped as repr does."""
-    text = str(part)[:60]
+def printable(text: str) -> str:
+    """``text`` as one line of plain text: a newline or an escape sequence would split a
+    one-line message or reach the terminal, so text that is not plain is escaped as repr does."""
     return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _key_part(part: Any) -> str:
+    """One key as printed (a YAML key may hold anything)."""
+    return printable(str(part)[:60])
 
 
 def _key_name(loc: tuple) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from maskd.clock import local_iso
+from maskd.config import printable
 
 EDGETPU_LIB = "libedgetpu.so.1"
 
@@ -258,16 +259,10 @@ def open_interpreter(path: Path, threads: int = 2, edgetpu: bool = False) -> tup
                              "only on a Coral: set edgetpu: true for it (classifier.edgetpu, "
                              "detector.edgetpu or --edgetpu), or name the model it was compiled "
                              "from") from None
-        raise ModelError(f"{path}: cannot load TFLite model: {_one_line(str(err))}") from None
+        # TensorFlow's and ai-edge-litert's before 2.1.6 quote the file's first bytes raw
+        # ("model identifier '\\r\\n\\x1a\\n'"): four lines with control bytes in them
+        raise ModelError(f"{path}: cannot load TFLite model: {printable(str(err).strip())}") from None
     return interp, runtime
-
-
-def _one_line(text: str) -> str:
-    """A runtime's message as one printable line: TensorFlow's and ai-edge-litert's before 2.1.6
-    quote the file's first bytes ("model identifier '\\r\\n\\x1a\\n'"), which split the
-    one-line error over four lines with raw control bytes in them."""
-    text = text.strip()
-    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
