@@ -50,17 +50,20 @@ def _open_once(p: Path) -> int:
     return fd
 
 
-def _linked_file(target: str) -> str:
+def _linked_file(target: str) -> str | None:
     """The file a symlinked ``jsonl.path`` names (``target`` itself when it is no link), so the
-    cap moves that file and the new one begins there, not beside the link. Not into ``/proc``
-    (``/dev/stdout``): its links name open files, not places a new file could be begun."""
+    cap moves that file and the new one begins there, not beside the link. None for a link into
+    ``/proc`` (``/dev/stdout`` with maskd's output sent to a file): it names an open descriptor,
+    not a place a new file could be begun, and the cap moved the link itself (``/dev/stdout``
+    renamed to ``/dev/stdout.old`` and a plain file made in its place, run as root), the events
+    then leaving the file the output was sent to."""
     path = target
     for _ in range(40):  # the kernel's own limit on links in a row
         if not os.path.islink(path):
             return path
         nxt = os.path.join(os.path.dirname(path), os.readlink(path))
         if os.path.normpath(nxt).startswith("/proc/"):
-            return path
+            return None
         path = nxt
     return path
 
@@ -231,6 +234,8 @@ class JsonlSink(EventSink):
             locked = False
         try:
             path = _linked_file(self.target)
+            if path is None:  # an open descriptor's (/dev/stdout): whoever opened it caps it
+                return
             try:
                 st = os.stat(path)
             except OSError:  # gone meanwhile (followed at the next line), or cannot be looked at

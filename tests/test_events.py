@@ -409,6 +409,31 @@ def test_a_symlinked_jsonl_file_is_capped_where_the_link_points(tmp_path):
     assert kept == [f"id{i}" for i in range(50 - len(kept), 50)] and len(kept) > 3
 
 
+def test_a_jsonl_path_like_dev_stdout_sent_to_a_file_is_never_moved_at_the_cap(tmp_path):
+    """`jsonl.path: /dev/stdout` with maskd's output sent to a file (`> events.log`): the link
+    leads through /proc to that open file, and the cap (100 MB by default) renamed the link
+    itself to `/dev/stdout.old` and began a plain file in its place (as root, /dev/stdout then
+    a file for every program until a reboot), the events leaving the file the output went to
+    and each later cap deleting the half before. The link stays; every line goes to the file.
+    A link of /dev's shape is made here, as the real one must not be touched."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    out = tmp_path / "events.log"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # the shell's `>>`
+    try:
+        (dev / "stdout").symlink_to(f"/proc/self/fd/{fd}")
+        sink = JsonlSink(str(dev / "stdout"), max_mb=1 / 1024)  # 1 KiB: a few lines
+        for i in range(20):
+            sink.emit(jsonl_event(i))
+        assert sink.flush(0.1) is True
+        sink.close()
+    finally:
+        os.close(fd)
+    assert [p.name for p in dev.iterdir()] == ["stdout"] and (dev / "stdout").is_symlink()
+    assert [json.loads(x)["event_id"] for x in out.read_text().splitlines()] == [
+        f"id{i}" for i in range(20)]
+
+
 def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path, monkeypatch):
     """Two maskd processes appending to one file (a camera each), both at its cap at once: the
     second moved the first one's brand-new file over `PATH.old`, deleting the older half (the
