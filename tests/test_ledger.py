@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import threading
+import time
+from dataclasses import replace
 
-from maskd.ledger import OpenViolations
+from maskd.ledger import LEDGER_FILE, OpenViolations
 from maskd.types import ViolationEvent
 
 
@@ -120,9 +124,6 @@ def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(tmp_path)
     """Started on fake-hwclock's time an hour late, noted 40 s on, then NTP stepped the clock
     back and the run was killed: the restart end was dated when last noted, on the new clock,
     an hour before the start it ends."""
-    import time
-    from dataclasses import replace
-
     ledger = OpenViolations(tmp_path)
     start = time.time() + 3600.0  # what the late clock said at the start
     ledger.note(replace(event("late"), start_time=start, duration_s=0.0))
@@ -131,3 +132,129 @@ def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(tmp_path)
     [end] = OpenViolations(tmp_path).restart_ends({"door"})
     assert end.end_time == start + 40.0 and end.duration_s == 40.0
     assert end.clock_step_s == -3600.0
+
+
+def test_a_restart_end_is_dated_when_the_violation_was_last_noted(tmp_path):
+    """The end a killed run's violation gets is the last moment it was known open (when last
+    noted), not its start nor the time of the restart."""
+    ledger = OpenViolations(tmp_path)
+    before = time.time()
+    ledger.note(replace(event("old-record"), duration_s=None))  # an older record: no duration
+    after = time.time()
+    [end] = OpenViolations(tmp_path).restart_ends({"door"})
+    assert before <= end.end_time <= after
+    entries = json.loads(ledger.path.read_text())
+    entries["old-record"]["noted"] = 1_700_000_100.0  # noted 100 s after its start, long ago
+    ledger.path.write_text(json.dumps(entries))
+    [end] = OpenViolations(tmp_path).restart_ends({"door"})
+    assert end.end_time == 1_700_000_100.0
+
+
+def test_restart_ends_come_oldest_noted_first_and_without_a_frame(tmp_path):
+    """The ends go out in the order the violations were last known open, whatever the file's
+    order; and no frame_seq of the killed run, whose frames the new run numbers afresh (a frame
+    snapshot would wait for that number and draw a frame of another person)."""
+    ledger = OpenViolations(tmp_path)
+    ledger.note(replace(event("a"), frame_seq=7))
+    ledger.note(event("b"))
+    ledger.note(replace(event("a", "update", 1), frame_seq=9))  # a: first in the file, noted last
+    ends = OpenViolations(tmp_path).restart_ends({"door"})
+    assert [(e.event_id, e.seq, e.frame_seq) for e in ends] == [("b", 1, None), ("a", 2, None)]
+
+
+def test_a_start_with_nothing_noted_makes_no_folder(tmp_path):
+    """No violation noted yet: the start's look makes no state_dir (nor lock file)."""
+    state = tmp_path / "state"
+    ledger = OpenViolations(state, ("door",))
+    assert ledger.restart_ends({"door"}) == [] and ledger.removed_ends({"door"}) == []
+    assert not state.exists()
+
+
+def test_a_note_waits_for_the_lock_another_process_holds(tmp_path):
+    """Processes sharing a state_dir read and rewrite the file under its lock file: a note made
+    while another holds it waits, and then keeps what the other wrote."""
+    ledger = OpenViolations(tmp_path, ("door",))
+    ledger.note(event("mine"))
+    with open(tmp_path / f".{LEDGER_FILE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process, rewriting the file
+        t = threading.Thread(target=ledger.note, args=(event("mine", "update", 1),))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive(), "the note did not wait for the lock"
+        entries = json.loads(ledger.path.read_text())
+        entries["theirs"] = {**entries["mine"], "event_id": "theirs", "camera": "yard"}
+        ledger.path.write_text(json.dumps(entries))
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        t.join(5)
+    entries = json.loads(ledger.path.read_text())
+    assert set(entries) == {"mine", "theirs"} and entries["mine"]["seq"] == 1
+
+
+def test_changes_written_are_not_held_on(tmp_path):
+    """What was written is not kept in memory: months of violations leave nothing behind."""
+    ledger = OpenViolations(tmp_path)
+    for i in range(50):
+        ledger.note(event(f"e{i}"))
+        ledger.note(event(f"e{i}", "end", 1))
+    assert ledger._held == {} and json.loads(ledger.path.read_text()) == {}
+
+
+def test_a_file_that_is_no_object_or_no_json_is_started_afresh(tmp_path, caplog):
+    """A file cut by a crash of the file system, or holding a list: the start goes on, and
+    the next note writes a good file (was: every note failed for good, or a traceback)."""
+    path = tmp_path / LEDGER_FILE
+    for text in ("[1, 2]", '{"cut": {"camera": "do'):
+        path.write_text(text)
+        ledger = OpenViolations(tmp_path)
+        with caplog.at_level(logging.WARNING, logger="maskd.ledger"):
+            assert ledger.restart_ends({"door"}) == []
+            ledger.note(event("new"))
+        assert set(json.loads(path.read_text())) == {"new"}
+        assert "cannot keep the open violations" not in caplog.text
+
+
+def test_an_older_maskds_entry_without_the_newer_fields_is_ended(tmp_path):
+    """An entry noted before duration_s and clock_step_s existed is still a violation to end."""
+    ledger = OpenViolations(tmp_path)
+    ledger.note(event("older"))
+    entries = json.loads(ledger.path.read_text())
+    for key in ("duration_s", "clock_step_s", "frame_seq", "end_time", "end_reason"):
+        del entries["older"][key]
+    ledger.path.write_text(json.dumps(entries))
+    [end] = OpenViolations(tmp_path).restart_ends({"door"})
+    assert (end.event_id, end.seq, end.end_reason) == ("older", 1, "restart")
+
+
+def test_a_violation_started_and_updated_on_a_full_disk_is_kept_at_its_last_update(tmp_path):
+    """Both a start and its update held back by a full disk: the update is what is written."""
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk") as d:
+        ledger = OpenViolations(d)
+        ledger.note(event("first"))
+        filler = fill_disk(d)
+        ledger.note(event("full"))
+        ledger.note(event("full", "update", 3))
+        filler.unlink()
+        ledger.note(event("after"))
+        ends = OpenViolations(d).restart_ends({"door"})
+    assert sorted((e.event_id, e.seq) for e in ends) == [("after", 1), ("first", 1), ("full", 4)]
+
+
+def test_one_removed_cameras_one_violation_is_said_as_it(tmp_path, caplog):
+    OpenViolations(tmp_path, ("back", "front")).note(event("b1", camera="back"))
+    with caplog.at_level(logging.INFO, logger="maskd.ledger"):
+        [end] = OpenViolations(tmp_path, ("front",)).removed_ends({"front"})
+    assert end.event_id == "b1"
+    assert [r.getMessage() for r in caplog.records] == [
+        "camera back is no longer in the config: ending its 1 open violation (reason restart) "
+        "and forgetting it"]
+
+
+def test_a_removed_cameras_look_never_takes_this_configs_own_cameras(tmp_path):
+    """removed_ends is for cameras the config no longer has: its own cameras' entries are
+    restart_ends' (both at one start: ended once, not twice)."""
+    OpenViolations(tmp_path, ("front",), outbox=True).note(event("f1", camera="front"))
+    ledger = OpenViolations(tmp_path, ("front",), outbox=True)
+    assert ledger.removed_ends({"front"}) == []
+    assert [e.event_id for e in ledger.restart_ends({"front"})] == ["f1"]
