@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -442,3 +444,282 @@ def test_a_keep_mb_smaller_than_one_snapshot_is_a_warning(tmp_path, caplog):
                         f"right after it was written (1 so far); raise keep_mb to keep any "
                         f"snapshot"]
     assert store.too_big == 3
+
+
+# ----------------------------------------------------------------------------- limits, sharing
+
+
+def one_size() -> int:
+    image = DemoSource().render(0)
+    return len(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, snapshots.JPEG_QUALITY])[1])
+
+
+def test_a_snapshot_exactly_keep_days_old_and_a_folder_of_exactly_keep_mb_are_kept(tmp_path):
+    """'Older than keep_days' and 'over keep_mb': at exactly the limit nothing goes."""
+    folder = tmp_path / "snaps"
+    clock = SteppedClock(wall=1_790_000_000.0)
+    edge = folder / snapshot_name("door", clock.wall - 7 * DAY, "edge")
+    folder.mkdir()
+    edge.write_bytes(demo_jpeg(0))
+    os.utime(edge, (clock.wall - 7 * DAY, clock.wall - 7 * DAY))
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100, clock=clock)
+    store.close()
+    assert edge.exists() and store.n_deleted == 0
+    files = make_files(tmp_path / "sized", [3, 2, 1])
+    total = sum(p.stat().st_size for p in files)
+    store = SnapshotStore(tmp_path / "sized", keep_days=30, keep_mb=total / snapshots.MB)
+    store.close()
+    assert all(p.exists() for p in files) and store.n_deleted == 0
+
+
+def test_a_snapshot_saved_again_under_its_name_is_counted_once(tmp_path):
+    """A better crop saves the event's file again: its size replaces the one before in the
+    folder's total, or keep_mb deletes snapshots the folder has room for."""
+    image = DemoSource().render(0)
+    store = SnapshotStore(tmp_path / "snaps", keep_days=30, keep_mb=2.5 * one_size() / snapshots.MB)
+    first = snapshot_name("door", time.time(), "first")
+    for _ in range(4):
+        store.put(first, image)
+    store.put(snapshot_name("door", time.time(), "second"), image)
+    store.close()
+    assert store.written == 5 and store.n_deleted == 0 and len(list((tmp_path / "snaps").iterdir())) == 2
+
+
+def test_a_clock_step_after_retention_or_a_hand_deleted_its_own_snapshots_re_dates_the_rest(
+        tmp_path):
+    """This run's snapshots deleted by keep_mb, or by hand and then the folder read again: a
+    clock step afterwards still re-dates the ones left (was: an error on the gone one, the
+    rest left looking days old)."""
+    image = DemoSource().render(0)
+    folder = tmp_path / "snaps"
+    clock = SteppedClock(wall=time.time())
+    store = SnapshotStore(folder, keep_days=7, keep_mb=2.5 * one_size() / snapshots.MB, clock=clock)
+    names = [snapshot_name("door", clock.wall, f"ev{i}") for i in range(4)]
+    for name in names:
+        store.put(name, image)  # the first two go by keep_mb
+    assert store.flush(5) and store.n_deleted == 2
+    clock.run(30)
+    clock.wall += 10 * DAY
+    store.prune()
+    assert (folder / names[2]).exists() and (folder / names[3]).exists()
+    (folder / names[2]).unlink()  # and one by hand
+    store.prune(rescan=True)
+    clock.run(30)
+    clock.wall += 10 * DAY
+    store.prune()
+    store.close()
+    assert (folder / names[3]).exists()
+
+
+def test_snapshots_of_others_and_folders_are_never_counted_touched_or_deleted(tmp_path, caplog):
+    """Only files named like its own: another program's old JPEG is neither deleted nor
+    re-dated, and a folder named like a snapshot is passed over without a word."""
+    folder = tmp_path / "snaps"
+    folder.mkdir()
+    holiday = folder / "holiday.jpg"
+    holiday.write_bytes(demo_jpeg(3))
+    old = time.time() - 30 * DAY
+    os.utime(holiday, (old, old))
+    named = folder / snapshot_name("door", old, "a-folder")
+    named.mkdir()
+    os.utime(named, (old, old))
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        store = SnapshotStore(folder, keep_days=7, keep_mb=0.001)
+        store.close()
+    assert holiday.stat().st_mtime == old and named.is_dir() and store.n_deleted == 0
+    assert caplog.text == ""
+
+
+def test_a_run_on_an_unset_clock_leaves_an_earlier_unset_runs_dates_alone(tmp_path, caplog):
+    """Both runs before NTP: the earlier run's 1970 dates are on this run's clock too, so
+    nothing is re-dated (that is for a run on a set clock)."""
+    folder = tmp_path / "snaps"
+    earlier, = make_files(folder, [0.0])
+    os.utime(earlier, (600.0, 600.0))
+    with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
+        store = SnapshotStore(folder, keep_days=7, keep_mb=100,
+                              clock=SteppedClock(wall=700.0, uptime=700.0))
+        store.close()
+    assert earlier.stat().st_mtime == 600.0 and "re-dated" not in caplog.text
+
+
+def test_unset_clock_snapshots_dated_now_at_the_step_go_after_older_ones_by_keep_mb(tmp_path):
+    """At NTP's step an earlier run's 1970 snapshots are dated now: keep_mb then deletes a
+    snapshot truly older (an earlier run's on a set clock) before them."""
+    folder = tmp_path / "snaps"
+    older, unset = make_files(folder, [1.0, 0.0])
+    os.utime(unset, (600.0, 600.0))  # the unset one, from 1970
+    total = older.stat().st_size + unset.stat().st_size + one_size()
+    clock = SteppedClock(wall=700.0, uptime=700.0)  # this run before NTP too
+    store = SnapshotStore(folder, keep_days=30, keep_mb=(total - 1) / snapshots.MB, clock=clock)
+    assert store.flush(5) and store.n_deleted == 0
+    clock.run(30)
+    clock.wall = time.time()  # NTP
+    store.prune()
+    store.put(snapshot_name("door", clock.wall, "new"), DemoSource().render(0))  # one too many
+    store.close()
+    assert list(store.deleted) == [older] and unset.exists()
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path):
+    """A snapshot that does not fit: its temporary file goes too, or its blocks stay taken."""
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        folder = disk / "snaps"
+        store = SnapshotStore(folder, keep_days=7, keep_mb=100)
+        assert store.flush(5)
+        folder.mkdir(exist_ok=True)
+        (disk / "filler").write_bytes(b"x" * (shutil.disk_usage(disk).free - 8192))
+        store.put(snapshot_name("door", time.time(), "big"), DemoSource().render(0))
+        assert store.flush(5)
+        store.close()
+        assert store.failed == 1 and list(folder.iterdir()) == []
+
+
+def test_a_shared_store_stays_open_until_every_camera_closed(tmp_path):
+    """Two cameras, one folder: the first camera's close (as a sink and as an observer, two
+    calls) does not close the store under the second."""
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100, users=2)
+    a, b = store.taker("door", "crop"), store.taker("yard", "crop")
+    a.close()
+    a.close()
+    crop = DemoSource().render(0)[:80, :80]
+    b.emit(ViolationEvent("start", "y1", 0, "yard", 1, time.time(), 0.9, 0.9, (0, 0, 1, 1),
+                          best_crop=crop))
+    assert store.flush(5)
+    b.close()
+    assert store.written == 1 and store._closed
+
+
+def test_a_put_after_the_close_is_dropped_at_once(tmp_path):
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    store.close()
+    store.put(snapshot_name("door", time.time(), "late"), DemoSource().render(0))
+    assert store.flush(0.1) is True and store.written == 0
+
+
+def test_flush_is_false_until_the_starts_retention_is_done(tmp_path, monkeypatch):
+    scan = SnapshotStore._scan
+
+    def slow(self, now):
+        time.sleep(1.0)
+        scan(self, now)
+
+    monkeypatch.setattr(SnapshotStore, "_scan", slow)
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    assert store.flush(0.1) is False
+    assert store.flush(5) is True
+    store.close()
+
+
+def test_a_crop_is_saved_once_per_crop_and_forgotten_at_the_end(tmp_path):
+    """Messages that carry the same best crop save it once (an SD card written every second
+    for nothing); a better crop saves again; the end forgets the event."""
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    taker = store.taker("door", "crop")
+    image = DemoSource().render(0)
+    crop, better = image[:80, :80], image[80:160, :80]
+
+    def message(kind: str, seq: int, c) -> ViolationEvent:
+        return ViolationEvent(kind, "ev", seq, "door", 1, time.time(), 0.9, 0.9, (0, 0, 1, 1),
+                              best_crop=c)
+
+    taker.emit(message("start", 0, crop))
+    taker.emit(message("update", 1, crop))
+    taker.emit(message("update", 2, crop))
+    taker.emit(message("update", 3, better))
+    taker.emit(message("end", 4, better))
+    assert store.flush(5)
+    taker.close()
+    assert store.written == 2 and taker._saved == {}
+
+
+def test_a_frame_shown_once_is_saved_once_for_its_messages(tmp_path):
+    """A start and its end on one frame (a stop right after it began): one file written."""
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    taker = store.taker("door", "frame")
+    frame = DemoSource().read()
+    for kind, seq in (("start", 0), ("end", 1)):
+        taker.emit(ViolationEvent(kind, "ev", seq, "door", 1, time.time(), 0.9, 0.9,
+                                  (0.1, 0.1, 0.3, 0.3), frame_seq=frame.seq))
+    taker.on_frame(frame, [], LoopStats(fps=15.0))
+    assert store.flush(5)
+    taker.close()
+    assert store.written == 1
+
+
+def test_names_are_in_utc_whatever_the_time_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert snapshot_name("door", 0.0, "ev") == "door-19700101-000000-ev.jpg"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_folder_is_made_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+        store.put(snapshot_name("door", time.time(), "ev"), DemoSource().render(0))
+        store.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "snaps").stat().st_mode) == 0o750
+
+
+def test_a_fault_clears_once_a_snapshot_is_written_again(tmp_path):
+    blocker = tmp_path / "snaps"
+    blocker.write_text("not a folder yet")
+    store = SnapshotStore(blocker, keep_days=7, keep_mb=100)
+    store.put(snapshot_name("door", time.time(), "a"), DemoSource().render(0))
+    assert store.flush(5) and store.faults()
+    blocker.unlink()
+    store.put(snapshot_name("door", time.time(), "b"), DemoSource().render(0))
+    assert store.flush(5)
+    store.close()
+    assert store.faults() == [] and store.written == 1
+
+
+def test_periodic_retention_runs_every_prune_every_s_not_without_end(tmp_path, monkeypatch):
+    """Once the first periodic look is due, the next is PRUNE_EVERY_S after it: the writer
+    thread never spins (a core of a Pi busy for nothing)."""
+    monkeypatch.setattr(snapshots, "PRUNE_EVERY_S", 0.1)
+    calls = []
+    prune = SnapshotStore.prune
+
+    def counted(self, rescan=False):
+        calls.append(rescan)
+        prune(self, rescan)
+
+    monkeypatch.setattr(SnapshotStore, "prune", counted)
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    time.sleep(1.0)
+    store.close()
+    assert 5 <= len(calls) <= 15, len(calls)
+
+
+def test_close_waits_no_longer_than_its_timeout_when_the_disk_stalls(tmp_path):
+    folder = tmp_path / "snaps"
+    store = SnapshotStore(folder, keep_days=7, keep_mb=100)
+    assert store.flush(5)
+    stalled = snapshot_name("door", time.time(), "stall")
+    folder.mkdir()
+    os.mkfifo(folder / f".{stalled}.tmp")
+    image = DemoSource().render(0)
+    store.put(stalled, image)
+    while store._q.qsize():
+        time.sleep(0.01)
+    for i in range(snapshots.MAX_PENDING):
+        store.put(snapshot_name("door", time.time(), f"ev{i}"), image)
+    t = time.monotonic()
+    closing = threading.Thread(target=store.close, kwargs={"timeout": 1.0}, daemon=True)
+    closing.start()
+    closing.join(5.0)
+    took = time.monotonic() - t
+    reader = os.open(folder / f".{stalled}.tmp", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        store._thread.join(5)
+    finally:
+        os.close(reader)
+    assert took < 1.6, took
