@@ -21,6 +21,7 @@ import pytest
 from maskd.config import TrackingConfig
 from maskd.events import Violations
 from maskd.jsonl import JsonlSink
+from maskd.mqtt.schema import event_fields
 from maskd.tracking import Tracker
 
 FPS = 10.0
@@ -440,7 +441,6 @@ def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path
     file as it was at the cap) a whole cap too early. Here the second's rename comes just after
     the first one's look at the file, as two processes may interleave."""
     import maskd.jsonl as jsonl_mod
-    from maskd.mqtt.schema import event_fields
 
     path = tmp_path / "events.jsonl"
     first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))  # 1 KiB
@@ -711,6 +711,318 @@ def test_jsonl_to_a_closed_stdout_is_refused_at_the_start():
     assert r.returncode == 78, r.stderr
     assert "maskd run: jsonl.path -: cannot write there: standard output is closed" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_jsonl_file_at_exactly_its_cap_is_moved_by_the_next_line_only(tmp_path):
+    """max_mb is what the file may hold: a line that brings it to exactly the cap goes on into
+    it, and only the next one, which would take it past, begins a new file."""
+    line = len(json.dumps(event_fields(jsonl_event(0)))) + 1  # every idN of one digit: one length
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(str(path), max_mb=3 * line / (1024 * 1024))
+    for i in range(3):
+        sink.emit(jsonl_event(i))
+    assert path.stat().st_size == 3 * line and not path.with_name("events.jsonl.old").exists()
+    sink.emit(jsonl_event(3))
+    sink.close()
+    ids = [[json.loads(x)["event_id"] for x in p.read_text().splitlines()]
+           for p in (path.with_name("events.jsonl.old"), path)]
+    assert ids == [["id0", "id1", "id2"], ["id3"]]
+
+
+def test_a_disk_full_again_within_the_minute_is_said_and_shown_at_once(tmp_path, caplog):
+    """The lines were written again after a full disk, and the disk filled again a moment
+    later: that second fault is a new one, said at once and shown in faults() (the status
+    line, MQTT's problem sensor), not hidden for the rest of the first one's minute."""
+    from mqtt_broker import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "events.jsonl"
+        sink = JsonlSink(str(path))
+        sink.emit(jsonl_event(0))
+        with caplog.at_level(logging.INFO, logger="maskd.jsonl"):
+            filler = fill_disk(disk)
+            for i in range(1, 40):  # past the file's last page
+                sink.emit(jsonl_event(i))
+            assert sink.faults() and caplog.text.count("cannot write") == 1
+            filler.unlink()
+            sink.emit(jsonl_event(40))
+            assert sink.faults() == [] and "writing again" in caplog.text
+            fill_disk(disk)
+            for i in range(41, 80):
+                sink.emit(jsonl_event(i))
+            assert caplog.text.count("cannot write") == 2, caplog.text
+            waiting = sink.faults()
+        assert waiting and waiting[0].startswith(f"jsonl {path}: No space left on device, ")
+        sink.close()
+
+
+def test_flush_is_false_once_lines_were_dropped_even_when_the_rest_got_written(tmp_path,
+                                                                                monkeypatch):
+    """flush promises 'every accepted line written': lines dropped beyond MEMORY_MAX while the
+    disk was full are not, even once the disk has room and the rest went."""
+    from mqtt_broker import fill_disk, small_disk
+
+    import maskd.jsonl
+
+    monkeypatch.setattr(maskd.jsonl, "MEMORY_MAX", 3)
+    with small_disk(tmp_path / "disk") as disk:
+        filler = fill_disk(disk)
+        sink = JsonlSink(str(disk / "events.jsonl"))
+        for i in range(5):
+            sink.emit(jsonl_event(i))
+        filler.unlink()
+        assert sink.flush(0.1) is False and sink.failed == 2
+        assert sink.faults() == []  # nothing waits any more: written, or lost and counted
+        sink.close()
+        assert [json.loads(x)["event_id"] for x in (disk / "events.jsonl").read_text().splitlines()] == [
+            "id2", "id3", "id4"]
+
+
+def test_a_line_longer_than_the_pipe_takes_at_once_reaches_the_reader_whole(tmp_path,
+                                                                          monkeypatch):
+    """A pipe takes a line over PIPE_BUF (4 KiB) in parts: the rest waits at the head, and the
+    reader gets every line whole, once, newline and all, even when lines are dropped beyond
+    MEMORY_MAX meanwhile (the rest of the line begun goes first, never the rest itself); after
+    it, the oldest waiting line is the one dropped again."""
+    import dataclasses
+    import fcntl
+    import threading
+
+    import maskd.jsonl
+
+    monkeypatch.setattr(maskd.jsonl, "MEMORY_MAX", 2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened: list[int] = []
+    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_RDONLY)))
+    opener.start()
+    sink = JsonlSink(str(fifo))
+    opener.join(5)
+    fd = opened[0]
+    fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: one page
+    big = dataclasses.replace(jsonl_event(0), event_id="big")
+    pad = 4097 - (len(json.dumps(event_fields(big))) + 1)
+    big = dataclasses.replace(big, event_id="big" + "x" * pad)  # the pipe takes all but the newline
+
+    def read_all() -> list[str]:
+        got = b""
+        os.set_blocking(fd, False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # a sink that writes a line twice never ends
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            got += chunk
+            if not chunk:
+                sink.flush(0.1)  # what waits goes into the room just made
+                if not sink.faults():
+                    break
+        with contextlib.suppress(BlockingIOError):
+            got += os.read(fd, 1 << 16)
+        assert got.endswith(b"\n")
+        return [json.loads(x)["event_id"] for x in got.decode().splitlines()]
+
+    sink.emit(big)  # 4096 bytes go, its newline waits
+    sink.emit(jsonl_event(1))  # waits behind it: the pipe is full
+    sink.emit(jsonl_event(2))  # one too many: id1 goes, not the newline of the line begun
+    assert sink.failed == 1
+    assert read_all() == [big.event_id, "id2"]
+    for i in range(3, 40):  # whole lines only now (each under PIPE_BUF): the oldest go
+        sink.emit(jsonl_event(i))
+    ids = read_all()
+    assert ids[-2:] == ["id38", "id39"] and ids[:-2] == [f"id{i}" for i in range(3, len(ids) + 1)]
+    sink.close()
+    os.close(fd)
+
+
+def test_a_jsonl_file_capped_many_times_holds_no_moved_file_open(tmp_path):
+    """Each roll-over and each rotation followed opens the path anew: the file before is closed,
+    or months of roll-overs leak a descriptor each and keep deleted halves on the card."""
+    path = tmp_path / "events.jsonl"
+    before = len(os.listdir("/proc/self/fd"))
+    sink = JsonlSink(str(path), max_mb=1 / 1024)  # 1 KiB: a roll-over every few lines
+    for i in range(100):
+        sink.emit(jsonl_event(i))
+        if i % 25 == 0:
+            path.rename(tmp_path / "events.jsonl.1")  # and logrotate now and then
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the one file it writes
+    sink.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_empty_jsonl_file_is_not_moved_over_the_older_half_by_a_line_over_the_cap(tmp_path):
+    """A line bigger than max_mb goes whole into an empty file: moving the empty file to
+    PATH.old would delete the older half kept there for nothing."""
+    path = tmp_path / "events.jsonl"
+    old = tmp_path / "events.jsonl.old"
+    old.write_text("the older half\n")
+    sink = JsonlSink(str(path), max_mb=10 / (1024 * 1024))  # 10 bytes: under any line
+    sink.emit(jsonl_event(0))
+    assert old.read_text() == "the older half\n"
+    sink.emit(jsonl_event(1))
+    sink.close()
+    assert [json.loads(x)["event_id"] for x in old.read_text().splitlines()] == ["id0"]
+    assert [json.loads(x)["event_id"] for x in path.read_text().splitlines()] == ["id1"]
+
+
+def test_a_file_moved_by_another_process_after_this_ones_look_is_not_moved_again(tmp_path,
+                                                                               monkeypatch):
+    """Two processes at the cap of one file: the other moves it (and begins a new one) while
+    this one waits for the file's lock; this one must then leave the path alone, or it moves
+    the other's new file over PATH.old and the older half is deleted a whole cap early."""
+    import maskd.jsonl as jsonl_mod
+
+    path = tmp_path / "events.jsonl"
+    first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))  # 1 KiB
+    n = 0
+    while path.stat().st_size + len(json.dumps(event_fields(jsonl_event(n)))) + 1 <= 1024:
+        (first if n % 2 else second).emit(jsonl_event(n))
+        n += 1
+    flock = jsonl_mod.fcntl.flock
+    calls = []
+
+    def meanwhile(fd, op):
+        """The other process reaches the cap and moves the file before this one's lock."""
+        if not calls:
+            calls.append(fd)
+            first.emit(jsonl_event(n + 1))
+        return flock(fd, op)
+
+    monkeypatch.setattr(jsonl_mod.fcntl, "flock", meanwhile)
+    second.emit(jsonl_event(n))
+    monkeypatch.setattr(jsonl_mod.fcntl, "flock", flock)
+    first.emit(jsonl_event(n + 2))
+    second.emit(jsonl_event(n + 3))
+    first.close()
+    second.close()
+    kept = sorted(int(json.loads(x)["event_id"][2:]) for f in (path.with_name(path.name + ".old"), path)
+                  for x in f.read_text().splitlines())
+    assert kept == list(range(n + 4))
+
+
+def test_two_processes_appending_to_one_jsonl_file_never_write_over_each_others_lines(
+        tmp_path, monkeypatch):
+    """A maskd per camera, one jsonl.path: each line is appended at the end the file has when
+    it is written (O_APPEND), even when the other process's line lands between this one's look
+    at the end and its write."""
+    import maskd.files
+
+    path = tmp_path / "events.jsonl"
+    first, second = JsonlSink(str(path), max_mb=None), JsonlSink(str(path), max_mb=None)
+    first.emit(jsonl_event(0))
+    reserve = maskd.files.reserve
+    done = []
+
+    def meanwhile(fd, offset, length):
+        if not done:
+            done.append(fd)
+            second.emit(jsonl_event(2))
+        reserve(fd, offset, length)
+
+    monkeypatch.setattr(maskd.files, "reserve", meanwhile)
+    first.emit(jsonl_event(1))
+    monkeypatch.setattr(maskd.files, "reserve", reserve)
+    first.close()
+    second.close()
+    assert sorted(json.loads(x)["event_id"] for x in path.read_text().splitlines()) == [
+        "id0", "id1", "id2"]
+
+
+def test_a_jsonl_file_with_standard_output_closed_is_written(tmp_path, monkeypatch):
+    """`maskd run >&-` with jsonl.path a file: only `-` needs standard output."""
+    monkeypatch.setattr(sys, "stdout", None)
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(str(path))
+    sink.emit(jsonl_event(0))
+    sink.close()
+    assert json.loads(path.read_text())["event_id"] == "id0"
+
+
+def test_a_relative_chain_of_links_is_capped_where_it_ends(tmp_path):
+    """`jsonl.path` a relative link to another relative link (`/etc/maskd/events.jsonl ->
+    ../../var/log/...`): each is read from its own folder, to the file at the end."""
+    for d in ("etc", "log", "stick"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "log" / "events.jsonl").symlink_to("../stick/events.jsonl")
+    (tmp_path / "etc" / "events.jsonl").symlink_to("../log/events.jsonl")
+    sink = JsonlSink(str(tmp_path / "etc" / "events.jsonl"), max_mb=1 / 1024)
+    for i in range(50):
+        sink.emit(jsonl_event(i))
+    sink.close()
+    assert all((tmp_path / d / "events.jsonl").is_symlink() for d in ("etc", "log"))
+    assert [p.name for p in (tmp_path / "log").iterdir()] == ["events.jsonl"]
+    stick = tmp_path / "stick"
+    assert sorted(p.name for p in stick.iterdir()) == ["events.jsonl", "events.jsonl.old"]
+    kept = [json.loads(x)["event_id"] for f in ("events.jsonl.old", "events.jsonl")
+            for x in (stick / f).read_text().splitlines()]
+    assert kept == [f"id{i}" for i in range(50 - len(kept), 50)] and len(kept) > 3
+
+
+class FlakyStdout:
+    """A standard output that refuses lines while ``broken``."""
+
+    def __init__(self) -> None:
+        self.broken, self.lines = False, []
+
+    def write(self, line: str) -> None:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_stdout_back_again_says_how_many_lines_were_lost_and_since_when(monkeypatch, caplog):
+    """Standard output keeps nothing: when it takes lines again, the one line says how many
+    were lost, and since when it failed: the first refusal, not the latest look at it."""
+    import maskd.jsonl
+    from maskd.lograte import Throttle
+
+    out = FlakyStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(maskd.jsonl, "Throttle", lambda: Throttle(0.0))  # every look said
+    sink = JsonlSink("-")
+    sink.emit(jsonl_event(0))
+    out.broken = True
+    first = time.time()
+    sink.emit(jsonl_event(1))
+    time.sleep(1.1)
+    sink.emit(jsonl_event(2))
+    out.broken = False
+    with caplog.at_level(logging.WARNING, logger="maskd.jsonl"):
+        sink.emit(jsonl_event(3))
+    [said] = [r.getMessage() for r in caplog.records if "writing again" in r.getMessage()]
+    since = {time.strftime("%H:%M:%S", time.localtime(t)) for t in (first, first + 0.2)}
+    assert any(f"failed since {s}:" in said for s in since), said
+    assert said.endswith("; 2 event line(s) lost)"), said
+    assert len(out.lines) == 2
+
+
+def test_a_file_back_again_says_since_when_it_failed(tmp_path, monkeypatch, caplog):
+    """The file's 'writing again' names when the fault began, however often it was said."""
+    from mqtt_broker import fill_disk, small_disk
+
+    import maskd.jsonl
+    from maskd.lograte import Throttle
+
+    monkeypatch.setattr(maskd.jsonl, "Throttle", lambda: Throttle(0.0))
+    with small_disk(tmp_path / "disk") as disk:
+        sink = JsonlSink(str(disk / "events.jsonl"))
+        filler = fill_disk(disk)
+        first = time.time()
+        for i in range(30):
+            sink.emit(jsonl_event(i))
+        time.sleep(1.1)
+        sink.emit(jsonl_event(30))
+        filler.unlink()
+        with caplog.at_level(logging.WARNING, logger="maskd.jsonl"):
+            sink.emit(jsonl_event(31))
+        sink.close()
+    [said] = [r.getMessage() for r in caplog.records if "writing again" in r.getMessage()]
+    since = {time.strftime("%H:%M:%S", time.localtime(t)) for t in (first, first + 0.2)}
+    assert any(f"failed since {s}:" in said for s in since), said
 
 
 def look(seed):
