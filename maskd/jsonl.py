@@ -96,8 +96,8 @@ def _own_stdout_pipe() -> int | None:
             return None
         sys.stdout.flush()
         return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):  # ValueError: io.UnsupportedOperation, a stdout without fd
-        return None
+    except (OSError, ValueError, AttributeError):  # a stdout with no descriptor (a StringIO:
+        return None  # io.UnsupportedOperation; an object with write alone): written as before
 
 
 class JsonlSink(EventSink):
