@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -296,6 +297,27 @@ def test_mailbox_keeps_the_newest():
     assert box.get(0.01) is None
     box.close()
     assert box.get() is None
+
+
+def test_a_closed_mailbox_wakes_its_waiting_consumer_and_hands_out_what_it_holds():
+    """Mutants that survived: a close that did not wake a get() without a time-out (the
+    preview thread waits so: close() gave up on it after 5 s and its teardown never ran), and
+    ``closed`` that never said so (LatestFrame took a crashed grabber for a camera waited on)."""
+    box: Mailbox[tuple] = Mailbox()
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(box.get()), daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    assert not box.closed
+    t0 = time.monotonic()
+    box.close()
+    waiter.join(2.0)
+    assert not waiter.is_alive() and got == [None] and time.monotonic() - t0 < 1.0
+    assert box.closed
+    box = Mailbox()
+    box.put((3,))
+    box.close()
+    assert box.closed and box.get() == (3,) and box.get() is None
 
 
 def test_broken_preview_does_not_raise_into_the_loop():
