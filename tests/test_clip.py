@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from mqtt_broker import small_disk
 
 from maskd import clip
 from maskd.clip import MB, ClipWriter
 from maskd.demo import DemoSource
-from maskd.types import LoopStats
+from maskd.types import Frame, LoopStats
 
 
 def feed(writer: ClipWriter, passes: int = 1) -> int:
@@ -848,3 +849,255 @@ def test_a_folder_that_is_a_link_to_nowhere_is_named_so(tmp_path, caplog):
         assert r.returncode == 78, (args, r.stderr)
         assert "preview.annotate_dir /proc/maskd-clips: cannot record clips there" in r.stderr
         assert "leads somewhere" not in r.stderr
+
+
+def test_frame_copies_rounds_half_a_slot_up_every_time():
+    """'not round()': Python's round takes 0.5 and 2.5 down (to even) and 1.5 up."""
+    assert clip.frame_copies(0.25, 2.0, 1, 0.0) == 1  # slot 0.5 -> 1
+    assert clip.frame_copies(0.75, 2.0, 1, 0.0) == 2  # slot 1.5 -> 2
+    assert clip.frame_copies(1.25, 2.0, 1, 0.0) == 3  # slot 2.5 -> 3
+
+
+def test_the_cap_never_takes_a_camera_whose_name_begins_with_this_ones_nor_other_names(tmp_path):
+    """'door' and 'door-side' in one folder: the door's cap deletes neither the other camera's
+    segments nor a copy named like a segment plus more (a .bak, a .part)."""
+    side = tmp_path / "door-side-20200101-000000.mkv"
+    side.write_bytes(b"x" * 3 * clip.MB)
+    bak = tmp_path / "door-20200101-000000.mkv.bak"
+    bak.write_bytes(b"x" * 3 * clip.MB)
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=1)
+    img = np.zeros((120, 160, 3), np.uint8)
+    for i in range(15):
+        w.on_frame(Frame(img, i, i / 15.0, "cam"), [], LoopStats(fps=15.0))
+    w.close()
+    assert side.exists() and bak.exists() and not w.deleted and w.paths[-1].exists()
+
+
+def test_even_size_pads_either_side_alone():
+    tall = np.zeros((5, 4, 3), np.uint8)
+    wide = np.zeros((4, 5, 3), np.uint8)
+    assert clip.even_size(tall).shape == (6, 4, 3) and clip.even_size(wide).shape == (4, 6, 3)
+
+
+def test_a_gap_of_exactly_max_hold_is_held_and_one_slot_more_starts_a_new_file(tmp_path):
+    """MAX_HOLD_S is how long a frame may be held: a gap of exactly that is held."""
+    img = np.zeros((120, 160, 3), np.uint8)
+    held = ClipWriter(tmp_path / "a", "door", 15.0)
+    record(held, [Frame(img, 0, 0.0, "cam"), Frame(img, 1, 31 / 15, "cam")])  # 30 slots held
+    held.close()
+    cut = ClipWriter(tmp_path / "b", "door", 15.0)
+    record(cut, [Frame(img, 0, 0.0, "cam"), Frame(img, 1, 32 / 15, "cam")])
+    cut.close()
+    assert len(held.paths) == 1 and frames_in(held.paths[0]) == 32
+    assert len(cut.paths) == 2
+
+
+def test_a_clock_gone_back_starts_a_new_file_and_records_on(tmp_path):
+    """Frames placed by a clock that went back more than MAX_HOLD_S: a new file, every frame
+    recorded (not each dropped as early until the clock catches up)."""
+    img = np.zeros((120, 160, 3), np.uint8)
+    w = ClipWriter(tmp_path, "door", 15.0)
+    record(w, [Frame(img, i, 100 + i / 15, "cam") for i in range(15)])
+    record(w, [Frame(img, 15 + i, 90 + i / 15, "cam") for i in range(15)])
+    w.close()
+    assert w.early == 0 and [frames_in(p) for p in w.paths] == [15, 15]
+
+
+def test_a_wall_clock_step_back_starts_a_new_segment(tmp_path):
+    """A live camera's frames are placed by the time since boot, but a segment's age is its
+    frames' wall time: NTP stepping it an hour back must start a new file, or the open one
+    is not rotated by segment_s for an hour more."""
+    img = np.zeros((120, 160, 3), np.uint8)
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=600)
+    frames = [Frame(img, i, 10_000 + i / 15, "cam", since_boot=50 + i / 15) for i in range(15)]
+    frames += [Frame(img, 15 + i, 10_000 - 3600 + (15 + i) / 15, "cam", since_boot=50 + (15 + i) / 15)
+               for i in range(15)]
+    record(w, frames)
+    w.close()
+    assert len(w.paths) == 2 and w.early == 0
+
+
+def test_a_segment_by_the_name_of_one_on_disk_is_not_written_over(tmp_path):
+    """maskd restarted within the second its last run opened a segment: the new one gets its
+    own name, the footage before the restart stays."""
+    now = time.time()
+    kept = {}
+    for s in range(-1, 6):
+        p = tmp_path / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))}.mkv"
+        p.write_bytes(b"earlier run")
+        kept[p] = b"earlier run"
+    w = ClipWriter(tmp_path, "door", 15.0, keep_mb=1000)
+    img = np.zeros((120, 160, 3), np.uint8)
+    for i in range(15):
+        w.on_frame(Frame(img, i, i / 15.0, "cam"), [], LoopStats(fps=15.0))
+    w.close()
+    assert all(p.read_bytes() == b"earlier run" for p in kept)
+    assert w.paths[-1] not in kept and frames_in(w.paths[-1]) == 15
+
+
+def test_a_paused_clip_resumes_by_deleting_its_own_old_segments_once_that_makes_room(
+        tmp_path, monkeypatch):
+    """Paused by other files; they shrink, not enough alone, but with this camera's oldest
+    segments gone there is room: the retry deletes those and records on (it stayed paused)."""
+    monkeypatch.setattr(clip, "RETRY_S", 0.0)
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        w = ClipWriter(disk, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=1000,
+                       min_free=1 * clip.MB)
+        src = DemoSource(loop=True)
+        for _ in range(40):  # under three 1 s segments
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush() and w.paused is None
+        user = disk / "user.bin"
+        user.write_bytes(b"x" * (shutil.disk_usage(disk).free - clip.MB // 4))
+        for _ in range(20):  # into the next segment, which cannot be begun
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush() and w.paused
+        ours = sum(p.stat().st_size for p in disk.glob("door-*"))
+        free = shutil.disk_usage(disk).free
+        with open(user, "r+b") as f:  # room, with half of our segments' blocks
+            f.truncate(user.stat().st_size - (clip.MB - free) + ours // 2)
+        assert shutil.disk_usage(disk).free < clip.MB
+        w._retry_at = 0.0
+        feed(w)
+        w.close()
+        assert w.paused is None and w.deleted_for_room >= 1 and user.exists()
+
+
+def test_no_file_is_begun_on_a_disk_already_short_of_room(tmp_path):
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        (disk / "user.bin").write_bytes(b"x" * (shutil.disk_usage(disk).free - clip.MB // 2))
+        w = ClipWriter(disk / "clips", "door", 15.0, min_free=1 * clip.MB)
+        feed(w)
+        w.close()
+        assert w.paused and not list((disk / "clips").iterdir()) and not w.paths
+
+
+def test_a_file_opencv_cannot_write_is_not_left_behind(tmp_path, monkeypatch):
+    class Refusing:
+        fourcc = staticmethod(cv2.VideoWriter.fourcc)
+
+        def __init__(self, *args) -> None:
+            pass
+
+        def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            return False
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(cv2, "VideoWriter", Refusing)
+    w = ClipWriter(tmp_path, "door", 15.0)
+    img = np.zeros((120, 160, 3), np.uint8)
+    w.on_frame(Frame(img, 0, 0.0, "cam"), [], LoopStats(fps=15.0))
+    w.close()
+    assert w.paused and "OpenCV cannot write" in w.paused and list(tmp_path.iterdir()) == []
+
+
+def test_segments_of_exactly_keep_mb_are_all_kept(tmp_path):
+    segs = [tmp_path / f"door-2020010{i}-000000.mkv" for i in range(1, 4)]
+    for i, p in enumerate(segs):
+        p.write_bytes(b"x" * (100_000 + i))
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
+    total = sum(p.stat().st_size for p in segs)
+    w = ClipWriter(tmp_path, "door", 15.0, keep_mb=total / clip.MB)
+    w.close()
+    assert all(p.exists() for p in segs) and not w.deleted
+
+
+def earlier_segments(disk, sizes):
+    """An earlier run's closed segments of camera door, oldest first."""
+    out = []
+    for i, size in enumerate(sizes):
+        p = disk / f"door-2020010{i + 1}-000000.mkv"
+        p.write_bytes(b"x" * size)
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
+        out.append(p)
+    return out
+
+
+def test_a_long_segment_on_a_disk_full_of_its_own_clips_deletes_just_the_oldest_and_records_on(
+        tmp_path, caplog):
+    """Default-sized segments (minutes long): the disk fills while one is open; the oldest
+    closed segments go, only as many as make room, and the open one records on."""
+    with small_disk(tmp_path / "disk", "3m") as disk, caplog.at_level(logging.INFO, "maskd.clip"):
+        old = earlier_segments(disk, [600_000, 600_000, 600_000])
+        w = ClipWriter(disk, "door", 15.0, segment_s=3600, segment_mb=100, keep_mb=1000,
+                       min_free=1 * clip.MB)
+        n = feed(w)  # about 1.4 MB into one file: the disk keeps 1 MB free on the way
+        w.close()
+        assert w.paused is None and w.dropped == 0 and w.frames == n and len(w.paths) == 1
+        assert not old[0].exists() and old[-1].exists()
+
+
+def test_segments_are_not_deleted_for_room_the_open_one_would_have_to_make(tmp_path):
+    """The open segment cannot be deleted: when this camera's closed segments alone cannot make
+    room, none is deleted for nothing, even if the open one is big."""
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        w = ClipWriter(disk, "door", 15.0, segment_s=1.0, segment_mb=100, keep_mb=1000,
+                       min_free=1 * clip.MB)
+        src = DemoSource(loop=True)
+        for _ in range(20):  # a closed second, and the next begun
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush()
+        w.segment_s = 3600.0  # the open one now grows on
+        for _ in range(100):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        assert w.flush() and w.paused is None and len(w.paths) == 2
+        closed = w.paths[0]
+        (disk / "user.bin").write_bytes(b"x" * (shutil.disk_usage(disk).free - clip.MB // 4))
+        for _ in range(5):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        w.close()
+        assert w.paused and closed.exists() and w.deleted_for_room == 0
+
+
+def test_the_writable_probe_runs_once_every_writable_look_s(tmp_path, monkeypatch):
+    """The read-only probe creates a file on the card: once every WRITABLE_LOOK_S, not a
+    create and delete per frame."""
+    looks = []
+    real = clip.read_only_now
+    monkeypatch.setattr(clip, "read_only_now", lambda folder: looks.append(folder) or real(folder))
+    w = ClipWriter(tmp_path, "door", 15.0)
+    feed(w)
+    w.close()
+    assert 1 <= len(looks) <= 2, len(looks)
+
+
+def test_a_segment_the_cap_cannot_delete_does_not_stop_the_cap(tmp_path, monkeypatch):
+    """The oldest segment refusing deletion (another user's in a shared folder): the ones after
+    it are deleted instead, and the cap holds (it stopped at the first refusal for good)."""
+    segs = earlier_segments(tmp_path, [300_000] * 4)
+    unlink = Path.unlink
+
+    def refuse_the_oldest(self, missing_ok=False):
+        if self == segs[0]:
+            raise PermissionError(1, "Operation not permitted")
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_the_oldest)
+    w = ClipWriter(tmp_path, "door", 15.0, keep_mb=700_000 / clip.MB)
+    w.close()
+    assert segs[0].exists() and list(w.deleted) == segs[1:3] and segs[3].exists()
+
+
+def test_a_gap_is_filled_with_the_frame_before_it(tmp_path):
+    """A live loop slower than the clip rate: the slots between two frames repeat the earlier
+    one; the later frame shows from its own time on, not before."""
+    w = ClipWriter(tmp_path, "door", 15.0)
+    frames = [Frame(bar(i), i, 1000 + 3 * i / 15, "cam", since_boot=100 + 3 * i / 15)
+              for i in range(3)]
+    record(w, frames)
+    w.close()
+    assert bars(w.paths[0]) == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_a_wall_clock_step_forward_opens_no_gap_in_a_live_clip(tmp_path):
+    """Live frames are placed by the time since boot: NTP stepping the wall clock a minute on
+    is no camera gap (no new file, no minute of a held frame)."""
+    img = np.zeros((120, 160, 3), np.uint8)
+    w = ClipWriter(tmp_path, "door", 15.0, segment_s=7200)
+    frames = [Frame(img, i, 10_000 + i / 15 + (60 if i >= 15 else 0), "cam", since_boot=50 + i / 15)
+              for i in range(30)]
+    record(w, frames)
+    w.close()
+    assert len(w.paths) == 1 and frames_in(w.paths[0]) == 30
