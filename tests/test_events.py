@@ -435,6 +435,28 @@ def test_a_jsonl_path_like_dev_stdout_sent_to_a_file_is_never_moved_at_the_cap(t
         f"id{i}" for i in range(20)]
 
 
+def two_sinks_at_the_cap(path: Path) -> tuple[JsonlSink, JsonlSink, int]:
+    """Two processes' sinks on one file with a 1 KiB cap, filled up to it a line each in turn;
+    and how many lines that took."""
+    first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))
+    n = 0
+    while path.stat().st_size + len(json.dumps(event_fields(jsonl_event(n)))) + 1 <= 1024:
+        (first if n % 2 else second).emit(jsonl_event(n))
+        n += 1
+    return first, second, n
+
+
+def assert_both_halves_kept(first: JsonlSink, second: JsonlSink, path: Path, n: int) -> None:
+    """Two more lines each way, then every one of the n + 4 lines is in PATH.old or PATH."""
+    first.emit(jsonl_event(n + 2))
+    second.emit(jsonl_event(n + 3))
+    first.close()
+    second.close()
+    kept = sorted(int(json.loads(x)["event_id"][2:]) for f in (path.with_name(path.name + ".old"), path)
+                  for x in f.read_text().splitlines())
+    assert kept == list(range(n + 4))
+
+
 def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path, monkeypatch):
     """Two maskd processes appending to one file (a camera each), both at its cap at once: the
     second moved the first one's brand-new file over `PATH.old`, deleting the older half (the
@@ -443,11 +465,7 @@ def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path
     import maskd.jsonl as jsonl_mod
 
     path = tmp_path / "events.jsonl"
-    first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))  # 1 KiB
-    n = 0
-    while path.stat().st_size + len(json.dumps(event_fields(jsonl_event(n)))) + 1 <= 1024:
-        (first if n % 2 else second).emit(jsonl_event(n))  # up to the cap, one line each
-        n += 1
+    first, second, n = two_sinks_at_the_cap(path)
     replace = os.replace
 
     def meanwhile(src, dst):
@@ -459,13 +477,7 @@ def test_two_processes_at_the_cap_of_one_jsonl_file_keep_its_older_half(tmp_path
     monkeypatch.setattr(jsonl_mod.os, "replace", meanwhile)
     second.emit(jsonl_event(n))
     monkeypatch.setattr(jsonl_mod.os, "replace", replace)
-    first.emit(jsonl_event(n + 2))
-    second.emit(jsonl_event(n + 3))
-    first.close()
-    second.close()
-    kept = sorted(int(json.loads(x)["event_id"][2:]) for f in (path.with_name(path.name + ".old"), path)
-                  for x in f.read_text().splitlines())
-    assert kept == list(range(n + 4))
+    assert_both_halves_kept(first, second, path, n)
 
 
 def test_jsonl_max_mb_null_keeps_one_growing_file(tmp_path):
@@ -505,13 +517,9 @@ def test_jsonl_path_may_be_a_pipe(tmp_path):
     assert [json.loads(x)["event_id"] for x in got] == ["id0", "id1", "id2"]
 
 
-def test_a_pipe_whose_reader_stops_reading_never_blocks_the_loop(tmp_path):
-    """A named pipe whose consumer hangs (it keeps the pipe open and reads nothing): once the
-    pipe was full, the write blocked the camera's loop for good, with the lock held: no more
-    detection, no MQTT alarm after it (the JSON lines sink comes first), and SIGTERM could not
-    stop maskd (systemd's SIGKILL). The lines now wait in memory, as on a full disk, and
-    follow whole and in order once the reader reads again."""
-    import fcntl
+def sink_on_a_fifo(tmp_path: Path) -> tuple[JsonlSink, int]:
+    """A JSON lines sink on a named pipe, and its reader's descriptor (opened meanwhile, as a
+    consumer started alongside maskd)."""
     import threading
 
     fifo = tmp_path / "fifo"
@@ -521,7 +529,19 @@ def test_a_pipe_whose_reader_stops_reading_never_blocks_the_loop(tmp_path):
     opener.start()
     sink = JsonlSink(str(fifo))
     opener.join(5)
-    fd = opened[0]
+    return sink, opened[0]
+
+
+def test_a_pipe_whose_reader_stops_reading_never_blocks_the_loop(tmp_path):
+    """A named pipe whose consumer hangs (it keeps the pipe open and reads nothing): once the
+    pipe was full, the write blocked the camera's loop for good, with the lock held: no more
+    detection, no MQTT alarm after it (the JSON lines sink comes first), and SIGTERM could not
+    stop maskd (systemd's SIGKILL). The lines now wait in memory, as on a full disk, and
+    follow whole and in order once the reader reads again."""
+    import fcntl
+    import threading
+
+    sink, fd = sink_on_a_fifo(tmp_path)
     fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full after a few lines
     n = 60  # far more than 4 KiB of lines
     done = threading.Event()
@@ -558,16 +578,9 @@ def test_the_stop_waits_for_a_full_pipe_but_not_for_one_whose_reader_left(tmp_pa
     """The stop gives a pipe's slow reader up to its timeout to take what waits; a named pipe
     whose reader has gone is not full but broken (writable at once, EPIPE): waiting on it
     would spin the whole timeout through. Its lines wait for a next reader, as before."""
-    import threading
 
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    opened: list[int] = []
-    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_RDONLY)))
-    opener.start()
-    sink = JsonlSink(str(fifo))
-    opener.join(5)
-    os.close(opened[0])  # the reader leaves
+    sink, fd = sink_on_a_fifo(tmp_path)
+    os.close(fd)  # the reader leaves
     sink.emit(jsonl_event(0))
     began = time.monotonic()
     assert sink.flush(5.0) is False
@@ -629,26 +642,33 @@ def test_jsonl_stdout_sink():
     assert json.loads(out.stdout)["event_id"] == "x"
 
 
+def stdout_sink_process(code: str) -> subprocess.Popen:
+    """A Python process running ``code`` with a JSON lines sink ``s`` on its own standard
+    output (``emit(i)`` sends event i), its stdin, stdout and stderr pipes of this test's."""
+    head = ("import fcntl, logging, sys, threading\n"
+            "from maskd.jsonl import JsonlSink\n"
+            "from maskd.types import ViolationEvent\n"
+            "def emit(i):\n"
+            "    s.emit(ViolationEvent('start', str(i), 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n")
+    return subprocess.Popen([sys.executable, "-c", head + code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_jsonl_stdout_whose_reader_is_gone_says_so_once_not_per_event():
     """`maskd run --jsonl - | consumer` whose consumer died: every line after is refused for
     good. Was: an ERROR line per event for as long as maskd ran. Now one line (then once a
     minute) with the count lost, a fault while it lasts, and no 'writing again' at the stop."""
-    code = (
-        "import logging, sys\n"
+    p = stdout_sink_process(
         "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-        "from maskd.jsonl import JsonlSink\n"
-        "from maskd.types import ViolationEvent\n"
         "s = JsonlSink('-')\n"
         "sys.stdin.read()  # the reader is gone once this ends\n"
         "for i in range(5):\n"
-        "    s.emit(ViolationEvent('start', str(i), 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"
+        "    emit(i)\n"
         "print('FAULTS', s.faults(), s.failed, s.flush(1.0), file=sys.stderr)\n"
         "s.close()\n"
         "sys.stdout = None  # what Python would still flush at exit fails as before: not ours\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdin is not None and p.stdout is not None
+    assert p.stdout is not None
     p.stdout.close()
     _, err = p.communicate("", timeout=60)
     assert p.returncode == 0, err
@@ -665,16 +685,13 @@ def test_stdout_piped_to_a_reader_that_stops_reading_never_blocks_the_loop():
     did (no detection, no MQTT alarm, no stop). Now stdout's pipe is written without blocking
     as the named pipe is: the lines wait and follow whole and in order, the stop waiting for
     the reader up to its timeout."""
-    code = (
-        "import fcntl, sys, threading\n"
+    p = stdout_sink_process(
         "fcntl.fcntl(1, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full after a few lines\n"
-        "from maskd.jsonl import JsonlSink\n"
-        "from maskd.types import ViolationEvent\n"
         "s = JsonlSink('-')\n"
         "done = threading.Event()\n"
         "def emit_all():\n"
         "    for i in range(60):\n"
-        "        s.emit(ViolationEvent('start', str(i), 0, 'cam', 1, 1.0, 0.9, 0.9, (0, 0, 1, 1)))\n"
+        "        emit(i)\n"
         "    done.set()\n"
         "threading.Thread(target=emit_all, daemon=True).start()\n"
         "print('EMITTED', done.wait(5), s.faults(), file=sys.stderr, flush=True)\n"
@@ -682,9 +699,7 @@ def test_stdout_piped_to_a_reader_that_stops_reading_never_blocks_the_loop():
         "print('FLUSHED', s.flush(60), s.faults(), file=sys.stderr, flush=True)\n"
         "s.close()\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdin is not None and p.stderr is not None
+    assert p.stderr is not None
     said = ""
     deadline = time.monotonic() + 60
     while "EMITTED" not in said:  # a loop blocked in the write, holding the lock, says nothing
@@ -786,19 +801,11 @@ def test_a_line_longer_than_the_pipe_takes_at_once_reaches_the_reader_whole(tmp_
     it, the oldest waiting line is the one dropped again."""
     import dataclasses
     import fcntl
-    import threading
 
     import maskd.jsonl
 
     monkeypatch.setattr(maskd.jsonl, "MEMORY_MAX", 2)
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    opened: list[int] = []
-    opener = threading.Thread(target=lambda: opened.append(os.open(fifo, os.O_RDONLY)))
-    opener.start()
-    sink = JsonlSink(str(fifo))
-    opener.join(5)
-    fd = opened[0]
+    sink, fd = sink_on_a_fifo(tmp_path)
     fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: one page
     big = dataclasses.replace(jsonl_event(0), event_id="big")
     pad = 4097 - (len(json.dumps(event_fields(big))) + 1)
@@ -874,11 +881,7 @@ def test_a_file_moved_by_another_process_after_this_ones_look_is_not_moved_again
     import maskd.jsonl as jsonl_mod
 
     path = tmp_path / "events.jsonl"
-    first, second = (JsonlSink(str(path), max_mb=1 / 1024) for _ in range(2))  # 1 KiB
-    n = 0
-    while path.stat().st_size + len(json.dumps(event_fields(jsonl_event(n)))) + 1 <= 1024:
-        (first if n % 2 else second).emit(jsonl_event(n))
-        n += 1
+    first, second, n = two_sinks_at_the_cap(path)
     flock = jsonl_mod.fcntl.flock
     calls = []
 
@@ -892,13 +895,7 @@ def test_a_file_moved_by_another_process_after_this_ones_look_is_not_moved_again
     monkeypatch.setattr(jsonl_mod.fcntl, "flock", meanwhile)
     second.emit(jsonl_event(n))
     monkeypatch.setattr(jsonl_mod.fcntl, "flock", flock)
-    first.emit(jsonl_event(n + 2))
-    second.emit(jsonl_event(n + 3))
-    first.close()
-    second.close()
-    kept = sorted(int(json.loads(x)["event_id"][2:]) for f in (path.with_name(path.name + ".old"), path)
-                  for x in f.read_text().splitlines())
-    assert kept == list(range(n + 4))
+    assert_both_halves_kept(first, second, path, n)
 
 
 def test_two_processes_appending_to_one_jsonl_file_never_write_over_each_others_lines(
