@@ -1252,3 +1252,308 @@ def _answer_as_nobody_and_root(node: Path) -> None:
     os.waitpid(child, 0)
     assert said.startswith("permission denied to ") and "'video' group" in said, said
     assert device_answer(str(node)) == "not a video device (no V4L2 driver answers on it)"
+
+
+# ---------------------------------------------------------------- mutants that survived
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_shows_life_while_it_waits(monkeypatch):
+    """Mutants that survived: a backoff not capped at reopen_max_s (a camera away for a day
+    was tried again after hours), a wait that showed no sign of life for its whole delay (a
+    30 s wait looked hung after RECONNECT_STALL_S), and a reopen_max_s under reopen_min_s
+    (the config allows it) taken as the cap below the first delay."""
+    import maskd.sources
+    from maskd.sources import Backoff
+
+    monkeypatch.setattr(maskd.sources, "BACKOFF_TICK_S", 0.05)
+    stop = threading.Event()
+    b = Backoff(0.05, 0.15, stop)
+    delays = []
+    for _ in range(4):
+        delays.append(b.next_s)
+        assert b.wait()
+    assert delays == [0.05, 0.1, 0.15, 0.15]
+    b.reset()
+    assert b.next_s == 0.05
+    low_cap = Backoff(0.1, 0.05, stop)
+    assert low_cap.wait() and low_cap.next_s == 0.1
+    slow = Backoff(0.6, 0.6, stop)
+    waiter = threading.Thread(target=slow.wait)
+    waiter.start()
+    time.sleep(0.4)
+    assert time.monotonic() - slow.beat < 0.2  # moved during the wait, not only at its start
+    waiter.join(2)
+
+
+def test_each_outage_is_summed_up_with_its_own_reopens_and_held_lines(monkeypatch, caplog):
+    """Mutants that survived: the reopens of an outage counted from the start of the run (the
+    second outage was summed up with the first one's reopens too), and an outage reopened once
+    whose repeated lines were held back ended without its summary."""
+    import maskd.sources
+
+    monkeypatch.setattr(maskd.sources, "STEADY_S", 0.15)
+    cam = FlakyCamera(np.full((48, 64, 3), 7, np.uint8))
+    src = LiveSource("usbcam", cam.opener, reopen_min_s=0.01, reopen_max_s=0.02)
+
+    def steady() -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3:
+            assert src.read() is not None
+
+    def summaries() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "steady again" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert src.read() is not None
+        cam.plan, cam.open_failures = ["fail"], 2  # three opens: two fail
+        steady()
+        cam.plan, cam.open_failures = ["fail"], 1  # two opens: one fails
+        steady()
+        # reopened at once; its reads that failed at once (skipped as damaged frames until
+        # the fifth) were said once and held back: summed up too
+        cam.plan = ["fail"]
+        steady()
+    said = summaries()
+    assert len(said) == 3, said
+    assert [s.rsplit("(", 1)[1] for s in said] == ["3 reopens)", "2 reopens)", "1 reopens)"], said
+    src.close()
+
+
+def test_a_read_that_raises_reopens_at_once_and_a_stall_counts_in_the_outage(monkeypatch,
+                                                                             caplog):
+    """Mutants that survived: a read that raised taken for a damaged frame (skipped on the
+    same capture, up to MAX_CORRUPT_IN_A_ROW times), not a broken device reopened at once;
+    and an outage after a stall timed from when the read gave up, not from the last frame
+    ("frames again after" left the stall out)."""
+    import maskd.sources
+
+    class Raising(FlakyCamera):
+        def read(self):
+            if self.plan and self.plan[0] == "raise":
+                self.plan.pop(0)
+                raise RuntimeError("VIDIOC_DQBUF: No such device")
+            if self.plan and self.plan[0] == "stall":
+                self.plan.pop(0)
+                time.sleep(0.5)
+                return False, None
+            return super().read()
+
+    cam = Raising(np.full((48, 64, 3), 7, np.uint8))
+    src = LiveSource("usbcam", cam.opener, reopen_min_s=0.01, reopen_max_s=0.02)
+    assert src.read() is not None
+    cam.plan = ["raise"]
+    assert src.read() is not None
+    assert cam.opens == 2 and src.stats["reopens"] == 1 and src.stats["read_errors"] == 1
+    src.close()
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 400)  # a read of 0.2 s is a stall
+    src = LiveSource("usbcam", cam.opener, reopen_min_s=0.01, reopen_max_s=0.02)
+    assert src.read() is not None
+    cam.plan = ["stall"]
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert src.read() is not None
+    [after] = [float(w) for w in re.findall(r"frames again after ([\d.]+) s", caplog.text)]
+    assert after >= 0.5, caplog.text
+    src.close()
+
+
+class ScriptedCapture:
+    """OpenCV's capture as a file gives it: reads from ``script`` ("good", "unusable": a 16-bit
+    frame, "failed": a read that fails), then failed reads (the end); ``props`` answers get()."""
+
+    def __init__(self, script: list[str], props: dict[int, float]):
+        self.script, self.props = list(script), props
+
+    def read(self):
+        step = self.script.pop(0) if self.script else "failed"
+        if step == "failed":
+            return False, None
+        image = np.full((48, 64, 3), 90, np.uint8)
+        return True, image.astype(np.uint16) if step == "unusable" else image
+
+    def get(self, prop):
+        return self.props.get(prop, 0.0)
+
+    def set(self, prop, value):
+        return False
+
+    def release(self):
+        pass
+
+
+def _scripted(tmp_path: Path, script: list[str], props: dict[int, float]) -> VideoFileSource:
+    path = tmp_path / "clip.avi"
+    if not path.exists():
+        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+        for _ in range(3):
+            w.write(np.full((48, 64, 3), 90, np.uint8))
+        w.release()
+    src = VideoFileSource(path)  # its first frame read from the real file
+    src._cap.release()
+    src._cap = ScriptedCapture(script, props)
+    return src
+
+
+def test_a_run_of_failed_and_unusable_frames_ends_the_pass_and_the_end_is_told_right(
+        tmp_path: Path, caplog):
+    """Mutants that survived: unusable frames (decoded, refused) not counted in the run that
+    ends a pass, failed reads before one left out of it; a position OpenCV cannot give (NaN)
+    taken as a time (the end of the file then raised); a file that ends one frame before its
+    count, or whose count is short of its time (frames FFmpeg dropped), called cut short."""
+    msec, at, count = cv2.CAP_PROP_POS_MSEC, cv2.CAP_PROP_POS_FRAMES, cv2.CAP_PROP_FRAME_COUNT
+    src = _scripted(tmp_path, ["unusable"] * 5 + ["good"], {})
+    assert src.read() is not None and src.read() is None
+    src = _scripted(tmp_path, ["failed"] * 3 + ["unusable", "failed", "good"], {})
+    assert src.read() is not None and src.read() is None
+    assert src.stats["corrupt"] == 4
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        src = _scripted(tmp_path, ["good"], {msec: float("nan"), at: 9, count: 10})
+        first, second = src.read(), src.read()
+        assert second.timestamp - first.timestamp == pytest.approx(0.1, abs=1e-4)
+        assert src.read() is None
+        src = _scripted(tmp_path, ["good"], {msec: 900.0, at: 5, count: 10})
+        assert src.read() is not None and src.read() is not None and src.read() is None
+    assert "cut short" not in caplog.text, caplog.text
+    # a file that gives every frame the same time: timed 1/fps apart, never twice at one time
+    src = _scripted(tmp_path, ["good", "good"], {msec: 0.0})
+    times = [f.timestamp for f in _drain(src)]
+    assert np.diff(times) == pytest.approx([0.1, 0.1], abs=1e-4), times
+
+
+def test_a_looping_folder_times_its_passes_on_and_waits_for_new_images(tmp_path: Path, caplog):
+    """Mutants that survived: a looping folder's frames timed from each pass's start (time
+    went back at every pass), a pass that could read no image ending the source although
+    images were added meanwhile, and an image warned about not warned again once it was
+    removed and came back broken (the set of warnings only grew, month after month)."""
+    _door(tmp_path / "a.png", 10)
+    _door(tmp_path / "b.png", 20)
+    src = ImageFolderSource(tmp_path, loop=True, fps=10.0)
+    times = [f.timestamp for f in _drain(src, limit=4)]
+    assert np.diff(times) == pytest.approx([0.1, 0.1, 0.1], abs=1e-4), times
+    broken = tmp_path / "c_broken.jpg"
+    for p in tmp_path.iterdir():
+        p.unlink()
+    broken.write_bytes(b"not a jpeg")
+    src = ImageFolderSource(tmp_path, loop=True)
+    with caplog.at_level(logging.WARNING, logger="maskd.sources"):
+        _door(tmp_path / "d.png", 30)  # arrives while the first pass reads the broken one
+        assert Path(src.read().source).name == "d.png"
+        broken.unlink()
+        assert [Path(f.source).name for f in _drain(src, limit=2)] == ["d.png", "d.png"]
+        broken.write_bytes(b"still not a jpeg")
+        assert [Path(f.source).name for f in _drain(src, limit=2)] == ["d.png", "d.png"]
+    warned = [r.getMessage() for r in caplog.records if "c_broken.jpg" in r.getMessage()]
+    assert len(warned) == 2, warned
+
+
+def test_what_is_a_camera_index_or_node_and_what_an_absent_node_says():
+    """Mutants that survived: "²" or "０" (isdigit() but no int()) taken for a camera index,
+    and an absent /dev/video node said only as "OpenCV cannot open" (not unplugged?)."""
+    from maskd.sources import _is_device, opencv_opener
+
+    assert _is_device("0") and _is_device("12") and _is_device("/dev/video97")
+    assert not _is_device("²") and not _is_device("０")
+    with pytest.raises(SourceError, match=re.escape("/dev/video97 does not exist (camera "
+                                                    "unplugged?)")):
+        opencv_opener("/dev/video97", SourceConfig(kind="opencv", uri="/dev/video97"))()
+
+
+def test_a_file_that_only_looks_like_boxes_is_no_unfinished_mp4(tmp_path: Path):
+    """Mutant that survived: any file whose first 8 bytes read as a box (a text file
+    "notavideo...") was "an MP4/MOV without its index"; an ISO file starts with ftyp."""
+    from maskd.sources import frozen_sample, why_no_video
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"notavideo, truly " * 50)
+    assert why_no_video(junk).startswith("OpenCV cannot open this video file (no video stream")
+    # the frozen check's sample: about FROZEN_SAMPLE_ROWS rows, strided by the height
+    assert frozen_sample(np.zeros((480, 1920, 3), np.uint8)).shape[0] == 48
+
+
+def test_what_an_http_camera_answers_beyond_a_plain_refusal():
+    """Mutants that survived: a 403 without the words on the login, the URL's user and
+    password never offered (a camera that takes them, then answers a web page, was said to
+    refuse them), and a picture or raw bytes (a snapshot URL: OpenCV's own failure stands)
+    called a document."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from maskd.sources import opencv_opener
+
+    login = "Basic " + base64.b64encode(b"admin:S3cret").decode()
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            code, kind = {"/forbidden": (403, "text/html"), "/snap": (200, "image/jpeg"),
+                          "/raw": (200, "application/octet-stream"),
+                          "/settings": (200, "text/html")}[path]
+            if path == "/settings" and self.headers.get("Authorization") != login:
+                code = 401
+            self.send_response(code)
+            if code == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        for url, said in (
+                (f"http://127.0.0.1:{port}/forbidden",
+                 ": HTTP 403 Forbidden: the camera asks for a login: put user:password@"),
+                (f"http://admin:S3cret@127.0.0.1:{port}/settings",
+                 ": it answers with an HTML page (text/html), not a video stream"),
+                (f"http://127.0.0.1:{port}/snap", ""), (f"http://127.0.0.1:{port}/raw", "")):
+            with pytest.raises(SourceError) as err:
+                opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+            shown = url.replace("S3cret", "***")
+            assert str(err.value).startswith(f"OpenCV cannot open {shown}{said}"), str(err.value)
+            if not said:
+                assert str(err.value) == f"OpenCV cannot open {shown}", str(err.value)
+    finally:
+        server.shutdown()
+
+
+def test_a_yuv420_picture_of_any_even_height_is_converted():
+    """Mutant that survived: an I420 array told by an even row count (rows are 3/2 of the
+    height: 369 for a height of 246) instead of one divisible by 3: such a picture went on
+    as a grey one half again as tall."""
+    from maskd.sources import picamera2_bgr
+
+    bgr = np.full((246, 64, 3), (40, 120, 200), np.uint8)
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    assert i420.shape == (369, 64)
+    out = picamera2_bgr(i420, "YUV420", 64)
+    assert out.shape == (246, 64, 3) and np.abs(out.astype(int) - bgr).max() <= 3
+
+
+def test_what_a_file_source_names_and_what_a_camera_list_says(tmp_path: Path, monkeypatch):
+    """Mutants that survived: a single image opened as a one-frame video (not refused, naming
+    its folder), a name under a file (a/b where a is a file) "cannot be looked up" rather than
+    missing, a FOURCC OpenCV gives as negative raising instead of naming no codec, and a USB
+    camera that libcamera lists called the Pi camera."""
+    import types
+
+    from maskd.sources import MissingSource, fourcc_text, picamera2_available
+
+    photo = tmp_path / "door.jpg"
+    cv2.imwrite(str(photo), np.full((48, 64, 3), 90, np.uint8))
+    with pytest.raises(SourceError, match="a single image is not a source; give its folder"):
+        open_source(SourceConfig(uri=str(photo)))
+    with pytest.raises(MissingSource, match="no such file, folder or device"):
+        open_source(SourceConfig(uri=str(photo / "clip.mp4")))
+    assert fourcc_text(-1.0) == ""
+
+    class Listed:
+        @staticmethod
+        def global_camera_info():
+            return [{"Model": "HD Pro Webcam C920", "Id": "/base/axi/pcie@120000/rp1/usb@200000-1:1.0"}]
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Listed))
+    assert picamera2_available() == ("a USB camera (HD Pro Webcam C920)", None)
