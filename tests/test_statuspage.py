@@ -1490,3 +1490,244 @@ def test_two_pages_on_one_host_keep_their_own_token_cookies():
     finally:
         a.close()
         b.close()
+
+
+# ---------------------------------------------------------------- mutants that survived
+
+
+def test_a_login_forgives_the_typos_before_it_and_the_newest_guesser_is_remembered(monkeypatch):
+    """Mutants that survived: a right password that did not forgive the typos before it (the
+    owner's next typo locked them out), and the table of addresses, once full, forgetting the
+    newest one instead of the oldest (a guesser then never got locked)."""
+    from maskd.statuspage import Guesses
+
+    guesses = Guesses(now=lambda: 1000.0)
+    for i in range(MAX_GUESSES - 1):
+        assert not guesses.wrong("10.0.0.5", f"typo{i}".encode())
+    guesses.right("10.0.0.5")
+    assert not guesses.wrong("10.0.0.5", b"one more typo") and not guesses.locked("10.0.0.5")
+    monkeypatch.setattr(statuspage, "MAX_GUESSERS", 2)
+    guesses = Guesses(now=lambda: 1000.0)
+    guesses.wrong("10.0.0.1", b"x")
+    guesses.wrong("10.0.0.2", b"x")
+    locked = [guesses.wrong("10.0.0.3", f"guess{i}".encode()) for i in range(MAX_GUESSES)]
+    assert locked[-1] and guesses.locked("10.0.0.3") == GUESS_WINDOW_S
+
+
+def test_the_host_header_forms_of_loopback():
+    """Mutants that survived: 'localhost.' (the name with its root dot) and a bare IPv6
+    address are this machine too."""
+    from maskd.statuspage import local_host
+
+    for host in (None, "localhost", "localhost.", "LOCALHOST:8080", "localhost.:8080",
+                 "127.0.0.1", "127.1.2.3:80", "[::1]", "[::1]:8080", "::1"):
+        assert local_host(host), host
+    for host in ("", "evil.example", "evil.example:8080", "192.168.1.5", "[::2]:80",
+                 "localhost.evil.example"):
+        assert not local_host(host), host
+
+
+def test_a_token_page_behind_a_proxy_with_its_own_login_and_a_quoted_cookie(tmp_path):
+    """Mutants that survived: a page with a token only took any Basic header for a wrong
+    password (a reverse proxy with its own login passes one on: the token in the cookie or
+    the address was never looked at), and a cookie value in quotes (RFC 6265 allows them) was
+    compared with its quotes."""
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"tok-123")).start()
+    try:
+        srv.attach("front", "d", "c")
+        proxy = {"Authorization": "Basic " + base64.b64encode(b"ha:proxy-pass").decode()}
+        assert get(srv.url + "api/status?token=tok-123", proxy)[0] == 200
+        cookie = f"{statuspage.cookie_name(srv.port)}=tok-123"
+        assert get(srv.url + "api/status", {**proxy, "Cookie": cookie})[0] == 200
+        assert get(srv.url + "api/status", proxy)[0] == 401
+        quoted = f'{statuspage.cookie_name(srv.port)}="tok-123"'
+        assert get(srv.url + "api/status", {"Cookie": quoted})[0] == 200
+    finally:
+        srv.close()
+
+
+def test_the_page_forgives_typos_on_a_login_keeps_a_good_cookie_and_shows_the_first_camera():
+    """Mutants that survived: the page not forgiving the typos before a right password (the
+    owner's next typos locked them out with 429), a wrong ?token= next to a good cookie set as
+    the new cookie (the browser was logged out at its next request), and the live view
+    without ?camera= showing the last camera attached, not the first."""
+    srv = StatusServer("127.0.0.1:0", Credentials(password=b"door-pass", token=b"tok-123")).start()
+
+    def basic(pw: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"maskd:{pw}".encode()).decode()}
+
+    try:
+        feed(srv.attach("front", "d", "c"), 60)
+        feed(srv.attach("back", "d", "c"), 200)
+        for i in range(MAX_GUESSES - 1):
+            assert get(srv.url + "api/status", basic(f"typo{i}"))[0] == 401
+        assert get(srv.url + "api/status", basic("door-pass"))[0] == 200
+        assert get(srv.url + "api/status", basic("one more typo"))[0] == 401
+        assert get(srv.url + "api/status", basic("door-pass"))[0] == 200
+        cookie = f"{statuspage.cookie_name(srv.port)}=tok-123"
+        status, headers, _ = get(srv.url + "?token=tok-old", {"Cookie": cookie})
+        assert status == 200 and "Set-Cookie" not in headers, headers
+        status, _, jpeg = get(srv.url + "frame.jpg", {"Cookie": cookie})
+        assert status == 200 and abs(level_of(jpeg) - 60) < 8, level_of(jpeg)
+    finally:
+        srv.close()
+
+
+def test_a_stream_viewer_is_not_cut_by_the_time_allowed_for_a_request_s_headers():
+    """Mutant that survived: a request whose headers were in stayed on the list of those
+    still owed (service_actions cut it once that time was up): every live view was cut after
+    idle_timeout_s (20 s) and the browser's picture stopped."""
+    srv = StatusServer("127.0.0.1:0", idle_timeout_s=1.0).start()
+    feeder = Feeder([srv.attach("front", "d", "c")], 60)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    try:
+        sock.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        got, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 3.0:  # three times the time for the headers
+            chunk = sock.recv(65536)
+            assert chunk, f"cut after {time.monotonic() - t0:.1f} s"
+            got += len(chunk)
+        assert got > 10_000
+    finally:
+        sock.close()
+        feeder.stop()
+        srv.close()
+
+
+def test_the_numbers_the_page_and_prometheus_get_from_a_camera(server):
+    """Mutants that survived: active violations in the order their events came, not by when
+    each began (a violation confirmed later began earlier); each stage's time the last
+    frame's, not smoothed; maskd_camera_up 1 while the camera is lost (the alert a building
+    sets on it never fired); maskd_violations_in_view the active count; and a broker health
+    without all its numbers (a sink before its first connect) failing the whole scrape."""
+    view = server.attach("front", "det", "clf", health=lambda: {"connected": False})
+    view.emit(event("start", "later", t=1_700_000_050.0))
+    view.emit(event("start", "earlier", t=1_700_000_010.0))
+    feed(view, 50, seq=0, stats=LoopStats(fps=10.0, frames=1, active=2, in_view=1,
+                                          ms={"detect": 20.0}))
+    feed(view, 50, seq=1, stats=LoopStats(fps=10.0, frames=2, active=2, in_view=1,
+                                          ms={"detect": 40.0}, camera_lost_since="2026-12-06T07:00:00+00:00"))
+    st = json.loads(get(server.url + "api/status")[2])
+    assert [a["event_id"] for a in st["active_violations"]] == ["earlier", "later"]
+    assert st["cameras"][0]["ms"]["detect"] == 22.0  # 20 + 0.1 * (40 - 20)
+    status, _, body = get(server.url + "metrics")
+    assert status == 200, body
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    cam = (("camera", "front"),)
+    assert samples[("maskd_camera_up", cam)] == 0
+    assert samples[("maskd_active_violations", cam)] == 2
+    assert samples[("maskd_violations_in_view", cam)] == 1
+    assert samples[("maskd_mqtt_connected", ())] == 0
+    assert ("maskd_mqtt_outbox_depth", ()) not in samples
+
+
+def test_the_page_shows_names_and_words_as_text_never_as_markup(tmp_path):
+    """Mutants that survived (each an escape dropped): a camera's name (a YAML key, any
+    text) in its heading, its health row and the active violations; '&' itself; the words
+    of why a camera is lost (a camera's own HTTP answer), its problem lines, the page's own
+    faults and an event's end reason: each is shown as written, never taken as HTML."""
+    import dataclasses
+
+    name = "Door <b>&amp;</b>"
+    srv = StatusServer("127.0.0.1:0", title="esc").start()
+    srv.credentials.faults = lambda: ["token file <i>t</i> & co"]  # type: ignore[method-assign]
+    view = srv.attach(name, "d", "c")
+    view.emit(event("start", "a", camera=name))
+    view.emit(dataclasses.replace(event("end", "b", camera=name), end_reason="<u>gone</u>"))
+    feed(view, 60, 0, LoopStats(fps=9.0, frames=1, active=1, in_view=1,
+                                camera_lost_since="2026-12-06T07:00:00+00:00",
+                                camera_lost_why="it answers <html> & more",
+                                faults=("MQTT: <s>refused</s>",)))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            text = "(document.body?.innerText || '')"
+            assert browser.wait_for(f"{text}.includes('gone')", timeout=20), \
+                browser.evaluate(text)
+            assert browser.evaluate("document.querySelector('#cameras h2').innerText") == \
+                f"Camera {name}"
+            active = browser.evaluate("document.getElementById('active').innerText")
+            health = browser.evaluate("document.getElementById('health').innerText")
+            events = browser.evaluate("document.getElementById('eventlist').innerText")
+            assert name in active, active
+            assert f"{name}\t9.0 fps, 1 frames, camera lost: it answers <html> & more" in health, \
+                health
+            assert "MQTT: <s>refused</s>" in health and "token file <i>t</i> & co" in health, \
+                health
+            assert "<u>gone</u>" in events, events
+            assert browser.evaluate("document.querySelectorAll('b, i, s, u').length") == \
+                browser.evaluate("document.querySelectorAll('#health td > b').length")
+    finally:
+        srv.close()
+
+
+def test_four_cameras_still_stream_each(tmp_path):
+    """Mutant that survived: the page's switch to a still a second per camera taken at 4
+    cameras, not above 4 (Chromium's 6 connections hold 4 streams and the two JSON polls)."""
+    srv = StatusServer("127.0.0.1:0", title="four").start()
+    views = [srv.attach(f"cam{i}", "d", "c") for i in range(4)]
+    feeder = Feeder(views, 60)
+    try:
+        with open_page(tmp_path, srv.url):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(v.feed.watchers != 1 for v in views):
+                time.sleep(0.1)
+            assert [v.feed.watchers for v in views] == [1, 1, 1, 1]
+    finally:
+        feeder.stop()
+        srv.close()
+
+
+def test_the_live_view_streams_the_camera_asked_for():
+    """Mutant that survived: /stream.mjpg?camera=NAME streamed the first camera's view."""
+    srv = StatusServer("127.0.0.1:0").start()
+    feed(srv.attach("front", "d", "c"), 60)
+    feed(srv.attach("back", "d", "c"), 200)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    try:
+        sock.sendall(b"GET /stream.mjpg?camera=back HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while b"\xff\xd9" not in data:  # the newest frame, at once
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        start = data.index(b"\xff\xd8")
+        jpeg = data[start:data.index(b"\xff\xd9", start) + 2]
+        assert abs(level_of(jpeg) - 200) < 8, level_of(jpeg)
+    finally:
+        sock.close()
+        srv.close()
+
+
+def test_a_head_of_the_stream_is_headers_only_and_bytes_after_a_request_are_no_goodbye():
+    """Mutants that survived: HEAD /stream.mjpg (an uptime check) got the stream after its
+    headers, holding a viewer and a connection for good; and a viewer of a camera without
+    frames that sent something after its request was taken for one that left (its stream
+    cut, the picture stopped for good)."""
+    srv = StatusServer("127.0.0.1:0").start()
+    view = srv.attach("front", "d", "c")
+    feed(view, 60)
+    try:
+        head = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        head.sendall(b"HEAD /stream.mjpg HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        data, t0 = b"", time.monotonic()
+        while chunk := head.recv(65536):
+            data += chunk
+            assert time.monotonic() - t0 < 3, "HEAD answered with a stream"
+        head.close()
+        assert data.startswith(b"HTTP/1.0 200") and b"\xff\xd8" not in data, data[:200]
+        assert view.feed.watchers == 0
+        dark = srv.attach("back", "d", "c")  # no frame yet
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        sock.sendall(b"GET /stream.mjpg?camera=back HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(3.0)
+        data = b""
+        while b"\r\n\r\n--" not in data:  # the headers and the first boundary
+            data += sock.recv(65536)
+        sock.sendall(b"X")  # a byte after the request: not a goodbye
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # still open: nothing to send, but the viewer is there
+        assert dark.feed.watchers == 1
+        sock.close()
+    finally:
+        srv.close()
