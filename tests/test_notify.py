@@ -819,3 +819,94 @@ def test_a_coral_lost_and_a_stop_that_fails_too_is_70_as_the_worst_of_both(caplo
     assert len(errors) == 2 and errors[0].startswith(
         "door: the face detector's Coral stopped answering") and errors[1].startswith(
         "door: the stop could not end the open violations: KeyError"), errors
+
+
+# ---------------------------------------------------------------- mutants that survived
+
+
+def test_a_failing_socket_is_said_once_per_streak_each_way(tmp_path, caplog):
+    """Mutants that survived: a warning for every failed send (every frame, while systemd's
+    socket is away), and a streak not ended by a send that works ("works again" at every
+    send after, and the next failure never said)."""
+    path = str(tmp_path / "notify.sock")
+    n = Notifier(path)
+    with caplog.at_level(logging.INFO, logger="maskd.notify"):
+        assert not n.send("WATCHDOG=1") and not n.send("WATCHDOG=1")
+        s = NotifySocket(path)
+        assert n.send("WATCHDOG=1") and n.send("WATCHDOG=1")
+        s.close()
+        os.unlink(path)
+        assert not n.send("WATCHDOG=1") and not n.send("WATCHDOG=1")
+    n.close()
+    lines = [r.getMessage().split(path)[0] for r in caplog.records]
+    assert lines == ["sd_notify to ", "sd_notify to ", "sd_notify to "], caplog.text
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]
+
+
+def test_one_camera_of_a_cameras_map_has_the_line_of_one_camera_named_where_it_waits(
+        notify_socket):
+    """Mutants that survived: a cameras: map of one camera gave its STATUS in the several
+    cameras' form ("door: ..."), its wait for the first frame did not name it, and the one
+    camera's line left out the sinks' faults."""
+    clock = FakeClock()
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address,
+                                              "WATCHDOG_USEC": "2000000"}), clock=clock)
+    [door] = n.for_cameras(["door"])
+    door.on_wait(LoopStats(first_frame_since="2026-12-06T07:00:00+00:00"))
+    assert notify_socket.drain() == [
+        {"STATUS": "waiting for the first frame from camera door since 2026-12-06T07:00:00+00:00"}]
+    clock.t += 1
+    door.on_frame(FRAME, [], LoopStats(fps=10.0, active=0, faults=("MQTT: not connected",)))
+    assert notify_socket.drain() == [{"READY": "1", "WATCHDOG": "1", "STATUS": "10.0 fps | "
+                                      "0 active violations | MQTT: not connected"}]
+    door.close()
+    assert notify_socket.drain() == [{"STOPPING": "1", "STATUS": "stopping"}]
+
+
+def test_a_camera_loop_that_stops_no_longer_holds_the_pings_back(notify_socket):
+    """Mutants that survived: a stopped camera's loop kept holding the pings back (the other
+    cameras' frames never pinged again: systemd restarted a working service) and kept its last
+    numbers in the line, not "stopped"; READY=1 sent again after a wait."""
+    clock = FakeClock()
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address,
+                                              "WATCHDOG_USEC": "2000000"}), clock=clock)
+    front, back = n.for_cameras(["front", "back"])
+    front.on_frame(FRAME, [], LoopStats(fps=5.0, active=0))
+    back.on_frame(FRAME, [], LoopStats(fps=10.0, active=0))
+    assert [m for m in notify_socket.drain() if "WATCHDOG" in m]
+    front.close()
+    clock.t += 1.0
+    back.on_wait(LoopStats(camera_lost_since="2026-12-06T07:00:00+00:00", camera_reconnecting=True))
+    clock.t += 1.0
+    back.on_frame(FRAME, [], LoopStats(fps=10.0, active=0))
+    got = notify_socket.drain()
+    assert not any("READY" in m for m in got), got
+    assert got[-1] == {"WATCHDOG": "1", "STATUS": "front: stopped; back: 10.0 fps | 0 active "
+                                                  "violations"}, got
+    back.close()
+    assert notify_socket.drain() == [{"STOPPING": "1", "STATUS": "stopping"}]
+
+
+def test_ready_is_sent_again_until_systemd_got_it_and_a_shared_fault_is_said_once(tmp_path):
+    """Mutants that survived: a READY=1 whose datagram failed counted as sent (systemd, its
+    socket back, never heard it: `systemctl start` timed out and the unit failed); and a fault
+    of the shared sinks said once per camera in the one STATUS line."""
+    path = str(tmp_path / "notify.sock")
+    clock = FakeClock()
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": path}), clock=clock)
+    n.on_frame(FRAME, [], LoopStats(fps=5.0))  # nobody listens yet
+    s = NotifySocket(path)
+    try:
+        clock.t += 0.1
+        n.on_frame(FRAME, [], LoopStats(fps=5.0))
+        assert s.drain()[0]["READY"] == "1"
+        front, back = n.for_cameras(["front", "back"])
+        fault = "MQTT: broker refuses 1 topic(s)"
+        front.on_frame(FRAME, [], LoopStats(fps=5.0, faults=(fault,)))
+        clock.t += 6.0
+        back.on_frame(FRAME, [], LoopStats(fps=7.0, faults=(fault,)))
+        assert s.drain()[-1]["STATUS"] == "front: 5.0 fps | 0 active violations; back: 7.0 fps " \
+                                          f"| 0 active violations | {fault}"
+    finally:
+        n.close()
+        s.close()
