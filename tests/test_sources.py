@@ -1557,3 +1557,19 @@ def test_what_a_file_source_names_and_what_a_camera_list_says(tmp_path: Path, mo
 
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=Listed))
     assert picamera2_available() == ("a USB camera (HD Pro Webcam C920)", None)
+
+
+def test_under_the_watchdog_both_ends_of_the_backoff_are_capped(monkeypatch):
+    """Mutant that survived: only reopen_max_s capped at half the watchdog, so a
+    reopen_min_s above it (8 s under WatchdogSec=10) still waited 8 s between tries."""
+    from maskd.sources import live_source
+
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    cam = FlakyCamera(np.zeros((8, 8, 3), np.uint8))
+    src = live_source("cam", cam.opener, SourceConfig(reopen_min_s=8.0, reopen_max_s=20.0))
+    try:
+        backoff = src.inner._backoff
+        assert (backoff.min_s, backoff.max_s, backoff.next_s) == (5.0, 5.0, 5.0)
+    finally:
+        src.close()
