@@ -45,13 +45,18 @@ class GreyWatch:
         self._run = 0  # looks in a row that disagree with the state
         self._first: float | None = None  # frame time of the first of them
 
+    @property
+    def grey(self) -> bool:
+        """The camera sends grey pictures now."""
+        return self.since is not None
+
     def look(self, image: np.ndarray, timestamp: float) -> None:
         """Look at ``image`` when LOOK_EVERY_S of frame time has passed (either way: a clock
         step back must not stop the looks)."""
         if self._last_look is not None and abs(timestamp - self._last_look) < LOOK_EVERY_S:
             return
         self._last_look = timestamp
-        if looks_grey(image) == (self.since is not None):
+        if looks_grey(image) == self.grey:
             self._run = 0
             return
         if self._run == 0:

@@ -193,7 +193,7 @@ class Pipeline:
                            else Violations(cfg.tracking, cfg.camera, new_event_id))
         self._cache: dict[int, _Cached] = {}
         self.counts = PipelineCounts()
-        self.grey = GreyWatch(cfg.camera)
+        self.night = GreyWatch(cfg.camera)
         self._last: Frame | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame
         self._steps = StepWatch(0.0)  # every step: spans are of the time since boot
@@ -301,8 +301,8 @@ class Pipeline:
         ccfg = self.cfg.classifier
         counts = self.counts
         t0 = time.perf_counter()
-        self.grey.look(frame.image, frame.timestamp)
-        counts.grey_frames += self.grey.since is not None
+        self.night.look(frame.image, frame.timestamp)
+        counts.grey_frames += self.night.grey
         if detect and self.motion is not None:
             # An open violation whose track was dropped (missed, or detection switched off for
             # a moment) may belong to someone standing still: idling now would end it `gone`

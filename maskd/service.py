@@ -418,7 +418,7 @@ class CameraLoop:
             source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
             zoned_faces=c.zoned_faces, static_faces=c.static_faces, capped_faces=c.capped_faces,
-            grey_frames=c.grey_frames, grey=self.pipeline.grey.since is not None,
+            grey_frames=c.grey_frames, grey=self.pipeline.night.grey,
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
