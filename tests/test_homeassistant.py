@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,102 @@ def test_a_refused_login_is_said_at_once(tmp_path: Path):
                      "MASKD_TEST_PW", env={"MASKD_TEST_PW": "secret"})  # read, then no venv
         assert r.stderr.startswith(f"0 retained discovery config(s) on {b.url}\nerror: "
                                    f"MASKD_HA_PYTHON={tmp_path / 'no-python'} is not a Python")
+
+
+def test_every_entity_reads_and_drives_what_the_sink_publishes(ha_python, tmp_path):
+    """Each discovered entity against what a running sink really publishes on a real broker,
+    as Home Assistant reads it: the violation's ON/OFF is the binary sensor's payload_on /
+    payload_off, the event entity's messages are its event_types, the switch's command topic
+    turns detection off and on and its state topic says so in state_on / state_off, and each
+    sensor's template renders its own count (five faces, three masked, two unmasked, one person
+    in violation: no two alike, so a sensor on the wrong topic or field shows). Home Assistant's
+    schemas accept a payload_on of `on`, a command_topic that nobody reads or an event topic
+    with `update`s on it: each left an entity that never changed or an event that failed."""
+    from mqtt_broker import Subscriber, retained_once, wait_until
+    from mqtt_driver import script
+
+    from maskd import __version__
+    from maskd.config import Config
+    from maskd.mqtt import MqttSink
+    from maskd.types import FaceCounts, LoopStats, RunControl
+
+    base = "maskd/dev1/door"
+    disco = "homeassistant/device/maskd_dev1_door/config"
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, [f"{base}/#"])
+        control = RunControl()
+        sink = MqttSink.from_config(Config(device_id="dev1", camera="door",
+                                           state_dir=tmp_path / "state",
+                                           mqtt=MqttConfig(url=b.url, reconnect_min_s=0.2,
+                                                           reconnect_max_s=1.0)), control)
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            heartbeat = sub.wait_topic(f"{base}/stats")[0].payload.decode()  # no loop report yet
+            start, update, end = script("a", 1, 1)
+            sink.emit(start)
+            sink.emit(update)
+            sink.on_state(FaceCounts(faces=5, masked=3, unmasked=2, unjudged=0, active=1,
+                                     detect_enabled=True, timestamp=time.time()))
+            sink.on_stats(LoopStats(fps=9.5))
+            assert sink.flush(10)
+            full = json.loads(retained_once(b, lambda r: disco in r, [disco])[disco])
+            comps = full["components"]
+            by = {k.removeprefix("maskd_dev1_door_"): c for k, c in comps.items()}
+            violation, event, switch = by["violation"], by["violation_event"], by["detect"]
+            got = retained_once(b, lambda r: r.get(violation["state_topic"]) == b"ON"
+                                and r.get(f"{base}/stats", b"").find(b"9.5") > 0,
+                                [f"{base}/#"])
+            assert got[violation["state_topic"]].decode() == violation["payload_on"]
+            assert json.loads(got[violation["json_attributes_topic"]])["event_id"] == "a-0"
+            samples = {t: p.decode() for t, p in got.items()}
+
+            # the switch: Home Assistant's command reaches the run loop, its state follows
+            for cmd, on in (("payload_off", False), ("payload_on", True)):
+                sub.client.publish(switch["command_topic"], switch[cmd], qos=1)
+                assert wait_until(lambda on=on: control.switch is on, 10), cmd
+                state = "state_on" if on else "state_off"
+                now = retained_once(b, lambda r, s=state: r.get(switch["state_topic"]) ==
+                                    switch[s].encode(), [switch["state_topic"]])
+                assert now.get(switch["state_topic"]) == switch[state].encode(), (state, now)
+            attrs = retained_once(b, lambda r: True, [switch["json_attributes_topic"]])
+            assert json.loads(attrs[switch["json_attributes_topic"]])["in_force"] == "on"
+
+            sink.emit(end)
+            assert sink.flush(10)
+            off = retained_once(b, lambda r: r.get(violation["state_topic"]) == b"OFF",
+                                [violation["state_topic"]])
+            assert off[violation["state_topic"]].decode() == violation["payload_off"]
+            assert sub.wait(lambda ms: sum(m.topic == event["state_topic"] for m in ms) >= 2, 10)
+            kinds = [m.json()["event_type"] for m in sub.on(event["state_topic"])]
+            assert kinds == ["start", "end"] and set(kinds) <= set(event["event_types"]), kinds
+            # live only: a retained one would fire the event entity again at each restart of
+            # Home Assistant (its automation telling of a violation long over)
+            assert event["state_topic"] not in retained_now(b, [event["state_topic"]])
+        finally:
+            sink.close()
+            sub.close()
+
+    results = check([{"topic": disco, "payload": full, "samples": samples},
+                     {"topic": disco, "payload": full,
+                      "samples": {f"{base}/stats": heartbeat}}], ha_python)
+    shown = {r["object_id"].removeprefix("maskd_dev1_door_"): r.get("rendered", {}).get(
+        "value_template") for r in results if r["message"] == 0}
+    assert {k: shown[k] for k in ("violations", "faces", "masked", "unmasked", "fps")} == {
+        "violations": "1", "faces": "5", "masked": "3", "unmasked": "2", "fps": "9.5"}, shown
+    stats = json.loads(samples[f"{base}/stats"])
+    assert "outbox_depth" in by["outbox"]["value_template"]
+    assert shown["outbox"] == str(stats["outbox_depth"])
+    # before the loop's first report the fps is unknown, not a measured 0
+    [fps_then] = [r["rendered"]["value_template"] for r in results
+                  if r["message"] == 1 and r["object_id"].endswith("_fps")]
+    assert fps_then not in ("0", "0.0"), fps_then
+    # what docs/mqtt.md promises beside the topics: problems are `problem`s, health is
+    # diagnostic, counts are measurements (long-term statistics), the version is shown
+    assert {k for k, c in by.items() if c.get("device_class") == "problem"} == {
+        "violation", "problem"}
+    assert {k for k, c in by.items() if c.get("entity_category") == "diagnostic"} == {
+        "outbox", "fps", "problem"}
+    assert {k for k, c in by.items() if c.get("state_class") == "measurement"} == {
+        "violations", "faces", "masked", "unmasked"}
+    assert by["fps"]["unit_of_measurement"] == "fps"
+    assert full["device"]["sw_version"] == full["origin"]["sw_version"] == __version__
