@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Broker, Subscriber, wait_until
+from mqtt_broker import Broker, Subscriber, retained_once, wait_until
 
 from maskd.config import ConfigError, parse_config
 
@@ -247,6 +247,34 @@ def test_two_cameras_ending_together_close_the_shared_connection_once(tmp_path, 
         for cam in "ab":
             assert last(sub, f"{BASE}/{cam}/status") == b"offline"
         sub.close()
+
+
+def test_a_camera_whose_loop_ended_stays_offline_over_a_reconnect(tmp_path):
+    """One camera of a `cameras:` map ended (its file ran out) while the other runs: a broker
+    restarted without persistence gets every availability again at the reconnect, the ended
+    camera's `offline` (was it `online`, Home Assistant showed its stale entities as live)."""
+    from maskd.mqtt import MqttSink
+    from maskd.types import RunControl
+
+    with Broker(tmp_path / "broker") as b:
+        cfg = parse_config({"device_id": DEV, "state_dir": str(tmp_path / "state"),
+                            "mqtt": {"url": b.url, "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+                            "cameras": {"a": {"source": {"kind": "demo"}},
+                                        "b": {"source": {"kind": "demo"}}}})
+        link = MqttSink.for_cameras(cfg, {"a": RunControl(), "b": RunControl()})
+        views = [link.for_camera("a"), link.for_camera("b")]
+        try:
+            assert wait_until(lambda: link.health()["connected"], 10)
+            views[0].close()  # camera a's loop ended
+            b.stop()
+            b.start()  # nothing retained any more
+            want = {f"{BASE}/status": b"online", f"{BASE}/a/status": b"offline",
+                    f"{BASE}/b/status": b"online"}
+            got = retained_once(b, lambda r: want.items() <= r.items(), [f"{BASE}/+/status",
+                                                                         f"{BASE}/status"], 20)
+            assert want.items() <= got.items(), got
+        finally:
+            views[1].close()
 
 
 def test_a_shared_classifier_gives_scores_and_features_one_call_at_a_time(default_model):

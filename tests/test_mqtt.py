@@ -134,6 +134,11 @@ def test_url_and_switch_parsing():
         BrokerUrl.parse("mqtt://u:secret@h")
     assert parse_switch(b"ON") is True and parse_switch(b" off\n") is False
     assert parse_switch(b"maybe") is None
+    # what a person types at mosquitto_pub, or another system sends, as well as ON / OFF
+    for word in (b"on", b"true", b"1", b"enable", b"Enabled"):
+        assert parse_switch(word) is True, word
+    for word in (b"off", b"FALSE", b"0", b"disable", b"disabled"):
+        assert parse_switch(word) is False, word
 
 
 def test_config_mistakes_are_named(tmp_path, monkeypatch):
@@ -348,11 +353,18 @@ def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_lef
     sink.close()
     before = retained_now(broker, [f"{CAM}/#", "homeassistant/#"])
     assert before[f"{CAM}/snapshot"][:2] == b"\xff\xd8" and disco in before
+    ha = Subscriber(broker, ["homeassistant/#"])
+    assert ha.wait_topic(disco)  # the earlier run's, retained
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", snapshots=False,
                                         discovery=False))
     assert wait_until(lambda: sink.connected, 10)
     after = retained_once(broker, lambda r: f"{CAM}/snapshot" not in r and disco not in r,
                           [f"{CAM}/#", "homeassistant/#"])
+    # withdrawn, never announced first: Home Assistant would add the device at each connect
+    # and remove it at once
+    assert ha.wait(lambda ms: any(m.topic == disco and not m.retain for m in ms), 5)
+    assert [m.payload for m in ha.on(disco) if not m.retain] == [b""]
+    ha.close()
     sink.close()
     assert f"{CAM}/snapshot" not in after and disco not in after, sorted(after)
     assert after[f"{CAM}/status"] == b"online"  # the rest is still there
@@ -416,6 +428,21 @@ def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path, caplog):
     assert wait_until(lambda: control.detect_enabled is False, 5)
     sink.close()
     sub.close()
+
+
+def test_an_empty_detect_set_is_no_command_and_says_nothing(broker, tmp_path, caplog):
+    """An empty message on detect/set is how a retained command is deleted (`maskd mqtt-clear`,
+    `mosquitto_pub -r -n`), heard live by a running maskd: docs/mqtt.md, no warning."""
+    sub, control, sink = _switch_under_test(broker, tmp_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="maskd.mqtt"):
+            sub.client.publish(f"{CAM}/detect/set", b"", qos=1)
+            sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)  # heard after it
+            assert wait_until(lambda: control.detect_enabled is False, 5)
+        assert "detect/set" not in caplog.text, caplog.text
+    finally:
+        sink.close()
+        sub.close()
 
 
 def _switch_under_test(broker, tmp_path) -> tuple[Subscriber, RunControl, MqttSink]:
@@ -544,6 +571,9 @@ def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     d.wait()
     assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/status"][-1:]
                     == [b"offline"], 10), "no last will after SIGKILL"
+    # the last will is retained: Home Assistant connecting later sees the camera offline, not
+    # the `online` of the killed run for ever
+    assert retained_now(broker, [f"{CAM}/status"])[f"{CAM}/status"] == b"offline"
 
     d = start_driver(broker.url, state, "--then", "wait")
     read_until(d, "connected")
@@ -590,6 +620,8 @@ def test_a_restart_end_reaches_home_assistants_event_entity(broker, tmp_path):
         end, = ends()
         assert end["end_reason"] == "restart"
         assert end["event_id"] == events(sub)[0]["event_id"]
+        # live only, as every trigger: retained, Home Assistant's restart would fire it again
+        assert trigger not in retained_now(broker, [trigger])
     finally:
         d.send_signal(signal.SIGTERM)
         assert d.wait(10) == 0
@@ -1155,6 +1187,24 @@ def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
         assert wanted <= set(after), sorted(after)
         assert after[f"{CAM}/faces"] == b"2" and json.loads(after[f"{CAM}/stats"])["fps"] == 12.5
         sink.close()
+
+
+def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker, tmp_path):
+    """docs/mqtt.md: the state is sent on change, or once a stats interval when nothing
+    changed, so a consumer can tell a quiet entrance from a silent maskd."""
+    sub = Subscriber(broker, [f"{CAM}/state"])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", stats_interval_s=1.0),
+                                model_name="m")
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        sink.on_state(counts(1, 1, 0))
+        assert sub.wait_topic(f"{CAM}/state")
+        time.sleep(1.2)  # past state_interval_s and stats_interval_s (1 s each)
+        sink.on_state(counts(1, 1, 0))  # the same counts
+        assert len(sub.wait_topic(f"{CAM}/state", 2)) == 2
+    finally:
+        sink.close()
+        sub.close()
 
 
 def test_the_retained_state_at_a_clean_stop_is_the_last_one(tmp_path):
