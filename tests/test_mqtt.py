@@ -689,6 +689,8 @@ def test_cameras_dropped_after_a_kill_go_offline_with_no_violation_open(broker, 
     sub = Subscriber(broker, ["maskd/#"])
     assert sub.wait(lambda ms: [m.payload for m in ms if m.topic == f"{CAM}/violation/active"][-1:]
                     == [b"ON"], 10)
+    # what a real loop leaves with one person in violation (the driver's counts say none)
+    sub.client.publish(f"{CAM}/violations", "1", qos=1, retain=True).wait_for_publish(5)
     os.kill(d.pid, signal.SIGKILL)
     d.wait()
     cfg = tmp_path / "map.yaml"
@@ -1205,6 +1207,25 @@ def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker,
     finally:
         sink.close()
         sub.close()
+
+
+def test_the_attributes_are_the_newest_open_violations(broker, tmp_path):
+    """Two people in violation at once: `violation/attributes` (the binary sensor's attributes
+    in Home Assistant) is the newest open one, then the one left open when it ends."""
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m")
+    attrs = f"{CAM}/violation/attributes"
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        first, _, second, second_end = script("two", 2, 0)  # the first's end is not sent
+        for ev in (first, second):
+            sink.emit(ev)
+        now = retained_once(broker, lambda r: b"two-1" in r.get(attrs, b""), [attrs])
+        assert json.loads(now[attrs])["event_id"] == "two-1", now
+        sink.emit(second_end)
+        now = retained_once(broker, lambda r: b"two-0" in r.get(attrs, b""), [attrs])
+        assert json.loads(now[attrs])["event_id"] == "two-0", now
+    finally:
+        sink.close()
 
 
 def test_the_retained_state_at_a_clean_stop_is_the_last_one(tmp_path):
