@@ -54,6 +54,9 @@ def test_header_text():
     assert header_text(LoopStats(fps=12.345, active=1)) == "12.3 fps | 1 active violation"
     assert header_text(LoopStats(fps=3, active=2)) == "3.0 fps | 2 active violations"
     assert header_text(LoopStats()) == "-- fps | 0 active violations"
+    # more violating faces in view than open violations (one not started yet): none is lost,
+    # never "(-1 faces not detected now)"
+    assert header_text(LoopStats(fps=3, active=1, in_view=2)) == "3.0 fps | 1 active violation"
 
 
 def test_render_draws_red_and_green_boxes_and_header():
@@ -116,6 +119,29 @@ def test_render_marks_too_small_faces_grey():
     frame, _ = scene()
     out = render(frame, [Verdict(Face((10, 100, 30, 120), 0.8), None, CUT)], LoopStats())
     assert tuple(out[110, 10]) == (160, 160, 160)
+
+
+def test_the_box_colours_are_green_for_a_mask_and_red_for_none():
+    """The other tests compare against annotate's own constants: a GREEN that were red (or RED
+    green) passed them, and the door's screen showed every face in one colour."""
+    frame, verdicts = scene()
+    out = render(frame, verdicts, STATS)
+    (nx0, ny0, _, ny1), (mx0, my0, _, my1) = NO_MASK_BOX, MASK_BOX
+    b, g, r = (int(c) for c in out[(ny0 + ny1) // 2, nx0])
+    assert r > 200 and g < 50 and b < 50, "no mask: red"
+    b, g, r = (int(c) for c in out[(my0 + my1) // 2, mx0])
+    assert g > 150 and r < 50 and b < 50, "mask: green"
+
+
+def test_captions_give_the_label_and_the_probability_of_that_label():
+    """'Mask: 90.0%' is P(mask), 1 - no_mask; 'No Mask: 88.0%' is P(no_mask); '?' too small."""
+    from maskd.annotate import caption_for
+
+    face = Face(MASK_BOX, 0.9)
+    assert caption_for(Verdict(face, 0.1, CUT)) == "Mask: 90.0%"
+    assert caption_for(Verdict(face, 0.88, CUT)) == "No Mask: 88.0%"
+    assert caption_for(Verdict(face, 0.123, CUT)) == "Mask: 87.7%"
+    assert caption_for(Verdict(face, None, CUT)) == "?"
 
 
 # ------------------------------------------------------------------ framebuffer bytes
