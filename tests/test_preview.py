@@ -133,6 +133,35 @@ def test_the_box_colours_are_green_for_a_mask_and_red_for_none():
     assert g > 150 and r < 50 and b < 50, "mask: green"
 
 
+def test_a_face_at_the_top_edge_has_its_caption_below_the_box():
+    """Above the box there is no room (it would be drawn off the picture): below it instead."""
+    from maskd.annotate import draw_verdicts
+
+    image = np.full((240, 320, 3), GREY, np.uint8)
+    out = draw_verdicts(image, [Verdict(Face((40, 2, 140, 100), 0.9), 0.9, CUT)])
+    below = out[102:114, 40:140].reshape(-1, 3)
+    assert (np.abs(below.astype(int) - RED).sum(axis=1) < 60).sum() > 20
+
+
+def test_boxes_on_a_big_picture_are_drawn_thicker():
+    """One pixel is lost on a 1280x960 frame shown on a screen: thickness 3 there (1 per 320 px)."""
+    from maskd.annotate import draw_verdicts
+
+    image = np.full((960, 1280, 3), GREY, np.uint8)
+    out = draw_verdicts(image, [Verdict(Face((100, 200, 500, 700), 0.9), 0.9, CUT)])
+    row = out[450, 90:110]
+    assert sum(tuple(px) == RED for px in row) >= 3
+
+
+def test_a_header_line_exactly_as_wide_as_the_picture_is_not_cut():
+    from maskd.annotate import header_lines
+
+    scale, thick = 0.5, 1
+    width = cv2.getTextSize("12.3 fps | 1", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0]
+    assert header_lines("12.3 fps | 1", width, scale, thick) == ["12.3 fps | 1"]
+    assert header_lines("12.3 fps | 1", width - 1, scale, thick) == ["12.3 fps |", "1"]
+
+
 def test_captions_give_the_label_and_the_probability_of_that_label():
     """'Mask: 90.0%' is P(mask), 1 - no_mask; 'No Mask: 88.0%' is P(no_mask); '?' too small."""
     from maskd.annotate import caption_for
