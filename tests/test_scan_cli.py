@@ -164,6 +164,27 @@ def test_human_output_and_errors(tmp_path, photos, model_args, default_model):
     assert r.returncode == 2 and "none.tflite" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_record_and_human_line_say_every_count_and_the_frame():
+    """The JSON record rounds as the contract shows (box 0.1 px, score and no_mask 4 places);
+    the human line counts each label, too small (null) included, and names a video's frame."""
+    from maskd.commands.scan import _human, record
+    from maskd.types import Face, Verdict
+
+    image = np.zeros((30, 40, 3), np.uint8)
+    faces = [Verdict(Face((1.26, 2, 13, 14), 0.87654321), 0.123456, CLS.threshold),
+             Verdict(Face((20, 2, 38, 20), 0.9), 0.98765, CLS.threshold),
+             Verdict(Face((20, 22, 25, 27), 0.5), None, CLS.threshold)]
+    rec = record(Path("v.mp4"), 3, image, faces)
+    assert rec == {"path": "v.mp4", "frame": 3, "height": 30, "width": 40, "faces": [
+        {"box": [1.3, 2.0, 13.0, 14.0], "score": 0.8765, "label": "mask", "no_mask": 0.1235},
+        {"box": [20.0, 2.0, 38.0, 20.0], "score": 0.9, "label": "no_mask", "no_mask": 0.9877},
+        {"box": [20.0, 22.0, 25.0, 27.0], "score": 0.5, "label": None, "no_mask": None}]}
+    assert _human(rec) == "v.mp4#3\t3 faces\t1 no_mask\t1 mask\t1 too small"
+    assert _human(record(Path("a.jpg"), None, image, faces[2:])) == \
+        "a.jpg\t1 faces\t0 no_mask\t0 mask\t1 too small"
+    assert _human({"path": "b.jpg", "error": "cannot read"}) == "b.jpg\tERROR\tcannot read"
+
+
 def test_scan_averages_the_two_shipped_draws(photos, default_model, yunet_model):
     """Without --model, scan judges with the mean of the shipped model and its second training
     draw (classifier.still_extra_models); with --model, with that model alone."""
@@ -404,6 +425,35 @@ def test_annotate_never_replaces_a_file_maskd_did_not_write(tmp_path, default_mo
     assert _digest(tmp_path / "door.jpg") == photo
 
 
+def test_annotate_never_replaces_a_link_even_to_an_annotation(tmp_path, default_model):
+    """A link in OUTDIR is the user's (one put there to publish the latest picture, say), even
+    when it leads to an earlier annotation or nowhere: it stays, and the new annotation gets
+    stem-2.jpg."""
+    cv2.imwrite(str(tmp_path / "door.png"), np.full((50, 60, 3), 200, np.uint8))
+    out, keep = tmp_path / "out", tmp_path / "keep"
+    args = [sys.executable, "-m", "maskd", "scan", "--model", str(default_model),
+            "--detector", "blazeface", "--annotate"]
+    r = subprocess.run([*args, str(keep), str(tmp_path / "door.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out.mkdir()
+    (out / "door.jpg").symlink_to(keep / "door.jpg")
+    kept = _digest(keep / "door.jpg")
+    r = subprocess.run([*args, str(out), str(tmp_path / "door.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "door.jpg").is_symlink() and _digest(keep / "door.jpg") == kept
+    assert cv2.imread(str(out / "door-2.jpg")).shape[:2] == (50, 60)
+    assert "is annotated as" in r.stderr
+    (out / "door.jpg").unlink()  # a link that leads nowhere (a stick not mounted) stays too
+    (out / "door.jpg").symlink_to(tmp_path / "stick" / "door.jpg")
+    r = subprocess.run([*args, str(out), str(tmp_path / "door.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "door.jpg").is_symlink() and not (tmp_path / "stick").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["door-2.jpg", "door.jpg"]
+
+
 @pytest.mark.parametrize("command", ["scan", "classify"])
 def test_a_closed_stdout_is_exit_74_not_every_result_lost(tmp_path, default_model, command):
     """`maskd scan x.jpg --json >&-` printed into nothing (Python's sys.stdout is None) and
@@ -464,6 +514,41 @@ def test_a_coral_lost_part_way_keeps_what_was_written_and_says_where_it_stopped(
     assert recs[0]["faces"] and all(f["label"] for r in recs for f in r["faces"]), recs
     assert sorted(p.name for p in (ann / folder.name).iterdir()) == [
         Path(r["path"]).name for r in recs]  # the annotations of the images done, no other
+
+
+def test_a_coral_lost_after_an_error_record_says_the_output_goes_up_to_that_file(
+        tmp_path, monkeypatch, capsys):
+    """The line for a lost Coral names the last file the output holds a line for: an unreadable
+    one (its error record) counts, or a script resumed after the image before it and had that
+    error line twice."""
+    import argparse
+
+    import maskd.service
+    from maskd.commands import scan as scan_cmd
+    from maskd.tflite import CoralLost
+
+    class Detector:
+        calls = 0
+
+        def detect(self, image):
+            Detector.calls += 1
+            if Detector.calls > 1:
+                raise CoralLost("the face detector's Coral stopped answering")
+            return []
+
+    monkeypatch.setattr(maskd.service, "build_classifier", lambda *a, **k: object())
+    monkeypatch.setattr(maskd.service, "build_detector", lambda *a, **k: Detector())
+    good, bad, after = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"
+    for p in (good, after):
+        cv2.imwrite(str(p), np.full((40, 40, 3), 90, np.uint8))
+    bad.write_bytes(b"not a picture")
+    args = argparse.Namespace(config=None, paths=[good, bad, after], json=True, annotate=None,
+                              model=None, threads=None, edgetpu=False, detector="blazeface",
+                              detector_model=None)
+    assert scan_cmd.main(args) == 75
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(good), str(bad)]
+    assert f"the output holds every image up to {bad} (1 scanned), none after it" in err
 
 
 def test_auto_says_which_yunet_file_it_missed(tmp_path, photos):
