@@ -361,6 +361,17 @@ def _tiny_mp4(path: Path) -> None:
     w.release()
 
 
+def test_a_videos_annotations_are_one_picture_per_frame_in_a_folder_of_its_name(
+        tmp_path, default_model):
+    _tiny_mp4(tmp_path / "door.mp4")
+    r = scan("--model", str(default_model), "--detector", "blazeface", "--annotate",
+             str(tmp_path / "out"), str(tmp_path / "door.mp4"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(tmp_path / "out").as_posix()
+                  for p in (tmp_path / "out").rglob("*.jpg")) == ["door/000000.jpg",
+                                                                  "door/000001.jpg"]
+
+
 def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):
     """A video name that is not UTF-8 segfaulted the scan (later files never scanned); a name
     with a colon was read by FFmpeg as a protocol ('2026-12-04T12:'); an unreadable video was
