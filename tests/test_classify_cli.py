@@ -196,3 +196,38 @@ def test_a_coral_lost_part_way_keeps_the_lines_written_and_says_where_it_stopped
 
     recs = lost_part_way(FakeCoral(tmp_path / "lib"), tmp_path / "faces", "classify")
     assert all(0.0 <= r["no_mask"] <= 1.0 for r in recs), recs
+
+
+def test_lines_label_with_the_configured_cut_and_round_as_the_contract_says(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """One line per image: JSON with no_mask to 6 places, or 'path<TAB>label<TAB>0.1235'; the
+    label uses classifier.threshold (here 0.3, so 0.4 is no_mask) as run and scan do."""
+    import argparse
+
+    import cv2
+    import numpy as np
+
+    from maskd.commands import classify
+
+    class Model:
+        input_size, max_batch = 8, 4
+
+        def predict(self, crops):
+            return np.array([0.123456789, 0.4][:len(crops)])
+
+    monkeypatch.setattr(classify, "build_classifier", lambda *a, **k: Model())
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "c.yaml").write_text("classifier:\n  threshold: 0.3\n")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+
+    def run(as_json: bool) -> list[str]:
+        args = argparse.Namespace(config=tmp_path / "c.yaml", paths=paths, json=as_json,
+                                  model=None, threads=None, edgetpu=False)
+        assert classify.main(args) == 0
+        return capsys.readouterr().out.splitlines()
+
+    assert [json.loads(line) for line in run(True)] == [
+        {"path": str(paths[0]), "label": "mask", "no_mask": 0.123457},
+        {"path": str(paths[1]), "label": "no_mask", "no_mask": 0.4}]
+    assert run(False) == [f"{paths[0]}\tmask\t0.1235", f"{paths[1]}\tno_mask\t0.4000"]
