@@ -414,6 +414,22 @@ def test_preview_flag_prefers_the_framebuffer(tmp_path):
     assert resolve_preview_flag(Config().preview, fb=fb).framebuffer == fb
 
 
+def test_a_window_without_a_desktop_session_is_a_warning_for_check_config_and_stops_run(
+        monkeypatch):
+    """check_previews: what depends on the session (no $DISPLAY here, which the service may
+    have) is returned for check-config to warn of, and raised for `run`, whose window needs it."""
+    import maskd.preview
+    from maskd.preview import NO_DISPLAY, check_previews
+
+    monkeypatch.setattr(maskd.preview, "opencv_gui_backend", lambda *a: "GTK3")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    cfg = Config.model_validate({"preview": {"window": True}})
+    assert check_previews(cfg, strict=False) == [f"preview.window: {NO_DISPLAY}"]
+    with pytest.raises(PreviewUnavailable, match=r"^preview\.window: no desktop session"):
+        check_previews(cfg)
+
+
 def test_parse_listen():
     assert parse_listen("8080") == ("127.0.0.1", 8080)
     assert parse_listen(":8080") == ("127.0.0.1", 8080)
