@@ -1209,6 +1209,35 @@ def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker,
         sub.close()
 
 
+def test_an_event_emitted_just_after_the_connect_is_live_not_buffered(broker, tmp_path,
+                                                                       monkeypatch):
+    """The publisher thread notices a new connection at its next step (up to half a second
+    later, more on a loaded Pi). An event emitted in between was called `buffered: true`, as if
+    stored while the broker was away: a consumer that acts only on live alarms (docs/mqtt.md)
+    skipped it. Stored before the connection is buffered; after it, live."""
+    gate = threading.Event()
+    step = MqttSink._step
+
+    def held_step(self, st):  # noqa: ANN001, ANN202 - the publisher waits for the test
+        gate.wait(20)
+        return step(self, st)
+
+    monkeypatch.setattr(MqttSink, "_step", held_step)
+    sub = Subscriber(broker, [f"{CAM}/violation"])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m")
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        start = script("live", 1, 0)[0]
+        sink.emit(start)  # connected: the broker has it at once, were the publisher quick
+        gate.set()
+        got = sub.wait_topic(f"{CAM}/violation")
+        assert [(e["event_id"], e["buffered"]) for e in events(sub)] == [("live-0", False)], got
+    finally:
+        gate.set()
+        sink.close()
+        sub.close()
+
+
 def test_the_attributes_are_the_newest_open_violations(broker, tmp_path):
     """Two people in violation at once: `violation/attributes` (the binary sensor's attributes
     in Home Assistant) is the newest open one, then the one left open when it ends."""

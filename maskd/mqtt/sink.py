@@ -262,6 +262,8 @@ class MqttSink(EventSink):
         # (wall, monotonic) time the link went down, or never came up; None while connected
         self._down: tuple[float, float] | None = (time.time(), time.monotonic())
         self._gen = 0  # bumped on every successful connect
+        # the outbox's last id at that connect: what is stored after it is sent live
+        self._replay_upto = 0
         self._closing = False
         self._close_lock = threading.Lock()  # close() runs once, whoever calls it
         self._closed = False
@@ -789,6 +791,9 @@ class MqttSink(EventSink):
                 self._announce_offline()
                 return
             self._gen += 1
+            # taken here, not when the publisher notices the connection (its next step): an
+            # event emitted in between was called buffered, and a live consumer skipped it
+            self._replay_upto = self._outbox.max_id()
             self._max_packet = getattr(properties, "MaximumPacketSize", None)
             self._connected_at = time.monotonic()
             self._connected = True
@@ -1154,7 +1159,7 @@ class MqttSink(EventSink):
                 if self._gen != st.gen:
                     st.gen, st.cursor = self._gen, 0
                     st.inflight.clear()
-                    st.replay_upto = self._outbox.max_id()
+                    st.replay_upto = self._replay_upto
                     st.next_stats = now
                     for cam in self._cams.values():  # retained stats again on a new connection
                         cam.stats_t = float("-inf")
