@@ -347,6 +347,9 @@ def test_a_user_that_may_not_read_its_topics_clears_nothing_unless_forced(tmp_pa
         admin = Subscriber(broker, ["unused/x"], username="admin", password="pw")
         for t in (f"{CAM}/status", DISCOVERY):  # a running camera's
             admin.client.publish(t, b"online", qos=1, retain=True).wait_for_publish(5)
+        # and the last face crop of a run with snapshots: a person's face kept on the broker
+        admin.client.publish(f"{CAM}/snapshot", b"\xff\xd8face", qos=1,
+                             retain=True).wait_for_publish(5)
         cfg = as_acl_user(tmp_path, broker)
         rc, out, err = clear(capsys, "--config", str(cfg))
         assert rc == 1 and "none were there" not in out, (out, err)
@@ -359,6 +362,7 @@ def test_a_user_that_may_not_read_its_topics_clears_nothing_unless_forced(tmp_pa
         left = _retained_as_admin(broker)
         admin.close()
     assert f"{CAM}/status" not in left and DISCOVERY not in left
+    assert f"{CAM}/snapshot" not in left
 
 
 def test_online_rules_per_layout():
