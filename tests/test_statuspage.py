@@ -19,7 +19,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -45,6 +44,7 @@ from maskd.statuspage import (
     StatusServer,
 )
 from maskd.types import Face, Frame, LoopStats, Verdict, ViolationEvent
+from tools.ipcamera import IpCamera
 from tools.mosquitto import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1135,30 +1135,45 @@ def test_maskd_run_frame_jpg_follows_the_video(tmp_path, default_model):
         assert stop_run(proc) == 0, (tmp_path / "run.log").read_text()[-3000:]
 
 
-def held_bare_face(demo: DemoSource) -> Callable[[int], np.ndarray]:
+class HeldBareFace:
     """The demo once through (a violation that ends when the mask goes on), then a bare face
     held still: a violation stays open for as long as the test looks. A live camera, because a
     file that ends closes its open violations; with a sensor's faint noise on the still face, as
-    a real one has, for a picture that never changes is a frozen camera (source.frozen_after_s)."""
-    n = demo.frames_per_pass
+    a real one has, for a picture that never changes is a frozen camera (source.frozen_after_s).
+    The pass starts at the first frame after maskd connects (``camera``'s first stream): timed
+    from the camera's start, a `maskd run` slowed by a loaded machine connected after the pass
+    and saw only the held face (one violation, none ended)."""
 
-    def frame(i: int) -> np.ndarray:
-        if i < n:
-            return demo.render(i)
-        still = demo.render(n // 2 - 1)
+    def __init__(self, demo: DemoSource) -> None:
+        self.demo, self.n = demo, demo.frames_per_pass
+        self.camera: IpCamera | None = None
+        self.first: int | None = None  # the camera's frame index the pass starts at
+
+    def __call__(self, i: int) -> np.ndarray:
+        if self.first is None:
+            if self.camera is None or not self.camera.connections:
+                return self.demo.render(0)  # nobody watches yet
+            self.first = i
+        i -= self.first
+        if i < self.n:
+            return self.demo.render(i)
+        still = self.demo.render(self.n // 2 - 1)
         return still ^ np.random.default_rng(i).integers(0, 2, still.shape, np.uint8)
 
-    return frame
+    def frames_shown(self) -> int:
+        """How many frames of the pass and the held face the camera has sent so far."""
+        if self.first is None or self.camera is None:
+            return 0
+        return self.camera.frame_index(time.monotonic()) - self.first
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; tests/run.sh does)")
 def test_status_page_in_a_real_headless_browser(tmp_path, default_model):
-    from tools.ipcamera import IpCamera
-
     port = free_port()
     demo = DemoSource()
-    camera = IpCamera(held_bare_face(demo), fps=demo.fps).start()
+    render = HeldBareFace(demo)
+    camera = render.camera = IpCamera(render, fps=demo.fps).start()
     proc = start_run(["--source", camera.url, "--http", f"127.0.0.1:{port}", "--model",
                       str(default_model), "--detector", "blazeface", "--device-id", "demo"], tmp_path)
     url = f"http://127.0.0.1:{port}/"
@@ -1166,7 +1181,7 @@ def test_status_page_in_a_real_headless_browser(tmp_path, default_model):
     try:
         # The pass is done (the camera holds a bare face) and a violation is open.
         st = wait_json(url + "api/status", lambda s: s["cameras"] and s["active_violations"]
-                       and camera.frame_index(time.monotonic()) > demo.frames_per_pass + 30,
+                       and render.frames_shown() > demo.frames_per_pass + 30,
                        proc, log)
         active = st["active_violations"][0]
         events = json.loads(urllib.request.urlopen(url + "api/events", timeout=10).read())["events"]
