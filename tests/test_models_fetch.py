@@ -249,7 +249,9 @@ def test_a_full_disk_is_the_folder_not_the_network(broken_server, tmp_path, caps
 @pytest.fixture(scope="module")
 def endless_server():
     """A raw TCP server on 127.0.0.1 that answers 200 with no length, then sends zeros for ever:
-    /flood as fast as it can, /drip 1 byte every 0.1 s."""
+    /flood as fast as it can, /drip 1 byte every 0.02 s: a tenth of the test's --timeout 0.2,
+    so that a loaded machine never turns a late byte into a read time-out (every 0.1 s it did:
+    'timed out' instead of the whole download's limit)."""
 
     def answer(conn: socket.socket) -> None:
         with conn:
@@ -259,7 +261,7 @@ def endless_server():
                 while True:
                     conn.sendall(bytes(1 << 16) if path == "flood" else b"\0")
                     if path == "drip":
-                        time.sleep(0.1)
+                        time.sleep(0.02)
             except OSError:  # the client gave up
                 return
 
