@@ -231,6 +231,12 @@ class LiveSource:
         self._frozen = False
 
     @property
+    def who(self) -> str:
+        """What its lines start with: the camera's name, the source in brackets (with several
+        cameras the operator thinks in camera names; the status line names the camera too)."""
+        return frame_line_name(self.name, self.camera)
+
+    @property
     def reconnecting(self) -> bool:
         """Camera lost and the reopen loop alive (waiting out a backoff or trying to open)."""
         beat = max(self._beat, self._backoff.beat)
@@ -254,7 +260,7 @@ class LiveSource:
         if self.stats["camera_lost_since"] is not None:
             self.stats["camera_lost_since"] = self.stats["camera_lost_why"] = None
             assert self._lost_at is not None
-            self._say(logging.INFO, "found", "%s: frames again after %.1f s", self.name,
+            self._say(logging.INFO, "found", "%s: frames again after %.1f s", self.who,
                       system_clock()[1] - self._lost_at[1])
         if self._flowing_since is None:
             self._flowing_since = now
@@ -263,7 +269,7 @@ class LiveSource:
             if reopens > 1 or self._say.held():  # it dropped out more than once: sum it up
                 outage = system_clock()[1] - self._lost_at[1] - (now - self._flowing_since)
                 log.info("%s: steady again for %.0f s after an outage of %.0f s (%d reopens)",
-                         self.name, now - self._flowing_since, outage, reopens)
+                         self.who, now - self._flowing_since, outage, reopens)
             self._lost_at = None
             self._backoff.reset()
             self._say.reset()
@@ -289,7 +295,7 @@ class LiveSource:
                     ok, raw, bad = True, None, err
                 except Exception as err:  # a device driver can raise anything
                     ok, raw, raised = False, None, True
-                    self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.name,
+                    self._say(logging.WARNING, "raised", "%s: read raised %s: %s", self.who,
                               type(err).__name__, err)
                     failure = f"read raised {type(err).__name__}: {err}"
             ts, since_boot = system_clock()
@@ -302,14 +308,14 @@ class LiveSource:
                 self._bad_in_a_row += 1
                 self._say(logging.WARNING, "corrupt", "%s: frame skipped: a read that failed at "
                           "once (a damaged frame?) (%d in a row)",
-                          frame_line_name(self.name, self.camera), self._bad_in_a_row)
+                          self.who, self._bad_in_a_row)
                 continue
             if not ok:
                 self.stats["read_errors"] += 1
                 if self._bad_in_a_row and not raised:  # a stream of nothing but damaged frames?
                     failure = (f"read failed {self._bad_in_a_row + 1} times in a row (damaged "
                                "frames, or the device unplugged or the stream dropped)")
-                self._say(logging.WARNING, "failed", "%s: %s; reopening", self.name, failure)
+                self._say(logging.WARNING, "failed", "%s: %s; reopening", self.who, failure)
                 self._drop(cap, failure, self._last_frame_at)
                 continue
             try:
@@ -320,7 +326,7 @@ class LiveSource:
                 self.stats["corrupt"] += 1
                 self._bad_in_a_row += 1
                 self._say(logging.WARNING, "corrupt", "%s: frame skipped: %s (%d in a row)",
-                          frame_line_name(self.name, self.camera), err, self._bad_in_a_row)
+                          self.who, err, self._bad_in_a_row)
                 if self._bad_in_a_row >= MAX_CORRUPT_IN_A_ROW:
                     self._drop(cap, f"{self._bad_in_a_row} frames in a row maskd cannot use: {err}")
                 continue
@@ -353,7 +359,7 @@ class LiveSource:
         if self._picture is None or not np.array_equal(sample, self._picture):
             if self._frozen:
                 self._frozen = False
-                log.info("%s: the picture changes again (frozen since %s)", self.name,
+                log.info("%s: the picture changes again (frozen since %s)", self.who,
                          local_iso(self._picture_since[0]))
             self._picture, self._picture_since = sample, (ts, time.monotonic())
             return False
@@ -366,7 +372,7 @@ class LiveSource:
         flat = " (one flat colour: lens covered, or dark?)" if np.ptp(sample) == 0 else ""
         self._lost(f"frozen: the same picture since {local_iso(since)}{flat}", since,
                    time.monotonic() - since_mono)
-        log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.name,
+        log.warning("%s: frozen: the same picture since %s%s; taken as lost, reopening", self.who,
                     local_iso(since), flat)
         return True
 
@@ -382,11 +388,11 @@ class LiveSource:
             self._failed_before = True
             self._lost(f"cannot open ({err})")
             self._say(logging.WARNING, "open", "%s: cannot open (%s); retrying in %.1f s",
-                      self.name, err, self._backoff.next_s)
+                      self.who, err, self._backoff.next_s)
             self._backoff.wait()
             return None
         if self._failed_before:
-            self._say(logging.INFO, "reopened", "%s: reopened", self.name)
+            self._say(logging.INFO, "reopened", "%s: reopened", self.who)
         self._failed_before = False
         with self._lock:
             if self._stop.is_set():
@@ -1219,8 +1225,8 @@ def live_source(name: str, opener: Opener, cfg: SourceConfig, stream: bool = Fal
     low, high = cfg.reopen_min_s, cfg.reopen_max_s
     watchdog = Environment.read().watchdog_s
     if watchdog is not None and max(low, high) > watchdog / 2:
-        log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)", name,
-                 watchdog / 2)
+        log.info("%s: reconnect backoff capped at %.1f s (half the systemd watchdog)",
+                 frame_line_name(name, camera), watchdog / 2)
         low, high = min(low, watchdog / 2), min(high, watchdog / 2)
     return LatestFrame(LiveSource(name, opener, low, high, stream, cfg.frozen_after_s, camera))
 

@@ -308,6 +308,35 @@ def test_live_source_survives_unplug_and_corrupt_frames(caplog):
     assert src.read() is None
 
 
+def test_the_lines_of_a_lost_camera_start_with_its_name(monkeypatch, caplog):
+    """``cameras: {front: ..., back: {source: {uri: /dev/video2}}}``: the journal's lines of
+    an outage (read failed, cannot open, reopened, frames again, steady again) start with the
+    camera's name from the config, the source in brackets, as the 'frame skipped' lines and
+    the loop's own lines do (was: ``/dev/video2: cannot open (No such device); retrying``,
+    while the status line said ``back: camera lost since ...``: the operator had to work out
+    which camera that device was)."""
+    import maskd.sources
+
+    monkeypatch.setattr(maskd.sources, "STEADY_S", 0.2)
+    cam = FlakyCamera(np.full((48, 64, 3), 7, np.uint8))
+    cam.plan = ["ok", "fail"]
+    src = LiveSource("/dev/video2", cam.opener, reopen_min_s=0.01, reopen_max_s=0.04,
+                     camera="back")
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert src.read().seq == 0
+        cam.open_failures = 2
+        assert src.read() is not None
+        deadline = time.monotonic() + 5
+        while "steady again" not in caplog.text and time.monotonic() < deadline:
+            src.read()
+    src.close()
+    lines = [r.getMessage() for r in caplog.records]
+    for what in ("read failed", "cannot open (No such device)", "reopened", "frames again",
+                 "steady again"):
+        [line] = [m for m in lines if what in m]
+        assert line.startswith(f"back (/dev/video2): {what}"), line
+
+
 def test_an_outage_across_a_step_of_the_wall_clock_is_told_by_the_time_that_passed(monkeypatch,
                                                                                    caplog):
     """NTP's first sync (a Pi without a real-time clock) while a camera is away: the log names
