@@ -471,15 +471,19 @@ class CameraLoop:
         return True
 
     def _log_stats(self) -> None:
+        """The journal's line every STATS_EVERY_S; it ends with what keeps frames away (a
+        camera lost or silent), so a 0.0 fps line is not read as an empty hall."""
         s = self.stats()
         self._window = _StatsWindow()
         ms = s.ms
+        away = (f" | camera lost since {s.camera_lost_since}" if s.camera_lost_since else
+                f" | no frame since {s.no_frame_since}" if s.no_frame_since else "")
         log.info(
             "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
-            "skipped %d | faces %d small %d classified %d cached %d | active %d%s", self.cfg.camera,
-            s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"], s.frames,
-            s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
-            " | grey pictures (infrared?)" if s.grey else "",
+            "skipped %d | faces %d small %d classified %d cached %d | active %d%s%s",
+            self.cfg.camera, s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"],
+            s.frames, s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
+            " | grey pictures (infrared?)" if s.grey else "", away,
         )
 
     def _shutdown(self, flush_timeout: float) -> int:

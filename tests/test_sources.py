@@ -1602,3 +1602,34 @@ def test_under_the_watchdog_both_ends_of_the_backoff_are_capped(monkeypatch):
         assert (backoff.min_s, backoff.max_s, backoff.next_s) == (5.0, 5.0, 5.0)
     finally:
         src.close()
+
+
+def test_the_stats_line_of_a_lost_camera_says_it_is_lost(caplog):
+    """The journal's stats line, every 30 s, of a camera that is away: it says since when, as
+    it says grey pictures (was: ``door: 0.0 fps | ms capture 0.0 ... | active 0``, for hours,
+    the same as a camera in an empty hall at night; the WARNING saying why came once a
+    minute from another logger)."""
+    from maskd.config import Config
+    from maskd.service import _camera_loop
+    from maskd.types import RunControl
+
+    cfg = Config()
+    cfg.camera = "door"
+    cfg.source = SourceConfig(kind="opencv", uri="http://127.0.0.1:9/x.mjpg", reopen_min_s=0.05,
+                              reopen_max_s=0.1)
+    loop = _camera_loop(cfg, None, None, RunControl(), list, None, True, None)
+    reader = threading.Thread(target=loop.source.read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while loop.source.stats["camera_lost_since"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        since = loop.source.stats["camera_lost_since"]
+        assert since is not None
+        with caplog.at_level(logging.INFO, logger="maskd.service"):
+            loop._log_stats()
+    finally:
+        loop.source.close()
+        reader.join(5)
+    [line] = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
+    assert line.startswith("door: 0.0 fps") and line.endswith(f"| camera lost since {since}"), line
