@@ -53,7 +53,7 @@ from maskd.config import MqttConfig
 from maskd.mqtt import MqttSink
 from maskd.notify import status_text
 from maskd.outbox import RETRY_S, Outbox
-from maskd.types import LoopStats
+from maskd.types import FaceCounts, LoopStats
 
 
 def test_disk_full_mid_run_broker_down_then_up(tmp_path, caplog):
@@ -546,6 +546,34 @@ def test_refused_discovery_and_state_are_reported(tmp_path, caplog):
                                  "homeassistant/device/maskd_dev1_cam1/config"]
         assert sink.health()["refused"] == 0  # no event was refused
         sink.close()
+
+
+def test_an_acl_that_refuses_every_topic_is_not_a_line_per_topic_every_minute(tmp_path, caplog):
+    """An ACL that grants maskd no topic of its own (`topic read maskd/#`, a common slip): each
+    refused topic is named once, then the steady fault is one line a minute for the side topics
+    (and one for the events), not one per topic (was: about 8 ERROR lines a minute per camera
+    for as long as the ACL stayed wrong, 11,500 a day, though reliability.md promises every
+    fault at most once a minute). Here the minute is shortened."""
+    from maskd.lograte import Throttle
+
+    deny = "topic read maskd/#\ntopic readwrite homeassistant/#"
+    with Broker(tmp_path / "b", acl=deny) as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+        sink._log_once_a_minute = Throttle(every_s=0.4)
+        with caplog.at_level(logging.ERROR, logger="maskd.mqtt.sink"):
+            for n in range(5):  # five "minutes" of the fault, people coming and going
+                sink.on_state(FaceCounts(faces=1, masked=0, unmasked=n % 2, unjudged=0,
+                                         active=n % 2, detect_enabled=True,
+                                         timestamp=time.time()))
+                sink.on_stats(LoopStats(frames=1))
+                time.sleep(0.6)
+            sink.close()  # its offline status: refused again
+    lines = [r.getMessage() for r in caplog.records if "refused maskd/" in r.getMessage()]
+    named = {re.search(r"refused (\S+):", m).group(1) for m in lines}
+    assert {f"{CAM}/stats", f"{CAM}/violations", f"{CAM}/status"} <= named, lines
+    # every topic once, then at most one line for each "minute" and the close's
+    assert len(lines) <= len(named) + 5 + 1, "\n".join(lines)
 
 
 def test_reconnect_during_a_clean_stop_leaves_offline(tmp_path):

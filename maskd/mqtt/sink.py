@@ -299,6 +299,7 @@ class MqttSink(EventSink):
         self._told: tuple[str, int] | None = None  # what a flush last said was left (once)
         self._fail_log = Throttle()  # per connection problem; reset by a connect
         self._log_once_a_minute = Throttle()  # refusals, publisher errors
+        self._refusals_said: set[str] = set()  # "topic reason" named once (bounded: the topics)
         self._rate_log = RateLimitedLog(log)  # bad commands, dropped snapshots
         # good commands: a person toggling from Home Assistant is logged each time, a client
         # flipping the switch in a loop is a line a second (detect/state shows where it ended)
@@ -1005,7 +1006,7 @@ class MqttSink(EventSink):
         return info
 
     def _side_acked(self, mid: int, reason: Any) -> None:
-        """A non-event message was acknowledged: a refusal is logged once a minute per topic
+        """A non-event message was acknowledged: a refusal is logged (``_refusal_to_log``) per topic
         and reason, and listed in faults() until that topic is accepted again."""
         with self._side_lock:
             topic = self._side_topics.pop(mid, None)
@@ -1247,11 +1248,19 @@ class MqttSink(EventSink):
             self._refused.pop(gone, None)
         return rows
 
-    def _refusal_to_log(self, topic: str, reason: str) -> str | None:
-        """What to check (for the message) when this topic and reason were not logged in the
-        last minute, else None: a refusal repeats with every message."""
-        if not self._log_once_a_minute.due(f"{topic} {reason}"):
-            return None
+    def _refusal_to_log(self, topic: str, reason: str, kind: str = "side") -> str | None:
+        """What to check (for the message) when this refusal is to be logged, else None: a
+        refusal repeats with every message. Each topic is named at its first refusal; after
+        that the refusals of one reason and ``kind`` (events, the other topics) are one line a
+        minute, whichever topic: an ACL that grants maskd nothing was a line per topic every
+        minute (8 a camera), where the fault is one."""
+        said, again = f"{topic} {reason}", f"{kind} again {reason}"
+        if said in self._refusals_said:
+            if not self._log_once_a_minute.due(again):
+                return None
+        else:  # named now: a repeat within the minute is no line more
+            self._refusals_said.add(said)
+            self._log_once_a_minute.due(again)
         if reason == QUOTA_EXCEEDED:  # a cloud broker's rate limit: passes, unlike an ACL
             return "the broker's quota or rate limit for this client; it takes them once that allows"
         who = f"user {self._mq.username!r}" if self._mq.username else "this client"
@@ -1261,7 +1270,7 @@ class MqttSink(EventSink):
         """The broker said no (MQTT 5 PUBACK), or would have (too large): keep the event, say so
         once a minute per cause; ``hint`` says what to check (default: the ACL)."""
         self._refused[row_id] = reason
-        if check := self._refusal_to_log(topic, reason):
+        if check := self._refusal_to_log(topic, reason, "event"):
             log.error("MQTT: broker %s refused an event on %s: %s; %d event(s) refused so far, "
                       "kept in the outbox and offered again every %.0f s (%s)", self._url, topic,
                       reason, len(self._refused), REFUSED_RETRY_S, hint or check)
