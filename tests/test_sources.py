@@ -29,6 +29,7 @@ from maskd.sources import (
     VideoFileSource,
     open_source,
 )
+from tools.mosquitto import wait_until
 
 
 def _scene_images(scenes_dir: Path, n: int) -> list[Path]:
@@ -1633,3 +1634,30 @@ def test_the_stats_line_of_a_lost_camera_says_it_is_lost(caplog):
         reader.join(5)
     [line] = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
     assert line.startswith("door: 0.0 fps") and line.endswith(f"| camera lost since {since}"), line
+
+
+def test_the_stats_line_of_a_file_played_to_its_end_says_so(tmp_path, caplog):
+    """A file source that ended idles until a signal: its stats line every 30 s said
+    ``0.0 fps | ... | active 0`` for as long as it idled, like a camera in an empty hall."""
+    from maskd.config import Config
+    from maskd.service import _camera_loop
+    from maskd.types import RunControl
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cfg = Config()
+    cfg.camera = "door"
+    cfg.source = SourceConfig(kind="images", uri=str(tmp_path))
+    loop = _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+    idle = threading.Thread(target=loop._source_ended, daemon=True)  # what the loop calls then
+    try:
+        with caplog.at_level(logging.INFO, logger="maskd.service"):
+            idle.start()
+            assert wait_until(lambda: loop.stats().source_ended, 10)
+            loop._log_stats()
+    finally:
+        loop.stop()
+        idle.join(5)
+        loop.source.close()
+    [line] = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
+    assert line.startswith("door: 0.0 fps") and line.endswith(
+        "| active 0 | source ended, idle until stopped"), line
