@@ -149,6 +149,26 @@ def test_unsearchable_folder_pipe_and_full_stdout(default_model: Path, tmp_path:
     assert "Traceback" not in res.stderr
 
 
+def test_a_reader_that_goes_away_as_head_ends_classify_quietly_with_0(default_model: Path,
+                                                                       tmp_path: Path) -> None:
+    """`maskd classify --json photos/ | head -1` under `set -o pipefail` (a script's): the
+    reader closing the pipe is no failure of classify's, so exit 0 and nothing on stderr,
+    never 1 nor 74 ("cannot write to standard output") nor a BrokenPipeError traceback."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "classify", "--json", "--model",
+                             str(default_model), *["a.jpg"] * 2000], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # `head -1` has its line and exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert json.loads(first)["path"] == "a.jpg"
+    assert [line for line in err.splitlines() if "XNNPACK" not in line] == []
+
+
 # `maskd classify` in a child process that prints its peak RSS (MB) on stderr's last line.
 _PEAK = """
 import resource, sys
