@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", type=_text, help="broker URL mqtt://host:port or mqtts://host:port")
     p.add_argument("--state-dir", type=_path, help="state directory (MQTT outbox)")
     p.add_argument("--flush-timeout", type=_seconds, default=30.0,
-                   help="with --exit-at-end: seconds to wait for the outbox to drain")
+                   help="with --exit-at-end: seconds to wait for the outbox to drain "
+                        "(default: %(default)g)")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
     p.add_argument("--http", type=_text, metavar="ADDR:PORT",
                    help="serve the status page (live view, violations, events, health, "

@@ -55,6 +55,8 @@ def test_help_output_of_the_real_command():
     assert "demo (the built-in clip)" in flat  # --source
     assert "default: none, the built-in defaults; the service passes /etc/maskd/config.yaml" in flat
     assert "--http ADDR:PORT" in flat
+    # the wait docs/mqtt.md promises a script that runs --exit-at-end
+    assert "seconds to wait for the outbox to drain (default: 30)" in flat
     assert "78 bad config or start-up error" in flat
     # the unit's RestartPreventExitStatus=2 78 counts on it (docs/service.md)
     assert "2 a bad command line (an unknown option, a value out of range)" in flat
