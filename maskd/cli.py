@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir",
                        **_doc("doctor"))
     p.add_argument("--config", type=_path, help="YAML config (default: /etc/maskd/config.yaml if present)")
-    p.add_argument("--frames", type=_count, default=5, help="frames to time per stage")
+    p.add_argument("--frames", type=_count, default=5,
+                   help="frames to time per stage (default: %(default)s)")
 
     p = sub.add_parser("mqtt-clear", help="remove a camera's retained topics (Home Assistant "
                                           "discovery, state) from the broker", **_doc("mqtt-clear"))

@@ -63,6 +63,23 @@ def test_help_output_of_the_real_command():
     assert r.stdout.rstrip().endswith("maskd run --source demo --jsonl - --annotate out/demo")
 
 
+@pytest.mark.parametrize(("words", "option", "default"), [
+    (["run"], "--flush-timeout", "30"),  # docs/mqtt.md: "(default 30)"
+    (["doctor"], "--frames", "5"),
+    (["mqtt-clear"], "--wait", "2.0"),
+    (["models", "fetch"], "--timeout", "60.0"),
+])
+def test_the_defaults_help_shows_are_the_ones_a_command_uses(words, option, default):
+    """What `--help` says an option defaults to is what an operator plans with (a script's
+    wait, a table's frame count): the number said, and the one parsed without the option."""
+    parser = dict((w, p) for w, p in ALL)[tuple(words)]
+    text = parser.format_help()
+    entry = text[text.index(f"\n  {option} "):].split("\n  -")[1]  # up to the next option
+    assert f"(default: {default})" in " ".join(entry.split()), entry
+    args = build_parser().parse_args(words)
+    assert getattr(args, option[2:].replace("-", "_")) == float(default)
+
+
 def test_run_http_sets_the_status_page():
     args = build_parser().parse_args(["run", "--http", "127.0.0.1:8089", "--source", "demo"])
     assert run_config(args).preview.http == "127.0.0.1:8089"
