@@ -101,6 +101,34 @@ def test_run_names_the_detector_and_what_blazeface_means(tmp_path, default_model
     assert events[0]["event_type"] == "start" and events[-1]["event_type"] == "end"
 
 
+def test_blazefaces_fallback_is_said_in_the_words_of_the_command_and_the_source(tmp_path,
+                                                                                default_model):
+    """The same missed YuNet file, said three ways: `run` on a camera or file (violations end
+    'gone'), no demo line there (its clip is not what runs), and `scan`'s photos (no events:
+    masked faces go uncounted). Each was said in another's words without a test noticing."""
+    import cv2
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "door.jpg"), np.full((96, 128, 3), 90, np.uint8))
+    typo = tmp_path / "typo_yunet.onnx"
+    base = [sys.executable, "-m", "maskd"]
+    model = ["--model", str(default_model), "--detector-model", str(typo)]
+    r = subprocess.run([*base, "run", "--source", str(tmp_path / "in"), "--max-frames", "1",
+                        "--jsonl", "-", *model], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    missed = (f"maskd run: YuNet's model file was not found (detector.model {typo}; `maskd "
+              "models fetch` downloads it), so this is BlazeFace, which often stops finding a "
+              "face once a mask covers nose and mouth")
+    assert (f"{missed}: a violation then ends as 'gone' rather than 'masked', and the header "
+            "says '(1 face not detected now)' meanwhile\n") in r.stderr, r.stderr
+    assert "in this demo" not in r.stderr
+    r = subprocess.run([*base, "scan", str(tmp_path / "in" / "door.jpg"), *model],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (missed.replace("maskd run:", "maskd scan:") + ": masked faces are often not "
+            "counted\n") in r.stderr, r.stderr
+
+
 @pytest.mark.shared
 def test_run_with_yunet_names_it_without_the_blazeface_warning(tmp_path, default_model, yunet_model):
     r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo", "--jsonl", "-",
