@@ -394,6 +394,20 @@ def test_demo_source_plays_the_clip_once_or_looping():
     assert looped.read() is None
 
 
+def test_run_source_demo_ends_with_its_clip_unless_looped(default_model):
+    """`maskd run --source demo` stops at the clip's end without --exit-at-end (the
+    quickstart); with --loop it plays on (here until --max-frames), as --help says."""
+    common = ("run", "--source", "demo", "--max-frames", "130", "--detector", "blazeface",
+              "--model", str(default_model))
+    once = maskd(*common)
+    assert once.returncode == 0 and "camera: stopping: end of source" in once.stderr, once.stderr
+    assert "| frames 120 " in once.stderr
+    looped = maskd(*common, "--loop")
+    assert looped.returncode == 0, looped.stderr
+    assert "camera: stopping: --max-frames 130 reached" in looped.stderr, looped.stderr
+    assert "| frames 130 " in looped.stderr
+
+
 def test_demo_face_is_found_moving_and_growing_and_the_mask_covers_its_lower_half():
     det = make_detector(DetectorConfig(kind="blazeface"))
     demo = DemoSource()
