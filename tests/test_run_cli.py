@@ -327,6 +327,18 @@ def test_undrained_sink_gives_exit_75(default_model):
     assert svc.run(flush_timeout=0.5) == 75
 
 
+def test_a_signals_stop_waits_5_s_for_delivery_whatever_flush_timeout_says(default_model):
+    """docs/reliability.md: the stop waits at most 5 s (--flush-timeout only with
+    --exit-at-end), so that systemd's stop is not held 30 s by a broker that is down; what is
+    not delivered stays in the outbox and the stop is still clean (0), not 75."""
+    svc, sink, _ = demo_service(default_model)
+    svc.exit_at_end = False  # the service: a camera, stopped by SIGTERM
+    sink.drains = False
+    svc.stop("SIGTERM")
+    assert svc.run(flush_timeout=30.0) == 0
+    assert len(sink.flushed) == 1 and 4.0 < sink.flushed[0] <= 5.0 and sink.closed
+
+
 def test_detection_switched_off_at_run_time(default_model):
     svc, sink, obs = demo_service(default_model, max_frames=30)
     svc.control.detect_enabled = False
