@@ -416,6 +416,46 @@ def test_the_ok_line_is_written_as_every_commands_records(tmp_path):
     assert (r.returncode, r.stdout) == (0, b"OK: " + bytes(latin) + b"\n"), r.stderr
 
 
+def test_a_folder_only_another_user_may_write_is_a_warning_and_stdout_needs_no_folder(tmp_path):
+    """docs: what depends on the user asking (a permission) is a warning of check-config's,
+    as the service may run as another user, and `run` as this user stops on it (78). Events
+    to standard output (`jsonl.path: -`, `--jsonl -`) write no file: a working directory
+    nobody may write in (`cd / && maskd run --jsonl -` as a user) is no reason to refuse."""
+    import pwd
+
+    from test_scan_cli import without_root_override
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"device_id: door-1\nsnapshots: {{dir: '{locked}/snaps'}}\njsonl: {{path: '-'}}\n")
+    locked.chmod(0o555)
+    try:
+        def maskd_in_locked(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*without_root_override(), sys.executable, "-m", "maskd",
+                                   *args], capture_output=True, text=True, timeout=120,
+                                  cwd=locked, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+        checked = maskd_in_locked("check-config", str(cfg))
+        ran = maskd_in_locked("run", "--config", str(cfg), "--source", "demo", "--max-frames",
+                              "1")
+        cfg.write_text("device_id: door-1\njsonl: {path: '-'}\n")
+        to_stdout = maskd_in_locked("run", "--config", str(cfg), "--source", "demo",
+                                    "--max-frames", "1", "--jsonl", "-")
+        checked_stdout = maskd_in_locked("check-config", str(cfg))
+    finally:
+        locked.chmod(0o755)
+    said = f"snapshots.dir {locked}/snaps: cannot save snapshots there: Permission denied"
+    assert checked.returncode == 0 and checked.stdout == f"OK: {cfg}\n", checked.stderr
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert (f"{cfg}: warning: {said} (as user {user}; the service may run as another)\n"
+            in checked.stderr), checked.stderr
+    assert ran.returncode == EX_CONFIG and ran.stderr == f"maskd run: {said}\n", ran.stderr
+    assert checked_stdout.returncode == 0 and "jsonl" not in checked_stdout.stderr, \
+        checked_stdout.stderr
+    assert to_stdout.returncode == 0, to_stdout.stderr
+
+
 def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
     """check-config called a read-only mount a permission warning ('Permission denied (as user
     root; the service may run as another)', OK, exit 0: access() says EACCES there) where
