@@ -456,6 +456,29 @@ def test_a_folder_only_another_user_may_write_is_a_warning_and_stdout_needs_no_f
     assert to_stdout.returncode == 0, to_stdout.stderr
 
 
+def test_events_and_state_behind_a_link_to_nowhere_are_refused_by_both(tmp_path):
+    """Only pictures (snapshots.dir, preview.annotate_dir) wait for a stick that is not
+    mounted yet; the events file and the state dir behind such a link stop both commands
+    (78), in the same words, rather than an OK and a service that starts without them."""
+    (tmp_path / "stick").symlink_to(tmp_path / "not-mounted")
+    cases = [(f"jsonl: {{path: '{tmp_path}/stick/ev.jsonl'}}\n",
+              f"jsonl.path {tmp_path}/stick/ev.jsonl: cannot write there: "),
+             (f"state_dir: '{tmp_path}/stick/state'\n",
+              f"state_dir {tmp_path}/stick/state: cannot keep the open violations there: ")]
+    paths = []
+    for i, (yaml, _) in enumerate(cases):
+        paths.append(tmp_path / f"c{i}.yaml")
+        paths[-1].write_text(f"device_id: door-1\n{yaml}")
+    answers = maskd_each([call for path in paths for call in (("check-config", str(path)),
+                                                              run_args(path))])
+    why = f"{tmp_path}/stick is a link to {tmp_path}/not-mounted, which is not there\n"
+    for i, (path, (_, says)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i], answers[2 * i + 1]
+        assert checked.returncode == EX_CONFIG and checked.stderr == f"{path}: {says}{why}", \
+            checked.stderr
+        assert ran.returncode == EX_CONFIG and ran.stderr == f"maskd run: {says}{why}", ran.stderr
+
+
 def test_both_refuse_a_read_only_file_system_in_the_same_words(tmp_path):
     """check-config called a read-only mount a permission warning ('Permission denied (as user
     root; the service may run as another)', OK, exit 0: access() says EACCES there) where
