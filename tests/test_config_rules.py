@@ -818,6 +818,22 @@ def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_
                         f"reads them from {SERVICE_DIR}\n")
 
 
+def test_relative_paths_are_not_warned_of_in_the_services_own_folder(tmp_path, monkeypatch):
+    """`cd /var/lib/maskd && maskd check-config ...` (the unit's WorkingDirectory=) reads the
+    relative paths where the service does: nothing to warn of there, only elsewhere."""
+    from maskd.commands import check_config
+    from maskd.config import parse_config
+
+    cfg = parse_config({"device_id": "door-1", "snapshots": {"dir": "snaps"}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(check_config, "SERVICE_DIR", tmp_path)
+    assert check_config.relative_warning(cfg) == []
+    monkeypatch.setattr(check_config, "SERVICE_DIR", tmp_path / "srv")
+    assert check_config.relative_warning(cfg) == [
+        f"warning: relative paths (snapshots.dir) are read from the working directory, here "
+        f"{tmp_path}; the service reads them from {tmp_path / 'srv'}"]
+
+
 def test_a_coral_missing_is_a_warning_and_a_missing_libedgetpu_is_refused(tmp_path):
     """A Coral not on the USB bus now is the hardware's state: `run` waits for it (then exits 75
     for a restart), so check-config warns in `run`'s words. libedgetpu.so.1 missing is a setup
