@@ -645,8 +645,9 @@ def test_empty_names_and_paths_are_usage_errors_not_defaults():
     """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file"."""
     for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate",
                  "--log-level"):  # the level was exit 78, a config error
-        r = maskd("run", "--source", "demo", flag, "", "--max-frames", "1")
-        assert r.returncode == 2 and f"argument {flag}: is empty" in r.stderr, (flag, r.stderr)
+        for empty in ("", " "):  # blank is empty too, not a file named ' '
+            r = maskd("run", "--source", "demo", flag, empty, "--max-frames", "1")
+            assert r.returncode == 2 and f"argument {flag}: is empty" in r.stderr, (flag, r.stderr)
 
 
 def test_log_level_in_any_case(tmp_path):
