@@ -339,6 +339,30 @@ def test_a_signals_stop_waits_5_s_for_delivery_whatever_flush_timeout_says(defau
     assert len(sink.flushed) == 1 and 4.0 < sink.flushed[0] <= 5.0 and sink.closed
 
 
+def test_exit_at_end_waits_flush_timeout_for_a_broker_that_is_down_then_75(tmp_path):
+    """`maskd run --exit-at-end --flush-timeout S` (a script's): with the broker down the run
+    waits S for delivery, not the default 30 s, then exits 75 with the events in the outbox."""
+    from mqtt_broker import free_port
+
+    t0 = time.monotonic()
+    r = maskd("run", "--source", "demo", "--detector", "blazeface", "--mqtt",
+              f"mqtt://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "state"),
+              "--flush-timeout", "2")
+    took = time.monotonic() - t0
+    assert r.returncode == 75, r.stderr
+    assert "event(s) not yet acknowledged; kept in" in r.stderr
+    stop = re.search(r"(\d\d:\d\d:\d\d,\d+) INFO maskd.service: camera: stopping: end", r.stderr)
+    gave_up = re.search(r"(\d\d:\d\d:\d\d,\d+) WARNING maskd.mqtt.sink: MQTT: \d+ event",
+                        r.stderr)
+    assert stop and gave_up, r.stderr
+
+    def seconds(hms: str) -> float:
+        h, m, rest = hms.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(rest.replace(",", "."))
+
+    assert 1.5 < seconds(gave_up[1]) - seconds(stop[1]) < 10 and took < 60, r.stderr
+
+
 def test_detection_switched_off_at_run_time(default_model):
     svc, sink, obs = demo_service(default_model, max_frames=30)
     svc.control.detect_enabled = False
