@@ -611,10 +611,12 @@ def test_a_stop_asked_for_while_the_models_load_is_a_clean_stop(tmp_path, defaul
     before = signal.getsignal(signal.SIGINT)
     args = build_parser().parse_args(
         ["run", "--source", "demo", "--model", str(default_model), "--detector", "blazeface",
-         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl")])
+         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl"),
+         "--loop", "--max-frames", "1000"])  # no end of its own: the stop ends it
     with caplog.at_level(logging.INFO, logger="maskd.service"):
         assert run_cmd.main(args) == 0
     assert "SIGINT received while starting: stopping" in caplog.text
+    assert "camera: stopping: SIGINT" in caplog.text, caplog.text
     assert signal.getsignal(signal.SIGINT) == before  # handlers given back
 
 
