@@ -667,6 +667,15 @@ def test_run_flags_out_of_range_are_usage_errors():
         assert r.returncode == 2 and f"argument {flag[0]}:" in r.stderr, r.stderr
 
 
+def test_an_option_its_config_key_refuses_is_exit_78_naming_the_command_line():
+    """run --help: "an option's value that its config key refuses (--threads 0, --mqtt
+    http://x: 'command line: ...')" is 78, so --threads reaches classifier.threads."""
+    r = maskd("run", "--source", "demo", "--threads", "0")
+    assert r.returncode == 78, r.stderr
+    assert r.stderr == ("maskd run: command line: 'classifier.threads': Input should be greater "
+                        "than or equal to 1 (got 0)\n")
+
+
 def test_empty_names_and_paths_are_usage_errors_not_defaults():
     """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file"."""
     for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate",
