@@ -1399,6 +1399,23 @@ def test_a_coral_lost_while_running_says_so_on_mqtt_and_at_the_next_start(tmp_pa
         True, "clean", "door: --max-frames 3 reached"), offline
 
 
+def test_a_start_more_than_a_minute_after_a_lost_coral_does_not_wait(tmp_path, caplog):
+    """The note of a run that lost its Coral over a minute ago (this boot) asks for no wait:
+    no 'this start waits -N s' line, no STATUS, and the note is gone."""
+    from maskd.clock import boot_id, system_clock
+    from maskd.commands.run import CORAL_LOST_FILE, CORAL_RESTART_SPACING_S, space_after_coral_loss
+    from maskd.config import parse_config
+
+    cfg = parse_config({"state_dir": str(tmp_path), "mqtt": {"url": "mqtt://127.0.0.1:1"}})
+    note = tmp_path / CORAL_LOST_FILE
+    note.write_text(json.dumps({"boot_id": boot_id(),
+                                "started": system_clock()[1] - CORAL_RESTART_SPACING_S - 30}))
+    said: list[str] = []
+    with caplog.at_level(logging.INFO, logger="maskd"):
+        space_after_coral_loss(cfg, said.append, lambda: False)
+    assert said == [] and "waits" not in caplog.text and not note.exists()
+
+
 def test_a_start_right_after_a_lost_coral_waits_out_a_minute_from_the_start_before(tmp_path):
     """A failing power supply resets the Coral again and again: each loss is exit 75 and a
     restart, and five within five minutes met the unit's start limit, which left maskd failed
