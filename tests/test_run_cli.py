@@ -321,6 +321,34 @@ def test_loop_feeds_sinks_and_observers_and_flushes(default_model):
     assert max(f[2]["active"] for f in obs.frames) == 1 and obs.frames[-1][2]["fps"] > 0
 
 
+def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(default_model,
+                                                                           caplog):
+    """One sink that raises (a bug in a publisher) is logged each time and the others still
+    get every event; an observer that raises (a preview) is logged, closed and removed, and
+    the loop goes on to the end of its source, exit 0."""
+    svc, sink, obs = demo_service(default_model)
+
+    class BrokenSink(RecordingSink):
+        def emit(self, event) -> None:
+            raise RuntimeError("publisher bug")
+
+    class BrokenObserver(RecordingObserver):
+        def on_frame(self, frame, verdicts, stats) -> None:
+            raise RuntimeError("preview bug")
+
+    broken, bad_view = BrokenSink(), BrokenObserver()
+    svc.sinks.insert(0, broken)
+    svc.observers.insert(0, bad_view)
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        assert svc.run(flush_timeout=1.0) == 0
+    assert svc.frames == DemoSource().frames_per_pass and len(obs.frames) == svc.frames
+    kinds = [e.event_type for e in sink.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and broken.closed
+    assert caplog.text.count("sink BrokenSink failed in emit") == len(sink.events)
+    assert caplog.text.count("observer BrokenObserver failed; removing it") == 1
+    assert bad_view not in svc.observers and bad_view.closed
+
+
 def test_undrained_sink_gives_exit_75(default_model):
     svc, sink, _ = demo_service(default_model)
     sink.drains = False
