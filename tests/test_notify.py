@@ -810,7 +810,13 @@ def test_a_coral_lost_and_a_stop_that_fails_too_is_70_as_the_worst_of_both(caplo
     state the lost invoke left): that is a bug as well, and the exit is 70, the worse one, as
     `Service` ranks them for several cameras (was: 75, the stop's failure not counted)."""
     cam = FailsWhen("door", lambda: True)
-    sink = RecordingSink()
+    stops: list[tuple[str, str]] = []
+
+    class StopSink(RecordingSink):  # the MQTT sink publishes it in status/detail
+        def on_stop(self, stop: str, why: str) -> None:
+            stops.append((stop, why))
+
+    sink = StopSink()
     loop = service_for(live_source("door", cam.opener, SourceConfig()), sinks=[sink],
                        cfg=Config(camera="door"))
     cam.lose_coral(loop)
@@ -826,6 +832,9 @@ def test_a_coral_lost_and_a_stop_that_fails_too_is_70_as_the_worst_of_both(caplo
     assert len(errors) == 2 and errors[0].startswith(
         "door: the face detector's Coral stopped answering") and errors[1].startswith(
         "door: the stop could not end the open violations: KeyError"), errors
+    # told as the exit ranks it: failed (70), not coral_lost (75)
+    assert stops == [("failed", "door: the stop could not end the open violations: KeyError: "
+                                "'track 7'")], stops
 
 
 # ---------------------------------------------------------------- mutants that survived
