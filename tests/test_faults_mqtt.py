@@ -812,6 +812,44 @@ def test_a_message_larger_than_the_brokers_packet_limit_never_cuts_the_connectio
         sub.close()
 
 
+def test_a_message_at_the_brokers_packet_limit_goes_and_one_byte_over_does_not(tmp_path):
+    """The size maskd counts for a PUBLISH is MQTT 5's Maximum Packet Size (the whole packet),
+    to the byte, also where the remaining length takes a third byte (16384): a message exactly
+    at the broker's `max_packet_size` is delivered, the next size up is not sent (a broker that
+    counts as MQTT 5 says cuts the connection for it, and for the same message after every
+    reconnect; mosquitto leaves out the length bytes) and the connection stays."""
+
+    def size(topic: str, body: bytes) -> int:  # MQTT 5 QoS 1 PUBLISH, no properties
+        remaining = 2 + len(topic) + 2 + 1 + len(body)
+        return 1 + (1 if remaining < 128 else 2 if remaining < 128 ** 2 else 3) + remaining
+
+    over, fit, after = f"{CAM}/probe/over", f"{CAM}/probe/fit", f"{CAM}/probe/after"
+    big = b"x" * (16384 - (5 + len(over)))  # remaining length 16384: 16388 bytes
+    at = b"x" * (16383 - (5 + len(fit)))  # 16386 bytes
+    assert (size(over, big), size(fit, at)) == (16388, 16386)
+
+    def check(limit: int) -> None:
+        b = Broker(tmp_path / f"b{limit}")
+        b.conf.write_text(b.conf.read_text() + f"max_packet_size {limit}\n")
+        with b:
+            sub = Subscriber(b, [f"{CAM}/probe/#"])
+            sink = MqttSink.from_config(cfg_for(b, tmp_path / f"s{limit}"), model_name="m")
+            assert wait_until(lambda: sink.connected)
+            sink._side(over, big)
+            sink._side(fit, at)
+            sink._side(after, "1")
+            assert sub.wait(lambda ms: {m.topic for m in ms} >= {fit, after}, 20), \
+                (limit, [m.topic for m in sub.messages], b.log()[-1500:])
+            assert sub.on(over) == [], limit
+            assert sink.connected and sink.health()["reconnects"] == 0, (limit, b.log()[-1500:])
+            assert sink.health()["refused_topics"] == 1, limit
+            sink.close()
+            sub.close()
+
+    check(16386)
+    check(16387)
+
+
 def test_maskd_run_under_a_small_packet_limit_delivers_and_names_what_it_cannot_send(
         tmp_path, default_model):
     """The same broker limit under a real `maskd run --exit-at-end` (the demo's violation, real
