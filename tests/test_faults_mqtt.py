@@ -548,6 +548,33 @@ def test_refused_discovery_and_state_are_reported(tmp_path, caplog):
         sink.close()
 
 
+def test_a_refused_topic_is_no_fault_once_the_broker_takes_it_again(tmp_path):
+    """The ACL fixed (mosquitto reloads it on SIGHUP): the next message on the refused topic is
+    accepted and the fault goes, from faults() (status line, status page) and stats."""
+    deny = f"topic deny {CAM}/violations\ntopic readwrite #"
+    with Broker(tmp_path / "b", acl=deny) as b:
+        sub = Subscriber(b, [f"{CAM}/violations"])
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+
+        def people(active: int) -> FaceCounts:
+            return FaceCounts(faces=1, masked=0, unmasked=active, unjudged=0, active=active,
+                              detect_enabled=True, timestamp=time.time())
+
+        sink.on_state(people(1))
+        assert wait_until(lambda: sink.health()["refused_topics"] == 1, 10)
+        assert sink.faults() == [f"MQTT: broker refuses 1 topic(s), e.g. {CAM}/violations"]
+        (b.dir / "acl").write_text("topic readwrite #\n")
+        os.kill(b.proc.pid, signal.SIGHUP)  # mosquitto reloads its ACL
+        flips = iter(range(10 ** 6))  # a change each time: each is published
+        assert wait_until(lambda: (sink.on_state(people(next(flips) % 2))
+                                   or sub.on(f"{CAM}/violations")), 20), b.log()[-1500:]
+        assert wait_until(lambda: sink.health()["refused_topics"] == 0, 10), sink.faults()
+        assert sink.faults() == []
+        sink.close()
+        sub.close()
+
+
 def test_an_acl_that_refuses_every_topic_is_not_a_line_per_topic_every_minute(tmp_path, caplog):
     """An ACL that grants maskd no topic of its own (`topic read maskd/#`, a common slip): each
     refused topic is named once, then the steady fault is one line a minute for the side topics
@@ -617,6 +644,26 @@ def test_a_stop_against_a_stuck_broker_waits_the_flush_timeout_once(tmp_path):
             t0 = time.monotonic()
             assert sink.flush(30.0, hurry) is False
             assert time.monotonic() - t0 < 2.0
+            t0 = time.monotonic()
+            sink.close()
+            closing = time.monotonic() - t0
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+    assert closing < 4.0, closing  # no second 5 s wait (the worker's join and paho's stop remain)
+
+
+def test_a_stop_after_the_flush_timed_out_on_a_stuck_broker_does_not_wait_again(tmp_path):
+    """The same stuck broker and no second signal: the flush waits its timeout and gives up;
+    close() then does not wait 5 s more for the offline status's PUBACKs (the stop waits at
+    most --flush-timeout, docs/mqtt.md)."""
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"))
+        assert wait_until(lambda: sink.connected, 10)
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            for ev in script("x", 1, 0):
+                sink.emit(ev)
+            assert sink.flush(1.0) is False
             t0 = time.monotonic()
             sink.close()
             closing = time.monotonic() - t0
