@@ -371,6 +371,26 @@ def test_switching_snapshots_and_discovery_off_withdraws_what_an_earlier_run_lef
     assert sink.faults() == []
 
 
+def test_home_assistant_restarting_announces_nothing_with_discovery_off(broker, tmp_path):
+    """`discovery: false`: Home Assistant's `online` (retained by some setups, sent at each of
+    its starts) must not bring the device back that the config turned off: maskd does not
+    listen on `homeassistant/status` then, and no discovery config goes to the broker."""
+    disco = f"{DISCO}/config"
+    ha = Subscriber(broker, ["homeassistant/#"])
+    ha.client.publish("homeassistant/status", "online", qos=1, retain=True).wait_for_publish(5)
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", discovery=False))
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        assert ha.wait(lambda ms: any(m.topic == disco for m in ms), 10)  # the withdrawal
+        for _ in range(3):  # Home Assistant restarts
+            ha.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+        assert not ha.wait(lambda ms: any(m.topic == disco and m.payload for m in ms), 3), \
+            [m.payload[:80] for m in ha.on(disco)]
+    finally:
+        sink.close()
+        ha.close()
+
+
 def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, tmp_path):
     """With discovery on, the retained device config of a run with `snapshots: false` names the
     snapshot component by its platform alone, which Home Assistant takes as "remove it". Was:
