@@ -603,6 +603,46 @@ def test_an_acl_that_refuses_every_topic_is_not_a_line_per_topic_every_minute(tm
     assert len(lines) <= len(named) + 5 + 1, "\n".join(lines)
 
 
+def test_a_steady_refusal_is_said_again_each_minute_for_events_and_other_topics_alike(
+        tmp_path, caplog, monkeypatch):
+    """After each topic is named, the steady fault is one line a minute for the events and one
+    for the other topics (docs/mqtt.md): a refusal of the one kind within the minute of the
+    other's line must not hide it (the events' line says how many are kept), and the line
+    comes back each minute for as long as the ACL stays wrong. The minute runs on a clock of
+    the test's own."""
+    from maskd.lograte import Throttle
+
+    monkeypatch.setattr("maskd.mqtt.sink.REFUSED_RETRY_S", 0.3)
+    deny = "topic read maskd/#\ntopic readwrite homeassistant/#"
+    clock = [0.0]
+    with Broker(tmp_path / "b", acl=deny) as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state"), model_name="m")
+        assert wait_until(lambda: sink.connected, 10)
+        sink._log_once_a_minute = Throttle(every_s=60.0, clock=lambda: clock[0])
+        flips = iter(range(10 ** 6))  # a change each time: each is published, and refused
+
+        def lines(what: str) -> int:
+            sink.on_state(FaceCounts(faces=1, masked=0, unmasked=1, unjudged=0,
+                                     active=next(flips) % 2, detect_enabled=True,
+                                     timestamp=time.time()))
+            return len([r for r in caplog.records if what in r.getMessage()])
+
+        event, side = f"refused an event on {CAM}/violation:", f"refused {CAM}/violations:"
+        try:
+            with caplog.at_level(logging.ERROR, logger="maskd.mqtt.sink"):
+                sink.emit(script("a", 1, 0)[0])
+                assert wait_until(lambda: lines(event) >= 1 and lines(side) >= 1, 20)
+                for minute in (1, 2):
+                    clock[0] = 61.0 * minute
+                    assert wait_until(lambda m=minute: lines(event) >= 1 + m, 20), \
+                        (minute, caplog.text[-3000:])
+                    assert wait_until(lambda m=minute: lines(side) >= 1 + m, 20), \
+                        (minute, caplog.text[-3000:])
+        finally:
+            sink.close()
+    assert sink.health()["refused"] == 1
+
+
 def test_reconnect_during_a_clean_stop_leaves_offline(tmp_path):
     """The broker hangs while maskd stops, then restarts: the reconnect during close() must
     not announce `online` again (the clean disconnect sends no will), or Home Assistant shows
