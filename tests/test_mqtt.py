@@ -414,6 +414,31 @@ def test_switching_snapshots_off_removes_home_assistants_camera_entity(broker, t
     assert retained_components(False)[uid] == {"platform": "camera"}
 
 
+def test_a_schedule_window_ending_shows_detection_off_with_the_switch_still_on(broker,
+                                                                               tmp_path):
+    """docs/mqtt.md: `detect/state` says whether detection runs now, switch and schedule
+    both; outside the schedule the switch left ON shows `OFF` with `in_force: schedule`, so
+    Home Assistant does not show a door as watched while nobody is looked for."""
+    from maskd.types import FaceCounts
+
+    control = RunControl()
+    state, attrs = f"{CAM}/detect/state", f"{CAM}/detect/attributes"
+    sub = Subscriber(broker, [state, attrs])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control=control)
+    try:
+        assert [m.payload for m in sub.wait_topic(state)] == [b"ON"]
+        control.scheduled = False  # the window ended
+        sink.on_state(FaceCounts(faces=0, masked=0, unmasked=0, unjudged=0, active=0,
+                                 detect_enabled=control.detect_enabled, timestamp=time.time()))
+        assert sub.wait(lambda ms: len(sub.on(state)) >= 2, 10), sub.messages
+        assert [m.payload for m in sub.on(state)] == [b"ON", b"OFF"]
+        assert json.loads(sub.on(attrs)[-1].payload) == {"switch": "ON", "schedule": False,
+                                                          "in_force": "schedule"}
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path, caplog):
     sub = Subscriber(broker, [f"{CAM}/detect/#", f"{DISCO}/#"])
     sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1, retain=True).wait_for_publish(5)
