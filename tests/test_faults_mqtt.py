@@ -1126,6 +1126,36 @@ def test_refused_events_drain_at_the_brokers_pace_once_it_takes_them(tmp_path, m
         relay.close()
 
 
+def test_a_retry_refused_again_waits_the_interval_not_a_loop(tmp_path, monkeypatch):
+    """Refused events are offered again every REFUSED_RETRY_S (docs/mqtt.md): a retry refused
+    again waits the full interval, it does not count as a window taken and offer the next at
+    once, which for as long as the fault lasts (an ACL wrong for a week) would send them in a
+    loop at the broker's pace. This relay's broker delivers each refused offer, so a consumer
+    sees them: about one copy each interval."""
+    from maskd.mqtt import sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "REFUSED_RETRY_S", 1.0)  # shortened for the test
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        relay = QuotaExceeded(b)
+        t0 = time.monotonic()
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=1.0),
+                        "dev1", "cam1", tmp_path / "state")
+        try:
+            for ev in script("q", 1, 0):
+                sink.emit(ev)
+            offered = lambda: len(sub.on(f"{CAM}/violation"))  # noqa: E731
+            assert wait_until(lambda: offered() >= 6, 20), offered()  # two retries
+            time.sleep(2.5)  # a loop would offer them hundreds of times meanwhile
+            elapsed = time.monotonic() - t0
+            assert offered() <= 2 * (2 + elapsed / sink_mod.REFUSED_RETRY_S), (offered(), elapsed)
+            assert sink.health()["refused"] == 2 and sink.health()["reconnects"] == 0
+        finally:
+            sink.close()
+            relay.close()
+            sub.close()
+
+
 def test_connections_dropped_for_another_reason_do_not_blame_a_shared_client_id(tmp_path, caplog):
     """mosquitto's `message_size_limit` answers a too-large snapshot with a PUBACK code paho
     cannot read, and paho drops the connection (Protocol error), at every crop. Was: after three
