@@ -1036,6 +1036,34 @@ def test_a_broker_that_acknowledges_nothing_is_named_and_the_events_sent_again(
         sub.close()
 
 
+def test_a_broker_slow_to_acknowledge_keeps_its_connection_for_twice_the_grace(
+        tmp_path, monkeypatch):
+    """The grace first only names the stall (the status line); the connection is dropped after
+    twice the grace (docs/mqtt.md, 60 s): a broker that is slow, not stuck, keeps its
+    connection and the events are not sent twice meanwhile. Grace shortened to 2 s."""
+    from maskd.mqtt import sink as sink_mod
+
+    grace = 2.0
+    monkeypatch.setattr(sink_mod, "DOWN_GRACE_S", grace)
+    with Broker(tmp_path / "b") as b:
+        relay = NoPubacks(b)
+        sink = MqttSink(MqttConfig(url=relay.url, reconnect_min_s=0.2, reconnect_max_s=0.5),
+                        "dev1", "cam1", tmp_path / "state")
+        try:
+            assert wait_until(lambda: sink.connected)
+            t0 = time.monotonic()
+            sink.emit(script("s", 1, 0)[0])
+            assert wait_until(lambda: sink.faults() != [], 10)  # named after the grace
+            time.sleep(max(0.0, t0 + 1.7 * grace - time.monotonic()))
+            dropped, elapsed = sink.reconnects, time.monotonic() - t0
+            # not before twice the grace from the send, which came after t0
+            assert dropped == 0 or elapsed >= 2 * grace, (dropped, elapsed)
+            assert wait_until(lambda: sink.reconnects >= 1, 15)  # then dropped, sent again
+        finally:
+            sink.close()
+            relay.close()
+
+
 def test_a_reconnect_after_an_outage_with_events_in_flight_is_not_taken_for_a_stall(
         tmp_path, caplog, monkeypatch):
     """Events in flight when the broker went away for longer than twice the grace: the new
