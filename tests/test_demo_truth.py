@@ -85,7 +85,9 @@ def test_yunet_demo_ends_masked_with_the_face_in_view(default_model, yunet_model
 def test_run_names_the_detector_and_what_blazeface_means(tmp_path, default_model):
     """The fresh-checkout case (no YuNet file anywhere): `maskd run --source demo` says plainly
     that BlazeFace runs and what that means, and ends with the clip without --exit-at-end."""
-    env = {"PATH": "/usr/bin:/bin", "MASKD_YUNET": str(tmp_path / "none.onnx"), "HOME": str(tmp_path)}
+    # This checkout's maskd (cwd is tmp_path: without PYTHONPATH an installed one would run).
+    env = {"PATH": "/usr/bin:/bin", "MASKD_YUNET": str(tmp_path / "none.onnx"), "HOME": str(tmp_path),
+           "PYTHONPATH": str(REPO)}
     code = ("import sys, maskd.detectors.yunet as y, pathlib; "
             f"y.REPO_MODELS = y.SYSTEM_MODELS = pathlib.Path({str(tmp_path)!r}); "
             "from maskd.cli import main; sys.exit(main(sys.argv[1:]))")
