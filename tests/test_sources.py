@@ -1636,6 +1636,38 @@ def test_the_stats_line_of_a_lost_camera_says_it_is_lost(caplog):
     assert line.startswith("door: 0.0 fps") and line.endswith(f"| camera lost since {since}"), line
 
 
+def test_the_stats_line_of_a_camera_that_sends_nothing_says_since_when(caplog):
+    """A camera neither lost nor sending (a stalled stream, a driver whose read hangs): its
+    stats line must not read like an empty hall (``0.0 fps | ... | active 0``); it ends with
+    the time of the last frame, as systemd's STATUS says it."""
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.config import Config
+    from maskd.sources import live_source
+
+    cfg = Config()
+    cfg.camera = "door"
+    cfg.tracking.end_after_s = 0.5  # the gap after which "no frame" is said
+    blank = BlankCamera()
+    loop = service_for(live_source("cam", blank.opener, SourceConfig()), cfg=cfg)
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: loop.frames >= 3, 60)
+        blank.hang_read.set()
+        assert wait_until(lambda: loop.stats().no_frame_since is not None, 60)
+        since = loop.stats().no_frame_since
+        with caplog.at_level(logging.INFO, logger="maskd.service"):
+            loop._log_stats()
+    finally:
+        blank.hang_read.clear()
+        loop.stop()
+        runner.join(30)
+    lines = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
+    assert lines and lines[0].startswith("door: ") and lines[0].endswith(
+        f"| active 0 | no frame since {since}"), lines
+
+
 def test_the_stats_line_of_a_file_played_to_its_end_says_so(tmp_path, caplog):
     """A file source that ended idles until a signal: its stats line every 30 s said
     ``0.0 fps | ... | active 0`` for as long as it idled, like a camera in an empty hall."""
