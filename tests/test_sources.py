@@ -1636,6 +1636,34 @@ def test_the_stats_line_of_a_lost_camera_says_it_is_lost(caplog):
     assert line.startswith("door: 0.0 fps") and line.endswith(f"| camera lost since {since}"), line
 
 
+def test_the_stats_line_comes_every_stats_interval_while_frames_flow(caplog, monkeypatch):
+    """The journal's health line (fps, stage times, counts) is what an operator reads in
+    `journalctl -u maskd`: a running loop writes it every STATS_EVERY_S, not only at the stop."""
+    from loop_parts import BlankCamera, service_for
+
+    from maskd import service
+    from maskd.config import Config
+    from maskd.sources import live_source
+
+    monkeypatch.setattr(service, "STATS_EVERY_S", 0.3)  # 30 s in the service
+    cfg = Config()
+    cfg.camera = "door"
+    loop = service_for(live_source("cam", BlankCamera().opener, SourceConfig()), cfg=cfg)
+    runner = threading.Thread(target=loop.run, daemon=True)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        runner.start()
+        try:
+            assert wait_until(lambda: len(lines()) >= 2, 60), lines()
+        finally:
+            loop.stop()
+            runner.join(30)
+    assert all(x.startswith("door: ") and " | frames " in x for x in lines()), lines()
+
+
 def test_the_stats_line_of_a_camera_that_sends_nothing_says_since_when(caplog):
     """A camera neither lost nor sending (a stalled stream, a driver whose read hangs): its
     stats line must not read like an empty hall (``0.0 fps | ... | active 0``); it ends with
