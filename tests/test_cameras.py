@@ -318,6 +318,65 @@ def test_a_shared_classifier_gives_scores_and_features_one_call_at_a_time(defaul
     assert embed_crops(_Serialized(ScoresOnly()), crops) == ([0.25] * 3, [None] * 3)
 
 
+def test_a_camera_whose_file_ends_first_leaves_the_shared_jsonl_file_to_the_others(
+        tmp_path, default_model):
+    """The cameras of a map write one JSON lines file: a camera whose file ends first (here
+    with --exit-at-end) closes its part of it, not the file, so the demo camera's violation,
+    which comes later, is still written there (and nothing goes to stdout instead)."""
+    events = tmp_path / "events.jsonl"
+    cfg = write(tmp_path / "cams.yaml", {
+        "detector": {"kind": "blazeface"}, "classifier": {"model": str(default_model)},
+        "jsonl": {"path": str(events)},
+        "cameras": {"short": {"source": {"uri": str(_blank_clip(tmp_path / "short.avi", 3))}},
+                    "demo": {"source": {"kind": "demo"}}}})
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                        "--exit-at-end"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "short: end of source" in r.stderr or "short: stopping" in r.stderr, r.stderr
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    kinds = [(e["camera"], e["event_type"]) for e in lines]
+    assert kinds and kinds[0] == ("demo", "start") and kinds[-1] == ("demo", "end"), (kinds, r.stdout)
+    assert "event_type" not in r.stdout, r.stdout
+
+
+def test_a_shared_face_detector_is_called_by_one_camera_at_a_time():
+    """The cameras of a map share one face detector (YuNet's and BlazeFace's OpenCV / TFLite
+    objects are not safe to call from two threads at once): its detect is locked like the
+    classifier's predict, or two cameras' frames met inside it."""
+    import threading
+
+    import numpy as np
+
+    from maskd.service import _Serialized
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inside = self.most = 0
+            self.both = threading.Event()  # two callers inside at once
+
+        def detect(self, image_bgr):
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            if self.inside > 1:
+                self.both.set()
+            self.both.wait(0.05)  # long enough for another camera's call to come in
+            self.inside -= 1
+            return []
+
+    inner = Counting()
+    shared = _Serialized(inner)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    threads = [threading.Thread(target=lambda: [shared.detect(frame) for _ in range(10)])
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert inner.most == 1
+
+
 def _blank_clip(path: Path, frames: int = 5) -> Path:
     import cv2
     import numpy as np
