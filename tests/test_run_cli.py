@@ -355,6 +355,25 @@ def test_undrained_sink_gives_exit_75(default_model):
     assert svc.run(flush_timeout=0.5) == 75
 
 
+def test_a_sink_whose_flush_raises_is_undrained_too_75_and_the_others_are_closed(default_model,
+                                                                                 caplog):
+    """A sink whose flush fails with an exception has not delivered what it accepted: with
+    --exit-at-end that is 75 (systemd or the script runs it again), as for a flush that timed
+    out, not a clean 0; the next sink is still flushed and closed."""
+    svc, sink, _ = demo_service(default_model)
+    after = RecordingSink()
+    svc.sinks.append(after)
+
+    def broken_flush(timeout, cancel=None):
+        raise OSError("disk gone")
+
+    sink.flush = broken_flush
+    with caplog.at_level(logging.WARNING, logger="maskd.service"):
+        assert svc.run(flush_timeout=0.5) == 75
+    assert after.flushed and after.closed and sink.closed
+    assert "camera: RecordingSink: not everything accepted was delivered" in caplog.messages
+
+
 def test_a_signals_stop_waits_5_s_for_delivery_whatever_flush_timeout_says(default_model):
     """docs/reliability.md: the stop waits at most 5 s (--flush-timeout only with
     --exit-at-end), so that systemd's stop is not held 30 s by a broker that is down; what is
