@@ -130,3 +130,16 @@ def test_a_ctrl_c_while_the_command_loads_is_exit_130_not_a_traceback(monkeypatc
 
     monkeypatch.setattr(cli.importlib, "import_module", interrupted)
     assert cli.main(["scan", "nothing-here"]) == 130
+
+
+@pytest.mark.parametrize("words", [[], ["models"]])
+def test_no_command_is_a_usage_error_naming_what_is_missing_not_a_traceback(words):
+    """`maskd` alone (or `maskd models`) is exit 2 with the usage and what is missing, as any
+    bad command line (the unit's RestartPreventExitStatus=2), not an AttributeError traceback
+    from looking up the command None."""
+    r = subprocess.run([sys.executable, "-m", "maskd", *words], capture_output=True, text=True,
+                       timeout=60)
+    missing = "ACTION" if words else "COMMAND"
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.startswith("usage: maskd") and r.stderr.endswith(
+        f"error: the following arguments are required: {missing}\n"), r.stderr
