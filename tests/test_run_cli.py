@@ -724,9 +724,10 @@ def test_an_option_its_config_key_refuses_is_exit_78_naming_the_command_line():
 
 
 def test_empty_names_and_paths_are_usage_errors_not_defaults():
-    """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file"."""
+    """`--jsonl ""` (an unset shell variable) would otherwise silently mean "no events file";
+    `--config ""` would be the folder "." (Path("")), a config error (78) naming no option."""
     for flag in ("--jsonl", "--source", "--state-dir", "--mqtt", "--camera", "--annotate",
-                 "--log-level"):  # the level was exit 78, a config error
+                 "--log-level", "--config"):  # the level was exit 78, a config error
         for empty in ("", " "):  # blank is empty too, not a file named ' '
             r = maskd("run", "--source", "demo", flag, empty, "--max-frames", "1")
             assert r.returncode == 2 and f"argument {flag}: is empty" in r.stderr, (flag, r.stderr)
