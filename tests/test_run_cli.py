@@ -193,8 +193,16 @@ def test_exit_at_end_with_a_looping_source_is_refused_not_run_for_ever(tmp_path)
 
 
 def test_missing_model_or_source_is_exit_78(tmp_path):
+    """One line naming what the user typed (the option), not a config key of a file they may
+    not have, as check-config and scan name it."""
     r = maskd("run", "--model", str(tmp_path / "nope.tflite"), "--source", "demo")
-    assert r.returncode == 78 and "nope.tflite" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 78 and "Traceback" not in r.stderr
+    assert f"maskd run: --model: {tmp_path / 'nope.tflite'}: model file not found" in r.stderr, r.stderr
+    r = maskd("run", "--detector", "yunet", "--detector-model", str(tmp_path / "nope.onnx"),
+              "--source", "demo")
+    assert r.returncode == 78 and "Traceback" not in r.stderr
+    assert (f"maskd run: --detector-model: {tmp_path / 'nope.onnx'}: model file not found"
+            in r.stderr), r.stderr
 
 
 def test_missing_source_file_is_exit_78(tmp_path, default_model):
