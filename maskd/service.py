@@ -472,13 +472,13 @@ class CameraLoop:
 
     def _log_stats(self) -> None:
         """The journal's line every STATS_EVERY_S; it ends with what keeps frames away (a
-        camera lost or silent, a file played to its end), so a 0.0 fps line is not read as an
-        empty hall."""
+        camera's outage in systemd's STATUS words, a file played to its end), so a 0.0 fps
+        line is not read as an empty hall."""
         s = self.stats()
         self._window = _StatsWindow()
         ms = s.ms
-        away = (f" | camera lost since {s.camera_lost_since}" if s.camera_lost_since else
-                f" | no frame since {s.no_frame_since}" if s.no_frame_since else
+        outage = s.outage()
+        away = (f" | {outage}" if outage else
                 " | source ended, idle until stopped" if s.source_ended else "")
         log.info(
             "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
