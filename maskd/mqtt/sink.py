@@ -1006,8 +1006,9 @@ class MqttSink(EventSink):
         return info
 
     def _side_acked(self, mid: int, reason: Any) -> None:
-        """A non-event message was acknowledged: a refusal is logged (``_refusal_to_log``) per topic
-        and reason, and listed in faults() until that topic is accepted again."""
+        """A non-event message was acknowledged: a refusal is logged (``_refusal_to_log``: each
+        topic at its first, then once a minute per reason) and listed in faults() until that
+        topic is accepted again."""
         with self._side_lock:
             topic = self._side_topics.pop(mid, None)
             if topic is None:
@@ -1254,13 +1255,13 @@ class MqttSink(EventSink):
         that the refusals of one reason and ``kind`` (events, the other topics) are one line a
         minute, whichever topic: an ACL that grants maskd nothing was a line per topic every
         minute (8 a camera), where the fault is one."""
-        said, again = f"{topic} {reason}", f"{kind} again {reason}"
-        if said in self._refusals_said:
-            if not self._log_once_a_minute.due(again):
-                return None
-        else:  # named now: a repeat within the minute is no line more
-            self._refusals_said.add(said)
-            self._log_once_a_minute.due(again)
+        said = f"{topic} {reason}"
+        first = said not in self._refusals_said
+        self._refusals_said.add(said)
+        # taken also by a first naming: a repeat within its minute is no line more
+        due = self._log_once_a_minute.due(f"{kind} again {reason}")
+        if not (first or due):
+            return None
         if reason == QUOTA_EXCEEDED:  # a cloud broker's rate limit: passes, unlike an ACL
             return "the broker's quota or rate limit for this client; it takes them once that allows"
         who = f"user {self._mq.username!r}" if self._mq.username else "this client"
