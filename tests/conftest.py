@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,21 @@ def default_model() -> Path:
     if not p.exists():
         pytest.skip(f"{p} not built yet (tools/train.py + tools/convert.py)")
     return p
+
+
+@pytest.fixture
+def refuse_to_delete(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """``refuse_to_delete(p)``: deleting ``p`` fails as another user's file in a shared sticky
+    folder does (EPERM), every other file is deleted as usual: how a cap meets a file it
+    cannot remove."""
+    unlink = Path.unlink
+
+    def refuse(path: Path) -> None:
+        def refusing(self: Path, missing_ok: bool = False) -> None:
+            if self == path:
+                raise PermissionError(1, "Operation not permitted")
+            return unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", refusing)
+
+    return refuse

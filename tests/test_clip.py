@@ -1063,18 +1063,11 @@ def test_the_writable_probe_runs_once_every_writable_look_s(tmp_path, monkeypatc
     assert 1 <= len(looks) <= 2, len(looks)
 
 
-def test_a_segment_the_cap_cannot_delete_does_not_stop_the_cap(tmp_path, monkeypatch):
+def test_a_segment_the_cap_cannot_delete_does_not_stop_the_cap(tmp_path, refuse_to_delete):
     """The oldest segment refusing deletion (another user's in a shared folder): the ones after
     it are deleted instead, and the cap holds (it stopped at the first refusal for good)."""
     segs = earlier_segments(tmp_path, [300_000] * 4)
-    unlink = Path.unlink
-
-    def refuse_the_oldest(self, missing_ok=False):
-        if self == segs[0]:
-            raise PermissionError(1, "Operation not permitted")
-        return unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", refuse_the_oldest)
+    refuse_to_delete(segs[0])
     w = ClipWriter(tmp_path, "door", 15.0, keep_mb=700_000 / clip.MB)
     w.close()
     assert segs[0].exists() and list(w.deleted) == segs[1:3] and segs[3].exists()

@@ -172,25 +172,16 @@ def test_retention_by_size_deletes_the_oldest_first(tmp_path):
     assert sum(p.stat().st_size for p in left) <= keep
 
 
-def test_a_snapshot_that_cannot_be_deleted_does_not_stop_retention(tmp_path, monkeypatch,
+def test_a_snapshot_that_cannot_be_deleted_does_not_stop_retention(tmp_path, refuse_to_delete,
                                                                    caplog):
     """The oldest one refusing deletion (another user's in a shared sticky folder, an
     immutable file) stopped every deletion after it: the folder grew past keep_mb for good,
     with one WARNING a minute about that one file."""
-    from pathlib import Path
-
     folder = tmp_path / "snaps"
     files = make_files(folder, [5, 4, 3, 2, 1, 0.5])
     sizes = [p.stat().st_size for p in files]
     keep = sum(sizes[-3:]) + 100  # room for the newest three
-    unlink = Path.unlink
-
-    def refuse_the_oldest(self, missing_ok=False):
-        if self == files[0]:
-            raise PermissionError(1, "Operation not permitted")
-        return unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", refuse_the_oldest)
+    refuse_to_delete(files[0])
     with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
         store = SnapshotStore(folder, keep_days=30, keep_mb=keep / snapshots.MB)
         store.close()
