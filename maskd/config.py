@@ -379,11 +379,6 @@ class TrackingConfig(Section):
     # Off: on the walk-up clips it cost recall and raised false alarms (docs/eval_video.md).
     predict_motion: bool = False
     max_missed_frames: int = Field(10, ge=0)
-    # In a frame where the detector finds no face for a live track, look for the track's face
-    # by its own pixels near where it was (maskd/detectors/follow.py), for at most this many
-    # frames in a row; found, it is matched and classified as if detected (0 = off).
-    # docs/eval_video.md, round thirty-one.
-    follow_frames: int = Field(0, ge=0, le=30)
     window: int = Field(9, ge=1, le=100)  # median of the last N fresh no-mask scores
     start_threshold: float = Field(0.6, ge=0.0, le=1.0)
     release_threshold: float = Field(0.4, ge=0.0, le=1.0)

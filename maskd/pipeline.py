@@ -29,7 +29,6 @@ import numpy as np
 from maskd import zones
 from maskd.clock import FRAME_STEP_S, StepWatch, system_clock
 from maskd.config import ClassifierConfig, Config
-from maskd.detectors.follow import FacePatch, face_patch, find_again
 from maskd.events import Violations
 from maskd.geometry import crop_face, iou, rescale, shorter_side
 from maskd.lograte import RateLimitedLog, Throttle
@@ -168,7 +167,6 @@ class PipelineCounts:
     static_faces: int = 0  # tracks found to be pictures (tracking.static_after_s)
     capped_faces: int = 0  # over detector.max_faces in their frame: not tracked or judged
     grey_frames: int = 0  # frames while the camera sent grey pictures (maskd.night)
-    followed: int = 0  # faces the detector lost, found by their pixels (tracking.follow_frames)
 
 
 @dataclass
@@ -194,8 +192,6 @@ class Pipeline:
         self.violations = (Violations(cfg.tracking, cfg.camera) if new_event_id is None
                            else Violations(cfg.tracking, cfg.camera, new_event_id))
         self._cache: dict[int, _Cached] = {}
-        # per track: the face patch and detector score of its last detection (follow_frames)
-        self._patches: dict[int, tuple[FacePatch, float]] = {}
         self.counts = PipelineCounts()
         self.night = GreyWatch(cfg.camera)
         self._last: Frame | None = None
@@ -242,7 +238,6 @@ class Pipeline:
         self.violations.rescale(sx, sy)
         for c in self._cache.values():
             c.box = rescale(c.box, sx, sy)
-        self._patches.clear()  # their pixels are of the old size
 
     def _follow_clock(self, frame: Frame) -> None:
         """Frame times are wall-clock times, and the wall clock of a Pi steps (no real-time
@@ -300,7 +295,6 @@ class Pipeline:
                      self.cfg.tracking.end_after_s)
         self.tracker.forget()
         self._cache.clear()
-        self._patches.clear()
 
     def process(self, frame: Frame, detect: bool = True) -> FrameResult:
         """Run one frame through every stage; ``detect=False`` skips detection (paused)."""
@@ -335,9 +329,6 @@ class Pipeline:
         self._follow_clock(frame)
         self._after_gap(frame)
         tracks = self.tracker.match([f.box for f in faces], frame.seq, frame.timestamp)
-        detected = len(faces)
-        if detect and self.cfg.tracking.follow_frames:
-            faces, tracks = self._follow(frame, faces, tracks)
         for t in tracks:
             if t.static and not t.reported_static:
                 t.reported_static = True
@@ -376,13 +367,9 @@ class Pipeline:
         voted = set(todo)
         for i, (t, s) in enumerate(zip(tracks, scores, strict=True)):
             self.tracker.add_score(t, s, fresh=i in voted)
-        if self.cfg.tracking.follow_frames:
-            self._keep_patches(frame.image, faces[:detected], tracks[:detected])
         alive = {t.track_id for t in self.tracker.tracks}
         for tid in [k for k in self._cache if k not in alive]:
             del self._cache[tid]
-        for tid in [k for k in self._patches if k not in alive]:
-            del self._patches[tid]
         # each live track's latest classified crop (this frame's where it was classified now)
         latest = {tid: c.crop for tid, c in self._cache.items()}
         events = self.violations.update(self.tracker.tracks, frame.timestamp, frame.seq, (w, h),
@@ -402,41 +389,6 @@ class Pipeline:
                 "track": ((t2 - t1) + (t4 - t3)) * 1e3,
             },
         )
-
-    def _follow(self, frame: Frame, faces: list[Face],
-                tracks: list[Track]) -> tuple[list[Face], list[Track]]:
-        """``faces`` and their ``tracks`` with, after them, the tracks seen in the previous
-        frame that no detection matched now but whose face is found again by its own pixels
-        (maskd.detectors.follow), for at most ``tracking.follow_frames`` frames in a row: the
-        detector drops a blurred or fast face for a frame or a few, and a track waiting without
-        votes may never reach the evidence an alarm needs (docs/eval_video.md, round
-        thirty-one). The zones apply to a found box as to a detected one."""
-        limit = self.cfg.tracking.follow_frames
-        zcfg = self.cfg.zones
-        h, w = frame.image.shape[:2]
-        faces, tracks = list(faces), list(tracks)
-        for t in self.tracker.tracks:
-            kept = self._patches.get(t.track_id)
-            if kept is None or t.missed != 1 or t.followed >= limit or t.static:
-                continue
-            box = find_again(frame.image, kept[0], t.box)
-            if box is None or not zones.counts(box, w, h, zcfg.include, zcfg.ignore):
-                continue
-            self.tracker.follow(t, box, frame.seq, frame.timestamp)
-            faces.append(Face(box, kept[1]))
-            tracks.append(t)
-            self.counts.followed += 1
-        return faces, tracks
-
-    def _keep_patches(self, image: np.ndarray, faces: list[Face], tracks: list[Track]) -> None:
-        """Each detected face's patch, for its track to be found by if the detector loses it.
-        Only detections leave one: a patch taken where the track was only followed could drift
-        onto the background. A face partly out of the frame leaves none; its earlier patch
-        stays."""
-        for f, t in zip(faces, tracks, strict=True):
-            patch = face_patch(image, f.box)
-            if patch is not None:
-                self._patches[t.track_id] = (patch, f.score)
 
     def end_gone(self) -> list[ViolationEvent]:
         """While no frame comes (a live camera away and reconnecting): once that is a gap, the

@@ -83,7 +83,6 @@ class Track:
     last_seq: int
     window: int
     missed: int = 0  # consecutive frames without a match
-    followed: int = 0  # consecutive frames found by its pixels, not the detector (follow)
     scores: deque[float] = field(default_factory=deque)  # the last `window` votes
     smoothed: float | None = None  # median of the last `window` votes; None until judged
     above: int = 0  # consecutive votes with smoothed >= start_threshold
@@ -153,7 +152,7 @@ class Tracker:
             t.velocity = smooth_velocity(t.velocity, t.box, boxes[bi], timestamp - t.last_seen)
             t.box, t.last_seen, t.last_seq = boxes[bi], timestamp, seq
             t.returned = t.returned or t.missed > 0
-            t.missed, t.followed = 0, 0
+            t.missed = 0
             self._still(t)
             assigned[bi] = t
         kept: list[Track] = []
@@ -170,16 +169,6 @@ class Tracker:
                 assigned[bi] = t
         self.tracks = kept
         return [t for t in assigned if t is not None]
-
-    def follow(self, track: Track, box: Box, seq: int, timestamp: float) -> None:
-        """``track``, unmatched in this frame, was found at ``box`` by its own pixels
-        (maskd.detectors.follow): matched there, as by a detection, and counted in ``followed``.
-        Not ``returned``: it was never out of sight, so no identity check is due."""
-        track.velocity = smooth_velocity(track.velocity, track.box, box, timestamp - track.last_seen)
-        track.box, track.last_seen, track.last_seq = box, timestamp, seq
-        track.missed = 0
-        track.followed += 1
-        self._still(track)
 
     def identify(self, track: Track, crop_bgr: np.ndarray,
                  features: np.ndarray | None = None) -> Track:
