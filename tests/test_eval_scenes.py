@@ -353,3 +353,104 @@ def test_grey_photos_are_what_an_infrared_camera_gives(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stop:  # only scene photos are made grey
         evaluate.main(["--model", str(tmp_path / "m.tflite"), "--data", str(tmp_path), "--grey"])
     assert stop.value.code == 2
+
+
+def test_the_edges_of_the_rules_are_where_the_docstring_puts_them() -> None:
+    """IoU exactly at the cut matches ("IoU >= 0.3"), a face exactly small_px is in the >=
+    bin (annotated and unmatched detection alike), and precision and recall are not each
+    other's (tp 1, fp 1, fn 3: P 1/2, R 1/4)."""
+    gt = np.array([[0, 0, 10, 10]])
+    assert ev.match(np.array([[0, 0, 10, 3]]), np.ones(1), gt, 0.3).tolist() == [0]  # IoU 0.3
+    gt = np.array([[0, 0, 24, 30],                       # without_mask, 24 px: found -> TP
+                   [100, 0, 124, 30], [200, 0, 224, 30],  # without_mask, 24 px: missed -> FN
+                   [300, 0, 324, 30]])
+    labels = ["without_mask"] * 4
+    dets = np.array([[0, 0, 24, 30], [500, 0, 524, 24]])  # 2nd: a 24 px false alarm
+    c = ev.score_image(gt, labels, dets, np.ones(2), [True, True], 0.3, 24)
+    assert (c.by["ge"]["gt"], c.by["lt"]["gt"], c.by["ge"]["dets"], c.by["lt"]["dets"]) == (4, 0, 2, 0)
+    m = ev.metrics(c)["ge"]
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 3)
+    assert (m["violation_precision"], m["violation_recall"]) == (0.5, 0.25)
+
+
+def test_the_split_by_photo_is_pinned() -> None:
+    """The part follows from the name alone and must never drift (models and defaults were
+    chosen on 'select'): the first 30 names' select photos, maksssksksss8 and 14 sitting on the
+    edge of SELECT_PERCENT (hash % 100 == 40: train)."""
+    assert [i for i in range(30) if ev.photo_part(f"maksssksksss{i}") == "select"] == [
+        5, 7, 12, 15, 16, 17, 19, 21, 22, 24, 27]
+
+
+def test_detections_are_labelled_no_mask_at_the_threshold_and_unjudged_faces_never(
+        tmp_path: Path, monkeypatch) -> None:
+    """evaluate() labels as the device does (``label_for``: P(no_mask) >= threshold is
+    no_mask) and a face too small to judge (no_mask None) is never a violation; --threshold
+    is the cut it uses."""
+    import maskd.pipeline
+    from maskd.config import ClassifierConfig, DetectorConfig
+    from maskd.types import Face
+
+    cv2.imwrite(str(tmp_path / "p.png"), np.full((100, 300, 3), 90, np.uint8))
+    boxes = np.array([[0, 0, 40, 40], [100, 0, 140, 40], [200, 0, 240, 40]], np.float64)
+    scene = ev.Scene(tmp_path / "p.png", boxes, ["without_mask", "with_mask", "with_mask"])
+
+    class Fake:
+        name = "fake"
+
+        def detect(self, image: np.ndarray) -> list[Face]:
+            return [Face(tuple(b), 0.9) for b in boxes]
+
+    scores = [0.7, None, 0.69]  # at the cut; not judged; just below it
+    monkeypatch.setattr(ev, "make_detector", lambda cfg: Fake())
+    monkeypatch.setattr(maskd.pipeline, "judge_faces", lambda image, faces, clf, cfg: [
+        type("V", (), {"no_mask": s})() for s in scores])
+    out = ev.evaluate("fake", DetectorConfig(), [scene], object(), ClassifierConfig(threshold=0.7),
+                      0.3, 24, thresholds=[0.69])
+    assert (out["subsets"]["ge"]["tp"], out["subsets"]["ge"]["fp"]) == (1, 0)
+    assert out["sweep"]["0.69"]["ge"]["fp"] == 1  # the 0.69 face, not the unjudged one
+    assert ev.parse_args(["--threshold", "0.7"]).threshold == 0.7
+
+
+def test_the_cli_defaults_are_the_documented_ones_and_threshold_overrides_config(
+        scenes_dir: Path, yunet_model: Path, tmp_path: Path, capsys) -> None:
+    """IoU 0.3 and 24 px as the module docstring says; --threshold wins over the --config
+    file's classifier.threshold; a run whose every variant was skipped exits 1."""
+    args = ev.parse_args([])
+    assert (args.iou, args.small_px) == (0.3, 24.0)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"detector:\n  kind: yunet\n  model: {yunet_model}\nclassifier:\n"
+                   "  threshold: 0.7\n")
+    assert ev.main(["--scenes", str(scenes_dir), "--limit", "1", "--faces-only", "--json",
+                    "--config", str(cfg), "--threshold", "0.9"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == 0.9
+    rc = ev.main(["--scenes", str(scenes_dir), "--limit", "1", "--faces-only", "--variants",
+                  "blazeface-full", "-o", f"model={tmp_path / 'missing.tflite'}"])
+    assert rc == 1
+    assert "eval_scenes: blazeface-full skipped: " in capsys.readouterr().err
+
+
+def test_a_box_ending_on_the_photo_edge_lies_outside(tmp_path: Path) -> None:
+    """xmax 0 (or xmin at the width) has no pixel in the photo: refused as outside, not read
+    as a 1 px face at the border."""
+    cv2.imwrite(str(tmp_path / "p.png"), np.full((120, 160, 3), 90, np.uint8))
+    for stem, box in (("left", [-1, 10, 0, 50]), ("right", [160, 10, 161, 50])):
+        (tmp_path / f"{stem}.png").write_bytes((tmp_path / "p.png").read_bytes())
+        _voc(tmp_path, stem, [("with_mask", box)])
+        with pytest.raises(ValueError, match="lies outside the 160x120 photo"):
+            ev.load_scene(tmp_path / "annotations" / f"{stem}.xml", tmp_path)
+
+
+def test_photos_are_judged_by_the_models_maskd_scan_averages(scenes_dir: Path,
+                                                             yunet_model: Path, capsys) -> None:
+    """Without --model, the shipped model and its still extras (``maskd scan``'s MeanClassifier);
+    with --model, that one model alone."""
+    from maskd.classifier import still_extra_paths
+    from maskd.config import ClassifierConfig
+
+    extras = still_extra_paths(None, ClassifierConfig().still_extra_models)
+    if not extras:
+        pytest.skip("no still extra model shipped")
+    assert ev.main(["--scenes", str(scenes_dir), "--limit", "1", "--variants", "yunet-640",
+                    "--json"]) == 0
+    members = json.loads(capsys.readouterr().out)["classifier"]
+    assert len(members) == 1 + len(extras) and members[1:] == [str(p) for p in extras]
