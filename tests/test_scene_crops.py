@@ -244,3 +244,35 @@ def test_occluder_on_a_bare_face_leaves_the_mouth_alone() -> None:
         return float(np.mean([np.any(o[72:] != img[72:], axis=2).mean() for o in outs]))
 
     assert mouth_covered(bare=True) < 0.03 < 0.1 < mouth_covered(bare=False)
+
+
+def test_crops_are_cut_in_frame_pixels_as_rgb_and_counted_once_per_face(
+        tmp_path: Path, monkeypatch) -> None:
+    """Each crop is the frame's (the photo scaled to the 640x480 frame) cut of the box scaled
+    with it, as RGB; a face of exactly min_px is kept, one below is not; a detection at IoU
+    0.3-0.5 still gives the "detected" cut (IoU >= 0.3, as eval_scenes); a face of no class is
+    counted once however many zooms; a square photo fits the frame's height."""
+    from maskd.classifier import resize_square
+    from maskd.types import Face
+    from tools.eval_scenes import stored_pixels
+
+    root = _scene_set(tmp_path / "scenes", {"p": [  # 320x240: scale 2 to the frame
+        ("with_mask", 40, 40, 100, 110), ("without_mask", 150, 50, 158, 58),  # 16 px in frame
+        ("with_mask", 200, 50, 207.5, 60), ("mask_weared_incorrect", 220, 60, 270, 120)]})
+    det = (140.0, 80.0, 260.0, 220.0)  # the first face's frame box moved by half its width: IoU 1/3
+
+    class Fake:
+        def detect(self, image: np.ndarray) -> list[Face]:
+            return [Face(det, 0.9)] if image.shape[1] == 640 else []
+
+    monkeypatch.setattr(scene_crops, "make_detector", lambda cfg: Fake())
+    crops = scene_crops.scene_crops(root, "all", 32, zooms=(1.0, 2.0), margin=0.15)
+    frame, scale = scene_crops.camera_frame(stored_pixels(root / "images" / "p.png"), 1.0)
+    assert scale == 2.0
+    want = crop_face(frame, (80.0, 80.0, 200.0, 220.0), 0.15)[..., ::-1]
+    assert np.array_equal(crops.images[0], resize_square(np.ascontiguousarray(want), 32))
+    assert [(k, z) for k, z in zip(crops.kinds, crops.zooms, strict=True)] == [
+        ("annotated", 1.0), ("detected", 1.0), ("annotated", 1.0),
+        ("annotated", 2.0), ("annotated", 2.0), ("annotated", 2.0)]
+    assert crops.skipped["mask_weared_incorrect"] == 1 and crops.skipped["small@1x"] == 1
+    assert scene_crops.camera_frame(_image(400, 400), quality=None)[0].shape == (480, 480, 3)
