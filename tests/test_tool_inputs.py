@@ -665,3 +665,118 @@ def test_a_report_that_does_not_fit_leaves_the_old_one_or_none(tmp_path: Path) -
         write_json(disk / "old.json", big)
         assert json.loads((disk / "old.json").read_text()) == big
         assert sorted(p.name for p in disk.iterdir()) == ["old.json"]
+
+
+def test_convert_calibrates_int8_on_the_train_parts_and_records_what_it_used(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """The int8 ranges come from the split's train part plus, with --calibration-scenes, scene
+    crops of the scene set's train part (the select part chooses models: never calibrated on);
+    the sidecar records how many images that was. No TensorFlow: the converter is a stand-in."""
+    import zipfile
+
+    from tools import convert, scene_crops
+
+    data = _dataset(tmp_path / "data", 2)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"root": str(data), "train": [["with_mask/0.png", 0],
+                                 ["without_mask/1.png", 1]], "val": [], "test": []}))
+    run = tmp_path / "run"
+    run.mkdir()
+    model = run / "model.keras"
+    with zipfile.ZipFile(model, "w") as z:
+        z.writestr("config.json", "{}")
+    with pytest.raises(SystemExit) as exc:  # int8 without a split: said before any work
+        convert.main([str(model), "--out", str(tmp_path / "o"), "--formats", "int8"])
+    assert _exit_message(exc).startswith(f"int8 needs calibration images: {run / 'split.json'}")
+    (run / "record.json").write_text(json.dumps({"labels": dataset.LABELS}))
+    monkeypatch.setattr(convert, "load_keras_classifier", lambda path, labels: (None, 32))
+    monkeypatch.setattr(convert, "export_saved_model", lambda model, size, folder: None)
+    fed: list[list[np.ndarray]] = []
+    monkeypatch.setattr(convert, "convert", lambda saved, kind, rep: fed.append(rep) or b"tfl")
+    monkeypatch.setattr(convert, "op_report", lambda path: {
+        "ops": {"CONV_2D": 1}, "float_ops": [], "all_integer": True,
+        "input": {"dtype": "uint8"}, "output": {"dtype": "uint8"}})
+    parts: list[str] = []
+
+    def crops(root: Path, part: str, size: int) -> scene_crops.SceneCrops:
+        parts.append(part)
+        n = 5
+        return scene_crops.SceneCrops(np.zeros((n, size, size, 3), np.uint8), np.zeros(n, np.int64),
+                                      ["p"] * n, ["annotated"] * n, np.ones(n), ["p"])
+
+    monkeypatch.setattr(scene_crops, "scene_crops", crops)
+    out = tmp_path / "o"
+    assert convert.main([str(model), "--out", str(out), "--formats", "int8", "--split",
+                         str(split), "--calibration-images", "10", "--calibration-augmented",
+                         "0", "--calibration-scenes", str(tmp_path / "scenes"),
+                         "--calibration-scene-crops", "3", "--features-layer", ""]) == 0
+    assert parts == ["train"]
+    assert len(fed) == 1 and len(fed[0]) == 2 + 3  # both train images, then 3 scene crops
+    side = json.loads((out / "maskd_mobilenetv2_int8.json").read_text())
+    assert side["calibration"]["images"] == 5 and side["calibration"]["subset"] == "train"
+    assert side["calibration"]["scene_crops"] == 3
+
+
+def test_dataset_folders_splits_and_limits(tmp_path: Path) -> None:
+    """mask/no_mask folders read as with_mask/without_mask; one file in both classes leaves
+    both out; val and test take their own fractions, train the rest, no file twice; --limit
+    keeps at most n a class; a split row of a third label is refused."""
+    root = _dataset(tmp_path / "a", 10, classes=("mask", "no_mask"))
+    items = dataset.scan(root)
+    assert {(it.rel.split("/")[0], it.label) for it in items} == {("mask", 0), ("no_mask", 1)}
+    (root / "no_mask" / "same.png").write_bytes((root / "mask" / "0.png").read_bytes())
+    kept, dropped = dataset.dedupe(dataset.scan(root))
+    assert {d["rel"] for d in dropped} == {"mask/0.png", "no_mask/same.png"}
+    assert all(d["reason"] == "same bytes in both classes" for d in dropped) and len(kept) == 19
+    parts = dataset.stratified_split(items, val=0.2, test=0.4, seed=1)
+    assert {k: len(v) for k, v in parts.items()} == {"train": 8, "val": 4, "test": 8}
+    assert len({it.rel for v in parts.values() for it in v}) == 20
+    assert len(dataset.limit_per_class(items, 3, seed=0)) == 6
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"root": "/x", "train": [["a.png", 2]], "val": [], "test": []}))
+    with pytest.raises(SystemExit) as exc:
+        dataset.load_split(bad)
+    assert '"train" is not a list of [path, label] rows' in _exit_message(exc)
+
+
+def test_binary_metrics_at_the_threshold_and_the_confusion_orientation() -> None:
+    """P(no_mask) exactly at the threshold is no_mask (maskd.types.label_for); the matrix's
+    rows are the truth (mask, no_mask), its columns the prediction, with fp != fn to tell."""
+    from tools import evaluate
+
+    m = evaluate.binary_metrics(np.array([0, 0, 1, 1, 1, 1]),
+                                np.array([0.5, 0.1, 0.5, 0.2, 0.3, 0.9]), 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 1, 1, 2)
+    assert m["confusion"] == [[1, 1], [2, 2]]
+
+
+def test_evaluate_voc_cuts_rgb_crops_from_min_face_px_up(tmp_path: Path, capsys,
+                                                        default_model: Path) -> None:
+    """--voc cuts RGB crops (a red face stays red) of faces whose shorter side is at least
+    --min-face-px (default 24, eval_scenes' small_px): 24 px in, 23 px out; and a folder with
+    an unreadable file scores the rest, each label with its own image."""
+    from tools import evaluate
+
+    root = tmp_path / "voc"
+    (root / "images").mkdir(parents=True)
+    photo = np.zeros((60, 120, 3), np.uint8)
+    photo[:] = (0, 0, 255)  # BGR red
+    cv2.imwrite(str(root / "images" / "p.png"), photo)
+    (root / "annotations").mkdir()
+    (root / "annotations" / "p.xml").write_text(
+        f"<annotation>{_obj('without_mask', 10, 10, 34, 40)}"
+        f"{_obj('with_mask', 60, 10, 83, 40)}</annotation>")
+    crops, labels, skipped = evaluate.voc_crops(root, 0.0, 24)
+    assert [c.face_px for c in crops] == [24] and skipped["small"] == 1
+    assert tuple(crops[0].rgb[12, 12]) == (255, 0, 0)
+    assert evaluate.main(["--model", str(default_model), "--voc", str(root)]) == 0
+    assert ">= 24 px" in capsys.readouterr().out
+    data = _dataset(tmp_path / "data", 2)
+    (data / "with_mask" / "0.png").write_bytes(b"cut")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(default_model), "--data", str(data), "--out",
+                          str(out)]) == 0
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [[str(data / "with_mask" / "1.png"), "mask"],
+                                               [str(data / "without_mask" / "0.png"), "no_mask"],
+                                               [str(data / "without_mask" / "1.png"), "no_mask"]]
