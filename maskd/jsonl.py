@@ -118,6 +118,8 @@ class JsonlSink(EventSink):
     whatever the months, without logrotate (a line bigger than the cap still goes whole).
     """
 
+    label = "JSON lines"
+
     def __init__(self, target: str, max_mb: float | None = None) -> None:
         self.target = target
         self.max_bytes = None if max_mb is None else int(max_mb * MB)

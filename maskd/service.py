@@ -295,7 +295,7 @@ class CameraLoop:
             try:
                 call(sink)
             except Exception:  # noqa: BLE001
-                log.exception("sink %s failed in %s", type(sink).__name__, what)
+                log.exception("sink %s failed in %s", sink.label, what)
 
     def _to_observers(self, call: Callable[[FrameObserver], object]) -> None:
         """Call every observer; a broken one is removed, not fatal."""
@@ -501,7 +501,7 @@ class CameraLoop:
         deadline = time.monotonic() + budget
         drained = True
         for sink in self.sinks:
-            name = type(sink).__name__
+            name = sink.label
             try:
                 ok = sink.flush(max(0.0, deadline - time.monotonic()), cancel=self._hurry)
             except Exception:  # noqa: BLE001 - still close the others
@@ -683,6 +683,7 @@ class _Shared(EventSink):
         self._inner = inner
         self._users = users
         self._lock = threading.Lock()
+        self.label = inner.label
 
     def emit(self, event: ViolationEvent) -> None:
         with self._lock:

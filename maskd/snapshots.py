@@ -371,6 +371,8 @@ class SnapshotStore:
 class SnapshotTaker(EventSink, FrameObserver):
     """One camera's snapshots: an EventSink (the events) and a FrameObserver (their frames)."""
 
+    label = "snapshots"
+
     def __init__(self, store: SnapshotStore, camera: str, what: str) -> None:
         self.store = store
         self.camera = camera

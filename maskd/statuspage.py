@@ -287,6 +287,8 @@ def local_host(header: str | None) -> bool:
 class CameraView(EventSink, FrameObserver):
     """One camera on a status page: its events, stats and frames, handed over without waiting."""
 
+    label = "status page"
+
     def __init__(self, server: StatusServer, name: str, detector: str, classifier: str,
                  feed: MjpegFeed) -> None:
         self.server = server

@@ -202,6 +202,8 @@ class EventSink(Protocol):
     ``faults``; the loop calls every member on every sink.
     """
 
+    label: str = "a sink"  # what the journal calls it: `MQTT`, `JSON lines`, ...
+
     def emit(self, event: ViolationEvent) -> None:
         """Accept an event; must not block the detection loop for long."""
 

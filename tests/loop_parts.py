@@ -21,6 +21,8 @@ from maskd.types import EventSink, FaceCounts, LoopStats, RunControl
 class RecordingSink(EventSink):
     """An EventSink that keeps what it got; ``drains`` decides what flush() reports."""
 
+    label = "recording"
+
     def __init__(self, drains: bool = True) -> None:
         self.drains = drains
         self.events, self.states, self.stats = [], [], []

@@ -352,7 +352,7 @@ def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(defau
     assert svc.frames == DemoSource().frames_per_pass and len(obs.frames) == svc.frames
     kinds = [e.event_type for e in sink.events]
     assert kinds[0] == "start" and kinds[-1] == "end" and broken.closed
-    assert caplog.text.count("sink BrokenSink failed in emit") == len(sink.events)
+    assert caplog.text.count("sink recording failed in emit") == len(sink.events)
     assert caplog.text.count("observer BrokenObserver failed; removing it") == 1
     assert bad_view not in svc.observers and bad_view.closed
 
@@ -379,7 +379,7 @@ def test_a_sink_whose_flush_raises_is_undrained_too_75_and_the_others_are_closed
     with caplog.at_level(logging.WARNING, logger="maskd.service"):
         assert svc.run(flush_timeout=0.5) == 75
     assert after.flushed and after.closed and sink.closed
-    assert "camera: RecordingSink: not everything accepted was delivered" in caplog.messages
+    assert "camera: recording: not everything accepted was delivered" in caplog.messages
 
 
 def test_a_signals_stop_waits_5_s_for_delivery_whatever_flush_timeout_says(default_model):

@@ -204,6 +204,8 @@ class MqttSink(EventSink):
     is the device-level status.
     """
 
+    label = "MQTT"
+
     def __init__(
         self,
         mq: MqttConfig,
@@ -1315,6 +1317,8 @@ class MqttSink(EventSink):
 
 class CameraSink(EventSink):
     """One camera's view of a shared MqttSink (the ``cameras:`` layout)."""
+
+    label = "MQTT"
 
     def __init__(self, link: MqttSink, cam: _Camera) -> None:
         self._link = link
