@@ -696,6 +696,9 @@ def test_a_file_not_named_onnx_never_reaches_yunet(tmp_path: Path):
                        env={**os.environ, "MASKD_YUNET": str(junk)})
     assert r.returncode == 78, r.stderr
     assert r.stderr.splitlines()[-1].startswith(f"maskd run: {junk}: {wrong}"), r.stderr
+    # OpenCV's test of the ending is case-sensitive ("Cannot determine an origin framework" for
+    # a .ONNX): such a name is refused here too, before OpenCV sees it
+    assert modelfiles.not_onnx(tmp_path / "face.ONNX") == modelfiles.not_onnx(junk)
 
 
 def test_yunet_at_an_input_too_big_for_memory_says_so(tmp_path: Path, yunet_model: Path):

@@ -180,6 +180,7 @@ def test_unwritable_default_folder_says_how_else(tmp_path, capsys, monkeypatch):
 BODY = bytes(range(256)) * 128  # 32 KiB standing for a model file
 ANSWERS = {  # what a broken server or network sends, then it closes the connection
     "short": b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:1000],
+    "one-short": b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:-1],
     "chunked-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + BODY[:1024]
                    + b"\r\n",
     "not-http": b"SSH-2.0-OpenSSH_9.0\r\n",
@@ -217,7 +218,7 @@ def broken_server():
     yield from raw_server(answer)
 
 
-@pytest.mark.parametrize("what", ["short", "chunked-cut", "not-http"])
+@pytest.mark.parametrize("what", ["short", "one-short", "chunked-cut", "not-http"])
 def test_a_download_cut_short_or_not_http_is_a_network_error(broken_server, tmp_path, capsys,
                                                              what):
     """Exit 69 with one line, never a traceback (was: IncompleteRead/BadStatusLine tracebacks,
@@ -439,10 +440,13 @@ def test_a_fetch_that_waited_for_another_takes_its_file(tmp_path):
         dest, "http://127.0.0.1:1/none.onnx", sha, timeout=2.0)))
     waiting.start()
     time.sleep(0.3)
-    (dest / modelfiles.yunet_name(sha)).write_bytes(body)  # what the first saved
+    saved = dest / modelfiles.yunet_name(sha)
+    saved.write_bytes(body)  # what the first saved, or a copy put there by hand meanwhile
+    saved.chmod(0o600)  # under `umask 077`: the service's user could not read it
     os.close(lock)
     waiting.join(10)
-    assert got and got[0].changed is False and got[0].path == dest / modelfiles.yunet_name(sha)
+    assert got and got[0].changed is False and got[0].path == saved
+    assert saved.stat().st_mode & 0o777 == 0o644  # as a file found before the wait
 
 
 def test_the_file_and_folders_a_fetch_leaves_are_readable_by_the_service(tmp_path):
@@ -472,7 +476,10 @@ def test_the_file_and_folders_a_fetch_leaves_are_readable_by_the_service(tmp_pat
 
 
 @pytest.mark.parametrize("url", ["http://admin:S3cret@127.0.0.1:1/x.onnx",
-                                 "https://bob:S3cret@example.invalid/x.onnx"])
+                                 "https://bob:S3cret@example.invalid/x.onnx",
+                                 # a user name alone: urllib took it for the host's, and said
+                                 # "Name or service not known" (exit 69, as if offline)
+                                 "http://bob@127.0.0.1:1/x.onnx"])
 def test_a_password_in_the_url_is_refused_without_repeating_it(tmp_path, capsys, url):
     """urllib sends no user:password@: it took them for the host and port, failed, and the line
     named the URL whole, or its error repeated the password ('nonnumeric port: S3cret@...').
@@ -498,3 +505,32 @@ def test_a_dest_named_like_the_file_is_refused_before_any_folder_is_made(tmp_pat
     dest.mkdir()  # a folder that is there by that name is still a folder
     assert main(["models", "fetch", "--dest", str(dest), "--yunet-url", refused_url(),
                  "--timeout", "1"]) == 69
+
+
+def test_without_the_pinned_file_the_last_yunet_by_name_is_taken(tmp_path):
+    """find_yunet's rule: the pinned version when it is there, else the last by name (the
+    newest dated version), never the first."""
+    for name in ("face_detection_yunet_2022mar.onnx", "face_detection_yunet_2023mar.onnx"):
+        (tmp_path / name).write_bytes(b"onnx")
+    assert modelfiles.find_yunet((tmp_path,)) == tmp_path / "face_detection_yunet_2023mar.onnx"
+    (tmp_path / YUNET_NAME).write_bytes(b"onnx")
+    assert modelfiles.find_yunet((tmp_path / "none", tmp_path)) == tmp_path / YUNET_NAME
+
+
+def test_the_hints_after_a_failure_fit_that_failure(tmp_path, capsys, monkeypatch):
+    """No network: what BlazeFace means, and, for the default URL only, how to bring the file
+    by hand (a URL of one's own was the operator's choice). A sha256 mismatch is one line: the
+    server was reached, so neither hint applies."""
+    import maskd.commands.models as cmd
+
+    url = refused_url()
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", url, "--timeout", "5")
+    assert code == 69 and "BlazeFace" in err and "file:///path/to/it" not in err, err
+    monkeypatch.setattr(cmd, "YUNET_URL", url)  # standing for the default, unreachable here
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", url, "--timeout", "5")
+    assert code == 69 and "BlazeFace" in err and "file:///path/to/it" in err, err
+    src = tmp_path / "www" / "x.onnx"
+    src.parent.mkdir()
+    src.write_bytes(b"not the pinned YuNet")
+    code, _, err = fetch(capsys, "--dest", str(tmp_path / "m"), "--yunet-url", src.as_uri())
+    assert code == 65 and len(err.splitlines()) == 1 and "mismatch" in err, err
