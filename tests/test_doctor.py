@@ -387,6 +387,7 @@ def test_auto_without_yunet_warns_as_run_does(tmp_path, monkeypatch):
     doc.detector_check()
     got = {c.name: c for c in doc.checks}
     assert got["detector"].verdict == "OK" and got["detector"].detail.startswith("blazeface")
+    assert [c.name for c in doc.checks] == ["detector", "yunet"]  # the detector said once
     assert got["yunet"].verdict == "WARN" and not got["yunet"].required
     assert "`maskd models fetch` downloads it" in got["yunet"].detail
     assert "often stops finding a face once a mask covers nose and mouth" in got["yunet"].detail
@@ -430,6 +431,10 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     # under /var/lib/maskd (a relative path is the unit's WorkingDirectory's): nothing to say
     assert sandbox("inside.yaml", "source: {kind: demo}\nmqtt: {url: 'mqtt://127.0.0.1'}\n"
                    "jsonl: {path: events.jsonl}\nsnapshots: {dir: /var/lib/maskd/snaps}\n") == []
+    # PrivateTmp= gives the service a /var/tmp of its own too
+    checks = sandbox("vartmp.yaml", "source: {kind: demo}\nsnapshots: {dir: /var/tmp/snaps}\n")
+    assert [(c.verdict, c.detail.split(" is ")[1][:27]) for c in checks] == [
+        (doc.WARN, "in the service's own /tmp (")]
     # no installed unit: not run as the service, nothing to say either
     monkeypatch.setattr(doc, "UNIT_FILE", tmp_path / "none.service")
     assert sandbox("c.yaml", cfg) == []
@@ -703,3 +708,127 @@ def test_doctor_sees_the_camera_turned_as_run_does(tmp_path, default_model):
                    f"classifier: {{model: {default_model}}}\ndetector: {{kind: blazeface}}\n")
     got = rows(doctor(cfg).stdout)
     assert got["camera"][0] == "OK" and "480x640 first frame" in got["camera"][1], got["camera"]
+
+
+def test_read_write_paths_are_read_as_systemd_reads_them(tmp_path):
+    """A drop-in's empty ReadWritePaths= clears what the unit listed, and a leading - (missing
+    is fine) or + (outside the namespace) is a flag, not part of the path."""
+    from maskd.commands.doctor import unit_read_write_paths
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text("[Service]\nReadWritePaths=/srv/a -/srv/b\n")
+    assert unit_read_write_paths(unit) == [Path("/srv/a"), Path("/srv/b")]
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/20-add.conf").write_text("[Service]\nReadWritePaths=+/srv/d\n")
+    (tmp_path / "maskd.service.d/10-clear.conf").write_text(
+        "[Service]\nReadWritePaths=\nReadWritePaths=/srv/c\n")
+    assert unit_read_write_paths(unit) == [Path("/srv/c"), Path("/srv/d")]
+
+
+def test_a_state_dir_nearly_full_is_a_warning_with_what_is_free(tmp_path):
+    """Under 100 MiB free the outbox and the open violations may soon have no room: a warning
+    (the full and the read-only state dirs have their own tests)."""
+    from mqtt_broker import small_disk
+
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    with small_disk(tmp_path / "small", "4m") as small:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"state_dir: {small}\nsource: {{kind: demo}}\n")
+        doc = Doctor(load_config(cfg), frames=1)
+        doc.state_dir()
+    assert doc.checks == [Check("state dir", "WARN", f"{small} writable, 4 MiB free (open "
+                                "violations)")]
+
+
+def test_packages_row_names_four_differences_and_counts_the_rest(tmp_path):
+    """At most four named, then "and N more": never "and 0 more"."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    doc = Doctor(load_config(write_cfg(tmp_path, "")), frames=1)
+    pins = tmp_path / "maskd-pins.txt"
+    for n, more in ((4, ""), (5, " and 1 more")):
+        pins.write_text("".join(f"gone-{i}==1.0\n" for i in range(n)))
+        doc.packages(pins)
+        assert doc.checks[-1].detail.startswith(
+            f"{n} of {n} not as tested: "
+            + ", ".join(f"gone-{i} missing (pinned 1.0)" for i in range(4)) + f"{more}; "), \
+            doc.checks[-1].detail
+
+
+def test_the_first_camera_that_gives_a_frame_is_the_one_timed(tmp_path):
+    """With a `cameras:` map the timing uses the first working camera, turned as that camera
+    is; the others are closed once they gave their frame."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cameras:\n  front: {source: {kind: demo}}\n"
+                   "  back: {source: {kind: demo, rotate: 90}}\n")
+    doc = Doctor(load_config(cfg), frames=1)
+    doc.camera()
+    try:
+        assert [(c.name, c.verdict) for c in doc.checks] == [("camera front", "OK"),
+                                                             ("camera back", "OK")]
+        assert doc.rotate == 0 and doc.first_frame.image.shape[:2] == (480, 640)
+    finally:
+        doc.source.close()
+
+
+def test_an_outbox_that_cannot_store_events_fails_doctor(tmp_path):
+    """An outbox `run` cannot use (here: not a database) is a failed required check, as the
+    service then keeps events in memory only; a state dir not made yet is no failure."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+    from maskd.outbox import OUTBOX_FILE
+
+    cfg = write_cfg(tmp_path, "mqtt: {url: 'mqtt://127.0.0.1:1'}\n")
+    (tmp_path / "state" / OUTBOX_FILE).write_bytes(b"not a database, " * 100)
+    doc = Doctor(load_config(cfg), frames=1)
+    doc.outbox()
+    got = doc.checks[-1]
+    assert got.name == "outbox" and got.verdict == "FAIL" and "unreadable" in got.detail
+    assert got.failed, got
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "state"), str(tmp_path / "none")))
+    doc = Doctor(load_config(cfg), frames=1)
+    doc.outbox()
+    assert doc.checks[-1].verdict == "--" and not doc.checks[-1].failed
+
+
+def test_a_framebuffer_this_user_cannot_write_fails(tmp_path, monkeypatch):
+    """A framebuffer that is there but not writable by the service's user (not in the video
+    group): `run` cannot draw on it, so the row fails and names the likely cause."""
+    from maskd import preview
+    from maskd.commands import doctor as doc
+
+    fb = tmp_path / "fb0"
+    monkeypatch.setattr(preview, "check_framebuffer", lambda _fb: preview.FbGeometry(64, 48, 16, 128))
+    writable = {fb: True}
+    monkeypatch.setattr(doc.os, "access", lambda p, _mode: writable[Path(p)])
+    assert doc._check_fb(fb) == ("OK", f"{fb}: 64x48 RGB565")
+    writable[fb] = False
+    assert doc._check_fb(fb) == ("FAIL", f"{fb}: 64x48 RGB565 but not writable (video group?)")
+
+
+def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(tmp_path):
+    """One broken check must not hide the rest, nor pass: its row fails with the error."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    doc = Doctor(load_config(write_cfg(tmp_path, "")), frames=1)
+    names = ("clock", "secrets", "device_id_check", "certificates", "state_dir", "cards",
+             "sandbox", "runtime", "packages", "classifier_check", "edgetpu", "detector_check",
+             "camera", "broker", "outbox", "preview", "timing")
+    for name in names:
+        setattr(doc, name, lambda: None)
+
+    def detector_check() -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    doc.detector_check = detector_check
+    doc.timing = lambda: doc.add("timing", "--", "ran", False)
+    assert doc.run_all() == [Check("detector", "FAIL", "RuntimeError: boom"),
+                             Check("timing", "--", "ran", False)]
+    assert doc.checks[0].failed
