@@ -951,3 +951,21 @@ def test_a_second_close_leaves_other_files_alone(tmp_path):
     again = Outbox(tmp_path / "a")
     assert [r.payload for r in again.pending()] == [{"n": 1}]
     again.close()
+
+
+def test_doctor_says_the_reserve_a_running_maskd_holds(tmp_path):
+    """The reserve maskd keeps for a full disk is exactly outbox_reserve_kb: doctor, beside the
+    running service, says it is held (a reserve of exactly that size is held)."""
+    from maskd.commands.doctor import inspect_outbox
+    from maskd.config import Config, MqttConfig
+
+    cfg = Config(device_id="dev1", camera="cam1", state_dir=tmp_path,
+                 mqtt=MqttConfig(url="mqtt://127.0.0.1:1883"))
+    ob = Outbox(tmp_path, reserve_bytes=cfg.mqtt.outbox_reserve_kb * 1024)
+    try:
+        ob.put("t", {"n": 0})
+        verdict, detail = inspect_outbox(cfg)
+    finally:
+        ob.close()
+    assert verdict == "OK" and "1 event(s) pending" in detail and detail.endswith(
+        " free, reserve held"), detail
