@@ -832,3 +832,34 @@ def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(tmp_path):
     assert doc.run_all() == [Check("detector", "FAIL", "RuntimeError: boom"),
                              Check("timing", "--", "ran", False)]
     assert doc.checks[0].failed
+
+
+def test_the_budget_row_judges_a_frame_with_two_faces(tmp_path):
+    """docs/performance.md's budget: a frame with two faces must fit 1/fps. A classifier taking
+    40 ms a face fits one face (40 ms) but not two (80 ms) in 15 fps' 66.7 ms."""
+    import numpy as np
+
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    class NoFaces:
+        def detect(self, image: np.ndarray) -> list:
+            return []
+
+    class Slow:
+        def __init__(self, s: float) -> None:
+            self.s = s
+
+        def predict(self, crops: list) -> list:
+            time.sleep(self.s * len(crops))
+            return []
+
+    doc = Doctor(load_config(write_cfg(tmp_path, "")), frames=1)
+    doc.detector = NoFaces()
+    for per_face, verdict in ((0.04, "WARN"), (0.002, "OK")):
+        doc.classifier = Slow(per_face)
+        doc.budget(np.zeros((48, 64, 3), np.uint8), 0.0)
+        got = doc.checks[-1]
+        assert got.verdict == verdict, got
+        assert got.detail.startswith("64x48 at 15 fps (budget 66.7 ms/frame)"), got
+        assert ("; 2 faces do not fit 15 fps here" in got.detail) == (verdict == "WARN"), got
