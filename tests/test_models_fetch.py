@@ -396,9 +396,24 @@ def test_a_file_url_of_a_named_pipe_is_refused_not_waited_on(tmp_path, capsys):
     fifo = tmp_path / "yunet.onnx"
     os.mkfifo(fifo)
     dest = tmp_path / "models"
+    done = threading.Event()
+
+    def writer_after_a_while() -> None:
+        """The fetch runs in this process: once it hangs in the open, a writer that comes
+        and goes lets it go on, so the test fails on its time instead of hanging CI."""
+        if not done.wait(20):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # nobody has it open: nothing hangs in it
+                pass
+
+    threading.Thread(target=writer_after_a_while, daemon=True).start()
     t0 = time.monotonic()
-    rc = main(["models", "fetch", "--dest", str(dest), "--yunet-url", f"file://{fifo}",
-               "--timeout", "1"])
+    try:
+        rc = main(["models", "fetch", "--dest", str(dest), "--yunet-url", f"file://{fifo}",
+                   "--timeout", "1"])
+    finally:
+        done.set()
     assert rc == 69 and time.monotonic() - t0 < 10
     assert f"cannot download file://{fifo}: not a regular file" in capsys.readouterr().err
     assert not dest.exists() or not list(dest.iterdir())
