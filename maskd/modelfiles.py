@@ -100,8 +100,10 @@ def damaged_yunet(path: Path) -> str | None:
     got = file_sha256(path)
     if got.startswith(want):
         return None
+    # a fetch saves in default_dest(); a file elsewhere (detector.model) is mended only there
+    where = "" if path.parent.resolve() == default_dest().resolve() else f" --dest {path.parent}"
     return (f"is damaged (sha256 {got}, its name says {want}{'...' * (len(want) < 64)}); "
-            "run `maskd models fetch` again")
+            f"run `maskd models fetch{where}` again")
 
 
 def not_onnx(path: Path | str) -> str | None:

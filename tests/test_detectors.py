@@ -642,7 +642,11 @@ def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Pa
             assert r.returncode == code, r.stderr
             assert lines == [f"maskd {args[0]}: {model}: is damaged (sha256 "
                              f"{modelfiles.file_sha256(model)}, its name says {want}); run "
-                             "`maskd models fetch` again"], r.stderr
+                             f"`maskd models fetch --dest {tmp_path}` again"], r.stderr
+    # a damaged file where a fetch saves (default_dest) is mended by a plain fetch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modelfiles, "default_dest", lambda: tmp_path)
+        assert modelfiles.damaged_yunet(bad).endswith("; run `maskd models fetch` again")
     shutil.copy(yunet_model, tmp_path / "mine.onnx")  # another name: not checked, and fine
     assert make_detector(DetectorConfig(kind="yunet", model=tmp_path / "mine.onnx")).name == "yunet"
 
