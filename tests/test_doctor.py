@@ -441,9 +441,10 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
 
 
 def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
-    """Set in the config, state_dir keeps the open violations even without MQTT; run then only
-    warns when it cannot ("cannot keep the open violations"). Was: "not used (mqtt.url not
-    set)", so a read-only one went unnoticed."""
+    """Set in the config, state_dir keeps the open violations even without MQTT, and run stops
+    (exit 78, "cannot keep the open violations there") on one it cannot create or write, as
+    check-config does: so doctor fails it. Was: "not used (mqtt.url not set)", so a read-only
+    one went unnoticed; then a WARN and exit 0 for a config run refuses."""
     from mqtt_broker import small_disk
 
     with small_disk(tmp_path / "ro") as ro:
@@ -451,9 +452,17 @@ def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
         cfg = tmp_path / "c.yaml"
         cfg.write_text(f"state_dir: {ro}\nsource: {{kind: demo}}\n")
         r = doctor(cfg)
+        ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                              "--max-frames", "1"], capture_output=True, text=True, timeout=120,
+                             cwd=REPO)
     verdict, detail = rows(r.stdout)["state dir"]
-    assert verdict == "WARN" and "Read-only file system" in detail and "open violations" in detail
-    assert r.returncode == 0, r.stdout + r.stderr  # run starts: not a required check here
+    assert ran.returncode == 78 and "Read-only file system" in ran.stderr, ran.stderr
+    assert verdict == "FAIL" and "Read-only file system" in detail and "open violations" in detail
+    assert r.returncode == 1 and "state dir" in r.stderr, r.stdout + r.stderr
+    (tmp_path / "afile").write_text("")  # a file where the folder should be: run's 78 too
+    cfg.write_text(f"state_dir: {tmp_path / 'afile'}\nsource: {{kind: demo}}\n")
+    verdict, detail = rows(doctor(cfg).stdout)["state dir"]
+    assert verdict == "FAIL" and "File exists" in detail
     (tmp_path / "bare.yaml").write_text("source: {kind: demo}\n")
     verdict, detail = rows(doctor(tmp_path / "bare.yaml").stdout)["state dir"]
     assert verdict == "--" and "not used" in detail

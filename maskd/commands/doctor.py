@@ -285,18 +285,21 @@ class Doctor:
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
-        ``state_dir`` is set: without MQTT, run only warns that a killed run's violations will
-        never end, so that is a warning here)."""
+        ``state_dir`` is set). Without MQTT, a folder run cannot create or write stops it (exit
+        78, as check-config says) and fails here too (was a warning and exit 0 for a config run
+        refuses); one merely full, or closed to this user only, is a warning."""
         d = self.cfg.state_dir
         if not self.cfg.keeps_state:
             self.add("state dir", INFO, f"{d}: not used (neither set in the config nor mqtt.url)",
                      required=False)
             return
         mqtt = bool(self.cfg.mqtt.url)
-        bad, use = (FAIL, "MQTT outbox, open violations") if mqtt else (WARN, "open violations")
+        # run's rule (cannot_create, as check-config): a folder it can make is no fault
+        err = cannot_create(d, True)
+        stops = mqtt or (err is not None and not depends_on_user(err))  # required: run stops
+        bad = FAIL if stops else WARN
+        use = "MQTT outbox, open violations" if mqtt else "open violations"
         if not d.is_dir():
-            # run's rule (cannot_create, as check-config): a folder it can make is no fault
-            err = cannot_create(d, True)
             if err is None:
                 self.add("state dir", INFO, f"{d} does not exist yet: run creates it ({use})",
                          required=False)
@@ -304,7 +307,7 @@ class Doctor:
             hint = (" (the unit's StateDirectory= creates it; or mkdir it, owned by the service "
                     "user)" if depends_on_user(err) else "")
             self.add("state dir", bad, f"{d} cannot be created: {err.strerror or err}{hint} "
-                     f"({use})", required=mqtt)
+                     f"({use})", required=stops)
             return
         try:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
@@ -312,8 +315,8 @@ class Doctor:
         except OSError as err:
             who = " by this user" if depends_on_user(err) else ""  # ENOSPC: a full disk
             self.add("state dir", bad, f"{d} is not writable{who}: {err.strerror} ({use}"
-                     + ("" if mqtt else ": those open when maskd is killed are never ended")
-                     + ")", required=mqtt)
+                     + ("" if stops else ": those open when maskd is killed are never ended")
+                     + ")", required=stops)
             return
         free = shutil.disk_usage(d).free / 2**20
         verdict = OK if free >= 100 else WARN
