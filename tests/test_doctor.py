@@ -468,6 +468,28 @@ def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     assert verdict == "--" and "not used" in detail
 
 
+def test_the_files_and_folders_run_writes_are_checked_as_run_checks_them(tmp_path):
+    """jsonl.path and snapshots.dir where nothing can be made (a file where their folder
+    should be) stop run (exit 78): doctor fails each, in run's words (was: not looked at, every
+    row OK and exit 0 for a config run and check-config refuse)."""
+    (tmp_path / "afile").write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source: {{kind: demo}}\njsonl: {{path: {tmp_path / 'afile' / 'ev.jsonl'}}}\n"
+                   f"snapshots: {{dir: {tmp_path / 'afile' / 'snaps'}}}\n")
+    ran = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                          "--max-frames", "1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert ran.returncode == 78, ran.stderr
+    r = doctor(cfg)
+    said = [ln.split(None, 2)[1:] for ln in r.stdout.splitlines() if ln.startswith("writes ")]
+    assert [v for v, _ in said] == ["FAIL", "FAIL"], r.stdout
+    for _, line in said:
+        assert line in ran.stderr and "Not a directory" in line, (line, ran.stderr)
+    assert r.returncode == 1, r.stdout + r.stderr
+    cfg.write_text(f"source: {{kind: demo}}\njsonl: {{path: {tmp_path / 'ev.jsonl'}}}\n")
+    assert "writes " not in doctor(cfg).stdout  # a place run can write: no row
+
+
 def test_a_full_state_dir_says_full_not_unwritable_by_this_user(tmp_path):
     """A state dir whose file system has no room for a file (ENOSPC) said "not writable by this
     user", sending one to chown a folder the service can no more write than this user."""

@@ -162,17 +162,19 @@ def _user() -> str:
         return f"uid {os.geteuid()}"
 
 
-def write_targets(cfg: Config) -> list[tuple[Path, bool, Callable[[Path, str], str]]]:
+def write_targets(cfg: Config,
+                  state_dir: bool = True) -> list[tuple[Path, bool, Callable[[Path, str], str]]]:
     """Every file and folder `run` writes into with this config (path, whether a folder, the
     words its failure gets): the MQTT outbox's state_dir (or, MQTT off, the open violations'
     one when kept), jsonl.path, snapshots.dir, each camera's preview.annotate_dir. A folder
     the service's sandbox leaves read-only (ProtectSystem=strict outside ReadWritePaths=) stops
     the start (exit 78), as docs/service.md says, rather than being told at the first snapshot
-    or clip as a card the kernel made read-only."""
+    or clip as a card the kernel made read-only. ``state_dir`` False leaves the state_dir out
+    (doctor's own row says more of it)."""
     targets: list[tuple[Path, bool, Callable[[Path, str], str]]] = []
-    if cfg.mqtt.url:
+    if state_dir and cfg.mqtt.url:
         targets.append((cfg.state_dir, True, no_outbox_there))
-    elif cfg.keeps_state:
+    elif state_dir and cfg.keeps_state:
         targets.append((cfg.state_dir, True, lambda p, why: (
             f"state_dir {shown_path(p)}: cannot keep the open violations there: {why}")))
     if cfg.jsonl.path and cfg.jsonl.path != "-":
@@ -188,14 +190,14 @@ def write_targets(cfg: Config) -> list[tuple[Path, bool, Callable[[Path, str], s
     return targets
 
 
-def unwritable(cfg: Config) -> list[tuple[str, OSError, bool]]:
+def unwritable(cfg: Config, state_dir: bool = True) -> list[tuple[str, OSError, bool]]:
     """`run`'s line for each place of ``write_targets`` nothing can be created in now, with the
     OS's reason (found without creating anything) and whether it may come later: a snapshot or
     clip folder that is a link to nowhere (a stick not mounted yet) is retried by its writer,
     which records once the link leads somewhere; stopping the start on it (exit 78, no restart)
     would leave the door without alarms for want of a place to keep pictures."""
     out = []
-    for path, directory, say in write_targets(cfg):
+    for path, directory, say in write_targets(cfg, state_dir):
         if (err := cannot_create(path, directory)) is not None:
             # a link to a stick not mounted yet leads somewhere later; /proc never does
             later = dangling_link(path) is not None and path in (
@@ -204,19 +206,19 @@ def unwritable(cfg: Config) -> list[tuple[str, OSError, bool]]:
     return out
 
 
-def write_problems(cfg: Config) -> tuple[list[str], list[str]]:
+def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list[str]]:
     """What `run` creates at start and would stop on (``write_targets``), in its words, found
     without creating anything: (errors, warnings). A permission is a warning: the service may
     run as another user."""
     errors, warnings = [], []
-    for line, err, later in unwritable(cfg):
+    for line, err, later in unwritable(cfg, state_dir):
         if later:
             warnings.append(f"{line} (recorded once it leads somewhere)")
         elif depends_on_user(err):
             warnings.append(f"{line} (as user {_user()}; the service may run as another)")
         else:
             errors.append(line)
-    if cfg.mqtt.url and (newer := newer_outbox(cfg.state_dir)):
+    if state_dir and cfg.mqtt.url and (newer := newer_outbox(cfg.state_dir)):
         errors.append(newer)  # a downgrade: install.sh stops before it restarts maskd
     return errors, warnings
 

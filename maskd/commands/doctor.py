@@ -238,7 +238,7 @@ class Doctor:
 
     def run_all(self) -> list[Check]:
         for step in (self.clock, self.secrets, self.device_id_check, self.certificates,
-                     self.state_dir, self.cards, self.sandbox,
+                     self.state_dir, self.writes, self.cards, self.sandbox,
                      self.runtime, self.packages, self.classifier_check, self.edgetpu,
                      self.detector_check, self.camera, self.broker, self.outbox, self.preview,
                      self.timing):
@@ -282,6 +282,19 @@ class Doctor:
         self.add("certificates", WARN if lines else OK, "; ".join(lines) if lines else ", ".join(
             f"{k.removeprefix('mqtt.')} until {e:%Y-%m-%d}" for k, (_, e) in ends.items()),
             required=False)
+
+    def writes(self) -> None:
+        """jsonl.path, snapshots.dir and each preview.annotate_dir by `run`'s own rule
+        (check-config's ``write_problems``): a place nothing can be created in stops `run` (exit
+        78), so it fails here too (was: not looked at, doctor said OK to a config run refuses);
+        one closed only to this user, or a link to a stick not mounted yet, is a warning."""
+        from maskd.commands.check_config import write_problems
+
+        errors, warnings = write_problems(self.cfg, state_dir=False)
+        for line in errors:
+            self.add("writes", FAIL, line)
+        for line in warnings:
+            self.add("writes", WARN, line, required=False)
 
     def state_dir(self) -> None:
         """Where `run` keeps the MQTT outbox (required) and the open violations (whenever
