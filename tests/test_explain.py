@@ -171,3 +171,65 @@ def test_a_sheet_of_no_image_type_and_an_unknown_layer_are_one_line_each(bright_
     assert str(exc.value.code).startswith("--layer bogus: the model has no layer of that name")
     assert "conv" in str(exc.value.code)
     assert explain.Explainer(flat, "conv").layer_name == "conv"
+
+
+def test_overlays_are_written_in_their_colours_with_the_no_mask_score(bright_model, tmp_path):
+    """The overlay PNG shows the image in its own colours (RGB turned to OpenCV's BGR once)
+    and its row gives P(no_mask), the model's class 1 here, not P(mask)."""
+    import cv2
+
+    face = tmp_path / "red.png"
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:] = (0, 0, 255)  # BGR on disk: red
+    img[16:, :] = (255, 255, 255)  # a bright lower half: class 1 (no_mask) evidence
+    cv2.imwrite(str(face), img)
+    [row] = explain.explain_files(explain.Explainer(bright_model), [face], tmp_path / "cam")
+    written = cv2.imread(row["overlay"])
+    assert written.shape == (32, 32 * 3, 3)  # image | Grad-CAM | CAM
+    assert written[2, 2].tolist() == [0, 0, 255]  # the image panel, red as it was
+    probs = bright_model.predict(explain.prepare([img[:, :, ::-1]], 32), verbose=0)[0]
+    assert row["p_no_mask"] == pytest.approx(float(probs[1])) and row["label"] == "no_mask"
+
+
+def test_split_numbers_use_the_true_class_map_the_limit_and_the_accuracy(bright_model, tmp_path):
+    """Bright lower halves labelled mask (class 0): predicted no_mask, so accuracy 0; their
+    predicted-class map lies in the lower half, the true class (pushed down) has no map at all;
+    --limit counts images."""
+    import json
+
+    import cv2
+
+    rows = []
+    for i in range(3):
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[24:, 8 * i : 8 * i + 8] = 255
+        (tmp_path / "with_mask").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "with_mask" / f"{i}.png"), img)
+        rows.append([f"with_mask/{i}.png", 0])
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"root": str(tmp_path), "train": [], "val": [], "test": rows}))
+    ex = explain.Explainer(bright_model)
+    num = explain.split_numbers(ex, split, "test", None, limit=2)
+    assert num["images"] == 2 and num["accuracy"] == 0.0
+    mask = num["lower_half_share"]["mask"]
+    assert mask["gradcam_pred"]["mean"] > 0.9 and mask["gradcam_pred"]["n"] == 2
+    assert "gradcam_true" not in mask or mask["gradcam_true"] is None
+
+
+def test_gradcam_weighs_the_class_score_before_the_softmax():
+    """Grad-CAM follows the class's own score (the logit): evidence that raises both classes,
+    class 1 more, still shows in class 0's map. Through the softmax it vanished (and saturates
+    for a confident face)."""
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((32, 32, 3))
+    conv = keras.layers.Conv2D(1, 3, strides=4, padding="same", activation="relu", name="conv")
+    base = keras.Model(inp, conv(inp), name="base")
+    i2 = keras.Input((32, 32, 3))
+    out = keras.layers.Dense(2, activation="softmax", name="probs")(
+        keras.layers.GlobalAveragePooling2D()(base(i2)))
+    model = keras.Model(i2, out)
+    conv.set_weights([np.full((3, 3, 3, 1), 1 / 27, np.float32), np.zeros(1, np.float32)])
+    model.get_layer("probs").set_weights([np.array([[1.0, 3.0]], np.float32), np.zeros(2, np.float32)])
+    res = explain.Explainer(model).explain(_square(24, 12), classes=np.array([0]))
+    assert res["gradcam"][0].max() > 0
+    assert explain.lower_half_share(res["gradcam"][0]) > 0.9
