@@ -91,3 +91,79 @@ def test_a_report_that_does_not_fit_is_one_line_and_leaves_nothing(scenes_dir: P
         assert r.stderr.splitlines()[-1] == (f"{disk / 'id.json'}: cannot write it "
                                              "(No space left on device)")
         assert "rule:" in r.stdout and [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_a_pair_is_the_first_frames_against_frames_a_second_later(monkeypatch):
+    """A covers a person's first FIRST frames in view, B the LATER frames from GAP on (never
+    overlapping A); a person in view for fewer than SPAN frames, or masked, gives no pair."""
+    from types import SimpleNamespace
+
+    frames, people = 100, 3
+    truth = np.full((frames, people, 4), np.nan)
+    truth[5:, 0] = [10, 10, 50, 50]  # unmasked, in view from frame 5 on
+    truth[10:10 + ei.SPAN - 1, 1] = [60, 10, 90, 50]  # unmasked, one frame short of SPAN
+    truth[:, 2] = [100, 10, 140, 50]  # masked
+    plan = SimpleNamespace(scenes=[SimpleNamespace(labels=np.array(
+        ["without_mask", "without_mask", "with_mask"]))])
+    monkeypatch.setattr(ei, "clip_truth", lambda p: truth)
+    monkeypatch.setattr(ei, "judged_people", lambda t: np.ones(t.shape[1], bool))
+    monkeypatch.setattr(ei, "ensure_clip", lambda p, cache: (Path("clip.mp4"), None))
+    monkeypatch.setattr(ei, "read_frames", lambda path: [None] * frames)
+    asked = []
+
+    def descriptor(frames_, faces, truth_, person, ts, *rest):
+        asked.append((person, ts))
+        return np.array([1.0])
+    monkeypatch.setattr(ei, "descriptor", descriptor)
+    detector = SimpleNamespace(detect=lambda f: [])
+    pairs = ei.clip_pairs(plan, Path("cache"), detector, 0.15, None, None)
+    assert len(pairs) == 1
+    assert asked == [(0, range(5, 5 + ei.FIRST)), (0, range(5 + ei.GAP, 5 + ei.GAP + ei.LATER))]
+    assert ei.FIRST <= ei.GAP
+
+
+def _stub_run(monkeypatch, pairs_by_photo: dict[str, list]) -> None:
+    """main without photos, clips, detector or classifier: each photo's (A, B) pairs given."""
+    from types import SimpleNamespace
+
+    from maskd.config import Config
+
+    monkeypatch.setattr(ei, "load_scenes", lambda *a: [])
+    monkeypatch.setattr(ei, "report_skipped", lambda *a: None)
+    monkeypatch.setattr(ei, "eval_config", lambda *a: Config())
+    monkeypatch.setattr(ei, "build_detector", lambda cfg: None)
+    monkeypatch.setattr(ei, "build_classifier", lambda cfg: None)
+    monkeypatch.setattr(ei, "build_plans", lambda scenes, kinds, seed: [
+        SimpleNamespace(name=n) for n in pairs_by_photo])
+    monkeypatch.setattr(ei, "clip_pairs", lambda plan, *a: pairs_by_photo[plan.name])
+
+
+def test_people_of_one_photo_give_no_threshold(monkeypatch, capsys):
+    """Two people of one photo have no different-person pair: exit 2 and say so (was a
+    percentile of nothing)."""
+    e = np.eye(2)
+    _stub_run(monkeypatch, {"p1": [(e[0], e[0]), (e[1], e[1])]})
+    assert ei.main([]) == 2
+    assert "only 2 people from 1 photos in view for >= 40 frames; need two photos" in (
+        capsys.readouterr().err)
+
+
+def test_the_report_counts_similarities_at_a_candidate_as_reaching_it(monkeypatch, tmp_path):
+    """A different-person pair of exactly 0.90 would be merged at 0.90 (the tracker compares
+    with >=), so it counts in merged["0.90"]; kept likewise."""
+    a0, a1 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    b1 = np.array([0.9, np.sqrt(1 - 0.81)])
+    _stub_run(monkeypatch, {"p1": [(a0, a0)], "p2": [(a1, b1)]})
+    out = tmp_path / "id.json"
+    assert ei.main(["--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["people"] == 2 and report["different_pairs"] == 2
+    assert report["merged"]["0.90"] == 0.5 and report["kept"]["0.90"] == 0.5
+    assert report["threshold"] == pytest.approx(ei.threshold_rule(np.array([1.0, b1[1]])))
+
+
+def test_the_rule_keeps_a_step_that_floats_land_just_below():
+    """0.95 / 0.05 is 18.999999999999996 in floats: the same-person similarities all at 0.95
+    give 0.95, not 0.90 (likewise 0.70 and 0.60)."""
+    for v in (0.95, 0.7, 0.6):
+        assert ei.threshold_rule(np.full(20, v)) == pytest.approx(v)
