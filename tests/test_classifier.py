@@ -456,3 +456,53 @@ def test_pooled_tensor_is_found_by_layer_name() -> None:
     assert pooled_tensor(names, shapes, "head_pool") == 1
     with pytest.raises(ModelError, match="found 0"):
         pooled_tensor(names, shapes, "no_such_layer")
+
+
+def test_features_tool_sidecar_names_its_model_and_the_feature_size(tmp_path: Path) -> None:
+    """The sidecar written beside the new model names that model (not the one it was made
+    from) and the features' size, the pooled tensor's channels (1280), not its height."""
+    pytest.importorskip("tensorflow")  # the flatbuffer schema
+    from tools import features
+
+    src = default_model_path(C.SECOND_DRAW_NAME)
+    if not src.is_file():
+        pytest.skip(f"{src} not shipped")
+    out = tmp_path / "with_features.tflite"
+    assert features.main([str(src), "--out", str(out)]) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["model_file"] == "with_features.tflite"
+    assert side["features"] == {"layer": "head_pool", "size": 1280}
+    assert side["labels"] == json.loads(sidecar_path(src).read_text())["labels"]
+
+
+def test_pooled_tensor_is_the_pooled_one_of_its_layer() -> None:
+    """Only a (1, 1, 1, C) or (1, C) tensor of the layer is its pooled output: one the layer's
+    name also covers with a feature map's shape is not."""
+    from tools.features import pooled_tensor
+
+    names = ["m/head_pool/Pad", "m/head_pool_1/AvgPool", "m/head_pool/Reshape"]
+    shapes = [[1, 4, 4, 1280], [1, 1, 1, 1280], [4, 1280]]
+    assert pooled_tensor(names, shapes, "head_pool") == 1
+    assert pooled_tensor(["m/head_pool/Squeeze"], [[1, 1280]], "head_pool") == 0
+
+
+def test_features_tool_refuses_a_model_of_several_subgraphs(tmp_path: Path) -> None:
+    """Which subgraph's pooled tensor would be the features is unknowable: refused, named."""
+    pytest.importorskip("tensorflow")
+    import copy
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from tools import features
+
+    src = default_model_path(C.SECOND_DRAW_NAME)
+    if not src.is_file():
+        pytest.skip(f"{src} not shipped")
+    m = flatbuffer_utils.read_model(str(src))
+    m.subgraphs.append(copy.deepcopy(m.subgraphs[0]))
+    two = tmp_path / "two.tflite"
+    flatbuffer_utils.write_model(m, str(two))
+    shutil.copy(sidecar_path(src), sidecar_path(two))
+    with pytest.raises(ModelError, match="2 subgraphs; expected one"):
+        features.expose(two, tmp_path / "out.tflite")
+    assert not (tmp_path / "out.tflite").exists()

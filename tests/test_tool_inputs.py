@@ -780,3 +780,34 @@ def test_evaluate_voc_cuts_rgb_crops_from_min_face_px_up(tmp_path: Path, capsys,
     assert [r.split(",")[:2] for r in rows] == [[str(data / "with_mask" / "1.png"), "mask"],
                                                [str(data / "without_mask" / "0.png"), "no_mask"],
                                                [str(data / "without_mask" / "1.png"), "no_mask"]]
+
+
+def test_number_types_refuse_the_edges_and_infinity() -> None:
+    """A fraction is below 1 (--val 1 leaves nothing), a probability at most 1, and no number
+    type takes inf (a --scene-weight inf made every loss inf)."""
+    import argparse
+
+    from tools.inputs import fraction, positive_float, probability
+
+    for parse, text in ((fraction, "1"), (fraction, "inf"), (positive_float, "inf"),
+                        (probability, "1.01"), (positive_float, "-inf")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert fraction("0") == 0 and fraction("0.999") == 0.999 and probability("1") == 1
+
+
+def test_an_output_folder_that_takes_no_file_stops_before_the_work(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A folder that is there but cannot take a file (a read-only disk; root passes the mode
+    bits, so it is faked here) is named at once, not after the work."""
+    import errno
+    import tempfile
+
+    from tools.inputs import out_dir
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(SystemExit) as exc:
+        out_dir(tmp_path)
+    assert _exit_message(exc) == f"{tmp_path}: cannot write in the output folder (Read-only file system)"
