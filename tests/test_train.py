@@ -28,7 +28,8 @@ def _image(size: int = 64, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("size", ["0", "-32", "100"])
 def test_size_must_be_a_positive_multiple_of_32(size: str, capsys) -> None:
-    """--size 0 and -32 are multiples of 32 too: they passed and failed later in Keras."""
+    """--size 0 and -32 are multiples of 32 too: the check must also refuse them (below 32 the
+    head has no S/32 feature map to pool)."""
     with pytest.raises(SystemExit) as exc:
         train.parse_args(["--out", "runs/never", "--size", size])
     assert exc.value.code == 2 and "--size must be a multiple of 32" in capsys.readouterr().err
