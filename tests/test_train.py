@@ -405,6 +405,7 @@ def test_the_record_keeps_the_epoch_of_the_lowest_validation_loss(runs) -> None:
 
     run = runs["overfit"]
     rec = json.loads((run / "record.json").read_text())
+    assert rec["argv"][1:3] == ["--data", str(run.parent / "data_overfit")]  # its own command
     hist = _history(run)
     assert [r["epoch"] for r in hist] == [1, 2, 3, 4, 5, 6]
     best = min(hist, key=lambda r: r["val_loss"])

@@ -695,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {
         "model": "model.keras",
-        "argv": sys.argv,
+        # the command that made it: main(argv) from Python records its argv, not the caller's
+        "argv": sys.argv if argv is None else [sys.argv[0], *argv],
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "data": {
             "root": split["root"],
