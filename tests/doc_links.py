@@ -38,3 +38,38 @@ def broken_links(files: list[Path]) -> list[str]:
             elif anchor and target.suffix == ".md" and anchor not in anchors(target):
                 bad.append(f"{md}: {link} (no such heading)")
     return bad
+
+
+# `test_x.py::test_y`, then `::test_z` of the same file; a bare `test_x.py` sets the file too
+_TEST_REF = re.compile(r"(test_[a-z0-9_]+\.py)|::(test_\w+)")
+
+
+def missing_tests(files: list[Path], tests_dir: Path) -> list[str]:
+    """'FILE:LINE: REF' for each test the docs name as a claim's proof that is not there: a
+    file not in ``tests_dir``, or a test function (or class) not defined in the file named
+    last before it in its paragraph (or table row). A renamed or moved test left its claim
+    without proof."""
+    import ast
+
+    defined: dict[str, set[str]] = {}
+    for f in tests_dir.glob("test_*.py"):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        defined[f.name] = {n.name for n in ast.walk(tree) if isinstance(
+            n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    bad = []
+    for md in files:
+        current: str | None = None
+        for number, line in enumerate(md.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.startswith("|"):
+                current = None  # a new paragraph or table row names its own file
+            for m in _TEST_REF.finditer(line):
+                where = f"{md.name}:{number}"
+                if m[1]:
+                    current = m[1]
+                    if current not in defined:
+                        bad.append(f"{where}: {current} (no such file in tests/)")
+                elif current is None:
+                    bad.append(f"{where}: ::{m[2]} (no file named before it)")
+                elif current in defined and m[2] not in defined[current]:
+                    bad.append(f"{where}: {current}::{m[2]} (not defined there)")
+    return bad

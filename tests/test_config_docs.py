@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from doc_links import broken_links
+from doc_links import broken_links, missing_tests
 
 from maskd.config import ConfigError, parse_config
 
@@ -22,6 +22,14 @@ def test_every_relative_link_and_anchor_of_the_docs_leads_somewhere():
     files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
              *sorted(REPO.glob("*/README.md")), REPO / "models" / "MODEL_CARD.md"]
     assert len(files) > 10 and broken_links(files) == []
+
+
+def test_every_test_the_docs_name_as_proof_is_where_they_say():
+    """docs/reliability.md named a Coral test in test_systemd_unit.py that lives in
+    test_run_cli.py: a claim whose proof cannot be found is no better than one without."""
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             REPO / "models" / "MODEL_CARD.md"]
+    assert missing_tests(files, REPO / "tests") == []
 
 
 def test_several_cameras_example():
