@@ -279,7 +279,9 @@ class CameraLoop:
         the next start), never ended before every sink knows."""
         for ev in events:
             self.events += 1
-            log.info("%s: violation %s %s track=%d score=%.2f%s", self.cfg.camera, ev.event_type,
+            # ev.camera, not this loop's: a removed camera's restart end goes out through the
+            # first loop's sinks (``also_end``) and its line names the camera it belongs to
+            log.info("%s: violation %s %s track=%d score=%.2f%s", ev.camera, ev.event_type,
                      ev.event_id, ev.track_id, ev.score,
                      f" reason={ev.end_reason}" if ev.end_reason else "")
             ending = ev.event_type == "end"

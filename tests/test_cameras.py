@@ -493,6 +493,12 @@ def test_a_camera_removed_from_the_config_gets_its_open_violations_ended(tmp_pat
     assert json.loads((state / "open_violations.json").read_text()) == {}
     said = [ln for ln in r.stderr.splitlines() if "no longer in the config" in ln]
     assert len(said) == 1 and " INFO " in said[0] and "camera back" in said[0], r.stderr[-3000:]
+    # the journal's line for each end names the camera it belongs to (was: `front: violation end
+    # ... reason=restart`, the loop that sent it, for a violation `front` never had)
+    logged = [ln.split(" maskd.service: ", 1)[1] for ln in r.stderr.splitlines()
+              if "reason=restart" in ln]
+    assert sorted(ln.split(" ")[:4] for ln in logged) == sorted(
+        ["back:", "violation", "end", i] for i in opened), logged
 
 
 # `maskd run` with a bug in camera `back`'s violations, put there by this test alone (maskd has no
