@@ -1254,6 +1254,35 @@ def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker,
         sub.close()
 
 
+def test_a_loop_without_frames_still_sends_its_held_state_and_heartbeat(broker, tmp_path):
+    """An image folder or clip that ended (the loop idles until SIGTERM: no frame, only its stats
+    every stats_interval_s): the last frame's counts, held back by state_interval_s, waited for
+    the stop, so the retained `state` said 2 faces for as long as it idled while the last frame
+    had none, and no heartbeat went (docs/mqtt.md: once a stats interval). The loop's stats
+    carry them now."""
+    from maskd.types import LoopStats
+
+    sub = Subscriber(broker, [f"{CAM}/state"])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", stats_interval_s=1.0),
+                                model_name="m")
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        sink.on_state(counts(2, 0, 2))
+        sink.on_state(counts(0, 0, 0))  # the last frame, within state_interval_s: held
+        assert sub.wait_topic(f"{CAM}/state")
+        time.sleep(1.2)  # past state_interval_s; no frame comes any more
+        sink.on_stats(LoopStats(fps=0.0, frames=5, source_ended=True))
+        got = sub.wait_topic(f"{CAM}/state", 2)
+        assert [json.loads(m.payload)["faces"] for m in got] == [2, 0], got
+        time.sleep(1.2)  # past stats_interval_s, nothing changed: the heartbeat
+        sink.on_stats(LoopStats(fps=0.0, frames=5, source_ended=True))
+        got = sub.wait_topic(f"{CAM}/state", 3)
+        assert [json.loads(m.payload)["faces"] for m in got] == [2, 0, 0], got
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_an_event_emitted_just_after_the_connect_is_live_not_buffered(broker, tmp_path,
                                                                        monkeypatch):
     """The publisher thread notices a new connection at its next step (up to half a second

@@ -663,9 +663,11 @@ class MqttSink(EventSink):
         cam.loop_mine = self._said_faults  # the loop asked faults() for this report just now
         if self._connected:
             self._publish_stats(cam)
-            if cam.violations is None and cam.counts is not None:
-                # a (re)connection cleared them for the next frame; none comes while the
-                # camera is away: its counts must not wait for it (a restart's stale ones)
+            if cam.counts is not None:
+                # the counts go with the stats too, under the same intervals: a (re)connection
+                # cleared them for the next frame, the state interval may hold the last
+                # frame's back, and no frame comes while the camera is away or its file has
+                # ended: they must not wait for one (a restart's stale ones; the heartbeat)
                 self.camera_state(cam, cam.counts)
 
     def _publish_held(self, cam: _Camera) -> None:
