@@ -18,7 +18,7 @@
 #   --root DIR              stage every file under DIR instead of /, and only print the system
 #                           commands (apt, users, pip, systemctl, udevadm): for packaging and tests
 #   MASKD_PREFIX=DIR        (environment) install the venv and docs in DIR instead of /opt/maskd;
-#                           the unit's ExecStart= follows. uninstall.sh needs the same MASKD_PREFIX
+#                           the unit's ExecStart= follows; an update and uninstall.sh find it there
 #
 # Safe to run again: files that are already right are left alone, /etc/maskd/config.yaml is
 # never overwritten, and a re-run upgrades maskd in the venv from the checkout.
@@ -30,9 +30,6 @@ set -euo pipefail
 umask 022
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MASKD_PREFIX="${MASKD_PREFIX:-/opt/maskd}"
-MASKD_PREFIX="${MASKD_PREFIX%/}"
-VENV="$MASKD_PREFIX/.venv"
 SHARE_DIR=/usr/share/maskd
 MODELS=$SHARE_DIR/models
 CONF_DIR=/etc/maskd
@@ -95,6 +92,19 @@ install_file() {
     fi
 }
 
+# The install folder: MASKD_PREFIX, else the one the installed unit runs maskd from (an update
+# of an install made with MASKD_PREFIX: was a second venv in /opt/maskd, the first one left for
+# good), else /opt/maskd.
+installed_prefix="$(unit_prefix "$ROOT$UNIT_DIR/maskd.service")"
+prefix_from="MASKD_PREFIX"
+if [ -z "${MASKD_PREFIX:-}" ] && [ -n "$installed_prefix" ]; then
+    MASKD_PREFIX="$installed_prefix"
+    prefix_from="the installed unit's; MASKD_PREFIX sets another"
+fi
+MASKD_PREFIX="${MASKD_PREFIX:-/opt/maskd}"
+MASKD_PREFIX="${MASKD_PREFIX%/}"
+VENV="$MASKD_PREFIX/.venv"
+
 CHANGED=()
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -111,7 +121,11 @@ if [ -e "$ROOT$MASKD_PREFIX" ] && ! prefix_is_maskd "$ROOT$MASKD_PREFIX" \
     && ! { [ -d "$ROOT$MASKD_PREFIX" ] && only_entries "$ROOT$MASKD_PREFIX" .venv share; }; then
     die "MASKD_PREFIX=$MASKD_PREFIX already holds files that are not maskd's: choose a new or empty folder"
 fi
-[ "$MASKD_PREFIX" = /opt/maskd ] || say "install folder: $MASKD_PREFIX (MASKD_PREFIX)"
+[ "$MASKD_PREFIX" = /opt/maskd ] || say "install folder: $MASKD_PREFIX ($prefix_from)"
+if [ -n "$installed_prefix" ] && [ "$installed_prefix" != "$MASKD_PREFIX" ]; then
+    say "note: the installed unit ran maskd from $installed_prefix, which is left as it is" \
+        "(delete it once maskd runs from $MASKD_PREFIX)"
+fi
 
 # The exact wheels tested for this release's python3 (its numpy must match the one apt's picamera2
 # and simplejpeg are built against): made by `tools/pins.py pi`, never edited by hand.

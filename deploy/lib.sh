@@ -47,6 +47,12 @@ prefix_is_maskd() {
     [ -d "$1" ] && { [ -f "$1/$MASKD_MARKER" ] \
         || { [ -f "$1/.venv/pyvenv.cfg" ] && only_entries "$1" .venv share; }; }
 }
+# unit_prefix UNIT: the install folder an installed maskd.service runs maskd from (its ExecStart=),
+# or nothing: where an update (install.sh) and uninstall.sh find it without MASKD_PREFIX.
+unit_prefix() {
+    [ -f "$1" ] || return 0
+    sed -n 's|^ExecStart=\(/[^ ]*\)/\.venv/bin/maskd .*|\1|p' "$1" | head -n 1
+}
 # note_prefix_var: say so when PREFIX is set, as someone who means the install folder may expect.
 note_prefix_var() {
     if [ -n "${PREFIX:-}" ] && [ "$PREFIX" != "$MASKD_PREFIX" ]; then

@@ -62,10 +62,7 @@ if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 # The install folder: MASKD_PREFIX, else the one the installed unit runs maskd from; checked
 # before anything is changed, and deleted only when it is maskd's (deploy/lib.sh).
-unit_prefix=""
-if [ -f "$ROOT/etc/systemd/system/maskd.service" ]; then
-    unit_prefix="$(sed -n 's|^ExecStart=\(/[^ ]*\)/\.venv/bin/maskd .*|\1|p' "$ROOT/etc/systemd/system/maskd.service" | head -n 1)"
-fi
+unit_prefix="$(unit_prefix "$ROOT/etc/systemd/system/maskd.service")"
 if [ -z "${MASKD_PREFIX:-}" ]; then
     MASKD_PREFIX="${unit_prefix:-/opt/maskd}"
 elif [ -n "$unit_prefix" ] && [ "${MASKD_PREFIX%/}" != "$unit_prefix" ]; then

@@ -430,6 +430,27 @@ def test_another_install_folder_is_the_one_the_unit_runs(tmp_path):
     assert "removed /srv/maskd" in r.stdout and not (root / "srv/maskd").exists()
 
 
+def test_an_update_keeps_the_install_folder_the_unit_runs(tmp_path):
+    """docs/install-pi.md's update, `git pull && sudo deploy/install.sh`, after an install with
+    MASKD_PREFIX=/srv/maskd: was a second venv in /opt/maskd, the unit moved to it, and
+    /srv/maskd left behind for good (uninstall.sh then removed /opt/maskd only)."""
+    root = tmp_path / "root"
+    assert with_env(INSTALL, "--root", root, "--no-start", MASKD_PREFIX="/srv/maskd").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "MASKD_PREFIX"}
+    r = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-start"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "install folder: /srv/maskd (the installed unit's" in r.stdout
+    assert "/opt/maskd" not in r.stdout and not (root / "opt").exists()
+    unit = (root / "etc/systemd/system/maskd.service").read_text()
+    assert "ExecStart=/srv/maskd/.venv/bin/maskd run" in unit
+    # a folder named on purpose is the new one, and the old one is named as left behind
+    r = with_env(INSTALL, "--root", root, "--no-start", MASKD_PREFIX="/srv/maskd2")
+    assert r.returncode == 0, r.stderr
+    assert "the installed unit ran maskd from /srv/maskd, which is left as it is" in r.stdout
+    assert "ExecStart=/srv/maskd2/.venv/bin/maskd run" in (root / "etc/systemd/system/maskd.service").read_text()
+
+
 @pytest.mark.parametrize("prefix, why", [
     ("/opt", "cannot be the install folder"), ("/home/pi/maskd", "cannot be the install folder"),
     ("/opt/../etc", "cannot be the install folder"), ("/opt/mask d", "cannot be the install folder"),
