@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -1236,22 +1237,29 @@ def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
         sink.close()
 
 
-def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker, tmp_path):
-    """docs/mqtt.md: the state is sent on change, or once a stats interval when nothing
-    changed, so a consumer can tell a quiet entrance from a silent maskd."""
+@contextlib.contextmanager
+def state_watched(broker, tmp_path) -> Iterator[tuple[Subscriber, MqttSink]]:
+    """A connected sink with 1 s state and stats intervals, and a subscriber to its state."""
     sub = Subscriber(broker, [f"{CAM}/state"])
     sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", stats_interval_s=1.0),
                                 model_name="m")
     try:
         assert wait_until(lambda: sink.connected, 10)
+        yield sub, sink
+    finally:
+        sink.close()
+        sub.close()
+
+
+def test_unchanged_state_goes_again_once_a_stats_interval_as_a_heartbeat(broker, tmp_path):
+    """docs/mqtt.md: the state is sent on change, or once a stats interval when nothing
+    changed, so a consumer can tell a quiet entrance from a silent maskd."""
+    with state_watched(broker, tmp_path) as (sub, sink):
         sink.on_state(counts(1, 1, 0))
         assert sub.wait_topic(f"{CAM}/state")
         time.sleep(1.2)  # past state_interval_s and stats_interval_s (1 s each)
         sink.on_state(counts(1, 1, 0))  # the same counts
         assert len(sub.wait_topic(f"{CAM}/state", 2)) == 2
-    finally:
-        sink.close()
-        sub.close()
 
 
 def test_a_loop_without_frames_still_sends_its_held_state_and_heartbeat(broker, tmp_path):
@@ -1262,11 +1270,7 @@ def test_a_loop_without_frames_still_sends_its_held_state_and_heartbeat(broker, 
     carry them now."""
     from maskd.types import LoopStats
 
-    sub = Subscriber(broker, [f"{CAM}/state"])
-    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state", stats_interval_s=1.0),
-                                model_name="m")
-    try:
-        assert wait_until(lambda: sink.connected, 10)
+    with state_watched(broker, tmp_path) as (sub, sink):
         sink.on_state(counts(2, 0, 2))
         sink.on_state(counts(0, 0, 0))  # the last frame, within state_interval_s: held
         assert sub.wait_topic(f"{CAM}/state")
@@ -1278,9 +1282,6 @@ def test_a_loop_without_frames_still_sends_its_held_state_and_heartbeat(broker, 
         sink.on_stats(LoopStats(fps=0.0, frames=5, source_ended=True))
         got = sub.wait_topic(f"{CAM}/state", 3)
         assert [json.loads(m.payload)["faces"] for m in got] == [2, 0, 0], got
-    finally:
-        sink.close()
-        sub.close()
 
 
 def test_an_event_emitted_just_after_the_connect_is_live_not_buffered(broker, tmp_path,
