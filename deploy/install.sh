@@ -69,7 +69,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-# a usage error, exit 2, as `maskd models fetch` says it (docs/install-pi.md)
+# a usage error, exit 2, as `maskd models fetch` says it (docs/install-pi.md); either case
+YUNET_SHA256="${YUNET_SHA256,,}"
 [ -z "$YUNET_SHA256" ] || [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] \
     || { echo "$ME: --yunet-sha256 must be 64 lower-case hex digits" >&2; exit 2; }
 

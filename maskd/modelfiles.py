@@ -141,6 +141,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     Written to a temporary file next to the target and renamed only after the check, so a
     failed or wrong download leaves nothing behind.
     """
+    sha256 = sha256.lower()  # one sha256 in either case (PowerShell's Get-FileHash: upper)
     if not SHA256_RE.fullmatch(sha256):
         raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
     if (why := url_problem(url)) is not None:

@@ -342,6 +342,20 @@ def test_what_is_in_the_way_is_one_line_and_exit_73(served, tmp_path, capsys):
                         "Permission denied (remove it, or run as its owner)\n")
 
 
+def test_an_upper_case_sha256_is_the_same_sha256(tmp_path, capsys):
+    """docs/reliability.md: only a sha256 that is not exactly 64 hex digits is refused; one in
+    upper case (PowerShell's Get-FileHash, some release pages) was exit 2, "lower-case"."""
+    model = tmp_path / "y.onnx"
+    model.write_bytes(b"a model")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    dest = tmp_path / "models"
+    code, out, err = fetch(capsys, "--dest", str(dest), "--yunet-url", f"file://{model}",
+                           "--yunet-sha256", digest.upper())
+    assert code == 0, err
+    got = dest / f"face_detection_yunet_sha256-{digest[:16]}.onnx"  # named as the lower case
+    assert got.read_bytes() == b"a model" and f"installed {got} (sha256 ok)" in out
+
+
 def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
     """A sha256 with a trailing newline passed the check ("$" matches before it) and then
     failed as a mismatch; a URL that is not one was exit 69, "no network"."""
