@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=_path, metavar="PATH", help="image or folder (recursive)")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--config", type=_path, help="YAML config (classifier section: model, cut)")
+    p.add_argument("--config", type=_path, help="YAML config (classifier section: model, threshold, threads, edgetpu)")
 
     p = sub.add_parser("scan", help="detect faces and masks in images, folders or videos",
                        **_doc("scan"))

@@ -80,6 +80,21 @@ def test_the_defaults_help_shows_are_the_ones_a_command_uses(words, option, defa
     assert getattr(args, option[2:].replace("-", "_")) == float(default)
 
 
+def test_the_config_keys_classify_help_names_are_keys_it_reads():
+    """`classify --config` said "(classifier section: model, cut)": no key is called cut
+    (check-config refuses `classifier.cut`); the cut is classifier.threshold, and the
+    classifier's threads and edgetpu come from there too."""
+    import re
+
+    from maskd.config import ClassifierConfig
+
+    parser = dict((w, p) for w, p in ALL)[("classify",)]
+    entry = next(a.help for a in parser._actions if a.dest == "config")
+    named = re.search(r"classifier section: ([^)]*)\)", entry).group(1).split(", ")
+    assert set(named) <= set(ClassifierConfig.model_fields), named
+    assert {"model", "threshold", "threads", "edgetpu"} <= set(named), named
+
+
 def test_run_http_sets_the_status_page():
     args = build_parser().parse_args(["run", "--http", "127.0.0.1:8089", "--source", "demo"])
     assert run_config(args).preview.http == "127.0.0.1:8089"
