@@ -72,7 +72,7 @@ done
 # a usage error, exit 2, as `maskd models fetch` says it (docs/install-pi.md); either case
 YUNET_SHA256="${YUNET_SHA256,,}"
 [ -z "$YUNET_SHA256" ] || [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] \
-    || { echo "$ME: --yunet-sha256 must be 64 lower-case hex digits" >&2; exit 2; }
+    || { echo "$ME: --yunet-sha256 must be 64 hex digits" >&2; exit 2; }
 
 # File operations run unless --dry-run (system commands go through sys, deploy/lib.sh).
 act() {

@@ -143,7 +143,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     """
     sha256 = sha256.lower()  # one sha256 in either case (PowerShell's Get-FileHash: upper)
     if not SHA256_RE.fullmatch(sha256):
-        raise FetchError("usage", f"sha256 must be 64 lower-case hex digits, got {sha256!r}")
+        raise FetchError("usage", f"sha256 must be 64 hex digits, got {sha256!r}")
     if (why := url_problem(url)) is not None:
         raise FetchError("usage", why)
     target = dest / yunet_name(sha256)

@@ -258,7 +258,7 @@ def test_yunet_download_is_sha256_checked(tmp_path):
     assert f"unchanged {dest} (sha256 ok)" in again.stdout
     # a malformed hash is rejected before anything happens: a usage error, as docs say
     r = sh(INSTALL, "--root", root, "--yunet-sha256", "abc")
-    assert r.returncode == 2 and "64 lower-case hex digits" in r.stderr
+    assert r.returncode == 2 and "must be 64 hex digits" in r.stderr
     gone = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", f"file://{tmp_path}/none.onnx",
               "--yunet-sha256", "1" * 64)  # not there yet: fetched, and the file is not found
     assert gone.returncode == 69 and "YuNet not installed (see above)" in gone.stderr

@@ -136,7 +136,7 @@ def test_no_network_says_what_it_means(tmp_path, capsys):
 
 def test_bad_sha256_argument_and_unwritable_folder(tmp_path, capsys):
     code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-sha256", "abc")
-    assert code == 2 and "64 lower-case hex digits" in err
+    assert code == 2 and "must be 64 hex digits" in err
     blocker = tmp_path / "file"
     blocker.write_text("a file where the folder should be")
     code, _, err = fetch(capsys, "--dest", str(blocker / "models"), "--yunet-url", refused_url())
@@ -360,7 +360,7 @@ def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
     """A sha256 with a trailing newline passed the check ("$" matches before it) and then
     failed as a mismatch; a URL that is not one was exit 69, "no network"."""
     code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-sha256", YUNET_SHA256 + "\n")
-    assert code == 2 and "64 lower-case hex digits" in err
+    assert code == 2 and "must be 64 hex digits" in err
     for bad in ("notaurl", "ftp://host/y.onnx", "http:///y.onnx"):
         with pytest.raises(SystemExit) as exit_:
             main(["models", "fetch", "--dest", str(tmp_path), "--yunet-url", bad])
