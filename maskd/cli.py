@@ -18,7 +18,7 @@ EPILOGS = {
     "classify": """exit codes:
   0  at least one image was classified
   1  none was (every path unreadable or not an image)
-  2  the model or config could not be loaded
+  2  the model or config could not be loaded; or a bad command line (usage on stderr)
   74 the output could not be written (a full disk), named on stderr
   75 the Coral stopped answering part-way: the lines written stay, and stderr says
      up to which image they go; run it again once the Coral answers
@@ -28,7 +28,8 @@ example:
     "scan": """exit codes:
   0  at least one image or frame was scanned
   1  none was
-  2  the config, detector or model could not be loaded
+  2  the config, detector or model could not be loaded; or a bad command line (usage
+     on stderr)
   73 scanned, but some --annotate images could not be written, each named on stderr
   74 the output could not be written (a full disk), named on stderr
   75 the Coral stopped answering part-way: the lines and annotations written stay,
@@ -57,8 +58,8 @@ example:
   maskd models fetch""",
     "fetch": """exit codes:
   0   the checked file is in place (downloaded, or there already)
-  2   bad arguments (a malformed sha256, a URL that is not http(s):// or file://,
-      a --timeout of 0)
+  2   a bad command line (a malformed sha256, a URL that is not http(s):// or file://,
+      a --timeout of 0, an unknown option): usage on stderr
   65  the download's sha256 is not the expected one; nothing saved
   69  the URL could not be reached (no network); detector auto then uses BlazeFace
   73  the folder cannot be written, or something is in the way of the file (a folder
@@ -69,6 +70,7 @@ example:
   maskd models fetch --dest /usr/share/maskd/models""",
     "check-config": """exit codes:
   0   valid ("OK")
+  2   a bad command line (an unknown option, a value out of range): usage on stderr
   78  invalid: one line per bad key on stderr; also a preview.framebuffer or
       preview.window this machine cannot show (run it on the device); a /dev/fbN
       missing now (no monitor since boot) is a warning: run detects without it
@@ -79,6 +81,7 @@ example:
     "doctor": """exit codes:
   0   every required check passed
   1   a required check failed (named on stderr)
+  2   a bad command line (an unknown option, a value out of range): usage on stderr
   74  the table could not be written (a full disk, a closed stdout), named on stderr
   78  the config is invalid
 
@@ -87,6 +90,7 @@ example:
     "mqtt-clear": """exit codes:
   0   done: every retained topic found (and every one maskd's layout names) is empty now
   1   the broker could not be reached, refused the connection, or a topic is still retained
+  2   a bad command line (an unknown option, a value out of range): usage on stderr
   74  the output could not be written (a full disk, a closed stdout), named on stderr;
       nothing is cleared when its first line cannot be (a reader gone after it, as
       `| head -1`, changes nothing: the check afterwards decides)

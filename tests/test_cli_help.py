@@ -63,6 +63,18 @@ def test_help_output_of_the_real_command():
     assert r.stdout.rstrip().endswith("maskd run --source demo --jsonl - --annotate out/demo")
 
 
+@pytest.mark.parametrize("words", [w for w, _ in ALL if w and w != ("models",)], ids=" ".join)
+def test_a_bad_command_line_exits_2_as_help_says(words):
+    """check-config, doctor and mqtt-clear listed their exit codes without 2, which argparse
+    gives an unknown option; a script (or the unit's RestartPreventExitStatus) reads the list."""
+    r = subprocess.run([sys.executable, "-m", "maskd", *words, "--no-such-option"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("usage: ") and "error: " in r.stderr, r.stderr
+    parser = dict((w, p) for w, p in ALL)[words]
+    codes = parser.format_help().split("exit codes:")[1].split("example:")[0]
+    assert "\n  2 " in codes and "command line" in codes, codes
+
+
 @pytest.mark.parametrize(("words", "option", "default"), [
     (["run"], "--flush-timeout", "30"),  # docs/mqtt.md: "(default 30)"
     (["doctor"], "--frames", "5"),
