@@ -103,7 +103,7 @@ if [ -x "$ROOT/usr/local/bin/maskd" ] && [ -f "$ROOT/etc/maskd/config.yaml" ]; t
         fi
     fi
     if [ "$MQTT_CLEAR" = yes ]; then
-        if ! sys /usr/local/bin/maskd mqtt-clear --config /etc/maskd/config.yaml; then
+        if ! sys /usr/local/bin/maskd mqtt-clear --if-configured --config /etc/maskd/config.yaml; then
             die "maskd mqtt-clear failed (see above); maskd is stopped but still installed: run this again, or with --no-mqtt-clear to keep the topics"
         fi
     fi

@@ -95,7 +95,7 @@ example:
       nothing is cleared when its first line cannot be (a reader gone after it, as
       `| head -1`, changes nothing: the check afterwards decides)
   75  the camera (or the process) is online: stop maskd first, or --force
-  78  the config is invalid, or has no mqtt.url
+  78  the config is invalid, or has no mqtt.url (with --if-configured: exit 0)
 
 example:
   maskd mqtt-clear --config /etc/maskd/config.yaml --camera old-door""",
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clear even when the camera's status says online (maskd is not really "
                         "running, e.g. it was killed)")
     p.add_argument("--dry-run", action="store_true", help="list what is retained; clear nothing")
+    p.add_argument("--if-configured", action="store_true",
+                   help="a config without mqtt.url is nothing to clear (exit 0), not an error "
+                        "(exit 78); deploy/uninstall.sh uses it")
     p.add_argument("--wait", type=_seconds, default=2.0, metavar="S",
                    help="listen at most this long for retained messages, and at least until "
                         "they stop coming (default: %(default)s)")

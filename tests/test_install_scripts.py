@@ -312,7 +312,7 @@ def test_uninstall_keeps_config_and_state_unless_purge(tmp_path):
     assert not (root / "etc/maskd").exists() and not (root / "var/lib/maskd").exists()
 
 
-CLEAR = "would run: /usr/local/bin/maskd mqtt-clear --config /etc/maskd/config.yaml"
+CLEAR = "would run: /usr/local/bin/maskd mqtt-clear --if-configured --config /etc/maskd/config.yaml"
 
 
 def test_uninstall_offers_to_clear_the_retained_mqtt_topics(tmp_path):

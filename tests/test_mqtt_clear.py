@@ -397,6 +397,10 @@ def test_exit_codes_without_a_broker_or_url(tmp_path, capsys):
     no_url.write_text("device_id: dev1\n")
     rc, _, err = clear(capsys, "--config", str(no_url))
     assert rc == 78 and "mqtt.url is not set" in err
+    # deploy/uninstall.sh's call: a config without a broker left nothing on one (was: exit 78,
+    # and the uninstall stopped half-way after a "y" to its question)
+    rc, out, err = clear(capsys, "--if-configured", "--config", str(no_url))
+    assert rc == 0 and err == "" and f"mqtt.url is not set in {no_url}: no broker, nothing to clear" in out
     rc, _, err = clear(capsys, "--config", str(no_url), "--camera", "a/b")
     assert rc == 78 and "--camera 'a/b'" in err
 

@@ -271,8 +271,13 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--camera {args.camera!r}: a camera name is 1-64 of "
                                   "A-Z a-z 0-9 _ -") from None
         if not cfg.mqtt.url:
-            raise ConfigError(f"mqtt.url is not set in {path or 'the built-in defaults'}: "
-                              "no broker to clear")
+            where = path or "the built-in defaults"
+            if args.if_configured:
+                # deploy/uninstall.sh: a maskd that never used a broker left nothing on one.
+                _Report().line(f"mqtt-clear: mqtt.url is not set in {where}: no broker, "
+                               "nothing to clear")
+                return 0
+            raise ConfigError(f"mqtt.url is not set in {where}: no broker to clear")
     except ConfigError as err:
         for line in str(err).splitlines():
             print(f"mqtt-clear: {line}", file=sys.stderr)
