@@ -33,7 +33,6 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARE_DIR=/usr/share/maskd
 MODELS=$SHARE_DIR/models
 CONF_DIR=/etc/maskd
-UNIT_DIR=/etc/systemd/system
 UDEV_DIR=/etc/udev/rules.d
 SERVICE_USER=maskd
 # YuNet: URL, pinned sha256 and file name live in maskd/modelfiles.py (the quick start uses the
@@ -96,7 +95,7 @@ install_file() {
 # The install folder: MASKD_PREFIX, else the one the installed unit runs maskd from (an update
 # of an install made with MASKD_PREFIX: was a second venv in /opt/maskd, the first one left for
 # good), else /opt/maskd.
-installed_prefix="$(unit_prefix "$ROOT$UNIT_DIR/maskd.service")"
+installed_prefix="$(unit_prefix "$ROOT$UNIT_FILE")"
 prefix_from="MASKD_PREFIX"
 if [ -z "${MASKD_PREFIX:-}" ] && [ -n "$installed_prefix" ]; then
     MASKD_PREFIX="$installed_prefix"
@@ -326,7 +325,7 @@ install_file "$SRC/models/MODEL_CARD.md" "$MASKD_PREFIX/share/models/MODEL_CARD.
 unit_changed=${#CHANGED[@]}
 # The unit names the install folder (ExecStart=, Documentation=): the one MASKD_PREFIX gave.
 sed "s|/opt/maskd/|$MASKD_PREFIX/|g" "$SRC/systemd/maskd.service" > "$tmp/maskd.service"
-install_file "$tmp/maskd.service" "$UNIT_DIR/maskd.service" 0644
+install_file "$tmp/maskd.service" "$UNIT_FILE" 0644
 install_file "$SRC/deploy/99-maskd-coral.rules" "$UDEV_DIR/99-maskd-coral.rules" 0644
 if [ ${#CHANGED[@]} -gt "$unit_changed" ] && booted; then
     # udev may be absent even under systemd (a container): the Coral rule then waits for it.

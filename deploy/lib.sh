@@ -14,6 +14,9 @@ sys() {
 # only enabled (a link, which systemctl makes offline), and systemd and udev read the new files
 # at the next boot. --dry-run and --root print what a booted system would run.
 booted() { [ "$DRY" = 1 ] || [ -n "$ROOT" ] || [ -d /run/systemd/system ]; }
+# The unit install.sh writes and uninstall.sh removes (its drop-ins: "$UNIT_FILE.d").
+# shellcheck disable=SC2034  # read by install.sh and uninstall.sh
+UNIT_FILE=/etc/systemd/system/maskd.service
 
 # The install folder (the venv and the docs): MASKD_PREFIX, /opt/maskd by default. Not the
 # generic PREFIX, which a root shell may well export for other software: it is not read.

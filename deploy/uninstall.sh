@@ -62,7 +62,7 @@ if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 # The install folder: MASKD_PREFIX, else the one the installed unit runs maskd from; checked
 # before anything is changed, and deleted only when it is maskd's (deploy/lib.sh).
-unit_prefix="$(unit_prefix "$ROOT/etc/systemd/system/maskd.service")"
+unit_prefix="$(unit_prefix "$ROOT$UNIT_FILE")"
 if [ -z "${MASKD_PREFIX:-}" ]; then
     MASKD_PREFIX="${unit_prefix:-/opt/maskd}"
 elif [ -n "$unit_prefix" ] && [ "${MASKD_PREFIX%/}" != "$unit_prefix" ]; then
@@ -87,7 +87,7 @@ if [ -e "$ROOT$MASKD_PREFIX" ]; then
         "If maskd was installed with another MASKD_PREFIX, run this with that one; nothing changed"
 fi
 
-if [ -e "$ROOT/etc/systemd/system/maskd.service" ]; then
+if [ -e "$ROOT$UNIT_FILE" ]; then
     if booted; then sys systemctl disable --now maskd.service; else sys systemctl disable maskd.service; fi
 fi
 # Retained MQTT topics (Home Assistant's discovery configs above all) outlive maskd on the
@@ -110,7 +110,7 @@ if [ -x "$ROOT/usr/local/bin/maskd" ] && [ -f "$ROOT/etc/maskd/config.yaml" ]; t
 elif [ "$MQTT_CLEAR" = yes ]; then
     say "cannot clear MQTT topics: /usr/local/bin/maskd or /etc/maskd/config.yaml is already gone"
 fi
-remove /etc/systemd/system/maskd.service /etc/udev/rules.d/99-maskd-coral.rules /usr/local/bin/maskd
+remove "$UNIT_FILE" /etc/udev/rules.d/99-maskd-coral.rules /usr/local/bin/maskd
 if [ -n "$prefix_real" ]; then
     # A link to the folder goes with it.
     if [ "$DRY" = 1 ]; then
@@ -162,7 +162,7 @@ else
 fi
 # `systemctl edit maskd` drop-ins: local settings, kept like the config unless --purge (a later
 # install would otherwise run under them without a word).
-DROPINS=/etc/systemd/system/maskd.service.d
+DROPINS="$UNIT_FILE.d"
 if [ "$PURGE" = 1 ]; then
     remove "$DROPINS"
 elif [ -e "$ROOT$DROPINS" ]; then
