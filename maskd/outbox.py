@@ -653,8 +653,9 @@ class Outbox:
             with suppress(OSError):  # a read-only remount: nothing to give back
                 os.ftruncate(self._reserve_fd, 0)
             self._warn(logging.ERROR, "reserve",
-                       "outbox %s: cannot reserve %d KiB in the state dir (%s); new events are "
-                       "kept in memory (at most %d) until there is room",
+                       "outbox %s: cannot reserve %d KiB (mqtt.outbox_reserve_kb) in the state "
+                       "dir (%s); new events are kept in memory (at most %d, "
+                       "mqtt.memory_queue_max) until there is room",
                        self.path, self.reserve_bytes // 1024, err.strerror or err, self.memory_max)
             return False
 
@@ -701,7 +702,7 @@ class Outbox:
         self._errors[kind] = (why, since)
         self._warn(logging.ERROR, f"fail:{what}:{why}",
                    "outbox %s: cannot %s: %s; retrying, events not stored are kept in memory "
-                   "(at most %d)", self.path, what, why, self.memory_max)
+                   "(at most %d, mqtt.memory_queue_max)", self.path, what, why, self.memory_max)
         return False
 
     def _succeeded(self, kind: str) -> None:

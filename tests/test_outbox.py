@@ -364,6 +364,22 @@ def test_an_old_outbox_on_a_full_disk_opens_and_is_upgraded_by_a_start_with_room
     ob.close()
 
 
+def test_the_full_disk_lines_name_the_keys_that_size_the_reserve_and_the_memory(disk, caplog):
+    """"cannot reserve 1024 KiB ... (at most 1000)": which setting is that? The operator who
+    wants a bigger memory queue or a smaller reserve on a small card is told the key."""
+    from mqtt_broker import fill_disk
+
+    filler = fill_disk(disk)
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        ob = Outbox(disk, reserve_bytes=32 * 1024, memory_max=7)
+        ob.put("t", {"n": 1})
+    ob.close()
+    filler.unlink()
+    line = next(r.getMessage() for r in caplog.records if "cannot reserve" in r.getMessage())
+    assert "cannot reserve 32 KiB (mqtt.outbox_reserve_kb)" in line, line
+    assert "(at most 7, mqtt.memory_queue_max)" in line, line
+
+
 def test_rows_committed_before_sigkill_survive(tmp_path):
     """put() returns only after the row is durable: a process killed right after keeps them."""
     code = textwrap.dedent(
