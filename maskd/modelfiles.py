@@ -149,6 +149,7 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     target = dest / yunet_name(sha256)
     shown = _without_password(url)  # what the lines name: the terminal and logs see them
     if target.is_file() and _sha256_there(target) == sha256:
+        _remove_killed_parts(dest)
         return Fetched(_for_everyone(target), changed=False)
     if target.exists() and not target.is_file():  # found before the download, not after it
         what = "a folder" if target.is_dir() else "something that is not a file"
@@ -165,11 +166,11 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
             d.chmod(0o755)
         lock = _lock_folder(dest)
         if target.is_file() and _sha256_there(target) == sha256:  # the fetch we waited for
+            _remove_parts(dest)
             os.close(lock)
             lock = -1
             return Fetched(_for_everyone(target), changed=False)
-        for stale in dest.glob(".fetch-*.part"):  # left by a fetch that was killed (SIGTERM)
-            stale.unlink(missing_ok=True)
+        _remove_parts(dest)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
     except OSError as err:
         if lock >= 0:
@@ -273,6 +274,28 @@ def _lock_folder(dest: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _remove_parts(dest: Path) -> None:
+    """Under the folder's flock: every .part there is a killed fetch's (SIGTERM, a power cut)."""
+    for stale in dest.glob(".fetch-*.part"):
+        stale.unlink(missing_ok=True)
+
+
+def _remove_killed_parts(dest: Path) -> None:
+    """A killed fetch's .part, where the file is in place and no download is needed: only when
+    no fetch holds the folder (a running one's .part stays); nothing said if it cannot be."""
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_parts(dest)
+    except OSError:  # held by a fetch now, or a folder this user may not write
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write(fd: int, block: bytes, dest: Path) -> None:

@@ -377,6 +377,31 @@ def test_bad_sha256_or_url_is_a_usage_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_fetchs_part_goes_when_the_file_is_there_already(tmp_path, capsys):
+    """A fetch killed mid-download left its .part (megabytes on a small card) until a later
+    fetch downloaded again; install.sh's fetch at every update finds the file in place, so it
+    stayed for good. It goes now, unless a fetch holds the folder (its own running .part)."""
+    import fcntl
+
+    model = tmp_path / "y.onnx"
+    model.write_bytes(BODY)
+    digest = hashlib.sha256(BODY).hexdigest()
+    dest = tmp_path / "models"
+    args = ("--dest", str(dest), "--yunet-url", f"file://{model}", "--yunet-sha256", digest)
+    assert fetch(capsys, *args)[0] == 0
+    left = dest / ".fetch-killed.part"
+    left.write_bytes(BODY[:1000])
+    held = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)  # another fetch, downloading
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, out, _ = fetch(capsys, *args)
+        assert code == 0 and out.startswith("unchanged ") and left.exists()
+    finally:
+        os.close(held)
+    code, out, _ = fetch(capsys, *args)
+    assert code == 0 and out.startswith("unchanged ") and not left.exists()
+
+
 def test_a_full_stdout_is_exit_74_with_the_file_in_place(yunet_model, tmp_path):
     """The line saying what was installed, to a full disk: a traceback (exit 1) after the file
     was in place. Now exit 74 and one line on stderr; the file stays."""
