@@ -547,8 +547,19 @@ class ScheduleWindow(Section):
                                schedule.parse_time(self.start), schedule.parse_time(self.end))
 
 
+def _file_named(v: Any) -> Any:
+    """A ``jsonl.path`` ending in ``/``, ``/.`` or ``/..`` names a folder, not a file: the
+    sink created the file without the slash (pathlib drops it) and then looked at the path as
+    written, so check-config passed it and every event line failed with "Not a directory"."""
+    if isinstance(v, str) and (v.endswith("/") or v.rsplit("/", 1)[-1] in (".", "..")):
+        raise ValueError("names a folder: give the file's name in it (e.g. "
+                         "/var/lib/maskd/events.jsonl)")
+    return v
+
+
 class JsonlConfig(Section):
-    path: Annotated[str, BeforeValidator(_named)] | None = None  # "-": stdout; None: off
+    path: Annotated[str, BeforeValidator(_file_named), BeforeValidator(_named)] | None = None
+    # "-": stdout; None: off
     # A file past this is renamed to PATH.old (the one before it deleted) and a new one begun, so
     # months of events never fill the card without logrotate; None: one file growing for ever.
     max_mb: float | None = Field(100.0, gt=0.0, le=1_000_000.0)

@@ -65,6 +65,12 @@ BROKEN = [
     ("empty paths", 'state_dir: ""\nsnapshots:\n  dir: " "\njsonl:\n  path: ""\n',
      [["'state_dir'", "is empty"], ["'jsonl.path'", "is empty"],
       ["'snapshots.dir'", "is empty"]]),
+    # A trailing slash (or a last "." or ".."): the sink made the file without it and then
+    # wrote to the path as written, "Not a directory" for every event; check-config passed it.
+    ("a jsonl.path that names a folder", "jsonl: {path: /nonexistent-maskd-test/events/}\n",
+     [["'jsonl.path': names a folder", "/var/lib/maskd/events.jsonl"]]),
+    ("a jsonl.path ending in a dot", "jsonl: {path: /nonexistent-maskd-test/events/.}\n",
+     [["'jsonl.path': names a folder"]]),
     ("empty annotate_dir", 'preview:\n  annotate_dir: ""\n',
      [["'preview.annotate_dir'", "is empty: name a file or folder, or leave the key out"]]),
     # YAML 1.1 booleans were taken as 1 and 0: `cooldown_s: off` was no cooldown at all.
