@@ -79,6 +79,11 @@ def _source_uri(v: Any) -> Any:
     if isinstance(v, str) and not v.strip():
         raise ValueError("is empty: name the camera (0, /dev/video0, rtsp://...), a video file or "
                          "a folder")
+    # A newline (the one a YAML `|` block keeps) or an escape opens nothing, and it split the
+    # log line and the systemd status (where "\nSTOPPING=1" is a notify command of its own).
+    if isinstance(v, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in v):
+        raise ValueError("must not contain control characters, such as the newline a YAML | "
+                         "block keeps: write the address on the key's own line")
     if isinstance(v, str) and v.startswith("~"):
         return os.path.expanduser(v)
     return v

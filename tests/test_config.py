@@ -71,6 +71,10 @@ BROKEN = [
      [["'jsonl.path': names a folder", "/var/lib/maskd/events.jsonl"]]),
     ("a jsonl.path ending in a dot", "jsonl: {path: /nonexistent-maskd-test/events/.}\n",
      [["'jsonl.path': names a folder"]]),
+    # A `|` block keeps a newline: the file was "not found" (said on two lines) and the
+    # address went on into the log and the systemd status, where a newline starts a command.
+    ("a camera address with a newline", "source:\n  uri: |\n    rtsp://10.0.0.9/stream\n",
+     [["'source.uri': must not contain control characters", "(got 'rtsp://10.0.0.9/stream\\n')"]]),
     ("empty annotate_dir", 'preview:\n  annotate_dir: ""\n',
      [["'preview.annotate_dir'", "is empty: name a file or folder, or leave the key out"]]),
     # YAML 1.1 booleans were taken as 1 and 0: `cooldown_s: off` was no cooldown at all.
