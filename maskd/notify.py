@@ -72,8 +72,10 @@ class Notifier:
         if self._sock is None or self.address is None or not lines:
             return False
         try:
-            # MSG_DONTWAIT: a full socket queue must not stall the detection loop.
-            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT,
+            # MSG_DONTWAIT: a full socket queue must not stall the detection loop. A newline in
+            # a value (a path in a fault line) would end its assignment and start another one.
+            text = "\n".join(ln.replace("\r", "\\r").replace("\n", "\\n") for ln in lines)
+            self._sock.sendto(text.encode(), socket.MSG_DONTWAIT,
                               socket_address(self.address))
         except OSError as err:
             # systemd gone, queue full or socket path wrong: never let that take the loop down.

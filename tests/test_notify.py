@@ -175,6 +175,18 @@ def test_socket_gone_does_not_raise(tmp_path):
     n.close()
 
 
+def test_a_newline_in_a_status_stays_in_its_line(notify_socket):
+    """A fault names a path, and a path may hold a newline (a YAML | block keeps one): each
+    line of the datagram is one assignment, so the rest of the status was cut off and a line
+    such as STOPPING=1 after the newline was a command of its own."""
+    n = Notifier(notify_socket.address)
+    assert n.send("STATUS=snapshots: cannot write to /media/usb/snaps\nSTOPPING=1", "READY=1")
+    n.close()
+    data = notify_socket.sock.recv(4096).decode()
+    assert data.splitlines() == ["STATUS=snapshots: cannot write to /media/usb/snaps\\nSTOPPING=1",
+                                 "READY=1"]
+
+
 def test_full_socket_queue_never_blocks_the_loop(notify_socket):
     clock = FakeClock()
     n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "2000"}),
