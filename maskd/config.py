@@ -61,6 +61,14 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Seconds = Annotated[float, Field(gt=0, le=3600.0)]  # a wait that threading and paho can take
 
 
+_CONTROL = ("must not contain control characters, such as the newline a YAML | block keeps: "
+            "write the {} on the key's own line")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def _named(v: Any) -> Any:
     """Path("") is ".": an empty path would quietly mean the working directory (or, for
     ``jsonl.path``, no output), so it is refused as the command line refuses ``--state-dir ""``.
@@ -68,6 +76,8 @@ def _named(v: Any) -> Any:
     whatever the working directory was, and check-config and run would see other paths."""
     if isinstance(v, str) and not v.strip():
         raise ValueError("is empty: name a file or folder, or leave the key out")
+    if isinstance(v, str) and _has_control(v):  # the newline a YAML | block keeps: the events
+        raise ValueError(_CONTROL.format("path"))  # went to "events.jsonl\n", beside the file
     if isinstance(v, str | Path):
         return type(v)(os.path.expanduser(v))
     return v
@@ -81,9 +91,8 @@ def _source_uri(v: Any) -> Any:
                          "a folder")
     # A newline (the one a YAML `|` block keeps) or an escape opens nothing, and it split the
     # log line and the systemd status (where "\nSTOPPING=1" is a notify command of its own).
-    if isinstance(v, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in v):
-        raise ValueError("must not contain control characters, such as the newline a YAML | "
-                         "block keeps: write the address on the key's own line")
+    if isinstance(v, str) and _has_control(v):
+        raise ValueError(_CONTROL.format("address"))
     if isinstance(v, str) and v.startswith("~"):
         return os.path.expanduser(v)
     return v

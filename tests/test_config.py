@@ -75,6 +75,9 @@ BROKEN = [
     # address went on into the log and the systemd status, where a newline starts a command.
     ("a camera address with a newline", "source:\n  uri: |\n    rtsp://10.0.0.9/stream\n",
      [["'source.uri': must not contain control characters", "(got 'rtsp://10.0.0.9/stream\\n')"]]),
+    # The same in a path: the events went to "events.jsonl\n" beside the file tailed.
+    ("a path with a newline", "jsonl:\n  path: |\n    /nonexistent-maskd-test/events.jsonl\n",
+     [["'jsonl.path': must not contain control characters", "write the path on the key's"]]),
     ("empty annotate_dir", 'preview:\n  annotate_dir: ""\n',
      [["'preview.annotate_dir'", "is empty: name a file or folder, or leave the key out"]]),
     # YAML 1.1 booleans were taken as 1 and 0: `cooldown_s: off` was no cooldown at all.
