@@ -623,7 +623,9 @@ class BrokerUrl:
         return cls(parts.hostname, port or (8883 if tls else 1883), tls)
 
     def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        """As logs name the broker; an IPv6 address in brackets, as mqtt.url takes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:

@@ -131,6 +131,10 @@ def test_docs_carry_the_same_versioned_schema():
 def test_url_and_switch_parsing():
     assert BrokerUrl.parse("mqtt://h") == BrokerUrl("h", 1883, False)
     assert BrokerUrl.parse("mqtts://h:9") == BrokerUrl("h", 9, True)
+    # as every log line and error names the broker: an IPv6 address in brackets, as written
+    # (was mqtt://::1:1883, which no one can tell apart or give back to mqtt.url)
+    assert str(BrokerUrl.parse("mqtt://[::1]:1883")) == "mqtt://[::1]:1883"
+    assert BrokerUrl.split(str(BrokerUrl.parse("mqtts://[fe80::1]:8883"))).host == "fe80::1"
     with pytest.raises(ConfigError, match="no credentials"):
         BrokerUrl.parse("mqtt://u:secret@h")
     assert parse_switch(b"ON") is True and parse_switch(b" off\n") is False
