@@ -1390,7 +1390,7 @@ def shown_uri(uri: str) -> str:
     """``uri`` as logs and status may show it: a password in it (rtsp://user:pass@cam, or a
     secret query value, ``?pwd=``) is replaced by ***, since the journal and the status page
     are readable by more people."""
-    return redact(_USERINFO.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", uri)))
+    return _SECRET_URI_PARAM.sub(r"\1***", _USERINFO.sub(r"\1:***@", _PASSWORD.sub(r"\1:***@", uri)))
 
 
 # A slash short (rtsp:/user:pw@cam, a typo that makes it a "file") still hides the password,
@@ -1402,8 +1402,12 @@ _USERINFO = re.compile(r"(?<=//)([^\s:/@]+):[^@\s]*@")
 # A parameter whose name says it holds a secret (``?token=``, ``password``, ``pwd``, ``pw``,
 # ``psw``, ``p``, ``loginpas``, ``api_key``, ``credentials``, ``sig``), in a query or in a path
 # the way some DVRs take it (``/user=admin_password=...``).
-_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;\s/_])(?:p|[^=&;\s/_]*(?:token|pas|pw|psw|secret|"
-                           r"key|auth|cred|sig)[^=&;\s/]*)=)[^&;\s\"']*")
+_SECRET_NAME = (r"(?i)((?:^|[?&;\s/_])(?:p|[^=&;\s/_]*(?:token|pas|pw|psw|secret|"
+                r"key|auth|cred|sig)[^=&;\s/]*)=)")
+_SECRET_PARAM = re.compile(_SECRET_NAME + r"[^&;\s\"']*")  # a quote ends it in a request line
+# In a camera's address alone a quote or a ; typed into the password is part of it (what
+# followed it was shown): hidden up to the next & (more hidden, never less).
+_SECRET_URI_PARAM = re.compile(_SECRET_NAME + r"[^&\s]*")
 
 
 def redact(text: str) -> str:

@@ -543,6 +543,9 @@ def test_a_password_written_raw_or_in_a_cameras_own_parameter_stays_out_of_logs(
     "http://cam/snap.cgi?user=admin&pw=S3cret", "http://cam/snap.cgi?user=admin&psw=S3cret",
     "http://cam/snap.cgi?u=admin&p=S3cret", "http://cam/v?credentials=S3cret",
     "https://cam/v?sig=S3cret", "rtsp//admin:S3cret@cam/x", "rtsp ://admin:S3cret@cam/x",
+    # a quote or a ; typed into a query password: what followed it was shown
+    "http://cam/video.cgi?user=admin&pwd=Ab'S3cret", 'http://cam/video.cgi?user=admin&pwd=Ab"S3cret',
+    "rtsp://cam/s?password=Ab;S3cret",
 ])
 def test_camera_address_forms_in_use_keep_their_password_out_of_what_is_shown(uri):
     """Forms cameras really use (an XMeye DVR's /user=admin_password=...; ?pw=, ?psw=, ?p=,
