@@ -927,7 +927,8 @@ class MqttSink(EventSink):
             hint = ""
             if self._short_sessions == 3 or reason_code == SESSION_TAKEN_OVER:
                 hint = (f"; connections keep dropping right away: is another client using the "
-                        f"client id {self.client_id!r}? (device_id must be unique)")
+                        f"client id {self.client_id!r}? (device_id must be unique; device "
+                        f"'a' with camera 'b' and device 'a-b' with a cameras: map share one)")
             elif client.malformed:
                 # mosquitto 2.0 answers a message over its message_size_limit with a PUBACK
                 # code MQTT 5 does not allow there, and paho drops the connection on it
