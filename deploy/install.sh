@@ -304,6 +304,15 @@ elif cmp -s "$SRC/deploy/config.example.yaml" "$conf" || cmp -s "$ROOT$CONF_DIR/
     || grep -qsx "$(sha256sum < "$conf" | cut -d' ' -f1)" "$ROOT$example_sum"; then
     unedited=1
 fi
+# The example an earlier install copied, before it is replaced: check-config notes the keys the
+# config still holds at its values where this version's default is another (--was), since that
+# example wrote every key and a default retuned since never reached the config.
+was=""
+if [ "$unedited" = 0 ] && [ -f "$ROOT$CONF_DIR/config.example.yaml" ] \
+    && ! cmp -s "$SRC/deploy/config.example.yaml" "$ROOT$CONF_DIR/config.example.yaml"; then
+    was="$tmp/was.example.yaml"
+    cp "$ROOT$CONF_DIR/config.example.yaml" "$was"
+fi
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.example.yaml" 0644
 install_file "$SRC/deploy/config.example.yaml" "$CONF_DIR/config.yaml" 0640 keep
 if [ "$unedited" = 1 ]; then
@@ -338,7 +347,9 @@ fi
 # Checked as the maskd user with the new code, so after it is in place: a failed check stops
 # here, before enable and restart, but the new version is installed and a running maskd meets
 # it at its next restart.
-sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config "$CONF_DIR/config.yaml" || {
+# (the earlier example on stdin: the maskd user cannot read $tmp)
+sys runuser -u "$SERVICE_USER" -- "$VENV/bin/maskd" check-config \
+    ${was:+--was /dev/stdin} "$CONF_DIR/config.yaml" < "${was:-/dev/null}" || {
     rc=$?
     say "the new version is installed, but $CONF_DIR/config.yaml fails its check (above): maskd was" \
         "NOT restarted (a running maskd keeps running until its next restart, which would fail)." \

@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and exit (78 when invalid)",
                        **_doc("check-config"))
     p.add_argument("config", type=_path, help="the YAML config file to check")
+    p.add_argument("--was", type=_path, metavar="EXAMPLE",
+                   help="the example this config was made from (an update's install.sh gives "
+                        "the one the earlier install copied): a note for each key still at that "
+                        "example's value where this version's default is another")
 
     p = sub.add_parser("doctor", help="check camera, models, runtime, broker and state dir",
                        **_doc("doctor"))

@@ -1653,11 +1653,8 @@ def given_or_installed(path: Path | None) -> Path | None:
     return path
 
 
-def load_config(path: Path | str | None) -> Config:
-    """Read and validate a YAML config file; None gives the built-in defaults."""
-    if path is None:
-        return Config()
-    p = Path(path)
+def read_yaml(p: Path) -> Any:
+    """A config file's YAML as Python data, with the limits of a config (not validated)."""
     text = _read_text(p)
     try:
         data = yaml.load(text, Loader=BoundedLoader)  # a SafeLoader, with limits
@@ -1670,4 +1667,12 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{p}: not valid YAML{where}: {what[:200]}") from None
     except (ValueError, RecursionError) as err:  # e.g. an integer with more than 4300 digits
         raise ConfigError(f"{p}: not a usable config: {excerpt(str(err))}") from None
-    return parse_config(data, str(p))
+    return data
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read and validate a YAML config file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    return parse_config(read_yaml(p), str(p))

@@ -388,3 +388,42 @@ def test_a_password_typed_under_a_key_of_its_own_is_not_repeated_in_an_error(tmp
     said = str(err.value)
     assert "S3cretXYZ" not in said and "T0kenXYZ" not in said, said
     assert "password_file" in said  # what the error is about is still said
+
+
+# The example of 2026-11-23 as far as these keys go: it wrote every key with its default then.
+EXAMPLE_2026_11_23 = """\
+device_id: maskd
+classifier:
+  threshold: 0.7
+  margin: 0.15
+tracking:
+  window: 5
+  start_threshold: 0.7
+  min_frames: 3
+mqtt:
+  url: null
+"""
+
+
+def test_an_update_notes_the_keys_a_config_keeps_at_an_older_examples_default(tmp_path):
+    """install.sh copies the example, every key written with its default, once: after an update
+    that retuned defaults (the 2026-12-01 model: classifier.threshold 0.7 -> 0.6, tracking.window
+    5 -> 9, start_threshold 0.7 -> 0.6) a config made from the older example kept the old values
+    and nothing said so. check-config --was names each key still at that example's value."""
+    was = tmp_path / "was.yaml"
+    was.write_text(EXAMPLE_2026_11_23)
+    cfg = tmp_path / "config.yaml"
+    # made from it: device_id and the url edited, the threshold chosen (0.8), the rest as it was
+    cfg.write_text(EXAMPLE_2026_11_23.replace("device_id: maskd", "device_id: door-1")
+                   .replace("threshold: 0.7", "threshold: 0.8", 1)
+                   .replace("url: null", "url: mqtt://broker.example"))
+    r = maskd("check-config", "--was", str(was), str(cfg))
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if "note:" in ln]
+    assert [n.split("'")[1] for n in notes] == ["tracking.window", "tracking.start_threshold"], r.stderr
+    assert "5 is the default of the example this config was made from; this version's default " \
+           "is 9. Delete the line" in notes[0]
+    # the same example as this version's (the next update): nothing to say; without --was neither
+    r = maskd("check-config", "--was", str(REPO / "deploy" / "config.example.yaml"), str(cfg))
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    assert "note:" not in maskd("check-config", str(cfg)).stderr

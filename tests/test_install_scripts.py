@@ -525,6 +525,25 @@ def test_beyond_the_pi_only_what_the_device_uses_and_no_unconfigured_start(tmp_p
     assert "python3-picamera2" in again.stdout
 
 
+def test_an_update_checks_the_config_against_the_example_it_was_made_from(tmp_path):
+    """The example an earlier install left in /etc/maskd goes to check-config (--was, on stdin:
+    the maskd user cannot read install.sh's temporary folder) before it is replaced, so the
+    update notes the keys the config keeps at that example's defaults; not on a first install
+    nor when the example did not change."""
+    root = tmp_path / "root"
+    first = sh(INSTALL, "--root", root, "--no-start")
+    assert first.returncode == 0, first.stderr
+    assert "check-config /etc/maskd/config.yaml" in first.stdout and "--was" not in first.stdout
+    conf = root / "etc/maskd"
+    (conf / "config.yaml").write_text("device_id: door-1\ntracking: {window: 5}\n")
+    assert "--was" not in sh(INSTALL, "--root", root, "--no-start").stdout  # same example
+    (conf / "config.example.yaml").write_text("# an older release's example\ntracking: {window: 5}\n")
+    r = sh(INSTALL, "--root", root, "--no-start")
+    assert r.returncode == 0, r.stderr
+    assert "check-config --was /dev/stdin /etc/maskd/config.yaml" in r.stdout
+    assert (conf / "config.example.yaml").read_bytes() == (REPO / "deploy/config.example.yaml").read_bytes()
+
+
 def test_an_unedited_example_of_an_older_release_still_counts_as_not_configured(tmp_path):
     """config.yaml was compared with the checkout's example only: after an update whose example
     changed, a never-edited config.yaml (the old example) counted as configured and was started."""

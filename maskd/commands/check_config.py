@@ -39,6 +39,7 @@ from maskd.config import (
     extra_model_problem,
     load_config,
     model_file_problem,
+    read_yaml,
     shown_path,
 )
 from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depends_on_user
@@ -223,6 +224,65 @@ def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list
     return errors, warnings
 
 
+def _leaves(data: object, pre: str = "") -> dict[str, object]:
+    """A YAML mapping's keys as dotted paths to their values (lists are values); the cameras:
+    map is left out (no example writes one)."""
+    out: dict[str, object] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str) or f"{pre}{key}" == "cameras":
+                continue
+            if isinstance(value, dict):
+                out.update(_leaves(value, f"{pre}{key}."))
+            else:
+                out[f"{pre}{key}"] = value
+    return out
+
+
+def _default(key: str) -> object:
+    """This version's default of a dotted key (an old name too: tracking.min_frames), or
+    ``_leaves`` itself where there is none to compare with (a required or computed one)."""
+    from pydantic import AliasChoices, BaseModel
+
+    model: type[BaseModel] = Config
+    *sections, last = key.split(".")
+    for part in sections:
+        sub = model.model_fields.get(part)
+        if sub is None or not (isinstance(sub.annotation, type)
+                               and issubclass(sub.annotation, BaseModel)):
+            return _leaves
+        model = sub.annotation
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        if name == last or (isinstance(alias, AliasChoices) and last in alias.choices):
+            if field.default_factory is not None or field.is_required():
+                return _leaves  # device_id: the host name
+            return str(field.default) if isinstance(field.default, Path) else field.default
+    return _leaves
+
+
+def kept_defaults(cfg_path: Path, was: Path) -> list[str]:
+    """Keys the config holds at the value the example it was made from (``was``: the one an
+    earlier install copied to /etc/maskd/config.example.yaml, before an update replaces it)
+    gave them, where this version's default is another. That example wrote every key with its
+    default, so a default retuned since (classifier.threshold 0.7 -> 0.6, tracking.window
+    5 -> 9 with the model of 2026-12-01) never reached a config made from it, and nothing said
+    so: one note each, at the update that changes it (install.sh), never again after."""
+    try:
+        mine, old = (_leaves(read_yaml(p)) for p in (cfg_path, was))
+    except ConfigError:
+        return []  # an old example that does not read says nothing about the config
+    out = []
+    for key, value in mine.items():
+        new = _default(key)
+        if (key in old and type(old[key]) is type(value) and old[key] == value
+                and new is not _leaves and new != value):
+            out.append(f"note: '{key}': {value!r} is the default of the example this config "
+                       f"was made from; this version's default is {new!r}. Delete the line "
+                       "to take the new default, or keep it if you chose it")
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
@@ -251,6 +311,9 @@ def main(args: argparse.Namespace) -> int:
                  + [f"warning: {w}" for w in cfg.startup_warnings()
                     + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
+    if getattr(args, "was", None) is not None:
+        for line in kept_defaults(args.config, args.was):
+            print(f"{args.config}: {line}", file=sys.stderr)
     # as every command's records: a full disk or closed stdout is one line and 74, a file
     # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)
     names_as_bytes_on_stdout()
