@@ -1178,7 +1178,24 @@ class Config(Section):
         """What check-config prints and run logs as warnings about the config itself (neither
         refuses to start on them): open secret files, a shared device id, TLS files near
         their end. One list, so the two commands cannot drift apart."""
-        return self.open_secrets() + self.shared_device_id() + self.mqtt.expiring_certificates()
+        return (self.open_secrets() + self.shared_device_id() + self.mqtt.expiring_certificates()
+                + self.unused_preview())
+
+    def unused_preview(self) -> list[str]:
+        """One line when a ``cameras:`` map's first camera has a preview of its own and the
+        top-level one sets anything: that one is then no camera's (``previews``), and its status
+        page or clip folder never appeared without a word. Keys at their defaults (the
+        example's preview section, kept beside a cameras: map) are not worth a line."""
+        if not self.cameras or "preview" not in self.model_fields_set:
+            return []
+        first, cam = next(iter(self.cameras.items()))
+        written = self.preview.model_dump(exclude_defaults=True)
+        if "preview" not in cam.model_fields_set or not written:
+            return []
+        keys = ", ".join(f"preview.{key}" for key in written)
+        return [f"'{keys}': camera {first}, the first of cameras:, has a preview of its own, so "
+                "the top-level preview is no camera's and is not used; move it under "
+                "cameras.<name>.preview"]
 
     def shared_device_id(self) -> list[str]:
         """With MQTT on, one line when device_id is a stock host name (raspberrypi, ...) that

@@ -71,6 +71,28 @@ def test_the_cameras_map_is_validated_and_resolved():
         parse_config({"cameras": {"bad name": {"source": {"kind": "demo"}}}})
 
 
+def test_a_top_level_preview_no_camera_uses_is_warned_of(tmp_path, capsys):
+    """The first camera's own preview leaves the top-level one to no camera: check-config said
+    OK and run recorded no clip in its annotate_dir, without a word."""
+    from maskd.cli import main
+
+    cams = {"a": {"source": {"kind": "demo"}, "preview": {"annotate_dir": str(tmp_path / "a")}},
+            "b": {"source": {"kind": "demo"}}}
+    cfg = parse_config({"cameras": cams, "preview": {"annotate_dir": str(tmp_path / "top")}})
+    assert [p.annotate_dir for _, p in cfg.previews()] == [tmp_path / "a", None]
+    (line,) = [w for w in cfg.startup_warnings() if "preview" in w]
+    assert "preview.annotate_dir" in line and "camera a" in line and "not used" in line
+    # the example's preview section (every key at its default) and the first camera's own
+    # top-level preview are not warned of
+    assert not parse_config({"cameras": cams, "preview": {"window": False}}).startup_warnings()
+    assert not parse_config({"cameras": {"b": cams["b"], "a": cams["a"]},
+                             "preview": {"annotate_dir": str(tmp_path)}}).startup_warnings()
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"cameras": cams, "preview": {"annotate_dir": str(tmp_path / "top")}}))
+    assert main(["check-config", str(path)]) == 0
+    assert "warning: 'preview.annotate_dir'" in capsys.readouterr().err
+
+
 def test_two_cameras_in_one_process_share_one_connection(tmp_path, default_model):
     """Both cameras' events on their own topics and in the one JSON lines file; the device
     status is the process's last will; each camera's entities need the process and the camera;
