@@ -508,6 +508,29 @@ def test_opencv_ssd_baseline(scenes_dir: Path):
     assert _recall(det.detect(img), gt) >= 2 / 3
 
 
+def test_nms_threshold_reaches_the_ssd_detectors(scenes_dir: Path):
+    """Both SSDs merge boxes in their own graph, and detector.nms_threshold was passed to
+    neither: 0.0, 0.3 and 1.0 found the same 25 faces in a crowd photo."""
+    pb = SHARED_MODELS / "opencv_face_detector_uint8.pb"
+    if not pb.is_file():
+        pytest.skip(f"needs {pb}")
+    img, _ = _scene(scenes_dir, "maksssksksss110")
+
+    def found(nms_threshold: float) -> int:
+        return len(make_detector(DetectorConfig(kind="ssd", model=pb, score_threshold=0.2,
+                                                input_width=640, input_height=480,
+                                                nms_threshold=nms_threshold)).detect(img))
+
+    assert found(0.0) < found(1.0)
+    # the TFLite SSD's boxes go through the same step
+    from maskd.detectors.ssd import merged
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [30, 30, 40, 40]], np.float64)
+    scores = np.array([0.9, 0.8, 0.7])
+    assert merged(boxes, scores, 0.3)[1].tolist() == [0.9, 0.7]
+    assert merged(boxes, scores, None)[1].tolist() == [0.9, 0.8, 0.7]
+
+
 def test_opencv_ssd_without_a_tensorflow_importer_says_so(tmp_path: Path, monkeypatch):
     # OpenCV 5.1 removed cv2.dnn.readNetFromTensorflow: a clear refusal, not an AttributeError.
     pb, pbtxt = tmp_path / "ssd.pb", tmp_path / "ssd.pbtxt"

@@ -20,11 +20,22 @@ from maskd.detectors.base import (
     scaled_input,
     score_cut,
 )
-from maskd.geometry import Letterbox, letterbox
+from maskd.geometry import Letterbox, letterbox, nms
 from maskd.tflite import get_output, invoke, open_interpreter, set_input
 from maskd.types import Face
 
 SSD_DEFAULT_SCORE_THRESHOLD = 0.6
+
+
+def merged(boxes: np.ndarray, scores: np.ndarray, nms_threshold: float | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """An SSD's boxes after ``detector.nms_threshold``: its graph merges at its own overlap
+    (0.45 in OpenCV's face SSD), so the key changed nothing for kind ssd without this; a value
+    above the graph's own can merge no more than it did (None: the graph's alone)."""
+    if nms_threshold is None or len(scores) < 2:
+        return boxes, scores
+    keep = nms(boxes, scores, nms_threshold)
+    return np.asarray(boxes)[keep], np.asarray(scores)[keep]
 
 def decode_ssd_postprocess(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                            count: float, score_threshold: float, lb: Letterbox,
@@ -83,12 +94,13 @@ class TfliteSsd:
     EDGETPU = True
 
     def __init__(self, model: Path, score_threshold: float = DEFAULT_SCORE_THRESHOLD, edgetpu: bool = False,
-                 face_class: int | None = 0):
+                 face_class: int | None = 0, nms_threshold: float | None = None):
         self.path = _tflite_ssd_file(Path(model))
         self.name = "ssd-edgetpu" if edgetpu else "ssd"
         self.score_threshold = score_threshold
         self.face_class = face_class
         self.edgetpu = edgetpu
+        self.nms_threshold = nms_threshold
         self._interp, _ = open_interpreter(self.path, TFLITE_THREADS, edgetpu)
         self._in = self._interp.get_input_details()[0]
         shape = tuple(int(v) for v in self._in["shape"])
@@ -105,7 +117,8 @@ class TfliteSsd:
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> TfliteSsd:
         assert cfg.model is not None
-        return cls(Path(cfg.model), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.edgetpu)
+        return cls(Path(cfg.model), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD), cfg.edgetpu,
+                   nms_threshold=cfg.nms_threshold)
 
     def describe(self) -> str:
         """'ssd (file.tflite), input 320x320' for `maskd doctor`."""
@@ -128,7 +141,7 @@ class TfliteSsd:
         b, s = decode_ssd_postprocess(boxes, classes, scores, float(np.ravel(count)[0]),
                                       self.score_threshold, lb, self.input_w, self.input_h,
                                       self.face_class)
-        return faces_from_arrays(b, s, w, h)
+        return faces_from_arrays(*merged(b, s, self.nms_threshold), w, h)
 
 
 
@@ -145,12 +158,13 @@ class OpenCvSsd:
     EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, config: Path | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 input_size: tuple[int, int] = (300, 300)):
+                 input_size: tuple[int, int] = (300, 300), nms_threshold: float | None = None):
         model, config = _opencv_ssd_files(Path(model), config)
         self.name = "opencv-ssd"
         self.path = model
         self.input_size = input_size
         self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
         read = getattr(cv2.dnn, "readNetFromTensorflow", None)
         if read is None:
             raise DetectorError(
@@ -166,7 +180,7 @@ class OpenCvSsd:
     def from_config(cls, cfg: DetectorConfig) -> OpenCvSsd:
         assert cfg.model is not None
         return cls(Path(cfg.model), score_threshold=score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
-                   input_size=scaled_input(cfg))
+                   input_size=scaled_input(cfg), nms_threshold=cfg.nms_threshold)
 
     def describe(self) -> str:
         """'opencv-ssd (file.pb), input 300x300' for `maskd doctor`."""
@@ -179,7 +193,7 @@ class OpenCvSsd:
         out = np.asarray(self._net.forward(), np.float64).reshape(-1, 7)
         out = out[out[:, 2] >= self.score_threshold]
         boxes = out[:, 3:7] * np.array([w, h, w, h])
-        return faces_from_arrays(boxes, out[:, 2], w, h)
+        return faces_from_arrays(*merged(boxes, out[:, 2], self.nms_threshold), w, h)
 
 
 def _pbtxt_for(pb: Path) -> Path:
