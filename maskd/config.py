@@ -1179,23 +1179,40 @@ class Config(Section):
         refuses to start on them): open secret files, a shared device id, TLS files near
         their end. One list, so the two commands cannot drift apart."""
         return (self.open_secrets() + self.shared_device_id() + self.mqtt.expiring_certificates()
-                + self.unused_preview())
+                + self.unused_top_level())
 
-    def unused_preview(self) -> list[str]:
-        """One line when a ``cameras:`` map's first camera has a preview of its own and the
-        top-level one sets anything: that one is then no camera's (``previews``), and its status
-        page or clip folder never appeared without a word. Keys at their defaults (the
-        example's preview section, kept beside a cameras: map) are not worth a line."""
-        if not self.cameras or "preview" not in self.model_fields_set:
+    def unused_top_level(self) -> list[str]:
+        """One line per top-level section a ``cameras:`` map leaves to no camera while it sets
+        anything: ``preview`` when the first camera has its own (``previews``), ``tracking``,
+        ``zones`` and ``schedule`` when every camera has its own. Such a status page, clip
+        folder, ignore zone or cooldown did nothing without a word. Keys at their defaults
+        (the example's sections, kept beside a cameras: map) are not worth a line."""
+        if not self.cameras:
             return []
-        first, cam = next(iter(self.cameras.items()))
-        written = self.preview.model_dump(exclude_defaults=True)
-        if "preview" not in cam.model_fields_set or not written:
-            return []
-        keys = ", ".join(f"preview.{key}" for key in written)
-        return [f"'{keys}': camera {first}, the first of cameras:, has a preview of its own, so "
-                "the top-level preview is no camera's and is not used; move it under "
-                "cameras.<name>.preview"]
+        cams = list(self.cameras.items())
+        first, cam = cams[0]
+        out = []
+        if "preview" in cam.model_fields_set and (keys := self._written("preview")):
+            out.append(f"'{keys}': camera {first}, the first of cameras:, has a preview of its "
+                       "own, so the top-level preview is no camera's and is not used; move it "
+                       "under cameras.<name>.preview")
+        for section in ("tracking", "zones", "schedule"):
+            if all(getattr(c, section) is not None for _, c in cams) and (
+                    keys := self._written(section)):
+                out.append(f"'{keys}': every camera of cameras: has its own {section}, so the "
+                           f"top-level {section} is not used; set it under "
+                           f"cameras.<name>.{section}")
+        return out
+
+    def _written(self, section: str) -> str:
+        """The top-level keys of ``section`` set to other than their defaults, joined ('' for
+        none)."""
+        if section not in self.model_fields_set:
+            return ""
+        value = getattr(self, section)
+        if isinstance(value, BaseModel):
+            return ", ".join(f"{section}.{key}" for key in value.model_dump(exclude_defaults=True))
+        return section if value else ""
 
     def shared_device_id(self) -> list[str]:
         """With MQTT on, one line when device_id is a stock host name (raspberrypi, ...) that

@@ -71,9 +71,10 @@ def test_the_cameras_map_is_validated_and_resolved():
         parse_config({"cameras": {"bad name": {"source": {"kind": "demo"}}}})
 
 
-def test_a_top_level_preview_no_camera_uses_is_warned_of(tmp_path, capsys):
-    """The first camera's own preview leaves the top-level one to no camera: check-config said
-    OK and run recorded no clip in its annotate_dir, without a word."""
+def test_a_top_level_section_no_camera_uses_is_warned_of(tmp_path, capsys):
+    """The first camera's own preview leaves the top-level one to no camera (and every camera's
+    own tracking, zones, schedule the top level's): check-config said OK and run recorded no
+    clip in its annotate_dir, raised events the top-level ignore zone covered, without a word."""
     from maskd.cli import main
 
     cams = {"a": {"source": {"kind": "demo"}, "preview": {"annotate_dir": str(tmp_path / "a")}},
@@ -87,6 +88,17 @@ def test_a_top_level_preview_no_camera_uses_is_warned_of(tmp_path, capsys):
     assert not parse_config({"cameras": cams, "preview": {"window": False}}).startup_warnings()
     assert not parse_config({"cameras": {"b": cams["b"], "a": cams["a"]},
                              "preview": {"annotate_dir": str(tmp_path)}}).startup_warnings()
+    # tracking, zones and schedule: the top level's is no camera's once each has its own
+    own = {name: cam | {"tracking": {"window": 3}, "zones": {"ignore": []}, "schedule": []}
+           for name, cam in cams.items()}
+    top = {"tracking": {"cooldown_s": 30}, "zones": {"ignore": [[[0, 0], [1, 0], [1, 1]]]},
+           "schedule": [{"days": ["mon"]}], "preview": {"annotate_dir": str(tmp_path / "top")}}
+    lines = parse_config({"cameras": own} | top).unused_top_level()
+    assert [line.split("'")[1] for line in lines] == [
+        "preview.annotate_dir", "tracking.cooldown_s", "zones.ignore", "schedule"]
+    own["b"] = cams["b"]  # b takes the top level's
+    assert [line.split("'")[1] for line in parse_config({"cameras": own} | top).unused_top_level()
+            ] == ["preview.annotate_dir"]
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"cameras": cams, "preview": {"annotate_dir": str(tmp_path / "top")}}))
     assert main(["check-config", str(path)]) == 0
