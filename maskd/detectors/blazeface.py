@@ -99,7 +99,6 @@ class BlazeFace:
 
     DEFAULT_SCORE_THRESHOLD = 0.6
     FIXED_INPUT = True  # 128 or 192 px: ``upscale`` can only become tiles
-    EDGETPU = False  # a float model
 
     def __init__(self, variant: str = "full", score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  nms_threshold: float = 0.3, model: Path | None = None):

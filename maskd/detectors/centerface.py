@@ -70,7 +70,6 @@ class CenterFace:
 
     DEFAULT_SCORE_THRESHOLD = 0.6
     FIXED_INPUT = False  # any multiple of 32: ``upscale`` enlarges it
-    EDGETPU = False  # OpenCV on the CPU
 
     def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, nms_threshold: float = 0.3):

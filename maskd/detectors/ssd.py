@@ -91,7 +91,6 @@ class TfliteSsd:
 
     DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
     FIXED_INPUT = True  # the model's own input size: ``upscale`` can only become tiles
-    EDGETPU = True
 
     def __init__(self, model: Path, score_threshold: float = DEFAULT_SCORE_THRESHOLD, edgetpu: bool = False,
                  face_class: int | None = 0, nms_threshold: float | None = None):
@@ -155,7 +154,6 @@ class OpenCvSsd:
     MEAN = (104.0, 177.0, 123.0)
     DEFAULT_SCORE_THRESHOLD = SSD_DEFAULT_SCORE_THRESHOLD
     FIXED_INPUT = False  # blobFromImage stretches to any size: ``upscale`` enlarges it
-    EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, config: Path | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                  input_size: tuple[int, int] = (300, 300), nms_threshold: float | None = None):

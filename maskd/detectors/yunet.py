@@ -73,7 +73,6 @@ class YuNet:
     # classifier misjudges (measured on scenes-dev, docs/detectors.md).
     DEFAULT_SCORE_THRESHOLD = 0.8
     FIXED_INPUT = False  # any input size: ``upscale`` enlarges it
-    EDGETPU = False  # OpenCV on the CPU: the config refuses detector.edgetpu
 
     def __init__(self, model: Path, input_size: tuple[int, int] = (320, 240),
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, nms_threshold: float = 0.3, top_k: int = 5000):
