@@ -865,6 +865,26 @@ def test_a_check_that_raises_is_a_failed_row_and_the_others_still_run(tmp_path):
     assert doc.checks[0].failed
 
 
+def test_the_budget_row_uses_the_timed_cameras_own_rate(tmp_path):
+    """With a cameras: map the top-level source is no camera's: the budget was judged at its
+    default 15 fps (66.7 ms) though the camera asks for 120 (8.3 ms)."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("cameras:\n  door: {source: {kind: demo, fps: 120}}\n"
+                   "motion: {frame_height: 240}\n")
+    doc = Doctor(load_config(cfg), frames=1)
+    doc.camera()
+    assert doc.checks[-1].name == "camera door" and doc.checks[-1].verdict == "OK", doc.checks
+    doc.detector = type("NoFaces", (), {"detect": lambda self, image: []})()
+    doc.classifier = type("Quick", (), {"predict": lambda self, crops: []})()
+    doc.budget(doc.first_frame.image, 0.0)
+    assert doc.checks[-1].detail.startswith("640x480 at 120 fps (budget 8.3 ms/frame)"), \
+        doc.checks[-1]
+    doc.source.close()
+
+
 def test_the_budget_row_judges_a_frame_with_two_faces(tmp_path):
     """docs/performance.md's budget: a frame with two faces must fit 1/fps. A classifier taking
     40 ms a face fits one face (40 ms) but not two (80 ms) in 15 fps' 66.7 ms."""

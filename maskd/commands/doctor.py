@@ -232,6 +232,9 @@ class Doctor:
         self.source: Any = None
         self.first_frame: Any = None
         self.rotate = 0  # source.rotate of the camera whose frames the timing uses
+        # ... and that camera's whole config (a cameras: map's own source fps, tracking, zones):
+        # the top level's source is no camera's there, so the budget was judged at its 15 fps
+        self.timed = cfg
 
     def add(self, name: str, verdict: str, detail: str, required: bool = True) -> None:
         self.checks.append(Check(name, verdict, detail, required))
@@ -498,6 +501,7 @@ class Doctor:
             if self.source is None:
                 self.source, self.first_frame = got
                 self.rotate = cam.source.rotate  # its frames turned for the timing as in `run`
+                self.timed = cam
             else:
                 got[0].close()
 
@@ -585,7 +589,7 @@ class Doctor:
         from maskd.pipeline import Pipeline
         from maskd.sources import turned
 
-        pipe = Pipeline(self.cfg, self.detector, self.classifier)
+        pipe = Pipeline(self.timed, self.detector, self.classifier)
         ms: dict[str, list[float]] = {"capture": [], "detect": [], "classify": [], "track": []}
         frame, faces = self.first_frame, 0
         short = ""  # why fewer frames than asked for were timed; a stall is a warning
@@ -634,12 +638,13 @@ class Doctor:
                 fn()
             return (time.perf_counter() - t0) / n * 1e3
 
-        gate = MotionGate()
+        m = self.timed.motion  # the configured gate: its cost grows with frame_height
+        gate = MotionGate(m.threshold, m.min_area, m.frame_height, m.alpha, m.idle_every)
         motion = ms(lambda: gate.moving(image))
         detect = ms(lambda: self.detector.detect(image), 3)
         crop = np.full((112, 112, 3), 128, np.uint8)
         h, w = image.shape[:2]
-        fps = self.cfg.source.fps
+        fps = self.timed.source.fps
         parts = []
         for faces in (0, 1, 2, 4):
             clf = ms(lambda k=faces: self.classifier.predict([crop] * k), 3) if faces else 0.0
