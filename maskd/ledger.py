@@ -63,6 +63,10 @@ class OpenViolations:
         # last read: an end of a violation the file never held needs no record while it waits.
         self._held: dict[str, dict | None] = {}
         self._on_file: set[str] = set()
+        # Ends this run (without the outbox) gives to entries a run with it noted: the outbox
+        # still holds them open, so each leaves a mark (``ended``) that keeps the next start
+        # with MQTT from ending it in the other sinks a second time (``ended_elsewhere``).
+        self._marked: set[str] = set()
 
     def note(self, event: ViolationEvent) -> None:
         """A start or update: the violation is open now; an end: it is not any more."""
@@ -73,7 +77,9 @@ class OpenViolations:
             rec["noted"] = time.time()
             rec["cameras"] = self.cameras
             rec["outbox"] = self.outbox
-
+        elif event.event_id in self._marked:
+            rec = {"ended": event.end_reason, "camera": event.camera, "noted": time.time(),
+                   "outbox": True}
         with self._lock:
             if rec is not None:
                 self._held[event.event_id] = rec
@@ -122,6 +128,21 @@ class OpenViolations:
                      "them" if n != 1 else "it")
         return ends
 
+    def ended_elsewhere(self) -> set[str]:
+        """The violations a run without MQTT ended (``restart``) that the MQTT outbox still
+        holds open: its start ends them in MQTT, and must not end them in the other sinks
+        again (JSON lines got a second `end`)."""
+        found: list[tuple[str, object]] = []
+        self._under_lock(lambda entries: found.extend(entries.items()), write=False)
+        return {i for i, rec in found if isinstance(rec, dict) and rec.get("ended")}
+
+    def forget_ended(self) -> None:
+        """Drop the marks ``ended_elsewhere`` reads, once this process (holding the outbox) has
+        ended those violations in MQTT."""
+        if self.outbox and self.ended_elsewhere():
+            self._under_lock(lambda entries: [entries.pop(i) for i, rec in list(entries.items())
+                                              if isinstance(rec, dict) and rec.get("ended")])
+
     def _ends(self, which: Callable[[dict], bool]) -> list[ViolationEvent]:
         """The `restart` ends of the entries ``which`` picks, oldest first; entries that are
         no violation are removed (said once)."""
@@ -129,8 +150,10 @@ class OpenViolations:
         self._under_lock(lambda entries: found.extend(entries.items()), write=False)
         ends, bad = [], []
         for event_id, rec in sorted(found, key=lambda item: _noted(item[1])):
-            if isinstance(rec, dict) and not which(rec):
+            if isinstance(rec, dict) and (rec.get("ended") or not which(rec)):
                 continue
+            if isinstance(rec, dict) and rec.get("outbox") is True and not self.outbox:
+                self._marked.add(event_id)
             try:
                 # Only the fields this version knows: a newer one's extra keys do not keep the
                 # violation from being ended.

@@ -891,16 +891,22 @@ def _end_removed(service: Service, ledger: OpenViolations | None) -> Service:
     first = service.loops[0]
     names = {loop.cfg.camera for loop in service.loops}
     ends = ledger.removed_ends(names) if ledger is not None else []
-    first.also_end(ends + _outbox_only(first.sinks, ends, lambda camera: camera not in names))
+    ended = ledger.ended_elsewhere() if ledger is not None else set()
+    first.also_end(ends + _outbox_only(first.sinks, ends, lambda camera: camera not in names,
+                                       ended))
+    if ledger is not None:
+        ledger.forget_ended()  # the outbox ended them in MQTT now
     return service
 
 
 def _outbox_only(sinks: list[EventSink], ends: list[ViolationEvent],
-                 which: Callable[[str], bool]) -> list[ViolationEvent]:
+                 which: Callable[[str], bool], ended: set[str] | None = None
+                 ) -> list[ViolationEvent]:
     """After an update from a version before open_violations.json, what it left open at a kill
     is known to the MQTT outbox alone, which ends it there: the `restart` ends of those of the
-    cameras ``which`` picks, for every other sink, unless ``ends`` (the ledger's) has them."""
-    noted = {e.event_id for e in ends}
+    cameras ``which`` picks, for every other sink, unless ``ends`` (the ledger's) has them or a
+    run without MQTT ended them already (``ended``: ``OpenViolations.ended_elsewhere``)."""
+    noted = {e.event_id for e in ends} | (ended or set())
     return [e for sink in sinks for e in sink.left_open()
             if which(e.camera) and e.event_id not in noted]
 
@@ -942,6 +948,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         raise
     pipeline = Pipeline(cfg, detector, classifier)
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
-    ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera)
+    ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera,
+                         ledger.ended_elsewhere() if ledger is not None else None)
     return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
                       ledger, ends, cards)

@@ -1633,3 +1633,29 @@ def test_a_folder_slower_than_end_after_s_keeps_its_first_track(tmp_path, scenes
     assert "tracked afresh" not in r.stderr, r.stderr[-2000:]
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert [e["event_type"] for e in events] == ["start", "end"], events
+
+
+def test_a_restart_end_given_with_mqtt_off_is_not_given_again_when_mqtt_is_back(
+        tmp_path, default_model):
+    """A run with MQTT killed with a violation open (the broker away, so the outbox keeps its
+    record), a run with MQTT switched off (ends it `restart` in JSON lines), then MQTT back on:
+    the outbox ends it in MQTT, but JSON lines must not get a second `end` (was: the outbox's
+    record was taken for an older version's and ended again in every sink)."""
+    clip, blank = bare_and_blank_clips(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    events = tmp_path / "events.jsonl"
+    common = ["--config", str(cfg), "--jsonl", str(events), "--model", str(default_model),
+              "--detector", "blazeface"]
+    away = ["--mqtt", "mqtt://127.0.0.1:1", "--flush-timeout", "0.5"]
+    opened = kill_9_at_a_start(subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", *common, *away],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), events)
+    r = maskd("run", "--source", str(blank), "--exit-at-end", *common)  # MQTT off
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):  # MQTT on again, twice
+        r = maskd("run", "--source", str(blank), "--exit-at-end", *common, *away)
+        assert r.returncode == 75, r.stderr  # the events wait in the outbox for the broker
+    ends = [e for e in map(json.loads, events.read_text().splitlines())
+            if e["event_type"] == "end"]
+    assert sorted(e["event_id"] for e in ends) == sorted(opened), ends
