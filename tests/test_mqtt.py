@@ -1416,3 +1416,43 @@ def test_a_removed_cameras_end_goes_on_its_own_topic(broker, tmp_path):
         sub.close()
     assert [(m.topic, m.json()["event_id"], m.json()["camera"]) for m in sub.messages] == [
         (f"{BASE}/back/violation", "gone-cam", "back")]
+
+
+def test_a_camera_dropped_after_a_stop_the_broker_never_heard_is_marked_offline(tmp_path):
+    """A clean stop while the broker is away (it crashed: no last will) cannot say offline,
+    so the camera's `status` stays `online` and `violation/active` `ON`, retained. Renamed or
+    removed before the next start, nothing replaced them (only a killed run's cameras were
+    marked): Home Assistant showed a camera that no longer exists as available with its
+    violation on, for good, and `mqtt-clear --camera` refused it as running."""
+    from maskd.types import ViolationEvent
+
+    state = tmp_path / "state"
+    with Broker(tmp_path / "broker", persistence=True) as broker:
+        mq = cfg_for(broker, state).mqtt
+        old = MqttSink(mq, "dev1", "front", state)
+        try:
+            old.emit(ViolationEvent("start", "v1", 0, "front", 1, 1_700_000_000.0, 0.9, 0.9,
+                                    (0.1, 0.1, 0.2, 0.2)))
+            before = retained_once(broker, lambda r: r.get(f"{BASE}/front/violation/active")
+                                   == b"ON" and r.get(f"{BASE}/front/status") == b"online")
+            assert before.get(f"{BASE}/front/violation/active") == b"ON", before
+            time.sleep(1.5)  # the broker's autosave (1 s) keeps them
+            assert broker.proc is not None
+            broker.proc.kill()  # a crash: no last will, the retained state as saved
+            broker.proc.wait()
+            # the stop ends what is open (as the run loop does), then closes
+            old.emit(ViolationEvent("end", "v1", 1, "front", 1, 1_700_000_000.0, 0.9, 0.9,
+                                    (0.1, 0.1, 0.2, 0.2), end_time=1_700_000_001.0,
+                                    end_reason="shutdown"))
+        finally:
+            old.close()  # a clean stop the broker never hears
+        broker.start()
+        new = MqttSink(mq, "dev1", "back", state)
+        try:
+            got = retained_once(broker, lambda r: r.get(f"{BASE}/front/status") == b"offline"
+                                and r.get(f"{BASE}/front/violation/active") == b"OFF",
+                                topics=[f"{BASE}/front/#"], timeout=10)
+        finally:
+            new.close()
+    assert got.get(f"{BASE}/front/status") == b"offline", got
+    assert got.get(f"{BASE}/front/violation/active") == b"OFF", got

@@ -252,9 +252,10 @@ class MqttSink(EventSink):
         # before the first connect, so theirs wait for it (else that entity never sees them end).
         self._triggers: list[tuple[str, str]] = []
         left_open = self._end_left_open()
-        # Cameras a killed run had and this config has not: their retained availability and
-        # violation state would say online / ON for ever (no last will covers a camera's own
-        # status in the cameras: layout, none its violation). Marked once, on the first connect.
+        # Cameras a killed run (or one whose stop the broker never heard) had and this config
+        # has not: their retained availability and violation state would say online / ON for
+        # ever (no last will covers a camera's own status in the cameras: layout, none its
+        # violation, nor a broker that crashed). Marked once, on the first connect.
         self._dropped = sorted((previous_cams | left_open) - {_root(c.topics)
                                                              for c in self._cams.values()})
 
@@ -372,8 +373,9 @@ class MqttSink(EventSink):
     # ---- clean/unclean stop marker: status/detail tells consumers how the last run ended ----
 
     def _read_previous_session(self) -> tuple[str, set[str]]:
-        """How the last run ended, and its cameras' topic roots when it ended uncleanly (a clean
-        stop left them offline and their violations ended)."""
+        """How the last run ended, and its cameras' topic roots when it ended uncleanly or its
+        stop never reached the broker (away then: a clean stop left them offline and their
+        violations ended only where it did; else their `online` and `ON` stayed retained)."""
         try:
             data = json.loads(self._session_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -382,15 +384,18 @@ class MqttSink(EventSink):
             return "unknown", set()
         if not isinstance(data, dict):  # damaged, or a layout this version does not know
             return "unknown", set()
+        cams = data.get("cameras")
+        roots = {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
         if not data.get("running"):  # stopped by maskd itself: asked for, or after a failure
             stop = data.get("stop")
-            return stop if stop in STOPS else "clean", set()
-        cams = data.get("cameras")
-        return "unclean", {c for c in cams if isinstance(c, str)} if isinstance(cams, list) else set()
+            return stop if stop in STOPS else "clean", roots if data.get("announced") is False else set()
+        return "unclean", roots
 
-    def _write_session(self, running: bool) -> None:
+    def _write_session(self, running: bool, announced: bool = True) -> None:
         """The marker the next start reads: running (at start, and again by ``_keep_session``)
-        or how this run stopped (at close, the last word)."""
+        or how this run stopped (at close, the last word; ``announced``: the broker took its
+        offline state, else the next start marks a camera it no longer has as it does a killed
+        run's)."""
         cams = [_root(c.topics) for c in self._cams.values()]
         with self._session_lock:
             if self._session_final:
@@ -400,7 +405,8 @@ class MqttSink(EventSink):
             try:
                 write_atomically(self._session_path, _dumps(
                     {"running": running, "pid": os.getpid(), "time": time.time(), "cameras": cams,
-                     **({} if running else {"stop": self._stop_kind, "why": self._stop_why})}
+                     **({} if running else {"stop": self._stop_kind, "why": self._stop_why,
+                                            "announced": announced})}
                 ).encode("utf-8"))
             except OSError as err:  # the next start then reads what the last write left
                 self._session_ok = False
@@ -610,13 +616,14 @@ class MqttSink(EventSink):
                     pending[0].wait_for_publish(timeout=min(left, 0.5))
                 except (RuntimeError, ValueError):
                     break
+        announced = connected and _all_published(self._offline_infos)
         self._client.disconnect()
         self._client.loop_stop()
         self._stop.set()
         self._q.put(("wake", None, None))
         self._worker.join(timeout=5.0)
         self._outbox.close()
-        self._write_session(running=False)
+        self._write_session(running=False, announced=announced)
 
     # ---- run loop hooks ----
 
@@ -1350,6 +1357,14 @@ class CameraSink(EventSink):
 
     def close(self) -> None:
         self._link.camera_closed(self._cam)
+
+
+def _all_published(infos: list[mqtt.MQTTMessageInfo]) -> bool:
+    """Whether the broker acknowledged every one of ``infos`` (the stop's offline state)."""
+    try:
+        return all(i.rc == mqtt.MQTT_ERR_SUCCESS and i.is_published() for i in infos)
+    except (RuntimeError, ValueError):
+        return False
 
 
 def _discovery_payload(mq: MqttConfig, topics: Topics, device_id: str, camera: str,
