@@ -675,6 +675,38 @@ def test_a_stop_asked_for_while_the_models_load_is_a_clean_stop(tmp_path, defaul
     assert signal.getsignal(signal.SIGINT) == before  # handlers given back
 
 
+def test_a_stop_right_after_the_models_loaded_is_a_clean_stop(tmp_path, default_model,
+                                                             monkeypatch, caplog):
+    """Between the handlers that hold a stop while the models load and the service's own, the
+    default ones were back: a SIGTERM there (the moment `maskd run: face detector: ...` is
+    printed, MQTT and the outbox open) killed maskd (-15, every time in a real run signalled
+    at that line), a Ctrl-C ended it 130 without the stop. Now it is held and done cleanly."""
+    from maskd.cli import build_parser
+    from maskd.commands import run as run_cmd
+
+    real_notes = run_cmd.detector_notes
+    seen: list[object] = []
+
+    def notes_then_a_signal(*args, **kwargs):
+        seen.append(handler := signal.getsignal(signal.SIGTERM))
+        if callable(handler):  # SIG_DFL would kill pytest itself: the assertion below says it
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_notes(*args, **kwargs)
+
+    monkeypatch.setattr(run_cmd, "detector_notes", notes_then_a_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    args = build_parser().parse_args(
+        ["run", "--source", "demo", "--model", str(default_model), "--detector", "blazeface",
+         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl"),
+         "--loop", "--max-frames", "1000"])  # no end of its own: the stop ends it
+    with caplog.at_level(logging.INFO, logger="maskd.service"):
+        code = run_cmd.main(args)
+    assert seen and callable(seen[0]), f"SIGTERM's handler there: {seen}"
+    assert code == 0
+    assert "camera: stopping: SIGTERM" in caplog.text, caplog.text
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers given back
+
+
 def test_flags_that_cannot_reach_the_cameras_of_a_map_are_refused(tmp_path):
     """--annotate, --http, --loop and --preview were dropped silently with a `cameras:` config
     (or refused naming a key nobody wrote)."""

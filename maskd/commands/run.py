@@ -268,35 +268,37 @@ def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) ->
     early: list[signal.Signals] = []
     held = {s: signal.signal(s, lambda n, _f: early.append(signal.Signals(n)))
             for s in stop_signals()}
-    try:
-        # before the models, camera and MQTT; a stop meanwhile ends the wait
-        wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
-        if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
-            space_after_coral_loss(cfg, say_waiting, lambda: bool(early))
-            note.begin()
-            wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early),
-                           option=args.edgetpu)
+    try:  # the holding handlers stay until the service's replace them: no moment in between
+        # in which a stop kills maskd (SIGTERM) or ends it in a KeyboardInterrupt, sinks open
+        try:
+            # before the models, camera and MQTT; a stop meanwhile ends the wait
+            wait_for_listen_names(cfg, waiting=say_waiting, cancelled=lambda: bool(early))
+            if (keys := cfg.edgetpu_keys()) and not early:  # a Coral late at boot: wait, then 75
+                space_after_coral_loss(cfg, say_waiting, lambda: bool(early))
+                note.begin()
+                wait_for_coral(keys, waiting=say_waiting, cancelled=lambda: bool(early),
+                               option=args.edgetpu)
+            if early:
+                logging.getLogger("maskd.service").info("%s received while starting: stopping",
+                                                        early[0].name)
+                return 0
+            service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames,
+                            options=options_given(args, RUN_OPTIONS))
+        except startup_errors() as err:
+            return start_failed(err)
+        for line in detector_notes(cfg, demo):
+            print(f"maskd run: {line}", file=sys.stderr)
+        restore = service.install_signal_handlers()
         if early:
             logging.getLogger("maskd.service").info("%s received while starting: stopping",
                                                     early[0].name)
-            return 0
-        service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames,
-                        options=options_given(args, RUN_OPTIONS))
-    except startup_errors() as err:
-        return start_failed(err)
+            service.stop(early[0].name)
+        try:
+            code = service.run(flush_timeout=args.flush_timeout)
+        finally:
+            restore()
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
-    for line in detector_notes(cfg, demo):
-        print(f"maskd run: {line}", file=sys.stderr)
-    restore = service.install_signal_handlers()
-    if early:
-        logging.getLogger("maskd.service").info("%s received while starting: stopping",
-                                                early[0].name)
-        service.stop(early[0].name)
-    try:
-        code = service.run(flush_timeout=args.flush_timeout)
-    finally:
-        restore()
     note.lost = any(loop.coral_lost for loop in service.loops)
     return code
