@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # inside: a Ctrl-C while cv2, TFLite and pydantic load (seconds on a Pi) was a traceback
         module = importlib.import_module(f"maskd.commands.{args.command.replace('-', '_')}")
+        args.process_ends = True  # `run` ignores a late stop signal while the process exits
         return int(module.main(args))
     except KeyboardInterrupt:
         return 130

@@ -205,6 +205,34 @@ def test_missing_model_or_source_is_exit_78(tmp_path):
             in r.stderr), r.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_more_stop_signals_while_maskd_stops_and_exits_leave_it_a_clean_stop(tmp_path,
+                                                                            default_model, sig):
+    """A second SIGTERM or Ctrl-C hurries the stop (docs/pipeline.md); one that came after the
+    stop, while the process was exiting (tens of ms: threads, OpenCV, TFLite), killed it: -15
+    or -2, sometimes "Exception ignored ... KeyboardInterrupt", after a clean stop. Signals
+    every 5 ms from the first until the process is gone cover every moment of it."""
+    clip, _ = bare_and_blank_clips(tmp_path)
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until_a_start(proc, events)
+        while proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    assert f"{sig.name} received" in err
+
+
 def test_missing_source_file_is_exit_78(tmp_path, default_model):
     r = maskd("run", "--model", str(default_model), "--detector", "blazeface",
               "--source", str(tmp_path / "missing.mp4"), "--exit-at-end")

@@ -297,8 +297,14 @@ def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) ->
             code = service.run(flush_timeout=args.flush_timeout)
         finally:
             restore()
+        note.lost = any(loop.coral_lost for loop in service.loops)
     finally:
+        # The process that ends with this run (`maskd.cli`) only exits from here, which takes
+        # tens of ms (TFLite and OpenCV freed, threads joined): a stop signal then (a second
+        # Ctrl-C) killed it, -15 or -2 or "Exception ignored ... KeyboardInterrupt", after its
+        # clean stop. So there they are ignored (SIG_IGN lasts through Python's own end, a
+        # Python handler does not); a caller that goes on gets its handlers back.
+        ends = getattr(args, "process_ends", False)
         for sig, handler in held.items():
-            signal.signal(sig, handler)
-    note.lost = any(loop.coral_lost for loop in service.loops)
+            signal.signal(sig, signal.SIG_IGN if ends else handler)
     return code
