@@ -103,7 +103,15 @@ if [ -x "$ROOT/usr/local/bin/maskd" ] && [ -f "$ROOT/etc/maskd/config.yaml" ]; t
         fi
     fi
     if [ "$MQTT_CLEAR" = yes ]; then
-        if ! sys /usr/local/bin/maskd mqtt-clear --if-configured --config /etc/maskd/config.yaml; then
+        # The installed maskd runs it, which may be older than this script (a checkout pulled
+        # before the uninstall): one without --if-configured stopped here on its usage error
+        # (exit 2) whatever the config; it is left out for such a maskd (no broker: exit 78).
+        if_configured=--if-configured
+        if [ "$DRY" = 0 ] && [ -z "$ROOT" ]; then
+            usage="$(/usr/local/bin/maskd mqtt-clear --help 2>/dev/null || true)"
+            case "$usage" in *--if-configured*) ;; *) if_configured="" ;; esac
+        fi
+        if ! sys /usr/local/bin/maskd mqtt-clear ${if_configured:+"$if_configured"} --config /etc/maskd/config.yaml; then
             die "maskd mqtt-clear failed (see above); maskd is stopped but still installed: run this again, or with --no-mqtt-clear to keep the topics"
         fi
     fi
