@@ -427,3 +427,11 @@ def test_an_update_notes_the_keys_a_config_keeps_at_an_older_examples_default(tm
     r = maskd("check-config", "--was", str(REPO / "deploy" / "config.example.yaml"), str(cfg))
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
     assert "note:" not in maskd("check-config", str(cfg)).stderr
+    # a config read from a pipe (`check-config <(...)`, docs/config.md) is read once: the notes
+    # were lost, the second read finding the pipe empty
+    piped = subprocess.run([sys.executable, "-m", "maskd", "check-config", "--was", str(was),
+                            "/dev/stdin"], input=cfg.read_text(), capture_output=True, text=True,
+                           timeout=120, cwd=REPO)
+    assert piped.returncode == 0, piped.stderr
+    assert [n.split("'")[1] for n in piped.stderr.splitlines() if "note:" in n] == [
+        "tracking.window", "tracking.start_threshold"], piped.stderr

@@ -37,8 +37,8 @@ from maskd.config import (
     Config,
     ConfigError,
     extra_model_problem,
-    load_config,
     model_file_problem,
+    parse_config,
     read_yaml,
     shown_path,
 )
@@ -261,19 +261,20 @@ def _default(key: str) -> object:
     return _leaves
 
 
-def kept_defaults(cfg_path: Path, was: Path) -> list[str]:
+def kept_defaults(mine: object, was: Path) -> list[str]:
     """Keys the config holds at the value the example it was made from (``was``: the one an
     earlier install copied to /etc/maskd/config.example.yaml, before an update replaces it)
     gave them, where this version's default is another. That example wrote every key with its
     default, so a default retuned since (classifier.threshold 0.7 -> 0.6, tracking.window
     5 -> 9 with the model of 2026-12-01) never reached a config made from it, and nothing said
-    so: one note each, at the update that changes it (install.sh), never again after."""
+    so: one note each, at the update that changes it (install.sh), never again after.
+    ``mine``: the config's YAML as read for its check (a pipe is read once)."""
     try:
-        mine, old = (_leaves(read_yaml(p)) for p in (cfg_path, was))
+        old = _leaves(read_yaml(was))
     except ConfigError:
         return []  # an old example that does not read says nothing about the config
     out = []
-    for key, value in mine.items():
+    for key, value in _leaves(mine).items():
         new = _default(key)
         if (key in old and type(old[key]) is type(value) and old[key] == value
                 and new is not _leaves and new != value):
@@ -285,7 +286,8 @@ def kept_defaults(cfg_path: Path, was: Path) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config)
+        data = read_yaml(Path(args.config))  # once: a pipe (`check-config <(...)`) reads once
+        cfg = parse_config(data, str(args.config))
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EX_CONFIG
@@ -312,7 +314,7 @@ def main(args: argparse.Namespace) -> int:
                     + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
     if getattr(args, "was", None) is not None:
-        for line in kept_defaults(args.config, args.was):
+        for line in kept_defaults(data, args.was):
             print(f"{args.config}: {line}", file=sys.stderr)
     # as every command's records: a full disk or closed stdout is one line and 74, a file
     # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)
