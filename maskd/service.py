@@ -122,6 +122,7 @@ class CameraLoop:
         self._stop = threading.Event()
         self._hurry = threading.Event()  # asked again while stopping: stop waiting for delivery
         self._ended = False  # a file source ended and the loop idles
+        self._cannot_loop: str | None = None  # why a looping one did: a fault until a restart
         self._began = time.time()  # wall time the loop began waiting for frames (run() sets it)
         self.finished = threading.Event()  # run() has returned: a stop now is no second stop
         self.coral_lost = False  # run() ended because the Coral stopped answering (exit 75)
@@ -263,6 +264,8 @@ class CameraLoop:
         if self.exit_at_end:
             self.stop_reason = "end of source"
             return
+        if why:  # not an end asked for: said with the faults (status line, page, problem sensor)
+            self._cannot_loop = f"{self.cfg.camera}: {why}; restart maskd once it is back"
         self._end_violations()  # nobody is looked at any more: not "active" while it idles
         if not why:
             log.info("%s: end of source (%s); idle until SIGTERM/SIGINT (use --exit-at-end, "
@@ -392,7 +395,8 @@ class CameraLoop:
         a part that is both is asked once) and what the cards written to recorded."""
         parts = [*self.sinks, *(o for o in self.observers if o not in self.sinks)]
         said = [f for part in parts for f in getattr(part, "faults", list)()]  # a structural observer may lack it
-        return (*said, *(self._cards.faults() if self._cards is not None else ()))
+        return (*said, *(self._cards.faults() if self._cards is not None else ()),
+                *((self._cannot_loop,) if self._cannot_loop else ()))
 
     def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
         """The loop's numbers now, with the given rate and stage times."""

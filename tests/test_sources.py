@@ -1727,3 +1727,58 @@ def test_the_stats_line_of_a_file_played_to_its_end_says_so(tmp_path, caplog):
     [line] = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
     assert line.startswith("door: 0.0 fps") and line.endswith(
         "| active 0 | source ended, idle until stopped"), line
+
+
+def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end(tmp_path):
+    """A looping file or folder whose file was deleted (or emptied) idles until maskd restarts
+    (the WARNING says so), but the status line said only ``end of the source; idle until
+    stopped`` and ``problems`` was empty: the status page and Home Assistant showed that camera
+    fine, at 0 fps, for good, while the other cameras of the map ran on."""
+    from maskd.config import Config
+    from maskd.service import _camera_loop
+    from maskd.types import RunControl
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cfg = Config()
+    cfg.camera = "door"
+    cfg.source = SourceConfig(kind="images", uri=str(tmp_path), loop=True)
+    loop = _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+    assert loop.source.read() is not None
+    (tmp_path / "a.jpg").unlink()
+    assert loop.source.read() is None and loop.source.why_ended  # cannot loop: nothing left
+    idle = threading.Thread(target=loop._source_ended, daemon=True)  # what the loop calls then
+    try:
+        idle.start()
+        assert wait_until(lambda: loop.stats().source_ended, 10)
+        stats = loop.stats()
+    finally:
+        loop.stop()
+        idle.join(5)
+        loop.source.close()
+    [problem] = stats.problems()
+    assert problem.startswith("door: ") and "the folder has no images left" in problem and (
+        "restart" in problem), problem
+    assert stats.faults == (problem,)  # so in systemd's status line after the camera's words
+
+
+def test_a_file_played_to_its_end_is_still_no_problem(tmp_path):
+    """The other side: a file that was not asked to loop ended as asked; no problem line."""
+    from maskd.config import Config
+    from maskd.service import _camera_loop
+    from maskd.types import RunControl
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cfg = Config()
+    cfg.camera = "door"
+    cfg.source = SourceConfig(kind="images", uri=str(tmp_path))
+    loop = _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+    idle = threading.Thread(target=loop._source_ended, daemon=True)
+    try:
+        idle.start()
+        assert wait_until(lambda: loop.stats().source_ended, 10)
+        stats = loop.stats()
+    finally:
+        loop.stop()
+        idle.join(5)
+        loop.source.close()
+    assert stats.problems() == []
