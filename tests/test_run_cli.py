@@ -3,6 +3,7 @@ checked against what the photos contain; signals, exit codes and config errors."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -680,7 +681,6 @@ def test_a_stop_asked_for_while_the_models_load_is_a_clean_stop(tmp_path, defaul
     """SIGTERM or Ctrl-C while `run` loads its models (seconds on a Pi) killed it (-15) or
     ended in a KeyboardInterrupt traceback: now the stop is held and done the clean way."""
     from maskd import service
-    from maskd.cli import build_parser
     from maskd.commands import run as run_cmd
 
     real_build = service.build
@@ -692,15 +692,23 @@ def test_a_stop_asked_for_while_the_models_load_is_a_clean_stop(tmp_path, defaul
 
     monkeypatch.setattr(service, "build", build_then_a_signal)
     before = signal.getsignal(signal.SIGINT)
-    args = build_parser().parse_args(
-        ["run", "--source", "demo", "--model", str(default_model), "--detector", "blazeface",
-         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl"),
-         "--loop", "--max-frames", "1000"])  # no end of its own: the stop ends it
+    args = _endless_demo_args(tmp_path, default_model)
     with caplog.at_level(logging.INFO, logger="maskd.service"):
         assert run_cmd.main(args) == 0
     assert "SIGINT received while starting: stopping" in caplog.text
     assert "camera: stopping: SIGINT" in caplog.text, caplog.text
     assert signal.getsignal(signal.SIGINT) == before  # handlers given back
+
+
+def _endless_demo_args(tmp_path: Path, model: Path) -> argparse.Namespace:
+    """`maskd run` on the looping demo with state and JSON lines: no end of its own, so only
+    a stop ends it."""
+    from maskd.cli import build_parser
+
+    return build_parser().parse_args(
+        ["run", "--source", "demo", "--model", str(model), "--detector", "blazeface",
+         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl"),
+         "--loop", "--max-frames", "1000"])
 
 
 def test_a_stop_right_after_the_models_loaded_is_a_clean_stop(tmp_path, default_model,
@@ -709,7 +717,6 @@ def test_a_stop_right_after_the_models_loaded_is_a_clean_stop(tmp_path, default_
     default ones were back: a SIGTERM there (the moment `maskd run: face detector: ...` is
     printed, MQTT and the outbox open) killed maskd (-15, every time in a real run signalled
     at that line), a Ctrl-C ended it 130 without the stop. Now it is held and done cleanly."""
-    from maskd.cli import build_parser
     from maskd.commands import run as run_cmd
 
     real_notes = run_cmd.detector_notes
@@ -723,10 +730,7 @@ def test_a_stop_right_after_the_models_loaded_is_a_clean_stop(tmp_path, default_
 
     monkeypatch.setattr(run_cmd, "detector_notes", notes_then_a_signal)
     before = signal.getsignal(signal.SIGTERM)
-    args = build_parser().parse_args(
-        ["run", "--source", "demo", "--model", str(default_model), "--detector", "blazeface",
-         "--state-dir", str(tmp_path / "state"), "--jsonl", str(tmp_path / "ev.jsonl"),
-         "--loop", "--max-frames", "1000"])  # no end of its own: the stop ends it
+    args = _endless_demo_args(tmp_path, default_model)
     with caplog.at_level(logging.INFO, logger="maskd.service"):
         code = run_cmd.main(args)
     assert seen and callable(seen[0]), f"SIGTERM's handler there: {seen}"

@@ -1734,27 +1734,11 @@ def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end
     (the WARNING says so), but the status line said only ``end of the source; idle until
     stopped`` and ``problems`` was empty: the status page and Home Assistant showed that camera
     fine, at 0 fps, for good, while the other cameras of the map ran on."""
-    from maskd.config import Config
-    from maskd.service import _camera_loop
-    from maskd.types import RunControl
-
-    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
-    cfg = Config()
-    cfg.camera = "door"
-    cfg.source = SourceConfig(kind="images", uri=str(tmp_path), loop=True)
-    loop = _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+    loop = _door_loop(tmp_path, looping=True)
     assert loop.source.read() is not None
     (tmp_path / "a.jpg").unlink()
     assert loop.source.read() is None and loop.source.why_ended  # cannot loop: nothing left
-    idle = threading.Thread(target=loop._source_ended, daemon=True)  # what the loop calls then
-    try:
-        idle.start()
-        assert wait_until(lambda: loop.stats().source_ended, 10)
-        stats = loop.stats()
-    finally:
-        loop.stop()
-        idle.join(5)
-        loop.source.close()
+    stats = _idled(loop)
     [problem] = stats.problems()
     assert problem.startswith("door: ") and "the folder has no images left" in problem and (
         "restart" in problem), problem
@@ -1763,22 +1747,30 @@ def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end
 
 def test_a_file_played_to_its_end_is_still_no_problem(tmp_path):
     """The other side: a file that was not asked to loop ended as asked; no problem line."""
+    assert _idled(_door_loop(tmp_path, looping=False)).problems() == []
+
+
+def _door_loop(folder: Path, looping: bool):  # noqa: ANN202
+    """Camera "door" on a folder of one black image, built as `maskd run` builds a loop."""
     from maskd.config import Config
     from maskd.service import _camera_loop
     from maskd.types import RunControl
 
-    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
     cfg = Config()
     cfg.camera = "door"
-    cfg.source = SourceConfig(kind="images", uri=str(tmp_path))
-    loop = _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+    cfg.source = SourceConfig(kind="images", uri=str(folder), loop=looping)
+    return _camera_loop(cfg, None, None, RunControl(), list, None, False, None)
+
+
+def _idled(loop):  # noqa: ANN001, ANN202
+    """The loop's stats once its source has ended and it idles (what the loop calls then)."""
     idle = threading.Thread(target=loop._source_ended, daemon=True)
     try:
         idle.start()
         assert wait_until(lambda: loop.stats().source_ended, 10)
-        stats = loop.stats()
+        return loop.stats()
     finally:
         loop.stop()
         idle.join(5)
         loop.source.close()
-    assert stats.problems() == []
