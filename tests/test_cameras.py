@@ -615,8 +615,14 @@ def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(tmp
     _, err = proc.communicate(timeout=60)
     killed_by, fatal = {"segfault": (signal.SIGSEGV, "Segmentation fault"),
                         "hang": (signal.SIGABRT, "Aborted")}[how]
-    assert proc.returncode == -killed_by, err[-3000:]
     dump = err[err.index(f"Fatal Python error: {fatal}"):]
+    # faulthandler walks the other threads' frames while they run (its docs: not safe); a
+    # thread still inside TFLite then and there can crash the walk itself, and the process
+    # ends SIGSEGV after the stacks printed so far (seen once in CI): the log says where
+    # maskd hung all the same, which is what this is about.
+    walk_crashed = how == "hang" and "Fatal Python error: Segmentation fault" in dump
+    assert proc.returncode in ((-killed_by, -signal.SIGSEGV) if walk_crashed else (-killed_by,)), (
+        err[-3000:])
     crashed = next(t for t in dump.split("\n\n") if "crashing_process" in t)
     # a segfault is the crashed thread's own; the watchdog's signal lands in the main thread
     assert crashed.startswith("Current thread" if how == "segfault" else "Thread 0x"), dump
