@@ -224,6 +224,19 @@ check "second run: configured, but no systemd to start it: said so" has "$logs/i
     "systemd is not running here (a chroot or container): maskd.service is enabled and starts at the next boot"
 check "second run: no start attempted" hasnt "$logs/install2.log" "+ systemctl restart"
 
+# --- an update from an older example: its defaults noted, the example read as maskd on stdin ----
+# install.sh copies the example the earlier install left to its temporary folder, which the
+# maskd user cannot read; check-config --was reads it through /dev/stdin (a 0700 folder's file).
+cp "$box/etc/maskd/config.yaml" "$logs/config.before-was"
+sed -i 's/^  window: 9 /  window: 5 /' "$box/etc/maskd/config.yaml" "$box/etc/maskd/config.example.yaml"
+in_box sh -c 'cd /root/maskd && deploy/install.sh' >"$logs/install-was.log" 2>&1 \
+    || { cat "$logs/install-was.log"; say "FAIL: deploy/install.sh over an older example"; status=1; }
+check "older example: given to check-config on stdin" has "$logs/install-was.log" \
+    "check-config --was /dev/stdin /etc/maskd/config.yaml"
+check "older example: a note for the key kept at its old default, read as maskd" \
+    has "$logs/install-was.log" "note: 'tracking.window': 5 is the default of the example this config was made from"
+cp "$logs/config.before-was" "$box/etc/maskd/config.yaml"
+
 # --- an update over a config the new code refuses: said what that leaves, nothing restarted ----
 cp "$box/etc/maskd/config.yaml" "$logs/config.good"
 echo "sourse: {}" >>"$box/etc/maskd/config.yaml"
