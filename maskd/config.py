@@ -66,6 +66,8 @@ _CONTROL = ("must not contain control characters, such as the newline a YAML | b
 
 
 def _has_control(text: str) -> bool:
+    """C0 and C1 control characters (a newline, an escape): what no path, address or MQTT
+    string of the config may hold."""
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
@@ -171,7 +173,7 @@ def is_wildcard(host: str) -> bool:
 def mqtt_text(value: str) -> str:
     """Text mosquitto takes in an MQTT string (a topic, the user name): it drops the client for
     control characters and Unicode noncharacters."""
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+    if _has_control(value):
         raise ValueError("must not contain control characters")
     if any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in value):
         raise ValueError("must not contain Unicode noncharacters (mosquitto drops the client)")
