@@ -263,13 +263,14 @@ def _for_everyone(target: Path) -> Path:
     return target
 
 
-def _lock_folder(dest: Path) -> int:
-    """An fd of ``dest`` holding its flock, waited for: a fetch into the folder holds it until
-    it ends, so a .part found under it is a killed fetch's (the kernel frees a dead process's
-    lock), never a running one's, which a second fetch at the same time deleted."""
+def _lock_folder(dest: Path, wait: bool = True) -> int:
+    """An fd of ``dest`` holding its flock, waited for (``wait``; else OSError when another
+    holds it): a fetch into the folder holds it until it ends, so a .part found under it is a
+    killed fetch's (the kernel frees a dead process's lock), never a running one's, which a
+    second fetch at the same time deleted."""
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise
@@ -286,13 +287,12 @@ def _remove_killed_parts(dest: Path) -> None:
     """A killed fetch's .part, where the file is in place and no download is needed: only when
     no fetch holds the folder (a running one's .part stays); nothing said if it cannot be."""
     try:
-        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+        fd = _lock_folder(dest, wait=False)
+    except OSError:  # held by a fetch now, or a folder this user may not open
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _remove_parts(dest)
-    except OSError:  # held by a fetch now, or a folder this user may not write
+    except OSError:  # a folder this user may not write
         pass
     finally:
         os.close(fd)
