@@ -132,9 +132,7 @@ class OpenViolations:
         """The violations a run without MQTT ended (``restart``) that the MQTT outbox still
         holds open: its start ends them in MQTT, and must not end them in the other sinks
         again (JSON lines got a second `end`)."""
-        found: list[tuple[str, object]] = []
-        self._under_lock(lambda entries: found.extend(entries.items()), write=False)
-        return {i for i, rec in found if isinstance(rec, dict) and rec.get("ended")}
+        return {i for i, rec in self._entries() if isinstance(rec, dict) and rec.get("ended")}
 
     def forget_ended(self) -> None:
         """Drop the marks ``ended_elsewhere`` reads, once this process (holding the outbox) has
@@ -143,11 +141,16 @@ class OpenViolations:
             self._under_lock(lambda entries: [entries.pop(i) for i, rec in list(entries.items())
                                               if isinstance(rec, dict) and rec.get("ended")])
 
+    def _entries(self) -> list[tuple[str, dict]]:
+        """The file's entries as they are now (read under its lock, nothing written)."""
+        found: list[tuple[str, dict]] = []
+        self._under_lock(lambda entries: found.extend(entries.items()), write=False)
+        return found
+
     def _ends(self, which: Callable[[dict], bool]) -> list[ViolationEvent]:
         """The `restart` ends of the entries ``which`` picks, oldest first; entries that are
         no violation are removed (said once)."""
-        found: list[tuple[str, dict]] = []
-        self._under_lock(lambda entries: found.extend(entries.items()), write=False)
+        found = self._entries()
         ends, bad = [], []
         for event_id, rec in sorted(found, key=lambda item: _noted(item[1])):
             if isinstance(rec, dict) and (rec.get("ended") or not which(rec)):
