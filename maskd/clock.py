@@ -121,6 +121,7 @@ class ZoneWatch:
     until a restart. ``poll`` looks at ``/etc/localtime`` at most every ``every_s`` seconds and
     reloads the zone (``time.tzset``) when it changed; it returns the new zone's name then,
     unless ``TZ`` names another zone (a unit's ``Environment=TZ=``), which the file does not move.
+    A ``TZ`` that names the file itself (``TZ=:/etc/localtime``) follows it.
     """
 
     def __init__(self, path: Path = LOCALTIME, every_s: float = ZONE_CHECK_S) -> None:
@@ -147,7 +148,13 @@ class ZoneWatch:
             return None
         self._seen = stamp
         tz = Environment.read().tz
-        if tz and tz.lstrip(":") != str(self._path):  # the zone is TZ's, not this file's:
-            return None  # "time zone now" named a change that changed nothing
+        if tz and os.path.normpath(tz.lstrip(":")) != str(self._path):  # the zone is TZ's, not
+            return None  # this file's: "time zone now" named a change that changed nothing
+        if tz:  # TZ=:/etc/localtime: the C library reads its file again only when TZ's text
+            # changed, so tzset kept the old zone (and the line named it as the new one): the
+            # same file, spelled the other way
+            here = str(self._path)
+            os.environ["TZ"] = f":{self._path.parent}/./{self._path.name}" \
+                if tz.lstrip(":") == here else f":{here}"
         time.tzset()
         return time.strftime("%Z")

@@ -426,6 +426,34 @@ def test_a_zone_file_change_is_not_said_where_tz_sets_the_zone(tmp_path, monkeyp
         time.tzset()
 
 
+def test_a_zone_file_that_tz_names_is_followed_when_relinked(tmp_path, monkeypatch):
+    """With `TZ=:/etc/localtime` in the unit (the file the machine's zone is), the C library
+    read the file again only if TZ's text changed: after `timedatectl set-timezone` the log
+    said "time zone changed (now UTC)", naming the old zone, and the schedule stayed in it."""
+    zones = Path("/usr/share/zoneinfo")
+    if not all((zones / z).is_file() for z in ("UTC", "Europe/Berlin", "Asia/Kathmandu")):
+        pytest.skip("needs the zone files UTC, Europe/Berlin and Asia/Kathmandu")
+    link = tmp_path / "localtime"
+    link.symlink_to(zones / "UTC")
+    monkeypatch.setenv("TZ", f":{link}")
+    time.tzset()
+    try:
+        watch = ZoneWatch(path=link, every_s=0.0)
+        day = [ScheduleWindow(start="08:00", end="18:00").window()]
+        at = 1796370300.0  # 2026-12-04 07:45 UTC, 08:45 CET, 13:30 in Kathmandu
+        assert not schedule.allows(day, at)
+        for zone, said, inside in (("Europe/Berlin", "CET", True), ("UTC", "UTC", False),
+                                   ("Asia/Kathmandu", "+0545", True)):  # twice: each spelling
+            link.unlink()
+            link.symlink_to(zones / zone)
+            assert watch.poll() == said, zone
+            assert schedule.allows(day, at) is inside, zone
+            assert watch.poll() is None  # said once
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_schedule_across_the_autumn_dst_change_and_the_days_last_instant(monkeypatch):
     """next_change walked local minutes, which repeat in the autumn: it missed the flip in the
     repeated hour and named a time an hour in the past. And the last microsecond of a day was
