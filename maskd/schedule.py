@@ -63,3 +63,15 @@ def next_change(windows: Sequence[Window], timestamp: float, horizon_days: int =
         if allows(windows, at) != now:
             return at
     return None
+
+
+def when(at: float, now: float) -> str:
+    """A coming change as the log says it: ``Sun 02:00 CET, in 30 min``. The weekday and wall
+    time alone misled twice: in the autumn's repeated hour "off until Sun 02:00", said at Sunday
+    02:30, read as a week away (it was 30 minutes), and a zone's offset told the two 02:00s
+    apart nowhere."""
+    mins = max(round((at - now) / 60), 0)
+    hours, days = mins // 60, mins // 1440
+    left = f"{days} d {hours % 24} h" if days else \
+        f"{hours} h {mins % 60} min" if hours else f"{mins} min"
+    return f"{datetime.fromtimestamp(at).astimezone():%a %H:%M %Z}, in {left}"

@@ -249,7 +249,7 @@ class CameraLoop:
             nxt = schedule.next_change(self._windows, timestamp)
             log.info("%s: schedule turns detection %s%s", self.cfg.camera,
                      "on" if inside else "off",
-                     f" until {time.strftime('%a %H:%M', time.localtime(nxt))}" if nxt else "")
+                     f" until {schedule.when(nxt, timestamp)}" if nxt else "")
 
     def _source_ended(self) -> None:
         if self._stop.is_set():

@@ -208,6 +208,29 @@ def test_a_schedule_window_turns_detection_off_at_its_end(default_model):
     assert schedule.allows([], fri_late) and Config().schedule == []
 
 
+def test_the_logged_until_tells_the_repeated_hour_from_next_week(default_model, monkeypatch,
+                                                                  caplog):
+    """In the autumn's repeated hour a window ending at 02:30 turned detection off "until Sun
+    02:00", said at Sunday 02:30: read as a week away, it was 30 minutes (02:00 again, in CET).
+    The line names the zone and how long it is."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        start = datetime(2026, 10, 25, 2, 29, 58).timestamp()  # CEST, the first 02:29:58
+        window = {"days": ["sat"], "start": "22:00", "end": "02:30"}
+        with caplog.at_level("INFO", logger="maskd.service"):
+            run(Clip(30, still, start), default_model, schedule=[window])
+        said = [r.getMessage() for r in caplog.records if "schedule turns" in r.getMessage()]
+        assert said == ["camera: schedule turns detection off until Sun 02:00 CET, in 30 min"]
+        tue = datetime(2026, 12, 1, 18, 0).timestamp()  # a Tuesday, after a weekday window
+        week = [ScheduleWindow(days=["mon", "tue"], start="08:00", end="18:00").window()]
+        assert schedule.when(schedule.next_change(week, tue), tue) == \
+            "Mon 08:00 CET, in 5 d 14 h"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_previews_and_the_status_page_outline_the_zones():
     """The live views draw the zones where they are on the picture, letterboxed or not."""
     from maskd.annotate import IGNORE_COLOR, INCLUDE_COLOR
