@@ -16,6 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from maskd.clock import local_iso
 from maskd.config import shown_path
 from maskd.files import append_line, create_failure, failed_write
 from maskd.lograte import Throttle
@@ -324,7 +325,7 @@ class JsonlSink(EventSink):
         stdout, which keeps nothing, how many lines were lost)."""
         if self._error is not None:
             log.warning("jsonl %s: writing again (it failed since %s: %s%s)", self.target,
-                        time.strftime("%H:%M:%S", time.localtime(self._error[1])),
+                        local_iso(self._error[1]),
                         self._error[0], f"; {self.failed} event line(s) lost" if lost else "")
             self._error = None
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, boot_id, system_clock
+from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, boot_id, local_iso, system_clock
 from maskd.config import shown_path
 from maskd.files import create_failure, failed_write, read_only_now
 from maskd.lograte import RateLimitedLog
@@ -709,7 +709,7 @@ class Outbox:
         gone = self._errors.pop(kind, None)
         if gone is not None and not self._errors and self._reserve_held:
             log.warning("outbox %s: storage works again (it failed since %s: %s)", self.path,
-                        time.strftime("%H:%M:%S", time.localtime(gone[1])), gone[0])
+                        local_iso(gone[1]), gone[0])
 
     @property
     def fault(self) -> str | None:

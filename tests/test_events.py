@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskd.clock import local_iso
 from maskd.config import TrackingConfig
 from maskd.events import Violations
 from maskd.jsonl import JsonlSink
@@ -998,14 +999,15 @@ def test_stdout_back_again_says_how_many_lines_were_lost_and_since_when(monkeypa
     with caplog.at_level(logging.WARNING, logger="maskd.jsonl"):
         sink.emit(jsonl_event(3))
     [said] = [r.getMessage() for r in caplog.records if "writing again" in r.getMessage()]
-    since = {time.strftime("%H:%M:%S", time.localtime(t)) for t in (first, first + 0.2)}
+    since = {local_iso(t) for t in (first, first + 0.2)}  # with its date: a fault may last days
     assert any(f"failed since {s}:" in said for s in since), said
     assert said.endswith("; 2 event line(s) lost)"), said
     assert len(out.lines) == 2
 
 
 def test_a_file_back_again_says_since_when_it_failed(tmp_path, monkeypatch, caplog):
-    """The file's 'writing again' names when the fault began, however often it was said."""
+    """The file's 'writing again' names when the fault began, however often it was said, with
+    its date: a card full for two days said "failed since 03:45:48", which read as hours."""
     from mqtt_broker import fill_disk, small_disk
 
     import maskd.jsonl
@@ -1025,7 +1027,7 @@ def test_a_file_back_again_says_since_when_it_failed(tmp_path, monkeypatch, capl
             sink.emit(jsonl_event(31))
         sink.close()
     [said] = [r.getMessage() for r in caplog.records if "writing again" in r.getMessage()]
-    since = {time.strftime("%H:%M:%S", time.localtime(t)) for t in (first, first + 0.2)}
+    since = {local_iso(t) for t in (first, first + 0.2)}  # with its date: a fault may last days
     assert any(f"failed since {s}:" in said for s in since), said
 
 

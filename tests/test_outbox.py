@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from clocks import SteppedClock
 
+from maskd.clock import local_iso
 from maskd.outbox import OUTBOX_FILE, OUTBOX_LAYOUT, Outbox, OutboxError
 
 DAY = 24 * 3600.0
@@ -687,8 +688,10 @@ def test_full_disk_keeps_events_in_memory_in_order_until_they_can_be_stored(disk
     ob = Outbox(disk, reserve_bytes=32 * 1024)
     first = [ob.put("t", big(i)) for i in range(2)]
     filler = full_disk(disk)
+    began = time.time()
     with caplog.at_level(logging.ERROR, logger="maskd.outbox"):
         later = [ob.put("t", big(i)) for i in range(2, 12)]  # never raises
+    since = {local_iso(t) for t in (began, time.time())}  # with its date: it may last days
     assert ob.in_memory() > 0 and ob.fault == "database or disk is full"
     assert "cannot store an event: database or disk is full" in caplog.text
     ids = first + later
@@ -699,8 +702,11 @@ def test_full_disk_keeps_events_in_memory_in_order_until_they_can_be_stored(disk
     filler.unlink()
     ids.append(ob.put("t", big(12)))  # room again, but behind the held ones: never ahead of them
     assert [r.id for r in ob.pending(limit=100)] == ids
-    retry_until_stored(ob)
+    with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
+        retry_until_stored(ob)
     assert ob.in_memory() == 0 and ob.fault is None and ob.depth() == 13
+    assert any(f"storage works again (it failed since {t}: " in caplog.text for t in since), \
+        caplog.text
     ob.close()
     ob = Outbox(disk)  # everything is on disk now, in order, with its id
     assert [(r.payload["n"], r.id) for r in ob.pending(limit=100)] == list(enumerate(ids))
