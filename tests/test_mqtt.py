@@ -1241,6 +1241,32 @@ def test_retained_state_and_stats_come_back_after_a_broker_lost_them(tmp_path):
         sink.close()
 
 
+def test_stats_tell_at_once_that_a_reconnects_backlog_has_drained(tmp_path):
+    """The stats a reconnect sends go before its replay, so they count the whole backlog: Home
+    Assistant's outbox sensor said 90 for a minute (`stats_interval_s`) after a broker restart
+    although all 90 were delivered within a second. Stats go again once the outbox is empty."""
+    from maskd.types import LoopStats
+
+    def depth(retained: dict[str, bytes]) -> int | None:
+        return json.loads(retained.get(f"{CAM}/stats", b"{}")).get("outbox_depth")
+
+    with Broker(tmp_path / "b") as b:
+        cfg = cfg_for(b, tmp_path / "state", stats_interval_s=3600.0)
+        sink = MqttSink.from_config(cfg, model_name="m")
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            sink.on_stats(LoopStats(fps=9.0))
+            b.stop()
+            for ev in script("backlog", 20, 1):
+                sink.emit(ev)
+            b.start()
+            assert wait_until(lambda: sink.connected and sink.health()["outbox_depth"] == 0, 10)
+            stats = retained_once(b, lambda r: depth(r) == 0, [f"{CAM}/stats"], timeout=5.0)
+            assert depth(stats) == 0  # was: 40 (the reconnect's) until the next stats
+        finally:
+            sink.close()
+
+
 @contextlib.contextmanager
 def state_watched(broker, tmp_path) -> Iterator[tuple[Subscriber, MqttSink]]:
     """A connected sink with 1 s state and stats intervals, and a subscriber to its state."""

@@ -130,6 +130,7 @@ class _Camera:
     loop_stats: LoopStats | None = None  # the loop's last report
     loop_mine: frozenset[str] = frozenset()  # this sink's lines in it (faults() as it was made)
     stats_t: float = float("-inf")  # when its stats were last published
+    backlog: int = 0  # the outbox_depth its last stats told
     running: bool = True  # its loop has not ended
     counts: FaceCounts | None = None  # the loop's last counts, published or not
 
@@ -1119,6 +1120,7 @@ class MqttSink(EventSink):
         mine = self.faults() if loop is None else []
         msg = {**(loop.to_dict() if loop else {"faults": mine, "problems": mine}),
                **self.health(), "camera": cam.name, "time": time.time()}
+        cam.backlog = msg["outbox_depth"]
         self._side(cam.topics.stats, _dumps(msg))
 
     # ---- the publisher thread: the only place events are published ----
@@ -1164,6 +1166,8 @@ class MqttSink(EventSink):
                 self._acked.notify_all()
         if self._stop.is_set():
             return
+        if acks and self._connected:
+            self._tell_drained()
         self._outbox.maintain()
         now = time.monotonic()
         self._keep_session(now)
@@ -1205,6 +1209,15 @@ class MqttSink(EventSink):
                 if now - cam.stats_t >= 2 * self._mq.stats_interval_s:
                     self._publish_stats(cam)
             st.next_stats = now + self._mq.stats_interval_s
+
+    def _tell_drained(self) -> None:
+        """Stats again at once when the backlog the last ones told of is gone: those a
+        reconnect sends go before its replay, and their `outbox_depth` (Home Assistant's outbox
+        sensor) would otherwise stay retained for a whole `stats_interval_s` after it drained."""
+        cams = [c for c in self._cams.values() if c.backlog]
+        if cams and self._outbox.depth() == 0:
+            for cam in cams:
+                self._publish_stats(cam)
 
     def _check_stall(self, st: _Sending, now: float, progress: bool) -> None:
         """A broker that keeps the connection (answers PINGs) but acknowledges nothing holds the
