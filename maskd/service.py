@@ -129,6 +129,7 @@ class CameraLoop:
         self.failure: str | None = None  # why the loop or its stop failed (exit 70)
         self._coral_err = ""  # the runtime's words when the Coral stopped answering
         self._fps = 0.0
+        self._dt: float | None = None  # the frames' average interval
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
         self._windows = [w.window() for w in cfg.schedule]
@@ -317,8 +318,11 @@ class CameraLoop:
         self.frames += 1
         now = time.monotonic()
         if self._last_t is not None:
+            # the average interval, then its inverse: an average of 1/interval is inflated by
+            # the short ones (frames that come unevenly, as several cameras' loops on few cores)
             dt = max(now - self._last_t, 1e-6)
-            self._fps = 1.0 / dt if self._fps == 0.0 else 0.9 * self._fps + 0.1 / dt
+            self._dt = dt if self._dt is None else 0.9 * self._dt + 0.1 * dt
+            self._fps = 1.0 / self._dt
         self._last_t = now
         ms = dict(result.timings_ms, capture=capture_ms)
         self._window.add(ms)
@@ -380,7 +384,9 @@ class CameraLoop:
         """No frame now (a live camera lost and reconnecting, or a file source that ended and
         idles): the loop is not hung, so observers (systemd's watchdog) and the periodic stats
         (the sinks' retries too: JSON lines a full disk held back) still hear from it, and a
-        wait as long as a gap ends what was open (``_end_gone``)."""
+        wait as long as a gap ends what was open (``_end_gone``). The frame rate after it is
+        counted afresh, not from an interval as long as the wait."""
+        self._last_t = self._dt = None
         self._end_gone()
         self._tell_waiting()
         self._maybe_report()

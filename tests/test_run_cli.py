@@ -358,6 +358,29 @@ def test_loop_feeds_sinks_and_observers_and_flushes(default_model):
     assert max(f[2]["active"] for f in obs.frames) == 1 and obs.frames[-1][2]["fps"] > 0
 
 
+def test_the_fps_shown_is_the_frames_processed_per_second_when_frames_come_unevenly(
+        default_model):
+    """Eight cameras of a map on two cores get their frames unevenly (one at once after
+    another, then a long wait for the shared detector): the status page, its overlay and
+    `maskd_fps` showed about 20 fps for cameras of 15 fps whose loops took 12 a second (an
+    average of 1/interval, which short intervals inflate). The rate shown is now frames per
+    second of time, as the log's stats line counts them."""
+    svc, _, obs = demo_service(default_model, max_frames=24)
+    read, n = svc.source.read, [0]
+
+    def uneven():  # 5 ms, then 195 ms: 10 frames a second on average
+        n[0] += 1
+        time.sleep(0.005 if n[0] % 2 else 0.195)
+        return read()
+
+    svc.source.read = uneven
+    t0 = time.monotonic()
+    assert svc.run(flush_timeout=1.0) == 0
+    rate = (len(obs.frames) - 1) / (time.monotonic() - t0)
+    shown = obs.frames[-1][2]["fps"]
+    assert 0.7 * rate < shown < 1.4 * rate, (shown, rate)
+
+
 def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(default_model,
                                                                            caplog):
     """One sink that raises (a bug in a publisher) is logged each time and the others still
