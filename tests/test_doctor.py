@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -883,6 +884,35 @@ def test_the_budget_row_uses_the_timed_cameras_own_rate(tmp_path):
     assert doc.checks[-1].detail.startswith("640x480 at 120 fps (budget 8.3 ms/frame)"), \
         doc.checks[-1]
     doc.source.close()
+
+
+def test_the_budget_row_counts_every_camera_of_a_map(tmp_path):
+    """The cameras of a map share one detector (one camera at a time) and the CPU: eight
+    cameras at 15 fps are 120 frames a second. The budget was judged at the timed camera's 15
+    fps alone (66.7 ms), OK, while the real run of eight network cameras skipped a third to
+    half of their frames on this machine. Three cameras here: 45 frames a second, 22.2 ms."""
+    from maskd.commands.doctor import Doctor
+    from maskd.config import load_config
+
+    class Slow:
+        def detect(self, image: object) -> list:
+            time.sleep(0.03)
+            return []
+
+    cams = {f"door{i}": {"source": {"kind": "demo"}} for i in range(3)}
+    for n, verdict, start in ((1, "OK", "640x480 at 15 fps (budget 66.7 ms/frame)"),
+                              (3, "WARN", "640x480 at 45 fps, 3 cameras together "
+                                          "(budget 22.2 ms/frame)")):
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(json.dumps({"cameras": dict(list(cams.items())[:n])}))
+        doc = Doctor(load_config(cfg), frames=1)
+        doc.camera()
+        doc.detector = Slow()
+        doc.classifier = type("Quick", (), {"predict": lambda self, crops: []})()
+        doc.budget(doc.first_frame.image, 0.0)
+        got = doc.checks[-1]
+        doc.source.close()
+        assert got.verdict == verdict and got.detail.startswith(start), got
 
 
 def test_the_budget_row_judges_a_frame_with_two_faces(tmp_path):

@@ -644,7 +644,11 @@ class Doctor:
         detect = ms(lambda: self.detector.detect(image), 3)
         crop = np.full((112, 112, 3), 128, np.uint8)
         h, w = image.shape[:2]
-        fps = self.timed.source.fps
+        # the cameras of a map share the detector (one camera at a time) and the CPU: their
+        # frames together must fit, not the timed camera's alone
+        cams = self.cfg.cameras_resolved() if self.cfg.multi_camera else [self.timed]
+        fps = sum(c.source.fps for c in cams)
+        together = f", {len(cams)} cameras together" if len(cams) > 1 else ""
         parts = []
         for faces in (0, 1, 2, 4):
             clf = ms(lambda k=faces: self.classifier.predict([crop] * k), 3) if faces else 0.0
@@ -652,7 +656,8 @@ class Doctor:
             parts.append(f"{faces} face{'' if faces == 1 else 's'} {total:.1f} ms ({1000 / max(total, 1e-3):.0f} fps)")
         ok = motion + detect + ms(lambda: self.classifier.predict([crop] * 2), 3) + track_ms <= 1000 / fps
         self.add("budget", OK if ok else WARN,
-                 f"{w}x{h} at {fps:g} fps (budget {1000 / fps:.1f} ms/frame): motion {motion:.2f}, "
+                 f"{w}x{h} at {fps:g} fps{together} (budget {1000 / fps:.1f} ms/frame): "
+                 f"motion {motion:.2f}, "
                  f"detect {detect:.1f}, track {track_ms:.1f} ms; frame with " + ", ".join(parts)
                  + ("" if ok else f"; 2 faces do not fit {fps:g} fps here"), required=False)
 
