@@ -1022,6 +1022,7 @@ th{font-weight:600;color:#4a5568}
 .bad{color:#b42318;font-weight:600}.ok{color:#067647;font-weight:600}.muted{color:#6b7280}
 #events{max-height:430px;overflow:auto}
 #health td:last-child{white-space:normal;overflow-wrap:anywhere}
+#health td:first-child,#active td:first-child,#eventlist td:nth-child(2){white-space:normal;overflow-wrap:anywhere;min-width:6em}
 </style></head>
 <body>
 <header><h1 id="title">maskd</h1><span id="clock" class="muted"></span></header>

@@ -578,6 +578,34 @@ def test_a_page_with_six_cameras_keeps_its_numbers_and_pictures_fresh(tmp_path):
         srv.close()
 
 
+def test_eight_cameras_with_long_names_keep_every_column_in_view(tmp_path):
+    """Camera names may have 64 characters. Eight such cameras on one page at 1280 pixels: the
+    health table left its values a column 26 pixels wide (the detector one word a line), and
+    the active violations and last events tables ran 260-300 pixels past their box, their
+    scores and end reasons out of view. The names now wrap; every table fits its box."""
+    srv = StatusServer("127.0.0.1:0", title="site").start()
+    names = [f"door_{i}_" + "x" * 57 for i in range(8)]
+    views = [srv.attach(n, "blazeface-full (face_detection_full_range.tflite), input 192x192",
+                        "c") for n in names]
+    for v in views:
+        feed(v, 60, 0)
+    views[3].emit(event("start", "a", camera=names[3]))
+    views[4].emit(event("end", "b", camera=names[4]))
+    fits = """[...document.querySelectorAll('main > div:last-child section')].map(s =>
+      [s.querySelector('h2').textContent, s.clientWidth, s.querySelector('table').scrollWidth])"""
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 1 && "
+                                    "document.querySelectorAll('#active th').length > 1", 20)
+            boxes = browser.evaluate(fits)
+            assert len(boxes) == 3 and all(table <= box for _, box, table in boxes), boxes
+            value = browser.evaluate("document.querySelectorAll('#health tr')[1].cells[1]"
+                                     ".getBoundingClientRect().width")
+            assert value >= 150, value
+    finally:
+        srv.close()
+
+
 def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
     """The lines Home Assistant's problem entity shows (``stats.problems``: here a sink's
     fault, a certificate near its end) are on the page under their camera, in red, and go."""
