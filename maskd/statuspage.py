@@ -1125,6 +1125,7 @@ async function refresh() {
     for (const c of st.cameras) {
       const ms = ["capture", "detect", "classify", "track"].map(k => k + " " + num(c.ms[k], 1)).join(", ");
       h.push(row(["<b>" + esc(c.camera) + "</b>", num(c.fps, 1) + " fps, " + c.frames + " frames" +
+                  (c.skipped ? ", " + c.skipped + " skipped (no time for them)" : "") +
                   (c.camera_lost_since ? ', <span class="bad">camera lost' +
                    (c.camera_lost_why ? ": " + esc(c.camera_lost_why) : "") + "</span>" : "") +
                   (c.detect_enabled ? "" : ', <span class="muted">detection off</span>') +

@@ -653,6 +653,27 @@ def test_the_page_says_while_a_camera_sends_grey_pictures(tmp_path):
         srv.close()
 
 
+def test_the_page_says_how_many_frames_a_camera_had_no_time_for(tmp_path):
+    """Eight network cameras at 15 fps on two cores: each loop took 5-12 of them a second and
+    skipped the rest (a third to half), said only in the log's stats line and `/metrics`; the
+    page showed "4.5 fps, 813 frames", as for a camera that sends 4.5. It now says the skipped
+    frames beside them."""
+    srv = StatusServer("127.0.0.1:0", title="busy").start()
+    view = srv.attach("door", "d", "c")
+    feed(view, 60, 0, LoopStats(fps=4.5, frames=813, skipped=556))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            js = "(document.getElementById('health')?.innerText || '')"
+            assert browser.wait_for(f"{js}.includes('door')", timeout=20), browser.evaluate(js)
+            assert "door\t4.5 fps, 813 frames, 556 skipped (no time for them)" in \
+                browser.evaluate(js), browser.evaluate(js)
+            feed(view, 60, 1, LoopStats(fps=15.0, frames=900))
+            assert browser.wait_for(f"{js}.includes('door\\t15.0 fps, 900 frames\\n')", 10), \
+                browser.evaluate(js)
+    finally:
+        srv.close()
+
+
 def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path, monkeypatch):
     """The page's own token rotated to a file that holds none (a space in it): the page, opened
     with the token in force, says so under "this page" in red while it goes on, and the line
