@@ -29,6 +29,9 @@ from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0  # STATUS= refresh when no watchdog ping carries it
+# systemd ignores a whole datagram of PIPE_BUF (4096) bytes or more, WATCHDOG=1 and READY=1 in
+# it too: 16 cameras with long names, all lost, and a fault or two make a longer STATUS= line
+DATAGRAM_MAX = 4095
 
 
 def status_text(stats: LoopStats, camera: str | None = None) -> str:
@@ -53,6 +56,14 @@ def socket_address(value: str) -> str | bytes:
     return value
 
 
+def _fitted(data: bytes) -> bytes:
+    """``data`` within DATAGRAM_MAX: its end (the STATUS= line, sent last) cut at a whole
+    character and marked "..."."""
+    if len(data) <= DATAGRAM_MAX:
+        return data
+    return data[:DATAGRAM_MAX - 3].decode(errors="ignore").encode() + b"..."
+
+
 class Notifier:
     """Sends sd_notify datagrams; a no-op when there is no socket (not run by systemd)."""
 
@@ -75,7 +86,7 @@ class Notifier:
             # MSG_DONTWAIT: a full socket queue must not stall the detection loop. A newline in
             # a value (a path in a fault line) would end its assignment and start another one.
             text = "\n".join(ln.replace("\r", "\\r").replace("\n", "\\n") for ln in lines)
-            self._sock.sendto(text.encode(), socket.MSG_DONTWAIT,
+            self._sock.sendto(_fitted(text.encode()), socket.MSG_DONTWAIT,
                               socket_address(self.address))
         except OSError as err:
             # systemd gone, queue full or socket path wrong: never let that take the loop down.

@@ -938,3 +938,33 @@ def test_ready_is_sent_again_until_systemd_got_it_and_a_shared_fault_is_said_onc
     finally:
         n.close()
         s.close()
+
+
+def test_a_status_line_too_long_for_systemd_is_shortened_and_the_ping_still_counts(
+        notify_socket):
+    """systemd ignores a whole notify datagram of 4096 bytes or more, WATCHDOG=1 and READY=1 in
+    it too ("Received notify message exceeded maximum size"). A real `maskd run` of 16 cameras
+    (the most a map takes) with 63-character names, all lost at once (the site's switch down)
+    and the broker gone for 30 s: its pings went out in datagrams of 4135 bytes, so systemd
+    would have killed it every WatchdogSec. The STATUS= line is now cut to fit, marked."""
+    clock = FakeClock()
+    n = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address,
+                                              "WATCHDOG_USEC": "2000000"}), clock=clock)
+    names = [f"door{i:02d}_" + "é" * 57 for i in range(16)]  # two bytes each: a cut mid-letter
+    watches = n.for_cameras(names)
+    why = "cannot open (OpenCV cannot open rtsp://***@10.0.0.9:554/Streaming/Channels/101)"
+    got = []
+    for w in watches:
+        w.on_wait(LoopStats(camera_lost_since="2026-12-06T17:19:31+00:00", camera_lost_why=why,
+                            camera_reconnecting=True,
+                            faults=("MQTT: broker not connected since 2026-12-06T17:19:31+00:00",)))
+        while True:  # each at once: the socket's queue holds 10
+            try:
+                got.append(notify_socket.sock.recv(65536))
+            except TimeoutError:
+                break
+    assert got and all(len(d) < 4096 for d in got), [(len(d), d[:30]) for d in got]
+    pings = [d.decode() for d in got if b"WATCHDOG=1" in d]  # whole characters
+    assert len(pings) == 1 and pings[0].endswith("..."), pings
+    assert f"STATUS={names[0]}: camera lost since" in pings[0]
+    n.close()
