@@ -101,6 +101,37 @@ def test_a_failed_write_leaves_the_earlier_model_and_sidecar(tiny_run: dict, tmp
 
 @pytest.mark.shared
 @pytest.mark.slow
+def test_a_full_temporary_disk_is_one_line_and_leaves_the_earlier_model(
+        tiny_run: dict, tmp_path: Path, monkeypatch) -> None:
+    """The SavedModel and the new models are made in the temporary folder first: a full one (a
+    real 2 MiB tmpfs as TMPDIR, the SavedModel of the model needs ~10 MB) was a 60-line
+    TensorFlow traceback ending in ResourceExhaustedError. Now one line names the folder and
+    says what to do; the model already in --out is left as it was, no temporary stays."""
+    import tempfile
+
+    from mqtt_broker import small_disk
+
+    out = tmp_path / "models"
+    out.mkdir()
+    for suffix in (".tflite", ".json"):
+        (out / f"tiny_float32{suffix}").write_bytes(
+            (tiny_run["out"] / f"tiny_float32{suffix}").read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with small_disk(tmp_path / "tmp", "2m") as scratch:
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        with pytest.raises(SystemExit) as exc:
+            convert.main([str(tiny_run["run"] / "model.keras"), "--out", str(out), "--formats",
+                          "float32", "--name", "tiny", "--force"])
+        message = str(exc.value.code)
+        assert message.startswith(f"{scratch}: cannot write the conversion's temporary files "
+                                  "there (") and "No space left on device" in message
+        assert "set TMPDIR to a folder with room" in message
+        assert list(scratch.iterdir()) == []
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.shared
+@pytest.mark.slow
 def test_force_leaves_no_edgetpu_model_of_the_replaced_int8(tiny_run: dict, tmp_path: Path,
                                                             capsys) -> None:
     """--force replaced <name>_int8.tflite and its sidecar but left the old

@@ -22,6 +22,7 @@ stderr; the compiler, when on PATH, makes a new one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
@@ -44,6 +45,7 @@ from tools.inputs import (
     positive_int,
     probability,
     read_json,
+    reason,
 )
 
 FORMATS = ("float32", "dynamic", "int8")
@@ -126,6 +128,27 @@ def scene_calibration(scenes: Path, size: int, count: int, seed: int) -> list[np
     rng = np.random.default_rng([seed, 1])
     chosen = sorted(rng.choice(len(crops.labels), min(count, len(crops.labels)), replace=False))
     return [normalize(crops.images[i])[None] for i in chosen]
+
+
+@contextlib.contextmanager
+def scratch_folder():
+    """The temporary folder for the SavedModel and the new models before they are checked. A
+    full or unwritable one (a small tmpfs /tmp, TMPDIR) stops the tool with one line naming it
+    and what to do, not a TensorFlow traceback; a model not yet replaced in --out stays."""
+    import tensorflow as tf
+
+    where = tempfile.gettempdir()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+    except (OSError, tf.errors.OpError) as err:
+        # TensorFlow's message is '<op> <file>; No space left on device [Op:SaveV2]'
+        cause = (err.strerror if isinstance(err, OSError) and err.strerror
+                 else reason(err, 10_000).rsplit("; ", 1)[-1])
+        raise SystemExit(f"{where}: cannot write the conversion's temporary files there "
+                         f"({cause}); make room or set TMPDIR to a folder with room "
+                         "(a few times the .keras model's size); models in --out not yet "
+                         "replaced are left as they were") from None
 
 
 def export_saved_model(model, size: int, folder: Path) -> None:
@@ -248,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
 
     keras_sha = hashlib.sha256(args.keras_model.read_bytes()).hexdigest()
     int8_path = None
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = Path(tmp) / "saved_model"
+    with scratch_folder() as tmp:
+        saved = tmp / "saved_model"
         export_saved_model(model, size, saved)
         for kind in formats:
             out = args.out / f"{args.name}_{kind}.tflite"
-            made = Path(tmp) / out.name  # checked before it replaces an older model
+            made = tmp / out.name  # checked before it replaces an older model
             made.write_bytes(convert(saved, kind, rep))
             ops = op_report(made)
             if kind == "int8" and ops["input"]["dtype"] not in ("uint8", "int8"):
