@@ -435,6 +435,32 @@ def test_features_out_a_folder_or_in_a_missing_folder(tmp_path: Path, capsys) ->
                                                                          "features": 1}
 
 
+@pytest.mark.slow
+def test_features_on_a_full_disk_leaves_the_earlier_model_and_sidecar(tmp_path: Path) -> None:
+    """--out over a model written before (or in place, as models/MODEL_CARD.md runs it) on a
+    disk without room for the new one: the old model was cut where the disk filled, its old
+    sidecar left beside it, and maskd could no longer load it. Now the model and its sidecar
+    are written whole or not at all (a real 1 MiB tmpfs)."""
+    from mqtt_broker import small_disk
+
+    from tools import features
+
+    pytest.importorskip("tensorflow")
+    model = Path(__file__).resolve().parents[1] / "models" / "maskd_mobilenetv2_int8_s43.tflite"
+    if not model.is_file():
+        pytest.skip(f"needs {model}")
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        out = disk / "b.tflite"
+        out.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(100_000))  # the earlier model
+        out.with_suffix(".json").write_text(model.with_suffix(".json").read_text())
+        before = {p.name: p.read_bytes() for p in disk.iterdir()}
+        with pytest.raises(SystemExit) as exc:
+            features.main([str(model), "--out", str(out)])
+        assert _exit_message(exc) == (f"features: {out}: cannot write it (No space left on "
+                                      "device); the files there are left as they were")
+        assert {p.name: p.read_bytes() for p in disk.iterdir()} == before
+
+
 @pytest.mark.parametrize("bad", [["--iou", "nan"], ["--iou", "0"], ["--iou", "1.5"],
                                  ["--threshold", "2"], ["--limit", "0"]])
 def test_eval_scenes_refuses_bad_numbers(bad: list[str], capsys) -> None:

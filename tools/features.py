@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maskd.classifier import read_sidecar, sidecar_path  # noqa: E402
 from maskd.config import model_file_problem  # noqa: E402
+from maskd.files import write_together  # noqa: E402
 from maskd.tflite import ModelError  # noqa: E402
 from tools.inputs import out_file, reason  # noqa: E402
 
@@ -70,15 +71,18 @@ def expose(model: Path, out: Path, layer: str = DEFAULT_LAYER) -> None:
         entry = schema.TensorMapT()
         entry.name, entry.tensorIndex = "features", feat
         sig.outputs = list(sig.outputs) + [entry]
-    try:
-        flatbuffer_utils.write_model(m, str(out))
-    except Exception as err:  # noqa: BLE001 - TensorFlow's own errors: no permission, a full disk
-        raise ModelError(f"{out}: cannot write it ({reason(err)})") from None
     side = dict(info.raw, outputs={"scores": 0, "features": 1},
                 features={"layer": layer, "size": shapes[feat][-1]})
     if out != model:
         side["model_file"] = out.name
-    sidecar_path(out).write_text(json.dumps(side, indent=1), encoding="utf-8")
+    # Both whole or neither: written in place (or over an earlier --out) on a full disk, the
+    # model was cut and its old sidecar left beside it, a model maskd could no longer load.
+    try:
+        write_together({out: bytes(flatbuffer_utils.convert_object_to_bytearray(m)),
+                        sidecar_path(out): json.dumps(side, indent=1).encode("utf-8")})
+    except OSError as err:
+        raise ModelError(f"{out}: cannot write it ({err.strerror or reason(err)}); the files "
+                         "there are left as they were") from None
 
 
 def main(argv: list[str] | None = None) -> int:
