@@ -74,6 +74,30 @@ def test_make_split_refuses_unusable_data(tmp_path: Path) -> None:
     assert split["limit_per_class"] == 3 and len(split["val"]) == 2
 
 
+def test_linked_folders_are_read_and_what_is_left_out_is_named(tmp_path: Path) -> None:
+    """A folder of images linked into a class folder (from another disk) was left out without a
+    word, and so were a broken link and a named pipe: a training set smaller than the folder
+    looked, counted as if complete. Now a linked folder is read (as maskd classify reads it),
+    each folder once, and a file or link left out is listed with the unreadable ones."""
+    import os
+
+    data = _dataset(tmp_path / "data", 4)
+    extra = _dataset(tmp_path / "extra", 3, classes=("more",))
+    for i, f in enumerate(sorted((extra / "more").iterdir())):  # bytes unlike data's
+        _image(f, 200 + i)
+    (data / "without_mask" / "linked").symlink_to(extra / "more")
+    (data / "with_mask" / "loop").symlink_to(data / "with_mask")
+    (data / "with_mask" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(data / "with_mask" / "pipe.jpg")
+    split = dataset.make_split(data, 0.25, 0.25)
+    assert sum(split["counts"][part]["no_mask"] for part in split["counts"]) == 4 + 3
+    assert sum(split["counts"][part]["mask"] for part in split["counts"]) == 4
+    assert {u["rel"]: u["reason"].split(": ", 1)[1] for u in split["unreadable"]} == {
+        "with_mask/gone.jpg": "not a regular file (a broken link, a named pipe)",
+        "with_mask/pipe.jpg": "not a regular file (a broken link, a named pipe)",
+        "with_mask/loop": "a link to a folder read already, not read again"}
+
+
 def test_load_split_names_the_broken_file(tmp_path: Path) -> None:
     cases = {"missing.json": None, "trunc.json": '{"root": "/x", "tr',
              "nokey.json": '{"a": 1}', "rows.json": json.dumps(

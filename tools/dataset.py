@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +34,39 @@ class Item:
     sha256: str
 
 
-def scan(root: Path) -> list[Item]:
-    """Every non-hidden file of every class folder, hashed, sorted by relative path."""
+def class_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
+    """Every non-hidden regular file under a class folder. Links to folders are followed (a
+    folder linked in from another disk, as ``maskd classify`` follows them), each folder once;
+    what is left out (a named pipe, a broken link, a link back to a folder read already) is
+    added to ``skipped`` with the reason: it used to be left out without a word."""
+    files, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            skipped.append({"rel": here.relative_to(root).as_posix(),
+                            "reason": f"{here}: a link to a folder read already, not read again"})
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            f = here / name
+            if name.startswith("."):
+                continue
+            if f.is_file():
+                files.append(f)
+            else:
+                skipped.append({"rel": f.relative_to(root).as_posix(),
+                                "reason": f"{f}: not a regular file (a broken link, a named pipe)"})
+    return sorted(files)
+
+
+def scan(root: Path, skipped: list[dict] | None = None) -> list[Item]:
+    """Every non-hidden file of every class folder, hashed, sorted by relative path; files and
+    folders left out are added to ``skipped`` (``class_files``)."""
     root = Path(root)
+    skipped = [] if skipped is None else skipped
     if not root.is_dir():
         raise SystemExit(f"dataset folder not found: {root}")
     items = []
@@ -44,10 +76,9 @@ def scan(root: Path) -> list[Item]:
             raise SystemExit(
                 f"{sub}: unknown class folder; expected one of {sorted(FOLDER_LABELS)}"
             )
-        for f in sorted(sub.rglob("*")):
-            if f.is_file() and not f.name.startswith("."):
-                digest = hashlib.sha256(f.read_bytes()).hexdigest()
-                items.append(Item(f.relative_to(root).as_posix(), LABELS.index(label), digest))
+        for f in class_files(sub, root, skipped):
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            items.append(Item(f.relative_to(root).as_posix(), LABELS.index(label), digest))
     if not items:
         raise SystemExit(f"{root}: no images in its class folders")
     return items
@@ -114,8 +145,8 @@ def make_split(
 ) -> dict:
     """Scan, drop unreadable files and duplicates, split; returns the JSON-ready record."""
     root = Path(root).resolve()
-    items = scan(root)
-    unreadable = []
+    unreadable: list[dict] = []
+    items = scan(root, unreadable)
     readable = []
     for it in items:
         try:
@@ -196,7 +227,10 @@ def subset_files(split: dict, subset: str, root: Path | None = None) -> tuple[li
 
 def folder_files(root: Path) -> tuple[list[Path], np.ndarray]:
     """(paths, labels) of every file of a class-folder dataset (no dedupe: score what is there)."""
-    items = scan(Path(root))
+    skipped: list[dict] = []
+    items = scan(Path(root), skipped)
+    for left_out in skipped:
+        print(f"warning: skipped {left_out['reason']}", file=sys.stderr)
     return [Path(root) / it.rel for it in items], np.array([it.label for it in items], np.int64)
 
 
