@@ -251,13 +251,28 @@ class Classifier:
         return (f"{self.path.name}: input {s}x{s}x3 {dtype}, labels {'/'.join(self.labels)}, "
                 f"{looks}, on {self.runtime}")
 
-    def _set_batch(self, n: int) -> None:
-        """Resize the input's batch dimension to ``n`` (only when it changes)."""
+    def _set_batch(self, n: int) -> bool:
+        """Resize the input's batch dimension to ``n`` (only when it changes). False when the
+        graph cannot take ``n`` crops: the converter fixed the batch at 1 in a RESHAPE (a
+        ``--size 32`` model flattens its 1x1 feature map so), which was a RuntimeError in
+        ``classify``, ``scan`` and ``run`` as soon as two faces came at once. Such a model is
+        then run one crop per invoke (``max_batch`` 1), said once."""
         if n != self._batch:
             s = self.input_size
             self.interpreter.resize_tensor_input(self._in["index"], [n, s, s, 3])
-            self.interpreter.allocate_tensors()
+            try:
+                self.interpreter.allocate_tensors()
+            except RuntimeError as err:
+                if n == 1:
+                    raise
+                log.warning("%s: takes one face per invoke, not %d (%s)", self.path.name, n,
+                            " ".join(str(err).split()))
+                self.max_batch = 1
+                self._batch = 0
+                self._set_batch(1)
+                return False
             self._batch = n
+        return True
 
     @property
     def has_features(self) -> bool:
@@ -278,7 +293,8 @@ class Classifier:
         size, step = self.input_size, max(1, self.max_batch)
         for start in range(0, len(crops_rgb), step):
             chunk = crops_rgb[start:start + step]
-            self._set_batch(len(chunk))
+            if not self._set_batch(len(chunk)):
+                return self.predict_embedded(crops_rgb)  # again, one crop per invoke
             x = self._table[np.stack([resize_square(c, size) for c in chunk])]
             self.interpreter.set_tensor(self._in["index"], x)
             invoke(self.interpreter, self.edgetpu, "the classifier")

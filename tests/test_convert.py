@@ -355,3 +355,25 @@ def test_a_model_maskd_cannot_use_is_named_before_anything_is_written(tmp_path: 
         convert.main([str(run / "model.keras"), "--out", str(out), "--formats", "float32"])
     assert str(exc.value.code).startswith(f"{run}: tools/train.py's run without its record.json")
     assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.slow
+def test_a_model_whose_batch_cannot_grow_is_run_a_face_at_a_time(tmp_path: Path, caplog) -> None:
+    """A --size 32 model (train.py allows it) converts to a graph whose RESHAPE fixes the batch
+    at 1: two crops at once were a RuntimeError (XNNPack 'failed to reshape'), a traceback
+    that ended maskd classify of a folder (every caller of Classifier.predict meets it with two
+    crops). Now it is run a crop at a time, said once, with the scores each crop gets alone."""
+    model, _ = train.build_model(32, 1.0, None, seed=0)
+    model.save(tmp_path / "model.keras")
+    out = tmp_path / "tflite"
+    assert convert.main([str(tmp_path / "model.keras"), "--out", str(out), "--formats",
+                         "float32", "--name", "t32"]) == 0
+    clf = Classifier.open(out / "t32_float32.tflite")
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (40 + 9 * i, 36, 3), dtype=np.uint8) for i in range(5)]
+    alone = np.array([clf.predict([c])[0] for c in crops])
+    with caplog.at_level("WARNING"):
+        together = clf.predict(crops)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert clf.max_batch == 1
+    assert "t32_float32.tflite: takes one face per invoke, not 5" in caplog.text
