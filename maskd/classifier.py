@@ -190,11 +190,23 @@ def sidecar_path(model: Path) -> Path:
     return model.with_name(model.stem[: -len("_edgetpu")] + ".json")
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether the file starts as a zip does (what tools/train.py's model.keras is)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def read_sidecar(model: Path) -> ModelInfo:
     p = sidecar_path(model)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if _is_zip(model):  # was: asked for the sidecar, then 'not a valid Flatbuffer' with one
+            raise ModelError(f"{model}: a Keras model (a zip archive), not a TFLite one; "
+                             "tools/convert.py makes the .tflite and its sidecar from it") from None
         raise ModelError(
             f"{model}: its sidecar {p.name} (labels, input size, normalisation) is missing; "
             "models made by tools/convert.py come with one"

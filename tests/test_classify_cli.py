@@ -81,6 +81,22 @@ def test_missing_model_exits_2_with_a_message(tmp_path: Path) -> None:
     assert res.stdout == ""
 
 
+def test_a_keras_model_is_named_as_one_to_convert(tmp_path: Path) -> None:
+    """tools/train.py's model.keras given where a TFLite model goes (--model, classifier.model)
+    was called a model whose sidecar model.json is missing (the same in run and check-config):
+    now it is named as a Keras model that tools/convert.py turns into one maskd runs."""
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Flatten()(inp)))
+    model.save(tmp_path / "model.keras")
+    res = _classify(str(tmp_path), "--model", str(tmp_path / "model.keras"), "--json")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().endswith(
+        f"{tmp_path / 'model.keras'}: a Keras model (a zip archive), not a TFLite one; "
+        "tools/convert.py makes the .tflite and its sidecar from it")
+
+
 def test_odd_file_names_keep_one_line_per_image(default_model: Path, tmp_path: Path) -> None:
     """A name that is not UTF-8 crashed classify under a strict UTF-8 locale (en_GB.UTF-8), and
     a tab or newline in a name broke the tab-separated line into extra fields or lines."""
