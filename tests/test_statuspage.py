@@ -6,6 +6,7 @@ demo clip in a real headless Chromium (screenshot with an active violation: docs
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -635,22 +636,31 @@ def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
         srv.close()
 
 
-def test_the_page_says_while_a_camera_sends_grey_pictures(tmp_path):
-    """An infrared (night) camera: the page says so beside the camera, and not once it is gone."""
-    srv = StatusServer("127.0.0.1:0", title="night").start()
+@contextlib.contextmanager
+def health_row(tmp_path: Path, stats: LoopStats):
+    """A page with one camera, ``door``, fed ``stats``, open in the browser once its health row
+    shows: (browser, the health table's text as a JS expression, the camera's view)."""
+    srv = StatusServer("127.0.0.1:0", title="health").start()
     view = srv.attach("door", "d", "c")
-    feed(view, 60, 0, LoopStats(fps=9.0, frames=1, grey=True, grey_frames=1))
+    feed(view, 60, 0, stats)
     try:
         with open_page(tmp_path, srv.url) as browser:
             js = "(document.getElementById('health')?.innerText || '')"
             assert browser.wait_for(f"{js}.includes('door')", timeout=20), browser.evaluate(js)
-            assert "door\t9.0 fps, 1 frames, grey pictures (infrared?): judged less well" in \
-                browser.evaluate(js), browser.evaluate(js)
-            feed(view, 60, 1)
-            assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('grey')",
-                                    timeout=10), browser.evaluate(js)
+            yield browser, js, view
     finally:
         srv.close()
+
+
+def test_the_page_says_while_a_camera_sends_grey_pictures(tmp_path):
+    """An infrared (night) camera: the page says so beside the camera, and not once it is gone."""
+    with health_row(tmp_path, LoopStats(fps=9.0, frames=1, grey=True, grey_frames=1)) as (
+            browser, js, view):
+        assert "door\t9.0 fps, 1 frames, grey pictures (infrared?): judged less well" in \
+            browser.evaluate(js), browser.evaluate(js)
+        feed(view, 60, 1)
+        assert browser.wait_for(f"{js}.includes('door') && !{js}.includes('grey')",
+                                timeout=10), browser.evaluate(js)
 
 
 def test_the_page_says_how_many_frames_a_camera_had_no_time_for(tmp_path):
@@ -658,20 +668,12 @@ def test_the_page_says_how_many_frames_a_camera_had_no_time_for(tmp_path):
     skipped the rest (a third to half), said only in the log's stats line and `/metrics`; the
     page showed "4.5 fps, 813 frames", as for a camera that sends 4.5. It now says the skipped
     frames beside them."""
-    srv = StatusServer("127.0.0.1:0", title="busy").start()
-    view = srv.attach("door", "d", "c")
-    feed(view, 60, 0, LoopStats(fps=4.5, frames=813, skipped=556))
-    try:
-        with open_page(tmp_path, srv.url) as browser:
-            js = "(document.getElementById('health')?.innerText || '')"
-            assert browser.wait_for(f"{js}.includes('door')", timeout=20), browser.evaluate(js)
-            assert "door\t4.5 fps, 813 frames, 556 skipped (no time for them)" in \
-                browser.evaluate(js), browser.evaluate(js)
-            feed(view, 60, 1, LoopStats(fps=15.0, frames=900))
-            assert browser.wait_for(f"{js}.includes('door\\t15.0 fps, 900 frames\\n')", 10), \
-                browser.evaluate(js)
-    finally:
-        srv.close()
+    with health_row(tmp_path, LoopStats(fps=4.5, frames=813, skipped=556)) as (browser, js, view):
+        assert "door\t4.5 fps, 813 frames, 556 skipped (no time for them)" in \
+            browser.evaluate(js), browser.evaluate(js)
+        feed(view, 60, 1, LoopStats(fps=15.0, frames=900))
+        assert browser.wait_for(f"{js}.includes('door\\t15.0 fps, 900 frames\\n')", 10), \
+            browser.evaluate(js)
 
 
 def test_the_page_says_when_its_token_file_changed_to_one_it_cannot_use(tmp_path, monkeypatch):
