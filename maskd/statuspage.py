@@ -1038,7 +1038,11 @@ th{font-weight:600;color:#4a5568}
 <script>
 "use strict";
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
-const hms = iso => iso ? esc(iso.slice(11, 19)) : "";
+// a time of the page's day (the server's, st.time) as 14:03:22, one of another day with its
+// date: the last events outlive midnight, and "14:03:22" alone read as today's
+let today = "";
+const hms = iso => iso ? esc((iso.slice(0, 10) === today ? "" : iso.slice(0, 10) + " ") +
+                             iso.slice(11, 19)) : "";
 const num = (v, d) => (v === null || v === undefined) ? "-" : Number(v).toFixed(d);
 const row = cells => "<tr>" + cells.map(c => "<td>" + c + "</td>").join("") + "</tr>";
 const head = cells => "<tr>" + cells.map(c => "<th>" + c + "</th>").join("") + "</tr>";
@@ -1105,6 +1109,7 @@ async function refresh() {
       fetch(u, {signal: stop.signal}).then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
     document.getElementById("title").textContent = "maskd status: " + st.title;
     document.getElementById("clock").textContent = st.time.slice(0, 19).replace("T", " ");
+    today = st.time.slice(0, 10);
     cameras(st.cameras, lost || (uptime !== null && st.uptime_s < uptime));
     uptime = st.uptime_s;
     lost = false;

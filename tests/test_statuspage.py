@@ -652,6 +652,34 @@ def health_row(tmp_path: Path, stats: LoopStats):
         srv.close()
 
 
+def test_times_of_another_day_show_their_date(tmp_path):
+    """The last events outlive midnight: a start of yesterday at 14:03 was listed as "14:03:22",
+    read as today's. A time of another day than the page's now carries its date; today's
+    stay short."""
+    srv = StatusServer("127.0.0.1:0", title="days").start()
+    view = srv.attach("door", "d", "c")
+    if time.localtime(time.time() + 30).tm_mday != time.localtime().tm_mday:
+        time.sleep(31)  # "now" and the page's poll on one day
+    now = time.time()
+    before = now - 86400 - 3600
+    view.emit(event("start", "old", t=before, camera="door"))
+    view.emit(event("start", "new", t=now, camera="door"))
+    feed(view, 60, 0)
+    day = time.strftime("%Y-%m-%d", time.localtime(before))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 2", 20)
+            times = browser.evaluate("[...document.querySelectorAll('#eventlist tr')].slice(1)"
+                                     ".map(r => r.cells[0].innerText)")
+            hms = [time.strftime("%H:%M:%S", time.localtime(t)) for t in (before, now)]
+            assert sorted(times) == sorted([f"{day} {hms[0]}", hms[1]]), times
+            since = browser.evaluate("[...document.querySelectorAll('#active tr')].slice(1)"
+                                     ".map(r => r.cells[1].innerText)")
+            assert sorted(since) == sorted([f"{day} {hms[0]}", hms[1]]), since
+    finally:
+        srv.close()
+
+
 def test_the_page_says_while_a_camera_sends_grey_pictures(tmp_path):
     """An infrared (night) camera: the page says so beside the camera, and not once it is gone."""
     with health_row(tmp_path, LoopStats(fps=9.0, frames=1, grey=True, grey_frames=1)) as (
