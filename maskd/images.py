@@ -164,11 +164,13 @@ def find_images(root: Path) -> list[Path]:
     return [p for p in search_images(root) if isinstance(p, Path)]
 
 
-def search_images(root: Path) -> list[Path | FolderError]:
+def search_images(root: Path, every_file: bool = False) -> list[Path | FolderError]:
     """``find_images`` with a FolderError, in its sorted place, for each folder not searched.
 
     Links to folders are followed (a photo folder on another disk); one that leads to a folder
-    searched already (a loop, or a second link to it) is reported instead of searched again.
+    searched already (a loop, or a second link to it) is reported instead of searched again,
+    the names taken in sorted order, so the same folders give the same list on every disk.
+    ``every_file``: every non-hidden name, not only image names (tools/dataset.py).
     """
     found: list[Path | FolderError] = []
 
@@ -201,7 +203,7 @@ def search_images(root: Path) -> list[Path | FolderError]:
             keep.append(d)
         dirnames[:] = keep
         found.extend(Path(dirpath) / name for name in filenames
-                     if not name.startswith(".") and is_image_name(Path(name)))
+                     if not name.startswith(".") and (every_file or is_image_name(Path(name))))
     return sorted(found, key=entry_path)
 
 

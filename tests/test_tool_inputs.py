@@ -95,7 +95,26 @@ def test_linked_folders_are_read_and_what_is_left_out_is_named(tmp_path: Path) -
     assert {u["rel"]: u["reason"].split(": ", 1)[1] for u in split["unreadable"]} == {
         "with_mask/gone.jpg": "not a regular file (a broken link, a named pipe)",
         "with_mask/pipe.jpg": "not a regular file (a broken link, a named pipe)",
-        "with_mask/loop": "a link to a folder read already, not read again"}
+        "with_mask/loop": "a link to a folder searched already, not searched again"}
+
+
+def test_a_folder_and_a_link_to_it_give_the_same_split_on_every_disk(tmp_path: Path) -> None:
+    """A folder with a second link to it was read under whichever name the disk listed first
+    (ext4 hashes names, with a seed of its own; tmpfs lists the newest first): the same data
+    copied to another disk gave other paths, another fingerprint and another split, and the
+    real folder was listed as 'a link to a folder read already'. Now, as maskd classify reads
+    them, the names are taken in sorted order."""
+    data = _dataset(tmp_path / "data", 4)
+    for k in range(8):  # eight pairs: a listing order that happens to be sorted passes 1 in 256
+        real = data / "without_mask" / f"a{k}"
+        for i in range(2):
+            _image(real / f"{i}.png", 140 + 12 * k + i)
+        (data / "without_mask" / f"b{k}").symlink_to(real)
+    split = dataset.make_split(data, 0.25, 0.25)
+    rows = [rel for part in ("train", "val", "test") for rel, _ in split[part]]
+    assert len(rows) == 8 + 16
+    assert not [rel for rel in rows if "/b" in rel]
+    assert sorted(u["rel"] for u in split["unreadable"]) == [f"without_mask/b{k}" for k in range(8)]
 
 
 def test_load_split_names_the_broken_file(tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from maskd.images import ImageError, load_image_rgb
+from maskd.images import FolderError, ImageError, load_image_rgb, search_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,31 +34,20 @@ class Item:
 
 
 def class_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
-    """Every non-hidden regular file under a class folder. Links to folders are followed (a
-    folder linked in from another disk, as ``maskd classify`` follows them), each folder once;
-    what is left out (a named pipe, a broken link, a link back to a folder read already) is
-    added to ``skipped`` with the reason: it used to be left out without a word."""
-    files, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        here = Path(dirpath)
-        st = here.stat()
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            skipped.append({"rel": here.relative_to(root).as_posix(),
-                            "reason": f"{here}: a link to a folder read already, not read again"})
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            f = here / name
-            if name.startswith("."):
-                continue
-            if f.is_file():
-                files.append(f)
-            else:
-                skipped.append({"rel": f.relative_to(root).as_posix(),
-                                "reason": f"{f}: not a regular file (a broken link, a named pipe)"})
-    return sorted(files)
+    """Every non-hidden regular file under a class folder, found as ``maskd classify`` finds
+    images (``search_images``: links to folders followed, each folder once, in sorted order, so
+    a split is the same on every disk); what is left out (a named pipe, a broken link, a folder
+    not read) is added to ``skipped`` with the reason: it used to be left out without a word."""
+    files = []
+    for f in search_images(folder, every_file=True):
+        if isinstance(f, FolderError):
+            skipped.append({"rel": f.path.relative_to(root).as_posix(), "reason": str(f)})
+        elif f.is_file():
+            files.append(f)
+        else:
+            skipped.append({"rel": f.relative_to(root).as_posix(),
+                            "reason": f"{f}: not a regular file (a broken link, a named pipe)"})
+    return files
 
 
 def scan(root: Path, skipped: list[dict] | None = None) -> list[Item]:
