@@ -384,9 +384,12 @@ class CameraLoop:
         """No frame now (a live camera lost and reconnecting, or a file source that ended and
         idles): the loop is not hung, so observers (systemd's watchdog) and the periodic stats
         (the sinks' retries too: JSON lines a full disk held back) still hear from it, and a
-        wait as long as a gap ends what was open (``_end_gone``). The frame rate after it is
-        counted afresh, not from an interval as long as the wait."""
-        self._last_t = self._dt = None
+        wait as long as a gap ends what was open (``_end_gone``). After a wait without frames
+        (the camera lost, the file ended) the frame rate is counted afresh, not from an interval
+        as long as the wait; not after each call (every 0.5 s without a frame), which is between
+        any two frames of a camera slower than 2 fps."""
+        if self.without_frames:
+            self._last_t = self._dt = None
         self._end_gone()
         self._tell_waiting()
         self._maybe_report()

@@ -381,6 +381,40 @@ def test_the_fps_shown_is_the_frames_processed_per_second_when_frames_come_uneve
     assert 0.7 * rate < shown < 1.4 * rate, (shown, rate)
 
 
+def test_the_fps_shown_of_a_camera_slower_than_two_frames_a_second(tmp_path):
+    """A live source hears from the loop every 0.5 s without a frame (``on_wait``), so every
+    frame of a camera slower than 2 fps comes after such a wait: counting the rate afresh after
+    each one counted nothing, and the status page, its overlay and `maskd_fps` kept the rate of
+    the first frames after the open (3 at once from an IP camera's buffer: 1933 fps shown for a
+    1 fps camera, for good), or 0. Only a wait without frames (the camera lost) starts it anew."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.config import SourceConfig
+    from maskd.sources import live_source
+
+    class Observer(RecordingObserver):
+        def on_wait(self, stats) -> None:
+            pass
+
+    cam = BlankCamera(fps=1.6)
+    obs = Observer()
+    svc = service_for(live_source("slow", cam.opener, SourceConfig()), [obs])
+    runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 1.0}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20.0
+        while len(obs.frames) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        svc.stop()
+        runner.join(10.0)
+    assert len(obs.frames) >= 6
+    shown = obs.frames[-1][2]["fps"]
+    assert 1.0 < shown < 2.2, [f[2]["fps"] for f in obs.frames]  # 1.6, on a loaded machine less
+
+
 def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(default_model,
                                                                            caplog):
     """One sink that raises (a bug in a publisher) is logged each time and the others still
