@@ -171,6 +171,14 @@ fi
 # `systemctl edit maskd` drop-ins: local settings, kept like the config unless --purge (a later
 # install would otherwise run under them without a word).
 DROPINS="$UNIT_FILE.d"
+# Besides /var/lib/maskd the service writes only where a drop-in's ReadWritePaths= lets it
+# (ProtectSystem=strict; a USB stick for snapshots.dir, docs/config.md): read before --purge
+# removes the drop-ins, to tell of the pictures of people left there (below).
+writable=()
+if [ -d "$ROOT$DROPINS" ]; then
+    mapfile -t writable < <(sed -n 's/^[[:space:]]*ReadWritePaths[[:space:]]*=//p' "$ROOT$DROPINS"/*.conf 2>/dev/null \
+        | tr -s '[:blank:]' '\n' | sed 's/^"//; s/"$//; s/^[-+]*//' | grep '^/' | sort -u || true)
+fi
 if [ "$PURGE" = 1 ]; then
     remove "$DROPINS"
 elif [ -e "$ROOT$DROPINS" ]; then
@@ -181,6 +189,19 @@ if booted; then
     sys udevadm control --reload-rules || say "WARNING: udev did not reload its rules (not running?)"
 fi
 
+# pictures_left DIR WHAT FIND-TESTS...: snapshots and clips of people outlive snapshots.keep_days
+# once maskd is gone (nothing prunes them): a WARNING with their count, saying WHAT to do.
+pictures_left() {
+    local dir="$1" what="$2" n=0
+    shift 2
+    if [ -d "$ROOT$dir" ]; then
+        n="$(find "$ROOT$dir" -type f \( "$@" \) 2>/dev/null | wc -l || true)"
+    fi
+    if [ "$n" -gt 0 ]; then
+        say "WARNING: $dir keeps $n snapshot or clip file(s) of people, and with maskd gone" \
+            "nothing deletes them after keep_days: $what"
+    fi
+}
 if [ "$PURGE" = 1 ]; then
     remove /etc/maskd /var/lib/maskd
     if getent passwd "$SERVICE_USER" >/dev/null; then
@@ -197,13 +218,13 @@ if [ "$PURGE" = 1 ]; then
     fi
 else
     say "kept /etc/maskd (config), /var/lib/maskd (undelivered events) and user $SERVICE_USER; --purge removes them"
-    # Snapshots and clips of people there outlive snapshots.keep_days now: nothing prunes them.
-    pictures=0
-    if [ -d "$ROOT/var/lib/maskd" ]; then
-        pictures="$(find "$ROOT/var/lib/maskd" -type f \( -name '*.jpg' -o -name '*.mkv' -o -name '*.mp4' \) 2>/dev/null | wc -l || true)"
-    fi
-    if [ "$pictures" -gt 0 ]; then
-        say "WARNING: /var/lib/maskd keeps $pictures snapshot or clip file(s) of people, and with maskd" \
-            "gone nothing deletes them after keep_days: --purge, or delete them yourself"
-    fi
+    pictures_left /var/lib/maskd "--purge, or delete them yourself" -name '*.jpg' -o -name '*.mkv' -o -name '*.mp4'
 fi
+# Not deleted by --purge: such a folder is the admin's and may hold more. Only files named as
+# maskd names snapshots and clips (<camera>-YYYYmmdd-HHMMSS-<event>.jpg, ...-HHMMSS[_N].mkv) count.
+for dir in "${writable[@]}"; do
+    case "$dir/" in /var/lib/maskd/*) continue ;; esac  # told above, or purged
+    pictures_left "$dir" "delete them yourself (a folder your drop-in let maskd write to (ReadWritePaths=); --purge leaves it alone)" \
+        -regextype posix-extended -regex \
+        '.*/[A-Za-z0-9_-]+-[0-9]{8}-[0-9]{6}(-[A-Za-z0-9_-]+\.jpg|(_[0-9]+)?\.(mkv|mp4))'
+done

@@ -585,6 +585,34 @@ def test_the_units_drop_ins_go_with_purge_only(tmp_path):
     assert sorted(p.name for p in (root / "etc/systemd/system").iterdir()) == []
 
 
+def test_uninstall_tells_of_pictures_left_where_a_drop_in_let_maskd_write(tmp_path):
+    """Snapshots on a USB stick (docs/config.md: ReadWritePaths= in a drop-in) outlived the
+    uninstall, --purge too, without a word, while those in /var/lib/maskd were a WARNING."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    dropins = root / "etc/systemd/system/maskd.service.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text(
+        "[Unit]\nAfter=media-usb.mount\n[Service]\nReadWritePaths=-/media/usb \"/srv/empty\"\n")
+    usb = root / "media/usb"
+    (usb / "maskd/snaps").mkdir(parents=True)
+    (usb / "maskd/clips").mkdir()
+    (usb / "maskd/snaps/door-20260101-120000-8c851520-bc17.jpg").write_bytes(b"a face")
+    (usb / "maskd/clips/door-20260101-120000_2.mkv").write_bytes(b"faces")
+    (usb / "holiday.jpg").write_bytes(b"not maskd's")
+    (root / "srv/empty").mkdir(parents=True)
+    warning = ("WARNING: /media/usb keeps 2 snapshot or clip file(s) of people, and with maskd gone "
+               "nothing deletes them after keep_days: delete them yourself (a folder your drop-in "
+               "let maskd write to (ReadWritePaths=); --purge leaves it alone)")
+    for purge in ([], ["--purge"]):
+        r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear", *purge)
+        assert r.returncode == 0, r.stderr
+        assert warning in r.stdout, r.stdout
+        assert "/srv/empty keeps" not in r.stdout
+    assert (usb / "maskd/snaps/door-20260101-120000-8c851520-bc17.jpg").exists()
+    assert not dropins.exists()
+
+
 def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
     """docs/install-pi.md has the admin copy their own (EdgeTPU, retrained) models into
     /usr/share/maskd/models; uninstall.sh deleted the folder whole while it kept the config that
