@@ -1026,6 +1026,19 @@ def _stream_identity(uri: str) -> str:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+def _open_to_all(path: Path) -> int:
+    """``path``'s permission bits when every user of this machine can read it (o+r, and o+x on
+    each folder above it), else 0; 0 too when it cannot be looked at (the config's own checks
+    say why)."""
+    try:
+        real = path.resolve()
+        mode = real.stat().st_mode
+        reachable = all(p.stat().st_mode & stat.S_IXOTH for p in real.parents)
+    except OSError:
+        return 0
+    return stat.S_IMODE(mode) if mode & stat.S_IROTH and reachable else 0
+
+
 class Config(Section):
     """The whole maskd configuration.
 
@@ -1157,31 +1170,31 @@ class Config(Section):
             out["jsonl.path"] = Path(self.jsonl.path)
         return out
 
-    def open_secrets(self) -> list[str]:
+    def open_secrets(self, file: Path | str | None = None) -> list[str]:
         """One line per password, token or TLS key file every user of this machine can read
         (o+r, and o+x on each folder above it): one written with the usual umask 022 is 0644,
-        and the docs ask for root:maskd 0640."""
+        and the docs ask for root:maskd 0640. So is the config ``file`` the camera addresses
+        were read from while one holds a password (``rtsp://user:pass@cam``: it has no file of
+        its own)."""
         out = []
         for key, path in self.paths().items():
-            if key.rpartition(".")[2] not in SECRET_FILE_KEYS:
-                continue
-            try:
-                real = path.resolve()
-                mode = real.stat().st_mode
-                reachable = all(p.stat().st_mode & stat.S_IXOTH for p in real.parents)
-            except OSError:  # the config's own checks say why it cannot be read
-                continue
-            if mode & stat.S_IROTH and reachable:
+            if key.rpartition(".")[2] in SECRET_FILE_KEYS and (mode := _open_to_all(path)):
                 out.append(f"'{key}': {path} is readable by every user of this machine (mode "
-                           f"{stat.S_IMODE(mode):04o}); chmod o-rwx it")
+                           f"{mode:04o}); chmod o-rwx it")
+        keys = [f"'{key}.uri'" for key, src in self.sources()
+                if src.uri is not None and shown_uri(src.uri) != src.uri]
+        if keys and file is not None and (mode := _open_to_all(Path(file))):
+            out.append(f"{file} holds a camera password ({', '.join(keys)}) and is readable by "
+                       f"every user of this machine (mode {mode:04o}); chmod o-rwx it")
         return out
 
-    def startup_warnings(self) -> list[str]:
+    def startup_warnings(self, file: Path | str | None = None) -> list[str]:
         """What check-config prints and run logs as warnings about the config itself (neither
-        refuses to start on them): open secret files, a shared device id, TLS files near
-        their end. One list, so the two commands cannot drift apart."""
-        return (self.open_secrets() + self.shared_device_id() + self.mqtt.expiring_certificates()
-                + self.unused_top_level())
+        refuses to start on them): open secret files (``file``: the config file the camera
+        addresses came from), a shared device id, TLS files near their end. One list, so the
+        two commands cannot drift apart."""
+        return (self.open_secrets(file) + self.shared_device_id()
+                + self.mqtt.expiring_certificates() + self.unused_top_level())
 
     def unused_top_level(self) -> list[str]:
         """One line per top-level section a ``cameras:`` map leaves to no camera while it sets

@@ -356,6 +356,32 @@ def test_a_secret_file_every_user_can_read_is_a_warning():
         assert warning not in maskd("check-config", str(cfg)).stderr
 
 
+def test_a_config_every_user_can_read_is_a_warning_while_it_holds_a_camera_password():
+    """An IP camera's password has no file of its own: it is in source.uri, and a config
+    written with umask 022 (0644) showed it to every user without a word, while the MQTT
+    password in a file beside it was a warning."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        folder.chmod(0o755)
+        if not all(p.stat().st_mode & stat.S_IXOTH for p in folder.resolve().parents):
+            pytest.skip(f"{folder.parent} is closed to other users")
+        cfg = folder / "c.yaml"
+        cams = "cameras: {door: {source: {kind: opencv, uri: %s}}}\n"
+        warning = (f"{cfg} holds a camera password ('cameras.door.source.uri') and is readable by "
+                   "every user of this machine (mode 0644); chmod o-rwx it")
+        for uri, mode, warned in (("'rtsp://admin:CamPw9@10.0.0.9/stream'", 0o644, True),
+                                  ("'http://10.0.0.9/video.cgi?user=admin&pwd=CamPw9'", 0o644, True),
+                                  ("'rtsp://admin:CamPw9@10.0.0.9/stream'", 0o640, False),
+                                  ("'rtsp://10.0.0.9/stream'", 0o644, False)):
+            cfg.write_text(cams % uri)
+            cfg.chmod(mode)
+            r = maskd("check-config", str(cfg))
+            assert r.returncode == 0 and (warning in r.stderr) == warned, (uri, mode, r.stderr)
+            assert "CamPw9" not in r.stderr
+            # the list run logs and maskd doctor shows (its secret file row)
+            assert (warning in load_config(cfg).open_secrets(cfg)) == warned
+
+
 def test_a_stock_host_name_as_device_id_is_warned_of_when_mqtt_is_on(monkeypatch):
     """device_id defaults to the host name; Raspberry Pi OS names every Pi `raspberrypi`, so two
     Pis left so share an MQTT client id and knock each other off the broker. Was: nothing said

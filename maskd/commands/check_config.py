@@ -310,7 +310,7 @@ def main(args: argparse.Namespace) -> int:
     if errors:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
-                 + [f"warning: {w}" for w in cfg.startup_warnings()
+                 + [f"warning: {w}" for w in cfg.startup_warnings(args.config)
                     + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
         print(f"{args.config}: {line}", file=sys.stderr)
     if getattr(args, "was", None) is not None:

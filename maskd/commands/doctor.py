@@ -223,8 +223,9 @@ def _library_for(key: str, on: bool) -> None:
         need_edgetpu_library([key])
 
 class Doctor:
-    def __init__(self, cfg: Config, frames: int) -> None:
+    def __init__(self, cfg: Config, frames: int, file: Path | str | None = None) -> None:
         self.cfg = cfg
+        self.file = file  # the config file, for its own mode (open_secrets)
         self.frames = max(1, frames)
         self.checks: list[Check] = []
         self.detector: Any = None
@@ -262,7 +263,7 @@ class Doctor:
     def secrets(self) -> None:
         """A password, token or key file every user can read, in the words check-config and
         the journal of `run` use (a warning there too: run starts)."""
-        for line in self.cfg.open_secrets():
+        for line in self.cfg.open_secrets(self.file):
             self.add("secret file", WARN, line, required=False)
 
     def device_id_check(self) -> None:
@@ -1002,7 +1003,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
                     f"{DEFAULT_CONFIG_PATH})")]
-    checks += Doctor(cfg, args.frames).run_all()
+    checks += Doctor(cfg, args.frames, path).run_all()
     print_line(table(checks))
     failed = [c.name for c in checks if c.failed]
     if failed:

@@ -242,7 +242,8 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for line in cfg.startup_warnings():
+    # the file holds the camera's address unless --source replaced it
+    for line in cfg.startup_warnings(args.config if args.source is None else None):
         log.warning("%s", line)
     for line, _, _ in problems:  # only those that may come later are left
         log.warning("%s (recorded once it leads somewhere)", line)
