@@ -57,7 +57,7 @@ log = logging.getLogger("maskd.snapshots")
 MB = 1024 * 1024
 DAY_S = 86400.0
 JPEG_QUALITY = 90
-MAX_PENDING = 32  # snapshots waiting for the writer thread; more are dropped and counted
+MAX_PENDING = 32  # images waiting for the writer thread; more are dropped and counted
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
 RECENT = 100  # deleted files remembered (for logs and tests); a count keeps the rest
@@ -112,15 +112,17 @@ class SnapshotStore:
 
     # ------------------------------------------------------------------ loop side
 
-    def put(self, name: str, image: np.ndarray) -> None:
-        """Queue one image to be saved as ``name``; never blocks the caller."""
+    def put(self, name: str, image: np.ndarray, *more: str) -> None:
+        """Queue one image to be saved as ``name`` (and as each of ``more``: one frame shared
+        by a crowd's events takes one place in the queue and is encoded once); never blocks
+        the caller."""
         if self._closed:
             return
         try:
-            self._q.put_nowait((name, image))
+            self._q.put_nowait(((name, *more), image))
         except queue.Full:
-            self.dropped += 1
-            self._report("queue", logging.WARNING, f"snapshots: {MAX_PENDING} snapshots waiting "
+            self.dropped += 1 + len(more)
+            self._report("queue", logging.WARNING, f"snapshots: {MAX_PENDING} images waiting "
                          f"for the disk; {self.dropped} dropped so far")
 
     def faults(self) -> list[str]:
@@ -175,7 +177,7 @@ class SnapshotStore:
                 item = self._q.get_nowait()
             except queue.Empty:
                 return n
-            n += item is not None
+            n += len(item[0]) if item is not None else 0
             self._q.task_done()
 
     # ------------------------------------------------------------------ writer thread
@@ -209,13 +211,17 @@ class SnapshotStore:
                 if item != ():
                     self._q.task_done()
 
-    def _write(self, name: str, image: np.ndarray) -> None:
+    def _write(self, names: tuple[str, ...], image: np.ndarray) -> None:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        for name in names:
+            self._write_one(name, buf if ok else None)
+
+    def _write_one(self, name: str, buf: np.ndarray | None) -> None:
         now = self._follow_clock()  # before the file gets its time
         path = self.dir / name
         tmp = self.dir / f".{name}.tmp"
         try:
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
+            if buf is None:
                 raise ValueError("OpenCV could not encode the image")
             self.dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
@@ -409,16 +415,17 @@ class SnapshotTaker(EventSink, FrameObserver):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        image = None
+        names = []
         for ev in pending:
             if ev.frame_seq == frame.seq and self._saved.get(ev.event_id) != frame.seq:
-                if image is None:
-                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(frame.timestamp))
-                    image = draw_verdicts(frame.image, verdicts, f"{self.camera} {when}")
                 self._saved[ev.event_id] = frame.seq
-                self.store.put(self._name(ev), image)
+                names.append(self._name(ev))
             if ev.event_type == "end":
                 self._saved.pop(ev.event_id, None)
+        if names:  # a crowd that starts at once: one image in the queue for all of them
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(frame.timestamp))
+            image = draw_verdicts(frame.image, verdicts, f"{self.camera} {when}")
+            self.store.put(names[0], image, *names[1:])
 
     def close(self) -> None:
         """Called as a sink and as an observer; the first call releases the store."""

@@ -714,3 +714,21 @@ def test_close_waits_no_longer_than_its_timeout_when_the_disk_stalls(tmp_path):
     finally:
         os.close(reader)
     assert took < 1.6, took
+
+
+def test_a_crowd_that_starts_at_once_gets_every_frame_snapshot(tmp_path):
+    """Twice MAX_PENDING people start on one frame (a crowd; `detector.max_faces` allows 200):
+    every one gets its snapshot on a healthy disk (was: the queue took MAX_PENDING of them and
+    the rest were dropped as if the disk were slow, each copy of the one frame encoded again)."""
+    store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=100)
+    taker = store.taker("door", "frame")
+    frame = DemoSource().read()
+    n = 2 * snapshots.MAX_PENDING
+    for i in range(n):
+        taker.emit(ViolationEvent("start", f"ev{i:02d}", 0, "door", i, time.time(), 0.9, 0.9,
+                                  (0.1, 0.1, 0.3, 0.3), frame_seq=frame.seq))
+    taker.on_frame(frame, [], LoopStats(fps=15.0))
+    assert store.flush(10)
+    taker.close()
+    assert store.dropped == 0 and store.written == n
+    assert len(list((tmp_path / "snaps").glob("door-*.jpg"))) == n
