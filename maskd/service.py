@@ -280,7 +280,10 @@ class CameraLoop:
     def _emit(self, events: list[ViolationEvent]) -> None:
         """To every sink; the ledger notes a start or update before any sink has it and an end
         once every sink has it, so a kill in between leaves it open there (ended `restart` at
-        the next start), never ended before every sink knows."""
+        the next start), never ended before every sink knows. The frame's events are noted
+        together: one write of the ledger for a crowd, not one each."""
+        if self.ledger is not None and (opened := [ev for ev in events if ev.event_type != "end"]):
+            self.ledger.note(*opened)
         for ev in events:
             self.events += 1
             # ev.camera, not this loop's: a removed camera's restart end goes out through the
@@ -288,12 +291,9 @@ class CameraLoop:
             log.info("%s: violation %s %s track=%d score=%.2f%s", ev.camera, ev.event_type,
                      ev.event_id, ev.track_id, ev.score,
                      f" reason={ev.end_reason}" if ev.end_reason else "")
-            ending = ev.event_type == "end"
-            if self.ledger is not None and not ending:
-                self.ledger.note(ev)
             self._to_sinks(lambda sink, ev=ev: sink.emit(ev), "emit")
-            if self.ledger is not None and ending:
-                self.ledger.note(ev)
+        if self.ledger is not None and (ended := [ev for ev in events if ev.event_type == "end"]):
+            self.ledger.note(*ended)
 
     def _to_sinks(self, call: Callable[[EventSink], object], what: str) -> None:
         """Call every sink; one broken sink must not stop the rest."""

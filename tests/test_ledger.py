@@ -258,3 +258,37 @@ def test_a_removed_cameras_look_never_takes_this_configs_own_cameras(tmp_path):
     ledger = OpenViolations(tmp_path, ("front",), outbox=True)
     assert ledger.removed_ends({"front"}) == []
     assert [e.event_id for e in ledger.restart_ends({"front"})] == ["f1"]
+
+
+def test_a_crowd_on_one_frame_is_noted_in_one_write_each_way(tmp_path, monkeypatch):
+    """200 people (`detector.max_faces`) start on one frame and leave on a later one: the run
+    loop writes the file once for each frame (was: once per event, each a rewrite of every
+    open violation, so 158 starts held a real `maskd run`'s loop for 0.6 s here), and still
+    each start is on file before any sink has it and each end leaves it only after every
+    sink has it."""
+    from loop_parts import RecordingSink, service_for
+
+    import maskd.ledger
+    from maskd.demo import DemoSource
+
+    writes = []
+    write = maskd.ledger.write_atomically
+    monkeypatch.setattr(maskd.ledger, "write_atomically",
+                        lambda path, data: (writes.append(path), write(path, data)))
+
+    class OnFile(RecordingSink):
+        """Whether the ledger held each event when this sink got it."""
+
+        def emit(self, ev) -> None:
+            self.events.append(ev.event_id in json.loads((tmp_path / LEDGER_FILE).read_text()))
+
+    sink = OnFile()
+    loop = service_for(DemoSource(), sinks=[sink])
+    loop.ledger = OpenViolations(tmp_path, ("door",))
+    crowd = [f"p{i:03d}" for i in range(200)]
+    loop._emit([event(i) for i in crowd])
+    assert len(writes) == 1
+    loop._emit([event(i, "end", 1) for i in crowd])
+    assert len(writes) == 2
+    assert sink.events == [True] * 400
+    assert json.loads((tmp_path / LEDGER_FILE).read_text()) == {}
