@@ -57,7 +57,8 @@ log = logging.getLogger("maskd.snapshots")
 MB = 1024 * 1024
 DAY_S = 86400.0
 JPEG_QUALITY = 90
-MAX_PENDING = 32  # images waiting for the writer thread; more are dropped and counted
+MAX_PENDING = 32  # images waiting for the writer thread; more are dropped and counted ...
+MAX_PENDING_BYTES = MAX_PENDING * 640 * 480 * 3  # ... unless they are small: a crowd's crops
 PRUNE_EVERY_S = 300.0  # keep_days checked this often (and at start)
 RESCAN_S = 3600.0  # the folder's index read again (files added or removed by hand)
 RECENT = 100  # deleted files remembered (for logs and tests); a count keeps the rest
@@ -91,7 +92,8 @@ class SnapshotStore:
         self._throttle = Throttle()
         self._index: OrderedDict[Path, tuple[float, int]] = OrderedDict()  # oldest first
         self._total = 0
-        self._q: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self._q: queue.Queue = queue.Queue()  # bounded by the size of what waits
+        self._waiting = 0  # bytes of the images in the queue
         self._lock = threading.Lock()
         self._closed = False
         self._started = threading.Event()  # the start's retention is done
@@ -118,11 +120,15 @@ class SnapshotStore:
         the caller."""
         if self._closed:
             return
-        try:
-            self._q.put_nowait(((name, *more), image))
-        except queue.Full:
+        with self._lock:
+            full = (self._q.qsize() >= MAX_PENDING
+                    and self._waiting + image.nbytes > MAX_PENDING_BYTES)
+            if not full:
+                self._waiting += image.nbytes
+                self._q.put_nowait(((name, *more), image))
+        if full:
             self.dropped += 1 + len(more)
-            self._report("queue", logging.WARNING, f"snapshots: {MAX_PENDING} images waiting "
+            self._report("queue", logging.WARNING, f"snapshots: {self._q.qsize()} images waiting "
                          f"for the disk; {self.dropped} dropped so far")
 
     def faults(self) -> list[str]:
@@ -154,10 +160,7 @@ class SnapshotStore:
             return
         self._closed = True
         deadline = time.monotonic() + timeout
-        try:  # the writer makes room as it writes; a stalled one never does
-            self._q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
+        self._q.put_nowait(None)  # after what waits: the writer ends there
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             lost = self._drain()
@@ -165,7 +168,7 @@ class SnapshotStore:
             log.warning("snapshots: the disk did not finish within %g s of the stop; %d "
                         "snapshot(s) still waiting were dropped (a write to %s still hangs)",
                         timeout, lost, self.dir)
-            self._q.put_nowait(None)  # room now: should the disk wake up, the writer ends
+            self._q.put_nowait(None)  # should the disk wake up, the writer ends
         log.info("snapshots: %d written, %d failed, %d dropped, %d deleted by retention",
                  self.written, self.failed, self.dropped, self.n_deleted)
 
@@ -177,7 +180,9 @@ class SnapshotStore:
                 item = self._q.get_nowait()
             except queue.Empty:
                 return n
-            n += len(item[0]) if item is not None else 0
+            if item is not None:
+                n += len(item[0])
+                self._taken(item)
             self._q.task_done()
 
     # ------------------------------------------------------------------ writer thread
@@ -198,6 +203,7 @@ class SnapshotStore:
                 if item is None:
                     return
                 if item:
+                    self._taken(item)
                     self._write(*item)
                 if time.monotonic() >= next_prune:
                     now = time.monotonic()
@@ -210,6 +216,10 @@ class SnapshotStore:
             finally:
                 if item != ():
                     self._q.task_done()
+
+    def _taken(self, item: tuple[tuple[str, ...], np.ndarray]) -> None:
+        with self._lock:
+            self._waiting -= item[1].nbytes
 
     def _write(self, names: tuple[str, ...], image: np.ndarray) -> None:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
