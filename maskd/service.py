@@ -391,8 +391,23 @@ class CameraLoop:
         if self.without_frames:
             self._last_t = self._dt = None
         self._end_gone()
+        self._schedule_while_waiting()
         self._tell_waiting()
         self._maybe_report()
+
+    def _schedule_while_waiting(self) -> None:
+        """A live camera away: the schedule follows the wall clock (its frames' clock), and the
+        sinks hear a turn at once. It followed frames only, so a window that ended during an
+        outage left Home Assistant's detection switch ON until the camera came back. (A file
+        that ended keeps its own clock's last word.)"""
+        if not self.source.is_live or self._state is None:
+            return
+        before = self.control.detect_enabled
+        now = time.time()
+        self._follow_schedule(now)
+        if self.control.detect_enabled != before:
+            self._tell_state(replace(self._state, detect_enabled=self.control.detect_enabled,
+                                     timestamp=now))
 
     def _tell_waiting(self) -> None:
         """Observers hear that the loop waits without a frame (and why: ``LoopStats``)."""

@@ -1780,3 +1780,31 @@ def test_a_restart_end_given_with_mqtt_off_is_not_given_again_when_mqtt_is_back(
     ends = [e for e in map(json.loads, events.read_text().splitlines())
             if e["event_type"] == "end"]
     assert sorted(e["event_id"] for e in ends) == sorted(opened), ends
+
+
+def test_a_schedule_window_that_ends_while_the_camera_is_away_turns_detection_off(
+        tmp_path, default_model, caplog):
+    """A window's end passes during a network camera's outage: detection is off by the wall
+    clock then, as it would be with frames (the sinks hear it: Home Assistant's detection
+    switch and `detect/state`), not only once a frame comes back, which after a long outage
+    showed detection ON for hours outside the schedule."""
+    from datetime import datetime
+
+    from maskd import schedule
+    from maskd.schedule import parse_time
+
+    caplog.set_level(logging.INFO, logger="maskd.service")
+    with _violation_on_a_network_camera(tmp_path, default_model,
+                                        tracking={"min_span_s": 60.0}) as (cam, loop, seen):
+        assert seen.states[-1]["detect_enabled"]
+        cam.gone()
+        today = datetime.now().weekday()  # the window ends now: it covers every other day
+        loop._windows = [schedule.Window(tuple(d for d in range(7) if d != today),
+                                         parse_time("00:00"), parse_time("24:00"))]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and seen.states[-1]["detect_enabled"]:
+            time.sleep(0.05)
+        assert cam.state == "gone" and loop.stats().camera_lost_since
+        assert not seen.states[-1]["detect_enabled"], seen.states[-3:]
+        assert loop.control.in_force == "schedule"
+    assert "door: schedule turns detection off" in caplog.text
