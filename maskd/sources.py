@@ -927,10 +927,11 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             cap.release()
             if device:
                 answer = device_answer(f"/dev/video{uri}" if uri.isdigit() else uri)
-            elif uri.lower().startswith(("http://", "https://")) and at_once(began):
+            elif at_once(began):
                 # asked only of a camera that answered at once: a stalled one waited out the
                 # time-out already, and other cameras' opens wait their turn behind this one
-                answer = http_answer(uri)
+                answer = name_answer(uri) or (http_answer(uri) if uri.lower().startswith(
+                    ("http://", "https://")) else None)
             else:
                 answer = None
             raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
@@ -1000,6 +1001,27 @@ def at_once(began: float) -> bool:
     """Whether a read or open that failed, begun at monotonic ``began``, failed well before the
     stream time-out: the other end answered (a damaged frame, a refusal), not a stall."""
     return time.monotonic() - began < STREAM_TIMEOUT_MS / 2000
+
+
+def name_answer(uri: str) -> str | None:
+    """Why a stream's host name gives no address, in the resolver's words, or None (it
+    resolves, or is an address). FFmpeg's `Failed to resolve hostname` is silenced with its
+    other lines, so a typo in the name, or a DHCP name the router forgot, read as a dead
+    camera."""
+    import socket
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(uri).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        return (f"the name {host} does not resolve ({err.strerror}): a typo in source.uri, or "
+                "the name server does not know the camera (an address of it works too)")
+    except (OSError, UnicodeError):
+        return None
+    return None
 
 
 def http_answer(uri: str) -> str | None:

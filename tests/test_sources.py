@@ -758,6 +758,22 @@ def test_a_network_camera_that_answers_but_gives_no_stream_says_what_it_answered
         server.shutdown()
 
 
+def test_a_network_camera_whose_name_does_not_resolve_says_so():
+    """A camera named by a host name the name server does not know (a typo, a DHCP name the
+    router forgot): OpenCV says only that it cannot open the URL, so the journal, the status
+    line and doctor said `OpenCV cannot open URL`, as for a dead camera, and FFmpeg's `Failed
+    to resolve hostname` is silenced. Now the name and the resolver's answer are said."""
+    from maskd.sources import opencv_opener
+
+    for url in ("http://admin:S3cret@camera-door.invalid:8080/stream.mjpg",
+                "rtsp://admin:S3cret@camera-door.invalid/stream1"):
+        with pytest.raises(SourceError) as err:
+            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+        assert "OpenCV cannot open" in str(err.value)
+        assert "the name camera-door.invalid does not resolve (" in str(err.value), str(err.value)
+        assert "S3cret" not in str(err.value)
+
+
 def test_a_camera_url_with_a_port_out_of_range_is_still_cannot_open_naming_it():
     """The HTTP probe read the URL's port outside its guard: `http://h:99999/` raised a bare
     ValueError ('Port out of range'), not the opener's SourceError naming the URL."""
