@@ -930,8 +930,9 @@ def opencv_opener(uri: str, cfg: SourceConfig) -> Opener:
             elif at_once(began):
                 # asked only of a camera that answered at once: a stalled one waited out the
                 # time-out already, and other cameras' opens wait their turn behind this one
-                answer = name_answer(uri) or (http_answer(uri) if uri.lower().startswith(
-                    ("http://", "https://")) else None)
+                scheme = uri.lower().split("://", 1)[0]
+                answer = name_answer(uri) or (http_answer(uri) if scheme in ("http", "https")
+                                              else rtsp_answer(uri) if scheme == "rtsp" else None)
             else:
                 answer = None
             raise SourceError(f"OpenCV cannot open {shown_uri(uri)}"
@@ -1024,6 +1025,91 @@ def name_answer(uri: str) -> str | None:
     return None
 
 
+def refusal(what: str, code: int, login: bool, kind: str) -> str:
+    """A camera's refusal (``what``: its status line) in a technician's words."""
+    if code in (401, 403):
+        return (f"{what}: the camera refuses this user name and password (source.uri's "
+                "user:password@)" if login else f"{what}: the camera asks for a login: put "
+                "user:password@ in source.uri")
+    if code == 404:
+        return f"{what}: no stream at that path (the camera's manual names its {kind} URL)"
+    return what
+
+
+def _rtsp_describe(sock: Any, url: str, cseq: int, auth: str) -> tuple[int, str, str]:
+    """Send DESCRIBE, read the answer's head: (status code, reason, its WWW-Authenticate)."""
+    sock.sendall(f"DESCRIBE {url} RTSP/1.0\r\nCSeq: {cseq}\r\nAccept: application/sdp\r\n"
+                 f"{auth}\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        got = sock.recv(4096)
+        if not got:
+            break
+        head += got
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or not status[0].startswith("RTSP/") or not status[1].isdigit():
+        raise ValueError("no RTSP answer")
+    challenges = [ln.split(":", 1)[1].strip() for ln in lines[1:]
+                  if ln.lower().startswith("www-authenticate:")]
+    digest = [c for c in challenges if c.lower().startswith("digest")]
+    return int(status[1]), status[2] if len(status) > 2 else "", (digest or challenges or [""])[0]
+
+
+def _rtsp_authorization(challenge: str, user: str, password: str, url: str) -> str:
+    """The Authorization header answering a Basic or Digest (RFC 2617, MD5) challenge."""
+    import base64
+    import hashlib
+    import re
+
+    if not challenge.lower().startswith("digest"):
+        return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() \
+            + "\r\n"
+    p = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge[6:]))
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    ha1, ha2 = md5(f"{user}:{p.get('realm', '')}:{password}"), md5(f"DESCRIBE:{url}")
+    nonce, extra = p.get("nonce", ""), ""
+    if "auth" in p.get("qop", "").split(","):
+        cnonce = os.urandom(8).hex()
+        response = md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+        extra = f', qop=auth, nc=00000001, cnonce="{cnonce}"'
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    return (f'Authorization: Digest username="{user}", realm="{p.get("realm", "")}", '
+            f'nonce="{nonce}", uri="{url}", response="{response}"{extra}\r\n')
+
+
+def rtsp_answer(uri: str) -> str | None:
+    """What an RTSP camera that OpenCV could not open answers to DESCRIBE, with the URL's login
+    (Basic or Digest, as FFmpeg does), or None when it takes it or says nothing. OpenCV hides
+    FFmpeg's '401 Unauthorized' here too: a changed password read as a dead camera."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    netloc = (host if ":" not in host else f"[{host}]") + (f":{port}" if port else "")
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    login = parts.username is not None
+    try:
+        with socket.create_connection((host, port or 554), timeout=HTTP_PROBE_S) as sock:
+            code, reason, challenge = _rtsp_describe(sock, url, 1, "")
+            if code == 401 and login:
+                code, reason, _ = _rtsp_describe(sock, url, 2, _rtsp_authorization(
+                    challenge, urllib.parse.unquote(parts.username or ""),
+                    urllib.parse.unquote(parts.password or ""), url))
+    except (OSError, ValueError, UnicodeError):
+        return None
+    return None if code < 300 else refusal(f"RTSP {code} {reason}", code, login, "RTSP")
+
+
 def http_answer(uri: str) -> str | None:
     """What an HTTP camera that OpenCV could not open answers, in a technician's words (a
     login refused, a wrong path, a web page where the stream was expected), or None when that
@@ -1054,14 +1140,7 @@ def http_answer(uri: str) -> str | None:
         with opener.open(url, timeout=HTTP_PROBE_S) as r:
             kind = r.headers.get_content_type()
     except urllib.error.HTTPError as err:
-        what = f"HTTP {err.code} {err.reason}"
-        if err.code in (401, 403):
-            return (f"{what}: the camera refuses this user name and password (source.uri's "
-                    "user:password@)" if login else f"{what}: the camera asks for a login: put "
-                    "user:password@ in source.uri")
-        if err.code == 404:
-            return f"{what}: no stream at that path (the camera's manual names its MJPEG URL)"
-        return what
+        return refusal(f"HTTP {err.code} {err.reason}", err.code, login, "MJPEG")
     except (OSError, ValueError):
         return None  # refused, no answer, a name that does not resolve: said by the open
     if kind.startswith(("multipart/", "image/", "video/", "application/octet-stream")):

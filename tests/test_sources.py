@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -772,6 +773,60 @@ def test_a_network_camera_whose_name_does_not_resolve_says_so():
         assert "OpenCV cannot open" in str(err.value)
         assert "the name camera-door.invalid does not resolve (" in str(err.value), str(err.value)
         assert "S3cret" not in str(err.value)
+
+
+def test_an_rtsp_camera_that_refuses_the_password_says_so():
+    """Most door cameras are read over RTSP: a changed password made FFmpeg's DESCRIBE get
+    `401 Unauthorized` (after its Digest answer), and OpenCV said only `cannot open`, as for a
+    dead camera. maskd asks the camera as FFmpeg does (Digest, MD5) and says its answer; the
+    right password is no refusal."""
+    import hashlib
+    import re
+    import socket
+
+    from maskd.sources import opencv_opener, rtsp_answer
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while data := conn.recv(4096):
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    lines = head.decode().split("\r\n")
+                    method, url = lines[0].split()[:2]
+                    fields = dict(ln.split(": ", 1) for ln in lines[1:])
+                    auth = dict(re.findall(r'(\w+)="([^"]*)"', fields.get("Authorization", "")))
+                    right = md5(f"{md5('admin:IPCAM:Right')}:n0nce:{md5(f'{method}:{url}')}")
+                    ok = method == "OPTIONS" or auth.get("response") == right
+                    conn.sendall((f"RTSP/1.0 200 OK\r\nCSeq: {fields['CSeq']}\r\n\r\n" if ok else
+                                  f"RTSP/1.0 401 Unauthorized\r\nCSeq: {fields['CSeq']}\r\n"
+                                  'WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce"\r\n\r\n'
+                                  ).encode())
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=answer, args=(server.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"rtsp://admin:S3cret@127.0.0.1:{port}/stream1"
+        with pytest.raises(SourceError) as err:
+            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+        assert "RTSP 401 Unauthorized: the camera refuses this user name and password" in \
+            str(err.value), str(err.value)
+        assert "S3cret" not in str(err.value)
+        assert "asks for a login" in (rtsp_answer(f"rtsp://127.0.0.1:{port}/stream1") or "")
+        assert rtsp_answer(f"rtsp://admin:Right@127.0.0.1:{port}/stream1") is None
+    finally:
+        server.close()
 
 
 def test_a_camera_url_with_a_port_out_of_range_is_still_cannot_open_naming_it():
