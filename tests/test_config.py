@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -331,14 +332,22 @@ def test_a_tilde_is_the_home_folder_wherever_run_starts(tmp_path):
     assert not (work / "~").exists()
 
 
-def test_a_secret_file_every_user_can_read_is_a_warning():
-    """An MQTT password or page token written with umask 022 is 0644: check-config and the
-    journal say so (folders above it that others cannot enter keep it private: no warning)."""
+@contextlib.contextmanager
+def open_folder():
+    """A temporary folder every user of this machine can enter (0755 up to /), where a file's
+    own mode decides whether the secret-file warnings apply."""
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         folder.chmod(0o755)
         if not all(p.stat().st_mode & stat.S_IXOTH for p in folder.resolve().parents):
             pytest.skip(f"{folder.parent} is closed to other users")
+        yield folder
+
+
+def test_a_secret_file_every_user_can_read_is_a_warning():
+    """An MQTT password or page token written with umask 022 is 0644: check-config and the
+    journal say so (folders above it that others cannot enter keep it private: no warning)."""
+    with open_folder() as folder:
         token = folder / "http.token"
         token.write_text("0123456789abcdef\n")
         cfg = folder / "c.yaml"
@@ -360,11 +369,7 @@ def test_a_config_every_user_can_read_is_a_warning_while_it_holds_a_camera_passw
     """An IP camera's password has no file of its own: it is in source.uri, and a config
     written with umask 022 (0644) showed it to every user without a word, while the MQTT
     password in a file beside it was a warning."""
-    with tempfile.TemporaryDirectory() as d:
-        folder = Path(d)
-        folder.chmod(0o755)
-        if not all(p.stat().st_mode & stat.S_IXOTH for p in folder.resolve().parents):
-            pytest.skip(f"{folder.parent} is closed to other users")
+    with open_folder() as folder:
         cfg = folder / "c.yaml"
         cams = "cameras: {door: {source: {kind: opencv, uri: %s}}}\n"
         warning = (f"{cfg} holds a camera password ('cameras.door.source.uri') and is readable by "
