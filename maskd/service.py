@@ -291,7 +291,8 @@ class CameraLoop:
             log.info("%s: violation %s %s track=%d score=%.2f%s", ev.camera, ev.event_type,
                      ev.event_id, ev.track_id, ev.score,
                      f" reason={ev.end_reason}" if ev.end_reason else "")
-            self._to_sinks(lambda sink, ev=ev: sink.emit(ev), "emit")
+        if events:
+            self._to_sinks(lambda sink: sink.emit_all(events), "emit")
         if self.ledger is not None and (ended := [ev for ev in events if ev.event_type == "end"]):
             self.ledger.note(*ended)
 
@@ -718,6 +719,10 @@ class _Shared(EventSink):
     def emit(self, event: ViolationEvent) -> None:
         with self._lock:
             self._inner.emit(event)
+
+    def emit_all(self, events: list[ViolationEvent]) -> None:
+        with self._lock:
+            self._inner.emit_all(events)
 
     def faults(self) -> list[str]:
         return self._inner.faults()

@@ -207,6 +207,12 @@ class EventSink(Protocol):
     def emit(self, event: ViolationEvent) -> None:
         """Accept an event; must not block the detection loop for long."""
 
+    def emit_all(self, events: list[ViolationEvent]) -> None:
+        """Accept a frame's events, in order: one ``emit`` each unless the sink can take them
+        together (MQTT: one durable commit for a group starting at once, not one each)."""
+        for event in events:
+            self.emit(event)
+
     def on_state(self, state: FaceCounts) -> None:
         """The latest frame's counts, after every frame; a sink rate-limits them itself."""
 

@@ -443,23 +443,34 @@ class MqttSink(EventSink):
 
     def emit(self, event: ViolationEvent) -> None:
         """Store the event durably, then let the publisher thread send it (never blocks on the broker)."""
+        self.emit_all([event])
+
+    def emit_all(self, events: list[ViolationEvent]) -> None:
+        """``emit`` for a frame's events: stored in one commit (a durable commit each held the
+        loop for every one of a group starting at once: 0.3 s for 5 on a slow SD card)."""
         if self._closing:
-            log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id, event.seq)
+            for event in events:
+                log.error("MQTT sink closed; event %s seq %d not accepted", event.event_id,
+                          event.seq)
             return
-        if event.end_reason == "restart" and event.event_id in self._restarted:
-            return  # the run loop's `restart` end (maskd.ledger) of one the outbox ended already
-        cam = self._cams.get(event.camera) or self._removed(event)
-        snapshot = self._mq.snapshots and event.best_crop is not None
-        payload = ViolationPayload.build(event, device_id=self._device_id, model=self._model,
-                                         snapshot=snapshot).stored()
-        jpeg = _encode_jpeg(event.best_crop) if snapshot else None
+        todo = []  # (event, its camera, its payload, its snapshot)
+        for ev in events:
+            if ev.end_reason == "restart" and ev.event_id in self._restarted:
+                continue  # the run loop's `restart` end (maskd.ledger) of one the outbox ended
+            cam = self._cams.get(ev.camera) or self._removed(ev)
+            snapshot = self._mq.snapshots and ev.best_crop is not None
+            payload = ViolationPayload.build(ev, device_id=self._device_id, model=self._model,
+                                             snapshot=snapshot).stored()
+            todo.append((ev, cam, payload, _encode_jpeg(ev.best_crop) if snapshot else None))
         # Held across put + remember, so the publisher finds the snapshot with its row.
         with self._snap_lock:
-            # Never raises: on a storage fault the outbox keeps the event in memory.
-            row_id = self._outbox.put(cam.topics.violation, payload,
-                                      track=(event.event_id, event.event_type != "end"))
-            if jpeg is not None:
-                self._snapshots[row_id] = (cam.topics.snapshot, jpeg)
+            # Never raises: on a storage fault the outbox keeps the events in memory.
+            row_ids = self._outbox.put_all([
+                (cam.topics.violation, payload, (ev.event_id, ev.event_type != "end"))
+                for ev, cam, payload, _ in todo])
+            for row_id, (_, cam, _, jpeg) in zip(row_ids, todo, strict=True):
+                if jpeg is not None:
+                    self._snapshots[row_id] = (cam.topics.snapshot, jpeg)
             trimmed = max(0, len(self._snapshots) - MAX_SNAPSHOTS)
             for _ in range(trimmed):
                 self._snapshots.popitem(last=False)
@@ -470,21 +481,27 @@ class MqttSink(EventSink):
                            '"snapshot": false (%d dropped since start)', MAX_SNAPSHOTS,
                            self.snapshots_dropped)
         with self._active_lock:  # so a reconnect's re-publish cannot overtake this change
-            if event.event_type == "end":
-                cam.open_events.pop(event.event_id, None)
-            else:
-                cam.open_events[event.event_id] = {
-                    "event_id": event.event_id, "score": round(float(event.score), 4),
-                    "since": event.start_time, "camera": cam.name}
-            trigger = _trigger(event.event_type, event.event_id, event.score, cam.name,
-                               event.end_reason)
-            if self._connected:
-                self._publish_active(cam)
-                if event.event_type != "update":  # Home Assistant's event entity: live triggers
-                    self._side(cam.topics.event, trigger, retain=False)
-            elif event.end_reason == "restart":
-                self._triggers.append((cam.topics.event, trigger))
+            for ev, cam, _, _ in todo:
+                self._opened_or_ended(ev, cam)
         self._q.put(("wake", None, None))
+
+    def _opened_or_ended(self, event: ViolationEvent, cam: _Camera) -> None:
+        """The camera's open violations and Home Assistant's trigger after ``event`` (under
+        ``_active_lock``)."""
+        if event.event_type == "end":
+            cam.open_events.pop(event.event_id, None)
+        else:
+            cam.open_events[event.event_id] = {
+                "event_id": event.event_id, "score": round(float(event.score), 4),
+                "since": event.start_time, "camera": cam.name}
+        trigger = _trigger(event.event_type, event.event_id, event.score, cam.name,
+                           event.end_reason)
+        if self._connected:
+            self._publish_active(cam)
+            if event.event_type != "update":  # Home Assistant's event entity: live triggers
+                self._side(cam.topics.event, trigger, retain=False)
+        elif event.end_reason == "restart":
+            self._triggers.append((cam.topics.event, trigger))
 
     def _removed(self, event: ViolationEvent) -> _Camera:
         """The camera of an event this sink does not serve: a camera removed from the config
@@ -1349,6 +1366,9 @@ class CameraSink(EventSink):
 
     def emit(self, event: ViolationEvent) -> None:
         self._link.emit(event)
+
+    def emit_all(self, events: list[ViolationEvent]) -> None:
+        self._link.emit_all(events)
 
     def on_state(self, state: FaceCounts) -> None:
         self._link.camera_state(self._cam, state)
