@@ -176,8 +176,12 @@ DROPINS="$UNIT_FILE.d"
 # removes the drop-ins, to tell of the pictures of people left there (below).
 writable=()
 if [ -d "$ROOT$DROPINS" ]; then
+    # xargs splits at blanks outside quotes and drops the quotes, as systemd reads the list
+    # ("/media/pi/USB DISK", -"/a b": a stick mounted under its label); line by line, so a
+    # quote left open loses its line only, as in systemd
     mapfile -t writable < <(sed -n 's/^[[:space:]]*ReadWritePaths[[:space:]]*=//p' "$ROOT$DROPINS"/*.conf 2>/dev/null \
-        | tr -s '[:blank:]' '\n' | sed 's/^"//; s/"$//; s/^[-+]*//' | grep '^/' | sort -u || true)
+        | while IFS= read -r line; do xargs -r printf '%s\n' <<< "$line" 2>/dev/null; done \
+        | sed 's/^[-+]*//' | grep '^/' | sort -u || true)
 fi
 if [ "$PURGE" = 1 ]; then
     remove "$DROPINS"

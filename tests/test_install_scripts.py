@@ -613,6 +613,27 @@ def test_uninstall_tells_of_pictures_left_where_a_drop_in_let_maskd_write(tmp_pa
     assert not dropins.exists()
 
 
+def test_uninstall_tells_of_pictures_left_in_a_quoted_read_write_path_with_a_space(tmp_path):
+    """A USB stick mounted under its label (/media/pi/USB DISK) is given to systemd quoted,
+    `ReadWritePaths="/media/pi/USB DISK"` (or `-"..."`): uninstall.sh split it at the space and
+    looked in /media/pi/USB, so the snapshots of people there were left without a word."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    dropins = root / "etc/systemd/system/maskd.service.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text(
+        "[Service]\nReadWritePaths=/media/pi/Bob's stick\n"  # systemd ignores it: a quote left open
+        '[Service]\nReadWritePaths="/media/pi/USB DISK"\nReadWritePaths=-"/media/pi/my clips" +/srv/x\n')
+    for folder, name in (("media/pi/USB DISK", "door-20260101-120000-8c851520-bc17.jpg"),
+                         ("media/pi/my clips", "door-20260101-120000.mkv")):
+        (root / folder).mkdir(parents=True)
+        (root / folder / name).write_bytes(b"a face")
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: /media/pi/USB DISK keeps 1 snapshot or clip file(s) of people" in r.stdout, r.stdout
+    assert "WARNING: /media/pi/my clips keeps 1 snapshot or clip file(s) of people" in r.stdout
+
+
 def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
     """docs/install-pi.md has the admin copy their own (EdgeTPU, retrained) models into
     /usr/share/maskd/models; uninstall.sh deleted the folder whole while it kept the config that
