@@ -184,6 +184,17 @@ def search_images(root: Path, every_file: bool = False) -> list[Path | FolderErr
         seen.add((st.st_dev, st.st_ino))
     except OSError:
         pass  # os.walk reports it
+    # the folders under root reached without a link: each is searched under its own name, a
+    # link to one is not (a link named before it, or nearer the top, took its place)
+    own: set[tuple[int, int]] = set()
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # not searched either
+        for d in dirnames:
+            try:
+                st = os.stat(Path(dirpath) / d, follow_symlinks=False)
+            except OSError:
+                continue  # the search below reports it
+            own.add((st.st_dev, st.st_ino))
     for dirpath, dirnames, filenames in os.walk(root, onerror=refused, followlinks=True):
         keep = []
         for d in sorted(dirnames):
@@ -195,7 +206,8 @@ def search_images(root: Path, every_file: bool = False) -> list[Path | FolderErr
             except OSError as err:
                 refused(err)
                 continue
-            if (st.st_dev, st.st_ino) in seen:
+            if (st.st_dev, st.st_ino) in seen or ((st.st_dev, st.st_ino) in own
+                                                    and sub.is_symlink()):
                 found.append(FolderError(sub, "a link to a folder searched already, not "
                                               "searched again"))
                 continue

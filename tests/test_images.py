@@ -234,6 +234,24 @@ def test_links_to_folders_are_followed_and_loops_named(tmp_path: Path) -> None:
     assert find_images(root) == [root / "a.jpg", root / "sd" / "c.jpg", root / "sub" / "b.jpg"]
 
 
+def test_a_folder_is_searched_under_its_own_name_not_a_links(tmp_path: Path) -> None:
+    """A link named before its folder (`album` -> `trips/2024`), or nearer the top, was
+    searched in its stead: the photos got the link's paths, and the real folder was named 'a
+    link to a folder searched already', which it is not (the dataset's unreadable list too)."""
+    root = tmp_path / "root"
+    (root / "trips" / "2024").mkdir(parents=True)
+    (root / "trips" / "2024" / "a.jpg").write_bytes(b"")
+    (root / "album").symlink_to(root / "trips" / "2024")
+    found = search_images(root)
+    assert [entry_path(e).relative_to(root).as_posix() for e in found] == [
+        "album", "trips/2024/a.jpg"]
+    assert str(found[0]) == f"{root / 'album'}: a link to a folder searched already, not searched again"
+    (root / ".hidden" / "x").mkdir(parents=True)  # not searched: a link to it is
+    (root / ".hidden" / "x" / "b.jpg").write_bytes(b"")
+    (root / "shown").symlink_to(root / ".hidden" / "x")
+    assert root / "shown" / "b.jpg" in search_images(root)
+
+
 def test_a_named_pipe_is_refused_at_once(tmp_path: Path) -> None:
     """A FIFO named like an image blocked open() until a writer came: for ever."""
     fifo = tmp_path / "b.jpg"
