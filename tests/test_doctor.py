@@ -755,6 +755,10 @@ def test_read_write_paths_are_read_as_systemd_reads_them(tmp_path):
     (tmp_path / "maskd.service.d/10-clear.conf").write_text(
         "[Service]\nReadWritePaths=\nReadWritePaths=/srv/c\n")
     assert unit_read_write_paths(unit) == [Path("/srv/c"), Path("/srv/d")]
+    # a USB stick mounted under its label: quoted, as systemd splits the list
+    (tmp_path / "maskd.service.d/30-usb.conf").write_text(
+        '[Service]\nReadWritePaths="/media/pi/USB DISK" -"/media/pi/my clips"\n')
+    assert unit_read_write_paths(unit)[2:] == [Path("/media/pi/USB DISK"), Path("/media/pi/my clips")]
 
 
 def test_a_state_dir_nearly_full_is_a_warning_with_what_is_free(tmp_path):

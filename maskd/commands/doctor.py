@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -202,13 +203,17 @@ def _err(err: BaseException) -> str:
 
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
-    order; an empty assignment clears the list, a leading - or + is only a flag."""
+    order; an empty assignment clears the list, a leading - or + is only a flag, a path in
+    quotes may hold a space ("/media/pi/USB DISK": a stick mounted under its label)."""
     paths: list[Path] = []
     for f in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
         for line in f.read_text(errors="replace").splitlines():
             key, eq, value = line.strip().partition("=")
             if eq and key.strip() == "ReadWritePaths":
-                words = value.split()
+                try:
+                    words = shlex.split(value)
+                except ValueError:  # a quote left open: systemd ignores the line
+                    continue
                 paths = [] if not words else paths + [Path(w.lstrip("-+")) for w in words]
     return paths
 
@@ -364,7 +369,7 @@ class Doctor:
             self.add("sandbox", WARN, f"{key}: {p} is read-only to the service "
                      "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
                      f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
-                     f"[Service] ReadWritePaths={folder} (the folder must exist)", required=False)
+                     f"[Service] ReadWritePaths={shlex.quote(str(folder))} (the folder must exist)", required=False)
 
     def runtime(self) -> None:
         from maskd.tflite import ModelError, import_runtime
