@@ -1057,7 +1057,8 @@ def _rtsp_describe(sock: Any, url: str, cseq: int, auth: str) -> tuple[int, str,
 
 
 def _rtsp_authorization(challenge: str, user: str, password: str, url: str) -> str:
-    """The Authorization header answering a Basic or Digest (RFC 2617, MD5) challenge."""
+    """The Authorization header answering a Basic or Digest (RFC 2617, MD5) challenge; its
+    opaque and algorithm go back unchanged, as FFmpeg sends them (a camera refuses without)."""
     import base64
     import hashlib
     import re
@@ -1078,6 +1079,9 @@ def _rtsp_authorization(challenge: str, user: str, password: str, url: str) -> s
         extra = f', qop=auth, nc=00000001, cnonce="{cnonce}"'
     else:
         response = md5(f"{ha1}:{nonce}:{ha2}")
+    for key in ("opaque", "algorithm"):
+        if key in p:
+            extra += f', {key}="{p[key]}"'
     return (f'Authorization: Digest username="{user}", realm="{p.get("realm", "")}", '
             f'nonce="{nonce}", uri="{url}", response="{response}"{extra}\r\n')
 

@@ -829,6 +829,60 @@ def test_an_rtsp_camera_that_refuses_the_password_says_so():
         server.close()
 
 
+def test_an_rtsp_camera_whose_digest_has_an_opaque_is_answered_as_ffmpeg_does():
+    """A camera whose Digest challenge has qop and an opaque (RFC 2617: sent back unchanged):
+    FFmpeg sends it back, logs in and is told the path is wrong (404), but maskd's own DESCRIBE
+    left it out, was refused, and said the camera refuses the password, which is right."""
+    import hashlib
+    import re
+    import socket
+
+    from maskd.sources import opencv_opener
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while data := conn.recv(4096):
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    lines = head.decode().split("\r\n")
+                    method, url = lines[0].split()[:2]
+                    fields = dict(ln.split(": ", 1) for ln in lines[1:])
+                    auth = dict(re.findall(r'(\w+)="?([^",]*)"?', fields.get("Authorization", "")))
+                    right = md5(":".join([md5("admin:IPCAM:Right"), "n0nce", auth.get("nc", ""),
+                                          auth.get("cnonce", ""), "auth",
+                                          md5(f"{method}:{auth.get('uri', '')}")]))
+                    ok = method == "OPTIONS" or (auth.get("response") == right
+                                                 and auth.get("opaque") == "0paque")
+                    code = ("200 OK" if method == "OPTIONS" or url.endswith("/stream1")
+                            else "404 Not Found") if ok else "401 Unauthorized"
+                    conn.sendall((f"RTSP/1.0 {code}\r\nCSeq: {fields['CSeq']}\r\n"
+                                  + ('WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce", '
+                                     'qop="auth", opaque="0paque"\r\n' if not ok else "")
+                                  + "\r\n").encode())
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=answer, args=(server.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"rtsp://admin:Right@127.0.0.1:{port}/stream2"
+        with pytest.raises(SourceError) as err:
+            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+        assert "RTSP 404 Not Found: no stream at that path" in str(err.value), str(err.value)
+    finally:
+        server.close()
+
+
 def test_a_camera_url_with_a_port_out_of_range_is_still_cannot_open_naming_it():
     """The HTTP probe read the URL's port outside its guard: `http://h:99999/` raised a bare
     ValueError ('Port out of range'), not the opener's SourceError naming the URL."""
