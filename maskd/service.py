@@ -403,10 +403,10 @@ class CameraLoop:
         that ended keeps its own clock's last word.)"""
         if not self.source.is_live or self._state is None:
             return
-        before = self.control.detect_enabled
+        before = self.control.scheduled  # told with the switch OFF too (detect/attributes)
         now = time.time()
         self._follow_schedule(now)
-        if self.control.detect_enabled != before:
+        if self.control.scheduled != before:
             self._tell_state(replace(self._state, detect_enabled=self.control.detect_enabled,
                                      timestamp=now))
 

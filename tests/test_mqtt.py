@@ -483,6 +483,33 @@ def test_a_schedule_window_ending_shows_detection_off_with_the_switch_still_on(b
         sub.close()
 
 
+def test_a_schedule_window_ending_with_the_switch_off_is_in_the_attributes(broker, tmp_path):
+    """With the switch OFF (the operator's), a window that ends or begins left
+    `detect/attributes` saying `schedule: true` (or false) for good: it was published only
+    when the state or what decides changed, and the switch decides both before and after."""
+    from maskd.types import FaceCounts
+
+    control = RunControl()
+    attrs = f"{CAM}/detect/attributes"
+    sub = Subscriber(broker, [attrs])
+    sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), control=control)
+    try:
+        assert sub.wait(lambda ms: len(sub.on(attrs)) >= 1, 10), sub.messages
+        control.switch = False
+        for scheduled in (True, False):  # the operator's OFF, then the window ends
+            control.scheduled = scheduled
+            sink.on_state(FaceCounts(faces=0, masked=0, unmasked=0, unjudged=0, active=0,
+                                     detect_enabled=control.detect_enabled,
+                                     timestamp=time.time()))
+        assert sub.wait(lambda ms: json.loads(sub.on(attrs)[-1].payload).get("schedule") is False,
+                        5), [m.payload for m in sub.on(attrs)]
+        assert json.loads(sub.on(attrs)[-1].payload) == {"switch": "OFF", "schedule": False,
+                                                          "in_force": "switch"}
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_detect_set_live_flips_retained_is_ignored(broker, tmp_path, caplog):
     sub = Subscriber(broker, [f"{CAM}/detect/#", f"{DISCO}/#"])
     sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1, retain=True).wait_for_publish(5)

@@ -1808,3 +1808,37 @@ def test_a_schedule_window_that_ends_while_the_camera_is_away_turns_detection_of
         assert not seen.states[-1]["detect_enabled"], seen.states[-3:]
         assert loop.control.in_force == "schedule"
     assert "door: schedule turns detection off" in caplog.text
+
+
+def test_a_schedule_window_that_ends_while_the_camera_is_away_and_the_switch_is_off_is_told(
+        tmp_path, default_model):
+    """The same with the operator's switch OFF: detection stays off, but what the sinks say
+    of the schedule (MQTT's `detect/attributes`, `schedule: false`) was told only when a frame
+    came back, the state being told while away only when detection turned."""
+    from datetime import datetime
+
+    from maskd import schedule
+    from maskd.schedule import parse_time
+
+    with _violation_on_a_network_camera(tmp_path, default_model,
+                                        tracking={"min_span_s": 60.0}) as (cam, loop, seen):
+        heard: list[bool] = []
+        seen.on_state = lambda state: heard.append(loop.control.scheduled)  # type: ignore
+        loop.control.switch = False
+        cam.gone()
+        deadline = time.monotonic() + 20
+        told = -1  # until the camera is lost and the faces gone end (end_after_s) are told
+        while time.monotonic() < deadline and (told != len(heard)
+                                               or not loop.stats().camera_lost_since):
+            told = len(heard)
+            time.sleep(2.0)
+        assert loop.stats().camera_lost_since and told == len(heard)
+        heard.clear()
+        today = datetime.now().weekday()  # the window ends now: it covers every other day
+        loop._windows = [schedule.Window(tuple(d for d in range(7) if d != today),
+                                         parse_time("00:00"), parse_time("24:00"))]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and False not in heard:
+            time.sleep(0.05)
+        assert False in heard, heard
+        assert loop.control.in_force == "switch" and not loop.control.scheduled

@@ -126,7 +126,9 @@ class _Camera:
     held: FaceCounts | None = None  # the newest counts the state interval held back
     violations: int | None = None  # people in violation, last published
     faces: int | None = None  # faces in view, last published
-    detect: tuple[bool, str] | None = None  # (detection on, what decides) last published
+    # (detection on, what decides, inside the schedule) last published: the attributes say
+    # the schedule also while the switch decides
+    detect: tuple[bool, str, bool] | None = None
     loop_stats: LoopStats | None = None  # the loop's last report
     loop_mine: frozenset[str] = frozenset()  # this sink's lines in it (faults() as it was made)
     stats_t: float = float("-inf")  # when its stats were last published
@@ -661,7 +663,8 @@ class MqttSink(EventSink):
         cam.counts = counts
         if not self._connected:
             return
-        if (counts.detect_enabled, cam.control.in_force) != cam.detect:  # the schedule turned
+        ctl = cam.control
+        if (counts.detect_enabled, ctl.in_force, ctl.scheduled) != cam.detect:  # the schedule turned
             self._publish_detect_state(cam)
         if counts.active != cam.violations:
             cam.violations = counts.active
@@ -1077,7 +1080,7 @@ class MqttSink(EventSink):
     def _publish_detect_state(self, cam: _Camera) -> None:
         """Whether detection runs, and what decides it: the switch or the schedule."""
         ctl = cam.control
-        cam.detect = (ctl.detect_enabled, ctl.in_force)
+        cam.detect = (ctl.detect_enabled, ctl.in_force, ctl.scheduled)
         attrs = {"switch": "ON" if ctl.switch else "OFF", "schedule": ctl.scheduled,
                  "in_force": ctl.in_force}
         self._side(cam.topics.detect_attributes, _dumps(attrs))
