@@ -411,8 +411,10 @@ class CameraLoop:
                                      timestamp=now))
 
     def _tell_waiting(self) -> None:
-        """Observers hear that the loop waits without a frame (and why: ``LoopStats``)."""
-        stats = self._stats(fps=0.0, ms={})
+        """Observers hear that the loop waits without a frame (and why: ``LoopStats``): at
+        0 fps once no frame comes, else at the rate of the frames (this wait is between two
+        frames of a camera slower than 2 fps)."""
+        stats = self._stats(fps=0.0 if self.without_frames else self._fps, ms={})
         self._to_observers(lambda obs: obs.on_wait(stats))
 
     def _faults(self) -> tuple[str, ...]:

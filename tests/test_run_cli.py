@@ -415,6 +415,43 @@ def test_the_fps_shown_of_a_camera_slower_than_two_frames_a_second(tmp_path):
     assert 1.0 < shown < 2.2, [f[2]["fps"] for f in obs.frames]  # 1.6, on a loaded machine less
 
 
+def test_the_fps_shown_between_the_frames_of_a_slow_camera_is_not_zero(tmp_path):
+    """Between two frames of a camera slower than 2 fps the loop tells the observers it waits
+    (every 0.5 s), and it told them 0 fps: the status page, its overlay and `maskd_fps` showed
+    a 1 fps camera at 0 fps half the time (/api/status polled: 1.68, 0.0, 0.0, 1.72, ...).
+    Only a wait without frames (the camera lost) is 0 fps."""
+    import threading
+
+    from loop_parts import BlankCamera, service_for
+
+    from maskd.config import SourceConfig
+    from maskd.sources import live_source
+
+    class Observer(RecordingObserver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def on_wait(self, stats) -> None:
+            if self.frames:
+                self.waits.append(stats.fps)
+
+    cam = BlankCamera(fps=1.6)
+    obs = Observer()
+    svc = service_for(live_source("slow", cam.opener, SourceConfig()), [obs])
+    runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 1.0}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20.0
+        while len(obs.frames) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        svc.stop()
+        runner.join(10.0)
+    assert len(obs.frames) >= 4 and len(obs.waits) >= 2
+    assert min(obs.waits[1:]) > 0.5, obs.waits  # the first: one frame, no rate yet
+
+
 def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(default_model,
                                                                            caplog):
     """One sink that raises (a bug in a publisher) is logged each time and the others still
