@@ -194,12 +194,13 @@ if booted; then
 fi
 
 # pictures_left DIR WHAT FIND-TESTS...: snapshots and clips of people outlive snapshots.keep_days
-# once maskd is gone (nothing prunes them): a WARNING with their count, saying WHAT to do.
+# once maskd is gone (nothing prunes them): a WARNING with their count, saying WHAT to do. DIR
+# may be a link to the folder (systemd follows it): -H looks into it.
 pictures_left() {
     local dir="$1" what="$2" n=0
     shift 2
     if [ -d "$ROOT$dir" ]; then
-        n="$(find "$ROOT$dir" -type f \( "$@" \) 2>/dev/null | wc -l || true)"
+        n="$(find -H "$ROOT$dir" -type f \( "$@" \) 2>/dev/null | wc -l || true)"
     fi
     if [ "$n" -gt 0 ]; then
         say "WARNING: $dir keeps $n snapshot or clip file(s) of people, and with maskd gone" \

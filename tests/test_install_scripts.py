@@ -634,6 +634,24 @@ def test_uninstall_tells_of_pictures_left_in_a_quoted_read_write_path_with_a_spa
     assert "WARNING: /media/pi/my clips keeps 1 snapshot or clip file(s) of people" in r.stdout
 
 
+def test_uninstall_tells_of_pictures_left_in_a_read_write_path_that_is_a_link(tmp_path):
+    """ReadWritePaths=/srv/snaps, a link to the folder on the stick (systemd follows it, so
+    maskd wrote there): find looked at the link itself, not into it, and the snapshots of
+    people there were left without a word."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    dropins = root / "etc/systemd/system/maskd.service.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text("[Service]\nReadWritePaths=/srv/snaps\n")
+    (root / "mnt/usb/snaps").mkdir(parents=True)
+    (root / "mnt/usb/snaps/door-20260101-120000-8c851520-bc17.jpg").write_bytes(b"a face")
+    (root / "srv").mkdir()
+    (root / "srv/snaps").symlink_to("../mnt/usb/snaps")  # relative: it leads there under --root
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: /srv/snaps keeps 1 snapshot or clip file(s) of people" in r.stdout, r.stdout
+
+
 def test_uninstall_keeps_the_admins_own_models_unless_purge(tmp_path):
     """docs/install-pi.md has the admin copy their own (EdgeTPU, retrained) models into
     /usr/share/maskd/models; uninstall.sh deleted the folder whole while it kept the config that
