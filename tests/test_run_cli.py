@@ -381,12 +381,9 @@ def test_the_fps_shown_is_the_frames_processed_per_second_when_frames_come_uneve
     assert 0.7 * rate < shown < 1.4 * rate, (shown, rate)
 
 
-def test_the_fps_shown_of_a_camera_slower_than_two_frames_a_second(tmp_path):
-    """A live source hears from the loop every 0.5 s without a frame (``on_wait``), so every
-    frame of a camera slower than 2 fps comes after such a wait: counting the rate afresh after
-    each one counted nothing, and the status page, its overlay and `maskd_fps` kept the rate of
-    the first frames after the open (3 at once from an IP camera's buffer: 1933 fps shown for a
-    1 fps camera, for good), or 0. Only a wait without frames (the camera lost) starts it anew."""
+def run_a_slow_camera(obs, frames: int) -> None:
+    """The real loop on a live camera of 1.6 fps until ``obs`` has seen ``frames`` frames (20 s
+    at most)."""
     import threading
 
     from loop_parts import BlankCamera, service_for
@@ -394,22 +391,31 @@ def test_the_fps_shown_of_a_camera_slower_than_two_frames_a_second(tmp_path):
     from maskd.config import SourceConfig
     from maskd.sources import live_source
 
-    class Observer(RecordingObserver):
-        def on_wait(self, stats) -> None:
-            pass
-
     cam = BlankCamera(fps=1.6)
-    obs = Observer()
     svc = service_for(live_source("slow", cam.opener, SourceConfig()), [obs])
     runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 1.0}, daemon=True)
     runner.start()
     try:
         deadline = time.monotonic() + 20.0
-        while len(obs.frames) < 6 and time.monotonic() < deadline:
+        while len(obs.frames) < frames and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         svc.stop()
         runner.join(10.0)
+
+
+def test_the_fps_shown_of_a_camera_slower_than_two_frames_a_second(tmp_path):
+    """A live source hears from the loop every 0.5 s without a frame (``on_wait``), so every
+    frame of a camera slower than 2 fps comes after such a wait: counting the rate afresh after
+    each one counted nothing, and the status page, its overlay and `maskd_fps` kept the rate of
+    the first frames after the open (3 at once from an IP camera's buffer: 1933 fps shown for a
+    1 fps camera, for good), or 0. Only a wait without frames (the camera lost) starts it anew."""
+    class Observer(RecordingObserver):
+        def on_wait(self, stats) -> None:
+            pass
+
+    obs = Observer()
+    run_a_slow_camera(obs, 6)
     assert len(obs.frames) >= 6
     shown = obs.frames[-1][2]["fps"]
     assert 1.0 < shown < 2.2, [f[2]["fps"] for f in obs.frames]  # 1.6, on a loaded machine less
@@ -420,13 +426,6 @@ def test_the_fps_shown_between_the_frames_of_a_slow_camera_is_not_zero(tmp_path)
     (every 0.5 s), and it told them 0 fps: the status page, its overlay and `maskd_fps` showed
     a 1 fps camera at 0 fps half the time (/api/status polled: 1.68, 0.0, 0.0, 1.72, ...).
     Only a wait without frames (the camera lost) is 0 fps."""
-    import threading
-
-    from loop_parts import BlankCamera, service_for
-
-    from maskd.config import SourceConfig
-    from maskd.sources import live_source
-
     class Observer(RecordingObserver):
         def __init__(self) -> None:
             super().__init__()
@@ -436,18 +435,8 @@ def test_the_fps_shown_between_the_frames_of_a_slow_camera_is_not_zero(tmp_path)
             if self.frames:
                 self.waits.append(stats.fps)
 
-    cam = BlankCamera(fps=1.6)
     obs = Observer()
-    svc = service_for(live_source("slow", cam.opener, SourceConfig()), [obs])
-    runner = threading.Thread(target=svc.run, kwargs={"flush_timeout": 1.0}, daemon=True)
-    runner.start()
-    try:
-        deadline = time.monotonic() + 20.0
-        while len(obs.frames) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        svc.stop()
-        runner.join(10.0)
+    run_a_slow_camera(obs, 4)
     assert len(obs.frames) >= 4 and len(obs.waits) >= 2
     assert min(obs.waits[1:]) > 0.5, obs.waits  # the first: one frame, no rate yet
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -775,72 +777,15 @@ def test_a_network_camera_whose_name_does_not_resolve_says_so():
         assert "S3cret" not in str(err.value)
 
 
-def test_an_rtsp_camera_that_refuses_the_password_says_so():
-    """Most door cameras are read over RTSP: a changed password made FFmpeg's DESCRIBE get
-    `401 Unauthorized` (after its Digest answer), and OpenCV said only `cannot open`, as for a
-    dead camera. maskd asks the camera as FFmpeg does (Digest, MD5) and says its answer; the
-    right password is no refusal."""
-    import hashlib
-    import re
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def rtsp_camera(reply: Callable[[str, str, dict[str, str]], tuple[str, str]]):
+    """A local RTSP camera: ``reply(method, url, the Authorization's parameters)`` gives each
+    answer's status and header lines (CSeq is added); yields its port."""
     import socket
-
-    from maskd.sources import opencv_opener, rtsp_answer
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    def answer(conn: socket.socket) -> None:
-        with conn:
-            buf = b""
-            while data := conn.recv(4096):
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    head, buf = buf.split(b"\r\n\r\n", 1)
-                    lines = head.decode().split("\r\n")
-                    method, url = lines[0].split()[:2]
-                    fields = dict(ln.split(": ", 1) for ln in lines[1:])
-                    auth = dict(re.findall(r'(\w+)="([^"]*)"', fields.get("Authorization", "")))
-                    right = md5(f"{md5('admin:IPCAM:Right')}:n0nce:{md5(f'{method}:{url}')}")
-                    ok = method == "OPTIONS" or auth.get("response") == right
-                    conn.sendall((f"RTSP/1.0 200 OK\r\nCSeq: {fields['CSeq']}\r\n\r\n" if ok else
-                                  f"RTSP/1.0 401 Unauthorized\r\nCSeq: {fields['CSeq']}\r\n"
-                                  'WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce"\r\n\r\n'
-                                  ).encode())
-
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                threading.Thread(target=answer, args=(server.accept()[0],), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        url = f"rtsp://admin:S3cret@127.0.0.1:{port}/stream1"
-        with pytest.raises(SourceError) as err:
-            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
-        assert "RTSP 401 Unauthorized: the camera refuses this user name and password" in \
-            str(err.value), str(err.value)
-        assert "S3cret" not in str(err.value)
-        assert "asks for a login" in (rtsp_answer(f"rtsp://127.0.0.1:{port}/stream1") or "")
-        assert rtsp_answer(f"rtsp://admin:Right@127.0.0.1:{port}/stream1") is None
-    finally:
-        server.close()
-
-
-def test_an_rtsp_camera_whose_digest_has_an_opaque_is_answered_as_ffmpeg_does():
-    """A camera whose Digest challenge has qop and an opaque (RFC 2617: sent back unchanged):
-    FFmpeg sends it back, logs in and is told the path is wrong (404), but maskd's own DESCRIBE
-    left it out, was refused, and said the camera refuses the password, which is right."""
-    import hashlib
-    import re
-    import socket
-
-    from maskd.sources import opencv_opener
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
 
     def answer(conn: socket.socket) -> None:
         with conn:
@@ -853,20 +798,11 @@ def test_an_rtsp_camera_whose_digest_has_an_opaque_is_answered_as_ffmpeg_does():
                     method, url = lines[0].split()[:2]
                     fields = dict(ln.split(": ", 1) for ln in lines[1:])
                     auth = dict(re.findall(r'(\w+)="?([^",]*)"?', fields.get("Authorization", "")))
-                    right = md5(":".join([md5("admin:IPCAM:Right"), "n0nce", auth.get("nc", ""),
-                                          auth.get("cnonce", ""), "auth",
-                                          md5(f"{method}:{auth.get('uri', '')}")]))
-                    ok = method == "OPTIONS" or (auth.get("response") == right
-                                                 and auth.get("opaque") == "0paque")
-                    code = ("200 OK" if method == "OPTIONS" or url.endswith("/stream1")
-                            else "404 Not Found") if ok else "401 Unauthorized"
-                    conn.sendall((f"RTSP/1.0 {code}\r\nCSeq: {fields['CSeq']}\r\n"
-                                  + ('WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce", '
-                                     'qop="auth", opaque="0paque"\r\n' if not ok else "")
-                                  + "\r\n").encode())
+                    status, more = reply(method, url, auth)
+                    conn.sendall(f"RTSP/1.0 {status}\r\nCSeq: {fields['CSeq']}\r\n{more}\r\n"
+                                 .encode())
 
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
 
     def serve() -> None:
         with contextlib.suppress(OSError):
@@ -875,12 +811,57 @@ def test_an_rtsp_camera_whose_digest_has_an_opaque_is_answered_as_ffmpeg_does():
 
     threading.Thread(target=serve, daemon=True).start()
     try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_an_rtsp_camera_that_refuses_the_password_says_so():
+    """Most door cameras are read over RTSP: a changed password made FFmpeg's DESCRIBE get
+    `401 Unauthorized` (after its Digest answer), and OpenCV said only `cannot open`, as for a
+    dead camera. maskd asks the camera as FFmpeg does (Digest, MD5) and says its answer; the
+    right password is no refusal."""
+    from maskd.sources import opencv_opener, rtsp_answer
+
+    def reply(method: str, url: str, auth: dict[str, str]) -> tuple[str, str]:
+        right = _md5(f"{_md5('admin:IPCAM:Right')}:n0nce:{_md5(f'{method}:{url}')}")
+        if method == "OPTIONS" or auth.get("response") == right:
+            return "200 OK", ""
+        return "401 Unauthorized", 'WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce"\r\n'
+
+    with rtsp_camera(reply) as port:
+        url = f"rtsp://admin:S3cret@127.0.0.1:{port}/stream1"
+        with pytest.raises(SourceError) as err:
+            opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
+        assert "RTSP 401 Unauthorized: the camera refuses this user name and password" in \
+            str(err.value), str(err.value)
+        assert "S3cret" not in str(err.value)
+        assert "asks for a login" in (rtsp_answer(f"rtsp://127.0.0.1:{port}/stream1") or "")
+        assert rtsp_answer(f"rtsp://admin:Right@127.0.0.1:{port}/stream1") is None
+
+
+def test_an_rtsp_camera_whose_digest_has_an_opaque_is_answered_as_ffmpeg_does():
+    """A camera whose Digest challenge has qop and an opaque (RFC 2617: sent back unchanged):
+    FFmpeg sends it back, logs in and is told the path is wrong (404), but maskd's own DESCRIBE
+    left it out, was refused, and said the camera refuses the password, which is right."""
+    from maskd.sources import opencv_opener
+
+    def reply(method: str, url: str, auth: dict[str, str]) -> tuple[str, str]:
+        right = _md5(":".join([_md5("admin:IPCAM:Right"), "n0nce", auth.get("nc", ""),
+                               auth.get("cnonce", ""), "auth",
+                               _md5(f"{method}:{auth.get('uri', '')}")]))
+        if method == "OPTIONS":
+            return "200 OK", ""
+        if auth.get("response") == right and auth.get("opaque") == "0paque":
+            return ("200 OK" if url.endswith("/stream1") else "404 Not Found"), ""
+        return "401 Unauthorized", ('WWW-Authenticate: Digest realm="IPCAM", nonce="n0nce", '
+                                    'qop="auth", opaque="0paque"\r\n')
+
+    with rtsp_camera(reply) as port:
         url = f"rtsp://admin:Right@127.0.0.1:{port}/stream2"
         with pytest.raises(SourceError) as err:
             opencv_opener(url, SourceConfig(kind="opencv", uri=url))()
         assert "RTSP 404 Not Found: no stream at that path" in str(err.value), str(err.value)
-    finally:
-        server.close()
 
 
 def test_a_camera_url_with_a_port_out_of_range_is_still_cannot_open_naming_it():
