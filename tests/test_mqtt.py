@@ -642,6 +642,39 @@ def test_a_flood_of_good_detect_set_commands_is_a_line_a_second(broker, tmp_path
     sub.close()
 
 
+def test_a_flood_of_detect_set_commands_is_not_answered_in_kind(broker, tmp_path):
+    """Every command on detect/set was answered at once with detect/state and its attributes,
+    two retained QoS 1 messages, even an `ON` to a switch already on: a real `maskd run` under
+    10,000 commands a second queued 34,000 of them in 10 s, the violations waiting 10-12 s
+    behind them, no stats meanwhile, 125 MB more memory. A command that changes nothing now
+    sends nothing, and the state follows changes at most DETECT_STATE_EVERY_S apart, always
+    ending on the switch's last word; events go on at once."""
+    sub, control, sink = _switch_under_test(broker, tmp_path)
+    sent = len(sub.on(f"{CAM}/detect/state"))
+    for _ in range(2000):  # on already: nothing to say
+        sub.client.publish(f"{CAM}/detect/set", "ON", qos=1)
+    for i in range(2000):
+        sub.client.publish(f"{CAM}/detect/set", "OFF" if i % 2 == 0 else "ON", qos=1)
+    sub.client.publish(f"{CAM}/detect/set", "OFF", qos=1)
+    sub.client.publish(f"{CAM}/detect/flood-done", "x", qos=1)  # after all of them, in order
+    assert sub.wait(lambda ms: any(m.topic.endswith("flood-done") for m in ms), 15)
+    started = time.monotonic()
+    for ev in script("f", 1, 0):  # events are not held up behind the switch's state
+        sink.emit(ev)
+    assert sink.flush(10)
+    assert time.monotonic() - started < 2.0
+    assert wait_until(lambda: [m.payload for m in sub.on(f"{CAM}/detect/state")][-1:] == [b"OFF"], 5)
+    assert control.detect_enabled is False
+    time.sleep(1.0)
+    states = sub.on(f"{CAM}/detect/state")[sent:]
+    assert len(states) <= 20, len(states)  # was 4,000: one per change
+    assert states[-1].payload == b"OFF"
+    attrs = sub.on(f"{CAM}/detect/attributes")
+    assert len(attrs) <= 21 and attrs[-1].json()["switch"] == "OFF", len(attrs)
+    sink.close()
+    sub.close()
+
+
 def test_a_flood_on_home_assistants_status_topic_is_one_announcement_a_second(
         broker, tmp_path, caplog):
     """Anyone who may publish on `homeassistant/status` can send `online` as fast as the

@@ -58,6 +58,9 @@ INFLIGHT = 20  # QoS 1 messages paho sends unacknowledged, unless the broker tak
 MAX_SNAPSHOTS = 32  # snapshots kept in memory waiting for their event to be published
 REFUSED_RETRY_S = 60.0  # events the broker refused are offered again this often
 SWITCH_LOG_EVERY_S = 1.0  # a detect/set change is logged at most this often per camera
+# detect/state follows the switch at most this often per camera (a client flooding detect/set
+# must not queue a retained pair per command ahead of the events)
+DETECT_STATE_EVERY_S = 0.25
 # Discovery goes again at most this often when Home Assistant's status says `online` (a
 # client flooding that topic must not make maskd flood the broker with discovery configs).
 REDISCOVER_EVERY_S = 1.0
@@ -90,6 +93,12 @@ def _encode_jpeg(image: Any) -> bytes | None:
 def _root(topics: Topics) -> str:
     """A camera's topic root, ``<prefix>/<device_id>/<camera>``: what the session file keeps."""
     return topics.violation.removesuffix("/violation")
+
+
+def _detect_said(ctl: RunControl) -> tuple[bool, bool]:
+    """What detect/state and its attributes say: the switch and the schedule (the attributes
+    name both, so a schedule that turns with the switch OFF is news too)."""
+    return ctl.switch, ctl.scheduled
 
 
 def _trigger(event_type: str, event_id: str, score: object, camera: object,
@@ -126,9 +135,9 @@ class _Camera:
     held: FaceCounts | None = None  # the newest counts the state interval held back
     violations: int | None = None  # people in violation, last published
     faces: int | None = None  # faces in view, last published
-    # (detection on, what decides, inside the schedule) last published: the attributes say
-    # the schedule also while the switch decides
-    detect: tuple[bool, str, bool] | None = None
+    # what detect/state and its attributes said last (``_detect_said``) and when
+    detect: tuple[bool, bool] | None = None
+    detect_t: float = float("-inf")
     loop_stats: LoopStats | None = None  # the loop's last report
     loop_mine: frozenset[str] = frozenset()  # this sink's lines in it (faults() as it was made)
     stats_t: float = float("-inf")  # when its stats were last published
@@ -663,9 +672,7 @@ class MqttSink(EventSink):
         cam.counts = counts
         if not self._connected:
             return
-        ctl = cam.control
-        if (counts.detect_enabled, ctl.in_force, ctl.scheduled) != cam.detect:  # the schedule turned
-            self._publish_detect_state(cam)
+        self._follow_switch(cam, time.monotonic())  # the schedule turned
         if counts.active != cam.violations:
             cam.violations = counts.active
             self._side(cam.topics.violations, str(counts.active))
@@ -1008,7 +1015,7 @@ class MqttSink(EventSink):
                                  "remotely%s", cam.name, "on" if value else "off",
                                  " (the schedule keeps it off for now)"
                                  if cam.control.in_force == "schedule" else "")
-            self._publish_detect_state(cam)
+            self._follow_switch(cam, time.monotonic())
 
     # ---- retained state ----
 
@@ -1080,11 +1087,20 @@ class MqttSink(EventSink):
     def _publish_detect_state(self, cam: _Camera) -> None:
         """Whether detection runs, and what decides it: the switch or the schedule."""
         ctl = cam.control
-        cam.detect = (ctl.detect_enabled, ctl.in_force, ctl.scheduled)
+        cam.detect, cam.detect_t = _detect_said(ctl), time.monotonic()
         attrs = {"switch": "ON" if ctl.switch else "OFF", "schedule": ctl.scheduled,
                  "in_force": ctl.in_force}
         self._side(cam.topics.detect_attributes, _dumps(attrs))
         self._side(cam.topics.detect_state, "ON" if ctl.detect_enabled else "OFF")
+
+    def _follow_switch(self, cam: _Camera, now: float) -> None:
+        """detect/state and its attributes again once what they say has changed (a command, the
+        schedule), at most DETECT_STATE_EVERY_S apart: a command that changes nothing sends
+        nothing, and a flood of them is not answered with a retained pair each (10,000 a second
+        held the events up for 10 s). The publisher thread's next step sends the last word."""
+        if (_detect_said(cam.control) != cam.detect
+                and now - cam.detect_t >= DETECT_STATE_EVERY_S):
+            self._publish_detect_state(cam)
 
     def _publish_discovery(self) -> None:
         for cam in self._cams.values():
@@ -1222,6 +1238,9 @@ class MqttSink(EventSink):
             self._rate_log(logging.INFO, "rediscover",
                            "MQTT: Home Assistant restarted; announcing discovery again")
             self._publish_discovery()
+        if self._connected:
+            for cam in self._cams.values():
+                self._follow_switch(cam, now)
         if now >= st.next_stats and self._connected:
             # A heartbeat for cameras whose loop sent no stats for two intervals (a sink without
             # a loop, a stalled loop); a running loop sends them itself, every interval.
