@@ -709,6 +709,40 @@ def test_a_flood_on_home_assistants_status_topic_is_one_announcement_a_second(
     sub.close()
 
 
+def test_a_retained_online_on_home_assistants_status_is_no_restart(tmp_path, caplog):
+    """Home Assistant may be set to retain its birth message (its MQTT options), and a tool
+    may leave `online` retained there: the broker hands it to maskd at every connection,
+    right after the connection's own discovery config. It was taken for a restart: the
+    discovery config sent twice at each (re)connect and an INFO line saying Home Assistant
+    restarted when it had not. A retained one is from before this connection: nothing; a live
+    `online` still announces."""
+    config = "homeassistant/device/maskd_dev1_cam1/config"
+    with Broker(tmp_path / "broker", persistence=True) as broker:
+
+        def announced() -> int:  # as the broker took them, whoever heard them
+            return sum(f"'{config}'" in line and "Received PUBLISH from maskd-dev1-cam1" in line
+                       for line in broker.log().splitlines())
+
+        sub = Subscriber(broker, ["homeassistant/status"])
+        sub.client.publish("homeassistant/status", "online", qos=1, retain=True).wait_for_publish(5)
+        with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+            sink = MqttSink.from_config(cfg_for(broker, tmp_path / "state"), model_name="m")
+            assert wait_until(lambda: sink.connected)
+            assert wait_until(lambda: announced() >= 1)
+            broker.stop()  # the retained `online` is kept (persistence) and handed over again
+            broker.start()
+            assert wait_until(lambda: sink.health()["reconnects"] == 1 and sink.connected, 15)
+            assert wait_until(lambda: announced() >= 2)
+            time.sleep(2.0)  # a re-announcement would have come by now (REDISCOVER_EVERY_S)
+            assert announced() == 2, announced()  # one per connection (was: two)
+            assert "announcing discovery again" not in caplog.text, caplog.text
+            sub.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant, live
+            assert wait_until(lambda: announced() == 3, 5)
+            assert "Home Assistant restarted; announcing discovery again" in caplog.text
+        sink.close()
+        sub.close()
+
+
 def test_lwt_on_kill_and_retained_state_after_restart(broker, tmp_path):
     sub = Subscriber(broker, ["maskd/#"])
     state = tmp_path / "state"

@@ -989,7 +989,9 @@ class MqttSink(EventSink):
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         if msg.topic == self._first.topics.ha_status:
-            if msg.payload.strip() == b"online":  # the publisher thread announces, at its pace
+            # A retained `online` (Home Assistant set to retain its birth, or a tool) comes with
+            # every connection, right after the connection's own announcement: no restart.
+            if msg.payload.strip() == b"online" and not msg.retain:  # at the publisher's pace
                 self._rediscover = True
                 self._q.put(("wake", None, None))
             return
