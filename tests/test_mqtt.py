@@ -675,6 +675,32 @@ def test_a_flood_of_detect_set_commands_is_not_answered_in_kind(broker, tmp_path
     sub.close()
 
 
+def test_huge_binary_messages_on_detect_set_are_not_read_as_text(broker, tmp_path):
+    """A command is a few bytes; every message on detect/set was decoded as UTF-8 whole first:
+    1 MB that is not UTF-8 took 11 ms of the interpreter (paho's thread, holding the GIL), so
+    a flood of them (78 a second to a real `maskd run`) took its loop from 100 to 20 frames/s,
+    for seconds after the flood had stopped. A message longer than any command is no command,
+    undecoded: 240 MB of such junk costs the process no more CPU than 240 MB of ASCII (was:
+    2.6 s more, the sender and the sink being this process)."""
+    sub, control, sink = _switch_under_test(broker, tmp_path)
+
+    def cpu_for(junk: bytes, then: str) -> float:
+        """The process's CPU time until the sink has had 60 copies of ``junk`` and ``then``."""
+        sub.client.publish(f"{CAM}/detect/set", junk, qos=1).wait_for_publish(10)  # warm up
+        started = time.process_time()
+        for _ in range(60):
+            sub.client.publish(f"{CAM}/detect/set", junk, qos=1)
+        sub.client.publish(f"{CAM}/detect/set", then, qos=1)
+        assert wait_until(lambda: control.detect_enabled is (then == "ON"), 60)
+        return time.process_time() - started
+
+    ascii_cpu = cpu_for(b"a" * 4_000_000, "OFF")
+    binary_cpu = cpu_for(b"\xff" * 4_000_000, "ON")
+    assert binary_cpu < ascii_cpu + 1.0, (binary_cpu, ascii_cpu)
+    sink.close()
+    sub.close()
+
+
 def test_a_flood_on_home_assistants_status_topic_is_one_announcement_a_second(
         broker, tmp_path, caplog):
     """Anyone who may publish on `homeassistant/status` can send `online` as fast as the

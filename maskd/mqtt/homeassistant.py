@@ -92,8 +92,15 @@ class Topics:
         return own
 
 
+# No command is longer, whitespace around it included: a longer message is not decoded (1 MB
+# that is not UTF-8 takes 11 ms, holding the interpreter: a flood of them slowed the loop)
+LONGEST_SWITCH = 64
+
+
 def parse_switch(payload: bytes) -> bool | None:
     """ON/OFF (and true/false, 1/0) as sent by Home Assistant or a person; None if neither."""
+    if len(payload) > LONGEST_SWITCH:
+        return None
     text = payload.decode("utf-8", "replace").strip().lower()
     return True if text in _TRUE else False if text in _FALSE else None
 
