@@ -69,9 +69,10 @@ def when(at: float, now: float) -> str:
     """A coming change as the log says it: ``Sun 02:00 CET, in 30 min``. The weekday and wall
     time alone misled twice: in the autumn's repeated hour "off until Sun 02:00", said at Sunday
     02:30, read as a week away (it was 30 minutes), and a zone's offset told the two 02:00s
-    apart nowhere."""
-    mins = max(round((at - now) / 60), 0)
+    apart nowhere. Under half a minute away it counts seconds ("in 0 min" said nothing)."""
+    secs = max(round(at - now), 0)
+    mins = round(secs / 60)
     hours, days = mins // 60, mins // 1440
     left = f"{days} d {hours % 24} h" if days else \
-        f"{hours} h {mins % 60} min" if hours else f"{mins} min"
+        f"{hours} h {mins % 60} min" if hours else f"{mins} min" if mins else f"{secs} s"
     return f"{datetime.fromtimestamp(at).astimezone():%a %H:%M %Z}, in {left}"

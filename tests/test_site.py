@@ -226,6 +226,9 @@ def test_the_logged_until_tells_the_repeated_hour_from_next_week(default_model, 
         week = [ScheduleWindow(days=["mon", "tue"], start="08:00", end="18:00").window()]
         assert schedule.when(schedule.next_change(week, tue), tue) == \
             "Mon 08:00 CET, in 5 d 14 h"
+        at = schedule.next_change(week, tue)  # and a change 15 s away was "in 0 min"
+        assert schedule.when(at, at - 15).endswith(", in 15 s")
+        assert schedule.when(at, at - 45).endswith(", in 1 min")
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
