@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +269,39 @@ def test_lines_label_with_the_configured_cut_and_round_as_the_contract_says(
         {"path": str(paths[0]), "label": "mask", "no_mask": 0.123457},
         {"path": str(paths[1]), "label": "no_mask", "no_mask": 0.4}]
     assert run(False) == [f"{paths[0]}\tmask\t0.1235", f"{paths[1]}\tno_mask\t0.4000"]
+
+
+# `maskd classify` as a terminal runs it: Ctrl-C is KeyboardInterrupt even where the test's
+# own shell ran it with SIGINT ignored (a background job), which the child would inherit.
+_INTERRUPTIBLE = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from maskd.cli import main
+sys.exit(main(["classify", *sys.argv[1:]]))
+"""
+
+
+def test_ctrl_c_stops_at_once_not_after_the_files_decoded_ahead(tmp_path: Path) -> None:
+    """Ctrl-C on a folder of big photos took 7 s here (a Pi: half a minute) to end with 130:
+    the decode worker first decoded every file it had been given ahead (DECODE_AHEAD), only for
+    them to be thrown away. Those not started are now cancelled, so it waits for one at most."""
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (3900, 4000, 3), dtype=np.uint8)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.fromarray(noise).save(folder / "p00.png", compress_level=1)  # ~0.2 s to decode
+    for i in range(1, 60):
+        (folder / f"p{i:02d}.png").hardlink_to(folder / "p00.png")
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(str(folder / "p00.png"))
+    time.sleep(0.5)  # the worker is well ahead again
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    rc = proc.wait(timeout=120)
+    took = time.monotonic() - start
+    err = proc.stderr.read()
+    assert rc == 130 and "Traceback" not in err, err
+    assert took < 2.0, f"Ctrl-C took {took:.1f} s to end classify"
