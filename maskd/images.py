@@ -53,12 +53,14 @@ class FolderError(ImageError):
         self.path = path
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r"}
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {9: "\\t", 10: "\\n", 13: "\\r",
+                                                            92: "\\\\"}
 
 
 def one_field(text: str) -> str:
     """Text for one field of a tab-separated output line: control characters (a tab or a
-    newline in a file name) escaped, so a line stays one record; ``--json`` keeps names exact."""
+    newline in a file name) escaped, so a line stays one record; a backslash too, so a name
+    holding ``\\n`` itself never prints as another's newline; ``--json`` keeps names exact."""
     return text.translate(_CONTROL)
 
 

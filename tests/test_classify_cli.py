@@ -305,3 +305,20 @@ def test_ctrl_c_stops_at_once_not_after_the_files_decoded_ahead(tmp_path: Path) 
     err = proc.stderr.read()
     assert rc == 130 and "Traceback" not in err, err
     assert took < 2.0, f"Ctrl-C took {took:.1f} s to end classify"
+
+
+def test_a_backslash_in_a_name_is_escaped_so_two_files_never_print_alike(
+        default_model: Path, tmp_path: Path) -> None:
+    """A file named `new` newline `line.jpg` and one named `new\\nline.jpg` (a backslash and an
+    n) both printed `new\\nline.jpg`, with different verdicts: nobody could tell which photo was
+    which. A backslash is now escaped too (`new\\\\nline.jpg`), so each line names one file."""
+    import cv2
+    import numpy as np
+
+    for name, grey in (("new\nline.jpg", 40), ("new\\nline.jpg", 200)):
+        assert cv2.imwrite(str(tmp_path / "x.png"), np.full((64, 64, 3), grey, np.uint8))
+        (tmp_path / "x.png").rename(tmp_path / name)
+    res = _classify(str(tmp_path), "--model", str(default_model))
+    assert res.returncode == 0, res.stderr
+    names = sorted(line.split("\t")[0] for line in res.stdout.splitlines())
+    assert names == [str(tmp_path / "new\\\\nline.jpg"), str(tmp_path / "new\\nline.jpg")]
