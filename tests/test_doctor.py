@@ -761,6 +761,24 @@ def test_read_write_paths_are_read_as_systemd_reads_them(tmp_path):
     assert unit_read_write_paths(unit)[2:] == [Path("/media/pi/USB DISK"), Path("/media/pi/my clips")]
 
 
+def test_read_write_paths_continued_on_the_next_line_are_read(tmp_path):
+    """systemd joins a line that ends in a backslash with the next one (the backslash a space),
+    so a long ReadWritePaths= list may go on over several lines: doctor read the first line
+    only and, once it read quotes, not even that (a lone backslash: no path at all), and then
+    said the folders the service may write were read-only to it and to add them again."""
+    from maskd.commands.doctor import unit_read_write_paths
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text("[Service]\nReadWritePaths=/var/lib/maskd\n")
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/override.conf").write_text(
+        '[Service]\nReadWritePaths=/srv/snaps \\\n    "/media/pi/USB DISK" \\\n  -/srv/clips\n'
+        "ReadWritePaths=/srv/last\\\n")  # the last line's backslash: nothing to go on with
+    assert unit_read_write_paths(unit) == [
+        Path("/var/lib/maskd"), Path("/srv/snaps"), Path("/media/pi/USB DISK"),
+        Path("/srv/clips"), Path("/srv/last")]
+
+
 def test_a_state_dir_nearly_full_is_a_warning_with_what_is_free(tmp_path):
     """Under 100 MiB free the outbox and the open violations may soon have no room: a warning
     (the full and the read-only state dirs have their own tests)."""

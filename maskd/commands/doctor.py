@@ -201,13 +201,31 @@ def _err(err: BaseException) -> str:
 # ---------------------------------------------------------------- the checks
 
 
+def _unit_lines(text: str) -> list[str]:
+    """A unit file's lines as systemd reads them: comment lines skipped, one ending in a
+    backslash (not an escaped one) goes on with the next, the backslash a space (a long
+    ReadWritePaths= list over several lines)."""
+    lines: list[str] = []
+    held: str | None = None
+    for line in text.splitlines():
+        if line.lstrip()[:1] in ("#", ";"):
+            continue
+        line = line if held is None else held + line
+        if (len(line) - len(line.rstrip("\\"))) % 2:
+            held = line[:-1] + " "
+            continue
+        held = None
+        lines.append(line)
+    return lines if held is None else [*lines, held]
+
+
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
     order; an empty assignment clears the list, a leading - or + is only a flag, a path in
     quotes may hold a space ("/media/pi/USB DISK": a stick mounted under its label)."""
     paths: list[Path] = []
     for f in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
-        for line in f.read_text(errors="replace").splitlines():
+        for line in _unit_lines(f.read_text(errors="replace")):
             key, eq, value = line.strip().partition("=")
             if eq and key.strip() == "ReadWritePaths":
                 try:
