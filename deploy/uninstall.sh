@@ -178,8 +178,16 @@ writable=()
 if [ -d "$ROOT$DROPINS" ]; then
     # xargs splits at blanks outside quotes and drops the quotes, as systemd reads the list
     # ("/media/pi/USB DISK", -"/a b": a stick mounted under its label); line by line, so a
-    # quote left open loses its line only, as in systemd
-    mapfile -t writable < <(sed -n 's/^[[:space:]]*ReadWritePaths[[:space:]]*=//p' "$ROOT$DROPINS"/*.conf 2>/dev/null \
+    # quote left open loses its line only, as in systemd. Each file's lines as systemd joins
+    # them first: one ending in a backslash (not an escaped one) goes on with the next, comment
+    # lines skipped (a long list over several lines)
+    mapfile -t writable < <(awk 'FNR == 1 && held != "" { print held; held = "" }
+            /^[ \t]*[#;]/ { next }
+            { line = held $0; held = "" }
+            match(line, /\\+$/) && RLENGTH % 2 { held = substr(line, 1, length(line) - 1) " "; next }
+            { print line }
+            END { if (held != "") print held }' "$ROOT$DROPINS"/*.conf 2>/dev/null \
+        | sed -n 's/^[[:space:]]*ReadWritePaths[[:space:]]*=//p' \
         | while IFS= read -r line; do xargs -r printf '%s\n' <<< "$line" 2>/dev/null; done \
         | sed 's/^[-+]*//' | grep '^/' | sort -u || true)
 fi

@@ -634,6 +634,32 @@ def test_uninstall_tells_of_pictures_left_in_a_quoted_read_write_path_with_a_spa
     assert "WARNING: /media/pi/my clips keeps 1 snapshot or clip file(s) of people" in r.stdout
 
 
+def test_uninstall_tells_of_pictures_left_in_a_read_write_path_continued_on_the_next_line(
+        tmp_path):
+    """systemd joins a line ending in a backslash with the next one (comment lines between
+    skipped), so a drop-in's ReadWritePaths= list may go on over several lines: uninstall.sh
+    read the first line only, and the snapshots of people in the folders named on the others
+    were left without a word."""
+    root = tmp_path / "root"
+    assert sh(INSTALL, "--root", root, "--no-start").returncode == 0
+    dropins = root / "etc/systemd/system/maskd.service.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text(
+        '[Service]\nReadWritePaths=/srv/empty \\\n# the stick\n    "/media/pi/USB DISK" \\\n'
+        "  -/srv/clips\n")
+    (dropins / "zz-last.conf").write_text("[Service]\nReadWritePaths=/srv/last \\")  # at its end
+    (root / "srv/empty").mkdir(parents=True)
+    for folder, name in (("media/pi/USB DISK", "door-20260101-120000-8c851520-bc17.jpg"),
+                         ("srv/clips", "door-20260101-120000.mkv"),
+                         ("srv/last", "door-20260101-120000_2.mkv")):
+        (root / folder).mkdir(parents=True)
+        (root / folder / name).write_bytes(b"a face")
+    r = sh(UNINSTALL, "--root", root, "--no-mqtt-clear")
+    assert r.returncode == 0, r.stderr
+    for folder in ("/media/pi/USB DISK", "/srv/clips", "/srv/last"):
+        assert f"WARNING: {folder} keeps 1 snapshot or clip file(s) of people" in r.stdout, r.stdout
+
+
 def test_uninstall_tells_of_pictures_left_in_a_read_write_path_that_is_a_link(tmp_path):
     """ReadWritePaths=/srv/snaps, a link to the folder on the stick (systemd follows it, so
     maskd wrote there): find looked at the link itself, not into it, and the snapshots of
