@@ -209,9 +209,17 @@ class EventSink(Protocol):
 
     def emit_all(self, events: list[ViolationEvent]) -> None:
         """Accept a frame's events, in order: one ``emit`` each unless the sink can take them
-        together (MQTT: one durable commit for a group starting at once, not one each)."""
+        together (MQTT: one durable commit for a group starting at once, not one each). One
+        that raises does not keep the frame's other events from this sink (as when the loop
+        called ``emit`` for each); the first error is raised once all were tried."""
+        failed: Exception | None = None
         for event in events:
-            self.emit(event)
+            try:
+                self.emit(event)
+            except Exception as err:  # noqa: BLE001 - raised below, for the loop to log
+                failed = failed or err
+        if failed is not None:
+            raise failed
 
     def on_state(self, state: FaceCounts) -> None:
         """The latest frame's counts, after every frame; a sink rate-limits them itself."""

@@ -469,6 +469,29 @@ def test_a_broken_sink_or_preview_never_stops_detection_or_the_other_sinks(defau
     assert bad_view not in svc.observers and bad_view.closed
 
 
+def test_a_sink_that_fails_one_event_of_a_frame_still_gets_the_others():
+    """A frame's events go to each sink together (``emit_all``): a sink whose ``emit`` raised
+    for one of them (a bug) lost the rest of that frame's, which the loop's ``emit`` per event
+    had still given it. Each is tried; the error still reaches the loop, which logs it."""
+    from maskd.types import EventSink, ViolationEvent
+
+    class Flaky(EventSink):
+        def __init__(self) -> None:
+            self.got: list[str] = []
+
+        def emit(self, event: ViolationEvent) -> None:
+            if event.event_id == "b":
+                raise RuntimeError("publisher bug")
+            self.got.append(event.event_id)
+
+    sink = Flaky()
+    frame = [ViolationEvent("start", eid, 0, "door", i, 1_700_000_000.0, 0.9, 0.9,
+                            (0.1, 0.1, 0.2, 0.2)) for i, eid in enumerate("abc")]
+    with pytest.raises(RuntimeError, match="publisher bug"):
+        sink.emit_all(frame)
+    assert sink.got == ["a", "c"]
+
+
 def test_undrained_sink_gives_exit_75(default_model):
     svc, sink, _ = demo_service(default_model)
     sink.drains = False
