@@ -1091,6 +1091,26 @@ def rtsp_answer(uri: str) -> str | None:
     (Basic or Digest, as FFmpeg does), or None when it takes it or says nothing. OpenCV hides
     FFmpeg's '401 Unauthorized' here too: a changed password read as a dead camera."""
     import socket
+
+    if (split := _split_login(uri)) is None:
+        return None
+    url, host, port, creds = split
+    try:
+        with socket.create_connection((host, port or 554), timeout=HTTP_PROBE_S) as sock:
+            code, reason, challenge = _rtsp_describe(sock, url, 1, "")
+            if code == 401 and creds is not None:
+                code, reason, _ = _rtsp_describe(sock, url, 2, _rtsp_authorization(
+                    challenge, *creds, url))
+    except (OSError, ValueError, UnicodeError):
+        return None
+    return None if code < 300 else refusal(f"RTSP {code} {reason}", code, creds is not None,
+                                            "RTSP")
+
+
+def _split_login(uri: str) -> tuple[str, str, int | None, tuple[str, str] | None] | None:
+    """A camera URL's (URL without its login, host, port, (user, password) or None), the
+    login %-decoded, for the probes that ask the camera themselves; None when its port is out
+    of range or no number (the open's own failure says it all)."""
     import urllib.parse
 
     parts = urllib.parse.urlsplit(uri)
@@ -1101,17 +1121,9 @@ def rtsp_answer(uri: str) -> str | None:
     host = parts.hostname or ""
     netloc = (host if ":" not in host else f"[{host}]") + (f":{port}" if port else "")
     url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    login = parts.username is not None
-    try:
-        with socket.create_connection((host, port or 554), timeout=HTTP_PROBE_S) as sock:
-            code, reason, challenge = _rtsp_describe(sock, url, 1, "")
-            if code == 401 and login:
-                code, reason, _ = _rtsp_describe(sock, url, 2, _rtsp_authorization(
-                    challenge, urllib.parse.unquote(parts.username or ""),
-                    urllib.parse.unquote(parts.password or ""), url))
-    except (OSError, ValueError, UnicodeError):
-        return None
-    return None if code < 300 else refusal(f"RTSP {code} {reason}", code, login, "RTSP")
+    creds = None if parts.username is None else (urllib.parse.unquote(parts.username),
+                                                 urllib.parse.unquote(parts.password or ""))
+    return url, host, port, creds
 
 
 def http_answer(uri: str) -> str | None:
@@ -1121,23 +1133,15 @@ def http_answer(uri: str) -> str | None:
     'HTTP error 401', so doctor and the journal could not tell a wrong password from a dead
     camera."""
     import urllib.error
-    import urllib.parse
     import urllib.request
 
-    parts = urllib.parse.urlsplit(uri)
-    try:
-        port = parts.port
-    except ValueError:  # out of range, or no number: the open's own failure says it all
+    if (split := _split_login(uri)) is None:
         return None
-    host = parts.hostname or ""
-    netloc = host if ":" not in host else f"[{host}]"
-    netloc += f":{port}" if port else ""
-    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    login = parts.username is not None
+    url, _, _, creds = split
+    login = creds is not None
     logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    if login:  # Basic or Digest, whichever the camera asks for (FFmpeg does both)
-        logins.add_password(None, url, urllib.parse.unquote(parts.username or ""),
-                            urllib.parse.unquote(parts.password or ""))
+    if creds is not None:  # Basic or Digest, whichever the camera asks for (FFmpeg does both)
+        logins.add_password(None, url, *creds)
     opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(logins),
                                          urllib.request.HTTPDigestAuthHandler(logins))
     try:
