@@ -362,9 +362,11 @@ class ClipWriter(FrameObserver):
         """Time to start a new file: by age, by size, or because the frames changed size (a
         camera back at another resolution; the open file cannot take them)."""
         age = shot.timestamp - self._seg_t0
-        if shot.image.shape[:2] != self._shape:
-            log.info("annotated clip %s: frames are %dx%d now (were %dx%d); new file", self.name,
-                     shot.image.shape[1], shot.image.shape[0], self._shape[1], self._shape[0])
+        if shot.image.shape[:2] != self._shape:  # at most a line a minute: an images folder
+            # of photos of many sizes changes at every frame (a line each, 7 a second)
+            self._rlog(logging.INFO, "size", "annotated clip %s: frames are %dx%d now (were "
+                       "%dx%d); new file", self.name, shot.image.shape[1], shot.image.shape[0],
+                       self._shape[1], self._shape[0])
             return True
         return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
 
