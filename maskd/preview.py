@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from maskd.annotate import camera_text, draw_verdicts, draw_zones
+from maskd.clock import local_iso
 from maskd.config import Config, PreviewConfig, ZonesConfig, shown_path
 from maskd.config import parse_listen as _parse_listen
 from maskd.env import Environment
@@ -73,9 +74,11 @@ def render(
     stats: LoopStats,
     size: tuple[int, int] | None = None,
     zones: ZonesConfig | None = None,
+    header: str | None = None,
 ) -> np.ndarray:
     """The annotated BGR image every preview shows, with the camera's zones outlined; its
-    header says when the camera is lost (or the file ended) and this is the last picture.
+    header says when the camera is lost (or the file ended) and this is the last picture
+    (``header``, when given, instead: maskd stopped).
 
     With ``size`` (width, height) the frame is letterboxed to it first and the boxes are drawn
     at that resolution, so lines and text stay crisp on a big screen.
@@ -90,7 +93,7 @@ def render(
             replace(v, face=replace(v.face, box=tuple(float(c) for c in lb.to_canvas(v.face.box))))
             for v in verdicts
         ]
-    out = draw_verdicts(image, verdicts, header=camera_text(stats))
+    out = draw_verdicts(image, verdicts, header=header or camera_text(stats))
     if zones is not None and (zones.include is not None or zones.ignore):
         draw_zones(out, zones.include, zones.ignore, region)  # type: ignore[arg-type]
     return out
@@ -295,7 +298,16 @@ class ThreadedPreview(FrameObserver):
         except Exception:  # a broken preview must not take the daemon down
             log.exception("%s preview stopped", self.name)
         finally:
+            try:
+                if self._closing.is_set() and self._last is not None and self.available:
+                    self.farewell(self._last)
+            except Exception:  # noqa: BLE001 - the stop goes on
+                log.exception("%s preview: the last picture could not be shown", self.name)
             self.teardown()
+
+    def farewell(self, last: tuple) -> None:
+        """At a stop: what the output keeps showing once maskd is gone (nothing here: a window
+        closes, a stream ends)."""
 
     def ready(self) -> bool:
         """Whether the output can take a picture now; a frame is not rendered otherwise."""
@@ -391,6 +403,15 @@ class FramebufferPreview(ThreadedPreview):
             log.info("%s: %s is back (%dx%d); showing the preview again", self.key, self.path,
                      self.geometry.width, self.geometry.height)
             self._said = None
+
+    def farewell(self, last: tuple) -> None:
+        """The screen keeps its last picture after the process ends (nothing redraws the
+        console): it showed '14.8 fps | 0 active violations' over it for as long as maskd was
+        stopped, looking live. It now shows that picture, without its boxes, under a line
+        saying maskd stopped and when."""
+        frame, _, stats = last
+        self.show(render(frame, [], stats, size=self.output_size, zones=self.zones,
+                         header=f"maskd stopped at {local_iso(time.time())}; not detecting"))
 
     def teardown(self) -> None:
         if self._fd is not None:

@@ -251,13 +251,39 @@ def test_framebuffer_writer_against_a_file(tmp_path):
     frame, verdicts = scene()
     preview = FramebufferPreview(fb, geometry=geo).start()
     preview.on_frame(frame, verdicts, STATS)
-    assert wait_until(lambda: preview.shown == 1, 10)
-    preview.close()
-    assert fb.read_bytes() == to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+    want = to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+    assert wait_until(lambda: preview.shown == 1 and fb.read_bytes() == want, 10)
+    shown = fb.read_bytes()
+    preview.close()  # (then it says maskd stopped: test_the_screen_says_maskd_stopped_...)
     # the screen shows red and green box pixels
-    px = np.frombuffer(fb.read_bytes(), np.uint8).reshape(120, 208, 4)[:, :200, :3]
+    px = np.frombuffer(shown, np.uint8).reshape(120, 208, 4)[:, :200, :3]
     assert (np.abs(px.astype(int) - RED).sum(axis=2) < 40).sum() > 50
     assert (np.abs(px.astype(int) - GREEN).sum(axis=2) < 40).sum() > 50
+
+
+def test_the_screen_says_maskd_stopped_instead_of_looking_live(tmp_path, monkeypatch):
+    """The console keeps the last picture written to it after maskd ends (nothing redraws
+    it): a stopped maskd left its last frame with '12.5 fps | 1 active violation' on the
+    HDMI screen, looking live, for as long as it was stopped (a real `run` stopped by SIGTERM
+    did). A stop now leaves that picture, without its boxes, under a line that says so."""
+    from maskd import preview
+
+    monkeypatch.setattr(preview, "local_iso", lambda t: "T", raising=False)
+    geo = FbGeometry(width=200, height=120, bits_per_pixel=16, stride=208 * 2)
+    fb = tmp_path / "fb0"
+    fb.write_bytes(b"\0" * geo.size_bytes)
+    frame, verdicts = scene()
+    screen = FramebufferPreview(fb, geometry=geo).start()
+    screen.on_frame(frame, verdicts, STATS)
+    assert wait_until(lambda: screen.shown == 1, 10)
+    live = to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+    assert wait_until(lambda: fb.read_bytes() == live, 5)
+    screen.close()
+    from maskd.annotate import draw_verdicts
+
+    picture = letterbox(frame.image, 200, 120, centre=True)[0]  # the last one, without its boxes
+    assert fb.read_bytes() == to_fb_bytes(
+        draw_verdicts(picture, [], header="maskd stopped at T; not detecting"), geo)
 
 
 def test_framebuffer_missing_device_is_clear(tmp_path):
@@ -295,10 +321,10 @@ def test_a_framebuffer_that_comes_later_or_goes_away_is_shown_when_there(
         assert screen.shown == 0
         fb.unlink()
         fb.write_bytes(b"\0" * geo.size_bytes)  # a working one
-        assert wait_until(lambda: shows(1), 10)
+        want = to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+        assert wait_until(lambda: shows(1) and fb.read_bytes() == want, 10)
     finally:
         screen.close()
-    assert fb.read_bytes() == to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
     said = [r.getMessage() for r in caplog.records]
     assert said[0] == (f"cameras.b.preview.framebuffer: {fb} does not exist now (no HDMI monitor "
                        "since boot?); detection runs without this preview, which is tried again "
