@@ -72,6 +72,14 @@ done
 YUNET_SHA256="${YUNET_SHA256,,}"
 [ -z "$YUNET_SHA256" ] || [[ "$YUNET_SHA256" =~ ^[0-9a-f]{64}$ ]] \
     || { echo "$ME: --yunet-sha256 must be 64 hex digits" >&2; exit 2; }
+# and a malformed --yunet-url, by models fetch's own rule (was: found after the user, the venv
+# and the models were made, the install going on without YuNet); a python3 missing or too old
+# to ask is said below
+if [ -n "$YUNET_URL" ]; then
+    why="$(PYTHONPATH="$SRC" python3 -c 'import sys; from maskd.modelfiles import url_problem
+print(url_problem(sys.argv[1]) or "")' "$YUNET_URL" 2>/dev/null)" || why=""
+    [ -z "$why" ] || { echo "$ME: --yunet-url: $why" >&2; exit 2; }
+fi
 
 # File operations run unless --dry-run (system commands go through sys, deploy/lib.sh).
 act() {

@@ -8,7 +8,6 @@ import faulthandler
 import importlib
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from maskd import __version__, env, modelfiles
 from maskd.commands import EX_IOERR, OutputError
@@ -155,10 +154,7 @@ def _dest_folder(text: str) -> Path:
 def _url(text: str) -> str:
     """A download address: http(s)://HOST/... or file:///path, refused here (exit 2) rather
     than reported later as a network that cannot be reached (exit 69)."""
-    parts = urlsplit(_text(text))
-    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL")
-    if (why := modelfiles.url_problem(text)) is not None:  # the URL not echoed: a password
+    if (why := modelfiles.url_problem(_text(text))) is not None:
         raise argparse.ArgumentTypeError(why)
     return text
 

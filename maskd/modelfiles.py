@@ -226,13 +226,17 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be downloaded from, said without repeating it, or None: urllib sends
-    no ``user:password@`` (it took them for the host and port, and its error line held the
-    password), and a port that is no number cannot be reached."""
+    """Why ``url`` cannot be downloaded from, or None: `maskd models fetch --yunet-url` and
+    install.sh (before it changes anything) refuse it by this one rule. urllib sends no
+    ``user:password@`` (it took them for the host and port, and its error line held the
+    password: such a URL is never repeated), only http(s) with a host and file are read, and a
+    port that is no number cannot be reached."""
     parts = urllib.parse.urlsplit(url)
     if parts.username is not None or parts.password is not None:
         return ("a user name or password in the URL is not sent by the download: fetch the "
                 "file another way and give it as file:///path (checked the same way)")
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        return f"{url!r} is not an http://, https:// or file:// URL"
     try:
         _ = parts.port  # urllib reads it only when it connects
     except ValueError:

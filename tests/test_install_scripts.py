@@ -272,8 +272,14 @@ def test_yunet_download_is_sha256_checked(tmp_path):
     assert (fresh / "etc/systemd/system/maskd.service").is_file()
     last = cut.stderr.strip().splitlines()[-1]
     assert "YuNet not installed" in last and "BlazeFace" in last, cut.stderr
-    url = sh(INSTALL, "--root", root, "--no-start", "--yunet-url", "ftp://x/y.onnx")
-    assert url.returncode == 2, url.stderr
+    # a malformed URL too, before anything happens, in models fetch's words (was: found after
+    # the user, the venv and the models, exit 2 at the end of an install made without YuNet)
+    for bad in ("ftp://x/y.onnx", "htps://example.org/y.onnx", "https://h:port/y.onnx"):
+        untouched = tmp_path / "untouched"
+        url = sh(INSTALL, "--root", untouched, "--no-start", "--yunet-url", bad)
+        assert url.returncode == 2, url.stderr
+        assert url.stderr.startswith("install.sh: --yunet-url: ") and not url.stdout, url.stderr
+        assert not untouched.exists(), bad
 
 
 def test_installer_and_quickstart_fetch_yunet_with_the_same_command():
