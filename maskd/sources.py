@@ -219,6 +219,7 @@ class LiveSource:
         # the second: NTP's first sync during an outage made it months long in the log
         self._lost_at: tuple[float, float] | None = None
         self._flowing_since: float | None = None  # monotonic, first frame since the last open
+        self._opened_at: float | None = None  # monotonic, the open while no frame came since
         # (wall time, time since boot) of the last good frame: a read that fails after a stall
         # (the stream timeout) began the outage then, not when the read gave up
         self._last_frame_at: tuple[float, float] | None = None
@@ -315,6 +316,8 @@ class LiveSource:
                 if self._bad_in_a_row and not raised:  # a stream of nothing but damaged frames?
                     failure = (f"read failed {self._bad_in_a_row + 1} times in a row (damaged "
                                "frames, or the device unplugged or the stream dropped)")
+                if self._stream and self._opened_at is not None and not raised:
+                    failure = self._no_picture_why()
                 self._say(logging.WARNING, "failed", "%s: %s; reopening", self.who, failure)
                 self._drop(cap, failure, self._last_frame_at)
                 continue
@@ -331,6 +334,7 @@ class LiveSource:
                     self._drop(cap, f"{self._bad_in_a_row} frames in a row maskd cannot use: {err}")
                 continue
             self._bad_in_a_row = 0
+            self._opened_at = None
             if self._is_frozen(image, ts):
                 self._drop(cap, self.stats["camera_lost_why"])
                 continue
@@ -343,6 +347,17 @@ class LiveSource:
             return frame
         self._release()
         return None
+
+    def _no_picture_why(self) -> str:
+        """Why a stream that opened gave no picture before its reads failed: a camera joined
+        mid-GOP sends only frames that cannot be decoded until its next key frame, and FFmpeg
+        gives up after STREAM_TIMEOUT_MS (was: "device unplugged or stream dropped" while the
+        stream flowed, each reopen joining mid-GOP again)."""
+        assert self._opened_at is not None
+        return (f"opened, but no picture came in {time.monotonic() - self._opened_at:.0f} s: "
+                "the stream sends none, or its key frames are further apart than "
+                f"{STREAM_TIMEOUT_MS / 1000:g} s (set the camera's I-frame interval, GOP, to "
+                "2 s or less; H.264+ / smart codec stretch it)")
 
     def _skippable(self, began: float) -> bool:
         """Whether a failed read is a damaged frame to skip: it returned well before the stream
@@ -394,6 +409,7 @@ class LiveSource:
         if self._failed_before:
             self._say(logging.INFO, "reopened", "%s: reopened", self.who)
         self._failed_before = False
+        self._opened_at = time.monotonic()
         with self._lock:
             if self._stop.is_set():
                 _safe_release(cap)

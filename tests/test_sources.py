@@ -720,6 +720,66 @@ def test_a_damaged_frame_from_a_network_camera_is_skipped_not_a_lost_camera(capl
     assert "reopening" not in caplog.text and "frame skipped" in caplog.text
 
 
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write an H.264 stream")
+def test_a_stream_joined_far_from_its_next_key_frame_is_said_so_not_a_dropped_stream(
+        tmp_path, monkeypatch, caplog):
+    """A camera with a long I-frame interval (H.264+, smart codec, a low frame rate) joined
+    mid-GOP sends only frames that cannot be decoded until its next key frame; FFmpeg gives up
+    after the stream time-out. The line said "device unplugged or stream dropped" while the
+    stream flowed (seen on a real RTSP server, gst-rtsp-server with a 25 s GOP): now it says
+    no picture came since the open and names the key frames. A real H.264 MPEG-TS stream over
+    HTTP, paced at its own rate, every connection joined 6 s before its next key frame."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import maskd.sources
+
+    clip = tmp_path / "gop.ts"  # 10 frames/s, key frames 7 s apart, SPS/PPS in every packet
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
+                    "-t", "14", "-c:v", "libx264", "-g", "70", "-keyint_min", "70",
+                    "-sc_threshold", "0", "-bf", "0", "-flags", "+global_header", "-bsf:v",
+                    "dump_extra=freq=all", "-f", "mpegts", str(clip)], check=True, timeout=60)
+    data = clip.read_bytes()
+    rate = len(data) / 14.0  # bytes a second
+    join = int(rate) // 188 * 188  # 1 s in: 6 s before the key frame at 7 s
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            at, t0 = join, time.monotonic()
+            with contextlib.suppress(OSError):
+                while at < len(data):
+                    due = join + int((time.monotonic() - t0) * rate) // 188 * 188
+                    if due > at:
+                        self.wfile.write(data[at:due])
+                        at = due
+                    time.sleep(0.02)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setattr(maskd.sources, "STREAM_TIMEOUT_MS", 2000)  # 10 s on a device
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/stream.ts"
+    try:
+        with caplog.at_level(logging.INFO, logger="maskd.sources"):
+            src = open_source(SourceConfig(kind="opencv", uri=url, reopen_min_s=5.0,
+                                           reopen_max_s=5.0))
+            try:
+                wait_until(lambda: src.stats["camera_lost_why"] is not None, timeout=15.0)
+                why = src.stats["camera_lost_why"]
+            finally:
+                src.close()
+    finally:
+        server.shutdown()
+    assert "no picture came" in why and "I-frame interval" in why, why
+    assert "unplugged" not in why and "dropped" not in why, why
+    assert "key frames are further apart than 2 s" in caplog.text, caplog.text
+
+
 def test_a_network_camera_that_answers_but_gives_no_stream_says_what_it_answered():
     """A wrong password, a wrong path, a login page: OpenCV says only that it cannot open the
     URL, and doctor, the journal and the status line said 'cannot open (OpenCV cannot open
