@@ -609,6 +609,7 @@ class VideoFileSource:
         self.stats = _new_stats()
         self._said_cut_short = False
         self._cap = self._open()
+        self._file = self._identity()  # (inode, size, mtime) as opened: a change is looked for
         self._closed = False
         self._seq = 0
         self._pos: float | None = None  # the file's own time of the frame just read, seconds
@@ -632,7 +633,6 @@ class VideoFileSource:
         self._pass_first: float | None = None  # the file's time of the pass's first frame
         self._offset = -1.0  # seconds after _t0 of the last frame handed out
         self._this_pass = 0
-        self._file = self._identity()
         self.why_ended: str | None = None  # set when a loop ends: nothing left to play
 
     def _identity(self) -> tuple[int, int, int] | None:
@@ -700,7 +700,8 @@ class VideoFileSource:
                 bad += 1
                 log.warning("%s: frame skipped: %s", frame_line_name(self.name, self.camera),
                             err)
-        self._say_cut_short()
+        if not self._said_grown():
+            self._say_cut_short()
         return None
 
     def _say_cut_short(self) -> None:
@@ -721,6 +722,22 @@ class VideoFileSource:
             log.warning("%s: no frame could be read after frame %d of the %d the file says it "
                         "holds (damaged or cut short?); the rest of the file is not read",
                         frame_line_name(self.name, self.camera), at, total)
+
+    def _said_grown(self) -> bool:
+        """Whether a file read once grew while it was read, said then: a recording still being
+        written (an NVR's or ffmpeg's .mkv or .ts) ends where its writer was when maskd caught
+        up, and what was written after is not read (was: "end of source", as for a finished
+        file, or "damaged or cut short?" where its header foretold a length). A looping file
+        is opened again instead (``_note_change``)."""
+        now = self._identity()
+        if self.loop or now is None or self._file is None or now[0] != self._file[0] or \
+                now[1] <= self._file[1]:
+            return False
+        log.warning("%s: the file grew while it was read (from %d to %d bytes: still being "
+                    "recorded?); it ends where its writer was when maskd caught up, what was "
+                    "written after is not read (read the finished file, or the camera's stream)",
+                    frame_line_name(self.name, self.camera), self._file[1], now[1])
+        return True
 
     def read(self) -> Frame | None:
         restarted = False

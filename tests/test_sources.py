@@ -1940,3 +1940,34 @@ def _idled(loop):  # noqa: ANN001, ANN202
         loop.stop()
         idle.join(5)
         loop.source.close()
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write a recording")
+def test_a_video_file_still_being_recorded_says_it_grew_at_its_end(tmp_path, caplog):
+    """A recording still being written (ffmpeg or an NVR writing .mkv in real time) is read
+    faster than it is written: the source caught up with the writer and ended as a finished
+    file ends, "end of source", the rest of the recording never read and no word said. A real
+    ffmpeg writes the file while it is read; its end now says the file grew meanwhile."""
+    from maskd.sources import VideoFileSource
+
+    clip = tmp_path / "recording.mkv"
+    writer = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=320x240:rate=10", "-t", "20", "-c:v", "libx264", "-tune", "zerolatency",
+         "-g", "10", "-flush_packets", "1", "-f", "matroska", str(clip)],
+        stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: clip.exists() and clip.stat().st_size > 50_000, timeout=20.0)
+        with caplog.at_level(logging.INFO, logger="maskd.sources"):
+            src = VideoFileSource(clip)
+            frames = 0
+            while src.read() is not None:
+                frames += 1
+                time.sleep(0.05)  # a detector's pace, faster than the writer's 10 frames/s
+            src.close()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert 0 < frames < 200, frames  # it ended before the writer's 20 s
+    assert "the file grew while it was read" in caplog.text, caplog.text
+    assert "still being recorded" in caplog.text and "cut short" not in caplog.text
