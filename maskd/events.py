@@ -114,6 +114,14 @@ class Violations:
         sim = similarity(look, t.appearance)
         return sim is None or sim >= self.cfg.same_person_similarity
 
+    def _gone(self, v: _Violation, by_id: dict[int, Track], now: float) -> bool:
+        """``v`` ends `gone` now: its track not seen for ``end_after_s``, and not while the
+        tracker still holds it (missed for max_missed_frames, longer than end_after_s at a slow
+        frame rate): found again, that track is the same person, and an end then would be
+        followed by a second start at once. Such a violation is not re-attached either: a track
+        confirmed on its first frame after a gap in the frames took it over (no `gone`)."""
+        return v.track_id not in by_id and at_least(now - v.last_seen, self.cfg.end_after_s)
+
     def _may_start(self, t: Track) -> bool:
         """Confirmed violating, and (with static-face suppression on) seen to move: a picture
         never moves, so it never gets an event; a person who stands perfectly still from the
@@ -153,6 +161,7 @@ class Violations:
             lost = [
                 v for v in self._open
                 if not (v.track_id in by_id and by_id[v.track_id].seen_now)
+                and not self._gone(v, by_id, now)
                 and self._same_person((v.box, v.expected_box(now)), v.appearance, t, True)
             ]
             if lost:
@@ -183,10 +192,7 @@ class Violations:
                     v.top_score, v.best_seq, v.dirty = v.score, frame_seq, True
                     if t.track_id in crops:
                         v.best_crop = crops[t.track_id]
-            elif t is None and at_least(now - v.last_seen, self.cfg.end_after_s):
-                # not while the tracker still holds its track (missed for max_missed_frames,
-                # longer than end_after_s at a slow frame rate): found again, that track is the
-                # same person, and an end then would be followed by a second start at once
+            elif self._gone(v, by_id, now):
                 out.append(self._end(v, "gone", v.last_seen))
                 continue
             if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:

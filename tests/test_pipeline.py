@@ -375,12 +375,14 @@ def test_votes_across_a_clock_step_still_need_their_span():
     assert [t.static for t in pipe.tracker.tracks] == [False]
 
 
-def test_after_a_gap_in_the_frames_the_next_person_at_the_spot_is_someone_new():
+@pytest.mark.parametrize("min_votes", [3, 1])
+def test_after_a_gap_in_the_frames_the_next_person_at_the_spot_is_someone_new(min_votes):
     """A camera that stalls: the tracker counted misses in frames, and there were none, so
     whoever stood at the same spot when frames came back took over the open violation (no
-    `gone`, no start of their own)."""
+    `gone`, no start of their own). So did one confirmed on the first frame back (min_votes 1):
+    re-attach came before the `gone` end that was due, and the event went on, 20 s longer."""
     cfg = Config()
-    cfg.tracking.min_span_s = 0.0
+    cfg.tracking.min_span_s, cfg.tracking.min_votes = 0.0, min_votes
     pipe = Pipeline(cfg, ScriptedDetector([[(100, 100, 160, 160)]] * 40), RedClassifier(),
                     new_event_id=iter(f"ev{i}" for i in range(1, 9)).__next__)
     events = []
