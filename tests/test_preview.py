@@ -244,15 +244,22 @@ def test_odd_sysfs_geometry_is_refused_at_start(tmp_path, files, match):
         read_fb_geometry(Path("/dev/fb0"), sysfs=tmp_path / "sys")
 
 
-def test_framebuffer_writer_against_a_file(tmp_path):
-    geo = FbGeometry(width=200, height=120, bits_per_pixel=32, stride=208 * 4)
-    fb = tmp_path / "fb0"
-    fb.write_bytes(b"\xff" * geo.size_bytes)
+def _screen_showing_the_scene(fb: Path, geo: FbGeometry, blank: bytes):
+    """A framebuffer preview on the file ``fb`` (filled with ``blank`` first) once it shows
+    the annotated scene; with that scene's frame."""
+    fb.write_bytes(blank * geo.size_bytes)
     frame, verdicts = scene()
     preview = FramebufferPreview(fb, geometry=geo).start()
     preview.on_frame(frame, verdicts, STATS)
-    want = to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
+    want = to_fb_bytes(render(frame, verdicts, STATS, size=(geo.width, geo.height)), geo)
     assert wait_until(lambda: preview.shown == 1 and fb.read_bytes() == want, 10)
+    return preview, frame
+
+
+def test_framebuffer_writer_against_a_file(tmp_path):
+    geo = FbGeometry(width=200, height=120, bits_per_pixel=32, stride=208 * 4)
+    fb = tmp_path / "fb0"
+    preview, _ = _screen_showing_the_scene(fb, geo, b"\xff")
     shown = fb.read_bytes()
     preview.close()  # (then it says maskd stopped: test_the_screen_says_maskd_stopped_...)
     # the screen shows red and green box pixels
@@ -271,13 +278,7 @@ def test_the_screen_says_maskd_stopped_instead_of_looking_live(tmp_path, monkeyp
     monkeypatch.setattr(preview, "local_iso", lambda t: "T", raising=False)
     geo = FbGeometry(width=200, height=120, bits_per_pixel=16, stride=208 * 2)
     fb = tmp_path / "fb0"
-    fb.write_bytes(b"\0" * geo.size_bytes)
-    frame, verdicts = scene()
-    screen = FramebufferPreview(fb, geometry=geo).start()
-    screen.on_frame(frame, verdicts, STATS)
-    assert wait_until(lambda: screen.shown == 1, 10)
-    live = to_fb_bytes(render(frame, verdicts, STATS, size=(200, 120)), geo)
-    assert wait_until(lambda: fb.read_bytes() == live, 5)
+    screen, frame = _screen_showing_the_scene(fb, geo, b"\0")
     screen.close()
     from maskd.annotate import draw_verdicts
 
