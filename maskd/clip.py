@@ -82,6 +82,9 @@ SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
 QUEUE = 2  # frames waiting for the writer thread: a live loop's further ones are dropped
 CLOSE_S = 5.0  # the close waits this long for the waiting frames to be written
+# mp4v (MPEG-4 part 2) keeps each side in 13 bits: a file for frames 8192 pixels or more on a
+# side cannot be opened (a panorama in an images folder), so such frames are shrunk to this.
+MAX_SIDE = 8190
 
 
 def frame_copies(t: float, fps: float, written: int, t0: float) -> int:
@@ -96,6 +99,25 @@ def segment_pattern(camera: str) -> re.Pattern[str]:
     """The names of one camera's segments (the only files the cap deletes), ``.mp4`` of older
     versions included so that they still count toward the cap and go first."""
     return re.compile(rf"{re.escape(camera)}-\d{{8}}-\d{{6}}(?:_\d+)?\.(?:mkv|mp4)")
+
+
+def written_size(w: int, h: int) -> tuple[int, int]:
+    """The (width, height) a w x h frame is recorded at: even sides (``even_size``), and none
+    over MAX_SIDE, the aspect kept (was: the clip paused for RETRY_S at such a frame, the
+    frames after it not recorded)."""
+    if max(w, h) > MAX_SIDE:
+        scale = MAX_SIDE / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    return w + w % 2, h + h % 2
+
+
+def fit_size(image: np.ndarray) -> np.ndarray:
+    """``image`` at ``written_size``: shrunk when a side is over MAX_SIDE, then ``even_size``."""
+    h, w = image.shape[:2]
+    if max(w, h) > MAX_SIDE:
+        fw, fh = written_size(w, h)
+        image = cv2.resize(image, (fw, fh), interpolation=cv2.INTER_AREA)
+    return even_size(image)
 
 
 def even_size(image: np.ndarray) -> np.ndarray:
@@ -328,7 +350,7 @@ class ClipWriter(FrameObserver):
             self.early += 1
             return
         assert self._writer is not None
-        image = even_size(draw_verdicts(shot.image, list(shot.verdicts), shot.header))
+        image = fit_size(draw_verdicts(shot.image, list(shot.verdicts), shot.header))
         for _ in range(copies - 1):
             self._writer.write(self._last)
         self._writer.write(image)
@@ -411,7 +433,7 @@ class ClipWriter(FrameObserver):
             self._pause(f"cannot create {path}: {failed_write(err, self.outdir)}")
             return False
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
-                                 (w + w % 2, h + h % 2))  # even: see even_size
+                                 written_size(w, h))
         if not writer.isOpened():
             writer.release()
             path.unlink(missing_ok=True)

@@ -439,6 +439,25 @@ def test_odd_sized_frames_keep_every_row_and_column(tmp_path):
     assert back[:280, :380].mean() < 30
 
 
+def test_a_frame_too_big_for_mp4v_is_recorded_shrunk_and_the_clip_goes_on(tmp_path):
+    """An images folder with a 9000x1700 panorama: mp4v cannot open a file 8192 or more pixels
+    on a side, so the clip paused for RETRY_S and the photos after it were not recorded."""
+    pano = np.zeros((1701, 9000, 3), np.uint8)
+    pano[:, -1] = 255  # the last column: shrunk into the right edge, not cut off
+    w = ClipWriter(tmp_path, "door", 15.0)
+    w.on_frame(Frame(pano, 0, 0.0, "/srv/in/b_pano.png"), [], LoopStats(fps=15.0))
+    for i in range(1, 6):
+        w.on_frame(Frame(np.zeros((366, 512, 3), np.uint8), i, i / 15.0, "/srv/in/c.jpg"), [],
+                   LoopStats(fps=15.0))
+    w.close()
+    assert (w.paused, w.dropped) == (None, 0)
+    assert [frames_in(p) for p in w.paths] == [1, 5]
+    cap = cv2.VideoCapture(str(w.paths[0]))
+    ok, back = cap.read()
+    cap.release()
+    assert ok and back.shape == (1548, 8190, 3) and back[:, -1].mean() > 150
+
+
 def record(w: ClipWriter, frames) -> None:
     """Live frames handed over one at a time, each written before the next: these tests are
     about where frames are placed, not about a writer too slow for the loop (below)."""
