@@ -151,6 +151,12 @@ def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
+def no_images(folder: Path | str) -> str:
+    """The one wording of a folder that holds no image names: an images source's (`run`,
+    check-config) and a folder given to `scan` or `classify` (was: 'nothing was scanned')."""
+    return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
+
+
 def is_image_name(path: Path) -> bool:
     """True when the name looks like an image (used when searching folders)."""
     suffix = path.suffix.lower()

@@ -35,7 +35,13 @@ import numpy as np
 from maskd.clock import local_iso, system_clock
 from maskd.config import SourceConfig, excerpt, shown_uri
 from maskd.files import open_regular
-from maskd.images import IMAGE_SUFFIXES, ImageError, is_image_name, load_image_rgb, search_images
+from maskd.images import (
+    ImageError,
+    is_image_name,
+    load_image_rgb,
+    no_images,
+    search_images,
+)
 from maskd.lograte import RateLimitedLog
 from maskd.mailbox import Mailbox
 from maskd.types import Frame, Source, SourceError
@@ -821,11 +827,6 @@ def not_a_folder(folder: Path | str, missing: bool = False) -> str:
     check-config; was 'not a folder' for both). A camera's address given as the folder is
     shown with its password hidden, as every address is."""
     return f"{shown_uri(str(folder))}: {'no such folder' if missing else 'not a folder'}"
-
-
-def no_images(folder: Path | str) -> str:
-    """The one wording of an images source whose folder holds none (`run` and check-config)."""
-    return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})"
 
 
 class ImageFolderSource:

@@ -145,6 +145,25 @@ def test_a_folders_videos_are_named_as_not_scanned(tmp_path, photos, model_args)
             "folder is searched for images only; give a video's own path to scan it)") in r.stderr
 
 
+def test_a_folder_without_image_names_is_said_and_scan_and_classify_agree(tmp_path, photos,
+                                                                         model_args):
+    """A folder of photos saved as .JPE or without a suffix (a web download) is searched by
+    name: `scan` said only 'nothing was scanned', `classify` 'no image was classified', exit 1,
+    naming neither the folder nor what it looks for; `run` said `DIR: no images (.jpg, ...)`."""
+    folder = tmp_path / "door"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "a.JPE")
+    shutil.copy(photos[1], folder / "b")
+    said = f"{folder}: no images (.jpg, .jpeg, .jfif, .png,"
+    r = scan("--json", *model_args, str(folder))
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert f"maskd scan: {said}" in r.stderr and "nothing was scanned" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "maskd", "classify", "--json", *model_args[:2],
+                        str(folder), str(photos[2])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == str(photos[2]), r.stderr
+    assert f"maskd classify: {said}" in r.stderr
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")

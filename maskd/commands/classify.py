@@ -8,7 +8,8 @@ the interpreter classifies the previous ones in batches of up to ``Classifier.ma
 
 Contract (scripts depend on it): one line per image; with --json a JSON object
 ``{"path", "label", "no_mask"}`` or ``{"path", "error"}`` for an unreadable image (or a folder
-that cannot be searched), and the run goes on. Exit 0 when at least one image was classified,
+that cannot be searched), and the run goes on; a folder with no image names is said on
+stderr. Exit 0 when at least one image was classified,
 1 when none was, 2 when the model cannot be loaded, 74 when stdout cannot be written, 75 when
 the Coral (``--edgetpu``, classifier.edgetpu) stopped answering part-way: the lines written
 stay, and one line on stderr says up to which image they go and what to do.
@@ -34,6 +35,7 @@ from maskd.images import (
     ImageError,
     entry_path,
     load_image_rgb,
+    no_images,
     one_field,
     search_images,
 )
@@ -46,10 +48,12 @@ DECODE_AHEAD = 32  # files decoded ahead of the classifier, each held at the mod
 
 def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
     """Files as given, folders searched recursively for images (sorted), with the folders
-    that could not be searched in their place."""
+    that could not be searched in their place; a folder without any is said on stderr."""
     for p in paths:
         if p.is_dir():
-            yield from search_images(p)
+            if not (found := search_images(p)):
+                print(f"maskd classify: {no_images(p)}", file=sys.stderr)
+            yield from found
         else:
             yield p
 

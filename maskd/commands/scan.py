@@ -12,6 +12,7 @@ detector's confidence. A face
 smaller than ``classifier.min_face_px`` (shorter side) is reported but not judged: its
 ``label`` and ``no_mask`` are null. An unreadable file (or a video without a readable frame)
 gives ``{"path", "error"}`` and the scan goes on; so does a folder that cannot be searched.
+A folder with no image names in it is said on stderr (``DIR: no images (.jpg, ...)``).
 No tracking: every image/frame is judged on its own.
 
 ``--annotate`` never writes over an input or a file it did not write itself (its JPEGs carry
@@ -45,6 +46,7 @@ from maskd.images import (
     ImageError,
     entry_path,
     load_image_rgb,
+    no_images,
     one_field,
     search_images,
 )
@@ -69,6 +71,8 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             entries = search_images(root)
+            if not entries:
+                print(f"maskd scan: {no_images(root)}", file=sys.stderr)
             here = os.path.join(os.path.realpath(root), "")
             within = inside is not None and inside != here and inside.startswith(here)  # below
             kept = [e for e in entries if not within or isinstance(e, FolderError)
