@@ -40,6 +40,7 @@ from maskd.images import (
     is_image_name,
     load_image_rgb,
     no_images,
+    one_field,
     search_images,
 )
 from maskd.lograte import RateLimitedLog
@@ -870,7 +871,7 @@ class ImageFolderSource:
                 paths.append(item)
             elif str(item) not in self._unsearched:
                 self._unsearched.add(str(item))
-                log.warning("%s: its images there are not read", item)
+                log.warning("%s: its images there are not read", one_field(str(item)))
         return paths
 
     def _next_pass(self) -> bool:
@@ -908,7 +909,8 @@ class ImageFolderSource:
                 self.stats["corrupt"] += 1
                 if (path, str(err)) not in self._warned:
                     self._warned.add((path, str(err)))
-                    log.warning("unreadable or broken image skipped: %s", err)
+                    # a newline in a file's name split the line: a forged log line after it
+                    log.warning("unreadable or broken image skipped: %s", one_field(str(err)))
                 continue
             frame = Frame(image=image, seq=self._seq, timestamp=self._t0 + self._seq / self.fps,
                           source=str(path))

@@ -1180,6 +1180,23 @@ def test_a_folder_the_images_source_cannot_search_is_a_warning_once(tmp_path: Pa
     assert str(tmp_path / "sub" / "back") in warnings[0] and "not read" in warnings[0]
 
 
+def test_a_file_name_with_a_newline_is_one_warning_line(tmp_path: Path, caplog):
+    """A broken image named `bad\\n<a log line>.jpg` (or a folder not searched so named) split
+    `run`'s WARNING in two, the second half read as a line maskd logged; escaped as `scan`'s
+    lines escape a name."""
+    _door(tmp_path / "a.png", 10)
+    (tmp_path / "bad\n2026-01-01 00:00:00,000 INFO maskd.service: all clear.jpg").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b\nack").symlink_to(tmp_path, target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        src = ImageFolderSource(tmp_path)
+        assert [Path(f.source).name for f in _drain(src, limit=3)] == ["a.png"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and not any("\n" in w for w in warnings), warnings
+    assert any("bad\\n2026-01-01 00:00:00,000 INFO" in w for w in warnings)
+    assert any("b\\nack: a link to a folder searched already" in w for w in warnings)
+
+
 def test_a_looping_folder_whose_images_all_break_ends_saying_why(tmp_path: Path):
     _door(tmp_path / "a.png", 10)
     src = ImageFolderSource(tmp_path, loop=True)

@@ -52,7 +52,7 @@ def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
     for p in paths:
         if p.is_dir():
             if not (found := search_images(p)):
-                print(f"maskd classify: {no_images(p)}", file=sys.stderr)
+                print(f"maskd classify: {one_field(no_images(p))}", file=sys.stderr)
             yield from found
         else:
             yield p

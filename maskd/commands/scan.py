@@ -72,14 +72,15 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             entries = search_images(root)
             if not entries:
-                print(f"maskd scan: {no_images(root)}", file=sys.stderr)
+                print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
             here = os.path.join(os.path.realpath(root), "")
             within = inside is not None and inside != here and inside.startswith(here)  # below
             kept = [e for e in entries if not within or isinstance(e, FolderError)
                     or not os.path.realpath(e).startswith(inside)]
             if len(kept) < len(entries):
-                print(f"maskd scan: {root}: {len(entries) - len(kept)} image(s) under the "
-                      f"--annotate folder {outdir} not scanned (annotations)", file=sys.stderr)
+                print(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} image(s) "
+                      f"under the --annotate folder {one_field(str(outdir))} not scanned "
+                      "(annotations)", file=sys.stderr)
             found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
             _say_videos_left(root)
         else:
@@ -96,7 +97,8 @@ def _say_videos_left(folder: Path) -> None:
     except OSError:  # what cannot be read is said by the image search's own records
         return
     if videos:
-        print(f"maskd scan: {folder}: {len(videos)} video file(s) not scanned, e.g. {videos[0]} "
+        print(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not scanned, "
+              f"e.g. {one_field(str(videos[0]))} "
               "(a folder is searched for images only; give a video's own path to scan it)",
               file=sys.stderr)
 
