@@ -130,6 +130,29 @@ def test_odd_file_names_keep_one_line_per_image(default_model: Path, tmp_path: P
             assert any(b"caf\xe9.jpg\t" in ln for ln in lines)
 
 
+def test_a_name_the_locales_charset_cannot_hold_is_escaped_not_a_traceback(
+        default_model: Path, tmp_path: Path) -> None:
+    """Under a Latin-1 locale a photo named 人.jpg ended classify (and scan) with a
+    UnicodeEncodeError traceback, the images after it never classified; now it is escaped."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    names = ["a.jpg", "caf\u00e9.jpg", "\u4eba.jpg", os.fsdecode(b"x\xff.jpg"), "z.jpg"]
+    for name in names:
+        assert cv2.imwrite(str(tmp_path / "x.png"), np.full((64, 64, 3), 90, np.uint8))
+        (tmp_path / "x.png").rename(tmp_path / name)
+    res = subprocess.run(
+        [sys.executable, "-m", "maskd", "classify", str(tmp_path), "--model", str(default_model)],
+        capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert len(lines) == 5 and all(len(ln.split(b"\t")) == 3 for ln in lines), lines
+    assert {ln.split(b"\t")[0].rsplit(b"/", 1)[1] for ln in lines} == {
+        b"a.jpg", b"caf\xe9.jpg", b"\\u4eba.jpg", b"x\xff.jpg", b"z.jpg"}
+
+
 def test_unsearchable_folder_pipe_and_full_stdout(default_model: Path, tmp_path: Path) -> None:
     """An unreadable sub-folder was skipped silently, a named pipe called b.jpg hung classify
     (Ctrl-C too: the decode thread was joined), and stdout on a full disk was a traceback and

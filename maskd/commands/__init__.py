@@ -65,7 +65,7 @@ def print_line(line: str) -> None:
         return
     try:
         out.flush()
-        append_line(fd, (line + "\n").encode(out.encoding, out.errors or "strict"))
+        append_line(fd, _encoded(line + "\n", out))
     except BrokenPipeError:
         raise  # `| head` closed it: cli.main ends quietly
     except OSError as err:
@@ -76,6 +76,15 @@ def print_line(line: str) -> None:
         os.close(null)
         raise OutputError(f"cannot write to standard output{where}: "
                           f"{err.strerror or err}") from None
+
+
+def _encoded(text: str, out: TextIO) -> bytes:
+    """``text`` in stdout's charset; a character it cannot hold (a photo named 人.jpg under a
+    Latin-1 locale) as a backslash escape, never a UnicodeEncodeError ending the command."""
+    try:
+        return text.encode(out.encoding, out.errors or "strict")
+    except UnicodeEncodeError:
+        return text.encode(out.encoding, "backslashreplace")
 
 
 def _name_of(fd: int) -> str:
