@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from maskd.files import NotRegularFile, open_regular
@@ -78,7 +78,7 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
                 with Image.open(f) as im:
                     _decode_reduced(im, p)
                     im.load()  # decode now so a truncated file fails here, not later
-                    rgb = _to_rgb(ImageOps.exif_transpose(im))
+                    rgb = _to_rgb(_upright(im))
     except NotRegularFile as err:
         raise ImageError(f"{p}: {err.strerror}") from None
     except FileNotFoundError:
@@ -109,6 +109,22 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{p}: decoded to an unusable shape {arr.shape}")
     return arr
+
+
+# EXIF orientation -> the turn that shows the picture upright (ImageOps.exif_transpose's table)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its orientation (EXIF, or XMP: Pillow's getexif reads both) says. Not
+    ImageOps.exif_transpose: it writes the EXIF block back out without the tag, which failed on
+    a phone photo with one mistyped tag (struct.error), the photo refused as undecodable."""
+    orientation = im.getexif().get(0x0112)
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return im if method is None else im.transpose(method)
 
 
 def _decode_reduced(im: Image.Image, p: Path) -> None:

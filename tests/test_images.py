@@ -316,6 +316,23 @@ def test_a_corrupt_exif_block_prints_no_warning(tmp_path: Path) -> None:
     assert [str(w.message) for w in seen] == []
 
 
+def test_a_phone_photo_with_a_mistyped_exif_tag_is_read_upright(tmp_path: Path) -> None:
+    """A tag stored with the wrong type (text under a number's tag, as in a GPS reference some
+    phones write) made Pillow's exif_transpose fail writing the block back out (struct.error):
+    the photo, whose pixels and orientation read fine, was refused as 'cannot decode image'."""
+    import struct
+
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHI4s", 0x0108, 2, 4, b"abc\0")  # text, a LONG's
+           + struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<I", 0))  # rotate 90
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :20] = (255, 0, 0)  # left half red: on top once turned
+    p = tmp_path / "phone.jpg"
+    Image.fromarray(img).save(p, exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd, quality=95)
+    a = load_image_rgb(p)
+    assert a.shape == (40, 20, 3)
+    assert a[5, 10, 0] > 200 and a[35, 10, 0] < 60
+
+
 def test_a_float_grey_tiff_in_0_to_1_is_a_picture_not_black(tmp_path: Path) -> None:
     """A 32-bit float grey TIFF holds 0..1 (what cv2.imwrite writes for a float image, and what
     image tools export): PIL's convert clipped it to 0 and 1, a black picture, so scan found no
