@@ -1123,6 +1123,39 @@ def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, cap
     assert len(errors) == 1 and "certificate verify failed" in errors[0].lower(), errors
 
 
+def test_a_client_certificate_the_broker_refuses_is_named_by_run_and_doctor(tmp_path, caplog, tls):
+    """A broker that requires client certificates (mosquitto: require_certificate true) turns
+    down maskd's (none, or another CA's): under TLS 1.3 its alert is the answer to CONNECT.
+    The sink's log and doctor's broker row name mqtt.cert_file (was: the sink `did not answer
+    CONNECT ([SSL: TLSV1_ALERT_UNKNOWN_CA] ...)`, doctor only `closed the connection without
+    answering CONNECT`); the event waits in the outbox and goes with the right certificate."""
+    from maskd.commands.doctor import probe_broker
+
+    other = make_ca(tmp_path / "other-ca", name="another CA")
+    state = tmp_path / "state"
+    with Broker(tmp_path / "b", tls=tls, require_client_cert=True) as b:
+        for cert, key, said in ((None, None, "set mqtt.cert_file and mqtt.key_file"),
+                                (other.client_cert, other.client_key,
+                                 f"(mqtt.cert_file {other.client_cert}): give one signed by")):
+            cfg = cfg_for(b, state, ca_file=tls.ca, cert_file=cert, key_file=key)
+            verdict, detail = probe_broker(cfg)
+            assert verdict == "FAIL" and said in detail, detail
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="maskd.mqtt"):
+                sink = MqttSink.from_config(cfg)
+                sink.emit(script("k", 1, 0)[0])
+                assert wait_until(lambda: caplog.records, 10)
+                assert not sink.connected and sink.health()["outbox_depth"] >= 1
+                sink.close()
+            assert all(said in r.getMessage() for r in caplog.records), caplog.text
+        sink = MqttSink.from_config(cfg_for(b, state, ca_file=tls.ca, cert_file=tls.client_cert,
+                                            key_file=tls.client_key))
+        try:
+            assert sink.flush(15) and sink.health()["outbox_depth"] == 0
+        finally:
+            sink.close()
+
+
 def test_wrong_password_is_a_clear_error_and_retried(tmp_path, caplog):
     pw = tmp_path / "pw"
     pw.write_text("wrong-horse\n")

@@ -764,6 +764,7 @@ class _Probe:
         self.echoed: set[str] = set()  # topics our test message came back on (3.1.1)
         self.started = False
         self.t0 = 0.0
+        self.socket_error = ""  # why paho's read failed (a broker's TLS alert), as run logs it
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
                                       client_id=client_id)
         if self.mq.username is not None:
@@ -773,6 +774,7 @@ class _Probe:
         c.on_subscribe = self._on_answer
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
+        c.on_log = self._on_log
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self.reason, self.properties = reason_code, properties
@@ -780,6 +782,12 @@ class _Probe:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self.connected.set()  # without .reason when it came before any CONNACK
+
+    def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001
+        from maskd.mqtt.sink import receive_error
+
+        if (why := receive_error(buf)) is not None:
+            self.socket_error = why
 
     def _on_answer(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
         with self._answered:
@@ -804,6 +812,7 @@ class _Probe:
     def connect(self) -> str | None:
         """None once the broker answered CONNECT (see .reason), else why not."""
         from maskd.mqtt import apply_tls, plain_listener_hint
+        from maskd.mqtt.credentials import client_certificate_hint
 
         self.t0 = time.perf_counter()
         try:
@@ -811,15 +820,20 @@ class _Probe:
                 apply_tls(self.client, self.mq)  # ValueError: a file changed since the check
             self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))
         except (OSError, ValueError) as err:
-            return f"{self.url}: cannot connect: {_err(err)}{plain_listener_hint(self.url, err)}"
+            hint = plain_listener_hint(self.url, err) or client_certificate_hint(self.mq, str(err))
+            return f"{self.url}: cannot connect: {_err(err)}{hint}"
         self.client.loop_start()
         self.started = True
         answered = self.connected.wait(BROKER_TIMEOUT_S)
         if self.reason is not None:
             return None
-        if answered:  # a TLS listener hangs up on a plain CONNECT
-            hint = "" if self.url.tls else "; is that port a TLS listener? Then use mqtts://"
-            return f"{self.url}: closed the connection without answering CONNECT{hint}"
+        if answered:  # a TLS listener hangs up on a plain CONNECT; a broker refusing the
+            # client certificate under TLS 1.3 sends its alert in answer to CONNECT
+            why = self.socket_error
+            hint = (client_certificate_hint(self.mq, why) if self.url.tls else
+                    "; is that port a TLS listener? Then use mqtts://")
+            return (f"{self.url}: closed the connection without answering CONNECT"
+                    f"{f' ({why})' if why else ''}{hint}")
         # one that keeps the connection and says nothing is stuck (or no broker), as `run` says
         return (f"{self.url}: took the connection but sent no CONNACK within "
                 f"{BROKER_TIMEOUT_S:.0f} s: check that an MQTT broker listens there and is not "

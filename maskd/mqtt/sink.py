@@ -35,7 +35,7 @@ from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import failed_write, write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
-from maskd.mqtt.credentials import CredentialFiles
+from maskd.mqtt.credentials import CredentialFiles, client_certificate_hint
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -196,6 +196,15 @@ class _Client(mqtt.Client):
         anything is sent on the connection; the rest wait in paho's queue."""
         limit = getattr(properties, "ReceiveMaximum", INFLIGHT)
         self._max_inflight_messages = max(1, min(INFLIGHT, limit))
+
+
+def receive_error(buf: str) -> str | None:
+    """Why the connection broke, from paho's log line about it (paho only logs it; a broker's
+    TLS alert is there), else None."""
+    return buf.removeprefix(_RECEIVE_FAILED) if buf.startswith(_RECEIVE_FAILED) else None
+
+
+_RECEIVE_FAILED = "failed to receive on socket: "
 
 
 def plain_listener_hint(url: BrokerUrl, err: BaseException | None) -> str:
@@ -912,15 +921,15 @@ class MqttSink(EventSink):
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         err = getattr(client, "last_error", None)
-        hint = plain_listener_hint(self._url, err)
+        hint = plain_listener_hint(self._url, err) or client_certificate_hint(self._mq, str(err))
         self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}{hint}")
 
     def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001
         # paho reports every idle loop while disconnected as an error; the meaningful
         # connection events are logged here, so its own chatter goes to DEBUG.
         _paho_log.debug("%s", buf)
-        if buf.startswith("failed to receive on socket: "):
-            client.socket_error = buf.removeprefix("failed to receive on socket: ")
+        if (why := receive_error(buf)) is not None:
+            client.socket_error = why
         elif buf.startswith("Received malformed packet"):
             client.malformed = buf
 
@@ -947,7 +956,7 @@ class MqttSink(EventSink):
                 hint = ("; is that port a TLS listener? Then use mqtts:// (TLS usually listens "
                         "on 8883)")
             else:
-                hint = ""
+                hint = client_certificate_hint(self._mq, why)
             self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
         if was and not self._closing:
             self.reconnects += 1
