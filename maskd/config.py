@@ -676,8 +676,14 @@ def _password_in(path: Path) -> str:
         raise ValueError(f"{excerpt(str(path))} is not UTF-8 text") from None
 
 
+_NO_LOAD = "mqtt.ca_file/cert_file/key_file do not load: "  # the fault line's start too
+
+
+_ENCRYPTED = "the key is encrypted; maskd has no passphrase setting"
+
+
 def _refuse_passphrase() -> str:
-    raise ValueError("the key is encrypted; maskd has no passphrase setting")
+    raise ValueError(_ENCRYPTED)
 
 
 class MqttConfig(Section):
@@ -792,12 +798,36 @@ class MqttConfig(Section):
                 ctx.load_verify_locations(str(self.ca_file))
             else:
                 ctx.load_default_certs()
-            if self.cert_file is not None:
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{_NO_LOAD}mqtt.ca_file {self.ca_file}: {err}") from None
+        if self.cert_file is not None:
+            try:
                 ctx.load_cert_chain(str(self.cert_file), self.key_file and str(self.key_file),
                                     password=_refuse_passphrase)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"mqtt.ca_file/cert_file/key_file do not load: {err}") from None
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{_NO_LOAD}{self._client_files_problem(err)}") from None
         return ctx
+
+    def _client_files_problem(self, err: Exception) -> str:
+        """Which of cert_file and key_file is wrong: OpenSSL says only `PEM lib` or `key values
+        mismatch`, and the line named all three TLS keys, so a CA file, a certificate and a key
+        were all suspects."""
+        cert, key = f"mqtt.cert_file {self.cert_file}", f"mqtt.key_file {self.key_file}"
+        try:
+            has_cert = bool(certs.pem_not_after(Path(self.cert_file or "").read_text(
+                errors="replace")))
+        except (OSError, ValueError):
+            has_cert = False
+        if not has_cert:
+            return f"{cert}: no PEM certificate in it ({err})"
+        if "KEY_VALUES_MISMATCH" in str(err):
+            return f"{key} is not the private key of {cert} ({err})"
+        if err.args == (_ENCRYPTED,):
+            return f"{key if self.key_file is not None else cert}: {err}"
+        if "PEM lib" in str(err):
+            return (f"{cert}: no private key in it; set mqtt.key_file" if self.key_file is None
+                    else f"{key}: no PEM private key in it ({err})")
+        return f"{cert}, {key}: {err}"
 
     def certificate_ends(self) -> dict[str, tuple[Path, datetime]]:
         """When the TLS files stop working, by key: mqtt.cert_file at its first certificate to

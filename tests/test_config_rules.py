@@ -132,6 +132,36 @@ def test_an_unreadable_cert_file_is_not_also_called_missing_by_key_file(tmp_path
     assert "needs mqtt.cert_file" not in r.stderr
 
 
+def test_tls_files_that_do_not_load_are_named_one_by_one_by_both(tmp_path, tls):
+    """Which TLS file is wrong: the line said `mqtt.ca_file/cert_file/key_file do not load:
+    [SSL] PEM lib` whichever it was (a certificate without its key, a key for a certificate,
+    a key file in ca_file), so all three were suspects. Now it names the key and its file."""
+    other = make_ca(tmp_path / "other", name="other CA")
+    locked = tmp_path / "locked.key"
+    subprocess.run(["openssl", "rsa", "-in", str(tls.client_key), "-aes256", "-passout",
+                    "pass:x", "-out", str(locked)], check=True, capture_output=True)
+    secure = "mqtts://127.0.0.1:8883"
+    pair = {"url": secure, "ca_file": str(tls.ca), "cert_file": str(tls.client_cert)}
+    cases = [
+        ({"url": secure, "ca_file": str(tls.client_key)}, f"mqtt.ca_file {tls.client_key}: "),
+        (pair, f"mqtt.cert_file {tls.client_cert}: no private key in it; set mqtt.key_file"),
+        ({**pair, "key_file": str(other.client_key)},
+         f"mqtt.key_file {other.client_key} is not the private key of mqtt.cert_file"),
+        ({**pair, "key_file": str(tls.client_cert)},
+         f"mqtt.key_file {tls.client_cert}: no PEM private key in it"),
+        ({**pair, "cert_file": str(tls.client_key), "key_file": str(tls.client_key)},
+         f"mqtt.cert_file {tls.client_key}: no PEM certificate in it"),
+        ({**pair, "key_file": str(locked)}, f"mqtt.key_file {locked}: the key is encrypted"),
+    ]
+    paths = [write(tmp_path / f"tls{i}.yaml", mqtt, tmp_path / f"state{i}")
+             for i, (mqtt, _) in enumerate(cases)]
+    answers = maskd_each([call for path in paths
+                          for call in (("check-config", str(path)), run_args(path))])
+    for i, (_, said) in enumerate(cases):
+        for r in answers[2 * i:2 * i + 2]:
+            assert r.returncode == EX_CONFIG and said in r.stderr, (said, r.stderr[-2000:])
+
+
 def test_a_good_config_is_accepted_by_both(tmp_path, tls):
     state = tmp_path / "state"
     state.mkdir()
