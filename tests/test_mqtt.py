@@ -1111,9 +1111,17 @@ def test_a_client_certificate_renewed_on_disk_is_used_from_the_next_connection(
 
 
 def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, caplog, tls):
+    """OpenSSL's words (`unable to get local issuer certificate`, or `self-signed certificate
+    in certificate chain` when the broker sends its CA too) name no setting: the log and
+    doctor's broker row say that mqtt.ca_file holds no CA of the broker's certificate."""
+    from maskd.commands.doctor import probe_broker
+
     other = make_ca(tmp_path / "other-ca")
+    said = f"; mqtt.ca_file {other.ca} holds no CA that signed the broker's certificate"
     with Broker(tmp_path / "b", tls=tls) as b:
         cfg = cfg_for(b, tmp_path / "state", ca_file=other.ca)
+        verdict, detail = probe_broker(cfg)
+        assert verdict == "FAIL" and said in detail, detail
         with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
             sink = MqttSink.from_config(cfg)
             time.sleep(1.5)
@@ -1121,6 +1129,7 @@ def test_untrusted_broker_certificate_is_a_clear_error_and_retried(tmp_path, cap
             sink.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "certificate verify failed" in errors[0].lower(), errors
+    assert said in errors[0], errors
 
 
 def test_a_client_certificate_the_broker_refuses_is_named_by_run_and_doctor(tmp_path, caplog, tls):

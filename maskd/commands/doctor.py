@@ -812,7 +812,7 @@ class _Probe:
     def connect(self) -> str | None:
         """None once the broker answered CONNECT (see .reason), else why not."""
         from maskd.mqtt import apply_tls, plain_listener_hint
-        from maskd.mqtt.credentials import client_certificate_hint
+        from maskd.mqtt.credentials import broker_certificate_hint, client_certificate_hint
 
         self.t0 = time.perf_counter()
         try:
@@ -820,7 +820,8 @@ class _Probe:
                 apply_tls(self.client, self.mq)  # ValueError: a file changed since the check
             self.client.connect(self.url.host, self.url.port, keepalive=max(5, self.mq.keepalive_s))
         except (OSError, ValueError) as err:
-            hint = plain_listener_hint(self.url, err) or client_certificate_hint(self.mq, str(err))
+            hint = (plain_listener_hint(self.url, err) or client_certificate_hint(self.mq, str(err))
+                    or broker_certificate_hint(self.mq, str(err)))
             return f"{self.url}: cannot connect: {_err(err)}{hint}"
         self.client.loop_start()
         self.started = True

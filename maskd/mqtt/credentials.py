@@ -74,6 +74,29 @@ def client_certificate_hint(mq: MqttConfig, why: str) -> str:
     return f"; {what} (mqtt.cert_file {mq.cert_file}): {do}"
 
 
+def broker_certificate_hint(mq: MqttConfig, why: str) -> str:
+    """What to do when maskd could not verify the broker's certificate: OpenSSL's words name
+    no setting (`self-signed certificate in certificate chain` for a broker of another CA).
+    One wording for the sink's log and `maskd doctor`; "" for other reasons."""
+    if "CERTIFICATE_VERIFY_FAILED" not in why or mq.broker is None:
+        return ""
+    host = mq.broker.host
+    if "unable to get local issuer" in why or "self-signed certificate" in why or \
+            "self signed certificate" in why:
+        return (f"; mqtt.ca_file {mq.ca_file} holds no CA that signed the broker's certificate"
+                if mq.ca_file is not None else
+                "; no system CA signed the broker's certificate: set mqtt.ca_file to its CA")
+    if "mismatch" in why:
+        return (f"; the broker's certificate does not name {host}: give mqtt.url a name it "
+                f"holds (subjectAltName), or have it reissued for {host}")
+    if "not yet valid" in why:  # a Pi without a real-time clock, before NTP set its time
+        return "; is this machine's clock behind? (maskd doctor: clock)"
+    if "has expired" in why:
+        return ("; the broker's administrator must renew it, unless this machine's clock is "
+                "ahead (maskd doctor: clock)")
+    return ""
+
+
 def apply_tls(c: mqtt.Client, mq: MqttConfig) -> None:
     """TLS as maskd uses it (certificate required; client cert optional), for `maskd doctor`'s
     one connection. Raises ValueError naming the keys whose files do not load."""

@@ -35,7 +35,11 @@ from maskd.clock import Uptime, local_iso
 from maskd.config import BrokerUrl, Config, ConfigError, MqttConfig, is_wildcard, parse_listen
 from maskd.files import failed_write, write_atomically
 from maskd.lograte import RateLimitedLog, Throttle
-from maskd.mqtt.credentials import CredentialFiles, client_certificate_hint
+from maskd.mqtt.credentials import (
+    CredentialFiles,
+    broker_certificate_hint,
+    client_certificate_hint,
+)
 from maskd.mqtt.homeassistant import UNSEEN_RESTARTS, Topics, discovery_config, parse_switch
 from maskd.mqtt.schema import ViolationPayload, on_wire
 from maskd.outbox import Outbox, Row
@@ -921,7 +925,8 @@ class MqttSink(EventSink):
 
     def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
         err = getattr(client, "last_error", None)
-        hint = plain_listener_hint(self._url, err) or client_certificate_hint(self._mq, str(err))
+        hint = (plain_listener_hint(self._url, err) or client_certificate_hint(self._mq, str(err))
+                or broker_certificate_hint(self._mq, str(err)))
         self._log_fail(f"MQTT: cannot connect to {self._url}: {err or 'connection failed'}{hint}")
 
     def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001
