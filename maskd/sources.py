@@ -323,7 +323,8 @@ class LiveSource:
                 if self._bad_in_a_row and not raised:  # a stream of nothing but damaged frames?
                     failure = (f"read failed {self._bad_in_a_row + 1} times in a row (damaged "
                                "frames, or the device unplugged or the stream dropped)")
-                if self._stream and self._opened_at is not None and not raised:
+                if self._stream and self._opened_at is not None and not raised \
+                        and not at_once(began):  # FFmpeg gave up waiting (a hang-up: at once)
                     failure = self._no_picture_why()
                 self._say(logging.WARNING, "failed", "%s: %s; reopening", self.who, failure)
                 self._drop(cap, failure, self._last_frame_at)

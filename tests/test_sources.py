@@ -720,20 +720,15 @@ def test_a_damaged_frame_from_a_network_camera_is_skipped_not_a_lost_camera(capl
     assert "reopening" not in caplog.text and "frame skipped" in caplog.text
 
 
-@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write an H.264 stream")
-def test_a_stream_joined_far_from_its_next_key_frame_is_said_so_not_a_dropped_stream(
-        tmp_path, monkeypatch, caplog):
-    """A camera with a long I-frame interval (H.264+, smart codec, a low frame rate) joined
-    mid-GOP sends only frames that cannot be decoded until its next key frame; FFmpeg gives up
-    after the stream time-out. The line said "device unplugged or stream dropped" while the
-    stream flowed (seen on a real RTSP server, gst-rtsp-server with a 25 s GOP): now it says
-    no picture came since the open and names the key frames. A real H.264 MPEG-TS stream over
-    HTTP, paced at its own rate, every connection joined 6 s before its next key frame."""
+def _lost_why_of_a_gop_camera(tmp_path: Path, monkeypatch, hang_up_after: int | None) -> str:  # noqa: ANN001
+    """Why a real H.264 MPEG-TS stream over HTTP, every connection joined 6 s before its next
+    key frame (10 frames/s, key frames 7 s apart, SPS/PPS in every packet), was taken for lost:
+    paced at its own rate, or cut off by the camera after ``hang_up_after`` bytes."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import maskd.sources
 
-    clip = tmp_path / "gop.ts"  # 10 frames/s, key frames 7 s apart, SPS/PPS in every packet
+    clip = tmp_path / "gop.ts"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
                     "-t", "14", "-c:v", "libx264", "-g", "70", "-keyint_min", "70",
                     "-sc_threshold", "0", "-bf", "0", "-flags", "+global_header", "-bsf:v",
@@ -749,6 +744,9 @@ def test_a_stream_joined_far_from_its_next_key_frame_is_said_so_not_a_dropped_st
             self.end_headers()
             at, t0 = join, time.monotonic()
             with contextlib.suppress(OSError):
+                if hang_up_after is not None:
+                    self.wfile.write(data[join:join + hang_up_after])
+                    return
                 while at < len(data):
                     due = join + int((time.monotonic() - t0) * rate) // 188 * 188
                     if due > at:
@@ -765,19 +763,41 @@ def test_a_stream_joined_far_from_its_next_key_frame_is_said_so_not_a_dropped_st
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/stream.ts"
     try:
-        with caplog.at_level(logging.INFO, logger="maskd.sources"):
-            src = open_source(SourceConfig(kind="opencv", uri=url, reopen_min_s=5.0,
-                                           reopen_max_s=5.0))
-            try:
-                wait_until(lambda: src.stats["camera_lost_why"] is not None, timeout=15.0)
-                why = src.stats["camera_lost_why"]
-            finally:
-                src.close()
+        src = open_source(SourceConfig(kind="opencv", uri=url, reopen_min_s=5.0,
+                                       reopen_max_s=5.0))
+        try:
+            wait_until(lambda: src.stats["camera_lost_why"] is not None, timeout=15.0)
+            return src.stats["camera_lost_why"]
+        finally:
+            src.close()
     finally:
         server.shutdown()
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write an H.264 stream")
+def test_a_stream_joined_far_from_its_next_key_frame_is_said_so_not_a_dropped_stream(
+        tmp_path, monkeypatch, caplog):
+    """A camera with a long I-frame interval (H.264+, smart codec, a low frame rate) joined
+    mid-GOP sends only frames that cannot be decoded until its next key frame; FFmpeg gives up
+    after the stream time-out. The line said "device unplugged or stream dropped" while the
+    stream flowed (seen on a real RTSP server, gst-rtsp-server with a 25 s GOP): now it says
+    no picture came since the open and names the key frames."""
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        why = _lost_why_of_a_gop_camera(tmp_path, monkeypatch, None)
     assert "no picture came" in why and "I-frame interval" in why, why
     assert "unplugged" not in why and "dropped" not in why, why
     assert "key frames are further apart than 2 s" in caplog.text, caplog.text
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write an H.264 stream")
+def test_a_stream_the_camera_hangs_up_after_the_open_is_a_dropped_stream_not_its_gop(
+        tmp_path, monkeypatch):
+    """A camera that ends the connection right after the open (rebooting, out of sessions):
+    the reads fail at once, not after the stream time-out, and the line said "no picture came
+    in 0 s ... set the camera's I-frame interval", sending the operator to a setting that was
+    not the cause. It says the stream dropped, as before the GOP line."""
+    why = _lost_why_of_a_gop_camera(tmp_path, monkeypatch, 50 * 188)
+    assert "dropped" in why and "I-frame" not in why, why
 
 
 def test_a_network_camera_that_answers_but_gives_no_stream_says_what_it_answered():
