@@ -1329,6 +1329,32 @@ def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
             assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors
 
 
+def test_a_listener_that_hangs_up_during_the_tls_handshake_is_no_client_certificate_fault(
+        tmp_path, caplog, tls):
+    """mqtts:// at a port that closes the connection on the TLS hello (a listener that speaks
+    no TLS and hangs up cleanly): the line said "the broker hung up right after the TLS
+    handshake, as one does that refuses the client certificate: set mqtt.cert_file", a
+    handshake that never happened. Only a hang-up after the handshake is taken for that."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):  # closed at the end
+            while True:
+                conn = srv.accept()[0]
+                conn.recv(10)
+                conn.shutdown(socket.SHUT_RDWR)  # a clean close (FIN): EOF, no reset
+                conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        mq = MqttConfig(url=f"mqtts://127.0.0.1:{srv.getsockname()[1]}", ca_file=tls.ca)
+        errors = _connection_errors(mq, tmp_path, caplog)
+    finally:
+        srv.close()
+    assert errors and "EOF" in errors[0], errors
+    assert "client certificate" not in errors[0] and "cert_file" not in errors[0], errors
+
+
 def test_a_listener_that_never_answers_and_one_that_takes_only_qos_0_are_named(tmp_path, caplog):
     """A port that takes the connection and never sends a CONNACK (a hung broker, something
     else listening) is named as that after `keepalive_s` and retried, not taken for a TLS

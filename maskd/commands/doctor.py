@@ -831,7 +831,7 @@ class _Probe:
         if answered:  # a TLS listener hangs up on a plain CONNECT; a broker refusing the
             # client certificate under TLS 1.3 sends its alert in answer to CONNECT
             why = self.socket_error
-            hint = (client_certificate_hint(self.mq, why) if self.url.tls else
+            hint = (client_certificate_hint(self.mq, why, handshook=True) if self.url.tls else
                     "; is that port a TLS listener? Then use mqtts://")
             return (f"{self.url}: closed the connection without answering CONNECT"
                     f"{f' ({why})' if why else ''}{hint}")

@@ -961,7 +961,7 @@ class MqttSink(EventSink):
                 hint = ("; is that port a TLS listener? Then use mqtts:// (TLS usually listens "
                         "on 8883)")
             else:
-                hint = client_certificate_hint(self._mq, why)
+                hint = client_certificate_hint(self._mq, why, handshook=True)
             self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
         if was and not self._closing:
             self.reconnects += 1
