@@ -51,6 +51,8 @@ RESERVE_FILE = "outbox.reserve"
 WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, even on a full disk
 RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
+PRUNE_ROWS = 500  # rows the bounds drop per commit: the WAL holds one commit's pages at a time
+WAL_KEEP = 1 << 20  # a WAL a larger write left is cut back to this at its next checkpoint
 SHRINK_BYTES = 1 << 20  # an emptied outbox gives back its unused pages once they reach this
 CORRUPT_KEEP = 3  # damaged outbox files kept aside for inspection (the latest; each up to ~50 MiB)
 
@@ -559,6 +561,7 @@ class Outbox:
             # FULL: a committed event survives a power cut, not only a process crash.
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
             found = db.execute("PRAGMA user_version").fetchone()[0]
             self._add_open_events(db)
             db.executescript(_SCHEMA)
@@ -921,51 +924,55 @@ class Outbox:
         wall, uptime = self._clock()
         redate = False
         moved = 0
+        gone = [0, 0]  # dropped by age, by count: each part's rows as it commits
 
-        def delete_old() -> tuple[int, int]:
+        def drop(kind: int, where: str, args: tuple, most: int | None = None) -> None:
+            """Delete the oldest rows ``where`` says (at most ``most``), PRUNE_ROWS a commit:
+            one commit for a week's backlog wrote the whole file to the WAL again, room a full
+            card does not have (the bounds then failed for good), kept by the WAL after."""
+            while most is None or gone[kind] < most:
+                part = PRUNE_ROWS if most is None else min(PRUNE_ROWS, most - gone[kind])
+                n = self._db.execute(
+                    f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {where} "
+                    "ORDER BY id LIMIT ?)", (*args, part)).rowcount
+                gone[kind] += n
+                if n < part:
+                    return
+
+        def delete_old() -> None:
             nonlocal moved
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
             if redate:
                 # The next boot ages these rows by their dates: a date from before a step (a
                 # clock ten days behind until NTP) dropped minutes-old events there.
-                moved = db.execute(
+                moved = self._db.execute(
                     "UPDATE outbox SET created = uptime + ? WHERE boot = ? AND uptime IS NOT NULL "
                     "AND abs(created - uptime - ?) >= ?",
                     (wall - uptime, self._boot, wall - uptime, STEP_S)).rowcount
             if self._by_boot:
-                n_age = db.execute(
-                    "DELETE FROM outbox WHERE boot = ? AND uptime < ?",
-                    (self._boot, uptime - self.max_age_s),
-                ).rowcount + db.execute(
-                    "DELETE FROM outbox WHERE boot IS NOT ? AND created >= ? AND created < ?",
-                    (self._boot, CLOCK_FLOOR, wall - self.max_age_s),
-                ).rowcount
+                drop(0, "boot = ? AND uptime < ?", (self._boot, uptime - self.max_age_s))
+                drop(0, "boot IS NOT ? AND created >= ? AND created < ?",
+                     (self._boot, CLOCK_FLOOR, wall - self.max_age_s))
             else:
-                n_age = db.execute(
-                    "DELETE FROM outbox WHERE created >= ? AND created < ?",
-                    (CLOCK_FLOOR, wall - self.max_age_s),
-                ).rowcount
-            over = self._count - n_age - self.max_events
-            n_count = 0 if over <= 0 else db.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                (over,),
-            ).rowcount
-            db.execute("COMMIT")
-            return n_age, n_count
+                drop(0, "created >= ? AND created < ?", (CLOCK_FLOOR, wall - self.max_age_s))
+            over = self._count - gone[0] - self.max_events
+            if over > 0:
+                drop(1, "1", (), over)
 
         with self._lock:
             if self._db is None:  # nothing stored; the memory queue has its own bound
                 return 0
             redate = self._by_boot and bool(self._steps.step(wall, uptime) or not self._redated)
+            replaced = False  # a damaged file: the new one's count is its own
             try:
-                n_age, n_count = self._draining(delete_old)
+                self._draining(delete_old)
             except sqlite3.Error as err:
-                self._failed("delete", "drop events beyond the outbox bounds", err)
+                replaced = self._failed("delete", "drop events beyond the outbox bounds", err)
                 self._redated = self._redated and not redate  # the step is looked for again
-                return 0
-            self._succeeded("delete")
-            self._redated = self._redated or redate
+            else:
+                self._succeeded("delete")
+                self._redated = self._redated or redate
+            # The parts committed before a failure are gone too.
+            n_age, n_count = (0, 0) if replaced else gone
             self._count -= n_age + n_count
             self.dropped += n_age + n_count
             if (n_age or n_count) and self._unremoved:

@@ -955,6 +955,34 @@ def test_a_drained_backlog_is_given_back_even_on_a_full_disk(tmp_path):
         assert [r.id for r in Outbox(d).pending()] == [new]
 
 
+def test_a_backlog_that_ages_out_at_once_is_dropped_with_little_room(tmp_path):
+    """A week's backlog an earlier boot left, past the age bound when the Pi is back: dropping
+    it in one commit wrote the whole file to the WAL again (8 MiB here, 64 MiB for 100 000
+    events), so with less room than that the bounds failed at every prune, for good, the disk
+    full, the reserve gone and new events only in memory; and with room the WAL kept that size
+    while one event waited."""
+    from mqtt_broker import small_disk
+
+    clock = SteppedClock(uptime=5 * DAY)
+    with small_disk(tmp_path / "disk", "16m") as d:
+        ob = Outbox(d, durable=False, clock=clock, boot="boot-1")
+        for k in range(20):
+            ob.put_all([("t", {"n": k * 200 + i, "pad": "x" * 500}, None) for i in range(200)])
+        ob.close()
+        stored = (d / OUTBOX_FILE).stat().st_size
+        assert stored > 2 << 20
+        room = d / "other"  # the card is shared: less free than the outbox's size
+        room.write_bytes(b"\0" * (shutil.disk_usage(d).free - stored // 2))
+        clock.run(8 * DAY)
+        clock.uptime = 60.0
+        ob = Outbox(d, clock=clock, boot="boot-2")
+        new = ob.put("t", {"n": "new"})  # the broker still away: it waits
+        assert ob.dropped == 4000 and ob.fault is None and ob.in_memory() == 0
+        assert [r.id for r in ob.pending()] == [new]
+        assert (d / f"{OUTBOX_FILE}-wal").stat().st_size <= 1 << 20
+        ob.close()
+
+
 
 def test_a_second_close_leaves_other_files_alone(tmp_path):
     """Two owners closing the outbox (two camera loops ending together) must not close its file
