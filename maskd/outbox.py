@@ -923,40 +923,41 @@ class Outbox:
         it was not set when they were stored (``row_age``)."""
         wall, uptime = self._clock()
         redate = False
-        moved = 0
-        gone = [0, 0]  # dropped by age, by count: each part's rows as it commits
+        done = [0, 0, 0]  # re-dated, dropped by age, dropped by count: each part's as it commits
 
-        def drop(kind: int, where: str, args: tuple, most: int | None = None) -> None:
-            """Delete the oldest rows ``where`` says (at most ``most``), PRUNE_ROWS a commit:
-            one commit for a week's backlog wrote the whole file to the WAL again, room a full
-            card does not have (the bounds then failed for good), kept by the WAL after."""
-            while most is None or gone[kind] < most:
-                part = PRUNE_ROWS if most is None else min(PRUNE_ROWS, most - gone[kind])
+        def in_parts(kind: int, change: str, where: str, args: tuple,
+                     most: int | None = None) -> None:
+            """``change`` (an UPDATE or DELETE; ``args`` its values, then ``where``'s) on the
+            oldest rows ``where`` picks, at most ``most``, PRUNE_ROWS a commit: one commit for a
+            week's backlog wrote the whole file to the WAL again, room a full card does not
+            have (the prune then failed at every try, the bounds never applied)."""
+            while most is None or done[kind] < most:
+                part = PRUNE_ROWS if most is None else min(PRUNE_ROWS, most - done[kind])
                 n = self._db.execute(
-                    f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {where} "
-                    "ORDER BY id LIMIT ?)", (*args, part)).rowcount
-                gone[kind] += n
+                    f"{change} WHERE id IN (SELECT id FROM outbox WHERE {where} ORDER BY id "
+                    "LIMIT ?)", (*args, part)).rowcount
+                done[kind] += n
                 if n < part:
                     return
 
         def delete_old() -> None:
-            nonlocal moved
             if redate:
                 # The next boot ages these rows by their dates: a date from before a step (a
                 # clock ten days behind until NTP) dropped minutes-old events there.
-                moved = self._db.execute(
-                    "UPDATE outbox SET created = uptime + ? WHERE boot = ? AND uptime IS NOT NULL "
-                    "AND abs(created - uptime - ?) >= ?",
-                    (wall - uptime, self._boot, wall - uptime, STEP_S)).rowcount
+                in_parts(0, "UPDATE outbox SET created = uptime + ?",
+                         "boot = ? AND uptime IS NOT NULL AND abs(created - uptime - ?) >= ?",
+                         (wall - uptime, self._boot, wall - uptime, STEP_S))
             if self._by_boot:
-                drop(0, "boot = ? AND uptime < ?", (self._boot, uptime - self.max_age_s))
-                drop(0, "boot IS NOT ? AND created >= ? AND created < ?",
-                     (self._boot, CLOCK_FLOOR, wall - self.max_age_s))
+                in_parts(1, "DELETE FROM outbox", "boot = ? AND uptime < ?",
+                         (self._boot, uptime - self.max_age_s))
+                in_parts(1, "DELETE FROM outbox", "boot IS NOT ? AND created >= ? AND created < ?",
+                         (self._boot, CLOCK_FLOOR, wall - self.max_age_s))
             else:
-                drop(0, "created >= ? AND created < ?", (CLOCK_FLOOR, wall - self.max_age_s))
-            over = self._count - gone[0] - self.max_events
+                in_parts(1, "DELETE FROM outbox", "created >= ? AND created < ?",
+                         (CLOCK_FLOOR, wall - self.max_age_s))
+            over = self._count - done[1] - self.max_events
             if over > 0:
-                drop(1, "1", (), over)
+                in_parts(2, "DELETE FROM outbox", "1", (), over)
 
         with self._lock:
             if self._db is None:  # nothing stored; the memory queue has its own bound
@@ -971,8 +972,8 @@ class Outbox:
             else:
                 self._succeeded("delete")
                 self._redated = self._redated or redate
-            # The parts committed before a failure are gone too.
-            n_age, n_count = (0, 0) if replaced else gone
+            # The parts committed before a failure are done too.
+            moved, n_age, n_count = (0, 0, 0) if replaced else done
             self._count -= n_age + n_count
             self.dropped += n_age + n_count
             if (n_age or n_count) and self._unremoved:

@@ -955,6 +955,16 @@ def test_a_drained_backlog_is_given_back_even_on_a_full_disk(tmp_path):
         assert [r.id for r in Outbox(d).pending()] == [new]
 
 
+def backlog_with_little_room(d: Path, ob: Outbox) -> None:
+    """A week's backlog in ``ob`` (4000 events, over 2 MiB), and the card, shared with other
+    files, left with half the outbox's size free."""
+    for k in range(20):
+        ob.put_all([("t", {"n": k * 200 + i, "pad": "x" * 500}, None) for i in range(200)])
+    stored = (d / OUTBOX_FILE).stat().st_size
+    assert stored > 2 << 20
+    (d / "other").write_bytes(b"\0" * (shutil.disk_usage(d).free - stored // 2))
+
+
 def test_a_backlog_that_ages_out_at_once_is_dropped_with_little_room(tmp_path):
     """A week's backlog an earlier boot left, past the age bound when the Pi is back: dropping
     it in one commit wrote the whole file to the WAL again (8 MiB here, 64 MiB for 100 000
@@ -966,13 +976,9 @@ def test_a_backlog_that_ages_out_at_once_is_dropped_with_little_room(tmp_path):
     clock = SteppedClock(uptime=5 * DAY)
     with small_disk(tmp_path / "disk", "16m") as d:
         ob = Outbox(d, durable=False, clock=clock, boot="boot-1")
-        for k in range(20):
-            ob.put_all([("t", {"n": k * 200 + i, "pad": "x" * 500}, None) for i in range(200)])
         ob.close()
-        stored = (d / OUTBOX_FILE).stat().st_size
-        assert stored > 2 << 20
-        room = d / "other"  # the card is shared: less free than the outbox's size
-        room.write_bytes(b"\0" * (shutil.disk_usage(d).free - stored // 2))
+        backlog_with_little_room(d, ob := Outbox(d, durable=False, clock=clock, boot="boot-1"))
+        ob.close()
         clock.run(8 * DAY)
         clock.uptime = 60.0
         ob = Outbox(d, clock=clock, boot="boot-2")
@@ -982,6 +988,27 @@ def test_a_backlog_that_ages_out_at_once_is_dropped_with_little_room(tmp_path):
         assert (d / f"{OUTBOX_FILE}-wal").stat().st_size <= 1 << 20
         ob.close()
 
+
+def test_a_backlog_re_dated_at_a_clock_step_needs_little_room(tmp_path):
+    """NTP's step re-dates this boot's rows (so the next boot ages them right); one commit for
+    a week's backlog wrote the whole file to the WAL again, and with less room than that the
+    prune failed at every try, re-dating again each time, the bounds never applied."""
+    from mqtt_broker import small_disk
+
+    clock = SteppedClock()
+    with small_disk(tmp_path / "disk", "16m") as d:
+        ob = Outbox(d, clock=clock)
+        ob.prune()  # this boot's rows are looked at once after the open
+        backlog_with_little_room(d, ob)
+        clock.run(30)
+        clock.wall += 10 * DAY  # NTP steps the clock
+        new = ob.put("t", {"n": "new"})
+        assert ob.fault is None and ob.in_memory() == 0 and ob.depth() == 4001
+        assert (d / f"{OUTBOX_FILE}-wal").stat().st_size <= 1 << 20
+        ob.close()
+        with closing(sqlite3.connect(d / OUTBOX_FILE)) as db:
+            assert db.execute("SELECT min(created) FROM outbox").fetchone()[0] > clock.wall - 60
+            assert db.execute("SELECT max(id) FROM outbox").fetchone()[0] == new
 
 
 def test_a_second_close_leaves_other_files_alone(tmp_path):
