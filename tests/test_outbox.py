@@ -1011,6 +1011,19 @@ def test_a_backlog_re_dated_at_a_clock_step_needs_little_room(tmp_path):
             assert db.execute("SELECT max(id) FROM outbox").fetchone()[0] == new
 
 
+def test_a_wal_a_large_commit_left_is_cut_back(tmp_path):
+    """A large commit (what waited in memory through a full disk, stored at once) grows the WAL;
+    SQLite reuses that file but never shrinks it, so it kept its largest size for good."""
+    ob = Outbox(tmp_path)
+    ob.put_all([("t", {"n": i, "pad": "x" * 500}, None) for i in range(4000)])
+    wal = tmp_path / f"{OUTBOX_FILE}-wal"
+    assert wal.stat().st_size > 2 << 20
+    ob.put("t", {"n": "one"})
+    ob.put("t", {"n": "two"})  # the WAL is checkpointed and begun again
+    assert wal.stat().st_size <= 1 << 20
+    ob.close()
+
+
 def test_a_second_close_leaves_other_files_alone(tmp_path):
     """Two owners closing the outbox (two camera loops ending together) must not close its file
     descriptors twice: by then their numbers may belong to another file of the process."""
