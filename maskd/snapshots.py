@@ -66,6 +66,13 @@ _ID = f"[{ID_CHARS}]{{1,{ID_MAX}}}"  # the camera's (config) and the event's (a 
 NAME = re.compile(_ID + r"-\d{8}-\d{6}-" + _ID + r"\.jpg")
 
 
+def on_disk(st: os.stat_result) -> int:
+    """The room a file takes on the card, in whole blocks, which keep_mb counts: a far face's
+    crop of 2 KB takes a 4 KiB block, and counting its bytes let the folder take twice keep_mb
+    and more. Never less than its bytes (a file system that does not count blocks)."""
+    return max(st.st_size, st.st_blocks * 512)
+
+
 def snapshot_name(camera: str, start_time: float, event_id: str) -> str:
     return f"{camera}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(start_time))}-{event_id}.jpg"
 
@@ -237,6 +244,8 @@ class SnapshotStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.tobytes())
+                f.flush()
+                size = on_disk(os.fstat(fd))
             os.replace(tmp, path)
         except (OSError, ValueError) as err:
             self.failed += 1
@@ -257,9 +266,9 @@ class SnapshotStore:
         old = self._index.pop(path, None)
         if old is not None:
             self._total -= old[1]
-        self._index[path] = (now, len(buf))
+        self._index[path] = (now, size)
         self._mine.add(path)
-        self._total += len(buf)
+        self._total += size
         self._enforce(now, written=path)
 
     # ------------------------------------------------------------------ retention
@@ -286,7 +295,7 @@ class SnapshotStore:
                         if mtime < CLOCK_FLOOR <= now:
                             unset.append(Path(e.path))
                             mtime = now
-                        found.append((mtime, st.st_size, Path(e.path)))
+                        found.append((mtime, on_disk(st), Path(e.path)))
         except FileNotFoundError:
             pass
         except OSError as err:

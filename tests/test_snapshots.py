@@ -159,7 +159,7 @@ def test_retention_by_age_at_start_spares_other_files(tmp_path):
 def test_retention_by_size_deletes_the_oldest_first(tmp_path):
     folder = tmp_path / "snaps"
     files = make_files(folder, [5, 4, 3, 2, 1, 0.5])
-    sizes = [p.stat().st_size for p in files]
+    sizes = [snapshots.on_disk(p.stat()) for p in files]
     keep = sum(sizes[-3:]) + 100  # room for the newest three
     store = SnapshotStore(folder, keep_days=30, keep_mb=keep / snapshots.MB)
     store.flush(5)
@@ -169,7 +169,24 @@ def test_retention_by_size_deletes_the_oldest_first(tmp_path):
     store.close()
     left = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
     assert files[3] in store.deleted and left[-1].name.endswith("-new.jpg")
-    assert sum(p.stat().st_size for p in left) <= keep
+    assert sum(snapshots.on_disk(p.stat()) for p in left) <= keep
+
+
+def test_keep_mb_holds_on_the_card_for_a_far_faces_small_crops(tmp_path):
+    """A face 48 px across is a JPEG of about 2 KB, which takes a whole 4 KiB block on the
+    card: keep_mb counted the bytes in the files, so the folder took 2.3 times keep_mb."""
+    folder = tmp_path / "snaps"
+    store = SnapshotStore(folder, keep_days=7, keep_mb=0.25)
+    face = cv2.resize(DemoSource().render(20)[100:300, 200:400], (48, 48))
+    for i in range(400):
+        store.put(snapshot_name("door", time.time(), f"ev{i:03d}"), face)
+        if i % 20 == 0:
+            store.flush(5)
+    store.close()
+    files = list(folder.iterdir())
+    assert store.written == 400 and len(files) > 20
+    assert sum(p.stat().st_size for p in files) < 4096 * len(files)  # small files, whole blocks
+    assert sum(p.stat().st_blocks * 512 for p in files) <= 0.25 * snapshots.MB
 
 
 def test_a_snapshot_that_cannot_be_deleted_does_not_stop_retention(tmp_path, refuse_to_delete,
@@ -179,7 +196,7 @@ def test_a_snapshot_that_cannot_be_deleted_does_not_stop_retention(tmp_path, ref
     with one WARNING a minute about that one file."""
     folder = tmp_path / "snaps"
     files = make_files(folder, [5, 4, 3, 2, 1, 0.5])
-    sizes = [p.stat().st_size for p in files]
+    sizes = [snapshots.on_disk(p.stat()) for p in files]
     keep = sum(sizes[-3:]) + 100  # room for the newest three
     refuse_to_delete(files[0])
     with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
@@ -420,7 +437,10 @@ def test_a_keep_mb_smaller_than_one_snapshot_is_a_warning(tmp_path, caplog):
     A legitimate value for small crops can be too small for whole frames, so the config cannot
     refuse it; the log must say it (was: a DEBUG line only), once a minute, not per snapshot."""
     frame = DemoSource().render(0)
-    size = len(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, snapshots.JPEG_QUALITY])[1])
+    copy = tmp_path / "copy.jpg"  # its room on this disk, which keep_mb counts
+    copy.write_bytes(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY,
+                                                  snapshots.JPEG_QUALITY])[1].tobytes())
+    size = snapshots.on_disk(copy.stat())
     store = SnapshotStore(tmp_path / "snaps", keep_days=7, keep_mb=size / 2 / snapshots.MB)
     names = [snapshot_name("door", time.time(), f"ev{i}") for i in range(3)]
     with caplog.at_level(logging.WARNING, logger="maskd.snapshots"):
@@ -457,7 +477,7 @@ def test_a_snapshot_exactly_keep_days_old_and_a_folder_of_exactly_keep_mb_are_ke
     store.close()
     assert edge.exists() and store.n_deleted == 0
     files = make_files(tmp_path / "sized", [3, 2, 1])
-    total = sum(p.stat().st_size for p in files)
+    total = sum(snapshots.on_disk(p.stat()) for p in files)
     store = SnapshotStore(tmp_path / "sized", keep_days=30, keep_mb=total / snapshots.MB)
     store.close()
     assert all(p.exists() for p in files) and store.n_deleted == 0
