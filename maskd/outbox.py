@@ -928,25 +928,39 @@ class Outbox:
         def in_parts(kind: int, change: str, where: str, args: tuple,
                      most: int | None = None) -> None:
             """``change`` (an UPDATE or DELETE; ``args`` its values, then ``where``'s) on the
-            oldest rows ``where`` picks, at most ``most``, PRUNE_ROWS a commit: one commit for a
-            week's backlog wrote the whole file to the WAL again, room a full card does not
-            have (the prune then failed at every try, the bounds never applied)."""
+            rows ``where`` picks, the oldest ``most`` if given, PRUNE_ROWS a commit: one commit
+            for a week's backlog wrote the whole file to the WAL again, room a full card does not
+            have (the prune then failed at every try, the bounds never applied). All of them
+            go, so only ``most`` orders them: sorting every match again for each part took
+            seconds for 100 000 rows (x12 the one commit's time), the loop held up."""
+            order = "" if most is None else "ORDER BY id"
             while most is None or done[kind] < most:
                 part = PRUNE_ROWS if most is None else min(PRUNE_ROWS, most - done[kind])
                 n = self._db.execute(
-                    f"{change} WHERE id IN (SELECT id FROM outbox WHERE {where} ORDER BY id "
+                    f"{change} WHERE id IN (SELECT id FROM outbox WHERE {where} {order} "
                     "LIMIT ?)", (*args, part)).rowcount
                 done[kind] += n
                 if n < part:
                     return
 
+        def redate_in_parts() -> None:
+            """The next boot ages this boot's rows by their dates: a date from before a step (a
+            clock ten days behind until NTP) dropped minutes-old events there. PRUNE_ROWS ids a
+            commit, walked by id: rows re-dated stay where ``in_parts`` would look again."""
+            after: int | None = 0
+            while after is not None:
+                upto = self._db.execute("SELECT id FROM outbox WHERE id > ? ORDER BY id LIMIT 1 "
+                                        "OFFSET ?", (after, PRUNE_ROWS - 1)).fetchone()
+                done[0] += self._db.execute(
+                    "UPDATE outbox NOT INDEXED SET created = uptime + ? WHERE id > ? AND id <= ? "
+                    "AND boot = ? AND uptime IS NOT NULL AND abs(created - uptime - ?) >= ?",
+                    (wall - uptime, after, upto[0] if upto else 1 << 62, self._boot,
+                     wall - uptime, STEP_S)).rowcount
+                after = upto[0] if upto else None
+
         def delete_old() -> None:
             if redate:
-                # The next boot ages these rows by their dates: a date from before a step (a
-                # clock ten days behind until NTP) dropped minutes-old events there.
-                in_parts(0, "UPDATE outbox SET created = uptime + ?",
-                         "boot = ? AND uptime IS NOT NULL AND abs(created - uptime - ?) >= ?",
-                         (wall - uptime, self._boot, wall - uptime, STEP_S))
+                redate_in_parts()
             if self._by_boot:
                 in_parts(1, "DELETE FROM outbox", "boot = ? AND uptime < ?",
                          (self._boot, uptime - self.max_age_s))
