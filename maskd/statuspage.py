@@ -51,7 +51,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from maskd import __version__, watch
 from maskd.clock import Clock, Uptime, system_clock
 from maskd.config import Config, PreviewConfig, is_loopback, read_secret, read_token, redact
-from maskd.lograte import Throttle
+from maskd.lograte import RateLimitedLog, Throttle
 from maskd.preview import (
     BOUNDARY,
     LISTEN_RETRY_S,
@@ -602,6 +602,9 @@ class StatusServer:
         self.clock = clock
         self.uptime = Uptime(clock)
         self.guesses = Guesses()
+        # one line a minute for every address locked (with how many more), not one each: a
+        # guesser with many addresses (an IPv6 /64) flooded the journal, 1 line per 10 requests
+        self.locked_log = RateLimitedLog(log, clock=lambda: self.guesses.now())
         self._lock = threading.Lock()
         self._views: dict[str, CameraView] = {}
         self._attached = 0
@@ -888,9 +891,10 @@ class StatusServer:
                 offered = [auth or "", *cookies, qtoken or ""]
                 if any(offered) and server.guesses.wrong(
                         addr, "\0".join(offered).encode("utf-8", "replace")):
-                    log.warning("status page: %d different wrong passwords or tokens from %s "
-                                "within %d s; its requests get 429 for %d s", MAX_GUESSES, addr,
-                                GUESS_WINDOW_S, GUESS_WINDOW_S)
+                    server.locked_log(logging.WARNING, "locked", "status page: %d different "
+                                      "wrong passwords or tokens from %s within %d s; its "
+                                      "requests get 429 for %d s", MAX_GUESSES, addr,
+                                      GUESS_WINDOW_S, GUESS_WINDOW_S)
                 self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required\n",
                            {"WWW-Authenticate": creds.challenge()})
                 return False

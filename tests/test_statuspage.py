@@ -935,6 +935,46 @@ def test_guessing_the_password_locks_that_address_for_a_minute_and_an_old_cookie
         srv.close()
 
 
+def test_guessers_on_many_addresses_are_one_warning_a_minute_not_one_each(caplog):
+    """One machine on the LAN guessing from many addresses (an IPv6 /64 gives it millions) got
+    one WARNING per address locked, a line per 10 requests: 300 lines in 6 s against a real
+    `maskd run`, enough for journald to drop maskd's own lines. Each address is still locked;
+    the journal gets one line a minute, the next one saying how many more were locked."""
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"door-token")).start()
+    clock = [1000.0]
+    srv.guesses.now = lambda: clock[0]
+
+    def guess(source: str, token: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10,
+                                          source_address=(source, 0))
+        try:
+            conn.request("GET", "/api/status", headers={"Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    try:
+        srv.attach("front", "d", "c")
+        with caplog.at_level("WARNING", logger="maskd.statuspage"):
+            for a in range(2, 32):
+                assert [guess(f"127.0.0.{a}", f"g{i}") for i in range(MAX_GUESSES)] == \
+                    [401] * MAX_GUESSES
+                assert guess(f"127.0.0.{a}", "door-token") == 429  # each address is locked
+            lines = [r.getMessage() for r in caplog.records if "wrong passwords" in r.getMessage()]
+            assert lines == ["status page: 10 different wrong passwords or tokens from 127.0.0.2 "
+                             "within 60 s; its requests get 429 for 60 s"], lines
+            clock[0] += 61
+            assert [guess("127.0.0.40", f"g{i}") for i in range(MAX_GUESSES)][-1] == 401
+            lines = [r.getMessage() for r in caplog.records if "wrong passwords" in r.getMessage()]
+            assert len(lines) == 2 and "from 127.0.0.40" in lines[1] \
+                and lines[1].endswith("(29 more like it in the last 60 s)"), lines
+        assert guess("127.0.0.41", "door-token") == 200  # an address that did not guess
+    finally:
+        srv.close()
+
+
 def test_secret_files_follow_one_rule(tmp_path):
     """mqtt.password_file and the page's files: surrounding whitespace stripped, at most 4096
     bytes, not empty (was: the MQTT file stripped all whitespace and took 1 MiB, the page's
