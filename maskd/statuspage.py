@@ -840,7 +840,11 @@ class StatusServer:
                                b"forbidden: on a loopback address the Host must be localhost, "
                                b"127.x.x.x or [::1]\n")
                     return
-                parts = urlsplit(self.path)
+                try:
+                    parts = urlsplit(self.path)
+                except ValueError:  # an absolute-form address whose [IPv6] host is not closed
+                    self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"bad request: no such URL\n")
+                    return
                 query = parse_qs(parts.query)
                 creds = server.credentials
                 qtoken = query.get("token", [None])[0]

@@ -1039,6 +1039,27 @@ def test_a_host_header_no_address_can_hold_is_a_403(server, caplog):
     assert not caplog.records, caplog.text
 
 
+def test_an_absolute_address_no_url_can_hold_is_a_400_not_a_failure(caplog):
+    """A request for ``http://[::1/`` (absolute form, its IPv6 host never closed) raised out of
+    the URL parser: the client got no answer at all and the journal ``request from X failed:
+    Invalid IPv6 URL``, from anyone on the LAN before a password was asked. Now a 400, on a
+    loopback page and on one with a token alike, and the page goes on."""
+    pages = [StatusServer("127.0.0.1:0").start(),
+             StatusServer("127.0.0.1:0", Credentials(token=b"door-token")).start()]
+    try:
+        with caplog.at_level("WARNING", logger="maskd.statuspage"):
+            for srv in pages:
+                srv.attach("front", "d", "c")
+                for target in (b"http://[::1/api/status", b"http://[/", b"http://x]/?token=["):
+                    got = ask(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    assert got.startswith(b"HTTP/1.0 400 "), (target, got[:100])
+                assert get(srv.url + "api/status?token=door-token")[0] == 200
+        assert not caplog.records, caplog.text
+    finally:
+        for srv in pages:
+            srv.close()
+
+
 def test_the_token_is_not_written_to_the_log(caplog):
     """The debug log had every request line, ``?token=`` and all: whoever could read the journal
     had the page's access token."""
