@@ -60,7 +60,8 @@ example:
   2   a bad command line (a malformed sha256, a URL that is not http(s):// or file://,
       a --timeout of 0, an unknown option): usage on stderr
   65  the download's sha256 is not the expected one; nothing saved
-  69  the URL could not be reached (no network); detector auto then uses BlazeFace
+  69  the URL could not be reached (no network), or its server answered with an HTTP
+      error (404 Not Found, 503); detector auto then uses BlazeFace
   73  the folder cannot be written, or something is in the way of the file (a folder
       with its name, a file there already that cannot be read)
   74  the file is in place, but the line saying so could not be written (a full disk)

@@ -58,7 +58,8 @@ DEADLINE_TIMEOUTS = 10
 
 
 class FetchError(Exception):
-    """A download that did not end in a checked file; ``kind`` is network, checksum or write."""
+    """A download that did not end in a checked file; ``kind`` is network, server (it answered
+    with an HTTP error), checksum or write."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -201,6 +202,10 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
                 said = " ".join(str(err).split())  # one line, whatever the server sent
                 raise FetchError("network", f"cannot download {shown}: {type(err).__name__}: "
                                             f"{said}") from None
+            except urllib.error.HTTPError as err:  # reached: the server has no such file
+                said = " ".join(str(err.reason).split())  # a redirect loop's is 3 lines
+                raise FetchError("server", f"cannot download {shown}: HTTP {err.code} "
+                                           f"{said}") from None
             except (urllib.error.URLError, OSError, ValueError) as err:
                 reason = getattr(err, "reason", None) or err
                 raise FetchError("network", f"cannot download {shown}: {reason}") from None

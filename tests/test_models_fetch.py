@@ -588,3 +588,34 @@ def test_the_hints_after_a_failure_fit_that_failure(tmp_path, capsys, monkeypatc
     src.write_bytes(b"not the pinned YuNet")
     code, _, err = fetch(capsys, "--dest", str(tmp_path / "m"), "--yunet-url", src.as_uri())
     assert code == 65 and len(err.splitlines()) == 1 and "mismatch" in err, err
+
+
+def test_a_server_without_the_file_says_its_status_not_no_network(tmp_path, capsys, monkeypatch):
+    """The default URL is an assumption (docs/install-pi.md): a 404 from it said only 'Not
+    Found', then 'download that URL on a machine that can', which no machine can; a redirect
+    loop was three lines. Now the status is named, the hint is a copy you trust, exit 69."""
+    import maskd.commands.models as cmd
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(4096).split(b" ")[1]
+            if path == b"/loop":
+                conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    url = next(server := raw_server(answer))
+    monkeypatch.setattr(cmd, "YUNET_URL", f"{url}/{YUNET_NAME}")  # standing for the default
+    code, out, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", f"{url}/{YUNET_NAME}")
+    assert code == 69 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"maskd models fetch: cannot download {url}/{YUNET_NAME}: HTTP 404 Not Found"
+    assert "BlazeFace" in err and "machine that can" not in err
+    assert "--yunet-url URL --yunet-sha256 HEX" in err, err
+    code, _, err = fetch(capsys, "--dest", str(tmp_path), "--yunet-url", f"{url}/loop")
+    assert code == 69 and err.splitlines()[0].startswith(
+        f"maskd models fetch: cannot download {url}/loop: HTTP 302 The HTTP server returned a "
+        "redirect error that would lead to an infinite loop."), err
+    assert "BlazeFace" in err.splitlines()[1]
+    assert list(tmp_path.iterdir()) == []
+    next(server, None)  # closes it

@@ -2,7 +2,7 @@
 
 Exit status: 0 the checked file is in place (downloaded, or there already); 65 (EX_DATAERR)
 the download's sha256 is not the expected one (nothing saved); 69 (EX_UNAVAILABLE) the URL
-could not be reached; 73 (EX_CANTCREAT) the folder cannot be written, or a folder or an
+could not be reached, or its server answered with an HTTP error (404, 503); 73 (EX_CANTCREAT) the folder cannot be written, or a folder or an
 unreadable file is in the way of the target; 74 the file is in place but the line saying so
 could not be written (a full disk); 2 bad arguments (checked at parse time).
 Imports only the standard library, so `python3 -m maskd models fetch` works without the venv
@@ -18,7 +18,7 @@ import sys
 from maskd.commands import names_as_bytes_on_stdout, print_line
 from maskd.modelfiles import SYSTEM_MODELS, YUNET_URL, FetchError, default_dest, fetch_yunet
 
-EXIT = {"checksum": 65, "network": 69, "write": 73, "usage": 2}
+EXIT = {"checksum": 65, "network": 69, "server": 69, "write": 73, "usage": 2}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,13 +27,17 @@ def main(args: argparse.Namespace) -> int:
         got = fetch_yunet(dest, args.yunet_url, args.yunet_sha256, timeout=args.timeout)
     except FetchError as err:
         print(f"maskd models fetch: {err}", file=sys.stderr)
-        if err.kind == "network":
+        if err.kind in ("network", "server"):
             print("maskd models fetch: without YuNet, detector kind auto uses BlazeFace, which "
                   "often loses faces once a mask covers nose and mouth", file=sys.stderr)
         if err.kind == "network" and args.yunet_url == YUNET_URL:
             print("maskd models fetch: or download that URL on a machine that can, copy it "
                   "here and run: maskd models fetch --yunet-url file:///path/to/it (checked the "
                   "same way)", file=sys.stderr)
+        if err.kind == "server":  # no machine gets the file from there (the default URL is a guess)
+            print("maskd models fetch: the server answered without the file: try again later, or "
+                  "pass --yunet-url URL --yunet-sha256 HEX of a copy you trust (docs/install-pi.md)",
+                  file=sys.stderr)
         # sudo helps only with the system folder, to a user who is not root (was said of a
         # checkout's models/ too, and of a folder in the way, which sudo does not move)
         if (err.kind == "write" and args.dest is None and dest == SYSTEM_MODELS
