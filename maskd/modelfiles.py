@@ -171,6 +171,9 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
             os.close(lock)
             lock = -1
             return Fetched(_for_everyone(target), changed=False)
+        # damaged (its name says another sha256): `run` stops on it, so it must not outlive a
+        # download that fails, where the line says auto falls back to BlazeFace
+        target.unlink(missing_ok=True)
         _remove_parts(dest)
         fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=dest)
     except OSError as err:

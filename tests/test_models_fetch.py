@@ -619,3 +619,18 @@ def test_a_server_without_the_file_says_its_status_not_no_network(tmp_path, caps
     assert "BlazeFace" in err.splitlines()[1]
     assert list(tmp_path.iterdir()) == []
     next(server, None)  # closes it
+
+
+def test_a_damaged_file_goes_even_when_the_download_fails(tmp_path, capsys):
+    """A damaged YuNet by the pinned name (a cut copy, a bad SD card) stayed when the fetch
+    meant to mend it found no network: the fetch said 'detector kind auto uses BlazeFace', but
+    `run` found the damaged file and stopped (exit 78, 'is damaged'). It is removed now, so the
+    fallback the line promises is what runs."""
+    dest = tmp_path / "models"
+    dest.mkdir()
+    damaged = dest / YUNET_NAME
+    damaged.write_bytes(b"the first 1000 bytes of a YuNet, cut")
+    code, _, err = fetch(capsys, "--dest", str(dest), "--yunet-url", refused_url(),
+                         "--timeout", "5")
+    assert code == 69 and "BlazeFace" in err, err
+    assert modelfiles.find_yunet((dest,)) is None and list(dest.iterdir()) == []
