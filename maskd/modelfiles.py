@@ -12,18 +12,23 @@ maskd models fetch``) before or without the venv.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import http.client
 import os
 import re
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maskd.files import file_in_the_way  # the standard library alone, as here
 
@@ -185,9 +190,16 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
     try:
         h, size = hashlib.sha256(), 0
         deadline = time.monotonic() + DEADLINE_TIMEOUTS * timeout
+
+        def too_late() -> FetchError:
+            return FetchError("network", f"cannot download {shown}: not done after "
+                              f"{DEADLINE_TIMEOUTS * timeout:g} s ({DEADLINE_TIMEOUTS} x --timeout)"
+                              f"; {size} bytes came")
+
+        watchdog = _Watchdog(DEADLINE_TIMEOUTS * timeout)
         try:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                with watchdog.open(url, timeout) as resp:
                     promised = resp.headers.get("Content-Length")
                     # read1: what has come, not a whole CHUNK (which a slow server never fills)
                     while block := resp.read1(CHUNK):
@@ -198,10 +210,12 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
                             raise FetchError("network", f"cannot download {shown}: more than "
                                              f"{MAX_BYTES >> 20} MiB, not a YuNet model")
                         if time.monotonic() > deadline:
-                            raise FetchError("network", f"cannot download {shown}: not done after "
-                                             f"{DEADLINE_TIMEOUTS * timeout:g} s ({DEADLINE_TIMEOUTS} x --timeout)"
-                                             f"; {size} bytes came")
+                            raise too_late()
+                    if watchdog.fired.is_set():  # headers cut short by it read as complete
+                        raise too_late()
             except http.client.HTTPException as err:  # a cut body, an answer that is not HTTP
+                if watchdog.fired.is_set():  # what its shutdown made of the answer
+                    raise too_late() from None
                 said = " ".join(str(err).split())  # one line, whatever the server sent
                 raise FetchError("network", f"cannot download {shown}: {type(err).__name__}: "
                                             f"{said}") from None
@@ -210,9 +224,12 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
                 raise FetchError("server", f"cannot download {shown}: HTTP {err.code} "
                                            f"{said}") from None
             except (urllib.error.URLError, OSError, ValueError) as err:
+                if watchdog.fired.is_set():
+                    raise too_late() from None
                 reason = getattr(err, "reason", None) or err
                 raise FetchError("network", f"cannot download {shown}: {reason}") from None
         finally:
+            watchdog.cancel()
             os.close(fd)
         if promised and promised.isdigit() and size < int(promised):
             # http.client ends a body cut short as if it were complete
@@ -231,6 +248,60 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
         tmp.unlink(missing_ok=True)
         os.close(lock)
     return Fetched(target, changed=True)
+
+
+class _Keeps:
+    """An HTTP(S) handler that keeps each connection it makes in ``conns``."""
+
+    conns: list[http.client.HTTPConnection]
+
+    def do_open(self, http_class: Callable[..., http.client.HTTPConnection],
+                req: urllib.request.Request, **kwargs: Any) -> http.client.HTTPResponse:
+        def make(*args: Any, **kw: Any) -> http.client.HTTPConnection:
+            self.conns.append(conn := http_class(*args, **kw))
+            return conn
+
+        return super().do_open(make, req, **kwargs)  # type: ignore[misc]
+
+
+class _KeptHTTP(_Keeps, urllib.request.HTTPHandler):
+    pass
+
+
+class _KeptHTTPS(_Keeps, urllib.request.HTTPSHandler):
+    pass
+
+
+class _Watchdog:
+    """The whole download's deadline while the answer's headers come: --timeout bounds each
+    wait only, and a server sending them a byte at a time (a tarpit, a broken proxy) held the
+    fetch for hours. At ``seconds`` it shuts the connections (redirects' and a proxy's too);
+    the body's loop checks the deadline itself (urllib has closed them by then)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = threading.Event()
+        self.conns: list[http.client.HTTPConnection] = []
+        handlers = (_KeptHTTP(), _KeptHTTPS())
+        for handler in handlers:
+            handler.conns = self.conns
+        self._opener = urllib.request.build_opener(*handlers)
+        self._timer = threading.Timer(seconds, self._shut)
+        self._timer.daemon = True
+
+    def open(self, url: str, timeout: float) -> Any:  # urlopen's answer, file:// too
+        self._timer.start()
+        return self._opener.open(url, timeout=timeout)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _shut(self) -> None:
+        self.fired.set()
+        for conn in self.conns:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def url_problem(url: str) -> str | None:

@@ -634,3 +634,31 @@ def test_a_damaged_file_goes_even_when_the_download_fails(tmp_path, capsys):
                          "--timeout", "5")
     assert code == 69 and "BlazeFace" in err, err
     assert modelfiles.find_yunet((dest,)) is None and list(dest.iterdir()) == []
+
+
+def test_a_server_sending_its_headers_a_byte_at_a_time_ends_at_the_deadline(tmp_path):
+    """--timeout bounds each wait, and the 10 x --timeout deadline was checked only between
+    blocks of the body: a server (a tarpit, a broken proxy) sending a header a byte at a time
+    held the fetch for hours (65 536 bytes a line, 100 lines). It ends at the deadline now."""
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+                while True:
+                    time.sleep(0.05)
+                    conn.sendall(b"a")
+            except OSError:  # the client gave up
+                return
+
+    url = next(server := raw_server(answer))
+    began = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
+                        "--yunet-url", f"{url}/{YUNET_NAME}", "--timeout", "0.5"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 69, r.stderr
+    assert r.stderr.startswith(f"maskd models fetch: cannot download {url}/{YUNET_NAME}: not "
+                               "done after 5 s (10 x --timeout); 0 bytes came"), r.stderr
+    assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
+    next(server, None)  # closes it
