@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -661,4 +662,27 @@ def test_a_server_sending_its_headers_a_byte_at_a_time_ends_at_the_deadline(tmp_
     assert r.stderr.startswith(f"maskd models fetch: cannot download {url}/{YUNET_NAME}: not "
                                "done after 5 s (10 x --timeout); 0 bytes came"), r.stderr
     assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
+    next(server, None)  # closes it
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_fetch_stopped_by_sigterm_or_a_closed_terminal_leaves_no_part(tmp_path, sig):
+    """A SIGTERM (systemd, kill) or a SIGHUP (the ssh session of `sudo deploy/install.sh
+    --yunet` dropped) killed the fetch outright and left its .part until some later fetch;
+    like Ctrl-C it now removes it on the way out (exit 128 + the signal's number)."""
+
+    def answer(conn: socket.socket) -> None:  # a start, then nothing more for a minute
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:1000])
+            time.sleep(60)
+
+    url = next(server := raw_server(answer))
+    p = subprocess.Popen([sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
+                          "--yunet-url", f"{url}/slow", "--yunet-sha256",
+                          hashlib.sha256(BODY).hexdigest()], stderr=subprocess.PIPE, cwd=REPO)
+    assert wait_until(lambda: any(tmp_path.glob(".fetch-*.part")), 30)  # downloading
+    p.send_signal(sig)
+    assert p.wait(timeout=30) == 128 + sig
+    assert list(tmp_path.iterdir()) == []
     next(server, None)  # closes it

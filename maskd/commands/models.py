@@ -13,18 +13,49 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from maskd.commands import names_as_bytes_on_stdout, print_line
-from maskd.modelfiles import SYSTEM_MODELS, YUNET_URL, FetchError, default_dest, fetch_yunet
+from maskd.modelfiles import (
+    SYSTEM_MODELS,
+    YUNET_URL,
+    Fetched,
+    FetchError,
+    default_dest,
+    fetch_yunet,
+)
 
 EXIT = {"checksum": 65, "network": 69, "server": 69, "write": 73, "usage": 2}
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # through the fetch's finally: its .part and lock go
+
+
+def _fetch(dest: Path, args: argparse.Namespace) -> Fetched:
+    """fetch_yunet, ended by SIGTERM (kill, systemd) or SIGHUP (install.sh's ssh session
+    dropped) as by Ctrl-C: they killed it outright, its .part left until a later fetch. A
+    signal ignored on purpose (nohup) stays ignored; the handlers are put back after."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    ours = threading.current_thread() is threading.main_thread()  # signal.signal's rule
+    for sig, handler in before.items():
+        if ours and handler is signal.SIG_DFL:
+            signal.signal(sig, _exit_on_signal)
+    try:
+        return fetch_yunet(dest, args.yunet_url, args.yunet_sha256, timeout=args.timeout)
+    finally:
+        for sig, handler in before.items():
+            if ours and handler is signal.SIG_DFL:
+                signal.signal(sig, handler)
 
 
 def main(args: argparse.Namespace) -> int:
     dest = args.dest or default_dest()
     try:
-        got = fetch_yunet(dest, args.yunet_url, args.yunet_sha256, timeout=args.timeout)
+        got = _fetch(dest, args)
     except FetchError as err:
         print(f"maskd models fetch: {err}", file=sys.stderr)
         if err.kind in ("network", "server"):
