@@ -597,6 +597,25 @@ def test_both_refuse_a_state_dir_or_jsonl_path_nothing_can_be_made_in(tmp_path):
     assert not (tmp_path / "new").exists()  # run creates them; check-config does not
 
 
+def test_both_name_the_first_cameras_clip_folder_by_the_key_the_file_has(tmp_path):
+    """A top-level preview.annotate_dir is the first camera's (docs/config.md, Several
+    cameras): one nothing can be made in was told as 'cameras.front.preview.annotate_dir',
+    a key the file does not have, by check-config and run alike."""
+    path = tmp_path / "two.yaml"
+    path.write_text("device_id: door-1\npreview: {annotate_dir: /proc/clips}\ncameras:\n"
+                    "  front: {source: {kind: demo}}\n"
+                    "  back: {source: {kind: demo, fps: 10}, preview: {annotate_dir: /proc/c2}}\n")
+    checked, ran = maskd_each([("check-config", str(path)),
+                               ("run", "--config", str(path), "--max-frames", "1")])
+    why = "cannot record clips there: a virtual file system: nothing can be created there"
+    says = [f"preview.annotate_dir /proc/clips: {why}",
+            f"cameras.back.preview.annotate_dir /proc/c2: {why}"]
+    assert checked.returncode == EX_CONFIG and checked.stderr == "".join(
+        f"{path}: {line}\n" for line in says), checked.stderr
+    assert ran.returncode == EX_CONFIG and ran.stderr == "".join(
+        f"maskd run: {line}\n" for line in says), ran.stderr
+
+
 def test_both_name_a_source_file_run_cannot_read(tmp_path):
     """A file source `run` stops on at once (exit 78): check-config said OK to all of them, and
     `run` said 'x.mp4: no such file' without the camera's key, a name too long for the file

@@ -183,10 +183,9 @@ def write_targets(cfg: Config,
     if cfg.snapshots.dir is not None:
         targets.append((cfg.snapshots.dir, True, lambda p, why: (
             f"snapshots.dir {shown_path(p)}: cannot save snapshots there: {why}")))
-    for cam in cfg.cameras_resolved():
-        if cam.preview.annotate_dir is not None:
-            named = f"cameras.{cam.camera}.preview" if cfg.multi_camera else "preview"
-            targets.append((cam.preview.annotate_dir, True, lambda p, why, named=named: (
+    for named, preview in cfg.previews():  # the key the file has: a first camera's may be top-level
+        if preview.annotate_dir is not None:
+            targets.append((preview.annotate_dir, True, lambda p, why, named=named: (
                 f"{named}.annotate_dir {shown_path(p)}: cannot record clips there: {why}")))
     return targets
 
