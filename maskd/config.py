@@ -1224,7 +1224,8 @@ class Config(Section):
         addresses came from), a shared device id, TLS files near their end. One list, so the
         two commands cannot drift apart."""
         return (self.open_secrets(file) + self.shared_device_id()
-                + self.mqtt.expiring_certificates() + self.unused_top_level())
+                + self.mqtt.expiring_certificates() + self.unused_top_level()
+                + self.left_out_of_own())
 
     def unused_top_level(self) -> list[str]:
         """One line per top-level section a ``cameras:`` map leaves to no camera while it sets
@@ -1247,6 +1248,27 @@ class Config(Section):
                 out.append(f"'{keys}': every camera of cameras: has its own {section}, so the "
                            f"top-level {section} is not used; set it under "
                            f"cameras.<name>.{section}")
+        return out
+
+    def left_out_of_own(self) -> list[str]:
+        """One line per camera whose own ``tracking`` or ``zones`` leaves out keys the top-level
+        one sets, while some camera still takes the top level's (else ``unused_top_level`` says
+        it): a camera's section replaces the top level's whole, so those keys are their defaults
+        for it. A top-level ignore zone (a poster) or cooldown then did nothing on that camera
+        without a word."""
+        out = []
+        for section in ("tracking", "zones"):
+            if section not in self.model_fields_set or all(
+                    getattr(c, section) is not None for c in self.cameras.values()):
+                continue
+            top = getattr(self, section).model_dump(exclude_defaults=True)
+            for name, cam in self.cameras.items():
+                own = getattr(cam, section)
+                if own is not None and (left := [k for k in top if k not in own.model_fields_set]):
+                    out.append(f"'{', '.join(f'{section}.{k}' for k in left)}': camera {name} has "
+                               f"its own {section} section, which replaces the top-level one whole "
+                               "(what it leaves out is the default, not the top level's); repeat "
+                               f"under cameras.{name}.{section} what that camera should keep")
         return out
 
     def _written(self, section: str) -> str:

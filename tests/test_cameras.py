@@ -105,6 +105,41 @@ def test_a_top_level_section_no_camera_uses_is_warned_of(tmp_path, capsys):
     assert "warning: 'preview.annotate_dir'" in capsys.readouterr().err
 
 
+def test_a_cameras_own_section_that_leaves_out_top_level_keys_is_warned_of(tmp_path,
+                                                                             default_model):
+    """A camera's own tracking or zones replaces the top level's whole: a top-level ignore zone
+    (a poster) and cooldown were dropped for that camera alone, check-config said OK, and run
+    raised the events the ignore zone covers, without a word. Both now warn, naming the keys;
+    a camera that repeats them, or the top level's keys at their defaults, are not warned of."""
+    whole = [[[0, 0], [1, 0], [1, 1], [0, 1]]]
+    events = tmp_path / "events.jsonl"
+    cfg = write(tmp_path / "c.yaml", {
+        "device_id": DEV, "detector": {"kind": "blazeface"},
+        "classifier": {"model": str(default_model)}, "jsonl": {"path": str(events)},
+        "zones": {"ignore": whole}, "tracking": {"cooldown_s": 100, "window": 5},
+        "cameras": {"front": {"source": {"kind": "demo"}},
+                    "back": {"source": {"kind": "demo", "fps": 10},
+                             "zones": {"include": whole}, "tracking": {"window": 5}}}})
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    checked, ran = (subprocess.run([sys.executable, "-m", "maskd", *args], cwd=REPO, env=env,
+                                   capture_output=True, text=True, timeout=120)
+                    for args in (("check-config", str(cfg)),
+                                 ("run", "--config", str(cfg), "--exit-at-end")))
+    says = ["'tracking.cooldown_s': camera back has its own tracking section, which replaces",
+            "'zones.ignore': camera back has its own zones section, which replaces"]
+    warned = [line.partition("warning: ")[2] for line in checked.stderr.splitlines()]
+    assert checked.returncode == 0 and len(warned) == len(says) and all(
+        w.startswith(said) for w, said in zip(warned, says, strict=True)), checked.stderr
+    assert ran.returncode == 0 and all(f"WARNING maskd: {said}" in ran.stderr for said in says), \
+        ran.stderr
+    assert {json.loads(x)["camera"] for x in events.read_text().splitlines()} == {"back"}
+    # repeated under the camera: nothing to say
+    data = json.loads(cfg.read_text())
+    data["cameras"]["back"]["tracking"]["cooldown_s"] = 100
+    data["cameras"]["back"]["zones"]["ignore"] = []
+    assert not parse_config(data).left_out_of_own()
+
+
 def test_two_cameras_in_one_process_share_one_connection(tmp_path, default_model):
     """Both cameras' events on their own topics and in the one JSON lines file; the device
     status is the process's last will; each camera's entities need the process and the camera;
