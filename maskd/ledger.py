@@ -12,7 +12,9 @@ A camera removed from the config (or renamed) between runs has no loop to end it
 them and JSON lines gets their `end` too.
 
 One small JSON file, read and rewritten under a lock file, so several processes sharing a
-``state_dir`` (one per camera) keep each other's entries. A change the file cannot take (a
+``state_dir`` (one per camera) keep each other's entries. Each camera is claimed (a lock file of
+its own, ``claim``) before its start reads the file: a second process with the same camera there
+would take the running one's open violations for a killed run's and end them. A change the file cannot take (a
 full disk) is held in memory and written with the next one that succeeds: an end lost there
 left its start in the file for good, and the next start ended it `restart` a second time.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +37,10 @@ from maskd.types import ViolationEvent, restart_end_time
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
+
+
+class CameraInUse(OSError):
+    """Another process runs this camera on this ``state_dir``: a setup problem (exit 78)."""
 _FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
@@ -67,6 +74,38 @@ class OpenViolations:
         # still holds them open, so each leaves a mark (``ended``) that keeps the next start
         # with MQTT from ending it in the other sinks a second time (``ended_elsewhere``).
         self._marked: set[str] = set()
+        self._claims: dict[str, int] = {}  # camera -> its lock file's descriptor
+
+    def claim(self, camera: str) -> None:
+        """Hold ``camera``'s lock file in ``state_dir`` until ``release``: raises CameraInUse
+        when another process holds it. Without MQTT no outbox lock keeps a second `maskd run`
+        off the folder, and its start took the running camera's open violations for a killed
+        run's (``restart_ends``). A folder that cannot take the lock is left to the warning
+        the record gives (``_under_lock``)."""
+        path = self.path.with_name(f".camera-{camera}.lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CameraInUse(
+                f"camera {camera} is running in another maskd process on state_dir "
+                f"{self.path.parent} (its open violations are kept there): give each instance "
+                "its own state_dir, or its own camera name") from None
+        except OSError:
+            os.close(fd)
+            return
+        self._claims[camera] = fd
+
+    def release(self, camera: str) -> None:
+        """Let ``camera`` go (its loop has stopped)."""
+        fd = self._claims.pop(camera, None)
+        if fd is not None:
+            os.close(fd)
 
     def note(self, *events: ViolationEvent) -> None:
         """A start or update: the violation is open now; an end: it is not any more. A frame's

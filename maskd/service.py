@@ -549,6 +549,8 @@ class CameraLoop:
                 sink.close()
             except Exception:  # noqa: BLE001
                 log.exception("sink %s failed to close", name)
+        if self.ledger is not None:
+            self.ledger.release(self.cfg.camera)
         if not ended:
             return EX_SOFTWARE
         if self.exit_at_end and not drained:
@@ -977,6 +979,8 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
             view = attach({} if pages is None else pages, cfg, detector, classifier, own, mqtt)
             own.append(view)
             observers.append(view)
+        if ledger is not None:  # before its record is read: another process may run it
+            ledger.claim(cfg.camera)
     except BaseException:
         for part in reversed(opened):
             part.close()

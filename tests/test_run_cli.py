@@ -1170,6 +1170,41 @@ def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, de
             assert sorted(ends) == sorted((i, "restart") for i in opened), msgs
 
 
+def test_a_second_run_of_a_running_camera_on_its_state_dir_is_refused(tmp_path, default_model):
+    """Without MQTT no outbox lock stops a second `maskd run` on the state_dir and camera of a
+    running one (an operator's trial run with the service's config, MQTT taken out): it took
+    the running camera's open violation for one a killed run left, ended it `restart` in its
+    own JSON lines and marked it ended in the running one's record. Refused now (78, naming
+    the camera and the folder), the record untouched; another camera there still runs."""
+    clip, blank = bare_and_blank_clips(tmp_path)
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"state_dir: {state}\ncamera: door\n")
+    events, trial = tmp_path / "events.jsonl", tmp_path / "trial.jsonl"
+    common = ["--config", str(cfg), "--model", str(default_model), "--detector", "blazeface"]
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop",
+                             "--jsonl", str(events), *common],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until_a_start(proc, events)
+        opened = {e["event_id"] for e in map(json.loads, events.read_text().splitlines())}
+        r = maskd("run", "--source", str(blank), "--exit-at-end", "--jsonl", str(trial), *common)
+        assert r.returncode == 78, r.stderr
+        assert f"camera door is running in another maskd process on state_dir {state}" \
+            in r.stderr, r.stderr
+        assert not trial.exists() or trial.read_text() == ""
+        entries = json.loads((state / "open_violations.json").read_text())
+        assert opened <= set(entries) and not any(e.get("ended") for e in entries.values())
+        r = maskd("run", "--source", str(blank), "--exit-at-end", "--jsonl", str(trial),
+                  "--camera", "garage", *common)
+        assert r.returncode == 0, r.stderr
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
 def test_the_open_violations_are_kept_only_where_state_dir_is_in_use(tmp_path, default_model):
     """A quick `run --source x --jsonl -` (the quickstart) has no state_dir set and no MQTT: it
     must not write, or warn about, the system's /var/lib/maskd; a set state_dir keeps them."""
