@@ -159,6 +159,25 @@ def test_an_online_camera_is_refused_unless_forced(broker, tmp_path, capsys):
     assert not [t for t in retained_now(broker) if t.startswith(f"{CAM}/")]
 
 
+def test_a_dry_run_lists_a_running_cameras_topics(broker, tmp_path, capsys):
+    """`--dry-run` clears nothing, so a running camera is no reason to refuse it: it was exit 75
+    with "Stop it first", where docs/install-pi.md has the operator list an update's leftovers
+    while the new service runs. It lists them, and says the clear itself would be refused."""
+    sink = run_sink(broker, tmp_path / "state", close=False)
+    try:
+        cfg = write_config(tmp_path, broker)
+        before = retained_now(broker)
+        rc, out, err = clear(capsys, "--config", str(cfg), "--dry-run")
+        assert rc == 0, err
+        listed = {ln.removeprefix("would clear ") for ln in out.splitlines()
+                  if ln.startswith("would clear ")}
+        assert {f"{CAM}/status", DISCOVERY} <= listed and "nothing cleared" in out
+        assert f"camera cam1 ({CAM}/status = online)" in err and "refused" in err, err
+        assert retained_now(broker).keys() == before.keys()  # nothing touched
+    finally:
+        sink.close()
+
+
 def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys):
     pub = Subscriber(broker, ["unused/x"])
     for t, payload in [(f"{CAM}/status", b"online"), (f"{CAM}/status/detail", b'{"state":"online"}'),

@@ -309,7 +309,11 @@ def main(args: argparse.Namespace) -> int:
                   "layout names without seeing them", file=sys.stderr)
             return EX_BROKER
         alive = online_cameras(p, found)
-        if alive and not args.force:
+        if alive and not args.force and args.dry_run:  # listing harms no running camera
+            print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
+                  "again, so clearing them is refused (exit 75) until it is stopped, or with "
+                  "--force if it is not running (e.g. it was killed)", file=sys.stderr)
+        elif alive and not args.force:
             print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
                   "again. Stop it first (sudo systemctl stop maskd), or use --force if it is "
                   "not running (e.g. it was killed)", file=sys.stderr)
