@@ -178,6 +178,36 @@ def test_a_dry_run_lists_a_running_cameras_topics(broker, tmp_path, capsys):
         sink.close()
 
 
+def test_a_second_mqtt_clear_at_the_same_time_is_named_not_blamed_on_the_broker(broker, tmp_path,
+                                                                              capsys):
+    """Two `mqtt-clear`s at once (an operator's and a script's) share the client id
+    maskd-<device_id>.mqtt-clear, and the broker drops the older: it said `no SUBACK from the
+    broker` (or blamed the ACL), exit 1. Now the takeover is named; nothing is cleared."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    run_sink(broker, tmp_path / "state")
+    cfg = write_config(tmp_path, broker)
+    before = retained_now(broker)
+
+    # the other mqtt-clear: connected, and back at once when the broker drops it
+    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="maskd-dev1.mqtt-clear",
+                        protocol=mqtt.MQTTv5)
+    other.reconnect_delay_set(0.1, 0.1)
+    other.connect("127.0.0.1", broker.port)
+    other.loop_start()
+    try:
+        time.sleep(0.5)
+        rc, out, err = clear(capsys, "--config", str(cfg))
+    finally:
+        other.disconnect()
+        other.loop_stop()
+    assert rc == 1, out + err
+    assert "is another `maskd mqtt-clear` running at the same time? Both connect as " \
+        "maskd-dev1.mqtt-clear" in err, err
+    assert retained_now(broker).keys() == before.keys()  # nothing cleared
+
+
 def test_force_clears_what_a_killed_process_left_online(broker, tmp_path, capsys):
     pub = Subscriber(broker, ["unused/x"])
     for t, payload in [(f"{CAM}/status", b"online"), (f"{CAM}/status/detail", b'{"state":"online"}'),

@@ -765,6 +765,10 @@ class _Probe:
         self.started = False
         self.t0 = 0.0
         self.socket_error = ""  # why paho's read failed (a broker's TLS alert), as run logs it
+        self.client_id = client_id
+        # why the broker closed the connection, once it did ("": it has not): a second doctor
+        # or mqtt-clear at the same time takes over the client id (mosquitto 2.0 gives no reason)
+        self.dropped = ""
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
                                       client_id=client_id)
         if self.mq.username is not None:
@@ -781,6 +785,12 @@ class _Probe:
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        from maskd.mqtt.sink import SESSION_TAKEN_OVER
+
+        if self.reason is not None:  # after the CONNACK, before close(): the broker's doing
+            self.dropped = ("another client connected with this client id"
+                            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+                            else f"{reason_code}")
         self.connected.set()  # without .reason when it came before any CONNACK
 
     def _on_log(self, client, userdata, level, buf: str) -> None:  # noqa: ANN001

@@ -297,6 +297,8 @@ def main(args: argparse.Namespace) -> int:
         out.line(f"mqtt-clear: {url}, MQTT {version}, device {cfg.device_id}, "
                  f"camera(s) {', '.join(p.cameras)}")
         found, denied, unread = cl.scan(p.patterns, args.wait, p.probes())
+        if probe.dropped:  # what it saw may be short: clear nothing on it
+            raise ConnectionError("the connection was lost during the scan; nothing was cleared")
         for pattern in denied:
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
                   "topics without seeing what is there", file=sys.stderr)
@@ -351,6 +353,7 @@ def main(args: argparse.Namespace) -> int:
         if lost:
             print(f"mqtt-clear: {url}: cannot check afterwards: {lost}", file=sys.stderr)
         if failures or lost:
+            _say_dropped(probe)
             return EX_BROKER
         if blind:  # --force: sent, but neither what was there nor what is left could be seen
             out.line(f"mqtt-clear: {len(todo)} topic(s) of maskd's layout cleared without "
@@ -361,6 +364,18 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except ConnectionError as err:
         print(f"mqtt-clear: {url}: {err}", file=sys.stderr)
+        _say_dropped(probe)
         return EX_BROKER
     finally:
         probe.close()
+
+
+def _say_dropped(probe: Any) -> None:
+    """Why the broker may have closed the connection: two mqtt-clears at once share the client
+    id, and the broker drops the older ('no SUBACK from the broker', 'connection lost' alone
+    blamed the broker)."""
+    if probe.dropped:
+        print(f"mqtt-clear: the broker closed the connection ({probe.dropped}): is another "
+              f"`maskd mqtt-clear` running at the same time? Both connect as {probe.client_id}, "
+              "and the broker drops the older of two clients with one id; run one at a time",
+              file=sys.stderr)
