@@ -14,9 +14,10 @@ them and JSON lines gets their `end` too.
 One small JSON file, read and rewritten under a lock file, so several processes sharing a
 ``state_dir`` (one per camera) keep each other's entries. Each camera is claimed (a lock file of
 its own, ``claim``) before its start reads the file: a second process with the same camera there
-would take the running one's open violations for a killed run's and end them. A change the file cannot take (a
-full disk) is held in memory and written with the next one that succeeds: an end lost there
-left its start in the file for good, and the next start ended it `restart` a second time.
+would take the running one's open violations for a killed run's and end them. A change the
+file cannot take (a full disk) is held in memory and written with the next one that succeeds:
+an end lost there left its start in the file for good, and the next start ended it `restart` a
+second time.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from maskd.types import ViolationEvent, restart_end_time
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
+_FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
 class CameraInUse(OSError):
     """Another process runs this camera on this ``state_dir``: a setup problem (exit 78)."""
-_FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
 def _noted(rec: object) -> float:
