@@ -11,13 +11,14 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from mqtt_broker import Broker, Subscriber, wait_until
+from mqtt_broker import Broker, Subscriber, unique_events, wait_until
 from mqtt_driver import counts, script
 
 from maskd.config import Config, MqttConfig
@@ -226,3 +227,59 @@ def test_node_red_functions_on_the_real_messages(published, tmp_path):
                                 "w": round((x1 - x0) * 1280), "h": round((y1 - y0) * 720)}
     assert out[0]["camera"] == "door" and out[0]["late_s"] == 0
     assert all(o["late_s"] > 0 for o in out if o["id"].startswith("b-"))
+
+
+def flow_client(node: dict) -> tuple[mqtt.Client, dict]:
+    """A client set up as Node-RED's mqtt-broker node sets up its own from ``node``
+    (nodes/core/network/10-mqtt.js): a random id when none is given, and then a clean session
+    whatever ``cleansession`` says; ``sessionExpiryInterval`` only over MQTT 5."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    clean = node.get("cleansession", True) in (True, "true") or not node.get("clientid")
+    v5 = str(node.get("protocolVersion")) == "5"
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=node.get("clientid") or "",
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                    **({} if v5 else {"clean_session": clean}))
+    props = Properties(PacketTypes.CONNECT)
+    if v5 and int(node.get("sessionExpiryInterval") or 0) > 0:
+        props.SessionExpiryInterval = int(node["sessionExpiryInterval"])
+    return c, {"clean_start": clean, "properties": props} if v5 else {}
+
+
+def test_the_node_red_flow_gets_the_messages_sent_while_it_was_away(tmp_path):
+    """The flow's broker node had a clean session (and no client id, which Node-RED makes a
+    clean session anyway): a violation that started and ended while Node-RED restarted (or its
+    link dropped) never reached it, so the flow's log missed it, or saw a start whose end never
+    came. Its session is kept now, and the broker delivers what came meanwhile."""
+    nodes = {n["id"]: n for n in flow()}
+    (mqtt_in,) = [n for n in nodes.values() if n["type"] == "mqtt in"]
+    node = nodes[mqtt_in["broker"]]
+    got: list[dict] = []
+    with Broker(tmp_path / "broker", persistence=True) as broker:
+        cfg = Config(device_id="entrance-1", camera="door", state_dir=tmp_path / "state",
+                     mqtt=MqttConfig(url=broker.url, reconnect_min_s=0.2, reconnect_max_s=0.5))
+        sink = MqttSink.from_config(cfg, RunControl(), model_name="m")
+        try:
+            for round_ in range(2):  # connect (subscribe), go away; come back
+                c, opts = flow_client(node)
+                c.on_connect = lambda cl, *_: cl.subscribe(mqtt_in["topic"], int(mqtt_in["qos"]))
+                c.on_message = lambda cl, ud, m: got.append(json.loads(m.payload))
+                subscribed = threading.Event()
+                c.on_subscribe = lambda *_, done=subscribed: done.set()
+                c.connect("127.0.0.1", broker.port, **opts)
+                c.loop_start()
+                assert subscribed.wait(10)
+                if round_ == 0:
+                    c.disconnect()
+                    c.loop_stop()
+                    for e in now_at_door("away"):  # while the flow is away
+                        sink.emit(e)
+                    assert sink.flush(10)
+            assert wait_until(lambda: len(got) >= 3, 5), got
+            c.disconnect()
+            c.loop_stop()
+        finally:
+            sink.close()
+    assert [(e["event_id"], e["seq"]) for e in unique_events(got)] == [
+        ("away-0", 0), ("away-0", 1), ("away-0", 2)]
