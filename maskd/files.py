@@ -368,6 +368,12 @@ def dangling_link(path: Path) -> str | None:
     return None
 
 
+# A socket cannot be opened as a file: `/dev/stdout` under systemd (its output is the journal's
+# socket), or a log shipper's socket.
+SOCKET_NOT_FILE = ("a socket, which cannot be opened as a file (standard output sent to the "
+                   "journal? `-` writes to standard output)")
+
+
 def cannot_create(path: Path, directory: bool) -> OSError | None:
     """Why ``path`` could not be made as `run` makes it (a folder with its parents, or a file to
     append to, with its folders), or None; found without creating anything, so check-config can
@@ -385,6 +391,8 @@ def cannot_create(path: Path, directory: bool) -> OSError | None:
             return _error(errno.EEXIST)  # what mkdir(exist_ok=True) says of a file
         if not directory and stat.S_ISDIR(st.st_mode):
             return _error(errno.EISDIR)
+        if not directory and stat.S_ISSOCK(st.st_mode):  # open() says only ENXIO, as for a
+            return _error(errno.ENXIO, SOCKET_NOT_FILE)  # pipe without its reader
         # the file system before the permission: access() says EACCES on a read-only mount,
         # which made a read-only card a warning here and exit 78 in `run`
         if (fs := _unwritable_fs(path if directory else path.parent)) is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from maskd.clock import local_iso
 from maskd.config import shown_path
-from maskd.files import append_line, create_failure, failed_write
+from maskd.files import append_line, cannot_create, create_failure, failed_write
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
@@ -78,10 +78,12 @@ def _open_for_lines(p: Path) -> int:
         try:
             return _open_once(p)
         except OSError as err:
-            if err.errno == errno.ENXIO and time.monotonic() < deadline:
+            # ENXIO is a pipe without its reader, or a socket (cannot_create says which)
+            pipe = err.errno == errno.ENXIO and cannot_create(p, False) is None
+            if pipe and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            why = ("a pipe nobody reads (start its reader first)" if err.errno == errno.ENXIO
+            why = ("a pipe nobody reads (start its reader first)" if pipe
                    else create_failure(p, False, err))
             raise OSError(cannot_write_lines(p, why)) from None
 

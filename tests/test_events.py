@@ -736,6 +736,33 @@ def test_jsonl_to_a_closed_stdout_is_refused_at_the_start():
     assert "Traceback" not in r.stderr
 
 
+def test_jsonl_path_dev_stdout_on_the_journals_socket_is_refused_as_a_socket(tmp_path):
+    """`jsonl.path: /dev/stdout` in the service, whose output is the journal's socket: open()
+    says ENXIO, and `run` waited 5 s for a reader and stopped with 'a pipe nobody reads (start
+    its reader first)'. Now at once, saying it is a socket and that `-` writes to standard
+    output; check-config says the same of a socket on the disk."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo",
+                            "--max-frames", "2", "--detector", "blazeface", "--jsonl",
+                            "/dev/stdout"], stdout=theirs, stderr=subprocess.PIPE, text=True,
+                           timeout=120)
+        took = time.monotonic() - t0
+    words = "cannot write there: a socket, which cannot be opened as a file (standard output"
+    assert r.returncode == 78 and f"jsonl.path /dev/stdout: {words}" in r.stderr, r.stderr
+    assert "a pipe nobody reads" not in r.stderr and took < 5, took
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "s"))
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"jsonl: {{path: {tmp_path / 's'}}}\n")
+        c = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert c.returncode == 78 and words in c.stdout + c.stderr, c.stdout + c.stderr
+
+
 def test_a_jsonl_file_at_exactly_its_cap_is_moved_by_the_next_line_only(tmp_path):
     """max_mb is what the file may hold: a line that brings it to exactly the cap goes on into
     it, and only the next one, which would take it past, begins a new file."""
