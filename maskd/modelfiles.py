@@ -251,14 +251,24 @@ def fetch_yunet(dest: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256,
 
 
 class _Keeps:
-    """An HTTP(S) handler that keeps each connection it makes in ``conns``."""
+    """An HTTP(S) handler that keeps each connection it makes in ``conns``, and each socket
+    they connect in ``socks``: urllib lets go of the socket once the headers came (the
+    connection's ``sock`` is None then), and the body still comes on it."""
 
     conns: list[http.client.HTTPConnection]
+    socks: list[socket.socket]
 
     def do_open(self, http_class: Callable[..., http.client.HTTPConnection],
                 req: urllib.request.Request, **kwargs: Any) -> http.client.HTTPResponse:
         def make(*args: Any, **kw: Any) -> http.client.HTTPConnection:
             self.conns.append(conn := http_class(*args, **kw))
+            connect = conn.connect
+
+            def connect_kept() -> None:
+                connect()
+                self.socks.append(conn.sock)
+
+            conn.connect = connect_kept  # type: ignore[method-assign]
             return conn
 
         return super().do_open(make, req, **kwargs)  # type: ignore[misc]
@@ -273,17 +283,19 @@ class _KeptHTTPS(_Keeps, urllib.request.HTTPSHandler):
 
 
 class _Watchdog:
-    """The whole download's deadline while the answer's headers come: --timeout bounds each
-    wait only, and a server sending them a byte at a time (a tarpit, a broken proxy) held the
-    fetch for hours. At ``seconds`` it shuts the connections (redirects' and a proxy's too);
-    the body's loop checks the deadline itself (urllib has closed them by then)."""
+    """The whole download's deadline: --timeout bounds each wait only, and a server sending
+    its headers a byte at a time (a tarpit, a broken proxy) held the fetch for hours. At
+    ``seconds`` it shuts the connections (redirects' and a proxy's too), and the body's: its
+    loop checks the deadline between blocks only, and a chunked body reads a chunk-size line,
+    and every trailer line, inside one block (dripped, they held the fetch for hours too)."""
 
     def __init__(self, seconds: float) -> None:
         self.fired = threading.Event()
         self.conns: list[http.client.HTTPConnection] = []
+        self.socks: list[socket.socket] = []
         handlers = (_KeptHTTP(), _KeptHTTPS())
         for handler in handlers:
-            handler.conns = self.conns
+            handler.conns, handler.socks = self.conns, self.socks
         self._opener = urllib.request.build_opener(*handlers)
         self._timer = threading.Timer(seconds, self._shut)
         self._timer.daemon = True
@@ -297,8 +309,7 @@ class _Watchdog:
 
     def _shut(self) -> None:
         self.fired.set()
-        for conn in self.conns:
-            sock = conn.sock
+        for sock in [conn.sock for conn in self.conns] + self.socks:  # sock: None or closed
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

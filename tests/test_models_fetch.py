@@ -686,3 +686,36 @@ def test_a_fetch_stopped_by_sigterm_or_a_closed_terminal_leaves_no_part(tmp_path
     assert p.wait(timeout=30) == 128 + sig
     assert list(tmp_path.iterdir()) == []
     next(server, None)  # closes it
+
+
+@pytest.mark.parametrize("drip", [b"0", b"X-Pad: a\r\n"], ids=["chunk-size", "trailer"])
+def test_a_chunked_body_dripping_inside_one_line_ends_at_the_deadline(tmp_path, drip):
+    """Once the headers came urllib lets go of the connection, and the body's loop checks the
+    deadline only between the blocks read1 hands out; a chunked body reads a whole chunk-size
+    line, and every trailer line, inside one read1: a server dripping a chunk size (a line
+    of up to 64 KiB) or trailer lines (no limit) a byte at a time held the fetch for hours.
+    The watchdog shuts that connection at the deadline too."""
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
+                             + (b"0\r\n" if drip != b"0" else b""))
+                while True:
+                    for byte in drip:
+                        time.sleep(0.05)
+                        conn.sendall(bytes([byte]))
+            except OSError:  # the client gave up
+                return
+
+    url = next(server := raw_server(answer))
+    began = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
+                        "--yunet-url", f"{url}/{YUNET_NAME}", "--timeout", "0.5"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 69, r.stderr
+    assert r.stderr.startswith(f"maskd models fetch: cannot download {url}/{YUNET_NAME}: not "
+                               "done after 5 s (10 x --timeout); 1 bytes came"), r.stderr
+    assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
+    next(server, None)  # closes it
