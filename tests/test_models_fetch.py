@@ -637,19 +637,19 @@ def test_a_damaged_file_goes_even_when_the_download_fails(tmp_path, capsys):
     assert modelfiles.find_yunet((dest,)) is None and list(dest.iterdir()) == []
 
 
-def test_a_server_sending_its_headers_a_byte_at_a_time_ends_at_the_deadline(tmp_path):
-    """--timeout bounds each wait, and the 10 x --timeout deadline was checked only between
-    blocks of the body: a server (a tarpit, a broken proxy) sending a header a byte at a time
-    held the fetch for hours (65 536 bytes a line, 100 lines). It ends at the deadline now."""
+def dripped_fetch_ends_at_the_deadline(tmp_path: Path, head: bytes, drip: bytes, came: int):
+    """`models fetch` (--timeout 0.5) from a server that sends ``head``, then ``drip`` a byte
+    every 50 ms for good, ends at its 10 x --timeout deadline with ``came`` body bytes."""
 
     def answer(conn: socket.socket) -> None:
         with conn:
             conn.recv(4096)
             try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+                conn.sendall(head)
                 while True:
-                    time.sleep(0.05)
-                    conn.sendall(b"a")
+                    for byte in drip:
+                        time.sleep(0.05)
+                        conn.sendall(bytes([byte]))
             except OSError:  # the client gave up
                 return
 
@@ -660,9 +660,16 @@ def test_a_server_sending_its_headers_a_byte_at_a_time_ends_at_the_deadline(tmp_
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 69, r.stderr
     assert r.stderr.startswith(f"maskd models fetch: cannot download {url}/{YUNET_NAME}: not "
-                               "done after 5 s (10 x --timeout); 0 bytes came"), r.stderr
+                               f"done after 5 s (10 x --timeout); {came} bytes came"), r.stderr
     assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
     next(server, None)  # closes it
+
+
+def test_a_server_sending_its_headers_a_byte_at_a_time_ends_at_the_deadline(tmp_path):
+    """--timeout bounds each wait, and the 10 x --timeout deadline was checked only between
+    blocks of the body: a server (a tarpit, a broken proxy) sending a header a byte at a time
+    held the fetch for hours (65 536 bytes a line, 100 lines). It ends at the deadline now."""
+    dripped_fetch_ends_at_the_deadline(tmp_path, b"HTTP/1.1 200 OK\r\nX-Pad: ", b"a", 0)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
@@ -695,27 +702,6 @@ def test_a_chunked_body_dripping_inside_one_line_ends_at_the_deadline(tmp_path, 
     line, and every trailer line, inside one read1: a server dripping a chunk size (a line
     of up to 64 KiB) or trailer lines (no limit) a byte at a time held the fetch for hours.
     The watchdog shuts that connection at the deadline too."""
-
-    def answer(conn: socket.socket) -> None:
-        with conn:
-            conn.recv(4096)
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
-                             + (b"0\r\n" if drip != b"0" else b""))
-                while True:
-                    for byte in drip:
-                        time.sleep(0.05)
-                        conn.sendall(bytes([byte]))
-            except OSError:  # the client gave up
-                return
-
-    url = next(server := raw_server(answer))
-    began = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
-                        "--yunet-url", f"{url}/{YUNET_NAME}", "--timeout", "0.5"],
-                       capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert r.returncode == 69, r.stderr
-    assert r.stderr.startswith(f"maskd models fetch: cannot download {url}/{YUNET_NAME}: not "
-                               "done after 5 s (10 x --timeout); 1 bytes came"), r.stderr
-    assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
-    next(server, None)  # closes it
+    head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
+            + (b"0\r\n" if drip != b"0" else b""))
+    dripped_fetch_ends_at_the_deadline(tmp_path, head, drip, 1)
