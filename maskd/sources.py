@@ -227,6 +227,7 @@ class LiveSource:
         self._lost_at: tuple[float, float] | None = None
         self._flowing_since: float | None = None  # monotonic, first frame since the last open
         self._opened_at: float | None = None  # monotonic, the open while no frame came since
+        self._open_waited = False  # that open (FFmpeg's probe) waited out the stream time-out
         # (wall time, time since boot) of the last good frame: a read that fails after a stall
         # (the stream timeout) began the outage then, not when the read gave up
         self._last_frame_at: tuple[float, float] | None = None
@@ -324,7 +325,11 @@ class LiveSource:
                     failure = (f"read failed {self._bad_in_a_row + 1} times in a row (damaged "
                                "frames, or the device unplugged or the stream dropped)")
                 if self._stream and self._opened_at is not None and not raised \
-                        and not at_once(began):  # FFmpeg gave up waiting (a hang-up: at once)
+                        and (self._open_waited or not at_once(began)):
+                    # FFmpeg waited a time-out for a picture it could decode, in the open's
+                    # probe or this read (the probe's wait, then reads failing at once on
+                    # frames that need the key frame, is the common case); a camera that
+                    # hangs up fails both at once
                     failure = self._no_picture_why()
                 self._say(logging.WARNING, "failed", "%s: %s; reopening", self.who, failure)
                 self._drop(cap, failure, self._last_frame_at)
@@ -434,10 +439,12 @@ class LiveSource:
             self._beat = time.monotonic()
             if self._stop.is_set():
                 raise SourceError(f"{self.name}: closed while waiting to open")
+        began = time.monotonic()
         try:
             return self._opener()
         finally:
             _STREAM_OPENS.release()
+            self._open_waited = not at_once(began)
 
     def _drop(self, cap: Capture, why: str,
               last_frame: tuple[float, float] | None = None) -> None:
