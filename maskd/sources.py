@@ -347,6 +347,12 @@ class LiveSource:
                     self._drop(cap, f"{self._bad_in_a_row} frames in a row maskd cannot use: {err}")
                 continue
             self._bad_in_a_row = 0
+            if self._stream and time.monotonic() - began >= STREAM_TIMEOUT_MS / 1000:
+                # a frame that came only after the stream time-out had waited behind a stall
+                # (FFmpeg hands out the part it held when its wait is cut): the picture from
+                # before the stall, not now; the next one is
+                self.stats["skipped"] += 1
+                continue
             self._opened_at = None
             if self._is_frozen(image, ts):
                 self._drop(cap, self.stats["camera_lost_why"])
