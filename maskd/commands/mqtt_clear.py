@@ -311,15 +311,14 @@ def main(args: argparse.Namespace) -> int:
                   "layout names without seeing them", file=sys.stderr)
             return EX_BROKER
         alive = online_cameras(p, found)
-        if alive and not args.force and args.dry_run:  # listing harms no running camera
+        if alive and not args.force:  # a dry run lists them all the same: it harms no camera
+            then = (", so clearing them is refused (exit 75) until it is stopped, or with --force"
+                    if args.dry_run else ". Stop it first (sudo systemctl stop maskd), or use "
+                    "--force")
             print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
-                  "again, so clearing them is refused (exit 75) until it is stopped, or with "
-                  "--force if it is not running (e.g. it was killed)", file=sys.stderr)
-        elif alive and not args.force:
-            print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
-                  "again. Stop it first (sudo systemctl stop maskd), or use --force if it is "
-                  "not running (e.g. it was killed)", file=sys.stderr)
-            return EX_ONLINE
+                  f"again{then} if it is not running (e.g. it was killed)", file=sys.stderr)
+            if not args.dry_run:
+                return EX_ONLINE
         if p.clear_device and p.other_process(found):
             print(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one that "
                   "runs a cameras: map on this device", file=sys.stderr)
