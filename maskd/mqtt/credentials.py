@@ -43,7 +43,6 @@ def broker_certificate_end(c: mqtt.Client) -> datetime | None:
 
 # TLS alerts a broker sends when it turns down maskd's client certificate (OpenSSL's names, as
 # Python's SSLError shows them): what the broker said, what to do
-_HUNG_UP = "HUNG UP: "  # marks the hang-ups below, as against the alerts
 _TRUSTED = "one signed by a CA the broker trusts (mosquitto: cafile)"
 _CLIENT_CERT_ALERTS = (
     ("CERTIFICATE_REQUIRED", "the broker requires a client certificate", "set mqtt.cert_file"),
@@ -52,13 +51,14 @@ _CLIENT_CERT_ALERTS = (
     ("CERTIFICATE_EXPIRED", "the broker says maskd's client certificate expired", "renew it"),
     ("BAD_CERTIFICATE", "the broker refused maskd's client certificate", f"give {_TRUSTED}"),
     ("CERTIFICATE_UNKNOWN", "the broker refused maskd's client certificate", f"give {_TRUSTED}"),
-    # TLS 1.3: the alert comes after the handshake and is lost when maskd's CONNECT reaches the
-    # closed socket first, so a hang-up right after the handshake says only this (asked only
-    # then, ``handshook``: a hang-up during the handshake is a listener that speaks no TLS)
-    *((f"{_HUNG_UP}{hung_up}", "the broker hung up right after the TLS handshake, as one does that refuses "
-       "the client certificate (mosquitto: require_certificate true)", f"give {_TRUSTED}, "
-       "still valid") for hung_up in ("EOF OCCURRED IN VIOLATION", "CONNECTION RESET BY PEER")),
 )
+# TLS 1.3: the alert comes after the handshake and is lost when maskd's CONNECT reaches the
+# closed socket first, so a hang-up right after the handshake says only one of these (asked only
+# then, ``handshook``: a hang-up during the handshake is a listener that speaks no TLS)
+_HANG_UPS = ("EOF OCCURRED IN VIOLATION", "CONNECTION RESET BY PEER")
+_HUNG_UP = ("the broker hung up right after the TLS handshake, as one does that refuses the "
+            "client certificate (mosquitto: require_certificate true)",
+            f"give {_TRUSTED}, still valid")
 
 
 def client_certificate_hint(mq: MqttConfig, why: str, handshook: bool = False) -> str:
@@ -67,9 +67,10 @@ def client_certificate_hint(mq: MqttConfig, why: str, handshook: bool = False) -
     does not speak MQTT. One wording for the sink's log and `maskd doctor`; "" for other
     reasons. A hang-up is taken for one only when ``handshook`` (was: a listener that closed
     during the handshake, one that speaks no TLS, was told to set mqtt.cert_file)."""
-    said = next(((s, do) for alert, s, do in _CLIENT_CERT_ALERTS
-                 if (handshook or not alert.startswith(_HUNG_UP))
-                 and alert.removeprefix(_HUNG_UP) in why.upper()), None)
+    upper = why.upper()
+    said = next(((s, do) for alert, s, do in _CLIENT_CERT_ALERTS if alert in upper), None)
+    if said is None and handshook and any(hung_up in upper for hung_up in _HANG_UPS):
+        said = _HUNG_UP
     if said is None or mq.broker is None or not mq.broker.tls:
         return ""
     what, do = said
