@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(RuntimeError, ValueError, OSError, AttributeError):  # no stderr
             faulthandler.enable(all_threads=True)
     # before cv2 loads: the service, retrying a camera for months; and the still commands, where
-    # YuNet's "[ WARN:0@0.16] ... setPreferableTarget ..." on every call looked like a fault
-    if args.command in ("run", "scan", "classify"):
+    # YuNet's "[ WARN:0@0.16] ... setPreferableTarget ..." on every call looked like a fault;
+    # check-config opens the detector as `run` does, and says only what `run` would say
+    if args.command in ("run", "scan", "classify", "check-config"):
         env.quiet_opencv()
     try:
         # inside: a Ctrl-C while cv2, TFLite and pydantic load (seconds on a Pi) was a traceback

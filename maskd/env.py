@@ -13,8 +13,8 @@ installation put things and what the process runs under:
 | ``TZ`` | a unit's ``Environment=`` | a time zone that a changed ``/etc/localtime`` does not move (maskd.clock.ZoneWatch) |
 | the name in ``mqtt.password_env`` | the unit's drop-in | the broker password (the config names it) |
 
-Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run``, ``scan`` and
-``classify`` only give them a default at their start (``quiet_opencv``), which a value in the
+Two more are OpenCV's own, read by OpenCV and FFmpeg, not by maskd: ``maskd run``, ``scan``,
+``classify`` and ``check-config`` only give them a default at their start (``quiet_opencv``), which a value in the
 environment overrides:
 
 | variable | maskd's default | meaning |

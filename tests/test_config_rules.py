@@ -982,6 +982,39 @@ def test_the_coral_messages_name_what_asked_for_it_and_what_each_command_does(tm
             "permissions)\n"), r.stderr
 
 
+def test_both_refuse_a_detector_model_that_is_here_but_no_model_run_can_use(tmp_path, yunet_model):
+    """check-config said OK of a detector.model `run` stops on at once (exit 78): the
+    classifier's .tflite put in the detector slot (kind blazeface, kind ssd), an empty .onnx as
+    YuNet; it looked only whether the file was there. A good YuNet is OK without a word (it
+    printed OpenCV's '[ WARN:...] setPreferableTarget' line, which `run` keeps quiet)."""
+    shipped = REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    empty = tmp_path / "empty yunet.onnx"
+    empty.write_bytes(b"")
+    cases = [("blazeface", shipped, f"{shipped}: not a BlazeFace full-range model"),
+             ("ssd", shipped, f"{shipped}: an SSD post-process model has 4 outputs, this one has 2"),
+             ("yunet", empty, f"{empty}: OpenCV cannot load this YuNet model: ")]
+    paths = []
+    for kind, model, _ in cases:
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                        f"detector: {{kind: {kind}, model: '{model}'}}\n")
+        paths.append(path)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                  f"detector: {{kind: yunet, model: '{yunet_model}'}}\n")
+    *answers, good = maskd_each([call for path in paths
+                                 for call in (("check-config", str(path)), run_args(path))]
+                                + [("check-config", str(ok))])
+    for i, (path, (_, _, starts)) in enumerate(zip(paths, cases, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert checked.returncode == EX_CONFIG, (path, checked.stdout, checked.stderr)
+        said = checked.stderr.splitlines()
+        assert said[0].startswith(f"{path}: {starts}") and len(said) == 1, checked.stderr
+        assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
+        assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+    assert (good.returncode, good.stdout, good.stderr) == (0, f"OK: {ok}\n", ""), good.stderr
+
+
 def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tmp_path):
     """check-config said OK of a classifier.model `run` stops on at once (exit 78): a file
     that is no TFLite model, one without its sidecar, one whose sidecar names another input

@@ -10,8 +10,8 @@ a path that is no framebuffer, or a window with an OpenCV without GUI support, w
 `run` detects without it. What depends on the user or session (writing the framebuffer, a
 desktop session for the window) and the model files are warnings only: the service may run as
 another user, with another environment, or on another machine; `maskd doctor` checks them, and
-`run` stops with exit 78 when one is missing. A classifier model that is here is opened as `run`
-opens it (not one for the Coral): one `run` would refuse is an error in its words. The state dir (with MQTT on) and jsonl.path are
+`run` stops with exit 78 when one is missing. A classifier or detector model that is here is
+opened as `run` opens it (not one for the Coral): one `run` would refuse is an error in its words. The state dir (with MQTT on) and jsonl.path are
 looked at as `run` creates them, without creating anything: what no user could create there is
 an error in `run`'s words, a permission a warning. With classifier.edgetpu or detector.edgetpu,
 a libedgetpu missing on this machine is an error and no Coral on the USB bus a warning (`run`
@@ -81,33 +81,41 @@ def file_warnings(cfg: Config) -> list[str]:
 
 
 def model_problems(cfg: Config) -> list[str]:
-    """What `run` stops on (78) in a classifier model that is here and readable, found by the
-    function `run` opens it with (maskd.service.build_classifier): a file that is no TFLite
-    model (an .h5, an .onnx renamed), one without its sidecar, a 3-class or wrong-size model.
-    check-config said OK of each, and `check-config && systemctl restart maskd` started a
-    service that stopped at once. A file missing here is the warning of ``file_warnings``
-    instead; a model for the Coral runs only there, so `maskd doctor` checks it."""
+    """What `run` stops on (78) in a model that is here and readable, found by the functions
+    `run` opens them with (maskd.service.build_classifier, build_detector): a classifier file
+    that is no TFLite model (an .h5, an .onnx renamed), one without its sidecar, a 3-class or
+    wrong-size model; a detector file of another kind (the classifier's .tflite as BlazeFace, a
+    CenterFace .onnx as YuNet), truncated or empty. check-config said OK of each, and
+    `check-config && systemctl restart maskd` started a service that stopped at once. A file
+    missing here is the warning of ``file_warnings`` instead; a model for the Coral runs only
+    there, so `maskd doctor` checks it."""
     from maskd.classifier import ModelError, default_model_problem
+    from maskd.detectors import DetectorError, missing_detector_file
+    from maskd.service import build_classifier, build_detector
 
-    c = cfg.classifier
-    if c.edgetpu or (model_file_problem(c.model) if c.model is not None
-                     else default_model_problem()) is not None:
-        return []
-    from maskd.service import build_classifier
-
-    native: list[str] = []
-    try:
-        with captured_stderr_fd() as native:  # TFLite's 'Created ... XNNPACK' line: not news
-            build_classifier(cfg)
-    except ModelError as err:
-        return [str(err)]
-    finally:
-        kept = "".join(line for line in "".join(native).splitlines(keepends=True)
-                       if "XNNPACK delegate" not in line)
-        if kept:
-            with contextlib.suppress(OSError, AttributeError, ValueError):  # no stderr
-                sys.stderr.write(kept)
-    return []
+    c, d = cfg.classifier, cfg.detector
+    opens: list[Callable[[], object]] = []
+    if not c.edgetpu and (model_file_problem(c.model) if c.model is not None
+                          else default_model_problem()) is None:
+        opens.append(lambda: build_classifier(cfg))
+    if not d.edgetpu and (d.model is None or d.kind == "auto"  # auto: BlazeFace without it
+                          or model_file_problem(d.model) is None) and missing_detector_file(d) is None:
+        opens.append(lambda: build_detector(cfg))
+    problems: list[str] = []
+    for open_model in opens:
+        native: list[str] = []
+        try:
+            with captured_stderr_fd() as native:  # TFLite's 'Created ... XNNPACK' line: not news
+                open_model()
+        except (ModelError, DetectorError) as err:
+            problems.append(str(err).strip())  # OpenCV ends its words with a newline
+        finally:
+            kept = "".join(line for line in "".join(native).splitlines(keepends=True)
+                           if "XNNPACK delegate" not in line)
+            if kept:
+                with contextlib.suppress(OSError, AttributeError, ValueError):  # no stderr
+                    sys.stderr.write(kept)
+    return problems
 
 
 def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
