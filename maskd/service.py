@@ -28,6 +28,7 @@ from maskd.clip import ClipWriter
 from maskd.config import (
     EXTRA_MODELS_WAY_OUT,
     Config,
+    empty_model_problem,
     excerpt,
     extra_model_problem,
     model_file_problem,
@@ -806,7 +807,8 @@ def build_classifier(cfg: Config, still: bool = False,
 
     c = cfg.classifier
     named = (options or {}).get("classifier.model", "classifier.model")
-    if c.model is not None and (problem := model_file_problem(c.model, named)) is not None:
+    if c.model is not None and (problem := model_file_problem(c.model, named)
+                                or empty_model_problem(c.model, named)) is not None:
         raise ModelError(problem)
     try:
         first = Classifier.open(c.model, c.threads, c.edgetpu)
@@ -837,6 +839,8 @@ def build_detector(cfg: Config, still: bool = False,
     if d.model is not None and d.kind != "auto" and (
             problem := model_file_problem(d.model, named)) is not None:
         raise DetectorError(problem)
+    if d.model is not None and (problem := empty_model_problem(d.model, named)) is not None:
+        raise DetectorError(problem)  # auto's too: YuNet's, and `run` would stop on it
     try:
         return make_detector(still_detector(d) if still else d)
     except OSError as err:

@@ -984,15 +984,15 @@ def test_the_coral_messages_name_what_asked_for_it_and_what_each_command_does(tm
 
 def test_both_refuse_a_detector_model_that_is_here_but_no_model_run_can_use(tmp_path, yunet_model):
     """check-config said OK of a detector.model `run` stops on at once (exit 78): the
-    classifier's .tflite put in the detector slot (kind blazeface, kind ssd), an empty .onnx as
-    YuNet; it looked only whether the file was there. A good YuNet is OK without a word (it
+    classifier's .tflite put in the detector slot (kind blazeface, kind ssd), a truncated .onnx
+    as YuNet; it looked only whether the file was there. A good YuNet is OK without a word (it
     printed OpenCV's '[ WARN:...] setPreferableTarget' line, which `run` keeps quiet)."""
     shipped = REPO / "models" / "maskd_mobilenetv2_int8.tflite"
-    empty = tmp_path / "empty yunet.onnx"
-    empty.write_bytes(b"")
+    cut = tmp_path / "cut yunet.onnx"  # a copy that stopped half-way
+    cut.write_bytes(yunet_model.read_bytes()[:100_000])
     cases = [("blazeface", shipped, f"{shipped}: not a BlazeFace full-range model"),
              ("ssd", shipped, f"{shipped}: an SSD post-process model has 4 outputs, this one has 2"),
-             ("yunet", empty, f"{empty}: OpenCV cannot load this YuNet model: ")]
+             ("yunet", cut, f"{cut}: OpenCV cannot load this YuNet model: ")]
     paths = []
     for kind, model, _ in cases:
         path = tmp_path / f"{kind}.yaml"
@@ -1013,6 +1013,35 @@ def test_both_refuse_a_detector_model_that_is_here_but_no_model_run_can_use(tmp_
         assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
         assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
     assert (good.returncode, good.stdout, good.stderr) == (0, f"OK: {ok}\n", ""), good.stderr
+
+
+def test_both_say_a_model_file_that_is_empty(tmp_path):
+    """A model file of 0 bytes (a copy that failed, a full card) stopped `run` with the
+    runtime's words: 'cannot load TFLite model: mmap of size 0 requested.The model allocation
+    is null/empty', OpenCV's 'model_proto.has_graph()' for an .onnx; check-config said OK of
+    the detector's. Both now say it is empty, naming the key, and `classify` the option."""
+    tflite, onnx = tmp_path / "model.tflite", tmp_path / "yunet.onnx"
+    for empty in (tflite, onnx):
+        empty.write_bytes(b"")
+    shutil.copy(REPO / "models" / "maskd_mobilenetv2_int8.json", tflite.with_suffix(".json"))
+    paths = [tmp_path / "classifier.yaml", tmp_path / "detector.yaml"]
+    paths[0].write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                        f"classifier: {{model: '{tflite}'}}\n")
+    paths[1].write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n"
+                        f"detector: {{kind: yunet, model: '{onnx}'}}\n")
+    *answers, classified = maskd_each(
+        [call for path in paths for call in (("check-config", str(path)), run_args(path))]
+        + [("classify", "--model", str(tflite), str(tmp_path))])
+    for i, (path, line) in enumerate(zip(paths, (
+            f"classifier.model: {tflite}: an empty file (0 bytes), not a model: copy it again",
+            f"detector.model: {onnx}: an empty file (0 bytes), not a model: copy it again"),
+            strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert (checked.returncode, checked.stderr) == (EX_CONFIG, f"{path}: {line}\n"), checked
+        assert ran.returncode == EX_CONFIG and ran.stderr.splitlines()[-1] == f"maskd run: {line}", ran
+    assert classified.returncode == 2, classified
+    assert classified.stderr.splitlines()[-1] == (f"maskd classify: --model: {tflite}: an empty "
+                                                  "file (0 bytes), not a model: copy it again")
 
 
 def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tmp_path):
