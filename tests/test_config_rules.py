@@ -982,6 +982,18 @@ def test_the_coral_messages_name_what_asked_for_it_and_what_each_command_does(tm
             "permissions)\n"), r.stderr
 
 
+def assert_both_stop_in_runs_words(paths, answers, starts):
+    """Each config's (check-config, run) answers, in `maskd_each`'s order: both exit 78, and
+    check-config's one line is `run`'s last, beginning with `starts`."""
+    for i, (path, start) in enumerate(zip(paths, starts, strict=True)):
+        checked, ran = answers[2 * i:2 * i + 2]
+        assert checked.returncode == EX_CONFIG, (path, checked.stdout, checked.stderr)
+        said = checked.stderr.splitlines()
+        assert said[0].startswith(f"{path}: {start}") and len(said) == 1, checked.stderr
+        assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
+        assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+
+
 def test_both_refuse_a_detector_model_that_is_here_but_no_model_run_can_use(tmp_path, yunet_model):
     """check-config said OK of a detector.model `run` stops on at once (exit 78): the
     classifier's .tflite put in the detector slot (kind blazeface, kind ssd), a truncated .onnx
@@ -1005,13 +1017,7 @@ def test_both_refuse_a_detector_model_that_is_here_but_no_model_run_can_use(tmp_
     *answers, good = maskd_each([call for path in paths
                                  for call in (("check-config", str(path)), run_args(path))]
                                 + [("check-config", str(ok))])
-    for i, (path, (_, _, starts)) in enumerate(zip(paths, cases, strict=True)):
-        checked, ran = answers[2 * i:2 * i + 2]
-        assert checked.returncode == EX_CONFIG, (path, checked.stdout, checked.stderr)
-        said = checked.stderr.splitlines()
-        assert said[0].startswith(f"{path}: {starts}") and len(said) == 1, checked.stderr
-        assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
-        assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+    assert_both_stop_in_runs_words(paths, answers, [starts for _, _, starts in cases])
     assert (good.returncode, good.stdout, good.stderr) == (0, f"OK: {ok}\n", ""), good.stderr
 
 
@@ -1064,17 +1070,10 @@ def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tm
         paths.append(path)
     answers = maskd_each([call for path in paths
                           for call in (("check-config", str(path)), run_args(path))])
-    for i, (path, starts) in enumerate(zip(paths, (
-            f"{garbage}: cannot load TFLite model: ",
-            f"{bare}: its sidecar bare.json (labels, input size, normalisation) is missing",
-            f"{resized}: model input (1, 128, 128, 3) does not match the sidecar's input_size "
-            "160"), strict=True)):
-        checked, ran = answers[2 * i:2 * i + 2]
-        assert checked.returncode == EX_CONFIG, (path, checked.stdout, checked.stderr)
-        said = checked.stderr.splitlines()
-        assert said[0].startswith(f"{path}: {starts}") and len(said) == 1, checked.stderr
-        assert ran.returncode == EX_CONFIG, (path, ran.stderr[-2000:])
-        assert said[0] == f"{path}: " + ran.stderr.splitlines()[-1].removeprefix("maskd run: ")
+    assert_both_stop_in_runs_words(paths, answers, (
+        f"{garbage}: cannot load TFLite model: ",
+        f"{bare}: its sidecar bare.json (labels, input size, normalisation) is missing",
+        f"{resized}: model input (1, 128, 128, 3) does not match the sidecar's input_size 160"))
     closed = subprocess.run(f"{sys.executable} -m maskd check-config {paths[0]} 2>&-", shell=True,
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert closed.returncode == EX_CONFIG, closed  # no stderr (2>&-): the same answer
