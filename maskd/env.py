@@ -104,8 +104,8 @@ def quiet_opencv(env: MutableMapping[str, str] | None = None) -> None:
     lines go, those about damaged pictures of a working stream too (``overread``); maskd logs
     what it can see itself (no frame, undecodable frames, a frozen picture).
 
-    For ``maskd run`` only (``maskd.cli.main``): the one-shot commands (``doctor``, ``scan``)
-    keep OpenCV's and FFmpeg's words. Only defaults, set in the environment OpenCV reads:
+    For ``maskd run``, ``scan``, ``classify`` and ``check-config`` (``maskd.cli.main``), whose
+    own lines say what went wrong; ``doctor`` keeps OpenCV's and FFmpeg's words. Only defaults, set in the environment OpenCV reads:
     OpenCV 5.0 has read ``OPENCV_LOG_LEVEL`` once ``cv2`` is imported, 4.11 and 5.0 read the
     FFmpeg ones at the first open only (4.6 at every open), so this runs before ``cv2`` is
     imported. A variable already set, or a debug switch of the same part, wins:
