@@ -820,7 +820,9 @@ class MqttConfig(Section):
             has_cert = False
         if not has_cert:
             return f"{cert}: no PEM certificate in it ({err})"
-        if "KEY_VALUES_MISMATCH" in str(err):
+        # a key of another type than the certificate's (an EC key, an RSA certificate): OpenSSL
+        # files it beside the certificate and finds no certificate for it
+        if "KEY_VALUES_MISMATCH" in str(err) or "NO_CERTIFICATE_ASSIGNED" in str(err):
             return f"{key} is not the private key of {cert} ({err})"
         if err.args == (_ENCRYPTED,):
             return f"{key if self.key_file is not None else cert}: {err}"

@@ -140,6 +140,10 @@ def test_tls_files_that_do_not_load_are_named_one_by_one_by_both(tmp_path, tls):
     locked = tmp_path / "locked.key"
     subprocess.run(["openssl", "rsa", "-in", str(tls.client_key), "-aes256", "-passout",
                     "pass:x", "-out", str(locked)], check=True, capture_output=True)
+    ec_key = tmp_path / "ec.key"  # another certificate's key of another type (OpenSSL: "no
+    # certificate assigned", not "key values mismatch")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-out", str(ec_key)], check=True, capture_output=True)
     secure = "mqtts://127.0.0.1:8883"
     pair = {"url": secure, "ca_file": str(tls.ca), "cert_file": str(tls.client_cert)}
     cases = [
@@ -147,6 +151,8 @@ def test_tls_files_that_do_not_load_are_named_one_by_one_by_both(tmp_path, tls):
         (pair, f"mqtt.cert_file {tls.client_cert}: no private key in it; set mqtt.key_file"),
         ({**pair, "key_file": str(other.client_key)},
          f"mqtt.key_file {other.client_key} is not the private key of mqtt.cert_file"),
+        ({**pair, "key_file": str(ec_key)},
+         f"mqtt.key_file {ec_key} is not the private key of mqtt.cert_file"),
         ({**pair, "key_file": str(tls.client_cert)},
          f"mqtt.key_file {tls.client_cert}: no PEM private key in it"),
         ({**pair, "cert_file": str(tls.client_key), "key_file": str(tls.client_key)},
