@@ -32,9 +32,10 @@ from tools.mosquitto import (
     wait_until,
 )
 
-__all__ = ["MOSQUITTO", "Broker", "Msg", "Mqtt311Only", "NoPubacks", "QuotaExceeded",
-           "StrictReceiveMaximum", "Subscriber", "Tls", "fill_disk", "free_port", "make_ca",
-           "require", "retained_now", "retained_once", "small_disk", "unique_events", "wait_until"]
+__all__ = ["MOSQUITTO", "Broker", "HangsUpOnMqtt5", "Msg", "Mqtt311Only", "NoPubacks",
+           "QuotaExceeded", "SilentOnMqtt5Will", "StrictReceiveMaximum", "Subscriber", "Tls",
+           "fill_disk", "free_port", "make_ca", "require", "retained_now", "retained_once",
+           "small_disk", "unique_events", "wait_until"]
 
 
 def make_ca(d: Path, days: int = 365, name: str = "maskd test CA") -> Tls:
@@ -125,7 +126,7 @@ class Mqtt311Only(_Relay):
             n_len = next(i for i in range(1, 5) if not head[i] & 0x80)  # remaining-length bytes
             if head[n_len + 7] == 5:
                 self.refused += 1
-                conn.sendall(b"\x20\x02\x00\x01")
+                self._refuse(conn, head[n_len + 8])
                 return
             with socket.create_connection(("127.0.0.1", self.broker.port)) as up:
                 up.sendall(head)
@@ -133,6 +134,32 @@ class Mqtt311Only(_Relay):
                 back.start()
                 _pump(conn, up)
                 back.join(5)
+
+
+    def _refuse(self, conn: socket.socket, flags: int) -> None:
+        conn.sendall(b"\x20\x02\x00\x01")
+
+
+class HangsUpOnMqtt5(Mqtt311Only):
+    """A 3.1.1-only broker that cannot parse an MQTT 5 CONNECT and closes the connection without
+    a CONNACK, as RabbitMQ 3 does (Debian bookworm's 3.10: `MQTT cannot parse a frame`)."""
+
+    def _refuse(self, conn: socket.socket, flags: int) -> None:
+        pass  # closed by the caller
+
+
+class SilentOnMqtt5Will(Mqtt311Only):
+    """A 3.1.1-only broker that reads an MQTT 5 CONNECT as a 3.1.1 one, as amqtt 0.12 does: one
+    with a last will (maskd run's) then lacks the bytes its will properties took, so it waits for
+    them without a word until the client gives up; one without (doctor's probe) is refused 0x01."""
+
+    def _refuse(self, conn: socket.socket, flags: int) -> None:
+        if not flags & 0x04:  # no will flag: it parses, and the level is refused
+            super()._refuse(conn, flags)
+            return
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
 
 
 class StrictReceiveMaximum(_Relay):

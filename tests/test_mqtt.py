@@ -1301,6 +1301,40 @@ def test_a_broker_that_speaks_only_mqtt_311_gets_311(tmp_path, caplog):
         relay.close()
 
 
+@pytest.mark.parametrize("old", ["HangsUpOnMqtt5", "SilentOnMqtt5Will"])
+def test_a_311_broker_that_does_not_answer_an_mqtt5_connect_gets_311(tmp_path, caplog, old):
+    """A broker older than MQTT 5 should refuse an MQTT 5 CONNECT (0x01); RabbitMQ 3 cannot parse
+    it and hangs up, amqtt 0.12 reads one with a last will as 3.1.1 and waits for bytes that
+    never come. `run` never connected to either and kept every event (`did not answer CONNECT
+    ...; is that port a TLS listener?` or `... sent no CONNACK`, for good); `maskd doctor` said
+    that too for RabbitMQ, and OK over 3.1.1 for amqtt (its probe has no will). Two unanswered
+    MQTT 5 CONNECTs in a row are followed by a 3.1.1 one, in both."""
+    import mqtt_broker
+
+    from maskd.commands.doctor import OK, probe_broker
+
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
+    with Broker(tmp_path / "b") as b:
+        relay = getattr(mqtt_broker, old)(b)
+        verdict, detail = probe_broker(cfg_for(relay, tmp_path / "state"))
+        assert verdict == OK and "MQTT 3.1.1" in detail, detail
+        relay.refused = 0
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(relay, tmp_path / "state",  # type: ignore[arg-type]
+                                            keepalive_s=5))
+        for ev in script("w", 1, 0):
+            sink.emit(ev)
+        assert sink.flush(30), caplog.text
+        assert relay.refused == 2 and sink.health()["mqtt_version"] == "3.1.1"
+        assert "trying MQTT 3.1.1" in caplog.text
+        assert "does not speak MQTT 5; using 3.1.1" in caplog.text
+        sink.close()
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert dedup(events(sub)) == expected("w", 1, 0)
+        sub.close()
+        relay.close()
+
+
 def _connection_errors(mq: MqttConfig, state_dir: Path, caplog: pytest.LogCaptureFixture,
                        timeout: float = 5.0) -> list[str]:
     """The ERROR lines of a sink that cannot connect with ``mq``, after several attempts; its

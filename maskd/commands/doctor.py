@@ -713,12 +713,21 @@ def connect_probe(cfg: Config, tool: str = "doctor") -> tuple[_Probe | None, str
 
     mq = cfg.mqtt
     url, password = mq.broker, mq.password()  # validated by the config: url set, files readable
+    first = ""
     for version in (mqtt.MQTTv5, mqtt.MQTTv311):
         probe = _Probe(cfg, url, password, version, f"maskd-{cfg.device_id}.{tool}")
         failed = probe.connect()
         if failed is None and probe.reason.value == UNSUPPORTED_PROTOCOL and version == mqtt.MQTTv5:
             probe.close()
             continue  # a 3.1.1-only broker: try again in its language
+        if failed is not None and probe.hung_up and version == mqtt.MQTTv5:
+            # one that cannot parse MQTT 5 may hang up rather than refuse it (RabbitMQ 3), as
+            # `run` finds too; if 3.1.1 fares no better, MQTT 5's failure is the one told
+            probe.close()
+            first = failed
+            continue
+        if first and failed is not None:
+            failed = first
         if failed is None and probe.reason.is_failure:
             failed = f"{url}: refused: {probe.reason} (check mqtt.username / password)"
         if failed is not None:
@@ -763,6 +772,7 @@ class _Probe:
         self._answered = threading.Condition()
         self.echoed: set[str] = set()  # topics our test message came back on (3.1.1)
         self.started = False
+        self.hung_up = False  # closed the connection without answering CONNECT
         self.t0 = 0.0
         self.socket_error = ""  # why paho's read failed (a broker's TLS alert), as run logs it
         self.client_id = client_id
@@ -840,6 +850,7 @@ class _Probe:
             return None
         if answered:  # a TLS listener hangs up on a plain CONNECT; a broker refusing the
             # client certificate under TLS 1.3 sends its alert in answer to CONNECT
+            self.hung_up = True
             why = self.socket_error
             hint = (client_certificate_hint(self.mq, why, handshook=True) if self.url.tls else
                     "; is that port a TLS listener? Then use mqtts://")

@@ -174,6 +174,11 @@ def use_mqtt311(c: mqtt.Client) -> None:
     c._clean_session = True
 
 
+def use_mqtt5(c: mqtt.Client) -> None:
+    """Speak MQTT 5 again from the next connect on (see ``use_mqtt311``)."""
+    c._protocol = mqtt.MQTTv5
+
+
 class _Client(mqtt.Client):
     """paho's client, remembering why the last connection attempt failed (for the log) and
     whether the broker answered its CONNECT."""
@@ -305,6 +310,8 @@ class MqttSink(EventSink):
         self._connected_at = 0.0
         self._short_sessions = 0  # consecutive connections that lasted < 5 s without a reason
         self._quick_drops = 0  # consecutive connections that lasted < 5 s, whatever the reason
+        # MQTT 5 CONNECTs in a row that got no CONNACK (``_unanswered``), until one is answered
+        self._unanswered_v5 = 0
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -814,9 +821,7 @@ class MqttSink(EventSink):
         if reason_code.is_failure:
             if reason_code.value == UNSUPPORTED_PROTOCOL and client.protocol == mqtt.MQTTv5:
                 use_mqtt311(client)
-                log.warning("MQTT: broker %s does not speak MQTT 5; using 3.1.1, where a publish "
-                            "the broker refuses (ACL) looks delivered: `maskd doctor` checks "
-                            "publish rights", self._url)
+                self._warn_mqtt311()
                 return
             hint = ""
             if reason_code.value in (4, 5, 134, 135):  # bad user/password, not authorised
@@ -830,6 +835,9 @@ class MqttSink(EventSink):
                         "is lost): allow QoS 1 there")
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
             return
+        if self._unanswered_v5 and client.protocol == mqtt.MQTTv311:  # 3.1.1 is what it speaks
+            self._warn_mqtt311()
+        self._unanswered_v5 = 0
         with self._conn_lock:
             client.apply_receive_maximum(properties)
             # Whatever paho still holds from the last connection is replayed from the
@@ -886,6 +894,11 @@ class MqttSink(EventSink):
             for topic, trigger in triggers:
                 self._side(topic, trigger, retain=False)
         self._q.put(("wake", None, None))
+
+    def _warn_mqtt311(self) -> None:
+        log.warning("MQTT: broker %s does not speak MQTT 5; using 3.1.1, where a publish "
+                    "the broker refuses (ACL) looks delivered: `maskd doctor` checks "
+                    "publish rights", self._url)
 
     def _subscribe(self, client: mqtt.Client, topic: str, retain_as_published: bool = False
                    ) -> None:
@@ -963,6 +976,7 @@ class MqttSink(EventSink):
             else:
                 hint = client_certificate_hint(self._mq, why, handshook=True)
             self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
+            self._unanswered(client)
         if was and not self._closing:
             self.reconnects += 1
             # A broker drops the older of two clients with the same id, so two devices
@@ -986,6 +1000,24 @@ class MqttSink(EventSink):
                         f"set max_packet_size instead, which maskd keeps to")
             log.warning("MQTT: lost connection to %s (%s); reconnecting, events kept in the "
                         "outbox%s", self._url, reason_code, hint)
+
+    def _unanswered(self, client: mqtt.Client) -> None:
+        """A CONNECT without a CONNACK. A broker older than MQTT 5 should refuse an MQTT 5
+        CONNECT (0x01), but some cannot parse it: RabbitMQ 3 hangs up, amqtt 0.12 waits for the
+        rest (reading the last will's properties as 3.1.1). Two such MQTT 5 attempts in a row
+        (one may be a broker going down) make the next one speak 3.1.1; one unanswered too
+        goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one)."""
+        if client.protocol != mqtt.MQTTv5:
+            if self._unanswered_v5:
+                use_mqtt5(client)
+                self._unanswered_v5 = 0
+            return
+        self._unanswered_v5 += 1
+        if self._unanswered_v5 >= 2:
+            use_mqtt311(client)
+            if self._log_once_a_minute.due("try 3.1.1"):
+                log.info("MQTT: %s answered no MQTT 5 CONNECT; trying MQTT 3.1.1 (a broker "
+                         "older than MQTT 5 may hang up on one or wait)", self._url)
 
     def _pace_reconnects(self, client: mqtt.Client, short: bool) -> None:
         """paho starts its backoff again at every CONNACK, so a broker that closes every
