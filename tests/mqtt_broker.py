@@ -33,7 +33,7 @@ from tools.mosquitto import (
 )
 
 __all__ = ["MOSQUITTO", "Broker", "HangsUpOnMqtt5", "Msg", "Mqtt311Only", "NoPubacks",
-           "QuotaExceeded", "SilentOnMqtt5Will", "StrictReceiveMaximum", "Subscriber", "Tls",
+           "QuotaExceeded", "RetainedExactOnly", "SilentOnMqtt5Will", "StrictReceiveMaximum", "Subscriber", "Tls",
            "fill_disk", "free_port", "make_ca", "require", "retained_now", "retained_once",
            "small_disk", "unique_events", "wait_until"]
 
@@ -243,6 +243,54 @@ class QuotaExceeded(_Relay):
         with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
             back = self._down(up, conn, forward)
             _pump(conn, up)
+            back.join(5)
+
+
+class RetainedExactOnly(_Relay):
+    """`broker` handing out retained messages as RabbitMQ 3's MQTT plugin does: only to a
+    subscription that names their topic, never to a wildcard one (`#`, `+`). A retained
+    PUBLISH for a topic no plain filter of this client names is held back (and acknowledged to
+    the broker); everything else is relayed untouched."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        exact: set[str] = set()  # the client's filters without wildcards
+        mqtt5 = False
+
+        def forward(kind: int, body: bytes, raw: bytes) -> bytes | None:
+            if kind == 3 and raw[0] & 0x01:  # a retained PUBLISH
+                n = int.from_bytes(body[:2], "big")
+                if body[2:2 + n].decode() not in exact:
+                    if raw[0] & 0x06:  # QoS 1: the broker waits for its PUBACK
+                        with contextlib.suppress(OSError):
+                            up.sendall(b"\x40\x02" + body[2 + n:4 + n])
+                    return None
+            return raw
+
+        with conn, socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            back = self._down(up, conn, forward)
+            for kind, body, raw in _packets(conn):
+                if kind == 1:  # CONNECT: "\0\4MQTT", then the protocol level
+                    mqtt5 = body[6] == 5
+                elif kind == 8:  # SUBSCRIBE: packet id, (MQTT 5: properties), filters
+                    i = 2
+                    if mqtt5:  # the properties' length, a variable byte integer
+                        size = shift = 0
+                        while True:
+                            size |= (body[i] & 0x7F) << shift
+                            shift += 7
+                            i += 1
+                            if not body[i - 1] & 0x80:
+                                break
+                        i += size
+                    while i < len(body):
+                        n = int.from_bytes(body[i:i + 2], "big")
+                        topic = body[i + 2:i + 2 + n].decode()
+                        if "#" not in topic and "+" not in topic:
+                            exact.add(topic)
+                        i += 3 + n  # length, filter, options
+                up.sendall(raw)
+            with contextlib.suppress(OSError):
+                up.shutdown(socket.SHUT_RDWR)
             back.join(5)
 
 

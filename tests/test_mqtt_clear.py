@@ -159,6 +159,37 @@ def test_an_online_camera_is_refused_unless_forced(broker, tmp_path, capsys):
     assert not [t for t in retained_now(broker) if t.startswith(f"{CAM}/")]
 
 
+def test_a_broker_that_keeps_retained_messages_from_wildcards_still_shows_them(broker, tmp_path,
+                                                                               capsys):
+    """RabbitMQ 3 hands a retained message only to a subscription naming its topic: the scan's
+    wildcards saw nothing, so a running camera's topics were cleared (Home Assistant lost the
+    device while it ran) with `0 retained topic(s) cleared (none were there)`, exit 0, and a
+    dry run found none. The layout's own topics are looked at one by one too."""
+    from mqtt_broker import RetainedExactOnly
+
+    relay = RetainedExactOnly(broker)
+    sink = run_sink(broker, tmp_path / "state", close=False)
+    try:
+        cfg = write_config(tmp_path, broker)
+        data = yaml.safe_load(cfg.read_text())
+        data["mqtt"]["url"] = relay.url
+        cfg.write_text(yaml.safe_dump(data))
+        before = retained_now(broker)
+        rc, out, err = clear(capsys, "--config", str(cfg), "--dry-run")
+        assert rc == 0 and f"would clear {CAM}/status" in out and f"would clear {DISCOVERY}" in out
+        assert "refused (exit 75)" in err, err
+        rc, _, err = clear(capsys, "--config", str(cfg))
+        assert rc == 75 and f"camera cam1 ({CAM}/status = online)" in err, err
+        assert retained_now(broker) == before  # nothing touched
+    finally:
+        sink.close()
+    rc, out, err = clear(capsys, "--config", str(cfg))
+    assert rc == 0, err
+    assert f"cleared {CAM}/status\n" in out and "none were there" not in out, out
+    assert not [t for t in retained_now(broker) if t.startswith(f"{CAM}/")]
+    relay.close()
+
+
 def test_a_dry_run_lists_a_running_cameras_topics(broker, tmp_path, capsys):
     """`--dry-run` clears nothing, so a running camera is no reason to refuse it: it was exit 75
     with "Stop it first", where docs/install-pi.md has the operator list an update's leftovers

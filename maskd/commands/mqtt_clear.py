@@ -89,6 +89,9 @@ def plan(cfg: Config, camera: str | None) -> Plan:
     if p.clear_device and p.owns_device:
         p.known += [device_status, f"{device_status}/detail"]
     p.known = list(dict.fromkeys(p.known))
+    # each known topic on its own too: RabbitMQ 3 hands a retained message only to a
+    # subscription naming its topic, never to a wildcard (a running camera went unseen)
+    p.patterns = list(dict.fromkeys([*p.patterns, *p.known]))
     return p
 
 
