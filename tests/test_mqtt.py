@@ -859,6 +859,26 @@ def test_the_run_loops_restart_end_reaches_the_event_entity_once_connected(tmp_p
             sub.close()
 
 
+def test_counts_of_a_loop_that_sends_no_more_reach_a_broker_that_answers_late(tmp_path):
+    """A clip that ended before the broker answered (a 3.1.1-only one costs a retry; a broker
+    restarting; `--exit-at-end` waits for it): `violations`, `faces` and `state` were never
+    retained, as the connect leaves the counts to the next frame or stats, and neither comes
+    any more, so a killed run's `violations` `1` stayed for good. The heartbeat that stands in
+    for the loop's stats carries the counts too."""
+    b = Broker(tmp_path / "b")  # configured, not started yet
+    sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", reconnect_min_s=1.0,
+                                        reconnect_max_s=2.0), model_name="m")
+    sink.on_state(counts(2, 1, 1))  # the last frame's, before the broker is there
+    with b:
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            assert wait_until(lambda: {f"{CAM}/{t}" for t in ("violations", "faces", "state")}
+                              <= retained_now(b).keys(), 5), retained_now(b).keys()
+            assert retained_now(b)[f"{CAM}/faces"] == b"2"
+        finally:
+            sink.close()
+
+
 def test_a_restart_end_after_a_clock_step_back_is_not_before_its_start(broker, tmp_path):
     """A run killed after NTP stepped the clock back an hour during a violation: the outbox's
     restart end was dated when its last message was stored, on the new clock, an hour before

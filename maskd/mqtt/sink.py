@@ -1291,10 +1291,14 @@ class MqttSink(EventSink):
                 self._follow_switch(cam, now)
         if now >= st.next_stats and self._connected:
             # A heartbeat for cameras whose loop sent no stats for two intervals (a sink without
-            # a loop, a stalled loop); a running loop sends them itself, every interval.
+            # a loop, a stalled loop, a clip that ended before the broker answered); a running
+            # loop sends them itself, every interval. The counts go with it, as with the loop's:
+            # a connect cleared them for a next frame that may never come
             for cam in self._cams.values():
                 if now - cam.stats_t >= 2 * self._mq.stats_interval_s:
                     self._publish_stats(cam)
+                    if cam.counts is not None:
+                        self.camera_state(cam, cam.counts)
             st.next_stats = now + self._mq.stats_interval_s
 
     def _tell_drained(self) -> None:
