@@ -113,6 +113,7 @@ class Mqtt311Only(_Relay):
 
     def __init__(self, broker: Broker) -> None:
         self.refused = 0  # MQTT 5 connection attempts turned away
+        self.old = True  # False: MQTT 5 is relayed too (a broker that only seemed old)
         super().__init__(broker)
 
     def _serve(self, conn: socket.socket) -> None:
@@ -124,7 +125,7 @@ class Mqtt311Only(_Relay):
                     return
                 head += chunk
             n_len = next(i for i in range(1, 5) if not head[i] & 0x80)  # remaining-length bytes
-            if head[n_len + 7] == 5:
+            if head[n_len + 7] == 5 and self.old:
                 self.refused += 1
                 self._refuse(conn, head[n_len + 8])
                 return

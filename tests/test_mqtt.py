@@ -1355,6 +1355,35 @@ def test_a_311_broker_that_does_not_answer_an_mqtt5_connect_gets_311(tmp_path, c
         relay.close()
 
 
+def test_a_broker_only_guessed_old_from_its_silence_is_asked_in_mqtt5_again(tmp_path, caplog):
+    """Unanswered MQTT 5 CONNECTs are a guess that the broker is older than MQTT 5, and a
+    mosquitto that hung up twice (stuck, cut off, going down) shows them too: a connection made
+    on that guess kept maskd on 3.1.1 (a refused publish looks delivered) until its next start.
+    Once that connection is lost, the next one asks in MQTT 5 first."""
+    import mqtt_broker
+
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
+    with Broker(tmp_path / "b") as b:
+        relay = mqtt_broker.HangsUpOnMqtt5(b)
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(relay, tmp_path / "state"))  # type: ignore[arg-type]
+        sink.emit(script("g", 1, 0)[0])
+        assert sink.flush(30), caplog.text
+        assert relay.refused == 2 and sink.health()["mqtt_version"] == "3.1.1"
+        relay.old = False  # it was mosquitto all along
+        b.stop()
+        b.start()
+        for ev in script("g", 1, 0)[1:]:
+            sink.emit(ev)
+        assert sink.flush(30), caplog.text
+        assert sink.health()["mqtt_version"] == "5" and relay.refused == 2, caplog.text
+        sink.close()
+        assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 2, 10)
+        assert dedup(events(sub)) == expected("g", 1, 0)
+        sub.close()
+        relay.close()
+
+
 def _connection_errors(mq: MqttConfig, state_dir: Path, caplog: pytest.LogCaptureFixture,
                        timeout: float = 5.0) -> list[str]:
     """The ERROR lines of a sink that cannot connect with ``mq``, after several attempts; its

@@ -310,8 +310,10 @@ class MqttSink(EventSink):
         self._connected_at = 0.0
         self._short_sessions = 0  # consecutive connections that lasted < 5 s without a reason
         self._quick_drops = 0  # consecutive connections that lasted < 5 s, whatever the reason
-        # MQTT 5 CONNECTs in a row that got no CONNACK (``_unanswered``), until one is answered
+        # MQTT 5 CONNECTs in a row that got no CONNACK (``_unanswered``), until one is answered;
+        # and whether 3.1.1 is spoken on that guess, not on the broker's word (0x01)
         self._unanswered_v5 = 0
+        self._guessed_311 = False
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -977,6 +979,12 @@ class MqttSink(EventSink):
                 hint = client_certificate_hint(self._mq, why, handshook=True)
             self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
             self._unanswered(client)
+        if was and self._guessed_311:
+            # guessed from silence, which a stuck or cut-off MQTT 5 broker shows too: each
+            # connection asks in MQTT 5 first, so one such spell does not keep a mosquitto on
+            # 3.1.1 (refusals unseen) until the next start
+            use_mqtt5(client)
+            self._guessed_311 = False
         if was and not self._closing:
             self.reconnects += 1
             # A broker drops the older of two clients with the same id, so two devices
@@ -1006,15 +1014,18 @@ class MqttSink(EventSink):
         CONNECT (0x01), but some cannot parse it: RabbitMQ 3 hangs up, amqtt 0.12 waits for the
         rest (reading the last will's properties as 3.1.1). Two such MQTT 5 attempts in a row
         (one may be a broker going down) make the next one speak 3.1.1; one unanswered too
-        goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one)."""
+        goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one), and so does the
+        loss of a connection made on that guess (``_on_disconnect``)."""
         if client.protocol != mqtt.MQTTv5:
             if self._unanswered_v5:
                 use_mqtt5(client)
                 self._unanswered_v5 = 0
+                self._guessed_311 = False
             return
         self._unanswered_v5 += 1
         if self._unanswered_v5 >= 2:
             use_mqtt311(client)
+            self._guessed_311 = True
             if self._log_once_a_minute.due("try 3.1.1"):
                 log.info("MQTT: %s answered no MQTT 5 CONNECT; trying MQTT 3.1.1 (a broker "
                          "older than MQTT 5 may hang up on one or wait)", self._url)
