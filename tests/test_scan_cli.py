@@ -612,12 +612,28 @@ def test_a_folder_scanned_with_its_annotations_inside_leaves_them_out(tmp_path, 
     assert "1 image(s) under the --annotate folder out not scanned (annotations)" in r.stderr
     assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*.jpg")) == [
         "door.jpg", "out/photos/door.jpg"]
-    # the folder itself as OUTDIR (annotations go to photos/photos/): its photos are scanned
-    r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", "--model",
-                        str(default_model), "--detector", "blazeface", "--annotate", str(photos),
-                        str(photos)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert [Path(json.loads(x)["path"]).name for x in r.stdout.splitlines()][:1] == ["door.jpg"]
+
+
+@pytest.mark.parametrize("outdir, where", [(".", "photos"), ("photos", "photos")])
+def test_a_folder_annotated_into_itself_or_its_parent_leaves_its_annotations_out(
+        tmp_path, default_model, outdir, where):
+    """`scan photos --annotate .` (annotations beside the photos: door-2.jpg) and `scan photos
+    --annotate photos` (in photos/photos/) scanned the first run's annotations as photos at the
+    next: door.jpg gave door-2.jpg, then door-2-2.jpg and door-3.jpg, doubling at every run. The
+    photos there are scanned; the files that are maskd's annotations are not."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "door.jpg"), np.full((96, 128, 3), 90, np.uint8))
+    for run in range(3):
+        r = subprocess.run([sys.executable, "-m", "maskd", "scan", "--json", "--model",
+                            str(default_model), "--detector", "blazeface", "--annotate", outdir,
+                            "photos"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == ["photos/door.jpg"], run
+    assert "1 image(s) under the --annotate folder" in r.stderr
+    marked = "door-2.jpg" if outdir == "." else "photos/door.jpg"
+    assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*.jpg")) == sorted([
+        "door.jpg", marked])
 
 
 def test_opencvs_own_warnings_stay_off_a_scans_stderr(photos, model_args):

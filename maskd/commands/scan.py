@@ -64,7 +64,9 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
     OUTDIR, all listed before anything is written. A folder keeps its own name and layout, found
     on the resolved path so that ``..`` or ``.`` never lead out of OUTDIR. A searched folder's
     files under OUTDIR are left out: they are earlier runs' annotations (``scan . --annotate
-    out`` scanned them at the next run, boxes drawn on boxes, one more level each time)."""
+    out`` scanned them at the next run, boxes drawn on boxes, one more level each time). Where
+    the folder is OUTDIR or inside it (``scan . --annotate .``, ``scan photos --annotate .``),
+    only the files there that are maskd's annotations are: its photos are among them."""
     inside = os.path.join(os.path.realpath(outdir), "") if outdir is not None else None
     found: list[tuple[Path | FolderError, Path]] = []
     for root in paths:
@@ -74,9 +76,10 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             if not entries:
                 print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
             here = os.path.join(os.path.realpath(root), "")
-            within = inside is not None and inside != here and inside.startswith(here)  # below
-            kept = [e for e in entries if not within or isinstance(e, FolderError)
-                    or not os.path.realpath(e).startswith(inside)]
+            below = inside is not None and inside != here and inside.startswith(here)
+            kept = [e for e in entries if inside is None or isinstance(e, FolderError)
+                    or not os.path.realpath(e).startswith(inside)
+                    or not (below or is_annotation(e))]
             if len(kept) < len(entries):
                 print(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} image(s) "
                       f"under the --annotate folder {one_field(str(outdir))} not scanned "
