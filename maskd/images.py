@@ -188,13 +188,15 @@ def find_images(root: Path) -> list[Path]:
     return [p for p in search_images(root) if isinstance(p, Path)]
 
 
-def search_images(root: Path, every_file: bool = False) -> list[Path | FolderError]:
+def search_images(root: Path, every_file: bool = False, hidden: list[Path] | None = None,
+                  ) -> list[Path | FolderError]:
     """``find_images`` with a FolderError, in its sorted place, for each folder not searched.
 
     Links to folders are followed (a photo folder on another disk); one that leads to a folder
     searched already (a loop, or a second link to it) is reported instead of searched again,
     the names taken in sorted order, so the same folders give the same list on every disk.
     ``every_file``: every non-hidden name, not only image names (tools/dataset.py).
+    ``hidden``: given, it gets the hidden folders and image names passed over (``hidden_note``).
     """
     found: list[Path | FolderError] = []
 
@@ -223,6 +225,8 @@ def search_images(root: Path, every_file: bool = False) -> list[Path | FolderErr
         keep = []
         for d in sorted(dirnames):
             if d.startswith("."):
+                if hidden is not None:
+                    hidden.append(Path(dirpath) / d)
                 continue
             sub = Path(dirpath) / d
             try:
@@ -238,9 +242,26 @@ def search_images(root: Path, every_file: bool = False) -> list[Path | FolderErr
             seen.add((st.st_dev, st.st_ino))
             keep.append(d)
         dirnames[:] = keep
-        found.extend(Path(dirpath) / name for name in filenames
-                     if not name.startswith(".") and (every_file or is_image_name(Path(name))))
+        for name in filenames:
+            if not (every_file or is_image_name(Path(name))):
+                continue
+            if not name.startswith("."):
+                found.append(Path(dirpath) / name)
+            elif hidden is not None:
+                hidden.append(Path(dirpath) / name)
+    if hidden is not None:
+        hidden.sort()
     return sorted(found, key=entry_path)
+
+
+def hidden_note(folder: Path, hidden: list[Path]) -> str | None:
+    """The line `scan` and `classify` say for the hidden folders and images they passed over
+    (a ``.thumbnails`` folder, a Mac's ``._IMG_1.jpg``), so a folder of them is not said to
+    hold 'no images' without a word why (``search_images``' ``hidden``)."""
+    if not hidden:
+        return None
+    return (f"{folder}: {len(hidden)} hidden folder(s) or image(s) not searched, e.g. "
+            f"{hidden[0]} (a name starting with '.')")
 
 
 def entry_path(entry: Path | FolderError) -> Path:

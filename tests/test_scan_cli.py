@@ -164,6 +164,27 @@ def test_a_folder_without_image_names_is_said_and_scan_and_classify_agree(tmp_pa
     assert f"maskd classify: {said}" in r.stderr
 
 
+def test_hidden_images_and_folders_passed_over_are_said_by_scan_and_classify(tmp_path, photos,
+                                                                             model_args):
+    """A folder whose photos were hidden (`.door.jpg`, a `.thumbs` folder) was said to hold 'no
+    images (.jpg, ...)', and a folder with some hidden among others was scanned without a word
+    about them: an archive's audit took them for absent."""
+    folder = tmp_path / "door"
+    (folder / ".thumbs").mkdir(parents=True)
+    shutil.copy(photos[0], folder / ".door.jpg")
+    shutil.copy(photos[1], folder / ".thumbs" / "b.jpg")
+    shutil.copy(photos[2], folder / "shown.jpg")
+    said = f"{folder}: 2 hidden folder(s) or image(s) not searched, e.g. {folder / '.door.jpg'}"
+    r = scan("--json", *model_args, str(folder))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == [str(folder / "shown.jpg")]
+    assert f"maskd scan: {said}" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "maskd", "classify", "--json", *model_args[:2],
+                        str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stderr
+    assert f"maskd classify: {said}" in r.stderr, r.stderr
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")

@@ -34,6 +34,7 @@ from maskd.images import (
     FolderError,
     ImageError,
     entry_path,
+    hidden_note,
     load_image_rgb,
     no_images,
     one_field,
@@ -48,11 +49,15 @@ DECODE_AHEAD = 32  # files decoded ahead of the classifier, each held at the mod
 
 def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
     """Files as given, folders searched recursively for images (sorted), with the folders
-    that could not be searched in their place; a folder without any is said on stderr."""
+    that could not be searched in their place; a folder without any is said on stderr, and so
+    are the hidden ones passed over."""
     for p in paths:
         if p.is_dir():
-            if not (found := search_images(p)):
+            hidden: list[Path] = []
+            if not (found := search_images(p, hidden=hidden)):
                 print(f"maskd classify: {one_field(no_images(p))}", file=sys.stderr)
+            if note := hidden_note(p, hidden):
+                print(f"maskd classify: {one_field(note)}", file=sys.stderr)
             yield from found
         else:
             yield p

@@ -45,6 +45,7 @@ from maskd.images import (
     FolderError,
     ImageError,
     entry_path,
+    hidden_note,
     load_image_rgb,
     no_images,
     one_field,
@@ -72,9 +73,12 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
     for root in paths:
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
-            entries = search_images(root)
+            hidden: list[Path] = []
+            entries = search_images(root, hidden=hidden)
             if not entries:
                 print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
+            if note := hidden_note(root, hidden):
+                print(f"maskd scan: {one_field(note)}", file=sys.stderr)
             here = os.path.join(os.path.realpath(root), "")
             below = inside is not None and inside != here and inside.startswith(here)
             kept = [e for e in entries if inside is None or isinstance(e, FolderError)
