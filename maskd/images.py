@@ -35,6 +35,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".
 # HEIC photos are named as unreadable, in words, rather than passed over without one.
 HEIF_SUFFIXES = (".heic", ".heif")
 
+# The ISO base media brands of a HEIF still (ftyp box at the start): a phone's photo copied
+# under a .jpg name is one too, and was said to be 'unknown or corrupt'.
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
 # Largest image decoded at full size: a 16 MP image peaks near 220 MB while decoding. A face
 # needs far fewer pixels; a 12 MP phone photo still decodes untouched.
 MAX_PIXELS = 16_000_000
@@ -89,7 +93,7 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         with contextlib.suppress(OSError):
             if p.stat().st_size == 0:  # a copy cut off at its start, a camera's failed save
                 raise ImageError(f"{p}: an empty file (0 bytes), not an image") from None
-        if p.suffix.lower() in HEIF_SUFFIXES:
+        if p.suffix.lower() in HEIF_SUFFIXES or _is_heif(p):
             raise ImageError(f"{p}: a HEIC/HEIF photo, which maskd cannot read: save it as JPEG "
                              "(or set the phone's camera to 'Most Compatible')") from None
         raise ImageError(f"{p}: not an image PIL can read (unknown or corrupt format)") from None
@@ -109,6 +113,16 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{p}: decoded to an unusable shape {arr.shape}")
     return arr
+
+
+def _is_heif(p: Path) -> bool:
+    """True when the file's first bytes are a HEIF's ``ftyp`` box, whatever its name."""
+    try:
+        with open_regular(p) as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 # EXIF orientation -> the turn that shows the picture upright (ImageOps.exif_transpose's table)

@@ -185,6 +185,20 @@ def test_hidden_images_and_folders_passed_over_are_said_by_scan_and_classify(tmp
     assert f"maskd classify: {said}" in r.stderr, r.stderr
 
 
+def test_a_heic_photo_under_a_jpg_name_is_said_to_be_one(tmp_path, default_model):
+    """A phone's HEIC photo copied under a .jpg name (the name some transfers give it) was 'not
+    an image PIL can read (unknown or corrupt format)': taken for a damaged file. Its bytes say
+    what it is, as the .heic name did."""
+    (tmp_path / "IMG_3.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+                                         + bytes(64))
+    r = scan("--json", "--model", str(default_model), "--detector", "blazeface",
+             str(tmp_path / "IMG_3.jpg"))
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["error"] == (
+        f"{tmp_path / 'IMG_3.jpg'}: a HEIC/HEIF photo, which maskd cannot read: save it as JPEG "
+        "(or set the phone's camera to 'Most Compatible')")
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")
