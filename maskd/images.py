@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from maskd.files import NotRegularFile, open_regular
+from maskd.files import NotRegularFile, dangling_link, open_regular
 
 # Transparent pixels are composited onto white: cut-out faces in the training set were
 # made to be seen on a white page, and their RGB under alpha=0 is arbitrary (often black).
@@ -85,8 +85,8 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
                     rgb = _to_rgb(_upright(im))
     except NotRegularFile as err:
         raise ImageError(f"{p}: {err.strerror}") from None
-    except FileNotFoundError:
-        raise ImageError(f"{p}: no such file") from None
+    except FileNotFoundError:  # a link whose target is gone is there to see in `ls`
+        raise ImageError(dangling_link(p) or f"{p}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{p}: is a directory, not an image") from None
     except UnidentifiedImageError:

@@ -199,6 +199,19 @@ def test_a_heic_photo_under_a_jpg_name_is_said_to_be_one(tmp_path, default_model
         "(or set the phone's camera to 'Most Compatible')")
 
 
+def test_a_link_to_a_photo_that_is_gone_says_where_it_led(tmp_path, default_model):
+    """A link in an archive whose photo was moved or whose disk is not mounted was 'no such
+    file', of a name `ls` shows: it now says where the link leads."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "door.jpg").symlink_to(tmp_path / "nas" / "door.jpg")
+    r = scan("--json", "--model", str(default_model), "--detector", "blazeface",
+             str(tmp_path / "photos"))
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["error"] == (f"{tmp_path / 'photos' / 'door.jpg'} is a link to "
+                                             f"{tmp_path / 'nas' / 'door.jpg'}, which is not "
+                                             "there")
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")
