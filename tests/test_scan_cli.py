@@ -439,6 +439,24 @@ def test_a_videos_annotations_are_one_picture_per_frame_in_a_folder_of_its_name(
                                                                   "door/000001.jpg"]
 
 
+def test_two_cameras_videos_of_one_name_are_annotated_in_two_folders(tmp_path, default_model):
+    """`scan cam1/0800.mp4 cam2/0800.mp4 --annotate out` put the second camera's frames beside
+    the first's as out/0800/000000-2.jpg..., one line on stderr for every frame (a day of video
+    is tens of thousands). Each video now has a folder, the second `0800-2`, said once."""
+    for cam in ("cam1", "cam2"):
+        (tmp_path / cam).mkdir()
+        _tiny_mp4(tmp_path / cam / "0800.mp4")
+    out = tmp_path / "out"
+    r = scan("--model", str(default_model), "--detector", "blazeface", "--annotate", str(out),
+             str(tmp_path / "cam1" / "0800.mp4"), str(tmp_path / "cam2" / "0800.mp4"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+        "0800-2/000000.jpg", "0800-2/000001.jpg", "0800/000000.jpg", "0800/000001.jpg"]
+    said = [x for x in r.stderr.splitlines() if x.startswith("maskd scan:")]
+    assert said == [f"maskd scan: {tmp_path / 'cam2' / '0800.mp4'}'s frames are annotated in "
+                    f"{out / '0800-2'} ({out / '0800'} holds another video's)"], r.stderr
+
+
 def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):
     """A video name that is not UTF-8 segfaulted the scan (later files never scanned); a name
     with a colon was read by FFmpeg as a protocol ('2026-12-04T12:'); an unreadable video was

@@ -110,9 +110,10 @@ def _say_videos_left(folder: Path) -> None:
               file=sys.stderr)
 
 
-def _items(inputs: list[tuple[Path | FolderError, Path]],
+def _items(inputs: list[tuple[Path | FolderError, Path]], outdir: Path | None = None,
            ) -> Iterator[tuple[Path, Path, int | None, np.ndarray | str]]:
     """(path, annotate name, frame or None, BGR image or error text) for every image/frame."""
+    frames_in: set[str] = set()
     for entry, name in inputs:
         if isinstance(entry, FolderError):
             yield entry.path, name, None, str(entry)
@@ -122,13 +123,31 @@ def _items(inputs: list[tuple[Path | FolderError, Path]],
             except SourceError as err:
                 yield entry, name, None, str(err)
                 continue
+            folder = _frames_folder(entry, Path(name.stem), outdir, frames_in)
             try:
                 while (frame := video.read()) is not None:
-                    yield entry, Path(name.stem) / f"{frame.seq:06d}.jpg", frame.seq, frame.image
+                    yield entry, folder / f"{frame.seq:06d}.jpg", frame.seq, frame.image
             finally:
                 video.close()
         else:
             yield from _image(entry, name)
+
+
+def _frames_folder(video: Path, want: Path, outdir: Path | None, taken: set[str]) -> Path:
+    """The folder under OUTDIR for ``video``'s frames: ``want`` (its name without the suffix),
+    or ``want-2``... when another video of this run took it (``cam1/0800.mp4`` and
+    ``cam2/0800.mp4``), said once on stderr (was: every frame of the second one renamed
+    ``000000-2.jpg`` beside the first one's, a line on stderr for each)."""
+    folder, n = want, 1
+    while folder.name.casefold() in taken:
+        n += 1
+        folder = want.with_name(f"{want.name}-{n}")
+    taken.add(folder.name.casefold())
+    if n > 1 and outdir is not None:
+        print(f"maskd scan: {one_field(str(video))}'s frames are annotated in "
+              f"{one_field(str(outdir / folder))} ({one_field(str(outdir / want))} holds another "
+              "video's)", file=sys.stderr)
+    return folder
 
 
 def _image(p: Path, name: Path) -> Iterator[tuple[Path, Path, None, np.ndarray | str]]:
@@ -193,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
     inputs = _inputs(args.paths, args.annotate)
     written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
     try:
-        for path, name, frame, image in _items(inputs):
+        for path, name, frame, image in _items(inputs, args.annotate):
             if isinstance(image, str):
                 _emit(args.json, {"path": str(path), "error": image})
                 last = str(path)
