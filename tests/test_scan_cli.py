@@ -212,6 +212,23 @@ def test_a_link_to_a_photo_that_is_gone_says_where_it_led(tmp_path, default_mode
                                              "there")
 
 
+def test_the_output_order_is_the_documented_one(tmp_path, default_model):
+    """The order docs/pipeline.md promises, for scan and classify: a folder's images by path,
+    name by name in code-point order (a folder's files before a name that only starts like it;
+    a plain string sort puts `a b/x.jpg` and `a-c.jpg` before `a/y.jpg`)."""
+    names = ["B.jpg", "a/Z.jpg", "a/y.jpg", "a b/x.jpg", "a-c.jpg"]
+    for n in reversed(names):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / n), np.full((48, 64, 3), 90, np.uint8))
+    for command in ("scan", "classify"):
+        r = subprocess.run([sys.executable, "-m", "maskd", command, "--json", "--model",
+                            str(default_model), str(tmp_path)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == [
+            str(tmp_path / n) for n in names], command
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")
