@@ -210,7 +210,7 @@ def search_images(root: Path, every_file: bool = False, hidden: list[Path] | Non
     searched already (a loop, or a second link to it) is reported instead of searched again,
     the names taken in sorted order, so the same folders give the same list on every disk.
     ``every_file``: every non-hidden name, not only image names (tools/dataset.py).
-    ``hidden``: given, it gets the hidden folders and image names passed over (``hidden_note``).
+    ``hidden``: given, it gets the hidden folders and images passed over (``hidden_note``).
     """
     found: list[Path | FolderError] = []
 
@@ -257,11 +257,10 @@ def search_images(root: Path, every_file: bool = False, hidden: list[Path] | Non
             keep.append(d)
         dirnames[:] = keep
         for name in filenames:
-            if not (every_file or is_image_name(Path(name))):
-                continue
             if not name.startswith("."):
-                found.append(Path(dirpath) / name)
-            elif hidden is not None:
+                if every_file or is_image_name(Path(name)):
+                    found.append(Path(dirpath) / name)
+            elif hidden is not None and is_image_name(Path(name)):
                 hidden.append(Path(dirpath) / name)
     if hidden is not None:
         hidden.sort()

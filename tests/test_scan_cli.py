@@ -145,6 +145,24 @@ def test_a_folders_videos_are_named_as_not_scanned(tmp_path, photos, model_args)
             "folder is searched for images only; give a video's own path to scan it)") in r.stderr
 
 
+def test_videos_in_a_linked_folder_are_named_as_not_scanned_as_its_photos_are_scanned(
+        tmp_path, photos, model_args):
+    """A day's folder with a link to a camera's recordings (`day/cam -> /mnt/cam`): its photos
+    were scanned through the link, its videos passed over without a word (the count walked the
+    folder again without following links)."""
+    (tmp_path / "rec").mkdir()
+    shutil.copy(photos[0], tmp_path / "rec" / "snap.jpg")
+    (tmp_path / "rec" / "0800.mp4").write_bytes(b"")  # never opened: only named
+    (tmp_path / "day").mkdir()
+    (tmp_path / "day" / "cam").symlink_to(tmp_path / "rec")
+    day = tmp_path / "day"
+    r = scan("--json", *model_args, str(day))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["path"] for x in r.stdout.splitlines()] == [str(day / "cam/snap.jpg")]
+    assert (f"maskd scan: {day}: 1 video file(s) not scanned, e.g. {day / 'cam/0800.mp4'} (a "
+            "folder is searched for images only") in r.stderr, r.stderr
+
+
 def test_a_folder_without_image_names_is_said_and_scan_and_classify_agree(tmp_path, photos,
                                                                          model_args):
     """A folder of photos saved as .JPE or without a suffix (a web download) is searched by

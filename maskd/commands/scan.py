@@ -46,6 +46,7 @@ from maskd.images import (
     ImageError,
     entry_path,
     hidden_note,
+    is_image_name,
     load_image_rgb,
     no_images,
     one_field,
@@ -74,7 +75,8 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
         if root.is_dir():
             base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
             hidden: list[Path] = []
-            entries = search_images(root, hidden=hidden)
+            every = search_images(root, every_file=True, hidden=hidden)  # one walk, links too
+            entries = [e for e in every if isinstance(e, FolderError) or is_image_name(e)]
             if not entries:
                 print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
             if note := hidden_note(root, hidden):
@@ -89,20 +91,17 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
                       f"under the --annotate folder {one_field(str(outdir))} not scanned "
                       "(annotations)", file=sys.stderr)
             found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
-            _say_videos_left(root)
+            _say_videos_left(root, [e for e in every if isinstance(e, Path)
+                                    and e.suffix.lower() in VIDEO_SUFFIXES and e.is_file()])
         else:
             found.append((root, Path(root.name)))
     return found
 
 
-def _say_videos_left(folder: Path) -> None:
+def _say_videos_left(folder: Path, videos: list[Path]) -> None:
     """A folder is searched for images only (a camera's folder of clips would be hours of
-    frames): its videos are named as not scanned, not passed over without a word."""
-    try:
-        videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES
-                        and p.is_file())
-    except OSError:  # what cannot be read is said by the image search's own records
-        return
+    frames): its ``videos`` (found by the image search's own walk, links to folders followed
+    as for its images) are named as not scanned, not passed over without a word."""
     if videos:
         print(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not scanned, "
               f"e.g. {one_field(str(videos[0]))} "
