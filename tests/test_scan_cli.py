@@ -488,8 +488,27 @@ def test_two_cameras_videos_of_one_name_are_annotated_in_two_folders(tmp_path, d
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
         "0800-2/000000.jpg", "0800-2/000001.jpg", "0800/000000.jpg", "0800/000001.jpg"]
     said = [x for x in r.stderr.splitlines() if x.startswith("maskd scan:")]
-    assert said == [f"maskd scan: {tmp_path / 'cam2' / '0800.mp4'}'s frames are annotated in "
-                    f"{out / '0800-2'} ({out / '0800'} holds another video's)"], r.stderr
+    assert said == [f"maskd scan: {tmp_path / 'cam2' / '0800.mp4'} is annotated in "
+                    f"{out / '0800-2'} ({out / '0800'} holds another input's)"], r.stderr
+
+
+def test_two_cameras_folders_of_one_name_are_annotated_in_two_folders(tmp_path, default_model):
+    """`scan cam1/day cam2/day --annotate out` mirrored both into out/day/: the second camera's
+    photos (named by the time, as the first's) became 08-01-2.jpg... beside the first's, one
+    line on stderr for each. The second folder is now mirrored as out/day-2/, said once."""
+    for cam in ("cam1", "cam2"):
+        (tmp_path / cam / "day").mkdir(parents=True)
+        for t in ("08-01", "08-02"):
+            cv2.imwrite(str(tmp_path / cam / "day" / f"{t}.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    r = scan("--model", str(default_model), "--detector", "blazeface", "--annotate", str(out),
+             str(tmp_path / "cam1" / "day"), str(tmp_path / "cam2" / "day"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+        "day-2/08-01.jpg", "day-2/08-02.jpg", "day/08-01.jpg", "day/08-02.jpg"]
+    said = [x for x in r.stderr.splitlines() if x.startswith("maskd scan:")]
+    assert said == [f"maskd scan: {tmp_path / 'cam2' / 'day'} is annotated in {out / 'day-2'} "
+                    f"({out / 'day'} holds another input's)"], r.stderr
 
 
 def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):

@@ -71,9 +71,10 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
     only the files there that are maskd's annotations are: its photos are among them."""
     inside = os.path.join(os.path.realpath(outdir), "") if outdir is not None else None
     found: list[tuple[Path | FolderError, Path]] = []
+    taken: set[str] = set()  # the folders under OUTDIR given to a folder or a video
     for root in paths:
         if root.is_dir():
-            base = Path(root.resolve().name)  # "" for "/": its layout straight in OUTDIR
+            base = _own_folder(root, Path(root.resolve().name), outdir, taken)
             hidden: list[Path] = []
             every = search_images(root, every_file=True, hidden=hidden)  # one walk, links too
             entries = [e for e in every if isinstance(e, FolderError) or is_image_name(e)]
@@ -93,6 +94,8 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
             _say_videos_left(root, [e for e in every if isinstance(e, Path)
                                     and e.suffix.lower() in VIDEO_SUFFIXES and e.is_file()])
+        elif root.suffix.lower() in VIDEO_SUFFIXES:  # its frames in a folder of its name
+            found.append((root, _own_folder(root, Path(root.stem), outdir, taken)))
         else:
             found.append((root, Path(root.name)))
     return found
@@ -109,10 +112,10 @@ def _say_videos_left(folder: Path, videos: list[Path]) -> None:
               file=sys.stderr)
 
 
-def _items(inputs: list[tuple[Path | FolderError, Path]], outdir: Path | None = None,
+def _items(inputs: list[tuple[Path | FolderError, Path]],
            ) -> Iterator[tuple[Path, Path, int | None, np.ndarray | str]]:
-    """(path, annotate name, frame or None, BGR image or error text) for every image/frame."""
-    frames_in: set[str] = set()
+    """(path, annotate name, frame or None, BGR image or error text) for every image/frame;
+    a video's annotate name is the folder of its frames."""
     for entry, name in inputs:
         if isinstance(entry, FolderError):
             yield entry.path, name, None, str(entry)
@@ -122,30 +125,32 @@ def _items(inputs: list[tuple[Path | FolderError, Path]], outdir: Path | None = 
             except SourceError as err:
                 yield entry, name, None, str(err)
                 continue
-            folder = _frames_folder(entry, Path(name.stem), outdir, frames_in)
             try:
                 while (frame := video.read()) is not None:
-                    yield entry, folder / f"{frame.seq:06d}.jpg", frame.seq, frame.image
+                    yield entry, name / f"{frame.seq:06d}.jpg", frame.seq, frame.image
             finally:
                 video.close()
         else:
             yield from _image(entry, name)
 
 
-def _frames_folder(video: Path, want: Path, outdir: Path | None, taken: set[str]) -> Path:
-    """The folder under OUTDIR for ``video``'s frames: ``want`` (its name without the suffix),
-    or ``want-2``... when another video of this run took it (``cam1/0800.mp4`` and
-    ``cam2/0800.mp4``), said once on stderr (was: every frame of the second one renamed
-    ``000000-2.jpg`` beside the first one's, a line on stderr for each)."""
+def _own_folder(src: Path, want: Path, outdir: Path | None, taken: set[str]) -> Path:
+    """The folder under OUTDIR for the annotations of ``src``, a folder (its layout) or a video
+    (its frames): ``want``, or ``want-2``... when another input of this run took it
+    (``cam1/day`` and ``cam2/day``, ``cam1/0800.mp4`` and ``cam2/0800.mp4``), said once on
+    stderr (was: the second one's files renamed ``08-01-2.jpg``, ``000000-2.jpg`` beside the
+    first one's, a line on stderr for each)."""
+    if not want.name:  # "/": its layout straight in OUTDIR
+        return want
     folder, n = want, 1
     while folder.name.casefold() in taken:
         n += 1
         folder = want.with_name(f"{want.name}-{n}")
     taken.add(folder.name.casefold())
     if n > 1 and outdir is not None:
-        print(f"maskd scan: {one_field(str(video))}'s frames are annotated in "
+        print(f"maskd scan: {one_field(str(src))} is annotated in "
               f"{one_field(str(outdir / folder))} ({one_field(str(outdir / want))} holds another "
-              "video's)", file=sys.stderr)
+              "input's)", file=sys.stderr)
     return folder
 
 
@@ -211,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     inputs = _inputs(args.paths, args.annotate)
     written = {_real(entry_path(e)) for e, _ in inputs}  # the inputs, then each annotation
     try:
-        for path, name, frame, image in _items(inputs, args.annotate):
+        for path, name, frame, image in _items(inputs):
             if isinstance(image, str):
                 _emit(args.json, {"path": str(path), "error": image})
                 last = str(path)
