@@ -474,41 +474,36 @@ def test_a_videos_annotations_are_one_picture_per_frame_in_a_folder_of_its_name(
                                                                   "door/000001.jpg"]
 
 
-def test_two_cameras_videos_of_one_name_are_annotated_in_two_folders(tmp_path, default_model):
+@pytest.mark.parametrize("kind", ["videos", "folders"])
+def test_two_cameras_inputs_of_one_name_are_annotated_in_two_folders(tmp_path, default_model,
+                                                                      kind):
     """`scan cam1/0800.mp4 cam2/0800.mp4 --annotate out` put the second camera's frames beside
-    the first's as out/0800/000000-2.jpg..., one line on stderr for every frame (a day of video
-    is tens of thousands). Each video now has a folder, the second `0800-2`, said once."""
+    the first's as out/0800/000000-2.jpg..., and `scan cam1/day cam2/day` the second folder's
+    photos (named by the time, as the first's) as out/day/08-01-2.jpg..., one line on stderr
+    for each file (a day of video is tens of thousands). The second now has its own folder,
+    `0800-2` or `day-2`, said once."""
+    name, files = ("0800", ("000000", "000001")) if kind == "videos" else ("day", ("08-01", "08-02"))
+    inputs = []
     for cam in ("cam1", "cam2"):
-        (tmp_path / cam).mkdir()
-        _tiny_mp4(tmp_path / cam / "0800.mp4")
+        if kind == "videos":
+            (tmp_path / cam).mkdir()
+            _tiny_mp4(tmp_path / cam / f"{name}.mp4")
+            inputs.append(str(tmp_path / cam / f"{name}.mp4"))
+        else:
+            (tmp_path / cam / name).mkdir(parents=True)
+            for t in files:
+                cv2.imwrite(str(tmp_path / cam / name / f"{t}.jpg"),
+                            np.full((48, 64, 3), 90, np.uint8))
+            inputs.append(str(tmp_path / cam / name))
     out = tmp_path / "out"
     r = scan("--model", str(default_model), "--detector", "blazeface", "--annotate", str(out),
-             str(tmp_path / "cam1" / "0800.mp4"), str(tmp_path / "cam2" / "0800.mp4"))
+             *inputs)
     assert r.returncode == 0, r.stderr
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
-        "0800-2/000000.jpg", "0800-2/000001.jpg", "0800/000000.jpg", "0800/000001.jpg"]
+        f"{folder}/{f}.jpg" for folder in (f"{name}-2", name) for f in files]
     said = [x for x in r.stderr.splitlines() if x.startswith("maskd scan:")]
-    assert said == [f"maskd scan: {tmp_path / 'cam2' / '0800.mp4'} is annotated in "
-                    f"{out / '0800-2'} ({out / '0800'} holds another input's)"], r.stderr
-
-
-def test_two_cameras_folders_of_one_name_are_annotated_in_two_folders(tmp_path, default_model):
-    """`scan cam1/day cam2/day --annotate out` mirrored both into out/day/: the second camera's
-    photos (named by the time, as the first's) became 08-01-2.jpg... beside the first's, one
-    line on stderr for each. The second folder is now mirrored as out/day-2/, said once."""
-    for cam in ("cam1", "cam2"):
-        (tmp_path / cam / "day").mkdir(parents=True)
-        for t in ("08-01", "08-02"):
-            cv2.imwrite(str(tmp_path / cam / "day" / f"{t}.jpg"), np.full((48, 64, 3), 90, np.uint8))
-    out = tmp_path / "out"
-    r = scan("--model", str(default_model), "--detector", "blazeface", "--annotate", str(out),
-             str(tmp_path / "cam1" / "day"), str(tmp_path / "cam2" / "day"))
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
-        "day-2/08-01.jpg", "day-2/08-02.jpg", "day/08-01.jpg", "day/08-02.jpg"]
-    said = [x for x in r.stderr.splitlines() if x.startswith("maskd scan:")]
-    assert said == [f"maskd scan: {tmp_path / 'cam2' / 'day'} is annotated in {out / 'day-2'} "
-                    f"({out / 'day'} holds another input's)"], r.stderr
+    assert said == [f"maskd scan: {inputs[1]} is annotated in {out / f'{name}-2'} "
+                    f"({out / name} holds another input's)"], r.stderr
 
 
 def test_video_names_and_kinds_opencv_would_misread(tmp_path, default_model):
