@@ -23,7 +23,8 @@ def header_text(stats: LoopStats) -> str:
 
     While an open violation's face is not detected in the frame (it left, or the detector lost
     it), the line says so, '... (1 face not detected now)', so a frame never shows an active
-    violation without saying where its face went.
+    violation without saying where its face went. With detection off (the MQTT switch, the
+    ``schedule:``) it says so and by what, as the status page does.
     """
     n = stats.active
     fps = "--" if stats.fps is None else f"{stats.fps:.1f}"
@@ -31,6 +32,8 @@ def header_text(stats: LoopStats) -> str:
     lost = 0 if stats.in_view is None else n - min(stats.in_view, n)
     if lost:
         text += f" ({lost} face{'s' if lost != 1 else ''} not detected now)"
+    if not stats.detect_enabled:  # else it read as a door watched while nothing was
+        text += f" | detection off by the {stats.detect_in_force}"
     return text
 
 

@@ -1141,7 +1141,8 @@ async function refresh() {
                   (c.skipped ? ", " + c.skipped + " skipped (no time for them)" : "") +
                   (c.camera_lost_since ? ', <span class="bad">camera lost' +
                    (c.camera_lost_why ? ": " + esc(c.camera_lost_why) : "") + "</span>" : "") +
-                  (c.detect_enabled ? "" : ', <span class="muted">detection off</span>') +
+                  (c.detect_enabled ? "" : ', <span class="muted">detection off by the ' +
+                   esc(c.detect_in_force) + "</span>") +
                   (c.grey ? ', <span class="muted">grey pictures (infrared?): judged less well</span>' : "")]));
       h.push(row(["ms per stage", ms]));
       h.push(row(["active", c.active + (c.in_view !== null && c.in_view < c.active ?

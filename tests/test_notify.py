@@ -968,3 +968,64 @@ def test_a_status_line_too_long_for_systemd_is_shortened_and_the_ping_still_coun
     assert len(pings) == 1 and pings[0].endswith("..."), pings
     assert f"STATUS={names[0]}: camera lost since" in pings[0]
     n.close()
+
+
+def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_path,
+                                                                          default_model):
+    """Real `maskd run`, real broker: with detection off by the `schedule:` and then by the
+    MQTT switch (Home Assistant), systemd's STATUS says so and why, as the status page does.
+    It said "15.0 fps | 0 active violations" as when detecting, so `systemctl status` (and the
+    HDMI preview's header, the same line) looked like a door watched while nothing was."""
+    import cv2
+    from mqtt_broker import Broker, Subscriber, wait_until
+
+    from maskd.demo import SIZE, DemoSource
+
+    demo, clip = DemoSource(), tmp_path / "demo.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
+    while (frame := demo.read()) is not None:
+        writer.write(frame.image)
+    writer.release()
+    today = datetime.now().weekday()  # off today and tomorrow: the looping file's clock runs fast
+    days = [d for i, d in enumerate(("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+            if i not in (today, (today + 1) % 7)]
+    with Broker(tmp_path / "broker") as broker:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(json.dumps({
+            "camera": "door", "state_dir": str(tmp_path / "state"),
+            "source": {"kind": "opencv", "uri": str(clip), "loop": True},
+            "classifier": {"model": str(default_model)},
+            "schedule": [{"days": days, "start": "00:00", "end": "24:00"}],
+            "mqtt": {"url": broker.url}}))
+        sub = Subscriber(broker, ["maskd/+/door/detect/attributes"])
+        sock = NotifySocket(str(tmp_path / "notify.sock"))
+        env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                cwd=Path(__file__).resolve().parents[1])
+
+        def status_until(ends: str) -> str:
+            deadline, last = time.monotonic() + 60, ""
+            while time.monotonic() < deadline and not last.endswith(ends):
+                assert proc.poll() is None
+                said = [m["STATUS"] for m in sock.drain(0.1) if "STATUS" in m]
+                last = said[-1] if said else last
+            return last
+
+        try:
+            assert status_until("detection off by the schedule").endswith(
+                "0 active violations | detection off by the schedule")
+            attrs = b'{"switch":"OFF","schedule":false,"in_force":"switch"}'
+            assert wait_until(lambda: sub.messages, 20)
+            topic = sub.messages[-1].topic.removesuffix("attributes") + "set"
+            sub.client.publish(topic, "OFF", qos=1).wait_for_publish(5)
+            assert wait_until(lambda: any(m.payload == attrs for m in sub.messages), 20)
+            assert status_until("detection off by the switch").endswith(
+                "0 active violations | detection off by the switch")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sub.close()
+            sock.close()
