@@ -134,6 +134,7 @@ class CameraLoop:
         self._last_t: float | None = None
         self._state: FaceCounts | None = None  # the counts the sinks were given last
         self._windows = [w.window() for w in cfg.schedule]
+        self._said_inside = True  # what the log said of the windows (nothing yet: inside)
         self._zone = clock.ZoneWatch()
         self._window = _StatsWindow()  # the log line's
         self._sink_window = _StatsWindow()  # the sinks' (mqtt.stats_interval_s)
@@ -245,9 +246,9 @@ class CameraLoop:
                      self.cfg.camera, zone)
         if not self._windows:
             return
-        inside = schedule.allows(self._windows, timestamp)
-        if inside != self.control.scheduled:
-            self.control.scheduled = inside
+        inside = self.control.scheduled = schedule.allows(self._windows, timestamp)
+        if inside != self._said_inside:
+            self._said_inside = inside
             nxt = schedule.next_change(self._windows, timestamp)
             log.info("%s: schedule turns detection %s%s", self.cfg.camera,
                      "on" if inside else "off",
@@ -867,7 +868,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
     ledger = OpenViolations(cfg.state_dir, names, outbox=bool(cfg.mqtt.url)) if cfg.keeps_state else None
     cards = CardWatch(cfg.written())
     if not cfg.multi_camera:
-        control = RunControl()
+        control = _control(cfg)
         classifier = build_classifier(cfg, options=options)
         detector = build_detector(cfg, options=options)
         store = SnapshotStore.from_config(cfg.snapshots)
@@ -884,7 +885,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
     cams = cfg.cameras_resolved()
     shared_classifier: MaskClassifier = _Serialized(build_classifier(cfg, options=options))  # type: ignore[assignment]
     shared_detector: FaceDetector = _Serialized(build_detector(cfg, options=options))  # type: ignore[assignment]
-    controls = {c.camera: RunControl() for c in cams}
+    controls = {c.camera: _control(c) for c in cams}
     shared: list[EventSink] = []
     mqtt = None
     if cfg.jsonl.path:
@@ -921,6 +922,14 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
             store.close()
         raise
     return _end_removed(Service(loops), ledger)
+
+
+def _control(cfg: Config) -> RunControl:
+    """A camera's switch, on at every start, and its schedule as the wall clock says now: the
+    MQTT sink tells Home Assistant both as it connects, before the loop's first look at the
+    clock (it said detection ON at every start outside the windows, then OFF)."""
+    windows = [w.window() for w in cfg.schedule]
+    return RunControl(scheduled=not windows or schedule.allows(windows, time.time()))
 
 
 def _end_removed(service: Service, ledger: OpenViolations | None) -> Service:

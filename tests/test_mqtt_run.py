@@ -173,3 +173,41 @@ def test_killed_daemon_leaves_last_will_and_restart_restores_retained_state(tmp_
             if proc.poll() is None:
                 proc.kill()
         sub.close()
+
+
+def test_a_start_outside_the_schedule_never_says_detection_on(tmp_path, default_model):
+    """Started outside the `schedule:` windows, `detect/state` said `ON` (and the attributes
+    `schedule: true`) until the loop's first look at the clock turned it `OFF`: Home
+    Assistant's switch flipped on and off at every restart (an update, a power cut) during
+    the off hours, and an automation on it ran, while detection never did."""
+    from datetime import datetime
+
+    today = datetime.now().weekday()  # off today and tomorrow, whatever the demo's clock does
+    days = [d for i, d in enumerate(("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+            if i not in (today, (today + 1) % 7)]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps({  # the cameras: layout, whose sink connects before the loops exist
+        "schedule": [{"days": days, "start": "00:00", "end": "24:00"}],
+        "cameras": {"entrance": {"source": {"kind": "demo", "loop": True}}}}))
+    with Broker(tmp_path / "broker") as b:
+        sub = Subscriber(b, [f"{CAM}/detect/#", f"{CAM}/stats"])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maskd", "run", "--config", str(cfg), "--device-id", DEVICE,
+             "--mqtt", b.url,
+             "--state-dir", str(tmp_path / "state"), "--model", str(default_model),
+             "--detector", "blazeface"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert sub.wait_topic(f"{CAM}/stats", timeout=60), "no stats: the loop never ran"
+            time.sleep(1.0)  # a detect/state the loop's turn would follow has come by now
+            assert [m.payload for m in sub.on(f"{CAM}/detect/state")] == [b"OFF"]
+            assert [m.json() for m in sub.on(f"{CAM}/detect/attributes")] == [
+                {"switch": "ON", "schedule": False, "in_force": "schedule"}]
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert "schedule turns detection off until" in err  # still said at the start
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sub.close()
