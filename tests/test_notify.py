@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -989,7 +990,7 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
     today = datetime.now().weekday()  # off today and tomorrow: the looping file's clock runs fast
     days = [d for i, d in enumerate(("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
             if i not in (today, (today + 1) % 7)]
-    with Broker(tmp_path / "broker") as broker:
+    with Broker(tmp_path / "broker") as broker, contextlib.ExitStack() as cleanup:
         cfg = tmp_path / "config.yaml"
         cfg.write_text(json.dumps({
             "camera": "door", "state_dir": str(tmp_path / "state"),
@@ -997,12 +998,14 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
             "classifier": {"model": str(default_model)},
             "schedule": [{"days": days, "start": "00:00", "end": "24:00"}],
             "mqtt": {"url": broker.url}}))
-        sub = Subscriber(broker, ["maskd/+/door/detect/attributes"])
-        sock = NotifySocket(str(tmp_path / "notify.sock"))
+        sub = cleanup.enter_context(contextlib.closing(
+            Subscriber(broker, ["maskd/+/door/detect/attributes"])))
+        sock = cleanup.enter_context(contextlib.closing(NotifySocket(str(tmp_path / "notify.sock"))))
         env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                 cwd=Path(__file__).resolve().parents[1])
+        cleanup.callback(lambda: proc.poll() is None and proc.kill())
 
         def status_until(ends: str) -> str:
             deadline, last = time.monotonic() + 60, ""
@@ -1012,20 +1015,14 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
                 last = said[-1] if said else last
             return last
 
-        try:
-            assert status_until("detection off by the schedule").endswith(
-                "0 active violations | detection off by the schedule")
-            attrs = b'{"switch":"OFF","schedule":false,"in_force":"switch"}'
-            assert wait_until(lambda: sub.messages, 20)
-            topic = sub.messages[-1].topic.removesuffix("attributes") + "set"
-            sub.client.publish(topic, "OFF", qos=1).wait_for_publish(5)
-            assert wait_until(lambda: any(m.payload == attrs for m in sub.messages), 20)
-            assert status_until("detection off by the switch").endswith(
-                "0 active violations | detection off by the switch")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            sub.close()
-            sock.close()
+        assert status_until("detection off by the schedule").endswith(
+            "0 active violations | detection off by the schedule")
+        attrs = b'{"switch":"OFF","schedule":false,"in_force":"switch"}'
+        assert wait_until(lambda: sub.messages, 20)
+        topic = sub.messages[-1].topic.removesuffix("attributes") + "set"
+        sub.client.publish(topic, "OFF", qos=1).wait_for_publish(5)
+        assert wait_until(lambda: any(m.payload == attrs for m in sub.messages), 20)
+        assert status_until("detection off by the switch").endswith(
+            "0 active violations | detection off by the switch")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
