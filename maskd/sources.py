@@ -55,6 +55,10 @@ log = logging.getLogger("maskd.sources")
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg",
                             ".ts", ".mts", ".m2ts", ".h264", ".264", ".h265", ".hevc", ".3gp",
                             ".mpg", ".mpeg", ".wmv", ".flv"})
+# A file rate at or above this is no camera's: the file's own frame times that far apart (an
+# AVI's are its header's rate, frame by frame) are no real times either (the 1% spares 960 fps).
+MAX_FILE_FPS = 1000.0
+MIN_FILE_STEP_S = 1.01 / MAX_FILE_FPS
 MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
 # A reconnect that shows no sign of life this long (an open stuck in the driver) is a hang, not
 # an outage: the loop then stops vouching for it to systemd's watchdog. Longer than the 10 s
@@ -644,7 +648,7 @@ class VideoFileSource:
                 f" (its codec, {codec}, may be one this OpenCV cannot decode: re-encode it to "
                 "H.264 or MJPEG)" if codec else ""))
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(file_fps) if file_fps and 0 < file_fps < 1000 else float(fps or 15.0)
+        self.fps = float(file_fps) if file_fps and 0 < file_fps < MAX_FILE_FPS else float(fps or 15.0)
         if file_fps and self.fps != file_fps:  # a rate no camera has: said, not silently replaced
             log.warning("%s: the file says %g frames/s, no real rate; its frames are timed at "
                         "%g frames/s (source.fps)", frame_line_name(self.name, self.camera),
@@ -798,12 +802,15 @@ class VideoFileSource:
         """Seconds after the start the frame just read is timed at: by the file's own clock
         (a phone's variable rate, an NVR export's gaps: timed at the average rate, a face seen
         for 3 s lasted 15 s and a 60 s gap was no gap), from its pass's first frame; where the
-        file gives no time, or one not after the last, 1/fps after the last frame."""
+        file gives no time, or one not after the last by more than a real rate's interval, 1/fps
+        after the last frame (an AVI saying 1000 frames/s timed them 1 ms apart by its header, a
+        face seen for 3 s lasted 45 ms, and never got an event)."""
         pos = self._pos
         if self._this_pass == 0:  # a pass's first frame: where the pass starts
             self._pass_first, at = pos, self._pass_start
         elif pos is not None and self._pass_first is not None and (
-                by_file := self._pass_start + pos - self._pass_first) > self._offset:
+                by_file := self._pass_start + pos - self._pass_first) > self._offset + \
+                MIN_FILE_STEP_S:
             at = by_file
         else:
             at = self._offset + 1.0 / self.fps
