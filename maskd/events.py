@@ -6,7 +6,8 @@ on scripted tracks):
 
 - ``start``: a track is confirmed violating (see maskd.tracking) and no event is open for it.
 - ``update``: at most every ``update_interval_s``, and only when the best score rose or the
-  event moved to another track; carries the best score so far and the best face crop.
+  event moved to another track, in a frame its track is seen in; carries the best score so far
+  and the best face crop.
 - ``end``: ``masked`` (the track's smoothed score fell below the release threshold),
   ``gone`` (its track not seen for ``end_after_s``; end_time is when it was last seen) or
   ``shutdown``.
@@ -195,6 +196,8 @@ class Violations:
             elif self._gone(v, by_id, now):
                 out.append(self._end(v, "gone", v.last_seen))
                 continue
+            else:  # not seen now: news waits for a sighting (or goes with the end), or an
+                continue  # update lasted longer than the end at the last sighting after it
             if v.dirty and now - v.last_msg_time >= self.cfg.update_interval_s:
                 out.append(self._message(v, "update", now))
 

@@ -107,6 +107,21 @@ def test_no_update_without_news():
     assert [e.event_type for e in s.events] == ["start"]
 
 
+def test_no_update_goes_out_while_the_violator_is_out_of_sight():
+    """An update that fell due while the person was not seen went out then, with the time to
+    then: its duration_s was longer than the end's that followed (up to the last sighting),
+    and its time after that end's end_time (a real run: an update "5.0 s" 0.13 s after the
+    person left, then the end "4.867 s")."""
+    s = Scene()
+    s.frames(8, (BOX, 0.9))  # start at t=0.2
+    s.frames(2, (BOX, 0.95))  # the best score rises at t=0.9 (news), then the person leaves
+    s.frames(25)  # an update would be due at t=1.2; gone at t=2.9, end_time 0.9
+    assert [e.event_type for e in s.events] == ["start", "end"]
+    end = s.events[-1]
+    assert (end.end_reason, end.end_time, end.duration_s) == ("gone", 0.9, 0.7)
+    assert end.top_score == pytest.approx(0.95)  # the news goes with the end
+
+
 def test_gone_end_after_end_after_s_with_last_seen_time():
     s = Scene()
     s.frames(10, (BOX, 0.9))  # seen until t=0.9

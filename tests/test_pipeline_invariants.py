@@ -95,7 +95,8 @@ def random_config(r: random.Random) -> Config:
 
 def check_lifecycle(events: list[ViolationEvent], update_interval_s: float) -> None:
     """Each violation: start (seq 0), updates no faster than the interval, one end, seq 0, 1, 2
-    ... with none repeated across restarts, never an end before its start."""
+    ... with none repeated across restarts, never an end before its start, never a message
+    saying it lasted less than one before it."""
     by_id: dict[str, list[ViolationEvent]] = {}
     for ev in events:
         by_id.setdefault(ev.event_id, []).append(ev)
@@ -105,6 +106,8 @@ def check_lifecycle(events: list[ViolationEvent], update_interval_s: float) -> N
         assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("end") == 1, (eid, kinds)
         assert {e.start_time for e in evs} == {evs[0].start_time}
         assert all(e.duration_s >= 0 for e in evs), eid
+        durations = [e.duration_s for e in evs]  # an update sent while out of sight: longer
+        assert durations == sorted(durations), (eid, kinds, durations)  # than the end after it
         end = evs[-1]
         assert end.end_time >= end.start_time + end.duration_s - 1e-6, end
         for before, e in zip(evs, evs[1:], strict=False):
