@@ -283,10 +283,16 @@ class Pipeline:
         # A file or folder (times made up from seq / fps) gives every frame: its first interval
         # is its rate, no gap, though slower than end_after_s (fps 0.25 lost the first track)
         is_gap = self._is_gap(gap) and (frame.since_boot is not None or bool(self._intervals))
+        # Shorter than a gap, but frames were lost (GAP_FRAMES usual intervals): whoever is at a
+        # track's spot now may have stepped in meanwhile, as after a miss (Tracker.lost_sight)
+        lost = bool(self._intervals) and gap >= GAP_FRAMES * statistics.median(self._intervals)
         self._intervals.append(gap)  # a rare stall barely moves the median
-        if not is_gap or not self.tracker.tracks:
+        if not self.tracker.tracks:
             return
-        self._forget(gap)
+        if is_gap:
+            self._forget(gap)
+        elif lost:
+            self.tracker.lost_sight()
 
     def _forget(self, gap: float) -> None:
         if self._gap_log.due():

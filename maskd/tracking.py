@@ -195,6 +195,14 @@ class Tracker:
         self._next_id += 1
         return t
 
+    def lost_sight(self) -> None:
+        """No frame came for a while, shorter than a gap (a camera or loop that stalled): as
+        after a miss, each track is checked at its next fresh crop (``identify``). It went on
+        unchecked: the next person at the spot took over the event of the one who left (one
+        event for two people), or a masked one ended it `masked`."""
+        for t in self.tracks:
+            t.returned = True
+
     def forget(self) -> None:
         """Drop every track (after a gap in the frames; maskd.pipeline); ids keep counting."""
         self.tracks = []
