@@ -602,6 +602,9 @@ def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes | None:
     return buf.tobytes() if ok else None
 
 
+STILL_WAIT_S = 5.0  # MjpegFeed.close waits this long for a still being rendered
+
+
 class MjpegFeed(ThreadedPreview):
     """One camera's annotated frames as JPEGs for HTTP clients (maskd.statuspage serves them).
 
@@ -688,22 +691,39 @@ class MjpegFeed(ThreadedPreview):
             if self._still is not None and (self._still[0] is self._last
                                             or self._still[2] >= asked):
                 return self._still[1]  # the newest frame, or one rendered since it was asked
+            if self._stopping:  # the process is ending: no new render (see close)
+                return self._still[1] if self._still is not None else None
             rest = self._still_at + self.min_interval_s - time.monotonic()
             if rest > 0:
                 time.sleep(rest)
-            item = self._last
-            assert item is not None
-            self._still_at = begun = time.monotonic()
-            jpeg = encode_jpeg(render(*item, size=self.output_size, zones=self.zones),
-                               self.jpeg_quality)
-            if jpeg is not None:
-                self._still = (item, jpeg, begun)
-            return jpeg
+            return self._render_still()
+
+    def _render_still(self) -> bytes | None:
+        """Render and keep a still of the newest frame; under ``_still_lock``."""
+        item = self._last
+        assert item is not None
+        self._still_at = begun = time.monotonic()
+        jpeg = encode_jpeg(render(*item, size=self.output_size, zones=self.zones),
+                           self.jpeg_quality)
+        if jpeg is not None:
+            self._still = (item, jpeg, begun)
+        return jpeg
 
     def close(self) -> None:
+        """Stop the stream, and wait (up to STILL_WAIT_S) for a still a client's thread is
+        rendering: those threads are daemons, and one still inside OpenCV when the process
+        exits aborts it ("terminate called without an active exception", exit -6, after a
+        clean stop), which a /frame.jpg or stream client at the moment of a SIGTERM did."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if self._still_lock.acquire(timeout=STILL_WAIT_S):  # no render begins after this
+            try:  # but the still kept is of the newest frame (a map's camera that ended first)
+                if self._last is not None and (self._still is None or
+                                               self._still[0] is not self._last):
+                    self._render_still()
+            finally:
+                self._still_lock.release()
         super().close()
 
 
