@@ -495,6 +495,37 @@ def test_mqtts_to_a_plain_listener_says_what_to_try(broker, tmp_path, capsys):
     assert err.strip().endswith("; is that port a plain (non-TLS) listener? Then use mqtt://"), err
 
 
+def test_a_camera_that_comes_online_during_the_scan_is_refused(broker, tmp_path, capsys,
+                                                               monkeypatch):
+    """maskd started (its models loading) as mqtt-clear ran: it came online during the scan,
+    whose subscription got its status as a live message (retain 0), which the scan ignored; so
+    the camera looked stopped, its discovery and status were cleared while it ran (Home
+    Assistant lost the device until its next restart), and mqtt-clear said "cleared", exit 0
+    (2 of 6 real runs started together). A live `online` counts as much as a retained one."""
+    from maskd.commands.mqtt_clear import _Clearer
+
+    run_sink(broker, tmp_path / "state")  # stopped: offline
+    real_wait = _Clearer._wait_answers
+    started: list[MqttSink] = []
+
+    def maskd_starts_after_the_suback(self, mids):  # noqa: ANN001, ANN202
+        answered = real_wait(self, mids)
+        if not started:  # the first scan's SUBACK: the scan is subscribed now
+            started.append(run_sink(broker, tmp_path / "state", close=False))
+        return answered
+
+    monkeypatch.setattr(_Clearer, "_wait_answers", maskd_starts_after_the_suback)
+    try:
+        rc, _, err = clear(capsys, "--config", str(write_config(tmp_path, broker)))
+        assert rc == 75, err
+        assert f"camera cam1 ({CAM}/status = online)" in err
+        now = retained_now(broker)
+        assert now[f"{CAM}/status"] == b"online" and DISCOVERY in now
+    finally:
+        for sink in started:
+            sink.close()
+
+
 def test_a_broker_gone_after_clearing_still_names_what_it_acknowledged(broker, tmp_path, capsys,
                                                                       monkeypatch):
     """The broker stops between the clear and the check afterwards: what it acknowledged is

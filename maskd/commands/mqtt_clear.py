@@ -134,6 +134,9 @@ class _Clearer:
         self.client = client
         self.cond = threading.Condition()
         self.retained: dict[str, bytes] = {}
+        # published while the scan ran (delivered with retain 0): a maskd that came online
+        # meanwhile says so only here, and its retained topics are the ones it just set
+        self.live: dict[str, bytes] = {}
         self.last_msg = 0.0
         self.scanning = False
         self.answers: dict[int, Any] = {}  # mid -> reason code(s) of its SUBACK / PUBACK
@@ -151,6 +154,8 @@ class _Clearer:
             elif self.scanning and msg.retain and msg.payload:
                 self.retained[msg.topic] = msg.payload
                 self.last_msg = time.monotonic()
+            elif self.scanning:
+                self.live[msg.topic] = msg.payload
 
     def _on_answer(self, client, userdata, mid, reason, properties) -> None:  # noqa: ANN001
         with self.cond:
@@ -178,7 +183,7 @@ class _Clearer:
         """
         wait = max(wait, 2 * SETTLE_S)
         with self.cond:
-            self.retained, self.scanning = {}, True
+            self.retained, self.live, self.scanning = {}, {}, True
         rc, mid = self.client.subscribe([(p, 1) for p in patterns])
         if rc != 0 or not self._wait_answers([mid]):
             raise ConnectionError("no SUBACK from the broker")
@@ -313,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
                   "a user that may read these topics, or --force to clear the topics maskd's "
                   "layout names without seeing them", file=sys.stderr)
             return EX_BROKER
-        alive = online_cameras(p, found)
+        alive = online_cameras(p, found | cl.live)  # a camera that came online during the scan
         if alive and not args.force:  # a dry run lists them all the same: it harms no camera
             then = (", so clearing them is refused (exit 75) until it is stopped, or with --force"
                     if args.dry_run else ". Stop it first (sudo systemctl stop maskd), or use "
