@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 GREY_SPREAD = 10.0
 LOOK_EVERY_S = 5.0  # one look per 5 s of frame time: a few thousand pixels, no cost per frame
 AGREE = 2  # looks in a row that must agree before the state changes (one dark or odd frame)
+# At most one line this often (frame time): a camera whose infrared filter flaps at dusk (light
+# near its switching point, its own IR lamp lighting a wall) changes every 10 s, 360 lines an
+# hour; the changes between two lines are counted in the next.
+SAY_EVERY_S = 60.0
 
 
 def channel_spread(image: np.ndarray, step: int = 8) -> float:
@@ -36,7 +40,9 @@ def looks_grey(image: np.ndarray) -> bool:
 class GreyWatch:
     """One camera's colour state: grey after AGREE grey looks in a row, colour again after
     AGREE colour ones. Says each change once (a WARNING when grey begins, an INFO when colour
-    returns); ``since`` is the frame time grey began, None while the pictures are in colour."""
+    returns), at most one line a SAY_EVERY_S: a change sooner waits, said with the count of
+    changes since the last line, when it still holds; ``since`` is the frame time grey began,
+    None while the pictures are in colour (at once, whatever the log said)."""
 
     def __init__(self, camera: str) -> None:
         self.camera = camera
@@ -44,6 +50,10 @@ class GreyWatch:
         self._last_look: float | None = None
         self._run = 0  # looks in a row that disagree with the state
         self._first: float | None = None  # frame time of the first of them
+        self._said_grey = False  # the state the log told last
+        self._said_at: float | None = None  # frame time of that line
+        self._said_since = 0.0  # the grey line's ``since`` (the minutes the colour line says)
+        self._changes = 0  # state changes since that line
 
     @property
     def grey(self) -> bool:
@@ -58,19 +68,30 @@ class GreyWatch:
         self._last_look = timestamp
         if looks_grey(image) == self.grey:
             self._run = 0
+        else:
+            if self._run == 0:
+                self._first = timestamp
+            self._run += 1
+            if self._run >= AGREE:
+                self._run = 0
+                self._changes += 1
+                self.since = self._first if self.since is None else None
+        self._tell(timestamp)
+
+    def _tell(self, timestamp: float) -> None:
+        """Say the state if it is not what the log said last, once SAY_EVERY_S has passed."""
+        if self.grey == self._said_grey or (
+                self._said_at is not None and abs(timestamp - self._said_at) < SAY_EVERY_S):
             return
-        if self._run == 0:
-            self._first = timestamp
-        self._run += 1
-        if self._run < AGREE:
-            return
-        self._run = 0
-        if self.since is None:
-            self.since = self._first
+        often = (f" ({self._changes} changes between colour and grey since the last line: the "
+                 "camera switches its infrared mode back and forth, see docs/install-pi.md, "
+                 "night)" if self._changes > 1 else "")
+        self._said_grey, self._said_at, self._changes = self.grey, timestamp, 0
+        if self.since is not None:
+            self._said_since = self.since
             log.warning("%s: the camera sends grey pictures (infrared night mode?): maskd finds "
                         "and judges faces much less well in them (docs/install-pi.md, night); "
-                        "said again when colour comes back", self.camera)
+                        "said again when colour comes back%s", self.camera, often)
         else:
-            log.info("%s: colour pictures again, after %.0f min of grey ones", self.camera,
-                     max(0.0, timestamp - self.since) / 60)
-            self.since = None
+            log.info("%s: colour pictures again, after %.0f min of grey ones%s", self.camera,
+                     max(0.0, timestamp - self._said_since) / 60, often)

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from maskd.demo import SIZE, DemoSource
-from maskd.night import AGREE, GREY_SPREAD, LOOK_EVERY_S, GreyWatch, channel_spread, looks_grey
+from maskd.night import (
+    AGREE,
+    GREY_SPREAD,
+    LOOK_EVERY_S,
+    SAY_EVERY_S,
+    GreyWatch,
+    channel_spread,
+    looks_grey,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +93,30 @@ def test_the_state_changes_after_looks_that_agree_and_each_change_is_said_once(c
         assert watch.since is None
         assert caplog.text.count("door: colour pictures again, after 1 min of grey ones") == 1
         assert caplog.text.count("grey pictures (infrared") == 1
+
+
+def test_a_camera_whose_infrared_mode_flaps_is_one_line_a_minute_at_most(caplog):
+    """At dusk a camera's infrared filter may switch back and forth (light near its switching
+    point, its own lamp lit on a wall): each change was a line, about 360 an hour. One line a
+    minute at most now, counting the changes between, and the state it ends in is said."""
+    colour, night = demo_frame(), jpeg(grey(demo_frame()))
+    watch = GreyWatch("door")
+    t = 0.0
+    with caplog.at_level(logging.INFO, logger="maskd.night"):
+        for i in range(60):  # 10 min: 10 s of each (AGREE looks), 60 changes
+            for _ in range(AGREE):
+                watch.look(night if i % 2 == 0 else colour, t)
+                t += LOOK_EVERY_S
+            assert watch.grey == (i % 2 == 0)  # the state itself follows at once
+        for _ in range(int(2 * SAY_EVERY_S / LOOK_EVERY_S)):  # then colour for 2 min
+            watch.look(colour, t)
+            t += LOOK_EVERY_S
+    lines = [r for r in caplog.records if r.name == "maskd.night"]
+    assert 10 <= len(lines) <= t / SAY_EVERY_S + 1, [r.getMessage() for r in lines]
+    assert lines[0].getMessage().startswith("door: the camera sends grey pictures")
+    assert "changes between colour and grey since the last line" in lines[1].getMessage()
+    assert lines[-1].getMessage().startswith("door: colour pictures again"), lines[-1].getMessage()
+    assert not watch.grey
 
 
 def test_a_clock_step_back_does_not_stop_the_looks():
