@@ -190,6 +190,17 @@ def test_a_broker_that_keeps_retained_messages_from_wildcards_still_shows_them(b
     relay.close()
 
 
+def test_a_denied_tree_is_said_once_not_for_each_of_its_topics(tmp_path, capsys):
+    """A user that may not subscribe under the camera's tree was warned of it once; looking at
+    each of the layout's topics by name too (for RabbitMQ 3) added eleven more warnings, one
+    for every topic under that tree, each saying the same thing of a topic already said."""
+    with Broker(tmp_path / "b", deny_subscribe=["maskd/#"]) as broker:
+        rc, _, err = clear(capsys, "--config", str(write_config(tmp_path, broker)))
+    assert rc == 1, err
+    assert f"may not subscribe to {CAM}/#:" in err
+    assert f"may not subscribe to {CAM}/" not in err.replace(f"{CAM}/#:", ""), err
+
+
 def test_a_dry_run_lists_a_running_cameras_topics(broker, tmp_path, capsys):
     """`--dry-run` clears nothing, so a running camera is no reason to refuse it: it was exit 75
     with "Stop it first", where docs/install-pi.md has the operator list an update's leftovers

@@ -50,10 +50,20 @@ class Plan:
     clear_device: bool  # without --camera: the process status topics go too
     owns_device: bool  # a cameras: map: the device status is this config's process's
     topics: dict[str, Topics] = field(default_factory=dict)
+    by_name: list[str] = field(default_factory=list)  # known topics in patterns for RabbitMQ 3 only
 
     def probes(self) -> tuple[str, ...]:
         """One topic under each camera's subscribed tree, for the read-back check."""
         return tuple(f"{t.availability.rsplit('/', 1)[0]}/{PROBE}" for t in self.topics.values())
+
+    def said_denied(self, denied: list[str]) -> list[str]:
+        """The ``denied`` patterns worth a warning: a topic looked at by name only for RabbitMQ
+        3 is said through the wildcard of the plan that holds it, not once more on its own."""
+        from paho.mqtt.client import topic_matches_sub
+
+        trees = [t for t in self.patterns if t not in self.by_name]
+        return [d for d in denied if d not in self.by_name
+                or not any(topic_matches_sub(tree, d) for tree in trees)]
 
     def ours(self, topic: str, found: dict[str, bytes]) -> bool:
         """A found topic belongs to what is cleared (the device status only without --camera).
@@ -91,7 +101,8 @@ def plan(cfg: Config, camera: str | None) -> Plan:
     p.known = list(dict.fromkeys(p.known))
     # each known topic on its own too: RabbitMQ 3 hands a retained message only to a
     # subscription naming its topic, never to a wildcard (a running camera went unseen)
-    p.patterns = list(dict.fromkeys([*p.patterns, *p.known]))
+    p.by_name = [t for t in p.known if t not in p.patterns]
+    p.patterns += p.by_name
     return p
 
 
@@ -307,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
         found, denied, unread = cl.scan(p.patterns, args.wait, p.probes())
         if probe.dropped:  # what it saw may be short: clear nothing on it
             raise ConnectionError("the connection was lost during the scan; nothing was cleared")
-        for pattern in denied:
+        for pattern in p.said_denied(denied):
             print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
                   "topics without seeing what is there", file=sys.stderr)
         blind = [t.rsplit("/", 1)[0] + "/#" for t in unread]
