@@ -1471,15 +1471,17 @@ def model_file_problem(path: Path | str, named: str | None = None) -> str | None
     return f"{named + ': ' if named else ''}{shown_path(path)}: {why}"
 
 
-def empty_model_problem(path: Path | str, named: str) -> str | None:
+def empty_model_problem(path: Path | str, named: str | None = None) -> str | None:
     """A model file of 0 bytes (a copy that failed half-way, a full card), named by its key or
-    option, or None: it is here, so `run` stops on it (78) and check-config says so, where the
-    runtimes said 'mmap of size 0 requested' (TFLite) or 'model_proto.has_graph()' (OpenCV)."""
+    option (none: a file found, the shipped classifier, YuNet in models/), or None: it is here,
+    so `run` stops on it (78) and check-config says so, where the runtimes said 'mmap of size 0
+    requested' (TFLite) or 'model_proto.has_graph()' (OpenCV)."""
     try:
         empty = stat.S_ISREG((st := os.stat(path)).st_mode) and st.st_size == 0
     except OSError:  # said by model_file_problem
         return None
-    return f"{named}: {shown_path(path)}: an empty file (0 bytes), not a model: copy it again" if empty else None
+    return (f"{named + ': ' if named else ''}{shown_path(path)}: an empty file (0 bytes), not a "
+            "model: copy it again") if empty else None
 
 
 def _hide_passwords(value: Any) -> Any:

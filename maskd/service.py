@@ -804,12 +804,20 @@ def build_classifier(cfg: Config, still: bool = False,
     run on the CPU (an EdgeTPU graph is compiled for one model). ``options``: the keys the
     command line set, with the option that set them (config.options_given): a model file it
     cannot open is said naming that option, else its key, as check-config says it."""
-    from maskd.classifier import Classifier, MeanClassifier, ModelError, still_extra_paths
+    from maskd.classifier import (
+        Classifier,
+        MeanClassifier,
+        ModelError,
+        model_path,
+        still_extra_paths,
+    )
 
     c = cfg.classifier
     named = (options or {}).get("classifier.model", "classifier.model")
-    if c.model is not None and (problem := model_file_problem(c.model, named)
-                                or empty_model_problem(c.model, named)) is not None:
+    if c.model is not None and (problem := model_file_problem(c.model, named)) is not None:
+        raise ModelError(problem)
+    if (problem := empty_model_problem(model_path(c.model), named if c.model else None)
+            ) is not None:  # the shipped one's too: an install onto a full card
         raise ModelError(problem)
     try:
         first = Classifier.open(c.model, c.threads, c.edgetpu)

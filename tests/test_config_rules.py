@@ -1056,6 +1056,30 @@ def test_both_say_a_model_file_that_is_empty(tmp_path):
                                                   "file (0 bytes), not a model: copy it again")
 
 
+def test_both_say_a_found_model_file_that_is_empty(tmp_path):
+    """The same of the files no key names, which an install or `maskd models fetch` onto a
+    full card leaves empty: the shipped classifier in $MASKD_MODEL_DIR and the YuNet `auto`
+    finds ($MASKD_YUNET, models/) were still said in the runtimes' words ('mmap of size 0
+    requested', 'model_proto.has_graph()')."""
+    shipped = tmp_path / "models" / "maskd_mobilenetv2_int8.tflite"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"")
+    shutil.copy(REPO / "models" / "maskd_mobilenetv2_int8.json", shipped.with_suffix(".json"))
+    yunet = tmp_path / "my yunet.onnx"  # a pinned name is checked by its hash first
+    yunet.write_bytes(b"")
+    path = tmp_path / "maskd.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nsource: {{kind: demo}}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKD_MODEL_DIR", "MASKD_YUNET")}
+    for extra, empty in (({"MASKD_MODEL_DIR": str(shipped.parent)}, shipped),
+                         ({"MASKD_YUNET": str(yunet)}, yunet)):
+        line = f"{empty}: an empty file (0 bytes), not a model: copy it again"
+        for args, said in ((("check-config", str(path)), f"{path}: {line}"),
+                           (run_args(path), f"maskd run: {line}")):
+            r = subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                               text=True, timeout=120, cwd=REPO, env={**env, **extra})
+            assert r.returncode == EX_CONFIG and r.stderr.splitlines()[-1] == said, r.stderr
+
+
 def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tmp_path):
     """check-config said OK of a classifier.model `run` stops on at once (exit 78): a file
     that is no TFLite model, one without its sidecar, one whose sidecar names another input

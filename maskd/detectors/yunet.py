@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskd.config import DetectorConfig
+from maskd.config import DetectorConfig, empty_model_problem
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
 from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
@@ -117,6 +117,8 @@ class YuNet:
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> YuNet:
         (model,) = cls.files_needed(cfg)
+        if cfg.model is None and (problem := empty_model_problem(model)) is not None:
+            raise DetectorError(problem)  # one found (detector.model's: build_detector names it)
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
                    cfg.nms_threshold)
 
