@@ -1412,6 +1412,29 @@ def test_tls_and_plain_listeners_mixed_up_are_named(tmp_path, caplog, tls):
             assert len(errors) == 1 and hint in errors[0] and mq.url in errors[0], errors
 
 
+def test_a_tls_listener_given_mqtt_is_one_line_a_minute_not_two(tmp_path, caplog, tls,
+                                                               monkeypatch):
+    """mqtt:// at a TLS port hangs up on every CONNECT, MQTT 5 or 3.1.1, so maskd goes back
+    and forth between them: the journal got 'answered no MQTT 5 CONNECT; trying MQTT 3.1.1 (a
+    broker older than MQTT 5 ...)' every minute beside the error that says what is wrong,
+    two lines a minute, the second one a wrong lead. That guess is said once until a
+    connection is made."""
+    from maskd import lograte
+
+    monkeypatch.setattr(lograte, "LOG_EVERY_S", 1.0)  # the minute, shortened for the test
+    with Broker(tmp_path / "tls", tls=tls) as b:
+        mq = MqttConfig(url=b.url.replace("mqtts://", "mqtt://"), reconnect_min_s=0.2,
+                        reconnect_max_s=0.3)
+        with caplog.at_level(logging.INFO, logger="maskd.mqtt"):
+            sink = MqttSink(mq, "d", "c", tmp_path / "state")
+            sink.emit(script("t", 1, 0)[0])
+            time.sleep(4)
+            sink.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "TLS listener" in m]) >= 3, said  # the minute did pass
+    assert len([m for m in said if "trying MQTT 3.1.1" in m]) == 1, said
+
+
 def test_a_listener_that_hangs_up_during_the_tls_handshake_is_no_client_certificate_fault(
         tmp_path, caplog, tls):
     """mqtts:// at a port that closes the connection on the TLS hello (a listener that speaks

@@ -314,6 +314,7 @@ class MqttSink(EventSink):
         # and whether 3.1.1 is spoken on that guess, not on the broker's word (0x01)
         self._unanswered_v5 = 0
         self._guessed_311 = False
+        self._said_guess = False  # said once until a connection is made (a TLS listener: for ever)
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -840,6 +841,7 @@ class MqttSink(EventSink):
         if self._unanswered_v5 and client.protocol == mqtt.MQTTv311:  # 3.1.1 is what it speaks
             self._warn_mqtt311()
         self._unanswered_v5 = 0
+        self._said_guess = False
         with self._conn_lock:
             client.apply_receive_maximum(properties)
             # Whatever paho still holds from the last connection is replayed from the
@@ -1026,7 +1028,8 @@ class MqttSink(EventSink):
         if self._unanswered_v5 >= 2:
             use_mqtt311(client)
             self._guessed_311 = True
-            if self._log_once_a_minute.due("try 3.1.1"):
+            if not self._said_guess:  # the error line, once a minute, says what is wrong
+                self._said_guess = True
                 log.info("MQTT: %s answered no MQTT 5 CONNECT; trying MQTT 3.1.1 (a broker "
                          "older than MQTT 5 may hang up on one or wait)", self._url)
 
