@@ -839,18 +839,26 @@ def _check_and_run_with_yunet(kind: str, tmp_path: Path, yunet: Path) -> tuple[P
 
 
 @pytest.mark.parametrize("kind", ["yunet", "auto"])
-def test_check_config_warns_of_a_damaged_yunet_file_in_runs_words(tmp_path, kind):
+def test_both_refuse_a_damaged_yunet_file_in_runs_words(tmp_path, kind):
     """A YuNet file cut short (a copy that stopped half-way) under its version's name: run
     stops on its checksum (exit 78, never restarted), and check-config, the step install.sh
-    runs before the restart, said OK; under `auto` too (the file is there, so auto takes it)."""
+    runs before the restart, said OK; under `auto` too (the file is there, so auto takes it).
+    Then it warned (exit 0, the restart went ahead) while the same file under another name is
+    exit 78 (opened as `run` opens it): it is here, so it is exit 78 too."""
     from maskd.modelfiles import KNOWN_YUNET
 
     name = next(iter(KNOWN_YUNET.values()))
     damaged = tmp_path / name
     damaged.write_bytes(b"\x08" * 100_000)
-    path, checked, said = _check_and_run_with_yunet(kind, tmp_path, damaged)
-    assert "is damaged (sha256" in said, said
-    assert checked == f"{path}: warning: 'detector.kind': {kind}: {said}\n"
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(f"detector: {{kind: {kind}}}\nsource: {{kind: demo}}\n")
+    env = {**os.environ, "MASKD_YUNET": str(damaged), PW_VAR: "s3cret"}
+    checked, ran = (subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                                   text=True, timeout=120, cwd=REPO, env=env)
+                    for args in (("check-config", str(path)), run_args(path)))
+    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
+    assert ran.returncode == EX_CONFIG and "is damaged (sha256" in said, ran.stderr
+    assert (checked.returncode, checked.stderr) == (EX_CONFIG, f"{path}: {said}\n")
 
 
 def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_path):

@@ -53,14 +53,18 @@ def yunet_not_found(cfg_model: Path | None = None) -> str:
             "detector kind blazeface")
 
 
-def yunet_file_problem(model: Path) -> str | None:
+def yunet_file_problem(model: Path, contents: bool = True) -> str | None:
     """Why OpenCV must not be handed ``model`` as YuNet (it can crash the process on a wrong
     or damaged file), in `run`'s words, or None: not an .onnx ($MASKD_YUNET; the config's is
-    refused), damaged by its name's checksum, unreadable. Found by reading the file only."""
+    refused), damaged by its name's checksum, unreadable. Found by reading the file only.
+    ``contents`` False: not whether it is damaged (``files_needed``: a file that is here but
+    damaged is what `run` stops on, which check-config says by opening it, not a warning)."""
     if (wrong := not_onnx(model)) is not None:
         return f"{model}: {wrong}"
     try:
-        damage = damaged_yunet(model)
+        if not contents:
+            open(model, "rb").close()
+        damage = damaged_yunet(model) if contents else None
     except OSError as err:
         return f"{model}: cannot read the YuNet model: {err.strerror or err}"
     return f"{model}: {damage}" if damage else None
@@ -81,8 +85,8 @@ class YuNet:
         self.name = "yunet"
         self.path = Path(model)
         self.input_size = input_size
-        if (problem := yunet_file_problem(self.path)) is not None:
-            raise DetectorError(problem)
+        if (problem := yunet_file_problem(self.path) or empty_model_problem(self.path)) is not None:
+            raise DetectorError(problem)  # detector.model's empty file: build_detector names it
         try:
             self._net = cv2.FaceDetectorYN.create(str(model), "", input_size, score_threshold,
                                                   nms_threshold, top_k)
@@ -110,15 +114,13 @@ class YuNet:
         model = find_yunet_model(cfg.model)
         if model is None:
             raise DetectorError(yunet_not_found(cfg.model))
-        if (problem := yunet_file_problem(model)) is not None:  # check-config says it too
+        if (problem := yunet_file_problem(model, contents=False)) is not None:  # check-config: a warning
             raise DetectorError(problem)
         return [model]
 
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> YuNet:
         (model,) = cls.files_needed(cfg)
-        if cfg.model is None and (problem := empty_model_problem(model)) is not None:
-            raise DetectorError(problem)  # one found (detector.model's: build_detector names it)
         return cls(model, scaled_input(cfg), score_cut(cfg, cls.DEFAULT_SCORE_THRESHOLD),
                    cfg.nms_threshold)
 
