@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,12 @@ NO_TF = (
 )
 
 
-def run_bench(args: list[str], block_tf: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_bench(args: list[str], block_tf: bool = False, timeout: int = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", NO_TF.format(bench=str(BENCH), args=args)] if block_tf else (
         [sys.executable, str(BENCH), *args])
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def test_cpu_peak_from_this_machine():
@@ -144,6 +147,22 @@ def test_e2e_clip_names_the_photos_it_used(scenes_dir):
     frames, what = scene_frames(20, (320, 240))
     assert len(frames) == 20 and frames[0].shape == (240, 320, 3)
     assert what == "2 scenes-dev photos, 15 panned frames each (the last 5)"
+
+
+def test_without_scenes_dev_it_says_the_demo_clip_stands_in(default_model, tmp_path):
+    """Without ../shared, e2e's scenes clip was the demo clip under the demo clip's name: the
+    default scenes,demo printed the same table twice and no note said scenes-dev was missing."""
+    out = tmp_path / "bench.json"
+    r = run_bench(["--quick", "--no-keras", "--sections", "frame,e2e", "--detectors", "blazeface",
+                   "--frames", "4", "--repeats", "2", "--warmup", "1", "--clips", "scenes,demo",
+                   "--json", str(out)], env={"MASKD_SHARED": str(tmp_path / "none")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [clip["clip"] for clip in res["e2e"]["clips"]] == ["maskd demo source"]
+    missing = f"{tmp_path / 'none' / 'data' / 'scenes-dev' / 'images'} absent"
+    said = [n for n in res["notes"] if missing in n]
+    assert len(said) == 2 and said[1].startswith("e2e scenes clip skipped: ")  # frame's, e2e's
+    assert res["frame"]["rows"]
 
 
 @pytest.mark.slow

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 from tools.benchlib.common import SHARED
+
+SCENE_IMAGES = SHARED / "data" / "scenes-dev" / "images"
+NO_SCENES = (f"no scenes-dev photos ({SCENE_IMAGES} absent; ../shared is not in git): "
+             "maskd's demo source in their place")
 
 
 def face_image() -> tuple[np.ndarray, str]:
@@ -42,8 +48,7 @@ def scene_frames(n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
     cache are for). Falls back to maskd's demo source when ../shared is absent.
     """
     w, h = size
-    folder = SHARED / "data" / "scenes-dev" / "images"
-    photos = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+    photos = scene_photos()
     if not photos:
         return demo_frames(n, size)
     per_photo = 15
@@ -70,6 +75,11 @@ def scene_frames(n: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
                     + (f" (the last {last})" if 0 < last < per_photo else ""))
 
 
+def scene_photos() -> list[Path]:
+    """scenes-dev's photos; none where ../shared is absent."""
+    return sorted(SCENE_IMAGES.glob("*.jpg")) if SCENE_IMAGES.is_dir() else []
+
+
 def clip_or_note(size: tuple[int, int], n: int, notes: list[str]
                  ) -> tuple[list[np.ndarray], str] | None:
     """scene_frames, or None with a note saying what is missing (no ../shared, no demo photo)."""
@@ -81,6 +91,8 @@ def clip_or_note(size: tuple[int, int], n: int, notes: list[str]
     if not frames:
         notes.append("no test frames could be read")
         return None
+    if not scene_photos() and NO_SCENES not in notes:  # said once, not once per section
+        notes.append(NO_SCENES)
     return frames, what
 
 
