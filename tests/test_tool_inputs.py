@@ -633,6 +633,21 @@ def test_every_tools_numbers_are_checked_while_parsing(tool: str, bad: list[str]
     assert exc.value.code == 2 and opt in err and "Traceback" not in err, err
 
 
+def test_bench_preview_without_yunet_says_so(tmp_path: Path, monkeypatch) -> None:
+    """--detector yunet where YuNet was never fetched (a clean clone offline) was a traceback
+    out of make_detector; now one line naming what is missing."""
+    import sys
+
+    from tools import bench_preview
+
+    monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "none.onnx"))
+    monkeypatch.setattr(sys, "argv", ["bench_preview.py", "--detector", "yunet"])
+    with pytest.raises(SystemExit) as exc:
+        bench_preview.main()
+    said = _exit_message(exc)
+    assert said.startswith("bench_preview: --detector yunet: ") and "maskd models fetch" in said
+
+
 def test_reports_and_sheets_are_checked_before_the_work(tmp_path: Path, monkeypatch) -> None:
     """A --sheet of no image type (eval_video: a cv2.error after every clip had run) and --json
     or --plot in a folder that cannot be made (bench, tradeoff, soak: a traceback after the

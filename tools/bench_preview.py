@@ -21,7 +21,7 @@ from pathlib import Path
 
 from maskd.config import ClassifierConfig, DetectorConfig, SourceConfig
 from maskd.demo import open_demo_source
-from maskd.detectors import make_detector
+from maskd.detectors import DetectorError, make_detector
 from maskd.preview import FbGeometry, FramebufferPreview, MjpegFeed, render
 from maskd.statuspage import StatusServer
 from maskd.types import LoopStats, Verdict
@@ -68,12 +68,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--max-fps", type=non_negative_float, default=10.0, help="preview cap (0: none)")
     args = ap.parse_args()
+    try:  # before the frames: YuNet absent (no `maskd models fetch` yet) is one line, no traceback
+        detector = make_detector(DetectorConfig(kind=args.detector))
+    except DetectorError as err:
+        raise SystemExit(f"bench_preview: --detector {args.detector}: {err}") from None
 
     src = open_demo_source(SourceConfig(kind="demo"))
     frames = []
     while len(frames) < args.frames and (f := src.read()) is not None:
         frames.append(f)
-    detector = make_detector(DetectorConfig(kind=args.detector))
     geo = FbGeometry(1920, 1080, 16, 3840)
 
     # the preview thread's own cost per frame, for reference
