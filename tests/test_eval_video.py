@@ -369,7 +369,8 @@ def test_interval_resamples_clips():
 # --------------------------------------------------------------------------- config
 
 
-def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path):
+def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MASKD_YUNET", str(tmp_path / "none.onnx"))  # none fetched: ../shared's
     cfg = ev.eval_config(None, ["tracking.end_after_s=1", "mqtt.url=mqtt://broker:1883",
                                 "classifier.threshold=0.8"], jobs=2, cores=2)
     assert cfg.detector.kind == "yunet" and cfg.detector.model == ev.SHARED_YUNET
@@ -387,6 +388,17 @@ def test_eval_config_is_the_device_loop_with_preview_and_mqtt_off(tmp_path: Path
                 ["tracking.end_after_s=-1"], ["camera.x=1"]):
         with pytest.raises(ConfigError):
             ev.eval_config(None, bad, jobs=1)
+
+
+def test_eval_config_takes_the_yunet_run_finds(tmp_path: Path, monkeypatch):
+    """A clean clone with YuNet fetched (`maskd models fetch`) and no ../shared: eval_video
+    stopped with '../shared/models/face_detection_yunet_2026may.onnx: model file not found'
+    while `maskd run` and eval_scenes used the fetched file."""
+    fetched = tmp_path / "face_detection_yunet_2026may.onnx"
+    fetched.write_bytes(b"onnx")
+    monkeypatch.setenv("MASKD_YUNET", str(fetched))
+    cfg = ev.eval_config(None, [], jobs=1, cores=2)
+    assert cfg.detector.kind == "yunet" and cfg.detector.model == fetched
 
 
 def test_a_config_with_a_cameras_map_runs_as_its_first_camera(tmp_path: Path):

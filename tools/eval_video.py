@@ -70,6 +70,7 @@ import numpy as np
 import yaml
 
 from maskd.config import Config, ConfigError, PreviewConfig, load_config, parse_config
+from maskd.detectors import find_yunet_model
 from maskd.geometry import box_iou, shorter_sides
 from maskd.types import scores_and_features
 from tools.eval_scenes import (
@@ -565,7 +566,7 @@ def apply_overrides(data: dict[str, Any], items: Sequence[str]) -> None:
 def eval_config(path: Path | None, overrides: Sequence[str], jobs: int,
                 cores: int | None = None) -> Config:
     """The settings every clip runs with: the file (or defaults) + -o, as an installed Pi has
-    them (YuNet from ../shared when no model is set; a named YuNet file that is missing is a
+    them (YuNet as `run` finds it, else ../shared's, when no model is set; a named YuNet file that is missing is a
     ConfigError, not BlazeFace), preview and MQTT off, and the classifier limited to its share
     of the cores. A file with a ``cameras:`` map gives its first camera's settings (its
     tracking and zones, and the shared detector and classifier): the clips are one camera's
@@ -582,7 +583,8 @@ def eval_config(path: Path | None, overrides: Sequence[str], jobs: int,
     data = asked.model_dump(mode="json")
     det = data["detector"]
     if det["kind"] in ("auto", "yunet") and det["model"] is None:
-        det.update(kind="yunet", model=str(SHARED_YUNET))
+        # as `run` finds it (`maskd models fetch`'s models/, $MASKD_YUNET), as eval_scenes does
+        det.update(kind="yunet", model=str(find_yunet_model() or SHARED_YUNET))
     cores = cores or len(os.sched_getaffinity(0))
     cls = data["classifier"]
     cls["threads"] = max(1, min(int(cls["threads"]), cores // max(jobs, 1)))
