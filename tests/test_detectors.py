@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import shared_path
 from pydantic import ValidationError
 
 from maskd import modelfiles
@@ -49,8 +50,6 @@ from maskd.geometry import (
 )
 from maskd.modelfiles import YUNET_SHA256
 from maskd.types import Face
-
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -499,9 +498,7 @@ def test_big_face_cut_on_real_photos(scenes_dir: Path, yunet_model: Path):
 
 
 def test_opencv_ssd_baseline(scenes_dir: Path):
-    pb = SHARED_MODELS / "opencv_face_detector_uint8.pb"
-    if not pb.is_file():
-        pytest.skip(f"needs {pb}")
+    pb = shared_path("models/opencv_face_detector_uint8.pb")
     img, gt = _scene(scenes_dir, "maksssksksss0")
     det = make_detector(DetectorConfig(kind="ssd", model=pb, score_threshold=0.3))
     assert det.name == "opencv-ssd"
@@ -511,9 +508,7 @@ def test_opencv_ssd_baseline(scenes_dir: Path):
 def test_nms_threshold_reaches_the_ssd_detectors(scenes_dir: Path):
     """Both SSDs merge boxes in their own graph, and detector.nms_threshold was passed to
     neither: 0.0, 0.3 and 1.0 found the same 25 faces in a crowd photo."""
-    pb = SHARED_MODELS / "opencv_face_detector_uint8.pb"
-    if not pb.is_file():
-        pytest.skip(f"needs {pb}")
+    pb = shared_path("models/opencv_face_detector_uint8.pb")
     img, _ = _scene(scenes_dir, "maksssksksss110")
 
     def found(nms_threshold: float) -> int:

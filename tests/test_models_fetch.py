@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SHARED, shared_path
 from mqtt_broker import wait_until
 
 from maskd import modelfiles
@@ -32,14 +33,13 @@ from maskd.detectors import find_yunet_model
 from maskd.modelfiles import YUNET_NAME, YUNET_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_YUNET = REPO.parent / "shared" / "models" / YUNET_NAME
+SHARED_YUNET = SHARED / "models" / YUNET_NAME
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, folder) of an HTTP server on 127.0.0.1 serving the YuNet copy and another file."""
-    if not SHARED_YUNET.is_file():
-        pytest.skip(f"needs {SHARED_YUNET}")
+    shared_path(f"models/{YUNET_NAME}")  # or skip, as the yunet_model fixture does
     root = tmp_path_factory.mktemp("www")
     shutil.copy(SHARED_YUNET, root / YUNET_NAME)
     (root / "face_detection_yunet_2023mar.onnx").write_bytes(b"another YuNet version's bytes")
