@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -454,3 +455,14 @@ def test_photos_are_judged_by_the_models_maskd_scan_averages(scenes_dir: Path,
                     "--json"]) == 0
     members = json.loads(capsys.readouterr().out)["classifier"]
     assert len(members) == 1 + len(extras) and members[1:] == [str(p) for p in extras]
+
+
+def test_the_tools_find_shared_data_where_the_tests_do(tmp_path: Path):
+    """With MASKD_SHARED set (a clone not beside ../shared), the tests found scenes-dev there
+    but eval_video still looked for YuNet in ../shared: 'model file not found', 3 failures."""
+    env = {**os.environ, "MASKD_SHARED": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "from tools import eval_scenes as e; "
+                          "print(e.DEFAULT_SCENES); print(e.SHARED_YUNET)"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(tmp_path / "data" / "scenes-dev"),
+                           str(tmp_path / "models" / "face_detection_yunet_2026may.onnx")]

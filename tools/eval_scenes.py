@@ -55,6 +55,7 @@ from maskd.detectors import (
 )
 from maskd.geometry import box_iou, shorter_sides
 from maskd.types import Face
+from tools.benchlib.common import SHARED  # ../shared, or $MASKD_SHARED as the tests take it
 from tools.inputs import (
     comma_list,
     non_negative_float,
@@ -67,7 +68,6 @@ from tools.inputs import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-SHARED = REPO.parent / "shared"
 DEFAULT_SCENES = SHARED / "data" / "scenes-dev"
 SHARED_YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 SHARED_SSD = SHARED / "models" / "opencv_face_detector_uint8.pb"
