@@ -459,10 +459,17 @@ def test_photos_are_judged_by_the_models_maskd_scan_averages(scenes_dir: Path,
 
 def test_the_tools_find_shared_data_where_the_tests_do(tmp_path: Path):
     """With MASKD_SHARED set (a clone not beside ../shared), the tests found scenes-dev there
-    but eval_video still looked for YuNet in ../shared: 'model file not found', 3 failures."""
+    but eval_video still looked for YuNet in ../shared: 'model file not found', 3 failures;
+    train's, dataset's and tradeoff's defaults looked there too."""
     env = {**os.environ, "MASKD_SHARED": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", "from tools import eval_scenes as e; "
-                          "print(e.DEFAULT_SCENES); print(e.SHARED_YUNET)"],
+    out = subprocess.run([sys.executable, "-c", "from tools import eval_scenes as e, train, tradeoff; "
+                          "print(e.DEFAULT_SCENES); print(e.SHARED_YUNET); "
+                          "print(train.dataset.DEFAULT_DATA); print(train.DEFAULT_WEIGHTS); "
+                          "print(tradeoff.SCENES)"],
                          cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(tmp_path / "data" / "scenes-dev"),
-                           str(tmp_path / "models" / "face_detection_yunet_2026may.onnx")]
+                           str(tmp_path / "models" / "face_detection_yunet_2026may.onnx"),
+                           str(tmp_path / "data" / "facemask-4095"),
+                           str(tmp_path / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top"
+                               ".weights.h5"),
+                           str(tmp_path / "data" / "scenes-dev")]

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from maskd.images import FolderError, ImageError, load_image_rgb, search_images
+from tools.benchlib.common import SHARED  # ../shared, or $MASKD_SHARED as the tests take it
 
 REPO = Path(__file__).resolve().parents[1]
 
 LABELS = ["mask", "no_mask"]  # index = class id; no_mask is the positive class
 FOLDER_LABELS = {"with_mask": "mask", "mask": "mask", "without_mask": "no_mask", "no_mask": "no_mask"}
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "facemask-4095"
+DEFAULT_DATA = SHARED / "data" / "facemask-4095"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from maskd.classifier import preprocess
 from maskd.images import ImageError, load_image_rgb
+from tools.benchlib.common import SHARED  # ../shared, or $MASKD_SHARED
 from tools.inputs import (
     figure_out,
     load_keras,
@@ -40,8 +41,6 @@ from tools.inputs import (
     write_image,
     write_json,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 LABELS = ["mask", "no_mask"]  # the classifier's output order (tools/dataset.py LABELS)
 
@@ -304,7 +303,7 @@ def sheet_faces() -> list[tuple[str, np.ndarray]]:
     from maskd.detectors import find_yunet_model, make_detector
     from maskd.geometry import crop_face
 
-    model = find_yunet_model() or REPO.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
+    model = find_yunet_model() or SHARED / "models" / "face_detection_yunet_2026may.onnx"
     det = make_detector(DetectorConfig(kind="yunet", model=model, input_width=640, input_height=640,
                                        score_threshold=0.5))
     margin = ClassifierConfig().margin

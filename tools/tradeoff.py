@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tools import dataset
-from tools.benchlib.common import measure
+from tools.benchlib.common import SHARED, measure
 from tools.evaluate import binary_metrics, open_model, run_models
 from tools.inputs import (
     comma_list,
@@ -49,7 +49,7 @@ TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
 
 RUNS = REPO / "runs" / "tradeoff"
-SCENES = REPO.parent / "shared" / "data" / "scenes-dev"
+SCENES = SHARED / "data" / "scenes-dev"
 BUCKETS = [(0, 16), (16, 24), (24, 32), (32, 48), (48, 10_000)]
 SCENE_LABELS = {"with_mask": 0, "without_mask": 1}  # mask_weared_incorrect is left out
 

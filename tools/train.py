@@ -55,7 +55,7 @@ from tools.inputs import (
     write_json,
 )
 
-DEFAULT_WEIGHTS = dataset.REPO.parent / "shared" / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+DEFAULT_WEIGHTS = dataset.SHARED / "pretrained" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
