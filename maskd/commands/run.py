@@ -182,8 +182,8 @@ def detector_notes(cfg: Config, demo: bool, still: bool = False) -> list[str]:
                                ": a violation then ends as 'gone' rather than 'masked', and the "
                                "header says '(1 face not detected now)' meanwhile"))
         if demo:
-            notes.append("in this demo: expect the masked half to show no box, and the event "
-                         "to end 'gone'; with YuNet it ends 'masked'")
+            notes.append("in this demo: expect the masked half to show a box only now and then, "
+                         "and the event to end 'gone'; with YuNet it ends 'masked'")
     return notes
 
 
