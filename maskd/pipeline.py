@@ -57,6 +57,11 @@ STILL_IOU = 0.7
 # does not make every frame a gap that starts all tracks afresh (then no event could ever start).
 GAP_FRAMES = 3
 GAP_HISTORY = 15
+# Frames lost to a stall (Tracker.lost_sight) are also at least this long: a loaded Pi's loop
+# takes the camera's newest frame, and its intervals jitter (0.3-0.5 s among 0.1 s ones, some
+# of a second), so 3 usual intervals checked every track's identity several times a second;
+# a person turning was then taken for someone new (a second event, the first ended `gone`).
+STALL_MIN_S = 1.0
 
 
 def judgeable(face: Face, min_face_px: int) -> bool:
@@ -283,9 +288,11 @@ class Pipeline:
         # A file or folder (times made up from seq / fps) gives every frame: its first interval
         # is its rate, no gap, though slower than end_after_s (fps 0.25 lost the first track)
         is_gap = self._is_gap(gap) and (frame.since_boot is not None or bool(self._intervals))
-        # Shorter than a gap, but frames were lost (GAP_FRAMES usual intervals): whoever is at a
-        # track's spot now may have stepped in meanwhile, as after a miss (Tracker.lost_sight)
-        lost = bool(self._intervals) and gap >= GAP_FRAMES * statistics.median(self._intervals)
+        # Shorter than a gap, but frames were lost (GAP_FRAMES usual intervals, STALL_MIN_S):
+        # whoever is at a track's spot now may have stepped in meanwhile, as after a miss
+        # (Tracker.lost_sight)
+        lost = bool(self._intervals) and gap >= max(
+            STALL_MIN_S, GAP_FRAMES * statistics.median(self._intervals))
         self._intervals.append(gap)  # a rare stall barely moves the median
         if not self.tracker.tracks:
             return

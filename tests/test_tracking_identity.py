@@ -113,6 +113,23 @@ def test_the_next_person_at_the_spot_after_the_frames_stalled_is_someone_new():
     assert len(starts(run([(A, [X])] * 75, stalls=stall))) == 1
 
 
+def test_a_loop_whose_frame_intervals_jitter_still_alarms_on_a_person_turning_their_head():
+    """A loaded Pi's loop takes the camera's newest frame: 66 ms intervals and now and then
+    0.4 s. Each 0.4 s one was taken for a stall (three usual intervals), so every track's
+    identity was checked several times a second; a person turning their head (the look 0.85
+    alike) was taken for someone new again and again, their votes dropped each time: no
+    alarm in 10 s (real faces: a second event after the first ended `gone`)."""
+    turned = A.copy()
+    turned[:168] = (40, 40, 40)  # hair shows as the head turns
+
+    def jitter(i: int) -> float:
+        return 0.33 * (i // 3)
+
+    script = [((A if i % 2 == 0 else turned), [X]) for i in range(150)]
+    assert [e[1:] for e in run(script, stalls=jitter) if e[1] != "update"] == [
+        ("start", "ev0", None), ("end", "ev0", "shutdown")]
+
+
 def test_the_track_an_event_was_taken_from_starts_nothing_for_the_next_person():
     """A steps aside (a new track takes over A's event); masked M then stands where A was,
     matched to A's old, still violating track: that alarm started on M at once."""
