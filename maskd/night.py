@@ -53,6 +53,7 @@ class GreyWatch:
         self._said_grey = False  # the state the log told last
         self._said_at: float | None = None  # frame time of that line
         self._said_since = 0.0  # the grey line's ``since`` (the minutes the colour line says)
+        self._changed_at = 0.0  # frame time of the latest change (where those minutes end)
         self._changes = 0  # state changes since that line
 
     @property
@@ -76,6 +77,7 @@ class GreyWatch:
                 self._run = 0
                 self._changes += 1
                 self.since = self._first if self.since is None else None
+                self._changed_at = timestamp
         self._tell(timestamp)
 
     def _tell(self, timestamp: float) -> None:
@@ -94,4 +96,4 @@ class GreyWatch:
                         "said again when colour comes back%s", self.camera, often)
         else:
             log.info("%s: colour pictures again, after %.0f min of grey ones%s", self.camera,
-                     max(0.0, timestamp - self._said_since) / 60, often)
+                     max(0.0, self._changed_at - self._said_since) / 60, often)

@@ -119,6 +119,22 @@ def test_a_camera_whose_infrared_mode_flaps_is_one_line_a_minute_at_most(caplog)
     assert not watch.grey
 
 
+def test_the_minutes_of_grey_end_when_colour_came_back_not_at_the_line(caplog):
+    """A colour line held back (a minute since the grey one) said the minutes up to itself: 20 s
+    of grey in a real run were 'after 1 min of grey ones' (was 0 before the line was held). They
+    end where colour came back, as when each change was said at once."""
+    colour, night = demo_frame(), jpeg(grey(demo_frame()))
+    watch = GreyWatch("door")
+    t = 0.0
+    with caplog.at_level(logging.INFO, logger="maskd.night"):
+        for picture, seconds in ((colour, 10), (night, 20), (colour, 2 * SAY_EVERY_S)):
+            for _ in range(int(seconds / LOOK_EVERY_S)):
+                watch.look(picture, t)
+                t += LOOK_EVERY_S
+    said = [r.getMessage() for r in caplog.records if r.name == "maskd.night"]
+    assert len(said) == 2 and said[1] == "door: colour pictures again, after 0 min of grey ones", said
+
+
 def test_a_clock_step_back_does_not_stop_the_looks():
     watch = GreyWatch("door")
     night = grey(demo_frame())
