@@ -383,7 +383,7 @@ class _Metrics:
             ("fps", "Frames per second (smoothed)"),
             ("active_violations", "Open violations"),
             ("violations_in_view", "Open violations whose face is detected in the latest frame"),
-            ("detect_enabled", "1 while detection is switched on"),
+            ("detect_enabled", "1 while detection runs (the switch and the schedule allow it)"),
             ("camera_up", "0 while a live camera is lost"),
             ("last_frame_age_seconds", "Seconds since the latest frame"),
             ("problems", "Lines of Home Assistant's problem entity: the camera's outage, faults"),

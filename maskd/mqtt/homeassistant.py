@@ -98,7 +98,8 @@ LONGEST_SWITCH = 64
 
 
 def parse_switch(payload: bytes) -> bool | None:
-    """ON/OFF (and true/false, 1/0) as sent by Home Assistant or a person; None if neither."""
+    """ON/OFF (and true/false, 1/0, enable(d)/disable(d)) as sent by Home Assistant or a
+    person; None if neither."""
     if len(payload) > LONGEST_SWITCH:
         return None
     text = payload.decode("utf-8", "replace").strip().lower()
