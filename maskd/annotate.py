@@ -32,9 +32,13 @@ def header_text(stats: LoopStats) -> str:
     lost = 0 if stats.in_view is None else n - min(stats.in_view, n)
     if lost:
         text += f" ({lost} face{'s' if lost != 1 else ''} not detected now)"
-    if not stats.detect_enabled:  # else it read as a door watched while nothing was
-        text += f" | detection off by the {stats.detect_in_force}"
-    return text
+    return text + detection_off(stats)
+
+
+def detection_off(stats: LoopStats) -> str:
+    """' | detection off by the switch' (or schedule), '' while it runs: the end of the header
+    and of the journal's stats line, else either read as a door watched while nothing was."""
+    return "" if stats.detect_enabled else f" | detection off by the {stats.detect_in_force}"
 
 
 def camera_text(stats: LoopStats, camera: str | None = None) -> str:

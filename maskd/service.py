@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from maskd import clock, schedule
+from maskd.annotate import detection_off
 from maskd.clip import ClipWriter
 from maskd.config import (
     EXTRA_MODELS_WAY_OUT,
@@ -506,9 +507,10 @@ class CameraLoop:
         return True
 
     def _log_stats(self) -> None:
-        """The journal's line every STATS_EVERY_S; it ends with what keeps frames away (a
-        camera's outage in systemd's STATUS words, a file played to its end), so a 0.0 fps
-        line is not read as an empty hall."""
+        """The journal's line every STATS_EVERY_S; it ends with what keeps faces unjudged
+        (detection switched off, as in the header) and frames away (a camera's outage in
+        systemd's STATUS words, a file played to its end), so a 0.0 fps or 'faces 0' line is
+        not read as an empty hall."""
         s = self.stats()
         self._window = _StatsWindow()
         ms = s.ms
@@ -517,10 +519,10 @@ class CameraLoop:
                 " | source ended, idle until stopped" if s.source_ended else "")
         log.info(
             "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
-            "skipped %d | faces %d small %d classified %d cached %d | active %d%s%s",
+            "skipped %d | faces %d small %d classified %d cached %d | active %d%s%s%s",
             self.cfg.camera, s.fps, ms["capture"], ms["detect"], ms["classify"], ms["track"],
             s.frames, s.skipped, s.faces, s.small_faces, s.classified, s.cached, s.active,
-            " | grey pictures (infrared?)" if s.grey else "", away,
+            detection_off(s), " | grey pictures (infrared?)" if s.grey else "", away,
         )
 
     def _shutdown(self, flush_timeout: float) -> int:

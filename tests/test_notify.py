@@ -976,7 +976,8 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
     """Real `maskd run`, real broker: with detection off by the `schedule:` and then by the
     MQTT switch (Home Assistant), systemd's STATUS says so and why, as the status page does.
     It said "15.0 fps | 0 active violations" as when detecting, so `systemctl status` (and the
-    HDMI preview's header, the same line) looked like a door watched while nothing was."""
+    HDMI preview's header, the same line) looked like a door watched while nothing was; the
+    journal's stats line ended 'faces 0 ... | active 0' and said nothing either."""
     import cv2
     from mqtt_broker import Broker, Subscriber, wait_until
 
@@ -1002,8 +1003,9 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
             Subscriber(broker, ["maskd/+/door/detect/attributes"])))
         sock = cleanup.enter_context(contextlib.closing(NotifySocket(str(tmp_path / "notify.sock"))))
         env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}
+        journal = cleanup.enter_context(open(tmp_path / "stderr.log", "w+"))
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                stdout=subprocess.DEVNULL, stderr=journal, env=env,
                                 cwd=Path(__file__).resolve().parents[1])
         cleanup.callback(lambda: proc.poll() is None and proc.kill())
 
@@ -1026,3 +1028,7 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
             "0 active violations | detection off by the switch")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        # the journal's stats line too (the stop's last one): it read 'faces 0 ... active 0'
+        stats = [ln for ln in (tmp_path / "stderr.log").read_text().splitlines()
+                 if "maskd.service: door: " in ln and " fps | ms capture " in ln]
+        assert stats and stats[-1].endswith("| active 0 | detection off by the switch"), stats
