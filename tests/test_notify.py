@@ -158,6 +158,31 @@ def test_problems_are_the_cameras_outage_and_the_faults_not_a_start_or_a_files_e
     assert lost.to_dict()["problems"] == lost.problems()
 
 
+def test_the_status_lines_the_docs_show_are_the_ones_maskd_sends():
+    """docs/service.md's and docs/install-pi.md's `Status: "..."` samples, from the stats they
+    describe: the several cameras' sample showed a lost camera without its time zone and why
+    (`back: camera lost since 2026-12-03T10:15:02; reconnecting`), a line maskd never sends."""
+    import re
+
+    from maskd.mqtt.sink import NOT_CONNECTED
+
+    repo = Path(__file__).resolve().parents[1]
+    shown = {s.replace("\\|", "|") for doc in ("service.md", "install-pi.md")
+             for s in re.findall(r'Status: "([^"]*)"', (repo / "docs" / doc).read_text())}
+    lost = LoopStats(camera_lost_since="2026-12-03T10:15:02+01:00", camera_lost_why="cannot open (...)",
+                     camera_reconnecting=True)
+    broker = f"{NOT_CONNECTED}2026-12-03T10:14:40+01:00, 3 event(s) waiting"
+    sent = [notify.status_text(LoopStats(fps=14.8, active=1)),
+            notify.status_text(LoopStats(fps=14.8, active=0)),
+            notify.status_text(LoopStats(fps=14.8, detect_enabled=False, detect_in_force="schedule")),
+            notify.status_text(lost),
+            notify.status_text(LoopStats(no_frame_since="2026-12-03T10:15:02+01:00", no_frame_s=4.2)),
+            notify.status_text(LoopStats(first_frame_since="2026-12-04T07:02:11+01:00"), "door"),
+            notify.cameras_status_text({"back": lost, "front": LoopStats(fps=14.8, active=1,
+                                                                        faults=(broker,))})]
+    assert [s for s in sent if s not in shown] == [], sorted(shown)
+
+
 def test_abstract_namespace_socket():
     name = f"@maskd-test-{uuid.uuid4().hex}"
     s = NotifySocket(name)
