@@ -142,6 +142,24 @@ def test_the_topic_table_names_every_topic_maskd_publishes(published):
         assert name in documented, topic
 
 
+def test_what_install_pi_says_mosquitto_sub_shows_is_what_it_prints(published):
+    """docs/install-pi.md's first look (`mosquitto_sub -t 'maskd/#' -v`: topic, space, payload
+    as sent) showed the event as `{"schema": "maskd.violation/1", "event_type": "start", ...}`;
+    maskd sends compact JSON, `{"schema":"maskd.violation/1","event_type":"start",...}`."""
+    guide = (REPO / "docs" / "install-pi.md").read_text()
+    section = guide[guide.index("mosquitto_sub -h broker.example"):guide.index("## 5.")]
+    lines = re.findall(r"`(maskd/entrance-north/door/\S+ [^`]+)`", section)
+    assert len(lines) == 3, lines
+    for line in lines:
+        topic, text = line.replace("entrance-north", "entrance-1").split(" ", 1)
+        text = text.split("...")[0]  # what the sample leaves out follows
+        assert any(p.decode().startswith(text) for p in published[topic]), (line, published[topic][:1])
+    end = re.search(r'an `end` event\s+with `("end_reason": ?"masked")`', section).group(1)
+    ends = [p.decode() for p in published[f"{CAM}/violation"] if json.loads(p)["event_type"] == "end"]
+    assert ends and all(end.replace('"masked"', json.dumps(json.loads(e)["end_reason"])) in e
+                        for e in ends), (end, ends[0])
+
+
 def test_home_assistant_automations_read_what_maskd_publishes(published):
     automations = yaml.safe_load(block("ha-automations", "yaml"))
     assert isinstance(automations, list) and automations
