@@ -41,7 +41,7 @@ from maskd.jsonl import JsonlSink
 from maskd.ledger import OpenViolations
 from maskd.pipeline import FrameResult, Pipeline
 from maskd.snapshots import SnapshotStore
-from maskd.sources import open_source, turned
+from maskd.sources import Backoff, open_source, turned
 from maskd.tflite import CORAL_LOST_NEXT, CoralLost
 from maskd.types import (
     EventSink,
@@ -228,7 +228,8 @@ class CameraLoop:
                 frame = turned(frame, self.cfg.source.rotate)
             capture_ms = (time.perf_counter() - t0) * 1e3
             if frame is None:
-                self._source_ended()
+                if self._source_ended():
+                    continue
                 return
             self._follow_schedule(frame.timestamp)
             result = self.pipeline.process(frame, detect=self.control.detect_enabled)
@@ -255,21 +256,23 @@ class CameraLoop:
                      "on" if inside else "off",
                      f" until {schedule.when(nxt, timestamp)}" if nxt else "")
 
-    def _source_ended(self) -> None:
+    def _source_ended(self) -> bool:
+        """The source gave no frame: stop, or idle until stopped; True when a looping file that
+        could not loop plays again (tried as a lost camera is reopened, ``source.reopen_*``)."""
         if self._stop.is_set():
-            return
+            return False
         if self.source.is_live:
             self.stop_reason = "live source closed"
-            return
+            return False
         why = getattr(self.source, "why_ended", None)  # a looping file with nothing left to play
         if why:  # the camera's name first, as every line of its loop (a map has several)
             log.warning("%s: %s; %s", self.cfg.camera, why, "stopping" if self.exit_at_end else
-                        "idle until SIGTERM/SIGINT (restart maskd once it is back)")
+                        "idle, trying it again until it plays")
         if self.exit_at_end:
             self.stop_reason = "end of source"
-            return
+            return False
         if why:  # not an end asked for: said with the faults (status line, page, problem sensor)
-            self._cannot_loop = f"{self.cfg.camera}: {why}; restart maskd once it is back"
+            self._cannot_loop = f"{self.cfg.camera}: {why}; trying it again until it plays"
         self._end_violations()  # nobody is looked at any more: not "active" while it idles
         if not why:
             log.info("%s: end of source (%s); idle until SIGTERM/SIGINT (use --exit-at-end, "
@@ -277,8 +280,15 @@ class CameraLoop:
                      self.cfg.camera, self.source.name)
         self._window.end = self._sink_window.end = time.monotonic()
         self._ended = True
+        retry = Backoff(self.cfg.source.reopen_min_s, self.cfg.source.reopen_max_s, self._stop)
         while not self._stop.wait(IDLE_POLL_S):  # idle by design: the watchdog hears so,
             self._source_waiting()  # and the sinks get stats (fps 0) and their retries
+            if why and retry.due() and self.source.again():  # type: ignore[attr-defined]
+                log.warning("%s: %s plays again", self.cfg.camera, self.source.name)
+                self._cannot_loop, self._ended = None, False
+                self._window, self._sink_window = _StatsWindow(), _StatsWindow()
+                return True
+        return False
 
     def _emit(self, events: list[ViolationEvent]) -> None:
         """To every sink; the ledger notes a start or update before any sink has it and an end

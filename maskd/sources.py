@@ -189,6 +189,16 @@ class Backoff:
     def reset(self) -> None:
         self.next_s = self.min_s
 
+    def due(self) -> bool:
+        """Without waiting: whether the current delay has passed since the last try that was
+        due (or since made); then the delay doubles. For a loop that must go on doing other
+        things between tries (an idle loop tells the watchdog it is alive)."""
+        now = time.monotonic()
+        if now - self.beat < self.next_s:
+            return False
+        self.beat, self.next_s = now, min(self.next_s * 2.0, self.max_s)
+        return True
+
 
 class LiveSource:
     """A camera or stream that is reopened with backoff whenever it fails.
@@ -792,11 +802,35 @@ class VideoFileSource:
                 except SourceError as err:
                     self.why_ended = f"cannot loop: {err}"
                     return None
-            self.stats["reopens"] += 1
-            self._this_pass = 0
-            self._pass_start, self._pass_first = self._offset + 1.0 / self.fps, None
+            self._new_pass()
             restarted = True
         return None
+
+    def _new_pass(self) -> None:
+        """The next frame read starts a pass, timed on after the last one handed out."""
+        self.stats["reopens"] += 1
+        self._this_pass = 0
+        self._pass_start, self._pass_first = self._offset + 1.0 / self.fps, None
+
+    def again(self) -> bool:
+        """After a loop ended (``why_ended``): whether the file, changed on disk since (put
+        back, copied over again), now has a frame, read for the next ``read``. The run loop asks
+        while it idles, as a lost camera is reopened; was: idle until maskd restarted."""
+        now = self._identity()
+        if self.why_ended is None or self._closed or now is None or now == self._file:
+            return False
+        self._file = now
+        self._cap.release()
+        try:
+            self._cap = self._open()
+        except SourceError:
+            return False
+        self._first = self._next_image()
+        if self._first is None:
+            return False
+        self.why_ended = None
+        self._new_pass()
+        return True
 
     def _frame_offset(self) -> float:
         """Seconds after the start the frame just read is timed at: by the file's own clock
@@ -913,6 +947,15 @@ class ImageFolderSource:
             return False
         self._iter = iter(self.paths)
         self._good_this_pass = 0
+        return True
+
+    def again(self) -> bool:
+        """After a loop ended (``why_ended``): whether the folder has images to read again
+        (listed anew; the same list of unreadable ones is not read again, and said again, at
+        every try). See VideoFileSource."""
+        if self.why_ended is None or self._closed or not self._next_pass():
+            return False
+        self.why_ended = None
         return True
 
     def read(self) -> Frame | None:

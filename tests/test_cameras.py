@@ -740,3 +740,42 @@ def test_a_bug_in_one_cameras_loop_restarts_maskd_cleanly(tmp_path, default_mode
             assert new == []  # ended at the stop: no second end
         assert json.loads((state / "open_violations.json").read_text()) == {}
         sub.close()
+
+
+def test_a_looping_file_emptied_and_put_back_plays_again_beside_the_other_camera(
+        tmp_path, default_model):
+    """`front` loops a file that is emptied while maskd runs (a copy over it, a truncate):
+    it said `cannot loop` and idled until maskd restarted, while `back` ran on. It says so,
+    tries the file again as a lost camera is reopened, and plays it once it is back."""
+    front = _blank_clip(tmp_path / "front.avi", frames=20)
+    kept = front.read_bytes()
+    cfg = write(tmp_path / "c.yaml", {
+        "detector": {"kind": "blazeface"}, "classifier": {"model": str(default_model)},
+        "cameras": {"front": {"source": {"uri": str(front), "loop": True, "fps": 10,
+                                         "reopen_min_s": 0.2, "reopen_max_s": 0.5}},
+                    "back": {"source": {"uri": str(_blank_clip(tmp_path / "back.avi")),
+                                        "loop": True, "fps": 10}}}})
+    proc = start(cfg)
+    seen = ""
+
+    def wait_for(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and text not in seen:
+            seen += proc.stderr.readline()
+        assert text in seen, seen
+
+    try:
+        wait_for("face detector:")
+        time.sleep(2)  # both loops play their files
+        front.write_bytes(b"")
+        wait_for("front: cannot loop")
+        assert "restart maskd" not in seen, seen
+        front.write_bytes(kept)
+        wait_for(f"front: {front} plays again")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, seen + err

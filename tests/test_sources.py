@@ -1267,12 +1267,12 @@ def test_a_looping_source_with_nothing_left_idles_saying_so_not_suggesting_loop(
         t = threading.Thread(target=svc.run, daemon=True)
         t.start()
         deadline = time.monotonic() + 10
-        while "idle until" not in caplog.text and time.monotonic() < deadline:
+        while "idle, trying" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
         svc.stop()
         t.join(10)
     assert not t.is_alive()
-    assert f"{tmp_path}: the folder has no images left; idle until SIGTERM/SIGINT" in caplog.text
+    assert f"{tmp_path}: the folder has no images left; idle, trying it again" in caplog.text
     assert "--loop" not in caplog.text
 
 
@@ -1937,7 +1937,7 @@ def test_the_stats_line_of_a_file_played_to_its_end_says_so(tmp_path, caplog):
 
 
 def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end(tmp_path):
-    """A looping file or folder whose file was deleted (or emptied) idles until maskd restarts
+    """A looping file or folder whose file was deleted (or emptied) idles until it plays again
     (the WARNING says so), but the status line said only ``end of the source; idle until
     stopped`` and ``problems`` was empty: the status page and Home Assistant showed that camera
     fine, at 0 fps, for good, while the other cameras of the map ran on."""
@@ -1948,7 +1948,7 @@ def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end
     stats = _idled(loop)
     [problem] = stats.problems()
     assert problem.startswith("door: ") and "the folder has no images left" in problem and (
-        "restart" in problem), problem
+        "trying it again" in problem), problem
     assert stats.faults == (problem,)  # so in systemd's status line after the camera's words
 
 
@@ -2012,3 +2012,17 @@ def test_a_video_file_still_being_recorded_says_it_grew_at_its_end(tmp_path, cap
     assert 0 < frames < 200, frames  # it ended before the writer's 20 s
     assert "the file grew while it was read" in caplog.text, caplog.text
     assert "still being recorded" in caplog.text and "cut short" not in caplog.text
+
+
+def test_a_looping_folder_that_ended_plays_again_once_it_has_images(tmp_path: Path):
+    """`again`, which the idle run loop asks (a real loop: test_cameras.py): nothing while the
+    folder stays empty, the next pass once an image is back."""
+    _door(tmp_path / "a.png", 10)
+    src = ImageFolderSource(tmp_path, loop=True)
+    assert src.read() is not None
+    (tmp_path / "a.png").unlink()
+    assert src.read() is None and src.why_ended
+    assert not src.again()
+    _door(tmp_path / "b.png", 10)
+    assert src.again() and src.why_ended is None
+    assert src.read().source == str(tmp_path / "b.png")
