@@ -203,6 +203,24 @@ def test_hidden_images_and_folders_passed_over_are_said_by_scan_and_classify(tmp
     assert f"maskd classify: {said}" in r.stderr, r.stderr
 
 
+def test_a_hidden_annotate_folder_inside_the_scanned_one_is_not_said_to_be_passed_over(
+        tmp_path, photos, model_args):
+    """`scan photos --annotate photos/.out`, run again: every run after the first said
+    `photos: 1 hidden folder(s) or image(s) not searched, e.g. photos/.out`, the folder the
+    command itself names for its output; other hidden ones are still said."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "a.jpg")
+    for _ in range(2):
+        r = scan(*model_args, "--annotate", str(folder / ".out"), str(folder))
+        assert r.returncode == 0, r.stderr
+        assert "hidden" not in r.stderr, r.stderr
+    (folder / ".thumbs").mkdir()
+    r = scan(*model_args, "--annotate", str(folder / ".out"), str(folder))
+    assert f"{folder}: 1 hidden folder(s) or image(s) not searched, e.g. {folder / '.thumbs'}" \
+        in r.stderr, r.stderr
+
+
 def test_a_heic_photo_under_a_jpg_name_is_said_to_be_one(tmp_path, default_model):
     """A phone's HEIC photo copied under a .jpg name (the name some transfers give it) was 'not
     an image PIL can read (unknown or corrupt format)': taken for a damaged file. Its bytes say
