@@ -42,6 +42,7 @@ YUNET_URL = ("https://github.com/opencv/opencv_zoo/raw/main/models/face_detectio
              + YUNET_NAME)
 # Versions known by content. 2023mar: the Git LFS object id upstream records for
 # face_detection_yunet_2023mar.onnx (232,589 bytes); LFS ids are the sha256 of the content.
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 KNOWN_YUNET = {
     YUNET_SHA256: YUNET_NAME,
     "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4":
@@ -108,6 +109,8 @@ def damaged_yunet(path: Path) -> str | None:
         return None
     # a fetch saves in default_dest(); a file elsewhere (detector.model) is mended only there
     where = "" if path.parent.resolve() == default_dest().resolve() else f" --dest {path.parent}"
+    if got == EMPTY_SHA256:  # a fetch or copy cut short: the checksum of nothing says little
+        return f"is an empty file (0 bytes); run `maskd models fetch{where}` again"
     return (f"is damaged (sha256 {got}, its name says {want}{'...' * (len(want) < 64)}); "
             f"run `maskd models fetch{where}` again")
 

