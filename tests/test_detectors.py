@@ -724,7 +724,8 @@ def test_the_other_blazeface_variant_says_which_variant_it_is(tmp_path: Path):
 
 def test_another_onnx_is_not_a_yunet(tmp_path: Path):
     """CenterFace's .onnx loaded as YuNet: run failed on its first frame (exit 70), scan with a
-    cv2.error traceback."""
+    cv2.error traceback; then 'not a YuNet model' alone, where the kind that reads it is one
+    maskd has."""
     centerface = _centerface_or_skip().path
     for args, code in ((["run", "--source", "demo", "--max-frames", "1"], 78),
                        (["scan", str(tmp_path)], 2)):
@@ -732,8 +733,10 @@ def test_another_onnx_is_not_a_yunet(tmp_path: Path):
                             "--detector-model", str(centerface)], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == code, r.stderr
-        assert r.stderr.splitlines()[-1] == (f"maskd {args[0]}: {centerface}: not a YuNet model "
-                                             "(OpenCV cannot detect faces with it)"), r.stderr
+        assert r.stderr.splitlines()[-1] == (
+            f"maskd {args[0]}: {centerface}: not a YuNet model (OpenCV cannot detect faces with "
+            "it); it is a CenterFace model: set detector.kind centerface (--detector "
+            "centerface)"), r.stderr
 
 
 def test_a_file_not_named_onnx_never_reaches_yunet(tmp_path: Path):

@@ -11,6 +11,7 @@ import numpy as np
 
 from maskd.config import DetectorConfig, empty_model_problem
 from maskd.detectors.base import DetectorError, faces_from_arrays, scaled_input, score_cut
+from maskd.detectors.centerface import CenterFace
 from maskd.env import YUNET, Environment
 from maskd.geometry import letterbox
 from maskd.modelfiles import (
@@ -70,6 +71,17 @@ def yunet_file_problem(model: Path, contents: bool = True) -> str | None:
     return f"{model}: {damage}" if damage else None
 
 
+def _centerface_hint(model: Path) -> str:
+    """'; it is a CenterFace model: ...' where the .onnx YuNet could not use loads as one (its
+    four outputs): the kind that reads it, not 'not a YuNet model' alone. OpenCV loaded it
+    already, so reading it again cannot crash."""
+    try:
+        CenterFace(model)
+    except DetectorError:
+        return ""
+    return "; it is a CenterFace model: set detector.kind centerface (--detector centerface)"
+
+
 class YuNet:
     """YuNet through cv2.FaceDetectorYN at a fixed input size (the frame is letterboxed into it)."""
 
@@ -101,7 +113,7 @@ class YuNet:
                     f"{input_size[1]} (detector.input_width/height times upscale): use a "
                     "smaller input") from None
             raise DetectorError(f"{model}: not a YuNet model (OpenCV cannot detect faces with "
-                                "it)") from None
+                                f"it){_centerface_hint(self.path)}") from None
 
     @classmethod
     def available(cls, cfg: DetectorConfig) -> bool:
