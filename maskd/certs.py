@@ -9,8 +9,8 @@ certificate file, and X.509's validity is a few DER fields in, so they are read 
 
 from __future__ import annotations
 
+import base64
 import re
-import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,9 @@ EXPIRED = {"mqtt.cert_file": "the broker refuses the connection",
            "mqtt.ca_file": "maskd cannot verify the broker, so it does not connect",
            BROKER: "maskd cannot verify the broker, so it does not connect"}
 
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+# OpenSSL's TRUSTED CERTIFICATE (`openssl x509 -trustout`), which it loads as a certificate too,
+# is the certificate's DER followed by its trust settings
+_PEM = re.compile(r"-----BEGIN (TRUSTED |)CERTIFICATE-----(.*?)-----END \1CERTIFICATE-----", re.S)
 
 
 class CertificateFormatError(ValueError):
@@ -85,8 +87,9 @@ def not_after(der: bytes) -> datetime:
 
 
 def pem_not_after(text: str) -> list[datetime]:
-    """notAfter of every certificate in a PEM text, in file order."""
-    return [not_after(ssl.PEM_cert_to_DER_cert(m.group(0))) for m in _PEM.finditer(text)]
+    """notAfter of every certificate in a PEM text, in file order (TRUSTED ones too: they were
+    no certificate, so their end was never warned of and a wrong key was 'no PEM certificate')."""
+    return [not_after(base64.b64decode(m.group(2))) for m in _PEM.finditer(text)]
 
 
 def expiry_line(key: str, path: Path | str, ends: datetime, now: datetime) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -96,3 +97,25 @@ def test_the_config_takes_a_chains_first_end_and_a_ca_bundles_last(tmp_path):
         f"mqtt.cert_file {late}", f"mqtt.ca_file {both}"]
     assert "expired on" in mq.expiring_certificates(later + timedelta(days=30))[0]
     assert MqttConfig(url="mqtts://broker.example").certificate_ends() == {}  # system CAs
+
+
+def test_a_trusted_certificate_is_read_as_a_certificate(tmp_path):
+    """OpenSSL writes `BEGIN TRUSTED CERTIFICATE` (`openssl x509 -trustout`), and loads it as a
+    client certificate or a CA: its end was never warned of, and with the wrong key check-config
+    said `no PEM certificate in it`, sending the operator after the right file."""
+    short, other = _cert(tmp_path, "short", 10), _cert(tmp_path, "other", 400)
+    trusted = tmp_path / "trusted.pem"
+    subprocess.run(["openssl", "x509", "-in", str(short), "-trustout", "-out", str(trusted)],
+                   check=True, capture_output=True)
+    assert trusted.read_text().startswith("-----BEGIN TRUSTED CERTIFICATE-----")
+    assert pem_not_after(trusted.read_text()) == [_openssl_end(short)]
+    for key, said in ((tmp_path / "short.key", f"mqtt.cert_file {trusted}: the certificate "
+                       "expires on"),
+                      (tmp_path / "other.key", f"mqtt.key_file {tmp_path / 'other.key'} is not "
+                       f"the private key of mqtt.cert_file {trusted}")):
+        config = tmp_path / "maskd.yaml"
+        config.write_text(f"mqtt: {{url: 'mqtts://broker.example:8883', ca_file: {other}, "
+                          f"cert_file: {trusted}, key_file: {key}}}\n")
+        r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(config)],
+                           capture_output=True, text=True, timeout=120)
+        assert said in r.stdout + r.stderr, r.stdout + r.stderr
