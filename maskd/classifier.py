@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -67,8 +68,20 @@ def model_path(model: Path | str | None) -> Path:
 def default_model_problem() -> str | None:
     """Why the shipped model (no ``classifier.model``) cannot be opened here, or None: `run`'s
     line, which check-config gives as a warning."""
-    problem = model_file_problem(default_model_path())
+    problem = classifier_file_problem(default_model_path())
     return None if problem is None else f"{problem} (set {env.MODEL_DIR} to the folder holding it)"
+
+
+def classifier_file_problem(model: Path | str, named: str | None = None) -> str | None:
+    """``model_file_problem`` of a classifier model, and of its sidecar, which it is never read
+    without: one this user cannot read is the same warning in check-config (the service's user
+    may read it) and the same stop in `run` (was: check-config's exit 78 and `[Errno 13]
+    Permission denied: '...'`, where the model itself was a warning). A sidecar not there is
+    ``read_sidecar``'s error: the model came without one."""
+    if (problem := model_file_problem(model, named)) is not None:
+        return problem
+    side = sidecar_path(Path(model))
+    return model_file_problem(side, named, "model sidecar") if os.path.lexists(side) else None
 
 
 def still_extra_paths(model: Path | None, extras: Sequence[Path] | None) -> list[Path]:
@@ -247,7 +260,7 @@ class Classifier:
     def open(cls, path: Path | None = None, threads: int = 2, edgetpu: bool = False) -> Classifier:
         """Load ``path`` (default: the shipped model) with ``threads`` CPU threads or on a Coral."""
         p = model_path(path)
-        problem = model_file_problem(p) if path is not None else default_model_problem()
+        problem = classifier_file_problem(p) if path is not None else default_model_problem()
         if problem is not None:  # the commands name its key first
             raise ModelError(problem)
         info = read_sidecar(p)

@@ -1448,24 +1448,26 @@ def extra_model_problem(path: Path | str) -> str | None:
     return None if problem is None else f"{problem} ({EXTRA_MODELS_WAY_OUT})"
 
 
-def model_file_problem(path: Path | str, named: str | None = None) -> str | None:
+def model_file_problem(path: Path | str, named: str | None = None,
+                       what: str = "model file") -> str | None:
     """Why ``path`` cannot be opened as a model file here, or None: the one wording of `run`,
     `scan`, `classify`, `doctor` and `check-config` (a warning there: the file may be on the
     device), led by what set it (``named``: its key, ``classifier.model``, or the option that
-    gave it, ``--model``): 'classifier.model: /x.tflite: model file not found'."""
+    gave it, ``--model``): 'classifier.model: /x.tflite: model file not found'. ``what``: the
+    file it is (a classifier's sidecar: ``maskd.classifier.classifier_file_problem``)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        why = "model file not found"
+        why = f"{what} not found"
     except OSError as err:  # a name too long to look up, a folder above it not searchable
         why = err.strerror or str(err)
     else:
         if stat.S_ISDIR(mode):
-            why = "a folder, not a model file"
+            why = f"a folder, not a {what}"
         elif not stat.S_ISREG(mode):
             why = "not a regular file"
         elif not os.access(path, os.R_OK):
-            why = "model file not readable by this user"
+            why = f"{what} not readable by this user"
         else:
             return None
     return f"{named + ': ' if named else ''}{shown_path(path)}: {why}"

@@ -820,13 +820,14 @@ def build_classifier(cfg: Config, still: bool = False,
         Classifier,
         MeanClassifier,
         ModelError,
+        classifier_file_problem,
         model_path,
         still_extra_paths,
     )
 
     c = cfg.classifier
     named = (options or {}).get("classifier.model", "classifier.model")
-    if c.model is not None and (problem := model_file_problem(c.model, named)) is not None:
+    if c.model is not None and (problem := classifier_file_problem(c.model, named)) is not None:
         raise ModelError(problem)
     if (problem := empty_model_problem(model_path(c.model), named if c.model else None)
             ) is not None:  # the shipped one's too: an install onto a full card

@@ -1123,3 +1123,31 @@ def test_both_refuse_a_classifier_model_that_is_here_but_no_model_run_can_use(tm
     r = subprocess.run(f"{sys.executable} -m maskd check-config {ok} 2>&-", shell=True,
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert (r.returncode, r.stdout) == (0, f"OK: {ok}\n"), r  # was a traceback, exit 1
+
+
+def test_a_sidecar_this_user_cannot_read_is_a_warning_as_the_model_file_is(tmp_path):
+    """check-config run as a user who cannot read the classifier's model file warns and says
+    OK (the service's user may read it); one who could read the model but not its sidecar got
+    exit 78 and `[Errno 13] Permission denied: '...'`. Both are the one warning now, and `run`
+    (which cannot start without it) stops in the same words."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] \
+        if os.geteuid() == 0 else []
+    shipped = REPO / "models" / "maskd_mobilenetv2_int8.tflite"
+    model = tmp_path / "mine.tflite"
+    shutil.copy(shipped, model)
+    shutil.copy(shipped.with_suffix(".json"), model.with_suffix(".json"))
+    model.with_suffix(".json").chmod(0)
+    tmp_path.chmod(0o755)
+    path = tmp_path / "maskd.yaml"
+    path.write_text(f"source: {{kind: demo}}\nclassifier: {{model: '{model}'}}\n")
+    said = f"{model.with_suffix('.json')}: model sidecar not readable by this user"
+    r = subprocess.run([*drop, sys.executable, "-m", "maskd", "check-config", str(path)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == f"{path}: warning: classifier.model: {said}\n", r.stderr
+    r = subprocess.run([*drop, sys.executable, "-m", "maskd", *run_args(path)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == EX_CONFIG and r.stderr.splitlines()[-1] == (
+        f"maskd run: classifier.model: {said}"), r.stderr

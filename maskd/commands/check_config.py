@@ -56,8 +56,12 @@ def file_warnings(cfg: Config) -> list[str]:
     falls back to BlazeFace, `run` says so."""
     out = []
     detector_model_said = False
+    from maskd.classifier import classifier_file_problem
+
     for key, path in cfg.model_files().items():
-        if (problem := model_file_problem(path, key)) is not None:  # `run` says it so, and stops
+        problem = (classifier_file_problem if key == "classifier.model" else model_file_problem)(
+            path, key)
+        if problem is not None:  # `run` says it so, and stops
             detector_model_said |= key == "detector.model"
             # auto takes YuNet's file whenever it is one (run then stops on it if unreadable)
             fallback = " (auto falls back to BlazeFace)" if (
@@ -89,13 +93,13 @@ def model_problems(cfg: Config) -> list[str]:
     `check-config && systemctl restart maskd` started a service that stopped at once. A file
     missing here is the warning of ``file_warnings`` instead; a model for the Coral runs only
     there, so `maskd doctor` checks it."""
-    from maskd.classifier import ModelError, default_model_problem
+    from maskd.classifier import ModelError, classifier_file_problem, default_model_problem
     from maskd.detectors import DetectorError, missing_detector_file
     from maskd.service import build_classifier, build_detector
 
     c, d = cfg.classifier, cfg.detector
     opens: list[Callable[[], object]] = []
-    if not c.edgetpu and (model_file_problem(c.model) if c.model is not None
+    if not c.edgetpu and (classifier_file_problem(c.model) if c.model is not None
                           else default_model_problem()) is None:
         opens.append(lambda: build_classifier(cfg))
     if not d.edgetpu and (d.model is None or d.kind == "auto"  # auto: BlazeFace without it
