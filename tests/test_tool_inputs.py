@@ -7,6 +7,9 @@ Each case stops in validation, before TensorFlow work, unless it says otherwise.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +17,8 @@ import numpy as np
 import pytest
 
 from tools import dataset, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _image(path: Path, value: int = 128) -> Path:
@@ -146,6 +151,22 @@ def test_train_out_inside_a_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         train.main(["--out", str(tmp_path / "afile" / "run")])
     assert _exit_message(exc).startswith(f"{tmp_path / 'afile' / 'run'}: cannot create the output folder")
+
+
+@pytest.mark.slow
+def test_train_stopped_for_missing_data_leaves_no_empty_out_folder(tmp_path: Path) -> None:
+    """`train.py --data MISSING --out runs/x` stopped with 'dataset folder not found' and left
+    runs/x behind, empty, as if a run had been made there. A folder it found stays."""
+    pytest.importorskip("tensorflow")
+    for out in (tmp_path / "runs" / "new", tmp_path):
+        r = subprocess.run([sys.executable, "tools/train.py", "--data", str(tmp_path / "none"),
+                            "--weights", "none", "--size", "32", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == 1 and r.stderr.splitlines()[-1] == (
+            f"dataset folder not found: {tmp_path / 'none'}"), r.stderr
+    assert not (tmp_path / "runs" / "new").exists() and (tmp_path / "runs").is_dir()
+    assert tmp_path.is_dir()
 
 
 @pytest.mark.slow

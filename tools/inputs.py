@@ -10,6 +10,8 @@ one line. One copy here, so the tools cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import math
 import stat
 import tempfile
@@ -54,10 +56,18 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (or gone): it stays as it is
+        path.rmdir()
+
+
 def out_dir(path: Path) -> Path:
     """Create the output folder ``path`` now, right after parsing, and try a file in it, so a
     path inside a file or an unwritable place (a read-only disk) stops the tool before its
-    work, not after it."""
+    work, not after it. One it created that is still empty when the tool ends (it stopped
+    before writing: its data missing) is removed again, not left behind as a run's folder."""
+    if not path.exists():
+        atexit.register(_remove_if_empty, path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
