@@ -1345,7 +1345,8 @@ def test_a_311_broker_that_does_not_answer_an_mqtt5_connect_gets_311(tmp_path, c
         for ev in script("w", 1, 0):
             sink.emit(ev)
         assert sink.flush(30), caplog.text
-        assert relay.refused == 2 and sink.health()["mqtt_version"] == "3.1.1"
+        # two unanswered, 3.1.1 answered, then MQTT 5 asked once more (a stuck broker answers)
+        assert relay.refused == 3 and sink.health()["mqtt_version"] == "3.1.1"
         assert "trying MQTT 3.1.1" in caplog.text
         assert "does not speak MQTT 5; using 3.1.1" in caplog.text
         sink.close()
@@ -1369,19 +1370,43 @@ def test_a_broker_only_guessed_old_from_its_silence_is_asked_in_mqtt5_again(tmp_
         sink = MqttSink.from_config(cfg_for(relay, tmp_path / "state"))  # type: ignore[arg-type]
         sink.emit(script("g", 1, 0)[0])
         assert sink.flush(30), caplog.text
-        assert relay.refused == 2 and sink.health()["mqtt_version"] == "3.1.1"
+        # two unanswered, 3.1.1 answered, then MQTT 5 asked once more (a stuck broker answers)
+        assert relay.refused == 3 and sink.health()["mqtt_version"] == "3.1.1"
         relay.old = False  # it was mosquitto all along
         b.stop()
         b.start()
         for ev in script("g", 1, 0)[1:]:
             sink.emit(ev)
         assert sink.flush(30), caplog.text
-        assert sink.health()["mqtt_version"] == "5" and relay.refused == 2, caplog.text
+        assert sink.health()["mqtt_version"] == "5" and relay.refused == 3, caplog.text
         sink.close()
         assert sub.wait(lambda ms: len(dedup([m.json() for m in ms])) >= 2, 10)
         assert dedup(events(sub)) == expected("g", 1, 0)
         sub.close()
         relay.close()
+
+
+def test_a_stuck_mosquitto_answering_the_311_guess_is_asked_in_mqtt5_before_an_event(tmp_path):
+    """A mosquitto stuck a while (SIGSTOP here; a Pi swapping) answers no MQTT 5 CONNECT, so
+    maskd's third CONNECT spoke 3.1.1, and the mosquitto, going on, answered that one: maskd
+    stayed on 3.1.1 for the whole connection ('does not speak MQTT 5'), where a publish its ACL
+    refuses looks delivered, and the event was dropped from the outbox as sent. A 3.1.1
+    connection made on that guess asks in MQTT 5 once more before anything is sent."""
+    with Broker(tmp_path / "b", acl=f"topic deny {CAM}/violation\ntopic readwrite #") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", keepalive_s=5))
+        try:
+            assert wait_until(lambda: sink.connected, 10)
+            os.kill(b.proc.pid, signal.SIGSTOP)
+            try:
+                assert wait_until(lambda: sink.health()["mqtt_version"] == "3.1.1", 40)
+            finally:
+                os.kill(b.proc.pid, signal.SIGCONT)
+            assert wait_until(lambda: sink.connected, 20)
+            sink.emit(script("s", 1, 0)[0])
+            assert wait_until(lambda: sink.health()["refused"] == 1, 10), sink.health()
+            assert sink.health()["mqtt_version"] == "5" and sink.health()["outbox_depth"] == 1
+        finally:
+            sink.close()
 
 
 def _connection_errors(mq: MqttConfig, state_dir: Path, caplog: pytest.LogCaptureFixture,

@@ -315,6 +315,9 @@ class MqttSink(EventSink):
         self._unanswered_v5 = 0
         self._guessed_311 = False
         self._said_guess = False  # said once until a connection is made (a TLS listener: for ever)
+        # a 3.1.1 connection made on that guess was dropped to ask in MQTT 5 once more, until an
+        # MQTT 5 one is made: a stuck mosquitto answers then, an old broker again does not
+        self._asked_v5_again = False
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -821,6 +824,8 @@ class MqttSink(EventSink):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         client.connack = True
+        if client.protocol == mqtt.MQTTv5 and reason_code.value != UNSUPPORTED_PROTOCOL:
+            self._unanswered_v5, self._asked_v5_again = 0, False  # it speaks MQTT 5, yes or no
         if reason_code.is_failure:
             if reason_code.value == UNSUPPORTED_PROTOCOL and client.protocol == mqtt.MQTTv5:
                 use_mqtt311(client)
@@ -837,6 +842,19 @@ class MqttSink(EventSink):
                         "sends its last will and every message at QoS 1 (acknowledged, so none "
                         "is lost): allow QoS 1 there")
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
+            return
+        if self._guessed_311 and not self._asked_v5_again and not self._closing:
+            # answered now, where MQTT 5 was not: a stuck MQTT 5 broker (mosquitto stopped a
+            # while) answers this too, and kept on 3.1.1 its refusals looked delivered (events
+            # lost); MQTT 5 is asked once more before anything is sent
+            self._asked_v5_again = True
+            self._guessed_311 = False
+            use_mqtt5(client)
+            log.info("MQTT: %s answered MQTT 3.1.1; asking in MQTT 5 once more (a broker that "
+                     "was stuck answers it now)", self._url)
+            if (sock := client.socket()) is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # paho's loop sees the link lost, reconnects
             return
         if self._unanswered_v5 and client.protocol == mqtt.MQTTv311:  # 3.1.1 is what it speaks
             self._warn_mqtt311()
@@ -1017,7 +1035,9 @@ class MqttSink(EventSink):
         rest (reading the last will's properties as 3.1.1). Two such MQTT 5 attempts in a row
         (one may be a broker going down) make the next one speak 3.1.1; one unanswered too
         goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one), and so does the
-        loss of a connection made on that guess (``_on_disconnect``)."""
+        loss of a connection made on that guess (``_on_disconnect``). A 3.1.1 connection made on
+        the guess is dropped at once to ask in MQTT 5 again (``_on_connect``); one more
+        unanswered then is the broker's answer."""
         if client.protocol != mqtt.MQTTv5:
             if self._unanswered_v5:
                 use_mqtt5(client)
@@ -1025,7 +1045,7 @@ class MqttSink(EventSink):
                 self._guessed_311 = False
             return
         self._unanswered_v5 += 1
-        if self._unanswered_v5 >= 2:
+        if self._unanswered_v5 >= (1 if self._asked_v5_again else 2):
             use_mqtt311(client)
             self._guessed_311 = True
             if not self._said_guess:  # the error line, once a minute, says what is wrong
