@@ -34,7 +34,7 @@ import numpy as np
 
 from maskd.clock import local_iso, system_clock
 from maskd.config import SourceConfig, excerpt, shown_uri
-from maskd.files import open_regular
+from maskd.files import dangling_link, open_regular
 from maskd.images import (
     ImageError,
     is_image_name,
@@ -700,8 +700,9 @@ class VideoFileSource:
                               "open this one; rename the file)") from None
         try:
             open_regular(self.path).close()
-        except FileNotFoundError:
-            raise SourceError(f"{self.path}: no such video file") from None
+        except FileNotFoundError:  # a link to a clip on a disk not mounted is there in `ls`
+            raise SourceError(dangling_link(self.path) or f"{self.path}: no such video file"
+                              ) from None
         except OSError as err:
             raise SourceError(f"{self.path}: {err.strerror or err}") from None
 
@@ -1478,7 +1479,8 @@ def _file_or_folder(uri: str) -> str:
     kind = _kind_of(path)
     if kind == "missing":
         hint = "; the demo clip is kind: demo (--source demo)" if uri == "demo" else ""
-        raise MissingSource(f"{shown_uri(uri)}: no such file, folder or device{hint}")
+        raise MissingSource(dangling_link(path) or
+                            f"{shown_uri(uri)}: no such file, folder or device{hint}")
     if kind == "file" and is_image_name(path):
         raise SourceError(f"{uri}: a single image is not a source; give its folder")
     return "folder" if kind == "folder" else "file"

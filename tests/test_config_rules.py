@@ -632,6 +632,7 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
     service's working directory)."""
     (tmp_path / "photo.jpg").write_bytes(b"")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "linked.mp4").symlink_to(tmp_path / "nas" / "0800.mp4")  # a disk not mounted
     long = "x" * 300
     cases = [  # (cameras: map or source, what both say, refused by check-config)
         (f"source: {{uri: '{tmp_path}/photo.jpg'}}",
@@ -646,6 +647,9 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
          f"  b: {{source: {{uri: '{tmp_path}/gone'}}}}",
          f"cameras.b.source: {tmp_path}/gone: no such file, folder or device", False),
         ("source: {uri: '\u00b2'}", "source: \u00b2: no such file, folder or device", False),
+        (f"source: {{uri: '{tmp_path}/linked.mp4'}}",  # was 'no such file', of a name ls shows
+         f"source: {tmp_path}/linked.mp4 is a link to {tmp_path}/nas/0800.mp4, which is not "
+         "there", False),
         (f"source: {{kind: images, uri: '{tmp_path}/empty'}}",  # images may come on the device
          f"source: {tmp_path}/empty: no images (", False),
         (f"source: {{kind: images, uri: '{tmp_path}/gone'}}",  # was 'not a folder'

@@ -265,6 +265,20 @@ def test_the_output_order_is_the_documented_one(tmp_path, default_model):
             str(tmp_path / n) for n in names], command
 
 
+def test_a_link_to_a_video_that_is_gone_says_where_it_led(tmp_path, default_model):
+    """A camera's clip linked from an archive whose disk is not mounted was 'no such video
+    file', of a name `ls` shows, where a photo's link says where it led (and classify said so
+    of the same link): a video's says it too."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "0800.mp4").symlink_to(tmp_path / "nas" / "0800.mp4")
+    r = scan("--json", "--model", str(default_model), "--detector", "blazeface",
+             str(tmp_path / "clips" / "0800.mp4"))
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["error"] == (f"{tmp_path / 'clips' / '0800.mp4'} is a link to "
+                                             f"{tmp_path / 'nas' / '0800.mp4'}, which is not "
+                                             "there")
+
+
 def test_annotate_into_a_file_names_it(tmp_path, photos, model_args):
     """--annotate naming a file said 'cannot write F/x.jpg: File exists'."""
     (tmp_path / "afile").write_text("")
