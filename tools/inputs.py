@@ -236,6 +236,26 @@ def load_keras(path: Path) -> Any:
         raise SystemExit(f"{path}: not a readable .keras model ({reason(err)})") from None
 
 
+def save_keras(model: Any, path: Path) -> None:
+    """``model.save(path)`` whole or not at all: Keras writes the zip in place, so a full disk
+    or a Ctrl-C left a cut model.keras (and a traceback). Saved under a hidden ``.keras`` name
+    in the same folder, then renamed over ``path``; on a failure the temporary is removed and
+    the tool stops with one line naming ``path``, any earlier file left as it was."""
+    import secrets
+
+    tmp = path.with_name(f".maskd-{secrets.token_hex(6)}.keras")  # Keras wants the suffix
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"{path}: cannot write the model ({err.strerror or reason(err)}); "
+                         "nothing was written there") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_keras_classifier(path: Path, labels: list[str]) -> tuple[Any, int]:
     """(model, input size) of a .keras classifier maskd can use: one square RGB input of a fixed
     size and one output of a score per label, or SystemExit naming the file. A non-square or

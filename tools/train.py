@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import os
 import platform
 import sys
@@ -52,6 +53,7 @@ from tools.inputs import (
     probability,
     reason,
     save_figure,
+    save_keras,
     write_json,
 )
 
@@ -559,6 +561,22 @@ def checked_model(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = run_folder(args.out)
+    try:
+        return run(args, out, argv)
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        # a checkpoint Keras writes each epoch (h5py) on a full disk: a 40-line traceback
+        raise SystemExit(f"{out}: training stopped, cannot write its files there "
+                         f"({reason(err)})") from None
+
+
+# What a full or failing disk raises under a checkpoint write (h5py keeps the errno).
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
+def run(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int:
+    """The run in ``out`` (created by ``run_folder``): split, train, keep, score, record."""
     t_start = time.time()
     model, base = checked_model(args)
 
@@ -666,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                 layer.trainable = False  # keep ImageNet statistics; small data would wreck them
         fine_tune_start = args.epochs + 1
         model.load_weights(str(out / "best.weights.h5"))
-        model.save(out / "head_only.keras")  # the frozen-base candidate, kept for comparison
+        save_keras(model, out / "head_only.keras")  # the frozen-base candidate, kept for comparison
         print(f"[3b/5] fine-tuning base from {args.fine_tune_from}: {args.fine_tune_epochs} epochs",
               flush=True)
         model.compile(optimizer=keras.optimizers.Adam(args.fine_tune_lr), **compile_args)
@@ -681,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     best_epoch = min(log.rows, key=lambda r: r["val_loss"])["epoch"]
     model.load_weights(str(out / "best.weights.h5"))
     base.trainable = False
-    model.save(out / "model.keras")
+    save_keras(model, out / "model.keras")
     plot_curves(log.rows, out / "curves.png", fine_tune_start)
 
     print(f"[4/5] scoring the kept model on {', '.join(plain)}", flush=True)
