@@ -501,3 +501,25 @@ def test_a_full_disk_stops_training_with_one_line_and_no_cut_model(
             assert message.startswith(f"{out}: training stopped, cannot write its files there (")
         assert not (out / "model.keras").exists()
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("inside", ["with_mask/run1", "run1", "."])
+def test_a_run_folder_inside_the_dataset_is_refused_before_it_is_made(
+        tmp_path: Path, inside: str, capsys) -> None:
+    """--out data/with_mask/run1 trained, and the next run on data/ took that run's curves.png
+    for a masked face (and changed the data fingerprint); --out data/run1 was made, then refused
+    as an unknown class folder, and stayed there to stop every later run. Now --out inside
+    --data (also through a link) is an option error and nothing is created."""
+    data = tmp_path / "data"
+    for cls in ("with_mask", "without_mask"):
+        (data / cls).mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--data", str(tmp_path / "link"), "--out", str(data / inside)])
+    assert exc.value.code == 2
+    assert f"--out {data / inside} is inside --data {tmp_path / 'link'}" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    train.parse_args(["--data", str(data), "--out", str(tmp_path / "data_run")])  # a neighbour
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # for main to name, not a traceback here
+    train.parse_args(["--data", str(tmp_path / "loop"), "--out", str(tmp_path / "run")])

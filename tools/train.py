@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--val {args.val} + --test {args.test} leave nothing to train on; their sum must be < 1")
     if args.val == 0:
         p.error("--val must be > 0: the validation part picks the kept epoch")
+    if Path(os.path.realpath(args.out)).is_relative_to(os.path.realpath(args.data)):  # a loop: no error
+        # in a class folder the next run trains on its curves.png; beside them it is a class
+        # folder of an unknown name, and the folder made for it breaks every later run
+        p.error(f"--out {args.out} is inside --data {args.data}: the run's files would be read "
+                "as training data; choose a run folder outside the dataset")
     return args
 
 
