@@ -413,6 +413,29 @@ def test_evaluate_with_nothing_readable_keeps_the_earlier_report(tmp_path: Path,
     assert "cannot create the output folder" in _exit_message(exc)
 
 
+
+def test_evaluate_writes_predictions_of_an_image_whose_name_is_not_utf8(
+        tmp_path: Path, default_model: Path) -> None:
+    """A file named in Latin-1 (an old zip, a Windows copy: b'caf\\xe9.png') is scored like any
+    other, but predictions.csv then failed to encode its name: a UnicodeEncodeError traceback
+    after the scoring, and no predictions.csv nor confusion.png. Now the name is written as the
+    file system has it, so the row still leads to the file."""
+    from tools import evaluate
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for cls in ("with_mask", "without_mask"):
+        (data / cls).mkdir(parents=True)
+        cv2.imwrite(str(data / cls / "a.png"), rng.integers(0, 256, (40, 40, 3), np.uint8))
+    odd = os.fsdecode(bytes(data / "with_mask") + b"/caf\xe9.png")
+    Path(odd).write_bytes(cv2.imencode(".png", rng.integers(0, 256, (40, 40, 3), np.uint8))[1])
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(default_model), "--data", str(data), "--out",
+                          str(out)]) == 0
+    rows = (out / "predictions.csv").read_bytes().splitlines()
+    assert len(rows) == 4 and any(row.startswith(os.fsencode(odd) + b",") for row in rows)
+    assert (out / "confusion.png").is_file()
+
 def _strict_json(path: Path) -> dict:
     """JSON as a strict reader takes it: NaN / Infinity are not JSON."""
     def refuse(constant: str) -> None:

@@ -162,8 +162,10 @@ def write_bytes(path: Path, data: bytes, what: str = "it") -> None:
 
 
 def write_out(path: Path, text: str) -> None:
-    """A text output written after the work (a JSON report), as ``write_bytes`` writes it."""
-    write_bytes(path, text.encode("utf-8"))
+    """A text output written after the work (a JSON report), as ``write_bytes`` writes it. A
+    file name that is not UTF-8 (Python holds its bytes as surrogates) is written back as those
+    bytes: strict UTF-8 was a UnicodeEncodeError after the work, the report never written."""
+    write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def json_safe(value: Any) -> Any:
