@@ -276,3 +276,27 @@ def test_crops_are_cut_in_frame_pixels_as_rgb_and_counted_once_per_face(
         ("annotated", 2.0), ("annotated", 2.0), ("annotated", 2.0)]
     assert crops.skipped["mask_weared_incorrect"] == 1 and crops.skipped["small@1x"] == 1
     assert scene_crops.camera_frame(_image(400, 400), quality=None)[0].shape == (480, 480, 3)
+
+
+@pytest.mark.shared
+def test_a_photo_whose_name_is_not_utf8_is_cut_like_the_others(tmp_path: Path,
+                                                               yunet_model: Path) -> None:
+    """A scene photo named in Latin-1 (caf\\xe9.png, an old zip): OpenCV's imread given that
+    name killed the process with SIGSEGV (scene_crops, and so train.py --scenes and evaluate.py
+    --voc, ended without a word), and its train/select part was a UnicodeEncodeError. Run in a
+    child process, so that a crash is this test's failure. Now it gives its crops."""
+    import os
+    import subprocess
+    import sys
+
+    boxes = [("with_mask", 40, 40, 100, 110), ("without_mask", 150, 50, 200, 110)]
+    root = _scene_set(tmp_path / "scenes", {"good": boxes, "cafe": boxes})
+    for sub, suffix in (("images", ".png"), ("annotations", ".xml")):
+        os.rename(root / sub / f"cafe{suffix}",
+                  os.fsdecode(bytes(root / sub) + b"/caf\xe9" + suffix.encode()))
+    run = subprocess.run([sys.executable, scene_crops.__file__, "--scenes", str(root), "--part",
+                          "all", "--size", "32", "--zooms", "1"], capture_output=True, text=True,
+                         cwd=Path(scene_crops.__file__).parents[1], timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(scene_crops.__file__).parents[1])})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 photos (all), 4 crops" in run.stdout and "skipped" not in run.stderr

@@ -56,6 +56,30 @@ def test_train_refuses_bad_numbers_while_parsing(bad: list[str], says: str, caps
     assert says in capsys.readouterr().err
 
 
+def test_a_file_name_that_is_not_utf8_is_split_and_read_back(tmp_path: Path) -> None:
+    """A training image named in Latin-1 (caf\\xe9.png) stopped make_split with a
+    UnicodeEncodeError traceback in the data fingerprint, before training began. Now it is split
+    like the others, saved in split.json and read back from it; a UTF-8 name's fingerprint is
+    what it was (the shipped models' records name theirs)."""
+    import hashlib
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for cls in ("with_mask", "without_mask"):
+        (data / cls).mkdir(parents=True)
+        for i in range(5):
+            cv2.imwrite(str(data / cls / f"{i}.png"), rng.integers(0, 256, (24, 24, 3), np.uint8))
+    os.rename(data / "with_mask" / "0.png", os.fsdecode(bytes(data / "with_mask") + b"/caf\xe9.png"))
+    split = dataset.make_split(data, 0.2, 0.2)
+    dataset.save_split(split, tmp_path / "split.json")
+    again = dataset.load_split(tmp_path / "split.json")
+    paths = [p for part in ("train", "val", "test") for p in dataset.subset_files(again, part)[0]]
+    assert len(paths) == 10 and bytes(data / "with_mask") + b"/caf\xe9.png" in map(bytes, paths)
+    assert dataset.load_resized(paths, 8).shape == (10, 8, 8, 3)
+    item = dataset.Item("with_mask/x.png", 0, "ab")
+    assert dataset.fingerprint([item]) == hashlib.sha256(
+        b"with_mask/x.png\t0\tab\n").hexdigest()
+
 def test_make_split_refuses_unusable_data(tmp_path: Path) -> None:
     allbad = tmp_path / "allbad"
     (allbad / "with_mask").mkdir(parents=True)

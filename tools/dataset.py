@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,7 @@ def fingerprint(items: list[Item]) -> str:
     """sha256 over (path, label, content hash) of the deduplicated set: names the data exactly."""
     h = hashlib.sha256()
     for it in sorted(items, key=lambda it: it.rel):
-        h.update(f"{it.rel}\t{it.label}\t{it.sha256}\n".encode())
+        h.update(os.fsencode(f"{it.rel}\t{it.label}\t{it.sha256}\n"))  # a name's bytes, UTF-8 or not
     return h.hexdigest()
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -118,8 +119,17 @@ def stored_pixels(path: Path, grey: bool = False) -> np.ndarray | None:
     """A scene photo as BGR in the pixels its boxes are in (``load_scene``): as stored, an EXIF
     orientation tag not applied, whole however big; None when OpenCV cannot read it. Every tool
     that cuts or shows a scene's boxes reads the photo here. ``grey``: as a camera in infrared
-    at night delivers it (three equal channels), to measure the night on the same faces."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    at night delivers it (three equal channels), to measure the night on the same faces.
+
+    Read by Python, decoded from memory: ``cv2.imread`` given a file name that is not UTF-8 (a
+    Latin-1 name, held as surrogates) crashed the process (SIGSEGV), a training run gone
+    without a word."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except (OSError, ValueError):
+        return None
+    bgr = (cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size
+           else None)
     if grey and bgr is not None:
         bgr = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     return bgr
@@ -243,7 +253,8 @@ def add_scene_options(p: Any, part: str = "all",
 
 def photo_part(stem: str) -> str:
     """'select' for about SELECT_PERCENT % of photos, 'train' for the rest (by name hash)."""
-    h = int(hashlib.sha256(stem.encode("utf-8")).hexdigest()[:8], 16) % 100
+    # the name's bytes: the same as UTF-8 for a UTF-8 name, and a Latin-1 one is no error
+    h = int(hashlib.sha256(os.fsencode(stem)).hexdigest()[:8], 16) % 100
     return "select" if h < SELECT_PERCENT else "train"
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,8 @@ class SceneCrops:
         """sha256 over every crop's photo, cut, zoom, label and pixels: names the data exactly."""
         h = hashlib.sha256()
         for i in range(len(self.labels)):
-            h.update(f"{self.stems[i]}\t{self.kinds[i]}\t{self.zooms[i]:g}\t"
-                     f"{self.labels[i]}\n".encode())
+            h.update(os.fsencode(f"{self.stems[i]}\t{self.kinds[i]}\t{self.zooms[i]:g}\t"
+                                 f"{self.labels[i]}\n"))  # a name's bytes, UTF-8 or not
             h.update(self.images[i].tobytes())
         return h.hexdigest()
 
@@ -108,7 +109,7 @@ class SceneCrops:
 def scene_val_photo(stem: str, percent: int = VAL_PERCENT) -> bool:
     """True for about ``percent`` % of photos (by name hash, salted so it is independent of
     ``photo_part``): a photo's faces are all on one side, so near-copies never straddle it."""
-    h = int(hashlib.sha256(f"scene-val/{stem}".encode()).hexdigest()[:8], 16) % 100
+    h = int(hashlib.sha256(os.fsencode(f"scene-val/{stem}")).hexdigest()[:8], 16) % 100
     return h < percent
 
 
