@@ -1469,7 +1469,11 @@ def model_file_problem(path: Path | str, named: str | None = None,
         elif not os.access(path, os.R_OK):
             why = f"{what} not readable by this user"
         else:
-            return None
+            try:  # the TFLite runtime's binding raised a TypeError traceback, OpenCV's crashes
+                str(path).encode("utf-8")
+                return None
+            except UnicodeEncodeError:
+                why = "its name is not UTF-8, which the model runtimes cannot open: rename the file"
     return f"{named + ': ' if named else ''}{shown_path(path)}: {why}"
 
 
