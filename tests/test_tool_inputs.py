@@ -103,6 +103,16 @@ def test_make_split_refuses_unusable_data(tmp_path: Path) -> None:
     assert split["limit_per_class"] == 3 and len(split["val"]) == 2
 
 
+def test_make_split_of_a_link_loop_names_it(tmp_path: Path) -> None:
+    """--data naming a link that points at itself (a loop): Path.resolve raised 'RuntimeError:
+    Symlink loop' in make_split, a traceback after the model was built and the run folder made.
+    Now it is the one line of any dataset folder that cannot be read."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(SystemExit) as exc:
+        dataset.make_split(tmp_path / "loop")
+    assert _exit_message(exc) == f"dataset folder not found: {tmp_path / 'loop'}"
+
+
 def test_linked_folders_are_read_and_what_is_left_out_is_named(tmp_path: Path) -> None:
     """A folder of images linked into a class folder (from another disk) was left out without a
     word, and so were a broken link and a named pipe: a training set smaller than the folder

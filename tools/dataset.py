@@ -134,7 +134,7 @@ def make_split(
     root: Path, val: float = 0.1, test: float = 0.1, seed: int = 42, limit: int | None = None
 ) -> dict:
     """Scan, drop unreadable files and duplicates, split; returns the JSON-ready record."""
-    root = Path(root).resolve()
+    root = Path(os.path.realpath(root))  # resolve() raised RuntimeError on a link loop
     unreadable: list[dict] = []
     items = scan(root, unreadable)
     readable = []
