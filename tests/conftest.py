@@ -33,6 +33,20 @@ def shared_path(rel: str) -> Path:
     return p
 
 
+def noise_dataset(root: Path, per_class: int, size: int) -> Path:
+    """``root``/{with_mask,without_mask} of ``per_class`` noise PNGs of ``size`` px: data the
+    tools read and train on in seconds, where what is learnt does not matter."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for cls in ("with_mask", "without_mask"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / cls / f"{i}.png"), rng.integers(0, 256, (size, size, 3), np.uint8))
+    return root
+
+
 @pytest.fixture
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -35,6 +35,23 @@ def start(config: Path, *extra: str) -> subprocess.Popen:
                             text=True)
 
 
+def read_until(proc: subprocess.Popen, text: str, seen: str = "", timeout: float = 60) -> str:
+    """``seen`` and the stderr lines read until ``text`` is among them (asserted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in seen:
+        seen += proc.stderr.readline()
+    assert text in seen, seen
+    return seen
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, then the rest of stderr once it exited 0 (asserted)."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
 def write(path: Path, cfg: dict) -> Path:
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
@@ -205,12 +222,10 @@ def test_a_dead_camera_never_stalls_the_other(tmp_path, default_model):
                                             m.json()["event_type"] == "end" for m in ms), 120)
             assert ended, "front's clip never got its violation through"
             assert proc.poll() is None  # back is live: the process runs on
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
+            err = stop(proc)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        assert proc.returncode == 0, err
         assert "back" in err and "reopening" in err or "cannot open" in err
         assert sub.on(f"{BASE}/back/violation") == []
         assert sub.wait(lambda ms: last(sub, f"{BASE}/status") == b"offline", 10)
@@ -475,18 +490,12 @@ def test_a_camera_whose_file_ended_is_not_stopped_twice_by_sigterm(tmp_path, def
                                         "reopen_max_s": 0.5}}}})
     proc = start(cfg, "--exit-at-end")
     try:
-        deadline = time.monotonic() + 60
-        seen = ""
-        while time.monotonic() < deadline and "front: stopping: end of source" not in seen:
-            seen += proc.stderr.readline()
-        assert "front: stopping: end of source" in seen, seen
+        seen = read_until(proc, "front: stopping: end of source")
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        err = stop(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, seen + err
     assert "while stopping" not in seen + err, seen + err
     assert "back: stopping: SIGTERM" in err, err
 
@@ -758,24 +767,15 @@ def test_a_looping_file_emptied_and_put_back_plays_again_beside_the_other_camera
     proc = start(cfg)
     seen = ""
 
-    def wait_for(text: str) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and text not in seen:
-            seen += proc.stderr.readline()
-        assert text in seen, seen
-
     try:
-        wait_for("face detector:")
+        seen = read_until(proc, "face detector:", seen)
         time.sleep(2)  # both loops play their files
         front.write_bytes(b"")
-        wait_for("front: cannot loop")
+        seen = read_until(proc, "front: cannot loop", seen)
         assert "restart maskd" not in seen, seen
         front.write_bytes(kept)
-        wait_for(f"front: {front} plays again")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        seen = read_until(proc, f"front: {front} plays again", seen)
+        stop(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, seen + err

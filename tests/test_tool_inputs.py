@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import noise_dataset
 
 from tools import dataset, train
 
@@ -63,12 +64,7 @@ def test_a_file_name_that_is_not_utf8_is_split_and_read_back(tmp_path: Path) -> 
     what it was (the shipped models' records name theirs)."""
     import hashlib
 
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for cls in ("with_mask", "without_mask"):
-        (data / cls).mkdir(parents=True)
-        for i in range(5):
-            cv2.imwrite(str(data / cls / f"{i}.png"), rng.integers(0, 256, (24, 24, 3), np.uint8))
+    data = noise_dataset(tmp_path / "data", 5, 24)
     os.rename(data / "with_mask" / "0.png", os.fsdecode(bytes(data / "with_mask") + b"/caf\xe9.png"))
     split = dataset.make_split(data, 0.2, 0.2)
     dataset.save_split(split, tmp_path / "split.json")

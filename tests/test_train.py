@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import noise_dataset
 
 from tools import dataset, train
 from tools.scene_crops import SceneCrops
@@ -481,12 +482,7 @@ def test_a_full_disk_stops_training_with_one_line_and_no_cut_model(
     pytest.importorskip("tensorflow")
     from mqtt_broker import small_disk
 
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for cls in ("with_mask", "without_mask"):
-        (data / cls).mkdir(parents=True)
-        for i in range(6):
-            cv2.imwrite(str(data / cls / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    data = noise_dataset(tmp_path / "data", 6, 32)
     with small_disk(tmp_path / "disk", size) as disk:
         out = disk / "run"
         with pytest.raises(SystemExit) as exc:
