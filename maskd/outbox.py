@@ -521,9 +521,27 @@ class Outbox:
         return saved, None if expected is None else max(0, expected - acked - saved)
 
     def _unborn(self) -> bool:
-        """No outbox yet, or only the empty file a failed first open leaves: nothing to send."""
-        files = (self.path, Path(f"{self.path}-wal"))
-        return all(not f.exists() or f.stat().st_size == 0 for f in files)
+        """No outbox yet, or only what a failed first open leaves: nothing to send. That is an
+        empty file, or SQLite's first page alone (a card failing after it: every table needs a
+        page of its own, so it holds none; was: taken for an outbox, exit 78), and no WAL."""
+        try:
+            if Path(f"{self.path}-wal").stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            pass
+        except OSError:  # cannot tell: taken as an outbox with events to send
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(18)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            return True
+        except OSError:  # cannot tell: taken as an outbox with events to send
+            return False
+        sqlite = len(head) == 18 and head.startswith(b"SQLite format 3\0")
+        page = int.from_bytes(head[16:18], "big") if sqlite else 0
+        return size == 0 or size <= (65536 if page == 1 else page)
 
     def _reopen(self) -> None:
         """With room again, open the outbox as a start with room would have: create it where a

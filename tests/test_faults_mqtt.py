@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -354,6 +355,46 @@ def test_a_first_start_on_a_full_disk_runs_and_delivers(tmp_path, default_model)
             capture_output=True, text=True, timeout=180, cwd=REPO)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "cannot create the outbox: database or disk is full" in r.stderr
+        assert sub.wait(lambda ms: len(ms) >= 2, 10)
+        assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
+        sub.close()
+
+
+def strace_injecting() -> str:
+    """strace's path, where it can trace here (a container may forbid ptrace); else a skip."""
+    tool = shutil.which("strace")
+    if tool is None:
+        pytest.skip("strace is not installed (apt-get install strace): it injects the I/O errors")
+    if subprocess.run([tool, "-qq", "-o", "/dev/null", "true"], capture_output=True).returncode:
+        pytest.skip("strace cannot trace here (ptrace not permitted)")
+    return tool
+
+
+def test_a_first_start_whose_outbox_creation_fails_part_way_runs_and_delivers(
+        tmp_path, default_model):
+    """A first start on a card whose writes fail after SQLite wrote the outbox's first page (an
+    I/O error injected into every later write by strace): the half-made file holds nothing to
+    send, so maskd runs and delivers from memory as it does when the disk is full (was: exit 78,
+    which systemd never restarts: the door went unwatched until someone looked)."""
+    strace = strace_injecting()
+    topic = "maskd/door1/entrance/violation"
+    state = tmp_path / "state"
+    state.mkdir()
+    db = state / "outbox.sqlite3"
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [topic])
+        r = subprocess.run(
+            [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64",
+             "-P", str(db), "-P", f"{db}-wal",
+             "-e", "inject=pwrite64:error=EIO:when=2+",
+             sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+             "--device-id", "door1", "--camera", "entrance", "--mqtt", b.url, "--state-dir",
+             str(state), "--model", str(default_model), "--detector", "blazeface",
+             "--flush-timeout", "30"],
+            capture_output=True, text=True, timeout=180, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert db.stat().st_size > 0, "the fault did not come after the first page"
+        assert "cannot create the outbox: disk I/O error" in r.stderr
         assert sub.wait(lambda ms: len(ms) >= 2, 10)
         assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
         sub.close()
