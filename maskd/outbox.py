@@ -697,12 +697,15 @@ class Outbox:
         self._reserve_held = held
 
     def _draining(self, fn: Callable[[], T]) -> T:
-        """Run a write that frees outbox space; when the disk is full use the reserve, retry once."""
+        """Run a write that frees outbox space; when the disk is full use the reserve, retry once.
+        An I/O error is taken for a full disk only where there is no room (a failing card with
+        room: the error is said as it is, and the reserve kept)."""
         try:
             return fn()
         except sqlite3.Error as err:
             _rollback(self._db)
-            if not (_full_or_io(err) and self._release_reserve()):
+            full = sqlite_code(err) == _FULL_OR_IO[0] or (_full_or_io(err) and not self._room())
+            if not (full and self._release_reserve()):
                 raise
         log.warning("outbox %s: disk full; released the %d KiB reserve so acknowledged events "
                     "can be deleted; new events are kept in memory until there is room again",

@@ -1104,3 +1104,56 @@ def test_doctor_says_the_reserve_a_running_maskd_holds(tmp_path):
         ob.close()
     assert verdict == "OK" and "1 event(s) pending" in detail and detail.endswith(
         " free, reserve held"), detail
+
+
+def test_an_io_error_deleting_on_a_disk_with_room_is_not_called_a_full_disk(tmp_path):
+    """A delete that meets an I/O error (strace, attached once the rows are stored, fails the
+    next WAL write with EIO) on a disk with room: it is said and retried as what it is (was:
+    `disk full; released the reserve`, and the fault read `disk full` with gigabytes free,
+    sending the operator to delete files instead of looking at the card)."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    script = textwrap.dedent("""
+        import logging, sys, time
+        from pathlib import Path
+        from maskd.outbox import Outbox
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        ob = Outbox(Path(sys.argv[1]))
+        ids = [ob.put("t", {"n": i}) for i in range(5)]
+        print("ready", flush=True)
+        sys.stdin.readline()
+        ob.remove(ids[0])
+        print("fault:", ob.fault, flush=True)
+        for i in ids[1:]:
+            ob.remove(i)
+        deadline = time.monotonic() + 10
+        while ob.fault and time.monotonic() < deadline:
+            ob.maintain()
+            time.sleep(0.05)
+        print("after:", ob.fault, ob.depth(), flush=True)
+        ob.close()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline() == "ready\n"
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen(
+        [strace, "-f", "-o", str(log), "-e", "trace=pwrite64", "-P",
+         str(tmp_path / f"{OUTBOX_FILE}-wal"), "-e", "inject=pwrite64:error=EIO:when=1",
+         "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
+            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
+        out, err = p.communicate("go\n", timeout=60)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert "INJECTED" in log.read_text(), "the fault did not meet the delete"
+    assert p.returncode == 0, err
+    assert "disk full" not in out + err, out + err
+    assert "cannot delete acknowledged events: disk I/O error" in err, err
+    assert "after: None 0" in out, out
