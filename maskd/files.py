@@ -22,6 +22,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -116,7 +117,8 @@ def append_line(fd: int, data: bytes) -> None:
     log shipper) saw the part that fit, then the cut back as a truncated file, and read it all
     again. Where the file system cannot reserve, a write that fails part-way is cut back, so
     the file never holds half a line. A pipe or a terminal (``/dev/stdout``) cannot be cut back;
-    there a line is written as far as it goes."""
+    there a line is written as far as it goes. A regular file's EAGAIN (a network or FUSE file
+    system's) passes: tried again a few times, not taken for a full pipe."""
     try:
         start: int | None = os.lseek(fd, 0, os.SEEK_END)
     except OSError:  # ESPIPE: not a regular file
@@ -124,9 +126,16 @@ def append_line(fd: int, data: bytes) -> None:
     if start is not None:
         reserve(fd, start, len(data))
     view = memoryview(data)
+    again = AGAIN_TRIES if start is not None else 0
     try:
         while view:
-            view = view[os.write(fd, view):]
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                if again <= 0:
+                    raise
+                again -= 1
+                time.sleep(AGAIN_WAIT_S)
     except OSError:
         if start is not None:
             try:
@@ -135,6 +144,9 @@ def append_line(fd: int, data: bytes) -> None:
                 pass
         raise
 
+
+AGAIN_TRIES = 5  # a regular file's passing EAGAIN: writes tried again (a pipe's is its reader's)
+AGAIN_WAIT_S = 0.01
 
 _FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: blocks taken, the file's size left as it is
 

@@ -282,7 +282,7 @@ class JsonlSink(EventSink):
                 if self._error is None:
                     self._throttle.reset()  # a new fault: said at once
                 if self._throttle.due():  # and why, looked at again once a minute
-                    why = (PIPE_FULL if isinstance(err, BlockingIOError)
+                    why = (PIPE_FULL if self._full and self._pipe
                            else failed_write(err, Path(self.target).parent))
                     self._error = (why, time.time() if self._error is None else self._error[1])
                     log.error("jsonl %s: cannot write: %s; %d event line(s) wait in memory (at "

@@ -1424,3 +1424,26 @@ def test_a_duration_is_never_negative():
     s.at(100.0, (BOX, 0.8))
     (end,) = s.violations.close_all(99.0)
     assert end.duration_s == 0.0 and end.end_time >= end.start_time
+
+
+def test_a_passing_eagain_on_the_jsonl_file_is_tried_again_not_called_a_full_pipe(tmp_path):
+    """`maskd run --jsonl FILE` whose first line meets EAGAIN (injected by strace; a network or
+    FUSE file system may say it) on a regular file: the write is tried again, no error, every
+    line in order (was: an ERROR 'the pipe is full: its reader has stopped reading' for a file,
+    the lines held back until the next event)."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    path = tmp_path / "events.jsonl"
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write", "-P",
+         str(path), "-e", "inject=write:error=EAGAIN:when=1", sys.executable, "-m", "maskd",
+         "run", "--source", "demo", "--exit-at-end", "--detector", "blazeface", "--jsonl",
+         str(path)], capture_output=True, text=True, timeout=180,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    assert "jsonl" not in "".join(ln for ln in r.stderr.splitlines(keepends=True)
+                                  if " ERROR " in ln or " WARNING " in ln), r.stderr[-3000:]
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["event_type"] for x in lines] == ["start", "end"], lines
