@@ -1188,7 +1188,7 @@ class Outbox:
             if self._db is None:
                 return
         items = list(self._memory.values())
-        if self._store(items, "store events held in memory"):
+        if items and self._store(items, "store events held in memory"):
             self._memory.clear()
             log.warning("outbox %s: stored %d event(s) that were held in memory", self.path,
                         len(items))

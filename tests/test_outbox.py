@@ -1106,15 +1106,43 @@ def test_doctor_says_the_reserve_a_running_maskd_holds(tmp_path):
         " free, reserve held"), detail
 
 
+def faulted_once_ready(tmp_path: Path, script: str, inject: str) -> tuple[str, str]:
+    """Run ``script`` (argv[1]: ``tmp_path``) until it prints `ready`, attach strace to it
+    failing the outbox WAL's writes as ``inject`` says, let it go on; its stdout and stderr.
+    So only what the script does after `ready` meets the fault (strace's counts of a whole
+    run depend on SQLite's writes at the start)."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(tmp_path)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline() == "ready\n"
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen(
+        [strace, "-f", "-o", str(log), "-e", "trace=pwrite64", "-P",
+         str(tmp_path / f"{OUTBOX_FILE}-wal"), "-e", f"inject=pwrite64:{inject}",
+         "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
+            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
+        out, err = p.communicate("go\n", timeout=60)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert "INJECTED" in log.read_text(), "the fault met no write"
+    assert p.returncode == 0, err
+    return out, err
+
+
 def test_an_io_error_deleting_on_a_disk_with_room_is_not_called_a_full_disk(tmp_path):
     """A delete that meets an I/O error (strace, attached once the rows are stored, fails the
     next WAL write with EIO) on a disk with room: it is said and retried as what it is (was:
     `disk full; released the reserve`, and the fault read `disk full` with gigabytes free,
     sending the operator to delete files instead of looking at the card)."""
-    from test_faults_mqtt import strace_injecting
-
-    strace = strace_injecting()
-    script = textwrap.dedent("""
+    out, err = faulted_once_ready(tmp_path, """
         import logging, sys, time
         from pathlib import Path
         from maskd.outbox import Outbox
@@ -1133,27 +1161,28 @@ def test_an_io_error_deleting_on_a_disk_with_room_is_not_called_a_full_disk(tmp_
             time.sleep(0.05)
         print("after:", ob.fault, ob.depth(), flush=True)
         ob.close()
-    """)
-    p = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert p.stdout is not None and p.stdin is not None
-    assert p.stdout.readline() == "ready\n"
-    log = tmp_path / "strace.log"
-    tracer = subprocess.Popen(
-        [strace, "-f", "-o", str(log), "-e", "trace=pwrite64", "-P",
-         str(tmp_path / f"{OUTBOX_FILE}-wal"), "-e", "inject=pwrite64:error=EIO:when=1",
-         "-p", str(p.pid)], stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
-            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
-        out, err = p.communicate("go\n", timeout=60)
-    finally:
-        tracer.terminate()
-        tracer.wait(10)
-    assert "INJECTED" in log.read_text(), "the fault did not meet the delete"
-    assert p.returncode == 0, err
+    """, "error=EIO:when=1")
     assert "disk full" not in out + err, out + err
     assert "cannot delete acknowledged events: disk I/O error" in err, err
     assert "after: None 0" in out, out
+
+
+def test_a_stop_that_cannot_record_an_end_does_not_say_it_stored_events(tmp_path):
+    """A violation's end delivered from memory while every write fails (strace), then the stop:
+    the stop says the record could not be stored, and nothing else (was also: `stored 0
+    event(s) that were held in memory`, a WARNING of a store that stored nothing)."""
+    out, err = faulted_once_ready(tmp_path, """
+        import logging, sys
+        from pathlib import Path
+        from maskd.outbox import Outbox
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        ob = Outbox(Path(sys.argv[1]))
+        ob.put("v", {"event_id": "a", "seq": 0}, track=("a", True))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        end = ob.put("v", {"event_id": "a", "seq": 1}, track=("a", False))
+        ob.remove(end)  # the broker acknowledged it: delivered from memory
+        ob.close()
+    """, "error=EIO:when=1+")
+    assert "which message 1 violation(s) sent last could not be stored" in err, err
+    assert "stored 0 event(s)" not in err, err
