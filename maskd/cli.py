@@ -43,8 +43,8 @@ example:
   75  --exit-at-end: events still in the MQTT outbox after --flush-timeout, or event
       lines a sink could not deliver (--jsonl - to a full disk); or the network is not
       up yet (a preview.http host name unresolved for 90 s), or the Coral does not
-      answer (none within 90 s at the start, or it stopped answering while running):
-      systemd retries
+      answer (none within 90 s at the start, or it stopped answering while running),
+      or the state_dir's card fails the MQTT outbox's reads at the start: systemd retries
   78  bad config or start-up error (model, detector, source, preview), one line on
       stderr; also an option's value that its config key refuses (--threads 0, --mqtt
       http://x: 'command line: ...')

@@ -107,6 +107,12 @@ class OutboxError(OSError):
     """The outbox cannot be opened (state dir not writable, already in use): a setup problem."""
 
 
+class OutboxUnreadable(OutboxError):
+    """The card fails the outbox's reads or writes at the start (an I/O error): the hardware's
+    state, not the setup, so `run` exits 75 for systemd to start it again; what it holds
+    stays for that start."""
+
+
 @dataclass(frozen=True)
 class Row:
     id: int
@@ -355,7 +361,8 @@ class Outbox:
             if isinstance(err, OSError) and not isinstance(err, OutboxError):
                 raise OutboxError(f"outbox {self.path}: {err.strerror or err}") from None
             if isinstance(err, sqlite3.Error):
-                raise OutboxError(f"outbox {self.path}: cannot read it: {err}") from None
+                error = OutboxUnreadable if _full_or_io(err) else OutboxError
+                raise error(f"outbox {self.path}: cannot read it: {err}") from None
             raise
         self._ident = _file_ident(self.path)  # to notice the file being removed under us
         self._next_check = 0.0
@@ -389,8 +396,9 @@ class Outbox:
             # The price: `maskd doctor` cannot read the outbox until there is room again.
             try:
                 db = self._connect(durable, exclusive=True)
-            except sqlite3.Error:  # any error here is a setup problem, not a crash
-                raise OutboxError(f"outbox {self.path}: {err}") from None
+            except sqlite3.Error as again:  # a setup problem or the card's, not a crash
+                error = OutboxUnreadable if _full_or_io(again) else OutboxError
+                raise error(f"outbox {self.path}: {err}") from None
             self._exclusive = True
             log.warning("outbox %s: %s at start; opened it without SQLite's shared-memory file "
                         "(other programs cannot read it until there is room again); new "

@@ -15,10 +15,12 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from datetime import datetime
 
 import pytest
@@ -398,6 +400,34 @@ def test_a_first_start_whose_outbox_creation_fails_part_way_runs_and_delivers(
         assert sub.wait(lambda ms: len(ms) >= 2, 10)
         assert [m.json()["event_type"] for m in sub.messages] == ["start", "end"]
         sub.close()
+
+
+def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry(
+        tmp_path, default_model):
+    """Events left pending by a run with the broker away, then a start whose card fails every
+    read of the outbox (EIO injected by strace): exit 75, naming the file and the error, so
+    systemd starts maskd again, and the events stay for that start (was: exit 78, a setup
+    error systemd never restarts: the door unwatched until someone looked)."""
+    strace = strace_injecting()
+    state = tmp_path / "state"
+    db = state / "outbox.sqlite3"
+    run = [sys.executable, "-m", "maskd", "run", "--source", "demo", "--exit-at-end",
+           "--mqtt", f"mqtt://127.0.0.1:{free_port()}", "--state-dir", str(state), "--model",
+           str(default_model), "--detector", "blazeface", "--flush-timeout", "1"]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert first.returncode == 75, first.stderr[-3000:]
+    with closing(sqlite3.connect(db)) as con:
+        pending = con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert pending >= 2
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P", str(db), "-P",
+         f"{db}-wal", "-e", "inject=pread64:error=EIO:when=1+", *run],
+        capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode == 75, r.stderr[-3000:]
+    assert f"outbox {db}" in r.stderr and "disk I/O error" in r.stderr, r.stderr[-3000:]
+    with closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == pending
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_a_stop_on_a_full_disk_does_not_promise_the_next_start_what_is_only_in_memory(

@@ -7,7 +7,8 @@ deliver everything within --flush-timeout (the MQTT outbox keeps it for the next
 reported as one line on stderr so systemd does not restart-loop on it; 75 too when the
 network is not up yet for preview.http (a host name that does not resolve within 90 s), or
 no Coral answers within 90 s though libedgetpu is installed, or the Coral stopped answering
-while running (``maskd.tflite.CoralLost``: open violations end, the outbox keeps the rest), so
+while running (``maskd.tflite.CoralLost``: open violations end, the outbox keeps the rest), or
+the card fails the MQTT outbox's reads at the start (``maskd.outbox.OutboxUnreadable``), so
 systemd's Restart=on-failure tries again; 70 if the loop crashed.
 """
 
@@ -204,14 +205,16 @@ def say(err: BaseException) -> None:
 
 
 def start_failed(err: BaseException) -> int:
-    """Say why the start failed; 75 for a network or a Coral not there yet (systemd retries),
-    else 78."""
+    """Say why the start failed; 75 for a network or a Coral not there yet, or a card failing
+    the outbox's reads (systemd retries), else 78."""
+    from maskd.outbox import OutboxUnreadable
     from maskd.preview import ListenNotReady
     from maskd.service import EX_TEMPFAIL
     from maskd.tflite import CoralAbsent
 
     say(err)
-    return EX_TEMPFAIL if isinstance(err, ListenNotReady | CoralAbsent) else EX_CONFIG
+    temporary = ListenNotReady | CoralAbsent | OutboxUnreadable
+    return EX_TEMPFAIL if isinstance(err, temporary) else EX_CONFIG
 
 
 def say_waiting(status: str) -> None:
