@@ -622,6 +622,16 @@ def _top_level_boxes(f: BinaryIO, size: int, most: int = 64) -> list[bytes]:
     return types
 
 
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file now, which a file written again changes; None when it is
+    gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class VideoFileSource:
     """A video file read with OpenCV: every frame in order, once or looping.
 
@@ -671,12 +681,7 @@ class VideoFileSource:
         self.why_ended: str | None = None  # set when a loop ends: nothing left to play
 
     def _identity(self) -> tuple[int, int, int] | None:
-        """(inode, size, mtime) of the file now; None when it is gone."""
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return file_identity(self.path)
 
     def _open(self):
         import cv2
@@ -910,6 +915,7 @@ class ImageFolderSource:
         self.paths = self._list()
         if not self.paths:
             raise MissingSource(no_images(folder))
+        self._files = self._identities()
         self._iter: Iterator[Path] = iter(self.paths)
         self._t0 = time.time()
         self._seq = 0
@@ -930,10 +936,16 @@ class ImageFolderSource:
                 log.warning("%s: its images there are not read", one_field(str(item)))
         return paths
 
+    def _identities(self) -> list[tuple[int, int, int] | None]:
+        """``file_identity`` of each listed image: one written again under its name (a copy
+        cut short, then whole) is not the image a pass could not read."""
+        return [file_identity(p) for p in self.paths]
+
     def _next_pass(self) -> bool:
         """List the folder again for a new pass; False (and ``why_ended``) when nothing is left
         to read: no images, or the same images as a pass that could read none of them."""
         before, self.paths = self.paths, self._list()
+        files_before, self._files = self._files, self._identities()
         if self.paths != before and self.paths:
             old, new = set(before), set(self.paths)
             log.info("%s: %d images now (%d new, %d gone)", self.name, len(new), len(new - old),
@@ -943,7 +955,7 @@ class ImageFolderSource:
             what = "folder is gone" if not self.folder.is_dir() else "folder has no images left"
             self.why_ended = f"{self.folder}: the {what}"
             return False
-        if self._good_this_pass == 0 and self.paths == before:
+        if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before):
             self.why_ended = f"{self.folder}: none of its images can be read"
             return False
         self._iter = iter(self.paths)
@@ -952,8 +964,8 @@ class ImageFolderSource:
 
     def again(self) -> bool:
         """After a loop ended (``why_ended``): whether the folder has images to read again
-        (listed anew; the same list of unreadable ones is not read again, and said again, at
-        every try). See VideoFileSource."""
+        (listed anew; unreadable ones not written again since are not read again, and said
+        again, at every try). See VideoFileSource."""
         if self.why_ended is None or self._closed or not self._next_pass():
             return False
         self.why_ended = None

@@ -2026,3 +2026,20 @@ def test_a_looping_folder_that_ended_plays_again_once_it_has_images(tmp_path: Pa
     _door(tmp_path / "b.png", 10)
     assert src.again() and src.why_ended is None
     assert src.read().source == str(tmp_path / "b.png")
+
+
+def test_a_looping_folder_whose_unreadable_image_is_fixed_in_place_plays_again(tmp_path: Path):
+    """The folder's only image broken (a copy cut short, a disk full) ends the loop with 'none
+    of its images can be read; trying it again until it plays'; the same name written whole
+    again was never tried (the same list of names), and the camera idled until a restart.
+    The list's files unchanged are still not read again at every try."""
+    img = _door(tmp_path / "a.png", 10)
+    good = img.read_bytes()
+    src = ImageFolderSource(tmp_path, loop=True)
+    assert src.read() is not None
+    img.write_bytes(b"")
+    assert src.read() is None and "none of its images can be read" in src.why_ended
+    assert not src.again()
+    img.write_bytes(good)
+    assert src.again() and src.why_ended is None
+    assert src.read().source == str(img)
