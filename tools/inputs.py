@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import math
 import stat
 import tempfile
@@ -56,18 +55,27 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
-def _remove_if_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not empty (or gone): it stays as it is
-        path.rmdir()
+def _remove_if_empty(made: list[Path]) -> None:
+    """The folders ``out_dir`` made, innermost first, while each is empty."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): it stays as it is, and the ones above it
+            return
 
 
 def out_dir(path: Path) -> Path:
     """Create the output folder ``path`` now, right after parsing, and try a file in it, so a
     path inside a file or an unwritable place (a read-only disk) stops the tool before its
     work, not after it. One it created that is still empty when the tool ends (it stopped
-    before writing: its data missing) is removed again, not left behind as a run's folder."""
-    if not path.exists():
-        atexit.register(_remove_if_empty, path)
+    before writing: its data missing) is removed again, not left behind as a run's folder, and
+    so are the folders above it that it created for it (was: runs/ of runs/new left, empty)."""
+    made, above = [], path
+    while not above.exists() and above != above.parent:
+        made.append(above)
+        above = above.parent
+    if made:
+        atexit.register(_remove_if_empty, made)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
