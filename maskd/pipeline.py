@@ -412,6 +412,15 @@ class Pipeline:
         self._forget(waited[1])
         return self.violations.end_all_gone()
 
+    def source_gone(self) -> list[ViolationEvent]:
+        """The source has nothing to play for now (a looping file emptied or deleted, tried
+        again as a lost camera is): the open violations end `gone` at their last sighting, and
+        whoever is in view once it plays again is tracked afresh (was: ended `shutdown`, which
+        says maskd stopped, while it went on)."""
+        self.tracker.forget()
+        self._cache.clear()
+        return self.violations.end_all_gone()
+
     def no_frame_for(self) -> tuple[Frame, float] | None:
         """The last frame and the seconds since it, once that is a gap (``_is_gap``); None
         before the first frame and while frames come as usual."""

@@ -273,7 +273,12 @@ class CameraLoop:
             return False
         if why:  # not an end asked for: said with the faults (status line, page, problem sensor)
             self._cannot_loop = f"{self.cfg.camera}: {why}; trying it again until it plays"
-        self._end_violations()  # nobody is looked at any more: not "active" while it idles
+        # nobody is looked at any more: not "active" while it idles; a loop tried again goes
+        # on, as after a lost camera (`gone`), an end asked for is a stop (`shutdown`)
+        if why:
+            self._emit_ends(self.pipeline.source_gone())
+        else:
+            self._end_violations()
         if not why:
             log.info("%s: end of source (%s); idle until SIGTERM/SIGINT (use --exit-at-end, "
                      "or source.loop to play it again: --loop without a cameras: map)",

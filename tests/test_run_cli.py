@@ -1926,3 +1926,49 @@ def test_a_schedule_window_that_ends_while_the_camera_is_away_and_the_switch_is_
             time.sleep(0.05)
         assert False in heard, heard
         assert loop.control.in_force == "switch" and not loop.control.scheduled
+
+
+def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path, default_model):
+    """A looping clip emptied while a violation is open idles and is tried again until it
+    plays: its violation ended `shutdown`, which says maskd stopped, while it went on and
+    raised the next violations of the file put back; it ends `gone` (whoever was in view
+    left, as when a camera is lost)."""
+    demo = DemoSource()
+    clip = tmp_path / "bare.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), demo.fps, SIZE)
+    for i in range(demo.frames_per_pass // 2):  # the bare-faced half only
+        writer.write(demo.render(i))
+    writer.release()
+    kept = clip.read_bytes()
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+
+    def wait_for(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and text not in seen and proc.poll() is None:
+            seen += proc.stderr.readline()
+        assert text in seen, seen
+
+    try:
+        _until_a_start(proc, events)
+        clip.write_bytes(b"")
+        wait_for("cannot loop")
+        clip.write_bytes(kept)
+        wait_for("plays again")
+        played_on = len(events.read_text().splitlines())
+        while len(events.read_text().splitlines()) == played_on and proc.poll() is None:
+            time.sleep(0.05)  # the file put back raises its violations again
+        before_stop = [json.loads(x) for x in events.read_text().splitlines()]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, seen + err
+    ends = [e["end_reason"] for e in before_stop if e["event_type"] == "end"]
+    assert ends and set(ends) == {"gone"}, ends
