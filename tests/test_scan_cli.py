@@ -221,6 +221,21 @@ def test_a_hidden_annotate_folder_inside_the_scanned_one_is_not_said_to_be_passe
         in r.stderr, r.stderr
 
 
+def test_hidden_folders_are_still_said_when_the_annotate_folder_holds_the_scanned_one(
+        tmp_path, photos, model_args):
+    """`scan photos --annotate photos` (or `--annotate .` beside it): every hidden folder of
+    photos is inside OUTDIR, and all of them were left out of the line as if each were the
+    output folder; only a hidden folder that is OUTDIR, or holds it, is."""
+    folder = tmp_path / "photos"
+    (folder / ".thumbs").mkdir(parents=True)
+    shutil.copy(photos[0], folder / "a.jpg")
+    for out in (folder, tmp_path):
+        r = scan(*model_args, "--annotate", str(out), str(folder))
+        assert r.returncode == 0, r.stderr
+        assert f"{folder}: 1 hidden folder(s) or image(s) not searched, e.g. " \
+            f"{folder / '.thumbs'}" in r.stderr, r.stderr
+
+
 def test_a_heic_photo_under_a_jpg_name_is_said_to_be_one(tmp_path, default_model):
     """A phone's HEIC photo copied under a .jpg name (the name some transfers give it) was 'not
     an image PIL can read (unknown or corrupt format)': taken for a damaged file. Its bytes say

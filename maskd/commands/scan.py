@@ -80,9 +80,10 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             entries = [e for e in every if isinstance(e, FolderError) or is_image_name(e)]
             if not entries:
                 print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
-            # a hidden OUTDIR in the folder is this command's output, not a folder passed over
+            # a hidden OUTDIR in the folder (or one holding it) is this command's output, not a
+            # folder passed over; the hidden ones inside an OUTDIR that holds the folder are
             hidden = [h for h in hidden if inside is None
-                      or not os.path.join(os.path.realpath(h), "").startswith(inside)]
+                      or not inside.startswith(os.path.join(os.path.realpath(h), ""))]
             if note := hidden_note(root, hidden):
                 print(f"maskd scan: {one_field(note)}", file=sys.stderr)
             here = os.path.join(os.path.realpath(root), "")
