@@ -622,14 +622,15 @@ def _top_level_boxes(f: BinaryIO, size: int, most: int = 64) -> list[bytes]:
     return types
 
 
-def file_identity(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime) of a file now, which a file written again changes; None when it is
-    gone."""
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(inode, size, mtime, ctime) of a file now, which a file written again changes, and a
+    chmod that makes it readable (ctime alone: one put back unreadable, then fixed, was never
+    tried again); None when it is gone."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class VideoFileSource:
@@ -654,7 +655,7 @@ class VideoFileSource:
         self.stats = _new_stats()
         self._said_cut_short = False
         self._cap = self._open()
-        self._file = self._identity()  # (inode, size, mtime) as opened: a change is looked for
+        self._file = self._identity()  # file_identity as opened: a change is looked for
         self._closed = False
         self._seq = 0
         self._pos: float | None = None  # the file's own time of the frame just read, seconds
@@ -680,7 +681,7 @@ class VideoFileSource:
         self._this_pass = 0
         self.why_ended: str | None = None  # set when a loop ends: nothing left to play
 
-    def _identity(self) -> tuple[int, int, int] | None:
+    def _identity(self) -> tuple[int, int, int, int] | None:
         return file_identity(self.path)
 
     def _open(self):
@@ -936,7 +937,7 @@ class ImageFolderSource:
                 log.warning("%s: its images there are not read", one_field(str(item)))
         return paths
 
-    def _identities(self) -> list[tuple[int, int, int] | None]:
+    def _identities(self) -> list[tuple[int, int, int, int] | None]:
         """``file_identity`` of each listed image: one written again under its name (a copy
         cut short, then whole) is not the image a pass could not read."""
         return [file_identity(p) for p in self.paths]

@@ -36,10 +36,12 @@ def start(config: Path, *extra: str) -> subprocess.Popen:
 
 
 def read_until(proc: subprocess.Popen, text: str, seen: str = "", timeout: float = 60) -> str:
-    """``seen`` and the stderr lines read until ``text`` is among them (asserted)."""
+    """``seen`` and the stderr lines read until ``text`` is among them (asserted), or it ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and text not in seen:
-        seen += proc.stderr.readline()
+        if not (line := proc.stderr.readline()):  # it ended
+            break
+        seen += line
     assert text in seen, seen
     return seen
 
@@ -774,6 +776,44 @@ def test_a_looping_file_emptied_and_put_back_plays_again_beside_the_other_camera
         seen = read_until(proc, "front: cannot loop", seen)
         assert "restart maskd" not in seen, seen
         front.write_bytes(kept)
+        seen = read_until(proc, f"front: {front} plays again", seen)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_looping_file_put_back_unreadable_plays_again_once_its_mode_is_fixed(
+        tmp_path, default_model):
+    """The clip copied back over the looping one with a mode maskd's user cannot read (`sudo
+    cp`, a private umask): `cannot loop: ...: Permission denied; trying it again until it
+    plays`; the `chmod 644` that fixes it changes neither its inode, size nor mtime, so it was
+    never tried again and the camera idled until a restart."""
+    import shutil
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] \
+        if os.geteuid() == 0 else []
+    front = _blank_clip(tmp_path / "front.avi", frames=20)
+    kept = front.read_bytes()
+    cfg = write(tmp_path / "c.yaml", {
+        "detector": {"kind": "blazeface"}, "classifier": {"model": str(default_model)},
+        "cameras": {"front": {"source": {"uri": str(front), "loop": True, "fps": 10,
+                                         "reopen_min_s": 0.2, "reopen_max_s": 0.5}}}})
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen([*drop, sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = ""
+    try:
+        seen = read_until(proc, "face detector:", seen)
+        time.sleep(1)  # it loops the file
+        front.unlink()
+        front.write_bytes(kept)
+        front.chmod(0)
+        seen = read_until(proc, "Permission denied; idle, trying it again until it plays", seen)
+        front.chmod(0o644)
         seen = read_until(proc, f"front: {front} plays again", seen)
         stop(proc)
     finally:
