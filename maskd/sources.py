@@ -888,7 +888,10 @@ class VideoFileSource:
 def not_a_folder(folder: Path | str, missing: bool = False) -> str:
     """The one wording of an images source whose folder is not one, or is not there (`run` and
     check-config; was 'not a folder' for both). A camera's address given as the folder is
-    shown with its password hidden, as every address is."""
+    shown with its password hidden, as every address is. A link to a folder on a disk not
+    mounted says so, as a video file's does (was: 'no such folder', of a name ls shows)."""
+    if missing and (link := dangling_link(Path(folder))):
+        return link
     return f"{shown_uri(str(folder))}: {'no such folder' if missing else 'not a folder'}"
 
 

@@ -633,6 +633,7 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"")
     (tmp_path / "empty").mkdir()
     (tmp_path / "linked.mp4").symlink_to(tmp_path / "nas" / "0800.mp4")  # a disk not mounted
+    (tmp_path / "album").symlink_to(tmp_path / "nas" / "album")
     long = "x" * 300
     cases = [  # (cameras: map or source, what both say, refused by check-config)
         (f"source: {{uri: '{tmp_path}/photo.jpg'}}",
@@ -654,6 +655,9 @@ def test_both_name_a_source_file_run_cannot_read(tmp_path):
          f"source: {tmp_path}/empty: no images (", False),
         (f"source: {{kind: images, uri: '{tmp_path}/gone'}}",  # was 'not a folder'
          f"source: {tmp_path}/gone: no such folder", False),
+        (f"source: {{kind: images, uri: '{tmp_path}/album'}}",  # was 'no such folder'
+         f"source: {tmp_path}/album is a link to {tmp_path}/nas/album, which is not there",
+         False),
     ]
     paths = [tmp_path / f"bad{i}.yaml" for i in range(len(cases))]
     for path, (yaml, _, _) in zip(paths, cases, strict=True):
