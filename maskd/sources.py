@@ -633,6 +633,12 @@ def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def _same_content(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
+    """Two ``file_identity`` of one content: the change time left out, which a chmod or a new
+    hard link moves too (a looping file was reopened and said changed on disk for those)."""
+    return a is None and b is None or a is not None and b is not None and a[:3] == b[:3]
+
+
 class VideoFileSource:
     """A video file read with OpenCV: every frame in order, once or looping.
 
@@ -865,7 +871,8 @@ class VideoFileSource:
         STREAM_TIMEOUT_MS), and the video played at that camera's pace."""
         import cv2
 
-        if self._identity() != self._file or not self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+        if not _same_content(self._identity(), self._file) or \
+                not self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
             return False
         self._first = self._next_image()
         return self._first is not None
@@ -874,7 +881,7 @@ class VideoFileSource:
         """One WARNING when the file changed on disk since the last pass: FFmpeg's own lines
         about a truncated file (e.g. "overread") would otherwise come with no word from us."""
         now = self._identity()
-        if now != self._file and now is not None and now[1] > 0:  # gone or empty: it ends
+        if not _same_content(now, self._file) and now is not None and now[1] > 0:  # gone or empty: it ends
             was = f"{self._file[1]} bytes" if self._file else "gone"
             log.warning("%s: changed on disk while looping (was %s, now %d bytes); playing it as "
                         "it is now", self.name, was, now[1])

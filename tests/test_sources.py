@@ -1253,6 +1253,24 @@ def test_a_looping_video_truncated_in_place_says_so_once_and_ends_when_empty(tmp
     src.close()
 
 
+def test_a_chmod_of_a_looping_video_is_no_change_of_its_content(tmp_path: Path, caplog):
+    """The change time is compared only to try an ended loop again (a clip put back
+    unreadable, then chmod-ed): a chmod or a new hard link of a clip playing as usual (a backup
+    tool's, an admin's) was 'changed on disk while looping' and a reopen."""
+    path = tmp_path / "clip.avi"
+    _write_clip(path, list(np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), np.uint8)))
+    src = VideoFileSource(path, loop=True)
+    with caplog.at_level(logging.INFO, logger="maskd.sources"):
+        assert len(_drain(src, limit=6)) == 6
+        reopens = src.stats["reopens"]
+        path.chmod(0o600)
+        os.link(path, tmp_path / "backup.avi")
+        assert len(_drain(src, limit=8)) == 8
+    assert "changed on disk" not in caplog.text
+    assert src.stats["reopens"] == reopens + 2  # its passes, counted as ever
+    src.close()
+
+
 def test_a_looping_source_with_nothing_left_idles_saying_so_not_suggesting_loop(tmp_path: Path,
                                                                                  caplog):
     """The run loop names what happened, not '(use --exit-at-end or --loop)' to someone who
