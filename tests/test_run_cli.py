@@ -51,6 +51,16 @@ def maskd(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
+def bare_clip(path: Path, fourcc: str = "mp4v") -> Path:
+    """The demo's bare-faced half (a violation that never ends by itself when looped)."""
+    demo = DemoSource()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), demo.fps, SIZE)
+    for i in range(demo.frames_per_pass // 2):
+        writer.write(demo.render(i))
+    writer.release()
+    return path
+
+
 def letterbox(img: np.ndarray) -> tuple[np.ndarray, float, int, int]:
     h, w = img.shape[:2]
     s = min(SIZE[0] / w, SIZE[1] / h)
@@ -245,12 +255,7 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig
     """A looping clip of a bare face never ends by itself; SIGTERM must end its violation.
     So must SIGHUP (an SSH session that closes): it killed maskd with violations left open,
     which a JSON-lines consumer never sees ended."""
-    demo = DemoSource()
-    clip = tmp_path / "bare.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
-    for i in range(demo.frames_per_pass // 2):  # the bare-faced half only
-        writer.write(demo.render(i))
-    writer.release()
+    clip = bare_clip(tmp_path / "bare.mp4")
     events = tmp_path / "events.jsonl"
     # maskd as a terminal starts it, SIGHUP not ignored, however pytest was started (under
     # nohup maskd rightly keeps it ignored, and the hang-up below would wait for ever)
@@ -1253,12 +1258,7 @@ def kill_9_at_a_start(proc: subprocess.Popen, events: Path) -> set[str]:
 def bare_and_blank_clips(tmp_path: Path) -> tuple[Path, Path]:
     """Two videos in ``tmp_path``: half a pass of the demo's bare-faced person (a violation
     starts), and 3 blank frames (nothing happens, the run ends)."""
-    demo = DemoSource()
-    clip = tmp_path / "bare.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), demo.fps, SIZE)
-    for i in range(demo.frames_per_pass // 2):
-        writer.write(demo.render(i))
-    writer.release()
+    clip = bare_clip(tmp_path / "bare.mp4")
     blank = tmp_path / "blank.avi"
     writer = cv2.VideoWriter(str(blank), MJPG, FPS, SIZE)
     for _ in range(3):
@@ -1933,12 +1933,7 @@ def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path
     plays: its violation ended `shutdown`, which says maskd stopped, while it went on and
     raised the next violations of the file put back; it ends `gone` (whoever was in view
     left, as when a camera is lost)."""
-    demo = DemoSource()
-    clip = tmp_path / "bare.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), demo.fps, SIZE)
-    for i in range(demo.frames_per_pass // 2):  # the bare-faced half only
-        writer.write(demo.render(i))
-    writer.release()
+    clip = bare_clip(tmp_path / "bare.avi", "MJPG")
     kept = clip.read_bytes()
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
