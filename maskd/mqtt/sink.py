@@ -81,6 +81,9 @@ LOST_SHOWN_S = 3600.0
 # the fault line of a broker away: the loop's last report before a reconnect may hold it
 NOT_CONNECTED = "MQTT: broker not connected since "
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers to MQTT 5
+# a CONNACK this long after the CONNECT comes from a broker that was stuck (an old one that left
+# MQTT 5 unanswered answers 3.1.1 at once: RabbitMQ 3, amqtt in milliseconds)
+LATE_CONNACK_S = 2.0
 UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
 SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
 KEEPALIVE_TIMEOUT = 141  # paho's reason for a connection that heard nothing for keepalive_s
@@ -185,6 +188,7 @@ class _Client(mqtt.Client):
 
     last_error: OSError | None = None
     connack = False  # set by the sink's on_connect
+    connect_sent = 0.0  # monotonic time of the last CONNECT
     socket_error = ""  # paho's last "failed to receive on socket" reason (it only logs it)
     malformed = ""  # why paho could not read a packet from the broker (it only logs it)
 
@@ -196,6 +200,7 @@ class _Client(mqtt.Client):
             self.last_error = err
             raise
         self.last_error = None
+        self.connect_sent = time.monotonic()
         return rc
 
     def apply_receive_maximum(self, properties: Any) -> None:
@@ -843,10 +848,12 @@ class MqttSink(EventSink):
                         "is lost): allow QoS 1 there")
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
             return
-        if self._guessed_311 and not self._asked_v5_again and not self._closing:
+        late = time.monotonic() - client.connect_sent >= LATE_CONNACK_S
+        if self._guessed_311 and (late or not self._asked_v5_again) and not self._closing:
             # answered now, where MQTT 5 was not: a stuck MQTT 5 broker (mosquitto stopped a
             # while) answers this too, and kept on 3.1.1 its refusals looked delivered (events
-            # lost); MQTT 5 is asked once more before anything is sent
+            # lost); MQTT 5 is asked once more before anything is sent, and again after an
+            # answer that came late: that broker was stuck (again) while MQTT 5 was asked
             self._asked_v5_again = True
             self._guessed_311 = False
             use_mqtt5(client)
@@ -1037,7 +1044,7 @@ class MqttSink(EventSink):
         goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one), and so does the
         loss of a connection made on that guess (``_on_disconnect``). A 3.1.1 connection made on
         the guess is dropped at once to ask in MQTT 5 again (``_on_connect``); one more
-        unanswered then is the broker's answer."""
+        unanswered then is the broker's answer, unless its 3.1.1 answer comes late."""
         if client.protocol != mqtt.MQTTv5:
             if self._unanswered_v5:
                 use_mqtt5(client)
