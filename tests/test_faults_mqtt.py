@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import closing
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from mqtt_broker import (
@@ -41,6 +42,7 @@ from mqtt_broker import (
     wait_until,
 )
 from mqtt_driver import script
+from test_cameras import read_until as read_stderr_until
 from test_mqtt import (
     CAM,
     REPO,
@@ -407,7 +409,9 @@ def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry
     """Events left pending by a run with the broker away, then a start whose card fails every
     read of the outbox (EIO injected by strace): exit 75, naming the file and the error, so
     systemd starts maskd again, and the events stay for that start (was: exit 78, a setup
-    error systemd never restarts: the door unwatched until someone looked)."""
+    error systemd never restarts: the door unwatched until someone looked). That start ends
+    a minute after it began, so the restarts never meet the unit's start limit (was: at once,
+    and the fifth restart within half a minute left the unit failed for good)."""
     strace = strace_injecting()
     state = tmp_path / "state"
     db = state / "outbox.sqlite3"
@@ -419,12 +423,28 @@ def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry
     with closing(sqlite3.connect(db)) as con:
         pending = con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     assert pending >= 2
-    r = subprocess.run(
+    failing = subprocess.Popen(
         [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P", str(db), "-P",
          f"{db}-wal", "-e", "inject=pread64:error=EIO:when=1+", *run],
-        capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert r.returncode == 75, r.stderr[-3000:]
-    assert f"outbox {db}" in r.stderr and "disk I/O error" in r.stderr, r.stderr[-3000:]
+        stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        seen = read_stderr_until(failing, "this start ends in", timeout=60)
+        # Failing within seconds, five restarts met the unit's start limit (5 in 300 s) in
+        # half a minute and left maskd failed for good: each such start lasts a minute.
+        time.sleep(3)
+        assert failing.poll() is None, seen
+        [maskd] = Path(f"/proc/{failing.pid}/task/{failing.pid}/children").read_text().split()
+        os.kill(int(maskd), signal.SIGTERM)  # a stop ends the wait (strace passes on its end)
+        _, err = failing.communicate(timeout=30)
+    finally:
+        if failing.poll() is None:
+            failing.kill()
+            failing.communicate()
+    err = seen + err
+    assert failing.returncode == 75, err[-3000:]
+    assert f"maskd run: outbox {db}: disk I/O error" in err, err[-3000:]
+    assert re.search(r"WARNING maskd: this start ends in (5\d|60) s with exit 75, so that "
+                     r"systemd's restarts come a minute apart", err), err[-3000:]
     with closing(sqlite3.connect(db)) as con:
         assert con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == pending
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

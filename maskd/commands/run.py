@@ -124,6 +124,25 @@ def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
                 "restarts after a lost Coral come a minute apart and never meet systemd's start "
                 "limit", how, CORAL_RESTART_SPACING_S - wait, wait)
     waiting(f"waiting {wait:.0f} s after the lost Coral (restarts a minute apart)")
+    _wait_out(wait, cancelled)
+
+
+def space_failed_start(started: float, waiting: Callable[[str], None],
+                       cancelled: Callable[[], bool]) -> None:
+    """A start that failed for the card's state (``maskd.outbox.OutboxUnreadable``, exit 75)
+    ends CORAL_RESTART_SPACING_S after it began (``started``: seconds since boot), not at once:
+    it failed in under 2 s, so five restarts met systemd's start limit within half a minute and
+    left maskd failed for good, as exit 78 did. ``cancelled`` (a stop) ends the wait."""
+    wait = started + CORAL_RESTART_SPACING_S - system_clock()[1]
+    if wait <= 0:
+        return
+    log.warning("this start ends in %.0f s with exit 75, so that systemd's restarts come a "
+                "minute apart and go on until the card reads again", wait)
+    waiting(f"start failed: exits in {wait:.0f} s (restarts a minute apart)")
+    _wait_out(wait, cancelled)
+
+
+def _wait_out(wait: float, cancelled: Callable[[], bool]) -> None:
     deadline = time.monotonic() + wait
     while not cancelled() and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(0.2, left))  # a stop is heard within 0.2 s
@@ -260,6 +279,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) -> int:
+    from maskd.outbox import OutboxUnreadable
     from maskd.preview import wait_for_listen_names
     from maskd.service import build, stop_signals
     from maskd.tflite import wait_for_coral
@@ -289,7 +309,10 @@ def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) ->
             service = build(cfg, exit_at_end=exit_at_end, max_frames=args.max_frames,
                             options=options_given(args, RUN_OPTIONS))
         except startup_errors() as err:
-            return start_failed(err)
+            code = start_failed(err)
+            if isinstance(err, OutboxUnreadable):
+                space_failed_start(note.started, say_waiting, lambda: bool(early))
+            return code
         for line in detector_notes(cfg, demo):
             print(f"maskd run: {line}", file=sys.stderr)
         restore = service.install_signal_handlers()
