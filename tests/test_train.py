@@ -519,3 +519,33 @@ def test_a_run_folder_inside_the_dataset_is_refused_before_it_is_made(
     train.parse_args(["--data", str(data), "--out", str(tmp_path / "data_run")])  # a neighbour
     (tmp_path / "loop").symlink_to(tmp_path / "loop")  # for main to name, not a traceback here
     train.parse_args(["--data", str(tmp_path / "loop"), "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.slow
+def test_a_training_image_the_disk_cannot_read_is_left_out_not_blamed_on_the_run_folder(
+        tmp_path: Path) -> None:
+    """A dataset image whose read fails (EIO from a failing disk, injected by strace): train.py
+    said '<run folder>: training stopped, cannot write its files there (Input/output error)',
+    sending the operator to the wrong disk, with a healthy run folder and nothing trained. The
+    image is now left out as unreadable, named with the error, and the run trains on."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    data = noise_dataset(tmp_path / "data", 6, 32)
+    bad = data / "with_mask" / "3.png"
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=read", "-P", str(bad), "-e",
+         "inject=read:error=EIO", sys.executable, "tools/train.py", "--data", str(data), "--out",
+         str(out), "--size", "32", "--weights", "none", "--epochs", "1", "--views", "1",
+         "--val", "0.34", "--test", "0", "--quiet"],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cannot write its files there" not in r.stderr
+    split = json.loads((out / "split.json").read_text())
+    assert {"rel": "with_mask/3.png", "reason": f"{bad}: Input/output error"} in split["unreadable"]
+    assert (out / "model.keras").is_file()

@@ -54,7 +54,9 @@ def class_files(folder: Path, root: Path, skipped: list[dict]) -> list[Path]:
 
 def scan(root: Path, skipped: list[dict] | None = None) -> list[Item]:
     """Every non-hidden file of every class folder, hashed, sorted by relative path; files and
-    folders left out are added to ``skipped`` (``class_files``)."""
+    folders left out are added to ``skipped`` (``class_files``), so is a file whose bytes
+    cannot be read (an I/O error on a failing disk: was an OSError out of here, which train.py
+    said as its run folder's, 'cannot write its files there')."""
     root = Path(root)
     skipped = [] if skipped is None else skipped
     if not root.is_dir():
@@ -67,7 +69,12 @@ def scan(root: Path, skipped: list[dict] | None = None) -> list[Item]:
                 f"{sub}: unknown class folder; expected one of {sorted(FOLDER_LABELS)}"
             )
         for f in class_files(sub, root, skipped):
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            try:
+                digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            except OSError as err:
+                skipped.append({"rel": f.relative_to(root).as_posix(),
+                                "reason": f"{f}: {err.strerror or err}"})
+                continue
             items.append(Item(f.relative_to(root).as_posix(), LABELS.index(label), digest))
     if not items:
         raise SystemExit(f"{root}: no images in its class folders")
