@@ -549,3 +549,21 @@ def test_a_training_image_the_disk_cannot_read_is_left_out_not_blamed_on_the_run
     split = json.loads((out / "split.json").read_text())
     assert {"rel": "with_mask/3.png", "reason": f"{bad}: Input/output error"} in split["unreadable"]
     assert (out / "model.keras").is_file()
+
+
+def test_a_run_folder_in_a_linked_class_folders_target_is_refused(tmp_path: Path,
+                                                                 capsys) -> None:
+    """data/with_mask a link to another disk's folder of faces, --out inside that folder: it
+    was accepted, trained into, and the next run on data/ took its curves.png for a masked
+    face. It is inside --data as the scan reads it: an option error, nothing created."""
+    faces = tmp_path / "disk" / "masked"
+    faces.mkdir(parents=True)
+    data = tmp_path / "data"
+    (data / "without_mask").mkdir(parents=True)
+    (data / "with_mask").symlink_to(faces)
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--data", str(data), "--out", str(faces / "run1")])
+    assert exc.value.code == 2
+    assert f"--out {faces / 'run1'} is inside --data {data}" in capsys.readouterr().err
+    assert not (faces / "run1").exists()
+    train.parse_args(["--data", str(data), "--out", str(tmp_path / "disk" / "run1")])  # beside

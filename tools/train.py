@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--val {args.val} + --test {args.test} leave nothing to train on; their sum must be < 1")
     if args.val == 0:
         p.error("--val must be > 0: the validation part picks the kept epoch")
-    if Path(os.path.realpath(args.out)).is_relative_to(os.path.realpath(args.data)):  # a loop: no error
+    out = Path(os.path.realpath(args.out))  # a loop: no error
+    if any(out.is_relative_to(folder) for folder in data_folders(args.data)):
         # in a class folder the next run trains on its curves.png; beside them it is a class
         # folder of an unknown name, and the folder made for it breaks every later run
         p.error(f"--out {args.out} is inside --data {args.data}: the run's files would be read "
@@ -534,6 +535,19 @@ def plot_curves(rows: list[dict], path: Path, fine_tune_start: int | None) -> No
 
 
 RUN_FILES = ("split.json", "model.keras", "record.json", "history.csv", "best.weights.h5")
+
+
+def data_folders(data: Path) -> list[str]:
+    """--data and each of its class folders as they really are: a class folder may be a link
+    to another disk's (data/with_mask -> /mnt/faces/masked), and a run folder in its target
+    was trained into and read as masked faces by the next run (was: only --data was looked at)."""
+    folders = [os.path.realpath(data)]
+    try:
+        folders += [os.path.realpath(sub) for sub in data.iterdir()
+                    if not sub.name.startswith(".") and sub.is_dir()]
+    except OSError:  # not there, or not a folder: make_split says so
+        pass
+    return folders
 
 
 def run_folder(out: Path) -> Path:
