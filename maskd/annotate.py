@@ -45,8 +45,6 @@ def camera_text(stats: LoopStats, camera: str | None = None) -> str:
     """``header_text``, or why no frame comes when none does (a camera lost, a file that
     ended, none yet): systemd's STATUS and the previews' header, which shows it over the last
     picture. ``camera``: the name, where the line would not say whose it is otherwise."""
-    if stats.source_ended and not stats.camera_lost_since:
-        return "end of the source; idle until stopped"
     return stats.outage(camera) or header_text(stats)
 
 

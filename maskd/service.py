@@ -124,7 +124,7 @@ class CameraLoop:
         self._stop = threading.Event()
         self._hurry = threading.Event()  # asked again while stopping: stop waiting for delivery
         self._ended = False  # a file source ended and the loop idles
-        self._cannot_loop: str | None = None  # why a looping one did: a fault until a restart
+        self._cannot_loop: str | None = None  # why a looping one did: a problem until it plays
         self._began = time.time()  # wall time the loop began waiting for frames (run() sets it)
         self.finished = threading.Event()  # run() has returned: a stop now is no second stop
         self.coral_lost = False  # run() ended because the Coral stopped answering (exit 75)
@@ -271,8 +271,8 @@ class CameraLoop:
         if self.exit_at_end:
             self.stop_reason = "end of source"
             return False
-        if why:  # not an end asked for: said with the faults (status line, page, problem sensor)
-            self._cannot_loop = f"{self.cfg.camera}: {why}; trying it again until it plays"
+        if why:  # not an end asked for: a problem (status line, page, problem sensor, stats)
+            self._cannot_loop = why
         # nobody is looked at any more: not "active" while it idles; a loop tried again goes
         # on, as after a lost camera (`gone`), an end asked for is a stop (`shutdown`)
         if why:
@@ -440,8 +440,7 @@ class CameraLoop:
         a part that is both is asked once) and what the cards written to recorded."""
         parts = [*self.sinks, *(o for o in self.observers if o not in self.sinks)]
         said = [f for part in parts for f in getattr(part, "faults", list)()]  # a structural observer may lack it
-        return (*said, *(self._cards.faults() if self._cards is not None else ()),
-                *((self._cannot_loop,) if self._cannot_loop else ()))
+        return (*said, *(self._cards.faults() if self._cards is not None else ()))
 
     def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
         """The loop's numbers now, with the given rate and stage times."""
@@ -466,7 +465,7 @@ class CameraLoop:
             no_frame_s=None if waited is None else round(waited[1], 1),
             first_frame_since=None if first is None else clock.local_iso(first),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
-            source_ended=self._ended, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
+            source_ended=self._ended, cannot_loop=self._cannot_loop, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
             zoned_faces=c.zoned_faces, static_faces=c.static_faces, capped_faces=c.capped_faces,
             grey_frames=c.grey_frames, grey=self.pipeline.night.grey,
@@ -530,8 +529,7 @@ class CameraLoop:
         self._window = _StatsWindow()
         ms = s.ms
         outage = s.outage()
-        away = (f" | {outage}" if outage else
-                " | source ended, idle until stopped" if s.source_ended else "")
+        away = f" | {outage}" if outage else ""
         log.info(
             "%s: %.1f fps | ms capture %.1f detect %.1f classify %.1f track %.1f | frames %d "
             "skipped %d | faces %d small %d classified %d cached %d | active %d%s%s%s",

@@ -150,6 +150,9 @@ class LoopStats:
     # TimeoutStartSec, READY=1 waiting for that frame.
     first_frame_since: str | None = None
     source_ended: bool = False  # a file source has ended; the loop idles until a signal
+    # ... a looping one for want of anything to play (its file emptied or deleted), tried again
+    # until it plays: why, in the source's words (`cannot loop: ...`); None otherwise
+    cannot_loop: str | None = None
     faces: int = 0
     small_faces: int = 0
     edge_faces: int = 0
@@ -168,13 +171,17 @@ class LoopStats:
     faults: tuple[str, ...] = ()  # what keeps sinks from delivering (disk full, refused)
 
     def outage(self, camera: str | None = None) -> str | None:
-        """Why no frame comes from a live camera (lost, none yet, not answering for a gap), or
-        None: systemd's STATUS, the previews' header and ``problems`` say it in these words.
-        ``camera``: the name, where the line would not say whose it is otherwise."""
+        """Why no frame comes (a live camera lost, none yet, not answering for a gap; a file
+        source ended), or None: systemd's STATUS, the previews' header, the journal's stats line
+        and ``problems`` say it in these words. ``camera``: the name, where the line would not
+        say whose it is otherwise."""
         if since := self.camera_lost_since:
             state = "reconnecting" if self.camera_reconnecting else "reconnect stalled"
             why = f" ({self.camera_lost_why})" if self.camera_lost_why else ""
             return f"camera lost since {since}{why}; {state}"
+        if self.source_ended:
+            return (f"end of the source ({self.cannot_loop}); trying it again until it plays"
+                    if self.cannot_loop else "end of the source; idle until stopped")
         if since := self.first_frame_since:
             return f"waiting for the first frame{f' from camera {camera}' if camera else ''} since {since}"
         if self.no_frame_since and self.no_frame_s is not None:
@@ -186,8 +193,9 @@ class LoopStats:
         """What a person should look at: a camera lost or not answering, and what keeps the
         sinks from delivering (``faults``). Home Assistant's problem sensor is on while there is
         any. Waiting for the first frame is not one: every start waits a moment (a camera lost
-        at the start is); nor is a file source that ended."""
-        idle = (self.first_frame_since or self.source_ended) and not self.camera_lost_since
+        at the start is); nor is a file source that ended, unless it was to loop and cannot."""
+        ended = self.source_ended and not self.cannot_loop
+        idle = (self.first_frame_since or ended) and not self.camera_lost_since
         line = None if idle else self.outage()
         return [line, *self.faults] if line else list(self.faults)
 

@@ -279,6 +279,51 @@ def test_real_maskd_run_pings_while_frames_flow_and_while_idle_at_the_end(tmp_pa
         sock.close()
 
 
+def test_real_maskd_run_says_a_looping_file_that_cannot_loop_is_tried_again(tmp_path, default_model):
+    """A looping file emptied while `maskd run` plays it is tried again until it plays; systemd's
+    STATUS said `end of the source; idle until stopped` before the fault that said it is tried
+    again, and the journal's stats line `source ended, idle until stopped`: an operator reading
+    `systemctl status maskd` was told it waits for a stop. Both say why and that it is retried."""
+    import cv2
+
+    clip = tmp_path / "door.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 10, (160, 120))
+    for _ in range(20):
+        writer.write(np.full((120, 160, 3), 90, np.uint8))
+    writer.release()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"detector": {"kind": "blazeface"},
+                               "classifier": {"model": str(default_model)},
+                               "source": {"uri": str(clip), "loop": True, "fps": 10}}))
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    log = tmp_path / "stderr.log"
+    env = {**os.environ, "NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "1000000"}
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while "READY" not in {k for m in sock.messages for k in m}:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            sock.drain(0.1)
+        clip.write_bytes(b"")
+        while "cannot loop" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            sock.drain(0.1)
+        idle = [m["STATUS"] for m in sock.drain(1.5) if "STATUS" in m]
+        why = f"cannot loop: {clip}: an empty file (0 bytes), no video in it"
+        assert idle and idle[-1] == f"end of the source ({why}); trying it again until it plays", idle
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        [line] = [x for x in log.read_text().splitlines() if " fps | " in x]  # the stop's
+        assert line.endswith(f"| end of the source ({why}); trying it again until it plays"), line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+
+
 # ------------------------------------------------------------- camera outages and the watchdog
 
 

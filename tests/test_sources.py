@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from maskd.annotate import camera_text
 from maskd.config import SourceConfig
 from maskd.images import find_images
 from maskd.sources import (
@@ -1951,7 +1952,7 @@ def test_the_stats_line_of_a_file_played_to_its_end_says_so(tmp_path, caplog):
         loop.source.close()
     [line] = [r.getMessage() for r in caplog.records if " fps | " in r.getMessage()]
     assert line.startswith("door: 0.0 fps") and line.endswith(
-        "| active 0 | source ended, idle until stopped"), line
+        "| active 0 | end of the source; idle until stopped"), line
 
 
 def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end(tmp_path):
@@ -1965,9 +1966,10 @@ def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end
     assert loop.source.read() is None and loop.source.why_ended  # cannot loop: nothing left
     stats = _idled(loop)
     [problem] = stats.problems()
-    assert problem.startswith("door: ") and "the folder has no images left" in problem and (
-        "trying it again" in problem), problem
-    assert stats.faults == (problem,)  # so in systemd's status line after the camera's words
+    assert problem == (f"end of the source ({tmp_path}: the folder has no images left); "
+                       "trying it again until it plays"), problem
+    assert stats.faults == ()  # the camera's own words, as a lost camera's: not said twice
+    assert camera_text(stats) == problem  # systemd's status line and the previews' header
 
 
 def test_a_file_played_to_its_end_is_still_no_problem(tmp_path):
