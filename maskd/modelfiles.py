@@ -109,10 +109,15 @@ def damaged_yunet(path: Path) -> str | None:
         return None
     # a fetch saves in default_dest(); a file elsewhere (detector.model) is mended only there
     where = "" if path.parent.resolve() == default_dest().resolve() else f" --dest {path.parent}"
+    # ... and as the pinned version: another version's file (an older one, $MASKD_YUNET or
+    # detector.model at it) stays as it is, so maskd is pointed at the one a fetch saves
+    mend = (f"run `maskd models fetch{where}` again" if path.name == YUNET_NAME else
+            f"`maskd models fetch{where}` saves the current version as "
+            f"{path.parent / YUNET_NAME}: run it and set detector.model (or $MASKD_YUNET) to "
+            "that file")
     if got == EMPTY_SHA256:  # a fetch or copy cut short: the checksum of nothing says little
-        return f"is an empty file (0 bytes); run `maskd models fetch{where}` again"
-    return (f"is damaged (sha256 {got}, its name says {want}{'...' * (len(want) < 64)}); "
-            f"run `maskd models fetch{where}` again")
+        return f"is an empty file (0 bytes); {mend}"
+    return f"is damaged (sha256 {got}, its name says {want}{'...' * (len(want) < 64)}); {mend}"
 
 
 def not_onnx(path: Path | str) -> str | None:

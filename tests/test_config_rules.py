@@ -869,6 +869,39 @@ def test_both_refuse_a_damaged_yunet_file_in_runs_words(tmp_path, kind):
     assert (checked.returncode, checked.stderr) == (EX_CONFIG, f"{path}: {said}\n")
 
 
+def test_a_damaged_older_yunet_is_mended_as_both_say(tmp_path, yunet_model):
+    """$MASKD_YUNET at a damaged YuNet under an older version's name: run and check-config said
+    `run maskd models fetch --dest D again`, but a fetch saves the current version under its
+    own name, so the file maskd was pointed at stayed damaged and the advice came again. They
+    name the file a fetch saves and to point maskd at it; done so (the fetch from a local
+    copy, as --yunet-url allows), check-config passes."""
+    from maskd.modelfiles import KNOWN_YUNET, YUNET_NAME
+
+    old = tmp_path / next(n for n in KNOWN_YUNET.values() if n != YUNET_NAME)
+    old.write_bytes(yunet_model.read_bytes()[:100_000])  # cut short
+    path = tmp_path / "c.yaml"
+    path.write_text("detector: {kind: yunet}\nsource: {kind: demo}\n")
+
+    def both(model: Path) -> tuple[subprocess.CompletedProcess, ...]:
+        env = {**os.environ, "MASKD_YUNET": str(model), PW_VAR: "s3cret"}
+        return tuple(subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
+                                    text=True, timeout=120, cwd=REPO, env=env)
+                     for args in (("check-config", str(path)), run_args(path)))
+
+    checked, ran = both(old)
+    said = ran.stderr.strip().splitlines()[-1].removeprefix("maskd run: ")
+    assert (checked.returncode, checked.stderr) == (EX_CONFIG, f"{path}: {said}\n"), ran.stderr
+    new = tmp_path / YUNET_NAME
+    assert said.endswith(f"`maskd models fetch --dest {tmp_path}` saves the current version as "
+                         f"{new}: run it and set detector.model (or $MASKD_YUNET) to that file"), said
+    fetch = subprocess.run([sys.executable, "-m", "maskd", "models", "fetch", "--dest", str(tmp_path),
+                            "--yunet-url", yunet_model.as_uri()], capture_output=True, text=True,
+                           timeout=120, cwd=REPO)
+    assert fetch.returncode == 0 and new.is_file(), fetch.stderr
+    checked, _ = both(new)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_check_config_names_relative_paths_and_where_the_service_reads_them(tmp_path):
     """A relative path is read from the working directory: `password_file: pw` beside the
     config passed check-config run from there, then the service (in /var/lib/maskd) failed."""

@@ -48,7 +48,7 @@ from maskd.geometry import (
     tile_grid,
     weighted_nms,
 )
-from maskd.modelfiles import YUNET_SHA256
+from maskd.modelfiles import YUNET_NAME, YUNET_SHA256
 from maskd.types import Face
 
 # ----------------------------------------------------------------------------- pure functions
@@ -650,7 +650,10 @@ def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Pa
     name is checked against that name."""
     bad = damage(yunet_model, tmp_path / yunet_model.name)
     by_sha = damage(yunet_model, tmp_path / "face_detection_yunet_sha256-0123456789abcdef.onnx")
-    for model, want in ((bad, YUNET_SHA256), (by_sha, "0123456789abcdef...")):
+    pinned = f"run `maskd models fetch --dest {tmp_path}` again"
+    other = (f"`maskd models fetch --dest {tmp_path}` saves the current version as "
+             f"{tmp_path / YUNET_NAME}: run it and set detector.model (or $MASKD_YUNET) to that file")
+    for model, want, mend in ((bad, YUNET_SHA256, pinned), (by_sha, "0123456789abcdef...", other)):
         for args, code in ((["run", "--source", "demo", "--max-frames", "1"], 78),
                            (["scan", str(tmp_path)], 2)):
             r = subprocess.run([sys.executable, "-m", "maskd", *args, "--detector", "yunet",
@@ -659,8 +662,7 @@ def test_a_damaged_yunet_is_one_line_not_a_crash(yunet_model: Path, tmp_path: Pa
             lines = [x for x in r.stderr.splitlines() if not x.startswith("INFO:")]
             assert r.returncode == code, r.stderr
             assert lines == [f"maskd {args[0]}: {model}: is damaged (sha256 "
-                             f"{modelfiles.file_sha256(model)}, its name says {want}); run "
-                             f"`maskd models fetch --dest {tmp_path}` again"], r.stderr
+                             f"{modelfiles.file_sha256(model)}, its name says {want}); {mend}"], r.stderr
     # a damaged file where a fetch saves (default_dest) is mended by a plain fetch
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(modelfiles, "default_dest", lambda: tmp_path)
