@@ -10,12 +10,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
 fi
 # chromium: the web preview is checked by a real headless-browser screenshot; shellcheck: deploy/*.sh;
 # faketime: maskd started on a 1970 wall clock (a Pi with no RTC before NTP); ffmpeg: video files
-# only a real encoder writes (variable frame rate).
+# only a real encoder writes (variable frame rate); strace: I/O errors injected into a real
+# process's reads and writes (a failing SD card).
 if { ! command -v chromium >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1 \
-     || ! command -v faketime >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; } \
-     && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium shellcheck faketime ffmpeg) >/dev/null 2>&1 \
-        || echo "warning: could not install chromium/shellcheck/faketime/ffmpeg; the browser, shellcheck, 1970-clock and variable-rate video tests will skip" >&2
+     || ! command -v faketime >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1 \
+     || ! command -v strace >/dev/null 2>&1; } && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium shellcheck faketime ffmpeg strace) >/dev/null 2>&1 \
+        || echo "warning: could not install chromium/shellcheck/faketime/ffmpeg/strace; the browser, shellcheck, 1970-clock, variable-rate video and injected I/O error tests will skip" >&2
 fi
 .venv/bin/ruff check maskd tools tests
 # Two workers (pytest-xdist): most tests wait on brokers, browsers and child processes, so two
