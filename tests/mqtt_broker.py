@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class Mqtt311Only(_Relay):
     def __init__(self, broker: Broker) -> None:
         self.refused = 0  # MQTT 5 connection attempts turned away
         self.old = True  # False: MQTT 5 is relayed too (a broker that only seemed old)
+        self.answer_s = 0.0  # how long its answer to a 3.1.1 CONNECT takes (a loaded host)
         super().__init__(broker)
 
     def _serve(self, conn: socket.socket) -> None:
@@ -131,7 +133,7 @@ class Mqtt311Only(_Relay):
                 return
             with socket.create_connection(("127.0.0.1", self.broker.port)) as up:
                 up.sendall(head)
-                back = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+                back = threading.Thread(target=_pump, args=(up, conn, self.answer_s), daemon=True)
                 back.start()
                 _pump(conn, up)
                 back.join(5)
@@ -295,9 +297,12 @@ class RetainedExactOnly(_Relay):
             back.join(5)
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, first_s: float = 0.0) -> None:
+    """``src``'s bytes to ``dst``; the first of them held ``first_s`` seconds."""
     with contextlib.suppress(OSError):
         while data := src.recv(65536):
+            time.sleep(first_s)
+            first_s = 0.0
             dst.sendall(data)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)

@@ -1356,6 +1356,34 @@ def test_a_311_broker_that_does_not_answer_an_mqtt5_connect_gets_311(tmp_path, c
         relay.close()
 
 
+def test_an_old_broker_slow_to_answer_311_gets_311_not_a_reconnect_loop(tmp_path, caplog):
+    """A 3.1.1 answer 2 s or more after the CONNECT is taken for a stuck mosquitto's and
+    dropped to ask in MQTT 5 again; but RabbitMQ 3 on a loaded host (a Pi swapping, an auth
+    backend) hangs up on every MQTT 5 CONNECT and answers every 3.1.1 one late: maskd went
+    between them every few seconds for good, and no event was ever delivered. 3.1.1 answered
+    late again and again, MQTT 5 never, is the broker's answer."""
+    import mqtt_broker
+
+    caplog.set_level(logging.INFO, logger="maskd.mqtt")
+    with Broker(tmp_path / "b") as b:
+        relay = mqtt_broker.HangsUpOnMqtt5(b)
+        relay.answer_s = 2.5
+        sub = Subscriber(b, [f"{CAM}/violation"])
+        sink = MqttSink.from_config(cfg_for(relay, tmp_path / "state"))  # type: ignore[arg-type]
+        try:
+            for ev in script("l", 1, 0):
+                sink.emit(ev)
+            assert sink.flush(40), caplog.text
+            assert sink.health()["mqtt_version"] == "3.1.1", caplog.text
+            assert "does not speak MQTT 5; using 3.1.1" in caplog.text
+        finally:
+            sink.close()
+        assert sub.wait(lambda ms: len(ms) >= 2, 5)
+        assert dedup(events(sub)) == expected("l", 1, 0)
+        sub.close()
+        relay.close()
+
+
 def test_a_broker_only_guessed_old_from_its_silence_is_asked_in_mqtt5_again(tmp_path, caplog):
     """Unanswered MQTT 5 CONNECTs are a guess that the broker is older than MQTT 5, and a
     mosquitto that hung up twice (stuck, cut off, going down) shows them too: a connection made

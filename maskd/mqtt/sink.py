@@ -84,6 +84,9 @@ UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: what a 3.1.1-only broker answers t
 # a CONNACK this long after the CONNECT comes from a broker that was stuck (an old one that left
 # MQTT 5 unanswered answers 3.1.1 at once: RabbitMQ 3, amqtt in milliseconds)
 LATE_CONNACK_S = 2.0
+# ... but an old broker on a loaded host answers every 3.1.1 CONNECT late: after this many late
+# answers in a row, MQTT 5 unanswered between them, the next one is kept (its answer)
+LATE_311_DROPS = 2
 UNSPECIFIED = 128  # DISCONNECT reason paho gives a connection that just ended
 SESSION_TAKEN_OVER = 142  # DISCONNECT reason: another client connected with this client id
 KEEPALIVE_TIMEOUT = 141  # paho's reason for a connection that heard nothing for keepalive_s
@@ -323,6 +326,7 @@ class MqttSink(EventSink):
         # a 3.1.1 connection made on that guess was dropped to ask in MQTT 5 once more, until an
         # MQTT 5 one is made: a stuck mosquitto answers then, an old broker again does not
         self._asked_v5_again = False
+        self._late_311 = 0  # late 3.1.1 answers dropped since MQTT 5 was last answered
         self.published = 0
         self._refused: dict[int, str] = {}  # outbox id -> the broker's reason (publisher thread)
         # Retained state, discovery, snapshots: not events, so not retried, but a refusal is
@@ -830,7 +834,8 @@ class MqttSink(EventSink):
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         client.connack = True
         if client.protocol == mqtt.MQTTv5 and reason_code.value != UNSUPPORTED_PROTOCOL:
-            self._unanswered_v5, self._asked_v5_again = 0, False  # it speaks MQTT 5, yes or no
+            # it speaks MQTT 5, yes or no
+            self._unanswered_v5, self._asked_v5_again, self._late_311 = 0, False, 0
         if reason_code.is_failure:
             if reason_code.value == UNSUPPORTED_PROTOCOL and client.protocol == mqtt.MQTTv5:
                 use_mqtt311(client)
@@ -848,12 +853,14 @@ class MqttSink(EventSink):
                         "is lost): allow QoS 1 there")
             self._log_fail(f"MQTT broker {self._url} refused the connection: {reason_code}{hint}")
             return
-        late = time.monotonic() - client.connect_sent >= LATE_CONNACK_S
+        late = (time.monotonic() - client.connect_sent >= LATE_CONNACK_S
+                and self._late_311 < LATE_311_DROPS)
         if self._guessed_311 and (late or not self._asked_v5_again) and not self._closing:
             # answered now, where MQTT 5 was not: a stuck MQTT 5 broker (mosquitto stopped a
             # while) answers this too, and kept on 3.1.1 its refusals looked delivered (events
             # lost); MQTT 5 is asked once more before anything is sent, and again after an
             # answer that came late: that broker was stuck (again) while MQTT 5 was asked
+            self._late_311 += late
             self._asked_v5_again = True
             self._guessed_311 = False
             use_mqtt5(client)
@@ -1044,7 +1051,8 @@ class MqttSink(EventSink):
         goes back to MQTT 5 (a TLS listener, a stuck broker: not an old one), and so does the
         loss of a connection made on that guess (``_on_disconnect``). A 3.1.1 connection made on
         the guess is dropped at once to ask in MQTT 5 again (``_on_connect``); one more
-        unanswered then is the broker's answer, unless its 3.1.1 answer comes late."""
+        unanswered then is the broker's answer, unless its 3.1.1 answer comes late (up to
+        LATE_311_DROPS times in a row: an old broker on a loaded host answers late each time)."""
         if client.protocol != mqtt.MQTTv5:
             if self._unanswered_v5:
                 use_mqtt5(client)
