@@ -293,6 +293,12 @@ class CameraLoop:
                 self._cannot_loop, self._ended = None, False
                 self._window, self._sink_window = _StatsWindow(), _StatsWindow()
                 return True
+            now = getattr(self.source, "why_ended", None)
+            if why and now and now != self._cannot_loop:
+                # why it cannot play now (a folder made again empty, a copy cut short): the
+                # first reason, kept, named what was no longer so
+                log.warning("%s: %s; idle, trying it again until it plays", self.cfg.camera, now)
+                self._cannot_loop = now
         return False
 
     def _emit(self, events: list[ViolationEvent]) -> None:

@@ -805,7 +805,7 @@ class VideoFileSource:
                 self._closed = True  # ended for good, though OpenCV might read on past a run
                 return None
             if restarted or self._this_pass == 0:
-                self.why_ended = f"{self.path}: no frame left to loop over (emptied or truncated?)"
+                self.why_ended = self._no_frame_left()
                 return None
             if not self._rewind():
                 self._cap.release()
@@ -836,14 +836,19 @@ class VideoFileSource:
         self._cap.release()
         try:
             self._cap = self._open()
-        except SourceError:
+        except SourceError as err:  # why now: what is there may not be what went (a copy cut short)
+            self.why_ended = f"cannot loop: {err}"
             return False
         self._first = self._next_image()
         if self._first is None:
+            self.why_ended = self._no_frame_left()
             return False
         self.why_ended = None
         self._new_pass()
         return True
+
+    def _no_frame_left(self) -> str:
+        return f"{self.path}: no frame left to loop over (emptied or truncated?)"
 
     def _frame_offset(self) -> float:
         """Seconds after the start the frame just read is timed at: by the file's own clock

@@ -1972,6 +1972,47 @@ def test_a_looping_source_that_cannot_loop_any_more_is_a_problem_not_a_quiet_end
     assert camera_text(stats) == problem  # systemd's status line and the previews' header
 
 
+def test_a_looping_source_tried_again_says_why_it_cannot_play_now(tmp_path):
+    """A looping file or folder that cannot loop is tried again until it plays, but the problem
+    line (systemd's status, Home Assistant, the status page) kept the first reason for good: a
+    folder deleted, then made again empty, or a clip deleted, then a file that is no video put
+    there (a copy cut short), still said 'the folder is gone' or 'no such video file' of what
+    `ls` shows. It says why it cannot play now."""
+    from maskd.sources import VideoFileSource
+
+    folder = tmp_path / "door"
+    folder.mkdir()
+    loop = _door_loop(folder, looping=True)
+    loop.cfg.source.reopen_min_s = loop.cfg.source.reopen_max_s = 0.1
+    assert loop.source.read() is not None
+    shutil.rmtree(folder)
+    assert loop.source.read() is None
+    idle = threading.Thread(target=loop._source_ended, daemon=True)
+    try:
+        idle.start()
+        assert wait_until(lambda: "the folder is gone" in str(loop.stats().problems()), 10)
+        folder.mkdir()  # back, without its images
+        assert wait_until(lambda: "the folder has no images left" in str(loop.stats().problems()),
+                          10), loop.stats().problems()
+    finally:
+        loop.stop()
+        idle.join(5)
+        loop.source.close()
+
+    clip = tmp_path / "clip.avi"
+    _write_clip(clip, list(np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), np.uint8)))
+    src = VideoFileSource(clip, loop=True)
+    assert len(_drain(src, limit=4)) == 4
+    clip.unlink()
+    _drain(src, limit=8)
+    assert src.why_ended == f"cannot loop: {clip}: no such video file"
+    clip.write_text("not a video\n" * 100)
+    assert not src.again()
+    assert src.why_ended.startswith(f"cannot loop: {clip}: ") and (
+        "no such video file" not in src.why_ended), src.why_ended
+    src.close()
+
+
 def test_a_file_played_to_its_end_is_still_no_problem(tmp_path):
     """The other side: a file that was not asked to loop ended as asked; no problem line."""
     assert _idled(_door_loop(tmp_path, looping=False)).problems() == []
