@@ -279,7 +279,6 @@ class CameraLoop:
             self._emit_ends(self.pipeline.source_gone())
         else:
             self._end_violations()
-        if not why:
             log.info("%s: end of source (%s); idle until SIGTERM/SIGINT (use --exit-at-end, "
                      "or source.loop to play it again: --loop without a cameras: map)",
                      self.cfg.camera, self.source.name)
@@ -471,7 +470,8 @@ class CameraLoop:
             no_frame_s=None if waited is None else round(waited[1], 1),
             first_frame_since=None if first is None else clock.local_iso(first),
             camera_reconnecting=bool(src.get("camera_reconnecting", False)),
-            source_ended=self._ended, cannot_loop=self._cannot_loop, faces=c.faces, small_faces=c.small_faces, edge_faces=c.edge_faces,
+            source_ended=self._ended, cannot_loop=self._cannot_loop, faces=c.faces,
+            small_faces=c.small_faces, edge_faces=c.edge_faces,
             classified=c.classified, cached=c.cached, motion_skipped=c.motion_skipped,
             zoned_faces=c.zoned_faces, static_faces=c.static_faces, capped_faces=c.capped_faces,
             grey_frames=c.grey_frames, grey=self.pipeline.night.grey,
