@@ -411,7 +411,11 @@ def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry
     systemd starts maskd again, and the events stay for that start (was: exit 78, a setup
     error systemd never restarts: the door unwatched until someone looked). That start ends
     a minute after it began, so the restarts never meet the unit's start limit (was: at once,
-    and the fifth restart within half a minute left the unit failed for good)."""
+    and the fifth restart within half a minute left the unit failed for good). Meanwhile
+    systemctl status says why it waits (was: 'start failed: exits in 58 s', no cause), and a
+    stop then ends it cleanly (was: exit 75, so `systemctl stop` left the unit failed)."""
+    from test_notify import NotifySocket
+
     strace = strace_injecting()
     state = tmp_path / "state"
     db = state / "outbox.sqlite3"
@@ -423,10 +427,12 @@ def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry
     with closing(sqlite3.connect(db)) as con:
         pending = con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     assert pending >= 2
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
     failing = subprocess.Popen(
         [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-P", str(db), "-P",
          f"{db}-wal", "-e", "inject=pread64:error=EIO:when=1+", *run],
-        stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "NOTIFY_SOCKET": sock.address})
     try:
         seen = read_stderr_until(failing, "this start ends in", timeout=60)
         # Failing within seconds, five restarts met the unit's start limit (5 in 300 s) in
@@ -440,8 +446,15 @@ def test_a_start_whose_card_cannot_read_the_outbox_exits_75_for_systemd_to_retry
         if failing.poll() is None:
             failing.kill()
             failing.communicate()
+        statuses = [m.get("STATUS") or "" for m in sock.drain(0.2)]
+        sock.close()
     err = seen + err
-    assert failing.returncode == 75, err[-3000:]
+    assert failing.returncode == 0, err[-3000:]
+    assert "SIGTERM received while waiting after a failed start: stopping" in err, err[-3000:]
+    [status] = [s for s in statuses if "exits in" in s]
+    assert re.fullmatch(rf"start failed \(outbox {re.escape(str(db))}: disk I/O error\): "
+                        r"exits in (5\d|60) s with 75 \(restarts a minute apart\)",
+                        status), statuses
     assert f"maskd run: outbox {db}: disk I/O error" in err, err[-3000:]
     assert re.search(r"WARNING maskd: this start ends in (5\d|60) s with exit 75, so that "
                      r"systemd's restarts come a minute apart", err), err[-3000:]

@@ -127,18 +127,20 @@ def space_after_coral_loss(cfg: Config, waiting: Callable[[str], None],
     _wait_out(wait, cancelled)
 
 
-def space_failed_start(started: float, waiting: Callable[[str], None],
+def space_failed_start(started: float, why: BaseException, waiting: Callable[[str], None],
                        cancelled: Callable[[], bool]) -> None:
     """A start that failed for the card's state (``maskd.outbox.OutboxUnreadable``, exit 75)
     ends CORAL_RESTART_SPACING_S after it began (``started``: seconds since boot), not at once:
     it failed in under 2 s, so five restarts met systemd's start limit within half a minute and
-    left maskd failed for good, as exit 78 did. ``cancelled`` (a stop) ends the wait."""
+    left maskd failed for good, as exit 78 did. systemctl status says why (``why``, the error)
+    for the minute; ``cancelled`` (a stop) ends the wait."""
     wait = started + CORAL_RESTART_SPACING_S - system_clock()[1]
     if wait <= 0:
         return
     log.warning("this start ends in %.0f s with exit 75, so that systemd's restarts come a "
                 "minute apart and go on until the card reads again", wait)
-    waiting(f"start failed: exits in {wait:.0f} s (restarts a minute apart)")
+    waiting(f"start failed ({' '.join(str(why).split())}): exits in {wait:.0f} s with 75 "
+            "(restarts a minute apart)")
     _wait_out(wait, cancelled)
 
 
@@ -311,7 +313,11 @@ def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) ->
         except startup_errors() as err:
             code = start_failed(err)
             if isinstance(err, OutboxUnreadable):
-                space_failed_start(note.started, say_waiting, lambda: bool(early))
+                space_failed_start(note.started, err, say_waiting, lambda: bool(early))
+                if early:  # a stop, not the failure, ends it: `systemctl stop` leaves no failed unit
+                    logging.getLogger("maskd.service").info(
+                        "%s received while waiting after a failed start: stopping", early[0].name)
+                    return 0
             return code
         for line in detector_notes(cfg, demo):
             print(f"maskd run: {line}", file=sys.stderr)
