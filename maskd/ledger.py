@@ -38,6 +38,7 @@ from maskd.types import ViolationEvent, restart_end_time
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
+READ_AGAIN_S = 0.1  # a read that failed is tried once more after this
 _FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
@@ -228,7 +229,11 @@ class OpenViolations:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path.with_name(f".{LEDGER_FILE}.lock"), "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
-                    entries = self._read()
+                    try:
+                        entries = self._read()
+                    except OSError as err:  # nothing written: that would drop what it holds
+                        self._say_unread(err)
+                        return
                     change(entries)
                     if write:
                         write_atomically(self.path, json.dumps(entries).encode("utf-8"))
@@ -245,11 +250,29 @@ class OpenViolations:
                 self._warned = False
                 log.info("the open violations are kept in %s again", self.path)
 
+    def _say_unread(self, err: OSError) -> None:
+        """A read of the file failed (an I/O error on the card): once, in words that say so and
+        what it means for a killed run's violations (the write's warning promised nothing of
+        them, and 'will not be ended at the next start' was wrong both ways)."""
+        if self._warned:
+            return
+        self._warned = True
+        now = ("now where the MQTT outbox has them (in every sink), else " if self.outbox
+               else "")
+        log.warning("cannot read %s (%s): what a killed run left open there is ended %sat a "
+                    "later start that reads it; changes are written once it reads again",
+                    self.path, err.strerror or err, now)
+
     def _read(self) -> dict:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            text = self.path.read_bytes()  # decoded by json: bad UTF-8 is a damaged file
         except FileNotFoundError:
             return {}
+        except OSError:  # a card's one-off I/O error: a start then ended a killed run's
+            time.sleep(READ_AGAIN_S)  # violations one start later, days after
+            text = self.path.read_bytes()
+        try:
+            data = json.loads(text)
         except ValueError:
             log.warning("%s is not readable JSON; starting it afresh", self.path)
             return {}

@@ -1163,8 +1163,8 @@ def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, de
         sub = Subscriber(broker, ["maskd/+/+/violation"]) if broker is not None else None
         if sub is not None:
             stack.callback(sub.close)
-        opened = _kill_9_then_start_twice(tmp_path, default_model,
-                                          ["--mqtt", broker.url] if broker is not None else [])
+        opened, _ = _kill_9_then_start_twice(tmp_path, default_model,
+                                             ["--mqtt", broker.url] if broker is not None else [])
         if sub is not None:
             assert sub.wait(lambda ms: sum(m.json()["event_type"] == "end" for m in ms)
                             >= len(opened), timeout=20)
@@ -1173,6 +1173,41 @@ def test_a_violation_open_at_kill_9_ends_restart_in_every_sink_once(tmp_path, de
             ends = [(m["event_id"], m["end_reason"]) for m in msgs
                     if m["event_type"] == "end" and m["event_id"] in opened]
             assert sorted(ends) == sorted((i, "restart") for i in opened), msgs
+
+
+@pytest.mark.parametrize(("with_mqtt", "when"), [(False, "1"), (True, "1"), (False, "1+")],
+                         ids=["one-error", "one-error-mqtt", "every-read"])
+def test_a_start_that_cannot_read_the_open_violations_says_so_and_ends_each_once(
+        tmp_path, default_model, with_mqtt, when):
+    """kill -9 with a violation open, then a start whose reads of open_violations.json fail
+    (EIO injected by strace): one I/O error left the violation open until the next start (days,
+    for a service), and the warning spoke of a write ('cannot keep the open violations ...
+    will not be ended at the next start'). The read is tried again now, so one error is not
+    seen; a file that cannot be read is said as such, and each violation still ends once."""
+    import contextlib
+
+    from mqtt_broker import Broker
+    from test_faults_mqtt import strace_injecting
+
+    from maskd.ledger import LEDGER_FILE
+
+    strace = strace_injecting()
+    ledger = tmp_path / "state" / LEDGER_FILE
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(Broker(tmp_path / "broker")) if with_mqtt else None
+        opened, err = _kill_9_then_start_twice(
+            tmp_path, default_model, ["--mqtt", broker.url] if broker is not None else [],
+            first=[strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=read", "-P", str(ledger),
+                   "-e", f"inject=read:error=EIO:when={when}"])
+    warned = [ln for ln in err.splitlines() if "WARNING maskd.ledger" in ln]
+    if when == "1":  # read again: ended at that start, and nothing to say
+        assert err.endswith(f"\n{len(opened)} ends in JSON lines") and warned == [], err[-3000:]
+        return
+    assert err.endswith("\n0 ends in JSON lines"), err[-3000:]  # at the start after
+    [line] = warned
+    assert line.endswith(f"WARNING maskd.ledger: cannot read {ledger} (Input/output error): what "
+                         "a killed run left open there is ended at a later start that reads it; "
+                         "changes are written once it reads again"), line
 
 
 def test_a_second_run_of_a_running_camera_on_its_state_dir_is_refused(tmp_path, default_model):
@@ -1267,9 +1302,11 @@ def bare_and_blank_clips(tmp_path: Path) -> tuple[Path, Path]:
     return clip, blank
 
 
-def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> set[str]:
-    """A run killed with a violation open, then two starts; the JSON lines checked, the ids of
-    the violations it left open returned."""
+def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str],
+                             first: list[str] | None = None) -> tuple[set[str], str]:
+    """A run killed with a violation open, then two starts (the first under ``first``: strace,
+    say); the JSON lines checked, the ids of the violations it left open and the first start's
+    stderr returned."""
     clip, blank = bare_and_blank_clips(tmp_path)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
@@ -1279,14 +1316,19 @@ def _kill_9_then_start_twice(tmp_path: Path, model: Path, extra: list[str]) -> s
     opened = kill_9_at_a_start(subprocess.Popen(
         [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", *common],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), events)
-    for _ in range(2):  # the second start must not end it again
-        r = maskd("run", "--source", str(blank), "--exit-at-end", *common)
+    said = []
+    for wrap in (first or [], []):  # the second start must not end it again
+        r = subprocess.run([*wrap, sys.executable, "-m", "maskd", "run", "--source", str(blank),
+                            "--exit-at-end", *common], capture_output=True, text=True,
+                           timeout=300)
         assert r.returncode == 0, r.stderr
+        ends = [json.loads(x)["event_type"] for x in events.read_text().splitlines()]
+        said.append(f"{r.stderr}\n{ends.count('end')} ends in JSON lines")
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     ends = [e for e in lines if e["event_type"] == "end"]
     assert sorted(e["event_id"] for e in ends) == sorted(opened), lines
     assert all(e["end_reason"] == "restart" and e["end_time"] >= e["start_time"] for e in ends)
-    return opened
+    return opened, said[0]
 
 
 # An OpenCV or FFmpeg line, not maskd's: OpenCV's logger (`[ WARN:0@0.1] global cap.cpp:...`),
