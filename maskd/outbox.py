@@ -41,13 +41,16 @@ from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, boot_id, local_iso, system_clock
 from maskd.config import shown_path
-from maskd.files import create_failure, failed_write, read_only_now
+from maskd.files import create_failure, failed_write, read_only_now, write_atomically
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
 RESERVE_FILE = "outbox.reserve"
+# The open-violations records a stop could not store in the outbox (its writes failing: a card's
+# I/O errors), kept beside it for the next start (``Outbox._take_back_records``).
+RECORDS_FILE = "outbox-records.json"
 WAL_PAGES = 8  # checkpoint this often: the WAL then reuses its own few pages, even on a full disk
 RETRY_S = 1.0  # how often maintain() retries what a storage fault left undone
 PRUNE_EVERY_S = 60.0
@@ -311,6 +314,7 @@ class Outbox:
         # written with that message, or on its own once there is room (it may be delivered
         # from memory first), so the next start ends it after the last seq really sent.
         self._tracks: dict[str, tuple[Row, bool]] = {}
+        self._taken_back: set[str] = set()  # those of them the last stop left (RECORDS_FILE)
         # Storage errors by kind (store / delete / read): (message, since); an operation of
         # the same kind that succeeds clears its entry.
         self._errors: dict[str, tuple[str, float]] = {}
@@ -368,6 +372,7 @@ class Outbox:
         self._next_check = 0.0
         self._reserve_held = True  # until _hold_reserve() says otherwise
         self._set_held(self._hold_reserve())
+        self._take_back_records()
         if self._count:
             log.info("outbox %s: %d event(s) pending from a previous run", self.path, self._count)
 
@@ -937,12 +942,59 @@ class Outbox:
         return row_age(created, boot, uptime, self._boot, now)
 
     def open_events(self) -> list[Row]:
-        """The last stored message of each violation with no stored `end` (id 0)."""
+        """The last stored message of each violation with no stored `end` (id 0); the records
+        the last stop could not store, not stored yet (``_take_back_records``), stand over the
+        stored ones."""
         with self._lock:
-            rows = self._read("read the open violations",
-                              "SELECT topic, payload, updated FROM open_events ORDER BY updated")
+            rows = self._read("read the open violations", "SELECT event_id, topic, payload, "
+                              "updated FROM open_events ORDER BY updated")
+            pending = {k: v for k, v in self._tracks.items() if k in self._taken_back}
         # What is not a JSON object (a damaged record) is no violation to end.
-        return [Row(0, r[0], json.loads(r[1]), r[2]) for r in rows or () if _sound(*r)]
+        found = {r[0]: Row(0, r[1], json.loads(r[2]), r[3]) for r in rows or () if _sound(*r[1:])}
+        for event_id, (row, still_open) in pending.items():
+            found.pop(event_id, None)
+            if still_open:
+                found[event_id] = replace(row, id=0)
+        return sorted(found.values(), key=lambda row: row.created)
+
+    def _take_back_records(self) -> None:
+        """The records the last stop could not store (RECORDS_FILE), pending again: stored once
+        the outbox takes writes, kept in the file again at a stop that still cannot. A clean
+        stop whose card failed the outbox's writes after a violation's end was delivered from
+        memory left its start stored as open, and the next start ended it `restart` (`stopped
+        uncleanly`), a second `end` for consumers."""
+        path = self.dir / RECORDS_FILE
+        try:
+            data = json.loads(path.read_bytes())
+            tracks = {str(r["event_id"]): (Row(0, str(r["topic"]), dict(r["payload"]),
+                                               float(r["updated"])), bool(r["open"]))
+                      for r in data}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            log.warning("outbox %s: cannot read what the last stop could not store (%s); "
+                        "its violations are ended as the outbox has them", path, err)
+            tracks = {}
+        with self._lock:
+            self._tracks.update(tracks)
+            self._taken_back = set(tracks)
+            self._store_tracks()
+        try:  # in memory now: a stop writes them again where they are still not stored
+            path.unlink()
+        except OSError as err:
+            log.warning("outbox %s: cannot remove it (%s); a later start may end a violation "
+                        "of it again", path, err.strerror or err)
+
+    def _keep_records(self) -> bool:
+        """The records ``close`` could not store, in RECORDS_FILE for the next start."""
+        records = [{"event_id": event_id, "topic": row.topic, "payload": row.payload,
+                    "updated": row.created, "open": still_open}
+                   for event_id, (row, still_open) in self._tracks.items()]
+        try:
+            write_atomically(self.dir / RECORDS_FILE, json.dumps(records).encode("utf-8"))
+        except OSError:
+            return False
+        return True
 
     # ---- bounds and repairs ----
 
@@ -1243,9 +1295,14 @@ class Outbox:
                     log.error("outbox %s: %d event(s) held in memory could not be stored (%s) "
                               "and are lost", self.path, len(self._memory), self.fault)
                 elif not self._store_tracks():
-                    log.error("outbox %s: which message %d violation(s) sent last could not be "
-                              "stored (%s); the next start may end them with a seq already "
-                              "sent", self.path, len(self._tracks), self.fault)
+                    if self._keep_records():
+                        log.warning("outbox %s: which message %d violation(s) sent last could "
+                                    "not be stored (%s); kept in %s for the next start",
+                                    self.path, len(self._tracks), self.fault, RECORDS_FILE)
+                    else:
+                        log.error("outbox %s: which message %d violation(s) sent last could "
+                                  "not be stored (%s); the next start may end them with a seq "
+                                  "already sent", self.path, len(self._tracks), self.fault)
                 if self._db is not None:
                     self._db.close()
             finally:

@@ -1539,3 +1539,66 @@ def test_a_subscription_the_broker_refuses_is_an_error_and_a_fault_until_it_is_g
         assert wait_until(lambda: sink.connected and sink.faults() == [], 15), sink.faults()
         assert probe_broker(cfg_for(broker, tmp_path / "state"))[0] == OK
         sink.close()
+
+
+def test_a_clean_stop_whose_outbox_cannot_record_an_end_does_not_end_it_again(
+        tmp_path, default_model):
+    """A violation stored in the outbox, then the card fails every write of the outbox (EIO
+    injected by strace, attached once the start is out) and the violation ends: its end goes
+    to the broker from memory, but the record that it ended cannot be stored. After a clean
+    stop (SIGTERM), the next start took the stored start for a killed run's: 'still open when
+    maskd last stopped uncleanly', a second `end` (reason restart) in MQTT and in JSON lines.
+    Now what the outbox could not record is kept beside it for the next start: one end each."""
+    strace = strace_injecting()
+    state = tmp_path / "state"
+    db = state / "outbox.sqlite3"
+    jsonl = tmp_path / "events.jsonl"
+    topic = "maskd/door1/entrance/violation"
+    with Broker(tmp_path / "b") as b:
+        sub = Subscriber(b, [topic])
+        common = ["--device-id", "door1", "--camera", "entrance", "--mqtt", b.url, "--state-dir",
+                  str(state), "--model", str(default_model), "--detector", "blazeface",
+                  "--jsonl", str(jsonl)]
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--source", "demo",
+                                 "--loop", *common], stderr=subprocess.PIPE, text=True, cwd=REPO)
+        tracer = None
+        try:
+            seen = read_stderr_until(proc, "violation start", timeout=120)
+            assert wait_until(lambda: any(m.json()["event_type"] == "start"
+                                          for m in sub.messages), 20)
+            tracer = subprocess.Popen(
+                [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64,write", "-P",
+                 str(db), "-P", f"{db}-wal", "-e", "inject=pwrite64,write:error=EIO:when=1+",
+                 "-p", str(proc.pid)], stderr=subprocess.PIPE, text=True)
+            time.sleep(2)  # attached (it says nothing with -qq)
+            seen = read_stderr_until(proc, "violation end", seen, timeout=120)
+            assert wait_until(lambda: any(m.json()["event_type"] == "end"
+                                          for m in sub.messages), 20)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            for p in (proc, tracer):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.communicate()
+        assert proc.returncode == 0, (seen + err)[-3000:]
+        assert "could not be stored (disk I/O error); kept in outbox-records.json for the " \
+            "next start" in err, (seen + err)[-3000:]
+        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo",
+                            "--max-frames", "3", *common],
+                           capture_output=True, text=True, timeout=180, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "stopped uncleanly" not in r.stderr, r.stderr[-3000:]
+        assert not (state / "outbox-records.json").exists()  # stored in the outbox now
+        with closing(sqlite3.connect(db)) as con:
+            assert con.execute("SELECT COUNT(*) FROM open_events").fetchone()[0] == 0
+        time.sleep(1)
+        sub.close()
+    ends: dict[str, int] = {}
+    for m in sub.messages:
+        if m.json()["event_type"] == "end":
+            ends[m.json()["event_id"]] = ends.get(m.json()["event_id"], 0) + 1
+    assert ends and set(ends.values()) == {1}, ends
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert [e["event_id"] for e in lines if e["event_type"] == "end"] == \
+        [e["event_id"] for e in lines if e["event_type"] == "start"], lines
