@@ -1011,7 +1011,14 @@ class MqttSink(EventSink):
                         "on 8883)")
             else:
                 hint = client_certificate_hint(self._mq, why, handshook=True)
-            self._log_fail(f"MQTT: {self._url} did not answer CONNECT ({why}){hint}")
+            msg = f"MQTT: {self._url} did not answer CONNECT ({why}){hint}"
+            if client.protocol == mqtt.MQTTv5:
+                # not yet an error: an old broker (RabbitMQ 3, amqtt) answers only the 3.1.1
+                # CONNECT tried next; an ERROR at every start and reconnect of a broker that
+                # works was noise. One unanswered in 3.1.1 too is the error (a TLS listener).
+                log.debug("%s (in MQTT 5; MQTT 3.1.1 is tried too)", msg)
+            else:
+                self._log_fail(msg)
             self._unanswered(client)
         if was and self._guessed_311:
             # guessed from silence, which a stuck or cut-off MQTT 5 broker shows too: each
