@@ -105,7 +105,8 @@ class DemoSource:
         self.loop = loop
         self.fps = fps
         self.frames_per_pass = pass_frames(fps)
-        self.stats = {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
+        self.stats = {"frames": 0, "skipped": 0, "reopens": 0, "loops": 0, "corrupt": 0,
+                      "read_errors": 0}
         self._t0 = time.time()
         self._seq = 0
         self._closed = False

@@ -464,6 +464,7 @@ class CameraLoop:
             frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
             in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
             skipped=src.get("skipped", 0), reopens=src.get("reopens", 0),
+            loops=src.get("loops", 0),
             corrupt=src.get("corrupt", 0), camera_lost_since=lost,
             camera_lost_why=src.get("camera_lost_why") if lost else None,
             no_frame_since=None if waited is None else clock.local_iso(waited[0].timestamp),

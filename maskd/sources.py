@@ -104,7 +104,10 @@ Opener = Callable[[], Capture]  # opens the device or raises (SourceError/OSErro
 
 
 def _new_stats() -> dict:
-    return {"frames": 0, "skipped": 0, "reopens": 0, "corrupt": 0, "read_errors": 0}
+    # reopens: a live camera's (each try); loops: a looping file's passes started again, not
+    # counted as reopens (was: the status page's and /metrics' "times a live camera was
+    # reopened" grew by one every replay of a looping clip, thousands a day)
+    return {"frames": 0, "skipped": 0, "reopens": 0, "loops": 0, "corrupt": 0, "read_errors": 0}
 
 
 def frozen_sample(image: np.ndarray) -> np.ndarray:
@@ -821,7 +824,7 @@ class VideoFileSource:
 
     def _new_pass(self) -> None:
         """The next frame read starts a pass, timed on after the last one handed out."""
-        self.stats["reopens"] += 1
+        self.stats["loops"] += 1
         self._this_pass = 0
         self._pass_start, self._pass_first = self._offset + 1.0 / self.fps, None
 

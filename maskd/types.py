@@ -133,7 +133,8 @@ class LoopStats:
     in_view: int | None = None
     ms: dict[str, float] = field(default_factory=dict)  # capture, detect, classify, track
     skipped: int = 0  # live frames the loop had no time for
-    reopens: int = 0
+    reopens: int = 0  # a live camera reopened (each try)
+    loops: int = 0  # a looping file source started again at its end (not a reopen)
     corrupt: int = 0
     camera_lost_since: str | None = None  # ISO 8601 while a live camera is away
     # ... and why, in the source's words: the newest failure (cannot open, read failed, frames
