@@ -30,7 +30,9 @@ cannot make room (other files take the disk, or the open segment alone fills it)
 segment closed while its index still fits, one ERROR line says so, and recording resumes by
 itself once there is room again, checked every ``RETRY_S``. A card the kernel made read-only
 (a storage error) is found by a probe file every ``WRITABLE_LOOK_S`` (OpenCV's writer does not
-say that its writes fail) and pauses the recording the same way, with the reason.
+say that its writes fail) and pauses the recording the same way, with the reason; so does a
+file that stopped growing while frames were written to it (writes failing with EIO on a card
+that stays writable, ``STALL_S``), looked at then too.
 
 Encoding runs in a writer thread of its own, so the recording never slows detection: the loop
 hands over the frame (its array: sources hand out a fresh one per frame and nothing changes it
@@ -77,6 +79,17 @@ RETRY_S = 30.0  # while paused, how often to look for room again
 # says nothing when its writes fail, so on a card the kernel made read-only the clip went on
 # "recording" (the log counted the frames) into nothing.
 WRITABLE_LOOK_S = 10.0
+# On a card whose writes fail (EIO) without going read-only, FFmpeg stops writing after the
+# first failed write and OpenCV still says nothing: the file stops growing while frames are
+# handed to it (was: "recording" into nothing, unseen). It writes in 256 KiB blocks, so a file
+# may rightly not grow for a while: it is taken as failing once it has not grown for STALL_S
+# of video that should have taken STALL_BYTES (at this file's bytes per frame so far), or
+# for STALL_EMPTY_S of video while still empty (nothing known yet).
+STALL_S = 30.0
+STALL_BYTES = 8 * 1024 * 1024
+STALL_EMPTY_S = 300.0
+NOT_GROWING = ("stopped growing while frames were written to it: its writes fail (an I/O "
+               "error: a failing card? `dmesg` says why)")
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
 SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
@@ -177,6 +190,8 @@ class ClipWriter(FrameObserver):
         self._last: np.ndarray | None = None  # the frame last written, to repeat into a gap
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
+        self._grew_frames = 0  # the open file's frame count when its size last changed
+        self._proving = False  # a new file after failed writes: recording again once it grows
         self._retry_at = 0.0
         self._writable_look_at = 0.0
         self._rlog = RateLimitedLog(log)  # the writer thread's lines
@@ -441,11 +456,13 @@ class ClipWriter(FrameObserver):
             return False
         self._writer, self._path, self._shape = writer, path, (h, w)
         self.paths.append(path)
-        if again is not None:
-            log.info("annotated clip %s: recording again (%.0f MB free); %d frames were not "
-                     "recorded", self.name, again / MB, self.dropped)
-            self.paused = None
-        self._seg_frames, self._seg_t0, self._size = 0, shot.timestamp, 0
+        if again is not None:  # after failed writes, paused still (its problem line) until it grows
+            self._proving = NOT_GROWING in self._last_pause
+            if not self._proving:
+                log.info("annotated clip %s: recording again (%.0f MB free); %d frames were "
+                         "not recorded", self.name, again / MB, self.dropped)
+                self.paused = None
+        self._seg_frames, self._seg_t0, self._size, self._grew_frames = 0, shot.timestamp, 0, 0
         self._slot_t0 = shot.clock
         return True
 
@@ -460,7 +477,13 @@ class ClipWriter(FrameObserver):
         """After each frame: the segment's size (rotation) and the disk (pause before it is full)."""
         assert self._path is not None and self._writer is not None
         try:
-            self._size = self._path.stat().st_size
+            size = self._path.stat().st_size
+            if size != self._size:
+                self._size, self._grew_frames = size, self._seg_frames
+                if self._proving:
+                    self._proving, self.paused = False, None
+                    log.info("annotated clip %s: recording again (%s grows)", self.name,
+                             self._path)
         except (FileNotFoundError, NotADirectoryError):
             self._lost_segment()
             return
@@ -478,6 +501,19 @@ class ClipWriter(FrameObserver):
             if read_only_now(self.outdir):
                 self._close_segment()
                 self._pause(READ_ONLY_NOW)
+            elif self._not_growing():
+                self._close_segment()
+                self._pause(f"{self._path.name} {NOT_GROWING}")
+
+    def _not_growing(self) -> bool:
+        """The open file has not grown for longer than its writes can rightly be held back
+        (see STALL_S): they fail."""
+        stalled = self._seg_frames - self._grew_frames
+        if stalled < STALL_S * self.fps:
+            return False
+        if not self._size:
+            return stalled >= STALL_EMPTY_S * self.fps
+        return stalled * self._size / max(self._grew_frames, 1) >= STALL_BYTES
 
     def _lost_segment(self) -> None:
         """The open file was deleted (by hand, with its folder, or by the cap of another writer of

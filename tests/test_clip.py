@@ -406,6 +406,51 @@ def test_a_card_gone_read_only_pauses_the_clip_and_says_why(tmp_path, monkeypatc
                      r"kernel remounts it so after a storage error", caplog.text), caplog.text
 
 
+def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
+    """A card whose writes fail with EIO (injected by strace into the clip's file only) without
+    going read-only: FFmpeg stops writing at the first failed write and OpenCV says nothing, so
+    the clip went on "recording" into a file that no longer grew, no problem line, no ERROR
+    (reproduced with `maskd run --source demo --annotate`: faults [] for good). Now the file
+    not growing pauses the recording with the reason, and a new file tried at the retry that
+    does not grow either keeps it paused without a false "recording again"."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    out = tmp_path / "clips"
+    t = time.time()  # the names the writer will give its files (one a second), traced by path
+    paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t + i))}{s}.mkv")
+             for i in range(-1, 170) for s in ("", "_1")]
+    script = textwrap.dedent("""
+        import json, logging, sys
+        from pathlib import Path
+        from maskd import clip
+        from maskd.demo import DemoSource
+        from maskd.types import LoopStats
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        clip.WRITABLE_LOOK_S = clip.RETRY_S = 0.0  # look at every frame, retry at once
+        w = clip.ClipWriter(Path(sys.argv[1]), "door", 15.0)
+        src = DemoSource(loop=True)
+        for _ in range(4500):
+            w.on_frame(src.read(), [], LoopStats(fps=15.0))
+        w.flush()
+        print(json.dumps({"faults": w.faults(), "paths": len(w.paths)}))
+        w.close()
+    """)
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
+         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=5+",
+         sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    said = json.loads(r.stdout.splitlines()[-1])
+    assert said["faults"] and "stopped growing while frames were written to it: its writes " \
+        "fail" in said["faults"][0], (said, r.stderr[-3000:])
+    assert said["paths"] >= 2  # tried again, and that file did not grow either
+    assert r.stderr.count("recording paused") == 1 and "recording again" not in r.stderr, \
+        r.stderr[-3000:]
+
+
 def test_even_size_repeats_the_last_row_and_column():
     import numpy as np
 
