@@ -971,7 +971,12 @@ class ImageFolderSource:
                      len(old - new))
             self._warned = {w for w in self._warned if w[0] in new}
         if not self.paths:
-            what = "folder is gone" if not self.folder.is_dir() else "folder has no images left"
+            try:  # a stick pulled out, a failing card: its look-up fails (was: a crash, exit 70)
+                kind = _kind_of(self.folder)
+            except SourceError as err:
+                self.why_ended = str(err)
+                return False
+            what = "folder has no images left" if kind == "folder" else "folder is gone"
             self.why_ended = f"{self.folder}: the {what}"
             return False
         if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before):

@@ -2009,3 +2009,60 @@ def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path
     assert proc.returncode == 0, seen + err
     ends = [e["end_reason"] for e in before_stop if e["event_type"] == "end"]
     assert ends and set(ends) == {"gone"}, ends
+
+
+def test_a_looping_folder_whose_disk_fails_idles_and_plays_again(tmp_path, default_model):
+    """A looping folder on a stick pulled out or a card failing: the folder's own look-up
+    fails (EIO, injected by strace once the loop runs) where a pass ends. The loop crashed
+    (`the loop failed: OSError: [Errno 5] ...`, exit 70, every open violation ended
+    `shutdown`); it is a source that cannot loop, said so and tried again until it plays,
+    as a folder deleted is."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    demo = DemoSource()
+    for i in range(0, demo.frames_per_pass // 2, 3):  # the bare-faced half
+        cv2.imwrite(str(folder / f"f{i:04d}.jpg"), demo.render(i))
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(folder), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+
+    def wait_for(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and text not in seen and proc.poll() is None:
+            seen += proc.stderr.readline()
+        assert text in seen, seen
+
+    tracer = None
+    try:
+        _until_a_start(proc, events)
+        tracer = subprocess.Popen(
+            [strace, "-f", "-o", str(tmp_path / "strace.log"), "-e",
+             "trace=newfstatat,statx,openat", "-P", str(folder), "-e",
+             "inject=newfstatat,statx,openat:error=EIO", "-p", str(proc.pid)],
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
+            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
+        wait_for("idle, trying it again until it plays")
+        tracer.terminate()  # the disk is back
+        tracer.wait(10)
+        wait_for("plays again")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+        if proc.poll() is None:
+            proc.kill()
+    seen += err
+    assert proc.returncode == 0, seen[-3000:]
+    assert "faces': cannot be looked up (Input/output error); idle, trying it again until it " \
+        "plays" in seen, seen[-3000:]
+    assert "the loop failed" not in seen
