@@ -665,6 +665,7 @@ class VideoFileSource:
         self._said_cut_short = False
         self._cap = self._open()
         self._file = self._identity()  # file_identity as opened: a change is looked for
+        self._played = self._file  # ... of the file the last frame came from
         self._closed = False
         self._seq = 0
         self._pos: float | None = None  # the file's own time of the frame just read, seconds
@@ -801,6 +802,7 @@ class VideoFileSource:
                 self._seq += 1
                 self._this_pass += 1
                 self.stats["frames"] += 1
+                self._played = self._file
                 return frame
             # The end (or a run of broken frames): stop, or start again when looping. A pass
             # without a single good frame ends the source instead of spinning forever.
@@ -831,9 +833,12 @@ class VideoFileSource:
     def again(self) -> bool:
         """After a loop ended (``why_ended``): whether the file, changed on disk since (put
         back, copied over again), now has a frame, read for the next ``read``. The run loop asks
-        while it idles, as a lost camera is reopened; was: idle until maskd restarted."""
+        while it idles, as a lost camera is reopened; was: idle until maskd restarted. The file
+        that played, unchanged, is tried at every ask: it failed for the disk's passing I/O
+        errors (was: never tried again, as a file known bad is until it changes)."""
         now = self._identity()
-        if self.why_ended is None or self._closed or now is None or now == self._file:
+        if self.why_ended is None or self._closed or now is None or (
+                now == self._file and not _same_content(now, self._played)):
             return False
         self._file = now
         self._cap.release()

@@ -2011,15 +2011,35 @@ def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path
     assert ends and set(ends) == {"gone"}, ends
 
 
+
+@contextlib.contextmanager
+def disk_failing(proc: subprocess.Popen, path: Path, calls: str, tmp_path: Path):
+    """While inside: ``calls`` (strace's syscall names) on ``path`` fail with EIO in the
+    running ``proc`` (strace attached, then detached: the disk reads again)."""
+    from test_faults_mqtt import strace_injecting
+
+    tracer = subprocess.Popen(
+        [strace_injecting(), "-f", "-o", str(tmp_path / "strace.log"), "-e", f"trace={calls}",
+         "-P", str(path), "-e", f"inject={calls}:error=EIO", "-p", str(proc.pid)],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
+            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
+        yield
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+
+
 def test_a_looping_folder_whose_disk_fails_idles_and_plays_again(tmp_path, default_model):
     """A looping folder on a stick pulled out or a card failing: the folder's own look-up
     fails (EIO, injected by strace once the loop runs) where a pass ends. The loop crashed
     (`the loop failed: OSError: [Errno 5] ...`, exit 70, every open violation ended
     `shutdown`); it is a source that cannot loop, said so and tried again until it plays,
     as a folder deleted is."""
-    from test_faults_mqtt import strace_injecting
+    from test_cameras import read_until, stop
 
-    strace = strace_injecting()
     folder = tmp_path / "faces"
     folder.mkdir()
     demo = DemoSource()
@@ -2030,39 +2050,38 @@ def test_a_looping_folder_whose_disk_fails_idles_and_plays_again(tmp_path, defau
         [sys.executable, "-m", "maskd", "run", "--source", str(folder), "--loop", "--jsonl",
          str(events), "--model", str(default_model), "--detector", "blazeface"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = ""
-
-    def wait_for(text: str) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and text not in seen and proc.poll() is None:
-            seen += proc.stderr.readline()
-        assert text in seen, seen
-
-    tracer = None
     try:
         _until_a_start(proc, events)
-        tracer = subprocess.Popen(
-            [strace, "-f", "-o", str(tmp_path / "strace.log"), "-e",
-             "trace=newfstatat,statx,openat", "-P", str(folder), "-e",
-             "inject=newfstatat,statx,openat:error=EIO", "-p", str(proc.pid)],
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while "attached" not in (tracer.stderr.readline() if tracer.stderr else ""):
-            assert time.monotonic() < deadline and tracer.poll() is None, "strace did not attach"
-        wait_for("idle, trying it again until it plays")
-        tracer.terminate()  # the disk is back
-        tracer.wait(10)
-        wait_for("plays again")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        with disk_failing(proc, folder, "newfstatat,statx,openat", tmp_path):
+            seen = read_until(proc, "idle, trying it again until it plays")
+        seen = read_until(proc, "plays again", seen) + stop(proc)
     finally:
-        if tracer is not None and tracer.poll() is None:
-            tracer.kill()
         if proc.poll() is None:
             proc.kill()
-    seen += err
-    assert proc.returncode == 0, seen[-3000:]
     assert "faces': cannot be looked up (Input/output error); idle, trying it again until it " \
         "plays" in seen, seen[-3000:]
     assert "the loop failed" not in seen
+
+
+def test_a_looping_clip_whose_disk_failed_a_while_is_tried_again(tmp_path, default_model):
+    """A looping clip whose reads fail a while (a card or stick with passing I/O errors; the
+    file as it was): 'cannot loop: ... (Input/output error); trying it again until it plays',
+    but it was tried again only once the file changed on disk, so it never played again,
+    the status line saying it was tried. An unchanged file is tried again too."""
+    from test_cameras import read_until, stop
+
+    clip = bare_clip(tmp_path / "bare.avi", "MJPG")
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until_a_start(proc, events)
+        with disk_failing(proc, clip, "read,pread64", tmp_path):
+            seen = read_until(proc, "idle, trying it again until it plays")
+        seen = read_until(proc, "plays again", seen) + stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "cannot loop: " in seen and "Input/output error" in seen, seen[-3000:]
