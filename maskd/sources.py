@@ -940,6 +940,8 @@ class ImageFolderSource:
         if not self.paths:
             raise MissingSource(no_images(folder))
         self._files = self._identities()
+        # (paths, file_identity) of the last pass that read an image: retried when unchanged
+        self._played: tuple[list[Path], list[tuple[int, int, int, int] | None]] | None = None
         self._iter: Iterator[Path] = iter(self.paths)
         self._t0 = time.time()
         self._seq = 0
@@ -960,14 +962,27 @@ class ImageFolderSource:
                 log.warning("%s: its images there are not read", one_field(str(item)))
         return paths
 
+    def _one_reads(self) -> bool:
+        """Whether one of the listed images reads now."""
+        for path in self.paths:
+            try:
+                load_image_rgb(path)
+            except ImageError:
+                continue
+            return True
+        return False
+
     def _identities(self) -> list[tuple[int, int, int, int] | None]:
         """``file_identity`` of each listed image: one written again under its name (a copy
         cut short, then whole) is not the image a pass could not read."""
         return [file_identity(p) for p in self.paths]
 
-    def _next_pass(self) -> bool:
+    def _next_pass(self, retry: bool = False) -> bool:
         """List the folder again for a new pass; False (and ``why_ended``) when nothing is left
-        to read: no images, or the same images as a pass that could read none of them."""
+        to read: no images, or the same images as a pass that could read none of them (but for
+        a ``retry`` of the images that played, unchanged, once one of them reads again)."""
+        if self._good_this_pass:
+            self._played = (self.paths, self._files)
         before, self.paths = self.paths, self._list()
         files_before, self._files = self._files, self._identities()
         if self.paths != before and self.paths:
@@ -984,7 +999,8 @@ class ImageFolderSource:
             what = "folder has no images left" if kind == "folder" else "folder is gone"
             self.why_ended = f"{self.folder}: the {what}"
             return False
-        if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before):
+        if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before) \
+                and not (retry and self._played == (before, files_before) and self._one_reads()):
             self.why_ended = f"{self.folder}: none of its images can be read"
             return False
         self._iter = iter(self.paths)
@@ -994,8 +1010,9 @@ class ImageFolderSource:
     def again(self) -> bool:
         """After a loop ended (``why_ended``): whether the folder has images to read again
         (listed anew; unreadable ones not written again since are not read again, and said
-        again, at every try). See VideoFileSource."""
-        if self.why_ended is None or self._closed or not self._next_pass():
+        again, at every try; those that played, unchanged, are read again once one of them
+        reads: they failed for the disk's passing I/O errors). See VideoFileSource."""
+        if self.why_ended is None or self._closed or not self._next_pass(retry=True):
             return False
         self.why_ended = None
         return True

@@ -2013,14 +2013,15 @@ def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path
 
 
 @contextlib.contextmanager
-def disk_failing(proc: subprocess.Popen, path: Path, calls: str, tmp_path: Path):
-    """While inside: ``calls`` (strace's syscall names) on ``path`` fail with EIO in the
+def disk_failing(proc: subprocess.Popen, paths: list[Path], calls: str, tmp_path: Path):
+    """While inside: ``calls`` (strace's syscall names) on ``paths`` fail with EIO in the
     running ``proc`` (strace attached, then detached: the disk reads again)."""
     from test_faults_mqtt import strace_injecting
 
     tracer = subprocess.Popen(
         [strace_injecting(), "-f", "-o", str(tmp_path / "strace.log"), "-e", f"trace={calls}",
-         "-P", str(path), "-e", f"inject={calls}:error=EIO", "-p", str(proc.pid)],
+         *(a for p in paths for a in ("-P", str(p))), "-e", f"inject={calls}:error=EIO", "-p",
+         str(proc.pid)],
         stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10
@@ -2052,7 +2053,7 @@ def test_a_looping_folder_whose_disk_fails_idles_and_plays_again(tmp_path, defau
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _until_a_start(proc, events)
-        with disk_failing(proc, folder, "newfstatat,statx,openat", tmp_path):
+        with disk_failing(proc, [folder], "newfstatat,statx,openat", tmp_path):
             seen = read_until(proc, "idle, trying it again until it plays")
         seen = read_until(proc, "plays again", seen) + stop(proc)
     finally:
@@ -2078,10 +2079,38 @@ def test_a_looping_clip_whose_disk_failed_a_while_is_tried_again(tmp_path, defau
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _until_a_start(proc, events)
-        with disk_failing(proc, clip, "read,pread64", tmp_path):
+        with disk_failing(proc, [clip], "read,pread64", tmp_path):
             seen = read_until(proc, "idle, trying it again until it plays")
         seen = read_until(proc, "plays again", seen) + stop(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert "cannot loop: " in seen and "Input/output error" in seen, seen[-3000:]
+
+
+def test_a_looping_folder_whose_images_failed_a_while_is_tried_again(tmp_path, default_model):
+    """A looping folder whose images' reads fail a while (a card with passing I/O errors; the
+    images as they were): 'none of its images can be read; trying it again until it plays',
+    but the same images were tried again only once one changed on disk, so they never played
+    again. The images that played, unchanged, are read again once one of them reads."""
+    from test_cameras import read_until, stop
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    demo = DemoSource()
+    for i in range(0, demo.frames_per_pass // 2, 3):  # the bare-faced half
+        cv2.imwrite(str(folder / f"f{i:04d}.jpg"), demo.render(i))
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(folder), "--loop", "--jsonl",
+         str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _until_a_start(proc, events)
+        with disk_failing(proc, sorted(folder.iterdir()), "openat,read", tmp_path):
+            seen = read_until(proc, "none of its images can be read; idle, trying it again")
+        seen = read_until(proc, "plays again", seen) + stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Input/output error" in seen, seen[-3000:]
