@@ -997,7 +997,9 @@ class ImageFolderSource:
                 self.why_ended = str(err)
                 return False
             what = "folder has no images left" if kind == "folder" else "folder is gone"
-            self.why_ended = f"{self.folder}: the {what}"
+            # one on a stick taken out says where its link leads, as a clip's (`ls` shows it)
+            self.why_ended = (kind == "missing" and dangling_link(self.folder)
+                              or f"{self.folder}: the {what}")
             return False
         if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before) \
                 and not (retry and self._played == (before, files_before) and self._one_reads()):

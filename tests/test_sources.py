@@ -2106,3 +2106,23 @@ def test_a_looping_folder_whose_unreadable_image_is_fixed_in_place_plays_again(t
     img.write_bytes(good)
     assert src.again() and src.why_ended is None
     assert src.read().source == str(img)
+
+
+def test_a_looping_folder_linked_from_a_disk_gone_says_the_link(tmp_path):
+    """A looping folder linked from a stick taken out (its mount gone: the link dangles) said
+    'P: the folder is gone', of a name `ls` shows, in the problem line and Home Assistant,
+    where a looping clip linked so says where its link leads, as the start does of both."""
+    from maskd.sources import ImageFolderSource
+
+    stick = tmp_path / "stick"
+    (stick / "faces").mkdir(parents=True)
+    cv2.imwrite(str(stick / "faces" / "a.jpg"), np.full((48, 64, 3), 128, np.uint8))
+    door = tmp_path / "door"
+    door.symlink_to(stick / "faces")
+    src = ImageFolderSource(door, loop=True)
+    assert src.read() is not None
+    stick.rename(tmp_path / "stick.out")  # taken out
+    assert src.read() is None
+    assert src.why_ended == f"{door} is a link to {stick / 'faces'}, which is not there"
+    (tmp_path / "stick.out").rename(stick)  # back
+    assert src.again() and src.read() is not None
