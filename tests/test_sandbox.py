@@ -1,0 +1,131 @@
+"""A real maskd inside an emulation of systemd/maskd.service's sandbox (tools/sandbox.py): read-only
+file system but the state folder, empty /tmp, hidden /home and /root, the user nobody with no
+capabilities, and the unit's seccomp filter from this machine's systemd-analyze. Where no systemd
+runs (a chroot, CI) this is what shows a write outside /var/lib/maskd (a cache in ~/.cache or
+/opt/maskd, a temporary file) or a system call outside @system-service before a Pi does.
+Skips with the reason where the emulation cannot run (not root, no unshare or libseccomp)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Broker, Subscriber, free_port
+
+from tools import sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+# what a sandbox refusal looks like in maskd's output
+REFUSALS = ("Read-only file system", "Permission denied", "Operation not permitted",
+            "Address family not supported", "Traceback")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A state folder owned by nobody (StateDirectory=) and a config folder it may only read."""
+    why = sandbox.missing()
+    if why:
+        pytest.skip(why)
+    state, config = tmp_path / "state", tmp_path / "config"
+    state.mkdir(mode=0o750)
+    config.mkdir(mode=0o750)
+    os.chown(state, sandbox.NOBODY, sandbox.NOBODY)
+    os.chown(config, 0, sandbox.NOBODY)
+    return state, config
+
+
+def in_sandbox(state: Path, config: Path, *args: str, env: dict[str, str] | None = None,
+               **kw: object) -> subprocess.Popen:
+    return subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, str(REPO / "tools" / "sandbox.py"), "--state", str(state), "--config",
+         str(config), "--", *args], env={**os.environ, "MASKD_MODEL_DIR": str(REPO / "models"),
+                                         **(env or {})}, **kw)
+
+
+def test_the_syscall_sets_are_systemds() -> None:
+    """The filter is built from systemd's own groups: what maskd needs is in, setuid is not."""
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("needs systemd-analyze (systemd)")
+    calls = set(sandbox.allowed())
+    assert {"socket", "clone3", "futex", "mmap", "sched_getaffinity", "epoll_wait"} <= calls
+    assert not {"setresuid", "chown", "mount", "reboot"} & calls
+
+
+def test_real_maskd_run_inside_the_units_sandbox(dirs: tuple[Path, Path], yunet_model: Path,
+                                                  tmp_path: Path) -> None:
+    """`maskd check-config`, `doctor` and `run` (demo source, YuNet, the TFLite classifier with
+    XNNPACK, MQTT, the status page, snapshots, the annotated clip, JSON lines, sd_notify, a
+    SIGTERM stop) as the unit runs them: every output lands in the state folder and nothing is
+    refused."""
+    import socket
+
+    state, config = dirs
+    port = free_port()
+    cfg = config / "config.yaml"
+    notify = config / "notify.sock"
+    with Broker(tmp_path / "broker") as broker:
+        detector = config / yunet_model.name  # ../shared may be under the hidden /home
+        shutil.copyfile(yunet_model, detector)
+        cfg.write_text(json.dumps({
+            "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+            "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{detector.name}"},
+            "classifier": {"threads": 2},
+            "jsonl": {"path": f"{sandbox.STATE}/events.jsonl"},
+            "mqtt": {"url": broker.url, "snapshots": True},
+            "preview": {"http": f"127.0.0.1:{port}", "annotate_dir": f"{sandbox.STATE}/clips"},
+            "snapshots": {"dir": f"{sandbox.STATE}/snapshots"}}))
+        os.chmod(cfg, 0o640)
+        os.chown(cfg, 0, sandbox.NOBODY)
+        inside = f"{sandbox.CONFIG}/config.yaml"
+        for cmd in (["check-config", inside], ["doctor", "--config", inside]):
+            r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+            out = r.communicate(timeout=240)[0]
+            assert r.returncode == 0 and not any(x in out for x in REFUSALS), out
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(notify))
+        os.chmod(notify, 0o777)
+        sock.settimeout(0.2)
+        sub = Subscriber(broker, ["maskd/+/door/snapshot"])
+        log = tmp_path / "stderr.log"
+        with log.open("w") as err:
+            proc = in_sandbox(state, config, "run", "--config", inside,
+                              env={"NOTIFY_SOCKET": f"{sandbox.CONFIG}/notify.sock",
+                                   "WATCHDOG_USEC": "30000000"},
+                              stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            said: list[str] = []
+            deadline = time.monotonic() + 180
+            while not ("READY=1" in "".join(said) and (state / "events.jsonl").exists()
+                       and (state / "events.jsonl").stat().st_size and sub.messages):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                try:
+                    said.append(sock.recv(4096).decode())
+                except TimeoutError:
+                    pass
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            for line in ("Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t0000000000000000",
+                         f"Uid:\t{sandbox.NOBODY}"):
+                assert line in status, status  # the emulation is in force
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg", timeout=10) as page:
+                assert page.read(2) == b"\xff\xd8"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sub.close()
+            sock.close()
+    text = log.read_text()
+    assert not any(x in text for x in REFUSALS), text
+    assert json.loads((state / "events.jsonl").read_text().splitlines()[0])["camera"] == "door"
+    assert list((state / "snapshots").glob("*.jpg")) and list((state / "clips").iterdir())
+    assert (state / "outbox.sqlite3").exists()
