@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
 RESERVE_FILE = "outbox.reserve"
+LOCK_FILE = "outbox.lock"
 # The open-violations records a stop could not store in the outbox (its writes failing: a card's
 # I/O errors), kept beside it for the next start (``Outbox._take_back_records``).
 RECORDS_FILE = "outbox-records.json"
@@ -77,6 +78,42 @@ def no_outbox_there(state_dir: Path, why: str) -> str:
     """The one wording, for `run` and check-config, of a state dir the outbox cannot be made in;
     it names the key (was: 'state dir', and the whole of a name thousands of characters long)."""
     return f"state_dir {shown_path(state_dir)}: cannot create the MQTT outbox there: {why}"
+
+
+def _name(table: Callable[[int], object], attr: str, n: int) -> str:
+    """A user's or group's name from its number (the number where it has none)."""
+    try:
+        return str(getattr(table(n), attr))
+    except KeyError:
+        return str(n)
+
+
+def foreign_outbox(state_dir: Path) -> str | None:
+    """'F belongs to root:root (mode 0644) and maskd ... cannot read and write it' for the
+    first of the outbox's files in ``state_dir`` this process cannot read and write: left by
+    maskd run as another user (``sudo maskd run``, a restore as root). SQLite opens such a
+    file read-only, or says only 'unable to open database file'; the lock said 'Permission
+    denied' under the name of a folder that is writable."""
+    import grp
+    import pwd
+
+    for name in (LOCK_FILE, OUTBOX_FILE, f"{OUTBOX_FILE}-wal", f"{OUTBOX_FILE}-shm", RESERVE_FILE,
+                 RECORDS_FILE):
+        p = state_dir / name
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if st.st_uid == os.geteuid() or os.access(p, os.R_OK | os.W_OK):
+            continue  # its own file on a read-only card is said by what fails on it
+        me = _name(pwd.getpwuid, "pw_name", os.geteuid())
+        return (f"outbox {shown_path(p)} belongs to {_name(pwd.getpwuid, 'pw_name', st.st_uid)}:"
+                f"{_name(grp.getgrgid, 'gr_name', st.st_gid)} (mode {st.st_mode & 0o7777:04o}) "
+                f"and {me}, this maskd's user, cannot read and write it: made by maskd run as "
+                f"another user (sudo maskd instead of sudo -u {me} maskd?); give the folder back: "
+                f"sudo chown -R {me}:{_name(grp.getgrgid, 'gr_name', os.getegid())} "
+                f"{shown_path(state_dir)}")
+    return None
 
 
 def newer_outbox(state_dir: Path) -> str | None:
@@ -332,10 +369,10 @@ class Outbox:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             # One process per outbox: two daemons sharing it would publish each other's rows.
-            self._lock_fd = os.open(self.dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
-            raise OutboxError(no_outbox_there(self.dir, create_failure(self.dir, True, err))
-                              ) from None
+            raise OutboxError(foreign_outbox(self.dir) or no_outbox_there(
+                self.dir, create_failure(self.dir, True, err))) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -345,8 +382,10 @@ class Outbox:
                 "(give each instance its own --state-dir)"
             ) from None
         try:
-            if newer := newer_outbox(self.dir):  # read before anything writes to it
-                raise OutboxError(newer)
+            # read before anything writes to it; SQLite opens another user's file read-only
+            # and each event then failed to be stored, and was lost at the stop
+            if refused := newer_outbox(self.dir) or foreign_outbox(self.dir):
+                raise OutboxError(refused)
             self._db = self._open(durable)
             self._reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             with self._lock:
@@ -1151,7 +1190,7 @@ class Outbox:
         tmp = self.path.with_name(f"{OUTBOX_FILE}.rebuild")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(self.dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             reserve_fd = os.open(self.dir / RESERVE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             tmp.unlink(missing_ok=True)

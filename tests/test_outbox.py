@@ -1186,3 +1186,18 @@ def test_a_stop_that_cannot_record_an_end_does_not_say_it_stored_events(tmp_path
     """, "error=EIO:when=1+")
     assert "which message 1 violation(s) sent last could not be stored" in err, err
     assert "stored 0 event(s)" not in err, err
+
+
+def test_an_own_outbox_on_a_card_gone_read_only_is_said_read_only(tmp_path):
+    """The outbox of maskd's own user on a card mounted read-only is 'Read-only file system',
+    not a file of another user's that wants a chown (access() fails there for every user: the
+    owner is what tells them apart)."""
+    from mqtt_broker import small_disk
+
+    with small_disk(tmp_path / "card") as card:
+        Outbox(card).close()
+        subprocess.run(["mount", "-o", "remount,ro", str(card)], check=True)
+        with pytest.raises(OutboxError) as err:
+            Outbox(card)
+        assert str(err.value) == (f"state_dir {card}: cannot create the MQTT outbox there: "
+                                  "Read-only file system")

@@ -129,3 +129,44 @@ def test_real_maskd_run_inside_the_units_sandbox(dirs: tuple[Path, Path], yunet_
     assert json.loads((state / "events.jsonl").read_text().splitlines()[0])["camera"] == "door"
     assert list((state / "snapshots").glob("*.jpg")) and list((state / "clips").iterdir())
     assert (state / "outbox.sqlite3").exists()
+
+
+def test_an_outbox_left_by_a_root_run_is_named_with_its_owner(dirs: tuple[Path, Path]) -> None:
+    """`sudo maskd run` (not `sudo -u maskd`) leaves the outbox root's. The service, as its own
+    user, ran with the database open read-only (root's umask: 0644): every event failed to be
+    stored ('attempt to write a readonly database'), was held in memory and lost at the stop
+    ('the disk had no room for them'), and `doctor` said OK; a lock left by root stopped it with
+    'state_dir /var/lib/maskd: cannot create the MQTT outbox there: Permission denied' of a
+    folder it may write. Both now stop at the start (exit 78) naming the file, its owner and
+    the chown that gives it back, `doctor` fails and `check-config` warns in the same words."""
+    import grp
+
+    from maskd.outbox import Outbox
+
+    state, config = dirs
+    try:
+        group = grp.getgrgid(sandbox.NOBODY).gr_name
+    except KeyError:
+        group = str(sandbox.NOBODY)
+    cfg = config / "config.yaml"
+    cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
+                               "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"}}))
+    os.chmod(cfg, 0o644)
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for name in ("outbox.sqlite3", "outbox.lock"):
+        for f in state.iterdir():
+            f.unlink()
+        Outbox(state).close()  # as root, as `sudo maskd run` makes it
+        for f in state.iterdir():
+            if f.name != name:
+                os.chown(f, sandbox.NOBODY, sandbox.NOBODY)
+        why = (f"outbox {sandbox.STATE}/{name} belongs to root:root (mode "
+               f"{(state / name).stat().st_mode & 0o7777:04o}) and nobody, this maskd's user, "
+               "cannot read and write it")
+        fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+        for cmd, code in ((["run", "--config", inside], 78), (["doctor", "--config", inside], 1),
+                          (["check-config", inside], 0)):  # a warning: the user it is run as
+            r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+            out = r.communicate(timeout=240)[0]
+            assert r.returncode == code and why in out and fix in out, out

@@ -994,7 +994,14 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
 
     from maskd.clock import boot_id, system_clock
     from maskd.files import READ_ONLY_NOW, read_only_now
-    from maskd.outbox import OUTBOX_FILE, RESERVE_FILE, newer_outbox, row_age, sqlite_code
+    from maskd.outbox import (
+        OUTBOX_FILE,
+        RESERVE_FILE,
+        foreign_outbox,
+        newer_outbox,
+        row_age,
+        sqlite_code,
+    )
 
     mq, d = cfg.mqtt, cfg.state_dir
     if not d.is_dir():
@@ -1003,8 +1010,8 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     need = max(mq.outbox_reserve_kb, 64) * 1024
     parts = []
     path = d / OUTBOX_FILE
-    if newer := newer_outbox(d):  # `run` stops on it, in these words
-        return FAIL, newer
+    if refused := newer_outbox(d) or foreign_outbox(d):  # `run` stops on them, in these words
+        return FAIL, refused
     if path.exists() and path.stat().st_size > 0:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
