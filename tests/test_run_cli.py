@@ -2033,84 +2033,58 @@ def disk_failing(proc: subprocess.Popen, paths: list[Path], calls: str, tmp_path
         tracer.wait(10)
 
 
-def test_a_looping_folder_whose_disk_fails_idles_and_plays_again(tmp_path, default_model):
-    """A looping folder on a stick pulled out or a card failing: the folder's own look-up
-    fails (EIO, injected by strace once the loop runs) where a pass ends. The loop crashed
-    (`the loop failed: OSError: [Errno 5] ...`, exit 70, every open violation ended
-    `shutdown`); it is a source that cannot loop, said so and tried again until it plays,
-    as a folder deleted is."""
-    from test_cameras import read_until, stop
-
+def _bare_folder(tmp_path: Path) -> Path:
+    """A folder of the demo's bare-faced frames, one in three."""
     folder = tmp_path / "faces"
     folder.mkdir()
     demo = DemoSource()
-    for i in range(0, demo.frames_per_pass // 2, 3):  # the bare-faced half
+    for i in range(0, demo.frames_per_pass // 2, 3):
         cv2.imwrite(str(folder / f"f{i:04d}.jpg"), demo.render(i))
-    events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(folder), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _until_a_start(proc, events)
-        with disk_failing(proc, [folder], "newfstatat,statx,openat", tmp_path):
-            seen = read_until(proc, "idle, trying it again until it plays")
-        seen = read_until(proc, "plays again", seen) + stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "faces': cannot be looked up (Input/output error); idle, trying it again until it " \
-        "plays" in seen, seen[-3000:]
-    assert "the loop failed" not in seen
+    return folder
 
 
-def test_a_looping_clip_whose_disk_failed_a_while_is_tried_again(tmp_path, default_model):
-    """A looping clip whose reads fail a while (a card or stick with passing I/O errors; the
-    file as it was): 'cannot loop: ... (Input/output error); trying it again until it plays',
-    but it was tried again only once the file changed on disk, so it never played again,
-    the status line saying it was tried. An unchanged file is tried again too."""
+@pytest.mark.parametrize("case", ["folder-lookup", "clip-reads", "folder-images"])
+def test_a_looping_source_whose_disk_fails_a_while_idles_and_plays_again(
+        tmp_path, default_model, case):
+    """A looping source on a stick pulled out or a card with passing I/O errors (EIO,
+    injected by strace once the loop runs; the files as they were).
+    - folder-lookup: the folder's own look-up fails where a pass ends. The loop crashed
+      (`the loop failed: OSError: [Errno 5] ...`, exit 70, every open violation ended
+      `shutdown`); it is a source that cannot loop, said so and tried again until it plays.
+    - clip-reads: 'cannot loop: ... (Input/output error); trying it again until it plays',
+      but it was tried again only once the file changed on disk, so it never played again.
+    - folder-images: 'none of its images can be read', and the same images were tried again
+      only once one changed on disk. The images that played, unchanged, are read again once
+      one of them reads."""
     from test_cameras import read_until, stop
 
-    clip = bare_clip(tmp_path / "bare.avi", "MJPG")
+    if case == "clip-reads":
+        source = bare_clip(tmp_path / "bare.avi", "MJPG")
+        failing, calls, idle = [source], "read,pread64", "idle, trying it again until it plays"
+    else:
+        source = _bare_folder(tmp_path)
+        failing, calls, idle = (
+            ([source], "newfstatat,statx,openat", "idle, trying it again until it plays")
+            if case == "folder-lookup" else
+            (sorted(source.iterdir()), "openat,read",
+             "none of its images can be read; idle, trying it again"))
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
+        [sys.executable, "-m", "maskd", "run", "--source", str(source), "--loop", "--jsonl",
          str(events), "--model", str(default_model), "--detector", "blazeface"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _until_a_start(proc, events)
-        with disk_failing(proc, [clip], "read,pread64", tmp_path):
-            seen = read_until(proc, "idle, trying it again until it plays")
-        seen = read_until(proc, "plays again", seen) + stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "cannot loop: " in seen and "Input/output error" in seen, seen[-3000:]
-
-
-def test_a_looping_folder_whose_images_failed_a_while_is_tried_again(tmp_path, default_model):
-    """A looping folder whose images' reads fail a while (a card with passing I/O errors; the
-    images as they were): 'none of its images can be read; trying it again until it plays',
-    but the same images were tried again only once one changed on disk, so they never played
-    again. The images that played, unchanged, are read again once one of them reads."""
-    from test_cameras import read_until, stop
-
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    demo = DemoSource()
-    for i in range(0, demo.frames_per_pass // 2, 3):  # the bare-faced half
-        cv2.imwrite(str(folder / f"f{i:04d}.jpg"), demo.render(i))
-    events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(folder), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _until_a_start(proc, events)
-        with disk_failing(proc, sorted(folder.iterdir()), "openat,read", tmp_path):
-            seen = read_until(proc, "none of its images can be read; idle, trying it again")
+        with disk_failing(proc, failing, calls, tmp_path):
+            seen = read_until(proc, idle)
         seen = read_until(proc, "plays again", seen) + stop(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert "Input/output error" in seen, seen[-3000:]
+    assert "the loop failed" not in seen
+    if case == "folder-lookup":
+        assert "faces': cannot be looked up (Input/output error); idle, trying it again " \
+            "until it plays" in seen, seen[-3000:]
+    if case == "clip-reads":
+        assert "cannot loop: " in seen, seen[-3000:]
