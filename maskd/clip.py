@@ -84,7 +84,8 @@ WRITABLE_LOOK_S = 10.0
 # handed to it (was: "recording" into nothing, unseen). It writes in 256 KiB blocks, so a file
 # may rightly not grow for a while: it is taken as failing once it has not grown for STALL_S
 # of video that should have taken STALL_BYTES (at this file's bytes per frame so far), or
-# for STALL_EMPTY_S of video while still empty (nothing known yet).
+# for STALL_EMPTY_S of video while still empty (nothing known yet); and then only where it did
+# not grow at its close either (a scene turned cheap to encode grows then: ``_grew_at_close``).
 STALL_S = 30.0
 STALL_BYTES = 8 * 1024 * 1024
 STALL_EMPTY_S = 300.0
@@ -480,10 +481,7 @@ class ClipWriter(FrameObserver):
             size = self._path.stat().st_size
             if size != self._size:
                 self._size, self._grew_frames = size, self._seg_frames
-                if self._proving:
-                    self._proving, self.paused = False, None
-                    log.info("annotated clip %s: recording again (%s grows)", self.name,
-                             self._path)
+                self._proven()
         except (FileNotFoundError, NotADirectoryError):
             self._lost_segment()
             return
@@ -503,7 +501,8 @@ class ClipWriter(FrameObserver):
                 self._pause(READ_ONLY_NOW)
             elif self._not_growing():
                 self._close_segment()
-                self._pause(f"{self._path.name} {NOT_GROWING}")
+                if not self._grew_at_close():
+                    self._pause(f"{self._path.name} {NOT_GROWING}")
 
     def _not_growing(self) -> bool:
         """The open file has not grown for longer than its writes can rightly be held back
@@ -514,6 +513,29 @@ class ClipWriter(FrameObserver):
         if not self._size:
             return stalled >= STALL_EMPTY_S * self.fps
         return stalled * self._size / max(self._grew_frames, 1) >= STALL_BYTES
+
+    def _grew_at_close(self) -> bool:
+        """Whether the file closed for not growing grew at its close: what FFmpeg held went to
+        the disk, so its writes work and the scene only turned cheap to encode (a night, a still
+        hall: a minute or more per 256 KiB after a busy stretch); the next frame starts a new
+        file, whose own bytes per frame judge it (was: paused as a failing card)."""
+        assert self._path is not None
+        try:
+            grew = self._path.stat().st_size > self._size
+        except OSError:
+            return False
+        if grew:
+            log.info("annotated clip %s: %s had not grown for %d frames but grew at its close "
+                     "(a scene cheap to encode); recording goes on in a new file", self.name,
+                     self._path.name, self._seg_frames - self._grew_frames)
+            self._proven()
+        return grew
+
+    def _proven(self) -> None:
+        """The open file grew: after failed writes (``_proving``), recording again."""
+        if self._proving:
+            self._proving, self.paused = False, None
+            log.info("annotated clip %s: recording again (%s grows)", self.name, self._path)
 
     def _lost_segment(self) -> None:
         """The open file was deleted (by hand, with its folder, or by the cap of another writer of

@@ -451,6 +451,32 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
         r.stderr[-3000:]
 
 
+def test_a_scene_that_turns_cheap_to_encode_is_no_failing_card(tmp_path, monkeypatch, caplog):
+    """A camera's busy stretch, then its night (a dark still frame, a few hundred bytes a frame
+    at 5 fps): FFmpeg's next 256 KiB block took over a minute to come, and the file judged by
+    the busy stretch's bytes per frame was said to fail its writes at 30 s (ERROR, problem
+    line, recording paused). The close of the file that has not grown says which it is: its
+    held bytes reach the disk when writes work."""
+    import numpy as np
+
+    monkeypatch.setattr(clip, "WRITABLE_LOOK_S", 0.0)  # look at every frame
+    fps, h, w = 5.0, 480, 640
+    busy = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    dark = np.full((h, w, 3), 12, np.uint8)
+    frames = [np.roll(busy, 7 * i, axis=1) for i in range(int(30 * fps))]
+    frames += [dark.copy() for _ in range(int(90 * fps))]
+    writer = ClipWriter(tmp_path, "door", fps)
+    with caplog.at_level(logging.INFO, logger="maskd.clip"):
+        for i, image in enumerate(frames):
+            writer.on_frame(Frame(image, i, 1000.0 + i / fps, "door"), [], LoopStats(fps=fps))
+            if i % 25 == 0:
+                assert writer.flush()
+                assert writer.faults() == [], caplog.text[-2000:]
+        writer.close()
+    assert "stopped growing" not in caplog.text, caplog.text[-2000:]
+    assert sum(frames_in(p) for p in sorted(tmp_path.glob("*.mkv"))) == len(frames)
+
+
 def test_even_size_repeats_the_last_row_and_column():
     import numpy as np
 
