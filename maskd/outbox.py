@@ -352,6 +352,7 @@ class Outbox:
         # from memory first), so the next start ends it after the last seq really sent.
         self._tracks: dict[str, tuple[Row, bool]] = {}
         self._taken_back: set[str] = set()  # those of them the last stop left (RECORDS_FILE)
+        self._records_left = False  # RECORDS_FILE is there until they are stored
         # Storage errors by kind (store / delete / read): (message, since); an operation of
         # the same kind that succeeds clears its entry.
         self._errors: dict[str, tuple[str, float]] = {}
@@ -862,6 +863,7 @@ class Outbox:
             if track is not None and track[0] in self._tracks \
                     and self._tracks[track[0]][0].id <= row.id:
                 del self._tracks[track[0]]
+        self._drop_records_file()
         self._count += len(items)
         self._succeeded("store")
         return True
@@ -1016,10 +1018,19 @@ class Outbox:
             tracks = {}
         with self._lock:
             self._tracks.update(tracks)
-            self._taken_back = set(tracks)
+            self._taken_back, self._records_left = set(tracks), True
             self._store_tracks()
-        try:  # in memory now: a stop writes them again where they are still not stored
-            path.unlink()
+
+    def _drop_records_file(self) -> None:
+        """Remove RECORDS_FILE once what it held is stored (under the lock), not as it is read:
+        a start on the card still failing the writes, killed (a power cut, the watchdog), lost
+        them, and the start after ended a violation the broker had the end of again."""
+        if not self._records_left or self._taken_back & self._tracks.keys():
+            return
+        self._records_left = False
+        path = self.dir / RECORDS_FILE
+        try:
+            path.unlink(missing_ok=True)
         except OSError as err:
             log.warning("outbox %s: cannot remove it (%s); a later start may end a violation "
                         "of it again", path, err.strerror or err)
@@ -1264,6 +1275,7 @@ class Outbox:
         stored (under the lock; only once memory is empty, so no older message of the same
         violation is stored after them); True when none is left."""
         if not self._tracks:
+            self._drop_records_file()
             return True
         if self._memory or self._db is None:
             return False
@@ -1277,6 +1289,7 @@ class Outbox:
             self._failed("store", "record the open violations", err)
             return False
         self._tracks.clear()
+        self._drop_records_file()
         return True
 
     def _store_memory(self) -> None:
