@@ -72,6 +72,10 @@ class OpenViolations:
         # last read: an end of a violation the file never held needs no record while it waits.
         self._held: dict[str, dict | None] = {}
         self._on_file: set[str] = set()
+        # The file's last read failed: what it holds is not known, so an end waits as a removal
+        # (a killed run's violation the outbox ended at a start that could not read it stayed
+        # in it, and the start after ended it a second time).
+        self._unread = False
         # Ends this run (without the outbox) gives to entries a run with it noted: the outbox
         # still holds them open, so each leaves a mark (``ended``) that keeps the next start
         # with MQTT from ending it in the other sinks a second time (``ended_elsewhere``).
@@ -131,7 +135,7 @@ class OpenViolations:
         with self._lock:
             if rec is not None:
                 self._held[event.event_id] = rec
-            elif event.event_id in self._on_file:
+            elif event.event_id in self._on_file or self._unread:
                 self._held[event.event_id] = None
             else:
                 self._held.pop(event.event_id, None)
@@ -232,8 +236,10 @@ class OpenViolations:
                     try:
                         entries = self._read()
                     except OSError as err:  # nothing written: that would drop what it holds
+                        self._unread = True
                         self._say_unread(err)
                         return
+                    self._unread = False
                     change(entries)
                     if write:
                         write_atomically(self.path, json.dumps(entries).encode("utf-8"))
