@@ -250,11 +250,23 @@ class OpenViolations:
                     self._warned = True
                     log.warning("cannot keep the open violations in %s (%s): violations open "
                                 "when maskd is killed will not be ended at the next start",
-                                self.path, failed_write(err, self.path.parent))
+                                self.path, self._why_not(err))
                 return
             if write and self._warned:
                 self._warned = False
                 log.info("the open violations are kept in %s again", self.path)
+
+    def _why_not(self, err: Exception) -> str:
+        """Why the file or its lock cannot be written: a file left by maskd run as another user
+        (`sudo maskd run`: root's lock, 0644) named with its owner and the chown, as the outbox's
+        are (was: 'Permission denied' of open_violations.json, a file maskd may replace)."""
+        from maskd.outbox import another_users_file
+
+        failed = getattr(err, "filename", None)
+        if isinstance(err, PermissionError) and failed is not None and (
+                why := another_users_file(Path(failed))) is not None:
+            return why
+        return failed_write(err, self.path.parent)
 
     def _say_unread(self, err: OSError) -> None:
         """A read of the file failed (an I/O error on the card): once, in words that say so and

@@ -88,31 +88,39 @@ def _name(table: Callable[[int], object], attr: str, n: int) -> str:
         return str(n)
 
 
-def foreign_outbox(state_dir: Path) -> str | None:
-    """'F belongs to root:root (mode 0644) and maskd ... cannot read and write it' for the
-    first of the outbox's files in ``state_dir`` this process cannot read and write: left by
-    maskd run as another user (``sudo maskd run``, a restore as root). SQLite opens such a
-    file read-only, or says only 'unable to open database file'; the lock said 'Permission
-    denied' under the name of a folder that is writable."""
+def another_users_file(path: Path) -> str | None:
+    """'P belongs to root:root (mode 0644) and maskd, this maskd's user, cannot read and write
+    it: ...; give the folder back: sudo chown -R ...' where ``path``, a file of the state folder,
+    is another user's that this process cannot read and write; None otherwise (its own file on
+    a read-only card is said by what fails on it)."""
     import grp
     import pwd
 
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_uid == os.geteuid() or os.access(path, os.R_OK | os.W_OK):
+        return None
+    me = _name(pwd.getpwuid, "pw_name", os.geteuid())
+    return (f"{shown_path(path)} belongs to {_name(pwd.getpwuid, 'pw_name', st.st_uid)}:"
+            f"{_name(grp.getgrgid, 'gr_name', st.st_gid)} (mode {st.st_mode & 0o7777:04o}) "
+            f"and {me}, this maskd's user, cannot read and write it: made by maskd run as "
+            f"another user (sudo maskd instead of sudo -u {me} maskd?); give the folder back: "
+            f"sudo chown -R {me}:{_name(grp.getgrgid, 'gr_name', os.getegid())} "
+            f"{shown_path(path.parent)}")
+
+
+def foreign_outbox(state_dir: Path) -> str | None:
+    """'outbox F belongs to root:root ...' (``another_users_file``) for the first of the
+    outbox's files in ``state_dir`` this process cannot read and write: left by maskd run as
+    another user (``sudo maskd run``, a restore as root). SQLite opens such a file read-only,
+    or says only 'unable to open database file'; the lock said 'Permission denied' under the
+    name of a folder that is writable."""
     for name in (LOCK_FILE, OUTBOX_FILE, f"{OUTBOX_FILE}-wal", f"{OUTBOX_FILE}-shm", RESERVE_FILE,
                  RECORDS_FILE):
-        p = state_dir / name
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        if st.st_uid == os.geteuid() or os.access(p, os.R_OK | os.W_OK):
-            continue  # its own file on a read-only card is said by what fails on it
-        me = _name(pwd.getpwuid, "pw_name", os.geteuid())
-        return (f"outbox {shown_path(p)} belongs to {_name(pwd.getpwuid, 'pw_name', st.st_uid)}:"
-                f"{_name(grp.getgrgid, 'gr_name', st.st_gid)} (mode {st.st_mode & 0o7777:04o}) "
-                f"and {me}, this maskd's user, cannot read and write it: made by maskd run as "
-                f"another user (sudo maskd instead of sudo -u {me} maskd?); give the folder back: "
-                f"sudo chown -R {me}:{_name(grp.getgrgid, 'gr_name', os.getegid())} "
-                f"{shown_path(state_dir)}")
+        if why := another_users_file(state_dir / name):
+            return f"outbox {why}"
     return None
 
 

@@ -170,3 +170,34 @@ def test_an_outbox_left_by_a_root_run_is_named_with_its_owner(dirs: tuple[Path, 
                            text=True)
             out = r.communicate(timeout=240)[0]
             assert r.returncode == code and why in out and fix in out, out
+
+
+def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
+        dirs: tuple[Path, Path]) -> None:
+    """`sudo maskd run` without MQTT leaves the open violations' lock root's (0644). The
+    service, as its own user, then kept no open violation (a kill's violations never ended in
+    JSON lines, and a second run on the camera went unnoticed) with one warning, 'cannot keep
+    the open violations in .../open_violations.json (Permission denied)', of a file it may
+    replace. The warning now names the file it cannot open, its owner and the chown."""
+    import grp
+
+    state, config = dirs
+    try:
+        group = grp.getgrgid(sandbox.NOBODY).gr_name
+    except KeyError:
+        group = str(sandbox.NOBODY)
+    (state / ".open_violations.json.lock").touch(mode=0o644)  # as `sudo maskd run` leaves them
+    (state / "open_violations.json").write_text("{}")
+    cfg = config / "config.yaml"
+    cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
+                               "jsonl": {"path": f"{sandbox.STATE}/events.jsonl"}}))
+    os.chmod(cfg, 0o644)
+    r = in_sandbox(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
+                   "--max-frames", "5", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                   text=True)
+    out = r.communicate(timeout=240)[0]
+    assert r.returncode == 0, out
+    assert (f"cannot keep the open violations in {sandbox.STATE}/open_violations.json "
+            f"({sandbox.STATE}/.open_violations.json.lock belongs to root:root (mode 0644) and "
+            "nobody, this maskd's user, cannot read and write it") in out, out
+    assert f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}" in out, out
