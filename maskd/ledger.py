@@ -38,8 +38,19 @@ from maskd.types import ViolationEvent, restart_end_time
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
+LOCK_FILE = f".{LEDGER_FILE}.lock"
 READ_AGAIN_S = 0.1  # a read that failed is tried once more after this
 _FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
+
+
+def foreign_ledger(state_dir: Path) -> str | None:
+    """'open violations F belongs to root:root ...' (``maskd.outbox.another_users_file``) where
+    the open violations' lock in ``state_dir`` is another user's that this process cannot open
+    (`sudo maskd run`): `run` keeps no open violation there, and check-config says so."""
+    from maskd.outbox import another_users_file
+
+    why = another_users_file(Path(state_dir) / LOCK_FILE)
+    return None if why is None else f"open violations {why}"
 
 
 class CameraInUse(OSError):
@@ -231,7 +242,7 @@ class OpenViolations:
                 if not write and not self.path.exists():
                     return  # nothing noted yet: no folder made, no warning before a violation
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path.with_name(f".{LEDGER_FILE}.lock"), "a") as lock:
+                with open(self.path.with_name(LOCK_FILE), "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     try:
                         entries = self._read()

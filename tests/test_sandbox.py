@@ -178,7 +178,8 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     service, as its own user, then kept no open violation (a kill's violations never ended in
     JSON lines, and a second run on the camera went unnoticed) with one warning, 'cannot keep
     the open violations in .../open_violations.json (Permission denied)', of a file it may
-    replace. The warning now names the file it cannot open, its owner and the chown."""
+    replace, and check-config said nothing. The warning now names the file it cannot open, its
+    owner and the chown; check-config warns in the same words."""
     import grp
 
     state, config = dirs
@@ -192,12 +193,14 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
                                "jsonl": {"path": f"{sandbox.STATE}/events.jsonl"}}))
     os.chmod(cfg, 0o644)
-    r = in_sandbox(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
-                   "--max-frames", "5", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                   text=True)
-    out = r.communicate(timeout=240)[0]
-    assert r.returncode == 0, out
-    assert (f"cannot keep the open violations in {sandbox.STATE}/open_violations.json "
-            f"({sandbox.STATE}/.open_violations.json.lock belongs to root:root (mode 0644) and "
-            "nobody, this maskd's user, cannot read and write it") in out, out
-    assert f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}" in out, out
+    why = (f"{sandbox.STATE}/.open_violations.json.lock belongs to root:root (mode 0644) and "
+           "nobody, this maskd's user, cannot read and write it")
+    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for cmd, said in ((["run", "--config", inside, "--max-frames", "5"],
+                       f"cannot keep the open violations in {sandbox.STATE}/open_violations.json "
+                       f"({why}"), (["check-config", inside], f"open violations {why}")):
+        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+        out = r.communicate(timeout=240)[0]
+        assert r.returncode == 0 and said in out and fix in out, out

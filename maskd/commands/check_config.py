@@ -44,6 +44,7 @@ from maskd.config import (
 )
 from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depends_on_user
 from maskd.jsonl import cannot_write_lines
+from maskd.ledger import foreign_ledger
 from maskd.outbox import foreign_outbox, newer_outbox, no_outbox_there
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning
 from maskd.tflite import coral_problems, not_compiled_for_edgetpu
@@ -232,8 +233,10 @@ def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list
             errors.append(line)
     if state_dir and cfg.mqtt.url and (newer := newer_outbox(cfg.state_dir)):
         errors.append(newer)  # a downgrade: install.sh stops before it restarts maskd
-    if state_dir and cfg.mqtt.url and (foreign := foreign_outbox(cfg.state_dir)):
-        warnings.append(f"{foreign} (as user {_user()}; the service may run as another)")
+    for foreign in (foreign_outbox(cfg.state_dir) if state_dir and cfg.mqtt.url else None,
+                    foreign_ledger(cfg.state_dir) if state_dir and cfg.keeps_state else None):
+        if foreign:
+            warnings.append(f"{foreign} (as user {_user()}; the service may run as another)")
     return errors, warnings
 
 
