@@ -179,7 +179,7 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     JSON lines, and a second run on the camera went unnoticed) with one warning, 'cannot keep
     the open violations in .../open_violations.json (Permission denied)', of a file it may
     replace, and check-config said nothing. The warning now names the file it cannot open, its
-    owner and the chown; check-config warns in the same words."""
+    owner and the chown; check-config and doctor warn in the same words."""
     import grp
 
     state, config = dirs
@@ -199,7 +199,8 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     inside = f"{sandbox.CONFIG}/config.yaml"
     for cmd, said in ((["run", "--config", inside, "--max-frames", "5"],
                        f"cannot keep the open violations in {sandbox.STATE}/open_violations.json "
-                       f"({why}"), (["check-config", inside], f"open violations {why}")):
+                       f"({why}"), (["check-config", inside], f"open violations {why}"),
+                      (["doctor", "--config", inside], f"open violations {why}")):
         r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True)
         out = r.communicate(timeout=240)[0]

@@ -43,6 +43,7 @@ from maskd.config import (
     load_config,
 )
 from maskd.files import CardWatch, cannot_create, captured_stderr_fd, depends_on_user
+from maskd.ledger import foreign_ledger
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
     EDGETPU_LIB,
@@ -357,6 +358,9 @@ class Doctor:
             self.add("state dir", bad, f"{d} is not writable{who}: {err.strerror} ({use}"
                      + ("" if stops else ": those open when maskd is killed are never ended")
                      + ")", required=stops)
+            return
+        if foreign := foreign_ledger(d):  # run keeps no open violation: check-config's words
+            self.add("state dir", WARN, f"{foreign} ({use})", required=False)
             return
         free = shutil.disk_usage(d).free / 2**20
         verdict = OK if free >= 100 else WARN
