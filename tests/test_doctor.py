@@ -441,6 +441,46 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     assert sandbox("c.yaml", cfg) == []
 
 
+def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypatch, request):
+    """`ln -s /media/usb/snaps /var/lib/maskd/snaps` and `snapshots.dir: /var/lib/maskd/snaps`
+    (a stick, the link under the writable folder): the sandbox row said nothing, as the path's
+    words are under /var/lib/maskd, and the service stopped at start (exit 78, 'Read-only file
+    system': systemd's mounts follow the link, test_sandbox.py::test_a_stick_linked_from_the_
+    state_folder_needs_its_read_write_paths). The link's target is judged, and a
+    ReadWritePaths= that is a link is followed as systemd follows it."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    if not os.access("/dev/shm", os.W_OK):  # outside /tmp, the service's own (PrivateTmp=)
+        pytest.skip("no /dev/shm here")
+    tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path))
+    state, usb = tmp_path / "state", tmp_path / "usb"
+    (usb / "snaps").mkdir(parents=True)
+    state.mkdir()
+    (state / "snaps").symlink_to(usb / "snaps")
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    monkeypatch.setattr(doc, "SERVICE_DIR", state)
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {state}/snaps}}\n")
+
+    def sandbox() -> list:
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        return d.checks
+
+    [check] = sandbox()
+    assert check.verdict == doc.WARN and check.detail.startswith(
+        f"snapshots.dir: {state}/snaps (a link to {usb}/snaps) is read-only to the service")
+    assert f"[Service] ReadWritePaths={usb}/snaps (the folder must exist)" in check.detail
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "media").symlink_to(usb)  # the drop-in names the stick by another link
+    (tmp_path / "maskd.service.d/override.conf").write_text(
+        f"[Service]\nReadWritePaths={tmp_path}/media\n")
+    assert sandbox() == []
+
+
 def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     """Set in the config, state_dir keeps the open violations even without MQTT, and run stops
     (exit 78, "cannot keep the open violations there") on one it cannot create or write, as

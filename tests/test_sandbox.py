@@ -44,9 +44,11 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def in_sandbox(state: Path, config: Path, *args: str, env: dict[str, str] | None = None,
                **kw: object) -> subprocess.Popen:
+    """``args``: maskd's, after ``--rw PATH ... --`` (a drop-in's ReadWritePaths=) if any."""
+    sep = ["--"] if "--" not in args else []
     return subprocess.Popen(  # type: ignore[call-overload]
         [sys.executable, str(REPO / "tools" / "sandbox.py"), "--state", str(state), "--config",
-         str(config), "--", *args], env={**os.environ, "MASKD_MODEL_DIR": str(REPO / "models"),
+         str(config), *sep, *args], env={**os.environ, "MASKD_MODEL_DIR": str(REPO / "models"),
                                          **(env or {})}, **kw)
 
 
@@ -205,3 +207,37 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
                        text=True)
         out = r.communicate(timeout=240)[0]
         assert r.returncode == 0 and said in out and fix in out, out
+
+
+def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
+        dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest) -> None:
+    """`snapshots.dir: /var/lib/maskd/snaps`, a link to a folder on a stick: the unit's
+    mounts follow the link, so the service stops at start ('Read-only file system', exit 78)
+    until a drop-in's ReadWritePaths= names the stick (`--rw`); doctor's sandbox row says so
+    (test_doctor.py::test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads)."""
+    import tempfile
+
+    state, config = dirs
+    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
+        stick = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    os.chmod(stick, 0o755)
+    (stick / "snaps").mkdir()
+    os.chown(stick / "snaps", sandbox.NOBODY, sandbox.NOBODY)
+    (state / "snaps").symlink_to(stick / "snaps")
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": {"dir": f"{sandbox.STATE}/snaps"}}))
+    os.chmod(config / "config.yaml", 0o644)
+    run = ["run", "--config", f"{sandbox.CONFIG}/config.yaml"]
+    r = in_sandbox(state, config, *run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = r.communicate(timeout=240)[0]
+    assert r.returncode == 78 and "snaps: cannot save snapshots there: Read-only file system" in out, out
+    r = in_sandbox(state, config, "--rw", str(stick), "--", *run, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT, text=True)
+    out = r.communicate(timeout=240)[0]
+    assert r.returncode == 0 and list((stick / "snaps").glob("*.jpg")), out

@@ -1,12 +1,14 @@
 """maskd inside an emulation of systemd/maskd.service's sandbox, without systemd (a chroot, a
 container, CI): what the unit's hardening does to a real `maskd run`, shown where no systemd runs.
 
-Run as root: ``python tools/sandbox.py --state DIR --config DIR -- maskd-args...``. It starts
+Run as root: ``python tools/sandbox.py --state DIR --config DIR [--rw PATH]... -- maskd-args...``.
+It starts
 ``python -m maskd ARGS`` (this checkout's) with what the unit sets up:
 
 - a mount namespace (``unshare -m``) with every mount read-only (ProtectSystem=strict,
   ProtectKernelTunables, ProtectControlGroups) but DIR of ``--state`` at /var/lib/maskd
-  (StateDirectory=, also HOME and the working directory) and /dev; ``--config`` read-only at
+  (StateDirectory=, also HOME and the working directory), each ``--rw`` PATH (a drop-in's
+  ReadWritePaths=, its links followed as systemd does) and /dev; ``--config`` read-only at
   /var/lib/maskd-config (ConfigurationDirectory=; /etc/maskd on a Pi); an empty /tmp and
   /var/tmp (PrivateTmp=); /home, /root, /run/user empty and unreadable (ProtectHome=yes);
 - the user nobody, no supplementary groups, no capabilities, no_new_privs (User=,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import re
 import shutil
@@ -137,13 +140,16 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def setup_mounts(state: str, config: str) -> list[str]:
+def setup_mounts(state: str, config: str, rw: tuple[str, ...] = ()) -> list[str]:
     """The unit's file system view in this (new) mount namespace; notes on what it left out."""
     notes = []
     _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/var/lib")
     for src, dst in ((state, STATE), (config, CONFIG)):
         os.mkdir(dst)
         _mount("--bind", src, dst)
+    rw = tuple(os.path.realpath(p) for p in rw)
+    for path in rw:  # a mount point of its own, left writable below
+        _mount("--bind", path, path)
     keep = [str(REPO), sys.prefix, sys.base_prefix]  # /opt/maskd, /usr on a Pi
     for top in HIDDEN:
         if not os.path.isdir(top):
@@ -159,7 +165,7 @@ def setup_mounts(state: str, config: str) -> list[str]:
         _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", top)
     _mount("--bind", "/proc/sys", "/proc/sys")
     for target in _targets():
-        if _inside(target, "/dev") or target in (STATE, "/tmp", "/var/tmp") or (
+        if _inside(target, "/dev") or target in (STATE, "/tmp", "/var/tmp", *rw) or (
                 _inside(target, "/proc") and not _inside(target, "/proc/sys")):
             continue
         _mount("-o", "remount,bind,ro", target, check=False)
@@ -172,8 +178,8 @@ def main(argv: list[str]) -> int:
         load_seccomp(calls)
         os.execv(cmd[0], cmd)
     if argv[:1] == ["--inner"]:  # root in the new mount namespace
-        state, config, calls, cmd = argv[1], argv[2], argv[3], argv[5:]
-        for note in setup_mounts(state, config):
+        state, config, rw, calls, cmd = argv[1], argv[2], argv[3], argv[4], argv[6:]
+        for note in setup_mounts(state, config, tuple(json.loads(rw))):
             print(f"sandbox: {note}", file=sys.stderr)
         os.chdir(STATE)
         os.umask(0o027)
@@ -187,11 +193,16 @@ def main(argv: list[str]) -> int:
                    "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
                    sys.executable, __file__, "--seccomp", calls, "--",
                    sys.executable, "-m", "maskd", *cmd], env)
-    state, config, cmd = argv[1], argv[3], argv[5:]
-    assert argv[0] == "--state" and argv[2] == "--config" and argv[4] == "--", argv
+    state, config, rest = argv[1], argv[3], argv[4:]
+    assert argv[0] == "--state" and argv[2] == "--config", argv
+    rw = []
+    while rest[:1] == ["--rw"]:
+        rw.append(os.path.abspath(rest[1]))
+        rest = rest[2:]
+    assert rest[:1] == ["--"], argv
     os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "--", sys.executable,
                           __file__, "--inner", os.path.abspath(state), os.path.abspath(config),
-                          ",".join(allowed()), "--", *cmd])
+                          json.dumps(rw), ",".join(allowed()), "--", *rest[1:]])
     return 1
 
 

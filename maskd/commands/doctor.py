@@ -377,18 +377,21 @@ class Doctor:
         fails at start ("Read-only file system", exit 78) where doctor found it writable."""
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
-        writable = [SERVICE_DIR, *unit_read_write_paths(UNIT_FILE)]
+        # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
+        writable = [w.resolve() for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
-            if any(p.is_relative_to(w) for w in writable):
+            real = p.resolve()
+            if any(real.is_relative_to(w) for w in writable):
                 continue
-            if p.is_relative_to("/tmp") or p.is_relative_to("/var/tmp"):
+            if real.is_relative_to("/tmp") or real.is_relative_to("/var/tmp"):
                 self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
                 continue
-            folder = p if is_dir else p.parent
-            self.add("sandbox", WARN, f"{key}: {p} is read-only to the service "
+            folder = real if is_dir else real.parent
+            link = f" (a link to {real})" if real != p else ""
+            self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
                      "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
                      f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
                      f"[Service] ReadWritePaths={shlex.quote(str(folder))} (the folder must exist)", required=False)
