@@ -481,6 +481,32 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
+def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch):
+    """A model or password file in /home/pi (mode 0755 there, read by `sudo -u maskd maskd
+    doctor`): doctor and check-config said OK, and the service, which sees /home empty and
+    closed (ProtectHome=yes), stopped at start with 'detector.model: /home/pi/...: Permission
+    denied' of a file every user may read (tools/sandbox.py, a real run). The sandbox row
+    names each file the service reads there."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "c.yaml").write_text(
+        "source: {kind: demo}\ndetector: {kind: yunet, model: /home/pi/models/yunet.onnx}\n"
+        "classifier: {model: /root/mask.tflite}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    got = [(c.name, c.verdict, c.required, c.detail) for c in d.checks]
+    assert got == [("sandbox", doc.WARN, False, f"{key}: {path} is under {top}, which the service "
+                    "does not see (ProtectHome=yes: empty and closed to it), so it then fails at "
+                    "start; move it to /etc/maskd (root:maskd 0640) or /var/lib/maskd")
+                   for key, path, top in (
+                       ("detector.model", "/home/pi/models/yunet.onnx", "/home"),
+                       ("classifier.model", "/root/mask.tflite", "/root"))]
+
+
 def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):
     """Set in the config, state_dir keeps the open violations even without MQTT, and run stops
     (exit 78, "cannot keep the open violations there") on one it cannot create or write, as

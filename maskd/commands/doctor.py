@@ -60,6 +60,7 @@ BROKER_TIMEOUT_S = 8.0
 # StateDirectory= and the ReadWritePaths= of a drop-in writable, and PrivateTmp= gives it a /tmp
 # of its own. Doctor, run outside that sandbox, cannot see this by writing.
 UNIT_FILE = Path("/etc/systemd/system/maskd.service")
+PROTECT_HOME = ("/home", "/root", "/run/user")  # the unit's ProtectHome=yes hides them
 
 
 @dataclass
@@ -374,9 +375,21 @@ class Doctor:
 
     def sandbox(self) -> None:
         """A path maskd writes outside what the installed unit leaves writable: the service
-        fails at start ("Read-only file system", exit 78) where doctor found it writable."""
+        fails at start ("Read-only file system", exit 78) where doctor found it writable. A
+        file it reads under /home or /root (a model, a password file): the service sees those
+        empty and closed (ProtectHome=yes) and stops with 'Permission denied' of a file
+        doctor, run as its user, read."""
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
+        written = {key for key, _, _ in self.cfg.written()}
+        for key, path in self.cfg.paths().items():
+            real = (SERVICE_DIR / path).resolve()
+            top = next((t for t in PROTECT_HOME if real.is_relative_to(t)), None)
+            if key not in written and top:
+                self.add("sandbox", WARN, f"{key}: {path} is under {top}, which the service does "
+                         "not see (ProtectHome=yes: empty and closed to it), so it then fails at "
+                         "start; move it to /etc/maskd (root:maskd 0640) or /var/lib/maskd",
+                         required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         writable = [w.resolve() for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
