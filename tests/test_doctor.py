@@ -500,11 +500,35 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
     d.sandbox()
     got = [(c.name, c.verdict, c.required, c.detail) for c in d.checks]
     assert got == [("sandbox", doc.WARN, False, f"{key}: {path} is under {top}, which the service "
-                    "does not see (ProtectHome=yes: empty and closed to it), so it then fails at "
-                    "start; move it to /etc/maskd (root:maskd 0640) or /var/lib/maskd")
+                    "does not see (ProtectHome=yes: empty and closed to it, whatever "
+                    "ReadWritePaths= says), so it then fails at start; move it to /etc/maskd "
+                    "(root:maskd 0640) or /var/lib/maskd")
                    for key, path, top in (
                        ("detector.model", "/home/pi/models/yunet.onnx", "/home"),
                        ("classifier.model", "/root/mask.tflite", "/root"))]
+
+
+def test_a_folder_under_home_is_not_opened_by_read_write_paths(tmp_path, monkeypatch):
+    """`snapshots.dir: /home/pi/snaps`: the sandbox row said to add ReadWritePaths=/home/pi/snaps,
+    and with it said nothing; systemd drops a ReadWritePaths= under a ProtectHome=yes folder
+    (systemd#7153), and the service stopped at start with 'Permission denied'
+    (tools/sandbox.py --rw, a real run). The row says the folder is hidden and where to move it."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nReadWritePaths=/home/pi\n")
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\nsnapshots: {dir: /home/pi/snaps}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert [c.detail for c in d.checks] == [
+        "snapshots.dir: /home/pi/snaps is under /home, which the service does not see "
+        "(ProtectHome=yes: empty and closed to it, whatever ReadWritePaths= says), so it then "
+        "fails at start; move it to /var/lib/maskd, or a folder outside /home and /root with its "
+        "ReadWritePaths="]
 
 
 def test_state_dir_without_mqtt_is_checked_as_run_uses_it(tmp_path):

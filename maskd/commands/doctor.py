@@ -382,20 +382,23 @@ class Doctor:
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
         written = {key for key, _, _ in self.cfg.written()}
+        hidden = set()
         for key, path in self.cfg.paths().items():
             real = (SERVICE_DIR / path).resolve()
-            top = next((t for t in PROTECT_HOME if real.is_relative_to(t)), None)
-            if key not in written and top:
+            if top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None):
+                hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
                 self.add("sandbox", WARN, f"{key}: {path} is under {top}, which the service does "
-                         "not see (ProtectHome=yes: empty and closed to it), so it then fails at "
-                         "start; move it to /etc/maskd (root:maskd 0640) or /var/lib/maskd",
-                         required=False)
+                         "not see (ProtectHome=yes: empty and closed to it, whatever "
+                         "ReadWritePaths= says), so it then fails at start; move it to " + (
+                             "/var/lib/maskd, or a folder outside /home and /root with its "
+                             "ReadWritePaths=" if key in written else
+                             "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         writable = [w.resolve() for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
             real = p.resolve()
-            if any(real.is_relative_to(w) for w in writable):
+            if key in hidden or any(real.is_relative_to(w) for w in writable):
                 continue
             if real.is_relative_to("/tmp") or real.is_relative_to("/var/tmp"):
                 self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
