@@ -486,7 +486,7 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
     doctor`): doctor and check-config said OK, and the service, which sees /home empty and
     closed (ProtectHome=yes), stopped at start with 'detector.model: /home/pi/...: Permission
     denied' of a file every user may read (tools/sandbox.py, a real run). The sandbox row
-    names each file the service reads there."""
+    names each file the service reads there, and in /tmp (its own: 'model file not found')."""
     from maskd.commands import doctor as doc
     from maskd.config import load_config
 
@@ -506,6 +506,15 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
                    for key, path, top in (
                        ("detector.model", "/home/pi/models/yunet.onnx", "/home"),
                        ("classifier.model", "/root/mask.tflite", "/root"))]
+    # one copied to /tmp to try: the service has a /tmp of its own ('model file not found')
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\ndetector: {kind: yunet, model: "
+                                     "/tmp/yunet.onnx}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert [c.detail for c in d.checks] == [
+        "detector.model: /tmp/yunet.onnx is in /tmp, of which the service has its own, empty at "
+        "each start (PrivateTmp=): it does not see this file, so it then fails at start; move it "
+        "to /etc/maskd (root:maskd 0640) or /var/lib/maskd"]
 
 
 def test_a_folder_under_home_is_not_opened_by_read_write_paths(tmp_path, monkeypatch):

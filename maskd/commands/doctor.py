@@ -61,6 +61,7 @@ BROKER_TIMEOUT_S = 8.0
 # of its own. Doctor, run outside that sandbox, cannot see this by writing.
 UNIT_FILE = Path("/etc/systemd/system/maskd.service")
 PROTECT_HOME = ("/home", "/root", "/run/user")  # the unit's ProtectHome=yes hides them
+PRIVATE_TMP = ("/tmp", "/var/tmp")  # the unit's own (PrivateTmp=yes)
 
 
 @dataclass
@@ -393,6 +394,12 @@ class Doctor:
                              "/var/lib/maskd, or a folder outside /home and /root with its "
                              "ReadWritePaths=" if key in written else
                              "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
+            elif key not in written and (tmp := next((t for t in PRIVATE_TMP
+                                                      if real.is_relative_to(t)), None)):
+                self.add("sandbox", WARN, f"{key}: {path} is in {tmp}, of which the service has "
+                         "its own, empty at each start (PrivateTmp=): it does not see this file, "
+                         "so it then fails at start; move it to /etc/maskd (root:maskd 0640) or "
+                         "/var/lib/maskd", required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         writable = [w.resolve() for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
@@ -400,7 +407,7 @@ class Doctor:
             real = p.resolve()
             if key in hidden or any(real.is_relative_to(w) for w in writable):
                 continue
-            if real.is_relative_to("/tmp") or real.is_relative_to("/var/tmp"):
+            if any(real.is_relative_to(t) for t in PRIVATE_TMP):
                 self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
