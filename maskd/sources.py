@@ -1546,6 +1546,17 @@ def _file_or_folder(uri: str) -> str:
     return "folder" if kind == "folder" else "file"
 
 
+def source_file(cfg: SourceConfig) -> Path | None:
+    """The file or folder on this machine ``cfg`` reads frames from (a clip, a folder of
+    images), or None (a camera, a stream, the Pi camera, the demo)."""
+    if cfg.kind == "images" and cfg.uri:
+        return Path(cfg.uri)
+    if cfg.kind in ("auto", "opencv") and cfg.uri and not (
+            _is_device(cfg.uri) or _is_stream(cfg.uri)):
+        return Path(cfg.uri.removeprefix("file://"))
+    return None
+
+
 def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     """Raise what `open_source` raises for the file or folder ``cfg`` names, without opening
     it (MissingSource when it does not exist, or a folder holds no images; ``contents``: look
@@ -1553,16 +1564,13 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     check-config says it in the same words, so it is not `run` alone that finds a source file
     missing. Cameras, streams, the Pi camera and the demo are not looked at (a camera may come
     later)."""
-    folder = None
-    if cfg.kind == "images" and cfg.uri:
-        if (kind := _kind_of(Path(cfg.uri))) != "folder":
+    folder = path = source_file(cfg)
+    if path is not None and cfg.uri and cfg.kind == "images":
+        if (kind := _kind_of(path)) != "folder":
             raise (MissingSource if kind == "missing" else SourceError)(
                 not_a_folder(cfg.uri, missing=kind == "missing"))
-        folder = Path(cfg.uri)
-    elif cfg.kind in ("auto", "opencv") and cfg.uri and not (
-            _is_device(cfg.uri) or _is_stream(cfg.uri)):
-        if _file_or_folder(cfg.uri) == "folder":
-            folder = Path(cfg.uri.removeprefix("file://"))
+    elif path is not None and cfg.uri and _file_or_folder(cfg.uri) != "folder":
+        folder = None
     if contents and folder is not None and not any(
             isinstance(item, Path) for item in search_images(folder)):
         raise MissingSource(no_images(folder))

@@ -506,6 +506,12 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
                    for key, path, top in (
                        ("detector.model", "/home/pi/models/yunet.onnx", "/home"),
                        ("classifier.model", "/root/mask.tflite", "/root"))]
+    # a clip or folder of images the source plays, in /home/pi/Videos: 'cannot be looked up'
+    (tmp_path / "c.yaml").write_text("source: {kind: opencv, uri: /home/pi/Videos/door.mp4}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert [c.detail.split(", which")[0] for c in d.checks] == [
+        "source.uri: /home/pi/Videos/door.mp4 is under /home"]
     # one copied to /tmp to try: the service has a /tmp of its own ('model file not found')
     (tmp_path / "c.yaml").write_text("source: {kind: demo}\ndetector: {kind: yunet, model: "
                                      "/tmp/yunet.onnx}\n")

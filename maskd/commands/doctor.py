@@ -382,9 +382,12 @@ class Doctor:
         doctor, run as its user, read."""
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
+        from maskd.sources import source_file
+
         written = {key for key, _, _ in self.cfg.written()}
         hidden = set()
-        for key, path in self.cfg.paths().items():
+        read = {f"{key}.uri": p for key, src in self.cfg.sources() if (p := source_file(src))}
+        for key, path in {**self.cfg.paths(), **read}.items():
             real = (SERVICE_DIR / path).resolve()
             if top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None):
                 hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
@@ -393,6 +396,7 @@ class Doctor:
                          "ReadWritePaths= says), so it then fails at start; move it to " + (
                              "/var/lib/maskd, or a folder outside /home and /root with its "
                              "ReadWritePaths=" if key in written else
+                             "a folder outside /home and /root, such as /srv" if key in read else
                              "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
             elif key not in written and (tmp := next((t for t in PRIVATE_TMP
                                                       if real.is_relative_to(t)), None)):
