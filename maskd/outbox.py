@@ -111,6 +111,19 @@ def another_users_file(path: Path) -> str | None:
             f"{shown_path(path.parent)}")
 
 
+def left_by_another_user(path: Path) -> str | None:
+    """``another_users_file`` of ``path`` where its folder is this user's own (the state folder,
+    or a JSON lines file, snapshot or clip folder in it): a root run's leftover in maskd's
+    place, which the chown gives back; None in a folder of another's (/var/log, a stick's top),
+    whose chown -R is not maskd's advice to give (was: a bare 'Permission denied')."""
+    try:
+        if path.parent.stat().st_uid != os.geteuid():
+            return None
+    except OSError:
+        return None
+    return another_users_file(path)
+
+
 def foreign_outbox(state_dir: Path) -> str | None:
     """'outbox F belongs to root:root ...' (``another_users_file``) for the first of the
     outbox's files in ``state_dir`` this process cannot read and write: left by maskd run as

@@ -209,6 +209,45 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
         assert r.returncode == 0 and said in out and fix in out, out
 
 
+def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
+        dirs: tuple[Path, Path]) -> None:
+    """`sudo maskd run` leaves jsonl.path root's (0644), and snapshots.dir and
+    preview.annotate_dir root's folders (0755). The service then stopped at the start (exit 78)
+    with a bare 'Permission denied' of each, in a folder it owns, and check-config and doctor
+    said the same; all three now name the owner, the mode and the chown, as the outbox's do."""
+    import grp
+
+    state, config = dirs
+    try:
+        group = grp.getgrgid(sandbox.NOBODY).gr_name
+    except KeyError:
+        group = str(sandbox.NOBODY)
+    (state / "events.jsonl").touch(mode=0o644)  # as `sudo maskd run` leaves them
+    (state / "snaps").mkdir(mode=0o755)
+    (state / "clips").mkdir(mode=0o755)
+    cfg = config / "config.yaml"
+    cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
+                               "jsonl": {"path": f"{sandbox.STATE}/events.jsonl"},
+                               "snapshots": {"dir": f"{sandbox.STATE}/snaps"},
+                               "preview": {"annotate_dir": f"{sandbox.STATE}/clips"}}))
+    os.chmod(cfg, 0o644)
+    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    said = [f"{key} {sandbox.STATE}/{name}: {what}: {sandbox.STATE}/{name} belongs to root:root "
+            f"(mode {mode}) and nobody, this maskd's user, cannot read and write it"
+            for key, name, what, mode in (
+                ("jsonl.path", "events.jsonl", "cannot write there", "0644"),
+                ("snapshots.dir", "snaps", "cannot save snapshots there", "0755"),
+                ("preview.annotate_dir", "clips", "cannot record clips there", "0755"))]
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for cmd, code in ((["run", "--config", inside], 78), (["doctor", "--config", inside], 0),
+                      (["check-config", inside], 0)):  # a warning: the user it is run as
+        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+        out = r.communicate(timeout=240)[0]
+        assert r.returncode == code and all(f"{line}: made by" in out for line in said), out
+        assert out.count(fix) >= 3, out
+
+
 def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
         dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest) -> None:
     """`snapshots.dir: /var/lib/maskd/snaps`, a link to a folder on a stick: the unit's
