@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -43,14 +43,34 @@ READ_AGAIN_S = 0.1  # a read that failed is tried once more after this
 _FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
-def foreign_ledger(state_dir: Path) -> str | None:
+def foreign_ledger(state_dir: Path, cameras: Iterable[str] = ()) -> str | None:
     """'open violations F belongs to root:root ...' (``maskd.outbox.another_users_file``) where
     the open violations' lock in ``state_dir`` is another user's that this process cannot open
-    (`sudo maskd run`): `run` keeps no open violation there, and check-config says so."""
+    (`sudo maskd run`): `run` keeps no open violation there, and check-config says so. Else
+    the first of ``cameras`` whose lock is such a file (``foreign_camera_lock``)."""
     from maskd.outbox import another_users_file
 
     why = another_users_file(Path(state_dir) / LOCK_FILE)
-    return None if why is None else f"open violations {why}"
+    if why is not None:
+        return f"open violations {why}"
+    return next((line for c in cameras if (line := foreign_camera_lock(state_dir, c))), None)
+
+
+def foreign_camera_lock(state_dir: Path, camera: str) -> str | None:
+    """'camera C: a second maskd run on it is not refused: F belongs to root:root ...' where
+    ``camera``'s lock in ``state_dir`` is another user's this process cannot open (`sudo maskd
+    run` leaves it root's, 0600): `run` warns so, check-config and doctor too (was: the claim
+    gave up in silence, and a second run on the camera was let in)."""
+    from maskd.outbox import another_users_file
+
+    why = another_users_file(Path(state_dir) / camera_lock(camera))
+    return None if why is None else (
+        f"camera {camera}: a second maskd run on it with this state_dir is not refused: {why}")
+
+
+def camera_lock(camera: str) -> str:
+    """The name of ``camera``'s lock file in ``state_dir`` (``OpenViolations.claim``)."""
+    return f".camera-{camera}.lock"
 
 
 class CameraInUse(OSError):
@@ -99,11 +119,14 @@ class OpenViolations:
         off the folder, and its start took the running camera's open violations for a killed
         run's (``restart_ends``). A folder that cannot take the lock is left to the warning
         the record gives (``_under_lock``)."""
-        path = self.path.with_name(f".camera-{camera}.lock")
+        path = self.path.with_name(camera_lock(camera))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
+        except OSError as err:
+            if isinstance(err, PermissionError) and (
+                    line := foreign_camera_lock(self.path.parent, camera)) is not None:
+                log.warning("%s", line)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

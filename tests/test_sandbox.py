@@ -248,6 +248,38 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
         assert out.count(fix) >= 3, out
 
 
+def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
+        dirs: tuple[Path, Path]) -> None:
+    """`sudo maskd run` leaves the camera's lock root's (0600). The service, as its own user,
+    could not open it and gave up the claim in silence: a second `maskd run` on the camera and
+    folder (without MQTT) was let in. `run` now warns, naming the file, its owner and the
+    chown; check-config and doctor warn in the same words."""
+    import grp
+
+    state, config = dirs
+    try:
+        group = grp.getgrgid(sandbox.NOBODY).gr_name
+    except KeyError:
+        group = str(sandbox.NOBODY)
+    (state / ".camera-door.lock").touch(mode=0o600)  # as `sudo maskd run` leaves it
+    cfg = config / "config.yaml"
+    cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "camera": "door",
+                               "source": {"kind": "demo"},
+                               "jsonl": {"path": f"{sandbox.STATE}/events.jsonl"}}))
+    os.chmod(cfg, 0o644)
+    said = (f"camera door: a second maskd run on it with this state_dir is not refused: "
+            f"{sandbox.STATE}/.camera-door.lock belongs to root:root (mode 0600) and nobody, "
+            "this maskd's user, cannot read and write it")
+    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for cmd in (["run", "--config", inside, "--max-frames", "5"], ["check-config", inside],
+                ["doctor", "--config", inside]):
+        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+        out = r.communicate(timeout=240)[0]
+        assert r.returncode == 0 and said in out and fix in out, out
+
+
 def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
         dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest) -> None:
     """`snapshots.dir: /var/lib/maskd/snaps`, a link to a folder on a stick: the unit's

@@ -235,7 +235,8 @@ def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list
     if state_dir and cfg.mqtt.url and (newer := newer_outbox(cfg.state_dir)):
         errors.append(newer)  # a downgrade: install.sh stops before it restarts maskd
     for foreign in (foreign_outbox(cfg.state_dir) if state_dir and cfg.mqtt.url else None,
-                    foreign_ledger(cfg.state_dir) if state_dir and cfg.keeps_state else None):
+                    foreign_ledger(cfg.state_dir, [c.camera for c in cfg.cameras_resolved()])
+                    if state_dir and cfg.keeps_state else None):
         if foreign:
             warnings.append(f"{foreign} (as user {_user()}; the service may run as another)")
     return errors, warnings

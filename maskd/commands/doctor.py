@@ -361,7 +361,7 @@ class Doctor:
                      + ("" if stops else ": those open when maskd is killed are never ended")
                      + ")", required=stops)
             return
-        if foreign := foreign_ledger(d):  # run keeps no open violation: check-config's words
+        if foreign := foreign_ledger(d, [c.camera for c in self.cfg.cameras_resolved()]):  # run keeps no open violation: check-config's words
             self.add("state dir", WARN, f"{foreign} ({use})", required=False)
             return
         free = shutil.disk_usage(d).free / 2**20
