@@ -421,7 +421,9 @@ class Doctor:
             self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
                      "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
                      f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
-                     f"[Service] ReadWritePaths={shlex.quote(str(folder))} (the folder must exist)", required=False)
+                     f"[Service] ReadWritePaths=-{shlex.quote(str(folder))} (the - lets the "
+                     "service start while the folder is missing, a stick not mounted: without it "
+                     "systemd fails the whole start, 226/NAMESPACE)", required=False)
 
     def runtime(self) -> None:
         from maskd.tflite import ModelError, import_runtime
