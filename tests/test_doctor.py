@@ -488,6 +488,33 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
+def test_a_link_loop_in_a_path_is_no_failure_of_the_sandbox_row(tmp_path, monkeypatch):
+    """`snapshots.dir` a link to itself (`ln -s`, a typo): the writes row says 'Too many levels
+    of symbolic links', a warning, and the sandbox row, judging where the link leads, failed,
+    'RuntimeError: Symlink loop', a required check (doctor exited 1) that hid the row's other
+    lines. A loop leads nowhere: the path is judged as written, as the rest of the row goes."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    monkeypatch.setattr(doc, "SERVICE_DIR", tmp_path / "state")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/loop").symlink_to(tmp_path / "state/loop")
+    (tmp_path / "rw").symlink_to(tmp_path / "rw")  # a drop-in's ReadWritePaths= loops too
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/override.conf").write_text(
+        f"[Service]\nReadWritePaths={tmp_path}/rw\n")
+    (tmp_path / "c.yaml").write_text(
+        f"source: {{kind: demo}}\nsnapshots: {{dir: {tmp_path}/state/loop}}\n"
+        "classifier: {model: /home/pi/loop/mask.tflite}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert [(c.name, c.verdict, c.detail.split(" is ")[0]) for c in d.checks] == [
+        ("sandbox", doc.WARN, "classifier.model: /home/pi/loop/mask.tflite")]
+
+
 def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch):
     """A model or password file in /home/pi (mode 0755 there, read by `sudo -u maskd maskd
     doctor`): doctor and check-config said OK, and the service, which sees /home empty and

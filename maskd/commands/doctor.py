@@ -222,6 +222,12 @@ def _unit_lines(text: str) -> list[str]:
     return lines if held is None else [*lines, held]
 
 
+def _leads_to(path: Path) -> Path:
+    """Where ``path`` leads, its links followed as systemd's mounts follow them; a link loop
+    leads nowhere and is left as written (Path.resolve raises for it)."""
+    return Path(os.path.realpath(path))
+
+
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
     order; an empty assignment clears the list, a leading - or + is only a flag, a path in
@@ -388,7 +394,7 @@ class Doctor:
         hidden = set()
         read = {f"{key}.uri": p for key, src in self.cfg.sources() if (p := source_file(src))}
         for key, path in {**self.cfg.paths(), **read}.items():
-            real = (SERVICE_DIR / path).resolve()
+            real = _leads_to(SERVICE_DIR / path)
             if top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None):
                 hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
                 self.add("sandbox", WARN, f"{key}: {path} is under {top}, which the service does "
@@ -405,10 +411,10 @@ class Doctor:
                          "so it then fails at start; move it to /etc/maskd (root:maskd 0640) or "
                          "/var/lib/maskd", required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
-        writable = [w.resolve() for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
+        writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
-            real = p.resolve()
+            real = _leads_to(p)
             if key in hidden or any(real.is_relative_to(w) for w in writable):
                 continue
             if any(real.is_relative_to(t) for t in PRIVATE_TMP):
