@@ -488,6 +488,40 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
+def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypatch):
+    """`systemctl edit maskd` with ProtectHome=read-only (a model kept in /home/pi) or
+    PrivateTmp=no: doctor's sandbox row still said the service 'does not see' the file
+    '(ProtectHome=yes ...)' and that it fails at start, where the service reads it. The row
+    follows the unit's last ProtectHome= and PrivateTmp= as systemd does; a folder it writes
+    there is then read-only as any other (ProtectSystem=strict), open to a ReadWritePaths=."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "c.yaml").write_text(
+        "source: {kind: demo}\ndetector: {kind: yunet, model: /home/pi/yunet.onnx}\n"
+        "classifier: {model: /var/tmp/mask.tflite}\nsnapshots: {dir: /home/pi/snaps}\n")
+
+    def sandbox(drop_in: str) -> list[str]:
+        (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\n{drop_in}\n")
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        return [c.detail.split(" (")[0].split(",")[0] for c in d.checks]
+
+    rw = "snapshots.dir: /home/pi/snaps is read-only to the service"
+    assert sandbox("ProtectHome=read-only\nPrivateTmp=no") == [rw]
+    assert sandbox("ProtectHome=read-only\nPrivateTmp=no\nReadWritePaths=/home/pi/snaps") == []
+    assert sandbox("ProtectHome=no\nPrivateTmp=false") == [rw]
+    assert sandbox("ProtectHome=tmpfs") == [
+        "detector.model: /home/pi/yunet.onnx is under /home", "classifier.model: /var/tmp/mask"
+        ".tflite is in /var/tmp", "snapshots.dir: /home/pi/snaps is under /home"]
+    assert sandbox("ProtectHome=off\nPrivateTmp=yes") == [
+        "classifier.model: /var/tmp/mask.tflite is in /var/tmp", rw]
+
+
 def test_a_link_loop_in_a_path_is_no_failure_of_the_sandbox_row(tmp_path, monkeypatch):
     """`snapshots.dir` a link to itself (`ln -s`, a typo): the writes row says 'Too many levels
     of symbolic links', a warning, and the sandbox row, judging where the link leads, failed,

@@ -228,21 +228,46 @@ def _leads_to(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _unit_values(unit: Path, setting: str) -> list[str]:
+    """Each value ``unit`` and its drop-ins (``systemctl edit``) give ``setting``, in
+    systemd's order (the last one wins for a setting that takes one)."""
+    values = []
+    for f in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
+        for line in _unit_lines(f.read_text(errors="replace")):
+            key, eq, value = line.strip().partition("=")
+            if eq and key.strip() == setting:
+                values.append(value.strip())
+    return values
+
+
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
     order; an empty assignment clears the list, a leading - or + is only a flag, a path in
     quotes may hold a space ("/media/pi/USB DISK": a stick mounted under its label)."""
     paths: list[Path] = []
-    for f in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
-        for line in _unit_lines(f.read_text(errors="replace")):
-            key, eq, value = line.strip().partition("=")
-            if eq and key.strip() == "ReadWritePaths":
-                try:
-                    words = shlex.split(value)
-                except ValueError:  # a quote left open: systemd ignores the line
-                    continue
-                paths = [] if not words else paths + [Path(w.lstrip("-+")) for w in words]
+    for value in _unit_values(unit, "ReadWritePaths"):
+        try:
+            words = shlex.split(value)
+        except ValueError:  # a quote left open: systemd ignores the line
+            continue
+        paths = [] if not words else paths + [Path(w.lstrip("-+")) for w in words]
     return paths
+
+
+def unit_hides(unit: Path) -> tuple[str | None, bool]:
+    """The unit's last ProtectHome= that hides /home, /root and /run/user (yes, tmpfs; None
+    for no or read-only: readable, written only with a ReadWritePaths=), and whether its
+    PrivateTmp= gives it a /tmp of its own; a value systemd cannot parse is ignored, as it
+    ignores it (a drop-in of `systemctl edit` may say either)."""
+    yes, no = ("1", "yes", "y", "true", "t", "on"), ("0", "no", "n", "false", "f", "off")
+    home, tmp = None, False
+    for value in map(str.lower, _unit_values(unit, "ProtectHome")):
+        if value in (*yes, *no, "read-only", "tmpfs"):
+            home = "yes" if value in yes else value if value == "tmpfs" else None
+    for value in map(str.lower, _unit_values(unit, "PrivateTmp")):
+        if value in (*yes, *no, "disconnected"):
+            tmp = value not in no
+    return home, tmp
 
 
 
@@ -392,19 +417,22 @@ class Doctor:
 
         written = {key for key, _, _ in self.cfg.written()}
         hidden = set()
+        home, private_tmp = unit_hides(UNIT_FILE)
+        private = PRIVATE_TMP if private_tmp else ()
         read = {f"{key}.uri": p for key, src in self.cfg.sources() if (p := source_file(src))}
         for key, path in {**self.cfg.paths(), **read}.items():
             real = _leads_to(SERVICE_DIR / path)
-            if top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None):
+            if home and (top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None)):
                 hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
                 self.add("sandbox", WARN, f"{key}: {path} is under {top}, which the service does "
-                         "not see (ProtectHome=yes: empty and closed to it, whatever "
-                         "ReadWritePaths= says), so it then fails at start; move it to " + (
+                         f"not see (ProtectHome={home}: empty" + " and closed" * (home == "yes") +
+                         " to it, whatever ReadWritePaths= says), so it then fails at start; "
+                         "move it to " + (
                              "/var/lib/maskd, or a folder outside /home and /root with its "
                              "ReadWritePaths=" if key in written else
                              "a folder outside /home and /root, such as /srv" if key in read else
                              "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
-            elif key not in written and (tmp := next((t for t in PRIVATE_TMP
+            elif key not in written and (tmp := next((t for t in private
                                                       if real.is_relative_to(t)), None)):
                 self.add("sandbox", WARN, f"{key}: {path} is in {tmp}, of which the service has "
                          "its own, empty at each start (PrivateTmp=): it does not see this file, "
@@ -417,7 +445,7 @@ class Doctor:
             real = _leads_to(p)
             if key in hidden or any(real.is_relative_to(w) for w in writable):
                 continue
-            if any(real.is_relative_to(t) for t in PRIVATE_TMP):
+            if any(real.is_relative_to(t) for t in private):
                 self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
