@@ -111,6 +111,21 @@ def _read_rest(f: BinaryIO, got: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
+READ_AGAIN_S = 0.1  # a read that failed is tried once more after this
+
+
+def read_again_once(path: Path) -> bytes:
+    """``path``'s bytes, a read that fails (a card's one-off I/O error) tried once more: a state
+    file a start could not read left a killed run's violation to be ended late, or twice."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        time.sleep(READ_AGAIN_S)
+        return path.read_bytes()
+
+
 def append_line(fd: int, data: bytes) -> None:
     """Append ``data`` whole or not at all. Its room is taken first (``reserve``), so a full
     disk refuses the line before a byte is written: a reader tailing the file (`tail -F`, a

@@ -32,14 +32,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from maskd.files import failed_write, write_atomically
+from maskd.files import failed_write, read_again_once, write_atomically
 from maskd.types import ViolationEvent, restart_end_time
 
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "open_violations.json"
 LOCK_FILE = f".{LEDGER_FILE}.lock"
-READ_AGAIN_S = 0.1  # a read that failed is tried once more after this
 _FIELDS = {f.name for f in fields(ViolationEvent)} - {"best_crop", "box"}
 
 
@@ -316,13 +315,10 @@ class OpenViolations:
                     self.path, err.strerror or err, now)
 
     def _read(self) -> dict:
-        try:
-            text = self.path.read_bytes()  # decoded by json: bad UTF-8 is a damaged file
+        try:  # a card's one-off I/O error: a start then ended a killed run's violations one
+            text = read_again_once(self.path)  # start later, days after (decoded by json)
         except FileNotFoundError:
             return {}
-        except OSError:  # a card's one-off I/O error: a start then ended a killed run's
-            time.sleep(READ_AGAIN_S)  # violations one start later, days after
-            text = self.path.read_bytes()
         try:
             data = json.loads(text)
         except ValueError:

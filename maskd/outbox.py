@@ -41,7 +41,13 @@ from typing import TypeVar
 
 from maskd.clock import CLOCK_FLOOR, STEP_S, Clock, StepWatch, boot_id, local_iso, system_clock
 from maskd.config import shown_path
-from maskd.files import create_failure, failed_write, read_only_now, write_atomically
+from maskd.files import (
+    create_failure,
+    failed_write,
+    read_again_once,
+    read_only_now,
+    write_atomically,
+)
 from maskd.lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -1027,7 +1033,7 @@ class Outbox:
         uncleanly`), a second `end` for consumers."""
         path = self.dir / RECORDS_FILE
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_again_once(path))  # a one-off I/O error: not removed unread
             tracks = {str(r["event_id"]): (Row(0, str(r["topic"]), dict(r["payload"]),
                                                float(r["updated"])), bool(r["open"]))
                       for r in data}

@@ -1541,9 +1541,9 @@ def test_a_subscription_the_broker_refuses_is_an_error_and_a_fault_until_it_is_g
         sink.close()
 
 
-@pytest.mark.parametrize("killed_between", [False, True])
+@pytest.mark.parametrize("between", ["", "killed", "unread_once"])
 def test_a_clean_stop_whose_outbox_cannot_record_an_end_does_not_end_it_again(
-        tmp_path, default_model, killed_between):
+        tmp_path, default_model, between):
     """A violation stored in the outbox, then the card fails every write of the outbox (EIO
     injected by strace, attached once the start is out) and the violation ends: its end goes
     to the broker from memory, but the record that it ended cannot be stored. After a clean
@@ -1552,7 +1552,10 @@ def test_a_clean_stop_whose_outbox_cannot_record_an_end_does_not_end_it_again(
     Now what the outbox could not record is kept beside it for the next start: one end each.
     ``killed_between``: a start on the card still failing the writes, killed (a power cut, the
     watchdog), came first: it removed the file as it read it, so the start after said the
-    violation was still open and ended it again; the file now goes once its records are stored."""
+    violation was still open and ended it again; the file now goes once its records are stored.
+    ``unread_once``: the next start's read of that file fails once (an I/O error on the failing
+    card): the file was removed unread and the violation ended again; the read is tried again."""
+    killed_between = between == "killed"
     strace = strace_injecting()
     state = tmp_path / "state"
     db = state / "outbox.sqlite3"
@@ -1604,10 +1607,14 @@ def test_a_clean_stop_whose_outbox_cannot_record_an_end_does_not_end_it_again(
                 if killed.poll() is None:
                     killed.kill()
                     killed.communicate()
-        r = subprocess.run([sys.executable, "-m", "maskd", "run", "--source", "demo",
+        records = state / "outbox-records.json"
+        unread = [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=read", "-P", str(records),
+                  "-e", "inject=read:error=EIO:when=1"] if between == "unread_once" else []
+        r = subprocess.run([*unread, sys.executable, "-m", "maskd", "run", "--source", "demo",
                             "--max-frames", "3", *common],
                            capture_output=True, text=True, timeout=180, cwd=REPO)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert "cannot read what the last stop" not in r.stderr, r.stderr[-3000:]
         first = next(m.json()["event_id"] for m in sub.messages)
         # (the killed start's own violation is rightly ended so)
         assert f"violation {first} was still open" not in r.stderr, r.stderr[-3000:]
