@@ -488,6 +488,29 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
+def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
+    """`ln -s /home/pi/snaps /var/lib/maskd/snaps`, `snapshots.dir: /var/lib/maskd/snaps`: the
+    sandbox row said '/var/lib/maskd/snaps is under /home ... move it to /var/lib/maskd', of a
+    path that is there. It names where the link leads, as the read-only line does."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    home, state = tmp_path / "home", tmp_path / "state"
+    monkeypatch.setattr(doc, "PROTECT_HOME", (str(home),))
+    monkeypatch.setattr(doc, "SERVICE_DIR", state)
+    (home / "pi/snaps").mkdir(parents=True)
+    state.mkdir()
+    (state / "snaps").symlink_to(home / "pi/snaps")
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {state}/snaps}}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert [c.detail.split(", which")[0] for c in d.checks] == [
+        f"snapshots.dir: {state}/snaps (a link to {home}/pi/snaps) is under {home}"]
+
+
 def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypatch):
     """`systemctl edit maskd` with ProtectHome=read-only (a model kept in /home/pi) or
     PrivateTmp=no: doctor's sandbox row still said the service 'does not see' the file

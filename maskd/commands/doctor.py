@@ -422,10 +422,11 @@ class Doctor:
         read = {f"{key}.uri": p for key, src in self.cfg.sources() if (p := source_file(src))}
         for key, path in {**self.cfg.paths(), **read}.items():
             real = _leads_to(SERVICE_DIR / path)
+            link = f" (a link to {real})" if real != SERVICE_DIR / path else ""
             if home and (top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None)):
                 hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
-                self.add("sandbox", WARN, f"{key}: {path} is under {top}, which the service does "
-                         f"not see (ProtectHome={home}: empty" + " and closed" * (home == "yes") +
+                self.add("sandbox", WARN, f"{key}: {path}{link} is under {top}, which the service "
+                         f"does not see (ProtectHome={home}: empty" + " and closed" * (home == "yes") +
                          " to it, whatever ReadWritePaths= says), so it then fails at start; "
                          "move it to " + (
                              "/var/lib/maskd, or a folder outside /home and /root with its "
@@ -434,8 +435,8 @@ class Doctor:
                              "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
             elif key not in written and (tmp := next((t for t in private
                                                       if real.is_relative_to(t)), None)):
-                self.add("sandbox", WARN, f"{key}: {path} is in {tmp}, of which the service has "
-                         "its own, empty at each start (PrivateTmp=): it does not see this file, "
+                self.add("sandbox", WARN, f"{key}: {path}{link} is in {tmp}, of which the service "
+                         "has its own, empty at each start (PrivateTmp=): it does not see this file, "
                          "so it then fails at start; move it to /etc/maskd (root:maskd 0640) or "
                          "/var/lib/maskd", required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
