@@ -136,8 +136,8 @@ def foreign_outbox(state_dir: Path) -> str | None:
     another user (``sudo maskd run``, a restore as root). SQLite opens such a file read-only,
     or says only 'unable to open database file'; the lock said 'Permission denied' under the
     name of a folder that is writable."""
-    for name in (LOCK_FILE, OUTBOX_FILE, f"{OUTBOX_FILE}-wal", f"{OUTBOX_FILE}-shm", RESERVE_FILE,
-                 RECORDS_FILE):
+    # not RECORDS_FILE: it is only read, and replaced by a rename (the folder's right)
+    for name in (LOCK_FILE, OUTBOX_FILE, f"{OUTBOX_FILE}-wal", f"{OUTBOX_FILE}-shm", RESERVE_FILE):
         if why := another_users_file(state_dir / name):
             return f"outbox {why}"
     return None
