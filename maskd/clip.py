@@ -83,9 +83,11 @@ WRITABLE_LOOK_S = 10.0
 # first failed write and OpenCV still says nothing: the file stops growing while frames are
 # handed to it (was: "recording" into nothing, unseen). It writes in 256 KiB blocks, so a file
 # may rightly not grow for a while: it is taken as failing once it has not grown for STALL_S
-# of video that should have taken STALL_BYTES (at this file's bytes per frame so far), or
-# for STALL_EMPTY_S of video while still empty (nothing known yet); and then only where it did
-# not grow at its close either (a scene turned cheap to encode grows then: ``_grew_at_close``).
+# of video that should have taken STALL_BYTES (at this file's bytes per frame so far; while
+# still empty, at the last file's that grew at its close: a write failing at a file's start
+# leaves it empty for good), or for STALL_EMPTY_S of video while still empty (nothing known
+# yet, or a still scene); and then only where it did not grow at its close either (a scene
+# turned cheap to encode grows then: ``_grew_at_close``).
 STALL_S = 30.0
 STALL_BYTES = 8 * 1024 * 1024
 STALL_EMPTY_S = 300.0
@@ -192,6 +194,7 @@ class ClipWriter(FrameObserver):
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
         self._grew_frames = 0  # the open file's frame count when its size last changed
+        self._rate: float | None = None  # bytes per frame of the last file that grew at its close
         self._proving = False  # a new file after failed writes: recording again once it grows
         self._retry_at = 0.0
         self._writable_look_at = 0.0
@@ -467,12 +470,28 @@ class ClipWriter(FrameObserver):
         self._slot_t0 = shot.clock
         return True
 
-    def _close_segment(self) -> None:
+    def _close_segment(self, stalled: bool = False) -> bool:
+        """Close the open file; whether it grew at its close (what FFmpeg held reached the disk:
+        its writes work). Its bytes per frame then judge the next file while that one is still
+        empty (``_not_growing``): a write failing at a file's start leaves it empty for good.
+        Closed for not growing (``stalled``), those of its frames since it last grew: the scene
+        turned cheap and the next file goes on with it (its whole file's split a night twice)."""
         if self._writer is None:
-            return
+            return False
         self._writer.release()
         self._writer = None
         log.info("annotated clip: %s (%d frames)", self._path, self._seg_frames)
+        assert self._path is not None
+        try:
+            size = self._path.stat().st_size
+        except OSError:
+            return False
+        if size <= self._size:
+            return False
+        grew, frames = (size - self._size, self._seg_frames - self._grew_frames) if stalled \
+            else (size, self._seg_frames)
+        self._rate = grew / max(frames, 1)
+        return True
 
     def _check_room(self) -> None:
         """After each frame: the segment's size (rotation) and the disk (pause before it is full)."""
@@ -499,10 +518,8 @@ class ClipWriter(FrameObserver):
             if read_only_now(self.outdir):
                 self._close_segment()
                 self._pause(READ_ONLY_NOW)
-            elif self._not_growing():
-                self._close_segment()
-                if not self._grew_at_close():
-                    self._pause(f"{self._path.name} {NOT_GROWING}")
+            elif self._not_growing() and not self._grew_at_close():
+                self._pause(f"{self._path.name} {NOT_GROWING}")
 
     def _not_growing(self) -> bool:
         """The open file has not grown for longer than its writes can rightly be held back
@@ -510,20 +527,17 @@ class ClipWriter(FrameObserver):
         stalled = self._seg_frames - self._grew_frames
         if stalled < STALL_S * self.fps:
             return False
-        if not self._size:
-            return stalled >= STALL_EMPTY_S * self.fps
-        return stalled * self._size / max(self._grew_frames, 1) >= STALL_BYTES
+        rate = self._size / max(self._grew_frames, 1) if self._size else self._rate or 0.0
+        return stalled * rate >= STALL_BYTES or (not self._size
+                                                 and stalled >= STALL_EMPTY_S * self.fps)
 
     def _grew_at_close(self) -> bool:
-        """Whether the file closed for not growing grew at its close: what FFmpeg held went to
-        the disk, so its writes work and the scene only turned cheap to encode (a night, a still
-        hall: a minute or more per 256 KiB after a busy stretch); the next frame starts a new
-        file, whose own bytes per frame judge it (was: paused as a failing card)."""
+        """Close the file that has not grown; whether it grew at its close: what FFmpeg held went
+        to the disk, so its writes work and the scene only turned cheap to encode (a night, a
+        still hall: a minute or more per 256 KiB after a busy stretch); the next frame starts a
+        new file, whose own bytes per frame judge it (was: paused as a failing card)."""
         assert self._path is not None
-        try:
-            grew = self._path.stat().st_size > self._size
-        except OSError:
-            return False
+        grew = self._close_segment(stalled=True)
         if grew:
             log.info("annotated clip %s: %s had not grown for %d frames but grew at its close "
                      "(a scene cheap to encode); recording goes on in a new file", self.name,

@@ -451,12 +451,70 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
         r.stderr[-3000:]
 
 
-def test_a_scene_that_turns_cheap_to_encode_is_no_failing_card(tmp_path, monkeypatch, caplog):
+def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_frame(tmp_path):
+    """A card whose writes fail (EIO) only a moment, at a new segment's first write: FFmpeg
+    writes nothing more to that file, so it stays empty while the card works again, and an
+    empty file was taken as failing only after STALL_EMPTY_S (5 minutes of video): 4500 frames
+    at 15 fps lost without a word (reproduced with strace on a real ClipWriter). It is judged
+    now at the bytes per frame of the file before it, as a file with content is at its own."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    out = tmp_path / "clips"
+    t0 = math.ceil(time.time()) + 3  # the first file's second; every later name is traced
+    paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t0 + i))}{s}.mkv")
+             for i in range(1, 200) for s in ("", "_1")]
+    fps, n = 15.0, 2400  # 160 s of video: the old rule said nothing for 300 s
+    script = textwrap.dedent("""
+        import json, logging, sys, time
+        from pathlib import Path
+        from maskd import clip
+        from maskd.demo import DemoSource
+        from maskd.types import Frame, LoopStats
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        clip.WRITABLE_LOOK_S = clip.RETRY_S = 0.0  # look at every frame, retry at once
+        t0, fps, n = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+        w = clip.ClipWriter(Path(sys.argv[1]), "door", fps, segment_mb=2.0)
+        src = DemoSource(loop=True)
+        said = again = None
+        time.sleep(max(0.0, t0 - time.time()))
+        for i in range(n):
+            if i == 100:  # the next file (at 2 MB) opens in a traced second
+                w.flush()
+                time.sleep(max(0.0, t0 + 1.2 - time.time()))
+            w.on_frame(Frame(src.read().image, i, i / fps, "door"), [], LoopStats(fps=fps))
+            w.flush()
+            if said is None and w.faults():
+                said = i
+            if said is not None and again is None and not w.faults():
+                again = i
+        w.close()
+        print(json.dumps({"said": said, "again": again, "paths": [p.name for p in w.paths]}))
+    """)
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
+         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=1",
+         sys.executable, "-c", script, str(out), str(t0), str(fps), str(n)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    said = json.loads(r.stdout.splitlines()[-1])
+    first, failed = (out / name for name in said["paths"][:2])
+    assert first.stat().st_size and not failed.stat().st_size, said  # the second file's write failed
+    assert said["said"] is not None and "recording again" in r.stderr, (said, r.stderr[-3000:])
+    lost = n - sum(frames_in(out / name) for name in said["paths"])
+    assert lost <= 60 * fps, (lost, said)  # the 8 MiB at the first file's ~10 KB a frame
+
+
+@pytest.mark.parametrize("gap", [0.0, 3.0])
+def test_a_scene_that_turns_cheap_to_encode_is_no_failing_card(tmp_path, monkeypatch, caplog,
+                                                               gap):
     """A camera's busy stretch, then its night (a dark still frame, a few hundred bytes a frame
     at 5 fps): FFmpeg's next 256 KiB block took over a minute to come, and the file judged by
     the busy stretch's bytes per frame was said to fail its writes at 30 s (ERROR, problem
     line, recording paused). The close of the file that has not grown says which it is: its
-    held bytes reach the disk when writes work."""
+    held bytes reach the disk when writes work. So for a night in a new file (after a gap),
+    judged while empty at the busy file's bytes per frame."""
     import numpy as np
 
     monkeypatch.setattr(clip, "WRITABLE_LOOK_S", 0.0)  # look at every frame
@@ -468,12 +526,14 @@ def test_a_scene_that_turns_cheap_to_encode_is_no_failing_card(tmp_path, monkeyp
     writer = ClipWriter(tmp_path, "door", fps)
     with caplog.at_level(logging.INFO, logger="maskd.clip"):
         for i, image in enumerate(frames):
-            writer.on_frame(Frame(image, i, 1000.0 + i / fps, "door"), [], LoopStats(fps=fps))
+            t = 1000.0 + i / fps + (gap if i >= 30 * fps else 0.0)
+            writer.on_frame(Frame(image, i, t, "door"), [], LoopStats(fps=fps))
             if i % 25 == 0:
                 assert writer.flush()
                 assert writer.faults() == [], caplog.text[-2000:]
         writer.close()
     assert "stopped growing" not in caplog.text, caplog.text[-2000:]
+    assert caplog.text.count("grew at its close") <= 1, caplog.text[-2000:]  # one new file at most
     assert sum(frames_in(p) for p in sorted(tmp_path.glob("*.mkv"))) == len(frames)
 
 
