@@ -52,6 +52,25 @@ def in_sandbox(state: Path, config: Path, *args: str, env: dict[str, str] | None
                                          **(env or {})}, **kw)
 
 
+def chown_fix() -> str:
+    """The fix the lines about a root run's leftovers end with: the state folder back."""
+    import grp
+
+    try:
+        group = grp.getgrgid(sandbox.NOBODY).gr_name
+    except KeyError:
+        group = str(sandbox.NOBODY)
+    return f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+
+
+def ran(state: Path, config: Path, *args: str) -> tuple[int, str]:
+    """``maskd args`` run to its end in the sandbox: its exit code and what it said."""
+    r = in_sandbox(state, config, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                   text=True)
+    out = r.communicate(timeout=240)[0]
+    return r.returncode, out
+
+
 def test_the_syscall_sets_are_systemds() -> None:
     """The filter is built from systemd's own groups: what maskd needs is in, setuid is not."""
     if not shutil.which("systemd-analyze"):
@@ -88,10 +107,8 @@ def test_real_maskd_run_inside_the_units_sandbox(dirs: tuple[Path, Path], yunet_
         os.chown(cfg, 0, sandbox.NOBODY)
         inside = f"{sandbox.CONFIG}/config.yaml"
         for cmd in (["check-config", inside], ["doctor", "--config", inside]):
-            r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
-            out = r.communicate(timeout=240)[0]
-            assert r.returncode == 0 and not any(x in out for x in REFUSALS), out
+            rc, out = ran(state, config, *cmd)
+            assert rc == 0 and not any(x in out for x in REFUSALS), out
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify))
         os.chmod(notify, 0o777)
@@ -141,15 +158,9 @@ def test_an_outbox_left_by_a_root_run_is_named_with_its_owner(dirs: tuple[Path, 
     'state_dir /var/lib/maskd: cannot create the MQTT outbox there: Permission denied' of a
     folder it may write. Both now stop at the start (exit 78) naming the file, its owner and
     the chown that gives it back, `doctor` fails and `check-config` warns in the same words."""
-    import grp
-
     from maskd.outbox import Outbox
 
     state, config = dirs
-    try:
-        group = grp.getgrgid(sandbox.NOBODY).gr_name
-    except KeyError:
-        group = str(sandbox.NOBODY)
     cfg = config / "config.yaml"
     cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
                                "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"}}))
@@ -165,13 +176,11 @@ def test_an_outbox_left_by_a_root_run_is_named_with_its_owner(dirs: tuple[Path, 
         why = (f"outbox {sandbox.STATE}/{name} belongs to root:root (mode "
                f"{(state / name).stat().st_mode & 0o7777:04o}) and nobody, this maskd's user, "
                "cannot read and write it")
-        fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+        fix = chown_fix()
         for cmd, code in ((["run", "--config", inside], 78), (["doctor", "--config", inside], 1),
                           (["check-config", inside], 0)):  # a warning: the user it is run as
-            r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
-            out = r.communicate(timeout=240)[0]
-            assert r.returncode == code and why in out and fix in out, out
+            rc, out = ran(state, config, *cmd)
+            assert rc == code and why in out and fix in out, out
 
 
 def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
@@ -182,13 +191,7 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     the open violations in .../open_violations.json (Permission denied)', of a file it may
     replace, and check-config said nothing. The warning now names the file it cannot open, its
     owner and the chown; check-config and doctor warn in the same words."""
-    import grp
-
     state, config = dirs
-    try:
-        group = grp.getgrgid(sandbox.NOBODY).gr_name
-    except KeyError:
-        group = str(sandbox.NOBODY)
     (state / ".open_violations.json.lock").touch(mode=0o644)  # as `sudo maskd run` leaves them
     (state / "open_violations.json").write_text("{}")
     cfg = config / "config.yaml"
@@ -197,16 +200,14 @@ def test_open_violations_left_by_a_root_run_are_named_with_their_owner(
     os.chmod(cfg, 0o644)
     why = (f"{sandbox.STATE}/.open_violations.json.lock belongs to root:root (mode 0644) and "
            "nobody, this maskd's user, cannot read and write it")
-    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    fix = chown_fix()
     inside = f"{sandbox.CONFIG}/config.yaml"
     for cmd, said in ((["run", "--config", inside, "--max-frames", "5"],
                        f"cannot keep the open violations in {sandbox.STATE}/open_violations.json "
                        f"({why}"), (["check-config", inside], f"open violations {why}"),
                       (["doctor", "--config", inside], f"open violations {why}")):
-        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
-        out = r.communicate(timeout=240)[0]
-        assert r.returncode == 0 and said in out and fix in out, out
+        rc, out = ran(state, config, *cmd)
+        assert rc == 0 and said in out and fix in out, out
 
 
 def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
@@ -215,13 +216,7 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
     preview.annotate_dir root's folders (0755). The service then stopped at the start (exit 78)
     with a bare 'Permission denied' of each, in a folder it owns, and check-config and doctor
     said the same; all three now name the owner, the mode and the chown, as the outbox's do."""
-    import grp
-
     state, config = dirs
-    try:
-        group = grp.getgrgid(sandbox.NOBODY).gr_name
-    except KeyError:
-        group = str(sandbox.NOBODY)
     (state / "events.jsonl").touch(mode=0o644)  # as `sudo maskd run` leaves them
     (state / "snaps").mkdir(mode=0o755)
     (state / "clips").mkdir(mode=0o755)
@@ -231,7 +226,7 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
                                "snapshots": {"dir": f"{sandbox.STATE}/snaps"},
                                "preview": {"annotate_dir": f"{sandbox.STATE}/clips"}}))
     os.chmod(cfg, 0o644)
-    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    fix = chown_fix()
     said = [f"{key} {sandbox.STATE}/{name}: {what}: {sandbox.STATE}/{name} belongs to root:root "
             f"(mode {mode}) and nobody, this maskd's user, cannot read and write it"
             for key, name, what, mode in (
@@ -241,10 +236,8 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
     inside = f"{sandbox.CONFIG}/config.yaml"
     for cmd, code in ((["run", "--config", inside], 78), (["doctor", "--config", inside], 0),
                       (["check-config", inside], 0)):  # a warning: the user it is run as
-        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
-        out = r.communicate(timeout=240)[0]
-        assert r.returncode == code and all(f"{line}: made by" in out for line in said), out
+        rc, out = ran(state, config, *cmd)
+        assert rc == code and all(f"{line}: made by" in out for line in said), out
         assert out.count(fix) >= 3, out
 
 
@@ -254,13 +247,7 @@ def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
     could not open it and gave up the claim in silence: a second `maskd run` on the camera and
     folder (without MQTT) was let in. `run` now warns, naming the file, its owner and the
     chown; check-config and doctor warn in the same words."""
-    import grp
-
     state, config = dirs
-    try:
-        group = grp.getgrgid(sandbox.NOBODY).gr_name
-    except KeyError:
-        group = str(sandbox.NOBODY)
     (state / ".camera-door.lock").touch(mode=0o600)  # as `sudo maskd run` leaves it
     cfg = config / "config.yaml"
     cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "camera": "door",
@@ -270,14 +257,12 @@ def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
     said = (f"camera door: a second maskd run on it with this state_dir is not refused: "
             f"{sandbox.STATE}/.camera-door.lock belongs to root:root (mode 0600) and nobody, "
             "this maskd's user, cannot read and write it")
-    fix = f"give the folder back: sudo chown -R nobody:{group} {sandbox.STATE}"
+    fix = chown_fix()
     inside = f"{sandbox.CONFIG}/config.yaml"
     for cmd in (["run", "--config", inside, "--max-frames", "5"], ["check-config", inside],
                 ["doctor", "--config", inside]):
-        r = in_sandbox(state, config, *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
-        out = r.communicate(timeout=240)[0]
-        assert r.returncode == 0 and said in out and fix in out, out
+        rc, out = ran(state, config, *cmd)
+        assert rc == 0 and said in out and fix in out, out
 
 
 def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
