@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,6 +228,17 @@ def _leads_to(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _under(path: Path, tops: Iterable[str | Path]) -> str | Path | None:
+    """The first of ``tops`` that ``path`` is in (whole parts: /home2 is not under /home)."""
+    return next((top for top in tops if path.is_relative_to(top)), None)
+
+
+# Where the sandbox row says to move what the service cannot see under /home or in its /tmp.
+_FILE_GOES = "/etc/maskd (root:maskd 0640) or /var/lib/maskd"  # a model, a password file
+_SOURCE_GOES = "a folder outside /home and /root, such as /srv"  # a clip or images played
+_WRITTEN_GOES = "/var/lib/maskd, or a folder outside /home and /root with its ReadWritePaths="
+
+
 def _unit_values(unit: Path, setting: str) -> list[str]:
     """Each value ``unit`` and its drop-ins (``systemctl edit``) give ``setting``, in
     systemd's order (the last one wins for a setting that takes one)."""
@@ -392,7 +403,8 @@ class Doctor:
                      + ("" if stops else ": those open when maskd is killed are never ended")
                      + ")", required=stops)
             return
-        if foreign := foreign_ledger(d, [c.camera for c in self.cfg.cameras_resolved()]):  # run keeps no open violation: check-config's words
+        # run keeps no open violation there, or lets a second run on a camera in: its words
+        if foreign := foreign_ledger(d, [c.camera for c in self.cfg.cameras_resolved()]):
             self.add("state dir", WARN, f"{foreign} ({use})", required=False)
             return
         free = shutil.disk_usage(d).free / 2**20
@@ -410,7 +422,8 @@ class Doctor:
         fails at start ("Read-only file system", exit 78) where doctor found it writable. A
         file it reads under /home or /root (a model, a password file): the service sees those
         empty and closed (ProtectHome=yes) and stops with 'Permission denied' of a file
-        doctor, run as its user, read."""
+        doctor, run as its user, read; one in /tmp it does not see (PrivateTmp=, its own). A
+        drop-in's ProtectHome= and PrivateTmp= are followed, and links where they lead."""
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
         from maskd.sources import source_file
@@ -423,30 +436,28 @@ class Doctor:
         for key, path in {**self.cfg.paths(), **read}.items():
             real = _leads_to(SERVICE_DIR / path)
             link = f" (a link to {real})" if real != SERVICE_DIR / path else ""
-            if home and (top := next((t for t in PROTECT_HOME if real.is_relative_to(t)), None)):
+            if home and (top := _under(real, PROTECT_HOME)):
                 hidden.add(key)  # a ReadWritePaths= there is dropped by systemd (#7153)
-                self.add("sandbox", WARN, f"{key}: {path}{link} is under {top}, which the service "
-                         f"does not see (ProtectHome={home}: empty" + " and closed" * (home == "yes") +
-                         " to it, whatever ReadWritePaths= says), so it then fails at start; "
-                         "move it to " + (
-                             "/var/lib/maskd, or a folder outside /home and /root with its "
-                             "ReadWritePaths=" if key in written else
-                             "a folder outside /home and /root, such as /srv" if key in read else
-                             "/etc/maskd (root:maskd 0640) or /var/lib/maskd"), required=False)
-            elif key not in written and (tmp := next((t for t in private
-                                                      if real.is_relative_to(t)), None)):
-                self.add("sandbox", WARN, f"{key}: {path}{link} is in {tmp}, of which the service "
-                         "has its own, empty at each start (PrivateTmp=): it does not see this file, "
-                         "so it then fails at start; move it to /etc/maskd (root:maskd 0640) or "
-                         "/var/lib/maskd", required=False)
+                closed = " and closed" if home == "yes" else ""
+                where = (_WRITTEN_GOES if key in written else _SOURCE_GOES if key in read
+                         else _FILE_GOES)
+                self.add("sandbox", WARN, f"{key}: {path}{link} is under {top}, which the "
+                         f"service does not see (ProtectHome={home}: empty{closed} to it, "
+                         f"whatever ReadWritePaths= says), so it then fails at start; move it to "
+                         f"{where}", required=False)
+            elif key not in written and (tmp := _under(real, private)):
+                self.add("sandbox", WARN, f"{key}: {path}{link} is in {tmp}, of which the "
+                         "service has its own, empty at each start (PrivateTmp=): it does not see "
+                         f"this file, so it then fails at start; move it to {_FILE_GOES}",
+                         required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
             real = _leads_to(p)
-            if key in hidden or any(real.is_relative_to(w) for w in writable):
+            if key in hidden or _under(real, writable):
                 continue
-            if any(real.is_relative_to(t) for t in private):
+            if _under(real, private):
                 self.add("sandbox", WARN, f"{key}: {p} is in the service's own /tmp "
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
