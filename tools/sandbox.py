@@ -1,9 +1,8 @@
 """maskd inside an emulation of systemd/maskd.service's sandbox, without systemd (a chroot, a
 container, CI): what the unit's hardening does to a real `maskd run`, shown where no systemd runs.
 
-Run as root: ``python tools/sandbox.py --state DIR --config DIR [--rw PATH]... -- maskd-args...``.
-It starts
-``python -m maskd ARGS`` (this checkout's) with what the unit sets up:
+Run as root: ``python tools/sandbox.py --state DIR --config DIR [--rw PATH]... -- ARGS...``.
+It starts ``python -m maskd ARGS`` (this checkout's) with what the unit sets up:
 
 - a mount namespace (``unshare -m``) with every mount read-only (ProtectSystem=strict,
   ProtectKernelTunables, ProtectControlGroups) but DIR of ``--state`` at /var/lib/maskd
@@ -26,6 +25,7 @@ systemd-analyze/libseccomp).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import errno
@@ -186,23 +186,28 @@ def main(argv: list[str]) -> int:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": STATE, "USER": "nobody", "LOGNAME": "nobody", "SHELL": "/usr/sbin/nologin",
                **unit_environment(), "PYTHONPATH": str(REPO)}
-        env.update({k: v for k, v in os.environ.items() if k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MASKD_MODEL_DIR",
-                                                                 "LANG", "TZ")})
+        passed = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MASKD_MODEL_DIR", "LANG", "TZ")
+        env.update({k: v for k, v in os.environ.items() if k in passed})
         os.execve(shutil.which("setpriv") or "setpriv",
                   ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                    "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
                    sys.executable, __file__, "--seccomp", calls, "--",
                    sys.executable, "-m", "maskd", *cmd], env)
-    state, config, rest = argv[1], argv[3], argv[4:]
-    assert argv[0] == "--state" and argv[2] == "--config", argv
-    rw = []
-    while rest[:1] == ["--rw"]:
-        rw.append(os.path.abspath(rest[1]))
-        rest = rest[2:]
-    assert rest[:1] == ["--"], argv
+    parser = argparse.ArgumentParser(
+        prog="tools/sandbox.py", description="Run maskd inside an emulation of the unit's "
+        "sandbox (as root; see this file's docstring).")
+    parser.add_argument("--state", required=True, help="folder shown at /var/lib/maskd")
+    parser.add_argument("--config", required=True, help="folder shown read-only at " + CONFIG)
+    parser.add_argument("--rw", action="append", default=[], metavar="PATH",
+                        help="a drop-in's ReadWritePaths= (may repeat)")
+    parser.add_argument("args", nargs="+", metavar="ARGS", help="maskd's arguments, after --")
+    a = parser.parse_args(argv)
+    if why := missing():
+        parser.error(why)
+    rw = [os.path.abspath(p) for p in a.rw]
     os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "--", sys.executable,
-                          __file__, "--inner", os.path.abspath(state), os.path.abspath(config),
-                          json.dumps(rw), ",".join(allowed()), "--", *rest[1:]])
+                          __file__, "--inner", os.path.abspath(a.state), os.path.abspath(a.config),
+                          json.dumps(rw), ",".join(allowed()), "--", *a.args])
     return 1
 
 
