@@ -225,10 +225,7 @@ def test_more_stop_signals_while_maskd_stops_and_exits_leave_it_a_clean_stop(tmp
     every 5 ms from the first until the process is gone cover every moment of it."""
     clip, _ = bare_and_blank_clips(tmp_path)
     events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = looping_run(clip, events, default_model)
     try:
         _until_a_start(proc, events)
         while proc.poll() is None:
@@ -261,10 +258,7 @@ def test_sigterm_ends_open_violations_with_shutdown(tmp_path, default_model, sig
     # nohup maskd rightly keeps it ignored, and the hang-up below would wait for ever)
     before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
-             str(events), "--model", str(default_model), "--detector", "blazeface"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = looping_run(clip, events, default_model)
     finally:
         signal.signal(signal.SIGHUP, before)
     try:
@@ -1270,6 +1264,15 @@ def test_the_open_violations_are_kept_only_where_state_dir_is_in_use(tmp_path, d
     assert not Config().keeps_state
 
 
+def looping_run(source: Path, events: Path, model: Path) -> subprocess.Popen:
+    """`maskd run` looping over ``source`` (a clip, a folder) with BlazeFace and ``model``, its
+    events in the JSON lines file ``events``, its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", str(source), "--loop", "--jsonl",
+         str(events), "--model", str(model), "--detector", "blazeface"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _until_a_start(proc: subprocess.Popen, events: Path) -> None:
     """Wait (up to 120 s) until the running ``proc`` wrote a violation start to ``events``."""
     deadline = time.monotonic() + 120
@@ -1984,10 +1987,7 @@ def test_a_looping_file_emptied_mid_violation_ends_it_gone_and_plays_on(tmp_path
     clip = bare_clip(tmp_path / "bare.avi", "MJPG")
     kept = clip.read_bytes()
     events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(clip), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = looping_run(clip, events, default_model)
     seen = ""
 
     def wait_for(text: str) -> None:
@@ -2075,10 +2075,7 @@ def test_a_looping_source_whose_disk_fails_a_while_idles_and_plays_again(
             (sorted(source.iterdir()), "openat,read",
              "none of its images can be read; idle, trying it again"))
     events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maskd", "run", "--source", str(source), "--loop", "--jsonl",
-         str(events), "--model", str(default_model), "--detector", "blazeface"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = looping_run(source, events, default_model)
     try:
         _until_a_start(proc, events)
         with disk_failing(proc, failing, calls, tmp_path):
