@@ -297,3 +297,30 @@ def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
                    stderr=subprocess.STDOUT, text=True)
     out = r.communicate(timeout=240)[0]
     assert r.returncode == 0 and list((stick / "snaps").glob("*.jpg")), out
+
+
+def test_the_read_write_paths_doctor_advises_are_taken_as_systemd_takes_them(
+        dirs: tuple[Path, Path], request: pytest.FixtureRequest) -> None:
+    """doctor's sandbox row advises `ReadWritePaths=-FOLDER` (a stick may be out at boot).
+    Given so (`--rw=-FOLDER`) the emulation took the - for part of a relative path and ended in
+    a mount traceback; a missing folder, the case the - is for, did too. Now, as systemd: with
+    the - a missing folder is left out and maskd runs, a folder there is writable; without it a
+    missing folder stops the start (226/NAMESPACE), said in one line."""
+    import tempfile
+
+    state, config = dirs
+    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
+        stick = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    os.chmod(stick, 0o755)
+    os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
+    out_of = stick / "gone"  # the stick not mounted
+    rc, out = ran(state, config, f"--rw=-{out_of}", "--", "--version")
+    assert rc == 0 and "maskd " in out and "Traceback" not in out, out
+    rc, out = ran(state, config, "--rw", str(out_of), "--", "--version")
+    assert rc == 226 and "226/NAMESPACE" in out and str(out_of) in out, out
+    assert "Traceback" not in out, out
+    rc, out = ran(state, config, f"--rw=-{stick}", "--", "--version")  # the stick in
+    assert rc == 0 and "maskd " in out, out

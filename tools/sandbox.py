@@ -1,7 +1,8 @@
 """maskd inside an emulation of systemd/maskd.service's sandbox, without systemd (a chroot, a
 container, CI): what the unit's hardening does to a real `maskd run`, shown where no systemd runs.
 
-Run as root: ``python tools/sandbox.py --state DIR --config DIR [--rw PATH]... -- ARGS...``.
+Run as root: ``python tools/sandbox.py --state DIR --config DIR [--rw PATH]... -- ARGS...``
+(``--rw=-PATH`` as doctor's ``ReadWritePaths=-PATH``).
 It starts ``python -m maskd ARGS`` (this checkout's) with what the unit sets up:
 
 - a mount namespace (``unshare -m``) with every mount read-only (ProtectSystem=strict,
@@ -199,12 +200,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--state", required=True, help="folder shown at /var/lib/maskd")
     parser.add_argument("--config", required=True, help="folder shown read-only at " + CONFIG)
     parser.add_argument("--rw", action="append", default=[], metavar="PATH",
-                        help="a drop-in's ReadWritePaths= (may repeat)")
+                        help="a drop-in's ReadWritePaths= (may repeat; --rw=-PATH: left "
+                        "out where missing, as systemd does)")
     parser.add_argument("args", nargs="+", metavar="ARGS", help="maskd's arguments, after --")
     a = parser.parse_args(argv)
     if why := missing():
         parser.error(why)
-    rw = [os.path.abspath(p) for p in a.rw]
+    rw = []
+    for word in a.rw:  # a ReadWritePaths= word: with a leading -, a missing folder is left out
+        path = os.path.abspath(word.lstrip("-+"))
+        if os.path.exists(path):
+            rw.append(path)
+        elif not word.startswith("-"):  # systemd fails the unit's start so
+            print(f"sandbox: ReadWritePaths={word}: no such folder, so the service does not "
+                  "start (226/NAMESPACE); -PATH starts without it", file=sys.stderr)
+            return 226
     os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "--", sys.executable,
                           __file__, "--inner", os.path.abspath(a.state), os.path.abspath(a.config),
                           json.dumps(rw), ",".join(allowed()), "--", *a.args])
