@@ -324,3 +324,49 @@ def test_the_read_write_paths_doctor_advises_are_taken_as_systemd_takes_them(
     assert "Traceback" not in out, out
     rc, out = ran(state, config, f"--rw=-{stick}", "--", "--version")  # the stick in
     assert rc == 0 and "maskd " in out, out
+
+
+def test_doctors_read_write_paths_for_a_folder_not_made_yet_lets_the_service_make_it(
+        dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snapshots.dir: /media/usb/snaps` before any run made `snaps`: doctor's sandbox row
+    advised `ReadWritePaths=-/media/usb/snaps`. Put into a drop-in as given, doctor said
+    nothing more, while systemd leaves a missing - folder out, so the service still stopped at
+    start ('Read-only file system', exit 78) making it. The advice names the folder there now
+    (`-/media/usb`), under which the service makes `snaps`."""
+    import tempfile
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    state, config = dirs
+    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
+        stick = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    os.chmod(stick, 0o755)
+    os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": {"dir": f"{stick}/snaps"}}))
+    os.chmod(config / "config.yaml", 0o644)
+    unit = config.parent / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    d = doc.Doctor(load_config(config / "config.yaml"), 1)
+    d.sandbox()
+    [check] = d.checks
+    word = check.detail.split("[Service] ReadWritePaths=")[1].split(" (")[0]
+    assert word == f"-{stick}", check.detail
+    (config.parent / "maskd.service.d").mkdir()
+    (config.parent / "maskd.service.d/override.conf").write_text(
+        f"[Service]\nReadWritePaths={word}\n")
+    d = doc.Doctor(load_config(config / "config.yaml"), 1)
+    d.sandbox()
+    assert d.checks == []
+    rc, out = ran(state, config, f"--rw={word}", "--", "run", "--config",
+                  f"{sandbox.CONFIG}/config.yaml", "--max-frames", "3")
+    assert rc == 0 and "Read-only file system" not in out, out

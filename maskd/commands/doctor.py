@@ -228,6 +228,13 @@ def _leads_to(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _there(folder: Path) -> Path:
+    """``folder`` or the nearest folder above it that is there now (not /), for a
+    ReadWritePaths= to name: run makes the rest, and systemd leaves a missing - folder out, so
+    one run had still to make stayed read-only (exit 78) though doctor then said nothing."""
+    return next((p for p in (folder, *folder.parents) if p.is_dir() and p != p.parent), folder)
+
+
 def _under(path: Path, tops: Iterable[str | Path]) -> str | Path | None:
     """The first of ``tops`` that ``path`` is in (whole parts: /home2 is not under /home)."""
     return next((top for top in tops if path.is_relative_to(top)), None)
@@ -462,7 +469,7 @@ class Doctor:
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
                 continue
-            folder = real if is_dir else real.parent
+            folder = _there(real if is_dir else real.parent)
             link = f" (a link to {real})" if real != p else ""
             self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
                      "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
