@@ -370,3 +370,45 @@ def test_doctors_read_write_paths_for_a_folder_not_made_yet_lets_the_service_mak
     rc, out = ran(state, config, f"--rw={word}", "--", "run", "--config",
                   f"{sandbox.CONFIG}/config.yaml", "--max-frames", "3")
     assert rc == 0 and "Read-only file system" not in out, out
+
+
+def test_a_read_write_paths_folder_missing_is_no_writable_place_to_doctor(
+        dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop-in that names a folder maskd is still to make (`ReadWritePaths=-/media/usb/snaps`,
+    doctor's advice before it named the folder there) is left out by systemd while missing,
+    and the service stopped at start making it (exit 78) while doctor's sandbox row said
+    nothing: it now judges the path as if that drop-in line were not there."""
+    import tempfile
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    state, config = dirs
+    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
+        stick = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    os.chmod(stick, 0o755)
+    os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": {"dir": f"{stick}/snaps"}}))
+    os.chmod(config / "config.yaml", 0o644)
+    rc, out = ran(state, config, f"--rw=-{stick}/snaps", "--", "run", "--config",
+                  f"{sandbox.CONFIG}/config.yaml", "--max-frames", "3")
+    assert rc == 78 and "Read-only file system" in out, out
+    unit = config.parent / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    (config.parent / "maskd.service.d").mkdir()
+    (config.parent / "maskd.service.d/override.conf").write_text(
+        f"[Service]\nReadWritePaths=-{stick}/snaps\n")
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    d = doc.Doctor(load_config(config / "config.yaml"), 1)
+    d.sandbox()
+    [check] = d.checks
+    assert "is read-only to the service" in check.detail and f"ReadWritePaths=-{stick} (" \
+        in check.detail, check.detail

@@ -458,7 +458,10 @@ class Doctor:
                          f"this file, so it then fails at start; move it to {_FILE_GOES}",
                          required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
-        writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))]
+        # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
+        # folder run is still to make under it stayed read-only, and the row said nothing
+        writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))
+                    if w == SERVICE_DIR or w.exists()]
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
             real = _leads_to(p)
