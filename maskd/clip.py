@@ -480,13 +480,19 @@ class ClipWriter(FrameObserver):
             return False
         self._writer.release()
         self._writer = None
-        log.info("annotated clip: %s (%d frames)", self._path, self._seg_frames)
         assert self._path is not None
         try:
-            size = self._path.stat().st_size
+            size: int | None = self._path.stat().st_size
         except OSError:
-            return False
-        if size <= self._size:
+            size = None
+        # Not grown at its close either: its writes fail, and the frames handed to it since it
+        # last grew never reached it (the line claimed them all: 519 frames of an empty file).
+        lost = self._seg_frames - self._grew_frames if size is not None and size <= self._size \
+            else 0
+        lost_words = "none" if lost == self._seg_frames else f"the last {lost}"
+        log.info("annotated clip: %s (%d frames%s)", self._path, self._seg_frames,
+                 f"; {lost_words} were not written: its writes failed" if lost else "")
+        if size is None or size <= self._size:
             return False
         grew, frames = (size - self._size, self._seg_frames - self._grew_frames) if stalled \
             else (size, self._seg_frames)

@@ -412,7 +412,8 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
     the clip went on "recording" into a file that no longer grew, no problem line, no ERROR
     (reproduced with `maskd run --source demo --annotate`: faults [] for good). Now the file
     not growing pauses the recording with the reason, and a new file tried at the retry that
-    does not grow either keeps it paused without a false "recording again"."""
+    does not grow either keeps it paused without a false "recording again". Each file's close
+    line says the frames that never reached it (it claimed 519 frames of an empty file)."""
     from test_faults_mqtt import strace_injecting
 
     strace = strace_injecting()
@@ -449,6 +450,12 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
     assert said["paths"] >= 2  # tried again, and that file did not grow either
     assert r.stderr.count("recording paused") == 1 and "recording again" not in r.stderr, \
         r.stderr[-3000:]
+    closed = re.findall(r"annotated clip: (\S+) \((\d+) frames(?:; (?:(none)|the last (\d+)) were "
+                        r"not written: its writes failed)?\)", r.stderr)
+    assert len(closed) == said["paths"], r.stderr[-3000:]
+    for path, handed, none, lost in closed:  # FFmpeg's last 256 KiB (~25 frames) never came
+        written = 0 if none else int(handed) - int(lost or 0)
+        assert 0 <= written - frames_in(Path(path)) <= 30, (path, handed, none, lost)
 
 
 def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_frame(tmp_path):
