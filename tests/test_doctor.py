@@ -494,6 +494,41 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
+def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, monkeypatch):
+    """`systemctl edit maskd` with ReadWritePaths=/media/usb/snaps, the stick not mounted (or
+    a folder not made yet): systemd refuses to start the unit at all (226/NAMESPACE,
+    systemd.exec(5): only a path written with - is passed over when missing), and doctor said
+    nothing, its own advice being the - form. It names the path and both ways out; one that is
+    there, or written with its -, is fine."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\n")
+    usb, there = tmp_path / "usb/snaps", tmp_path / "there"
+    there.mkdir()
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to a stick not mounted
+
+    def sandbox(drop_in: str) -> list[str]:
+        (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\n{drop_in}\n")
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        assert all(c.verdict == doc.WARN and not c.required for c in d.checks)
+        return [c.detail for c in d.checks]
+
+    assert sandbox(f"ReadWritePaths={usb} {there}") == [
+        f"ReadWritePaths={usb} (`systemctl cat maskd`) is missing, so systemd refuses to start "
+        f"the service (226/NAMESPACE); create it, or write it ReadWritePaths=-{usb} (the - lets "
+        "the service start while it is missing)"]
+    assert [d.split(" (")[0] for d in sandbox(f"ReadWritePaths={tmp_path}/gone")] == [
+        f"ReadWritePaths={tmp_path}/gone"]
+    assert sandbox(f"ReadWritePaths=-{usb} {there}\nReadWritePaths=+-{usb}") == []
+    assert sandbox(f"ReadWritePaths={usb}\nReadWritePaths=") == []  # cleared
+
+
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
     """`ln -s /home/pi/snaps /var/lib/maskd/snaps`, `snapshots.dir: /var/lib/maskd/snaps`: the
     sandbox row said '/var/lib/maskd/snaps is under /home ... move it to /var/lib/maskd', of a
@@ -633,7 +668,8 @@ def test_a_folder_under_home_is_not_opened_by_read_write_paths(tmp_path, monkeyp
     unit = tmp_path / "maskd.service"
     unit.write_text((REPO / "systemd/maskd.service").read_text())
     (tmp_path / "maskd.service.d").mkdir()
-    (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nReadWritePaths=/home/pi\n")
+    (tmp_path / "maskd.service.d/override.conf").write_text(
+        "[Service]\nReadWritePaths=-/home/pi\n")  # - : no /home/pi on this machine
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
     (tmp_path / "c.yaml").write_text("source: {kind: demo}\nsnapshots: {dir: /home/pi/snaps}\n")
     d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)

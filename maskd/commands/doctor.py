@@ -260,16 +260,39 @@ def _unit_values(unit: Path, setting: str) -> list[str]:
 
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
-    order; an empty assignment clears the list, a leading - or + is only a flag, a path in
-    quotes may hold a space ("/media/pi/USB DISK": a stick mounted under its label)."""
-    paths: list[Path] = []
+    order; a leading - or + is only a flag (``_read_write_words``)."""
+    return [Path(w.lstrip("-+")) for w in _read_write_words(unit)]
+
+
+def _read_write_words(unit: Path) -> list[str]:
+    """The ReadWritePaths= of ``unit`` and its drop-ins as written, flags and all: an empty
+    assignment clears the list, a path in quotes may hold a space ("/media/pi/USB DISK": a
+    stick mounted under its label)."""
+    words: list[str] = []
     for value in _unit_values(unit, "ReadWritePaths"):
         try:
-            words = shlex.split(value)
+            found = shlex.split(value)
         except ValueError:  # a quote left open: systemd ignores the line
             continue
-        paths = [] if not words else paths + [Path(w.lstrip("-+")) for w in words]
-    return paths
+        words = [] if not found else words + found
+    return words
+
+
+def unit_missing_paths(unit: Path) -> list[Path]:
+    """The ReadWritePaths= of ``unit`` and its drop-ins that are missing (links followed, as
+    systemd follows them) and written without the - that lets systemd pass over them: it then
+    fails the whole start (226/NAMESPACE), a stick not mounted, a folder not made yet."""
+    def missing(path: str) -> bool:
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return True
+        except OSError:  # a link loop, no permission: not what the - passes over
+            pass
+        return False
+
+    return [Path(w.lstrip("-+")) for w in _read_write_words(unit)
+            if "-" not in w[:len(w) - len(w.lstrip("-+"))] and missing(w.lstrip("-+"))]
 
 
 def unit_hides(unit: Path) -> tuple[str | None, bool]:
@@ -430,7 +453,8 @@ class Doctor:
         file it reads under /home or /root (a model, a password file): the service sees those
         empty and closed (ProtectHome=yes) and stops with 'Permission denied' of a file
         doctor, run as its user, read; one in /tmp it does not see (PrivateTmp=, its own). A
-        drop-in's ProtectHome= and PrivateTmp= are followed, and links where they lead."""
+        drop-in's ProtectHome= and PrivateTmp= are followed, and links where they lead; a
+        ReadWritePaths= missing without its - (systemd then refuses the start) is named."""
         if not UNIT_FILE.is_file():
             return  # no installed service to run under that sandbox
         from maskd.sources import source_file
@@ -457,6 +481,11 @@ class Doctor:
                          "service has its own, empty at each start (PrivateTmp=): it does not see "
                          f"this file, so it then fails at start; move it to {_FILE_GOES}",
                          required=False)
+        for missing in unit_missing_paths(UNIT_FILE):
+            self.add("sandbox", WARN, f"ReadWritePaths={missing} (`systemctl cat maskd`) is "
+                     "missing, so systemd refuses to start the service (226/NAMESPACE); create "
+                     f"it, or write it ReadWritePaths=-{shlex.quote(str(missing))} (the - lets the "
+                     "service start while it is missing)", required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
         # folder run is still to make under it stayed read-only, and the row said nothing
