@@ -588,6 +588,41 @@ def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypat
         "classifier.model: /var/tmp/mask.tflite is in /var/tmp", rw]
 
 
+def test_a_drop_ins_protect_system_is_followed(tmp_path, monkeypatch):
+    """`systemctl edit maskd` with ProtectSystem=full (only /usr, /boot, /efi and /etc
+    read-only): the sandbox row still said a snapshots.dir in /srv was 'read-only to the service
+    (ProtectSystem=strict ...), which then fails at start', where the service writes it. The
+    row follows the unit's last ProtectSystem= as systemd does, and names the read-only top."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\nsnapshots: {dir: /srv/snaps}\n"
+                                     "jsonl: {path: /etc/maskd/events.jsonl}\n")
+
+    def sandbox(drop_in: str) -> list[str]:
+        (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\n{drop_in}\n")
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        return [c.detail.split("), ")[0] for c in d.checks]
+
+    strict = ["jsonl.path: /etc/maskd/events.jsonl is read-only to the service (ProtectSystem="
+              "strict: only /var/lib/maskd is writable",
+              "snapshots.dir: /srv/snaps is read-only to the service (ProtectSystem=strict: only "
+              "/var/lib/maskd is writable"]
+    assert sorted(sandbox("")) == strict
+    assert sandbox("ProtectSystem=full") == [
+        "jsonl.path: /etc/maskd/events.jsonl is read-only to the service (ProtectSystem=full: "
+        "/etc is read-only"]
+    assert sandbox("ProtectSystem=yes") == sandbox("ProtectSystem=off") == []
+    assert sandbox("ProtectSystem=full\nProtectSystem=sometimes") == sandbox(  # ignored
+        "ProtectSystem=full")
+    assert sorted(sandbox("ProtectSystem=no\nProtectSystem=strict")) == strict
+
+
 def test_a_link_loop_in_a_path_is_no_failure_of_the_sandbox_row(tmp_path, monkeypatch):
     """`snapshots.dir` a link to itself (`ln -s`, a typo): the writes row says 'Too many levels
     of symbolic links', a warning, and the sandbox row, judging where the link leads, failed,

@@ -295,12 +295,31 @@ def unit_missing_paths(unit: Path) -> list[Path]:
             if "-" not in w[:len(w) - len(w.lstrip("-+"))] and missing(w.lstrip("-+"))]
 
 
+# The words systemd takes for a unit's yes and no (ProtectSystem=, ProtectHome=, PrivateTmp=).
+_UNIT_YES = ("1", "yes", "y", "true", "t", "on")
+_UNIT_NO = ("0", "no", "n", "false", "f", "off")
+
+
+def unit_read_only(unit: Path) -> tuple[str, tuple[str, ...]]:
+    """The unit's last ProtectSystem= systemd can parse and the folders it makes read-only
+    (strict: all of them; full: /usr, /boot, /efi and /etc; yes: not /etc; no: none): a
+    drop-in's `full` leaves /srv writable, where the sandbox row said it failed at start."""
+    yes, no = _UNIT_YES, _UNIT_NO
+    found = "strict"
+    for value in map(str.lower, _unit_values(unit, "ProtectSystem")):
+        if value in (*yes, *no, "full", "strict"):
+            found = value
+    tops = {"strict": ("/",), "full": ("/usr", "/boot", "/efi", "/etc")}.get(
+        found, () if found in no else ("/usr", "/boot", "/efi"))
+    return found, tops
+
+
 def unit_hides(unit: Path) -> tuple[str | None, bool]:
     """The unit's last ProtectHome= that hides /home, /root and /run/user (yes, tmpfs; None
     for no or read-only: readable, written only with a ReadWritePaths=), and whether its
     PrivateTmp= gives it a /tmp of its own; a value systemd cannot parse is ignored, as it
     ignores it (a drop-in of `systemctl edit` may say either)."""
-    yes, no = ("1", "yes", "y", "true", "t", "on"), ("0", "no", "n", "false", "f", "off")
+    yes, no = _UNIT_YES, _UNIT_NO
     home, tmp = None, False
     for value in map(str.lower, _unit_values(unit, "ProtectHome")):
         if value in (*yes, *no, "read-only", "tmpfs"):
@@ -491,6 +510,7 @@ class Doctor:
         # folder run is still to make under it stayed read-only, and the row said nothing
         writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))
                     if w == SERVICE_DIR or w.exists()]
+        protect, read_only = unit_read_only(UNIT_FILE)
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
             real = _leads_to(p)
@@ -501,10 +521,13 @@ class Doctor:
                          "(PrivateTmp=): other users do not see it, and it is emptied at each stop",
                          required=False)
                 continue
+            if not (top := _under(real, read_only)):
+                continue
             folder = _there(real if is_dir else real.parent)
             link = f" (a link to {real})" if real != p else ""
+            why = ("only /var/lib/maskd is writable" if top == "/" else f"{top} is read-only")
             self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
-                     "(ProtectSystem=strict: only /var/lib/maskd is writable), which then fails at "
+                     f"(ProtectSystem={protect}: {why}), which then fails at "
                      f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
                      f"[Service] ReadWritePaths=-{shlex.quote(str(folder))} (the - lets the "
                      "service start while the folder is missing, a stick not mounted: without it "
