@@ -5,7 +5,7 @@ to it, forever; a device such as /dev/zero never ends. ``open_regular`` opens wi
 and refuses anything but a regular file; ``read_limited`` also takes a pipe that has a writer,
 so ``maskd check-config <(...)`` keeps working. ``write_atomically`` writes under a hidden
 temporary name and renames, so a full disk leaves the old file or none, never a cut one
-(``write_together`` does it for a set of files);
+(``write_together`` does it for a set of files), and a power cut the old file or the new;
 ``append_line`` adds a line whole (its room taken first) or cuts it back (the JSON lines sink,
 scan's and classify's output). ``cannot_create`` says why a folder or file `run` would make
 could not be made, without making it (check-config).
@@ -208,15 +208,22 @@ def write_together(files: dict[Path, bytes]) -> None:
     """``write_atomically`` for files that belong together (a model and its sidecar): every one
     is written in full under a hidden temporary name first, and only then are they renamed into
     place, so a full disk leaves all the old files (temporaries removed) and never a new model
-    beside an old sidecar."""
+    beside an old sidecar. Each is on the card before it replaces the old one, and the folder
+    after: a power cut left open_violations.json empty (its data never written before the
+    rename) or the version before (the rename never written), and a killed run's violation
+    was never ended."""
     tmps: dict[Path, Path] = {}
     try:
         for path, data in files.items():
             tmps[path], fd = _new_temporary(path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         for path, tmp in tmps.items():
             os.replace(tmp, path)
+        for folder in {path.parent for path in tmps}:
+            _sync_folder(folder)
     except BaseException:
         for tmp in tmps.values():
             try:
@@ -224,6 +231,23 @@ def write_together(files: dict[Path, bytes]) -> None:
             except OSError:
                 pass
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """The folder's entries (a rename) on the card; a file system that cannot sync a folder
+    (EINVAL: some FUSE and network ones), or a folder this user may write but not read, has
+    nothing more to do: the rename is made, and a failure here would say it was not."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _new_temporary(folder: Path) -> tuple[Path, int]:

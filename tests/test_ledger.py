@@ -292,3 +292,35 @@ def test_a_crowd_on_one_frame_is_noted_in_one_write_each_way(tmp_path, monkeypat
     assert len(writes) == 2
     assert sink.events == [True] * 400
     assert json.loads((tmp_path / LEDGER_FILE).read_text()) == {}
+
+
+def test_a_change_is_on_the_card_before_the_file_is_replaced_and_the_replacement_after(tmp_path):
+    """A power cut (not a kill: what the page cache held is gone) right after a rewrite left
+    open_violations.json empty (its new data never written before the rename: ext4's delayed
+    allocation) or the version before (the rename never reached the card), and the next start
+    without MQTT never ended a violation open then in JSON lines (`... is not readable JSON;
+    starting it afresh`). Each rewrite now reaches the card in order, seen by strace in a real
+    process: the new file's data synced, then the rename, then the folder synced."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    trace = tmp_path / "strace.txt"
+    state = tmp_path / "state"
+    write = ("import sys; from maskd.ledger import OpenViolations; from maskd.types import "
+             "ViolationEvent as V; OpenViolations(sys.argv[1]).note(V('start', 'open', 0, "
+             "'door', 1, 1.7e9, 0.9, 0.9, (0.1, 0.1, 0.2, 0.2)))")
+    subprocess.run([strace, "-f", "-qq", "-y", "-o", str(trace), "-e",
+                    "trace=fsync,fdatasync,rename,renameat,renameat2", sys.executable, "-c",
+                    write, str(state)], check=True, timeout=60, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    calls = [line for line in trace.read_text().splitlines() if str(state) in line]
+    synced = [i for i, line in enumerate(calls) if "sync(" in line]
+    [renamed] = [i for i, line in enumerate(calls) if f'{LEDGER_FILE}")' in line]
+    assert any(i < renamed and ".maskd-" in calls[i] for i in synced), calls
+    assert any(i > renamed and calls[i].endswith(f"<{state}>) = 0") for i in synced), calls
+    assert json.loads((state / LEDGER_FILE).read_text()).keys() == {"open"}
