@@ -18,7 +18,7 @@ from pathlib import Path
 
 from maskd.clock import local_iso
 from maskd.config import shown_path
-from maskd.files import append_line, cannot_create, create_failure, failed_write
+from maskd.files import append_line, cannot_create, create_failure, failed_write, open_regular
 from maskd.lograte import Throttle
 from maskd.mqtt.schema import event_fields
 from maskd.types import EventSink, LoopStats, ViolationEvent
@@ -150,9 +150,29 @@ class JsonlSink(EventSink):
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
                 self._file = (st.st_dev, st.st_ino)
+                self._end_a_cut_line(st.st_size)
             elif stat.S_ISFIFO(st.st_mode):  # this open's own description: no one else's
                 os.set_blocking(self._fd, False)
                 self._pipe = True
+
+    def _end_a_cut_line(self, size: int) -> None:
+        """A power cut can leave the file's last line cut part-way (the card got the page with
+        its first half only), and the next line was written on at its end, an event a reader
+        lost: that line is ended first. A file this user cannot read is left as it is."""
+        assert self._fd is not None
+        if size == 0:
+            return
+        try:
+            with open_regular(Path(self.target)) as f:
+                f.seek(size - 1)
+                last = f.read(1)
+            if last in (b"", b"\n"):
+                return
+            append_line(self._fd, b"\n")
+        except OSError:
+            return
+        log.warning("jsonl %s: its last line was cut off (a power cut while it was written?); it "
+                    "is ended here, so the next event is a line of its own", self.target)
 
     def emit(self, event: ViolationEvent) -> None:
         line = json.dumps(event_fields(event)) + "\n"

@@ -246,6 +246,26 @@ def jsonl_event(i: int):
     return ViolationEvent("start", f"id{i}", 0, "cam", i, 1.0, 0.9, 0.9, (0, 0, 1, 1))
 
 
+def test_a_jsonl_file_whose_last_line_a_power_cut_cut_gets_its_next_line_whole(tmp_path, caplog):
+    """A power cut can leave the file's last line cut part-way (the card got the page with its
+    first half only): the next run's first line was written on at its end, one line that is no
+    JSON, and a reader lost that event. The cut line is ended first now, and said."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"event_type": "start", "event_id": "before"}\n{"event_type": "upd')
+    with caplog.at_level(logging.WARNING, logger="maskd.jsonl"):
+        sink = JsonlSink(str(path))
+        sink.emit(jsonl_event(1))
+        sink.close()
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ['{"event_type": "start", "event_id": "before"}', '{"event_type": "upd']
+    assert [json.loads(x)["event_id"] for x in lines[2:]] == ["id1"], lines
+    assert [r.getMessage() for r in caplog.records] == [
+        f"jsonl {path}: its last line was cut off (a power cut while it was written?); it is "
+        "ended here, so the next event is a line of its own"]
+    JsonlSink(str(path)).close()  # a whole last line: nothing added, nothing said
+    assert path.read_text().splitlines() == lines and len(caplog.records) == 1
+
+
 def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(tmp_path, caplog):
     """A full card: the file must never hold half a line, no event line may be lost or
     reordered, the fault must show, and the lines must follow once there is room."""
