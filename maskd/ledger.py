@@ -98,6 +98,7 @@ class OpenViolations:
         self.outbox = outbox
         self._lock = threading.Lock()  # camera threads of one process
         self._warned = False
+        self._said_damaged = False  # the file is no JSON: said once (``_read``)
         # Changes not written yet, by event id (None: ended), and the ids the file held when
         # last read: an end of a violation the file never held needs no record while it waits.
         self._held: dict[str, dict | None] = {}
@@ -321,7 +322,10 @@ class OpenViolations:
             return {}
         try:
             data = json.loads(text)
-        except ValueError:
-            log.warning("%s is not readable JSON; starting it afresh", self.path)
+        except ValueError:  # said once: a start reads it several times before it is rewritten
+            if not self._said_damaged:
+                self._said_damaged = True
+                log.warning("%s is not readable JSON; starting it afresh", self.path)
             return {}
+        self._said_damaged = False  # damaged again later: said again
         return data if isinstance(data, dict) else {}

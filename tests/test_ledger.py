@@ -324,3 +324,18 @@ def test_a_change_is_on_the_card_before_the_file_is_replaced_and_the_replacement
     assert any(i < renamed and ".maskd-" in calls[i] for i in synced), calls
     assert any(i > renamed and calls[i].endswith(f"<{state}>) = 0") for i in synced), calls
     assert json.loads((state / LEDGER_FILE).read_text()).keys() == {"open"}
+
+
+def test_a_damaged_file_is_said_once_not_at_every_read(tmp_path, caplog):
+    """An open_violations.json that is no JSON (an empty file a power cut left before its writes
+    were synced, a damaged card) was said at every read: five identical WARNING lines at each
+    start of a real `maskd run`, and at every start after until a violation rewrote it."""
+    (tmp_path / LEDGER_FILE).write_bytes(b"")
+    ledger = OpenViolations(tmp_path, ("door",))
+    with caplog.at_level(logging.WARNING, logger="maskd.ledger"):
+        assert ledger.restart_ends({"door"}) == [] and ledger.removed_ends({"door"}) == []
+        assert ledger.ended_elsewhere() == set()
+        ledger.note(event("after"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / LEDGER_FILE} is not readable JSON; starting it afresh"]
+    assert json.loads((tmp_path / LEDGER_FILE).read_text()).keys() == {"after"}
