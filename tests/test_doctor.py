@@ -586,6 +586,19 @@ def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypat
         ".tflite is in /var/tmp", "snapshots.dir: /home/pi/snaps is under /home"]
     assert sandbox("ProtectHome=off\nPrivateTmp=yes") == [
         "classifier.model: /var/tmp/mask.tflite is in /var/tmp", rw]
+    # a value systemd cannot parse is ignored ('Failed to parse ..., ignoring'): the one
+    # before it stands (the unit's yes; a drop-in's no)
+    assert sandbox("ProtectHome=read_only\nPrivateTmp=nope") == sandbox("ProtectHome=yes")
+    assert sandbox("ProtectHome=no\nPrivateTmp=no\nPrivateTmp=nope") == [rw]
+    # tmpfs: /home is an empty folder to the service, not closed as with yes
+    (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nProtectHome=tmpfs\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert "(ProtectHome=tmpfs: empty to it, whatever" in d.checks[0].detail, d.checks[0].detail
+    (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nProtectHome=true\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert "(ProtectHome=yes: empty and closed to it, whatever" in d.checks[0].detail
 
 
 def test_a_drop_ins_protect_system_is_followed(tmp_path, monkeypatch):
