@@ -513,6 +513,52 @@ def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_fr
     assert lost <= 60 * fps, (lost, said)  # the 8 MiB at the first file's ~10 KB a frame
 
 
+def test_the_runs_first_file_empty_from_its_first_write_is_judged_at_5_minutes(tmp_path):
+    """The run's first file, whose first write fails (EIO): no file before it grew at its
+    close, so nothing tells its bytes per frame; it stays empty for good and is said to fail
+    after STALL_EMPTY_S, 5 minutes of video (docs/reliability.md), not sooner (a still scene
+    at the start is no failing card) and not later (footage lost without a word)."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    out = tmp_path / "clips"
+    t0 = math.ceil(time.time()) + 2  # the first file's second (or the next): traced
+    paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t0 + i))}.mkv")
+             for i in range(2)]
+    fps, n = 2.0, 700  # 350 s of video
+    script = textwrap.dedent("""
+        import json, sys, time
+        from pathlib import Path
+        from maskd import clip
+        from maskd.demo import DemoSource
+        from maskd.types import Frame, LoopStats
+        clip.WRITABLE_LOOK_S = clip.RETRY_S = 0.0  # look at every frame, retry at once
+        t0, fps, n = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+        w = clip.ClipWriter(Path(sys.argv[1]), "door", fps)
+        src = DemoSource(loop=True)
+        said = None
+        time.sleep(max(0.0, t0 + 0.1 - time.time()))
+        for i in range(n):
+            w.on_frame(Frame(src.read().image, i, i / fps, "door"), [], LoopStats(fps=fps))
+            w.flush()
+            if said is None and w.faults():
+                said = i
+        w.close()
+        print(json.dumps({"said": said, "paths": [p.name for p in w.paths]}))
+    """)
+    r = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
+         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=1",
+         sys.executable, "-c", script, str(out), str(t0), str(fps), str(n)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    said = json.loads(r.stdout.splitlines()[-1])
+    assert not (out / said["paths"][0]).stat().st_size, said  # the first file's write failed
+    assert said["said"] is not None, (said, r.stderr[-3000:])
+    assert abs(said["said"] - 300 * fps) <= 2, said  # 5 minutes of video, to a frame or two
+
+
 @pytest.mark.parametrize("gap", [0.0, 3.0])
 def test_a_scene_that_turns_cheap_to_encode_is_no_failing_card(tmp_path, monkeypatch, caplog,
                                                                gap):
