@@ -590,6 +590,8 @@ def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypat
     # before it stands (the unit's yes; a drop-in's no)
     assert sandbox("ProtectHome=read_only\nPrivateTmp=nope") == sandbox("ProtectHome=yes")
     assert sandbox("ProtectHome=no\nPrivateTmp=no\nPrivateTmp=nope") == [rw]
+    # systemd 257's disconnected: a /tmp of its own too
+    assert sandbox("PrivateTmp=disconnected") == sandbox("ProtectHome=yes")
     # tmpfs: /home is an empty folder to the service, not closed as with yes
     (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nProtectHome=tmpfs\n")
     d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
@@ -703,6 +705,12 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
         "detector.model: /tmp/yunet.onnx is in /tmp, of which the service has its own, empty at "
         "each start (PrivateTmp=): it does not see this file, so it then fails at start; move it "
         "to /etc/maskd (root:maskd 0640) or /var/lib/maskd"]
+    # whole parts of the path: /home2 and /tmpdata are neither /home nor /tmp
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\ndetector: {kind: yunet, model: "
+                                     "/home2/yunet.onnx}\nclassifier: {model: /tmpdata/m.tflite}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert d.checks == []
 
 
 def test_a_folder_under_home_is_not_opened_by_read_write_paths(tmp_path, monkeypatch):
