@@ -1360,6 +1360,41 @@ def _reopens(url: str) -> int:
     return int(float(found.group(1))) if found else -1
 
 
+def test_a_looping_clips_replays_are_loops_in_the_status_not_reopens(tmp_path, default_model):
+    """A looping file's replays are counted as `loops` in /api/status (docs/service.md: the
+    MQTT stats carry the same LoopStats), not as a live camera's reopens (was: reopens grew by
+    thousands a day with no camera trouble; then loops stayed 0 where the loop's stats left
+    them out)."""
+    import urllib.request
+
+    from tools.mosquitto import free_port
+
+    _, blank = bare_and_blank_clips(tmp_path)  # 3 frames a pass
+    page = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"camera: door\npreview:\n  http: {page}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg),
+                             "--source", str(blank), "--loop", "--model", str(default_model),
+                             "--detector", "blazeface"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        cam: dict = {}
+        deadline = time.monotonic() + 120
+        while cam.get("loops", 0) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"http://{page}/api/status", timeout=5) as reply:
+                    cam = json.loads(reply.read())["cameras"][0]
+        assert proc.poll() is None and cam.get("loops", 0) >= 3, cam
+        assert cam["reopens"] == 0 and cam["frames"] >= 3 * cam["loops"], cam
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _run_until_reopened(tmp_path: Path, model: Path, uri: str, times: int,
                         env: dict[str, str] | None = None,
                         started: Callable[[], None] | None = None) -> tuple[str, str]:
