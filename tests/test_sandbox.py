@@ -254,6 +254,15 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
         rc, out = ran(state, config, *cmd)
         assert rc == code and all(f"{line}: made by" in out for line in said), out
         assert out.count(fix) >= 3, out
+    # root's file in a folder of root's own (a /var/log): its chown -R is no advice to give
+    (state / "logs").mkdir(mode=0o755)
+    (state / "logs" / "events.jsonl").touch(mode=0o644)
+    cfg.write_text(json.dumps({"state_dir": sandbox.STATE, "source": {"kind": "demo"},
+                               "jsonl": {"path": f"{sandbox.STATE}/logs/events.jsonl"}}))
+    for cmd, code in ((["run", "--config", inside], 78), (["check-config", inside], 0)):
+        rc, out = ran(state, config, *cmd)
+        assert rc == code and f"jsonl.path {sandbox.STATE}/logs/events.jsonl: cannot write " \
+            "there: Permission denied" in out and "chown" not in out, out
 
 
 def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
