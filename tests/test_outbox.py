@@ -45,6 +45,20 @@ def test_fifo_order_survives_reopen_and_ids_keep_growing(tmp_path):
     ob.close()
 
 
+def test_a_start_without_records_left_by_a_stop_says_nothing_of_them(tmp_path, caplog):
+    """outbox-records.json is there only after a stop that could not store what it held; an
+    ordinary start (none there) reads nothing and says nothing of it (the warning 'cannot read
+    what the last stop could not store' is for a file there that cannot be read)."""
+    with caplog.at_level(logging.INFO, logger="maskd.outbox"):
+        for _ in range(2):
+            box = Outbox(tmp_path)
+            box.put("t/events", {"event_type": "start"})
+            box.close()
+    assert "could not store" not in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not (tmp_path / "outbox-records.json").exists()
+
+
 def test_count_bound_drops_oldest_with_log_and_counter(tmp_path, caplog):
     ob = Outbox(tmp_path, max_events=3)
     with caplog.at_level(logging.WARNING, logger="maskd.outbox"):
