@@ -696,6 +696,8 @@ def test_a_file_under_home_the_service_cannot_see_is_named(tmp_path, monkeypatch
     d.sandbox()
     assert [c.detail.split(", which")[0] for c in d.checks] == [
         "source.uri: /home/pi/Videos/door.mp4 is under /home"]
+    assert d.checks[0].detail.endswith("move it to a folder outside /home and /root, such as "
+                                       "/srv"), d.checks[0].detail  # a video: not /etc/maskd
     # one copied to /tmp to try: the service has a /tmp of its own ('model file not found')
     (tmp_path / "c.yaml").write_text("source: {kind: demo}\ndetector: {kind: yunet, model: "
                                      "/tmp/yunet.onnx}\n")
