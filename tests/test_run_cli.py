@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -2096,7 +2097,7 @@ def test_a_looping_source_whose_disk_fails_a_while_idles_and_plays_again(
       but it was tried again only once the file changed on disk, so it never played again.
     - folder-images: 'none of its images can be read', and the same images were tried again
       only once one changed on disk. The images that played, unchanged, are read again once
-      one of them reads."""
+      one of them reads (the first in order a broken one, never read: the next that reads)."""
     from test_cameras import read_until, stop
 
     if case == "clip-reads":
@@ -2109,13 +2110,20 @@ def test_a_looping_source_whose_disk_fails_a_while_idles_and_plays_again(
             if case == "folder-lookup" else
             (sorted(source.iterdir()), "openat,read",
              "none of its images can be read; idle, trying it again"))
+        if case == "folder-images":
+            (source / "a-cut-short.jpg").write_bytes(b"\xff\xd8\xff not the rest")
     events = tmp_path / "events.jsonl"
     proc = looping_run(source, events, default_model)
     try:
         _until_a_start(proc, events)
         with disk_failing(proc, failing, calls, tmp_path):
             seen = read_until(proc, idle)
-        seen = read_until(proc, "plays again", seen) + stop(proc)
+        hang = threading.Timer(120, proc.kill)  # never played again: a failure, not a hang
+        hang.start()
+        try:
+            seen = read_until(proc, "plays again", seen) + stop(proc)
+        finally:
+            hang.cancel()
     finally:
         if proc.poll() is None:
             proc.kill()
