@@ -287,6 +287,7 @@ def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
                 ["doctor", "--config", inside]):
         rc, out = ran(state, config, *cmd)
         assert rc == 0 and said in out and fix in out, out
+    assert "MiB free (open violations)" not in out, out  # doctor: that row, not an OK one too
 
 
 def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
