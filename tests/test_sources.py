@@ -2126,3 +2126,24 @@ def test_a_looping_folder_linked_from_a_disk_gone_says_the_link(tmp_path):
     assert src.why_ended == f"{door} is a link to {stick / 'faces'}, which is not there"
     (tmp_path / "stick.out").rename(stick)  # back
     assert src.again() and src.read() is not None
+
+
+def test_a_looping_clip_played_again_after_it_was_gone_is_a_new_pass(tmp_path):
+    """A looping clip deleted, then put back, plays again as a new pass: counted in `loops`
+    (its replays, docs/service.md) and timed on after the last frame handed out, one frame
+    interval a step, not by the old pass's start."""
+    clip = tmp_path / "clip.avi"
+    images = list(np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), np.uint8))
+    _write_clip(clip, images)
+    src = VideoFileSource(clip, loop=True)
+    first = _drain(src, limit=4)
+    loops = src.stats["loops"]
+    clip.unlink()
+    assert src.read() is None and src.why_ended == f"cannot loop: {clip}: no such video file"
+    _write_clip(clip, images[::-1])  # back
+    assert src.again() and src.why_ended is None
+    again = _drain(src, limit=4)
+    assert src.stats["loops"] == loops + 1, src.stats
+    times = [f.timestamp for f in first + again]
+    assert all(abs(b - a - 1 / src.fps) < 1e-6 for a, b in zip(times, times[1:], strict=False)), times
+    src.close()
