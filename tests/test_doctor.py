@@ -587,6 +587,7 @@ def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypat
     # test_a_read_write_paths_folder_missing_is_no_writable_place_to_doctor)
     assert sandbox("ProtectHome=read-only\nPrivateTmp=no\nReadWritePaths=/home") == []
     assert sandbox("ProtectHome=no\nPrivateTmp=false") == [rw]
+    assert sandbox("ProtectHome=No\nPrivateTmp=FALSE") == [rw]  # a boolean in any case
     assert sandbox("ProtectHome=tmpfs") == [
         "detector.model: /home/pi/yunet.onnx is under /home", "classifier.model: /var/tmp/mask"
         ".tflite is in /var/tmp", "snapshots.dir: /home/pi/snaps is under /home"]
