@@ -437,3 +437,59 @@ def test_a_read_write_paths_folder_missing_is_no_writable_place_to_doctor(
     [check] = d.checks
     assert "is read-only to the service" in check.detail and f"ReadWritePaths=-{stick} (" \
         in check.detail, check.detail
+
+
+def test_doctors_read_write_paths_for_a_stick_not_mounted_names_its_mount_point(
+        dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snapshots.dir: /media/usb/snaps`, doctor run while the stick is out (no /media/usb):
+    the sandbox row advised `ReadWritePaths=-/media`, every stick opened to the service, which
+    still stopped at start (Permission denied: only root makes a folder in /media), and doctor,
+    the advice followed, said nothing. It names the stick's mount point (`-/media/usb`), says
+    while it is missing that the service fails at start, and with the stick in says nothing
+    more: the service writes there."""
+    import tempfile
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    state, config = dirs
+    try:  # /media: outside /tmp (the service's own) and /dev, only root writes it
+        media = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(media))
+    os.chmod(media, 0o755)
+    usb = media / "usb"
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": {"dir": f"{usb}/snaps", "what": "frame"}}))
+    os.chmod(config / "config.yaml", 0o644)
+    unit = config.parent / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+
+    def sandbox_row() -> list[str]:
+        d = doc.Doctor(load_config(config / "config.yaml"), 1)
+        d.sandbox()
+        return [c.detail for c in d.checks]
+
+    [detail] = sandbox_row()
+    word = detail.split("[Service] ReadWritePaths=")[1].split(" (")[0]
+    assert word == f"-{usb}", detail
+    (config.parent / "maskd.service.d").mkdir()
+    (config.parent / "maskd.service.d/override.conf").write_text(
+        f"[Service]\nReadWritePaths={word}\n")
+    assert sandbox_row() == [f"snapshots.dir: {usb}/snaps is read-only to the service while its "
+                             f"ReadWritePaths={usb} is missing (a stick not mounted?), which then "
+                             "fails at start; mount or create it"]
+    args = ("--", "run", "--config", f"{sandbox.CONFIG}/config.yaml", "--max-frames", "40")
+    rc, out = ran(state, config, f"--rw={word}", *args)
+    assert rc == 78 and not usb.exists(), out  # nothing written under the mount point
+    usb.mkdir()  # the stick in
+    os.chown(usb, sandbox.NOBODY, sandbox.NOBODY)
+    assert sandbox_row() == []
+    rc, out = ran(state, config, f"--rw={word}", *args)
+    assert rc == 0 and list((usb / "snaps").glob("*.jpg")), out

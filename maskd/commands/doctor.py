@@ -229,10 +229,19 @@ def _leads_to(path: Path) -> Path:
 
 
 def _there(folder: Path) -> Path:
-    """``folder`` or the nearest folder above it that is there now (not /), for a
-    ReadWritePaths= to name: run makes the rest, and systemd leaves a missing - folder out, so
-    one run had still to make stayed read-only (exit 78) though doctor then said nothing."""
-    return next((p for p in (folder, *folder.parents) if p.is_dir() and p != p.parent), folder)
+    """``folder`` or the nearest folder above it that is there now, for a ReadWritePaths= to
+    name: run makes the rest, and systemd leaves a missing - folder out, so one run had still
+    to make stayed read-only (exit 78) though doctor then said nothing. Where only root may
+    write that folder (/media, /srv, /: no service makes a folder there) the first one missing
+    below it is named, a stick's mount point: /media/usb for /media/usb/snaps, the stick out
+    (was: -/media, every stick opened to the service, which still stopped at start)."""
+    below = folder
+    for p in (folder, *folder.parents):
+        if p.is_dir():
+            st = p.stat()
+            return p if p == folder or st.st_uid != 0 or st.st_mode & 0o022 else below
+        below = p
+    return folder
 
 
 def _under(path: Path, tops: Iterable[str | Path]) -> str | Path | None:
@@ -508,8 +517,8 @@ class Doctor:
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
         # folder run is still to make under it stayed read-only, and the row said nothing
-        writable = [_leads_to(w) for w in (SERVICE_DIR, *unit_read_write_paths(UNIT_FILE))
-                    if w == SERVICE_DIR or w.exists()]
+        named = unit_read_write_paths(UNIT_FILE)
+        writable = [_leads_to(w) for w in (SERVICE_DIR, *named) if w == SERVICE_DIR or w.exists()]
         protect, read_only = unit_read_only(UNIT_FILE)
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
@@ -525,6 +534,12 @@ class Doctor:
                 continue
             folder = _there(real if is_dir else real.parent)
             link = f" (a link to {real})" if real != p else ""
+            if folder in named and not folder.exists():  # the advice, followed, the stick out
+                self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service while "
+                         f"its ReadWritePaths={shlex.quote(str(folder))} is missing (a stick not "
+                         "mounted?), which then fails at start; mount or create it",
+                         required=False)
+                continue
             why = ("only /var/lib/maskd is writable" if top == "/" else f"{top} is read-only")
             self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
                      f"(ProtectSystem={protect}: {why}), which then fails at "
