@@ -502,7 +502,8 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     assert sandbox() == []
 
 
-def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, monkeypatch):
+def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, monkeypatch,
+                                                                      request):
     """`systemctl edit maskd` with ReadWritePaths=/media/usb/snaps, the stick not mounted (or
     a folder not made yet): systemd refuses to start the unit at all (226/NAMESPACE,
     systemd.exec(5): only a path written with - is passed over when missing), and doctor said
@@ -529,12 +530,22 @@ def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, 
 
     assert sandbox(f"ReadWritePaths={usb} {there}") == [
         f"ReadWritePaths={usb} (`systemctl cat maskd`) is missing, so systemd refuses to start "
-        f"the service (226/NAMESPACE); create it, or write it ReadWritePaths=-{usb} (the - lets "
-        "the service start while it is missing)"]
+        f"the service (226/NAMESPACE); create it, or write ReadWritePaths=-{usb.parent} in its "
+        "place (the - lets the service start while it is missing)"]
     assert [d.split(" (")[0] for d in sandbox(f"ReadWritePaths={tmp_path}/gone")] == [
         f"ReadWritePaths={tmp_path}/gone"]
     assert sandbox(f"ReadWritePaths=-{usb} {there}\nReadWritePaths=+-{usb}") == []
     assert sandbox(f"ReadWritePaths={usb}\nReadWritePaths=") == []  # cleared
+    # a folder maskd is still to make on a stick that is there (its user's): that row and the
+    # read-only row gave two folders (-STICK/snaps, -STICK); the first, followed, still stopped
+    # the service at start (exit 78, tools/sandbox.py). Both name the stick, and followed, no row
+    stick = Path(tempfile.mkdtemp(dir="/dev/shm"))  # outside /tmp, the service's own
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    os.chown(stick, 65534, 65534)
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {stick}/snaps}}\n")
+    rows = sandbox(f"ReadWritePaths={stick}/snaps")
+    assert len(rows) == 2 and all(f"ReadWritePaths=-{stick} " in r for r in rows), rows
+    assert sandbox(f"ReadWritePaths=-{stick}") == []
 
 
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):

@@ -512,8 +512,8 @@ class Doctor:
         for missing in unit_missing_paths(UNIT_FILE):
             self.add("sandbox", WARN, f"ReadWritePaths={missing} (`systemctl cat maskd`) is "
                      "missing, so systemd refuses to start the service (226/NAMESPACE); create "
-                     f"it, or write it ReadWritePaths=-{shlex.quote(str(missing))} (the - lets the "
-                     "service start while it is missing)", required=False)
+                     f"it, or write ReadWritePaths=-{shlex.quote(str(_there(missing)))} in its "
+                     "place (the - lets the service start while it is missing)", required=False)
         # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
         # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
         # folder run is still to make under it stayed read-only, and the row said nothing
