@@ -406,6 +406,22 @@ def test_a_card_gone_read_only_pauses_the_clip_and_says_why(tmp_path, monkeypatc
                      r"kernel remounts it so after a storage error", caplog.text), caplog.text
 
 
+def clip_with_writes_failing(tmp_path: Path, paths: list[str], when: str, script: str,
+                             *args: str) -> tuple[dict, str]:
+    """``script`` (a ClipWriter fed frames; the last stdout line JSON) run under strace that
+    fails the writes to ``paths`` with EIO from the ``when``-th on: that JSON and the stderr."""
+    from test_faults_mqtt import strace_injecting
+
+    r = subprocess.run(
+        [strace_injecting(), "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
+         *[a for p in paths for a in ("-P", p)], "-e", f"inject=write:error=EIO:when={when}",
+         sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    return json.loads(r.stdout.splitlines()[-1]), r.stderr
+
+
 def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
     """A card whose writes fail with EIO (injected by strace into the clip's file only) without
     going read-only: FFmpeg stops writing at the first failed write and OpenCV says nothing, so
@@ -414,9 +430,6 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
     not growing pauses the recording with the reason, and a new file tried at the retry that
     does not grow either keeps it paused without a false "recording again". Each file's close
     line says the frames that never reached it (it claimed 519 frames of an empty file)."""
-    from test_faults_mqtt import strace_injecting
-
-    strace = strace_injecting()
     out = tmp_path / "clips"
     t = time.time()  # the names the writer will give its files (one a second), traced by path
     paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t + i))}{s}.mkv")
@@ -437,22 +450,15 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
         print(json.dumps({"faults": w.faults(), "paths": len(w.paths)}))
         w.close()
     """)
-    r = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
-         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=5+",
-         sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300,
-        cwd=Path(__file__).resolve().parent.parent)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
-    said = json.loads(r.stdout.splitlines()[-1])
+    said, stderr = clip_with_writes_failing(tmp_path, paths, "5+", script, str(out))
     assert said["faults"] and "stopped growing while frames were written to it: its writes " \
-        "fail" in said["faults"][0], (said, r.stderr[-3000:])
+        "fail" in said["faults"][0], (said, stderr[-3000:])
     assert said["paths"] >= 2  # tried again, and that file did not grow either
-    assert r.stderr.count("recording paused") == 1 and "recording again" not in r.stderr, \
-        r.stderr[-3000:]
+    assert stderr.count("recording paused") == 1 and "recording again" not in stderr, \
+        stderr[-3000:]
     closed = re.findall(r"annotated clip: (\S+) \((\d+) frames(?:; (?:(none)|the last (\d+)) were "
-                        r"not written: its writes failed)?\)", r.stderr)
-    assert len(closed) == said["paths"], r.stderr[-3000:]
+                        r"not written: its writes failed)?\)", stderr)
+    assert len(closed) == said["paths"], stderr[-3000:]
     for path, handed, none, lost in closed:  # FFmpeg's last 256 KiB (~25 frames) never came
         written = 0 if none else int(handed) - int(lost or 0)
         assert 0 <= written - frames_in(Path(path)) <= 30, (path, handed, none, lost)
@@ -464,9 +470,6 @@ def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_fr
     empty file was taken as failing only after STALL_EMPTY_S (5 minutes of video): 4500 frames
     at 15 fps lost without a word (reproduced with strace on a real ClipWriter). It is judged
     now at the bytes per frame of the file before it, as a file with content is at its own."""
-    from test_faults_mqtt import strace_injecting
-
-    strace = strace_injecting()
     out = tmp_path / "clips"
     t0 = math.ceil(time.time()) + 3  # the first file's second; every later name is traced
     paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t0 + i))}{s}.mkv")
@@ -498,17 +501,11 @@ def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_fr
         w.close()
         print(json.dumps({"said": said, "again": again, "paths": [p.name for p in w.paths]}))
     """)
-    r = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
-         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=1",
-         sys.executable, "-c", script, str(out), str(t0), str(fps), str(n)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
-    said = json.loads(r.stdout.splitlines()[-1])
+    said, stderr = clip_with_writes_failing(tmp_path, paths, "1", script, str(out), str(t0),
+                                            str(fps), str(n))
     first, failed = (out / name for name in said["paths"][:2])
     assert first.stat().st_size and not failed.stat().st_size, said  # the second file's write failed
-    assert said["said"] is not None and "recording again" in r.stderr, (said, r.stderr[-3000:])
+    assert said["said"] is not None and "recording again" in stderr, (said, stderr[-3000:])
     lost = n - sum(frames_in(out / name) for name in said["paths"])
     assert lost <= 60 * fps, (lost, said)  # the 8 MiB at the first file's ~10 KB a frame
 
@@ -518,9 +515,6 @@ def test_the_runs_first_file_empty_from_its_first_write_is_judged_at_5_minutes(t
     close, so nothing tells its bytes per frame; it stays empty for good and is said to fail
     after STALL_EMPTY_S, 5 minutes of video (docs/reliability.md), not sooner (a still scene
     at the start is no failing card) and not later (footage lost without a word)."""
-    from test_faults_mqtt import strace_injecting
-
-    strace = strace_injecting()
     out = tmp_path / "clips"
     t0 = math.ceil(time.time()) + 2  # the first file's second (or the next): traced
     paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t0 + i))}.mkv")
@@ -546,16 +540,10 @@ def test_the_runs_first_file_empty_from_its_first_write_is_judged_at_5_minutes(t
         w.close()
         print(json.dumps({"said": said, "paths": [p.name for p in w.paths]}))
     """)
-    r = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e", "trace=write",
-         *[a for p in paths for a in ("-P", p)], "-e", "inject=write:error=EIO:when=1",
-         sys.executable, "-c", script, str(out), str(t0), str(fps), str(n)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
-    said = json.loads(r.stdout.splitlines()[-1])
+    said, stderr = clip_with_writes_failing(tmp_path, paths, "1", script, str(out), str(t0),
+                                            str(fps), str(n))
     assert not (out / said["paths"][0]).stat().st_size, said  # the first file's write failed
-    assert said["said"] is not None, (said, r.stderr[-3000:])
+    assert said["said"] is not None, (said, stderr[-3000:])
     assert abs(said["said"] - 300 * fps) <= 2, said  # 5 minutes of video, to a frame or two
 
 

@@ -71,6 +71,30 @@ def ran(state: Path, config: Path, *args: str) -> tuple[int, str]:
     return r.returncode, out
 
 
+def mnt_folder(request: pytest.FixtureRequest) -> Path:
+    """A folder as a stick's mount point (root's, 0755): outside /tmp (the service's own) and
+    /dev, removed after the test."""
+    import tempfile
+
+    try:
+        folder = Path(tempfile.mkdtemp(dir="/mnt"))
+    except OSError as err:
+        pytest.skip(f"no folder in /mnt here: {err}")
+    request.addfinalizer(lambda: shutil.rmtree(folder))
+    os.chmod(folder, 0o755)
+    return folder
+
+
+def demo_config(config: Path, yunet_model: Path, snapshots: dict) -> None:
+    """The service's config.yaml (readable by it) for a demo run with YuNet and ``snapshots``."""
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": snapshots}))
+    os.chmod(config / "config.yaml", 0o644)
+
+
 def test_the_syscall_sets_are_systemds() -> None:
     """The filter is built from systemd's own groups: what maskd needs is in, setuid is not."""
     if not shutil.which("systemd-analyze"):
@@ -296,24 +320,13 @@ def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
     mounts follow the link, so the service stops at start ('Read-only file system', exit 78)
     until a drop-in's ReadWritePaths= names the stick (`--rw`); doctor's sandbox row says so
     (test_doctor.py::test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads)."""
-    import tempfile
 
     state, config = dirs
-    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
-        stick = Path(tempfile.mkdtemp(dir="/mnt"))
-    except OSError as err:
-        pytest.skip(f"no folder in /mnt here: {err}")
-    request.addfinalizer(lambda: shutil.rmtree(stick))
-    os.chmod(stick, 0o755)
+    stick = mnt_folder(request)
     (stick / "snaps").mkdir()
     os.chown(stick / "snaps", sandbox.NOBODY, sandbox.NOBODY)
     (state / "snaps").symlink_to(stick / "snaps")
-    shutil.copyfile(yunet_model, config / yunet_model.name)
-    (config / "config.yaml").write_text(json.dumps({
-        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
-        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
-        "snapshots": {"dir": f"{sandbox.STATE}/snaps"}}))
-    os.chmod(config / "config.yaml", 0o644)
+    demo_config(config, yunet_model, {"dir": f"{sandbox.STATE}/snaps"})
     run = ["run", "--config", f"{sandbox.CONFIG}/config.yaml"]
     r = in_sandbox(state, config, *run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = r.communicate(timeout=240)[0]
@@ -331,15 +344,9 @@ def test_the_read_write_paths_doctor_advises_are_taken_as_systemd_takes_them(
     a mount traceback; a missing folder, the case the - is for, did too. Now, as systemd: with
     the - a missing folder is left out and maskd runs, a folder there is writable; without it a
     missing folder stops the start (226/NAMESPACE), said in one line."""
-    import tempfile
 
     state, config = dirs
-    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
-        stick = Path(tempfile.mkdtemp(dir="/mnt"))
-    except OSError as err:
-        pytest.skip(f"no folder in /mnt here: {err}")
-    request.addfinalizer(lambda: shutil.rmtree(stick))
-    os.chmod(stick, 0o755)
+    stick = mnt_folder(request)
     os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
     out_of = stick / "gone"  # the stick not mounted
     rc, out = ran(state, config, f"--rw=-{out_of}", "--", "--version")
@@ -359,25 +366,14 @@ def test_doctors_read_write_paths_for_a_folder_not_made_yet_lets_the_service_mak
     nothing more, while systemd leaves a missing - folder out, so the service still stopped at
     start ('Read-only file system', exit 78) making it. The advice names the folder there now
     (`-/media/usb`), under which the service makes `snaps`."""
-    import tempfile
 
     from maskd.commands import doctor as doc
     from maskd.config import load_config
 
     state, config = dirs
-    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
-        stick = Path(tempfile.mkdtemp(dir="/mnt"))
-    except OSError as err:
-        pytest.skip(f"no folder in /mnt here: {err}")
-    request.addfinalizer(lambda: shutil.rmtree(stick))
-    os.chmod(stick, 0o755)
+    stick = mnt_folder(request)
     os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
-    shutil.copyfile(yunet_model, config / yunet_model.name)
-    (config / "config.yaml").write_text(json.dumps({
-        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
-        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
-        "snapshots": {"dir": f"{stick}/snaps"}}))
-    os.chmod(config / "config.yaml", 0o644)
+    demo_config(config, yunet_model, {"dir": f"{stick}/snaps"})
     unit = config.parent / "maskd.service"
     unit.write_text((REPO / "systemd/maskd.service").read_text())
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
@@ -404,25 +400,14 @@ def test_a_read_write_paths_folder_missing_is_no_writable_place_to_doctor(
     doctor's advice before it named the folder there) is left out by systemd while missing,
     and the service stopped at start making it (exit 78) while doctor's sandbox row said
     nothing: it now judges the path as if that drop-in line were not there."""
-    import tempfile
 
     from maskd.commands import doctor as doc
     from maskd.config import load_config
 
     state, config = dirs
-    try:  # a stick's mount point: outside /tmp (the service's own) and /dev
-        stick = Path(tempfile.mkdtemp(dir="/mnt"))
-    except OSError as err:
-        pytest.skip(f"no folder in /mnt here: {err}")
-    request.addfinalizer(lambda: shutil.rmtree(stick))
-    os.chmod(stick, 0o755)
+    stick = mnt_folder(request)
     os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
-    shutil.copyfile(yunet_model, config / yunet_model.name)
-    (config / "config.yaml").write_text(json.dumps({
-        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
-        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
-        "snapshots": {"dir": f"{stick}/snaps"}}))
-    os.chmod(config / "config.yaml", 0o644)
+    demo_config(config, yunet_model, {"dir": f"{stick}/snaps"})
     rc, out = ran(state, config, f"--rw=-{stick}/snaps", "--", "run", "--config",
                   f"{sandbox.CONFIG}/config.yaml", "--max-frames", "3")
     assert rc == 78 and "Read-only file system" in out, out
@@ -448,25 +433,14 @@ def test_doctors_read_write_paths_for_a_stick_not_mounted_names_its_mount_point(
     the advice followed, said nothing. It names the stick's mount point (`-/media/usb`), says
     while it is missing that the service fails at start, and with the stick in says nothing
     more: the service writes there."""
-    import tempfile
 
     from maskd.commands import doctor as doc
     from maskd.config import load_config
 
     state, config = dirs
-    try:  # /media: outside /tmp (the service's own) and /dev, only root writes it
-        media = Path(tempfile.mkdtemp(dir="/mnt"))
-    except OSError as err:
-        pytest.skip(f"no folder in /mnt here: {err}")
-    request.addfinalizer(lambda: shutil.rmtree(media))
-    os.chmod(media, 0o755)
+    media = mnt_folder(request)  # as /media: only root writes it
     usb = media / "usb"
-    shutil.copyfile(yunet_model, config / yunet_model.name)
-    (config / "config.yaml").write_text(json.dumps({
-        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
-        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
-        "snapshots": {"dir": f"{usb}/snaps", "what": "frame"}}))
-    os.chmod(config / "config.yaml", 0o644)
+    demo_config(config, yunet_model, {"dir": f"{usb}/snaps", "what": "frame"})
     unit = config.parent / "maskd.service"
     unit.write_text((REPO / "systemd/maskd.service").read_text())
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
