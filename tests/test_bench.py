@@ -203,3 +203,19 @@ def test_end_to_end_and_frame_sections(default_model, scenes_dir, yunet_model, t
     # The demo clip is one person in full view: both pipelines see the face in every frame.
     demo = {row["name"]: row for row in clips[1]["rows"]}
     assert all(row["faces"] >= 5 for row in demo.values())
+
+
+def test_bench_frames_times_each_kind_of_frame_with_and_without_mqtt():
+    """tools/bench_frames.py (docs/performance.md, what a frame with events waits for) runs as
+    the docs say, strace slowing each fsync, and prints a row per crowd with and without MQTT."""
+    from test_faults_mqtt import strace_injecting
+
+    strace_injecting()
+    done = subprocess.run([sys.executable, "tools/bench_frames.py", "--fsync-ms", "5", "--crowds",
+                           "1,3", "--reps", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if "at once:" in line]
+    assert [(r[1], r[2]) for r in rows] == [("off", "1"), ("off", "3"), ("on", "1"), ("on", "3")]
+    # JSON lines and the open violations' two syncs at least, each 5 ms slower
+    assert all(float(ms) >= 10 for r in rows for ms in r[6::2]), done.stdout

@@ -691,6 +691,7 @@ def test_seeds_and_repeats_are_checked_while_parsing(tmp_path: Path, tool: str, 
     ("bench_motion", ["--empty", "0"]), ("bench_site", ["--frames", "0"]),
     ("bench_site", ["--faces", "-1"]), ("bench_preview", ["--rounds", "0"]),
     ("bench_mqtt", ["--events", "0"]), ("bench_writes", ["--seconds", "0"]),
+    ("bench_frames", ["--reps", "0"]), ("bench_frames", ["--fsync-ms", "-1"]),
 ])
 def test_every_tools_numbers_are_checked_while_parsing(tool: str, bad: list[str], monkeypatch,
                                                        capsys) -> None:
