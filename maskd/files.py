@@ -198,31 +198,34 @@ def reserve(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, sync: bool = True) -> None:
     """Write ``path`` whole: a hidden temporary file in its folder, renamed over it. On an error
-    (a full disk, a folder in the way) the temporary file is removed and OSError raised."""
-    write_together({path: data})
+    (a full disk, a folder in the way) the temporary file is removed and OSError raised.
+    ``sync``: see ``write_together``."""
+    write_together({path: data}, sync)
 
 
-def write_together(files: dict[Path, bytes]) -> None:
+def write_together(files: dict[Path, bytes], sync: bool = True) -> None:
     """``write_atomically`` for files that belong together (a model and its sidecar): every one
     is written in full under a hidden temporary name first, and only then are they renamed into
     place, so a full disk leaves all the old files (temporaries removed) and never a new model
     beside an old sidecar. Each is on the card before it replaces the old one, and the folder
     after: a power cut left open_violations.json empty (its data never written before the
     rename) or the version before (the rename never written), and a killed run's violation
-    was never ended."""
+    was never ended. Not with ``sync`` False, for a file made again by running the command
+    again (scan's annotated copies): two syncs, about 40 ms of an SD card's, each."""
     tmps: dict[Path, Path] = {}
     try:
         for path, data in files.items():
             tmps[path], fd = _new_temporary(path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
         for path, tmp in tmps.items():
             os.replace(tmp, path)
-        for folder in {path.parent for path in tmps}:
+        for folder in {path.parent for path in tmps} if sync else ():
             _sync_folder(folder)
     except BaseException:
         for tmp in tmps.values():

@@ -281,7 +281,8 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         written.add(_real(out))
         if data is None:
             raise OSError("cannot encode the image")
-        write_atomically(out, data)
+        # made again by scanning again: not waited for on the card (40 ms an image on an SD card)
+        write_atomically(out, data, sync=False)
     except OSError as err:
         why = file_in_the_way(out.parent) or err.strerror or err
         print(f"maskd scan: cannot write {one_field(str(out))}: {why}", file=sys.stderr)
