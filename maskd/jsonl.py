@@ -88,6 +88,30 @@ def _open_for_lines(p: Path) -> int:
             raise OSError(cannot_write_lines(p, why)) from None
 
 
+def _ends_in_a_cut_line(fd: int) -> bool:
+    """Whether the regular file open as ``fd`` ends in a line without its newline, where the
+    next write goes at its end: a power cut can leave the last line cut part-way (the card got
+    the page with its first half only), and the next line was written on at its end, an event
+    a reader lost. False for anything else, and for a file this user cannot read."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return False
+        if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND and (
+                os.lseek(fd, 0, os.SEEK_CUR) != st.st_size):
+            return False  # written at its start (systemd's file:): a newline would overwrite
+        with open_regular(Path(f"/proc/self/fd/{fd}")) as f:  # this file, whatever its name now
+            f.seek(st.st_size - 1)
+            return f.read(1) not in (b"", b"\n")
+    except OSError:
+        return False
+
+
+def _said_cut(name: str) -> None:
+    log.warning("jsonl %s: its last line was cut off (a power cut while it was written?); it "
+                "is ended here, so the next event is a line of its own", name)
+
+
 def _own_stdout_pipe() -> int | None:
     """Standard output opened anew when it is a pipe (``maskd run --jsonl - | consumer``), as
     a description of this process's own, so it can be written without blocking (its flag is not
@@ -145,34 +169,32 @@ class JsonlSink(EventSink):
         if target == "-":
             self._fd = _own_stdout_pipe()
             self._pipe = self._fd is not None
+            if self._fd is None:  # a file (`>> events.jsonl`, systemd's append:), a terminal
+                self._end_stdouts_cut_line()
         else:
             self._fd = _open_for_lines(Path(target))
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
                 self._file = (st.st_dev, st.st_ino)
-                self._end_a_cut_line(st.st_size)
+                if _ends_in_a_cut_line(self._fd):
+                    with contextlib.suppress(OSError):
+                        append_line(self._fd, b"\n")
+                        _said_cut(self.target)
             elif stat.S_ISFIFO(st.st_mode):  # this open's own description: no one else's
                 os.set_blocking(self._fd, False)
                 self._pipe = True
 
-    def _end_a_cut_line(self, size: int) -> None:
-        """A power cut can leave the file's last line cut part-way (the card got the page with
-        its first half only), and the next line was written on at its end, an event a reader
-        lost: that line is ended first. A file this user cannot read is left as it is."""
-        assert self._fd is not None
-        if size == 0:
-            return
+    def _end_stdouts_cut_line(self) -> None:
+        """``_ends_in_a_cut_line`` for standard output sent to a file (``-``)."""
         try:
-            with open_regular(Path(self.target)) as f:
-                f.seek(size - 1)
-                last = f.read(1)
-            if last in (b"", b"\n"):
-                return
-            append_line(self._fd, b"\n")
-        except OSError:
+            sys.stdout.flush()
+            fd = sys.stdout.fileno()
+            if _ends_in_a_cut_line(fd):
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                _said_cut(f"- ({os.readlink(f'/proc/self/fd/{fd}')})")
+        except (OSError, ValueError, AttributeError):  # as _own_stdout_pipe: written as before
             return
-        log.warning("jsonl %s: its last line was cut off (a power cut while it was written?); it "
-                    "is ended here, so the next event is a line of its own", self.target)
 
     def emit(self, event: ViolationEvent) -> None:
         line = json.dumps(event_fields(event)) + "\n"

@@ -266,6 +266,32 @@ def test_a_jsonl_file_whose_last_line_a_power_cut_cut_gets_its_next_line_whole(t
     assert path.read_text().splitlines() == lines and len(caplog.records) == 1
 
 
+def test_standard_output_appended_to_a_file_a_power_cut_cut_gets_its_next_line_whole(tmp_path):
+    """`maskd run --jsonl - >> events.jsonl` (or systemd's StandardOutput=append:): a last line
+    a power cut cut was ended for `jsonl.path: FILE` and `/dev/stdout`, not for `-`, and the
+    next run's first event was written on at its end (one line that is no JSON). A file opened
+    where writes do not go at its end (systemd's file:, at its start) is left as it is."""
+    path, other = tmp_path / "events.jsonl", tmp_path / "overwritten.jsonl"
+    cut = b'{"event_type": "start", "event_id": "before"}\n{"event_type": "upd'
+    path.write_bytes(cut)
+    other.write_bytes(cut)
+    code = ("import sys; sys.path.insert(0, 'tests'); from maskd.jsonl import JsonlSink; "
+            "from test_events import jsonl_event; s = JsonlSink('-'); s.emit(jsonl_event(1)); "
+            "s.close()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open(path, "ab") as out:
+        done = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ['{"event_type": "start", "event_id": "before"}', '{"event_type": "upd']
+    assert [json.loads(x)["event_id"] for x in lines[2:]] == ["id1"], lines
+    assert f"jsonl - ({path}): its last line was cut off" in done.stderr, done.stderr
+    with open(other, "r+b") as out:  # at offset 0, as systemd's StandardOutput=file: opens it
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60, env=env)
+    assert other.read_bytes().startswith(b'{"event_type": "start", "event_id": "id1"')
+
+
 def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(tmp_path, caplog):
     """A full card: the file must never hold half a line, no event line may be lost or
     reordered, the fault must show, and the lines must follow once there is room."""
