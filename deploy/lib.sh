@@ -75,3 +75,10 @@ SHARE_MANIFEST=.maskd-installed
 # venv_runs_pip DIR: the venv in DIR has a python that runs pip. `python3 -m venv` without
 # python3-venv's ensurepip fails after making bin/python: such a venv is made anew.
 venv_runs_pip() { "$1/bin/python" -m pip --version >/dev/null 2>&1; }
+# build_pins FILE: BUILD_PINS, the environment (for `env`) in which pip builds maskd with FILE's
+# pins. pip builds it in an isolated environment from pyproject.toml's [build-system] requires,
+# which --constraint does not reach: every install ran PyPI's newest setuptools, as root. pip
+# 23.0.1 (Bookworm) and 25.1.1 (Trixie) let PIP_CONSTRAINT in (their inner pip inherits it and
+# ignores PIP_BUILD_CONSTRAINT); pip 26.3 only PIP_BUILD_CONSTRAINT, its --build-constraint.
+# shellcheck disable=SC2034  # read by install.sh and bootstrap.sh
+build_pins() { BUILD_PINS=("PIP_CONSTRAINT=$1" "PIP_BUILD_CONSTRAINT=$1"); }

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import version
@@ -168,6 +171,7 @@ def test_dev_freezes_the_running_venv_and_says_when_there_is_none(tmp_path, caps
     pinned = pins.read_pins(out)
     assert pinned["pytest"] == version("pytest") and pinned["numpy"] == version("numpy")
     assert "maskd" not in pinned  # editable: the checkout itself
+    assert pins.read_pins(tmp_path / "constraints-build.txt") == {"setuptools": version("setuptools")}
     assert pins.main(["dev", "--venv", str(tmp_path / "nothing"), "--out-dir", str(tmp_path)]) == 1
     assert "run ./tests/run.sh first" in capsys.readouterr().err
 
@@ -236,3 +240,60 @@ def test_update_makes_its_folder_and_never_leaves_an_empty_file(tmp_path):
         assert r.stderr == (f"{disk / 'constraints-dev.txt'}: cannot write it "
                             "(No space left on device)\n")
         assert [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_the_build_backend_is_pinned_at_its_tested_version_and_both_scripts_build_with_it(tmp_path):
+    """pip builds maskd in an isolated environment that --constraint does not reach: install.sh
+    and bootstrap.sh hand it the pins through the environment (deploy/lib.sh's build_pins)."""
+    build = pins.read_pins(pins.BUILD_OUT)
+    assert build == pins.build_pins(pins.read_pins(pins.DEV_OUT)), "re-run `python tools/pins.py dev`"
+    assert pins.BUILD_OUT.read_text().startswith(pins.HEADER + " dev`")
+    r = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--root", str(tmp_path),
+                        "--no-start"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    env = f"env PIP_CONSTRAINT={pins.BUILD_OUT} PIP_BUILD_CONSTRAINT={pins.BUILD_OUT} "
+    assert f"would run: {env}/opt/maskd/.venv/bin/python -m pip install --quiet" in r.stdout
+    assert 'build_pins "$pins"' in (REPO / "deploy" / "bootstrap.sh").read_text()
+    assert 'env "${BUILD_PINS[@]}" .venv/bin/python -m pip install -c "$pins" -e' in (
+        REPO / "deploy" / "bootstrap.sh").read_text()
+
+
+DEBIAN_PYTHON = Path("/usr/bin/python3")  # Debian's, with its own pip (Bookworm: 23.0.1)
+
+
+@pytest.mark.slow
+def test_install_sh_builds_maskd_with_the_pinned_setuptools_not_the_newest(tmp_path):
+    """install.sh's own pip command (as --root prints it), run for real with the system python3's
+    pip from a copy of the checkout whose build pins name an older setuptools than PyPI's newest:
+    the isolated build environment gets exactly that. Before, pip collected PyPI's newest
+    setuptools and wheel (84.2.1, 0.48.0 with packaging on 2026-12-07), whatever the pins said."""
+    if not DEBIAN_PYTHON.exists():
+        pytest.skip(f"no {DEBIAN_PYTHON}")
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    (src / "deploy" / "constraints-build.txt").write_text("setuptools==80.9.0\n")
+    r = subprocess.run(["bash", str(src / "deploy" / "install.sh"), "--root", str(tmp_path / "root"),
+                        "--no-start"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("would run: ")
+               and f"--constraint {src}/deploy/constraints-pi-" in ln]
+    cmd = shlex.split(line.removeprefix("would run: "))
+    venv = tmp_path / "venv"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    made = subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", str(venv)], capture_output=True,
+                          text=True, timeout=120, env=clean)
+    if made.returncode != 0:
+        pytest.skip(f"{DEBIAN_PYTHON} cannot make a venv with pip: {made.stderr.strip()[-200:]}")
+    at = cmd.index("/opt/maskd/.venv/bin/python")
+    cmd[at] = str(venv / "bin" / "python")
+    cmd[cmd.index("--quiet")] = "-v"  # the inner pip's output, indented
+    cmd.insert(cmd.index("install") + 1, "--no-deps")  # the build is what is checked here
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=clean)
+    if done.returncode != 0 and re.search(r"NewConnectionError|NameResolution|Max retries", done.stdout + done.stderr):
+        pytest.skip("the package index cannot be reached")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    out = done.stdout + done.stderr  # the inner pip's lines go to stderr
+    inner = [ln.split("Successfully installed", 1)[1].split() for ln in out.splitlines()
+             if ln.startswith(" ") and "Successfully installed" in ln]
+    assert inner == [["setuptools-80.9.0"]], out[-3000:]

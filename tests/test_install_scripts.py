@@ -192,7 +192,7 @@ def test_a_venv_that_cannot_work_is_made_anew(tmp_path, cfg_version, python_work
     else:
         assert f"install.sh: venv /opt/maskd/.venv is not usable ({why}" in r.stdout
         assert made == ["would run: python3 -m venv --clear --system-site-packages /opt/maskd/.venv"]
-    assert ("would run: /opt/maskd/.venv/bin/python -m pip install --quiet --constraint "
+    assert ("/opt/maskd/.venv/bin/python -m pip install --quiet --constraint "
             f"{REPO}/deploy/constraints-pi-") in r.stdout
     assert "bin/pip " not in r.stdout
 

@@ -13,9 +13,13 @@ Two files, each made here, never edited by hand:
 - ``deploy/constraints-dev.txt``, what ``deploy/bootstrap.sh`` (the quick start and the tests)
   installs: ``pip freeze --all`` of ``.venv`` (pip and setuptools too) after ``./tests/run.sh``
   passed in it.
+- ``deploy/constraints-build.txt``, what pip builds maskd with on a Pi (pyproject.toml's
+  ``[build-system] requires``, run as root in pip's isolated build environment, which
+  ``--constraint`` does not reach; deploy/lib.sh's ``build_pins``): their versions in that same
+  ``.venv``, where tests/test_wheel.py built maskd's wheel with them. Written with the dev file.
 
     .venv/bin/python tools/pins.py pi [--check]   # resolve now and (re)write deploy/constraints-pi-*.txt
-    .venv/bin/python tools/pins.py dev [--check]   # freeze .venv into deploy/constraints-dev.txt
+    .venv/bin/python tools/pins.py dev [--check]   # freeze .venv into deploy/constraints-{dev,build}.txt
 
 ``--check`` prints what would change and writes nothing.
 """
@@ -32,11 +36,14 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
+from packaging.requirements import Requirement
+
 from maskd.pins import normalize, parse_pins, read_pins
 from tools.inputs import out_dir, write_out
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_OUT = REPO / "deploy" / "constraints-dev.txt"
+BUILD_OUT = REPO / "deploy" / "constraints-build.txt"
 
 
 class Release(NamedTuple):
@@ -104,9 +111,35 @@ def about_dev(when: str, where: str) -> str:
             f"# (quick start, tests), frozen from a .venv ({where}) in which ./tests/run.sh passed.\n")
 
 
+def about_build(when: str, where: str) -> str:
+    """The build file's header: what it pins and where those versions were tested."""
+    return (f"{HEADER} dev` on {when}: the build backend pip builds maskd with in\n"
+            "# deploy/install.sh (pyproject.toml's [build-system] requires), at its versions in a .venv\n"
+            f"# ({where}) in which ./tests/run.sh passed (tests/test_wheel.py builds with them).\n")
+
+
 def requirements(repo: Path = REPO) -> list[str]:
     """maskd's runtime dependencies, as pyproject.toml states them."""
     return tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def build_requirements(repo: Path = REPO) -> list[str]:
+    """What pip installs to build maskd (pyproject.toml's [build-system] requires)."""
+    return tomllib.loads((repo / "pyproject.toml").read_text())["build-system"]["requires"]
+
+
+def build_pins(tested: dict[str, str], repo: Path = REPO) -> dict[str, str]:
+    """Each build requirement at its version in ``tested`` (a freeze of the tested venv); raises
+    RuntimeError, naming it, for one the venv lacks or holds outside pyproject's range."""
+    pins = {}
+    for text in build_requirements(repo):
+        req = Requirement(text)
+        name = normalize(req.name)
+        if name not in tested or not req.specifier.contains(tested[name], prereleases=True):
+            raise RuntimeError(f"build requirement {text} is {tested.get(name, 'not installed')} "
+                               "in the venv: install it there (the dev extra has it) and test again")
+        pins[name] = tested[name]
+    return pins
 
 
 def download(arch: str, python: str, reqs: list[str], constraints: list[str],
@@ -187,7 +220,7 @@ def update(out: Path, pins: dict[str, str], about: str, check: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("which", choices=["pi", "dev"], help="pi: deploy/constraints-pi-<release>.txt "
-                    "for each release; dev: deploy/constraints-dev.txt")
+                    "for each release; dev: deploy/constraints-dev.txt and constraints-build.txt")
     ap.add_argument("--check", action="store_true", help="print what would change; write nothing")
     ap.add_argument("--release", choices=sorted(RELEASES), action="append",
                     help="pi: only this release (repeatable; default: all)")
@@ -204,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             pins, where = freeze(args.venv)
             print(f"{len(pins)} packages in {args.venv} ({where})")
             update(args.out_dir / DEV_OUT.name, pins, about_dev(today, where), args.check)
+            update(args.out_dir / BUILD_OUT.name, build_pins(pins), about_build(today, where),
+                   args.check)
             return 0
         for name in args.release or list(RELEASES):
             release = RELEASES[name]

@@ -145,8 +145,9 @@ check "plain Debian detected: no python3-picamera2" has "$L" "not Raspberry Pi O
 check "apt-get ran for real" has "$L" "+ apt-get install -y --no-install-recommends"
 no_picamera_asked() { ! grep -F 'apt-get install' "$L" | grep -q picamera2; }
 check "apt-get was not asked for python3-picamera2" no_picamera_asked
-check "pip ran for real, with $suite's pins" has "$L" \
-    "+ /opt/maskd/.venv/bin/python -m pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
+build=/root/maskd/deploy/constraints-build.txt  # the build backend's pins (deploy/lib.sh build_pins)
+check "pip ran for real, with $suite's pins and the build's" has "$L" \
+    "+ env PIP_CONSTRAINT=$build PIP_BUILD_CONSTRAINT=$build /opt/maskd/.venv/bin/python -m pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
 pins_held() {  # the repository's file against the box venv's own metadata (maskd.pins)
     in_box /opt/maskd/.venv/bin/python -c 'import sys; from pathlib import Path
 from maskd.pins import differences, read_pins
