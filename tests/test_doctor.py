@@ -613,6 +613,10 @@ def test_a_drop_in_that_opens_home_or_shares_tmp_is_followed(tmp_path, monkeypat
     assert sandbox("ProtectHome=no\nPrivateTmp=no\nPrivateTmp=nope") == [rw]
     # systemd 257's disconnected: a /tmp of its own too
     assert sandbox("PrivateTmp=disconnected") == sandbox("ProtectHome=yes")
+    # a name only as written (systemd ignores ProtectHome=Read-Only, PrivateTmp=Disconnected)
+    assert sandbox("ProtectHome=no\nPrivateTmp=no\nProtectHome=Read-Only\n"
+                   "PrivateTmp=Disconnected") == [rw]
+    assert sandbox("ProtectHome=TMPFS") == sandbox("ProtectHome=yes")
     # tmpfs: /home is an empty folder to the service, not closed as with yes
     (tmp_path / "maskd.service.d/override.conf").write_text("[Service]\nProtectHome=tmpfs\n")
     d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
@@ -657,6 +661,11 @@ def test_a_drop_ins_protect_system_is_followed(tmp_path, monkeypatch):
     assert sandbox("ProtectSystem=full\nProtectSystem=sometimes") == sandbox(  # ignored
         "ProtectSystem=full")
     assert sorted(sandbox("ProtectSystem=no\nProtectSystem=strict")) == strict
+    # a name only as written: systemd ignores ProtectSystem=Full ('Failed to parse protect
+    # system value, ignoring': systemd-analyze verify) and the unit's strict stands; a
+    # boolean in any case
+    assert sorted(sandbox("ProtectSystem=Full")) == strict
+    assert sandbox("ProtectSystem=NO") == []
 
 
 def test_a_link_loop_in_a_path_is_no_failure_of_the_sandbox_row(tmp_path, monkeypatch):

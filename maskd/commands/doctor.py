@@ -309,17 +309,27 @@ _UNIT_YES = ("1", "yes", "y", "true", "t", "on")
 _UNIT_NO = ("0", "no", "n", "false", "f", "off")
 
 
+def _unit_last(unit: Path, setting: str, names: tuple[str, ...]) -> str | None:
+    """The unit's last ``setting`` systemd can parse, as "yes", "no" or one of ``names``; None
+    where none is given. A boolean in any case ("No"), a name only as written: systemd
+    ignores ProtectSystem=Full ('Failed to parse', the one before stands)."""
+    found = None
+    for value in _unit_values(unit, setting):
+        word = value.lower()
+        if word in _UNIT_YES or word in _UNIT_NO:
+            found = "yes" if word in _UNIT_YES else "no"
+        elif value in names:
+            found = value
+    return found
+
+
 def unit_read_only(unit: Path) -> tuple[str, tuple[str, ...]]:
     """The unit's last ProtectSystem= systemd can parse and the folders it makes read-only
     (strict: all of them; full: /usr, /boot, /efi and /etc; yes: not /etc; no: none): a
     drop-in's `full` leaves /srv writable, where the sandbox row said it failed at start."""
-    yes, no = _UNIT_YES, _UNIT_NO
-    found = "strict"
-    for value in map(str.lower, _unit_values(unit, "ProtectSystem")):
-        if value in (*yes, *no, "full", "strict"):
-            found = value
-    tops = {"strict": ("/",), "full": ("/usr", "/boot", "/efi", "/etc")}.get(
-        found, () if found in no else ("/usr", "/boot", "/efi"))
+    found = _unit_last(unit, "ProtectSystem", ("full", "strict")) or "strict"
+    tops = {"strict": ("/",), "full": ("/usr", "/boot", "/efi", "/etc"), "no": ()}.get(
+        found, ("/usr", "/boot", "/efi"))
     return found, tops
 
 
@@ -328,15 +338,9 @@ def unit_hides(unit: Path) -> tuple[str | None, bool]:
     for no or read-only: readable, written only with a ReadWritePaths=), and whether its
     PrivateTmp= gives it a /tmp of its own; a value systemd cannot parse is ignored, as it
     ignores it (a drop-in of `systemctl edit` may say either)."""
-    yes, no = _UNIT_YES, _UNIT_NO
-    home, tmp = None, False
-    for value in map(str.lower, _unit_values(unit, "ProtectHome")):
-        if value in (*yes, *no, "read-only", "tmpfs"):
-            home = "yes" if value in yes else value if value == "tmpfs" else None
-    for value in map(str.lower, _unit_values(unit, "PrivateTmp")):
-        if value in (*yes, *no, "disconnected"):
-            tmp = value not in no
-    return home, tmp
+    home = _unit_last(unit, "ProtectHome", ("read-only", "tmpfs"))
+    tmp = _unit_last(unit, "PrivateTmp", ("disconnected",))
+    return home if home in ("yes", "tmpfs") else None, tmp not in (None, "no")
 
 
 
