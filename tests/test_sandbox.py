@@ -358,21 +358,24 @@ def test_the_read_write_paths_doctor_advises_are_taken_as_systemd_takes_them(
     assert rc == 0 and "maskd " in out, out
 
 
+@pytest.mark.parametrize("owner, mode", [(sandbox.NOBODY, 0o755), (0, 0o775)],
+                         ids=["the service's", "root's, its group writes"])
 def test_doctors_read_write_paths_for_a_folder_not_made_yet_lets_the_service_make_it(
         dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, owner: int, mode: int) -> None:
     """`snapshots.dir: /media/usb/snaps` before any run made `snaps`: doctor's sandbox row
     advised `ReadWritePaths=-/media/usb/snaps`. Put into a drop-in as given, doctor said
     nothing more, while systemd leaves a missing - folder out, so the service still stopped at
     start ('Read-only file system', exit 78) making it. The advice names the folder there now
-    (`-/media/usb`), under which the service makes `snaps`."""
-
+    (`-/media/usb`), under which the service makes `snaps`; so too where root owns it and the
+    service's group writes it (root:maskd 0775: not a folder only root writes, as /media)."""
     from maskd.commands import doctor as doc
     from maskd.config import load_config
 
     state, config = dirs
     stick = mnt_folder(request)
-    os.chown(stick, sandbox.NOBODY, sandbox.NOBODY)
+    os.chmod(stick, mode)
+    os.chown(stick, owner, sandbox.NOBODY)
     demo_config(config, yunet_model, {"dir": f"{stick}/snaps"})
     unit = config.parent / "maskd.service"
     unit.write_text((REPO / "systemd/maskd.service").read_text())
