@@ -339,3 +339,10 @@ def test_a_damaged_file_is_said_once_not_at_every_read(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / LEDGER_FILE} is not readable JSON; starting it afresh"]
     assert json.loads((tmp_path / LEDGER_FILE).read_text()).keys() == {"after"}
+    # read whole, then damaged again (another power cut): said again, once
+    assert ledger.ended_elsewhere() == set()
+    (tmp_path / LEDGER_FILE).write_bytes(b'{"open": {"after"')
+    with caplog.at_level(logging.WARNING, logger="maskd.ledger"):
+        assert ledger.restart_ends({"door"}) == [] and ledger.ended_elsewhere() == set()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / LEDGER_FILE} is not readable JSON; starting it afresh"] * 2
