@@ -90,6 +90,39 @@ def test_write_together_writes_each_file_its_own_data_and_a_full_disk_changes_no
         assert sorted(p.name for p in disk.iterdir()) == ["m.json", "m.tflite"]
 
 
+@pytest.mark.parametrize("call, error, written", [
+    ("fsync", "EINVAL", True), ("fsync", "EOPNOTSUPP", True), ("openat", "EACCES", True),
+    ("fsync", "EIO", False)])
+def test_a_folder_that_cannot_be_synced_keeps_the_write_and_a_card_error_is_said(
+        tmp_path, call, error, written):
+    """The folder is synced after the rename (a power cut kept the version before); a file
+    system that cannot sync a folder (EINVAL, ENOTSUP: some FUSE and network ones) or a folder
+    this user may write but not read (EACCES) has nothing more to do, the rename is made and no
+    error says it was not; the card failing that sync (EIO) is said. strace injects each into
+    the folder's own call in a real process."""
+    import errno
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    folder = tmp_path / "state"
+    folder.mkdir()
+    write = ("import sys; from pathlib import Path; from maskd.files import write_atomically; "
+             "write_atomically(Path(sys.argv[1]) / 'f.json', b'{}')")
+    r = subprocess.run([strace, "-f", "-qq", "-o", str(tmp_path / "strace.txt"), "-P", str(folder),
+                        "-e", f"trace={call}", "-e", f"inject={call}:error={error}",
+                        sys.executable, "-c", write, str(folder)], capture_output=True, text=True,
+                       timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "INJECTED" in (tmp_path / "strace.txt").read_text(), "the fault met no call"
+    assert (r.returncode == 0) is written, r.stderr
+    assert written or f"OSError: [Errno {getattr(errno, error)}]" in r.stderr, r.stderr
+    assert (folder / "f.json").read_bytes() == b"{}"  # renamed either way
+    assert [p.name for p in folder.iterdir()] == ["f.json"]
+
+
 def test_write_atomically_gives_the_mode_open_would_give(tmp_path):
     """The umask decides (mkstemp's 0600 locked others out of a model or an annotation)."""
     import stat
