@@ -489,9 +489,10 @@ class ClipWriter(FrameObserver):
         # last grew never reached it (the line claimed them all: 519 frames of an empty file).
         lost = self._seg_frames - self._grew_frames if size is not None and size <= self._size \
             else 0
-        lost_words = "none" if lost == self._seg_frames else f"the last {lost}"
+        lost_words = "none were written" if lost == self._seg_frames else \
+            f"the last {lost} were not written"
         log.info("annotated clip: %s (%d frames%s)", self._path, self._seg_frames,
-                 f"; {lost_words} were not written: its writes failed" if lost else "")
+                 f"; {lost_words}: its writes failed" if lost else "")
         if size is None or size <= self._size:
             return False
         grew, frames = (size - self._size, self._seg_frames - self._grew_frames) if stalled \

@@ -456,8 +456,8 @@ def test_a_clip_whose_writes_fail_pauses_and_says_why(tmp_path):
     assert said["paths"] >= 2  # tried again, and that file did not grow either
     assert stderr.count("recording paused") == 1 and "recording again" not in stderr, \
         stderr[-3000:]
-    closed = re.findall(r"annotated clip: (\S+) \((\d+) frames(?:; (?:(none)|the last (\d+)) were "
-                        r"not written: its writes failed)?\)", stderr)
+    closed = re.findall(r"annotated clip: (\S+) \((\d+) frames(?:; (?:(none) were written|the last "
+                        r"(\d+) were not written): its writes failed)?\)", stderr)
     assert len(closed) == said["paths"], stderr[-3000:]
     for path, handed, none, lost in closed:  # FFmpeg's last 256 KiB (~25 frames) never came
         written = 0 if none else int(handed) - int(lost or 0)
@@ -506,6 +506,10 @@ def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_fr
     first, failed = (out / name for name in said["paths"][:2])
     assert first.stat().st_size and not failed.stat().st_size, said  # the second file's write failed
     assert said["said"] is not None and "recording again" in stderr, (said, stderr[-3000:])
+    # its close line says none of the frames handed to it were written (was: 'none were not
+    # written', which says the opposite)
+    assert re.search(rf"annotated clip: {re.escape(str(failed))} \(\d+ frames; none were "
+                     r"written: its writes failed\)", stderr), stderr[-3000:]
     lost = n - sum(frames_in(out / name) for name in said["paths"])
     assert lost <= 60 * fps, (lost, said)  # the 8 MiB at the first file's ~10 KB a frame
 
