@@ -666,6 +666,18 @@ def test_a_drop_ins_protect_system_is_followed(tmp_path, monkeypatch):
     # boolean in any case
     assert sorted(sandbox("ProtectSystem=Full")) == strict
     assert sandbox("ProtectSystem=NO") == []
+    # yes and full keep /usr, /boot and /efi read-only
+    (tmp_path / "c.yaml").write_text("source: {kind: demo}\nsnapshots: {dir: /boot/snaps}\n"
+                                     "jsonl: {path: /usr/local/maskd/events.jsonl}\n"
+                                     "preview: {annotate_dir: /efi/clips}\n")
+    for protect in ("yes", "full"):
+        assert sorted(sandbox(f"ProtectSystem={protect}")) == [
+            f"jsonl.path: /usr/local/maskd/events.jsonl is read-only to the service (ProtectSystem="
+            f"{protect}: /usr is read-only",
+            f"preview.annotate_dir: /efi/clips is read-only to the service (ProtectSystem="
+            f"{protect}: /efi is read-only",
+            f"snapshots.dir: /boot/snaps is read-only to the service (ProtectSystem={protect}: "
+            "/boot is read-only"]
 
 
 def test_a_link_loop_in_a_path_is_no_failure_of_the_sandbox_row(tmp_path, monkeypatch):
