@@ -292,6 +292,26 @@ def test_standard_output_appended_to_a_file_a_power_cut_cut_gets_its_next_line_w
     assert other.read_bytes().startswith(b'{"event_type": "start", "event_id": "id1"')
 
 
+def test_a_jsonl_file_this_user_cannot_read_is_left_as_it_is_and_nothing_said(tmp_path):
+    """A JSON lines file this user may append to but not read (0200, a real process without
+    the capabilities that pass by file modes): whether its last line was cut is not known, so
+    nothing is added and no WARNING says a cut line was ended (_ends_in_a_cut_line's promise)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux), to drop CAP_DAC_OVERRIDE")
+    path = tmp_path / "events.jsonl"
+    before = b'{"event_type": "start", "event_id": "before"}\n{"event_type": "upd'
+    path.write_bytes(before)
+    os.chmod(path, 0o200)
+    opened = ("import logging, sys; logging.basicConfig(); from maskd.jsonl import JsonlSink; "
+              "JsonlSink(sys.argv[1]).close()")
+    r = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                        "-c", opened, str(path)], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr == "" and path.read_bytes() == before, r.stderr
+
+
 def test_jsonl_file_on_a_full_disk_gets_whole_lines_in_order_once_there_is_room(tmp_path, caplog):
     """A full card: the file must never hold half a line, no event line may be lost or
     reordered, the fault must show, and the lines must follow once there is room."""
