@@ -207,11 +207,12 @@ def main(argv: list[str]) -> int:
     if why := missing():
         parser.error(why)
     rw = []
-    for word in a.rw:  # a ReadWritePaths= word: with a leading -, a missing folder is left out
-        path = os.path.abspath(word.lstrip("-+"))
+    for word in a.rw:  # a ReadWritePaths= word: with a - among its flags (-, +-, -+), a
+        bare = word.lstrip("-+")  # missing folder is left out
+        path = os.path.abspath(bare)
         if os.path.exists(path):
             rw.append(path)
-        elif not word.startswith("-"):  # systemd fails the unit's start so
+        elif "-" not in word[:len(word) - len(bare)]:  # systemd fails the unit's start so
             print(f"sandbox: ReadWritePaths={word}: no such folder, so the service does not "
                   "start (226/NAMESPACE); -PATH starts without it", file=sys.stderr)
             return 226
