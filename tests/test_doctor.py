@@ -411,6 +411,7 @@ def test_paths_the_units_sandbox_leaves_read_only_are_named(tmp_path, monkeypatc
     request.addfinalizer(lambda: shutil.rmtree(events))
     (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\nReadWritePaths=-{events}\n")
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # /dev/shm: a stick outside /tmp here
 
     def sandbox(name: str, text: str) -> list:
         (tmp_path / name).write_text(text)
@@ -478,6 +479,7 @@ def test_a_place_linked_out_of_the_state_folder_is_named_where_it_leads(monkeypa
     unit.write_text((REPO / "systemd/maskd.service").read_text())
     monkeypatch.setattr(doc, "UNIT_FILE", unit)
     monkeypatch.setattr(doc, "SERVICE_DIR", state)
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # /dev/shm: a stick outside /tmp here
     (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {state}/snaps}}\n")
 
     def sandbox() -> list:
@@ -541,6 +543,7 @@ def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, 
     # read-only row gave two folders (-STICK/snaps, -STICK); the first, followed, still stopped
     # the service at start (exit 78, tools/sandbox.py). Both name the stick, and followed, no row
     stick = Path(tempfile.mkdtemp(dir="/dev/shm"))  # outside /tmp, the service's own
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # and taken for a stick
     request.addfinalizer(lambda: shutil.rmtree(stick))
     os.chown(stick, 65534, 65534)
     (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {stick}/snaps}}\n")

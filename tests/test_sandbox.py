@@ -337,6 +337,40 @@ def test_a_stick_linked_from_the_state_folder_needs_its_read_write_paths(
     assert r.returncode == 0 and list((stick / "snaps").glob("*.jpg")), out
 
 
+def test_a_folder_in_dev_shm_is_writable_to_the_service_and_doctor_says_nothing(
+        dirs: tuple[Path, Path], yunet_model: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snapshots.dir: /dev/shm/snaps` (a RAM disk that spares the card): ProtectSystem=strict
+    leaves /dev out (systemd.exec(5): the API file systems; the unit has no PrivateDevices=),
+    and the service writes there, while doctor's sandbox row said it was read-only to the
+    service and failed at start, advising a ReadWritePaths= it does not need."""
+    import tempfile
+
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    state, config = dirs
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    request.addfinalizer(lambda: shutil.rmtree(shm))
+    os.chown(shm, sandbox.NOBODY, sandbox.NOBODY)
+    shutil.copyfile(yunet_model, config / yunet_model.name)
+    (config / "config.yaml").write_text(json.dumps({
+        "camera": "door", "state_dir": sandbox.STATE, "source": {"kind": "demo"},
+        "detector": {"kind": "yunet", "model": f"{sandbox.CONFIG}/{yunet_model.name}"},
+        "snapshots": {"dir": f"{shm}/snaps"}}))
+    os.chmod(config / "config.yaml", 0o644)
+    unit = config.parent / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    d = doc.Doctor(load_config(config / "config.yaml"), 1)
+    d.sandbox()
+    assert [c.detail for c in d.checks] == []
+    rc, out = ran(state, config, "--", "run", "--config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 0 and "Read-only file system" not in out and list((shm / "snaps").glob("*.jpg")), out
+
+
 def test_the_read_write_paths_doctor_advises_are_taken_as_systemd_takes_them(
         dirs: tuple[Path, Path], request: pytest.FixtureRequest) -> None:
     """doctor's sandbox row advises `ReadWritePaths=-FOLDER` (a stick may be out at boot).

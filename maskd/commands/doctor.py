@@ -62,6 +62,9 @@ BROKER_TIMEOUT_S = 8.0
 UNIT_FILE = Path("/etc/systemd/system/maskd.service")
 PROTECT_HOME = ("/home", "/root", "/run/user")  # the unit's ProtectHome=yes hides them
 PRIVATE_TMP = ("/tmp", "/var/tmp")  # the unit's own (PrivateTmp=yes)
+# ProtectSystem= leaves the API file system /dev as it is, and the unit has no PrivateDevices=
+# (the camera): a /dev/shm folder was said to fail at start, where the service writes it
+API_WRITABLE = ("/dev",)
 
 
 @dataclass
@@ -522,7 +525,8 @@ class Doctor:
         # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
         # folder run is still to make under it stayed read-only, and the row said nothing
         named = unit_read_write_paths(UNIT_FILE)
-        writable = [_leads_to(w) for w in (SERVICE_DIR, *named) if w == SERVICE_DIR or w.exists()]
+        writable = [*API_WRITABLE, *(_leads_to(w) for w in (SERVICE_DIR, *named)
+                                     if w == SERVICE_DIR or w.exists())]
         protect, read_only = unit_read_only(UNIT_FILE)
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
