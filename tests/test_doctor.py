@@ -550,6 +550,9 @@ def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, 
     rows = sandbox(f"ReadWritePaths={stick}/snaps")
     assert len(rows) == 2 and all(f"ReadWritePaths=-{stick} " in r for r in rows), rows
     assert sandbox(f"ReadWritePaths=-{stick}") == []
+    (stick / "snaps").mkdir()  # made: the folder itself is named, not the whole stick
+    [row] = sandbox("ReadWritePaths=")
+    assert f"ReadWritePaths=-{stick}/snaps " in row, row
 
 
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
