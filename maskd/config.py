@@ -667,6 +667,18 @@ def _readable_file(path: Path, limit: int = MAX_CREDENTIAL_BYTES) -> bytes:
     return data
 
 
+def _unreadable(key: str, path: Path | None) -> str | None:
+    """Why this user cannot read ``path`` in check-config's words (`KEY: cannot read 'P':
+    Permission denied`), or None: a file changed under a running maskd is named as a start
+    names it."""
+    try:
+        if path is not None:
+            _readable_file(path)
+    except ValueError as err:
+        return f"{key}: {err}"
+    return None
+
+
 def _password_in(path: Path) -> str:
     """The password a file holds, as the broker gets it (``read_secret``); ValueError also when
     it is not UTF-8 (MQTT's password field is text)."""
@@ -799,7 +811,8 @@ class MqttConfig(Section):
             else:
                 ctx.load_default_certs()
         except (OSError, ValueError) as err:
-            raise ValueError(f"{_NO_LOAD}mqtt.ca_file {self.ca_file}: {err}") from None
+            why = _unreadable("mqtt.ca_file", self.ca_file) if isinstance(err, OSError) else None
+            raise ValueError(f"{_NO_LOAD}{why or f'mqtt.ca_file {self.ca_file}: {err}'}") from None
         if self.cert_file is not None:
             try:
                 ctx.load_cert_chain(str(self.cert_file), self.key_file and str(self.key_file),
@@ -813,6 +826,10 @@ class MqttConfig(Section):
         mismatch`, and the line named all three TLS keys, so a CA file, a certificate and a key
         were all suspects."""
         cert, key = f"mqtt.cert_file {self.cert_file}", f"mqtt.key_file {self.key_file}"
+        if isinstance(err, OSError):  # OpenSSL's errno names no file: a renewal's 0600 key
+            for name, path in (("mqtt.cert_file", self.cert_file), ("mqtt.key_file", self.key_file)):
+                if why := _unreadable(name, path):
+                    return why
         try:
             has_cert = bool(certs.pem_not_after(Path(self.cert_file or "").read_text(
                 errors="replace")))

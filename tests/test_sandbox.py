@@ -506,3 +506,63 @@ def test_doctors_read_write_paths_for_a_stick_not_mounted_names_its_mount_point(
     assert sandbox_row() == []
     rc, out = ran(state, config, f"--rw={word}", *args)
     assert rc == 0 and list((usb / "snaps").glob("*.jpg")), out
+
+
+def test_a_renewed_key_the_service_cannot_read_is_named_alone(
+        dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A renewal (certbot's privkey, `install -m 0600`) leaves mqtt.key_file root's 0600 under
+    a running service: it went on with the files it had, as docs/mqtt.md says, but its warning
+    and fault line blamed both files with a bare errno (`mqtt.cert_file C, mqtt.key_file K:
+    [Errno 13] Permission denied`), the certificate beside it readable. They now name the key
+    alone in the words check-config and a restart use (`cannot read 'K': Permission denied`)."""
+    from mqtt_broker import make_ca
+
+    state, config = dirs
+    tls = make_ca(tmp_path / "ca")
+    with Broker(tmp_path / "broker", users={"maskd": "s3cret"}, tls=tls,
+                require_client_cert=True) as broker:
+        for name, src in (("ca.crt", tls.ca), ("client.crt", tls.client_cert),
+                          ("client.key", tls.client_key)):
+            shutil.copyfile(src, config / name)
+            os.chmod(config / name, 0o640)  # root:maskd 0640, as docs/mqtt.md asks
+            os.chown(config / name, 0, sandbox.NOBODY)
+        (config / "mqtt-password").write_text("s3cret\n")
+        os.chmod(config / "mqtt-password", 0o640)
+        os.chown(config / "mqtt-password", 0, sandbox.NOBODY)
+        c = sandbox.CONFIG
+        cfg = config / "config.yaml"
+        cfg.write_text(json.dumps({
+            "camera": "door", "state_dir": sandbox.STATE,
+            "source": {"kind": "demo", "loop": True}, "mqtt": {
+                "url": broker.url, "username": "maskd", "password_file": f"{c}/mqtt-password",
+                "ca_file": f"{c}/ca.crt", "cert_file": f"{c}/client.crt",
+                "key_file": f"{c}/client.key"}}))
+        os.chmod(cfg, 0o644)
+        log = tmp_path / "stderr.log"
+        with log.open("w") as err:
+            proc = in_sandbox(state, config, "run", "--config", f"{c}/config.yaml",
+                              stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            assert wait_for(lambda: "MQTT: connected to" in log.read_text(), proc), \
+                log.read_text()
+            key = config / "client.key"
+            key.chmod(0o600)  # the renewal's key: root's alone
+            os.chown(key, 0, 0)
+            os.utime(key, (time.time() - 10, time.time() - 10))  # settled
+            assert wait_for(lambda: "do not load" in log.read_text(), proc), log.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    line = next(x for x in log.read_text().splitlines() if "do not load" in x)
+    assert f"mqtt.key_file: cannot read '{c}/client.key': Permission denied" in line, line
+    assert "cert_file" not in line.split("do not load:")[1] and "Errno" not in line, line
+
+
+def wait_for(done: object, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """``done()`` came true while ``proc`` ran, within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if done():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
