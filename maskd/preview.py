@@ -514,6 +514,22 @@ def port_in_use(listen: str) -> str:
             f"{LISTEN_RETRY_S:g} s")
 
 
+def listen_refused(listen: str, err: OSError) -> str:
+    """What `run` stops on (78) and doctor fails of a preview.http it cannot listen on. A port
+    below net.ipv4.ip_unprivileged_port_start (1024) is root's alone, and the unit gives maskd
+    no capability (CapabilityBoundingSet=): 'Permission denied' alone told neither."""
+    why = f"preview.http: cannot listen on {listen}: {err.strerror or err}"
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):  # not Linux
+        start = 1024
+    if err.errno == errno.EACCES and parse_listen(listen)[1] < start:
+        host = listen.rpartition(":")[0] or "127.0.0.1"
+        why += (f": a port below {start} needs a privilege the service does not have (no "
+                f"capabilities); use one from {start} up, e.g. {host}:8080")
+    return why
+
+
 def name_unknown(host: str, err: socket.gaierror) -> bool:
     """Whether the resolver answered that ``host`` does not exist (EAI_NONAME: a typo, or a
     name never given), not that it could not ask (EAI_AGAIN: no network yet, retried). A

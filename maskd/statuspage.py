@@ -59,6 +59,7 @@ from maskd.preview import (
     ListenNotReady,
     MjpegFeed,
     PreviewUnavailable,
+    listen_refused,
     listen_warning,
     parse_listen,
     port_in_use,
@@ -635,7 +636,7 @@ class StatusServer:
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
                 raise
-            why = f"preview.http: cannot listen on {self.listen}: {err.strerror or err}"
+            why = listen_refused(self.listen, err)
             if err.errno == errno.EADDRNOTAVAIL:  # despite IP_FREEBIND (not Linux)
                 raise ListenNotReady(f"{why}; {RETRIED}") from None
             raise PreviewUnavailable(why) from None

@@ -566,3 +566,37 @@ def wait_for(done: object, proc: subprocess.Popen, timeout: float = 120) -> bool
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_status_page_port_below_1024_is_refused_with_why_and_what_to_use(
+        dirs: tuple[Path, Path], yunet_model: Path) -> None:
+    """`preview.http: 0.0.0.0:80` under the unit (no capabilities): the service stopped with
+    exit 78 and a bare 'Permission denied', and `doctor` (as the service user) failed its row
+    with '[Errno 13] Permission denied', not run's line. Both now say run's line with why (a
+    port below net.ipv4.ip_unprivileged_port_start needs a privilege the unit drops) and the
+    port to use."""
+    import socket
+
+    state, config = dirs
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
+    for port in range(start - 1, 0, -1):  # one this root may take, so only the privilege lacks
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    demo_config(config, yunet_model, {})
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["preview"] = {"http": f"127.0.0.1:{port}"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    said = (f"preview.http: cannot listen on 127.0.0.1:{port}: Permission denied: a port below "
+            f"{start} needs a privilege the service does not have (no capabilities); use one from "
+            f"{start} up, e.g. 127.0.0.1:8080")
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for cmd, code in ((["run", "--config", inside, "--max-frames", "5"], 78),
+                      (["doctor", "--config", inside], 1)):
+        rc, out = ran(state, config, *cmd)
+        assert rc == code and said in out and "Errno" not in out, out

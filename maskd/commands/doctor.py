@@ -117,7 +117,13 @@ def _check_http(listen: str) -> tuple[str, str]:
     doctor may run beside it)."""
     import errno
 
-    from maskd.preview import PreviewUnavailable, listen_warning, parse_listen, port_in_use
+    from maskd.preview import (
+        PreviewUnavailable,
+        listen_refused,
+        listen_warning,
+        parse_listen,
+        port_in_use,
+    )
 
     try:
         if warning := listen_warning(listen):  # a late network: run waits or listens anyway
@@ -135,7 +141,7 @@ def _check_http(listen: str) -> tuple[str, str]:
             return OK, f"{listen}: in use by a running maskd (the service?)"
         if err.errno == errno.EADDRINUSE:  # run detects without the page, and tries again
             return WARN, port_in_use(listen)
-        return FAIL, f"{listen}: {_err(err)}"
+        return FAIL, listen_refused(listen, err)
 
 
 def _maskd_serves(host: str, port: int) -> bool:
