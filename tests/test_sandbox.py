@@ -600,3 +600,31 @@ def test_a_status_page_port_below_1024_is_refused_with_why_and_what_to_use(
                       (["doctor", "--config", inside], 1)):
         rc, out = ran(state, config, *cmd)
         assert rc == code and said in out and "Errno" not in out, out
+
+
+def test_the_units_supplementary_groups_are_the_services(dirs: tuple[Path, Path],
+                                                          yunet_model: Path) -> None:
+    """The unit runs maskd with SupplementaryGroups=video plugdev (/dev/video*, /dev/fb0, the
+    Coral); the emulation cleared every group, so what the service may open as video (here a
+    clip root:video 0640, as /dev/video0 is root:video 0660) was refused in it, a false
+    'Permission denied' that no Pi gives. It now has the unit's groups that this machine has."""
+    import grp
+
+    state, config = dirs
+    try:
+        video = grp.getgrnam("video").gr_gid
+    except KeyError:
+        pytest.skip("no video group here")
+    demo_config(config, yunet_model, {})
+    clip = config / "clip.mp4"
+    require_ffmpeg = shutil.which("ffmpeg") or pytest.skip("needs ffmpeg")
+    subprocess.run([require_ffmpeg, "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=320x240:rate=10", "-t", "1", str(clip)], check=True)
+    os.chown(clip, 0, video)
+    os.chmod(clip, 0o640)
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["source"] = {"kind": "opencv", "uri": f"{sandbox.CONFIG}/clip.mp4"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    rc, out = ran(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
+                  "--max-frames", "5")
+    assert rc == 0 and "Permission denied" not in out, out

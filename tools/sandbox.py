@@ -11,8 +11,9 @@ It starts ``python -m maskd ARGS`` (this checkout's) with what the unit sets up:
   ReadWritePaths=, its links followed as systemd does) and /dev; ``--config`` read-only at
   /var/lib/maskd-config (ConfigurationDirectory=; /etc/maskd on a Pi); an empty /tmp and
   /var/tmp (PrivateTmp=); /home, /root, /run/user empty and unreadable (ProtectHome=yes);
-- the user nobody, no supplementary groups, no capabilities, no_new_privs (User=,
-  CapabilityBoundingSet=, NoNewPrivileges=), UMask=0027, the unit's Environment=;
+- the user nobody, the unit's SupplementaryGroups= that this machine has (video, plugdev),
+  no capabilities, no_new_privs (User=, SupplementaryGroups=, CapabilityBoundingSet=,
+  NoNewPrivileges=), UMask=0027, the unit's Environment=;
 - a seccomp filter loaded last, before exec, as systemd does: the system calls of this
   machine's ``systemd-analyze syscall-filter @system-service`` less ``@privileged``, the rest
   EPERM (SystemCallFilter=, SystemCallErrorNumber=), and socket() of other families than
@@ -87,6 +88,21 @@ def group(name: str, seen: set[str] | None = None) -> set[str]:
 def allowed() -> list[str]:
     """SystemCallFilter=@system-service then ~@privileged: the calls the unit leaves."""
     return sorted(group("@system-service") - group("@privileged"))
+
+
+def unit_groups() -> list[int]:
+    """The group ids of the unit's SupplementaryGroups= that exist here: a camera, a
+    framebuffer or a Coral the service opens through them is not refused in the emulation."""
+    import grp
+
+    names = " ".join(re.findall(r"^SupplementaryGroups=(.*)$", UNIT.read_text(), re.M)).split()
+    out = []
+    for name in names:
+        try:
+            out.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            continue
+    return out
 
 
 def unit_environment() -> dict[str, str]:
@@ -187,10 +203,12 @@ def main(argv: list[str]) -> int:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": STATE, "USER": "nobody", "LOGNAME": "nobody", "SHELL": "/usr/sbin/nologin",
                **unit_environment(), "PYTHONPATH": str(REPO)}
+        ids = unit_groups()
+        groups = [f"--groups={','.join(map(str, ids))}"] if ids else ["--clear-groups"]
         passed = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MASKD_MODEL_DIR", "LANG", "TZ")
         env.update({k: v for k, v in os.environ.items() if k in passed})
         os.execve(shutil.which("setpriv") or "setpriv",
-                  ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                  ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *groups,
                    "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
                    sys.executable, __file__, "--seccomp", calls, "--",
                    sys.executable, "-m", "maskd", *cmd], env)
