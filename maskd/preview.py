@@ -514,19 +514,27 @@ def port_in_use(listen: str) -> str:
             f"{LISTEN_RETRY_S:g} s")
 
 
-def listen_refused(listen: str, err: OSError) -> str:
-    """What `run` stops on (78) and doctor fails of a preview.http it cannot listen on. A port
+def privileged_port(listen: str) -> str | None:
+    """Why the service cannot listen on ``listen``'s port whoever checks it, or None: a port
     below net.ipv4.ip_unprivileged_port_start (1024) is root's alone, and the unit gives maskd
-    no capability (CapabilityBoundingSet=): 'Permission denied' alone told neither."""
-    why = f"preview.http: cannot listen on {listen}: {err.strerror or err}"
+    no capability (CapabilityBoundingSet=). check-config warns, doctor and `run` say it."""
     try:
         start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     except (OSError, ValueError):  # not Linux
         start = 1024
-    if err.errno == errno.EACCES and parse_listen(listen)[1] < start:
-        host = listen.rpartition(":")[0] or "127.0.0.1"
-        why += (f": a port below {start} needs a privilege the service does not have (no "
-                f"capabilities); use one from {start} up, e.g. {host}:8080")
+    if not 0 < parse_listen(listen)[1] < start:  # 0: the system picks a free one
+        return None
+    host = listen.rpartition(":")[0] or "127.0.0.1"
+    return (f"a port below {start} needs a privilege the service does not have (no "
+            f"capabilities); use one from {start} up, e.g. {host}:8080")
+
+
+def listen_refused(listen: str, err: OSError) -> str:
+    """What `run` stops on (78) and doctor fails of a preview.http it cannot listen on
+    ('Permission denied' alone did not say why a port below 1024 is refused)."""
+    why = f"preview.http: cannot listen on {listen}: {err.strerror or err}"
+    if err.errno == errno.EACCES and (tail := privileged_port(listen)):
+        why += f": {tail}"
     return why
 
 

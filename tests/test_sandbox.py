@@ -7,6 +7,7 @@ Skips with the reason where the emulation cannot run (not root, no unshare or li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -628,3 +630,52 @@ def test_the_units_supplementary_groups_are_the_services(dirs: tuple[Path, Path]
     rc, out = ran(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
                   "--max-frames", "5")
     assert rc == 0 and "Permission denied" not in out, out
+
+
+def test_check_config_and_a_root_doctor_warn_of_a_status_page_port_below_1024(
+        dirs: tuple[Path, Path], yunet_model: Path) -> None:
+    """`preview.http: 127.0.0.1:80` is a port the service (no capabilities) can never listen
+    on, and `run` stops on it (exit 78); check-config said OK to it, as the service user too,
+    and `sudo maskd doctor` (root, who may) said `can listen`. Both now warn in run's words."""
+    from maskd.commands.doctor import _check_http
+
+    state, config = dirs
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
+    demo_config(config, yunet_model, {})
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["preview"] = {"http": f"127.0.0.1:{start - 1}"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    said = (f"a port below {start} needs a privilege the service does not have (no "
+            f"capabilities); use one from {start} up, e.g. 127.0.0.1:8080")
+    rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 0 and f"warning: preview.http: 127.0.0.1:{start - 1}: {said}" in out, out
+    r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(config / "config.yaml")],
+                       capture_output=True, text=True, cwd=REPO)  # as root
+    assert r.returncode == 0 and said in r.stderr, r.stderr
+    with socket_free(start - 1):
+        assert _check_http(f"127.0.0.1:{start - 1}") == ("WARN", f"127.0.0.1:{start - 1}: {said}")
+
+
+@contextlib.contextmanager
+def socket_free(port: int) -> Iterator[None]:
+    """Skips unless ``port`` on 127.0.0.1 is free to root here."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            pytest.skip(f"127.0.0.1:{port} is not free here: {err}")
+    yield
+
+
+def test_port_0_is_no_privileged_port() -> None:
+    """`preview.http: 127.0.0.1:0` lets the system pick a free port (tests, a second page):
+    not one below 1024."""
+    from maskd.preview import privileged_port
+
+    assert privileged_port("127.0.0.1:0") is None and privileged_port("8080") is None
+    assert privileged_port("[::]:443") is not None and "[::]:8080" in privileged_port("[::]:443")

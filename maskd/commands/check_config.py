@@ -46,7 +46,7 @@ from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depend
 from maskd.jsonl import cannot_write_lines
 from maskd.ledger import foreign_ledger
 from maskd.outbox import foreign_outbox, left_by_another_user, newer_outbox, no_outbox_there
-from maskd.preview import PreviewUnavailable, check_previews, listen_warning
+from maskd.preview import PreviewUnavailable, check_previews, listen_warning, privileged_port
 from maskd.tflite import coral_problems, not_compiled_for_edgetpu
 
 
@@ -314,6 +314,8 @@ def main(args: argparse.Namespace) -> int:
         # run waits for a late network (or listens anyway): a warning, not a refusal; a
         # name that does not exist raises, as run refuses it after its wait
         lacking += [w for key, p in cfg.previews() if p.http and (w := listen_warning(p.http, key))]
+        lacking += [f"{key}.http: {p.http}: {w}" for key, p in cfg.previews()
+                    if p.http and (w := privileged_port(p.http))]
     except PreviewUnavailable as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EX_CONFIG

@@ -123,6 +123,7 @@ def _check_http(listen: str) -> tuple[str, str]:
         listen_warning,
         parse_listen,
         port_in_use,
+        privileged_port,
     )
 
     try:
@@ -133,6 +134,8 @@ def _check_http(listen: str) -> tuple[str, str]:
         with socket.socket(fam) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
+        if why := privileged_port(listen):  # root here: the service has no capability
+            return WARN, f"{listen}: {why}"
         return OK, f"can listen on {listen}"
     except PreviewUnavailable as err:
         return FAIL, f"{listen}: {_err(err)}"
