@@ -1312,3 +1312,22 @@ def test_the_budget_row_judges_a_frame_with_two_faces(tmp_path):
         assert got.verdict == verdict, got
         assert got.detail.startswith("64x48 at 15 fps (budget 66.7 ms/frame)"), got
         assert ("; 2 faces do not fit 15 fps here" in got.detail) == (verdict == "WARN"), got
+
+
+def test_a_source_in_tmp_is_told_a_place_a_folder_of_images_can_be_read_from(tmp_path,
+                                                                           monkeypatch):
+    """A clip or folder of images in /tmp (the service's own, empty): doctor's sandbox row said
+    to move it to '/etc/maskd (root:maskd 0640)', a model's place; a folder of images moved so
+    (0640: no x) lists but opens none, and the service idled with 0 frames (seen in
+    tools/sandbox.py). It now gives a source the advice it gives one under /home."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "c.yaml").write_text("source: {kind: images, uri: /tmp/frames}\n")
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    [check] = d.checks
+    assert check.detail.endswith(f"move it to {doc._SOURCE_GOES}") and "0640" not in check.detail

@@ -523,7 +523,8 @@ class Doctor:
             elif key not in written and (tmp := _under(real, private)):
                 self.add("sandbox", WARN, f"{key}: {path}{link} is in {tmp}, of which the "
                          "service has its own, empty at each start (PrivateTmp=): it does not see "
-                         f"this file, so it then fails at start; move it to {_FILE_GOES}",
+                         f"this file, so it then fails at start; move it to "
+                         f"{_SOURCE_GOES if key in read else _FILE_GOES}",
                          required=False)
         for missing in unit_missing_paths(UNIT_FILE):
             self.add("sandbox", WARN, f"ReadWritePaths={missing} (`systemctl cat maskd`) is "
