@@ -1516,6 +1516,11 @@ class MissingSource(SourceError):
     this machine, now: it may on the device, or later)."""
 
 
+class ClosedSource(MissingSource):
+    """The video file a source names is there but this user may not read it (a clip copied
+    with sudo, root's 0600): the service's user may, or may not."""
+
+
 def _kind_of(path: Path) -> str:
     """"folder", "file", "other" (a device, a pipe) or "missing"; SourceError when the name
     cannot even be looked up (too long: ENAMETOOLONG came out of is_dir() as a bare OSError
@@ -1571,6 +1576,8 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
                 not_a_folder(cfg.uri, missing=kind == "missing"))
     elif path is not None and cfg.uri and _file_or_folder(cfg.uri) != "folder":
         folder = None
+        if _kind_of(path) == "file" and not os.access(path, os.R_OK):  # `run`'s open says so
+            raise ClosedSource(f"{path}: {os.strerror(errno.EACCES)}")
     if contents and folder is not None and not any(
             isinstance(item, Path) for item in search_images(folder)):
         raise MissingSource(no_images(folder))

@@ -679,3 +679,26 @@ def test_port_0_is_no_privileged_port() -> None:
 
     assert privileged_port("127.0.0.1:0") is None and privileged_port("8080") is None
     assert privileged_port("[::]:443") is not None and "[::]:8080" in privileged_port("[::]:443")
+
+
+def test_a_video_file_the_service_cannot_read_is_a_warning_in_check_config(
+        dirs: tuple[Path, Path], yunet_model: Path) -> None:
+    """`source.uri` a clip left root's 0600 (copied with sudo): check-config, as the service
+    user, said OK, and the service stopped at start (exit 78, 'source: P: Permission
+    denied'). check-config now warns in run's words, naming the user it ran as."""
+    state, config = dirs
+    demo_config(config, yunet_model, {})
+    clip = config / "clip.mp4"
+    ffmpeg = shutil.which("ffmpeg") or pytest.skip("needs ffmpeg")
+    subprocess.run([ffmpeg, "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=320x240:rate=10", "-t", "1", str(clip)], check=True)
+    clip.chmod(0o600)
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["source"] = {"kind": "opencv", "uri": f"{sandbox.CONFIG}/clip.mp4"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    said = f"source: {sandbox.CONFIG}/clip.mp4: Permission denied"
+    rc, out = ran(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 78 and said in out, out
+    rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 0 and f"warning: {said} (as user nobody; the service may run as another)" \
+        in out, out

@@ -129,13 +129,16 @@ def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
     missing is a warning, as a model file is (it may be there on the device, or in the service's
     working directory); one that no machine can read frames from (a single image, a name too
     long to look up) is an error. Cameras and streams are not opened: one may come later."""
-    from maskd.sources import MissingSource, check_source_path
+    from maskd.sources import ClosedSource, MissingSource, check_source_path
     from maskd.types import SourceError
 
     errors, warnings = [], []
     for key, src in cfg.sources():
         try:
             check_source_path(src)
+        except ClosedSource as err:
+            warnings.append(f"warning: {key}: {err} (as user {_user()}; the service may run as "
+                            "another)")
         except MissingSource as err:
             warnings.append(f"warning: {key}: {err}")
         except SourceError as err:
