@@ -363,6 +363,29 @@ def _existing(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
+# File systems that keep no owners (a stick as it comes from the shop or a Windows PC): the
+# mount's uid=, gid= and umask= give every file its owner and mode, and chown fails (kernel FAT
+# and exFAT: EPERM) or does nothing (ntfs-3g). fuseblk: ntfs-3g and exfat-fuse.
+OWNERLESS = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk"})
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def ownerless_fs(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (or the folder it would be made in) where
+    it keeps no owners (``OWNERLESS``), else None."""
+    try:
+        st = os.stat(_existing(Path(path)) or path)
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    for line in lines:  # 'ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS] - TYPE SOURCE ...'
+        fields, _, after = line.partition(" - ")
+        if fields.split()[2:3] == [dev] and after:
+            return fs if (fs := after.split()[0]) in OWNERLESS else None
+    return None
+
+
 class CardWatch:
     """The errors recorded by the file systems a run writes to (state_dir, JSON lines,
     snapshots: ``Config.written``), looked at once a minute from the loop's health report, one

@@ -44,6 +44,7 @@ from maskd.config import shown_path
 from maskd.files import (
     create_failure,
     failed_write,
+    ownerless_fs,
     read_again_once,
     read_only_now,
     write_atomically,
@@ -109,12 +110,31 @@ def another_users_file(path: Path) -> str | None:
     if st.st_uid == os.geteuid() or os.access(path, os.R_OK | os.W_OK):
         return None
     me = _name(pwd.getpwuid, "pw_name", os.geteuid())
-    return (f"{shown_path(path)} belongs to {_name(pwd.getpwuid, 'pw_name', st.st_uid)}:"
+    head = (f"{shown_path(path)} belongs to {_name(pwd.getpwuid, 'pw_name', st.st_uid)}:"
             f"{_name(grp.getgrgid, 'gr_name', st.st_gid)} (mode {st.st_mode & 0o7777:04o}) "
-            f"and {me}, this maskd's user, cannot read and write it: made by maskd run as "
-            f"another user (sudo maskd instead of sudo -u {me} maskd?); give the folder back: "
-            f"sudo chown -R {me}:{_name(grp.getgrgid, 'gr_name', os.getegid())} "
-            f"{shown_path(path.parent)}")
+            f"and {me}, this maskd's user, cannot read and write it")
+    if (mount := mounted_for_another(path)) is not None:
+        return f"{head}: {mount}"  # chown -R fails there: Operation not permitted
+    return (f"{head}: made by maskd run as another user (sudo maskd instead of sudo -u {me} "
+            f"maskd?); give the folder back: sudo chown -R {me}:"
+            f"{_name(grp.getgrgid, 'gr_name', os.getegid())} {shown_path(path.parent)}")
+
+
+def mounted_for_another(path: Path) -> str | None:
+    """'its file system (exfat) keeps no owners: ...; mount it with uid=maskd,gid=maskd ...'
+    where ``path`` is on a stick's FAT, exFAT or NTFS (``ownerless_fs``), whose mount decides
+    who may write (an fstab line without uid=: root alone); None elsewhere. Was: 'give the
+    folder back: sudo chown -R ...', which fails there, or (ntfs-3g) does nothing."""
+    import grp
+    import pwd
+
+    if (fs := ownerless_fs(path)) is None:
+        return None
+    me = _name(pwd.getpwuid, "pw_name", os.geteuid())
+    return (f"its file system ({fs}) keeps no owners: the mount gives every file one owner and "
+            f"mode, which chown cannot change; mount it with "
+            f"uid={me},gid={_name(grp.getgrgid, 'gr_name', os.getegid())} in its options "
+            "(docs/config.md, a USB stick)")
 
 
 def left_by_another_user(path: Path) -> str | None:

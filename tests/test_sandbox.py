@@ -291,6 +291,70 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
             "there: Permission denied" in out and "chown" not in out, out
 
 
+def exfat_stick(request: pytest.FixtureRequest, tmp_path: Path, options: str) -> Path:
+    """An exFAT stick (a loop device of an image, through exfat-fuse, which gives owners and
+    modes from its mount options as the Pi's kernel exfat does) mounted at a folder in /mnt
+    with ``options``; unmounted and detached after the test."""
+    for tool in ("mkfs.exfat", "losetup", "mount.exfat-fuse", "fusermount"):
+        if not shutil.which(tool):
+            pytest.skip(f"an exFAT stick needs {tool} (exfat-fuse, exfatprogs, util-linux)")
+    image = tmp_path / f"stick-{len(list(tmp_path.glob('stick-*.img')))}.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    r = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no loop device here: {r.stderr.strip()}")
+    loop = r.stdout.strip()
+    request.addfinalizer(lambda: subprocess.run(["losetup", "-d", loop]))
+    mnt = mnt_folder(request)
+    r = subprocess.run(["mount.exfat-fuse", "-o", options, loop, str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"no FUSE mount here: {r.stderr.strip()}")
+    request.addfinalizer(lambda: subprocess.run(["fusermount", "-u", str(mnt)]))
+    return mnt
+
+
+def test_a_stick_mounted_for_root_is_said_to_need_the_mount_options_not_a_chown(
+        dirs: tuple[Path, Path], request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """An exFAT (FAT, NTFS) stick keeps no owners: an fstab line without uid= gives every file
+    to root (0755), and the service may write nothing there. check-config advised 'give the
+    folder back: sudo chown -R nobody:nogroup /mnt/.../state' for the outbox a first run left,
+    a chown the stick refuses (Operation not permitted), and `run` stopped on a bare
+    'Permission denied'; both now say to mount it with uid=nobody,gid=... (doctor's rows
+    share check-config's words). A stick mounted so takes the service's records."""
+    import grp
+
+    state, config = dirs
+    stick = exfat_stick(request, tmp_path, "umask=022")
+    from maskd.outbox import Outbox
+
+    Outbox(stick / "state").close()  # a first run's, as root (the stick gives root every file)
+    group = grp.getgrgid(sandbox.NOBODY).gr_name
+    cfg = config / "config.yaml"
+    cfg.write_text(json.dumps({"state_dir": f"{stick}/state", "source": {"kind": "demo"},
+                               "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
+                               "jsonl": {"path": f"{stick}/events.jsonl"}}))
+    os.chmod(cfg, 0o644)
+    mount = (f"its file system (fuseblk) keeps no owners: the mount gives every file one owner "
+             f"and mode, which chown cannot change; mount it with uid=nobody,gid={group} in its "
+             "options")
+    inside = f"{sandbox.CONFIG}/config.yaml"
+    for cmd, code in ((["run", "--config", inside], 78), (["check-config", inside], 0)):
+        rc, out = ran(state, config, f"--rw={stick}", "--", *cmd)
+        assert rc == code and f"state_dir {stick}/state: cannot create the MQTT outbox there: " \
+            f"Permission denied: {mount}" in out, out
+        assert f"jsonl.path {stick}/events.jsonl: cannot write there: Permission denied: " \
+            f"{mount}" in out and "chown -R" not in out, out
+    stick = exfat_stick(request, tmp_path, f"uid={sandbox.NOBODY},gid={sandbox.NOBODY},umask=027")
+    cfg.write_text(json.dumps({"state_dir": f"{stick}/state", "source": {"kind": "demo"},
+                               "jsonl": {"path": f"{stick}/events.jsonl"}}))  # no broker here
+    rc, out = ran(state, config, f"--rw={stick}", "--", "run", "--config", inside)
+    assert rc == 0 and "violation end" in out, out
+    assert '"event_type": "start"' in (stick / "events.jsonl").read_text()
+
+
 def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
         dirs: tuple[Path, Path]) -> None:
     """`sudo maskd run` leaves the camera's lock root's (0600). The service, as its own user,

@@ -45,7 +45,13 @@ from maskd.config import (
 from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depends_on_user
 from maskd.jsonl import cannot_write_lines
 from maskd.ledger import foreign_ledger
-from maskd.outbox import foreign_outbox, left_by_another_user, newer_outbox, no_outbox_there
+from maskd.outbox import (
+    foreign_outbox,
+    left_by_another_user,
+    mounted_for_another,
+    newer_outbox,
+    no_outbox_there,
+)
 from maskd.preview import PreviewUnavailable, check_previews, listen_warning, privileged_port
 from maskd.tflite import coral_problems, not_compiled_for_edgetpu
 
@@ -218,7 +224,8 @@ def unwritable(cfg: Config, state_dir: bool = True) -> list[tuple[str, OSError, 
             # a link to a stick not mounted yet leads somewhere later; /proc never does
             later = dangling_link(path) is not None and path in (
                 cfg.snapshots.dir, *(c.preview.annotate_dir for c in cfg.cameras_resolved()))
-            why = depends_on_user(err) and left_by_another_user(path)  # `sudo maskd run`'s
+            why = depends_on_user(err) and (left_by_another_user(path) or (  # `sudo maskd run`'s
+                (mount := mounted_for_another(path)) and f"{err.strerror}: {mount}"))  # a stick's
             out.append((say(path, why or err.strerror or str(err)), err, later))
     return out
 
