@@ -1178,6 +1178,19 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _names_apart_in_any_case(self) -> Config:
+        """Two names that differ only in case (door, Door) are one file name on a USB stick's
+        FAT, exFAT or NTFS, which ignore case: both cameras wrote one damaged clip file in a
+        shared annotate_dir, and shared one lock in state_dir."""
+        seen: dict[str, str] = {}
+        for name in self.cameras:
+            if (first := seen.setdefault(name.casefold(), name)) != name:
+                raise ValueError(f"cameras {first} and {name} differ only in case: a USB stick "
+                                 "(FAT, exFAT, NTFS) takes their file names (clips, snapshots, "
+                                 "the lock in state_dir) for one; give them names apart")
+        return self
+
+    @model_validator(mode="after")
     def _one_window(self) -> Config:
         """One camera at most opens the OpenCV window: it is one window ("maskd") for the
         process, and OpenCV's window calls are not safe from several camera threads."""

@@ -264,6 +264,8 @@ def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(t
         ("scheme and host in capitals", "a: {source: {uri: 'RTSP://CAM.local/x'}}\n"
                                         "  b: {source: {uri: 'rtsp://cam.local/x'}}",
          "cameras a and b both read 'rtsp://cam.local:554/x'"),
+        ("names apart only in case", f"door: {{source: {demo}}}\n  Door: {{source: {demo}}}",
+         "cameras door and Door differ only in case"),  # one clip file on a FAT/exFAT stick
         ("the wildcard spelled 0", f"a: {{source: {demo}, preview: {{http: '0:{port}', "
                                    f"http_token_file: '{token}'}}}}\n"
                                    f"  b: {{source: {demo}, preview: {{http: '127.0.0.1:{port}'}}}}",
