@@ -317,7 +317,7 @@ def failed_write(err: Exception, folder: Path) -> str:
             link := dangling_link(folder)) is not None:
         return link  # mkdir's 'File exists' named neither the link nor where it points
     try:
-        there = _existing(folder)  # a folder not made yet: the one it would be made in
+        there = existing_place(folder)  # a folder not made yet: the one it would be made in
     except OSError:  # a name too long to look up, say: the OS's words alone
         there = None
     if there is None or not read_only_now(there):
@@ -358,7 +358,7 @@ def recorded_errors(fs: Path) -> str | None:
             "the card soon (the kernel makes it read-only at such an error, if not already)")
 
 
-def _existing(path: Path) -> Path | None:
+def existing_place(path: Path) -> Path | None:
     """``path`` or its nearest folder that exists: where a file not made yet will be."""
     return next((p for p in (path, *path.parents) if p.exists()), None)
 
@@ -374,7 +374,7 @@ def ownerless_fs(path: Path) -> str | None:
     """The type of the file system holding ``path`` (or the folder it would be made in) where
     it keeps no owners (``OWNERLESS``), else None."""
     try:
-        st = os.stat(_existing(Path(path)) or path)
+        st = os.stat(existing_place(Path(path)) or path)
         lines = MOUNTINFO.read_text().splitlines()
     except OSError:
         return None
@@ -413,7 +413,7 @@ class CardWatch:
         by_fs: dict[Path, list[tuple[str, Path]]] = {}
         for key, path, _ in self._places:
             try:
-                if (there := _existing(Path(path))) is not None:
+                if (there := existing_place(Path(path))) is not None:
                     by_fs.setdefault(ext4_dir(there), []).append((key, path))
             except OSError:  # gone meanwhile: looked at again next minute
                 continue

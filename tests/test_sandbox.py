@@ -355,6 +355,33 @@ def test_a_stick_mounted_for_root_is_said_to_need_the_mount_options_not_a_chown(
     assert '"event_type": "start"' in (stick / "events.jsonl").read_text()
 
 
+def test_pictures_on_a_stick_every_user_may_read_are_a_warning(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Snapshots and clips are made 0640 in a 0750 folder, but a stick (FAT, exFAT, NTFS) keeps
+    no modes: the mount's umask= gives them, and an fstab line without it gives 0755, so every
+    user of the Pi could look at the faces while check-config and run said nothing. Both warn
+    now, naming umask=027; mounted with it, they say nothing."""
+    for options, mode in (("umask=022", "0755"), ("umask=027", None)):
+        stick = exfat_stick(request, tmp_path, options)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(json.dumps({"state_dir": str(tmp_path / "state"), "source": {"kind": "demo"},
+                                   "snapshots": {"dir": f"{stick}/snaps"},
+                                   "preview": {"annotate_dir": f"{stick}/clips"}}))
+        lines = [f"{key} {stick}/{name}: every user of this machine may read the pictures there: "
+                 f"its file system (fuseblk) keeps no modes of its own, its mount gives mode "
+                 f"{mode}; mount it with umask=027" for key, name in (
+                     ("snapshots.dir", "snaps"), ("preview.annotate_dir", "clips"))]
+        for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--max-frames", "3"]):
+            r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True,
+                               text=True, timeout=240, cwd=REPO,
+                               env={**os.environ, "MASKD_MODEL_DIR": str(REPO / "models")})
+            assert r.returncode == 0, r.stderr
+            if mode is None:
+                assert "may read the pictures" not in r.stderr, r.stderr
+            else:
+                assert all(line in r.stderr for line in lines), r.stderr
+
+
 def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
         dirs: tuple[Path, Path]) -> None:
     """`sudo maskd run` leaves the camera's lock root's (0600). The service, as its own user,

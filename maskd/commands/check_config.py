@@ -42,7 +42,14 @@ from maskd.config import (
     read_yaml,
     shown_path,
 )
-from maskd.files import cannot_create, captured_stderr_fd, dangling_link, depends_on_user
+from maskd.files import (
+    cannot_create,
+    captured_stderr_fd,
+    dangling_link,
+    depends_on_user,
+    existing_place,
+    ownerless_fs,
+)
 from maskd.jsonl import cannot_write_lines
 from maskd.ledger import foreign_ledger
 from maskd.outbox import (
@@ -230,6 +237,28 @@ def unwritable(cfg: Config, state_dir: bool = True) -> list[tuple[str, OSError, 
     return out
 
 
+def pictures_open_to_all(cfg: Config) -> list[str]:
+    """A line for each picture folder (snapshots.dir, annotate_dir) on a stick whose mount lets
+    every user of this machine read there: FAT, exFAT and NTFS keep no modes, the mount's
+    umask= gives them (an fstab line without it: 0755), not the 0640 and 0750 maskd asks for."""
+    folders = [("snapshots.dir", cfg.snapshots.dir), *(
+        (f"{named}.annotate_dir", preview.annotate_dir) for named, preview in cfg.previews())]
+    out = []
+    for key, folder in folders:
+        if folder is None or (fs := ownerless_fs(folder)) is None:
+            continue
+        try:
+            mode = os.stat(existing_place(folder) or folder).st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o007:
+            out.append(f"{key} {shown_path(folder)}: every user of this machine may read the "
+                       f"pictures there: its file system ({fs}) keeps no modes of its own, its "
+                       f"mount gives mode {mode:04o}; mount it with umask=027 (docs/config.md, a "
+                       "USB stick)")
+    return out
+
+
 def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list[str]]:
     """What `run` creates at start and would stop on (``write_targets``), in its words, found
     without creating anything: (errors, warnings). A permission is a warning: the service may
@@ -249,7 +278,7 @@ def write_problems(cfg: Config, state_dir: bool = True) -> tuple[list[str], list
                     if state_dir and cfg.keeps_state else None):
         if foreign:
             warnings.append(f"{foreign} (as user {_user()}; the service may run as another)")
-    return errors, warnings
+    return errors, warnings + pictures_open_to_all(cfg)
 
 
 def _leaves(data: object, pre: str = "") -> dict[str, object]:

@@ -249,7 +249,7 @@ def say_waiting(status: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from maskd.commands.check_config import unwritable
+    from maskd.commands.check_config import pictures_open_to_all, unwritable
     from maskd.preview import check_previews
 
     started = system_clock()[1]
@@ -271,6 +271,8 @@ def main(args: argparse.Namespace) -> int:
         log.warning("%s", line)
     for line, _, _ in problems:  # only those that may come later are left
         log.warning("%s (recorded once it leads somewhere)", line)
+    for line in pictures_open_to_all(cfg):
+        log.warning("%s", line)
     if (line := clock_not_set(time.time())) is not None:
         log.warning("%s", line)
     note = CoralRunNote(cfg, started)
