@@ -269,7 +269,10 @@ def test_the_node_red_flow_gets_the_messages_sent_while_it_was_away(tmp_path):
     """The flow's broker node had a clean session (and no client id, which Node-RED makes a
     clean session anyway): a violation that started and ended while Node-RED restarted (or its
     link dropped) never reached it, so the flow's log missed it, or saw a start whose end never
-    came. Its session is kept now, and the broker delivers what came meanwhile."""
+    came. Its session is kept now, and the broker delivers what came meanwhile. Node-RED (3.1+)
+    also unsubscribes at each stop unless its broker node's ``autoUnsubscribe`` is false
+    (10-mqtt.js's unsubscribe): a real Node-RED 4.1 stopped mid-violation, its session kept, got
+    neither the `end` nor a violation that came and went meanwhile."""
     nodes = {n["id"]: n for n in flow()}
     (mqtt_in,) = [n for n in nodes.values() if n["type"] == "mqtt in"]
     node = nodes[mqtt_in["broker"]]
@@ -289,6 +292,8 @@ def test_the_node_red_flow_gets_the_messages_sent_while_it_was_away(tmp_path):
                 c.loop_start()
                 assert subscribed.wait(10)
                 if round_ == 0:
+                    if node.get("autoUnsubscribe", True) is not False:  # as Node-RED's stop does
+                        c.unsubscribe(mqtt_in["topic"])
                     c.disconnect()
                     c.loop_stop()
                     for e in now_at_door("away"):  # while the flow is away
