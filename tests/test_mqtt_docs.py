@@ -255,6 +255,18 @@ def test_node_red_functions_on_the_real_messages(published, tmp_path):
             assert o["late_s"] == pytest.approx(e["sent_at"] - at, abs=0.01), o
 
 
+def test_the_node_red_flow_says_how_to_keep_its_de_duplication_across_a_restart():
+    """The seen pairs live in the function's context, in memory by default: in a real Node-RED
+    4.1.15 a QoS 1 copy of an `end` it had already passed on came out again after a restart.
+    With the default context store on disk (what the docs say to set) it does not; the function
+    must use that default store (no store name) for the setting to reach it."""
+    nodes = {n["id"]: n for n in flow()}
+    section = DOC[DOC.index("### Node-RED flow"):DOC.index("<!-- node-red-flow -->")]
+    assert re.search(r'contextStorage: \{default: \{module: "localfilesystem"\}\}', section)
+    assert re.findall(r"context\.(?:get|set)\('seen'(?:, [^)]*)?\)", nodes["maskd_dedup"]["func"]) == [
+        "context.get('seen')", "context.set('seen', seen)"]
+
+
 def flow_client(node: dict) -> tuple[mqtt.Client, dict]:
     """A client set up as Node-RED's mqtt-broker node sets up its own from ``node``
     (nodes/core/network/10-mqtt.js): a random id when none is given, and then a clean session
