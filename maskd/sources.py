@@ -1003,7 +1003,7 @@ class ImageFolderSource:
             return False
         if self._good_this_pass == 0 and (self.paths, self._files) == (before, files_before) \
                 and not (retry and self._played == (before, files_before) and self._one_reads()):
-            self.why_ended = f"{self.folder}: none of its images can be read"
+            self.why_ended = none_read(self.folder)
             return False
         self._iter = iter(self.paths)
         self._good_this_pass = 0
@@ -1517,8 +1517,14 @@ class MissingSource(SourceError):
 
 
 class ClosedSource(MissingSource):
-    """The video file a source names is there but this user may not read it (a clip copied
-    with sudo, root's 0600): the service's user may, or may not."""
+    """The video file a source names, or every image of its folder, is there but this user may
+    not read it (a clip copied with sudo, root's 0600): the service's user may, or may not."""
+
+
+def none_read(folder: Path) -> str:
+    """The one wording of a folder of images none of which reads: a loop's end in `run`, and
+    check-config's warning of images this user may not open."""
+    return f"{folder}: none of its images can be read"
 
 
 def _kind_of(path: Path) -> str:
@@ -1565,7 +1571,8 @@ def source_file(cfg: SourceConfig) -> Path | None:
 def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
     """Raise what `open_source` raises for the file or folder ``cfg`` names, without opening
     it (MissingSource when it does not exist, or a folder holds no images; ``contents``: look
-    for them, as the images source does when it opens): `run` stops on it (78), and
+    for them, as the images source does when it opens, and ClosedSource when this user may
+    open none of them, on which `run` idles): `run` stops on it (78), and
     check-config says it in the same words, so it is not `run` alone that finds a source file
     missing. Cameras, streams, the Pi camera and the demo are not looked at (a camera may come
     later)."""
@@ -1578,9 +1585,13 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
         folder = None
         if _kind_of(path) == "file" and not os.access(path, os.R_OK):  # `run`'s open says so
             raise ClosedSource(f"{path}: {os.strerror(errno.EACCES)}")
-    if contents and folder is not None and not any(
-            isinstance(item, Path) for item in search_images(folder)):
-        raise MissingSource(no_images(folder))
+    if contents and folder is not None:
+        images = [item for item in search_images(folder) if isinstance(item, Path)]
+        if not images:
+            raise MissingSource(no_images(folder))
+        if not any(os.access(image, os.R_OK) for image in images):  # `run` idles on them
+            raise ClosedSource(f"{none_read(folder)} ({images[0]}: "
+                               f"{os.strerror(errno.EACCES)})")
 
 
 def turned(frame: Frame, degrees: int) -> Frame:

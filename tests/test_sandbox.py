@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mqtt_broker import Broker, Subscriber, free_port
 
@@ -793,3 +794,30 @@ def test_a_video_file_the_service_cannot_read_is_a_warning_in_check_config(
     rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
     assert rc == 0 and f"warning: {said} (as user nobody; the service may run as another)" \
         in out, out
+
+
+def test_a_folder_of_images_the_service_cannot_read_is_a_warning_in_check_config(
+        dirs: tuple[Path, Path], yunet_model: Path) -> None:
+    """`source.kind: images` a readable folder of images left root's 0600 (copied with sudo):
+    check-config, as the service user, said OK, doctor failed the camera and the service idled
+    with 0 frames ('none of its images can be read; idle, trying it again until it plays').
+    check-config now warns in run's words, naming the user; one image that reads is enough."""
+    state, config = dirs
+    demo_config(config, yunet_model, {})
+    images = config / "images"
+    images.mkdir(mode=0o755)
+    for name in ("a.jpg", "b.jpg"):
+        cv2 = pytest.importorskip("cv2")
+        cv2.imwrite(str(images / name), np.full((48, 64, 3), 128, np.uint8))
+        (images / name).chmod(0o600)
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["source"] = {"kind": "images", "uri": f"{sandbox.CONFIG}/images", "loop": True}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+    said = (f"warning: source: {sandbox.CONFIG}/images: none of its images can be read "
+            f"({sandbox.CONFIG}/images/a.jpg: Permission denied) (as user nobody; the service "
+            "may run as another)")
+    assert rc == 0 and said in out, out
+    (images / "b.jpg").chmod(0o644)
+    rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 0 and "warning" not in out, out

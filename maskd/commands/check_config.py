@@ -140,7 +140,8 @@ def source_problems(cfg: Config) -> tuple[list[str], list[str]]:
     """What `run` would stop on (78) in the files and folders the sources name, in its words
     (maskd.sources.check_source_path), found without opening anything: (errors, warnings). One
     missing is a warning, as a model file is (it may be there on the device, or in the service's
-    working directory); one that no machine can read frames from (a single image, a name too
+    working directory), and so is one this user may not read, a clip or every image of a folder
+    (the service's user may); one that no machine can read frames from (a single image, a name too
     long to look up) is an error. Cameras and streams are not opened: one may come later."""
     from maskd.sources import ClosedSource, MissingSource, check_source_path
     from maskd.types import SourceError
