@@ -66,7 +66,15 @@ import numpy as np
 
 from maskd.annotate import draw_verdicts, header_text
 from maskd.clock import oldest_first
-from maskd.files import PRIVATE_DIR, PRIVATE_FILE, READ_ONLY_NOW, failed_write, read_only_now
+from maskd.files import (
+    FAT,
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    READ_ONLY_NOW,
+    failed_write,
+    fs_type,
+    read_only_now,
+)
 from maskd.lograte import RateLimitedLog
 from maskd.types import Frame, FrameObserver, LoopStats, Verdict
 
@@ -93,6 +101,10 @@ STALL_BYTES = 8 * 1024 * 1024
 STALL_EMPTY_S = 300.0
 NOT_GROWING = ("stopped growing while frames were written to it: its writes fail (an I/O "
                "error: a failing card? `dmesg` says why)")
+# FAT32 (a stick's vfat) keeps no file of 4 GiB (4096 MiB): a larger segment stopped growing
+# there and was paused as a failing card. One there ends at this size: a segment ends at the
+# first frame past it, plus what the muxer held (its open cluster and index), well below 4 GiB.
+FAT_SEGMENT_MB = 4000.0
 RECENT = 100  # segments remembered (for names and tests); months of them would add up
 SUFFIX = ".mkv"  # survives being cut off (see above); the codec stays mp4v
 MAX_HOLD_S = 2.0  # a longer gap between frames starts a new file instead of a frozen frame
@@ -170,7 +182,9 @@ class ClipWriter(FrameObserver):
         self.name = name
         self.fps = fps
         self.segment_s = segment_s
+        self.segment_mb = segment_mb  # as configured, for the line about FAT32
         self.segment_bytes = int(segment_mb * MB)
+        self._fat_said = False
         self.keep_mb = keep_mb  # as configured, for the log lines (1.5 was said '2 MB')
         self.keep_bytes = int(keep_mb * MB)
         self.min_free = min_free
@@ -193,6 +207,7 @@ class ClipWriter(FrameObserver):
         self._last: np.ndarray | None = None  # the frame last written, to repeat into a gap
         self._shape: tuple[int, ...] = ()  # the open file's frame height and width
         self._size = 0
+        self._seg_bytes = self.segment_bytes  # the open file's (``_segment_cap``)
         self._grew_frames = 0  # the open file's frame count when its size last changed
         self._rate: float | None = None  # bytes per frame of the last file that grew at its close
         self._proving = False  # a new file after failed writes: recording again once it grows
@@ -409,7 +424,7 @@ class ClipWriter(FrameObserver):
                        "%dx%d); new file", self.name, shot.image.shape[1], shot.image.shape[0],
                        self._shape[1], self._shape[0])
             return True
-        return age >= self.segment_s or age < -1.0 or self._size >= self.segment_bytes
+        return age >= self.segment_s or age < -1.0 or self._size >= self._seg_bytes
 
     def _new_path(self) -> Path:
         path = self.outdir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}{SUFFIX}"
@@ -468,7 +483,22 @@ class ClipWriter(FrameObserver):
                 self.paused = None
         self._seg_frames, self._seg_t0, self._size, self._grew_frames = 0, shot.timestamp, 0, 0
         self._slot_t0 = shot.clock
+        self._seg_bytes = self._segment_cap()
         return True
+
+    def _segment_cap(self) -> int:
+        """The size at which the open segment ends: ``segment_mb``, or ``FAT_SEGMENT_MB`` on
+        FAT32, said once (the folder's file system is looked at per file: a stick mounted
+        later, or another one)."""
+        fs = fs_type(self.outdir)
+        if fs not in FAT or self.segment_bytes <= FAT_SEGMENT_MB * MB:
+            return self.segment_bytes
+        if not self._fat_said:
+            self._fat_said = True
+            log.info("annotated clip %s: %s is on %s (FAT32), which keeps no file of 4 GiB: its "
+                     "segments end at %g MB, not preview.annotate_segment_mb's %g", self.name,
+                     self.outdir, fs, FAT_SEGMENT_MB, self.segment_mb)
+        return int(FAT_SEGMENT_MB * MB)
 
     def _close_segment(self, stalled: bool = False) -> bool:
         """Close the open file; whether it grew at its close (what FFmpeg held reached the disk:

@@ -370,9 +370,13 @@ OWNERLESS = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk"})
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 
-def ownerless_fs(path: Path) -> str | None:
-    """The type of the file system holding ``path`` (or the folder it would be made in) where
-    it keeps no owners (``OWNERLESS``), else None."""
+# FAT32 keeps a file's size in 32 bits: a file stops growing at 4 GiB (EFBIG)
+FAT = frozenset({"vfat", "msdos"})
+
+
+def fs_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (or the folder it would be made in), as
+    /proc/self/mountinfo says it; None where that cannot be told."""
     try:
         st = os.stat(existing_place(Path(path)) or path)
         lines = MOUNTINFO.read_text().splitlines()
@@ -382,8 +386,14 @@ def ownerless_fs(path: Path) -> str | None:
     for line in lines:  # 'ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS] - TYPE SOURCE ...'
         fields, _, after = line.partition(" - ")
         if fields.split()[2:3] == [dev] and after:
-            return fs if (fs := after.split()[0]) in OWNERLESS else None
+            return after.split()[0]
     return None
+
+
+def ownerless_fs(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (or the folder it would be made in) where
+    it keeps no owners (``OWNERLESS``), else None."""
+    return fs if (fs := fs_type(path)) in OWNERLESS else None
 
 
 class CardWatch:

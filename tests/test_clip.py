@@ -1310,3 +1310,35 @@ def test_frames_changing_size_at_every_frame_say_so_once_a_minute(tmp_path, capl
     said = [r.getMessage() for r in caplog.records if "frames are" in r.getMessage()]
     assert len(w.paths) == 12  # a file each: the open one cannot take another size
     assert said == ["annotated clip photos: frames are 320x242 now (were 320x240); new file"], said
+
+
+def test_segments_on_a_fat32_stick_end_below_its_4_gib_file_limit(tmp_path, monkeypatch, caplog):
+    """FAT32 (vfat, msdos: most sticks up to 32 GB) keeps no file of 4 GiB: a segment of a
+    larger `preview.annotate_segment_mb` stopped growing there, and the clip was paused as a
+    failing card ('stopped growing'). On such a file system (/proc/self/mountinfo, as
+    `ownerless_fs` reads it) a segment now ends at FAT_SEGMENT_MB, said once; on exFAT at
+    segment_mb. The rule, not the limit: FAT_SEGMENT_MB scaled down to 0.25 MB here."""
+    from maskd import files
+
+    dev = os.stat(tmp_path).st_dev
+    mountinfo = tmp_path / "mountinfo"
+    monkeypatch.setattr(files, "MOUNTINFO", mountinfo)
+    monkeypatch.setattr(clip, "FAT_SEGMENT_MB", 0.25, raising=False)
+    caplog.set_level(logging.INFO, logger="maskd.clip")
+    for fs in ("vfat", "exfat"):
+        mountinfo.write_text(f"36 25 {os.major(dev)}:{os.minor(dev)} / / rw,noatime - {fs} "
+                             "/dev/sda1 rw,fmask=0022\n")
+        (out := tmp_path / fs).mkdir()
+        w = ClipWriter(out, "door", 15.0, segment_s=3600, segment_mb=100_000, keep_mb=10**7)
+        n = feed(w)
+        w.close()
+        sizes = [p.stat().st_size for p in w.paths]
+        assert sum(frames_in(p) for p in w.paths) == n and w.paused is None
+        if fs == "vfat":
+            assert len(sizes) >= 4 and all(s < 0.25 * MB + 256 * 1024 for s in sizes), sizes
+        else:
+            assert len(sizes) == 1, sizes
+    said = [r.getMessage() for r in caplog.records if "4 GiB" in r.getMessage()]
+    assert said == [f"annotated clip door: {tmp_path}/vfat is on vfat (FAT32), which keeps no "
+                    "file of 4 GiB: its segments end at 0.25 MB, not preview.annotate_segment_mb's "
+                    "100000"], said
