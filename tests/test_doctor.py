@@ -1331,3 +1331,23 @@ def test_a_source_in_tmp_is_told_a_place_a_folder_of_images_can_be_read_from(tmp
     d.sandbox()
     [check] = d.checks
     assert check.detail.endswith(f"move it to {doc._SOURCE_GOES}") and "0640" not in check.detail
+
+
+def test_doctor_run_as_root_says_its_rows_are_roots_view(tmp_path, monkeypatch):
+    """`sudo maskd doctor`, not `sudo -u maskd maskd doctor`: root reads what the service's user
+    may not (a folder of images left root's 0600 was camera OK, while the service idled with 0
+    frames) and nothing said so. Its first row after config now warns, naming the command; not
+    a failure (exit 0), and no such row for another user."""
+    from maskd.commands import doctor as doc
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {kind: demo}\n")
+    r = doctor(cfg)
+    row = r.stdout.splitlines()[2]
+    assert row.split()[:2] == ["user", "WARN"] and row.endswith(
+        "run as root, which reads what the service's user maskd may not: the rows below are "
+        f"root's view; run `sudo -u maskd maskd doctor --config {cfg}`"), r.stdout
+    monkeypatch.setattr(doc.os, "geteuid", lambda: 1000)
+    assert doc.root_row(cfg) is None

@@ -1,6 +1,7 @@
 """`maskd doctor`: check everything the service needs, one table line per check with a verdict.
 
-Run it as the service user on the device (`sudo -u maskd maskd doctor`) after installing or when
+Run it as the service user on the device (`sudo -u maskd maskd doctor`; as root a `user` row
+warns that its rows are root's view: ``root_row``) after installing or when
 something is off: it opens the real camera, loads the real models, talks to the real broker and
 times a few frames, so what it says is what the service will meet. Exit 0 when every required
 check passed, 78 when the config is invalid, 1 when another required check failed, 74 when the
@@ -1234,6 +1235,22 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     return OK, detail
 
 
+def root_row(path: Path | None, unit: Path = UNIT_FILE) -> Check | None:
+    """A WARN row when doctor runs as root (`sudo maskd doctor`): root reads and writes what the
+    service's user (the unit's User=) may not, so the file rows are root's view, not the
+    service's; None as any other user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = (_unit_values(unit, "User") or ["maskd"])[-1]
+    except OSError:
+        user = "maskd"
+    config = f" --config {shlex.quote(str(path))}" if path else ""
+    return Check("user", WARN, f"run as root, which reads what the service's user {user} may "
+                 f"not: the rows below are root's view; run `sudo -u {shlex.quote(user)} maskd "
+                 f"doctor{config}`", required=False)
+
+
 def main(args: argparse.Namespace) -> int:
     path = given_or_installed(args.config)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -1246,6 +1263,7 @@ def main(args: argparse.Namespace) -> int:
         return EX_CONFIG
     checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
                     f"{DEFAULT_CONFIG_PATH})")]
+    checks += [row] if (row := root_row(path)) else []
     checks += Doctor(cfg, args.frames, path).run_all()
     print_line(table(checks))
     failed = [c.name for c in checks if c.failed]
