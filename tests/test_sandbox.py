@@ -821,3 +821,40 @@ def test_a_folder_of_images_the_service_cannot_read_is_a_warning_in_check_config
     (images / "b.jpg").chmod(0o644)
     rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
     assert rc == 0 and "warning" not in out, out
+
+
+def test_a_root_doctor_names_the_privilege_of_a_low_port_another_program_holds(
+        dirs: tuple[Path, Path], yunet_model: Path, tmp_path: Path) -> None:
+    """`preview.http: 127.0.0.1:81` while another program (a web server) listens there: the
+    service (no capabilities) is refused the port before it is found in use and stops at start
+    (exit 78), but `sudo maskd doctor` said 'Address already in use (by another program?);
+    detection runs without the status page, which tries again every 30 s'. It now says the
+    port is one the service can never listen on, as check-config and run do."""
+    import socket
+
+    state, config = dirs
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
+    port = start - 1
+    demo_config(config, yunet_model, {})
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["preview"] = {"http": f"127.0.0.1:{port}"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    why = (f"a port below {start} needs a privilege the service does not have (no capabilities); "
+           f"use one from {start} up, e.g. 127.0.0.1:8080")
+    with socket_free(port), socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        rc, out = ran(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
+                      "--max-frames", "5")
+        assert rc == 78 and f"127.0.0.1:{port}: Permission denied: {why}" in out, out
+        cfg["detector"]["model"] = str(yunet_model)
+        cfg["state_dir"] = str(tmp_path / "root-state")
+        (tmp_path / "root.yaml").write_text(json.dumps(cfg))
+        r = subprocess.run([sys.executable, "-m", "maskd", "doctor", "--config",
+                            str(tmp_path / "root.yaml"), "--frames", "1"],
+                           capture_output=True, text=True, cwd=REPO, timeout=240)  # as root
+    row = next(line for line in r.stdout.splitlines() if line.startswith("preview http"))
+    assert "WARN" in row and f"127.0.0.1:{port}: {why}" in row and "again" not in row, r.stdout

@@ -141,6 +141,8 @@ def _check_http(listen: str) -> tuple[str, str]:
     except PreviewUnavailable as err:
         return FAIL, f"{listen}: {_err(err)}"
     except OSError as err:
+        if err.errno == errno.EADDRINUSE and (why := privileged_port(listen)):
+            return WARN, f"{listen}: {why}"  # the service is refused it before it is found in use
         if err.errno == errno.EADDRINUSE and _maskd_serves(host, port):
             return OK, f"{listen}: in use by a running maskd (the service?)"
         if err.errno == errno.EADDRINUSE:  # run detects without the page, and tries again
