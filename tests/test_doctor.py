@@ -555,6 +555,44 @@ def test_a_drop_ins_missing_read_write_path_without_its_dash_is_named(tmp_path, 
     assert f"ReadWritePaths=-{stick}/snaps " in row, row
 
 
+def test_a_read_write_path_with_its_plus_before_its_dash_is_ignored_as_systemd_does(
+        tmp_path, monkeypatch, request):
+    """`ReadWritePaths=+-/media/usb`: systemd takes a - only before the + (systemd.exec(5):
+    "specify - first"), so '+-PATH' leaves '-PATH', no absolute path, and the word is ignored
+    ('ReadWritePaths= path is not absolute, ignoring', systemd-analyze verify): the stick stays
+    read-only and the service stops at start (exit 78). doctor took it for -PATH and said
+    nothing; it now says the folder is read-only, as with no ReadWritePaths=. -+PATH stands."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    stick = Path(tempfile.mkdtemp(dir="/dev/shm"))  # outside /tmp, the service's own
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # and taken for a stick
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {stick}}}\n")
+
+    def sandbox(words: str) -> list[str]:
+        (tmp_path / "maskd.service.d/override.conf").write_text(
+            f"[Service]\nReadWritePaths={words}\n")
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        return [c.detail for c in d.checks]
+
+    if shutil.which("systemd-analyze"):  # what systemd makes of the word
+        (tmp_path / "t.service").write_text(
+            f"[Service]\nExecStart=/bin/true\nReadWritePaths=+-{stick} -+{stick}\n")
+        r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "t.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert f"path is not absolute, ignoring: -{stick}\n" in r.stderr + "\n", r.stderr
+        assert f"ignoring: +{stick}" not in r.stderr, r.stderr
+    [row] = sandbox(f"+-{stick}")
+    assert f"snapshots.dir: {stick} is read-only to the service" in row, row
+    assert sandbox(f"-+{stick}") == [] and sandbox(f"-{stick}") == []
+
+
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
     """`ln -s /home/pi/snaps /var/lib/maskd/snaps`, `snapshots.dir: /var/lib/maskd/snaps`: the
     sandbox row said '/var/lib/maskd/snaps is under /home ... move it to /var/lib/maskd', of a

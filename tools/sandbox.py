@@ -224,13 +224,19 @@ def main(argv: list[str]) -> int:
     a = parser.parse_args(argv)
     if why := missing():
         parser.error(why)
+    sys.path.insert(0, str(REPO))
+    from maskd.commands.doctor import read_write_word
+
     rw = []
-    for word in a.rw:  # a ReadWritePaths= word: with a - among its flags (-, +-, -+), a
-        bare = word.lstrip("-+")  # missing folder is left out
-        path = os.path.abspath(bare)
+    for word in a.rw:  # a ReadWritePaths= word: with a leading -, a missing folder is left out
+        passed_over, path = read_write_word(word)
+        if path is None:  # +-PATH too: systemd ignores it ('path is not absolute, ignoring')
+            print(f"sandbox: ReadWritePaths={word}: not an absolute path, which systemd ignores "
+                  "(the - goes before the +: -+PATH)", file=sys.stderr)
+            continue
         if os.path.exists(path):
-            rw.append(path)
-        elif "-" not in word[:len(word) - len(bare)]:  # systemd fails the unit's start so
+            rw.append(os.path.abspath(path))
+        elif not passed_over:  # systemd fails the unit's start so
             print(f"sandbox: ReadWritePaths={word}: no such folder, so the service does not "
                   "start (226/NAMESPACE); -PATH starts without it", file=sys.stderr)
             return 226

@@ -284,8 +284,18 @@ def _unit_values(unit: Path, setting: str) -> list[str]:
 
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
-    order; a leading - or + is only a flag (``_read_write_words``)."""
-    return [Path(w.lstrip("-+")) for w in _read_write_words(unit)]
+    order; a leading - or + is only a flag (``read_write_word``)."""
+    return [Path(path) for w in _read_write_words(unit) if (path := read_write_word(w)[1])]
+
+
+def read_write_word(word: str) -> tuple[bool, str | None]:
+    """A ReadWritePaths= word as systemd reads it: whether a missing path is passed over (a
+    leading -), and the path, after a + (RootDirectory='s, the host's here); None for a word it
+    ignores ('path is not absolute, ignoring'), such as +-PATH: the - is taken before the +
+    only, so the stick stayed read-only where doctor and tools/sandbox.py took it as -PATH."""
+    bare = word.removeprefix("-")
+    path = bare.removeprefix("+")
+    return bare != word, path if path.startswith("/") else None
 
 
 def _read_write_words(unit: Path) -> list[str]:
@@ -315,8 +325,9 @@ def unit_missing_paths(unit: Path) -> list[Path]:
             pass
         return False
 
-    return [Path(w.lstrip("-+")) for w in _read_write_words(unit)
-            if "-" not in w[:len(w) - len(w.lstrip("-+"))] and missing(w.lstrip("-+"))]
+    words = [read_write_word(w) for w in _read_write_words(unit)]
+    return [Path(path) for passed_over, path in words
+            if path and not passed_over and missing(path)]
 
 
 # The words systemd takes for a unit's yes and no (ProtectSystem=, ProtectHome=, PrivateTmp=).
