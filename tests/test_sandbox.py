@@ -665,6 +665,22 @@ def wait_for(done: object, proc: subprocess.Popen, timeout: float = 120) -> bool
     return False
 
 
+def low_port_config(config: Path, yunet_model: Path, port: int | None = None) -> tuple[int, str]:
+    """A demo config whose status page listens on a port below
+    net.ipv4.ip_unprivileged_port_start (``port``, or the highest such), and what maskd says of
+    it: (the port, why the service cannot listen there)."""
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
+    port = start - 1 if port is None else port
+    demo_config(config, yunet_model, {})
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["preview"] = {"http": f"127.0.0.1:{port}"}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    return port, (f"a port below {start} needs a privilege the service does not have (no "
+                  f"capabilities); use one from {start} up, e.g. 127.0.0.1:8080")
+
+
 def test_a_status_page_port_below_1024_is_refused_with_why_and_what_to_use(
         dirs: tuple[Path, Path], yunet_model: Path) -> None:
     """`preview.http: 0.0.0.0:80` under the unit (no capabilities): the service stopped with
@@ -675,23 +691,16 @@ def test_a_status_page_port_below_1024_is_refused_with_why_and_what_to_use(
     import socket
 
     state, config = dirs
-    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    if start < 2:
-        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
-    for port in range(start - 1, 0, -1):  # one this root may take, so only the privilege lacks
+    highest, why = low_port_config(config, yunet_model)
+    for port in range(highest, 0, -1):  # one this root may take, so only the privilege lacks
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
                 break
             except OSError:
                 continue
-    demo_config(config, yunet_model, {})
-    cfg = json.loads((config / "config.yaml").read_text())
-    cfg["preview"] = {"http": f"127.0.0.1:{port}"}
-    (config / "config.yaml").write_text(json.dumps(cfg))
-    said = (f"preview.http: cannot listen on 127.0.0.1:{port}: Permission denied: a port below "
-            f"{start} needs a privilege the service does not have (no capabilities); use one from "
-            f"{start} up, e.g. 127.0.0.1:8080")
+    port, why = low_port_config(config, yunet_model, port)
+    said = f"preview.http: cannot listen on 127.0.0.1:{port}: Permission denied: {why}"
     inside = f"{sandbox.CONFIG}/config.yaml"
     for cmd, code in ((["run", "--config", inside, "--max-frames", "5"], 78),
                       (["doctor", "--config", inside], 1)):
@@ -735,22 +744,14 @@ def test_check_config_and_a_root_doctor_warn_of_a_status_page_port_below_1024(
     from maskd.commands.doctor import _check_http
 
     state, config = dirs
-    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    if start < 2:
-        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
-    demo_config(config, yunet_model, {})
-    cfg = json.loads((config / "config.yaml").read_text())
-    cfg["preview"] = {"http": f"127.0.0.1:{start - 1}"}
-    (config / "config.yaml").write_text(json.dumps(cfg))
-    said = (f"a port below {start} needs a privilege the service does not have (no "
-            f"capabilities); use one from {start} up, e.g. 127.0.0.1:8080")
+    port, said = low_port_config(config, yunet_model)
     rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
-    assert rc == 0 and f"warning: preview.http: 127.0.0.1:{start - 1}: {said}" in out, out
+    assert rc == 0 and f"warning: preview.http: 127.0.0.1:{port}: {said}" in out, out
     r = subprocess.run([sys.executable, "-m", "maskd", "check-config", str(config / "config.yaml")],
                        capture_output=True, text=True, cwd=REPO)  # as root
     assert r.returncode == 0 and said in r.stderr, r.stderr
-    with socket_free(start - 1):
-        assert _check_http(f"127.0.0.1:{start - 1}") == ("WARN", f"127.0.0.1:{start - 1}: {said}")
+    with socket_free(port):
+        assert _check_http(f"127.0.0.1:{port}") == ("WARN", f"127.0.0.1:{port}: {said}")
 
 
 @contextlib.contextmanager
@@ -836,16 +837,7 @@ def test_a_root_doctor_names_the_privilege_of_a_low_port_another_program_holds(
     import socket
 
     state, config = dirs
-    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    if start < 2:
-        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
-    port = start - 1
-    demo_config(config, yunet_model, {})
-    cfg = json.loads((config / "config.yaml").read_text())
-    cfg["preview"] = {"http": f"127.0.0.1:{port}"}
-    (config / "config.yaml").write_text(json.dumps(cfg))
-    why = (f"a port below {start} needs a privilege the service does not have (no capabilities); "
-           f"use one from {start} up, e.g. 127.0.0.1:8080")
+    port, why = low_port_config(config, yunet_model)
     with socket_free(port), socket.socket() as held:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         held.bind(("127.0.0.1", port))
@@ -853,6 +845,7 @@ def test_a_root_doctor_names_the_privilege_of_a_low_port_another_program_holds(
         rc, out = ran(state, config, "run", "--config", f"{sandbox.CONFIG}/config.yaml",
                       "--max-frames", "5")
         assert rc == 78 and f"127.0.0.1:{port}: Permission denied: {why}" in out, out
+        cfg = json.loads((config / "config.yaml").read_text())
         cfg["detector"]["model"] = str(yunet_model)
         cfg["state_dir"] = str(tmp_path / "root-state")
         (tmp_path / "root.yaml").write_text(json.dumps(cfg))
