@@ -1032,6 +1032,8 @@ th{font-weight:600;color:#4a5568}
 #events{max-height:430px;overflow:auto}
 #health td:last-child{white-space:normal;overflow-wrap:anywhere}
 #health td:first-child,#active td:first-child,#eventlist td:nth-child(2){white-space:normal;overflow-wrap:anywhere;min-width:6em}
+/* a phone: one column, the tables' cells wrap */
+@media (max-width:661px){main{grid-template-columns:minmax(0,1fr);padding:8px}td,th{white-space:normal}}
 </style></head>
 <body>
 <header><h1 id="title">maskd</h1><span id="clock" class="muted"></span></header>

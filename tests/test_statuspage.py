@@ -579,11 +579,11 @@ class Feeder:
         self._thread.join()
 
 
-def open_page(tmp_path: Path, url: str) -> Chromium:
+def open_page(tmp_path: Path, url: str, width: int = 1280, height: int = 900) -> Chromium:
     if CHROMIUM is None:
         pytest.skip("needs chromium (apt-get install chromium; tests/run.sh does)")
     try:
-        browser = Chromium(tmp_path / "profile", width=1280, height=900)
+        browser = Chromium(tmp_path / "profile", width=width, height=height)
         browser.open(url)
     except (BrowserError, OSError) as err:
         pytest.skip(f"chromium cannot start here: {err}")
@@ -643,6 +643,37 @@ def test_eight_cameras_with_long_names_keep_every_column_in_view(tmp_path):
             value = browser.evaluate("document.querySelectorAll('#health tr')[1].cells[1]"
                                      ".getBoundingClientRect().width")
             assert value >= 150, value
+    finally:
+        srv.close()
+
+
+def test_a_phone_reads_the_whole_page_without_scrolling_sideways(tmp_path):
+    """The facilities team opens the page on a phone (360 pixels wide): the two columns kept
+    their 320 + 300 pixels, so the page was 648 pixels wide and the active violations, the
+    health and the last events stood off the screen to the right of the camera, reached only by
+    scrolling sideways. Narrower than both columns, the page is one column: every section is
+    below the camera, within the screen's width; a table wider than its box scrolls in it."""
+    srv = StatusServer("127.0.0.1:0", title="phone").start()
+    view = srv.attach("door", "blazeface-full (face_detection_full_range.tflite), input 192x192",
+                      "c")
+    feed(view, 60, 0)
+    view.emit(event("start", "a", camera="door"))
+    view.emit(event("end", "b", camera="door"))
+    try:
+        with open_page(tmp_path, srv.url, width=360, height=740) as browser:
+            assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 1 && "
+                                    "document.querySelectorAll('#active th').length > 1", 20)
+            assert browser.evaluate("document.documentElement.scrollWidth") <= 360
+            boxes = browser.evaluate("""[...document.querySelectorAll('section')].map(s => {
+              const r = s.getBoundingClientRect(), t = s.querySelector('table, img');
+              const box = t.closest('#events') || s;
+              return [s.querySelector('h2').textContent, r.left, r.right,
+                      t.getBoundingClientRect().right <= box.getBoundingClientRect().right + 1
+                      || box.scrollWidth > box.clientWidth && getComputedStyle(box).overflowX
+                         !== 'visible'];
+            })""")
+            assert len(boxes) == 4 and all(0 <= left and right <= 360 and fits
+                                           for _, left, right, fits in boxes), boxes
     finally:
         srv.close()
 
