@@ -678,6 +678,39 @@ def test_a_phone_reads_the_whole_page_without_scrolling_sideways(tmp_path):
         srv.close()
 
 
+def contrast(fg: list[float], bg: list[float]) -> float:
+    """WCAG's contrast ratio of two sRGB colours (0-255 each)."""
+    def lum(rgb: list[float]) -> float:
+        c = [v / 255 for v in rgb[:3]]
+        c = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+    hi, lo = sorted([lum(fg), lum(bg)], reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_clock_and_the_lost_service_line_are_readable_on_the_header(tmp_path):
+    """The header's clock is where the page says it lost the service ("not reachable: ...",
+    "not signed in: ..."): it was grey #6b7280 on the dark header, a contrast of 3.2:1 (WCAG
+    asks 4.5:1 for 14-pixel text; axe-core's color-contrast, serious), hard to read on a
+    phone in daylight or across the lobby. Now at least 4.5:1, while the page answers and
+    once it is lost."""
+    srv = StatusServer("127.0.0.1:0", title="clock").start()
+    pair = """[getComputedStyle(document.getElementById('clock')).color,
+               getComputedStyle(document.querySelector('header')).backgroundColor]
+              .map(c => c.match(/[0-9.]+/g).map(Number))"""
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for("/[0-9]+:[0-9]+/.test(document.getElementById('clock')?"
+                                    ".textContent || '')", 20)
+            assert contrast(*browser.evaluate(pair)) >= 4.5, browser.evaluate(pair)
+            srv.close()
+            assert browser.wait_for("document.getElementById('clock').textContent"
+                                    ".includes('not reachable')", 20)
+            assert contrast(*browser.evaluate(pair)) >= 4.5, browser.evaluate(pair)
+    finally:
+        srv.close()
+
+
 def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
     """The lines Home Assistant's problem entity shows (``stats.problems``: here a sink's
     fault, a certificate near its end) are on the page under their camera, in red, and go."""
