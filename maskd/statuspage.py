@@ -1043,7 +1043,7 @@ th{font-weight:600;color:#4a5568}
 <div>
 <section><h2>Active violations</h2><table id="active"><tr><td class="muted">loading</td></tr></table></section>
 <section><h2>Health</h2><table id="health"></table></section>
-<section><h2>Last events</h2><div id="events"><table id="eventlist"></table></div></section>
+<section><h2>Last events</h2><div id="events" tabindex="0" role="region" aria-label="last events, newest first"><table id="eventlist"></table></div></section>
 </div>
 </main>
 <noscript>This page needs JavaScript; the data is at /api/status, /api/events and /metrics.</noscript>

@@ -711,6 +711,36 @@ def test_the_clock_and_the_lost_service_line_are_readable_on_the_header(tmp_path
         srv.close()
 
 
+def test_the_last_events_scroll_from_the_keyboard(tmp_path):
+    """The last events scroll in their own box (50 rows, and sideways on a phone), and the box
+    had neither a tabindex nor a name (axe-core: scrollable-region-focusable, serious): a
+    browser that does not focus scrollers by itself (Safari; Chromium before 130) left the
+    older events out of reach of a keyboard, and a screen reader met an unnamed box. It now
+    takes the focus on its own (Tab reaches it, End scrolls it) and is named."""
+    srv = StatusServer("127.0.0.1:0", title="keys").start()
+    view = srv.attach("door", "d", "c")
+    feed(view, 60, 0)
+    for i in range(40):
+        view.emit(event("start", f"e{i}", camera="door"))
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 40", 20)
+            box = "document.getElementById('events')"
+            assert browser.evaluate(f"{box}.scrollHeight > {box}.clientHeight")
+            for kind in ("keyDown", "keyUp"):
+                browser.send("Input.dispatchKeyEvent", {"type": kind, "key": "Tab", "code": "Tab",
+                                                        "windowsVirtualKeyCode": 9})
+            assert browser.evaluate(f"document.activeElement === {box}")
+            assert browser.evaluate(f"{box}.getAttribute('tabindex')") == "0"
+            assert browser.evaluate(f"{box}.getAttribute('aria-label')")
+            for kind in ("rawKeyDown", "keyUp"):
+                browser.send("Input.dispatchKeyEvent", {"type": kind, "key": "End", "code": "End",
+                                                        "windowsVirtualKeyCode": 35})
+            assert browser.wait_for(f"{box}.scrollTop > 0", 5)
+    finally:
+        srv.close()
+
+
 def test_the_page_lists_a_cameras_problems_and_drops_them_once_gone(tmp_path):
     """The lines Home Assistant's problem entity shows (``stats.problems``: here a sink's
     fault, a certificate near its end) are on the page under their camera, in red, and go."""
