@@ -1375,17 +1375,37 @@ def test_doctor_run_as_root_says_its_rows_are_roots_view(tmp_path, monkeypatch):
     """`sudo maskd doctor`, not `sudo -u maskd maskd doctor`: root reads what the service's user
     may not (a folder of images left root's 0600 was camera OK, while the service idled with 0
     frames) and nothing said so. Its first row after config now warns, naming the command; not
-    a failure (exit 0), and no such row for another user."""
+    a failure (exit 0), and no such row for another user. Only of a service user there is: root
+    with no such account (maskd run by root in a container, no unit installed) or a unit run as
+    root (User=root, or User= emptied in a drop-in) was told `sudo -u maskd`, 'unknown user'."""
+    import pwd
+
     from maskd.commands import doctor as doc
 
     if os.geteuid() != 0:
         pytest.skip("needs root")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("source: {kind: demo}\n")
-    r = doctor(cfg)
-    row = r.stdout.splitlines()[2]
-    assert row.split()[:2] == ["user", "WARN"] and row.endswith(
-        "run as root, which reads what the service's user maskd may not: the rows below are "
-        f"root's view; run `sudo -u maskd maskd doctor --config {cfg}`"), r.stdout
+    unit = tmp_path / "maskd.service"
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    unit.write_text("[Service]\nUser=nobody\n")
+    row = doc.root_row(cfg)
+    assert row is not None and (row.name, row.verdict, row.required) == ("user", doc.WARN, False)
+    assert row.detail == ("run as root, which reads what the service's user nobody may not: the "
+                          f"rows below are root's view; run `sudo -u nobody maskd doctor --config "
+                          f"{cfg}`"), row.detail
+    for users in ("User=root", "User=nobody\nUser=", "User=0"):
+        unit.write_text(f"[Service]\n{users}\n")
+        assert doc.root_row(cfg) is None, users
+    unit.unlink()  # no unit: the service's user is maskd, where there is such an account
+    try:
+        pwd.getpwnam("maskd")
+        named = True
+    except KeyError:
+        named = False
+    assert (doc.root_row(cfg) is not None) == named
+    r = doctor(cfg)  # the real command (no unit here)
+    assert r.returncode == 0 and ("user" in rows(r.stdout)) == named, r.stdout
     monkeypatch.setattr(doc.os, "geteuid", lambda: 1000)
+    unit.write_text("[Service]\nUser=nobody\n")
     assert doc.root_row(cfg) is None

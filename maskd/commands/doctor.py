@@ -1248,16 +1248,25 @@ def inspect_outbox(cfg: Config) -> tuple[str, str]:
     return OK, detail
 
 
-def root_row(path: Path | None, unit: Path = UNIT_FILE) -> Check | None:
+def root_row(path: Path | None) -> Check | None:
     """A WARN row when doctor runs as root (`sudo maskd doctor`): root reads and writes what the
-    service's user (the unit's User=) may not, so the file rows are root's view, not the
-    service's; None as any other user."""
+    service's user (the unit's User=, else maskd) may not, so the file rows are root's view, not
+    the service's; None as any other user, and where that user is root too or no such account
+    is there (maskd run by root, no unit: `sudo -u maskd` would be 'unknown user')."""
+    import pwd
+
     if os.geteuid() != 0:
         return None
     try:
-        user = (_unit_values(unit, "User") or ["maskd"])[-1]
+        user = (_unit_values(UNIT_FILE, "User") or ["maskd"])[-1]
     except OSError:
         user = "maskd"
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid  # User= takes a UID
+    except KeyError:  # also User= emptied in a drop-in: root, as with none
+        return None
+    if uid == 0:
+        return None
     config = f" --config {shlex.quote(str(path))}" if path else ""
     return Check("user", WARN, f"run as root, which reads what the service's user {user} may "
                  f"not: the rows below are root's view; run `sudo -u {shlex.quote(user)} maskd "
