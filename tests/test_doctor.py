@@ -583,13 +583,16 @@ def test_a_read_write_path_with_its_plus_before_its_dash_is_ignored_as_systemd_d
 
     if shutil.which("systemd-analyze"):  # what systemd makes of the word
         (tmp_path / "t.service").write_text(
-            f"[Service]\nExecStart=/bin/true\nReadWritePaths=+-{stick} -+{stick}\n")
+            f"[Service]\nExecStart=/bin/true\nReadWritePaths=+-{stick} -+{stick} "
+            f"/dev/..{stick}\n")
         r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "t.service")],
                            capture_output=True, text=True, timeout=60)
         assert f"path is not absolute, ignoring: -{stick}\n" in r.stderr + "\n", r.stderr
         assert f"ignoring: +{stick}" not in r.stderr, r.stderr
-    [row] = sandbox(f"+-{stick}")
-    assert f"snapshots.dir: {stick} is read-only to the service" in row, row
+        assert f"path is not normalized, ignoring: /dev/..{stick}\n" in r.stderr + "\n"
+    for ignored in (f"+-{stick}", f"/dev/..{stick}", f"-/dev/..{stick}"):  # '..': ignored
+        [row] = sandbox(ignored)
+        assert f"snapshots.dir: {stick} is read-only to the service" in row, (ignored, row)
     assert sandbox(f"-+{stick}") == [] and sandbox(f"-{stick}") == []
 
 

@@ -231,8 +231,8 @@ def main(argv: list[str]) -> int:
     for word in a.rw:  # a ReadWritePaths= word: with a leading -, a missing folder is left out
         passed_over, path = read_write_word(word)
         if path is None:  # +-PATH too: systemd ignores it ('path is not absolute, ignoring')
-            print(f"sandbox: ReadWritePaths={word}: not an absolute path, which systemd ignores "
-                  "(the - goes before the +: -+PATH)", file=sys.stderr)
+            print(f"sandbox: ReadWritePaths={word}: not an absolute path without .., which "
+                  "systemd ignores (the - goes before the +: -+PATH)", file=sys.stderr)
             continue
         if os.path.exists(path):
             rw.append(os.path.abspath(path))

@@ -292,10 +292,12 @@ def read_write_word(word: str) -> tuple[bool, str | None]:
     """A ReadWritePaths= word as systemd reads it: whether a missing path is passed over (a
     leading -), and the path, after a + (RootDirectory='s, the host's here); None for a word it
     ignores ('path is not absolute, ignoring'), such as +-PATH: the - is taken before the +
-    only, so the stick stayed read-only where doctor and tools/sandbox.py took it as -PATH."""
+    only, so the stick stayed read-only where doctor and tools/sandbox.py took it as -PATH;
+    and one with a .. in it ('path is not normalized, ignoring': /var/lib/../media/usb)."""
     bare = word.removeprefix("-")
     path = bare.removeprefix("+")
-    return bare != word, path if path.startswith("/") else None
+    absolute = path.startswith("/") and ".." not in path.split("/")
+    return bare != word, path if absolute else None
 
 
 def _read_write_words(unit: Path) -> list[str]:
