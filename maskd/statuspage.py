@@ -1022,19 +1022,20 @@ body{margin:0;font:14px/1.35 system-ui,sans-serif;background:#f4f5f7;color:#1d24
 header{background:#1d2430;color:#fff;padding:8px 14px;display:flex;gap:18px;align-items:baseline}
 header h1{font-size:17px;margin:0}
 header .muted{color:#b8c0cc}
-main{display:grid;grid-template-columns:minmax(320px,660px) minmax(300px,1fr);gap:14px;padding:14px}
+main{display:grid;grid-template-columns:minmax(320px,660px) minmax(350px,1fr);gap:14px;padding:14px}
 section{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px 12px;margin-bottom:14px}
-h2{font-size:15px;margin:2px 0 8px}
+h2{font-size:15px;margin:2px 0 8px;overflow-wrap:anywhere}
 img.live{display:block;width:100%;max-width:640px;background:#000}
 table{border-collapse:collapse;width:100%}
-td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eceef2;white-space:nowrap}
+td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eceef2}
 th{font-weight:600;color:#4a5568}
 .bad{color:#b42318;font-weight:600}.ok{color:#067647;font-weight:600}.muted{color:#6b7280}
 #events{max-height:430px;overflow:auto}
 #health td:last-child{white-space:normal;overflow-wrap:anywhere}
 #health td:first-child,#active td:first-child,#eventlist td:nth-child(2){white-space:normal;overflow-wrap:anywhere;min-width:6em}
-/* a phone: one column, the tables' cells wrap */
-@media (max-width:661px){main{grid-template-columns:minmax(0,1fr);padding:8px}td,th{white-space:normal}}
+/* a phone, or narrower than both columns (320 + 350, the active violations need 322; and
+   a desktop browser's scrollbar, 15): one column */
+@media (max-width:729px){main{grid-template-columns:minmax(0,1fr);padding:8px}}
 </style></head>
 <body>
 <header><h1 id="title">maskd</h1><span id="clock" class="muted"></span></header>

@@ -678,6 +678,44 @@ def test_a_phone_reads_the_whole_page_without_scrolling_sideways(tmp_path):
         srv.close()
 
 
+def test_a_tablet_or_a_narrow_window_reads_the_page_without_scrolling_sideways(tmp_path):
+    """Between the phone's one column (661 pixels) and about 1100 pixels (a tablet upright at
+    768, a 1024 lobby screen) the right column kept 300 pixels, where the active violations'
+    table, its cells never wrapping, needed 394 (480 with a long camera name): the page was
+    92-180 pixels wider than the screen, the scores off to the right; and a camera name of 64
+    characters ran past its section. The cells now wrap, the right column keeps 350 pixels (one
+    column below 730, a desktop's scrollbar counted), a name breaks, the live image stays
+    within its column."""
+    srv = StatusServer("127.0.0.1:0", title="tablet").start()
+    names = ["door", "door_1_" + "x" * 57]
+    views = [srv.attach(n, "blazeface-full (face_detection_full_range.tflite), input 192x192",
+                        "c") for n in names]
+    for v in views:
+        feed(v, 60, 0)
+    views[0].emit(event("start", "a", camera=names[0], t=time.time()))
+    views[1].emit(event("start", "b", camera=names[1]))
+    views[1].emit(event("end", "c", camera=names[1]))
+    fits = """[...document.querySelectorAll('section')].map(s => {
+      const r = s.getBoundingClientRect();
+      return [s.querySelector('h2').textContent.slice(0, 20), r.right, s.scrollWidth
+              <= s.clientWidth || getComputedStyle(s).overflowX !== 'visible',
+              [...s.querySelectorAll('img')].every(i => i.getBoundingClientRect().right
+                                                       <= r.right)];
+    })"""
+    try:
+        for width in (700, 730, 768, 1024):
+            with open_page(tmp_path / str(width), srv.url, width=width, height=800) as browser:
+                assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 2 "
+                                        "&& document.querySelectorAll('#active tr').length > 2",
+                                        20)
+                assert browser.evaluate("document.documentElement.scrollWidth") <= width
+                boxes = browser.evaluate(fits)
+                assert len(boxes) == 5 and all(right <= width and fits and img
+                                               for _, right, fits, img in boxes), (width, boxes)
+    finally:
+        srv.close()
+
+
 def contrast(fg: list[float], bg: list[float]) -> float:
     """WCAG's contrast ratio of two sRGB colours (0-255 each)."""
     def lum(rgb: list[float]) -> float:
