@@ -1412,3 +1412,25 @@ def test_doctor_run_as_root_says_its_rows_are_roots_view(tmp_path, monkeypatch):
     monkeypatch.setattr(doc.os, "geteuid", lambda: 1000)
     unit.write_text("[Service]\nUser=nobody\n")
     assert doc.root_row(cfg) is None
+
+
+def test_doctor_run_as_root_names_a_numeric_service_user_as_sudo_takes_it(tmp_path, monkeypatch):
+    """User= takes a UID (User=65534): the row told to run `sudo -u 65534 maskd doctor`, and
+    sudo takes a bare number as a name: 'unknown user 65534', the account there or not. It now
+    names the account (`sudo -u nobody`), and is left out for a UID with no account, as a name
+    with none is (`sudo -u '#4242'` is 'unknown user' too)."""
+    import pwd
+
+    from maskd.commands import doctor as doc
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    unit = tmp_path / "maskd.service"
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    name = pwd.getpwuid(65534).pw_name
+    unit.write_text("[Service]\nUser=65534\n")
+    row = doc.root_row(None)
+    assert row is not None and row.detail.endswith(f"run `sudo -u {name} maskd doctor`"), row
+    unused = next(uid for uid in range(4242, 5000) if uid not in {p.pw_uid for p in pwd.getpwall()})
+    unit.write_text(f"[Service]\nUser={unused}\n")
+    assert doc.root_row(None) is None

@@ -1254,7 +1254,8 @@ def root_row(path: Path | None) -> Check | None:
     """A WARN row when doctor runs as root (`sudo maskd doctor`): root reads and writes what the
     service's user (the unit's User=, else maskd) may not, so the file rows are root's view, not
     the service's; None as any other user, and where that user is root too or no such account
-    is there (maskd run by root, no unit: `sudo -u maskd` would be 'unknown user')."""
+    is there (maskd run by root, no unit: `sudo -u maskd` would be 'unknown user'; a UID with
+    none too: `sudo -u '#4242'` is)."""
     import pwd
 
     if os.geteuid() != 0:
@@ -1263,12 +1264,13 @@ def root_row(path: Path | None) -> Check | None:
         user = (_unit_values(UNIT_FILE, "User") or ["maskd"])[-1]
     except OSError:
         user = "maskd"
-    try:
-        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid  # User= takes a UID
+    try:  # User= takes a UID, which sudo -u takes as a name: the account's name it knows
+        account = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:  # also User= emptied in a drop-in: root, as with none
         return None
-    if uid == 0:
+    if account.pw_uid == 0:
         return None
+    user = account.pw_name
     config = f" --config {shlex.quote(str(path))}" if path else ""
     return Check("user", WARN, f"run as root, which reads what the service's user {user} may "
                  f"not: the rows below are root's view; run `sudo -u {shlex.quote(user)} maskd "
