@@ -716,6 +716,26 @@ def test_a_tablet_or_a_narrow_window_reads_the_page_without_scrolling_sideways(t
         srv.close()
 
 
+def test_a_long_device_id_stays_within_a_phones_header(tmp_path):
+    """The header names the device (device_id: up to 64 letters, digits, _ and -; Chromium
+    breaks no line at a _): "hospital_north_wing_main_entrance_camera_1" on a phone (360
+    pixels) ran 95 pixels past the screen, the clock beside it 176, and the page scrolled
+    sideways. The name now breaks where it must."""
+    srv = StatusServer("127.0.0.1:0", title="hospital_north_wing_main_entrance_camera_1").start()
+    feed(srv.attach("door", "d", "c"), 60, 0)
+    try:
+        with open_page(tmp_path, srv.url, width=360, height=740) as browser:
+            assert browser.wait_for("(document.getElementById('title')?.textContent || '')"
+                                    ".includes('hospital') && /[0-9]+:[0-9]+/.test("
+                                    "document.getElementById('clock')?.textContent)", 20)
+            right = browser.evaluate("['title', 'clock'].map(i => document.getElementById(i)"
+                                     ".getBoundingClientRect().right)")
+            assert browser.evaluate("document.documentElement.scrollWidth") <= 360, right
+            assert all(r <= 360 for r in right), right
+    finally:
+        srv.close()
+
+
 def contrast(fg: list[float], bg: list[float]) -> float:
     """WCAG's contrast ratio of two sRGB colours (0-255 each)."""
     def lum(rgb: list[float]) -> float:
