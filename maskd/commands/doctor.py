@@ -547,9 +547,9 @@ class Doctor:
                      "missing, so systemd refuses to start the service (226/NAMESPACE); create "
                      f"it, or write ReadWritePaths=-{shlex.quote(str(_there(missing)))} in its "
                      "place (the - lets the service start while it is missing)", required=False)
-        # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's
-        # a ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
-        # folder run is still to make under it stayed read-only, and the row said nothing
+        # systemd's mounts follow links: a link under /var/lib/maskd to a stick is the stick's.
+        # A ReadWritePaths= not there now is left out (-) or fails the start (226/NAMESPACE): a
+        # folder run is still to make under it stayed read-only, and the row said nothing.
         named = unit_read_write_paths(UNIT_FILE)
         writable = [*API_WRITABLE, *(_leads_to(w) for w in (SERVICE_DIR, *named)
                                      if w == SERVICE_DIR or w.exists())]
