@@ -596,6 +596,56 @@ def test_a_read_write_path_with_its_plus_before_its_dash_is_ignored_as_systemd_d
     assert sandbox(f"-+{stick}") == [] and sandbox(f"-{stick}") == []
 
 
+def test_read_write_paths_with_systemd_specifiers_are_filled_in_as_systemd_does(
+        tmp_path, monkeypatch, request):
+    """`systemctl edit maskd` with ReadWritePaths=-%C/maskd-usb (systemd.unit(5): %C is
+    /var/cache for the system manager, %% a %): doctor took the word for a path not absolute
+    and said the folder the service writes was read-only to it. The specifiers of a fixed folder
+    are filled in (%h is root's home, not User='s); any other (%Y, the unit file's folder) is not
+    guessed: the read-only row is then no warning and names the word it cannot judge."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    (tmp_path / "maskd.service.d").mkdir()
+    words = "-%S/maskd-usb %C/a -%L/b +%t/c %T/d %V/e %E/f %h/g /srv/100%%/%n/%N -%Y/x"
+    (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\nReadWritePaths={words}\n")
+    if shutil.which("systemd-analyze"):  # systemd takes each word (none 'not absolute')
+        (tmp_path / "t.service").write_text(f"[Service]\nExecStart=/bin/true\nReadWritePaths={words}\n")
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "t.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert "ReadWritePaths" not in r.stderr and "specifier" not in r.stderr, r.stderr
+    assert doc.unit_read_write_paths(unit) == [Path(p) for p in (
+        "/var/lib/maskd-usb", "/var/cache/a", "/var/log/b", "/run/c", "/tmp/d", "/var/tmp/e",
+        "/etc/f", "/root/g", "/srv/100%/maskd.service/maskd")]
+    assert doc.unit_unjudged(unit) == [("-%Y/x", "%Y")]  # the unit file's folder
+    # the row, of a stick whose folder is written with a %% (outside /tmp: the service's own)
+    stick = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="usb%Y"))
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # /dev/shm taken for a stick
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {stick}/s}}\n")
+
+    def sandbox(drop_in: str) -> list:
+        (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\n{drop_in}\n")
+        d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+        d.sandbox()
+        return d.checks
+
+    written = str(stick).replace("%", "%%")
+    assert sandbox(f"ReadWritePaths=-{written}") == []
+    [row] = sandbox(f"ReadWritePaths=-{stick}")  # its % as a specifier: %Y, not judged
+    assert row.verdict == doc.INFO and row.detail.endswith(
+        f"unless ReadWritePaths=-{stick} opens it (doctor cannot tell which folder systemd "
+        f"makes of %Y: `systemctl show maskd -p ReadWritePaths` says)"), row
+    [row] = sandbox("ReadWritePaths=")  # nothing unjudged: the warning as before
+    assert row.verdict == doc.WARN and row.detail.endswith("226/NAMESPACE)"), row
+    row = sandbox(f"ReadWritePaths={written}/gone")[0]  # missing without its -: named filled in
+    assert row.detail.startswith(f"ReadWritePaths={stick}/gone (`systemctl cat maskd`) is "
+                                 "missing"), row
+
+
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
     """`ln -s /home/pi/snaps /var/lib/maskd/snaps`, `snapshots.dir: /var/lib/maskd/snaps`: the
     sandbox row said '/var/lib/maskd/snaps is under /home ... move it to /var/lib/maskd', of a

@@ -225,11 +225,14 @@ def main(argv: list[str]) -> int:
     if why := missing():
         parser.error(why)
     sys.path.insert(0, str(REPO))
-    from maskd.commands.doctor import read_write_word
+    from maskd.commands.doctor import Unjudged, read_write_word
 
     rw = []
     for word in a.rw:  # a ReadWritePaths= word: with a leading -, a missing folder is left out
-        passed_over, path = read_write_word(word)
+        try:
+            passed_over, path = read_write_word(word)
+        except Unjudged as err:
+            parser.error(f"--rw={word}: {err} is not filled in here; give the folder")
         if path is None:  # +-PATH too: systemd ignores it ('path is not absolute, ignoring')
             print(f"sandbox: ReadWritePaths={word}: not an absolute path without .., which "
                   "systemd ignores (the - goes before the +: -+PATH)", file=sys.stderr)

@@ -285,19 +285,67 @@ def _unit_values(unit: Path, setting: str) -> list[str]:
 def unit_read_write_paths(unit: Path) -> list[Path]:
     """The ReadWritePaths= of ``unit`` and its drop-ins (``systemctl edit``), in systemd's
     order; a leading - or + is only a flag (``read_write_word``)."""
-    return [Path(path) for w in _read_write_words(unit) if (path := read_write_word(w)[1])]
+    return [Path(path) for _, path in _judged_words(unit) if path]
 
 
-def read_write_word(word: str) -> tuple[bool, str | None]:
+# The specifiers systemd's system manager fills in with the same text on every machine
+# (systemd.unit(5), SPECIFIERS): %h is root's home, whatever User= says. Any other one (%H, %m,
+# %d, ...) is not guessed: the word is named as one doctor cannot judge (``Unjudged``).
+_SPECIFIERS = {"S": "/var/lib", "C": "/var/cache", "L": "/var/log", "t": "/run", "T": "/tmp",
+               "V": "/var/tmp", "E": "/etc", "h": "/root", "%": "%"}
+
+
+class Unjudged(ValueError):
+    """A ReadWritePaths= word with a specifier doctor does not fill in as systemd would."""
+
+
+def unit_specifiers(text: str, unit_name: str = "maskd.service") -> str:
+    """``text`` with its systemd specifiers filled in as the system manager fills them in a
+    path (%S/maskd-usb: /var/lib/maskd-usb; %N: the unit's name), or ``Unjudged``."""
+    known = {**_SPECIFIERS, "n": unit_name, "N": unit_name.rpartition(".")[0]}
+    out, rest = [], text
+    while (at := rest.find("%")) >= 0:
+        letter = rest[at + 1:at + 2]
+        if letter not in known:
+            raise Unjudged(f"%{letter}" if letter else "a % at its end")
+        out += [rest[:at], known[letter]]
+        rest = rest[at + 2:]
+    return "".join([*out, rest])
+
+
+def read_write_word(word: str, unit_name: str = "maskd.service") -> tuple[bool, str | None]:
     """A ReadWritePaths= word as systemd reads it: whether a missing path is passed over (a
-    leading -), and the path, after a + (RootDirectory='s, the host's here); None for a word it
-    ignores ('path is not absolute, ignoring'), such as +-PATH: the - is taken before the +
-    only, so the stick stayed read-only where doctor and tools/sandbox.py took it as -PATH;
-    and one with a .. in it ('path is not normalized, ignoring': /var/lib/../media/usb)."""
+    leading -), and the path, after a + (RootDirectory='s, the host's here) and its specifiers
+    filled in (-%S/maskd-usb was taken for a path not absolute: a folder the service writes said
+    read-only; ``Unjudged`` for one doctor does not know); None for a word it ignores ('path is
+    not absolute, ignoring'), such as +-PATH: the - is taken before the + only, so the stick
+    stayed read-only where doctor and tools/sandbox.py took it as -PATH; and one with a .. in
+    it ('path is not normalized, ignoring': /var/lib/../media/usb)."""
     bare = word.removeprefix("-")
-    path = bare.removeprefix("+")
+    path = unit_specifiers(bare.removeprefix("+"), unit_name)
     absolute = path.startswith("/") and ".." not in path.split("/")
     return bare != word, path if absolute else None
+
+
+def _judged_words(unit: Path) -> list[tuple[bool, str | None]]:
+    """``read_write_word`` of each ReadWritePaths= word of ``unit`` doctor can judge."""
+    words = []
+    for word in _read_write_words(unit):
+        with contextlib.suppress(Unjudged):
+            words.append(read_write_word(word, unit.name))
+    return words
+
+
+def unit_unjudged(unit: Path) -> list[tuple[str, str]]:
+    """The ReadWritePaths= words of ``unit`` and its drop-ins whose folder doctor cannot tell
+    (a specifier it does not fill in), each with that specifier."""
+    found = []
+    for word in _read_write_words(unit):
+        try:
+            read_write_word(word, unit.name)
+        except Unjudged as err:
+            found.append((word, str(err)))
+    return found
 
 
 def _read_write_words(unit: Path) -> list[str]:
@@ -327,8 +375,7 @@ def unit_missing_paths(unit: Path) -> list[Path]:
             pass
         return False
 
-    words = [read_write_word(w) for w in _read_write_words(unit)]
-    return [Path(path) for passed_over, path in words
+    return [Path(path) for passed_over, path in _judged_words(unit)
             if path and not passed_over and missing(path)]
 
 
@@ -554,6 +601,10 @@ class Doctor:
         writable = [*API_WRITABLE, *(_leads_to(w) for w in (SERVICE_DIR, *named)
                                      if w == SERVICE_DIR or w.exists())]
         protect, read_only = unit_read_only(UNIT_FILE)
+        # a word doctor cannot fill in may open any folder: a read-only row is then a maybe
+        unjudged = "".join(f"; unless ReadWritePaths={shlex.quote(word)} opens it (doctor "
+                           f"cannot tell which folder systemd makes of {spec}: `systemctl show "
+                           "maskd -p ReadWritePaths` says)" for word, spec in unit_unjudged(UNIT_FILE))
         for key, path, is_dir in self.cfg.written():
             p = SERVICE_DIR / path  # a relative path is the unit's WorkingDirectory='s
             real = _leads_to(p)
@@ -575,12 +626,12 @@ class Doctor:
                          required=False)
                 continue
             why = ("only /var/lib/maskd is writable" if top == "/" else f"{top} is read-only")
-            self.add("sandbox", WARN, f"{key}: {p}{link} is read-only to the service "
-                     f"(ProtectSystem={protect}: {why}), which then fails at "
+            self.add("sandbox", INFO if unjudged else WARN, f"{key}: {p}{link} is read-only to "
+                     f"the service (ProtectSystem={protect}: {why}), which then fails at "
                      f"start; put it under /var/lib/maskd, or `systemctl edit maskd` and add "
                      f"[Service] ReadWritePaths=-{shlex.quote(str(folder))} (the - lets the "
                      "service start while the folder is missing, a stick not mounted: without it "
-                     "systemd fails the whole start, 226/NAMESPACE)", required=False)
+                     f"systemd fails the whole start, 226/NAMESPACE){unjudged}", required=False)
 
     def runtime(self) -> None:
         from maskd.tflite import ModelError, import_runtime
