@@ -365,35 +365,64 @@ def existing_place(path: Path) -> Path | None:
 
 # File systems that keep no owners (a stick as it comes from the shop or a Windows PC): the
 # mount's uid=, gid= and umask= give every file its owner and mode, and chown fails (kernel FAT
-# and exFAT: EPERM) or does nothing (ntfs-3g). fuseblk: ntfs-3g and exfat-fuse.
+# and exFAT: EPERM) or does nothing (ntfs-3g). fuseblk: ntfs-3g and exfat-fuse; but ntfs-3g with
+# -o permissions keeps them (``owners_kept``).
 OWNERLESS = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk"})
 MOUNTINFO = Path("/proc/self/mountinfo")
+FSTAB = Path("/etc/fstab")
 
 
 # FAT32 keeps a file's size in 32 bits: a file stops growing at 4 GiB (EFBIG)
 FAT = frozenset({"vfat", "msdos"})
 
 
-def fs_type(path: Path) -> str | None:
-    """The type of the file system holding ``path`` (or the folder it would be made in), as
-    /proc/self/mountinfo says it; None where that cannot be told."""
+def _mount(path: Path) -> tuple[str, list[str], str] | None:
+    """The type, the super options and the mount point (octal-escaped, as fstab writes it too)
+    of the file system holding ``path`` (or the folder it would be made in), as
+    /proc/self/mountinfo says them; None where that cannot be told."""
     try:
         st = os.stat(existing_place(Path(path)) or path)
         lines = MOUNTINFO.read_text().splitlines()
     except OSError:
         return None
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    for line in lines:  # 'ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS] - TYPE SOURCE ...'
+    for line in lines:  # 'ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS] - TYPE SOURCE SUPER'
         fields, _, after = line.partition(" - ")
         if fields.split()[2:3] == [dev] and after:
-            return after.split()[0]
+            words = after.split()
+            return words[0], (words[2].split(",") if len(words) > 2 else []), fields.split()[4]
     return None
+
+
+def fs_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (or the folder it would be made in), as
+    /proc/self/mountinfo says it; None where that cannot be told."""
+    return mount[0] if (mount := _mount(path)) else None
+
+
+def owners_kept(options: list[str], point: str) -> bool:
+    """Whether a fuseblk mount keeps owners and modes: ntfs-3g with -o permissions, where
+    chown and chmod work as on ext4. Its mount says only default_permissions, as with umask=
+    (and exfat-fuse), where they do not: its fstab line (docs/config.md, a USB stick) tells."""
+    if "default_permissions" not in options:
+        return False
+    try:
+        lines = FSTAB.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:  # 'SOURCE POINT TYPE OPTIONS ...'
+        words = line.split()
+        if len(words) > 3 and not words[0].startswith("#") and words[1] == point:
+            return "permissions" in words[3].split(",")
+    return False
 
 
 def ownerless_fs(path: Path) -> str | None:
     """The type of the file system holding ``path`` (or the folder it would be made in) where
-    it keeps no owners (``OWNERLESS``), else None."""
-    return fs if (fs := fs_type(path)) in OWNERLESS else None
+    it keeps no owners (``OWNERLESS``; not ntfs-3g's ``owners_kept``), else None."""
+    if not (mount := _mount(path)) or mount[0] not in OWNERLESS:
+        return None
+    return None if mount[0] == "fuseblk" and owners_kept(mount[1], mount[2]) else mount[0]
 
 
 class CardWatch:

@@ -292,25 +292,26 @@ def test_files_and_folders_left_by_a_root_run_are_named_with_their_owner(
             "there: Permission denied" in out and "chown" not in out, out
 
 
-def exfat_stick(request: pytest.FixtureRequest, tmp_path: Path, options: str) -> Path:
+def exfat_stick(request: pytest.FixtureRequest, tmp_path: Path, options: str,
+                mkfs: tuple[str, ...] = ("mkfs.exfat",), mount: str = "mount.exfat-fuse") -> Path:
     """An exFAT stick (a loop device of an image, through exfat-fuse, which gives owners and
     modes from its mount options as the Pi's kernel exfat does) mounted at a folder in /mnt
-    with ``options``; unmounted and detached after the test."""
-    for tool in ("mkfs.exfat", "losetup", "mount.exfat-fuse", "fusermount"):
+    with ``options``; unmounted and detached after the test. ``mkfs`` and ``mount`` make it
+    another FUSE one (``ntfs_stick``)."""
+    for tool in (mkfs[0], "losetup", mount, "fusermount"):
         if not shutil.which(tool):
-            pytest.skip(f"an exFAT stick needs {tool} (exfat-fuse, exfatprogs, util-linux)")
+            pytest.skip(f"a stick needs {tool} (exfat-fuse, exfatprogs, ntfs-3g, util-linux)")
     image = tmp_path / f"stick-{len(list(tmp_path.glob('stick-*.img')))}.img"
     with open(image, "wb") as f:
         f.truncate(64 << 20)
-    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
     r = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"no loop device here: {r.stderr.strip()}")
     loop = r.stdout.strip()
     request.addfinalizer(lambda: subprocess.run(["losetup", "-d", loop]))
     mnt = mnt_folder(request)
-    r = subprocess.run(["mount.exfat-fuse", "-o", options, loop, str(mnt)], capture_output=True,
-                       text=True)
+    r = subprocess.run([mount, "-o", options, loop, str(mnt)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"no FUSE mount here: {r.stderr.strip()}")
     request.addfinalizer(lambda: subprocess.run(["fusermount", "-u", str(mnt)]))
@@ -381,6 +382,45 @@ def test_pictures_on_a_stick_every_user_may_read_are_a_warning(
                 assert "may read the pictures" not in r.stderr, r.stderr
             else:
                 assert all(line in r.stderr for line in lines), r.stderr
+
+
+def ntfs_stick(request: pytest.FixtureRequest, tmp_path: Path, options: str) -> Path:
+    """An NTFS stick through ntfs-3g, as the Pi mounts one, with ``options``."""
+    return exfat_stick(request, tmp_path, options, ("mkntfs", "-F", "-q", "-f"), "ntfs-3g")
+
+
+def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_keep_none(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ntfs-3g with the fstab option `permissions` keeps owners and modes: chown and chmod work
+    there as on ext4. check-config said of a folder root made there 'Permission denied: its
+    file system (fuseblk) keeps no owners: ... mount it with uid=nobody,...' and 'keeps no
+    modes of its own, its mount gives mode 0755; mount it with umask=027', advice that changes
+    nothing there. It now says what it says on ext4. Its mount says default_permissions, as one
+    with umask= (which keeps none) does: the fstab line tells them apart; a stick mounted
+    without one is taken as keeping none, as before."""
+    from maskd import files
+    from maskd.commands.check_config import pictures_open_to_all
+    from maskd.config import load_config
+    from maskd.outbox import mounted_for_another
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab, raising=False)
+    for options, in_fstab, ownerless in (("permissions", True, False), ("umask=022", True, True),
+                                         ("permissions", False, True)):
+        stick = ntfs_stick(request, tmp_path, options)
+        fstab.write_text(f"# a stick\nUUID=0123 {stick} ntfs-3g {options},nofail 0 0\n"
+                         if in_fstab else "")
+        (stick / "usb").mkdir(mode=0o755)
+        os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)  # kept, or not
+        assert (os.stat(stick / "usb").st_uid == sandbox.NOBODY) is (options == "permissions")
+        (tmp_path / "c.yaml").write_text(json.dumps({"source": {"kind": "demo"},
+                                                     "snapshots": {"dir": f"{stick}/usb/snaps"}}))
+        said = (mounted_for_another(stick / "usb"), pictures_open_to_all(load_config(tmp_path / "c.yaml")))
+        if ownerless:
+            assert said[0].startswith("its file system (fuseblk) keeps no owners"), said
+            assert "keeps no modes of its own, its mount gives mode 0755" in said[1][0], said
+        else:
+            assert said == (None, []), said
 
 
 def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
