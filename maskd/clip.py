@@ -101,7 +101,8 @@ STALL_BYTES = 8 * 1024 * 1024
 STALL_EMPTY_S = 300.0
 NOT_GROWING = ("stopped growing while frames were written to it: its writes fail (an I/O "
                "error: a failing card? `dmesg` says why)")
-# FAT32 (a stick's vfat) keeps no file of 4 GiB (4096 MiB): a larger segment stopped growing
+# FAT (a stick's vfat, or msdos: FAT12, FAT16 and FAT32 alike, their sizes 32 bits) keeps no
+# file of 4 GiB (4096 MiB): a larger segment stopped growing
 # there and was paused as a failing card. One there ends at this size: a segment ends at the
 # first frame past it, plus what the muxer held (its open cluster and index), well below 4 GiB.
 FAT_SEGMENT_MB = 4000.0
@@ -182,7 +183,7 @@ class ClipWriter(FrameObserver):
         self.name = name
         self.fps = fps
         self.segment_s = segment_s
-        self.segment_mb = segment_mb  # as configured, for the line about FAT32
+        self.segment_mb = segment_mb  # as configured, for the line about FAT
         self.segment_bytes = int(segment_mb * MB)
         self._fat_said = False
         self.keep_mb = keep_mb  # as configured, for the log lines (1.5 was said '2 MB')
@@ -488,14 +489,14 @@ class ClipWriter(FrameObserver):
 
     def _segment_cap(self) -> int:
         """The size at which the open segment ends: ``segment_mb``, or ``FAT_SEGMENT_MB`` on
-        FAT32, said once (the folder's file system is looked at per file: a stick mounted
+        FAT, said once (the folder's file system is looked at per file: a stick mounted
         later, or another one)."""
         fs = fs_type(self.outdir)
         if fs not in FAT or self.segment_bytes <= FAT_SEGMENT_MB * MB:
             return self.segment_bytes
         if not self._fat_said:
             self._fat_said = True
-            log.info("annotated clip %s: %s is on %s (FAT32), which keeps no file of 4 GiB: its "
+            log.info("annotated clip %s: %s is on %s (FAT), which keeps no file of 4 GiB: its "
                      "segments end at %g MB, not preview.annotate_segment_mb's %g", self.name,
                      self.outdir, fs, FAT_SEGMENT_MB, self.segment_mb)
         return int(FAT_SEGMENT_MB * MB)

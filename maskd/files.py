@@ -372,7 +372,8 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 FSTAB = Path("/etc/fstab")
 
 
-# FAT32 keeps a file's size in 32 bits: a file stops growing at 4 GiB (EFBIG)
+# FAT (FAT12, FAT16 and FAT32 alike: vfat names a FAT16 card too) keeps a file's size in 32
+# bits: a file stops growing at 4 GiB (EFBIG)
 FAT = frozenset({"vfat", "msdos"})
 
 

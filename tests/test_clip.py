@@ -1313,11 +1313,13 @@ def test_frames_changing_size_at_every_frame_say_so_once_a_minute(tmp_path, capl
 
 
 def test_segments_on_a_fat32_stick_end_below_its_4_gib_file_limit(tmp_path, monkeypatch, caplog):
-    """FAT32 (vfat, msdos: most sticks up to 32 GB) keeps no file of 4 GiB: a segment of a
+    """FAT (vfat, msdos: most sticks up to 32 GB) keeps no file of 4 GiB: a segment of a
     larger `preview.annotate_segment_mb` stopped growing there, and the clip was paused as a
     failing card ('stopped growing'). On such a file system (/proc/self/mountinfo, as
     `ownerless_fs` reads it) a segment now ends at FAT_SEGMENT_MB, said once; on exFAT at
-    segment_mb. The rule, not the limit: FAT_SEGMENT_MB scaled down to 0.25 MB here."""
+    segment_mb. The rule, not the limit: FAT_SEGMENT_MB scaled down to 0.25 MB here. The line
+    says FAT, not FAT32: vfat and msdos mount a FAT16 card (up to 2 GB) too, which keeps no
+    file of 4 GiB either (was: '(FAT32)' of one)."""
     from maskd import files
 
     dev = os.stat(tmp_path).st_dev
@@ -1339,6 +1341,6 @@ def test_segments_on_a_fat32_stick_end_below_its_4_gib_file_limit(tmp_path, monk
         else:
             assert len(sizes) == 1, sizes
     said = [r.getMessage() for r in caplog.records if "4 GiB" in r.getMessage()]
-    assert said == [f"annotated clip door: {tmp_path}/vfat is on vfat (FAT32), which keeps no "
+    assert said == [f"annotated clip door: {tmp_path}/vfat is on vfat (FAT), which keeps no "
                     "file of 4 GiB: its segments end at 0.25 MB, not preview.annotate_segment_mb's "
                     "100000"], said
