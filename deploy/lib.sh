@@ -80,5 +80,24 @@ venv_runs_pip() { "$1/bin/python" -m pip --version >/dev/null 2>&1; }
 # which --constraint does not reach: every install ran PyPI's newest setuptools, as root. pip
 # 23.0.1 (Bookworm) and 25.1.1 (Trixie) let PIP_CONSTRAINT in (their inner pip inherits it and
 # ignores PIP_BUILD_CONSTRAINT); pip 26.3 only PIP_BUILD_CONSTRAINT, its --build-constraint.
+# Both as a file: URL: pip splits them at whitespace, and a checkout in "/home/pi/My Projects"
+# stopped at 'Could not open constraint file: /home/pi/My'.
 # shellcheck disable=SC2034  # read by install.sh and bootstrap.sh
-build_pins() { BUILD_PINS=("PIP_CONSTRAINT=$1" "PIP_BUILD_CONSTRAINT=$1"); }
+build_pins() {
+    local url
+    url=$(file_url "$1")
+    BUILD_PINS=("PIP_CONSTRAINT=$url" "PIP_BUILD_CONSTRAINT=$url")
+}
+# file_url PATH: PATH made absolute as a file: URL, its bytes but [A-Za-z0-9/._~-] as %XX.
+file_url() {
+    local LC_ALL=C path url="file://" c i
+    path=$(realpath -m -- "$1")
+    for ((i = 0; i < ${#path}; i++)); do
+        c=${path:i:1}
+        case $c in
+            [A-Za-z0-9/._~-]) url+=$c ;;
+            *) printf -v c '%%%02X' "'$c"; url+=$c ;;
+        esac
+    done
+    echo "$url"
+}

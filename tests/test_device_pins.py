@@ -251,11 +251,30 @@ def test_the_build_backend_is_pinned_at_its_tested_version_and_both_scripts_buil
     r = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--root", str(tmp_path),
                         "--no-start"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    env = f"env PIP_CONSTRAINT={pins.BUILD_OUT} PIP_BUILD_CONSTRAINT={pins.BUILD_OUT} "
+    url = pins.BUILD_OUT.as_uri()
+    env = f"env PIP_CONSTRAINT={url} PIP_BUILD_CONSTRAINT={url} "
     assert f"would run: {env}/opt/maskd/.venv/bin/python -m pip install --quiet" in r.stdout
     assert 'build_pins "$pins"' in (REPO / "deploy" / "bootstrap.sh").read_text()
     assert 'env "${BUILD_PINS[@]}" .venv/bin/python -m pip install -c "$pins" -e' in (
         REPO / "deploy" / "bootstrap.sh").read_text()
+
+
+def test_build_pins_reach_pip_from_a_checkout_whose_path_holds_a_space(tmp_path):
+    """pip splits PIP_CONSTRAINT at whitespace: install.sh run from /home/pi/My Projects/maskd
+    stopped at 'Could not open constraint file: ... /home/pi/My'. build_pins hands pip a file:
+    URL, whose %20 it reads as the space (a real pip, offline: pins it cannot meet fail)."""
+    folder = tmp_path / "My Projects #1"
+    folder.mkdir()
+    pinned = folder / "constraints-build.txt"
+    script = ('source deploy/lib.sh; build_pins "$1"; '
+              'env "${BUILD_PINS[@]}" "$2" -m pip install --dry-run --no-index --no-deps pip')
+    for pin, ok in ((version("pip"), True), ("0.0.1", False)):
+        pinned.write_text(f"pip=={pin}\n")
+        r = subprocess.run(["bash", "-c", script, "-", str(pinned), sys.executable], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert "Could not open" not in r.stderr, r.stderr
+        assert (r.returncode == 0) == ok, r.stderr
+        assert ok or "ResolutionImpossible" in r.stderr, r.stderr
 
 
 DEBIAN_PYTHON = Path("/usr/bin/python3")  # Debian's, with its own pip (Bookworm: 23.0.1)
