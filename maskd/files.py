@@ -418,6 +418,23 @@ def owners_kept(options: list[str], point: str) -> bool:
     return False
 
 
+def files_mode(folder: Path) -> int | None:
+    """The mode an ownerless file system (``OWNERLESS``) gives the files made in ``folder`` (or
+    the folder it would be made in), whatever mode they are made with: 0777 less the mount's
+    fmask= where the kernel says it (FAT, exFAT, NTFS3), else a file's already there (a FUSE
+    mount says none of its options); None where neither tells."""
+    for option in (mount[1] if (mount := _mount(folder)) else []):
+        if option.startswith("fmask="):
+            with contextlib.suppress(ValueError):
+                return 0o777 & ~int(option.removeprefix("fmask="), 8)
+    try:
+        with os.scandir(existing_place(folder) or folder) as entries:
+            return next((e.stat().st_mode & 0o777 for e in entries
+                         if e.is_file(follow_symlinks=False)), None)
+    except OSError:
+        return None
+
+
 def ownerless_fs(path: Path) -> str | None:
     """The type of the file system holding ``path`` (or the folder it would be made in) where
     it keeps no owners (``OWNERLESS``; not ntfs-3g's ``owners_kept``), else None."""

@@ -241,3 +241,24 @@ def test_eperm_as_eacces_depends_on_the_user():
     assert depends_on_user(PermissionError(errno.EPERM, "Operation not permitted"))
     assert depends_on_user(PermissionError(errno.EACCES, "Permission denied"))
     assert not depends_on_user(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_files_mode_is_the_mounts_fmask_where_the_kernel_says_it_else_a_files_there(
+        tmp_path, monkeypatch):
+    """A kernel FAT, exFAT or NTFS3 mount says its fmask= (/proc/self/mountinfo): the mode every
+    file there gets, whatever it is made with. A FUSE mount says none: a file already there
+    tells; with neither, nothing is told."""
+    from maskd import files
+
+    dev = os.stat(tmp_path).st_dev
+    mountinfo = tmp_path / "mountinfo"
+    monkeypatch.setattr(files, "MOUNTINFO", mountinfo)
+    line = f"36 25 {os.major(dev)}:{os.minor(dev)} / / rw,noatime - %s /dev/sda1 rw,%s\n"
+    (folder := tmp_path / "snaps").mkdir()
+    mountinfo.write_text(line % ("vfat", "uid=0,fmask=0077,dmask=0022"))
+    assert files.files_mode(folder / "not-yet") == 0o700
+    mountinfo.write_text(line % ("fuseblk", "user_id=0,group_id=0,allow_other"))
+    assert files.files_mode(folder) is None
+    (folder / "a.jpg").touch()
+    os.chmod(folder / "a.jpg", 0o640)
+    assert files.files_mode(folder) == 0o640

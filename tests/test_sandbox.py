@@ -423,6 +423,29 @@ def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_
             assert said == (None, []), said
 
 
+def test_pictures_on_a_stick_whose_mount_closes_its_files_are_no_warning(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A stick mounted dmask=022,fmask=077 shows its folders 0755 but gives every file 0700:
+    no other user may read a picture, yet check-config and run warned that every user may. The
+    files' mode is what is judged now (a FUSE mount says none of its options: a file already
+    on the stick tells); with fmask=022 they warn as before."""
+    for fmask, warned in (("077", False), ("022", True)):
+        stick = exfat_stick(request, tmp_path, f"dmask=022,fmask={fmask}")
+        for name in ("snaps/door-1.jpg", "clips/door-1.mkv"):  # pictures a run left
+            (stick / name).parent.mkdir()
+            (stick / name).write_bytes(b"")
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(json.dumps({"state_dir": str(tmp_path / "state"), "source": {"kind": "demo"},
+                                   "snapshots": {"dir": f"{stick}/snaps"},
+                                   "preview": {"annotate_dir": f"{stick}/clips"}}))
+        for cmd in (["check-config", str(cfg)], ["run", "--config", str(cfg), "--max-frames", "3"]):
+            r = subprocess.run([sys.executable, "-m", "maskd", *cmd], capture_output=True,
+                               text=True, timeout=240, cwd=REPO,
+                               env={**os.environ, "MASKD_MODEL_DIR": str(REPO / "models")})
+            assert r.returncode == 0, r.stderr
+            assert (r.stderr.count("may read the pictures") == 2) == warned, r.stderr
+
+
 def test_a_camera_lock_left_by_a_root_run_is_named_with_its_owner(
         dirs: tuple[Path, Path]) -> None:
     """`sudo maskd run` leaves the camera's lock root's (0600). The service, as its own user,

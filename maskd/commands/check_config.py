@@ -48,6 +48,7 @@ from maskd.files import (
     dangling_link,
     depends_on_user,
     existing_place,
+    files_mode,
     ownerless_fs,
 )
 from maskd.jsonl import cannot_write_lines
@@ -241,7 +242,9 @@ def unwritable(cfg: Config, state_dir: bool = True) -> list[tuple[str, OSError, 
 def pictures_open_to_all(cfg: Config) -> list[str]:
     """A line for each picture folder (snapshots.dir, annotate_dir) on a stick whose mount lets
     every user of this machine read there: FAT, exFAT and NTFS keep no modes, the mount's
-    umask= gives them (an fstab line without it: 0755), not the 0640 and 0750 maskd asks for."""
+    umask= gives them (an fstab line without it: 0755), not the 0640 and 0750 maskd asks for.
+    Its files' mode is judged where it is told (``files_mode``): one mounted fmask=077 shows its
+    folders 0755 but lets no one else read a picture, and was warned of."""
     folders = [("snapshots.dir", cfg.snapshots.dir), *(
         (f"{named}.annotate_dir", preview.annotate_dir) for named, preview in cfg.previews())]
     out = []
@@ -252,6 +255,8 @@ def pictures_open_to_all(cfg: Config) -> list[str]:
             mode = os.stat(existing_place(folder) or folder).st_mode & 0o777
         except OSError:
             continue
+        if mode & 0o001 and (files := files_mode(folder)) is not None and not files & 0o004:
+            continue  # others may go in, but read no picture there
         if mode & 0o007:
             out.append(f"{key} {shown_path(folder)}: every user of this machine may read the "
                        f"pictures there: its file system ({fs}) keeps no modes of its own, its "
