@@ -36,6 +36,7 @@ from maskd.clock import local_iso, system_clock
 from maskd.config import SourceConfig, excerpt, shown_uri
 from maskd.files import dangling_link, open_regular
 from maskd.images import (
+    FolderError,
     ImageError,
     is_image_name,
     load_image_rgb,
@@ -1586,7 +1587,13 @@ def check_source_path(cfg: SourceConfig, contents: bool = True) -> None:
         if _kind_of(path) == "file" and not os.access(path, os.R_OK):  # `run`'s open says so
             raise ClosedSource(f"{path}: {os.strerror(errno.EACCES)}")
     if contents and folder is not None:
-        images = [item for item in search_images(folder) if isinstance(item, Path)]
+        found = search_images(folder)
+        images = [item for item in found if isinstance(item, Path)]
+        # a folder this user may not search holds images maybe (was said 'no images' alone)
+        shut = next((item for item in found if isinstance(item, FolderError)
+                     and not os.access(item.path, os.R_OK | os.X_OK)), None)
+        if not images and shut is not None:
+            raise ClosedSource(f"{no_images(folder)} ({shut})")
         if not images:
             raise MissingSource(no_images(folder))
         if not any(os.access(image, os.R_OK) for image in images):  # `run` idles on them

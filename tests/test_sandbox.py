@@ -891,6 +891,30 @@ def test_a_folder_of_images_the_service_cannot_read_is_a_warning_in_check_config
     assert rc == 0 and "warning" not in out, out
 
 
+def test_a_folder_of_images_the_service_cannot_search_is_said_so_in_check_config(
+        dirs: tuple[Path, Path], yunet_model: Path) -> None:
+    """`source.kind: images` a folder of images left root's 0700 (made with sudo): check-config,
+    as the service user, said 'no images', of a folder full of them, while run said why (`cannot
+    search this folder: Permission denied`). check-config now says that too, naming the user;
+    a subfolder alone shut counts as well."""
+    state, config = dirs
+    demo_config(config, yunet_model, {})
+    cv2 = pytest.importorskip("cv2")
+    cfg = json.loads((config / "config.yaml").read_text())
+    cfg["source"] = {"kind": "images", "uri": f"{sandbox.CONFIG}/images", "loop": True}
+    (config / "config.yaml").write_text(json.dumps(cfg))
+    for shut in ("images", "images/day1"):
+        (images := config / "images").mkdir(mode=0o755)
+        (images / "day1").mkdir(mode=0o755)
+        cv2.imwrite(str(images / "day1" / "a.jpg"), np.full((48, 64, 3), 128, np.uint8))
+        (config / shut).chmod(0o700)
+        rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+        said = (f"({sandbox.CONFIG}/{shut}: cannot search this folder: Permission denied) (as "
+                "user nobody; the service may run as another)")
+        assert rc == 0 and said in out, out
+        shutil.rmtree(images)
+
+
 def test_a_root_doctor_names_the_privilege_of_a_low_port_another_program_holds(
         dirs: tuple[Path, Path], yunet_model: Path, tmp_path: Path) -> None:
     """`preview.http: 127.0.0.1:81` while another program (a web server) listens there: the
