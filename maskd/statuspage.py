@@ -1036,6 +1036,8 @@ th{font-weight:600;color:#4a5568}
 /* a phone, or narrower than both columns (320 + 350, the active violations need 322; and
    a desktop browser's scrollbar, 15): one column */
 @media (max-width:729px){main{grid-template-columns:minmax(0,1fr);padding:8px}}
+/* a small phone (320-420): tighter cells, so the active violations' five columns fit */
+@media (max-width:420px){section{padding:8px}td,th{padding:2px 3px}#active td:first-child{min-width:4.5em}}
 </style></head>
 <body>
 <header><h1 id="title">maskd</h1><span id="clock" class="muted"></span></header>

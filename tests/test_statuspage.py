@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -2076,5 +2077,33 @@ def test_a_head_of_the_stream_is_headers_only_and_bytes_after_a_request_are_no_g
             sock.recv(65536)  # still open: nothing to send, but the viewer is there
         assert dark.feed.watchers == 1
         sock.close()
+    finally:
+        srv.close()
+
+
+def test_a_small_phone_sees_every_column_of_the_active_violations(tmp_path):
+    """On a 320 pixel phone (and at 360 or 375 with a long camera name and a big track number)
+    the active violations' table ran 4-30 pixels past its section: its last column ("top")
+    was cut off and the whole page scrolled sideways. Its cells are tighter on a phone now: the
+    table fits its section at 320, 360 and 375 pixels."""
+    srv = StatusServer("127.0.0.1:0", title="phone").start()
+    names = ["north_wing_main_entrance_revolving_door_camera_number_one_xxxxx", "b"]
+    views = [srv.attach(n, "d", "c") for n in names]
+    for v in views:
+        feed(v, 60, 0)
+    for i in range(4):
+        views[i % 2].emit(dataclasses.replace(event("start", f"e{i}", t=time.time(),
+                                                    camera=names[i % 2]), track_id=123456 + i))
+    fits = """[...document.querySelectorAll('section')].map(s => [s.querySelector('h2')
+      .textContent.slice(0, 12), Math.round(s.getBoundingClientRect().right),
+      Math.round((s.querySelector('#events') || s.querySelector('table, img'))
+                 .getBoundingClientRect().right)])"""
+    try:
+        for width in (320, 360, 375):
+            with open_page(tmp_path / str(width), srv.url, width=width, height=800) as browser:
+                assert browser.wait_for("document.querySelectorAll('#active tr').length > 4", 20)
+                boxes = browser.evaluate(fits)
+                assert browser.evaluate("document.documentElement.scrollWidth") <= width, boxes
+                assert all(inner <= right <= width for _, right, inner in boxes), (width, boxes)
     finally:
         srv.close()
