@@ -27,6 +27,7 @@ import base64
 import errno
 import hashlib
 import hmac
+import html
 import http.client
 import json
 import logging
@@ -199,6 +200,12 @@ class Credentials:
         if any(self.token_ok(v) for v in cookies):
             return True
         return self.token_ok(query_token)
+
+    def hint(self) -> str:
+        """What a person who reached the page without its secret needs (no secret in it)."""
+        ways = (["the page's password (any user name)"] if self._digests["password"] else []) + (
+            ["its token (?token=... in the address, once)"] if self._digests["token"] else [])
+        return "open this page with " + " or ".join(ways)
 
     def challenge(self) -> str:
         if self._digests["password"] is not None:
@@ -818,6 +825,8 @@ class StatusServer:
 
             def _send(self, code: int, ctype: str, body: bytes,
                       headers: dict[str, str] | None = None) -> None:
+                if code >= 400 and "text/html" in self.headers.get("Accept", ""):
+                    ctype, body = "text/html; charset=utf-8", error_page(code, body.decode())
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -900,8 +909,8 @@ class StatusServer:
                                       "wrong passwords or tokens from %s within %d s; its "
                                       "requests get 429 for %d s", MAX_GUESSES, addr,
                                       GUESS_WINDOW_S, GUESS_WINDOW_S)
-                self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required\n",
-                           {"WWW-Authenticate": creds.challenge()})
+                self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"authentication required: "
+                           + creds.hint().encode() + b"\n", {"WWW-Authenticate": creds.challenge()})
                 return False
 
             def _camera(self, name: str | None) -> CameraView | None:
@@ -1003,6 +1012,19 @@ def attach(pages: dict[str, StatusServer], cfg: Config, detector: object, classi
     feed = MjpegFeed()
     feed.zones = cfg.zones  # outlined on the live view, to check them against the picture
     return server.attach(cfg.camera, _describe(detector), _describe(classifier), health, feed)
+
+
+def error_page(code: int, text: str) -> bytes:
+    """An error answer as a browser shows it: a page with a title, a heading and a way back
+    (its plain text alone was shown by Chromium's text viewer, with no title or language for a
+    screen reader). Machine clients, which do not ask for HTML, get the plain text."""
+    title = f"{code} {HTTPStatus(code).phrase}"
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>maskd: {title}'
+            '</title>\n<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="color-scheme" content="light dark"></head>\n<body style="font:16px/1.4 '
+            f'system-ui,sans-serif;margin:1em"><main><h1>{title}</h1>\n'
+            f'<p>{html.escape(text.strip())}</p>\n<p><a href="/">The status page</a></p>'
+            '</main></body></html>\n').encode()
 
 
 def _describe(model: object) -> str:

@@ -2107,3 +2107,48 @@ def test_a_small_phone_sees_every_column_of_the_active_violations(tmp_path):
                 assert all(inner <= right <= width for _, right, inner in boxes), (width, boxes)
     finally:
         srv.close()
+
+
+def test_a_person_who_reaches_an_error_answer_reads_what_it_is(tmp_path):
+    """A mistyped address (404), no password yet (401) or a locked address (429) was two words
+    of plain text ("not found", "authentication required") in Chromium's text viewer: no title,
+    no language and no heading for a screen reader, no way back, and the 401 did not say what
+    to give. A browser (which asks for HTML) now gets a small page: the code in its title and
+    heading, the line, a link to the status page. Machine clients get the plain text as before,
+    with WWW-Authenticate and Retry-After."""
+    srv = StatusServer("127.0.0.1:0", Credentials(password=b"door-pass"), title="err").start()
+    srv.attach("door", "d", "c")
+    browser_accept = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = """[document.title, document.documentElement.lang, document.querySelector('main h1')
+      ?.textContent, document.querySelector('main p')?.textContent,
+      document.querySelector('a[href="/"]')?.textContent]"""
+    try:
+        status, headers, body = get(srv.url + "api/status")  # a machine client: plain text
+        assert status == 401 and headers["Content-Type"] == "text/plain", headers
+        assert headers["WWW-Authenticate"].startswith("Basic ")
+        assert body == b"authentication required: open this page with the page's password " \
+                       b"(any user name)\n"
+        status, headers, body = get(srv.url, browser_accept)
+        assert status == 401 and headers["Content-Type"] == "text/html; charset=utf-8", headers
+        assert headers["WWW-Authenticate"].startswith("Basic ")
+        assert b"<title>maskd: 401 Unauthorized</title>" in body and b"(any user name)" in body
+        assert Credentials(password=b"p", token=b"t").hint() == (
+            "open this page with the page's password (any user name) or its token (?token=... "
+            "in the address, once)")
+        with open_page(tmp_path / "404", srv.url.replace("://", "://maskd:door-pass@")
+                       + "no/such/page") as browser:
+            seen = browser.wait_for(f"document.readyState === 'complete' && {page}", 20)
+            assert seen == ["maskd: 404 Not Found", "en", "404 Not Found", "not found",
+                            "The status page"], seen
+        for i in range(MAX_GUESSES):
+            srv.guesses.wrong("127.0.0.1", f"guess{i}".encode())
+        with open_page(tmp_path / "429", srv.url) as browser:
+            seen = browser.wait_for(f"document.readyState === 'complete' && {page}", 20)
+            assert seen[:3] == ["maskd: 429 Too Many Requests", "en", "429 Too Many Requests"]
+            assert seen[3].startswith("too many wrong passwords or tokens from 127.0.0.1: try "
+                                      "again in "), seen
+        status, headers, body = get(srv.url + "metrics")
+        assert status == 429 and headers["Content-Type"] == "text/plain", headers
+        assert int(headers["Retry-After"]) > 0 and body.startswith(b"too many wrong")
+    finally:
+        srv.close()
