@@ -1087,6 +1087,11 @@ const head = cells => "<tr>" + cells.map(c => "<th>" + c + "</th>").join("") + "
 // cameras stream, more show a still each second (/frame.jpg, at most 3 asked at once), so
 // the two JSON requests always get a connection.
 const STREAMS_UP_TO = 4, STILLS_AT_ONCE = 3;
+// requests go to the page's origin: a relative address keeps a user:password@ the page was
+// opened with, and Chromium refuses such a request (the browser signs in to the origin anyway)
+const base = new URL(location.href);
+base.username = base.password = "";
+const at = path => new URL(path, base).href;
 let shown = "", stills = false, asking = 0, serial = 0;
 function load(img) {  // (re)request the picture; a new query, so no cache answers it
   clearTimeout(img.timer);
@@ -1097,7 +1102,7 @@ function load(img) {  // (re)request the picture; a new query, so no cache answe
     img.asking = true;
   }
   if (stills) img.timer = setTimeout(() => load(img), 10000);  // no answer: ask again
-  img.src = (stills ? "/frame.jpg" : "/stream.mjpg") + "?camera=" +
+  img.src = at(stills ? "/frame.jpg" : "/stream.mjpg") + "?camera=" +
     encodeURIComponent(img.dataset.camera) + "&r=" + (++serial);
 }
 function done(img, again) {  // a still came (or failed), or a stream failed
@@ -1143,7 +1148,7 @@ async function refresh() {
   const stop = new AbortController(), timer = setTimeout(() => stop.abort(), 5000);
   try {
     const [st, ev] = await Promise.all(["/api/status", "/api/events"].map(u =>
-      fetch(u, {signal: stop.signal}).then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
+      fetch(at(u), {signal: stop.signal}).then(r => { if (!r.ok) throw new Error(r.status); return r.json(); })));
     document.getElementById("title").textContent = "maskd status: " + st.title;
     document.getElementById("clock").textContent = st.time.slice(0, 19).replace("T", " ");
     today = st.time.slice(0, 10);

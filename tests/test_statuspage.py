@@ -2152,3 +2152,22 @@ def test_a_person_who_reaches_an_error_answer_reads_what_it_is(tmp_path):
         assert int(headers["Retry-After"]) > 0 and body.startswith(b"too many wrong")
     finally:
         srv.close()
+
+
+def test_a_page_opened_with_its_password_in_the_address_loads(tmp_path):
+    """A bookmark or a dashboard card may hold the password in the address
+    (http://maskd:PASSWORD@pi:8080/): the page came, but its requests were built from that
+    address, which Chromium refuses ("Request cannot be constructed from a URL that includes
+    credentials"): "loading" for ever, no live view, the error over the header. The page's
+    requests now go to its origin, which the browser signs in to as it did for the page."""
+    srv = StatusServer("127.0.0.1:0", Credentials(password=b"door-pass"), title="creds").start()
+    feeder = Feeder([srv.attach("door", "d", "c")], 60)
+    try:
+        with open_page(tmp_path, srv.url.replace("://", "://maskd:door-pass@")) as browser:
+            shown = browser.wait_for("(document.getElementById('health')?.innerText || '')"
+                                     ".includes('door') && document.querySelector('img.live')"
+                                     "?.naturalWidth > 0", 20)
+            assert shown, browser.evaluate("document.getElementById('clock').textContent")
+    finally:
+        feeder.stop()
+        srv.close()
