@@ -1041,8 +1041,9 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{margin:0;font:14px/1.35 system-ui,sans-serif;background:#f4f5f7;color:#1d2430}
-header{background:#1d2430;color:#fff;padding:8px 14px;display:flex;gap:18px;align-items:baseline}
-header h1{font-size:17px;margin:0;overflow-wrap:anywhere}
+header{background:#1d2430;color:#fff;padding:8px 14px;display:flex;flex-wrap:wrap;column-gap:18px;align-items:baseline}
+header h1,#clock{margin:0;overflow-wrap:anywhere}
+header h1{font-size:17px}
 header .muted{color:#b8c0cc}
 main{display:grid;grid-template-columns:minmax(320px,660px) minmax(350px,1fr);gap:14px;padding:14px}
 section{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px 12px;margin-bottom:14px}

@@ -2171,3 +2171,25 @@ def test_a_page_opened_with_its_password_in_the_address_loads(tmp_path):
     finally:
         feeder.stop()
         srv.close()
+
+
+def test_the_header_keeps_its_title_readable_beside_a_long_line(tmp_path):
+    """On a phone the header's line beside the title grows long when the page lost the
+    service ("not reachable: TypeError: Failed to fetch") or its sign-in ("not signed in:
+    ..."): the title was squeezed to a column of a few letters, the device's name read down
+    the screen in pieces. The line now goes below the title when both do not fit."""
+    srv = StatusServer("127.0.0.1:0", title="hospital_north_wing_main_entrance_camera_1").start()
+    feed(srv.attach("door", "d", "c"), 60, 0)
+    widths = "['title', 'clock'].map(i => document.getElementById(i).getBoundingClientRect().width)"
+    try:
+        with open_page(tmp_path, srv.url, width=320, height=700) as browser:
+            assert browser.wait_for("(document.getElementById('title')?.textContent || '')"
+                                    ".includes('hospital')", 20)
+            srv.close()
+            assert browser.wait_for("document.getElementById('clock').textContent"
+                                    ".startsWith('not reachable')", 20)
+            title, clock = browser.evaluate(widths)
+            assert title >= 150 and clock >= 150, (title, clock)
+            assert browser.evaluate("document.documentElement.scrollWidth") <= 320
+    finally:
+        srv.close()
