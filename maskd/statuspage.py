@@ -1142,6 +1142,13 @@ function up(s) {
         m = Math.floor(u % 3600 / 60);
   return (d ? d + " d " : "") + h + " h " + m + " min " + (u % 60) + " s";
 }
+// a table is rebuilt only when it changed: text someone selected to copy stays selected
+const built = new Map();
+function put(id, html) {
+  if (built.get(id) === html) return;
+  built.set(id, html);
+  document.getElementById(id).innerHTML = html;
+}
 let uptime = null, lost = false, polling = false;
 async function refresh() {
   if (polling) return;  // the last poll is still waiting (for at most 5 s): no pile of them
@@ -1157,11 +1164,11 @@ async function refresh() {
     uptime = st.uptime_s;
     lost = false;
     const act = st.active_violations;
-    document.getElementById("active").innerHTML = act.length ?
+    put("active", act.length ?
       head(["camera", "since", "track", "no-mask score", "top"]) + act.map(a =>
         row([esc(a.camera), hms(a.since), a.track_id, '<span class="bad">' + num(a.score, 2) + "</span>",
              num(a.top_score, 2)])).join("") :
-      row(['<span class="ok">none</span>']);
+      row(['<span class="ok">none</span>']));
     const h = [row(["uptime", up(st.uptime_s)]), row(["detector", esc(st.detector)]),
                row(["classifier", esc(st.classifier)]),
                row(["broker", st.broker === "connected" ? '<span class="ok">connected</span>' :
@@ -1186,11 +1193,11 @@ async function refresh() {
       if ((c.problems || []).length)
         h.push(row(["problems", '<span class="bad">' + c.problems.map(esc).join("<br>") + "</span>"]));
     }
-    document.getElementById("health").innerHTML = h.join("");
-    document.getElementById("eventlist").innerHTML = ev.events.length ?
+    put("health", h.join(""));
+    put("eventlist", ev.events.length ?
       head(["time", "camera", "event", "track", "score", "end reason"]) + ev.events.map(e =>
         row([hms(e.time), esc(e.camera), esc(e.type), e.track_id, num(e.score, 2), esc(e.end_reason)])).join("") :
-      row(['<span class="muted">no events yet</span>']);
+      row(['<span class="muted">no events yet</span>']));
   } catch (err) {
     lost = true;
     // a rotated token leaves this page's cookie behind; a guess lock answers 429

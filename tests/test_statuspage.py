@@ -2193,3 +2193,31 @@ def test_the_header_keeps_its_title_readable_beside_a_long_line(tmp_path):
             assert browser.evaluate("document.documentElement.scrollWidth") <= 320
     finally:
         srv.close()
+
+
+def test_text_selected_in_the_tables_stays_selected(tmp_path):
+    """Someone selecting a camera's name or a time in the active violations or the last
+    events, to copy it into a report, lost the selection within a second: the page rebuilt
+    both tables at every poll, unchanged or not. A table is now rebuilt only when it changed."""
+    srv = StatusServer("127.0.0.1:0", title="copy").start()
+    view = srv.attach("door", "d", "c")
+    feed(view, 60, 0)
+    view.emit(event("start", "a", camera="door", t=time.time()))
+    view.emit(event("end", "b", camera="door"))
+    select = """['active', 'eventlist'].map(id => {
+      const cell = document.getElementById(id).rows[1].cells[1], r = document.createRange();
+      r.selectNodeContents(cell); return r;
+    })"""
+    try:
+        with open_page(tmp_path, srv.url) as browser:
+            assert browser.wait_for("document.querySelectorAll('#eventlist tr').length > 2 && "
+                                    "document.querySelectorAll('#active tr').length > 1", 20)
+            for i in range(2):
+                browser.evaluate(f"(() => {{const s = getSelection(); s.removeAllRanges(); "
+                                 f"s.addRange(({select})[{i}]); return s.toString();}})()")
+                chosen = browser.evaluate("getSelection().toString()")
+                assert chosen, i
+                time.sleep(2.5)
+                assert browser.evaluate("getSelection().toString()") == chosen, i
+    finally:
+        srv.close()
