@@ -279,6 +279,21 @@ def test_the_flows_late_s_counts_what_the_broker_kept_while_node_red_was_away(pu
     assert kept == pytest.approx([late + 27.0 for late in sent], abs=0.11)
 
 
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (Node-RED's runtime) to run "
+                    "the flow's functions")
+def test_the_flows_box_in_pixels_is_each_cameras_own(published, tmp_path):
+    """The flow takes every camera's violations, and a `cameras:` map's cameras differ in frame
+    size: in a real run a 640x850 door and a 640x480 side camera went through one `W, H`, so
+    one of them was converted wrong whatever was set. The flow keeps a size per camera."""
+    door = js(published[f"{CAM}/violation"])[0]
+    back = {**door, "camera": "back", "event_id": "back"}
+    out = run_flow_functions([(door, door["sent_at"]), (back, back["sent_at"])], tmp_path)
+    x0, y0, x1, y1 = door["box"]
+    assert [o["box_px"] for o in out] == [
+        {"x": round(x0 * w), "y": round(y0 * h), "w": round((x1 - x0) * w),
+         "h": round((y1 - y0) * h)} for w, h in ((1280, 720), (640, 480))]
+
+
 def test_the_node_red_flow_says_how_to_keep_its_de_duplication_across_a_restart():
     """The seen pairs live in the function's context, in memory by default: in a real Node-RED
     4.1.15 a QoS 1 copy of an `end` it had already passed on came out again after a restart.
