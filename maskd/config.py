@@ -1191,6 +1191,23 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _names_apart_in_home_assistant(self) -> Config:
+        """Home Assistant's entity ids take `-` and runs of `_` for one `_` (its slugify): two
+        cameras so named (front-door, front_door) got one id and one with `_2`, whichever
+        discovery came first, so an automation written for one fired for the other."""
+        if not (self.mqtt.url and self.mqtt.discovery):
+            return self
+        seen: dict[str, str] = {}
+        for name in self.cameras:
+            slug = re.sub(r"[-_]+", "_", name.casefold()).strip("_")
+            if (first := seen.setdefault(slug, name)) != name and first.casefold() != name.casefold():
+                raise ValueError(f"cameras {first} and {name} are one name to Home Assistant's "
+                                 f"entity ids ({slug}): the second would get the first's "
+                                 "entities with _2; give them names apart (or set "
+                                 "mqtt.discovery: false)")
+        return self
+
+    @model_validator(mode="after")
     def _one_window(self) -> Config:
         """One camera at most opens the OpenCV window: it is one window ("maskd") for the
         process, and OpenCV's window calls are not safe from several camera threads."""

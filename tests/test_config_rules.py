@@ -287,6 +287,26 @@ def test_both_refuse_cameras_that_would_fight_over_a_window_a_device_or_a_port(t
             assert "hunter2" not in r.stderr, r.stderr  # a stream's password stays out of errors
 
 
+def test_camera_names_home_assistant_takes_for_one_are_refused_with_discovery(tmp_path):
+    """Home Assistant makes entity ids of names with `-` and runs of `_` as one `_`: in a real
+    Home Assistant 2025.4 cameras front-door and front_door of one map became
+    `event.maskd_entrance_2_front_door_violation` and `..._violation_2`, which one first only as
+    discovery happened to come, so an automation written for one fired for the other. Without
+    discovery (no Home Assistant) the names are fine."""
+    demo = "{kind: demo}"
+    cameras = f"cameras:\n  front-door: {{source: {demo}}}\n  front__door: {{source: {demo}}}\n"
+    url = f"mqtt:\n  url: mqtt://127.0.0.1:{free_port()}\n"
+    paths = {name: tmp_path / f"{name}.yaml" for name in ("on", "off", "none")}
+    paths["on"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}{url}")
+    paths["off"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}{url}  discovery: false\n")
+    paths["none"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}")
+    on, off, none = maskd_each([("check-config", str(p)) for p in paths.values()])
+    assert on.returncode == EX_CONFIG, on.stderr
+    assert ("cameras front-door and front__door are one name to Home Assistant's entity ids "
+            "(front_door)") in on.stderr, on.stderr
+    assert off.returncode == 0 and none.returncode == 0, (off.stderr, none.stderr)
+
+
 def test_run_prefixes_every_error_line(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text("source: {fsp: 3}\nmqtt: {url: 'http://x'}\n")
