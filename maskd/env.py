@@ -9,6 +9,7 @@ installation put things and what the process runs under:
 | ``MASKD_YUNET`` | a user | YuNet ``.onnx`` to use when ``detector.model`` is unset |
 | ``NOTIFY_SOCKET`` | systemd (``Type=notify``) | where READY/WATCHDOG/STATUS go |
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
+| ``JOURNAL_STREAM`` | systemd (stdout/stderr to the journal) | ``DEV:INODE`` of that stream: stderr is the journal when it matches (maskd.journal) |
 | ``DISPLAY``, ``WAYLAND_DISPLAY`` | the desktop session | whether ``preview.window`` can open |
 | ``TZ`` | a unit's ``Environment=`` | a time zone that a changed ``/etc/localtime`` does not move (maskd.clock.ZoneWatch) |
 | the name in ``mqtt.password_env`` | the unit's drop-in | the broker password (the config names it) |
@@ -58,6 +59,7 @@ class Environment:
     notify_socket: str | None = None
     watchdog_usec: str = ""
     watchdog_pid: str = ""
+    journal_stream: str = ""
     display: bool = False
     tz: str = ""  # TZ as set; the C library reads it itself, maskd only looks (ZoneWatch)
 
@@ -88,6 +90,7 @@ class Environment:
             notify_socket=env.get("NOTIFY_SOCKET") or None,
             watchdog_usec=env.get("WATCHDOG_USEC", ""),
             watchdog_pid=env.get("WATCHDOG_PID", ""),
+            journal_stream=env.get("JOURNAL_STREAM", ""),
             display=bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")),
             tz=env.get("TZ", ""),
         )

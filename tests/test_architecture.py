@@ -15,7 +15,7 @@ MASKD = Path(__file__).resolve().parents[1] / "maskd"
 # sources -> detectors -> classifier -> tracking -> events -> sinks; the loop and the commands
 # sit on top; shared records and pure helpers at the bottom.
 STAGES: list[tuple[str, ...]] = [
-    ("maskd", "maskd.types", "maskd.geometry", "maskd.env", "maskd.clock", "maskd.mailbox", "maskd.lograte", "maskd.files", "maskd.watch", "maskd.images",
+    ("maskd", "maskd.types", "maskd.geometry", "maskd.env", "maskd.clock", "maskd.mailbox", "maskd.lograte", "maskd.journal", "maskd.files", "maskd.watch", "maskd.images",
      "maskd.certs",
      "maskd.config", "maskd.modelfiles", "maskd.zones", "maskd.schedule", "maskd.pins"),
     ("maskd.sources", "maskd.demo"),

@@ -205,7 +205,8 @@ def main(argv: list[str]) -> int:
                **unit_environment(), "PYTHONPATH": str(REPO)}
         ids = unit_groups()
         groups = [f"--groups={','.join(map(str, ids))}"] if ids else ["--clear-groups"]
-        passed = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MASKD_MODEL_DIR", "LANG", "TZ")
+        passed = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "MASKD_MODEL_DIR", "LANG",
+                  "TZ")
         env.update({k: v for k, v in os.environ.items() if k in passed})
         os.execve(shutil.which("setpriv") or "setpriv",
                   ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *groups,

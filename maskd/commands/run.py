@@ -36,6 +36,7 @@ from maskd.config import (
     override,
     parse_config,
 )
+from maskd.journal import error_line, log_to_stderr
 
 log = logging.getLogger("maskd")
 
@@ -222,7 +223,7 @@ def startup_errors() -> tuple[type[BaseException], ...]:
 def say(err: BaseException) -> None:
     """A start-up error on stderr, every line of it prefixed (a config gives one per bad key)."""
     for line in str(err).splitlines() or [""]:
-        print(f"maskd run: {line}", file=sys.stderr)
+        error_line(f"maskd run: {line}")
 
 
 def start_failed(err: BaseException) -> int:
@@ -262,10 +263,9 @@ def main(args: argparse.Namespace) -> int:
     problems = unwritable(cfg)  # before anything is opened: check-config's rule
     if stop := [line for line, _, later in problems if not later]:
         for line in stop:
-            print(f"maskd run: {line}", file=sys.stderr)
+            error_line(f"maskd run: {line}")
         return EX_CONFIG
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(cfg.log_level)
     # the file holds the camera's address unless --source replaced it
     for line in cfg.startup_warnings(args.config if args.source is None else None):
         log.warning("%s", line)

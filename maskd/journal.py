@@ -1,0 +1,66 @@
+"""stderr under systemd: the journal, whose reader filters by priority (``journalctl -p
+warning``, a log shipper's ``-p err``).
+
+journald gives every stderr line the unit's ``SyslogLevel=`` (info) unless the line starts
+with ``<N>``, a syslog priority, which it reads line by line (sd-daemon(3)). So under the
+journal every line gets one: each line of a traceback the priority of the error above it, not
+info. systemd says the stream is the journal's by ``$JOURNAL_STREAM`` (``DEV:INODE``,
+systemd.exec(5)); compared with stderr itself, so a terminal, a file or a pipe that merely
+inherited the variable (a child's stderr redirected) get the plain lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import TextIO
+
+from maskd.env import Environment
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def is_journal(stream: TextIO, journal_stream: str) -> bool:
+    """Whether ``stream`` is the one ``$JOURNAL_STREAM`` (``journal_stream``) names."""
+    dev, _, ino = journal_stream.partition(":")
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no fileno, closed, junk
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    return False
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level (DEBUG 7, INFO 6, WARNING 4, ERROR 3, CRITICAL 2)."""
+    for level, prio in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                        (logging.INFO, 6)):
+        if levelno >= level:
+            return prio
+    return 7
+
+
+def prefixed(text: str, prio: int) -> str:
+    """Every line of ``text`` with ``<prio>`` before it."""
+    return "\n".join(f"<{prio}>{line}" for line in text.split("\n"))
+
+
+class JournalFormatter(logging.Formatter):
+    """The log line and its traceback, each line at the record's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return prefixed(super().format(record), priority(record.levelno))
+
+
+def log_to_stderr(level: int | str, fmt: str = FORMAT) -> None:
+    """logging.basicConfig on stderr, with priorities where stderr is the journal."""
+    journal = is_journal(sys.stderr, Environment.read().journal_stream)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter((JournalFormatter if journal else logging.Formatter)(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def error_line(text: str) -> None:
+    """A line on stderr that says why the command stops, at priority err in the journal."""
+    journal = is_journal(sys.stderr, Environment.read().journal_stream)
+    print(prefixed(text, 3) if journal else text, file=sys.stderr)

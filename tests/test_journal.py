@@ -1,0 +1,92 @@
+"""`maskd run` under systemd: its stderr is the journal's stream, and each line carries its
+syslog priority (``<N>``, sd-daemon(3)), so ``journalctl -u maskd -p warning`` (or ``-p err``,
+what log shippers read) shows maskd's warnings and errors, a traceback whole. Tested by the
+documented protocol, without journald: stderr a socket whose device and inode the test puts in
+``$JOURNAL_STREAM`` (systemd.exec(5)), as systemd does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the real `maskd run`, with a bug that the demo's first violation hits (exit 70, its traceback)
+BUGGY_RUN = """
+import sys
+import maskd.events as events
+from maskd.cli import main
+
+def buggy_update(self, *args, **kwargs):
+    raise ZeroDivisionError("a bug in the frames")
+
+events.Violations.update = buggy_update
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: bool = False
+                    ) -> tuple[int, list[str]]:
+    """`maskd run` (the demo, 30 frames) with stderr a socket, as systemd gives a unit, and
+    ``$JOURNAL_STREAM`` that socket's DEV:INODE (``journal="same"``), another socket's
+    (``"other"``: a pipe that inherited it) or unset (None): its exit status and stderr lines."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config)
+    ours, theirs = socket.socketpair()
+    other, other_end = socket.socketpair()
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")}
+    if journal is not None:
+        st = os.fstat((theirs if journal == "same" else other).fileno())
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    code = ["-c", BUGGY_RUN] if bug else ["-m", "maskd"]
+    with ours, theirs, other, other_end:
+        proc = subprocess.Popen([sys.executable, *code, "run", "--config", str(cfg),
+                                 "--max-frames", "30"], stderr=theirs, cwd=REPO, env=env)
+        theirs.close()
+        data = b""
+        while chunk := ours.recv(65536):
+            data += chunk
+        return proc.wait(timeout=120), data.decode().splitlines()
+
+
+def demo(tmp_path: Path) -> str:
+    return (f"camera: door\nsource: {{kind: demo}}\njsonl: {{path: {tmp_path / 'e.jsonl'}}}\n")
+
+
+def test_under_the_journal_each_line_has_its_priority_a_traceback_the_errors(tmp_path):
+    """Was: every line info (journald's default for the unit), so `journalctl -u maskd -p err`
+    showed nothing of a loop that failed; now the ERROR line and each line of its traceback are
+    <3>, the INFO lines <6>."""
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", bug=True)
+    assert code == 70, lines
+    failed = next(i for i, ln in enumerate(lines) if "door: the loop failed: ZeroDivisionError" in ln)
+    assert lines[failed].startswith("<3>"), lines
+    tb = lines[failed + 1:next(i for i, ln in enumerate(lines) if ln.endswith(
+        "ZeroDivisionError: a bug in the frames")) + 1]
+    assert tb[0] == "<3>Traceback (most recent call last):", lines
+    assert len(tb) > 3 and all(ln.startswith("<3>") for ln in tb), tb
+    info = [ln for ln in lines if " INFO maskd." in ln]
+    assert info and all(ln.startswith("<6>") for ln in info), lines
+
+
+def test_a_start_that_fails_is_an_error_in_the_journal(tmp_path):
+    """A bad config (exit 78): its line is <3>, so `journalctl -p err` says why maskd did not
+    start."""
+    code, lines = run_on_a_stream(tmp_path, "camera: door\nsource: {kind: demo}\nbogus: 1\n",
+                                  journal="same")
+    assert code == 78, lines
+    said = [ln for ln in lines if "maskd run: " in ln]
+    assert said and all(ln.startswith("<3>maskd run: ") for ln in said), lines
+
+
+def test_a_terminal_file_or_other_stream_gets_the_plain_lines(tmp_path):
+    """No $JOURNAL_STREAM, or one that names another stream (a child's stderr redirected from a
+    unit): no <N> anywhere, the lines as they were."""
+    for journal in (None, "other"):
+        code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal=journal, bug=True)
+        assert code == 70, lines
+        assert not [ln for ln in lines if ln.startswith("<")], lines
+        assert any(" ERROR maskd.service: door: the loop failed" in ln for ln in lines), lines
