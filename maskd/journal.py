@@ -20,6 +20,8 @@ from typing import TextIO
 from maskd.env import Environment
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# the journal stamps each line as it comes (journalctl -o short-precise: to the microsecond)
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def is_journal(stream: TextIO, journal_stream: str) -> bool:
@@ -52,11 +54,12 @@ class JournalFormatter(logging.Formatter):
         return prefixed(super().format(record), priority(record.levelno))
 
 
-def log_to_stderr(level: int | str, fmt: str = FORMAT) -> None:
-    """logging.basicConfig on stderr, with priorities where stderr is the journal."""
+def log_to_stderr(level: int | str) -> None:
+    """logging.basicConfig on stderr; where stderr is the journal, with priorities and without
+    a second time stamp beside the journal's own."""
     journal = is_journal(sys.stderr, Environment.read().journal_stream)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter((JournalFormatter if journal else logging.Formatter)(fmt))
+    handler.setFormatter(JournalFormatter(JOURNAL_FORMAT) if journal else logging.Formatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
 
 

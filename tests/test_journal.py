@@ -7,6 +7,7 @@ documented protocol, without journald: stderr a socket whose device and inode th
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_under_the_journal_each_line_has_its_priority_a_traceback_the_errors(tmp
         "ZeroDivisionError: a bug in the frames")) + 1]
     assert tb[0] == "<3>Traceback (most recent call last):", lines
     assert len(tb) > 3 and all(ln.startswith("<3>") for ln in tb), tb
-    info = [ln for ln in lines if " INFO maskd." in ln]
+    info = [ln for ln in lines if "INFO maskd." in ln]
     assert info and all(ln.startswith("<6>") for ln in info), lines
 
 
@@ -90,3 +91,19 @@ def test_a_terminal_file_or_other_stream_gets_the_plain_lines(tmp_path):
         assert code == 70, lines
         assert not [ln for ln in lines if ln.startswith("<")], lines
         assert any(" ERROR maskd.service: door: the loop failed" in ln for ln in lines), lines
+
+
+def test_under_the_journal_a_line_has_no_second_time_stamp(tmp_path):
+    """journalctl shows each line with the journal's own time; maskd's asctime beside it
+    (`Dec 07 10:14:06 pi maskd[812]: 2026-12-07 10:14:06,497 INFO ...`) took 24 characters of
+    every line for nothing. Under the journal the line starts with the level; on a terminal or
+    in a file the time stays first."""
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+    _, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same")
+    logged = [ln for ln in lines if " maskd." in ln and ln.startswith("<")]
+    assert logged and not [ln for ln in logged if stamp.search(ln)], lines
+    assert all(re.match(r"<[0-7]>(DEBUG|INFO|WARNING|ERROR|CRITICAL) maskd", ln)
+               for ln in logged), lines
+    _, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal=None)
+    logged = [ln for ln in lines if " INFO maskd." in ln]
+    assert logged and all(stamp.match(ln) for ln in logged), lines
