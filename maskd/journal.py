@@ -15,6 +15,9 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import traceback
+from types import TracebackType
 from typing import TextIO
 
 from maskd.env import Environment
@@ -60,6 +63,9 @@ def log_to_stderr(level: int | str) -> None:
     journal = is_journal(sys.stderr, Environment.read().journal_stream)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter(JOURNAL_FORMAT) if journal else logging.Formatter(FORMAT))
+    if journal:  # a bug nothing caught: its traceback as Python words it, at err
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
     logging.basicConfig(level=level, handlers=[handler])
 
 
@@ -67,3 +73,16 @@ def error_line(text: str) -> None:
     """A line on stderr that says why the command stops, at priority err in the journal."""
     journal = is_journal(sys.stderr, Environment.read().journal_stream)
     print(prefixed(text, 3) if journal else text, file=sys.stderr)
+
+
+def _uncaught(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+    print(prefixed("".join(traceback.format_exception(kind, err, tb)).rstrip("\n"), 3),
+          file=sys.stderr)
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:  # as Python's own hook
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    print(f"<3>Exception in thread {name}:", file=sys.stderr)
+    _uncaught(args.exc_type, args.exc_value, args.exc_traceback)

@@ -28,12 +28,31 @@ events.Violations.update = buggy_update
 sys.exit(main(sys.argv[1:]))
 """
 
+# a bug that nothing catches, in a thread and then at the start (exit 1)
+CRASHING_RUN = """
+import sys, threading
+import maskd.service as service
+from maskd.cli import main
 
-def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: bool = False
+def build(*args, **kwargs):
+    def worker():
+        raise ValueError("a bug in a thread")
+    t = threading.Thread(target=worker, name="worker")
+    t.start()
+    t.join()
+    raise RuntimeError("a bug at the start")
+
+service.build = build
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: str = ""
                     ) -> tuple[int, list[str]]:
     """`maskd run` (the demo, 30 frames) with stderr a socket, as systemd gives a unit, and
     ``$JOURNAL_STREAM`` that socket's DEV:INODE (``journal="same"``), another socket's
-    (``"other"``: a pipe that inherited it) or unset (None): its exit status and stderr lines."""
+    (``"other"``: a pipe that inherited it) or unset (None), with ``bug`` (``"loop"``:
+    BUGGY_RUN, ``"crash"``: CRASHING_RUN): its exit status and stderr lines."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(config)
     ours, theirs = socket.socketpair()
@@ -42,7 +61,7 @@ def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: bo
     if journal is not None:
         st = os.fstat((theirs if journal == "same" else other).fileno())
         env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-    code = ["-c", BUGGY_RUN] if bug else ["-m", "maskd"]
+    code = ["-c", {"loop": BUGGY_RUN, "crash": CRASHING_RUN}[bug]] if bug else ["-m", "maskd"]
     with ours, theirs, other, other_end:
         proc = subprocess.Popen([sys.executable, *code, "run", "--config", str(cfg),
                                  "--max-frames", "30"], stderr=theirs, cwd=REPO, env=env)
@@ -61,7 +80,7 @@ def test_under_the_journal_each_line_has_its_priority_a_traceback_the_errors(tmp
     """Was: every line info (journald's default for the unit), so `journalctl -u maskd -p err`
     showed nothing of a loop that failed; now the ERROR line and each line of its traceback are
     <3>, the INFO lines <6>."""
-    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", bug=True)
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", bug="loop")
     assert code == 70, lines
     failed = next(i for i, ln in enumerate(lines) if "door: the loop failed: ZeroDivisionError" in ln)
     assert lines[failed].startswith("<3>"), lines
@@ -87,7 +106,7 @@ def test_a_terminal_file_or_other_stream_gets_the_plain_lines(tmp_path):
     """No $JOURNAL_STREAM, or one that names another stream (a child's stderr redirected from a
     unit): no <N> anywhere, the lines as they were."""
     for journal in (None, "other"):
-        code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal=journal, bug=True)
+        code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal=journal, bug="loop")
         assert code == 70, lines
         assert not [ln for ln in lines if ln.startswith("<")], lines
         assert any(" ERROR maskd.service: door: the loop failed" in ln for ln in lines), lines
@@ -107,3 +126,19 @@ def test_under_the_journal_a_line_has_no_second_time_stamp(tmp_path):
     _, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal=None)
     logged = [ln for ln in lines if " INFO maskd." in ln]
     assert logged and all(stamp.match(ln) for ln in logged), lines
+
+
+def test_under_the_journal_a_traceback_nothing_caught_is_an_error(tmp_path):
+    """A bug nothing catches (at the start, in a thread): Python's own traceback, each line <3>
+    (was: info, so `-p err` showed nothing of the crash but systemd's exit status)."""
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", bug="crash")
+    assert code == 1, lines
+    for first, last in (("<3>Exception in thread worker:", "ValueError: a bug in a thread"),
+                        ("<3>Traceback (most recent call last):",
+                         "RuntimeError: a bug at the start")):
+        start = lines.index(first)
+        end = next(i for i in range(start, len(lines)) if lines[i].endswith(last))
+        assert all(ln.startswith("<3>") for ln in lines[start:end + 1]), lines
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="other", bug="crash")
+    assert code == 1 and "Traceback (most recent call last):" in lines, lines
+    assert "Exception in thread worker:" in lines, lines
