@@ -66,6 +66,7 @@ def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: st
         proc = subprocess.Popen([sys.executable, *code, "run", "--config", str(cfg),
                                  "--max-frames", "30"], stderr=theirs, cwd=REPO, env=env)
         theirs.close()
+        ours.settimeout(120)  # a run that hangs fails the test, not the suite
         data = b""
         while chunk := ours.recv(65536):
             data += chunk
@@ -78,10 +79,16 @@ def demo(tmp_path: Path) -> str:
 
 def test_under_the_journal_each_line_has_its_priority_a_traceback_the_errors(tmp_path):
     """Was: every line info (journald's default for the unit), so `journalctl -u maskd -p err`
-    showed nothing of a loop that failed; now the ERROR line and each line of its traceback are
-    <3>, the INFO lines <6>."""
-    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", bug="loop")
+    showed nothing of a loop that failed; now the WARNING line is <4>, the ERROR line and each
+    line of its traceback <3>, the INFO lines <6>."""
+    # a top-level tracking that the one camera's own replaces: a WARNING at the start
+    config = ("cameras: {door: {source: {kind: demo}, tracking: {cooldown_s: 1}}}\n"
+              f"tracking: {{cooldown_s: 2}}\njsonl: {{path: {tmp_path / 'e.jsonl'}}}\n")
+    code, lines = run_on_a_stream(tmp_path, config, journal="same", bug="loop")
     assert code == 70, lines
+    assert [ln for ln in lines if "WARNING maskd" in ln] == [
+        "<4>WARNING maskd: 'tracking.cooldown_s': every camera of cameras: has its own tracking, "
+        "so the top-level tracking is not used; set it under cameras.<name>.tracking"], lines
     failed = next(i for i, ln in enumerate(lines) if "door: the loop failed: ZeroDivisionError" in ln)
     assert lines[failed].startswith("<3>"), lines
     tb = lines[failed + 1:next(i for i, ln in enumerate(lines) if ln.endswith(
