@@ -411,9 +411,9 @@ def owners_kept(options: list[str], point: str) -> bool:
         lines = FSTAB.read_text(errors="replace").splitlines()
     except OSError:
         return False
-    for line in lines:  # 'SOURCE POINT TYPE OPTIONS ...'
+    for line in lines:  # 'SOURCE POINT TYPE OPTIONS ...'; a POINT may end in / (mount's alike)
         words = line.split()
-        if len(words) > 3 and not words[0].startswith("#") and words[1] == point:
+        if len(words) > 3 and not words[0].startswith("#") and os.path.normpath(words[1]) == point:
             return "permissions" in words[3].split(",")
     return False
 

@@ -423,6 +423,26 @@ def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_
             assert said == (None, []), said
 
 
+def test_an_ntfs_stick_whose_fstab_line_ends_its_mount_point_with_a_slash_keeps_owners(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fstab line may write the mount point with a slash at its end (/media/usb/, as a
+    shell completes a folder): mount and systemd mount it there alike, and mountinfo says
+    /media/usb. Its `permissions` was not found: check-config still said 'keeps no owners:
+    ... mount it with uid=...' of a stick that keeps them. The two are compared normalized."""
+    from maskd import files
+    from maskd.outbox import mounted_for_another
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab)
+    stick = ntfs_stick(request, tmp_path, "permissions")
+    fstab.write_text(f"UUID=0123\t{stick}/ ntfs-3g permissions,nofail 0 0\n")
+    (stick / "usb").mkdir(mode=0o755)
+    os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)
+    assert os.stat(stick / "usb").st_uid == sandbox.NOBODY  # kept
+    assert files.ownerless_fs(stick / "usb") is None
+    assert mounted_for_another(stick / "usb") is None
+
+
 def test_pictures_on_a_stick_whose_mount_closes_its_files_are_no_warning(
         request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A stick mounted dmask=022,fmask=077 shows its folders 0755 but gives every file 0700:
