@@ -646,6 +646,36 @@ def test_read_write_paths_with_systemd_specifiers_are_filled_in_as_systemd_does(
                                  "missing"), row
 
 
+def test_a_read_write_path_ending_in_a_percent_is_that_folder_as_systemd_takes_it(
+        tmp_path, monkeypatch, request):
+    """systemd keeps a % at a word's end as it is (specifier_printf: 'a stray %, also end with
+    %'): ReadWritePaths=-/dev/shm/usb% opens that folder. doctor said the folder the service
+    writes there was read-only to it, unless the word opened it, 'doctor cannot tell which
+    folder systemd makes of a % at its end'. It is that folder now: no row."""
+    from maskd.commands import doctor as doc
+    from maskd.config import load_config
+
+    stick = Path(tempfile.mkdtemp(dir="/dev/shm", suffix="usb%"))
+    request.addfinalizer(lambda: shutil.rmtree(stick))
+    if shutil.which("systemd-analyze"):  # systemd takes the word, % and all
+        (tmp_path / "t.service").write_text(
+            f"[Service]\nExecStart=/bin/true\nReadWritePaths=-{stick} {stick.name}\n")
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "t.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert "specifier" not in r.stderr and f"ignoring: {stick.name}\n" in r.stderr, r.stderr
+    unit = tmp_path / "maskd.service"
+    unit.write_text((REPO / "systemd/maskd.service").read_text())
+    monkeypatch.setattr(doc, "UNIT_FILE", unit)
+    monkeypatch.setattr(doc, "API_WRITABLE", ())  # /dev/shm taken for a stick
+    (tmp_path / "maskd.service.d").mkdir()
+    (tmp_path / "maskd.service.d/override.conf").write_text(f"[Service]\nReadWritePaths=-{stick}\n")
+    (tmp_path / "c.yaml").write_text(f"source: {{kind: demo}}\nsnapshots: {{dir: {stick}/s}}\n")
+    assert doc.unit_read_write_paths(unit) == [stick] and doc.unit_unjudged(unit) == []
+    d = doc.Doctor(load_config(tmp_path / "c.yaml"), 1)
+    d.sandbox()
+    assert d.checks == []
+
+
 def test_a_place_linked_into_home_is_named_as_a_link(tmp_path, monkeypatch):
     """`ln -s /home/pi/snaps /var/lib/maskd/snaps`, `snapshots.dir: /var/lib/maskd/snaps`: the
     sandbox row said '/var/lib/maskd/snaps is under /home ... move it to /var/lib/maskd', of a

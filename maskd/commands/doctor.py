@@ -301,13 +301,14 @@ class Unjudged(ValueError):
 
 def unit_specifiers(text: str, unit_name: str = "maskd.service") -> str:
     """``text`` with its systemd specifiers filled in as the system manager fills them in a
-    path (%S/maskd-usb: /var/lib/maskd-usb; %N: the unit's name), or ``Unjudged``."""
-    known = {**_SPECIFIERS, "n": unit_name, "N": unit_name.rpartition(".")[0]}
+    path (%S/maskd-usb: /var/lib/maskd-usb; %N: the unit's name; a % at its end stays, as
+    systemd keeps it), or ``Unjudged``."""
+    known = {**_SPECIFIERS, "n": unit_name, "N": unit_name.rpartition(".")[0], "": "%"}
     out, rest = [], text
     while (at := rest.find("%")) >= 0:
         letter = rest[at + 1:at + 2]
         if letter not in known:
-            raise Unjudged(f"%{letter}" if letter else "a % at its end")
+            raise Unjudged(f"%{letter}")
         out += [rest[:at], known[letter]]
         rest = rest[at + 2:]
     return "".join([*out, rest])
