@@ -8,9 +8,11 @@ import faulthandler
 import importlib
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from maskd import __version__, env, modelfiles
 from maskd.commands import EX_IOERR, OutputError
+from maskd.journal import error_line
 
 # Each command's --help ends with its exit codes and one example (tests/test_cli_help.py).
 EPILOGS = {
@@ -194,8 +196,17 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector-model", type=_path, default=None, help="detector model file")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's, whose usage and error (exit 2: an option in the unit's ExecStart= that
+    `maskd run` does not know) are at err in the journal, as any start that fails."""
+
+    def error(self, message: str) -> NoReturn:
+        error_line(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
+        self.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="maskd", description="Find people without a face mask in a camera feed; report them.",
         epilog="exit codes: those of the command (maskd COMMAND --help)\n\nexample:\n"
                "  maskd run --source demo --jsonl -",

@@ -47,12 +47,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: str = ""
-                    ) -> tuple[int, list[str]]:
+def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: str = "",
+                    options: tuple[str, ...] = ()) -> tuple[int, list[str]]:
     """`maskd run` (the demo, 30 frames) with stderr a socket, as systemd gives a unit, and
     ``$JOURNAL_STREAM`` that socket's DEV:INODE (``journal="same"``), another socket's
     (``"other"``: a pipe that inherited it) or unset (None), with ``bug`` (``"loop"``:
-    BUGGY_RUN, ``"crash"``: CRASHING_RUN): its exit status and stderr lines."""
+    BUGGY_RUN, ``"crash"``: CRASHING_RUN) and ``options`` after its own: its exit status and
+    stderr lines."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(config)
     ours, theirs = socket.socketpair()
@@ -64,7 +65,7 @@ def run_on_a_stream(tmp_path: Path, config: str, *, journal: str | None, bug: st
     code = ["-c", {"loop": BUGGY_RUN, "crash": CRASHING_RUN}[bug]] if bug else ["-m", "maskd"]
     with ours, theirs, other, other_end:
         proc = subprocess.Popen([sys.executable, *code, "run", "--config", str(cfg),
-                                 "--max-frames", "30"], stderr=theirs, cwd=REPO, env=env)
+                                 "--max-frames", "30", *options], stderr=theirs, cwd=REPO, env=env)
         theirs.close()
         ours.settimeout(120)  # a run that hangs fails the test, not the suite
         data = b""
@@ -107,6 +108,19 @@ def test_a_start_that_fails_is_an_error_in_the_journal(tmp_path):
     assert code == 78, lines
     said = [ln for ln in lines if "maskd run: " in ln]
     assert said and all(ln.startswith("<3>maskd run: ") for ln in said), lines
+
+
+def test_a_mistyped_option_is_an_error_in_the_journal(tmp_path):
+    """An option `maskd run` does not know in ExecStart= (exit 2, which the unit does not
+    restart): argparse's usage and error lines are <3> (was: info, so `journalctl -p err`
+    showed nothing of why maskd did not start); elsewhere they are as argparse writes them."""
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same", options=("--confg",))
+    assert code == 2, lines
+    assert lines and all(ln.startswith("<3>") for ln in lines), lines
+    assert lines[-1] == "<3>maskd: error: unrecognized arguments: --confg", lines
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="other", options=("--confg",))
+    assert code == 2 and lines[0].startswith("usage: maskd "), lines
+    assert lines[-1] == "maskd: error: unrecognized arguments: --confg", lines
 
 
 def test_a_terminal_file_or_other_stream_gets_the_plain_lines(tmp_path):
