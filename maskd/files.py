@@ -411,11 +411,11 @@ def owners_kept(options: list[str], point: str) -> bool:
         lines = FSTAB.read_text(errors="replace").splitlines()
     except OSError:
         return False
-    for line in lines:  # 'SOURCE POINT TYPE OPTIONS ...'; a POINT may end in / (mount's alike)
-        words = line.split()
-        if len(words) > 3 and not words[0].startswith("#") and os.path.normpath(words[1]) == point:
-            return "permissions" in words[3].split(",")
-    return False
+    # 'SOURCE POINT TYPE OPTIONS ...'; POINT where mount takes it (a / at its end, a link
+    # followed), looked at on a line with permissions only: another's (an NFS server away) may hang
+    return any(len(words) > 3 and not words[0].startswith("#") and "permissions" in
+               words[3].split(",") and os.path.realpath(words[1]) == point
+               for words in map(str.split, lines))
 
 
 def files_mode(folder: Path) -> int | None:

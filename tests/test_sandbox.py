@@ -443,6 +443,27 @@ def test_an_ntfs_stick_whose_fstab_line_ends_its_mount_point_with_a_slash_keeps_
     assert mounted_for_another(stick / "usb") is None
 
 
+def test_an_ntfs_stick_whose_fstab_line_names_a_link_to_its_mount_point_keeps_owners(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fstab line may name its mount point through a link (/mnt/usb -> /media/usb): mount
+    and systemd follow it and mount there, and mountinfo says /media/usb. Its `permissions`
+    was not found: check-config said 'keeps no modes of its own ... mount it with umask=027' of
+    a stick that keeps them. The fstab point is taken where mount takes it."""
+    from maskd import files
+    from maskd.outbox import mounted_for_another
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab)
+    stick = ntfs_stick(request, tmp_path, "permissions")
+    (tmp_path / "link").symlink_to(stick)
+    fstab.write_text(f"UUID=0123 {tmp_path / 'link'} ntfs-3g permissions,nofail 0 0\n")
+    (stick / "usb").mkdir(mode=0o755)
+    os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)
+    assert os.stat(stick / "usb").st_uid == sandbox.NOBODY  # kept
+    assert files.ownerless_fs(stick / "usb") is None
+    assert mounted_for_another(stick / "usb") is None
+
+
 def test_pictures_on_a_stick_whose_mount_closes_its_files_are_no_warning(
         request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A stick mounted dmask=022,fmask=077 shows its folders 0755 but gives every file 0700:
