@@ -123,6 +123,36 @@ def test_a_folder_that_cannot_be_synced_keeps_the_write_and_a_card_error_is_said
     assert [p.name for p in folder.iterdir()] == ["f.json"]
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_an_atomic_write_is_on_the_card_before_its_rename_and_the_rename_after(tmp_path, sync):
+    """A power cut after the rename left open_violations.json empty (its data never written
+    before the rename) or the version before (the rename never written): the file is synced
+    before its rename and the folder after, in a real process as strace sees it; with sync
+    False (scan's annotated copies, made again by running it again) neither, for speed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    folder = tmp_path / "state"
+    folder.mkdir()
+    write = ("import sys; from pathlib import Path; from maskd.files import write_atomically; "
+             "write_atomically(Path(sys.argv[1]) / 'f.json', b'{}', sync=sys.argv[2] == 'y')")
+    trace = tmp_path / "strace.txt"
+    r = subprocess.run([strace, "-f", "-qq", "-y", "-o", str(trace), "-e",
+                        "trace=fsync,fdatasync,rename,renameat,renameat2", sys.executable, "-c",
+                        write, str(folder), "y" if sync else "n"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    calls = [line for line in trace.read_text().splitlines() if str(folder) in line]
+    kinds = ["rename" if "rename" in c else "file" if f"{folder}/." in c else "folder"
+             for c in calls]
+    assert kinds == (["file", "rename", "folder"] if sync else ["rename"]), calls
+    assert (folder / "f.json").read_bytes() == b"{}"
+
+
 def test_write_atomically_gives_the_mode_open_would_give(tmp_path):
     """The umask decides (mkstemp's 0600 locked others out of a model or an annotation)."""
     import stat
@@ -262,3 +292,30 @@ def test_files_mode_is_the_mounts_fmask_where_the_kernel_says_it_else_a_files_th
     (folder / "a.jpg").touch()
     os.chmod(folder / "a.jpg", 0o640)
     assert files.files_mode(folder) == 0o640
+    assert files.files_mode(folder / "not-yet") == 0o640  # the folder it will be made in
+    (empty := tmp_path / "empty").mkdir()
+    (empty / "clips").mkdir(mode=0o755)
+    assert files.files_mode(empty) is None  # a folder's mode is not a file's (dmask=, not fmask=)
+
+
+def test_an_ntfs_mount_keeps_owners_only_where_its_own_fstab_line_says_permissions(
+        tmp_path, monkeypatch):
+    """ntfs-3g says default_permissions alike with -o permissions (owners kept) and umask=
+    (none kept): the fstab line of that mount point tells, not a commented-out one, not
+    another stick's, and not default_permissions written in the line."""
+    from maskd import files
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab)
+    kept = ["rw", "user_id=0", "group_id=0", "default_permissions", "allow_other"]
+    for text, expected in (
+            ("UUID=1 /media/usb ntfs-3g permissions,nofail 0 0\n", True),
+            ("#UUID=1 /media/usb ntfs-3g permissions,nofail 0 0\n"
+             "UUID=1 /media/usb ntfs-3g umask=027,nofail 0 0\n", False),
+            ("UUID=2 /media/other ntfs-3g permissions 0 0\n"
+             "UUID=1 /media/usb ntfs-3g umask=027 0 0\n", False),
+            ("UUID=1 /media/usb ntfs-3g default_permissions,umask=027 0 0\n", False)):
+        fstab.write_text(text)
+        assert files.owners_kept(kept, "/media/usb") is expected, text
+    fstab.write_text("UUID=1 /media/usb ntfs-3g permissions 0 0\n")
+    assert not files.owners_kept(["rw", "user_id=0", "allow_other"], "/media/usb")  # not ntfs-3g's
