@@ -292,6 +292,28 @@ def test_standard_output_appended_to_a_file_a_power_cut_cut_gets_its_next_line_w
     assert other.read_bytes().startswith(b'{"event_type": "start", "event_id": "id1"')
 
 
+def test_a_cut_last_line_whose_newline_the_card_refuses_is_not_said_ended(tmp_path):
+    """The newline that ends a cut last line is refused (EIO injected by strace into its write
+    in a real process): the WARNING that says the line was ended here is not given, as the
+    line was not ended; the file is as it was."""
+    from test_faults_mqtt import strace_injecting
+
+    strace = strace_injecting()
+    path = tmp_path / "events.jsonl"
+    before = b'{"event_type": "start", "event_id": "before"}\n{"event_type": "upd'
+    path.write_bytes(before)
+    opened = ("import logging, sys; logging.basicConfig(); from maskd.jsonl import JsonlSink; "
+              "JsonlSink(sys.argv[1]).close()")
+    r = subprocess.run([strace, "-f", "-qq", "-o", str(tmp_path / "strace.log"), "-e",
+                        "trace=write,pwrite64", "-P", str(path), "-e",
+                        "inject=write,pwrite64:error=EIO:when=1", sys.executable, "-c", opened,
+                        str(path)], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INJECTED" in (tmp_path / "strace.log").read_text(), "the fault met no write"
+    assert "cut off" not in r.stderr and path.read_bytes() == before, r.stderr
+
+
 def test_a_jsonl_file_this_user_cannot_read_is_left_as_it_is_and_nothing_said(tmp_path):
     """A JSON lines file this user may append to but not read (0200, a real process without
     the capabilities that pass by file modes): whether its last line was cut is not known, so
