@@ -882,6 +882,28 @@ def test_port_0_is_no_privileged_port() -> None:
     assert privileged_port("[::]:443") is not None and "[::]:8080" in privileged_port("[::]:443")
 
 
+def test_the_first_unprivileged_port_is_open_and_another_refusal_gets_no_why() -> None:
+    """net.ipv4.ip_unprivileged_port_start itself is open to every user (preview.http:
+    0.0.0.0:1024 is not warned of), the port below it is not; and a low port refused for
+    another reason (an address not on this machine: EADDRNOTAVAIL) is not said to need a
+    privilege, as run's line then misled."""
+    import errno
+
+    from maskd.preview import listen_refused, privileged_port
+
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start < 2:
+        pytest.skip(f"every port is open to every user here (ip_unprivileged_port_start {start})")
+    assert privileged_port(f"0.0.0.0:{start}") is None
+    assert privileged_port(f"0.0.0.0:{start - 1}") is not None
+    err = OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+    assert listen_refused(f"192.0.2.1:{start - 1}", err) == (
+        f"preview.http: cannot listen on 192.0.2.1:{start - 1}: {err.strerror}")
+    err = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    assert listen_refused(f"0.0.0.0:{start - 1}", err).endswith(privileged_port(
+        f"0.0.0.0:{start - 1}") or "?")
+
+
 def test_a_video_file_the_service_cannot_read_is_a_warning_in_check_config(
         dirs: tuple[Path, Path], yunet_model: Path) -> None:
     """`source.uri` a clip left root's 0600 (copied with sudo): check-config, as the service
