@@ -976,6 +976,13 @@ def test_a_folder_of_images_the_service_cannot_search_is_said_so_in_check_config
                 "user nobody; the service may run as another)")
         assert rc == 0 and said in out, out
         shutil.rmtree(images)
+    # images this user reads beside a folder it may not search (a stick's lost+found, root's
+    # 0700): the images play, nothing to warn of
+    (images := config / "images").mkdir(mode=0o755)
+    cv2.imwrite(str(images / "a.jpg"), np.full((48, 64, 3), 128, np.uint8))
+    (images / "lost+found").mkdir(mode=0o700)
+    rc, out = ran(state, config, "check-config", f"{sandbox.CONFIG}/config.yaml")
+    assert rc == 0 and "warning" not in out, out
 
 
 def test_a_root_doctor_names_the_privilege_of_a_low_port_another_program_holds(
