@@ -44,6 +44,7 @@ from maskd.statuspage import (
     CameraView,
     Credentials,
     StatusServer,
+    error_page,
 )
 from maskd.types import Face, Frame, LoopStats, Verdict, ViolationEvent
 from tools.ipcamera import IpCamera
@@ -2135,6 +2136,9 @@ def test_a_person_who_reaches_an_error_answer_reads_what_it_is(tmp_path):
         assert Credentials(password=b"p", token=b"t").hint() == (
             "open this page with the page's password (any user name) or its token (?token=... "
             "in the address, once)")
+        assert Credentials(token=b"t").hint() == (  # no password set: none asked for
+            "open this page with its token (?token=... in the address, once)")
+        assert b"<p>no camera &lt;b&gt;</p>" in error_page(404, "no camera <b>\n")  # text, not tags
         with open_page(tmp_path / "404", srv.url.replace("://", "://maskd:door-pass@")
                        + "no/such/page") as browser:
             seen = browser.wait_for(f"document.readyState === 'complete' && {page}", 20)
