@@ -710,13 +710,16 @@ def test_doctors_read_write_paths_for_a_stick_not_mounted_names_its_mount_point(
     assert rc == 0 and list((usb / "snaps").glob("*.jpg")), out
 
 
+@pytest.mark.parametrize("file, key", [("client.key", "mqtt.key_file"),
+                                       ("client.crt", "mqtt.cert_file"), ("ca.crt", "mqtt.ca_file")])
 def test_a_renewed_key_the_service_cannot_read_is_named_alone(
-        dirs: tuple[Path, Path], tmp_path: Path) -> None:
+        dirs: tuple[Path, Path], tmp_path: Path, file: str, key: str) -> None:
     """A renewal (certbot's privkey, `install -m 0600`) leaves mqtt.key_file root's 0600 under
     a running service: it went on with the files it had, as docs/mqtt.md says, but its warning
     and fault line blamed both files with a bare errno (`mqtt.cert_file C, mqtt.key_file K:
     [Errno 13] Permission denied`), the certificate beside it readable. They now name the key
-    alone in the words check-config and a restart use (`cannot read 'K': Permission denied`)."""
+    alone in the words check-config and a restart use (`cannot read 'K': Permission denied`);
+    a renewed certificate or CA file left so is named alone alike."""
     from mqtt_broker import make_ca
 
     state, config = dirs
@@ -747,17 +750,19 @@ def test_a_renewed_key_the_service_cannot_read_is_named_alone(
         try:
             assert wait_for(lambda: "MQTT: connected to" in log.read_text(), proc), \
                 log.read_text()
-            key = config / "client.key"
-            key.chmod(0o600)  # the renewal's key: root's alone
-            os.chown(key, 0, 0)
-            os.utime(key, (time.time() - 10, time.time() - 10))  # settled
+            renewed = config / file
+            renewed.chmod(0o600)  # the renewal's: root's alone
+            os.chown(renewed, 0, 0)
+            os.utime(renewed, (time.time() - 10, time.time() - 10))  # settled
             assert wait_for(lambda: "do not load" in log.read_text(), proc), log.read_text()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     line = next(x for x in log.read_text().splitlines() if "do not load" in x)
-    assert f"mqtt.key_file: cannot read '{c}/client.key': Permission denied" in line, line
-    assert "cert_file" not in line.split("do not load:")[1] and "Errno" not in line, line
+    assert f"{key}: cannot read '{c}/{file}': Permission denied" in line, line
+    said = line.split("do not load:")[1]
+    assert [k for k in ("ca_file", "cert_file", "key_file") if k in said] == [
+        key.removeprefix("mqtt.")] and "Errno" not in line, line
 
 
 def wait_for(done: object, proc: subprocess.Popen, timeout: float = 120) -> bool:
