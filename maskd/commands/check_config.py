@@ -244,7 +244,8 @@ def pictures_open_to_all(cfg: Config) -> list[str]:
     every user of this machine read there: FAT, exFAT and NTFS keep no modes, the mount's
     umask= gives them (an fstab line without it: 0755), not the 0640 and 0750 maskd asks for.
     Its files' mode is judged where it is told (``files_mode``): one mounted fmask=077 shows its
-    folders 0755 but lets no one else read a picture, and was warned of."""
+    folders 0755 but lets no one else read a picture, and was warned of; a folder others may
+    not go in (no x for them: dmask=023) opens none of its files to them, whatever their mode."""
     folders = [("snapshots.dir", cfg.snapshots.dir), *(
         (f"{named}.annotate_dir", preview.annotate_dir) for named, preview in cfg.previews())]
     out = []
@@ -255,13 +256,14 @@ def pictures_open_to_all(cfg: Config) -> list[str]:
             mode = os.stat(existing_place(folder) or folder).st_mode & 0o777
         except OSError:
             continue
-        if mode & 0o001 and (files := files_mode(folder)) is not None and not files & 0o004:
+        if not mode & 0o001:
+            continue  # others may not go in (dmask=023: 0754), so open no picture there
+        if (files := files_mode(folder)) is not None and not files & 0o004:
             continue  # others may go in, but read no picture there
-        if mode & 0o007:
-            out.append(f"{key} {shown_path(folder)}: every user of this machine may read the "
-                       f"pictures there: its file system ({fs}) keeps no modes of its own, its "
-                       f"mount gives mode {mode:04o}; mount it with umask=027 (docs/config.md, a "
-                       "USB stick)")
+        out.append(f"{key} {shown_path(folder)}: every user of this machine may read the "
+                   f"pictures there: its file system ({fs}) keeps no modes of its own, its "
+                   f"mount gives mode {mode:04o}; mount it with umask=027 (docs/config.md, a "
+                   "USB stick)")
     return out
 
 
