@@ -423,40 +423,27 @@ def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_
             assert said == (None, []), said
 
 
-def test_an_ntfs_stick_whose_fstab_line_ends_its_mount_point_with_a_slash_keeps_owners(
-        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("named", ["with a slash", "through a link"])
+def test_an_ntfs_stick_whose_fstab_line_names_its_mount_point_otherwise_keeps_owners(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        named: str) -> None:
     """An fstab line may write the mount point with a slash at its end (/media/usb/, as a
-    shell completes a folder): mount and systemd mount it there alike, and mountinfo says
-    /media/usb. Its `permissions` was not found: check-config still said 'keeps no owners:
-    ... mount it with uid=...' of a stick that keeps them. The two are compared normalized."""
+    shell completes a folder) or through a link (/mnt/usb -> /media/usb): mount and systemd
+    mount it at /media/usb alike, and mountinfo says that. Its `permissions` was not found:
+    check-config said 'keeps no owners: ... mount it with uid=...' and 'keeps no modes of its
+    own ... mount it with umask=027' of a stick that keeps them. The fstab point is taken where
+    mount takes it."""
     from maskd import files
     from maskd.outbox import mounted_for_another
 
     fstab = tmp_path / "fstab"
     monkeypatch.setattr(files, "FSTAB", fstab)
     stick = ntfs_stick(request, tmp_path, "permissions")
-    fstab.write_text(f"UUID=0123\t{stick}/ ntfs-3g permissions,nofail 0 0\n")
-    (stick / "usb").mkdir(mode=0o755)
-    os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)
-    assert os.stat(stick / "usb").st_uid == sandbox.NOBODY  # kept
-    assert files.ownerless_fs(stick / "usb") is None
-    assert mounted_for_another(stick / "usb") is None
-
-
-def test_an_ntfs_stick_whose_fstab_line_names_a_link_to_its_mount_point_keeps_owners(
-        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An fstab line may name its mount point through a link (/mnt/usb -> /media/usb): mount
-    and systemd follow it and mount there, and mountinfo says /media/usb. Its `permissions`
-    was not found: check-config said 'keeps no modes of its own ... mount it with umask=027' of
-    a stick that keeps them. The fstab point is taken where mount takes it."""
-    from maskd import files
-    from maskd.outbox import mounted_for_another
-
-    fstab = tmp_path / "fstab"
-    monkeypatch.setattr(files, "FSTAB", fstab)
-    stick = ntfs_stick(request, tmp_path, "permissions")
-    (tmp_path / "link").symlink_to(stick)
-    fstab.write_text(f"UUID=0123 {tmp_path / 'link'} ntfs-3g permissions,nofail 0 0\n")
+    point = f"{stick}/"
+    if named == "through a link":
+        (tmp_path / "link").symlink_to(stick)
+        point = str(tmp_path / "link")
+    fstab.write_text(f"UUID=0123\t{point} ntfs-3g permissions,nofail 0 0\n")
     (stick / "usb").mkdir(mode=0o755)
     os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)
     assert os.stat(stick / "usb").st_uid == sandbox.NOBODY  # kept
