@@ -621,11 +621,11 @@ def test_read_write_paths_with_systemd_specifiers_are_filled_in_as_systemd_does(
         "/var/lib/maskd-usb", "/var/cache/a", "/var/log/b", "/run/c", "/tmp/d", "/var/tmp/e",
         "/etc/f", "/root/g", "/srv/100%/maskd.service/maskd")]
     assert doc.unit_unjudged(unit) == [("-%Y/x", "%Y")]  # the unit file's folder
-    # a % at the word's end names itself; a name holding .. (not a part ..) is a path
+    # a % at the word's end stays as systemd keeps it; a name holding .. (not a part ..) is a path
     (tmp_path / "maskd.service.d/override.conf").write_text(
         "[Service]\nReadWritePaths=-/srv/x% /srv/a..b\n")
-    assert doc.unit_unjudged(unit) == [("-/srv/x%", "a % at its end")]
-    assert doc.unit_read_write_paths(unit) == [Path("/srv/a..b")]
+    assert doc.unit_unjudged(unit) == []
+    assert doc.unit_read_write_paths(unit) == [Path("/srv/x%"), Path("/srv/a..b")]
     # the row, of a stick whose folder is written with a %% (outside /tmp: the service's own)
     stick = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="usb%Y"))
     request.addfinalizer(lambda: shutil.rmtree(stick))
