@@ -1233,6 +1233,26 @@ def test_read_write_paths_are_read_as_systemd_reads_them(tmp_path):
     assert unit_read_write_paths(unit)[2:] == [Path("/media/pi/USB DISK"), Path("/media/pi/my clips")]
 
 
+def test_a_read_write_paths_line_with_a_quote_left_open_keeps_the_words_before_it(tmp_path):
+    """systemd reads ReadWritePaths= word by word into the unit's list and stops at a quote
+    left open ('Failed to extract first word, ignoring'): the words before it are kept. doctor
+    dropped the whole line and said the folder of its first word was read-only to the service;
+    a line that is only an open quote adds nothing (and clears nothing)."""
+    from maskd.commands.doctor import unit_read_write_paths
+
+    unit = tmp_path / "maskd.service"
+    unit.write_text('[Service]\nReadWritePaths=/srv/a\nReadWritePaths=rel -/media/usb "/media/pi/USB DISK\n'
+                    'ReadWritePaths="/srv/b\n')
+    if shutil.which("systemd-analyze"):  # it takes the words before the open quote one by one
+        (tmp_path / "t.service").write_text(
+            "[Service]\nExecStart=/bin/true\n" + unit.read_text().partition("\n")[2])
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "t.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stderr.count("Failed to extract first word, ignoring") == 2, r.stderr
+        assert "path is not absolute, ignoring: rel\n" in r.stderr, r.stderr
+    assert unit_read_write_paths(unit) == [Path("/srv/a"), Path("/media/usb")]
+
+
 def test_read_write_paths_continued_on_the_next_line_are_read(tmp_path):
     """systemd joins a line that ends in a backslash with the next one (the backslash a space),
     so a long ReadWritePaths= list may go on over several lines: doctor read the first line

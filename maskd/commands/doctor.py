@@ -352,14 +352,18 @@ def unit_unjudged(unit: Path) -> list[tuple[str, str]]:
 def _read_write_words(unit: Path) -> list[str]:
     """The ReadWritePaths= of ``unit`` and its drop-ins as written, flags and all: an empty
     assignment clears the list, a path in quotes may hold a space ("/media/pi/USB DISK": a
-    stick mounted under its label)."""
+    stick mounted under its label); a quote left open ends the line there, the words before it
+    kept (systemd adds word by word: 'Failed to extract first word, ignoring')."""
     words: list[str] = []
     for value in _unit_values(unit, "ReadWritePaths"):
-        try:
-            found = shlex.split(value)
-        except ValueError:  # a quote left open: systemd ignores the line
+        if not value.strip():
+            words = []
             continue
-        words = [] if not found else words + found
+        lexer = shlex.shlex(value, posix=True)
+        lexer.whitespace_split, lexer.commenters = True, ""
+        with contextlib.suppress(ValueError):  # 'No closing quotation'
+            for word in lexer:
+                words.append(word)
     return words
 
 
