@@ -28,13 +28,17 @@ events.Violations.update = buggy_update
 sys.exit(main(sys.argv[1:]))
 """
 
-# a bug that nothing catches, in a thread and then at the start (exit 1)
+# a bug that nothing catches, in a thread and then at the start (exit 1); before them a thread
+# that ends by sys.exit(), which Python's own hook passes over in silence
 CRASHING_RUN = """
 import sys, threading
 import maskd.service as service
 from maskd.cli import main
 
 def build(*args, **kwargs):
+    quitter = threading.Thread(target=sys.exit, name="quitter")
+    quitter.start()
+    quitter.join()
     def worker():
         raise ValueError("a bug in a thread")
     t = threading.Thread(target=worker, name="worker")
@@ -160,6 +164,18 @@ def test_under_the_journal_a_traceback_nothing_caught_is_an_error(tmp_path):
         start = lines.index(first)
         end = next(i for i in range(start, len(lines)) if lines[i].endswith(last))
         assert all(ln.startswith("<3>") for ln in lines[start:end + 1]), lines
+    assert "<3>" not in lines, lines  # no empty error line after a traceback
+    assert not [ln for ln in lines if "quitter" in ln or "SystemExit" in ln], lines
     code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="other", bug="crash")
     assert code == 1 and "Traceback (most recent call last):" in lines, lines
     assert "Exception in thread worker:" in lines, lines
+
+
+def test_under_the_journal_debug_lines_are_debug(tmp_path):
+    """With --log-level debug each DEBUG line is <7>, so `journalctl -u maskd -p info` (and a
+    shipper's -p warning) leaves them out as it does for any other service's debug output."""
+    code, lines = run_on_a_stream(tmp_path, demo(tmp_path), journal="same",
+                                  options=("--log-level", "debug"))
+    assert code == 0, lines
+    debug = [ln for ln in lines if re.match(r"<\d>DEBUG ", ln)]
+    assert debug and all(ln.startswith("<7>DEBUG ") for ln in debug), lines
