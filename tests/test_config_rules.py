@@ -296,14 +296,20 @@ def test_camera_names_home_assistant_takes_for_one_are_refused_with_discovery(tm
     demo = "{kind: demo}"
     cameras = f"cameras:\n  front-door: {{source: {demo}}}\n  front__door: {{source: {demo}}}\n"
     url = f"mqtt:\n  url: mqtt://127.0.0.1:{free_port()}\n"
-    paths = {name: tmp_path / f"{name}.yaml" for name in ("on", "off", "none")}
+    # Home Assistant also lowercases, and a `_` at a name's end joins the one after it
+    cased = f"cameras:\n  Front-Door: {{source: {demo}}}\n  front_door_: {{source: {demo}}}\n"
+    paths = {name: tmp_path / f"{name}.yaml" for name in ("on", "cased", "off", "none")}
     paths["on"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}{url}")
+    paths["cased"].write_text(f"state_dir: {tmp_path / 'state'}\n{cased}{url}")
     paths["off"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}{url}  discovery: false\n")
     paths["none"].write_text(f"state_dir: {tmp_path / 'state'}\n{cameras}")
-    on, off, none = maskd_each([("check-config", str(p)) for p in paths.values()])
+    on, cased_, off, none = maskd_each([("check-config", str(p)) for p in paths.values()])
     assert on.returncode == EX_CONFIG, on.stderr
     assert ("cameras front-door and front__door are one name to Home Assistant's entity ids "
             "(front_door)") in on.stderr, on.stderr
+    assert cased_.returncode == EX_CONFIG, cased_.stderr
+    assert ("cameras Front-Door and front_door_ are one name to Home Assistant's entity ids "
+            "(front_door)") in cased_.stderr, cased_.stderr
     assert off.returncode == 0 and none.returncode == 0, (off.stderr, none.stderr)
 
 
