@@ -284,10 +284,14 @@ def test_files_mode_is_the_mounts_fmask_where_the_kernel_says_it_else_a_files_th
     mountinfo = tmp_path / "mountinfo"
     monkeypatch.setattr(files, "MOUNTINFO", mountinfo)
     line = f"36 25 {os.major(dev)}:{os.minor(dev)} / / rw,noatime - %s /dev/sda1 rw,%s\n"
-    (folder := tmp_path / "snaps").mkdir()
+    (folder := tmp_path / "stick" / "snaps").mkdir(parents=True)
     mountinfo.write_text(line % ("vfat", "uid=0,fmask=0077,dmask=0022"))
     assert files.files_mode(folder / "not-yet") == 0o700
     mountinfo.write_text(line % ("fuseblk", "user_id=0,group_id=0,allow_other"))
+    assert files.files_mode(folder) is None
+    (folder / "2026-12").mkdir(mode=0o755)  # a folder's mode is its dmask's, not a file's
+    (tmp_path / "elsewhere.jpg").touch(mode=0o600)
+    (folder / "link.jpg").symlink_to(tmp_path / "elsewhere.jpg")  # another file system's mode
     assert files.files_mode(folder) is None
     (folder / "a.jpg").touch()
     os.chmod(folder / "a.jpg", 0o640)

@@ -397,7 +397,9 @@ def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_
     modes of its own, its mount gives mode 0755; mount it with umask=027', advice that changes
     nothing there. It now says what it says on ext4. Its mount says default_permissions, as one
     with umask= (which keeps none) does: the fstab line tells them apart; a stick mounted
-    without one is taken as keeping none, as before."""
+    without one is taken as keeping none, as before: so is one whose fstab line with it is
+    commented out, one where no fstab is, and one mounted by hand without the fstab's options
+    (ntfs-3g alone: no default_permissions, chown ignored)."""
     from maskd import files
     from maskd.commands.check_config import pictures_open_to_all
     from maskd.config import load_config
@@ -405,20 +407,25 @@ def test_an_ntfs_stick_mounted_with_permissions_keeps_owners_and_is_not_said_to_
 
     fstab = tmp_path / "fstab"
     monkeypatch.setattr(files, "FSTAB", fstab, raising=False)
-    for options, in_fstab, ownerless in (("permissions", True, False), ("umask=022", True, True),
-                                         ("permissions", False, True)):
+    for options, in_fstab, mode in (("permissions", "permissions", None),
+                                    ("umask=022", "umask=022", "0755"),
+                                    ("permissions", "", "0755"), ("permissions", None, "0755"),
+                                    ("rw", "permissions", "0777")):
         stick = ntfs_stick(request, tmp_path, options)
-        fstab.write_text(f"# a stick\nUUID=0123 {stick} ntfs-3g {options},nofail 0 0\n"
-                         if in_fstab else "")
+        fstab.unlink(missing_ok=True)
+        if in_fstab is not None:  # a line for this stick, or another's only
+            fstab.write_text(f"# a stick\n#UUID=0123 {stick} ntfs-3g permissions 0 0\nUUID=0123 "
+                             f"{stick if in_fstab else '/media/other'} ntfs-3g "
+                             f"{in_fstab or 'permissions'},nofail 0 0\n")
         (stick / "usb").mkdir(mode=0o755)
         os.chown(stick / "usb", sandbox.NOBODY, sandbox.NOBODY)  # kept, or not
         assert (os.stat(stick / "usb").st_uid == sandbox.NOBODY) is (options == "permissions")
         (tmp_path / "c.yaml").write_text(json.dumps({"source": {"kind": "demo"},
                                                      "snapshots": {"dir": f"{stick}/usb/snaps"}}))
         said = (mounted_for_another(stick / "usb"), pictures_open_to_all(load_config(tmp_path / "c.yaml")))
-        if ownerless:
+        if mode:
             assert said[0].startswith("its file system (fuseblk) keeps no owners"), said
-            assert "keeps no modes of its own, its mount gives mode 0755" in said[1][0], said
+            assert f"keeps no modes of its own, its mount gives mode {mode}" in said[1][0], said
         else:
             assert said == (None, []), said
 
