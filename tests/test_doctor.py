@@ -644,6 +644,10 @@ def test_read_write_paths_with_systemd_specifiers_are_filled_in_as_systemd_does(
     assert row.verdict == doc.INFO and row.detail.endswith(
         f"unless ReadWritePaths=-{stick} opens it (doctor cannot tell which folder systemd "
         f"makes of %Y: `systemctl show maskd -p ReadWritePaths` says)"), row
+    [row] = sandbox('ReadWritePaths="-/media/pi/USB DISK/%Y"')  # quoted, as it is to be written
+    assert row.detail.endswith("unless ReadWritePaths='-/media/pi/USB DISK/%Y' opens it (doctor "
+                               "cannot tell which folder systemd makes of %Y: `systemctl show "
+                               "maskd -p ReadWritePaths` says)"), row
     [row] = sandbox("ReadWritePaths=")  # nothing unjudged: the warning as before
     assert row.verdict == doc.WARN and row.detail.endswith("226/NAMESPACE)"), row
     row = sandbox(f"ReadWritePaths={written}/gone")[0]  # missing without its -: named filled in
