@@ -262,16 +262,21 @@ def test_the_build_backend_is_pinned_at_its_tested_version_and_both_scripts_buil
 def test_build_pins_reach_pip_from_a_checkout_whose_path_holds_a_space(tmp_path):
     """pip splits PIP_CONSTRAINT at whitespace: install.sh run from /home/pi/My Projects/maskd
     stopped at 'Could not open constraint file: ... /home/pi/My'. build_pins hands pip a file:
-    URL, whose %20 it reads as the space (a real pip, offline: pins it cannot meet fail)."""
-    folder = tmp_path / "My Projects #1"
+    URL, whose %20 it reads as the space (a real pip, offline: pins it cannot meet fail). So
+    in a UTF-8 locale, as a Pi's, from a folder named in another language (each byte of a
+    letter its own %XX), one holding a % (that is not read as one), and from a relative path
+    (bootstrap.sh's: made absolute, not taken for a host)."""
+    folder = tmp_path / "Мои Projects #1 %20"
     folder.mkdir()
     pinned = folder / "constraints-build.txt"
-    script = ('source deploy/lib.sh; build_pins "$1"; '
+    script = (f'source {shlex.quote(str(REPO))}/deploy/lib.sh; build_pins "$1"; '
               'env "${BUILD_PINS[@]}" "$2" -m pip install --dry-run --no-index --no-deps pip')
-    for pin, ok in ((version("pip"), True), ("0.0.1", False)):
+    for pin, ok, given in ((version("pip"), True, str(pinned)), ("0.0.1", False, str(pinned)),
+                           (version("pip"), True, pinned.name), ("0.0.1", False, pinned.name)):
         pinned.write_text(f"pip=={pin}\n")
-        r = subprocess.run(["bash", "-c", script, "-", str(pinned), sys.executable], cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(["bash", "-c", script, "-", given, sys.executable], cwd=folder,
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "LC_ALL": "C.UTF-8"})
         assert "Could not open" not in r.stderr, r.stderr
         assert (r.returncode == 0) == ok, r.stderr
         assert ok or "ResolutionImpossible" in r.stderr, r.stderr
