@@ -71,8 +71,14 @@ def log_to_stderr(level: int | str) -> None:
 
 def error_line(text: str) -> None:
     """A line on stderr that says why the command stops, at priority err in the journal."""
+    stderr_line(text, 3)
+
+
+def stderr_line(text: str, prio: int) -> None:
+    """A plain line on stderr (not a log record), at priority ``prio`` in the journal (where a
+    line without one is journald's info)."""
     journal = is_journal(sys.stderr, Environment.read().journal_stream)
-    print(prefixed(text, 3) if journal else text, file=sys.stderr)
+    print(prefixed(text, prio) if journal else text, file=sys.stderr)
 
 
 def _uncaught(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:

@@ -179,3 +179,17 @@ def test_under_the_journal_debug_lines_are_debug(tmp_path):
     assert code == 0, lines
     debug = [ln for ln in lines if re.match(r"<\d>DEBUG ", ln)]
     assert debug and all(ln.startswith("<7>DEBUG ") for ln in debug), lines
+
+
+def test_under_the_journal_the_detector_fallback_is_a_warning(tmp_path):
+    """`detector: auto` without YuNet's file runs BlazeFace, which `maskd doctor` marks a
+    warning (masked faces are often missed). Was: `maskd run`'s lines about it had no <N>, so
+    the journal kept them at info and `journalctl -u maskd -p warning` never said the service
+    ran the weaker detector; now they are <4>, and the line naming the detector <6>."""
+    config = demo(tmp_path) + f"detector: {{kind: auto, model: {tmp_path / 'none.onnx'}}}\n"
+    code, lines = run_on_a_stream(tmp_path, config, journal="same")
+    assert code == 0, lines
+    said = [ln for ln in lines if "maskd run: " in ln]
+    assert said[0] == "<6>maskd run: face detector: blazeface", lines
+    assert len(said) > 1 and all(ln.startswith("<4>maskd run: ") for ln in said[1:]), lines
+    assert any("so this is BlazeFace" in ln for ln in said[1:]), lines

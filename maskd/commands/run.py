@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from maskd.config import (
     override,
     parse_config,
 )
-from maskd.journal import error_line, log_to_stderr
+from maskd.journal import error_line, log_to_stderr, stderr_line
 
 log = logging.getLogger("maskd")
 
@@ -321,8 +320,8 @@ def _start_and_run(args: argparse.Namespace, cfg: Config, note: CoralRunNote) ->
                         "%s received while waiting after a failed start: stopping", early[0].name)
                     return 0
             return code
-        for line in detector_notes(cfg, demo):
-            print(f"maskd run: {line}", file=sys.stderr)
+        for i, line in enumerate(detector_notes(cfg, demo)):  # after the first: doctor's warnings
+            stderr_line(f"maskd run: {line}", 6 if i == 0 else 4)
         restore = service.install_signal_handlers()
         if early:
             logging.getLogger("maskd.service").info("%s received while starting: stopping",
