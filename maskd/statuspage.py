@@ -16,7 +16,8 @@ cheap on the loop's side; rendering, encoding and HTTP run in the server's threa
 Bound beyond loopback, every request needs the basic-auth password (any user name) or the bearer
 token from ``preview.http_password_file`` / ``preview.http_token_file`` (maskd.config refuses
 a non-loopback address without one). A token may also come as ``?token=`` once; the answer then
-sets an HttpOnly cookie so the page's own requests carry it.
+sets an HttpOnly cookie so the page's own requests carry it (and the page passes its
+``?token=`` on with them: no cookie goes from a frame of another site).
 Bound to loopback nothing is asked, but the Host header must name loopback (a DNS-rebinding
 page elsewhere gets 403).
 """
@@ -1092,7 +1093,14 @@ const STREAMS_UP_TO = 4, STILLS_AT_ONCE = 3;
 // opened with, and Chromium refuses such a request (the browser signs in to the origin anyway)
 const base = new URL(location.href);
 base.username = base.password = "";
-const at = path => new URL(path, base).href;
+// a page opened with ?token= passes it on: in a frame of another site (a Home Assistant
+// iframe card) the browser never sends the page's SameSite cookie, and every request got 401
+const token = base.searchParams.get("token");
+const at = (path, query = {}) => {
+  const u = new URL(path, base);
+  for (const [k, v] of Object.entries(token ? {...query, token} : query)) u.searchParams.set(k, v);
+  return u.href;
+};
 let shown = "", stills = false, asking = 0, serial = 0;
 function load(img) {  // (re)request the picture; a new query, so no cache answers it
   clearTimeout(img.timer);
@@ -1103,8 +1111,7 @@ function load(img) {  // (re)request the picture; a new query, so no cache answe
     img.asking = true;
   }
   if (stills) img.timer = setTimeout(() => load(img), 10000);  // no answer: ask again
-  img.src = at(stills ? "/frame.jpg" : "/stream.mjpg") + "?camera=" +
-    encodeURIComponent(img.dataset.camera) + "&r=" + (++serial);
+  img.src = at(stills ? "/frame.jpg" : "/stream.mjpg", {camera: img.dataset.camera, r: ++serial});
 }
 function done(img, again) {  // a still came (or failed), or a stream failed
   clearTimeout(img.timer);

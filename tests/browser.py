@@ -90,6 +90,22 @@ class Chromium:
             "width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
         self.send("Page.navigate", {"url": url})
 
+    def enter_frame(self, timeout: float = 20.0) -> None:
+        """Evaluate from now on in the page's iframe of another site (its own target, as
+        Chromium runs such a frame in a process of its own)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frames = [t for t in self.send("Target.getTargets", session=False)["targetInfos"]
+                      if t["type"] == "iframe"]
+            if frames:
+                break
+            if time.monotonic() > deadline:
+                raise BrowserError("no iframe of another site on the page")
+            time.sleep(0.2)
+        self.session = self.send("Target.attachToTarget", {"targetId": frames[0]["targetId"],
+                                                           "flatten": True},
+                                 session=False)["sessionId"]
+
     def evaluate(self, expression: str) -> object:
         result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
         if "exceptionDetails" in result:

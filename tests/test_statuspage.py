@@ -9,6 +9,7 @@ import base64
 import contextlib
 import dataclasses
 import http.client
+import http.server
 import json
 import logging
 import os
@@ -1026,6 +1027,41 @@ def test_bearer_token_query_and_cookie(tmp_path):
         assert get(srv.url + "api/events", {"Cookie": "maskd_token=nope"})[0] == 401
         assert get(srv.url + "api/events", {"Cookie": "\x00;;=="})[0] == 401
     finally:
+        srv.close()
+
+
+def test_a_token_page_in_a_frame_of_another_site_signs_in_its_own_requests(tmp_path):
+    """A Home Assistant dashboard shows the page in an iframe card, opened with ?token=: the
+    browser (Chromium and Firefox alike) sends no SameSite cookie from a frame of another site,
+    so the page's own requests got 401 and the card said "not signed in", without a picture.
+    The page now passes its ?token= on with each request."""
+    srv = StatusServer("127.0.0.1:0", Credentials(token=b"tok-123"), title="card").start()
+    feed(srv.attach("door", "d", "c"), 60)
+    card = (f'<iframe src="{srv.url}?token=tok-123" width="1200" height="800"></iframe>').encode()
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(card)))
+            self.end_headers()
+            self.wfile.write(card)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    dash = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    threading.Thread(target=dash.serve_forever, daemon=True).start()
+    try:  # localhost and 127.0.0.1 are two sites
+        with open_page(tmp_path, f"http://localhost:{dash.server_port}/") as browser:
+            browser.enter_frame()
+            ready = ("(document.getElementById('health')?.innerText || '').includes('door') && "
+                     "document.querySelector('img.live')?.naturalWidth > 0")
+            assert browser.wait_for(ready, timeout=20), \
+                browser.evaluate("document.getElementById('clock')?.textContent")
+    finally:
+        dash.shutdown()
+        dash.server_close()
         srv.close()
 
 
