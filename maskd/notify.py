@@ -17,6 +17,7 @@ never one camera's text after the other's.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -40,13 +41,20 @@ def status_text(stats: LoopStats, camera: str | None = None) -> str:
     return " | ".join([camera_text(stats, camera), *stats.faults])
 
 
-def cameras_status_text(stats: dict[str, LoopStats | str]) -> str:
+def cameras_status_text(stats: dict[str, LoopStats | str], fresh: str | None = None) -> str:
     """The STATUS= line of several cameras (name -> its latest stats, or what it does without
-    any: starting, stopped): each named, in the given order, then the faults once each (the
-    sinks are shared)."""
+    any: starting, stopped): each named, in the given order, then the faults once each. The
+    sinks are shared, so each camera's stats hold the same fault as it read at its own time
+    (the broker's line with 45 events waiting, then 46): one fault is said once, as ``fresh``
+    (the camera sending now) has it, its numbers the newest (was: the broker's line twice)."""
     parts = [f"{name}: {s if isinstance(s, str) else camera_text(s)}" for name, s in stats.items()]
-    faults = dict.fromkeys(f for s in stats.values() if not isinstance(s, str) for f in s.faults)
-    return " | ".join(["; ".join(parts), *faults])
+
+    def said(s: LoopStats | str) -> dict[str, str]:  # a fault by its words, numbers aside
+        return {} if isinstance(s, str) else {re.sub(r"\d+", "N", f): f for f in s.faults}
+
+    newest = said(stats.get(fresh, ""))
+    faults = {shape: newest.get(shape, f) for s in stats.values() for shape, f in said(s).items()}
+    return " | ".join(["; ".join(parts), *faults.values()])
 
 
 def socket_address(value: str) -> str | bytes:
@@ -217,7 +225,7 @@ class SystemdNotifier(FrameObserver):
         if (lines or outage != self._outage or self._last_status is None
                 or now - self._last_status >= STATUS_INTERVAL_S):
             text = (status_text(stats, self._only) if camera is None
-                    else cameras_status_text(self._latest))
+                    else cameras_status_text(self._latest, camera))
             lines.append(f"STATUS={text}")
             if self._notifier.send(*lines):  # on failure, try again with the next frame
                 self._ready = self._ready or ready

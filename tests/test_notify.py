@@ -760,6 +760,28 @@ def test_with_several_cameras_the_status_line_names_each_one(under_systemd):
         assert door2.endswith(("active violation", "active violations")), s
 
 
+def test_with_several_cameras_the_status_line_says_a_shared_fault_once(notify_socket):
+    """The cameras share the MQTT sink, so each one's stats hold the broker's line as it read it
+    at its own time: a lost camera's (`back`, told at its reconnect tries) 45 events waiting,
+    the running one's 46. `systemctl status maskd` said the broker's line twice, one count
+    stale (a real run of two cameras with the broker down); docs/service.md says it once, the
+    newest."""
+    from maskd.mqtt.sink import NOT_CONNECTED
+
+    hub = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address}),
+                          clock=FakeClock())
+    back, front = hub.for_cameras(["back", "front"])
+    since = "2026-12-03T10:14:40+01:00"
+    back.on_wait(LoopStats(camera_lost_since=since, camera_reconnecting=True,
+                           faults=(f"{NOT_CONNECTED}{since}, 45 event(s) waiting",)))
+    front.on_frame(FRAME, [], LoopStats(fps=14.8, active=1, faults=(
+        f"{NOT_CONNECTED}{since}, 46 event(s) waiting", "jsonl -: cannot write: Broken pipe")))
+    status = [m["STATUS"] for m in notify_socket.drain() if "STATUS" in m][-1]
+    assert status == (f"back: camera lost since {since}; reconnecting; front: 14.8 fps | "
+                      f"1 active violation | {NOT_CONNECTED}{since}, 46 event(s) waiting | "
+                      "jsonl -: cannot write: Broken pipe"), status
+
+
 def test_with_several_cameras_a_crashed_loop_fails_the_process():
     """door2's frame grabber crashes: the process must end with 70 (systemd restarts it), not
     run on with door2 dead until someone notices."""
