@@ -107,3 +107,40 @@ def test_every_key_table_matches_the_code():
         for bound in _bounds(meta):
             assert bound in allowed, f"{key}: {bound} missing from {allowed!r}"
         assert not (set(re.findall(r"[<>]=? [\d.]+", allowed)) - set(_bounds(meta))), key
+
+
+# what others say in install-pi.md's troubleshooting table: systemd's, the kernel's, the C
+# library's and the broker's words, which maskd only passes on
+NOT_MASKDS = ("failed (Result: exit-code)", "Watchdog timeout", "Read-only file system",
+              "status=226/NAMESPACE", "Permission denied", "numpy.dtype size changed",
+              "Not authorized", "Name or service not known", "Unauthorized", "Not Found")
+COMMANDS = ("systemctl ", "journalctl ", "sudo ", "maskd ", "getent ", "v4l2-ctl ", "id ")
+# the table's examples of what varies: a camera's name, a user's, what a camera's page is
+EXAMPLES = ("door", "pi", "an HTML page")
+
+
+def maskd_words(quote: str) -> list[str]:
+    """The runs of two words or more of a quoted log line that maskd writes as they are: the
+    line cut at what varies (``...``, ``<camera>``, ``N``, ``NAME``, a path, a number, a quoted
+    name) and at the words of others (NOT_MASKDS)."""
+    for other in NOT_MASKDS:
+        quote = quote.replace(other, "...")
+    quote = re.sub(rf"\b(?:{'|'.join(EXAMPLES)})\b", "...", quote)
+    pieces = re.split(r"\.\.\.|<[^>]+>|\b(?:N|M|NAME|[A-Z]{2,})\b|\S*[/\d'\"]\S*|[()|]", quote)
+    return [p for p in (p.strip(" .,;:") for p in pieces) if len(p.split()) >= 2]
+
+
+def test_install_pis_troubleshooting_table_quotes_what_maskd_says():
+    """A reader of docs/install-pi.md's "When something is wrong" greps the journal for the
+    table's words: each run of maskd's own words it quotes is one maskd's code writes, so a
+    message reworded in the code (as many were) cannot leave the table quoting its old words."""
+    code = "\n".join(p.read_text() for p in sorted((REPO / "maskd").rglob("*.py")))
+    code = re.sub(r"([\"'])\s*\n\s*(?:f|rf|fr)?\1", "", code)  # "a " "b": one string
+    table = (REPO / "docs" / "install-pi.md").read_text().split("## When something is wrong")[1]
+    symptoms = [row.split(" | ")[0] for row in table.splitlines() if row.startswith("| ")][2:]
+    quotes = [q for s in symptoms for q in re.findall(r"`([^`]+)`", s)
+              if " " in q and not q.startswith(COMMANDS) and q not in NOT_MASKDS
+              and not re.match(r"[a-z_.]+: [a-z]+$", q)]  # a config key's value
+    assert len(quotes) > 20
+    unsaid = {q: words for q in quotes if (words := [w for w in maskd_words(q) if w not in code])}
+    assert unsaid == {}
