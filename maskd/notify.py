@@ -50,11 +50,18 @@ def cameras_status_text(stats: dict[str, LoopStats | str], fresh: str | None = N
     parts = [f"{name}: {s if isinstance(s, str) else camera_text(s)}" for name, s in stats.items()]
 
     def said(s: LoopStats | str) -> dict[str, str]:  # a fault by its words, numbers aside
-        return {} if isinstance(s, str) else {re.sub(r"\d+", "N", f): f for f in s.faults}
+        return {} if isinstance(s, str) else {fault_shape(f): f for f in s.faults}
 
     newest = said(stats.get(fresh, ""))
     faults = {shape: newest.get(shape, f) for s in stats.values() for shape, f in said(s).items()}
     return " | ".join(["; ".join(parts), *faults.values()])
+
+
+def fault_shape(fault: str) -> str:
+    """A fault line with the numbers of its detail made N (45 or 46 events waiting), and its
+    head, before the first ': ', as it is: what it names (annotated clip door1, door2: two)."""
+    head, sep, detail = fault.partition(": ")
+    return head + sep + re.sub(r"\d+", "N", detail)
 
 
 def socket_address(value: str) -> str | bytes:

@@ -780,6 +780,14 @@ def test_with_several_cameras_the_status_line_says_a_shared_fault_once(notify_so
     assert status == (f"back: camera lost since {since}; reconnecting; front: 14.8 fps | "
                       f"1 active violation | {NOT_CONNECTED}{since}, 46 event(s) waiting | "
                       "jsonl -: cannot write: Broken pipe"), status
+    # each camera's own fault is said, whatever digits its name holds (door1, door2)
+    door1, door2 = hub.for_cameras(["door1", "door2"])
+    for cam, name in ((door1, "door1"), (door2, "door2")):
+        cam.on_frame(FRAME, [], LoopStats(fps=5.0, faults=(
+            f"annotated clip {name}: recording paused (disk full)",)))
+    status = [m["STATUS"] for m in notify_socket.drain() if "STATUS" in m][-1]
+    assert status.endswith("| annotated clip door1: recording paused (disk full) | annotated "
+                           "clip door2: recording paused (disk full)"), status
 
 
 def test_with_several_cameras_a_crashed_loop_fails_the_process():
