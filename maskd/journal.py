@@ -76,9 +76,14 @@ def error_line(text: str) -> None:
 
 def stderr_line(text: str, prio: int) -> None:
     """A plain line on stderr (not a log record), at priority ``prio`` in the journal (where a
-    line without one is journald's info)."""
+    line without one is journald's info). A stderr that refuses it (a full disk, the journal's
+    stream gone) changes not the exit status (as argparse's own error), and with none (2>&-) it
+    goes nowhere, not to stdout's events."""
+    if sys.stderr is None:
+        return
     journal = is_journal(sys.stderr, Environment.read().journal_stream)
-    print(prefixed(text, prio) if journal else text, file=sys.stderr)
+    with contextlib.suppress(OSError):
+        print(prefixed(text, prio) if journal else text, file=sys.stderr)
 
 
 def _uncaught(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:

@@ -193,3 +193,20 @@ def test_under_the_journal_the_detector_fallback_is_a_warning(tmp_path):
     assert said[0] == "<6>maskd run: face detector: blazeface", lines
     assert len(said) > 1 and all(ln.startswith("<4>maskd run: ") for ln in said[1:]), lines
     assert any("so this is BlazeFace" in ln for ln in said[1:]), lines
+
+
+def test_a_stderr_that_cannot_be_written_changes_no_exit_status_nor_stdout(tmp_path):
+    """Was: a stderr that refused the lines (a full disk; a closed pipe; the journal's stream
+    gone) turned a mistyped option's exit 2 (argparse's own swallows the error) and a bad
+    config's 78, which the unit does not restart, into 1 and a traceback, which it restarts;
+    and with no stderr at all (2>&-) the config's line went to stdout, into `--jsonl -`'s
+    events. Now the status is the same, and stdout holds no such line."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("camera: door\nsource: {kind: demo}\nbogus: 1\n")
+    for argv, status in ((["check-config", "--bogus"], 2), (["run", "--confg"], 2),
+                         (["run", "--config", str(cfg), "--jsonl", "-"], 78)):
+        for redirect in ("2>/dev/full", "2>&-"):
+            proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable,
+                                   "-m", "maskd", *argv], capture_output=True, cwd=REPO,
+                                  timeout=120)
+            assert (proc.returncode, proc.stdout) == (status, b""), (argv, redirect, proc)
