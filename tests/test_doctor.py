@@ -1543,3 +1543,24 @@ def test_doctor_run_as_root_names_a_numeric_service_user_as_sudo_takes_it(tmp_pa
     unused = next(uid for uid in range(4242, 5000) if uid not in {p.pw_uid for p in pwd.getpwall()})
     unit.write_text(f"[Service]\nUser={unused}\n")
     assert doc.root_row(None) is None
+
+
+def test_a_backslash_in_quotes_escapes_as_systemd_reads_it(tmp_path):
+    """systemd's ReadWritePaths= takes a backslash as an escape inside quotes too, single ones
+    included: "/srv/My\\ Stick" is /srv/My Stick and '/srv/it\\'s' /srv/it's. doctor read them
+    as a shell does (/srv/My\\ Stick; the second a quote left open, the line's rest dropped), so
+    it said a folder the service writes was read-only to it, or missing."""
+    from maskd.commands.doctor import unit_read_write_paths
+
+    line = "ReadWritePaths=\"/srv/My\\ Stick\" '/srv/it\\'s' /srv/c '/srv/d\\\\e'\n"
+    unit = tmp_path / "maskd.service"
+    unit.write_text("[Service]\n" + line)
+    if shutil.which("systemd-analyze"):  # its words, made relative so that it names them
+        (tmp_path / "t.service").write_text(
+            "[Service]\nExecStart=/bin/true\n" + line.replace("/srv/", ""))
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "t.service")],
+                           capture_output=True, text=True, timeout=60)
+        said = re.findall(r"path is not absolute, ignoring: (.*)", r.stderr)
+        assert said == ["My Stick", "it's", "c", "d\\e"], r.stderr
+    assert unit_read_write_paths(unit) == [Path("/srv/My Stick"), Path("/srv/it's"),
+                                           Path("/srv/c"), Path("/srv/d\\e")]

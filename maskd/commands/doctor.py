@@ -356,14 +356,38 @@ def _read_write_words(unit: Path) -> list[str]:
     kept (systemd adds word by word: 'Failed to extract first word, ignoring')."""
     words: list[str] = []
     for value in _unit_values(unit, "ReadWritePaths"):
-        if not value.strip():
-            words = []
+        words = [*words, *_unit_words(value)] if value.strip() else []
+    return words
+
+
+def _unit_words(value: str) -> list[str]:
+    """The words of a unit's value as systemd's extract_first_word takes them: a quote, ' or ",
+    may open anywhere in a word; a backslash takes the next character as it is, inside quotes
+    too ('/srv/it\\'s': shlex keeps it and leaves the quote open); a quote left open ends the
+    value, the words before it kept."""
+    words: list[str] = []
+    word: list[str] | None = None  # None: between words
+    quote = ""
+    chars = iter(value)
+    for c in chars:
+        if c == "\\":
+            if (c := next(chars, "")) == "":
+                return words
+        elif c == quote:
+            quote = ""
             continue
-        lexer = shlex.shlex(value, posix=True)
-        lexer.whitespace_split, lexer.commenters = True, ""
-        with contextlib.suppress(ValueError):  # 'No closing quotation'
-            for word in lexer:
-                words.append(word)
+        elif not quote and c in "'\"":
+            quote, word = c, [] if word is None else word
+            continue
+        elif not quote and c in " \t\r\n":
+            if word is not None:
+                words.append("".join(word))
+            word = None
+            continue
+        word = [] if word is None else word
+        word.append(c)
+    if word is not None and not quote:
+        words.append("".join(word))
     return words
 
 
