@@ -412,10 +412,37 @@ def owners_kept(options: list[str], point: str) -> bool:
     except OSError:
         return False
     # 'SOURCE POINT TYPE OPTIONS ...'; POINT where mount takes it (a / at its end, a link
-    # followed), looked at on a line with permissions only: another's (an NFS server away) may hang
+    # followed), looked at on a line with permissions only
     return any(len(words) > 3 and not words[0].startswith("#") and "permissions" in
-               words[3].split(",") and os.path.realpath(words[1]) == point
+               words[3].split(",") and links_followed(words[1]) == point
                for words in map(str.split, lines))
+
+
+def links_followed(path: str) -> str:
+    """``path`` (absolute) with its links followed by readlink alone, part by part: realpath's
+    lstat of a mount point asks the file system there, and another stick's ntfs-3g that did not
+    answer held check-config, doctor and run at their start. A part that is no link, or not
+    there, stays as written; a path not absolute (fstab's none of a swap line) too."""
+    if not path.startswith("/"):
+        return path
+    done, todo, hops = "/", [p for p in reversed(path.split("/")) if p], 0
+    while todo:
+        part = todo.pop()
+        if part in (".", ".."):
+            done = done if part == "." else os.path.dirname(done)
+            continue
+        here = os.path.join(done, part)
+        try:
+            target = os.readlink(here)
+        except OSError:  # EINVAL: no link (a mount point's root too, without asking it)
+            done = here
+            continue
+        hops += 1
+        if hops > 40:  # a loop of links: ELOOP to the kernel, the line names no mount
+            return path
+        done = "/" if target.startswith("/") else done
+        todo.extend(p for p in reversed(target.split("/")) if p)
+    return done
 
 
 def files_mode(folder: Path) -> int | None:

@@ -458,6 +458,40 @@ def test_an_ntfs_stick_whose_fstab_line_names_its_mount_point_otherwise_keeps_ow
     assert mounted_for_another(stick / "usb") is None
 
 
+def test_a_stick_whose_file_system_does_not_answer_holds_up_no_other_sticks_check(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether an NTFS stick keeps owners is read from its fstab line, whose mount point is
+    followed where it is a link (/mnt/usb -> /media/usb). That was os.path.realpath of every
+    line with permissions, whose lstat asks the file system mounted there: another stick's
+    ntfs-3g that did not answer (its disk gone quiet; here stopped) held check-config, doctor
+    and run at their start for as long. Links are found by readlink alone now."""
+    import threading
+
+    from maskd import files
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab)
+    quiet = ntfs_stick(request, tmp_path, "permissions")
+    stick = ntfs_stick(request, tmp_path, "permissions")
+    (tmp_path / "link").symlink_to(stick)
+    fstab.write_text(f"UUID=1 {quiet} ntfs-3g permissions 0 0\n"
+                     f"UUID=2 {tmp_path / 'link'} ntfs-3g permissions 0 0\n")
+    pid = next(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and str(quiet)
+               in (d / "cmdline").read_bytes().decode(errors="replace").split("\0"))
+    said: list[str | None] = []
+    check = threading.Thread(target=lambda: said.append(files.ownerless_fs(stick)), daemon=True)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # past FUSE's attribute time-out: a stat of it now asks ntfs-3g
+        check.start()
+        check.join(10)
+        held = check.is_alive()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    check.join(10)
+    assert not held and said == [None], said
+
+
 def test_pictures_on_a_stick_whose_mount_closes_its_files_are_no_warning(
         request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A stick mounted dmask=022,fmask=077 shows its folders 0755 but gives every file 0700:
