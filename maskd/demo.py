@@ -13,15 +13,20 @@ y~100, nose tip (225, 125), mouth y~145, chin y~180) and is fixed here in its pi
 
 from __future__ import annotations
 
+import os
 import time
 
 import cv2
 import numpy as np
 
+from maskd.clock import system_clock
 from maskd.config import SourceConfig
 from maskd.types import Frame, SourceError
 
 FPS = 15.0
+# Set (to anything but empty or 0) in the environment: a looping demo plays as fast as the
+# machine allows, as a once-through one does (tools/soak.py and the tests want hours of clip).
+FAST_ENV = "MASKD_DEMO_FAST"
 SECONDS_PER_HALF = 4.0
 SIZE = (640, 480)  # width, height
 BACKGROUND = (118, 124, 128)  # BGR: a grey wall around the photo
@@ -93,21 +98,28 @@ class DemoSource:
     """The rendered clip behind the Source interface; plays once, or loops with ``loop``.
 
     Timestamps advance 1/fps per frame (like the file sources), so time-outs in tracking act
-    the same however fast the clip is processed.
+    the same however fast the clip is processed. With ``realtime`` it plays as a camera does:
+    a frame is not given before its time, frames whose time the loop missed are skipped, and
+    each is stamped with the clock when given (and the time since boot, as a camera's frames,
+    so a step of the clock is told from time passing), so frame and event times keep to the
+    clock (was: a looping demo raced at ~150 frames/s on more than a core, its events minutes
+    ahead of the clock on the status page and in MQTT).
     """
 
     is_live = False
 
-    def __init__(self, loop: bool = False, fps: float = FPS) -> None:
+    def __init__(self, loop: bool = False, fps: float = FPS, realtime: bool = False) -> None:
         photo = astronaut_bgr()
         self._photos = (photo, draw_mask(photo))
         self.name = "demo"
         self.loop = loop
         self.fps = fps
+        self.realtime = realtime
         self.frames_per_pass = pass_frames(fps)
         self.stats = {"frames": 0, "skipped": 0, "reopens": 0, "loops": 0, "corrupt": 0,
                       "read_errors": 0}
         self._t0 = time.time()
+        self._b0 = 0.0  # realtime: the time since boot the clip started at
         self._seq = 0
         self._closed = False
 
@@ -121,16 +133,39 @@ class DemoSource:
     def read(self) -> Frame | None:
         if self._closed or (not self.loop and self._seq >= self.frames_per_pass):
             return None
+        since_boot = None
+        if self.realtime:
+            self._keep_time()
+            stamp, since_boot = system_clock()
+        else:
+            stamp = self._t0 + self._seq / self.fps
         image = self.render(self._seq % self.frames_per_pass)
-        frame = Frame(image, self._seq, self._t0 + self._seq / self.fps, self.name)
+        frame = Frame(image, self._seq, stamp, self.name, since_boot)
         self._seq += 1
         self.stats["frames"] += 1
         return frame
+
+    def _keep_time(self) -> None:
+        """Wait for the next frame's time, or skip to the frame now due (a slow loop); timed by
+        the time since boot, which a step of the wall clock does not move."""
+        now = system_clock()[1]
+        if not self.stats["frames"]:  # the clip starts when it is first read (models loaded)
+            self._b0 = now
+        late = now - (self._b0 + self._seq / self.fps)
+        if late < 0:
+            time.sleep(-late)
+        elif late >= 1 / self.fps:
+            missed = int(late * self.fps)
+            self._seq += missed
+            self.stats["skipped"] += missed
 
     def close(self) -> None:
         self._closed = True
 
 
 def open_demo_source(cfg: SourceConfig) -> DemoSource:
-    """The hook maskd.sources calls for ``source.kind: demo``."""
-    return DemoSource(loop=cfg.loop)
+    """The hook maskd.sources calls for ``source.kind: demo``: looping, it plays in real time
+    (it stands in for a camera) unless ``$MASKD_DEMO_FAST`` says otherwise; once through, as
+    fast as the machine allows (the quick start waits for its end)."""
+    fast = os.environ.get(FAST_ENV, "") not in ("", "0")
+    return DemoSource(loop=cfg.loop, realtime=cfg.loop and not fast)

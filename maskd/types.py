@@ -28,7 +28,7 @@ class Frame:
     source: str = ""
     # Seconds since boot at capture (maskd.clock), read with ``timestamp``, so a step of the wall
     # clock between frames can be told from time passing; None where the times are made up from
-    # seq / fps (files, the demo) and cannot step.
+    # seq / fps (files, a demo played once through) and cannot step.
     since_boot: float | None = None
 
 

@@ -10,6 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASKD_SHARED", REPO.parent / "shared"))
+# A looping demo plays in real time in `maskd run` (it stands in for a camera); the tests, and
+# the `maskd run` processes they start, want it as fast as before. A test of the real-time
+# play takes it out of the environment it gives.
+os.environ.setdefault("MASKD_DEMO_FAST", "1")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

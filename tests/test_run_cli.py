@@ -634,6 +634,79 @@ def test_run_source_demo_ends_with_its_clip_unless_looped(default_model):
     assert "| frames 130 " in looped.stderr
 
 
+def test_a_looping_demo_plays_in_real_time_with_the_clocks_times(tmp_path, default_model):
+    """`maskd run --source demo --loop --http` (the status page and Home Assistant tried before
+    a camera comes) plays at the clip's 15 frames/s, as a camera: was ~140 frames/s on a whole
+    core, and its events' times (status page, MQTT, JSON lines) minutes ahead of the clock."""
+    import urllib.request
+
+    from mqtt_broker import free_port
+
+    from maskd.demo import FAST_ENV
+
+    page, events = f"127.0.0.1:{free_port()}", tmp_path / "events.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != FAST_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskd", "run", "--source", "demo", "--loop", "--http", page,
+         "--jsonl", str(events), "--model", str(default_model), "--detector", "blazeface"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+    def status() -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://{page}/api/status", timeout=5) as reply:
+                return json.load(reply)["cameras"][0]
+        except OSError:
+            return None
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        deadline = time.monotonic() + 120
+        while (first := status()) is None or not first["frames"]:
+            assert time.monotonic() < deadline and proc.poll() is None, "no frame in 120 s"
+            time.sleep(0.2)
+        began, cpu0 = time.monotonic(), cpu_s()
+        time.sleep(10)
+        last, wall_s, cpu = status(), time.monotonic() - began, cpu_s() - cpu0
+        now = time.time()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    fps = (last["frames"] - first["frames"]) / wall_s
+    assert 12 <= fps <= 16, (fps, last)
+    assert abs(last["counts"]["timestamp"] - now) < 1.0, (last["counts"]["timestamp"], now)
+    times = [json.loads(x)[k] for x in events.read_text().splitlines()
+             for k in ("start_time", "end_time")]
+    assert times and max(t for t in times if t is not None) < now + 1.0, (times, now)
+    assert cpu / wall_s < 0.6, f"{cpu:.1f} s of CPU in {wall_s:.1f} s"
+
+
+def test_a_real_time_demo_skips_what_a_slow_loop_missed_and_keeps_time_across_a_clock_step(
+        monkeypatch):
+    """As a camera: a loop slower than the clip gets the frame due now (the missed ones counted
+    as skipped); a clock set back an hour does not hold the next frame for that hour, and the
+    frames carry the time since boot, so tracking tells the step from time passing."""
+    from maskd import demo as demo_mod
+    from maskd.clock import system_clock
+
+    src = DemoSource(loop=True, realtime=True)
+    first = src.read()
+    time.sleep(0.5)  # a slow detector
+    late = src.read()
+    assert abs(late.timestamp - time.time()) < 1 / src.fps, (late.timestamp, time.time())
+    assert late.seq - first.seq - 1 == src.stats["skipped"] >= 5, (late.seq, src.stats)
+    monkeypatch.setattr(demo_mod, "system_clock",
+                        lambda: (system_clock()[0] - 3600, system_clock()[1]))
+    began = time.monotonic()
+    back = src.read()
+    assert time.monotonic() - began < 0.5 and back.timestamp == pytest.approx(time.time() - 3600,
+                                                                              abs=0.5)
+    assert back.since_boot is not None and back.since_boot - late.since_boot < 0.5
+
+
 def test_demo_face_is_found_moving_and_growing_and_the_mask_covers_its_lower_half():
     det = make_detector(DetectorConfig(kind="blazeface"))
     demo = DemoSource()
