@@ -13,7 +13,6 @@ y~100, nose tip (225, 125), mouth y~145, chin y~180) and is fixed here in its pi
 
 from __future__ import annotations
 
-import os
 import time
 
 import cv2
@@ -21,12 +20,10 @@ import numpy as np
 
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
+from maskd.env import Environment
 from maskd.types import Frame, SourceError
 
 FPS = 15.0
-# Set (to anything but empty or 0) in the environment: a looping demo plays as fast as the
-# machine allows, as a once-through one does (tools/soak.py and the tests want hours of clip).
-FAST_ENV = "MASKD_DEMO_FAST"
 SECONDS_PER_HALF = 4.0
 SIZE = (640, 480)  # width, height
 BACKGROUND = (118, 124, 128)  # BGR: a grey wall around the photo
@@ -167,5 +164,4 @@ def open_demo_source(cfg: SourceConfig) -> DemoSource:
     """The hook maskd.sources calls for ``source.kind: demo``: looping, it plays in real time
     (it stands in for a camera) unless ``$MASKD_DEMO_FAST`` says otherwise; once through, as
     fast as the machine allows (the quick start waits for its end)."""
-    fast = os.environ.get(FAST_ENV, "") not in ("", "0")
-    return DemoSource(loop=cfg.loop, realtime=cfg.loop and not fast)
+    return DemoSource(loop=cfg.loop, realtime=cfg.loop and not Environment.read().demo_fast)

@@ -7,6 +7,7 @@ installation put things and what the process runs under:
 |---|---|---|
 | ``MASKD_MODEL_DIR`` | the systemd unit, the installer's wrapper | folder holding the shipped classifier model |
 | ``MASKD_YUNET`` | a user | YuNet ``.onnx`` to use when ``detector.model`` is unset |
+| ``MASKD_DEMO_FAST`` | the tests, ``tools/soak.py``, ``tools/bench_writes.py`` | set (not empty or ``0``): a looping demo plays as fast as it can, not in real time (maskd.demo) |
 | ``NOTIFY_SOCKET`` | systemd (``Type=notify``) | where READY/WATCHDOG/STATUS go |
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
 | ``JOURNAL_STREAM`` | systemd (stdout/stderr to the journal) | ``DEV:INODE`` of that stream: stderr is the journal when it matches (maskd.journal) |
@@ -34,6 +35,7 @@ from pathlib import Path
 
 MODEL_DIR = "MASKD_MODEL_DIR"
 YUNET = "MASKD_YUNET"
+DEMO_FAST = "MASKD_DEMO_FAST"
 # OpenCV's variables maskd gives a default (quiet_opencv): each with its value, and the variables
 # that turn its debug output on, which a default must not silence again. OpenCV's FFmpeg backend
 # (cap_ffmpeg_impl.hpp) uses OPENCV_FFMPEG_LOGLEVEL, else level VERBOSE when OPENCV_FFMPEG_DEBUG
@@ -60,6 +62,7 @@ class Environment:
     watchdog_usec: str = ""
     watchdog_pid: str = ""
     journal_stream: str = ""
+    demo_fast: bool = False
     display: bool = False
     tz: str = ""  # TZ as set; the C library reads it itself, maskd only looks (ZoneWatch)
 
@@ -91,6 +94,7 @@ class Environment:
             watchdog_usec=env.get("WATCHDOG_USEC", ""),
             watchdog_pid=env.get("WATCHDOG_PID", ""),
             journal_stream=env.get("JOURNAL_STREAM", ""),
+            demo_fast=env.get(DEMO_FAST, "") not in ("", "0"),
             display=bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")),
             tz=env.get("TZ", ""),
         )

@@ -642,10 +642,10 @@ def test_a_looping_demo_plays_in_real_time_with_the_clocks_times(tmp_path, defau
 
     from mqtt_broker import free_port
 
-    from maskd.demo import FAST_ENV
+    from maskd.env import DEMO_FAST
 
     page, events = f"127.0.0.1:{free_port()}", tmp_path / "events.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != FAST_ENV}
+    env = {k: v for k, v in os.environ.items() if k != DEMO_FAST}
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskd", "run", "--source", "demo", "--loop", "--http", page,
          "--jsonl", str(events), "--model", str(default_model), "--detector", "blazeface"],

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskd.demo import FAST_ENV
+from maskd.env import DEMO_FAST
 from tools.inputs import positive_float, positive_int
 from tools.mosquitto import Broker, Subscriber
 
@@ -65,7 +65,7 @@ def measure(what: str, source: str, card: Path, device: str, broker: Broker, sec
         cmd += ["--jsonl", str(card / "events.jsonl")]
     log = (card.parent / f"{what}.log").open("w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                            env=os.environ | {FAST_ENV: "1"})  # the demo as fast as it runs
+                            env=os.environ | {DEMO_FAST: "1"})  # the demo as fast as it runs
     try:
         time.sleep(WARMUP_S)
         if proc.poll() is not None:

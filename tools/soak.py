@@ -42,7 +42,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskd.demo import FAST_ENV, FPS, DemoSource, pass_frames  # noqa: E402
+from maskd.demo import FPS, DemoSource, pass_frames  # noqa: E402
+from maskd.env import DEMO_FAST  # noqa: E402
 from tools.eval_scenes import SHARED_YUNET  # noqa: E402
 from tools.inputs import non_negative_float, out_file, positive_float, write_out  # noqa: E402
 from tools.ipcamera import IpCamera  # noqa: E402
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = soak_config(work, broker.url, port, model, args.video, cam.url if cam else None,
                           files if args.local_files else None, args.cameras)
         log = (work / "maskd.log").open("w")
-        env = child_environment(args.malloc_arena_max) | {FAST_ENV: "1"}  # not real time
+        env = child_environment(args.malloc_arena_max) | {DEMO_FAST: "1"}  # not real time
         proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         t0 = time.monotonic()
