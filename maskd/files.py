@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
 import stat
 import sys
@@ -412,10 +413,16 @@ def owners_kept(options: list[str], point: str) -> bool:
     except OSError:
         return False
     # 'SOURCE POINT TYPE OPTIONS ...'; POINT where mount takes it (a / at its end, a link
-    # followed), looked at on a line with permissions only
+    # followed, a space written \040), looked at on a line with permissions only
     return any(len(words) > 3 and not words[0].startswith("#") and "permissions" in
-               words[3].split(",") and links_followed(words[1]) == point
+               words[3].split(",") and links_followed(unescaped(words[1])) == unescaped(point)
                for words in map(str.split, lines))
+
+
+def unescaped(point: str) -> str:
+    """A mount point as fstab and mountinfo write it, its space, tab, newline or backslash an
+    octal escape (\\040), as the path it is: a link is found and followed by that path alone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), point)
 
 
 def links_followed(path: str) -> str:
