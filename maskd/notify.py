@@ -59,9 +59,15 @@ def cameras_status_text(stats: dict[str, LoopStats | str], fresh: str | None = N
 
 def fault_shape(fault: str) -> str:
     """A fault line with the numbers of its detail made N (45 or 46 events waiting), and its
-    head, before the first ': ', as it is: what it names (annotated clip door1, door2: two)."""
+    head, before the first ': ', as it is: what it names (annotated clip door1, door2: two).
+    Only a number that is a word (or a time, since T) is set aside: one inside a word is part
+    of a name (the topic maskd/dev/door1/detect/set, door2's another fault)."""
     head, sep, detail = fault.partition(": ")
-    return head + sep + re.sub(r"\d+", "N", detail)
+    return head + sep + _COUNT_OR_TIME.sub("N", detail)
+
+
+_COUNT_OR_TIME = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+(?:[+-][\d:]+|Z)?"
+                            r"|(?<![^\s(])\d+(?:\.\d+)?(?![^\s,;)])")
 
 
 def socket_address(value: str) -> str | bytes:

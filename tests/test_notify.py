@@ -1132,3 +1132,40 @@ def test_the_status_line_says_when_detection_is_off_and_what_keeps_it_off(tmp_pa
         stats = [ln for ln in (tmp_path / "stderr.log").read_text().splitlines()
                  if "maskd.service: door: " in ln and " fps | ms capture " in ln]
         assert stats and stats[-1].endswith("| active 0 | detection off by the switch"), stats
+
+
+def test_with_several_cameras_each_ones_refused_subscription_is_in_the_status_line(
+        tmp_path, default_model):
+    """Real `maskd run` of cameras door1 and door2, a real broker whose ACL refuses both their
+    detect/set subscriptions (both Home Assistant switches dead): `systemctl status maskd` said
+    only 'MQTT: broker refuses the subscription to maskd/dev/door2/detect/set', the shared-fault
+    rule taking the camera's digit in the topic for a count (door1's line and door2's one
+    fault). A number inside a word (a name, a topic) is no count: each line is said."""
+    from mqtt_broker import Broker
+
+    topics = [f"maskd/dev/{cam}/detect/set" for cam in ("door1", "door2")]
+    with Broker(tmp_path / "broker", deny_subscribe=topics) as broker, \
+            contextlib.ExitStack() as cleanup:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(json.dumps({
+            "device_id": "dev", "state_dir": str(tmp_path / "state"),
+            "classifier": {"model": str(default_model)}, "mqtt": {"url": broker.url},
+            "cameras": {cam: {"source": {"kind": "demo", "loop": True}}
+                        for cam in ("door1", "door2")}}))
+        sock = cleanup.enter_context(contextlib.closing(NotifySocket(str(tmp_path / "notify.sock"))))
+        proc = subprocess.Popen([sys.executable, "-m", "maskd", "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "NOTIFY_SOCKET": sock.address},
+                                cwd=Path(__file__).resolve().parents[1])
+        cleanup.callback(lambda: proc.poll() is None and proc.kill())
+        deadline, last, seen = time.monotonic() + 60, "", None
+        while time.monotonic() < (deadline if seen is None else min(deadline, seen + 3)):
+            assert proc.poll() is None
+            said = [m["STATUS"] for m in sock.drain(0.1) if "STATUS" in m]
+            last = said[-1] if said else last
+            if seen is None and "subscription" in last:  # a few more of both cameras' lines
+                seen = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert last.endswith(" | ".join(f"MQTT: broker refuses the subscription to {t}"
+                                    for t in topics)), last
