@@ -768,8 +768,9 @@ def test_with_several_cameras_the_status_line_says_a_shared_fault_once(notify_so
     newest."""
     from maskd.mqtt.sink import NOT_CONNECTED
 
+    clock = FakeClock()
     hub = SystemdNotifier(env=Environment.read({"NOTIFY_SOCKET": notify_socket.address}),
-                          clock=FakeClock())
+                          clock=clock)
     back, front = hub.for_cameras(["back", "front"])
     since = "2026-12-03T10:14:40+01:00"
     back.on_wait(LoopStats(camera_lost_since=since, camera_reconnecting=True,
@@ -780,6 +781,17 @@ def test_with_several_cameras_the_status_line_says_a_shared_fault_once(notify_so
     assert status == (f"back: camera lost since {since}; reconnecting; front: 14.8 fps | "
                       f"1 active violation | {NOT_CONNECTED}{since}, 46 event(s) waiting | "
                       "jsonl -: cannot write: Broken pipe"), status
+    # the camera sending now holds the newest count, wherever it stands in the line; a count
+    # with one digit more (99, then 100) is the same line (was: 99's line kept, or both said)
+    clock.t += notify.STATUS_INTERVAL_S
+    front.on_frame(FRAME, [], LoopStats(fps=14.8, faults=(
+        f"{NOT_CONNECTED}{since}, 99 event(s) waiting",)))
+    clock.t += notify.STATUS_INTERVAL_S
+    back.on_wait(LoopStats(camera_lost_since=since, camera_reconnecting=True,
+                           faults=(f"{NOT_CONNECTED}{since}, 100 event(s) waiting",)))
+    status = [m["STATUS"] for m in notify_socket.drain() if "STATUS" in m][-1]
+    assert status == (f"back: camera lost since {since}; reconnecting; front: 14.8 fps | "
+                      f"0 active violations | {NOT_CONNECTED}{since}, 100 event(s) waiting"), status
     # each camera's own fault is said, whatever digits its name holds (door1, door2)
     door1, door2 = hub.for_cameras(["door1", "door2"])
     for cam, name in ((door1, "door1"), (door2, "door2")):
