@@ -1231,10 +1231,12 @@ def test_read_write_paths_are_read_as_systemd_reads_them(tmp_path):
     (tmp_path / "maskd.service.d/10-clear.conf").write_text(
         "[Service]\nReadWritePaths=\nReadWritePaths=/srv/c\n")
     assert unit_read_write_paths(unit) == [Path("/srv/c"), Path("/srv/d")]
-    # a USB stick mounted under its label: quoted, as systemd splits the list
+    # a USB stick mounted under its label: quoted, as systemd splits the list, also from the
+    # middle of a word (/media/pi/"MY STICK"), and a tab between words as a space is
     (tmp_path / "maskd.service.d/30-usb.conf").write_text(
-        '[Service]\nReadWritePaths="/media/pi/USB DISK" -"/media/pi/my clips"\n')
-    assert unit_read_write_paths(unit)[2:] == [Path("/media/pi/USB DISK"), Path("/media/pi/my clips")]
+        '[Service]\nReadWritePaths="/media/pi/USB DISK" -"/media/pi/my clips"\t/media/pi/"MY STICK"\n')
+    assert unit_read_write_paths(unit)[2:] == [Path("/media/pi/USB DISK"), Path("/media/pi/my clips"),
+                                               Path("/media/pi/MY STICK")]
 
 
 def test_a_read_write_paths_line_with_a_quote_left_open_keeps_the_words_before_it(tmp_path):
@@ -1553,6 +1555,9 @@ def test_a_backslash_in_quotes_escapes_as_systemd_reads_it(tmp_path):
     from maskd.commands.doctor import unit_read_write_paths
 
     line = "ReadWritePaths=\"/srv/My\\ Stick\" '/srv/it\\'s' /srv/c '/srv/d\\\\e'\n"
+    # a backslash the line's end strips a space from (not the next line's) escapes nothing:
+    # systemd drops that word ('Failed to extract first word'), keeping the ones before it
+    line += "ReadWritePaths=/srv/f /srv/g\\ \n"
     unit = tmp_path / "maskd.service"
     unit.write_text("[Service]\n" + line)
     if shutil.which("systemd-analyze"):  # its words, made relative so that it names them
@@ -1561,6 +1566,7 @@ def test_a_backslash_in_quotes_escapes_as_systemd_reads_it(tmp_path):
         r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "t.service")],
                            capture_output=True, text=True, timeout=60)
         said = re.findall(r"path is not absolute, ignoring: (.*)", r.stderr)
-        assert said == ["My Stick", "it's", "c", "d\\e"], r.stderr
+        assert said == ["My Stick", "it's", "c", "d\\e", "f"], r.stderr
+        assert r.stderr.count("Failed to extract first word, ignoring") == 1, r.stderr
     assert unit_read_write_paths(unit) == [Path("/srv/My Stick"), Path("/srv/it's"),
-                                           Path("/srv/c"), Path("/srv/d\\e")]
+                                           Path("/srv/c"), Path("/srv/d\\e"), Path("/srv/f")]
