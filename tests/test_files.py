@@ -318,8 +318,34 @@ def test_an_ntfs_mount_keeps_owners_only_where_its_own_fstab_line_says_permissio
              "UUID=1 /media/usb ntfs-3g umask=027,nofail 0 0\n", False),
             ("UUID=2 /media/other ntfs-3g permissions 0 0\n"
              "UUID=1 /media/usb ntfs-3g umask=027 0 0\n", False),
-            ("UUID=1 /media/usb ntfs-3g default_permissions,umask=027 0 0\n", False)):
+            ("UUID=1 /media/usb ntfs-3g default_permissions,umask=027 0 0\n", False),
+            ("UUID=3 /media/other ntfs-3g\n"  # its options left out: the defaults
+             "UUID=1 /media/usb ntfs-3g permissions 0 0\n", True)):
         fstab.write_text(text)
         assert files.owners_kept(kept, "/media/usb") is expected, text
     fstab.write_text("UUID=1 /media/usb ntfs-3g permissions 0 0\n")
     assert not files.owners_kept(["rw", "user_id=0", "allow_other"], "/media/usb")  # not ntfs-3g's
+
+
+def test_an_ntfs_mount_point_named_through_links_is_followed_where_mount_follows_them(
+        tmp_path, monkeypatch):
+    """An fstab line may name the stick's mount point through links, followed by readlink alone
+    (not realpath, which asks the file system mounted there): a relative one up a folder (`ln
+    -sr`: ../media/usb), a link to that link, a . or .. in the way; each leads to the mount
+    point, so the stick keeps owners. A loop of links names no mount point (and ends)."""
+    from maskd import files
+
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(files, "FSTAB", fstab)
+    kept = ["rw", "user_id=0", "group_id=0", "default_permissions", "allow_other"]
+    (usb := tmp_path / "media" / "usb").mkdir(parents=True)
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt" / "usb").symlink_to("../media/usb")
+    (tmp_path / "stick").symlink_to(tmp_path / "mnt" / "usb")
+    (tmp_path / "here").symlink_to("mnt/./usb")
+    (tmp_path / "loop").symlink_to("loop")
+    point = os.path.realpath(usb)
+    for named, expected in (("mnt/usb", True), ("stick", True), ("here/", True),
+                            ("mnt/../stick", True), ("media/usb/..", False), ("loop/usb", False)):
+        fstab.write_text(f"UUID=1 {os.path.realpath(tmp_path)}/{named} ntfs-3g permissions 0 0\n")
+        assert files.owners_kept(kept, point) is expected, named
