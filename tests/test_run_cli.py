@@ -707,6 +707,48 @@ def test_a_real_time_demo_skips_what_a_slow_loop_missed_and_keeps_time_across_a_
     assert back.since_boot is not None and back.since_boot - late.since_boot < 0.5
 
 
+def test_a_real_time_demo_gives_the_frame_due_now_and_waits_for_the_next_ones_time(monkeypatch):
+    """On a clock the test moves: a loop 0.5 s slow gets the frame due then (seq 7 at 15
+    frames/s, 6 skipped), not one ahead of its time, and the next frame waits for its own time
+    (1/30 s), counted with the skipped frames (else a demo late once raced ever after)."""
+    from maskd import demo as demo_mod
+
+    boot, slept = [100.0], []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        boot[0] += s
+
+    monkeypatch.setattr(demo_mod, "system_clock", lambda: (1e9 + boot[0], boot[0]))
+    monkeypatch.setattr(demo_mod.time, "sleep", sleep)
+    src = DemoSource(loop=True, realtime=True)
+    assert src.read().seq == 0 and slept == []
+    boot[0] += 0.5
+    assert (src.read().seq, src.stats["skipped"], slept) == (7, 6, [])
+    after = src.read()
+    assert after.seq == 8 and slept == [pytest.approx(8 / 15 - 0.5)], slept
+    assert (after.since_boot, after.timestamp) == pytest.approx((100 + 8 / 15, 1e9 + 100 + 8 / 15))
+
+
+def test_only_a_looping_demo_plays_in_real_time_unless_maskd_demo_fast_is_set(monkeypatch):
+    """A looping demo stands in for a camera: its frames carry the clock's time and the time
+    since boot; a once-through one (the quick start) and one with MASKD_DEMO_FAST set (not
+    empty or 0: the tests, tools/soak.py) play as fast as they can, on the clip's own times."""
+    from maskd.config import SourceConfig
+    from maskd.env import DEMO_FAST
+    from maskd.sources import open_source
+
+    for fast, loop, realtime in ((None, True, True), ("0", True, True), ("", True, True),
+                                 ("1", True, False), (None, False, False)):
+        monkeypatch.delenv(DEMO_FAST, raising=False)
+        if fast is not None:
+            monkeypatch.setenv(DEMO_FAST, fast)
+        src = open_source(SourceConfig(kind="demo", loop=loop))
+        frames = [src.read(), src.read()]
+        assert all((f.since_boot is not None) is realtime for f in frames), (fast, loop)
+        src.close()
+
+
 def test_demo_face_is_found_moving_and_growing_and_the_mask_covers_its_lower_half():
     det = make_detector(DetectorConfig(kind="blazeface"))
     demo = DemoSource()
