@@ -145,7 +145,7 @@ check "plain Debian detected: no python3-picamera2" has "$L" "not Raspberry Pi O
 check "apt-get ran for real" has "$L" "+ apt-get install -y --no-install-recommends"
 no_picamera_asked() { ! grep -F 'apt-get install' "$L" | grep -q picamera2; }
 check "apt-get was not asked for python3-picamera2" no_picamera_asked
-build=/root/maskd/deploy/constraints-build.txt  # the build backend's pins (deploy/lib.sh build_pins)
+build=file:///root/maskd/deploy/constraints-build.txt  # the build backend's pins as a file: URL (deploy/lib.sh build_pins)
 check "pip ran for real, with $suite's pins and the build's" has "$L" \
     "+ env PIP_CONSTRAINT=$build PIP_BUILD_CONSTRAINT=$build /opt/maskd/.venv/bin/python -m pip install --quiet --constraint /root/maskd/deploy/constraints-pi-$suite.txt"
 pins_held() {  # the repository's file against the box venv's own metadata (maskd.pins)
