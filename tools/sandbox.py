@@ -149,8 +149,10 @@ def _mount(*args: str, check: bool = True) -> None:
 
 def _targets() -> list[str]:
     """Mount points of this namespace, decoded (mountinfo escapes spaces as \\040)."""
+    from maskd.files import unescaped
+
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return [re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in lines]
+    return [unescaped(line.split()[4]) for line in lines]
 
 
 def _inside(path: str, top: str) -> bool:
@@ -190,6 +192,7 @@ def setup_mounts(state: str, config: str, rw: tuple[str, ...] = ()) -> list[str]
 
 
 def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(REPO))  # maskd's own readings (the --inner setup's too)
     if argv[:1] == ["--seccomp"]:  # last step, as nobody: filter, then exec
         calls, cmd = argv[1].split(","), argv[3:]
         load_seccomp(calls)
@@ -225,7 +228,6 @@ def main(argv: list[str]) -> int:
     a = parser.parse_args(argv)
     if why := missing():
         parser.error(why)
-    sys.path.insert(0, str(REPO))
     from maskd.commands.doctor import Unjudged, read_write_word
 
     rw = []
