@@ -15,7 +15,7 @@ import reprlib
 import socket
 import ssl
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1088,6 +1088,21 @@ def _open_to_all(path: Path) -> int:
     return stat.S_IMODE(mode) if mode & stat.S_IROTH and reachable else 0
 
 
+def _first_clash(names: Iterable[str], key: Callable[[str], str]) -> tuple[str, str] | None:
+    """The first two of ``names`` that ``key`` takes for one (door and Door; front-door and
+    front_door), else None: one loop for the camera-name rules."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if (first := seen.setdefault(key(name), name)) != name:
+            return first, name
+    return None
+
+
+def _entity_slug(name: str) -> str:
+    """A camera name as Home Assistant's slugify makes it part of an entity id."""
+    return re.sub(r"[-_]+", "_", name.casefold()).strip("_")
+
+
 class Config(Section):
     """The whole maskd configuration.
 
@@ -1182,12 +1197,10 @@ class Config(Section):
         """Two names that differ only in case (door, Door) are one file name on a USB stick's
         FAT, exFAT or NTFS, which ignore case: both cameras wrote one damaged clip file in a
         shared annotate_dir, and shared one lock in state_dir."""
-        seen: dict[str, str] = {}
-        for name in self.cameras:
-            if (first := seen.setdefault(name.casefold(), name)) != name:
-                raise ValueError(f"cameras {first} and {name} differ only in case: a USB stick "
-                                 "(FAT, exFAT, NTFS) takes their file names (clips, snapshots, "
-                                 "the lock in state_dir) for one; give them names apart")
+        if clash := _first_clash(self.cameras, str.casefold):
+            raise ValueError(f"cameras {clash[0]} and {clash[1]} differ only in case: a USB stick "
+                             "(FAT, exFAT, NTFS) takes their file names (clips, snapshots, the "
+                             "lock in state_dir) for one; give them names apart")
         return self
 
     @model_validator(mode="after")
@@ -1197,14 +1210,12 @@ class Config(Section):
         discovery came first, so an automation written for one fired for the other."""
         if not (self.mqtt.url and self.mqtt.discovery):
             return self
-        seen: dict[str, str] = {}
-        for name in self.cameras:
-            slug = re.sub(r"[-_]+", "_", name.casefold()).strip("_")
-            if (first := seen.setdefault(slug, name)) != name and first.casefold() != name.casefold():
-                raise ValueError(f"cameras {first} and {name} are one name to Home Assistant's "
-                                 f"entity ids ({slug}): the second would get the first's "
-                                 "entities with _2; give them names apart (or set "
-                                 "mqtt.discovery: false)")
+        # (names apart only in case were refused above, by _names_apart_in_any_case)
+        if clash := _first_clash(self.cameras, _entity_slug):
+            raise ValueError(f"cameras {clash[0]} and {clash[1]} are one name to Home "
+                             f"Assistant's entity ids ({_entity_slug(clash[1])}): the second "
+                             "would get the first's entities with _2; give them names apart (or "
+                             "set mqtt.discovery: false)")
         return self
 
     @model_validator(mode="after")
