@@ -20,7 +20,6 @@ import numpy as np
 
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
-from maskd.env import Environment
 from maskd.types import Frame, SourceError
 
 FPS = 15.0
@@ -161,7 +160,8 @@ class DemoSource:
 
 
 def open_demo_source(cfg: SourceConfig) -> DemoSource:
-    """The hook maskd.sources calls for ``source.kind: demo``: looping, it plays in real time
-    (it stands in for a camera) unless ``$MASKD_DEMO_FAST`` says otherwise; once through, as
-    fast as the machine allows (the quick start waits for its end)."""
-    return DemoSource(loop=cfg.loop, realtime=cfg.loop and not Environment.read().demo_fast)
+    """The hook maskd.sources calls for ``source.kind: demo``: in real time as a looping file
+    (``maskd.sources.realtime``)."""
+    from maskd.sources import realtime
+
+    return DemoSource(loop=cfg.loop, realtime=realtime(cfg))

@@ -7,7 +7,7 @@ installation put things and what the process runs under:
 |---|---|---|
 | ``MASKD_MODEL_DIR`` | the systemd unit, the installer's wrapper | folder holding the shipped classifier model |
 | ``MASKD_YUNET`` | a user | YuNet ``.onnx`` to use when ``detector.model`` is unset |
-| ``MASKD_DEMO_FAST`` | the tests, ``tools/soak.py``, ``tools/bench_writes.py`` | set (not empty or ``0``): a looping demo plays as fast as it can, not in real time (maskd.demo) |
+| ``MASKD_DEMO_FAST`` | the tests, ``tools/soak.py``, ``tools/bench_writes.py`` | set (not empty or ``0``): a looping demo, video file or images folder plays as fast as it can, not in real time (maskd.demo, maskd.sources.realtime; also ``tools/soak.py --video``) |
 | ``NOTIFY_SOCKET`` | systemd (``Type=notify``) | where READY/WATCHDOG/STATUS go |
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
 | ``JOURNAL_STREAM`` | systemd (stdout/stderr to the journal) | ``DEV:INODE`` of that stream: stderr is the journal when it matches (maskd.journal) |

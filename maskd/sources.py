@@ -637,6 +637,38 @@ def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+class Pace:
+    """Frames of a looping file or folder given as a camera gives them (it stands in for one):
+    none before its time from the first frame, timed by the time since boot (a step of the wall
+    clock moves nothing), and stamped with the clock when given (was: read as fast as the CPU
+    went, a core burnt and event times minutes ahead of the clock). A frame the loop is late
+    for is given at once and the clip goes on at its pace from there: a file's frames are all
+    decoded anyway, so none is skipped. ``$MASKD_DEMO_FAST`` turns it off (``realtime``)."""
+
+    def __init__(self) -> None:
+        self._b0: float | None = None  # the time since boot the clip's time 0 is given at
+
+    def stamp(self, at: float) -> tuple[float, float]:
+        """Wait for the clip's time ``at`` (seconds); the clock's (time, since boot) then."""
+        now = system_clock()[1]
+        if self._b0 is None:  # the clip starts when it is first read (models loaded)
+            self._b0 = now - at
+        if (early := self._b0 + at - now) > 0:
+            time.sleep(early)
+        else:
+            self._b0 -= early  # late: the frames after keep their spacing, none rushed
+        return system_clock()
+
+
+def realtime(cfg: SourceConfig) -> bool:
+    """Whether a file, folder or demo source plays in real time: looping, it stands in for a
+    camera, unless ``$MASKD_DEMO_FAST`` is set (the tests, tools/soak.py); once through, it
+    is read as fast as the machine allows (the quick start, ``--exit-at-end`` runs wait)."""
+    from maskd.env import Environment
+
+    return cfg.loop and not Environment.read().demo_fast
+
+
 def _same_content(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
     """Two ``file_identity`` of one content: the change time left out, which a chmod or a new
     hard link moves too (a looping file was reopened and said changed on disk for those)."""
@@ -655,13 +687,14 @@ class VideoFileSource:
     is_live = False
 
     def __init__(self, path: Path, loop: bool = False, fps: float | None = None,
-                 camera: str | None = None):
+                 camera: str | None = None, realtime: bool = False):
         import cv2
 
         self.path = path
         self.name = str(path)
         self.camera = camera  # the config's name for it, which starts its lines about frames
         self.loop = loop
+        self._pace = Pace() if realtime else None
         self.stats = _new_stats()
         self._said_cut_short = False
         self._cap = self._open()
@@ -798,8 +831,10 @@ class VideoFileSource:
             image = self._first if self._first is not None else self._next_image()
             self._first = None
             if image is not None:
-                frame = Frame(image=image, seq=self._seq,
-                              timestamp=self._t0 + self._frame_offset(), source=self.name)
+                at = self._frame_offset()
+                stamp, since_boot = self._pace.stamp(at) if self._pace else (self._t0 + at, None)
+                frame = Frame(image=image, seq=self._seq, timestamp=stamp, source=self.name,
+                              since_boot=since_boot)
                 self._seq += 1
                 self._this_pass += 1
                 self.stats["frames"] += 1
@@ -928,13 +963,15 @@ class ImageFolderSource:
 
     is_live = False
 
-    def __init__(self, folder: Path, loop: bool = False, fps: float = 15.0):
+    def __init__(self, folder: Path, loop: bool = False, fps: float = 15.0,
+                 realtime: bool = False):
         if (kind := _kind_of(folder)) != "folder":
             raise SourceError(not_a_folder(folder, missing=kind == "missing"))
         self.folder = folder
         self.name = str(folder)
         self.loop = loop
-        self.fps = fps
+        self.fps = fps  # source.fps: the images' rate, in real time too (``Pace``)
+        self._pace = Pace() if realtime else None
         self.stats = _new_stats()
         self._unsearched: set[str] = set()  # folders said to be not searched, with why
         self.paths = self._list()
@@ -1038,8 +1075,10 @@ class ImageFolderSource:
                     # a newline in a file's name split the line: a forged log line after it
                     log.warning("unreadable or broken image skipped: %s", one_field(str(err)))
                 continue
-            frame = Frame(image=image, seq=self._seq, timestamp=self._t0 + self._seq / self.fps,
-                          source=str(path))
+            at = self._seq / self.fps
+            stamp, since_boot = self._pace.stamp(at) if self._pace else (self._t0 + at, None)
+            frame = Frame(image=image, seq=self._seq, timestamp=stamp, source=str(path),
+                          since_boot=since_boot)
             self._seq += 1
             self._good_this_pass += 1
             self.stats["frames"] += 1
@@ -1508,8 +1547,9 @@ def _open_uri(uri: str, cfg: SourceConfig, camera: str | None) -> Source:
         return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri), camera)
     path = Path(uri.removeprefix("file://"))
     if _file_or_folder(uri) == "folder":
-        return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps)
-    return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps, camera=camera)
+        return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps, realtime=realtime(cfg))
+    return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps, camera=camera,
+                           realtime=realtime(cfg))
 
 
 class MissingSource(SourceError):
@@ -1639,7 +1679,8 @@ def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
         return live_source("picamera2", lambda: _Picamera2Capture(cfg), cfg, camera=camera)
     if cfg.kind == "images":
         assert cfg.uri, "SourceConfig refuses kind images without a uri"
-        return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps)
+        return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps,
+                                 realtime=realtime(cfg))
     if cfg.kind == "opencv":
         return _open_uri(cfg.uri or "0", cfg, camera)
     # auto

@@ -684,6 +684,29 @@ def test_a_looping_demo_plays_in_real_time_with_the_clocks_times(tmp_path, defau
     assert cpu / wall_s < 0.6, f"{cpu:.1f} s of CPU in {wall_s:.1f} s"
 
 
+@pytest.mark.parametrize("kind", ["clip", "folder"])
+def test_a_looping_file_or_folder_plays_at_its_rate_as_a_camera(tmp_path, default_model, kind):
+    """`maskd run --source FILE|FOLDER --loop` (a clip standing in for a camera, as the looping
+    demo) plays at the clip's own rate (CAP_PROP_FPS) or a folder's source.fps: was ~70
+    frames/s from a 15 frames/s clip, a core burnt and its times ahead of the clock."""
+    from maskd.env import DEMO_FAST
+
+    if kind == "clip":
+        source = bare_clip(tmp_path / "bare.mp4")
+    else:
+        source = tmp_path / "images"
+        source.mkdir()
+        demo = DemoSource()
+        for i in range(0, 60, 6):
+            cv2.imwrite(str(source / f"{i:03d}.jpg"), demo.render(i))
+    env = {k: v for k, v in os.environ.items() if k != DEMO_FAST}
+    r = maskd("run", "--source", str(source), "--loop", "--max-frames", "30", "--detector",
+              "blazeface", "--model", str(default_model), env=env)
+    assert r.returncode == 0 and "| frames 30 " in r.stderr, r.stderr
+    fps = float(re.findall(r"camera: ([\d.]+) fps \|", r.stderr)[-1])
+    assert fps <= 16.5, r.stderr
+
+
 def test_a_real_time_demo_skips_what_a_slow_loop_missed_and_keeps_time_across_a_clock_step(
         monkeypatch):
     """As a camera: a loop slower than the clip gets the frame due now (the missed ones counted

@@ -247,6 +247,36 @@ def test_image_folder_loop_and_all_broken(tmp_path: Path, scenes_dir: Path):
     assert ImageFolderSource(bad, loop=True).read() is None
 
 
+def test_a_looping_file_or_folder_plays_in_real_time_unless_maskd_demo_fast_is_set(
+        clip: Path, monkeypatch):
+    """A looping clip or folder stands in for a camera, as the looping demo: no frame before its
+    time (the clip's 10 frames/s, source.fps for a folder), each stamped with the clock and the
+    time since boot (was: read as fast as the CPU went, its times ahead of the clock). Once
+    through, or with MASKD_DEMO_FAST set (the tests, tools/soak.py --video), as fast as it can."""
+    from maskd.env import DEMO_FAST
+
+    folder = clip.parent / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    for cfg in (SourceConfig(kind="opencv", uri=str(clip), fps=10.0, loop=True),
+                SourceConfig(kind="images", uri=str(folder), fps=10.0, loop=True)):
+        for fast, loop, realtime in ((None, True, True), ("0", True, True), ("1", True, False),
+                                     (None, False, False)):
+            monkeypatch.delenv(DEMO_FAST, raising=False)
+            if fast is not None:
+                monkeypatch.setenv(DEMO_FAST, fast)
+            src = open_source(cfg.model_copy(update={"loop": loop}))
+            began = time.monotonic()
+            frames = _drain(src, limit=4)
+            took = time.monotonic() - began
+            src.close()
+            assert all((f.since_boot is not None) is realtime for f in frames), (cfg, fast, loop)
+            if realtime:
+                assert took >= 0.29, (cfg.kind, took)  # frames 1-3 at 0.1 s apart
+                assert all(abs(f.timestamp - time.time()) < 1.0 for f in frames), cfg.kind
+
+
 def test_permanent_problems_raise_source_error(tmp_path: Path, monkeypatch):
     with pytest.raises(SourceError, match="no such file"):
         open_source(SourceConfig(uri=str(tmp_path / "missing.mp4")))
