@@ -135,6 +135,8 @@ class DemoSource:
             stamp, since_boot = system_clock()
         else:
             stamp = self._t0 + self._seq / self.fps
+        # a pass begun is a loop, as a looping file's (was: 0 for ever in the status)
+        self.stats["loops"] = self._seq // self.frames_per_pass
         image = self.render(self._seq % self.frames_per_pass)
         frame = Frame(image, self._seq, stamp, self.name, since_boot)
         self._seq += 1

@@ -1045,6 +1045,7 @@ class ImageFolderSource:
             return False
         self._iter = iter(self.paths)
         self._good_this_pass = 0
+        self.stats["loops"] += 1  # as a looping file's (was: 0 for ever in the status)
         return True
 
     def again(self) -> bool:

@@ -615,7 +615,7 @@ def test_demo_source_plays_the_clip_once_or_looping():
     assert np.allclose(np.diff([f.timestamp for f in frames]), 1 / src.fps)
     looped = open_source(SourceConfig(kind="demo", loop=True))
     seqs = [looped.read().seq for _ in range(n + 5)]
-    assert seqs[-1] == n + 4
+    assert seqs[-1] == n + 4 and looped.stats["loops"] == 1, looped.stats  # was 0 for ever
     looped.close()
     assert looped.read() is None
 
@@ -1499,16 +1499,25 @@ def _reopens(url: str) -> int:
     return int(float(found.group(1))) if found else -1
 
 
-def test_a_looping_clips_replays_are_loops_in_the_status_not_reopens(tmp_path, default_model):
+@pytest.mark.parametrize("kind", ["clip", "folder", "demo"])
+def test_a_looping_clips_replays_are_loops_in_the_status_not_reopens(tmp_path, default_model,
+                                                                      kind):
     """A looping file's replays are counted as `loops` in /api/status (docs/service.md: the
     MQTT stats carry the same LoopStats), not as a live camera's reopens (was: reopens grew by
     thousands a day with no camera trouble; then loops stayed 0 where the loop's stats left
-    them out)."""
+    them out; a looping folder's and the looping demo's stayed 0 after that)."""
     import urllib.request
 
     from tools.mosquitto import free_port
 
     _, blank = bare_and_blank_clips(tmp_path)  # 3 frames a pass
+    if kind == "folder":
+        blank = tmp_path / "images"
+        blank.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(blank / f"{i}.png"), np.full((SIZE[1], SIZE[0], 3), 90, np.uint8))
+    elif kind == "demo":
+        blank = Path("demo")  # 120 frames a pass, as fast as it goes (MASKD_DEMO_FAST)
     page = f"127.0.0.1:{free_port()}"
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"camera: door\npreview:\n  http: {page}\n")

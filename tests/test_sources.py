@@ -277,6 +277,15 @@ def test_a_looping_file_or_folder_plays_in_real_time_unless_maskd_demo_fast_is_s
                 assert all(abs(f.timestamp - time.time()) < 1.0 for f in frames), cfg.kind
 
 
+def test_a_looping_folder_counts_its_passes_as_loops_as_a_looping_clip(tmp_path: Path):
+    """`loops` in the status (as a looping clip's, ``test_video_file_loop_starts_again``):
+    was 0 for ever for a looping folder."""
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    src = ImageFolderSource(tmp_path, loop=True)
+    assert len(_drain(src, limit=5)) == 5 and src.stats["loops"] == 2, src.stats
+
+
 def test_permanent_problems_raise_source_error(tmp_path: Path, monkeypatch):
     with pytest.raises(SourceError, match="no such file"):
         open_source(SourceConfig(uri=str(tmp_path / "missing.mp4")))
