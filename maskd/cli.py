@@ -39,10 +39,12 @@ example:
 example:
   maskd scan --json --annotate out/scan photos/ door.mp4""",
     "run": """exit codes:
-  0   clean stop (signal, end of a file with --exit-at-end, end of the demo)
+  0   clean stop (a signal; the end of a file with --exit-at-end or of the demo, every
+      event delivered)
   2   a bad command line (an unknown option, a value out of range): usage on stderr
   70  the loop crashed (systemd restarts it)
-  75  --exit-at-end: events still in the MQTT outbox after --flush-timeout, or event
+  75  --exit-at-end, or the end of the demo (which stops as with --exit-at-end): events
+      still in the MQTT outbox after --flush-timeout (the broker down), or event
       lines a sink could not deliver (--jsonl - to a full disk); or the network is not
       up yet (a preview.http host name unresolved for 90 s), or the Coral does not
       answer (none within 90 s at the start, or it stopped answering while running),
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", type=_text, help="broker URL mqtt://host:port or mqtts://host:port")
     p.add_argument("--state-dir", type=_path, help="state directory (MQTT outbox)")
     p.add_argument("--flush-timeout", type=_seconds, default=30.0,
-                   help="with --exit-at-end: seconds to wait for the outbox to drain "
+                   help="with --exit-at-end (and the demo's end): seconds to wait for the outbox to drain "
                         "(default: %(default)g)")
     p.add_argument("--preview", action="store_true", help="show the live view (framebuffer/window)")
     p.add_argument("--http", type=_text, metavar="ADDR:PORT",

@@ -531,8 +531,14 @@ def test_a_signals_stop_waits_5_s_for_delivery_whatever_flush_timeout_says(defau
 
 def test_exit_at_end_waits_flush_timeout_for_a_broker_that_is_down_then_75(tmp_path):
     """`maskd run --exit-at-end --flush-timeout S` (a script's): with the broker down the run
-    waits S for delivery, not the default 30 s, then exits 75 with the events in the outbox."""
+    waits S for delivery, not the default 30 s, then exits 75 with the events in the outbox.
+    The demo stops at its end as with --exit-at-end (docs/pipeline.md), so its end is the same
+    75, as --help says (was: 0 for "end of the demo" in --help, 75 from the run)."""
     from mqtt_broker import free_port
+
+    codes = maskd("run", "--help").stdout.split("exit codes:")[1].split("\n  78")[0]
+    assert re.search(r"^  75  [^\n]*the end of the demo", codes, re.M), codes
+    assert re.search(r"^  0  .*of the demo, every\s+event delivered\)", codes, re.M | re.S), codes
 
     t0 = time.monotonic()
     r = maskd("run", "--source", "demo", "--detector", "blazeface", "--mqtt",

@@ -1,7 +1,7 @@
 """`maskd run`: the camera loop until SIGTERM/SIGINT (or the end of a file with --exit-at-end).
 
 ``--source demo`` plays the demo clip once and exits, as if with --exit-at-end (``--loop``
-replays it until a signal). Exit status: 0 clean stop; 75 (EX_TEMPFAIL) when --exit-at-end found a sink that could not
+replays it until a signal). Exit status: 0 clean stop; 75 (EX_TEMPFAIL) when --exit-at-end (or the demo's end) found a sink that could not
 deliver everything within --flush-timeout (the MQTT outbox keeps it for the next start);
 78 (EX_CONFIG) for anything wrong at start-up (config, model, detector, source, preview),
 reported as one line on stderr so systemd does not restart-loop on it; 75 too when the
