@@ -17,7 +17,6 @@ never one camera's text after the other's.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import threading
 import time
@@ -43,31 +42,18 @@ def status_text(stats: LoopStats, camera: str | None = None) -> str:
 
 def cameras_status_text(stats: dict[str, LoopStats | str], fresh: str | None = None) -> str:
     """The STATUS= line of several cameras (name -> its latest stats, or what it does without
-    any: starting, stopped): each named, in the given order, then the faults once each. The
-    sinks are shared, so each camera's stats hold the same fault as it read at its own time
-    (the broker's line with 45 events waiting, then 46): one fault is said once, as ``fresh``
-    (the camera sending now) has it, its numbers the newest (was: the broker's line twice)."""
+    any: starting, stopped): each named, in the given order, then the faults once each. A
+    fault of the parts the cameras share (the broker's line) is said as ``fresh`` (the camera
+    sending now) reads it now: another camera's stats hold a copy as old as its last word (a
+    lost one's, the broker's line after the broker was back; was: said until that camera
+    spoke again, and twice with another count). A camera's own (its paused clip) is said as
+    it said it last."""
     parts = [f"{name}: {s if isinstance(s, str) else camera_text(s)}" for name, s in stats.items()]
-
-    def said(s: LoopStats | str) -> dict[str, str]:  # a fault by its words, numbers aside
-        return {} if isinstance(s, str) else {fault_shape(f): f for f in s.faults}
-
-    newest = said(stats.get(fresh, ""))
-    faults = {shape: newest.get(shape, f) for s in stats.values() for shape, f in said(s).items()}
-    return " | ".join(["; ".join(parts), *faults.values()])
-
-
-def fault_shape(fault: str) -> str:
-    """A fault line with the numbers of its detail made N (45 or 46 events waiting), and its
-    head, before the first ': ', as it is: what it names (annotated clip door1, door2: two).
-    Only a number that is a word (or a time, since T) is set aside: one inside a word is part
-    of a name (the topic maskd/dev/door1/detect/set, door2's another fault)."""
-    head, sep, detail = fault.partition(": ")
-    return head + sep + _COUNT_OR_TIME.sub("N", detail)
-
-
-_COUNT_OR_TIME = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+(?:[+-][\d:]+|Z)?"
-                            r"|(?<![^\s(])\d+(?:\.\d+)?(?![^\s,;)])")
+    now = stats.get(fresh, "")
+    faults = [f for s in stats.values() if not isinstance(s, str)
+              for f in s.faults if f not in s.shared_faults]
+    faults += [] if isinstance(now, str) else now.shared_faults
+    return " | ".join(["; ".join(parts), *dict.fromkeys(faults)])
 
 
 def socket_address(value: str) -> str | bytes:

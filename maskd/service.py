@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -106,6 +106,7 @@ class CameraLoop:
         ledger: OpenViolations | None = None,
         restart_ends: list[ViolationEvent] | None = None,
         cards: CardWatch | None = None,
+        shared: Collection[object] = (),
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -118,6 +119,7 @@ class CameraLoop:
         self.ledger = ledger
         self._restart_ends = restart_ends or []  # what a killed run left open (maskd.ledger)
         self._cards = cards  # errors the cards it writes to recorded: problems, as the sinks'
+        self._shared = shared  # its parts other cameras' loops use too (LoopStats.shared_faults)
         self.frames = 0
         self.events = 0
         self.stop_reason: str | None = None
@@ -440,12 +442,15 @@ class CameraLoop:
         stats = self._stats(fps=0.0 if self.without_frames else self._fps, ms={})
         self._to_observers(lambda obs: obs.on_wait(stats))
 
-    def _faults(self) -> tuple[str, ...]:
+    def _faults(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """What keeps the sinks from delivering, what the observers cannot do (a paused clip;
-        a part that is both is asked once) and what the cards written to recorded."""
+        a part that is both is asked once) and what the cards written to recorded; then those
+        of them that parts shared with other cameras said (``LoopStats.shared_faults``)."""
         parts = [*self.sinks, *(o for o in self.observers if o not in self.sinks)]
-        said = [f for part in parts for f in getattr(part, "faults", list)()]  # a structural observer may lack it
-        return (*said, *(self._cards.faults() if self._cards is not None else ()))
+        said = [(f, part in self._shared) for part in parts
+                for f in getattr(part, "faults", list)()]  # a structural observer may lack it
+        said += [(f, True) for f in (self._cards.faults() if self._cards is not None else ())]
+        return tuple(f for f, _ in said), tuple(f for f, shared in said if shared)
 
     def _stats(self, fps: float, ms: dict[str, float]) -> LoopStats:
         """The loop's numbers now, with the given rate and stage times."""
@@ -460,6 +465,7 @@ class CameraLoop:
         # Before its first frame (READY=1 waits for it) a camera whose open or read hangs was
         # nameless in systemd's STATUS until TimeoutStartSec: named, since the loop began.
         first = (self._began if self.source.is_live and not lost and not self.frames else None)
+        faults, shared = self._faults()
         return LoopStats(
             frames=self.frames, fps=fps, active=self.pipeline.violations.active, ms=ms,
             in_view=sum(t.violating and t.seen_now for t in self.pipeline.tracker.tracks),
@@ -479,7 +485,7 @@ class CameraLoop:
             detect_in_force=self.control.in_force,
             violations_started=self.pipeline.violations.started, events=self.events,
             detect_enabled=self.control.detect_enabled,
-            faults=self._faults(),
+            faults=faults, shared_faults=shared,
         )
 
     def _maybe_report(self) -> None:
@@ -941,7 +947,7 @@ def build(cfg: Config, exit_at_end: bool = False, max_frames: int | None = None,
 
             loops.append(_camera_loop(c, shared_detector, shared_classifier, controls[c.camera], sinks,
                                       watchdog, exit_at_end, max_frames, store, pages, mqtt,
-                                      ledger, key, source_key, cards))
+                                      ledger, key, source_key, cards, several=True))
     except BaseException:
         for loop in loops:
             loop.source.close()
@@ -998,9 +1004,11 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
                  snapshots: SnapshotStore | None = None, pages: dict | None = None,
                  mqtt: EventSink | None = None, ledger: OpenViolations | None = None,
                  preview_key: str = "preview", source_key: str = "source",
-                 cards: CardWatch | None = None) -> CameraLoop:
+                 cards: CardWatch | None = None, several: bool = False) -> CameraLoop:
     """One camera's loop around shared models; its source, sinks and views opened here, and its
     snapshot taker (a sink for the events and an observer for their frames) on ``snapshots``.
+    ``several`` (the ``cameras:`` layout): its sinks, but for its status page (a page may be
+    this camera's alone), are the other cameras' too.
     A source that cannot be opened is said with its key (``source_key``): with several cameras
     'no such file' alone did not say whose."""
     try:
@@ -1017,6 +1025,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
             taker = snapshots.taker(cfg.camera, cfg.snapshots.what)
             own.append(taker)
             observers.append(taker)
+        view = None
         if cfg.preview.http:  # the status page: one server per address, shared by its cameras
             from maskd.statuspage import attach
 
@@ -1033,5 +1042,6 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
     ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera,
                          ledger.ended_elsewhere() if ledger is not None else None)
+    shared = [part for part in own if part is not view] if several else []
     return CameraLoop(cfg, source, pipeline, own, observers, control, exit_at_end, max_frames,
-                      ledger, ends, cards)
+                      ledger, ends, cards, shared)

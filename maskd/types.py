@@ -170,6 +170,9 @@ class LoopStats:
     events: int = 0
     detect_enabled: bool = True
     faults: tuple[str, ...] = ()  # what keeps sinks from delivering (disk full, refused)
+    # those of ``faults`` said by parts the other cameras share (the broker's line): systemd's
+    # one STATUS line takes them from the camera telling it now, never a stale copy of another
+    shared_faults: tuple[str, ...] = ()
 
     def outage(self, camera: str | None = None) -> str | None:
         """Why no frame comes (a live camera lost, none yet, not answering for a gap; a file
@@ -201,7 +204,9 @@ class LoopStats:
         return [line, *self.faults] if line else list(self.faults)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "faults": list(self.faults), "problems": self.problems()}
+        d = {**asdict(self), "faults": list(self.faults), "problems": self.problems()}
+        del d["shared_faults"]  # systemd's business (maskd.notify), not the stats'
+        return d
 
 
 class EventSink(Protocol):

@@ -1419,6 +1419,56 @@ def test_broker_down_shows_in_the_systemd_status_after_a_grace(tmp_path, default
         sock.close()
 
 
+def test_with_several_cameras_the_status_says_the_broker_as_it_is_now_not_a_lost_cameras_copy(
+        tmp_path, default_model, monkeypatch):
+    """Two cameras of a `cameras:` map share the broker: `back` (an RTSP stream nobody serves)
+    told systemd its stats, the broker's line in them, while the broker was away; the broker
+    comes back and `front` tells its frame. `systemctl status maskd` went on saying the broker
+    was not connected, from back's copy, until back spoke again (every 0.5 s while it is lost;
+    a STATUS sent meanwhile stood for 5 s). Shared faults are said as the camera telling now
+    reads them; a camera's own (its paused clip) stays its own."""
+    from test_notify import FRAME, NotifySocket
+
+    from maskd import service
+    from maskd.config import Config
+    from maskd.mqtt import sink as mqtt_sink
+    from maskd.mqtt.sink import NOT_CONNECTED
+
+    monkeypatch.setattr(mqtt_sink, "DOWN_GRACE_S", 0.0, raising=False)
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # both cameras' words make a ping: sent
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    broker = Broker(tmp_path / "b")  # its port stays closed until start()
+    cfg = Config(device_id="dev1", state_dir=tmp_path / "state", detector={"kind": "blazeface"},
+                 classifier={"model": default_model},
+                 mqtt={"url": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
+                 cameras={"front": {"source": {"kind": "demo", "loop": True}},
+                          "back": {"source": {"uri": "rtsp://127.0.0.1:9/none"}}})
+    svc = service.build(cfg)
+    front, back = svc.loops
+    watch = {loop: next(o for o in loop.observers if hasattr(o, "_hub")) for loop in svc.loops}
+    try:
+        assert wait_until(lambda: (s := back._stats(0.0, {})).camera_lost_since is not None
+                          and NOT_CONNECTED in " ".join(s.faults), 10)
+        watch[back].on_frame(FRAME, [], back._stats(0.0, {}))
+        assert NOT_CONNECTED in sock.drain()[-1]["STATUS"]
+        broker.start()
+        assert wait_until(lambda: not front._stats(5.0, {}).faults, 10)
+        watch[front].on_frame(FRAME, [], front._stats(5.0, {}))
+        told = sock.drain()[-1]
+        assert "WATCHDOG" in told and NOT_CONNECTED not in told["STATUS"], told
+    finally:
+        for loop in svc.loops:
+            loop.source.close()
+            for obs in loop.observers:
+                obs.close()
+            for sink in loop.sinks:
+                sink.close()
+        broker.stop()
+        sock.close()
+
+
 def test_a_damaged_open_violation_record_does_not_stop_the_start(tmp_path, caplog):
     """A record of an open violation in a real outbox file that is no violation (a JSON object
     without seq, or no JSON) was a KeyError traceback and exit 1 at every start (a restart loop):
