@@ -342,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        sys.stderr.close()
+        with contextlib.suppress(AttributeError):  # none to close (2>&-)
+            sys.stderr.close()
         return 0
     except OutputError as err:  # stdout on a full disk, or closed
-        print(f"maskd {args.command}: {err}", file=sys.stderr)
+        error_line(f"maskd {args.command}: {err}")
         return EX_IOERR
 
 

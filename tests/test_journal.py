@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # the real `maskd run`, with a bug that the demo's first violation hits (exit 70, its traceback)
@@ -210,3 +212,56 @@ def test_a_stderr_that_cannot_be_written_changes_no_exit_status_nor_stdout(tmp_p
                                    "-m", "maskd", *argv], capture_output=True, cwd=REPO,
                                   timeout=120)
             assert (proc.returncode, proc.stdout) == (status, b""), (argv, redirect, proc)
+
+
+# Each command's stderr line for a failure, the status that goes with it (their --help), and
+# the words of that line, which must not reach stdout (the records, the table).
+OTHER_COMMANDS = [
+    (["check-config", "{bad}"], 78, "{bad}: unknown key"),
+    (["doctor", "--config", "{bad}"], 78, "maskd doctor: "),
+    # auto without YuNet's file: the line saying so, then the image scanned (0)
+    (["scan", "--detector-model", "{missing}", "{image}"], 0, "maskd scan: "),
+    (["classify", "{image}", "{empty}"], 0, "maskd classify: "),  # a folder without images
+    (["scan", "{missing}"], 1, "maskd scan: nothing was scanned"),
+    (["models", "fetch", "--dest", "{tmp}", "--yunet-url", "file://{missing}"], 69,
+     "maskd models fetch: "),
+    (["mqtt-clear", "--config", "{bad}"], 78, "mqtt-clear: "),
+]
+
+
+@pytest.mark.parametrize("redirect", ["2>/dev/full", "2>&-"])
+@pytest.mark.parametrize(("argv", "status", "said"), OTHER_COMMANDS,
+                         ids=[f"{c[0][0]}-{c[1]}" for c in OTHER_COMMANDS])
+def test_other_commands_keep_their_status_when_stderr_cannot_be_written(
+        tmp_path, argv, status, said, redirect):
+    """As for `run` above, every other command: was a stderr on a full disk (or its reader
+    gone) a traceback nobody saw and exit 1 (check-config's 78 for a bad config, scan's 0 after
+    a note, models fetch's 69 all alike), and a closed one (2>&-) its line on stdout,
+    among scan's records or under doctor's table. Now the command's own status, stdout
+    without the line."""
+    bad = tmp_path / "c.yaml"
+    bad.write_text("camera: door\nsource: {kind: demo}\nbogus: 1\n")
+    (tmp_path / "empty").mkdir()
+    names = {"bad": str(bad), "missing": str(tmp_path / "none.onnx"), "tmp": str(tmp_path),
+             "empty": str(tmp_path / "empty"), "image": str(REPO / "docs/img/status-page.png")}
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable, "-m",
+                           "maskd", *(a.format(**names) for a in argv)],
+                          capture_output=True, cwd=REPO, timeout=120)
+    assert proc.returncode == status, proc
+    assert said.format(**names).encode() not in proc.stdout, proc
+    assert b"Traceback" not in proc.stdout + proc.stderr, proc
+
+
+def test_a_reader_gone_with_no_stderr_is_the_quiet_end_of_a_broken_pipe(tmp_path):
+    """`maskd check-config c.yaml 2>&- | head -c0`: was exit 1, cli.main closing a stderr that
+    was None (AttributeError) where a reader gone ends the command quietly, exit 0."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("camera: door\nsource: {kind: demo}\n")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "maskd",
+                               "check-config", str(cfg)], stdout=write, cwd=REPO, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0

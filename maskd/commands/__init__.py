@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from maskd.files import append_line
+from maskd.journal import error_line
 
 # sysexits.h EX_IOERR: standard output could not be written (a full disk, /dev/full); scan and
 # classify stop at once (cli.main says so on stderr). 1 keeps meaning "nothing was read".
@@ -27,8 +28,8 @@ def coral_lost_exit(command: str, err: Exception, done: int, last: str | None,
     verb = "scanned" if command == "scan" else "classified"
     upto = (f"the output holds every image up to {one_field(last)} ({done} {verb}), none after "
             "it" if last is not None else f"nothing was {verb}")
-    print(f"maskd {command}: {err}; {upto}: run {command} again once the Coral answers (it "
-          f"starts over), or {cpu_instead(keys, option)}", file=sys.stderr)
+    error_line(f"maskd {command}: {err}; {upto}: run {command} again once the Coral answers (it "
+               f"starts over), or {cpu_instead(keys, option)}")
     return EX_TEMPFAIL
 
 

@@ -51,6 +51,7 @@ from maskd.files import (
     files_mode,
     ownerless_fs,
 )
+from maskd.journal import error_line, stderr_line
 from maskd.jsonl import cannot_write_lines
 from maskd.ledger import foreign_ledger
 from maskd.outbox import (
@@ -354,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
         data = read_yaml(Path(args.config))  # once: a pipe (`check-config <(...)`) reads once
         cfg = parse_config(data, str(args.config))
     except ConfigError as err:
-        print(str(err), file=sys.stderr)
+        error_line(str(err))
         return EX_CONFIG
     try:
         lacking = check_previews(cfg, strict=False)
@@ -364,7 +365,7 @@ def main(args: argparse.Namespace) -> int:
         lacking += [f"{key}.http: {p.http}: {w}" for key, p in cfg.previews()
                     if p.http and (w := privileged_port(p.http))]
     except PreviewUnavailable as err:
-        print(f"{args.config}: {err}", file=sys.stderr)
+        error_line(f"{args.config}: {err}")
         return EX_CONFIG
     errors, not_for_me = write_problems(cfg)
     bad_sources, missing_sources = source_problems(cfg)
@@ -373,16 +374,16 @@ def main(args: argparse.Namespace) -> int:
     errors += [missing_lib] if missing_lib else []
     lacking += [no_coral] if no_coral else []
     for line in errors:
-        print(f"{args.config}: {line}", file=sys.stderr)
+        error_line(f"{args.config}: {line}")
     if errors:
         return EX_CONFIG
     for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
                  + [f"warning: {w}" for w in cfg.startup_warnings(args.config)
                     + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
-        print(f"{args.config}: {line}", file=sys.stderr)
+        stderr_line(f"{args.config}: {line}", 4)
     if getattr(args, "was", None) is not None:
         for line in kept_defaults(data, args.was):
-            print(f"{args.config}: {line}", file=sys.stderr)
+            stderr_line(f"{args.config}: {line}", 4)
     # as every command's records: a full disk or closed stdout is one line and 74, a file
     # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)
     names_as_bytes_on_stdout()

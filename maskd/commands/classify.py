@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +39,7 @@ from maskd.images import (
     one_field,
     search_images,
 )
+from maskd.journal import error_line, stderr_line
 from maskd.service import build_classifier
 from maskd.tflite import CoralLost, need_edgetpu_library
 from maskd.types import label_for
@@ -55,9 +55,9 @@ def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
         if p.is_dir():
             hidden: list[Path] = []
             if not (found := search_images(p, hidden=hidden)):
-                print(f"maskd classify: {one_field(no_images(p))}", file=sys.stderr)
+                stderr_line(f"maskd classify: {one_field(no_images(p))}", 4)
             if note := hidden_note(p, hidden):
-                print(f"maskd classify: {one_field(note)}", file=sys.stderr)
+                stderr_line(f"maskd classify: {one_field(note)}", 4)
             yield from found
         else:
             yield p
@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         need_edgetpu_library(["classifier.edgetpu"] if ccfg.edgetpu else [], args.edgetpu)
         clf = build_classifier(cfg, options=options_given(args, MODEL_OPTIONS))
     except (ConfigError, ModelError) as err:
-        print(f"maskd classify: {err}", file=sys.stderr)
+        error_line(f"maskd classify: {err}")
         return 2
     names_as_bytes_on_stdout()
     classified, last = 0, None
@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
     except CoralLost as err:  # the hardware: one line, not a traceback, and 75 to try again
         return coral_lost_exit("classify", err, classified, last, cfg.edgetpu_keys(), args.edgetpu)
     if classified == 0:
-        print("maskd classify: no image was classified", file=sys.stderr)
+        error_line("maskd classify: no image was classified")
         return 1
     return 0
 

@@ -44,6 +44,7 @@ from maskd.config import (
     load_config,
 )
 from maskd.files import CardWatch, cannot_create, captured_stderr_fd, depends_on_user
+from maskd.journal import error_line
 from maskd.ledger import foreign_ledger
 from maskd.pins import PINS_FILE, differences, installed_pins_file, read_pins, unpinned
 from maskd.tflite import (
@@ -1365,7 +1366,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print_line(table([Check("config", FAIL, line) for line in str(err).splitlines()]))
         for line in str(err).splitlines():  # stderr names every failure, as for exit 1
-            print(f"maskd doctor: {line}", file=sys.stderr)
+            error_line(f"maskd doctor: {line}")
         return EX_CONFIG
     checks = [Check("config", OK, str(path) if path else "built-in defaults (no --config, no "
                     f"{DEFAULT_CONFIG_PATH})")]
@@ -1374,6 +1375,6 @@ def main(args: argparse.Namespace) -> int:
     print_line(table(checks))
     failed = [c.name for c in checks if c.failed]
     if failed:
-        print(f"\nrequired checks failed: {', '.join(failed)}", file=sys.stderr)
+        error_line(f"\nrequired checks failed: {', '.join(failed)}")
         return 1
     return 0

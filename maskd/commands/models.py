@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
 from maskd.commands import names_as_bytes_on_stdout, print_line
+from maskd.journal import error_line
 from maskd.modelfiles import (
     SYSTEM_MODELS,
     YUNET_URL,
@@ -57,25 +57,25 @@ def main(args: argparse.Namespace) -> int:
     try:
         got = _fetch(dest, args)
     except FetchError as err:
-        print(f"maskd models fetch: {err}", file=sys.stderr)
+        error_line(f"maskd models fetch: {err}")
         if err.kind in ("network", "server"):
-            print("maskd models fetch: without YuNet, detector kind auto uses BlazeFace, which "
-                  "often loses faces once a mask covers nose and mouth", file=sys.stderr)
+            error_line("maskd models fetch: without YuNet, detector kind auto uses BlazeFace, "
+                       "which often loses faces once a mask covers nose and mouth")
         if err.kind == "network" and args.yunet_url == YUNET_URL:
-            print("maskd models fetch: or download that URL on a machine that can, copy it "
-                  "here and run: maskd models fetch --yunet-url file:///path/to/it (checked the "
-                  "same way)", file=sys.stderr)
+            error_line("maskd models fetch: or download that URL on a machine that can, copy "
+                       "it here and run: maskd models fetch --yunet-url file:///path/to/it "
+                       "(checked the same way)")
         if err.kind == "server":  # no machine gets the file from there (the default URL is a guess)
-            print("maskd models fetch: the server answered without the file: try again later, or "
-                  "pass --yunet-url URL --yunet-sha256 HEX of a copy you trust (docs/install-pi.md)",
-                  file=sys.stderr)
+            error_line("maskd models fetch: the server answered without the file: try again "
+                       "later, or pass --yunet-url URL --yunet-sha256 HEX of a copy you trust "
+                       "(docs/install-pi.md)")
         # sudo helps only with the system folder, to a user who is not root (was said of a
         # checkout's models/ too, and of a folder in the way, which sudo does not move)
         if (err.kind == "write" and args.dest is None and dest == SYSTEM_MODELS
                 and os.geteuid() != 0):
-            print(f"maskd models fetch: {dest} is the system folder the service reads; run this "
-                  "as root (sudo), or pass --dest DIR and set detector.model to the file it "
-                  "saves", file=sys.stderr)
+            error_line(f"maskd models fetch: {dest} is the system folder the service reads; run "
+                       "this as root (sudo), or pass --dest DIR and set detector.model to the "
+                       "file it saves")
         return EXIT[err.kind]
     state = "installed" if got.changed else "unchanged"
     names_as_bytes_on_stdout()  # a --dest not in UTF-8 was a traceback after the install

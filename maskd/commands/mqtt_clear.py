@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 from maskd.commands import OutputError, print_line
 from maskd.config import EX_CONFIG, Config, ConfigError, Id, given_or_installed, load_config
+from maskd.journal import error_line, stderr_line
 from maskd.mqtt.homeassistant import Topics
 
 EX_BROKER = 1
@@ -299,14 +299,14 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"mqtt.url is not set in {where}: no broker to clear")
     except ConfigError as err:
         for line in str(err).splitlines():
-            print(f"mqtt-clear: {line}", file=sys.stderr)
+            error_line(f"mqtt-clear: {line}")
         return EX_CONFIG
 
     p = plan(cfg, args.camera)
     url = cfg.mqtt.broker
     probe, failed = connect_probe(cfg, "mqtt-clear")
     if probe is None:
-        print(f"mqtt-clear: {failed}", file=sys.stderr)
+        error_line(f"mqtt-clear: {failed}")
         return EX_BROKER
     try:
         import paho.mqtt.client as mqtt
@@ -319,28 +319,28 @@ def main(args: argparse.Namespace) -> int:
         if probe.dropped:  # what it saw may be short: clear nothing on it
             raise ConnectionError("the connection was lost during the scan; nothing was cleared")
         for pattern in p.said_denied(denied):
-            print(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
-                  "topics without seeing what is there", file=sys.stderr)
+            stderr_line(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
+                        "topics without seeing what is there", 4)
         blind = [t.rsplit("/", 1)[0] + "/#" for t in unread]
         if blind and not args.force:
-            print(f"mqtt-clear: a message published under {', '.join(blind)} did not come back: "
-                  "this user may subscribe there but not read (the broker's ACL?), so whether "
-                  "a camera runs and what is retained cannot be seen; nothing was cleared. Use "
-                  "a user that may read these topics, or --force to clear the topics maskd's "
-                  "layout names without seeing them", file=sys.stderr)
+            error_line(f"mqtt-clear: a message published under {', '.join(blind)} did not come "
+                       "back: this user may subscribe there but not read (the broker's ACL?), so "
+                       "whether a camera runs and what is retained cannot be seen; nothing was "
+                       "cleared. Use a user that may read these topics, or --force to clear the "
+                       "topics maskd's layout names without seeing them")
             return EX_BROKER
         alive = online_cameras(p, found | cl.live)  # a camera that came online during the scan
         if alive and not args.force:  # a dry run lists them all the same: it harms no camera
             then = (", so clearing them is refused (exit 75) until it is stopped, or with --force"
                     if args.dry_run else ". Stop it first (sudo systemctl stop maskd), or use "
                     "--force")
-            print(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
-                  f"again{then} if it is not running (e.g. it was killed)", file=sys.stderr)
+            error_line(f"mqtt-clear: {'; '.join(alive)}: a running maskd would publish its topics "
+                       f"again{then} if it is not running (e.g. it was killed)")
             if not args.dry_run:
                 return EX_ONLINE
         if p.clear_device and p.other_process(found):
-            print(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one that "
-                  "runs a cameras: map on this device", file=sys.stderr)
+            stderr_line(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one "
+                        "that runs a cameras: map on this device", 4)
         present = [t for t in found if p.ours(t, found)]
         todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
         if args.dry_run:
@@ -367,9 +367,9 @@ def main(args: argparse.Namespace) -> int:
                 out.line(f"cleared {t}" + (" (acknowledged, not checked afterwards)" if lost
                                            else ""))
         for t, why in failures.items():
-            print(f"mqtt-clear: NOT cleared {t}: {why}", file=sys.stderr)
+            error_line(f"mqtt-clear: NOT cleared {t}: {why}")
         if lost:
-            print(f"mqtt-clear: {url}: cannot check afterwards: {lost}", file=sys.stderr)
+            error_line(f"mqtt-clear: {url}: cannot check afterwards: {lost}")
         if failures or lost:
             _say_dropped(probe)
             return EX_BROKER
@@ -381,7 +381,7 @@ def main(args: argparse.Namespace) -> int:
                  + ("" if present else " (none were there)"))
         return 0
     except ConnectionError as err:
-        print(f"mqtt-clear: {url}: {err}", file=sys.stderr)
+        error_line(f"mqtt-clear: {url}: {err}")
         _say_dropped(probe)
         return EX_BROKER
     finally:
@@ -393,7 +393,7 @@ def _say_dropped(probe: Any) -> None:
     id, and the broker drops the older ('no SUBACK from the broker', 'connection lost' alone
     blamed the broker)."""
     if probe.dropped:
-        print(f"mqtt-clear: the broker closed the connection ({probe.dropped}): is another "
-              f"`maskd mqtt-clear` running at the same time? Both connect as {probe.client_id}, "
-              "and the broker drops the older of two clients with one id; run one at a time",
-              file=sys.stderr)
+        error_line(f"mqtt-clear: the broker closed the connection ({probe.dropped}): is another "
+                   "`maskd mqtt-clear` running at the same time? Both connect as "
+                   f"{probe.client_id}, and the broker drops the older of two clients with one "
+                   "id; run one at a time")

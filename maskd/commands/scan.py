@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from maskd.images import (
     one_field,
     search_images,
 )
+from maskd.journal import error_line, stderr_line
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
 from maskd.types import SourceError, Verdict
@@ -79,22 +79,22 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             every = search_images(root, every_file=True, hidden=hidden)  # one walk, links too
             entries = [e for e in every if isinstance(e, FolderError) or is_image_name(e)]
             if not entries:
-                print(f"maskd scan: {one_field(no_images(root))}", file=sys.stderr)
+                stderr_line(f"maskd scan: {one_field(no_images(root))}", 4)
             # a hidden OUTDIR in the folder (or one holding it) is this command's output, not a
             # folder passed over; the hidden ones inside an OUTDIR that holds the folder are
             hidden = [h for h in hidden if inside is None
                       or not inside.startswith(os.path.join(os.path.realpath(h), ""))]
             if note := hidden_note(root, hidden):
-                print(f"maskd scan: {one_field(note)}", file=sys.stderr)
+                stderr_line(f"maskd scan: {one_field(note)}", 4)
             here = os.path.join(os.path.realpath(root), "")
             below = inside is not None and inside != here and inside.startswith(here)
             kept = [e for e in entries if inside is None or isinstance(e, FolderError)
                     or not os.path.realpath(e).startswith(inside)
                     or not (below or is_annotation(e))]
             if len(kept) < len(entries):
-                print(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} image(s) "
-                      f"under the --annotate folder {one_field(str(outdir))} not scanned "
-                      "(annotations)", file=sys.stderr)
+                stderr_line(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} "
+                            f"image(s) under the --annotate folder {one_field(str(outdir))} not "
+                            "scanned (annotations)", 4)
             found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
             _say_videos_left(root, [e for e in every if isinstance(e, Path)
                                     and e.suffix.lower() in VIDEO_SUFFIXES and e.is_file()])
@@ -110,10 +110,10 @@ def _say_videos_left(folder: Path, videos: list[Path]) -> None:
     frames): its ``videos`` (found by the image search's own walk, links to folders followed
     as for its images) are named as not scanned, not passed over without a word."""
     if videos:
-        print(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not scanned, "
-              f"e.g. {one_field(str(videos[0]))} "
-              "(a folder is searched for images only; give a video's own path to scan it)",
-              file=sys.stderr)
+        stderr_line(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not "
+                    f"scanned, e.g. {one_field(str(videos[0]))} "
+                    "(a folder is searched for images only; give a video's own path to scan "
+                    "it)", 4)
 
 
 def _items(inputs: list[tuple[Path | FolderError, Path]],
@@ -152,9 +152,9 @@ def _own_folder(src: Path, want: Path, outdir: Path | None, taken: set[str]) -> 
         folder = want.with_name(f"{want.name}-{n}")
     taken.add(folder.name.casefold())
     if n > 1 and outdir is not None:
-        print(f"maskd scan: {one_field(str(src))} is annotated in "
-              f"{one_field(str(outdir / folder))} ({one_field(str(outdir / want))} holds another "
-              "input's)", file=sys.stderr)
+        stderr_line(f"maskd scan: {one_field(str(src))} is annotated in "
+                    f"{one_field(str(outdir / folder))} ({one_field(str(outdir / want))} holds "
+                    "another input's)", 4)
     return folder
 
 
@@ -208,12 +208,12 @@ def main(args: argparse.Namespace) -> int:
         classifier = build_classifier(cfg, still=True, options=given)
         detector = build_detector(cfg, still=True, options=given)
     except (ConfigError, ModelError, DetectorError) as err:
-        print(f"maskd scan: {err}", file=sys.stderr)
+        error_line(f"maskd scan: {err}")
         return EX_SETUP
     from maskd.commands.run import detector_notes
 
     for note in detector_notes(cfg, demo=False, still=True)[1:]:  # auto without YuNet: which file it missed
-        print(f"maskd scan: {note}", file=sys.stderr)
+        stderr_line(f"maskd scan: {note}", 4)
     names_as_bytes_on_stdout()
     scanned = unwritten = 0
     last: str | None = None
@@ -237,11 +237,10 @@ def main(args: argparse.Namespace) -> int:
     except CoralLost as err:  # the hardware: one line, not a traceback, and 75 to try again
         return coral_lost_exit("scan", err, scanned, last, cfg.edgetpu_keys(), args.edgetpu)
     if scanned == 0:
-        print("maskd scan: nothing was scanned", file=sys.stderr)
+        error_line("maskd scan: nothing was scanned")
         return 1
     if unwritten:  # a script must not take a half-annotated folder for a finished one
-        print(f"maskd scan: {unwritten} of {scanned} annotations could not be written",
-              file=sys.stderr)
+        error_line(f"maskd scan: {unwritten} of {scanned} annotations could not be written")
         return EX_CANTCREAT
     return 0
 
@@ -272,9 +271,9 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         n += 1
         out = want.with_name(f"{want.stem}-{n}.jpg")
     if n > 1:
-        print(f"maskd scan: {one_field(str(src))} is annotated as {one_field(str(out))} "
-              f"({one_field(str(want.with_suffix('.jpg')))} is an input, another input's "
-              "annotation or a file maskd did not write)", file=sys.stderr)
+        stderr_line(f"maskd scan: {one_field(str(src))} is annotated as {one_field(str(out))} "
+                    f"({one_field(str(want.with_suffix('.jpg')))} is an input, another input's "
+                    "annotation or a file maskd did not write)", 4)
     data = annotation_jpeg(image)
     try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +284,7 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         write_atomically(out, data, sync=False)
     except OSError as err:
         why = file_in_the_way(out.parent) or err.strerror or err
-        print(f"maskd scan: cannot write {one_field(str(out))}: {why}", file=sys.stderr)
+        error_line(f"maskd scan: cannot write {one_field(str(out))}: {why}")
         return False
     return True
 
