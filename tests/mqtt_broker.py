@@ -86,6 +86,20 @@ class _Relay:
     def _serve(self, conn: socket.socket) -> None:
         raise NotImplementedError
 
+    def _upstream(self, wait_s: float = 10.0) -> socket.socket:
+        """A connection to `broker`, waited for while it restarts (``b.stop(); b.start()``): the
+        one broker this relay stands for holds the client meanwhile, as a broker slow to start
+        does (was: the client hung up on, on a loaded machine an old broker's 3.1.1 CONNECT
+        unanswered, which maskd rightly calls an error)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", self.broker.port))
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     @staticmethod
     def _down(up: socket.socket, conn: socket.socket,
               forward: Callable[[int, bytes, bytes], bytes | None]) -> threading.Thread:
@@ -131,7 +145,7 @@ class Mqtt311Only(_Relay):
                 self.refused += 1
                 self._refuse(conn, head[n_len + 8])
                 return
-            with socket.create_connection(("127.0.0.1", self.broker.port)) as up:
+            with self._upstream() as up:
                 up.sendall(head)
                 back = threading.Thread(target=_pump, args=(up, conn, self.answer_s), daemon=True)
                 back.start()
