@@ -60,6 +60,9 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".m
 # AVI's are its header's rate, frame by frame) are no real times either (the 1% spares 960 fps).
 MAX_FILE_FPS = 1000.0
 MIN_FILE_STEP_S = 1.01 / MAX_FILE_FPS
+# The longest a real-time file or folder waits for a frame (``Pace``): the loop hears a stop,
+# and vouches to systemd's watchdog, only between frames.
+PACE_MAX_WAIT_S = 5.0
 MAX_CORRUPT_IN_A_ROW = 5  # a live device giving this many bad frames in a row is reopened
 # A reconnect that shows no sign of life this long (an open stuck in the driver) is a hang, not
 # an outage: the loop then stops vouching for it to systemd's watchdog. Longer than the 10 s
@@ -643,7 +646,10 @@ class Pace:
     clock moves nothing), and stamped with the clock when given (was: read as fast as the CPU
     went, a core burnt and event times minutes ahead of the clock). A frame the loop is late
     for is given at once and the clip goes on at its pace from there: a file's frames are all
-    decoded anyway, so none is skipped. ``$MASKD_DEMO_FAST`` turns it off (``realtime``)."""
+    decoded anyway, so none is skipped. A wait is at most PACE_MAX_WAIT_S: a longer one (a gap
+    in an NVR export, a folder's source.fps under 0.2) left the loop deaf to a stop and silent
+    to the watchdog for it; the frames after keep their spacing from there, as after a late
+    one. ``$MASKD_DEMO_FAST`` turns it off (``realtime``)."""
 
     def __init__(self) -> None:
         self._b0: float | None = None  # the time since boot the clip's time 0 is given at
@@ -653,8 +659,11 @@ class Pace:
         now = system_clock()[1]
         if self._b0 is None:  # the clip starts when it is first read (models loaded)
             self._b0 = now - at
-        if (early := self._b0 + at - now) > 0:
-            time.sleep(early)
+        early = self._b0 + at - now
+        if early > PACE_MAX_WAIT_S:  # the rest of a long wait is not waited
+            self._b0 -= early - PACE_MAX_WAIT_S
+        if early > 0:
+            time.sleep(min(early, PACE_MAX_WAIT_S))
         else:
             self._b0 -= early  # late: the frames after keep their spacing, none rushed
         return system_clock()

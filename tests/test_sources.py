@@ -2198,3 +2198,24 @@ def test_a_looping_clip_played_again_after_it_was_gone_is_a_new_pass(tmp_path):
     times = [f.timestamp for f in first + again]
     assert all(abs(b - a - 1 / src.fps) < 1e-6 for a, b in zip(times, times[1:], strict=False)), times
     src.close()
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg to write a file with a gap")
+def test_a_looping_files_gap_is_waited_for_at_most_pace_max_wait_s(tmp_path):
+    """A looping file plays in real time by its own frame times (``Pace``): a 40 s gap in an
+    NVR export was a 40 s sleep inside read(), the loop deaf to SIGTERM (a real maskd run
+    --loop took 37 s to stop) and silent to systemd's watchdog (30 s as shipped) the while.
+    A wait is now at most PACE_MAX_WAIT_S, the frames after keep their spacing from there."""
+    from maskd.sources import PACE_MAX_WAIT_S
+
+    clip = tmp_path / "gap.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=15",
+                    "-vf", "setpts='if(gte(N,15),PTS+40/TB,PTS)'", "-frames:v", "30",
+                    "-fps_mode", "vfr", "-c:v", "mjpeg", str(clip)], check=True, timeout=60)
+    src = VideoFileSource(clip, loop=True, realtime=True)
+    frames = _drain(src, limit=20)
+    src.close()
+    gap = frames[15].since_boot - frames[14].since_boot
+    assert PACE_MAX_WAIT_S - 0.1 <= gap < PACE_MAX_WAIT_S + 1.0, gap
+    after = frames[19].since_boot - frames[15].since_boot
+    assert 4 / 15 - 0.02 <= after < 1.0, after  # 15 frames/s after it, not rushed
