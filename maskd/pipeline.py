@@ -189,8 +189,11 @@ class Pipeline:
     """detect -> crop -> classify (cached per track) -> track -> violations, one frame at a time."""
 
     def __init__(self, cfg: Config, detector: FaceDetector, classifier: MaskClassifier,
-                 new_event_id: Callable[[], str] | None = None) -> None:
+                 new_event_id: Callable[[], str] | None = None, live: bool = True) -> None:
         self.cfg = cfg
+        # A file, folder or the demo gives every frame, in real time too (looping): none of its
+        # intervals is a stall, the first included (``_after_gap``)
+        self.live = live
         self.detector = detector
         self.classifier = classifier
         self.tracker = Tracker(cfg.tracking)
@@ -285,9 +288,10 @@ class Pipeline:
         gap = self._gap(frame.timestamp, frame.since_boot)
         if gap is None:
             return
-        # A file or folder (times made up from seq / fps) gives every frame: its first interval
-        # is its rate, no gap, though slower than end_after_s (fps 0.25 lost the first track)
-        is_gap = self._is_gap(gap) and (frame.since_boot is not None or bool(self._intervals))
+        # A file or folder gives every frame (looping in real time too): its first interval is
+        # its rate, no gap, though slower than end_after_s (fps 0.25 lost the first track)
+        is_gap = self._is_gap(gap) and (self.live and frame.since_boot is not None
+                                        or bool(self._intervals))
         # Shorter than a gap, but frames were lost (GAP_FRAMES usual intervals, STALL_MIN_S):
         # whoever is at a track's spot now may have stepped in meanwhile, as after a miss
         # (Tracker.lost_sight)

@@ -1038,7 +1038,7 @@ def _camera_loop(cfg: Config, detector: FaceDetector, classifier: MaskClassifier
         for part in reversed(opened):
             part.close()
         raise
-    pipeline = Pipeline(cfg, detector, classifier)
+    pipeline = Pipeline(cfg, detector, classifier, live=source.is_live)
     ends = ledger.restart_ends({cfg.camera}) if ledger is not None else []
     ends += _outbox_only(own, ends, lambda camera: camera == cfg.camera,
                          ledger.ended_elsewhere() if ledger is not None else None)
