@@ -539,10 +539,10 @@ def test_a_training_image_the_disk_cannot_read_is_left_out_not_blamed_on_the_run
     bad = data / "with_mask" / "3.png"
     out = tmp_path / "run"
     r = subprocess.run(
-        [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=read", "-P", str(bad), "-e",
-         "inject=read:error=EIO", sys.executable, "tools/train.py", "--data", str(data), "--out",
-         str(out), "--size", "32", "--weights", "none", "--epochs", "1", "--views", "1",
-         "--val", "0.34", "--test", "0", "--quiet"],
+        [strace, "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-e", "trace=read", "-P",
+         str(bad), "-e", "inject=read:error=EIO", sys.executable, "tools/train.py", "--data",
+         str(data), "--out", str(out), "--size", "32", "--weights", "none", "--epochs", "1",
+         "--views", "1", "--val", "0.34", "--test", "0", "--quiet"],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cannot write its files there" not in r.stderr
