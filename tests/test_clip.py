@@ -474,7 +474,9 @@ def test_a_file_whose_first_write_fails_is_judged_at_the_last_files_bytes_per_fr
     t0 = math.ceil(time.time()) + 3  # the first file's second; every later name is traced
     paths = [str(out / f"door-{time.strftime('%Y%m%d-%H%M%S', time.localtime(t0 + i))}{s}.mkv")
              for i in range(1, 200) for s in ("", "_1")]
-    fps, n = 15.0, 2400  # 160 s of video: the old rule said nothing for 300 s
+    # 120 s of video: the old rule said nothing for 300 s; the new one speaks near frame 1000
+    # and the next file records again by about 1030 (seen: 992, 1029)
+    fps, n = 15.0, 1800
     script = textwrap.dedent("""
         import json, logging, sys, time
         from pathlib import Path
