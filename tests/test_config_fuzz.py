@@ -215,12 +215,6 @@ def test_mutated_shipped_configs_get_one_line_per_problem_naming_the_key(tmp_pat
         assert rc == EX_CONFIG and err.count("\n") == 1, (name, err)
 
 
-def maskd(*args: str) -> subprocess.CompletedProcess:
-    """In the config's folder: what a relative path names is made there, not in the checkout."""
-    return subprocess.run([sys.executable, "-m", "maskd", *args], capture_output=True,
-                          timeout=120, cwd=Path(args[-1]).parent, env=ENV)
-
-
 def run_until_started(path: Path) -> tuple[bool, int, str]:
     """`maskd run` on ``path``, stopped (SIGTERM) as soon as it has opened every part: (started,
     exit status, stderr). A live camera or stream that is not there would be waited for."""
@@ -247,7 +241,8 @@ def run_until_started(path: Path) -> tuple[bool, int, str]:
     return started.is_set(), rc, b"".join(lines).decode(errors="replace")
 
 
-def test_mutated_shipped_configs_are_refused_by_run_exactly_when_check_config_refuses(tmp_path):
+def test_mutated_shipped_configs_are_refused_by_run_exactly_when_check_config_refuses(
+        tmp_path, capsys, monkeypatch):
     (tmp_path / "photo.jpg").write_bytes(b"")
     (tmp_path / "folder").mkdir()
     # `run` opens what these keys name (files, folders, sources, the broker, the status page)
@@ -263,18 +258,20 @@ def test_mutated_shipped_configs_are_refused_by_run_exactly_when_check_config_re
         # exist for another (state_dir) checked before it and run beside it
         files[-1].write_bytes(content.replace(b"/state", f"/state{i}".encode())
                               .replace(b"/missing.mp4", f"/missing{i}.mp4".encode()))
+    checked = []
+    for path in files:  # in the config's folder: what a relative path names is made there
+        monkeypatch.chdir(path.parent)  # in this process: a second each as `maskd check-config`
+        checked.append(check_in_process(path, capsys))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        checked = list(pool.map(lambda p: maskd("check-config", str(p)), files))
         ran = list(pool.map(run_until_started, files))
     refused = 0
-    for (name, _, key), c, (started, rc, err) in zip(cases, checked, ran, strict=True):
-        said = c.stderr.decode(errors="replace")
+    for (name, _, key), (code, said), (started, rc, err) in zip(cases, checked, ran, strict=True):
         assert "Traceback" not in said + err, (name, said, err[-3000:])
-        if c.returncode == EX_CONFIG:
+        if code == EX_CONFIG:
             refused += 1
             assert not started and rc == EX_CONFIG, (name, said, err[-2000:])
         else:
-            assert c.returncode == 0, (name, said)
+            assert code == 0, (name, said)
             # what run stops on and check-config only warns of (a file missing here), or a
             # model file's contents, which check-config leaves to run and doctor (config.md)
             assert started or (rc == EX_CONFIG and ("warning: " in said or key in MODEL_KEYS)), (
