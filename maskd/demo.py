@@ -20,6 +20,7 @@ import numpy as np
 
 from maskd.clock import system_clock
 from maskd.config import SourceConfig
+from maskd.env import realtime
 from maskd.types import Frame, SourceError
 
 FPS = 15.0
@@ -163,7 +164,5 @@ class DemoSource:
 
 def open_demo_source(cfg: SourceConfig) -> DemoSource:
     """The hook maskd.sources calls for ``source.kind: demo``: in real time as a looping file
-    (``maskd.sources.realtime``)."""
-    from maskd.sources import realtime
-
-    return DemoSource(loop=cfg.loop, realtime=realtime(cfg))
+    (``maskd.env.realtime``)."""
+    return DemoSource(loop=cfg.loop, realtime=realtime(cfg.loop))

@@ -7,7 +7,7 @@ installation put things and what the process runs under:
 |---|---|---|
 | ``MASKD_MODEL_DIR`` | the systemd unit, the installer's wrapper | folder holding the shipped classifier model |
 | ``MASKD_YUNET`` | a user | YuNet ``.onnx`` to use when ``detector.model`` is unset |
-| ``MASKD_DEMO_FAST`` | the tests, ``tools/soak.py``, ``tools/bench_writes.py`` | set (not empty or ``0``): a looping demo, video file or images folder plays as fast as it can, not in real time (maskd.demo, maskd.sources.realtime; also ``tools/soak.py --video``) |
+| ``MASKD_DEMO_FAST`` | the tests, ``tools/soak.py``, ``tools/bench_writes.py`` | set (not empty or ``0``): a looping demo, video file or images folder plays as fast as it can, not in real time (maskd.demo, maskd.env.realtime; also ``tools/soak.py --video``) |
 | ``NOTIFY_SOCKET`` | systemd (``Type=notify``) | where READY/WATCHDOG/STATUS go |
 | ``WATCHDOG_USEC``, ``WATCHDOG_PID`` | systemd (``WatchdogSec=``) | the watchdog period, and for which process |
 | ``JOURNAL_STREAM`` | systemd (stdout/stderr to the journal) | ``DEV:INODE`` of that stream: stderr is the journal when it matches (maskd.journal) |
@@ -127,3 +127,10 @@ def quiet_opencv(env: MutableMapping[str, str] | None = None) -> None:
 def variable(name: str) -> str | None:
     """A variable the config names explicitly (``mqtt.password_env``)."""
     return os.environ.get(name)
+
+
+def realtime(loop: bool) -> bool:
+    """Whether a file, folder or demo source plays in real time: looping, it stands in for a
+    camera, unless ``$MASKD_DEMO_FAST`` is set (the tests, tools/soak.py); once through, it
+    is read as fast as the machine allows (the quick start, ``--exit-at-end`` runs wait)."""
+    return loop and not Environment.read().demo_fast

@@ -34,6 +34,7 @@ import numpy as np
 
 from maskd.clock import local_iso, system_clock
 from maskd.config import SourceConfig, excerpt, shown_uri
+from maskd.env import realtime
 from maskd.files import dangling_link, open_regular
 from maskd.images import (
     FolderError,
@@ -649,7 +650,7 @@ class Pace:
     decoded anyway, so none is skipped. A wait is at most PACE_MAX_WAIT_S: a longer one (a gap
     in an NVR export, a folder's source.fps under 0.2) left the loop deaf to a stop and silent
     to the watchdog for it; the frames after keep their spacing from there, as after a late
-    one. ``$MASKD_DEMO_FAST`` turns it off (``realtime``)."""
+    one. ``$MASKD_DEMO_FAST`` turns it off (``maskd.env.realtime``)."""
 
     def __init__(self) -> None:
         self._b0: float | None = None  # the time since boot the clip's time 0 is given at
@@ -667,15 +668,6 @@ class Pace:
         else:
             self._b0 -= early  # late: the frames after keep their spacing, none rushed
         return system_clock()
-
-
-def realtime(cfg: SourceConfig) -> bool:
-    """Whether a file, folder or demo source plays in real time: looping, it stands in for a
-    camera, unless ``$MASKD_DEMO_FAST`` is set (the tests, tools/soak.py); once through, it
-    is read as fast as the machine allows (the quick start, ``--exit-at-end`` runs wait)."""
-    from maskd.env import Environment
-
-    return cfg.loop and not Environment.read().demo_fast
 
 
 def _same_content(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
@@ -1557,9 +1549,9 @@ def _open_uri(uri: str, cfg: SourceConfig, camera: str | None) -> Source:
         return live_source(shown_uri(uri), opencv_opener(uri, cfg), cfg, _is_stream(uri), camera)
     path = Path(uri.removeprefix("file://"))
     if _file_or_folder(uri) == "folder":
-        return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps, realtime=realtime(cfg))
+        return ImageFolderSource(path, loop=cfg.loop, fps=cfg.fps, realtime=realtime(cfg.loop))
     return VideoFileSource(path, loop=cfg.loop, fps=cfg.fps, camera=camera,
-                           realtime=realtime(cfg))
+                           realtime=realtime(cfg.loop))
 
 
 class MissingSource(SourceError):
@@ -1690,7 +1682,7 @@ def open_source(cfg: SourceConfig, camera: str | None = None) -> Source:
     if cfg.kind == "images":
         assert cfg.uri, "SourceConfig refuses kind images without a uri"
         return ImageFolderSource(Path(cfg.uri), loop=cfg.loop, fps=cfg.fps,
-                                 realtime=realtime(cfg))
+                                 realtime=realtime(cfg.loop))
     if cfg.kind == "opencv":
         return _open_uri(cfg.uri or "0", cfg, camera)
     # auto
