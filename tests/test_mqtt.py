@@ -1822,6 +1822,46 @@ def test_the_retained_state_at_a_clean_stop_is_the_last_one(tmp_path):
         assert retained[f"{CAM}/violations"] == b"0"
 
 
+def test_a_heartbeat_of_the_counts_never_sends_an_older_copy_after_the_loops_newer_one(
+        tmp_path, monkeypatch):
+    """The publisher thread's heartbeat sends a camera's counts again (no stats from its loop
+    for two intervals: a stalled loop, a clip that ended). It read them before its call and
+    wrote them back inside it: a loop that gave newer counts meanwhile (a violation just
+    ended) was overwritten, and the older 'active 1' was what stayed retained after the stop
+    (seen once in the suite on a loaded machine). The heartbeat is held here, inside its call,
+    while the loop gives its newer counts."""
+    from dataclasses import replace
+
+    test_thread = threading.current_thread()
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+    send = MqttSink.camera_state
+
+    def slow_heartbeat(self, cam, counts_now):  # noqa: ANN001
+        if threading.current_thread() is test_thread or counts_now.active != 1 or \
+                inside.is_set():
+            return send(self, cam, counts_now)
+        inside.set()
+        release.wait(5)
+        send(self, cam, counts_now)
+        done.set()
+        return None
+
+    monkeypatch.setattr(MqttSink, "camera_state", slow_heartbeat)
+    with Broker(tmp_path / "b") as b:
+        sink = MqttSink.from_config(cfg_for(b, tmp_path / "state", stats_interval_s=1.0),
+                                    model_name="m")
+        assert wait_until(lambda: sink.health()["connected"], 10)
+        sink.on_state(replace(counts(1, 0, 1), active=1))
+        assert inside.wait(10)  # the heartbeat holds 'active 1' now
+        threading.Timer(0.5, release.set).start()
+        sink.on_state(replace(counts(0, 0, 0), active=0))  # the loop's newer counts
+        assert done.wait(5)
+        sink.close()
+        retained = retained_now(b, [f"{CAM}/#"])
+        state = json.loads(retained[f"{CAM}/state"])
+        assert (state["active"], state["faces"]) == (0, 0), state
+
+
 def test_a_stop_during_a_violation_leaves_no_violation_retained(tmp_path, default_model):
     """A stop (SIGTERM) while someone is in violation ends it (`shutdown`); everything retained
     must then agree for a late subscriber, the counts too. Was: `violation/active` OFF next to

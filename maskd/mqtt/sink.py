@@ -312,6 +312,9 @@ class MqttSink(EventSink):
         self._stop = threading.Event()
         self._acked = threading.Condition()  # notified when acknowledged rows leave the outbox
         self._active_lock = threading.RLock()
+        # a camera's counts are sent by its loop and by the publisher thread's heartbeat: one at
+        # a time, the heartbeat's read under it (``_counts_again``), never an older copy last
+        self._state_lock = threading.RLock()
         self._snapshots: OrderedDict[int, tuple[str, bytes]] = OrderedDict()  # row -> topic, jpeg
         self._snap_lock = threading.Lock()
         self.reconnects = 0
@@ -704,27 +707,28 @@ class MqttSink(EventSink):
         only on change (or once per stats interval as a heartbeat). The people-in-violation count
         goes out as soon as it changes (it follows the events); the face count, which flickers
         with the detector, with the state."""
-        cam.counts = counts
-        if not self._connected:
-            return
-        self._follow_switch(cam, time.monotonic())  # the schedule turned
-        if counts.active != cam.violations:
-            cam.violations = counts.active
-            self._side(cam.topics.violations, str(counts.active))
-        state = counts.to_dict()
-        now = time.monotonic()
-        since = now - cam.last_state_t
-        if since < self._mq.state_interval_s and cam.last_state is not None:
-            cam.held = counts  # sent when its loop ends, if nothing newer goes first
-            return
-        key = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
-        if key == cam.last_state and since < self._mq.stats_interval_s:
-            return
-        cam.last_state, cam.last_state_t, cam.held = key, now, None
-        if counts.faces != cam.faces:
-            cam.faces = counts.faces
-            self._side(cam.topics.faces, str(counts.faces))
-        self._side(cam.topics.state, _dumps({**state, "time": time.time()}))
+        with self._state_lock:
+            cam.counts = counts
+            if not self._connected:
+                return
+            self._follow_switch(cam, time.monotonic())  # the schedule turned
+            if counts.active != cam.violations:
+                cam.violations = counts.active
+                self._side(cam.topics.violations, str(counts.active))
+            state = counts.to_dict()
+            now = time.monotonic()
+            since = now - cam.last_state_t
+            if since < self._mq.state_interval_s and cam.last_state is not None:
+                cam.held = counts  # sent when its loop ends, if nothing newer goes first
+                return
+            key = {k: v for k, v in state.items() if k not in ("time", "timestamp")}
+            if key == cam.last_state and since < self._mq.stats_interval_s:
+                return
+            cam.last_state, cam.last_state_t, cam.held = key, now, None
+            if counts.faces != cam.faces:
+                cam.faces = counts.faces
+                self._side(cam.topics.faces, str(counts.faces))
+            self._side(cam.topics.state, _dumps({**state, "time": time.time()}))
 
     def camera_stats(self, cam: _Camera, stats: LoopStats) -> None:
         """Loop health (fps per stage, skipped frames) with the connection's own numbers,
@@ -733,19 +737,26 @@ class MqttSink(EventSink):
         cam.loop_mine = self._said_faults  # the loop asked faults() for this report just now
         if self._connected:
             self._publish_stats(cam)
+            # the counts go with the stats too, under the same intervals: a (re)connection
+            # cleared them for the next frame, the state interval may hold the last frame's
+            # back, and no frame comes while the camera is away or its file has ended: they
+            # must not wait for one (a restart's stale ones; the heartbeat)
+            self._counts_again(cam)
+
+    def _counts_again(self, cam: _Camera) -> None:
+        """The camera's newest counts sent again (with stats, as a heartbeat), read under the
+        lock that sends them (was: read before, written back after the loop's newer ones)."""
+        with self._state_lock:
             if cam.counts is not None:
-                # the counts go with the stats too, under the same intervals: a (re)connection
-                # cleared them for the next frame, the state interval may hold the last
-                # frame's back, and no frame comes while the camera is away or its file has
-                # ended: they must not wait for one (a restart's stale ones; the heartbeat)
                 self.camera_state(cam, cam.counts)
 
     def _publish_held(self, cam: _Camera) -> None:
         """The counts the state interval held back, at the end: what stays retained is the
         loop's last state, not an older one that contradicts the violation topics."""
-        if cam.held is not None:
-            cam.last_state = None
-            self.camera_state(cam, cam.held)
+        with self._state_lock:
+            if cam.held is not None:
+                cam.last_state = None
+                self.camera_state(cam, cam.held)
 
     def camera_closed(self, cam: _Camera) -> None:
         """A camera's loop ended: its entities go unavailable; the last one to be done with
@@ -1353,8 +1364,7 @@ class MqttSink(EventSink):
             for cam in self._cams.values():
                 if now - cam.stats_t >= 2 * self._mq.stats_interval_s:
                     self._publish_stats(cam)
-                    if cam.counts is not None:
-                        self.camera_state(cam, cam.counts)
+                    self._counts_again(cam)
             st.next_stats = now + self._mq.stats_interval_s
 
     def _tell_drained(self) -> None:
