@@ -19,9 +19,9 @@ if { ! command -v chromium >/dev/null 2>&1 || ! command -v shellcheck >/dev/null
         || echo "warning: could not install chromium/shellcheck/faketime/ffmpeg/strace; the browser, shellcheck, 1970-clock, variable-rate video and injected I/O error tests will skip" >&2
 fi
 .venv/bin/ruff check maskd tools tests
-# Two workers (pytest-xdist): most tests wait on brokers, browsers and child processes, so two
-# at once take two fifths off the wall time on 2 cores (stop 49: 1295 s one by one, 775 s so).
-# Work-stealing keeps the three CI-only root checks (arm64, two real installs: ~90 s each) from
-# ending up on one worker. MASKD_TEST_WORKERS=0 runs all in this one process (a debugger, -x);
-# arguments given here come after, so they win.
-exec .venv/bin/python -m pytest -q -ra -n "${MASKD_TEST_WORKERS:-2}" --dist worksteal "$@"
+# Three workers (pytest-xdist) on 2 cores: most tests wait on brokers, browsers and child
+# processes (stop 49: 1295 s one by one, 775 s with two; stop 72, this suite: 19 m 09 s with two,
+# the CPUs 69 % busy, 15 m 00 s with three). Work-stealing keeps the three CI-only root checks
+# (arm64, two real installs: 1-2.5 min each) from ending up on one worker. MASKD_TEST_WORKERS=0
+# runs all in this one process (a debugger, -x); arguments given here come after, so they win.
+exec .venv/bin/python -m pytest -q -ra -n "${MASKD_TEST_WORKERS:-3}" --dist worksteal "$@"
