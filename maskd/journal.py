@@ -74,6 +74,12 @@ def error_line(text: str) -> None:
     stderr_line(text, 3)
 
 
+def warning_line(text: str) -> None:
+    """A line on stderr that notes something and lets the command go on, at priority warning in
+    the journal."""
+    stderr_line(text, 4)
+
+
 def stderr_line(text: str, prio: int) -> None:
     """A plain line on stderr (not a log record), at priority ``prio`` in the journal (where a
     line without one is journald's info). A stderr that refuses it (a full disk, the journal's

@@ -51,7 +51,7 @@ from maskd.files import (
     files_mode,
     ownerless_fs,
 )
-from maskd.journal import error_line, stderr_line
+from maskd.journal import error_line, warning_line
 from maskd.jsonl import cannot_write_lines
 from maskd.ledger import foreign_ledger
 from maskd.outbox import (
@@ -380,10 +380,10 @@ def main(args: argparse.Namespace) -> int:
     for line in (relative_warning(cfg) + file_warnings(cfg) + missing_sources
                  + [f"warning: {w}" for w in cfg.startup_warnings(args.config)
                     + lacking + not_for_me + edgetpu_model_warnings(cfg)]):
-        stderr_line(f"{args.config}: {line}", 4)
+        warning_line(f"{args.config}: {line}")
     if getattr(args, "was", None) is not None:
         for line in kept_defaults(data, args.was):
-            stderr_line(f"{args.config}: {line}", 4)
+            warning_line(f"{args.config}: {line}")
     # as every command's records: a full disk or closed stdout is one line and 74, a file
     # name not in UTF-8 its own bytes (was a traceback, or OK lost with exit 0)
     names_as_bytes_on_stdout()

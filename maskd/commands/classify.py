@@ -39,7 +39,7 @@ from maskd.images import (
     one_field,
     search_images,
 )
-from maskd.journal import error_line, stderr_line
+from maskd.journal import error_line, warning_line
 from maskd.service import build_classifier
 from maskd.tflite import CoralLost, need_edgetpu_library
 from maskd.types import label_for
@@ -55,9 +55,9 @@ def iter_paths(paths: list[Path]) -> Iterator[Path | FolderError]:
         if p.is_dir():
             hidden: list[Path] = []
             if not (found := search_images(p, hidden=hidden)):
-                stderr_line(f"maskd classify: {one_field(no_images(p))}", 4)
+                warning_line(f"maskd classify: {one_field(no_images(p))}")
             if note := hidden_note(p, hidden):
-                stderr_line(f"maskd classify: {one_field(note)}", 4)
+                warning_line(f"maskd classify: {one_field(note)}")
             yield from found
         else:
             yield p

@@ -28,7 +28,7 @@ from typing import Any
 
 from maskd.commands import OutputError, print_line
 from maskd.config import EX_CONFIG, Config, ConfigError, Id, given_or_installed, load_config
-from maskd.journal import error_line, stderr_line
+from maskd.journal import error_line, warning_line
 from maskd.mqtt.homeassistant import Topics
 
 EX_BROKER = 1
@@ -319,8 +319,8 @@ def main(args: argparse.Namespace) -> int:
         if probe.dropped:  # what it saw may be short: clear nothing on it
             raise ConnectionError("the connection was lost during the scan; nothing was cleared")
         for pattern in p.said_denied(denied):
-            stderr_line(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
-                        "topics without seeing what is there", 4)
+            warning_line(f"mqtt-clear: WARNING: may not subscribe to {pattern}: clearing the known "
+                        "topics without seeing what is there")
         blind = [t.rsplit("/", 1)[0] + "/#" for t in unread]
         if blind and not args.force:
             error_line(f"mqtt-clear: a message published under {', '.join(blind)} did not come "
@@ -339,8 +339,8 @@ def main(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 return EX_ONLINE
         if p.clear_device and p.other_process(found):
-            stderr_line(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one "
-                        "that runs a cameras: map on this device", 4)
+            warning_line(f"mqtt-clear: leaving {p.device_status} (online): another maskd's, one "
+                        "that runs a cameras: map on this device")
         present = [t for t in found if p.ours(t, found)]
         todo = order(list(dict.fromkeys([*present, *p.known])), cfg.mqtt.discovery_prefix)
         if args.dry_run:

@@ -51,7 +51,7 @@ from maskd.images import (
     one_field,
     search_images,
 )
-from maskd.journal import error_line, stderr_line
+from maskd.journal import error_line, warning_line
 from maskd.pipeline import judge_faces
 from maskd.sources import VIDEO_SUFFIXES, VideoFileSource
 from maskd.types import SourceError, Verdict
@@ -79,22 +79,22 @@ def _inputs(paths: list[Path], outdir: Path | None = None,
             every = search_images(root, every_file=True, hidden=hidden)  # one walk, links too
             entries = [e for e in every if isinstance(e, FolderError) or is_image_name(e)]
             if not entries:
-                stderr_line(f"maskd scan: {one_field(no_images(root))}", 4)
+                warning_line(f"maskd scan: {one_field(no_images(root))}")
             # a hidden OUTDIR in the folder (or one holding it) is this command's output, not a
             # folder passed over; the hidden ones inside an OUTDIR that holds the folder are
             hidden = [h for h in hidden if inside is None
                       or not inside.startswith(os.path.join(os.path.realpath(h), ""))]
             if note := hidden_note(root, hidden):
-                stderr_line(f"maskd scan: {one_field(note)}", 4)
+                warning_line(f"maskd scan: {one_field(note)}")
             here = os.path.join(os.path.realpath(root), "")
             below = inside is not None and inside != here and inside.startswith(here)
             kept = [e for e in entries if inside is None or isinstance(e, FolderError)
                     or not os.path.realpath(e).startswith(inside)
                     or not (below or is_annotation(e))]
             if len(kept) < len(entries):
-                stderr_line(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} "
+                warning_line(f"maskd scan: {one_field(str(root))}: {len(entries) - len(kept)} "
                             f"image(s) under the --annotate folder {one_field(str(outdir))} not "
-                            "scanned (annotations)", 4)
+                            "scanned (annotations)")
             found += [(e, base / entry_path(e).relative_to(root)) for e in kept]
             _say_videos_left(root, [e for e in every if isinstance(e, Path)
                                     and e.suffix.lower() in VIDEO_SUFFIXES and e.is_file()])
@@ -110,10 +110,10 @@ def _say_videos_left(folder: Path, videos: list[Path]) -> None:
     frames): its ``videos`` (found by the image search's own walk, links to folders followed
     as for its images) are named as not scanned, not passed over without a word."""
     if videos:
-        stderr_line(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not "
+        warning_line(f"maskd scan: {one_field(str(folder))}: {len(videos)} video file(s) not "
                     f"scanned, e.g. {one_field(str(videos[0]))} "
                     "(a folder is searched for images only; give a video's own path to scan "
-                    "it)", 4)
+                    "it)")
 
 
 def _items(inputs: list[tuple[Path | FolderError, Path]],
@@ -152,9 +152,9 @@ def _own_folder(src: Path, want: Path, outdir: Path | None, taken: set[str]) -> 
         folder = want.with_name(f"{want.name}-{n}")
     taken.add(folder.name.casefold())
     if n > 1 and outdir is not None:
-        stderr_line(f"maskd scan: {one_field(str(src))} is annotated in "
+        warning_line(f"maskd scan: {one_field(str(src))} is annotated in "
                     f"{one_field(str(outdir / folder))} ({one_field(str(outdir / want))} holds "
-                    "another input's)", 4)
+                    "another input's)")
     return folder
 
 
@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
     from maskd.commands.run import detector_notes
 
     for note in detector_notes(cfg, demo=False, still=True)[1:]:  # auto without YuNet: which file it missed
-        stderr_line(f"maskd scan: {note}", 4)
+        warning_line(f"maskd scan: {note}")
     names_as_bytes_on_stdout()
     scanned = unwritten = 0
     last: str | None = None
@@ -271,9 +271,9 @@ def _annotate(want: Path, src: Path, image: np.ndarray, written: set[str]) -> bo
         n += 1
         out = want.with_name(f"{want.stem}-{n}.jpg")
     if n > 1:
-        stderr_line(f"maskd scan: {one_field(str(src))} is annotated as {one_field(str(out))} "
+        warning_line(f"maskd scan: {one_field(str(src))} is annotated as {one_field(str(out))} "
                     f"({one_field(str(want.with_suffix('.jpg')))} is an input, another input's "
-                    "annotation or a file maskd did not write)", 4)
+                    "annotation or a file maskd did not write)")
     data = annotation_jpeg(image)
     try:  # written by Python, not OpenCV: a name that is not UTF-8 works too
         out.parent.mkdir(parents=True, exist_ok=True)
