@@ -61,6 +61,17 @@ def service_for(source, observers=(), sinks=(), cfg: Config | None = None) -> Ca
                    list(observers), RunControl())
 
 
+def close_loops(loops) -> None:  # noqa: ANN001
+    """A built service's cameras closed as its stop would, without running them: each source,
+    its observers, its sinks (a shared sink counts its users and closes with the last)."""
+    for loop in loops:
+        loop.source.close()
+        for obs in loop.observers:
+            obs.close()
+        for sink in loop.sinks:
+            sink.close()
+
+
 class BlankCamera:
     """A ``Capture`` giving grey frames at ``fps``. Clear ``present`` to unplug it (reads and
     opens fail); set ``hang_read`` / ``hang_open`` to make the driver block until cleared."""

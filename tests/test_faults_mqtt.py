@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from loop_parts import close_loops
 from mqtt_broker import (
     Broker,
     Mqtt311Only,
@@ -1459,12 +1460,7 @@ def test_with_several_cameras_the_status_says_the_broker_as_it_is_now_not_a_lost
         told = sock.drain()[-1]
         assert "WATCHDOG" in told and NOT_CONNECTED not in told["STATUS"], told
     finally:
-        for loop in svc.loops:
-            loop.source.close()
-            for obs in loop.observers:
-                obs.close()
-            for sink in loop.sinks:
-                sink.close()
+        close_loops(svc.loops)
         broker.stop()
         sock.close()
 

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from browser import CHROMIUM, BrowserError, Chromium
 from clocks import SteppedClock
+from loop_parts import close_loops
 from mqtt_broker import free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -1439,12 +1440,7 @@ def test_cameras_sharing_an_address_share_one_page(default_model):
         assert [c["camera"] for c in st["cameras"]] == ["front", "back"]
         assert "blazeface" in st["detector"] and default_model.name in st["classifier"]
     finally:
-        for loop in service.loops:
-            loop.source.close()
-            for obs in loop.observers:
-                obs.close()
-            for sink in loop.sinks:
-                sink.close()
+        close_loops(service.loops)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
 
