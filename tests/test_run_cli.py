@@ -1536,7 +1536,8 @@ def test_a_looping_clips_replays_are_loops_in_the_status_not_reopens(tmp_path, d
         deadline = time.monotonic() + 120
         while cam.get("loops", 0) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            with contextlib.suppress(OSError, ValueError):
+            # IndexError: a page asked before its camera joined it (seen once in CI)
+            with contextlib.suppress(OSError, ValueError, IndexError):
                 with urllib.request.urlopen(f"http://{page}/api/status", timeout=5) as reply:
                     cam = json.loads(reply.read())["cameras"][0]
         assert proc.poll() is None and cam.get("loops", 0) >= 3, cam
